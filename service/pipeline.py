@@ -1,0 +1,70 @@
+"""The request pipeline: pre-hooks in order, post-hooks in reverse.
+
+A pre-hook may short-circuit the request by returning a complete chat-completion body (a
+cache hit, a budget refusal raised as an `ApiError`); the gateway then skips routing and the
+upstream call, and streams that body as SSE if the client asked for a stream. Post-hooks
+run after the client has its answer, off the latency path, and see the final outcome.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Sequence
+
+from router.types import Decision, RoutingRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RequestContext:
+    request_id: str
+    body: dict[str, Any]  # the validated chat-completions body as the client sent it
+    routing: RoutingRequest
+    headers: Mapping[str, str]
+    stream: bool
+    profile: str | None = None  # routing profile (`auto`, `auto:cheap`...) or None when a concrete model was named
+    requested_model: str = "auto"
+    tenant: str = "default"  # client key scope: cache isolation, budgets, attribution
+    key_label: str | None = None
+    decision: Decision | None = None
+    embedding: Any = None  # the prompt embedding, computed once and shared by router and cache
+    response: dict[str, Any] | None = None  # final chat.completion body (streams assembled)
+    status: str = "pending"  # ok | error | cache_hit | truncated
+    error: str | None = None
+    cache_status: str = "miss"  # miss | hit | semantic-hit | bypass
+    cache_similarity: float | None = None
+    answered_by: str | None = None
+    cost_usd: float = 0.0
+    saved_cost_usd: float = 0.0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Hook(Protocol):
+    name: str
+
+    async def pre(self, ctx: RequestContext) -> dict[str, Any] | None:
+        """Return a chat.completion body to answer the request without routing, else None."""
+
+    async def post(self, ctx: RequestContext) -> None:
+        """See the outcome; must not raise (errors are logged and swallowed)."""
+
+
+class Pipeline:
+    def __init__(self, hooks: Sequence[Hook] = ()):
+        self.hooks = list(hooks)
+
+    async def run_pre(self, ctx: RequestContext) -> dict[str, Any] | None:
+        for hook in self.hooks:
+            answer = await hook.pre(ctx)
+            if answer is not None:
+                return answer
+        return None
+
+    async def run_post(self, ctx: RequestContext) -> None:
+        for hook in reversed(self.hooks):
+            try:
+                await hook.post(ctx)
+            except Exception:  # a broken post-hook must not lose the others' work
+                log.exception("post-hook %s failed for request %s", hook.name, ctx.request_id)
