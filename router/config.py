@@ -119,6 +119,11 @@ class CacheSection(_Strict):
     semantic: bool = True
     cache_tool_calls: bool = False
     cache_nonzero_temperature: bool = False
+    route_ttl_s: dict[str, float] = Field(default_factory=dict, description="TTL per routing profile or model name, overriding ttl_s")
+    verifier: str = Field(default="models/cache_verifier", description="semantic-cache verifier artifact folder")
+    verifier_threshold: float | None = Field(
+        default=None, gt=0, lt=1, description="override of the verifier's shipped threshold (higher: fewer, safer semantic hits)"
+    )
 
 
 class ServerSection(_Strict):

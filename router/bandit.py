@@ -1,0 +1,276 @@
+"""Contextual bandit on top of the learned predictors: explore where it is worth it, learn online.
+
+The predictors rank models by utility = P(good) − cost and latency penalties. They are
+trained offline and go stale: a provider degrades a model, a new model appears with no
+training data. The bandit adds, per model, an online *correction* of the predicted P(good):
+a Bayesian linear model of the residual (observed reward − predicted P(good)) on a reduced
+context (intercept + a fixed random projection of the prompt embedding), so it can learn
+"this model got worse", and also "this new model is good on code prompts".
+
+Choosing (Thompson sampling, with propensities):
+* Only eligible candidates (the policy's hard constraints already applied) are considered.
+* Each candidate's quality is uncertain: the predictor's spread (`p_good_std`, trusted less
+  as the bandit collects its own evidence on that model) plus the correction's posterior.
+* Exploration set: candidates whose optimistic utility (mean + `z_explore` std) reaches the
+  best mean utility minus `utility_margin`. Others are never explored.
+* Thompson probabilities over that set come from `draws` Monte Carlo draws; the action is
+  then sampled from exactly that vector, so the logged propensity is the probability with
+  which the logged action was drawn.
+* Budget: while the expected exploration share of traffic or the expected spend over what
+  the uncorrected policy would have spent exceed their caps, the bandit plays its greedy
+  choice among models predicted to cost no more than the policy's (propensity 1).
+
+Updates are O(d²) per observation under a lock; a per-model CUSUM on residuals detects an
+abrupt change (a model degraded) and resets that model's correction so it re-learns fast
+instead of averaging over its whole history.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+
+from router.types import Candidate, Decision
+
+
+@dataclass(frozen=True)
+class BanditSettings:
+    explore_share: float = 0.10  # cap on the expected share of requests not given the greedy model
+    extra_cost_share: float = 0.04  # cap on the expected extra spend over the policy's own choices
+    utility_margin: float = 0.02  # explore models whose optimistic utility is this close to the best
+    z_explore: float = 1.0  # optimism, in posterior standard deviations, for the exploration set
+    draws: int = 2000  # Monte Carlo draws per decision for the Thompson probabilities
+    context_dim: int = 16  # random projection of the embedding, plus an intercept
+    prior_var: float = 0.02  # prior variance of each correction weight
+    noise_var: float = 0.25  # Bernoulli reward noise (at most 0.25)
+    forgetting: float = 0.998  # per-observation discount: slow drift fades old evidence
+    trust_after: float = 20.0  # observations after which the predictor's spread counts half
+    cusum_slack: float = 0.15  # residual shift tolerated per observation
+    cusum_threshold: float = 8.0  # accumulated shift that means the model changed
+    remember: int = 100_000  # pending decisions kept for delayed feedback
+    seed: int = 0
+
+
+@dataclass
+class _Arm:
+    A: np.ndarray  # posterior precision
+    b: np.ndarray
+    mean: np.ndarray
+    cov: np.ndarray
+    n_eff: float = 0.0
+    cusum_pos: float = 0.0
+    cusum_neg: float = 0.0
+    resets: int = 0
+
+
+@dataclass(frozen=True)
+class BanditChoice:
+    model: str
+    propensity: float
+    greedy: str
+    probabilities: dict[str, float]  # over eligible models; sums to 1
+    explored: bool
+    corrected_p_good: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    model: str
+    context: np.ndarray
+    predicted: float  # the predictor's P(good), before correction
+
+
+@dataclass
+class ContextualBandit:
+    settings: BanditSettings = field(default_factory=BanditSettings)
+    embed_dim: int = 384
+
+    def __post_init__(self):
+        s = self.settings
+        rng = np.random.default_rng(s.seed)
+        self._proj = rng.normal(size=(self.embed_dim, s.context_dim)) / np.sqrt(s.context_dim)
+        self._rng = np.random.default_rng(s.seed + 1)
+        self._arms: dict[str, _Arm] = {}
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._lock = threading.Lock()
+        self.decisions = 0
+        self.explore_mass = 0.0
+        self.base_spend = 0.0  # predicted spend of the policy's own choices
+        self.spend = 0.0  # expected predicted spend of the bandit's choices
+
+    # ---- context and posterior ------------------------------------------------------
+    def context(self, embedding: np.ndarray | None) -> np.ndarray:
+        z = np.zeros(self.settings.context_dim + 1)
+        z[0] = 1.0
+        if embedding is not None:
+            e = np.asarray(embedding, dtype=np.float64).reshape(-1)[: self.embed_dim]
+            norm = np.linalg.norm(e)
+            if norm > 0:
+                z[1:] = (e / norm) @ self._proj[: len(e)]
+        return z
+
+    def _prior(self) -> _Arm:
+        d = self.settings.context_dim + 1
+        A = np.eye(d) / self.settings.prior_var
+        return _Arm(A=A, b=np.zeros(d), mean=np.zeros(d), cov=np.linalg.inv(A))
+
+    def _arm(self, model: str) -> _Arm:
+        arm = self._arms.get(model)
+        if arm is None:
+            arm = self._arms[model] = self._prior()
+        return arm
+
+    def posterior(self, models: Sequence[str], z: np.ndarray, p_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per model: correction mean and total quality std for context z."""
+        with self._lock:
+            arms = [self._arm(m) for m in models]
+            corr = np.array([z @ a.mean for a in arms])
+            corr_var = np.array([z @ a.cov @ z for a in arms])
+            trust = np.array([self.settings.trust_after / (self.settings.trust_after + a.n_eff) for a in arms])
+        return corr, np.sqrt(np.asarray(p_std) ** 2 * trust + corr_var)
+
+    # ---- choosing -------------------------------------------------------------------
+    def choose(
+        self,
+        models: Sequence[str],
+        p_good: np.ndarray,
+        p_good_std: np.ndarray,
+        penalty: np.ndarray,
+        cost: np.ndarray,
+        embedding: np.ndarray | None = None,
+        request_id: str | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> BanditChoice:
+        """Pick among `models` (all eligible: filter hard constraints first).
+
+        `penalty` is what the policy subtracts from P(good) to get utility (cost and latency
+        terms), so the bandit ranks exactly as the policy does once corrections are zero.
+        """
+        if len(models) == 0:
+            raise ValueError("no eligible model to choose from")
+        s = self.settings
+        rng = rng or self._rng
+        p_good, penalty, cost = (np.asarray(a, dtype=np.float64) for a in (p_good, penalty, cost))
+        z = self.context(embedding)
+        corr, std = self.posterior(models, z, p_good_std)
+        q = np.clip(p_good + corr, 0.0, 1.0)
+        util = q - penalty
+        g = int(np.argmax(util))
+        base = int(np.argmax(p_good - penalty))  # what the policy alone would choose
+        with self._lock:
+            within_budget = (
+                self.explore_mass <= s.explore_share * max(self.decisions, 1)
+                and self.spend <= (1.0 + s.extra_cost_share) * self.base_spend
+            )
+        probs = np.zeros(len(models))
+        if not within_budget:
+            # Out of budget: the learned corrections still steer, but never to a model
+            # predicted to cost more than the policy's own choice.
+            g = int(np.argmax(np.where(cost <= cost[base], util, -np.inf)))
+            probs[g] = 1.0
+        else:
+            probs[g] = 1.0
+            explore = util + s.z_explore * std >= util[g] - s.utility_margin
+            if explore.sum() > 1:
+                idx = np.flatnonzero(explore)
+                draws = q[idx] + std[idx] * rng.standard_normal((s.draws, len(idx)))
+                wins = np.argmax(np.clip(draws, 0.0, 1.0) - penalty[idx], axis=1)
+                probs[:] = 0.0
+                probs[idx] = np.bincount(wins, minlength=len(idx)) / s.draws
+        a = int(rng.choice(len(models), p=probs))
+        with self._lock:
+            self.decisions += 1
+            self.explore_mass += 1.0 - probs[g]
+            self.base_spend += float(cost[base])
+            self.spend += float(probs @ cost)
+            if request_id is not None:
+                self._pending[request_id] = _Pending(models[a], z, float(p_good[a]))
+                while len(self._pending) > s.remember:
+                    self._pending.popitem(last=False)
+        return BanditChoice(
+            model=models[a],
+            propensity=float(probs[a]),
+            greedy=models[g],
+            probabilities={m: float(p) for m, p in zip(models, probs)},
+            explored=a != g,
+            corrected_p_good={m: float(v) for m, v in zip(models, q)},
+        )
+
+    def choose_for(self, decision: Decision, embedding: np.ndarray | None = None,
+                   request_id: str | None = None) -> Decision:
+        """Re-decide a policy `Decision` with exploration; the result logs its propensity."""
+        eligible = [c for c in decision.candidates if c.excluded is None]
+        if len(eligible) <= 1:
+            return replace(decision, propensity=1.0)
+        choice = self.choose(
+            **candidate_arrays(eligible),
+            embedding=embedding if embedding is not None else decision.embedding,
+            request_id=request_id,
+        )
+        if choice.model == decision.model:
+            return replace(decision, propensity=choice.propensity)
+        chosen = next(c for c in eligible if c.model == choice.model)
+        rest = tuple(c for c in decision.candidates if c.model != choice.model)
+        reason = (f"bandit exploration: {choice.model} (p={choice.propensity:.2f}) instead of "
+                  f"{choice.greedy}; {decision.reason}")
+        return replace(decision, model=choice.model, candidates=(chosen, *rest), reason=reason,
+                       propensity=choice.propensity)
+
+    # ---- learning -------------------------------------------------------------------
+    def update(self, model: str, z: np.ndarray, reward: float, predicted_p_good: float) -> None:
+        """One observed reward in [0, 1] for `model` on context z.
+
+        `predicted_p_good` is the predictor's own P(good) (without correction): the arm
+        regresses the residual of the predictor, not of itself.
+        """
+        s = self.settings
+        with self._lock:
+            arm = self._arm(model)
+            expected = float(np.clip(predicted_p_good + z @ arm.mean, 0.0, 1.0))
+            err = float(reward) - expected
+            arm.cusum_pos = max(0.0, arm.cusum_pos + err - s.cusum_slack)
+            arm.cusum_neg = max(0.0, arm.cusum_neg - err - s.cusum_slack)
+            if max(arm.cusum_pos, arm.cusum_neg) > s.cusum_threshold:
+                fresh = self._prior()
+                fresh.resets = arm.resets + 1
+                arm = self._arms[model] = fresh
+            prior_A = np.eye(len(z)) / s.prior_var
+            arm.A = s.forgetting * arm.A + (1 - s.forgetting) * prior_A + np.outer(z, z) / s.noise_var
+            arm.b = s.forgetting * arm.b + z * (float(reward) - predicted_p_good) / s.noise_var
+            arm.cov = np.linalg.inv(arm.A)
+            arm.mean = arm.cov @ arm.b
+            arm.n_eff = s.forgetting * arm.n_eff + 1.0
+
+    def feedback(self, request_id: str, reward: float) -> bool:
+        """Delayed reward for a decision made with `request_id`; False if it is unknown."""
+        with self._lock:
+            pending = self._pending.pop(request_id, None)
+        if pending is None:
+            return False
+        self.update(pending.model, pending.context, reward, pending.predicted)
+        return True
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {
+                "decisions": self.decisions,
+                "explore_share": self.explore_mass / max(self.decisions, 1),
+                "extra_cost_share": self.spend / self.base_spend - 1.0 if self.base_spend else 0.0,
+                "arms": {m: {"n_eff": a.n_eff, "intercept": float(a.mean[0]), "resets": a.resets}
+                         for m, a in self._arms.items()},
+            }
+
+
+def candidate_arrays(candidates: Sequence[Candidate]) -> dict[str, np.ndarray]:
+    """Eligible candidates of a decision as the arrays `ContextualBandit.choose` takes."""
+    eligible = [c for c in candidates if c.excluded is None]
+    return {
+        "models": [c.model for c in eligible],
+        "p_good": np.array([c.p_good for c in eligible]),
+        "p_good_std": np.array([c.p_good_std for c in eligible]),
+        "penalty": np.array([c.p_good - c.utility for c in eligible]),
+        "cost": np.array([c.cost_usd for c in eligible]),
+    }

@@ -1,0 +1,227 @@
+"""The response cache: exact matches first, then verified semantic matches in the same context.
+
+All public methods are thread-safe (one lock): the gateway looks up from worker threads and
+stores from post-hooks, possibly at the same time. Entries expire after their TTL (per
+route, else the default), the least recently used entry is evicted past `max_entries`, and
+with a folder every entry persists in SQLite across restarts.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from router.cache.entry import Entry
+from router.cache.keys import RequestKeys
+from router.cache.semantic import SemanticIndex
+from router.cache.store import Store
+from router.cache.verifier import Verifier
+from router.embedding import DIM
+
+log = logging.getLogger(__name__)
+
+# Measured with bench/bench_cache.py: past this size a one-core flat scan is slower than HNSW.
+DEFAULT_HNSW_FROM = 4096
+CANDIDATES = 4  # neighbours the verifier looks at; the best verified one wins
+
+
+@dataclass(frozen=True)
+class Hit:
+    kind: str  # "hit" (exact) or "semantic-hit"
+    similarity: float  # cosine between the cached and the asked question (1.0 for exact hits)
+    probability: float  # the verifier's P(same question); 1.0 for exact hits
+    entry: Entry
+    response: dict[str, Any]
+
+
+class ResponseCache:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        ttl_s: float = 86400.0,
+        route_ttl_s: Mapping[str, float] | None = None,
+        max_entries: int = 100_000,
+        semantic: bool = True,
+        verifier: Verifier | None = None,
+        hnsw_from: int = DEFAULT_HNSW_FROM,
+        clock: Callable[[], float] = time.time,
+        dim: int = DIM,
+    ):
+        if semantic and verifier is None:
+            raise ValueError("a semantic cache needs a verifier (Verifier.load())")
+        self.ttl_s = ttl_s
+        self.route_ttl_s = dict(route_ttl_s or {})
+        self.max_entries = max_entries
+        self.semantic = semantic
+        self.verifier = verifier
+        self.clock = clock
+        self.dim = dim
+        self._lock = threading.RLock()
+        self._store = Store(path)
+        self._entries: OrderedDict[int, Entry] = OrderedDict()  # LRU order: least recently used first
+        self._exact: dict[str, int] = {}
+        self._expiry: list[tuple[float, int]] = []
+        self._index = SemanticIndex(dim, hnsw_from)
+        self._load()
+
+    def _load(self) -> None:
+        by_bucket: dict[str, tuple[list[int], list[np.ndarray]]] = {}
+        for e in self._store.load(self.clock(), self.dim):
+            self._track(e)
+            if e.vector is not None:
+                ids, vecs = by_bucket.setdefault(e.fingerprint, ([], []))
+                ids.append(e.id)
+                vecs.append(e.vector)
+                e.vector = None  # the index holds it
+        for fingerprint, (ids, vecs) in by_bucket.items():
+            self._index.add_many(fingerprint, ids, np.vstack(vecs))
+        self._evict_over_limit()
+        if self._entries:
+            log.info("cache: loaded %d entries from %s", len(self._entries), self._store.path)
+
+    def _track(self, e: Entry) -> None:
+        self._entries[e.id] = e
+        self._exact[e.exact] = e.id
+        heapq.heappush(self._expiry, (e.expires, e.id))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def ttl_for(self, route: str) -> float:
+        return self.route_ttl_s.get(route, self.ttl_s)
+
+    # ---- reads ----
+
+    def lookup(self, keys: RequestKeys, vector: np.ndarray | None = None, *, semantic: bool = True) -> Hit | None:
+        """The cached answer for a request, exact first; `vector` is the unit embedding of `keys.text`."""
+        with self._lock:
+            now = self.clock()
+            hit = self._lookup_exact(keys, now)
+            if hit is None and semantic and self.semantic and keys.semantic_ok and vector is not None:
+                hit = self._lookup_semantic(keys, np.asarray(vector, dtype=np.float32), now)
+            return hit
+
+    def _alive(self, entry_id: int, now: float) -> Entry | None:
+        e = self._entries.get(entry_id)
+        if e is None:
+            return None
+        if e.expires <= now:
+            self._remove(e)
+            return None
+        return e
+
+    def _answer(self, e: Entry, kind: str, similarity: float, probability: float) -> Hit | None:
+        response = self._store.response(e.id)
+        if response is None:
+            self._remove(e)
+            return None
+        self._entries.move_to_end(e.id)
+        return Hit(kind=kind, similarity=similarity, probability=probability, entry=e, response=response)
+
+    def _lookup_exact(self, keys: RequestKeys, now: float) -> Hit | None:
+        entry_id = self._exact.get(keys.exact)
+        e = self._alive(entry_id, now) if entry_id is not None else None
+        return self._answer(e, "hit", 1.0, 1.0) if e is not None else None
+
+    def _lookup_semantic(self, keys: RequestKeys, vector: np.ndarray, now: float) -> Hit | None:
+        found = self._index.search(keys.fingerprint, vector, CANDIDATES)
+        found = [(i, s) for i, s in found if s >= self.verifier.min_cosine]
+        live = [(e, s) for e, s in ((self._alive(i, now), s) for i, s in found) if e is not None]
+        if not live:
+            return None
+        cached = np.vstack([self._index.vector(keys.fingerprint, e.id) for e, _ in live])
+        probs = self.verifier.accept_probability(
+            [e.text for e, _ in live], [keys.text] * len(live), cached, np.repeat(vector[None, :], len(live), axis=0)
+        )
+        best = int(np.argmax(probs))
+        if probs[best] < self.verifier.threshold:
+            return None
+        e, sim = live[best]
+        return self._answer(e, "semantic-hit", sim, float(probs[best]))
+
+    # ---- writes ----
+
+    def put(
+        self,
+        keys: RequestKeys,
+        *,
+        tenant: str,
+        route: str,
+        response: Mapping[str, Any],
+        model: str,
+        cost_usd: float,
+        vector: np.ndarray | None = None,
+    ) -> Entry:
+        """Store an answer (replacing any entry with the same exact key)."""
+        with self._lock:
+            now = self.clock()
+            old = self._exact.get(keys.exact)
+            if old is not None and old in self._entries:
+                self._remove(self._entries[old], delete=False)  # the INSERT OR REPLACE below drops its row
+            use_vector = self.semantic and keys.semantic_ok and vector is not None
+            e = Entry(
+                id=0,
+                exact=keys.exact,
+                fingerprint=keys.fingerprint,
+                tenant=tenant,
+                route=route,
+                text=keys.text,
+                model=model,
+                cost_usd=float(cost_usd),
+                created=now,
+                expires=now + self.ttl_for(route),
+                vector=np.asarray(vector, dtype=np.float32).reshape(-1) if use_vector else None,
+            )
+            e.id = self._store.put(e, dict(response))
+            self._track(e)
+            if e.vector is not None:
+                self._index.add(e.fingerprint, e.id, e.vector)
+                e.vector = None
+            self._purge_expired(now)
+            self._evict_over_limit()
+            return e
+
+    def _remove(self, e: Entry, delete: bool = True) -> None:
+        self._entries.pop(e.id, None)
+        if self._exact.get(e.exact) == e.id:
+            del self._exact[e.exact]
+        self._index.remove(e.fingerprint, e.id)
+        if delete:
+            self._store.delete([e.id])
+
+    def _purge_expired(self, now: float) -> None:
+        while self._expiry and self._expiry[0][0] <= now:
+            expires, entry_id = heapq.heappop(self._expiry)
+            e = self._entries.get(entry_id)
+            if e is not None and e.expires == expires:
+                self._remove(e)
+
+    def _evict_over_limit(self) -> None:
+        while len(self._entries) > self.max_entries:
+            _, e = next(iter(self._entries.items()))
+            self._remove(e)
+        if len(self._expiry) > 2 * max(len(self._entries), 1024):
+            # Replaced and evicted entries leave stale heap items; compact now and then.
+            self._expiry = [(e.expires, e.id) for e in self._entries.values()]
+            heapq.heapify(self._expiry)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._store.clear()
+            self._entries.clear()
+            self._exact.clear()
+            self._expiry.clear()
+            self._index.clear()
+
+    def close(self) -> None:
+        with self._lock:
+            self._store.close()

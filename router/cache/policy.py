@@ -1,0 +1,62 @@
+"""What may be read from and written to the cache.
+
+Never cached: errors, truncated streams, answers cut by the length limit, `n > 1`, and by
+default tool-call answers and requests with an explicit non-zero temperature (the client
+asked for variety; a cached answer would repeat one sample forever). A request without a
+`temperature` is cacheable: the client did not ask for sampling, and most chat clients
+leave it out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class CacheControl:
+    read: bool
+    write: bool
+
+
+def cache_control(headers: Mapping[str, str]) -> CacheControl:
+    """`Cache-Control: no-cache` → don't read (may write); `no-store` → neither."""
+    value = ""
+    for k, v in headers.items():
+        if k.lower() == "cache-control":
+            value = v
+            break
+    directives = {d.strip().split("=", 1)[0].lower() for d in value.split(",") if d.strip()}
+    if "no-store" in directives:
+        return CacheControl(read=False, write=False)
+    if "no-cache" in directives:
+        return CacheControl(read=False, write=True)
+    return CacheControl(read=True, write=True)
+
+
+def request_cacheable(body: Mapping[str, Any], cache_nonzero_temperature: bool) -> str | None:
+    """None when the request may use the cache, else why not."""
+    n = body.get("n")
+    if isinstance(n, int) and n > 1:
+        return "n > 1"
+    temperature = body.get("temperature")
+    if not cache_nonzero_temperature and isinstance(temperature, (int, float)) and temperature > 0:
+        return "non-zero temperature"
+    return None
+
+
+def response_cacheable(response: Mapping[str, Any] | None, status: str, cache_tool_calls: bool) -> str | None:
+    """None when the finished answer may be stored, else why not."""
+    if status != "ok":
+        return f"status {status}"
+    if not response or not isinstance(response.get("choices"), list) or not response["choices"]:
+        return "no answer"
+    if "error" in response:
+        return "error body"
+    for choice in response["choices"]:
+        reason = choice.get("finish_reason")
+        message = choice.get("message") or {}
+        if reason in ("length", "content_filter") or reason is None:
+            return f"finish_reason {reason}"
+        if (reason in ("tool_calls", "function_call") or message.get("tool_calls") or message.get("function_call")) and not cache_tool_calls:
+            return "tool call"
+    return None

@@ -1,0 +1,107 @@
+"""`LearnedRouter`: embed + predict + policy over a trained artifact folder.
+
+An artifact folder holds `manifest.json` (models, feature spec, embedding digest, prices
+seen, metrics), the LightGBM boosters as text files, the embedding projection and the
+isotonic calibrators (inside the manifest). It is written by `openclaw-router train`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from router.config import ModelSpec, Profile
+from router.features import FEATURE_NAMES, request_features
+from router.policy import decide
+from router.predictor import OutcomePredictor, Predictions
+from router.types import Constraints, Decision, LiveStats, RoutingRequest
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class LearnedRouter:
+    """RouteLLM-style router over an artifact: `route(request, catalog=..., profile=...)`."""
+
+    def __init__(self, predictor: OutcomePredictor, manifest: dict, path: Path | None = None):
+        self.predictor = predictor
+        self.manifest = manifest
+        self.path = path
+        self.models: list[str] = list(predictor.models)
+        self._embedder = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LearnedRouter":
+        path = Path(path)
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except OSError:
+            raise FileNotFoundError(f"{path}: not a router artifact (no {MANIFEST})") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path / MANIFEST}: not valid JSON: {exc}") from None
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path / MANIFEST}: format_version {manifest.get('format_version')!r}, this router reads {FORMAT_VERSION}")
+        if tuple(manifest["features"]["cheap"]) != FEATURE_NAMES:
+            raise ValueError(f"{path / MANIFEST}: trained on cheap features {manifest['features']['cheap']}, this router computes {list(FEATURE_NAMES)}")
+        return cls(OutcomePredictor.load(path, manifest["predictor"]), manifest, path)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        self.manifest["predictor"] = self.predictor.save(path)
+        (path / MANIFEST).write_text(json.dumps(self.manifest, indent=1, sort_keys=True))
+        self.path = path
+        return path
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self._embedder is None:
+            from router.embedding import shared_embedder
+
+            self._embedder = shared_embedder()
+        return self._embedder.encode(list(texts))
+
+    def featurize(self, requests: Sequence[RoutingRequest], embeddings: np.ndarray | None = None) -> np.ndarray:
+        """[embedding | cheap features] rows, the predictor's input."""
+        if embeddings is None:
+            embeddings = self._embed([r.text for r in requests])
+        embeddings = np.asarray(embeddings, dtype=np.float32).reshape(len(requests), -1)
+        return np.hstack([embeddings, request_features(requests)])
+
+    def predict(self, requests: Sequence[RoutingRequest], embeddings: np.ndarray | None = None,
+                catalog: Sequence[ModelSpec] | None = None) -> Predictions:
+        """Predictions with one column per catalog entry (named `spec.name`; the artifact model
+        is `spec.predictor_name`, prices and speeds come from the spec). Without a catalog:
+        the artifact's models at the prices seen in training."""
+        X = self.featurize(requests, embeddings)
+        in_tok = np.array([r.input_tokens or (len(r.text) + 3) // 4 for r in requests], dtype=np.float64)
+        if catalog is None:
+            return self.predictor.predict(X, in_tok)
+        return self.predictor.predict(
+            X,
+            in_tok,
+            models=[s.predictor_name for s in catalog],
+            prices=[(s.price.input_per_1m, s.price.output_per_1m) for s in catalog],
+            ttft_s=[s.ttft_s for s in catalog],
+            throughput_tps=[s.throughput_tps for s in catalog],
+            names=[s.name for s in catalog],
+        )
+
+    def unseen(self, catalog: Sequence[ModelSpec]) -> list[str]:
+        """Catalog entries whose predictions come from the unseen-model prior."""
+        return [s.name for s in catalog if s.predictor_name not in self.models]
+
+    def route(self, request: RoutingRequest, *, catalog: Sequence[ModelSpec], profile: Profile,
+              constraints: Constraints = Constraints(), live: Mapping[str, LiveStats] | None = None,
+              embedding: np.ndarray | None = None) -> Decision:
+        if embedding is None:
+            embedding = self._embed([request.text])[0]
+        pred = self.predict([request], embedding[None, :], catalog)
+        return decide(pred, request, catalog=catalog, profile=profile, constraints=constraints, live=live, embedding=embedding)
+
+
+def default_artifact() -> Path:
+    """The router shipped in the repository (`models/default`)."""
+    return Path(__file__).resolve().parent.parent / "models" / "default"

@@ -1,0 +1,174 @@
+"""Off-policy evaluation: what would a candidate policy have earned on traffic logged by another?
+
+Every logged request carries the action the live (logging) policy took, the probability
+with which it took it (the propensity the bandit logs) and the reward that followed. The
+estimators below turn that into the value a *target* policy would have had:
+
+* IPS — inverse propensity scoring, unbiased when logging propensities are right and
+  every action the target takes had a non-zero logging probability; high variance.
+* SNIPS — self-normalised IPS, divides by the sum of importance weights instead of n;
+  slightly biased, much lower variance when weights are large.
+* DR — doubly robust: a reward model's prediction for the target's actions plus an IPS
+  correction of that model's error on the logged action; unbiased if either the
+  propensities or the reward model are right.
+
+Confidence intervals: CLT on the per-request terms for IPS and DR (they are means of
+i.i.d. terms); percentile bootstrap for SNIPS (a ratio). `compare` estimates the
+difference between two target policies on the same log with a paired interval, which is
+what a promotion decision needs: both values share most of their noise.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Estimate:
+    method: str
+    value: float
+    lo: float
+    hi: float
+    n: int
+    ess: float  # effective sample size of the importance weights: (sum w)^2 / sum w^2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoggedData:
+    """A log of n decisions over K actions, as arrays.
+
+    `target_probs[i, a]` is the probability the evaluated policy gives action a on request
+    i; `q_hat[i, a]` a reward model's prediction (only DR uses it).
+    """
+
+    actions: np.ndarray  # (n,) int index of the logged action
+    rewards: np.ndarray  # (n,) observed reward of the logged action
+    propensities: np.ndarray  # (n,) logging policy's probability of the logged action
+    q_hat: np.ndarray | None = None  # (n, K)
+
+    def __post_init__(self):
+        n = len(self.actions)
+        if not (len(self.rewards) == len(self.propensities) == n):
+            raise ValueError("actions, rewards and propensities must have the same length")
+        if n and (np.any(self.propensities <= 0) or np.any(self.propensities > 1 + 1e-9)):
+            raise ValueError("logged propensities must lie in (0, 1]")
+        if self.q_hat is not None and self.q_hat.shape[0] != n:
+            raise ValueError("q_hat must have one row per logged request")
+
+
+def _weights(log: LoggedData, target_probs: np.ndarray) -> np.ndarray:
+    idx = np.arange(len(log.actions))
+    return target_probs[idx, log.actions] / log.propensities
+
+
+def _ess(w: np.ndarray) -> float:
+    s2 = float(np.sum(w**2))
+    return float(np.sum(w) ** 2 / s2) if s2 > 0 else 0.0
+
+
+def _clt(method: str, terms: np.ndarray, w: np.ndarray, z: float = Z95) -> Estimate:
+    n = len(terms)
+    if n == 0:
+        return Estimate(method, float("nan"), float("nan"), float("nan"), 0, 0.0)
+    mean = float(np.mean(terms))
+    se = float(np.std(terms, ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    return Estimate(method, mean, mean - z * se, mean + z * se, n, _ess(w))
+
+
+def ips_terms(log: LoggedData, target_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    w = _weights(log, target_probs)
+    return w * log.rewards, w
+
+
+def dr_terms(log: LoggedData, target_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if log.q_hat is None:
+        raise ValueError("doubly robust needs a reward model: LoggedData.q_hat")
+    idx = np.arange(len(log.actions))
+    w = _weights(log, target_probs)
+    direct = np.sum(target_probs * log.q_hat, axis=1)
+    return direct + w * (log.rewards - log.q_hat[idx, log.actions]), w
+
+
+def ips(log: LoggedData, target_probs: np.ndarray) -> Estimate:
+    terms, w = ips_terms(log, target_probs)
+    return _clt("ips", terms, w)
+
+
+def doubly_robust(log: LoggedData, target_probs: np.ndarray) -> Estimate:
+    terms, w = dr_terms(log, target_probs)
+    return _clt("dr", terms, w)
+
+
+def _snips_value(wr: np.ndarray, w: np.ndarray) -> float:
+    s = float(np.sum(w))
+    return float(np.sum(wr) / s) if s > 0 else float("nan")
+
+
+def snips(log: LoggedData, target_probs: np.ndarray, n_boot: int = 1000, seed: int = 0) -> Estimate:
+    wr, w = ips_terms(log, target_probs)
+    n = len(w)
+    if n == 0:
+        return Estimate("snips", float("nan"), float("nan"), float("nan"), 0, 0.0)
+    value = _snips_value(wr, w)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    sw = w[idx].sum(axis=1)
+    boots = np.where(sw > 0, wr[idx].sum(axis=1) / np.where(sw > 0, sw, 1.0), np.nan)
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
+    return Estimate("snips", value, float(lo), float(hi), n, _ess(w))
+
+
+def evaluate(log: LoggedData, target_probs: np.ndarray, seed: int = 0) -> dict[str, Estimate]:
+    """All estimators the log allows (DR only with a reward model)."""
+    out = {"ips": ips(log, target_probs), "snips": snips(log, target_probs, seed=seed)}
+    if log.q_hat is not None:
+        out["dr"] = doubly_robust(log, target_probs)
+    return out
+
+
+def compare(
+    log: LoggedData, candidate_probs: np.ndarray, baseline_probs: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Estimate]:
+    """Candidate minus baseline value, per estimator, with paired intervals.
+
+    Paired: the per-request terms of both policies are differenced before the interval
+    is formed (CLT), or resampled together (SNIPS bootstrap), so the noise they share on
+    the same requests cancels.
+    """
+    out: dict[str, Estimate] = {}
+    tc, wc = ips_terms(log, candidate_probs)
+    tb, wb = ips_terms(log, baseline_probs)
+    out["ips"] = _clt("ips", tc - tb, wc)
+    n = len(wc)
+    if n:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(n_boot, n))
+
+        def ratio(t, w, ix):
+            s = w[ix].sum(axis=-1)
+            return np.where(s > 0, t[ix].sum(axis=-1) / np.where(s > 0, s, 1.0), np.nan)
+
+        boots = ratio(tc, wc, idx) - ratio(tb, wb, idx)
+        lo, hi = np.nanpercentile(boots, [2.5, 97.5])
+        value = _snips_value(tc, wc) - _snips_value(tb, wb)
+        out["snips"] = Estimate("snips", value, float(lo), float(hi), n, _ess(wc))
+    else:
+        out["snips"] = Estimate("snips", float("nan"), float("nan"), float("nan"), 0, 0.0)
+    if log.q_hat is not None:
+        dc, wc = dr_terms(log, candidate_probs)
+        db, _ = dr_terms(log, baseline_probs)
+        out["dr"] = _clt("dr", dc - db, wc)
+    return out
+
+
+def deterministic_probs(chosen: np.ndarray, n_actions: int) -> np.ndarray:
+    """One-hot action probabilities of a deterministic policy's choices."""
+    probs = np.zeros((len(chosen), n_actions))
+    probs[np.arange(len(chosen)), chosen] = 1.0
+    return probs

@@ -1,0 +1,247 @@
+"""The outcome log: one record per request, written by the gateway, read by retraining.
+
+Writes happen off the latency path: `OutcomeLog.write` only enqueues; a background thread
+batches records into the store. `close()` drains the queue, so nothing accepted is lost on
+a clean shutdown. Stores sit behind a small seam (`OutcomeStore`, chosen by URL scheme in
+`STORES`): SQLite in WAL mode is the embedded default; a server database registers another
+scheme there.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OutcomeRecord:
+    request_id: str
+    ts: float = field(default_factory=time.time)
+    key_label: str | None = None
+    tenant: str = "default"
+    requested_model: str = "auto"
+    profile: str | None = None
+    stream: bool = False
+    features_hash: str | None = None
+    prompt: str | None = None  # only with prompt_storage=full
+    prompt_hash: str | None = None  # with prompt_storage=hash or full
+    embedding: bytes | None = None  # float32 routing embedding (not with prompt_storage=none)
+    input_tokens_est: int = 0
+    candidates: list[dict[str, Any]] | None = None  # the router's ranked candidate scores
+    reason: str | None = None
+    knob: float | None = None
+    chosen_model: str | None = None
+    propensity: float | None = None
+    answered_model: str | None = None
+    fallback_chain: list[str] = field(default_factory=list)  # models tried, in order
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # one entry per upstream call or skip
+    ttft_s: float | None = None
+    latency_s: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float = 0.0
+    saved_cost_usd: float = 0.0
+    status: str = "ok"  # ok | error | cache_hit | truncated | client_closed
+    error: str | None = None
+    cache_status: str = "miss"
+    cache_similarity: float | None = None
+    simulated: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+_JSON_FIELDS = ("candidates", "fallback_chain", "attempts", "extras")
+_BOOL_FIELDS = ("stream", "simulated")
+COLUMNS = [f.name for f in fields(OutcomeRecord)]
+_SQL_TYPES = {
+    "ts": "REAL", "stream": "INTEGER", "simulated": "INTEGER", "embedding": "BLOB", "input_tokens_est": "INTEGER",
+    "knob": "REAL", "propensity": "REAL", "ttft_s": "REAL", "latency_s": "REAL", "input_tokens": "INTEGER",
+    "output_tokens": "INTEGER", "cost_usd": "REAL", "saved_cost_usd": "REAL", "cache_similarity": "REAL",
+}
+
+
+def to_row(record: OutcomeRecord) -> dict[str, Any]:
+    row = asdict(record)
+    for name in _JSON_FIELDS:
+        row[name] = None if row[name] is None else json.dumps(row[name], default=str)
+    for name in _BOOL_FIELDS:
+        row[name] = int(bool(row[name]))
+    return row
+
+
+def from_row(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for name in _JSON_FIELDS:
+        if out.get(name) is not None:
+            out[name] = json.loads(out[name])
+    for name in _BOOL_FIELDS:
+        if name in out and out[name] is not None:
+            out[name] = bool(out[name])
+    return out
+
+
+class OutcomeStore(Protocol):
+    def write_many(self, records: Sequence[OutcomeRecord]) -> None: ...
+    def read(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]: ...
+    def get(self, request_id: str) -> dict[str, Any] | None: ...
+    def close(self) -> None: ...
+
+
+class SQLiteStore:
+    """Embedded store: one file, WAL mode so readers (training, dashboards) never block the writer."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection shared under a lock: the writer thread and occasional readers in the
+        # gateway; other processes read the file concurrently thanks to WAL.
+        self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock, self._conn:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            cols = ", ".join(
+                f"{c} {_SQL_TYPES.get(c, 'TEXT')}{' PRIMARY KEY' if c == 'request_id' else ''}" for c in COLUMNS
+            )
+            self._conn.execute(f"CREATE TABLE IF NOT EXISTS outcomes ({cols})")
+            self._conn.execute("CREATE INDEX IF NOT EXISTS outcomes_ts ON outcomes (ts)")
+
+    def write_many(self, records: Sequence[OutcomeRecord]) -> None:
+        rows = [to_row(r) for r in records]
+        sql = f"INSERT OR REPLACE INTO outcomes ({', '.join(COLUMNS)}) VALUES ({', '.join(':' + c for c in COLUMNS)})"
+        with self._lock, self._conn:
+            self._conn.executemany(sql, rows)
+
+    def read(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM outcomes", []
+        if since is not None:
+            sql += " WHERE ts >= ?"
+            args.append(since)
+        sql += " ORDER BY ts"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._lock:
+            return [from_row(dict(r)) for r in self._conn.execute(sql, args)]
+
+    def get(self, request_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM outcomes WHERE request_id = ?", (request_id,)).fetchone()
+        return from_row(dict(row)) if row is not None else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _sqlite_store(url: str) -> SQLiteStore:
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url[len("sqlite://"):]
+    if not path:
+        raise ValueError(f"outcome log URL {url!r} names no file: use sqlite:///path/to/outcomes.sqlite")
+    return SQLiteStore(path)
+
+
+# URL scheme -> store factory. A server backend adds its scheme here.
+STORES: dict[str, Callable[[str], OutcomeStore]] = {"sqlite": _sqlite_store}
+
+
+def open_store(url: str) -> OutcomeStore:
+    scheme = url.split(":", 1)[0].split("+", 1)[0] if ":" in url else ""
+    factory = STORES.get(scheme)
+    if factory is None:
+        raise ValueError(f"unsupported outcome log URL {url!r}: expected one of {sorted(s + '://...' for s in STORES)}")
+    return factory(url)
+
+
+_STOP = object()
+
+
+class OutcomeLog:
+    """Queue + background writer thread in front of a store."""
+
+    def __init__(self, store: OutcomeStore, batch_size: int = 256):
+        self.store = store
+        self.batch_size = batch_size
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="outcome-log-writer", daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    def write(self, record: OutcomeRecord) -> None:
+        if self._closed:
+            raise RuntimeError("outcome log is closed")
+        self._queue.put(record)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch = [self._queue.get()]
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is _STOP for item in batch)
+            records = [item for item in batch if item is not _STOP]
+            if records:
+                self._write(records)
+            for _ in batch:
+                self._queue.task_done()
+
+    def _write(self, batch: list[OutcomeRecord]) -> None:
+        for attempt in range(3):
+            try:
+                self.store.write_many(batch)
+                return
+            except Exception:
+                if attempt == 2:
+                    log.exception("outcome log: dropping %d records after 3 failed writes", len(batch))
+                else:
+                    time.sleep(0.1 * (attempt + 1))
+
+    def flush(self) -> None:
+        """Block until every record written so far is in the store."""
+        self._queue.join()
+
+    def get(self, request_id: str) -> dict[str, Any] | None:
+        self.flush()
+        return self.store.get(request_id)
+
+    def read(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        self.flush()
+        return self.store.read(since, limit)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+        self.store.close()
+
+
+def open_outcome_log(url: str) -> OutcomeLog:
+    return OutcomeLog(open_store(url))
+
+
+def read_outcomes(url: str, since: float | None = None) -> pd.DataFrame:
+    """The outcome table for training: one row per request, JSON columns decoded."""
+    import pandas as pd
+
+    store = open_store(url)
+    try:
+        rows = store.read(since)
+    finally:
+        store.close()
+    return pd.DataFrame(rows, columns=COLUMNS)

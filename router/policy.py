@@ -1,0 +1,181 @@
+"""The routing decision, in one place.
+
+The knob is **willingness to pay** (`wtp`): how many US dollars a client pays for +1.0 of
+expected quality on one request (P(good answer) from 0 to 1). Each eligible model scores
+
+    utility = P(good) - cost_usd / wtp - latency_weight * latency_s
+
+and the highest utility wins. Small `wtp` buys the cheapest adequate model, large `wtp`
+the best one regardless of price; in between, a model is worth its extra cost only when
+its extra quality times `wtp` exceeds that cost. With `latency_weight = 0`, raising `wtp`
+never lowers the predicted quality of the chosen model (swap the two utility inequalities
+of the models chosen at w1 < w2: the one chosen at w2 costs at least as much, hence is
+at least as good); ties go to the higher predicted quality so this holds exactly.
+
+Hard constraints come before utility: a model that breaks one is never chosen; it stays in
+the ranked candidates with the reason it was excluded.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from router.config import ModelSpec, Profile
+from router.predictor import Predictions
+from router.types import Candidate, Constraints, Decision, LiveStats, RoutingRequest
+
+KNOB_MIN, KNOB_MAX = 1e-7, 1e3  # USD per quality point: from "always cheapest" to "always best"
+LIVE_LATENCY_WEIGHT = 0.5  # share of the live EWMA latency in the blended latency estimate
+_TIE = 1e-12
+
+
+class NoEligibleModel(ValueError):
+    """Every candidate breaks a hard constraint; `decision.candidates` says which and why."""
+
+    def __init__(self, message: str, candidates: tuple[Candidate, ...]):
+        super().__init__(message)
+        self.candidates = candidates
+
+
+def utility(p_good, cost_usd, latency_s, willingness_to_pay, latency_weight=0.0) -> np.ndarray:
+    """Expected quality minus what its price and its wait are worth to the client."""
+    return np.asarray(p_good) - np.asarray(cost_usd) / willingness_to_pay - latency_weight * np.asarray(latency_s)
+
+
+def _argmax_quality_ties(u: np.ndarray, p: np.ndarray) -> np.ndarray:
+    best = u.max(axis=1, keepdims=True)
+    return np.where(u >= best - _TIE, p, -np.inf).argmax(axis=1)
+
+
+def choose_batch(pred: Predictions, willingness_to_pay: float, latency_weight: float = 0.0,
+                 allowed: Sequence[str] | None = None) -> np.ndarray:
+    """Index (into `pred.models`) of the chosen model for every row; for offline sweeps."""
+    u = utility(pred.p_good, pred.cost_usd, pred.latency_s, willingness_to_pay, latency_weight)
+    if allowed is not None:
+        mask = np.array([m in set(allowed) for m in pred.models])
+        if not mask.any():
+            raise ValueError(f"none of the allowed models {list(allowed)} is among {pred.models}")
+        u = np.where(mask[None, :], u, -np.inf)
+    return _argmax_quality_ties(u, pred.p_good)
+
+
+def knob_grid(n: int = 81, lo: float = KNOB_MIN, hi: float = KNOB_MAX) -> np.ndarray:
+    """Log-spaced willingness-to-pay values spanning the knob's whole useful range."""
+    return np.geomspace(lo, hi, n)
+
+
+def calibrate_willingness_to_pay(pred: Predictions, model: str, target_share: float, latency_weight: float = 0.0,
+                                 allowed: Sequence[str] | None = None) -> float:
+    """The `wtp` at which `model` is chosen for `target_share` of the rows (RouteLLM's
+    `calibrate_threshold`): scan the knob grid, then bisect between the bracketing points."""
+    if not 0.0 <= target_share <= 1.0:
+        raise ValueError(f"target_share must be in [0, 1], got {target_share}")
+    j = pred.column(model)
+
+    def share(w: float) -> float:
+        return float(np.mean(choose_batch(pred, w, latency_weight, allowed) == j))
+
+    grid = knob_grid(241)
+    shares = np.array([share(w) for w in grid])
+    i = int(np.argmin(np.abs(shares - target_share)))
+    if shares[i] == target_share:
+        return float(grid[i])
+    # Bisect in log space towards the neighbour on the other side of the target.
+    lo_i, hi_i = (i - 1, i) if i > 0 and (shares[i - 1] - target_share) * (shares[i] - target_share) < 0 else (i, i + 1)
+    if hi_i >= len(grid) or (shares[lo_i] - target_share) * (shares[hi_i] - target_share) > 0:
+        return float(grid[i])
+    lo, hi = np.log(grid[lo_i]), np.log(grid[hi_i])
+    s_lo = shares[lo_i]
+    best_w, best_gap = float(grid[i]), abs(shares[i] - target_share)
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        s = share(float(np.exp(mid)))
+        if abs(s - target_share) < best_gap:
+            best_w, best_gap = float(np.exp(mid)), abs(s - target_share)
+        if (s - target_share) * (s_lo - target_share) > 0:
+            lo, s_lo = mid, s
+        else:
+            hi = mid
+    return best_w
+
+
+def blend_latency(predicted: float, live: LiveStats | None) -> float:
+    """Mix the model's live EWMA latency into the token-based prediction once it is measured."""
+    if live is None or live.ewma_latency_s is None:
+        return predicted
+    return (1.0 - LIVE_LATENCY_WEIGHT) * predicted + LIVE_LATENCY_WEIGHT * live.ewma_latency_s
+
+
+def _exclusion(spec: ModelSpec, request: RoutingRequest, allowed: frozenset[str] | None, excluded: frozenset[str],
+               tags: frozenset[str], max_cost: float | None, max_latency: float | None, cost: float, latency: float,
+               out_tokens: float, live: LiveStats | None) -> str | None:
+    """The first hard constraint `spec` breaks for this request, or None."""
+    if allowed is not None and spec.name not in allowed:
+        return "not in allowed models"
+    if spec.name in excluded:
+        return "excluded by request"
+    missing = set(request.needs) - set(spec.capabilities)
+    if missing:
+        return f"lacks capability {', '.join(sorted(missing))}"
+    needed = request.input_tokens + (request.max_output_tokens or int(np.ceil(out_tokens)))
+    if needed > spec.context_window:
+        return f"context window {spec.context_window} < {needed} tokens"
+    if not tags <= spec.tags:
+        return f"lacks tag {', '.join(sorted(tags - spec.tags))}"
+    if live is not None and not live.healthy:
+        return "unhealthy (circuit open or rate limit reached)"
+    if max_cost is not None and cost > max_cost:
+        return f"predicted cost ${cost:.6f} > max ${max_cost:g}"
+    if max_latency is not None and latency > max_latency:
+        return f"predicted latency {latency:.2f}s > max {max_latency:g}s"
+    return None
+
+
+def _tighter(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def decide(pred: Predictions, request: RoutingRequest, *, catalog: Sequence[ModelSpec], profile: Profile,
+           constraints: Constraints = Constraints(), live: Mapping[str, LiveStats] | None = None,
+           row: int = 0, embedding: np.ndarray | None = None) -> Decision:
+    """Choose a model for row `row` of `pred` (whose columns are the catalog names).
+
+    Raises `NoEligibleModel` when every model breaks a hard constraint.
+    """
+    live = live or {}
+    allowed = constraints.allowed_models
+    if profile.allowed_models is not None:
+        allowed = profile.allowed_models if allowed is None else allowed & profile.allowed_models
+    tags = constraints.required_tags | profile.required_tags
+    max_cost = _tighter(constraints.max_cost_usd, profile.max_cost_usd)
+    max_latency = _tighter(constraints.max_latency_s, profile.max_latency_s)
+    wtp, lw = profile.willingness_to_pay, profile.latency_weight
+    rows = []
+    for spec in catalog:
+        j = pred.column(spec.name)
+        p, cost = float(pred.p_good[row, j]), float(pred.cost_usd[row, j])
+        latency = blend_latency(float(pred.latency_s[row, j]), live.get(spec.name))
+        out_tokens = float(pred.output_tokens[row, j])
+        u = float(utility(p, cost, latency, wtp, lw))
+        why = _exclusion(spec, request, allowed, constraints.excluded_models, tags, max_cost, max_latency,
+                         cost, latency, out_tokens, live.get(spec.name))
+        rows.append(Candidate(spec.name, p, float(pred.p_good_std[row, j]), out_tokens, cost, latency, u, why))
+    # Eligible first, each group by utility; ties go to higher P(good), as in choose_batch.
+    ranked = tuple(sorted(rows, key=lambda c: (c.excluded is not None, -round(c.utility, 12), -c.p_good)))
+    chosen = ranked[0] if ranked else None
+    if chosen is None or chosen.excluded is not None:
+        summary = "; ".join(f"{c.model}: {c.excluded}" for c in ranked) or "empty catalog"
+        raise NoEligibleModel(f"no model satisfies the request's constraints ({summary})", ranked)
+    n_ok = sum(c.excluded is None for c in ranked)
+    excluded = [f"{c.model} ({c.excluded})" for c in ranked if c.excluded is not None]
+    reason = (
+        f"{chosen.model}: best utility {chosen.utility:.3f} of {n_ok} eligible "
+        f"(P(good) {chosen.p_good:.2f}, ${chosen.cost_usd:.6f}, {chosen.latency_s:.1f}s; wtp ${wtp:g}/quality)"
+    )
+    if n_ok > 1:
+        runner = ranked[1]
+        reason += f"; next {runner.model} (P(good) {runner.p_good:.2f}, ${runner.cost_usd:.6f})"
+    if excluded:
+        reason += f"; excluded: {', '.join(excluded)}"
+    return Decision(model=chosen.model, candidates=ranked, reason=reason, knob=wtp, propensity=1.0, embedding=embedding)

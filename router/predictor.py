@@ -1,0 +1,331 @@
+"""Outcome predictors: P(good answer), output tokens, cost and latency per (prompt, model).
+
+Quality: LightGBM with the cross-entropy objective (accepts 0/1 and soft labels in [0, 1])
+on [PCA of the MiniLM embedding | cheap text features], trained K times on K-fold splits.
+The out-of-fold predictions fit one isotonic calibrator per model; serving averages the K
+boosters' raw probabilities and calibrates them; the spread of the K calibrated
+probabilities is the uncertainty (`p_good_std`) the bandit explores with.
+
+Two layouts, measured against each other in docs/ROUTER.md: `shared` (one booster over
+(prompt, model) pairs with the model as a categorical feature: models share what makes a
+prompt hard) and `per_model` (one booster per model).
+
+Output tokens: one LightGBM regressor of log1p(tokens) with the model as a feature; cost is
+tokens x price; latency is ttft + tokens / throughput until real latencies are logged.
+
+Unseen models (a catalog entry whose `predictor_name` the artifact never saw) get a prior:
+P(good) = the pooled mean quality of the training labels, std = `UNSEEN_STD` (0.5, the
+largest a [0, 1] outcome can have, so an exploring bandit tries the model), output tokens =
+the median over the known models.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from training.data import OutcomeTable
+
+UNSEEN_STD = 0.5
+DEFAULT_TTFT_S = 0.5
+DEFAULT_THROUGHPUT_TPS = 50.0
+
+QUALITY_PARAMS = {
+    "objective": "cross_entropy",
+    "learning_rate": 0.05,
+    "num_leaves": 15,
+    "min_data_in_leaf": 20,
+    "feature_fraction": 0.7,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "verbose": -1,
+    "num_threads": 1,
+    "seed": 7,
+}
+TOKEN_PARAMS = {**QUALITY_PARAMS, "objective": "regression", "learning_rate": 0.1}
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Predicted outcomes of N requests on M models."""
+
+    models: list[str]
+    p_good: np.ndarray  # (N, M) calibrated P(answer is good); expected quality for soft labels
+    p_good_std: np.ndarray  # (N, M) spread across the K fold boosters
+    output_tokens: np.ndarray  # (N, M)
+    cost_usd: np.ndarray  # (N, M)
+    latency_s: np.ndarray  # (N, M)
+
+    def column(self, model: str) -> int:
+        return self.models.index(model)
+
+    def select(self, models: Sequence[str]) -> "Predictions":
+        idx = [self.models.index(m) for m in models]
+        return Predictions(list(models), self.p_good[:, idx], self.p_good_std[:, idx],
+                           self.output_tokens[:, idx], self.cost_usd[:, idx], self.latency_s[:, idx])
+
+    def rows(self, rows) -> "Predictions":
+        return Predictions(list(self.models), self.p_good[rows], self.p_good_std[rows],
+                           self.output_tokens[rows], self.cost_usd[rows], self.latency_s[rows])
+
+
+@dataclass
+class Calibrator:
+    """Isotonic map from raw to calibrated probability, stored as its breakpoints."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __call__(self, p: np.ndarray) -> np.ndarray:
+        return np.interp(p, self.x, self.y)
+
+    @classmethod
+    def fit(cls, raw: np.ndarray, label: np.ndarray) -> "Calibrator":
+        from sklearn.isotonic import IsotonicRegression
+
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, label)
+        return cls(np.asarray(iso.X_thresholds_, dtype=np.float64), np.asarray(iso.y_thresholds_, dtype=np.float64))
+
+
+def _pca_fit(emb: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    mean = emb.mean(axis=0)
+    _, _, vt = np.linalg.svd(emb - mean, full_matrices=False)
+    return mean.astype(np.float32), vt[:dim].T.astype(np.float32)
+
+
+def _fold_ids(n: int, folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Fold per row; rows of one group (same prompt text) share a fold so no prompt leaks."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        return rng.permutation(np.arange(n) % folds)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    return rng.permutation(np.arange(len(uniq)) % folds)[inv]
+
+
+@dataclass
+class OutcomePredictor:
+    """scikit-learn style: `fit(X, outcomes)` then `predict(X, input_tokens)`.
+
+    `X` is [embedding (embed_dim columns) | cheap features]; the predictor owns the PCA of
+    the embedding part so that training and serving apply the same projection.
+    """
+
+    folds: int = 5
+    mode: str = "shared"  # or "per_model"
+    pca_dim: int = 32
+    embed_dim: int = 384
+    num_rounds: int = 200
+    token_rounds: int = 150
+    seed: int = 7
+    models: list[str] = field(default_factory=list)
+    quality_boosters: list = field(default_factory=list)  # shared: K boosters; per_model: M lists of K
+    token_booster: object = None
+    calibrators: list[Calibrator] = field(default_factory=list)
+    pca_mean: np.ndarray | None = None
+    pca_proj: np.ndarray | None = None
+    prior_quality: float = 0.5
+    token_prior: np.ndarray | None = None  # (M,) median output tokens per model
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> (in, out) USD per 1M
+    oof_raw: np.ndarray | None = None  # (N, M) out-of-fold raw probabilities from fit()
+    oof: np.ndarray | None = None  # (N, M) out-of-fold calibrated probabilities from fit()
+
+    # ---- features -------------------------------------------------------------------
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if self.pca_proj is None or self.pca_dim <= 0:
+            return X
+        emb, rest = X[:, : self.embed_dim], X[:, self.embed_dim :]
+        return np.hstack([(emb - self.pca_mean) @ self.pca_proj, rest])
+
+    def _pairs(self, Z: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return np.hstack([Z[rows], cols[:, None].astype(np.float32)])
+
+    # ---- training -------------------------------------------------------------------
+    def fit(self, X: np.ndarray, outcomes: "OutcomeTable", progress: Callable[[str], None] | None = None,
+            groups: np.ndarray | None = None) -> "OutcomePredictor":
+        import lightgbm as lgb
+
+        say = progress or (lambda _msg: None)
+        q = np.asarray(outcomes.quality, dtype=np.float64)
+        n, m = q.shape
+        self.models = list(outcomes.models)
+        if self.pca_dim > 0 and X.shape[1] > self.embed_dim:
+            self.pca_mean, self.pca_proj = _pca_fit(np.asarray(X[:, : self.embed_dim], np.float32), self.pca_dim)
+        Z = self.transform(X)
+        observed = ~np.isnan(q)
+        self.prior_quality = float(np.nanmean(q))
+        fold = _fold_ids(n, self.folds, self.seed, groups)
+        oof = np.full((n, m), np.nan)
+        params = {**QUALITY_PARAMS, "seed": self.seed}
+        self.quality_boosters = [] if self.mode == "shared" else [[] for _ in range(m)]
+        for k in range(self.folds):
+            say(f"quality fold {k + 1}/{self.folds}")
+            train_rows, test_rows = fold != k, fold == k
+            if self.mode == "shared":
+                r, c = np.nonzero(observed & train_rows[:, None])
+                ds = lgb.Dataset(self._pairs(Z, r, c), q[r, c], categorical_feature=[Z.shape[1]], free_raw_data=True)
+                booster = lgb.train(params, ds, self.num_rounds)
+                self.quality_boosters.append(booster)
+                r, c = np.nonzero(observed & test_rows[:, None])
+                if len(r):
+                    oof[r, c] = booster.predict(self._pairs(Z, r, c), num_threads=1)
+            else:
+                for j in range(m):
+                    rows = np.nonzero(observed[:, j] & train_rows)[0]
+                    booster = lgb.train(params, lgb.Dataset(Z[rows], q[rows, j]), self.num_rounds)
+                    self.quality_boosters[j].append(booster)
+                    test = np.nonzero(observed[:, j] & test_rows)[0]
+                    if len(test):
+                        oof[test, j] = booster.predict(Z[test], num_threads=1)
+        say("calibration")
+        self.oof_raw = oof
+        self.calibrators = []
+        self.oof = np.full_like(oof, np.nan)
+        for j in range(m):
+            ok = ~np.isnan(oof[:, j])
+            cal = Calibrator.fit(oof[ok, j], q[ok, j]) if ok.sum() >= 10 else Calibrator(np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+            self.calibrators.append(cal)
+            self.oof[ok, j] = cal(oof[ok, j])
+        say("output tokens")
+        self._fit_tokens(Z, outcomes)
+        self.prices = {name: (p.input_per_1m, p.output_per_1m) for name, p in outcomes.prices.items() if name in self.models}
+        return self
+
+    def _fit_tokens(self, Z: np.ndarray, outcomes: "OutcomeTable") -> None:
+        import lightgbm as lgb
+        from training.data import DEFAULT_OUTPUT_TOKENS
+
+        m = len(self.models)
+        tok = outcomes.output_tokens
+        if tok is None or np.isnan(tok).all():
+            self.token_prior = np.full(m, DEFAULT_OUTPUT_TOKENS)
+            self.token_booster = None
+            return
+        med = np.nanmedian(tok, axis=0)
+        self.token_prior = np.where(np.isnan(med), DEFAULT_OUTPUT_TOKENS, med)
+        r, c = np.nonzero(~np.isnan(tok))
+        ds = lgb.Dataset(self._pairs(Z, r, c), np.log1p(np.maximum(tok[r, c], 0)), categorical_feature=[Z.shape[1]])
+        self.token_booster = lgb.train({**TOKEN_PARAMS, "seed": self.seed}, ds, self.token_rounds)
+
+    # ---- prediction -----------------------------------------------------------------
+    def predict_quality(self, X: np.ndarray, transformed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated P(good) and its spread across fold boosters, (N, M) each."""
+        Z = X if transformed else self.transform(X)
+        n, m = len(Z), len(self.models)
+        if self.mode == "shared":
+            rows = np.repeat(np.arange(n), m)
+            cols = np.tile(np.arange(m), n)
+            pairs = self._pairs(Z, rows, cols)
+            raw = np.stack([b.predict(pairs, num_threads=1).reshape(n, m) for b in self.quality_boosters])
+        else:
+            raw = np.stack([
+                np.column_stack([self.quality_boosters[j][k].predict(Z, num_threads=1) for j in range(m)])
+                for k in range(self.folds)
+            ])
+        cal = np.empty_like(raw)
+        for j, c in enumerate(self.calibrators):
+            cal[:, :, j] = c(raw[:, :, j])
+        mean = np.column_stack([c(raw[:, :, j].mean(axis=0)) for j, c in enumerate(self.calibrators)])
+        return mean, cal.std(axis=0)
+
+    def predict_tokens(self, X: np.ndarray, transformed: bool = False) -> np.ndarray:
+        n, m = len(X), len(self.models)
+        if self.token_booster is None:
+            return np.tile(self.token_prior, (n, 1))
+        Z = X if transformed else self.transform(X)
+        pairs = self._pairs(Z, np.repeat(np.arange(n), m), np.tile(np.arange(m), n))
+        return np.expm1(self.token_booster.predict(pairs, num_threads=1)).reshape(n, m).clip(1.0, None)
+
+    def predict(self, X: np.ndarray, input_tokens: np.ndarray | None = None, models: Sequence[str] | None = None,
+                prices: Sequence[tuple[float, float]] | None = None, ttft_s: Sequence[float] | None = None,
+                throughput_tps: Sequence[float] | None = None, names: Sequence[str] | None = None) -> Predictions:
+        """Predictions for `models` (artifact names, default all; unseen names get the prior).
+
+        `prices`, `ttft_s`, `throughput_tps` are per requested model (the catalog's); without
+        them the prices seen in training and default speeds are used. `names` relabels the
+        output columns (catalog names when several entries share one artifact model).
+        """
+        Z = self.transform(X)
+        n = len(Z)
+        models = list(models) if models is not None else list(self.models)
+        p_known, std_known = self.predict_quality(Z, transformed=True)
+        tok_known = self.predict_tokens(Z, transformed=True)
+        unseen_tokens = float(np.median(self.token_prior)) if self.token_prior is not None else 200.0
+        p = np.full((n, len(models)), self.prior_quality)
+        std = np.full((n, len(models)), UNSEEN_STD)
+        tok = np.full((n, len(models)), unseen_tokens)
+        for j, name in enumerate(models):
+            if name in self.models:
+                k = self.models.index(name)
+                p[:, j], std[:, j], tok[:, j] = p_known[:, k], std_known[:, k], tok_known[:, k]
+        in_tok = np.ones(n) if input_tokens is None else np.asarray(input_tokens, dtype=np.float64)
+        price = np.array([
+            prices[j] if prices is not None else self.prices.get(name, (0.0, 0.0)) for j, name in enumerate(models)
+        ], dtype=np.float64).reshape(len(models), 2)
+        cost = (in_tok[:, None] * price[None, :, 0] + tok * price[None, :, 1]) / 1e6
+        ttft = np.asarray(ttft_s if ttft_s is not None else [DEFAULT_TTFT_S] * len(models), dtype=np.float64)
+        tps = np.asarray(throughput_tps if throughput_tps is not None else [DEFAULT_THROUGHPUT_TPS] * len(models), dtype=np.float64)
+        latency = ttft[None, :] + tok / tps[None, :]
+        return Predictions(list(names) if names is not None else models, p, std, tok, cost, latency)
+
+    # ---- persistence ----------------------------------------------------------------
+    def save(self, folder: str | Path) -> dict:
+        """Write boosters (LightGBM text), calibrators and projection; return the manifest part."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        if self.mode == "shared":
+            for k, b in enumerate(self.quality_boosters):
+                name = f"quality_fold{k}.txt"
+                b.save_model(str(folder / name))
+                files.append(name)
+        else:
+            for j, per in enumerate(self.quality_boosters):
+                for k, b in enumerate(per):
+                    name = f"quality_m{j}_fold{k}.txt"
+                    b.save_model(str(folder / name))
+                    files.append(name)
+        if self.token_booster is not None:
+            self.token_booster.save_model(str(folder / "tokens.txt"))
+        if self.pca_proj is not None:
+            np.savez(folder / "projection.npz", mean=self.pca_mean, proj=self.pca_proj)
+        return {
+            "mode": self.mode,
+            "folds": self.folds,
+            "pca_dim": self.pca_dim if self.pca_proj is not None else 0,
+            "embed_dim": self.embed_dim,
+            "models": self.models,
+            "quality_files": files,
+            "token_file": "tokens.txt" if self.token_booster is not None else None,
+            "calibrators": [{"x": c.x.tolist(), "y": c.y.tolist()} for c in self.calibrators],
+            "prior_quality": self.prior_quality,
+            "token_prior": [float(t) for t in self.token_prior],
+            "prices": {k: list(v) for k, v in self.prices.items()},
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def load(cls, folder: str | Path, spec: dict) -> "OutcomePredictor":
+        import lightgbm as lgb
+
+        folder = Path(folder)
+        self = cls(folds=spec["folds"], mode=spec["mode"], pca_dim=spec["pca_dim"], embed_dim=spec["embed_dim"], seed=spec.get("seed", 7))
+        self.models = list(spec["models"])
+        boosters = [lgb.Booster(model_file=str(folder / f)) for f in spec["quality_files"]]
+        if self.mode == "shared":
+            self.quality_boosters = boosters
+        else:
+            self.quality_boosters = [boosters[j * self.folds : (j + 1) * self.folds] for j in range(len(self.models))]
+        self.token_booster = lgb.Booster(model_file=str(folder / spec["token_file"])) if spec.get("token_file") else None
+        self.calibrators = [Calibrator(np.array(c["x"]), np.array(c["y"])) for c in spec["calibrators"]]
+        self.prior_quality = float(spec["prior_quality"])
+        self.token_prior = np.array(spec["token_prior"], dtype=np.float64)
+        self.prices = {k: (float(v[0]), float(v[1])) for k, v in spec["prices"].items()}
+        if self.pca_dim > 0:
+            z = np.load(folder / "projection.npz")
+            self.pca_mean, self.pca_proj = z["mean"], z["proj"]
+        return self

@@ -1,0 +1,241 @@
+"""POST /v1/chat/completions: validate, run pre-hooks, route, dispatch, answer, then
+post-hooks off the latency path.
+
+Pre-hooks may set `ctx.extras["constraints"]` (tighter limits) or `ctx.profile` (e.g. a
+cheaper profile as a budget runs low) before the decision; a hook with a `routed(ctx)`
+coroutine sees the decision before any upstream call and may refuse it by raising ApiError.
+"""
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from router.request_view import estimate_tokens, view_chat_request
+from service import sse
+from service.dispatch import OpenStream, usage_tokens
+from service.errors import ApiError
+from service.gateway import Gateway
+from service.pipeline import RequestContext
+from service.providers.base import UpstreamError
+from service.routing import build_constraints, decide, resolve_model
+from service.schemas import read_json_body, validate_chat
+
+router = APIRouter()
+_SAFE_HEADER = re.compile(r"[^\x20-\x7e]")
+
+
+def _header(value: str, limit: int = 400) -> str:
+    return _SAFE_HEADER.sub("?", value)[:limit]
+
+
+def response_headers(ctx: RequestContext) -> dict[str, str]:
+    headers = {"x-request-id": ctx.request_id, "x-router-cache": ctx.cache_status}
+    if ctx.answered_by:
+        headers["x-router-model"] = ctx.answered_by
+    if ctx.profile:
+        headers["x-router-profile"] = ctx.profile
+    if ctx.extras.get("reason"):
+        headers["x-router-reason"] = _header(ctx.extras["reason"])
+    if ctx.cache_similarity is not None:
+        headers["x-router-cache-similarity"] = f"{ctx.cache_similarity:.4f}"
+    headers.update(ctx.extras.get("response_headers") or {})
+    return headers
+
+
+def _reason(ctx: RequestContext) -> str:
+    base = ctx.decision.reason if ctx.decision else f"{ctx.requested_model}: requested by name"
+    failed = [a for a in ctx.attempts if a["status"] != "ok"]
+    if ctx.answered_by and failed:
+        why = ", ".join(f"{a['model']} {a.get('kind') or a.get('reason')}" for a in failed)
+        return f"{ctx.answered_by}: fallback after {why}; routed: {base}"
+    return base
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    received, started = time.time(), time.perf_counter()
+    try:
+        raw = await read_json_body(request, gw.config.server.max_body_bytes)
+        parsed = validate_chat(raw)
+        profile = resolve_model(parsed.model, gw.config)
+        constraints = build_constraints(parsed.router, request.headers, gw.config)
+    except ApiError:
+        gw.metrics.requests.labels("none", "none", "rejected").inc()
+        raise
+    body = {k: v for k, v in raw.items() if k != "router"}
+    ctx = RequestContext(
+        request_id=f"req_{uuid.uuid4().hex}",
+        body=body,
+        routing=view_chat_request(body),
+        headers=request.headers,
+        stream=parsed.stream,
+        profile=profile,
+        requested_model=parsed.model,
+    )
+    ctx.extras.update(received_at=received, started=started, constraints=constraints)
+    if request.headers.get("x-request-id"):
+        ctx.extras["client_request_id"] = request.headers["x-request-id"][:128]
+    try:
+        return await _handle(gw, ctx)
+    except ApiError as exc:
+        ctx.status, ctx.error = "error", exc.message
+        ctx.extras["http_status"] = exc.status
+        finish(gw, ctx)
+        return exc.response(response_headers(ctx))
+
+
+async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
+    router_now = gw.router.current
+    if ctx.routing.text and ((ctx.profile is not None and router_now is not None) or gw.wants_embedding):
+        ctx.embedding = await run_in_threadpool(gw.embed, ctx.routing.text)
+    answer = await gw.pipeline.run_pre(ctx)
+    if answer is not None:
+        return _short_circuit(gw, ctx, answer)
+    if ctx.profile is not None:
+        t0 = time.perf_counter()
+        try:
+            ctx.decision = await run_in_threadpool(
+                decide, router_now, ctx.routing, config=gw.config, profile=ctx.profile,
+                constraints=ctx.extras["constraints"], live=gw.live.snapshot(ctx.routing.input_tokens), embedding=ctx.embedding,
+            )
+        except ApiError as exc:
+            # A pre-hook that tightened the constraints (a budget cap) may explain the refusal better.
+            explain = ctx.extras.get("explain_unroutable")
+            better = explain(exc) if explain is not None else None
+            if better is not None:
+                raise better from None
+            raise
+        gw.metrics.routing_seconds.observe(time.perf_counter() - t0)
+        gw.metrics.choices.labels(ctx.decision.model, ctx.profile).inc()
+    for hook in gw.pipeline.hooks:
+        routed = getattr(hook, "routed", None)
+        if routed is not None:
+            await routed(ctx)
+    if ctx.stream:
+        return await _stream(gw, ctx)
+    answer = await gw.dispatcher.complete(ctx, ctx.body)
+    ctx.response = answer
+    ctx.status = "ok"
+    ctx.extras["reason"] = _reason(ctx)
+    finish(gw, ctx)
+    return JSONResponse(answer, headers=response_headers(ctx))
+
+
+def _short_circuit(gw: Gateway, ctx: RequestContext, answer: dict[str, Any]) -> Response:
+    """A pre-hook answered (a cache hit): no routing, no upstream call, same wire format."""
+    ctx.response = answer
+    ctx.answered_by = ctx.answered_by or answer.get("model")
+    if ctx.status == "pending":
+        ctx.status = "cache_hit"
+    ctx.extras.setdefault("reason", f"answered by pre-hook ({ctx.cache_status})")
+    headers = response_headers(ctx)
+    finish(gw, ctx)
+    if not ctx.stream:
+        return JSONResponse(answer, headers=headers)
+    chunks = sse.completion_to_chunks(answer)
+    if not _wants_usage(ctx):
+        chunks = [c for c in chunks if not sse.is_usage_only(c)]
+    payload = b"".join(sse.encode(c) for c in chunks) + sse.DONE
+    return Response(payload, media_type="text/event-stream", headers=headers)
+
+
+def _wants_usage(ctx: RequestContext) -> bool:
+    return bool((ctx.body.get("stream_options") or {}).get("include_usage"))
+
+
+def _client_chunk(chunk: dict[str, Any], include_usage: bool) -> dict[str, Any] | None:
+    """The chunk as the client asked for it: usage only when it set stream_options.include_usage
+    (the gateway always asks the upstream for usage, to bill and log streamed answers)."""
+    if include_usage:
+        return chunk
+    if sse.is_usage_only(chunk):
+        return None
+    return {k: v for k, v in chunk.items() if k != "usage"} if "usage" in chunk else chunk
+
+
+async def _stream(gw: Gateway, ctx: RequestContext) -> Response:
+    opened = await gw.dispatcher.open_stream(ctx, ctx.body)
+    ctx.extras["reason"] = _reason(ctx)
+    return StreamingResponse(_events(gw, ctx, opened), media_type="text/event-stream", headers=response_headers(ctx))
+
+
+async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> AsyncIterator[bytes]:
+    include_usage = _wants_usage(ctx)
+    assembler = sse.Assembler()
+    failure: UpstreamError | None = None
+    ctx.status = "client_closed"  # until the stream reaches its end one way or the other
+
+    def emit(chunk: dict[str, Any]) -> bytes | None:
+        assembler.add(chunk)
+        out = _client_chunk(chunk, include_usage)
+        if out is None:
+            return None
+        if "ttft_s" not in ctx.extras and sse.carries_output(chunk):
+            ctx.extras["ttft_s"] = round(time.perf_counter() - ctx.extras["started"], 4)
+        return sse.encode(out)
+
+    try:
+        for chunk in opened.held:
+            data = emit(chunk)
+            if data is not None:
+                yield data
+        async for chunk in opened.rest:
+            data = emit(chunk)
+            if data is not None:
+                yield data
+        if not assembler.finished:
+            raise UpstreamError("connection", "the stream ended before the answer finished")
+        ctx.status = "ok"
+        yield sse.DONE
+    except UpstreamError as exc:
+        # The client already holds part of the answer: say so explicitly, never end cleanly.
+        failure = exc
+        ctx.status, ctx.error = "truncated", f"{exc.kind}: {exc.message}"
+        yield sse.error_event(f"the upstream model {opened.model.name} failed mid-answer ({exc.kind}): {exc.message}",
+                              "upstream_error", "stream_interrupted")
+    finally:
+        with anyio.CancelScope(shield=True):
+            await opened.rest.aclose()
+        ctx.response = assembler.completion()
+        out_tokens = usage_tokens(assembler.usage)[1]
+        gw.dispatcher.close_stream(opened, failure, out_tokens or 0)
+        finish(gw, ctx)
+
+
+def finish(gw: Gateway, ctx: RequestContext) -> None:
+    """Settle usage, cost and metrics, then hand the context to the post-hooks in the background."""
+    extras = ctx.extras
+    extras["latency_s"] = round(time.perf_counter() - extras["started"], 4)
+    extras.setdefault("reason", _reason(ctx))
+    usage = (ctx.response or {}).get("usage") if ctx.status in ("ok", "truncated", "client_closed") else None
+    spec = gw.dispatcher.specs.get(ctx.answered_by or "")
+    if spec is not None and ctx.status in ("ok", "truncated", "client_closed"):
+        if not usage:
+            # No usage from the upstream (a cut stream): bill our estimate rather than nothing.
+            text = "".join((c.get("message") or {}).get("content") or "" for c in (ctx.response or {}).get("choices", []))
+            usage = {"prompt_tokens": ctx.routing.input_tokens, "completion_tokens": estimate_tokens(text)}
+            extras["usage_estimated"] = True
+        ctx.cost_usd = spec.price.cost(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+        extras["usage"] = usage
+        model = spec.name
+        gw.metrics.tokens.labels(model, "input").inc(usage.get("prompt_tokens") or 0)
+        gw.metrics.tokens.labels(model, "output").inc(usage.get("completion_tokens") or 0)
+        gw.metrics.cost.labels(model).inc(ctx.cost_usd)
+    model_label = ctx.answered_by or "none"
+    gw.metrics.requests.labels(model_label, ctx.profile or "none", ctx.status).inc()
+    gw.metrics.latency.labels(model_label, str(ctx.stream).lower()).observe(extras["latency_s"])
+    if extras.get("ttft_s") is not None:
+        gw.metrics.ttft.labels(model_label).observe(extras["ttft_s"])
+    if gw.config.cache.enabled:
+        gw.metrics.cache.labels(ctx.cache_status).inc()
+    if ctx.saved_cost_usd:
+        gw.metrics.saved_cost.inc(ctx.saved_cost_usd)
+    gw.spawn(gw.pipeline.run_post(ctx))

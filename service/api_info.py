@@ -1,0 +1,103 @@
+"""GET /v1/models, POST /v1/route (the decision alone), GET /healthz, GET /metrics."""
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
+
+from router.request_view import view_chat_request
+from service.errors import bad_request
+from service.gateway import Gateway
+from service.routing import build_constraints, decide, resolve_model
+from service.schemas import read_json_body, validate_chat
+
+router = APIRouter()
+_STARTED = int(time.time())
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> JSONResponse:
+    gw: Gateway = request.app.state.gateway
+    config = gw.config
+    data = [
+        {
+            "id": name,
+            "object": "model",
+            "created": _STARTED,
+            "owned_by": "openclaw-router",
+            "openclaw": {
+                "type": "profile",
+                "willingness_to_pay": profile.willingness_to_pay,
+                "latency_weight": profile.latency_weight,
+                "default": name == config.router.default_profile,
+            },
+        }
+        for name, profile in config.router.profiles.items()
+    ]
+    for spec in config.models:
+        data.append({
+            "id": spec.name,
+            "object": "model",
+            "created": _STARTED,
+            "owned_by": spec.provider,
+            "openclaw": {
+                "type": "model",
+                "simulated": spec.name in gw.simulated,
+                "provider_kind": config.providers[spec.provider].kind,
+                "upstream": spec.upstream_name,
+                "context_window": spec.context_window,
+                "max_output_tokens": spec.max_output_tokens,
+                "capabilities": sorted(spec.capabilities),
+                "tags": sorted(spec.tags),
+                "price_per_1m": {"input": spec.price.input_per_1m, "output": spec.price.output_per_1m},
+            },
+        })
+    return JSONResponse({"object": "list", "data": data})
+
+
+@router.post("/v1/route")
+async def route_only(request: Request) -> JSONResponse:
+    """What the router would do with this chat body, without calling any model."""
+    gw: Gateway = request.app.state.gateway
+    raw = await read_json_body(request, gw.config.server.max_body_bytes)
+    parsed = validate_chat(raw)
+    profile = resolve_model(parsed.model, gw.config)
+    if profile is None:
+        raise bad_request(f"{parsed.model!r} is a model, not a routing profile: nothing to decide", code="not_a_profile", param="model")
+    constraints = build_constraints(parsed.router, request.headers, gw.config)
+    routing = view_chat_request(raw)
+    router_now = gw.router.current
+    embedding = await run_in_threadpool(gw.embed, routing.text) if (router_now is not None and routing.text) else None
+    decision = await run_in_threadpool(
+        decide, router_now, routing, config=gw.config, profile=profile, constraints=constraints,
+        live=gw.live.snapshot(routing.input_tokens), embedding=embedding,
+    )
+    return JSONResponse({
+        **decision.to_dict(),
+        "profile": profile,
+        "fallbacks": decision.fallbacks()[: gw.config.reliability.max_fallbacks],
+        "request": {"input_tokens": routing.input_tokens, "needs": sorted(routing.needs), "n_turns": routing.n_turns},
+    })
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> JSONResponse:
+    gw: Gateway = request.app.state.gateway
+    models = gw.live.describe()
+    healthy = sum(1 for m in models.values() if m["healthy"])
+    return JSONResponse({
+        "status": "ok" if healthy else "degraded",
+        "router_loaded": gw.router.current is not None,
+        "healthy_models": healthy,
+        "simulated_models": sorted(gw.simulated),
+        "models": models,
+    })
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)

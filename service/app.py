@@ -1,0 +1,93 @@
+"""The FastAPI app factory. The request pipeline (hooks) and the API routers are each listed
+in one place below: `pipeline_hooks` and `api_routers`."""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Sequence
+
+from fastapi import APIRouter, FastAPI
+
+from router.config import Config
+from router.outcome_log import OutcomeLog, open_outcome_log
+from service import api_chat, api_info
+from service.errors import install_error_handlers
+from service.gateway import Gateway, build_gateway, load_router
+from service.governance import api_admin, api_ui
+from service.governance.hook import GovernanceHook
+from service.governance.runtime import Governance
+from service.hooks.outcome_hook import OutcomeHook
+from service.pipeline import Hook
+from service.providers.base import Provider
+from service.routing import Router
+
+log = logging.getLogger(__name__)
+
+
+def pipeline_hooks(config: Config, outcome_log: OutcomeLog, simulated: frozenset[str], extra: Sequence[Hook],
+                   governance: "Governance | None" = None) -> list[Hook]:
+    """Pre-hooks run in this order; post-hooks in reverse, so the outcome log (first) writes
+    last and records what every other hook decided. Governance (keys, budgets) comes before
+    anything that could answer the request, such as the cache."""
+    return [
+        OutcomeHook(outcome_log, config.server.prompt_storage, simulated),
+        *([GovernanceHook(governance)] if governance is not None else []),
+        *extra,
+    ]
+
+
+def api_routers() -> list[APIRouter]:
+    return [
+        api_chat.router,
+        api_info.router,
+        api_admin.router,
+        api_ui.router,
+    ]
+
+
+def create_app(
+    config: Config,
+    *,
+    hooks: Sequence[Hook] = (),
+    router: Router | None = None,
+    load_artifact: bool = True,
+    outcome_log: OutcomeLog | None = None,
+    providers: dict[str, Provider] | None = None,
+    simulated: frozenset[str] = frozenset(),
+    governance: Governance | None = None,
+) -> FastAPI:
+    """A gateway for `config`. `router` defaults to the artifact named in the config
+    (`load_artifact=False` serves named models only); `outcome_log` to `server.db`;
+    `governance` (keys, budgets, attribution; `Governance.from_config`) is off when None."""
+    if router is None and load_artifact:
+        router = load_router(config)
+    outcome_log = outcome_log or open_outcome_log(config.server.db)
+    gateway = build_gateway(
+        config,
+        hooks=pipeline_hooks(config, outcome_log, simulated, hooks, governance),
+        router=router,
+        outcome_log=outcome_log,
+        providers=providers,
+        simulated=simulated,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await gateway.aclose()
+        if governance is not None:
+            await governance.alerts.aclose()
+
+    app = FastAPI(title="OpenClaw Router", version="0.1.0", lifespan=lifespan)
+    app.state.gateway = gateway
+    app.state.governance = governance
+    if governance is not None:
+        governance.attach(gateway)
+    install_error_handlers(app)
+    for api in api_routers():
+        app.include_router(api)
+    return app
+
+
+def gateway_of(app: FastAPI) -> Gateway:
+    return app.state.gateway

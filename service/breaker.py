@@ -1,0 +1,146 @@
+"""Per-model circuit breaker and RPM/TPM accounting.
+
+The breaker opens after `breaker_failures` consecutive failures and, after
+`breaker_cooldown_s`, lets exactly one probe request through (half-open): a success closes
+it, a failure re-opens it for another cooldown. An upstream 429 with `Retry-After` also
+blocks the model until then. The rate window counts requests and tokens sent to each model
+over the last minute, so the router stops choosing a model before its configured RPM/TPM
+is exhausted instead of learning about it from a 429.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from router.config import Limits
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class _Circuit:
+    failures: int = 0
+    opened_at: float | None = None
+    probing: bool = False
+    blocked_until: float = 0.0
+
+
+class CircuitBreaker:
+    def __init__(self, failures: int, cooldown_s: float, clock: Clock = time.monotonic):
+        self.threshold = failures
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._circuits: dict[str, _Circuit] = {}
+        self._lock = threading.Lock()
+
+    def _get(self, model: str) -> _Circuit:
+        return self._circuits.setdefault(model, _Circuit())
+
+    def state(self, model: str) -> str:
+        with self._lock:
+            c = self._get(model)
+            now = self._clock()
+            if c.opened_at is None:
+                return "blocked" if now < c.blocked_until else "closed"
+            if c.probing or now - c.opened_at < self.cooldown_s:
+                return "open"
+            return "half_open"
+
+    def available(self, model: str) -> bool:
+        """May the router choose this model now? (No side effect: routing asks for every model.)"""
+        return self.state(model) in ("closed", "half_open")
+
+    def acquire(self, model: str) -> bool:
+        """Claim the right to call the model; in half-open state only one caller gets it."""
+        with self._lock:
+            c = self._get(model)
+            now = self._clock()
+            if now < c.blocked_until:
+                return False
+            if c.opened_at is None:
+                return True
+            if c.probing or now - c.opened_at < self.cooldown_s:
+                return False
+            c.probing = True
+            return True
+
+    def success(self, model: str) -> None:
+        with self._lock:
+            c = self._get(model)
+            c.failures = 0
+            c.opened_at = None
+            c.probing = False
+
+    def failure(self, model: str, retry_after_s: float | None = None) -> bool:
+        """Record a failed call; True when this failure opened (or re-opened) the circuit."""
+        with self._lock:
+            c = self._get(model)
+            now = self._clock()
+            if retry_after_s:
+                c.blocked_until = max(c.blocked_until, now + retry_after_s)
+            c.failures += 1
+            if c.probing or (c.opened_at is None and c.failures >= self.threshold):
+                c.opened_at = now
+                c.probing = False
+                return True
+            return False
+
+    def release(self, model: str) -> None:
+        """A call that ended without a verdict (client went away): let another probe try."""
+        with self._lock:
+            self._get(model).probing = False
+
+
+@dataclass
+class _Window:
+    events: deque = field(default_factory=deque)  # (time, tokens, counts_as_request)
+    requests: int = 0
+    tokens: int = 0
+
+
+class RateWindow:
+    """Requests and tokens per model over a sliding minute."""
+
+    def __init__(self, clock: Clock = time.monotonic, span_s: float = 60.0):
+        self._clock = clock
+        self.span_s = span_s
+        self._windows: dict[str, _Window] = {}
+        self._lock = threading.Lock()
+
+    def _trim(self, w: _Window, now: float) -> None:
+        while w.events and now - w.events[0][0] >= self.span_s:
+            _, tokens, is_request = w.events.popleft()
+            w.tokens -= tokens
+            w.requests -= is_request
+
+    def add(self, model: str, tokens: int, request: bool = True) -> None:
+        """Count a request with its input tokens, or (request=False) output tokens learnt afterwards."""
+        with self._lock:
+            w = self._windows.setdefault(model, _Window())
+            now = self._clock()
+            self._trim(w, now)
+            w.events.append((now, tokens, request))
+            w.tokens += tokens
+            w.requests += request
+
+    def usage(self, model: str) -> tuple[int, int]:
+        """(requests, tokens) in the current window."""
+        with self._lock:
+            w = self._windows.get(model)
+            if w is None:
+                return 0, 0
+            self._trim(w, self._clock())
+            return w.requests, w.tokens
+
+    def has_room(self, model: str, limits: Limits, tokens: int) -> bool:
+        if limits.rpm is None and limits.tpm is None:
+            return True
+        requests, used = self.usage(model)
+        if limits.rpm is not None and requests >= limits.rpm:
+            return False
+        if limits.tpm is not None and used + tokens > limits.tpm:
+            return False
+        return True

@@ -1,0 +1,59 @@
+"""`openclaw-router` command line.
+
+Each subcommand lives beside the job it runs, in a module exposing `configure(parser)` and
+`run(args) -> int`. Those modules keep heavy imports (torch, lightgbm, mlflow, faiss)
+inside `run`, so `--help` and `serve` start without paying for them.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("service.serve_command", "run the OpenAI-compatible routing gateway"),
+    "train": ("training.train", "train router predictors from outcome tables, tracked in MLflow"),
+    "eval": ("training.evaluate", "evaluate a router against baselines over the whole knob range"),
+    "cache-eval": ("training.cache_eval", "would the cache serve text_b from text_a's answer? precision/recall"),
+    "retrain": ("training.retrain", "retrain from the outcome log and promote only if off-policy estimates say better"),
+    "simulate": ("training.simulate", "replay an outcome table as a request stream: static vs bandit router, with drift"),
+    "shadow-report": ("training.shadow_report", "HTML/JSON report comparing the shadow router with the live one"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openclaw-router", description="ML-driven LLM router")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # Only the chosen command's module is imported; the others stay bare parsers.
+        if only == name:
+            importlib.import_module(module).configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    args = build_parser(only=chosen).parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError) as exc:
+        # Validation errors are for the user, not a stack trace.
+        print(f"openclaw-router {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

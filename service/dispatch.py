@@ -1,0 +1,225 @@
+"""The attempt loop: retries, backoff, failover and stream holding.
+
+For each model of the chain (the chosen model, then the router's ranked fallbacks) the loop
+skips models that cannot take the request (context window too small, circuit open), calls
+the upstream, retries transient faults on the same model with jittered exponential backoff
+(honouring `Retry-After` up to `reliability.max_retry_after_s`, beyond which failing over is
+faster), and fails over on rate limits, 5xx, timeouts, connection faults, malformed
+answers, context-length and model-not-found errors. A client error (400) is returned as is.
+
+Streams are held until the first chunk that carries output: a failure before it fails over
+without the client noticing; after it the client owns a partial answer and the stream ends
+with an explicit error event (see api_chat).
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+
+from router.config import Config, ModelSpec
+from service.errors import ApiError
+from service.live_state import LiveState
+from service.metrics import Metrics
+from service.pipeline import RequestContext
+from service.providers.base import Provider, UpstreamError
+from service.sse import carries_output
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass
+class OpenStream:
+    """A stream that has produced its first output: the model, what was held back, the rest."""
+
+    model: ModelSpec
+    held: list[dict[str, Any]]
+    rest: AsyncIterator[dict[str, Any]]
+    started: float
+    ttft_s: float
+    attempt: dict[str, Any] = field(default_factory=dict)
+
+
+def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int | None, int | None]:
+    if not usage:
+        return None, None
+    return usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        config: Config,
+        providers: Mapping[str, Provider],
+        live: LiveState,
+        metrics: Metrics,
+        sleep: Sleep = asyncio.sleep,
+    ):
+        self.config = config
+        self.rel = config.reliability
+        self.specs = {m.name: m for m in config.models}
+        self.providers = providers
+        self.live = live
+        self.metrics = metrics
+        self._sleep = sleep
+
+    # -- the chain -------------------------------------------------------------------------
+    def chain(self, ctx: RequestContext) -> list[str]:
+        """A named model is honoured alone; a routed request fails over along the ranking."""
+        if ctx.decision is None:
+            return [ctx.requested_model]
+        return [ctx.decision.model, *ctx.decision.fallbacks()[: self.rel.max_fallbacks]]
+
+    def _fits(self, spec: ModelSpec, ctx: RequestContext, smallest_failed_window: int | None) -> bool:
+        needed = ctx.routing.input_tokens + (ctx.routing.max_output_tokens or 0)
+        if smallest_failed_window is not None and spec.context_window <= smallest_failed_window:
+            return False
+        return needed <= spec.context_window
+
+    def _backoff(self, retry: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        ceiling = min(self.rel.backoff_max_s, self.rel.backoff_base_s * (2**retry))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    def _record(self, ctx: RequestContext, model: str, status: str, **info: Any) -> dict[str, Any]:
+        entry = {"model": model, "status": status, **{k: v for k, v in info.items() if v is not None}}
+        ctx.attempts.append(entry)
+        return entry
+
+    def _on_error(self, ctx: RequestContext, spec: ModelSpec, err: UpstreamError, started: float, retry: int) -> None:
+        self._record(
+            ctx, spec.name, "error", kind=err.kind, http_status=err.status, message=err.message[:300],
+            latency_s=round(time.perf_counter() - started, 4), retry=retry, retry_after_s=err.retry_after,
+        )
+        self.metrics.attempts.labels(spec.name, err.kind).inc()
+        # A 400 or an oversized prompt says nothing about the model's health.
+        blames_model = err.kind not in ("bad_request", "context_length")
+        retry_after = err.retry_after if err.kind == "rate_limit" else None
+        if self.live.failed(spec.name, retry_after, counts_against_model=blames_model):
+            self.metrics.circuit_open.labels(spec.name).set(1)
+
+    def _should_retry(self, err: UpstreamError, retry: int) -> bool:
+        if not err.retryable or err.kind == "timeout" or retry >= self.rel.max_retries:
+            return False  # a timeout already cost the full timeout: the next model is the faster bet
+        return err.retry_after is None or err.retry_after <= self.rel.max_retry_after_s
+
+    def _give_up(self, ctx: RequestContext, errors: list[UpstreamError], chain: list[str]) -> ApiError:
+        routed = ctx.decision is not None
+        if not errors:
+            if all(a.get("reason") == "context_window" for a in ctx.attempts):
+                return ApiError(400, "the request is longer than the context window of every eligible model",
+                                code="context_length_exceeded", param="messages")
+            return ApiError(503, f"no eligible model is available right now (tried {', '.join(chain)}); retry shortly",
+                            code="no_model_available", headers={"retry-after": "1"})
+        last = errors[-1]
+        if all(e.kind == "context_length" for e in errors):
+            return ApiError(400, f"the request does not fit the context window: {last.message}",
+                            code="context_length_exceeded", param="messages")
+        if not routed and last.kind == "rate_limit":
+            headers = {"retry-after": str(max(1, round(last.retry_after)))} if last.retry_after else {}
+            return ApiError(429, f"model {chain[0]} is rate limited upstream: {last.message}", code="rate_limit_exceeded", headers=headers)
+        if not routed and last.kind == "timeout":
+            return ApiError(504, f"model {chain[0]} timed out", code="upstream_timeout")
+        tried = "; ".join(f"{a['model']}: {a.get('kind') or a.get('reason')}" for a in ctx.attempts)
+        return ApiError(502 if not routed else 503, f"no model could answer ({tried})", code="upstream_error")
+
+    async def _attempts(self, ctx: RequestContext, call: Callable[[ModelSpec, int], Awaitable[Any]]) -> Any:
+        """Run `call(spec, retry)` along the chain until one returns; raise ApiError when none does."""
+        chain = self.chain(ctx)
+        routed = ctx.decision is not None
+        errors: list[UpstreamError] = []
+        smallest_failed_window: int | None = None
+        for position, name in enumerate(chain):
+            spec = self.specs[name]
+            if routed and not self._fits(spec, ctx, smallest_failed_window):
+                self._record(ctx, name, "skipped", reason="context_window")
+                continue
+            if not self.live.breaker.acquire(name):
+                self._record(ctx, name, "skipped", reason="circuit_open")
+                continue
+            for retry in range(self.rel.max_retries + 1):
+                started = time.perf_counter()
+                self.live.started(name, ctx.routing.input_tokens)
+                try:
+                    return await call(spec, retry)
+                except UpstreamError as err:
+                    failure = err
+                except BaseException:
+                    self.live.breaker.release(name)
+                    raise
+                finally:
+                    self.live.finished(name)
+                self._on_error(ctx, spec, failure, started, retry)
+                errors.append(failure)
+                if not failure.failover:
+                    raise ApiError(400, f"the upstream rejected the request: {failure.message}", code="upstream_bad_request")
+                if failure.kind == "context_length":
+                    smallest_failed_window = max(smallest_failed_window or 0, spec.context_window)
+                if not self._should_retry(failure, retry) or self.live.breaker.state(name) == "open":
+                    if position + 1 < len(chain):
+                        self.metrics.fallbacks.labels(name, failure.kind).inc()
+                    break
+                await self._sleep(self._backoff(retry, failure.retry_after))
+                if not self.live.breaker.acquire(name):
+                    break
+        raise self._give_up(ctx, errors, chain)
+
+    # -- non-streaming -----------------------------------------------------------------------
+    async def complete(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        async def call(spec: ModelSpec, retry: int) -> dict[str, Any]:
+            started = time.perf_counter()
+            answer = await self.providers[spec.provider].complete(spec, body)
+            latency = time.perf_counter() - started
+            _, out_tokens = usage_tokens(answer.get("usage"))
+            self.live.succeeded(spec.name, latency, None, out_tokens or 0)
+            self.metrics.circuit_open.labels(spec.name).set(0)
+            self.metrics.attempts.labels(spec.name, "ok").inc()
+            self._record(ctx, spec.name, "ok", latency_s=round(latency, 4), retry=retry)
+            ctx.answered_by = spec.name
+            return answer
+
+        return await self._attempts(ctx, call)
+
+    # -- streaming ---------------------------------------------------------------------------
+    async def open_stream(self, ctx: RequestContext, body: dict[str, Any]) -> OpenStream:
+        """Fail over until a model has produced output; the caller streams the rest."""
+
+        async def call(spec: ModelSpec, retry: int) -> OpenStream:
+            started = time.perf_counter()
+            upstream = self.providers[spec.provider].stream(spec, body)
+            held: list[dict[str, Any]] = []
+            try:
+                async for chunk in upstream:
+                    held.append(chunk)
+                    if carries_output(chunk):
+                        ttft = time.perf_counter() - started
+                        entry = self._record(ctx, spec.name, "ok", ttft_s=round(ttft, 4), retry=retry)
+                        ctx.answered_by = spec.name
+                        # In flight until the stream ends: the caller calls `close_stream`.
+                        self.live.hold(spec.name)
+                        return OpenStream(spec, held, upstream, started, ttft, entry)
+                raise UpstreamError("malformed", "the stream ended without any output")
+            except BaseException:
+                await upstream.aclose()
+                raise
+
+        return await self._attempts(ctx, call)
+
+    def close_stream(self, stream: OpenStream, error: UpstreamError | None, output_tokens: int) -> None:
+        """Account for a stream that has ended, cleanly or not, after its first output."""
+        name = stream.model.name
+        latency = time.perf_counter() - stream.started
+        self.live.finished(name)
+        stream.attempt["latency_s"] = round(latency, 4)
+        if error is None:
+            self.live.succeeded(name, latency, stream.ttft_s, output_tokens)
+            self.metrics.circuit_open.labels(name).set(0)
+            self.metrics.attempts.labels(name, "ok").inc()
+        else:
+            stream.attempt.update(status="error", kind=error.kind, message=error.message[:300])
+            self.metrics.attempts.labels(name, error.kind).inc()
+            if self.live.failed(name):
+                self.metrics.circuit_open.labels(name).set(1)

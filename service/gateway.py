@@ -1,0 +1,100 @@
+"""Everything one running gateway holds: config, providers, live state, router slot, pipeline,
+metrics and the outcome log, plus the background tasks that run post-hooks off the latency
+path (awaited on shutdown so no outcome is lost)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Coroutine
+
+import numpy as np
+
+from router.config import Config, resolve_path
+from router.outcome_log import OutcomeLog
+from service.dispatch import Dispatcher
+from service.live_state import LiveState
+from service.metrics import Metrics
+from service.pipeline import Pipeline
+from service.providers.base import Provider
+from service.routing import Router, RouterSlot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    config: Config
+    providers: dict[str, Provider]
+    live: LiveState
+    metrics: Metrics
+    dispatcher: Dispatcher
+    pipeline: Pipeline
+    router: RouterSlot
+    outcome_log: OutcomeLog | None = None
+    simulated: frozenset[str] = frozenset()  # models answered by the built-in simulator
+    tasks: set[asyncio.Task] = field(default_factory=set)
+
+    @property
+    def wants_embedding(self) -> bool:
+        """Does a pre-hook (the semantic cache) need the prompt embedding before routing?"""
+        return any(getattr(h, "needs_embedding", False) for h in self.pipeline.hooks)
+
+    def embed(self, text: str) -> np.ndarray:
+        from router.embedding import shared_embedder
+
+        return shared_embedder().encode_one(text)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def aclose(self) -> None:
+        if self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        for provider in self.providers.values():
+            await provider.aclose()
+        if self.outcome_log is not None:
+            self.outcome_log.close()
+
+
+def load_router(config: Config) -> Router | None:
+    """The router artifact named by `router.artifact` (next to the config file, the working
+    directory or the package), or None with a warning: named models still work without it."""
+    from router.engine import LearnedRouter, default_artifact
+
+    configured = resolve_path(config, config.router.artifact)
+    shipped = default_artifact().parent.parent / config.router.artifact
+    for path in (configured, shipped):
+        if (Path(path) / "manifest.json").exists():
+            router = LearnedRouter.load(path)
+            unseen = router.unseen(config.models)
+            if unseen:
+                log.warning("router artifact %s has no training data for %s: they get the unseen-model prior", path, unseen)
+            log.info("router artifact loaded from %s", path)
+            return router
+    log.warning("no router artifact at %s: 'auto' routing is unavailable until one is trained", configured)
+    return None
+
+
+def build_gateway(config: Config, *, hooks: list | None = None, router: Router | None = None,
+                  outcome_log: OutcomeLog | None = None, providers: dict[str, Provider] | None = None,
+                  simulated: frozenset[str] = frozenset()) -> Gateway:
+    from service.providers.registry import build_provider
+
+    live = LiveState(config)
+    metrics = Metrics()
+    providers = providers if providers is not None else {name: build_provider(spec) for name, spec in config.providers.items()}
+    return Gateway(
+        config=config,
+        providers=providers,
+        live=live,
+        metrics=metrics,
+        dispatcher=Dispatcher(config, providers, live, metrics),
+        pipeline=Pipeline(hooks or []),
+        router=RouterSlot(router),
+        outcome_log=outcome_log,
+        simulated=simulated,
+    )

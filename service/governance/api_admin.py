@@ -1,0 +1,273 @@
+"""Admin API under /admin, guarded by the master key from OPENCLAW_MASTER_KEY.
+
+Keys: create (the secret is in that one response), list, get, update, revoke, rotate.
+Budgets: create, list with live usage and burn, update, delete. Reports: spend grouped by
+key/team/project/user/model/day (JSON or CSV), month-end forecast, recent requests, alerts,
+and one `dashboard` document for the /ui page.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.errors import ApiError
+from service.governance.budgets import window
+from service.governance.hook import presented_secret
+from service.governance.keys import UnknownKey
+from service.governance.runtime import Governance
+
+router = APIRouter(prefix="/admin")
+
+
+def governance_of(request: Request) -> Governance:
+    gov = getattr(request.app.state, "governance", None)
+    if gov is None:
+        raise ApiError(404, "governance is not enabled on this gateway", code="not_found")
+    return gov
+
+
+def require_master(request: Request) -> Governance:
+    gov = governance_of(request)
+    master = gov.settings.master_key
+    if master is None:
+        raise ApiError(403, "The admin API is disabled: set OPENCLAW_MASTER_KEY to enable it.", code="admin_disabled")
+    secret = presented_secret(request.headers)
+    if secret is None:
+        raise ApiError(401, "The admin API needs the master key as 'Authorization: Bearer <key>'.", code="missing_api_key")
+    if not hmac.compare_digest(secret.encode(), master.encode()):
+        raise ApiError(401, "Incorrect master key provided.", code="invalid_api_key")
+    return gov
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeyFields(_Body):
+    team: str | None = None
+    project: str | None = None
+    user: str | None = None
+    allowed_models: list[str] | None = None
+    allowed_profiles: list[str] | None = None
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    max_request_usd: float | None = Field(default=None, gt=0)
+    max_session_usd: float | None = Field(default=None, gt=0)
+    metadata: dict[str, Any] | None = None
+    expires_at: float | None = Field(default=None, description="unix time after which the key stops working")
+    expires_in_s: float | None = Field(default=None, gt=0)
+
+
+class KeyCreate(KeyFields):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class KeyUpdate(KeyFields):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class Rotate(_Body):
+    grace_s: float = Field(default=0.0, ge=0, le=30 * 86400)
+
+
+class BudgetCreate(_Body):
+    scope: Literal["key", "team", "project"]
+    scope_id: str = Field(min_length=1)
+    period: Literal["day", "month", "total"]
+    limit_usd: float = Field(gt=0)
+    soft_threshold: float = Field(default=0.8, gt=0, le=1)
+
+
+class BudgetUpdate(_Body):
+    limit_usd: float | None = Field(default=None, gt=0)
+    soft_threshold: float | None = Field(default=None, gt=0, le=1)
+
+
+def _key_fields(gov: Governance, body: KeyFields, partial: bool) -> dict[str, Any]:
+    data = body.model_dump(exclude_unset=partial, exclude_none=not partial)
+    expires_in = data.pop("expires_in_s", None)
+    if expires_in is not None:
+        data["expires_at"] = time.time() + expires_in
+    config = gov.config
+    for m in data.get("allowed_models") or ():
+        if m not in config.model_names:
+            raise ApiError(400, f"allowed_models names unknown model {m!r}", code="model_not_found", param="allowed_models")
+    for p in data.get("allowed_profiles") or ():
+        if p not in config.router.profiles:
+            raise ApiError(400, f"allowed_profiles names unknown profile {p!r}", code="invalid_request", param="allowed_profiles")
+    return data
+
+
+def _invalidate(request: Request) -> None:
+    for hook in request.app.state.gateway.pipeline.hooks:
+        if hasattr(hook, "invalidate"):
+            hook.invalidate()
+
+
+async def _run(fn, *args, **kwargs):
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except (UnknownKey, LookupError) as exc:
+        raise ApiError(404, f"no such object: {exc.args[0] if exc.args else ''}", code="not_found") from None
+    except ValueError as exc:
+        raise ApiError(400, str(exc), code="invalid_request") from None
+
+
+@router.post("/keys")
+async def create_key(body: KeyCreate, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
+    fields = _key_fields(gov, body, partial=False)
+    key, secret = await _run(gov.keys.create, fields.pop("name"), **fields)
+    _invalidate(request)
+    return JSONResponse({"key": key.to_dict(), "secret": secret,
+                         "note": "store the secret now: it is not kept and cannot be shown again"}, status_code=201)
+
+
+@router.get("/keys")
+async def list_keys(gov: Governance = Depends(require_master)) -> JSONResponse:
+    keys = await _run(gov.keys.list)
+    return JSONResponse({"data": [k.to_dict() for k in keys]})
+
+
+@router.get("/keys/{key_id}")
+async def get_key(key_id: str, gov: Governance = Depends(require_master)) -> JSONResponse:
+    return JSONResponse((await _run(gov.keys.get, key_id)).to_dict())
+
+
+@router.patch("/keys/{key_id}")
+async def update_key(key_id: str, body: KeyUpdate, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
+    key = await _run(gov.keys.update, key_id, **_key_fields(gov, body, partial=True))
+    _invalidate(request)
+    return JSONResponse(key.to_dict())
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(key_id: str, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
+    key = await _run(gov.keys.revoke, key_id)
+    _invalidate(request)
+    return JSONResponse(key.to_dict())
+
+
+@router.post("/keys/{key_id}/rotate")
+async def rotate_key(key_id: str, request: Request, body: Rotate | None = None, gov: Governance = Depends(require_master)) -> JSONResponse:
+    key, secret = await _run(gov.keys.rotate, key_id, (body or Rotate()).grace_s)
+    return JSONResponse({"key": key.to_dict(), "secret": secret,
+                         "note": "store the secret now: it is not kept and cannot be shown again"})
+
+
+def budget_report(gov: Governance, now: float | None = None) -> list[dict[str, Any]]:
+    """Every budget with its current window's spend, reservations, share and burn."""
+    now = time.time() if now is None else now
+    budgets = gov.budgets.list()
+    lines = [b.line(now) for b in budgets]
+    usage = gov.ledger.usage(lines) if lines else {}
+    out = []
+    for b, line in zip(budgets, lines):
+        u = usage.get(line.counter)
+        spent = (u.spent_nusd if u else 0) / 1e9
+        reserved = (u.reserved_nusd if u else 0) / 1e9
+        name, start, end = window(b.period, now)
+        elapsed = (now - start) / (end - start) if end != float("inf") else None
+        out.append({
+            **b.to_dict(), "label": b.label, "window": name, "spent_usd": spent, "reserved_usd": reserved,
+            "share": spent / b.limit_usd, "soft_limit_reached": (spent + reserved) >= b.soft_threshold * b.limit_usd,
+            "projected_window_end_usd": spent / elapsed if elapsed else None,
+        })
+    return out
+
+
+@router.post("/budgets")
+async def create_budget(body: BudgetCreate, gov: Governance = Depends(require_master)) -> JSONResponse:
+    budget = await _run(gov.budgets.create, body.scope, body.scope_id, body.period, body.limit_usd, body.soft_threshold)
+    return JSONResponse(budget.to_dict(), status_code=201)
+
+
+@router.get("/budgets")
+async def list_budgets(gov: Governance = Depends(require_master)) -> JSONResponse:
+    return JSONResponse({"data": await _run(budget_report, gov)})
+
+
+@router.patch("/budgets/{budget_id}")
+async def update_budget(budget_id: str, body: BudgetUpdate, gov: Governance = Depends(require_master)) -> JSONResponse:
+    budget = await _run(gov.budgets.update, budget_id, body.limit_usd, body.soft_threshold)
+    return JSONResponse(budget.to_dict())
+
+
+@router.delete("/budgets/{budget_id}")
+async def delete_budget(budget_id: str, gov: Governance = Depends(require_master)) -> JSONResponse:
+    await _run(gov.budgets.delete, budget_id)
+    return JSONResponse({"deleted": budget_id})
+
+
+def _report_args(request: Request) -> tuple[list[str], float | None, float | None, dict[str, str]]:
+    q = request.query_params
+    group_by = [g.strip() for g in q.get("group_by", "key").split(",") if g.strip()]
+
+    def number(name: str) -> float | None:
+        try:
+            return float(q[name]) if name in q else None
+        except ValueError:
+            raise ApiError(400, f"{name} must be a unix timestamp", code="invalid_request", param=name) from None
+
+    filters = {d: q[d] for d in ("key", "team", "project", "user", "model", "day") if d in q}
+    return group_by, number("since"), number("until"), filters
+
+
+@router.get("/spend")
+async def spend(request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
+    group_by, since, until, filters = _report_args(request)
+    return JSONResponse({"group_by": group_by, "data": await _run(gov.attribution.spend, group_by, since, until, filters)})
+
+
+@router.get("/spend.csv")
+async def spend_csv(request: Request, gov: Governance = Depends(require_master)) -> Response:
+    group_by, since, until, filters = _report_args(request)
+    text = await _run(gov.attribution.csv, group_by, since, until, filters)
+    return Response(text, media_type="text/csv",
+                    headers={"content-disposition": f'attachment; filename="spend-by-{"-".join(group_by)}.csv"'})
+
+
+@router.get("/forecast")
+async def forecast(gov: Governance = Depends(require_master)) -> JSONResponse:
+    return JSONResponse(await _run(gov.attribution.forecast))
+
+
+@router.get("/requests")
+async def recent_requests(limit: int = 50, gov: Governance = Depends(require_master)) -> JSONResponse:
+    return JSONResponse({"data": await _run(gov.attribution.recent, max(1, min(limit, 1000)))})
+
+
+@router.get("/alerts")
+async def recent_alerts(gov: Governance = Depends(require_master)) -> JSONResponse:
+    return JSONResponse({"data": await _run(gov.alerts.recent)})
+
+
+def dashboard_document(gov: Governance, since_s: float = 7 * 86400) -> dict[str, Any]:
+    since = time.time() - since_s
+    span = time.time() - since
+    bucket = 3600.0 if span <= 3 * 86400 else 86400.0
+    return {
+        "generated_at": time.time(),
+        "summary": gov.attribution.summary(since),
+        "spend_by_model": gov.attribution.timeseries("model", since, bucket),
+        "spend_by_key": gov.attribution.timeseries("key", since, bucket),
+        "routing": gov.attribution.spend(["model"], since),
+        "budgets": budget_report(gov),
+        "forecast": gov.attribution.forecast(),
+        "recent": gov.attribution.recent(25),
+        "alerts": gov.alerts.recent(10),
+    }
+
+
+@router.get("/dashboard")
+async def dashboard(request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
+    try:
+        since_s = float(request.query_params.get("since_s", 7 * 86400))
+    except ValueError:
+        raise ApiError(400, "since_s must be a number of seconds", code="invalid_request", param="since_s") from None
+    return JSONResponse(await _run(dashboard_document, gov, since_s))

@@ -1,0 +1,204 @@
+"""Who spent what: spend by key, team, project, user tag, model and day, from the spend log.
+
+Reports read the durable spend log (one row per request, written at settle time), so every
+replica's traffic is in them. Prometheus counters carry the same labels for live graphs.
+Labels are key *names* and ids, never secrets.
+"""
+from __future__ import annotations
+
+import calendar
+import csv
+import io
+import time
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from service.governance.db import Database
+
+# group_by name -> spend-log column
+DIMENSIONS = {"key": "key_id", "team": "team", "project": "project", "user": "user_tag", "model": "model", "day": "day",
+              "status": "status"}
+USD = 1e9
+
+
+class SpendMetrics:
+    def __init__(self, registry: Any):
+        from prometheus_client import Counter
+
+        labels = ["key", "team", "project", "user", "model"]
+        self.spend = Counter("openclaw_governed_spend_usd", "Settled spend in USD by key, team, project, user tag and model",
+                             labels, registry=registry)
+        self.requests = Counter("openclaw_governed_requests", "Requests by key, team, project, user tag, model and status",
+                                labels + ["status"], registry=registry)
+        self.refusals = Counter("openclaw_governance_refusals", "Requests refused by governance, by reason",
+                                ["reason"], registry=registry)
+        self.soft_shifts = Counter("openclaw_budget_soft_shifts", "Requests routed cheaper because a budget neared its limit",
+                                   ["key"], registry=registry)
+
+    def record(self, row: dict[str, Any]) -> None:
+        labels = [row.get("key_name") or "anonymous", row.get("team") or "", row.get("project") or "",
+                  row.get("user_tag") or "", row.get("model") or "none"]
+        self.spend.labels(*labels).inc(row["cost_nusd"] / USD)
+        self.requests.labels(*labels, row["status"]).inc()
+
+
+def _where(since: float | None, until: float | None, filters: dict[str, str] | None) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    if since is not None:
+        clauses.append("ts >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append("ts < ?")
+        params.append(until)
+    for dim, value in (filters or {}).items():
+        clauses.append(f"{DIMENSIONS[dim]} = ?")
+        params.append(value)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+class Attribution:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def spend(self, group_by: Sequence[str], since: float | None = None, until: float | None = None,
+              filters: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        unknown = [g for g in group_by if g not in DIMENSIONS]
+        if unknown:
+            raise ValueError(f"group_by must be among {sorted(DIMENSIONS)}, got {unknown}")
+        cols = [DIMENSIONS[g] for g in group_by]
+        where, params = _where(since, until, filters)
+        select = ", ".join(f"{c} AS {g}" for g, c in zip(group_by, cols))
+        extra_name = ", MAX(key_name) AS key_name" if "key" in group_by else ""
+        group = f" GROUP BY {', '.join(cols)}" if cols else ""
+        sql = (f"SELECT {select + ', ' if select else ''}COUNT(*) AS requests, COALESCE(SUM(cost_nusd), 0) AS cost_nusd, "
+               f"COALESCE(SUM(input_tokens), 0) AS input_tokens, COALESCE(SUM(output_tokens), 0) AS output_tokens{extra_name} "
+               f"FROM gov_spend{where}{group} ORDER BY cost_nusd DESC")
+        with self.db.tx() as tx:
+            rows = tx.all(sql, params)
+        for r in rows:
+            r["cost_usd"] = int(r.pop("cost_nusd")) / USD
+            r["requests"] = int(r["requests"])
+            r["input_tokens"], r["output_tokens"] = int(r["input_tokens"]), int(r["output_tokens"])
+        return rows
+
+    def csv(self, group_by: Sequence[str], since: float | None = None, until: float | None = None,
+            filters: dict[str, str] | None = None) -> str:
+        rows = self.spend(group_by, since, until, filters)
+        out = io.StringIO()
+        fields = list(group_by) + (["key_name"] if "key" in group_by else []) + ["requests", "cost_usd", "input_tokens", "output_tokens"]
+        writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "cost_usd": f"{r['cost_usd']:.9f}"})
+        return out.getvalue()
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self.db.tx() as tx:
+            rows = tx.all(
+                "SELECT request_id, ts, key_name, team, project, user_tag, model, profile, status, cache_status, cost_nusd, "
+                "predicted_nusd, input_tokens, output_tokens, latency_s, ttft_s, reason FROM gov_spend ORDER BY ts DESC LIMIT ?",
+                (limit,),
+            )
+        for r in rows:
+            r["cost_usd"] = int(r.pop("cost_nusd")) / USD
+            p = r.pop("predicted_nusd")
+            r["predicted_usd"] = None if p is None else int(p) / USD
+        return rows
+
+    def summary(self, since: float | None = None) -> dict[str, Any]:
+        """Totals for the dashboard: requests, spend, cache hit rate, latency and TTFT percentiles."""
+        where, params = _where(since, None, None)
+        with self.db.tx() as tx:
+            t = tx.one(f"SELECT COUNT(*) AS n, COALESCE(SUM(cost_nusd), 0) AS cost, "
+                       f"SUM(CASE WHEN cache_status IN ('hit', 'semantic-hit') THEN 1 ELSE 0 END) AS hits, "
+                       f"SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS errors FROM gov_spend{where}", params)
+            lat = [r["latency_s"] for r in tx.all(f"SELECT latency_s FROM gov_spend{where}{' AND' if where else ' WHERE'} latency_s IS NOT NULL", params)]
+            ttft = [r["ttft_s"] for r in tx.all(f"SELECT ttft_s FROM gov_spend{where}{' AND' if where else ' WHERE'} ttft_s IS NOT NULL", params)]
+        n = int(t["n"] or 0)
+        return {
+            "requests": n,
+            "cost_usd": int(t["cost"] or 0) / USD,
+            "cache_hit_rate": (int(t["hits"] or 0) / n) if n else None,
+            "error_rate": (int(t["errors"] or 0) / n) if n else None,
+            "latency_s": _percentiles(lat),
+            "ttft_s": _percentiles(ttft),
+        }
+
+    def forecast(self, now: float | None = None, lookback_days: int = 14) -> dict[str, Any]:
+        """Month-end spend: this month so far plus a linear trend of recent daily spend, floored at zero."""
+        now = time.time() if now is None else now
+        t = datetime.fromtimestamp(now, tz=timezone.utc)
+        month_start = datetime(t.year, t.month, 1, tzinfo=timezone.utc).timestamp()
+        days_in_month = calendar.monthrange(t.year, t.month)[1]
+        today = int(now // 86400)
+        first = today - lookback_days + 1
+        with self.db.tx() as tx:
+            so_far = tx.one("SELECT COALESCE(SUM(cost_nusd), 0) AS s FROM gov_spend WHERE ts >= ? AND ts < ?", (month_start, now))
+            daily_rows = tx.all("SELECT day, COALESCE(SUM(cost_nusd), 0) AS s FROM gov_spend WHERE ts >= ? GROUP BY day",
+                                (first * 86400.0,))
+        by_day = {r["day"]: int(r["s"]) / USD for r in daily_rows}
+        days = [datetime.fromtimestamp(d * 86400, tz=timezone.utc).strftime("%Y-%m-%d") for d in range(first, today + 1)]
+        seen = [i for i, d in enumerate(days) if d in by_day]
+        series = [by_day.get(d, 0.0) for d in days[seen[0]:]] if seen else []
+        # Today is partial: scale it to a full day so the trend is not biased down.
+        elapsed = (now - today * 86400) / 86400
+        if series and elapsed > 0.05:
+            series[-1] = series[-1] / elapsed
+        slope, intercept = _linear_fit(series)
+        n = len(series)
+
+        def rate(x: float) -> float:
+            return max(0.0, intercept + slope * x)
+
+        # The rest of today, then each day left in the month, at the trend's rate for that day.
+        projected = rate(n - 1) * (1 - elapsed) if n else 0.0
+        projected += sum(rate(n - 1 + j) for j in range(1, days_in_month - t.day + 1)) if n else 0.0
+        spent = int(so_far["s"]) / USD
+        return {
+            "month": t.strftime("%Y-%m"),
+            "spent_to_date_usd": spent,
+            "forecast_month_end_usd": spent + projected,
+            "daily_rate_usd": rate(n - 1) if n else 0.0,
+            "trend_usd_per_day": slope,
+            "days_observed": n,
+            "method": f"least-squares line through the daily spend of the last {n} day(s), projected to month end",
+        }
+
+    def timeseries(self, dim: str, since: float | None = None, bucket_s: float = 3600.0) -> dict[str, Any]:
+        """Spend per time bucket for each value of `dim` (model or key): the dashboard's chart."""
+        col = DIMENSIONS[dim] if dim != "key" else "key_name"
+        where, params = _where(since, None, None)
+        with self.db.tx() as tx:
+            rows = tx.all(f"SELECT ts, {col} AS series, cost_nusd FROM gov_spend{where}", params)
+        buckets: dict[float, dict[str, float]] = {}
+        for r in rows:
+            b = (r["ts"] // bucket_s) * bucket_s
+            name = r["series"] or "anonymous"
+            buckets.setdefault(b, {}).setdefault(name, 0.0)
+            buckets[b][name] += int(r["cost_nusd"]) / USD
+        names = sorted({n for v in buckets.values() for n in v})
+        xs = sorted(buckets)
+        return {"bucket_s": bucket_s, "t": xs, "series": {n: [buckets[x].get(n, 0.0) for x in xs] for n in names}}
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "count": 0}
+    s = sorted(values)
+
+    def q(p: float) -> float:
+        return s[min(len(s) - 1, int(round(p * (len(s) - 1))))]
+
+    return {"p50": q(0.5), "p95": q(0.95), "count": len(s)}
+
+
+def _linear_fit(ys: list[float]) -> tuple[float, float]:
+    n = len(ys)
+    if n == 0:
+        return 0.0, 0.0
+    if n == 1:
+        return 0.0, ys[0]
+    mx, my = (n - 1) / 2, sum(ys) / n
+    sxx = sum((i - mx) ** 2 for i in range(n))
+    slope = sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sxx
+    return slope, my - slope * mx

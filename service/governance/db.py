@@ -1,0 +1,176 @@
+"""One SQL seam for the governance store: SQLite (embedded default) or PostgreSQL.
+
+Callers write SQL once with `?` placeholders and portable types; this module translates
+placeholders for PostgreSQL, hands out connections (one shared SQLite connection behind a
+lock, a psycopg pool for PostgreSQL) and applies the versioned migration files in
+`migrations/<dialect>/NNN_*.sql` exactly once per database, even when several replicas
+start at the same moment.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+log = logging.getLogger(__name__)
+
+# Lock id for pg_advisory_xact_lock: any constant shared by every replica will do.
+_MIGRATION_LOCK = 0x6F70656E636C6177
+
+
+class Database:
+    """A connection source plus the dialect; use `tx()` for everything."""
+
+    dialect: str
+
+    @contextlib.contextmanager
+    def tx(self, immediate: bool = False) -> Iterator["Tx"]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Tx:
+    """A transaction: `execute` returns the cursor, `one`/`all` fetch rows as dicts."""
+
+    def __init__(self, conn: Any, dialect: str):
+        self._conn = conn
+        self.dialect = dialect
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.dialect == "postgres" else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(self._sql(sql), tuple(params))
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        cur = self.execute(sql, params)
+        row = cur.fetchone()
+        return None if row is None else _as_dict(cur, row)
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.execute(sql, params)
+        return [_as_dict(cur, r) for r in cur.fetchall()]
+
+    def script(self, text: str) -> None:
+        if self.dialect == "sqlite":
+            for stmt in _statements(text):
+                self._conn.execute(stmt)
+        else:
+            self._conn.execute(text)
+
+
+def _as_dict(cur: Any, row: Any) -> dict[str, Any]:
+    if isinstance(row, dict):
+        return row
+    return {d[0]: v for d, v in zip(cur.description, row)}
+
+
+def _statements(text: str) -> list[str]:
+    lines = [ln for ln in text.splitlines() if not ln.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+class SqliteDatabase(Database):
+    dialect = "sqlite"
+
+    def __init__(self, path: str):
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # autocommit mode: transactions are explicit so BEGIN IMMEDIATE can take the write lock.
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def tx(self, immediate: bool = False) -> Iterator[Tx]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            try:
+                yield Tx(self._conn, self.dialect)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class PostgresDatabase(Database):
+    dialect = "postgres"
+
+    def __init__(self, url: str, max_size: int = 10):
+        from psycopg_pool import ConnectionPool
+
+        self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=True, kwargs={"autocommit": False})
+
+    @contextlib.contextmanager
+    def tx(self, immediate: bool = False) -> Iterator[Tx]:
+        # Row locks (SELECT ... FOR UPDATE) give PostgreSQL the atomicity BEGIN IMMEDIATE gives SQLite.
+        with self._pool.connection() as conn:
+            with conn.transaction():
+                yield Tx(conn, self.dialect)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def open_database(url: str) -> Database:
+    """`sqlite:///relative/path`, `sqlite:////abs/path`, `sqlite://:memory:` or `postgresql://...`."""
+    if url.startswith(("postgresql://", "postgres://")):
+        db: Database = PostgresDatabase(url)
+    elif url.startswith("sqlite://"):
+        path = url[len("sqlite://"):]
+        path = path[1:] if path.startswith("/") else path
+        db = SqliteDatabase(path or ":memory:")
+    else:
+        raise ValueError(f"database URL must start with sqlite:// or postgresql://, got {redact_url(url)!r}")
+    migrate(db)
+    return db
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+
+
+def _migration_files(dialect: str) -> list[tuple[int, str, str]]:
+    folder = resources.files("service.governance") / "migrations" / dialect
+    found = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:3].isdigit():
+            found.append((int(name[:3]), name, entry.read_text()))
+    return sorted(found)
+
+
+def migrate(db: Database) -> list[str]:
+    """Apply the migrations this database has not seen yet; returns the names applied."""
+    applied: list[str] = []
+    with db.tx(immediate=True) as tx:
+        if db.dialect == "postgres":
+            tx.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+        tx.execute("CREATE TABLE IF NOT EXISTS gov_schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+        done = {r["version"] for r in tx.all("SELECT version FROM gov_schema_migrations")}
+        for version, name, text in _migration_files(db.dialect):
+            if version in done:
+                continue
+            tx.script(text)
+            tx.execute("INSERT INTO gov_schema_migrations (version, name) VALUES (?, ?)", (version, name))
+            applied.append(name)
+    if applied:
+        log.info("governance store: applied migrations %s", ", ".join(applied))
+    return applied

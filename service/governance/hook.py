@@ -1,0 +1,301 @@
+"""The governance pipeline hook: authenticate, scope, rate-limit, budget (pre); reserve the
+predicted cost once the router has decided (routed); settle to the real cost (post).
+
+Refusals are OpenAI-style errors: 401 for a missing or unknown key, 403 for a revoked or
+expired key or a model/profile outside the key's scope, 429 for RPM/TPM, 402 when a budget
+or cost ceiling would be exceeded — the message names which one. Error messages never
+contain the presented secret.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.config import ModelSpec
+from service.errors import ApiError
+from service.governance.budgets import Line, Reservation, session_line
+from service.governance.keys import VirtualKey, to_nusd
+from service.governance.runtime import Governance
+from service.pipeline import RequestContext
+
+log = logging.getLogger(__name__)
+
+# Prompt tokens are estimated from characters before the call; the bill counts real tokens.
+INPUT_MARGIN = 1.25
+OPEN_MODE_TTL_S = 2.0
+
+
+@dataclass
+class GovState:
+    key: VirtualKey | None
+    label: str
+    lines: list[Line] = field(default_factory=list)
+    session_id: str | None = None
+    soft: list[str] = field(default_factory=list)  # budgets past their soft threshold
+    reservation: Reservation | None = None
+    predicted_nusd: int | None = None
+
+
+def presented_secret(headers: Any) -> str | None:
+    auth = headers.get("authorization") or ""
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return (headers.get("x-api-key") or "").strip() or None
+
+
+def _usd(nusd: int) -> str:
+    return f"${nusd / 1e9:.6f}".rstrip("0").rstrip(".") if nusd else "$0"
+
+
+class GovernanceHook:
+    name = "governance"
+
+    def __init__(self, gov: Governance):
+        self.gov = gov
+        self._open: tuple[float, bool] = (0.0, False)
+
+    def invalidate(self) -> None:
+        """Keys changed in this process: re-check open mode on the next request."""
+        self._open = (0.0, False)
+
+    async def _open_mode(self) -> bool:
+        checked_at, value = self._open
+        if time.monotonic() - checked_at > OPEN_MODE_TTL_S:
+            value = await asyncio.to_thread(self.gov.open_mode)
+            self._open = (time.monotonic(), value)
+        return value
+
+    def _refuse(self, status: int, message: str, code: str, reason: str, headers: dict[str, str] | None = None) -> ApiError:
+        if self.gov.metrics is not None:
+            self.gov.metrics.refusals.labels(reason).inc()
+        return ApiError(status, message, code=code, headers=headers)
+
+    # ---- pre: who is asking, may they, and how close are their budgets -------------------
+
+    async def pre(self, ctx: RequestContext) -> dict[str, Any] | None:
+        secret = presented_secret(ctx.headers)
+        if secret is None:
+            if await self._open_mode():
+                ctx.extras["governance"] = GovState(None, "open")
+                return None
+            raise self._refuse(401, "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+                               "missing_api_key", "missing_key")
+        master = self.gov.settings.master_key
+        if master is not None and hmac.compare_digest(secret.encode(), master.encode()):
+            ctx.key_label = "master"
+            ctx.extras["governance"] = GovState(None, "master")
+            return None
+        key, status = await asyncio.to_thread(self.gov.keys.authenticate, secret)
+        if key is None:
+            raise self._refuse(401, "Incorrect API key provided.", "invalid_api_key", "invalid_key")
+        if status != "active":
+            raise self._refuse(403, f"The API key '{key.name}' is {status}.", f"key_{status}", f"key_{status}")
+        ctx.tenant, ctx.key_label = key.id, key.name
+        state = GovState(key, key.name)
+        ctx.extras["governance"] = state
+        self._check_scope(ctx, key)
+        verdict = await asyncio.to_thread(self.gov.limiter.admit, key.id, key.rpm, key.tpm, ctx.routing.input_tokens)
+        if verdict is not None:
+            limit = key.rpm if verdict == "rpm" else key.tpm
+            raise self._refuse(429, f"Rate limit of key '{key.name}' reached: {limit} {verdict.upper()}.",
+                               f"{verdict}_limit_exceeded", verdict, {"retry-after": "5"})
+        await asyncio.to_thread(self._budget_lines, ctx, state)
+        return None
+
+    def _check_scope(self, ctx: RequestContext, key: VirtualKey) -> None:
+        constraints = ctx.extras["constraints"]
+        if ctx.profile is None:
+            if key.allowed_models is not None and ctx.requested_model not in key.allowed_models:
+                raise self._refuse(403, f"The key '{key.name}' may not use model '{ctx.requested_model}'.",
+                                   "model_not_allowed", "scope")
+            return
+        if key.allowed_profiles is not None and ctx.profile not in key.allowed_profiles:
+            raise self._refuse(403, f"The key '{key.name}' may not use routing profile '{ctx.profile}'; "
+                               f"allowed: {', '.join(key.allowed_profiles)}.", "profile_not_allowed", "scope")
+        if key.allowed_models is not None:
+            allowed = set(key.allowed_models)
+            if constraints.allowed_models is not None:
+                allowed &= set(constraints.allowed_models)
+            if not allowed:
+                raise self._refuse(403, f"None of the requested models is allowed for key '{key.name}'.",
+                                   "model_not_allowed", "scope")
+            ctx.extras["constraints"] = dataclasses.replace(constraints, allowed_models=frozenset(allowed))
+
+    def _budget_lines(self, ctx: RequestContext, state: GovState) -> None:
+        key = state.key
+        now = time.time()
+        budgets = self.gov.budgets.applicable(key)
+        lines = [b.line(now) for b in budgets]
+        session_id = ctx.body.get("prompt_cache_key") or ctx.headers.get("x-session-id")
+        if session_id:
+            state.session_id = str(session_id)[:200]
+            soft = min((b.soft_threshold for b in budgets), default=0.8)
+            line = session_line(key, state.session_id, soft)
+            if line is not None:
+                lines.append(line)
+        state.lines = lines
+        if not lines:
+            return
+        usage = self.gov.ledger.usage(lines)
+        headroom: int | None = None
+        for line in lines:
+            used = self._used(usage, line)
+            room = line.limit_nusd - used
+            if room <= 0:
+                raise self._refuse(402, f"Budget exceeded: the {line.label} (${line.limit_nusd / 1e9:.4f}) is used up.",
+                                   "budget_exceeded", "budget")
+            headroom = room if headroom is None else min(headroom, room)
+            if used >= line.soft_threshold * line.limit_nusd:
+                state.soft.append(line.label)
+        tightest = min(lines, key=lambda ln: ln.limit_nusd - self._used(usage, ln))
+        self._tighten(ctx, key, headroom, bool(state.soft), tightest.label)
+
+    @staticmethod
+    def _used(usage: dict, line: Line) -> int:
+        u = usage.get(line.counter)
+        return (u.spent_nusd + u.reserved_nusd) if u else 0
+
+    def _tighten(self, ctx: RequestContext, key: VirtualKey | None, headroom_nusd: int | None, soft: bool,
+                 label: str = "") -> None:
+        """Cap the router's per-request cost by what is left, and go cheaper past a soft threshold."""
+        constraints = ctx.extras["constraints"]
+        caps = [c for c in (constraints.max_cost_usd, key.max_request_usd if key else None,
+                            headroom_nusd / 1e9 if headroom_nusd is not None else None) if c is not None]
+        if caps:
+            constraints = dataclasses.replace(constraints, max_cost_usd=min(caps))
+        ctx.extras["constraints"] = constraints
+        if headroom_nusd is not None and min(caps) == headroom_nusd / 1e9:
+            def explain(exc: ApiError) -> ApiError | None:
+                # Every model was too dear for what the budget has left: say which budget.
+                if exc.code != "no_eligible_model" or "predicted cost" not in exc.message:
+                    return None
+                return self._refuse(402, f"Budget exceeded: the {label} has only {_usd(headroom_nusd)} left, less than "
+                                    "the predicted cost of any model allowed for this request.", "budget_exceeded", "budget")
+
+            ctx.extras["explain_unroutable"] = explain
+        if soft and ctx.profile is not None:
+            cheaper = self._cheapest_profile(key, ctx.profile)
+            if cheaper != ctx.profile:
+                ctx.extras.setdefault("response_headers", {})["x-router-budget"] = f"soft-limit: routed {cheaper} instead of {ctx.profile}"
+                ctx.extras["budget_shift"] = {"from": ctx.profile, "to": cheaper}
+                ctx.profile = cheaper
+                if self.gov.metrics is not None:
+                    self.gov.metrics.soft_shifts.labels(key.name if key else "anonymous").inc()
+
+    def _cheapest_profile(self, key: VirtualKey | None, current: str) -> str:
+        profiles = self.gov.config.router.profiles
+        allowed = [p for p in profiles if key is None or key.allowed_profiles is None or p in key.allowed_profiles]
+        best = min(allowed, key=lambda p: profiles[p].willingness_to_pay, default=current)
+        return best if profiles[best].willingness_to_pay < profiles[current].willingness_to_pay else current
+
+    # ---- routed: the decision is known, reserve before any upstream call ------------------
+
+    def estimate(self, ctx: RequestContext) -> tuple[int, int]:
+        """(predicted, maximum) cost in nano-USD of what this request may be billed."""
+        specs = {m.name: m for m in self.gov.config.models}
+
+        def most(spec: ModelSpec) -> float:
+            out = min(ctx.routing.max_output_tokens or spec.max_output_tokens, spec.max_output_tokens)
+            return spec.price.cost(ctx.routing.input_tokens * INPUT_MARGIN, out)
+
+        decision = ctx.decision
+        if decision is None:
+            spec = specs.get(ctx.requested_model)
+            worst = most(spec) if spec else 0.0
+            return to_nusd(worst) or 0, to_nusd(worst) or 0
+        chosen = next((c for c in decision.candidates if c.model == decision.model), None)
+        chain = [decision.model] + decision.fallbacks()[: self.gov.config.reliability.max_fallbacks]
+        worst = max((most(specs[m]) for m in chain if m in specs), default=0.0)
+        predicted = chosen.cost_usd if chosen is not None else worst
+        return to_nusd(predicted) or 0, to_nusd(max(worst, predicted)) or 0
+
+    async def routed(self, ctx: RequestContext) -> None:
+        state: GovState | None = ctx.extras.get("governance")
+        if state is None:
+            return
+        predicted, maximum = self.estimate(ctx)
+        state.predicted_nusd = predicted
+        key = state.key
+        if key is not None and key.max_request_usd is not None and predicted > to_nusd(key.max_request_usd):
+            raise self._refuse(402, f"Request cost ceiling: this request is predicted to cost {_usd(predicted)}, above the "
+                               f"per-request ceiling of ${key.max_request_usd:.4f} of key '{key.name}'.",
+                               "request_cost_ceiling", "request_ceiling")
+        if not state.lines:
+            return
+        res = await asyncio.to_thread(self.gov.ledger.reserve, state.lines, predicted, maximum)
+        if res.ok:
+            state.reservation = res
+            return
+        line, room = res.refused, res.headroom_nusd or 0
+        if room >= predicted and room > 0:
+            # Fits the prediction but another nearly-last request is settling: retry shortly.
+            raise self._refuse(429, f"The {line.label} is nearly used up ({_usd(room)} left) and another request is "
+                               "settling against it; retry in a second.", "budget_nearly_exhausted", "budget_busy",
+                               {"retry-after": "1"})
+        raise self._refuse(402, f"Budget exceeded: the {line.label} (${line.limit_nusd / 1e9:.4f}) has {_usd(max(room, 0))} "
+                           f"left; this request is predicted to cost {_usd(predicted)}.", "budget_exceeded", "budget")
+
+    # ---- post: settle to the real cost, attribute, alert ---------------------------------
+
+    async def post(self, ctx: RequestContext) -> None:
+        state: GovState | None = ctx.extras.get("governance")
+        if state is None:
+            return
+        row = self.spend_row(ctx, state)
+        res = state.reservation
+        await asyncio.to_thread(self.gov.ledger.settle, res.id if res else "", row["cost_nusd"], row)
+        if self.gov.metrics is not None:
+            self.gov.metrics.record(row)
+        if state.key is not None and row["output_tokens"]:
+            await asyncio.to_thread(self.gov.limiter.add_tokens, state.key.id, int(row["output_tokens"]))
+        alerts = await asyncio.to_thread(self._alerts, ctx, state)
+        await self.gov.alerts.deliver(alerts)
+        await asyncio.to_thread(self.gov.maybe_sweep)
+
+    def spend_row(self, ctx: RequestContext, state: GovState) -> dict[str, Any]:
+        key, extras = state.key, ctx.extras
+        usage = extras.get("usage") or {}
+        ts = extras.get("received_at") or time.time()
+        return {
+            "request_id": ctx.request_id,
+            "ts": ts,
+            "day": time.strftime("%Y-%m-%d", time.gmtime(ts)),
+            "key_id": key.id if key else None,
+            "key_name": key.name if key else state.label,
+            "team": key.team if key else None,
+            "project": key.project if key else None,
+            "user_tag": key.user if key else None,
+            "session_id": state.session_id,
+            "model": ctx.answered_by,
+            "profile": ctx.profile,
+            "status": ctx.status,
+            "cache_status": ctx.cache_status,
+            "cost_nusd": to_nusd(ctx.cost_usd) or 0,
+            "predicted_nusd": state.predicted_nusd,
+            "reserved_nusd": state.reservation.amount_nusd if state.reservation else None,
+            "input_tokens": usage.get("prompt_tokens"),
+            "output_tokens": usage.get("completion_tokens"),
+            "latency_s": extras.get("latency_s"),
+            "ttft_s": extras.get("ttft_s"),
+            "reason": (ctx.error if ctx.status == "error" else extras.get("reason") or "")[:500],
+        }
+
+    def _alerts(self, ctx: RequestContext, state: GovState) -> list:
+        alerts = self.gov.alerts
+        fired = []
+        budget_lines = [ln for ln in state.lines if ln.budget_id is not None]
+        if budget_lines and ctx.cost_usd > 0:
+            fired += alerts.budget_alerts(budget_lines, self.gov.ledger.usage(budget_lines))
+        for model in dict.fromkeys(a["model"] for a in ctx.attempts if a.get("status") in ("ok", "error")):
+            failed = any(a["model"] == model and a["status"] == "error" for a in ctx.attempts)
+            fired += alerts.request_outcome(model, failed)
+        breaker = getattr(self.gov, "breaker", None)
+        if breaker is not None:
+            for model in dict.fromkeys(a["model"] for a in ctx.attempts):
+                fired += alerts.circuit_state(model, breaker.state(model))
+        return fired

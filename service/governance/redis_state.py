@@ -1,0 +1,256 @@
+"""State shared by gateway replicas through Redis: budget ledger, rate limits, circuit breakers.
+
+Every check-and-update is one Lua script, so it is atomic across replicas without locks.
+Redis holds the hot counters; the durable truth is the SQL spend log (PostgreSQL when
+scaled out): a counter Redis does not have (restart, eviction, new window) is rebuilt from
+that log before the first reservation touches it. All keys live under one prefix, so
+several deployments (or test runs) can share one Redis.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Mapping, Sequence
+
+from service.governance.budgets import Line, Reservation, Usage, insert_spend, new_reservation_id, seeded_spent
+from service.governance.db import Database
+
+_RESERVE = """
+local n = tonumber(ARGV[1])
+local missing = {}
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[i]) == 0 then missing[#missing + 1] = i end
+end
+if #missing > 0 then return {-1, unpack(missing)} end
+local predicted = tonumber(ARGV[n + 2])
+local want = math.max(predicted, tonumber(ARGV[n + 3]))
+local smallest, smallest_i, partials = nil, nil, 0
+for i = 1, n do
+  local limit = tonumber(ARGV[1 + i])
+  local v = redis.call('HMGET', KEYS[i], 'spent', 'reserved', 'partial')
+  local room = limit - tonumber(v[1] or 0) - tonumber(v[2] or 0)
+  if room < predicted or room <= 0 then return {0, i, room} end
+  if smallest == nil or room < smallest then smallest, smallest_i = room, i end
+  partials = partials + tonumber(v[3] or 0)
+end
+local amount, partial = want, 0
+if smallest ~= nil and smallest < want then
+  if partials > 0 then return {0, smallest_i, smallest} end
+  amount, partial = smallest, 1
+end
+local counters = {}
+for i = 1, n do
+  redis.call('HINCRBY', KEYS[i], 'reserved', amount)
+  redis.call('HINCRBY', KEYS[i], 'partial', partial)
+  counters[i] = KEYS[i]
+end
+redis.call('HSET', KEYS[n + 1], ARGV[n + 4], cjson.encode({a = amount, p = partial, c = counters, t = tonumber(ARGV[n + 5])}))
+return {1, amount, partial}
+"""
+
+_SETTLE = """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local rec = cjson.decode(v)
+local actual = tonumber(ARGV[2])
+for _, c in ipairs(rec.c) do
+  redis.call('HINCRBY', c, 'reserved', 0 - rec.a)
+  redis.call('HINCRBY', c, 'spent', actual)
+  redis.call('HINCRBY', c, 'partial', 0 - rec.p)  -- never -0: HINCRBY rejects it
+end
+return 1
+"""
+
+# Sliding-minute estimate from two fixed windows: prev * (1 - elapsed share) + current.
+_RATE = """
+local frac = tonumber(ARGV[4])
+local function used(cur, prev)
+  return tonumber(redis.call('GET', cur) or 0) + tonumber(redis.call('GET', prev) or 0) * (1 - frac)
+end
+local rpm, tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if rpm >= 0 and used(KEYS[1], KEYS[2]) + 1 > rpm then return 1 end
+if tpm >= 0 and used(KEYS[3], KEYS[4]) + tokens > tpm then return 2 end
+redis.call('INCR', KEYS[1]); redis.call('EXPIRE', KEYS[1], 130)
+redis.call('INCRBY', KEYS[3], tokens); redis.call('EXPIRE', KEYS[3], 130)
+return 0
+"""
+
+_BREAKER_FAILURE = """
+local now, threshold, retry_after = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if retry_after > 0 then
+  local b = tonumber(redis.call('HGET', KEYS[1], 'blocked_until') or 0)
+  if now + retry_after > b then redis.call('HSET', KEYS[1], 'blocked_until', now + retry_after) end
+end
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local opened = redis.call('HGET', KEYS[1], 'opened_at')
+local probing = redis.call('HGET', KEYS[1], 'probing') == '1'
+if probing or ((not opened) and failures >= threshold) then
+  redis.call('HSET', KEYS[1], 'opened_at', now, 'probing', '0')
+  return 1
+end
+return 0
+"""
+
+_BREAKER_ACQUIRE = """
+local now, cooldown = tonumber(ARGV[1]), tonumber(ARGV[2])
+local v = redis.call('HMGET', KEYS[1], 'blocked_until', 'opened_at', 'probing')
+if now < tonumber(v[1] or 0) then return 0 end
+if not v[2] then return 1 end
+if v[3] == '1' or now - tonumber(v[2]) < cooldown then return 0 end
+redis.call('HSET', KEYS[1], 'probing', '1')
+return 1
+"""
+
+
+def connect(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+class RedisLedger:
+    """Budget counters in Redis; the spend log row goes to the SQL store first, so it is never lost."""
+
+    def __init__(self, client: Any, db: Database, prefix: str = "openclaw"):
+        self.r = client
+        self.db = db
+        self.prefix = prefix
+        self._reserve = client.register_script(_RESERVE)
+        self._settle = client.register_script(_SETTLE)
+
+    def _k(self, counter: str) -> str:
+        return f"{self.prefix}:ctr:{counter}"
+
+    @property
+    def _res_key(self) -> str:
+        return f"{self.prefix}:reservations"
+
+    def _seed(self, line: Line) -> None:
+        key = self._k(line.counter)
+        spent = seeded_spent(self.db, line)
+        pipe = self.r.pipeline()
+        pipe.hsetnx(key, "spent", spent)
+        pipe.hsetnx(key, "reserved", 0)
+        pipe.hsetnx(key, "partial", 0)
+        if line.end != float("inf"):
+            # A finished window is kept a week for reports, then Redis may drop it.
+            pipe.expireat(key, int(line.end + 7 * 86400))
+        pipe.execute()
+
+    def usage(self, lines: Sequence[Line]) -> dict[str, Usage]:
+        out: dict[str, Usage] = {}
+        for line in lines:
+            v = self.r.hmget(self._k(line.counter), "spent", "reserved", "partial")
+            if v[0] is None:
+                self._seed(line)
+                v = self.r.hmget(self._k(line.counter), "spent", "reserved", "partial")
+            out[line.counter] = Usage(int(v[0] or 0), int(v[1] or 0), int(v[2] or 0))
+        return out
+
+    def reserve(self, lines: Sequence[Line], predicted_nusd: int, max_nusd: int, now: float | None = None) -> Reservation:
+        now = time.time() if now is None else now
+        rid = new_reservation_id()
+        keys = [self._k(ln.counter) for ln in lines] + [self._res_key]
+        args = [len(lines), *[ln.limit_nusd for ln in lines], predicted_nusd, max_nusd, rid, now]
+        for _ in range(3):
+            result = [int(x) for x in self._reserve(keys=keys, args=args)]
+            if result[0] == -1:
+                for i in result[1:]:
+                    self._seed(lines[i - 1])
+                continue
+            if result[0] == 0:
+                return Reservation(rid, False, refused=lines[result[1] - 1], headroom_nusd=result[2])
+            return Reservation(rid, True, amount_nusd=result[1], partial=bool(result[2]))
+        raise RuntimeError("budget counters vanished from Redis while being rebuilt; is Redis evicting keys?")
+
+    def settle(self, reservation_id: str, actual_nusd: int, spend_row: Mapping[str, Any] | None) -> None:
+        if spend_row is not None:
+            with self.db.tx() as tx:
+                insert_spend(tx, spend_row)
+        self._settle(keys=[self._res_key], args=[reservation_id, actual_nusd])
+
+    def release_stale(self, older_than_s: float, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        released = 0
+        for rid, raw in self.r.hgetall(self._res_key).items():
+            if json.loads(raw)["t"] < now - older_than_s:
+                released += int(self._settle(keys=[self._res_key], args=[rid, 0]))
+        return released
+
+
+class RedisRateLimiter:
+    """Per-key RPM/TPM shared by all replicas."""
+
+    def __init__(self, client: Any, prefix: str = "openclaw"):
+        self.r = client
+        self.prefix = prefix
+        self._script = client.register_script(_RATE)
+
+    def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, now: float | None = None) -> str | None:
+        """None when admitted (and counted), else "rpm" or "tpm": which limit refused it."""
+        if rpm is None and tpm is None:
+            return None
+        now = time.time() if now is None else now
+        minute = int(now // 60)
+        base = f"{self.prefix}:rl:{key_id}"
+        keys = [f"{base}:r:{minute}", f"{base}:r:{minute - 1}", f"{base}:t:{minute}", f"{base}:t:{minute - 1}"]
+        args = [-1 if rpm is None else rpm, -1 if tpm is None else tpm, tokens, (now % 60) / 60]
+        verdict = int(self._script(keys=keys, args=args))
+        return {0: None, 1: "rpm", 2: "tpm"}[verdict]
+
+    def add_tokens(self, key_id: str, tokens: int, now: float | None = None) -> None:
+        """Output tokens learnt after the call count toward TPM too."""
+        if tokens <= 0:
+            return
+        now = time.time() if now is None else now
+        key = f"{self.prefix}:rl:{key_id}:t:{int(now // 60)}"
+        pipe = self.r.pipeline()
+        pipe.incrby(key, tokens)
+        pipe.expire(key, 130)
+        pipe.execute()
+
+
+class RedisCircuitBreaker:
+    """`service.breaker.CircuitBreaker`'s interface with its state in Redis, so one replica's
+    failures open the circuit for all of them, and only one replica sends the half-open probe."""
+
+    def __init__(self, client: Any, failures: int, cooldown_s: float, prefix: str = "openclaw", clock=time.time):
+        self.r = client
+        self.threshold = failures
+        self.cooldown_s = cooldown_s
+        self.prefix = prefix
+        self._clock = clock
+        self._failure = client.register_script(_BREAKER_FAILURE)
+        self._acquire = client.register_script(_BREAKER_ACQUIRE)
+
+    def _k(self, model: str) -> str:
+        return f"{self.prefix}:cb:{model}"
+
+    def state(self, model: str) -> str:
+        v = self.r.hmget(self._k(model), "blocked_until", "opened_at", "probing")
+        now = self._clock()
+        if v[1] is None:
+            return "blocked" if now < float(v[0] or 0) else "closed"
+        if v[2] == "1" or now - float(v[1]) < self.cooldown_s:
+            return "open"
+        return "half_open"
+
+    def available(self, model: str) -> bool:
+        return self.state(model) in ("closed", "half_open")
+
+    def acquire(self, model: str) -> bool:
+        return bool(int(self._acquire(keys=[self._k(model)], args=[self._clock(), self.cooldown_s])))
+
+    def success(self, model: str) -> None:
+        pipe = self.r.pipeline()
+        pipe.hdel(self._k(model), "opened_at", "probing")
+        pipe.hset(self._k(model), "failures", 0)
+        pipe.execute()
+
+    def failure(self, model: str, retry_after_s: float | None = None) -> bool:
+        args = [self._clock(), self.threshold, retry_after_s or 0]
+        return bool(int(self._failure(keys=[self._k(model)], args=args)))
+
+    def release(self, model: str) -> None:
+        self.r.hset(self._k(model), "probing", "0")

@@ -1,0 +1,137 @@
+"""Everything governance holds for one gateway, built from the config and the environment.
+
+Environment (never the config file, so secrets stay out of files under version control):
+  OPENCLAW_MASTER_KEY        admin API, dashboard; also accepted as a client key
+  OPENCLAW_GOVERNANCE_DB     keys/budgets/spend database URL (default: `server.db`)
+  OPENCLAW_KEY_PEPPER        HMAC pepper for key hashes (default: generated, kept in the database)
+  OPENCLAW_REDIS_PREFIX      key prefix in `server.redis_url` (default `openclaw`)
+  OPENCLAW_ALERT_WEBHOOK     URL that receives alerts as JSON POSTs
+  OPENCLAW_ALERT_THRESHOLDS  budget shares that alert, default `0.5,0.8,1.0`
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.config import Config
+from service.governance.alerts import Alerter
+from service.governance.attribution import Attribution, SpendMetrics
+from service.governance.budgets import BudgetStore, Ledger, SqlLedger
+from service.governance.db import Database, open_database, redact_url
+from service.governance.keys import KeyStore
+from service.governance.ratelimit import MemoryRateLimiter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GovernanceSettings:
+    db_url: str
+    master_key: str | None = None
+    redis_url: str | None = None
+    redis_prefix: str = "openclaw"
+    webhook_url: str | None = None
+    thresholds: tuple[float, ...] = (0.5, 0.8, 1.0)
+    stale_reservation_s: float = 900.0  # longer than any request may take
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, config: Config) -> "GovernanceSettings":
+        env = os.environ
+        thresholds = tuple(float(x) for x in env.get("OPENCLAW_ALERT_THRESHOLDS", "0.5,0.8,1.0").split(",") if x.strip())
+        return cls(
+            db_url=env.get("OPENCLAW_GOVERNANCE_DB") or config.server.db,
+            master_key=env.get("OPENCLAW_MASTER_KEY") or None,
+            redis_url=config.server.redis_url,
+            redis_prefix=env.get("OPENCLAW_REDIS_PREFIX", "openclaw"),
+            webhook_url=env.get("OPENCLAW_ALERT_WEBHOOK") or None,
+            thresholds=thresholds,
+        )
+
+
+class Governance:
+    def __init__(self, config: Config, settings: GovernanceSettings, db: Database | None = None):
+        self.config = config
+        self.settings = settings
+        self.db = db or open_database(settings.db_url)
+        self.keys = KeyStore(self.db)
+        self.budgets = BudgetStore(self.db)
+        self.redis: Any = None
+        self.ledger: Ledger
+        if settings.redis_url:
+            from service.governance.redis_state import RedisLedger, RedisRateLimiter, connect
+
+            self.redis = connect(settings.redis_url)
+            self.ledger = RedisLedger(self.redis, self.db, prefix=settings.redis_prefix)
+            self.limiter: Any = RedisRateLimiter(self.redis, prefix=settings.redis_prefix)
+        else:
+            self.ledger = SqlLedger(self.db)
+            self.limiter = MemoryRateLimiter()
+        self.alerts = Alerter(self.db, settings.webhook_url, settings.thresholds)
+        self.attribution = Attribution(self.db)
+        self.metrics: SpendMetrics | None = None
+        self._last_sweep = 0.0
+        log.info(
+            "governance: store %s, shared state %s", redact_url(settings.db_url),
+            f"Redis ({redact_url(settings.redis_url)})" if settings.redis_url else "in this process (no redis_url)",
+        )
+
+    @classmethod
+    def from_config(cls, config: Config) -> "Governance":
+        return cls(config, GovernanceSettings.from_env(config))
+
+    def open_mode(self) -> bool:
+        """No master key and no active key: requests need no key (embedded default, loopback only)."""
+        return self.settings.master_key is None and self.keys.count_active() == 0
+
+    def startup_check(self, host: str) -> str:
+        """The start-up line about authentication; refuses an open gateway on a non-loopback host."""
+        if not self.open_mode():
+            return "governance: client keys required (virtual keys or the master key)"
+        if not _is_loopback(host):
+            raise ValueError(
+                f"refusing to serve on {host} without any key: create a virtual key or set OPENCLAW_MASTER_KEY, "
+                "or bind to 127.0.0.1"
+            )
+        return (f"governance: no keys configured — the gateway is OPEN (no authentication) and listens on {host} only; "
+                "set OPENCLAW_MASTER_KEY and create virtual keys to require them")
+
+    def attach(self, gateway: Any) -> None:
+        """Plug into a built gateway: spend metrics on its registry, shared circuit breakers."""
+        self.metrics = SpendMetrics(gateway.metrics.registry)
+        if self.redis is not None:
+            from service.governance.redis_state import RedisCircuitBreaker
+
+            rel = self.config.reliability
+            gateway.live.breaker = RedisCircuitBreaker(
+                self.redis, rel.breaker_failures, rel.breaker_cooldown_s, prefix=self.settings.redis_prefix
+            )
+        self.breaker = gateway.live.breaker
+
+    def maybe_sweep(self) -> None:
+        """Release reservations of requests that died before settling (at most once a minute)."""
+        now = time.time()
+        if now - self._last_sweep < 60:
+            return
+        self._last_sweep = now
+        released = self.ledger.release_stale(self.settings.stale_reservation_s, now)
+        if released:
+            log.warning("governance: released %d stale budget reservations", released)
+
+    def close(self) -> None:
+        self.db.close()
+        if self.redis is not None:
+            self.redis.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

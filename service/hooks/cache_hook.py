@@ -1,0 +1,151 @@
+"""The response cache in the request pipeline: the pre-hook looks up, the post-hook stores.
+
+A hit answers without routing or an upstream call; the gateway renders it as JSON or SSE.
+The answer's usage reports zero tokens (nothing was sent upstream); what the original
+answer cost is counted as saved (`ctx.saved_cost_usd`: metrics and the outcome log), and
+the `x-cache` header says `hit`, `semantic-hit; similarity=0.97` or `miss`. A broken
+cache never fails a request: errors are logged and the request goes upstream.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+import uuid
+from typing import Any, Callable
+
+import numpy as np
+
+from router.cache.cache import Hit, ResponseCache
+from router.cache.keys import request_keys
+from router.cache.policy import cache_control, request_cacheable, response_cacheable
+from router.cache.verifier import Verifier
+from router.config import CacheSection, Config, resolve_path
+from service.pipeline import RequestContext
+
+log = logging.getLogger(__name__)
+ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+def _default_embed(text: str) -> np.ndarray:
+    from router.embedding import shared_embedder
+
+    return shared_embedder().encode_one(text)
+
+
+def open_cache(config: Config) -> ResponseCache:
+    """The cache a config describes; relative paths are relative to the config file."""
+    section = config.cache
+    verifier = None
+    if section.semantic:
+        verifier = Verifier.load(resolve_path(config, section.verifier), threshold=section.verifier_threshold)
+    path = resolve_path(config, section.path) if section.path else None
+    return ResponseCache(
+        path,
+        ttl_s=section.ttl_s,
+        route_ttl_s=section.route_ttl_s,
+        max_entries=section.max_entries,
+        semantic=section.semantic,
+        verifier=verifier,
+    )
+
+
+def render_hit(hit: Hit) -> dict[str, Any]:
+    """The cached chat.completion as a fresh answer: new id and time, zero upstream usage."""
+    body = copy.deepcopy(hit.response)
+    body["id"] = f"chatcmpl-cache-{uuid.uuid4().hex[:24]}"
+    body["created"] = int(time.time())
+    body["usage"] = dict(ZERO_USAGE)
+    return body
+
+
+def x_cache(hit: Hit | None) -> str:
+    if hit is None:
+        return "miss"
+    if hit.kind == "semantic-hit":
+        return f"semantic-hit; similarity={hit.similarity:.2f}"
+    return "hit"
+
+
+class CacheHook:
+    name = "cache"
+
+    def __init__(self, cache: ResponseCache, section: CacheSection, embed: Callable[[str], np.ndarray] = _default_embed):
+        self.cache = cache
+        self.section = section
+        self.embed = embed
+
+    @classmethod
+    def from_config(cls, config: Config) -> "CacheHook":
+        return cls(open_cache(config), config.cache)
+
+    @property
+    def needs_embedding(self) -> bool:
+        """The gateway embeds the prompt before the pre-hooks when the semantic cache needs it."""
+        return self.cache.semantic
+
+    @staticmethod
+    def _route(ctx: RequestContext) -> str:
+        return ctx.profile or ctx.requested_model
+
+    def _set_header(self, ctx: RequestContext, value: str) -> None:
+        ctx.extras.setdefault("response_headers", {})["x-cache"] = value
+
+    async def pre(self, ctx: RequestContext) -> dict[str, Any] | None:
+        control = cache_control(ctx.headers)
+        refused = request_cacheable(ctx.body, self.section.cache_nonzero_temperature)
+        ctx.extras["cache_write"] = control.write and refused is None
+        self._set_header(ctx, "miss")
+        if not control.read or refused is not None:
+            ctx.cache_status = "bypass"
+            return None
+        keys = request_keys(ctx.body, self._route(ctx), ctx.tenant)
+        ctx.extras["cache_keys"] = keys
+        try:
+            vector = None
+            if self.cache.semantic and keys.semantic_ok:
+                if ctx.embedding is None:
+                    ctx.embedding = await asyncio.to_thread(self.embed, ctx.routing.text)
+                vector = ctx.embedding
+            hit = await asyncio.to_thread(self.cache.lookup, keys, vector)
+        except Exception:
+            log.exception("cache lookup failed for request %s; answering from upstream", ctx.request_id)
+            return None
+        if hit is None:
+            ctx.cache_status = "miss"
+            return None
+        ctx.cache_status = hit.kind
+        ctx.cache_similarity = round(hit.similarity, 4)
+        ctx.saved_cost_usd = hit.entry.cost_usd
+        ctx.answered_by = hit.entry.model
+        ctx.extras["reason"] = f"cache {hit.kind} (similarity {hit.similarity:.3f}, verifier {hit.probability:.3f})"
+        self._set_header(ctx, x_cache(hit))
+        return render_hit(hit)
+
+    async def post(self, ctx: RequestContext) -> None:
+        if ctx.cache_status in ("hit", "semantic-hit") or not ctx.extras.get("cache_write"):
+            return
+        refused = response_cacheable(ctx.response, ctx.status, self.section.cache_tool_calls)
+        if refused is not None:
+            log.debug("not caching request %s: %s", ctx.request_id, refused)
+            return
+        keys = ctx.extras.get("cache_keys") or request_keys(ctx.body, self._route(ctx), ctx.tenant)
+        vector = None
+        if self.cache.semantic and keys.semantic_ok:
+            if ctx.embedding is None:
+                ctx.embedding = await asyncio.to_thread(self.embed, ctx.routing.text)
+            vector = ctx.embedding
+        await asyncio.to_thread(
+            self.cache.put,
+            keys,
+            tenant=ctx.tenant,
+            route=self._route(ctx),
+            response=ctx.response,
+            model=ctx.answered_by or str(ctx.response.get("model", "")),
+            cost_usd=ctx.cost_usd,
+            vector=vector,
+        )
+
+    def close(self) -> None:
+        self.cache.close()

@@ -1,0 +1,84 @@
+"""Writes one outcome-log record per request, from the finished request context.
+
+Listed first among the hooks so that its post-hook runs last and sees what the others set
+(cache status, spend, key label). The write only enqueues: the background writer of the
+outcome log does the I/O.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import numpy as np
+
+from router.outcome_log import OutcomeLog, OutcomeRecord
+from service.pipeline import RequestContext
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def prompt_text(ctx: RequestContext) -> str:
+    """The routed text (last user turn) beside the system prompt, as the router saw them."""
+    routing = ctx.routing
+    return f"{routing.system_text}\n\n{routing.text}" if routing.system_text else routing.text
+
+
+class OutcomeHook:
+    name = "outcome_log"
+
+    def __init__(self, log: OutcomeLog, prompt_storage: Literal["none", "hash", "full"], simulated: frozenset[str] = frozenset()):
+        self.log = log
+        self.prompt_storage = prompt_storage
+        self.simulated = simulated
+
+    async def pre(self, ctx: RequestContext) -> dict[str, Any] | None:
+        return None
+
+    async def post(self, ctx: RequestContext) -> None:
+        self.log.write(self.record(ctx))
+
+    def record(self, ctx: RequestContext) -> OutcomeRecord:
+        extras = ctx.extras
+        usage = extras.get("usage") or {}
+        decision = ctx.decision
+        embedding = None if ctx.embedding is None else np.asarray(ctx.embedding, dtype=np.float32)
+        text = prompt_text(ctx)
+        features = embedding.tobytes() if embedding is not None else ctx.routing.text.encode()
+        store_prompt = self.prompt_storage != "none"
+        attempts = list(ctx.attempts)
+        return OutcomeRecord(
+            request_id=ctx.request_id,
+            ts=extras.get("received_at") or 0.0,
+            key_label=ctx.key_label,
+            tenant=ctx.tenant,
+            requested_model=ctx.requested_model,
+            profile=ctx.profile,
+            stream=ctx.stream,
+            features_hash=_sha256(features)[:32],
+            prompt=text if self.prompt_storage == "full" else None,
+            prompt_hash=_sha256(text.encode()) if store_prompt else None,
+            embedding=embedding.tobytes() if (embedding is not None and store_prompt) else None,
+            input_tokens_est=ctx.routing.input_tokens,
+            candidates=[c.__dict__ for c in decision.candidates] if decision else None,
+            reason=extras.get("reason"),
+            knob=decision.knob if decision else None,
+            chosen_model=decision.model if decision else ctx.requested_model if ctx.profile is None else None,
+            propensity=decision.propensity if decision else None,
+            answered_model=ctx.answered_by,
+            fallback_chain=list(dict.fromkeys(a["model"] for a in attempts if a["status"] != "skipped")),
+            attempts=attempts,
+            ttft_s=extras.get("ttft_s"),
+            latency_s=extras.get("latency_s"),
+            input_tokens=usage.get("prompt_tokens"),
+            output_tokens=usage.get("completion_tokens"),
+            cost_usd=ctx.cost_usd,
+            saved_cost_usd=ctx.saved_cost_usd,
+            status=ctx.status,
+            error=ctx.error,
+            cache_status=ctx.cache_status,
+            cache_similarity=ctx.cache_similarity,
+            simulated=ctx.answered_by in self.simulated,
+            extras={k: v for k, v in extras.items() if k in ("client_request_id", "usage_estimated", "http_status")},
+        )

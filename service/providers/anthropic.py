@@ -1,0 +1,288 @@
+"""Anthropic Messages API adapter: OpenAI chat body → /v1/messages → OpenAI chat.completion.
+
+Translated both ways: system prompt (all system/developer turns joined), messages (consecutive
+same-role turns merged because Anthropic requires alternation; `role: "tool"` turns become
+`tool_result` blocks in a user turn), tools and tool_choice, assistant tool_calls ↔ `tool_use`
+blocks, images, stop sequences, usage, stop reasons, streaming events (message_start,
+content_block_start/delta with text_delta and input_json_delta, message_delta, message_stop,
+error) and errors (overloaded 529, 429 with retry-after, "prompt is too long").
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, AsyncIterator
+
+from router.config import ModelSpec
+from router.request_view import content_text
+from service.providers.base import Provider, UpstreamError, classify, error_message, parse_json_event, scrub
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# In-stream `error` events carry a type but no HTTP status; these are the statuses Anthropic
+# pairs with each type on plain responses, so one classifier serves both paths.
+_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+JSON_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
+
+
+def _image_block(part: dict[str, Any]) -> dict[str, Any]:
+    image = part.get("image_url")
+    url = image.get("url", "") if isinstance(image, dict) else str(image or "")
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        media_type = header[5:].split(";")[0] or "image/png"
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def _content_blocks(content: Any) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks = []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") == "image_url":
+            blocks.append(_image_block(part))
+        elif isinstance(part, dict) and part.get("type") == "text":
+            blocks.append({"type": "text", "text": str(part.get("text", ""))})
+        elif isinstance(part, str):
+            blocks.append({"type": "text", "text": part})
+    return blocks
+
+
+def _parse_arguments(arguments: Any) -> Any:
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        parsed = json.loads(arguments or "{}")
+    except (TypeError, ValueError):
+        raise UpstreamError("bad_request", "tool call arguments are not valid JSON") from None
+    return parsed if isinstance(parsed, dict) else {"value": parsed}
+
+
+def _message_blocks(message: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    role = message.get("role")
+    if role == "tool":
+        result = {"type": "tool_result", "tool_use_id": str(message.get("tool_call_id", "")), "content": content_text(message.get("content"))}
+        return "user", [result]
+    blocks = _content_blocks(message.get("content"))
+    if role == "assistant":
+        for call in message.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": fn.get("name", ""), "input": _parse_arguments(fn.get("arguments"))})
+        return "assistant", blocks
+    return "user", blocks
+
+
+def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
+    if choice is None:
+        result: dict[str, Any] | None = {"type": "auto"} if parallel is False else None
+    elif choice == "auto":
+        result = {"type": "auto"}
+    elif choice == "none":
+        return {"type": "none"}
+    elif choice == "required":
+        result = {"type": "any"}
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        result = {"type": "tool", "name": choice["function"].get("name", "")}
+    else:
+        raise UpstreamError("bad_request", f"unsupported tool_choice {choice!r}")
+    if result is not None and parallel is False:
+        result["disable_parallel_tool_use"] = True
+    return result
+
+
+def to_anthropic(model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[str, Any]:
+    """The Messages API request for an OpenAI chat body."""
+    system_parts: list[str] = []
+    messages: list[dict[str, Any]] = []
+    for message in body.get("messages") or []:
+        if message.get("role") in ("system", "developer"):
+            system_parts.append(content_text(message.get("content")))
+            continue
+        role, blocks = _message_blocks(message)
+        if not blocks:
+            continue
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": role, "content": blocks})
+    fmt = (body.get("response_format") or {}).get("type")
+    if fmt == "json_object":
+        system_parts.append(JSON_INSTRUCTION)
+    elif fmt == "json_schema":
+        schema = (body["response_format"].get("json_schema") or {}).get("schema")
+        system_parts.append(f"{JSON_INSTRUCTION} It must match this JSON schema: {json.dumps(schema)}")
+    payload: dict[str, Any] = {
+        "model": model.upstream_name,
+        "messages": messages,
+        "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or model.max_output_tokens,
+    }
+    if system_parts:
+        payload["system"] = "\n\n".join(p for p in system_parts if p)
+    for src, dst in (("temperature", "temperature"), ("top_p", "top_p")):
+        if body.get(src) is not None:
+            payload[dst] = body[src]
+    stop = body.get("stop")
+    if stop:
+        payload["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if body.get("tools"):
+        payload["tools"] = [
+            {
+                "name": t["function"]["name"],
+                "description": t["function"].get("description", ""),
+                "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}},
+            }
+            for t in body["tools"]
+            if t.get("type", "function") == "function"
+        ]
+    choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+    if choice is not None and body.get("tools"):
+        payload["tool_choice"] = choice
+    if body.get("user"):
+        payload["metadata"] = {"user_id": str(body["user"])}
+    if stream:
+        payload["stream"] = True
+    return payload
+
+
+def _usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": input_tokens, "completion_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}
+
+
+def _input_tokens(usage: dict[str, Any]) -> int:
+    # Cached prompt tokens are still prompt tokens for the client's accounting.
+    return sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+
+
+def from_anthropic(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI chat.completion for a Messages API response."""
+    blocks = result.get("content")
+    if not isinstance(blocks, list):
+        raise UpstreamError("malformed", "Messages response has no content list")
+    text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+    tool_calls = [
+        {"id": b.get("id", ""), "type": "function", "function": {"name": b.get("name", ""), "arguments": json.dumps(b.get("input") or {})}}
+        for b in blocks
+        if b.get("type") == "tool_use"
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    usage = result.get("usage") or {}
+    return {
+        "id": result.get("id") or f"chatcmpl-{int(time.time() * 1000)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model.name,
+        "choices": [{"index": 0, "message": message, "finish_reason": FINISH_REASONS.get(result.get("stop_reason"), "stop")}],
+        "usage": _usage(_input_tokens(usage), int(usage.get("output_tokens") or 0)),
+    }
+
+
+def stream_error(event: dict[str, Any], secrets: tuple[str | None, ...]) -> UpstreamError:
+    err = event.get("error") or {}
+    status = _ERROR_STATUS.get(err.get("type", ""), 500)
+    message = scrub(error_message(event, "error event in the Messages stream"), secrets)
+    return UpstreamError(classify(status, event, message), message, status=status)
+
+
+class AnthropicProvider(Provider):
+    @property
+    def messages_url(self) -> str:
+        return f"{self.base_url}/messages" if self.base_url.endswith("/v1") else f"{self.base_url}/v1/messages"
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        key = self.api_key()
+        if key:
+            headers["x-api-key"] = key
+        return headers
+
+    async def complete(self, model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
+        result = await self._post_json(self.messages_url, to_anthropic(model, body, stream=False), self._headers())
+        if not isinstance(result, dict):
+            raise UpstreamError("malformed", "Messages response is not a JSON object")
+        if result.get("type") == "error":
+            raise stream_error(result, self._secrets())
+        return from_anthropic(model, result)
+
+    async def stream(self, model: ModelSpec, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        secrets = self._secrets()
+        chunk_id = f"chatcmpl-{int(time.time() * 1000)}"
+        created = int(time.time())
+        tool_index: dict[int, int] = {}  # Anthropic content-block index → OpenAI tool_calls index
+        input_tokens = output_tokens = 0
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                "id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model.name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+
+        payload = to_anthropic(model, body, stream=True)
+        async for event_name, data in self._sse_events(self.messages_url, payload, self._headers()):
+            event = parse_json_event(data, secrets)
+            if not isinstance(event, dict):
+                raise UpstreamError("malformed", "stream event is not a JSON object")
+            kind = event.get("type", event_name)
+            if kind == "message_start":
+                message = event.get("message") or {}
+                chunk_id = message.get("id") or chunk_id
+                input_tokens = _input_tokens(message.get("usage") or {})
+                output_tokens = int((message.get("usage") or {}).get("output_tokens") or 0)
+                yield chunk({"role": "assistant", "content": ""})
+            elif kind == "content_block_start":
+                block = event.get("content_block") or {}
+                if block.get("type") == "tool_use":
+                    idx = tool_index[event.get("index", 0)] = len(tool_index)
+                    call = {"index": idx, "id": block.get("id", ""), "type": "function", "function": {"name": block.get("name", ""), "arguments": ""}}
+                    yield chunk({"tool_calls": [call]})
+                elif block.get("type") == "text" and block.get("text"):
+                    yield chunk({"content": block["text"]})
+            elif kind == "content_block_delta":
+                delta = event.get("delta") or {}
+                if delta.get("type") == "text_delta":
+                    yield chunk({"content": delta.get("text", "")})
+                elif delta.get("type") == "input_json_delta":
+                    idx = tool_index.get(event.get("index", 0))
+                    if idx is None:
+                        raise UpstreamError("malformed", "input_json_delta for a block that is not a tool_use")
+                    yield chunk({"tool_calls": [{"index": idx, "function": {"arguments": delta.get("partial_json", "")}}]})
+            elif kind == "message_delta":
+                usage = event.get("usage") or {}
+                output_tokens = int(usage.get("output_tokens") or output_tokens)
+                if usage.get("input_tokens") is not None:
+                    input_tokens = _input_tokens(usage)
+                stop = (event.get("delta") or {}).get("stop_reason")
+                if stop:
+                    yield chunk({}, FINISH_REASONS.get(stop, "stop"))
+            elif kind == "message_stop":
+                final = chunk({})
+                final["choices"] = []
+                final["usage"] = _usage(input_tokens, output_tokens)
+                yield final
+                return
+            elif kind == "error":
+                raise stream_error(event, secrets)
+        raise UpstreamError("connection", "Messages stream ended before message_stop")

@@ -1,0 +1,308 @@
+"""The provider contract every adapter implements, and the error vocabulary of the failover logic.
+
+A provider speaks one upstream wire format (OpenAI chat completions, Anthropic Messages,
+Gemini generateContent) and shows the gateway a single shape: the client's OpenAI chat
+body goes in, an OpenAI `chat.completion` (or a stream of `chat.completion.chunk` dicts)
+comes out. Every failure is an `UpstreamError` whose `kind` tells the gateway what to do
+next (retry, fail over, try a bigger context window, or give up), so adapters never leak
+httpx exceptions or provider-specific error bodies.
+
+API keys are read from the environment at request time, never stored in errors or logs:
+every message built from an upstream body goes through `scrub`.
+"""
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import re
+import time
+from abc import ABC, abstractmethod
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Literal, Mapping
+
+import httpx
+
+from router.config import ModelSpec, ProviderSpec
+
+ErrorKind = Literal[
+    "rate_limit", "server", "timeout", "connection", "context_length", "bad_request", "auth", "not_found", "malformed"
+]
+
+# Worth another attempt (same model after a backoff, or the next candidate).
+RETRYABLE_KINDS: frozenset[str] = frozenset({"rate_limit", "server", "timeout", "connection", "malformed"})
+# The request itself may succeed on a different model: the upstream is at fault, not the client.
+FAILOVER_KINDS: frozenset[str] = RETRYABLE_KINDS | {"context_length", "not_found", "auth"}
+
+_CONTEXT_WORDING = re.compile(
+    r"context_length_exceeded|context length|context window|maximum context|prompt is too long|"
+    r"too many tokens|input token count|exceeds the maximum number of tokens|reduce the length|"
+    r"input is too long|maximum input length",
+    re.IGNORECASE,
+)
+
+# Gemini answers a bad key with HTTP 400 INVALID_ARGUMENT, not 401.
+_AUTH_WORDING = re.compile(r"API key not valid|API_KEY_INVALID|invalid api key", re.IGNORECASE)
+
+
+class UpstreamError(Exception):
+    """A failed upstream call, classified for the failover logic.
+
+    `retryable`: rate_limit/server/timeout/connection/malformed — a transient fault, try again
+    (after `retry_after` seconds when the upstream said so) or fail over.
+    `kind == "context_length"`: the prompt does not fit; only a model with a bigger window helps.
+    `failover`: the request may still succeed on another model (retryable, context_length, and
+    upstream configuration faults: not_found, auth). bad_request is the client's fault.
+    """
+
+    def __init__(self, kind: ErrorKind, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(f"{kind}: {message}" if status is None else f"{kind} (HTTP {status}): {message}")
+        self.kind: ErrorKind = kind
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE_KINDS
+
+    @property
+    def failover(self) -> bool:
+        return self.kind in FAILOVER_KINDS
+
+
+def scrub(text: str, secrets: tuple[str | None, ...]) -> str:
+    """Remove API keys from text that came from (or goes to) an upstream."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms`, `retry-after` (seconds or HTTP-date); None when absent."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def error_message(payload: Any, fallback: str) -> str:
+    """The human message inside an upstream error body of any of the supported wire formats."""
+    if isinstance(payload, Mapping):
+        err = payload.get("error", payload)
+        if isinstance(err, Mapping):
+            msg = err.get("message")
+            if isinstance(msg, str) and msg:
+                return msg
+        elif isinstance(err, str) and err:
+            return err
+        msg = payload.get("message")
+        if isinstance(msg, str) and msg:
+            return msg
+    if isinstance(payload, list) and payload:
+        return error_message(payload[0], fallback)
+    return fallback
+
+
+def _error_code(payload: Any) -> str:
+    """The machine-readable code/type/status words of an error body, for classification."""
+    if isinstance(payload, list) and payload:
+        payload = payload[0]
+    if not isinstance(payload, Mapping):
+        return ""
+    err = payload.get("error", payload)
+    if not isinstance(err, Mapping):
+        return ""
+    return " ".join(str(err.get(k) or "") for k in ("code", "type", "status"))
+
+
+def classify(status: int, payload: Any, text: str) -> ErrorKind:
+    words = f"{_error_code(payload)} {error_message(payload, text)}"
+    if status == 429 or "RESOURCE_EXHAUSTED" in words or "rate_limit" in words:
+        return "rate_limit"
+    if status >= 500:
+        return "server"
+    if status == 408:
+        return "timeout"
+    if status == 413 or _CONTEXT_WORDING.search(words):
+        return "context_length"
+    if status in (401, 403) or _AUTH_WORDING.search(words):
+        return "auth"
+    if status == 404:
+        return "not_found"
+    return "bad_request"
+
+
+def error_from_response(
+    status: int, body: bytes | str, headers: Mapping[str, str], secrets: tuple[str | None, ...] = ()
+) -> UpstreamError:
+    """Turn a non-2xx upstream response into an `UpstreamError` (message scrubbed of keys)."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        payload: Any = json.loads(text)
+    except ValueError:
+        payload = None
+    kind = classify(status, payload, text)
+    message = scrub(error_message(payload, text.strip()[:500] or f"HTTP {status}"), secrets)
+    retry_after = parse_retry_after(headers)
+    if retry_after is None and payload is not None:
+        retry_after = _gemini_retry_delay(payload)
+    return UpstreamError(kind, message, status=status, retry_after=retry_after)
+
+
+def _gemini_retry_delay(payload: Any) -> float | None:
+    """Gemini puts the wait in error.details[].retryDelay ("30s") instead of a header."""
+    err = payload.get("error") if isinstance(payload, Mapping) else None
+    details = err.get("details") if isinstance(err, Mapping) else None
+    for detail in details if isinstance(details, list) else []:
+        delay = detail.get("retryDelay") if isinstance(detail, Mapping) else None
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                return float(delay[:-1])
+            except ValueError:
+                return None
+    return None
+
+
+def transport_error(exc: httpx.HTTPError, secrets: tuple[str | None, ...] = ()) -> UpstreamError:
+    """Map an httpx transport exception (no HTTP status) to an error kind."""
+    detail = str(exc) or "no response within the configured timeout"
+    message = scrub(f"{type(exc).__name__}: {detail}", secrets)
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return UpstreamError("connection", message)
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError("timeout", message)
+    return UpstreamError("connection", message)
+
+
+async def iter_sse(response: httpx.Response) -> AsyncIterator[tuple[str | None, str]]:
+    """(event, data) pairs of a text/event-stream body; multi-line data joined by newlines."""
+    event: str | None = None
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = None, []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+    if data:
+        yield event, "\n".join(data)
+
+
+def parse_json_event(data: str, secrets: tuple[str | None, ...] = ()) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise UpstreamError("malformed", scrub(f"invalid JSON in stream event: {data[:200]!r}", secrets)) from None
+
+
+class Provider(ABC):
+    """One upstream endpoint, with a pooled async HTTP client and timeouts from its spec."""
+
+    def __init__(self, spec: ProviderSpec, client: httpx.AsyncClient | None = None):
+        self.spec = spec
+        self._owns_client = client is None
+        self.client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(spec.timeout_s, connect=spec.connect_timeout_s),
+            limits=httpx.Limits(max_connections=spec.max_connections, max_keepalive_connections=spec.max_connections),
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self.spec.base_url.rstrip("/")
+
+    def api_key(self) -> str | None:
+        """The key, read now so a rotated env var takes effect without a restart."""
+        name = self.spec.api_key_env
+        if not name:
+            return None
+        key = os.environ.get(name)
+        if not key:
+            raise UpstreamError("auth", f"environment variable {name} is not set")
+        return key
+
+    def _secrets(self) -> tuple[str | None, ...]:
+        name = self.spec.api_key_env
+        return (os.environ.get(name) if name else None,)
+
+    @abstractmethod
+    async def complete(self, model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
+        """One non-streaming call: OpenAI chat body in, OpenAI `chat.completion` out (`model` = model.name)."""
+
+    @abstractmethod
+    def stream(self, model: ModelSpec, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """OpenAI `chat.completion.chunk` dicts; the last carries `usage` when the upstream reports it."""
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def _post_json(self, url: str, payload: dict[str, Any], headers: dict[str, str]) -> Any:
+        secrets = self._secrets()
+        try:
+            response = await self.client.post(url, json=payload, headers={**self.spec.headers, **headers})
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, secrets) from None
+        if response.status_code >= 400:
+            raise error_from_response(response.status_code, response.content, response.headers, secrets)
+        try:
+            return response.json()
+        except ValueError:
+            raise UpstreamError(
+                "malformed", scrub(f"response is not JSON: {response.text[:200]!r}", secrets), status=response.status_code
+            ) from None
+
+    @asynccontextmanager
+    async def _open_stream(
+        self, url: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> AsyncIterator[httpx.Response]:
+        """A streaming POST whose status has been checked; transport errors while reading are
+        the caller's to map (see `_sse_events`)."""
+        secrets = self._secrets()
+        try:
+            async with self.client.stream(
+                "POST", url, json=payload, headers={**self.spec.headers, **headers}
+            ) as response:
+                if response.status_code >= 400:
+                    body = await response.aread()
+                    raise error_from_response(response.status_code, body, response.headers, secrets)
+                yield response
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, secrets) from None
+
+    async def _sse_events(
+        self, url: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> AsyncIterator[tuple[str | None, str]]:
+        secrets = self._secrets()
+        async with self._open_stream(url, payload, headers) as response:
+            try:
+                async for item in iter_sse(response):
+                    yield item
+            except httpx.HTTPError as exc:
+                raise transport_error(exc, secrets) from None

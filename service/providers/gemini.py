@@ -1,0 +1,291 @@
+"""Google Gemini adapter: OpenAI chat body → generateContent / streamGenerateContent?alt=sse.
+
+Translated both ways: system prompt → `systemInstruction`, assistant → role `model`, tool
+definitions → `functionDeclarations` (JSON-Schema keys Gemini rejects removed), assistant
+tool_calls ↔ `functionCall` parts, `role: "tool"` turns → `functionResponse` parts (Gemini
+matches results by function name, recovered from the earlier call's id), tool_choice →
+`functionCallingConfig`, response_format → `responseMimeType`, usage (`usageMetadata`),
+finish reasons and errors (`RESOURCE_EXHAUSTED`, `retryDelay`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any, AsyncIterator
+
+from router.config import ModelSpec
+from router.request_view import content_text
+from service.providers.base import Provider, UpstreamError, classify, error_message, parse_json_event, scrub
+
+FINISH_REASONS = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+}
+
+# Gemini's schema dialect is an OpenAPI subset: these JSON-Schema keys make it reject the request.
+_UNSUPPORTED_SCHEMA_KEYS = {"$schema", "additionalProperties", "strict", "$id", "$defs", "definitions"}
+
+
+def clean_schema(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: clean_schema(v) for k, v in schema.items() if k not in _UNSUPPORTED_SCHEMA_KEYS}
+    if isinstance(schema, list):
+        return [clean_schema(v) for v in schema]
+    return schema
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    parts = []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") == "image_url":
+            url = (part.get("image_url") or {}).get("url", "")
+            if url.startswith("data:"):
+                header, _, data = url.partition(",")
+                parts.append({"inlineData": {"mimeType": header[5:].split(";")[0] or "image/png", "data": data}})
+            else:
+                parts.append({"fileData": {"mimeType": "image/jpeg", "fileUri": url}})
+        elif isinstance(part, dict) and part.get("type") == "text":
+            parts.append({"text": str(part.get("text", ""))})
+        elif isinstance(part, str):
+            parts.append({"text": part})
+    return parts
+
+
+def _tool_response(message: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    text = content_text(message.get("content"))
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    response = parsed if isinstance(parsed, dict) else {"content": text}
+    call_id = str(message.get("tool_call_id", ""))
+    name = message.get("name") or names.get(call_id, "")
+    return {"functionResponse": {"name": name, "response": response}}
+
+
+def _tool_config(choice: Any) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    if choice in ("auto", "none", "required"):
+        return {"functionCallingConfig": {"mode": {"auto": "AUTO", "none": "NONE", "required": "ANY"}[choice]}}
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [choice["function"].get("name", "")]}}
+    raise UpstreamError("bad_request", f"unsupported tool_choice {choice!r}")
+
+
+def to_gemini(model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
+    """The generateContent request for an OpenAI chat body."""
+    system_parts: list[str] = []
+    contents: list[dict[str, Any]] = []
+    call_names: dict[str, str] = {}
+    for message in body.get("messages") or []:
+        role = message.get("role")
+        if role in ("system", "developer"):
+            system_parts.append(content_text(message.get("content")))
+            continue
+        if role == "tool":
+            g_role, parts = "user", [_tool_response(message, call_names)]
+        elif role == "assistant":
+            g_role, parts = "model", _parts(message.get("content"))
+            for call in message.get("tool_calls") or []:
+                fn = call.get("function") or {}
+                call_names[str(call.get("id", ""))] = fn.get("name", "")
+                try:
+                    args = json.loads(fn.get("arguments") or "{}")
+                except (TypeError, ValueError):
+                    raise UpstreamError("bad_request", "tool call arguments are not valid JSON") from None
+                parts.append({"functionCall": {"name": fn.get("name", ""), "args": args}})
+        else:
+            g_role, parts = "user", _parts(message.get("content"))
+        if not parts:
+            continue
+        if contents and contents[-1]["role"] == g_role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": g_role, "parts": parts})
+    payload: dict[str, Any] = {"contents": contents}
+    if system_parts:
+        payload["systemInstruction"] = {"parts": [{"text": "\n\n".join(p for p in system_parts if p)}]}
+    config: dict[str, Any] = {}
+    for src, dst in (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed")):
+        if body.get(src) is not None:
+            config[dst] = body[src]
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens:
+        config["maxOutputTokens"] = max_tokens
+    stop = body.get("stop")
+    if stop:
+        config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") in ("json_object", "json_schema"):
+        config["responseMimeType"] = "application/json"
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if schema:
+            config["responseSchema"] = clean_schema(schema)
+    if config:
+        payload["generationConfig"] = config
+    if body.get("tools"):
+        payload["tools"] = [{
+            "functionDeclarations": [
+                {
+                    "name": t["function"]["name"],
+                    "description": t["function"].get("description", ""),
+                    **({"parameters": clean_schema(t["function"]["parameters"])} if t["function"].get("parameters") else {}),
+                }
+                for t in body["tools"]
+                if t.get("type", "function") == "function"
+            ]
+        }]
+        tool_config = _tool_config(body.get("tool_choice"))
+        if tool_config:
+            payload["toolConfig"] = tool_config
+    return payload
+
+
+def _call_id(name: str, args: Any, n: int, given: str | None) -> str:
+    """Gemini only sometimes names its calls; an id derived from the call keeps replays stable."""
+    if given:
+        return given
+    digest = hashlib.sha1(f"{n}:{name}:{json.dumps(args, sort_keys=True)}".encode()).hexdigest()[:16]
+    return f"call_{digest}"
+
+
+def _usage(meta: dict[str, Any]) -> dict[str, int]:
+    prompt = int(meta.get("promptTokenCount") or 0)
+    completion = int(meta.get("candidatesTokenCount") or 0) + int(meta.get("thoughtsTokenCount") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": int(meta.get("totalTokenCount") or prompt + completion)}
+
+
+def _finish(reason: str | None, has_calls: bool) -> str | None:
+    if reason is None:
+        return None
+    if has_calls and reason == "STOP":
+        return "tool_calls"
+    return FINISH_REASONS.get(reason, "stop")
+
+
+def _candidate_parts(result: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    candidates = result.get("candidates")
+    if not candidates:
+        if (result.get("promptFeedback") or {}).get("blockReason"):
+            return [], "SAFETY"
+        return [], None
+    first = candidates[0]
+    return list((first.get("content") or {}).get("parts") or []), first.get("finishReason")
+
+
+def from_gemini(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI chat.completion for a generateContent response."""
+    if not isinstance(result.get("candidates", []), list):
+        raise UpstreamError("malformed", "generateContent response has no candidates list")
+    parts, reason = _candidate_parts(result)
+    if not parts and reason is None:
+        raise UpstreamError("malformed", "generateContent response has no candidates")
+    text = "".join(p.get("text", "") for p in parts if "text" in p and not p.get("thought"))
+    calls = [p["functionCall"] for p in parts if "functionCall" in p]
+    tool_calls = [
+        {"id": _call_id(c.get("name", ""), c.get("args"), i, c.get("id")), "type": "function",
+         "function": {"name": c.get("name", ""), "arguments": json.dumps(c.get("args") or {})}}
+        for i, c in enumerate(calls)
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {
+        "id": result.get("responseId") or f"chatcmpl-{int(time.time() * 1000)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model.name,
+        "choices": [{"index": 0, "message": message, "finish_reason": _finish(reason or "STOP", bool(tool_calls))}],
+        "usage": _usage(result.get("usageMetadata") or {}),
+    }
+
+
+def stream_error(event: dict[str, Any], secrets: tuple[str | None, ...]) -> UpstreamError:
+    err = event.get("error") or {}
+    status = err.get("code") if isinstance(err.get("code"), int) else 500
+    message = scrub(error_message(event, "error inside the Gemini stream"), secrets)
+    return UpstreamError(classify(status, event, message), message, status=status)
+
+
+class GeminiProvider(Provider):
+    def _url(self, model: ModelSpec, method: str) -> str:
+        name = model.upstream_name
+        name = name if name.startswith("models/") else f"models/{name}"
+        return f"{self.base_url}/{name}:{method}"
+
+    def _headers(self) -> dict[str, str]:
+        key = self.api_key()
+        return {"x-goog-api-key": key} if key else {}
+
+    async def complete(self, model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
+        result = await self._post_json(self._url(model, "generateContent"), to_gemini(model, body), self._headers())
+        if not isinstance(result, dict):
+            raise UpstreamError("malformed", "generateContent response is not a JSON object")
+        if "error" in result:
+            raise stream_error(result, self._secrets())
+        return from_gemini(model, result)
+
+    async def stream(self, model: ModelSpec, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        secrets = self._secrets()
+        chunk_id = f"chatcmpl-{int(time.time() * 1000)}"
+        created = int(time.time())
+        n_calls = 0
+        usage: dict[str, int] | None = None
+        finish: str | None = None
+        started = False
+
+        def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
+            return {
+                "id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model.name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+            }
+
+        url = self._url(model, "streamGenerateContent") + "?alt=sse"
+        async for _, data in self._sse_events(url, to_gemini(model, body), self._headers()):
+            event = parse_json_event(data, secrets)
+            if not isinstance(event, dict):
+                raise UpstreamError("malformed", "stream event is not a JSON object")
+            if "error" in event:
+                raise stream_error(event, secrets)
+            if not isinstance(event.get("candidates", []), list):
+                raise UpstreamError("malformed", "stream event has no candidates list")
+            chunk_id = event.get("responseId") or chunk_id
+            if not started:
+                started = True
+                yield chunk({"role": "assistant", "content": ""})
+            parts, reason = _candidate_parts(event)
+            for part in parts:
+                if "text" in part and not part.get("thought") and part["text"]:
+                    yield chunk({"content": part["text"]})
+                elif "functionCall" in part:
+                    call = part["functionCall"]
+                    yield chunk({"tool_calls": [{
+                        "index": n_calls, "id": _call_id(call.get("name", ""), call.get("args"), n_calls, call.get("id")),
+                        "type": "function",
+                        "function": {"name": call.get("name", ""), "arguments": json.dumps(call.get("args") or {})},
+                    }]})
+                    n_calls += 1
+            if event.get("usageMetadata"):
+                usage = _usage(event["usageMetadata"])
+            if reason and finish is None:
+                finish = _finish(reason, n_calls > 0)
+                yield chunk({}, finish)
+        if finish is None:
+            raise UpstreamError("connection", "Gemini stream ended before a finishReason")
+        if usage is not None:
+            final = chunk({})
+            final["choices"] = []
+            final["usage"] = usage
+            yield final

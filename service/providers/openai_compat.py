@@ -1,0 +1,88 @@
+"""The OpenAI-compatible adapter: OpenAI, Mistral, Groq, Together, DeepSeek, OpenRouter, vLLM,
+Ollama, llama.cpp and the built-in simulator are all this class plus a base_url in config.
+
+The client's body is passed through untouched (tools, tool_choice, `role: "tool"` messages,
+response_format, max_tokens / max_completion_tokens...) except `model`, which becomes the
+upstream id, and `stream_options.include_usage`, which is always requested on streams so the
+gateway can bill and log every streamed answer.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator
+
+from router.config import ModelSpec
+from router.request_view import content_text, estimate_tokens
+from service.providers.base import Provider, UpstreamError, classify, error_message, parse_json_event, scrub
+
+
+def _stream_error(event: dict[str, Any], secrets: tuple[str | None, ...]) -> UpstreamError:
+    """An `{"error": {...}}` object sent with HTTP 200 (inside a stream, or as a whole body by some proxies)."""
+    err = event.get("error")
+    err = err if isinstance(err, dict) else {}
+    status = err.get("code") if isinstance(err.get("code"), int) else None
+    # Without a status the error type is the only cue: client-side types must not read as a server fault.
+    assumed = 400 if "invalid_request" in str(err.get("type")) else 500
+    message = scrub(error_message(event, "upstream error inside the stream"), secrets)
+    return UpstreamError(classify(status or assumed, event, message), message, status=status)
+
+
+def _estimated_usage(body: dict[str, Any], message: dict[str, Any]) -> dict[str, int]:
+    """Servers that omit usage (some llama.cpp / proxy builds) still get billed: characters/4."""
+    calls = "".join(str((c.get("function") or {}).get("arguments", "")) for c in message.get("tool_calls") or [])
+    prompt = estimate_tokens(json.dumps(body.get("messages") or []))
+    completion = estimate_tokens(content_text(message.get("content")) + calls)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class OpenAICompatProvider(Provider):
+    def _headers(self) -> dict[str, str]:
+        key = self.api_key()
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _payload(self, model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[str, Any]:
+        payload = {**body, "model": model.upstream_name, "stream": stream}
+        if stream:
+            payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        else:
+            payload.pop("stream_options", None)
+        return payload
+
+    async def complete(self, model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self.base_url}/chat/completions"
+        result = await self._post_json(url, self._payload(model, body, stream=False), self._headers())
+        if not isinstance(result, dict):
+            raise UpstreamError("malformed", "response is not a JSON object")
+        if "error" in result:
+            raise _stream_error(result, self._secrets())
+        choices = result.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict) \
+                or not isinstance(choices[0].get("message"), dict):
+            raise UpstreamError("malformed", "response has no choices with a message")
+        result["model"] = model.name
+        result.setdefault("object", "chat.completion")
+        if not isinstance(result.get("usage"), dict):
+            result["usage"] = _estimated_usage(body, choices[0]["message"])
+        return result
+
+    async def stream(self, model: ModelSpec, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        url = f"{self.base_url}/chat/completions"
+        secrets = self._secrets()
+        finished = False
+        async for _, data in self._sse_events(url, self._payload(model, body, stream=True), self._headers()):
+            if data.strip() == "[DONE]":
+                return
+            chunk = parse_json_event(data, secrets)
+            if not isinstance(chunk, dict):
+                raise UpstreamError("malformed", "stream event is not a JSON object")
+            if "error" in chunk:
+                raise _stream_error(chunk, secrets)
+            if not isinstance(chunk.get("choices", []), list):
+                raise UpstreamError("malformed", "stream chunk has no choices list")
+            chunk["model"] = model.name
+            chunk.setdefault("object", "chat.completion.chunk")
+            finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or [])
+            yield chunk
+        if not finished:
+            # A connection that closes before [DONE] and before any finish_reason was cut mid-answer.
+            raise UpstreamError("connection", "stream ended before the answer finished")

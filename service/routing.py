@@ -1,0 +1,137 @@
+"""From a chat request to a routing decision: model name resolution, per-request limits, the
+hot-swappable router and the call into it.
+
+`model` is either a routing profile (`auto`, `auto:cheap`, `auto:best`, any name under
+`router.profiles`), which routes, or a catalog model name, which is honoured as named (no
+routing, no failover to another model: the client asked for that model). Per-request limits
+come from the body (`"router": {...}`, the SDK's `extra_body`) or `x-router-*` headers;
+the body wins when both are given.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+from router.config import Config, ModelSpec, Profile
+from router.types import Constraints, Decision, LiveStats, RoutingRequest
+from service.errors import ApiError, bad_request, model_not_found
+from service.schemas import RouterOptions
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class Router(Protocol):
+    def route(self, request: RoutingRequest, *, catalog: list[ModelSpec], profile: Profile,
+              constraints: Constraints, live: Mapping[str, LiveStats] | None,
+              embedding: np.ndarray | None) -> Decision: ...
+
+
+class RouterSlot:
+    """The live router, replaceable while serving: `swap` is atomic (one reference store), so
+    a request keeps the router it started with and the next one gets the new router."""
+
+    def __init__(self, router: Router | None = None):
+        self._current = router
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> Router | None:
+        return self._current
+
+    def swap(self, new: Router) -> Router | None:
+        with self._lock:
+            old, self._current = self._current, new
+        return old
+
+
+def resolve_model(name: str, config: Config) -> str | None:
+    """The routing profile `name` selects, or None for a concrete catalog model."""
+    if name in config.router.profiles:
+        return name
+    if name in config.model_names:
+        return None
+    raise model_not_found(name, [*config.router.profiles, *config.model_names])
+
+
+def _header_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _header_float(headers: Mapping[str, str], name: str) -> float | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise bad_request(f"header {name} must be a number, got {value!r}", param=name) from None
+    if not number > 0:
+        raise bad_request(f"header {name} must be positive, got {value!r}", param=name)
+    return number
+
+
+def _header_bool(headers: Mapping[str, str], name: str) -> bool | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    if value.strip().lower() in _TRUE:
+        return True
+    if value.strip().lower() in _FALSE:
+        return False
+    raise bad_request(f"header {name} must be true or false, got {value!r}", param=name)
+
+
+def options_from_headers(headers: Mapping[str, str]) -> RouterOptions:
+    return RouterOptions(
+        max_cost_usd=_header_float(headers, "x-router-max-cost"),
+        max_latency_s=_header_float(headers, "x-router-max-latency"),
+        allowed_models=_header_list(headers.get("x-router-allowed-models")),
+        excluded_models=_header_list(headers.get("x-router-excluded-models")),
+        required_tags=_header_list(headers.get("x-router-required-tags")),
+        local_only=_header_bool(headers, "x-router-local-only"),
+    )
+
+
+def build_constraints(body_options: RouterOptions | None, headers: Mapping[str, str], config: Config) -> Constraints:
+    merged: dict[str, Any] = options_from_headers(headers).model_dump(exclude_none=True)
+    if body_options is not None:
+        merged.update(body_options.model_dump(exclude_none=True))
+    known = set(config.model_names)
+    for key in ("allowed_models", "excluded_models"):
+        unknown = [m for m in merged.get(key) or () if m not in known]
+        if unknown:
+            raise bad_request(f"router.{key} names unknown models: {', '.join(unknown)}", code="model_not_found", param=f"router.{key}")
+    tags = set(merged.get("required_tags") or ())
+    if merged.get("local_only"):
+        tags.add("local")
+    allowed = merged.get("allowed_models")
+    return Constraints(
+        allowed_models=frozenset(allowed) if allowed is not None else None,
+        excluded_models=frozenset(merged.get("excluded_models") or ()),
+        required_tags=frozenset(tags),
+        max_cost_usd=merged.get("max_cost_usd"),
+        max_latency_s=merged.get("max_latency_s"),
+    )
+
+
+def decide(router: Router | None, request: RoutingRequest, *, config: Config, profile: str,
+           constraints: Constraints, live: Mapping[str, LiveStats], embedding: np.ndarray | None) -> Decision:
+    """Route one request; an impossible request is a 4xx, an unhealthy catalog a 503."""
+    from router.policy import NoEligibleModel
+
+    if router is None:
+        raise ApiError(503, "no router artifact is loaded: name a model instead of a profile, or configure router.artifact",
+                       code="router_unavailable")
+    try:
+        return router.route(request, catalog=config.models, profile=config.router.profiles[profile],
+                            constraints=constraints, live=live, embedding=embedding)
+    except NoEligibleModel as exc:
+        if any((c.excluded or "").startswith("unhealthy") for c in exc.candidates):
+            raise ApiError(503, f"no eligible model is available right now: {exc}", code="no_model_available",
+                           headers={"retry-after": "1"}) from None
+        raise ApiError(400, str(exc), code="no_eligible_model") from None

@@ -1,0 +1,60 @@
+"""`openclaw-router serve`: run the OpenAI-compatible routing gateway.
+
+Without `--config` it serves the embedded demo: the catalog of service/default_config.yaml,
+answered by the built-in simulator (a real local HTTP server started beside the gateway),
+every simulated model labelled as such in /v1/models, /healthz and the outcome log. With a
+config file whose providers point at real APIs (keys from the env vars it names), the same
+command routes real traffic.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+from pathlib import Path
+
+log = logging.getLogger("openclaw.serve")
+
+
+def default_config_path() -> Path:
+    return Path(__file__).resolve().parent / "default_config.yaml"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="interface to bind (default: server.host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: server.port, 8080; 0 picks a free one)")
+    parser.add_argument("--config", default=None, help="catalog/config YAML (default: the embedded simulated demo)")
+    parser.add_argument("--db", default=None, help="outcome log URL, e.g. sqlite:///outcomes.sqlite (default: server.db)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from router.config import load_config
+    from service.app import create_app
+    from service.simulator import attach_simulator
+
+    config = load_config(args.config or default_config_path())
+    server = config.server.model_copy(update={k: v for k, v in (("db", args.db), ("host", args.host), ("port", args.port)) if v is not None})
+    config = config.model_copy(update={"server": server})
+    config, stop_simulator = attach_simulator(config)
+    simulated = frozenset(m.name for m in config.models if config.providers[m.provider].kind == "simulated")
+    if simulated:
+        log.info("demo mode: %d simulated models (%s) answered by the local simulator at %s; they are labelled "
+                 "simulated in /v1/models and the outcome log", len(simulated), ", ".join(sorted(simulated)),
+                 next(p.base_url for p in config.providers.values() if p.kind == "simulated"))
+    app = create_app(config, simulated=simulated)
+    sock = socket.socket(socket.AF_INET6 if ":" in server.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((server.host, server.port))
+    port = sock.getsockname()[1]
+    # One parseable line on stdout: scripts and tests that pass --port 0 read the port from it.
+    print(f"openclaw-router listening on http://{server.host}:{port} (outcome log {server.db})", flush=True)
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="on")).run(sockets=[sock])
+    finally:
+        sock.close()
+        if stop_simulator is not None:
+            stop_simulator()
+    return 0
+

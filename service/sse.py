@@ -1,0 +1,136 @@
+"""Server-sent events in OpenAI's chat-completion chunk format, both ways.
+
+Encodes chunks for the client, recognises the first chunk that carries real output (the
+point after which a failure can no longer be hidden by failing over), turns a complete
+answer into chunks (cache hits streamed to a streaming client) and assembles streamed
+chunks back into one chat.completion (what post-hooks and the outcome log see).
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable
+
+DONE = b"data: [DONE]\n\n"
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+def error_event(message: str, type: str = "server_error", code: str | None = None) -> bytes:
+    """An explicit in-band error: the OpenAI SDKs raise on a `data:` event holding `error`."""
+    return encode({"error": {"message": message, "type": type, "code": code, "param": None}})
+
+
+def carries_output(chunk: dict[str, Any]) -> bool:
+    """True once a chunk holds generated output or the end of generation (a role-only delta does not)."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or delta.get("refusal") or delta.get("function_call"):
+            return True
+        if choice.get("finish_reason"):
+            return True
+    return False
+
+
+def is_usage_only(chunk: dict[str, Any]) -> bool:
+    return not chunk.get("choices") and chunk.get("usage") is not None
+
+
+def completion_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A complete chat.completion as the chunk sequence a streaming upstream would have sent."""
+    base = {
+        "id": body.get("id", "chatcmpl-cached"),
+        "object": "chat.completion.chunk",
+        "created": body.get("created", int(time.time())),
+        "model": body.get("model", ""),
+    }
+    chunks: list[dict[str, Any]] = []
+    for choice in body.get("choices") or ():
+        idx = choice.get("index", 0)
+        msg = choice.get("message") or {}
+        chunks.append({**base, "choices": [{"index": idx, "delta": {"role": msg.get("role", "assistant"), "content": ""}, "finish_reason": None}]})
+        if msg.get("content"):
+            chunks.append({**base, "choices": [{"index": idx, "delta": {"content": msg["content"]}, "finish_reason": None}]})
+        calls = msg.get("tool_calls") or []
+        if calls:
+            delta_calls = [{"index": i, **call} for i, call in enumerate(calls)]
+            chunks.append({**base, "choices": [{"index": idx, "delta": {"tool_calls": delta_calls}, "finish_reason": None}]})
+        chunks.append({**base, "choices": [{"index": idx, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}]})
+    if body.get("usage") is not None:
+        chunks.append({**base, "choices": [], "usage": body["usage"]})
+    return chunks
+
+
+class Assembler:
+    """Folds streamed chunks into the chat.completion they describe."""
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.created: int | None = None
+        self.model: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.system_fingerprint: str | None = None
+        self._choices: dict[int, dict[str, Any]] = {}
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        self.id = self.id or chunk.get("id")
+        self.created = self.created or chunk.get("created")
+        self.model = self.model or chunk.get("model")
+        self.system_fingerprint = self.system_fingerprint or chunk.get("system_fingerprint")
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            self._add_choice(choice)
+
+    def _add_choice(self, choice: dict[str, Any]) -> None:
+        slot = self._choices.setdefault(
+            choice.get("index", 0), {"role": "assistant", "content": [], "tool_calls": {}, "finish_reason": None}
+        )
+        delta = choice.get("delta") or {}
+        if delta.get("role"):
+            slot["role"] = delta["role"]
+        if delta.get("content"):
+            slot["content"].append(delta["content"])
+        for call in delta.get("tool_calls") or ():
+            entry = slot["tool_calls"].setdefault(call.get("index", 0), {"id": None, "type": "function", "name": [], "arguments": []})
+            entry["id"] = call.get("id") or entry["id"]
+            entry["type"] = call.get("type") or entry["type"]
+            fn = call.get("function") or {}
+            if fn.get("name"):
+                entry["name"].append(fn["name"])
+            if fn.get("arguments"):
+                entry["arguments"].append(fn["arguments"])
+        if choice.get("finish_reason"):
+            slot["finish_reason"] = choice["finish_reason"]
+
+    @property
+    def finished(self) -> bool:
+        return bool(self._choices) and all(c["finish_reason"] for c in self._choices.values())
+
+    def completion(self) -> dict[str, Any]:
+        choices = []
+        for idx in sorted(self._choices):
+            slot = self._choices[idx]
+            message: dict[str, Any] = {"role": slot["role"], "content": "".join(slot["content"]) or None}
+            if slot["tool_calls"]:
+                message["tool_calls"] = [
+                    {"id": c["id"], "type": c["type"], "function": {"name": "".join(c["name"]), "arguments": "".join(c["arguments"])}}
+                    for _, c in sorted(slot["tool_calls"].items())
+                ]
+            choices.append({"index": idx, "message": message, "finish_reason": slot["finish_reason"]})
+        body: dict[str, Any] = {
+            "id": self.id or "chatcmpl-stream",
+            "object": "chat.completion",
+            "created": self.created or int(time.time()),
+            "model": self.model or "",
+            "choices": choices,
+        }
+        if self.usage is not None:
+            body["usage"] = self.usage
+        return body
+
+
+def encode_all(chunks: Iterable[dict[str, Any]]) -> bytes:
+    return b"".join(encode(c) for c in chunks)

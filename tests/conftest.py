@@ -1,0 +1,56 @@
+"""Shared fixtures: real PostgreSQL and Redis on 127.0.0.1 when they run.
+
+In CI (`CI=true`) a missing service is a failure, never a skip. Each test gets its own
+PostgreSQL schema and Redis key prefix, so concurrent runs never see each other's rows.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+
+import pytest
+
+PG_BASE = os.environ.get("OPENCLAW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_BASE = os.environ.get("OPENCLAW_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    message = f"{what} is not reachable ({type(exc).__name__}: {exc})"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message}; CI must provide it")
+    pytest.skip(f"{message}; start it to run this test")
+
+
+@pytest.fixture
+def pg_url():
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    try:
+        import psycopg
+
+        conn = psycopg.connect(PG_BASE, autocommit=True, connect_timeout=3)
+    except Exception as exc:
+        _unavailable(f"PostgreSQL at {PG_BASE}", exc)
+    schema = "t_" + secrets.token_hex(6)
+    conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in PG_BASE else "?"
+    yield f"{PG_BASE}{sep}options=-csearch_path%3D{schema}"
+    conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    conn.close()
+
+
+@pytest.fixture
+def redis_url():
+    """(url, prefix): a live Redis and a key prefix of this test's own, cleaned afterwards."""
+    try:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_BASE, socket_connect_timeout=3)
+        client.ping()
+    except Exception as exc:
+        _unavailable(f"Redis at {REDIS_BASE}", exc)
+    prefix = "test-" + secrets.token_hex(6)
+    yield REDIS_BASE, prefix
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -1,0 +1,241 @@
+"""The gateway's API through real clients: the `openai` SDK (sync and async, streaming and
+not, tools), an OpenClaw-shaped agent request, per-request limits, info endpoints, bad input."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from tests.fake_upstream import FakeUpstream, ok
+from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
+
+MSG = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with FakeUpstream() as up:
+        yield up
+
+
+@pytest.fixture
+def gw(upstream, tmp_path):
+    upstream.reset()
+    running = Running(fake_config(upstream.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite"), router=QualityRouter(DEFAULT_QUALITY))
+    yield running
+    running.stop()
+
+
+def test_sync_non_streaming_names_the_answering_model(gw):
+    raw = gw.client().chat.completions.with_raw_response.create(model="auto", messages=MSG)
+    answer = raw.parse()
+    assert answer.model == "m1" and answer.choices[0].message.content == "Hello from m1."
+    assert raw.headers["x-router-model"] == "m1" and raw.headers["x-router-profile"] == "auto"
+    assert raw.headers["x-router-reason"].startswith("m1: best utility")
+    row = gw.outcome(raw.headers["x-request-id"])
+    assert row["chosen_model"] == "m1" and row["propensity"] == 1.0 and len(row["candidates"]) == 3
+    assert row["output_tokens"] == answer.usage.completion_tokens and row["cost_usd"] > 0
+    assert row["prompt"].endswith(MSG[0]["content"]) and len(row["embedding"]) == 384 * 4
+
+
+async def test_async_streaming_with_usage(gw):
+    client = gw.async_client()
+    stream = await client.chat.completions.create(model="auto", messages=MSG, stream=True, stream_options={"include_usage": True})
+    chunks = [c async for c in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from m1."
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert {c.model for c in chunks} == {"m1"}
+
+
+def test_stream_without_include_usage_gets_no_usage_chunk(gw, upstream):
+    chunks = list(gw.client().chat.completions.create(model="auto", messages=MSG, stream=True))
+    assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
+    # ...while the gateway still asked for usage, to bill the answer.
+    assert upstream.requests[-1].body["stream_options"] == {"include_usage": True}
+    assert gw.outcomes()[-1]["output_tokens"] > 0
+
+
+def test_profiles_and_per_request_limits(gw, upstream):
+    client = gw.client()
+    assert client.chat.completions.create(model="auto:best", messages=MSG).model == "m1"
+    # extra_body limits reach the router and are stripped before the upstream call.
+    answer = client.chat.completions.create(model="auto", messages=MSG, extra_body={"router": {"allowed_models": ["m2", "m3"]}})
+    assert answer.model == "m2"
+    assert "router" not in upstream.requests[-1].body
+    answer = client.chat.completions.create(model="auto", messages=MSG, extra_headers={"x-router-local-only": "true"})
+    assert answer.model == "m3"  # the only model tagged local
+    answer = client.chat.completions.create(model="auto", messages=MSG, extra_headers={"x-router-excluded-models": "m1, m2"})
+    assert answer.model == "m3"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="auto", messages=MSG, extra_body={"router": {"max_cost_usd": 1e-12}})
+    assert exc.value.body["code"] == "no_eligible_model"
+
+
+def test_named_model_bypasses_routing(gw):
+    router = gw.gateway.router.current
+    before = len(router.calls)
+    raw = gw.client().chat.completions.with_raw_response.create(model="m3", messages=MSG)
+    assert raw.parse().model == "m3" and raw.headers["x-router-reason"] == "m3: requested by name"
+    assert len(router.calls) == before
+    row = gw.outcome(raw.headers["x-request-id"])
+    assert row["profile"] is None and row["candidates"] is None and row["chosen_model"] == "m3"
+
+
+def test_tool_call_round_trip_passes_through(gw, upstream):
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    upstream.script("m1", ok(tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}]), ok("It is sunny in Paris."))
+    client = gw.client()
+    first = client.chat.completions.create(model="auto", messages=MSG, tools=tools, tool_choice="auto")
+    call = first.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    history = MSG + [first.choices[0].message.model_dump(exclude_none=True),
+                     {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "sunny"}'}]
+    second = client.chat.completions.create(model="auto", messages=history, tools=tools)
+    assert second.choices[0].message.content == "It is sunny in Paris."
+    sent = upstream.requests[-1].body
+    assert sent["messages"][1]["tool_calls"][0]["id"] == call.id
+    assert sent["messages"][2] == {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "sunny"}'}
+    assert sent["tools"] == tools
+
+
+def openclaw_request() -> dict:
+    system = "You are OpenClaw, a personal agent. " + "Follow the workspace rules carefully. " * 1100
+    tools = [
+        {"type": "function", "function": {
+            "name": f"tool_{i}", "description": f"Tool number {i}: " + "does things. " * 20,
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}, "n": {"type": "integer"}}, "required": ["path"]}}}
+        for i in range(12)
+    ]
+    return {"system": system, "tools": tools}
+
+
+def test_openclaw_shaped_agent_request_passes_through_intact(gw, upstream):
+    shape = openclaw_request()
+    assert len(shape["system"]) > 40_000
+    messages = [{"role": "system", "content": shape["system"]}, {"role": "user", "content": "Open README.md and summarise it."}]
+    upstream.script("m1", ok(tool_calls=[{"name": "tool_3", "arguments": {"path": "README.md"}}]), ok("The README explains the router."))
+    client = gw.client()
+    stream = client.chat.completions.create(
+        model="auto", messages=messages, tools=shape["tools"], stream=True,
+        stream_options={"include_usage": True}, max_completion_tokens=2048,
+    )
+    chunks = list(stream)
+    sent = upstream.requests[-1].body
+    assert sent["messages"] == messages and sent["tools"] == shape["tools"]
+    assert sent["max_completion_tokens"] == 2048 and sent["stream"] is True
+    deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    call_id = deltas[0].id
+    arguments = "".join(d.function.arguments or "" for d in deltas)
+    assert deltas[0].function.name == "tool_3" and json.loads(arguments) == {"path": "README.md"}
+    assert chunks[-1].usage.prompt_tokens > 10_000
+    messages += [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": call_id, "type": "function", "function": {"name": "tool_3", "arguments": arguments}}]},
+        {"role": "tool", "tool_call_id": call_id, "content": "# OpenClaw Router\nAn ML-driven LLM router."},
+    ]
+    stream = client.chat.completions.create(model="auto", messages=messages, tools=shape["tools"], stream=True,
+                                            stream_options={"include_usage": True}, max_completion_tokens=2048)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "The README explains the router."
+    assert upstream.requests[-1].body["messages"] == messages
+    # The router embedded the last user turn, not the 44 KB system prompt.
+    assert gw.gateway.router.current.calls[-1].text == "Open README.md and summarise it."
+
+
+def test_pre_hook_short_circuit_streams_as_sse(upstream, tmp_path):
+    class Canned:
+        name = "canned"
+
+        async def pre(self, ctx):
+            ctx.cache_status = "hit"
+            return {"id": "chatcmpl-c", "object": "chat.completion", "created": 1, "model": "m2",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "cached answer"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+
+        async def post(self, ctx):
+            return None
+
+    upstream.reset()
+    gw = Running(fake_config(upstream.base_url, f"sqlite:///{tmp_path}/o.sqlite"), router=QualityRouter(DEFAULT_QUALITY), hooks=[Canned()])
+    try:
+        stream = gw.client().chat.completions.with_raw_response.create(model="auto", messages=MSG, stream=True)
+        assert stream.headers["x-router-cache"] == "hit"
+        text = "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
+        assert text == "cached answer" and not upstream.requests
+        row = gw.outcome(stream.headers["x-request-id"])
+        assert row["status"] == "cache_hit" and row["cache_status"] == "hit" and row["attempts"] == []
+    finally:
+        gw.stop()
+
+
+def test_router_hot_swap_takes_effect_without_restart(gw):
+    assert gw.client().chat.completions.create(model="auto", messages=MSG).model == "m1"
+    old = gw.gateway.router.swap(QualityRouter({"m1": 0.1, "m2": 0.2, "m3": 0.95}))
+    assert isinstance(old, QualityRouter)
+    assert gw.client().chat.completions.create(model="auto", messages=MSG).model == "m3"
+
+
+def test_models_route_health_and_metrics(gw):
+    models = gw.client().models.list().data
+    ids = [m.id for m in models]
+    assert ids[:3] == ["auto", "auto:cheap", "auto:best"] and {"m1", "m2", "m3"} <= set(ids)
+    m3 = next(m for m in models if m.id == "m3")
+    assert m3.openclaw["tags"] == ["local"] and m3.openclaw["simulated"] is False
+    decision = httpx.post(f"{gw.url}/v1/route", json={"model": "auto", "messages": MSG, "router": {"allowed_models": ["m2", "m3"]}}).json()
+    assert decision["model"] == "m2" and decision["fallbacks"] == ["m3"]
+    assert {c["model"]: c["excluded"] for c in decision["candidates"]}["m1"] == "not in allowed models"
+    assert all({"p_good", "cost_usd", "latency_s", "utility"} <= set(c) for c in decision["candidates"])
+    assert decision["reason"].startswith("m2:")
+    gw.client().chat.completions.create(model="auto", messages=MSG)
+    health = httpx.get(f"{gw.url}/healthz").json()
+    assert health["status"] == "ok" and health["router_loaded"] and health["models"]["m1"]["ewma_latency_s"] > 0
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    for line in ('openclaw_requests_total{model="m1",profile="auto",status="ok"} 1.0',
+                 'openclaw_routing_choices_total{model="m1",profile="auto"} 1.0',
+                 'openclaw_request_latency_seconds_count{model="m1",stream="false"} 1.0',
+                 'openclaw_tokens_total{kind="output",model="m1"}'):
+        assert line in metrics
+
+
+BAD = [
+    (b"{not json", 400, "invalid_json"),
+    (b"", 400, "invalid_json"),
+    (b"[1, 2]", 400, "invalid_request"),
+    (b'{"model": "auto"}', 400, "missing_required_parameter"),
+    (b'{"model": "auto", "messages": []}', 400, "invalid_value"),
+    (b'{"model": "auto", "messages": [{"role": "wizard", "content": "hi"}]}', 400, "invalid_value"),
+    (b'{"model": "auto", "messages": [{"role": "user", "content": 42}]}', 400, "invalid_value"),
+    (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', 400, "invalid_value"),
+    (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}', 400, "invalid_value"),
+    (b'{"model": 7, "messages": [{"role": "user", "content": "hi"}]}', 400, "invalid_value"),
+    (b'{"model": "gpt-17", "messages": [{"role": "user", "content": "hi"}]}', 404, "model_not_found"),
+    (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "router": {"allowed_models": ["nope"]}}', 400, "model_not_found"),
+    (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "router": {"budget": 1}}', 400, "invalid_value"),
+]
+
+
+@pytest.mark.parametrize("body,status,code", BAD)
+def test_bad_input_gets_an_openai_style_error(gw, body, status, code):
+    r = httpx.post(f"{gw.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert error["code"] == code and error["message"] and error["type"] == ("invalid_request_error")
+    assert "Traceback" not in r.text
+
+
+def test_oversized_body_and_bad_headers_are_refused(gw):
+    big = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "x" * 2_000_000}]}).encode()
+    r = httpx.post(f"{gw.url}/v1/chat/completions", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json={"messages": MSG}, headers={"x-router-max-cost": "cheap"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "x-router-max-cost"
+    r = httpx.get(f"{gw.url}/v1/nothing-here")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_unknown_model_through_the_sdk(gw):
+    with pytest.raises(openai.NotFoundError) as exc:
+        gw.client().chat.completions.create(model="gpt-17", messages=MSG)
+    assert exc.value.body["code"] == "model_not_found"

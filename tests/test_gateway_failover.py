@@ -1,0 +1,207 @@
+"""Failover, retries, stream holding, circuit breaker and RPM awareness, through the real
+`openai` SDK against a running gateway whose upstream is a scriptable fake HTTP server."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.fake_upstream import (
+    FakeUpstream, context_length, cut_stream, hang, invalid_json, malformed_chunk, not_found, rate_limit, server_error,
+)
+from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
+
+MSG = [{"role": "user", "content": "Summarise the plot of Hamlet in one line."}]
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with FakeUpstream() as up:
+        yield up
+
+
+@pytest.fixture
+def start(upstream, tmp_path):
+    upstream.reset()
+    running: list[Running] = []
+
+    def _start(models=None, quality=DEFAULT_QUALITY, **kwargs) -> Running:
+        config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite", models=models, **kwargs)
+        gw = Running(config, router=QualityRouter(quality))
+        running.append(gw)
+        return gw
+
+    yield _start
+    for gw in running:
+        gw.stop()
+
+
+def ask(gw: Running, **kwargs):
+    raw = gw.client().chat.completions.with_raw_response.create(model=kwargs.pop("model", "auto"), messages=MSG, **kwargs)
+    return raw.parse(), raw.headers
+
+
+def attempts(row) -> list[tuple[str, str]]:
+    return [(a["model"], a.get("kind") or a.get("reason") or a["status"]) for a in row["attempts"]]
+
+
+def test_retry_after_within_limit_is_honoured_on_the_same_model(start, upstream):
+    gw = start()
+    upstream.script("m1", rate_limit(retry_after=0.3))
+    t0 = time.monotonic()
+    answer, headers = ask(gw)
+    assert time.monotonic() - t0 >= 0.3  # waited as told instead of hammering the upstream
+    assert answer.model == "m1" and headers["x-router-model"] == "m1"
+    assert len(upstream.requests_for("m1")) == 2 and not upstream.requests_for("m2")
+    row = gw.outcome(headers["x-request-id"])
+    assert attempts(row) == [("m1", "rate_limit"), ("m1", "ok")]
+    assert row["attempts"][0]["retry_after_s"] == 0.3
+
+
+def test_long_retry_after_fails_over_and_steers_the_next_decision_away(start, upstream):
+    gw = start()
+    upstream.script("m1", rate_limit(retry_after=30))
+    answer, headers = ask(gw)
+    assert answer.model == "m2"
+    assert "fallback after m1 rate_limit" in headers["x-router-reason"]
+    assert attempts(gw.outcome(headers["x-request-id"])) == [("m1", "rate_limit"), ("m2", "ok")]
+    # m1 said "not for 30 s": the router now excludes it instead of calling it again.
+    answer, headers = ask(gw)
+    row = gw.outcome(headers["x-request-id"])
+    assert row["chosen_model"] == "m2" and answer.model == "m2"
+    m1 = next(c for c in row["candidates"] if c["model"] == "m1")
+    assert m1["excluded"].startswith("unhealthy")
+    assert len(upstream.requests_for("m1")) == 1
+
+
+def test_server_errors_retry_then_fail_over(start, upstream):
+    gw = start()
+    upstream.script("m1", server_error(500), server_error(503))
+    answer, headers = ask(gw)
+    assert answer.model == "m2"
+    row = gw.outcome(headers["x-request-id"])
+    assert attempts(row) == [("m1", "server"), ("m1", "server"), ("m2", "ok")]
+    assert row["fallback_chain"] == ["m1", "m2"] and row["status"] == "ok"
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert 'openclaw_fallbacks_total{from_model="m1",reason="server"} 1.0' in metrics
+
+
+def test_hang_past_the_timeout_fails_over_without_retrying(start, upstream):
+    gw = start(timeout_s=0.5)
+    upstream.script("m1", hang(10))
+    answer, headers = ask(gw)
+    assert answer.model == "m2"
+    assert attempts(gw.outcome(headers["x-request-id"])) == [("m1", "timeout"), ("m2", "ok")]
+
+
+@pytest.mark.parametrize("reply,kind", [(invalid_json(), "malformed"), (not_found(), "not_found")])
+def test_broken_or_missing_upstream_model_fails_over(start, upstream, reply, kind):
+    gw = start()
+    upstream.script("m1", reply, reply)
+    answer, headers = ask(gw)
+    assert answer.model == "m2"
+    assert attempts(gw.outcome(headers["x-request-id"]))[0] == ("m1", kind)
+
+
+def test_context_length_error_skips_models_with_no_bigger_window(start, upstream):
+    gw = start(models=[
+        {"name": "m1", "context_window": 8000}, {"name": "m2", "context_window": 8000}, {"name": "m3", "context_window": 32000},
+    ])
+    upstream.script("m1", context_length())
+    answer, headers = ask(gw)
+    assert answer.model == "m3"
+    assert attempts(gw.outcome(headers["x-request-id"])) == [("m1", "context_length"), ("m2", "context_window"), ("m3", "ok")]
+    assert not upstream.requests_for("m2")
+
+
+def test_every_model_failing_is_a_503_and_logged(start, upstream):
+    gw = start()
+    for m in ("m1", "m2", "m3"):
+        upstream.default(m, server_error())
+    with pytest.raises(openai.InternalServerError) as exc:
+        gw.client().chat.completions.create(model="auto", messages=MSG)
+    assert exc.value.status_code == 503
+    assert exc.value.body["code"] == "upstream_error"
+    row = gw.outcome(exc.value.response.headers["x-request-id"])
+    assert row["status"] == "error" and row["fallback_chain"] == ["m1", "m2", "m3"]
+
+
+def test_named_model_is_honoured_without_failover(start, upstream):
+    gw = start()
+    upstream.script("m2", rate_limit(retry_after=30))
+    with pytest.raises(openai.RateLimitError) as exc:
+        gw.client().chat.completions.create(model="m2", messages=MSG)
+    assert exc.value.response.headers["retry-after"] == "30"
+    assert not upstream.requests_for("m1") and not upstream.requests_for("m3")
+
+
+def test_stream_failure_before_the_first_token_fails_over_invisibly(start, upstream):
+    gw = start()
+    upstream.script("m1", cut_stream(after_chunks=1), cut_stream(after_chunks=1))  # role chunk, then the line drops
+    upstream.script("m2", malformed_chunk(after_chunks=1), malformed_chunk(after_chunks=1))
+    stream = gw.client().chat.completions.create(model="auto", messages=MSG, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "Hello from m3."
+    row = gw.outcomes()[-1]
+    assert attempts(row) == [("m1", "connection")] * 2 + [("m2", "malformed")] * 2 + [("m3", "ok")]
+    assert row["status"] == "ok" and row["answered_model"] == "m3" and row["ttft_s"] is not None
+
+
+@pytest.mark.parametrize("reply", [cut_stream(after_chunks=3), malformed_chunk(after_chunks=3)])
+def test_stream_failure_after_the_first_token_ends_with_an_error_event(start, upstream, reply):
+    gw = start()
+    upstream.script("m1", reply)
+    received = []
+    with pytest.raises(openai.APIError) as exc:
+        for chunk in gw.client().chat.completions.create(model="auto", messages=MSG, stream=True):
+            received.append(chunk.choices[0].delta.content or "")
+    assert "".join(received) == "Hello from"  # the partial answer, then an explicit error, never a clean end
+    assert "failed mid-answer" in exc.value.message
+    row = gw.outcomes()[-1]
+    assert row["status"] == "truncated" and row["answered_model"] == "m1"
+    assert row["attempts"][-1]["status"] == "error"
+    assert not upstream.requests_for("m2")
+
+
+def test_circuit_opens_after_repeated_failures_then_probes(start, upstream):
+    gw = start()  # breaker_failures=3, cooldown 0.5 s
+    upstream.default("m1", server_error())
+    ask(gw)  # m1 fails twice (retry), m2 answers
+    ask(gw)  # third consecutive failure opens m1's circuit
+    health = httpx.get(f"{gw.url}/healthz").json()
+    assert health["models"]["m1"]["circuit"] == "open" and not health["models"]["m1"]["healthy"]
+    calls = len(upstream.requests_for("m1"))
+    answer, _ = ask(gw)
+    assert answer.model == "m2" and len(upstream.requests_for("m1")) == calls  # open: not even tried
+    time.sleep(0.6)
+    upstream.reset()  # m1 recovered
+    answer, _ = ask(gw)
+    assert answer.model == "m1"  # the half-open probe went through and closed the circuit
+    assert httpx.get(f"{gw.url}/healthz").json()["models"]["m1"]["circuit"] == "closed"
+
+
+def test_rpm_limit_steers_away_before_any_429(start, upstream):
+    gw = start(models=[{"name": "m1", "limits": {"rpm": 2}}, {"name": "m2"}, {"name": "m3"}])
+    served = [ask(gw)[0].model for _ in range(4)]
+    assert served == ["m1", "m1", "m2", "m2"]
+    assert len(upstream.requests_for("m1")) == 2
+
+
+async def test_concurrent_async_clients_never_see_upstream_errors(start, upstream):
+    gw = start()
+    upstream.script("m1", *[server_error() for _ in range(4)], rate_limit(retry_after=30))
+    client = gw.async_client()
+
+    async def one(i: int) -> str:
+        if i % 2:
+            stream = await client.chat.completions.create(model="auto", messages=MSG, stream=True)
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        answer = await client.chat.completions.create(model="auto", messages=MSG)
+        return answer.choices[0].message.content
+
+    answers = await asyncio.gather(*(one(i) for i in range(24)))
+    assert all(a.startswith("Hello from m") for a in answers)
+    assert len(gw.outcomes(at_least=24)) == 24

@@ -1,0 +1,130 @@
+"""The gateway's parts on their own: circuit breaker, RPM/TPM window, live state, outcome log
+(real SQLite in WAL mode) and the SSE assembler."""
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+
+from router.config import Limits
+from router.outcome_log import OutcomeRecord, open_outcome_log, read_outcomes
+from router.request_view import view_chat_request
+from router.types import Candidate, Decision
+from service.breaker import CircuitBreaker, RateWindow
+from service.hooks.outcome_hook import OutcomeHook
+from service.pipeline import RequestContext
+from service.sse import Assembler, carries_output, completion_to_chunks
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_probes_once_and_closes():
+    clock = Clock()
+    b = CircuitBreaker(failures=2, cooldown_s=10, clock=clock)
+    assert b.acquire("m") and not b.failure("m")
+    assert b.failure("m") and b.state("m") == "open" and not b.available("m") and not b.acquire("m")
+    clock.now += 10
+    assert b.state("m") == "half_open" and b.available("m")
+    assert b.acquire("m") and not b.acquire("m")  # exactly one probe
+    assert b.failure("m") and b.state("m") == "open"  # a failed probe re-opens for another cooldown
+    clock.now += 10
+    assert b.acquire("m")
+    b.success("m")
+    assert b.state("m") == "closed" and b.acquire("m") and b.acquire("m")
+
+
+def test_breaker_blocks_until_retry_after():
+    clock = Clock()
+    b = CircuitBreaker(failures=5, cooldown_s=10, clock=clock)
+    b.failure("m", retry_after_s=3)
+    assert b.state("m") == "blocked" and not b.acquire("m")
+    clock.now += 3
+    assert b.state("m") == "closed" and b.acquire("m")
+
+
+def test_rate_window_counts_requests_and_tokens_over_a_minute():
+    clock = Clock()
+    w = RateWindow(clock=clock)
+    limits = Limits(rpm=3, tpm=1000)
+    w.add("m", 300)
+    w.add("m", 300)
+    w.add("m", 200, request=False)  # output tokens: no new request
+    assert w.usage("m") == (2, 800)
+    assert w.has_room("m", limits, 200) and not w.has_room("m", limits, 201)
+    w.add("m", 0)
+    assert not w.has_room("m", limits, 0)  # rpm reached
+    clock.now += 60
+    assert w.usage("m") == (0, 0) and w.has_room("m", limits, 1000)
+
+
+def test_outcome_log_is_wal_flushes_on_close_and_reads_back(tmp_path):
+    url = f"sqlite:///{tmp_path}/log/outcomes.sqlite"
+    log = open_outcome_log(url)
+    writers = [
+        threading.Thread(target=lambda k=k: [log.write(OutcomeRecord(request_id=f"r{k}-{i}", attempts=[{"model": "a", "status": "ok"}],
+                                                                    candidates=[{"model": "a", "p_good": 0.5}], stream=bool(i % 2)))
+                                            for i in range(250)])
+        for k in range(4)
+    ]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    log.close()  # drains the queue: nothing accepted is lost
+    with sqlite3.connect(tmp_path / "log" / "outcomes.sqlite") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    df = read_outcomes(url)
+    assert len(df) == 1000 and df.request_id.is_unique
+    assert df.attempts.iloc[0] == [{"model": "a", "status": "ok"}] and df.stream.sum() == 500
+    with pytest.raises(RuntimeError):
+        log.write(OutcomeRecord(request_id="late"))
+
+
+def test_outcome_log_rejects_unknown_urls(tmp_path):
+    with pytest.raises(ValueError, match="unsupported outcome log URL"):
+        open_outcome_log("mysql://x/y")
+    with pytest.raises(ValueError, match="names no file"):
+        open_outcome_log("sqlite:///")
+
+
+@pytest.mark.parametrize("storage", ["none", "hash", "full"])
+def test_prompt_storage_modes(tmp_path, storage):
+    body = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "my secret question"}]}
+    ctx = RequestContext(request_id="r1", body=body, routing=view_chat_request(body), headers={}, stream=False, profile="auto")
+    ctx.embedding = np.ones(384, dtype=np.float32)
+    ctx.decision = Decision("m1", (Candidate("m1", 0.9, 0.0, 10, 0.001, 1.0, 0.8), Candidate("m2", 0.5, 0.0, 10, 0.0001, 1.0, 0.4)),
+                            "m1: best", knob=0.01, propensity=0.9)
+    ctx.attempts = [{"model": "m0", "status": "skipped", "reason": "circuit_open"}, {"model": "m1", "status": "ok"}]
+    ctx.answered_by, ctx.status = "m1", "ok"
+    record = OutcomeHook(log=None, prompt_storage=storage, simulated=frozenset({"m1"})).record(ctx)
+    assert record.propensity == 0.9 and record.chosen_model == "m1" and record.fallback_chain == ["m1"]
+    assert record.simulated and record.features_hash and [c["model"] for c in record.candidates] == ["m1", "m2"]
+    assert (record.prompt is not None) == (storage == "full")
+    assert (record.prompt_hash is not None) == (storage != "none")
+    assert (record.embedding is not None) == (storage != "none")
+    if record.prompt:
+        assert "my secret question" in record.prompt
+
+
+def test_assembler_rebuilds_what_completion_to_chunks_split():
+    completion = {
+        "id": "c1", "object": "chat.completion", "created": 5, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": "Let me check.",
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+    }
+    chunks = completion_to_chunks(completion)
+    assert not carries_output(chunks[0]) and carries_output(chunks[1])
+    asm = Assembler()
+    for c in chunks:
+        asm.add(c)
+    assert asm.finished and asm.completion() == completion

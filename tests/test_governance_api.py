@@ -1,0 +1,336 @@
+"""Governance through the running gateway: admin API, keys, scopes, rate limits, budgets with
+the soft threshold, cost ceilings, attribution, alerts — real HTTP, the real openai SDK."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+
+import httpx
+import openai
+import pytest
+
+from service.asgi_thread import serve_in_thread
+from service.governance.runtime import Governance, GovernanceSettings
+from tests.fake_upstream import FakeUpstream, ok, server_error
+from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
+
+MASTER = "mk-test-" + "9" * 24
+ANSWER = "y" * 400  # 100 completion tokens at the fake upstream's 4 characters a token
+MODELS = [
+    {"name": "m1", "in": 10.0, "out": 10.0, "context_window": 100000},
+    {"name": "m2", "in": 5.0, "out": 5.0, "context_window": 100000},
+    {"name": "m3", "in": 1.0, "out": 1.0, "context_window": 100000},
+]
+
+
+class Webhook:
+    """A real local webhook receiver that records every JSON POST."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+
+    async def __call__(self, scope, receive, send):
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        self.received.append(json.loads(body))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.fixture
+def env(tmp_path):
+    hook = Webhook()
+    hook_url, stop_hook = serve_in_thread(hook)
+    up = FakeUpstream().start()
+    for m in ("m1", "m2", "m3"):
+        up.default(m, ok(ANSWER))
+    config = fake_config(up.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite", models=MODELS)
+    gov = Governance(config, GovernanceSettings(db_url=f"sqlite:///{tmp_path}/gov.sqlite", master_key=MASTER,
+                                                webhook_url=hook_url + "/hook"))
+    gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)
+    admin = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {MASTER}"}, timeout=10)
+    yield gw, admin, gov, up, hook
+    admin.close()
+    gw.stop()
+    up.stop()
+    stop_hook()
+
+
+def client(gw: Running, secret: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key=secret, max_retries=0)
+
+
+def chat(c: openai.OpenAI, model: str = "auto", **kw):
+    return c.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": "hello"}],
+                                                       max_tokens=200, **kw)
+
+
+def new_key(admin: httpx.Client, **fields) -> tuple[dict, str]:
+    r = admin.post("/admin/keys", json={"name": fields.pop("name", "k"), **fields})
+    assert r.status_code == 201, r.text
+    return r.json()["key"], r.json()["secret"]
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def settled(admin: httpx.Client, n: int) -> list[dict]:
+    """Spend rows are written by post-hooks off the latency path: wait until n are there."""
+    return wait_for(lambda: (rows := admin.get("/admin/requests", params={"limit": 1000}).json()["data"]) and len(rows) >= n and rows)
+
+
+def test_admin_api_needs_the_master_key(env):
+    gw, admin, *_ = env
+    assert httpx.get(f"{gw.url}/admin/keys").status_code == 401
+    bad = httpx.get(f"{gw.url}/admin/keys", headers={"authorization": "Bearer nope"})
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
+    assert admin.get("/admin/keys").status_code == 200
+    assert admin.post("/admin/keys", json={"name": "x", "colour": "red"}).status_code == 400
+    assert admin.post("/admin/keys", json={"name": "x", "allowed_models": ["gpt-9"]}).status_code == 400
+    assert admin.get("/admin/keys/key_missing").status_code == 404
+
+
+def test_key_lifecycle_over_http(env):
+    gw, admin, *_ = env
+    key, secret = new_key(admin, name="ci-bot", team="infra", project="router", user="ana")
+    assert "secret" not in json.dumps(admin.get("/admin/keys").json()) or secret not in admin.get("/admin/keys").text
+    assert secret not in admin.get(f"/admin/keys/{key['id']}").text
+    resp = chat(client(gw, secret))
+    assert resp.http_response.status_code == 200 and resp.parse().model == "m1"
+
+    with pytest.raises(openai.AuthenticationError) as wrong:
+        chat(client(gw, secret[:-2] + "zz"))
+    assert wrong.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError) as missing:
+        httpx.post(f"{gw.base_url}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "x"}]}).raise_for_status()
+    r = httpx.post(f"{gw.base_url}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
+    del missing
+
+    rotated = admin.post(f"/admin/keys/{key['id']}/rotate", json={}).json()
+    new_secret = rotated["secret"]
+    with pytest.raises(openai.AuthenticationError):
+        chat(client(gw, secret))
+    assert chat(client(gw, new_secret)).http_response.status_code == 200
+
+    assert admin.post(f"/admin/keys/{key['id']}/revoke").json()["status"] == "revoked"
+    with pytest.raises(openai.PermissionDeniedError) as revoked:
+        chat(client(gw, new_secret))
+    assert revoked.value.body["code"] == "key_revoked"
+
+    _, short = new_key(admin, name="temp", expires_in_s=0.3)
+    assert chat(client(gw, short)).http_response.status_code == 200
+    time.sleep(0.4)
+    with pytest.raises(openai.PermissionDeniedError) as expired:
+        chat(client(gw, short))
+    assert expired.value.body["code"] == "key_expired"
+
+
+def test_scopes_and_rate_limits(env):
+    gw, admin, *_ = env
+    _, only_m3 = new_key(admin, name="m3-only", allowed_models=["m3"])
+    c = client(gw, only_m3)
+    assert chat(c).parse().model == "m3"  # auto routes inside the key's scope
+    assert chat(c, model="m3").parse().model == "m3"
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        chat(c, model="m1")
+    assert denied.value.body["code"] == "model_not_allowed"
+
+    _, cheap_only = new_key(admin, name="cheap", allowed_profiles=["auto:cheap"])
+    with pytest.raises(openai.PermissionDeniedError) as profile:
+        chat(client(gw, cheap_only), model="auto")
+    assert profile.value.body["code"] == "profile_not_allowed"
+    assert chat(client(gw, cheap_only), model="auto:cheap").http_response.status_code == 200
+
+    _, limited = new_key(admin, name="slow", rpm=2)
+    c = client(gw, limited)
+    chat(c)
+    chat(c)
+    with pytest.raises(openai.RateLimitError) as limited_exc:
+        chat(c)
+    assert limited_exc.value.body["code"] == "rpm_limit_exceeded"
+
+
+def test_soft_threshold_reroutes_cheaper_then_budget_refuses(env):
+    gw, admin, *_ = env
+    key, secret = new_key(admin, name="team-bot", team="growth")
+    # m1 answers cost ~$0.001 each, m3 answers ~$0.0001: the soft threshold at 50 % of $0.003
+    # must move traffic to the cheap model well before the hard limit.
+    budget = admin.post("/admin/budgets", json={"scope": "team", "scope_id": "growth", "period": "month",
+                                                "limit_usd": 0.003, "soft_threshold": 0.5}).json()
+    c = client(gw, secret)
+    models, headers = [], []
+    refusal = None
+    for _ in range(60):
+        try:
+            resp = chat(c)
+        except openai.APIStatusError as exc:
+            refusal = exc
+            break
+        models.append(resp.parse().model)
+        headers.append(resp.headers.get("x-router-budget"))
+        settled(admin, len(models))
+    assert refusal is not None, "the budget never refused"
+    assert refusal.status_code == 402
+    assert refusal.body["code"] == "budget_exceeded"
+    assert "month budget of team 'growth'" in refusal.body["message"]
+    first_cheap = models.index("m3")
+    assert models[:first_cheap] and set(models[:first_cheap]) == {"m1"}
+    assert set(models[first_cheap:]) == {"m3"} and len(models[first_cheap:]) >= 3
+    assert headers[first_cheap] and "soft-limit" in headers[first_cheap]
+    report = wait_for(lambda: next(b for b in admin.get("/admin/budgets").json()["data"] if b["id"] == budget["id"]))
+    assert report["spent_usd"] <= 0.003 + 0.0025  # at most one request's maximum over the limit
+    assert report["soft_limit_reached"]
+    spend = admin.get("/admin/spend", params={"group_by": "team,model"}).json()["data"]
+    assert {(r["team"], r["model"]) for r in spend if r["cost_usd"] > 0} == {("growth", "m1"), ("growth", "m3")}
+
+
+def test_request_and_session_ceilings(env):
+    gw, admin, *_ = env
+    _, secret = new_key(admin, name="agent", max_request_usd=0.0015, max_session_usd=0.0025)
+    c = client(gw, secret)
+    # Named m1 with room for 400 output tokens may cost more than the per-request ceiling.
+    with pytest.raises(openai.APIStatusError) as ceiling:
+        c.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=400)
+    assert ceiling.value.status_code == 402 and ceiling.value.body["code"] == "request_cost_ceiling"
+
+    answered = 0
+    with pytest.raises(openai.APIStatusError) as session:
+        for _ in range(20):
+            chat(c, extra_body={"prompt_cache_key": "session-A"})
+            answered += 1
+            settled(admin, answered)
+    assert session.value.status_code == 402 and "session cost ceiling" in session.value.body["message"]
+    assert answered >= 2
+    # Another session of the same key starts fresh; the header works like prompt_cache_key.
+    assert chat(c, extra_headers={"x-session-id": "session-B"}).http_response.status_code == 200
+
+
+def test_attribution_reports_and_metrics(env):
+    gw, admin, *_ = env
+    _, a = new_key(admin, name="alpha", team="t1", project="p1", user="ana")
+    _, b = new_key(admin, name="beta", team="t2", project="p1", user="bo")
+    for _ in range(3):
+        chat(client(gw, a))
+    for _ in range(2):
+        chat(client(gw, b), model="m2")
+    rows = settled(admin, 5)
+    total = sum(r["cost_usd"] for r in rows)
+    by_team = {r["team"]: r for r in admin.get("/admin/spend", params={"group_by": "team"}).json()["data"]}
+    assert by_team["t1"]["requests"] == 3 and by_team["t2"]["requests"] == 2
+    assert abs(by_team["t1"]["cost_usd"] + by_team["t2"]["cost_usd"] - total) < 1e-12
+    by_user_model = admin.get("/admin/spend", params={"group_by": "user,model", "project": "p1"}).json()["data"]
+    assert {(r["user"], r["model"]) for r in by_user_model} == {("ana", "m1"), ("bo", "m2")}
+    day = admin.get("/admin/spend", params={"group_by": "day"}).json()["data"]
+    assert day[0]["day"] == time.strftime("%Y-%m-%d", time.gmtime()) and day[0]["requests"] == 5
+
+    text = admin.get("/admin/spend.csv", params={"group_by": "key"}).text
+    parsed = list(csv.DictReader(io.StringIO(text)))
+    assert {r["key_name"] for r in parsed} == {"alpha", "beta"}
+    assert abs(sum(float(r["cost_usd"]) for r in parsed) - total) < 1e-8
+
+    fc = admin.get("/admin/forecast").json()
+    assert fc["spent_to_date_usd"] == pytest.approx(total) and fc["forecast_month_end_usd"] >= fc["spent_to_date_usd"]
+
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    line = next(ln for ln in metrics.splitlines() if ln.startswith("openclaw_governed_spend_usd_total{") and 'key="alpha"' in ln)
+    assert 'team="t1"' in line and 'user="ana"' in line and 'model="m1"' in line
+    assert a not in metrics and b not in metrics and MASTER not in metrics
+
+
+def test_secrets_never_in_logs_errors_or_metrics(env, caplog):
+    gw, admin, *_ = env
+    caplog.set_level(logging.DEBUG)
+    key, secret = new_key(admin, name="leaky?")
+    chat(client(gw, secret))
+    wrong = secret[:-3] + "abc"
+    bodies = []
+    for s in (wrong, secret):
+        try:
+            chat(client(gw, s), model="gpt-nonexistent")
+        except openai.APIStatusError as exc:
+            bodies.append(json.dumps(exc.body))
+    admin.post(f"/admin/keys/{key['id']}/revoke")
+    try:
+        chat(client(gw, secret))
+    except openai.APIStatusError as exc:
+        bodies.append(json.dumps(exc.body))
+    settled(admin, 1)
+    seen = caplog.text + "".join(bodies) + httpx.get(f"{gw.url}/metrics").text + admin.get("/admin/requests").text
+    seen += admin.get("/admin/keys").text
+    for s in (secret, wrong, MASTER):
+        assert s not in seen and s[-20:] not in seen
+
+
+def test_alerts_fire_once_per_crossing(env):
+    gw, admin, gov, up, hook = env
+    key, secret = new_key(admin, name="alerted")
+    admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 0.004})
+    c = client(gw, secret)
+    n = 0
+    with pytest.raises(openai.APIStatusError):
+        for _ in range(60):
+            chat(c, model="m1")
+            n += 1
+            settled(admin, n)
+    for _ in range(3):  # more refused requests must not re-fire anything
+        with pytest.raises(openai.APIStatusError):
+            chat(c, model="m1")
+    budget_alerts = wait_for(lambda: [a for a in hook.received if a["kind"] == "budget"] if len(
+        [a for a in hook.received if a["kind"] == "budget"]) >= 3 else None)
+    time.sleep(0.3)
+    budget_alerts = [a for a in hook.received if a["kind"] == "budget"]
+    assert sorted(a["details"]["threshold"] for a in budget_alerts) == [0.5, 0.8, 1.0]
+    assert all("day budget of key" in a["message"] for a in budget_alerts)
+
+    # m2's upstream fails: three failures open its circuit (breaker_failures: 3) → one alert.
+    up.default("m2", server_error())
+    _, other = new_key(admin, name="breaker")
+    for _ in range(4):
+        with pytest.raises(openai.APIStatusError):
+            chat(client(gw, other), model="m2")
+    circuit = wait_for(lambda: [a for a in hook.received if a["kind"] == "circuit_open"])
+    time.sleep(0.3)
+    assert len([a for a in hook.received if a["kind"] == "circuit_open"]) == 1 and circuit[0]["details"]["model"] == "m2"
+    assert len([a for a in hook.received if a["kind"] == "budget"]) == 3
+    stored = admin.get("/admin/alerts").json()["data"]
+    assert {a["kind"] for a in stored} >= {"budget", "circuit_open"}
+
+
+def test_open_mode_only_on_loopback(tmp_path):
+    up = FakeUpstream().start()
+    try:
+        config = fake_config(up.base_url, f"sqlite:///{tmp_path}/o.sqlite", models=MODELS)
+        gov = Governance(config, GovernanceSettings(db_url=f"sqlite:///{tmp_path}/g.sqlite"))
+        assert "OPEN" in gov.startup_check("127.0.0.1")
+        with pytest.raises(ValueError, match="refusing to serve"):
+            gov.startup_check("0.0.0.0")
+        gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)
+        try:
+            assert chat(client(gw, "anything-or-nothing")).http_response.status_code == 401
+            r = httpx.post(f"{gw.base_url}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 200
+            assert httpx.get(f"{gw.url}/admin/keys").json()["error"]["code"] == "admin_disabled"
+            gov.keys.create("first")  # once a key exists, the gateway is closed
+            time.sleep(2.1)
+            r = httpx.post(f"{gw.base_url}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 401
+            assert "client keys required" in gov.startup_check("0.0.0.0")
+        finally:
+            gw.stop()
+    finally:
+        up.stop()

@@ -1,0 +1,244 @@
+"""Key store and budget ledger on every backend: SQLite, PostgreSQL, Redis (real services)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from service.governance.budgets import BudgetStore, SqlLedger, Usage, session_line, window
+from service.governance.db import migrate, open_database
+from service.governance.keys import KeyStore, to_nusd
+from service.governance.ratelimit import MemoryRateLimiter
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request, tmp_path):
+    url = f"sqlite:///{tmp_path}/gov.sqlite" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    database = open_database(url)
+    yield database
+    database.close()
+
+
+@pytest.fixture(params=["sql", "redis"])
+def ledger(request, db):
+    if request.param == "sql":
+        return SqlLedger(db)
+    from service.governance.redis_state import RedisLedger, connect
+
+    url, prefix = request.getfixturevalue("redis_url")
+    return RedisLedger(connect(url), db, prefix=prefix)
+
+
+def test_migrations_apply_once(db):
+    assert migrate(db) == []
+
+
+def test_key_lifecycle(db):
+    store = KeyStore(db)
+    key, secret = store.create("ci", team="infra", project="p1", user="ana", allowed_models=["m-small"], rpm=5,
+                               max_request_usd=0.5, metadata={"ticket": "T-1"})
+    assert secret.startswith("sk-ocr-") and len(secret) > 40
+    # Only a hash is stored: the secret appears nowhere in the database.
+    with db.tx() as tx:
+        dump = repr(tx.all("SELECT * FROM gov_keys")) + repr(tx.all("SELECT * FROM gov_key_secrets"))
+    assert secret not in dump and secret[8:] not in dump
+    assert store.authenticate(secret) == (key, "active")
+    assert store.authenticate(secret + "x") == (None, "unknown")
+    assert key.to_dict()["allowed_models"] == ["m-small"] and key.max_request_usd == 0.5
+    assert key.prefix == secret[:11] and "secret" not in key.to_dict()
+
+    updated = store.update(key.id, rpm=10, allowed_profiles=["auto:cheap"])
+    assert updated.rpm == 10 and updated.allowed_profiles == ("auto:cheap",) and updated.team == "infra"
+    with pytest.raises(ValueError):
+        store.update(key.id, password="x")
+
+    rotated, new_secret = store.rotate(key.id)
+    assert new_secret != secret and rotated.id == key.id
+    assert store.authenticate(secret)[1] == "unknown"
+    assert store.authenticate(new_secret)[1] == "active"
+
+    store.revoke(key.id)
+    assert store.authenticate(new_secret)[1] == "revoked"
+    assert store.count_active() == 0
+    with pytest.raises(ValueError):
+        store.rotate(key.id)
+
+
+def test_rotation_grace_and_expiry(db):
+    store = KeyStore(db)
+    now = time.time()
+    key, old = store.create("svc", expires_at=now + 100)
+    _, new = store.rotate(key.id, grace_s=30, now=now)
+    assert store.authenticate(old, now=now + 10)[1] == "active"
+    assert store.authenticate(old, now=now + 31)[1] == "unknown"
+    assert store.authenticate(new, now=now + 31)[1] == "active"
+    assert store.authenticate(new, now=now + 101)[1] == "expired"
+
+
+def test_pepper_shared_through_store(db):
+    a, b = KeyStore(db), KeyStore(db)
+    _, secret = a.create("x")
+    assert b.authenticate(secret)[1] == "active"
+
+
+def test_budget_windows():
+    ts = 1_700_000_000.0  # 2023-11-14 22:13 UTC
+    assert window("day", ts)[0] == "2023-11-14"
+    name, start, end = window("month", ts)
+    assert name == "2023-11" and end - start == 30 * 86400
+    assert window("total", ts)[0] == "all"
+    with pytest.raises(ValueError):
+        window("week", ts)
+
+
+def test_budget_store_scopes(db):
+    keys, budgets = KeyStore(db), BudgetStore(db)
+    key, _ = keys.create("k", team="t1", project="p1")
+    other, _ = keys.create("o", team="t2")
+    b_key = budgets.create("key", key.id, "day", 1.0)
+    b_team = budgets.create("team", "t1", "month", 10.0, soft_threshold=0.5)
+    budgets.create("project", "p2", "total", 3.0)
+    assert {b.id for b in budgets.applicable(key)} == {b_key.id, b_team.id}
+    assert budgets.applicable(other) == []
+    with pytest.raises(ValueError):
+        budgets.create("team", "t1", "month", 5.0)
+    with pytest.raises(ValueError):
+        budgets.create("galaxy", "x", "day", 1.0)
+    assert budgets.update(b_team.id, limit_usd=20.0).limit_usd == 20.0
+
+
+def _line(db, limit_usd: float):
+    keys, budgets = KeyStore(db), BudgetStore(db)
+    key, _ = keys.create("k")
+    return key, budgets.create("key", key.id, "total", limit_usd).line(time.time())
+
+
+def test_reserve_refuses_and_settles(ledger, db):
+    key, line = _line(db, 1.0)
+    r1 = ledger.reserve([line], to_nusd(0.3), to_nusd(0.6))
+    assert r1.ok and r1.amount_nusd == to_nusd(0.6)
+    # Predicted 0.3 fits the 0.4 left, the 0.6 maximum does not: reserve what is left.
+    r2 = ledger.reserve([line], to_nusd(0.3), to_nusd(0.6))
+    assert r2.ok and r2.amount_nusd == to_nusd(0.4)
+    r3 = ledger.reserve([line], to_nusd(0.01), to_nusd(0.02))
+    assert not r3.ok and r3.refused.counter == line.counter
+    ledger.settle(r1.id, to_nusd(0.25), {"request_id": "a", "ts": time.time(), "day": "d", "key_id": key.id,
+                                         "status": "ok", "cost_nusd": to_nusd(0.25)})
+    ledger.settle(r1.id, to_nusd(0.25), None)  # a second settle of one reservation is a no-op
+    u = ledger.usage([line])[line.counter]
+    assert (u.spent_nusd, u.reserved_nusd) == (to_nusd(0.25), to_nusd(0.4))
+    # Only one partial reservation at a time: r2 is one, so r4 (0.5 max > 0.35 left) waits.
+    r4 = ledger.reserve([line], to_nusd(0.3), to_nusd(0.5))
+    assert not r4.ok and r4.headroom_nusd == to_nusd(0.35)
+    assert ledger.reserve([line], to_nusd(0.1), to_nusd(0.2)).ok  # a full reservation still fits
+    ledger.settle(r2.id, to_nusd(0.1), None)
+    r5 = ledger.reserve([line], to_nusd(0.1), to_nusd(0.5))
+    assert r5.ok and r5.partial and r5.amount_nusd == to_nusd(0.45)
+    assert ledger.release_stale(0.0, now=time.time() + 1) == 2
+    assert ledger.usage([line])[line.counter] == Usage(to_nusd(0.35), 0, 0)
+
+
+def test_concurrent_reservations_never_overspend(ledger, db):
+    """64 threads race for a $1 budget with requests that may cost up to $0.05 each."""
+    key, line = _line(db, 1.0)
+    spent_by_me: list[int] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        for j in range(4):
+            res = ledger.reserve([line], to_nusd(0.02), to_nusd(0.05))
+            if not res.ok:
+                continue
+            actual = to_nusd(0.03 + 0.02 * ((i + j) % 2))  # real cost exceeds the prediction
+            ledger.settle(res.id, actual, {"request_id": f"r{i}-{j}", "ts": time.time(), "day": "d",
+                                           "key_id": key.id, "status": "ok", "cost_nusd": actual})
+            with lock:
+                spent_by_me.append(actual)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    u = ledger.usage([line])[line.counter]
+    assert u.reserved_nusd == 0
+    assert u.spent_nusd == sum(spent_by_me)
+    assert u.spent_nusd <= to_nusd(1.0) + to_nusd(0.05)
+    assert u.spent_nusd >= to_nusd(0.9)  # the budget was actually used, not refused wholesale
+    with db.tx() as tx:
+        row = tx.one("SELECT COUNT(*) AS n, SUM(cost_nusd) AS s FROM gov_spend WHERE key_id = ?", (key.id,))
+    assert int(row["n"]) == len(spent_by_me) and int(row["s"]) == u.spent_nusd
+
+
+def test_session_ceiling_line(ledger, db):
+    store = KeyStore(db)
+    key, _ = store.create("agent", max_session_usd=0.1)
+    line = session_line(key, "sess-1", 0.8)
+    assert ledger.reserve([line], to_nusd(0.08), to_nusd(0.08)).ok
+    refused = ledger.reserve([line], to_nusd(0.05), to_nusd(0.05))
+    assert not refused.ok and "session" in refused.refused.label
+    other = session_line(key, "sess-2", 0.8)
+    assert ledger.reserve([other], to_nusd(0.05), to_nusd(0.05)).ok
+
+
+def test_stale_reservations_are_released(ledger, db):
+    _, line = _line(db, 1.0)
+    res = ledger.reserve([line], to_nusd(0.5), to_nusd(0.5), now=time.time() - 3600)
+    assert res.ok
+    assert ledger.release_stale(600) == 1
+    assert ledger.usage([line])[line.counter].reserved_nusd == 0
+
+
+def test_redis_counter_rebuilt_from_spend_log(db, redis_url):
+    from service.governance.redis_state import RedisLedger, connect
+
+    url, prefix = redis_url
+    key, line = _line(db, 1.0)
+    first = RedisLedger(connect(url), db, prefix=prefix)
+    res = first.reserve([line], to_nusd(0.2), to_nusd(0.2))
+    first.settle(res.id, to_nusd(0.2), {"request_id": "x1", "ts": time.time(), "day": "d", "key_id": key.id,
+                                        "status": "ok", "cost_nusd": to_nusd(0.2)})
+    client = connect(url)
+    client.delete(f"{prefix}:ctr:{line.counter}")  # Redis restarted or evicted the counter
+    again = RedisLedger(client, db, prefix=prefix)
+    assert again.usage([line])[line.counter].spent_nusd == to_nusd(0.2)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_rate_limits(backend, request):
+    if backend == "memory":
+        limiter = MemoryRateLimiter()
+    else:
+        from service.governance.redis_state import RedisRateLimiter, connect
+
+        url, prefix = request.getfixturevalue("redis_url")
+        limiter = RedisRateLimiter(connect(url), prefix=prefix)
+    t = 600.0  # start of a minute: the previous minute is empty
+    assert [limiter.admit("k", 3, None, 10, now=t) for _ in range(4)] == [None, None, None, "rpm"]
+    assert limiter.admit("other", 3, None, 10, now=t) is None
+    assert limiter.admit("tok", None, 100, 60, now=t) is None
+    assert limiter.admit("tok", None, 100, 60, now=t) == "tpm"
+    limiter.add_tokens("tok2", 95, now=t)
+    assert limiter.admit("tok2", None, 100, 10, now=t) == "tpm"
+    # Two minutes later the window has slid past everything.
+    assert limiter.admit("k", 3, None, 10, now=t + 120) is None
+
+
+def test_redis_circuit_breaker_shared(redis_url):
+    from service.governance.redis_state import RedisCircuitBreaker, connect
+
+    url, prefix = redis_url
+    clock = [1000.0]
+    a = RedisCircuitBreaker(connect(url), failures=2, cooldown_s=10, prefix=prefix, clock=lambda: clock[0])
+    b = RedisCircuitBreaker(connect(url), failures=2, cooldown_s=10, prefix=prefix, clock=lambda: clock[0])
+    assert a.failure("m") is False
+    assert b.failure("m") is True  # the second failure, on another replica, opens it for both
+    assert a.state("m") == "open" and not b.available("m")
+    clock[0] += 11
+    assert a.state("m") == "half_open"
+    assert a.acquire("m") is True and b.acquire("m") is False  # one probe across replicas
+    b.success("m")
+    assert a.state("m") == "closed"
+    a.failure("x", retry_after_s=5)
+    assert b.state("x") == "blocked"

@@ -1,0 +1,203 @@
+"""The Anthropic Messages adapter against a real server speaking Anthropic's wire format."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from router.config import ModelSpec, Price, ProviderSpec
+from service.providers import UpstreamError, build_provider
+from tests.fake_upstream import WireServer
+
+KEY = "sk-ant-test-abcdef0123456789"
+MODEL = ModelSpec(name="claude", provider="anthropic", upstream="claude-sonnet-4-5", price=Price(input_per_1m=3, output_per_1m=15), max_output_tokens=1024)
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+    {"type": "function", "function": {"name": "noop"}},
+]
+ROUND_TRIP = {
+    "model": "auto",
+    "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "developer", "content": [{"type": "text", "text": "Use metric units."}]},
+        {"role": "user", "content": "Weather in Paris and Oslo?"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+            {"id": "toolu_2", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "21C"},
+        {"role": "tool", "tool_call_id": "toolu_2", "content": [{"type": "text", "text": "9C"}]},
+        {"role": "user", "content": [{"type": "text", "text": "And this?"},
+                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}}]},
+    ],
+    "tools": TOOLS,
+    "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    "parallel_tool_calls": False,
+    "max_tokens": 300,
+    "temperature": 0.2,
+    "stop": "END",
+    "user": "u-42",
+}
+MESSAGE = {
+    "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+    "content": [{"type": "text", "text": "Let me look."},
+                {"type": "tool_use", "id": "toolu_9", "name": "get_weather", "input": {"city": "Rome"}}],
+    "stop_reason": "tool_use", "stop_sequence": None,
+    "usage": {"input_tokens": 120, "cache_read_input_tokens": 30, "output_tokens": 45},
+}
+
+
+def stream_events(text_parts=("Hel", "lo"), stop="tool_use"):
+    events = [
+        ("message_start", {"type": "message_start", "message": {"id": "msg_02", "type": "message", "role": "assistant", "content": [],
+                                                                 "usage": {"input_tokens": 50, "output_tokens": 1}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("ping", {"type": "ping"}),
+    ]
+    events += [("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}) for t in text_parts]
+    events += [
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("content_block_start", {"type": "content_block_start", "index": 1,
+                                 "content_block": {"type": "tool_use", "id": "toolu_7", "name": "get_weather", "input": {}}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "\"Lima\"}"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": 17}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return events
+
+
+@pytest.fixture(scope="module")
+def server():
+    with WireServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+async def provider(server, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_TEST_KEY", KEY)
+    server.requests.clear()
+    p = build_provider(ProviderSpec(kind="anthropic", base_url=server.url, api_key_env="ANTHROPIC_TEST_KEY", timeout_s=2))
+    yield p
+    await p.aclose()
+
+
+async def test_request_translation(server, provider):
+    server.reply(MESSAGE)
+    await provider.complete(MODEL, ROUND_TRIP)
+    (req,) = server.requests
+    assert req.path == "/v1/messages"
+    assert req.headers["x-api-key"] == KEY and req.headers["anthropic-version"] == "2023-06-01"
+    body = req.body
+    assert body["model"] == "claude-sonnet-4-5" and body["max_tokens"] == 300 and "stream" not in body
+    assert body["system"] == "You are terse.\n\nUse metric units."
+    assert body["temperature"] == 0.2 and body["stop_sequences"] == ["END"] and body["metadata"] == {"user_id": "u-42"}
+    assert body["tools"] == [
+        {"name": "get_weather", "description": "Weather for a city", "input_schema": TOOLS[0]["function"]["parameters"]},
+        {"name": "noop", "description": "", "input_schema": {"type": "object", "properties": {}}},
+    ]
+    assert body["tool_choice"] == {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert body["messages"][1]["content"] == [
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+        {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Oslo"}},
+    ]
+    # Both tool results and the next user turn merge into one user turn, results first.
+    assert body["messages"][2]["content"] == [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "21C"},
+        {"type": "tool_result", "tool_use_id": "toolu_2", "content": "9C"},
+        {"type": "text", "text": "And this?"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"}},
+    ]
+
+
+async def test_default_max_tokens_and_json_mode(server, provider):
+    server.reply(MESSAGE)
+    await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}})
+    body = server.requests[-1].body
+    assert body["max_tokens"] == 1024 and "JSON" in body["system"] and "tools" not in body
+
+
+async def test_response_translation(server, provider):
+    server.reply(MESSAGE)
+    result = await provider.complete(MODEL, {"messages": [{"role": "user", "content": "Rome?"}], "tools": TOOLS})
+    assert result["object"] == "chat.completion" and result["model"] == "claude"
+    choice = result["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] == "Let me look."
+    (call,) = choice["message"]["tool_calls"]
+    assert call["id"] == "toolu_9" and call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Rome"}
+    assert result["usage"] == {"prompt_tokens": 150, "completion_tokens": 45, "total_tokens": 195}
+
+
+async def test_stream_translation(server, provider):
+    server.reply_sse(stream_events())
+    chunks = [c async for c in provider.stream(MODEL, {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS})]
+    assert server.requests[-1].body["stream"] is True
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("content") or "" for d in deltas) == "Hello"
+    calls = [tc for d in deltas for tc in d.get("tool_calls") or []]
+    assert calls[0] == {"index": 0, "id": "toolu_7", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    assert json.loads("".join(tc["function"]["arguments"] for tc in calls)) == {"city": "Lima"}
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == ["tool_calls"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {"prompt_tokens": 50, "completion_tokens": 17, "total_tokens": 67}
+    assert {c["id"] for c in chunks} == {"msg_02"}
+
+
+@pytest.mark.parametrize(
+    "status, payload, headers, kind, retry_after",
+    [
+        (529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, {}, "server", None),
+        (429, {"type": "error", "error": {"type": "rate_limit_error", "message": "Number of request tokens has exceeded your per-minute rate limit"}},
+         {"retry-after": "12"}, "rate_limit", 12.0),
+        (400, {"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long: 210000 tokens > 200000 maximum"}}, {},
+         "context_length", None),
+        (400, {"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: Field required"}}, {}, "bad_request", None),
+        (401, {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}, {}, "auth", None),
+        (404, {"type": "error", "error": {"type": "not_found_error", "message": "model: claude-x"}}, {}, "not_found", None),
+    ],
+)
+async def test_errors(server, provider, status, payload, headers, kind, retry_after):
+    server.reply(payload, status=status, headers=headers)
+    with pytest.raises(UpstreamError) as info:
+        await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}]})
+    assert (info.value.kind, info.value.status, info.value.retry_after) == (kind, status, retry_after)
+    assert info.value.message == payload["error"]["message"]
+
+
+async def test_error_event_mid_stream(server, provider):
+    events = stream_events()[:4] + [("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})]
+    server.reply_sse(events)
+    got = []
+    with pytest.raises(UpstreamError) as info:
+        async for c in provider.stream(MODEL, {"messages": [{"role": "user", "content": "hi"}]}):
+            got.append(c)
+    assert info.value.kind == "server" and info.value.retryable
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in got) == "Hel"
+
+
+async def test_stream_cut_before_message_stop(server, provider):
+    server.reply_sse(stream_events()[:5], cut=True)
+    with pytest.raises(UpstreamError) as info:
+        async for _ in provider.stream(MODEL, {"messages": [{"role": "user", "content": "hi"}]}):
+            pass
+    assert info.value.kind == "connection"
+
+
+async def test_stream_with_invalid_json_event(server, provider):
+    server.reply_sse(stream_events()[:2] + [("content_block_delta", "{\"type\": \"content_block_delta\", ")])
+    with pytest.raises(UpstreamError) as info:
+        async for _ in provider.stream(MODEL, {"messages": [{"role": "user", "content": "hi"}]}):
+            pass
+    assert info.value.kind == "malformed"
+
+
+async def test_key_is_scrubbed_from_error_messages(server, provider):
+    server.reply({"type": "error", "error": {"type": "authentication_error", "message": f"bad key {KEY}"}}, status=401)
+    with pytest.raises(UpstreamError) as info:
+        await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}]})
+    assert KEY not in str(info.value)

@@ -1,0 +1,164 @@
+"""The Gemini adapter against a real server speaking the generateContent wire format."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from router.config import ModelSpec, Price, ProviderSpec
+from service.providers import UpstreamError, build_provider
+from tests.fake_upstream import WireServer
+
+KEY = "AIza-test-key-0123456789"
+MODEL = ModelSpec(name="gemini", provider="google", upstream="gemini-2.5-flash", price=Price(input_per_1m=0.3, output_per_1m=2.5))
+PARAMS = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object", "additionalProperties": False,
+          "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city", "parameters": PARAMS}}]
+ROUND_TRIP = {
+    "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "{\"temp_c\": 21}"},
+        {"role": "tool", "tool_call_id": "call_a", "content": "plain text result"},
+        {"role": "user", "content": "Thanks, and tomorrow?"},
+    ],
+    "tools": TOOLS,
+    "tool_choice": "required",
+    "max_completion_tokens": 200,
+    "temperature": 0.1,
+    "stop": ["END"],
+    "response_format": {"type": "json_object"},
+}
+
+
+def response(parts, finish="STOP", usage=(12, 7)):
+    return {
+        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}],
+        "usageMetadata": {"promptTokenCount": usage[0], "candidatesTokenCount": usage[1], "totalTokenCount": sum(usage)},
+        "modelVersion": "gemini-2.5-flash", "responseId": "resp-1",
+    }
+
+
+@pytest.fixture(scope="module")
+def server():
+    with WireServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+async def provider(server, monkeypatch):
+    monkeypatch.setenv("GEMINI_TEST_KEY", KEY)
+    server.requests.clear()
+    p = build_provider(ProviderSpec(kind="gemini", base_url=f"{server.url}/v1beta", api_key_env="GEMINI_TEST_KEY", timeout_s=2))
+    yield p
+    await p.aclose()
+
+
+async def test_request_translation(server, provider):
+    server.reply(response([{"text": "ok"}]))
+    await provider.complete(MODEL, ROUND_TRIP)
+    (req,) = server.requests
+    assert req.path == "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert req.headers["x-goog-api-key"] == KEY and KEY not in req.path
+    body = req.body
+    assert body["systemInstruction"] == {"parts": [{"text": "You are terse."}]}
+    assert body["contents"] == [
+        {"role": "user", "parts": [{"text": "Weather in Paris?"}]},
+        {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]},
+        {"role": "user", "parts": [
+            {"functionResponse": {"name": "get_weather", "response": {"temp_c": 21}}},
+            {"functionResponse": {"name": "get_weather", "response": {"content": "plain text result"}}},
+            {"text": "Thanks, and tomorrow?"},
+        ]},
+    ]
+    decl = body["tools"][0]["functionDeclarations"][0]
+    assert decl["name"] == "get_weather" and decl["description"] == "Weather for a city"
+    assert decl["parameters"] == {"type": "object", "properties": PARAMS["properties"], "required": ["city"]}
+    assert body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
+    assert body["generationConfig"] == {"temperature": 0.1, "maxOutputTokens": 200, "stopSequences": ["END"],
+                                        "responseMimeType": "application/json"}
+
+
+async def test_named_tool_choice(server, provider):
+    server.reply(response([{"text": "ok"}]))
+    await provider.complete(MODEL, {**ROUND_TRIP, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})
+    assert server.requests[-1].body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}}
+
+
+async def test_response_translation(server, provider):
+    server.reply(response([{"text": "Checking "}, {"functionCall": {"name": "get_weather", "args": {"city": "Rome"}}},
+                           {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}}]))
+    result = await provider.complete(MODEL, {"messages": [{"role": "user", "content": "Rome and Oslo?"}], "tools": TOOLS})
+    assert result["model"] == "gemini" and result["id"] == "resp-1"
+    choice = result["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] == "Checking "
+    calls = choice["message"]["tool_calls"]
+    assert [json.loads(c["function"]["arguments"]) for c in calls] == [{"city": "Rome"}, {"city": "Oslo"}]
+    assert len({c["id"] for c in calls}) == 2 and all(c["id"].startswith("call_") for c in calls)
+    assert result["usage"] == {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+
+
+@pytest.mark.parametrize("finish, expected", [("MAX_TOKENS", "length"), ("SAFETY", "content_filter"), ("STOP", "stop")])
+async def test_finish_reasons(server, provider, finish, expected):
+    server.reply(response([{"text": "partial"}], finish=finish))
+    result = await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}]})
+    assert result["choices"][0]["finish_reason"] == expected
+
+
+async def test_stream_translation(server, provider):
+    server.reply_sse([
+        (None, {"candidates": [{"content": {"role": "model", "parts": [{"text": "Hel"}]}}], "usageMetadata": {"promptTokenCount": 9}}),
+        (None, {"candidates": [{"content": {"role": "model", "parts": [{"text": "lo"}]}}]}),
+        (None, {"candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Lima"}}}]},
+                                "finishReason": "STOP"}],
+                "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 6, "totalTokenCount": 15}}),
+    ])
+    chunks = [c async for c in provider.stream(MODEL, {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS})]
+    assert server.requests[-1].path == "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert deltas[0]["role"] == "assistant"
+    assert "".join(d.get("content") or "" for d in deltas) == "Hello"
+    (call,) = [tc for d in deltas for tc in d.get("tool_calls") or []]
+    assert call["index"] == 0 and call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"]) == {"city": "Lima"}
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == ["tool_calls"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}
+
+
+@pytest.mark.parametrize(
+    "status, error, kind, retry_after",
+    [
+        (429, {"code": 429, "message": "Resource has been exhausted (e.g. check quota).", "status": "RESOURCE_EXHAUSTED",
+               "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "17s"}]}, "rate_limit", 17.0),
+        (400, {"code": 400, "message": "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+               "status": "INVALID_ARGUMENT"}, "context_length", None),
+        (400, {"code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT"}, "auth", None),
+        (503, {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"}, "server", None),
+        (404, {"code": 404, "message": "models/gemini-x is not found for API version v1beta", "status": "NOT_FOUND"}, "not_found", None),
+    ],
+)
+async def test_errors(server, provider, status, error, kind, retry_after):
+    server.reply({"error": error}, status=status)
+    with pytest.raises(UpstreamError) as info:
+        await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}]})
+    assert (info.value.kind, info.value.status, info.value.retry_after) == (kind, status, retry_after)
+
+
+async def test_stream_errors(server, provider):
+    server.reply_sse([(None, {"candidates": [{"content": {"parts": [{"text": "Hel"}]}}]}),
+                      (None, {"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}})])
+    with pytest.raises(UpstreamError) as info:
+        async for _ in provider.stream(MODEL, {"messages": [{"role": "user", "content": "hi"}]}):
+            pass
+    assert info.value.kind == "server"
+    server.reply_sse([(None, {"candidates": [{"content": {"parts": [{"text": "Hel"}]}}]})], cut=True)
+    with pytest.raises(UpstreamError) as info:
+        async for _ in provider.stream(MODEL, {"messages": [{"role": "user", "content": "hi"}]}):
+            pass
+    assert info.value.kind == "connection"
+    server.reply_sse([(None, "{\"candidates\": [")])
+    with pytest.raises(UpstreamError) as info:
+        async for _ in provider.stream(MODEL, {"messages": [{"role": "user", "content": "hi"}]}):
+            pass
+    assert info.value.kind == "malformed"

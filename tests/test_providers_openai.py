@@ -1,0 +1,206 @@
+"""The OpenAI-compatible adapter against a real fake upstream: pass-through, streams, error mapping."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from router.config import ModelSpec, Price, ProviderSpec
+from service.providers import UpstreamError, build_provider
+from service.providers.base import parse_retry_after
+from tests.fake_upstream import (
+    FakeUpstream, context_length, cut_stream, error, hang, invalid_json, malformed_chunk, not_found, ok,
+    rate_limit, server_error, stall_stream,
+)
+
+KEY = "sk-test-0123456789abcdef"
+MODEL = ModelSpec(name="public-name", provider="up", upstream="upstream-id", price=Price(input_per_1m=1, output_per_1m=2))
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+    {"type": "function", "function": {"name": "send_email", "parameters": {"type": "object", "properties": {"to": {"type": "string"}}}}},
+]
+BODY = {
+    "model": "auto",
+    "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp_c\": 21}"},
+    ],
+    "tools": TOOLS,
+    "tool_choice": "auto",
+    "response_format": {"type": "json_object"},
+    "max_completion_tokens": 77,
+    "temperature": 0.3,
+}
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with FakeUpstream() as up:
+        yield up
+
+
+@pytest.fixture
+def up(upstream, monkeypatch):
+    upstream.reset()
+    monkeypatch.setenv("FAKE_UP_KEY", KEY)
+    return upstream
+
+
+@pytest.fixture
+async def provider(up):
+    p = build_provider(ProviderSpec(kind="openai", base_url=up.base_url, api_key_env="FAKE_UP_KEY", timeout_s=0.5, headers={"x-org": "o1"}))
+    yield p
+    await p.aclose()
+
+
+async def collect(provider, body):
+    return [chunk async for chunk in provider.stream(MODEL, body)]
+
+
+async def test_complete_passes_body_through_and_names_public_model(up, provider):
+    up.script("upstream-id", ok("sunny"))
+    result = await provider.complete(MODEL, BODY)
+    assert result["model"] == "public-name"
+    assert result["choices"][0]["message"]["content"] == "sunny"
+    assert result["usage"]["total_tokens"] == result["usage"]["prompt_tokens"] + result["usage"]["completion_tokens"] > 0
+    (req,) = up.requests
+    assert req.path == "/v1/chat/completions"
+    assert req.headers["authorization"] == f"Bearer {KEY}"
+    assert req.headers["x-org"] == "o1"
+    assert req.body == {**BODY, "model": "upstream-id", "stream": False}
+
+
+async def test_complete_returns_tool_calls(up, provider):
+    up.script("upstream-id", ok(tool_calls=[{"name": "get_weather", "arguments": {"city": "Oslo"}}]))
+    result = await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS})
+    choice = result["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert json.loads(choice["message"]["tool_calls"][0]["function"]["arguments"]) == {"city": "Oslo"}
+
+
+async def test_stream_requests_usage_and_yields_chunks(up, provider):
+    up.script("upstream-id", ok("one two three", tool_calls=[{"name": "send_email", "arguments": {"to": "a@b.c"}}]))
+    chunks = await collect(provider, {**BODY, "stream_options": {"include_usage": False}})
+    req = up.requests[-1]
+    assert req.body["stream"] is True and req.body["stream_options"] == {"include_usage": True}
+    assert req.body["tools"] == TOOLS and req.body["messages"] == BODY["messages"]
+    assert all(c["model"] == "public-name" and c["object"] == "chat.completion.chunk" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "one two three"
+    args = "".join(tc["function"].get("arguments", "") for c in chunks if c["choices"]
+                   for tc in c["choices"][0]["delta"].get("tool_calls") or [])
+    assert json.loads(args) == {"to": "a@b.c"}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == ["tool_calls"]
+
+
+@pytest.mark.parametrize(
+    "reply, kind, status, retry_after",
+    [
+        (rate_limit(retry_after=3), "rate_limit", 429, 3.0),
+        (server_error(502), "server", 502, None),
+        (hang(5), "timeout", None, None),
+        (context_length(), "context_length", 400, None),
+        (not_found(), "not_found", 404, None),
+        (invalid_json(), "malformed", 200, None),
+        (error(401, "Incorrect API key provided", "invalid_api_key", "invalid_request_error"), "auth", 401, None),
+        (error(400, "temperature must be <= 2", None, "invalid_request_error"), "bad_request", 400, None),
+    ],
+)
+async def test_complete_maps_errors(up, provider, reply, kind, status, retry_after):
+    up.script("upstream-id", reply)
+    with pytest.raises(UpstreamError) as info:
+        await provider.complete(MODEL, BODY)
+    err = info.value
+    assert (err.kind, err.status, err.retry_after) == (kind, status, retry_after)
+    assert err.retryable == (kind in {"rate_limit", "server", "timeout", "connection", "malformed"})
+
+
+@pytest.mark.parametrize(
+    "reply, kind, n_before",
+    [
+        (cut_stream(after_chunks=2), "connection", 2),
+        (cut_stream(after_chunks=1), "connection", 1),
+        (stall_stream(after_chunks=2, seconds=5), "timeout", 2),
+        (malformed_chunk(after_chunks=3), "malformed", 3),
+        (invalid_json(), "malformed", 0),
+        (rate_limit(retry_after=1), "rate_limit", 0),
+        (hang(5), "timeout", 0),
+    ],
+)
+async def test_stream_failures_raise_after_the_chunks_received(up, provider, reply, kind, n_before):
+    up.script("upstream-id", reply)
+    got = []
+    with pytest.raises(UpstreamError) as info:
+        async for chunk in provider.stream(MODEL, BODY):
+            got.append(chunk)
+    assert info.value.kind == kind
+    assert len(got) == n_before
+
+
+async def test_key_never_appears_in_errors(up, provider):
+    up.script("upstream-id", error(401, f"Incorrect API key provided: {KEY}.", "invalid_api_key"))
+    with pytest.raises(UpstreamError) as info:
+        await provider.complete(MODEL, BODY)
+    assert KEY not in str(info.value) and KEY not in info.value.message and "***" in info.value.message
+
+
+async def test_missing_key_env_is_an_auth_error_without_a_call(up, monkeypatch):
+    monkeypatch.delenv("FAKE_UP_KEY")
+    p = build_provider(ProviderSpec(kind="openai", base_url=up.base_url, api_key_env="FAKE_UP_KEY"))
+    with pytest.raises(UpstreamError) as info:
+        await p.complete(MODEL, BODY)
+    await p.aclose()
+    assert info.value.kind == "auth" and "FAKE_UP_KEY" in info.value.message
+    assert up.requests == []
+
+
+async def test_connection_refused_is_a_connection_error():
+    with FakeUpstream() as dead:
+        url = dead.base_url
+    p = build_provider(ProviderSpec(kind="openai", base_url=url, connect_timeout_s=1))
+    with pytest.raises(UpstreamError) as info:
+        await p.complete(MODEL, BODY)
+    await p.aclose()
+    assert info.value.kind == "connection" and info.value.retryable
+
+
+def test_retry_after_parses_seconds_milliseconds_and_http_dates():
+    now = 1_700_000_000.0
+    assert parse_retry_after({"retry-after": "7"}) == 7.0
+    assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert parse_retry_after({"retry-after": "Tue, 14 Nov 2023 22:13:40 GMT"}, now=now) == pytest.approx(20.0)
+    assert parse_retry_after({"retry-after": "Tue, 14 Nov 2023 22:13:00 GMT"}, now=now) == 0.0
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({}) is None
+
+
+async def test_error_objects_inside_a_200_and_missing_usage():
+    from tests.fake_upstream import WireServer
+
+    role = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "x",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]}
+    with WireServer() as srv:
+        p = build_provider(ProviderSpec(kind="openai", base_url=srv.url))
+        srv.reply_sse([(None, role), (None, {"error": {"message": "The server had an error", "type": "server_error"}})])
+        srv.reply_sse([(None, {"error": {"message": "This model's maximum context length is 4096 tokens", "type": "invalid_request_error"}})])
+        srv.reply({"id": "c2", "choices": [{"index": 0, "message": {"role": "assistant", "content": "four words of text"}, "finish_reason": "stop"}]})
+        srv.reply({"choices": "nope"})
+        kinds = []
+        for _ in range(2):
+            with pytest.raises(UpstreamError) as info:
+                async for _chunk in p.stream(MODEL, BODY):
+                    pass
+            kinds.append(info.value.kind)
+        assert kinds == ["server", "context_length"]
+        result = await p.complete(MODEL, BODY)
+        assert result["usage"]["completion_tokens"] == 5 and result["usage"]["prompt_tokens"] > 20
+        with pytest.raises(UpstreamError) as info:
+            await p.complete(MODEL, BODY)
+        assert info.value.kind == "malformed"
+        await p.aclose()

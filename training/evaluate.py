@@ -1,0 +1,263 @@
+"""`openclaw-router eval`: a router against the baselines over the whole knob range.
+
+The router decides from its predictions only; what a decision realises (cost, quality) is read
+from the file's recorded `cost_usd__<model>` / `quality__<model>` columns. Every method — the
+router, kNN, the oracle — is swept over willingness to pay (see `training.baselines`), and
+judged by the metrics of `training.metrics` on the same rows and the same candidate models.
+
+Candidates are the models both the file and the router know (and, with `--models`, only those
+named); any model left out is listed in the summary and logged. kNN is fit on `--knn-train`
+when given (the router's training data, say), otherwise cross-fitted on the evaluated file
+itself (5 folds: each row predicted by a kNN that never saw it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from training import baselines as bl
+from training.metrics import aiq, apgr, cost_to_reach, cpt, quality_at_budget
+
+log = logging.getLogger(__name__)
+
+BUDGET_FRACTIONS = (0.1, 0.25, 0.5, 1.0)  # of the best single model's mean cost
+CPT_FRACTIONS = (0.5, 0.8)
+
+
+@dataclass
+class Evaluation:
+    summary: dict
+    decisions: "object"  # pandas DataFrame: row, knob, model
+
+
+def resolve_candidates(file_models: Sequence[str], router_models: Sequence[str],
+                       requested: Sequence[str] | None, path: str) -> tuple[list[str], dict]:
+    """Models to route between: the file's ∩ the router's (∩ the requested ones), in file order."""
+    notes = {
+        "not_in_router": [m for m in file_models if m not in router_models],
+        "not_in_file": [m for m in router_models if m not in file_models],
+    }
+    candidates = [m for m in file_models if m in router_models]
+    if requested:
+        unknown = [m for m in requested if m not in file_models or m not in router_models]
+        if unknown:
+            raise ValueError(
+                f"{path}: --models {unknown} not usable: the file has {list(file_models)}, "
+                f"the router knows {list(router_models)}"
+            )
+        notes["not_requested"] = [m for m in candidates if m not in requested]
+        candidates = [m for m in candidates if m in requested]
+    if not candidates:
+        raise ValueError(
+            f"{path}: no model is both in the file ({list(file_models)}) and known to the router ({list(router_models)})"
+        )
+    if len(candidates) < 2:
+        raise ValueError(f"{path}: routing needs at least two candidate models, got {candidates}")
+    if notes["not_in_router"]:
+        log.warning("models in %s that the router does not know, left out: %s", path, notes["not_in_router"])
+    return candidates, notes
+
+
+def _method(points_c, points_q, knobs, ctx: dict) -> dict:
+    c_min, c_max = ctx["cost_range"]
+    out = {
+        "points": [[float(c), float(q)] + ([float(k)] if k is not None else []) for c, q, k in zip(points_c, points_q, knobs)],
+        "aiq": aiq(points_c, points_q, c_min, c_max) if c_max > c_min else None,
+        "quality_at_budget": {f"{b:.6g}": _num(quality_at_budget(points_c, points_q, b)) for b in ctx["budgets"]},
+        "quality_at_random_cost": _num(quality_at_budget(points_c, points_q, ctx["random_cost"])),
+    }
+    reach = cost_to_reach(points_c, points_q, ctx["best_quality"])
+    out["cost_to_reach_best"] = _num(reach)
+    out["cost_to_reach_best_ratio"] = _num(reach / ctx["best_cost"]) if ctx["best_cost"] > 0 else None
+    return out
+
+
+def _num(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None  # JSON has no NaN/inf: null means "not reached"
+
+
+def _two_model(choices: Sequence[np.ndarray], quality_means, strong: int, weak_q: float, strong_q: float) -> dict:
+    share = np.array([float((c == strong).mean()) for c in choices])
+    q = np.asarray(quality_means, dtype=float)
+    # The all-weak and all-strong settings exist for every router (RouteLLM's thresholds 1 and 0).
+    share, q = np.concatenate(([0.0], share, [1.0])), np.concatenate(([weak_q], q, [strong_q]))
+    out = {"apgr": apgr(share, q, weak_q, strong_q), "strong_share": share.tolist()}
+    for f in CPT_FRACTIONS:
+        out[f"cpt_{int(f * 100)}"] = _num(cpt(share, q, weak_q, strong_q, f))
+    return out
+
+
+def evaluate_arrays(quality, cost, models, router_q, router_c, router_choose, embeddings,
+                    knn_train=None, n_knobs: int = 48, budgets: Sequence[float] = (),
+                    knn_folds: int = 5, seed: int = 0) -> tuple[dict, list[bl.Operating]]:
+    """Everything but I/O. `router_choose(wtp) -> (N,) index into models`; `router_q/_c` are the
+    router's predicted quality and cost (used only to place the knob grid)."""
+    single_c, single_q = bl.single_model_points(quality, cost)
+    best = int(np.lexsort((single_c, -single_q))[0])
+    rnd_c, rnd_q = bl.random_point(quality, cost)
+    ctx = {
+        "cost_range": (float(single_c.min()), float(single_c.max())),
+        "best_quality": float(single_q[best]),
+        "best_cost": float(single_c[best]),
+        "random_cost": rnd_c,
+    }
+    ctx["budgets"] = sorted({*(f * ctx["best_cost"] for f in BUDGET_FRACTIONS), *budgets})
+
+    router_ops = [
+        bl.Operating(float(w), ch, *bl.realise(ch, quality, cost))
+        for w in bl.knob_sweep(router_q, router_c, n_knobs)
+        for ch in [np.asarray(router_choose(float(w)))]
+    ]
+    if knn_train is not None:
+        q_hat, c_hat, k = bl.knn_fit_predict(knn_train[0], knn_train[1], knn_train[2], embeddings)
+        knn_info = {"fit": "on --knn-train", "k": [k]}
+    else:
+        q_hat, c_hat, ks = bl.knn_crossfit(embeddings, quality, cost, folds=knn_folds, seed=seed)
+        knn_info = {"fit": f"{knn_folds}-fold cross-fitting on the evaluated file", "k": ks}
+    knn_ops = bl.sweep(q_hat, c_hat, quality, cost, bl.knob_sweep(q_hat, c_hat, n_knobs))
+    oracle_ops = bl.oracle_sweep(quality, cost, n_knobs)
+
+    def from_ops(ops):
+        return _method([o.mean_cost for o in ops], [o.mean_quality for o in ops], [o.knob for o in ops], ctx)
+
+    methods = {
+        "router": from_ops(router_ops),
+        "knn": {**from_ops(knn_ops), **knn_info},
+        "zero": _method(single_c, single_q, [None] * len(models), ctx),
+        "oracle": from_ops(oracle_ops),
+        "random": {"mean_cost": rnd_c, "mean_quality": rnd_q, **_method([rnd_c], [rnd_q], [None], ctx)},
+    }
+    summary = {
+        "n_rows": int(len(quality)),
+        "models": list(models),
+        "cost_range": list(ctx["cost_range"]),
+        "single_models": {m: {"mean_cost": float(c), "mean_quality": float(q)} for m, c, q in zip(models, single_c, single_q)},
+        "best_single_model": {"model": models[best], "mean_cost": ctx["best_cost"], "mean_quality": ctx["best_quality"]},
+        "methods": methods,
+    }
+    if len(models) == 2:
+        strong = best
+        weak = 1 - strong
+        wq, sq = float(single_q[weak]), float(single_q[strong])
+        if sq > wq:
+            pair = {"strong": models[strong], "weak": models[weak], "random": {"apgr": 0.5}}
+            for name, ops in (("router", router_ops), ("knn", knn_ops), ("oracle", oracle_ops)):
+                pair[name] = _two_model([o.choice for o in ops], [o.mean_quality for o in ops], strong, wq, sq)
+            summary["two_model"] = pair
+    return summary, router_ops
+
+
+def evaluate_table(table, embeddings: np.ndarray, router, models: Sequence[str] | None = None,
+                   knn_train=None, n_knobs: int = 48, budgets: Sequence[float] = (),
+                   knn_folds: int = 5, seed: int = 0) -> Evaluation:
+    """Evaluate `router` (a `router.engine.LearnedRouter`) on an `OutcomeTable`."""
+    import pandas as pd
+
+    from router.policy import choose_batch
+    from router.types import RoutingRequest
+
+    if table.cost is None or np.isnan(table.cost).any():
+        raise ValueError(f"{table.path}: realised costs are needed: every cost_usd__<model> cell (or a --prices entry)")
+    candidates, notes = resolve_candidates(table.models, router.models, models, table.path)
+    sub = table.restrict_models(candidates)
+    requests = [RoutingRequest(text=t, input_tokens=int(n)) for t, n in zip(sub.texts, sub.input_tokens)]
+    pred = router.predict(requests, embeddings=embeddings)
+    col = [pred.models.index(m) for m in candidates]
+    allowed = frozenset(candidates)
+
+    to_candidate = np.full(len(pred.models), -1)
+    to_candidate[col] = np.arange(len(col))
+
+    def router_choose(wtp: float) -> np.ndarray:
+        return to_candidate[np.asarray(choose_batch(pred, wtp, allowed=allowed))]
+
+    knn = None
+    if knn_train is not None:
+        t, e = knn_train
+        missing = [m for m in candidates if m not in t.models]
+        if missing:
+            raise ValueError(f"{t.path}: --knn-train lacks models {missing}")
+        kt = t.restrict_models(candidates)
+        knn = (e, kt.quality, kt.cost)
+    summary, router_ops = evaluate_arrays(
+        sub.quality, sub.cost, candidates, pred.p_good[:, col], pred.cost_usd[:, col], router_choose,
+        embeddings, knn_train=knn, n_knobs=n_knobs, budgets=budgets, knn_folds=knn_folds, seed=seed,
+    )
+    summary = {"data": table.path, "models_left_out": notes, **summary}
+    names = np.array(candidates, dtype=object)
+    decisions = pd.DataFrame({
+        "row": np.tile(np.arange(len(sub), dtype=np.int64), len(router_ops)),
+        "knob": np.repeat([o.knob for o in router_ops], len(sub)),
+        "model": np.concatenate([names[o.choice] for o in router_ops]),
+    })
+    return Evaluation(summary, decisions)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="wide outcome table (parquet, CSV, JSONL) to evaluate on")
+    parser.add_argument("--router", required=True, help="router artifact folder, e.g. models/default")
+    parser.add_argument("--models", help="comma-separated candidate models (default: all the file and router share)")
+    parser.add_argument("--text-column", help="column holding the prompt text (default: prompt, then query)")
+    parser.add_argument("--prices", help="JSON prices {model: {input_per_1m, output_per_1m}} for files without cost_usd__ columns")
+    parser.add_argument("--decisions-out", required=True, help="parquet file for the decisions (row, knob, model)")
+    parser.add_argument("--report-dir", required=True, help="folder for summary.json and cost_quality.png")
+    parser.add_argument("--knn-train", help="outcome table to fit the kNN baseline on (default: cross-fit on --data)")
+    parser.add_argument("--knob-points", type=int, default=48, help="knob values swept (plus the two extremes)")
+    parser.add_argument("--budgets", help="extra comma-separated USD budgets per prompt for quality-at-budget")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from router.embedding import encode_cached
+    from router.engine import LearnedRouter
+    from training.data import load_outcomes
+    from training.plots import save_cost_quality_plot
+
+    if not Path(args.router).exists():
+        raise FileNotFoundError(f"{args.router}: no such router artifact")
+    table = load_outcomes(args.data, text_column=args.text_column, prices=args.prices)
+    router = LearnedRouter.load(args.router)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    budgets = [float(b) for b in args.budgets.split(",") if b.strip()] if args.budgets else []
+    knn_train = None
+    if args.knn_train:
+        kt = load_outcomes(args.knn_train, text_column=args.text_column, prices=args.prices)
+        knn_train = (kt, encode_cached(kt.texts))
+    result = evaluate_table(table, encode_cached(table.texts), router, models=models, knn_train=knn_train,
+                            n_knobs=args.knob_points, budgets=budgets, seed=args.seed)
+    result.summary["router"] = str(args.router)
+    out = Path(args.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(result.summary, indent=1))
+    save_cost_quality_plot(result.summary, out / "cost_quality.png")
+    Path(args.decisions_out).parent.mkdir(parents=True, exist_ok=True)
+    result.decisions.to_parquet(args.decisions_out, index=False)
+    print(format_table(result.summary))
+    print(f"wrote {out / 'summary.json'}, {out / 'cost_quality.png'} and {args.decisions_out}")
+    return 0
+
+
+def format_table(summary: dict) -> str:
+    best = summary["best_single_model"]
+    lines = [
+        f"{summary['n_rows']} rows, {len(summary['models'])} models; best single model {best['model']}: "
+        f"quality {best['mean_quality']:.3f} at ${best['mean_cost']:.6f}",
+        f"{'method':<8} {'AIQ':>7} {'q@random$':>9} {'$ to best':>11} {'÷ best $':>8}",
+    ]
+    for name in ("router", "knn", "zero", "random", "oracle"):
+        m = summary["methods"][name]
+        fmt = lambda x, spec: "—" if x is None else format(x, spec)  # noqa: E731
+        lines.append(f"{name:<8} {fmt(m['aiq'], '7.4f')} {fmt(m['quality_at_random_cost'], '9.3f')} "
+                     f"{fmt(m['cost_to_reach_best'], '11.6f')} {fmt(m['cost_to_reach_best_ratio'], '8.2f')}")
+    if "two_model" in summary:
+        p = summary["two_model"]
+        lines.append(f"strong {p['strong']} / weak {p['weak']}:")
+        for name in ("router", "knn", "oracle"):
+            lines.append(f"  {name:<7} APGR {p[name]['apgr']:.3f}  CPT(50%) {p[name]['cpt_50']}  CPT(80%) {p[name]['cpt_80']}")
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""Cost–quality plot of an evaluation: every method's points and non-decreasing hull."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from training.metrics import nondecreasing_hull
+
+STYLE = {
+    "router": dict(color="tab:red", marker="o"),
+    "knn": dict(color="tab:blue", marker="s"),
+    "zero": dict(color="tab:gray", marker=None),
+    "oracle": dict(color="tab:green", marker=None),
+}
+
+
+def _hull_line(costs, qualities, c_max):
+    hx, hy = nondecreasing_hull(costs, qualities)
+    if hx[-1] < c_max:
+        hx, hy = np.append(hx, c_max), np.append(hy, hy[-1])
+    return hx, hy
+
+
+def cost_quality_figure(summary: dict, title: str = ""):
+    """Two panels (linear and log cost) of the curves in an evaluation summary."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    c_max = summary["cost_range"][1]
+    for ax, log in zip(axes, (False, True)):
+        for name, m in summary["single_models"].items():
+            ax.scatter(m["mean_cost"], m["mean_quality"], color="black", s=18, zorder=3)
+            ax.annotate(name, (m["mean_cost"], m["mean_quality"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        rnd = summary["methods"]["random"]
+        ax.scatter(rnd["mean_cost"], rnd["mean_quality"], color="tab:orange", marker="x", s=60, label="random", zorder=3)
+        for name, style in STYLE.items():
+            method = summary["methods"].get(name)
+            if not method:
+                continue
+            pts = np.array(method["points"])
+            hx, hy = _hull_line(pts[:, 0], pts[:, 1], c_max)
+            label = f"{name} (AIQ {method['aiq']:.3f})"
+            ax.plot(hx, hy, color=style["color"], lw=1.6, label=label)
+            if style["marker"]:
+                ax.scatter(pts[:, 0], pts[:, 1], color=style["color"], marker=style["marker"], s=10, alpha=0.5)
+        ax.set_xlabel("mean cost per prompt (USD)" + (", log scale" if log else ""))
+        ax.set_ylabel("mean quality")
+        if log:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle(title or f"{Path(summary['data']).name}: {summary['n_rows']} prompts, {len(summary['models'])} models")
+    fig.tight_layout()
+    return fig
+
+
+def save_cost_quality_plot(summary: dict, path: str | Path, title: str = "") -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = cost_quality_figure(summary, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,283 @@
+"""`openclaw-router simulate`: replay an outcome table as a request stream, static vs bandit.
+
+Prompts of a wide outcome table (every prompt answered by every model) become a stream of
+requests. Both routers decide on the same learned predictions; the world answers from the
+table: reward = the recorded quality of the chosen model, cost = its recorded cost,
+latency = ttft + recorded answer tokens / throughput (no latency is recorded). Drift
+changes the world, not the predictions:
+
+* `degrade:MODEL:FRACTION@K` — from request K on, that share of MODEL's answers are wrong;
+* `add:MODEL@K` — MODEL is unavailable before request K.
+
+The static router is the learned policy (argmax utility). The bandit router is the same
+policy wrapped in `router.bandit.ContextualBandit`, updated with each reward it observes.
+Unless `--router` is given, the router is trained here on a split of the table and the
+stream replays the other split only, so no prompt the predictors were trained on is
+replayed; an added model is left out of that training (it is new: the predictor gives it
+the unseen-model prior, and only the bandit can learn where it is good).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Drift:
+    kind: str  # degrade | add
+    model: str
+    start: int
+    fraction: float = 0.0
+
+
+def parse_drift(spec: str) -> Drift:
+    """`degrade:MODEL:FRACTION@K` or `add:MODEL@K` (model names may contain ':')."""
+    body, at, start = spec.rpartition("@")
+    if not at or not start.strip().isdigit():
+        raise ValueError(f"drift {spec!r}: expected degrade:MODEL:FRACTION@K or add:MODEL@K")
+    kind, _, rest = body.partition(":")
+    if kind == "add" and rest:
+        return Drift("add", rest, int(start))
+    if kind == "degrade":
+        model, _, frac = rest.rpartition(":")
+        try:
+            fraction = float(frac)
+        except ValueError:
+            fraction = -1.0
+        if model and 0.0 <= fraction <= 1.0:
+            return Drift("degrade", model, int(start), fraction)
+    raise ValueError(f"drift {spec!r}: expected degrade:MODEL:FRACTION@K (FRACTION in [0, 1]) or add:MODEL@K")
+
+
+@dataclass
+class Stream:
+    """The replayed world: per request i and model j, what would happen."""
+
+    rows: np.ndarray  # (N,) row of the replay table per request
+    quality: np.ndarray  # (N, M) after drift
+    cost: np.ndarray  # (N, M)
+    latency: np.ndarray  # (N, M)
+    available: np.ndarray  # (N, M) bool
+    task: np.ndarray | None = None
+
+
+def build_stream(table, n_requests: int, drifts: list[Drift], seed: int, ttft_s: float, tps: float,
+                 apply_drift: bool = True) -> Stream:
+    rng = np.random.default_rng(seed)
+    n = len(table)
+    order = np.concatenate([rng.permutation(n) for _ in range(-(-n_requests // n))])[:n_requests]
+    flip = np.random.default_rng(seed + 1).random((n_requests, len(table.models)))
+    quality = table.quality[order].copy()
+    available = np.ones_like(quality, dtype=bool)
+    for d in drifts:
+        if d.model not in table.models:
+            raise ValueError(f"drift names model {d.model!r}, which is not in the table: {table.models}")
+        j = table.models.index(d.model)
+        if d.kind == "add":
+            available[: d.start, j] = False
+        elif apply_drift:
+            wrong = flip[:, j] < d.fraction
+            wrong[: d.start] = False
+            quality[wrong, j] = 0.0
+    tokens = table.output_tokens[order] if table.output_tokens is not None else np.full(quality.shape, 200.0)
+    tokens = np.where(np.isnan(tokens), 200.0, tokens)
+    return Stream(order, quality, table.cost[order], ttft_s + tokens / tps, available,
+                  table.task[order] if table.task is not None else None)
+
+
+def static_choices(pred, stream: Stream, wtp: float, latency_weight: float) -> np.ndarray:
+    from router.policy import utility
+
+    u = utility(pred.p_good[stream.rows], pred.cost_usd[stream.rows], pred.latency_s[stream.rows], wtp, latency_weight)
+    u = np.where(stream.available, u, -np.inf)
+    return np.argmax(u, axis=1)
+
+
+def bandit_choices(pred, embeddings: np.ndarray, stream: Stream, wtp: float, latency_weight: float,
+                   settings, feedback_rate: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Sequential bandit run: choices, their propensities, whether each explored, final stats."""
+    from router.bandit import ContextualBandit
+    from router.policy import utility
+
+    bandit = ContextualBandit(settings, embed_dim=embeddings.shape[1])
+    rng = np.random.default_rng(seed + 2)
+    n = len(stream.rows)
+    chosen = np.zeros(n, dtype=int)
+    prop = np.zeros(n)
+    explored = np.zeros(n, dtype=bool)
+    models = np.array(pred.models)
+    for i, r in enumerate(stream.rows):
+        ok = np.flatnonzero(stream.available[i])
+        p = pred.p_good[r, ok]
+        penalty = p - utility(p, pred.cost_usd[r, ok], pred.latency_s[r, ok], wtp, latency_weight)
+        choice = bandit.choose(list(models[ok]), p, pred.p_good_std[r, ok], penalty, pred.cost_usd[r, ok],
+                               embedding=embeddings[r], rng=rng)
+        j = int(ok[list(models[ok]).index(choice.model)])
+        chosen[i], prop[i], explored[i] = j, choice.propensity, choice.explored
+        if rng.random() < feedback_rate:
+            bandit.update(choice.model, bandit.context(embeddings[r]), float(stream.quality[i, j]), float(pred.p_good[r, j]))
+    return chosen, prop, explored, bandit.stats()
+
+
+def _summary(stream: Stream, chosen: np.ndarray, sl: slice) -> dict:
+    idx = np.arange(len(stream.rows))[sl]
+    c = chosen[sl]
+    return {
+        "quality": float(stream.quality[idx, c].mean()),
+        "cost": float(stream.cost[idx, c].mean()),
+        "latency_s": float(stream.latency[idx, c].mean()),
+    }
+
+
+def _shares(models: list[str], chosen: np.ndarray) -> dict[str, float]:
+    counts = np.bincount(chosen, minlength=len(models)) / max(len(chosen), 1)
+    return {m: round(float(s), 4) for m, s in zip(models, counts) if s > 0}
+
+
+def report(models: list[str], stream: Stream, static: np.ndarray, bandit: np.ndarray, propensity: np.ndarray,
+           explored: np.ndarray, nodrift: Stream, reference: np.ndarray, drifts: list[Drift], window: int) -> dict:
+    """Per-window and total means; `reference` is the static router on the `nodrift` world."""
+    n = len(stream.rows)
+    windows = []
+    for k0 in range(0, n, window):
+        sl = slice(k0, min(k0 + window, n))
+        w = {"start": k0, "end": sl.stop, "static": _summary(stream, static, sl), "bandit": _summary(stream, bandit, sl),
+             "static_without_drift": _summary(nodrift, reference, sl)}
+        w["bandit"]["explore_share"] = float(explored[sl].mean())
+        w["traffic"] = {"static": _shares(models, static[sl]), "bandit": _shares(models, bandit[sl])}
+        lost = w["static_without_drift"]["quality"] - w["static"]["quality"]
+        if lost > 0.01:
+            w["recovered_share"] = (w["bandit"]["quality"] - w["static"]["quality"]) / lost
+        if stream.task is not None:
+            w["added_model_traffic_by_task"] = {
+                d.model: {t: round(float(np.mean(bandit[sl][stream.task[sl] == t] == models.index(d.model))), 4)
+                          for t in np.unique(stream.task)}
+                for d in drifts if d.kind == "add"
+            }
+        windows.append(w)
+    totals = {"static": _summary(stream, static, slice(None)), "bandit": _summary(stream, bandit, slice(None)),
+              "static_without_drift": _summary(nodrift, reference, slice(None))}
+    s, b = totals["static"], totals["bandit"]
+    totals["bandit_extra_cost_pct"] = 100.0 * (b["cost"] / s["cost"] - 1.0) if s["cost"] > 0 else 0.0
+    totals["bandit_quality_delta_points"] = 100.0 * (b["quality"] - s["quality"])
+    totals["bandit_explore_share"] = float(explored.mean())
+    totals["min_propensity"] = float(propensity.min())
+    out = {"windows": windows, "totals": totals, "drift": [d.__dict__ for d in drifts]}
+    for d in drifts:
+        if d.kind == "degrade":
+            after = slice(min(d.start + 1000, n), n)
+            if after.start < n:
+                lost = _summary(nodrift, reference, after)["quality"] - _summary(stream, static, after)["quality"]
+                gain = _summary(stream, bandit, after)["quality"] - _summary(stream, static, after)["quality"]
+                out.setdefault("recovery", {})[d.model] = {
+                    "from_request": after.start, "static_lost": lost, "bandit_regained": gain,
+                    "recovered_share": gain / lost if lost > 0 else None}
+    return out
+
+
+def learned_predictions(table, router_path: str | None, train_share: float, seed: int, new_models: list[str]):
+    """Predictions of a learned router for the replayed prompts, and the replay table.
+
+    Without `router_path`, a router is trained on `train_share` of the prompts (without the
+    `new_models`) and the rest is replayed; with it, the artifact predicts every prompt.
+    """
+    from router.embedding import encode_cached
+    from router.features import request_features
+    from router.predictor import OutcomePredictor
+    from router.types import RoutingRequest
+
+    emb = np.asarray(encode_cached(table.texts), dtype=np.float32)
+    requests = [RoutingRequest(text=t, input_tokens=int(n)) for t, n in zip(table.texts, table.input_tokens)]
+    X = np.hstack([emb, request_features(requests)])
+    prices = [(table.prices[m].input_per_1m, table.prices[m].output_per_1m) for m in table.models]
+    if router_path:
+        from router.engine import LearnedRouter
+
+        predictor = LearnedRouter.load(router_path).predictor
+        replay = np.arange(len(table))
+    else:
+        rng = np.random.default_rng(seed)
+        # Split by prompt text so a duplicated prompt cannot sit on both sides.
+        uniq, inv = np.unique(np.asarray(table.texts, dtype=object), return_inverse=True)
+        in_train = (rng.random(len(uniq)) < train_share)[inv]
+        train, replay = np.flatnonzero(in_train), np.flatnonzero(~in_train)
+        known = [m for m in table.models if m not in new_models]
+        log.info("training the router on %d prompts (%d models); replaying %d held-out prompts", len(train), len(known), len(replay))
+        predictor = OutcomePredictor(seed=seed).fit(X[train], table.subset(train).restrict_models(known),
+                                                    groups=inv[train])
+    pred = predictor.predict(X[replay], table.input_tokens[replay], models=table.models, prices=prices)
+    return pred, table.subset(replay), emb[replay]
+
+
+def simulate(args) -> dict:
+    from router.bandit import BanditSettings
+    from router.predictor import DEFAULT_THROUGHPUT_TPS, DEFAULT_TTFT_S
+    from training.data import load_outcomes
+
+    drifts = [parse_drift(s) for s in args.drift or []]
+    table = load_outcomes(args.data, text_column=args.text_column)
+    if table.cost is None:
+        raise ValueError(f"{args.data}: simulate needs recorded costs (cost_usd__<model> columns)")
+    new_models = [d.model for d in drifts if d.kind == "add"]
+    pred, replay, emb = learned_predictions(table, args.router, args.train_share, args.seed, new_models)
+    stream = build_stream(replay, args.requests, drifts, args.seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS)
+    nodrift = build_stream(replay, args.requests, drifts, args.seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS, apply_drift=False)
+    static = static_choices(pred, stream, args.willingness_to_pay, args.latency_weight)
+    reference = static_choices(pred, nodrift, args.willingness_to_pay, args.latency_weight)
+    settings = BanditSettings(explore_share=args.explore_share, extra_cost_share=args.extra_cost_share, seed=args.seed)
+    bandit, prop, explored, stats = bandit_choices(pred, emb, stream, args.willingness_to_pay, args.latency_weight,
+                                            settings, args.feedback_rate, args.seed)
+    out = report(list(pred.models), stream, static, bandit, prop, explored, nodrift, reference, drifts, args.window)
+    out["bandit_state"] = stats
+    out["setup"] = {
+        "data": str(args.data), "requests": args.requests, "replayed_prompts": len(replay),
+        "router": args.router or f"trained here on {args.train_share:.0%} of the prompts (seed {args.seed})",
+        "willingness_to_pay": args.willingness_to_pay, "latency_weight": args.latency_weight,
+        "feedback_rate": args.feedback_rate, "seed": args.seed, "bandit": settings.__dict__,
+    }
+    return out
+
+
+def configure(parser) -> None:
+    parser.add_argument("--data", required=True, help="wide outcome table (parquet, CSV, JSONL)")
+    parser.add_argument("--requests", type=int, default=5000, help="length of the request stream")
+    parser.add_argument("--drift", action="append", metavar="SPEC",
+                        help="degrade:MODEL:FRACTION@K or add:MODEL@K; repeatable")
+    parser.add_argument("--out", required=True, help="JSON report path")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--router", default=None,
+                        help="router artifact to use (replays every prompt); default: train one on a split")
+    parser.add_argument("--train-share", type=float, default=0.5, help="share of prompts the router is trained on")
+    parser.add_argument("--text-column", default=None)
+    parser.add_argument("--willingness-to-pay", type=float, default=0.01, help="USD per +1.0 quality (the knob)")
+    parser.add_argument("--latency-weight", type=float, default=0.0)
+    parser.add_argument("--window", type=int, default=500, help="requests per reported window")
+    parser.add_argument("--feedback-rate", type=float, default=1.0, help="share of requests whose reward the bandit sees")
+    parser.add_argument("--explore-share", type=float, default=0.10)
+    parser.add_argument("--extra-cost-share", type=float, default=0.04)
+
+
+def run(args) -> int:
+    if args.requests <= 0:
+        raise ValueError("--requests must be positive")
+    if not 0.0 < args.train_share < 1.0:
+        raise ValueError("--train-share must lie strictly between 0 and 1")
+    out = simulate(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    t = out["totals"]
+    print(f"static: quality {t['static']['quality']:.4f} cost ${t['static']['cost']:.6f}/request | "
+          f"bandit: quality {t['bandit']['quality']:.4f} cost ${t['bandit']['cost']:.6f}/request "
+          f"({t['bandit_extra_cost_pct']:+.2f} % cost, {t['bandit_quality_delta_points']:+.2f} quality points, "
+          f"explored {t['bandit_explore_share']:.1%})")
+    for model, r in out.get("recovery", {}).items():
+        share = "n/a" if r["recovered_share"] is None else f"{r['recovered_share']:.0%}"
+        print(f"degraded {model}: from request {r['from_request']} the bandit regains {share} of the quality the static router lost")
+    print(f"wrote {args.out}")
+    return 0

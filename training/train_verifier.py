@@ -1,0 +1,113 @@
+"""Train the semantic-cache verifier on Quora Question Pairs.
+
+    python -m training.train_verifier [--pairs FILE] [--out models/cache_verifier]
+
+Split by question group (training/qqp.py): LightGBM fits on `train`, stops early and picks
+its threshold on `val` (the lowest threshold whose validation precision stays >= target +
+margin at every higher threshold), and `test` is scored once for the report. Pairs refused
+by the hard rules (numbers, negation, low cosine) are left out of training: the model never
+sees them at serving time.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from router.cache.features import SCALAR_NAMES, hard_mismatch, pair_features
+from training.qqp import default_pairs, embed_pairs, group_split, load_pairs, precision_recall
+
+log = logging.getLogger(__name__)
+MIN_COSINE = 0.6  # below this, validation duplicates are rare and never pass the threshold
+PARAMS = {
+    "objective": "binary",
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_data_in_leaf": 40,
+    "feature_fraction": 0.3,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "verbose": -1,
+    "num_threads": 2,
+    "seed": 7,
+}
+
+
+def choose_threshold(prob: np.ndarray, label: np.ndarray, precision: float) -> float:
+    """Lowest threshold at which precision over all higher thresholds stays >= `precision`."""
+    order = np.argsort(-prob)
+    p, y = prob[order], label[order].astype(bool)
+    tp = np.cumsum(y)
+    prec = tp / np.arange(1, len(y) + 1)
+    # From 50 accepted pairs on (fewer is noise), every stricter threshold must hold the precision too.
+    start = min(49, len(prec) - 1)
+    worst_above = np.minimum.accumulate(prec[start:])
+    ok = np.nonzero(worst_above >= precision)[0]
+    if len(ok) == 0:
+        raise ValueError(f"no threshold reaches precision {precision} on validation")
+    return float(p[start + ok[-1]])
+
+
+def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float = 0.01, rounds: int = 2000) -> dict:
+    import lightgbm as lgb
+
+    from router.cache.verifier import Verifier
+
+    df = load_pairs(pairs)
+    if "label" not in df.columns:
+        raise ValueError(f"{pairs}: training needs a label column")
+    split = group_split(df)
+    ea, eb = embed_pairs(df)
+    y = df["label"].to_numpy().astype(int)
+    X = pair_features(df["text_a"].tolist(), df["text_b"].tolist(), ea, eb)
+    cos = X[:, 0]
+    gated = np.array([hard_mismatch(a, b) for a, b in zip(df["text_a"], df["text_b"])]) | (cos < MIN_COSINE)
+    fit = (split == "train") & ~gated
+    stop = (split == "val") & ~gated
+    names = list(SCALAR_NAMES) + [f"absdiff_{i}" for i in range(ea.shape[1])] + [f"prod_{i}" for i in range(ea.shape[1])]
+    dtrain = lgb.Dataset(X[fit], y[fit], feature_name=names)
+    dval = lgb.Dataset(X[stop], y[stop], reference=dtrain)
+    booster = lgb.train(PARAMS, dtrain, rounds, valid_sets=[dval], callbacks=[lgb.early_stopping(100, verbose=False)])
+    booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+    prob = np.where(gated, 0.0, booster.predict(X, num_threads=2))
+    val = split == "val"
+    threshold = choose_threshold(prob[val], y[val], target_precision + margin)
+    report = {"threshold": threshold, "best_iteration": int(booster.current_iteration())}
+    for part in ("train", "val", "test"):
+        m = split == part
+        p, r = precision_recall(prob[m] >= threshold, y[m])
+        cp, cr = precision_recall(cos[m] >= 0.95, y[m])
+        report[part] = {"pairs": int(m.sum()), "precision": round(p, 4), "recall": round(r, 4),
+                        "cosine_0.95_precision": round(cp, 4), "cosine_0.95_recall": round(cr, 4)}
+    digest = hashlib.sha256(Path(pairs).read_bytes()).hexdigest()[:16]
+    meta = {
+        "trained_on": f"{Path(pairs).name} (sha256 {digest}), split by question group 70/15/15 (training/qqp.py)",
+        "target_precision": target_precision,
+        "margin": margin,
+        "features": names[: len(SCALAR_NAMES)] + ["|a-b| (384)", "a*b (384)"],
+        "metrics": report,
+    }
+    Verifier(booster=booster, threshold=threshold, min_cosine=MIN_COSINE, meta=meta).save(out)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="train the semantic-cache verifier on QQP pairs")
+    parser.add_argument("--pairs", type=Path, default=default_pairs())
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models" / "cache_verifier")
+    parser.add_argument("--target-precision", type=float, default=0.95)
+    parser.add_argument("--margin", type=float, default=0.01, help="extra validation precision required above the target")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    report = train(args.pairs, args.out, args.target_precision, args.margin)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
