@@ -38,15 +38,16 @@ from router.types import Candidate, Decision
 
 @dataclass(frozen=True)
 class BanditSettings:
-    explore_share: float = 0.10  # cap on the expected share of requests not given the greedy model
+    explore_share: float = 0.05  # cap on the expected share of requests not given the greedy model
     extra_cost_share: float = 0.04  # cap on the expected extra spend over the policy's own choices
     utility_margin: float = 0.02  # explore models whose optimistic utility is this close to the best
     z_explore: float = 1.0  # optimism, in posterior standard deviations, for the exploration set
     draws: int = 2000  # Monte Carlo draws per decision for the Thompson probabilities
     context_dim: int = 16  # random projection of the embedding, plus an intercept
-    prior_var: float = 0.02  # prior variance of each correction weight
+    prior_var: float = 0.005  # prior variance of each correction weight
+    shrink_z: float = 0.5  # corrections are soft-thresholded at this many posterior std
     noise_var: float = 0.25  # Bernoulli reward noise (at most 0.25)
-    forgetting: float = 0.998  # per-observation discount: slow drift fades old evidence
+    forgetting: float = 0.999  # per-observation discount: slow drift fades old evidence
     trust_after: float = 20.0  # observations after which the predictor's spread counts half
     cusum_slack: float = 0.15  # residual shift tolerated per observation
     cusum_threshold: float = 8.0  # accumulated shift that means the model changed
@@ -60,6 +61,7 @@ class _Arm:
     b: np.ndarray
     mean: np.ndarray
     cov: np.ndarray
+    prior_var: float = 0.005
     n_eff: float = 0.0
     cusum_pos: float = 0.0
     cusum_neg: float = 0.0
@@ -85,13 +87,26 @@ class _Pending:
 
 @dataclass
 class ContextualBandit:
+    """`basis` = (mean, projection) of the embedding, e.g. the predictor's PCA: the context
+    is the centred, unit-length embedding projected on its first `context_dim` columns.
+    Without one, a seeded random projection (centred on nothing) stands in."""
+
     settings: BanditSettings = field(default_factory=BanditSettings)
     embed_dim: int = 384
+    basis: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self):
         s = self.settings
         rng = np.random.default_rng(s.seed)
-        self._proj = rng.normal(size=(self.embed_dim, s.context_dim)) / np.sqrt(s.context_dim)
+        if self.basis is not None:
+            mean, proj = self.basis
+            self._center = np.asarray(mean, dtype=np.float64).reshape(-1)
+            self._proj = np.asarray(proj, dtype=np.float64)[:, : s.context_dim]
+            if self._proj.shape[1] < s.context_dim:
+                raise ValueError(f"basis has {self._proj.shape[1]} columns, the bandit needs {s.context_dim}")
+        else:
+            self._center = np.zeros(self.embed_dim)
+            self._proj = rng.normal(size=(self.embed_dim, s.context_dim)) / np.sqrt(s.context_dim)
         self._rng = np.random.default_rng(s.seed + 1)
         self._arms: dict[str, _Arm] = {}
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
@@ -106,30 +121,35 @@ class ContextualBandit:
         z = np.zeros(self.settings.context_dim + 1)
         z[0] = 1.0
         if embedding is not None:
-            e = np.asarray(embedding, dtype=np.float64).reshape(-1)[: self.embed_dim]
+            e = np.asarray(embedding, dtype=np.float64).reshape(-1)[: len(self._center)] - self._center
             norm = np.linalg.norm(e)
             if norm > 0:
                 z[1:] = (e / norm) @ self._proj[: len(e)]
         return z
 
-    def _prior(self) -> _Arm:
+    def _prior(self, prior_var: float) -> _Arm:
         d = self.settings.context_dim + 1
-        A = np.eye(d) / self.settings.prior_var
-        return _Arm(A=A, b=np.zeros(d), mean=np.zeros(d), cov=np.linalg.inv(A))
+        A = np.eye(d) / prior_var
+        return _Arm(A=A, b=np.zeros(d), mean=np.zeros(d), cov=np.linalg.inv(A), prior_var=prior_var)
 
-    def _arm(self, model: str) -> _Arm:
+    def _arm(self, model: str, p_std: float = 0.0) -> _Arm:
         arm = self._arms.get(model)
         if arm is None:
-            arm = self._arms[model] = self._prior()
+            # The correction may be as large as the predictor is unsure: tight for models
+            # the predictor knows, wide for one it has never seen (its prior std is large).
+            arm = self._arms[model] = self._prior(max(self.settings.prior_var, float(p_std) ** 2))
         return arm
 
     def posterior(self, models: Sequence[str], z: np.ndarray, p_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per model: correction mean and total quality std for context z."""
         with self._lock:
-            arms = [self._arm(m) for m in models]
+            arms = [self._arm(m, sd) for m, sd in zip(models, np.asarray(p_std).reshape(-1))]
             corr = np.array([z @ a.mean for a in arms])
             corr_var = np.array([z @ a.cov @ z for a in arms])
             trust = np.array([self.settings.trust_after / (self.settings.trust_after + a.n_eff) for a in arms])
+        # A correction steers only where it is clearly non-zero: noise in a few dozen
+        # rewards must not override a calibrated predictor, a real shift survives this.
+        corr = np.sign(corr) * np.maximum(np.abs(corr) - self.settings.shrink_z * np.sqrt(corr_var), 0.0)
         return corr, np.sqrt(np.asarray(p_std) ** 2 * trust + corr_var)
 
     # ---- choosing -------------------------------------------------------------------
@@ -234,10 +254,10 @@ class ContextualBandit:
             arm.cusum_pos = max(0.0, arm.cusum_pos + err - s.cusum_slack)
             arm.cusum_neg = max(0.0, arm.cusum_neg - err - s.cusum_slack)
             if max(arm.cusum_pos, arm.cusum_neg) > s.cusum_threshold:
-                fresh = self._prior()
+                fresh = self._prior(arm.prior_var)
                 fresh.resets = arm.resets + 1
                 arm = self._arms[model] = fresh
-            prior_A = np.eye(len(z)) / s.prior_var
+            prior_A = np.eye(len(z)) / arm.prior_var
             arm.A = s.forgetting * arm.A + (1 - s.forgetting) * prior_A + np.outer(z, z) / s.noise_var
             arm.b = s.forgetting * arm.b + z * (float(reward) - predicted_p_good) / s.noise_var
             arm.cov = np.linalg.inv(arm.A)

@@ -135,6 +135,30 @@ class ServerSection(_Strict):
     redis_url: str | None = None
 
 
+class BanditSection(_Strict):
+    """Exploration on top of the learned router (router/bandit.py)."""
+
+    enabled: bool = Field(default=False, description="explore with the contextual bandit and log propensities")
+    explore_share: float = Field(default=0.05, ge=0, le=1, description="most of the traffic not given the greedy model")
+    extra_cost_share: float = Field(default=0.04, ge=0, description="most extra predicted spend over the router's own choices")
+    utility_margin: float = Field(default=0.02, ge=0, description="explore models whose optimistic utility is this close to the best")
+    seed: int = 0
+
+
+class ShadowSection(_Strict):
+    """A candidate router deciding beside the live one; it never changes what the client gets."""
+
+    artifact: str | None = Field(default=None, description="candidate router artifact folder; None disables shadow mode")
+    call_share: float = Field(default=0.0, ge=0, le=1, description="share of requests on which the candidate's model is also called")
+    max_call_cost_usd: float = Field(default=1.0, ge=0, description="total spend cap for shadow calls per gateway process")
+
+
+class LearningSection(_Strict):
+    bandit: BanditSection = BanditSection()
+    shadow: ShadowSection = ShadowSection()
+    regenerate_window_s: float = Field(default=120.0, ge=0, description="same prompt again within this window = the first answer failed")
+
+
 class Config(_Strict):
     models: list[ModelSpec]
     providers: dict[str, ProviderSpec]
@@ -142,6 +166,7 @@ class Config(_Strict):
     reliability: ReliabilitySection = ReliabilitySection()
     cache: CacheSection = CacheSection()
     server: ServerSection = ServerSection()
+    learning: LearningSection = LearningSection()
     source: str | None = Field(default=None, exclude=True, description="path of the file this was read from")
 
     @field_validator("models")

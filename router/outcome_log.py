@@ -14,7 +14,7 @@ import queue
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
@@ -71,7 +71,7 @@ _SQL_TYPES = {
 
 
 def to_row(record: OutcomeRecord) -> dict[str, Any]:
-    row = asdict(record)
+    row = {name: getattr(record, name) for name in COLUMNS}  # shallow: asdict's deep copy is wasted work here
     for name in _JSON_FIELDS:
         row[name] = None if row[name] is None else json.dumps(row[name], default=str)
     for name in _BOOL_FIELDS:
@@ -152,8 +152,16 @@ def _sqlite_store(url: str) -> SQLiteStore:
     return SQLiteStore(path)
 
 
+def _postgres_store(url: str) -> OutcomeStore:
+    from router.outcome_store_pg import PostgresStore
+
+    return PostgresStore(url)
+
+
 # URL scheme -> store factory. A server backend adds its scheme here.
-STORES: dict[str, Callable[[str], OutcomeStore]] = {"sqlite": _sqlite_store}
+STORES: dict[str, Callable[[str], OutcomeStore]] = {
+    "sqlite": _sqlite_store, "postgresql": _postgres_store, "postgres": _postgres_store,
+}
 
 
 def open_store(url: str) -> OutcomeStore:

@@ -16,6 +16,7 @@ from service.gateway import Gateway, build_gateway, load_router
 from service.governance import api_admin, api_ui
 from service.governance.hook import GovernanceHook
 from service.governance.runtime import Governance
+from service.hooks.cache_hook import CacheHook
 from service.hooks.outcome_hook import OutcomeHook
 from service.pipeline import Hook
 from service.providers.base import Provider
@@ -33,6 +34,7 @@ def pipeline_hooks(config: Config, outcome_log: OutcomeLog, simulated: frozenset
         OutcomeHook(outcome_log, config.server.prompt_storage, simulated),
         *([GovernanceHook(governance)] if governance is not None else []),
         *extra,
+        *([CacheHook.from_config(config)] if config.cache.enabled else []),
     ]
 
 

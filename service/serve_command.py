@@ -34,17 +34,29 @@ def run(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.simulator import attach_simulator
 
-    config = load_config(args.config or default_config_path())
+    from service.presets import build_preset_config
+
+    # No --config: real providers for the keys in the environment, else the simulated demo.
+    config = load_config(args.config) if args.config else (build_preset_config() or load_config(default_config_path()))
     server = config.server.model_copy(update={k: v for k, v in (("db", args.db), ("host", args.host), ("port", args.port)) if v is not None})
     config = config.model_copy(update={"server": server})
+
+    from service.governance.runtime import Governance
+
+    governance = Governance.from_config(config)
+    # Without any key the gateway is open: it says so, and refuses a non-loopback address.
+    notice = governance.startup_check(server.host)
+    (log.warning if governance.open_mode() else log.info)("%s", notice)
     config, stop_simulator = attach_simulator(config)
     simulated = frozenset(m.name for m in config.models if config.providers[m.provider].kind == "simulated")
     if simulated:
         log.info("demo mode: %d simulated models (%s) answered by the local simulator at %s; they are labelled "
                  "simulated in /v1/models and the outcome log", len(simulated), ", ".join(sorted(simulated)),
                  next(p.base_url for p in config.providers.values() if p.kind == "simulated"))
-    app = create_app(config, simulated=simulated)
-    sock = socket.socket(socket.AF_INET6 if ":" in server.host else socket.AF_INET, socket.SOCK_STREAM)
+    app = create_app(config, simulated=simulated, governance=governance)
+    # proto=IPPROTO_TCP: asyncio only sets TCP_NODELAY on sockets that say they are TCP; without
+    # it a response's header and body writes meet Nagle + delayed ACK (+40 ms per request).
+    sock = socket.socket(socket.AF_INET6 if ":" in server.host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((server.host, server.port))
     port = sock.getsockname()[1]

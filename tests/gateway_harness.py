@@ -22,7 +22,7 @@ from router.types import Constraints, Decision, LiveStats, RoutingRequest
 
 def serve(app: Any) -> tuple[str, Callable[[], None]]:
     """uvicorn with lifespan on (so shutdown flushes the outcome log) in a thread; free port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY, see serve_command
     sock.bind(("127.0.0.1", 0))
     sock.listen(256)
     port = sock.getsockname()[1]

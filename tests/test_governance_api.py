@@ -107,7 +107,7 @@ def test_admin_api_needs_the_master_key(env):
 def test_key_lifecycle_over_http(env):
     gw, admin, *_ = env
     key, secret = new_key(admin, name="ci-bot", team="infra", project="router", user="ana")
-    assert "secret" not in json.dumps(admin.get("/admin/keys").json()) or secret not in admin.get("/admin/keys").text
+    assert secret not in admin.get("/admin/keys").text
     assert secret not in admin.get(f"/admin/keys/{key['id']}").text
     resp = chat(client(gw, secret))
     assert resp.http_response.status_code == 200 and resp.parse().model == "m1"
@@ -115,11 +115,8 @@ def test_key_lifecycle_over_http(env):
     with pytest.raises(openai.AuthenticationError) as wrong:
         chat(client(gw, secret[:-2] + "zz"))
     assert wrong.value.body["code"] == "invalid_api_key"
-    with pytest.raises(openai.AuthenticationError) as missing:
-        httpx.post(f"{gw.base_url}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "x"}]}).raise_for_status()
     r = httpx.post(f"{gw.base_url}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
-    del missing
 
     rotated = admin.post(f"/admin/keys/{key['id']}/rotate", json={}).json()
     new_secret = rotated["secret"]
@@ -279,17 +276,20 @@ def test_secrets_never_in_logs_errors_or_metrics(env, caplog):
 def test_alerts_fire_once_per_crossing(env):
     gw, admin, gov, up, hook = env
     key, secret = new_key(admin, name="alerted")
-    admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 0.004})
+    # No soft threshold here: m1 answers ~$0.0011 against a prediction of ~$0.0005, so the
+    # last admitted request overshoots and the 100 % crossing happens too.
+    admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 0.004,
+                                       "soft_threshold": 1.0})
     c = client(gw, secret)
     n = 0
     with pytest.raises(openai.APIStatusError):
         for _ in range(60):
-            chat(c, model="m1")
+            chat(c)
             n += 1
             settled(admin, n)
     for _ in range(3):  # more refused requests must not re-fire anything
         with pytest.raises(openai.APIStatusError):
-            chat(c, model="m1")
+            chat(c)
     budget_alerts = wait_for(lambda: [a for a in hook.received if a["kind"] == "budget"] if len(
         [a for a in hook.received if a["kind"] == "budget"]) >= 3 else None)
     time.sleep(0.3)
@@ -321,7 +321,7 @@ def test_open_mode_only_on_loopback(tmp_path):
             gov.startup_check("0.0.0.0")
         gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)
         try:
-            assert chat(client(gw, "anything-or-nothing")).http_response.status_code == 401
+            assert chat(client(gw, "any-sdk-placeholder")).http_response.status_code == 200
             r = httpx.post(f"{gw.base_url}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "x"}]})
             assert r.status_code == 200
             assert httpx.get(f"{gw.url}/admin/keys").json()["error"]["code"] == "admin_disabled"

@@ -242,3 +242,24 @@ def test_redis_circuit_breaker_shared(redis_url):
     assert a.state("m") == "closed"
     a.failure("x", retry_after_s=5)
     assert b.state("x") == "blocked"
+
+
+def test_outcome_log_in_postgres(pg_url):
+    """The gateway's outcome log through its store seam, in PostgreSQL, read back for training."""
+    from router.outcome_log import OutcomeRecord, open_outcome_log, read_outcomes
+
+    log = open_outcome_log(pg_url)
+    records = [OutcomeRecord(request_id=f"r{i}", ts=1000.0 + i, chosen_model="m1", cost_usd=0.001 * i,
+                             candidates=[{"model": "m1", "p_good": 0.9}], embedding=b"\x00\x01", stream=bool(i % 2))
+               for i in range(5)]
+    for r in records:
+        log.write(r)
+    log.write(OutcomeRecord(request_id="r4", ts=1004.0, chosen_model="m2", cost_usd=0.5))  # same id: replaced
+    rows = log.read()
+    assert [r["request_id"] for r in rows] == ["r0", "r1", "r2", "r3", "r4"]
+    assert rows[1]["candidates"] == [{"model": "m1", "p_good": 0.9}] and rows[1]["stream"] is True
+    assert rows[0]["embedding"] == b"\x00\x01"
+    assert log.get("r4")["chosen_model"] == "m2"
+    log.close()
+    frame = read_outcomes(pg_url, since=1002.0)
+    assert list(frame["request_id"]) == ["r2", "r3", "r4"]

@@ -55,6 +55,31 @@ def parse_drift(spec: str) -> Drift:
     raise ValueError(f"drift {spec!r}: expected degrade:MODEL:FRACTION@K (FRACTION in [0, 1]) or add:MODEL@K")
 
 
+def _added_summary(j: int, stream: Stream, static: np.ndarray, bandit: np.ndarray, start: int) -> dict:
+    """Where the added model got traffic, and whether it deserved it on those requests."""
+    n = len(stream.rows)
+    idx = np.arange(start, n)
+    picked = idx[bandit[idx] == j]
+    switched = picked[static[picked] != j]  # the bandit chose it, the static router did not
+    later = np.arange(min(start + 1000, n), n)
+    by_task = {}
+    if stream.task is not None and len(later):
+        for t in np.unique(stream.task[later]):
+            rows = later[stream.task[later] == t]
+            by_task[str(t)] = {"bandit_share": float(np.mean(bandit[rows] == j)), "static_share": float(np.mean(static[rows] == j)),
+                               "quality_of_added_model": float(stream.quality[rows, j].mean())}
+    return {
+        "first_routed_at": int(picked[0]) if len(picked) else None,
+        "bandit_share_first_1000": float(np.mean(bandit[start:start + 1000] == j)) if start < n else 0.0,
+        "by_task_after_1000": by_task,
+        "where_only_bandit_chose_it": {
+            "requests": int(len(switched)),
+            "added_model_quality": float(stream.quality[switched, j].mean()) if len(switched) else None,
+            "static_choice_quality": float(stream.quality[switched, static[switched]].mean()) if len(switched) else None,
+        },
+    }
+
+
 @dataclass
 class Stream:
     """The replayed world: per request i and model j, what would happen."""
@@ -100,12 +125,12 @@ def static_choices(pred, stream: Stream, wtp: float, latency_weight: float) -> n
 
 
 def bandit_choices(pred, embeddings: np.ndarray, stream: Stream, wtp: float, latency_weight: float,
-                   settings, feedback_rate: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+                   settings, feedback_rate: float, seed: int, basis=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Sequential bandit run: choices, their propensities, whether each explored, final stats."""
     from router.bandit import ContextualBandit
     from router.policy import utility
 
-    bandit = ContextualBandit(settings, embed_dim=embeddings.shape[1])
+    bandit = ContextualBandit(settings, embed_dim=embeddings.shape[1], basis=basis)
     rng = np.random.default_rng(seed + 2)
     n = len(stream.rows)
     chosen = np.zeros(n, dtype=int)
@@ -170,6 +195,8 @@ def report(models: list[str], stream: Stream, static: np.ndarray, bandit: np.nda
     totals["min_propensity"] = float(propensity.min())
     out = {"windows": windows, "totals": totals, "drift": [d.__dict__ for d in drifts]}
     for d in drifts:
+        if d.kind == "add":
+            out.setdefault("added", {})[d.model] = _added_summary(models.index(d.model), stream, static, bandit, d.start)
         if d.kind == "degrade":
             after = slice(min(d.start + 1000, n), n)
             if after.start < n:
@@ -212,7 +239,8 @@ def learned_predictions(table, router_path: str | None, train_share: float, seed
         predictor = OutcomePredictor(seed=seed).fit(X[train], table.subset(train).restrict_models(known),
                                                     groups=inv[train])
     pred = predictor.predict(X[replay], table.input_tokens[replay], models=table.models, prices=prices)
-    return pred, table.subset(replay), emb[replay]
+    basis = (predictor.pca_mean, predictor.pca_proj) if predictor.pca_proj is not None else None
+    return pred, table.subset(replay), emb[replay], basis
 
 
 def simulate(args) -> dict:
@@ -225,14 +253,14 @@ def simulate(args) -> dict:
     if table.cost is None:
         raise ValueError(f"{args.data}: simulate needs recorded costs (cost_usd__<model> columns)")
     new_models = [d.model for d in drifts if d.kind == "add"]
-    pred, replay, emb = learned_predictions(table, args.router, args.train_share, args.seed, new_models)
+    pred, replay, emb, basis = learned_predictions(table, args.router, args.train_share, args.seed, new_models)
     stream = build_stream(replay, args.requests, drifts, args.seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS)
     nodrift = build_stream(replay, args.requests, drifts, args.seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS, apply_drift=False)
     static = static_choices(pred, stream, args.willingness_to_pay, args.latency_weight)
     reference = static_choices(pred, nodrift, args.willingness_to_pay, args.latency_weight)
     settings = BanditSettings(explore_share=args.explore_share, extra_cost_share=args.extra_cost_share, seed=args.seed)
     bandit, prop, explored, stats = bandit_choices(pred, emb, stream, args.willingness_to_pay, args.latency_weight,
-                                            settings, args.feedback_rate, args.seed)
+                                            settings, args.feedback_rate, args.seed, basis)
     out = report(list(pred.models), stream, static, bandit, prop, explored, nodrift, reference, drifts, args.window)
     out["bandit_state"] = stats
     out["setup"] = {
@@ -259,7 +287,7 @@ def configure(parser) -> None:
     parser.add_argument("--latency-weight", type=float, default=0.0)
     parser.add_argument("--window", type=int, default=500, help="requests per reported window")
     parser.add_argument("--feedback-rate", type=float, default=1.0, help="share of requests whose reward the bandit sees")
-    parser.add_argument("--explore-share", type=float, default=0.10)
+    parser.add_argument("--explore-share", type=float, default=0.05)
     parser.add_argument("--extra-cost-share", type=float, default=0.04)
 
 

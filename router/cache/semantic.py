@@ -41,9 +41,7 @@ class Bucket:
             inner.hnsw.efSearch = HNSW_EF_SEARCH
         else:
             inner = faiss.IndexFlatIP(self.dim)
-        index = faiss.IndexIDMap2(inner)
-        index.inner = inner  # the map does not own `inner`: keep its Python wrapper alive as long as the map
-        return index
+        return faiss.IndexIDMap2(inner)  # faiss's wrapper keeps a reference to `inner`
 
     def __len__(self) -> int:
         return len(self.live)

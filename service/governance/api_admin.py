@@ -249,13 +249,11 @@ async def recent_alerts(gov: Governance = Depends(require_master)) -> JSONRespon
 
 def dashboard_document(gov: Governance, since_s: float = 7 * 86400) -> dict[str, Any]:
     since = time.time() - since_s
-    span = time.time() - since
-    bucket = 3600.0 if span <= 3 * 86400 else 86400.0
     return {
         "generated_at": time.time(),
         "summary": gov.attribution.summary(since),
-        "spend_by_model": gov.attribution.timeseries("model", since, bucket),
-        "spend_by_key": gov.attribution.timeseries("key", since, bucket),
+        "spend_by_model": gov.attribution.timeseries("model", since),
+        "spend_by_key": gov.attribution.timeseries("key", since),
         "routing": gov.attribution.spend(["model"], since),
         "budgets": budget_report(gov),
         "forecast": gov.attribution.forecast(),

@@ -164,12 +164,18 @@ class Attribution:
             "method": f"least-squares line through the daily spend of the last {n} day(s), projected to month end",
         }
 
-    def timeseries(self, dim: str, since: float | None = None, bucket_s: float = 3600.0) -> dict[str, Any]:
-        """Spend per time bucket for each value of `dim` (model or key): the dashboard's chart."""
+    def timeseries(self, dim: str, since: float | None = None, bucket_s: float | None = None) -> dict[str, Any]:
+        """Spend per time bucket for each value of `dim` (model or key): the dashboard's chart.
+
+        Without `bucket_s`, the smallest round bucket that keeps the chart within ~48 points.
+        """
         col = DIMENSIONS[dim] if dim != "key" else "key_name"
         where, params = _where(since, None, None)
         with self.db.tx() as tx:
             rows = tx.all(f"SELECT ts, {col} AS series, cost_nusd FROM gov_spend{where}", params)
+        if bucket_s is None:
+            span = (max(r["ts"] for r in rows) - min(r["ts"] for r in rows)) if rows else 0.0
+            bucket_s = next((b for b in (60.0, 300.0, 900.0, 3600.0, 21600.0) if span / b <= 48), 86400.0)
         buckets: dict[float, dict[str, float]] = {}
         for r in rows:
             b = (r["ts"] // bucket_s) * bucket_s

@@ -25,9 +25,15 @@ from service.pipeline import RequestContext
 
 log = logging.getLogger(__name__)
 
-# Prompt tokens are estimated from characters before the call; the bill counts real tokens.
+# Prompt tokens are estimated from characters before the call; the bill counts real tokens,
+# with a few per message for roles and separators (OpenAI: ~4) and some for the reply priming.
 INPUT_MARGIN = 1.25
+TOKENS_PER_MESSAGE = 8
+TOKENS_PER_REQUEST = 16
 OPEN_MODE_TTL_S = 2.0
+# How long a request whose budget is tied up by in-flight reservations waits for them to settle.
+RESERVE_WAIT_S = 5.0
+RESERVE_POLL_S = 0.05
 
 
 @dataclass
@@ -79,17 +85,18 @@ class GovernanceHook:
 
     async def pre(self, ctx: RequestContext) -> dict[str, Any] | None:
         secret = presented_secret(ctx.headers)
-        if secret is None:
-            if await self._open_mode():
-                ctx.extras["governance"] = GovState(None, "open")
-                return None
-            raise self._refuse(401, "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
-                               "missing_api_key", "missing_key")
         master = self.gov.settings.master_key
-        if master is not None and hmac.compare_digest(secret.encode(), master.encode()):
+        if secret is not None and master is not None and hmac.compare_digest(secret.encode(), master.encode()):
             ctx.key_label = "master"
             ctx.extras["governance"] = GovState(None, "master")
             return None
+        if await self._open_mode():
+            # SDKs always send some key; with no key configured anywhere, none is checked.
+            ctx.extras["governance"] = GovState(None, "open")
+            return None
+        if secret is None:
+            raise self._refuse(401, "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+                               "missing_api_key", "missing_key")
         key, status = await asyncio.to_thread(self.gov.keys.authenticate, secret)
         if key is None:
             raise self._refuse(401, "Incorrect API key provided.", "invalid_api_key", "invalid_key")
@@ -144,21 +151,17 @@ class GovernanceHook:
         usage = self.gov.ledger.usage(lines)
         headroom: int | None = None
         for line in lines:
-            used = self._used(usage, line)
-            room = line.limit_nusd - used
+            # Settled spend decides here: in-flight reservations are worst cases that settle lower.
+            spent = usage[line.counter].spent_nusd if line.counter in usage else 0
+            room = line.limit_nusd - spent
             if room <= 0:
                 raise self._refuse(402, f"Budget exceeded: the {line.label} (${line.limit_nusd / 1e9:.4f}) is used up.",
                                    "budget_exceeded", "budget")
-            headroom = room if headroom is None else min(headroom, room)
-            if used >= line.soft_threshold * line.limit_nusd:
+            if headroom is None or room < headroom:
+                headroom, tightest = room, line
+            if spent >= line.soft_threshold * line.limit_nusd:
                 state.soft.append(line.label)
-        tightest = min(lines, key=lambda ln: ln.limit_nusd - self._used(usage, ln))
         self._tighten(ctx, key, headroom, bool(state.soft), tightest.label)
-
-    @staticmethod
-    def _used(usage: dict, line: Line) -> int:
-        u = usage.get(line.counter)
-        return (u.spent_nusd + u.reserved_nusd) if u else 0
 
     def _tighten(self, ctx: RequestContext, key: VirtualKey | None, headroom_nusd: int | None, soft: bool,
                  label: str = "") -> None:
@@ -199,9 +202,12 @@ class GovernanceHook:
         """(predicted, maximum) cost in nano-USD of what this request may be billed."""
         specs = {m.name: m for m in self.gov.config.models}
 
+        messages = ctx.body.get("messages") or ()
+        input_max = ctx.routing.input_tokens * INPUT_MARGIN + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REQUEST
+
         def most(spec: ModelSpec) -> float:
             out = min(ctx.routing.max_output_tokens or spec.max_output_tokens, spec.max_output_tokens)
-            return spec.price.cost(ctx.routing.input_tokens * INPUT_MARGIN, out)
+            return spec.price.cost(input_max, out)
 
         decision = ctx.decision
         if decision is None:
@@ -227,18 +233,27 @@ class GovernanceHook:
                                "request_cost_ceiling", "request_ceiling")
         if not state.lines:
             return
-        res = await asyncio.to_thread(self.gov.ledger.reserve, state.lines, predicted, maximum)
-        if res.ok:
-            state.reservation = res
-            return
-        line, room = res.refused, res.headroom_nusd or 0
-        if room >= predicted and room > 0:
-            # Fits the prediction but another nearly-last request is settling: retry shortly.
-            raise self._refuse(429, f"The {line.label} is nearly used up ({_usd(room)} left) and another request is "
-                               "settling against it; retry in a second.", "budget_nearly_exhausted", "budget_busy",
-                               {"retry-after": "1"})
-        raise self._refuse(402, f"Budget exceeded: the {line.label} (${line.limit_nusd / 1e9:.4f}) has {_usd(max(room, 0))} "
-                           f"left; this request is predicted to cost {_usd(predicted)}.", "budget_exceeded", "budget")
+        waited = 0.0
+        while True:
+            res = await asyncio.to_thread(self.gov.ledger.reserve, state.lines, predicted, maximum)
+            if res.ok:
+                state.reservation = res
+                return
+            line, room = res.refused, res.headroom_nusd or 0
+            usage = await asyncio.to_thread(self.gov.ledger.usage, [line])
+            settled_room = line.limit_nusd - usage[line.counter].spent_nusd if line.counter in usage else line.limit_nusd
+            if settled_room < predicted or settled_room <= 0:
+                raise self._refuse(402, f"Budget exceeded: the {line.label} (${line.limit_nusd / 1e9:.4f}) has "
+                                   f"{_usd(max(settled_room, 0))} left; this request is predicted to cost {_usd(predicted)}.",
+                                   "budget_exceeded", "budget")
+            # The budget would fit this request once in-flight requests settle (their reservations
+            # are worst cases): wait for them a little, then ask the client to retry.
+            if waited >= RESERVE_WAIT_S:
+                raise self._refuse(429, f"The {line.label} is tied up by requests in flight ({_usd(max(room, 0))} free "
+                                   "until they settle); retry in a second.", "budget_busy", "budget_busy",
+                                   {"retry-after": "1"})
+            await asyncio.sleep(RESERVE_POLL_S)
+            waited += RESERVE_POLL_S
 
     # ---- post: settle to the real cost, attribute, alert ---------------------------------
 

@@ -1,0 +1,213 @@
+"""Gateway overhead: latency added over calling the upstream directly, streaming TTFT, and
+requests/s at 1, 16 and 64 concurrent clients.
+
+Three processes, so the load generator does not share an interpreter with what it measures:
+the built-in simulator with its latencies scaled to zero, `openclaw-router serve`
+with a catalog of the 11 demo model names all pointing at that upstream, and this script's
+async httpx clients. `auto` rows include the routing decision (prompt embedding + LightGBM +
+policy) with the shipped artifact; `named` rows bypass routing.
+
+    python bench/bench_gateway.py [--requests 400] [--artifact models/default] [--out bench/results/gateway.json]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a Python function that checks whether a number is prime.",
+    "Explain the difference between TCP and UDP in two sentences.",
+    "Solve for x: 3x + 7 = 22.",
+    "Summarise the causes of the First World War.",
+    "Translate 'good morning, how are you?' into Spanish.",
+    "What does the SQL keyword HAVING do?",
+    "Give me three names for a bakery.",
+]
+
+
+def serve_upstream() -> None:
+    """The built-in simulator with its latencies scaled to zero: an upstream that answers at once."""
+    import socket
+
+    import uvicorn
+
+    from service.simulator import Simulator
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    print(f"http://127.0.0.1:{sock.getsockname()[1]}/v1", flush=True)
+    uvicorn.Server(uvicorn.Config(Simulator(time_scale=0.0).app, log_level="warning", access_log=False)).run(sockets=[sock])
+
+
+def start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
+    line = proc.stdout.readline().strip()
+    if not line:
+        proc.kill()
+        raise RuntimeError(f"{cmd} did not start")
+    return proc, line
+
+
+def gateway_config(upstream: str, artifact: Path, db: str) -> dict:
+    demo = yaml.safe_load((REPO / "service" / "default_config.yaml").read_text())
+    for m in demo["models"]:
+        m["provider"] = "upstream"
+    return {
+        "providers": {"upstream": {"kind": "openai", "base_url": upstream, "timeout_s": 30, "max_connections": 256}},
+        "models": demo["models"],
+        "router": {"artifact": str(artifact)},
+        "server": {"db": db, "prompt_storage": "hash"},
+        "cache": {"enabled": False},
+    }
+
+
+def body(i: int, model: str, stream: bool) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)] + f" (#{i})"}], "stream": stream}
+
+
+async def one(client: httpx.AsyncClient, url: str, payload: dict) -> tuple[float, float]:
+    """(total latency, time to the first content chunk or the full answer) in seconds."""
+    t0 = time.perf_counter()
+    if not payload["stream"]:
+        r = await client.post(url, json=payload)
+        r.raise_for_status()
+        t = time.perf_counter() - t0
+        return t, t
+    ttft = None
+    async with client.stream("POST", url, json=payload) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if ttft is None and line.startswith("data: ") and '"content":"' in line.replace(" ", "") and '"content":""' not in line.replace(" ", ""):
+                ttft = time.perf_counter() - t0
+    return time.perf_counter() - t0, ttft or float("nan")
+
+
+async def sequential(url: str, model: str, stream: bool, n: int) -> np.ndarray:
+    async with httpx.AsyncClient(timeout=30) as client:
+        for i in range(20):  # warm-up: connections, the embedder, the boosters
+            await one(client, url, body(i, model, stream))
+        return np.array([await one(client, url, body(i, model, stream)) for i in range(n)])
+
+
+async def throughput(url: str, model: str, clients: int, seconds: float) -> float:
+    """Completed requests/s with `clients` concurrent clients, each with its own connection
+    (one shared httpx pool of 64 connections would measure the pool, not the servers)."""
+    done = 0
+    deadline = 0.0
+
+    async def worker(k: int) -> None:
+        nonlocal done
+        async with httpx.AsyncClient(timeout=60) as client:
+            await one(client, url, body(k, model, False))
+            await ready.wait()
+            i = k
+            while time.perf_counter() < deadline:
+                await one(client, url, body(i, model, False))
+                done += 1
+                i += clients
+
+    ready = asyncio.Event()
+    tasks = [asyncio.create_task(worker(k)) for k in range(clients)]
+    await asyncio.sleep(0.5)  # every worker connected and warm
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    ready.set()
+    await asyncio.gather(*tasks)
+    return done / (time.perf_counter() - t0)
+
+
+def server_side_overhead(db: str, since: float) -> dict:
+    """Per request, the gateway's own time: handler latency minus the upstream attempts, as logged.
+    Unlike the client-side difference it excludes the extra process hop, which on a loaded machine
+    is mostly the OS scheduler's time."""
+    from router.outcome_log import read_outcomes
+
+    log = read_outcomes(db, since=since)
+    log = log[log.status == "ok"]
+    upstream = log.attempts.map(lambda a: sum(x.get("latency_s") or 0.0 for x in a))
+    rows = {}
+    for label, part in (("named", log.profile.isna()), ("auto", log.profile.notna())):
+        own = (log.latency_s - upstream)[part & ~log.stream].to_numpy()
+        if len(own):
+            rows[label] = {"p50": ms(own, 50), "p99": ms(own, 99), "n": int(len(own))}
+    return rows
+
+
+def ms(x: np.ndarray, q: float) -> float:
+    return round(float(np.nanpercentile(x, q)) * 1000, 2)
+
+
+async def measure(upstream: str, gateway: str, n: int, seconds: float, routed: bool, db: str) -> dict:
+    direct_url = f"{upstream}/chat/completions"
+    gw_url = f"{gateway}/v1/chat/completions"
+    rows: dict = {"latency_ms": {}, "ttft_ms": {}, "rps": {}}
+    targets = [("direct", direct_url, "gpt-3.5-turbo-1106"), ("named", gw_url, "gpt-3.5-turbo-1106")]
+    if routed:
+        targets.append(("auto", gw_url, "auto"))
+    for label, url, model in targets:
+        since = time.time()
+        plain = await sequential(url, model, False, n)
+        if label != "direct":
+            rows.setdefault("server_side_overhead_ms", {}).update(server_side_overhead(db, since))
+        streamed = await sequential(url, model, True, n)
+        rows["latency_ms"][label] = {"p50": ms(plain[:, 0], 50), "p99": ms(plain[:, 0], 99)}
+        rows["ttft_ms"][label] = {"p50": ms(streamed[:, 1], 50), "p99": ms(streamed[:, 1], 99)}
+        rows["rps"][label] = {str(c): round(await throughput(url, model, c, seconds), 1) for c in (1, 16, 64)}
+    for label in [t[0] for t in targets if t[0] != "direct"]:
+        rows.setdefault("added_ms", {})[label] = {
+            "latency_p50": round(rows["latency_ms"][label]["p50"] - rows["latency_ms"]["direct"]["p50"], 2),
+            "latency_p99": round(rows["latency_ms"][label]["p99"] - rows["latency_ms"]["direct"]["p99"], 2),
+            "ttft_p50": round(rows["ttft_ms"][label]["p50"] - rows["ttft_ms"]["direct"]["p50"], 2),
+        }
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=400, help="sequential requests per latency measurement")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput measurement")
+    parser.add_argument("--artifact", default=str(REPO / "models" / "default"))
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "gateway.json"))
+    parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_upstream:
+        serve_upstream()
+        return 0
+    artifact = Path(args.artifact).resolve()
+    routed = (artifact / "manifest.json").exists()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        upstream_proc, upstream = start([sys.executable, __file__, "--serve-upstream"], env)
+        config = Path(tmp) / "bench.yaml"
+        db = f"sqlite:///{tmp}/outcomes.sqlite"
+        config.write_text(yaml.safe_dump(gateway_config(upstream, artifact, db)))
+        gw_proc, line = start([sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", "0"], env)
+        gateway = line.split()[3]
+        try:
+            rows = asyncio.run(measure(upstream, gateway, args.requests, args.seconds, routed, db))
+        finally:
+            for proc in (gw_proc, upstream_proc):
+                proc.terminate()
+                proc.wait(30)
+    result = {"cpu_count": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()], "requests": args.requests, "artifact": str(artifact) if routed else None, **rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

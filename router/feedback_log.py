@@ -1,0 +1,161 @@
+"""Feedback and shadow decisions, stored beside the outcome log (same SQLite file).
+
+Two tables next to `outcomes`:
+
+* `feedback` — one row per signal about a request: explicit (a client's score or thumbs via
+  `POST /v1/feedback`) or implicit (an upstream error, an empty or truncated answer, the
+  client regenerating the same prompt). Several rows may exist for one request; readers
+  take explicit over implicit, latest first (`latest_rewards`).
+* `shadow_decisions` — what a candidate router would have chosen on each live request,
+  with the predictions of both routers, and the shadow call's outcome when one was made.
+
+Writes are small and rare next to the outcome log's, so they go straight to SQLite (WAL
+mode, so the gateway and a reporting job can use the file at the same time).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FEEDBACK_COLUMNS = ("request_id", "ts", "score", "source", "signal", "label", "comment")
+SHADOW_COLUMNS = (
+    "request_id", "ts", "profile", "live_model", "shadow_model", "agree", "live_candidate", "shadow_candidate",
+    "shadow_on_live_choice", "shadow_propensity", "called", "call_status", "call_cost_usd", "call_latency_s",
+    "call_output_chars",
+)
+
+
+@dataclass(frozen=True)
+class Feedback:
+    request_id: str
+    score: float  # reward in [0, 1]
+    source: str = "explicit"  # explicit | implicit
+    signal: str = "score"  # score | thumbs | error | empty | truncated | regenerated
+    label: str | None = None
+    comment: str | None = None
+    ts: float = field(default_factory=time.time)
+
+
+@dataclass
+class ShadowRecord:
+    request_id: str
+    profile: str | None
+    live_model: str
+    shadow_model: str
+    live_candidate: dict[str, Any]  # the live router's prediction for its own choice
+    shadow_candidate: dict[str, Any]  # the shadow router's prediction for its choice
+    shadow_on_live_choice: dict[str, Any] | None  # the shadow router's prediction for the live choice
+    shadow_propensity: float = 1.0
+    called: bool = False
+    call_status: str | None = None
+    call_cost_usd: float | None = None
+    call_latency_s: float | None = None
+    call_output_chars: int | None = None
+    ts: float = field(default_factory=time.time)
+
+    @property
+    def agree(self) -> bool:
+        return self.live_model == self.shadow_model
+
+
+def sqlite_path(url: str) -> Path:
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):])
+    if url.startswith("sqlite://") and len(url) > len("sqlite://"):
+        return Path(url[len("sqlite://"):])
+    raise ValueError(f"feedback and shadow logs live beside a SQLite outcome log; {url!r} is not sqlite:///PATH")
+
+
+_JSON = ("live_candidate", "shadow_candidate", "shadow_on_live_choice")
+
+
+class FeedbackLog:
+    def __init__(self, url: str):
+        path = sqlite_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock, self._conn:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, "
+                "ts REAL, score REAL, source TEXT, signal TEXT, label TEXT, comment TEXT)")
+            self._conn.execute("CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id)")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS shadow_decisions (request_id TEXT PRIMARY KEY, ts REAL, profile TEXT, "
+                "live_model TEXT, shadow_model TEXT, agree INTEGER, live_candidate TEXT, shadow_candidate TEXT, "
+                "shadow_on_live_choice TEXT, shadow_propensity REAL, called INTEGER, call_status TEXT, "
+                "call_cost_usd REAL, call_latency_s REAL, call_output_chars INTEGER)")
+
+    def add_feedback(self, fb: Feedback) -> None:
+        row = asdict(fb)
+        with self._lock, self._conn:
+            self._conn.execute(
+                f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join('?' for _ in FEEDBACK_COLUMNS)})",
+                [row[c] for c in FEEDBACK_COLUMNS])
+
+    def feedback(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM feedback", []
+        if request_id is not None:
+            sql, args = sql + " WHERE request_id = ?", [request_id]
+        with self._lock:
+            return [dict(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+
+    def add_shadow(self, rec: ShadowRecord) -> None:
+        row = {**asdict(rec), "agree": int(rec.agree), "called": int(rec.called)}
+        for c in _JSON:
+            row[c] = None if row[c] is None else json.dumps(row[c])
+        with self._lock, self._conn:
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO shadow_decisions ({', '.join(SHADOW_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in SHADOW_COLUMNS)})", [row[c] for c in SHADOW_COLUMNS])
+
+    def shadows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [dict(r) for r in self._conn.execute("SELECT * FROM shadow_decisions ORDER BY ts")]
+        for r in rows:
+            for c in _JSON:
+                r[c] = None if r[c] is None else json.loads(r[c])
+            r["agree"], r["called"] = bool(r["agree"]), bool(r["called"])
+        return rows
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def latest_rewards(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """request_id -> reward: the latest explicit score, else the latest implicit one."""
+    best: dict[str, tuple[int, int, float]] = {}
+    for i, r in enumerate(rows):
+        rank = (1 if r["source"] == "explicit" else 0, i)
+        if r["request_id"] not in best or rank > best[r["request_id"]][:2]:
+            best[r["request_id"]] = (*rank, float(r["score"]))
+    return {k: v[2] for k, v in best.items()}
+
+
+def read_feedback(url: str) -> list[dict[str, Any]]:
+    """Every feedback row of the log at `url` (empty when the file has none yet)."""
+    if not sqlite_path(url).exists():
+        return []
+    log = FeedbackLog(url)
+    try:
+        return log.feedback()
+    finally:
+        log.close()
+
+
+def read_shadows(url: str) -> list[dict[str, Any]]:
+    if not sqlite_path(url).exists():
+        return []
+    log = FeedbackLog(url)
+    try:
+        return log.shadows()
+    finally:
+        log.close()

@@ -1,0 +1,73 @@
+"""PostgreSQL store for the outcome log (`postgresql://...` URLs), for replicas sharing one log.
+
+The table mirrors `OutcomeRecord` column for column. At open, under an advisory lock so
+replicas starting together do not race, the table is created if missing and any column a
+newer `OutcomeRecord` has gained is added (`ADD COLUMN IF NOT EXISTS`), so old rows stay
+readable by new code and retraining reads one table whatever the version that wrote it.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from router.outcome_log import COLUMNS, OutcomeRecord, from_row, to_row
+
+_PG_TYPES = {
+    "ts": "DOUBLE PRECISION", "stream": "BIGINT", "simulated": "BIGINT", "embedding": "BYTEA", "input_tokens_est": "BIGINT",
+    "knob": "DOUBLE PRECISION", "propensity": "DOUBLE PRECISION", "ttft_s": "DOUBLE PRECISION",
+    "latency_s": "DOUBLE PRECISION", "input_tokens": "BIGINT", "output_tokens": "BIGINT", "cost_usd": "DOUBLE PRECISION",
+    "saved_cost_usd": "DOUBLE PRECISION", "cache_similarity": "DOUBLE PRECISION",
+}
+_LOCK = 0x6F7574636F6D65  # advisory lock id shared by every replica
+
+
+class PostgresStore:
+    def __init__(self, url: str, max_size: int = 4):
+        from psycopg_pool import ConnectionPool
+
+        self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=True)
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS outcomes (request_id TEXT PRIMARY KEY)")
+            for col in COLUMNS:
+                if col != "request_id":
+                    conn.execute(f"ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS {col} {_PG_TYPES.get(col, 'TEXT')}")
+            conn.execute("CREATE INDEX IF NOT EXISTS outcomes_ts ON outcomes (ts)")
+
+    def write_many(self, records: Sequence[OutcomeRecord]) -> None:
+        rows = [to_row(r) for r in records]
+        cols = ", ".join(COLUMNS)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "request_id")
+        sql = (f"INSERT INTO outcomes ({cols}) VALUES ({', '.join('%(' + c + ')s' for c in COLUMNS)}) "
+               f"ON CONFLICT (request_id) DO UPDATE SET {updates}")
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(sql, rows)
+
+    def _rows(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            names = [d[0] for d in cur.description]
+            out = []
+            for r in cur.fetchall():
+                row = dict(zip(names, r))
+                if isinstance(row.get("embedding"), memoryview):
+                    row["embedding"] = bytes(row["embedding"])
+                out.append(from_row(row))
+            return out
+
+    def read(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        sql, args = f"SELECT {', '.join(COLUMNS)} FROM outcomes", []
+        if since is not None:
+            sql += " WHERE ts >= %s"
+            args.append(since)
+        sql += " ORDER BY ts"
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(limit)
+        return self._rows(sql, args)
+
+    def get(self, request_id: str) -> dict[str, Any] | None:
+        rows = self._rows(f"SELECT {', '.join(COLUMNS)} FROM outcomes WHERE request_id = %s", [request_id])
+        return rows[0] if rows else None
+
+    def close(self) -> None:
+        self._pool.close()

@@ -1,0 +1,228 @@
+"""The learning loop inside the gateway: bandit exploration, implicit signals, shadow decisions.
+
+* At route time (`routed`, before governance reserves budget on the decision) the bandit may
+  swap the policy's choice for a close alternative; the decision carries the propensity, so
+  the outcome log records it for off-policy evaluation.
+* Implicit signals, recorded as feedback rows with `source="implicit"` and fed to the
+  bandit as reward 0: an upstream error (every model of the chain failed), an empty answer,
+  a truncated answer, and the client sending the same prompt again within
+  `learning.regenerate_window_s` (which marks the *earlier* answer as unsatisfying). A plain
+  successful answer says nothing about quality, so it is not turned into a reward.
+* Shadow mode: after the client has its answer (post-hook, off the latency path), a
+  candidate router decides the same request; the decision, and optionally the candidate
+  model's own answer on a sampled share under a spend cap, go to `shadow_decisions`.
+  Nothing here touches the response.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from router.bandit import BanditSettings, ContextualBandit
+from router.config import Config, resolve_path
+from router.feedback_log import Feedback, FeedbackLog, ShadowRecord
+from service.pipeline import RequestContext
+
+log = logging.getLogger(__name__)
+RECENT = 100_000  # request ids and prompt keys remembered for feedback and regeneration
+
+
+def _candidate(decision, model: str) -> dict[str, Any] | None:
+    c = next((c for c in decision.candidates if c.model == model), None)
+    if c is None:
+        return None
+    return {k: getattr(c, k) for k in ("model", "p_good", "p_good_std", "cost_usd", "latency_s", "utility", "excluded")}
+
+
+def _answer_text(response: dict[str, Any] | None) -> tuple[str, bool]:
+    """Concatenated message text, and whether the answer made a tool call."""
+    text, tools = [], False
+    for choice in (response or {}).get("choices", []):
+        message = choice.get("message") or {}
+        text.append(message.get("content") or "")
+        tools = tools or bool(message.get("tool_calls"))
+    return "".join(text), tools
+
+
+class LearningRuntime:
+    """What the learning loop holds in one gateway process."""
+
+    def __init__(self, config: Config, feedback: FeedbackLog | None, bandit: ContextualBandit | None,
+                 shadow_router: Any = None):
+        self.config = config
+        self.feedback_log = feedback
+        self.bandit = bandit
+        self.shadow_router = shadow_router
+        self.gateway: Any = None
+        self.hook = LearningHook(self)
+        self._recent: OrderedDict[str, float] = OrderedDict()
+        self._prompts: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.shadow_spend = 0.0
+        self.rng = random.Random(config.learning.bandit.seed)  # samples the shadow calls
+
+    @classmethod
+    def from_config(cls, config: Config, live_router: Any = None) -> "LearningRuntime":
+        try:
+            feedback = FeedbackLog(config.server.db)
+        except ValueError as exc:
+            log.warning("feedback is disabled: %s", exc)
+            feedback = None
+        b = config.learning.bandit
+        bandit = None
+        if b.enabled:
+            predictor = getattr(live_router, "predictor", None)
+            basis = None
+            if predictor is not None and getattr(predictor, "pca_proj", None) is not None:
+                basis = (predictor.pca_mean, predictor.pca_proj)
+            settings = BanditSettings(explore_share=b.explore_share, extra_cost_share=b.extra_cost_share,
+                                      utility_margin=b.utility_margin, seed=b.seed)
+            bandit = ContextualBandit(settings, basis=basis)
+        shadow = None
+        if config.learning.shadow.artifact:
+            from router.engine import LearnedRouter
+
+            shadow = LearnedRouter.load(resolve_path(config, config.learning.shadow.artifact))
+        return cls(config, feedback, bandit, shadow)
+
+    def attach(self, gateway: Any) -> None:
+        self.gateway = gateway
+
+    # ---- request ids and feedback -----------------------------------------------------
+    def remember(self, request_id: str) -> None:
+        with self._lock:
+            self._recent[request_id] = time.time()
+            while len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
+
+    def knows(self, request_id: str) -> bool:
+        """Seen by this process, or in the outcome log (another replica, an earlier run)."""
+        with self._lock:
+            if request_id in self._recent:
+                return True
+        outcome_log = getattr(self.gateway, "outcome_log", None)
+        return outcome_log is not None and outcome_log.get(request_id) is not None
+
+    def record(self, fb: Feedback) -> None:
+        if self.feedback_log is not None:
+            self.feedback_log.add_feedback(fb)
+        if self.bandit is not None:
+            self.bandit.feedback(fb.request_id, fb.score)
+
+    def regenerated(self, ctx: RequestContext) -> str | None:
+        """The earlier request this one repeats within the window, if any; then remembers this one."""
+        routing = ctx.routing
+        key = hashlib.sha256(f"{ctx.tenant}\0{routing.system_text}\0{routing.text}".encode()).hexdigest()
+        now = time.time()
+        with self._lock:
+            previous = self._prompts.pop(key, None)
+            self._prompts[key] = (ctx.request_id, now)
+            while len(self._prompts) > RECENT:
+                self._prompts.popitem(last=False)
+        if previous is not None and now - previous[1] <= self.config.learning.regenerate_window_s:
+            return previous[0]
+        return None
+
+    # ---- shadow -------------------------------------------------------------------------
+    def shadow_decide(self, ctx: RequestContext):
+        from router.policy import NoEligibleModel
+
+        profile = self.config.router.profiles[ctx.profile]
+        constraints = ctx.extras.get("constraints")
+        kwargs = {"constraints": constraints} if constraints is not None else {}
+        try:
+            return self.shadow_router.route(ctx.routing, catalog=self.config.models, profile=profile, live=None,
+                                            embedding=ctx.embedding, **kwargs)
+        except NoEligibleModel:
+            return None
+
+    async def shadow_call(self, ctx: RequestContext, rec: ShadowRecord) -> None:
+        """Ask the candidate's model too, on the shadow's own budget; the client never sees it."""
+        shadow = self.config.learning.shadow
+        spec = self.config.model(rec.shadow_model)
+        provider = self.gateway.providers.get(spec.provider) if self.gateway is not None else None
+        if provider is None:
+            return
+        with self._lock:
+            if self.shadow_spend + rec.shadow_candidate.get("cost_usd", 0.0) > shadow.max_call_cost_usd:
+                return
+            self.shadow_spend += rec.shadow_candidate.get("cost_usd", 0.0)  # reserved; settled below
+        body = {k: v for k, v in ctx.body.items() if k not in ("stream", "stream_options")}
+        started = time.perf_counter()
+        rec.called = True
+        try:
+            answer = await provider.complete(spec, {**body, "model": spec.upstream_name})
+        except Exception as exc:  # a failing shadow call is data, never an error for anyone
+            rec.call_status = f"error: {type(exc).__name__}"
+            return
+        finally:
+            rec.call_latency_s = time.perf_counter() - started
+        usage = answer.get("usage") or {}
+        rec.call_cost_usd = spec.price.cost(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+        with self._lock:
+            self.shadow_spend += rec.call_cost_usd - rec.shadow_candidate.get("cost_usd", 0.0)
+        text, _ = _answer_text(answer)
+        rec.call_status, rec.call_output_chars = "ok", len(text)
+
+
+class LearningHook:
+    name = "learning"
+
+    def __init__(self, runtime: LearningRuntime):
+        self.rt = runtime
+
+    async def pre(self, ctx: RequestContext) -> dict[str, Any] | None:
+        return None
+
+    async def routed(self, ctx: RequestContext) -> None:
+        rt = self.rt
+        rt.remember(ctx.request_id)
+        previous = rt.regenerated(ctx)
+        if previous is not None:
+            await asyncio.to_thread(rt.record, Feedback(previous, 0.0, source="implicit", signal="regenerated"))
+        if rt.bandit is not None and ctx.decision is not None:
+            ctx.decision = rt.bandit.choose_for(ctx.decision, ctx.embedding, request_id=ctx.request_id)
+
+    async def post(self, ctx: RequestContext) -> None:
+        rt = self.rt
+        rt.remember(ctx.request_id)
+        if ctx.decision is not None and ctx.cache_status in ("miss", "bypass"):
+            signal = self.implicit_signal(ctx)
+            if signal is not None:
+                await asyncio.to_thread(rt.record, Feedback(ctx.request_id, 0.0, source="implicit", signal=signal))
+        if rt.shadow_router is not None and ctx.decision is not None and rt.feedback_log is not None:
+            await self.shadow(ctx)
+
+    @staticmethod
+    def implicit_signal(ctx: RequestContext) -> str | None:
+        if ctx.status == "error" and ctx.attempts:
+            return "error"
+        if ctx.status == "truncated":
+            return "truncated"
+        if ctx.status == "ok":
+            text, tools = _answer_text(ctx.response)
+            if not text.strip() and not tools:
+                return "empty"
+        return None
+
+    async def shadow(self, ctx: RequestContext) -> None:
+        rt = self.rt
+        decision = await asyncio.to_thread(rt.shadow_decide, ctx)
+        if decision is None:
+            return
+        live = ctx.decision
+        rec = ShadowRecord(
+            request_id=ctx.request_id, profile=ctx.profile, live_model=live.model, shadow_model=decision.model,
+            live_candidate=_candidate(live, live.model) or {}, shadow_candidate=_candidate(decision, decision.model) or {},
+            shadow_on_live_choice=_candidate(decision, live.model), shadow_propensity=decision.propensity,
+        )
+        share = rt.config.learning.shadow.call_share
+        if share > 0 and decision.model != live.model and rt.rng.random() < share:
+            await rt.shadow_call(ctx, rec)
+        await asyncio.to_thread(rt.feedback_log.add_shadow, rec)

@@ -1,0 +1,192 @@
+// OpenClaw Router dashboard: reads /admin/dashboard with the master key, draws with inline SVG.
+// Every value from the server goes in through textContent or SVG attributes, never as HTML.
+"use strict";
+
+const KEY_SLOT = "openclaw.master";
+const COLORS = ["#2f6fed", "#e8793a", "#2aa876", "#a35bd6", "#d33c3c", "#2bb3c0", "#c9a227", "#7a8599", "#e05c9b", "#5b8c2a"];
+const SVG = "http://www.w3.org/2000/svg";
+
+function $(id) { return document.getElementById(id); }
+
+function el(tag, attrs, text) {
+  const node = tag.startsWith("svg:") ? document.createElementNS(SVG, tag.slice(4)) : document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    // Through CSSOM, which the page's CSP allows; a style attribute would be blocked.
+    if (k === "style") node.style.cssText = String(v);
+    else node.setAttribute(k, String(v));
+  }
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+function usd(x) {
+  if (x === null || x === undefined) return "–";
+  if (x === 0) return "$0";
+  if (Math.abs(x) >= 100) return "$" + x.toFixed(0);
+  if (Math.abs(x) >= 1) return "$" + x.toFixed(2);
+  return "$" + x.toPrecision(3);
+}
+function pct(x) { return x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%"; }
+function secs(x) { return x === null || x === undefined ? "–" : x < 1 ? (1000 * x).toFixed(0) + " ms" : x.toFixed(2) + " s"; }
+function when(ts) { return new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 19); }
+
+function takeKeyFromFragment() {
+  // The fragment never reaches the server or its logs; drop it from the address bar at once.
+  const m = location.hash.match(/key=([^&]+)/);
+  if (m) {
+    sessionStorage.setItem(KEY_SLOT, decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+}
+
+async function fetchDashboard() {
+  const key = sessionStorage.getItem(KEY_SLOT);
+  if (!key) return { login: true };
+  const resp = await fetch("/admin/dashboard", { headers: { authorization: "Bearer " + key } });
+  const body = await resp.json();
+  if (!resp.ok) return { login: true, error: (body.error && body.error.message) || resp.statusText };
+  return { data: body };
+}
+
+function lineChart(target, series, tsList) {
+  target.replaceChildren();
+  const names = Object.keys(series);
+  const W = 600, H = 220, L = 56, R = 8, T = 8, B = 24;
+  const svg = el("svg:svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
+  if (!tsList.length) {
+    svg.appendChild(el("svg:text", { x: W / 2, y: H / 2, "text-anchor": "middle", fill: "#6b7385" }, "no spend yet"));
+    target.appendChild(svg);
+    return;
+  }
+  // Stacked areas: the top edge is the total spend per time bucket.
+  const totals = tsList.map((_, i) => names.reduce((s, n) => s + series[n][i], 0));
+  const ymax = Math.max(...totals) || 1;
+  const x = (i) => L + (tsList.length === 1 ? (W - L - R) / 2 : (i * (W - L - R)) / (tsList.length - 1));
+  const y = (v) => H - B - (v / ymax) * (H - T - B);
+  for (let k = 0; k <= 4; k++) {
+    const v = (ymax * k) / 4;
+    svg.appendChild(el("svg:line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#e3e6ee" }));
+    svg.appendChild(el("svg:text", { x: L - 4, y: y(v) + 4, "text-anchor": "end", "font-size": 10, fill: "#6b7385" }, usd(v)));
+  }
+  const base = tsList.map(() => 0);
+  names.forEach((name, j) => {
+    const top = base.map((b, i) => b + series[name][i]);
+    let d = "";
+    if (tsList.length === 1) {
+      const bar = el("svg:rect", { x: x(0) - 20, width: 40, y: y(top[0]), height: y(base[0]) - y(top[0]), fill: COLORS[j % COLORS.length] });
+      bar.appendChild(el("svg:title", {}, `${name}: ${usd(series[name][0])}`));
+      svg.appendChild(bar);
+    } else {
+      top.forEach((v, i) => { d += (i ? "L" : "M") + x(i).toFixed(1) + "," + y(v).toFixed(1); });
+      for (let i = base.length - 1; i >= 0; i--) d += "L" + x(i).toFixed(1) + "," + y(base[i]).toFixed(1);
+      const area = el("svg:path", { d: d + "Z", fill: COLORS[j % COLORS.length], "fill-opacity": 0.75 });
+      area.appendChild(el("svg:title", {}, name));
+      svg.appendChild(area);
+    }
+    top.forEach((v, i) => { base[i] = v; });
+  });
+  svg.appendChild(el("svg:text", { x: L, y: H - 6, "font-size": 10, fill: "#6b7385" }, when(tsList[0])));
+  svg.appendChild(el("svg:text", { x: W - R, y: H - 6, "font-size": 10, fill: "#6b7385", "text-anchor": "end" }, when(tsList[tsList.length - 1])));
+  target.appendChild(svg);
+  const legend = el("div", { class: "legend" });
+  names.forEach((name, j) => {
+    const total = series[name].reduce((a, b) => a + b, 0);
+    const item = el("span", { "data-series": name });
+    item.appendChild(el("i", { style: `background:${COLORS[j % COLORS.length]}` }));
+    item.appendChild(document.createTextNode(`${name} ${usd(total)}`));
+    legend.appendChild(item);
+  });
+  target.appendChild(legend);
+}
+
+function barRow(label, share, right, cls, softAt) {
+  const row = el("div", { class: "bar-row" });
+  row.appendChild(el("span", {}, label));
+  const bar = el("div", { class: "bar" });
+  bar.appendChild(el("span", { class: cls || "", style: `width:${Math.min(100, 100 * share).toFixed(1)}%` }));
+  if (softAt) bar.appendChild(el("span", { class: "soft", style: `left:${(100 * softAt).toFixed(1)}%`, title: "soft threshold" }));
+  row.appendChild(bar);
+  row.appendChild(el("span", { class: "num" }, right));
+  return row;
+}
+
+function render(d) {
+  const s = d.summary;
+  $("t-requests").textContent = s.requests;
+  $("t-cost").textContent = usd(s.cost_usd);
+  $("t-forecast").textContent = usd(d.forecast.forecast_month_end_usd);
+  $("t-cache").textContent = pct(s.cache_hit_rate);
+  $("t-latency").textContent = `${secs(s.latency_s.p50)} / ${secs(s.latency_s.p95)}`;
+  $("t-ttft").textContent = `${secs(s.ttft_s.p50)} / ${secs(s.ttft_s.p95)}`;
+  $("t-errors").textContent = pct(s.error_rate);
+
+  lineChart($("chart-model"), d.spend_by_model.series, d.spend_by_model.t);
+  lineChart($("chart-key"), d.spend_by_key.series, d.spend_by_key.t);
+
+  const routing = $("routing");
+  routing.replaceChildren();
+  const total = d.routing.reduce((a, r) => a + r.requests, 0) || 1;
+  d.routing.forEach((r) => routing.appendChild(
+    barRow(r.model || "(none)", r.requests / total, `${r.requests} req · ${usd(r.cost_usd)}`)));
+
+  const budgets = $("budgets");
+  budgets.replaceChildren();
+  if (!d.budgets.length) budgets.appendChild(el("p", { class: "muted" }, "no budgets set"));
+  d.budgets.forEach((b) => {
+    const cls = b.share >= 1 ? "bad" : b.share >= b.soft_threshold ? "warn" : "";
+    const row = barRow(`${b.scope} ${b.scope_id} (${b.period})`, b.share, `${usd(b.spent_usd)} / ${usd(b.limit_usd)}`, cls, b.soft_threshold);
+    row.setAttribute("data-budget", b.id);
+    row.title = b.projected_window_end_usd === null ? b.label : `${b.label}: on track for ${usd(b.projected_window_end_usd)} by ${b.window} end`;
+    budgets.appendChild(row);
+  });
+
+  const tbody = $("recent").querySelector("tbody");
+  tbody.replaceChildren();
+  d.recent.forEach((r) => {
+    const tr = el("tr", { "data-request": r.request_id });
+    [when(r.ts), r.key_name || "–", r.model || "–", r.status, usd(r.cost_usd), secs(r.latency_s), secs(r.ttft_s), r.cache_status || "–"]
+      .forEach((v) => tr.appendChild(el("td", {}, v)));
+    tr.appendChild(el("td", { class: "reason" }, r.reason || ""));
+    tbody.appendChild(tr);
+  });
+
+  const alerts = $("alerts");
+  alerts.replaceChildren();
+  if (!d.alerts.length) alerts.appendChild(el("li", { class: "muted" }, "no alerts"));
+  d.alerts.forEach((a) => alerts.appendChild(el("li", {}, `${when(a.fired_at)} · ${a.kind} · ${a.message}`)));
+
+  $("status").textContent = "updated " + when(d.generated_at) + " UTC";
+  document.body.setAttribute("data-rendered", "true");
+}
+
+async function refresh() {
+  try {
+    const result = await fetchDashboard();
+    if (result.login) {
+      $("board").hidden = true;
+      $("logout").hidden = true;
+      $("login").hidden = false;
+      $("login-error").textContent = result.error || "";
+      $("status").textContent = "master key needed";
+      return;
+    }
+    $("login").hidden = true;
+    $("board").hidden = false;
+    $("logout").hidden = false;
+    render(result.data);
+  } catch (err) {
+    $("status").textContent = "cannot reach the gateway: " + err.message;
+  }
+}
+
+$("login").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem(KEY_SLOT, $("master").value);
+  $("master").value = "";
+  refresh();
+});
+$("logout").addEventListener("click", () => { sessionStorage.removeItem(KEY_SLOT); refresh(); });
+
+takeKeyFromFragment();
+refresh();
+setInterval(refresh, 15000);

@@ -1,0 +1,245 @@
+"""The response cache itself (router/cache): keys and contexts, TTL, eviction, persistence,
+tenant isolation, concurrent writers and a corrupted file on start. Real SQLite, real FAISS,
+the shipped verifier and the real MiniLM embedder."""
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+
+from router.cache.cache import ResponseCache
+from router.cache.keys import request_keys
+from router.cache.semantic import Bucket
+from router.cache.store import DB_NAME
+from router.cache.verifier import Verifier
+from router.embedding import shared_embedder
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    return Verifier.load()
+
+
+@pytest.fixture(scope="module")
+def embed():
+    memo: dict[str, np.ndarray] = {}
+
+    def f(text: str) -> np.ndarray:
+        if text not in memo:
+            memo[text] = shared_embedder().encode_one(text)
+        return memo[text]
+
+    return f
+
+
+def body(question: str, system: str | None = None, history: list[tuple[str, str]] = (), **params) -> dict:
+    messages = [{"role": "system", "content": system}] if system else []
+    for q, a in history:
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    messages.append({"role": "user", "content": question})
+    return {"model": "auto", "messages": messages, **params}
+
+
+def answer(text: str) -> dict:
+    return {"id": "x", "object": "chat.completion", "model": "m1",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+
+
+def put(cache, embed, b: dict, text: str, tenant: str = "t1", route: str = "auto", cost: float = 0.01):
+    keys = request_keys(b, route, tenant)
+    return cache.put(keys, tenant=tenant, route=route, response=answer(text), model="m1", cost_usd=cost, vector=embed(keys.text))
+
+
+def get(cache, embed, b: dict, tenant: str = "t1", route: str = "auto"):
+    keys = request_keys(b, route, tenant)
+    return cache.lookup(keys, embed(keys.text) if keys.text else None)
+
+
+def new_cache(verifier, path=None, **kw) -> ResponseCache:
+    return ResponseCache(path, verifier=verifier, **kw)
+
+
+def test_exact_hit_ignores_whitespace_and_non_generation_fields(verifier, embed):
+    cache = new_cache(verifier)
+    put(cache, embed, body("What is the capital of France?"), "Paris.")
+    hit = get(cache, embed, {**body("  What is the   capital of France? "), "stream": True, "user": "u9"})
+    assert hit is not None and hit.kind == "hit" and hit.response["choices"][0]["message"]["content"] == "Paris."
+
+
+def test_paraphrase_is_a_semantic_hit(verifier, embed):
+    cache = new_cache(verifier)
+    put(cache, embed, body("How can I learn Python programming quickly?"), "Practice daily.")
+    hit = get(cache, embed, body("What is the fastest way to learn Python programming?"))
+    assert hit is not None and hit.kind == "semantic-hit"
+    assert 0.0 < hit.similarity < 1.0 and hit.probability >= verifier.threshold
+
+
+@pytest.mark.parametrize("cached, asked", [
+    ("How do I convert Celsius to Fahrenheit?", "How do I convert Fahrenheit to Celsius?"),
+    ("How many calories are in 2 eggs?", "How many calories are in 3 eggs?"),
+    ("Is it safe to drink coffee during pregnancy?", "Is it not safe to drink coffee during pregnancy?"),
+    ("What is the capital of France?", "What is the capital of Germany?"),
+])
+def test_different_questions_miss(verifier, embed, cached, asked):
+    cache = new_cache(verifier)
+    put(cache, embed, body(cached), "cached answer")
+    assert get(cache, embed, body(asked)) is None
+
+
+@pytest.mark.parametrize("change", [
+    {"system": "You are a pirate. Answer in pirate speak."},
+    {"history": [("Let's talk about Python the snake.", "Sure.")]},
+    {"temperature": 0.0},
+    {"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]},
+    {"response_format": {"type": "json_object"}},
+])
+def test_same_question_in_another_context_misses(verifier, embed, change):
+    cache = new_cache(verifier)
+    question = "How can I learn Python programming quickly?"
+    put(cache, embed, body(question, system="You are a helpful assistant."), "Practice daily.")
+    assert get(cache, embed, body(question, system="You are a helpful assistant.")) is not None
+    other = dict(change)
+    kwargs = {"system": other.pop("system", "You are a helpful assistant."), "history": other.pop("history", ())}
+    assert get(cache, embed, body(question, **kwargs, **other)) is None
+    paraphrase = "What is the fastest way to learn Python programming?"
+    assert get(cache, embed, body(paraphrase, **kwargs, **other)) is None
+
+
+def test_routes_and_tenants_are_isolated(verifier, embed):
+    cache = new_cache(verifier)
+    put(cache, embed, body("What is the capital of France?"), "Paris.", tenant="alice")
+    assert get(cache, embed, body("What is the capital of France?"), tenant="bob") is None
+    assert get(cache, embed, body("What's the capital city of France?"), tenant="bob") is None
+    assert get(cache, embed, body("What is the capital of France?"), tenant="alice", route="auto:cheap") is None
+    assert get(cache, embed, body("What is the capital of France?"), tenant="alice") is not None
+
+
+def test_ttl_expiry_default_and_per_route(verifier, embed):
+    clock = Clock()
+    cache = new_cache(verifier, ttl_s=100.0, route_ttl_s={"auto:cheap": 10.0}, clock=clock)
+    put(cache, embed, body("What is the capital of France?"), "Paris.")
+    put(cache, embed, body("What is the capital of France?"), "Paris.", route="auto:cheap")
+    clock.now += 11
+    assert get(cache, embed, body("What is the capital of France?"), route="auto:cheap") is None
+    assert get(cache, embed, body("What is the capital of France?")) is not None
+    clock.now += 90
+    assert get(cache, embed, body("What is the capital of France?")) is None
+    assert get(cache, embed, body("What's the capital city of France?")) is None
+    assert len(cache) == 0
+
+
+def test_eviction_drops_least_recently_used(embed):
+    cache = ResponseCache(None, semantic=False, max_entries=2)  # exact only: what is found is exactly what was kept
+    put(cache, embed, body("What is the capital of France?"), "Paris.")
+    put(cache, embed, body("What is the capital of Spain?"), "Madrid.")
+    assert get(cache, embed, body("What is the capital of France?")) is not None  # France is now the most recent
+    put(cache, embed, body("What is the capital of Italy?"), "Rome.")
+    assert len(cache) == 2
+    assert get(cache, embed, body("What is the capital of Spain?")) is None
+    assert get(cache, embed, body("What is the capital of France?")) is not None
+    assert get(cache, embed, body("What is the capital of Italy?")) is not None
+
+
+def test_entries_survive_a_restart(verifier, embed, tmp_path):
+    clock = Clock()
+    cache = new_cache(verifier, tmp_path, clock=clock, ttl_s=50.0)
+    put(cache, embed, body("How can I learn Python programming quickly?"), "Practice daily.", cost=0.02)
+    put(cache, embed, body("What is the capital of France?"), "Paris.")
+    cache.close()
+    reopened = new_cache(verifier, tmp_path, clock=clock, ttl_s=50.0)
+    assert len(reopened) == 2
+    hit = get(reopened, embed, body("What is the fastest way to learn Python programming?"))
+    assert hit is not None and hit.kind == "semantic-hit" and hit.entry.cost_usd == 0.02
+    reopened.close()
+    clock.now += 60  # expired while the gateway was down
+    assert len(new_cache(verifier, tmp_path, clock=clock)) == 0
+
+
+def test_an_unclosed_cache_is_still_readable(verifier, embed, tmp_path):
+    """No close(): what a killed process leaves behind (WAL not checkpointed)."""
+    cache = new_cache(verifier, tmp_path)
+    put(cache, embed, body("What is the capital of France?"), "Paris.")
+    reopened = new_cache(verifier, tmp_path)
+    assert get(reopened, embed, body("What is the capital of France?")) is not None
+
+
+def test_corrupted_file_on_start_is_moved_aside(verifier, embed, tmp_path):
+    (tmp_path / DB_NAME).write_bytes(b"this is not an SQLite database" * 100)
+    cache = new_cache(verifier, tmp_path)
+    assert len(cache) == 0
+    assert [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    put(cache, embed, body("What is the capital of France?"), "Paris.")
+    cache.close()
+    assert len(new_cache(verifier, tmp_path)) == 1
+
+
+def test_malformed_rows_are_dropped_on_start(verifier, embed, tmp_path):
+    cache = new_cache(verifier, tmp_path)
+    put(cache, embed, body("What is the capital of France?"), "Paris.")
+    put(cache, embed, body("What is the capital of Spain?"), "Madrid.")
+    cache.close()
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute("UPDATE entries SET vector = x'0102' WHERE text LIKE '%France%'")
+    db.execute("UPDATE entries SET response = '{not json' WHERE text LIKE '%Spain%'")
+    db.commit()
+    db.close()
+    reopened = new_cache(verifier, tmp_path)
+    assert len(reopened) == 1
+    assert get(reopened, embed, body("What is the capital of Spain?")) is None
+    assert len(reopened) == 0
+
+
+def test_concurrent_writers_and_readers(verifier, embed, tmp_path):
+    cache = new_cache(verifier, tmp_path, max_entries=1000)
+    questions = [f"What is item number {i} in the catalogue?" for i in range(40)]
+    vectors = {q: embed(q) for q in questions}
+    errors: list[BaseException] = []
+
+    def writer(part: list[str]) -> None:
+        try:
+            for q in part:
+                keys = request_keys(body(q), "auto", "t1")
+                cache.put(keys, tenant="t1", route="auto", response=answer(q), model="m1", cost_usd=0.0, vector=vectors[q])
+                assert cache.lookup(keys, vectors[q]) is not None
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(questions[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(cache) == 40
+    cache.close()
+    reopened = new_cache(verifier, tmp_path)
+    for q in questions:
+        hit = get(reopened, embed, body(q))
+        assert hit is not None and hit.kind == "hit" and hit.response["choices"][0]["message"]["content"] == answer(q)["choices"][0]["message"]["content"]
+
+
+def test_bucket_switches_to_hnsw_and_keeps_finding_entries():
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(300, 384)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    bucket = Bucket(384, hnsw_from=100)
+    for i, v in enumerate(vecs):
+        bucket.add(i, v)
+    assert bucket.hnsw
+    for i in range(0, 300, 2):
+        bucket.remove(i)
+    assert len(bucket) == 150
+    for i in range(1, 300, 38):
+        found = bucket.search(vecs[i], 1)
+        assert found[0][0] == i and found[0][1] == pytest.approx(1.0, abs=1e-4)
+    assert all(j % 2 == 1 for j, _ in bucket.search(vecs[0], 5))

@@ -1,0 +1,80 @@
+"""`openclaw-router cache-eval` end to end on a QQP subsample, the split, the threshold rule,
+and the verifier's hard rules."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from router.cache.features import hard_mismatch, numbers
+from service.cli import main
+from training.qqp import default_pairs, group_split
+from training.train_verifier import choose_threshold
+
+needs_qqp = pytest.mark.skipif(not default_pairs().exists(), reason="shared QQP pairs not present")
+
+
+def test_cache_eval_writes_rows_and_scores(tmp_path, capsys):
+    pairs = pd.DataFrame({
+        "text_a": ["How can I learn Python programming quickly?", "How many calories are in 2 eggs?",
+                   "What is the capital of France?", "How do I convert Celsius to Fahrenheit?", "Where is the Eiffel Tower?"],
+        "text_b": ["What is the fastest way to learn Python programming?", "How many calories are in 3 eggs?",
+                   "What is the capital of France?", "How do I convert Fahrenheit to Celsius?", "What is the capital of Germany?"],
+        "label": [1, 0, 1, 0, 0],
+    })
+    src, out = tmp_path / "pairs.parquet", tmp_path / "hits.parquet"
+    pairs.to_parquet(src)
+    assert main(["cache-eval", "--pairs", str(src), "--out", str(out)]) == 0
+    result = pd.read_parquet(out)
+    assert list(result.columns) == ["row", "hit"] and result["hit"].dtype == bool
+    assert result["row"].tolist() == [0, 1, 2, 3, 4]
+    assert result["hit"].tolist() == [True, False, True, False, False]
+    printed = capsys.readouterr().out
+    assert "precision 1.0000" in printed and "recall 1.0000" in printed
+
+
+def test_cache_eval_without_label_and_bad_input(tmp_path, capsys):
+    src, out = tmp_path / "pairs.parquet", tmp_path / "hits.parquet"
+    pd.DataFrame({"text_a": ["What is AI?"], "text_b": ["What is AI?"]}).to_parquet(src)
+    assert main(["cache-eval", "--pairs", str(src), "--out", str(out)]) == 0
+    assert pd.read_parquet(out)["hit"].tolist() == [True]
+    assert "precision" not in capsys.readouterr().out
+    pd.DataFrame({"question": ["x"]}).to_parquet(src)
+    assert main(["cache-eval", "--pairs", str(src), "--out", str(out)]) == 2
+    assert "text_a" in capsys.readouterr().err
+    assert main(["cache-eval", "--pairs", str(tmp_path / "missing.parquet"), "--out", str(out)]) == 2
+
+
+@needs_qqp
+def test_split_keeps_question_groups_apart():
+    df = pd.read_parquet(default_pairs()).head(4000)
+    split = group_split(df)
+    assert set(split) == {"train", "val", "test"}
+    part_of: dict[str, str] = {}
+    for a, b, s in zip(df["text_a"], df["text_b"], split):
+        for t in (a, b):
+            assert part_of.setdefault(t, s) == s
+    assert (group_split(df.iloc[::-1].reset_index(drop=True)) == split[::-1]).all()
+
+
+def test_threshold_holds_precision_at_every_stricter_threshold():
+    rng = np.random.default_rng(0)
+    label = rng.random(5000) < 0.4
+    prob = np.clip(label * 0.35 + rng.random(5000) * 0.65, 0, 1)
+    t = choose_threshold(prob, label, 0.95)
+    for stricter in np.quantile(prob[prob >= t], [0.0, 0.5, 0.9]):
+        accepted = prob >= stricter
+        if accepted.sum() >= 50:
+            assert label[accepted].mean() >= 0.95
+    with pytest.raises(ValueError):
+        choose_threshold(prob, np.zeros_like(label), 0.95)
+
+
+def test_numbers_and_negations_are_hard_mismatches():
+    assert numbers("I have 2 cats and 1,000 fish") == {"2", "1000"}
+    assert numbers("two cats") == numbers("2 cats")
+    assert hard_mismatch("calories in 2 eggs", "calories in 3 eggs")
+    assert hard_mismatch("is it safe", "isn't it safe")
+    assert hard_mismatch("why can't I sleep", "why can I sleep")
+    assert not hard_mismatch("why can't I sleep", "why cannot I sleep")
+    assert not hard_mismatch("calories in two eggs", "calories in 2 eggs")

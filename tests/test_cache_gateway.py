@@ -1,0 +1,148 @@
+"""The cache inside the running gateway, through the real `openai` SDK: miss then hit,
+semantic hits with their similarity, SSE for streamed hits, Cache-Control, what is never
+stored, saved cost in the outcome log and metrics, and persistence across a gateway restart."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from router.config import CacheSection
+from service.hooks.cache_hook import CacheHook
+from tests.fake_upstream import FakeUpstream, cut_stream, ok, server_error
+from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
+
+Q = "How can I learn Python programming quickly?"
+PARAPHRASE = "What is the fastest way to learn Python programming?"
+
+
+def msgs(text: str, system: str | None = None) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with FakeUpstream() as up:
+        yield up
+
+
+def start(upstream, tmp_path, **cache) -> Running:
+    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite")
+    config = config.model_copy(update={"cache": CacheSection(enabled=True, path=str(tmp_path / "cache"), **cache)})
+    return Running(config, router=QualityRouter(DEFAULT_QUALITY))
+
+
+@pytest.fixture
+def gw(upstream, tmp_path):
+    upstream.reset()
+    running = start(upstream, tmp_path)
+    yield running
+    running.stop()
+
+
+def cache_of(gw) -> CacheHook:
+    return next(h for h in gw.gateway.pipeline.hooks if isinstance(h, CacheHook))
+
+
+def stored(gw, n: int) -> None:
+    """Wait until the post-hooks (background) stored `n` entries."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while len(cache_of(gw).cache) < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(cache_of(gw).cache) == n
+
+
+def test_miss_then_exact_hit_with_zero_usage_and_saved_cost(gw, upstream):
+    client = gw.client()
+    first = client.chat.completions.with_raw_response.create(model="auto", messages=msgs(Q))
+    assert first.headers["x-cache"] == "miss"
+    stored(gw, 1)
+    second = client.chat.completions.with_raw_response.create(model="auto", messages=msgs(Q))
+    assert second.headers["x-cache"] == "hit"
+    answer = second.parse()
+    assert answer.choices[0].message.content == first.parse().choices[0].message.content
+    assert answer.usage.prompt_tokens == 0 and answer.usage.completion_tokens == 0
+    assert answer.id != first.parse().id
+    assert len(upstream.requests) == 1
+    original = gw.outcome(first.headers["x-request-id"])
+    row = gw.outcome(second.headers["x-request-id"])
+    assert row["status"] == "cache_hit" and row["cache_status"] == "hit"
+    assert row["saved_cost_usd"] == pytest.approx(original["cost_usd"]) and original["cost_usd"] > 0
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert 'openclaw_cache_results_total{result="hit"} 1.0' in metrics
+    assert f"openclaw_saved_cost_usd_total {original['cost_usd']}" in metrics
+
+
+def test_semantic_hit_streams_as_sse_through_the_sdk(gw, upstream):
+    client = gw.client()
+    client.chat.completions.create(model="auto", messages=msgs(Q))
+    stored(gw, 1)
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=msgs(PARAPHRASE), stream=True, stream_options={"include_usage": True}
+    )
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    tag, similarity = raw.headers["x-cache"].split("; ")
+    assert tag == "semantic-hit" and 0.5 < float(similarity.removeprefix("similarity=")) < 1.0
+    chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from m1."
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 0
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert len(upstream.requests) == 1
+
+
+def test_other_system_prompt_goes_upstream(gw, upstream):
+    client = gw.client()
+    client.chat.completions.create(model="auto", messages=msgs(Q, system="You are terse."))
+    stored(gw, 1)
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=msgs(Q, system="You are a pirate."))
+    assert raw.headers["x-cache"] == "miss" and len(upstream.requests) == 2
+
+
+def test_cache_control_headers(gw, upstream):
+    client = gw.client()
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=msgs(Q), extra_headers={"Cache-Control": "no-store"})
+    assert raw.headers["x-cache"] == "miss"
+    client.chat.completions.create(model="auto", messages=msgs("Where is the Eiffel Tower?"))
+    stored(gw, 1)  # the no-store answer was not kept
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=msgs("Where is the Eiffel Tower?"), extra_headers={"Cache-Control": "no-cache"}
+    )
+    assert raw.headers["x-cache"] == "miss" and len(upstream.requests) == 3
+    assert client.chat.completions.with_raw_response.create(model="auto", messages=msgs("Where is the Eiffel Tower?")).headers["x-cache"] == "hit"
+
+
+def test_errors_truncated_streams_tool_calls_and_temperature_are_not_stored(gw, upstream):
+    client = gw.client()
+    upstream.script("m1", server_error(), server_error())
+    upstream.script("m2", server_error(), server_error())
+    upstream.script("m3", server_error(), server_error())
+    with pytest.raises(Exception):
+        client.chat.completions.create(model="auto", messages=msgs("first question"))
+    upstream.script("m1", cut_stream(after_chunks=2))
+    with pytest.raises(Exception):
+        list(client.chat.completions.create(model="auto", messages=msgs("second question"), stream=True))
+    upstream.script("m1", ok(tool_calls=[{"name": "lookup", "arguments": "{}"}]))
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
+    client.chat.completions.create(model="auto", messages=msgs("third question"), tools=tools)
+    client.chat.completions.create(model="auto", messages=msgs("fourth question"), temperature=0.7)
+    client.chat.completions.create(model="auto", messages=msgs("fifth question"), temperature=0)
+    gw.outcomes(5)
+    import time; time.sleep(1)
+    print([(e.text, e.model) for e in cache_of(gw).cache._entries.values()], [ (r['status'], r['cache_status']) for r in gw.outcomes(5)])
+    stored(gw, 1)
+
+
+def test_cache_survives_a_gateway_restart(upstream, tmp_path):
+    upstream.reset()
+    first = start(upstream, tmp_path)
+    first.client().chat.completions.create(model="auto", messages=msgs(Q))
+    stored(first, 1)
+    first.stop()
+    second = start(upstream, tmp_path)
+    try:
+        raw = second.client().chat.completions.with_raw_response.create(model="auto", messages=msgs(PARAPHRASE))
+        assert raw.headers["x-cache"].startswith("semantic-hit") and len(upstream.requests) == 1
+    finally:
+        second.stop()

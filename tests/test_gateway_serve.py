@@ -1,0 +1,67 @@
+"""`openclaw-router serve` end to end: a subprocess with no config and no keys serves the
+simulated demo catalog to the `openai` SDK and logs outcomes labelled as simulated."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from router.outcome_log import read_outcomes
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def served(tmp_path):
+    db = f"sqlite:///{tmp_path}/outcomes.sqlite"
+    env = {**os.environ, "OPENCLAW_SIM_TIME_SCALE": "0.01", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = {k: v for k, v in env.items() if not k.endswith("_API_KEY")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", "0", "--db", db],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("openclaw-router listening on http://"), line + proc.stderr.read()
+        url = line.split()[3]
+        yield url, db, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+
+
+def test_serve_without_config_answers_from_simulated_models(served):
+    url, db, proc = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    listed = {m.id: m for m in client.models.list().data}
+    assert len([m for m in listed.values() if m.openclaw["type"] == "model"]) == 11
+    assert all(m.openclaw["simulated"] for m in listed.values() if m.openclaw["type"] == "model")
+
+    messages = [{"role": "user", "content": "Write a Python function that reverses a string."}]
+    raw = client.chat.completions.with_raw_response.create(model="mistral-7b-chat", messages=messages)
+    answer = raw.parse()
+    assert answer.model == "mistral-7b-chat" and answer.choices[0].message.content.startswith("[simulated mistral-7b-chat]")
+    stream = client.chat.completions.create(model="gpt-3.5-turbo-1106", messages=messages, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices).startswith("[simulated gpt-3.5-turbo-1106]")
+
+    # `auto` routes with the shipped artifact (models/default) over the simulated catalog.
+    assert httpx.get(f"{url}/healthz").json()["router_loaded"]
+    raw = client.chat.completions.with_raw_response.create(model="auto:cheap", messages=messages)
+    routed = raw.parse()
+    assert routed.model in listed and listed[routed.model].openclaw["simulated"]
+    assert raw.headers["x-router-reason"].startswith(f"{routed.model}: best utility")
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 130  # shut down cleanly on Ctrl-C (the usual 128 + SIGINT exit status)
+    log = read_outcomes(db)
+    assert {"mistral-7b-chat", "gpt-3.5-turbo-1106", routed.model} <= set(log.answered_model.dropna())
+    auto = log[log.profile == "auto:cheap"].iloc[0]
+    assert auto.chosen_model == routed.model and len(auto.candidates) == 11 and auto.propensity > 0
+    assert log[log.answered_model.notna()].simulated.all()

@@ -1,0 +1,83 @@
+"""`openclaw-router cache-eval --pairs FILE --out FILE.parquet`
+
+For each pair: would a request with `text_b` be served from a cache that holds `text_a`'s
+answer, under the default settings (single-user-turn requests to `auto`, same empty
+context)? Each pair goes through the real cache: `text_a`'s request is stored, `text_b`'s
+is looked up. Pairs are kept apart by giving each its own tenant, so a lookup only ever
+sees its own pair's entry. Embeddings are computed in batch up front (memoised on disk).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pairs", required=True, type=Path, help="parquet with text_a, text_b (and optionally label)")
+    parser.add_argument("--out", required=True, type=Path, help="output parquet: row, hit")
+    parser.add_argument("--config", type=Path, help="take cache settings (verifier, threshold) from this config; default: built-in defaults")
+
+
+def _request(text: str) -> dict:
+    return {"model": "auto", "messages": [{"role": "user", "content": text}]}
+
+
+def _answer(text: str) -> dict:
+    return {
+        "id": "chatcmpl-eval",
+        "object": "chat.completion",
+        "model": "eval",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": f"answer to: {text}"}, "finish_reason": "stop"}],
+    }
+
+
+def evaluate_pairs(df, cache, emb_a, emb_b) -> list[bool]:
+    from router.cache.keys import request_keys
+
+    hits = []
+    for i, (a, b) in enumerate(zip(df["text_a"], df["text_b"])):
+        tenant = f"pair-{i}"
+        keys_a = request_keys(_request(a), "auto", tenant)
+        cache.put(keys_a, tenant=tenant, route="auto", response=_answer(a), model="eval", cost_usd=0.0, vector=emb_a[i])
+        keys_b = request_keys(_request(b), "auto", tenant)
+        hits.append(cache.lookup(keys_b, emb_b[i]) is not None)
+    return hits
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from router.cache.cache import ResponseCache
+    from router.cache.verifier import Verifier
+    from router.config import CacheSection, load_config, resolve_path
+    from training.qqp import embed_pairs, load_pairs, precision_recall
+
+    if not args.pairs.exists():
+        raise FileNotFoundError(f"--pairs {args.pairs} does not exist")
+    section = CacheSection()
+    verifier_path = Path(section.verifier)
+    if args.config:
+        config = load_config(args.config)
+        section = config.cache
+        verifier_path = resolve_path(config, section.verifier)
+    df = load_pairs(args.pairs)
+    t0 = time.perf_counter()
+    emb_a, emb_b = embed_pairs(df)
+    t1 = time.perf_counter()
+    verifier = Verifier.load(verifier_path, threshold=section.verifier_threshold) if section.semantic else None
+    cache = ResponseCache(None, ttl_s=section.ttl_s, max_entries=max(section.max_entries, len(df) + 1),
+                          semantic=section.semantic, verifier=verifier)
+    hits = evaluate_pairs(df, cache, emb_a, emb_b)
+    t2 = time.perf_counter()
+    cache.close()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"row": range(len(df)), "hit": pd.Series(hits, dtype=bool)}).to_parquet(args.out, index=False)
+    print(f"{len(df)} pairs: {sum(hits)} hits; embedding {t1 - t0:.1f} s, cache {t2 - t1:.1f} s; wrote {args.out}")
+    if "label" in df.columns:
+        precision, recall = precision_recall(hits, df["label"].to_numpy().astype(bool))
+        print(f"precision {precision:.4f}  recall {recall:.4f}")
+    return 0

@@ -1,0 +1,249 @@
+"""`openclaw-router train`: fit the outcome predictors, cross-validate, track in MLflow.
+
+Stages (one progress bar each): load and validate the tables, embed the text column
+(memoised on disk), K-fold fit of the quality boosters (their out-of-fold predictions give
+the CV metrics and fit the calibrators), output-token model, artifact, MLflow run with
+params, metrics, the reliability plot and a registered pyfunc model version.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+EXPERIMENT = "openclaw-router"
+REGISTERED_MODEL = "openclaw-router"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", action="append", required=True, metavar="FILE",
+                        help="wide outcome table (.parquet/.csv/.jsonl); repeat to train on several")
+    parser.add_argument("--out", required=True, help="artifact folder to write, e.g. models/NAME")
+    parser.add_argument("--text-column", default=None, help="column to embed (default: prompt, then query)")
+    parser.add_argument("--prices", default=None, metavar="FILE",
+                        help="JSON {model: {input_per_1m, output_per_1m}} for tables without cost columns")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds = bagged boosters served")
+    parser.add_argument("--mode", choices=("shared", "per_model"), default="shared",
+                        help="one booster with a model feature, or one booster per model")
+    parser.add_argument("--pca-dim", type=int, default=32, help="embedding dimensions kept (0 = all 384)")
+    parser.add_argument("--rounds", type=int, default=300, help="boosting rounds per quality booster")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
+    parser.add_argument("--registered-name", default=REGISTERED_MODEL, help="MLflow registered model name")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under ./.openclaw)")
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    """Mean |predicted - observed| over equal-width probability bins, weighted by bin size."""
+    edges = np.minimum((p * bins).astype(int), bins - 1)
+    err = 0.0
+    for b in range(bins):
+        m = edges == b
+        if m.any():
+            err += m.mean() * abs(p[m].mean() - y[m].mean())
+    return float(err)
+
+
+def reliability_curve(p: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict]:
+    edges = np.minimum((p * bins).astype(int), bins - 1)
+    return [
+        {"bin": b, "predicted": float(p[edges == b].mean()), "observed": float(y[edges == b].mean()), "n": int((edges == b).sum())}
+        for b in range(bins) if (edges == b).any()
+    ]
+
+
+def quality_metrics(quality: np.ndarray, oof: np.ndarray, oof_raw: np.ndarray, models: list[str]) -> dict:
+    """Out-of-fold AUC / Brier / log-loss / ECE per model and pooled, beside the base-rate predictor."""
+    from sklearn.metrics import roc_auc_score
+
+    out: dict = {"per_model": {}}
+    all_p, all_y, all_base = [], [], []
+    for j, m in enumerate(models):
+        ok = ~np.isnan(quality[:, j]) & ~np.isnan(oof[:, j])
+        y, p = quality[ok, j], np.clip(oof[ok, j], 1e-6, 1 - 1e-6)
+        if not len(y):
+            continue
+        base = np.full_like(y, y.mean())
+        hard = np.isin(y, (0.0, 1.0)).all() and 0 < y.mean() < 1
+        out["per_model"][m] = {
+            "auc": float(roc_auc_score(y, oof_raw[ok, j])) if hard else None,
+            "brier": float(np.mean((p - y) ** 2)),
+            "brier_base_rate": float(np.mean((base - y) ** 2)),
+            "log_loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
+            "ece": expected_calibration_error(p, y),
+            "n": int(len(y)),
+        }
+        all_p.append(p), all_y.append(y), all_base.append(base)
+    p, y, base = np.concatenate(all_p), np.concatenate(all_y), np.concatenate(all_base)
+    aucs = [v["auc"] for v in out["per_model"].values() if v["auc"] is not None]
+    out["mean_auc"] = float(np.mean(aucs)) if aucs else None
+    out["brier"] = float(np.mean((p - y) ** 2))
+    out["brier_base_rate"] = float(np.mean((base - y) ** 2))
+    out["log_loss"] = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    out["ece"] = expected_calibration_error(p, y)
+    out["reliability"] = reliability_curve(p, y)
+    return out
+
+
+def plot_reliability(curve: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect")
+    ax.plot([c["predicted"] for c in curve], [c["observed"] for c in curve], marker="o", label="router (out-of-fold)")
+    ax.set_xlabel("predicted P(good)")
+    ax.set_ylabel("observed share good")
+    ax.set_title("Reliability, pooled over models")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def tracking_uri(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = Path.cwd() / ".openclaw"
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _experiment_id(mlflow, name: str, uri: str) -> str:
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:"):
+        # A SQLite store would otherwise put artifacts in ./mlruns: keep them beside the database.
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def log_to_mlflow(args, router_dir: Path, params: dict, metrics: dict, plot: Path) -> tuple[str, str]:
+    """One run: params, flat metrics, plot, artifact folder, and a registered pyfunc version."""
+    import mlflow
+    import mlflow.pyfunc
+
+    uri = tracking_uri(args.tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    exp_id = _experiment_id(mlflow, args.experiment, uri)
+
+    class RouterModel(mlflow.pyfunc.PythonModel):
+        """DataFrame with a `text` column in, calibrated P(good) per model out."""
+
+        def load_context(self, context):
+            from router.engine import LearnedRouter
+
+            self.router = LearnedRouter.load(context.artifacts["router"])
+
+        def predict(self, context, model_input, params=None):
+            import pandas as pd
+            from router.request_view import view_prompt
+
+            reqs = [view_prompt(str(t)) for t in model_input["text"]]
+            pred = self.router.predict(reqs)
+            return pd.DataFrame(pred.p_good, columns=pred.models)
+
+    with mlflow.start_run(experiment_id=exp_id) as run:
+        mlflow.log_params(params)
+        flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+        for m, vals in metrics["per_model"].items():
+            for k, v in vals.items():
+                if v is not None and k != "n":
+                    flat[f"{k}.{m}"] = v
+        mlflow.log_metrics({k.replace("@", "_"): float(v) for k, v in flat.items()})
+        mlflow.log_artifact(str(plot))
+        info = mlflow.pyfunc.log_model(
+            name="router",
+            python_model=RouterModel(),
+            artifacts={"router": str(router_dir)},
+            pip_requirements=["openclaw-router", "lightgbm", "onnxruntime", "tokenizers", "numpy", "pandas"],
+            registered_model_name=args.registered_name,
+        )
+        version = getattr(info, "registered_model_version", None)
+        return run.info.run_id, str(version)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from router.embedding import DIM, _weights_digest, encode_cached
+    from router.engine import FORMAT_VERSION, LearnedRouter
+    from router.features import FEATURE_NAMES, request_features
+    from router.predictor import OutcomePredictor
+    from router.types import RoutingRequest
+    from training.data import concat_outcomes, load_outcomes, load_prices
+
+    t0 = time.time()
+    prices = load_prices(args.prices) if args.prices else None
+    tables = [load_outcomes(p, text_column=args.text_column, prices=prices) for p in tqdm(args.data, desc="load", unit="file")]
+    table = concat_outcomes(tables)
+    log.info("%d prompts x %d models from %s", len(table), len(table.models), ", ".join(args.data))
+
+    with tqdm(total=1, desc="embed", unit="table") as bar:
+        emb = encode_cached(table.texts)
+        bar.update()
+    requests = [RoutingRequest(text=t, input_tokens=int(n)) for t, n in zip(table.texts, table.input_tokens)]
+    X = np.hstack([emb, request_features(requests)])
+
+    predictor = OutcomePredictor(folds=args.folds, mode=args.mode, pca_dim=args.pca_dim, num_rounds=args.rounds, seed=args.seed)
+    with tqdm(total=args.folds + 2, desc="fit", unit="stage") as bar:
+        def progress(msg: str) -> None:
+            bar.set_postfix_str(msg)
+            bar.update()
+
+        predictor.fit(X, table, progress=progress, groups=np.asarray(table.texts, dtype=object))
+    metrics = quality_metrics(table.quality, predictor.oof, predictor.oof_raw, table.models)
+    metrics["train_seconds"] = round(time.time() - t0, 1)
+    log.info("CV (%d folds): mean AUC %s, Brier %.4f (base rate %.4f), ECE %.4f", args.folds,
+             f"{metrics['mean_auc']:.4f}" if metrics["mean_auc"] else "n/a", metrics["brier"], metrics["brier_base_rate"], metrics["ece"])
+
+    out = Path(args.out)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "models": table.models,
+        "features": {
+            "embedding": {"model": "all-MiniLM-L6-v2", "dim": DIM, "weights_digest": _weights_digest(), "runtime": "onnx"},
+            "cheap": list(FEATURE_NAMES),
+            "text_column": args.text_column or "prompt|query",
+        },
+        "data": [{"path": str(p), "sha256_16": file_digest(p), "rows": len(t)} for p, t in zip(args.data, tables)],
+        "prices_seen": {m: [p.input_per_1m, p.output_per_1m] for m, p in table.prices.items()},
+        "metrics": {k: v for k, v in metrics.items() if k != "reliability"},
+        "reliability": metrics["reliability"],
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with tqdm(total=2, desc="save", unit="step") as bar:
+        LearnedRouter(predictor, manifest).save(out)
+        plot = plot_reliability(metrics["reliability"], out / "reliability.png")
+        bar.update()
+        params = {"data": ",".join(args.data), "folds": args.folds, "mode": args.mode, "pca_dim": args.pca_dim,
+                  "rounds": args.rounds, "seed": args.seed, "rows": len(table), "models": len(table.models)}
+        run_id, version = log_to_mlflow(args, out, params, metrics, plot)
+        bar.update()
+    (out / "mlflow.json").write_text(json.dumps({"run_id": run_id, "registered_model": args.registered_name, "version": version}))
+    print(f"wrote {out} (MLflow run {run_id}, {args.registered_name} version {version}); "
+          f"CV mean AUC {metrics['mean_auc']}, Brier {metrics['brier']:.4f} vs base rate {metrics['brier_base_rate']:.4f}")
+    return 0
