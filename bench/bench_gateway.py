@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -52,12 +53,15 @@ def serve_upstream() -> None:
     uvicorn.Server(uvicorn.Config(Simulator(time_scale=0.0).app, log_level="warning", access_log=False)).run(sockets=[sock])
 
 
-def start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
+def start(cmd: list[str], env: dict[str, str], log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    stderr = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=REPO)
     line = proc.stdout.readline().strip()
     if not line:
         proc.kill()
         raise RuntimeError(f"{cmd} did not start")
+    # Keep reading what it prints: a full pipe would block the server mid-benchmark.
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
     return proc, line
 
 
@@ -158,6 +162,7 @@ async def measure(upstream: str, gateway: str, n: int, seconds: float, routed: b
     if routed:
         targets.append(("auto", gw_url, "auto"))
     for label, url, model in targets:
+        print(f"measuring {label}", file=sys.stderr, flush=True)
         since = time.time()
         plain = await sequential(url, model, False, n)
         if label != "direct":
@@ -194,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         config = Path(tmp) / "bench.yaml"
         db = f"sqlite:///{tmp}/outcomes.sqlite"
         config.write_text(yaml.safe_dump(gateway_config(upstream, artifact, db)))
-        gw_proc, line = start([sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", "0"], env)
+        gw_proc, line = start([sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", "0"], env,
+                              log=Path(args.out).with_suffix(".gateway.log"))
         gateway = line.split()[3]
         try:
             rows = asyncio.run(measure(upstream, gateway, args.requests, args.seconds, routed, db))

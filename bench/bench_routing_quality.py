@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -36,13 +35,32 @@ def wide_frame(path: Path):
     return _join_responses(read_frame(path), path)
 
 
+def reuse_embeddings(texts, vectors) -> None:
+    """Serve the folds' embeddings from the whole file's: `encode_cached` memoises per list of
+    texts, so each fold's subset would otherwise be embedded again (same vectors, minutes of CPU)."""
+    import router.embedding as embedding
+
+    known = dict(zip(texts, vectors))
+    original = embedding.encode_cached
+
+    def encode_cached(batch, batch_size: int = 64):
+        if all(t in known for t in batch):
+            return np.stack([known[t] for t in batch])
+        return original(batch, batch_size)
+
+    embedding.encode_cached = encode_cached
+
+
 def train_fold(frame, folder: Path, extra: list[str]) -> Path:
+    """`openclaw-router train` on one fold's training rows (MLflow store inside the temp folder)."""
+    from service.cli import main as cli
+
     data = folder / "train.parquet"
     frame.to_parquet(data, index=False)
     out = folder / "router"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "service.cli", "train", "--data", str(data), "--out", str(out), *extra]
-    subprocess.run(cmd, check=True, env=env, cwd=folder, stdout=subprocess.DEVNULL)
+    rc = cli(["train", "--data", str(data), "--out", str(out), "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}", *extra])
+    if rc != 0:
+        raise RuntimeError(f"training failed with exit code {rc}")
     return out
 
 
@@ -64,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     frame = wide_frame(path)
     table = wide_to_outcomes(frame, path)
     emb = encode_cached(table.texts)
+    reuse_embeddings(table.texts, emb)
     fold = np.random.default_rng(args.seed).permutation(len(frame)) % args.folds
     rows = []
     for k in range(args.folds):

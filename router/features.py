@@ -3,8 +3,8 @@
 They describe the *shape* of a request (how long, code or maths, a question, a multiple-choice
 item, how many turns, tools), which tells "how hard / how long an answer" across tasks better
 than topic does: the embedding knows what a prompt is about, these say what kind of work it
-asks for. All are computed with a few regular expressions over at most `MAX_SCAN_CHARS`
-characters, so a 2,000-token prompt costs tens of microseconds.
+asks for. All are substring counts over at most `MAX_SCAN_CHARS` characters, so a
+2,000-token prompt costs tens of microseconds.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from router.types import RoutingRequest
 
-MAX_SCAN_CHARS = 8000  # the head of a long prompt says what it is; scanning all of it is waste
+MAX_SCAN_CHARS = 2000  # the head of a long prompt says what it is; scanning all of it is waste
 
 FEATURE_NAMES = (
     "log_input_tokens",
@@ -35,32 +35,39 @@ FEATURE_NAMES = (
     "needs_json",
 )
 
-_CODE = re.compile(r"```|\bdef |\bclass |\bimport |\breturn\b|\bfunction\b|#include|=>|;\s*$|\{\s*$|\bpython\b|\bcode\b", re.M | re.I)
-_MATH = re.compile(r"\\frac|\\sqrt|\$[^$\n]+\$|\d\s*[-+*/^=]\s*\d|\bsolve\b|\bequation\b|\bcalculate\b|\bhow many\b|\bprobability\b|%", re.I)
-_QUESTION = re.compile(r"\?\s*$|^\s*(what|why|how|which|who|when|where|is|are|does|do|can|should)\b", re.I | re.M)
-_CHOICE = re.compile(r"^\s*\(?[A-Ea-e][).:]\s+\S", re.M)
-_INSTRUCTION = re.compile(r"\b(write|explain|implement|prove|derive|summari[sz]e|translate|compare|analy[sz]e|step by step)\b", re.I)
+# Substring counts over the lower-cased head: `str.count` runs in C, where a regex
+# alternation of ten words costs ~1 ms per 2,000 characters in Python's engine.
+_CODE = ("```", "def ", "class ", "import ", "return", "function", "#include", "=>", ";\n", "{\n", "python", " code")
+_MATH = ("\\frac", "\\sqrt", "$", "solve", "equation", "calculate", "how many", "probability", "%", "=", "^", "sum of")
+_INSTRUCTION = ("write", "explain", "implement", "prove", "derive", "summar", "translate", "compare", "analy", "step by step")
+_WH = ("what", "why", "how", "which", "who", "when", "where", "is ", "are ", "does", "do ", "can ", "should")
+_CHOICE = re.compile(r"^\s*\(?[a-e][).:]\s+\S", re.M)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
-_DIGIT = re.compile(r"\d")
+
+
+def _count(text: str, needles: Sequence[str]) -> int:
+    return sum(text.count(n) for n in needles)
 
 
 def text_features(text: str, input_tokens: int, n_turns: int = 1, has_tools: bool = False,
                   needs_json: bool = False) -> list[float]:
-    head = text[:MAX_SCAN_CHARS]
+    head = text[:MAX_SCAN_CHARS].lower()
     n = max(len(head), 1)
     non_ascii = len(head) - len(head.encode("ascii", "ignore"))
+    stripped = head.strip()
+    question = stripped.endswith(("?", "？")) or stripped.startswith(_WH) or "?\n" in head
     return [
         math.log1p(max(input_tokens, 0)),
         math.log1p(len(text)),
         float(min(head.count("\n"), 200)),
-        float(min(len(_CODE.findall(head)), 50)),
-        float(min(len(_MATH.findall(head)), 50)),
-        len(_DIGIT.findall(head)) / n,
+        float(min(_count(head, _CODE), 50)),
+        float(min(_count(head, _MATH), 50)),
+        _count(head, "0123456789") / n,
         non_ascii / n,
         len(_CJK.findall(head)) / n if non_ascii else 0.0,
-        float(bool(_QUESTION.search(head))),
+        float(question),
         float(min(len(_CHOICE.findall(head)), 10)),
-        float(min(len(_INSTRUCTION.findall(head)), 20)),
+        float(min(_count(head, _INSTRUCTION), 20)),
         float(n_turns),
         float(has_tools),
         float(needs_json),

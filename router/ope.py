@@ -116,6 +116,8 @@ def snips(log: LoggedData, target_probs: np.ndarray, n_boot: int = 1000, seed: i
     if n == 0:
         return Estimate("snips", float("nan"), float("nan"), float("nan"), 0, 0.0)
     value = _snips_value(wr, w)
+    if not np.any(w > 0):  # the target never takes a logged action: no overlap, no estimate
+        return Estimate("snips", float("nan"), float("nan"), float("nan"), n, 0.0)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     sw = w[idx].sum(axis=1)
@@ -155,7 +157,7 @@ def compare(
             return np.where(s > 0, t[ix].sum(axis=-1) / np.where(s > 0, s, 1.0), np.nan)
 
         boots = ratio(tc, wc, idx) - ratio(tb, wb, idx)
-        lo, hi = np.nanpercentile(boots, [2.5, 97.5])
+        lo, hi = np.nanpercentile(boots, [2.5, 97.5]) if np.any(wc > 0) and np.any(wb > 0) else (np.nan, np.nan)
         value = _snips_value(tc, wc) - _snips_value(tb, wb)
         out["snips"] = Estimate("snips", value, float(lo), float(hi), n, _ess(wc))
     else:

@@ -35,9 +35,9 @@ DEFAULT_THROUGHPUT_TPS = 50.0
 
 QUALITY_PARAMS = {
     "objective": "cross_entropy",
-    "learning_rate": 0.05,
-    "num_leaves": 15,
-    "min_data_in_leaf": 20,
+    "learning_rate": 0.08,
+    "num_leaves": 7,
+    "min_data_in_leaf": 50,
     "feature_fraction": 0.7,
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
@@ -118,8 +118,8 @@ class OutcomePredictor:
     mode: str = "shared"  # or "per_model"
     pca_dim: int = 32
     embed_dim: int = 384
-    num_rounds: int = 200
-    token_rounds: int = 150
+    num_rounds: int = 100
+    token_rounds: int = 100
     seed: int = 7
     models: list[str] = field(default_factory=list)
     quality_boosters: list = field(default_factory=list)  # shared: K boosters; per_model: M lists of K

@@ -10,13 +10,14 @@ from fastapi import APIRouter, FastAPI
 
 from router.config import Config
 from router.outcome_log import OutcomeLog, open_outcome_log
-from service import api_chat, api_info
+from service import api_admin_router, api_chat, api_feedback, api_info
 from service.errors import install_error_handlers
-from service.gateway import Gateway, build_gateway, load_router
+from service.gateway import build_gateway, load_router
 from service.governance import api_admin, api_ui
 from service.governance.hook import GovernanceHook
 from service.governance.runtime import Governance
 from service.hooks.cache_hook import CacheHook
+from service.hooks.learning_hook import LearningHook, LearningRuntime
 from service.hooks.outcome_hook import OutcomeHook
 from service.pipeline import Hook
 from service.providers.base import Provider
@@ -26,12 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def pipeline_hooks(config: Config, outcome_log: OutcomeLog, simulated: frozenset[str], extra: Sequence[Hook],
-                   governance: "Governance | None" = None) -> list[Hook]:
+                   governance: "Governance | None" = None, learning: LearningHook | None = None) -> list[Hook]:
     """Pre-hooks run in this order; post-hooks in reverse, so the outcome log (first) writes
     last and records what every other hook decided. Governance (keys, budgets) comes before
     anything that could answer the request, such as the cache."""
     return [
         OutcomeHook(outcome_log, config.server.prompt_storage, simulated),
+        # Before governance: the bandit's choice is the decision whose cost gets reserved.
+        *([learning] if learning is not None else []),
         *([GovernanceHook(governance)] if governance is not None else []),
         *extra,
         *([CacheHook.from_config(config)] if config.cache.enabled else []),
@@ -42,6 +45,8 @@ def api_routers() -> list[APIRouter]:
     return [
         api_chat.router,
         api_info.router,
+        api_feedback.router,
+        api_admin_router.router,
         api_admin.router,
         api_ui.router,
     ]
@@ -64,9 +69,10 @@ def create_app(
     if router is None and load_artifact:
         router = load_router(config)
     outcome_log = outcome_log or open_outcome_log(config.server.db)
+    learning = LearningRuntime.from_config(config, router)
     gateway = build_gateway(
         config,
-        hooks=pipeline_hooks(config, outcome_log, simulated, hooks, governance),
+        hooks=pipeline_hooks(config, outcome_log, simulated, hooks, governance, learning.hook),
         router=router,
         outcome_log=outcome_log,
         providers=providers,
@@ -77,19 +83,19 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await gateway.aclose()
+        if learning.feedback_log is not None:
+            learning.feedback_log.close()
         if governance is not None:
             await governance.alerts.aclose()
 
     app = FastAPI(title="OpenClaw Router", version="0.1.0", lifespan=lifespan)
     app.state.gateway = gateway
     app.state.governance = governance
+    learning.attach(gateway)
+    app.state.learning = learning
     if governance is not None:
         governance.attach(gateway)
     install_error_handlers(app)
     for api in api_routers():
         app.include_router(api)
     return app
-
-
-def gateway_of(app: FastAPI) -> Gateway:
-    return app.state.gateway

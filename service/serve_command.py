@@ -25,6 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=None, help="port (default: server.port, 8080; 0 picks a free one)")
     parser.add_argument("--config", default=None, help="catalog/config YAML (default: the embedded simulated demo)")
     parser.add_argument("--db", default=None, help="outcome log URL, e.g. sqlite:///outcomes.sqlite (default: server.db)")
+    parser.add_argument("--access-log", action="store_true", help="log one line per HTTP request (the outcome log has them all)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     server = config.server.model_copy(update={k: v for k, v in (("db", args.db), ("host", args.host), ("port", args.port)) if v is not None})
     config = config.model_copy(update={"server": server})
 
+    from service.governance.db import redact_url
     from service.governance.runtime import Governance
 
     governance = Governance.from_config(config)
@@ -61,12 +63,11 @@ def run(args: argparse.Namespace) -> int:
     sock.bind((server.host, server.port))
     port = sock.getsockname()[1]
     # One parseable line on stdout: scripts and tests that pass --port 0 read the port from it.
-    print(f"openclaw-router listening on http://{server.host}:{port} (outcome log {server.db})", flush=True)
+    print(f"openclaw-router listening on http://{server.host}:{port} (outcome log {redact_url(server.db)})", flush=True)
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="on")).run(sockets=[sock])
+        uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="on", access_log=args.access_log)).run(sockets=[sock])
     finally:
         sock.close()
         if stop_simulator is not None:
             stop_simulator()
     return 0
-

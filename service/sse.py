@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable
+from typing import Any
 
 DONE = b"data: [DONE]\n\n"
 
@@ -130,7 +130,3 @@ class Assembler:
         if self.usage is not None:
             body["usage"] = self.usage
         return body
-
-
-def encode_all(chunks: Iterable[dict[str, Any]]) -> bytes:
-    return b"".join(encode(c) for c in chunks)

@@ -4,6 +4,7 @@ stored, saved cost in the outcome log and metrics, and persistence across a gate
 from __future__ import annotations
 
 import httpx
+import openai
 import pytest
 
 from router.config import CacheSection
@@ -115,23 +116,21 @@ def test_cache_control_headers(gw, upstream):
 
 def test_errors_truncated_streams_tool_calls_and_temperature_are_not_stored(gw, upstream):
     client = gw.client()
-    upstream.script("m1", server_error(), server_error())
-    upstream.script("m2", server_error(), server_error())
-    upstream.script("m3", server_error(), server_error())
-    with pytest.raises(Exception):
-        client.chat.completions.create(model="auto", messages=msgs("first question"))
-    upstream.script("m1", cut_stream(after_chunks=2))
-    with pytest.raises(Exception):
-        list(client.chat.completions.create(model="auto", messages=msgs("second question"), stream=True))
-    upstream.script("m1", ok(tool_calls=[{"name": "lookup", "arguments": "{}"}]))
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
-    client.chat.completions.create(model="auto", messages=msgs("third question"), tools=tools)
-    client.chat.completions.create(model="auto", messages=msgs("fourth question"), temperature=0.7)
-    client.chat.completions.create(model="auto", messages=msgs("fifth question"), temperature=0)
-    gw.outcomes(5)
-    import time; time.sleep(1)
-    print([(e.text, e.model) for e in cache_of(gw).cache._entries.values()], [ (r['status'], r['cache_status']) for r in gw.outcomes(5)])
+    upstream.script("m1", ok(tool_calls=[{"name": "lookup", "arguments": "{}"}]))
+    assert client.chat.completions.create(model="auto", messages=msgs("first question"), tools=tools).choices[0].message.tool_calls
+    client.chat.completions.create(model="auto", messages=msgs("second question"), temperature=0.7)
+    client.chat.completions.create(model="auto", messages=msgs("third question"), temperature=0)
+    upstream.script("m1", cut_stream(after_chunks=2))
+    with pytest.raises(openai.APIError):
+        list(client.chat.completions.create(model="auto", messages=msgs("fourth question"), stream=True))
+    for model in ("m1", "m2", "m3"):
+        upstream.script(model, server_error(), server_error())
+    with pytest.raises(openai.APIError):
+        client.chat.completions.create(model="auto", messages=msgs("fifth question"))
+    assert [r["status"] for r in gw.outcomes(5)] == ["ok", "ok", "ok", "truncated", "error"]
     stored(gw, 1)
+    assert [e.text for e in cache_of(gw).cache._entries.values()] == ["third question"]
 
 
 def test_cache_survives_a_gateway_restart(upstream, tmp_path):

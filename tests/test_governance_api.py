@@ -196,6 +196,17 @@ def test_soft_threshold_reroutes_cheaper_then_budget_refuses(env):
     assert {(r["team"], r["model"]) for r in spend if r["cost_usd"] > 0} == {("growth", "m1"), ("growth", "m3")}
 
 
+def test_budget_too_small_for_any_model_names_the_budget(env):
+    gw, admin, *_ = env
+    key, secret = new_key(admin, name="tiny")
+    # Less than even m3's predicted ~$0.00005: the router's cost cap excludes every model.
+    admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 0.00002})
+    with pytest.raises(openai.APIStatusError) as refused:
+        chat(client(gw, secret))
+    assert refused.value.status_code == 402 and refused.value.body["code"] == "budget_exceeded"
+    assert f"day budget of key '{key['id']}'" in refused.value.body["message"]
+
+
 def test_request_and_session_ceilings(env):
     gw, admin, *_ = env
     _, secret = new_key(admin, name="agent", max_request_usd=0.0015, max_session_usd=0.0025)
@@ -334,3 +345,21 @@ def test_open_mode_only_on_loopback(tmp_path):
             gw.stop()
     finally:
         up.stop()
+
+
+def test_serve_refuses_open_gateway_on_public_interface(tmp_path):
+    """`serve` without any key: refuses 0.0.0.0 with a clear message (and binds nothing)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_")}
+    env["PYTHONPATH"] = str(root)
+    done = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--host", "0.0.0.0", "--port", "0",
+                           "--db", f"sqlite:///{tmp_path}/o.sqlite"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "refusing to serve on 0.0.0.0 without any key" in done.stderr
+    assert "listening" not in done.stdout

@@ -16,10 +16,11 @@ STYLE = {
 
 
 def _hull_line(costs, qualities, c_max):
+    """The hull, densified so that its straight segments stay straight on a log axis too."""
     hx, hy = nondecreasing_hull(costs, qualities)
-    if hx[-1] < c_max:
-        hx, hy = np.append(hx, c_max), np.append(hy, hy[-1])
-    return hx, hy
+    end = max(c_max, hx[-1])
+    xs = np.union1d(hx, np.geomspace(hx[0], end, 200)) if hx[0] > 0 else np.union1d(hx, [end])
+    return xs, np.interp(xs, hx, hy)
 
 
 def cost_quality_figure(summary: dict, title: str = ""):

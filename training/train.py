@@ -33,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("shared", "per_model"), default="shared",
                         help="one booster with a model feature, or one booster per model")
     parser.add_argument("--pca-dim", type=int, default=32, help="embedding dimensions kept (0 = all 384)")
-    parser.add_argument("--rounds", type=int, default=300, help="boosting rounds per quality booster")
+    parser.add_argument("--rounds", type=int, default=100, help="boosting rounds per quality booster")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
     parser.add_argument("--registered-name", default=REGISTERED_MODEL, help="MLflow registered model name")
@@ -189,7 +189,7 @@ def log_to_mlflow(args, router_dir: Path, params: dict, metrics: dict, plot: Pat
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from router.embedding import DIM, _weights_digest, encode_cached
+    from router.embedding import DIM, _weights_digest, encode_cached, variant
     from router.engine import FORMAT_VERSION, LearnedRouter
     from router.features import FEATURE_NAMES, request_features
     from router.predictor import OutcomePredictor
@@ -225,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
         "format_version": FORMAT_VERSION,
         "models": table.models,
         "features": {
-            "embedding": {"model": "all-MiniLM-L6-v2", "dim": DIM, "weights_digest": _weights_digest(), "runtime": "onnx"},
+            "embedding": {"model": "all-MiniLM-L6-v2", "dim": DIM, "weights_digest": _weights_digest(), "runtime": "onnx",
+                          "variant": variant()},
             "cheap": list(FEATURE_NAMES),
             "text_column": args.text_column or "prompt|query",
         },

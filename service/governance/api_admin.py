@@ -156,6 +156,7 @@ async def revoke_key(key_id: str, request: Request, gov: Governance = Depends(re
 @router.post("/keys/{key_id}/rotate")
 async def rotate_key(key_id: str, request: Request, body: Rotate | None = None, gov: Governance = Depends(require_master)) -> JSONResponse:
     key, secret = await _run(gov.keys.rotate, key_id, (body or Rotate()).grace_s)
+    _invalidate(request)
     return JSONResponse({"key": key.to_dict(), "secret": secret,
                          "note": "store the secret now: it is not kept and cannot be shown again"})
 
@@ -182,8 +183,9 @@ def budget_report(gov: Governance, now: float | None = None) -> list[dict[str, A
 
 
 @router.post("/budgets")
-async def create_budget(body: BudgetCreate, gov: Governance = Depends(require_master)) -> JSONResponse:
+async def create_budget(body: BudgetCreate, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
     budget = await _run(gov.budgets.create, body.scope, body.scope_id, body.period, body.limit_usd, body.soft_threshold)
+    _invalidate(request)
     return JSONResponse(budget.to_dict(), status_code=201)
 
 
@@ -193,14 +195,16 @@ async def list_budgets(gov: Governance = Depends(require_master)) -> JSONRespons
 
 
 @router.patch("/budgets/{budget_id}")
-async def update_budget(budget_id: str, body: BudgetUpdate, gov: Governance = Depends(require_master)) -> JSONResponse:
+async def update_budget(budget_id: str, body: BudgetUpdate, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
     budget = await _run(gov.budgets.update, budget_id, body.limit_usd, body.soft_threshold)
+    _invalidate(request)
     return JSONResponse(budget.to_dict())
 
 
 @router.delete("/budgets/{budget_id}")
-async def delete_budget(budget_id: str, gov: Governance = Depends(require_master)) -> JSONResponse:
+async def delete_budget(budget_id: str, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
     await _run(gov.budgets.delete, budget_id)
+    _invalidate(request)
     return JSONResponse({"deleted": budget_id})
 
 

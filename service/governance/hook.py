@@ -18,7 +18,7 @@ from typing import Any
 
 from router.config import ModelSpec
 from service.errors import ApiError
-from service.governance.budgets import Line, Reservation, session_line
+from service.governance.budgets import Budget, Line, Reservation, session_line
 from service.governance.keys import VirtualKey, to_nusd
 from service.governance.runtime import Governance
 from service.pipeline import RequestContext
@@ -31,6 +31,10 @@ INPUT_MARGIN = 1.25
 TOKENS_PER_MESSAGE = 8
 TOKENS_PER_REQUEST = 16
 OPEN_MODE_TTL_S = 2.0
+# Keys and budget definitions are cached this long per replica (changes made through this
+# replica's admin API apply at once; other replicas see them within this delay).
+CACHE_TTL_S = 1.0
+CACHE_MAX = 10_000
 # How long a request whose budget is tied up by in-flight reservations waits for them to settle.
 RESERVE_WAIT_S = 5.0
 RESERVE_POLL_S = 0.05
@@ -64,10 +68,40 @@ class GovernanceHook:
     def __init__(self, gov: Governance):
         self.gov = gov
         self._open: tuple[float, bool] = (0.0, False)
+        self._keys: dict[str, tuple[float, VirtualKey, str]] = {}  # by secret hash: only known keys
+        self._budgets: dict[str, tuple[float, list[Budget]]] = {}
 
     def invalidate(self) -> None:
-        """Keys changed in this process: re-check open mode on the next request."""
+        """Keys or budgets changed in this process: forget what is cached."""
         self._open = (0.0, False)
+        self._keys = {}
+        self._budgets = {}
+
+    def _authenticate(self, secret: str) -> tuple[VirtualKey | None, str]:
+        digest = self.gov.keys.hash(secret)
+        hit = self._keys.get(digest)
+        if hit is not None and time.monotonic() - hit[0] < CACHE_TTL_S:
+            key, status = hit[1], hit[2]
+        else:
+            key, status = self.gov.keys.authenticate(secret)
+            if key is not None:
+                if len(self._keys) >= CACHE_MAX:
+                    self._keys = {}
+                self._keys[digest] = (time.monotonic(), key, status)
+        # Expiry is checked against the clock on every request, cached or not.
+        return (key, key.status()) if key is not None and status == "active" else (key, status)
+
+    def _applicable(self, key: VirtualKey | None) -> list[Budget]:
+        if key is None:
+            return []
+        hit = self._budgets.get(key.id)
+        if hit is not None and time.monotonic() - hit[0] < CACHE_TTL_S:
+            return hit[1]
+        budgets = self.gov.budgets.applicable(key)
+        if len(self._budgets) >= CACHE_MAX:
+            self._budgets = {}
+        self._budgets[key.id] = (time.monotonic(), budgets)
+        return budgets
 
     async def _open_mode(self) -> bool:
         checked_at, value = self._open
@@ -97,7 +131,7 @@ class GovernanceHook:
         if secret is None:
             raise self._refuse(401, "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
                                "missing_api_key", "missing_key")
-        key, status = await asyncio.to_thread(self.gov.keys.authenticate, secret)
+        key, status = await asyncio.to_thread(self._authenticate, secret)
         if key is None:
             raise self._refuse(401, "Incorrect API key provided.", "invalid_api_key", "invalid_key")
         if status != "active":
@@ -136,7 +170,7 @@ class GovernanceHook:
     def _budget_lines(self, ctx: RequestContext, state: GovState) -> None:
         key = state.key
         now = time.time()
-        budgets = self.gov.budgets.applicable(key)
+        budgets = self._applicable(key)
         lines = [b.line(now) for b in budgets]
         session_id = ctx.body.get("prompt_cache_key") or ctx.headers.get("x-session-id")
         if session_id:
@@ -147,6 +181,7 @@ class GovernanceHook:
                 lines.append(line)
         state.lines = lines
         if not lines:
+            self._tighten(ctx, key, None, False)
             return
         usage = self.gov.ledger.usage(lines)
         headroom: int | None = None
@@ -309,7 +344,7 @@ class GovernanceHook:
         for model in dict.fromkeys(a["model"] for a in ctx.attempts if a.get("status") in ("ok", "error")):
             failed = any(a["model"] == model and a["status"] == "error" for a in ctx.attempts)
             fired += alerts.request_outcome(model, failed)
-        breaker = getattr(self.gov, "breaker", None)
+        breaker = self.gov.breaker
         if breaker is not None:
             for model in dict.fromkeys(a["model"] for a in ctx.attempts):
                 fired += alerts.circuit_state(model, breaker.state(model))

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from router.config import Config
@@ -37,7 +37,6 @@ class GovernanceSettings:
     webhook_url: str | None = None
     thresholds: tuple[float, ...] = (0.5, 0.8, 1.0)
     stale_reservation_s: float = 900.0  # longer than any request may take
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, config: Config) -> "GovernanceSettings":
@@ -74,6 +73,7 @@ class Governance:
         self.alerts = Alerter(self.db, settings.webhook_url, settings.thresholds)
         self.attribution = Attribution(self.db)
         self.metrics: SpendMetrics | None = None
+        self.breaker: Any = None  # the gateway's circuit breaker, once attached
         self._last_sweep = 0.0
         log.info(
             "governance: store %s, shared state %s", redact_url(settings.db_url),

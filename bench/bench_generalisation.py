@@ -1,0 +1,129 @@
+"""Generalisation to unseen tasks: train on some tasks, evaluate on held-out tasks (docs/EVALUATION.md).
+
+The router only ever sees prompts of its training tasks; the held-out tasks' prompts are new in
+kind, not just new rows. Splits:
+
+* llmrouter_nim9 (9 NIM-hosted LLMs, 14 tasks): hold out MMLU + GSM8K; and three task groups in
+  turn (knowledge multiple choice / maths and code / open QA and generation). No per-call cost is
+  recorded: cost = input tokens × input price + 200 output tokens × output price, from the set's
+  models.json (the same formula for the router's predictions and the realised cost).
+* routerdc_7llm (7 open 7–8B LLMs, no cost): hold out MMLU + GSM8K; and ARC + HumanEval. All models
+  are priced alike, so routing is quality only: the router's pick (argmax predicted quality)
+  against random routing and the best single model.
+
+Each split trains with `openclaw-router train` into a temporary folder and evaluates with the eval
+job's `evaluate_table` (kNN fit on the same training tasks).
+
+    python bench/bench_generalisation.py [--json OUT.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_routing_quality import DATASETS, reuse_embeddings  # noqa: E402
+
+NIM9 = DATASETS / "llmrouter_nim9" / "llmrouter_nim9_train.parquet"
+RDC = DATASETS / "routerdc_7llm" / "routerdc_7llm_train.parquet"
+NIM9_SPLITS = {
+    "mmlu+gsm8k": ["mmlu", "gsm8k"],
+    "knowledge-mc": ["mmlu", "arc_challenge", "openbook_qa", "commonsense_qa", "gpqa"],
+    "math+code": ["math", "gsm8k", "agentverse-mgsm", "mbpp", "human_eval"],
+    "open-qa+gen": ["natural_qa", "trivia_qa", "commongen", "agentverse-logicgrid"],
+}
+RDC_SPLITS = {"mmlu+gsm8k": ["mmlu", "gsm8k"], "arc+humaneval": ["arc_easy", "arc_challenge", "humaneval"]}
+
+
+def train_on(frame, folder: Path, prices: Path, extra: list[str]) -> Path:
+    from service.cli import main as cli
+
+    data = folder / "train.parquet"
+    frame.to_parquet(data, index=False)
+    rc = cli(["train", "--data", str(data), "--out", str(folder / "router"), "--prices", str(prices),
+              "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}", *extra])
+    if rc != 0:
+        raise RuntimeError(f"training failed with exit code {rc}")
+    return folder / "router"
+
+
+def run_split(name, frame, table, emb, held_tasks, prices: Path, extra) -> dict:
+    from router.engine import LearnedRouter
+    from training.evaluate import evaluate_table
+
+    task = table.task
+    test = np.isin(task, held_tasks)
+    if not test.any():
+        raise ValueError(f"split {name}: none of {held_tasks} in {sorted(set(task))}")
+    tr, te = np.nonzero(~test)[0], np.nonzero(test)[0]
+    with tempfile.TemporaryDirectory(prefix="gen-") as tmp:
+        router = LearnedRouter.load(train_on(frame.iloc[tr].reset_index(drop=True), Path(tmp), prices, extra))
+        ev = evaluate_table(table.subset(te), emb[te], router, knn_train=(table.subset(tr), emb[tr]))
+    s = ev.summary
+    m = s["methods"]
+    best_router_q = max(p[1] for p in m["router"]["points"])
+    out = {
+        "split": name, "held_out_tasks": held_tasks, "n_train": int(len(tr)), "n_test": int(len(te)),
+        "random_quality": m["random"]["mean_quality"], "random_cost": m["random"]["mean_cost"],
+        "best_single": s["best_single_model"],
+        "router_quality_at_random_cost": m["router"]["quality_at_random_cost"],
+        "knn_quality_at_random_cost": m["knn"]["quality_at_random_cost"],
+        "router_best_quality": best_router_q,
+        "knn_best_quality": max(p[1] for p in m["knn"]["points"]),
+        "aiq": {k: m[k]["aiq"] for k in ("router", "knn", "zero", "random", "oracle")},
+    }
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json")
+    ap.add_argument("--train-args", default="", help="extra arguments for `openclaw-router train`")
+    args = ap.parse_args(argv)
+
+    from router.embedding import encode_cached
+    from training.data import load_prices, read_frame, wide_to_outcomes
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="gen-prices-") as tmp:
+        nim_prices = DATASETS / "llmrouter_nim9" / "models.json"
+        frame = read_frame(NIM9)
+        table = wide_to_outcomes(frame, NIM9, prices=load_prices(nim_prices))
+        emb = encode_cached(table.texts)
+        reuse_embeddings(table.texts, emb)
+        for name, held in NIM9_SPLITS.items():
+            results.append({"data": "llmrouter_nim9", **run_split(name, frame, table, emb, held, nim_prices, args.train_args.split())})
+
+        frame = read_frame(RDC)
+        models = [c[len("quality__"):] for c in frame.columns if c.startswith("quality__")]
+        flat = Path(tmp) / "flat_prices.json"
+        flat.write_text(json.dumps({m: {"input_per_1m": 0.2, "output_per_1m": 0.2} for m in models}))
+        table = wide_to_outcomes(frame, RDC, prices=load_prices(flat))
+        emb = encode_cached(table.texts)
+        reuse_embeddings(table.texts, emb)
+        for name, held in RDC_SPLITS.items():
+            results.append({"data": "routerdc_7llm", **run_split(name, frame, table, emb, held, flat, args.train_args.split())})
+
+    print("\n| data | held-out tasks | train / test rows | random | router at random's cost | kNN at random's cost | router best | best single (model) | AIQ router / kNN / Zero |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        aiq = r["aiq"]
+        aiq_s = "n/a (one price)" if aiq["router"] is None else f"{aiq['router']:.3f} / {aiq['knn']:.3f} / {aiq['zero']:.3f}"
+        print(f"| {r['data']} | {', '.join(r['held_out_tasks'])} | {r['n_train']} / {r['n_test']} | {r['random_quality']:.3f} | "
+              f"{r['router_quality_at_random_cost']:.3f} | {r['knn_quality_at_random_cost']:.3f} | {r['router_best_quality']:.3f} | "
+              f"{r['best_single']['mean_quality']:.3f} ({r['best_single']['model']}) | {aiq_s} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""`POST /v1/feedback`: a client's verdict on an answer, stored beside the outcome log.
+
+Body: `request_id` (the `x-request-id` response header of the request being judged), and
+either `score` in [0, 1] or `thumbs` ("up" = 1, "down" = 0); optional `label` (e.g. the task
+or the failure kind) and `comment`. An unknown request id is a 404, so a typo cannot create
+orphan feedback. The score reaches the exploring bandit at once (online update, no restart)
+and the retraining job later.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from router.feedback_log import Feedback
+from service.errors import ApiError, bad_request
+from service.schemas import read_json_body
+
+router = APIRouter()
+MAX_BODY = 64 * 1024
+
+
+class FeedbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=200)
+    score: float | None = Field(default=None, ge=0.0, le=1.0)
+    thumbs: Literal["up", "down"] | None = None
+    label: str | None = Field(default=None, max_length=200)
+    comment: str | None = Field(default=None, max_length=4000)
+
+    @model_validator(mode="after")
+    def _one_verdict(self) -> "FeedbackBody":
+        if (self.score is None) == (self.thumbs is None):
+            raise ValueError("give exactly one of score (a number in [0, 1]) or thumbs ('up' or 'down')")
+        return self
+
+    @property
+    def reward(self) -> float:
+        return float(self.score) if self.score is not None else (1.0 if self.thumbs == "up" else 0.0)
+
+
+def parse_feedback(raw: object) -> FeedbackBody:
+    if not isinstance(raw, dict):
+        raise bad_request("the feedback body must be a JSON object")
+    try:
+        return FeedbackBody.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err.get("loc", ())) or None
+        msg = err.get("msg", "invalid feedback").removeprefix("Value error, ")
+        raise bad_request(f"{param}: {msg}" if param else msg, param=param) from None
+
+
+@router.post("/v1/feedback")
+async def post_feedback(request: Request) -> JSONResponse:
+    learning = getattr(request.app.state, "learning", None)
+    if learning is None or learning.feedback_log is None:
+        raise ApiError(503, "feedback needs a SQLite outcome log (server.db = sqlite:///PATH)", code="feedback_unavailable")
+    body = parse_feedback(await read_json_body(request, MAX_BODY))
+    if not await asyncio.to_thread(learning.knows, body.request_id):
+        raise ApiError(404, f"No request with id {body.request_id!r} was routed by this gateway.",
+                       code="request_not_found", param="request_id")
+    fb = Feedback(body.request_id, body.reward, source="explicit", signal="score" if body.score is not None else "thumbs",
+                  label=body.label, comment=body.comment)
+    await asyncio.to_thread(learning.record, fb)
+    return JSONResponse({"object": "feedback", "request_id": fb.request_id, "score": fb.score, "signal": fb.signal})

@@ -1,0 +1,139 @@
+"""The contextual bandit: propensities, constraints, budgets, online learning, thread safety,
+and the propensity it logs through a running gateway."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from router.bandit import BanditSettings, ContextualBandit
+from router.types import Candidate, Decision
+from tests.fake_upstream import FakeUpstream
+from tests.gateway_harness import QualityRouter, Running, fake_config
+
+MODELS = ["a", "b", "c", "d"]
+
+
+def _arrays(p=(0.80, 0.79, 0.78, 0.30), std=(0.05, 0.05, 0.05, 0.05), cost=(1e-3, 1e-3, 1e-3, 1e-4)):
+    p, cost = np.array(p), np.array(cost)
+    return dict(models=list(MODELS), p_good=p, p_good_std=np.array(std), penalty=cost / 0.1, cost=cost)
+
+
+def test_propensities_are_a_distribution_and_match_the_draws():
+    bandit = ContextualBandit(BanditSettings(explore_share=1.0, extra_cost_share=10.0, seed=1))
+    rng = np.random.default_rng(0)
+    counts = dict.fromkeys(MODELS, 0)
+    first = None
+    for _ in range(3000):
+        choice = bandit.choose(**_arrays(), rng=rng)
+        assert sum(choice.probabilities.values()) == pytest.approx(1.0)
+        assert choice.propensity == choice.probabilities[choice.model] > 0
+        counts[choice.model] += 1
+        first = first or choice.probabilities
+    assert first["d"] == 0.0  # far below the best utility: never explored
+    assert 0 < first["b"] < 1 and 0 < first["a"] < 1
+    # With no feedback the probabilities stay put, so the empirical frequencies match them.
+    for m in ("a", "b", "c"):
+        assert counts[m] / 3000 == pytest.approx(first[m], abs=0.04)
+
+
+def test_only_eligible_candidates_are_ever_chosen():
+    bandit = ContextualBandit(BanditSettings(explore_share=1.0, extra_cost_share=10.0))
+    cands = (
+        Candidate("a", 0.80, 0.1, 10, 1e-3, 1.0, 0.79),
+        Candidate("x", 0.95, 0.1, 10, 1e-3, 1.0, 0.94, excluded="not in allowed models"),
+        Candidate("b", 0.79, 0.1, 10, 1e-3, 1.0, 0.78),
+    )
+    decision = Decision("a", cands, "a: best utility", 0.1)
+    seen = set()
+    for i in range(300):
+        d = bandit.choose_for(decision, request_id=f"r{i}")
+        seen.add(d.model)
+        assert d.model != "x" and 0 < d.propensity <= 1
+        assert d.candidates[0].model == d.model
+    assert seen == {"a", "b"}
+
+
+def test_exploration_share_budget_is_respected():
+    s = BanditSettings(explore_share=0.05, extra_cost_share=10.0, seed=3)
+    bandit = ContextualBandit(s)
+    rng = np.random.default_rng(1)
+    explored = sum(bandit.choose(**_arrays(), rng=rng).explored for _ in range(4000))
+    assert bandit.stats()["explore_share"] <= s.explore_share + 0.01
+    assert explored / 4000 <= s.explore_share + 0.02
+
+
+def test_extra_spend_budget_is_respected():
+    # b and c are as good as a but cost 10x: exploring them is what the $ cap must stop.
+    arrays = _arrays(p=(0.80, 0.80, 0.80, 0.3), cost=(1e-4, 1e-3, 1e-3, 1e-5))
+    arrays["penalty"] = np.zeros(4) + np.array([0, 0.001, 0.001, 0])  # nearly free for the utility
+    s = BanditSettings(explore_share=1.0, extra_cost_share=0.10, seed=4)
+    bandit = ContextualBandit(s)
+    rng = np.random.default_rng(2)
+    spend = sum(arrays["cost"][MODELS.index(bandit.choose(**arrays, rng=rng).model)] for _ in range(3000))
+    base = 3000 * 1e-4
+    assert spend <= base * (1 + s.extra_cost_share) * 1.15  # realised draws around the expected cap
+    assert spend > base  # it did explore within the cap
+
+
+def test_online_feedback_moves_traffic_away_from_a_degraded_model():
+    bandit = ContextualBandit(BanditSettings(explore_share=0.1, extra_cost_share=10.0, seed=5))
+    rng = np.random.default_rng(3)
+    arrays = _arrays(p=(0.90, 0.80, 0.60, 0.30))
+    emb = rng.normal(size=384)
+    before = [bandit.choose(**arrays, embedding=emb, rng=rng).model for _ in range(200)]
+    assert before.count("a") > 170
+    for i in range(400):  # "a" now fails most of the time; feedback arrives by request id
+        choice = bandit.choose(**arrays, embedding=emb, request_id=f"q{i}", rng=rng)
+        reward = float(rng.random() < (0.2 if choice.model == "a" else 0.8))
+        assert bandit.feedback(f"q{i}", reward)
+    after = [bandit.choose(**arrays, embedding=emb, rng=rng).model for _ in range(200)]
+    assert after.count("b") > after.count("a")
+    assert not bandit.feedback("never-seen", 1.0)
+
+
+def test_concurrent_choices_and_updates_are_consistent():
+    bandit = ContextualBandit(BanditSettings(explore_share=1.0, extra_cost_share=10.0))
+    errors = []
+
+    def work(k):
+        rng = np.random.default_rng(k)
+        try:
+            for i in range(300):
+                c = bandit.choose(**_arrays(), embedding=rng.normal(size=384), request_id=f"{k}-{i}", rng=rng)
+                bandit.feedback(f"{k}-{i}", float(rng.random() < 0.5))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    stats = bandit.stats()
+    assert stats["decisions"] == 1800
+    assert sum(a["n_eff"] > 0 for a in stats["arms"].values()) >= 3
+
+
+def test_gateway_logs_the_bandit_propensity(tmp_path):
+    quality = {"m1": 0.80, "m2": 0.795, "m3": 0.2}
+    with FakeUpstream() as up:
+        config = fake_config(up.base_url, f"sqlite:///{tmp_path}/o.sqlite",
+                             extra="learning: {bandit: {enabled: true, explore_share: 1.0, extra_cost_share: 10.0}}")
+        gw = Running(config, router=QualityRouter(quality))
+        try:
+            client = gw.client()
+            ids = []
+            for i in range(40):
+                raw = client.chat.completions.with_raw_response.create(
+                    model="auto", messages=[{"role": "user", "content": f"question {i}"}])
+                ids.append((raw.headers["x-request-id"], raw.parse().model))
+            rows = [gw.outcome(rid) for rid, _ in ids]
+        finally:
+            gw.stop()
+    answered = {m for _, m in ids}
+    assert answered <= {"m1", "m2"} and len(answered) == 2  # explored, never the far-worse m3
+    for (rid, model), row in zip(ids, rows):
+        assert row["chosen_model"] == model and 0 < row["propensity"] < 1
+        if model == "m2":
+            assert row["reason"].startswith("bandit exploration")

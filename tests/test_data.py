@@ -1,0 +1,191 @@
+"""Outcome-table loading and validation: wide files (parquet/CSV/JSONL), prices, long logs."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.data import concat_outcomes, load_outcomes, load_prices, long_to_outcomes
+
+DATASETS = Path(os.environ.get("OPENCLAW_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+
+
+def wide_frame(n: int = 6) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "uid": [f"u{i}" for i in range(n)],
+        "prompt": [f"question number {i}?" for i in range(n)],
+        "task": ["a", "b"] * (n // 2),
+        "quality__small": rng.integers(0, 2, n).astype(float),
+        "quality__big": np.ones(n),
+        "cost_usd__small": np.full(n, 1e-5),
+        "cost_usd__big": np.full(n, 1e-3),
+    })
+
+
+@pytest.mark.parametrize("ext", ["parquet", "csv", "jsonl"])
+def test_wide_formats_load_alike(tmp_path, ext):
+    df = wide_frame()
+    path = tmp_path / f"t.{ext}"
+    {"parquet": lambda: df.to_parquet(path), "csv": lambda: df.to_csv(path, index=False),
+     "jsonl": lambda: df.to_json(path, orient="records", lines=True)}[ext]()
+    t = load_outcomes(path)
+    assert t.models == ["small", "big"]
+    assert t.quality.shape == (6, 2) and t.cost.shape == (6, 2)
+    np.testing.assert_allclose(t.quality[:, 0], df["quality__small"])
+    assert t.texts[1] == "question number 1?"
+    assert list(t.task[:2]) == ["a", "b"]
+    assert (t.input_tokens >= 1).all()
+    assert set(t.prices) == {"small", "big"}
+
+
+def test_text_column_default_order_and_override(tmp_path):
+    df = wide_frame().rename(columns={"prompt": "query"})
+    df["other"] = "x"
+    df.to_parquet(tmp_path / "q.parquet")
+    assert load_outcomes(tmp_path / "q.parquet").texts[0] == "question number 0?"
+    assert load_outcomes(tmp_path / "q.parquet", text_column="other").texts[0] == "x"
+
+
+def _error(tmp_path, df: pd.DataFrame, name: str = "bad.parquet", **kw) -> str:
+    path = tmp_path / name
+    df.to_parquet(path)
+    with pytest.raises(ValueError) as exc:
+        load_outcomes(path, **kw)
+    msg = str(exc.value)
+    assert str(path) in msg
+    return msg
+
+
+def test_missing_text_column_names_file_and_columns(tmp_path):
+    msg = _error(tmp_path, wide_frame().drop(columns=["prompt"]))
+    assert "prompt" in msg and "query" in msg
+
+
+def test_explicit_text_column_missing(tmp_path):
+    assert "'question'" in _error(tmp_path, wide_frame(), text_column="question")
+
+
+def test_nan_label_names_column(tmp_path):
+    df = wide_frame()
+    df.loc[3, "quality__big"] = np.nan
+    msg = _error(tmp_path, df)
+    assert "quality__big" in msg and "row 3" in msg
+
+
+def test_label_out_of_range(tmp_path):
+    df = wide_frame()
+    df.loc[0, "quality__small"] = 2.0
+    assert "quality__small" in _error(tmp_path, df)
+
+
+def test_model_without_cost_names_column(tmp_path):
+    assert "cost_usd__big" in _error(tmp_path, wide_frame().drop(columns=["cost_usd__big"]))
+
+
+def test_nan_cost_names_column(tmp_path):
+    df = wide_frame()
+    df.loc[1, "cost_usd__small"] = np.nan
+    assert "cost_usd__small" in _error(tmp_path, df)
+
+
+def test_no_quality_columns(tmp_path):
+    assert "quality__" in _error(tmp_path, wide_frame().drop(columns=["quality__small", "quality__big"]))
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("prompt,quality__a,cost_usd__a\n")
+    with pytest.raises(ValueError, match="empty"):
+        load_outcomes(path)
+
+
+def test_unknown_extension(tmp_path):
+    path = tmp_path / "t.xlsx"
+    path.write_text("x")
+    with pytest.raises(ValueError, match=r"t\.xlsx.*extension"):
+        load_outcomes(path)
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError):
+        load_outcomes("/nonexistent/table.parquet")
+
+
+def test_no_costs_needs_prices(tmp_path):
+    df = wide_frame().drop(columns=["cost_usd__small", "cost_usd__big"])
+    msg = _error(tmp_path, df)
+    assert "--prices" in msg and "cost_usd__small" in msg
+    prices = tmp_path / "models.json"
+    # The shared datasets' models.json spelling is accepted as it is.
+    prices.write_text(json.dumps({"small": {"input_price_usd_per_1M": 0.2, "output_price_usd_per_1M": 0.4},
+                                  "big": {"input_per_1m": 10, "output_per_1m": 30}}))
+    t = load_outcomes(tmp_path / "bad.parquet", prices=prices)
+    assert t.cost is not None and (t.cost[:, 1] > t.cost[:, 0]).all()
+    assert t.prices["big"].output_per_1m == 30
+
+
+def test_prices_file_errors(tmp_path):
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps({"a": {"input_per_1m": 1}}))
+    with pytest.raises(ValueError, match="'a'.*output_per_1m"):
+        load_prices(p)
+    p.write_text("{not json")
+    with pytest.raises(ValueError, match="p.json"):
+        load_prices(p)
+
+
+def test_responses_file_gives_output_tokens(tmp_path):
+    df = wide_frame()
+    df.to_parquet(tmp_path / "t_train.parquet")
+    pd.DataFrame({"uid": df["uid"], "response__small": ["x" * 40] * 6, "response__big": ["y" * 400] * 6}).to_parquet(
+        tmp_path / "t_train_responses.parquet")
+    t = load_outcomes(tmp_path / "t_train.parquet")
+    np.testing.assert_allclose(t.output_tokens[:, 0], 10)
+    np.testing.assert_allclose(t.output_tokens[:, 1], 100)
+
+
+def test_long_layout_pivots_with_unobserved_cells():
+    df = pd.DataFrame({
+        "request_id": ["r1", "r1", "r2", "r3"],
+        "text": ["hello", "hello", None, "bye"],
+        "model": ["a", "b", "a", "b"],
+        "quality": [1.0, 0.0, 0.5, None],  # r3 has no feedback yet
+        "cost_usd": [1e-4, 2e-3, 1e-4, 2e-3],
+        "latency_s": [0.5, 1.5, 0.4, 1.0],
+        "output_tokens": [10, 20, 12, 30],
+        "input_tokens": [5, 5, 7, 3],
+    })
+    t = long_to_outcomes(df, path="log.sqlite")
+    assert t.models == ["a", "b"] and len(t) == 2
+    np.testing.assert_array_equal(t.quality, [[1.0, 0.0], [0.5, np.nan]])
+    assert t.texts == ["hello", ""]
+    assert t.latency[0, 1] == 1.5 and t.input_tokens[1] == 7
+    with pytest.raises(ValueError, match="log.sqlite.*'latency_s'"):
+        long_to_outcomes(df.drop(columns=["latency_s"]), path="log.sqlite")
+
+
+def test_concat_tables_union_of_models(tmp_path):
+    a = wide_frame()
+    b = wide_frame().rename(columns={"quality__big": "quality__other", "cost_usd__big": "cost_usd__other"})
+    a.to_parquet(tmp_path / "a.parquet")
+    b.to_parquet(tmp_path / "b.parquet")
+    t = concat_outcomes([load_outcomes(tmp_path / "a.parquet"), load_outcomes(tmp_path / "b.parquet")])
+    assert t.models == ["small", "big", "other"] and len(t) == 12
+    assert np.isnan(t.quality[6:, 1]).all() and np.isnan(t.quality[:6, 2]).all()
+
+
+def test_shared_routerbench_loads():
+    path = DATASETS / "routerbench_subset" / "routerbench_subset_train.parquet"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    t = load_outcomes(path)
+    assert t.quality.shape == (len(t), 11) and t.output_tokens is not None
+    # Cost is modelled on the full prompt (exemplars included), the embedding on the query.
+    assert t.input_tokens.mean() > np.mean([len(x) for x in t.texts]) / 4
+    implied = t.prices["gpt-4-1106-preview"]
+    assert 8 < implied.input_per_1m < 12 and 25 < implied.output_per_1m < 35

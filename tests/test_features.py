@@ -1,0 +1,72 @@
+"""Cheap text features: each marker fires on the text it describes and not on plain prose."""
+from __future__ import annotations
+
+import numpy as np
+
+from router.features import FEATURE_NAMES, MAX_SCAN_CHARS, request_features, text_features
+from router.request_view import view_chat_request, view_prompt
+
+F = {name: i for i, name in enumerate(FEATURE_NAMES)}
+PROSE = "The weather was pleasant and we walked along the river for an hour"
+
+
+def feat(text: str, **kw) -> list[float]:
+    return text_features(text, (len(text) + 3) // 4, **kw)
+
+
+def test_code_markers():
+    code = "def add(a, b):\n    return a + b\n```python\nimport os\n```"
+    assert feat(code)[F["code_markers"]] >= 4
+    assert feat(PROSE)[F["code_markers"]] == 0
+
+
+def test_math_markers_and_digits():
+    math = "Solve the equation $x^2 = 16$. How many solutions are there?"
+    v = feat(math)
+    assert v[F["math_markers"]] >= 3 and v[F["digit_share"]] > 0
+    assert feat(PROSE)[F["math_markers"]] == 0
+
+
+def test_question_and_choices():
+    mc = "Which gas do plants absorb?\nA) oxygen\nB) carbon dioxide\nC) helium\nD) argon"
+    v = feat(mc)
+    assert v[F["question_form"]] == 1 and v[F["choice_options"]] == 4
+    assert feat(PROSE)[F["question_form"]] == 0 and feat(PROSE)[F["choice_options"]] == 0
+
+
+def test_language_shares():
+    assert feat("这是一个关于数学的问题吗？")[F["cjk_share"]] > 0.8
+    v = feat("Où est la bibliothèque, s'il vous plaît ?")
+    assert 0 < v[F["non_ascii_share"]] < 0.2 and v[F["cjk_share"]] == 0
+    assert feat(PROSE)[F["non_ascii_share"]] == 0
+
+
+def test_length_scales_with_tokens():
+    short, long = feat("hi"), feat("word " * 2000)
+    assert long[F["log_input_tokens"]] > short[F["log_input_tokens"]] + 5
+
+
+def test_only_the_head_is_scanned():
+    tail_code = "x" * MAX_SCAN_CHARS + "\ndef f():\n    return 1"
+    assert feat(tail_code)[F["code_markers"]] == 0
+
+
+def test_chat_request_turns_tools_and_json():
+    body = {
+        "messages": [
+            {"role": "system", "content": "You are an agent." * 100},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "Write a function that sorts a list"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "run", "parameters": {}}}],
+        "response_format": {"type": "json_object"},
+    }
+    req = view_chat_request(body)
+    x = request_features([req, view_prompt(PROSE)])
+    assert x.shape == (2, len(FEATURE_NAMES)) and x.dtype == np.float32
+    assert x[0, F["n_turns"]] == 2 and x[0, F["has_tools"]] == 1 and x[0, F["needs_json"]] == 1
+    assert x[0, F["instruction_words"]] >= 1
+    # The system prompt counts towards length, not towards what the text is about.
+    assert x[0, F["log_input_tokens"]] > x[0, F["log_text_chars"]] - np.log(4)
+    assert x[1, F["n_turns"]] == 1 and x[1, F["has_tools"]] == 0

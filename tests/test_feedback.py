@@ -1,0 +1,116 @@
+"""POST /v1/feedback and the implicit signals, through a running gateway and the real SDK."""
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from router.feedback_log import latest_rewards, read_feedback
+from tests.fake_upstream import FakeUpstream, ok, server_error
+from tests.gateway_harness import QualityRouter, Running, fake_config
+
+QUALITY = {"m1": 0.80, "m2": 0.795, "m3": 0.2}
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with FakeUpstream() as up:
+        yield up
+
+
+@pytest.fixture
+def gw(upstream, tmp_path):
+    upstream.reset()
+    db = f"sqlite:///{tmp_path}/o.sqlite"
+    running = Running(fake_config(upstream.base_url, db, extra="learning: {bandit: {enabled: true}, regenerate_window_s: 60}"),
+                      router=QualityRouter(QUALITY))
+    running.db = db
+    yield running
+    running.stop()
+
+
+def _ask(gw, text):
+    raw = gw.client().chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": text}])
+    return raw.headers["x-request-id"]
+
+
+def _feedback_rows(gw, n, deadline_s=10.0):
+    """Implicit signals are written by post-hooks, after the client has its answer."""
+    end = time.monotonic() + deadline_s
+    while True:
+        rows = read_feedback(gw.db)
+        if len(rows) >= n or time.monotonic() > end:
+            return rows
+        time.sleep(0.02)
+
+
+def test_unknown_request_is_rejected_with_an_openai_error(gw):
+    r = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": "req_nope", "thumbs": "up"})
+    assert r.status_code == 404
+    err = r.json()["error"]
+    assert err["code"] == "request_not_found" and err["param"] == "request_id" and "req_nope" in err["message"]
+    assert read_feedback(gw.db) == []
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"request_id": "x"}, None),
+    ({"request_id": "x", "score": 0.5, "thumbs": "up"}, None),
+    ({"request_id": "x", "score": 1.5}, "score"),
+    ({"request_id": "x", "thumbs": "sideways"}, "thumbs"),
+    ({"request_id": "x", "score": 1, "colour": "red"}, "colour"),
+])
+def test_malformed_feedback_is_a_400(gw, body, param):
+    r = httpx.post(f"{gw.url}/v1/feedback", json=body)
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    if param:
+        assert r.json()["error"]["param"] == param
+
+
+def test_feedback_is_stored_and_updates_the_bandit_online(gw):
+    bandit = gw.app.state.learning.bandit
+    rid = _ask(gw, "How do I sort a list in Python?")
+    before = {m: a["n_eff"] for m, a in bandit.stats()["arms"].items()}
+    r = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": rid, "thumbs": "down", "label": "wrong", "comment": "no"})
+    assert r.status_code == 200 and r.json()["score"] == 0.0
+    rid2 = _ask(gw, "Another question entirely")
+    assert httpx.post(f"{gw.url}/v1/feedback", json={"request_id": rid2, "score": 0.75}).status_code == 200
+    rows = read_feedback(gw.db)
+    assert [(r["request_id"], r["score"], r["signal"], r["source"]) for r in rows] == [
+        (rid, 0.0, "thumbs", "explicit"), (rid2, 0.75, "score", "explicit")]
+    assert rows[0]["label"] == "wrong" and rows[0]["comment"] == "no"
+    after = {m: a["n_eff"] for m, a in bandit.stats()["arms"].items()}
+    assert sum(after.values()) == pytest.approx(sum(before.values()) + 2, abs=0.01)
+    # the outcome log of the judged request is the one joined by retraining
+    assert gw.outcome(rid)["propensity"] > 0
+
+
+def test_upstream_failure_is_an_implicit_zero(gw, upstream):
+    for m in ("m1", "m2", "m3"):
+        upstream.default(m, server_error(503))
+    with pytest.raises(openai.APIStatusError):
+        _ask(gw, "this will fail everywhere")
+    rows = _feedback_rows(gw, 1)
+    assert [(r["signal"], r["source"], r["score"]) for r in rows] == [("error", "implicit", 0.0)]
+
+
+def test_empty_answer_is_an_implicit_zero(gw, upstream):
+    for m in ("m1", "m2"):
+        upstream.default(m, ok(""))
+    rid = _ask(gw, "say nothing")
+    rows = _feedback_rows(gw, 1)
+    assert [(r["request_id"], r["signal"]) for r in rows] == [(rid, "empty")]
+
+
+def test_regenerating_the_same_prompt_marks_the_first_answer(gw):
+    first = _ask(gw, "Write a haiku about routers")
+    _ask(gw, "Something unrelated")
+    second = _ask(gw, "Write a haiku about routers")
+    rows = _feedback_rows(gw, 1)
+    assert [(r["request_id"], r["signal"], r["score"]) for r in rows] == [(first, "regenerated", 0.0)]
+    # explicit feedback wins over the implicit verdict for the same request
+    httpx.post(f"{gw.url}/v1/feedback", json={"request_id": first, "score": 0.9}).raise_for_status()
+    assert latest_rewards(read_feedback(gw.db))[first] == 0.9
+    assert second != first

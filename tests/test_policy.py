@@ -1,0 +1,178 @@
+"""The routing policy: utility, every hard constraint, ranking, the knob and its calibration."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router.config import ModelSpec, Price, Profile
+from router.policy import (
+    NoEligibleModel,
+    calibrate_willingness_to_pay,
+    choose_batch,
+    decide,
+    knob_grid,
+    utility,
+)
+from router.predictor import Predictions
+from router.types import Constraints, LiveStats, RoutingRequest
+
+
+def spec(name, price_in=1.0, price_out=1.0, **kw) -> ModelSpec:
+    return ModelSpec(name=name, provider="p", price=Price(input_per_1m=price_in, output_per_1m=price_out), **kw)
+
+
+CATALOG = [
+    spec("cheap", 0.1, 0.1, capabilities=frozenset({"json"}), tags=frozenset({"local"}), context_window=4096),
+    spec("mid", 1, 2, capabilities=frozenset({"json", "tools"}), context_window=16384),
+    spec("best", 10, 30, capabilities=frozenset({"json", "tools", "vision"}), context_window=128000),
+]
+# One request: P(good) rises with price; cost and latency too.
+PRED = Predictions(
+    models=["cheap", "mid", "best"],
+    p_good=np.array([[0.5, 0.7, 0.9]]),
+    p_good_std=np.array([[0.05, 0.05, 0.05]]),
+    output_tokens=np.array([[100.0, 100.0, 100.0]]),
+    cost_usd=np.array([[0.0001, 0.001, 0.01]]),
+    latency_s=np.array([[1.0, 2.0, 4.0]]),
+)
+REQ = RoutingRequest(text="hi", input_tokens=100)
+
+
+def route(profile=Profile(willingness_to_pay=1.0), request=REQ, **kw):
+    return decide(PRED, request, catalog=CATALOG, profile=profile, **kw)
+
+
+def test_utility_formula():
+    u = utility(np.array([0.9]), np.array([0.01]), np.array([2.0]), 0.1, latency_weight=0.05)
+    assert u[0] == pytest.approx(0.9 - 0.1 - 0.1)
+
+
+def test_knob_extremes():
+    assert route(Profile(willingness_to_pay=1e-6)).model == "cheap"
+    assert route(Profile(willingness_to_pay=1e3)).model == "best"
+    # wtp 0.01: mid's extra 0.2 quality is worth $0.002 > its extra $0.0009; best's extra 0.2 is not worth $0.009.
+    assert route(Profile(willingness_to_pay=0.01)).model == "mid"
+
+
+def test_decision_ranks_candidates_with_reason():
+    d = route(Profile(willingness_to_pay=0.01), embedding=np.ones(3, dtype=np.float32))
+    utilities = [c.utility for c in d.candidates]
+    assert utilities == sorted(utilities, reverse=True)
+    assert d.candidates[0].model == d.model == "mid"
+    assert "\n" not in d.reason and d.reason.startswith("mid")
+    assert d.fallbacks() == ["best", "cheap"] or d.fallbacks() == ["cheap", "best"]
+    assert d.embedding is not None and d.knob == 0.01
+
+
+@pytest.mark.parametrize("kwargs, request_, gone, why", [
+    ({"constraints": Constraints(allowed_models=frozenset({"cheap", "mid"}))}, REQ, "best", "allowed"),
+    ({"constraints": Constraints(excluded_models=frozenset({"best"}))}, REQ, "best", "excluded"),
+    ({}, RoutingRequest(text="see image", input_tokens=10, needs=frozenset({"vision"})), "mid", "vision"),
+    ({}, RoutingRequest(text="long", input_tokens=10000), "cheap", "context window"),
+    ({}, RoutingRequest(text="long", input_tokens=3000, max_output_tokens=2000), "cheap", "context window"),
+    ({"constraints": Constraints(required_tags=frozenset({"local"}))}, REQ, "best", "tag local"),
+    ({"constraints": Constraints(max_cost_usd=0.005)}, REQ, "best", "cost"),
+    ({"constraints": Constraints(max_latency_s=3.0)}, REQ, "best", "latency"),
+    ({"live": {"best": LiveStats(healthy=False)}}, REQ, "best", "unhealthy"),
+])
+def test_each_hard_constraint_excludes(kwargs, request_, gone, why):
+    d = route(Profile(willingness_to_pay=1e3), request=request_, **kwargs)
+    excluded = {c.model: c.excluded for c in d.candidates if c.excluded}
+    assert gone in excluded and why in excluded[gone]
+    assert d.model != gone and d.model not in excluded
+    # Excluded models rank after every eligible one and appear in the reason.
+    flags = [c.excluded is not None for c in d.candidates]
+    assert flags == sorted(flags)
+    assert gone in d.reason
+    assert gone not in d.fallbacks()
+
+
+def test_profile_limits_merge_with_request_constraints():
+    d = route(Profile(willingness_to_pay=1e3, max_cost_usd=0.005), constraints=Constraints(max_cost_usd=0.5))
+    assert d.model == "mid"
+    d = route(Profile(willingness_to_pay=1e3, allowed_models=frozenset({"cheap", "best"})),
+              constraints=Constraints(allowed_models=frozenset({"cheap", "mid"})))
+    assert d.model == "cheap"
+
+
+def test_live_latency_blends_into_prediction():
+    # Predicted 2 s for mid; a measured 10 s EWMA pushes it over a 4 s limit.
+    d = route(Profile(willingness_to_pay=0.01), constraints=Constraints(max_latency_s=4.0),
+              live={"mid": LiveStats(ewma_latency_s=10.0)})
+    mid = next(c for c in d.candidates if c.model == "mid")
+    assert mid.latency_s == pytest.approx(6.0) and "latency" in mid.excluded
+
+
+def test_no_eligible_model_lists_reasons():
+    with pytest.raises(NoEligibleModel) as exc:
+        route(constraints=Constraints(max_cost_usd=1e-9))
+    assert len(exc.value.candidates) == 3 and all(c.excluded for c in exc.value.candidates)
+    assert "cheap" in str(exc.value)
+
+
+def test_latency_weight_prefers_faster():
+    assert route(Profile(willingness_to_pay=1e3)).model == "best"
+    assert route(Profile(willingness_to_pay=1e3, latency_weight=0.5)).model == "cheap"
+
+
+def random_predictions(rng, n=200, m=6) -> Predictions:
+    p = rng.random((n, m))
+    cost = np.exp(rng.normal(-7, 2, (n, m)))
+    z = np.zeros((n, m))
+    return Predictions([f"m{j}" for j in range(m)], p, z, z + 100, cost, z + 1)
+
+
+def test_knob_monotone_in_predicted_quality_property():
+    """More willingness to pay never lowers the predicted quality of the chosen model."""
+    rng = np.random.default_rng(1)
+    grid = knob_grid(61)
+    for _ in range(50):
+        pred = random_predictions(rng)
+        rows = np.arange(len(pred.p_good))
+        chosen_q = np.stack([pred.p_good[rows, choose_batch(pred, w)] for w in grid])
+        assert (np.diff(chosen_q, axis=0) >= 0).all()
+        chosen_c = np.stack([pred.cost_usd[rows, choose_batch(pred, w)] for w in grid])
+        assert (np.diff(chosen_c, axis=0) >= 0).all()
+
+
+def test_decide_agrees_with_choose_batch():
+    rng = np.random.default_rng(2)
+    pred = random_predictions(rng, n=30, m=4)
+    catalog = [spec(m, context_window=10**6) for m in pred.models]
+    for w in (1e-5, 1e-3, 1e-1):
+        batch = choose_batch(pred, w)
+        for i in range(30):
+            d = decide(pred, REQ, catalog=catalog, profile=Profile(willingness_to_pay=w), row=i)
+            assert d.model == pred.models[batch[i]]
+
+
+def test_knob_grid_spans_both_extremes():
+    rng = np.random.default_rng(3)
+    pred = random_predictions(rng)
+    grid = knob_grid()
+    rows = np.arange(len(pred.p_good))
+    assert (choose_batch(pred, grid[0]) == pred.cost_usd.argmin(axis=1)).all()
+    assert (choose_batch(pred, grid[-1]) == pred.p_good.argmax(axis=1)).all()
+    assert np.all(np.diff(grid) > 0) and rows.size
+
+
+@pytest.mark.parametrize("target", [0.1, 0.3, 0.5, 0.8])
+def test_calibrate_willingness_to_pay_hits_target_share(target):
+    rng = np.random.default_rng(4)
+    n = 1000
+    # RouteLLM's setting: the strong model is better everywhere, by a prompt-dependent margin.
+    weak_q = rng.random(n) * 0.6
+    strong_q = weak_q + rng.random(n) * 0.4
+    pred = Predictions(["weak", "strong"], np.column_stack([weak_q, strong_q]), np.zeros((n, 2)),
+                       np.full((n, 2), 50.0), np.column_stack([np.full(n, 1e-5), np.full(n, 1e-3)]), np.ones((n, 2)))
+    w = calibrate_willingness_to_pay(pred, "strong", target)
+    share = np.mean(choose_batch(pred, w) == 1)
+    assert abs(share - target) <= 2 / n
+
+
+def test_choose_batch_allowed_restricts():
+    rng = np.random.default_rng(5)
+    pred = random_predictions(rng, m=4)
+    assert set(choose_batch(pred, 1e3, allowed=["m1", "m3"])) <= {1, 3}
+    with pytest.raises(ValueError):
+        choose_batch(pred, 1.0, allowed=["nope"])

@@ -1,0 +1,171 @@
+"""Retraining from the outcome log: OPE-gated promotion, MLflow registration, hot reload.
+
+The logged traffic is real RouterBench prompts routed by a uniform exploring policy
+(propensity 1/3) with rewards from the recorded correctness, written to a real SQLite
+outcome log and feedback table. A router trained on the true labels must beat one trained
+on inverted labels, and promotion must follow that, in both directions.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+from argparse import Namespace
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from router.feedback_log import Feedback, FeedbackLog
+from router.outcome_log import OutcomeRecord, open_outcome_log
+from tests.fake_upstream import FakeUpstream
+from tests.gateway_harness import Running, fake_config
+
+DATA = Path(os.environ.get("OPENCLAW_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+TABLE = DATA / "routerbench_subset" / "routerbench_subset_train.parquet"
+MODELS = ["gpt-3.5-turbo-1106", "Yi-34B-Chat", "WizardLM-13B-V1.2"]
+WTP = 1.0
+
+pytestmark = pytest.mark.skipif(not TABLE.exists(), reason=f"dataset missing: {TABLE}")
+
+
+def _frame(rows, invert=False):
+    import pandas as pd
+
+    df = pd.read_parquet(TABLE).iloc[rows].reset_index(drop=True)
+    keep = ["uid", "query", "prompt_full", "eval_name"] + [f"{k}__{m}" for m in MODELS for k in ("quality", "cost_usd")]
+    df = df[keep].copy()
+    if invert:
+        for m in MODELS:
+            df[f"quality__{m}"] = 1.0 - df[f"quality__{m}"]
+    return df
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from router.embedding import encode_cached
+    from training.data import load_outcomes
+    from training.retrain import features, fit_router
+
+    root = tmp_path_factory.mktemp("retrain")
+    rng = np.random.default_rng(0)
+    rows = rng.permutation(2205)
+    base, logged, extra = rows[:500], rows[500:1300], rows[1300:1700]
+    paths = {}
+    for name, idx, invert in (("base", base, False), ("inverted", base, True), ("extra", extra, False)):
+        paths[name] = root / f"{name}.parquet"
+        _frame(idx, invert).to_parquet(paths[name])
+    routers = {}
+    for name in ("base", "inverted"):
+        t = load_outcomes(paths[name])
+        router, _ = fit_router(t, features(t.texts, t.input_tokens), folds=3, rounds=60, seed=1)
+        routers[name] = router.save(root / f"router-{name}")
+
+    db = f"sqlite:///{root}/outcomes.sqlite"
+    df = _frame(logged)
+    emb = encode_cached(df["query"].tolist())
+    log, fb = open_outcome_log(db), FeedbackLog(db)
+    for i, r in df.iterrows():
+        a = int(rng.integers(0, 3))
+        cands = [{"model": m, "p_good": 0.5, "p_good_std": 0.1, "output_tokens": 50.0, "cost_usd": float(r[f"cost_usd__{m}"]),
+                  "latency_s": 1.0, "utility": 0.5 - float(r[f"cost_usd__{m}"]) / WTP, "excluded": None} for m in MODELS]
+        rid = f"req_{i}"
+        log.write(OutcomeRecord(request_id=rid, ts=1000.0 + i, prompt=r["query"], embedding=emb[i].astype(np.float32).tobytes(),
+                                input_tokens_est=len(r["prompt_full"]) // 4, candidates=cands, knob=WTP,
+                                chosen_model=MODELS[a], propensity=1 / 3, answered_model=MODELS[a],
+                                cost_usd=float(r[f"cost_usd__{MODELS[a]}"]), status="ok"))
+        fb.add_feedback(Feedback(rid, float(r[f"quality__{MODELS[a]}"]), label=r["eval_name"]))
+    log.close()
+    fb.close()
+    return Namespace(root=root, db=db, paths=paths, routers=routers)
+
+
+def test_ope_orders_a_better_and_a_worse_router(world):
+    from router.engine import LearnedRouter
+    from training.offpolicy import compare_routers, load_traffic, router_p_good
+    from training.retrain import judge
+
+    traffic = load_traffic(world.db)
+    assert len(traffic) == 800 and np.allclose(traffic.propensity, 1 / 3)
+    good, bad = (LearnedRouter.load(world.routers[k]) for k in ("base", "inverted"))
+    p_good, p_bad = router_p_good(good, traffic), router_p_good(bad, traffic)
+    up = compare_routers(traffic, p_bad, p_good)  # live = bad, candidate = good
+    down = compare_routers(traffic, p_good, p_bad)
+    for est in ("ips", "snips", "dr"):
+        assert up["utility"]["difference"][est]["lo"] > 0
+        assert down["utility"]["difference"][est]["hi"] < 0
+    assert judge(up, "dr", 200).promote
+    verdict = judge(down, "dr", 200)
+    assert not verdict.promote and "worse" in verdict.reason
+    assert not judge(up, "dr", 10_000).promote  # too little evidence is not a promotion
+
+
+def _args(world, **kw):
+    base = dict(db=world.db, base_data=None, router=None, out=None, gateway=None, eval_share=0.5, min_requests=100,
+                estimator="dr", text_column=None, folds=3, rounds=60, seed=3, experiment="test",
+                registered_name="router-test", tracking_uri=f"sqlite:///{world.root}/mlflow.db", verbose=False)
+    base.update(kw)
+    return Namespace(**base)
+
+
+def test_retrain_promotes_a_better_candidate_into_a_running_gateway_and_refuses_a_worse_one(world):
+    import mlflow
+
+    from router.engine import LearnedRouter
+    from training import retrain
+
+    with FakeUpstream() as up:
+        gw = Running(fake_config(up.base_url, f"sqlite:///{world.root}/gw.sqlite"), router=LearnedRouter.load(world.routers["inverted"]))
+        try:
+            better = retrain.retrain(_args(world, base_data=[str(world.paths["extra"])], router=str(world.routers["inverted"]),
+                                           out=str(world.root / "cand-good"), gateway=gw.url))
+            assert better["verdict"]["promote"], better["verdict"]
+            assert Path(gw.gateway.router.current.path) == (world.root / "cand-good").resolve()
+            assert better["reload"]["path"] == str((world.root / "cand-good").resolve())
+
+            worse = retrain.retrain(_args(world, base_data=[str(world.paths["inverted"])], eval_share=0.9,
+                                          router=str(world.routers["base"]), out=str(world.root / "cand-bad"), gateway=gw.url))
+            assert not worse["verdict"]["promote"]
+            assert "worse" in worse["verdict"]["reason"] or "not better" in worse["verdict"]["reason"]
+            assert Path(gw.gateway.router.current.path) == (world.root / "cand-good").resolve()  # untouched
+        finally:
+            gw.stop()
+    mlflow.set_tracking_uri(f"sqlite:///{world.root}/mlflow.db")
+    versions = mlflow.MlflowClient().search_model_versions("name='router-test'")
+    assert [v.run_id for v in versions] == [better["mlflow_run_id"]]  # only the promoted run is registered
+    assert (world.root / "cand-bad" / "retrain_report.json").exists()
+
+
+def test_hot_reload_under_concurrent_requests_loses_none(world, monkeypatch):
+    from router.engine import LearnedRouter
+
+    with FakeUpstream() as up:
+        gw = Running(fake_config(up.base_url, f"sqlite:///{world.root}/reload.sqlite"), router=LearnedRouter.load(world.routers["base"]))
+        try:
+            client = gw.client()
+
+            def ask(i):
+                r = client.chat.completions.with_raw_response.create(
+                    model="auto", messages=[{"role": "user", "content": f"Which planet is number {i}?"}])
+                return r.status_code, r.parse().choices[0].message.content
+
+            with cf.ThreadPoolExecutor(8) as pool:
+                futures = [pool.submit(ask, i) for i in range(60)]
+                for k in range(6):
+                    path = world.routers["inverted" if k % 2 == 0 else "base"]
+                    r = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(path)}, timeout=60)
+                    assert r.status_code == 200, r.text
+                results = [f.result() for f in futures]
+            assert len(results) == 60 and all(code == 200 and text for code, text in results)
+            assert Path(gw.gateway.router.current.path) == Path(world.routers["base"])
+
+            bad = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(world.root / "nowhere")})
+            assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_artifact"
+            monkeypatch.setenv("OPENCLAW_MASTER_KEY", "sekrit")
+            denied = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(world.routers["base"])})
+            assert denied.status_code == 401 and denied.json()["error"]["code"] == "missing_api_key"
+            allowed = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(world.routers["inverted"])},
+                                 headers={"authorization": "Bearer sekrit"})
+            assert allowed.status_code == 200
+        finally:
+            gw.stop()

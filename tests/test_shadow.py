@@ -1,0 +1,106 @@
+"""Shadow mode: a candidate router decides (and here also calls its model) on every live
+request without changing a byte of what the client gets; then the shadow report."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from router.feedback_log import read_shadows
+from tests.fake_upstream import FakeUpstream
+from tests.gateway_harness import QualityRouter, Running, fake_config
+
+DATA = Path(os.environ.get("OPENCLAW_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+TABLE = DATA / "routerbench_subset" / "routerbench_subset_train.parquet"
+# The shadow artifact learns m1..m3 from these RouterBench models: it prefers m2 where the live
+# router (fixed qualities below) always prefers m1, so the two disagree on most requests.
+AS = {"m1": "WizardLM-13B-V1.2", "m2": "Yi-34B-Chat", "m3": "gpt-3.5-turbo-1106"}
+LIVE = {"m1": 0.9, "m2": 0.6, "m3": 0.5}
+PROMPTS = [f"Question {i}: which is larger, {i} squared or {i + 7} times two?" for i in range(16)]
+
+pytestmark = pytest.mark.skipif(not TABLE.exists(), reason=f"dataset missing: {TABLE}")
+
+
+@pytest.fixture(scope="module")
+def shadow_artifact(tmp_path_factory):
+    import pandas as pd
+
+    from training.data import load_outcomes
+    from training.retrain import features, fit_router
+
+    root = tmp_path_factory.mktemp("shadow")
+    df = pd.read_parquet(TABLE).sample(400, random_state=0)
+    cols = {"query": df["query"], "prompt_full": df["prompt_full"]}
+    for m, src in AS.items():
+        cols[f"quality__{m}"] = df[f"quality__{src}"]
+        cols[f"cost_usd__{m}"] = df[f"cost_usd__{src}"]
+    pd.DataFrame(cols).to_parquet(root / "t.parquet")
+    t = load_outcomes(root / "t.parquet")
+    router, _ = fit_router(t, features(t.texts, t.input_tokens), folds=3, rounds=40, seed=2)
+    return router.save(root / "artifact")
+
+
+def _ask(client, text, stream):
+    messages = [{"role": "user", "content": text}]
+    if stream:
+        chunks = list(client.chat.completions.create(model="auto", messages=messages, stream=True))
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[0].model, None
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=messages)
+    answer = raw.parse()
+    return answer.choices[0].message.content, answer.model, raw.headers["x-request-id"]
+
+
+def test_shadow_never_alters_responses_and_reports(shadow_artifact, tmp_path):
+    from training import shadow_report
+
+    db = f"sqlite:///{tmp_path}/shadow.sqlite"
+    extra = f'learning: {{shadow: {{artifact: "{shadow_artifact}", call_share: 1.0, max_call_cost_usd: 10.0}}}}'
+    with FakeUpstream() as up:
+        plain = Running(fake_config(up.base_url, f"sqlite:///{tmp_path}/plain.sqlite"), router=QualityRouter(LIVE))
+        shadowed = Running(fake_config(up.base_url, db, extra=extra), router=QualityRouter(LIVE))
+        try:
+            ids = []
+            for i, text in enumerate(PROMPTS):
+                stream = i % 3 == 0
+                a, b = _ask(plain.client(), text, stream), _ask(shadowed.client(), text, stream)
+                assert a[:2] == b[:2] == ("Hello from m1.", "m1")
+                if b[2]:
+                    ids.append(b[2])
+                    r = httpx.post(f"{shadowed.url}/v1/feedback",
+                                   json={"request_id": b[2], "score": float(i % 2), "label": "even" if i % 2 == 0 else "odd"})
+                    assert r.status_code == 200
+            deadline = time.monotonic() + 20
+            while len(read_shadows(db)) < len(PROMPTS) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            rows = read_shadows(db)
+            shadow_calls = [r for r in up.requests if r.body.get("model") != "m1"]
+        finally:
+            plain.stop()
+            shadowed.stop()
+
+    assert len(rows) == len(PROMPTS)
+    assert all(r["live_model"] == "m1" for r in rows)
+    disagree = [r for r in rows if not r["agree"]]
+    assert disagree, "the shadow artifact should prefer another model on some prompts"
+    assert all(r["called"] and r["call_status"] == "ok" and r["call_cost_usd"] > 0 for r in disagree)
+    assert not any(r["called"] for r in rows if r["agree"])
+    assert len(shadow_calls) == len(disagree)  # the only upstream calls to other models were the shadow's
+    for r in rows:
+        assert set(r["shadow_candidate"]) >= {"p_good", "cost_usd", "latency_s"}
+
+    out = tmp_path / "report"
+    assert shadow_report.run(Namespace(db=db, out=str(out), seed=0)) == 0
+    report = json.loads((out / "shadow_report.json").read_text())
+    assert report["overall"]["requests"] == len(PROMPTS)
+    assert report["overall"]["agreement"] == pytest.approx(1 - len(disagree) / len(PROMPTS))
+    assert report["observed_shadow_calls"]["calls"] == len(disagree)
+    assert set(report["by_task"]) == {"even", "odd", "unlabelled"}
+    assert report["ope"]["n"] == len(ids)
+    page = (out / "shadow_report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3 and "<h2>By task</h2>" in page

@@ -1,0 +1,99 @@
+"""`openclaw-router train` end to end: real LightGBM, real MLflow (SQLite store in tmp_path)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from router.config import ModelSpec, Price, Profile
+from router.engine import LearnedRouter
+from router.request_view import view_chat_request, view_prompt
+from service.cli import main
+
+DATASETS = Path(os.environ.get("OPENCLAW_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+ROUTERBENCH = DATASETS / "routerbench_subset" / "routerbench_subset_train.parquet"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    if not ROUTERBENCH.exists():
+        pytest.skip(f"{ROUTERBENCH} not present")
+    tmp = tmp_path_factory.mktemp("train")
+    frame = pd.read_parquet(ROUTERBENCH).iloc[::3].reset_index(drop=True)  # same prompts as test_predictor
+    data = tmp / "small_train.parquet"
+    frame.to_parquet(data)
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    rc = main(["train", "--data", str(data), "--out", str(tmp / "router"), "--folds", "3", "--rounds", "40",
+               "--tracking-uri", uri, "--registered-name", "test-router"])
+    assert rc == 0
+    return tmp / "router", uri
+
+
+def test_registered_version_and_metrics(trained):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    out, uri = trained
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    versions = client.search_model_versions("name='test-router'")
+    assert len(versions) >= 1
+    run = client.get_run(versions[0].run_id)
+    assert run.data.params["folds"] == "3"
+    assert 0.5 < run.data.metrics["mean_auc"] < 1.0
+    assert run.data.metrics["brier"] < run.data.metrics["brier_base_rate"]
+    assert "auc.gpt-4-1106-preview" in run.data.metrics
+    # The registered pyfunc model loads and predicts from text alone.
+    model = mlflow.pyfunc.load_model(f"models:/test-router/{versions[0].version}")
+    p = model.predict(pd.DataFrame({"text": ["What is 2 + 2?\nA) 3\nB) 4"]}))
+    assert list(p.columns) == json.loads((out / "manifest.json").read_text())["models"]
+    assert ((p.values >= 0) & (p.values <= 1)).all()
+
+
+def test_artifact_folder_loads_and_routes(trained):
+    out, _ = trained
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["mean_auc"] is not None and manifest["reliability"]
+    assert (out / "reliability.png").stat().st_size > 1000
+    router = LearnedRouter.load(out)
+    assert len(router.models) == 11
+    catalog = [ModelSpec(name=m, provider="p", price=Price(input_per_1m=p[0], output_per_1m=p[1]))
+               for m, p in manifest["prices_seen"].items()]
+    cheap = router.route(view_prompt("Is the sky blue?"), catalog=catalog, profile=Profile(willingness_to_pay=1e-7))
+    best = router.route(view_prompt("Is the sky blue?"), catalog=catalog, profile=Profile(willingness_to_pay=1e3))
+    by_cost = min(cheap.candidates, key=lambda c: c.cost_usd)
+    assert cheap.model == by_cost.model
+    assert max(c.p_good for c in best.candidates) == next(c.p_good for c in best.candidates if c.model == best.model)
+    assert cheap.embedding is not None and cheap.embedding.shape == (384,)
+    # A chat request routes on its last user turn; the embedding is reusable by the cache.
+    req = view_chat_request({"messages": [{"role": "system", "content": "x" * 5000}, {"role": "user", "content": "hi"}]})
+    d = router.route(req, catalog=catalog, profile=Profile(willingness_to_pay=0.01), embedding=cheap.embedding)
+    assert d.model in router.models and np.array_equal(d.embedding, cheap.embedding)
+
+
+def test_catalog_maps_names_and_prices_unseen_models(trained):
+    out, _ = trained
+    router = LearnedRouter.load(out)
+    catalog = [
+        ModelSpec(name="fast-gpt4", provider="p", router_model="gpt-4-1106-preview",
+                  price=Price(input_per_1m=10, output_per_1m=30), throughput_tps=100.0),
+        ModelSpec(name="newcomer", provider="p", price=Price(input_per_1m=0.1, output_per_1m=0.1)),
+    ]
+    pred = router.predict([view_prompt("Explain recursion.")], catalog=catalog)
+    assert pred.models == ["fast-gpt4", "newcomer"]
+    assert pred.p_good[0, 1] == pytest.approx(router.predictor.prior_quality)
+    assert pred.p_good_std[0, 1] > pred.p_good_std[0, 0]
+    assert router.unseen(catalog) == ["newcomer"]
+
+
+def test_train_reports_validation_error(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"prompt": ["a", "b"], "quality__m": [1.0, None], "cost_usd__m": [1e-5, 1e-5]}).to_csv(bad, index=False)
+    rc = main(["train", "--data", str(bad), "--out", str(tmp_path / "r"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "bad.csv" in err and "quality__m" in err

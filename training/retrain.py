@@ -1,0 +1,224 @@
+"""`openclaw-router retrain`: retrain from the outcome log, promote only if OPE says better.
+
+1. Read the outcome log and its feedback (`training.offpolicy.load_traffic`); split the
+   usable logged requests by time: the older `1 - eval_share` join the base data as
+   training rows, the most recent `eval_share` are held out to judge the result (a
+   candidate judged on the rewards it was trained on would look better than it is).
+2. Fit a candidate router (same predictor and artifact format as `openclaw-router train`)
+   on base data + older logs; log the run, its parameters and the OPE results to MLflow.
+3. Off-policy evaluation of candidate vs live router on the held-out traffic: IPS, SNIPS
+   and DR values and paired differences with 95 % intervals, for utility (quality − cost /
+   willingness to pay), quality and cost.
+4. Promote only when the chosen estimator's utility difference is above zero beyond its
+   interval (lower bound > 0) on at least `--min-requests` requests: register the model
+   version in MLflow and, with `--gateway`, hot-reload it there through
+   `POST /admin/router/reload` (no restart). Otherwise print why not.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    promote: bool
+    reason: str
+
+
+def judge(comparison: dict, estimator: str, min_requests: int) -> Verdict:
+    n = comparison["n"]
+    if n < min_requests:
+        return Verdict(False, f"only {n} usable logged requests with rewards held out for evaluation; need {min_requests}")
+    d = comparison["utility"]["difference"].get(estimator)
+    if d is None:
+        return Verdict(False, f"estimator {estimator!r} is unavailable on this log")
+    span = f"{d['value']:+.4f} (95 % interval {d['lo']:+.4f} .. {d['hi']:+.4f}, {estimator.upper()}, n={n})"
+    if d["lo"] > 0:
+        return Verdict(True, f"candidate utility is better by {span}")
+    if d["hi"] < 0:
+        return Verdict(False, f"candidate is worse: utility difference {span}")
+    return Verdict(False, f"candidate is not better beyond the interval: utility difference {span}")
+
+
+def fit_router(table, X: np.ndarray, *, folds: int = 5, rounds: int = 300, seed: int = 7, sources: list[str] | None = None):
+    """A `LearnedRouter` fitted on an outcome table with feature rows X (as `train` builds)."""
+    from router.embedding import DIM, _weights_digest
+    from router.engine import FORMAT_VERSION, LearnedRouter
+    from router.features import FEATURE_NAMES
+    from router.predictor import OutcomePredictor
+    from training.train import quality_metrics
+
+    predictor = OutcomePredictor(folds=folds, num_rounds=rounds, seed=seed)
+    predictor.fit(X, table, groups=np.asarray(table.texts, dtype=object))
+    metrics = quality_metrics(table.quality, predictor.oof, predictor.oof_raw, table.models)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "models": table.models,
+        "features": {"embedding": {"model": "all-MiniLM-L6-v2", "dim": DIM, "weights_digest": _weights_digest(), "runtime": "onnx"},
+                     "cheap": list(FEATURE_NAMES), "text_column": "prompt|query"},
+        "data": [{"path": s} for s in (sources or [])],
+        "prices_seen": {m: [p.input_per_1m, p.output_per_1m] for m, p in table.prices.items()},
+        "metrics": {k: v for k, v in metrics.items() if k != "reliability"},
+        "reliability": metrics["reliability"],
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return LearnedRouter(predictor, manifest), metrics
+
+
+def features(texts: list[str], input_tokens: np.ndarray, embeddings: np.ndarray | None = None) -> np.ndarray:
+    from router.embedding import encode_cached
+    from router.features import request_features
+    from router.types import RoutingRequest
+
+    emb = embeddings if embeddings is not None else encode_cached(texts)
+    reqs = [RoutingRequest(text=t, input_tokens=int(n)) for t, n in zip(texts, input_tokens)]
+    return np.hstack([np.asarray(emb, dtype=np.float32), request_features(reqs)])
+
+
+def training_set(base_paths: list[str], traffic, text_column: str | None = None):
+    """Base tables plus logged outcomes (one observed cell per logged request)."""
+    import pandas as pd
+
+    from training.data import concat_outcomes, load_outcomes, long_to_outcomes
+
+    tables, parts = [], []
+    for path in base_paths:
+        t = load_outcomes(path, text_column=text_column)
+        tables.append(t)
+        parts.append(features(t.texts, t.input_tokens))
+    if len(traffic):
+        long = pd.DataFrame({
+            "request_id": traffic.request_ids, "text": traffic.texts,
+            "model": [traffic.models[a] for a in traffic.action], "quality": traffic.quality,
+            "cost_usd": traffic.cost, "latency_s": traffic.latency, "output_tokens": traffic.output_tokens,
+            "input_tokens": traffic.input_tokens})
+        tables.append(long_to_outcomes(long))
+        parts.append(features(traffic.texts, traffic.input_tokens, traffic.embeddings))
+    if not tables:
+        raise ValueError("nothing to train on: no --base-data and no logged requests with rewards")
+    return concat_outcomes(tables), np.vstack(parts)
+
+
+def log_run(args, out: Path, params: dict, metrics: dict, comparison: dict) -> str:
+    """One MLflow run (params, CV and OPE metrics, artifact) without registering it yet."""
+    import mlflow
+
+    from training.train import _experiment_id, log_to_mlflow, plot_reliability, tracking_uri
+
+    plot = plot_reliability(metrics["reliability"], out / "reliability.png")
+    flat = dict(metrics)
+    for metric in ("utility", "quality", "cost_usd"):
+        for est, e in comparison.get(metric, {}).get("difference", {}).items():
+            flat[f"ope_{metric}_{est}_diff"] = e["value"]
+            flat[f"ope_{metric}_{est}_diff_lo"] = e["lo"]
+    run_args = _Args(args.tracking_uri, args.experiment, None)
+    run_id, _ = log_to_mlflow(run_args, out, params, flat, plot)
+    mlflow.set_tracking_uri(tracking_uri(args.tracking_uri))
+    _experiment_id(mlflow, args.experiment, tracking_uri(args.tracking_uri))
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_dict(comparison, "ope.json")
+    return run_id
+
+
+@dataclass
+class _Args:
+    tracking_uri: str | None
+    experiment: str
+    registered_name: str | None
+
+
+def register(args, run_id: str) -> str:
+    import mlflow
+
+    from training.train import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri(args.tracking_uri))
+    version = mlflow.register_model(f"runs:/{run_id}/router", args.registered_name)
+    return str(version.version)
+
+
+def hot_reload(gateway: str, path: Path) -> dict:
+    import httpx
+
+    headers = {}
+    if os.environ.get("OPENCLAW_MASTER_KEY"):
+        headers["authorization"] = f"Bearer {os.environ['OPENCLAW_MASTER_KEY']}"
+    r = httpx.post(f"{gateway.rstrip('/')}/admin/router/reload", json={"path": str(path.resolve())}, headers=headers, timeout=60)
+    if r.status_code != 200:
+        raise ValueError(f"gateway {gateway} refused the reload ({r.status_code}): {r.text[:300]}")
+    return r.json()
+
+
+def retrain(args) -> dict:
+    from router.engine import LearnedRouter, default_artifact
+    from training.offpolicy import compare_routers, finite, load_traffic, router_p_good
+
+    traffic = load_traffic(args.db)
+    n_eval = int(round(len(traffic) * args.eval_share))
+    order = np.argsort(traffic.ts, kind="stable")
+    train_rows, eval_rows = order[: len(traffic) - n_eval], order[len(traffic) - n_eval:]
+    held_out = traffic.rows(eval_rows)
+    log.info("%d usable logged requests: %d join training, %d judge the candidate", len(traffic), len(train_rows), n_eval)
+    table, X = training_set(args.base_data or [], traffic.rows(train_rows), args.text_column)
+    candidate, metrics = fit_router(table, X, folds=args.folds, rounds=args.rounds, seed=args.seed,
+                                    sources=[*(args.base_data or []), args.db])
+    out = Path(args.out or f"models/candidate-{time.strftime('%Y%m%d-%H%M%S')}")
+    candidate.save(out)
+    live = LearnedRouter.load(args.router or default_artifact())
+    if len(held_out):
+        comparison = compare_routers(held_out, router_p_good(live, held_out), router_p_good(candidate, held_out), seed=args.seed)
+    else:
+        comparison = {"n": 0}
+    verdict = judge(comparison, args.estimator, args.min_requests)
+    params = {"db": args.db, "base_data": ",".join(args.base_data or []), "live_router": str(args.router or default_artifact()),
+              "logged_train": len(train_rows), "logged_eval": n_eval, "rows": len(table), "folds": args.folds,
+              "rounds": args.rounds, "seed": args.seed, "estimator": args.estimator}
+    report = {"candidate": str(out), "verdict": {"promote": verdict.promote, "reason": verdict.reason},
+              "ope": comparison, "params": params, "cv": {k: v for k, v in metrics.items() if k != "reliability"}}
+    report["mlflow_run_id"] = log_run(args, out, params, metrics, comparison)
+    if verdict.promote:
+        report["registered_version"] = register(args, report["mlflow_run_id"])
+        if args.gateway:
+            report["reload"] = hot_reload(args.gateway, out)
+    (out / "retrain_report.json").write_text(json.dumps(finite(report), indent=1, default=str))
+    return report
+
+
+def configure(parser) -> None:
+    parser.add_argument("--db", default="sqlite:///.openclaw/outcomes.sqlite", help="outcome log URL (with feedback)")
+    parser.add_argument("--base-data", action="append", metavar="FILE", help="wide outcome table to train on as well; repeatable")
+    parser.add_argument("--router", default=None, help="live router artifact (default: models/default)")
+    parser.add_argument("--out", default=None, help="candidate artifact folder (default: models/candidate-<time>)")
+    parser.add_argument("--gateway", default=None, help="running gateway URL to hot-reload on promotion")
+    parser.add_argument("--eval-share", type=float, default=0.5, help="most recent share of logged requests held out for OPE")
+    parser.add_argument("--min-requests", type=int, default=200, help="fewest held-out requests to promote on")
+    parser.add_argument("--estimator", choices=("dr", "snips", "ips"), default="dr", help="estimator that decides promotion")
+    parser.add_argument("--text-column", default=None)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--experiment", default="openclaw-router")
+    parser.add_argument("--registered-name", default="openclaw-router")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default as for train)")
+
+
+def run(args) -> int:
+    if not 0.0 < args.eval_share < 1.0:
+        raise ValueError("--eval-share must lie strictly between 0 and 1")
+    report = retrain(args)
+    print(json.dumps({k: report["ope"].get("utility", {}).get("difference", {}).get(k) for k in ("ips", "snips", "dr")}, indent=1))
+    if report["verdict"]["promote"]:
+        where = f"; hot-reloaded in {args.gateway}" if args.gateway else ""
+        print(f"PROMOTED {report['candidate']} (MLflow version {report.get('registered_version')}){where}: {report['verdict']['reason']}")
+    else:
+        print(f"NOT PROMOTED {report['candidate']}: {report['verdict']['reason']}")
+    return 0

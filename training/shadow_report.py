@@ -1,0 +1,219 @@
+"""`openclaw-router shadow-report --db URL --out DIR`: how would the shadow router have done?
+
+Reads the shadow decisions, the outcome log and the feedback beside it, and writes
+`shadow_report.json` (every number) and `shadow_report.html` (one self-contained page:
+headline numbers, plots embedded as PNG, per-task and per-model tables):
+
+* agreement: the share of live requests on which the shadow router chose the live model;
+* predicted deltas: the shadow router's prediction for its own choice minus the live
+  router's prediction for the live choice (P(good), cost, latency);
+* observed deltas: on requests where the shadow model was also called, its measured cost
+  and latency minus the live answer's;
+* off-policy estimates: the shadow router's value on the logged traffic (IPS, SNIPS, DR,
+  95 % intervals) against the live router's greedy policy, for quality, utility and cost,
+  using the live propensities and the feedback rewards.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+PREDICTED = ("p_good", "cost_usd", "latency_s")
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
+    return float(np.mean(values)) if values else None
+
+
+def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, str], traffic=None, seed: int = 0) -> dict:
+    """Every number of the report, from shadow rows, outcome rows by id and task labels."""
+    from training.offpolicy import compare_policies, greedy_probs
+    from router import ope
+
+    def task_of(r):
+        return labels.get(r["request_id"]) or "unlabelled"
+
+    def block(rows):
+        out = {"requests": len(rows), "agreement": _mean([float(r["agree"]) for r in rows])}
+        for k in PREDICTED:
+            out[f"predicted_delta_{k}"] = _mean([r["shadow_candidate"].get(k, np.nan) - r["live_candidate"].get(k, np.nan)
+                                                for r in rows if r["shadow_candidate"] and r["live_candidate"]])
+        return out
+
+    report: dict = {"overall": block(shadows)}
+    called = [r for r in shadows if r["called"] and r["call_status"] == "ok" and r["request_id"] in outcomes]
+    report["observed_shadow_calls"] = {
+        "calls": sum(r["called"] for r in shadows), "ok": len(called),
+        "spend_usd": float(sum(r["call_cost_usd"] or 0.0 for r in shadows)),
+        "delta_cost_usd": _mean([r["call_cost_usd"] - (outcomes[r["request_id"]].get("cost_usd") or 0.0) for r in called]),
+        "delta_latency_s": _mean([r["call_latency_s"] - (outcomes[r["request_id"]].get("latency_s") or 0.0) for r in called]),
+    }
+    by_task, by_model = defaultdict(list), defaultdict(list)
+    for r in shadows:
+        by_task[task_of(r)].append(r)
+        by_model[r["live_model"]].append(r)
+    report["by_task"] = {t: block(rows) for t, rows in sorted(by_task.items())}
+    report["by_live_model"] = {m: {**block(rows), "shadow_choices": dict(Counter(r["shadow_model"] for r in rows))}
+                               for m, rows in sorted(by_model.items())}
+    report["traffic_share"] = {
+        "live": {m: c / len(shadows) for m, c in Counter(r["live_model"] for r in shadows).items()} if shadows else {},
+        "shadow": {m: c / len(shadows) for m, c in Counter(r["shadow_model"] for r in shadows).items()} if shadows else {},
+    }
+    observed = [outcomes[r["request_id"]] for r in shadows if r["request_id"] in outcomes]
+    report["observed_live"] = {"cost_usd": _mean([o.get("cost_usd") for o in observed]),
+                               "latency_s": _mean([o.get("latency_s") for o in observed])}
+    if traffic is not None and len(traffic):
+        shadow_of = {r["request_id"]: r["shadow_model"] for r in shadows}
+        keep = np.array([i for i, rid in enumerate(traffic.request_ids) if shadow_of.get(rid) in traffic.models], dtype=int)
+        if len(keep):
+            t = traffic.rows(keep)
+            actions = np.array([t.models.index(shadow_of[rid]) for rid in t.request_ids])
+            report["ope"] = compare_policies(t, greedy_probs(t.p_logged, t), ope.deterministic_probs(actions, len(t.models)),
+                                             t.p_logged, seed=seed)
+    return report
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(report: dict, shadows: list[dict]) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    share = report["traffic_share"]
+    models = sorted(set(share["live"]) | set(share["shadow"]))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    x = np.arange(len(models))
+    ax.bar(x - 0.2, [share["live"].get(m, 0) for m in models], 0.4, label="live")
+    ax.bar(x + 0.2, [share["shadow"].get(m, 0) for m in models], 0.4, label="shadow")
+    ax.set_xticks(x, models, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("share of requests")
+    ax.set_title("Which model each router picks")
+    ax.legend()
+    fig.tight_layout()
+    out["traffic"] = _png(fig)
+    plt.close(fig)
+
+    tasks = report["by_task"]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.barh(list(tasks), [v["agreement"] or 0 for v in tasks.values()], color="tab:green")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("agreement with the live router")
+    ax.set_title("Agreement by task")
+    fig.tight_layout()
+    out["agreement"] = _png(fig)
+    plt.close(fig)
+
+    agree = np.array([float(r["agree"]) for r in shadows])
+    if len(agree):
+        w = max(1, len(agree) // 20)
+        fig, ax = plt.subplots(figsize=(7, 2.6))
+        ax.plot(np.convolve(agree, np.ones(w) / w, mode="valid"))
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("request (in time order)")
+        ax.set_ylabel(f"agreement, rolling {w}")
+        ax.set_title("Agreement over time")
+        fig.tight_layout()
+        out["timeline"] = _png(fig)
+        plt.close(fig)
+
+    if "ope" in report:
+        fig, axes = plt.subplots(1, 3, figsize=(9, 3))
+        for ax, metric in zip(axes, ("quality", "utility", "cost_usd")):
+            ests = report["ope"][metric]
+            shown = [(f"{who}\n{est}", ests[who][est]) for est in ("snips", "dr") for who in ("live", "candidate")
+                     if est in ests[who] and None not in (ests[who][est]["value"], ests[who][est]["lo"], ests[who][est]["hi"])]
+            names, vals = [n for n, _ in shown], [v for _, v in shown]
+            y = [v["value"] for v in vals]
+            err = [[v["value"] - v["lo"] for v in vals], [v["hi"] - v["value"] for v in vals]]
+            ax.errorbar(range(len(y)), y, yerr=err, fmt="o", capsize=4)
+            ax.set_xticks(range(len(y)), names, fontsize=7)
+            ax.set_title(metric)
+        fig.suptitle("Off-policy estimates, 95 % intervals (candidate = shadow)")
+        fig.tight_layout()
+        out["ope"] = _png(fig)
+        plt.close(fig)
+    return out
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _table(rows: dict[str, dict], cols: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["", *cols])
+    body = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{_fmt(v.get(c))}</td>" for c in cols) + "</tr>"
+                   for k, v in rows.items())
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(report: dict, images: dict[str, str]) -> str:
+    o = report["overall"]
+    cards = [("requests", o["requests"]), ("agreement", o["agreement"]),
+             ("Δ predicted P(good)", o["predicted_delta_p_good"]), ("Δ predicted $", o["predicted_delta_cost_usd"]),
+             ("Δ predicted latency s", o["predicted_delta_latency_s"]),
+             ("shadow calls", report["observed_shadow_calls"]["calls"])]
+    ope_rows = {}
+    if "ope" in report:
+        for metric in ("quality", "utility", "cost_usd"):
+            for est, e in report["ope"][metric]["difference"].items():
+                ope_rows[f"{metric} · {est}"] = {"shadow − live": e["value"], "95% lo": e["lo"], "95% hi": e["hi"], "n": e["n"]}
+    img = lambda k: f'<img src="data:image/png;base64,{images[k]}" alt="{k}">' if k in images else ""  # noqa: E731
+    cols = ["requests", "agreement", "predicted_delta_p_good", "predicted_delta_cost_usd", "predicted_delta_latency_s"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Shadow router report</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}}
+.cards{{display:flex;flex-wrap:wrap;gap:12px}}.card{{background:#f4f6f8;border-radius:8px;padding:10px 16px}}
+.card b{{display:block;font-size:1.5em}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:right}}
+td:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
+<h1>Shadow router vs live router</h1>
+<div class="cards">{''.join(f'<div class="card">{html.escape(k)}<b>{_fmt(v)}</b></div>' for k, v in cards)}</div>
+<h2>Choices</h2>{img("traffic")}{img("timeline")}
+<h2>Off-policy estimates (logged traffic with feedback)</h2>{img("ope")}
+{_table(ope_rows, ["shadow − live", "95% lo", "95% hi", "n"]) if ope_rows else "<p>No logged request with feedback overlaps the shadow decisions yet.</p>"}
+<h2>By task</h2>{img("agreement")}{_table(report["by_task"], cols)}
+<h2>By live model</h2>{_table(report["by_live_model"], cols)}
+<h2>Shadow calls (observed)</h2>{_table({"shadow calls": report["observed_shadow_calls"]}, list(report["observed_shadow_calls"]))}
+</body></html>"""
+
+
+def configure(parser) -> None:
+    parser.add_argument("--db", required=True, help="outcome log URL (sqlite:///PATH) holding the shadow decisions")
+    parser.add_argument("--out", required=True, help="folder for shadow_report.html and shadow_report.json")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
+    from router.feedback_log import read_feedback, read_shadows
+    from router.outcome_log import read_outcomes
+    from training.offpolicy import finite, load_traffic
+
+    shadows = read_shadows(args.db)
+    if not shadows:
+        raise ValueError(f"{args.db}: no shadow decisions logged; configure learning.shadow.artifact on the gateway")
+    outcomes = {r["request_id"]: r for r in read_outcomes(args.db).to_dict("records")}
+    labels = {r["request_id"]: r["label"] for r in read_feedback(args.db) if r.get("label")}
+    report = finite(summarize(shadows, outcomes, labels, load_traffic(args.db), seed=args.seed))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "shadow_report.json").write_text(json.dumps(report, indent=1))
+    (out / "shadow_report.html").write_text(render_html(report, plots(report, shadows)))
+    o = report["overall"]
+    print(f"{o['requests']} shadow decisions, agreement {o['agreement']:.1%}; wrote {out / 'shadow_report.html'}")
+    return 0
