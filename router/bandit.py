@@ -51,6 +51,7 @@ class BanditSettings:
     trust_after: float = 20.0  # observations after which the predictor's spread counts half
     cusum_slack: float = 0.15  # residual shift tolerated per observation
     cusum_threshold: float = 8.0  # accumulated shift that means the model changed
+    reset_var: float = 0.1  # prior variance of a model's correction after a detected change
     remember: int = 100_000  # pending decisions kept for delayed feedback
     seed: int = 0
 
@@ -254,7 +255,9 @@ class ContextualBandit:
             arm.cusum_pos = max(0.0, arm.cusum_pos + err - s.cusum_slack)
             arm.cusum_neg = max(0.0, arm.cusum_neg - err - s.cusum_slack)
             if max(arm.cusum_pos, arm.cusum_neg) > s.cusum_threshold:
-                fresh = self._prior(arm.prior_var)
+                # The model changed: forget its history and widen the prior, so the new
+                # level is learned from a few rewards (and does not trip the alarm again).
+                fresh = self._prior(max(arm.prior_var, s.reset_var))
                 fresh.resets = arm.resets + 1
                 arm = self._arms[model] = fresh
             prior_A = np.eye(len(z)) / arm.prior_var

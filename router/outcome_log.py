@@ -115,6 +115,11 @@ class SQLiteStore:
                 f"{c} {_SQL_TYPES.get(c, 'TEXT')}{' PRIMARY KEY' if c == 'request_id' else ''}" for c in COLUMNS
             )
             self._conn.execute(f"CREATE TABLE IF NOT EXISTS outcomes ({cols})")
+            # A log written by an older version lacks the columns added since: add them, keep the rows.
+            have = {row[1] for row in self._conn.execute("PRAGMA table_info(outcomes)")}
+            for c in COLUMNS:
+                if c not in have:
+                    self._conn.execute(f"ALTER TABLE outcomes ADD COLUMN {c} {_SQL_TYPES.get(c, 'TEXT')}")
             self._conn.execute("CREATE INDEX IF NOT EXISTS outcomes_ts ON outcomes (ts)")
 
     def write_many(self, records: Sequence[OutcomeRecord]) -> None:

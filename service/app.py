@@ -87,6 +87,7 @@ def create_app(
             learning.feedback_log.close()
         if governance is not None:
             await governance.alerts.aclose()
+            governance.close()
 
     app = FastAPI(title="OpenClaw Router", version="0.1.0", lifespan=lifespan)
     app.state.gateway = gateway

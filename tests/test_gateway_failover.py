@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.fake_upstream import (
-    FakeUpstream, context_length, cut_stream, hang, invalid_json, malformed_chunk, not_found, rate_limit, server_error,
+    FakeUpstream, context_length, cut_stream, hang, invalid_json, malformed_chunk, not_found, ok, rate_limit, server_error,
 )
 from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
 
@@ -205,3 +205,18 @@ async def test_concurrent_async_clients_never_see_upstream_errors(start, upstrea
     answers = await asyncio.gather(*(one(i) for i in range(24)))
     assert all(a.startswith("Hello from m") for a in answers)
     assert len(gw.outcomes(at_least=24)) == 24
+
+
+def test_client_leaving_mid_stream_closes_the_upstream_and_is_logged(start, upstream):
+    gw = start()
+    upstream.script("m1", ok(" ".join(f"w{i}" for i in range(40)), chunk_delay_s=0.1))
+    with httpx.Client(timeout=10) as client:
+        with client.stream("POST", f"{gw.base_url}/chat/completions",
+                           json={"model": "auto", "messages": MSG, "stream": True}) as response:
+            request_id = response.headers["x-request-id"]
+            lines = response.iter_lines()
+            assert next(line for line in lines if '"content":"w0"' in line)
+    row = gw.outcome(request_id)
+    assert row["status"] == "client_closed" and row["answered_model"] == "m1"
+    assert row["output_tokens"] is not None and row["cost_usd"] > 0  # billed for what was generated
+    assert httpx.get(f"{gw.url}/healthz").json()["models"]["m1"]["in_flight"] == 0

@@ -128,3 +128,15 @@ def test_assembler_rebuilds_what_completion_to_chunks_split():
     for c in chunks:
         asm.add(c)
     assert asm.finished and asm.completion() == completion
+
+
+def test_outcome_log_upgrades_an_older_table_in_place(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE outcomes (request_id TEXT PRIMARY KEY, ts REAL, status TEXT)")
+        conn.execute("INSERT INTO outcomes VALUES ('old-1', 1.0, 'ok')")
+    log = open_outcome_log(f"sqlite:///{path}")
+    log.write(OutcomeRecord(request_id="new-1", ts=2.0, chosen_model="m1"))
+    log.close()
+    df = read_outcomes(f"sqlite:///{path}")
+    assert list(df.request_id) == ["old-1", "new-1"] and df.chosen_model.iloc[1] == "m1"

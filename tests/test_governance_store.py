@@ -263,3 +263,54 @@ def test_outcome_log_in_postgres(pg_url):
     log.close()
     frame = read_outcomes(pg_url, since=1002.0)
     assert list(frame["request_id"]) == ["r2", "r3", "r4"]
+
+
+def test_alerts_fire_once_across_replicas_and_rearm(db):
+    from service.governance.alerts import Alerter
+    from service.governance.budgets import Line, Usage
+
+    a, b = Alerter(db), Alerter(db)  # two replicas sharing one database
+    line = Line("budget:b1:2026-11", limit_nusd=1000, label="month budget of team 'x'", budget_id="b1")
+    assert [x.details["threshold"] for x in a.budget_alerts([line], {line.counter: Usage(600)})] == [0.5]
+    assert b.budget_alerts([line], {line.counter: Usage(650)}) == []
+    assert [x.details["threshold"] for x in b.budget_alerts([line], {line.counter: Usage(1000)})] == [0.8, 1.0]
+    assert a.budget_alerts([line], {line.counter: Usage(1200)}) == []
+    next_month = Line("budget:b1:2026-12", limit_nusd=1000, label=line.label, budget_id="b1")
+    assert len(a.budget_alerts([next_month], {next_month.counter: Usage(500)})) == 1  # a new window re-arms
+
+    fired = [a.request_outcome("m", failed=True) for _ in range(10)]
+    assert sum(len(f) for f in fired) == 1 and fired[-1][0].kind == "error_rate"
+    assert sum(len(a.request_outcome("m", failed=True)) for _ in range(5)) == 0
+    for _ in range(20):
+        a.request_outcome("m", failed=False)  # recovered: re-armed
+    assert sum(len(a.request_outcome("m", failed=True)) for _ in range(20)) == 1
+
+    assert len(a.circuit_state("m2", "open")) == 1 and b.circuit_state("m2", "open") == []
+    b.circuit_state("m2", "closed")
+    assert len(a.circuit_state("m2", "open")) == 1
+    kinds = {r["kind"] for r in a.recent()}
+    assert kinds == {"budget", "error_rate", "circuit_open"}
+
+
+def test_forecast_follows_the_daily_trend(db):
+    """Daily spend 1, 2, 3 $ over the last three days: the line continues at +1 $/day."""
+    from service.governance.attribution import Attribution
+    from service.governance.budgets import insert_spend
+
+    now = 1_700_006_400.0 + 0.5 * 86400  # 2023-11-15 12:00 UTC: noon of day 15 of a 30-day month
+    day0 = int(now // 86400) * 86400.0
+    with db.tx() as tx:
+        for back, usd in ((2, 1.0), (1, 2.0)):
+            ts = day0 - back * 86400 + 3600
+            insert_spend(tx, {"request_id": f"d{back}", "ts": ts, "day": time.strftime("%Y-%m-%d", time.gmtime(ts)),
+                              "status": "ok", "cost_nusd": to_nusd(usd)})
+        # Today, half-way through: $1.5 so far, i.e. $3 at a full day's pace.
+        insert_spend(tx, {"request_id": "d0", "ts": day0 + 3600, "day": time.strftime("%Y-%m-%d", time.gmtime(day0)),
+                          "status": "ok", "cost_nusd": to_nusd(1.5)})
+    fc = Attribution(db).forecast(now=now)
+    assert fc["month"] == "2023-11" and fc["days_observed"] == 3
+    assert fc["trend_usd_per_day"] == pytest.approx(1.0)
+    assert fc["daily_rate_usd"] == pytest.approx(3.0)
+    # So far: 1 + 2 + 1.5. Rest of today at 3 $/day for half a day, then days 16..30 at 4, 5, ..., 18 $.
+    expected = 4.5 + 1.5 + sum(3.0 + j for j in range(1, 16))
+    assert fc["forecast_month_end_usd"] == pytest.approx(expected)

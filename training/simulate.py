@@ -124,6 +124,19 @@ def static_choices(pred, stream: Stream, wtp: float, latency_weight: float) -> n
     return np.argmax(u, axis=1)
 
 
+def informed_choices(pred, stream: Stream, drifts: list[Drift], wtp: float, latency_weight: float) -> np.ndarray:
+    """A static router told the truth about every degradation the moment it starts: the
+    best a router without exploration could do after the drift (the recoverable ceiling)."""
+    from router.policy import utility
+
+    p = pred.p_good[stream.rows].copy()
+    for d in drifts:
+        if d.kind == "degrade":
+            p[d.start:, pred.models.index(d.model)] *= 1.0 - d.fraction
+    u = utility(p, pred.cost_usd[stream.rows], pred.latency_s[stream.rows], wtp, latency_weight)
+    return np.argmax(np.where(stream.available, u, -np.inf), axis=1)
+
+
 def bandit_choices(pred, embeddings: np.ndarray, stream: Stream, wtp: float, latency_weight: float,
                    settings, feedback_rate: float, seed: int, basis=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Sequential bandit run: choices, their propensities, whether each explored, final stats."""
@@ -166,7 +179,8 @@ def _shares(models: list[str], chosen: np.ndarray) -> dict[str, float]:
 
 
 def report(models: list[str], stream: Stream, static: np.ndarray, bandit: np.ndarray, propensity: np.ndarray,
-           explored: np.ndarray, nodrift: Stream, reference: np.ndarray, drifts: list[Drift], window: int) -> dict:
+           explored: np.ndarray, nodrift: Stream, reference: np.ndarray, drifts: list[Drift], window: int,
+           informed: np.ndarray | None = None) -> dict:
     """Per-window and total means; `reference` is the static router on the `nodrift` world."""
     n = len(stream.rows)
     windows = []
@@ -202,9 +216,13 @@ def report(models: list[str], stream: Stream, static: np.ndarray, bandit: np.nda
             if after.start < n:
                 lost = _summary(nodrift, reference, after)["quality"] - _summary(stream, static, after)["quality"]
                 gain = _summary(stream, bandit, after)["quality"] - _summary(stream, static, after)["quality"]
-                out.setdefault("recovery", {})[d.model] = {
+                rec = out.setdefault("recovery", {})[d.model] = {
                     "from_request": after.start, "static_lost": lost, "bandit_regained": gain,
                     "recovered_share": gain / lost if lost > 0 else None}
+                if informed is not None:
+                    ceiling = _summary(stream, informed, after)["quality"] - _summary(stream, static, after)["quality"]
+                    rec["informed_static_regained"] = ceiling
+                    rec["recovered_share_of_recoverable"] = gain / ceiling if ceiling > 0 else None
     return out
 
 
@@ -261,7 +279,8 @@ def simulate(args) -> dict:
     settings = BanditSettings(explore_share=args.explore_share, extra_cost_share=args.extra_cost_share, seed=args.seed)
     bandit, prop, explored, stats = bandit_choices(pred, emb, stream, args.willingness_to_pay, args.latency_weight,
                                             settings, args.feedback_rate, args.seed, basis)
-    out = report(list(pred.models), stream, static, bandit, prop, explored, nodrift, reference, drifts, args.window)
+    informed = informed_choices(pred, stream, drifts, args.willingness_to_pay, args.latency_weight)
+    out = report(list(pred.models), stream, static, bandit, prop, explored, nodrift, reference, drifts, args.window, informed)
     out["bandit_state"] = stats
     out["setup"] = {
         "data": str(args.data), "requests": args.requests, "replayed_prompts": len(replay),
@@ -306,6 +325,8 @@ def run(args) -> int:
           f"explored {t['bandit_explore_share']:.1%})")
     for model, r in out.get("recovery", {}).items():
         share = "n/a" if r["recovered_share"] is None else f"{r['recovered_share']:.0%}"
-        print(f"degraded {model}: from request {r['from_request']} the bandit regains {share} of the quality the static router lost")
+        ceiling = r.get("recovered_share_of_recoverable")
+        extra = f" ({ceiling:.0%} of what a router told about the drift regains)" if ceiling is not None else ""
+        print(f"degraded {model}: from request {r['from_request']} the bandit regains {share} of the quality the static router lost{extra}")
     print(f"wrote {args.out}")
     return 0
