@@ -150,11 +150,17 @@ def server_side_overhead(db: str, since: float) -> dict:
     return rows
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), a measure the machine's load does not inflate."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ms(x: np.ndarray, q: float) -> float:
     return round(float(np.nanpercentile(x, q)) * 1000, 2)
 
 
-async def measure(upstream: str, gateway: str, n: int, seconds: float, routed: bool, db: str) -> dict:
+async def measure(upstream: str, gateway: str, n: int, seconds: float, routed: bool, db: str, gateway_pid: int) -> dict:
     direct_url = f"{upstream}/chat/completions"
     gw_url = f"{gateway}/v1/chat/completions"
     rows: dict = {"latency_ms": {}, "ttft_ms": {}, "rps": {}}
@@ -163,10 +169,12 @@ async def measure(upstream: str, gateway: str, n: int, seconds: float, routed: b
         targets.append(("auto", gw_url, "auto"))
     for label, url, model in targets:
         print(f"measuring {label}", file=sys.stderr, flush=True)
-        since = time.time()
+        since, cpu = time.time(), cpu_seconds(gateway_pid)
         plain = await sequential(url, model, False, n)
         if label != "direct":
             rows.setdefault("server_side_overhead_ms", {}).update(server_side_overhead(db, since))
+            # Includes the warm-up requests and the upstream call (httpx) the gateway makes.
+            rows.setdefault("gateway_cpu_ms_per_request", {})[label] = round((cpu_seconds(gateway_pid) - cpu) / (n + 20) * 1000, 2)
         streamed = await sequential(url, model, True, n)
         rows["latency_ms"][label] = {"p50": ms(plain[:, 0], 50), "p99": ms(plain[:, 0], 99)}
         rows["ttft_ms"][label] = {"p50": ms(streamed[:, 1], 50), "p99": ms(streamed[:, 1], 99)}
@@ -203,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                               log=Path(args.out).with_suffix(".gateway.log"))
         gateway = line.split()[3]
         try:
-            rows = asyncio.run(measure(upstream, gateway, args.requests, args.seconds, routed, db))
+            rows = asyncio.run(measure(upstream, gateway, args.requests, args.seconds, routed, db, gw_proc.pid))
         finally:
             for proc in (gw_proc, upstream_proc):
                 proc.terminate()

@@ -86,6 +86,7 @@ def run_split(name, frame, table, emb, held_tasks, prices: Path, extra) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json")
+    ap.add_argument("--only", choices=("llmrouter_nim9", "routerdc_7llm"), help="run one data set's splits")
     ap.add_argument("--train-args", default="", help="extra arguments for `openclaw-router train`")
     args = ap.parse_args(argv)
 
@@ -94,25 +95,47 @@ def main(argv=None) -> int:
 
     results = []
     with tempfile.TemporaryDirectory(prefix="gen-prices-") as tmp:
-        nim_prices = DATASETS / "llmrouter_nim9" / "models.json"
-        frame = read_frame(NIM9)
-        table = wide_to_outcomes(frame, NIM9, prices=load_prices(nim_prices))
-        emb = encode_cached(table.texts)
-        reuse_embeddings(table.texts, emb)
-        for name, held in NIM9_SPLITS.items():
-            results.append({"data": "llmrouter_nim9", **run_split(name, frame, table, emb, held, nim_prices, args.train_args.split())})
+        if args.only in (None, "llmrouter_nim9"):
+            results += nim9_splits(args.train_args.split())
+        if args.only in (None, "routerdc_7llm"):
+            results += routerdc_splits(Path(tmp), args.train_args.split())
+    print(report(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
 
+
+def nim9_splits(extra: list[str]) -> list[dict]:
+    from router.embedding import encode_cached
+    from training.data import load_prices, read_frame, wide_to_outcomes
+
+    nim_prices = DATASETS / "llmrouter_nim9" / "models.json"
+    frame = read_frame(NIM9)
+    table = wide_to_outcomes(frame, NIM9, prices=load_prices(nim_prices))
+    emb = encode_cached(table.texts)
+    reuse_embeddings(table.texts, emb)
+    return [{"data": "llmrouter_nim9", **run_split(name, frame, table, emb, held, nim_prices, extra)}
+            for name, held in NIM9_SPLITS.items()]
+
+
+def routerdc_splits(tmp: Path, extra: list[str]) -> list[dict]:
+    from router.embedding import encode_cached
+    from training.data import load_prices, read_frame, wide_to_outcomes
+
+    if True:
         frame = read_frame(RDC)
         models = [c[len("quality__"):] for c in frame.columns if c.startswith("quality__")]
-        flat = Path(tmp) / "flat_prices.json"
+        flat = tmp / "flat_prices.json"
         flat.write_text(json.dumps({m: {"input_per_1m": 0.2, "output_per_1m": 0.2} for m in models}))
         table = wide_to_outcomes(frame, RDC, prices=load_prices(flat))
         emb = encode_cached(table.texts)
         reuse_embeddings(table.texts, emb)
-        for name, held in RDC_SPLITS.items():
-            results.append({"data": "routerdc_7llm", **run_split(name, frame, table, emb, held, flat, args.train_args.split())})
+        return [{"data": "routerdc_7llm", **run_split(name, frame, table, emb, held, flat, extra)}
+                for name, held in RDC_SPLITS.items()]
 
-    print("\n| data | held-out tasks | train / test rows | random | router at random's cost | kNN at random's cost | router best | best single (model) | AIQ router / kNN / Zero |")
+
+def report(results: list[dict]) -> str:
+    lines = ["\n| data | held-out tasks | train / test rows | random | router at random's cost | kNN at random's cost | router best | best single (model) | AIQ router / kNN / Zero |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         aiq = r["aiq"]

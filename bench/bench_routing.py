@@ -1,8 +1,7 @@
 """Latency of one routing decision: embed + predict + policy over 11 candidates, one core.
 
-Times `LearnedRouter.route` end to end for a short prompt and a 2,000-token prompt, with
-the fp32 and the int8 ONNX embedder, interleaved so that machine load hits both alike,
-and the embed / predict / policy parts separately. Prints a markdown table (docs/BENCHMARKS.md).
+Times `LearnedRouter.route` end to end for a short prompt and a 2,000-token prompt, and
+the embed / predict / policy parts separately. Prints a markdown table (docs/BENCHMARKS.md).
 
     python bench/bench_routing.py [--router models/default] [--n 300]
 """
@@ -47,7 +46,7 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--router", default=str(ROOT / "models" / "default"))
-    ap.add_argument("--n", type=int, default=300, help="timed decisions per prompt and variant")
+    ap.add_argument("--n", type=int, default=300, help="timed decisions per prompt")
     args = ap.parse_args(argv)
 
     from router.config import ModelSpec, Price, Profile
@@ -62,43 +61,38 @@ def main(argv: list[str] | None = None) -> int:
         for m, p in router.manifest["prices_seen"].items()
     ]
     profile = Profile(willingness_to_pay=0.01)
-    embedders = {v: Embedder(threads=1, which=v) for v in ("fp32", "int8")}
+    router._embedder = Embedder(threads=1)
     prompts = {"short (%d chars)" % len(SHORT): SHORT, "2,000 tokens": long_prompt()}
     rows = []
     for label, text in prompts.items():
         req = view_prompt(text)
         n = args.n if len(text) < 1000 else max(args.n // 5, 30)
-        total = {v: [] for v in embedders}
-        parts = {v: {"embed": [], "predict": [], "policy": []} for v in embedders}
-        for v, emb in embedders.items():  # warm-up
-            router._embedder = emb
-            for _ in range(5):
-                router.route(req, catalog=catalog, profile=profile)
+        total: list[float] = []
+        parts: dict[str, list[float]] = {"embed": [], "predict": [], "policy": []}
+        for _ in range(5):  # warm-up: first calls allocate ONNX Runtime and LightGBM buffers
+            router.route(req, catalog=catalog, profile=profile)
         for _ in range(n):
-            for v, emb in embedders.items():
-                router._embedder = emb
-                t0 = time.perf_counter()
-                router.route(req, catalog=catalog, profile=profile)
-                total[v].append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                e = emb.encode([req.text])
-                t1 = time.perf_counter()
-                pred = router.predict([req], e, catalog)
-                t2 = time.perf_counter()
-                decide(pred, req, catalog=catalog, profile=profile)
-                t3 = time.perf_counter()
-                parts[v]["embed"].append(t1 - t0)
-                parts[v]["predict"].append(t2 - t1)
-                parts[v]["policy"].append(t3 - t2)
-        for v in embedders:
-            p50, p99 = percentiles(total[v])
-            comp = " / ".join(f"{percentiles(parts[v][k])[0]:.2f}" for k in ("embed", "predict", "policy"))
-            rows.append(f"| {label} | {v} | {p50:.2f} | {p99:.2f} | {comp} | {n} |")
+            t0 = time.perf_counter()
+            router.route(req, catalog=catalog, profile=profile)
+            total.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            e = router._embedder.encode([req.text])
+            t1 = time.perf_counter()
+            pred = router.predict([req], e, catalog)
+            t2 = time.perf_counter()
+            decide(pred, req, catalog=catalog, profile=profile)
+            t3 = time.perf_counter()
+            parts["embed"].append(t1 - t0)
+            parts["predict"].append(t2 - t1)
+            parts["policy"].append(t3 - t2)
+        p50, p99 = percentiles(total)
+        comp = " / ".join(f"{percentiles(parts[k])[0]:.2f}" for k in ("embed", "predict", "policy"))
+        rows.append(f"| {label} | {p50:.2f} | {p99:.2f} | {comp} | {n} |")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"router {args.router}: {len(catalog)} candidates, {router.predictor.folds} fold boosters; "
           f"{platform.processor() or platform.machine()}, load average {load:.1f} on {os.cpu_count()} cores\n")
-    print("| prompt | embedder | p50 ms | p99 ms | p50 embed / predict / policy ms | decisions |")
-    print("|---|---|---|---|---|---|")
+    print("| prompt | p50 ms | p99 ms | p50 embed / predict / policy ms | decisions |")
+    print("|---|---|---|---|---|")
     print("\n".join(rows))
     return 0
 

@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ms(values) -> str:
     v = np.array([np.nan if x is None else x for x in values], dtype=float)
+    if np.isnan(v).all():
+        return "never reached"
     if np.isnan(v).any():
         return f"{np.nanmean(v):.4f} ± {np.nanstd(v):.4f} ({int(np.isnan(v).sum())} folds never reach)"
     return f"{v.mean():.4f} ± {v.std():.4f}"
@@ -112,12 +114,18 @@ def _ms(values) -> str:
 
 def report(rows: list[dict]) -> str:
     methods = ("router", "knn", "zero", "random", "oracle")
-    out = ["| method | AIQ (mean ± std over folds) | quality at random's cost | cost to reach best single / its cost |",
-           "|---|---|---|---|"]
+    out = ["| method | AIQ (mean ± std over folds) | quality at random's cost | quality at 25 % / 50 % of best single's cost "
+           "| cost to reach best single / its cost |",
+           "|---|---|---|---|---|"]
     for name in methods:
         ms = [r["all"]["methods"][name] for r in rows]
+        at = [m["quality_at_best_cost_fraction"] for m in ms]
         out.append(f"| {name} | {_ms([m['aiq'] for m in ms])} | {_ms([m['quality_at_random_cost'] for m in ms])} | "
+                   f"{_ms([a['0.25'] for a in at])} / {_ms([a['0.5'] for a in at])} | "
                    f"{_ms([m['cost_to_reach_best_ratio'] for m in ms])} |")
+    best = [r["all"]["best_single_model"] for r in rows]
+    out.insert(0, f"best single model: {best[0]['model']}, quality {_ms([b['mean_quality'] for b in best])} "
+                  f"at ${_ms([b['mean_cost'] for b in best])} per prompt\n")
     gap = [r["all"]["methods"]["router"]["aiq"] - max(r["all"]["methods"]["knn"]["aiq"], r["all"]["methods"]["zero"]["aiq"])
            for r in rows]
     out.append(f"\nrouter AIQ − max(kNN, Zero) per fold: {', '.join(f'{g:+.4f}' for g in gap)}")

@@ -16,9 +16,10 @@ Choosing (Thompson sampling, with propensities):
 * Thompson probabilities over that set come from `draws` Monte Carlo draws; the action is
   then sampled from exactly that vector, so the logged propensity is the probability with
   which the logged action was drawn.
-* Budget: while the expected exploration share of traffic or the expected spend over what
-  the uncorrected policy would have spent exceed their caps, the bandit plays its greedy
-  choice among models predicted to cost no more than the policy's (propensity 1).
+* Budget: while the expected exploration share of traffic or the expected extra spend of
+  exploring (over the greedy choice's predicted cost) exceed their caps, the bandit plays
+  its greedy choice (propensity 1). Exploiting what it learned is not capped: spending
+  more on a model that the feedback shows is better is the point of learning.
 
 Updates are O(d²) per observation under a lock; a per-model CUSUM on residuals detects an
 abrupt change (a model degraded) and resets that model's correction so it re-learns fast
@@ -39,11 +40,12 @@ from router.types import Candidate, Decision
 @dataclass(frozen=True)
 class BanditSettings:
     explore_share: float = 0.05  # cap on the expected share of requests not given the greedy model
-    extra_cost_share: float = 0.04  # cap on the expected extra spend over the policy's own choices
+    extra_cost_share: float = 0.04  # cap on the expected extra spend of exploring, share of greedy spend
     utility_margin: float = 0.02  # explore models whose optimistic utility is this close to the best
-    z_explore: float = 1.0  # optimism, in posterior standard deviations, for the exploration set
+    z_explore: float = 0.5  # optimism, in posterior standard deviations, for the exploration set
     draws: int = 2000  # Monte Carlo draws per decision for the Thompson probabilities
-    context_dim: int = 16  # random projection of the embedding, plus an intercept
+    context_dim: int = 16  # components of the embedding in the context, beside an intercept
+    region_bits: int = 2  # one-hot region from the signs of the first components (2**bits regions)
     prior_var: float = 0.005  # prior variance of each correction weight
     shrink_z: float = 0.5  # corrections are soft-thresholded at this many posterior std
     noise_var: float = 0.25  # Bernoulli reward noise (at most 0.25)
@@ -114,22 +116,34 @@ class ContextualBandit:
         self._lock = threading.Lock()
         self.decisions = 0
         self.explore_mass = 0.0
-        self.base_spend = 0.0  # predicted spend of the policy's own choices
-        self.spend = 0.0  # expected predicted spend of the bandit's choices
+        self.greedy_spend = 0.0  # predicted spend of the greedy (corrected) choices
+        self.extra_spend = 0.0  # expected predicted spend of exploring, over the greedy choice
 
     # ---- context and posterior ------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return 1 + self.settings.context_dim + (1 << self.settings.region_bits if self.settings.region_bits else 0)
+
     def context(self, embedding: np.ndarray | None) -> np.ndarray:
-        z = np.zeros(self.settings.context_dim + 1)
+        """[intercept | projected embedding | one-hot region]. The region (signs of the first
+        `region_bits` components) lets a correction differ by kind of prompt even where a
+        linear function of the components cannot express it (a model good at code only)."""
+        s = self.settings
+        z = np.zeros(self.dim)
         z[0] = 1.0
         if embedding is not None:
             e = np.asarray(embedding, dtype=np.float64).reshape(-1)[: len(self._center)] - self._center
             norm = np.linalg.norm(e)
             if norm > 0:
-                z[1:] = (e / norm) @ self._proj[: len(e)]
+                proj = (e / norm) @ self._proj[: len(e)]
+                z[1: 1 + s.context_dim] = proj
+                if s.region_bits:
+                    region = int(sum(1 << b for b in range(s.region_bits) if proj[b] > 0))
+                    z[1 + s.context_dim + region] = 1.0
         return z
 
     def _prior(self, prior_var: float) -> _Arm:
-        d = self.settings.context_dim + 1
+        d = self.dim
         A = np.eye(d) / prior_var
         return _Arm(A=A, b=np.zeros(d), mean=np.zeros(d), cov=np.linalg.inv(A), prior_var=prior_var)
 
@@ -180,20 +194,14 @@ class ContextualBandit:
         q = np.clip(p_good + corr, 0.0, 1.0)
         util = q - penalty
         g = int(np.argmax(util))
-        base = int(np.argmax(p_good - penalty))  # what the policy alone would choose
         with self._lock:
             within_budget = (
                 self.explore_mass <= s.explore_share * max(self.decisions, 1)
-                and self.spend <= (1.0 + s.extra_cost_share) * self.base_spend
+                and self.extra_spend <= s.extra_cost_share * self.greedy_spend
             )
         probs = np.zeros(len(models))
-        if not within_budget:
-            # Out of budget: the learned corrections still steer, but never to a model
-            # predicted to cost more than the policy's own choice.
-            g = int(np.argmax(np.where(cost <= cost[base], util, -np.inf)))
-            probs[g] = 1.0
-        else:
-            probs[g] = 1.0
+        probs[g] = 1.0
+        if within_budget:  # out of budget the corrected greedy choice is played, propensity 1
             explore = util + s.z_explore * std >= util[g] - s.utility_margin
             if explore.sum() > 1:
                 idx = np.flatnonzero(explore)
@@ -205,8 +213,8 @@ class ContextualBandit:
         with self._lock:
             self.decisions += 1
             self.explore_mass += 1.0 - probs[g]
-            self.base_spend += float(cost[base])
-            self.spend += float(probs @ cost)
+            self.greedy_spend += float(cost[g])
+            self.extra_spend += float(probs @ cost - cost[g])
             if request_id is not None:
                 self._pending[request_id] = _Pending(models[a], z, float(p_good[a]))
                 while len(self._pending) > s.remember:
@@ -281,7 +289,7 @@ class ContextualBandit:
             return {
                 "decisions": self.decisions,
                 "explore_share": self.explore_mass / max(self.decisions, 1),
-                "extra_cost_share": self.spend / self.base_spend - 1.0 if self.base_spend else 0.0,
+                "extra_cost_share": self.extra_spend / self.greedy_spend if self.greedy_spend else 0.0,
                 "arms": {m: {"n_eff": a.n_eff, "intercept": float(a.mean[0]), "resets": a.resets}
                          for m, a in self._arms.items()},
             }

@@ -140,7 +140,7 @@ class BanditSection(_Strict):
 
     enabled: bool = Field(default=False, description="explore with the contextual bandit and log propensities")
     explore_share: float = Field(default=0.05, ge=0, le=1, description="most of the traffic not given the greedy model")
-    extra_cost_share: float = Field(default=0.04, ge=0, description="most extra predicted spend over the router's own choices")
+    extra_cost_share: float = Field(default=0.04, ge=0, description="most extra predicted spend of exploring, as a share of the greedy choices' spend")
     utility_margin: float = Field(default=0.02, ge=0, description="explore models whose optimistic utility is this close to the best")
     seed: int = 0
 

@@ -47,13 +47,13 @@ class LearnedRouter:
             raise ValueError(f"{path / MANIFEST}: format_version {manifest.get('format_version')!r}, this router reads {FORMAT_VERSION}")
         if tuple(manifest["features"]["cheap"]) != FEATURE_NAMES:
             raise ValueError(f"{path / MANIFEST}: trained on cheap features {manifest['features']['cheap']}, this router computes {list(FEATURE_NAMES)}")
-        trained_on = manifest["features"]["embedding"].get("variant", "fp32")
-        from router.embedding import variant
+        from router.embedding import _weights_digest
 
-        if trained_on != variant():
-            # int8 and fp32 vectors agree to cosine ~0.99: usable, but not what the boosters saw.
-            log.warning("%s was trained on %s embeddings, this process embeds with %s (OPENCLAW_EMBEDDING_VARIANT)",
-                        path, trained_on, variant())
+        trained_on = manifest["features"]["embedding"].get("weights_digest")
+        if trained_on != _weights_digest():
+            # Other weights give other vectors: the boosters' splits no longer mean what they learnt.
+            log.warning("%s was trained on embedding weights %s, this install has %s: retrain the router",
+                        path, trained_on, _weights_digest())
         return cls(OutcomePredictor.load(path, manifest["predictor"]), manifest, path)
 
     def save(self, path: str | Path) -> Path:

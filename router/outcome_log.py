@@ -183,9 +183,10 @@ _STOP = object()
 class OutcomeLog:
     """Queue + background writer thread in front of a store."""
 
-    def __init__(self, store: OutcomeStore, batch_size: int = 256):
+    def __init__(self, store: OutcomeStore, batch_size: int = 256, linger_s: float = 0.05):
         self.store = store
         self.batch_size = batch_size
+        self.linger_s = linger_s
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="outcome-log-writer", daemon=True)
         self._closed = False
@@ -200,9 +201,13 @@ class OutcomeLog:
         stop = False
         while not stop:
             batch = [self._queue.get()]
-            while len(batch) < self.batch_size:
+            # Gather for a moment: one transaction per batch, and the writer thread wakes (and
+            # takes the GIL from the event loop) a few times per second instead of per request.
+            deadline = time.monotonic() + self.linger_s
+            while len(batch) < self.batch_size and batch[-1] is not _STOP:
+                remaining = deadline - time.monotonic()
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
                 except queue.Empty:
                     break
             stop = any(item is _STOP for item in batch)

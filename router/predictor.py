@@ -131,7 +131,7 @@ class OutcomePredictor:
     token_prior: np.ndarray | None = None  # (M,) median output tokens per model
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> (in, out) USD per 1M
     oof_raw: np.ndarray | None = None  # (N, M) out-of-fold raw probabilities from fit()
-    oof: np.ndarray | None = None  # (N, M) out-of-fold calibrated probabilities from fit()
+    oof: np.ndarray | None = None  # (N, M) out-of-fold calibrated probabilities (cross-fitted calibration)
 
     # ---- features -------------------------------------------------------------------
     def transform(self, X: np.ndarray) -> np.ndarray:
@@ -183,17 +183,27 @@ class OutcomePredictor:
                         oof[test, j] = booster.predict(Z[test], num_threads=1)
         say("calibration")
         self.oof_raw = oof
-        self.calibrators = []
+        self.calibrators = [self._calibrator(oof[:, j], q[:, j]) for j in range(m)]
+        # Honest out-of-fold calibrated predictions: fold k is calibrated by a map fitted on
+        # the other folds (a map fitted on all of them would be perfectly calibrated in-sample).
         self.oof = np.full_like(oof, np.nan)
-        for j in range(m):
-            ok = ~np.isnan(oof[:, j])
-            cal = Calibrator.fit(oof[ok, j], q[ok, j]) if ok.sum() >= 10 else Calibrator(np.array([0.0, 1.0]), np.array([0.0, 1.0]))
-            self.calibrators.append(cal)
-            self.oof[ok, j] = cal(oof[ok, j])
+        for k in range(self.folds):
+            rows = fold == k
+            for j in range(m):
+                ok = rows & ~np.isnan(oof[:, j])
+                if ok.any():
+                    self.oof[ok, j] = self._calibrator(np.where(rows, np.nan, oof[:, j]), q[:, j])(oof[ok, j])
         say("output tokens")
         self._fit_tokens(Z, outcomes)
         self.prices = {name: (p.input_per_1m, p.output_per_1m) for name, p in outcomes.prices.items() if name in self.models}
         return self
+
+    @staticmethod
+    def _calibrator(raw: np.ndarray, label: np.ndarray) -> Calibrator:
+        ok = ~np.isnan(raw) & ~np.isnan(label)
+        if ok.sum() < 10:
+            return Calibrator(np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+        return Calibrator.fit(raw[ok], label[ok])
 
     def _fit_tokens(self, Z: np.ndarray, outcomes: "OutcomeTable") -> None:
         import lightgbm as lgb

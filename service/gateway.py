@@ -4,6 +4,7 @@ path (awaited on shutdown so no outcome is lost)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +43,7 @@ class Gateway:
         return any(getattr(h, "needs_embedding", False) for h in self.pipeline.hooks)
 
     def embed(self, text: str) -> np.ndarray:
-        from router.embedding import shared_embedder
-
-        return shared_embedder().encode_one(text)
+        return _embed(text)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -58,6 +57,17 @@ class Gateway:
             await provider.aclose()
         if self.outcome_log is not None:
             self.outcome_log.close()
+
+
+@functools.lru_cache(maxsize=4096)
+def _embed(text: str) -> np.ndarray:
+    """The routed text's embedding, memoised: in an agent's tool loop every turn routes on the
+    same last user message, so most of a session's requests reuse one vector."""
+    from router.embedding import shared_embedder
+
+    vector = shared_embedder().encode_one(text)
+    vector.setflags(write=False)  # shared between requests: nobody may modify it
+    return vector
 
 
 def load_router(config: Config) -> Router | None:

@@ -1,4 +1,4 @@
-"""Serving embeddings (ONNX Runtime, fp32 and int8) against the sentence-transformers reference."""
+"""Serving embeddings (ONNX Runtime) against the sentence-transformers reference used in training."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from router.embedding import DIM, Embedder, model_dir, variant
+from router.embedding import DIM, Embedder, model_dir
 
 TEXTS = [
     "What is the capital of France?",
@@ -32,26 +32,15 @@ def reference() -> np.ndarray:
 
 
 def test_fp32_onnx_matches_sentence_transformers(reference):
-    vecs = Embedder(which="fp32").encode(TEXTS)
+    vecs = Embedder().encode(TEXTS)
     assert vecs.shape == (len(TEXTS), DIM) and vecs.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-5)
     assert (vecs * reference).sum(axis=1).min() > 0.999
 
 
-def test_int8_onnx_stays_close_to_sentence_transformers(reference):
-    """The quantised serving variant: mean cosine >= 0.99 to the reference, no text below 0.98."""
-    cos = (Embedder(which="int8").encode(TEXTS) * reference).sum(axis=1)
-    assert cos.mean() >= 0.99 and cos.min() >= 0.98
-
-
 def test_batch_order_does_not_change_vectors():
-    e = Embedder(which="fp32")
+    e = Embedder()
     together = e.encode(TEXTS, batch_size=4)
     alone = np.stack([e.encode_one(t) for t in TEXTS])
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
-
-def test_unknown_variant_is_an_error(monkeypatch):
-    monkeypatch.setenv("OPENCLAW_EMBEDDING_VARIANT", "fp16")
-    with pytest.raises(ValueError, match="OPENCLAW_EMBEDDING_VARIANT"):
-        variant()

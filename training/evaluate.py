@@ -70,6 +70,9 @@ def _method(points_c, points_q, knobs, ctx: dict) -> dict:
         "points": [[float(c), float(q)] + ([float(k)] if k is not None else []) for c, q, k in zip(points_c, points_q, knobs)],
         "aiq": aiq(points_c, points_q, c_min, c_max) if c_max > c_min else None,
         "quality_at_budget": {f"{b:.6g}": _num(quality_at_budget(points_c, points_q, b)) for b in ctx["budgets"]},
+        "quality_at_best_cost_fraction": {
+            str(f): _num(quality_at_budget(points_c, points_q, f * ctx["best_cost"])) for f in BUDGET_FRACTIONS
+        },
         "quality_at_random_cost": _num(quality_at_budget(points_c, points_q, ctx["random_cost"])),
     }
     reach = cost_to_reach(points_c, points_q, ctx["best_quality"])

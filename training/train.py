@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 import time
@@ -189,7 +188,7 @@ def log_to_mlflow(args, router_dir: Path, params: dict, metrics: dict, plot: Pat
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from router.embedding import DIM, _weights_digest, encode_cached, variant
+    from router.embedding import DIM, _weights_digest, encode_cached
     from router.engine import FORMAT_VERSION, LearnedRouter
     from router.features import FEATURE_NAMES, request_features
     from router.predictor import OutcomePredictor
@@ -225,8 +224,7 @@ def run(args: argparse.Namespace) -> int:
         "format_version": FORMAT_VERSION,
         "models": table.models,
         "features": {
-            "embedding": {"model": "all-MiniLM-L6-v2", "dim": DIM, "weights_digest": _weights_digest(), "runtime": "onnx",
-                          "variant": variant()},
+            "embedding": {"model": "all-MiniLM-L6-v2", "dim": DIM, "weights_digest": _weights_digest(), "runtime": "onnx"},
             "cheap": list(FEATURE_NAMES),
             "text_column": args.text_column or "prompt|query",
         },
@@ -244,7 +242,6 @@ def run(args: argparse.Namespace) -> int:
                   "rounds": args.rounds, "seed": args.seed, "rows": len(table), "models": len(table.models)}
         run_id, version = log_to_mlflow(args, out, params, metrics, plot)
         bar.update()
-    (out / "mlflow.json").write_text(json.dumps({"run_id": run_id, "registered_model": args.registered_name, "version": version}))
     print(f"wrote {out} (MLflow run {run_id}, {args.registered_name} version {version}); "
           f"CV mean AUC {metrics['mean_auc']}, Brier {metrics['brier']:.4f} vs base rate {metrics['brier_base_rate']:.4f}")
     return 0
