@@ -53,9 +53,8 @@ def serve_upstream() -> None:
     uvicorn.Server(uvicorn.Config(Simulator(time_scale=0.0).app, log_level="warning", access_log=False)).run(sockets=[sock])
 
 
-def start(cmd: list[str], env: dict[str, str], log: Path | None = None) -> tuple[subprocess.Popen, str]:
-    stderr = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=REPO)
+def start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
     line = proc.stdout.readline().strip()
     if not line:
         proc.kill()
@@ -188,6 +187,55 @@ async def measure(upstream: str, gateway: str, n: int, seconds: float, routed: b
     return rows
 
 
+async def decision_placement(artifact: Path) -> dict:
+    """Routing decision inline on the event loop vs in the threadpool (as the gateway does):
+    decision latency and the loop's lag (how late a 1 ms timer fires) meanwhile, in-process."""
+    from starlette.concurrency import run_in_threadpool
+
+    from router.config import load_config
+    from router.embedding import shared_embedder
+    from router.engine import LearnedRouter
+    from router.request_view import view_chat_request
+
+    config = load_config(REPO / "service" / "default_config.yaml")
+    router, embedder = LearnedRouter.load(artifact), shared_embedder()
+    profile = config.router.profiles[config.router.default_profile]
+    requests = [view_chat_request(body(i, "auto", False)) for i in range(64)]
+
+    def decide(request):
+        return router.route(request, catalog=config.models, profile=profile, embedding=embedder.encode_one(request.text))
+
+    for request in requests[:8]:
+        decide(request)
+    rows = {}
+    for clients in (1, 16):
+        for mode in ("inline", "threadpool"):
+            stop, lags = asyncio.Event(), []
+
+            async def probe() -> None:
+                while not stop.is_set():
+                    t = time.perf_counter()
+                    await asyncio.sleep(0.001)
+                    lags.append(time.perf_counter() - t - 0.001)
+
+            async def one(request) -> float:
+                t = time.perf_counter()
+                decide(request) if mode == "inline" else await run_in_threadpool(decide, request)
+                return time.perf_counter() - t
+
+            prober = asyncio.create_task(probe())
+            latencies: list[float] = []
+            for k in range(0, len(requests), clients):
+                latencies += await asyncio.gather(*(one(r) for r in requests[k:k + clients]))
+            stop.set()
+            await prober
+            rows[f"{mode}, {clients} clients"] = {
+                "decision_p50_ms": ms(np.array(latencies), 50), "loop_lag_p50_ms": ms(np.array(lags), 50),
+                "loop_lag_p99_ms": ms(np.array(lags), 99),
+            }
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=400, help="sequential requests per latency measurement")
@@ -207,8 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         config = Path(tmp) / "bench.yaml"
         db = f"sqlite:///{tmp}/outcomes.sqlite"
         config.write_text(yaml.safe_dump(gateway_config(upstream, artifact, db)))
-        gw_proc, line = start([sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", "0"], env,
-                              log=Path(args.out).with_suffix(".gateway.log"))
+        gw_proc, line = start([sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", "0"], env)
         gateway = line.split()[3]
         try:
             rows = asyncio.run(measure(upstream, gateway, args.requests, args.seconds, routed, db, gw_proc.pid))
@@ -216,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             for proc in (gw_proc, upstream_proc):
                 proc.terminate()
                 proc.wait(30)
+    if routed:
+        rows["decision_placement"] = asyncio.run(decision_placement(artifact))
     result = {"cpu_count": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()], "requests": args.requests, "artifact": str(artifact) if routed else None, **rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -89,16 +89,13 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=("llmrouter_nim9", "routerdc_7llm"), help="run one data set's splits")
     ap.add_argument("--train-args", default="", help="extra arguments for `openclaw-router train`")
     args = ap.parse_args(argv)
-
-    from router.embedding import encode_cached
-    from training.data import load_prices, read_frame, wide_to_outcomes
-
+    extra = args.train_args.split()
     results = []
     with tempfile.TemporaryDirectory(prefix="gen-prices-") as tmp:
         if args.only in (None, "llmrouter_nim9"):
-            results += nim9_splits(args.train_args.split())
+            results += nim9_splits(extra)
         if args.only in (None, "routerdc_7llm"):
-            results += routerdc_splits(Path(tmp), args.train_args.split())
+            results += routerdc_splits(Path(tmp), extra)
     print(report(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
@@ -109,12 +106,12 @@ def nim9_splits(extra: list[str]) -> list[dict]:
     from router.embedding import encode_cached
     from training.data import load_prices, read_frame, wide_to_outcomes
 
-    nim_prices = DATASETS / "llmrouter_nim9" / "models.json"
+    prices = DATASETS / "llmrouter_nim9" / "models.json"
     frame = read_frame(NIM9)
-    table = wide_to_outcomes(frame, NIM9, prices=load_prices(nim_prices))
+    table = wide_to_outcomes(frame, NIM9, prices=load_prices(prices))
     emb = encode_cached(table.texts)
     reuse_embeddings(table.texts, emb)
-    return [{"data": "llmrouter_nim9", **run_split(name, frame, table, emb, held, nim_prices, extra)}
+    return [{"data": "llmrouter_nim9", **run_split(name, frame, table, emb, held, prices, extra)}
             for name, held in NIM9_SPLITS.items()]
 
 
@@ -122,30 +119,28 @@ def routerdc_splits(tmp: Path, extra: list[str]) -> list[dict]:
     from router.embedding import encode_cached
     from training.data import load_prices, read_frame, wide_to_outcomes
 
-    if True:
-        frame = read_frame(RDC)
-        models = [c[len("quality__"):] for c in frame.columns if c.startswith("quality__")]
-        flat = tmp / "flat_prices.json"
-        flat.write_text(json.dumps({m: {"input_per_1m": 0.2, "output_per_1m": 0.2} for m in models}))
-        table = wide_to_outcomes(frame, RDC, prices=load_prices(flat))
-        emb = encode_cached(table.texts)
-        reuse_embeddings(table.texts, emb)
-        return [{"data": "routerdc_7llm", **run_split(name, frame, table, emb, held, flat, extra)}
-                for name, held in RDC_SPLITS.items()]
+    frame = read_frame(RDC)
+    models = [c[len("quality__"):] for c in frame.columns if c.startswith("quality__")]
+    prices = tmp / "flat_prices.json"  # no costs recorded: every model priced alike
+    prices.write_text(json.dumps({m: {"input_per_1m": 0.2, "output_per_1m": 0.2} for m in models}))
+    table = wide_to_outcomes(frame, RDC, prices=load_prices(prices))
+    emb = encode_cached(table.texts)
+    reuse_embeddings(table.texts, emb)
+    return [{"data": "routerdc_7llm", **run_split(name, frame, table, emb, held, prices, extra)}
+            for name, held in RDC_SPLITS.items()]
 
 
 def report(results: list[dict]) -> str:
-    lines = ["\n| data | held-out tasks | train / test rows | random | router at random's cost | kNN at random's cost | router best | best single (model) | AIQ router / kNN / Zero |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    lines = ["| data | held-out tasks | train / test rows | random | router at random's cost | kNN at random's cost "
+             "| router best | best single (model) | AIQ router / kNN / Zero |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         aiq = r["aiq"]
         aiq_s = "n/a (one price)" if aiq["router"] is None else f"{aiq['router']:.3f} / {aiq['knn']:.3f} / {aiq['zero']:.3f}"
-        print(f"| {r['data']} | {', '.join(r['held_out_tasks'])} | {r['n_train']} / {r['n_test']} | {r['random_quality']:.3f} | "
-              f"{r['router_quality_at_random_cost']:.3f} | {r['knn_quality_at_random_cost']:.3f} | {r['router_best_quality']:.3f} | "
-              f"{r['best_single']['mean_quality']:.3f} ({r['best_single']['model']}) | {aiq_s} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
-    return 0
+        lines.append(f"| {r['data']} | {', '.join(r['held_out_tasks'])} | {r['n_train']} / {r['n_test']} | {r['random_quality']:.3f} | "
+                     f"{r['router_quality_at_random_cost']:.3f} | {r['knn_quality_at_random_cost']:.3f} | {r['router_best_quality']:.3f} | "
+                     f"{r['best_single']['mean_quality']:.3f} ({r['best_single']['model']}) | {aiq_s} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

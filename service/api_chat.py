@@ -7,6 +7,7 @@ coroutine sees the decision before any upstream call and may refuse it by raisin
 """
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -27,6 +28,7 @@ from service.providers.base import UpstreamError
 from service.routing import build_constraints, decide, resolve_model
 from service.schemas import read_json_body, validate_chat
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 _SAFE_HEADER = re.compile(r"[^\x20-\x7e]")
 
@@ -201,6 +203,10 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
         ctx.status, ctx.error = "truncated", f"{exc.kind}: {exc.message}"
         yield sse.error_event(f"the upstream model {opened.model.name} failed mid-answer ({exc.kind}): {exc.message}",
                               "upstream_error", "stream_interrupted")
+    except Exception as exc:  # our bug, not the upstream's: still never a silent end
+        log.exception("stream %s failed in the gateway", ctx.request_id)
+        ctx.status, ctx.error = "error", f"internal: {type(exc).__name__}"
+        yield sse.error_event("internal error in the router while streaming", "server_error", "internal_error")
     finally:
         with anyio.CancelScope(shield=True):
             await opened.rest.aclose()

@@ -1,10 +1,10 @@
 """`openclaw-router serve`: run the OpenAI-compatible routing gateway.
 
-Without `--config` it serves the embedded demo: the catalog of service/default_config.yaml,
-answered by the built-in simulator (a real local HTTP server started beside the gateway),
-every simulated model labelled as such in /v1/models, /healthz and the outcome log. With a
-config file whose providers point at real APIs (keys from the env vars it names), the same
-command routes real traffic.
+Without `--config` it uses the real providers whose API keys are in the environment
+(service/presets.py); with no key at all it serves the embedded demo: the catalog of
+service/default_config.yaml, answered by the built-in simulator (a real local HTTP server
+started beside the gateway), every simulated model labelled as such in /v1/models, /healthz
+and the outcome log. A config file names providers and keys' env vars explicitly.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def default_config_path() -> Path:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="interface to bind (default: server.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default: server.port, 8080; 0 picks a free one)")
-    parser.add_argument("--config", default=None, help="catalog/config YAML (default: the embedded simulated demo)")
+    parser.add_argument("--config", default=None, help="catalog/config YAML (default: providers whose keys are set, else the simulated demo)")
     parser.add_argument("--db", default=None, help="outcome log URL, e.g. sqlite:///outcomes.sqlite (default: server.db)")
     parser.add_argument("--access-log", action="store_true", help="log one line per HTTP request (the outcome log has them all)")
 
@@ -33,17 +33,15 @@ def run(args: argparse.Namespace) -> int:
 
     from router.config import load_config
     from service.app import create_app
-    from service.simulator import attach_simulator
-
+    from service.governance.db import redact_url
+    from service.governance.runtime import Governance
     from service.presets import build_preset_config
+    from service.simulator import attach_simulator
 
     # No --config: real providers for the keys in the environment, else the simulated demo.
     config = load_config(args.config) if args.config else (build_preset_config() or load_config(default_config_path()))
     server = config.server.model_copy(update={k: v for k, v in (("db", args.db), ("host", args.host), ("port", args.port)) if v is not None})
     config = config.model_copy(update={"server": server})
-
-    from service.governance.db import redact_url
-    from service.governance.runtime import Governance
 
     governance = Governance.from_config(config)
     # Without any key the gateway is open: it says so, and refuses a non-loopback address.

@@ -195,3 +195,19 @@ def test_eval_names_a_missing_text_column_and_unknown_models(eval_file, router_d
     assert _eval([*common, "--models", "gpt-4-1106-preview,brand-new-model"]) == 2
     assert "brand-new-model" in capsys.readouterr().err
     assert not (tmp_path / "d.parquet").exists()
+
+
+@needs_data
+def test_eval_prices_a_file_without_cost_columns_at_the_routers_prices(eval_file, router_dir, tmp_path):
+    _, df = eval_file
+    bare = df[[c for c in df.columns if not c.startswith("cost_usd__") and "brand-new-model" not in c]]
+    path = tmp_path / "no_costs.csv"
+    bare.to_csv(path, index=False)
+    rc = _eval(["--data", path, "--router", router_dir, "--decisions-out", tmp_path / "d.parquet",
+                "--report-dir", tmp_path / "rep", "--knob-points", 8])
+    assert rc == 0
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert summary["cost_estimated_from_prices"] == summary["models"]
+    single = summary["single_models"]
+    # Priced per token, gpt-4 stays far dearer than mistral-7b, as in the recorded costs.
+    assert single["gpt-4-1106-preview"]["mean_cost"] > 10 * single["mistral-7b-chat"]["mean_cost"]

@@ -47,6 +47,9 @@ async def test_async_streaming_with_usage(gw):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from m1."
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     assert {c.model for c in chunks} == {"m1"}
+    row = gw.outcomes()[-1]
+    assert row["stream"] and row["ttft_s"] > 0 and row["latency_s"] >= row["ttft_s"]
+    assert 'openclaw_ttft_seconds_count{model="m1"} 1.0' in httpx.get(f"{gw.url}/metrics").text
 
 
 def test_stream_without_include_usage_gets_no_usage_chunk(gw, upstream):
@@ -233,6 +236,11 @@ def test_oversized_body_and_bad_headers_are_refused(gw):
     assert r.status_code == 400 and r.json()["error"]["param"] == "x-router-max-cost"
     r = httpx.get(f"{gw.url}/v1/nothing-here")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_route_endpoint_needs_a_profile(gw):
+    r = httpx.post(f"{gw.url}/v1/route", json={"model": "m1", "messages": MSG})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "not_a_profile"
 
 
 def test_unknown_model_through_the_sdk(gw):

@@ -207,7 +207,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router", required=True, help="router artifact folder, e.g. models/default")
     parser.add_argument("--models", help="comma-separated candidate models (default: all the file and router share)")
     parser.add_argument("--text-column", help="column holding the prompt text (default: prompt, then query)")
-    parser.add_argument("--prices", help="JSON prices {model: {input_per_1m, output_per_1m}} for files without cost_usd__ columns")
+    parser.add_argument("--prices", help="JSON prices {model: {input_per_1m, output_per_1m}} for models without a cost_usd__ column "
+                        "(default: the prices the router was trained with)")
     parser.add_argument("--decisions-out", required=True, help="parquet file for the decisions (row, knob, model)")
     parser.add_argument("--report-dir", required=True, help="folder for summary.json and cost_quality.png")
     parser.add_argument("--knn-train", help="outcome table to fit the kNN baseline on (default: cross-fit on --data)")
@@ -219,22 +220,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from router.embedding import encode_cached
     from router.engine import LearnedRouter
-    from training.data import load_outcomes
+    from training.data import ModelPrice, load_outcomes, load_prices, read_frame
     from training.plots import save_cost_quality_plot
 
     if not Path(args.router).exists():
         raise FileNotFoundError(f"{args.router}: no such router artifact")
-    table = load_outcomes(args.data, text_column=args.text_column, prices=args.prices)
     router = LearnedRouter.load(args.router)
+    # A file without cost columns (a sealed test set may lack them) is priced at the prices the
+    # router was trained with, unless --prices says otherwise; recorded costs always win.
+    prices = load_prices(args.prices) if args.prices else {
+        m: ModelPrice(*p) for m, p in router.predictor.prices.items()
+    }
+    columns = set(read_frame(args.data).columns)
+    table = load_outcomes(args.data, text_column=args.text_column, prices=prices)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()] if args.budgets else []
     knn_train = None
     if args.knn_train:
-        kt = load_outcomes(args.knn_train, text_column=args.text_column, prices=args.prices)
+        kt = load_outcomes(args.knn_train, text_column=args.text_column, prices=prices)
         knn_train = (kt, encode_cached(kt.texts))
     result = evaluate_table(table, encode_cached(table.texts), router, models=models, knn_train=knn_train,
                             n_knobs=args.knob_points, budgets=budgets, seed=args.seed)
     result.summary["router"] = str(args.router)
+    estimated = [m for m in result.summary["models"] if f"cost_usd__{m}" not in columns]
+    if estimated:
+        log.warning("no cost_usd__ column for %s in %s: cost = tokens x price", estimated, args.data)
+    result.summary["cost_estimated_from_prices"] = estimated
     out = Path(args.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(result.summary, indent=1))

@@ -24,13 +24,15 @@ def _hull_line(costs, qualities, c_max):
 
 
 def cost_quality_figure(summary: dict, title: str = ""):
-    """Two panels (linear and log cost) of the curves in an evaluation summary."""
-    import matplotlib
+    """Two panels (linear and log cost) of the curves in an evaluation summary.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    A bare `Figure` (no pyplot): no global backend to switch, so the same code saves PNGs in a
+    headless job and shows inline in a notebook (`display(fig)`).
+    """
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig = Figure(figsize=(13, 5.2))
+    axes = fig.subplots(1, 2)
     c_max = summary["cost_range"][1]
     for ax, log in zip(axes, (False, True)):
         for name, m in summary["single_models"].items():
@@ -60,9 +62,5 @@ def cost_quality_figure(summary: dict, title: str = ""):
 
 
 def save_cost_quality_plot(summary: dict, path: str | Path, title: str = "") -> Path:
-    import matplotlib.pyplot as plt
-
-    fig = cost_quality_figure(summary, title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    cost_quality_figure(summary, title).savefig(path, dpi=110)
     return Path(path)

@@ -185,12 +185,34 @@ def log_to_mlflow(args, router_dir: Path, params: dict, metrics: dict, plot: Pat
         return run.info.run_id, str(version)
 
 
+def build_manifest(table, metrics: dict, sources: list[dict], text_column: str | None = None) -> dict:
+    """The artifact's manifest (the predictor adds its own part on save); retraining reuses it."""
+    from router.embedding import DIM, _weights_digest
+    from router.engine import FORMAT_VERSION
+    from router.features import FEATURE_NAMES
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "models": table.models,
+        "features": {
+            "embedding": {"model": "all-MiniLM-L6-v2", "dim": DIM, "weights_digest": _weights_digest(), "runtime": "onnx"},
+            "cheap": list(FEATURE_NAMES),
+            "text_column": text_column or "prompt|query",
+        },
+        "data": sources,
+        "prices_seen": {m: [p.input_per_1m, p.output_per_1m] for m, p in table.prices.items()},
+        "metrics": {k: v for k, v in metrics.items() if k != "reliability"},
+        "reliability": metrics["reliability"],
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from router.embedding import DIM, _weights_digest, encode_cached
-    from router.engine import FORMAT_VERSION, LearnedRouter
-    from router.features import FEATURE_NAMES, request_features
+    from router.embedding import encode_cached
+    from router.engine import LearnedRouter
+    from router.features import request_features
     from router.predictor import OutcomePredictor
     from router.types import RoutingRequest
     from training.data import concat_outcomes, load_outcomes, load_prices
@@ -220,20 +242,8 @@ def run(args: argparse.Namespace) -> int:
              f"{metrics['mean_auc']:.4f}" if metrics["mean_auc"] else "n/a", metrics["brier"], metrics["brier_base_rate"], metrics["ece"])
 
     out = Path(args.out)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "models": table.models,
-        "features": {
-            "embedding": {"model": "all-MiniLM-L6-v2", "dim": DIM, "weights_digest": _weights_digest(), "runtime": "onnx"},
-            "cheap": list(FEATURE_NAMES),
-            "text_column": args.text_column or "prompt|query",
-        },
-        "data": [{"path": str(p), "sha256_16": file_digest(p), "rows": len(t)} for p, t in zip(args.data, tables)],
-        "prices_seen": {m: [p.input_per_1m, p.output_per_1m] for m, p in table.prices.items()},
-        "metrics": {k: v for k, v in metrics.items() if k != "reliability"},
-        "reliability": metrics["reliability"],
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    sources = [{"path": str(p), "sha256_16": file_digest(p), "rows": len(t)} for p, t in zip(args.data, tables)]
+    manifest = build_manifest(table, metrics, sources, text_column=args.text_column)
     with tqdm(total=2, desc="save", unit="step") as bar:
         LearnedRouter(predictor, manifest).save(out)
         plot = plot_reliability(metrics["reliability"], out / "reliability.png")
