@@ -4,8 +4,9 @@ The predictors rank models by utility = P(good) − cost and latency penalties. 
 trained offline and go stale: a provider degrades a model, a new model appears with no
 training data. The bandit adds, per model, an online *correction* of the predicted P(good):
 a Bayesian linear model of the residual (observed reward − predicted P(good)) on a reduced
-context (intercept + a fixed random projection of the prompt embedding), so it can learn
-"this model got worse", and also "this new model is good on code prompts".
+context (an intercept, the leading components of the prompt embedding and a coarse region
+one-hot), so it can learn "this model got worse", and also "this new model is good on code
+prompts".
 
 Choosing (Thompson sampling, with propensities):
 * Only eligible candidates (the policy's hard constraints already applied) are considered.
@@ -187,7 +188,9 @@ class ContextualBandit:
         if len(models) == 0:
             raise ValueError("no eligible model to choose from")
         s = self.settings
-        rng = rng or self._rng
+        if rng is None:
+            with self._lock:  # a Generator is not thread-safe: each call draws from its own child
+                rng = np.random.default_rng(int(self._rng.integers(2**63)))
         p_good, penalty, cost = (np.asarray(a, dtype=np.float64) for a in (p_good, penalty, cost))
         z = self.context(embedding)
         corr, std = self.posterior(models, z, p_good_std)

@@ -105,7 +105,7 @@ class LearnedRouter:
               embedding: np.ndarray | None = None) -> Decision:
         if embedding is None:
             embedding = self._embed([request.text])[0]
-        pred = self.predict([request], embedding[None, :], catalog)
+        pred = self.predict([request], np.asarray(embedding, dtype=np.float32).reshape(1, -1), catalog)
         return decide(pred, request, catalog=catalog, profile=profile, constraints=constraints, live=live, embedding=embedding)
 
 

@@ -20,6 +20,7 @@ the median over the known models.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -63,15 +64,6 @@ class Predictions:
     def column(self, model: str) -> int:
         return self.models.index(model)
 
-    def select(self, models: Sequence[str]) -> "Predictions":
-        idx = [self.models.index(m) for m in models]
-        return Predictions(list(models), self.p_good[:, idx], self.p_good_std[:, idx],
-                           self.output_tokens[:, idx], self.cost_usd[:, idx], self.latency_s[:, idx])
-
-    def rows(self, rows) -> "Predictions":
-        return Predictions(list(self.models), self.p_good[rows], self.p_good_std[rows],
-                           self.output_tokens[rows], self.cost_usd[rows], self.latency_s[rows])
-
 
 @dataclass
 class Calibrator:
@@ -89,6 +81,51 @@ class Calibrator:
 
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, label)
         return cls(np.asarray(iso.X_thresholds_, dtype=np.float64), np.asarray(iso.y_thresholds_, dtype=np.float64))
+
+
+class MergedForest:
+    """Several LightGBM boosters over the same input, evaluated as one.
+
+    A decision needs six boosters (five quality folds, output tokens); each `predict` call has
+    a fixed cost of ~0.1 ms on a quiet core and several times that on a loaded one. Their
+    trees are concatenated into one model; one `pred_leaf` call and a table lookup give every
+    booster's raw score (tests check equality with the boosters' own predictions).
+    """
+
+    def __init__(self, boosters: Sequence):
+        import lightgbm as lgb
+
+        texts = [b.model_to_string() for b in boosters]
+        # tree_sizes only lets LightGBM parse trees in parallel; without it they parse in order.
+        head = "\n".join(line for line in texts[0].split("\nTree=0\n", 1)[0].split("\n") if not line.startswith("tree_sizes="))
+        blocks, counts = [], []
+        for text in texts:
+            body = text.split("\nTree=0\n", 1)[1].split("\nend of trees", 1)[0]
+            trees = re.split(r"^Tree=\d+\n", "Tree=0\n" + body, flags=re.M)[1:]
+            counts.append(len(trees))
+            blocks.extend(trees)
+        merged = head + "\n" + "".join(f"Tree={i}\n{t}" for i, t in enumerate(blocks)) + "\nend of trees" + texts[0].split("\nend of trees", 1)[1]
+        self.booster = lgb.Booster(model_str=merged)
+        info = self.booster.dump_model()["tree_info"]
+        self.values = np.zeros((len(info), max(t["num_leaves"] for t in info)))
+        for i, tree in enumerate(info):
+            stack = [tree["tree_structure"]]
+            while stack:
+                node = stack.pop()
+                if "leaf_value" in node:
+                    self.values[i, node.get("leaf_index", 0)] = node["leaf_value"]
+                else:
+                    stack += [node["left_child"], node["right_child"]]
+        self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self._trees = np.arange(len(info))
+
+    def raw(self, X: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """(N, number of boosters) raw scores; chunked so that batch scoring stays small in memory."""
+        out = np.empty((len(X), len(self.starts)))
+        for i in range(0, len(X), chunk):
+            leaves = self.booster.predict(X[i : i + chunk], pred_leaf=True, num_threads=1).astype(np.intp)
+            out[i : i + chunk] = np.add.reduceat(self.values[self._trees, leaves.reshape(len(leaves), -1)], self.starts, axis=1)
+        return out
 
 
 def _pca_fit(emb: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,6 +169,7 @@ class OutcomePredictor:
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> (in, out) USD per 1M
     oof_raw: np.ndarray | None = None  # (N, M) out-of-fold raw probabilities from fit()
     oof: np.ndarray | None = None  # (N, M) out-of-fold calibrated probabilities (cross-fitted calibration)
+    _forest: MergedForest | None = field(default=None, init=False, repr=False)
 
     # ---- features -------------------------------------------------------------------
     def transform(self, X: np.ndarray) -> np.ndarray:
@@ -153,6 +191,7 @@ class OutcomePredictor:
         q = np.asarray(outcomes.quality, dtype=np.float64)
         n, m = q.shape
         self.models = list(outcomes.models)
+        self._forest = None
         if self.pca_dim > 0 and X.shape[1] > self.embed_dim:
             self.pca_mean, self.pca_proj = _pca_fit(np.asarray(X[:, : self.embed_dim], np.float32), self.pca_dim)
         Z = self.transform(X)
@@ -222,33 +261,45 @@ class OutcomePredictor:
         self.token_booster = lgb.train({**TOKEN_PARAMS, "seed": self.seed}, ds, self.token_rounds)
 
     # ---- prediction -----------------------------------------------------------------
-    def predict_quality(self, X: np.ndarray, transformed: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated P(good) and its spread across fold boosters, (N, M) each."""
-        Z = X if transformed else self.transform(X)
+    def _raw_outputs(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-fold raw P(good) (K, N, M) and log1p output tokens (N, M) or None."""
         n, m = len(Z), len(self.models)
-        if self.mode == "shared":
-            rows = np.repeat(np.arange(n), m)
-            cols = np.tile(np.arange(m), n)
-            pairs = self._pairs(Z, rows, cols)
-            raw = np.stack([b.predict(pairs, num_threads=1).reshape(n, m) for b in self.quality_boosters])
-        else:
+        if self.mode != "shared":
             raw = np.stack([
                 np.column_stack([self.quality_boosters[j][k].predict(Z, num_threads=1) for j in range(m)])
                 for k in range(self.folds)
             ])
-        cal = np.empty_like(raw)
+            tok = None if self.token_booster is None else self.token_booster.predict(
+                self._pairs(Z, np.repeat(np.arange(n), m), np.tile(np.arange(m), n)), num_threads=1).reshape(n, m)
+            return raw, tok
+        if self._forest is None:
+            self._forest = MergedForest(self.quality_boosters + ([self.token_booster] if self.token_booster is not None else []))
+        scores = self._forest.raw(self._pairs(Z, np.repeat(np.arange(n), m), np.tile(np.arange(m), n)))
+        # The cross-entropy objective's probability is the logistic of the raw score.
+        raw = (1.0 / (1.0 + np.exp(-scores[:, : self.folds]))).T.reshape(self.folds, n, m)
+        tok = scores[:, self.folds].reshape(n, m) if self.token_booster is not None else None
+        return raw, tok
+
+    def _calibrated(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated mean of the K folds' probabilities, and the spread of the calibrated folds."""
+        both = np.concatenate([raw, raw.mean(axis=0, keepdims=True)])
+        cal = np.empty_like(both)
         for j, c in enumerate(self.calibrators):
-            cal[:, :, j] = c(raw[:, :, j])
-        mean = np.column_stack([c(raw[:, :, j].mean(axis=0)) for j, c in enumerate(self.calibrators)])
-        return mean, cal.std(axis=0)
+            cal[:, :, j] = c(both[:, :, j])
+        return cal[-1], cal[:-1].std(axis=0)
+
+    def _tokens(self, tok: np.ndarray | None, n: int) -> np.ndarray:
+        if tok is None:
+            return np.tile(self.token_prior, (n, 1))
+        return np.expm1(tok).clip(1.0, None)
+
+    def predict_quality(self, X: np.ndarray, transformed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated P(good) and its spread across fold boosters, (N, M) each."""
+        return self._calibrated(self._raw_outputs(X if transformed else self.transform(X))[0])
 
     def predict_tokens(self, X: np.ndarray, transformed: bool = False) -> np.ndarray:
-        n, m = len(X), len(self.models)
-        if self.token_booster is None:
-            return np.tile(self.token_prior, (n, 1))
         Z = X if transformed else self.transform(X)
-        pairs = self._pairs(Z, np.repeat(np.arange(n), m), np.tile(np.arange(m), n))
-        return np.expm1(self.token_booster.predict(pairs, num_threads=1)).reshape(n, m).clip(1.0, None)
+        return self._tokens(self._raw_outputs(Z)[1], len(Z))
 
     def predict(self, X: np.ndarray, input_tokens: np.ndarray | None = None, models: Sequence[str] | None = None,
                 prices: Sequence[tuple[float, float]] | None = None, ttft_s: Sequence[float] | None = None,
@@ -262,8 +313,9 @@ class OutcomePredictor:
         Z = self.transform(X)
         n = len(Z)
         models = list(models) if models is not None else list(self.models)
-        p_known, std_known = self.predict_quality(Z, transformed=True)
-        tok_known = self.predict_tokens(Z, transformed=True)
+        raw, tok_raw = self._raw_outputs(Z)
+        p_known, std_known = self._calibrated(raw)
+        tok_known = self._tokens(tok_raw, n)
         unseen_tokens = float(np.median(self.token_prior)) if self.token_prior is not None else 200.0
         p = np.full((n, len(models)), self.prior_quality)
         std = np.full((n, len(models)), UNSEEN_STD)
@@ -338,4 +390,6 @@ class OutcomePredictor:
         if self.pca_dim > 0:
             z = np.load(folder / "projection.npz")
             self.pca_mean, self.pca_proj = z["mean"], z["proj"]
+        if self.mode == "shared":  # merge now, not on the first request
+            self._forest = MergedForest(self.quality_boosters + ([self.token_booster] if self.token_booster is not None else []))
         return self

@@ -1,4 +1,5 @@
-"""`POST /admin/router/reload {"path": DIR}`: load a router artifact and swap it in, no restart.
+"""`POST /admin/router/reload {"path": DIR}`: load a router artifact and swap it in, no restart;
+`GET /admin/router/bandit`: what the exploring bandit has learned.
 
 Loading happens off the event loop; the swap is one reference store (`RouterSlot.swap`),
 so a request in flight keeps the router it started with and the next one gets the new one:
@@ -53,3 +54,13 @@ async def reload_router(request: Request) -> JSONResponse:
     old = gw.router.swap(new)
     return JSONResponse({"object": "router.reload", "path": path, "models": new.models,
                          "previous": str(getattr(old, "path", None)) if old is not None else None})
+
+
+@router.get("/admin/router/bandit")
+async def bandit_state(request: Request) -> JSONResponse:
+    """What the exploring bandit has learned so far: per model, evidence, mean correction, resets."""
+    require_admin(request)
+    learning = getattr(request.app.state, "learning", None)
+    if learning is None or learning.bandit is None:
+        raise ApiError(404, "the bandit is not enabled (learning.bandit.enabled)", code="bandit_disabled")
+    return JSONResponse({"object": "router.bandit", **learning.bandit.stats()})

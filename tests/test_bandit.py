@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import httpx
 import numpy as np
 import pytest
 
@@ -101,7 +102,7 @@ def test_concurrent_choices_and_updates_are_consistent():
         rng = np.random.default_rng(k)
         try:
             for i in range(300):
-                c = bandit.choose(**_arrays(), embedding=rng.normal(size=384), request_id=f"{k}-{i}", rng=rng)
+                bandit.choose(**_arrays(), embedding=rng.normal(size=384), request_id=f"{k}-{i}", rng=rng)
                 bandit.feedback(f"{k}-{i}", float(rng.random() < 0.5))
         except Exception as exc:  # surfaced below
             errors.append(exc)
@@ -129,8 +130,10 @@ def test_gateway_logs_the_bandit_propensity(tmp_path):
                     model="auto", messages=[{"role": "user", "content": f"question {i}"}])
                 ids.append((raw.headers["x-request-id"], raw.parse().model))
             rows = [gw.outcome(rid) for rid, _ in ids]
+            state = httpx.get(f"{gw.url}/admin/router/bandit").json()
         finally:
             gw.stop()
+    assert state["decisions"] == 40 and 0 < state["explore_share"] <= 1
     answered = {m for _, m in ids}
     assert answered <= {"m1", "m2"} and len(answered) == 2  # explored, never the far-worse m3
     for (rid, model), row in zip(ids, rows):

@@ -117,3 +117,15 @@ def test_soft_labels_and_unobserved_cells(data):
     p = OutcomePredictor(folds=2, num_rounds=20, mode="per_model").fit(X[train[:300]], soft)
     mean, _ = p.predict_quality(X[train[:10]])
     assert mean.shape == (10, len(table.models)) and np.isfinite(mean).all()
+
+
+def test_merged_forest_equals_individual_boosters(data, fitted):
+    """Serving evaluates all boosters in one LightGBM call; it must give their exact outputs."""
+    table, X, _, test = data
+    Z = fitted.transform(X[test[:15]])
+    n, m = len(Z), len(table.models)
+    pairs = fitted._pairs(Z, np.repeat(np.arange(n), m), np.tile(np.arange(m), n))
+    raw, tok = fitted._raw_outputs(Z)
+    for k, booster in enumerate(fitted.quality_boosters):
+        np.testing.assert_allclose(raw[k], booster.predict(pairs).reshape(n, m), atol=1e-12)
+    np.testing.assert_allclose(tok, fitted.token_booster.predict(pairs).reshape(n, m), atol=1e-10)

@@ -9,7 +9,6 @@ from argparse import Namespace
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from router.feedback_log import read_shadows

@@ -144,7 +144,10 @@ def compare_policies(traffic: Traffic, live: np.ndarray, cand: np.ndarray, p_mod
     """Values and paired differences (candidate − live) for utility (the promotion
     criterion), quality and cost; `p_model` is the DR reward model's P(good)."""
     pred_cost = traffic.penalty  # predicted cost (and latency) terms, in quality points
-    out = {"n": len(traffic), "agreement": float(np.mean(live.argmax(1) == cand.argmax(1))) if len(traffic) else None}
+    out = {"n": len(traffic), "agreement": float(np.mean(live.argmax(1) == cand.argmax(1))) if len(traffic) else None,
+           # Where the candidate never takes the logged action IPS sees no reward for it and
+           # DR leans on its reward model: low overlap means the estimates say little.
+           "overlap": float(np.mean(cand[np.arange(len(traffic)), traffic.action] > 0)) if len(traffic) else None}
     metrics = {
         "utility": (traffic.utility, p_model - pred_cost),
         "quality": (traffic.quality, p_model),

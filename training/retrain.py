@@ -41,7 +41,8 @@ def judge(comparison: dict, estimator: str, min_requests: int) -> Verdict:
     d = comparison["utility"]["difference"].get(estimator)
     if d is None:
         return Verdict(False, f"estimator {estimator!r} is unavailable on this log")
-    span = f"{d['value']:+.4f} (95 % interval {d['lo']:+.4f} .. {d['hi']:+.4f}, {estimator.upper()}, n={n})"
+    span = (f"{d['value']:+.4f} (95 % interval {d['lo']:+.4f} .. {d['hi']:+.4f}, {estimator.upper()}, n={n}; "
+            f"the candidate takes the logged action on {comparison['overlap']:.0%} of them)")
     if d["lo"] > 0:
         return Verdict(True, f"candidate utility is better by {span}")
     if d["hi"] < 0:

@@ -38,25 +38,35 @@ PARAMS = {
 }
 
 
-def choose_threshold(prob: np.ndarray, label: np.ndarray, precision: float) -> float:
-    """Lowest threshold at which precision over all higher thresholds stays >= `precision`."""
+def choose_threshold(prob: np.ndarray, label: np.ndarray, precision: float, min_accepted: int = 100) -> float:
+    """Lowest threshold at which precision stays >= `precision` at every stricter threshold
+    that accepts at least `min_accepted` pairs (fewer is noise: QQP labels are not clean)."""
     order = np.argsort(-prob)
     p, y = prob[order], label[order].astype(bool)
     tp = np.cumsum(y)
     prec = tp / np.arange(1, len(y) + 1)
-    # From 50 accepted pairs on (fewer is noise), every stricter threshold must hold the precision too.
-    start = min(49, len(prec) - 1)
+    start = min(min_accepted - 1, len(prec) - 1)
     worst_above = np.minimum.accumulate(prec[start:])
     ok = np.nonzero(worst_above >= precision)[0]
     if len(ok) == 0:
-        raise ValueError(f"no threshold reaches precision {precision} on validation")
+        raise ValueError(f"no threshold reaches precision {precision} on validation (best from {start + 1} accepted: {prec[start:].max():.4f})")
     return float(p[start + ok[-1]])
 
 
-def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float = 0.01, rounds: int = 2000) -> dict:
+def _fit(X: np.ndarray, y: np.ndarray, fit: np.ndarray, stop: np.ndarray, names: list[str], rounds: int):
     import lightgbm as lgb
 
-    from router.cache.verifier import Verifier
+    dtrain = lgb.Dataset(X[fit], y[fit], feature_name=names)
+    dval = lgb.Dataset(X[stop], y[stop], reference=dtrain)
+    booster = lgb.train(PARAMS, dtrain, rounds, valid_sets=[dval], callbacks=[lgb.early_stopping(100, verbose=False)])
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+
+
+def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float = 0.0, min_accepted: int = 100,
+          rounds: int = 2000, reuse_model: bool = False) -> dict:
+    import lightgbm as lgb
+
+    from router.cache.verifier import MODEL_FILE, Verifier
 
     df = load_pairs(pairs)
     if "label" not in df.columns:
@@ -67,17 +77,17 @@ def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float 
     X = pair_features(df["text_a"].tolist(), df["text_b"].tolist(), ea, eb)
     cos = X[:, 0]
     gated = np.array([hard_mismatch(a, b) for a, b in zip(df["text_a"], df["text_b"])]) | (cos < MIN_COSINE)
-    fit = (split == "train") & ~gated
-    stop = (split == "val") & ~gated
     names = list(SCALAR_NAMES) + [f"absdiff_{i}" for i in range(ea.shape[1])] + [f"prod_{i}" for i in range(ea.shape[1])]
-    dtrain = lgb.Dataset(X[fit], y[fit], feature_name=names)
-    dval = lgb.Dataset(X[stop], y[stop], reference=dtrain)
-    booster = lgb.train(PARAMS, dtrain, rounds, valid_sets=[dval], callbacks=[lgb.early_stopping(100, verbose=False)])
-    booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+    if reuse_model:
+        booster = lgb.Booster(model_file=str(out / MODEL_FILE))
+    else:
+        booster = _fit(X, y, (split == "train") & ~gated, (split == "val") & ~gated, names, rounds)
+        out.mkdir(parents=True, exist_ok=True)
+        booster.save_model(str(out / MODEL_FILE))  # kept even if no threshold qualifies: rerun with --reuse-model
     prob = np.where(gated, 0.0, booster.predict(X, num_threads=2))
     val = split == "val"
-    threshold = choose_threshold(prob[val], y[val], target_precision + margin)
-    report = {"threshold": threshold, "best_iteration": int(booster.current_iteration())}
+    threshold = choose_threshold(prob[val], y[val], target_precision + margin, min_accepted)
+    report = {"threshold": threshold, "iterations": int(booster.current_iteration())}
     for part in ("train", "val", "test"):
         m = split == part
         p, r = precision_recall(prob[m] >= threshold, y[m])
@@ -87,8 +97,7 @@ def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float 
     digest = hashlib.sha256(Path(pairs).read_bytes()).hexdigest()[:16]
     meta = {
         "trained_on": f"{Path(pairs).name} (sha256 {digest}), split by question group 70/15/15 (training/qqp.py)",
-        "target_precision": target_precision,
-        "margin": margin,
+        "threshold_rule": f"validation precision >= {target_precision + margin} at every threshold accepting >= {min_accepted} pairs",
         "features": names[: len(SCALAR_NAMES)] + ["|a-b| (384)", "a*b (384)"],
         "metrics": report,
     }
@@ -101,10 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=Path, default=default_pairs())
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models" / "cache_verifier")
     parser.add_argument("--target-precision", type=float, default=0.95)
-    parser.add_argument("--margin", type=float, default=0.01, help="extra validation precision required above the target")
+    parser.add_argument("--margin", type=float, default=0.0, help="extra validation precision required above the target")
+    parser.add_argument("--min-accepted", type=int, default=100, help="validation pairs a threshold must accept before its precision counts")
+    parser.add_argument("--reuse-model", action="store_true", help="re-pick the threshold of the model already in --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    report = train(args.pairs, args.out, args.target_precision, args.margin)
+    report = train(args.pairs, args.out, args.target_precision, args.margin, args.min_accepted, reuse_model=args.reuse_model)
     print(json.dumps(report, indent=2))
     return 0
 
