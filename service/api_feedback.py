@@ -3,7 +3,9 @@
 Body: `request_id` (the `x-request-id` response header of the request being judged), and
 either `score` in [0, 1] or `thumbs` ("up" = 1, "down" = 0); optional `label` (e.g. the task
 or the failure kind) and `comment`. An unknown request id is a 404, so a typo cannot create
-orphan feedback. The score reaches the exploring bandit at once (online update, no restart)
+orphan feedback. With governance on, the same client keys as chat are required, and a key
+may judge only the requests made with it: another key's request is a 404 as well, so that
+its existence does not leak. The master key (and open mode) may judge any. The score reaches the exploring bandit at once (online update, no restart)
 and the retraining job later.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from router.feedback_log import Feedback
 from service.errors import ApiError, bad_request
+from service.governance.auth import client_caller
 from service.schemas import read_json_body
 
 router = APIRouter()
@@ -57,11 +60,13 @@ def parse_feedback(raw: object) -> FeedbackBody:
 
 @router.post("/v1/feedback")
 async def post_feedback(request: Request) -> JSONResponse:
+    caller = await client_caller(request.app.state, request.headers)
     learning = getattr(request.app.state, "learning", None)
     if learning is None or learning.feedback_log is None:
         raise ApiError(503, "feedback needs a SQLite outcome log (server.db = sqlite:///PATH)", code="feedback_unavailable")
     body = parse_feedback(await read_json_body(request, MAX_BODY))
-    if not await asyncio.to_thread(learning.knows, body.request_id):
+    owner = await asyncio.to_thread(learning.owner, body.request_id)
+    if owner is None or (caller is not None and not caller.may_see(owner)):
         raise ApiError(404, f"No request with id {body.request_id!r} was routed by this gateway.",
                        code="request_not_found", param="request_id")
     fb = Feedback(body.request_id, body.reward, source="explicit", signal="score" if body.score is not None else "thumbs",

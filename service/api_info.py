@@ -1,4 +1,8 @@
-"""GET /v1/models, POST /v1/route (the decision alone), GET /healthz, GET /metrics."""
+"""GET /v1/models, POST /v1/route (the decision alone), GET /healthz, GET /metrics.
+
+With governance on, `/v1/models` and `/v1/route` take the same client keys as chat
+(`service.governance.auth`): a key sees, and may route to, only what it is scoped to.
+"""
 from __future__ import annotations
 
 import time
@@ -11,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from router.request_view import view_chat_request
 from service.errors import bad_request
 from service.gateway import Gateway
+from service.governance.auth import allows_model, allows_profile, client_caller
 from service.routing import build_constraints, decide, resolve_model
 from service.schemas import read_json_body, validate_chat
 
@@ -21,6 +26,8 @@ _STARTED = int(time.time())
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
     gw: Gateway = request.app.state.gateway
+    caller = await client_caller(request.app.state, request.headers)
+    key = caller.key if caller is not None else None
     config = gw.config
     data = [
         {
@@ -36,8 +43,11 @@ async def list_models(request: Request) -> JSONResponse:
             },
         }
         for name, profile in config.router.profiles.items()
+        if allows_profile(key, name)
     ]
     for spec in config.models:
+        if not allows_model(key, spec.name):
+            continue
         data.append({
             "id": spec.name,
             "object": "model",
@@ -62,12 +72,15 @@ async def list_models(request: Request) -> JSONResponse:
 async def route_only(request: Request) -> JSONResponse:
     """What the router would do with this chat body, without calling any model."""
     gw: Gateway = request.app.state.gateway
+    caller = await client_caller(request.app.state, request.headers)
     raw = await read_json_body(request, gw.config.server.max_body_bytes)
     parsed = validate_chat(raw)
     profile = resolve_model(parsed.model, gw.config)
     if profile is None:
         raise bad_request(f"{parsed.model!r} is a model, not a routing profile: nothing to decide", code="not_a_profile", param="model")
     constraints = build_constraints(parsed.router, request.headers, gw.config)
+    if caller is not None:
+        constraints = request.app.state.governance.auth.scope(caller.key, profile, parsed.model, constraints)
     routing = view_chat_request(raw)
     router_now = gw.router.current
     embedding = await run_in_threadpool(gw.embed, routing.text) if (router_now is not None and routing.text) else None

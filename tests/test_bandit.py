@@ -116,7 +116,8 @@ def test_concurrent_choices_and_updates_are_consistent():
     assert sum(a["n_eff"] > 0 for a in stats["arms"].values()) >= 3
 
 
-def test_gateway_logs_the_bandit_propensity(tmp_path):
+def test_gateway_logs_the_bandit_propensity(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENCLAW_MASTER_KEY", "mk-bandit-test")
     quality = {"m1": 0.80, "m2": 0.795, "m3": 0.2}
     with FakeUpstream() as up:
         config = fake_config(up.base_url, f"sqlite:///{tmp_path}/o.sqlite",
@@ -130,7 +131,7 @@ def test_gateway_logs_the_bandit_propensity(tmp_path):
                     model="auto", messages=[{"role": "user", "content": f"question {i}"}])
                 ids.append((raw.headers["x-request-id"], raw.parse().model))
             rows = [gw.outcome(rid) for rid, _ in ids]
-            state = httpx.get(f"{gw.url}/admin/router/bandit").json()
+            state = httpx.get(f"{gw.url}/admin/router/bandit", headers={"authorization": "Bearer mk-bandit-test"}).json()
         finally:
             gw.stop()
     assert state["decisions"] == 40 and 0 < state["explore_share"] <= 1

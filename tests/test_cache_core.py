@@ -78,8 +78,8 @@ def test_exact_hit_ignores_whitespace_and_non_generation_fields(verifier, embed)
 
 def test_paraphrase_is_a_semantic_hit(verifier, embed):
     cache = new_cache(verifier)
-    put(cache, embed, body("How can I learn Python programming quickly?"), "Practice daily.")
-    hit = get(cache, embed, body("What is the fastest way to learn Python programming?"))
+    put(cache, embed, body("How can I improve my English speaking skills?"), "Practice daily.")
+    hit = get(cache, embed, body("What can I do to improve my spoken English?"))
     assert hit is not None and hit.kind == "semantic-hit"
     assert 0.0 < hit.similarity < 1.0 and hit.probability >= verifier.threshold
 
@@ -105,13 +105,13 @@ def test_different_questions_miss(verifier, embed, cached, asked):
 ])
 def test_same_question_in_another_context_misses(verifier, embed, change):
     cache = new_cache(verifier)
-    question = "How can I learn Python programming quickly?"
+    question = "How can I improve my English speaking skills?"
     put(cache, embed, body(question, system="You are a helpful assistant."), "Practice daily.")
     assert get(cache, embed, body(question, system="You are a helpful assistant.")) is not None
     other = dict(change)
     kwargs = {"system": other.pop("system", "You are a helpful assistant."), "history": other.pop("history", ())}
     assert get(cache, embed, body(question, **kwargs, **other)) is None
-    paraphrase = "What is the fastest way to learn Python programming?"
+    paraphrase = "What can I do to improve my spoken English?"
     assert get(cache, embed, body(paraphrase, **kwargs, **other)) is None
 
 
@@ -153,12 +153,12 @@ def test_eviction_drops_least_recently_used(embed):
 def test_entries_survive_a_restart(verifier, embed, tmp_path):
     clock = Clock()
     cache = new_cache(verifier, tmp_path, clock=clock, ttl_s=50.0)
-    put(cache, embed, body("How can I learn Python programming quickly?"), "Practice daily.", cost=0.02)
+    put(cache, embed, body("How can I improve my English speaking skills?"), "Practice daily.", cost=0.02)
     put(cache, embed, body("What is the capital of France?"), "Paris.")
     cache.close()
     reopened = new_cache(verifier, tmp_path, clock=clock, ttl_s=50.0)
     assert len(reopened) == 2
-    hit = get(reopened, embed, body("What is the fastest way to learn Python programming?"))
+    hit = get(reopened, embed, body("What can I do to improve my spoken English?"))
     assert hit is not None and hit.kind == "semantic-hit" and hit.entry.cost_usd == 0.02
     reopened.close()
     clock.now += 60  # expired while the gateway was down

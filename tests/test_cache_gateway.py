@@ -12,8 +12,8 @@ from service.hooks.cache_hook import CacheHook
 from tests.fake_upstream import FakeUpstream, cut_stream, ok, server_error
 from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
 
-Q = "How can I learn Python programming quickly?"
-PARAPHRASE = "What is the fastest way to learn Python programming?"
+Q = "How can I improve my English speaking skills?"
+PARAPHRASE = "What can I do to improve my spoken English?"
 
 
 def msgs(text: str, system: str | None = None) -> list[dict]:

@@ -108,7 +108,8 @@ def _args(world, **kw):
     return Namespace(**base)
 
 
-def test_retrain_promotes_a_better_candidate_into_a_running_gateway_and_refuses_a_worse_one(world):
+def test_retrain_promotes_a_better_candidate_into_a_running_gateway_and_refuses_a_worse_one(world, monkeypatch):
+    monkeypatch.setenv("OPENCLAW_MASTER_KEY", "mk-retrain-test")  # retrain --gateway sends it to the reload endpoint
     import mlflow
 
     from router.engine import LearnedRouter
@@ -137,6 +138,8 @@ def test_retrain_promotes_a_better_candidate_into_a_running_gateway_and_refuses_
 
 
 def test_hot_reload_under_concurrent_requests_loses_none(world, monkeypatch):
+    monkeypatch.setenv("OPENCLAW_MASTER_KEY", "sekrit")
+    admin = {"authorization": "Bearer sekrit"}
     from router.engine import LearnedRouter
 
     with FakeUpstream() as up:
@@ -153,19 +156,19 @@ def test_hot_reload_under_concurrent_requests_loses_none(world, monkeypatch):
                 futures = [pool.submit(ask, i) for i in range(60)]
                 for k in range(6):
                     path = world.routers["inverted" if k % 2 == 0 else "base"]
-                    r = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(path)}, timeout=60)
+                    r = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(path)}, headers=admin, timeout=60)
                     assert r.status_code == 200, r.text
                 results = [f.result() for f in futures]
             assert len(results) == 60 and all(code == 200 and text for code, text in results)
             assert Path(gw.gateway.router.current.path) == Path(world.routers["base"])
 
-            bad = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(world.root / "nowhere")})
+            bad = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(world.root / "nowhere")}, headers=admin)
             assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_artifact"
-            monkeypatch.setenv("OPENCLAW_MASTER_KEY", "sekrit")
-            denied = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(world.routers["base"])})
+            denied = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(world.routers["inverted"])})
             assert denied.status_code == 401 and denied.json()["error"]["code"] == "missing_api_key"
-            allowed = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(world.routers["inverted"])},
-                                 headers={"authorization": "Bearer sekrit"})
-            assert allowed.status_code == 200
+            monkeypatch.delenv("OPENCLAW_MASTER_KEY")  # no master key: no admin access, even from loopback
+            off = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(world.routers["inverted"])}, headers=admin)
+            assert off.status_code == 403 and off.json()["error"]["code"] == "admin_disabled"
+            assert Path(gw.gateway.router.current.path) == Path(world.routers["base"])
         finally:
             gw.stop()

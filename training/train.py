@@ -223,9 +223,8 @@ def run(args: argparse.Namespace) -> int:
     table = concat_outcomes(tables)
     log.info("%d prompts x %d models from %s", len(table), len(table.models), ", ".join(args.data))
 
-    with tqdm(total=1, desc="embed", unit="table") as bar:
-        emb = encode_cached(table.texts)
-        bar.update()
+    # Per table, so each table's embeddings stay memoised whatever it is combined with.
+    emb = np.vstack([encode_cached(t.texts) for t in tqdm(tables, desc="embed", unit="table")])
     requests = [RoutingRequest(text=t, input_tokens=int(n)) for t, n in zip(table.texts, table.input_tokens)]
     X = np.hstack([emb, request_features(requests)])
 

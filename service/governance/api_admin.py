@@ -8,7 +8,6 @@ and one `dashboard` document for the /ui page.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from typing import Any, Literal
 
@@ -18,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import ApiError
 from service.governance.budgets import window
-from service.governance.hook import presented_secret
+from service.governance.auth import require_admin
 from service.governance.keys import UnknownKey
 from service.governance.runtime import Governance
 
@@ -33,16 +32,8 @@ def governance_of(request: Request) -> Governance:
 
 
 def require_master(request: Request) -> Governance:
-    gov = governance_of(request)
-    master = gov.settings.master_key
-    if master is None:
-        raise ApiError(403, "The admin API is disabled: set OPENCLAW_MASTER_KEY to enable it.", code="admin_disabled")
-    secret = presented_secret(request.headers)
-    if secret is None:
-        raise ApiError(401, "The admin API needs the master key as 'Authorization: Bearer <key>'.", code="missing_api_key")
-    if not hmac.compare_digest(secret.encode(), master.encode()):
-        raise ApiError(401, "Incorrect master key provided.", code="invalid_api_key")
-    return gov
+    require_admin(request.app.state, request.headers)
+    return governance_of(request)
 
 
 class _Body(BaseModel):

@@ -3,14 +3,13 @@ predicted cost once the router has decided (routed); settle to the real cost (po
 
 Refusals are OpenAI-style errors: 401 for a missing or unknown key, 403 for a revoked or
 expired key or a model/profile outside the key's scope, 429 for RPM/TPM, 402 when a budget
-or cost ceiling would be exceeded — the message names which one. Error messages never
-contain the presented secret.
+or cost ceiling would be exceeded — the message names which one. Who the caller is and what
+the key may use is decided by `auth.Authenticator`, shared with the other client endpoints.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 
 from router.config import ModelSpec
 from service.errors import ApiError
+from service.governance.auth import CACHE_MAX, CACHE_TTL_S
 from service.governance.budgets import Budget, Line, Reservation, session_line
 from service.governance.keys import VirtualKey, to_nusd
 from service.governance.runtime import Governance
@@ -30,11 +30,6 @@ log = logging.getLogger(__name__)
 INPUT_MARGIN = 1.25
 TOKENS_PER_MESSAGE = 8
 TOKENS_PER_REQUEST = 16
-OPEN_MODE_TTL_S = 2.0
-# Keys and budget definitions are cached this long per replica (changes made through this
-# replica's admin API apply at once; other replicas see them within this delay).
-CACHE_TTL_S = 1.0
-CACHE_MAX = 10_000
 # How long a request whose budget is tied up by in-flight reservations waits for them to settle.
 RESERVE_WAIT_S = 5.0
 RESERVE_POLL_S = 0.05
@@ -51,13 +46,6 @@ class GovState:
     predicted_nusd: int | None = None
 
 
-def presented_secret(headers: Any) -> str | None:
-    auth = headers.get("authorization") or ""
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return (headers.get("x-api-key") or "").strip() or None
-
-
 def _usd(nusd: int) -> str:
     return f"${nusd / 1e9:.6f}".rstrip("0").rstrip(".") if nusd else "$0"
 
@@ -67,29 +55,13 @@ class GovernanceHook:
 
     def __init__(self, gov: Governance):
         self.gov = gov
-        self._open: tuple[float, bool] = (0.0, False)
-        self._keys: dict[str, tuple[float, VirtualKey, str]] = {}  # by secret hash: only known keys
+        self.auth = gov.auth
         self._budgets: dict[str, tuple[float, list[Budget]]] = {}
 
     def invalidate(self) -> None:
         """Keys or budgets changed in this process: forget what is cached."""
-        self._open = (0.0, False)
-        self._keys = {}
+        self.auth.invalidate()
         self._budgets = {}
-
-    def _authenticate(self, secret: str) -> tuple[VirtualKey | None, str]:
-        digest = self.gov.keys.hash(secret)
-        hit = self._keys.get(digest)
-        if hit is not None and time.monotonic() - hit[0] < CACHE_TTL_S:
-            key, status = hit[1], hit[2]
-        else:
-            key, status = self.gov.keys.authenticate(secret)
-            if key is not None:
-                if len(self._keys) >= CACHE_MAX:
-                    self._keys = {}
-                self._keys[digest] = (time.monotonic(), key, status)
-        # Expiry is checked against the clock on every request, cached or not.
-        return (key, key.status()) if key is not None and status == "active" else (key, status)
 
     def _applicable(self, key: VirtualKey | None) -> list[Budget]:
         if key is None:
@@ -103,43 +75,23 @@ class GovernanceHook:
         self._budgets[key.id] = (time.monotonic(), budgets)
         return budgets
 
-    async def _open_mode(self) -> bool:
-        checked_at, value = self._open
-        if time.monotonic() - checked_at > OPEN_MODE_TTL_S:
-            value = await asyncio.to_thread(self.gov.open_mode)
-            self._open = (time.monotonic(), value)
-        return value
-
     def _refuse(self, status: int, message: str, code: str, reason: str, headers: dict[str, str] | None = None) -> ApiError:
-        if self.gov.metrics is not None:
-            self.gov.metrics.refusals.labels(reason).inc()
-        return ApiError(status, message, code=code, headers=headers)
+        return self.auth.refuse(status, message, code, reason, headers)
 
     # ---- pre: who is asking, may they, and how close are their budgets -------------------
 
     async def pre(self, ctx: RequestContext) -> dict[str, Any] | None:
-        secret = presented_secret(ctx.headers)
-        master = self.gov.settings.master_key
-        if secret is not None and master is not None and hmac.compare_digest(secret.encode(), master.encode()):
-            ctx.key_label = "master"
-            ctx.extras["governance"] = GovState(None, "master")
+        caller = await self.auth.identify(ctx.headers)
+        if caller.key is None:
+            if caller.kind == "master":
+                ctx.key_label = "master"
+            ctx.extras["governance"] = GovState(None, caller.label)
             return None
-        if await self._open_mode():
-            # SDKs always send some key; with no key configured anywhere, none is checked.
-            ctx.extras["governance"] = GovState(None, "open")
-            return None
-        if secret is None:
-            raise self._refuse(401, "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
-                               "missing_api_key", "missing_key")
-        key, status = await asyncio.to_thread(self._authenticate, secret)
-        if key is None:
-            raise self._refuse(401, "Incorrect API key provided.", "invalid_api_key", "invalid_key")
-        if status != "active":
-            raise self._refuse(403, f"The API key '{key.name}' is {status}.", f"key_{status}", f"key_{status}")
-        ctx.tenant, ctx.key_label = key.id, key.name
+        key = caller.key
+        ctx.tenant, ctx.key_label = caller.tenant, key.name
         state = GovState(key, key.name)
         ctx.extras["governance"] = state
-        self._check_scope(ctx, key)
+        ctx.extras["constraints"] = self.auth.scope(key, ctx.profile, ctx.requested_model, ctx.extras["constraints"])
         verdict = await asyncio.to_thread(self.gov.limiter.admit, key.id, key.rpm, key.tpm, ctx.routing.input_tokens)
         if verdict is not None:
             limit = key.rpm if verdict == "rpm" else key.tpm
@@ -147,25 +99,6 @@ class GovernanceHook:
                                f"{verdict}_limit_exceeded", verdict, {"retry-after": "5"})
         await asyncio.to_thread(self._budget_lines, ctx, state)
         return None
-
-    def _check_scope(self, ctx: RequestContext, key: VirtualKey) -> None:
-        constraints = ctx.extras["constraints"]
-        if ctx.profile is None:
-            if key.allowed_models is not None and ctx.requested_model not in key.allowed_models:
-                raise self._refuse(403, f"The key '{key.name}' may not use model '{ctx.requested_model}'.",
-                                   "model_not_allowed", "scope")
-            return
-        if key.allowed_profiles is not None and ctx.profile not in key.allowed_profiles:
-            raise self._refuse(403, f"The key '{key.name}' may not use routing profile '{ctx.profile}'; "
-                               f"allowed: {', '.join(key.allowed_profiles)}.", "profile_not_allowed", "scope")
-        if key.allowed_models is not None:
-            allowed = set(key.allowed_models)
-            if constraints.allowed_models is not None:
-                allowed &= set(constraints.allowed_models)
-            if not allowed:
-                raise self._refuse(403, f"None of the requested models is allowed for key '{key.name}'.",
-                                   "model_not_allowed", "scope")
-            ctx.extras["constraints"] = dataclasses.replace(constraints, allowed_models=frozenset(allowed))
 
     def _budget_lines(self, ctx: RequestContext, state: GovState) -> None:
         key = state.key

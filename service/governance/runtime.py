@@ -20,6 +20,7 @@ from typing import Any
 from router.config import Config
 from service.governance.alerts import Alerter
 from service.governance.attribution import Attribution, SpendMetrics
+from service.governance.auth import Authenticator
 from service.governance.budgets import BudgetStore, Ledger, SqlLedger
 from service.governance.db import Database, open_database, redact_url
 from service.governance.keys import KeyStore
@@ -73,6 +74,7 @@ class Governance:
         self.alerts = Alerter(self.db, settings.webhook_url, settings.thresholds)
         self.attribution = Attribution(self.db)
         self.metrics: SpendMetrics | None = None
+        self.auth = Authenticator(self)
         self.breaker: Any = None  # the gateway's circuit breaker, once attached
         self._last_sweep = 0.0
         log.info(

@@ -61,7 +61,7 @@ class LearningRuntime:
         self.shadow_router = shadow_router
         self.gateway: Any = None
         self.hook = LearningHook(self)
-        self._recent: OrderedDict[str, float] = OrderedDict()
+        self._recent: OrderedDict[str, str] = OrderedDict()  # request id -> tenant (the client key's id)
         self._prompts: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._lock = threading.Lock()
         self.shadow_spend = 0.0
@@ -95,19 +95,22 @@ class LearningRuntime:
         self.gateway = gateway
 
     # ---- request ids and feedback -----------------------------------------------------
-    def remember(self, request_id: str) -> None:
+    def remember(self, request_id: str, tenant: str) -> None:
         with self._lock:
-            self._recent[request_id] = time.time()
+            self._recent[request_id] = tenant
+            self._recent.move_to_end(request_id)
             while len(self._recent) > RECENT:
                 self._recent.popitem(last=False)
 
-    def knows(self, request_id: str) -> bool:
-        """Seen by this process, or in the outcome log (another replica, an earlier run)."""
+    def owner(self, request_id: str) -> str | None:
+        """The tenant that made the request, if this process saw it or the outcome log has it
+        (another replica, an earlier run); None for an unknown request."""
         with self._lock:
             if request_id in self._recent:
-                return True
+                return self._recent[request_id]
         outcome_log = getattr(self.gateway, "outcome_log", None)
-        return outcome_log is not None and outcome_log.get(request_id) is not None
+        row = outcome_log.get(request_id) if outcome_log is not None else None
+        return None if row is None else (row.get("tenant") or "default")
 
     def record(self, fb: Feedback) -> None:
         if self.feedback_log is not None:
@@ -182,7 +185,7 @@ class LearningHook:
 
     async def routed(self, ctx: RequestContext) -> None:
         rt = self.rt
-        rt.remember(ctx.request_id)
+        rt.remember(ctx.request_id, ctx.tenant)
         previous = rt.regenerated(ctx)
         if previous is not None:
             await asyncio.to_thread(rt.record, Feedback(previous, 0.0, source="implicit", signal="regenerated"))
@@ -191,7 +194,7 @@ class LearningHook:
 
     async def post(self, ctx: RequestContext) -> None:
         rt = self.rt
-        rt.remember(ctx.request_id)
+        rt.remember(ctx.request_id, ctx.tenant)
         if ctx.decision is not None and ctx.cache_status in ("miss", "bypass"):
             signal = self.implicit_signal(ctx)
             if signal is not None:

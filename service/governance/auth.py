@@ -1,0 +1,184 @@
+"""Who is calling: the one place that checks client keys and the master key.
+
+`Authenticator.identify` serves every client endpoint (chat through `GovernanceHook`,
+`/v1/models`, `/v1/route`, `/v1/feedback`) so they refuse alike: 401 for a missing or unknown
+key, 403 for a revoked or expired one, never echoing the presented secret. `require_admin`
+guards every `/admin` endpoint and the dashboard's data: the master key as a Bearer token,
+and without a master key no admin access at all.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from router.types import Constraints
+from service.errors import ApiError
+from service.governance.keys import VirtualKey
+
+if TYPE_CHECKING:
+    from service.governance.runtime import Governance
+
+OPEN_MODE_TTL_S = 2.0
+# Keys are cached this long per replica (changes made through this replica's admin API apply
+# at once; other replicas see them within this delay).
+CACHE_TTL_S = 1.0
+CACHE_MAX = 10_000
+DEFAULT_TENANT = "default"
+
+
+def presented_secret(headers: Mapping[str, str]) -> str | None:
+    auth = headers.get("authorization") or ""
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return (headers.get("x-api-key") or "").strip() or None
+
+
+def _same(secret: str, expected: str) -> bool:
+    return hmac.compare_digest(secret.encode(), expected.encode())
+
+
+def master_key(app_state: Any) -> str | None:
+    """The governance master key, or `OPENCLAW_MASTER_KEY` (read now) when governance is off."""
+    gov = getattr(app_state, "governance", None)
+    if gov is not None:
+        return gov.settings.master_key
+    return os.environ.get("OPENCLAW_MASTER_KEY") or None
+
+
+def require_admin(app_state: Any, headers: Mapping[str, str]) -> None:
+    """The guard of every admin endpoint: the master key as `Authorization: Bearer <key>`.
+
+    Without a master key the admin endpoints are off (403), whatever the client's address:
+    trusting loopback would make every client of a same-host reverse proxy an admin.
+    """
+    master = master_key(app_state)
+    if master is None:
+        raise ApiError(403, "The admin API is disabled: set OPENCLAW_MASTER_KEY to enable it.", code="admin_disabled")
+    secret = presented_secret(headers)
+    if secret is None:
+        raise ApiError(401, "The admin API needs the master key as 'Authorization: Bearer <key>'.", code="missing_api_key")
+    if not _same(secret, master):
+        raise ApiError(401, "Incorrect master key provided.", code="invalid_api_key")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated client: `open` (no key configured), `master`, or a virtual `key`."""
+
+    kind: str
+    key: VirtualKey | None = None
+
+    @property
+    def tenant(self) -> str:
+        return self.key.id if self.key is not None else DEFAULT_TENANT
+
+    @property
+    def label(self) -> str:
+        return self.key.name if self.key is not None else self.kind
+
+    def may_see(self, tenant: str | None) -> bool:
+        """Whether this caller may act on a request logged under `tenant` (feedback)."""
+        return self.key is None or tenant == self.key.id
+
+
+OPEN = Caller("open")
+MASTER = Caller("master")
+
+
+class Authenticator:
+    def __init__(self, gov: "Governance"):
+        self.gov = gov
+        self._open: tuple[float, bool] = (0.0, False)
+        self._keys: dict[str, tuple[float, VirtualKey, str]] = {}  # by secret hash: only known keys
+
+    def invalidate(self) -> None:
+        """Keys changed in this process: forget what is cached."""
+        self._open = (0.0, False)
+        self._keys = {}
+
+    def refuse(self, status: int, message: str, code: str, reason: str,
+               headers: dict[str, str] | None = None) -> ApiError:
+        if self.gov.metrics is not None:
+            self.gov.metrics.refusals.labels(reason).inc()
+        return ApiError(status, message, code=code, headers=headers)
+
+    def _lookup(self, secret: str) -> tuple[VirtualKey | None, str]:
+        digest = self.gov.keys.hash(secret)
+        hit = self._keys.get(digest)
+        if hit is not None and time.monotonic() - hit[0] < CACHE_TTL_S:
+            key, status = hit[1], hit[2]
+        else:
+            key, status = self.gov.keys.authenticate(secret)
+            if key is not None:
+                if len(self._keys) >= CACHE_MAX:
+                    self._keys = {}
+                self._keys[digest] = (time.monotonic(), key, status)
+        # Expiry is checked against the clock on every request, cached or not.
+        return (key, key.status()) if key is not None and status == "active" else (key, status)
+
+    async def _open_mode(self) -> bool:
+        checked_at, value = self._open
+        if time.monotonic() - checked_at > OPEN_MODE_TTL_S:
+            value = await asyncio.to_thread(self.gov.open_mode)
+            self._open = (time.monotonic(), value)
+        return value
+
+    async def identify(self, headers: Mapping[str, str]) -> Caller:
+        secret = presented_secret(headers)
+        master = self.gov.settings.master_key
+        if secret is not None and master is not None and _same(secret, master):
+            return MASTER
+        if await self._open_mode():
+            # SDKs always send some key; with no key configured anywhere, none is checked.
+            return OPEN
+        if secret is None:
+            raise self.refuse(401, "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+                              "missing_api_key", "missing_key")
+        key, status = await asyncio.to_thread(self._lookup, secret)
+        if key is None:
+            raise self.refuse(401, "Incorrect API key provided.", "invalid_api_key", "invalid_key")
+        if status != "active":
+            raise self.refuse(403, f"The API key '{key.name}' is {status}.", f"key_{status}", f"key_{status}")
+        return Caller("key", key)
+
+    def scope(self, key: VirtualKey | None, profile: str | None, requested_model: str,
+              constraints: Constraints) -> Constraints:
+        """The constraints narrowed to the key's scope; 403 when the request falls outside it."""
+        if key is None:
+            return constraints
+        if profile is None:
+            if key.allowed_models is not None and requested_model not in key.allowed_models:
+                raise self.refuse(403, f"The key '{key.name}' may not use model '{requested_model}'.",
+                                  "model_not_allowed", "scope")
+            return constraints
+        if key.allowed_profiles is not None and profile not in key.allowed_profiles:
+            raise self.refuse(403, f"The key '{key.name}' may not use routing profile '{profile}'; "
+                              f"allowed: {', '.join(key.allowed_profiles)}.", "profile_not_allowed", "scope")
+        if key.allowed_models is None:
+            return constraints
+        allowed = set(key.allowed_models)
+        if constraints.allowed_models is not None:
+            allowed &= set(constraints.allowed_models)
+        if not allowed:
+            raise self.refuse(403, f"None of the requested models is allowed for key '{key.name}'.",
+                              "model_not_allowed", "scope")
+        return dataclasses.replace(constraints, allowed_models=frozenset(allowed))
+
+
+def allows_profile(key: VirtualKey | None, profile: str) -> bool:
+    return key is None or key.allowed_profiles is None or profile in key.allowed_profiles
+
+
+def allows_model(key: VirtualKey | None, model: str) -> bool:
+    return key is None or key.allowed_models is None or model in key.allowed_models
+
+
+async def client_caller(app_state: Any, headers: Mapping[str, str]) -> Caller | None:
+    """The caller of a client endpoint; None when the gateway runs without governance."""
+    gov = getattr(app_state, "governance", None)
+    return None if gov is None else await gov.auth.identify(headers)
