@@ -65,14 +65,10 @@ def search_times(vectors: np.ndarray, sizes: list[int], queries: np.ndarray) -> 
 def lookup_latency(df, emb_a, emb_b, verifier, entries: int) -> dict:
     """Fill one context with `entries` questions, then time lookups of held-out paraphrases."""
     texts = list(dict.fromkeys(list(df["text_a"]) + list(df["text_b"])))
-    pos = {}
-    vecs = np.empty((len(texts), emb_a.shape[1]), dtype=np.float32)
-    for t, v in zip(df["text_a"], emb_a):
+    pos: dict[str, np.ndarray] = {}
+    for t, v in zip(list(df["text_a"]) + list(df["text_b"]), np.vstack([emb_a, emb_b])):
         pos.setdefault(t, v)
-    for t, v in zip(df["text_b"], emb_b):
-        pos.setdefault(t, v)
-    for i, t in enumerate(texts):
-        vecs[i] = pos[t]
+    dim = emb_a.shape[1]
     rng = np.random.default_rng(0)
     split = group_split(df)
     queries = df[split == "test"].sample(2000, random_state=0)
@@ -84,7 +80,7 @@ def lookup_latency(df, emb_a, emb_b, verifier, entries: int) -> dict:
     while n < entries:
         i = n % len(fill)
         text = fill[i] if n < len(fill) else f"{fill[i]} (variant {n // len(fill)})"
-        v = pos[fill[i]] if n < len(fill) else pos[fill[i]] + rng.normal(0, 0.02, vecs.shape[1]).astype(np.float32)
+        v = pos[fill[i]] if n < len(fill) else pos[fill[i]] + rng.normal(0, 0.02, dim).astype(np.float32)
         v = v / np.linalg.norm(v)
         cache.put(request_keys(_request(text), "auto", "t"), tenant="t", route="auto", response=_answer(text), model="m",
                   cost_usd=0.0, vector=v)

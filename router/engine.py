@@ -89,16 +89,21 @@ class LearnedRouter:
         return self.predictor.predict(
             X,
             in_tok,
-            models=[s.predictor_name for s in catalog],
+            models=[self.artifact_name(s) for s in catalog],
             prices=[(s.price.input_per_1m, s.price.output_per_1m) for s in catalog],
             ttft_s=[s.ttft_s for s in catalog],
             throughput_tps=[s.throughput_tps for s in catalog],
             names=[s.name for s in catalog],
         )
 
+    def artifact_name(self, spec: ModelSpec) -> str:
+        """The artifact model whose predictions `spec` uses: its own name once retraining on
+        logged outcomes has learned it, else its configured proxy (`router_model`)."""
+        return spec.name if spec.name in self.models else spec.predictor_name
+
     def unseen(self, catalog: Sequence[ModelSpec]) -> list[str]:
         """Catalog entries whose predictions come from the unseen-model prior."""
-        return [s.name for s in catalog if s.predictor_name not in self.models]
+        return [s.name for s in catalog if self.artifact_name(s) not in self.models]
 
     def route(self, request: RoutingRequest, *, catalog: Sequence[ModelSpec], profile: Profile,
               constraints: Constraints = Constraints(), live: Mapping[str, LiveStats] | None = None,

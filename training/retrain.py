@@ -50,28 +50,18 @@ def judge(comparison: dict, estimator: str, min_requests: int) -> Verdict:
     return Verdict(False, f"candidate is not better beyond the interval: utility difference {span}")
 
 
-def fit_router(table, X: np.ndarray, *, folds: int = 5, rounds: int = 300, seed: int = 7, sources: list[str] | None = None):
-    """A `LearnedRouter` fitted on an outcome table with feature rows X (as `train` builds)."""
-    from router.embedding import DIM, _weights_digest
-    from router.engine import FORMAT_VERSION, LearnedRouter
-    from router.features import FEATURE_NAMES
+def fit_router(table, X: np.ndarray, *, folds: int = 5, rounds: int | None = None, seed: int = 7,
+               sources: list[str] | None = None):
+    """A `LearnedRouter` fitted on an outcome table with feature rows X (as `train` builds);
+    `rounds` None keeps the predictor's tuned default."""
+    from router.engine import LearnedRouter
     from router.predictor import OutcomePredictor
-    from training.train import quality_metrics
+    from training.train import build_manifest, quality_metrics
 
-    predictor = OutcomePredictor(folds=folds, num_rounds=rounds, seed=seed)
+    predictor = OutcomePredictor(folds=folds, seed=seed, **({"num_rounds": rounds} if rounds else {}))
     predictor.fit(X, table, groups=np.asarray(table.texts, dtype=object))
     metrics = quality_metrics(table.quality, predictor.oof, predictor.oof_raw, table.models)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "models": table.models,
-        "features": {"embedding": {"model": "all-MiniLM-L6-v2", "dim": DIM, "weights_digest": _weights_digest(), "runtime": "onnx"},
-                     "cheap": list(FEATURE_NAMES), "text_column": "prompt|query"},
-        "data": [{"path": s} for s in (sources or [])],
-        "prices_seen": {m: [p.input_per_1m, p.output_per_1m] for m, p in table.prices.items()},
-        "metrics": {k: v for k, v in metrics.items() if k != "reliability"},
-        "reliability": metrics["reliability"],
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    manifest = build_manifest(table, metrics, [{"path": s} for s in (sources or [])])
     return LearnedRouter(predictor, manifest), metrics
 
 
@@ -205,7 +195,7 @@ def configure(parser) -> None:
     parser.add_argument("--estimator", choices=("dr", "snips", "ips"), default="dr", help="estimator that decides promotion")
     parser.add_argument("--text-column", default=None)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=None, help="boosting rounds (default: the predictor's)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--experiment", default="openclaw-router")
     parser.add_argument("--registered-name", default="openclaw-router")

@@ -3,8 +3,9 @@
     python -m training.train_verifier [--pairs FILE] [--out models/cache_verifier]
 
 Split by question group (training/qqp.py): LightGBM fits on `train`, stops early and picks
-its threshold on `val` (the lowest threshold whose validation precision stays >= target +
-margin at every higher threshold), and `test` is scored once for the report. Pairs refused
+its threshold on `val` (the loosest threshold whose validation precision stays >= target +
+margin, 0.95 + 0.01, at every stricter threshold that accepts >= 150 pairs), and `test` is
+scored for the report, never tuned on. Pairs refused
 by the hard rules (numbers, negation, low cosine) are left out of training: the model never
 sees them at serving time.
 """
@@ -38,7 +39,7 @@ PARAMS = {
 }
 
 
-def choose_threshold(prob: np.ndarray, label: np.ndarray, precision: float, min_accepted: int = 100) -> float:
+def choose_threshold(prob: np.ndarray, label: np.ndarray, precision: float, min_accepted: int = 150) -> float:
     """Lowest threshold at which precision stays >= `precision` at every stricter threshold
     that accepts at least `min_accepted` pairs (fewer is noise: QQP labels are not clean)."""
     order = np.argsort(-prob)
@@ -62,7 +63,7 @@ def _fit(X: np.ndarray, y: np.ndarray, fit: np.ndarray, stop: np.ndarray, names:
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
 
 
-def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float = 0.0, min_accepted: int = 100,
+def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float = 0.01, min_accepted: int = 150,
           rounds: int = 2000, reuse_model: bool = False) -> dict:
     import lightgbm as lgb
 
@@ -110,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=Path, default=default_pairs())
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models" / "cache_verifier")
     parser.add_argument("--target-precision", type=float, default=0.95)
-    parser.add_argument("--margin", type=float, default=0.0, help="extra validation precision required above the target")
-    parser.add_argument("--min-accepted", type=int, default=100, help="validation pairs a threshold must accept before its precision counts")
+    parser.add_argument("--margin", type=float, default=0.01, help="extra validation precision required above the target")
+    parser.add_argument("--min-accepted", type=int, default=150, help="validation pairs a threshold must accept before its precision counts")
     parser.add_argument("--reuse-model", action="store_true", help="re-pick the threshold of the model already in --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
