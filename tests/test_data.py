@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from training.data import concat_outcomes, load_outcomes, load_prices, long_to_outcomes
+from training.data import datasets_dir
 
-DATASETS = Path(os.environ.get("OPENCLAW_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+DATASETS = datasets_dir()
 
 
 def wide_frame(n: int = 6) -> pd.DataFrame:

@@ -1,6 +1,5 @@
 """The evaluation job: metrics wiring on synthetic outcomes, then the real CLI on real data."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +7,7 @@ import pytest
 
 from training import baselines as bl
 from training.evaluate import evaluate_arrays, resolve_candidates
+from training.data import datasets_dir
 
 
 def _synthetic(n=300, seed=0):
@@ -97,7 +97,7 @@ def test_candidates_are_the_intersection_and_bad_requests_are_named():
 # ---- the real command on real data ----------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent
-DATASETS = Path(os.environ.get("OPENCLAW_DATASETS", ROOT.parent / "shared" / "datasets"))
+DATASETS = datasets_dir()
 RB = DATASETS / "routerbench_subset" / "routerbench_subset_train.parquet"
 needs_data = pytest.mark.skipif(not RB.exists(), reason="shared datasets not present")
 

@@ -4,10 +4,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from training.data import datasets_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "evaluation.ipynb"
-DATASETS = Path(os.environ.get("OPENCLAW_DATASETS", ROOT.parent / "shared" / "datasets"))
+DATASETS = datasets_dir()
 
 
 def _repo_files() -> set[str]:

@@ -1,8 +1,6 @@
 """Outcome predictors on real RouterBench outcomes (a subsample, real MiniLM embeddings)."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +9,9 @@ from router.features import request_features
 from router.predictor import UNSEEN_STD, OutcomePredictor
 from router.types import RoutingRequest
 from training.train import expected_calibration_error
+from training.data import datasets_dir
 
-DATASETS = Path(os.environ.get("OPENCLAW_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+DATASETS = datasets_dir()
 ROUTERBENCH = DATASETS / "routerbench_subset" / "routerbench_subset_train.parquet"
 
 

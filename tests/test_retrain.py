@@ -8,7 +8,6 @@ on inverted labels, and promotion must follow that, in both directions.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
 from argparse import Namespace
 from pathlib import Path
 
@@ -20,8 +19,9 @@ from router.feedback_log import Feedback, FeedbackLog
 from router.outcome_log import OutcomeRecord, open_outcome_log
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import Running, fake_config
+from training.data import datasets_dir
 
-DATA = Path(os.environ.get("OPENCLAW_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+DATA = datasets_dir()
 TABLE = DATA / "routerbench_subset" / "routerbench_subset_train.parquet"
 MODELS = ["gpt-3.5-turbo-1106", "Yi-34B-Chat", "WizardLM-13B-V1.2"]
 WTP = 1.0

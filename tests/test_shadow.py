@@ -3,10 +3,8 @@ request without changing a byte of what the client gets; then the shadow report.
 from __future__ import annotations
 
 import json
-import os
 import time
 from argparse import Namespace
-from pathlib import Path
 
 import httpx
 import pytest
@@ -14,8 +12,9 @@ import pytest
 from router.feedback_log import read_shadows
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import QualityRouter, Running, fake_config
+from training.data import datasets_dir
 
-DATA = Path(os.environ.get("OPENCLAW_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+DATA = datasets_dir()
 TABLE = DATA / "routerbench_subset" / "routerbench_subset_train.parquet"
 # The shadow artifact learns m1..m3 from these RouterBench models: it prefers m2 where the live
 # router (fixed qualities below) always prefers m1, so the two disagree on most requests.

@@ -3,15 +3,15 @@ shape, and that the bandit router adapts where the static one cannot."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from service.cli import main
 from training.simulate import Drift, parse_drift
+from training.data import datasets_dir
 
-DATA = Path(os.environ.get("OPENCLAW_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+DATA = datasets_dir()
 TABLE = DATA / "routerbench_subset" / "routerbench_subset_train.parquet"
 MODELS = ["gpt-4-1106-preview", "mixtral-8x7b-chat", "gpt-3.5-turbo-1106", "mistral-7b-chat"]
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import openai
@@ -11,9 +10,10 @@ import pytest
 from router.config import load_config
 from service.providers import build_provider
 from service.simulator import MODELS, attach_simulator, is_good, start_simulator
+from training.data import datasets_dir
 
 CONFIG = Path(__file__).resolve().parents[1] / "service" / "default_config.yaml"
-DATASETS = Path(os.environ.get("OPENCLAW_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+DATASETS = datasets_dir()
 TOOLS = [
     {"type": "function", "function": {"name": "search_files", "description": "Search the workspace",
                                       "parameters": {"type": "object", "required": ["query", "limit"], "properties": {

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,8 +11,9 @@ from router.config import ModelSpec, Price, Profile
 from router.engine import LearnedRouter
 from router.request_view import view_chat_request, view_prompt
 from service.cli import main
+from training.data import datasets_dir
 
-DATASETS = Path(os.environ.get("OPENCLAW_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+DATASETS = datasets_dir()
 ROUTERBENCH = DATASETS / "routerbench_subset" / "routerbench_subset_train.parquet"
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -23,6 +24,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from router.request_view import CHARS_PER_TOKEN
+
+
+def datasets_dir() -> Path:
+    """The shared routing data, used by path and never copied into the repository."""
+    default = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
+    return Path(os.environ.get("OPENCLAW_DATASETS", default))
 
 TEXT_COLUMNS = ("prompt", "query")
 TASK_COLUMNS = ("task", "task_name", "eval_name")

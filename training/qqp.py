@@ -7,17 +7,13 @@ same part), so no question of the held-out part was seen in training or tuning:
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
+from training.data import datasets_dir
+
 SPLITS = (("train", 70), ("val", 15), ("test", 15))
-
-
-def datasets_dir() -> Path:
-    default = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
-    return Path(os.environ.get("OPENCLAW_DATASETS", default))
 
 
 def default_pairs() -> Path:

@@ -251,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
                   "rounds": args.rounds, "seed": args.seed, "rows": len(table), "models": len(table.models)}
         run_id, version = log_to_mlflow(args, out, params, metrics, plot)
         bar.update()
+    auc = "n/a" if metrics["mean_auc"] is None else f"{metrics['mean_auc']:.4f}"
     print(f"wrote {out} (MLflow run {run_id}, {args.registered_name} version {version}); "
-          f"CV mean AUC {metrics['mean_auc']}, Brier {metrics['brier']:.4f} vs base rate {metrics['brier_base_rate']:.4f}")
+          f"CV mean AUC {auc}, Brier {metrics['brier']:.4f} vs base rate {metrics['brier_base_rate']:.4f}")
     return 0
