@@ -22,15 +22,17 @@ import numpy as np
 DIM = 384
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
 _EXPORT_LOCK = threading.Lock()
-# `int8`: dynamic per-channel int8 quantisation of the same export, ~2x faster on one core,
-# cosine >= 0.99 to sentence-transformers on average (tests/test_embedding.py, docs/ROUTER.md).
-# One variant per process: training, serving and the cache must see the same vectors, and a
-# router artifact records the variant it was trained on.
+# `int8` (the default): dynamic per-channel int8 quantisation of the same export, ~2x faster
+# on one core, cosine >= 0.99 to sentence-transformers on average (tests/test_embedding.py,
+# docs/ROUTER.md). `fp32` is the unquantised export. One variant per process: training,
+# serving and the cache must see the same vectors, and a router artifact records the variant
+# it was trained on.
 VARIANTS = ("fp32", "int8")
+DEFAULT_VARIANT = "int8"
 
 
 def variant() -> str:
-    v = os.environ.get("OPENCLAW_EMBEDDING_VARIANT", "fp32")
+    v = os.environ.get("OPENCLAW_EMBEDDING_VARIANT", DEFAULT_VARIANT)
     if v not in VARIANTS:
         raise ValueError(f"OPENCLAW_EMBEDDING_VARIANT={v!r}: expected one of {list(VARIANTS)}")
     return v
@@ -135,6 +137,11 @@ class Embedder:
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         out = np.empty((len(texts), DIM), dtype=np.float32)
+        if self.variant == "int8":
+            # Dynamic quantisation scales activations per tensor, i.e. over the whole batch: a
+            # text's vector would depend on its batch-mates (cosine down to 0.96). One text per
+            # run gives datasets (training) exactly the vectors a single prompt gets (serving).
+            batch_size = 1
         # Sorting by length keeps padding, hence wasted compute, small within a batch.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), batch_size):
@@ -169,8 +176,10 @@ def shared_embedder() -> Embedder:
 
 def encode_cached(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """Embed a dataset column, memoised on disk by the texts' digest (training, eval, notebooks)."""
-    # fp32 keys stay as they were, so switching variants never invalidates existing caches.
-    h = hashlib.sha256(_weights_digest().encode() + (b"" if variant() == "fp32" else variant().encode()))
+    # fp32 keys stay as they were, so switching variants never invalidates existing caches;
+    # "int8-single" leaves behind int8 files encoded in batches (see `Embedder.encode`).
+    tag = {"fp32": b"", "int8": b"int8-single"}[variant()]
+    h = hashlib.sha256(_weights_digest().encode() + tag)
     for t in texts:
         h.update(t.encode("utf-8", "replace"))
         h.update(b"\0")

@@ -47,13 +47,19 @@ class LearnedRouter:
             raise ValueError(f"{path / MANIFEST}: format_version {manifest.get('format_version')!r}, this router reads {FORMAT_VERSION}")
         if tuple(manifest["features"]["cheap"]) != FEATURE_NAMES:
             raise ValueError(f"{path / MANIFEST}: trained on cheap features {manifest['features']['cheap']}, this router computes {list(FEATURE_NAMES)}")
-        from router.embedding import _weights_digest
+        from router.embedding import _weights_digest, variant
 
         trained_on = manifest["features"]["embedding"].get("weights_digest")
         if trained_on != _weights_digest():
             # Other weights give other vectors: the boosters' splits no longer mean what they learnt.
             log.warning("%s was trained on embedding weights %s, this install has %s: retrain the router",
                         path, trained_on, _weights_digest())
+        # Artifacts from before variants existed were trained on fp32 vectors.
+        trained_variant = manifest["features"]["embedding"].get("variant", "fp32")
+        if trained_variant != variant():
+            # The variants' vectors differ by ~0.5 % cosine: predictions shift a little, they do not break.
+            log.warning("%s was trained on %s embeddings, this process serves %s ones: set "
+                        "OPENCLAW_EMBEDDING_VARIANT=%s or retrain the router", path, trained_variant, variant(), trained_variant)
         return cls(OutcomePredictor.load(path, manifest["predictor"]), manifest, path)
 
     def save(self, path: str | Path) -> Path:

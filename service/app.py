@@ -70,9 +70,10 @@ def create_app(
         router = load_router(config)
     outcome_log = outcome_log or open_outcome_log(config.server.db)
     learning = LearningRuntime.from_config(config, router)
+    all_hooks = pipeline_hooks(config, outcome_log, simulated, hooks, governance, learning.hook)
     gateway = build_gateway(
         config,
-        hooks=pipeline_hooks(config, outcome_log, simulated, hooks, governance, learning.hook),
+        hooks=all_hooks,
         router=router,
         outcome_log=outcome_log,
         providers=providers,
@@ -83,6 +84,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await gateway.aclose()
+        for hook in all_hooks:
+            if isinstance(hook, CacheHook):
+                hook.close()  # after in-flight tasks finished: their cache writes land first
         if learning.feedback_log is not None:
             learning.feedback_log.close()
         if governance is not None:

@@ -78,3 +78,23 @@ def test_numbers_and_negations_are_hard_mismatches():
     assert hard_mismatch("why can't I sleep", "why can I sleep")
     assert not hard_mismatch("why can't I sleep", "why cannot I sleep")
     assert not hard_mismatch("calories in two eggs", "calories in 2 eggs")
+
+
+def test_cache_eval_reads_csv_and_jsonl_like_parquet(tmp_path, capsys):
+    pairs = pd.DataFrame({
+        "text_a": ["What is the capital of France?", "How many calories are in 2 eggs?", "NA"],
+        "text_b": ["What is the capital of France?", "How many calories are in 3 eggs?", "NA"],
+        "label": [1, 0, 1],
+    })
+    results = {}
+    for name, write in (("pairs.parquet", pairs.to_parquet), ("pairs.csv", lambda p: pairs.to_csv(p, index=False)),
+                        ("pairs.jsonl", lambda p: pairs.to_json(p, orient="records", lines=True))):
+        src, out = tmp_path / name, tmp_path / f"{name}.hits.parquet"
+        write(src)
+        assert main(["cache-eval", "--pairs", str(src), "--out", str(out)]) == 0
+        results[name] = pd.read_parquet(out)["hit"].tolist()
+        assert "precision" in capsys.readouterr().out
+    assert results["pairs.csv"] == results["pairs.jsonl"] == results["pairs.parquet"] == [True, False, True]
+    (tmp_path / "pairs.xlsx").write_text("x")
+    assert main(["cache-eval", "--pairs", str(tmp_path / "pairs.xlsx"), "--out", str(tmp_path / "o.parquet")]) == 2
+    assert "unsupported file type" in capsys.readouterr().err

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pairs", required=True, type=Path, help="parquet with text_a, text_b (and optionally label)")
+    parser.add_argument("--pairs", required=True, type=Path, help="parquet, CSV, TSV or JSON Lines with text_a, text_b (and optionally label)")
     parser.add_argument("--out", required=True, type=Path, help="output parquet: row, hit")
     parser.add_argument("--config", type=Path, help="take cache settings (verifier, threshold) from this config; default: built-in defaults")
 

@@ -20,16 +20,34 @@ def default_pairs() -> Path:
     return datasets_dir() / "qqp_pairs" / "qqp_pairs_train.parquet"
 
 
-def load_pairs(path: str | Path):
+def read_table(path: str | Path):
+    """A parquet, CSV or JSON Lines file by its suffix. Text is read as text: a question that
+    reads "NA" or "123" stays that string."""
     import pandas as pd
 
-    df = pd.read_parquet(path)
+    suffix = Path(path).suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    if suffix in (".csv", ".tsv"):
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return pd.read_json(path, lines=suffix != ".json", dtype=False)
+    raise ValueError(f"{path}: unsupported file type {suffix or '(none)'}; use .parquet, .csv, .tsv, .jsonl or .json")
+
+
+def load_pairs(path: str | Path):
+    df = read_table(path)
     missing = {"text_a", "text_b"} - set(df.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}; need text_a, text_b (and label to score)")
     df = df.reset_index(drop=True)
     df["text_a"] = df["text_a"].fillna("").astype(str)
     df["text_b"] = df["text_b"].fillna("").astype(str)
+    if "label" in df.columns:
+        try:
+            df["label"] = df["label"].astype(int)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: label must be 0 or 1") from None
     return df
 
 

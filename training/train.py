@@ -187,7 +187,7 @@ def log_to_mlflow(args, router_dir: Path, params: dict, metrics: dict, plot: Pat
 
 def build_manifest(table, metrics: dict, sources: list[dict], text_column: str | None = None) -> dict:
     """The artifact's manifest (the predictor adds its own part on save); retraining reuses it."""
-    from router.embedding import DIM, _weights_digest
+    from router.embedding import DIM, _weights_digest, variant
     from router.engine import FORMAT_VERSION
     from router.features import FEATURE_NAMES
 
@@ -195,7 +195,8 @@ def build_manifest(table, metrics: dict, sources: list[dict], text_column: str |
         "format_version": FORMAT_VERSION,
         "models": table.models,
         "features": {
-            "embedding": {"model": "all-MiniLM-L6-v2", "dim": DIM, "weights_digest": _weights_digest(), "runtime": "onnx"},
+            "embedding": {"model": "all-MiniLM-L6-v2", "dim": DIM, "weights_digest": _weights_digest(), "runtime": "onnx",
+                          "variant": variant()},
             "cheap": list(FEATURE_NAMES),
             "text_column": text_column or "prompt|query",
         },

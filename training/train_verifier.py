@@ -5,9 +5,10 @@
 Split by question group (training/qqp.py): LightGBM fits on `train`, stops early and picks
 its threshold on `val` (the loosest threshold whose validation precision stays >= target +
 margin, 0.95 + 0.01, at every stricter threshold that accepts >= 150 pairs), and `test` is
-scored for the report, never tuned on. Pairs refused
-by the hard rules (numbers, negation, low cosine) are left out of training: the model never
-sees them at serving time.
+scored for the report, never tuned on. The IDF table shipped with the verifier counts
+wordpieces over the distinct questions of `train` only. Pairs below the cosine floor are
+left out of training (the model never sees them at serving time); pairs the hard rules
+refuse are kept, as more near-miss negatives to learn from, and refused when scoring.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router.cache.features import SCALAR_NAMES, hard_mismatch, pair_features
+from router.cache.features import SCALAR_NAMES, WORD_NAMES, Lexicon, hard_mismatch, pair_features
 from training.qqp import default_pairs, embed_pairs, group_split, load_pairs, precision_recall
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,16 @@ def choose_threshold(prob: np.ndarray, label: np.ndarray, precision: float, min_
     return float(p[start + ok[-1]])
 
 
+def build_lexicon(questions: list[str]) -> Lexicon:
+    """Smoothed IDF per wordpiece over `questions`; pieces never seen get the rarest weight."""
+    lexicon = Lexicon()
+    counts = np.zeros(lexicon.tokenizer.get_vocab_size(), dtype=np.float64)
+    for q in questions:
+        counts[lexicon.content_ids(q)] += 1
+    lexicon.idf = (np.log((len(questions) + 1) / (counts + 1)) + 1).astype(np.float16).astype(np.float32)
+    return lexicon
+
+
 def _fit(X: np.ndarray, y: np.ndarray, fit: np.ndarray, stop: np.ndarray, names: list[str], rounds: int):
     import lightgbm as lgb
 
@@ -68,6 +79,7 @@ def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float 
     import lightgbm as lgb
 
     from router.cache.verifier import MODEL_FILE, Verifier
+    from router.embedding import variant
 
     df = load_pairs(pairs)
     if "label" not in df.columns:
@@ -75,14 +87,18 @@ def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float 
     split = group_split(df)
     ea, eb = embed_pairs(df)
     y = df["label"].to_numpy().astype(int)
-    X = pair_features(df["text_a"].tolist(), df["text_b"].tolist(), ea, eb)
+    tr = split == "train"
+    lexicon = build_lexicon(sorted(set(df["text_a"][tr]) | set(df["text_b"][tr])))
+    X = pair_features(df["text_a"].tolist(), df["text_b"].tolist(), ea, eb, lexicon)
     cos = X[:, 0]
-    gated = np.array([hard_mismatch(a, b) for a, b in zip(df["text_a"], df["text_b"])]) | (cos < MIN_COSINE)
-    names = list(SCALAR_NAMES) + [f"absdiff_{i}" for i in range(ea.shape[1])] + [f"prod_{i}" for i in range(ea.shape[1])]
+    low = cos < MIN_COSINE
+    gated = np.array([hard_mismatch(a, b) for a, b in zip(df["text_a"], df["text_b"])]) | low
+    scalar_names = list(SCALAR_NAMES) + list(WORD_NAMES)
+    names = scalar_names + [f"absdiff_{i}" for i in range(ea.shape[1])] + [f"prod_{i}" for i in range(ea.shape[1])]
     if reuse_model:
         booster = lgb.Booster(model_file=str(out / MODEL_FILE))
     else:
-        booster = _fit(X, y, (split == "train") & ~gated, (split == "val") & ~gated, names, rounds)
+        booster = _fit(X, y, tr & ~low, (split == "val") & ~low, names, rounds)
         out.mkdir(parents=True, exist_ok=True)
         booster.save_model(str(out / MODEL_FILE))  # kept even if no threshold qualifies: rerun with --reuse-model
     prob = np.where(gated, 0.0, booster.predict(X, num_threads=2))
@@ -99,10 +115,11 @@ def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float 
     meta = {
         "trained_on": f"{Path(pairs).name} (sha256 {digest}), split by question group 70/15/15 (training/qqp.py)",
         "threshold_rule": f"validation precision >= {target_precision + margin} at every threshold accepting >= {min_accepted} pairs",
-        "features": names[: len(SCALAR_NAMES)] + ["|a-b| (384)", "a*b (384)"],
+        "features": scalar_names + ["|a-b| (384)", "a*b (384)"],
+        "embedding_variant": variant(),
         "metrics": report,
     }
-    Verifier(booster=booster, threshold=threshold, min_cosine=MIN_COSINE, meta=meta).save(out)
+    Verifier(booster=booster, threshold=threshold, min_cosine=MIN_COSINE, meta=meta, lexicon=lexicon).save(out)
     return report
 
 

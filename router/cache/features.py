@@ -3,7 +3,9 @@
 One cosine threshold cannot tell "how do I convert Celsius to Fahrenheit" from its reversal,
 or "2 eggs" from "3 eggs" (GPTCache #694, LiteLLM #12234). These features give a learned
 verifier what cosine misses: lexical overlap, numbers, negations, question type, length,
-and the embedding interactions |a-b| and a*b.
+word-level alignment (the content words only one side has, IDF-weighted, and how close each
+comes to a word of the other side in MiniLM's static input embeddings), word order, named
+entities, and the embedding interactions |a-b| and a*b.
 """
 from __future__ import annotations
 
@@ -107,14 +109,152 @@ def scalar_features(a: str, b: str, cosine: float) -> list[float]:
 
 
 def hard_mismatch(a: str, b: str) -> bool:
-    """Differences that always mean another question, whatever the model says: numbers and negation."""
-    return numbers(a) != numbers(b) or negated(a) != negated(b)
+    """Differences that always mean another question, whatever the model says: different numbers
+    on both sides ("2 eggs" vs "3 eggs") and negation. A number on one side only ("... in 2016?")
+    is left to the model: on validation a quarter of such pairs are duplicates."""
+    na, nb = numbers(a), numbers(b)
+    return (bool(na) and bool(nb) and na != nb) or negated(a) != negated(b)
 
 
-def pair_features(texts_a: Sequence[str], texts_b: Sequence[str], emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
-    """Feature matrix: scalar features, then |a-b| and a*b over the (unit) embeddings."""
+WORD_NAMES = (
+    "idf_jaccard",
+    "idf_unmatched_max",
+    "idf_unmatched_min",
+    "idf_top_unmatched",
+    "unmatched_max",
+    "unmatched_min",
+    "align_worst",
+    "align_idf_mean",
+    "align_loss_max",
+    "align_loss_min",
+    "bag_cosine",
+    "entity_unmatched",
+    "order_agreement",
+)
+_MEMO_WORDS = 200_000  # distinct words whose wordpieces are remembered (~40 MB at most)
+_CAPITALISED = re.compile(r"(?<![.?!]\s)(?<!^)\b[A-Z][a-zA-Z0-9]+")
+
+
+class Lexicon:
+    """MiniLM's wordpiece tokenizer, its static input embeddings (read from the installed model
+    package, never shipped) and an IDF table per wordpiece (shipped with the verifier): what a
+    sentence embedding blurs away, the one content word that differs, stays visible here."""
+
+    def __init__(self, idf: np.ndarray | None = None):
+        from safetensors import safe_open
+        from tokenizers import Tokenizer
+
+        from router.embedding import model_dir
+
+        folder = model_dir()
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        with safe_open(str(folder / "model.safetensors"), "numpy") as f:
+            table = f.get_tensor("embeddings.word_embeddings.weight").astype(np.float32)
+        self.vectors = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-6)
+        size = self.tokenizer.get_vocab_size()
+        self.idf = np.ones(size, dtype=np.float32) if idf is None else np.asarray(idf, dtype=np.float32)
+        self.skip = np.zeros(size, dtype=bool)  # stopwords, punctuation, special tokens
+        for piece, i in self.tokenizer.get_vocab().items():
+            if piece in STOPWORDS or not any(c.isalnum() for c in piece) or piece.startswith("["):
+                self.skip[i] = True
+        self._pieces: dict[str, list[int]] = {}
+
+    def content_ids(self, text: str) -> list[int]:
+        """Content wordpieces in reading order, first occurrence of each. Words are split by
+        `words()` and each word's pieces memoised: the tokenizer call per text was most of the cost."""
+        seen: dict[int, None] = {}
+        memo = self._pieces
+        for w in words(text):
+            ids = memo.get(w)
+            if ids is None:
+                ids = [i for i in self.tokenizer.encode(w, add_special_tokens=False).ids if not self.skip[i]]
+                if len(memo) < _MEMO_WORDS:
+                    memo[w] = ids
+            for i in ids:
+                seen.setdefault(i)
+        return list(seen)
+
+
+def _entities(text: str) -> frozenset[str]:
+    """Capitalised words past the first: names, places, products ("Java" vs "Python")."""
+    return frozenset(w.lower() for w in _CAPITALISED.findall(text))
+
+
+def _order_agreement(ia: list[int], ib: list[int]) -> float:
+    """Share of shared-word pairs in the same order on both sides: "dollars to rupees" vs
+    "rupees to dollars" shares every word and scores 0."""
+    pos = {t: k for k, t in enumerate(ib)}
+    seq = [pos[t] for t in ia if t in pos]
+    pairs = [(x < y) for k, x in enumerate(seq) for y in seq[k + 1:]]
+    return sum(pairs) / len(pairs) if pairs else 1.0
+
+
+class _Side:
+    """What one text contributes to every pair it is in: computed once per text, so a lookup
+    that checks 4 candidates tokenizes and embeds the new question once."""
+
+    __slots__ = ("ids", "idset", "idf", "vecs", "bag", "entities")
+
+    def __init__(self, lex: Lexicon, text: str):
+        self.ids = lex.content_ids(text)
+        self.idset = frozenset(self.ids)
+        self.idf = lex.idf[self.ids]
+        self.vecs = lex.vectors[self.ids]
+        bag = self.idf @ self.vecs
+        self.bag = bag / max(float(np.linalg.norm(bag)), 1e-6)
+        self.entities = _entities(text)
+
+
+def _pair_word_features(x: _Side, y: _Side) -> list[float]:
+    ma = np.fromiter((t not in y.idset for t in x.ids), dtype=bool, count=len(x.ids))
+    mb = np.fromiter((t not in x.idset for t in y.ids), dtype=bool, count=len(y.ids))
+    wua, wub = x.idf[ma], y.idf[mb]
+    ua_idf, ub_idf = float(wua.sum()), float(wub.sum())
+    union = float(x.idf.sum()) + ub_idf
+    if len(x.ids) and len(y.ids):
+        cross = x.vecs @ y.vecs.T
+        best_a, best_b = cross.max(axis=1)[ma], cross.max(axis=0)[mb]
+    else:
+        best_a, best_b = np.zeros(len(wua), np.float32), np.zeros(len(wub), np.float32)
+    loss_a, loss_b = float(wua @ (1.0 - best_a)), float(wub @ (1.0 - best_b))
+    if len(wua) + len(wub):
+        al, wt = np.concatenate([best_a, best_b]), np.concatenate([wua, wub])
+        worst, mean, top = float(al.min()), float(al @ wt) / max(float(wt.sum()), 1e-6), float(wt.max())
+    else:
+        worst, mean, top = 1.0, 1.0, 0.0
+    return [
+        (union - ua_idf - ub_idf) / union if union > 0 else 1.0,
+        max(ua_idf, ub_idf),
+        min(ua_idf, ub_idf),
+        top,
+        float(max(len(wua), len(wub))),
+        float(min(len(wua), len(wub))),
+        worst,
+        mean,
+        max(loss_a, loss_b),
+        min(loss_a, loss_b),
+        float(x.bag @ y.bag) if len(x.ids) and len(y.ids) else 0.0,
+        float(len(x.entities ^ y.entities)),
+        _order_agreement(x.ids, y.ids),
+    ]
+
+
+def word_features(lex: Lexicon, a: str, b: str) -> list[float]:
+    return _pair_word_features(_Side(lex, a), _Side(lex, b))
+
+
+def pair_features(texts_a: Sequence[str], texts_b: Sequence[str], emb_a: np.ndarray, emb_b: np.ndarray,
+                  lexicon: Lexicon) -> np.ndarray:
+    """Feature matrix: scalar and word-alignment features, then |a-b| and a*b over the (unit) embeddings."""
     emb_a = np.asarray(emb_a, dtype=np.float32).reshape(len(texts_a), -1)
     emb_b = np.asarray(emb_b, dtype=np.float32).reshape(len(texts_b), -1)
     cos = np.einsum("ij,ij->i", emb_a, emb_b)
-    scal = np.array([scalar_features(a, b, float(c)) for a, b, c in zip(texts_a, texts_b, cos)], dtype=np.float32)
+    sides: dict[str, _Side] = {}
+    for t in (*texts_a, *texts_b):
+        if t not in sides:
+            sides[t] = _Side(lexicon, t)
+    scal = np.array([scalar_features(a, b, float(c)) + _pair_word_features(sides[a], sides[b])
+                     for a, b, c in zip(texts_a, texts_b, cos)], dtype=np.float32).reshape(len(texts_a), -1)
     return np.hstack([scal, np.abs(emb_a - emb_b), emb_a * emb_b]).astype(np.float32)

@@ -2,8 +2,10 @@
 
 A LightGBM classifier over `features.pair_features`, trained on Quora Question Pairs by
 `training/train_verifier.py`; its threshold was chosen on a validation split for
-precision >= 0.95 with a margin. Pairs that differ in their numbers or in negation are
-refused outright, whatever the model says, and pairs below `min_cosine` never reach it.
+precision >= 0.95 with a margin. Pairs with different numbers on both sides or different
+negation are refused outright, whatever the model says, and pairs below `min_cosine` never
+reach it. The artifact holds the booster, the threshold and an IDF table per wordpiece
+(`idf.npy`, float16); the static word vectors come from the installed MiniLM package.
 """
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from router.cache.features import hard_mismatch, pair_features
+from router.cache.features import Lexicon, hard_mismatch, pair_features
 
 MODEL_FILE = "model.txt"
 META_FILE = "verifier.json"
+IDF_FILE = "idf.npy"
 
 
 def default_path() -> Path:
@@ -31,6 +34,7 @@ class Verifier:
     threshold: float
     min_cosine: float
     meta: dict[str, Any]
+    lexicon: Lexicon
 
     @classmethod
     def load(cls, path: str | Path | None = None, threshold: float | None = None) -> "Verifier":
@@ -42,6 +46,7 @@ class Verifier:
         try:
             meta = json.loads((folder / META_FILE).read_text())
             booster = lgb.Booster(model_file=str(folder / MODEL_FILE))
+            lexicon = Lexicon(np.load(folder / IDF_FILE))
         except (OSError, ValueError, lgb.basic.LightGBMError) as exc:
             raise ValueError(f"cache verifier at {folder} cannot be loaded: {exc}") from None
         return cls(
@@ -49,12 +54,14 @@ class Verifier:
             threshold=float(threshold if threshold is not None else meta["threshold"]),
             min_cosine=float(meta["min_cosine"]),
             meta=meta,
+            lexicon=lexicon,
         )
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.booster.save_model(str(folder / MODEL_FILE))
+        np.save(folder / IDF_FILE, self.lexicon.idf.astype(np.float16))
         meta = {**self.meta, "threshold": self.threshold, "min_cosine": self.min_cosine}
         (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
@@ -62,7 +69,7 @@ class Verifier:
         """The model's P(duplicate) for each pair, before the hard rules."""
         if len(texts_a) == 0:
             return np.zeros(0)
-        X = pair_features(texts_a, texts_b, emb_a, emb_b)
+        X = pair_features(texts_a, texts_b, emb_a, emb_b, self.lexicon)
         return np.asarray(self.booster.predict(X, num_threads=1), dtype=np.float64)
 
     def accept_probability(self, texts_a: Sequence[str], texts_b: Sequence[str], emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
