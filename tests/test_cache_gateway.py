@@ -139,6 +139,8 @@ def test_cache_survives_a_gateway_restart(upstream, tmp_path):
     first.client().chat.completions.create(model="auto", messages=msgs(Q))
     stored(first, 1)
     first.stop()
+    # shutdown closed the cache: the WAL was checkpointed and removed with the last connection
+    assert (tmp_path / "cache" / "cache.sqlite").exists() and not (tmp_path / "cache" / "cache.sqlite-wal").exists()
     second = start(upstream, tmp_path)
     try:
         raw = second.client().chat.completions.with_raw_response.create(model="auto", messages=msgs(PARAPHRASE))
