@@ -89,6 +89,9 @@ def test_paraphrase_is_a_semantic_hit(verifier, embed):
     ("How many calories are in 2 eggs?", "How many calories are in 3 eggs?"),
     ("Is it safe to drink coffee during pregnancy?", "Is it not safe to drink coffee during pregnancy?"),
     ("What is the capital of France?", "What is the capital of Germany?"),
+    ("Is coffee good for you?", "Is coffee bad for you?"),
+    ("What are the advantages of remote work?", "What are the disadvantages of remote work?"),
+    ("How do I convert dollars to rupees?", "How do I convert rupees to dollars?"),
 ])
 def test_different_questions_miss(verifier, embed, cached, asked):
     cache = new_cache(verifier)

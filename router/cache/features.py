@@ -114,12 +114,51 @@ def scalar_features(a: str, b: str, cosine: float) -> list[float]:
     ]
 
 
+# Opposites that embeddings (contextual and static alike) place close together, so a learned
+# verifier cannot be trusted to separate "is coffee good for you" from "is coffee bad for you".
+_ANTONYM_PAIRS = (
+    "good bad", "best worst", "better worse", "increase decrease", "increase reduce", "rise fall", "up down",
+    "buy sell", "before after", "high low", "higher lower", "highest lowest", "more less", "most least",
+    "hot cold", "cheap expensive", "fast slow", "faster slower", "advantages disadvantages", "pros cons",
+    "positive negative", "true false", "right wrong", "love hate", "like dislike", "start stop", "begin end",
+    "win lose", "open close", "import export", "male female", "men women", "man woman", "boy girl",
+    "healthy unhealthy", "safe dangerous", "safe unsafe", "easy hard", "easy difficult", "legal illegal",
+    "possible impossible", "strong weak", "rich poor", "young old", "big small", "large small", "long short",
+    "early late", "first last", "maximum minimum", "max min", "add remove", "enable disable",
+    "encrypt decrypt", "upload download", "input output", "push pull", "accept reject", "include exclude",
+    "inside outside", "north south", "east west", "left right", "light dark", "heavy light",
+    "success failure", "succeed fail", "pass fail", "gain lose", "gain loss", "profit loss", "happy sad",
+    "agree disagree", "above below", "over under", "entry exit", "borrow lend", "send receive", "ask answer",
+    "attack defend", "allow forbid", "benefits risks", "strengths weaknesses", "friend enemy", "teacher student",
+    "employer employee", "buyer seller", "parent child", "asleep awake", "wet dry", "full empty", "alive dead",
+)
+ANTONYMS = frozenset(frozenset(p.split()) for p in _ANTONYM_PAIRS)
+# Words that give a question a direction: with them, the same words in another order ask
+# another question ("convert Celsius to Fahrenheit" / "convert Fahrenheit to Celsius").
+_DIRECTIONAL = frozenset("to into from than vs versus over per".split())
+
+
+def _opposed(only_a: set[str], only_b: set[str]) -> bool:
+    return any(frozenset((x, y)) in ANTONYMS for x in only_a for y in only_b)
+
+
+def _reversed(wa: tuple[str, ...], wb: tuple[str, ...]) -> bool:
+    if not (_DIRECTIONAL & set(wa)) or sorted(wa) != sorted(wb):
+        return False
+    return [w for w in wa if w not in STOPWORDS] != [w for w in wb if w not in STOPWORDS]
+
+
 def hard_mismatch(a: str, b: str) -> bool:
     """Differences that always mean another question, whatever the model says: different numbers
-    on both sides ("2 eggs" vs "3 eggs") and negation. A number on one side only ("... in 2016?")
-    is left to the model: on validation a fifth of such pairs are labelled duplicates."""
+    on both sides ("2 eggs" vs "3 eggs"), negation, opposites ("good" vs "bad") and a reversed
+    direction ("dollars to rupees" vs "rupees to dollars"). A number on one side only ("... in
+    2016?") is left to the model: on validation a fifth of such pairs are labelled duplicates."""
     na, nb = numbers(a), numbers(b)
-    return (bool(na) and bool(nb) and na != nb) or negated(a) != negated(b)
+    if (na and nb and na != nb) or negated(a) != negated(b):
+        return True
+    wa, wb = words(a), words(b)
+    sa, sb = set(wa), set(wb)
+    return _opposed(sa - sb, sb - sa) or _reversed(wa, wb)
 
 
 WORD_NAMES = (
