@@ -1,4 +1,4 @@
-"""Feedback and shadow decisions, stored beside the outcome log (same SQLite file).
+"""Feedback and shadow decisions, stored beside the outcome log (same database).
 
 Two tables next to `outcomes`:
 
@@ -9,8 +9,10 @@ Two tables next to `outcomes`:
 * `shadow_decisions` — what a candidate router would have chosen on each live request,
   with the predictions of both routers, and the shadow call's outcome when one was made.
 
-Writes are small and rare next to the outcome log's, so they go straight to SQLite (WAL
-mode, so the gateway and a reporting job can use the file at the same time).
+Writes are small and rare next to the outcome log's, so they go straight to the database,
+unbatched. The backend follows the outcome log's URL scheme (`STORES`, as in
+`router.outcome_log`): SQLite here (WAL mode, so the gateway and a reporting job can use the
+file at the same time), PostgreSQL in `router.feedback_store_pg`.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
 
 FEEDBACK_COLUMNS = ("request_id", "ts", "score", "source", "signal", "label", "comment")
 SHADOW_COLUMNS = (
@@ -71,7 +73,15 @@ def sqlite_path(url: str) -> Path:
     raise ValueError(f"feedback and shadow logs live beside a SQLite outcome log; {url!r} is not sqlite:///PATH")
 
 
-_JSON = ("live_candidate", "shadow_candidate", "shadow_on_live_choice")
+JSON_COLUMNS = ("live_candidate", "shadow_candidate", "shadow_on_live_choice")
+
+
+class FeedbackStore(Protocol):
+    def add_feedback(self, fb: Feedback) -> None: ...
+    def feedback(self, request_id: str | None = None) -> list[dict[str, Any]]: ...
+    def add_shadow(self, rec: ShadowRecord) -> None: ...
+    def shadows(self) -> list[dict[str, Any]]: ...
+    def close(self) -> None: ...
 
 
 class FeedbackLog:
@@ -109,7 +119,7 @@ class FeedbackLog:
 
     def add_shadow(self, rec: ShadowRecord) -> None:
         row = {**asdict(rec), "agree": int(rec.agree), "called": int(rec.called)}
-        for c in _JSON:
+        for c in JSON_COLUMNS:
             row[c] = None if row[c] is None else json.dumps(row[c])
         with self._lock, self._conn:
             self._conn.execute(
@@ -120,7 +130,7 @@ class FeedbackLog:
         with self._lock:
             rows = [dict(r) for r in self._conn.execute("SELECT * FROM shadow_decisions ORDER BY ts")]
         for r in rows:
-            for c in _JSON:
+            for c in JSON_COLUMNS:
                 r[c] = None if r[c] is None else json.loads(r[c])
             r["agree"], r["called"] = bool(r["agree"]), bool(r["called"])
         return rows
@@ -140,22 +150,42 @@ def latest_rewards(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {k: v[2] for k, v in best.items()}
 
 
-def read_feedback(url: str) -> list[dict[str, Any]]:
-    """Every feedback row of the log at `url` (empty when the file has none yet)."""
-    if not sqlite_path(url).exists():
+def _postgres_log(url: str) -> FeedbackStore:
+    from router.feedback_store_pg import PostgresFeedbackLog
+
+    return PostgresFeedbackLog(url)
+
+
+# URL scheme -> feedback store factory, the same schemes as the outcome log's STORES.
+STORES: dict[str, Callable[[str], FeedbackStore]] = {
+    "sqlite": FeedbackLog, "postgresql": _postgres_log, "postgres": _postgres_log,
+}
+
+
+def open_feedback_log(url: str) -> FeedbackStore:
+    scheme = url.split(":", 1)[0].split("+", 1)[0] if ":" in url else ""
+    factory = STORES.get(scheme)
+    if factory is None:
+        raise ValueError(f"no feedback store for outcome log URL {url!r}: expected one of "
+                         f"{sorted(s + '://...' for s in STORES)}")
+    return factory(url)
+
+
+def _read(url: str, read: Callable[[FeedbackStore], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    # A SQLite file not written yet has no rows; opening it would create it.
+    if url.startswith("sqlite:") and not sqlite_path(url).exists():
         return []
-    log = FeedbackLog(url)
+    log = open_feedback_log(url)
     try:
-        return log.feedback()
+        return read(log)
     finally:
         log.close()
+
+
+def read_feedback(url: str) -> list[dict[str, Any]]:
+    """Every feedback row of the log at `url`, oldest first."""
+    return _read(url, lambda log: log.feedback())
 
 
 def read_shadows(url: str) -> list[dict[str, Any]]:
-    if not sqlite_path(url).exists():
-        return []
-    log = FeedbackLog(url)
-    try:
-        return log.shadows()
-    finally:
-        log.close()
+    return _read(url, lambda log: log.shadows())

@@ -1,0 +1,75 @@
+"""PostgreSQL feedback and shadow-decision tables, beside a `postgresql://...` outcome log.
+
+Same tables and read API as the SQLite `FeedbackLog`, so the gateway, retraining and the
+shadow report work the same whichever database holds the outcome log. The tables are
+created at open under an advisory lock, so replicas starting together do not race.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from router.feedback_log import FEEDBACK_COLUMNS, JSON_COLUMNS, SHADOW_COLUMNS, Feedback, ShadowRecord
+
+_LOCK = 0x66656564626B  # advisory lock id shared by every replica, distinct from the outcome log's
+
+
+class PostgresFeedbackLog:
+    def __init__(self, url: str, max_size: int = 2):
+        from psycopg_pool import ConnectionPool
+
+        self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=True)
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS feedback (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+                "request_id TEXT NOT NULL, ts DOUBLE PRECISION, score DOUBLE PRECISION, source TEXT, signal TEXT, "
+                "label TEXT, comment TEXT)")
+            conn.execute("CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS shadow_decisions (request_id TEXT PRIMARY KEY, ts DOUBLE PRECISION, "
+                "profile TEXT, live_model TEXT, shadow_model TEXT, agree BOOLEAN, live_candidate TEXT, "
+                "shadow_candidate TEXT, shadow_on_live_choice TEXT, shadow_propensity DOUBLE PRECISION, "
+                "called BOOLEAN, call_status TEXT, call_cost_usd DOUBLE PRECISION, call_latency_s DOUBLE PRECISION, "
+                "call_output_chars BIGINT)")
+
+    def _rows(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def add_feedback(self, fb: Feedback) -> None:
+        row = asdict(fb)
+        with self._pool.connection() as conn:
+            conn.execute(
+                f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join('%s' for _ in FEEDBACK_COLUMNS)})",
+                [row[c] for c in FEEDBACK_COLUMNS])
+
+    def feedback(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM feedback", []
+        if request_id is not None:
+            sql, args = sql + " WHERE request_id = %s", [request_id]
+        return self._rows(sql + " ORDER BY id", args)
+
+    def add_shadow(self, rec: ShadowRecord) -> None:
+        row = {**asdict(rec), "agree": rec.agree}
+        for c in JSON_COLUMNS:
+            row[c] = None if row[c] is None else json.dumps(row[c])
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in SHADOW_COLUMNS if c != "request_id")
+        with self._pool.connection() as conn:
+            conn.execute(
+                f"INSERT INTO shadow_decisions ({', '.join(SHADOW_COLUMNS)}) "
+                f"VALUES ({', '.join('%s' for _ in SHADOW_COLUMNS)}) ON CONFLICT (request_id) DO UPDATE SET {updates}",
+                [row[c] for c in SHADOW_COLUMNS])
+
+    def shadows(self) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT * FROM shadow_decisions ORDER BY ts", [])
+        for r in rows:
+            for c in JSON_COLUMNS:
+                r[c] = None if r[c] is None else json.loads(r[c])
+        return rows
+
+    def close(self) -> None:
+        self._pool.close()
