@@ -70,7 +70,7 @@ def sqlite_path(url: str) -> Path:
         return Path(url[len("sqlite:///"):])
     if url.startswith("sqlite://") and len(url) > len("sqlite://"):
         return Path(url[len("sqlite://"):])
-    raise ValueError(f"feedback and shadow logs live beside a SQLite outcome log; {url!r} is not sqlite:///PATH")
+    raise ValueError(f"outcome log URL {url!r} names no file: use sqlite:///path/to/outcomes.sqlite")
 
 
 JSON_COLUMNS = ("live_candidate", "shadow_candidate", "shadow_on_live_choice")

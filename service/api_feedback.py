@@ -63,7 +63,7 @@ async def post_feedback(request: Request) -> JSONResponse:
     caller = await client_caller(request.app.state, request.headers)
     learning = getattr(request.app.state, "learning", None)
     if learning is None or learning.feedback_log is None:
-        raise ApiError(503, "feedback needs a SQLite outcome log (server.db = sqlite:///PATH)", code="feedback_unavailable")
+        raise ApiError(503, "feedback needs an outcome log (server.db = sqlite:///PATH or postgresql://...)", code="feedback_unavailable")
     body = parse_feedback(await read_json_body(request, MAX_BODY))
     owner = await asyncio.to_thread(learning.owner, body.request_id)
     if owner is None or (caller is not None and not caller.may_see(owner)):

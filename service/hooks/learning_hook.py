@@ -26,7 +26,7 @@ from typing import Any
 
 from router.bandit import BanditSettings, ContextualBandit
 from router.config import Config, resolve_path
-from router.feedback_log import Feedback, FeedbackLog, ShadowRecord
+from router.feedback_log import Feedback, FeedbackStore, ShadowRecord, open_feedback_log
 from service.pipeline import RequestContext
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def _answer_text(response: dict[str, Any] | None) -> tuple[str, bool]:
 class LearningRuntime:
     """What the learning loop holds in one gateway process."""
 
-    def __init__(self, config: Config, feedback: FeedbackLog | None, bandit: ContextualBandit | None,
+    def __init__(self, config: Config, feedback: FeedbackStore | None, bandit: ContextualBandit | None,
                  shadow_router: Any = None):
         self.config = config
         self.feedback_log = feedback
@@ -70,7 +70,7 @@ class LearningRuntime:
     @classmethod
     def from_config(cls, config: Config, live_router: Any = None) -> "LearningRuntime":
         try:
-            feedback = FeedbackLog(config.server.db)
+            feedback = open_feedback_log(config.server.db)
         except ValueError as exc:
             log.warning("feedback is disabled: %s", exc)
             feedback = None
