@@ -20,9 +20,10 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 FEEDBACK_COLUMNS = ("request_id", "ts", "score", "source", "signal", "label", "comment")
 SHADOW_COLUMNS = (

@@ -10,7 +10,13 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from router.feedback_log import FEEDBACK_COLUMNS, JSON_COLUMNS, SHADOW_COLUMNS, Feedback, ShadowRecord
+from router.feedback_log import (
+    FEEDBACK_COLUMNS,
+    JSON_COLUMNS,
+    SHADOW_COLUMNS,
+    Feedback,
+    ShadowRecord,
+)
 
 _LOCK = 0x66656564626B  # advisory lock id shared by every replica, distinct from the outcome log's
 
