@@ -102,3 +102,27 @@ def test_shadow_never_alters_responses_and_reports(shadow_artifact, tmp_path):
     assert report["ope"]["n"] == len(ids)
     page = (out / "shadow_report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 and "<h2>By task</h2>" in page
+
+
+def test_shadow_report_without_any_feedback(shadow_artifact, tmp_path):
+    from training import shadow_report
+
+    db = f"sqlite:///{tmp_path}/shadow.sqlite"
+    extra = f'learning: {{shadow: {{artifact: "{shadow_artifact}"}}}}'
+    with FakeUpstream() as up:
+        shadowed = Running(fake_config(up.base_url, db, extra=extra), router=QualityRouter(LIVE))
+        try:
+            for text in PROMPTS[:4]:
+                _ask(shadowed.client(), text, False)
+            deadline = time.monotonic() + 20
+            while len(read_shadows(db)) < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            shadowed.stop()
+
+    out = tmp_path / "report"
+    assert shadow_report.run(Namespace(db=db, out=str(out), seed=0)) == 0
+    report = json.loads((out / "shadow_report.json").read_text())
+    assert report["overall"]["requests"] == 4
+    assert "ope" not in report  # nothing to estimate from without rewards
+    assert "No logged request with feedback" in (out / "shadow_report.html").read_text()

@@ -62,6 +62,7 @@ def _missing(value) -> bool:
 
 def load_traffic(db: str) -> Traffic:
     """Usable logged requests of the outcome log at `db`, oldest first."""
+    from router.embedding import DIM
     from router.feedback_log import latest_rewards, read_feedback
     from router.outcome_log import read_outcomes
 
@@ -100,7 +101,7 @@ def load_traffic(db: str) -> Traffic:
         request_ids=[r.request_id for r, _ in keep],
         texts=[r.prompt for r, _ in keep],
         input_tokens=np.array([1 if _missing(r.input_tokens_est) else max(r.input_tokens_est, 1) for r, _ in keep], dtype=np.float64),
-        embeddings=np.array([np.frombuffer(r.embedding, dtype=np.float32) for r, _ in keep]).reshape(n, -1),
+        embeddings=np.array([np.frombuffer(r.embedding, dtype=np.float32) for r, _ in keep]).reshape(n, DIM),
         models=models, eligible=eligible, p_logged=p_logged, penalty=penalty,
         action=np.array([col[r.chosen_model] for r, _ in keep], dtype=int),
         propensity=np.array([float(r.propensity) for r, _ in keep]),
