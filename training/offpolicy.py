@@ -2,7 +2,8 @@
 router would have done on the same requests.
 
 A logged request is usable when the router decided it (ranked candidates, a propensity),
-its embedding and prompt were stored (`server.prompt_storage: full`), and it has a reward:
+its embedding and live feature row were stored (`server.prompt_storage: hash` or `full`; rows
+logged before feature rows were stored need the prompt, i.e. `full`), and it has a reward:
 the latest feedback score (explicit over implicit), or 0 when every upstream call failed.
 The reward evaluated is *utility in quality points*: quality − actual cost / willingness to
 pay (the decision's knob), the same trade-off the policy optimises.
@@ -23,9 +24,10 @@ from router import ope
 @dataclass
 class Traffic:
     request_ids: list[str]
-    texts: list[str]
+    texts: list[str]  # the prompt, or its hash where only the hash was stored (a grouping key)
     input_tokens: np.ndarray  # (n,)
     embeddings: np.ndarray  # (n, 384)
+    features: np.ndarray  # (n, F) the cheap features the live router computed
     models: list[str]  # union of candidate models; columns below
     eligible: np.ndarray  # (n, K) bool
     p_logged: np.ndarray  # (n, K) the live router's P(good) at decision time
@@ -47,6 +49,7 @@ class Traffic:
         idx = np.asarray(idx)
         return Traffic(
             [self.request_ids[i] for i in idx], [self.texts[i] for i in idx], self.input_tokens[idx], self.embeddings[idx],
+            self.features[idx],
             list(self.models), self.eligible[idx], self.p_logged[idx], self.penalty[idx], self.action[idx],
             self.propensity[idx], self.quality[idx], self.cost[idx], self.knob[idx], self.ts[idx], [self.task[i] for i in idx],
             self.latency[idx], self.output_tokens[idx])
@@ -58,6 +61,23 @@ class Traffic:
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _stored_features(row) -> list[float] | None:
+    extras = row.extras if isinstance(row.extras, dict) else {}
+    return extras.get("features")
+
+
+def _feature_rows(keep: list, input_tokens: np.ndarray) -> np.ndarray:
+    """The live feature rows; recomputed from the prompt for rows logged without them."""
+    from router.features import FEATURE_NAMES, request_features
+    from router.types import RoutingRequest
+
+    out = np.zeros((len(keep), len(FEATURE_NAMES)), dtype=np.float32)
+    for i, (row, _) in enumerate(keep):
+        stored = _stored_features(row)
+        out[i] = stored if stored is not None else request_features([RoutingRequest(text=row.prompt, input_tokens=int(input_tokens[i]))])[0]
+    return out
 
 
 def load_traffic(db: str) -> Traffic:
@@ -74,7 +94,7 @@ def load_traffic(db: str) -> Traffic:
     for row in df.itertuples(index=False):
         if not row.candidates or _missing(row.propensity) or not row.chosen_model or _missing(row.embedding):
             continue
-        if row.cache_status not in ("miss", "bypass") or _missing(row.prompt):
+        if row.cache_status not in ("miss", "bypass") or (_missing(row.prompt) and not _stored_features(row)):
             continue
         if row.request_id in rewards:
             reward = rewards[row.request_id]
@@ -97,11 +117,13 @@ def load_traffic(db: str) -> Traffic:
             eligible[i, j] = c.get("excluded") is None
             p_logged[i, j] = c["p_good"]
             penalty[i, j] = c["p_good"] - c["utility"]
+    input_tokens = np.array([1 if _missing(r.input_tokens_est) else max(r.input_tokens_est, 1) for r, _ in keep], dtype=np.float64)
     return Traffic(
         request_ids=[r.request_id for r, _ in keep],
-        texts=[r.prompt for r, _ in keep],
-        input_tokens=np.array([1 if _missing(r.input_tokens_est) else max(r.input_tokens_est, 1) for r, _ in keep], dtype=np.float64),
+        texts=[r.prompt if not _missing(r.prompt) else r.prompt_hash for r, _ in keep],
+        input_tokens=input_tokens,
         embeddings=np.array([np.frombuffer(r.embedding, dtype=np.float32) for r, _ in keep]).reshape(n, DIM),
+        features=_feature_rows(keep, input_tokens),
         models=models, eligible=eligible, p_logged=p_logged, penalty=penalty,
         action=np.array([col[r.chosen_model] for r, _ in keep], dtype=int),
         propensity=np.array([float(r.propensity) for r, _ in keep]),
@@ -117,10 +139,7 @@ def load_traffic(db: str) -> Traffic:
 
 def router_p_good(router, traffic: Traffic) -> np.ndarray:
     """A `LearnedRouter`'s P(good) for every (logged request, candidate model)."""
-    from router.types import RoutingRequest
-
-    reqs = [RoutingRequest(text=t, input_tokens=int(n)) for t, n in zip(traffic.texts, traffic.input_tokens)]
-    X = router.featurize(reqs, traffic.embeddings)
+    X = np.hstack([traffic.embeddings, traffic.features])
     return router.predictor.predict(X, traffic.input_tokens, models=traffic.models).p_good
 
 

@@ -93,7 +93,7 @@ def training_set(base_paths: list[str], traffic, text_column: str | None = None)
             "cost_usd": traffic.cost, "latency_s": traffic.latency, "output_tokens": traffic.output_tokens,
             "input_tokens": traffic.input_tokens})
         tables.append(long_to_outcomes(long))
-        parts.append(features(traffic.texts, traffic.input_tokens, traffic.embeddings))
+        parts.append(np.hstack([traffic.embeddings, traffic.features]))
     if not tables:
         raise ValueError("nothing to train on: no --base-data and no logged requests with rewards")
     return concat_outcomes(tables), np.vstack(parts)

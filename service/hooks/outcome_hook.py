@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from router.features import request_features
 from router.outcome_log import OutcomeLog, OutcomeRecord
 from service.pipeline import RequestContext
 
@@ -80,5 +81,15 @@ class OutcomeHook:
             cache_status=ctx.cache_status,
             cache_similarity=ctx.cache_similarity,
             simulated=ctx.answered_by in self.simulated,
-            extras={k: v for k, v in extras.items() if k in ("client_request_id", "usage_estimated", "http_status")},
+            extras=self._extras(ctx, store_prompt and embedding is not None),
         )
+
+    @staticmethod
+    def _extras(ctx: RequestContext, with_features: bool) -> dict[str, Any]:
+        kept = {k: v for k, v in ctx.extras.items() if k in ("client_request_id", "usage_estimated", "http_status")}
+        if with_features:
+            # The cheap features the router saw (turns, tools, ... not just the text): retraining and
+            # off-policy evaluation rebuild the live feature row from these and the stored embedding,
+            # so they work with prompt_storage "hash" too.
+            kept["features"] = [round(float(v), 6) for v in request_features([ctx.routing])[0]]
+        return kept
