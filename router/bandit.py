@@ -232,7 +232,7 @@ class ContextualBandit:
         )
 
     def choose_for(self, decision: Decision, embedding: np.ndarray | None = None,
-                   request_id: str | None = None) -> Decision:
+                   request_id: str | None = None, rng: np.random.Generator | None = None) -> Decision:
         """Re-decide a policy `Decision` with exploration; the result logs its propensity."""
         eligible = [c for c in decision.candidates if c.excluded is None]
         if len(eligible) <= 1:
@@ -241,6 +241,7 @@ class ContextualBandit:
             **candidate_arrays(eligible),
             embedding=embedding if embedding is not None else decision.embedding,
             request_id=request_id,
+            rng=rng,
         )
         if choice.model == decision.model:
             return replace(decision, propensity=choice.propensity)

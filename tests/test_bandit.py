@@ -141,3 +141,30 @@ def test_gateway_logs_the_bandit_propensity(tmp_path, monkeypatch):
         assert row["chosen_model"] == model and 0 < row["propensity"] < 1
         if model == "m2":
             assert row["reason"].startswith("bandit exploration")
+
+
+def test_exploration_is_sticky_within_an_agent_tool_loop(tmp_path):
+    """Every step of one user turn's tool loop gets the model its first step got; other turns
+    still explore."""
+    quality = {"m1": 0.80, "m2": 0.795, "m3": 0.2}
+    call = {"id": "call_1", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\": \"a.py\"}"}}
+    with FakeUpstream() as up:
+        config = fake_config(up.base_url, f"sqlite:///{tmp_path}/o.sqlite",
+                             extra="learning: {bandit: {enabled: true, explore_share: 1.0, extra_cost_share: 10.0}}")
+        gw = Running(config, router=QualityRouter(quality))
+        try:
+            client = gw.client()
+            per_turn = []
+            for turn in range(12):
+                history = [{"role": "system", "content": "You are a coding agent."},
+                           {"role": "user", "content": f"Fix the failing test number {turn}."}]
+                models = []
+                for step in range(4):
+                    models.append(client.chat.completions.create(model="auto", messages=history).model)
+                    history = history + [{"role": "assistant", "content": None, "tool_calls": [call]},
+                                         {"role": "tool", "tool_call_id": "call_1", "content": f"step {step} output"}]
+                per_turn.append(models)
+        finally:
+            gw.stop()
+    assert all(len(set(models)) == 1 for models in per_turn), per_turn
+    assert len({models[0] for models in per_turn}) == 2  # turns still explore m1 and m2

@@ -114,3 +114,21 @@ def test_regenerating_the_same_prompt_marks_the_first_answer(gw):
     httpx.post(f"{gw.url}/v1/feedback", json={"request_id": first, "score": 0.9}).raise_for_status()
     assert latest_rewards(read_feedback(gw.db))[first] == 0.9
     assert second != first
+
+
+def test_tool_loop_steps_are_not_regenerations(gw):
+    """An agent resends its last user turn on every tool-loop step, followed by the tool calls
+    and results: progress, not a user asking again."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "read_file", "arguments": "{}"}}
+    turn = [{"role": "user", "content": "Find the bug in parser.py"}]
+    client = gw.client()
+    first = client.chat.completions.with_raw_response.create(model="auto", messages=turn).headers["x-request-id"]
+    loop = turn + [{"role": "assistant", "content": None, "tool_calls": [call]},
+                   {"role": "tool", "tool_call_id": "call_1", "content": "def parse(): ..."}]
+    client.chat.completions.create(model="auto", messages=loop)
+    client.chat.completions.create(model="auto", messages=loop + [{"role": "user", "content": "Now fix it."}])
+    assert _feedback_rows(gw, 1, deadline_s=1.0) == []
+    # The same conversation sent again is a regeneration of the first answer.
+    client.chat.completions.create(model="auto", messages=turn)
+    rows = _feedback_rows(gw, 1)
+    assert [(r["request_id"], r["signal"]) for r in rows] == [(first, "regenerated")]

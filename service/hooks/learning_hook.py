@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import random
 import threading
 import time
 from collections import OrderedDict
 from typing import Any
+
+import numpy as np
 
 from router.bandit import BanditSettings, ContextualBandit
 from router.config import Config, resolve_path
@@ -119,9 +122,16 @@ class LearningRuntime:
             self.bandit.feedback(fb.request_id, fb.score)
 
     def regenerated(self, ctx: RequestContext) -> str | None:
-        """The earlier request this one repeats within the window, if any; then remembers this one."""
-        routing = ctx.routing
-        key = hashlib.sha256(f"{ctx.tenant}\0{routing.system_text}\0{routing.text}".encode()).hexdigest()
+        """The earlier request this one repeats within the window, if any; then remembers this one.
+
+        A repeat is the same whole conversation ending in the same user turn. Agent clients
+        resend the last user turn on every step of a tool loop, but with the assistant's tool
+        calls and the tool results after it: those steps are progress, not a regeneration."""
+        messages = ctx.body.get("messages") or []
+        if not messages or messages[-1].get("role") != "user":
+            return None
+        conversation = json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str)
+        key = hashlib.sha256(f"{ctx.tenant}\0{conversation}".encode()).hexdigest()
         now = time.time()
         with self._lock:
             previous = self._prompts.pop(key, None)
@@ -174,6 +184,15 @@ class LearningRuntime:
         rec.call_status, rec.call_output_chars = "ok", len(text)
 
 
+def turn_rng(ctx: RequestContext) -> np.random.Generator:
+    """The exploration draw for one user turn: every step of an agent's tool loop (same tenant,
+    system prompt and last user turn) gets the same model, so a loop never switches model
+    half-way (and keeps the provider's prompt cache warm); different turns draw independently."""
+    routing = ctx.routing
+    digest = hashlib.sha256(f"{ctx.tenant}\0{routing.system_text}\0{routing.text}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+
+
 class LearningHook:
     name = "learning"
 
@@ -190,7 +209,8 @@ class LearningHook:
         if previous is not None:
             await asyncio.to_thread(rt.record, Feedback(previous, 0.0, source="implicit", signal="regenerated"))
         if rt.bandit is not None and ctx.decision is not None:
-            ctx.decision = rt.bandit.choose_for(ctx.decision, ctx.embedding, request_id=ctx.request_id)
+            ctx.decision = rt.bandit.choose_for(ctx.decision, ctx.embedding, request_id=ctx.request_id,
+                                                rng=turn_rng(ctx))
 
     async def post(self, ctx: RequestContext) -> None:
         rt = self.rt
