@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.data import concat_outcomes, load_outcomes, load_prices, long_to_outcomes
-from training.data import datasets_dir
+from training.data import concat_outcomes, datasets_dir, load_outcomes, load_prices, long_to_outcomes
 
 DATASETS = datasets_dir()
 
@@ -126,6 +125,9 @@ def test_no_costs_needs_prices(tmp_path):
     t = load_outcomes(tmp_path / "bad.parquet", prices=prices)
     assert t.cost is not None and (t.cost[:, 1] > t.cost[:, 0]).all()
     assert t.prices["big"].output_per_1m == 30
+    # A models.json beside the table (as the shared datasets ship) is used when no prices are given.
+    beside = load_outcomes(tmp_path / "bad.parquet")
+    np.testing.assert_allclose(beside.cost, t.cost)
 
 
 def test_prices_file_errors(tmp_path):

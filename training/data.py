@@ -15,6 +15,7 @@ Every validation problem is a `ValueError` that names the file and the column.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from router.request_view import CHARS_PER_TOKEN
+
+log = logging.getLogger(__name__)
 
 
 def datasets_dir() -> Path:
@@ -304,11 +307,20 @@ def _implied_prices(cost, input_tokens, output_tokens, models) -> dict[str, Mode
 
 def load_outcomes(path: str | Path, text_column: str | None = None,
                   prices: Mapping[str, ModelPrice] | str | Path | None = None) -> OutcomeTable:
-    """Load a wide outcome table (parquet, CSV or JSONL)."""
+    """Load a wide outcome table (parquet, CSV or JSONL).
+
+    Without `prices`, a table lacking `cost_usd__<model>` columns takes its prices from a
+    `models.json` beside it (the shared datasets ship one), and says so; without either, the
+    missing cost is an error naming the column."""
     if isinstance(prices, (str, Path)):
         prices = load_prices(prices)
     path = Path(path)
     df = _join_responses(read_frame(path), path)
+    sibling = path.with_name("models.json")
+    models = [c[len("quality__"):] for c in df.columns if c.startswith("quality__")]
+    if prices is None and sibling.exists() and any(f"cost_usd__{m}" not in df.columns for m in models):
+        prices = load_prices(sibling)
+        log.info("%s: prices of models without cost columns from %s", path, sibling)
     return wide_to_outcomes(df, path, text_column=text_column, prices=prices)
 
 
