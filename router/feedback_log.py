@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from router.outcome_log import open_by_scheme
+
 FEEDBACK_COLUMNS = ("request_id", "ts", "score", "source", "signal", "label", "comment")
 SHADOW_COLUMNS = (
     "request_id", "ts", "profile", "live_model", "shadow_model", "agree", "live_candidate", "shadow_candidate",
@@ -164,12 +166,7 @@ STORES: dict[str, Callable[[str], FeedbackStore]] = {
 
 
 def open_feedback_log(url: str) -> FeedbackStore:
-    scheme = url.split(":", 1)[0].split("+", 1)[0] if ":" in url else ""
-    factory = STORES.get(scheme)
-    if factory is None:
-        raise ValueError(f"no feedback store for outcome log URL {url!r}: expected one of "
-                         f"{sorted(s + '://...' for s in STORES)}")
-    return factory(url)
+    return open_by_scheme(url, STORES, "feedback store (outcome log)")
 
 
 def _read(url: str, read: Callable[[FeedbackStore], list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -169,12 +169,17 @@ STORES: dict[str, Callable[[str], OutcomeStore]] = {
 }
 
 
-def open_store(url: str) -> OutcomeStore:
+def open_by_scheme(url: str, stores: Mapping[str, Callable[[str], Any]], what: str) -> Any:
+    """The backend `stores` registers for the URL's scheme (`postgresql+psycopg` counts as `postgresql`)."""
     scheme = url.split(":", 1)[0].split("+", 1)[0] if ":" in url else ""
-    factory = STORES.get(scheme)
+    factory = stores.get(scheme)
     if factory is None:
-        raise ValueError(f"unsupported outcome log URL {url!r}: expected one of {sorted(s + '://...' for s in STORES)}")
+        raise ValueError(f"unsupported {what} URL {url!r}: expected one of {sorted(s + '://...' for s in stores)}")
     return factory(url)
+
+
+def open_store(url: str) -> OutcomeStore:
+    return open_by_scheme(url, STORES, "outcome log")
 
 
 _STOP = object()
