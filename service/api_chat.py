@@ -38,17 +38,23 @@ def _header(value: str, limit: int = 400) -> str:
 
 
 def response_headers(ctx: RequestContext) -> dict[str, str]:
-    headers = {"x-request-id": ctx.request_id, "x-router-cache": ctx.cache_status}
+    headers = {"x-request-id": ctx.request_id, "x-cache": cache_header(ctx)}
     if ctx.answered_by:
         headers["x-router-model"] = ctx.answered_by
     if ctx.profile:
         headers["x-router-profile"] = ctx.profile
     if ctx.extras.get("reason"):
         headers["x-router-reason"] = _header(ctx.extras["reason"])
-    if ctx.cache_similarity is not None:
-        headers["x-router-cache-similarity"] = f"{ctx.cache_similarity:.4f}"
     headers.update(ctx.extras.get("response_headers") or {})
     return headers
+
+
+def cache_header(ctx: RequestContext) -> str:
+    """`hit`, `semantic-hit; similarity=0.97` or `miss` (a request that bypassed the cache is a
+    miss to the client; the outcome log keeps `bypass`)."""
+    if ctx.cache_status == "semantic-hit" and ctx.cache_similarity is not None:
+        return f"semantic-hit; similarity={ctx.cache_similarity:.2f}"
+    return ctx.cache_status if ctx.cache_status in ("hit", "semantic-hit") else "miss"
 
 
 def _reason(ctx: RequestContext) -> str:

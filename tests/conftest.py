@@ -54,3 +54,12 @@ def redis_url():
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """A scriptable fake OpenAI-compatible upstream on 127.0.0.1, shared by a test module."""
+    from tests.fake_upstream import FakeUpstream
+
+    with FakeUpstream() as up:
+        yield up

@@ -128,6 +128,16 @@ def _tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+async def read_body(receive: Any) -> bytes:
+    """The whole request body of an ASGI HTTP request."""
+    raw = b""
+    while True:
+        message = await receive()
+        raw += message.get("body", b"")
+        if not message.get("more_body"):
+            return raw
+
+
 class FakeUpstream:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -202,12 +212,7 @@ class FakeUpstream:
     async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
@@ -371,12 +376,7 @@ class WireServer:
     async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
         body = json.loads(raw) if raw else None

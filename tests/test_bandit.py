@@ -3,6 +3,7 @@ and the propensity it logs through a running gateway."""
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -116,24 +117,31 @@ def test_concurrent_choices_and_updates_are_consistent():
     assert sum(a["n_eff"] > 0 for a in stats["arms"].values()) >= 3
 
 
-def test_gateway_logs_the_bandit_propensity(tmp_path, monkeypatch):
-    monkeypatch.setenv("OPENCLAW_MASTER_KEY", "mk-bandit-test")
+@contextmanager
+def exploring_gateway(tmp_path):
+    """A gateway whose bandit may explore on every request, between two near-equal models."""
     quality = {"m1": 0.80, "m2": 0.795, "m3": 0.2}
     with FakeUpstream() as up:
         config = fake_config(up.base_url, f"sqlite:///{tmp_path}/o.sqlite",
                              extra="learning: {bandit: {enabled: true, explore_share: 1.0, extra_cost_share: 10.0}}")
         gw = Running(config, router=QualityRouter(quality))
         try:
-            client = gw.client()
-            ids = []
-            for i in range(40):
-                raw = client.chat.completions.with_raw_response.create(
-                    model="auto", messages=[{"role": "user", "content": f"question {i}"}])
-                ids.append((raw.headers["x-request-id"], raw.parse().model))
-            rows = [gw.outcome(rid) for rid, _ in ids]
-            state = httpx.get(f"{gw.url}/admin/router/bandit", headers={"authorization": "Bearer mk-bandit-test"}).json()
+            yield gw
         finally:
             gw.stop()
+
+
+def test_gateway_logs_the_bandit_propensity(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENCLAW_MASTER_KEY", "mk-bandit-test")
+    with exploring_gateway(tmp_path) as gw:
+        client = gw.client()
+        ids = []
+        for i in range(40):
+            raw = client.chat.completions.with_raw_response.create(
+                model="auto", messages=[{"role": "user", "content": f"question {i}"}])
+            ids.append((raw.headers["x-request-id"], raw.parse().model))
+        rows = [gw.outcome(rid) for rid, _ in ids]
+        state = httpx.get(f"{gw.url}/admin/router/bandit", headers={"authorization": "Bearer mk-bandit-test"}).json()
     assert state["decisions"] == 40 and 0 < state["explore_share"] <= 1
     answered = {m for _, m in ids}
     assert answered <= {"m1", "m2"} and len(answered) == 2  # explored, never the far-worse m3
@@ -146,25 +154,18 @@ def test_gateway_logs_the_bandit_propensity(tmp_path, monkeypatch):
 def test_exploration_is_sticky_within_an_agent_tool_loop(tmp_path):
     """Every step of one user turn's tool loop gets the model its first step got; other turns
     still explore."""
-    quality = {"m1": 0.80, "m2": 0.795, "m3": 0.2}
     call = {"id": "call_1", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\": \"a.py\"}"}}
-    with FakeUpstream() as up:
-        config = fake_config(up.base_url, f"sqlite:///{tmp_path}/o.sqlite",
-                             extra="learning: {bandit: {enabled: true, explore_share: 1.0, extra_cost_share: 10.0}}")
-        gw = Running(config, router=QualityRouter(quality))
-        try:
-            client = gw.client()
-            per_turn = []
-            for turn in range(12):
-                history = [{"role": "system", "content": "You are a coding agent."},
-                           {"role": "user", "content": f"Fix the failing test number {turn}."}]
-                models = []
-                for step in range(4):
-                    models.append(client.chat.completions.create(model="auto", messages=history).model)
-                    history = history + [{"role": "assistant", "content": None, "tool_calls": [call]},
-                                         {"role": "tool", "tool_call_id": "call_1", "content": f"step {step} output"}]
-                per_turn.append(models)
-        finally:
-            gw.stop()
+    with exploring_gateway(tmp_path) as gw:
+        client = gw.client()
+        per_turn = []
+        for turn in range(12):
+            history = [{"role": "system", "content": "You are a coding agent."},
+                       {"role": "user", "content": f"Fix the failing test number {turn}."}]
+            models = []
+            for step in range(4):
+                models.append(client.chat.completions.create(model="auto", messages=history).model)
+                history = history + [{"role": "assistant", "content": None, "tool_calls": [call]},
+                                     {"role": "tool", "tool_call_id": "call_1", "content": f"step {step} output"}]
+            per_turn.append(models)
     assert all(len(set(models)) == 1 for models in per_turn), per_turn
     assert len({models[0] for models in per_turn}) == 2  # turns still explore m1 and m2

@@ -9,7 +9,7 @@ import pytest
 
 from router.config import CacheSection
 from service.hooks.cache_hook import CacheHook
-from tests.fake_upstream import FakeUpstream, cut_stream, ok, server_error
+from tests.fake_upstream import cut_stream, ok, server_error
 from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
 
 Q = "How can I improve my English speaking skills?"
@@ -18,12 +18,6 @@ PARAPHRASE = "What can I do to improve my spoken English?"
 
 def msgs(text: str, system: str | None = None) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as up:
-        yield up
 
 
 def start(upstream, tmp_path, **cache) -> Running:

@@ -12,18 +12,11 @@ import openai
 import pytest
 
 from service.governance.runtime import Governance, GovernanceSettings
-from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
 
 MASTER = "mk-auth-" + "7" * 24
 LEARNING = "learning: {bandit: {enabled: true}}"
 CHAT = {"model": "auto", "messages": [{"role": "user", "content": "hello there"}]}
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as up:
-        yield up
 
 
 def _governance(config, tmp_path, master: str | None = MASTER) -> Governance:

@@ -8,16 +8,10 @@ import openai
 import pytest
 
 from router.feedback_log import latest_rewards, read_feedback
-from tests.fake_upstream import FakeUpstream, ok, server_error
+from tests.fake_upstream import ok, server_error
 from tests.gateway_harness import QualityRouter, Running, fake_config
 
 QUALITY = {"m1": 0.80, "m2": 0.795, "m3": 0.2}
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as up:
-        yield up
 
 
 @pytest.fixture

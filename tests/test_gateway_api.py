@@ -8,16 +8,10 @@ import httpx
 import openai
 import pytest
 
-from tests.fake_upstream import FakeUpstream, ok
+from tests.fake_upstream import ok
 from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
 
 MSG = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as up:
-        yield up
 
 
 @pytest.fixture
@@ -164,7 +158,7 @@ def test_pre_hook_short_circuit_streams_as_sse(upstream, tmp_path):
     gw = Running(fake_config(upstream.base_url, f"sqlite:///{tmp_path}/o.sqlite"), router=QualityRouter(DEFAULT_QUALITY), hooks=[Canned()])
     try:
         stream = gw.client().chat.completions.with_raw_response.create(model="auto", messages=MSG, stream=True)
-        assert stream.headers["x-router-cache"] == "hit"
+        assert stream.headers["x-cache"] == "hit"
         text = "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
         assert text == "cached answer" and not upstream.requests
         row = gw.outcome(stream.headers["x-request-id"])

@@ -10,17 +10,11 @@ import openai
 import pytest
 
 from tests.fake_upstream import (
-    FakeUpstream, context_length, cut_stream, hang, invalid_json, malformed_chunk, not_found, ok, rate_limit, server_error,
+    context_length, cut_stream, hang, invalid_json, malformed_chunk, not_found, ok, rate_limit, server_error,
 )
 from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
 
 MSG = [{"role": "user", "content": "Summarise the plot of Hamlet in one line."}]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as up:
-        yield up
 
 
 @pytest.fixture

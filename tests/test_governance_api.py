@@ -14,7 +14,7 @@ import pytest
 
 from service.asgi_thread import serve_in_thread
 from service.governance.runtime import Governance, GovernanceSettings
-from tests.fake_upstream import FakeUpstream, ok, server_error
+from tests.fake_upstream import FakeUpstream, ok, read_body, server_error
 from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
 
 MASTER = "mk-test-" + "9" * 24
@@ -33,13 +33,7 @@ class Webhook:
         self.received: list[dict] = []
 
     async def __call__(self, scope, receive, send):
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
-        self.received.append(json.loads(body))
+        self.received.append(json.loads(await read_body(receive)))
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 

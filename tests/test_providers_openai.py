@@ -38,12 +38,6 @@ BODY = {
 }
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as up:
-        yield up
-
-
 @pytest.fixture
 def up(upstream, monkeypatch):
     upstream.reset()

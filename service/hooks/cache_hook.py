@@ -3,7 +3,7 @@
 A hit answers without routing or an upstream call; the gateway renders it as JSON or SSE.
 The answer's usage reports zero tokens (nothing was sent upstream); what the original
 answer cost is counted as saved (`ctx.saved_cost_usd`: metrics and the outcome log), and
-the `x-cache` header says `hit`, `semantic-hit; similarity=0.97` or `miss`. A broken
+the gateway's `x-cache` header shows the `cache_status` and similarity set here. A broken
 cache never fails a request: errors are logged and the request goes upstream.
 """
 from __future__ import annotations
@@ -60,14 +60,6 @@ def render_hit(hit: Hit) -> dict[str, Any]:
     return body
 
 
-def x_cache(hit: Hit | None) -> str:
-    if hit is None:
-        return "miss"
-    if hit.kind == "semantic-hit":
-        return f"semantic-hit; similarity={hit.similarity:.2f}"
-    return "hit"
-
-
 class CacheHook:
     name = "cache"
 
@@ -89,14 +81,10 @@ class CacheHook:
     def _route(ctx: RequestContext) -> str:
         return ctx.profile or ctx.requested_model
 
-    def _set_header(self, ctx: RequestContext, value: str) -> None:
-        ctx.extras.setdefault("response_headers", {})["x-cache"] = value
-
     async def pre(self, ctx: RequestContext) -> dict[str, Any] | None:
         control = cache_control(ctx.headers)
         refused = request_cacheable(ctx.body, self.section.cache_nonzero_temperature)
         ctx.extras["cache_write"] = control.write and refused is None
-        self._set_header(ctx, "miss")
         if not control.read or refused is not None:
             ctx.cache_status = "bypass"
             return None
@@ -120,7 +108,6 @@ class CacheHook:
         ctx.saved_cost_usd = hit.entry.cost_usd
         ctx.answered_by = hit.entry.model
         ctx.extras["reason"] = f"cache {hit.kind} (similarity {hit.similarity:.3f}, verifier {hit.probability:.3f})"
-        self._set_header(ctx, x_cache(hit))
         return render_hit(hit)
 
     async def post(self, ctx: RequestContext) -> None:
