@@ -10,6 +10,7 @@ embedding needs only onnxruntime and tokenizers: importing torch and sentence-tr
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -172,6 +173,16 @@ def shared_embedder() -> Embedder:
         if _shared is None:
             _shared = Embedder()
         return _shared
+
+
+@functools.lru_cache(maxsize=4096)
+def embed_request_text(text: str) -> np.ndarray:
+    """A request's routed text embedded once per process, read-only: in an agent's tool loop every
+    turn routes on (and looks the cache up by) the same last user message, so most of a session's
+    requests reuse one vector."""
+    vector = shared_embedder().encode_one(text)
+    vector.setflags(write=False)  # shared between requests: nobody may modify it
+    return vector
 
 
 def encode_cached(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

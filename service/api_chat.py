@@ -100,20 +100,26 @@ async def chat_completions(request: Request) -> Response:
         return exc.response(response_headers(ctx))
 
 
+def _embed_and_decide(gw: Gateway, router_now: Any, ctx: RequestContext, live: Any) -> Any:
+    # One worker-thread hop for both steps (each hop costs a thread wake-up and a GIL hand-off);
+    # the semantic cache's pre-hook has embedded the text already when it looked it up.
+    if ctx.embedding is None and ctx.routing.text and router_now is not None:
+        ctx.embedding = gw.embed(ctx.routing.text)
+    return decide(router_now, ctx.routing, config=gw.config, profile=ctx.profile, constraints=ctx.extras["constraints"],
+                  live=live, embedding=ctx.embedding)
+
+
 async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
     router_now = gw.router.current
-    if ctx.routing.text and ((ctx.profile is not None and router_now is not None) or gw.wants_embedding):
-        ctx.embedding = await run_in_threadpool(gw.embed, ctx.routing.text)
     answer = await gw.pipeline.run_pre(ctx)
     if answer is not None:
         return _short_circuit(gw, ctx, answer)
     if ctx.profile is not None:
         t0 = time.perf_counter()
         try:
-            ctx.decision = await run_in_threadpool(
-                decide, router_now, ctx.routing, config=gw.config, profile=ctx.profile,
-                constraints=ctx.extras["constraints"], live=gw.live.snapshot(ctx.routing.input_tokens), embedding=ctx.embedding,
-            )
+            # The live view is read here, on the event loop that updates it.
+            live = gw.live.snapshot(ctx.routing.input_tokens)
+            ctx.decision = await run_in_threadpool(_embed_and_decide, gw, router_now, ctx, live)
         except ApiError as exc:
             # A pre-hook that tightened the constraints (a budget cap) may explain the refusal better.
             explain = ctx.extras.get("explain_unroutable")

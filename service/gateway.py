@@ -4,7 +4,6 @@ path (awaited on shutdown so no outcome is lost)."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +36,10 @@ class Gateway:
     simulated: frozenset[str] = frozenset()  # models answered by the built-in simulator
     tasks: set[asyncio.Task] = field(default_factory=set)
 
-    @property
-    def wants_embedding(self) -> bool:
-        """Does a pre-hook (the semantic cache) need the prompt embedding before routing?"""
-        return any(getattr(h, "needs_embedding", False) for h in self.pipeline.hooks)
-
     def embed(self, text: str) -> np.ndarray:
-        return _embed(text)
+        from router.embedding import embed_request_text
+
+        return embed_request_text(text)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -57,17 +53,6 @@ class Gateway:
             await provider.aclose()
         if self.outcome_log is not None:
             self.outcome_log.close()
-
-
-@functools.lru_cache(maxsize=4096)
-def _embed(text: str) -> np.ndarray:
-    """The routed text's embedding, memoised: in an agent's tool loop every turn routes on the
-    same last user message, so most of a session's requests reuse one vector."""
-    from router.embedding import shared_embedder
-
-    vector = shared_embedder().encode_one(text)
-    vector.setflags(write=False)  # shared between requests: nobody may modify it
-    return vector
 
 
 def load_router(config: Config) -> Router | None:

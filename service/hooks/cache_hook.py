@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from router.cache.cache import Hit, ResponseCache
-from router.cache.keys import request_keys
+from router.cache.keys import RequestKeys, request_keys
 from router.cache.policy import cache_control, request_cacheable, response_cacheable
 from router.cache.verifier import Verifier
 from router.config import CacheSection, Config, resolve_path
@@ -29,9 +29,9 @@ ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 
 def _default_embed(text: str) -> np.ndarray:
-    from router.embedding import shared_embedder
+    from router.embedding import embed_request_text
 
-    return shared_embedder().encode_one(text)
+    return embed_request_text(text)
 
 
 def open_cache(config: Config) -> ResponseCache:
@@ -72,11 +72,6 @@ class CacheHook:
     def from_config(cls, config: Config) -> "CacheHook":
         return cls(open_cache(config), config.cache)
 
-    @property
-    def needs_embedding(self) -> bool:
-        """The gateway embeds the prompt before the pre-hooks when the semantic cache needs it."""
-        return self.cache.semantic
-
     @staticmethod
     def _route(ctx: RequestContext) -> str:
         return ctx.profile or ctx.requested_model
@@ -91,12 +86,7 @@ class CacheHook:
         keys = request_keys(ctx.body, self._route(ctx), ctx.tenant)
         ctx.extras["cache_keys"] = keys
         try:
-            vector = None
-            if self.cache.semantic and keys.semantic_ok:
-                if ctx.embedding is None:
-                    ctx.embedding = await asyncio.to_thread(self.embed, ctx.routing.text)
-                vector = ctx.embedding
-            hit = await asyncio.to_thread(self.cache.lookup, keys, vector)
+            hit = await asyncio.to_thread(self._lookup, ctx, keys)
         except Exception:
             log.exception("cache lookup failed for request %s; answering from upstream", ctx.request_id)
             return None
@@ -109,6 +99,15 @@ class CacheHook:
         ctx.answered_by = hit.entry.model
         ctx.extras["reason"] = f"cache {hit.kind} (similarity {hit.similarity:.3f}, verifier {hit.probability:.3f})"
         return render_hit(hit)
+
+    def _lookup(self, ctx: RequestContext, keys: RequestKeys) -> Hit | None:
+        # Embedding and lookup in one worker-thread hop; the router reuses the embedding.
+        vector = None
+        if self.cache.semantic and keys.semantic_ok:
+            if ctx.embedding is None:
+                ctx.embedding = self.embed(ctx.routing.text)
+            vector = ctx.embedding
+        return self.cache.lookup(keys, vector)
 
     async def post(self, ctx: RequestContext) -> None:
         if ctx.cache_status in ("hit", "semantic-hit") or not ctx.extras.get("cache_write"):

@@ -6,8 +6,6 @@ simulator's URL before building them.
 """
 from __future__ import annotations
 
-import httpx
-
 from router.config import ProviderSpec
 from service.providers.anthropic import AnthropicProvider
 from service.providers.base import Provider
@@ -24,10 +22,10 @@ ADAPTERS: dict[str, type[Provider]] = {
 SIMULATED_URL = "simulated://"
 
 
-def build_provider(spec: ProviderSpec, client: httpx.AsyncClient | None = None) -> Provider:
+def build_provider(spec: ProviderSpec) -> Provider:
     if spec.base_url.startswith(SIMULATED_URL):
         raise ValueError(
             f"provider base_url {spec.base_url!r} must be replaced with the simulator's URL before use "
             "(service.simulator.start_simulator returns it)"
         )
-    return ADAPTERS[spec.kind](spec, client)
+    return ADAPTERS[spec.kind](spec)
