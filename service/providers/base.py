@@ -202,7 +202,8 @@ TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
     """The body's lines without their ends. Split here rather than with aiohttp's readline,
-    which refuses lines over 128 KiB (one SSE event can carry a whole tool call's arguments)."""
+    which refuses a line past its read buffer's high-water mark (512 KiB in aiohttp 3.14): one
+    SSE event can carry a whole answer or a tool call's arguments."""
     pending = b""
     async for block in response.content.iter_any():
         pending += block
