@@ -5,7 +5,13 @@ Three processes, so the load generator does not share an interpreter with what i
 the built-in simulator with its latencies scaled to zero, `openclaw-router serve`
 with a catalog of the 11 demo model names all pointing at that upstream, and this script's
 async httpx clients. `auto` rows include the routing decision (prompt embedding + LightGBM +
-policy) with the shipped artifact; `named` rows bypass routing.
+policy) with the shipped artifact; `named` rows bypass routing; both with the cache off, so
+every request pays the full path.
+
+`agent` rows send what OpenClaw sends on every turn (a 40 KB system prompt, 12 function tools,
+the replayed history, `stream: true` with usage, `max_completion_tokens`) to a second gateway
+with the default cache settings (exact + semantic, every last user message distinct, so every
+request is a lookup that misses and then a store).
 
     python bench/bench_gateway.py [--requests 400] [--artifact models/default] [--out bench/results/gateway.json]
 """
@@ -64,7 +70,7 @@ def start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     return proc, line
 
 
-def gateway_config(upstream: str, artifact: Path, db: str) -> dict:
+def gateway_config(upstream: str, artifact: Path, db: str, cache: bool = False) -> dict:
     demo = yaml.safe_load((REPO / "service" / "default_config.yaml").read_text())
     for m in demo["models"]:
         m["provider"] = "upstream"
@@ -73,7 +79,7 @@ def gateway_config(upstream: str, artifact: Path, db: str) -> dict:
         "models": demo["models"],
         "router": {"artifact": str(artifact)},
         "server": {"db": db, "prompt_storage": "hash"},
-        "cache": {"enabled": False},
+        "cache": {} if cache else {"enabled": False},
     }
 
 
@@ -81,8 +87,35 @@ def body(i: int, model: str, stream: bool) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)] + f" (#{i})"}], "stream": stream}
 
 
+AGENT_SYSTEM = "You are OpenClaw, a personal agent working in the user's workspace. " + "Follow the workspace rules. " * 1450
+AGENT_TOOLS = [
+    {"type": "function", "function": {
+        "name": f"tool_{k}", "description": f"Tool {k}: reads, writes or searches the workspace. " * 4,
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"}, "query": {"type": "string"}, "limit": {"type": "integer"}},
+                       "required": ["path"]}}}
+    for k in range(12)
+]
+
+
+def agent_body(i: int, model: str) -> dict:
+    """An OpenClaw turn: the whole history replayed, a new user message last."""
+    history = []
+    for turn in range(3):
+        history += [{"role": "user", "content": f"{PROMPTS[(i + turn) % len(PROMPTS)]} (turn {turn})"},
+                    {"role": "assistant", "content": "Done: " + "here is what I found. " * 20}]
+    return {"model": model, "messages": [{"role": "system", "content": AGENT_SYSTEM}, *history,
+                                         {"role": "user", "content": PROMPTS[i % len(PROMPTS)] + f" (#{i})"}],
+            "tools": AGENT_TOOLS, "stream": True, "stream_options": {"include_usage": True}, "max_completion_tokens": 1024}
+
+
+def _carries_output(line: str) -> bool:
+    """A content token or a tool call (an agent's turn often answers with a tool call only)."""
+    compact = line.replace(" ", "")
+    return ('"content":"' in compact and '"content":""' not in compact) or '"tool_calls":[{' in compact
+
+
 async def one(client: httpx.AsyncClient, url: str, payload: dict) -> tuple[float, float]:
-    """(total latency, time to the first content chunk or the full answer) in seconds."""
+    """(total latency, time to the first output chunk or the full answer) in seconds."""
     t0 = time.perf_counter()
     if not payload["stream"]:
         r = await client.post(url, json=payload)
@@ -93,16 +126,32 @@ async def one(client: httpx.AsyncClient, url: str, payload: dict) -> tuple[float
     async with client.stream("POST", url, json=payload) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
-            if ttft is None and line.startswith("data: ") and '"content":"' in line.replace(" ", "") and '"content":""' not in line.replace(" ", ""):
+            if ttft is None and line.startswith("data: ") and _carries_output(line):
                 ttft = time.perf_counter() - t0
     return time.perf_counter() - t0, ttft or float("nan")
 
 
-async def sequential(url: str, model: str, stream: bool, n: int) -> np.ndarray:
+async def sequential(url: str, model: str, stream: bool, n: int, make=body) -> np.ndarray:
     async with httpx.AsyncClient(timeout=30) as client:
         for i in range(20):  # warm-up: connections, the embedder, the boosters
-            await one(client, url, body(i, model, stream))
-        return np.array([await one(client, url, body(i, model, stream)) for i in range(n)])
+            await one(client, url, make(n + i, model, stream))
+        return np.array([await one(client, url, make(i, model, stream)) for i in range(n)])
+
+
+async def measure_agent(upstream: str, gateway: str, n: int) -> dict:
+    """Streaming OpenClaw turns, direct and through the cache-on gateway (`auto` and named)."""
+    rows: dict = {}
+    targets = [("direct", f"{upstream}/chat/completions", "gpt-3.5-turbo-1106"),
+               ("named", f"{gateway}/v1/chat/completions", "gpt-3.5-turbo-1106"),
+               ("auto", f"{gateway}/v1/chat/completions", "auto")]
+    for label, url, model in targets:
+        print(f"measuring agent {label}", file=sys.stderr, flush=True)
+        streamed = await sequential(url, model, True, n, make=lambda i, m, _s: agent_body(i, m))
+        rows[label] = {"latency_p50": ms(streamed[:, 0], 50), "latency_p99": ms(streamed[:, 0], 99),
+                       "ttft_p50": ms(streamed[:, 1], 50), "ttft_p99": ms(streamed[:, 1], 99)}
+    for label in ("named", "auto"):
+        rows[f"added_{label}"] = {k: round(rows[label][k] - rows["direct"][k], 2) for k in ("latency_p50", "ttft_p50")}
+    return rows
 
 
 async def throughput(url: str, model: str, clients: int, seconds: float) -> float:
@@ -259,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
         gateway = line.split()[3]
         try:
             rows = asyncio.run(measure(upstream, gateway, args.requests, args.seconds, routed, db, gw_proc.pid))
+            gw_proc.terminate()
+            gw_proc.wait(30)
+            if routed:
+                config.write_text(yaml.safe_dump(gateway_config(upstream, artifact, f"sqlite:///{tmp}/agent.sqlite", cache=True)))
+                gw_proc, line = start([sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", "0"], env)
+                rows["agent_streaming_ms"] = asyncio.run(measure_agent(upstream, line.split()[3], args.requests))
         finally:
             for proc in (gw_proc, upstream_proc):
                 proc.terminate()

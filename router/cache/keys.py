@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -39,12 +38,11 @@ GENERATION_PARAMS = (
     "verbosity",
 )
 
-_SPACE = re.compile(r"\s+")
-
-
 def normalise_text(text: str) -> str:
     """Whitespace runs collapse and ends are stripped; case and punctuation are kept (they can change the answer)."""
-    return _SPACE.sub(" ", text).strip()
+    # str.split() splits on the same characters as the regex \s+ and is ~10x faster on an
+    # agent's 40 KB system prompt, which every turn of a session sends again.
+    return " ".join(text.split())
 
 
 def _message(m: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,12 +88,11 @@ def request_keys(body: Mapping[str, Any], route: str, tenant: str) -> RequestKey
         "response_format": body.get("response_format") or {},
         "params": params,
     }
-    exact = _digest({**shared, "messages": messages})
+    # The context (everything but the last message) is serialised and hashed once; the exact key
+    # chains its digest with the last message.
+    context = _digest({**shared, "context": messages[:-1]})
     last = messages[-1] if messages else None
+    exact = _digest({"context": context, "last": last})
     if last is not None and last["role"] == "user" and isinstance(last["content"], str) and last["content"]:
-        text = last["content"]
-        fingerprint = _digest({**shared, "context": messages[:-1]})
-    else:
-        text = ""
-        fingerprint = exact
-    return RequestKeys(exact=exact, fingerprint=fingerprint, text=text)
+        return RequestKeys(exact=exact, fingerprint=context, text=last["content"])
+    return RequestKeys(exact=exact, fingerprint=exact, text="")
