@@ -50,6 +50,10 @@ class ModelSpec(_Strict):
     limits: Limits = Limits()
     throughput_tps: float = Field(default=50.0, gt=0, description="output tokens/s until live data says otherwise")
     ttft_s: float = Field(default=0.5, ge=0, description="time to first token until live data says otherwise")
+    fallbacks: tuple[str, ...] = Field(
+        default=(),
+        description="models a request naming this model fails over to, in order (routed requests fail over along the ranking)",
+    )
 
     @property
     def upstream_name(self) -> str:
@@ -182,10 +186,14 @@ class Config(_Strict):
         return models
 
     @model_validator(mode="after")
-    def _providers_exist(self) -> "Config":
+    def _references_exist(self) -> "Config":
+        names = set(self.model_names)
         for i, m in enumerate(self.models):
             if m.provider not in self.providers:
                 raise ValueError(f"models[{i}].provider {m.provider!r} is not defined under providers: {sorted(self.providers)}")
+            for f in m.fallbacks:
+                if f not in names or f == m.name:
+                    raise ValueError(f"models[{i}].fallbacks names {f!r}, which is not another model of the catalog")
         return self
 
     def model(self, name: str) -> ModelSpec:

@@ -1,6 +1,7 @@
 """The attempt loop: retries, backoff, failover and stream holding.
 
-For each model of the chain (the chosen model, then the router's ranked fallbacks) the loop
+For each model of the chain (the chosen model, then the router's ranked fallbacks; for a
+model named by the client, its configured `fallbacks` that the request's limits allow) the loop
 skips models that cannot take the request (context window too small, circuit open), calls
 the upstream, retries transient faults on the same model with jittered exponential backoff
 (honouring `Retry-After` up to `reliability.max_retry_after_s`, beyond which failing over is
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 from router.config import Config, ModelSpec
+from router.types import Constraints
 from service.errors import ApiError
 from service.live_state import LiveState
 from service.metrics import Metrics
@@ -48,6 +50,26 @@ def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int | None, int | Non
     return usage.get("prompt_tokens"), usage.get("completion_tokens")
 
 
+def failover_chain(config: Config, ctx: RequestContext) -> list[str]:
+    """The models a request may be answered by, in order. A routed request fails over along the
+    router's ranking (every one of them already passed the hard constraints); a named model
+    along its configured `fallbacks`, skipping those the request's limits or needs rule out
+    (a local-only request never fails over to a cloud model)."""
+    if ctx.decision is not None:
+        return [ctx.decision.model, *ctx.decision.fallbacks()[: config.reliability.max_fallbacks]]
+    named = next((m for m in config.models if m.name == ctx.requested_model), None)
+    if named is None:
+        return [ctx.requested_model]
+    limits: Constraints = ctx.extras.get("constraints") or Constraints()
+    specs = {m.name: m for m in config.models}
+    allowed = [
+        f for f in named.fallbacks
+        if (limits.allowed_models is None or f in limits.allowed_models) and f not in limits.excluded_models
+        and limits.required_tags <= specs[f].tags and set(ctx.routing.needs) <= set(specs[f].capabilities)
+    ]
+    return [named.name, *allowed]
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -67,10 +89,7 @@ class Dispatcher:
 
     # -- the chain -------------------------------------------------------------------------
     def chain(self, ctx: RequestContext) -> list[str]:
-        """A named model is honoured alone; a routed request fails over along the ranking."""
-        if ctx.decision is None:
-            return [ctx.requested_model]
-        return [ctx.decision.model, *ctx.decision.fallbacks()[: self.rel.max_fallbacks]]
+        return failover_chain(self.config, ctx)
 
     def _fits(self, spec: ModelSpec, ctx: RequestContext, smallest_failed_window: int | None) -> bool:
         needed = ctx.routing.input_tokens + (ctx.routing.max_output_tokens or 0)
@@ -118,11 +137,12 @@ class Dispatcher:
         if all(e.kind == "context_length" for e in errors):
             return ApiError(400, f"the request does not fit the context window: {last.message}",
                             code="context_length_exceeded", param="messages")
+        who = chain[0] if len(chain) == 1 else f"{chain[0]} and its fallbacks"
         if not routed and last.kind == "rate_limit":
             headers = {"retry-after": str(max(1, round(last.retry_after)))} if last.retry_after else {}
-            return ApiError(429, f"model {chain[0]} is rate limited upstream: {last.message}", code="rate_limit_exceeded", headers=headers)
+            return ApiError(429, f"model {who} rate limited upstream: {last.message}", code="rate_limit_exceeded", headers=headers)
         if not routed and last.kind == "timeout":
-            return ApiError(504, f"model {chain[0]} timed out", code="upstream_timeout")
+            return ApiError(504, f"model {who} timed out", code="upstream_timeout")
         tried = "; ".join(f"{a['model']}: {a.get('kind') or a.get('reason')}" for a in ctx.attempts)
         return ApiError(502 if not routed else 503, f"no model could answer ({tried})", code="upstream_error")
 
@@ -134,7 +154,8 @@ class Dispatcher:
         smallest_failed_window: int | None = None
         for position, name in enumerate(chain):
             spec = self.specs[name]
-            if routed and not self._fits(spec, ctx, smallest_failed_window):
+            # A named model is tried whatever its window; what stands in for it must fit.
+            if (routed or position > 0) and not self._fits(spec, ctx, smallest_failed_window):
                 self._record(ctx, name, "skipped", reason="context_window")
                 continue
             if not self.live.breaker.acquire(name):

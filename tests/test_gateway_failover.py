@@ -132,6 +132,39 @@ def test_named_model_is_honoured_without_failover(start, upstream):
     assert not upstream.requests_for("m1") and not upstream.requests_for("m3")
 
 
+WITH_FALLBACKS = [
+    {"name": "m1", "context_window": 100000, "capabilities": ["tools", "json"], "fallbacks": ["m3", "m2"]},
+    {"name": "m2", "context_window": 100000, "capabilities": ["tools", "json"]},
+    {"name": "m3", "context_window": 100000, "capabilities": ["json"], "tags": ["local"]},
+]
+
+
+def test_named_model_fails_over_along_its_configured_fallbacks(start, upstream):
+    gw = start(models=WITH_FALLBACKS)
+    upstream.script("m1", rate_limit(retry_after=30))
+    upstream.script("m3", server_error(500), server_error(500))
+    answer, headers = ask(gw, model="m1")
+    assert answer.model == "m2" and headers["x-router-model"] == "m2"
+    row = gw.outcome(headers["x-request-id"])
+    assert row["profile"] is None and row["requested_model"] == "m1"
+    assert attempts(row) == [("m1", "rate_limit"), ("m3", "server"), ("m3", "server"), ("m2", "ok")]
+
+
+def test_named_model_fallbacks_respect_the_request_limits_and_needs(start, upstream):
+    gw = start(models=WITH_FALLBACKS)
+    upstream.default("m1", rate_limit(retry_after=30))
+    upstream.script("m3", server_error(500), server_error(500))
+    # local-only: when the local fallback fails too, m2 (not local) must never see the prompt.
+    with pytest.raises(openai.APIStatusError) as exc:
+        gw.client().chat.completions.create(model="m1", messages=MSG, extra_body={"router": {"local_only": True}})
+    assert exc.value.status_code == 502
+    assert len(upstream.requests_for("m3")) == 2 and not upstream.requests_for("m2")
+    # tools: m3 lacks the capability, so m2 stands in.
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    answer = gw.client().chat.completions.create(model="m1", messages=MSG, tools=tools)
+    assert answer.model == "m2" and len(upstream.requests_for("m3")) == 2
+
+
 def test_stream_failure_before_the_first_token_fails_over_invisibly(start, upstream):
     gw = start()
     upstream.script("m1", cut_stream(after_chunks=1), cut_stream(after_chunks=1))  # role chunk, then the line drops

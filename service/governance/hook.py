@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.config import ModelSpec
+from service.dispatch import failover_chain
 from service.errors import ApiError
 from service.governance.auth import CACHE_MAX, CACHE_TTL_S
 from service.governance.budgets import Budget, Line, Reservation, session_line
@@ -177,15 +178,15 @@ class GovernanceHook:
             out = min(ctx.routing.max_output_tokens or spec.max_output_tokens, spec.max_output_tokens)
             return spec.price.cost(input_max, out)
 
+        chain = failover_chain(self.gov.config, ctx)
+        worst = max((most(specs[m]) for m in chain if m in specs), default=0.0)
         decision = ctx.decision
         if decision is None:
-            spec = specs.get(ctx.requested_model)
-            worst = most(spec) if spec else 0.0
-            return to_nusd(worst) or 0, to_nusd(worst) or 0
-        chosen = next((c for c in decision.candidates if c.model == decision.model), None)
-        chain = [decision.model] + decision.fallbacks()[: self.gov.config.reliability.max_fallbacks]
-        worst = max((most(specs[m]) for m in chain if m in specs), default=0.0)
-        predicted = chosen.cost_usd if chosen is not None else worst
+            named = specs.get(ctx.requested_model)
+            predicted = most(named) if named else worst
+        else:
+            chosen = next((c for c in decision.candidates if c.model == decision.model), None)
+            predicted = chosen.cost_usd if chosen is not None else worst
         return to_nusd(predicted) or 0, to_nusd(max(worst, predicted)) or 0
 
     async def routed(self, ctx: RequestContext) -> None:

@@ -1,0 +1,65 @@
+"""The YAML config: every mistake is an error that names the key and its line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from router.config import ConfigError, load_config, parse_config
+
+GOOD = """\
+models:
+  - name: small
+    provider: local
+    price: {input_per_1m: 0.1, output_per_1m: 0.2}
+  - name: big
+    provider: local
+    price: {input_per_1m: 1, output_per_1m: 2}
+    fallbacks: [small]
+providers:
+  local: {kind: openai, base_url: "http://127.0.0.1:9/v1"}
+"""
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text, "router.yaml")
+    return str(exc.value)
+
+
+def test_a_valid_file_and_the_shipped_default_parse():
+    config = parse_config(GOOD, "router.yaml")
+    assert config.model("big").fallbacks == ("small",)
+    assert config.router.default_profile == "auto" and config.cache.enabled
+    shipped = load_config(Path(__file__).resolve().parent.parent / "service" / "default_config.yaml")
+    assert len(shipped.models) == 11
+
+
+@pytest.mark.parametrize("text, key, line, words", [
+    (GOOD.replace("    fallbacks: [small]", "    fallback: [small]"), "models[1].fallback", 8, "Extra inputs"),
+    (GOOD.replace("input_per_1m: 1,", "input_per_1m: lots,"), "models[1].price.input_per_1m", 7, "number"),
+    (GOOD.replace("input_per_1m: 0.1", "input_per_1m: -1"), "models[0].price.input_per_1m", 4, "greater than or equal to 0"),
+    (GOOD.replace("kind: openai", "kind: opanai"), "providers.local.kind", 10, "'openai'"),
+    (GOOD + "router: {default_profile: fast}\n", "router", 11, "default_profile 'fast' is not one of profiles"),
+    (GOOD + "reliability: {max_retries: -1}\n", "reliability.max_retries", 11, "greater than or equal to 0"),
+    (GOOD + "cache: {verifier_threshold: 1.5}\n", "cache.verifier_threshold", 11, "less than 1"),
+])
+def test_a_bad_value_names_its_key_and_line(text, key, line, words):
+    message = error_of(text)
+    assert message.startswith("router.yaml: invalid configuration")
+    assert f"line {line}, key {key}:" in message and words in message
+
+
+def test_references_between_sections_are_checked():
+    assert "model name 'small' appears twice" in error_of(GOOD.replace("name: big", "name: small"))
+    assert "models[1].provider 'cloud' is not defined under providers" in error_of(GOOD.replace(
+        "    provider: local\n    price: {input_per_1m: 1", "    provider: cloud\n    price: {input_per_1m: 1"))
+    assert "models[1].fallbacks names 'tiny'" in error_of(GOOD.replace("fallbacks: [small]", "fallbacks: [tiny]"))
+    assert "models[1].fallbacks names 'big'" in error_of(GOOD.replace("fallbacks: [small]", "fallbacks: [big]"))
+
+
+def test_not_yaml_or_not_a_mapping_is_a_clear_error(tmp_path):
+    assert "not valid YAML" in error_of("models: [unclosed")
+    assert "the top level must be a mapping" in error_of("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
