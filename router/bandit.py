@@ -19,8 +19,14 @@ Choosing (Thompson sampling, with propensities):
   which the logged action was drawn.
 * Budget: while the expected exploration share of traffic or the expected extra spend of
   exploring (over the greedy choice's predicted cost) exceed their caps, the bandit plays
-  its greedy choice (propensity 1). Exploiting what it learned is not capped: spending
-  more on a model that the feedback shows is better is the point of learning.
+  its greedy choice (propensity 1).
+* Total spend: exploring and *refining* (exploiting small corrections of models the
+  predictor knows) may together spend at most `total_cost_share` more than the reference
+  policy: the predictor's own choice, told only what the bandit learned about models that
+  are news to it (a detected change, a model the predictor has never seen). Reacting to
+  news is priced by the willingness to pay alone; refinement competes for the budget
+  through a shadow price on spend (a Lagrange multiplier, raised while the discounted
+  overspend is positive), so the refinements worth most per dollar are the ones kept.
 
 Updates are O(d²) per observation under a lock; a per-model CUSUM on residuals detects an
 abrupt change (a model degraded) and resets that model's correction so it re-learns fast
@@ -55,6 +61,8 @@ class BanditSettings:
     cusum_slack: float = 0.15  # residual shift tolerated per observation
     cusum_threshold: float = 8.0  # accumulated shift that means the model changed
     reset_var: float = 0.1  # prior variance of a model's correction after a detected change
+    total_cost_share: float | None = 0.04  # cap on extra predicted spend over the reference policy
+    price_step: float = 0.01  # shadow price (quality per average request's cost) per request's worth of overspend
     remember: int = 100_000  # pending decisions kept for delayed feedback
     seed: int = 0
 
@@ -119,6 +127,9 @@ class ContextualBandit:
         self.explore_mass = 0.0
         self.greedy_spend = 0.0  # predicted spend of the greedy (corrected) choices
         self.extra_spend = 0.0  # expected predicted spend of exploring, over the greedy choice
+        self.spend = 0.0  # expected predicted spend of the bandit's choices
+        self.reference_spend = 0.0  # predicted spend of the reference policy's choices
+        self.overspend = 0.0  # discounted spend over (1 + total_cost_share) x the reference's
 
     # ---- context and posterior ------------------------------------------------------
     @property
@@ -156,17 +167,22 @@ class ContextualBandit:
             arm = self._arms[model] = self._prior(max(self.settings.prior_var, float(p_std) ** 2))
         return arm
 
-    def posterior(self, models: Sequence[str], z: np.ndarray, p_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per model: correction mean and total quality std for context z."""
+    def posterior(self, models: Sequence[str], z: np.ndarray,
+                  p_std: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per model: correction mean, total quality std for context z, and whether the
+        correction is news (a detected change, or a model the predictor does not know)."""
         with self._lock:
             arms = [self._arm(m, sd) for m, sd in zip(models, np.asarray(p_std).reshape(-1))]
             corr = np.array([z @ a.mean for a in arms])
             corr_var = np.array([z @ a.cov @ z for a in arms])
             trust = np.array([self.settings.trust_after / (self.settings.trust_after + a.n_eff) for a in arms])
+            # News: a detected change, or a prior as wide as after one (a model the predictor
+            # has never seen). Learning news is what the bandit is for; the rest is refinement.
+            news = np.array([a.resets > 0 or a.prior_var >= self.settings.reset_var for a in arms])
         # A correction steers only where it is clearly non-zero: noise in a few dozen
         # rewards must not override a calibrated predictor, a real shift survives this.
         corr = np.sign(corr) * np.maximum(np.abs(corr) - self.settings.shrink_z * np.sqrt(corr_var), 0.0)
-        return corr, np.sqrt(np.asarray(p_std) ** 2 * trust + corr_var)
+        return corr, np.sqrt(np.asarray(p_std) ** 2 * trust + corr_var), news
 
     # ---- choosing -------------------------------------------------------------------
     def choose(
@@ -193,8 +209,12 @@ class ContextualBandit:
                 rng = np.random.default_rng(int(self._rng.integers(2**63)))
         p_good, penalty, cost = (np.asarray(a, dtype=np.float64) for a in (p_good, penalty, cost))
         z = self.context(embedding)
-        corr, std = self.posterior(models, z, p_good_std)
+        corr, std, news = self.posterior(models, z, p_good_std)
         q = np.clip(p_good + corr, 0.0, 1.0)
+        ref = int(np.argmax(np.clip(p_good + corr * news, 0.0, 1.0) - penalty))
+        price = self._spend_price()
+        if price > 0:  # refinement must now pay for its extra spend: rank by price-adjusted utility
+            penalty = penalty + price * cost * ~news
         util = q - penalty
         g = int(np.argmax(util))
         with self._lock:
@@ -218,6 +238,13 @@ class ContextualBandit:
             self.explore_mass += 1.0 - probs[g]
             self.greedy_spend += float(cost[g])
             self.extra_spend += float(probs @ cost - cost[g])
+            self.spend += float(probs @ cost)
+            self.reference_spend += float(cost[ref])
+            if s.total_cost_share is not None:
+                # Only choices of non-news models count (news is outside the cap). Discounted
+                # like the evidence, so slack saved long ago cannot fund a splurge now.
+                self.overspend = s.forgetting * self.overspend + float(
+                    probs[~news] @ (cost[~news] - (1 + s.total_cost_share) * cost[ref]))
             if request_id is not None:
                 self._pending[request_id] = _Pending(models[a], z, float(p_good[a]))
                 while len(self._pending) > s.remember:
@@ -251,6 +278,17 @@ class ContextualBandit:
                   f"{choice.greedy}; {decision.reason}")
         return replace(decision, model=choice.model, candidates=(chosen, *rest), reason=reason,
                        propensity=choice.propensity)
+
+    def _spend_price(self) -> float:
+        """Quality points per USD charged on top of the policy's cost penalty: the step times
+        the discounted overspend, both measured in average reference requests, so it does not
+        depend on the price level of the catalog; zero while within the total-spend cap."""
+        s = self.settings
+        with self._lock:
+            if s.total_cost_share is None or self.overspend <= 0 or self.reference_spend <= 0:
+                return 0.0
+            mean_cost = self.reference_spend / self.decisions
+            return s.price_step * (self.overspend / mean_cost) / mean_cost
 
     # ---- learning -------------------------------------------------------------------
     def update(self, model: str, z: np.ndarray, reward: float, predicted_p_good: float) -> None:
@@ -289,11 +327,14 @@ class ContextualBandit:
         return True
 
     def stats(self) -> dict:
+        price = self._spend_price()
         with self._lock:
             return {
                 "decisions": self.decisions,
                 "explore_share": self.explore_mass / max(self.decisions, 1),
                 "extra_cost_share": self.extra_spend / self.greedy_spend if self.greedy_spend else 0.0,
+                "total_cost_share": self.spend / self.reference_spend - 1.0 if self.reference_spend else 0.0,
+                "spend_price_per_usd": price,
                 "arms": {m: {"n_eff": a.n_eff, "intercept": float(a.mean[0]), "resets": a.resets}
                          for m, a in self._arms.items()},
             }

@@ -146,6 +146,11 @@ class BanditSection(_Strict):
     explore_share: float = Field(default=0.05, ge=0, le=1, description="most of the traffic not given the greedy model")
     extra_cost_share: float = Field(default=0.04, ge=0, description="most extra predicted spend of exploring, as a share of the greedy choices' spend")
     utility_margin: float = Field(default=0.02, ge=0, description="explore models whose optimistic utility is this close to the best")
+    total_cost_share: float | None = Field(
+        default=0.04, ge=0,
+        description="most extra predicted spend of exploring plus refining learned corrections, over the predictor's own choice "
+                    "told of detected changes and new models; null: no cap",
+    )
     seed: int = 0
 
 

@@ -79,6 +79,39 @@ def test_extra_spend_budget_is_respected():
     assert spend > base  # it did explore within the cap
 
 
+def _spend_with_feedback(settings, truth, n=2000, seed=6):
+    """Requests over a cheap model "a" and a 10x pricier "b" that the predictor puts just below
+    it; rewards drawn from `truth`. Returns (total spend, share of "b" in the last quarter)."""
+    arrays = _arrays(p=(0.80, 0.78, 0.30, 0.30), cost=(1e-4, 1e-3, 1e-4, 1e-4))
+    arrays["penalty"] = arrays["cost"]  # willingness to pay 1 USD: spend barely matters to utility
+    bandit = ContextualBandit(settings)
+    rng = np.random.default_rng(seed)
+    spend, late_b = 0.0, 0
+    for i in range(n):
+        choice = bandit.choose(**arrays, request_id=f"r{i}", rng=rng)
+        spend += arrays["cost"][MODELS.index(choice.model)]
+        late_b += i >= 3 * n // 4 and choice.model == "b"
+        bandit.feedback(f"r{i}", float(rng.random() < truth[choice.model]))
+    return spend, late_b / (n // 4)
+
+
+def test_total_spend_cap_prices_refinement_but_not_news():
+    def settings(cap):  # exploring "b" is not held back by the exploration budgets here
+        return BanditSettings(explore_share=0.1, extra_cost_share=10.0, total_cost_share=cap, seed=6)
+
+    # "b" is really 12 points better than predicted: a refinement of a model the predictor knows.
+    better_b = {"a": 0.80, "b": 0.90, "c": 0.3, "d": 0.3}
+    base = 2000 * 1e-4  # the predictor's own choice is always "a"
+    uncapped, _ = _spend_with_feedback(settings(None), better_b)
+    capped, _ = _spend_with_feedback(settings(0.05), better_b)
+    assert uncapped > 3 * base  # left alone, exploiting the correction moves the traffic to "b"
+    assert capped <= base * 1.05 * 1.1  # the shadow price holds the whole spend near the cap
+    # "a" breaks (news: its CUSUM fires): leaving it for "b" is not charged to the cap.
+    broken_a = {"a": 0.20, "b": 0.78, "c": 0.3, "d": 0.3}
+    spend, late_b = _spend_with_feedback(settings(0.05), broken_a)
+    assert late_b > 0.8 and spend > 5 * base
+
+
 def test_online_feedback_moves_traffic_away_from_a_degraded_model():
     bandit = ContextualBandit(BanditSettings(explore_share=0.1, extra_cost_share=10.0, seed=5))
     rng = np.random.default_rng(3)
@@ -123,7 +156,8 @@ def exploring_gateway(tmp_path):
     quality = {"m1": 0.80, "m2": 0.795, "m3": 0.2}
     with FakeUpstream() as up:
         config = fake_config(up.base_url, f"sqlite:///{tmp_path}/o.sqlite",
-                             extra="learning: {bandit: {enabled: true, explore_share: 1.0, extra_cost_share: 10.0}}")
+                             extra="learning: {bandit: {enabled: true, explore_share: 1.0, extra_cost_share: 10.0, "
+                                   "total_cost_share: 10.0}}")
         gw = Running(config, router=QualityRouter(quality))
         try:
             yield gw
@@ -143,6 +177,8 @@ def test_gateway_logs_the_bandit_propensity(tmp_path, monkeypatch):
         rows = [gw.outcome(rid) for rid, _ in ids]
         state = httpx.get(f"{gw.url}/admin/router/bandit", headers={"authorization": "Bearer mk-bandit-test"}).json()
     assert state["decisions"] == 40 and 0 < state["explore_share"] <= 1
+    learning = next(h for h in gw.gateway.pipeline.hooks if h.name == "learning")
+    assert learning.rt.bandit.settings.total_cost_share == 10.0  # the config's cap reached the bandit
     answered = {m for _, m in ids}
     assert answered <= {"m1", "m2"} and len(answered) == 2  # explored, never the far-worse m3
     for (rid, model), row in zip(ids, rows):

@@ -58,6 +58,8 @@ def test_bandit_recovers_from_a_degraded_model(small_table, tmp_path):
     assert last["bandit"]["quality"] > last["static"]["quality"] + 0.2
     rec = rep["recovery"]["gpt-4-1106-preview"]
     assert rec["from_request"] == 1300 and rec["recovered_share"] > 0
+    # the ceiling measured in the same run: a static router told of the drift at request 300
+    assert rec["informed_static_regained"] > 0 and rec["recovered_share_of_recoverable"] > 0
     t = rep["totals"]
     assert t["bandit"]["quality"] > t["static"]["quality"]
     assert 0 < t["min_propensity"] <= 1
