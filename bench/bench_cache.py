@@ -86,18 +86,35 @@ def lookup_latency(df, emb_a, emb_b, verifier, entries: int) -> dict:
                   cost_usd=0.0, vector=v)
         n += 1
     fill_s = time.perf_counter() - t0
-    times, hits = [], 0
+    # count the lookups that reach the cross-encoder (the second stage runs only past the threshold)
+    pairs_read: list[int] = []
+    if verifier.cross_encoder is not None:
+        logits = verifier.cross_encoder.logits
+
+        def counted(a, b):
+            pairs_read.append(len(a))
+            return logits(a, b)
+
+        verifier.cross_encoder.logits = counted
+    times, hits, second = [], 0, []
     qpos = {t: v for t, v in zip(df["text_b"], emb_b)}
     for text in queries["text_b"]:
         keys = request_keys(_request(text), "auto", "t")
+        before = len(pairs_read)
         t = time.perf_counter()
         hit = cache.lookup(keys, qpos[text])
         times.append(time.perf_counter() - t)
+        second.append(len(pairs_read) > before)
         hits += hit is not None
-    times_ms = np.array(times) * 1e3
+    times_ms, second = np.array(times) * 1e3, np.array(second)
+
+    def pct(x: np.ndarray, q: float) -> float | None:
+        return round(float(np.percentile(x, q)), 3) if len(x) else None
+
     return {"entries": len(cache), "fill_s": round(fill_s, 1), "lookups": len(times), "hits": hits,
-            "p50_ms": round(float(np.percentile(times_ms, 50)), 3), "p90_ms": round(float(np.percentile(times_ms, 90)), 3),
-            "p99_ms": round(float(np.percentile(times_ms, 99)), 3)}
+            "p50_ms": pct(times_ms, 50), "p90_ms": pct(times_ms, 90), "p99_ms": pct(times_ms, 99),
+            "second_stage_lookups": int(second.sum()), "second_stage_pairs": int(sum(pairs_read)),
+            "p50_ms_with_second_stage": pct(times_ms[second], 50), "p50_ms_first_stage_only": pct(times_ms[~second], 50)}
 
 
 def main() -> int:

@@ -70,6 +70,23 @@ def test_threshold_is_the_loosest_that_holds_precision():
         choose_threshold(prob, np.zeros_like(label), 0.95)
 
 
+def test_cross_encoder_selection_uses_the_same_threshold_rule():
+    """training/train_cross_encoder.py scores epochs with the rule train_verifier ships."""
+    from training.train_cross_encoder import recall_at_precision
+
+    rng = np.random.default_rng(1)
+    label = rng.random(5000) < 0.4
+    prob = np.clip(label * 0.35 + rng.random(5000) * 0.65, 0, 1)
+    served = np.ones_like(label)
+    recall, t = recall_at_precision(prob, label, served)
+    assert t == choose_threshold(prob, label, 0.95)
+    assert recall == pytest.approx((label & (prob >= t)).sum() / label.sum())
+    # pairs the cache never scores cannot be accepted, however high their score
+    served[np.argsort(-prob)[:100]] = False
+    _, t_served = recall_at_precision(prob, label, served)
+    assert t_served == choose_threshold(np.where(served, prob, 0.0), label, 0.95)
+
+
 def test_numbers_and_negations_are_hard_mismatches():
     assert numbers("I have 2 cats and 1,000 fish") == {"2", "1000"}
     assert numbers("two cats") == numbers("2 cats")

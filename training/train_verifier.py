@@ -1,13 +1,15 @@
 """Train the semantic-cache verifier on Quora Question Pairs.
 
-    python -m training.train_verifier [--pairs FILE] [--out models/cache_verifier]
+    python -m training.train_verifier [--pairs FILE] [--out models/cache_verifier] [--no-second-stage]
 
-Split by question group (training/qqp.py): LightGBM fits on `train`, stops early and picks
-its threshold on `val` (the loosest threshold whose validation precision over the pairs it
-accepts is >= target + margin, 0.95 + 0, accepting >= 150 pairs), and `test` is
-scored for the report, never tuned on. The IDF table shipped with the verifier counts
-wordpieces over the distinct questions of `train` only. Pairs below the cosine floor are
-left out of training (the model never sees them at serving time); pairs the hard rules
+Split by question group (training/qqp.py): LightGBM fits on `train`, stops early on `val`.
+The second stage, the cross-encoder in `--out` (trained and exported beforehand by
+training/train_cross_encoder.py), multiplies LightGBM's probability by its own; the
+threshold on that score is picked on `val` (the loosest threshold whose validation precision
+over the pairs it accepts is >= target + margin, 0.95 + 0, accepting >= 150 pairs), and
+`test` is scored for the report, never tuned on. The IDF table shipped with the verifier
+counts wordpieces over the distinct questions of `train` only. Pairs below the cosine floor
+are left out of training (the model never sees them at serving time); pairs the hard rules
 refuse are kept, as more near-miss negatives to learn from, and refused when scoring.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from router.cache.features import SCALAR_NAMES, WORD_NAMES, Lexicon, hard_mismat
 from training.qqp import default_pairs, embed_pairs, group_split, load_pairs, precision_recall
 
 log = logging.getLogger(__name__)
+CROSS_ENCODER_RECORD = "cross_encoder.json"  # how the cross-encoder was trained (training/train_cross_encoder.py)
 MIN_COSINE = 0.6  # below this, validation duplicates are rare and never pass the threshold
 PARAMS = {
     "objective": "binary",
@@ -77,11 +80,28 @@ def _fit(X: np.ndarray, y: np.ndarray, fit: np.ndarray, stop: np.ndarray, names:
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
 
 
+def _second_stage(cross_encoder, df, prob: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """LightGBM probability x cross-encoder sigmoid for `rows` (a boolean mask)."""
+    logits = cross_encoder.logits(df["text_a"][rows].tolist(), df["text_b"][rows].tolist())
+    return prob[rows] / (1.0 + np.exp(-logits))
+
+
+def val_curve(score: np.ndarray, label: np.ndarray, thresholds: list[float]) -> list[dict]:
+    """Accepted pairs, precision and recall per threshold (for the docs' table)."""
+    rows = []
+    for t in thresholds:
+        hit = score >= t
+        p, r = precision_recall(hit, label)
+        rows.append({"threshold": t, "accepted": int(hit.sum()), "precision": round(p, 4), "recall": round(r, 4)})
+    return rows
+
+
 def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float = 0.0, min_accepted: int = 150,
-          rounds: int = 2000, reuse_model: bool = False) -> dict:
+          rounds: int = 2000, reuse_model: bool = False, second_stage: bool = True) -> dict:
     import lightgbm as lgb
 
-    from router.cache.verifier import MODEL_FILE, Verifier
+    from router.cache.cross_encoder import ONNX_FILE, CrossEncoder
+    from router.cache.verifier import MODEL_FILE, SECOND_STAGE_CANDIDATES, Verifier
     from router.embedding import variant
 
     df = load_pairs(pairs)
@@ -106,14 +126,26 @@ def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float 
         booster.save_model(str(out / MODEL_FILE))  # kept even if no threshold qualifies: rerun with --reuse-model
     prob = np.where(gated, 0.0, booster.predict(X, num_threads=2))
     val = split == "val"
-    threshold = choose_threshold(prob[val], y[val], target_precision + margin, min_accepted)
+    score = prob.copy()
+    cross_encoder = None
+    if second_stage:
+        if not (out / ONNX_FILE).exists():
+            raise ValueError(f"{out / ONNX_FILE} is missing: run training.train_cross_encoder first, or pass --no-second-stage")
+        cross_encoder = CrossEncoder(out / ONNX_FILE)
+        score[val & (prob > 0)] = _second_stage(cross_encoder, df, prob, val & (prob > 0))
+    threshold = choose_threshold(score[val], y[val], target_precision + margin, min_accepted)
+    if cross_encoder is not None:
+        # the product never exceeds LightGBM's probability: below the threshold, nothing to score
+        rest = ~val & (prob >= threshold)
+        score[rest] = _second_stage(cross_encoder, df, prob, rest)
     report = {"threshold": threshold, "iterations": int(booster.current_iteration())}
     for part in ("train", "val", "test"):
         m = split == part
-        p, r = precision_recall(prob[m] >= threshold, y[m])
+        p, r = precision_recall(score[m] >= threshold, y[m])
         cp, cr = precision_recall(cos[m] >= 0.95, y[m])
         report[part] = {"pairs": int(m.sum()), "precision": round(p, 4), "recall": round(r, 4),
                         "cosine_0.95_precision": round(cp, 4), "cosine_0.95_recall": round(cr, 4)}
+    report["val_curve"] = val_curve(score[val], y[val], sorted({threshold, *np.round(np.arange(0.5, 0.96, 0.05), 2)}))
     digest = hashlib.sha256(Path(pairs).read_bytes()).hexdigest()[:16]
     meta = {
         "trained_on": f"{Path(pairs).name} (sha256 {digest}), split by question group 70/15/15 (training/qqp.py)",
@@ -122,6 +154,14 @@ def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float 
         "embedding_variant": variant(),
         "metrics": report,
     }
+    if cross_encoder is not None:
+        record = out / CROSS_ENCODER_RECORD
+        meta["second_stage"] = {
+            "model": ONNX_FILE,
+            "score": "lightgbm_probability * sigmoid(cross_encoder_logit)",
+            "candidates": SECOND_STAGE_CANDIDATES,
+            "cross_encoder": json.loads(record.read_text()) if record.exists() else None,
+        }
     Verifier(booster=booster, threshold=threshold, min_cosine=MIN_COSINE, meta=meta, lexicon=lexicon).save(out)
     return report
 
@@ -134,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--margin", type=float, default=0.0, help="extra validation precision required above the target")
     parser.add_argument("--min-accepted", type=int, default=150, help="validation pairs a threshold must accept before its precision counts")
     parser.add_argument("--reuse-model", action="store_true", help="re-pick the threshold of the model already in --out")
+    parser.add_argument("--no-second-stage", action="store_true", help="LightGBM alone, without the cross-encoder in --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    report = train(args.pairs, args.out, args.target_precision, args.margin, args.min_accepted, reuse_model=args.reuse_model)
+    report = train(args.pairs, args.out, args.target_precision, args.margin, args.min_accepted, reuse_model=args.reuse_model,
+                   second_stage=not args.no_second_stage)
     print(json.dumps(report, indent=2))
     return 0
 

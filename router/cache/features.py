@@ -197,7 +197,8 @@ class Lexicon:
         self.tokenizer.no_padding()
         with safe_open(str(folder / "model.safetensors"), "numpy") as f:
             table = f.get_tensor("embeddings.word_embeddings.weight").astype(np.float32)
-        self.vectors = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-6)
+        self.norms = np.maximum(np.linalg.norm(table, axis=1), 1e-6)
+        self.vectors = table / self.norms[:, None]
         size = self.tokenizer.get_vocab_size()
         self.idf = np.ones(size, dtype=np.float32) if idf is None else np.asarray(idf, dtype=np.float32)
         self.skip = np.zeros(size, dtype=bool)  # stopwords, punctuation, special tokens
@@ -205,6 +206,11 @@ class Lexicon:
             if piece in STOPWORDS or not any(c.isalnum() for c in piece) or piece.startswith("["):
                 self.skip[i] = True
         self._pieces: dict[str, list[int]] = {}
+
+    def raw_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The package's word embeddings of `ids` as stored (the cross-encoder's input), rebuilt
+        from the unit vectors so the 47 MB table is held once."""
+        return self.vectors[ids] * self.norms[ids][..., None]
 
     def content_ids(self, text: str) -> list[int]:
         """Content wordpieces in reading order, first occurrence of each. Words are split by
