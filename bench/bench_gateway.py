@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -83,8 +84,14 @@ def gateway_config(upstream: str, artifact: Path, db: str, cache: bool = False) 
     }
 
 
+# Every request of the run asks something new: the gateway memoises embeddings, and a repeated
+# conversation reads as the client regenerating an answer (an implicit-feedback write).
+_SERIAL = itertools.count()
+
+
 def body(i: int, model: str, stream: bool) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)] + f" (#{i})"}], "stream": stream}
+    content = PROMPTS[i % len(PROMPTS)] + f" (#{next(_SERIAL)})"
+    return {"model": model, "messages": [{"role": "user", "content": content}], "stream": stream}
 
 
 AGENT_SYSTEM = "You are OpenClaw, a personal agent working in the user's workspace. " + "Follow the workspace rules. " * 1450
@@ -104,7 +111,7 @@ def agent_body(i: int, model: str) -> dict:
         history += [{"role": "user", "content": f"{PROMPTS[(i + turn) % len(PROMPTS)]} (turn {turn})"},
                     {"role": "assistant", "content": "Done: " + "here is what I found. " * 20}]
     return {"model": model, "messages": [{"role": "system", "content": AGENT_SYSTEM}, *history,
-                                         {"role": "user", "content": PROMPTS[i % len(PROMPTS)] + f" (#{i})"}],
+                                         {"role": "user", "content": PROMPTS[i % len(PROMPTS)] + f" (#{next(_SERIAL)})"}],
             "tools": AGENT_TOOLS, "stream": True, "stream_options": {"include_usage": True}, "max_completion_tokens": 1024}
 
 
@@ -134,7 +141,7 @@ async def one(client: httpx.AsyncClient, url: str, payload: dict) -> tuple[float
 async def sequential(url: str, model: str, stream: bool, n: int, make=body) -> np.ndarray:
     async with httpx.AsyncClient(timeout=30) as client:
         for i in range(20):  # warm-up: connections, the embedder, the boosters
-            await one(client, url, make(n + i, model, stream))
+            await one(client, url, make(i, model, stream))
         return np.array([await one(client, url, make(i, model, stream)) for i in range(n)])
 
 
