@@ -118,6 +118,21 @@ def test_same_question_in_another_context_misses(verifier, embed, change):
     assert get(cache, embed, body(paraphrase, **kwargs, **other)) is None
 
 
+def test_may_hit_tells_when_no_lookup_or_embedding_is_needed(verifier, embed):
+    cache = new_cache(verifier, max_entries=1)
+    question, paraphrase = "How can I improve my English speaking skills?", "What can I do to improve my spoken English?"
+    keys = request_keys(body(question, system="S1"), "auto", "t1")
+    assert cache.may_hit(keys) == (False, False)
+    put(cache, embed, body(question, system="S1"), "Practice daily.")
+    assert cache.may_hit(keys) == (True, True)
+    assert cache.may_hit(request_keys(body(paraphrase, system="S1"), "auto", "t1")) == (False, True)
+    for other in (body(question, system="S2"), body(question, system="S1", history=[("hi", "hello")])):
+        assert cache.may_hit(request_keys(other, "auto", "t1")) == (False, False)
+        assert get(cache, embed, other) is None
+    put(cache, embed, body("Something else", system="S3"), "x")  # evicts the only S1 entry
+    assert cache.may_hit(keys) == (False, False)
+
+
 def test_routes_and_tenants_are_isolated(verifier, embed):
     cache = new_cache(verifier)
     put(cache, embed, body("What is the capital of France?"), "Paris.", tenant="alice")

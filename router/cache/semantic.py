@@ -132,6 +132,9 @@ class SemanticIndex:
         if not b.live:
             del self.buckets[fingerprint]
 
+    def __contains__(self, fingerprint: str) -> bool:
+        return fingerprint in self.buckets
+
     def search(self, fingerprint: str, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         b = self.buckets.get(fingerprint)
         return b.search(vector, k) if b is not None else []

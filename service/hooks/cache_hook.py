@@ -86,7 +86,8 @@ class CacheHook:
         keys = request_keys(ctx.body, self._route(ctx), ctx.tenant)
         ctx.extras["cache_keys"] = keys
         try:
-            hit = await asyncio.to_thread(self._lookup, ctx, keys)
+            exact, semantic = self.cache.may_hit(keys)
+            hit = await asyncio.to_thread(self._lookup, ctx, keys, semantic) if exact or semantic else None
         except Exception:
             log.exception("cache lookup failed for request %s; answering from upstream", ctx.request_id)
             return None
@@ -100,14 +101,14 @@ class CacheHook:
         ctx.extras["reason"] = f"cache {hit.kind} (similarity {hit.similarity:.3f}, verifier {hit.probability:.3f})"
         return render_hit(hit)
 
-    def _lookup(self, ctx: RequestContext, keys: RequestKeys) -> Hit | None:
+    def _lookup(self, ctx: RequestContext, keys: RequestKeys, semantic: bool) -> Hit | None:
         # Embedding and lookup in one worker-thread hop; the router reuses the embedding.
         vector = None
-        if self.cache.semantic and keys.semantic_ok:
+        if semantic:
             if ctx.embedding is None:
                 ctx.embedding = self.embed(ctx.routing.text)
             vector = ctx.embedding
-        return self.cache.lookup(keys, vector)
+        return self.cache.lookup(keys, vector, semantic=semantic)
 
     async def post(self, ctx: RequestContext) -> None:
         if ctx.cache_status in ("hit", "semantic-hit") or not ctx.extras.get("cache_write"):
