@@ -102,13 +102,18 @@ class ResponseCache:
     # ---- reads ----
 
     def may_hit(self, keys: RequestKeys) -> tuple[bool, bool]:
-        """(an exact hit is possible, a semantic hit is possible) for a request, without the lock:
-        two dict membership tests, atomic under the GIL. A put racing with this is as if it had
-        landed just after the lookup. Lets the gateway skip the lookup's thread hop, and the
-        embedding, when nothing is cached under the request's key or context (an agent's every
-        new turn has a context never seen before)."""
-        semantic = self.semantic and keys.semantic_ok and keys.fingerprint in self._index
-        return keys.exact in self._exact, semantic
+        """(an exact hit is possible, a semantic hit is possible) for a request, never waiting:
+        lets the gateway skip the lookup's thread hop, and the embedding, when nothing is cached
+        under the request's key or context (an agent's every new turn has a context never seen
+        before). While a write holds the lock (it may be halfway through replacing the very
+        entry asked for) the answer is "possible", and the real lookup waits for the write."""
+        semantic_ok = self.semantic and keys.semantic_ok
+        if not self._lock.acquire(blocking=False):
+            return True, semantic_ok
+        try:
+            return keys.exact in self._exact, semantic_ok and keys.fingerprint in self._index
+        finally:
+            self._lock.release()
 
     def lookup(self, keys: RequestKeys, vector: np.ndarray | None = None, *, semantic: bool = True) -> Hit | None:
         """The cached answer for a request, exact first; `vector` is the unit embedding of `keys.text`."""
