@@ -97,6 +97,16 @@ class _Pending:
     predicted: float  # the predictor's P(good), before correction
 
 
+@dataclass(frozen=True)
+class Observation:
+    """One reward for one decision: what `update` learns from, and what replicas share."""
+
+    model: str
+    context: np.ndarray
+    reward: float
+    predicted: float  # the predictor's P(good), before correction
+
+
 @dataclass
 class ContextualBandit:
     """`basis` = (mean, projection) of the embedding, e.g. the predictor's PCA: the context
@@ -317,14 +327,19 @@ class ContextualBandit:
             arm.mean = arm.cov @ arm.b
             arm.n_eff = s.forgetting * arm.n_eff + 1.0
 
-    def feedback(self, request_id: str, reward: float) -> bool:
-        """Delayed reward for a decision made with `request_id`; False if it is unknown."""
+    def resolve(self, request_id: str, reward: float) -> Observation | None:
+        """Learn from a delayed reward for the decision made with `request_id`; the observation
+        learnt from, or None if this bandit did not make that decision (or forgot it)."""
         with self._lock:
             pending = self._pending.pop(request_id, None)
         if pending is None:
-            return False
+            return None
         self.update(pending.model, pending.context, reward, pending.predicted)
-        return True
+        return Observation(pending.model, pending.context, float(reward), pending.predicted)
+
+    def feedback(self, request_id: str, reward: float) -> bool:
+        """Delayed reward for a decision made with `request_id`; False if it is unknown."""
+        return self.resolve(request_id, reward) is not None
 
     def stats(self) -> dict:
         price = self._spend_price()

@@ -151,6 +151,7 @@ class BanditSection(_Strict):
         description="most extra predicted spend of exploring plus refining learned corrections, over the predictor's own choice "
                     "told of detected changes and new models; null: no cap",
     )
+    shared: bool = Field(default=False, description="share what the bandit learns with the other replicas over server.redis_url")
     seed: int = 0
 
 
@@ -199,6 +200,8 @@ class Config(_Strict):
             for f in m.fallbacks:
                 if f not in names or f == m.name:
                     raise ValueError(f"models[{i}].fallbacks names {f!r}, which is not another model of the catalog")
+        if self.learning.bandit.shared and not self.server.redis_url:
+            raise ValueError("learning.bandit.shared needs server.redis_url (the replicas share what they learn over Redis)")
         return self
 
     def model(self, name: str) -> ModelSpec:

@@ -82,7 +82,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if learning.sync is not None:
+            learning.sync.start()
         yield
+        if learning.sync is not None:
+            learning.sync.stop()
         await gateway.aclose()
         for hook in all_hooks:
             if isinstance(hook, CacheHook):

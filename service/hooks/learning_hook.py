@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -30,6 +31,7 @@ import numpy as np
 from router.bandit import BanditSettings, ContextualBandit
 from router.config import Config, resolve_path
 from router.feedback_log import Feedback, FeedbackStore, ShadowRecord, open_feedback_log
+from service.hooks.bandit_sync import BanditSync
 from service.pipeline import RequestContext
 
 log = logging.getLogger(__name__)
@@ -57,10 +59,11 @@ class LearningRuntime:
     """What the learning loop holds in one gateway process."""
 
     def __init__(self, config: Config, feedback: FeedbackStore | None, bandit: ContextualBandit | None,
-                 shadow_router: Any = None):
+                 shadow_router: Any = None, sync: BanditSync | None = None):
         self.config = config
         self.feedback_log = feedback
         self.bandit = bandit
+        self.sync = sync  # shares the bandit's rewards with other replicas (learning.bandit.shared)
         self.shadow_router = shadow_router
         self.gateway: Any = None
         self.hook = LearningHook(self)
@@ -87,12 +90,18 @@ class LearningRuntime:
             settings = BanditSettings(explore_share=b.explore_share, extra_cost_share=b.extra_cost_share,
                                       utility_margin=b.utility_margin, total_cost_share=b.total_cost_share, seed=b.seed)
             bandit = ContextualBandit(settings, basis=basis)
+        sync = None
+        if bandit is not None and b.shared:
+            from service.governance.redis_state import connect
+
+            prefix = os.environ.get("OPENCLAW_REDIS_PREFIX", "openclaw")
+            sync = BanditSync(bandit, connect(config.server.redis_url), prefix=prefix)
         shadow = None
         if config.learning.shadow.artifact:
             from router.engine import LearnedRouter
 
             shadow = LearnedRouter.load(resolve_path(config, config.learning.shadow.artifact))
-        return cls(config, feedback, bandit, shadow)
+        return cls(config, feedback, bandit, shadow, sync)
 
     def attach(self, gateway: Any) -> None:
         self.gateway = gateway
@@ -118,7 +127,9 @@ class LearningRuntime:
     def record(self, fb: Feedback) -> None:
         if self.feedback_log is not None:
             self.feedback_log.add_feedback(fb)
-        if self.bandit is not None:
+        if self.sync is not None:
+            self.sync.feedback(fb.request_id, fb.score)
+        elif self.bandit is not None:
             self.bandit.feedback(fb.request_id, fb.score)
 
     def regenerated(self, ctx: RequestContext) -> str | None:

@@ -1,0 +1,76 @@
+"""Two gateway replicas behind one load balancer learn together over Redis
+(`learning.bandit.shared`): feedback that reaches the replica which did not decide the request
+still teaches the bandit that did, and both end up with the same corrections. Real Redis,
+real gateways on 127.0.0.1, the real `openai` SDK and feedback endpoint."""
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from router.config import BanditSection, ConfigError, LearningSection, parse_config
+from tests.fake_upstream import FakeUpstream
+from tests.gateway_harness import QualityRouter, Running, fake_config
+
+
+def arms(gw: Running) -> dict[str, float]:
+    return {m: round(a["n_eff"], 6) for m, a in gw.app.state.learning.bandit.stats()["arms"].items() if a["n_eff"] > 0}
+
+
+def wait_for(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.05)
+
+
+def test_replicas_share_what_their_bandits_learn(tmp_path, redis_url, monkeypatch):
+    url, prefix = redis_url
+    monkeypatch.setenv("OPENCLAW_REDIS_PREFIX", prefix)
+    quality = {"m1": 0.80, "m2": 0.795, "m3": 0.2}
+    with FakeUpstream() as up:
+        # One outcome log for both, as replicas share one database: either can take any feedback.
+        config = fake_config(up.base_url, f"sqlite:///{tmp_path}/shared.sqlite")
+        config = config.model_copy(update={
+            "server": config.server.model_copy(update={"redis_url": url}),
+            "learning": LearningSection(bandit=BanditSection(enabled=True, shared=True)),
+        })
+        a, b = Running(config, router=QualityRouter(quality)), Running(config, router=QualityRouter(quality))
+        try:
+            ids = []
+            for i in range(12):
+                raw = a.client().chat.completions.with_raw_response.create(
+                    model="auto", messages=[{"role": "user", "content": f"question {i}"}])
+                ids.append(raw.headers["x-request-id"])
+            for rid in ids:
+                a.outcome(rid)
+            assert arms(a) == {} and arms(b) == {}
+            # The load balancer sends the client's feedback to the other replica.
+            for rid in ids:
+                r = httpx.post(f"{b.base_url}/feedback", json={"request_id": rid, "thumbs": "down"}, timeout=10)
+                assert r.status_code == 200, r.text
+            wait_for(lambda: sum(arms(a).values()) > 0 and arms(a) == arms(b))
+            assert a.app.state.learning.sync.applied == 12  # the `fb` messages it resolved
+            assert b.app.state.learning.sync.applied >= 12  # and the `obs` it learned from
+            # Feedback to the replica that decided reaches the other one too.
+            raw = a.client().chat.completions.with_raw_response.create(
+                model="auto", messages=[{"role": "user", "content": "one more"}])
+            rid = raw.headers["x-request-id"]
+            a.outcome(rid)
+            before = sum(arms(b).values())
+            assert httpx.post(f"{a.base_url}/feedback", json={"request_id": rid, "score": 1.0}, timeout=10).status_code == 200
+            wait_for(lambda: sum(arms(b).values()) > before and arms(a) == arms(b))
+        finally:
+            a.stop()
+            b.stop()
+
+
+def test_shared_bandit_needs_redis():
+    with pytest.raises(ConfigError, match="learning.bandit.shared needs server.redis_url"):
+        parse_config("""
+models: [{name: m1, provider: p, price: {input_per_1m: 1, output_per_1m: 1}}]
+providers: {p: {kind: openai, base_url: "http://127.0.0.1:9/v1"}}
+learning: {bandit: {enabled: true, shared: true}}
+""", "router.yaml")
