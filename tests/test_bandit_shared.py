@@ -74,3 +74,22 @@ models: [{name: m1, provider: p, price: {input_per_1m: 1, output_per_1m: 1}}]
 providers: {p: {kind: openai, base_url: "http://127.0.0.1:9/v1"}}
 learning: {bandit: {enabled: true, shared: true}}
 """, "router.yaml")
+
+
+def test_a_replica_whose_redis_is_down_still_serves_and_learns_alone(tmp_path):
+    with FakeUpstream() as up:
+        config = fake_config(up.base_url, f"sqlite:///{tmp_path}/o.sqlite")
+        config = config.model_copy(update={
+            "server": config.server.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}),  # nothing listens
+            "learning": LearningSection(bandit=BanditSection(enabled=True, shared=True)),
+        })
+        gw = Running(config, router=QualityRouter({"m1": 0.8, "m2": 0.79, "m3": 0.2}))
+        try:
+            raw = gw.client().chat.completions.with_raw_response.create(
+                model="auto", messages=[{"role": "user", "content": "hello"}])
+            rid = raw.headers["x-request-id"]
+            gw.outcome(rid)
+            assert httpx.post(f"{gw.base_url}/feedback", json={"request_id": rid, "thumbs": "up"}, timeout=10).status_code == 200
+            assert sum(arms(gw).values()) > 0
+        finally:
+            gw.stop()

@@ -77,9 +77,7 @@ class BanditSync:
         self.applied += 1
 
     def start(self) -> None:
-        last = self.r.xrevrange(self.key, count=1)
-        self._thread = threading.Thread(target=self._run, args=(last[0][0] if last else "0-0",),
-                                        name="bandit-sync", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="bandit-sync", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -87,9 +85,13 @@ class BanditSync:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def _run(self, last_id: str) -> None:
+    def _run(self) -> None:
+        last_id: str | None = None  # where this replica joined the stream; a Redis outage delays it, never the server
         while not self._stop.is_set():
             try:
+                if last_id is None:
+                    newest = self.r.xrevrange(self.key, count=1)
+                    last_id = newest[0][0] if newest else "0-0"
                 batches = self.r.xread({self.key: last_id}, count=500, block=500)
             except Exception as exc:
                 log.warning("bandit sync: reading %s failed: %s", self.key, exc)
