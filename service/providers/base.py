@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import os
 import re
+import ssl
 import time
 from abc import ABC, abstractmethod
 from contextlib import asynccontextmanager
@@ -243,6 +245,15 @@ def parse_json_event(data: str, secrets: tuple[str | None, ...] = ()) -> Any:
         raise UpstreamError("malformed", scrub(f"invalid JSON in stream event: {data[:200]!r}", secrets)) from None
 
 
+@functools.lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    """Certificates from certifi, as httpx and the OpenAI SDK verify them: slim containers may
+    lack a system CA store."""
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 class Provider(ABC):
     """One upstream endpoint, with a pooled async HTTP session and timeouts from its spec."""
 
@@ -264,7 +275,7 @@ class Provider(ABC):
         if self._session is None or self._session.closed or self._loop is not loop:
             self._loop = loop
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.spec.max_connections),
+                connector=aiohttp.TCPConnector(limit=self.spec.max_connections, ssl=_tls_context()),
                 timeout=self._timeout,
                 trust_env=True,  # HTTP(S)_PROXY / NO_PROXY, as the OpenAI SDK honours them
             )
