@@ -172,6 +172,57 @@ async def test_connection_refused_is_a_connection_error():
     assert info.value.kind == "connection" and info.value.retryable
 
 
+def _self_signed(tmp_path) -> tuple[str, str]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+async def test_an_upstream_with_an_untrusted_certificate_is_refused(tmp_path):
+    import socket
+    import ssl
+    import threading
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*_self_signed(tmp_path))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve_one() -> None:  # a TLS endpoint whose handshake the client must refuse
+        conn, _ = listener.accept()
+        try:
+            context.wrap_socket(conn, server_side=True).close()
+        except (ssl.SSLError, OSError):
+            conn.close()
+
+    thread = threading.Thread(target=serve_one, daemon=True)
+    thread.start()
+    p = build_provider(ProviderSpec(kind="openai", base_url=f"https://127.0.0.1:{port}/v1", connect_timeout_s=5))
+    with pytest.raises(UpstreamError) as info:
+        await p.complete(MODEL, BODY)
+    await p.aclose()
+    thread.join(5)
+    listener.close()
+    assert info.value.kind == "connection" and "certificate" in info.value.message.lower()
+
+
 def test_retry_after_parses_seconds_milliseconds_and_http_dates():
     now = 1_700_000_000.0
     assert parse_retry_after({"retry-after": "7"}) == 7.0
