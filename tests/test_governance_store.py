@@ -244,6 +244,26 @@ def test_redis_circuit_breaker_shared(redis_url):
     assert b.state("x") == "blocked"
 
 
+def test_redis_circuit_breaker_reads_a_local_copy_at_most_refresh_s_old(redis_url):
+    """Every routed request reads every model's circuit: those reads are served locally, and a
+    circuit another replica opened shows here within `refresh_s`."""
+    import time
+
+    from service.governance.redis_state import RedisCircuitBreaker, connect
+
+    url, prefix = redis_url
+    a = RedisCircuitBreaker(connect(url), failures=1, cooldown_s=60, prefix=prefix, refresh_s=2.0)
+    b = RedisCircuitBreaker(connect(url), failures=1, cooldown_s=60, prefix=prefix, refresh_s=2.0)
+    assert a.state("m") == "closed" and a.acquire("m")
+    assert b.failure("m") is True  # opened by the other replica
+    assert a.state("m") == "closed"  # a's copy is still younger than refresh_s
+    time.sleep(2.1)
+    assert a.state("m") == "open" and not a.available("m") and not a.acquire("m")
+    b.success("m")
+    a.failure("m")  # a change made here is never hidden by the local copy
+    assert a.state("m") == "open"
+
+
 def test_outcome_log_in_postgres(pg_url):
     """The gateway's outcome log through its store seam, in PostgreSQL, read back for training."""
     from router.outcome_log import OutcomeRecord, open_outcome_log, read_outcomes

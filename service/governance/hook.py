@@ -93,13 +93,17 @@ class GovernanceHook:
         state = GovState(key, key.name)
         ctx.extras["governance"] = state
         ctx.extras["constraints"] = self.auth.scope(key, ctx.profile, ctx.requested_model, ctx.extras["constraints"])
-        verdict = await asyncio.to_thread(self.gov.limiter.admit, key.id, key.rpm, key.tpm, ctx.routing.input_tokens)
+        await asyncio.to_thread(self._admit, ctx, state)  # one worker hop for the rate limits and the budgets
+        return None
+
+    def _admit(self, ctx: RequestContext, state: GovState) -> None:
+        key = state.key
+        verdict = self.gov.limiter.admit(key.id, key.rpm, key.tpm, ctx.routing.input_tokens)
         if verdict is not None:
             limit = key.rpm if verdict == "rpm" else key.tpm
             raise self._refuse(429, f"Rate limit of key '{key.name}' reached: {limit} {verdict.upper()}.",
                                f"{verdict}_limit_exceeded", verdict, {"retry-after": "5"})
-        await asyncio.to_thread(self._budget_lines, ctx, state)
-        return None
+        self._budget_lines(ctx, state)
 
     def _budget_lines(self, ctx: RequestContext, state: GovState) -> None:
         key = state.key

@@ -139,9 +139,11 @@ class RedisLedger:
         pipe.execute()
 
     def usage(self, lines: Sequence[Line]) -> dict[str, Usage]:
-        out: dict[str, Usage] = {}
+        pipe = self.r.pipeline(transaction=False)  # every line in one round trip
         for line in lines:
-            v = self.r.hmget(self._k(line.counter), "spent", "reserved", "partial")
+            pipe.hmget(self._k(line.counter), "spent", "reserved", "partial")
+        out: dict[str, Usage] = {}
+        for line, v in zip(lines, pipe.execute()):
             if v[0] is None:
                 self._seed(line)
                 v = self.r.hmget(self._k(line.counter), "spent", "reserved", "partial")
@@ -213,26 +215,55 @@ class RedisRateLimiter:
 
 class RedisCircuitBreaker:
     """`service.breaker.CircuitBreaker`'s interface with its state in Redis, so one replica's
-    failures open the circuit for all of them, and only one replica sends the half-open probe."""
+    failures open the circuit for all of them, and only one replica sends the half-open probe.
 
-    def __init__(self, client: Any, failures: int, cooldown_s: float, prefix: str = "openclaw", clock=time.time):
+    Every routed request asks for every model's state (the live view the policy reads), on the
+    event loop: those reads come from a local copy refreshed for all models in one pipelined
+    round trip at most every `refresh_s`, so a replica sees another's circuit open within that
+    delay. A closed circuit needs no Redis call to pass a request or to record a success; what
+    changes a circuit (a failure, claiming the half-open probe, closing it) goes to Redis at once
+    and drops the local copy of that model."""
+
+    FIELDS = ("blocked_until", "opened_at", "probing", "failures")
+
+    def __init__(self, client: Any, failures: int, cooldown_s: float, prefix: str = "openclaw", clock=time.time,
+                 refresh_s: float = 0.25):
         self.r = client
         self.threshold = failures
         self.cooldown_s = cooldown_s
         self.prefix = prefix
+        self.refresh_s = refresh_s
         self._clock = clock
         self._failure = client.register_script(_BREAKER_FAILURE)
         self._acquire = client.register_script(_BREAKER_ACQUIRE)
+        self._view: dict[str, tuple[Any, ...]] = {}
+        self._read_at = float("-inf")
 
     def _k(self, model: str) -> str:
         return f"{self.prefix}:cb:{model}"
 
+    def _fields(self, model: str) -> tuple[Any, ...]:
+        if model not in self._view or time.monotonic() - self._read_at > self.refresh_s:
+            models = list({*self._view, model})
+            pipe = self.r.pipeline(transaction=False)
+            for m in models:
+                pipe.hmget(self._k(m), *self.FIELDS)
+            self._view = {m: tuple(v) for m, v in zip(models, pipe.execute())}
+            self._read_at = time.monotonic()
+        return self._view[model]
+
+    def _forget(self, model: str) -> None:
+        self._view.pop(model, None)
+
+    def _closed(self, v: tuple[Any, ...]) -> bool:
+        return v[1] is None and self._clock() >= float(v[0] or 0)
+
     def state(self, model: str) -> str:
-        v = self.r.hmget(self._k(model), "blocked_until", "opened_at", "probing")
+        blocked_until, opened_at, probing, _ = self._fields(model)
         now = self._clock()
-        if v[1] is None:
-            return "blocked" if now < float(v[0] or 0) else "closed"
-        if v[2] == "1" or now - float(v[1]) < self.cooldown_s:
+        if opened_at is None:
+            return "blocked" if now < float(blocked_until or 0) else "closed"
+        if probing == "1" or now - float(opened_at) < self.cooldown_s:
             return "open"
         return "half_open"
 
@@ -240,17 +271,26 @@ class RedisCircuitBreaker:
         return self.state(model) in ("closed", "half_open")
 
     def acquire(self, model: str) -> bool:
+        if self._closed(self._fields(model)):
+            return True
+        self._forget(model)
         return bool(int(self._acquire(keys=[self._k(model)], args=[self._clock(), self.cooldown_s])))
 
     def success(self, model: str) -> None:
+        v = self._fields(model)
+        if v[1] is None and not int(v[3] or 0):
+            return  # closed with no failures counted: nothing to reset
+        self._forget(model)
         pipe = self.r.pipeline()
         pipe.hdel(self._k(model), "opened_at", "probing")
         pipe.hset(self._k(model), "failures", 0)
         pipe.execute()
 
     def failure(self, model: str, retry_after_s: float | None = None) -> bool:
+        self._forget(model)
         args = [self._clock(), self.threshold, retry_after_s or 0]
         return bool(int(self._failure(keys=[self._k(model)], args=args)))
 
     def release(self, model: str) -> None:
+        self._forget(model)
         self.r.hset(self._k(model), "probing", "0")
