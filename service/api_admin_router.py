@@ -1,5 +1,6 @@
 """`POST /admin/router/reload {"path": DIR}`: load a router artifact and swap it in, no restart;
-`GET /admin/router/bandit`: what the exploring bandit has learned.
+`GET /admin/router/bandit`: what the exploring bandit has learned. With `server.redis_url`, the
+other replicas follow a reload (service/router_follow.py).
 
 Loading happens off the event loop; the swap is one reference store (`RouterSlot.swap`),
 so a request in flight keeps the router it started with and the next one gets the new one:
@@ -9,6 +10,7 @@ the master key as `Authorization: Bearer <key>`; without a master key, 403 `admi
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -35,8 +37,12 @@ async def reload_router(request: Request) -> JSONResponse:
         raise bad_request(f"cannot load router artifact: {exc}", code="invalid_artifact", param="path") from None
     gw = request.app.state.gateway
     old = gw.router.swap(new)
+    follower = getattr(request.app.state, "router_follower", None)
+    if follower is not None:  # the other replicas follow (service/router_follow.py)
+        await asyncio.to_thread(follower.promote, str(Path(path).resolve()))
     return JSONResponse({"object": "router.reload", "path": path, "models": new.models,
-                         "previous": str(getattr(old, "path", None)) if old is not None else None})
+                         "previous": str(getattr(old, "path", None)) if old is not None else None,
+                         "replicas_follow": follower is not None})
 
 
 @router.get("/admin/router/bandit")

@@ -2,9 +2,11 @@
 in one place below: `pipeline_hooks` and `api_routers`."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from fastapi import APIRouter, FastAPI
 
@@ -21,6 +23,7 @@ from service.hooks.learning_hook import LearningHook, LearningRuntime
 from service.hooks.outcome_hook import OutcomeHook
 from service.pipeline import Hook
 from service.providers.base import Provider
+from service.router_follow import RouterFollower
 from service.routing import Router
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,17 @@ def api_routers() -> list[APIRouter]:
     ]
 
 
+def _router_follower(config: Config, gateway: Any) -> RouterFollower | None:
+    """With shared Redis, replicas serve whatever router was last promoted on any of them."""
+    if not config.server.redis_url:
+        return None
+    from router.engine import LearnedRouter
+    from service.governance.redis_state import connect
+
+    prefix = os.environ.get("OPENCLAW_REDIS_PREFIX", "openclaw")
+    return RouterFollower(connect(config.server.redis_url), gateway.router, LearnedRouter.load, prefix=prefix)
+
+
 def create_app(
     config: Config,
     *,
@@ -80,13 +94,23 @@ def create_app(
         simulated=simulated,
     )
 
+    follower = _router_follower(config, gateway)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if follower is not None:
+            try:  # a replica starting after a promotion serves the promoted router from its first request
+                await asyncio.to_thread(follower.follow_once)
+            except Exception as exc:
+                log.warning("router follow: could not read the promoted router at start: %s", exc)
+            follower.start()
         if learning.sync is not None:
             learning.sync.start()
         yield
         if learning.sync is not None:
             learning.sync.stop()
+        if follower is not None:
+            follower.stop()
         await gateway.aclose()
         for hook in all_hooks:
             if isinstance(hook, CacheHook):
@@ -102,6 +126,7 @@ def create_app(
     app.state.governance = governance
     learning.attach(gateway)
     app.state.learning = learning
+    app.state.router_follower = follower
     if governance is not None:
         governance.attach(gateway)
     install_error_handlers(app)
