@@ -31,7 +31,7 @@ import numpy as np
 from router.bandit import BanditSettings, ContextualBandit
 from router.config import Config, resolve_path
 from router.feedback_log import Feedback, FeedbackStore, ShadowRecord, open_feedback_log
-from service.hooks.bandit_sync import BanditSync
+from service.bandit_sync import BanditSync
 from service.pipeline import RequestContext
 
 log = logging.getLogger(__name__)
