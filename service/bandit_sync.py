@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import uuid
 from typing import Any
 
 import numpy as np
 
 from router.bandit import ContextualBandit, Observation
+from service.background import Repeater
 
 log = logging.getLogger(__name__)
 STREAM_MAXLEN = 100_000  # approximate trim; a replica more than this far behind has restarted anyway
@@ -37,8 +37,8 @@ class BanditSync:
         self.r = client
         self.key = f"{prefix}:bandit"
         self.replica = uuid.uuid4().hex
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._last_id: str | None = None
+        self._worker = Repeater("bandit-sync", self._read)
         self.applied = 0  # messages from other replicas applied here
 
     def feedback(self, request_id: str, reward: float) -> None:
@@ -77,30 +77,20 @@ class BanditSync:
         self.applied += 1
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="bandit-sync", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._worker.stop()
 
-    def _run(self) -> None:
-        last_id: str | None = None  # where this replica joined the stream; a Redis outage delays it, never the server
-        while not self._stop.is_set():
-            try:
-                if last_id is None:
-                    newest = self.r.xrevrange(self.key, count=1)
-                    last_id = newest[0][0] if newest else "0-0"
-                batches = self.r.xread({self.key: last_id}, count=500, block=500)
-            except Exception as exc:
-                log.warning("bandit sync: reading %s failed: %s", self.key, exc)
-                self._stop.wait(1.0)
-                continue
-            for _, messages in batches or ():
-                for message_id, fields in messages:
-                    last_id = message_id
-                    try:
-                        self.apply(fields)
-                    except (KeyError, ValueError) as exc:
-                        log.warning("bandit sync: skipping malformed message %s: %s", message_id, exc)
+    def _read(self) -> None:
+        """One blocking read of the stream (half a second at most) and what it brought."""
+        if self._last_id is None:  # where this replica joins the stream; a Redis outage delays it, never the server
+            newest = self.r.xrevrange(self.key, count=1)
+            self._last_id = newest[0][0] if newest else "0-0"
+        for _, messages in self.r.xread({self.key: self._last_id}, count=500, block=500) or ():
+            for message_id, fields in messages:
+                self._last_id = message_id
+                try:
+                    self.apply(fields)
+                except (KeyError, ValueError) as exc:
+                    log.warning("bandit sync: skipping malformed message %s: %s", message_id, exc)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from typing import Any, Callable
+
+from service.background import Repeater
 
 log = logging.getLogger(__name__)
 POLL_S = 1.0
@@ -27,8 +28,7 @@ class RouterFollower:
         self.load = load
         self.key = f"{prefix}:router:artifact"
         self.applied: str | None = None  # the record this replica serves (or tried and could not load)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Repeater("router-follow", self.follow_once, pause_s=POLL_S)
 
     def promote(self, path: str) -> None:
         """Record a router this replica has just swapped in, for the others to follow."""
@@ -56,18 +56,7 @@ class RouterFollower:
         return True
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="router-follow", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.follow_once()
-            except Exception as exc:  # Redis away: keep serving, try again
-                log.warning("router follow: reading %s failed: %s", self.key, exc)
-            self._stop.wait(POLL_S)
+        self._worker.stop()

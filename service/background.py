@@ -1,0 +1,40 @@
+"""A daemon thread that repeats one step until stopped: the shape of every Redis follower here
+(service/bandit_sync.py, service/router_follow.py). A step that fails (Redis away) is logged and
+retried after `retry_s`; the gateway keeps serving meanwhile."""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+
+class Repeater:
+    def __init__(self, name: str, step: Callable[[], object], pause_s: float = 0.0, retry_s: float = 1.0):
+        self.name = name
+        self.step = step
+        self.pause_s = pause_s  # between successful steps (a step that blocks on Redis needs none)
+        self.retry_s = retry_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception as exc:
+                log.warning("%s: %s", self.name, exc)
+                self._stop.wait(self.retry_s)
+                continue
+            if self.pause_s:
+                self._stop.wait(self.pause_s)
