@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from router.cache.cross_encoder import ONNX_FILE, CrossEncoder, pair_tokenizer
+from router.cache.cross_encoder import DELTA_FILE, CrossEncoder, onnx_for, pair_tokenizer
 from router.cache.verifier import SECOND_STAGE_CANDIDATES, Verifier, default_path
 from router.embedding import shared_embedder
 
@@ -32,7 +32,7 @@ def embed(texts: list[str]) -> np.ndarray:
 
 def test_shipped_verifier_loads_its_cross_encoder(verifier):
     assert verifier.cross_encoder is not None
-    assert verifier.meta["second_stage"]["model"] == ONNX_FILE
+    assert verifier.meta["second_stage"]["model"] == DELTA_FILE
 
 
 def test_a_paraphrase_scores_above_a_near_miss(verifier):
@@ -78,16 +78,17 @@ def test_second_stage_reads_only_the_best_candidates_past_the_threshold(verifier
 def test_a_broken_cross_encoder_is_a_clear_error(tmp_path):
     folder = tmp_path / "verifier"
     shutil.copytree(default_path(), folder)
-    (folder / ONNX_FILE).write_bytes(b"this is not an onnx graph")
+    (folder / DELTA_FILE).write_bytes(b"this is not an artifact")
     with pytest.raises(ValueError, match="cross-encoder .* cannot be loaded"):
         Verifier.load(folder)
-    (folder / ONNX_FILE).unlink()
+    (folder / DELTA_FILE).unlink()
     with pytest.raises(ValueError, match="cannot be loaded"):
         Verifier.load(folder)
 
 
 def test_export_matches_torch(tmp_path):
-    """The training export path: fp16 weights -> int8 ONNX fed by the numpy word-embedding lookup."""
+    """The training export path: fp16 weights -> packed difference from the package's weights ->
+    the int8 ONNX rebuilt from it, fed by the numpy word-embedding lookup, against the training model."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("onnx")
@@ -99,7 +100,7 @@ def test_export_matches_torch(tmp_path):
     with torch.no_grad():
         model.head.weight.normal_(0.0, 0.3)  # a head that spreads the logits, as a trained one does
     _save_weights(model, tmp_path)
-    onnx = CrossEncoder(export(tmp_path, tmp_path / "out"))
+    onnx = CrossEncoder(onnx_for(export(tmp_path, tmp_path / "out").parent))
     # the reference sees the same fp16-rounded weights the export read
     for name, p in model.named_parameters():
         if "word_embeddings" not in name:

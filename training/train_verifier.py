@@ -100,7 +100,7 @@ def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float 
           rounds: int = 2000, reuse_model: bool = False, second_stage: bool = True) -> dict:
     import lightgbm as lgb
 
-    from router.cache.cross_encoder import ONNX_FILE, CrossEncoder
+    from router.cache.cross_encoder import DELTA_FILE, CrossEncoder, onnx_for
     from router.cache.verifier import MODEL_FILE, SECOND_STAGE_CANDIDATES, Verifier
     from router.embedding import variant
 
@@ -129,9 +129,9 @@ def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float 
     score = prob.copy()
     cross_encoder = None
     if second_stage:
-        if not (out / ONNX_FILE).exists():
-            raise ValueError(f"{out / ONNX_FILE} is missing: run training.train_cross_encoder first, or pass --no-second-stage")
-        cross_encoder = CrossEncoder(out / ONNX_FILE)
+        if not (out / DELTA_FILE).exists():
+            raise ValueError(f"{out / DELTA_FILE} is missing: run training.train_cross_encoder first, or pass --no-second-stage")
+        cross_encoder = CrossEncoder(onnx_for(out))
         score[val & (prob > 0)] = _second_stage(cross_encoder, df, prob, val & (prob > 0))
     threshold = choose_threshold(score[val], y[val], target_precision + margin, min_accepted)
     if cross_encoder is not None:
@@ -157,7 +157,7 @@ def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float 
     if cross_encoder is not None:
         record = out / CROSS_ENCODER_RECORD
         meta["second_stage"] = {
-            "model": ONNX_FILE,
+            "model": DELTA_FILE,
             "score": "lightgbm_probability * sigmoid(cross_encoder_logit)",
             "candidates": SECOND_STAGE_CANDIDATES,
             "cross_encoder": json.loads(record.read_text()) if record.exists() else None,

@@ -10,7 +10,7 @@ probability is below the threshold cannot pass, and the cross-encoder is not run
 was chosen on a validation split (loosest with precision >= 0.95 over >= 150 accepted pairs).
 Pairs with different numbers on both sides, different negation, opposite words or a reversed
 direction are refused outright, and pairs below `min_cosine` never reach the model. The
-artifact holds the booster, the int8 cross-encoder, the threshold and an IDF table per
+artifact holds the booster, the packed cross-encoder, the threshold and an IDF table per
 wordpiece (`idf.npy`, float16); the static word vectors come from the installed MiniLM package.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from router.cache.cross_encoder import ONNX_FILE, CrossEncoder
+from router.cache.cross_encoder import CrossEncoder, onnx_for
 from router.cache.features import Lexicon, hard_mismatch, pair_features
 
 MODEL_FILE = "model.txt"
@@ -56,7 +56,7 @@ class Verifier:
             meta = json.loads((folder / META_FILE).read_text())
             booster = lgb.Booster(model_file=str(folder / MODEL_FILE))
             lexicon = Lexicon(np.load(folder / IDF_FILE))
-            cross_encoder = CrossEncoder(folder / ONNX_FILE, word_vectors=lexicon.raw_vectors) if meta.get("second_stage") else None
+            cross_encoder = CrossEncoder(onnx_for(folder), word_vectors=lexicon.raw_vectors) if meta.get("second_stage") else None
         except (OSError, ValueError, lgb.basic.LightGBMError) as exc:
             raise ValueError(f"cache verifier at {folder} cannot be loaded: {exc}") from None
         return cls(
