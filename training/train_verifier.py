@@ -82,8 +82,9 @@ def _fit(X: np.ndarray, y: np.ndarray, fit: np.ndarray, stop: np.ndarray, names:
 
 def _second_stage(cross_encoder, df, prob: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """LightGBM probability x cross-encoder sigmoid for `rows` (a boolean mask)."""
-    logits = cross_encoder.logits(df["text_a"][rows].tolist(), df["text_b"][rows].tolist())
-    return prob[rows] / (1.0 + np.exp(-logits))
+    from router.cache.verifier import combined_score
+
+    return combined_score(prob[rows], cross_encoder.logits(df["text_a"][rows].tolist(), df["text_b"][rows].tolist()))
 
 
 def val_curve(score: np.ndarray, label: np.ndarray, thresholds: list[float]) -> list[dict]:

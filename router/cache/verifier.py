@@ -36,6 +36,11 @@ def default_path() -> Path:
     return Path(__file__).resolve().parent.parent.parent / "models" / "cache_verifier"
 
 
+def combined_score(first_stage: np.ndarray, cross_encoder_logits: np.ndarray) -> np.ndarray:
+    """LightGBM's probability times the cross-encoder's sigmoid: never above the first stage's."""
+    return first_stage / (1.0 + np.exp(-cross_encoder_logits))
+
+
 @dataclass
 class Verifier:
     booster: Any  # lightgbm.Booster
@@ -102,7 +107,7 @@ class Verifier:
         best = [i for i in np.argsort(-p, kind="stable")[:SECOND_STAGE_CANDIDATES] if p[i] >= self.threshold and p[i] > 0]
         if best:
             logits = self.cross_encoder.logits([texts_a[i] for i in best], [texts_b[i] for i in best])
-            out[best] = p[best] / (1.0 + np.exp(-logits))
+            out[best] = combined_score(p[best], logits)
         return out
 
     def accept(self, texts_a: Sequence[str], texts_b: Sequence[str], emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
