@@ -97,6 +97,19 @@ def test_numbers_and_negations_are_hard_mismatches():
     assert not hard_mismatch("calories in two eggs", "calories in 2 eggs")
 
 
+def test_swapped_roles_are_hard_mismatches_but_commuting_words_are_not():
+    assert hard_mismatch("Do Indian women find Pakistani men attractive?", "Do Pakistani women find Indian men attractive?")
+    assert hard_mismatch("What do people in Denver think of Seattle?", "What do people in Seattle think of Denver?")
+    assert hard_mismatch("Can I work in India after a degree from abroad?", "Can I work abroad after a degree from India?")
+    # adjacent words and words joined by "and" / "or" trade places without changing the question
+    assert not hard_mismatch("What is the best diet for muscle building?", "What is the best diet for building muscle?")
+    assert not hard_mismatch("What is the difference between real gas and ideal gas?",
+                             "What is the difference between ideal gas and real gas?")
+    assert not hard_mismatch("Should I learn Java programming or Python programming?",
+                             "Should I learn Python programming or Java programming?")
+    assert not hard_mismatch("Do Indian women find Pakistani men attractive?", "Do Indian women find Pakistani men attractive")
+
+
 def test_cache_eval_reads_csv_and_jsonl_like_parquet(tmp_path, capsys):
     pairs = pd.DataFrame({
         "text_a": ["What is the capital of France?", "How many calories are in 2 eggs?", "NA"],

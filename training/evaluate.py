@@ -264,14 +264,15 @@ def format_table(summary: dict) -> str:
         f"quality {best['mean_quality']:.3f} at ${best['mean_cost']:.6f}",
         f"{'method':<8} {'AIQ':>7} {'q@random$':>9} {'$ to best':>11} {'÷ best $':>8}",
     ]
+    fmt = lambda x, spec: "—" if x is None else format(x, spec)  # noqa: E731
     for name in ("router", "knn", "zero", "random", "oracle"):
         m = summary["methods"][name]
-        fmt = lambda x, spec: "—" if x is None else format(x, spec)  # noqa: E731
         lines.append(f"{name:<8} {fmt(m['aiq'], '7.4f')} {fmt(m['quality_at_random_cost'], '9.3f')} "
                      f"{fmt(m['cost_to_reach_best'], '11.6f')} {fmt(m['cost_to_reach_best_ratio'], '8.2f')}")
     if "two_model" in summary:
         p = summary["two_model"]
         lines.append(f"strong {p['strong']} / weak {p['weak']}:")
         for name in ("router", "knn", "oracle"):
-            lines.append(f"  {name:<7} APGR {p[name]['apgr']:.3f}  CPT(50%) {p[name]['cpt_50']}  CPT(80%) {p[name]['cpt_80']}")
+            lines.append(f"  {name:<7} APGR {p[name]['apgr']:.3f}  CPT(50%) {fmt(p[name]['cpt_50'], '.3f')}  "
+                         f"CPT(80%) {fmt(p[name]['cpt_80'], '.3f')}")
     return "\n".join(lines)

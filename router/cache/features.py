@@ -136,6 +136,8 @@ ANTONYMS = frozenset(frozenset(p.split()) for p in _ANTONYM_PAIRS)
 # Words that give a question a direction: with them, the same words in another order ask
 # another question ("convert Celsius to Fahrenheit" / "convert Fahrenheit to Celsius").
 _DIRECTIONAL = frozenset("to into from than vs versus over per".split())
+# Words that join two things symmetrically: "Java and Python" asks what "Python and Java" asks.
+_COORDINATING = frozenset("and or vs versus".split())
 
 
 def _opposed(only_a: set[str], only_b: set[str]) -> bool:
@@ -148,17 +150,34 @@ def _reversed(wa: tuple[str, ...], wb: tuple[str, ...]) -> bool:
     return [w for w in wa if w not in STOPWORDS] != [w for w in wb if w not in STOPWORDS]
 
 
+def _swapped_roles(wa: tuple[str, ...], wb: tuple[str, ...]) -> bool:
+    """Two content words trade places and nothing else moves: "do Indian women find Pakistani men
+    attractive" / "do Pakistani women find Indian men attractive". Adjacent words ("muscle building"
+    / "building muscle") and words joined by "and" / "or" ("real gas and ideal gas") may trade
+    places without changing the question; in the QQP pairs no duplicate is refused by this rule."""
+    ca = [w for w in wa if w not in STOPWORDS]
+    cb = [w for w in wb if w not in STOPWORDS]
+    if len(ca) != len(cb) or ca == cb or sorted(ca) != sorted(cb):
+        return False
+    moved = [i for i, (x, y) in enumerate(zip(ca, cb)) if x != y]
+    if len(moved) != 2 or moved[1] - moved[0] < 2:
+        return False
+    i, j = sorted((wa.index(ca[moved[0]]), wa.index(ca[moved[1]])))
+    return not (_COORDINATING & set(wa[i + 1:j]))
+
+
 def hard_mismatch(a: str, b: str) -> bool:
     """Differences that always mean another question, whatever the model says: different numbers
-    on both sides ("2 eggs" vs "3 eggs"), negation, opposites ("good" vs "bad") and a reversed
-    direction ("dollars to rupees" vs "rupees to dollars"). A number on one side only ("... in
-    2016?") is left to the model: on validation a fifth of such pairs are labelled duplicates."""
+    on both sides ("2 eggs" vs "3 eggs"), negation, opposites ("good" vs "bad"), a reversed
+    direction ("dollars to rupees" vs "rupees to dollars") and swapped roles ("do Croats like
+    Turks" vs "do Turks like Croats"). A number on one side only ("... in 2016?") is left to the
+    model: on validation a fifth of such pairs are labelled duplicates."""
     na, nb = numbers(a), numbers(b)
     if (na and nb and na != nb) or negated(a) != negated(b):
         return True
     wa, wb = words(a), words(b)
     sa, sb = set(wa), set(wb)
-    return _opposed(sa - sb, sb - sa) or _reversed(wa, wb)
+    return _opposed(sa - sb, sb - sa) or _reversed(wa, wb) or _swapped_roles(wa, wb)
 
 
 WORD_NAMES = (
