@@ -10,13 +10,16 @@ embedding needs only onnxruntime and tokenizers: importing torch and sentence-tr
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
+import logging
 import os
 import threading
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -62,6 +65,33 @@ def _weights_digest() -> str:
 def onnx_path(which: str = "fp32") -> Path:
     suffix = "" if which == "fp32" else f"-{which}"
     return cache_dir() / f"minilm-l6-v2-{_weights_digest()}{suffix}.onnx"
+
+
+class _DropRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def quiet_export() -> Iterator[None]:
+    """A one-off export prints pages meant for model developers (tracer warnings, transformers'
+    load report and progress bar, the quantizer's notes on the root logger); the graphs are held
+    to the reference by tests, not read off a console, so a first `serve` stays readable."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    drop = _DropRecords()
+    logging.getLogger().addFilter(drop)  # a logger's filter sees only records logged on it: the quantizer's
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.getLogger().removeFilter(drop)
+        hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(verbosity)
 
 
 def export_int8(source: Path, target: Path) -> Path:
@@ -119,7 +149,7 @@ class Embedder:
 
         self.variant = which or variant()
         path = onnx_path()
-        with _EXPORT_LOCK:
+        with _EXPORT_LOCK, quiet_export():
             if not path.exists():
                 export_onnx(path)
             if self.variant == "int8":

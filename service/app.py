@@ -98,6 +98,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if router is not None or config.cache.semantic:
+            from router.embedding import shared_embedder
+
+            # Loading the embedder (exporting it, the first time on a machine) takes 0.3-5 s:
+            # start-up pays it, not the first request.
+            await asyncio.to_thread(shared_embedder)
         if follower is not None:
             try:  # a replica starting after a promotion serves the promoted router from its first request
                 await asyncio.to_thread(follower.follow_once)

@@ -143,7 +143,7 @@ def export_onnx(state: Mapping[str, np.ndarray], target: Path) -> Path:
 
 def onnx_for(folder: str | Path) -> Path:
     """The int8 graph of the artifact in `folder`, built into the cache folder on first use."""
-    from router.embedding import _weights_digest, cache_dir
+    from router.embedding import _weights_digest, cache_dir, quiet_export
 
     source = Path(folder) / DELTA_FILE
     try:
@@ -158,7 +158,8 @@ def onnx_for(folder: str | Path) -> Path:
                     state = unpack({k: npz[k] for k in npz.files}, base_weights())
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
                 raise ValueError(f"cross-encoder {source} cannot be loaded: {exc!r}") from None
-            export_onnx(state, target)
+            with quiet_export():
+                export_onnx(state, target)
     return target
 
 
