@@ -154,7 +154,8 @@ def _swapped_roles(wa: tuple[str, ...], wb: tuple[str, ...]) -> bool:
     """Two content words trade places and nothing else moves: "do Indian women find Pakistani men
     attractive" / "do Pakistani women find Indian men attractive". Adjacent words ("muscle building"
     / "building muscle") and words joined by "and" / "or" ("real gas and ideal gas") may trade
-    places without changing the question; in the QQP pairs no duplicate is refused by this rule."""
+    places without changing the question. Of the 40,394 QQP pairs it refuses 17, one of them
+    labelled duplicate: "Is India better than Pakistan?" / "Is Pakistan better than India?"."""
     ca = [w for w in wa if w not in STOPWORDS]
     cb = [w for w in wb if w not in STOPWORDS]
     if len(ca) != len(cb) or ca == cb or sorted(ca) != sorted(cb):
