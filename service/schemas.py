@@ -15,7 +15,7 @@ from starlette.requests import Request
 from service.errors import ApiError, bad_request
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
-Number = StrictInt | StrictFloat
+Number = StrictFloat  # strict: an int is a number, "0.5" and true are not
 
 
 class _Open(BaseModel):
@@ -32,11 +32,21 @@ class Message(_Open):
 
 class FunctionDef(_Open):
     name: StrictStr = Field(min_length=1)
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
 
 
 class Tool(_Open):
+    """Function tools are what every adapter translates; other types (a provider's built-in
+    tools) pass through to OpenAI-compatible upstreams as sent."""
+
     type: StrictStr
     function: FunctionDef | None = None
+
+
+class ResponseFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
 
 
 class RouterOptions(BaseModel):
@@ -63,7 +73,7 @@ class ChatRequest(_Open):
     n: StrictInt | None = Field(default=None, ge=1)
     tools: list[Tool] | None = None
     tool_choice: StrictStr | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
     router: RouterOptions | None = None
 
 
@@ -85,13 +95,24 @@ def validate_chat(body: Any) -> ChatRequest:
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     try:
-        return ChatRequest.model_validate(body)
+        request = ChatRequest.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = _location(err)
         if err.get("type") == "missing":
-            raise bad_request(f"missing required parameter: {where!r}", code="missing_required_parameter", param=where) from None
+            raise _missing(where) from None
         raise bad_request(f"invalid value for {where!r}: {err.get('msg')}", code="invalid_value", param=where) from None
+    for i, tool in enumerate(request.tools or ()):
+        if tool.type == "function" and tool.function is None:
+            raise _missing(f"tools[{i}].function")
+    fmt = request.response_format
+    if fmt is not None and fmt.type == "json_schema" and not (fmt.json_schema or {}).get("name"):
+        raise _missing("response_format.json_schema.name")
+    return request
+
+
+def _missing(where: str) -> ApiError:
+    return bad_request(f"missing required parameter: {where!r}", code="missing_required_parameter", param=where)
 
 
 async def read_json_body(request: Request, max_bytes: int) -> Any:

@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((server.host, server.port))
     port = sock.getsockname()[1]
+    # Listening before start-up completes (loading the embedder takes seconds): a client that
+    # connects as soon as it reads the line below waits in the backlog instead of being refused.
+    sock.listen(2048)
     # One parseable line on stdout: scripts and tests that pass --port 0 read the port from it.
     print(f"openclaw-router listening on http://{server.host}:{port} (outcome log {redact_url(server.db)})", flush=True)
     try:

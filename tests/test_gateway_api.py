@@ -222,6 +222,26 @@ def test_bad_input_gets_an_openai_style_error(gw, body, status, code):
     assert "Traceback" not in r.text
 
 
+@pytest.mark.parametrize("extra,code,param", [
+    ({"tools": [{"type": "function"}]}, "missing_required_parameter", "tools[0].function"),
+    ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "missing_required_parameter",
+     "tools[0].function.name"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "none"}}]}, "invalid_value",
+     "tools[0].function.parameters"),
+    ({"response_format": {"type": "xml"}}, "invalid_value", "response_format.type"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "missing_required_parameter",
+     "response_format.json_schema.name"),
+    ({"router": {"max_cost_usd": "abc"}}, "invalid_value", "router.max_cost_usd"),
+])
+def test_malformed_tools_and_formats_are_refused_before_any_upstream_call(gw, upstream, extra, code, param):
+    # Adapters translate function tools and response formats: a malformed one must not reach them.
+    before = len(upstream.requests)
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "auto", "messages": MSG, **extra})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == code and r.json()["error"]["param"] == param
+    assert len(upstream.requests) == before
+
+
 def test_oversized_body_and_bad_headers_are_refused(gw):
     big = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "x" * 2_000_000}]}).encode()
     r = httpx.post(f"{gw.url}/v1/chat/completions", content=big, headers={"content-type": "application/json"})
