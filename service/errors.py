@@ -90,6 +90,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            # FastAPI reports a broken body at the byte offset ("1: JSON decode error").
+            return JSONResponse(error_body("the request body is not valid JSON", "invalid_request_error", "invalid_json"),
+                                status_code=400)
         message, param = _validation_message(exc)
         return JSONResponse(error_body(message, "invalid_request_error", "invalid_request", param), status_code=400)
 

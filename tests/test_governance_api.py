@@ -95,6 +95,8 @@ def test_admin_api_needs_the_master_key(env):
     assert admin.get("/admin/keys").status_code == 200
     assert admin.post("/admin/keys", json={"name": "x", "colour": "red"}).status_code == 400
     assert admin.post("/admin/keys", json={"name": "x", "allowed_models": ["gpt-9"]}).status_code == 400
+    broken = admin.post("/admin/keys", content=b'{"name": ', headers={"content-type": "application/json"})
+    assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
     assert admin.get("/admin/keys/key_missing").status_code == 404
 
 
