@@ -17,9 +17,14 @@ Choosing (Thompson sampling, with propensities):
 * Thompson probabilities over that set come from `draws` Monte Carlo draws; the action is
   then sampled from exactly that vector, so the logged propensity is the probability with
   which the logged action was drawn.
-* Budget: while the expected exploration share of traffic or the expected extra spend of
-  exploring (over the greedy choice's predicted cost) exceed their caps, the bandit plays
-  its greedy choice (propensity 1).
+* Budget: exploring models the predictor knows and exploring a model it has never seen (until
+  `new_model_observations` rewards have come in) have separate caps on their expected share
+  of traffic: the first learns little, as the predictor is calibrated for those models, and
+  costs about 0.06 quality points per 1 % of traffic; the second is how a new model gets the
+  traffic it is good for, and a few unlucky rewards must not write it off. A model over its
+  class's cap leaves the exploration set. While the expected extra spend of exploring
+  (over the greedy choice's predicted cost) exceeds its cap, the bandit plays its greedy
+  choice (propensity 1).
 * Total spend: exploring and *refining* (exploiting small corrections of models the
   predictor knows) may together spend at most `total_cost_share` more than the reference
   policy: the predictor's own choice, told only what the bandit learned about models that
@@ -46,7 +51,9 @@ from router.types import Candidate, Decision
 
 @dataclass(frozen=True)
 class BanditSettings:
-    explore_share: float = 0.05  # cap on the expected share of requests not given the greedy model
+    explore_share: float = 0.02  # cap on the expected share of requests exploring models the predictor knows
+    new_model_explore_share: float = 0.05  # the same cap for models the predictor has never seen
+    new_model_observations: float = 100.0  # rewards after which a new model is known (intercept std ~0.05)
     extra_cost_share: float = 0.04  # cap on the expected extra spend of exploring, share of greedy spend
     utility_margin: float = 0.02  # explore models whose optimistic utility is this close to the best
     z_explore: float = 0.5  # optimism, in posterior standard deviations, for the exploration set
@@ -78,6 +85,7 @@ class _Arm:
     cusum_pos: float = 0.0
     cusum_neg: float = 0.0
     resets: int = 0
+    unseen: bool = False  # the predictor had no training data for this model
 
 
 @dataclass(frozen=True)
@@ -134,7 +142,8 @@ class ContextualBandit:
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._lock = threading.Lock()
         self.decisions = 0
-        self.explore_mass = 0.0
+        self.explore_mass = 0.0  # expected requests given a non-greedy model the predictor knows
+        self.new_model_explore_mass = 0.0  # expected requests given a non-greedy new model
         self.greedy_spend = 0.0  # predicted spend of the greedy (corrected) choices
         self.extra_spend = 0.0  # expected predicted spend of exploring, over the greedy choice
         self.spend = 0.0  # expected predicted spend of the bandit's choices
@@ -175,12 +184,14 @@ class ContextualBandit:
             # The correction may be as large as the predictor is unsure: tight for models
             # the predictor knows, wide for one it has never seen (its prior std is large).
             arm = self._arms[model] = self._prior(max(self.settings.prior_var, float(p_std) ** 2))
+            arm.unseen = arm.prior_var >= self.settings.reset_var
         return arm
 
     def posterior(self, models: Sequence[str], z: np.ndarray,
-                  p_std: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per model: correction mean, total quality std for context z, and whether the
-        correction is news (a detected change, or a model the predictor does not know)."""
+                  p_std: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per model: correction mean, total quality std for context z, whether the correction
+        is news (a detected change, or a model the predictor does not know), and whether the
+        model is new (unseen by the predictor, fewer than `new_model_observations` rewards)."""
         with self._lock:
             arms = [self._arm(m, sd) for m, sd in zip(models, np.asarray(p_std).reshape(-1))]
             corr = np.array([z @ a.mean for a in arms])
@@ -189,10 +200,11 @@ class ContextualBandit:
             # News: a detected change, or a prior as wide as after one (a model the predictor
             # has never seen). Learning news is what the bandit is for; the rest is refinement.
             news = np.array([a.resets > 0 or a.prior_var >= self.settings.reset_var for a in arms])
+            new = np.array([a.unseen and a.n_eff < self.settings.new_model_observations for a in arms])
         # A correction steers only where it is clearly non-zero: noise in a few dozen
         # rewards must not override a calibrated predictor, a real shift survives this.
         corr = np.sign(corr) * np.maximum(np.abs(corr) - self.settings.shrink_z * np.sqrt(corr_var), 0.0)
-        return corr, np.sqrt(np.asarray(p_std) ** 2 * trust + corr_var), news
+        return corr, np.sqrt(np.asarray(p_std) ** 2 * trust + corr_var), news, new
 
     # ---- choosing -------------------------------------------------------------------
     def choose(
@@ -219,7 +231,7 @@ class ContextualBandit:
                 rng = np.random.default_rng(int(self._rng.integers(2**63)))
         p_good, penalty, cost = (np.asarray(a, dtype=np.float64) for a in (p_good, penalty, cost))
         z = self.context(embedding)
-        corr, std, news = self.posterior(models, z, p_good_std)
+        corr, std, news, new = self.posterior(models, z, p_good_std)
         q = np.clip(p_good + corr, 0.0, 1.0)
         ref = int(np.argmax(np.clip(p_good + corr * news, 0.0, 1.0) - penalty))
         price = self._spend_price()
@@ -228,14 +240,14 @@ class ContextualBandit:
         util = q - penalty
         g = int(np.argmax(util))
         with self._lock:
-            within_budget = (
-                self.explore_mass <= s.explore_share * max(self.decisions, 1)
-                and self.extra_spend <= s.extra_cost_share * self.greedy_spend
-            )
+            known_ok = self.explore_mass <= s.explore_share * max(self.decisions, 1)
+            new_ok = self.new_model_explore_mass <= s.new_model_explore_share * max(self.decisions, 1)
+            spend_ok = self.extra_spend <= s.extra_cost_share * self.greedy_spend
         probs = np.zeros(len(models))
         probs[g] = 1.0
-        if within_budget:  # out of budget the corrected greedy choice is played, propensity 1
-            explore = util + s.z_explore * std >= util[g] - s.utility_margin
+        if spend_ok and (known_ok or new_ok):  # out of budget the corrected greedy choice is played, propensity 1
+            explore = (util + s.z_explore * std >= util[g] - s.utility_margin) & np.where(new, new_ok, known_ok)
+            explore[g] = True
             if explore.sum() > 1:
                 idx = np.flatnonzero(explore)
                 draws = q[idx] + std[idx] * rng.standard_normal((s.draws, len(idx)))
@@ -245,7 +257,10 @@ class ContextualBandit:
         a = int(rng.choice(len(models), p=probs))
         with self._lock:
             self.decisions += 1
-            self.explore_mass += 1.0 - probs[g]
+            off = probs.copy()
+            off[g] = 0.0
+            self.explore_mass += float(off[~new].sum())
+            self.new_model_explore_mass += float(off[new].sum())
             self.greedy_spend += float(cost[g])
             self.extra_spend += float(probs @ cost - cost[g])
             self.spend += float(probs @ cost)
@@ -318,7 +333,7 @@ class ContextualBandit:
                 # The model changed: forget its history and widen the prior, so the new
                 # level is learned from a few rewards (and does not trip the alarm again).
                 fresh = self._prior(max(arm.prior_var, s.reset_var))
-                fresh.resets = arm.resets + 1
+                fresh.resets, fresh.unseen = arm.resets + 1, arm.unseen
                 arm = self._arms[model] = fresh
             prior_A = np.eye(len(z)) / arm.prior_var
             arm.A = s.forgetting * arm.A + (1 - s.forgetting) * prior_A + np.outer(z, z) / s.noise_var
@@ -346,7 +361,8 @@ class ContextualBandit:
         with self._lock:
             return {
                 "decisions": self.decisions,
-                "explore_share": self.explore_mass / max(self.decisions, 1),
+                "explore_share": (self.explore_mass + self.new_model_explore_mass) / max(self.decisions, 1),
+                "new_model_explore_share": self.new_model_explore_mass / max(self.decisions, 1),
                 "extra_cost_share": self.extra_spend / self.greedy_spend if self.greedy_spend else 0.0,
                 "total_cost_share": self.spend / self.reference_spend - 1.0 if self.reference_spend else 0.0,
                 "spend_price_per_usd": price,

@@ -66,6 +66,36 @@ def test_exploration_share_budget_is_respected():
     assert explored / 4000 <= s.explore_share + 0.02
 
 
+def test_a_new_model_has_its_own_exploration_budget():
+    # "n" is a model the predictor has never seen (its p_good_std is the unseen-model prior's):
+    # exploring it is charged to new_model_explore_share, exploring the known "b" to explore_share.
+    s = BanditSettings(explore_share=0.02, new_model_explore_share=0.10, extra_cost_share=10.0, seed=7)
+    bandit = ContextualBandit(s)
+    arrays = dict(models=["a", "b", "n"], p_good=np.array([0.80, 0.79, 0.70]), p_good_std=np.array([0.05, 0.05, 0.5]),
+                  penalty=np.zeros(3), cost=np.full(3, 1e-3))
+    rng = np.random.default_rng(3)
+    chosen = [bandit.choose(**arrays, rng=rng).model for _ in range(4000)]
+    stats = bandit.stats()
+    known = stats["explore_share"] - stats["new_model_explore_share"]
+    assert known <= s.explore_share + 0.005 and stats["new_model_explore_share"] <= s.new_model_explore_share + 0.005
+    assert chosen.count("b") / 4000 <= s.explore_share + 0.01
+    assert chosen.count("n") / 4000 > 2 * s.explore_share  # explored beyond the known models' cap
+    # Once `new_model_observations` rewards have come in, "n" is known: exploring it is routine.
+    z = bandit.context(None)
+    for i in range(int(s.new_model_observations) + 20):
+        bandit.update("n", z, float(i % 5 != 0), 0.80)  # as good as predicted, and as "a"
+    arrays["p_good"] = np.array([0.80, 0.79, 0.80])
+    new_mass, known_mass = bandit.new_model_explore_mass, bandit.explore_mass
+    later = [bandit.choose(**arrays, rng=rng) for _ in range(2000)]
+    assert any(c.explored and c.model == "n" for c in later)
+    assert bandit.new_model_explore_mass == new_mass and bandit.explore_mass > known_mass
+    # A known model whose change was detected is news for the spend cap, but not a new model.
+    for _ in range(200):
+        bandit.update("b", z, 0.0, 0.79)
+    _, _, news, new = bandit.posterior(["b"], z, np.array([0.05]))
+    assert bandit.stats()["arms"]["b"]["resets"] >= 1 and news[0] and not new[0]
+
+
 def test_extra_spend_budget_is_respected():
     # b and c are as good as a but cost 10x: exploring them is what the $ cap must stop.
     arrays = _arrays(p=(0.80, 0.80, 0.80, 0.3), cost=(1e-4, 1e-3, 1e-3, 1e-5))

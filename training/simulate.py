@@ -276,8 +276,8 @@ def simulate(args) -> dict:
     nodrift = build_stream(replay, args.requests, drifts, args.seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS, apply_drift=False)
     static = static_choices(pred, stream, args.willingness_to_pay, args.latency_weight)
     reference = static_choices(pred, nodrift, args.willingness_to_pay, args.latency_weight)
-    settings = BanditSettings(explore_share=args.explore_share, extra_cost_share=args.extra_cost_share,
-                              total_cost_share=args.total_cost_share, seed=args.seed)
+    settings = BanditSettings(explore_share=args.explore_share, new_model_explore_share=args.new_model_explore_share,
+                              extra_cost_share=args.extra_cost_share, total_cost_share=args.total_cost_share, seed=args.seed)
     bandit, prop, explored, stats = bandit_choices(pred, emb, stream, args.willingness_to_pay, args.latency_weight,
                                             settings, args.feedback_rate, args.seed, basis)
     informed = informed_choices(pred, stream, drifts, args.willingness_to_pay, args.latency_weight)
@@ -309,8 +309,11 @@ def configure(parser) -> None:
     parser.add_argument("--latency-weight", type=float, default=0.0)
     parser.add_argument("--window", type=int, default=500, help="requests per reported window")
     parser.add_argument("--feedback-rate", type=float, default=1.0, help="share of requests whose reward the bandit sees")
-    parser.add_argument("--explore-share", type=float, default=0.05)
-    parser.add_argument("--extra-cost-share", type=float, default=0.04)
+    parser.add_argument("--explore-share", type=float, default=BanditSettings.explore_share,
+                        help="cap on the share of requests exploring models the predictor knows")
+    parser.add_argument("--new-model-explore-share", type=float, default=BanditSettings.new_model_explore_share,
+                        help="cap on the share of requests exploring a model the router was not trained on")
+    parser.add_argument("--extra-cost-share", type=float, default=BanditSettings.extra_cost_share)
     parser.add_argument("--total-cost-share", type=float, default=BanditSettings.total_cost_share,
                         help="cap on the bandit's total extra predicted spend over the reference policy; inf: uncapped")
 

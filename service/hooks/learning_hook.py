@@ -87,7 +87,8 @@ class LearningRuntime:
             basis = None
             if predictor is not None and getattr(predictor, "pca_proj", None) is not None:
                 basis = (predictor.pca_mean, predictor.pca_proj)
-            settings = BanditSettings(explore_share=b.explore_share, extra_cost_share=b.extra_cost_share,
+            settings = BanditSettings(explore_share=b.explore_share, new_model_explore_share=b.new_model_explore_share,
+                                      extra_cost_share=b.extra_cost_share,
                                       utility_margin=b.utility_margin, total_cost_share=b.total_cost_share, seed=b.seed)
             bandit = ContextualBandit(settings, basis=basis)
         sync = None
