@@ -148,14 +148,17 @@ class Embedder:
         from tokenizers import Tokenizer
 
         self.variant = which or variant()
-        path = onnx_path()
-        with _EXPORT_LOCK, quiet_export():
+        fp32 = onnx_path()
+        path = onnx_path("int8") if self.variant == "int8" else fp32
+        with _EXPORT_LOCK:
             if not path.exists():
-                export_onnx(path)
-            if self.variant == "int8":
-                source, path = path, onnx_path("int8")
-                if not path.exists():
-                    export_int8(source, path)
+                # quiet_export imports transformers, and with it torch: only on the way to an export,
+                # never in a serving process that finds the graph ready.
+                with quiet_export():
+                    if not fp32.exists():
+                        export_onnx(fp32)
+                    if path != fp32:
+                        export_int8(fp32, path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

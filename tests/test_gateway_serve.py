@@ -65,3 +65,31 @@ def test_serve_without_config_answers_from_simulated_models(served):
     auto = log[log.profile == "auto:cheap"].iloc[0]
     assert auto.chosen_model == routed.model and len(auto.candidates) == 11 and auto.propensity > 0
     assert log[log.answered_model.notna()].simulated.all()
+
+
+def test_serving_never_imports_torch(tmp_path):
+    # torch + transformers cost seconds to import and ~1 ms per routed request once loaded
+    # (measured, docs/BENCHMARKS.md): a gateway whose ONNX graphs are built must not load them.
+    from router.cache.verifier import Verifier
+    from router.embedding import shared_embedder
+
+    shared_embedder()
+    Verifier.load()  # both graphs now exist in the cache folder the subprocess reads
+    code = (
+        "import sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from router.config import load_config\n"
+        "from service.app import create_app\n"
+        "from service.serve_command import default_config_path\n"
+        "from service.simulator import attach_simulator\n"
+        "config, stop = attach_simulator(load_config(default_config_path()))\n"
+        "with TestClient(create_app(config)) as client:\n"
+        "    r = client.post('/v1/chat/completions', json={'model': 'auto', 'messages': [{'role': 'user', 'content': 'What is 2 + 2?'}]})\n"
+        "    assert r.status_code == 200, r.text\n"
+        "stop()\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "OPENCLAW_SIM_TIME_SCALE": "0.01", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
