@@ -145,9 +145,10 @@ class BanditSection(_Strict):
     enabled: bool = Field(default=False, description="explore with the contextual bandit and log propensities")
     explore_share: float = Field(default=0.02, ge=0, le=1,
                                  description="most of the traffic given a non-greedy model the predictor knows")
-    new_model_explore_share: float = Field(default=0.05, ge=0, le=1,
-                                      description="most of the traffic given a non-greedy model the router was not trained on "
-                                                  "(until it has 100 rewards)")
+    new_model_explore_share: float = Field(
+        default=0.05, ge=0, le=1,
+        description="most of the traffic given a non-greedy model the router was not trained on (until it has 100 rewards)",
+    )
     extra_cost_share: float = Field(default=0.04, ge=0, description="most extra predicted spend of exploring, as a share of the greedy choices' spend")
     utility_margin: float = Field(default=0.02, ge=0, description="explore models whose optimistic utility is this close to the best")
     total_cost_share: float | None = Field(
