@@ -10,8 +10,9 @@ probability is below the threshold cannot pass, and the cross-encoder is not run
 was chosen on a validation split (loosest with precision >= 0.95 over >= 150 accepted pairs).
 Pairs with different numbers on both sides, different negation, opposite words, a reversed
 direction or swapped roles are refused outright (`features.hard_mismatch`), and pairs below
-`min_cosine` never reach the model. The artifact holds the booster, the packed cross-encoder, the threshold and an IDF table per
-wordpiece (`idf.npy`, float16); the static word vectors come from the installed MiniLM package.
+`min_cosine` never reach the model. The artifact holds the booster, the packed cross-encoder,
+the threshold and an IDF table per wordpiece (`idf.npy`, float16); the static word vectors come
+from the installed MiniLM package.
 """
 from __future__ import annotations
 
