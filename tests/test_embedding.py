@@ -16,7 +16,6 @@ from router.embedding import (
     encode_cached,
     model_dir,
     onnx_path,
-    quiet_export,
     shared_embedder,
     variant,
 )
@@ -111,25 +110,3 @@ def test_unknown_variant_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("OPENCLAW_EMBEDDING_VARIANT", "fp16")
     with pytest.raises(ValueError, match="OPENCLAW_EMBEDDING_VARIANT='fp16'"):
         variant()
-
-
-
-def test_quiet_export_silences_exporters_only_while_it_runs(caplog):
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with quiet_export():
-            logging.warning("quantizer note")  # the root logger, as onnxruntime's quantizer logs
-            logging.getLogger("openclaw.serve").info("still shown")
-            warnings.warn("tracer warning", UserWarning)
-        logging.warning("after the export")
-        warnings.warn("after the export", UserWarning)
-    messages = [r.getMessage() for r in caplog.records]
-    assert "quantizer note" not in messages
-    assert "still shown" in messages and "after the export" in messages
-    assert [str(w.message) for w in caught] == ["after the export"]
-    assert hf_logging.get_verbosity() == verbosity

