@@ -19,7 +19,11 @@ from pathlib import Path
 def build_in_child(*args: str) -> None:
     """Run this module with `args`. The exporters' console output (tracer warnings, load reports,
     quantizer notes) stays in the child; a failed build is a ValueError with its last words."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # The child must import this package even where the parent found it through sys.path alone
+    # (a notebook, a script run from the checkout).
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run([sys.executable, "-m", "router.onnx_export", *args], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
