@@ -25,6 +25,8 @@ Choosing (Thompson sampling, with propensities):
   class's cap leaves the exploration set. While the expected extra spend of exploring
   (over the greedy choice's predicted cost) exceeds its cap, the bandit plays its greedy
   choice (propensity 1).
+* Realised prices: each model's predicted cost is scaled by its realised / predicted cost
+  over its recent answered calls (`observe_cost`), in the utility and in every spend account.
 * Total spend: exploring and *refining* (exploiting small corrections of models the
   predictor knows) may together spend at most `total_cost_share` more than the reference
   policy: the predictor's own choice, told only what the bandit learned about models that
@@ -71,6 +73,8 @@ class BanditSettings:
     total_cost_share: float | None = 0.04  # cap on extra predicted spend over the reference policy
     price_step: float = 0.01  # shadow price (quality per average request's cost) per request's worth of overspend
     remember: int = 100_000  # pending decisions kept for delayed feedback
+    cost_memory: float = 0.99  # per-call discount of a model's realised / predicted cost (~100 calls)
+    cost_prior_calls: float = 5.0  # calls at "cost as predicted" behind each model's cost ratio
     seed: int = 0
 
 
@@ -149,6 +153,7 @@ class ContextualBandit:
         self.spend = 0.0  # expected predicted spend of the bandit's choices
         self.reference_spend = 0.0  # predicted spend of the reference policy's choices
         self.overspend = 0.0  # discounted spend over (1 + total_cost_share) x the reference's
+        self._cost_seen: dict[str, np.ndarray] = {}  # per model: discounted realised $, predicted $, calls
 
     # ---- context and posterior ------------------------------------------------------
     @property
@@ -217,11 +222,14 @@ class ContextualBandit:
         embedding: np.ndarray | None = None,
         request_id: str | None = None,
         rng: np.random.Generator | None = None,
+        willingness_to_pay: float | None = None,
     ) -> BanditChoice:
         """Pick among `models` (all eligible: filter hard constraints first).
 
         `penalty` is what the policy subtracts from P(good) to get utility (cost and latency
         terms), so the bandit ranks exactly as the policy does once corrections are zero.
+        With `willingness_to_pay` (the policy's knob), the cost term is corrected to the prices
+        calls turned out to have (`observe_cost`); spend is accounted at those prices either way.
         """
         if len(models) == 0:
             raise ValueError("no eligible model to choose from")
@@ -230,6 +238,12 @@ class ContextualBandit:
             with self._lock:  # a Generator is not thread-safe: each call draws from its own child
                 rng = np.random.default_rng(int(self._rng.integers(2**63)))
         p_good, penalty, cost = (np.asarray(a, dtype=np.float64) for a in (p_good, penalty, cost))
+        # The predictor's output lengths err, most with little training data: caps on predicted
+        # spend let refinement drift to models whose answers cost more than predicted.
+        realised = cost * self.cost_ratios(models)
+        if willingness_to_pay:
+            penalty = penalty + (realised - cost) / willingness_to_pay
+        cost = realised
         z = self.context(embedding)
         corr, std, news, new = self.posterior(models, z, p_good_std)
         q = np.clip(p_good + corr, 0.0, 1.0)
@@ -294,6 +308,7 @@ class ContextualBandit:
             embedding=embedding if embedding is not None else decision.embedding,
             request_id=request_id,
             rng=rng,
+            willingness_to_pay=decision.knob,
         )
         if choice.model == decision.model:
             return replace(decision, propensity=choice.propensity)
@@ -315,7 +330,24 @@ class ContextualBandit:
             mean_cost = self.reference_spend / self.decisions
             return s.price_step * (self.overspend / mean_cost) / mean_cost
 
+    def cost_ratios(self, models: Sequence[str]) -> np.ndarray:
+        """Per model, realised / predicted cost of its recent calls, shrunk towards 1 while it has
+        few (half weight at `cost_prior_calls`); 1 for a model not yet observed."""
+        prior = self.settings.cost_prior_calls
+        with self._lock:
+            seen = [self._cost_seen.get(m) for m in models]
+        return np.array([1.0 if v is None else (v[2] * v[0] / v[1] + prior) / (v[2] + prior) for v in seen])
+
     # ---- learning -------------------------------------------------------------------
+    def observe_cost(self, model: str, predicted_usd: float, realised_usd: float) -> None:
+        """One answered call's realised cost beside the cost predicted for it."""
+        if not (predicted_usd > 0 and realised_usd >= 0):
+            return
+        with self._lock:
+            seen = self._cost_seen.setdefault(model, np.zeros(3))
+            seen *= self.settings.cost_memory
+            seen += (realised_usd, predicted_usd, 1.0)
+
     def update(self, model: str, z: np.ndarray, reward: float, predicted_p_good: float) -> None:
         """One observed reward in [0, 1] for `model` on context z.
 

@@ -96,6 +96,29 @@ def test_a_new_model_has_its_own_exploration_budget():
     assert bandit.stats()["arms"]["b"]["resets"] >= 1 and news[0] and not new[0]
 
 
+def test_costs_are_taken_at_the_prices_calls_turn_out_to_have():
+    # "b" is predicted as cheap as "a", but its answers cost 3x the prediction.
+    settings = BanditSettings(explore_share=1.0, extra_cost_share=10.0, total_cost_share=None, seed=8)
+    learnt, naive = ContextualBandit(settings), ContextualBandit(settings)
+    for _ in range(300):
+        learnt.observe_cost("b", 1e-3, 3e-3)
+    ratios = learnt.cost_ratios(["a", "b"])
+    assert ratios[0] == 1.0 and 2.9 < ratios[1] <= 3.0
+    # At $0.01 per quality point, 1 point of quality does not pay for b's real price.
+    arrays = dict(models=["a", "b"], p_good=np.array([0.80, 0.81]), p_good_std=np.array([0.01, 0.01]),
+                  penalty=np.full(2, 1e-3 / 0.01), cost=np.full(2, 1e-3))
+    rng = np.random.default_rng(5)
+    assert naive.choose(**arrays, rng=rng, willingness_to_pay=0.01).greedy == "b"
+    assert learnt.choose(**arrays, rng=rng, willingness_to_pay=0.01).greedy == "a"
+    # Spend is accounted at those prices too: exploring b is extra spend although predicted equal.
+    arrays["p_good"] = np.array([0.80, 0.79])
+    for bandit in (learnt, naive):
+        for _ in range(500):
+            bandit.choose(**arrays, rng=rng)
+    assert naive.extra_spend == pytest.approx(0.0, abs=1e-12)
+    assert learnt.extra_spend > 0
+
+
 def test_extra_spend_budget_is_respected():
     # b and c are as good as a but cost 10x: exploring them is what the $ cap must stop.
     arrays = _arrays(p=(0.80, 0.80, 0.80, 0.3), cost=(1e-4, 1e-3, 1e-3, 1e-5))
@@ -215,6 +238,8 @@ def test_gateway_logs_the_bandit_propensity(tmp_path, monkeypatch):
         assert row["chosen_model"] == model and 0 < row["propensity"] < 1
         if model == "m2":
             assert row["reason"].startswith("bandit exploration")
+    # Each answer's realised cost reaches the bandit in a post-hook (awaited when the gateway stopped).
+    assert set(learning.rt.bandit._cost_seen) == answered
 
 
 def test_exploration_is_sticky_within_an_agent_tool_loop(tmp_path):

@@ -155,9 +155,10 @@ def bandit_choices(pred, embeddings: np.ndarray, stream: Stream, wtp: float, lat
         p = pred.p_good[r, ok]
         penalty = p - utility(p, pred.cost_usd[r, ok], pred.latency_s[r, ok], wtp, latency_weight)
         choice = bandit.choose(list(models[ok]), p, pred.p_good_std[r, ok], penalty, pred.cost_usd[r, ok],
-                               embedding=embeddings[r], rng=rng)
+                               embedding=embeddings[r], rng=rng, willingness_to_pay=wtp)
         j = int(ok[list(models[ok]).index(choice.model)])
         chosen[i], prop[i], explored[i] = j, choice.propensity, choice.explored
+        bandit.observe_cost(choice.model, float(pred.cost_usd[r, j]), float(stream.cost[i, j]))
         if rng.random() < feedback_rate:
             bandit.update(choice.model, bandit.context(embeddings[r]), float(stream.quality[i, j]), float(pred.p_good[r, j]))
     return chosen, prop, explored, bandit.stats()

@@ -227,6 +227,10 @@ class LearningHook:
     async def post(self, ctx: RequestContext) -> None:
         rt = self.rt
         rt.remember(ctx.request_id, ctx.tenant)
+        if rt.bandit is not None and ctx.decision is not None and ctx.status == "ok" and ctx.answered_by:
+            answered = _candidate(ctx.decision, ctx.answered_by)
+            if answered is not None:
+                rt.bandit.observe_cost(ctx.answered_by, answered["cost_usd"], ctx.cost_usd)
         if ctx.decision is not None and ctx.cache_status in ("miss", "bypass"):
             signal = self.implicit_signal(ctx)
             if signal is not None:
