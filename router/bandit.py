@@ -23,7 +23,7 @@ Choosing (Thompson sampling, with propensities):
   costs about 0.06 quality points per 1 % of traffic; the second is how a new model gets the
   traffic it is good for, and a few unlucky rewards must not write it off. A model over its
   class's cap leaves the exploration set. While the expected extra spend of exploring
-  (over the greedy choice's predicted cost) exceeds its cap, the bandit plays its greedy
+  (over the greedy choice's cost) exceeds its cap, the bandit plays its greedy
   choice (propensity 1).
 * Realised prices: each model's predicted cost is scaled by its realised / predicted cost
   over its recent answered calls (`observe_cost`), in the utility and in every spend account.
@@ -70,7 +70,7 @@ class BanditSettings:
     cusum_slack: float = 0.15  # residual shift tolerated per observation
     cusum_threshold: float = 8.0  # accumulated shift that means the model changed
     reset_var: float = 0.1  # prior variance of a model's correction after a detected change
-    total_cost_share: float | None = 0.04  # cap on extra predicted spend over the reference policy
+    total_cost_share: float | None = 0.04  # cap on extra spend over the reference policy
     price_step: float = 0.01  # shadow price (quality per average request's cost) per request's worth of overspend
     remember: int = 100_000  # pending decisions kept for delayed feedback
     cost_memory: float = 0.99  # per-call discount of a model's realised / predicted cost (~100 calls)
@@ -148,10 +148,10 @@ class ContextualBandit:
         self.decisions = 0
         self.explore_mass = 0.0  # expected requests given a non-greedy model the predictor knows
         self.new_model_explore_mass = 0.0  # expected requests given a non-greedy new model
-        self.greedy_spend = 0.0  # predicted spend of the greedy (corrected) choices
-        self.extra_spend = 0.0  # expected predicted spend of exploring, over the greedy choice
-        self.spend = 0.0  # expected predicted spend of the bandit's choices
-        self.reference_spend = 0.0  # predicted spend of the reference policy's choices
+        self.greedy_spend = 0.0  # spend of the greedy (corrected) choices
+        self.extra_spend = 0.0  # expected spend of exploring, over the greedy choice
+        self.spend = 0.0  # expected spend of the bandit's choices
+        self.reference_spend = 0.0  # spend of the reference policy's choices
         self.overspend = 0.0  # discounted spend over (1 + total_cost_share) x the reference's
         self._cost_seen: dict[str, np.ndarray] = {}  # per model: discounted realised $, predicted $, calls
 
@@ -202,9 +202,9 @@ class ContextualBandit:
             corr = np.array([z @ a.mean for a in arms])
             corr_var = np.array([z @ a.cov @ z for a in arms])
             trust = np.array([self.settings.trust_after / (self.settings.trust_after + a.n_eff) for a in arms])
-            # News: a detected change, or a prior as wide as after one (a model the predictor
-            # has never seen). Learning news is what the bandit is for; the rest is refinement.
-            news = np.array([a.resets > 0 or a.prior_var >= self.settings.reset_var for a in arms])
+            # News: a detected change, or a model the predictor has never seen. Learning news is
+            # what the bandit is for; the rest is refinement.
+            news = np.array([a.resets > 0 or a.unseen for a in arms])
             new = np.array([a.unseen and a.n_eff < self.settings.new_model_observations for a in arms])
         # A correction steers only where it is clearly non-zero: noise in a few dozen
         # rewards must not override a calibrated predictor, a real shift survives this.

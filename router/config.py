@@ -149,12 +149,12 @@ class BanditSection(_Strict):
         default=0.05, ge=0, le=1,
         description="most of the traffic given a non-greedy model the router was not trained on (until it has 100 rewards)",
     )
-    extra_cost_share: float = Field(default=0.04, ge=0, description="most extra predicted spend of exploring, as a share of the greedy choices' spend")
+    extra_cost_share: float = Field(default=0.04, ge=0, description="most extra spend of exploring, as a share of the greedy choices' spend")
     utility_margin: float = Field(default=0.02, ge=0, description="explore models whose optimistic utility is this close to the best")
     total_cost_share: float | None = Field(
         default=0.04, ge=0,
-        description="most extra predicted spend of exploring plus refining learned corrections, over the predictor's own choice "
-                    "told of detected changes and new models; null: no cap",
+        description="most extra spend (at the prices calls turn out to have) of exploring plus refining learned corrections, "
+                    "over the predictor's own choice told of detected changes and new models; null: no cap",
     )
     shared: bool = Field(default=False, description="share what the bandit learns with the other replicas over server.redis_url")
     seed: int = 0

@@ -57,15 +57,15 @@ def failover_chain(config: Config, ctx: RequestContext) -> list[str]:
     (a local-only request never fails over to a cloud model)."""
     if ctx.decision is not None:
         return [ctx.decision.model, *ctx.decision.fallbacks()[: config.reliability.max_fallbacks]]
-    named = next((m for m in config.models if m.name == ctx.requested_model), None)
-    if named is None:
+    try:
+        named = config.model(ctx.requested_model)
+    except KeyError:
         return [ctx.requested_model]
     limits: Constraints = ctx.extras.get("constraints") or Constraints()
-    specs = {m.name: m for m in config.models}
     allowed = [
         f for f in named.fallbacks
         if (limits.allowed_models is None or f in limits.allowed_models) and f not in limits.excluded_models
-        and limits.required_tags <= specs[f].tags and set(ctx.routing.needs) <= set(specs[f].capabilities)
+        and limits.required_tags <= config.model(f).tags and set(ctx.routing.needs) <= set(config.model(f).capabilities)
     ]
     return [named.name, *allowed]
 
