@@ -14,7 +14,12 @@ kind, not just new rows. Splits:
 Each split trains with `openclaw-router train` into a temporary folder and evaluates with the eval
 job's `evaluate_table` (kNN fit on the same training tasks).
 
-    python bench/bench_generalisation.py [--json OUT.json]
+With `--online N`, the same router then serves the held-out tasks as a stream of N requests with
+the bandit on (`openclaw-router simulate`'s replay, every reward observed, seeds 0-2): what the
+learning loop makes of tasks the router was never trained on, against random routing over the
+stream's second half.
+
+    python bench/bench_generalisation.py [--json OUT.json] [--online 5000]
 """
 from __future__ import annotations
 
@@ -54,7 +59,28 @@ def train_on(frame, folder: Path, prices: Path, extra: list[str]) -> Path:
     return folder / "router"
 
 
-def run_split(name, frame, table, emb, held_tasks, prices: Path, extra) -> dict:
+def online_replay(table, router_path: Path, requests: int, seeds=(0, 1, 2), wtp: float = 1.0) -> list[dict]:
+    """Static vs bandit router on a request stream of `table`'s prompts; second-half means."""
+    from router.bandit import BanditSettings
+    from router.predictor import DEFAULT_THROUGHPUT_TPS, DEFAULT_TTFT_S
+    from training import simulate as sim
+
+    runs = []
+    for seed in seeds:
+        pred, replay, emb, basis = sim.learned_predictions(table, str(router_path), 0.5, seed, [])
+        stream = sim.build_stream(replay, requests, [], seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS)
+        static = sim.static_choices(pred, stream, wtp, 0.0)
+        bandit, *_ = sim.bandit_choices(pred, emb, stream, wtp, 0.0, BanditSettings(seed=seed), 1.0, seed, basis)
+        half = slice(requests // 2, requests)
+        runs.append({"seed": seed, "static": sim.means(stream, static, half)["quality"],
+                     "bandit": sim.means(stream, bandit, half)["quality"],
+                     "random": sim.random_means(stream, half)["quality"],
+                     "by_task": {t: {k: r[k]["quality"] for k in ("static", "bandit", "random")}
+                                 for t, r in sim.by_task(list(pred.models), stream, static, bandit, half.start).items()}})
+    return runs
+
+
+def run_split(name, frame, table, emb, held_tasks, prices: Path, extra, online: int = 0) -> dict:
     from router.engine import LearnedRouter
     from training.evaluate import evaluate_table
 
@@ -66,6 +92,7 @@ def run_split(name, frame, table, emb, held_tasks, prices: Path, extra) -> dict:
     with tempfile.TemporaryDirectory(prefix="gen-") as tmp:
         router = LearnedRouter.load(train_on(frame.iloc[tr].reset_index(drop=True), Path(tmp), prices, extra))
         ev = evaluate_table(table.subset(te), emb[te], router, knn_train=(table.subset(tr), emb[tr]))
+        replays = online_replay(table.subset(te), Path(tmp) / "router", online) if online else None
     s = ev.summary
     m = s["methods"]
     best_router_q = max(p[1] for p in m["router"]["points"])
@@ -79,6 +106,8 @@ def run_split(name, frame, table, emb, held_tasks, prices: Path, extra) -> dict:
         "knn_best_quality": max(p[1] for p in m["knn"]["points"]),
         "aiq": {k: m[k]["aiq"] for k in ("router", "knn", "zero", "random", "oracle")},
     }
+    if replays:
+        out["online"] = {"requests": online, "wtp": 1.0, "second_half_by_seed": replays}
     print(json.dumps(out), flush=True)
     return out
 
@@ -88,21 +117,23 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     ap.add_argument("--only", choices=("llmrouter_nim9", "routerdc_7llm"), help="run one data set's splits")
     ap.add_argument("--train-args", default="", help="extra arguments for `openclaw-router train`")
+    ap.add_argument("--online", type=int, default=0, metavar="N",
+                    help="also replay the held-out tasks as N requests with the bandit on (seeds 0-2)")
     args = ap.parse_args(argv)
     extra = args.train_args.split()
     results = []
     with tempfile.TemporaryDirectory(prefix="gen-prices-") as tmp:
         if args.only in (None, "llmrouter_nim9"):
-            results += nim9_splits(extra)
+            results += nim9_splits(extra, args.online)
         if args.only in (None, "routerdc_7llm"):
-            results += routerdc_splits(Path(tmp), extra)
+            results += routerdc_splits(Path(tmp), extra, args.online)
     print(report(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
 
 
-def nim9_splits(extra: list[str]) -> list[dict]:
+def nim9_splits(extra: list[str], online: int) -> list[dict]:
     from router.embedding import encode_cached
     from training.data import load_prices, read_frame, wide_to_outcomes
 
@@ -111,11 +142,11 @@ def nim9_splits(extra: list[str]) -> list[dict]:
     table = wide_to_outcomes(frame, NIM9, prices=load_prices(prices))
     emb = encode_cached(table.texts)
     reuse_embeddings(table.texts, emb)
-    return [{"data": "llmrouter_nim9", **run_split(name, frame, table, emb, held, prices, extra)}
+    return [{"data": "llmrouter_nim9", **run_split(name, frame, table, emb, held, prices, extra, online)}
             for name, held in NIM9_SPLITS.items()]
 
 
-def routerdc_splits(tmp: Path, extra: list[str]) -> list[dict]:
+def routerdc_splits(tmp: Path, extra: list[str], online: int) -> list[dict]:
     from router.embedding import encode_cached
     from training.data import load_prices, read_frame, wide_to_outcomes
 
@@ -126,8 +157,12 @@ def routerdc_splits(tmp: Path, extra: list[str]) -> list[dict]:
     table = wide_to_outcomes(frame, RDC, prices=load_prices(prices))
     emb = encode_cached(table.texts)
     reuse_embeddings(table.texts, emb)
-    return [{"data": "routerdc_7llm", **run_split(name, frame, table, emb, held, prices, extra)}
+    return [{"data": "routerdc_7llm", **run_split(name, frame, table, emb, held, prices, extra, online)}
             for name, held in RDC_SPLITS.items()]
+
+
+def _per_seed(runs: list[dict], key: str) -> str:
+    return " / ".join(f"{run[key]:.3f}" for run in runs)
 
 
 def report(results: list[dict]) -> str:
@@ -140,6 +175,15 @@ def report(results: list[dict]) -> str:
         lines.append(f"| {r['data']} | {', '.join(r['held_out_tasks'])} | {r['n_train']} / {r['n_test']} | {r['random_quality']:.3f} | "
                      f"{r['router_quality_at_random_cost']:.3f} | {r['knn_quality_at_random_cost']:.3f} | {r['router_best_quality']:.3f} | "
                      f"{r['best_single']['mean_quality']:.3f} ({r['best_single']['model']}) | {aiq_s} |")
+    online = [r for r in results if "online" in r]
+    if online:
+        lines += ["", "Online, second half of the stream (seeds 0 / 1 / 2): quality of random routing, the static "
+                  "router, the bandit router; per held-out task: static / bandit / random (seed 0)", "",
+                  "| data | held-out tasks | random | static | bandit | per task (seed 0) |", "|---|---|---|---|---|---|"]
+        for r in online:
+            runs = r["online"]["second_half_by_seed"]
+            tasks = "; ".join(f"{t} {v['static']:.2f} / {v['bandit']:.2f} / {v['random']:.2f}" for t, v in runs[0]["by_task"].items())
+            lines.append(f"| {r['data']} | {', '.join(r['held_out_tasks'])} | {_per_seed(runs, 'random')} | {_per_seed(runs, 'static')} | {_per_seed(runs, 'bandit')} | {tasks} |")
     return "\n".join(lines)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.cli import main
-from training.simulate import Drift, parse_drift
+from training.simulate import Drift, Stream, by_task, parse_drift, random_means
 from training.data import datasets_dir
 
 DATA = datasets_dir()
@@ -74,9 +75,29 @@ def test_added_model_is_unavailable_before_its_start(small_table, tmp_path):
     added = rep["added"]["mixtral-8x7b-chat"]
     assert added["first_routed_at"] is None or added["first_routed_at"] >= 600
     assert set(added["by_task_after_1000"]) <= {"arc-challenge", "mbpp", "winogrande"}
+    halves = rep["by_task_second_half"]
+    assert set(halves) <= {"arc-challenge", "mbpp", "winogrande"} and sum(t["requests"] for t in halves.values()) == 750
+    # without drift in the first half, the learned router beats routing at random
+    assert rep["windows"][0]["static"]["quality"] > rep["totals"]["random"]["quality"]
 
 
 def test_unknown_drift_model_is_a_clear_error(small_table, tmp_path, capsys):
     code = main(["simulate", "--data", str(small_table), "--requests", "10", "--out", str(tmp_path / "x.json"),
                  "--drift", "degrade:nope:0.5@1"])
     assert code == 2 and "nope" in capsys.readouterr().err
+
+
+def test_random_baseline_and_task_breakdown_by_hand():
+    # 4 requests, 2 models; model 1 is not available at request 0 (added later).
+    stream = Stream(rows=np.arange(4), quality=np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]),
+                    cost=np.array([[1.0, 3.0], [1.0, 3.0], [2.0, 4.0], [2.0, 4.0]]), latency=np.ones((4, 2)),
+                    available=np.array([[True, False], [True, True], [True, True], [True, True]]),
+                    task=np.array(["a", "a", "b", "b"]))
+    # request 0: only model 0 (q 1, c 1); then (0+1)/2, (1+1)/2, 0 and costs 2, 3, 3
+    assert random_means(stream, slice(None)) == {"quality": (1 + 0.5 + 1 + 0) / 4, "cost": (1 + 2 + 3 + 3) / 4, "latency_s": 1.0}
+    static, bandit = np.array([0, 0, 0, 0]), np.array([0, 1, 1, 1])
+    tasks = by_task(["m0", "m1"], stream, static, bandit, start=1)
+    assert set(tasks) == {"a", "b"}
+    assert tasks["a"]["requests"] == 1 and tasks["a"]["static"]["quality"] == 0.0 and tasks["a"]["bandit"]["quality"] == 1.0
+    assert tasks["b"]["random"] == {"quality": 0.5, "cost": 3.0, "latency_s": 1.0}
+    assert tasks["b"]["traffic"] == {"static": {"m0": 1.0}, "bandit": {"m1": 1.0}}

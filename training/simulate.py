@@ -164,7 +164,7 @@ def bandit_choices(pred, embeddings: np.ndarray, stream: Stream, wtp: float, lat
     return chosen, prop, explored, bandit.stats()
 
 
-def _summary(stream: Stream, chosen: np.ndarray, sl: slice) -> dict:
+def means(stream: Stream, chosen: np.ndarray, sl: slice) -> dict:
     idx = np.arange(len(stream.rows))[sl]
     c = chosen[sl]
     return {
@@ -172,6 +172,30 @@ def _summary(stream: Stream, chosen: np.ndarray, sl: slice) -> dict:
         "cost": float(stream.cost[idx, c].mean()),
         "latency_s": float(stream.latency[idx, c].mean()),
     }
+
+
+def random_means(stream: Stream, sl: slice) -> dict:
+    """Uniform random routing over the models available at each request (exact expectation)."""
+    avail = stream.available[sl]
+
+    def mean(x: np.ndarray) -> float:
+        return float((np.where(avail, x[sl], 0.0).sum(axis=1) / avail.sum(axis=1)).mean())
+
+    return {"quality": mean(stream.quality), "cost": mean(stream.cost), "latency_s": mean(stream.latency)}
+
+
+def by_task(models: list[str], stream: Stream, static: np.ndarray, bandit: np.ndarray, start: int) -> dict:
+    """Per task, from `start` on: both routers and random routing, and where each sent traffic."""
+    idx = np.arange(start, len(stream.rows))
+    out = {}
+    for t in np.unique(stream.task[idx]):
+        rows = idx[stream.task[idx] == t]
+        mask = np.zeros(len(stream.rows), dtype=bool)
+        mask[rows] = True
+        out[str(t)] = {"requests": int(len(rows)), "static": means(stream, static, mask),
+                       "bandit": means(stream, bandit, mask), "random": random_means(stream, mask),
+                       "traffic": {"static": _shares(models, static[rows]), "bandit": _shares(models, bandit[rows])}}
+    return out
 
 
 def _shares(models: list[str], chosen: np.ndarray) -> dict[str, float]:
@@ -187,8 +211,8 @@ def report(models: list[str], stream: Stream, static: np.ndarray, bandit: np.nda
     windows = []
     for k0 in range(0, n, window):
         sl = slice(k0, min(k0 + window, n))
-        w = {"start": k0, "end": sl.stop, "static": _summary(stream, static, sl), "bandit": _summary(stream, bandit, sl),
-             "static_without_drift": _summary(nodrift, reference, sl)}
+        w = {"start": k0, "end": sl.stop, "static": means(stream, static, sl), "bandit": means(stream, bandit, sl),
+             "static_without_drift": means(nodrift, reference, sl)}
         w["bandit"]["explore_share"] = float(explored[sl].mean())
         w["traffic"] = {"static": _shares(models, static[sl]), "bandit": _shares(models, bandit[sl])}
         lost = w["static_without_drift"]["quality"] - w["static"]["quality"]
@@ -201,27 +225,32 @@ def report(models: list[str], stream: Stream, static: np.ndarray, bandit: np.nda
                 for d in drifts if d.kind == "add"
             }
         windows.append(w)
-    totals = {"static": _summary(stream, static, slice(None)), "bandit": _summary(stream, bandit, slice(None)),
-              "static_without_drift": _summary(nodrift, reference, slice(None))}
+    totals = {"static": means(stream, static, slice(None)), "bandit": means(stream, bandit, slice(None)),
+              "static_without_drift": means(nodrift, reference, slice(None)),
+              "random": random_means(stream, slice(None))}
     s, b = totals["static"], totals["bandit"]
     totals["bandit_extra_cost_pct"] = 100.0 * (b["cost"] / s["cost"] - 1.0) if s["cost"] > 0 else 0.0
     totals["bandit_quality_delta_points"] = 100.0 * (b["quality"] - s["quality"])
     totals["bandit_explore_share"] = float(explored.mean())
     totals["min_propensity"] = float(propensity.min())
     out = {"windows": windows, "totals": totals, "drift": [d.__dict__ for d in drifts]}
+    if stream.task is not None:
+        # The second half: where the bandit has had time to learn (prompts of tasks the
+        # router was not trained on, a model added part-way).
+        out["by_task_second_half"] = by_task(models, stream, static, bandit, n // 2)
     for d in drifts:
         if d.kind == "add":
             out.setdefault("added", {})[d.model] = _added_summary(models.index(d.model), stream, static, bandit, d.start)
         if d.kind == "degrade":
             after = slice(min(d.start + 1000, n), n)
             if after.start < n:
-                lost = _summary(nodrift, reference, after)["quality"] - _summary(stream, static, after)["quality"]
-                gain = _summary(stream, bandit, after)["quality"] - _summary(stream, static, after)["quality"]
+                lost = means(nodrift, reference, after)["quality"] - means(stream, static, after)["quality"]
+                gain = means(stream, bandit, after)["quality"] - means(stream, static, after)["quality"]
                 rec = out.setdefault("recovery", {})[d.model] = {
                     "from_request": after.start, "static_lost": lost, "bandit_regained": gain,
                     "recovered_share": gain / lost if lost > 0 else None}
                 if informed is not None:
-                    ceiling = _summary(stream, informed, after)["quality"] - _summary(stream, static, after)["quality"]
+                    ceiling = means(stream, informed, after)["quality"] - means(stream, static, after)["quality"]
                     rec["informed_static_regained"] = ceiling
                     rec["recovered_share_of_recoverable"] = gain / ceiling if ceiling > 0 else None
     return out
