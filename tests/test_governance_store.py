@@ -312,6 +312,20 @@ def test_alerts_fire_once_across_replicas_and_rearm(db):
     assert kinds == {"budget", "error_rate", "circuit_open"}
 
 
+def test_a_healthy_replica_does_not_flap_another_replicas_alert(db):
+    from service.governance.alerts import Alerter
+
+    a, b = Alerter(db), Alerter(db)  # a's upstream fails, b's answers (say, another region's route)
+    fired = []
+    for _ in range(30):
+        fired += a.request_outcome("m", failed=True)
+        b.request_outcome("m", failed=False)
+    # b clears what it has not seen once, then leaves a's alert alone: at most one re-fire,
+    # not one per pair of requests
+    assert 1 <= len(fired) <= 2
+    assert [r["active"] for r in a.recent() if r["dedupe"] == "error_rate:m"] == [1]
+
+
 def test_forecast_follows_the_daily_trend(db):
     """Daily spend 1, 2, 3 $ over the last three days: the line continues at +1 $/day."""
     from service.governance.attribution import Attribution

@@ -257,3 +257,37 @@ async def test_error_objects_inside_a_200_and_missing_usage():
             await p.complete(MODEL, BODY)
         assert info.value.kind == "malformed"
         await p.aclose()
+
+
+async def test_https_proxy_and_no_proxy_are_honoured(up, monkeypatch):
+    import asyncio
+
+    seen: list[str] = []
+
+    async def forward_proxy(reader, writer):  # answers itself, as a proxy in front of the upstream would relay
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        length = next(int(line.split(":")[1]) for line in head.split("\r\n") if line.lower().startswith("content-length"))
+        await reader.readexactly(length)
+        seen.append(head.split("\r\n")[0])
+        answer = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "upstream-id",
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": "via proxy"}, "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(answer), answer))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(forward_proxy, "127.0.0.1", 0)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    far = build_provider(ProviderSpec(kind="openai", base_url="http://upstream.invalid/v1", api_key_env="FAKE_UP_KEY"))
+    answer = await far.complete(MODEL, BODY)
+    assert answer["choices"][0]["message"]["content"] == "via proxy"
+    assert seen == ["POST http://upstream.invalid/v1/chat/completions HTTP/1.1"]  # absolute form: a proxied request
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the fake upstream is exempt: straight there
+    up.script("upstream-id", ok("direct"))
+    near = build_provider(ProviderSpec(kind="openai", base_url=up.base_url, api_key_env="FAKE_UP_KEY"))
+    assert (await near.complete(MODEL, BODY))["choices"][0]["message"]["content"] == "direct" and len(seen) == 1
+    for p in (far, near):
+        await p.aclose()
+    server.close()

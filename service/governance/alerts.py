@@ -40,6 +40,10 @@ class Alerter:
         self.error_rate = error_rate
         self.error_min_requests = error_min_requests
         self._outcomes: dict[str, deque] = defaultdict(lambda: deque(maxlen=error_window))
+        # Conditions this replica has cleared since it last saw them true: a healthy request must
+        # not cost a database write, and a replica that never saw a spike clears another's alert
+        # once (after a restart, say) instead of on every request while that one still spikes.
+        self._cleared: set[str] = set()
         self._client: Any = None
 
     def fire_once(self, alert: Alert) -> bool:
@@ -60,8 +64,15 @@ class Alerter:
             return cur.rowcount == 1
 
     def clear(self, dedupe: str) -> None:
+        if dedupe in self._cleared:
+            return
         with self.db.tx() as tx:
             tx.execute("UPDATE gov_alerts SET active = 0 WHERE dedupe = ? AND active = 1", (dedupe,))
+        self._cleared.add(dedupe)
+
+    def _condition(self, alert: Alert) -> list[Alert]:
+        self._cleared.discard(alert.dedupe)
+        return [alert] if self.fire_once(alert) else []
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         with self.db.tx() as tx:
@@ -94,9 +105,8 @@ class Alerter:
         rate = sum(window) / len(window)
         dedupe = f"error_rate:{model}"
         if len(window) >= self.error_min_requests and rate >= self.error_rate:
-            alert = Alert("error_rate", dedupe, f"model {model} error rate is {rate:.0%} over the last {len(window)} requests",
-                          {"model": model, "error_rate": round(rate, 4), "window": len(window)})
-            return [alert] if self.fire_once(alert) else []
+            return self._condition(Alert("error_rate", dedupe, f"model {model} error rate is {rate:.0%} over the last {len(window)} requests",
+                                         {"model": model, "error_rate": round(rate, 4), "window": len(window)}))
         if rate < self.error_rate / 2:
             self.clear(dedupe)
         return []
@@ -104,9 +114,8 @@ class Alerter:
     def circuit_state(self, model: str, state: str) -> list[Alert]:
         dedupe = f"circuit:{model}"
         if state == "open":
-            alert = Alert("circuit_open", dedupe, f"the circuit of model {model} opened: the router stops sending it traffic",
-                          {"model": model})
-            return [alert] if self.fire_once(alert) else []
+            return self._condition(Alert("circuit_open", dedupe, f"the circuit of model {model} opened: the router stops sending it traffic",
+                                         {"model": model}))
         if state == "closed":
             self.clear(dedupe)
         return []
