@@ -102,6 +102,9 @@ def validate_chat(body: Any) -> ChatRequest:
         if err.get("type") == "missing":
             raise _missing(where) from None
         raise bad_request(f"invalid value for {where!r}: {err.get('msg')}", code="invalid_value", param=where) from None
+    for i, message in enumerate(request.messages):
+        if message.role == "tool" and not message.tool_call_id:
+            raise _missing(f"messages[{i}].tool_call_id")
     for i, tool in enumerate(request.tools or ()):
         if tool.type == "function" and tool.function is None:
             raise _missing(f"tools[{i}].function")
@@ -134,6 +137,8 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise bad_request("the request body is nested too deeply", code="invalid_json") from None
 
 
 def _too_large(max_bytes: int) -> ApiError:

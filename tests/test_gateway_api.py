@@ -210,6 +210,9 @@ BAD = [
     (b'{"model": "gpt-17", "messages": [{"role": "user", "content": "hi"}]}', 404, "model_not_found"),
     (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "router": {"allowed_models": ["nope"]}}', 400, "model_not_found"),
     (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "router": {"budget": 1}}', 400, "invalid_value"),
+    # deeper than Python's JSON parser can recurse: was a 500
+    (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+     400, "invalid_json"),
 ]
 
 
@@ -232,6 +235,7 @@ def test_bad_input_gets_an_openai_style_error(gw, body, status, code):
     ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "missing_required_parameter",
      "response_format.json_schema.name"),
     ({"router": {"max_cost_usd": "abc"}}, "invalid_value", "router.max_cost_usd"),
+    ({"messages": [*MSG, {"role": "tool", "content": "42"}]}, "missing_required_parameter", "messages[1].tool_call_id"),
 ])
 def test_malformed_tools_and_formats_are_refused_before_any_upstream_call(gw, upstream, extra, code, param):
     # Adapters translate function tools and response formats: a malformed one must not reach them.
