@@ -261,3 +261,68 @@ def test_bucket_switches_to_hnsw_and_keeps_finding_entries():
         found = bucket.search(vecs[i], 1)
         assert found[0][0] == i and found[0][1] == pytest.approx(1.0, abs=1e-4)
     assert all(j % 2 == 1 for j, _ in bucket.search(vecs[0], 5))
+
+
+def _fill_hnsw(verifier, embed, path, clock, n: int = 40):
+    """A context big enough for HNSW (hnsw_from=16): the questions of `test_concurrent_writers...` style."""
+    cache = new_cache(verifier, path, hnsw_from=16, clock=clock, ttl_s=100.0)
+    questions = [f"What is the population of city number {i} in the atlas?" for i in range(n)]
+    for q in questions:
+        put(cache, embed, body(q), q)
+    return cache, questions
+
+
+def _hits(cache, embed, questions):
+    return [(h.kind, h.response["choices"][0]["message"]["content"]) if (h := get(cache, embed, body(q))) else None
+            for q in questions]
+
+
+def test_a_clean_restart_reads_the_index_snapshot_instead_of_rebuilding(verifier, embed, tmp_path, caplog):
+    clock = Clock()
+    cache, questions = _fill_hnsw(verifier, embed, tmp_path, clock)
+    paraphrases = [q.replace("What is the population of", "How many people live in") for q in questions[:6]]
+    before = _hits(cache, embed, questions + paraphrases)
+    cache.close()
+    assert (tmp_path / "index" / "manifest.json").exists()
+    # While the gateway is down: one entry expires early, one is added by another process.
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute("UPDATE entries SET expires = 0 WHERE text = ?", (questions[0],))
+    db.commit()
+    db.close()
+    with caplog.at_level("INFO", logger="router.cache.cache"):
+        reopened = new_cache(verifier, tmp_path, hnsw_from=16, clock=clock, ttl_s=100.0)
+    assert "1 of 1 indexes from the shutdown snapshot" in caplog.text
+    assert not (tmp_path / "index").exists()  # consumed: a crash from here on means a rebuild
+    after = _hits(reopened, embed, questions + paraphrases)
+    assert after[0] is None and after[1:] == before[1:]  # the expired one is gone, nothing else changed
+    put(reopened, embed, body("Which river flows through the capital?"), "The Thames.")
+    assert get(reopened, embed, body("Which river flows through the capital?")).kind == "hit"
+
+
+def test_a_snapshot_that_disagrees_with_the_rows_is_not_used(verifier, embed, tmp_path, caplog):
+    clock = Clock()
+    cache, questions = _fill_hnsw(verifier, embed, tmp_path, clock)
+    cache.close()
+    # The row's vector changed under the snapshot (a row id reused by another process, say):
+    # the stale vector must not answer for it.
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute("UPDATE entries SET vector = ? WHERE text = ?", (embed("Best pizza in Naples?").tobytes(), questions[3]))
+    db.commit()
+    db.close()
+    with caplog.at_level("INFO", logger="router.cache.cache"):
+        reopened = new_cache(verifier, tmp_path, hnsw_from=16, clock=clock, ttl_s=100.0)
+    assert "0 of 1 indexes from the shutdown snapshot" in caplog.text
+    found = reopened._index.search(request_keys(body(questions[3]), "auto", "t1").fingerprint, embed("Best pizza in Naples?"), 1)
+    assert found and found[0][1] == pytest.approx(1.0, abs=1e-4)  # the rebuilt index holds the row's vector
+
+
+def test_a_damaged_snapshot_means_a_rebuild_not_a_crash(verifier, embed, tmp_path, caplog):
+    clock = Clock()
+    cache, questions = _fill_hnsw(verifier, embed, tmp_path, clock)
+    cache.close()
+    for f in (tmp_path / "index").glob("*.faiss"):
+        f.write_bytes(f.read_bytes()[:1000])
+    with caplog.at_level("WARNING"):
+        reopened = new_cache(verifier, tmp_path, hnsw_from=16, clock=clock, ttl_s=100.0)
+    assert "unreadable" in caplog.text
+    assert all(h is not None and h[0] == "hit" for h in _hits(reopened, embed, questions))

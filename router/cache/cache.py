@@ -81,11 +81,14 @@ class ResponseCache:
                 ids.append(e.id)
                 vecs.append(e.vector)
                 e.vector = None  # the index holds it
-        for fingerprint, (ids, vecs) in by_bucket.items():
-            self._index.add_many(fingerprint, ids, np.vstack(vecs))
+        reused = self._index.restore(self._snapshot_dir(), {fp: (ids, np.vstack(vecs)) for fp, (ids, vecs) in by_bucket.items()})
         self._evict_over_limit()
         if self._entries:
-            log.info("cache: loaded %d entries from %s", len(self._entries), self._store.path)
+            log.info("cache: loaded %d entries from %s (%d of %d indexes from the shutdown snapshot)",
+                     len(self._entries), self._store.path, reused, len(by_bucket))
+
+    def _snapshot_dir(self) -> Path | None:
+        return self._store.folder / "index" if self._store.folder is not None else None
 
     def _track(self, e: Entry) -> None:
         self._entries[e.id] = e
@@ -238,4 +241,10 @@ class ResponseCache:
 
     def close(self) -> None:
         with self._lock:
+            folder = self._snapshot_dir()
+            if folder is not None:
+                try:
+                    self._index.save(folder)
+                except (RuntimeError, OSError) as exc:  # the next start rebuilds: slower, never wrong
+                    log.warning("cache: could not write the index snapshot to %s: %s", folder, exc)
             self._store.close()

@@ -2,7 +2,8 @@
 
 SQLite is the source of truth: a write is one transaction, so a crash (kill -9, power loss)
 leaves either the old or the new entry, never half of one. The FAISS indexes are derived
-data, rebuilt from these rows on start. A file that
+data: rebuilt from these rows on start, or read from the snapshot a clean shutdown wrote where it
+holds exactly these rows' vectors (router/cache/semantic.py). A file that
 is not a valid database on start is moved aside and the cache starts empty: a cache may
 forget, but the gateway must not fail to start or restart in a loop because of it.
 """
