@@ -107,6 +107,7 @@ class _Pending:
     model: str
     context: np.ndarray
     predicted: float  # the predictor's P(good), before correction
+    p_std: float  # the predictor's spread for it: sets the prior of an arm a replica has not met yet
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class Observation:
     context: np.ndarray
     reward: float
     predicted: float  # the predictor's P(good), before correction
+    p_std: float = 0.0  # the predictor's spread for that model (wide for a model it has never seen)
 
 
 @dataclass
@@ -285,7 +287,7 @@ class ContextualBandit:
                 self.overspend = s.forgetting * self.overspend + float(
                     probs[~news] @ (cost[~news] - (1 + s.total_cost_share) * cost[ref]))
             if request_id is not None:
-                self._pending[request_id] = _Pending(models[a], z, float(p_good[a]))
+                self._pending[request_id] = _Pending(models[a], z, float(p_good[a]), float(p_good_std[a]))
                 while len(self._pending) > s.remember:
                     self._pending.popitem(last=False)
         return BanditChoice(
@@ -348,15 +350,17 @@ class ContextualBandit:
             seen *= self.settings.cost_memory
             seen += (realised_usd, predicted_usd, 1.0)
 
-    def update(self, model: str, z: np.ndarray, reward: float, predicted_p_good: float) -> None:
+    def update(self, model: str, z: np.ndarray, reward: float, predicted_p_good: float, p_std: float = 0.0) -> None:
         """One observed reward in [0, 1] for `model` on context z.
 
         `predicted_p_good` is the predictor's own P(good) (without correction): the arm
-        regresses the residual of the predictor, not of itself.
+        regresses the residual of the predictor, not of itself. `p_std` is the predictor's
+        spread for the model: a replica that first meets a model through another replica's
+        reward must give it the same prior (a model new to the predictor gets a wide one).
         """
         s = self.settings
         with self._lock:
-            arm = self._arm(model)
+            arm = self._arm(model, p_std)
             expected = float(np.clip(predicted_p_good + z @ arm.mean, 0.0, 1.0))
             err = float(reward) - expected
             arm.cusum_pos = max(0.0, arm.cusum_pos + err - s.cusum_slack)
@@ -381,8 +385,8 @@ class ContextualBandit:
             pending = self._pending.pop(request_id, None)
         if pending is None:
             return None
-        self.update(pending.model, pending.context, reward, pending.predicted)
-        return Observation(pending.model, pending.context, float(reward), pending.predicted)
+        self.update(pending.model, pending.context, reward, pending.predicted, pending.p_std)
+        return Observation(pending.model, pending.context, float(reward), pending.predicted, pending.p_std)
 
     def feedback(self, request_id: str, reward: float) -> bool:
         """Delayed reward for a decision made with `request_id`; False if it is unknown."""

@@ -56,13 +56,21 @@ class LoggedData:
         n = len(self.actions)
         if not (len(self.rewards) == len(self.propensities) == n):
             raise ValueError("actions, rewards and propensities must have the same length")
-        if n and (np.any(self.propensities <= 0) or np.any(self.propensities > 1 + 1e-9)):
+        # Written as "all inside" so that NaN (which compares false) is refused too.
+        if n and not np.all((self.propensities > 0) & (self.propensities <= 1 + 1e-9)):
             raise ValueError("logged propensities must lie in (0, 1]")
+        if n and not np.all(np.isfinite(self.rewards)):
+            raise ValueError("logged rewards must be finite")
         if self.q_hat is not None and self.q_hat.shape[0] != n:
             raise ValueError("q_hat must have one row per logged request")
 
 
 def _weights(log: LoggedData, target_probs: np.ndarray) -> np.ndarray:
+    if target_probs.shape[0] != len(log.actions):
+        raise ValueError("target_probs must have one row per logged request")
+    if len(target_probs) and not (np.all(np.isfinite(target_probs)) and np.all(target_probs >= 0)
+                                  and np.allclose(target_probs.sum(axis=1), 1.0, atol=1e-6)):
+        raise ValueError("each row of target_probs must be a probability distribution")
     idx = np.arange(len(log.actions))
     return target_probs[idx, log.actions] / log.propensities
 

@@ -44,8 +44,14 @@ def utility(p_good, cost_usd, latency_s, willingness_to_pay, latency_weight=0.0)
 
 
 def _argmax_quality_ties(u: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Per row, the highest P(good) among the models within `_TIE` of the best utility; a
+    non-finite utility never counts (NaN would compare false everywhere and fall to column 0)."""
+    u = np.where(np.isfinite(u), u, -np.inf)
     best = u.max(axis=1, keepdims=True)
-    return np.where(u >= best - _TIE, p, -np.inf).argmax(axis=1)
+    stuck = ~np.isfinite(best[:, 0])
+    if stuck.any():
+        raise ValueError(f"row {int(np.argmax(stuck))} has no model with a finite utility")
+    return np.where(u >= best - _TIE, np.nan_to_num(p, nan=-np.inf), -np.inf).argmax(axis=1)
 
 
 def choose_batch(pred: Predictions, willingness_to_pay: float, latency_weight: float = 0.0,
@@ -102,15 +108,17 @@ def calibrate_willingness_to_pay(pred: Predictions, model: str, target_share: fl
 
 def blend_latency(predicted: float, live: LiveStats | None) -> float:
     """Mix the model's live EWMA latency into the token-based prediction once it is measured."""
-    if live is None or live.ewma_latency_s is None:
+    if live is None or live.ewma_latency_s is None or not np.isfinite(live.ewma_latency_s):
         return predicted
     return (1.0 - LIVE_LATENCY_WEIGHT) * predicted + LIVE_LATENCY_WEIGHT * live.ewma_latency_s
 
 
 def _exclusion(spec: ModelSpec, request: RoutingRequest, allowed: frozenset[str] | None, excluded: frozenset[str],
-               tags: frozenset[str], max_cost: float | None, max_latency: float | None, cost: float, latency: float,
-               out_tokens: float, live: LiveStats | None) -> str | None:
+               tags: frozenset[str], max_cost: float | None, max_latency: float | None, p: float, cost: float,
+               latency: float, out_tokens: float, live: LiveStats | None) -> str | None:
     """The first hard constraint `spec` breaks for this request, or None."""
+    if not (np.isfinite(p) and np.isfinite(cost) and np.isfinite(latency)):
+        return "no finite prediction"  # NaN would pass every limit below and scramble the ranking
     if allowed is not None and spec.name not in allowed:
         return "not in allowed models"
     if spec.name in excluded:
@@ -130,6 +138,20 @@ def _exclusion(spec: ModelSpec, request: RoutingRequest, allowed: frozenset[str]
     if max_latency is not None and latency > max_latency:
         return f"predicted latency {latency:.2f}s > max {max_latency:g}s"
     return None
+
+
+def _rank(rows: list[Candidate]) -> tuple[Candidate, ...]:
+    """Eligible first, by utility. The first is chosen by `choose_batch`'s rule: the highest
+    P(good) within `_TIE` of the best utility, which keeps the knob monotone."""
+    eligible = sorted((c for c in rows if c.excluded is None), key=lambda c: (-c.utility, -c.p_good))
+    if eligible:
+        best = eligible[0].utility
+        first = max((c for c in eligible if c.utility >= best - _TIE), key=lambda c: c.p_good)
+        eligible.remove(first)
+        eligible.insert(0, first)
+    excluded = sorted((c for c in rows if c.excluded is not None),
+                      key=lambda c: (-np.nan_to_num(c.utility, nan=-np.inf), -np.nan_to_num(c.p_good, nan=-np.inf)))
+    return (*eligible, *excluded)
 
 
 def _tighter(a: float | None, b: float | None) -> float | None:
@@ -159,10 +181,9 @@ def decide(pred: Predictions, request: RoutingRequest, *, catalog: Sequence[Mode
         out_tokens = float(pred.output_tokens[row, j])
         u = float(utility(p, cost, latency, wtp, lw))
         why = _exclusion(spec, request, allowed, constraints.excluded_models, tags, max_cost, max_latency,
-                         cost, latency, out_tokens, live.get(spec.name))
+                         p, cost, latency, out_tokens, live.get(spec.name))
         rows.append(Candidate(spec.name, p, float(pred.p_good_std[row, j]), out_tokens, cost, latency, u, why))
-    # Eligible first, each group by utility; ties go to higher P(good), as in choose_batch.
-    ranked = tuple(sorted(rows, key=lambda c: (c.excluded is not None, -round(c.utility, 12), -c.p_good)))
+    ranked = _rank(rows)
     chosen = ranked[0] if ranked else None
     if chosen is None or chosen.excluded is not None:
         summary = "; ".join(f"{c.model}: {c.excluded}" for c in ranked) or "empty catalog"

@@ -51,7 +51,7 @@ class BanditSync:
 
     def _publish_obs(self, obs: Observation) -> None:
         self._publish({"kind": "obs", "model": obs.model, "context": json.dumps(np.asarray(obs.context).tolist()),
-                       "reward": repr(obs.reward), "predicted": repr(obs.predicted)})
+                       "reward": repr(obs.reward), "predicted": repr(obs.predicted), "p_std": repr(obs.p_std)})
 
     def _publish(self, fields: dict[str, str]) -> None:
         try:
@@ -69,7 +69,8 @@ class BanditSync:
                 log.warning("bandit sync: ignoring an observation with a %s context (this bandit uses %d)",
                             context.shape, self.bandit.dim)
                 return
-            self.bandit.update(fields["model"], context, float(fields["reward"]), float(fields["predicted"]))
+            self.bandit.update(fields["model"], context, float(fields["reward"]), float(fields["predicted"]),
+                               float(fields.get("p_std", 0.0)))
         elif fields.get("kind") == "fb":
             obs = self.bandit.resolve(fields["request_id"], float(fields["reward"]))
             if obs is not None:

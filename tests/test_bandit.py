@@ -96,6 +96,32 @@ def test_a_new_model_has_its_own_exploration_budget():
     assert bandit.stats()["arms"]["b"]["resets"] >= 1 and news[0] and not new[0]
 
 
+def test_a_replica_meeting_a_new_model_through_shared_rewards_treats_it_as_new():
+    from service.bandit_sync import BanditSync
+
+    arrays = dict(models=["a", "n"], p_good=np.array([0.80, 0.70]), p_good_std=np.array([0.05, 0.5]),
+                  penalty=np.zeros(2), cost=np.full(2, 1e-3))
+    deciding, peer = ContextualBandit(BanditSettings(seed=1)), ContextualBandit(BanditSettings(seed=1))
+    published: list[dict] = []
+    sync = BanditSync(deciding, client=None)
+    sync._publish = published.append  # what would go on the Redis stream
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        choice = deciding.choose(**arrays, request_id=f"r{i}", rng=rng)
+        if choice.model == "n":
+            sync.feedback(f"r{i}", 1.0)
+    rewards = [f for f in published if f["kind"] == "obs"]
+    assert rewards, "the new model was never explored"
+    peer_sync = BanditSync(peer, client=None)
+    for fields in rewards:
+        peer_sync.apply({**fields, "from": "another replica"})
+    z = deciding.context(None)
+    mine, theirs = deciding.posterior(["n"], z, np.array([0.5])), peer.posterior(["n"], z, np.array([0.5]))
+    # the same evidence, the same (wide) prior: the same correction, and the model is news to both
+    assert theirs[0][0] == pytest.approx(mine[0][0]) and theirs[1][0] == pytest.approx(mine[1][0])
+    assert bool(theirs[2][0]) and bool(mine[2][0]) and bool(theirs[3][0]) == bool(mine[3][0])
+
+
 def test_costs_are_taken_at_the_prices_calls_turn_out_to_have():
     # "b" is predicted as cheap as "a", but its answers cost 3x the prediction.
     settings = BanditSettings(explore_share=1.0, extra_cost_share=10.0, total_cost_share=None, seed=8)

@@ -87,3 +87,13 @@ def test_rejects_invalid_propensities():
         ope.LoggedData(actions=np.array([0]), rewards=np.array([1.0]), propensities=np.array([0.0]))
     with pytest.raises(ValueError, match="reward model"):
         ope.doubly_robust(ope.LoggedData(np.array([0]), np.array([1.0]), np.array([1.0])), np.ones((1, 1)))
+
+
+def test_nan_propensities_and_improper_target_policies_are_refused():
+    from router.ope import LoggedData, ips
+
+    with pytest.raises(ValueError, match="propensities"):
+        LoggedData(actions=np.array([0, 1]), rewards=np.array([1.0, 0.0]), propensities=np.array([0.5, np.nan]))
+    log = LoggedData(actions=np.array([0, 1]), rewards=np.array([1.0, 0.0]), propensities=np.array([0.5, 0.5]))
+    with pytest.raises(ValueError, match="distribution"):
+        ips(log, np.array([[1.0, 1.0], [0.5, 0.5]]))  # the first row sums to 2

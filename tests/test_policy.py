@@ -176,3 +176,45 @@ def test_choose_batch_allowed_restricts():
     assert set(choose_batch(pred, 1e3, allowed=["m1", "m3"])) <= {1, 3}
     with pytest.raises(ValueError):
         choose_batch(pred, 1.0, allowed=["nope"])
+
+
+def _one_row(models, p, cost, latency=None) -> Predictions:
+    m = len(models)
+    return Predictions(list(models), np.array([p], dtype=float), np.full((1, m), 0.05), np.full((1, m), 100.0),
+                       np.array([cost], dtype=float), np.array([latency or [1.0] * m], dtype=float))
+
+
+@pytest.mark.parametrize("order", [["a", "b", "c"], ["b", "a", "c"], ["c", "b", "a"]])
+def test_a_non_finite_prediction_is_excluded_whatever_the_catalog_order(order):
+    pred = _one_row(["a", "b", "c"], [0.5, np.nan, 0.9], [0.001, 0.001, 0.001])
+    d = decide(pred, REQ, catalog=[spec(m) for m in order], profile=Profile(willingness_to_pay=1.0))
+    assert d.model == "c" and dict((c.model, c.excluded) for c in d.candidates)["b"] == "no finite prediction"
+    # NaN compares false against every limit: a NaN cost must not pass max_cost, nor a NaN live latency max_latency
+    pred = _one_row(["a", "b"], [0.5, 0.9], [0.001, np.nan])
+    d = decide(pred, REQ, catalog=[spec("a"), spec("b")], profile=Profile(willingness_to_pay=1.0),
+               constraints=Constraints(max_cost_usd=0.002))
+    assert d.model == "a"
+    pred = _one_row(["a", "b"], [0.5, 0.9], [0.001, 0.001], latency=[1.0, 50.0])
+    d = decide(pred, REQ, catalog=[spec("a"), spec("b")], profile=Profile(willingness_to_pay=1.0),
+               constraints=Constraints(max_latency_s=2.0), live={"b": LiveStats(ewma_latency_s=float("nan"))})
+    assert d.model == "a"
+
+
+def test_choose_batch_never_leaves_allowed_models():
+    pred = _one_row(["forbidden", "ok1", "ok2"], [0.9, np.nan, 0.5], [0.001, 0.001, 0.001])
+    assert pred.models[choose_batch(pred, 1.0, allowed=["ok1", "ok2"])[0]] == "ok2"
+    pred = _one_row(["forbidden", "ok1", "ok2"], [0.9, 0.5, 0.6], [0.001, np.inf, np.inf])
+    with pytest.raises(ValueError, match="finite utility"):
+        choose_batch(pred, 1.0, allowed=["ok1", "ok2"])
+
+
+def test_near_ties_go_to_the_better_model_in_decide_and_choose_batch_alike():
+    # u(strong) - u(weak) = 0.3 - 0.3 / w: within 1e-12 of a tie for w just below 1
+    catalog = [spec("weak"), spec("strong")]
+    pred = _one_row(["weak", "strong"], [0.6, 0.9], [1.0, 1.3])
+    chosen = []
+    for w in np.sort(1.0 - np.arange(1, 3000) * 1e-15):
+        d = decide(pred, REQ, catalog=catalog, profile=Profile(willingness_to_pay=float(w)))
+        assert d.model == pred.models[choose_batch(pred, float(w))[0]]
+        chosen.append(d.candidates[0].p_good)
+    assert np.all(np.diff(chosen) >= 0)  # more willingness to pay never picks the worse model

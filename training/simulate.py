@@ -160,7 +160,8 @@ def bandit_choices(pred, embeddings: np.ndarray, stream: Stream, wtp: float, lat
         chosen[i], prop[i], explored[i] = j, choice.propensity, choice.explored
         bandit.observe_cost(choice.model, float(pred.cost_usd[r, j]), float(stream.cost[i, j]))
         if rng.random() < feedback_rate:
-            bandit.update(choice.model, bandit.context(embeddings[r]), float(stream.quality[i, j]), float(pred.p_good[r, j]))
+            bandit.update(choice.model, bandit.context(embeddings[r]), float(stream.quality[i, j]), float(pred.p_good[r, j]),
+                          float(pred.p_good_std[r, j]))
     return chosen, prop, explored, bandit.stats()
 
 
