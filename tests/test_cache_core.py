@@ -326,3 +326,53 @@ def test_a_damaged_snapshot_means_a_rebuild_not_a_crash(verifier, embed, tmp_pat
         reopened = new_cache(verifier, tmp_path, hnsw_from=16, clock=clock, ttl_s=100.0)
     assert "unreadable" in caplog.text
     assert all(h is not None and h[0] == "hit" for h in _hits(reopened, embed, questions))
+
+
+def test_line_breaks_and_indentation_are_part_of_the_question(verifier, embed):
+    a = "What does this print?\nfor i in range(3):\n    pass\n    print(i)"
+    b = "What does this print?\nfor i in range(3):\n    pass\nprint(i)"
+    assert request_keys(body(a), "auto", "t1").exact != request_keys(body(b), "auto", "t1").exact
+    cache = new_cache(verifier)
+    put(cache, embed, body(a), "0 1 2")
+    assert get(cache, embed, body(b)) is None  # same words, another program: no semantic hit either
+    assert get(cache, embed, body(a + "  \n")).kind == "hit"  # trailing blanks are not a difference
+
+
+def _after_call(name: str) -> dict:
+    return {"model": "auto", "messages": [{"role": "assistant", "content": None, "function_call": {"name": name, "arguments": "{}"}},
+                                          {"role": "user", "content": "What is the capital of France?"}]}
+
+
+@pytest.mark.parametrize("base, other", [
+    (body("What is the capital of France?"), {**body("What is the capital of France?"), "top_k": 5}),
+    (body("What is the capital of France?"), {**body("What is the capital of France?"), "min_p": 0.1}),
+    (body("What is the capital of France?"), {**body("What is the capital of France?"), "function_call": {"name": "f"}}),
+    (_after_call("f"), _after_call("g")),  # a legacy function call earlier in the conversation
+])
+def test_every_field_that_reaches_the_model_is_keyed(base, other):
+    assert request_keys(other, "auto", "t1").exact != request_keys(base, "auto", "t1").exact
+    assert request_keys({**base, "user": "u1", "stream": True, "metadata": {"a": 1}}, "auto", "t1") == request_keys(base, "auto", "t1")
+
+
+def test_who_asks_is_part_of_the_context():
+    alice = {"model": "auto", "messages": [{"role": "user", "name": "alice", "content": "Which pull requests are mine?"}]}
+    bob = {"model": "auto", "messages": [{"role": "user", "name": "bob", "content": "Which pull requests are mine?"}]}
+    assert request_keys(alice, "auto", "t1").fingerprint != request_keys(bob, "auto", "t1").fingerprint
+
+
+def test_only_finished_non_empty_answers_are_stored():
+    from router.cache.policy import cache_control, response_cacheable
+
+    def resp(finish, content="Paris.", **message):
+        return {"choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content, **message}}]}
+
+    assert response_cacheable(resp("stop"), "ok", False) is None
+    assert response_cacheable(resp("error", "The capital of Austral"), "ok", False) == "finish_reason error"
+    assert response_cacheable(resp("stop", "  "), "ok", False) == "empty answer"
+    assert response_cacheable(resp("stop", None, refusal="I can't help with that."), "ok", False) is None
+    calls = resp("tool_calls", None, tool_calls=[{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}])
+    assert response_cacheable(calls, "ok", False) == "tool call" and response_cacheable(calls, "ok", True) is None
+    from starlette.datastructures import Headers
+
+    two_lines = Headers(raw=[(b"cache-control", b"max-age=0"), (b"cache-control", b"no-store")])
+    assert cache_control(two_lines).write is False

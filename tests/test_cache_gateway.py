@@ -141,3 +141,24 @@ def test_cache_survives_a_gateway_restart(upstream, tmp_path):
         assert raw.headers["x-cache"].startswith("semantic-hit") and len(upstream.requests) == 1
     finally:
         second.stop()
+
+
+def test_a_cached_answer_respects_the_requests_own_limits(gw, upstream):
+    client = gw.client()
+    first = client.chat.completions.with_raw_response.create(model="auto", messages=msgs(Q))
+    answered = first.headers["x-router-model"]
+    stored(gw, 1)
+    again = client.chat.completions.with_raw_response.create(model="auto", messages=msgs(Q),
+                                                             extra_body={"router": {"excluded_models": [answered]}})
+    assert again.headers["x-cache"] == "miss" and again.headers["x-router-model"] != answered
+    assert len(upstream.requests) == 2
+    # that answer replaces the first one under the same key; a request its model may serve gets it
+    import time
+
+    deadline = time.monotonic() + 10
+    while [e.model for e in cache_of(gw).cache._entries.values()] != [again.headers["x-router-model"]]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    allowed = client.chat.completions.with_raw_response.create(
+        model="auto", messages=msgs(Q), extra_body={"router": {"allowed_models": [again.headers["x-router-model"]]}})
+    assert allowed.headers["x-cache"] == "hit" and len(upstream.requests) == 2

@@ -1,7 +1,8 @@
 """Cache keys: the normalised exact key and the context fingerprint of a chat request.
 
 The exact key covers everything that can change the answer: route (profile or model),
-every message, tools, response_format, generation parameters and the tenant. The context
+every message, tools, response_format, every other body field that reaches the model
+(generation parameters, provider extensions) and the tenant. The context
 fingerprint is the same minus the last user turn: two requests may share a semantic-cache
 answer only when their fingerprints are equal, so the same question asked under another
 system prompt, history, tool set or temperature is a miss (vLLM semantic router #1581).
@@ -15,47 +16,40 @@ from typing import Any, Mapping
 
 from router.request_view import content_text
 
-# Parameters that change what the model answers; anything else (stream, user, metadata...) does not.
-GENERATION_PARAMS = (
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "max_completion_tokens",
-    "stop",
-    "seed",
-    "n",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "tool_choice",
-    "parallel_tool_calls",
-    "reasoning_effort",
-    "modalities",
-    "audio",
-    "prediction",
-    "verbosity",
-)
+# Body fields that cannot change the answer. Every other field is part of both keys: a list of
+# the fields that do would miss provider extensions (top_k, min_p, repetition_penalty...) that
+# OpenAI-compatible upstreams receive as sent.
+NOT_ANSWER_FIELDS = frozenset({
+    "model", "messages", "tools", "functions", "response_format",  # keyed on their own
+    "stream", "stream_options", "user", "metadata", "store", "service_tier", "safety_identifier",
+    "prompt_cache_key", "router",
+})
 
-def normalise_text(text: str) -> str:
-    """Whitespace runs collapse and ends are stripped; case and punctuation are kept (they can change the answer)."""
-    # str.split() splits on the same characters as the regex \s+ and is ~10x faster on an
-    # agent's 40 KB system prompt, which every turn of a session sends again.
-    return " ".join(text.split())
+
+def canonical_text(text: str) -> str:
+    """Runs of spaces inside a line collapse and blank ends go; case, punctuation, line breaks and
+    indentation stay (they can change the answer: code, YAML, Markdown)."""
+    if "\n" not in text and "\r" not in text:
+        # str.split() is ~10x faster than a regex on an agent's 40 KB system prompt, which every
+        # turn of a session sends again.
+        return " ".join(text.split())
+    lines = []
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        words = " ".join(line.split())
+        lines.append(line[: len(line) - len(line.lstrip())] + words if words else "")
+    return "\n".join(lines).strip("\n")
 
 
 def _message(m: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": m.get("role")}
+    # Every field counts (name, tool_calls, tool_call_id, a legacy function_call...); only the
+    # text is canonicalised.
+    out: dict[str, Any] = {k: v for k, v in m.items() if k != "content" and v is not None}
     content = m.get("content")
     if isinstance(content, list) and any(isinstance(p, Mapping) and p.get("type") not in (None, "text") for p in content):
         # Images and other parts are part of the question: keep them verbatim.
         out["content"] = content
     else:
-        out["content"] = normalise_text(content_text(content))
-    for key in ("name", "tool_calls", "tool_call_id"):
-        if m.get(key) is not None:
-            out[key] = m[key]
+        out["content"] = canonical_text(content_text(content))
     return out
 
 
@@ -79,7 +73,7 @@ class RequestKeys:
 def request_keys(body: Mapping[str, Any], route: str, tenant: str) -> RequestKeys:
     """Keys of a chat-completions body; `route` is the routing profile or the model the client named."""
     messages = [_message(m) for m in body.get("messages") or []]
-    params = {k: body[k] for k in GENERATION_PARAMS if body.get(k) is not None}
+    params = {k: v for k, v in body.items() if k not in NOT_ANSWER_FIELDS and v is not None}
     shared = {
         "route": route,
         "tenant": tenant,
@@ -90,8 +84,10 @@ def request_keys(body: Mapping[str, Any], route: str, tenant: str) -> RequestKey
     }
     # The context (everything but the last message) is serialised and hashed once; the exact key
     # chains its digest with the last message.
-    context = _digest({**shared, "context": messages[:-1]})
     last = messages[-1] if messages else None
+    # Who asks is context too (`name` in a group chat): only the last message's text is matched.
+    asker = {k: v for k, v in last.items() if k != "content"} if last is not None else {}
+    context = _digest({**shared, "context": messages[:-1], "asker": asker})
     exact = _digest({"context": context, "last": last})
     if last is not None and last["role"] == "user" and isinstance(last["content"], str) and last["content"]:
         return RequestKeys(exact=exact, fingerprint=context, text=last["content"])

@@ -1,6 +1,7 @@
 """What may be read from and written to the cache.
 
-Never cached: errors, truncated streams, answers cut by the length limit, `n > 1`, and by
+Never cached: errors, truncated streams, answers that did not finish with `stop` (cut by the
+length limit, filtered, an upstream's `error`), empty answers, `n > 1`, and by
 default tool-call answers and requests with an explicit non-zero temperature (the client
 asked for variety; a cached answer would repeat one sample forever). A request without a
 `temperature` is cacheable: the client did not ask for sampling, and most chat clients
@@ -19,12 +20,9 @@ class CacheControl:
 
 
 def cache_control(headers: Mapping[str, str]) -> CacheControl:
-    """`Cache-Control: no-cache` → don't read (may write); `no-store` → neither."""
-    value = ""
-    for k, v in headers.items():
-        if k.lower() == "cache-control":
-            value = v
-            break
+    """`Cache-Control: no-cache` → don't read (may write); `no-store` → neither. A header sent
+    as several lines counts as one comma-separated list, as HTTP defines it."""
+    value = ",".join(v for k, v in headers.items() if k.lower() == "cache-control")
     directives = {d.strip().split("=", 1)[0].lower() for d in value.split(",") if d.strip()}
     if "no-store" in directives:
         return CacheControl(read=False, write=False)
@@ -55,8 +53,13 @@ def response_cacheable(response: Mapping[str, Any] | None, status: str, cache_to
     for choice in response["choices"]:
         reason = choice.get("finish_reason")
         message = choice.get("message") or {}
-        if reason in ("length", "content_filter") or reason is None:
-            return f"finish_reason {reason}"
-        if (reason in ("tool_calls", "function_call") or message.get("tool_calls") or message.get("function_call")) and not cache_tool_calls:
+        calls = reason in ("tool_calls", "function_call") or message.get("tool_calls") or message.get("function_call")
+        if calls and not cache_tool_calls:
             return "tool call"
+        # Only a finished answer: "length", "content_filter", "error" (OpenRouter) or anything new is not.
+        if reason != "stop" and not calls:
+            return f"finish_reason {reason}"
+        content = message.get("content")
+        if not calls and not (isinstance(content, str) and content.strip()) and not message.get("refusal"):
+            return "empty answer"
     return None

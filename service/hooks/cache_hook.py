@@ -13,7 +13,7 @@ import copy
 import logging
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from router.cache.keys import RequestKeys, request_keys
 from router.cache.policy import cache_control, request_cacheable, response_cacheable
 from router.cache.verifier import Verifier
 from router.config import CacheSection, Config, resolve_path
+from router.types import Constraints
 from service.pipeline import RequestContext
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,25 @@ def render_hit(hit: Hit) -> dict[str, Any]:
 class CacheHook:
     name = "cache"
 
-    def __init__(self, cache: ResponseCache, section: CacheSection, embed: Callable[[str], np.ndarray] = _default_embed):
+    def __init__(self, cache: ResponseCache, section: CacheSection, embed: Callable[[str], np.ndarray] = _default_embed,
+                 model_tags: Mapping[str, frozenset[str]] | None = None):
         self.cache = cache
         self.section = section
         self.embed = embed
+        self.model_tags = dict(model_tags or {})
 
     @classmethod
     def from_config(cls, config: Config) -> "CacheHook":
-        return cls(open_cache(config), config.cache)
+        return cls(open_cache(config), config.cache, model_tags={m.name: m.tags for m in config.models})
+
+    def _permitted(self, model: str, limits: Constraints | None) -> bool:
+        """Whether the request's own limits allow the model that produced a cached answer: a
+        request that excludes a model, or needs a local one, must not get that model's answer."""
+        if limits is None:
+            return True
+        if limits.allowed_models is not None and model not in limits.allowed_models:
+            return False
+        return model not in limits.excluded_models and limits.required_tags <= self.model_tags.get(model, frozenset())
 
     @staticmethod
     def _route(ctx: RequestContext) -> str:
@@ -91,6 +103,8 @@ class CacheHook:
         except Exception:
             log.exception("cache lookup failed for request %s; answering from upstream", ctx.request_id)
             return None
+        if hit is not None and not self._permitted(hit.entry.model, ctx.extras.get("constraints")):
+            hit = None
         if hit is None:
             ctx.cache_status = "miss"
             return None
