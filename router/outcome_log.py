@@ -61,6 +61,15 @@ class OutcomeRecord:
 
 
 _JSON_FIELDS = ("candidates", "fallback_chain", "attempts", "extras")
+# Upstream error kinds that are the request's own fault (invalid, too long for the model): a
+# request that failed only with these says nothing about how good the routed model is.
+CLIENT_FAULT_KINDS = frozenset({"bad_request", "context_length"})
+
+
+def failed_by_its_models(status: str, attempts: list[dict[str, Any]] | None) -> bool:
+    """An error that counts against the models tried (reward 0), not a refused request."""
+    failures = [a for a in attempts or () if a.get("status") == "error"]
+    return status == "error" and bool(failures) and not all(a.get("kind") in CLIENT_FAULT_KINDS for a in failures)
 _BOOL_FIELDS = ("stream", "simulated")
 COLUMNS = [f.name for f in fields(OutcomeRecord)]
 _SQL_TYPES = {

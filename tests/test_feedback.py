@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from router.feedback_log import latest_rewards, read_feedback
-from tests.fake_upstream import ok, server_error
+from tests.fake_upstream import error, ok, server_error
 from tests.gateway_harness import QualityRouter, Running, fake_config
 
 QUALITY = {"m1": 0.80, "m2": 0.795, "m3": 0.2}
@@ -126,3 +126,26 @@ def test_tool_loop_steps_are_not_regenerations(gw):
     client.chat.completions.create(model="auto", messages=turn)
     rows = _feedback_rows(gw, 1)
     assert [(r["request_id"], r["signal"]) for r in rows] == [(first, "regenerated")]
+
+
+def test_parallel_and_other_seed_requests_are_not_regenerations(gw, upstream):
+    import concurrent.futures
+
+    for m in ("m1", "m2", "m3"):
+        upstream.default(m, ok("a haiku", delay_s=0.3))
+    client = gw.client()
+    body = {"model": "auto", "messages": [{"role": "user", "content": "Write a haiku about queues"}]}
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:  # best-of-3 in parallel: nobody has seen an answer yet
+        list(pool.map(lambda seed: client.chat.completions.create(**body, seed=seed), (1, 1, 1)))
+    client.chat.completions.create(**body, seed=2)  # asked again, but for another sample
+    assert _feedback_rows(gw, 1, deadline_s=1.0) == []
+    client.chat.completions.create(**body, seed=2)  # the same request after its answer: a regeneration
+    assert [r["signal"] for r in _feedback_rows(gw, 1)] == ["regenerated"]
+
+
+def test_an_upstream_refusing_the_request_itself_is_no_verdict_on_the_model(gw, upstream):
+    for m in ("m1", "m2", "m3"):
+        upstream.script(m, error(400, "'messages' is malformed", type="invalid_request_error"))
+    with pytest.raises(openai.BadRequestError):
+        _ask(gw, "a request the upstream refuses")
+    assert _feedback_rows(gw, 1, deadline_s=1.0) == []

@@ -172,3 +172,10 @@ def test_hot_reload_under_concurrent_requests_loses_none(world, monkeypatch):
             assert Path(gw.gateway.router.current.path) == Path(world.routers["base"])
         finally:
             gw.stop()
+
+
+def test_nothing_held_out_is_a_refusal_not_a_crash():
+    from training.retrain import judge
+
+    verdict = judge({"n": 0, "overlap": 0.0}, "dr", min_requests=0)
+    assert not verdict.promote and "held out" in verdict.reason

@@ -84,7 +84,7 @@ def load_traffic(db: str) -> Traffic:
     """Usable logged requests of the outcome log at `db`, oldest first."""
     from router.embedding import DIM
     from router.feedback_log import latest_rewards, read_feedback
-    from router.outcome_log import read_outcomes
+    from router.outcome_log import failed_by_its_models, read_outcomes
 
     df = read_outcomes(db)
     feedback = read_feedback(db)
@@ -98,7 +98,7 @@ def load_traffic(db: str) -> Traffic:
             continue
         if row.request_id in rewards:
             reward = rewards[row.request_id]
-        elif row.status == "error":
+        elif failed_by_its_models(row.status, row.attempts):
             reward = 0.0
         else:
             continue

@@ -36,6 +36,8 @@ class Verdict:
 
 def judge(comparison: dict, estimator: str, min_requests: int) -> Verdict:
     n = comparison["n"]
+    if n == 0 or "utility" not in comparison:
+        return Verdict(False, "no logged request with a reward is held out for evaluation")
     if n < min_requests:
         return Verdict(False, f"only {n} usable logged requests with rewards held out for evaluation; need {min_requests}")
     d = comparison["utility"]["difference"].get(estimator)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import random
@@ -29,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from router.bandit import BanditSettings, ContextualBandit
+from router.cache.keys import request_keys
 from router.config import Config, resolve_path
 from router.feedback_log import Feedback, FeedbackStore, ShadowRecord, open_feedback_log
+from router.outcome_log import failed_by_its_models
 from service.bandit_sync import BanditSync
 from service.pipeline import RequestContext
 
@@ -133,26 +134,21 @@ class LearningRuntime:
         elif self.bandit is not None:
             self.bandit.feedback(fb.request_id, fb.score)
 
-    def regenerated(self, ctx: RequestContext) -> str | None:
-        """The earlier request this one repeats within the window, if any; then remembers this one.
-
-        A repeat is the same whole conversation ending in the same user turn. Agent clients
-        resend the last user turn on every step of a tool loop, but with the assistant's tool
-        calls and the tool results after it: those steps are progress, not a regeneration."""
-        messages = ctx.body.get("messages") or []
-        if not messages or messages[-1].get("role") != "user":
-            return None
-        conversation = json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str)
-        key = hashlib.sha256(f"{ctx.tenant}\0{conversation}".encode()).hexdigest()
-        now = time.time()
+    def repeated(self, key: str) -> str | None:
+        """The answered request with this `repeat_key`, if the client got that answer within the
+        window: asking the same again says the answer was not good."""
         with self._lock:
             previous = self._prompts.pop(key, None)
-            self._prompts[key] = (ctx.request_id, now)
-            while len(self._prompts) > RECENT:
-                self._prompts.popitem(last=False)
-        if previous is not None and now - previous[1] <= self.config.learning.regenerate_window_s:
+        if previous is not None and time.time() - previous[1] <= self.config.learning.regenerate_window_s:
             return previous[0]
         return None
+
+    def answered(self, key: str, request_id: str) -> None:
+        with self._lock:
+            self._prompts[key] = (request_id, time.time())
+            self._prompts.move_to_end(key)
+            while len(self._prompts) > RECENT:
+                self._prompts.popitem(last=False)
 
     # ---- shadow -------------------------------------------------------------------------
     def shadow_decide(self, ctx: RequestContext):
@@ -196,6 +192,18 @@ class LearningRuntime:
         rec.call_status, rec.call_output_chars = "ok", len(text)
 
 
+def repeat_key(ctx: RequestContext) -> str | None:
+    """What makes a request a regeneration of an earlier one: the same request (route, tenant,
+    every message, generation parameters: best-of-N with other seeds is not a repeat) ending in
+    a user turn. Agent clients resend the last user turn on every step of a tool loop, but with
+    the tool calls and results after it: those steps are progress, not a regeneration."""
+    messages = ctx.body.get("messages") or []
+    if not messages or messages[-1].get("role") != "user":
+        return None
+    keys = ctx.extras.get("cache_keys") or request_keys(ctx.body, ctx.profile or ctx.requested_model, ctx.tenant)
+    return keys.exact
+
+
 def turn_rng(ctx: RequestContext) -> np.random.Generator:
     """The exploration draw for one user turn: every step of an agent's tool loop (same tenant,
     system prompt and last user turn) gets the same model, so a loop never switches model
@@ -217,7 +225,8 @@ class LearningHook:
     async def routed(self, ctx: RequestContext) -> None:
         rt = self.rt
         rt.remember(ctx.request_id, ctx.tenant)
-        previous = rt.regenerated(ctx)
+        key = repeat_key(ctx)
+        previous = rt.repeated(key) if key is not None else None
         if previous is not None:
             await asyncio.to_thread(rt.record, Feedback(previous, 0.0, source="implicit", signal="regenerated"))
         if rt.bandit is not None and ctx.decision is not None:
@@ -227,6 +236,9 @@ class LearningHook:
     async def post(self, ctx: RequestContext) -> None:
         rt = self.rt
         rt.remember(ctx.request_id, ctx.tenant)
+        key = repeat_key(ctx) if ctx.decision is not None and ctx.status == "ok" else None
+        if key is not None:
+            rt.answered(key, ctx.request_id)  # only an answer the client has can be asked again
         if rt.bandit is not None and ctx.decision is not None and ctx.status == "ok" and ctx.answered_by:
             answered = _candidate(ctx.decision, ctx.answered_by)
             if answered is not None:
@@ -240,7 +252,7 @@ class LearningHook:
 
     @staticmethod
     def implicit_signal(ctx: RequestContext) -> str | None:
-        if ctx.status == "error" and ctx.attempts:
+        if failed_by_its_models(ctx.status, ctx.attempts):
             return "error"
         if ctx.status == "truncated":
             return "truncated"
