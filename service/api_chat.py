@@ -98,6 +98,12 @@ async def chat_completions(request: Request) -> Response:
         ctx.extras["http_status"] = exc.status
         finish(gw, ctx)
         return exc.response(response_headers(ctx))
+    except Exception as exc:  # our bug: the client gets a clean 500, the request still gets its log row
+        log.exception("request %s failed in the gateway", ctx.request_id)
+        ctx.status, ctx.error = "error", f"internal: {type(exc).__name__}"
+        ctx.extras["http_status"] = 500
+        finish(gw, ctx)
+        return ApiError(500, "internal error in the router", code="internal_error").response(response_headers(ctx))
 
 
 def _embed_and_decide(gw: Gateway, router_now: Any, ctx: RequestContext, live: Any) -> Any:
@@ -210,6 +216,12 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
         ctx.status = "ok"
         yield sse.DONE
     except UpstreamError as exc:
+        if assembler.finished:
+            # The connection dropped after the answer's last chunk (before the usage chunk or
+            # [DONE]): the client has the whole answer and the model did its job.
+            ctx.status = "ok"
+            yield sse.DONE
+            return
         # The client already holds part of the answer: say so explicitly, never end cleanly.
         failure = exc
         ctx.status, ctx.error = "truncated", f"{exc.kind}: {exc.message}"

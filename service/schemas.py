@@ -105,6 +105,12 @@ def validate_chat(body: Any) -> ChatRequest:
     for i, message in enumerate(request.messages):
         if message.role == "tool" and not message.tool_call_id:
             raise _missing(f"messages[{i}].tool_call_id")
+        for j, part in enumerate(message.content if isinstance(message.content, list) else ()):
+            # Adapters translate image parts for Anthropic and Gemini: the shape must be OpenAI's.
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                image = part.get("image_url")
+                if not isinstance(image, dict) or not isinstance(image.get("url"), str) or not image["url"]:
+                    raise _missing(f"messages[{i}].content[{j}].image_url.url")
     for i, tool in enumerate(request.tools or ()):
         if tool.type == "function" and tool.function is None:
             raise _missing(f"tools[{i}].function")

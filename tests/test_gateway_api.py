@@ -236,6 +236,12 @@ def test_bad_input_gets_an_openai_style_error(gw, body, status, code):
      "response_format.json_schema.name"),
     ({"router": {"max_cost_usd": "abc"}}, "invalid_value", "router.max_cost_usd"),
     ({"messages": [*MSG, {"role": "tool", "content": "42"}]}, "missing_required_parameter", "messages[1].tool_call_id"),
+    # Anthropic and Gemini adapters translate image parts: OpenAI's shape, or a 400 (was a crash, a 500)
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                                {"type": "image_url", "image_url": "https://example.com/a.png"}]}]},
+     "missing_required_parameter", "messages[0].content[1].image_url.url"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": None}}]}]},
+     "missing_required_parameter", "messages[0].content[0].image_url.url"),
 ])
 def test_malformed_tools_and_formats_are_refused_before_any_upstream_call(gw, upstream, extra, code, param):
     # Adapters translate function tools and response formats: a malformed one must not reach them.
@@ -265,3 +271,24 @@ def test_unknown_model_through_the_sdk(gw):
     with pytest.raises(openai.NotFoundError) as exc:
         gw.client().chat.completions.create(model="gpt-17", messages=MSG)
     assert exc.value.body["code"] == "model_not_found"
+
+
+def test_an_error_inside_the_gateway_is_a_clean_500_and_still_logged(upstream, tmp_path):
+    class Broken:
+        name = "broken"
+
+        async def pre(self, ctx):
+            raise RuntimeError("a bug in a hook")
+
+        async def post(self, ctx):
+            return None
+
+    running = Running(fake_config(upstream.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite"),
+                      router=QualityRouter(DEFAULT_QUALITY), hooks=[Broken()])
+    try:
+        r = httpx.post(f"{running.url}/v1/chat/completions", json={"model": "auto", "messages": MSG})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error" and "Traceback" not in r.text
+        row = running.outcome(r.headers["x-request-id"])
+        assert row["status"] == "error" and row["error"] == "internal: RuntimeError"
+    finally:
+        running.stop()

@@ -193,6 +193,16 @@ def test_stream_failure_after_the_first_token_ends_with_an_error_event(start, up
     assert not upstream.requests_for("m2")
 
 
+def test_a_line_dropped_after_the_last_chunk_is_a_whole_answer(start, upstream):
+    gw = start()
+    upstream.script("m1", cut_stream(after_chunks=5))  # role, three words, finish_reason: then no usage, no [DONE]
+    chunks = list(gw.client().chat.completions.create(model="auto", messages=MSG, stream=True,
+                                                      stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from m1."
+    row = gw.outcomes()[-1]
+    assert row["status"] == "ok" and row["answered_model"] == "m1"
+
+
 def test_circuit_opens_after_repeated_failures_then_probes(start, upstream):
     gw = start()  # breaker_failures=3, cooldown 0.5 s
     upstream.default("m1", server_error())

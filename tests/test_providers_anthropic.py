@@ -148,6 +148,16 @@ async def test_stream_translation(server, provider):
     assert {c["id"] for c in chunks} == {"msg_02"}
 
 
+async def test_a_tool_call_without_input_streams_empty_json_arguments(server, provider):
+    events = [e for e in stream_events(text_parts=()) if "input_json_delta" not in str(e[1])]
+    events.insert(-3, ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                               "delta": {"type": "input_json_delta", "partial_json": ""}}))
+    server.reply_sse(events)
+    chunks = [c async for c in provider.stream(MODEL, {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS})]
+    calls = [tc for c in chunks if c["choices"] for tc in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert json.loads("".join(tc["function"]["arguments"] for tc in calls)) == {}  # as the non-streamed answer
+
+
 @pytest.mark.parametrize(
     "status, payload, headers, kind, retry_after",
     [

@@ -134,6 +134,10 @@ async def test_stream_translation(server, provider):
         (400, {"code": 400, "message": "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
                "status": "INVALID_ARGUMENT"}, "context_length", None),
         (400, {"code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT"}, "auth", None),
+        # an expired key: named by the reason in `details`, whatever the message says
+        (400, {"code": 400, "message": "Your credentials need renewing.", "status": "INVALID_ARGUMENT",
+               "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}]}, "auth", None),
+        (400, {"code": 400, "message": "API key expired. Please renew the API key.", "status": "INVALID_ARGUMENT"}, "auth", None),
         (503, {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"}, "server", None),
         (404, {"code": 404, "message": "models/gemini-x is not found for API version v1beta", "status": "NOT_FOUND"}, "not_found", None),
     ],

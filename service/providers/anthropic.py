@@ -45,8 +45,7 @@ JSON_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
 
 
 def _image_block(part: dict[str, Any]) -> dict[str, Any]:
-    image = part.get("image_url")
-    url = image.get("url", "") if isinstance(image, dict) else str(image or "")
+    url = part["image_url"]["url"]  # shape checked by service/schemas.py
     if url.startswith("data:"):
         header, _, data = url.partition(",")
         media_type = header[5:].split(";")[0] or "image/png"
@@ -232,6 +231,7 @@ class AnthropicProvider(Provider):
         chunk_id = f"chatcmpl-{int(time.time() * 1000)}"
         created = int(time.time())
         tool_index: dict[int, int] = {}  # Anthropic content-block index → OpenAI tool_calls index
+        no_arguments_yet: set[int] = set()  # tool calls whose input has not streamed a character yet
         input_tokens = output_tokens = 0
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -257,6 +257,7 @@ class AnthropicProvider(Provider):
                 if block.get("type") == "tool_use":
                     idx = tool_index[event.get("index", 0)] = len(tool_index)
                     call = {"index": idx, "id": block.get("id", ""), "type": "function", "function": {"name": block.get("name", ""), "arguments": ""}}
+                    no_arguments_yet.add(idx)
                     yield chunk({"tool_calls": [call]})
                 elif block.get("type") == "text" and block.get("text"):
                     yield chunk({"content": block["text"]})
@@ -268,7 +269,16 @@ class AnthropicProvider(Provider):
                     idx = tool_index.get(event.get("index", 0))
                     if idx is None:
                         raise UpstreamError("malformed", "input_json_delta for a block that is not a tool_use")
-                    yield chunk({"tool_calls": [{"index": idx, "function": {"arguments": delta.get("partial_json", "")}}]})
+                    if delta.get("partial_json"):
+                        no_arguments_yet.discard(idx)
+                        yield chunk({"tool_calls": [{"index": idx, "function": {"arguments": delta["partial_json"]}}]})
+            elif kind == "content_block_stop":
+                idx = tool_index.get(event.get("index", 0))
+                if idx in no_arguments_yet:
+                    # A tool without input streams no JSON at all; OpenAI clients parse the
+                    # arguments, and "" is not JSON (the non-streamed answer says "{}").
+                    no_arguments_yet.discard(idx)
+                    yield chunk({"tool_calls": [{"index": idx, "function": {"arguments": "{}"}}]})
             elif kind == "message_delta":
                 usage = event.get("usage") or {}
                 output_tokens = int(usage.get("output_tokens") or output_tokens)

@@ -49,8 +49,9 @@ _CONTEXT_WORDING = re.compile(
     re.IGNORECASE,
 )
 
-# Gemini answers a bad key with HTTP 400 INVALID_ARGUMENT, not 401.
-_AUTH_WORDING = re.compile(r"API key not valid|API_KEY_INVALID|invalid api key", re.IGNORECASE)
+# Gemini answers a bad or expired key with HTTP 400 INVALID_ARGUMENT, not 401 (the reason
+# API_KEY_INVALID is in `error.details`).
+_AUTH_WORDING = re.compile(r"API key not valid|API key expired|API_KEY_INVALID|invalid api key", re.IGNORECASE)
 
 
 class UpstreamError(Exception):
@@ -139,7 +140,8 @@ def _error_code(payload: Any) -> str:
     err = payload.get("error", payload)
     if not isinstance(err, Mapping):
         return ""
-    return " ".join(str(err.get(k) or "") for k in ("code", "type", "status"))
+    reasons = [d.get("reason") for d in err.get("details") or () if isinstance(d, Mapping) and d.get("reason")]
+    return " ".join([*(str(err.get(k) or "") for k in ("code", "type", "status")), *map(str, reasons)])
 
 
 def classify(status: int, payload: Any, text: str) -> ErrorKind:

@@ -49,7 +49,7 @@ def _parts(content: Any) -> list[dict[str, Any]]:
     parts = []
     for part in content:
         if isinstance(part, dict) and part.get("type") == "image_url":
-            url = (part.get("image_url") or {}).get("url", "")
+            url = part["image_url"]["url"]  # shape checked by service/schemas.py
             if url.startswith("data:"):
                 header, _, data = url.partition(",")
                 parts.append({"inlineData": {"mimeType": header[5:].split(";")[0] or "image/png", "data": data}})
