@@ -376,3 +376,11 @@ def test_only_finished_non_empty_answers_are_stored():
 
     two_lines = Headers(raw=[(b"cache-control", b"max-age=0"), (b"cache-control", b"no-store")])
     assert cache_control(two_lines).write is False
+
+
+def test_a_question_without_its_final_mark_is_the_same_question(verifier, embed):
+    cache = new_cache(verifier)
+    put(cache, embed, body("How do I reset my password?"), "Settings > Security.")
+    hit = get(cache, embed, body("How do I reset my password"))
+    assert hit is not None and hit.kind == "semantic-hit" and hit.probability == 1.0
+    assert get(cache, embed, body("How do I reset my email?")) is None  # one word more than a mark

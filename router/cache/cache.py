@@ -32,6 +32,10 @@ DEFAULT_HNSW_FROM = 4096
 CANDIDATES = 4  # neighbours the verifier looks at; the best verified one wins
 
 
+def _without_end_mark(text: str) -> str:
+    return text.rstrip("?.! \n\t")
+
+
 @dataclass(frozen=True)
 class Hit:
     kind: str  # "hit" (exact) or "semantic-hit"
@@ -155,6 +159,12 @@ class ResponseCache:
         live = [(e, s) for e, s in ((self._alive(i, now), s) for i, s in found) if e is not None]
         if not live:
             return None
+        asked = _without_end_mark(keys.text)
+        for e, sim in live:
+            if _without_end_mark(e.text) == asked:
+                # The same words, one with a final "?" or "." and one without: the verifier, trained
+                # on pairs that never differ by so little, can doubt them ("How do I reset my password").
+                return self._answer(e, "semantic-hit", sim, 1.0)
         cached = np.vstack([self._index.vector(keys.fingerprint, e.id) for e, _ in live])
         probs = self.verifier.accept_probability(
             [e.text for e, _ in live], [keys.text] * len(live), cached, np.repeat(vector[None, :], len(live), axis=0)
