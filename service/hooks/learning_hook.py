@@ -200,8 +200,10 @@ def repeat_key(ctx: RequestContext) -> str | None:
     messages = ctx.body.get("messages") or []
     if not messages or messages[-1].get("role") != "user":
         return None
-    keys = ctx.extras.get("cache_keys") or request_keys(ctx.body, ctx.profile or ctx.requested_model, ctx.tenant)
-    return keys.exact
+    if "repeat_key" not in ctx.extras:
+        keys = ctx.extras.get("cache_keys") or request_keys(ctx.body, ctx.profile or ctx.requested_model, ctx.tenant)
+        ctx.extras["repeat_key"] = keys.exact
+    return ctx.extras["repeat_key"]
 
 
 def turn_rng(ctx: RequestContext) -> np.random.Generator:
@@ -236,7 +238,7 @@ class LearningHook:
     async def post(self, ctx: RequestContext) -> None:
         rt = self.rt
         rt.remember(ctx.request_id, ctx.tenant)
-        key = repeat_key(ctx) if ctx.decision is not None and ctx.status == "ok" else None
+        key = repeat_key(ctx) if ctx.status == "ok" else None
         if key is not None:
             rt.answered(key, ctx.request_id)  # only an answer the client has can be asked again
         if rt.bandit is not None and ctx.decision is not None and ctx.status == "ok" and ctx.answered_by:
