@@ -100,6 +100,19 @@ def test_admin_api_needs_the_master_key(env):
     assert admin.get("/admin/keys/key_missing").status_code == 404
 
 
+def test_admin_input_out_of_range_is_a_400_not_a_500(env):
+    _, admin, *_ = env
+    key, _ = new_key(admin, name="k")
+    for method, path, body, param in [
+        ("patch", f"/admin/keys/{key['id']}", {"name": None}, "name"),
+        ("post", "/admin/keys", {"name": "big", "rpm": 10**30}, "rpm"),
+        ("post", "/admin/keys", {"name": "big", "max_request_usd": 1e10}, "max_request_usd"),
+        ("post", "/admin/budgets", {"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 1e10}, "limit_usd"),
+    ]:
+        r = getattr(admin, method)(path, json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (path, body, r.text)
+
+
 def test_key_lifecycle_over_http(env):
     gw, admin, *_ = env
     key, secret = new_key(admin, name="ci-bot", team="infra", project="router", user="ana")
@@ -131,6 +144,26 @@ def test_key_lifecycle_over_http(env):
     with pytest.raises(openai.PermissionDeniedError) as expired:
         chat(client(gw, short))
     assert expired.value.body["code"] == "key_expired"
+
+
+def test_a_named_models_fallbacks_stay_inside_the_keys_scope(tmp_path):
+    up = FakeUpstream().start()
+    up.default("m1", server_error())
+    up.default("m2", ok("from the expensive fallback"))
+    models = [{"name": "m1", "in": 1.0, "out": 1.0, "context_window": 100000, "fallbacks": ["m2"]},
+              {"name": "m2", "in": 60.0, "out": 60.0, "context_window": 100000}]
+    config = fake_config(up.base_url, f"sqlite:///{tmp_path}/o.sqlite", models=models)
+    gov = Governance(config, GovernanceSettings(db_url=f"sqlite:///{tmp_path}/gov.sqlite", master_key=MASTER))
+    gw = Running(config, router=QualityRouter({"m1": 0.9, "m2": 0.8}), governance=gov)
+    try:
+        admin = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {MASTER}"}, timeout=10)
+        _, m1_only = new_key(admin, name="m1-only", allowed_models=["m1"])
+        with pytest.raises(openai.APIError):
+            chat(client(gw, m1_only), model="m1")  # m1 fails; its fallback m2 is outside the key's scope
+        assert not up.requests_for("m2")
+    finally:
+        gw.stop()
+        up.stop()
 
 
 def test_scopes_and_rate_limits(env):
@@ -190,6 +223,17 @@ def test_soft_threshold_reroutes_cheaper_then_budget_refuses(env):
     assert report["soft_limit_reached"]
     spend = admin.get("/admin/spend", params={"group_by": "team,model"}).json()["data"]
     assert {(r["team"], r["model"]) for r in spend if r["cost_usd"] > 0} == {("growth", "m1"), ("growth", "m3")}
+
+
+def test_a_request_for_n_answers_reserves_n_answers(env):
+    gw, admin, *_ = env
+    key, secret = new_key(admin, name="n")
+    # m1: $10 per 1M output tokens, so chat()'s 200 tokens cost at most $0.002; 20 answers $0.04
+    admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 0.02})
+    assert chat(client(gw, secret), model="m1").http_response.status_code == 200
+    with pytest.raises(openai.APIStatusError) as refused:
+        chat(client(gw, secret), model="m1", n=20)
+    assert refused.value.status_code == 402 and refused.value.body["code"] == "budget_exceeded"
 
 
 def test_budget_too_small_for_any_model_names_the_budget(env):
@@ -332,11 +376,18 @@ def test_open_mode_only_on_loopback(tmp_path):
             r = httpx.post(f"{gw.base_url}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "x"}]})
             assert r.status_code == 200
             assert httpx.get(f"{gw.url}/admin/keys").json()["error"]["code"] == "admin_disabled"
-            gov.keys.create("first")  # once a key exists, the gateway is closed
+            first, secret = gov.keys.create("first")  # once a key exists, the gateway is closed
             time.sleep(2.1)
             r = httpx.post(f"{gw.base_url}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "x"}]})
             assert r.status_code == 401
             assert "client keys required" in gov.startup_check("0.0.0.0")
+            gov.keys.revoke(first.id)  # ... and stays closed when the last key goes
+            time.sleep(2.1)
+            r = httpx.post(f"{gw.base_url}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 401
+            r = httpx.post(f"{gw.base_url}/chat/completions", headers={"authorization": f"Bearer {secret}"},
+                           json={"model": "auto", "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 403 and r.json()["error"]["code"] == "key_revoked"  # refused, not waved through
         finally:
             gw.stop()
     finally:

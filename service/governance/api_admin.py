@@ -40,16 +40,21 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+MAX_USD = 1e9  # $1e9 is 1e18 nano-USD, inside a signed 64-bit integer
+MAX_COUNT = 10**12
+
+
 class KeyFields(_Body):
     team: str | None = None
     project: str | None = None
     user: str | None = None
     allowed_models: list[str] | None = None
     allowed_profiles: list[str] | None = None
-    rpm: int | None = Field(default=None, gt=0)
-    tpm: int | None = Field(default=None, gt=0)
-    max_request_usd: float | None = Field(default=None, gt=0)
-    max_session_usd: float | None = Field(default=None, gt=0)
+    # Upper bounds keep amounts inside the stores' 64-bit integers (nano-USD; tokens per minute).
+    rpm: int | None = Field(default=None, gt=0, le=MAX_COUNT)
+    tpm: int | None = Field(default=None, gt=0, le=MAX_COUNT)
+    max_request_usd: float | None = Field(default=None, gt=0, le=MAX_USD)
+    max_session_usd: float | None = Field(default=None, gt=0, le=MAX_USD)
     metadata: dict[str, Any] | None = None
     expires_at: float | None = Field(default=None, description="unix time after which the key stops working")
     expires_in_s: float | None = Field(default=None, gt=0)
@@ -71,17 +76,19 @@ class BudgetCreate(_Body):
     scope: Literal["key", "team", "project"]
     scope_id: str = Field(min_length=1)
     period: Literal["day", "month", "total"]
-    limit_usd: float = Field(gt=0)
+    limit_usd: float = Field(gt=0, le=MAX_USD)
     soft_threshold: float = Field(default=0.8, gt=0, le=1)
 
 
 class BudgetUpdate(_Body):
-    limit_usd: float | None = Field(default=None, gt=0)
+    limit_usd: float | None = Field(default=None, gt=0, le=MAX_USD)
     soft_threshold: float | None = Field(default=None, gt=0, le=1)
 
 
 def _key_fields(gov: Governance, body: KeyFields, partial: bool) -> dict[str, Any]:
     data = body.model_dump(exclude_unset=partial, exclude_none=not partial)
+    if "name" in data and data["name"] is None:
+        raise ApiError(400, "a key's name cannot be removed", code="invalid_request", param="name")
     expires_in = data.pop("expires_in_s", None)
     if expires_in is not None:
         data["expires_at"] = time.time() + expires_in
@@ -108,6 +115,18 @@ async def _run(fn, *args, **kwargs):
         raise ApiError(404, f"no such object: {exc.args[0] if exc.args else ''}", code="not_found") from None
     except ValueError as exc:
         raise ApiError(400, str(exc), code="invalid_request") from None
+    except _integrity_errors():  # e.g. two identical budgets created at once
+        raise ApiError(409, "this conflicts with an existing object", code="conflict") from None
+
+
+def _integrity_errors() -> tuple[type[Exception], ...]:
+    import sqlite3
+
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.IntegrityError,)
+    return (sqlite3.IntegrityError, psycopg.IntegrityError)
 
 
 @router.post("/keys")

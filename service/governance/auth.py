@@ -152,10 +152,14 @@ class Authenticator:
         if key is None:
             return constraints
         if profile is None:
-            if key.allowed_models is not None and requested_model not in key.allowed_models:
+            if key.allowed_models is None:
+                return constraints
+            if requested_model not in key.allowed_models:
                 raise self.refuse(403, f"The key '{key.name}' may not use model '{requested_model}'.",
                                   "model_not_allowed", "scope")
-            return constraints
+            # The named model's fallbacks are filtered by these too: failing over must not leave the key's scope.
+            allowed = set(key.allowed_models) & set(constraints.allowed_models or key.allowed_models)
+            return dataclasses.replace(constraints, allowed_models=frozenset(allowed))
         if key.allowed_profiles is not None and profile not in key.allowed_profiles:
             raise self.refuse(403, f"The key '{key.name}' may not use routing profile '{profile}'; "
                               f"allowed: {', '.join(key.allowed_profiles)}.", "profile_not_allowed", "scope")

@@ -178,9 +178,12 @@ class GovernanceHook:
         messages = ctx.body.get("messages") or ()
         input_max = ctx.routing.input_tokens * INPUT_MARGIN + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REQUEST
 
+        n = ctx.body.get("n")
+        answers = n if isinstance(n, int) and n > 1 else 1  # the upstream bills every one of `n` answers
+
         def most(spec: ModelSpec) -> float:
             out = min(ctx.routing.max_output_tokens or spec.max_output_tokens, spec.max_output_tokens)
-            return spec.price.cost(input_max, out)
+            return spec.price.cost(input_max, out * answers)
 
         chain = failover_chain(self.gov.config, ctx)
         worst = max((most(specs[m]) for m in chain if m in specs), default=0.0)
@@ -190,7 +193,7 @@ class GovernanceHook:
             predicted = most(named) if named else worst
         else:
             chosen = next((c for c in decision.candidates if c.model == decision.model), None)
-            predicted = chosen.cost_usd if chosen is not None else worst
+            predicted = chosen.cost_usd * answers if chosen is not None else worst
         return to_nusd(predicted) or 0, to_nusd(max(worst, predicted)) or 0
 
     async def routed(self, ctx: RequestContext) -> None:

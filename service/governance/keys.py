@@ -189,6 +189,11 @@ class KeyStore:
             )
         return int(row["n"]) if row else 0
 
+    def any_created(self) -> bool:
+        """Whether a key was ever made (revoked and expired ones included)."""
+        with self.db.tx() as tx:
+            return tx.one("SELECT 1 AS one FROM gov_keys LIMIT 1") is not None
+
     def update(self, key_id: str, *, now: float | None = None, **fields: Any) -> VirtualKey:
         unknown = set(fields) - set(_EDITABLE)
         if unknown:

@@ -87,8 +87,10 @@ class Governance:
         return cls(config, GovernanceSettings.from_env(config))
 
     def open_mode(self) -> bool:
-        """No master key and no active key: requests need no key (embedded default, loopback only)."""
-        return self.settings.master_key is None and self.keys.count_active() == 0
+        """No master key and no key ever made: requests need no key (embedded default, loopback
+        only). Once keys exist, keys stay required even when the last one expires or is revoked:
+        a gateway that checked keys when it started must not open up while it runs."""
+        return self.settings.master_key is None and not self.keys.any_created()
 
     def startup_check(self, host: str) -> str:
         """The start-up line about authentication; refuses an open gateway on a non-loopback host."""
