@@ -190,6 +190,14 @@ def test_stale_reservations_are_released(ledger, db):
     assert ledger.usage([line])[line.counter].reserved_nusd == 0
 
 
+def test_a_request_that_outlives_its_reservation_still_counts(ledger, db):
+    _, line = _line(db, 1.0)
+    res = ledger.reserve([line], to_nusd(0.1), to_nusd(0.5), now=time.time() - 3600)  # a stream started an hour ago
+    assert ledger.release_stale(600) == 1  # another request's sweep frees it while it still runs
+    ledger.settle(res.id, to_nusd(0.4), None, counters=[line.counter])
+    assert ledger.usage([line])[line.counter] == Usage(to_nusd(0.4), 0, 0)
+
+
 def test_redis_counter_rebuilt_from_spend_log(db, redis_url):
     from service.governance.redis_state import RedisLedger, connect
 

@@ -149,7 +149,8 @@ class Ledger(Protocol):
 
     def reserve(self, lines: Sequence[Line], predicted_nusd: int, max_nusd: int, now: float | None = None) -> Reservation: ...
 
-    def settle(self, reservation_id: str, actual_nusd: int, spend_row: Mapping[str, Any] | None) -> None: ...
+    def settle(self, reservation_id: str, actual_nusd: int, spend_row: Mapping[str, Any] | None,
+               counters: Sequence[str] = ()) -> None: ...
 
     def release_stale(self, older_than_s: float, now: float | None = None) -> int: ...
 
@@ -232,7 +233,11 @@ class SqlLedger:
             )
         return Reservation(rid, True, amount_nusd=amount, partial=bool(partial))
 
-    def settle(self, reservation_id: str, actual_nusd: int, spend_row: Mapping[str, Any] | None) -> None:
+    def settle(self, reservation_id: str, actual_nusd: int, spend_row: Mapping[str, Any] | None,
+               counters: Sequence[str] = ()) -> None:
+        """Release the reservation and count the real cost. `counters` are the request's budget
+        counters: its spend still counts when its reservation was released as stale meanwhile
+        (a stream longer than `stale_reservation_s`)."""
         with self.db.tx(immediate=True) as tx:
             lock = " FOR UPDATE" if tx.dialect == "postgres" else ""
             res = tx.one(f"SELECT counters, amount_nusd, partial FROM gov_reservations WHERE id = ?{lock}", (reservation_id,))
@@ -244,6 +249,9 @@ class SqlLedger:
                         "partial = partial - ? WHERE counter = ?",
                         (int(res["amount_nusd"]), actual_nusd, int(res["partial"]), counter),
                     )
+            elif actual_nusd:
+                for counter in sorted(set(counters)):
+                    tx.execute("UPDATE gov_counters SET spent_nusd = spent_nusd + ? WHERE counter = ?", (actual_nusd, counter))
             if spend_row is not None:
                 insert_spend(tx, spend_row)
 

@@ -239,7 +239,8 @@ class GovernanceHook:
             return
         row = self.spend_row(ctx, state)
         res = state.reservation
-        await asyncio.to_thread(self.gov.ledger.settle, res.id if res else "", row["cost_nusd"], row)
+        await asyncio.to_thread(self.gov.ledger.settle, res.id if res else "", row["cost_nusd"], row,
+                                [ln.counter for ln in state.lines] if res else [])
         if self.gov.metrics is not None:
             self.gov.metrics.record(row)
         if state.key is not None and row["output_tokens"]:

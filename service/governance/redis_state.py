@@ -50,7 +50,13 @@ return {1, amount, partial}
 
 _SETTLE = """
 local v = redis.call('HGET', KEYS[1], ARGV[1])
-if not v then return 0 end
+if not v then
+  -- released as stale while the request ran: its cost still counts (KEYS[2..] are its counters)
+  for i = 2, #KEYS do
+    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HINCRBY', KEYS[i], 'spent', tonumber(ARGV[2])) end
+  end
+  return 0
+end
 redis.call('HDEL', KEYS[1], ARGV[1])
 local rec = cjson.decode(v)
 local actual = tonumber(ARGV[2])
@@ -166,11 +172,12 @@ class RedisLedger:
             return Reservation(rid, True, amount_nusd=result[1], partial=bool(result[2]))
         raise RuntimeError("budget counters vanished from Redis while being rebuilt; is Redis evicting keys?")
 
-    def settle(self, reservation_id: str, actual_nusd: int, spend_row: Mapping[str, Any] | None) -> None:
+    def settle(self, reservation_id: str, actual_nusd: int, spend_row: Mapping[str, Any] | None,
+               counters: Sequence[str] = ()) -> None:
         if spend_row is not None:
             with self.db.tx() as tx:
                 insert_spend(tx, spend_row)
-        self._settle(keys=[self._res_key], args=[reservation_id, actual_nusd])
+        self._settle(keys=[self._res_key, *(self._k(c) for c in sorted(set(counters)))], args=[reservation_id, actual_nusd])
 
     def release_stale(self, older_than_s: float, now: float | None = None) -> int:
         now = time.time() if now is None else now
