@@ -94,3 +94,17 @@ def test_pick_k_prefers_large_k_on_pure_noise_and_small_k_on_clusters():
     clustered /= np.linalg.norm(clustered, axis=1, keepdims=True)
     outcome = np.stack([(label % 2).astype(float), 1.0 - (label % 2)], axis=1)
     assert pick_k(clustered, outcome, outcome) <= 5
+
+
+def test_knn_crossfit_never_sees_a_copy_of_the_prompt():
+    # 60 prompts, each 4 times, quality random per prompt: the text carries no signal, so a kNN that
+    # cannot see the row's copies has nothing to go on.
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(60, 16))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    emb, q = np.repeat(base, 4, axis=0), np.repeat(rng.integers(0, 2, size=(60, 2)).astype(float), 4, axis=0)
+    texts = np.repeat([f"prompt {i}" for i in range(60)], 4)
+    qh, _, _ = knn_crossfit(emb, q, q.copy(), folds=5, groups=texts)
+    assert abs(np.corrcoef(qh[:, 0], q[:, 0])[0, 1]) < 0.35
+    leaky, _, _ = knn_crossfit(emb, q, q.copy(), folds=5)  # rows as groups: the copies leak the answer
+    assert np.corrcoef(leaky[:, 0], q[:, 0])[0, 1] > 0.6

@@ -45,6 +45,27 @@ def test_cache_eval_without_label_and_bad_input(tmp_path, capsys):
     assert main(["cache-eval", "--pairs", str(tmp_path / "missing.parquet"), "--out", str(out)]) == 2
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_labels_read_alike_in_every_format_and_odd_ones_are_refused(tmp_path, capsys, suffix):
+    src, out = tmp_path / f"pairs{suffix}", tmp_path / "hits.parquet"
+    frame = pd.DataFrame({"text_a": ["What is the capital of France?", "Where is the Eiffel Tower?", "What is AI?"],
+                          "text_b": ["What is the capital of France", "What is the capital of Germany?", "What is AI?"],
+                          "label": [True, False, None]})  # CSV writes True/False/"", JSONL true/false/null
+
+    def write(f):
+        {".csv": lambda: f.to_csv(src, index=False), ".jsonl": lambda: f.to_json(src, orient="records", lines=True),
+         ".parquet": lambda: f.to_parquet(src)}[suffix]()
+
+    write(frame)
+    assert main(["cache-eval", "--pairs", str(src), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "precision 1.0000  recall 1.0000 (1 pairs without a label not scored)" in printed
+    write(frame.assign(label=[0.9, 0.0, 1.0]))  # a soft label is not a 0/1 verdict
+    assert main(["cache-eval", "--pairs", str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'label' must be 0 or 1" in err and "at row 0" in err
+
+
 @needs_qqp
 def test_split_keeps_question_groups_apart():
     df = pd.read_parquet(default_pairs()).head(4000)

@@ -150,6 +150,15 @@ def test_responses_file_gives_output_tokens(tmp_path):
     np.testing.assert_allclose(t.output_tokens[:, 1], 100)
 
 
+def test_a_uid_repeated_in_the_responses_file_keeps_the_files_rows(tmp_path):
+    df = wide_frame()
+    df.to_parquet(tmp_path / "t_train.parquet")
+    responses = pd.DataFrame({"uid": df["uid"], "response__small": ["x" * 40] * 6, "response__big": ["y" * 400] * 6})
+    pd.concat([responses, responses.iloc[:2]]).to_parquet(tmp_path / "t_train_responses.parquet")
+    t = load_outcomes(tmp_path / "t_train.parquet")
+    assert len(t) == len(df) and list(t.texts) == list(df["prompt"])
+
+
 def test_long_layout_pivots_with_unobserved_cells():
     df = pd.DataFrame({
         "request_id": ["r1", "r1", "r2", "r3"],

@@ -107,47 +107,55 @@ def oracle_sweep(quality: np.ndarray, cost: np.ndarray, n: int = 48) -> list[Ope
 # ---- kNN router (RouterBench's KNNRouter: mean outcome of the k nearest training prompts) ----
 
 
-def knn_predict(train_emb, train_q, train_c, test_emb, k: int, exclude_self: bool = False):
-    """Mean quality and cost of each test row's k nearest training rows (cosine similarity)."""
+def knn_predict(train_emb, train_q, train_c, test_emb, k: int, train_groups=None, test_groups=None):
+    """Mean quality and cost of each test row's k nearest training rows (cosine similarity),
+    never counting a training row of the test row's own group (its copies, or itself)."""
     sims = np.asarray(test_emb, np.float32) @ np.asarray(train_emb, np.float32).T
-    if exclude_self:
-        np.fill_diagonal(sims, -np.inf)
-    k = min(k, sims.shape[1] - int(exclude_self))
+    if train_groups is not None:
+        sims[np.asarray(test_groups)[:, None] == np.asarray(train_groups)[None, :]] = -np.inf
+    k = max(1, min(k, int(np.isfinite(sims).sum(axis=1).min())))
     nn = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     return train_q[nn].mean(axis=1), train_c[nn].mean(axis=1)
 
 
-def pick_k(emb, quality, cost, ks=KNN_KS) -> int:
-    """k with the lowest leave-one-out squared error of predicted quality on the training rows."""
+def pick_k(emb, quality, cost, groups=None, ks=KNN_KS) -> int:
+    """k with the lowest leave-one-out squared error of predicted quality on the training rows
+    (leave one group out: a prompt's duplicates would make any k look perfect)."""
+    groups = np.arange(len(emb)) if groups is None else np.asarray(groups)
     best_k, best_err = ks[0], np.inf
     for k in ks:
         if k >= len(emb):
             break
-        q_hat, _ = knn_predict(emb, quality, cost, emb, k, exclude_self=True)
+        q_hat, _ = knn_predict(emb, quality, cost, emb, k, groups, groups)
         err = float(((q_hat - quality) ** 2).mean())
         if err < best_err:
             best_k, best_err = k, err
     return best_k
 
 
-def knn_fit_predict(train_emb, train_q, train_c, test_emb) -> tuple[np.ndarray, np.ndarray, int]:
-    k = pick_k(train_emb, train_q, train_c)
+def knn_fit_predict(train_emb, train_q, train_c, test_emb, train_groups=None) -> tuple[np.ndarray, np.ndarray, int]:
+    k = pick_k(train_emb, train_q, train_c, train_groups)
     q_hat, c_hat = knn_predict(train_emb, train_q, train_c, test_emb, k)
     return q_hat, c_hat, k
 
 
-def knn_crossfit(emb, quality, cost, folds: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def knn_crossfit(emb, quality, cost, folds: int = 5, seed: int = 0, groups=None) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Out-of-fold kNN predictions for a file evaluated on its own: each row is predicted by a
-    kNN fit on the other folds, so no row ever sees its own outcome."""
+    kNN fit on the other folds, so no row ever sees its own outcome. Folds are drawn per group
+    (per distinct prompt text): a duplicated prompt must not be predicted from its copy."""
     n = len(emb)
-    if n < 2 * folds:
-        raise ValueError(f"kNN cross-fitting needs at least {2 * folds} rows, got {n}")
-    fold = np.random.default_rng(seed).permutation(n) % folds
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    _, inv = np.unique(groups, return_inverse=True)
+    n_groups = int(inv.max()) + 1 if n else 0
+    if n_groups < 2 * folds:
+        raise ValueError(f"kNN cross-fitting needs at least {2 * folds} distinct prompts, got {n_groups}; "
+                         "fit it on another file with --knn-train")
+    fold = (np.random.default_rng(seed).permutation(n_groups) % folds)[inv]
     q_hat = np.empty_like(quality, dtype=float)
     c_hat = np.empty_like(cost, dtype=float)
     ks = []
     for f in range(folds):
         te, tr = fold == f, fold != f
-        q_hat[te], c_hat[te], k = knn_fit_predict(emb[tr], quality[tr], cost[tr], emb[te])
+        q_hat[te], c_hat[te], k = knn_fit_predict(emb[tr], quality[tr], cost[tr], emb[te], inv[tr])
         ks.append(k)
     return q_hat, c_hat, ks

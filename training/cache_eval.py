@@ -49,6 +49,7 @@ def evaluate_pairs(df, cache, emb_a, emb_b) -> list[bool]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
     import pandas as pd
 
     from router.cache.cache import ResponseCache
@@ -78,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
     pd.DataFrame({"row": range(len(df)), "hit": pd.Series(hits, dtype=bool)}).to_parquet(args.out, index=False)
     print(f"{len(df)} pairs: {sum(hits)} hits; embedding {t1 - t0:.1f} s, cache {t2 - t1:.1f} s; wrote {args.out}")
     if "label" in df.columns:
-        precision, recall = precision_recall(hits, df["label"].to_numpy().astype(bool))
-        print(f"precision {precision:.4f}  recall {recall:.4f}")
+        label = df["label"].to_numpy()
+        scored = ~np.isnan(label)
+        precision, recall = precision_recall(np.asarray(hits, dtype=bool)[scored], label[scored].astype(bool))
+        unlabelled = f" ({int((~scored).sum())} pairs without a label not scored)" if not scored.all() else ""
+        print(f"precision {precision:.4f}  recall {recall:.4f}{unlabelled}")
     return 0

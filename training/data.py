@@ -185,7 +185,10 @@ def _join_responses(df, path: Path):
     responses = read_frame(sibling)
     if "uid" not in responses.columns:
         raise ValueError(f"{sibling}: no 'uid' column to join the responses on")
-    return df.merge(responses, on="uid", how="left")
+    # One response row per uid: a uid repeated there must not repeat the file's rows (and shift
+    # every 0-based `row` after it).
+    responses = responses.drop_duplicates("uid", keep="first")
+    return df.merge(responses, on="uid", how="left", validate="many_to_one")
 
 
 def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,

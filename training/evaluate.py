@@ -98,9 +98,11 @@ def _two_model(choices: Sequence[np.ndarray], quality_means, strong: int, weak_q
 
 def evaluate_arrays(quality, cost, models, router_q, router_c, router_choose, embeddings,
                     knn_train=None, n_knobs: int = 48, budgets: Sequence[float] = (),
-                    knn_folds: int = 5, seed: int = 0) -> tuple[dict, list[bl.Operating]]:
+                    knn_folds: int = 5, seed: int = 0, texts=None) -> tuple[dict, list[bl.Operating]]:
     """Everything but I/O. `router_choose(wtp) -> (N,) index into models`; `router_q/_c` are the
-    router's predicted quality and cost (used only to place the knob grid)."""
+    router's predicted quality and cost (used only to place the knob grid); `texts` group the
+    rows for kNN's cross-fitting (copies of a prompt share a fold); `knn_train` is
+    (embeddings, quality, cost[, texts])."""
     single_c, single_q = bl.single_model_points(quality, cost)
     best = int(np.lexsort((single_c, -single_q))[0])
     rnd_c, rnd_q = bl.random_point(quality, cost)
@@ -118,10 +120,10 @@ def evaluate_arrays(quality, cost, models, router_q, router_c, router_choose, em
         for ch in [np.asarray(router_choose(float(w)))]
     ]
     if knn_train is not None:
-        q_hat, c_hat, k = bl.knn_fit_predict(knn_train[0], knn_train[1], knn_train[2], embeddings)
+        q_hat, c_hat, k = bl.knn_fit_predict(*knn_train[:3], embeddings, *knn_train[3:])
         knn_info = {"fit": "on --knn-train", "k": [k]}
     else:
-        q_hat, c_hat, ks = bl.knn_crossfit(embeddings, quality, cost, folds=knn_folds, seed=seed)
+        q_hat, c_hat, ks = bl.knn_crossfit(embeddings, quality, cost, folds=knn_folds, seed=seed, groups=texts)
         knn_info = {"fit": f"{knn_folds}-fold cross-fitting on the evaluated file", "k": ks}
     knn_ops = bl.sweep(q_hat, c_hat, quality, cost, bl.knob_sweep(q_hat, c_hat, n_knobs))
     oracle_ops = bl.oracle_sweep(quality, cost, n_knobs)
@@ -187,10 +189,11 @@ def evaluate_table(table, embeddings: np.ndarray, router, models: Sequence[str] 
         if missing:
             raise ValueError(f"{t.path}: --knn-train lacks models {missing}")
         kt = t.restrict_models(candidates)
-        knn = (e, kt.quality, kt.cost)
+        knn = (e, kt.quality, kt.cost, np.asarray(kt.texts, dtype=object))
     summary, router_ops = evaluate_arrays(
         sub.quality, sub.cost, candidates, pred.p_good[:, col], pred.cost_usd[:, col], router_choose,
         embeddings, knn_train=knn, n_knobs=n_knobs, budgets=budgets, knn_folds=knn_folds, seed=seed,
+        texts=np.asarray(sub.texts, dtype=object),
     )
     summary = {"data": table.path, "models_left_out": notes, **summary}
     names = np.array(candidates, dtype=object)

@@ -46,7 +46,7 @@ def cost_quality_figure(summary: dict, title: str = ""):
                 continue
             pts = np.array(method["points"])
             hx, hy = _hull_line(pts[:, 0], pts[:, 1], c_max)
-            label = f"{name} (AIQ {method['aiq']:.3f})"
+            label = name if method["aiq"] is None else f"{name} (AIQ {method['aiq']:.3f})"  # None: one price for all
             ax.plot(hx, hy, color=style["color"], lw=1.6, label=label)
             if style["marker"]:
                 ax.scatter(pts[:, 0], pts[:, 1], color=style["color"], marker=style["marker"], s=10, alpha=0.5)

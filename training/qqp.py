@@ -44,11 +44,39 @@ def load_pairs(path: str | Path):
     df["text_a"] = df["text_a"].fillna("").astype(str)
     df["text_b"] = df["text_b"].fillna("").astype(str)
     if "label" in df.columns:
-        try:
-            df["label"] = df["label"].astype(int)
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}: label must be 0 or 1") from None
+        df["label"] = _labels(df["label"], path)
     return df
+
+
+_LABEL_WORDS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0, "no": 0.0, "yes": 1.0}
+
+
+def _labels(column, path) -> "np.ndarray":
+    """0/1 labels as floats, NaN where a row has none, whatever the file format made of them
+    (CSV's "True", JSON's true, parquet's 1.0). Anything else is an error naming the row."""
+    import pandas as pd
+
+    out = np.full(len(column), np.nan)
+    for i, v in enumerate(column):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
+            continue
+        if isinstance(v, (bool, np.bool_)):
+            out[i] = float(v)
+        elif isinstance(v, str) and v.strip().lower() in _LABEL_WORDS:
+            out[i] = _LABEL_WORDS[v.strip().lower()]
+        elif not isinstance(v, str) and not pd.isna(v) and float(v) in (0.0, 1.0):
+            out[i] = float(v)
+        else:
+            raise ValueError(f"{path}: column 'label' must be 0 or 1 (or true/false), got {v!r} at row {i}")
+    return out
+
+
+def labelled(df, path) -> "np.ndarray":
+    """The labels as 0/1 integers, for training: every row must have one."""
+    missing = np.isnan(df["label"].to_numpy())
+    if missing.any():
+        raise ValueError(f"{path}: column 'label' is empty at row {int(np.argmax(missing))}; training needs every label")
+    return df["label"].to_numpy().astype(int)
 
 
 def embed_pairs(df) -> tuple[np.ndarray, np.ndarray]:

@@ -50,7 +50,7 @@ def prepare(pairs: Path, out: Path, base_out: Path | None = None) -> dict:
     from router.cache.cross_encoder import MAX_TOKENS, pair_tokenizer
     from router.cache.features import hard_mismatch
     from router.embedding import model_dir
-    from training.qqp import embed_pairs, group_split, load_pairs
+    from training.qqp import embed_pairs, group_split, labelled, load_pairs
     from training.train_verifier import MIN_COSINE
 
     df = load_pairs(pairs)
@@ -65,7 +65,7 @@ def prepare(pairs: Path, out: Path, base_out: Path | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out, ab_ids=ab[0], ab_types=ab[1], ab_offsets=ab[2], ba_ids=ba[0], ba_types=ba[1], ba_offsets=ba[2],
-        label=df["label"].to_numpy().astype(np.int8), split=np.array([SPLIT_CODES[s] for s in split], dtype=np.int8),
+        label=labelled(df, pairs).astype(np.int8), split=np.array([SPLIT_CODES[s] for s in split], dtype=np.int8),
         served=served, cosine=cos.astype(np.float32),
     )
     if base_out is not None:

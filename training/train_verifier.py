@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from router.cache.features import SCALAR_NAMES, WORD_NAMES, Lexicon, hard_mismatch, pair_features
-from training.qqp import default_pairs, embed_pairs, group_split, load_pairs, precision_recall
+from training.qqp import default_pairs, embed_pairs, group_split, labelled, load_pairs, precision_recall
 
 log = logging.getLogger(__name__)
 CROSS_ENCODER_RECORD = "cross_encoder.json"  # how the cross-encoder was trained (training/train_cross_encoder.py)
@@ -110,7 +110,7 @@ def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float 
         raise ValueError(f"{pairs}: training needs a label column")
     split = group_split(df)
     ea, eb = embed_pairs(df)
-    y = df["label"].to_numpy().astype(int)
+    y = labelled(df, pairs)
     tr = split == "train"
     lexicon = build_lexicon(sorted(set(df["text_a"][tr]) | set(df["text_b"][tr])))
     X = pair_features(df["text_a"].tolist(), df["text_b"].tolist(), ea, eb, lexicon)
