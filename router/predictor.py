@@ -206,6 +206,11 @@ class OutcomePredictor:
         observed = ~np.isnan(q)
         self.prior_quality = float(np.nanmean(q))
         fold = _fold_ids(n, self.folds, self.seed, groups)
+        # LightGBM cannot fit one row (bagging leaves none): every fold needs two outcomes to learn from.
+        if any((observed & (fold != k)[:, None]).sum() < 2 for k in range(self.folds)):
+            distinct = len(np.unique(groups)) if groups is not None else n
+            raise ValueError(f"{getattr(outcomes, 'path', 'the data')}: cross-fitting {self.folds} folds needs outcomes for "
+                             f"more distinct prompts (text column) than this: {distinct} prompt(s), {int(observed.sum())} outcome(s)")
         oof = np.full((n, m), np.nan)
         params = {**QUALITY_PARAMS, "seed": self.seed}
         self.quality_boosters = [] if self.mode == "shared" else [[] for _ in range(m)]

@@ -105,12 +105,11 @@ needs_data = pytest.mark.skipif(not RB.exists(), reason="shared datasets not pre
 @pytest.fixture(scope="module")
 def eval_file(tmp_path_factory):
     """150 routerbench prompts without answer columns (as a sealed test file may come), plus a
-    model the router has never seen."""
+    model the router has never seen, without a cost column (left out, so never priced)."""
     import pandas as pd
 
     df = pd.read_parquet(RB).sample(150, random_state=3).reset_index(drop=True)
     df["quality__brand-new-model"] = 1.0
-    df["cost_usd__brand-new-model"] = 1e-5
     path = tmp_path_factory.mktemp("eval") / "heldout.parquet"
     df.to_parquet(path, index=False)
     return path, df

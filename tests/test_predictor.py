@@ -128,3 +128,11 @@ def test_merged_forest_equals_individual_boosters(data, fitted):
     for k, booster in enumerate(fitted.quality_boosters):
         np.testing.assert_allclose(raw[k], booster.predict(pairs).reshape(n, m), atol=1e-12)
     np.testing.assert_allclose(tok, fitted.token_booster.predict(pairs).reshape(n, m), atol=1e-10)
+
+
+def test_too_few_distinct_prompts_is_a_clear_error_not_a_lightgbm_crash(data):
+    table, X, train, _ = data
+    rows = train[:30]
+    one_prompt = np.array([table.texts[rows[0]]] * len(rows), dtype=object)  # 30 outcomes of one prompt
+    with pytest.raises(ValueError, match="distinct prompts"):
+        OutcomePredictor(folds=3, num_rounds=20).fit(X[rows], table.subset(rows), groups=one_prompt)

@@ -101,3 +101,21 @@ def test_random_baseline_and_task_breakdown_by_hand():
     assert tasks["a"]["requests"] == 1 and tasks["a"]["static"]["quality"] == 0.0 and tasks["a"]["bandit"]["quality"] == 1.0
     assert tasks["b"]["random"] == {"quality": 0.5, "cost": 3.0, "latency_s": 1.0}
     assert tasks["b"]["traffic"] == {"static": {"m0": 1.0}, "bandit": {"m1": 1.0}}
+
+
+def test_a_table_without_costs_runs_with_prices_and_the_json_is_strict(small_table, tmp_path):
+    import pandas as pd
+
+    bare = tmp_path / "bare.parquet"
+    pd.read_parquet(small_table).drop(columns=[f"cost_usd__{m}" for m in MODELS]).to_parquet(bare)
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({m: {"input_per_1m": 1.0 + i, "output_per_1m": 2.0 + i} for i, m in enumerate(MODELS)}))
+    out = tmp_path / "sim.json"
+    # tiny windows: most lack some task, whose share there is no number (null, not NaN)
+    assert main(["simulate", "--data", str(bare), "--prices", str(prices), "--requests", "400", "--window", "5",
+                 "--drift", "add:mistral-7b-chat@100", "--out", str(out)]) == 0
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    rep = json.loads(out.read_text(), parse_constant=refuse)
+    assert rep["totals"]["static"]["cost"] > 0

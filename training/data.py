@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -308,17 +308,26 @@ def _implied_prices(cost, input_tokens, output_tokens, models) -> dict[str, Mode
     return prices
 
 
+MODEL_COLUMN_PREFIXES = ("quality__", "cost_usd__", "latency_s__", "output_tokens__", "response__")
+
+
 def load_outcomes(path: str | Path, text_column: str | None = None,
-                  prices: Mapping[str, ModelPrice] | str | Path | None = None) -> OutcomeTable:
+                  prices: Mapping[str, ModelPrice] | str | Path | None = None,
+                  keep: Callable[[str], bool] | None = None) -> OutcomeTable:
     """Load a wide outcome table (parquet, CSV or JSONL).
 
     Without `prices`, a table lacking `cost_usd__<model>` columns takes its prices from a
     `models.json` beside it (the shared datasets ship one), and says so; without either, the
-    missing cost is an error naming the column."""
+    missing cost is an error naming the column. `keep(model)` False drops a model's columns
+    before anything is checked (eval leaves out models its router does not know, whatever
+    their columns hold)."""
     if isinstance(prices, (str, Path)):
         prices = load_prices(prices)
     path = Path(path)
     df = _join_responses(read_frame(path), path)
+    if keep is not None:
+        df = df.drop(columns=[c for c in df.columns for pre in MODEL_COLUMN_PREFIXES
+                              if c.startswith(pre) and not keep(c[len(pre):])])
     sibling = path.with_name("models.json")
     models = [c[len("quality__"):] for c in df.columns if c.startswith("quality__")]
     if prices is None and sibling.exists() and any(f"cost_usd__{m}" not in df.columns for m in models):

@@ -235,16 +235,26 @@ def run(args: argparse.Namespace) -> int:
         m: ModelPrice(*p) for m, p in router.predictor.prices.items()
     }
     columns = set(read_frame(args.data).columns)
-    table = load_outcomes(args.data, text_column=args.text_column, prices=prices)
+    # Models the router does not know are left out before the file is checked: a sealed file's
+    # extra model without a cost column must not stop the evaluation of the others.
+    known = set(router.models)
+    in_file = [c[len("quality__"):] for c in sorted(columns) if c.startswith("quality__")]
+    unknown = [m for m in in_file if m not in known]
+    if in_file and len(unknown) == len(in_file):
+        raise ValueError(f"{args.data}: no model is both in the file ({in_file}) and known to the router ({list(router.models)})")
+    if unknown:
+        log.warning("models in %s that the router does not know, left out: %s", args.data, unknown)
+    table = load_outcomes(args.data, text_column=args.text_column, prices=prices, keep=known.__contains__)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()] if args.budgets else []
     knn_train = None
     if args.knn_train:
-        kt = load_outcomes(args.knn_train, text_column=args.text_column, prices=prices)
+        kt = load_outcomes(args.knn_train, text_column=args.text_column, prices=prices, keep=known.__contains__)
         knn_train = (kt, encode_cached(kt.texts))
     result = evaluate_table(table, encode_cached(table.texts), router, models=models, knn_train=knn_train,
                             n_knobs=args.knob_points, budgets=budgets, seed=args.seed)
     result.summary["router"] = str(args.router)
+    result.summary["models_left_out"]["not_in_router"] = unknown
     estimated = [m for m in result.summary["models"] if f"cost_usd__{m}" not in columns]
     if estimated:
         log.warning("no cost_usd__ column for %s in %s: cost = tokens x price", estimated, args.data)

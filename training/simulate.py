@@ -220,9 +220,9 @@ def report(models: list[str], stream: Stream, static: np.ndarray, bandit: np.nda
         if lost > 0.01:
             w["recovered_share"] = (w["bandit"]["quality"] - w["static"]["quality"]) / lost
         if stream.task is not None:
-            w["added_model_traffic_by_task"] = {
+            w["added_model_traffic_by_task"] = {  # tasks of this window only: a mean over none is NaN, not JSON
                 d.model: {t: round(float(np.mean(bandit[sl][stream.task[sl] == t] == models.index(d.model))), 4)
-                          for t in np.unique(stream.task)}
+                          for t in np.unique(stream.task[sl])}
                 for d in drifts if d.kind == "add"
             }
         windows.append(w)
@@ -271,6 +271,10 @@ def learned_predictions(table, router_path: str | None, train_share: float, seed
     emb = np.asarray(encode_cached(table.texts), dtype=np.float32)
     requests = [RoutingRequest(text=t, input_tokens=int(n)) for t, n in zip(table.texts, table.input_tokens)]
     X = np.hstack([emb, request_features(requests)])
+    unpriced = [m for m in table.models if m not in table.prices]
+    if unpriced:
+        raise ValueError(f"{table.path}: no price for {unpriced[0]!r}: too few rows to infer it from column "
+                         f"'cost_usd__{unpriced[0]}'; pass --prices FILE.json")
     prices = [(table.prices[m].input_per_1m, table.prices[m].output_per_1m) for m in table.models]
     if router_path:
         from router.engine import LearnedRouter
@@ -298,11 +302,14 @@ def simulate(args) -> dict:
     from training.data import load_outcomes
 
     drifts = [parse_drift(s) for s in args.drift or []]
-    table = load_outcomes(args.data, text_column=args.text_column)
+    table = load_outcomes(args.data, text_column=args.text_column, prices=args.prices)
     if table.cost is None:
         raise ValueError(f"{args.data}: simulate needs recorded costs (cost_usd__<model> columns)")
     new_models = [d.model for d in drifts if d.kind == "add"]
     pred, replay, emb, basis = learned_predictions(table, args.router, args.train_share, args.seed, new_models)
+    if basis is not None and basis[1].shape[1] < BanditSettings.context_dim:
+        raise ValueError(f"{args.data}: the router was trained on too few distinct prompts for the bandit's "
+                         f"{BanditSettings.context_dim}-dimensional context ({basis[1].shape[1]} components); use a larger table")
     stream = build_stream(replay, args.requests, drifts, args.seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS)
     nodrift = build_stream(replay, args.requests, drifts, args.seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS, apply_drift=False)
     static = static_choices(pred, stream, args.willingness_to_pay, args.latency_weight)
@@ -336,6 +343,8 @@ def configure(parser) -> None:
                         help="router artifact to use (replays every prompt); default: train one on a split")
     parser.add_argument("--train-share", type=float, default=0.5, help="share of prompts the router is trained on")
     parser.add_argument("--text-column", default=None)
+    parser.add_argument("--prices", default=None,
+                        help="JSON of per-model prices, for tables without cost_usd__<model> columns (as train and eval take)")
     parser.add_argument("--willingness-to-pay", type=float, default=0.01, help="USD per +1.0 quality (the knob)")
     parser.add_argument("--latency-weight", type=float, default=0.0)
     parser.add_argument("--window", type=int, default=500, help="requests per reported window")
@@ -350,13 +359,15 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
+    from training.offpolicy import finite
+
     if args.requests <= 0:
         raise ValueError("--requests must be positive")
     if not 0.0 < args.train_share < 1.0:
         raise ValueError("--train-share must lie strictly between 0 and 1")
     out = simulate(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    Path(args.out).write_text(json.dumps(finite(out), indent=1))
     t = out["totals"]
     print(f"static: quality {t['static']['quality']:.4f} cost ${t['static']['cost']:.6f}/request | "
           f"bandit: quality {t['bandit']['quality']:.4f} cost ${t['bandit']['cost']:.6f}/request "
