@@ -213,6 +213,16 @@ def test_redis_counter_rebuilt_from_spend_log(db, redis_url):
     assert again.usage([line])[line.counter].spent_nusd == to_nusd(0.2)
 
 
+def test_a_budget_counts_from_its_creation_on_every_backend(ledger, db):
+    keys, budgets = KeyStore(db), BudgetStore(db)
+    key, _ = keys.create("k", team="growth")
+    with db.tx() as tx:  # the team spent $4 earlier in the day, before the budget existed
+        tx.execute("INSERT INTO gov_spend (request_id, ts, day, key_id, team, cost_nusd, status) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   ("req_old", time.time() - 60, "d", key.id, "growth", to_nusd(4.0), "ok"))
+    line = budgets.create("team", "growth", "day", 5.0).line(time.time())
+    assert ledger.reserve([line], to_nusd(2.0), to_nusd(2.0)).ok  # SQL and Redis alike: $5 left, not $1
+
+
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 def test_rate_limits(backend, request):
     if backend == "memory":

@@ -68,7 +68,9 @@ class Budget:
             soft_threshold=self.soft_threshold,
             budget_id=self.id,
             seed=((SCOPE_COLUMN[self.scope], self.scope_id),),
-            start=start,
+            # A budget counts what is spent from its creation on (SQL counters start at zero
+            # then): a rebuilt Redis counter must not count the window's earlier spend.
+            start=max(start, self.created_at),
             end=end,
         )
 
@@ -85,7 +87,8 @@ class Line:
     label: str
     soft_threshold: float = 1.0
     budget_id: str | None = None
-    # Spend-log filter that rebuilds this counter if a volatile store (Redis) lost it.
+    # Spend-log filter that rebuilds this counter if a volatile store (Redis) lost it: spend
+    # of these columns from `start` (the window's start, or the budget's creation if later).
     seed: tuple[tuple[str, str], ...] = ()
     start: float = 0.0
     end: float = float("inf")
