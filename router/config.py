@@ -7,7 +7,7 @@ schema is documented field by field in docs/CONFIG.md.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,9 +22,20 @@ class _Strict(BaseModel):
 class Price(_Strict):
     input_per_1m: float = Field(ge=0, description="USD per 1M input tokens")
     output_per_1m: float = Field(ge=0, description="USD per 1M output tokens")
+    cached_input_per_1m: float | None = Field(
+        default=None, ge=0, description="USD per 1M input tokens read from the provider's prompt cache; default: input_per_1m")
 
     def cost(self, input_tokens: float, output_tokens: float) -> float:
         return (input_tokens * self.input_per_1m + output_tokens * self.output_per_1m) / 1e6
+
+    def usage_cost(self, usage: Mapping[str, Any]) -> float:
+        """The cost of an OpenAI `usage` object: prompt tokens the provider read from its cache
+        (`prompt_tokens_details.cached_tokens`) at the cached price."""
+        prompt = float(usage.get("prompt_tokens") or 0)
+        details = usage.get("prompt_tokens_details")
+        cached = min(float((details or {}).get("cached_tokens") or 0) if isinstance(details, Mapping) else 0.0, prompt)
+        cached_price = self.input_per_1m if self.cached_input_per_1m is None else self.cached_input_per_1m
+        return self.cost(prompt - cached, usage.get("completion_tokens") or 0) + cached * cached_price / 1e6
 
 
 class Limits(_Strict):

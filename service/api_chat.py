@@ -253,7 +253,7 @@ def finish(gw: Gateway, ctx: RequestContext) -> None:
             text = "".join((c.get("message") or {}).get("content") or "" for c in (ctx.response or {}).get("choices", []))
             usage = {"prompt_tokens": ctx.routing.input_tokens, "completion_tokens": estimate_tokens(text)}
             extras["usage_estimated"] = True
-        ctx.cost_usd = spec.price.cost(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+        ctx.cost_usd = spec.price.usage_cost(usage)
         extras["usage"] = usage
         model = spec.name
         gw.metrics.tokens.labels(model, "input").inc(usage.get("prompt_tokens") or 0)

@@ -63,3 +63,14 @@ def test_not_yaml_or_not_a_mapping_is_a_clear_error(tmp_path):
     assert "the top level must be a mapping" in error_of("- just\n- a list\n")
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_cache_reads_are_billed_at_the_cached_price():
+    from router.config import Price
+
+    price = Price(input_per_1m=3.0, output_per_1m=15.0, cached_input_per_1m=0.3)
+    usage = {"prompt_tokens": 100_000, "completion_tokens": 1_000, "prompt_tokens_details": {"cached_tokens": 90_000}}
+    assert price.usage_cost(usage) == pytest.approx((10_000 * 3.0 + 90_000 * 0.3 + 1_000 * 15.0) / 1e6)
+    # without a cached price, or without cache reads, every prompt token is at the input price
+    assert Price(input_per_1m=3.0, output_per_1m=15.0).usage_cost(usage) == pytest.approx((100_000 * 3.0 + 1_000 * 15.0) / 1e6)
+    assert price.usage_cost({"prompt_tokens": 10, "completion_tokens": 0}) == pytest.approx(10 * 3.0 / 1e6)

@@ -130,7 +130,9 @@ async def test_response_translation(server, provider):
     (call,) = choice["message"]["tool_calls"]
     assert call["id"] == "toolu_9" and call["function"]["name"] == "get_weather"
     assert json.loads(call["function"]["arguments"]) == {"city": "Rome"}
-    assert result["usage"] == {"prompt_tokens": 150, "completion_tokens": 45, "total_tokens": 195}
+    # cache reads are prompt tokens, and said to be cache reads (billed at the cached price)
+    assert result["usage"] == {"prompt_tokens": 150, "completion_tokens": 45, "total_tokens": 195,
+                               "prompt_tokens_details": {"cached_tokens": 30}}
 
 
 async def test_stream_translation(server, provider):
@@ -211,3 +213,22 @@ async def test_key_is_scrubbed_from_error_messages(server, provider):
     with pytest.raises(UpstreamError) as info:
         await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}]})
     assert KEY not in str(info.value)
+
+
+def test_openai_values_anthropic_would_refuse_are_translated():
+    from service.providers.anthropic import FINISH_REASONS, to_anthropic
+    from service.providers.base import classify
+
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "hi"}]},
+                         {"role": "assistant", "content": " ", "tool_calls": [
+                             {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                         {"role": "tool", "tool_call_id": "c1", "content": "ok"}],
+            "temperature": 1.5, "top_p": 0.9}
+    payload = to_anthropic(MODEL, body, stream=False)
+    assert payload["temperature"] == 1.0 and "top_p" not in payload  # [0, 1], and not both
+    texts = [b for m in payload["messages"] for b in m["content"] if b.get("type") == "text"]
+    assert texts == [{"type": "text", "text": "hi"}]  # no empty or blank text blocks
+    assert FINISH_REASONS["model_context_window_exceeded"] == "length"
+    too_long = {"type": "error", "error": {"type": "invalid_request_error",
+                                           "message": "input length and `max_tokens` exceed context limit: 150000 + 64000 > 200000"}}
+    assert classify(400, too_long, "") == "context_length"  # fails over to a bigger window

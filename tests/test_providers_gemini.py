@@ -166,3 +166,26 @@ async def test_stream_errors(server, provider):
         async for _ in provider.stream(MODEL, {"messages": [{"role": "user", "content": "hi"}]}):
             pass
     assert info.value.kind == "malformed"
+
+
+def test_schemas_keep_property_names_and_inline_references():
+    from service.providers.gemini import clean_schema
+
+    params = {"type": "object", "additionalProperties": False, "required": ["query", "strict"],
+              "properties": {"query": {"type": "string"}, "strict": {"type": "boolean"}}}
+    assert clean_schema(params) == {"type": "object", "required": ["query", "strict"],
+                                    "properties": {"query": {"type": "string"}, "strict": {"type": "boolean"}}}
+    nested = {"$defs": {"Addr": {"type": "object", "properties": {"city": {"type": "string"}}}},
+              "type": "object", "properties": {"to": {"$ref": "#/$defs/Addr"}}}
+    assert clean_schema(nested) == {"type": "object", "properties": {"to": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def test_unnamed_calls_of_different_answers_get_different_ids():
+    from service.providers.gemini import from_gemini
+
+    def answer(response_id):
+        return {"responseId": response_id, "candidates": [{"content": {"role": "model", "parts": [
+            {"functionCall": {"name": "get_weather", "args": {"city": "Lima"}}}]}, "finishReason": "STOP"}]}
+
+    first, again, second = (from_gemini(MODEL, answer(r))["choices"][0]["message"]["tool_calls"][0]["id"] for r in ("a", "a", "b"))
+    assert first == again and first != second  # stable for one answer, unique across turns

@@ -185,7 +185,7 @@ class LearningRuntime:
         finally:
             rec.call_latency_s = time.perf_counter() - started
         usage = answer.get("usage") or {}
-        rec.call_cost_usd = spec.price.cost(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+        rec.call_cost_usd = spec.price.usage_cost(usage)
         with self._lock:
             self.shadow_spend += rec.call_cost_usd - rec.shadow_candidate.get("cost_usd", 0.0)
         text, _ = _answer_text(answer)

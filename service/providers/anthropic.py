@@ -14,7 +14,7 @@ import time
 from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
-from router.request_view import content_text
+from router.request_view import content_text, estimate_tokens
 from service.providers.base import Provider, UpstreamError, classify, error_message, parse_json_event, scrub
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -26,6 +26,7 @@ FINISH_REASONS = {
     "max_tokens": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
+    "model_context_window_exceeded": "length",  # cut off by the window: not a finished answer
 }
 
 # In-stream `error` events carry a type but no HTTP status; these are the statuses Anthropic
@@ -56,15 +57,17 @@ def _image_block(part: dict[str, Any]) -> dict[str, Any]:
 def _content_blocks(content: Any) -> list[dict[str, Any]]:
     if content is None:
         return []
+    # The Messages API refuses text blocks that are empty or only whitespace; OpenAI clients send
+    # them beside tool calls.
     if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
+        return [{"type": "text", "text": content}] if content.strip() else []
     blocks = []
     for part in content:
         if isinstance(part, dict) and part.get("type") == "image_url":
             blocks.append(_image_block(part))
-        elif isinstance(part, dict) and part.get("type") == "text":
-            blocks.append({"type": "text", "text": str(part.get("text", ""))})
-        elif isinstance(part, str):
+        elif isinstance(part, dict) and part.get("type") == "text" and str(part.get("text", "")).strip():
+            blocks.append({"type": "text", "text": str(part["text"])})
+        elif isinstance(part, str) and part.strip():
             blocks.append({"type": "text", "text": part})
     return blocks
 
@@ -135,13 +138,16 @@ def to_anthropic(model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[s
     payload: dict[str, Any] = {
         "model": model.upstream_name,
         "messages": messages,
-        "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or model.max_output_tokens,
+        "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or _default_max_tokens(model, body),
     }
     if system_parts:
         payload["system"] = "\n\n".join(p for p in system_parts if p)
-    for src, dst in (("temperature", "temperature"), ("top_p", "top_p")):
-        if body.get(src) is not None:
-            payload[dst] = body[src]
+    # Anthropic takes temperature in [0, 1] (OpenAI: [0, 2]), and recent models refuse
+    # temperature and top_p together: the temperature is kept, as the stronger request.
+    if body.get("temperature") is not None:
+        payload["temperature"] = min(float(body["temperature"]), 1.0)
+    elif body.get("top_p") is not None:
+        payload["top_p"] = body["top_p"]
     stop = body.get("stop")
     if stop:
         payload["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
@@ -165,8 +171,19 @@ def to_anthropic(model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[s
     return payload
 
 
-def _usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": input_tokens, "completion_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}
+def _default_max_tokens(model: ModelSpec, body: dict[str, Any]) -> int:
+    """Anthropic needs max_tokens: the model's output limit, but never more than the window leaves
+    beside the prompt (input + max_tokens over the window is refused outright)."""
+    room = model.context_window - estimate_tokens(json.dumps(body.get("messages") or [], default=str))
+    return max(1, min(model.max_output_tokens, room))
+
+
+def _usage(input_tokens: int, output_tokens: int, cached: int = 0) -> dict[str, Any]:
+    usage: dict[str, Any] = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
+                             "total_tokens": input_tokens + output_tokens}
+    if cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}  # as OpenAI reports its own cache reads
+    return usage
 
 
 def _input_tokens(usage: dict[str, Any]) -> int:
@@ -195,7 +212,7 @@ def from_anthropic(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
         "created": int(time.time()),
         "model": model.name,
         "choices": [{"index": 0, "message": message, "finish_reason": FINISH_REASONS.get(result.get("stop_reason"), "stop")}],
-        "usage": _usage(_input_tokens(usage), int(usage.get("output_tokens") or 0)),
+        "usage": _usage(_input_tokens(usage), int(usage.get("output_tokens") or 0), int(usage.get("cache_read_input_tokens") or 0)),
     }
 
 
@@ -232,7 +249,7 @@ class AnthropicProvider(Provider):
         created = int(time.time())
         tool_index: dict[int, int] = {}  # Anthropic content-block index → OpenAI tool_calls index
         no_arguments_yet: set[int] = set()  # tool calls whose input has not streamed a character yet
-        input_tokens = output_tokens = 0
+        input_tokens = output_tokens = cached = 0
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             return {
@@ -250,6 +267,7 @@ class AnthropicProvider(Provider):
                 message = event.get("message") or {}
                 chunk_id = message.get("id") or chunk_id
                 input_tokens = _input_tokens(message.get("usage") or {})
+                cached = int((message.get("usage") or {}).get("cache_read_input_tokens") or 0)
                 output_tokens = int((message.get("usage") or {}).get("output_tokens") or 0)
                 yield chunk({"role": "assistant", "content": ""})
             elif kind == "content_block_start":
@@ -284,13 +302,14 @@ class AnthropicProvider(Provider):
                 output_tokens = int(usage.get("output_tokens") or output_tokens)
                 if usage.get("input_tokens") is not None:
                     input_tokens = _input_tokens(usage)
+                    cached = int(usage.get("cache_read_input_tokens") or cached)
                 stop = (event.get("delta") or {}).get("stop_reason")
                 if stop:
                     yield chunk({}, FINISH_REASONS.get(stop, "stop"))
             elif kind == "message_stop":
                 final = chunk({})
                 final["choices"] = []
-                final["usage"] = _usage(input_tokens, output_tokens)
+                final["usage"] = _usage(input_tokens, output_tokens, cached)
                 yield final
                 return
             elif kind == "error":

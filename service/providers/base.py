@@ -45,7 +45,7 @@ FAILOVER_KINDS: frozenset[str] = RETRYABLE_KINDS | {"context_length", "not_found
 _CONTEXT_WORDING = re.compile(
     r"context_length_exceeded|context length|context window|maximum context|prompt is too long|"
     r"too many tokens|input token count|exceeds the maximum number of tokens|reduce the length|"
-    r"input is too long|maximum input length",
+    r"input is too long|maximum input length|exceed context limit",
     re.IGNORECASE,
 )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
@@ -33,12 +34,29 @@ FINISH_REASONS = {
 _UNSUPPORTED_SCHEMA_KEYS = {"$schema", "additionalProperties", "strict", "$id", "$defs", "definitions"}
 
 
-def clean_schema(schema: Any) -> Any:
-    if isinstance(schema, dict):
-        return {k: clean_schema(v) for k, v in schema.items() if k not in _UNSUPPORTED_SCHEMA_KEYS}
+def clean_schema(schema: Any, defs: dict[str, Any] | None = None) -> Any:
+    """The schema in Gemini's dialect: unsupported keywords dropped, `$ref`s to the schema's own
+    `$defs` / `definitions` inlined (Gemini has no references). Property *names* are data, not
+    keywords: a parameter called `strict` stays."""
     if isinstance(schema, list):
-        return [clean_schema(v) for v in schema]
-    return schema
+        return [clean_schema(v, defs) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    defs = {**(defs or {}), **(schema.get("$defs") or {}), **(schema.get("definitions") or {})}
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.rsplit("/", 1)[-1] in defs:
+        target = defs[ref.rsplit("/", 1)[-1]]
+        rest = {k: v for k, v in schema.items() if k != "$ref"}
+        return clean_schema({**target, **rest}, {k: v for k, v in defs.items() if v is not target})
+    out = {}
+    for k, v in schema.items():
+        if k in _UNSUPPORTED_SCHEMA_KEYS or k == "$ref":
+            continue
+        if k == "properties" and isinstance(v, dict):
+            out[k] = {name: clean_schema(prop, defs) for name, prop in v.items()}
+        else:
+            out[k] = clean_schema(v, defs)
+    return out
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
@@ -153,18 +171,25 @@ def to_gemini(model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def _call_id(name: str, args: Any, n: int, given: str | None) -> str:
-    """Gemini only sometimes names its calls; an id derived from the call keeps replays stable."""
+def _call_id(name: str, args: Any, n: int, given: str | None, response_id: str | None) -> str:
+    """Gemini only sometimes names its calls. The id is derived from the call and its response:
+    stable for one answer, unique across turns (the same call made in two turns must not share
+    an id: Anthropic refuses a conversation that repeats one, and routing may switch to it)."""
     if given:
         return given
-    digest = hashlib.sha1(f"{n}:{name}:{json.dumps(args, sort_keys=True)}".encode()).hexdigest()[:16]
+    salt = response_id or uuid.uuid4().hex
+    digest = hashlib.sha1(f"{salt}:{n}:{name}:{json.dumps(args, sort_keys=True)}".encode()).hexdigest()[:16]
     return f"call_{digest}"
 
 
-def _usage(meta: dict[str, Any]) -> dict[str, int]:
+def _usage(meta: dict[str, Any]) -> dict[str, Any]:
     prompt = int(meta.get("promptTokenCount") or 0)
     completion = int(meta.get("candidatesTokenCount") or 0) + int(meta.get("thoughtsTokenCount") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": int(meta.get("totalTokenCount") or prompt + completion)}
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": int(meta.get("totalTokenCount") or prompt + completion)}
+    if meta.get("cachedContentTokenCount"):
+        usage["prompt_tokens_details"] = {"cached_tokens": int(meta["cachedContentTokenCount"])}
+    return usage
 
 
 def _finish(reason: str | None, has_calls: bool) -> str | None:
@@ -195,7 +220,7 @@ def from_gemini(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
     text = "".join(p.get("text", "") for p in parts if "text" in p and not p.get("thought"))
     calls = [p["functionCall"] for p in parts if "functionCall" in p]
     tool_calls = [
-        {"id": _call_id(c.get("name", ""), c.get("args"), i, c.get("id")), "type": "function",
+        {"id": _call_id(c.get("name", ""), c.get("args"), i, c.get("id"), result.get("responseId")), "type": "function",
          "function": {"name": c.get("name", ""), "arguments": json.dumps(c.get("args") or {})}}
         for i, c in enumerate(calls)
     ]
@@ -242,6 +267,7 @@ class GeminiProvider(Provider):
         chunk_id = f"chatcmpl-{int(time.time() * 1000)}"
         created = int(time.time())
         n_calls = 0
+        response_id: str | None = None  # salts the ids of calls Gemini leaves unnamed
         usage: dict[str, int] | None = None
         finish: str | None = None
         started = False
@@ -262,6 +288,7 @@ class GeminiProvider(Provider):
             if not isinstance(event.get("candidates", []), list):
                 raise UpstreamError("malformed", "stream event has no candidates list")
             chunk_id = event.get("responseId") or chunk_id
+            response_id = response_id or event.get("responseId") or uuid.uuid4().hex
             if not started:
                 started = True
                 yield chunk({"role": "assistant", "content": ""})
@@ -272,7 +299,7 @@ class GeminiProvider(Provider):
                 elif "functionCall" in part:
                     call = part["functionCall"]
                     yield chunk({"tool_calls": [{
-                        "index": n_calls, "id": _call_id(call.get("name", ""), call.get("args"), n_calls, call.get("id")),
+                        "index": n_calls, "id": _call_id(call.get("name", ""), call.get("args"), n_calls, call.get("id"), response_id),
                         "type": "function",
                         "function": {"name": call.get("name", ""), "arguments": json.dumps(call.get("args") or {})},
                     }]})
