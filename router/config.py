@@ -212,12 +212,20 @@ class Config(_Strict):
         names = set(self.model_names)
         for i, m in enumerate(self.models):
             if m.provider not in self.providers:
-                raise ValueError(f"models[{i}].provider {m.provider!r} is not defined under providers: {sorted(self.providers)}")
+                raise BadReference(("models", i, "provider"),
+                                   f"models[{i}].provider {m.provider!r} is not defined under providers: {sorted(self.providers)}")
             for f in m.fallbacks:
                 if f not in names or f == m.name:
-                    raise ValueError(f"models[{i}].fallbacks names {f!r}, which is not another model of the catalog")
+                    raise BadReference(("models", i, "fallbacks"),
+                                       f"models[{i}].fallbacks names {f!r}, which is not another model of the catalog")
+        for name, profile in self.router.profiles.items():
+            for m in profile.allowed_models or ():
+                if m not in names:  # a typo here would make the profile refuse every request
+                    raise BadReference(("router", "profiles", name, "allowed_models"),
+                                       f"router.profiles.{name}.allowed_models names {m!r}, which is not a model of the catalog")
         if self.learning.bandit.shared and not self.server.redis_url:
-            raise ValueError("learning.bandit.shared needs server.redis_url (the replicas share what they learn over Redis)")
+            raise BadReference(("learning", "bandit", "shared"),
+                               "learning.bandit.shared needs server.redis_url (the replicas share what they learn over Redis)")
         return self
 
     def model(self, name: str) -> ModelSpec:
@@ -235,30 +243,54 @@ class ConfigError(ValueError):
     """A configuration file that does not match the schema; the message names key and line."""
 
 
+class BadReference(ValueError):
+    """A value naming something the config does not define; `loc` is where it was written."""
+
+    def __init__(self, loc: tuple, message: str):
+        super().__init__(message)
+        self.loc = loc
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key written twice in one mapping (the second would silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}, key {key}: written twice in one mapping "
+                                  f"(first on line {seen[key]})")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     """Walk the composed YAML tree along a pydantic error location to find its line."""
     line = node.start_mark.line + 1 if node is not None else None
     for part in loc:
         if isinstance(node, yaml.MappingNode):
-            nxt = next((v for k, v in node.value if k.value == str(part)), None)
-            if nxt is None:
-                key = next((k for k, _ in node.value if k.value == str(part)), None)
-                return key.start_mark.line + 1 if key is not None else line
-            node = nxt
+            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if pair is None:
+                break
+            key, node = pair
+            line = key.start_mark.line + 1  # the key's line: a nested value starts on the next one
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
+            line = node.start_mark.line + 1
         else:
             break
-        line = node.start_mark.line + 1
     return line
 
 
 def parse_config(text: str, source: str = "<string>") -> Config:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
         tree = yaml.compose(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with keys models, providers, ...")
     try:
@@ -267,6 +299,9 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, BadReference):
+                loc = cause.loc
             key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
             line = _line_of(tree, loc)
             where = f"line {line}, " if line else ""
@@ -283,13 +318,15 @@ def load_config(path: str | Path) -> Config:
     return parse_config(text, str(path))
 
 
-def resolve_path(config: Config, value: str) -> Path:
-    """Relative paths in a config file are relative to that file, else to the working directory."""
+def resolve_path(config: Config, value: str, created: bool = False) -> Path:
+    """Relative paths in a config file are relative to that file, else to the working directory.
+    A path the gateway creates (`created`, e.g. the cache folder) is always relative to the file,
+    so that the same config finds the same folder from any working directory."""
     p = Path(value)
     if p.is_absolute():
         return p
     if config.source and Path(config.source).exists():
         candidate = Path(config.source).parent / p
-        if candidate.exists():
+        if created or candidate.exists():
             return candidate
     return p

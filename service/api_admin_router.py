@@ -33,8 +33,9 @@ async def reload_router(request: Request) -> JSONResponse:
 
     try:
         new = await asyncio.to_thread(LearnedRouter.load, path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise bad_request(f"cannot load router artifact: {exc}", code="invalid_artifact", param="path") from None
+    except Exception as exc:  # a damaged folder fails in many ways (missing booster, odd manifest): the old router stays
+        raise bad_request(f"cannot load router artifact: {type(exc).__name__}: {exc}", code="invalid_artifact",
+                          param="path") from None
     gw = request.app.state.gateway
     old = gw.router.swap(new)
     follower = getattr(request.app.state, "router_follower", None)

@@ -73,7 +73,8 @@ async def chat_completions(request: Request) -> Response:
     try:
         raw = await read_json_body(request, gw.config.server.max_body_bytes)
         parsed = validate_chat(raw)
-        profile = resolve_model(parsed.model, gw.config)
+        model = parsed.model or gw.config.router.default_profile
+        profile = resolve_model(model, gw.config)
         constraints = build_constraints(parsed.router, request.headers, gw.config)
     except ApiError:
         gw.metrics.requests.labels("none", "none", "rejected").inc()
@@ -86,7 +87,7 @@ async def chat_completions(request: Request) -> Response:
         headers=request.headers,
         stream=parsed.stream,
         profile=profile,
-        requested_model=parsed.model,
+        requested_model=model,
     )
     ctx.extras.update(received_at=received, started=started, constraints=constraints)
     if request.headers.get("x-request-id"):

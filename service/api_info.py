@@ -75,12 +75,13 @@ async def route_only(request: Request) -> JSONResponse:
     caller = await client_caller(request.app.state, request.headers)
     raw = await read_json_body(request, gw.config.server.max_body_bytes)
     parsed = validate_chat(raw)
-    profile = resolve_model(parsed.model, gw.config)
+    model = parsed.model or gw.config.router.default_profile
+    profile = resolve_model(model, gw.config)
     if profile is None:
-        raise bad_request(f"{parsed.model!r} is a model, not a routing profile: nothing to decide", code="not_a_profile", param="model")
+        raise bad_request(f"{model!r} is a model, not a routing profile: nothing to decide", code="not_a_profile", param="model")
     constraints = build_constraints(parsed.router, request.headers, gw.config)
     if caller is not None:
-        constraints = request.app.state.governance.auth.scope(caller.key, profile, parsed.model, constraints)
+        constraints = request.app.state.governance.auth.scope(caller.key, profile, model, constraints)
     routing = view_chat_request(raw)
     router_now = gw.router.current
     embedding = await run_in_threadpool(gw.embed, routing.text) if (router_now is not None and routing.text) else None

@@ -69,7 +69,7 @@ def model_not_found(name: str, known: list[str]) -> ApiError:
     shown = ", ".join(known[:30]) + (" ..." if len(known) > 30 else "")
     return ApiError(
         404,
-        f"The model {name!r} does not exist. Use 'auto', a profile or one of: {shown}",
+        f"The model {name!r} does not exist. Use a routing profile or a model: {shown}",
         code="model_not_found",
         param="model",
     )

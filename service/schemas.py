@@ -62,7 +62,7 @@ class RouterOptions(BaseModel):
 
 
 class ChatRequest(_Open):
-    model: StrictStr = "auto"
+    model: StrictStr | None = None  # None: the config's router.default_profile
     messages: list[Message] = Field(min_length=1)
     stream: StrictBool = False
     stream_options: dict[str, Any] | None = None

@@ -20,9 +20,16 @@ def default_config_path() -> Path:
     return Path(__file__).resolve().parent / "default_config.yaml"
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0-65535)")
+    return port
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="interface to bind (default: server.host, 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None, help="port (default: server.port, 8080; 0 picks a free one)")
+    parser.add_argument("--port", type=_port, default=None, help="port (default: server.port, 8080; 0 picks a free one)")
     parser.add_argument("--config", default=None, help="catalog/config YAML (default: providers whose keys are set, else the simulated demo)")
     parser.add_argument("--db", default=None, help="outcome log URL, e.g. sqlite:///outcomes.sqlite (default: server.db)")
     parser.add_argument("--access-log", action="store_true", help="log one line per HTTP request (the outcome log has them all)")
@@ -47,25 +54,32 @@ def run(args: argparse.Namespace) -> int:
     # Without any key the gateway is open: it says so, and refuses a non-loopback address.
     notice = governance.startup_check(server.host)
     (log.warning if governance.open_mode() else log.info)("%s", notice)
-    config, stop_simulator = attach_simulator(config)
-    simulated = frozenset(m.name for m in config.models if config.providers[m.provider].kind == "simulated")
-    if simulated:
-        log.info("demo mode: %d simulated models (%s) answered by the local simulator at %s; they are labelled "
-                 "simulated in /v1/models and the outcome log", len(simulated), ", ".join(sorted(simulated)),
-                 next(p.base_url for p in config.providers.values() if p.kind == "simulated"))
-    app = create_app(config, simulated=simulated, governance=governance)
+    # Bound before anything starts (the simulator, the app), so a busy port is a clear error that leaves nothing running.
     # proto=IPPROTO_TCP: asyncio only sets TCP_NODELAY on sockets that say they are TCP; without
     # it a response's header and body writes meet Nagle + delayed ACK (+40 ms per request).
     sock = socket.socket(socket.AF_INET6 if ":" in server.host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((server.host, server.port))
-    port = sock.getsockname()[1]
-    # Listening before start-up completes (loading the embedder takes seconds): a client that
-    # connects as soon as it reads the line below waits in the backlog instead of being refused.
-    sock.listen(2048)
-    # One parseable line on stdout: scripts and tests that pass --port 0 read the port from it.
-    print(f"openclaw-router listening on http://{server.host}:{port} (outcome log {redact_url(server.db)})", flush=True)
     try:
+        sock.bind((server.host, server.port))
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot listen on {server.host}:{server.port}: {exc.strerror or exc}") from None
+    stop_simulator = None
+    try:
+        config, stop_simulator = attach_simulator(config)
+        simulated = frozenset(m.name for m in config.models if config.providers[m.provider].kind == "simulated")
+        if simulated:
+            log.info("demo mode: %d simulated models (%s) answered by the local simulator at %s; they are labelled "
+                     "simulated in /v1/models and the outcome log", len(simulated), ", ".join(sorted(simulated)),
+                     next(p.base_url for p in config.providers.values() if p.kind == "simulated"))
+        app = create_app(config, simulated=simulated, governance=governance)
+        port = sock.getsockname()[1]
+        # Listening before start-up completes (loading the embedder takes seconds): a client that
+        # connects as soon as it reads the line below waits in the backlog instead of being refused.
+        sock.listen(2048)
+        # One parseable line on stdout: scripts and tests that pass --port 0 read the port from it.
+        host = f"[{server.host}]" if ":" in server.host else server.host  # an IPv6 address needs brackets in a URL
+        print(f"openclaw-router listening on http://{host}:{port} (outcome log {redact_url(server.db)})", flush=True)
         uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="on", access_log=args.access_log)).run(sockets=[sock])
     finally:
         sock.close()

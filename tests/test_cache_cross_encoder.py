@@ -84,6 +84,8 @@ def test_a_broken_cross_encoder_is_a_clear_error(tmp_path):
     (folder / DELTA_FILE).unlink()
     with pytest.raises(ValueError, match="cannot be loaded"):
         Verifier.load(folder)
+    with pytest.raises(ValueError, match="cannot be loaded"):  # a mistyped path is not the shipped verifier
+        Verifier.load("models/cache_verfier")
 
 
 def test_export_matches_torch(tmp_path):

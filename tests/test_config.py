@@ -58,6 +58,21 @@ def test_references_between_sections_are_checked():
     assert "models[1].fallbacks names 'big'" in error_of(GOOD.replace("fallbacks: [small]", "fallbacks: [big]"))
 
 
+def test_a_bad_reference_and_a_nested_typo_name_their_own_line():
+    provider = error_of(GOOD.replace("    provider: local\n    price: {input_per_1m: 1", "    provider: cloud\n    price: {input_per_1m: 1"))
+    assert "line 6, key models[1].provider:" in provider  # was "line 1, key <top>"
+    assert "line 8, key models[1].fallbacks:" in error_of(GOOD.replace("fallbacks: [small]", "fallbacks: [tiny]"))
+    profile = error_of(GOOD + "router:\n  profiles:\n    auto: {willingness_to_pay: 0.01, allowed_models: [smal]}\n")
+    assert "line 13, key router.profiles.auto.allowed_models:" in profile and "'smal'" in profile
+    nested = error_of(GOOD + "learning:\n  bandits:\n    enabled: true\n")
+    assert "line 12, key learning.bandits:" in nested  # the key's line, not its value's (13)
+
+
+def test_a_key_written_twice_is_an_error_not_a_silent_override():
+    message = error_of(GOOD + "reliability: {max_retries: 0}\nreliability: {max_retries: 3}\n")
+    assert message == "router.yaml: line 12, key reliability: written twice in one mapping (first on line 11)"
+
+
 def test_not_yaml_or_not_a_mapping_is_a_clear_error(tmp_path):
     assert "not valid YAML" in error_of("models: [unclosed")
     assert "the top level must be a mapping" in error_of("- just\n- a list\n")
@@ -74,3 +89,14 @@ def test_cache_reads_are_billed_at_the_cached_price():
     # without a cached price, or without cache reads, every prompt token is at the input price
     assert Price(input_per_1m=3.0, output_per_1m=15.0).usage_cost(usage) == pytest.approx((100_000 * 3.0 + 1_000 * 15.0) / 1e6)
     assert price.usage_cost({"prompt_tokens": 10, "completion_tokens": 0}) == pytest.approx(10 * 3.0 / 1e6)
+
+
+def test_a_folder_the_gateway_creates_is_relative_to_the_config_file(tmp_path, monkeypatch):
+    from router.config import resolve_path
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "router.yaml").write_text(GOOD)
+    config = load_config(tmp_path / "conf" / "router.yaml")
+    monkeypatch.chdir(tmp_path)  # started from elsewhere: the same config must find the same cache
+    assert resolve_path(config, "cachedir", created=True) == tmp_path / "conf" / "cachedir"
+    assert resolve_path(config, "nothing-here") == Path("nothing-here")  # an input that does not exist stays as given

@@ -292,3 +292,17 @@ def test_an_error_inside_the_gateway_is_a_clean_500_and_still_logged(upstream, t
         assert row["status"] == "error" and row["error"] == "internal: RuntimeError"
     finally:
         running.stop()
+
+
+def test_a_request_without_model_uses_the_configured_default_profile(upstream, tmp_path):
+    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite",
+                         extra="router: {default_profile: fast, profiles: {fast: {willingness_to_pay: 0.001}}}")
+    running = Running(config, router=QualityRouter(DEFAULT_QUALITY))
+    try:
+        r = httpx.post(f"{running.url}/v1/chat/completions", json={"messages": MSG})
+        assert r.status_code == 200 and r.headers["x-router-model"]
+        assert running.outcome(r.headers["x-request-id"])["profile"] == "fast"
+        r = httpx.post(f"{running.url}/v1/route", json={"messages": MSG})
+        assert r.status_code == 200 and r.json()["model"]
+    finally:
+        running.stop()

@@ -92,3 +92,21 @@ def test_serving_never_imports_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert sorted(p.name.split("-")[0] for p in cache.glob("*.onnx")) == ["cross", "minilm", "minilm"]
+
+
+def test_serve_refuses_a_port_out_of_range_and_says_why_a_bind_fails(capsys):
+    import socket
+
+    from service.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--port", "70000"])
+    assert exit_.value.code == 2 and "not a port" in capsys.readouterr().err
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        assert main(["serve", "--port", str(busy.getsockname()[1])]) == 2
+        assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+    finally:
+        busy.close()

@@ -8,6 +8,7 @@ on inverted labels, and promotion must follow that, in both directions.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import shutil
 from argparse import Namespace
 from pathlib import Path
 
@@ -163,6 +164,11 @@ def test_hot_reload_under_concurrent_requests_loses_none(world, monkeypatch):
             assert Path(gw.gateway.router.current.path) == Path(world.routers["base"])
 
             bad = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(world.root / "nowhere")}, headers=admin)
+            assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_artifact"
+            broken = world.root / "broken"  # a manifest without its boosters: a 400, never a 500
+            broken.mkdir(exist_ok=True)
+            shutil.copy(Path(world.routers["base"]) / "manifest.json", broken / "manifest.json")
+            bad = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(broken)}, headers=admin)
             assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_artifact"
             denied = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(world.routers["inverted"])})
             assert denied.status_code == 401 and denied.json()["error"]["code"] == "missing_api_key"

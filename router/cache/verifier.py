@@ -56,8 +56,12 @@ class Verifier:
         import lightgbm as lgb
 
         folder = Path(path) if path is not None else default_path()
-        if not (folder / META_FILE).exists() and path is not None and (default_path() / META_FILE).exists():
-            folder = default_path()  # a relative config path that names the shipped artifact
+        if not (folder / META_FILE).exists() and path is not None and not folder.is_absolute():
+            # A relative path is also looked up in the checkout the package runs from (as the
+            # router artifact is): the default `models/cache_verifier` works from any directory.
+            in_checkout = default_path().parent.parent / folder
+            if (in_checkout / META_FILE).exists():
+                folder = in_checkout
         try:
             meta = json.loads((folder / META_FILE).read_text())
             booster = lgb.Booster(model_file=str(folder / MODEL_FILE))

@@ -41,7 +41,7 @@ def open_cache(config: Config) -> ResponseCache:
     verifier = None
     if section.semantic:
         verifier = Verifier.load(resolve_path(config, section.verifier), threshold=section.verifier_threshold)
-    path = resolve_path(config, section.path) if section.path else None
+    path = resolve_path(config, section.path, created=True) if section.path else None
     return ResponseCache(
         path,
         ttl_s=section.ttl_s,
