@@ -53,6 +53,11 @@ class CircuitBreaker:
         """May the router choose this model now? (No side effect: routing asks for every model.)"""
         return self.state(model) in ("closed", "half_open")
 
+    def blocked_for(self, model: str) -> float:
+        """Seconds until the model's upstream said it may be called again (its Retry-After); 0 when not blocked."""
+        with self._lock:
+            return max(0.0, self._get(model).blocked_until - self._clock())
+
     def acquire(self, model: str) -> bool:
         """Claim the right to call the model; in half-open state only one caller gets it."""
         with self._lock:

@@ -15,6 +15,7 @@ with an explicit error event (see api_chat).
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -62,10 +63,19 @@ def failover_chain(config: Config, ctx: RequestContext) -> list[str]:
     except KeyError:
         return [ctx.requested_model]
     limits: Constraints = ctx.extras.get("constraints") or Constraints()
+
+    def within_limits(spec: ModelSpec) -> bool:
+        # Lower bounds (the prompt alone, the first token alone): a fallback is left out only
+        # when it certainly breaks the request's cap.
+        if limits.max_cost_usd is not None and spec.price.cost(ctx.routing.input_tokens, 0) > limits.max_cost_usd:
+            return False
+        return limits.max_latency_s is None or spec.ttft_s <= limits.max_latency_s
+
     allowed = [
         f for f in named.fallbacks
         if (limits.allowed_models is None or f in limits.allowed_models) and f not in limits.excluded_models
         and limits.required_tags <= config.model(f).tags and set(ctx.routing.needs) <= set(config.model(f).capabilities)
+        and within_limits(config.model(f))
     ]
     return [named.name, *allowed]
 
@@ -127,20 +137,30 @@ class Dispatcher:
 
     def _give_up(self, ctx: RequestContext, errors: list[UpstreamError], chain: list[str]) -> ApiError:
         routed = ctx.decision is not None
+        limited = [a for a in ctx.attempts if a.get("kind") == "rate_limit" or a.get("reason") == "rate_limited"]
         if not errors:
             if all(a.get("reason") == "context_window" for a in ctx.attempts):
                 return ApiError(400, "the request is longer than the context window of every eligible model",
                                 code="context_length_exceeded", param="messages")
+        elif all(e.kind == "context_length" for e in errors):
+            return ApiError(400, f"the request does not fit the context window: {errors[-1].message}",
+                            code="context_length_exceeded", param="messages")
+        who = chain[0] if len(chain) == 1 else f"{chain[0]} and its fallbacks"
+        # Rate limited: the client is told so, with the upstream's own wait (OpenClaw retries a 429
+        # for minutes; a 503 with a made-up wait sends it elsewhere). A named model whose fallbacks
+        # failed otherwise is still rate limited; a routed request when every model it tried is.
+        named_limited = not routed and any(a["model"] == chain[0] for a in limited)
+        if named_limited or (routed and limited and len(limited) == len(ctx.attempts)):
+            waits = [a["retry_after_s"] for a in limited if a.get("retry_after_s")]
+            headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else {}
+            fallbacks = "; its fallbacks failed too" if len(chain) > 1 else ""
+            return ApiError(429, f"model {chain[0]} is rate limited upstream{fallbacks}" if not routed else
+                            f"every eligible model is rate limited upstream (tried {', '.join(chain)})",
+                            code="rate_limit_exceeded", headers=headers)
+        if not errors:
             return ApiError(503, f"no eligible model is available right now (tried {', '.join(chain)}); retry shortly",
                             code="no_model_available", headers={"retry-after": "1"})
         last = errors[-1]
-        if all(e.kind == "context_length" for e in errors):
-            return ApiError(400, f"the request does not fit the context window: {last.message}",
-                            code="context_length_exceeded", param="messages")
-        who = chain[0] if len(chain) == 1 else f"{chain[0]} and its fallbacks"
-        if not routed and last.kind == "rate_limit":
-            headers = {"retry-after": str(max(1, round(last.retry_after)))} if last.retry_after else {}
-            return ApiError(429, f"model {who} rate limited upstream: {last.message}", code="rate_limit_exceeded", headers=headers)
         if not routed and last.kind == "timeout":
             return ApiError(504, f"model {who} timed out", code="upstream_timeout")
         tried = "; ".join(f"{a['model']}: {a.get('kind') or a.get('reason')}" for a in ctx.attempts)
@@ -159,7 +179,9 @@ class Dispatcher:
                 self._record(ctx, name, "skipped", reason="context_window")
                 continue
             if not self.live.breaker.acquire(name):
-                self._record(ctx, name, "skipped", reason="circuit_open")
+                wait = self.live.breaker.blocked_for(name)  # the upstream's own Retry-After, still running
+                self._record(ctx, name, "skipped", reason="rate_limited" if wait else "circuit_open",
+                             retry_after_s=round(wait, 3) if wait else None)
                 continue
             for retry in range(self.rel.max_retries + 1):
                 started = time.perf_counter()

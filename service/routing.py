@@ -9,8 +9,9 @@ the body wins when both are given.
 """
 from __future__ import annotations
 
+import math
 import threading
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -120,8 +121,10 @@ def build_constraints(body_options: RouterOptions | None, headers: Mapping[str, 
 
 
 def decide(router: Router | None, request: RoutingRequest, *, config: Config, profile: str,
-           constraints: Constraints, live: Mapping[str, LiveStats], embedding: np.ndarray | None) -> Decision:
-    """Route one request; an impossible request is a 4xx, an unhealthy catalog a 503."""
+           constraints: Constraints, live: Mapping[str, LiveStats], embedding: np.ndarray | None,
+           blocked_for: Callable[[str], float] | None = None) -> Decision:
+    """Route one request; an impossible request is a 4xx, an unhealthy catalog a 503, or a 429
+    when every model it could use is waiting out its upstream's Retry-After (`blocked_for`)."""
     from router.policy import NoEligibleModel
 
     if router is None:
@@ -131,7 +134,12 @@ def decide(router: Router | None, request: RoutingRequest, *, config: Config, pr
         return router.route(request, catalog=config.models, profile=config.router.profiles[profile],
                             constraints=constraints, live=live, embedding=embedding)
     except NoEligibleModel as exc:
-        if any((c.excluded or "").startswith("unhealthy") for c in exc.candidates):
+        unhealthy = [c.model for c in exc.candidates if (c.excluded or "").startswith("unhealthy")]
+        if unhealthy:
+            waits = [blocked_for(m) for m in unhealthy] if blocked_for is not None else []
+            if waits and all(waits):
+                raise ApiError(429, f"every eligible model is rate limited upstream: {exc}", code="rate_limit_exceeded",
+                               headers={"retry-after": str(max(1, math.ceil(min(waits))))}) from None
             raise ApiError(503, f"no eligible model is available right now: {exc}", code="no_model_available",
                            headers={"retry-after": "1"}) from None
         raise ApiError(400, str(exc), code="no_eligible_model") from None

@@ -154,10 +154,11 @@ def test_named_model_fallbacks_respect_the_request_limits_and_needs(start, upstr
     gw = start(models=WITH_FALLBACKS)
     upstream.default("m1", rate_limit(retry_after=30))
     upstream.script("m3", server_error(500), server_error(500))
-    # local-only: when the local fallback fails too, m2 (not local) must never see the prompt.
+    # local-only: when the local fallback fails too, m2 (not local) must never see the prompt;
+    # the client hears that its model is rate limited (and for how long), not a generic 502.
     with pytest.raises(openai.APIStatusError) as exc:
         gw.client().chat.completions.create(model="m1", messages=MSG, extra_body={"router": {"local_only": True}})
-    assert exc.value.status_code == 502
+    assert exc.value.status_code == 429 and exc.value.response.headers["retry-after"] == "30"
     assert len(upstream.requests_for("m3")) == 2 and not upstream.requests_for("m2")
     # tools: m3 lacks the capability, so m2 stands in.
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
@@ -257,3 +258,33 @@ def test_client_leaving_mid_stream_closes_the_upstream_and_is_logged(start, upst
     assert row["status"] == "client_closed" and row["answered_model"] == "m1"
     assert row["output_tokens"] is not None and row["cost_usd"] > 0  # billed for what was generated
     assert httpx.get(f"{gw.url}/healthz").json()["models"]["m1"]["in_flight"] == 0
+
+
+def test_a_model_waiting_out_its_retry_after_is_a_429_with_the_time_left(start, upstream):
+    gw = start()
+    upstream.default("m1", rate_limit(retry_after=30))
+    with pytest.raises(openai.RateLimitError) as first:
+        gw.client().chat.completions.create(model="m1", messages=MSG)
+    assert first.value.response.headers["retry-after"] == "30"
+    # The next request does not call m1 (it is blocked): still a 429, with the time that is left.
+    with pytest.raises(openai.RateLimitError) as again:
+        gw.client().chat.completions.create(model="m1", messages=MSG)
+    assert 28 <= int(again.value.response.headers["retry-after"]) <= 30 and len(upstream.requests_for("m1")) == 1
+    # `auto` when every model is blocked: a 429 too (OpenClaw retries those), never a 503
+    for m in ("m2", "m3"):
+        upstream.default(m, rate_limit(retry_after=20))
+    with pytest.raises(openai.RateLimitError):
+        gw.client().chat.completions.create(model="auto", messages=MSG)
+    with pytest.raises(openai.RateLimitError) as routed:
+        gw.client().chat.completions.create(model="auto", messages=MSG)
+    assert 18 <= int(routed.value.response.headers["retry-after"]) <= 20
+
+
+def test_a_named_models_fallbacks_respect_the_requests_cost_cap(start, upstream):
+    models = [{"name": "m1", "context_window": 100000, "fallbacks": ["m2", "m3"]},
+              {"name": "m2", "context_window": 100000, "in": 1000.0, "out": 1000.0},
+              {"name": "m3", "context_window": 100000}]
+    gw = start(models=models)
+    upstream.default("m1", server_error())
+    answer = gw.client().chat.completions.create(model="m1", messages=MSG, extra_body={"router": {"max_cost_usd": 0.001}})
+    assert answer.model == "m3" and not upstream.requests_for("m2")  # m2's prompt alone costs more than the cap

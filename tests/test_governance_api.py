@@ -190,6 +190,12 @@ def test_scopes_and_rate_limits(env):
         chat(c)
     assert limited_exc.value.body["code"] == "rpm_limit_exceeded"
 
+    _, small_tpm = new_key(admin, name="small-tpm", tpm=5)  # less than one request: never admissible
+    with pytest.raises(openai.APIStatusError) as too_large:
+        client(gw, small_tpm).chat.completions.create(model="auto", messages=[{"role": "user", "content": "hello " * 50}])
+    assert too_large.value.status_code == 413 and too_large.value.body["code"] == "request_too_large"
+    assert "retry-after" not in too_large.value.response.headers  # a retry could never succeed
+
 
 def test_soft_threshold_reroutes_cheaper_then_budget_refuses(env):
     gw, admin, *_ = env

@@ -259,7 +259,7 @@ def test_redis_circuit_breaker_shared(redis_url):
     b.success("m")
     assert a.state("m") == "closed"
     a.failure("x", retry_after_s=5)
-    assert b.state("x") == "blocked"
+    assert b.state("x") == "blocked" and b.blocked_for("x") == 5.0 and a.blocked_for("m") == 0.0
 
 
 def test_redis_circuit_breaker_reads_a_local_copy_at_most_refresh_s_old(redis_url):

@@ -98,6 +98,10 @@ class GovernanceHook:
 
     def _admit(self, ctx: RequestContext, state: GovState) -> None:
         key = state.key
+        if key.tpm is not None and ctx.routing.input_tokens > key.tpm:
+            # No minute will ever have room for it: a 429 would have the client retry in vain.
+            raise self._refuse(413, f"This request's ~{ctx.routing.input_tokens} input tokens exceed the "
+                               f"{key.tpm} tokens per minute of key '{key.name}'.", "request_too_large", "tpm")
         verdict = self.gov.limiter.admit(key.id, key.rpm, key.tpm, ctx.routing.input_tokens)
         if verdict is not None:
             limit = key.rpm if verdict == "rpm" else key.tpm

@@ -277,6 +277,9 @@ class RedisCircuitBreaker:
     def available(self, model: str) -> bool:
         return self.state(model) in ("closed", "half_open")
 
+    def blocked_for(self, model: str) -> float:
+        return max(0.0, float(self._fields(model)[0] or 0) - self._clock())
+
     def acquire(self, model: str) -> bool:
         if self._closed(self._fields(model)):
             return True
