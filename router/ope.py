@@ -103,9 +103,15 @@ def dr_terms(log: LoggedData, target_probs: np.ndarray) -> tuple[np.ndarray, np.
     return direct + w * (log.rewards - log.q_hat[idx, log.actions]), w
 
 
+def _no_overlap(method: str, n: int) -> Estimate:
+    """The evaluated policy never takes a logged action: IPS would say 0 with no spread, a
+    certainty it does not have (DR still has its reward model)."""
+    return Estimate(method, float("nan"), float("nan"), float("nan"), n, 0.0)
+
+
 def ips(log: LoggedData, target_probs: np.ndarray) -> Estimate:
     terms, w = ips_terms(log, target_probs)
-    return _clt("ips", terms, w)
+    return _clt("ips", terms, w) if np.any(w > 0) else _no_overlap("ips", len(w))
 
 
 def doubly_robust(log: LoggedData, target_probs: np.ndarray) -> Estimate:
@@ -154,7 +160,7 @@ def compare(
     out: dict[str, Estimate] = {}
     tc, wc = ips_terms(log, candidate_probs)
     tb, wb = ips_terms(log, baseline_probs)
-    out["ips"] = _clt("ips", tc - tb, wc)
+    out["ips"] = _clt("ips", tc - tb, wc) if np.any(wc > 0) and np.any(wb > 0) else _no_overlap("ips", len(wc))
     n = len(wc)
     if n:
         rng = np.random.default_rng(seed)

@@ -112,6 +112,9 @@ def test_prompt_storage_modes(tmp_path, storage):
     assert (record.embedding is not None) == (storage != "none")
     if record.prompt:
         assert "my secret question" in record.prompt
+    ctx.embedding = None  # a named-model request: no embedding, so only the text could be hashed
+    bare = OutcomeHook(log=None, prompt_storage=storage, simulated=frozenset()).record(ctx)
+    assert (bare.features_hash is None) == (storage == "none")  # `none`: not even a digest of the text
 
 
 def test_assembler_rebuilds_what_completion_to_chunks_split():

@@ -97,3 +97,12 @@ def test_nan_propensities_and_improper_target_policies_are_refused():
     log = LoggedData(actions=np.array([0, 1]), rewards=np.array([1.0, 0.0]), propensities=np.array([0.5, 0.5]))
     with pytest.raises(ValueError, match="distribution"):
         ips(log, np.array([[1.0, 1.0], [0.5, 0.5]]))  # the first row sums to 2
+
+
+def test_ips_without_overlap_is_unknown_not_a_certain_zero():
+    from router.ope import LoggedData, compare, ips
+
+    log = LoggedData(actions=np.array([0, 0, 0]), rewards=np.array([1.0, 0.0, 1.0]), propensities=np.array([0.5, 0.5, 0.5]))
+    never = np.array([[0.0, 1.0]] * 3)  # the candidate never takes the logged action
+    assert np.isnan(ips(log, never).value)
+    assert np.isnan(compare(log, never, np.array([[1.0, 0.0]] * 3))["ips"].value)

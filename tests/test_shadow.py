@@ -21,6 +21,7 @@ TABLE = DATA / "routerbench_subset" / "routerbench_subset_train.parquet"
 AS = {"m1": "WizardLM-13B-V1.2", "m2": "Yi-34B-Chat", "m3": "gpt-3.5-turbo-1106"}
 LIVE = {"m1": 0.9, "m2": 0.6, "m3": 0.5}
 PROMPTS = [f"Question {i}: which is larger, {i} squared or {i + 7} times two?" for i in range(16)]
+ODD = "odd $x_$"  # a client's label that matplotlib would read as a (broken) formula
 
 pytestmark = pytest.mark.skipif(not TABLE.exists(), reason=f"dataset missing: {TABLE}")
 
@@ -71,7 +72,7 @@ def test_shadow_never_alters_responses_and_reports(shadow_artifact, tmp_path):
                 if b[2]:
                     ids.append(b[2])
                     r = httpx.post(f"{shadowed.url}/v1/feedback",
-                                   json={"request_id": b[2], "score": float(i % 2), "label": "even" if i % 2 == 0 else "odd"})
+                                   json={"request_id": b[2], "score": float(i % 2), "label": "even" if i % 2 == 0 else ODD})
                     assert r.status_code == 200
             deadline = time.monotonic() + 20
             while len(read_shadows(db)) < len(PROMPTS) and time.monotonic() < deadline:
@@ -98,7 +99,7 @@ def test_shadow_never_alters_responses_and_reports(shadow_artifact, tmp_path):
     assert report["overall"]["requests"] == len(PROMPTS)
     assert report["overall"]["agreement"] == pytest.approx(1 - len(disagree) / len(PROMPTS))
     assert report["observed_shadow_calls"]["calls"] == len(disagree)
-    assert set(report["by_task"]) == {"even", "odd", "unlabelled"}
+    assert set(report["by_task"]) == {"even", ODD, "unlabelled"}
     assert report["ope"]["n"] == len(ids)
     page = (out / "shadow_report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 and "<h2>By task</h2>" in page
@@ -126,3 +127,27 @@ def test_shadow_report_without_any_feedback(shadow_artifact, tmp_path):
     assert report["overall"]["requests"] == 4
     assert "ope" not in report  # nothing to estimate from without rewards
     assert "No logged request with feedback" in (out / "shadow_report.html").read_text()
+
+
+def test_a_failed_shadow_call_gives_its_reservation_back(shadow_artifact, tmp_path):
+    from service.hooks.learning_hook import LearningHook
+    from tests.fake_upstream import server_error
+
+    db = f"sqlite:///{tmp_path}/shadow.sqlite"
+    extra = f'learning: {{shadow: {{artifact: "{shadow_artifact}", call_share: 1.0, max_call_cost_usd: 10.0}}}}'
+    with FakeUpstream() as up:
+        for m in ("m2", "m3"):
+            up.default(m, server_error())  # every shadow call fails
+        running = Running(fake_config(up.base_url, db, extra=extra), router=QualityRouter(LIVE))
+        try:
+            for text in PROMPTS[:8]:
+                _ask(running.client(), text, False)
+            deadline = time.monotonic() + 20
+            while len(read_shadows(db)) < 8 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            rows = read_shadows(db)
+            runtime = next(h for h in running.gateway.pipeline.hooks if isinstance(h, LearningHook)).rt
+            assert any(r["called"] and r["call_status"].startswith("error") for r in rows)
+            assert runtime.shadow_spend == pytest.approx(0.0, abs=1e-12)  # nothing was spent, nothing stays reserved
+        finally:
+            running.stop()

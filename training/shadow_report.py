@@ -80,6 +80,12 @@ def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, 
     return report
 
 
+def _plain(text: str) -> str:
+    """A label as itself: matplotlib reads `$...$` as a formula (and fails on a bad one), and task
+    labels come from clients' feedback."""
+    return str(text).replace("$", r"\$")
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
@@ -99,7 +105,7 @@ def plots(report: dict, shadows: list[dict]) -> dict[str, str]:
     x = np.arange(len(models))
     ax.bar(x - 0.2, [share["live"].get(m, 0) for m in models], 0.4, label="live")
     ax.bar(x + 0.2, [share["shadow"].get(m, 0) for m in models], 0.4, label="shadow")
-    ax.set_xticks(x, models, rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(x, [_plain(m) for m in models], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("share of requests")
     ax.set_title("Which model each router picks")
     ax.legend()
@@ -109,7 +115,7 @@ def plots(report: dict, shadows: list[dict]) -> dict[str, str]:
 
     tasks = report["by_task"]
     fig, ax = plt.subplots(figsize=(7, 3))
-    ax.barh(list(tasks), [v["agreement"] or 0 for v in tasks.values()], color="tab:green")
+    ax.barh([_plain(t) for t in tasks], [v["agreement"] or 0 for v in tasks.values()], color="tab:green")
     ax.set_xlim(0, 1)
     ax.set_xlabel("agreement with the live router")
     ax.set_title("Agreement by task")

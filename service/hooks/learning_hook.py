@@ -181,6 +181,8 @@ class LearningRuntime:
             answer = await provider.complete(spec, {**body, "model": spec.upstream_name})
         except Exception as exc:  # a failing shadow call is data, never an error for anyone
             rec.call_status = f"error: {type(exc).__name__}"
+            with self._lock:  # it cost nothing: the reservation goes back to the cap
+                self.shadow_spend -= rec.shadow_candidate.get("cost_usd", 0.0)
             return
         finally:
             rec.call_latency_s = time.perf_counter() - started

@@ -46,8 +46,10 @@ class OutcomeHook:
         decision = ctx.decision
         embedding = None if ctx.embedding is None else np.asarray(ctx.embedding, dtype=np.float32)
         text = prompt_text(ctx)
-        features = embedding.tobytes() if embedding is not None else ctx.routing.text.encode()
         store_prompt = self.prompt_storage != "none"
+        # Without an embedding the text is all there is to fingerprint; with `none` not even a digest
+        # of it is kept (a digest of a short prompt can be checked against guesses).
+        features = embedding.tobytes() if embedding is not None else (ctx.routing.text.encode() if store_prompt else None)
         attempts = list(ctx.attempts)
         return OutcomeRecord(
             request_id=ctx.request_id,
@@ -57,7 +59,7 @@ class OutcomeHook:
             requested_model=ctx.requested_model,
             profile=ctx.profile,
             stream=ctx.stream,
-            features_hash=_sha256(features)[:32],
+            features_hash=_sha256(features)[:32] if features is not None else None,
             prompt=text if self.prompt_storage == "full" else None,
             prompt_hash=_sha256(text.encode()) if store_prompt else None,
             embedding=embedding.tobytes() if (embedding is not None and store_prompt) else None,
