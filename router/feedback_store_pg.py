@@ -17,6 +17,7 @@ from router.feedback_log import (
     Feedback,
     ShadowRecord,
 )
+from router.outcome_store_pg import pg_text
 
 _LOCK = 0x66656564626B  # advisory lock id shared by every replica, distinct from the outcome log's
 
@@ -47,7 +48,7 @@ class PostgresFeedbackLog:
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def add_feedback(self, fb: Feedback) -> None:
-        row = asdict(fb)
+        row = pg_text(asdict(fb))
         with self._pool.connection() as conn:
             conn.execute(
                 f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join('%s' for _ in FEEDBACK_COLUMNS)})",
@@ -63,6 +64,7 @@ class PostgresFeedbackLog:
         row = {**asdict(rec), "agree": rec.agree}
         for c in JSON_COLUMNS:
             row[c] = None if row[c] is None else json.dumps(row[c])
+        row = pg_text(row)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in SHADOW_COLUMNS if c != "request_id")
         with self._pool.connection() as conn:
             conn.execute(

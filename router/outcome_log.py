@@ -237,10 +237,14 @@ class OutcomeLog:
                 self.store.write_many(batch)
                 return
             except Exception:
-                if attempt == 2:
-                    log.exception("outcome log: dropping %d records after 3 failed writes", len(batch))
-                else:
+                if attempt < 2:
                     time.sleep(0.1 * (attempt + 1))
+        # The store keeps refusing the batch: one bad record must not take the others with it.
+        for record in batch:
+            try:
+                self.store.write_many([record])
+            except Exception:
+                log.exception("outcome log: dropping record %s, which the store refuses", record.request_id)
 
     def flush(self) -> None:
         """Block until every record written so far is in the store."""

@@ -20,6 +20,12 @@ _PG_TYPES = {
 _LOCK = 0x6F7574636F6D65  # advisory lock id shared by every replica
 
 
+def pg_text(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with NUL characters replaced: a client may send "\\u0000" in its JSON, and a
+    PostgreSQL text column refuses it (the whole insert would fail)."""
+    return {k: v.replace("\x00", "\ufffd") if isinstance(v, str) and "\x00" in v else v for k, v in row.items()}
+
+
 class PostgresStore:
     def __init__(self, url: str, max_size: int = 4):
         from psycopg_pool import ConnectionPool
@@ -34,7 +40,7 @@ class PostgresStore:
             conn.execute("CREATE INDEX IF NOT EXISTS outcomes_ts ON outcomes (ts)")
 
     def write_many(self, records: Sequence[OutcomeRecord]) -> None:
-        rows = [to_row(r) for r in records]
+        rows = [pg_text(to_row(r)) for r in records]
         cols = ", ".join(COLUMNS)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "request_id")
         sql = (f"INSERT INTO outcomes ({cols}) VALUES ({', '.join('%(' + c + ')s' for c in COLUMNS)}) "

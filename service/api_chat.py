@@ -146,8 +146,9 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
     ctx.response = answer
     ctx.status = "ok"
     ctx.extras["reason"] = _reason(ctx)
+    response = JSONResponse(answer, headers=response_headers(ctx))  # before finish: an unencodable answer is one error
     finish(gw, ctx)
-    return JSONResponse(answer, headers=response_headers(ctx))
+    return response
 
 
 def _short_circuit(gw: Gateway, ctx: RequestContext, answer: dict[str, Any]) -> Response:
@@ -242,8 +243,12 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
 
 
 def finish(gw: Gateway, ctx: RequestContext) -> None:
-    """Settle usage, cost and metrics, then hand the context to the post-hooks in the background."""
+    """Settle usage, cost and metrics, then hand the context to the post-hooks in the background
+    (once per request, whatever path ends it)."""
     extras = ctx.extras
+    if extras.get("finished"):
+        return
+    extras["finished"] = True
     extras["latency_s"] = round(time.perf_counter() - extras["started"], 4)
     extras.setdefault("reason", _reason(ctx))
     usage = (ctx.response or {}).get("usage") if ctx.status in ("ok", "truncated", "client_closed") else None
@@ -265,7 +270,7 @@ def finish(gw: Gateway, ctx: RequestContext) -> None:
     gw.metrics.latency.labels(model_label, str(ctx.stream).lower()).observe(extras["latency_s"])
     if extras.get("ttft_s") is not None:
         gw.metrics.ttft.labels(model_label).observe(extras["ttft_s"])
-    if gw.config.cache.enabled:
+    if extras.get("cache_consulted"):  # a request refused before the cache (a bad key) is no miss
         gw.metrics.cache.labels(ctx.cache_status).inc()
     if ctx.saved_cost_usd:
         gw.metrics.saved_cost.inc(ctx.saved_cost_usd)

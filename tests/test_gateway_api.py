@@ -306,3 +306,32 @@ def test_a_request_without_model_uses_the_configured_default_profile(upstream, t
         assert r.status_code == 200 and r.json()["model"]
     finally:
         running.stop()
+
+
+def test_an_answer_that_cannot_be_sent_is_one_error_and_refused_requests_are_no_cache_misses(tmp_path, monkeypatch):
+    from service.governance.runtime import Governance
+    from tests.fake_upstream import WireServer
+
+    monkeypatch.setenv("OPENCLAW_MASTER_KEY", "mk-test-0123456789abcdef")
+    nan = {"id": "x", "object": "chat.completion", "created": 1, "model": "m1",
+           "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop",
+                        "logprobs": {"content": [{"token": "hi", "logprob": float("nan"), "bytes": None, "top_logprobs": []}]}}],
+           "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+    with WireServer() as srv:
+        srv.reply(json_body=nan)
+        config = fake_config(srv.url + "/v1", f"sqlite:///{tmp_path}/o.sqlite")
+        config = config.model_copy(update={"cache": config.cache.model_copy(update={"enabled": True, "semantic": False})})
+        running = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=Governance.from_config(config))
+        try:
+            good = {"authorization": "Bearer mk-test-0123456789abcdef"}
+            r = httpx.post(f"{running.url}/v1/chat/completions", headers=good, json={"model": "m1", "messages": MSG})
+            assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+            for _ in range(3):  # refused by governance before the cache is asked
+                assert httpx.post(f"{running.url}/v1/chat/completions", headers={"authorization": "Bearer wrong"},
+                                  json={"model": "m1", "messages": MSG}).status_code == 401
+            metrics = httpx.get(f"{running.url}/metrics").text
+            assert 'openclaw_requests_total{model="m1",profile="none",status="error"} 1.0' in metrics
+            assert 'status="ok"' not in metrics.split("openclaw_requests_total", 1)[1].split("# HELP", 1)[0]
+            assert 'openclaw_cache_results_total{result="miss"} 1.0' in metrics
+        finally:
+            running.stop()

@@ -298,9 +298,14 @@ def test_outcome_log_in_postgres(pg_url):
     assert rows[1]["candidates"] == [{"model": "m1", "p_good": 0.9}] and rows[1]["stream"] is True
     assert rows[0]["embedding"] == b"\x00\x01"
     assert log.get("r4")["chosen_model"] == "m2"
+    # A NUL in a text field (a client may send "\u0000") cannot go into PostgreSQL text: it is
+    # replaced, and never takes the rest of its batch down with it.
+    for i in range(3):
+        log.write(OutcomeRecord(request_id=f"n{i}", ts=2000.0 + i, prompt="before\x00after" if i == 1 else "fine"))
+    assert log.get("n1")["prompt"] == "before\ufffdafter" and log.get("n2")["prompt"] == "fine"
     log.close()
     frame = read_outcomes(pg_url, since=1002.0)
-    assert list(frame["request_id"]) == ["r2", "r3", "r4"]
+    assert list(frame["request_id"]) == ["r2", "r3", "r4", "n0", "n1", "n2"]
 
 
 def test_alerts_fire_once_across_replicas_and_rearm(db):

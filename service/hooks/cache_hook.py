@@ -89,6 +89,7 @@ class CacheHook:
         return ctx.profile or ctx.requested_model
 
     async def pre(self, ctx: RequestContext) -> dict[str, Any] | None:
+        ctx.extras["cache_consulted"] = True
         control = cache_control(ctx.headers)
         refused = request_cacheable(ctx.body, self.section.cache_nonzero_temperature)
         ctx.extras["cache_write"] = control.write and refused is None
