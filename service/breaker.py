@@ -131,6 +131,20 @@ class RateWindow:
             w.tokens += tokens
             w.requests += request
 
+    def try_add(self, model: str, limits: Limits, tokens: int) -> bool:
+        """Count a request if the model's window has room for it, in one step: concurrent requests
+        that all saw room at decision time must not all go."""
+        with self._lock:
+            w = self._windows.setdefault(model, _Window())
+            now = self._clock()
+            self._trim(w, now)
+            if (limits.rpm is not None and w.requests >= limits.rpm) or (limits.tpm is not None and w.tokens + tokens > limits.tpm):
+                return False
+            w.events.append((now, tokens, True))
+            w.tokens += tokens
+            w.requests += 1
+            return True
+
     def usage(self, model: str) -> tuple[int, int]:
         """(requests, tokens) in the current window."""
         with self._lock:

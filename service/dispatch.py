@@ -137,7 +137,7 @@ class Dispatcher:
 
     def _give_up(self, ctx: RequestContext, errors: list[UpstreamError], chain: list[str]) -> ApiError:
         routed = ctx.decision is not None
-        limited = [a for a in ctx.attempts if a.get("kind") == "rate_limit" or a.get("reason") == "rate_limited"]
+        limited = [a for a in ctx.attempts if a.get("kind") == "rate_limit" or a.get("reason") in ("rate_limited", "rate_window")]
         if not errors:
             if all(a.get("reason") == "context_window" for a in ctx.attempts):
                 return ApiError(400, "the request is longer than the context window of every eligible model",
@@ -185,7 +185,11 @@ class Dispatcher:
                 continue
             for retry in range(self.rel.max_retries + 1):
                 started = time.perf_counter()
-                self.live.started(name, ctx.routing.input_tokens)
+                if not self.live.started(name, ctx.routing.input_tokens):
+                    # Its RPM/TPM window filled since the decision (concurrent requests): next model.
+                    self.live.breaker.release(name)
+                    self._record(ctx, name, "skipped", reason="rate_window")
+                    break
                 try:
                     return await call(spec, retry)
                 except UpstreamError as err:

@@ -40,10 +40,18 @@ class LiveState:
     def _m(self, model: str) -> _Model:
         return self._models.setdefault(model, _Model())
 
-    def started(self, model: str, input_tokens: int) -> None:
-        self.rates.add(model, input_tokens)
+    def started(self, model: str, input_tokens: int) -> bool:
+        """Count a call about to be made; False (and nothing counted) when the model's RPM/TPM
+        window has no room left for it."""
+        limits = self.limits.get(model)
+        if limits is not None and (limits.rpm is not None or limits.tpm is not None):
+            if not self.rates.try_add(model, limits, input_tokens):
+                return False
+        else:
+            self.rates.add(model, input_tokens)
         with self._lock:
             self._m(model).in_flight += 1
+        return True
 
     def hold(self, model: str) -> None:
         """Count a call as in flight without counting a new request (a stream past its first token)."""

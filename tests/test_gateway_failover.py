@@ -288,3 +288,17 @@ def test_a_named_models_fallbacks_respect_the_requests_cost_cap(start, upstream)
     upstream.default("m1", server_error())
     answer = gw.client().chat.completions.create(model="m1", messages=MSG, extra_body={"router": {"max_cost_usd": 0.001}})
     assert answer.model == "m3" and not upstream.requests_for("m2")  # m2's prompt alone costs more than the cap
+
+
+def test_concurrent_requests_never_overrun_a_models_rpm(start, upstream):
+    import concurrent.futures
+
+    models = [{"name": "m1", "context_window": 100000, "limits": {"rpm": 2}},
+              {"name": "m2", "context_window": 100000}, {"name": "m3", "context_window": 100000}]
+    gw = start(models=models)
+    for m in ("m1", "m2", "m3"):
+        upstream.default(m, ok(delay_s=0.3))
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:  # all decide before any is counted
+        answers = list(pool.map(lambda _: gw.client().chat.completions.create(model="auto", messages=MSG), range(12)))
+    assert len(upstream.requests_for("m1")) <= 2 and len(answers) == 12
+    assert any(a.model != "m1" for a in answers)
