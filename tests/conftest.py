@@ -21,6 +21,18 @@ def _unavailable(what: str, exc: Exception) -> None:
     pytest.skip(f"{message}; start it to run this test")
 
 
+def require_dataset(path) -> None:
+    """The shared data a test reads (`OPENCLAW_DATASETS`, default ../shared/datasets): a skip on a
+    machine without it, a failure in CI, which must provide it."""
+    from pathlib import Path
+
+    if not Path(path).exists():
+        message = f"shared dataset {path} is missing (OPENCLAW_DATASETS)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}; CI must provide it")
+        pytest.skip(message)
+
+
 @pytest.fixture
 def pg_url():
     """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""

@@ -208,15 +208,17 @@ def test_online_feedback_moves_traffic_away_from_a_degraded_model():
 
 
 def test_concurrent_choices_and_updates_are_consistent():
-    bandit = ContextualBandit(BanditSettings(explore_share=1.0, extra_cost_share=10.0))
-    errors = []
+    # No forgetting and no change detection: every reward must be counted exactly once.
+    bandit = ContextualBandit(BanditSettings(explore_share=1.0, extra_cost_share=10.0, forgetting=1.0,
+                                             cusum_threshold=float("inf")))
+    errors, known = [], []
 
     def work(k):
         rng = np.random.default_rng(k)
         try:
             for i in range(300):
                 bandit.choose(**_arrays(), embedding=rng.normal(size=384), request_id=f"{k}-{i}", rng=rng)
-                bandit.feedback(f"{k}-{i}", float(rng.random() < 0.5))
+                known.append(bandit.feedback(f"{k}-{i}", float(rng.random() < 0.5)))
         except Exception as exc:  # surfaced below
             errors.append(exc)
 
@@ -225,7 +227,8 @@ def test_concurrent_choices_and_updates_are_consistent():
     [t.join() for t in threads]
     assert not errors
     stats = bandit.stats()
-    assert stats["decisions"] == 1800
+    assert stats["decisions"] == 1800 and len(known) == 1800 and all(known)  # every decision found its reward
+    assert sum(a["n_eff"] for a in stats["arms"].values()) == pytest.approx(1800)  # none lost, none twice
     assert sum(a["n_eff"] > 0 for a in stats["arms"].values()) >= 3
 
 

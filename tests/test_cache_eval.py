@@ -8,10 +8,16 @@ import pytest
 
 from router.cache.features import hard_mismatch, numbers
 from service.cli import main
+from tests.conftest import require_dataset
 from training.qqp import default_pairs, group_split
 from training.train_verifier import choose_threshold
 
-needs_qqp = pytest.mark.skipif(not default_pairs().exists(), reason="shared QQP pairs not present")
+needs_qqp = pytest.mark.usefixtures("qqp_pairs")
+
+
+@pytest.fixture
+def qqp_pairs():
+    require_dataset(default_pairs())
 
 
 def test_cache_eval_writes_rows_and_scores(tmp_path, capsys):

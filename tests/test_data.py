@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from training.data import concat_outcomes, datasets_dir, load_outcomes, load_prices, long_to_outcomes
+from tests.conftest import require_dataset
 
 DATASETS = datasets_dir()
 
@@ -192,7 +193,7 @@ def test_concat_tables_union_of_models(tmp_path):
 def test_shared_routerbench_loads():
     path = DATASETS / "routerbench_subset" / "routerbench_subset_train.parquet"
     if not path.exists():
-        pytest.skip(f"{path} not present")
+        require_dataset(path)
     t = load_outcomes(path)
     assert t.quality.shape == (len(t), 11) and t.output_tokens is not None
     # Cost is modelled on the full prompt (exemplars included), the embedding on the query.

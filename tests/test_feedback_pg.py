@@ -18,6 +18,7 @@ from router.feedback_log import (
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import QualityRouter, Running, fake_config
 from tests.test_shadow import LIVE, TABLE, shadow_artifact  # noqa: F401  (fixture)
+from tests.conftest import require_dataset
 
 
 def _ask(gw, text):
@@ -61,7 +62,6 @@ def test_tables_are_created_idempotently_and_keep_rows(pg_url):
     assert read_shadows(pg_url) == []
 
 
-@pytest.mark.skipif(not TABLE.exists(), reason=f"dataset missing: {TABLE}")
 def test_shadow_decisions_are_recorded_in_postgres_and_reported(shadow_artifact, pg_url, tmp_path):  # noqa: F811
     from training import shadow_report
 

@@ -4,6 +4,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import require_dataset
 from training.data import datasets_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,8 +21,8 @@ def _repo_files() -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATASETS / "routerbench_subset").exists(), reason="shared datasets not present")
 def test_evaluation_notebook_runs_and_shows_the_curves(tmp_path):
+    require_dataset(DATASETS / "routerbench_subset")
     import nbformat
     from nbclient import NotebookClient
 

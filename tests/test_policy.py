@@ -60,7 +60,7 @@ def test_decision_ranks_candidates_with_reason():
     assert utilities == sorted(utilities, reverse=True)
     assert d.candidates[0].model == d.model == "mid"
     assert "\n" not in d.reason and d.reason.startswith("mid")
-    assert d.fallbacks() == ["best", "cheap"] or d.fallbacks() == ["cheap", "best"]
+    assert d.fallbacks() == ["cheap", "best"]  # by utility at wtp 0.01: cheap 0.49, best -0.1
     assert d.embedding is not None and d.knob == 0.01
 
 

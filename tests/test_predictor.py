@@ -10,6 +10,7 @@ from router.predictor import UNSEEN_STD, OutcomePredictor
 from router.types import RoutingRequest
 from training.train import expected_calibration_error
 from training.data import datasets_dir
+from tests.conftest import require_dataset
 
 DATASETS = datasets_dir()
 ROUTERBENCH = DATASETS / "routerbench_subset" / "routerbench_subset_train.parquet"
@@ -18,7 +19,7 @@ ROUTERBENCH = DATASETS / "routerbench_subset" / "routerbench_subset_train.parque
 @pytest.fixture(scope="module")
 def data():
     if not ROUTERBENCH.exists():
-        pytest.skip(f"{ROUTERBENCH} not present")
+        require_dataset(ROUTERBENCH)
     from router.embedding import encode_cached
     from training.data import load_outcomes
 

@@ -21,13 +21,16 @@ from router.outcome_log import OutcomeRecord, open_outcome_log
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import Running, fake_config
 from training.data import datasets_dir
+from tests.conftest import require_dataset
 
 DATA = datasets_dir()
 TABLE = DATA / "routerbench_subset" / "routerbench_subset_train.parquet"
 MODELS = ["gpt-3.5-turbo-1106", "Yi-34B-Chat", "WizardLM-13B-V1.2"]
 WTP = 1.0
 
-pytestmark = pytest.mark.skipif(not TABLE.exists(), reason=f"dataset missing: {TABLE}")
+@pytest.fixture(autouse=True)
+def _routerbench():
+    require_dataset(TABLE)
 
 
 def _frame(rows, invert=False):

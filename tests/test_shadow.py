@@ -13,6 +13,7 @@ from router.feedback_log import read_shadows
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import QualityRouter, Running, fake_config
 from training.data import datasets_dir
+from tests.conftest import require_dataset
 
 DATA = datasets_dir()
 TABLE = DATA / "routerbench_subset" / "routerbench_subset_train.parquet"
@@ -23,13 +24,16 @@ LIVE = {"m1": 0.9, "m2": 0.6, "m3": 0.5}
 PROMPTS = [f"Question {i}: which is larger, {i} squared or {i + 7} times two?" for i in range(16)]
 ODD = "odd $x_$"  # a client's label that matplotlib would read as a (broken) formula
 
-pytestmark = pytest.mark.skipif(not TABLE.exists(), reason=f"dataset missing: {TABLE}")
+@pytest.fixture(autouse=True)
+def _routerbench():
+    require_dataset(TABLE)
 
 
 @pytest.fixture(scope="module")
 def shadow_artifact(tmp_path_factory):
     import pandas as pd
 
+    require_dataset(TABLE)  # also for tests/test_feedback_pg.py, which borrows this fixture
     from training.data import load_outcomes
     from training.retrain import features, fit_router
 

@@ -11,6 +11,7 @@ import pytest
 from service.cli import main
 from training.simulate import Drift, Stream, by_task, parse_drift, random_means
 from training.data import datasets_dir
+from tests.conftest import require_dataset
 
 DATA = datasets_dir()
 TABLE = DATA / "routerbench_subset" / "routerbench_subset_train.parquet"
@@ -30,7 +31,7 @@ def small_table(tmp_path_factory):
     import pandas as pd
 
     if not TABLE.exists():
-        pytest.skip(f"dataset missing: {TABLE}")
+        require_dataset(TABLE)
     df = pd.read_parquet(TABLE).sample(700, random_state=1)
     keep = ["uid", "query", "prompt_full", "eval_name"] + [f"{k}__{m}" for m in MODELS for k in ("quality", "cost_usd")]
     path = tmp_path_factory.mktemp("sim") / "small.parquet"

@@ -11,6 +11,7 @@ from router.config import load_config
 from service.providers import build_provider
 from service.simulator import MODELS, attach_simulator, is_good, start_simulator
 from training.data import datasets_dir
+from tests.conftest import require_dataset
 
 CONFIG = Path(__file__).resolve().parents[1] / "service" / "default_config.yaml"
 DATASETS = datasets_dir()
@@ -152,7 +153,7 @@ async def test_default_catalog_runs_on_the_simulator():
 def test_catalog_prices_are_the_routerbench_ones():
     models_json = DATASETS / "routerbench_subset" / "models.json"
     if not models_json.exists():
-        pytest.skip(f"dataset not present at {models_json}")
+        require_dataset(models_json)
     prices = json.loads(models_json.read_text())
     for m in load_config(CONFIG).models:
         assert m.price.input_per_1m == prices[m.name]["implied_usd_per_1M_input_tokens"]

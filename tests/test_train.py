@@ -12,6 +12,7 @@ from router.engine import LearnedRouter
 from router.request_view import view_chat_request, view_prompt
 from service.cli import main
 from training.data import datasets_dir
+from tests.conftest import require_dataset
 
 DATASETS = datasets_dir()
 ROUTERBENCH = DATASETS / "routerbench_subset" / "routerbench_subset_train.parquet"
@@ -20,7 +21,7 @@ ROUTERBENCH = DATASETS / "routerbench_subset" / "routerbench_subset_train.parque
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     if not ROUTERBENCH.exists():
-        pytest.skip(f"{ROUTERBENCH} not present")
+        require_dataset(ROUTERBENCH)
     tmp = tmp_path_factory.mktemp("train")
     frame = pd.read_parquet(ROUTERBENCH).iloc[::3].reset_index(drop=True)  # same prompts as test_predictor
     data = tmp / "small_train.parquet"
