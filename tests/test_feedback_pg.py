@@ -6,7 +6,6 @@ import time
 from argparse import Namespace
 
 import httpx
-import pytest
 
 from router.feedback_log import (
     Feedback,
@@ -17,8 +16,7 @@ from router.feedback_log import (
 )
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import QualityRouter, Running, fake_config
-from tests.test_shadow import LIVE, TABLE, shadow_artifact  # noqa: F401  (fixture)
-from tests.conftest import require_dataset
+from tests.test_shadow import LIVE, shadow_artifact  # noqa: F401  (fixture)
 
 
 def _ask(gw, text):
