@@ -206,11 +206,16 @@ class OutcomePredictor:
         observed = ~np.isnan(q)
         self.prior_quality = float(np.nanmean(q))
         fold = _fold_ids(n, self.folds, self.seed, groups)
-        # LightGBM cannot fit one row (bagging leaves none): every fold needs two outcomes to learn from.
-        if any((observed & (fold != k)[:, None]).sum() < 2 for k in range(self.folds)):
+        # LightGBM cannot fit one row (bagging leaves none): every fold needs two outcomes to learn
+        # from, and one booster per model needs them per model.
+        per_fold = [(observed & (fold != k)[:, None]).sum(axis=0) for k in range(self.folds)]
+        if any((c.min() if self.mode != "shared" else c.sum()) < 2 for c in per_fold):
             distinct = len(np.unique(groups)) if groups is not None else n
+            fewest = int(np.argmin(np.min(per_fold, axis=0)))
+            which = f" (model {self.models[fewest]!r} has {int(observed[:, fewest].sum())})" if self.mode != "shared" else ""
             raise ValueError(f"{getattr(outcomes, 'path', 'the data')}: cross-fitting {self.folds} folds needs outcomes for "
-                             f"more distinct prompts (text column) than this: {distinct} prompt(s), {int(observed.sum())} outcome(s)")
+                             f"more distinct prompts (text column) than this: {distinct} prompt(s), "
+                             f"{int(observed.sum())} outcome(s){which}")
         oof = np.full((n, m), np.nan)
         params = {**QUALITY_PARAMS, "seed": self.seed}
         self.quality_boosters = [] if self.mode == "shared" else [[] for _ in range(m)]

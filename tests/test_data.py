@@ -200,3 +200,15 @@ def test_shared_routerbench_loads():
     assert t.input_tokens.mean() > np.mean([len(x) for x in t.texts]) / 4
     implied = t.prices["gpt-4-1106-preview"]
     assert 8 < implied.input_per_1m < 12 and 25 < implied.output_per_1m < 35
+
+
+def test_a_tables_own_prices_fill_in_what_prices_leave_out(tmp_path):
+    from training.data import ModelPrice
+
+    df = wide_frame().drop(columns=["cost_usd__small", "cost_usd__big"])
+    (tmp_path / "models.json").write_text(json.dumps({"small": {"input_per_1m": 1, "output_per_1m": 2},
+                                                      "big": {"input_per_1m": 10, "output_per_1m": 20}}))
+    df.to_parquet(tmp_path / "t.parquet")
+    # --prices names another table's model (several tables stacked): the table's models.json still prices its own
+    t = load_outcomes(tmp_path / "t.parquet", prices={"other": ModelPrice(5, 5), "big": ModelPrice(30, 60)})
+    assert t.prices["small"].input_per_1m == 1 and t.prices["big"].input_per_1m == 30  # an explicit price wins

@@ -137,3 +137,15 @@ def test_too_few_distinct_prompts_is_a_clear_error_not_a_lightgbm_crash(data):
     one_prompt = np.array([table.texts[rows[0]]] * len(rows), dtype=object)  # 30 outcomes of one prompt
     with pytest.raises(ValueError, match="distinct prompts"):
         OutcomePredictor(folds=3, num_rounds=20).fit(X[rows], table.subset(rows), groups=one_prompt)
+
+
+def test_one_booster_per_model_needs_outcomes_of_every_model(data):
+    from dataclasses import replace
+
+    table, X, train, _ = data
+    rows = train[:200]
+    sub = table.subset(rows)
+    q = sub.quality.copy()
+    q[2:, 0] = np.nan  # the first model was observed on two prompts only
+    with pytest.raises(ValueError, match=f"model '{sub.models[0]}' has 2"):
+        OutcomePredictor(folds=3, num_rounds=20, mode="per_model").fit(X[rows], replace(sub, quality=q))

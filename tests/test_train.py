@@ -97,3 +97,19 @@ def test_train_reports_validation_error(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "bad.csv" in err and "quality__m" in err
+
+
+def test_a_model_name_mlflow_would_refuse_is_logged_under_a_safe_name(tmp_path):
+    import mlflow
+
+    require_dataset(ROUTERBENCH)
+    frame = pd.read_parquet(ROUTERBENCH).iloc[::10].reset_index(drop=True)
+    frame = frame.rename(columns={"quality__mixtral-8x7b-chat": "quality__command-r+", "cost_usd__mixtral-8x7b-chat": "cost_usd__command-r+"})
+    data = tmp_path / "plus.parquet"
+    frame.to_parquet(data)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "router"), "--folds", "2", "--rounds", "20",
+                 "--tracking-uri", uri]) == 0
+    mlflow.set_tracking_uri(uri)
+    run = mlflow.search_runs(search_all_experiments=True).iloc[0]
+    assert "metrics.auc.command-r_" in run.index  # "+" is not allowed in an MLflow name

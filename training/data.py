@@ -330,8 +330,10 @@ def load_outcomes(path: str | Path, text_column: str | None = None,
                               if c.startswith(pre) and not keep(c[len(pre):])])
     sibling = path.with_name("models.json")
     models = [c[len("quality__"):] for c in df.columns if c.startswith("quality__")]
-    if prices is None and sibling.exists() and any(f"cost_usd__{m}" not in df.columns for m in models):
-        prices = load_prices(sibling)
+    if sibling.exists() and any(f"cost_usd__{m}" not in df.columns and m not in (prices or {}) for m in models):
+        # The table's own models.json fills in what --prices does not say (several tables may be
+        # stacked, each priced its own way); an explicit price always wins.
+        prices = {**load_prices(sibling), **(prices or {})}
         log.info("%s: prices of models without cost columns from %s", path, sibling)
     return wide_to_outcomes(df, path, text_column=text_column, prices=prices)
 

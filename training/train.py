@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -172,7 +173,8 @@ def log_to_mlflow(args, router_dir: Path, params: dict, metrics: dict, plot: Pat
             for k, v in vals.items():
                 if v is not None and k != "n":
                     flat[f"{k}.{m}"] = v
-        mlflow.log_metrics({k.replace("@", "_"): float(v) for k, v in flat.items()})
+        # MLflow allows only [A-Za-z0-9_ -.:/] in a name; model names may hold "+", "@", "(", ...
+        mlflow.log_metrics({re.sub(r"[^\w\-. :/]", "_", k): float(v) for k, v in flat.items()})
         mlflow.log_artifact(str(plot))
         info = mlflow.pyfunc.log_model(
             name="router",
