@@ -120,3 +120,13 @@ def test_a_table_without_costs_runs_with_prices_and_the_json_is_strict(small_tab
 
     rep = json.loads(out.read_text(), parse_constant=refuse)
     assert rep["totals"]["static"]["cost"] > 0
+
+
+def test_several_degradations_are_measured_together_and_inf_means_no_spend_cap(small_table, tmp_path):
+    rep = _simulate(small_table, tmp_path / "two.json", "--drift", "degrade:gpt-4-1106-preview:0.4@100",
+                    "--drift", "degrade:mixtral-8x7b-chat:1.0@200", "--total-cost-share", "inf")
+    assert list(rep["recovery"]) == ["all"]  # one run cannot tell which drift the routers answered
+    rec = rep["recovery"]["all"]
+    assert rec["from_request"] == 1200 and len(rec["drifts"]) == 2
+    assert rep["bandit_state"]["spend_price_per_usd"] == 0.0  # no cap, no shadow price (it was NaN)
+    assert rep["setup"]["bandit"]["total_cost_share"] is None
