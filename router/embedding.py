@@ -22,6 +22,9 @@ import numpy as np
 
 DIM = 384
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
+# 256 wordpieces never need more characters than this: tokenizing (under the tokenizer's lock)
+# and memoising a megabyte of text for a vector of its first few hundred words would only cost.
+MAX_CHARS = 20_000
 _EXPORT_LOCK = threading.Lock()
 # `int8` (the default): dynamic per-channel int8 quantisation of the same export, ~2x faster
 # on one core, cosine >= 0.99 to sentence-transformers on average (tests/test_embedding.py,
@@ -158,7 +161,7 @@ class Embedder:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             with self._lock:
-                encs = self._tokenizer.encode_batch([texts[i] or " " for i in idx])
+                encs = self._tokenizer.encode_batch([texts[i][:MAX_CHARS] or " " for i in idx])
             ids = np.array([e.ids for e in encs], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
             hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
@@ -185,8 +188,13 @@ def shared_embedder() -> Embedder:
         return _shared
 
 
-@functools.lru_cache(maxsize=4096)
 def embed_request_text(text: str) -> np.ndarray:
+    """A request's routed text embedded once per process (see `_embed_request_text`)."""
+    return _embed_request_text(text[:MAX_CHARS])  # the memo keeps the head only, as much as is embedded
+
+
+@functools.lru_cache(maxsize=4096)
+def _embed_request_text(text: str) -> np.ndarray:
     """A request's routed text embedded once per process, read-only: in an agent's tool loop every
     turn routes on (and looks the cache up by) the same last user message, so most of a session's
     requests reuse one vector."""

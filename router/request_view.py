@@ -77,8 +77,9 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
     max_out = body.get("max_completion_tokens") or body.get("max_tokens")
     n_turns = sum(1 for m in messages if m.get("role") == "user")
     if not last_user and messages:
-        # A tool-result turn has no new user text: route on the latest text there is.
-        last_user = next((content_text(m.get("content")) for m in reversed(messages) if content_text(m.get("content"))), "")
+        # No text in the last user turn (an image alone): route on the latest user text there is,
+        # never on the system prompt, an answer or a tool result.
+        last_user = next((t for m in reversed(messages) if m.get("role") == "user" and (t := content_text(m.get("content")))), "")
     return RoutingRequest(
         text=last_user,
         input_tokens=(total_chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN,

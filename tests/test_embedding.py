@@ -110,3 +110,14 @@ def test_unknown_variant_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("OPENCLAW_EMBEDDING_VARIANT", "fp16")
     with pytest.raises(ValueError, match="OPENCLAW_EMBEDDING_VARIANT='fp16'"):
         variant()
+
+
+def test_a_huge_text_embeds_as_its_head():
+    # Only the first 256 wordpieces count; the embedder reads no more than a head of the text.
+    from router.embedding import MAX_CHARS, embed_request_text, shared_embedder
+
+    head = "Explain how a hash map resizes when it grows, step by step. " * 60
+    huge = head + "filler " * 200_000
+    assert len(huge) > 50 * MAX_CHARS
+    assert np.array_equal(shared_embedder().encode_one(huge), shared_embedder().encode_one(head))
+    assert np.array_equal(embed_request_text(huge), shared_embedder().encode_one(head))

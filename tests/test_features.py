@@ -70,3 +70,17 @@ def test_chat_request_turns_tools_and_json():
     # The system prompt counts towards length, not towards what the text is about.
     assert x[0, F["log_input_tokens"]] > x[0, F["log_text_chars"]] - np.log(4)
     assert x[1, F["n_turns"]] == 1 and x[1, F["has_tools"]] == 0
+
+
+def test_a_turn_without_user_text_routes_on_the_last_user_text_never_the_system_prompt():
+    system = {"role": "system", "content": "You are OpenClaw, a coding agent. " * 200}
+    image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}
+    assert view_chat_request({"messages": [system, image]}).text == ""  # nothing a user wrote: not the 7 KB prompt
+    earlier = [system, {"role": "user", "content": "what sign is in these photos?"},
+               {"role": "assistant", "content": "Send them and I will describe them."}, image]
+    assert view_chat_request({"messages": earlier}).text == "what sign is in these photos?"
+    tool_loop = [system, {"role": "user", "content": "fix the failing test in foo.py"},
+                 {"role": "assistant", "content": None, "tool_calls": [
+                     {"id": "c1", "type": "function", "function": {"name": "read", "arguments": "{}"}}]},
+                 {"role": "tool", "tool_call_id": "c1", "content": '{"ocr": "STOP"}'}]
+    assert view_chat_request({"messages": tool_loop}).text == "fix the failing test in foo.py"
