@@ -42,6 +42,24 @@ def has_image(messages: Iterable[Mapping[str, Any]]) -> bool:
     return False
 
 
+# What a provider bills an image as: OpenAI's fixed 85 tokens for `detail: low`, and 765 for a
+# 1024x1024 picture at the default detail (Anthropic's ~1,600 for a large one is of that order).
+IMAGE_TOKENS = {"low": 85}
+IMAGE_TOKENS_DEFAULT = 765
+
+
+def image_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
+    """Input tokens the images of a conversation cost (an agent replays them every turn)."""
+    total = 0
+    for m in messages:
+        content = m.get("content")
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, Mapping) and part.get("type") in ("image_url", "input_image"):
+                detail = (part.get("image_url") or {}).get("detail") if isinstance(part.get("image_url"), Mapping) else None
+                total += IMAGE_TOKENS.get(detail, IMAGE_TOKENS_DEFAULT)
+    return total
+
+
 def estimate_tokens(text: str) -> int:
     return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
 
@@ -82,7 +100,7 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
         last_user = next((t for m in reversed(messages) if m.get("role") == "user" and (t := content_text(m.get("content")))), "")
     return RoutingRequest(
         text=last_user,
-        input_tokens=(total_chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN,
+        input_tokens=(total_chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN + image_tokens(messages),
         n_turns=max(n_turns, 1),
         has_tools=bool(tools),
         needs=frozenset(needs),

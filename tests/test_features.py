@@ -84,3 +84,14 @@ def test_a_turn_without_user_text_routes_on_the_last_user_text_never_the_system_
                      {"id": "c1", "type": "function", "function": {"name": "read", "arguments": "{}"}}]},
                  {"role": "tool", "tool_call_id": "c1", "content": '{"ocr": "STOP"}'}]
     assert view_chat_request({"messages": tool_loop}).text == "fix the failing test in foo.py"
+
+
+def test_images_count_as_input_tokens():
+    def with_images(*details):
+        parts = [{"type": "text", "text": "what is this?"}]
+        parts += [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", **({"detail": d} if d else {})}}
+                  for d in details]
+        return view_chat_request({"messages": [{"role": "user", "content": parts}]}).input_tokens
+
+    text_only = with_images()
+    assert with_images(None) == text_only + 765 and with_images("low", "high") == text_only + 85 + 765
