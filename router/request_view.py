@@ -32,16 +32,6 @@ def content_text(content: Any) -> str:
     return str(content)
 
 
-def has_image(messages: Iterable[Mapping[str, Any]]) -> bool:
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, list) and any(
-            isinstance(p, Mapping) and p.get("type") in ("image_url", "input_image") for p in content
-        ):
-            return True
-    return False
-
-
 # What a provider bills an image as: OpenAI's fixed 85 tokens for `detail: low`, and 765 for a
 # 1024x1024 picture at the default detail (Anthropic's ~1,600 for a large one is of that order).
 IMAGE_TOKENS = {"low": 85}
@@ -90,7 +80,8 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
     fmt = body.get("response_format") or {}
     if isinstance(fmt, Mapping) and fmt.get("type") in ("json_object", "json_schema"):
         needs.add("json")
-    if has_image(messages):
+    images = image_tokens(messages)
+    if images:
         needs.add("vision")
     max_out = body.get("max_completion_tokens") or body.get("max_tokens")
     n_turns = sum(1 for m in messages if m.get("role") == "user")
@@ -100,7 +91,7 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
         last_user = next((t for m in reversed(messages) if m.get("role") == "user" and (t := content_text(m.get("content")))), "")
     return RoutingRequest(
         text=last_user,
-        input_tokens=(total_chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN + image_tokens(messages),
+        input_tokens=(total_chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN + images,
         n_turns=max(n_turns, 1),
         has_tools=bool(tools),
         needs=frozenset(needs),

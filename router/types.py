@@ -38,6 +38,11 @@ class Constraints:
     max_cost_usd: float | None = None
     max_latency_s: float | None = None
 
+    def in_scope(self, model: str, tags: frozenset[str]) -> bool:
+        """Whether these limits let a model with these tags answer (allowed, not excluded, tagged)."""
+        return ((self.allowed_models is None or model in self.allowed_models) and model not in self.excluded_models
+                and self.required_tags <= tags)
+
 
 @dataclass(frozen=True)
 class LiveStats:

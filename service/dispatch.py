@@ -15,7 +15,6 @@ with an explicit error event (see api_chat).
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 from router.config import Config, ModelSpec
 from router.types import Constraints
-from service.errors import ApiError
+from service.errors import ApiError, rate_limited
 from service.live_state import LiveState
 from service.metrics import Metrics
 from service.pipeline import RequestContext
@@ -73,8 +72,7 @@ def failover_chain(config: Config, ctx: RequestContext) -> list[str]:
 
     allowed = [
         f for f in named.fallbacks
-        if (limits.allowed_models is None or f in limits.allowed_models) and f not in limits.excluded_models
-        and limits.required_tags <= config.model(f).tags and set(ctx.routing.needs) <= set(config.model(f).capabilities)
+        if limits.in_scope(f, config.model(f).tags) and set(ctx.routing.needs) <= set(config.model(f).capabilities)
         and within_limits(config.model(f))
     ]
     return [named.name, *allowed]
@@ -151,12 +149,10 @@ class Dispatcher:
         # failed otherwise is still rate limited; a routed request when every model it tried is.
         named_limited = not routed and any(a["model"] == chain[0] for a in limited)
         if named_limited or (routed and limited and len(limited) == len(ctx.attempts)):
-            waits = [a["retry_after_s"] for a in limited if a.get("retry_after_s")]
-            headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else {}
             fallbacks = "; its fallbacks failed too" if len(chain) > 1 else ""
-            return ApiError(429, f"model {chain[0]} is rate limited upstream{fallbacks}" if not routed else
-                            f"every eligible model is rate limited upstream (tried {', '.join(chain)})",
-                            code="rate_limit_exceeded", headers=headers)
+            return rate_limited(f"model {chain[0]} is rate limited upstream{fallbacks}" if not routed else
+                                f"every eligible model is rate limited upstream (tried {', '.join(chain)})",
+                                [a["retry_after_s"] for a in limited if a.get("retry_after_s")])
         if not errors:
             return ApiError(503, f"no eligible model is available right now (tried {', '.join(chain)}); retry shortly",
                             code="no_model_available", headers={"retry-after": "1"})

@@ -6,6 +6,7 @@ gets a readable message and never a stack trace, whatever went wrong.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Mapping
 
 from fastapi import FastAPI, Request
@@ -63,6 +64,12 @@ def error_body(message: str, type: str, code: str | None = None, param: str | No
 
 def bad_request(message: str, *, code: str = "invalid_request", param: str | None = None) -> ApiError:
     return ApiError(400, message, code=code, param=param)
+
+
+def rate_limited(message: str, waits: list[float]) -> ApiError:
+    """A 429 telling the client the shortest of the upstreams' remaining waits, when known."""
+    headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else {}
+    return ApiError(429, message, code="rate_limit_exceeded", headers=headers)
 
 
 def model_not_found(name: str, known: list[str]) -> ApiError:

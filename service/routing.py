@@ -9,7 +9,6 @@ the body wins when both are given.
 """
 from __future__ import annotations
 
-import math
 import threading
 from typing import Any, Callable, Mapping, Protocol
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from router.config import Config, ModelSpec, Profile
 from router.types import Constraints, Decision, LiveStats, RoutingRequest
-from service.errors import ApiError, bad_request, model_not_found
+from service.errors import ApiError, bad_request, model_not_found, rate_limited
 from service.schemas import RouterOptions
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -138,8 +137,7 @@ def decide(router: Router | None, request: RoutingRequest, *, config: Config, pr
         if unhealthy:
             waits = [blocked_for(m) for m in unhealthy] if blocked_for is not None else []
             if waits and all(waits):
-                raise ApiError(429, f"every eligible model is rate limited upstream: {exc}", code="rate_limit_exceeded",
-                               headers={"retry-after": str(max(1, math.ceil(min(waits))))}) from None
+                raise rate_limited(f"every eligible model is rate limited upstream: {exc}", waits) from None
             raise ApiError(503, f"no eligible model is available right now: {exc}", code="no_model_available",
                            headers={"retry-after": "1"}) from None
         raise ApiError(400, str(exc), code="no_eligible_model") from None

@@ -49,6 +49,14 @@ def shadow_artifact(tmp_path_factory):
     return router.save(root / "artifact")
 
 
+def _shadows(db: str, n: int) -> list[dict]:
+    """The shadow rows, once `n` are written (post-hooks run in the background)."""
+    deadline = time.monotonic() + 20
+    while len(read_shadows(db)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return read_shadows(db)
+
+
 def _ask(client, text, stream):
     messages = [{"role": "user", "content": text}]
     if stream:
@@ -78,10 +86,7 @@ def test_shadow_never_alters_responses_and_reports(shadow_artifact, tmp_path):
                     r = httpx.post(f"{shadowed.url}/v1/feedback",
                                    json={"request_id": b[2], "score": float(i % 2), "label": "even" if i % 2 == 0 else ODD})
                     assert r.status_code == 200
-            deadline = time.monotonic() + 20
-            while len(read_shadows(db)) < len(PROMPTS) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            rows = read_shadows(db)
+            rows = _shadows(db, len(PROMPTS))
             shadow_calls = [r for r in up.requests if r.body.get("model") != "m1"]
         finally:
             plain.stop()
@@ -119,9 +124,7 @@ def test_shadow_report_without_any_feedback(shadow_artifact, tmp_path):
         try:
             for text in PROMPTS[:4]:
                 _ask(shadowed.client(), text, False)
-            deadline = time.monotonic() + 20
-            while len(read_shadows(db)) < 4 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            _shadows(db, 4)
         finally:
             shadowed.stop()
 
@@ -146,10 +149,7 @@ def test_a_failed_shadow_call_gives_its_reservation_back(shadow_artifact, tmp_pa
         try:
             for text in PROMPTS[:8]:
                 _ask(running.client(), text, False)
-            deadline = time.monotonic() + 20
-            while len(read_shadows(db)) < 8 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            rows = read_shadows(db)
+            rows = _shadows(db, 8)
             runtime = next(h for h in running.gateway.pipeline.hooks if isinstance(h, LearningHook)).rt
             assert any(r["called"] and r["call_status"].startswith("error") for r in rows)
             assert runtime.shadow_spend == pytest.approx(0.0, abs=1e-12)  # nothing was spent, nothing stays reserved

@@ -78,11 +78,7 @@ class CacheHook:
     def _permitted(self, model: str, limits: Constraints | None) -> bool:
         """Whether the request's own limits allow the model that produced a cached answer: a
         request that excludes a model, or needs a local one, must not get that model's answer."""
-        if limits is None:
-            return True
-        if limits.allowed_models is not None and model not in limits.allowed_models:
-            return False
-        return model not in limits.excluded_models and limits.required_tags <= self.model_tags.get(model, frozenset())
+        return limits is None or limits.in_scope(model, self.model_tags.get(model, frozenset()))
 
     @staticmethod
     def _route(ctx: RequestContext) -> str:
