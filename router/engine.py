@@ -17,6 +17,7 @@ from router.config import ModelSpec, Profile
 from router.features import FEATURE_NAMES, request_features
 from router.policy import decide
 from router.predictor import OutcomePredictor, Predictions
+from router.request_view import estimate_tokens
 from router.types import Constraints, Decision, LiveStats, RoutingRequest
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class LearnedRouter:
         is `spec.predictor_name`, prices and speeds come from the spec). Without a catalog:
         the artifact's models at the prices seen in training."""
         X = self.featurize(requests, embeddings)
-        in_tok = np.array([r.input_tokens or (len(r.text) + 3) // 4 for r in requests], dtype=np.float64)
+        in_tok = np.array([r.input_tokens or estimate_tokens(r.text) for r in requests], dtype=np.float64)
         if catalog is None:
             return self.predictor.predict(X, in_tok)
         return self.predictor.predict(

@@ -5,6 +5,11 @@ item, how many turns, tools), which tells "how hard / how long an answer" across
 than topic does: the embedding knows what a prompt is about, these say what kind of work it
 asks for. All are substring counts over at most `MAX_SCAN_CHARS` characters, so a
 2,000-token prompt costs tens of microseconds.
+
+Length is the routed text's, never the whole request's: an agent turn carries a 25-48 KB system
+prompt and its history (~9,000 tokens), far beyond any prompt in the outcome tables, and a tree
+model reads such a value as "like the longest training prompts", which moved P(good) by up to
+0.23. The request's size still sets cost and the context-window check, through `input_tokens`.
 """
 from __future__ import annotations
 
@@ -19,7 +24,6 @@ from router.types import RoutingRequest
 MAX_SCAN_CHARS = 2000  # the head of a long prompt says what it is; scanning all of it is waste
 
 FEATURE_NAMES = (
-    "log_input_tokens",
     "log_text_chars",
     "n_lines",
     "code_markers",
@@ -49,15 +53,13 @@ def _count(text: str, needles: Sequence[str]) -> int:
     return sum(text.count(n) for n in needles)
 
 
-def text_features(text: str, input_tokens: int, n_turns: int = 1, has_tools: bool = False,
-                  needs_json: bool = False) -> list[float]:
+def text_features(text: str, n_turns: int = 1, has_tools: bool = False, needs_json: bool = False) -> list[float]:
     head = text[:MAX_SCAN_CHARS].lower()
     n = max(len(head), 1)
     non_ascii = len(head) - len(head.encode("ascii", "ignore"))
     stripped = head.strip()
     question = stripped.endswith(("?", "？")) or stripped.startswith(_WH) or "?\n" in head
     return [
-        math.log1p(max(input_tokens, 0)),
         math.log1p(len(text)),
         float(min(head.count("\n"), 200)),
         float(min(_count(head, _CODE), 50)),
@@ -77,7 +79,7 @@ def text_features(text: str, input_tokens: int, n_turns: int = 1, has_tools: boo
 def request_features(requests: Sequence[RoutingRequest]) -> np.ndarray:
     """(N, len(FEATURE_NAMES)) float32 matrix for routing requests."""
     rows = [
-        text_features(r.text, r.input_tokens or (len(r.text) + 3) // 4, r.n_turns, r.has_tools, "json" in r.needs)
+        text_features(r.text, r.n_turns, r.has_tools, "json" in r.needs)
         for r in requests
     ]
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(FEATURE_NAMES))

@@ -8,11 +8,19 @@ context-window checks), `n_turns` and `has_tools`.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Mapping
 
 from router.types import RoutingRequest
 
 CHARS_PER_TOKEN = 4  # the usual English average; good enough for pricing and context checks
+# A character beyond ASCII is worth more: a Chinese, Japanese or Korean character is about one
+# token to GPT and Claude tokenizers, not a quarter of one, and four characters per token
+# undercounted such a prompt ~4x (cost, budgets, context-window checks). Each UTF-8 byte past a
+# character's first adds 1.5 characters' worth: a 3-byte CJK character counts 4 (one token), a
+# 2-byte Cyrillic or accented letter 2.5, a 4-byte emoji 5.5. Read from the UTF-8 length, so it
+# costs one encode of a non-ASCII text and nothing for an ASCII one.
+EXTRA_CHARS_PER_UTF8_BYTE = 1.5
 
 
 def content_text(content: Any) -> str:
@@ -50,8 +58,15 @@ def image_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
     return total
 
 
+def token_chars(text: str) -> float:
+    """`text`'s length in ASCII-equivalent characters (CHARS_PER_TOKEN of them make a token)."""
+    if text.isascii():
+        return len(text)
+    return len(text) + EXTRA_CHARS_PER_UTF8_BYTE * (len(text.encode("utf-8", "surrogatepass")) - len(text))
+
+
 def estimate_tokens(text: str) -> int:
-    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+    return math.ceil(token_chars(text) / CHARS_PER_TOKEN)
 
 
 def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
@@ -63,17 +78,17 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
     total_chars = 0
     for m in messages:
         text = content_text(m.get("content"))
-        total_chars += len(text)
+        total_chars += token_chars(text)
         for call in m.get("tool_calls") or []:
             fn = call.get("function") or {}
-            total_chars += len(str(fn.get("name", ""))) + len(str(fn.get("arguments", "")))
+            total_chars += token_chars(str(fn.get("name", ""))) + token_chars(str(fn.get("arguments", "")))
         role = m.get("role")
         if role == "user":
             last_user = text
         elif role in ("system", "developer"):
             system_parts.append(text)
     for t in tools:
-        total_chars += len(str(t))
+        total_chars += token_chars(str(t))
     needs = set()
     if tools:
         needs.add("tools")
@@ -91,7 +106,7 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
         last_user = next((t for m in reversed(messages) if m.get("role") == "user" and (t := content_text(m.get("content")))), "")
     return RoutingRequest(
         text=last_user,
-        input_tokens=(total_chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN + images,
+        input_tokens=math.ceil(total_chars / CHARS_PER_TOKEN) + images,
         n_turns=max(n_turns, 1),
         has_tools=bool(tools),
         needs=frozenset(needs),

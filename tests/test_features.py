@@ -11,7 +11,7 @@ PROSE = "The weather was pleasant and we walked along the river for an hour"
 
 
 def feat(text: str, **kw) -> list[float]:
-    return text_features(text, (len(text) + 3) // 4, **kw)
+    return text_features(text, **kw)
 
 
 def test_code_markers():
@@ -41,9 +41,9 @@ def test_language_shares():
     assert feat(PROSE)[F["non_ascii_share"]] == 0
 
 
-def test_length_scales_with_tokens():
+def test_length_scales_with_the_text():
     short, long = feat("hi"), feat("word " * 2000)
-    assert long[F["log_input_tokens"]] > short[F["log_input_tokens"]] + 5
+    assert long[F["log_text_chars"]] > short[F["log_text_chars"]] + 5
 
 
 def test_only_the_head_is_scanned():
@@ -67,9 +67,12 @@ def test_chat_request_turns_tools_and_json():
     assert x.shape == (2, len(FEATURE_NAMES)) and x.dtype == np.float32
     assert x[0, F["n_turns"]] == 2 and x[0, F["has_tools"]] == 1 and x[0, F["needs_json"]] == 1
     assert x[0, F["instruction_words"]] >= 1
-    # The system prompt counts towards length, not towards what the text is about.
-    assert x[0, F["log_input_tokens"]] > x[0, F["log_text_chars"]] - np.log(4)
     assert x[1, F["n_turns"]] == 1 and x[1, F["has_tools"]] == 0
+    # The system prompt sets the request's size (cost, context window), not a single feature:
+    # the same turn under a 48 KB agent prompt is the same row as under a one-line one.
+    agent = {**body, "messages": [{"role": "system", "content": "You are an agent. " * 2800}, *body["messages"][1:]]}
+    assert view_chat_request(agent).input_tokens > 10 * req.input_tokens
+    assert np.array_equal(request_features([view_chat_request(agent)])[0], x[0])
 
 
 def test_a_turn_without_user_text_routes_on_the_last_user_text_never_the_system_prompt():
@@ -95,3 +98,27 @@ def test_images_count_as_input_tokens():
 
     text_only = with_images()
     assert with_images(None) == text_only + 765 and with_images("low", "high") == text_only + 85 + 765
+
+
+def test_the_shipped_router_judges_an_agent_turn_by_its_user_text_not_its_system_prompt():
+    from router.engine import LearnedRouter, default_artifact
+
+    turn = [{"role": "user", "content": "Write a Python function that merges two sorted lists"}]
+    bare = view_chat_request({"messages": turn})
+    agent = view_chat_request({"messages": [{"role": "system", "content": "You are OpenClaw, a coding agent. " * 1400}, *turn]})
+    pred = LearnedRouter.load(default_artifact()).predict([bare, agent])
+    np.testing.assert_array_equal(pred.p_good[0], pred.p_good[1])
+    np.testing.assert_array_equal(pred.output_tokens[0], pred.output_tokens[1])
+    # The 48 KB it carries is paid for: every model's predicted cost grows with it.
+    assert (pred.cost_usd[1] > pred.cost_usd[0]).all()
+
+
+def test_token_estimate_counts_a_cjk_character_as_a_token_not_a_quarter():
+    from router.request_view import estimate_tokens
+
+    assert estimate_tokens("word " * 400) == 500  # English: four characters a token
+    chinese = "请解释一下机器学习中的过拟合现象以及如何避免它" * 100  # 2,300 characters
+    assert estimate_tokens(chinese) == len(chinese)
+    assert 0.5 * len("Привет, как дела?") <= estimate_tokens("Привет, как дела?") <= len("Привет, как дела?")
+    body = {"messages": [{"role": "system", "content": "你是一个乐于助人的助手。" * 300}, {"role": "user", "content": chinese}]}
+    assert view_chat_request(body).input_tokens >= 3600 + 2300

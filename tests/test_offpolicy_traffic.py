@@ -57,3 +57,25 @@ def test_hash_storage_keeps_logged_requests_usable(tmp_path):
     # The stored row carries what the text alone cannot: turns and tools.
     text_only = request_features([RoutingRequest(text=b["messages"][-1]["content"]) for b in bodies])
     assert not np.allclose(np.sort(live, axis=0), np.sort(text_only, axis=0))
+
+
+def test_a_feature_row_from_another_feature_set_is_recomputed_or_left_out(tmp_path):
+    from router.features import FEATURE_NAMES
+    from router.outcome_log import OutcomeRecord, SQLiteStore
+
+    candidates = [{"model": "m1", "p_good": 0.8, "utility": 0.7}, {"model": "m2", "p_good": 0.6, "utility": 0.55}]
+    old_row = [9.0] * (len(FEATURE_NAMES) + 1)  # logged by a version with one more cheap feature
+    prompt = "Explain the difference between a list and a tuple"
+
+    def record(request_id: str, prompt: str | None) -> OutcomeRecord:
+        return OutcomeRecord(request_id=request_id, prompt=prompt, prompt_hash="h-" + request_id, candidates=candidates,
+                             embedding=np.ones(384, dtype=np.float32).tobytes(), chosen_model="m1", propensity=1.0,
+                             status="error", attempts=[{"model": "m1", "status": "error", "kind": "server_error"}],
+                             extras={"features": old_row})
+
+    store = SQLiteStore(tmp_path / "log.sqlite")
+    store.write_many([record("kept", prompt), record("hashed", None)])
+    store.close()
+    traffic = load_traffic(f"sqlite:///{tmp_path}/log.sqlite")
+    assert traffic.request_ids == ["kept"]
+    np.testing.assert_array_equal(traffic.features[0], request_features([RoutingRequest(text=prompt)])[0])

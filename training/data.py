@@ -24,7 +24,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from router.request_view import CHARS_PER_TOKEN
+from router.request_view import estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +213,11 @@ def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
     full_col = _pick_column(df, FULL_PROMPT_COLUMNS, path, "full prompt", required=False)
     tok_col = _pick_column(df, INPUT_TOKEN_COLUMNS, path, "input tokens", required=False)
     if full_col is not None:
-        input_tokens = df[full_col].fillna("").astype(str).str.len().to_numpy(np.float64) / CHARS_PER_TOKEN
+        input_tokens = np.array([estimate_tokens(t) for t in df[full_col].fillna("").astype(str)], dtype=np.float64)
     elif tok_col is not None:
         input_tokens = _numeric(df, tok_col, path)
     else:
-        input_tokens = np.array([len(t) for t in texts], dtype=np.float64) / CHARS_PER_TOKEN
+        input_tokens = np.array([estimate_tokens(t) for t in texts], dtype=np.float64)
     input_tokens = np.ceil(np.maximum(input_tokens, 1.0))
 
     output_tokens = np.full((len(df), len(models)), np.nan)
@@ -225,7 +225,7 @@ def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
         if f"output_tokens__{m}" in df.columns:
             output_tokens[:, j] = _numeric(df, f"output_tokens__{m}", path)
         elif f"response__{m}" in df.columns:
-            output_tokens[:, j] = np.ceil(df[f"response__{m}"].fillna("").astype(str).str.len().to_numpy() / CHARS_PER_TOKEN)
+            output_tokens[:, j] = [estimate_tokens(t) for t in df[f"response__{m}"].fillna("").astype(str)]
 
     cost_cols = [f"cost_usd__{m}" for m in models]
     present = [c for c in cost_cols if c in df.columns]

@@ -64,11 +64,17 @@ def _missing(value) -> bool:
 
 
 def _stored_features(row) -> list[float] | None:
+    """The feature row logged with the request, if it is one of this router's feature set: a row
+    logged by a version with other cheap features is recomputed from its prompt (or, with no
+    prompt kept, the request is left out) rather than fed to a predictor in the wrong columns."""
+    from router.features import FEATURE_NAMES
+
     extras = row.extras if isinstance(row.extras, dict) else {}
-    return extras.get("features")
+    stored = extras.get("features")
+    return stored if isinstance(stored, list) and len(stored) == len(FEATURE_NAMES) else None
 
 
-def _feature_rows(keep: list, input_tokens: np.ndarray) -> np.ndarray:
+def _feature_rows(keep: list) -> np.ndarray:
     """The live feature rows; recomputed from the prompt for rows logged without them."""
     from router.features import FEATURE_NAMES, request_features
     from router.types import RoutingRequest
@@ -76,7 +82,7 @@ def _feature_rows(keep: list, input_tokens: np.ndarray) -> np.ndarray:
     out = np.zeros((len(keep), len(FEATURE_NAMES)), dtype=np.float32)
     for i, (row, _) in enumerate(keep):
         stored = _stored_features(row)
-        out[i] = stored if stored is not None else request_features([RoutingRequest(text=row.prompt, input_tokens=int(input_tokens[i]))])[0]
+        out[i] = stored if stored is not None else request_features([RoutingRequest(text=row.prompt)])[0]
     return out
 
 
@@ -123,7 +129,7 @@ def load_traffic(db: str) -> Traffic:
         texts=[r.prompt if not _missing(r.prompt) else r.prompt_hash for r, _ in keep],
         input_tokens=input_tokens,
         embeddings=np.array([np.frombuffer(r.embedding, dtype=np.float32) for r, _ in keep]).reshape(n, DIM),
-        features=_feature_rows(keep, input_tokens),
+        features=_feature_rows(keep),
         models=models, eligible=eligible, p_logged=p_logged, penalty=penalty,
         action=np.array([col[r.chosen_model] for r, _ in keep], dtype=int),
         propensity=np.array([float(r.propensity) for r, _ in keep]),
