@@ -70,10 +70,11 @@ def failover_chain(config: Config, ctx: RequestContext) -> list[str]:
             return False
         return limits.max_latency_s is None or spec.ttft_s <= limits.max_latency_s
 
+    beyond_ceiling = ctx.extras.get("beyond_ceiling", frozenset())  # set by governance: over the key's per-request cap
     allowed = [
         f for f in named.fallbacks
         if limits.in_scope(f, config.model(f).tags) and set(ctx.routing.needs) <= set(config.model(f).capabilities)
-        and within_limits(config.model(f))
+        and within_limits(config.model(f)) and f not in beyond_ceiling
     ]
     return [named.name, *allowed]
 

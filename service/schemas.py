@@ -70,7 +70,7 @@ class ChatRequest(_Open):
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: Number | None = Field(default=None, ge=0, le=2)
     top_p: Number | None = Field(default=None, ge=0, le=1)
-    n: StrictInt | None = Field(default=None, ge=1)
+    n: StrictInt | None = Field(default=None, ge=1, le=128)  # OpenAI's own bound; spend is n x one answer's
     tools: list[Tool] | None = None
     tool_choice: StrictStr | dict[str, Any] | None = None
     response_format: ResponseFormat | None = None

@@ -210,6 +210,8 @@ BAD = [
     (b'{"model": "gpt-17", "messages": [{"role": "user", "content": "hi"}]}', 404, "model_not_found"),
     (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "router": {"allowed_models": ["nope"]}}', 400, "model_not_found"),
     (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "router": {"budget": 1}}', 400, "invalid_value"),
+    # n answers are billed n times: a trillion overflowed the spend log's integers and went unrecorded
+    (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "n": 1000000000000}', 400, "invalid_value"),
     # deeper than Python's JSON parser can recurse: was a 500
     (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}",
      400, "invalid_json"),

@@ -108,9 +108,20 @@ def test_admin_input_out_of_range_is_a_400_not_a_500(env):
         ("post", "/admin/keys", {"name": "big", "rpm": 10**30}, "rpm"),
         ("post", "/admin/keys", {"name": "big", "max_request_usd": 1e10}, "max_request_usd"),
         ("post", "/admin/budgets", {"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 1e10}, "limit_usd"),
+        # Python's JSON reads NaN and Infinity; stored, they made every later key listing a 500.
+        ("post", "/admin/keys", {"name": "inf", "expires_in_s": float("inf")}, "expires_in_s"),
+        ("post", "/admin/keys", {"name": "nan", "expires_at": float("nan")}, "expires_at"),
+        ("post", "/admin/keys", {"name": "nan", "metadata": {"x": float("nan")}}, "metadata"),
+        # PostgreSQL's text columns refuse a NUL: a 500 there, stored on SQLite.
+        ("post", "/admin/keys", {"name": "a\x00b"}, "name"),
+        ("patch", f"/admin/keys/{key['id']}", {"team": "t\x00"}, "team"),
+        ("post", "/admin/budgets", {"scope": "team", "scope_id": "t\x00", "period": "day", "limit_usd": 1}, "scope_id"),
     ]:
-        r = getattr(admin, method)(path, json=body)
+        # json.dumps writes NaN and Infinity, as a JavaScript or Python client may send them.
+        r = admin.request(method, path, content=json.dumps(body), headers={"content-type": "application/json"})
         assert r.status_code == 400 and r.json()["error"]["param"] == param, (path, body, r.text)
+    listed = admin.get("/admin/keys")
+    assert listed.status_code == 200 and [k["name"] for k in listed.json()["data"]] == ["k"]
 
 
 def test_key_lifecycle_over_http(env):
@@ -161,6 +172,39 @@ def test_a_named_models_fallbacks_stay_inside_the_keys_scope(tmp_path):
         with pytest.raises(openai.APIError):
             chat(client(gw, m1_only), model="m1")  # m1 fails; its fallback m2 is outside the key's scope
         assert not up.requests_for("m2")
+        # The per-request ceiling holds across failover: m1's worst case fits it, m2's (200 output
+        # tokens at $60 per million) does not, so m2 is not tried...
+        _, capped = new_key(admin, name="capped", max_request_usd=0.0015)
+        with pytest.raises(openai.APIError):
+            chat(client(gw, capped), model="m1")
+        assert not up.requests_for("m2")
+        # ...while a ceiling m2 fits lets it answer.
+        _, roomy = new_key(admin, name="roomy", max_request_usd=0.05)
+        assert chat(client(gw, roomy), model="m1").parse().model == "m2"
+    finally:
+        gw.stop()
+        up.stop()
+
+
+def test_a_session_id_with_a_nul_is_charged_on_postgres(tmp_path, pg_url):
+    import psycopg
+
+    up = FakeUpstream().start()
+    up.default("m1", ok(ANSWER))
+    config = fake_config(up.base_url, f"sqlite:///{tmp_path}/o.sqlite", models=MODELS)
+    gov = Governance(config, GovernanceSettings(db_url=pg_url, master_key=MASTER))
+    gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)
+    try:
+        admin = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {MASTER}"}, timeout=10)
+        key, secret = new_key(admin, name="nul")
+        assert admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 1}).status_code == 201
+        for _ in range(3):
+            chat(client(gw, secret), model="m1", extra_body={"prompt_cache_key": "s\x00x"})
+        rows = settled(admin, 3)  # PostgreSQL refused the NUL and the whole settle rolled back: no rows
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT DISTINCT session_id FROM gov_spend").fetchall() == [("sx",)]
+        budget = wait_for(lambda: (b := admin.get("/admin/budgets").json()["data"][0]) and b["reserved_usd"] == 0 and b)
+        assert budget["spent_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows))
     finally:
         gw.stop()
         up.stop()

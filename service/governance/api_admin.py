@@ -8,12 +8,13 @@ and one `dashboard` document for the /ui page.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from service.errors import ApiError
 from service.governance.budgets import window
@@ -37,7 +38,25 @@ def require_master(request: Request) -> Governance:
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity parse as JSON numbers in Python; stored, they break every later listing.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")  # PostgreSQL text columns refuse it
+    return value
+
+
+def _plain_json(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise ValueError("must be plain JSON: NaN and infinity have no JSON form") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 MAX_USD = 1e9  # $1e9 is 1e18 nano-USD, inside a signed 64-bit integer
@@ -45,9 +64,9 @@ MAX_COUNT = 10**12
 
 
 class KeyFields(_Body):
-    team: str | None = None
-    project: str | None = None
-    user: str | None = None
+    team: Text | None = None
+    project: Text | None = None
+    user: Text | None = None
     allowed_models: list[str] | None = None
     allowed_profiles: list[str] | None = None
     # Upper bounds keep amounts inside the stores' 64-bit integers (nano-USD; tokens per minute).
@@ -55,17 +74,17 @@ class KeyFields(_Body):
     tpm: int | None = Field(default=None, gt=0, le=MAX_COUNT)
     max_request_usd: float | None = Field(default=None, gt=0, le=MAX_USD)
     max_session_usd: float | None = Field(default=None, gt=0, le=MAX_USD)
-    metadata: dict[str, Any] | None = None
+    metadata: Annotated[dict[str, Any], AfterValidator(_plain_json)] | None = None
     expires_at: float | None = Field(default=None, description="unix time after which the key stops working")
     expires_in_s: float | None = Field(default=None, gt=0)
 
 
 class KeyCreate(KeyFields):
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
 
 
 class KeyUpdate(KeyFields):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Text | None = Field(default=None, min_length=1, max_length=200)
 
 
 class Rotate(_Body):
@@ -74,7 +93,7 @@ class Rotate(_Body):
 
 class BudgetCreate(_Body):
     scope: Literal["key", "team", "project"]
-    scope_id: str = Field(min_length=1)
+    scope_id: Text = Field(min_length=1)
     period: Literal["day", "month", "total"]
     limit_usd: float = Field(gt=0, le=MAX_USD)
     soft_threshold: float = Field(default=0.8, gt=0, le=1)

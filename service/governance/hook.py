@@ -115,8 +115,10 @@ class GovernanceHook:
         budgets = self._applicable(key)
         lines = [b.line(now) for b in budgets]
         session_id = ctx.body.get("prompt_cache_key") or ctx.headers.get("x-session-id")
+        # A NUL cannot be stored in a PostgreSQL text column: the whole settle would roll back.
+        session_id = str(session_id or "").replace("\x00", "")[:200]
         if session_id:
-            state.session_id = str(session_id)[:200]
+            state.session_id = session_id
             soft = min((b.soft_threshold for b in budgets), default=0.8)
             line = session_line(key, state.session_id, soft)
             if line is not None:
@@ -175,38 +177,48 @@ class GovernanceHook:
 
     # ---- routed: the decision is known, reserve before any upstream call ------------------
 
+    @staticmethod
+    def answers(ctx: RequestContext) -> int:
+        n = ctx.body.get("n")
+        return n if isinstance(n, int) and n > 1 else 1  # the upstream bills every one of `n` answers
+
+    def most(self, ctx: RequestContext, spec: ModelSpec) -> float:
+        """The most `spec` may bill for this request: its input with margins, every answer at the output cap."""
+        messages = ctx.body.get("messages") or ()
+        input_max = ctx.routing.input_tokens * INPUT_MARGIN + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REQUEST
+        out = min(ctx.routing.max_output_tokens or spec.max_output_tokens, spec.max_output_tokens)
+        return spec.price.cost(input_max, out * self.answers(ctx))
+
     def estimate(self, ctx: RequestContext) -> tuple[int, int]:
         """(predicted, maximum) cost in nano-USD of what this request may be billed."""
         specs = {m.name: m for m in self.gov.config.models}
-
-        messages = ctx.body.get("messages") or ()
-        input_max = ctx.routing.input_tokens * INPUT_MARGIN + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REQUEST
-
-        n = ctx.body.get("n")
-        answers = n if isinstance(n, int) and n > 1 else 1  # the upstream bills every one of `n` answers
-
-        def most(spec: ModelSpec) -> float:
-            out = min(ctx.routing.max_output_tokens or spec.max_output_tokens, spec.max_output_tokens)
-            return spec.price.cost(input_max, out * answers)
-
         chain = failover_chain(self.gov.config, ctx)
-        worst = max((most(specs[m]) for m in chain if m in specs), default=0.0)
+        worst = max((self.most(ctx, specs[m]) for m in chain if m in specs), default=0.0)
         decision = ctx.decision
         if decision is None:
             named = specs.get(ctx.requested_model)
-            predicted = most(named) if named else worst
+            predicted = self.most(ctx, named) if named else worst
         else:
             chosen = next((c for c in decision.candidates if c.model == decision.model), None)
-            predicted = chosen.cost_usd * answers if chosen is not None else worst
+            predicted = chosen.cost_usd * self.answers(ctx) if chosen is not None else worst
         return to_nusd(predicted) or 0, to_nusd(max(worst, predicted)) or 0
+
+    def _keep_fallbacks_under_ceiling(self, ctx: RequestContext, ceiling_usd: float) -> None:
+        """A named model passes the key's per-request ceiling on its worst case; its fallbacks
+        must pass it the same way, or failing over would bill what the named model could not."""
+        specs = {m.name: m for m in self.gov.config.models}
+        chain = failover_chain(self.gov.config, ctx)
+        ctx.extras["beyond_ceiling"] = frozenset(m for m in chain[1:] if m in specs and self.most(ctx, specs[m]) > ceiling_usd)
 
     async def routed(self, ctx: RequestContext) -> None:
         state: GovState | None = ctx.extras.get("governance")
         if state is None:
             return
+        key = state.key
+        if key is not None and key.max_request_usd is not None and ctx.decision is None:
+            self._keep_fallbacks_under_ceiling(ctx, key.max_request_usd)
         predicted, maximum = self.estimate(ctx)
         state.predicted_nusd = predicted
-        key = state.key
         if key is not None and key.max_request_usd is not None and predicted > to_nusd(key.max_request_usd):
             raise self._refuse(402, f"Request cost ceiling: this request is predicted to cost {_usd(predicted)}, above the "
                                f"per-request ceiling of ${key.max_request_usd:.4f} of key '{key.name}'.",
