@@ -155,3 +155,12 @@ def test_cache_eval_reads_csv_and_jsonl_like_parquet(tmp_path, capsys):
     (tmp_path / "pairs.xlsx").write_text("x")
     assert main(["cache-eval", "--pairs", str(tmp_path / "pairs.xlsx"), "--out", str(tmp_path / "o.parquet")]) == 2
     assert "unsupported file type" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,says", [("text_a,text_b,label\n", "no pairs"),
+                                          ("text_a,text_b\nx,y\nx,y,z\n", "cannot read file")])
+def test_cache_eval_names_an_empty_or_unreadable_pairs_file(tmp_path, capsys, content, says):
+    (tmp_path / "pairs.csv").write_text(content)
+    assert main(["cache-eval", "--pairs", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "hits.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "pairs.csv" in err and "Traceback" not in err

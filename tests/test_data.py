@@ -212,3 +212,26 @@ def test_a_tables_own_prices_fill_in_what_prices_leave_out(tmp_path):
     # --prices names another table's model (several tables stacked): the table's models.json still prices its own
     t = load_outcomes(tmp_path / "t.parquet", prices={"other": ModelPrice(5, 5), "big": ModelPrice(30, 60)})
     assert t.prices["small"].input_per_1m == 1 and t.prices["big"].input_per_1m == 30  # an explicit price wins
+
+
+def test_csv_text_that_reads_like_a_missing_value_stays_text(tmp_path):
+    df = wide_frame(4)
+    df["prompt"] = ["NA", "null", "None", "007"]
+    df.to_csv(tmp_path / "t.csv", index=False)
+    assert load_outcomes(tmp_path / "t.csv").texts == ["NA", "null", "None", "007"]
+
+
+@pytest.mark.parametrize("name,content", [("empty.csv", ""), ("ragged.csv", "prompt,quality__a\nx,1\ny,1,2,3\n"),
+                                          ("broken.jsonl", '{"prompt": "x"}\n{"prompt": \n')])
+def test_unreadable_files_are_named(tmp_path, name, content):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=name):
+        load_outcomes(tmp_path / name)
+
+
+def test_a_missing_token_count_is_estimated_from_the_text(tmp_path):
+    df = wide_frame(4)
+    df["input_tokens"] = [10.0, np.nan, 30.0, np.nan]
+    df.to_parquet(tmp_path / "t.parquet")
+    tokens = load_outcomes(tmp_path / "t.parquet").input_tokens
+    assert tokens[0] == 10 and tokens[2] == 30 and tokens[1] == tokens[3] == 5  # "question number 1?" is 18 characters

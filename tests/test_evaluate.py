@@ -218,3 +218,30 @@ def test_eval_prices_a_file_without_cost_columns_at_the_routers_prices(eval_file
     single = summary["single_models"]
     # Priced per token, gpt-4 stays far dearer than mistral-7b, as in the recorded costs.
     assert single["gpt-4-1106-preview"]["mean_cost"] > 10 * single["mistral-7b-chat"]["mean_cost"]
+
+
+@needs_data
+def test_eval_of_a_file_too_small_for_knn_reports_every_other_method(eval_file, router_dir, tmp_path):
+    _, df = eval_file
+    path = tmp_path / "five.parquet"
+    df.head(5).to_parquet(path, index=False)
+    rc = _eval(["--data", path, "--router", router_dir, "--decisions-out", tmp_path / "d.parquet",
+                "--report-dir", tmp_path / "rep", "--knob-points", 6])
+    assert rc == 0
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert set(summary["methods"]) == {"router", "zero", "oracle", "random"}
+    assert "distinct prompts" in summary["knn_left_out"]
+
+
+@needs_data
+def test_eval_of_a_costed_file_missing_one_models_cost_names_the_column(eval_file, router_dir, tmp_path, capsys):
+    _, df = eval_file
+    path = tmp_path / "one_cost_missing.parquet"
+    df.drop(columns=["cost_usd__claude-v1"]).to_parquet(path, index=False)
+    common = ["--data", path, "--router", router_dir, "--decisions-out", tmp_path / "d.parquet", "--report-dir", tmp_path / "r"]
+    # Priced at tokens x price beside recorded costs, claude-v1 cost 2.3x its recorded mean.
+    assert _eval(common) == 2
+    assert "cost_usd__claude-v1" in capsys.readouterr().err
+    # --models leaves it out, and with it the check (as for NaN labels of a model left out).
+    df.drop(columns=["cost_usd__claude-v1"]).assign(**{"quality__claude-v1": np.nan}).to_parquet(path, index=False)
+    assert _eval([*common, "--models", "gpt-4-1106-preview,mixtral-8x7b-chat", "--knob-points", 6]) == 0

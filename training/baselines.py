@@ -139,6 +139,10 @@ def knn_fit_predict(train_emb, train_q, train_c, test_emb, train_groups=None) ->
     return q_hat, c_hat, k
 
 
+class TooFewPrompts(ValueError):
+    """A file too small for kNN's cross-fitting."""
+
+
 def knn_crossfit(emb, quality, cost, folds: int = 5, seed: int = 0, groups=None) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Out-of-fold kNN predictions for a file evaluated on its own: each row is predicted by a
     kNN fit on the other folds, so no row ever sees its own outcome. Folds are drawn per group
@@ -148,7 +152,7 @@ def knn_crossfit(emb, quality, cost, folds: int = 5, seed: int = 0, groups=None)
     _, inv = np.unique(groups, return_inverse=True)
     n_groups = int(inv.max()) + 1 if n else 0
     if n_groups < 2 * folds:
-        raise ValueError(f"kNN cross-fitting needs at least {2 * folds} distinct prompts, got {n_groups}; "
+        raise TooFewPrompts(f"kNN cross-fitting needs at least {2 * folds} distinct prompts, got {n_groups}; "
                          "fit it on another file with --knn-train")
     fold = (np.random.default_rng(seed).permutation(n_groups) % folds)[inv]
     q_hat = np.empty_like(quality, dtype=float)

@@ -111,19 +111,18 @@ def read_frame(path: str | Path):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    suffix = ("".join(path.suffixes[-2:]) if path.suffix.lower() == ".gz" else path.suffix).lower()
+    if suffix not in (".parquet", ".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".ndjson"):
+        raise ValueError(f"{path}: unknown file extension {suffix!r}; use .parquet, .csv or .jsonl")
     try:
         if suffix == ".parquet":
             df = pd.read_parquet(path)
-        elif suffix in (".csv", ".csv.gz"):
-            df = pd.read_csv(path)
-        elif suffix in (".jsonl", ".jsonl.gz", ".ndjson"):
-            df = pd.read_json(path, lines=True)
+        elif suffix.startswith(".csv"):
+            # Only an empty cell is missing: a prompt that reads "NA", "null" or "None" is text.
+            df = pd.read_csv(path, keep_default_na=False, na_values=[""])
         else:
-            raise ValueError(f"{path}: unknown file extension {suffix!r}; use .parquet, .csv or .jsonl")
-    except ValueError:
-        raise
-    except Exception as exc:  # pyarrow / parser errors: say which file, not a traceback
+            df = pd.read_json(path, lines=True)
+    except Exception as exc:  # pyarrow / pandas parser errors: say which file, not a traceback
         raise ValueError(f"{path}: cannot read file: {exc}") from None
     if len(df) == 0:
         raise ValueError(f"{path}: the file is empty (no rows)")
@@ -215,7 +214,9 @@ def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
     if full_col is not None:
         input_tokens = np.array([estimate_tokens(t) for t in df[full_col].fillna("").astype(str)], dtype=np.float64)
     elif tok_col is not None:
-        input_tokens = _numeric(df, tok_col, path)
+        counted = _numeric(df, tok_col, path)
+        # A row without a count is estimated from its text.
+        input_tokens = np.array([estimate_tokens(t) if np.isnan(c) else c for t, c in zip(texts, counted)], dtype=np.float64)
     else:
         input_tokens = np.array([estimate_tokens(t) for t in texts], dtype=np.float64)
     input_tokens = np.ceil(np.maximum(input_tokens, 1.0))

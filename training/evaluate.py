@@ -119,13 +119,20 @@ def evaluate_arrays(quality, cost, models, router_q, router_c, router_choose, em
         for w in bl.knob_sweep(router_q, router_c, n_knobs)
         for ch in [np.asarray(router_choose(float(w)))]
     ]
+    knn_ops, knn_missing = None, None
     if knn_train is not None:
         q_hat, c_hat, k = bl.knn_fit_predict(*knn_train[:3], embeddings, *knn_train[3:])
         knn_info = {"fit": "on --knn-train", "k": [k]}
     else:
-        q_hat, c_hat, ks = bl.knn_crossfit(embeddings, quality, cost, folds=knn_folds, seed=seed, groups=texts)
-        knn_info = {"fit": f"{knn_folds}-fold cross-fitting on the evaluated file", "k": ks}
-    knn_ops = bl.sweep(q_hat, c_hat, quality, cost, bl.knob_sweep(q_hat, c_hat, n_knobs))
+        try:
+            q_hat, c_hat, ks = bl.knn_crossfit(embeddings, quality, cost, folds=knn_folds, seed=seed, groups=texts)
+            knn_info = {"fit": f"{knn_folds}-fold cross-fitting on the evaluated file", "k": ks}
+        except bl.TooFewPrompts as exc:
+            # A small file still gets every other method; kNN alone needs prompts to learn from.
+            knn_missing = str(exc)
+            log.warning("kNN left out: %s", exc)
+    if knn_missing is None:
+        knn_ops = bl.sweep(q_hat, c_hat, quality, cost, bl.knob_sweep(q_hat, c_hat, n_knobs))
     oracle_ops = bl.oracle_sweep(quality, cost, n_knobs)
 
     def from_ops(ops):
@@ -133,7 +140,7 @@ def evaluate_arrays(quality, cost, models, router_q, router_c, router_choose, em
 
     methods = {
         "router": from_ops(router_ops),
-        "knn": {**from_ops(knn_ops), **knn_info},
+        **({"knn": {**from_ops(knn_ops), **knn_info}} if knn_ops is not None else {}),
         "zero": _method(single_c, single_q, [None] * len(models), ctx),
         "oracle": from_ops(oracle_ops),
         "random": {"mean_cost": rnd_c, "mean_quality": rnd_q, **_method([rnd_c], [rnd_q], [None], ctx)},
@@ -145,6 +152,7 @@ def evaluate_arrays(quality, cost, models, router_q, router_c, router_choose, em
         "single_models": {m: {"mean_cost": float(c), "mean_quality": float(q)} for m, c, q in zip(models, single_c, single_q)},
         "best_single_model": {"model": models[best], "mean_cost": ctx["best_cost"], "mean_quality": ctx["best_quality"]},
         "methods": methods,
+        **({"knn_left_out": knn_missing} if knn_missing else {}),
     }
     if len(models) == 2:
         strong = best
@@ -153,7 +161,8 @@ def evaluate_arrays(quality, cost, models, router_q, router_c, router_choose, em
         if sq > wq:
             pair = {"strong": models[strong], "weak": models[weak], "random": {"apgr": 0.5}}
             for name, ops in (("router", router_ops), ("knn", knn_ops), ("oracle", oracle_ops)):
-                pair[name] = _two_model([o.choice for o in ops], [o.mean_quality for o in ops], strong, wq, sq)
+                if ops is not None:
+                    pair[name] = _two_model([o.choice for o in ops], [o.mean_quality for o in ops], strong, wq, sq)
             summary["two_model"] = pair
     return summary, router_ops
 
@@ -211,7 +220,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", help="comma-separated candidate models (default: all the file and router share)")
     parser.add_argument("--text-column", help="column holding the prompt text (default: prompt, then query)")
     parser.add_argument("--prices", help="JSON prices {model: {input_per_1m, output_per_1m}} for models without a cost_usd__ column "
-                        "(default: the prices the router was trained with)")
+                        "(default: a file with no cost columns at all is priced at the prices the router was trained "
+                        "with; in a file with some, a model without one is an error)")
     parser.add_argument("--decisions-out", required=True, help="parquet file for the decisions (row, knob, model)")
     parser.add_argument("--report-dir", required=True, help="folder for summary.json and cost_quality.png")
     parser.add_argument("--knn-train", help="outcome table to fit the kNN baseline on (default: cross-fit on --data)")
@@ -229,27 +239,38 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.router).exists():
         raise FileNotFoundError(f"{args.router}: no such router artifact")
     router = LearnedRouter.load(args.router)
-    # A file without cost columns (a sealed test set may lack them) is priced at the prices the
-    # router was trained with, unless --prices says otherwise; recorded costs always win.
-    prices = load_prices(args.prices) if args.prices else {
-        m: ModelPrice(*p) for m, p in router.predictor.prices.items()
-    }
     columns = set(read_frame(args.data).columns)
-    # Models the router does not know are left out before the file is checked: a sealed file's
-    # extra model without a cost column must not stop the evaluation of the others.
+
+    def prices_for(file_columns: set[str]) -> dict[str, ModelPrice]:
+        # A file without cost columns (a sealed test set may lack them) is priced at the prices the
+        # router was trained with, unless --prices says otherwise. In a file that records costs, a
+        # model without its cost column is an error (or --prices): tokens x price next to recorded
+        # costs would put that model at another scale.
+        if args.prices:
+            return load_prices(args.prices)
+        if any(c.startswith("cost_usd__") for c in file_columns):
+            return {}
+        return {m: ModelPrice(*p) for m, p in router.predictor.prices.items()}
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    # Models the router does not know, and those --models leaves out, are dropped before the file
+    # is checked: a sealed file's extra model without a cost column must not stop the evaluation
+    # of the others.
     known = set(router.models)
+    wanted = (known & set(models)) if models else known
     in_file = [c[len("quality__"):] for c in sorted(columns) if c.startswith("quality__")]
     unknown = [m for m in in_file if m not in known]
     if in_file and len(unknown) == len(in_file):
         raise ValueError(f"{args.data}: no model is both in the file ({in_file}) and known to the router ({list(router.models)})")
     if unknown:
         log.warning("models in %s that the router does not know, left out: %s", args.data, unknown)
-    table = load_outcomes(args.data, text_column=args.text_column, prices=prices, keep=known.__contains__)
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    keep = (wanted or known).__contains__
+    table = load_outcomes(args.data, text_column=args.text_column, prices=prices_for(columns), keep=keep)
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()] if args.budgets else []
     knn_train = None
     if args.knn_train:
-        kt = load_outcomes(args.knn_train, text_column=args.text_column, prices=prices, keep=known.__contains__)
+        kt_prices = prices_for(set(read_frame(args.knn_train).columns))
+        kt = load_outcomes(args.knn_train, text_column=args.text_column, prices=kt_prices, keep=keep)
         knn_train = (kt, encode_cached(kt.texts))
     result = evaluate_table(table, encode_cached(table.texts), router, models=models, knn_train=knn_train,
                             n_knobs=args.knob_points, budgets=budgets, seed=args.seed)
@@ -278,14 +299,14 @@ def format_table(summary: dict) -> str:
         f"{'method':<8} {'AIQ':>7} {'q@random$':>9} {'$ to best':>11} {'÷ best $':>8}",
     ]
     fmt = lambda x, spec: "—" if x is None else format(x, spec)  # noqa: E731
-    for name in ("router", "knn", "zero", "random", "oracle"):
+    for name in (n for n in ("router", "knn", "zero", "random", "oracle") if n in summary["methods"]):
         m = summary["methods"][name]
         lines.append(f"{name:<8} {fmt(m['aiq'], '7.4f')} {fmt(m['quality_at_random_cost'], '9.3f')} "
                      f"{fmt(m['cost_to_reach_best'], '11.6f')} {fmt(m['cost_to_reach_best_ratio'], '8.2f')}")
     if "two_model" in summary:
         p = summary["two_model"]
         lines.append(f"strong {p['strong']} / weak {p['weak']}:")
-        for name in ("router", "knn", "oracle"):
+        for name in (n for n in ("router", "knn", "oracle") if n in p):
             lines.append(f"  {name:<7} APGR {p[name]['apgr']:.3f}  CPT(50%) {fmt(p[name]['cpt_50'], '.3f')}  "
                          f"CPT(80%) {fmt(p[name]['cpt_80'], '.3f')}")
     return "\n".join(lines)

@@ -26,13 +26,18 @@ def read_table(path: str | Path):
     import pandas as pd
 
     suffix = Path(path).suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if suffix in (".csv", ".tsv"):
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
-    if suffix in (".jsonl", ".ndjson", ".json"):
+    if suffix not in (".parquet", ".pq", ".csv", ".tsv", ".jsonl", ".ndjson", ".json"):
+        raise ValueError(f"{path}: unsupported file type {suffix or '(none)'}; use .parquet, .csv, .tsv, .jsonl or .json")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix in (".csv", ".tsv"):
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
         return pd.read_json(path, lines=suffix != ".json", dtype=False)
-    raise ValueError(f"{path}: unsupported file type {suffix or '(none)'}; use .parquet, .csv, .tsv, .jsonl or .json")
+    except Exception as exc:  # pandas / pyarrow parser errors: say which file, not a traceback
+        raise ValueError(f"{path}: cannot read file: {exc}") from None
 
 
 def load_pairs(path: str | Path):
@@ -40,6 +45,8 @@ def load_pairs(path: str | Path):
     missing = {"text_a", "text_b"} - set(df.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}; need text_a, text_b (and label to score)")
+    if len(df) == 0:
+        raise ValueError(f"{path}: the file is empty (no pairs)")
     df = df.reset_index(drop=True)
     df["text_a"] = df["text_a"].fillna("").astype(str)
     df["text_b"] = df["text_b"].fillna("").astype(str)
