@@ -216,6 +216,12 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
         if not assembler.finished:
             raise UpstreamError("connection", "the stream ended before the answer finished")
         ctx.status = "ok"
+        if include_usage and assembler.usage is None:
+            # An upstream that sends no usage (some llama.cpp and proxy builds): the client asked
+            # for a usage chunk, so it gets our estimate, the one the request is billed at.
+            yield sse.encode({"id": assembler.id or "chatcmpl-stream", "object": "chat.completion.chunk",
+                              "created": assembler.created or int(time.time()), "model": assembler.model or opened.model.name,
+                              "choices": [], "usage": estimated_usage(ctx, assembler.completion())})
         yield sse.DONE
     except UpstreamError as exc:
         if assembler.finished:
@@ -242,6 +248,18 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
         finish(gw, ctx)
 
 
+def estimated_usage(ctx: RequestContext, response: dict[str, Any]) -> dict[str, int]:
+    """Usage from our own token estimates: the request's input, and every choice's text and
+    tool-call arguments (an answer that is only a tool call is not free)."""
+    out = ""
+    for choice in response.get("choices") or ():
+        message = choice.get("message") or {}
+        out += message.get("content") or ""
+        out += "".join(str((c.get("function") or {}).get("arguments") or "") for c in message.get("tool_calls") or ())
+    prompt, completion = ctx.routing.input_tokens, estimate_tokens(out)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
 def finish(gw: Gateway, ctx: RequestContext) -> None:
     """Settle usage, cost and metrics, then hand the context to the post-hooks in the background
     (once per request, whatever path ends it)."""
@@ -255,9 +273,8 @@ def finish(gw: Gateway, ctx: RequestContext) -> None:
     spec = gw.dispatcher.specs.get(ctx.answered_by or "")
     if spec is not None and ctx.status in ("ok", "truncated", "client_closed"):
         if not usage:
-            # No usage from the upstream (a cut stream): bill our estimate rather than nothing.
-            text = "".join((c.get("message") or {}).get("content") or "" for c in (ctx.response or {}).get("choices", []))
-            usage = {"prompt_tokens": ctx.routing.input_tokens, "completion_tokens": estimate_tokens(text)}
+            # No usage from the upstream (a cut stream, a server that omits it): bill our estimate.
+            usage = estimated_usage(ctx, ctx.response or {})
             extras["usage_estimated"] = True
         ctx.cost_usd = spec.price.usage_cost(usage)
         extras["usage"] = usage

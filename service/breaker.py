@@ -3,7 +3,8 @@
 The breaker opens after `breaker_failures` consecutive failures and, after
 `breaker_cooldown_s`, lets exactly one probe request through (half-open): a success closes
 it, a failure re-opens it for another cooldown. An upstream 429 with `Retry-After` also
-blocks the model until then. The rate window counts requests and tokens sent to each model
+blocks the model until then, and a circuit that 429s without one opened counts as rate limited
+until its cooldown ends: the client is told 429 (OpenClaw retries it), not 503 (it moves on). The rate window counts requests and tokens sent to each model
 over the last minute, so the router stops choosing a model before its configured RPM/TPM
 is exhausted instead of learning about it from a 429.
 """
@@ -26,6 +27,7 @@ class _Circuit:
     opened_at: float | None = None
     probing: bool = False
     blocked_until: float = 0.0
+    rate_limited: bool = False  # the latest failure was a 429
 
 
 class CircuitBreaker:
@@ -54,9 +56,14 @@ class CircuitBreaker:
         return self.state(model) in ("closed", "half_open")
 
     def blocked_for(self, model: str) -> float:
-        """Seconds until the model's upstream said it may be called again (its Retry-After); 0 when not blocked."""
+        """Seconds the model is rate limited for: until its upstream said it may be called again
+        (its Retry-After), or, for a circuit that 429s without Retry-After opened, until the
+        cooldown lets a probe through; 0 when not rate limited."""
         with self._lock:
-            return max(0.0, self._get(model).blocked_until - self._clock())
+            c = self._get(model)
+            now = self._clock()
+            cooling = c.opened_at + self.cooldown_s - now if c.opened_at is not None and c.rate_limited else 0.0
+            return max(0.0, c.blocked_until - now, cooling)
 
     def acquire(self, model: str) -> bool:
         """Claim the right to call the model; in half-open state only one caller gets it."""
@@ -79,11 +86,12 @@ class CircuitBreaker:
             c.opened_at = None
             c.probing = False
 
-    def failure(self, model: str, retry_after_s: float | None = None) -> bool:
+    def failure(self, model: str, retry_after_s: float | None = None, rate_limited: bool = False) -> bool:
         """Record a failed call; True when this failure opened (or re-opened) the circuit."""
         with self._lock:
             c = self._get(model)
             now = self._clock()
+            c.rate_limited = rate_limited
             if retry_after_s:
                 c.blocked_until = max(c.blocked_until, now + retry_after_s)
             c.failures += 1

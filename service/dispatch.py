@@ -126,7 +126,7 @@ class Dispatcher:
         # A 400 or an oversized prompt says nothing about the model's health.
         blames_model = err.kind not in ("bad_request", "context_length")
         retry_after = err.retry_after if err.kind == "rate_limit" else None
-        if self.live.failed(spec.name, retry_after, counts_against_model=blames_model):
+        if self.live.failed(spec.name, retry_after, counts_against_model=blames_model, rate_limited=err.kind == "rate_limit"):
             self.metrics.circuit_open.labels(spec.name).set(1)
 
     def _should_retry(self, err: UpstreamError, retry: int) -> bool:
@@ -176,7 +176,7 @@ class Dispatcher:
                 self._record(ctx, name, "skipped", reason="context_window")
                 continue
             if not self.live.breaker.acquire(name):
-                wait = self.live.breaker.blocked_for(name)  # the upstream's own Retry-After, still running
+                wait = self.live.breaker.blocked_for(name)  # the upstream's Retry-After, or a circuit its 429s opened
                 self._record(ctx, name, "skipped", reason="rate_limited" if wait else "circuit_open",
                              retry_after_s=round(wait, 3) if wait else None)
                 continue

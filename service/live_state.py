@@ -75,7 +75,8 @@ class LiveState:
                 m.ttft_s = _ewma(m.ttft_s, ttft_s)
             m.error_rate = _ewma(m.error_rate, 0.0)
 
-    def failed(self, model: str, retry_after_s: float | None = None, counts_against_model: bool = True) -> bool:
+    def failed(self, model: str, retry_after_s: float | None = None, counts_against_model: bool = True,
+               rate_limited: bool = False) -> bool:
         """Record a failed attempt; True when it opened the model's circuit."""
         if not counts_against_model:
             self.breaker.release(model)
@@ -83,7 +84,7 @@ class LiveState:
         with self._lock:
             m = self._m(model)
             m.error_rate = _ewma(m.error_rate, 1.0)
-        return self.breaker.failure(model, retry_after_s)
+        return self.breaker.failure(model, retry_after_s, rate_limited)
 
     def stats(self, model: str, request_tokens: int = 0) -> LiveStats:
         with self._lock:

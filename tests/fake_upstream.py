@@ -54,10 +54,12 @@ class Reply:
     chunk_delay_s: float = 0.0
     after_chunks: int = 0
     seconds: float = 0.0
+    usage: bool = True  # False: a server that never reports usage (some llama.cpp and proxy builds)
 
 
-def ok(text: str | None = None, tool_calls: list[dict[str, Any]] | None = None, delay_s: float = 0.0, chunk_delay_s: float = 0.0) -> Reply:
-    return Reply("ok", text=text, tool_calls=tuple(tool_calls or ()), delay_s=delay_s, chunk_delay_s=chunk_delay_s)
+def ok(text: str | None = None, tool_calls: list[dict[str, Any]] | None = None, delay_s: float = 0.0, chunk_delay_s: float = 0.0,
+       usage: bool = True) -> Reply:
+    return Reply("ok", text=text, tool_calls=tuple(tool_calls or ()), delay_s=delay_s, chunk_delay_s=chunk_delay_s, usage=usage)
 
 
 def error(status: int, message: str, code: str | None = None, type: str = "api_error", headers: dict[str, str] | None = None) -> Reply:
@@ -290,7 +292,7 @@ def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": body.get("model"),
         "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
-        "usage": _usage(body, text, calls),
+        **({"usage": _usage(body, text, calls)} if reply.usage else {}),
     }
 
 
@@ -313,7 +315,7 @@ def _chunks(body: dict[str, Any], reply: Reply) -> list[bytes]:
         events.append(event({"tool_calls": [{"index": i, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": args[:half]}}]}))
         events.append(event({"tool_calls": [{"index": i, "function": {"arguments": args[half:]}}]}))
     events.append(event({}, "tool_calls" if calls else "stop"))
-    if (body.get("stream_options") or {}).get("include_usage"):
+    if (body.get("stream_options") or {}).get("include_usage") and reply.usage:
         events.append(event(None, usage=_usage(body, text, calls)))
     events.append(b"data: [DONE]\n\n")
     return events

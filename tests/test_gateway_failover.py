@@ -276,6 +276,30 @@ def test_auto_with_every_model_waiting_out_its_retry_after_is_a_429(start, upstr
     assert 18 <= int(routed.value.response.headers["retry-after"]) <= 20
 
 
+def test_429s_without_retry_after_stay_429s_once_they_open_the_circuit(start, upstream):
+    # The circuit they open is a rate limit too: OpenClaw retries a 429, but a 503 sends it elsewhere.
+    gw = start()
+    upstream.default("m1", rate_limit(retry_after=None))
+    for _ in range(4):
+        with pytest.raises(openai.RateLimitError) as limited:
+            gw.client().chat.completions.create(model="m1", messages=MSG)
+    assert int(limited.value.response.headers["retry-after"]) >= 1
+    assert httpx.get(f"{gw.url}/healthz").json()["models"]["m1"]["circuit"] == "open"
+
+
+def test_a_streamed_answer_without_upstream_usage_gets_and_bills_an_estimate(start, upstream):
+    gw = start()
+    call = {"name": "write_file", "arguments": {"path": "notes.txt", "text": "word " * 200}}
+    upstream.default("m1", ok(tool_calls=[call], usage=False))
+    stream = gw.client().chat.completions.create(model="m1", messages=MSG, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    usage = [c.usage for c in chunks if c.usage]
+    assert len(usage) == 1 and chunks[-1].usage is not None and not chunks[-1].choices
+    assert usage[0].completion_tokens >= 250  # the tool call's ~1,000 characters of arguments
+    row = gw.outcomes(at_least=1)[-1]
+    assert row["output_tokens"] == usage[0].completion_tokens and row["cost_usd"] > 0
+
+
 def test_a_named_models_fallbacks_respect_the_requests_cost_cap(start, upstream):
     models = [{"name": "m1", "context_window": 100000, "fallbacks": ["m2", "m3"]},
               {"name": "m2", "context_window": 100000, "in": 1000.0, "out": 1000.0},

@@ -171,6 +171,9 @@ async def test_a_tool_call_without_input_streams_empty_json_arguments(server, pr
         (400, {"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: Field required"}}, {}, "bad_request", None),
         (401, {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}, {}, "auth", None),
         (404, {"type": "error", "error": {"type": "not_found_error", "message": "model: claude-x"}}, {}, "not_found", None),
+        # out of credit: another model, never a 400 to the client
+        (400, {"type": "error", "error": {"type": "invalid_request_error",
+                                          "message": "Your credit balance is too low to access the Anthropic API."}}, {}, "auth", None),
     ],
 )
 async def test_errors(server, provider, status, payload, headers, kind, retry_after):
@@ -232,3 +235,16 @@ def test_openai_values_anthropic_would_refuse_are_translated():
     too_long = {"type": "error", "error": {"type": "invalid_request_error",
                                            "message": "input length and `max_tokens` exceed context limit: 150000 + 64000 > 200000"}}
     assert classify(400, too_long, "") == "context_length"  # fails over to a bigger window
+
+
+def test_history_a_provider_would_refuse_is_sent_in_a_form_it_takes():
+    from service.providers.anthropic import to_anthropic
+
+    cut_off = {"id": "c1", "type": "function", "function": {"name": "write", "arguments": '{"path": "a.txt", "te'}}
+    body = {"messages": [{"role": "user", "content": "write it"}, {"role": "assistant", "content": None, "tool_calls": [cut_off]},
+                         {"role": "tool", "tool_call_id": "c1", "content": "error: bad arguments"}],
+            "max_completion_tokens": 48000}
+    payload = to_anthropic(MODEL, body, stream=False)
+    (use,) = [b for m in payload["messages"] for b in m["content"] if b.get("type") == "tool_use"]
+    assert use["input"] == {"arguments": '{"path": "a.txt", "te'}  # wrapped: refusing was a 400 on every later turn
+    assert payload["max_tokens"] == 1024  # the model's max_output_tokens, not the 48,000 asked for

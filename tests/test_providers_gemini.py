@@ -107,6 +107,36 @@ async def test_finish_reasons(server, provider, finish, expected):
     assert result["choices"][0]["finish_reason"] == expected
 
 
+@pytest.mark.parametrize("finish", ["MALFORMED_FUNCTION_CALL", "OTHER"])
+async def test_a_finish_without_an_answer_is_an_error_to_fail_over_on(server, provider, finish):
+    server.reply({"candidates": [{"finishReason": finish, "index": 0}], "usageMetadata": {"promptTokenCount": 900}})
+    with pytest.raises(UpstreamError) as info:
+        await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS})
+    assert info.value.kind == "malformed" and info.value.failover and finish in info.value.message
+    server.reply_sse([(None, {"candidates": [{"finishReason": finish, "index": 0}], "usageMetadata": {"promptTokenCount": 900}})])
+    with pytest.raises(UpstreamError) as info:
+        async for chunk in provider.stream(MODEL, {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS}):
+            assert not chunk["choices"][0]["finish_reason"]  # nothing that would commit the stream
+    assert info.value.kind == "malformed"
+
+
+def test_history_gemini_would_refuse_is_sent_in_a_form_it_takes():
+    from service.providers.gemini import to_gemini
+
+    limited = MODEL.model_copy(update={"max_output_tokens": 8192})
+    cut_off = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Par'}}
+    body = {"messages": [{"role": "user", "content": "weather?"},
+                         {"role": "assistant", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "  "}], "tool_calls": [cut_off]},
+                         {"role": "tool", "tool_call_id": "c1", "content": "error: bad arguments"}],
+            "max_completion_tokens": 48000}
+    payload = to_gemini(limited, body)
+    model_turn = next(c for c in payload["contents"] if c["role"] == "model")
+    assert model_turn["parts"] == [{"functionCall": {"name": "get_weather", "args": {"arguments": '{"city": "Par'}}}]
+    assert payload["generationConfig"]["maxOutputTokens"] == 8192
+    # A limit left at its default is not known to be the model's: the client's stands.
+    assert to_gemini(MODEL, body)["generationConfig"]["maxOutputTokens"] == 48000
+
+
 async def test_stream_translation(server, provider):
     server.reply_sse([
         (None, {"candidates": [{"content": {"role": "model", "parts": [{"text": "Hel"}]}}], "usageMetadata": {"promptTokenCount": 9}}),

@@ -69,6 +69,25 @@ async def test_complete_passes_body_through_and_names_public_model(up, provider)
     assert req.body == {**BODY, "model": "upstream-id", "stream": False}
 
 
+async def test_an_output_limit_above_the_models_is_lowered_to_it(up, provider):
+    # A router may pick a model whose limit is below the client's (OpenClaw asks for up to 32,768):
+    # the upstream refuses more than its limit with a 400, which fails nothing over.
+    up.script("upstream-id", ok("sunny"))
+    capped = MODEL.model_copy(update={"max_output_tokens": 16384})
+    await provider.complete(capped, {**BODY, "max_completion_tokens": 32768})
+    assert up.requests[-1].body["max_completion_tokens"] == 16384 and "max_tokens" not in up.requests[-1].body
+    await provider.complete(MODEL, {**BODY, "max_completion_tokens": 32768})  # its limit is the default: not known
+    assert up.requests[-1].body["max_completion_tokens"] == 32768
+
+
+async def test_insufficient_quota_is_not_a_rate_limit(up, provider):
+    up.script("upstream-id", error(429, "You exceeded your current quota, please check your plan and billing details.",
+                                   "insufficient_quota", "insufficient_quota"))
+    with pytest.raises(UpstreamError) as info:
+        await provider.complete(MODEL, BODY)
+    assert info.value.kind == "auth" and info.value.failover and not info.value.retryable
+
+
 async def test_complete_returns_tool_calls(up, provider):
     up.script("upstream-id", ok(tool_calls=[{"name": "get_weather", "arguments": {"city": "Oslo"}}]))
     result = await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS})

@@ -15,7 +15,8 @@ from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
 from router.request_view import content_text, estimate_tokens
-from service.providers.base import Provider, UpstreamError, classify, error_message, parse_json_event, scrub
+from service.providers.base import (Provider, UpstreamError, classify, error_message, output_limit, parse_json_event, scrub,
+                                    tool_arguments)
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -72,16 +73,6 @@ def _content_blocks(content: Any) -> list[dict[str, Any]]:
     return blocks
 
 
-def _parse_arguments(arguments: Any) -> Any:
-    if isinstance(arguments, dict):
-        return arguments
-    try:
-        parsed = json.loads(arguments or "{}")
-    except (TypeError, ValueError):
-        raise UpstreamError("bad_request", "tool call arguments are not valid JSON") from None
-    return parsed if isinstance(parsed, dict) else {"value": parsed}
-
-
 def _message_blocks(message: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     role = message.get("role")
     if role == "tool":
@@ -91,7 +82,7 @@ def _message_blocks(message: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]
     if role == "assistant":
         for call in message.get("tool_calls") or []:
             fn = call.get("function") or {}
-            blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": fn.get("name", ""), "input": _parse_arguments(fn.get("arguments"))})
+            blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": fn.get("name", ""), "input": tool_arguments(fn.get("arguments"))})
         return "assistant", blocks
     return "user", blocks
 
@@ -138,7 +129,7 @@ def to_anthropic(model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[s
     payload: dict[str, Any] = {
         "model": model.upstream_name,
         "messages": messages,
-        "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or _default_max_tokens(model, body),
+        "max_tokens": output_limit(model, body) or _default_max_tokens(model, body),
     }
     if system_parts:
         payload["system"] = "\n\n".join(p for p in system_parts if p)

@@ -52,6 +52,9 @@ _CONTEXT_WORDING = re.compile(
 # Gemini answers a bad or expired key with HTTP 400 INVALID_ARGUMENT, not 401 (the reason
 # API_KEY_INVALID is in `error.details`).
 _AUTH_WORDING = re.compile(r"API key not valid|API key expired|API_KEY_INVALID|invalid api key", re.IGNORECASE)
+# An account out of credit or quota: not transient (OpenAI says it with a 429, Anthropic with a 400),
+# so another model, never a retry or a 429 the client would wait out.
+_BILLING_WORDING = re.compile(r"insufficient_quota|credit balance|billing", re.IGNORECASE)
 
 
 class UpstreamError(Exception):
@@ -146,6 +149,8 @@ def _error_code(payload: Any) -> str:
 
 def classify(status: int, payload: Any, text: str) -> ErrorKind:
     words = f"{_error_code(payload)} {error_message(payload, text)}"
+    if _BILLING_WORDING.search(words):
+        return "auth"
     if status == 429 or "RESOURCE_EXHAUSTED" in words or "rate_limit" in words:
         return "rate_limit"
     if status >= 500:
@@ -240,6 +245,31 @@ async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str 
             data.append(value)
     if data:
         yield event, "\n".join(data)
+
+
+def output_limit(model: ModelSpec, body: dict[str, Any]) -> int | None:
+    """The request's output cap for this model: `max_completion_tokens` / `max_tokens`, lowered to
+    the model's configured `max_output_tokens` (a router may pick a model with a smaller limit
+    than the client had in mind, and the upstream refuses a larger one with a 400). A limit left
+    at its default is not known to be the model's, so it lowers nothing."""
+    requested = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not requested:
+        return None
+    return min(requested, model.max_output_tokens) if "max_output_tokens" in model.model_fields_set else requested
+
+
+def tool_arguments(arguments: Any) -> dict[str, Any]:
+    """An OpenAI tool call's `arguments` (a JSON string) as the object Anthropic and Gemini want.
+    A history may hold arguments that are not a JSON object (a call cut off at max tokens, a
+    small model's sloppy JSON); OpenClaw replays them every turn, so they are wrapped, never
+    refused: a refusal would be a 400 on every later turn routed to these providers."""
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        parsed = json.loads(arguments or "{}")
+    except (TypeError, ValueError):
+        return {"arguments": str(arguments)}
+    return parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
 def parse_json_event(data: str, secrets: tuple[str | None, ...] = ()) -> Any:

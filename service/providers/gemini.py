@@ -17,7 +17,8 @@ from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
 from router.request_view import content_text
-from service.providers.base import Provider, UpstreamError, classify, error_message, parse_json_event, scrub
+from service.providers.base import (Provider, UpstreamError, classify, error_message, output_limit, parse_json_event, scrub,
+                                    tool_arguments)
 
 FINISH_REASONS = {
     "STOP": "stop",
@@ -29,6 +30,14 @@ FINISH_REASONS = {
     "SPII": "content_filter",
     "IMAGE_SAFETY": "content_filter",
 }
+# Finish reasons that mean the model failed to answer (a tool call it could not write, ...):
+# with nothing produced, an error to retry or fail over on, never an empty "stop".
+FAILED_FINISH = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS", "OTHER",
+                           "FINISH_REASON_UNSPECIFIED"})
+
+
+def _failed(reason: str) -> UpstreamError:
+    return UpstreamError("malformed", f"Gemini finished without an answer ({reason})")
 
 # Gemini's schema dialect is an OpenAPI subset: these JSON-Schema keys make it reject the request.
 _UNSUPPORTED_SCHEMA_KEYS = {"$schema", "additionalProperties", "strict", "$id", "$defs", "definitions"}
@@ -62,8 +71,9 @@ def clean_schema(schema: Any, defs: dict[str, Any] | None = None) -> Any:
 def _parts(content: Any) -> list[dict[str, Any]]:
     if content is None:
         return []
+    # Gemini rejects an empty text part ("empty text parameter", a 400), so none is sent.
     if isinstance(content, str):
-        return [{"text": content}] if content else []
+        return [{"text": content}] if content.strip() else []
     parts = []
     for part in content:
         if isinstance(part, dict) and part.get("type") == "image_url":
@@ -73,9 +83,9 @@ def _parts(content: Any) -> list[dict[str, Any]]:
                 parts.append({"inlineData": {"mimeType": header[5:].split(";")[0] or "image/png", "data": data}})
             else:
                 parts.append({"fileData": {"mimeType": "image/jpeg", "fileUri": url}})
-        elif isinstance(part, dict) and part.get("type") == "text":
-            parts.append({"text": str(part.get("text", ""))})
-        elif isinstance(part, str):
+        elif isinstance(part, dict) and part.get("type") == "text" and str(part.get("text", "")).strip():
+            parts.append({"text": str(part["text"])})
+        elif isinstance(part, str) and part.strip():
             parts.append({"text": part})
     return parts
 
@@ -119,11 +129,7 @@ def to_gemini(model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
             for call in message.get("tool_calls") or []:
                 fn = call.get("function") or {}
                 call_names[str(call.get("id", ""))] = fn.get("name", "")
-                try:
-                    args = json.loads(fn.get("arguments") or "{}")
-                except (TypeError, ValueError):
-                    raise UpstreamError("bad_request", "tool call arguments are not valid JSON") from None
-                parts.append({"functionCall": {"name": fn.get("name", ""), "args": args}})
+                parts.append({"functionCall": {"name": fn.get("name", ""), "args": tool_arguments(fn.get("arguments"))}})
         else:
             g_role, parts = "user", _parts(message.get("content"))
         if not parts:
@@ -139,7 +145,7 @@ def to_gemini(model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
     for src, dst in (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed")):
         if body.get(src) is not None:
             config[dst] = body[src]
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    max_tokens = output_limit(model, body)
     if max_tokens:
         config["maxOutputTokens"] = max_tokens
     stop = body.get("stop")
@@ -219,6 +225,8 @@ def from_gemini(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
         raise UpstreamError("malformed", "generateContent response has no candidates")
     text = "".join(p.get("text", "") for p in parts if "text" in p and not p.get("thought"))
     calls = [p["functionCall"] for p in parts if "functionCall" in p]
+    if reason in FAILED_FINISH and not text and not calls:
+        raise _failed(reason)
     tool_calls = [
         {"id": _call_id(c.get("name", ""), c.get("args"), i, c.get("id"), result.get("responseId")), "type": "function",
          "function": {"name": c.get("name", ""), "arguments": json.dumps(c.get("args") or {})}}
@@ -271,6 +279,7 @@ class GeminiProvider(Provider):
         usage: dict[str, int] | None = None
         finish: str | None = None
         started = False
+        produced = False  # any text or tool call so far
 
         def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
             return {
@@ -293,6 +302,9 @@ class GeminiProvider(Provider):
                 started = True
                 yield chunk({"role": "assistant", "content": ""})
             parts, reason = _candidate_parts(event)
+            produced = produced or any(("text" in p and not p.get("thought") and p["text"]) or "functionCall" in p for p in parts)
+            if reason in FAILED_FINISH and not produced:
+                raise _failed(reason)
             for part in parts:
                 if "text" in part and not part.get("thought") and part["text"]:
                     yield chunk({"content": part["text"]})

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
 from router.request_view import content_text, estimate_tokens
-from service.providers.base import Provider, UpstreamError, classify, error_message, parse_json_event, scrub
+from service.providers.base import Provider, UpstreamError, classify, error_message, output_limit, parse_json_event, scrub
 
 
 def _stream_error(event: dict[str, Any], secrets: tuple[str | None, ...]) -> UpstreamError:
@@ -42,6 +42,10 @@ class OpenAICompatProvider(Provider):
 
     def _payload(self, model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[str, Any]:
         payload = {**body, "model": model.upstream_name, "stream": stream}
+        cap = output_limit(model, body)
+        for key in ("max_completion_tokens", "max_tokens"):
+            if payload.get(key):
+                payload[key] = cap
         if stream:
             payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         else:
