@@ -138,8 +138,12 @@ class ContextualBandit:
             mean, proj = self.basis
             self._center = np.asarray(mean, dtype=np.float64).reshape(-1)
             self._proj = np.asarray(proj, dtype=np.float64)[:, : s.context_dim]
+            if self._proj.shape[1] < max(s.region_bits, 1):
+                raise ValueError(f"basis has {self._proj.shape[1]} columns, the bandit needs at least {max(s.region_bits, 1)}")
             if self._proj.shape[1] < s.context_dim:
-                raise ValueError(f"basis has {self._proj.shape[1]} columns, the bandit needs {s.context_dim}")
+                # A router trained with fewer embedding dimensions (`train --pca-dim 8`, or few
+                # prompts): the context is as wide as its basis.
+                s = self.settings = replace(s, context_dim=self._proj.shape[1])
         else:
             self._center = np.zeros(self.embed_dim)
             self._proj = rng.normal(size=(self.embed_dim, s.context_dim)) / np.sqrt(s.context_dim)

@@ -106,7 +106,7 @@ def test_ope_orders_a_better_and_a_worse_router(world):
 
 def _args(world, **kw):
     base = dict(db=world.db, base_data=None, router=None, out=None, gateway=None, eval_share=0.5, min_requests=100,
-                estimator="dr", text_column=None, folds=3, rounds=60, seed=3, experiment="test",
+                estimator="dr", text_column=None, prices=None, folds=3, rounds=60, seed=3, experiment="test",
                 registered_name="router-test", tracking_uri=f"sqlite:///{world.root}/mlflow.db", verbose=False)
     base.update(kw)
     return Namespace(**base)
@@ -188,3 +188,42 @@ def test_nothing_held_out_is_a_refusal_not_a_crash():
 
     verdict = judge({"n": 0, "overlap": 0.0}, "dr", min_requests=0)
     assert not verdict.promote and "held out" in verdict.reason
+
+
+def test_an_estimate_without_overlap_is_named_not_printed_as_nan():
+    from training.retrain import judge
+
+    nan = {"value": float("nan"), "lo": float("nan"), "hi": float("nan")}
+    verdict = judge({"n": 500, "overlap": 0.0, "utility": {"difference": {"ips": nan}}}, "ips", min_requests=100)
+    assert not verdict.promote and "no estimate" in verdict.reason and "nan" not in verdict.reason
+
+
+def test_job_options_that_would_fail_after_training_are_refused_first(tmp_path, capsys):
+    from service.cli import main
+
+    table = tmp_path / "t.csv"
+    table.write_text("prompt,quality__a,cost_usd__a\nhi,1,0.001\n")
+    common = ["--tracking-uri", f"sqlite:///{tmp_path / 'ml.db'}"]
+    for argv, says in [
+        (["train", "--data", str(table), "--out", str(tmp_path / "r"), "--folds", "1", *common], "--folds"),
+        (["train", "--data", str(table), "--out", str(tmp_path / "r"), "--registered-name", "team/router", *common], "team/router"),
+        (["train", "--data", str(table), "--out", str(tmp_path / "r"), "--tracking-uri", str(tmp_path / "mlruns")], "tracking URI"),
+        (["retrain", "--db", f"sqlite:///{tmp_path / 'typo' / 'outcomes.sqlite'}", "--out", str(tmp_path / "c"), *common],
+         "no outcome log"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "typo").exists()
+
+
+def test_base_data_without_costs_is_priced_by_prices(tmp_path):
+    from training.data import ModelPrice
+    from training.retrain import training_set
+
+    table = tmp_path / "soft_labels.csv"  # as routerdc_7llm: soft labels, no cost columns
+    table.write_text("prompt,quality__a,quality__b\n" + "".join(f"question {i}?,0.{i},0.5\n" for i in range(6)))
+    with pytest.raises(ValueError, match="--prices"):
+        training_set([str(table)], [])
+    outcomes, X = training_set([str(table)], [], prices={"a": ModelPrice(1.0, 2.0), "b": ModelPrice(3.0, 4.0)})
+    assert outcomes.models == ["a", "b"] and (outcomes.cost[:, 1] > outcomes.cost[:, 0]).all() and len(X) == 6

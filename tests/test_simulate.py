@@ -130,3 +130,18 @@ def test_several_degradations_are_measured_together_and_inf_means_no_spend_cap(s
     assert rec["from_request"] == 1200 and len(rec["drifts"]) == 2
     assert rep["bandit_state"]["spend_price_per_usd"] == 0.0  # no cap, no shadow price (it was NaN)
     assert rep["setup"]["bandit"]["total_cost_share"] is None
+
+
+@pytest.mark.parametrize("extra,says", [(["--window", "0"], "--window"), (["--train-share", "0.9999"], "no prompt to replay")])
+def test_options_that_leave_nothing_to_report_are_clear_errors(small_table, tmp_path, capsys, extra, says):
+    code = main(["simulate", "--data", str(small_table), "--requests", "100", "--out", str(tmp_path / "x.json"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and "Traceback" not in err
+
+
+def test_a_router_with_fewer_embedding_dimensions_than_the_bandits_context_is_replayed(small_table, tmp_path):
+    router = tmp_path / "pca4"
+    assert main(["train", "--data", str(small_table), "--out", str(router), "--pca-dim", "4", "--folds", "2",
+                 "--rounds", "20", "--tracking-uri", f"sqlite:///{tmp_path / 'ml.db'}"]) == 0
+    rep = _simulate(small_table, tmp_path / "pca4.json", "--router", str(router))
+    assert rep["totals"]["bandit"]["quality"] > 0

@@ -43,6 +43,10 @@ def judge(comparison: dict, estimator: str, min_requests: int) -> Verdict:
     d = comparison["utility"]["difference"].get(estimator)
     if d is None:
         return Verdict(False, f"estimator {estimator!r} is unavailable on this log")
+    if not np.isfinite(d["value"]):
+        hint = "; --estimator dr also uses the reward model" if estimator != "dr" else ""
+        return Verdict(False, f"{estimator.upper()} has no estimate on this log: the candidate never takes the logged "
+                              f"action (overlap {comparison['overlap']:.0%} of n={n}){hint}")
     span = (f"{d['value']:+.4f} (95 % interval {d['lo']:+.4f} .. {d['hi']:+.4f}, {estimator.upper()}, n={n}; "
             f"the candidate takes the logged action on {comparison['overlap']:.0%} of them)")
     if d["lo"] > 0:
@@ -77,7 +81,7 @@ def features(texts: list[str], input_tokens: np.ndarray, embeddings: np.ndarray 
     return np.hstack([np.asarray(emb, dtype=np.float32), request_features(reqs)])
 
 
-def training_set(base_paths: list[str], traffic, text_column: str | None = None):
+def training_set(base_paths: list[str], traffic, text_column: str | None = None, prices=None):
     """Base tables plus logged outcomes (one observed cell per logged request)."""
     import pandas as pd
 
@@ -85,7 +89,7 @@ def training_set(base_paths: list[str], traffic, text_column: str | None = None)
 
     tables, parts = [], []
     for path in base_paths:
-        t = load_outcomes(path, text_column=text_column)
+        t = load_outcomes(path, text_column=text_column, prices=prices)
         tables.append(t)
         parts.append(features(t.texts, t.input_tokens))
     if len(traffic):
@@ -153,6 +157,7 @@ def hot_reload(gateway: str, path: Path) -> dict:
 
 def retrain(args) -> dict:
     from router.engine import LearnedRouter, default_artifact
+    from training.data import load_prices
     from training.offpolicy import compare_routers, finite, load_traffic, router_p_good
 
     traffic = load_traffic(args.db)
@@ -161,7 +166,8 @@ def retrain(args) -> dict:
     train_rows, eval_rows = order[: len(traffic) - n_eval], order[len(traffic) - n_eval:]
     held_out = traffic.rows(eval_rows)
     log.info("%d usable logged requests: %d join training, %d judge the candidate", len(traffic), len(train_rows), n_eval)
-    table, X = training_set(args.base_data or [], traffic.rows(train_rows), args.text_column)
+    prices = load_prices(args.prices) if args.prices else None
+    table, X = training_set(args.base_data or [], traffic.rows(train_rows), args.text_column, prices)
     candidate, metrics = fit_router(table, X, folds=args.folds, rounds=args.rounds, seed=args.seed,
                                     sources=[*(args.base_data or []), args.db])
     out = Path(args.out or f"models/candidate-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -196,6 +202,8 @@ def configure(parser) -> None:
     parser.add_argument("--min-requests", type=int, default=200, help="fewest held-out requests to promote on")
     parser.add_argument("--estimator", choices=("dr", "snips", "ips"), default="dr", help="estimator that decides promotion")
     parser.add_argument("--text-column", default=None)
+    parser.add_argument("--prices", default=None, metavar="FILE",
+                        help="JSON {model: {input_per_1m, output_per_1m}} for base tables without cost columns")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=None, help="boosting rounds (default: the predictor's)")
     parser.add_argument("--seed", type=int, default=7)
@@ -207,6 +215,11 @@ def configure(parser) -> None:
 def run(args) -> int:
     if not 0.0 < args.eval_share < 1.0:
         raise ValueError("--eval-share must lie strictly between 0 and 1")
+    if args.db.startswith("sqlite:///") and not Path(args.db[len("sqlite:///"):]).exists():
+        raise FileNotFoundError(f"{args.db}: no outcome log there (the gateway's server.db)")
+    from training.train import check_job_options
+
+    check_job_options(args)
     report = retrain(args)
     print(json.dumps({k: report["ope"].get("utility", {}).get("difference", {}).get(k) for k in ("ips", "snips", "dr")}, indent=1))
     if report["verdict"]["promote"]:

@@ -298,6 +298,9 @@ def learned_predictions(table, router_path: str | None, train_share: float, seed
         uniq, inv = np.unique(np.asarray(table.texts, dtype=object), return_inverse=True)
         in_train = (rng.random(len(uniq)) < train_share)[inv]
         train, replay = np.flatnonzero(in_train), np.flatnonzero(~in_train)
+        if not len(train) or not len(replay):
+            raise ValueError(f"{table.path}: --train-share {train_share} leaves no prompt to "
+                             f"{'train on' if not len(train) else 'replay'} ({len(uniq)} distinct prompts)")
         known = [m for m in table.models if m not in new_models]
         log.info("training the router on %d prompts (%d models); replaying %d held-out prompts", len(train), len(known), len(replay))
         predictor = OutcomePredictor(seed=seed).fit(X[train], table.subset(train).restrict_models(known),
@@ -318,9 +321,6 @@ def simulate(args) -> dict:
         raise ValueError(f"{args.data}: simulate needs recorded costs (cost_usd__<model> columns)")
     new_models = [d.model for d in drifts if d.kind == "add"]
     pred, replay, emb, basis = learned_predictions(table, args.router, args.train_share, args.seed, new_models)
-    if basis is not None and basis[1].shape[1] < BanditSettings.context_dim:
-        raise ValueError(f"{args.data}: the router was trained on too few distinct prompts for the bandit's "
-                         f"{BanditSettings.context_dim}-dimensional context ({basis[1].shape[1]} components); use a larger table")
     stream = build_stream(replay, args.requests, drifts, args.seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS)
     nodrift = build_stream(replay, args.requests, drifts, args.seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS, apply_drift=False)
     static = static_choices(pred, stream, args.willingness_to_pay, args.latency_weight)
@@ -375,6 +375,8 @@ def run(args) -> int:
 
     if args.requests <= 0:
         raise ValueError("--requests must be positive")
+    if args.window <= 0:
+        raise ValueError("--window must be positive")
     if not 0.0 < args.train_share < 1.0:
         raise ValueError("--train-share must lie strictly between 0 and 1")
     out = simulate(args)

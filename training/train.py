@@ -130,6 +130,25 @@ def tracking_uri(explicit: str | None) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+def check_job_options(args) -> None:
+    """What would fail only after minutes of training: the fold count, the names MLflow refuses,
+    a tracking store it cannot open (e.g. a file store, refused by default since MLflow 3)."""
+    if args.folds < 2:
+        raise ValueError(f"--folds must be at least 2 (cross-validation and bagging), got {args.folds}")
+    if not args.experiment.strip():
+        raise ValueError("--experiment must not be empty")
+    if not args.registered_name.strip() or any(c in args.registered_name for c in "/:"):
+        raise ValueError(f"--registered-name {args.registered_name!r}: MLflow model names cannot be empty or contain '/' or ':'")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(args.tracking_uri)
+    try:
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except MlflowException as exc:
+        raise ValueError(f"MLflow tracking URI {uri!r} cannot be used: {exc.message}") from None
+
+
 def _experiment_id(mlflow, name: str, uri: str) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
@@ -220,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
     from router.types import RoutingRequest
     from training.data import concat_outcomes, load_outcomes, load_prices
 
+    check_job_options(args)
     t0 = time.time()
     prices = load_prices(args.prices) if args.prices else None
     tables = [load_outcomes(p, text_column=args.text_column, prices=prices) for p in tqdm(args.data, desc="load", unit="file")]
