@@ -227,3 +227,15 @@ def test_base_data_without_costs_is_priced_by_prices(tmp_path):
         training_set([str(table)], [])
     outcomes, X = training_set([str(table)], [], prices={"a": ModelPrice(1.0, 2.0), "b": ModelPrice(3.0, 4.0)})
     assert outcomes.models == ["a", "b"] and (outcomes.cost[:, 1] > outcomes.cost[:, 0]).all() and len(X) == 6
+
+
+def test_a_candidate_is_never_written_over_an_existing_artifact(tmp_path, capsys):
+    from service.cli import main
+
+    live = tmp_path / "promoted-last-week"
+    live.mkdir()
+    (live / "manifest.json").write_text("{}")
+    db = tmp_path / "outcomes.sqlite"
+    db.touch()
+    assert main(["retrain", "--db", f"sqlite:///{db}", "--out", str(live), "--tracking-uri", f"sqlite:///{tmp_path / 'ml.db'}"]) == 2
+    assert "already holds an artifact" in capsys.readouterr().err and (live / "manifest.json").read_text() == "{}"

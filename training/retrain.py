@@ -215,6 +215,10 @@ def configure(parser) -> None:
 def run(args) -> int:
     if not 0.0 < args.eval_share < 1.0:
         raise ValueError("--eval-share must lie strictly between 0 and 1")
+    if args.out and Path(args.out).exists() and any(Path(args.out).iterdir()):
+        # It may be the router a gateway runs (an earlier promotion hot-reloaded it): a rejected
+        # candidate written over it would be what that gateway loads on its next start.
+        raise ValueError(f"--out {args.out} already holds an artifact; give a new folder (default: models/candidate-<time>)")
     if args.db.startswith("sqlite:///") and not Path(args.db[len("sqlite:///"):]).exists():
         raise FileNotFoundError(f"{args.db}: no outcome log there (the gateway's server.db)")
     from training.train import check_job_options
