@@ -260,6 +260,14 @@ def test_redis_circuit_breaker_shared(redis_url):
     assert a.state("m") == "closed"
     a.failure("x", retry_after_s=5)
     assert b.state("x") == "blocked" and b.blocked_for("x") == 5.0 and a.blocked_for("m") == 0.0
+    # 429s without Retry-After that open the circuit: rate limited for the cooldown, on every
+    # replica (the client is told 429, not 503); a circuit opened by 5xx is not.
+    a.failure("y", rate_limited=True)
+    b.failure("y", rate_limited=True)
+    a.failure("z")
+    b.failure("z")
+    clock[0] += 4
+    assert a.blocked_for("y") == b.blocked_for("y") == 6.0 and b.blocked_for("z") == 0.0
 
 
 def test_redis_circuit_breaker_reads_a_local_copy_at_most_refresh_s_old(redis_url):

@@ -231,7 +231,7 @@ class RedisCircuitBreaker:
     changes a circuit (a failure, claiming the half-open probe, closing it) goes to Redis at once
     and drops the local copy of that model."""
 
-    FIELDS = ("blocked_until", "opened_at", "probing", "failures")
+    FIELDS = ("blocked_until", "opened_at", "probing", "failures", "rate_limited")
 
     def __init__(self, client: Any, failures: int, cooldown_s: float, prefix: str = "openclaw", clock=time.time,
                  refresh_s: float = 0.25):
@@ -266,7 +266,7 @@ class RedisCircuitBreaker:
         return v[1] is None and self._clock() >= float(v[0] or 0)
 
     def state(self, model: str) -> str:
-        blocked_until, opened_at, probing, _ = self._fields(model)
+        blocked_until, opened_at, probing, *_ = self._fields(model)
         now = self._clock()
         if opened_at is None:
             return "blocked" if now < float(blocked_until or 0) else "closed"
@@ -278,7 +278,10 @@ class RedisCircuitBreaker:
         return self.state(model) in ("closed", "half_open")
 
     def blocked_for(self, model: str) -> float:
-        return max(0.0, float(self._fields(model)[0] or 0) - self._clock())
+        blocked_until, opened_at, _, _, rate_limited = self._fields(model)
+        now = self._clock()
+        cooling = float(opened_at) + self.cooldown_s - now if opened_at is not None and rate_limited == "1" else 0.0
+        return max(0.0, float(blocked_until or 0) - now, cooling)
 
     def acquire(self, model: str) -> bool:
         if self._closed(self._fields(model)):
@@ -296,10 +299,14 @@ class RedisCircuitBreaker:
         pipe.hset(self._k(model), "failures", 0)
         pipe.execute()
 
-    def failure(self, model: str, retry_after_s: float | None = None) -> bool:
+    def failure(self, model: str, retry_after_s: float | None = None, rate_limited: bool = False) -> bool:
         self._forget(model)
         args = [self._clock(), self.threshold, retry_after_s or 0]
-        return bool(int(self._failure(keys=[self._k(model)], args=args)))
+        pipe = self.r.pipeline()
+        self._failure(keys=[self._k(model)], args=args, client=pipe)
+        pipe.hset(self._k(model), "rate_limited", int(rate_limited))
+        opened, _ = pipe.execute()
+        return bool(int(opened))
 
     def release(self, model: str) -> None:
         self._forget(model)
