@@ -7,7 +7,7 @@ schema is documented field by field in docs/CONFIG.md.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -77,12 +77,23 @@ class ModelSpec(_Strict):
 
 class ProviderSpec(_Strict):
     kind: Literal["openai", "anthropic", "gemini", "simulated"]
-    base_url: str
-    api_key_env: str | None = Field(default=None, description="name of the env var that holds the key; never the key")
+    base_url: str = Field(description="http:// or https:// URL of the API root (simulated:// for the simulator)")
+    # A key pasted here instead of its variable's name would be echoed in every error the
+    # gateway logs ("environment variable sk-... is not set"): only a variable name passes.
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    description="name of the env var that holds the key; never the key")
     timeout_s: float = Field(default=60.0, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=100, gt=0)
     headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_scheme(cls, url: str) -> str:
+        # Without a scheme every call would fail as a connection error, and nothing says why.
+        if not url.startswith(("http://", "https://", "simulated://")):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return url
 
 
 class Profile(_Strict):
@@ -94,7 +105,7 @@ class Profile(_Strict):
     latency_weight: float = Field(default=0.0, ge=0, description="quality points given up per second of latency")
     max_cost_usd: float | None = Field(default=None, gt=0)
     max_latency_s: float | None = Field(default=None, gt=0)
-    allowed_models: frozenset[str] | None = None
+    allowed_models: frozenset[str] | None = Field(default=None, min_length=1, description="None: every model")
     required_tags: frozenset[str] = frozenset()
 
 
@@ -134,7 +145,8 @@ class CacheSection(_Strict):
     semantic: bool = True
     cache_tool_calls: bool = False
     cache_nonzero_temperature: bool = False
-    route_ttl_s: dict[str, float] = Field(default_factory=dict, description="TTL per routing profile or model name, overriding ttl_s")
+    route_ttl_s: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="TTL per routing profile or model name, overriding ttl_s")
     verifier: str = Field(default="models/cache_verifier", description="semantic-cache verifier artifact folder")
     verifier_threshold: float | None = Field(
         default=None, gt=0, lt=1, description="override of the verifier's shipped threshold (higher: fewer, safer semantic hits)"
@@ -218,11 +230,23 @@ class Config(_Strict):
                 if f not in names or f == m.name:
                     raise BadReference(("models", i, "fallbacks"),
                                        f"models[{i}].fallbacks names {f!r}, which is not another model of the catalog")
+        tags = {t for m in self.models for t in m.tags}
         for name, profile in self.router.profiles.items():
+            # Typos here would make the profile refuse every request, or hide a model.
+            if name in names:
+                raise BadReference(("router", "profiles", name),
+                                   f"router.profiles.{name} has a model's name: requests for that model would be routed instead")
             for m in profile.allowed_models or ():
-                if m not in names:  # a typo here would make the profile refuse every request
+                if m not in names:
                     raise BadReference(("router", "profiles", name, "allowed_models"),
                                        f"router.profiles.{name}.allowed_models names {m!r}, which is not a model of the catalog")
+            for t in profile.required_tags - tags:
+                raise BadReference(("router", "profiles", name, "required_tags"),
+                                   f"router.profiles.{name}.required_tags names {t!r}, a tag no model of the catalog has")
+        for key in self.cache.route_ttl_s:
+            if key not in names and key not in self.router.profiles:
+                raise BadReference(("cache", "route_ttl_s", key),
+                                   f"cache.route_ttl_s names {key!r}, which is neither a routing profile nor a model")
         if self.learning.bandit.shared and not self.server.redis_url:
             raise BadReference(("learning", "bandit", "shared"),
                                "learning.bandit.shared needs server.redis_url (the replicas share what they learn over Redis)")
@@ -257,6 +281,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`: merged keys may be overridden, as YAML means them to be
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise ConfigError(f"line {key_node.start_mark.line + 1}, key {key}: written twice in one mapping "
@@ -312,17 +338,29 @@ def parse_config(text: str, source: str = "<string>") -> Config:
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read config {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return parse_config(text, str(path))
+
+
+def resolve_sqlite_url(config: Config, url: str) -> str:
+    """A relative `sqlite:///` path written in a config file is relative to that file, as the
+    cache folder is: started from another directory, the same config must open the same log
+    (and the same governance keys), not an empty one beside the working directory."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url[len(prefix):] in ("", ":memory:"):
+        return url
+    return prefix + str(resolve_path(config, url[len(prefix):], created=True))
 
 
 def resolve_path(config: Config, value: str, created: bool = False) -> Path:
     """Relative paths in a config file are relative to that file, else to the working directory.
     A path the gateway creates (`created`, e.g. the cache folder) is always relative to the file,
     so that the same config finds the same folder from any working directory."""
-    p = Path(value)
+    p = Path(value).expanduser()
     if p.is_absolute():
         return p
     if config.source and Path(config.source).exists():

@@ -163,7 +163,10 @@ def _sqlite_store(url: str) -> SQLiteStore:
     path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url[len("sqlite://"):]
     if not path:
         raise ValueError(f"outcome log URL {url!r} names no file: use sqlite:///path/to/outcomes.sqlite")
-    return SQLiteStore(path)
+    try:
+        return SQLiteStore(path)
+    except (sqlite3.Error, OSError) as exc:  # a folder, a file that is not a database, no permission
+        raise ValueError(f"outcome log {url}: cannot open it as an SQLite database: {exc}") from None
 
 
 def _postgres_store(url: str) -> OutcomeStore:

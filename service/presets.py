@@ -133,9 +133,12 @@ def _select(name: str, preset: ProviderPreset, env: Mapping[str, str]) -> list[d
 def _context_cap(preset: ProviderPreset, env: Mapping[str, str]) -> int | None:
     if preset.context_env and _set(env, preset.context_env):
         try:
-            return max(1, int(env[preset.context_env]))
+            tokens = int(env[preset.context_env])
         except ValueError:
             raise ConfigError(f"{preset.context_env}={env[preset.context_env]!r} is not a whole number of tokens") from None
+        if tokens <= 0:  # a 1-token window would refuse every request
+            raise ConfigError(f"{preset.context_env}={env[preset.context_env]!r}: a context window is a positive number of tokens")
+        return tokens
     return preset.default_context
 
 

@@ -38,7 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from router.config import load_config
+    from router.config import load_config, resolve_sqlite_url
     from service.app import create_app
     from service.governance.db import redact_url
     from service.governance.runtime import Governance
@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     # No --config: real providers for the keys in the environment, else the simulated demo.
     config = load_config(args.config) if args.config else (build_preset_config() or load_config(default_config_path()))
+    if args.config and args.db is None:  # --db, typed in a shell, is relative to the working directory
+        config = config.model_copy(update={"server": config.server.model_copy(update={"db": resolve_sqlite_url(config, config.server.db)})})
     server = config.server.model_copy(update={k: v for k, v in (("db", args.db), ("host", args.host), ("port", args.port)) if v is not None})
     config = config.model_copy(update={"server": server})
 

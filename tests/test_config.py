@@ -100,3 +100,50 @@ def test_a_folder_the_gateway_creates_is_relative_to_the_config_file(tmp_path, m
     monkeypatch.chdir(tmp_path)  # started from elsewhere: the same config must find the same cache
     assert resolve_path(config, "cachedir", created=True) == tmp_path / "conf" / "cachedir"
     assert resolve_path(config, "nothing-here") == Path("nothing-here")  # an input that does not exist stays as given
+
+
+@pytest.mark.parametrize("extra, key, words", [
+    # a key pasted where its variable's name goes would be echoed in every logged error
+    ('providers:\n  local: {kind: openai, base_url: "http://127.0.0.1:9/v1", api_key_env: "sk-proj-SECRET123"}\n',
+     "providers.local.api_key_env", "should match pattern"),
+    ('providers:\n  local: {kind: openai, base_url: "api.openai.com/v1"}\n', "providers.local.base_url", "not an http"),
+    ("router: {profiles: {auto: {willingness_to_pay: 0.01}, small: {willingness_to_pay: 1}}}\n",
+     "router.profiles.small", "has a model's name"),
+    ("router: {profiles: {auto: {willingness_to_pay: 0.01, required_tags: [locl]}}}\n",
+     "router.profiles.auto.required_tags", "a tag no model"),
+    ("router: {profiles: {auto: {willingness_to_pay: 0.01, allowed_models: []}}}\n",
+     "router.profiles.auto.allowed_models", "at least 1 item"),
+    ("cache: {route_ttl_s: {auto:cheep: 60}}\n", "cache.route_ttl_s.auto:cheep", "neither a routing profile nor a model"),
+    ("cache: {route_ttl_s: {small: -5}}\n", "cache.route_ttl_s.small", "greater than 0"),
+])
+def test_mistakes_that_used_to_pass_and_break_every_request(extra, key, words):
+    text = GOOD.replace('providers:\n  local: {kind: openai, base_url: "http://127.0.0.1:9/v1"}\n', "") if extra.startswith("providers") else GOOD
+    msg = error_of(text + extra)
+    assert f"key {key}" in msg and words in msg, msg
+    assert "SECRET123" not in msg  # nor in the error that refuses it
+
+
+def test_yaml_merge_keys_are_yaml_not_an_error():
+    text = GOOD.replace("  - name: big\n    provider: local\n", "  - <<: &base {provider: local}\n    name: big\n")
+    assert parse_config(text, "router.yaml").model("big").provider == "local"
+    assert "written twice" in error_of(GOOD.replace("    fallbacks: [small]", "    fallbacks: [small]\n    fallbacks: []"))
+
+
+def test_paths_in_a_config_file_follow_the_file_and_expand_home(tmp_path, monkeypatch):
+    from router.config import resolve_path, resolve_sqlite_url
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "router.yaml").write_text(GOOD)
+    config = load_config(tmp_path / "conf" / "router.yaml")
+    monkeypatch.chdir(tmp_path)  # started from elsewhere: the same log, and with it the same keys
+    assert resolve_sqlite_url(config, "sqlite:///logs/outcomes.sqlite") == f"sqlite:///{tmp_path / 'conf' / 'logs' / 'outcomes.sqlite'}"
+    assert resolve_sqlite_url(config, "sqlite:////abs/o.sqlite") == "sqlite:////abs/o.sqlite"
+    assert resolve_sqlite_url(config, "postgresql://db/x") == "postgresql://db/x"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert resolve_path(config, "~/cache", created=True) == tmp_path / "home" / "cache"
+
+
+def test_a_config_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes("models: []  # café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.yaml: not UTF-8"):
+        load_config(tmp_path / "latin1.yaml")

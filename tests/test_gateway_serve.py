@@ -110,3 +110,23 @@ def test_serve_refuses_a_port_out_of_range_and_says_why_a_bind_fails(capsys):
         assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
     finally:
         busy.close()
+
+
+def test_serve_names_a_store_it_cannot_open_instead_of_a_traceback(tmp_path, capsys):
+    from service.cli import main
+
+    default = (Path(__file__).resolve().parent.parent / "service" / "default_config.yaml").read_text()
+    (tmp_path / "notes.txt").write_text("not a database")
+    (tmp_path / "cache.yaml").write_text(default + "\ncache: {path: notes.txt}\n")
+    (tmp_path / "redis.yaml").write_text(default + '\nserver: {redis_url: "redis://127.0.0.1:1/0"}\n')
+    db = ["--db", f"sqlite:///{tmp_path / 'o.sqlite'}", "--port", "0"]
+    for argv, says in [
+        (["serve", "--db", f"sqlite:///{tmp_path}", "--port", "0"], "cannot open it as an SQLite database"),
+        (["serve", "--db", f"sqlite:///{tmp_path / 'notes.txt'}", "--port", "0"], "file is not a database"),
+        (["serve", "--config", str(tmp_path / "cache.yaml"), *db], "notes.txt"),
+        # started fine, then a 500 on every request and on /healthz
+        (["serve", "--config", str(tmp_path / "redis.yaml"), *db], "cannot reach Redis"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err

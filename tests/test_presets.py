@@ -101,8 +101,9 @@ def test_ollama_models_context_and_url():
     assert "local" in phi.tags and phi.price.input_per_1m == 0 and phi.predictor_name in ROUTERBENCH_MODELS
     default = build_preset_config({"OLLAMA_BASE_URL": "http://127.0.0.1:11434"})
     assert default.model_names == ["ollama/llama3.1:8b"] and default.models[0].context_window == 4096
-    with pytest.raises(ConfigError, match="OLLAMA_CONTEXT_LENGTH"):
-        build_preset_config({"OLLAMA_BASE_URL": "http://127.0.0.1:11434", "OLLAMA_CONTEXT_LENGTH": "lots"})
+    for bad in ("lots", "0", "-4096"):  # 0 and below were a 1-token window that refused every request
+        with pytest.raises(ConfigError, match="OLLAMA_CONTEXT_LENGTH"):
+            build_preset_config({"OLLAMA_BASE_URL": "http://127.0.0.1:11434", "OLLAMA_CONTEXT_LENGTH": bad})
 
 
 def test_presets_file_errors_name_the_key(tmp_path):

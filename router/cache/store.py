@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS entries (
 DB_NAME = "cache.sqlite"
 
 
-class CacheStoreError(RuntimeError):
+class CacheStoreError(ValueError):
     """The cache folder cannot be used at all (not writable, not a folder)."""
 
 

@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+CONNECT_TIMEOUT_S = 10.0  # a PostgreSQL that does not answer at start-up: a clear error, not a 30 s hang and a traceback
+
 log = logging.getLogger(__name__)
 
 # Lock id for pg_advisory_xact_lock: any constant shared by every replica will do.
@@ -80,12 +82,15 @@ class SqliteDatabase(Database):
     dialect = "sqlite"
 
     def __init__(self, path: str):
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # autocommit mode: transactions are explicit so BEGIN IMMEDIATE can take the write lock.
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=30000")
+        try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # autocommit mode: transactions are explicit so BEGIN IMMEDIATE can take the write lock.
+            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA busy_timeout=30000")
+        except (sqlite3.Error, OSError) as exc:  # a folder, a file that is not a database, no permission
+            raise ValueError(f"governance database {path}: cannot open it as an SQLite database: {exc}") from None
         self._lock = threading.RLock()
 
     @contextlib.contextmanager
@@ -108,9 +113,15 @@ class PostgresDatabase(Database):
     dialect = "postgres"
 
     def __init__(self, url: str, max_size: int = 10):
-        from psycopg_pool import ConnectionPool
+        from psycopg_pool import ConnectionPool, PoolTimeout
 
-        self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=True, kwargs={"autocommit": False})
+        self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": False})
+        try:
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        except PoolTimeout:
+            self._pool.close()
+            raise ValueError(f"governance database {redact_url(url)}: no connection within {CONNECT_TIMEOUT_S:.0f} s "
+                             "(is PostgreSQL running there, and does the database exist?)") from None
 
     @contextlib.contextmanager
     def tx(self, immediate: bool = False) -> Iterator[Tx]:

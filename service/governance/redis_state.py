@@ -110,9 +110,19 @@ return 1
 
 
 def connect(url: str) -> Any:
+    """A client for `server.redis_url`, checked at once: an unreachable Redis is an error at
+    start-up, not a 500 on every request (and on /healthz) afterwards."""
     import redis
 
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    from service.governance.db import redact_url
+
+    client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        raise ValueError(f"server.redis_url {redact_url(url)}: cannot reach Redis: {exc}") from None
+    return client
 
 
 class RedisLedger:
