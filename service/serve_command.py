@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 from pathlib import Path
 
@@ -52,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
     server = config.server.model_copy(update={k: v for k, v in (("db", args.db), ("host", args.host), ("port", args.port)) if v is not None})
     config = config.model_copy(update={"server": server})
 
+    for name, provider in config.providers.items():
+        if provider.api_key_env and not os.environ.get(provider.api_key_env):
+            # Read per request (a key can be set or rotated without a restart), so not an error;
+            # but every call would fail with an auth error until it is set.
+            log.warning("provider %s: environment variable %s is not set; calls to its models fail until it is",
+                        name, provider.api_key_env)
     governance = Governance.from_config(config)
     # Without any key the gateway is open: it says so, and refuses a non-loopback address.
     notice = governance.startup_check(server.host)

@@ -130,3 +130,16 @@ def test_serve_names_a_store_it_cannot_open_instead_of_a_traceback(tmp_path, cap
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err, err
+
+
+def test_serve_warns_of_a_key_variable_that_is_not_set(tmp_path, capsys, caplog, monkeypatch):
+    from service.cli import main
+
+    monkeypatch.delenv("OPENCLAW_TEST_UNSET_KEY", raising=False)
+    (tmp_path / "c.yaml").write_text(
+        'providers:\n  real: {kind: openai, base_url: "https://api.example.com/v1", api_key_env: OPENCLAW_TEST_UNSET_KEY}\n'
+        "models:\n  - {name: gpt-3.5-turbo-1106, provider: real, price: {input_per_1m: 1, output_per_1m: 2}}\n"
+        'server: {redis_url: "redis://127.0.0.1:1/0"}\n')  # so that serve stops right after its checks
+    with caplog.at_level("WARNING", logger="openclaw.serve"):
+        assert main(["serve", "--config", str(tmp_path / "c.yaml"), "--port", "0"]) == 2
+    assert "OPENCLAW_TEST_UNSET_KEY is not set" in caplog.text
