@@ -109,14 +109,17 @@ return 1
 """
 
 
-def connect(url: str) -> Any:
-    """A client for `server.redis_url`, checked at once: an unreachable Redis is an error at
-    start-up, not a 500 on every request (and on /healthz) afterwards."""
+def connect(url: str, check: bool = False) -> Any:
+    """A client for `server.redis_url`. `check`: reach it at once, for what cannot work without it
+    (governance's budgets and limits: an unreachable Redis is then an error at start-up, not a
+    500 on every request afterwards); what only shares learning keeps serving without it."""
     import redis
 
     from service.governance.db import redact_url
 
     client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_connect_timeout=5)
+    if not check:
+        return client
     try:
         client.ping()
     except redis.RedisError as exc:

@@ -65,7 +65,7 @@ class Governance:
         if settings.redis_url:
             from service.governance.redis_state import RedisLedger, RedisRateLimiter, connect
 
-            self.redis = connect(settings.redis_url)
+            self.redis = connect(settings.redis_url, check=True)
             self.ledger = RedisLedger(self.redis, self.db, prefix=settings.redis_prefix)
             self.limiter: Any = RedisRateLimiter(self.redis, prefix=settings.redis_prefix)
         else:
