@@ -123,7 +123,8 @@ class RouterSection(_Strict):
     @model_validator(mode="after")
     def _default_profile_exists(self) -> "RouterSection":
         if self.default_profile not in self.profiles:
-            raise ValueError(f"default_profile {self.default_profile!r} is not one of profiles: {sorted(self.profiles)}")
+            raise BadReference(("router", "default_profile"),
+                               f"default_profile {self.default_profile!r} is not one of profiles: {sorted(self.profiles)}")
         return self
 
 
@@ -211,9 +212,9 @@ class Config(_Strict):
     @classmethod
     def _unique_names(cls, models: list[ModelSpec]) -> list[ModelSpec]:
         seen: set[str] = set()
-        for m in models:
+        for i, m in enumerate(models):
             if m.name in seen:
-                raise ValueError(f"model name {m.name!r} appears twice")
+                raise BadReference(("models", i, "name"), f"model name {m.name!r} appears twice")
             seen.add(m.name)
         if not models:
             raise ValueError("at least one model is required")

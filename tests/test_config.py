@@ -40,7 +40,8 @@ def test_a_valid_file_and_the_shipped_default_parse():
     (GOOD.replace("input_per_1m: 1,", "input_per_1m: lots,"), "models[1].price.input_per_1m", 7, "number"),
     (GOOD.replace("input_per_1m: 0.1", "input_per_1m: -1"), "models[0].price.input_per_1m", 4, "greater than or equal to 0"),
     (GOOD.replace("kind: openai", "kind: opanai"), "providers.local.kind", 10, "'openai'"),
-    (GOOD + "router: {default_profile: fast}\n", "router", 11, "default_profile 'fast' is not one of profiles"),
+    (GOOD + "router: {default_profile: fast}\n", "router.default_profile", 11, "default_profile 'fast' is not one of profiles"),
+    (GOOD.replace("  - name: big", "  - name: small"), "models[1].name", 5, "appears twice"),
     (GOOD + "reliability: {max_retries: -1}\n", "reliability.max_retries", 11, "greater than or equal to 0"),
     (GOOD + "cache: {verifier_threshold: 1.5}\n", "cache.verifier_threshold", 11, "less than 1"),
 ])

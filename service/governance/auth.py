@@ -51,7 +51,8 @@ def master_key(app_state: Any) -> str | None:
 
 
 def require_admin(app_state: Any, headers: Mapping[str, str]) -> None:
-    """The guard of every admin endpoint: the master key as `Authorization: Bearer <key>`.
+    """The guard of every admin endpoint: the master key, presented as a client key is
+    (`Authorization: Bearer <key>` or `x-api-key`).
 
     Without a master key the admin endpoints are off (403), whatever the client's address:
     trusting loopback would make every client of a same-host reverse proxy an admin.
