@@ -392,6 +392,12 @@ class ContextualBandit:
         self.update(pending.model, pending.context, reward, pending.predicted, pending.p_std)
         return Observation(pending.model, pending.context, float(reward), pending.predicted, pending.p_std)
 
+    def forget(self, request_id: str) -> None:
+        """Drop the decision made with `request_id`: no reward for it will be learnt (another
+        model answered it, so its rewards say nothing about the model chosen)."""
+        with self._lock:
+            self._pending.pop(request_id, None)
+
     def feedback(self, request_id: str, reward: float) -> bool:
         """Delayed reward for a decision made with `request_id`; False if it is unknown."""
         return self.resolve(request_id, reward) is not None

@@ -384,3 +384,8 @@ def test_a_question_without_its_final_mark_is_the_same_question(verifier, embed)
     hit = get(cache, embed, body("How do I reset my password"))
     assert hit is not None and hit.kind == "semantic-hit" and hit.probability == 1.0
     assert get(cache, embed, body("How do I reset my email?")) is None  # one word more than a mark
+    # A final mark that is part of the question is not dropped: to the verifier, which refuses these.
+    put(cache, embed, body("What is 5!"), "120")
+    assert get(cache, embed, body("What is 5?")) is None
+    put(cache, embed, body("Escape this regex character: ."), r"\.")
+    assert get(cache, embed, body("Escape this regex character: ?")) is None

@@ -149,3 +149,30 @@ def test_an_upstream_refusing_the_request_itself_is_no_verdict_on_the_model(gw, 
     with pytest.raises(openai.BadRequestError):
         _ask(gw, "a request the upstream refuses")
     assert _feedback_rows(gw, 1, deadline_s=1.0) == []
+
+
+def _evidence(gw) -> dict[str, float]:
+    return {m: round(a["n_eff"], 6) for m, a in gw.app.state.learning.bandit.stats()["arms"].items() if a["n_eff"] > 0}
+
+
+def test_a_reward_for_an_answer_a_fallback_gave_is_no_reward_for_the_model_chosen(gw, upstream):
+    upstream.default("m1", server_error(503))  # chosen (best predicted), fails; m2 answers
+    upstream.default("m2", ok(""))  # ...with an empty answer: an implicit zero, but not m1's
+    raw = gw.client().chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "who answers this?"}])
+    assert raw.parse().model == "m2" and raw.headers["x-router-model"] == "m2"
+    rid = raw.headers["x-request-id"]
+    gw.outcome(rid)
+    assert httpx.post(f"{gw.url}/v1/feedback", json={"request_id": rid, "score": 1.0}).status_code == 200
+    assert _evidence(gw) == {}  # m1 learnt neither the empty answer nor the 1.0 (m1 got both before)
+    assert [r["signal"] for r in read_feedback(gw.db)] == ["empty", "score"]  # both kept for retraining
+
+
+def test_two_end_users_asking_the_same_is_no_regeneration(gw):
+    ask = lambda user: gw.client().chat.completions.with_raw_response.create(  # noqa: E731
+        model="auto", messages=[{"role": "user", "content": "Write a haiku about routers"}], user=user)
+    ask("alice")
+    ask("bob")
+    ask("alice")
+    rows = _feedback_rows(gw, 1, deadline_s=2.0)
+    assert [(r["signal"]) for r in rows] == ["regenerated"]  # alice again, not bob after alice

@@ -204,8 +204,19 @@ def repeat_key(ctx: RequestContext) -> str | None:
         return None
     if "repeat_key" not in ctx.extras:
         keys = ctx.extras.get("cache_keys") or request_keys(ctx.body, ctx.profile or ctx.requested_model, ctx.tenant)
-        ctx.extras["repeat_key"] = keys.exact
+        # The cache may answer two end users of one key alike (it ignores `user`); their asking
+        # the same is not one of them asking again.
+        ctx.extras["repeat_key"] = f"{keys.exact}\0{ctx.body.get('user') or ''}"
     return ctx.extras["repeat_key"]
+
+
+def chosen_model_is_judged(ctx: RequestContext) -> bool:
+    """Does what happened to this request say something about the model the router chose? Not
+    when a fallback answered, nor when the chosen model was skipped without a call."""
+    chosen = ctx.decision.model if ctx.decision is not None else None
+    if ctx.status in ("ok", "truncated", "client_closed"):
+        return ctx.answered_by == chosen
+    return any(a.get("model") == chosen and a.get("status") == "error" for a in ctx.attempts or ())
 
 
 def turn_rng(ctx: RequestContext) -> np.random.Generator:
@@ -247,6 +258,11 @@ class LearningHook:
             answered = _candidate(ctx.decision, ctx.answered_by)
             if answered is not None:
                 rt.bandit.observe_cost(ctx.answered_by, answered["cost_usd"], ctx.cost_usd)
+        if rt.bandit is not None and ctx.decision is not None and not chosen_model_is_judged(ctx):
+            # A fallback answered (or the chosen model was never called): no reward, explicit or
+            # implicit, is about the model chosen. The bandit leaves the decision out, as offline
+            # evaluation does; the feedback log still keeps every signal for retraining.
+            rt.bandit.forget(ctx.request_id)
         if ctx.decision is not None and ctx.cache_status in ("miss", "bypass"):
             signal = self.implicit_signal(ctx)
             if signal is not None:
