@@ -120,7 +120,10 @@ def create_app(
         await gateway.aclose()
         for hook in all_hooks:
             if isinstance(hook, CacheHook):
-                hook.close()  # after in-flight tasks finished: their cache writes land first
+                try:
+                    hook.close()  # after in-flight tasks finished: their cache writes land first
+                except Exception:  # the logs and governance below must still be closed
+                    log.exception("closing the response cache failed")
         if learning.feedback_log is not None:
             learning.feedback_log.close()
         if governance is not None:

@@ -53,6 +53,8 @@ def completion_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
         chunks.append({**base, "choices": [{"index": idx, "delta": {"role": msg.get("role", "assistant"), "content": ""}, "finish_reason": None}]})
         if msg.get("content"):
             chunks.append({**base, "choices": [{"index": idx, "delta": {"content": msg["content"]}, "finish_reason": None}]})
+        if msg.get("refusal"):  # a model's refusal is its answer: streamed as OpenAI streams it
+            chunks.append({**base, "choices": [{"index": idx, "delta": {"refusal": msg["refusal"]}, "finish_reason": None}]})
         calls = msg.get("tool_calls") or []
         if calls:
             delta_calls = [{"index": i, **call} for i, call in enumerate(calls)]
@@ -86,13 +88,15 @@ class Assembler:
 
     def _add_choice(self, choice: dict[str, Any]) -> None:
         slot = self._choices.setdefault(
-            choice.get("index", 0), {"role": "assistant", "content": [], "tool_calls": {}, "finish_reason": None}
+            choice.get("index", 0), {"role": "assistant", "content": [], "refusal": [], "tool_calls": {}, "finish_reason": None}
         )
         delta = choice.get("delta") or {}
         if delta.get("role"):
             slot["role"] = delta["role"]
         if delta.get("content"):
             slot["content"].append(delta["content"])
+        if delta.get("refusal"):
+            slot["refusal"].append(delta["refusal"])
         for call in delta.get("tool_calls") or ():
             entry = slot["tool_calls"].setdefault(call.get("index", 0), {"id": None, "type": "function", "name": [], "arguments": []})
             entry["id"] = call.get("id") or entry["id"]
@@ -114,6 +118,8 @@ class Assembler:
         for idx in sorted(self._choices):
             slot = self._choices[idx]
             message: dict[str, Any] = {"role": slot["role"], "content": "".join(slot["content"]) or None}
+            if slot["refusal"]:
+                message["refusal"] = "".join(slot["refusal"])
             if slot["tool_calls"]:
                 message["tool_calls"] = [
                     {"id": c["id"], "type": c["type"], "function": {"name": "".join(c["name"]), "arguments": "".join(c["arguments"])}}

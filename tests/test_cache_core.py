@@ -217,6 +217,20 @@ def test_malformed_rows_are_dropped_on_start(verifier, embed, tmp_path):
     assert len(reopened) == 0
 
 
+@pytest.mark.parametrize("damage", ["[1]", "{}", '{"choices": [7]}', '{"choices": []}'])
+def test_a_response_that_parses_but_is_no_completion_is_dropped_not_served(verifier, embed, tmp_path, damage):
+    # it was served: a 500 on every retry for "[1]", a hit with no answer for "{}"
+    cache = new_cache(verifier, tmp_path)
+    put(cache, embed, body("What is the capital of Italy?"), "Rome.")
+    cache.close()
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute("UPDATE entries SET response = ?", (damage,))
+    db.commit()
+    db.close()
+    reopened = new_cache(verifier, tmp_path)
+    assert get(reopened, embed, body("What is the capital of Italy?")) is None and len(reopened) == 0
+
+
 def test_concurrent_writers_and_readers(verifier, embed, tmp_path):
     cache = new_cache(verifier, tmp_path, max_entries=1000)
     questions = [f"What is item number {i} in the catalogue?" for i in range(40)]

@@ -133,6 +133,24 @@ def test_assembler_rebuilds_what_completion_to_chunks_split():
     assert asm.finished and asm.completion() == completion
 
 
+def test_a_refusal_streams_and_reassembles_as_a_refusal():
+    import openai.types.chat as types
+
+    completion = {
+        "id": "c2", "object": "chat.completion", "created": 5, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": None, "refusal": "I can't help with that."}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9},
+    }
+    chunks = completion_to_chunks(completion)  # how a cached refusal is streamed: it was an empty answer
+    deltas = [types.ChatCompletionChunk.model_validate(c).choices[0].delta for c in chunks if c["choices"]]
+    assert "".join(d.refusal or "" for d in deltas) == "I can't help with that."
+    asm = Assembler()
+    for c in chunks:
+        asm.add(c)
+    assert asm.completion() == completion
+
+
 def test_outcome_log_upgrades_an_older_table_in_place(tmp_path):
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as conn:

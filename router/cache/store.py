@@ -109,11 +109,16 @@ class Store:
         if row is None:
             return None
         try:
-            return json.loads(row[0])
+            response = json.loads(row[0])
         except ValueError:
+            response = None
+        # Only a chat.completion with its choices can be served: anything else is damage.
+        if not isinstance(response, dict) or not isinstance(response.get("choices"), list) or not response["choices"] \
+                or not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in response["choices"]):
             log.warning("cache entry %d has an unreadable response; dropping it", entry_id)
             self.delete([entry_id])
             return None
+        return response
 
     def delete(self, ids: list[int]) -> None:
         if ids:
@@ -144,5 +149,7 @@ class Store:
     def close(self) -> None:
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:  # a full disk: the WAL stays beside the file, and is replayed on open
+            log.warning("cache: could not checkpoint %s at shutdown: %s", self.path, exc)
         finally:
             self._db.close()
