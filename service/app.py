@@ -118,6 +118,7 @@ def create_app(
         if follower is not None:
             follower.stop()
         await gateway.aclose()
+        await learning.aclose()  # the shadow work the last requests' post-hooks started
         for hook in all_hooks:
             if isinstance(hook, CacheHook):
                 try:

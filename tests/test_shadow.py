@@ -155,3 +155,57 @@ def test_a_failed_shadow_call_gives_its_reservation_back(shadow_artifact, tmp_pa
             assert runtime.shadow_spend == pytest.approx(0.0, abs=1e-12)  # nothing was spent, nothing stays reserved
         finally:
             running.stop()
+
+
+def test_shadow_calls_stay_within_their_cap_however_long_the_answers(shadow_artifact, tmp_path):
+    import concurrent.futures
+
+    from service.hooks.learning_hook import LearningHook
+    from tests.fake_upstream import ok
+
+    db = f"sqlite:///{tmp_path}/shadow.sqlite"
+    cap = 0.02  # about two answers of 3,750 tokens at $2 per million
+    extra = f'learning: {{shadow: {{artifact: "{shadow_artifact}", call_share: 1.0, max_call_cost_usd: {cap}}}}}'
+    with FakeUpstream() as up:
+        for m in ("m2", "m3"):
+            up.default(m, ok("word " * 3000, delay_s=0.2))  # far longer than predicted, and in flight together
+        running = Running(fake_config(up.base_url, db, extra=extra), router=QualityRouter(LIVE))
+        try:
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda t: _ask(running.client(), t, False), PROMPTS))
+            rows = _shadows(db, len(PROMPTS))
+            runtime = next(h for h in running.gateway.pipeline.hooks if isinstance(h, LearningHook)).rt
+        finally:
+            running.stop()
+    spent = sum(r["call_cost_usd"] or 0.0 for r in rows)
+    assert any(r["called"] for r in rows) and spent <= cap  # it was $0.30 for a $0.01 cap
+    assert runtime.shadow_spend == pytest.approx(spent)  # every reservation settled to the real cost
+
+
+def test_a_slow_shadow_call_neither_queues_live_requests_nor_holds_back_their_outcome_rows(shadow_artifact, tmp_path):
+    from tests.fake_upstream import ok
+
+    db = f"sqlite:///{tmp_path}/shadow.sqlite"
+    extra = f'learning: {{shadow: {{artifact: "{shadow_artifact}", call_share: 1.0, max_call_cost_usd: 10.0}}}}'
+    with FakeUpstream() as up:
+        for m in ("m2", "m3"):
+            up.default(m, ok(delay_s=3.0))  # the candidate's model is slow
+        config = fake_config(up.base_url, db, extra=extra)
+        # two connections to the provider: shared with shadow calls, live requests waited behind them
+        config = config.model_copy(update={"providers": {"fake": config.providers["fake"].model_copy(
+            update={"max_connections": 2, "timeout_s": 10.0})}})
+        running = Running(config, router=QualityRouter(LIVE))
+        try:
+            waits = []
+            for text in PROMPTS[:5]:
+                started = time.monotonic()
+                _, model, rid = _ask(running.client(), text, False)
+                waits.append(time.monotonic() - started)
+                # the outcome row is there for feedback to any replica, not after the shadow call
+                deadline = time.monotonic() + 1.0
+                while running.gateway.outcome_log.get(rid) is None and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert model == "m1" and running.gateway.outcome_log.get(rid)["answered_model"] == "m1"
+        finally:
+            running.stop()
+    assert max(waits) < 1.5, waits  # it was ~3 s when live requests queued behind shadow calls

@@ -37,6 +37,7 @@ from service.pipeline import RequestContext
 
 log = logging.getLogger(__name__)
 RECENT = 100_000  # request ids and prompt keys remembered for feedback and regeneration
+SHADOW_INPUT_MARGIN = 1.25  # the prompt's token estimate can be short of the provider's count
 
 
 def _candidate(decision, model: str) -> dict[str, Any] | None:
@@ -73,6 +74,10 @@ class LearningRuntime:
         self._lock = threading.Lock()
         self.shadow_spend = 0.0
         self.rng = random.Random(config.learning.bandit.seed)  # samples the shadow calls
+        # Shadow calls get connection pools of their own: queued behind them, live requests to
+        # the same provider would wait (a slow candidate model changed the client's latency).
+        self._shadow_providers: dict[str, Any] = {}
+        self._shadow_tasks: set[asyncio.Task] = set()
 
     @classmethod
     def from_config(cls, config: Config, live_router: Any = None) -> "LearningRuntime":
@@ -163,17 +168,49 @@ class LearningRuntime:
         except NoEligibleModel:
             return None
 
+    def spawn_shadow(self, work: Any) -> None:
+        """Shadow work runs beside the request's other post-hooks, never before them: the
+        outcome row (which feedback sent to another replica looks for) is not held back."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def aclose(self, wait_s: float = 10.0) -> None:
+        """Let shadow work in flight finish (then cancel it), and close the shadow's pools."""
+        if self._shadow_tasks:
+            _, late = await asyncio.wait(set(self._shadow_tasks), timeout=wait_s)
+            for task in late:
+                task.cancel()
+        for provider in self._shadow_providers.values():
+            await provider.aclose()
+
+    def _shadow_provider(self, name: str) -> Any:
+        from service.providers import build_provider
+
+        live = self.gateway.providers.get(name) if self.gateway is not None else None
+        if live is None:
+            return None
+        if name not in self._shadow_providers:
+            self._shadow_providers[name] = build_provider(live.spec)
+        return self._shadow_providers[name]
+
     async def shadow_call(self, ctx: RequestContext, rec: ShadowRecord) -> None:
         """Ask the candidate's model too, on the shadow's own budget; the client never sees it."""
         shadow = self.config.learning.shadow
         spec = self.config.model(rec.shadow_model)
-        provider = self.gateway.providers.get(spec.provider) if self.gateway is not None else None
+        provider = self._shadow_provider(spec.provider)
         if provider is None:
             return
+        # The cap holds whatever the answer costs: the most this call can be billed is reserved
+        # (the prompt with a margin, the longest answer the request or the model allows), and
+        # settled to the real cost after. Reserving the predicted cost let answers longer than
+        # predicted, with calls in flight, spend 30x the cap.
+        out_cap = min(ctx.routing.max_output_tokens or spec.max_output_tokens, spec.max_output_tokens)
+        worst = spec.price.cost(ctx.routing.input_tokens * SHADOW_INPUT_MARGIN, out_cap)
         with self._lock:
-            if self.shadow_spend + rec.shadow_candidate.get("cost_usd", 0.0) > shadow.max_call_cost_usd:
+            if self.shadow_spend + worst > shadow.max_call_cost_usd:
                 return
-            self.shadow_spend += rec.shadow_candidate.get("cost_usd", 0.0)  # reserved; settled below
+            self.shadow_spend += worst
         body = {k: v for k, v in ctx.body.items() if k not in ("stream", "stream_options")}
         started = time.perf_counter()
         rec.called = True
@@ -182,14 +219,14 @@ class LearningRuntime:
         except Exception as exc:  # a failing shadow call is data, never an error for anyone
             rec.call_status = f"error: {type(exc).__name__}"
             with self._lock:  # it cost nothing: the reservation goes back to the cap
-                self.shadow_spend -= rec.shadow_candidate.get("cost_usd", 0.0)
+                self.shadow_spend -= worst
             return
         finally:
             rec.call_latency_s = time.perf_counter() - started
         usage = answer.get("usage") or {}
         rec.call_cost_usd = spec.price.usage_cost(usage)
         with self._lock:
-            self.shadow_spend += rec.call_cost_usd - rec.shadow_candidate.get("cost_usd", 0.0)
+            self.shadow_spend += rec.call_cost_usd - worst
         text, _ = _answer_text(answer)
         rec.call_status, rec.call_output_chars = "ok", len(text)
 
@@ -268,7 +305,7 @@ class LearningHook:
             if signal is not None:
                 await asyncio.to_thread(rt.record, Feedback(ctx.request_id, 0.0, source="implicit", signal=signal))
         if rt.shadow_router is not None and ctx.decision is not None and rt.feedback_log is not None:
-            await self.shadow(ctx)
+            rt.spawn_shadow(self.shadow(ctx))
 
     @staticmethod
     def implicit_signal(ctx: RequestContext) -> str | None:
