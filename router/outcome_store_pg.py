@@ -72,6 +72,8 @@ class PostgresStore:
         return self._rows(sql, args)
 
     def get(self, request_id: str) -> dict[str, Any] | None:
+        if "\x00" in request_id:  # no id of ours has one, and PostgreSQL refuses it in a query
+            return None
         rows = self._rows(f"SELECT {', '.join(COLUMNS)} FROM outcomes WHERE request_id = %s", [request_id])
         return rows[0] if rows else None
 

@@ -15,7 +15,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router.feedback_log import Feedback
 from service.errors import ApiError, bad_request
@@ -34,6 +34,14 @@ class FeedbackBody(BaseModel):
     thumbs: Literal["up", "down"] | None = None
     label: str | None = Field(default=None, max_length=200)
     comment: str | None = Field(default=None, max_length=4000)
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _a_number(cls, value: object) -> object:
+        # JSON true or "0.5" is not a score, though Python would read them as 1.0 and 0.5.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError("must be a number in [0, 1]")
+        return value
 
     @model_validator(mode="after")
     def _one_verdict(self) -> "FeedbackBody":

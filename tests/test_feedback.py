@@ -54,6 +54,8 @@ def test_unknown_request_is_rejected_with_an_openai_error(gw):
     ({"request_id": "x", "score": 1.5}, "score"),
     ({"request_id": "x", "thumbs": "sideways"}, "thumbs"),
     ({"request_id": "x", "score": 1, "colour": "red"}, "colour"),
+    ({"request_id": "x", "score": True}, "score"),  # were stored as 1.0 and 0.5
+    ({"request_id": "x", "score": "0.5"}, "score"),
 ])
 def test_malformed_feedback_is_a_400(gw, body, param):
     r = httpx.post(f"{gw.url}/v1/feedback", json=body)

@@ -32,12 +32,14 @@ def test_feedback_is_stored_in_postgres_and_read_back(pg_url):
             rid = _ask(gw, "What is two plus two?")
             gw.outcome(rid)
             missing = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": "req_nope", "thumbs": "up"})
+            nul = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": "req_\u0000x", "thumbs": "up"})  # was a 500
             ok = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": rid, "score": 0.25, "label": "math"})
             ok_body = ok.json()
         finally:
             gw.stop()
 
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "request_not_found"
+    assert nul.status_code == 404 and nul.json()["error"]["code"] == "request_not_found"
     assert ok.status_code == 200, ok.text
     assert ok_body == {"object": "feedback", "request_id": rid, "score": 0.25, "signal": "score"}
     rows = read_feedback(pg_url)
