@@ -32,12 +32,16 @@ DEFAULT_HNSW_FROM = 4096
 CANDIDATES = 4  # neighbours the verifier looks at; the best verified one wins
 
 
-def _without_question_mark(text: str) -> str:
-    """The text without one final "?" ending a word: "How do I reset my password?" and "... my
-    password" ask the same. Nothing else is dropped, since a final mark can be the question:
-    "What is 5!" (a factorial) is not "What is 5?", nor "Escape this character: ." "... : ?"."""
+def _without_end_mark(text: str) -> str:
+    """The text without its final "?" / "." marks when they end a word: "How do I reset my
+    password?", "... my password" and "... my password ?" ask the same. After anything else a
+    final mark can be the question itself, and stays: "What is 5!" (a factorial) is not
+    "What is 5?", nor "Escape this character: ." "... : ?"; and "!" is never dropped."""
     text = text.rstrip()
-    return text[:-1] if len(text) >= 2 and text[-1] == "?" and text[-2].isalpha() else text
+    stripped = text.rstrip(" \t\n.?")
+    if stripped and len(stripped) < len(text) and (stripped[-1].isalpha() or stripped[-1] in ")\"'\u201d\u2019"):
+        return stripped
+    return text
 
 
 @dataclass(frozen=True)
@@ -163,11 +167,11 @@ class ResponseCache:
         live = [(e, s) for e, s in ((self._alive(i, now), s) for i, s in found) if e is not None]
         if not live:
             return None
-        asked = _without_question_mark(keys.text)
+        asked = _without_end_mark(keys.text)
         for e, sim in live:
-            if _without_question_mark(e.text) == asked:
-                # The same words, one with a final "?" and one without: the verifier, trained on pairs
-                # that never differ by so little, can doubt them ("How do I reset my password").
+            if _without_end_mark(e.text) == asked:
+                # The same words, one with a final "?" or "." and one without: the verifier, trained
+                # on pairs that never differ by so little, can doubt them ("How do I reset my password").
                 return self._answer(e, "semantic-hit", sim, 1.0)
         cached = np.vstack([self._index.vector(keys.fingerprint, e.id) for e, _ in live])
         probs = self.verifier.accept_probability(
