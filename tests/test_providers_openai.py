@@ -86,6 +86,13 @@ async def test_insufficient_quota_is_not_a_rate_limit(up, provider):
     with pytest.raises(UpstreamError) as info:
         await provider.complete(MODEL, BODY)
     assert info.value.kind == "auth" and info.value.failover and not info.value.retryable
+    # An ordinary rate limit stays one, though OpenAI's message links to the billing page.
+    up.script("upstream-id", error(429, "Rate limit reached for gpt-4 on requests per min. You can increase your rate "
+                                   "limit by adding a payment method at https://platform.openai.com/account/billing.",
+                                   "rate_limit_exceeded", "requests"))
+    with pytest.raises(UpstreamError) as info:
+        await provider.complete(MODEL, BODY)
+    assert info.value.kind == "rate_limit"
 
 
 async def test_complete_returns_tool_calls(up, provider):

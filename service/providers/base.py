@@ -54,7 +54,8 @@ _CONTEXT_WORDING = re.compile(
 _AUTH_WORDING = re.compile(r"API key not valid|API key expired|API_KEY_INVALID|invalid api key", re.IGNORECASE)
 # An account out of credit or quota: not transient (OpenAI says it with a 429, Anthropic with a 400),
 # so another model, never a retry or a 429 the client would wait out.
-_BILLING_WORDING = re.compile(r"insufficient_quota|credit balance|billing", re.IGNORECASE)
+# Not the word "billing" alone: OpenAI's ordinary rate-limit messages link to its billing page.
+_BILLING_WORDING = re.compile(r"insufficient_quota|credit balance is too low|billing_hard_limit|billing_not_active", re.IGNORECASE)
 
 
 class UpstreamError(Exception):
