@@ -74,6 +74,15 @@ class ModelSpec(_Strict):
     def predictor_name(self) -> str:
         return self.router_model or self.name
 
+    def output_cap(self, requested: int | None) -> int | None:
+        """The output limit a request for `requested` tokens is sent with: lowered to this
+        model's `max_output_tokens` (a router may pick a model with a smaller limit than the
+        client had in mind, and the upstream refuses a larger one with a 400). A limit left at
+        its default is not known to be the model's, so it lowers nothing."""
+        if not requested:
+            return None
+        return min(requested, self.max_output_tokens) if "max_output_tokens" in self.model_fields_set else requested
+
 
 class ProviderSpec(_Strict):
     kind: Literal["openai", "anthropic", "gemini", "simulated"]

@@ -126,7 +126,8 @@ def _exclusion(spec: ModelSpec, request: RoutingRequest, allowed: frozenset[str]
     missing = set(request.needs) - set(spec.capabilities)
     if missing:
         return f"lacks capability {', '.join(sorted(missing))}"
-    needed = request.input_tokens + (request.max_output_tokens or int(np.ceil(out_tokens)))
+    # The output limit as the model will be sent it (lowered to its own limit), not as asked.
+    needed = request.input_tokens + (spec.output_cap(request.max_output_tokens) or int(np.ceil(out_tokens)))
     if needed > spec.context_window:
         return f"context window {spec.context_window} < {needed} tokens"
     if not tags <= spec.tags:

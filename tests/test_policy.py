@@ -87,6 +87,19 @@ def test_each_hard_constraint_excludes(kwargs, request_, gone, why):
     assert gone not in d.fallbacks()
 
 
+def test_the_context_check_counts_the_output_limit_the_model_will_be_sent():
+    # OpenClaw asks for up to 32,768 tokens; a 16k model whose own limit is 4,096 gets 4,096, and fits.
+    small = [spec("small", 0.1, 0.1, context_window=16384, max_output_tokens=4096), CATALOG[2]]
+    pred = Predictions(models=["small", "best"], p_good=np.array([[0.9, 0.8]]), p_good_std=np.full((1, 2), 0.05),
+                       output_tokens=np.full((1, 2), 100.0), cost_usd=np.array([[0.0001, 0.01]]), latency_s=np.ones((1, 2)))
+    ask = RoutingRequest(text="next step", input_tokens=9000, max_output_tokens=32768)
+    assert decide(pred, ask, catalog=small, profile=Profile(willingness_to_pay=1.0)).model == "small"
+    # A limit left at its default (not known to be the model's) is not assumed: the request's counts.
+    unknown = [spec("small", 0.1, 0.1, context_window=16384), CATALOG[2]]
+    d = decide(pred, ask, catalog=unknown, profile=Profile(willingness_to_pay=1.0))
+    assert d.model == "best" and "context window" in next(c.excluded for c in d.candidates if c.model == "small")
+
+
 def test_profile_limits_merge_with_request_constraints():
     d = route(Profile(willingness_to_pay=1e3, max_cost_usd=0.005), constraints=Constraints(max_cost_usd=0.5))
     assert d.model == "mid"

@@ -249,14 +249,8 @@ async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str 
 
 
 def output_limit(model: ModelSpec, body: dict[str, Any]) -> int | None:
-    """The request's output cap for this model: `max_completion_tokens` / `max_tokens`, lowered to
-    the model's configured `max_output_tokens` (a router may pick a model with a smaller limit
-    than the client had in mind, and the upstream refuses a larger one with a 400). A limit left
-    at its default is not known to be the model's, so it lowers nothing."""
-    requested = body.get("max_completion_tokens") or body.get("max_tokens")
-    if not requested:
-        return None
-    return min(requested, model.max_output_tokens) if "max_output_tokens" in model.model_fields_set else requested
+    """The request's `max_completion_tokens` / `max_tokens` as sent to this model (`ModelSpec.output_cap`)."""
+    return model.output_cap(body.get("max_completion_tokens") or body.get("max_tokens"))
 
 
 def tool_arguments(arguments: Any) -> dict[str, Any]:
