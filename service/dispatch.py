@@ -101,7 +101,8 @@ class Dispatcher:
         return failover_chain(self.config, ctx)
 
     def _fits(self, spec: ModelSpec, ctx: RequestContext, smallest_failed_window: int | None) -> bool:
-        needed = ctx.routing.input_tokens + (ctx.routing.max_output_tokens or 0)
+        # The output limit as this model will be sent it, as the policy counted it.
+        needed = ctx.routing.input_tokens + (spec.output_cap(ctx.routing.max_output_tokens) or 0)
         if smallest_failed_window is not None and spec.context_window <= smallest_failed_window:
             return False
         return needed <= spec.context_window

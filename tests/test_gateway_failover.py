@@ -300,6 +300,18 @@ def test_a_streamed_answer_without_upstream_usage_gets_and_bills_an_estimate(sta
     assert row["output_tokens"] == usage[0].completion_tokens and row["cost_usd"] > 0
 
 
+def test_a_model_whose_own_output_limit_fits_its_window_answers_a_larger_requested_limit(start, upstream):
+    # OpenClaw asks for 32,768 output tokens; m1 (16k window, 4,096 out) is sent 4,096 and fits.
+    # The router's policy counted it so; the dispatcher skipped m1 on the raw 32,768, and the
+    # dearest model of the chain answered every turn.
+    models = [{"name": "m1", "context_window": 16384, "max_output_tokens": 4096},
+              {"name": "m2", "context_window": 200000}, {"name": "m3", "context_window": 200000}]
+    gw = start(models=models)
+    answer = gw.client().chat.completions.with_raw_response.create(model="auto", messages=MSG, max_completion_tokens=32768)
+    assert answer.parse().model == "m1" and "fallback" not in answer.headers["x-router-reason"]
+    assert upstream.requests_for("m1")[-1].body["max_completion_tokens"] == 4096
+
+
 def test_a_named_models_fallbacks_respect_the_requests_cost_cap(start, upstream):
     models = [{"name": "m1", "context_window": 100000, "fallbacks": ["m2", "m3"]},
               {"name": "m2", "context_window": 100000, "in": 1000.0, "out": 1000.0},
