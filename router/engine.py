@@ -91,8 +91,12 @@ class LearnedRouter:
         the artifact's models at the prices seen in training."""
         X = self.featurize(requests, embeddings)
         in_tok = np.array([r.input_tokens or estimate_tokens(r.text) for r in requests], dtype=np.float64)
+        answers = np.array([r.answers for r in requests], dtype=np.float64)
         if catalog is None:
-            return self.predictor.predict(X, in_tok)
+            caps = np.array([[r.max_output_tokens or np.inf] for r in requests], dtype=np.float64)
+            return self.predictor.predict(X, in_tok, output_caps=caps, answers=answers)
+        # What each model may write for each request: its max_tokens as that model is sent it.
+        caps = np.array([[s.output_cap(r.max_output_tokens) or np.inf for s in catalog] for r in requests], dtype=np.float64)
         return self.predictor.predict(
             X,
             in_tok,
@@ -101,6 +105,8 @@ class LearnedRouter:
             ttft_s=[s.ttft_s for s in catalog],
             throughput_tps=[s.throughput_tps for s in catalog],
             names=[s.name for s in catalog],
+            output_caps=caps,
+            answers=answers,
         )
 
     def artifact_name(self, spec: ModelSpec) -> str:

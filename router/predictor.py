@@ -321,12 +321,15 @@ class OutcomePredictor:
 
     def predict(self, X: np.ndarray, input_tokens: np.ndarray | None = None, models: Sequence[str] | None = None,
                 prices: Sequence[tuple[float, float]] | None = None, ttft_s: Sequence[float] | None = None,
-                throughput_tps: Sequence[float] | None = None, names: Sequence[str] | None = None) -> Predictions:
+                throughput_tps: Sequence[float] | None = None, names: Sequence[str] | None = None,
+                output_caps: np.ndarray | None = None, answers: np.ndarray | None = None) -> Predictions:
         """Predictions for `models` (artifact names, default all; unseen names get the prior).
 
         `prices`, `ttft_s`, `throughput_tps` are per requested model (the catalog's); without
         them the prices seen in training and default speeds are used. `names` relabels the
         output columns (catalog names when several entries share one artifact model).
+        `output_caps` (N, M): the most output tokens each request lets each model write (its
+        `max_tokens`); `answers` (N,): `n`, every answer's output billed.
         """
         Z = self.transform(X)
         n = len(Z)
@@ -343,11 +346,14 @@ class OutcomePredictor:
         std = np.full((n, len(models)), UNSEEN_STD)
         tok = np.full((n, len(models)), unseen_tokens)
         p[:, seen], std[:, seen], tok[:, seen] = p_known[:, src], std_known[:, src], tok_known[:, src]
+        if output_caps is not None:
+            tok = np.minimum(tok, output_caps)  # a 5-token answer costs 5 tokens, whatever the model would say
+        billed = tok if answers is None else tok * np.asarray(answers, dtype=np.float64)[:, None]
         in_tok = np.ones(n) if input_tokens is None else np.asarray(input_tokens, dtype=np.float64)
         price = np.array([
             prices[j] if prices is not None else self.prices.get(name, (0.0, 0.0)) for j, name in enumerate(models)
         ], dtype=np.float64).reshape(len(models), 2)
-        cost = (in_tok[:, None] * price[None, :, 0] + tok * price[None, :, 1]) / 1e6
+        cost = (in_tok[:, None] * price[None, :, 0] + billed * price[None, :, 1]) / 1e6
         ttft = np.asarray(ttft_s if ttft_s is not None else [DEFAULT_TTFT_S] * len(models), dtype=np.float64)
         tps = np.asarray(throughput_tps if throughput_tps is not None else [DEFAULT_THROUGHPUT_TPS] * len(models), dtype=np.float64)
         latency = ttft[None, :] + tok / tps[None, :]

@@ -72,15 +72,14 @@ def estimate_tokens(text: str) -> int:
 def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
     """The routing view of a chat-completions body (assumed already schema-checked)."""
     messages = list(body.get("messages") or [])
-    tools = body.get("tools") or []
+    tools = body.get("tools") or body.get("functions") or []  # `functions`: the legacy form of tools
     last_user = ""
     system_parts = []
     total_chars = 0
     for m in messages:
         text = content_text(m.get("content"))
         total_chars += token_chars(text)
-        for call in m.get("tool_calls") or []:
-            fn = call.get("function") or {}
+        for fn in [call.get("function") or {} for call in m.get("tool_calls") or []] + [m.get("function_call") or {}]:
             total_chars += token_chars(str(fn.get("name", ""))) + token_chars(str(fn.get("arguments", "")))
         role = m.get("role")
         if role == "user":
@@ -99,6 +98,7 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
     if images:
         needs.add("vision")
     max_out = body.get("max_completion_tokens") or body.get("max_tokens")
+    n = body.get("n")
     n_turns = sum(1 for m in messages if m.get("role") == "user")
     if not last_user and messages:
         # No text in the last user turn (an image alone): route on the latest user text there is,
@@ -111,6 +111,7 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
         has_tools=bool(tools),
         needs=frozenset(needs),
         max_output_tokens=int(max_out) if isinstance(max_out, int) else None,
+        answers=n if isinstance(n, int) and n > 1 else 1,
         system_text="\n".join(system_parts),
     )
 

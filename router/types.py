@@ -25,6 +25,7 @@ class RoutingRequest:
     has_tools: bool = False
     needs: frozenset[str] = frozenset()  # capabilities the request requires: tools, json, vision
     max_output_tokens: int | None = None
+    answers: int = 1  # `n`: the upstream bills every answer's output
     system_text: str = ""
 
 

@@ -57,9 +57,10 @@ def resolve_model(name: str, config: Config) -> str | None:
 
 
 def _header_list(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
+    """A comma-separated header; an empty one (a templated client's unset variable) is no limit,
+    as the other empty x-router-* headers are."""
+    items = [v.strip() for v in (value or "").split(",") if v.strip()]
+    return items or None
 
 
 def _header_float(headers: Mapping[str, str], name: str) -> float | None:

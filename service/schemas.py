@@ -55,7 +55,7 @@ class RouterOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_cost_usd: Number | None = Field(default=None, gt=0)
     max_latency_s: Number | None = Field(default=None, gt=0)
-    allowed_models: list[StrictStr] | None = None
+    allowed_models: list[StrictStr] | None = Field(default=None, min_length=1)  # [] would refuse every model
     excluded_models: list[StrictStr] | None = None
     required_tags: list[StrictStr] | None = None
     local_only: StrictBool | None = None

@@ -75,6 +75,16 @@ def test_chat_request_turns_tools_and_json():
     assert np.array_equal(request_features([view_chat_request(agent)])[0], x[0])
 
 
+def test_legacy_functions_need_tools_and_count_as_input():
+    fn = {"name": "lookup", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    legacy = view_chat_request({"messages": [{"role": "user", "content": "weather?"},
+                                             {"role": "assistant", "content": None, "function_call": {"name": "lookup", "arguments": '{"city": "Oslo"}'}},
+                                             {"role": "function", "name": "lookup", "content": "sunny"}],
+                                "functions": [fn], "function_call": "auto"})
+    modern = view_chat_request({"messages": [{"role": "user", "content": "weather?"}], "tools": [{"type": "function", "function": fn}]})
+    assert "tools" in legacy.needs and legacy.has_tools and legacy.input_tokens > modern.input_tokens - 10
+
+
 def test_a_turn_without_user_text_routes_on_the_last_user_text_never_the_system_prompt():
     system = {"role": "system", "content": "You are OpenClaw, a coding agent. " * 200}
     image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}
@@ -122,3 +132,20 @@ def test_token_estimate_counts_a_cjk_character_as_a_token_not_a_quarter():
     assert 0.5 * len("Привет, как дела?") <= estimate_tokens("Привет, как дела?") <= len("Привет, как дела?")
     body = {"messages": [{"role": "system", "content": "你是一个乐于助人的助手。" * 300}, {"role": "user", "content": chinese}]}
     assert view_chat_request(body).input_tokens >= 3600 + 2300
+
+
+def test_the_shipped_routers_costs_follow_the_requests_max_tokens_and_n():
+    from router.engine import LearnedRouter, default_artifact
+
+    router = LearnedRouter.load(default_artifact())
+    turn = [{"role": "user", "content": "Explain the history of the Roman empire in detail"}]
+    free, capped, eight = (view_chat_request({"messages": turn, **extra}) for extra in ({}, {"max_tokens": 5}, {"n": 8}))
+    pred = router.predict([free, capped, eight])
+    assert (pred.output_tokens[0] > 5).all() and (pred.output_tokens[1] <= 5).all()
+    # A 5-token answer costs 5 tokens and takes 5 tokens' time: gpt-4 was excluded from a $0.001
+    # cap at $0.0065 predicted, though 5 tokens cost it $0.0003 at most.
+    assert (pred.cost_usd[1] < pred.cost_usd[0]).all() and (pred.latency_s[1] < pred.latency_s[0]).all()
+    prices = np.array([router.predictor.prices[m] for m in pred.models])
+    for row, n in ((0, 1), (2, 8)):  # every one of n answers is billed; the prompt once
+        expected = (eight.input_tokens * prices[:, 0] + n * pred.output_tokens[row] * prices[:, 1]) / 1e6
+        np.testing.assert_allclose(pred.cost_usd[row], expected)

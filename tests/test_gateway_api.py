@@ -174,6 +174,12 @@ def test_router_hot_swap_takes_effect_without_restart(gw):
     assert gw.client().chat.completions.create(model="auto", messages=MSG).model == "m3"
 
 
+def test_an_empty_limit_header_is_no_limit(gw):
+    # a templated client sending an unset variable: every other empty x-router-* header meant no limit
+    d = httpx.post(f"{gw.url}/v1/route", json={"model": "auto", "messages": MSG}, headers={"x-router-allowed-models": ","})
+    assert d.status_code == 200 and d.json()["model"] == "m1"
+
+
 def test_models_route_health_and_metrics(gw):
     models = gw.client().models.list().data
     ids = [m.id for m in models]
@@ -210,6 +216,8 @@ BAD = [
     (b'{"model": "gpt-17", "messages": [{"role": "user", "content": "hi"}]}', 404, "model_not_found"),
     (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "router": {"allowed_models": ["nope"]}}', 400, "model_not_found"),
     (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "router": {"budget": 1}}', 400, "invalid_value"),
+    # an empty list of allowed models would refuse every model: said so, not "no eligible model"
+    (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "router": {"allowed_models": []}}', 400, "invalid_value"),
     # n answers are billed n times: a trillion overflowed the spend log's integers and went unrecorded
     (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "n": 1000000000000}', 400, "invalid_value"),
     # deeper than Python's JSON parser can recurse: was a 500

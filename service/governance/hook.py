@@ -200,7 +200,7 @@ class GovernanceHook:
             predicted = self.most(ctx, named) if named else worst
         else:
             chosen = next((c for c in decision.candidates if c.model == decision.model), None)
-            predicted = chosen.cost_usd * self.answers(ctx) if chosen is not None else worst
+            predicted = chosen.cost_usd if chosen is not None else worst  # every one of `n` answers priced in
         return to_nusd(predicted) or 0, to_nusd(max(worst, predicted)) or 0
 
     def _keep_fallbacks_under_ceiling(self, ctx: RequestContext, ceiling_usd: float) -> None:
