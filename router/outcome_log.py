@@ -66,6 +66,15 @@ _JSON_FIELDS = ("candidates", "fallback_chain", "attempts", "extras")
 CLIENT_FAULT_KINDS = frozenset({"bad_request", "context_length"})
 
 
+def judges_chosen_model(status: str, chosen: str | None, answered: str | None, attempts: list[dict[str, Any]] | None) -> bool:
+    """Does what happened to a request say something about the model the router chose? Not
+    when a fallback answered, nor when the chosen model was skipped without a call. One rule
+    for the live bandit and for retraining and off-policy evaluation."""
+    if status in ("ok", "truncated", "client_closed"):
+        return answered == chosen
+    return any(a.get("model") == chosen and a.get("status") == "error" for a in attempts or ())
+
+
 def failed_by_its_models(status: str, attempts: list[dict[str, Any]] | None) -> bool:
     """An error that counts against the models tried (reward 0), not a refused request."""
     failures = [a for a in attempts or () if a.get("status") == "error"]

@@ -143,6 +143,11 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
     if ctx.stream:
         return await _stream(gw, ctx)
     answer = await gw.dispatcher.complete(ctx, ctx.body)
+    if not isinstance(answer.get("usage"), dict):
+        # An upstream that reports no usage: the client gets, and is billed at, the estimate a
+        # streamed answer gets (every choice, tool-call arguments included).
+        answer["usage"] = estimated_usage(ctx, answer)
+        ctx.extras["usage_estimated"] = True
     ctx.response = answer
     ctx.status = "ok"
     ctx.extras["reason"] = _reason(ctx)

@@ -242,6 +242,10 @@ def test_eval_of_a_costed_file_missing_one_models_cost_names_the_column(eval_fil
     # Priced at tokens x price beside recorded costs, claude-v1 cost 2.3x its recorded mean.
     assert _eval(common) == 2
     assert "cost_usd__claude-v1" in capsys.readouterr().err
+    # A sealed file whose only cost column is a model the router does not know is priced alike.
+    bare = df[[c for c in df.columns if not c.startswith("cost_usd__")]].assign(**{"cost_usd__brand-new-model": 0.001})
+    bare.to_parquet(path, index=False)
+    assert _eval([*common, "--knob-points", 6]) == 0
     # --models leaves it out, and with it the check (as for NaN labels of a model left out).
     df.drop(columns=["cost_usd__claude-v1"]).assign(**{"quality__claude-v1": np.nan}).to_parquet(path, index=False)
     assert _eval([*common, "--models", "gpt-4-1106-preview,mixtral-8x7b-chat", "--knob-points", 6]) == 0

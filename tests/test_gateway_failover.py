@@ -298,6 +298,11 @@ def test_a_streamed_answer_without_upstream_usage_gets_and_bills_an_estimate(sta
     assert usage[0].completion_tokens >= 250  # the tool call's ~1,000 characters of arguments
     row = gw.outcomes(at_least=1)[-1]
     assert row["output_tokens"] == usage[0].completion_tokens and row["cost_usd"] > 0
+    # Not streamed, the same answer gets the same estimate (the adapter's own counted one choice,
+    # and the prompt from its JSON, where a CJK character reads as six).
+    answer = gw.client().chat.completions.create(model="m1", messages=MSG)
+    assert answer.usage.completion_tokens == usage[0].completion_tokens
+    assert answer.usage.prompt_tokens == usage[0].prompt_tokens
 
 
 def test_a_model_whose_own_output_limit_fits_its_window_answers_a_larger_requested_limit(start, upstream):

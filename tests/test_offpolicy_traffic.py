@@ -59,12 +59,12 @@ def test_hash_storage_keeps_logged_requests_usable(tmp_path):
     assert not np.allclose(np.sort(live, axis=0), np.sort(text_only, axis=0))
 
 
-def test_a_feature_row_from_another_feature_set_is_recomputed_or_left_out(tmp_path):
+def test_a_feature_row_from_another_feature_set_is_converted_recomputed_or_left_out(tmp_path):
     from router.features import FEATURE_NAMES
     from router.outcome_log import OutcomeRecord, SQLiteStore
 
     candidates = [{"model": "m1", "p_good": 0.8, "utility": 0.7}, {"model": "m2", "p_good": 0.6, "utility": 0.55}]
-    old_row = [9.0] * (len(FEATURE_NAMES) + 1)  # logged by a version with one more cheap feature
+    old_row = [9.0] * (len(FEATURE_NAMES) + 2)  # a width no version of this router logged
     prompt = "Explain the difference between a list and a tuple"
 
     def record(request_id: str, prompt: str | None) -> OutcomeRecord:
@@ -79,3 +79,41 @@ def test_a_feature_row_from_another_feature_set_is_recomputed_or_left_out(tmp_pa
     traffic = load_traffic(f"sqlite:///{tmp_path}/log.sqlite")
     assert traffic.request_ids == ["kept"]
     np.testing.assert_array_equal(traffic.features[0], request_features([RoutingRequest(text=prompt)])[0])
+
+
+def test_a_row_logged_with_the_request_size_feature_keeps_the_rest_of_its_features(tmp_path):
+    from router.features import FEATURE_NAMES
+    from router.outcome_log import OutcomeRecord, SQLiteStore
+
+    live = list(range(len(FEATURE_NAMES)))  # what the router saw, in today's order
+    store = SQLiteStore(tmp_path / "log.sqlite")
+    store.write_many([OutcomeRecord(
+        request_id="before-the-change", prompt="[system] a 30 KB agent prompt...\n[user] list the files", prompt_hash="h",
+        candidates=[{"model": "m1", "p_good": 0.8, "utility": 0.7}], embedding=np.ones(384, dtype=np.float32).tobytes(),
+        chosen_model="m1", propensity=1.0, status="error", attempts=[{"model": "m1", "status": "error", "kind": "server_error"}],
+        extras={"features": [8.1, *live]})])  # log_input_tokens came first
+    store.close()
+    traffic = load_traffic(f"sqlite:///{tmp_path}/log.sqlite")
+    np.testing.assert_array_equal(traffic.features[0], live)  # not recomputed from the stored system prompt
+
+
+def test_retraining_leaves_out_what_the_live_bandit_leaves_out(tmp_path):
+    from router.outcome_log import OutcomeRecord, SQLiteStore
+
+    def rec(rid: str, status: str, answered: str | None, attempts: list) -> OutcomeRecord:
+        return OutcomeRecord(request_id=rid, prompt="q", prompt_hash="h", candidates=[{"model": "m1", "p_good": 0.8, "utility": 0.7}],
+                             embedding=np.ones(384, dtype=np.float32).tobytes(), chosen_model="m1", propensity=1.0,
+                             status=status, answered_model=answered, attempts=attempts)
+
+    store = SQLiteStore(tmp_path / "log.sqlite")
+    store.write_many([
+        rec("m1-failed", "error", None, [{"model": "m1", "status": "error", "kind": "server_error"}]),
+        # the chosen model's circuit was open: never called, so the failure says nothing of it
+        rec("m1-skipped", "error", None, [{"model": "m1", "status": "skipped", "reason": "circuit_open"},
+                                          {"model": "m2", "status": "error", "kind": "server_error"}]),
+        # a fallback's answer was cut off: its truncation is not m1's
+        rec("m2-truncated", "truncated", "m2", [{"model": "m1", "status": "error", "kind": "server_error"},
+                                                {"model": "m2", "status": "ok"}]),
+    ])
+    store.close()
+    assert load_traffic(f"sqlite:///{tmp_path}/log.sqlite").request_ids == ["m1-failed"]

@@ -278,7 +278,7 @@ async def test_error_objects_inside_a_200_and_missing_usage():
             kinds.append(info.value.kind)
         assert kinds == ["server", "context_length"]
         result = await p.complete(MODEL, BODY)
-        assert result["usage"]["completion_tokens"] == 5 and result["usage"]["prompt_tokens"] > 20
+        assert "usage" not in result  # the gateway estimates it, as for a stream (tests/test_gateway_failover.py)
         with pytest.raises(UpstreamError) as info:
             await p.complete(MODEL, BODY)
         assert info.value.kind == "malformed"

@@ -242,13 +242,13 @@ def run(args: argparse.Namespace) -> int:
     columns = set(read_frame(args.data).columns)
 
     def prices_for(file_columns: set[str]) -> dict[str, ModelPrice]:
-        # A file without cost columns (a sealed test set may lack them) is priced at the prices the
-        # router was trained with, unless --prices says otherwise. In a file that records costs, a
-        # model without its cost column is an error (or --prices): tokens x price next to recorded
-        # costs would put that model at another scale.
+        # A file without cost columns for the models evaluated (a sealed test set may lack them)
+        # is priced at the prices the router was trained with, unless --prices says otherwise. In
+        # a file that records their costs, a model without its cost column is an error (or
+        # --prices): tokens x price next to recorded costs would put it at another scale.
         if args.prices:
             return load_prices(args.prices)
-        if any(c.startswith("cost_usd__") for c in file_columns):
+        if any(c.startswith("cost_usd__") and keep(c[len("cost_usd__"):]) for c in file_columns):
             return {}
         return {m: ModelPrice(*p) for m, p in router.predictor.prices.items()}
 
@@ -258,13 +258,13 @@ def run(args: argparse.Namespace) -> int:
     # of the others.
     known = set(router.models)
     wanted = (known & set(models)) if models else known
+    keep = (wanted or known).__contains__
     in_file = [c[len("quality__"):] for c in sorted(columns) if c.startswith("quality__")]
     unknown = [m for m in in_file if m not in known]
     if in_file and len(unknown) == len(in_file):
         raise ValueError(f"{args.data}: no model is both in the file ({in_file}) and known to the router ({list(router.models)})")
     if unknown:
         log.warning("models in %s that the router does not know, left out: %s", args.data, unknown)
-    keep = (wanted or known).__contains__
     table = load_outcomes(args.data, text_column=args.text_column, prices=prices_for(columns), keep=keep)
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()] if args.budgets else []
     knn_train = None

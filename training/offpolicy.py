@@ -64,13 +64,17 @@ def _missing(value) -> bool:
 
 
 def _stored_features(row) -> list[float] | None:
-    """The feature row logged with the request, if it is one of this router's feature set: a row
-    logged by a version with other cheap features is recomputed from its prompt (or, with no
-    prompt kept, the request is left out) rather than fed to a predictor in the wrong columns."""
+    """The feature row logged with the request, in this router's feature set. Rows logged before
+    `log_input_tokens` was dropped hold it first, then today's features in order: they lose it.
+    A row of any other width is left out (recomputed from the prompt where one is kept): the
+    stored prompt holds the system prompt too, which the features never read, so it is the
+    last resort."""
     from router.features import FEATURE_NAMES
 
     extras = row.extras if isinstance(row.extras, dict) else {}
     stored = extras.get("features")
+    if isinstance(stored, list) and len(stored) == len(FEATURE_NAMES) + 1:
+        return stored[1:]
     return stored if isinstance(stored, list) and len(stored) == len(FEATURE_NAMES) else None
 
 
@@ -90,7 +94,7 @@ def load_traffic(db: str) -> Traffic:
     """Usable logged requests of the outcome log at `db`, oldest first."""
     from router.embedding import DIM
     from router.feedback_log import latest_rewards, read_feedback
-    from router.outcome_log import failed_by_its_models, read_outcomes
+    from router.outcome_log import failed_by_its_models, judges_chosen_model, read_outcomes
 
     df = read_outcomes(db)
     feedback = read_feedback(db)
@@ -108,8 +112,8 @@ def load_traffic(db: str) -> Traffic:
             reward = 0.0
         else:
             continue
-        if row.status == "ok" and row.answered_model != row.chosen_model:
-            continue  # a fallback answered: the reward is not the chosen model's
+        if not judges_chosen_model(row.status, row.chosen_model, row.answered_model, row.attempts):
+            continue  # a fallback answered, or the chosen model was never called: the reward is not its
         keep.append((row, reward))
     models = sorted({c["model"] for row, _ in keep for c in row.candidates})
     col = {m: j for j, m in enumerate(models)}

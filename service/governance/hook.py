@@ -186,7 +186,9 @@ class GovernanceHook:
         """The most `spec` may bill for this request: its input with margins, every answer at the output cap."""
         messages = ctx.body.get("messages") or ()
         input_max = ctx.routing.input_tokens * INPUT_MARGIN + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REQUEST
-        out = min(ctx.routing.max_output_tokens or spec.max_output_tokens, spec.max_output_tokens)
+        # The output limit as the adapter sends it: a client's larger limit stands for a model whose
+        # own limit is left at its default (ModelSpec.output_cap), and the upstream may bill all of it.
+        out = spec.output_cap(ctx.routing.max_output_tokens) or spec.max_output_tokens
         return spec.price.cost(input_max, out * self.answers(ctx))
 
     def estimate(self, ctx: RequestContext) -> tuple[int, int]:

@@ -31,7 +31,7 @@ from router.bandit import BanditSettings, ContextualBandit
 from router.cache.keys import request_keys
 from router.config import Config, resolve_path
 from router.feedback_log import Feedback, FeedbackStore, ShadowRecord, open_feedback_log
-from router.outcome_log import failed_by_its_models
+from router.outcome_log import failed_by_its_models, judges_chosen_model
 from service.bandit_sync import BanditSync
 from service.pipeline import RequestContext
 
@@ -205,8 +205,8 @@ class LearningRuntime:
         # (the prompt with a margin, the longest answer the request or the model allows), and
         # settled to the real cost after. Reserving the predicted cost let answers longer than
         # predicted, with calls in flight, spend 30x the cap.
-        out_cap = min(ctx.routing.max_output_tokens or spec.max_output_tokens, spec.max_output_tokens)
-        worst = spec.price.cost(ctx.routing.input_tokens * SHADOW_INPUT_MARGIN, out_cap)
+        out_cap = spec.output_cap(ctx.routing.max_output_tokens) or spec.max_output_tokens  # as the adapter sends it
+        worst = spec.price.cost(ctx.routing.input_tokens * SHADOW_INPUT_MARGIN, out_cap * ctx.routing.answers)
         with self._lock:
             if self.shadow_spend + worst > shadow.max_call_cost_usd:
                 return
@@ -245,15 +245,6 @@ def repeat_key(ctx: RequestContext) -> str | None:
         # the same is not one of them asking again.
         ctx.extras["repeat_key"] = f"{keys.exact}\0{ctx.body.get('user') or ''}"
     return ctx.extras["repeat_key"]
-
-
-def chosen_model_is_judged(ctx: RequestContext) -> bool:
-    """Does what happened to this request say something about the model the router chose? Not
-    when a fallback answered, nor when the chosen model was skipped without a call."""
-    chosen = ctx.decision.model if ctx.decision is not None else None
-    if ctx.status in ("ok", "truncated", "client_closed"):
-        return ctx.answered_by == chosen
-    return any(a.get("model") == chosen and a.get("status") == "error" for a in ctx.attempts or ())
 
 
 def turn_rng(ctx: RequestContext) -> np.random.Generator:
@@ -295,7 +286,8 @@ class LearningHook:
             answered = _candidate(ctx.decision, ctx.answered_by)
             if answered is not None:
                 rt.bandit.observe_cost(ctx.answered_by, answered["cost_usd"], ctx.cost_usd)
-        if rt.bandit is not None and ctx.decision is not None and not chosen_model_is_judged(ctx):
+        if rt.bandit is not None and ctx.decision is not None \
+                and not judges_chosen_model(ctx.status, ctx.decision.model, ctx.answered_by, ctx.attempts):
             # A fallback answered (or the chosen model was never called): no reward, explicit or
             # implicit, is about the model chosen. The bandit leaves the decision out, as offline
             # evaluation does; the feedback log still keeps every signal for retraining.

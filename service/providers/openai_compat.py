@@ -8,11 +8,9 @@ gateway can bill and log every streamed answer.
 """
 from __future__ import annotations
 
-import json
 from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
-from router.request_view import content_text, estimate_tokens
 from service.providers.base import Provider, UpstreamError, classify, error_message, output_limit, parse_json_event, scrub
 
 
@@ -25,14 +23,6 @@ def _stream_error(event: dict[str, Any], secrets: tuple[str | None, ...]) -> Ups
     assumed = 400 if "invalid_request" in str(err.get("type")) else 500
     message = scrub(error_message(event, "upstream error inside the stream"), secrets)
     return UpstreamError(classify(status or assumed, event, message), message, status=status)
-
-
-def _estimated_usage(body: dict[str, Any], message: dict[str, Any]) -> dict[str, int]:
-    """Servers that omit usage (some llama.cpp / proxy builds) still get billed: characters/4."""
-    calls = "".join(str((c.get("function") or {}).get("arguments", "")) for c in message.get("tool_calls") or [])
-    prompt = estimate_tokens(json.dumps(body.get("messages") or []))
-    completion = estimate_tokens(content_text(message.get("content")) + calls)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 class OpenAICompatProvider(Provider):
@@ -65,8 +55,6 @@ class OpenAICompatProvider(Provider):
             raise UpstreamError("malformed", "response has no choices with a message")
         result["model"] = model.name
         result.setdefault("object", "chat.completion")
-        if not isinstance(result.get("usage"), dict):
-            result["usage"] = _estimated_usage(body, choices[0]["message"])
         return result
 
     async def stream(self, model: ModelSpec, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
