@@ -74,6 +74,11 @@ class ModelSpec(_Strict):
     def predictor_name(self) -> str:
         return self.router_model or self.name
 
+    def most_billed(self, input_tokens: float, max_output_tokens: int | None, answers: int = 1) -> float:
+        """The most a request can be billed here: its input, and every one of its answers at the
+        output limit the model is sent (the model's own when the request sets none)."""
+        return self.price.cost(input_tokens, (self.output_cap(max_output_tokens) or self.max_output_tokens) * answers)
+
     def output_cap(self, requested: int | None) -> int | None:
         """The output limit a request for `requested` tokens is sent with: lowered to this
         model's `max_output_tokens` (a router may pick a model with a smaller limit than the

@@ -129,28 +129,19 @@ class RateWindow:
             w.tokens -= tokens
             w.requests -= is_request
 
-    def add(self, model: str, tokens: int, request: bool = True) -> None:
-        """Count a request with its input tokens, or (request=False) output tokens learnt afterwards."""
+    def add(self, model: str, tokens: int, request: bool = True, limits: Limits | None = None) -> bool:
+        """Count a request with its input tokens, or (request=False) output tokens learnt
+        afterwards. With `limits`, only if the window has room, checked and counted in one step:
+        concurrent requests that all saw room at decision time must not all go. Whether counted."""
         with self._lock:
             w = self._windows.setdefault(model, _Window())
             now = self._clock()
             self._trim(w, now)
+            if limits is not None and _full(limits, w.requests, w.tokens, tokens):
+                return False
             w.events.append((now, tokens, request))
             w.tokens += tokens
             w.requests += request
-
-    def try_add(self, model: str, limits: Limits, tokens: int) -> bool:
-        """Count a request if the model's window has room for it, in one step: concurrent requests
-        that all saw room at decision time must not all go."""
-        with self._lock:
-            w = self._windows.setdefault(model, _Window())
-            now = self._clock()
-            self._trim(w, now)
-            if (limits.rpm is not None and w.requests >= limits.rpm) or (limits.tpm is not None and w.tokens + tokens > limits.tpm):
-                return False
-            w.events.append((now, tokens, True))
-            w.tokens += tokens
-            w.requests += 1
             return True
 
     def usage(self, model: str) -> tuple[int, int]:
@@ -165,9 +156,9 @@ class RateWindow:
     def has_room(self, model: str, limits: Limits, tokens: int) -> bool:
         if limits.rpm is None and limits.tpm is None:
             return True
-        requests, used = self.usage(model)
-        if limits.rpm is not None and requests >= limits.rpm:
-            return False
-        if limits.tpm is not None and used + tokens > limits.tpm:
-            return False
-        return True
+        return not _full(limits, *self.usage(model), tokens)
+
+
+def _full(limits: Limits, requests: int, used: int, tokens: int) -> bool:
+    """Would one more request of `tokens` input tokens break the window's RPM or TPM?"""
+    return (limits.rpm is not None and requests >= limits.rpm) or (limits.tpm is not None and used + tokens > limits.tpm)

@@ -43,12 +43,8 @@ class LiveState:
     def started(self, model: str, input_tokens: int) -> bool:
         """Count a call about to be made; False (and nothing counted) when the model's RPM/TPM
         window has no room left for it."""
-        limits = self.limits.get(model)
-        if limits is not None and (limits.rpm is not None or limits.tpm is not None):
-            if not self.rates.try_add(model, limits, input_tokens):
-                return False
-        else:
-            self.rates.add(model, input_tokens)
+        if not self.rates.add(model, input_tokens, limits=self.limits.get(model)):
+            return False
         with self._lock:
             self._m(model).in_flight += 1
         return True

@@ -178,18 +178,11 @@ class GovernanceHook:
     # ---- routed: the decision is known, reserve before any upstream call ------------------
 
     @staticmethod
-    def answers(ctx: RequestContext) -> int:
-        n = ctx.body.get("n")
-        return n if isinstance(n, int) and n > 1 else 1  # the upstream bills every one of `n` answers
-
-    def most(self, ctx: RequestContext, spec: ModelSpec) -> float:
-        """The most `spec` may bill for this request: its input with margins, every answer at the output cap."""
+    def most(ctx: RequestContext, spec: ModelSpec) -> float:
+        """The most `spec` may bill for this request, its input counted with margins."""
         messages = ctx.body.get("messages") or ()
         input_max = ctx.routing.input_tokens * INPUT_MARGIN + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REQUEST
-        # The output limit as the adapter sends it: a client's larger limit stands for a model whose
-        # own limit is left at its default (ModelSpec.output_cap), and the upstream may bill all of it.
-        out = spec.output_cap(ctx.routing.max_output_tokens) or spec.max_output_tokens
-        return spec.price.cost(input_max, out * self.answers(ctx))
+        return spec.most_billed(input_max, ctx.routing.max_output_tokens, ctx.routing.answers)
 
     def estimate(self, ctx: RequestContext) -> tuple[int, int]:
         """(predicted, maximum) cost in nano-USD of what this request may be billed."""

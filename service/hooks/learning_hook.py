@@ -205,8 +205,7 @@ class LearningRuntime:
         # (the prompt with a margin, the longest answer the request or the model allows), and
         # settled to the real cost after. Reserving the predicted cost let answers longer than
         # predicted, with calls in flight, spend 30x the cap.
-        out_cap = spec.output_cap(ctx.routing.max_output_tokens) or spec.max_output_tokens  # as the adapter sends it
-        worst = spec.price.cost(ctx.routing.input_tokens * SHADOW_INPUT_MARGIN, out_cap * ctx.routing.answers)
+        worst = spec.most_billed(ctx.routing.input_tokens * SHADOW_INPUT_MARGIN, ctx.routing.max_output_tokens, ctx.routing.answers)
         with self._lock:
             if self.shadow_spend + worst > shadow.max_call_cost_usd:
                 return
