@@ -302,11 +302,9 @@ class GeminiProvider(Provider):
                 started = True
                 yield chunk({"role": "assistant", "content": ""})
             parts, reason = _candidate_parts(event)
-            produced = produced or any(("text" in p and not p.get("thought") and p["text"]) or "functionCall" in p for p in parts)
-            if reason in FAILED_FINISH and not produced:
-                raise _failed(reason)
             for part in parts:
                 if "text" in part and not part.get("thought") and part["text"]:
+                    produced = True
                     yield chunk({"content": part["text"]})
                 elif "functionCall" in part:
                     call = part["functionCall"]
@@ -316,6 +314,9 @@ class GeminiProvider(Provider):
                         "function": {"name": call.get("name", ""), "arguments": json.dumps(call.get("args") or {})},
                     }]})
                     n_calls += 1
+                    produced = True
+            if reason in FAILED_FINISH and not produced:
+                raise _failed(reason)  # before the finish chunk, which would commit an empty answer
             if event.get("usageMetadata"):
                 usage = _usage(event["usageMetadata"])
             if reason and finish is None:
