@@ -157,7 +157,7 @@ def test_cache_eval_reads_csv_and_jsonl_like_parquet(tmp_path, capsys):
     assert "unsupported file type" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content,says", [("text_a,text_b,label\n", "no pairs"),
+@pytest.mark.parametrize("content,says", [("text_a,text_b,label\n", "empty"),
                                           ("text_a,text_b\nx,y\nx,y,z\n", "cannot read file")])
 def test_cache_eval_names_an_empty_or_unreadable_pairs_file(tmp_path, capsys, content, says):
     (tmp_path / "pairs.csv").write_text(content)

@@ -26,12 +26,14 @@ def wide_frame(n: int = 6) -> pd.DataFrame:
     })
 
 
-@pytest.mark.parametrize("ext", ["parquet", "csv", "jsonl"])
+@pytest.mark.parametrize("ext", ["parquet", "csv", "tsv", "csv.gz", "jsonl", "json"])
 def test_wide_formats_load_alike(tmp_path, ext):
     df = wide_frame()
     path = tmp_path / f"t.{ext}"
     {"parquet": lambda: df.to_parquet(path), "csv": lambda: df.to_csv(path, index=False),
-     "jsonl": lambda: df.to_json(path, orient="records", lines=True)}[ext]()
+     "tsv": lambda: df.to_csv(path, index=False, sep="\t"), "csv.gz": lambda: df.to_csv(path, index=False),
+     "jsonl": lambda: df.to_json(path, orient="records", lines=True),
+     "json": lambda: df.to_json(path, orient="records")}[ext]()
     t = load_outcomes(path)
     assert t.models == ["small", "big"]
     assert t.quality.shape == (6, 2) and t.cost.shape == (6, 2)
@@ -106,7 +108,7 @@ def test_empty_file(tmp_path):
 def test_unknown_extension(tmp_path):
     path = tmp_path / "t.xlsx"
     path.write_text("x")
-    with pytest.raises(ValueError, match=r"t\.xlsx.*extension"):
+    with pytest.raises(ValueError, match=r"t\.xlsx.*unsupported file type"):
         load_outcomes(path)
 
 

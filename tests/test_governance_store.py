@@ -139,6 +139,28 @@ def test_reserve_refuses_and_settles(ledger, db):
     assert ledger.usage([line])[line.counter] == Usage(to_nusd(0.35), 0, 0)
 
 
+def test_budget_report_calls_a_soft_limit_reached_when_routing_does(ledger, db):
+    from types import SimpleNamespace
+
+    from service.governance.api_admin import budget_report
+
+    key, line = _line(db, 1.0)  # soft threshold 0.8
+    gov = SimpleNamespace(budgets=BudgetStore(db), ledger=ledger)
+
+    def spend(usd: float) -> None:
+        r = ledger.reserve([line], to_nusd(usd), to_nusd(usd))
+        ledger.settle(r.id, to_nusd(usd), {"request_id": r.id, "ts": time.time(), "day": "d", "key_id": key.id,
+                                           "status": "ok", "cost_nusd": to_nusd(usd)}, counters=[line.counter])
+
+    spend(0.5)
+    assert ledger.reserve([line], to_nusd(0.1), to_nusd(0.4)).ok  # in flight: its worst case would pass 0.8
+    (report,) = budget_report(gov)
+    assert report["spent_usd"] == pytest.approx(0.5) and report["reserved_usd"] == pytest.approx(0.4)
+    assert not report["soft_limit_reached"]  # routing reads settled spend, still below the threshold
+    spend(0.3)
+    assert budget_report(gov)[0]["soft_limit_reached"]
+
+
 def test_concurrent_reservations_never_overspend(ledger, db):
     """64 threads race for a $1 budget with requests that may cost up to $0.05 each."""
     key, line = _line(db, 1.0)

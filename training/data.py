@@ -104,24 +104,33 @@ class OutcomeTable:
         )
 
 
-def read_frame(path: str | Path):
-    """Read a parquet, CSV or JSONL file into a DataFrame; errors name the file."""
+_READERS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv", ".tsv": "tsv",
+            ".tsv.gz": "tsv", ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+
+
+def read_frame(path: str | Path, text_only: bool = False):
+    """Read a parquet, CSV/TSV or JSON (Lines) file into a DataFrame; errors name the file.
+
+    Only an empty cell is missing: a prompt that reads "NA", "null" or "None" is text. With
+    `text_only` every CSV column stays a string (a question that reads "123" is not a number)."""
     import pandas as pd
 
     path = Path(path)
+    suffix = ("".join(path.suffixes[-2:]) if path.suffix.lower() == ".gz" else path.suffix).lower()
+    kind = _READERS.get(suffix)
+    if kind is None:
+        raise ValueError(f"{path}: unsupported file type {suffix or '(none)'}; "
+                         "use .parquet, .csv, .tsv, .jsonl or .json")
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    suffix = ("".join(path.suffixes[-2:]) if path.suffix.lower() == ".gz" else path.suffix).lower()
-    if suffix not in (".parquet", ".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".ndjson"):
-        raise ValueError(f"{path}: unknown file extension {suffix!r}; use .parquet, .csv or .jsonl")
     try:
-        if suffix == ".parquet":
+        if kind == "parquet":
             df = pd.read_parquet(path)
-        elif suffix.startswith(".csv"):
-            # Only an empty cell is missing: a prompt that reads "NA", "null" or "None" is text.
-            df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        elif kind in ("csv", "tsv"):
+            df = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str if text_only else None,
+                             keep_default_na=False, na_values=[""])
         else:
-            df = pd.read_json(path, lines=True)
+            df = pd.read_json(path, lines=kind == "jsonl", dtype=False)
     except Exception as exc:  # pyarrow / pandas parser errors: say which file, not a traceback
         raise ValueError(f"{path}: cannot read file: {exc}") from None
     if len(df) == 0:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import datasets_dir
+from training.data import datasets_dir, read_frame
 
 SPLITS = (("train", 70), ("val", 15), ("test", 15))
 
@@ -20,33 +20,11 @@ def default_pairs() -> Path:
     return datasets_dir() / "qqp_pairs" / "qqp_pairs_train.parquet"
 
 
-def read_table(path: str | Path):
-    """A parquet, CSV or JSON Lines file by its suffix. Text is read as text: a question that
-    reads "NA" or "123" stays that string."""
-    import pandas as pd
-
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".parquet", ".pq", ".csv", ".tsv", ".jsonl", ".ndjson", ".json"):
-        raise ValueError(f"{path}: unsupported file type {suffix or '(none)'}; use .parquet, .csv, .tsv, .jsonl or .json")
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        if suffix in (".csv", ".tsv"):
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
-        return pd.read_json(path, lines=suffix != ".json", dtype=False)
-    except Exception as exc:  # pandas / pyarrow parser errors: say which file, not a traceback
-        raise ValueError(f"{path}: cannot read file: {exc}") from None
-
-
 def load_pairs(path: str | Path):
-    df = read_table(path)
+    df = read_frame(path, text_only=True)
     missing = {"text_a", "text_b"} - set(df.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}; need text_a, text_b (and label to score)")
-    if len(df) == 0:
-        raise ValueError(f"{path}: the file is empty (no pairs)")
     df = df.reset_index(drop=True)
     df["text_a"] = df["text_a"].fillna("").astype(str)
     df["text_b"] = df["text_b"].fillna("").astype(str)

@@ -205,7 +205,8 @@ def budget_report(gov: Governance, now: float | None = None) -> list[dict[str, A
         elapsed = (now - start) / (end - start) if end != float("inf") else None
         out.append({
             **b.to_dict(), "label": b.label, "window": name, "spent_usd": spent, "reserved_usd": reserved,
-            "share": spent / b.limit_usd, "soft_limit_reached": (spent + reserved) >= b.soft_threshold * b.limit_usd,
+            "share": spent / b.limit_usd, # Settled spend, as routing reads it: a reservation is a worst case that settles lower.
+            "soft_limit_reached": spent >= b.soft_threshold * b.limit_usd,
             "projected_window_end_usd": spent / elapsed if elapsed else None,
         })
     return out
