@@ -221,19 +221,15 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
         if not assembler.finished:
             raise UpstreamError("connection", "the stream ended before the answer finished")
         ctx.status = "ok"
-        if include_usage and assembler.usage is None:
-            # An upstream that sends no usage (some llama.cpp and proxy builds): the client asked
-            # for a usage chunk, so it gets our estimate, the one the request is billed at.
-            yield sse.encode({"id": assembler.id or "chatcmpl-stream", "object": "chat.completion.chunk",
-                              "created": assembler.created or int(time.time()), "model": assembler.model or opened.model.name,
-                              "choices": [], "usage": estimated_usage(ctx, assembler.completion())})
-        yield sse.DONE
+        for data in _ending(ctx, assembler, opened, include_usage):
+            yield data
     except UpstreamError as exc:
         if assembler.finished:
             # The connection dropped after the answer's last chunk (before the usage chunk or
             # [DONE]): the client has the whole answer and the model did its job.
             ctx.status = "ok"
-            yield sse.DONE
+            for data in _ending(ctx, assembler, opened, include_usage):
+                yield data
             return
         # The client already holds part of the answer: say so explicitly, never end cleanly.
         failure = exc
@@ -251,6 +247,18 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
         out_tokens = usage_tokens(assembler.usage)[1]
         gw.dispatcher.close_stream(opened, failure, out_tokens or 0)
         finish(gw, ctx)
+
+
+def _ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStream, include_usage: bool) -> list[bytes]:
+    """What ends a finished answer: the usage chunk the client asked for, where the upstream
+    sent none (some llama.cpp and proxy builds never do; a connection may drop just before it),
+    our estimate, the one the request is billed at; then [DONE]."""
+    if not include_usage or assembler.usage is not None:
+        return [sse.DONE]
+    usage = {"id": assembler.id or "chatcmpl-stream", "object": "chat.completion.chunk",
+             "created": assembler.created or int(time.time()), "model": assembler.model or opened.model.name,
+             "choices": [], "usage": estimated_usage(ctx, assembler.completion())}
+    return [sse.encode(usage), sse.DONE]
 
 
 def estimated_usage(ctx: RequestContext, response: dict[str, Any]) -> dict[str, int]:

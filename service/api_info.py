@@ -92,7 +92,7 @@ async def route_only(request: Request) -> JSONResponse:
     return JSONResponse({
         **decision.to_dict(),
         "profile": profile,
-        "fallbacks": decision.fallbacks()[: gw.config.reliability.max_fallbacks],
+        "fallbacks": decision.fallbacks(),
         "request": {"input_tokens": routing.input_tokens, "needs": sorted(routing.needs), "n_turns": routing.n_turns},
     })
 

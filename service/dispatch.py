@@ -52,11 +52,12 @@ def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int | None, int | Non
 
 def failover_chain(config: Config, ctx: RequestContext) -> list[str]:
     """The models a request may be answered by, in order. A routed request fails over along the
-    router's ranking (every one of them already passed the hard constraints); a named model
+    router's ranking (every one of them already passed the hard constraints; the dispatcher
+    stops after `reliability.max_fallbacks` failovers that were not rate limits); a named model
     along its configured `fallbacks`, skipping those the request's limits or needs rule out
     (a local-only request never fails over to a cloud model)."""
     if ctx.decision is not None:
-        return [ctx.decision.model, *ctx.decision.fallbacks()[: config.reliability.max_fallbacks]]
+        return [ctx.decision.model, *ctx.decision.fallbacks()]
     try:
         named = config.model(ctx.requested_model)
     except KeyError:
@@ -170,7 +171,13 @@ class Dispatcher:
         routed = ctx.decision is not None
         errors: list[UpstreamError] = []
         smallest_failed_window: int | None = None
+        # Models called that failed other than by a rate limit. A 429 or a model skipped while
+        # rate limited costs no time, and OpenClaw retries a 429 for minutes instead of failing
+        # over: a routed request goes on down the ranking while any model is not rate limited.
+        failed = 0
         for position, name in enumerate(chain):
+            if routed and failed > self.rel.max_fallbacks:
+                break
             spec = self.specs[name]
             # A named model is tried whatever its window; what stands in for it must fit.
             if (routed or position > 0) and not self._fits(spec, ctx, smallest_failed_window):
@@ -204,11 +211,13 @@ class Dispatcher:
                 if failure.kind == "context_length":
                     smallest_failed_window = max(smallest_failed_window or 0, spec.context_window)
                 if not self._should_retry(failure, retry) or self.live.breaker.state(name) == "open":
+                    failed += failure.kind != "rate_limit"
                     if position + 1 < len(chain):
                         self.metrics.fallbacks.labels(name, failure.kind).inc()
                     break
                 await self._sleep(self._backoff(retry, failure.retry_after))
                 if not self.live.breaker.acquire(name):
+                    failed += failure.kind != "rate_limit"
                     break
         raise self._give_up(ctx, errors, chain)
 

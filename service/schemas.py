@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 from starlette.requests import Request
 
+from service import json_text
 from service.errors import ApiError, bad_request
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -22,11 +23,25 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class CalledFunction(_Open):
+    """A function call an assistant turn replays: adapters read its name and arguments."""
+
+    name: StrictStr | None = None
+    arguments: StrictStr | dict[str, Any] | None = None  # a JSON string; an object is tolerated
+
+
+class ToolCall(_Open):
+    id: StrictStr | None = None
+    type: StrictStr | None = None
+    function: CalledFunction | None = None
+
+
 class Message(_Open):
     role: Role
     content: StrictStr | list[dict[str, Any] | StrictStr] | None = None
     name: StrictStr | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
+    function_call: CalledFunction | None = None  # the legacy form of tool_calls
     tool_call_id: StrictStr | None = None
 
 
@@ -140,7 +155,7 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
     if not raw.strip():
         raise bad_request("the request body is empty; send a JSON object", code="invalid_json")
     try:
-        return json.loads(raw)
+        return json_text.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:

@@ -252,6 +252,11 @@ def test_bad_input_gets_an_openai_style_error(gw, body, status, code):
      "missing_required_parameter", "messages[0].content[1].image_url.url"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": None}}]}]},
      "missing_required_parameter", "messages[0].content[0].image_url.url"),
+    # a replayed tool call must be an object: a string was a 500 that also reset the connection
+    ({"messages": [*MSG, {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                                              "function": "read_file"}]}]},
+     "invalid_value", "messages[1].tool_calls[0].function"),
+    ({"messages": [*MSG, {"role": "assistant", "function_call": "read_file"}]}, "invalid_value", "messages[1].function_call"),
 ])
 def test_malformed_tools_and_formats_are_refused_before_any_upstream_call(gw, upstream, extra, code, param):
     # Adapters translate function tools and response formats: a malformed one must not reach them.
@@ -260,6 +265,26 @@ def test_malformed_tools_and_formats_are_refused_before_any_upstream_call(gw, up
     assert r.status_code == 400
     assert r.json()["error"]["code"] == code and r.json()["error"]["param"] == param
     assert len(upstream.requests) == before
+
+
+def test_half_an_emoji_in_the_history_or_the_answer_is_replaced_not_a_500(gw, upstream):
+    # JavaScript's slicing can cut an emoji in two and JSON.stringify writes the lone half as
+    # "\ud83d": valid JSON, but no UTF-8 string. An agent replays it on every later turn.
+    history = (b'{"model": "auto", "stream": %s, "messages": [{"role": "user", "content": "read it"},'
+               b' {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",'
+               b' "function": {"name": "read", "arguments": "{}"}}]},'
+               b' {"role": "tool", "tool_call_id": "c1", "content": "cut \\ud83d here \\ud83d\\ude00 whole"},'
+               b' {"role": "user", "content": "and \\udc00?"}]}')
+    for stream in (b"false", b"true"):
+        r = httpx.post(f"{gw.url}/v1/chat/completions", content=history % stream, headers={"content-type": "application/json"})
+        assert r.status_code == 200 and "error" not in r.text
+    sent = upstream.requests[-1].body["messages"]
+    assert sent[2]["content"] == "cut \ufffd here \U0001f600 whole" and sent[3]["content"] == "and \ufffd?"
+    upstream.script("m1", ok("half \ud83d"), ok("half \ud83d"))  # the fake escapes it as "\ud83d"
+    answer = gw.client().chat.completions.create(model="m1", messages=MSG)
+    assert answer.choices[0].message.content == "half \ufffd"
+    streamed = gw.client().chat.completions.create(model="m1", messages=MSG, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "half \ufffd"
 
 
 def test_oversized_body_and_bad_headers_are_refused(gw):

@@ -204,8 +204,11 @@ def test_a_line_dropped_after_the_last_chunk_is_a_whole_answer(start, upstream):
     chunks = list(gw.client().chat.completions.create(model="auto", messages=MSG, stream=True,
                                                       stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from m1."
+    # The usage chunk the client asked for was lost with the line: it gets the estimate instead.
+    assert chunks[-1].usage is not None and not chunks[-1].choices and chunks[-1].usage.completion_tokens > 0
     row = gw.outcomes()[-1]
     assert row["status"] == "ok" and row["answered_model"] == "m1"
+    assert row["output_tokens"] == chunks[-1].usage.completion_tokens
 
 
 def test_circuit_opens_after_repeated_failures_then_probes(start, upstream):
@@ -274,6 +277,36 @@ def test_auto_with_every_model_waiting_out_its_retry_after_is_a_429(start, upstr
     with pytest.raises(openai.RateLimitError) as routed:
         gw.client().chat.completions.create(model="auto", messages=MSG)
     assert 18 <= int(routed.value.response.headers["retry-after"]) <= 20
+
+
+SIX = [{"name": f"m{i}", "context_window": 100000} for i in range(1, 7)]
+SIX_QUALITY = {f"m{i}": 1.0 - i / 10 for i in range(1, 7)}
+
+
+def test_rate_limited_models_do_not_use_up_the_failover_budget(start, upstream):
+    # One provider's account-wide 429 hits the four best-ranked models: the request is answered by
+    # the fifth (max_fallbacks is 3), not a 429 that OpenClaw would retry for two minutes.
+    gw = start(models=SIX, quality=SIX_QUALITY)
+    for m in ("m1", "m2", "m3", "m4"):
+        upstream.default(m, rate_limit(retry_after=60))
+    raw = gw.client().chat.completions.with_raw_response.create(
+        model="auto", messages=MSG, stream=True, stream_options={"include_usage": True})
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text == "Hello from m5." and raw.headers["x-router-model"] == "m5"
+    assert attempts(gw.outcome(raw.headers["x-request-id"])) == [
+        ("m1", "rate_limit"), ("m2", "rate_limit"), ("m3", "rate_limit"), ("m4", "rate_limit"), ("m5", "ok")]
+    assert not upstream.requests_for("m6")
+
+
+def test_failovers_after_errors_stop_at_max_fallbacks(start, upstream):
+    gw = start(models=SIX, quality=SIX_QUALITY)
+    for m in SIX_QUALITY:
+        upstream.default(m, server_error(503))
+    with pytest.raises(openai.APIStatusError) as failed:
+        gw.client().chat.completions.create(model="auto", messages=MSG)
+    assert failed.value.status_code == 503
+    # the chosen model and max_fallbacks (3) more, each tried twice (max_retries 1); m5 and m6 never
+    assert [m for m in SIX_QUALITY if upstream.requests_for(m)] == ["m1", "m2", "m3", "m4"]
 
 
 def test_429s_without_retry_after_stay_429s_once_they_open_the_circuit(start, upstream):

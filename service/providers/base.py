@@ -32,6 +32,7 @@ from typing import Any, AsyncIterator, Literal, Mapping
 import aiohttp
 
 from router.config import ModelSpec, ProviderSpec
+from service import json_text
 
 ErrorKind = Literal[
     "rate_limit", "server", "timeout", "connection", "context_length", "bad_request", "auth", "not_found", "malformed"
@@ -269,7 +270,7 @@ def tool_arguments(arguments: Any) -> dict[str, Any]:
 
 def parse_json_event(data: str, secrets: tuple[str | None, ...] = ()) -> Any:
     try:
-        return json.loads(data)
+        return json_text.loads(data)
     except ValueError:
         raise UpstreamError("malformed", scrub(f"invalid JSON in stream event: {data[:200]!r}", secrets)) from None
 
@@ -367,7 +368,7 @@ class Provider(ABC):
         if response.status >= 400:
             raise error_from_response(response.status, body, response.headers, secrets)
         try:
-            return json.loads(body)
+            return json_text.loads(body)
         except ValueError:
             raise UpstreamError(
                 "malformed", scrub(f"response is not JSON: {body[:200].decode('utf-8', 'replace')!r}", secrets),

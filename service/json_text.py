@@ -1,0 +1,34 @@
+"""JSON from clients and upstreams, with lone UTF-16 surrogates replaced.
+
+JSON may escape half of a surrogate pair ("\\ud83d" without its partner: JavaScript's string
+slicing cuts an emoji so, and JSON.stringify writes the half; some servers split one at a token
+boundary). `json.loads` accepts it, but the resulting str cannot be encoded as UTF-8, so hashing
+the request for the cache, logging it or sending an answer would fail, and an agent that replays
+its history would fail on every later turn. Each lone half becomes U+FFFD on the way in.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_ESCAPED_SURROGATE_TEXT = re.compile(r"\\u[dD][89a-fA-F]")
+_ESCAPED_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def loads(raw: str | bytes) -> Any:
+    """`json.loads`, and where the text escapes a surrogate, every lone one replaced."""
+    value = json.loads(raw)
+    pattern = _ESCAPED_SURROGATE_TEXT if isinstance(raw, str) else _ESCAPED_SURROGATE_BYTES
+    # json.loads joins a valid pair into one character: only lone halves are left to replace.
+    return _replace_lone(value) if pattern.search(raw) else value
+
+
+def _replace_lone(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_replace_lone(v) for v in value]
+    if isinstance(value, dict):
+        return {_replace_lone(k): _replace_lone(v) for k, v in value.items()}
+    return value
