@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -248,3 +249,18 @@ def test_history_a_provider_would_refuse_is_sent_in_a_form_it_takes():
     (use,) = [b for m in payload["messages"] for b in m["content"] if b.get("type") == "tool_use"]
     assert use["input"] == {"arguments": '{"path": "a.txt", "te'}  # wrapped: refusing was a 400 on every later turn
     assert payload["max_tokens"] == 1024  # the model's max_output_tokens, not the 48,000 asked for
+
+
+def test_tool_call_ids_another_provider_made_are_rewritten_alike_in_call_and_result():
+    from service.providers.anthropic import to_anthropic
+
+    ids = ["functions.read_file:0", "functions.read_file:1", "call_ok-1"]
+    body = {"messages": [{"role": "user", "content": "read both"},
+                         {"role": "assistant", "content": None, "tool_calls": [
+                             {"id": i, "type": "function", "function": {"name": "read_file", "arguments": "{}"}} for i in ids]},
+                         *[{"role": "tool", "tool_call_id": i, "content": f"text {n}"} for n, i in enumerate(ids)]]}
+    payload = to_anthropic(MODEL, body, stream=False)
+    uses = [b["id"] for m in payload["messages"] for b in m["content"] if b.get("type") == "tool_use"]
+    results = [b["tool_use_id"] for m in payload["messages"] for b in m["content"] if b.get("type") == "tool_result"]
+    assert uses == results and len(set(uses)) == 3 and uses[2] == "call_ok-1"  # a valid id is kept as it is
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]+", i) for i in uses)  # Anthropic's pattern for tool_use ids

@@ -9,7 +9,9 @@ error) and errors (overloaded 529, 429 with retry-after, "prompt is too long").
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from typing import Any, AsyncIterator
 
@@ -73,16 +75,30 @@ def _content_blocks(content: Any) -> list[dict[str, Any]]:
     return blocks
 
 
+_TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")
+
+
+def tool_use_id(call_id: Any) -> str:
+    """Anthropic takes tool-use ids of letters, digits, _ and - only. A conversation that another
+    model began may carry others (Kimi's "functions.read_file:0"), and a router switches models
+    mid-conversation: such an id is rewritten, the same way in the call and in its result."""
+    call_id = str(call_id or "")
+    if _TOOL_USE_ID.fullmatch(call_id):
+        return call_id
+    digest = hashlib.sha1(call_id.encode("utf-8")).hexdigest()[:12]
+    return f"{re.sub(r'[^a-zA-Z0-9_-]', '_', call_id)[:40]}_{digest}"
+
+
 def _message_blocks(message: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     role = message.get("role")
     if role == "tool":
-        result = {"type": "tool_result", "tool_use_id": str(message.get("tool_call_id", "")), "content": content_text(message.get("content"))}
+        result = {"type": "tool_result", "tool_use_id": tool_use_id(message.get("tool_call_id")), "content": content_text(message.get("content"))}
         return "user", [result]
     blocks = _content_blocks(message.get("content"))
     if role == "assistant":
         for call in message.get("tool_calls") or []:
             fn = call.get("function") or {}
-            blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": fn.get("name", ""), "input": tool_arguments(fn.get("arguments"))})
+            blocks.append({"type": "tool_use", "id": tool_use_id(call.get("id")), "name": fn.get("name", ""), "input": tool_arguments(fn.get("arguments"))})
         return "assistant", blocks
     return "user", blocks
 
