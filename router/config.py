@@ -89,6 +89,40 @@ class ModelSpec(_Strict):
         return min(requested, self.max_output_tokens) if "max_output_tokens" in self.model_fields_set else requested
 
 
+class RequestShape(_Strict):
+    """How an OpenAI-compatible provider takes the client's body, which is otherwise passed
+    through: some refuse fields OpenAI accepts (Mistral answers 422 to `max_completion_tokens`,
+    `stream_options` and any field it does not know), and every OpenClaw request carries them."""
+
+    rename: dict[str, str] = Field(default_factory=dict, description="top-level body fields sent under another name")
+    drop: frozenset[str] = Field(default_factory=frozenset, description="top-level body fields never sent")
+    keep_only: frozenset[str] | None = Field(
+        default=None, description="the only top-level fields sent, after renaming (model, messages and stream always are); none: all")
+    developer_role: Literal["developer", "system"] = Field(
+        default="developer", description="the role `developer` turns are sent with")
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.rename and not self.drop and self.keep_only is None and self.developer_role == "developer"
+
+    def apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.is_identity:
+            return body
+        # A field sent under its own name wins over one renamed onto it (max_tokens beside
+        # max_completion_tokens carry the same cap by then).
+        out = {k: v for k, v in body.items() if k not in self.rename}
+        for k, v in body.items():
+            if k in self.rename:
+                out.setdefault(self.rename[k], v)
+        essential = {"model", "messages", "stream"}
+        out = {k: v for k, v in out.items()
+               if k in essential or (k not in self.drop and (self.keep_only is None or k in self.keep_only))}
+        if self.developer_role != "developer" and isinstance(out.get("messages"), list):
+            out["messages"] = [{**m, "role": self.developer_role} if isinstance(m, dict) and m.get("role") == "developer" else m
+                               for m in out["messages"]]
+        return out
+
+
 class ProviderSpec(_Strict):
     kind: Literal["openai", "anthropic", "gemini", "simulated"]
     base_url: str = Field(description="http:// or https:// URL of the API root (simulated:// for the simulator)")
@@ -100,6 +134,7 @@ class ProviderSpec(_Strict):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=100, gt=0)
     headers: dict[str, str] = Field(default_factory=dict)
+    request: RequestShape = Field(default_factory=RequestShape, description="body rewrites for an OpenAI-compatible provider")
 
     @field_validator("base_url")
     @classmethod
@@ -108,6 +143,13 @@ class ProviderSpec(_Strict):
         if not url.startswith(("http://", "https://", "simulated://")):
             raise ValueError(f"{url!r} is not an http:// or https:// URL")
         return url
+
+    @model_validator(mode="after")
+    def _shape_needs_a_passed_through_body(self) -> "ProviderSpec":
+        # The Anthropic and Gemini adapters build their bodies field by field: nothing to rewrite.
+        if not self.request.is_identity and self.kind != "openai":
+            raise ValueError(f"request: only an `openai` provider's body is passed through and can be rewritten, not {self.kind!r}'s")
+        return self
 
 
 class Profile(_Strict):

@@ -47,6 +47,7 @@ class ProviderPreset(BaseModel):
     default_models: list[str] | None = Field(default=None, description="models kept without OPENCLAW_NAME_MODELS; None: all")
     template: dict[str, Any] | None = Field(default=None, description="spec for a selected model that has no preset")
     headers: dict[str, str] = Field(default_factory=dict)
+    request: dict[str, Any] = Field(default_factory=dict, description="the provider's body rewrites (router.config.RequestShape)")
     timeout_s: float = Field(default=60.0, gt=0)
     models: list[dict[str, Any]]
 
@@ -186,7 +187,7 @@ def build_preset_config(env: Mapping[str, str] | None = None) -> Config | None:
         preset = presets.providers[name]
         url, url_var = _base_url(name, preset, env)
         providers[name] = {"kind": preset.kind, "base_url": url, "headers": preset.headers, "timeout_s": preset.timeout_s,
-                           "api_key_env": var if preset.key_env else None}
+                           "api_key_env": var if preset.key_env else None, "request": preset.request}
         chosen = _models(name, preset, env)
         models.extend(chosen)
         via = f"; base URL {url} from {url_var}" if url_var else ""

@@ -148,3 +148,17 @@ def test_a_config_that_is_not_utf8_is_named(tmp_path):
     (tmp_path / "latin1.yaml").write_bytes("models: []  # café\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="latin1.yaml: not UTF-8"):
         load_config(tmp_path / "latin1.yaml")
+
+
+def test_a_request_shape_is_only_for_a_passed_through_body():
+    base = """
+models:
+  - {name: a, provider: p, price: {input_per_1m: 1, output_per_1m: 1}}
+providers:
+  p: {kind: KIND, base_url: "https://example.com", request: {rename: {max_completion_tokens: max_tokens}}}
+"""
+    assert parse_config(base.replace("KIND", "openai"), "ok.yaml").providers["p"].request.rename == {"max_completion_tokens": "max_tokens"}
+    with pytest.raises(ConfigError, match=r"providers\.p.*only an `openai` provider's body"):
+        parse_config(base.replace("KIND", "anthropic"), "bad.yaml")
+    with pytest.raises(ConfigError, match=r"providers\.p\.request\.developer_role"):
+        parse_config(base.replace("KIND", "openai").replace("rename: {max_completion_tokens: max_tokens}", "developer_role: admin"), "bad.yaml")

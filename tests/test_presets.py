@@ -137,6 +137,34 @@ def test_prefixed_host_models_reach_the_upstream_under_their_upstream_id(tmp_pat
             running.stop()
 
 
+def test_mistral_gets_openclaw_requests_in_the_form_it_accepts(tmp_path, monkeypatch):
+    from router.config import CacheSection
+    from tests.gateway_harness import Running
+
+    # Mistral refuses (422) every body field outside its schema: OpenClaw's max_completion_tokens,
+    # the stream_options the gateway adds, store, metadata, a developer turn.
+    monkeypatch.setenv("MISTRAL_API_KEY", "mi-key")
+    with FakeUpstream() as upstream:
+        config = build_preset_config({"MISTRAL_API_KEY": "mi-key", "MISTRAL_BASE_URL": upstream.base_url})
+        server = config.server.model_copy(update={"db": f"sqlite:///{tmp_path}/outcomes.sqlite"})
+        running = Running(config.model_copy(update={"server": server, "cache": CacheSection(enabled=False)}))
+        try:
+            tool = {"type": "function", "function": {"name": "read", "parameters": {"type": "object", "properties": {}}}}
+            stream = running.client().chat.completions.create(
+                model="mistral-small-latest", stream=True, stream_options={"include_usage": True},
+                messages=[{"role": "developer", "content": "You are an agent."}, {"role": "user", "content": "hi"}],
+                tools=[tool], max_completion_tokens=50000, store=False, metadata={"session": "s1"}, seed=7, temperature=0.2)
+            chunks = list(stream)
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from mistral-small-latest."
+            assert chunks[-1].usage is not None  # the client's include_usage still answered
+            (sent,) = upstream.requests_for("mistral-small-latest")
+            assert set(sent.body) == {"model", "messages", "stream", "tools", "max_tokens", "random_seed", "temperature"}
+            assert sent.body["max_tokens"] == 8192 and sent.body["random_seed"] == 7  # capped at the model's own limit
+            assert [m["role"] for m in sent.body["messages"]] == ["system", "user"]
+        finally:
+            running.stop()
+
+
 # -- `openclaw-router serve` end to end ---------------------------------------------------------
 
 OPENAI_SECRET = "sk-test-openai-SECRET-5f2c9a"

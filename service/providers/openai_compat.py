@@ -4,7 +4,8 @@ Ollama, llama.cpp and the built-in simulator are all this class plus a base_url 
 The client's body is passed through untouched (tools, tool_choice, `role: "tool"` messages,
 response_format, max_tokens / max_completion_tokens...) except `model`, which becomes the
 upstream id, and `stream_options.include_usage`, which is always requested on streams so the
-gateway can bill and log every streamed answer.
+gateway can bill and log every streamed answer; then the provider's `request` shape
+(router.config.RequestShape) renames or drops the fields that provider refuses.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class OpenAICompatProvider(Provider):
             payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         else:
             payload.pop("stream_options", None)
-        return payload
+        return self.spec.request.apply(payload)
 
     async def complete(self, model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.base_url}/chat/completions"
