@@ -12,7 +12,7 @@ COPY service ./service
 COPY training ./training
 COPY models ./models
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu . \
- && useradd --system --uid 10001 openclaw
+ && useradd --system --create-home --uid 10001 openclaw  # a home: the ONNX exports are cached under ~/.cache
 USER openclaw
 
 # Keys and URLs come from the environment, never from the image:

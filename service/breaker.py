@@ -153,6 +153,24 @@ class RateWindow:
             self._trim(w, self._clock())
             return w.requests, w.tokens
 
+    def wait_s(self, model: str, limits: Limits, tokens: int) -> float:
+        """Seconds until the window has room for one more request of `tokens` input tokens
+        (0: room now; the whole span when no window could hold it)."""
+        with self._lock:
+            w = self._windows.get(model)
+            if w is None:
+                return 0.0 if not _full(limits, 0, 0, tokens) else self.span_s
+            now = self._clock()
+            self._trim(w, now)
+            requests, used = w.requests, w.tokens
+            if not _full(limits, requests, used, tokens):
+                return 0.0
+            for at, counted, is_request in w.events:  # oldest first: the order they leave the window
+                requests, used = requests - is_request, used - counted
+                if not _full(limits, requests, used, tokens):
+                    return max(0.0, at + self.span_s - now)
+            return self.span_s
+
     def has_room(self, model: str, limits: Limits, tokens: int) -> bool:
         if limits.rpm is None and limits.tpm is None:
             return True

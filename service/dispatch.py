@@ -150,11 +150,13 @@ class Dispatcher:
         # Rate limited: the client is told so, with the upstream's own wait (OpenClaw retries a 429
         # for minutes; a 503 with a made-up wait sends it elsewhere). A named model whose fallbacks
         # failed otherwise is still rate limited; a routed request when every model it tried is.
-        named_limited = not routed and any(a["model"] == chain[0] for a in limited)
+        named_limited = [a for a in limited if a["model"] == chain[0]] if not routed else []
         if named_limited or (routed and limited and len(limited) == len(ctx.attempts)):
             fallbacks = "; its fallbacks failed too" if len(chain) > 1 else ""
-            return rate_limited(f"model {chain[0]} is rate limited upstream{fallbacks}" if not routed else
-                                f"every eligible model is rate limited upstream (tried {', '.join(chain)})",
+            # Its own configured window (never called) or the upstream's 429.
+            by = "its configured rpm/tpm limit" if all(a.get("reason") == "rate_window" for a in named_limited) else "upstream"
+            return rate_limited(f"model {chain[0]} is rate limited by {by}{fallbacks}" if not routed else
+                                f"every eligible model is rate limited (tried {', '.join(chain)})",
                                 [a["retry_after_s"] for a in limited if a.get("retry_after_s")])
         if not errors:
             return ApiError(503, f"no eligible model is available right now (tried {', '.join(chain)}); retry shortly",
@@ -193,7 +195,8 @@ class Dispatcher:
                 if not self.live.started(name, ctx.routing.input_tokens):
                     # Its RPM/TPM window filled since the decision (concurrent requests): next model.
                     self.live.breaker.release(name)
-                    self._record(ctx, name, "skipped", reason="rate_window")
+                    wait = self.live.window_wait_s(name, ctx.routing.input_tokens)
+                    self._record(ctx, name, "skipped", reason="rate_window", retry_after_s=round(wait, 3) if wait else None)
                     break
                 try:
                     return await call(spec, retry)

@@ -49,6 +49,11 @@ class LiveState:
             self._m(model).in_flight += 1
         return True
 
+    def window_wait_s(self, model: str, input_tokens: int) -> float:
+        """How long until the model's own RPM/TPM window takes a request of this size."""
+        limits = self.limits.get(model)
+        return self.rates.wait_s(model, limits, input_tokens) if limits is not None else 0.0
+
     def hold(self, model: str) -> None:
         """Count a call as in flight without counting a new request (a stream past its first token)."""
         with self._lock:

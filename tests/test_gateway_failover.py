@@ -233,6 +233,11 @@ def test_rpm_limit_steers_away_before_any_429(start, upstream):
     served = [ask(gw)[0].model for _ in range(4)]
     assert served == ["m1", "m1", "m2", "m2"]
     assert len(upstream.requests_for("m1")) == 2
+    # Named, it is refused by its own window, never called: a 429 that says so and when to retry.
+    with pytest.raises(openai.RateLimitError) as limited:
+        ask(gw, model="m1")
+    assert "configured rpm/tpm limit" in limited.value.message and len(upstream.requests_for("m1")) == 2
+    assert 55 <= int(limited.value.response.headers["retry-after"]) <= 60
 
 
 async def test_concurrent_async_clients_never_see_upstream_errors(start, upstream):

@@ -65,6 +65,21 @@ def test_rate_window_counts_requests_and_tokens_over_a_minute():
     assert w.usage("m") == (0, 0) and w.has_room("m", limits, 1000)
 
 
+def test_rate_window_says_when_it_has_room_again():
+    clock = Clock()
+    w = RateWindow(clock=clock)
+    limits = Limits(rpm=2, tpm=1000)
+    assert w.wait_s("m", limits, 100) == 0
+    w.add("m", 600)
+    clock.now += 10
+    w.add("m", 100)
+    clock.now += 5
+    assert w.wait_s("m", limits, 100) == pytest.approx(45)  # rpm: the first request leaves at 60 s
+    assert w.wait_s("m", Limits(tpm=1000), 400) == pytest.approx(45)  # tpm: so do its 600 tokens
+    assert w.wait_s("m", Limits(tpm=1000), 300) == 0
+    assert w.wait_s("m", Limits(tpm=1000), 5000) == 60  # never fits: a whole window
+
+
 def test_outcome_log_is_wal_flushes_on_close_and_reads_back(tmp_path):
     url = f"sqlite:///{tmp_path}/log/outcomes.sqlite"
     log = open_outcome_log(url)
