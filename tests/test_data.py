@@ -237,3 +237,11 @@ def test_a_missing_token_count_is_estimated_from_the_text(tmp_path):
     df.to_parquet(tmp_path / "t.parquet")
     tokens = load_outcomes(tmp_path / "t.parquet").input_tokens
     assert tokens[0] == 10 and tokens[2] == 30 and tokens[1] == tokens[3] == 5  # "question number 1?" is 18 characters
+
+
+def test_a_missing_full_prompt_is_estimated_from_the_text(tmp_path):
+    df = wide_frame(4)
+    df["prompt_full"] = ["x" * 400, None, "", "y" * 40]
+    df.to_parquet(tmp_path / "t.parquet")
+    tokens = load_outcomes(tmp_path / "t.parquet").input_tokens
+    assert tokens[0] == 100 and tokens[3] == 10 and tokens[1] == tokens[2] == 5  # the routed text's 18 characters

@@ -191,6 +191,9 @@ def test_eval_two_model_pool(eval_file, router_dir, tmp_path):
     assert summary["two_model"]["strong"] == "gpt-4-1106-preview"
     assert set(pd.read_parquet(tmp_path / "d.parquet")["model"]) <= set(pair.split(","))
     assert summary["two_model"]["oracle"]["apgr"] > 0.5  # knowing the outcomes beats random mixing
+    left_out = summary["models_left_out"]  # the other nine are in the file: left out by --models
+    assert left_out["not_in_file"] == [] and left_out["not_in_router"] == ["brand-new-model"]
+    assert len(left_out["not_requested"]) == 9 and not set(left_out["not_requested"]) & set(pair.split(","))
 
 
 @needs_data
@@ -200,7 +203,8 @@ def test_eval_names_a_missing_text_column_and_unknown_models(eval_file, router_d
     assert _eval([*common, "--text-column", "no_such_column"]) == 2
     assert "no_such_column" in capsys.readouterr().err
     assert _eval([*common, "--models", "gpt-4-1106-preview,brand-new-model"]) == 2
-    assert "brand-new-model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "brand-new-model" in err and "mixtral-8x7b-chat" in err  # the file's whole model list, not the request's
     assert not (tmp_path / "d.parquet").exists()
 
 

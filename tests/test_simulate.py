@@ -86,6 +86,10 @@ def test_unknown_drift_model_is_a_clear_error(small_table, tmp_path, capsys):
     code = main(["simulate", "--data", str(small_table), "--requests", "10", "--out", str(tmp_path / "x.json"),
                  "--drift", "degrade:nope:0.5@1"])
     assert code == 2 and "nope" in capsys.readouterr().err
+    every_model_added = [arg for m in MODELS for arg in ("--drift", f"add:{m}@5")]
+    code = main(["simulate", "--data", str(small_table), "--requests", "10", "--out", str(tmp_path / "x.json"), *every_model_added])
+    err = capsys.readouterr().err
+    assert code == 2 and "every model is added by a drift" in err and "small.parquet" in err
 
 
 def test_random_baseline_and_task_breakdown_by_hand():

@@ -221,7 +221,9 @@ def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
     full_col = _pick_column(df, FULL_PROMPT_COLUMNS, path, "full prompt", required=False)
     tok_col = _pick_column(df, INPUT_TOKEN_COLUMNS, path, "input tokens", required=False)
     if full_col is not None:
-        input_tokens = np.array([estimate_tokens(t) for t in df[full_col].fillna("").astype(str)], dtype=np.float64)
+        # A row without its full prompt is estimated from the routed text, as a missing count is.
+        full = df[full_col].fillna("").astype(str)
+        input_tokens = np.array([estimate_tokens(f if f.strip() else t) for f, t in zip(full, texts)], dtype=np.float64)
     elif tok_col is not None:
         counted = _numeric(df, tok_col, path)
         # A row without a count is estimated from its text.

@@ -239,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.router).exists():
         raise FileNotFoundError(f"{args.router}: no such router artifact")
     router = LearnedRouter.load(args.router)
-    columns = set(read_frame(args.data).columns)
+    column_order = [str(c) for c in read_frame(args.data).columns]
+    columns = set(column_order)
 
     def prices_for(file_columns: set[str]) -> dict[str, ModelPrice]:
         # A file without cost columns for the models evaluated (a sealed test set may lack them)
@@ -259,10 +260,14 @@ def run(args: argparse.Namespace) -> int:
     known = set(router.models)
     wanted = (known & set(models)) if models else known
     keep = (wanted or known).__contains__
-    in_file = [c[len("quality__"):] for c in sorted(columns) if c.startswith("quality__")]
+    in_file = [c[len("quality__"):] for c in column_order if c.startswith("quality__")]
     unknown = [m for m in in_file if m not in known]
     if in_file and len(unknown) == len(in_file):
         raise ValueError(f"{args.data}: no model is both in the file ({in_file}) and known to the router ({list(router.models)})")
+    # Checked against the whole file here: the table below holds the requested models only.
+    unusable = [m for m in models or () if m not in in_file or m not in known]
+    if unusable:
+        raise ValueError(f"{args.data}: --models {unusable} not usable: the file has {in_file}, the router knows {list(router.models)}")
     if unknown:
         log.warning("models in %s that the router does not know, left out: %s", args.data, unknown)
     table = load_outcomes(args.data, text_column=args.text_column, prices=prices_for(columns), keep=keep)
@@ -275,7 +280,11 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_table(table, encode_cached(table.texts), router, models=models, knn_train=knn_train,
                             n_knobs=args.knob_points, budgets=budgets, seed=args.seed)
     result.summary["router"] = str(args.router)
-    result.summary["models_left_out"]["not_in_router"] = unknown
+    left_out = result.summary["models_left_out"]
+    left_out["not_in_router"] = unknown
+    left_out["not_in_file"] = [m for m in router.models if m not in in_file]
+    if models:
+        left_out["not_requested"] = [m for m in in_file if m in known and m not in models]
     estimated = [m for m in result.summary["models"] if f"cost_usd__{m}" not in columns]
     if estimated:
         log.warning("no cost_usd__ column for %s in %s: cost = tokens x price", estimated, args.data)

@@ -302,6 +302,9 @@ def learned_predictions(table, router_path: str | None, train_share: float, seed
             raise ValueError(f"{table.path}: --train-share {train_share} leaves no prompt to "
                              f"{'train on' if not len(train) else 'replay'} ({len(uniq)} distinct prompts)")
         known = [m for m in table.models if m not in new_models]
+        if not known:
+            raise ValueError(f"{table.path}: every model is added by a drift ({sorted(new_models)}); at least one must "
+                             "be there from the start to train the router on (or pass --router)")
         log.info("training the router on %d prompts (%d models); replaying %d held-out prompts", len(train), len(known), len(replay))
         predictor = OutcomePredictor(seed=seed).fit(X[train], table.subset(train).restrict_models(known),
                                                     groups=inv[train])
