@@ -163,6 +163,10 @@ def _short_circuit(gw: Gateway, ctx: RequestContext, answer: dict[str, Any]) -> 
     if ctx.status == "pending":
         ctx.status = "cache_hit"
     ctx.extras.setdefault("reason", f"answered by pre-hook ({ctx.cache_status})")
+    for hook in gw.pipeline.hooks:
+        answered = getattr(hook, "short_circuited", None)
+        if answered is not None:
+            answered(ctx)
     headers = response_headers(ctx)
     finish(gw, ctx)
     if not ctx.stream:

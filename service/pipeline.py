@@ -4,6 +4,10 @@ A pre-hook may short-circuit the request by returning a complete chat-completion
 cache hit, a budget refusal raised as an `ApiError`); the gateway then skips routing and the
 upstream call, and streams that body as SSE if the client asked for a stream. Post-hooks
 run after the client has its answer, off the latency path, and see the final outcome.
+
+Two optional stages sit between, for work that must be done before the client has its answer:
+`routed(ctx)` (async) after the routing decision, and `short_circuited(ctx)` (sync, no I/O)
+when a pre-hook answered instead.
 """
 from __future__ import annotations
 

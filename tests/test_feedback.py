@@ -1,6 +1,7 @@
 """POST /v1/feedback and the implicit signals, through a running gateway and the real SDK."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -178,3 +179,33 @@ def test_two_end_users_asking_the_same_is_no_regeneration(gw):
     ask("alice")
     rows = _feedback_rows(gw, 1, deadline_s=2.0)
     assert [(r["signal"]) for r in rows] == ["regenerated"]  # alice again, not bob after alice
+
+
+class SlowPostHook:
+    """Holds the post-hooks back, as a busy gateway's background tasks may be."""
+
+    name = "slow-post"
+
+    async def pre(self, ctx):
+        return None
+
+    async def post(self, ctx):
+        await asyncio.sleep(1.0)
+
+
+def test_feedback_sent_the_moment_a_cache_hit_arrives_is_accepted(upstream, tmp_path):
+    upstream.reset()
+    db = f"sqlite:///{tmp_path}/o.sqlite"
+    config = fake_config(upstream.base_url, db, extra="learning: {bandit: {enabled: true}}")
+    config = config.model_copy(update={"cache": config.cache.model_copy(update={"enabled": True, "semantic": False})})
+    running = Running(config, router=QualityRouter(QUALITY), hooks=[SlowPostHook()])
+    try:
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        first = running.client().chat.completions.with_raw_response.create(model="auto", messages=messages)
+        time.sleep(1.5)  # the answer is stored once its post-hooks have run
+        hit = running.client().chat.completions.with_raw_response.create(model="auto", messages=messages)
+        assert hit.headers["x-cache"] == "hit" and hit.headers["x-request-id"] != first.headers["x-request-id"]
+        r = httpx.post(f"{running.url}/v1/feedback", json={"request_id": hit.headers["x-request-id"], "thumbs": "up"})
+        assert r.status_code == 200, r.text
+    finally:
+        running.stop()

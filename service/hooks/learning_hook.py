@@ -275,6 +275,11 @@ class LearningHook:
             ctx.decision = rt.bandit.choose_for(ctx.decision, ctx.embedding, request_id=ctx.request_id,
                                                 rng=turn_rng(ctx))
 
+    def short_circuited(self, ctx: RequestContext) -> None:
+        # A cache hit never reaches `routed`, and post-hooks run after the client has the
+        # answer: a client that rates it at once must find its request id already.
+        self.rt.remember(ctx.request_id, ctx.tenant)
+
     async def post(self, ctx: RequestContext) -> None:
         rt = self.rt
         rt.remember(ctx.request_id, ctx.tenant)
