@@ -6,7 +6,9 @@ skips models that cannot take the request (context window too small, circuit ope
 the upstream, retries transient faults on the same model with jittered exponential backoff
 (honouring `Retry-After` up to `reliability.max_retry_after_s`, beyond which failing over is
 faster), and fails over on rate limits, 5xx, timeouts, connection faults, malformed
-answers, context-length and model-not-found errors. A client error (400) is returned as is.
+answers, context-length and model-not-found errors. When every model was rate limited and the
+soonest is free again within `max_retry_after_s`, it waits for it and goes round once more.
+A client error (400) is returned as is.
 
 Streams are held until the first chunk that carries output: a failure before it fails over
 without the client noticing; after it the client owns a partial answer and the stream ends
@@ -48,6 +50,11 @@ def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int | None, int | Non
     if not usage:
         return None, None
     return usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+
+def _rate_limited(attempt: Mapping[str, Any]) -> bool:
+    """An attempt that failed, or a model skipped, because of a rate limit (upstream or its own)."""
+    return attempt.get("kind") == "rate_limit" or attempt.get("reason") in ("rate_limited", "rate_window")
 
 
 def failover_chain(config: Config, ctx: RequestContext) -> list[str]:
@@ -136,9 +143,19 @@ class Dispatcher:
             return False  # a timeout already cost the full timeout: the next model is the faster bet
         return err.retry_after is None or err.retry_after <= self.rel.max_retry_after_s
 
+    def _short_wait(self, attempts: list[dict[str, Any]]) -> float | None:
+        """When every model tried was rate limited and the soonest is free again within
+        `max_retry_after_s`: that wait, to go round the chain once more rather than answer 429
+        (an upstream's 429 with a Retry-After of a few hundred ms blocks that model for every
+        request meanwhile, and a burst finds all of them blocked at once)."""
+        if not attempts or not all(_rate_limited(a) for a in attempts):
+            return None
+        waits = [a["retry_after_s"] for a in attempts if a.get("retry_after_s")]
+        return min(waits) if waits and min(waits) <= self.rel.max_retry_after_s else None
+
     def _give_up(self, ctx: RequestContext, errors: list[UpstreamError], chain: list[str]) -> ApiError:
         routed = ctx.decision is not None
-        limited = [a for a in ctx.attempts if a.get("kind") == "rate_limit" or a.get("reason") in ("rate_limited", "rate_window")]
+        limited = [a for a in ctx.attempts if _rate_limited(a)]
         if not errors:
             if all(a.get("reason") == "context_window" for a in ctx.attempts):
                 return ApiError(400, "the request is longer than the context window of every eligible model",
@@ -177,51 +194,57 @@ class Dispatcher:
         # rate limited costs no time, and OpenClaw retries a 429 for minutes instead of failing
         # over: a routed request goes on down the ranking while any model is not rate limited.
         failed = 0
-        for position, name in enumerate(chain):
-            if routed and failed > self.rel.max_fallbacks:
-                break
-            spec = self.specs[name]
-            # A named model is tried whatever its window; what stands in for it must fit.
-            if (routed or position > 0) and not self._fits(spec, ctx, smallest_failed_window):
-                self._record(ctx, name, "skipped", reason="context_window")
-                continue
-            if not self.live.breaker.acquire(name):
-                wait = self.live.breaker.blocked_for(name)  # the upstream's Retry-After, or a circuit its 429s opened
-                self._record(ctx, name, "skipped", reason="rate_limited" if wait else "circuit_open",
-                             retry_after_s=round(wait, 3) if wait else None)
-                continue
-            for retry in range(self.rel.max_retries + 1):
-                started = time.perf_counter()
-                if not self.live.started(name, ctx.routing.input_tokens):
-                    # Its RPM/TPM window filled since the decision (concurrent requests): next model.
-                    self.live.breaker.release(name)
-                    wait = self.live.window_wait_s(name, ctx.routing.input_tokens)
-                    self._record(ctx, name, "skipped", reason="rate_window", retry_after_s=round(wait, 3) if wait else None)
+        for lap in range(2):
+            first = len(ctx.attempts)
+            for position, name in enumerate(chain):
+                if routed and failed > self.rel.max_fallbacks:
                     break
-                try:
-                    return await call(spec, retry)
-                except UpstreamError as err:
-                    failure = err
-                except BaseException:
-                    self.live.breaker.release(name)
-                    raise
-                finally:
-                    self.live.finished(name)
-                self._on_error(ctx, spec, failure, started, retry)
-                errors.append(failure)
-                if not failure.failover:
-                    raise ApiError(400, f"the upstream rejected the request: {failure.message}", code="upstream_bad_request")
-                if failure.kind == "context_length":
-                    smallest_failed_window = max(smallest_failed_window or 0, spec.context_window)
-                if not self._should_retry(failure, retry) or self.live.breaker.state(name) == "open":
-                    failed += failure.kind != "rate_limit"
-                    if position + 1 < len(chain):
-                        self.metrics.fallbacks.labels(name, failure.kind).inc()
-                    break
-                await self._sleep(self._backoff(retry, failure.retry_after))
+                spec = self.specs[name]
+                # A named model is tried whatever its window; what stands in for it must fit.
+                if (routed or position > 0) and not self._fits(spec, ctx, smallest_failed_window):
+                    self._record(ctx, name, "skipped", reason="context_window")
+                    continue
                 if not self.live.breaker.acquire(name):
-                    failed += failure.kind != "rate_limit"
-                    break
+                    wait = self.live.breaker.blocked_for(name)  # the upstream's Retry-After, or a circuit its 429s opened
+                    self._record(ctx, name, "skipped", reason="rate_limited" if wait else "circuit_open",
+                                 retry_after_s=round(wait, 3) if wait else None)
+                    continue
+                for retry in range(self.rel.max_retries + 1):
+                    started = time.perf_counter()
+                    if not self.live.started(name, ctx.routing.input_tokens):
+                        # Its RPM/TPM window filled since the decision (concurrent requests): next model.
+                        self.live.breaker.release(name)
+                        wait = self.live.window_wait_s(name, ctx.routing.input_tokens)
+                        self._record(ctx, name, "skipped", reason="rate_window", retry_after_s=round(wait, 3) if wait else None)
+                        break
+                    try:
+                        return await call(spec, retry)
+                    except UpstreamError as err:
+                        failure = err
+                    except BaseException:
+                        self.live.breaker.release(name)
+                        raise
+                    finally:
+                        self.live.finished(name)
+                    self._on_error(ctx, spec, failure, started, retry)
+                    errors.append(failure)
+                    if not failure.failover:
+                        raise ApiError(400, f"the upstream rejected the request: {failure.message}", code="upstream_bad_request")
+                    if failure.kind == "context_length":
+                        smallest_failed_window = max(smallest_failed_window or 0, spec.context_window)
+                    if not self._should_retry(failure, retry) or self.live.breaker.state(name) == "open":
+                        failed += failure.kind != "rate_limit"
+                        if position + 1 < len(chain):
+                            self.metrics.fallbacks.labels(name, failure.kind).inc()
+                        break
+                    await self._sleep(self._backoff(retry, failure.retry_after))
+                    if not self.live.breaker.acquire(name):
+                        failed += failure.kind != "rate_limit"
+                        break
+            wait = self._short_wait(ctx.attempts[first:]) if lap == 0 else None
+            if wait is None:
+                break
+            await self._sleep(wait + 0.001)  # just past the block: a wake-up on its last tick would skip the model again
         raise self._give_up(ctx, errors, chain)
 
     # -- non-streaming -----------------------------------------------------------------------

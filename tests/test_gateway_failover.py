@@ -284,6 +284,22 @@ def test_auto_with_every_model_waiting_out_its_retry_after_is_a_429(start, upstr
     assert 18 <= int(routed.value.response.headers["retry-after"]) <= 20
 
 
+def test_a_short_retry_after_on_every_model_is_waited_out_not_a_429(start, upstream):
+    # OpenAI's 429s often say "try again in 300ms": the gateway waits that out (within
+    # max_retry_after_s, 1 s here) and goes round once more instead of sending OpenClaw a 429.
+    gw = start()
+    upstream.script("m1", rate_limit(retry_after=0.3), rate_limit(retry_after=0.3))
+    answer, headers = ask(gw, model="m1")
+    assert answer.model == "m1"
+    assert attempts(gw.outcome(headers["x-request-id"])) == [("m1", "rate_limit"), ("m1", "rate_limit"), ("m1", "ok")]
+    for m in ("m1", "m2", "m3"):
+        upstream.script(m, rate_limit(retry_after=0.3), rate_limit(retry_after=0.3))
+    answer, headers = ask(gw)
+    assert answer.model == "m1"
+    assert attempts(gw.outcome(headers["x-request-id"])) == [
+        *[(m, "rate_limit") for m in ("m1", "m1", "m2", "m2", "m3", "m3")], ("m1", "ok")]
+
+
 SIX = [{"name": f"m{i}", "context_window": 100000} for i in range(1, 7)]
 SIX_QUALITY = {f"m{i}": 1.0 - i / 10 for i in range(1, 7)}
 
