@@ -87,6 +87,18 @@ def failover_chain(config: Config, ctx: RequestContext) -> list[str]:
     return [named.name, *allowed]
 
 
+@dataclass
+class _Tries:
+    """What one request's attempts have learnt so far, across laps of the chain."""
+
+    errors: list[UpstreamError] = field(default_factory=list)
+    smallest_failed_window: int | None = None
+    # Models called that failed other than by a rate limit. A 429 or a model skipped while
+    # rate limited costs no time, and OpenClaw retries a 429 for minutes instead of failing
+    # over: a routed request goes on down the ranking while any model is not rate limited.
+    failed: int = 0
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -187,65 +199,68 @@ class Dispatcher:
     async def _attempts(self, ctx: RequestContext, call: Callable[[ModelSpec, int], Awaitable[Any]]) -> Any:
         """Run `call(spec, retry)` along the chain until one returns; raise ApiError when none does."""
         chain = self.chain(ctx)
-        routed = ctx.decision is not None
-        errors: list[UpstreamError] = []
-        smallest_failed_window: int | None = None
-        # Models called that failed other than by a rate limit. A 429 or a model skipped while
-        # rate limited costs no time, and OpenClaw retries a 429 for minutes instead of failing
-        # over: a routed request goes on down the ranking while any model is not rate limited.
-        failed = 0
+        tries = _Tries()
         for lap in range(2):
             first = len(ctx.attempts)
-            for position, name in enumerate(chain):
-                if routed and failed > self.rel.max_fallbacks:
-                    break
-                spec = self.specs[name]
-                # A named model is tried whatever its window; what stands in for it must fit.
-                if (routed or position > 0) and not self._fits(spec, ctx, smallest_failed_window):
-                    self._record(ctx, name, "skipped", reason="context_window")
-                    continue
-                if not self.live.breaker.acquire(name):
-                    wait = self.live.breaker.blocked_for(name)  # the upstream's Retry-After, or a circuit its 429s opened
-                    self._record(ctx, name, "skipped", reason="rate_limited" if wait else "circuit_open",
-                                 retry_after_s=round(wait, 3) if wait else None)
-                    continue
-                for retry in range(self.rel.max_retries + 1):
-                    started = time.perf_counter()
-                    if not self.live.started(name, ctx.routing.input_tokens):
-                        # Its RPM/TPM window filled since the decision (concurrent requests): next model.
-                        self.live.breaker.release(name)
-                        wait = self.live.window_wait_s(name, ctx.routing.input_tokens)
-                        self._record(ctx, name, "skipped", reason="rate_window", retry_after_s=round(wait, 3) if wait else None)
-                        break
-                    try:
-                        return await call(spec, retry)
-                    except UpstreamError as err:
-                        failure = err
-                    except BaseException:
-                        self.live.breaker.release(name)
-                        raise
-                    finally:
-                        self.live.finished(name)
-                    self._on_error(ctx, spec, failure, started, retry)
-                    errors.append(failure)
-                    if not failure.failover:
-                        raise ApiError(400, f"the upstream rejected the request: {failure.message}", code="upstream_bad_request")
-                    if failure.kind == "context_length":
-                        smallest_failed_window = max(smallest_failed_window or 0, spec.context_window)
-                    if not self._should_retry(failure, retry) or self.live.breaker.state(name) == "open":
-                        failed += failure.kind != "rate_limit"
-                        if position + 1 < len(chain):
-                            self.metrics.fallbacks.labels(name, failure.kind).inc()
-                        break
-                    await self._sleep(self._backoff(retry, failure.retry_after))
-                    if not self.live.breaker.acquire(name):
-                        failed += failure.kind != "rate_limit"
-                        break
+            answered, answer = await self._lap(ctx, call, chain, tries)
+            if answered:
+                return answer
             wait = self._short_wait(ctx.attempts[first:]) if lap == 0 else None
             if wait is None:
                 break
             await self._sleep(wait + 0.001)  # just past the block: a wake-up on its last tick would skip the model again
-        raise self._give_up(ctx, errors, chain)
+        raise self._give_up(ctx, tries.errors, chain)
+
+    async def _lap(self, ctx: RequestContext, call: Callable[[ModelSpec, int], Awaitable[Any]], chain: list[str],
+                   tries: "_Tries") -> tuple[bool, Any]:
+        """One pass down the chain: (True, answer) from the first model that answers."""
+        routed = ctx.decision is not None
+        for position, name in enumerate(chain):
+            if routed and tries.failed > self.rel.max_fallbacks:
+                break
+            spec = self.specs[name]
+            # A named model is tried whatever its window; what stands in for it must fit.
+            if (routed or position > 0) and not self._fits(spec, ctx, tries.smallest_failed_window):
+                self._record(ctx, name, "skipped", reason="context_window")
+                continue
+            if not self.live.breaker.acquire(name):
+                wait = self.live.breaker.blocked_for(name)  # the upstream's Retry-After, or a circuit its 429s opened
+                self._record(ctx, name, "skipped", reason="rate_limited" if wait else "circuit_open",
+                             retry_after_s=round(wait, 3) if wait else None)
+                continue
+            for retry in range(self.rel.max_retries + 1):
+                started = time.perf_counter()
+                if not self.live.started(name, ctx.routing.input_tokens):
+                    # Its RPM/TPM window filled since the decision (concurrent requests): next model.
+                    self.live.breaker.release(name)
+                    wait = self.live.window_wait_s(name, ctx.routing.input_tokens)
+                    self._record(ctx, name, "skipped", reason="rate_window", retry_after_s=round(wait, 3) if wait else None)
+                    break
+                try:
+                    return True, await call(spec, retry)
+                except UpstreamError as err:
+                    failure = err
+                except BaseException:
+                    self.live.breaker.release(name)
+                    raise
+                finally:
+                    self.live.finished(name)
+                self._on_error(ctx, spec, failure, started, retry)
+                tries.errors.append(failure)
+                if not failure.failover:
+                    raise ApiError(400, f"the upstream rejected the request: {failure.message}", code="upstream_bad_request")
+                if failure.kind == "context_length":
+                    tries.smallest_failed_window = max(tries.smallest_failed_window or 0, spec.context_window)
+                if not self._should_retry(failure, retry) or self.live.breaker.state(name) == "open":
+                    tries.failed += failure.kind != "rate_limit"
+                    if position + 1 < len(chain):
+                        self.metrics.fallbacks.labels(name, failure.kind).inc()
+                    break
+                await self._sleep(self._backoff(retry, failure.retry_after))
+                if not self.live.breaker.acquire(name):
+                    tries.failed += failure.kind != "rate_limit"
+                    break
+        return False, None
 
     # -- non-streaming -----------------------------------------------------------------------
     async def complete(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
