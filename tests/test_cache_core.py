@@ -69,11 +69,24 @@ def new_cache(verifier, path=None, **kw) -> ResponseCache:
     return ResponseCache(path, verifier=verifier, **kw)
 
 
-def test_exact_hit_ignores_whitespace_and_non_generation_fields(verifier, embed):
+def test_exact_hit_ignores_blank_ends_and_non_generation_fields(verifier, embed):
     cache = new_cache(verifier)
     put(cache, embed, body("What is the capital of France?"), "Paris.")
-    hit = get(cache, embed, {**body("  What is the   capital of France? "), "stream": True, "user": "u9"})
+    hit = get(cache, embed, {**body("  What is the capital of France? \r\n"), "stream": True, "user": "u9"})
     assert hit is not None and hit.kind == "hit" and hit.response["choices"][0]["message"]["content"] == "Paris."
+    # Spacing inside the text is kept in the exact key: prose that differs only so still matches
+    # semantically, code does not ("'a  b'.split(' ')" returns another list).
+    assert get(cache, embed, body("What is the   capital of France?")).kind == "semantic-hit"
+    put(cache, embed, body("What does 'a  b'.split(' ') return in Python?"), "['a', '', 'b']")
+    assert get(cache, embed, body("What does 'a b'.split(' ') return in Python?")) is None
+    put(cache, embed, body("Split this on tabs: a\tb\tc"), "a | b | c")
+    assert get(cache, embed, body("Split this on tabs: a b c")) is None
+
+
+def test_equal_numbers_written_differently_are_one_key():
+    zero, zero_point = {**body("Hi?"), "temperature": 0}, {**body("Hi?"), "temperature": 0.0}
+    assert request_keys(zero, "auto", "t1") == request_keys(zero_point, "auto", "t1")
+    assert request_keys({**zero, "temperature": 0.5}, "auto", "t1").exact != request_keys(zero, "auto", "t1").exact
 
 
 def test_paraphrase_is_a_semantic_hit(verifier, embed):
@@ -92,6 +105,13 @@ def test_paraphrase_is_a_semantic_hit(verifier, embed):
     ("Is coffee good for you?", "Is coffee bad for you?"),
     ("What are the advantages of remote work?", "What are the disadvantages of remote work?"),
     ("How do I convert dollars to rupees?", "How do I convert rupees to dollars?"),
+    # what `words` cannot see: inner capitals, symbols, a name one side adds (a review found each served)
+    ("How many bits are in 1 MB?", "How many bits are in 1 Mb?"),
+    ("In Python regex, what does \\W match?", "In Python regex, what does \\w match?"),
+    ("What does ls -r do?", "What does ls -R do?"),
+    ("Is C++ better than C#?", "Is C# better than C++?"),
+    ("What time zone is New York in?", "What time zone is York in?"),
+    ("Is this valid Prolog: foo(X) :- bar(X).", "Is this valid Prolog: foo(X) :- bar(X)"),
 ])
 def test_different_questions_miss(verifier, embed, cached, asked):
     cache = new_cache(verifier)
@@ -390,6 +410,14 @@ def test_only_finished_non_empty_answers_are_stored():
 
     two_lines = Headers(raw=[(b"cache-control", b"max-age=0"), (b"cache-control", b"no-store")])
     assert cache_control(two_lines).write is False
+
+
+def test_a_request_for_logprobs_is_not_cached():
+    from router.cache.policy import request_cacheable
+
+    assert request_cacheable(body("Hi?"), False) is None
+    assert request_cacheable({**body("Hi?"), "logprobs": True}, False) == "logprobs"
+    assert request_cacheable({**body("Hi?"), "logprobs": False, "top_logprobs": 3}, False) == "logprobs"
 
 
 def test_a_question_without_its_final_mark_is_the_same_question(verifier, embed):

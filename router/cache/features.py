@@ -171,16 +171,54 @@ def hard_mismatch(a: str, b: str) -> bool:
     """Differences that always mean another question, whatever the model says: different numbers
     on both sides ("2 eggs" vs "3 eggs"), negation, opposites ("good" vs "bad"), a reversed
     direction ("dollars to rupees" vs "rupees to dollars"), swapped roles ("do Croats like
-    Turks" vs "do Turks like Croats") and the same words with other line breaks or indentation. A number on one side only ("... in 2016?") is left to the
-    model: on validation a fifth of such pairs are labelled duplicates."""
-    if a != b and ("\n" in a or "\n" in b) and a.split() == b.split():
+    Turks" vs "do Turks like Croats"), the same words with other symbols or inner capitals
+    ("1 MB" vs "1 Mb", "\\W" vs "\\w", "ls -r" vs "ls -R", "C++ vs C#" swapped), a name one side
+    adds to the other's words ("New York" vs "York", "MacBook Pro" vs "MacBook"), and the same
+    words laid out differently where layout can matter (line breaks, tabs, spacing in code). A
+    number on one side only ("... in 2016?") is left to the model: on validation a fifth of such
+    pairs are labelled duplicates."""
+    if a != b and a.split() == b.split() and ("\n" in a or "\n" in b or "\t" in a or "\t" in b or _CODE_LIKE.search(a)):
         return True  # the same words laid out differently: in code or YAML, another question
     na, nb = numbers(a), numbers(b)
     if (na and nb and na != nb) or negated(a) != negated(b):
         return True
     wa, wb = words(a), words(b)
+    if wa == wb:
+        return a != b and _marks(a, b) != _marks(b, a)
     sa, sb = set(wa), set(wb)
-    return _opposed(sa - sb, sb - sa) or _reversed(wa, wb) or _swapped_roles(wa, wb)
+    return _opposed(sa - sb, sb - sa) or _reversed(wa, wb) or _swapped_roles(wa, wb) or _name_added(a, b, sa, sb)
+
+
+# What `words` cannot see. Symbols inside a token (C++, C#, \W, -r, 1/2, non-Latin script)
+# and capitals after a token's first letter (MB, CO) can be the whole question; a hyphen
+# inside a word ("8-year-old") and marks at a token's ends are not.
+_CODE_LIKE = re.compile(r"[`\"(){}\[\]<>=;\\|$]")
+_SYMBOL = re.compile(r"[^\sA-Za-z0-9'’?.,!:;\"“”()\[\]]")
+_INNER_HYPHEN = re.compile(r"(?<=[A-Za-z0-9])-(?=[A-Za-z0-9])")
+_TOKEN_EDGES = "?.,!:;\"'“”‘’()[]"
+
+
+def _marks(text: str, other: str) -> list[str]:
+    """The tokens of `text` that carry symbols or inner capitals, in order. Capitals count only
+    when both texts use any: a question typed all in lower case says nothing by its case."""
+    use_case = any(c.isupper() for c in text) and any(c.isupper() for c in other)
+    out = []
+    for token in text.split():
+        token = token.strip(_TOKEN_EDGES)
+        if _SYMBOL.search(_INNER_HYPHEN.sub("", token)) or (use_case and any(c.isupper() for c in token[1:])):
+            out.append(token)
+    return out
+
+
+def _name_added(a: str, b: str, sa: set[str], sb: set[str]) -> bool:
+    """One side is the other's words plus a capitalised name: another entity, not a rewording."""
+    if sb < sa:
+        longer, extra = a, sa - sb
+    elif sa < sb:
+        longer, extra = b, sb - sa
+    else:
+        return False
+    return bool(extra & {w.lower() for w in _CAPITALISED.findall(longer)})
 
 
 WORD_NAMES = (

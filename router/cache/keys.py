@@ -27,17 +27,16 @@ NOT_ANSWER_FIELDS = frozenset({
 
 
 def canonical_text(text: str) -> str:
-    """Runs of spaces inside a line collapse and blank ends go; case, punctuation, line breaks and
-    indentation stay (they can change the answer: code, YAML, Markdown)."""
-    if "\n" not in text and "\r" not in text:
-        # str.split() is ~10x faster than a regex on an agent's 40 KB system prompt, which every
-        # turn of a session sends again.
-        return " ".join(text.split())
-    lines = []
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        words = " ".join(line.split())
-        lines.append(line[: len(line) - len(line.lstrip())] + words if words else "")
-    return "\n".join(lines).strip("\n")
+    """Blank ends go and line endings become "\\n"; everything else stays, runs of spaces and tabs
+    inside a line included: "'a  b'.split(' ')" and "'a b'.split(' ')" are other questions."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.strip()
+
+
+def _number(v: Any) -> Any:
+    # `temperature: 0` and `temperature: 0.0` ask for the same thing; json.dumps writes them apart.
+    return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
 def _message(m: Mapping[str, Any]) -> dict[str, Any]:
@@ -73,7 +72,7 @@ class RequestKeys:
 def request_keys(body: Mapping[str, Any], route: str, tenant: str) -> RequestKeys:
     """Keys of a chat-completions body; `route` is the routing profile or the model the client named."""
     messages = [_message(m) for m in body.get("messages") or []]
-    params = {k: v for k, v in body.items() if k not in NOT_ANSWER_FIELDS and v is not None}
+    params = {k: _number(v) for k, v in body.items() if k not in NOT_ANSWER_FIELDS and v is not None}
     shared = {
         "route": route,
         "tenant": tenant,

@@ -1,7 +1,8 @@
 """What may be read from and written to the cache.
 
 Never cached: errors, truncated streams, answers that did not finish with `stop` (cut by the
-length limit, filtered, an upstream's `error`), empty answers, `n > 1`, and by
+length limit, filtered, an upstream's `error`), empty answers, `n > 1`, requests for
+`logprobs` (a stored answer keeps none to replay), and by
 default tool-call answers and requests with an explicit non-zero temperature (the client
 asked for variety; a cached answer would repeat one sample forever). A request without a
 `temperature` is cacheable: the client did not ask for sampling, and most chat clients
@@ -36,6 +37,8 @@ def request_cacheable(body: Mapping[str, Any], cache_nonzero_temperature: bool) 
     n = body.get("n")
     if isinstance(n, int) and n > 1:
         return "n > 1"
+    if body.get("logprobs") or body.get("top_logprobs"):
+        return "logprobs"  # a stored answer keeps no token log-probabilities to replay
     temperature = body.get("temperature")
     if not cache_nonzero_temperature and isinstance(temperature, (int, float)) and temperature > 0:
         return "non-zero temperature"
