@@ -89,6 +89,9 @@ class ModelSpec(_Strict):
         return min(requested, self.max_output_tokens) if "max_output_tokens" in self.model_fields_set else requested
 
 
+_ESSENTIAL = frozenset({"model", "messages", "stream"})  # what every chat-completions call needs
+
+
 class RequestShape(_Strict):
     """How an OpenAI-compatible provider takes the client's body, which is otherwise passed
     through: some refuse fields OpenAI accepts (Mistral answers 422 to `max_completion_tokens`,
@@ -101,6 +104,15 @@ class RequestShape(_Strict):
     developer_role: Literal["developer", "system"] = Field(
         default="developer", description="the role `developer` turns are sent with")
 
+    @model_validator(mode="after")
+    def _renames_reach_the_upstream(self) -> "RequestShape":
+        for source, target in self.rename.items():
+            if source in _ESSENTIAL or target in _ESSENTIAL:
+                raise ValueError(f"rename: {source!r} -> {target!r}: model, messages and stream are sent as they are")
+            if target in self.drop or (self.keep_only is not None and target not in self.keep_only):
+                raise ValueError(f"rename: {source!r} -> {target!r} would never be sent (dropped, or not in keep_only)")
+        return self
+
     @property
     def is_identity(self) -> bool:
         return not self.rename and not self.drop and self.keep_only is None and self.developer_role == "developer"
@@ -109,14 +121,14 @@ class RequestShape(_Strict):
         if self.is_identity:
             return body
         # A field sent under its own name wins over one renamed onto it (max_tokens beside
-        # max_completion_tokens carry the same cap by then).
-        out = {k: v for k, v in body.items() if k not in self.rename}
+        # max_completion_tokens carry the same cap by then); a null is no value (the SDK sends
+        # `max_tokens: null` beside a real `max_completion_tokens`).
+        out = {k: v for k, v in body.items() if k not in self.rename and v is not None}
         for k, v in body.items():
-            if k in self.rename:
+            if k in self.rename and v is not None:
                 out.setdefault(self.rename[k], v)
-        essential = {"model", "messages", "stream"}
         out = {k: v for k, v in out.items()
-               if k in essential or (k not in self.drop and (self.keep_only is None or k in self.keep_only))}
+               if k in _ESSENTIAL or (k not in self.drop and (self.keep_only is None or k in self.keep_only))}
         if self.developer_role != "developer" and isinstance(out.get("messages"), list):
             out["messages"] = [{**m, "role": self.developer_role} if isinstance(m, dict) and m.get("role") == "developer" else m
                                for m in out["messages"]]

@@ -10,6 +10,7 @@ is exhausted instead of learning about it from a 429.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -155,11 +156,13 @@ class RateWindow:
 
     def wait_s(self, model: str, limits: Limits, tokens: int) -> float:
         """Seconds until the window has room for one more request of `tokens` input tokens
-        (0: room now; the whole span when no window could hold it)."""
+        (0: room now; infinity when no window could hold it: more tokens than the TPM limit)."""
+        if _full(limits, 0, 0, tokens):
+            return math.inf
         with self._lock:
             w = self._windows.get(model)
             if w is None:
-                return 0.0 if not _full(limits, 0, 0, tokens) else self.span_s
+                return 0.0
             now = self._clock()
             self._trim(w, now)
             requests, used = w.requests, w.tokens
@@ -169,7 +172,7 @@ class RateWindow:
                 requests, used = requests - is_request, used - counted
                 if not _full(limits, requests, used, tokens):
                     return max(0.0, at + self.span_s - now)
-            return self.span_s
+            return self.span_s  # not reached: an empty window holds it
 
     def has_room(self, model: str, limits: Limits, tokens: int) -> bool:
         if limits.rpm is None and limits.tpm is None:

@@ -17,6 +17,7 @@ with an explicit error event (see api_chat).
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -63,8 +64,11 @@ def failover_chain(config: Config, ctx: RequestContext) -> list[str]:
     stops after `reliability.max_fallbacks` failovers that were not rate limits); a named model
     along its configured `fallbacks`, skipping those the request's limits or needs rule out
     (a local-only request never fails over to a cloud model)."""
+    # Set by governance: models whose worst case the request's reservation or the key's
+    # per-request ceiling does not cover.
+    unaffordable = ctx.extras.get("unaffordable", frozenset())
     if ctx.decision is not None:
-        return [ctx.decision.model, *ctx.decision.fallbacks()]
+        return [ctx.decision.model, *(m for m in ctx.decision.fallbacks() if m not in unaffordable)]
     try:
         named = config.model(ctx.requested_model)
     except KeyError:
@@ -78,11 +82,10 @@ def failover_chain(config: Config, ctx: RequestContext) -> list[str]:
             return False
         return limits.max_latency_s is None or spec.ttft_s <= limits.max_latency_s
 
-    beyond_ceiling = ctx.extras.get("beyond_ceiling", frozenset())  # set by governance: over the key's per-request cap
     allowed = [
         f for f in named.fallbacks
         if limits.in_scope(f, config.model(f).tags) and set(ctx.routing.needs) <= set(config.model(f).capabilities)
-        and within_limits(config.model(f)) and f not in beyond_ceiling
+        and within_limits(config.model(f)) and f not in unaffordable
     ]
     return [named.name, *allowed]
 
@@ -172,6 +175,9 @@ class Dispatcher:
             if all(a.get("reason") == "context_window" for a in ctx.attempts):
                 return ApiError(400, "the request is longer than the context window of every eligible model",
                                 code="context_length_exceeded", param="messages")
+            if all(a.get("reason") in ("context_window", "over_tpm") for a in ctx.attempts):
+                return ApiError(413, f"the request's {ctx.routing.input_tokens} input tokens are more than the "
+                                "tokens-per-minute limit of every model it may use", code="request_too_large", param="messages")
         elif all(e.kind == "context_length" for e in errors):
             return ApiError(400, f"the request does not fit the context window: {errors[-1].message}",
                             code="context_length_exceeded", param="messages")
@@ -234,7 +240,10 @@ class Dispatcher:
                     # Its RPM/TPM window filled since the decision (concurrent requests): next model.
                     self.live.breaker.release(name)
                     wait = self.live.window_wait_s(name, ctx.routing.input_tokens)
-                    self._record(ctx, name, "skipped", reason="rate_window", retry_after_s=round(wait, 3) if wait else None)
+                    if wait == math.inf:  # more input tokens than its TPM limit: waiting never helps
+                        self._record(ctx, name, "skipped", reason="over_tpm")
+                    else:
+                        self._record(ctx, name, "skipped", reason="rate_window", retry_after_s=round(wait, 3) if wait else None)
                     break
                 try:
                     return True, await call(spec, retry)
@@ -253,7 +262,7 @@ class Dispatcher:
                     tries.smallest_failed_window = max(tries.smallest_failed_window or 0, spec.context_window)
                 if not self._should_retry(failure, retry) or self.live.breaker.state(name) == "open":
                     tries.failed += failure.kind != "rate_limit"
-                    if position + 1 < len(chain):
+                    if position + 1 < len(chain) and not (routed and tries.failed > self.rel.max_fallbacks):
                         self.metrics.fallbacks.labels(name, failure.kind).inc()
                     break
                 await self._sleep(self._backoff(retry, failure.retry_after))

@@ -17,11 +17,17 @@ _ESCAPED_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def loads(raw: str | bytes) -> Any:
-    """`json.loads`, and where the text escapes a surrogate, every lone one replaced."""
+    """`json.loads`, and where the text escapes a surrogate, every lone one replaced. Too deep
+    to walk is a ValueError, as invalid JSON is."""
     value = json.loads(raw)
     pattern = _ESCAPED_SURROGATE_TEXT if isinstance(raw, str) else _ESCAPED_SURROGATE_BYTES
-    # json.loads joins a valid pair into one character: only lone halves are left to replace.
-    return _replace_lone(value) if pattern.search(raw) else value
+    if not pattern.search(raw):
+        return value
+    try:
+        # json.loads joins a valid pair into one character: only lone halves are left to replace.
+        return _replace_lone(value)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _replace_lone(value: Any) -> Any:

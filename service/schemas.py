@@ -31,7 +31,7 @@ class CalledFunction(_Open):
 
 
 class ToolCall(_Open):
-    id: StrictStr | None = None
+    id: StrictStr | StrictInt | None = None
     type: StrictStr | None = None
     function: CalledFunction | None = None
 

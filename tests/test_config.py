@@ -162,3 +162,16 @@ providers:
         parse_config(base.replace("KIND", "anthropic"), "bad.yaml")
     with pytest.raises(ConfigError, match=r"providers\.p\.request\.developer_role"):
         parse_config(base.replace("KIND", "openai").replace("rename: {max_completion_tokens: max_tokens}", "developer_role: admin"), "bad.yaml")
+
+
+def test_a_request_shape_keeps_the_clients_cap_and_refuses_renames_that_never_arrive():
+    from router.config import RequestShape
+
+    shape = RequestShape(rename={"max_completion_tokens": "max_tokens"}, keep_only={"max_tokens"})
+    # The openai SDK sends a null beside the real cap: the cap is what reaches the upstream.
+    sent = shape.apply({"model": "m", "messages": [], "stream": False, "max_tokens": None, "max_completion_tokens": 100})
+    assert sent == {"model": "m", "messages": [], "stream": False, "max_tokens": 100}
+    for bad in ({"rename": {"model": "engine"}}, {"rename": {"seed": "random_seed"}, "keep_only": ["max_tokens"]},
+                {"rename": {"seed": "random_seed"}, "drop": ["random_seed"]}):
+        with pytest.raises(ValueError, match="rename"):
+            RequestShape(**bad)

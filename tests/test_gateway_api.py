@@ -280,6 +280,9 @@ def test_half_an_emoji_in_the_history_or_the_answer_is_replaced_not_a_500(gw, up
         assert r.status_code == 200 and "error" not in r.text
     sent = upstream.requests[-1].body["messages"]
     assert sent[2]["content"] == "cut \ufffd here \U0001f600 whole" and sent[3]["content"] == "and \ufffd?"
+    numeric_id = history.replace(b'"id": "c1"', b'"id": 7').replace(b'"tool_call_id": "c1"', b'"tool_call_id": "7"')
+    r = httpx.post(f"{gw.url}/v1/chat/completions", content=numeric_id % b"false", headers={"content-type": "application/json"})
+    assert r.status_code == 200  # a numeric tool-call id passes through, as it did before tool calls were checked
     upstream.script("m1", ok("half \ud83d"), ok("half \ud83d"))  # the fake escapes it as "\ud83d"
     answer = gw.client().chat.completions.create(model="m1", messages=MSG)
     assert answer.choices[0].message.content == "half \ufffd"

@@ -240,6 +240,14 @@ def test_rpm_limit_steers_away_before_any_429(start, upstream):
     assert 55 <= int(limited.value.response.headers["retry-after"]) <= 60
 
 
+def test_a_request_over_a_models_tpm_limit_is_too_large_not_rate_limited(start, upstream):
+    gw = start(models=[{"name": "m1", "limits": {"tpm": 5}}, {"name": "m2"}, {"name": "m3"}])
+    with pytest.raises(openai.APIStatusError) as refused:
+        ask(gw, model="m1")  # ~12 input tokens: no minute's window ever takes it; a Retry-After would loop
+    assert refused.value.status_code == 413 and refused.value.body["code"] == "request_too_large"
+    assert not upstream.requests_for("m1")
+
+
 async def test_concurrent_async_clients_never_see_upstream_errors(start, upstream):
     gw = start()
     upstream.script("m1", *[server_error() for _ in range(4)], rate_limit(retry_after=30))
@@ -328,6 +336,10 @@ def test_failovers_after_errors_stop_at_max_fallbacks(start, upstream):
     assert failed.value.status_code == 503
     # the chosen model and max_fallbacks (3) more, each tried twice (max_retries 1); m5 and m6 never
     assert [m for m in SIX_QUALITY if upstream.requests_for(m)] == ["m1", "m2", "m3", "m4"]
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    counted = {line.split('from_model="')[1].split('"')[0] for line in metrics.splitlines()
+               if line.startswith("openclaw_fallbacks_total{")}
+    assert counted == {"m1", "m2", "m3"}  # m4's failure led to no failover
 
 
 def test_429s_without_retry_after_stay_429s_once_they_open_the_circuit(start, upstream):

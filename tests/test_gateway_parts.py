@@ -77,7 +77,7 @@ def test_rate_window_says_when_it_has_room_again():
     assert w.wait_s("m", limits, 100) == pytest.approx(45)  # rpm: the first request leaves at 60 s
     assert w.wait_s("m", Limits(tpm=1000), 400) == pytest.approx(45)  # tpm: so do its 600 tokens
     assert w.wait_s("m", Limits(tpm=1000), 300) == 0
-    assert w.wait_s("m", Limits(tpm=1000), 5000) == 60  # never fits: a whole window
+    assert w.wait_s("m", Limits(tpm=1000), 5000) == float("inf")  # more than the limit: no wait helps
 
 
 def test_outcome_log_is_wal_flushes_on_close_and_reads_back(tmp_path):
@@ -176,3 +176,13 @@ def test_outcome_log_upgrades_an_older_table_in_place(tmp_path):
     log.close()
     df = read_outcomes(f"sqlite:///{path}")
     assert list(df.request_id) == ["old-1", "new-1"] and df.chosen_model.iloc[1] == "m1"
+
+
+def test_json_text_replaces_lone_surrogates_and_calls_too_deep_invalid():
+    from service import json_text
+
+    assert json_text.loads(b'{"a": ["x \\ud83d y", {"\\udc00k": "\\ud83d\\ude00"}]}') == {"a": ["x \ufffd y", {"\ufffdk": "\U0001f600"}]}
+    assert json_text.loads('"plain"') == "plain" and json_text.loads("[1, null]") == [1, None]
+    deep = "[" * 900 + '"\\ud83d"' + "]" * 900  # json.loads takes it; replacing walks two frames a level
+    with pytest.raises(ValueError):
+        json_text.loads(deep)

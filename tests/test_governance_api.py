@@ -460,3 +460,32 @@ def test_serve_refuses_open_gateway_on_public_interface(tmp_path):
     assert done.returncode == 2
     assert "refusing to serve on 0.0.0.0 without any key" in done.stderr
     assert "listening" not in done.stdout
+
+
+def test_a_routed_request_reserves_for_its_model_and_max_fallbacks_more():
+    # The ranking is the whole failover chain (rate-limited models do not use up max_fallbacks),
+    # but reserving every ranked model's worst case would tie a budget up many times over: the
+    # reservation covers the chosen model and max_fallbacks (3) more, and a dearer model past them
+    # is left out of the chain.
+    from types import SimpleNamespace
+
+    from router.types import Candidate, Decision, RoutingRequest
+    from service.dispatch import failover_chain
+    from service.governance.hook import GovernanceHook
+    from service.governance.keys import to_nusd
+    from service.pipeline import RequestContext
+
+    prices = {"m1": 1.0, "m2": 2.0, "m3": 1.0, "m4": 1.0, "m5": 100.0, "m6": 1.5}
+    config = fake_config("http://127.0.0.1:9/v1", "sqlite:///unused.sqlite",
+                         models=[{"name": m, "in": p, "out": p, "context_window": 100000} for m, p in prices.items()])
+    hook = GovernanceHook.__new__(GovernanceHook)
+    hook.gov = SimpleNamespace(config=config)
+    decision = Decision("m1", tuple(Candidate(m, 0.9 - i / 100, 0.01, 100, 0.001, 1.0, 1 - i / 10) for i, m in enumerate(prices)),
+                        "best utility", 1.0)
+    ctx = RequestContext("r1", {"messages": [{"role": "user", "content": "hi"}]},
+                         RoutingRequest(text="hi", input_tokens=1000, max_output_tokens=500), {}, False, decision=decision)
+    assert failover_chain(config, ctx) == list(prices)
+    _, maximum = hook.estimate(ctx)
+    spec = {m.name: m for m in config.models}
+    assert maximum == to_nusd(hook.most(ctx, spec["m2"]))  # the dearest of m1-m4
+    assert failover_chain(config, ctx) == ["m1", "m2", "m3", "m4", "m6"]  # m5 is past them and dearer

@@ -36,11 +36,13 @@ def _without_end_mark(text: str) -> str:
     """The text without its final "?" / "." marks when they end a word: "How do I reset my
     password?", "... my password" and "... my password ?" ask the same. After anything else a
     final mark can be the question itself, and stays: "What is 5!" (a factorial) is not
-    "What is 5?", nor "Escape this character: ." "... : ?", nor Prolog's "foo(X) :- bar(X)."
-    without its full stop; and "!" is never dropped."""
+    "What is 5?", nor "Escape this character: ." "... : ?"; after a bracket only "?" goes (Prolog's
+    "foo(X) :- bar(X)." is not the same program without its full stop); "!" is never dropped."""
     text = text.rstrip()
     stripped = text.rstrip(" \t\n.?")
-    if stripped and len(stripped) < len(text) and (stripped[-1].isalpha() or stripped[-1] in "\"'\u201d\u2019"):
+    if not stripped or len(stripped) == len(text):
+        return text
+    if stripped[-1].isalpha() or stripped[-1] in "\"'\u201d\u2019" or (stripped[-1] == ")" and "." not in text[len(stripped):]):
         return stripped
     return text
 

@@ -171,13 +171,13 @@ def hard_mismatch(a: str, b: str) -> bool:
     """Differences that always mean another question, whatever the model says: different numbers
     on both sides ("2 eggs" vs "3 eggs"), negation, opposites ("good" vs "bad"), a reversed
     direction ("dollars to rupees" vs "rupees to dollars"), swapped roles ("do Croats like
-    Turks" vs "do Turks like Croats"), the same words with other symbols or inner capitals
+    Turks" vs "do Turks like Croats"), the same words with other symbols or a unit's capitals
     ("1 MB" vs "1 Mb", "\\W" vs "\\w", "ls -r" vs "ls -R", "C++ vs C#" swapped), a name one side
     adds to the other's words ("New York" vs "York", "MacBook Pro" vs "MacBook"), and the same
-    words laid out differently where layout can matter (line breaks, tabs, spacing in code). A
+    words laid out differently where layout can matter (line breaks, tabs, code, quotes). A
     number on one side only ("... in 2016?") is left to the model: on validation a fifth of such
     pairs are labelled duplicates."""
-    if a != b and a.split() == b.split() and ("\n" in a or "\n" in b or "\t" in a or "\t" in b or _CODE_LIKE.search(a)):
+    if a != b and a.split() == b.split() and _layout_matters(a, b):
         return True  # the same words laid out differently: in code or YAML, another question
     na, nb = numbers(a), numbers(b)
     if (na and nb and na != nb) or negated(a) != negated(b):
@@ -189,24 +189,41 @@ def hard_mismatch(a: str, b: str) -> bool:
     return _opposed(sa - sb, sb - sa) or _reversed(wa, wb) or _swapped_roles(wa, wb) or _name_added(a, b, sa, sb)
 
 
-# What `words` cannot see. Symbols inside a token (C++, C#, \W, -r, 1/2, non-Latin script)
-# and capitals after a token's first letter (MB, CO) can be the whole question; a hyphen
-# inside a word ("8-year-old") and marks at a token's ends are not.
-_CODE_LIKE = re.compile(r"[`\"(){}\[\]<>=;\\|$]")
+# What `words` cannot see. Symbols inside a token (C++, C#, \\W, -r, 2 + 2, non-Latin script) and
+# a unit's capitals after a number (1 MB, 5 mW) can be the whole question; a hyphen inside a word
+# ("8-year-old"), marks at a token's ends, a dash or an ellipsis standing alone in prose, and the
+# case of a name ("YouTube" / "Youtube", "GDP" / "gdp") are not.
+_CODE = re.compile(r"[`=;{}]|\t")
+_QUOTED = re.compile(r"`[^`]*`|\"[^\"]*\"|'[^']*'")
 _SYMBOL = re.compile(r"[^\sA-Za-z0-9'’?.,!:;\"“”()\[\]]")
 _INNER_HYPHEN = re.compile(r"(?<=[A-Za-z0-9])-(?=[A-Za-z0-9])")
-_TOKEN_EDGES = "?.,!:;\"'“”‘’()[]"
+_TOKEN_EDGES = "?.,!:;\"'“”‘’()[]…"
+_PROSE_MARKS = frozenset("-–—…·•")
+_NUMBER_TOKEN = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def _layout_matters(a: str, b: str) -> bool:
+    """Whether other spacing of the same words can be another question: line breaks (code, YAML),
+    tabs, code characters, or spacing inside quotes ("'a  b'.split(' ')" is not "'a b'...")."""
+    return "\n" in a or "\n" in b or bool(_CODE.search(a) or _CODE.search(b)) or _QUOTED.findall(a) != _QUOTED.findall(b)
 
 
 def _marks(text: str, other: str) -> list[str]:
-    """The tokens of `text` that carry symbols or inner capitals, in order. Capitals count only
-    when both texts use any: a question typed all in lower case says nothing by its case."""
+    """The tokens of `text` that carry symbols, and units written after a number, in order.
+    A unit's case counts only when both texts use capitals at all: a question typed all in
+    lower case says nothing by its case."""
     use_case = any(c.isupper() for c in text) and any(c.isupper() for c in other)
-    out = []
-    for token in text.split():
-        token = token.strip(_TOKEN_EDGES)
-        if _SYMBOL.search(_INNER_HYPHEN.sub("", token)) or (use_case and any(c.isupper() for c in token[1:])):
+    has_digits = any(c.isdigit() for c in text)
+    out, previous = [], ""
+    for raw in text.split():
+        token = raw.strip(_TOKEN_EDGES)
+        if token and set(token) <= _PROSE_MARKS and not has_digits:
+            pass  # a dash or an ellipsis between words of prose
+        elif _SYMBOL.search(_INNER_HYPHEN.sub("", token)):
             out.append(token)
+        elif use_case and _NUMBER_TOKEN.fullmatch(previous) and any(c.isupper() for c in token[1:]):
+            out.append(token)
+        previous = token
     return out
 
 

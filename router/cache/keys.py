@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -26,12 +27,17 @@ NOT_ANSWER_FIELDS = frozenset({
 })
 
 
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\n)+")
+
+
 def canonical_text(text: str) -> str:
-    """Blank ends go and line endings become "\\n"; everything else stays, runs of spaces and tabs
-    inside a line included: "'a  b'.split(' ')" and "'a b'.split(' ')" are other questions."""
+    """Trailing blanks and leading blank lines go and line endings become "\\n"; everything else
+    stays, the first line's indentation and runs of spaces or tabs inside a line included:
+    "'a  b'.split(' ')" and "'a b'.split(' ')" are other questions, and so are YAML documents
+    indented differently."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text.strip()
+    return _LEADING_BLANK_LINES.sub("", text.rstrip())
 
 
 def _number(v: Any) -> Any:

@@ -185,10 +185,16 @@ class GovernanceHook:
         return spec.most_billed(input_max, ctx.routing.max_output_tokens, ctx.routing.answers)
 
     def estimate(self, ctx: RequestContext) -> tuple[int, int]:
-        """(predicted, maximum) cost in nano-USD of what this request may be billed."""
+        """(predicted, maximum) cost in nano-USD of what this request may be billed. A routed
+        request reserves for its model and the next `max_fallbacks` of the ranking; it may fail
+        over further (past rate-limited models) only to models that reservation covers."""
         specs = {m.name: m for m in self.gov.config.models}
         chain = failover_chain(self.gov.config, ctx)
-        worst = max((self.most(ctx, specs[m]) for m in chain if m in specs), default=0.0)
+        covered = chain[: 1 + self.gov.config.reliability.max_fallbacks] if ctx.decision is not None else chain
+        worst = max((self.most(ctx, specs[m]) for m in covered if m in specs), default=0.0)
+        dearer = {m for m in chain[len(covered):] if m in specs and self.most(ctx, specs[m]) > worst}
+        if dearer:
+            ctx.extras["unaffordable"] = ctx.extras.get("unaffordable", frozenset()) | dearer
         decision = ctx.decision
         if decision is None:
             named = specs.get(ctx.requested_model)
@@ -203,7 +209,7 @@ class GovernanceHook:
         must pass it the same way, or failing over would bill what the named model could not."""
         specs = {m.name: m for m in self.gov.config.models}
         chain = failover_chain(self.gov.config, ctx)
-        ctx.extras["beyond_ceiling"] = frozenset(m for m in chain[1:] if m in specs and self.most(ctx, specs[m]) > ceiling_usd)
+        ctx.extras["unaffordable"] = frozenset(m for m in chain[1:] if m in specs and self.most(ctx, specs[m]) > ceiling_usd)
 
     async def routed(self, ctx: RequestContext) -> None:
         state: GovState | None = ctx.extras.get("governance")
