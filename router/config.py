@@ -89,7 +89,7 @@ class ModelSpec(_Strict):
         return min(requested, self.max_output_tokens) if "max_output_tokens" in self.model_fields_set else requested
 
 
-_ESSENTIAL = frozenset({"model", "messages", "stream"})  # what every chat-completions call needs
+ESSENTIAL_FIELDS = frozenset({"model", "messages", "stream"})  # what every chat-completions call needs
 
 
 class RequestShape(_Strict):
@@ -107,7 +107,7 @@ class RequestShape(_Strict):
     @model_validator(mode="after")
     def _renames_reach_the_upstream(self) -> "RequestShape":
         for source, target in self.rename.items():
-            if source in _ESSENTIAL or target in _ESSENTIAL:
+            if source in ESSENTIAL_FIELDS or target in ESSENTIAL_FIELDS:
                 raise ValueError(f"rename: {source!r} -> {target!r}: model, messages and stream are sent as they are")
             if target in self.drop or (self.keep_only is not None and target not in self.keep_only):
                 raise ValueError(f"rename: {source!r} -> {target!r} would never be sent (dropped, or not in keep_only)")
@@ -116,23 +116,6 @@ class RequestShape(_Strict):
     @property
     def is_identity(self) -> bool:
         return not self.rename and not self.drop and self.keep_only is None and self.developer_role == "developer"
-
-    def apply(self, body: dict[str, Any]) -> dict[str, Any]:
-        if self.is_identity:
-            return body
-        # A field sent under its own name wins over one renamed onto it (max_tokens beside
-        # max_completion_tokens carry the same cap by then); a null is no value (the SDK sends
-        # `max_tokens: null` beside a real `max_completion_tokens`).
-        out = {k: v for k, v in body.items() if k not in self.rename and v is not None}
-        for k, v in body.items():
-            if k in self.rename and v is not None:
-                out.setdefault(self.rename[k], v)
-        out = {k: v for k, v in out.items()
-               if k in _ESSENTIAL or (k not in self.drop and (self.keep_only is None or k in self.keep_only))}
-        if self.developer_role != "developer" and isinstance(out.get("messages"), list):
-            out["messages"] = [{**m, "role": self.developer_role} if isinstance(m, dict) and m.get("role") == "developer" else m
-                               for m in out["messages"]]
-        return out
 
 
 class ProviderSpec(_Strict):

@@ -166,10 +166,11 @@ providers:
 
 def test_a_request_shape_keeps_the_clients_cap_and_refuses_renames_that_never_arrive():
     from router.config import RequestShape
+    from service.providers.openai_compat import shaped
 
     shape = RequestShape(rename={"max_completion_tokens": "max_tokens"}, keep_only={"max_tokens"})
     # The openai SDK sends a null beside the real cap: the cap is what reaches the upstream.
-    sent = shape.apply({"model": "m", "messages": [], "stream": False, "max_tokens": None, "max_completion_tokens": 100})
+    sent = shaped({"model": "m", "messages": [], "stream": False, "max_tokens": None, "max_completion_tokens": 100}, shape)
     assert sent == {"model": "m", "messages": [], "stream": False, "max_tokens": 100}
     for bad in ({"rename": {"model": "engine"}}, {"rename": {"seed": "random_seed"}, "keep_only": ["max_tokens"]},
                 {"rename": {"seed": "random_seed"}, "drop": ["random_seed"]}):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator
 
-from router.config import ModelSpec
+from router.config import ESSENTIAL_FIELDS, ModelSpec, RequestShape
 from service.providers.base import Provider, UpstreamError, classify, error_message, output_limit, parse_json_event, scrub
 
 
@@ -24,6 +24,25 @@ def _stream_error(event: dict[str, Any], secrets: tuple[str | None, ...]) -> Ups
     assumed = 400 if "invalid_request" in str(err.get("type")) else 500
     message = scrub(error_message(event, "upstream error inside the stream"), secrets)
     return UpstreamError(classify(status or assumed, event, message), message, status=status)
+
+
+def shaped(body: dict[str, Any], shape: RequestShape) -> dict[str, Any]:
+    """The body as the provider takes it (its `request` shape): renamed, dropped and kept fields."""
+    if shape.is_identity:
+        return body
+    # A field sent under its own name wins over one renamed onto it (max_tokens beside
+    # max_completion_tokens carry the same cap by then); a null is no value (the SDK sends
+    # `max_tokens: null` beside a real `max_completion_tokens`).
+    out = {k: v for k, v in body.items() if k not in shape.rename and v is not None}
+    for k, v in body.items():
+        if k in shape.rename and v is not None:
+            out.setdefault(shape.rename[k], v)
+    out = {k: v for k, v in out.items()
+           if k in ESSENTIAL_FIELDS or (k not in shape.drop and (shape.keep_only is None or k in shape.keep_only))}
+    if shape.developer_role != "developer" and isinstance(out.get("messages"), list):
+        out["messages"] = [{**m, "role": shape.developer_role} if isinstance(m, dict) and m.get("role") == "developer" else m
+                           for m in out["messages"]]
+    return out
 
 
 class OpenAICompatProvider(Provider):
@@ -41,7 +60,7 @@ class OpenAICompatProvider(Provider):
             payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         else:
             payload.pop("stream_options", None)
-        return self.spec.request.apply(payload)
+        return shaped(payload, self.spec.request)
 
     async def complete(self, model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.base_url}/chat/completions"
