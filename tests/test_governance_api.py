@@ -108,6 +108,8 @@ def test_admin_input_out_of_range_is_a_400_not_a_500(env):
         ("post", "/admin/keys", {"name": "big", "rpm": 10**30}, "rpm"),
         ("post", "/admin/keys", {"name": "big", "max_request_usd": 1e10}, "max_request_usd"),
         ("post", "/admin/budgets", {"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 1e10}, "limit_usd"),
+        # below one nano-USD it was stored as 0: every later budget listing divided by it (a 500)
+        ("post", "/admin/budgets", {"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 1e-12}, "limit_usd"),
         # Python's JSON reads NaN and Infinity; stored, they made every later key listing a 500.
         ("post", "/admin/keys", {"name": "inf", "expires_in_s": float("inf")}, "expires_in_s"),
         ("post", "/admin/keys", {"name": "nan", "expires_at": float("nan")}, "expires_at"),
@@ -122,6 +124,9 @@ def test_admin_input_out_of_range_is_a_400_not_a_500(env):
         assert r.status_code == 400 and r.json()["error"]["param"] == param, (path, body, r.text)
     listed = admin.get("/admin/keys")
     assert listed.status_code == 200 and [k["name"] for k in listed.json()["data"]] == ["k"]
+    budget = admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 1}).json()
+    assert admin.patch(f"/admin/budgets/{budget['id']}", json={"limit_usd": 4e-10}).status_code == 400
+    assert admin.get("/admin/budgets").status_code == 200
 
 
 def test_key_lifecycle_over_http(env):
@@ -489,3 +494,19 @@ def test_a_routed_request_reserves_for_its_model_and_max_fallbacks_more():
     spec = {m.name: m for m in config.models}
     assert maximum == to_nusd(hook.most(ctx, spec["m2"]))  # the dearest of m1-m4
     assert failover_chain(config, ctx) == ["m1", "m2", "m3", "m4", "m6"]  # m5 is past them and dearer
+
+
+def test_under_a_budget_a_request_without_an_output_limit_is_sent_the_one_it_was_reserved_for(env):
+    # The reservation counts each model's max_output_tokens (4,096 by default); an upstream told no
+    # limit may write more, and the budget would end far past "limit + one request's maximum".
+    gw, admin, gov, up, _ = env
+    key, secret = new_key(admin, name="capped")
+    admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 5})
+    c = client(gw, secret)
+    c.chat.completions.create(model="auto", messages=[{"role": "user", "content": "Write a long essay."}])
+    assert up.requests[-1].body["max_tokens"] == 4096
+    c.chat.completions.create(model="auto", messages=[{"role": "user", "content": "Write a short essay."}], max_tokens=50)
+    assert up.requests[-1].body["max_tokens"] == 50
+    _, free = new_key(admin, name="no-budget")  # no budget: nothing to bound, the client's body as sent
+    client(gw, free).chat.completions.create(model="auto", messages=[{"role": "user", "content": "Write a long essay."}])
+    assert "max_tokens" not in up.requests[-1].body

@@ -139,6 +139,15 @@ def test_reserve_refuses_and_settles(ledger, db):
     assert ledger.usage([line])[line.counter] == Usage(to_nusd(0.35), 0, 0)
 
 
+def test_a_budget_limit_below_one_nano_usd_is_refused(db):
+    budgets = BudgetStore(db)
+    with pytest.raises(ValueError, match="limit_usd"):
+        budgets.create("team", "t1", "day", 1e-12)
+    b = budgets.create("team", "t1", "day", 1e-9)
+    with pytest.raises(ValueError, match="limit_usd"):
+        budgets.update(b.id, limit_usd=4e-10)
+
+
 def test_budget_report_calls_a_soft_limit_reached_when_routing_does(ledger, db):
     from types import SimpleNamespace
 

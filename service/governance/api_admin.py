@@ -60,6 +60,7 @@ Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 MAX_USD = 1e9  # $1e9 is 1e18 nano-USD, inside a signed 64-bit integer
+MIN_USD = 1e-9  # one nano-USD, the unit amounts are stored in: less would be stored as 0
 MAX_COUNT = 10**12
 
 
@@ -95,12 +96,12 @@ class BudgetCreate(_Body):
     scope: Literal["key", "team", "project"]
     scope_id: Text = Field(min_length=1)
     period: Literal["day", "month", "total"]
-    limit_usd: float = Field(gt=0, le=MAX_USD)
+    limit_usd: float = Field(ge=MIN_USD, le=MAX_USD)
     soft_threshold: float = Field(default=0.8, gt=0, le=1)
 
 
 class BudgetUpdate(_Body):
-    limit_usd: float | None = Field(default=None, gt=0, le=MAX_USD)
+    limit_usd: float | None = Field(default=None, ge=MIN_USD, le=MAX_USD)
     soft_threshold: float | None = Field(default=None, gt=0, le=1)
 
 
@@ -205,7 +206,8 @@ def budget_report(gov: Governance, now: float | None = None) -> list[dict[str, A
         elapsed = (now - start) / (end - start) if end != float("inf") else None
         out.append({
             **b.to_dict(), "label": b.label, "window": name, "spent_usd": spent, "reserved_usd": reserved,
-            "share": spent / b.limit_usd, # Settled spend, as routing reads it: a reservation is a worst case that settles lower.
+            "share": spent / b.limit_usd,
+            # Settled spend, as routing reads it: a reservation is a worst case that settles lower.
             "soft_limit_reached": spent >= b.soft_threshold * b.limit_usd,
             "projected_window_end_usd": spent / elapsed if elapsed else None,
         })

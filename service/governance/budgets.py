@@ -268,6 +268,12 @@ class SqlLedger:
         return len(stale)
 
 
+def _check_limit(limit_usd: float) -> None:
+    # Limits are stored in nano-USD: one that rounds to 0 would refuse everything and divide by zero.
+    if not limit_usd > 0 or to_nusd(limit_usd) < 1:
+        raise ValueError("limit_usd must be at least $0.000000001")
+
+
 class BudgetStore:
     def __init__(self, db: Database):
         self.db = db
@@ -276,8 +282,7 @@ class BudgetStore:
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
         window(period, 0.0)
-        if not limit_usd > 0:
-            raise ValueError("limit_usd must be > 0")
+        _check_limit(limit_usd)
         if not 0 < soft_threshold <= 1:
             raise ValueError("soft_threshold must be in (0, 1]")
         budget = Budget("bud_" + secrets.token_hex(8), scope, scope_id, period, float(limit_usd), float(soft_threshold),
@@ -309,8 +314,8 @@ class BudgetStore:
 
     def update(self, budget_id: str, limit_usd: float | None = None, soft_threshold: float | None = None) -> Budget:
         self.get(budget_id)
-        if limit_usd is not None and not limit_usd > 0:
-            raise ValueError("limit_usd must be > 0")
+        if limit_usd is not None:
+            _check_limit(limit_usd)
         if soft_threshold is not None and not 0 < soft_threshold <= 1:
             raise ValueError("soft_threshold must be in (0, 1]")
         with self.db.tx() as tx:

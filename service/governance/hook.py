@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from router.config import ModelSpec
@@ -184,13 +184,18 @@ class GovernanceHook:
         input_max = ctx.routing.input_tokens * INPUT_MARGIN + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REQUEST
         return spec.most_billed(input_max, ctx.routing.max_output_tokens, ctx.routing.answers)
 
+    def _chain(self, ctx: RequestContext) -> tuple[list[str], list[str]]:
+        """The request's failover chain, and the part of it a reservation covers: a routed
+        request's model and the next `max_fallbacks`, a named model and all its fallbacks."""
+        chain = failover_chain(self.gov.config, ctx)
+        return chain, chain[: 1 + self.gov.config.reliability.max_fallbacks] if ctx.decision is not None else chain
+
     def estimate(self, ctx: RequestContext) -> tuple[int, int]:
         """(predicted, maximum) cost in nano-USD of what this request may be billed. A routed
         request reserves for its model and the next `max_fallbacks` of the ranking; it may fail
         over further (past rate-limited models) only to models that reservation covers."""
         specs = {m.name: m for m in self.gov.config.models}
-        chain = failover_chain(self.gov.config, ctx)
-        covered = chain[: 1 + self.gov.config.reliability.max_fallbacks] if ctx.decision is not None else chain
+        chain, covered = self._chain(ctx)
         worst = max((self.most(ctx, specs[m]) for m in covered if m in specs), default=0.0)
         dearer = {m for m in chain[len(covered):] if m in specs and self.most(ctx, specs[m]) > worst}
         if dearer:
@@ -203,6 +208,18 @@ class GovernanceHook:
             chosen = next((c for c in decision.candidates if c.model == decision.model), None)
             predicted = chosen.cost_usd if chosen is not None else worst  # every one of `n` answers priced in
         return to_nusd(predicted) or 0, to_nusd(max(worst, predicted)) or 0
+
+    def _cap_output(self, ctx: RequestContext) -> None:
+        """A request that sets no output limit would be billed for whatever the upstream writes,
+        while a reservation can only count each model's `max_output_tokens`: under a budget it is
+        sent the largest of those among the models it may use, so it cannot cost more than was
+        reserved."""
+        specs = {m.name: m for m in self.gov.config.models}
+        _, covered = self._chain(ctx)
+        cap = max((specs[m].max_output_tokens for m in covered if m in specs), default=None)
+        if cap is not None:
+            ctx.body["max_tokens"] = cap
+            ctx.routing = replace(ctx.routing, max_output_tokens=cap)
 
     def _keep_fallbacks_under_ceiling(self, ctx: RequestContext, ceiling_usd: float) -> None:
         """A named model passes the key's per-request ceiling on its worst case; its fallbacks
@@ -218,6 +235,8 @@ class GovernanceHook:
         key = state.key
         if key is not None and key.max_request_usd is not None and ctx.decision is None:
             self._keep_fallbacks_under_ceiling(ctx, key.max_request_usd)
+        if state.lines and ctx.routing.max_output_tokens is None:
+            self._cap_output(ctx)
         predicted, maximum = self.estimate(ctx)
         state.predicted_nusd = predicted
         if key is not None and key.max_request_usd is not None and predicted > to_nusd(key.max_request_usd):
