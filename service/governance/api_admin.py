@@ -71,8 +71,8 @@ class KeyFields(_Body):
     allowed_models: list[str] | None = None
     allowed_profiles: list[str] | None = None
     # Upper bounds keep amounts inside the stores' 64-bit integers (nano-USD; tokens per minute).
-    rpm: int | None = Field(default=None, gt=0, le=MAX_COUNT)
-    tpm: int | None = Field(default=None, gt=0, le=MAX_COUNT)
+    rpm: StrictInt | None = Field(default=None, gt=0, le=MAX_COUNT)  # strict: `true` is no count
+    tpm: StrictInt | None = Field(default=None, gt=0, le=MAX_COUNT)
     max_request_usd: float | None = Field(default=None, gt=0, le=MAX_USD)
     max_session_usd: float | None = Field(default=None, gt=0, le=MAX_USD)
     metadata: Annotated[dict[str, Any], AfterValidator(_plain_json)] | None = None
@@ -246,9 +246,12 @@ def _report_args(request: Request) -> tuple[list[str], float | None, float | Non
 
     def number(name: str) -> float | None:
         try:
-            return float(q[name]) if name in q else None
+            value = float(q[name]) if name in q else None
         except ValueError:
-            raise ApiError(400, f"{name} must be a unix timestamp", code="invalid_request", param=name) from None
+            value = math.nan
+        if value is not None and not math.isfinite(value):
+            raise ApiError(400, f"{name} must be a unix timestamp", code="invalid_request", param=name)
+        return value
 
     filters = {d: q[d] for d in ("key", "team", "project", "user", "model", "day") if d in q}
     return group_by, number("since"), number("until"), filters
