@@ -132,6 +132,36 @@ class ContextualBandit:
     basis: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self):
+        self._context_dim = self.settings.context_dim  # as asked for: a narrower basis narrows it
+        self._set_basis()
+        s = self.settings
+        self._rng = np.random.default_rng(s.seed + 1)
+        self._arms: dict[str, _Arm] = {}
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._lock = threading.Lock()
+        self.decisions = 0
+        self.explore_mass = 0.0  # expected requests given a non-greedy model the predictor knows
+        self.new_model_explore_mass = 0.0  # expected requests given a non-greedy new model
+        self.greedy_spend = 0.0  # spend of the greedy (corrected) choices
+        self.extra_spend = 0.0  # expected spend of exploring, over the greedy choice
+        self.spend = 0.0  # expected spend of the bandit's choices
+        self.reference_spend = 0.0  # spend of the reference policy's choices
+        self.overspend = 0.0  # discounted spend over (1 + total_cost_share) x the reference's
+        self._cost_seen: dict[str, np.ndarray] = {}  # per model: discounted realised $, predicted $, calls
+
+    def rebase(self, basis: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """A new router is serving: what was learnt corrects the old predictor's predictions (in
+        its basis), and the new one may have learnt it already from the same feedback. The arms
+        and the realised-price ratios start again; the spend accounts carry on."""
+        with self._lock:
+            self.settings = replace(self.settings, context_dim=self._context_dim)
+            self.basis = basis
+            self._set_basis()
+            self._arms.clear()
+            self._pending.clear()
+            self._cost_seen.clear()
+
+    def _set_basis(self) -> None:
         s = self.settings
         rng = np.random.default_rng(s.seed)
         if self.basis is not None:
@@ -147,19 +177,6 @@ class ContextualBandit:
         else:
             self._center = np.zeros(self.embed_dim)
             self._proj = rng.normal(size=(self.embed_dim, s.context_dim)) / np.sqrt(s.context_dim)
-        self._rng = np.random.default_rng(s.seed + 1)
-        self._arms: dict[str, _Arm] = {}
-        self._pending: OrderedDict[str, _Pending] = OrderedDict()
-        self._lock = threading.Lock()
-        self.decisions = 0
-        self.explore_mass = 0.0  # expected requests given a non-greedy model the predictor knows
-        self.new_model_explore_mass = 0.0  # expected requests given a non-greedy new model
-        self.greedy_spend = 0.0  # spend of the greedy (corrected) choices
-        self.extra_spend = 0.0  # expected spend of exploring, over the greedy choice
-        self.spend = 0.0  # expected spend of the bandit's choices
-        self.reference_spend = 0.0  # spend of the reference policy's choices
-        self.overspend = 0.0  # discounted spend over (1 + total_cost_share) x the reference's
-        self._cost_seen: dict[str, np.ndarray] = {}  # per model: discounted realised $, predicted $, calls
 
     # ---- context and posterior ------------------------------------------------------
     @property
@@ -320,8 +337,11 @@ class ContextualBandit:
             return replace(decision, propensity=choice.propensity)
         chosen = next(c for c in eligible if c.model == choice.model)
         rest = tuple(c for c in decision.candidates if c.model != choice.model)
-        reason = (f"bandit exploration: {choice.model} (p={choice.propensity:.2f}) instead of "
-                  f"{choice.greedy}; {decision.reason}")
+        if choice.model == choice.greedy:  # feedback has corrected the prediction: not a trial
+            reason = f"bandit refinement: {choice.model} (corrected by feedback) instead of {decision.model}; {decision.reason}"
+        else:
+            reason = (f"bandit exploration: {choice.model} (p={choice.propensity:.2f}) instead of "
+                      f"{choice.greedy}; {decision.reason}")
         return replace(decision, model=choice.model, candidates=(chosen, *rest), reason=reason,
                        propensity=choice.propensity)
 

@@ -66,6 +66,10 @@ def parse_feedback(raw: object) -> FeedbackBody:
         raise bad_request(f"{param}: {msg}" if param else msg, param=param) from None
 
 
+OWNER_WAIT_S = 1.5  # longer than an outcome row takes to be written (post-hooks, then a 0.05 s batch)
+OWNER_POLL_S = 0.1
+
+
 @router.post("/v1/feedback")
 async def post_feedback(request: Request) -> JSONResponse:
     caller = await client_caller(request.app.state, request.headers)
@@ -74,6 +78,13 @@ async def post_feedback(request: Request) -> JSONResponse:
         raise ApiError(503, "feedback needs an outcome log (server.db = sqlite:///PATH or postgresql://...)", code="feedback_unavailable")
     body = parse_feedback(await read_json_body(request, MAX_BODY))
     owner = await asyncio.to_thread(learning.owner, body.request_id)
+    waited = 0.0
+    # Another replica may have answered it a moment ago: its outcome row is written after its
+    # post-hooks, in batches, so look again for a little while before calling the id unknown.
+    while owner is None and waited < OWNER_WAIT_S:
+        await asyncio.sleep(OWNER_POLL_S)
+        waited += OWNER_POLL_S
+        owner = await asyncio.to_thread(learning.owner, body.request_id)
     if owner is None or (caller is not None and not caller.may_see(owner)):
         raise ApiError(404, f"No request with id {body.request_id!r} was routed by this gateway.",
                        code="request_not_found", param="request_id")

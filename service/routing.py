@@ -36,14 +36,21 @@ class RouterSlot:
     def __init__(self, router: Router | None = None):
         self._current = router
         self._lock = threading.Lock()
+        self._on_swap: list[Callable[[Router], None]] = []
 
     @property
     def current(self) -> Router | None:
         return self._current
 
+    def on_swap(self, callback: Callable[[Router], None]) -> None:
+        """Call `callback(new)` after every swap (state derived from the router follows it)."""
+        self._on_swap.append(callback)
+
     def swap(self, new: Router) -> Router | None:
         with self._lock:
             old, self._current = self._current, new
+        for callback in self._on_swap:
+            callback(new)
         return old
 
 

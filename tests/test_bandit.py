@@ -207,6 +207,21 @@ def test_online_feedback_moves_traffic_away_from_a_degraded_model():
     assert not bandit.feedback("never-seen", 1.0)
 
 
+def test_a_choice_feedback_corrected_is_called_a_refinement_and_a_rebase_forgets_it():
+    bandit = ContextualBandit(BanditSettings(explore_share=0.0, extra_cost_share=10.0, seed=5))
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=384)
+    cands = tuple(Candidate(m, p, 0.05, 10, 1e-3, 1.0, p) for m, p in (("a", 0.90), ("b", 0.80), ("c", 0.60)))
+    decision = Decision("a", cands, "a: best utility", 0.1, embedding=emb)
+    for i in range(300):  # "a" fails, "b" succeeds: feedback corrects the predictions
+        d = bandit.choose_for(decision, request_id=f"q{i}", rng=rng)
+        bandit.feedback(f"q{i}", float(d.model != "a"))
+    d = bandit.choose_for(decision, request_id="last", rng=rng)
+    assert d.model == "b" and d.reason.startswith("bandit refinement: b") and "instead of a" in d.reason
+    bandit.rebase(None)  # a new router: what was learnt against the old one's predictions goes
+    assert bandit.stats()["arms"] == {} and bandit.choose_for(decision, request_id="new", rng=rng).model == "a"
+
+
 def test_concurrent_choices_and_updates_are_consistent():
     # No forgetting and no change detection: every reward must be counted exactly once.
     bandit = ContextualBandit(BanditSettings(explore_share=1.0, extra_cost_share=10.0, forgetting=1.0,

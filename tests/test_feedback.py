@@ -82,6 +82,10 @@ def test_feedback_is_stored_and_updates_the_bandit_online(gw):
     assert sum(after.values()) == pytest.approx(sum(before.values()) + 2, abs=0.01)
     # the outcome log of the judged request is the one joined by retraining
     assert gw.outcome(rid)["propensity"] > 0
+    # A new router (a promotion, hot reloaded): corrections learnt against the old one's
+    # predictions are not added to the new one's, which may have learnt them already.
+    gw.gateway.router.swap(QualityRouter(QUALITY))
+    assert bandit.stats()["arms"] == {}
 
 
 def test_upstream_failure_is_an_implicit_zero(gw, upstream):
@@ -186,11 +190,30 @@ class SlowPostHook:
 
     name = "slow-post"
 
+    def __init__(self, seconds: float = 1.0):
+        self.seconds = seconds
+
     async def pre(self, ctx):
         return None
 
     async def post(self, ctx):
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(self.seconds)
+
+
+def test_feedback_sent_to_another_replica_the_moment_the_answer_arrives_is_accepted(upstream, tmp_path):
+    # Two replicas behind a load balancer share the outcome log; the one that answered writes
+    # its row after its post-hooks, so the other must not call the id unknown at once.
+    upstream.reset()
+    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/shared.sqlite")
+    answering = Running(config, router=QualityRouter(QUALITY), hooks=[SlowPostHook(0.6)])
+    other = Running(config, router=QualityRouter(QUALITY))
+    try:
+        rid = _ask(answering, "What is the capital of France?")
+        r = httpx.post(f"{other.url}/v1/feedback", json={"request_id": rid, "thumbs": "up"})
+        assert r.status_code == 200, r.text
+    finally:
+        answering.stop()
+        other.stop()
 
 
 def test_feedback_sent_the_moment_a_cache_hit_arrives_is_accepted(upstream, tmp_path):

@@ -40,6 +40,14 @@ RECENT = 100_000  # request ids and prompt keys remembered for feedback and rege
 SHADOW_INPUT_MARGIN = 1.25  # the prompt's token estimate can be short of the provider's count
 
 
+def predictor_basis(router: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The router's own embedding basis (its predictor's PCA), the bandit's context."""
+    predictor = getattr(router, "predictor", None)
+    if predictor is None or getattr(predictor, "pca_proj", None) is None:
+        return None
+    return predictor.pca_mean, predictor.pca_proj
+
+
 def _candidate(decision, model: str) -> dict[str, Any] | None:
     c = next((c for c in decision.candidates if c.model == model), None)
     if c is None:
@@ -89,10 +97,7 @@ class LearningRuntime:
         b = config.learning.bandit
         bandit = None
         if b.enabled:
-            predictor = getattr(live_router, "predictor", None)
-            basis = None
-            if predictor is not None and getattr(predictor, "pca_proj", None) is not None:
-                basis = (predictor.pca_mean, predictor.pca_proj)
+            basis = predictor_basis(live_router)
             settings = BanditSettings(explore_share=b.explore_share, new_model_explore_share=b.new_model_explore_share,
                                       extra_cost_share=b.extra_cost_share,
                                       utility_margin=b.utility_margin, total_cost_share=b.total_cost_share, seed=b.seed)
@@ -112,6 +117,8 @@ class LearningRuntime:
 
     def attach(self, gateway: Any) -> None:
         self.gateway = gateway
+        if self.bandit is not None:
+            gateway.router.on_swap(lambda new: self.bandit.rebase(predictor_basis(new)))
 
     # ---- request ids and feedback -----------------------------------------------------
     def remember(self, request_id: str, tenant: str) -> None:
