@@ -108,6 +108,7 @@ def test_admin_input_out_of_range_is_a_400_not_a_500(env):
         ("post", "/admin/keys", {"name": "big", "rpm": 10**30}, "rpm"),
         ("post", "/admin/keys", {"name": "big", "max_request_usd": 1e10}, "max_request_usd"),
         ("post", "/admin/budgets", {"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 1e10}, "limit_usd"),
+        ("post", "/admin/keys", {"name": "bool", "rpm": True}, "rpm"),  # was taken as rpm 1
         # below one nano-USD it was stored as 0: every later budget listing divided by it (a 500)
         ("post", "/admin/budgets", {"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 1e-12}, "limit_usd"),
         # Python's JSON reads NaN and Infinity; stored, they made every later key listing a 500.
@@ -127,6 +128,9 @@ def test_admin_input_out_of_range_is_a_400_not_a_500(env):
     budget = admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 1}).json()
     assert admin.patch(f"/admin/budgets/{budget['id']}", json={"limit_usd": 4e-10}).status_code == 400
     assert admin.get("/admin/budgets").status_code == 200
+    for bad in ("nan", "inf", "soon"):
+        r = admin.get("/admin/spend", params={"since": bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "since"
 
 
 def test_key_lifecycle_over_http(env):
