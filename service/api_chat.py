@@ -126,6 +126,7 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
         try:
             # The live view is read here, on the event loop that updates it.
             live = gw.live.snapshot(ctx.routing.input_tokens)
+            ctx.extras["live"] = live  # a shadow router decides later on the same view of the models
             ctx.decision = await run_in_threadpool(_embed_and_decide, gw, router_now, ctx, live)
         except ApiError as exc:
             # A pre-hook that tightened the constraints (a budget cap) may explain the refusal better.

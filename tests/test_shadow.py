@@ -209,3 +209,23 @@ def test_a_slow_shadow_call_neither_queues_live_requests_nor_holds_back_their_ou
         finally:
             running.stop()
     assert max(waits) < 1.5, waits  # it was ~3 s when live requests queued behind shadow calls
+
+
+def test_the_shadow_router_decides_on_the_live_view_of_the_models(shadow_artifact, tmp_path):
+    # The shadow artifact prefers m2 on most prompts; with m2's RPM window full the live router
+    # cannot use it, and a shadow that ignored the models' state would "disagree" for nothing.
+    db = f"sqlite:///{tmp_path}/shadow.sqlite"
+    extra = f'learning: {{shadow: {{artifact: "{shadow_artifact}"}}}}'
+    models = [{"name": "m1", "context_window": 100000}, {"name": "m2", "context_window": 100000, "limits": {"rpm": 1}},
+              {"name": "m3", "context_window": 100000}]
+    with FakeUpstream() as up:
+        gw = Running(fake_config(up.base_url, db, models=models, extra=extra), router=QualityRouter(LIVE))
+        try:
+            assert gw.gateway.live.started("m2", 10)  # m2's one request this minute
+            gw.gateway.live.finished("m2")
+            for text in PROMPTS:
+                _ask(gw.client(), text, False)
+            rows = _shadows(db, len(PROMPTS))
+        finally:
+            gw.stop()
+    assert len(rows) == len(PROMPTS) and not any(r["shadow_model"] == "m2" for r in rows)

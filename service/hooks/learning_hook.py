@@ -170,8 +170,10 @@ class LearningRuntime:
         constraints = ctx.extras.get("constraints")
         kwargs = {"constraints": constraints} if constraints is not None else {}
         try:
-            return self.shadow_router.route(ctx.routing, catalog=self.config.models, profile=profile, live=None,
-                                            embedding=ctx.embedding, **kwargs)
+            # The live decision's view of the models (health, measured latency): the two routers
+            # are compared on the same moment, not the candidate on an idealised one.
+            return self.shadow_router.route(ctx.routing, catalog=self.config.models, profile=profile,
+                                            live=ctx.extras.get("live"), embedding=ctx.embedding, **kwargs)
         except NoEligibleModel:
             return None
 
