@@ -140,8 +140,18 @@ def snips(log: LoggedData, target_probs: np.ndarray, n_boot: int = 1000, seed: i
     return Estimate("snips", value, float(lo), float(hi), n, _ess(w))
 
 
-def evaluate(log: LoggedData, target_probs: np.ndarray, seed: int = 0) -> dict[str, Estimate]:
-    """All estimators the log allows (DR only with a reward model)."""
+def _logging_terms(log: LoggedData) -> tuple[np.ndarray, np.ndarray]:
+    """The policy that logged the data, evaluated on it: every request's term is its logged
+    reward (weight 1). It needs no support and no model: it is what was served."""
+    return np.asarray(log.rewards, dtype=np.float64), np.ones(len(log.rewards))
+
+
+def evaluate(log: LoggedData, target_probs: np.ndarray | None, seed: int = 0) -> dict[str, Estimate]:
+    """All estimators the log allows (DR only with a reward model); `target_probs` None: the
+    logging policy itself, whose value every estimator reads as the mean logged reward."""
+    if target_probs is None:
+        terms, w = _logging_terms(log)
+        return {m: _clt(m, terms, w) for m in ("ips", "snips", *(("dr",) if log.q_hat is not None else ()))}
     out = {"ips": ips(log, target_probs), "snips": snips(log, target_probs, seed=seed)}
     if log.q_hat is not None:
         out["dr"] = doubly_robust(log, target_probs)
@@ -149,9 +159,10 @@ def evaluate(log: LoggedData, target_probs: np.ndarray, seed: int = 0) -> dict[s
 
 
 def compare(
-    log: LoggedData, candidate_probs: np.ndarray, baseline_probs: np.ndarray, n_boot: int = 1000, seed: int = 0
+    log: LoggedData, candidate_probs: np.ndarray, baseline_probs: np.ndarray | None, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, Estimate]:
-    """Candidate minus baseline value, per estimator, with paired intervals.
+    """Candidate minus baseline value, per estimator, with paired intervals; `baseline_probs`
+    None: the policy that logged the data.
 
     Paired: the per-request terms of both policies are differenced before the interval
     is formed (CLT), or resampled together (SNIPS bootstrap), so the noise they share on
@@ -159,7 +170,7 @@ def compare(
     """
     out: dict[str, Estimate] = {}
     tc, wc = ips_terms(log, candidate_probs)
-    tb, wb = ips_terms(log, baseline_probs)
+    tb, wb = ips_terms(log, baseline_probs) if baseline_probs is not None else _logging_terms(log)
     out["ips"] = _clt("ips", tc - tb, wc) if np.any(wc > 0) and np.any(wb > 0) else _no_overlap("ips", len(wc))
     n = len(wc)
     if n:
@@ -178,7 +189,7 @@ def compare(
         out["snips"] = Estimate("snips", float("nan"), float("nan"), float("nan"), 0, 0.0)
     if log.q_hat is not None:
         dc, wc = dr_terms(log, candidate_probs)
-        db, _ = dr_terms(log, baseline_probs)
+        db = dr_terms(log, baseline_probs)[0] if baseline_probs is not None else _logging_terms(log)[0]
         out["dr"] = _clt("dr", dc - db, wc)
     return out
 

@@ -82,6 +82,22 @@ def test_compare_orders_a_better_and_a_worse_policy():
     assert same["ips"].value == 0.0 and same["ips"].lo == 0.0
 
 
+def test_against_the_logging_policy_itself_no_support_is_needed():
+    # A bandit's refinement logs another model with probability 1 where the live router's argmax
+    # would have chosen a third: that argmax has no support there, the logged policy always has.
+    mu, logging = _world(seed=5)
+    best = np.eye(K)[mu.argmax(axis=1)]
+    ctx, log = _log(mu, logging, 20_000, seed=2, q_noise=0.05)
+    logged_value = _true_value(mu, logging)
+    for name, e in ope.evaluate(log, None).items():
+        assert e.value == pytest.approx(log.rewards.mean()) and e.lo <= logged_value <= e.hi, name
+    gap = _true_value(mu, best) - logged_value
+    for name, e in ope.compare(log, best[ctx], None).items():
+        assert e.lo > 0 and e.lo <= gap <= e.hi, (name, e, gap)
+    assert ope.compare(log, best[ctx], None)["ips"].value == pytest.approx(
+        ope.compare(log, best[ctx], logging[ctx])["ips"].value)  # the same thing, where the propensities are all known
+
+
 def test_rejects_invalid_propensities():
     with pytest.raises(ValueError, match="propensities"):
         ope.LoggedData(actions=np.array([0]), rewards=np.array([1.0]), propensities=np.array([0.0]))

@@ -93,7 +93,9 @@ def test_ope_orders_a_better_and_a_worse_router(world):
     assert len(traffic) == 800 and np.allclose(traffic.propensity, 1 / 3)
     good, bad = (LearnedRouter.load(world.routers[k]) for k in ("base", "inverted"))
     p_good, p_bad = router_p_good(good, traffic), router_p_good(bad, traffic)
-    up = compare_routers(traffic, p_bad, p_good)  # live = bad, candidate = good
+    # Against what was served (uniformly random here); the live router's predictions are the DR
+    # reward model: the good candidate beats it whichever router that is, the inverted one does not.
+    up = compare_routers(traffic, p_bad, p_good)
     down = compare_routers(traffic, p_good, p_bad)
     for est in ("ips", "snips", "dr"):
         assert up["utility"]["difference"][est]["lo"] > 0

@@ -164,17 +164,21 @@ def logged_data(traffic: Traffic, reward: np.ndarray, q_hat: np.ndarray) -> ope.
 
 
 def compare_routers(traffic: Traffic, p_live: np.ndarray, p_candidate: np.ndarray, seed: int = 0) -> dict:
-    """OPE of both routers' greedy policies on the logged traffic. The live router's
-    predictions are the DR reward model: fixed before these rewards were seen, so not
-    fitted to them."""
-    return compare_policies(traffic, greedy_probs(p_live, traffic), greedy_probs(p_candidate, traffic), p_live, seed)
+    """OPE of the candidate router's greedy policy against what the live gateway served: the
+    logged policy, the live router with its bandit's refinements and exploration when that is
+    on (the live router's plain argmax would have no support where a refinement chose another
+    model with probability 1). The live router's predictions are the DR reward model: fixed
+    before these rewards were seen, so not fitted to them."""
+    return compare_policies(traffic, None, greedy_probs(p_candidate, traffic), p_live, seed)
 
 
-def compare_policies(traffic: Traffic, live: np.ndarray, cand: np.ndarray, p_model: np.ndarray, seed: int = 0) -> dict:
+def compare_policies(traffic: Traffic, live: np.ndarray | None, cand: np.ndarray, p_model: np.ndarray, seed: int = 0) -> dict:
     """Values and paired differences (candidate − live) for utility (the promotion
-    criterion), quality and cost; `p_model` is the DR reward model's P(good)."""
+    criterion), quality and cost; `live` None: the logged policy; `p_model` is the DR reward
+    model's P(good)."""
     pred_cost = traffic.penalty  # predicted cost (and latency) terms, in quality points
-    out = {"n": len(traffic), "agreement": float(np.mean(live.argmax(1) == cand.argmax(1))) if len(traffic) else None,
+    live_choice = traffic.action if live is None else live.argmax(1)
+    out = {"n": len(traffic), "agreement": float(np.mean(live_choice == cand.argmax(1))) if len(traffic) else None,
            # Where the candidate never takes the logged action IPS sees no reward for it and
            # DR leans on its reward model: low overlap means the estimates say little.
            "overlap": float(np.mean(cand[np.arange(len(traffic)), traffic.action] > 0)) if len(traffic) else None}

@@ -10,8 +10,9 @@ headline numbers, plots embedded as PNG, per-task and per-model tables):
 * observed deltas: on requests where the shadow model was also called, its measured cost
   and latency minus the live answer's;
 * off-policy estimates: the shadow router's value on the logged traffic (IPS, SNIPS, DR,
-  95 % intervals) against the live router's greedy policy, for quality, utility and cost,
-  using the live propensities and the feedback rewards.
+  95 % intervals) against what the live gateway served (the logged policy: the live router
+  and its bandit), for quality, utility and cost, using the live propensities and the
+  feedback rewards.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _mean(values) -> float | None:
 
 def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, str], traffic=None, seed: int = 0) -> dict:
     """Every number of the report, from shadow rows, outcome rows by id and task labels."""
-    from training.offpolicy import compare_policies, greedy_probs
+    from training.offpolicy import compare_policies
     from router import ope
 
     def task_of(r):
@@ -75,8 +76,7 @@ def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, 
         if len(keep):
             t = traffic.rows(keep)
             actions = np.array([t.models.index(shadow_of[rid]) for rid in t.request_ids])
-            report["ope"] = compare_policies(t, greedy_probs(t.p_logged, t), ope.deterministic_probs(actions, len(t.models)),
-                                             t.p_logged, seed=seed)
+            report["ope"] = compare_policies(t, None, ope.deterministic_probs(actions, len(t.models)), t.p_logged, seed=seed)
     return report
 
 
