@@ -106,6 +106,23 @@ def test_ope_orders_a_better_and_a_worse_router(world):
     assert not judge(up, "dr", 10_000).promote  # too little evidence is not a promotion
 
 
+def test_the_dr_reward_model_is_calibrated_on_the_training_half(world):
+    # A live predictor that reads optimistic would lend DR its optimism; mapped through the
+    # rewards logged on the training half, its level matches what the held-out half observed.
+    from router.engine import LearnedRouter
+    from training.offpolicy import calibrated_reward_model, load_traffic, router_p_good
+
+    traffic = load_traffic(world.db)
+    optimistic = np.clip(router_p_good(LearnedRouter.load(world.routers["base"]), traffic) + 0.25, 0, 1)
+    half = len(traffic) // 2
+    fit, rest = traffic.rows(np.arange(half)), traffic.rows(np.arange(half, len(traffic)))
+    q = calibrated_reward_model(optimistic[:half], fit, optimistic[half:])
+    idx = np.arange(len(rest))
+    raw_gap = abs(optimistic[half:][idx, rest.action].mean() - rest.quality.mean())
+    assert raw_gap > 0.15 and abs(q[idx, rest.action].mean() - rest.quality.mean()) < raw_gap / 3
+    assert calibrated_reward_model(optimistic[:10], traffic.rows(np.arange(10)), optimistic) is optimistic  # too few to fit
+
+
 def _args(world, **kw):
     base = dict(db=world.db, base_data=None, router=None, out=None, gateway=None, eval_share=0.5, min_requests=100,
                 estimator="dr", text_column=None, prices=None, folds=3, rounds=60, seed=3, experiment="test",

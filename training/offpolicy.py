@@ -153,6 +153,20 @@ def router_p_good(router, traffic: Traffic) -> np.ndarray:
     return router.predictor.predict(X, traffic.input_tokens, models=traffic.models).p_good
 
 
+def calibrated_reward_model(p_fit: np.ndarray, fit: Traffic, p_apply: np.ndarray, min_rows: int = 50) -> np.ndarray:
+    """The DR reward model: the live router's P(good) mapped through an isotonic fit to the
+    rewards logged on `fit` (its chosen actions), applied to `p_apply`. A predictor that reads
+    5-6 points optimistic on live traffic would otherwise lend DR its optimism. With fewer than
+    `min_rows` logged rewards to fit on, the predictions as they are."""
+    if len(fit) < min_rows:
+        return p_apply
+    from sklearn.isotonic import IsotonicRegression
+
+    chosen = p_fit[np.arange(len(fit)), fit.action]
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(chosen, fit.quality)
+    return iso.predict(p_apply.reshape(-1)).reshape(p_apply.shape)
+
+
 def greedy_probs(p_good: np.ndarray, traffic: Traffic) -> np.ndarray:
     """One-hot probabilities of the argmax-utility policy over the logged eligible candidates."""
     u = np.where(traffic.eligible, p_good - traffic.penalty, -np.inf)

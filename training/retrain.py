@@ -158,7 +158,7 @@ def hot_reload(gateway: str, path: Path) -> dict:
 def retrain(args) -> dict:
     from router.engine import LearnedRouter, default_artifact
     from training.data import load_prices
-    from training.offpolicy import compare_routers, finite, load_traffic, router_p_good
+    from training.offpolicy import calibrated_reward_model, compare_routers, finite, load_traffic, router_p_good
 
     traffic = load_traffic(args.db)
     n_eval = int(round(len(traffic) * args.eval_share))
@@ -174,7 +174,9 @@ def retrain(args) -> dict:
     candidate.save(out)
     live = LearnedRouter.load(args.router or default_artifact())
     if len(held_out):
-        comparison = compare_routers(held_out, router_p_good(live, held_out), router_p_good(candidate, held_out), seed=args.seed)
+        logged_train = traffic.rows(train_rows)
+        reward_model = calibrated_reward_model(router_p_good(live, logged_train), logged_train, router_p_good(live, held_out))
+        comparison = compare_routers(held_out, reward_model, router_p_good(candidate, held_out), seed=args.seed)
     else:
         comparison = {"n": 0}
     verdict = judge(comparison, args.estimator, args.min_requests)
