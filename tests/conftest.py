@@ -75,3 +75,13 @@ def upstream():
 
     with FakeUpstream() as up:
         yield up
+
+
+@pytest.fixture
+def env(tmp_path):
+    """A gateway with governance on (tests/governance_harness.py): (gateway, admin client,
+    governance, upstream, webhook)."""
+    from tests.governance_harness import governed_gateway
+
+    with governed_gateway(tmp_path) as parts:
+        yield parts

@@ -19,7 +19,7 @@ def main() -> None:
     from service.app import create_app
     from service.governance.runtime import Governance
     from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, fake_config
-    from tests.test_governance_api import MODELS
+    from tests.governance_harness import MODELS
 
     args = json.loads(sys.argv[1])
     config = fake_config(args["upstream"], args["db"], models=MODELS, timeout_s=30.0)

@@ -10,7 +10,7 @@ import subprocess
 import httpx
 import pytest
 
-from tests.test_governance_api import MASTER, chat, client, env, new_key, settled  # noqa: F401  (env is a fixture)
+from tests.governance_harness import MASTER, chat, client, new_key, settled
 
 
 def _chromium() -> str:

@@ -1,5 +1,6 @@
-"""Governance through the running gateway: admin API, keys, scopes, rate limits, budgets with
-the soft threshold, cost ceilings, attribution, alerts — real HTTP, the real openai SDK."""
+"""Governance through the running gateway: admin API, keys, scopes, rate limits, attribution,
+alerts, open mode — real HTTP, the real openai SDK. Budgets and reservations:
+tests/test_governance_budgets.py."""
 from __future__ import annotations
 
 import csv
@@ -12,79 +13,10 @@ import httpx
 import openai
 import pytest
 
-from service.asgi_thread import serve_in_thread
 from service.governance.runtime import Governance, GovernanceSettings
-from tests.fake_upstream import FakeUpstream, ok, read_body, server_error
+from tests.fake_upstream import FakeUpstream, ok, server_error
 from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
-
-MASTER = "mk-test-" + "9" * 24
-ANSWER = "y" * 400  # 100 completion tokens at the fake upstream's 4 characters a token
-MODELS = [
-    {"name": "m1", "in": 10.0, "out": 10.0, "context_window": 100000},
-    {"name": "m2", "in": 5.0, "out": 5.0, "context_window": 100000},
-    {"name": "m3", "in": 1.0, "out": 1.0, "context_window": 100000},
-]
-
-
-class Webhook:
-    """A real local webhook receiver that records every JSON POST."""
-
-    def __init__(self) -> None:
-        self.received: list[dict] = []
-
-    async def __call__(self, scope, receive, send):
-        self.received.append(json.loads(await read_body(receive)))
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-
-@pytest.fixture
-def env(tmp_path):
-    hook = Webhook()
-    hook_url, stop_hook = serve_in_thread(hook)
-    up = FakeUpstream().start()
-    for m in ("m1", "m2", "m3"):
-        up.default(m, ok(ANSWER))
-    config = fake_config(up.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite", models=MODELS)
-    gov = Governance(config, GovernanceSettings(db_url=f"sqlite:///{tmp_path}/gov.sqlite", master_key=MASTER,
-                                                webhook_url=hook_url + "/hook"))
-    gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)
-    admin = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {MASTER}"}, timeout=10)
-    yield gw, admin, gov, up, hook
-    admin.close()
-    gw.stop()
-    up.stop()
-    stop_hook()
-
-
-def client(gw: Running, secret: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key=secret, max_retries=0)
-
-
-def chat(c: openai.OpenAI, model: str = "auto", **kw):
-    return c.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": "hello"}],
-                                                       max_tokens=200, **kw)
-
-
-def new_key(admin: httpx.Client, **fields) -> tuple[dict, str]:
-    r = admin.post("/admin/keys", json={"name": fields.pop("name", "k"), **fields})
-    assert r.status_code == 201, r.text
-    return r.json()["key"], r.json()["secret"]
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
-def settled(admin: httpx.Client, n: int) -> list[dict]:
-    """Spend rows are written by post-hooks off the latency path: wait until n are there."""
-    return wait_for(lambda: (rows := admin.get("/admin/requests", params={"limit": 1000}).json()["data"]) and len(rows) >= n and rows)
+from tests.governance_harness import ANSWER, MASTER, MODELS, chat, client, new_key, settled, wait_for
 
 
 def test_admin_api_needs_the_master_key(env):
@@ -250,83 +182,6 @@ def test_scopes_and_rate_limits(env):
     assert "retry-after" not in too_large.value.response.headers  # a retry could never succeed
 
 
-def test_soft_threshold_reroutes_cheaper_then_budget_refuses(env):
-    gw, admin, *_ = env
-    key, secret = new_key(admin, name="team-bot", team="growth")
-    # m1 answers cost ~$0.001 each, m3 answers ~$0.0001: the soft threshold at 50 % of $0.003
-    # must move traffic to the cheap model well before the hard limit.
-    budget = admin.post("/admin/budgets", json={"scope": "team", "scope_id": "growth", "period": "month",
-                                                "limit_usd": 0.003, "soft_threshold": 0.5}).json()
-    c = client(gw, secret)
-    models, headers = [], []
-    refusal = None
-    for _ in range(60):
-        try:
-            resp = chat(c)
-        except openai.APIStatusError as exc:
-            refusal = exc
-            break
-        models.append(resp.parse().model)
-        headers.append(resp.headers.get("x-router-budget"))
-        settled(admin, len(models))
-    assert refusal is not None, "the budget never refused"
-    assert refusal.status_code == 402
-    assert refusal.body["code"] == "budget_exceeded"
-    assert "month budget of team 'growth'" in refusal.body["message"]
-    first_cheap = models.index("m3")
-    assert models[:first_cheap] and set(models[:first_cheap]) == {"m1"}
-    assert set(models[first_cheap:]) == {"m3"} and len(models[first_cheap:]) >= 3
-    assert headers[first_cheap] and "soft-limit" in headers[first_cheap]
-    report = wait_for(lambda: next(b for b in admin.get("/admin/budgets").json()["data"] if b["id"] == budget["id"]))
-    assert report["spent_usd"] <= 0.003 + 0.0025  # at most one request's maximum over the limit
-    assert report["soft_limit_reached"]
-    spend = admin.get("/admin/spend", params={"group_by": "team,model"}).json()["data"]
-    assert {(r["team"], r["model"]) for r in spend if r["cost_usd"] > 0} == {("growth", "m1"), ("growth", "m3")}
-
-
-def test_a_request_for_n_answers_reserves_n_answers(env):
-    gw, admin, *_ = env
-    key, secret = new_key(admin, name="n")
-    # m1: $10 per 1M output tokens, so chat()'s 200 tokens cost at most $0.002; 20 answers $0.04
-    admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 0.02})
-    assert chat(client(gw, secret), model="m1").http_response.status_code == 200
-    with pytest.raises(openai.APIStatusError) as refused:
-        chat(client(gw, secret), model="m1", n=20)
-    assert refused.value.status_code == 402 and refused.value.body["code"] == "budget_exceeded"
-
-
-def test_budget_too_small_for_any_model_names_the_budget(env):
-    gw, admin, *_ = env
-    key, secret = new_key(admin, name="tiny")
-    # Less than even m3's predicted ~$0.00005: the router's cost cap excludes every model.
-    admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 0.00002})
-    with pytest.raises(openai.APIStatusError) as refused:
-        chat(client(gw, secret))
-    assert refused.value.status_code == 402 and refused.value.body["code"] == "budget_exceeded"
-    assert f"day budget of key '{key['id']}'" in refused.value.body["message"]
-
-
-def test_request_and_session_ceilings(env):
-    gw, admin, *_ = env
-    _, secret = new_key(admin, name="agent", max_request_usd=0.0015, max_session_usd=0.0025)
-    c = client(gw, secret)
-    # Named m1 with room for 400 output tokens may cost more than the per-request ceiling.
-    with pytest.raises(openai.APIStatusError) as ceiling:
-        c.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=400)
-    assert ceiling.value.status_code == 402 and ceiling.value.body["code"] == "request_cost_ceiling"
-
-    answered = 0
-    with pytest.raises(openai.APIStatusError) as session:
-        for _ in range(20):
-            chat(c, extra_body={"prompt_cache_key": "session-A"})
-            answered += 1
-            settled(admin, answered)
-    assert session.value.status_code == 402 and "session cost ceiling" in session.value.body["message"]
-    assert answered >= 2
-    # Another session of the same key starts fresh; the header works like prompt_cache_key.
-    assert chat(c, extra_headers={"x-session-id": "session-B"}).http_response.status_code == 200
-
-
 def test_attribution_reports_and_metrics(env):
     gw, admin, *_ = env
     _, a = new_key(admin, name="alpha", team="t1", project="p1", user="ana")
@@ -469,48 +324,3 @@ def test_serve_refuses_open_gateway_on_public_interface(tmp_path):
     assert done.returncode == 2
     assert "refusing to serve on 0.0.0.0 without any key" in done.stderr
     assert "listening" not in done.stdout
-
-
-def test_a_routed_request_reserves_for_its_model_and_max_fallbacks_more():
-    # The ranking is the whole failover chain (rate-limited models do not use up max_fallbacks),
-    # but reserving every ranked model's worst case would tie a budget up many times over: the
-    # reservation covers the chosen model and max_fallbacks (3) more, and a dearer model past them
-    # is left out of the chain.
-    from types import SimpleNamespace
-
-    from router.types import Candidate, Decision, RoutingRequest
-    from service.dispatch import failover_chain
-    from service.governance.hook import GovernanceHook
-    from service.governance.keys import to_nusd
-    from service.pipeline import RequestContext
-
-    prices = {"m1": 1.0, "m2": 2.0, "m3": 1.0, "m4": 1.0, "m5": 100.0, "m6": 1.5}
-    config = fake_config("http://127.0.0.1:9/v1", "sqlite:///unused.sqlite",
-                         models=[{"name": m, "in": p, "out": p, "context_window": 100000} for m, p in prices.items()])
-    hook = GovernanceHook.__new__(GovernanceHook)
-    hook.gov = SimpleNamespace(config=config)
-    decision = Decision("m1", tuple(Candidate(m, 0.9 - i / 100, 0.01, 100, 0.001, 1.0, 1 - i / 10) for i, m in enumerate(prices)),
-                        "best utility", 1.0)
-    ctx = RequestContext("r1", {"messages": [{"role": "user", "content": "hi"}]},
-                         RoutingRequest(text="hi", input_tokens=1000, max_output_tokens=500), {}, False, decision=decision)
-    assert failover_chain(config, ctx) == list(prices)
-    _, maximum = hook.estimate(ctx)
-    spec = {m.name: m for m in config.models}
-    assert maximum == to_nusd(hook.most(ctx, spec["m2"]))  # the dearest of m1-m4
-    assert failover_chain(config, ctx) == ["m1", "m2", "m3", "m4", "m6"]  # m5 is past them and dearer
-
-
-def test_under_a_budget_a_request_without_an_output_limit_is_sent_the_one_it_was_reserved_for(env):
-    # The reservation counts each model's max_output_tokens (4,096 by default); an upstream told no
-    # limit may write more, and the budget would end far past "limit + one request's maximum".
-    gw, admin, gov, up, _ = env
-    key, secret = new_key(admin, name="capped")
-    admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 5})
-    c = client(gw, secret)
-    c.chat.completions.create(model="auto", messages=[{"role": "user", "content": "Write a long essay."}])
-    assert up.requests[-1].body["max_tokens"] == 4096
-    c.chat.completions.create(model="auto", messages=[{"role": "user", "content": "Write a short essay."}], max_tokens=50)
-    assert up.requests[-1].body["max_tokens"] == 50
-    _, free = new_key(admin, name="no-budget")  # no budget: nothing to bound, the client's body as sent
-    client(gw, free).chat.completions.create(model="auto", messages=[{"role": "user", "content": "Write a long essay."}])
-    assert "max_tokens" not in up.requests[-1].body

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from tests.fake_upstream import FakeUpstream, ok
-from tests.test_governance_api import ANSWER, MASTER
+from tests.governance_harness import ANSWER, MASTER
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT_USD = 0.05
