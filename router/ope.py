@@ -189,7 +189,7 @@ def compare(
         out["snips"] = Estimate("snips", float("nan"), float("nan"), float("nan"), 0, 0.0)
     if log.q_hat is not None:
         dc, wc = dr_terms(log, candidate_probs)
-        db = dr_terms(log, baseline_probs)[0] if baseline_probs is not None else _logging_terms(log)[0]
+        db = dr_terms(log, baseline_probs)[0] if baseline_probs is not None else tb  # the logged reward: no model needed
         out["dr"] = _clt("dr", dc - db, wc)
     return out
 

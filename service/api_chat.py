@@ -137,10 +137,7 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
             raise
         gw.metrics.routing_seconds.observe(time.perf_counter() - t0)
         gw.metrics.choices.labels(ctx.decision.model, ctx.profile).inc()
-    for hook in gw.pipeline.hooks:
-        routed = getattr(hook, "routed", None)
-        if routed is not None:
-            await routed(ctx)
+    await gw.pipeline.run_routed(ctx)
     if ctx.stream:
         return await _stream(gw, ctx)
     answer = await gw.dispatcher.complete(ctx, ctx.body)
@@ -164,10 +161,7 @@ def _short_circuit(gw: Gateway, ctx: RequestContext, answer: dict[str, Any]) -> 
     if ctx.status == "pending":
         ctx.status = "cache_hit"
     ctx.extras.setdefault("reason", f"answered by pre-hook ({ctx.cache_status})")
-    for hook in gw.pipeline.hooks:
-        answered = getattr(hook, "short_circuited", None)
-        if answered is not None:
-            answered(ctx)
+    gw.pipeline.run_short_circuited(ctx)
     headers = response_headers(ctx)
     finish(gw, ctx)
     if not ctx.stream:

@@ -66,6 +66,21 @@ class Pipeline:
                 return answer
         return None
 
+    async def run_routed(self, ctx: RequestContext) -> None:
+        """The optional `routed(ctx)` stage, in order: the decision is known, nothing is sent yet."""
+        for hook in self.hooks:
+            routed = getattr(hook, "routed", None)
+            if routed is not None:
+                await routed(ctx)
+
+    def run_short_circuited(self, ctx: RequestContext) -> None:
+        """The optional `short_circuited(ctx)` stage, in order: a pre-hook answered, the response
+        is not out yet."""
+        for hook in self.hooks:
+            answered = getattr(hook, "short_circuited", None)
+            if answered is not None:
+                answered(ctx)
+
     async def run_post(self, ctx: RequestContext) -> None:
         for hook in reversed(self.hooks):
             try:

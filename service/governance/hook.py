@@ -190,12 +190,13 @@ class GovernanceHook:
         chain = failover_chain(self.gov.config, ctx)
         return chain, chain[: 1 + self.gov.config.reliability.max_fallbacks] if ctx.decision is not None else chain
 
-    def estimate(self, ctx: RequestContext) -> tuple[int, int]:
+    def estimate(self, ctx: RequestContext, chains: tuple[list[str], list[str]] | None = None) -> tuple[int, int]:
         """(predicted, maximum) cost in nano-USD of what this request may be billed. A routed
         request reserves for its model and the next `max_fallbacks` of the ranking; it may fail
-        over further (past rate-limited models) only to models that reservation covers."""
+        over further (past rate-limited models) only to models that reservation covers.
+        `chains`: `_chain(ctx)`, when the caller has it already."""
         specs = {m.name: m for m in self.gov.config.models}
-        chain, covered = self._chain(ctx)
+        chain, covered = chains or self._chain(ctx)
         worst = max((self.most(ctx, specs[m]) for m in covered if m in specs), default=0.0)
         dearer = {m for m in chain[len(covered):] if m in specs and self.most(ctx, specs[m]) > worst}
         if dearer:
@@ -209,13 +210,12 @@ class GovernanceHook:
             predicted = chosen.cost_usd if chosen is not None else worst  # every one of `n` answers priced in
         return to_nusd(predicted) or 0, to_nusd(max(worst, predicted)) or 0
 
-    def _cap_output(self, ctx: RequestContext) -> None:
+    def _cap_output(self, ctx: RequestContext, covered: list[str]) -> None:
         """A request that sets no output limit would be billed for whatever the upstream writes,
         while a reservation can only count each model's `max_output_tokens`: under a budget it is
-        sent the largest of those among the models it may use, so it cannot cost more than was
-        reserved."""
+        sent the largest of those among the models it may use (`covered`), so it cannot cost
+        more than was reserved."""
         specs = {m.name: m for m in self.gov.config.models}
-        _, covered = self._chain(ctx)
         cap = max((specs[m].max_output_tokens for m in covered if m in specs), default=None)
         if cap is not None:
             ctx.body["max_tokens"] = cap
@@ -235,9 +235,10 @@ class GovernanceHook:
         key = state.key
         if key is not None and key.max_request_usd is not None and ctx.decision is None:
             self._keep_fallbacks_under_ceiling(ctx, key.max_request_usd)
+        chains = self._chain(ctx)  # the output cap below changes no model's place in it
         if state.lines and ctx.routing.max_output_tokens is None:
-            self._cap_output(ctx)
-        predicted, maximum = self.estimate(ctx)
+            self._cap_output(ctx, chains[1])
+        predicted, maximum = self.estimate(ctx, chains)
         state.predicted_nusd = predicted
         if key is not None and key.max_request_usd is not None and predicted > to_nusd(key.max_request_usd):
             raise self._refuse(402, f"Request cost ceiling: this request is predicted to cost {_usd(predicted)}, above the "
