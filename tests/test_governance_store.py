@@ -244,6 +244,28 @@ def test_redis_counter_rebuilt_from_spend_log(db, redis_url):
     assert again.usage([line])[line.counter].spent_nusd == to_nusd(0.2)
 
 
+def test_an_idle_session_counter_leaves_redis_and_comes_back_whole(db, redis_url):
+    from service.governance.redis_state import IDLE_COUNTER_S, RedisLedger, connect
+
+    url, prefix = redis_url
+    client = connect(url)
+    ledger = RedisLedger(client, db, prefix=prefix)
+    key, _ = KeyStore(db).create("agent", max_session_usd=0.1)
+    line = session_line(key, "sess-idle", 0.8)
+    budget_line = BudgetStore(db).create("key", key.id, "day", 5.0).line(time.time())
+    res = ledger.reserve([line, budget_line], to_nusd(0.06), to_nusd(0.06))
+    ledger.settle(res.id, to_nusd(0.06), {"request_id": "s1", "ts": time.time(), "day": "d", "key_id": key.id,
+                                          "session_id": "sess-idle", "status": "ok", "cost_nusd": to_nusd(0.06)},
+                  counters=[line.counter, budget_line.counter])
+    # One counter per agent conversation: each must leave Redis once idle, or they pile up for good.
+    assert 0 < client.ttl(f"{prefix}:ctr:{line.counter}") <= IDLE_COUNTER_S
+    # A window's counter keeps its expiry at the window's end, not the idle one.
+    assert client.ttl(f"{prefix}:ctr:{budget_line.counter}") > IDLE_COUNTER_S
+    client.delete(f"{prefix}:ctr:{line.counter}")  # what the idle expiry does
+    refused = ledger.reserve([line], to_nusd(0.05), to_nusd(0.05))
+    assert not refused.ok and refused.headroom_nusd == to_nusd(0.04)  # the $0.06 spent still counts
+
+
 def test_a_budget_counts_from_its_creation_on_every_backend(ledger, db):
     keys, budgets = KeyStore(db), BudgetStore(db)
     key, _ = keys.create("k", team="growth")

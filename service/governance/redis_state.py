@@ -15,6 +15,11 @@ from typing import Any, Mapping, Sequence
 from service.governance.budgets import Line, Reservation, Usage, insert_spend, new_reservation_id, seeded_spent
 from service.governance.db import Database
 
+# An open-ended counter (a session ceiling's) unused this long is dropped: one per agent
+# conversation would otherwise pile up in Redis for good. The next request of that session
+# rebuilds it from the spend log, so a ceiling never forgets what was spent.
+IDLE_COUNTER_S = 7 * 86400
+
 _RESERVE = """
 local n = tonumber(ARGV[1])
 local missing = {}
@@ -39,9 +44,12 @@ if smallest ~= nil and smallest < want then
   amount, partial = smallest, 1
 end
 local counters = {}
+local idle = tonumber(ARGV[n + 6])
 for i = 1, n do
   redis.call('HINCRBY', KEYS[i], 'reserved', amount)
   redis.call('HINCRBY', KEYS[i], 'partial', partial)
+  -- an open-ended counter (a session's) lives while it is used; a window's keeps its EXPIREAT
+  if ARGV[n + 6 + i] == '1' then redis.call('EXPIRE', KEYS[i], idle) end
   counters[i] = KEYS[i]
 end
 redis.call('HSET', KEYS[n + 1], ARGV[n + 4], cjson.encode({a = amount, p = partial, c = counters, t = tonumber(ARGV[n + 5])}))
@@ -155,6 +163,8 @@ class RedisLedger:
         if line.end != float("inf"):
             # A finished window is kept a week for reports, then Redis may drop it.
             pipe.expireat(key, int(line.end + 7 * 86400))
+        else:
+            pipe.expire(key, IDLE_COUNTER_S)
         pipe.execute()
 
     def usage(self, lines: Sequence[Line]) -> dict[str, Usage]:
@@ -173,7 +183,8 @@ class RedisLedger:
         now = time.time() if now is None else now
         rid = new_reservation_id()
         keys = [self._k(ln.counter) for ln in lines] + [self._res_key]
-        args = [len(lines), *[ln.limit_nusd for ln in lines], predicted_nusd, max_nusd, rid, now]
+        args = [len(lines), *[ln.limit_nusd for ln in lines], predicted_nusd, max_nusd, rid, now, IDLE_COUNTER_S,
+                *[int(ln.end == float("inf")) for ln in lines]]
         for _ in range(3):
             result = [int(x) for x in self._reserve(keys=keys, args=args)]
             if result[0] == -1:
