@@ -137,6 +137,16 @@ def test_swapped_roles_are_hard_mismatches_but_commuting_words_are_not():
     assert not hard_mismatch("Do Indian women find Pakistani men attractive?", "Do Indian women find Pakistani men attractive")
 
 
+def test_a_word_whose_capital_is_its_meaning_is_a_hard_mismatch_but_a_names_case_is_not():
+    assert hard_mismatch("How do I say thank you in Polish?", "How do I say thank you in polish?")
+    assert hard_mismatch("Where can I buy polish for my shoes?", "Where can I buy Polish for my shoes?")
+    assert hard_mismatch("Is it cheap to fly to Turkey?", "Is it cheap to fly a turkey?")
+    # askers write names in lower case all the time; and a title says nothing by its capitals
+    assert not hard_mismatch("What is fulfillment by Amazon?", "What is fulfillment by amazon?")
+    assert not hard_mismatch("How To Polish Shoes", "how to polish shoes")
+    assert not hard_mismatch("Polish is hard. Why?", "polish is hard. why?")
+
+
 def test_cache_eval_reads_csv_and_jsonl_like_parquet(tmp_path, capsys):
     pairs = pd.DataFrame({
         "text_a": ["What is the capital of France?", "How many calories are in 2 eggs?", "NA"],
