@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.fake_upstream import (
-    context_length, cut_stream, hang, invalid_json, malformed_chunk, not_found, ok, rate_limit, server_error,
+    context_length, cut_stream, error, hang, invalid_json, malformed_chunk, not_found, ok, rate_limit, server_error,
 )
 from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
 
@@ -91,7 +91,16 @@ def test_hang_past_the_timeout_fails_over_without_retrying(start, upstream):
     assert attempts(gw.outcome(headers["x-request-id"])) == [("m1", "timeout"), ("m2", "ok")]
 
 
-@pytest.mark.parametrize("reply,kind", [(invalid_json(), "malformed"), (not_found(), "not_found")])
+@pytest.mark.parametrize("reply,kind", [
+    (invalid_json(), "malformed"),
+    (not_found(), "not_found"),
+    # OpenRouter and DeepSeek answer an unknown model id with a 400, not a 404
+    (error(400, "openai/gpt-4-0314 is not a valid model ID", code="400"), "not_found"),
+    (error(400, "Model Not Exist", type="invalid_request_error"), "not_found"),
+    # out of credit: DeepSeek's and OpenRouter's 402, Gemini's prepaid credit (RESOURCE_EXHAUSTED with it)
+    (error(402, "Insufficient Balance", type="unknown_error"), "auth"),
+    (error(402, "Your prepay credit balance is depleted.", code="RESOURCE_EXHAUSTED"), "auth"),
+])
 def test_broken_or_missing_upstream_model_fails_over(start, upstream, reply, kind):
     gw = start()
     upstream.script("m1", reply, reply)

@@ -210,6 +210,37 @@ def test_schemas_keep_property_names_and_inline_references():
     assert clean_schema(nested) == {"type": "object", "properties": {"to": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
+def test_json_schema_gemini_would_refuse_is_sent_in_its_dialect():
+    from service.providers.gemini import clean_schema
+
+    params = {"type": "object", "properties": {
+        "mode": {"anyOf": [{"const": "fast"}, {"const": "slow"}]},  # what strict-mode and MCP tools send
+        "path": {"type": ["string", "null"], "description": "where"},
+        "count": {"type": "integer", "enum": [1, 2, 3], "exclusiveMinimum": 0},
+        "value": {"oneOf": [{"type": "string"}, {"type": "number"}]},
+        "both": {"allOf": [{"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+                           {"properties": {"b": {"type": "integer"}}, "required": ["b"]}]}}}
+    assert clean_schema(params)["properties"] == {
+        "mode": {"anyOf": [{"type": "string", "enum": ["fast"]}, {"type": "string", "enum": ["slow"]}]},
+        "path": {"type": "string", "nullable": True, "description": "where"},
+        "count": {"type": "integer", "description": "(one of: 1, 2, 3)"},  # Gemini's enums are strings
+        "value": {"anyOf": [{"type": "string"}, {"type": "number"}]},
+        "both": {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}, "required": ["a", "b"]},
+    }
+
+
+def test_billing_and_account_errors_fail_over_instead_of_blaming_the_client():
+    from service.providers.base import classify
+
+    region = {"error": {"code": 400, "status": "FAILED_PRECONDITION",
+                        "message": "Gemini API free tier is not available in your country. Please enable billing on your project."}}
+    prepaid = {"error": {"code": 402, "status": "RESOURCE_EXHAUSTED", "message": "Your prepay credit balance is depleted."}}
+    assert classify(400, region, "") == "auth"
+    assert classify(402, prepaid, "") == "auth"  # not a rate limit a client would wait out
+    assert classify(429, {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Quota exceeded"}}, "") == "rate_limit"
+    assert classify(400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "bad value"}}, "") == "bad_request"
+
+
 def test_unnamed_calls_of_different_answers_get_different_ids():
     from service.providers.gemini import from_gemini
 

@@ -56,7 +56,21 @@ _AUTH_WORDING = re.compile(r"API key not valid|API key expired|API_KEY_INVALID|i
 # An account out of credit or quota: not transient (OpenAI says it with a 429, Anthropic with a 400),
 # so another model, never a retry or a 429 the client would wait out.
 # Not the word "billing" alone: OpenAI's ordinary rate-limit messages link to its billing page.
-_BILLING_WORDING = re.compile(r"insufficient_quota|credit balance is too low|billing_hard_limit|billing_not_active", re.IGNORECASE)
+_BILLING_WORDING = re.compile(
+    r"insufficient_quota|credit balance is too low|billing_hard_limit|billing_not_active|billing_error|"
+    r"Insufficient Balance|Insufficient credits|credit balance is depleted",
+    re.IGNORECASE,
+)
+# Gemini's FAILED_PRECONDITION is the project, not the request: billing off, a region without the
+# free tier.
+_ACCOUNT_STATUS = re.compile(r"\bFAILED_PRECONDITION\b")
+# Some OpenAI-compatible upstreams (OpenRouter, DeepSeek) answer a retired or unknown model id with
+# HTTP 400, not 404: the catalog is out of date, another model can answer.
+_UNKNOWN_MODEL_WORDING = re.compile(
+    r"model_not_found|not a valid model|model not exist|model does not exist|unknown model|no such model|"
+    r"\bmodel\b[^.]{0,120}\b(?:does not exist|do not exist|not found)",
+    re.IGNORECASE,
+)
 
 
 class UpstreamError(Exception):
@@ -151,7 +165,9 @@ def _error_code(payload: Any) -> str:
 
 def classify(status: int, payload: Any, text: str) -> ErrorKind:
     words = f"{_error_code(payload)} {error_message(payload, text)}"
-    if _BILLING_WORDING.search(words):
+    # 402 Payment Required (DeepSeek, OpenRouter, Gemini's prepaid credit): never transient, and
+    # Gemini says RESOURCE_EXHAUSTED with it, which would otherwise read as a rate limit.
+    if status == 402 or _BILLING_WORDING.search(words) or _ACCOUNT_STATUS.search(words):
         return "auth"
     if status == 429 or "RESOURCE_EXHAUSTED" in words or "rate_limit" in words:
         return "rate_limit"
@@ -163,7 +179,7 @@ def classify(status: int, payload: Any, text: str) -> ErrorKind:
         return "context_length"
     if status in (401, 403) or _AUTH_WORDING.search(words):
         return "auth"
-    if status == 404:
+    if status == 404 or (status == 400 and _UNKNOWN_MODEL_WORDING.search(words)):
         return "not_found"
     return "bad_request"
 

@@ -39,14 +39,22 @@ FAILED_FINISH = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "T
 def _failed(reason: str) -> UpstreamError:
     return UpstreamError("malformed", f"Gemini finished without an answer ({reason})")
 
-# Gemini's schema dialect is an OpenAPI subset: these JSON-Schema keys make it reject the request.
-_UNSUPPORTED_SCHEMA_KEYS = {"$schema", "additionalProperties", "strict", "$id", "$defs", "definitions"}
+# Gemini's schema dialect is an OpenAPI 3.0 subset (the `Schema` of the Gemini API reference): any
+# other keyword ("const", "oneOf", "additionalProperties", "$schema", "exclusiveMinimum", ...) makes
+# it refuse the whole request with a 400, so only these are sent.
+_SCHEMA_KEYS = frozenset({
+    "type", "format", "title", "description", "nullable", "enum", "default", "example", "items", "properties",
+    "required", "propertyOrdering", "anyOf", "minItems", "maxItems", "minLength", "maxLength", "pattern",
+    "minimum", "maximum", "minProperties", "maxProperties",
+})
 
 
 def clean_schema(schema: Any, defs: dict[str, Any] | None = None) -> Any:
-    """The schema in Gemini's dialect: unsupported keywords dropped, `$ref`s to the schema's own
-    `$defs` / `definitions` inlined (Gemini has no references). Property *names* are data, not
-    keywords: a parameter called `strict` stays."""
+    """The schema in Gemini's dialect: `$ref`s to the schema's own `$defs` / `definitions` inlined
+    (Gemini has no references), `allOf` merged, `oneOf` read as `anyOf`, a type list such as
+    `["string", "null"]` written as one type and `nullable`, `const` and non-string enums (Gemini's
+    enums are strings) kept as a string enum or told in the description, any other keyword dropped.
+    Property *names* are data, not keywords: a parameter called `strict` stays."""
     if isinstance(schema, list):
         return [clean_schema(v, defs) for v in schema]
     if not isinstance(schema, dict):
@@ -57,15 +65,80 @@ def clean_schema(schema: Any, defs: dict[str, Any] | None = None) -> Any:
         target = defs[ref.rsplit("/", 1)[-1]]
         rest = {k: v for k, v in schema.items() if k != "$ref"}
         return clean_schema({**target, **rest}, {k: v for k, v in defs.items() if v is not target})
-    out = {}
+    schema = _merged_all_of(schema)
+    out: dict[str, Any] = {}
     for k, v in schema.items():
-        if k in _UNSUPPORTED_SCHEMA_KEYS or k == "$ref":
+        if k == "oneOf":
+            k = "anyOf"
+        if k not in _SCHEMA_KEYS:
             continue
         if k == "properties" and isinstance(v, dict):
             out[k] = {name: clean_schema(prop, defs) for name, prop in v.items()}
+        elif k == "items" and isinstance(v, list):  # a tuple: Gemini has none, its first item's type stands
+            out[k] = clean_schema(v[0], defs) if v else {}
         else:
             out[k] = clean_schema(v, defs)
+    _one_type(out)
+    _string_enum(out, schema.get("const", _ABSENT))
     return out
+
+
+_ABSENT = object()
+
+
+def _merged_all_of(schema: dict[str, Any]) -> dict[str, Any]:
+    parts = schema.get("allOf")
+    if not isinstance(parts, list):
+        return schema
+    merged = {k: v for k, v in schema.items() if k != "allOf"}
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        for k, v in _merged_all_of(part).items():
+            if k == "properties" and isinstance(v, dict):
+                props = dict(merged.get("properties") or {})
+                for name, prop in v.items():
+                    props.setdefault(name, prop)
+                merged["properties"] = props
+            elif k == "required" and isinstance(v, list):
+                merged["required"] = list(dict.fromkeys([*(merged.get("required") or []), *v]))
+            else:
+                merged.setdefault(k, v)
+    return merged
+
+
+def _one_type(out: dict[str, Any]) -> None:
+    types = out.get("type")
+    if not isinstance(types, list):
+        return
+    named = [t for t in types if t != "null"]
+    if "null" in types:
+        out["nullable"] = True
+    if len(named) == 1:
+        out["type"] = named[0]
+    else:
+        del out["type"]
+        if named:
+            out["anyOf"] = [{"type": t} for t in named]
+
+
+def _string_enum(out: dict[str, Any], const: Any) -> None:
+    values = [const] if const is not _ABSENT else out.get("enum")
+    if not isinstance(values, list):
+        return
+    if None in values:
+        out["nullable"] = True
+        values = [v for v in values if v is not None]
+    if not values:
+        out.pop("enum", None)
+        return
+    if all(isinstance(v, str) for v in values):
+        out["enum"] = values
+        out.setdefault("type", "string")
+        return
+    out.pop("enum", None)
+    told = ", ".join(json.dumps(v) for v in values)
+    out["description"] = f"{out.get('description', '')} (one of: {told})".strip()
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
