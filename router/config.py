@@ -103,6 +103,10 @@ class RequestShape(_Strict):
         default=None, description="the only top-level fields sent, after renaming (model, messages and stream always are); none: all")
     developer_role: Literal["developer", "system"] = Field(
         default="developer", description="the role `developer` turns are sent with")
+    tool_call_ids: Literal["as_sent", "alnum9"] = Field(
+        default="as_sent",
+        description="alnum9: tool-call ids another provider made (a router switches models mid-conversation) are "
+                    "rewritten to 9 letters and digits, alike in the call and its result (Mistral's rule)")
 
     @model_validator(mode="after")
     def _renames_reach_the_upstream(self) -> "RequestShape":
@@ -115,7 +119,8 @@ class RequestShape(_Strict):
 
     @property
     def is_identity(self) -> bool:
-        return not self.rename and not self.drop and self.keep_only is None and self.developer_role == "developer"
+        return (not self.rename and not self.drop and self.keep_only is None and self.developer_role == "developer"
+                and self.tool_call_ids == "as_sent")
 
 
 class ProviderSpec(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -161,6 +162,18 @@ def test_mistral_gets_openclaw_requests_in_the_form_it_accepts(tmp_path, monkeyp
             assert set(sent.body) == {"model", "messages", "stream", "tools", "max_tokens", "random_seed", "temperature"}
             assert sent.body["max_tokens"] == 8192 and sent.body["random_seed"] == 7  # capped at the model's own limit
             assert [m["role"] for m in sent.body["messages"]] == ["system", "user"]
+
+            # A tool loop another provider began (Claude's ids) goes on on Mistral, which answers 400
+            # to an id that is not 9 letters and digits: rewritten alike in the call and its result.
+            call = {"id": "toolu_01A09q90qw90lq917835lq9", "type": "function", "function": {"name": "read", "arguments": "{}"}}
+            own = {"id": "D681PevKs", "type": "function", "function": {"name": "read", "arguments": "{}"}}
+            running.client().chat.completions.create(model="mistral-small-latest", tools=[tool], messages=[
+                {"role": "user", "content": "read it"}, {"role": "assistant", "content": None, "tool_calls": [call, own]},
+                {"role": "tool", "tool_call_id": call["id"], "content": "a"}, {"role": "tool", "tool_call_id": own["id"], "content": "b"}])
+            sent = upstream.requests_for("mistral-small-latest")[-1].body["messages"]
+            ids = [c["id"] for c in sent[1]["tool_calls"]]
+            assert ids[1] == "D681PevKs" and re.fullmatch(r"[a-zA-Z0-9]{9}", ids[0])
+            assert [m["tool_call_id"] for m in sent[2:]] == ids
         finally:
             running.stop()
 

@@ -9,6 +9,9 @@ gateway can bill and log every streamed answer; then the provider's `request` sh
 """
 from __future__ import annotations
 
+import hashlib
+import re
+import string
 from typing import Any, AsyncIterator
 
 from router.config import ESSENTIAL_FIELDS, ModelSpec, RequestShape
@@ -42,7 +45,32 @@ def shaped(body: dict[str, Any], shape: RequestShape) -> dict[str, Any]:
     if shape.developer_role != "developer" and isinstance(out.get("messages"), list):
         out["messages"] = [{**m, "role": shape.developer_role} if isinstance(m, dict) and m.get("role") == "developer" else m
                            for m in out["messages"]]
+    if shape.tool_call_ids == "alnum9" and isinstance(out.get("messages"), list):
+        out["messages"] = [_alnum9_ids(m) if isinstance(m, dict) else m for m in out["messages"]]
     return out
+
+
+_ALNUM9 = re.compile(r"[a-zA-Z0-9]{9}")
+_BASE62 = string.digits + string.ascii_letters
+
+
+def alnum9(call_id: Any) -> str:
+    """A tool-call id as 9 letters and digits: kept if it is one, else derived from it, so a call
+    and its result still pair up."""
+    call_id = str(call_id or "")
+    if _ALNUM9.fullmatch(call_id):
+        return call_id
+    n = int.from_bytes(hashlib.sha1(call_id.encode("utf-8")).digest()[:8], "big")
+    return "".join(_BASE62[(n // 62 ** i) % 62] for i in range(9))
+
+
+def _alnum9_ids(message: dict[str, Any]) -> dict[str, Any]:
+    if message.get("role") == "tool" and "tool_call_id" in message:
+        return {**message, "tool_call_id": alnum9(message["tool_call_id"])}
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        return {**message, "tool_calls": [{**c, "id": alnum9(c.get("id"))} if isinstance(c, dict) else c for c in calls]}
+    return message
 
 
 class OpenAICompatProvider(Provider):
