@@ -65,6 +65,11 @@ class ModelSpec(_Strict):
         default=(),
         description="models a request naming this model fails over to, in order (routed requests fail over along the ranking)",
     )
+    max_choices: int | None = Field(
+        default=None, ge=1,
+        description="the most choices (`n`) one request gets; none: as many as asked. 1 for anthropic and gemini "
+                    "providers unless set: their APIs answer one",
+    )
 
     @property
     def upstream_name(self) -> str:
@@ -89,7 +94,8 @@ class ModelSpec(_Strict):
         return min(requested, self.max_output_tokens) if "max_output_tokens" in self.model_fields_set else requested
 
 
-ESSENTIAL_FIELDS = frozenset({"model", "messages", "stream"})  # what every chat-completions call needs
+ESSENTIAL_FIELDS = frozenset({"model", "messages", "stream"})
+ONE_CHOICE_KINDS = frozenset({"anthropic", "gemini"})  # what every chat-completions call needs
 
 
 class RequestShape(_Strict):
@@ -275,6 +281,27 @@ class Config(_Strict):
         if not models:
             raise ValueError("at least one model is required")
         return models
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_choice_providers(cls, data: Any) -> Any:
+        # Anthropic's Messages API and the Gemini adapter answer one choice per request: a request
+        # for `n` of them routed there would silently get one.
+        if not isinstance(data, dict) or not isinstance(data.get("models"), list) or not isinstance(data.get("providers"), dict):
+            return data
+
+        def kind(name: Any) -> Any:
+            spec = data["providers"].get(name) if isinstance(name, str) else None
+            return spec.get("kind") if isinstance(spec, dict) else getattr(spec, "kind", None)
+
+        models = []
+        for m in data["models"]:
+            if isinstance(m, dict) and "max_choices" not in m and kind(m.get("provider")) in ONE_CHOICE_KINDS:
+                m = {**m, "max_choices": 1}
+            elif isinstance(m, ModelSpec) and "max_choices" not in m.model_fields_set and kind(m.provider) in ONE_CHOICE_KINDS:
+                m = m.model_copy(update={"max_choices": 1})
+            models.append(m)
+        return {**data, "models": models}
 
     @model_validator(mode="after")
     def _references_exist(self) -> "Config":

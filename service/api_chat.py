@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from router.request_view import estimate_tokens, view_chat_request
 from service import sse
 from service.dispatch import OpenStream, usage_tokens
-from service.errors import ApiError
+from service.errors import ApiError, bad_request
 from service.gateway import Gateway
 from service.pipeline import RequestContext
 from service.providers.base import UpstreamError
@@ -66,6 +66,13 @@ def _reason(ctx: RequestContext) -> str:
     return base
 
 
+def _check_choices(spec: Any, n: Any) -> None:
+    """A named model whose API answers fewer choices than asked would silently return fewer."""
+    if spec.max_choices is not None and isinstance(n, int) and n > spec.max_choices:
+        raise bad_request(f"model {spec.name} answers at most {spec.max_choices} choice(s) per request; n={n} was asked "
+                          f"(ask for `auto` to be routed to a model that answers {n})", param="n")
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
@@ -76,6 +83,8 @@ async def chat_completions(request: Request) -> Response:
         model = parsed.model or gw.config.router.default_profile
         profile = resolve_model(model, gw.config)
         constraints = build_constraints(parsed.router, request.headers, gw.config)
+        if profile is None:
+            _check_choices(gw.config.model(model), raw.get("n"))
     except ApiError:
         gw.metrics.requests.labels("none", "none", "rejected").inc()
         raise

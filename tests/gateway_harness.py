@@ -73,7 +73,7 @@ def fake_config(base_url: str, db_url: str, *, models: list[dict[str, Any]] | No
         lines.append(f"  - name: {m['name']}")
         lines.append("    provider: fake")
         lines.append("    price: {input_per_1m: %s, output_per_1m: %s}" % (m.get("in", 1.0), m.get("out", 2.0)))
-        for key in ("context_window", "capabilities", "tags", "limits", "max_output_tokens", "fallbacks"):
+        for key in ("context_window", "capabilities", "tags", "limits", "max_output_tokens", "fallbacks", "max_choices"):
             if key in m:
                 lines.append(f"    {key}: {m[key]!r}".replace("'", '"'))
     text = "\n".join(lines) + f"""

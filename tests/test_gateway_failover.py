@@ -414,3 +414,41 @@ def test_concurrent_requests_never_overrun_a_models_rpm(start, upstream):
         answers = list(pool.map(lambda _: gw.client().chat.completions.create(model="auto", messages=MSG), range(12)))
     assert len(upstream.requests_for("m1")) <= 2 and len(answers) == 12
     assert any(a.model != "m1" for a in answers)
+
+
+def test_a_request_for_several_choices_goes_to_a_model_that_answers_them(start, upstream):
+    # Anthropic's and Gemini's APIs answer one choice (their models get max_choices 1 by default):
+    # `n: 2` routed there would silently get one.
+    gw = start(models=[{"name": "m1", "context_window": 100000, "max_choices": 1},
+                       {"name": "m2", "context_window": 100000, "fallbacks": ["m1"]}])
+    _, headers = ask(gw, n=2)
+    assert headers["x-router-model"] == "m2"
+    m1 = next(c for c in gw.outcome(headers["x-request-id"])["candidates"] if c["model"] == "m1")
+    assert m1["excluded"] == "answers at most 1 choice(s), n=2 asked"
+    assert ask(gw)[1]["x-router-model"] == "m1"  # one choice asked: the best model again
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(gw, model="m1", n=2)
+    assert info.value.body["param"] == "n" and "at most 1 choice" in info.value.body["message"]
+    # a named model's fallbacks are held to the same rule
+    upstream.script("m2", server_error(), server_error(), server_error())
+    m1_calls = len(upstream.requests_for("m1"))
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(gw, model="m2", n=2)
+    assert info.value.status_code == 502 and len(upstream.requests_for("m1")) == m1_calls
+
+
+def test_anthropic_and_gemini_models_answer_one_choice_unless_configured():
+    from router.config import parse_config
+
+    text = """
+providers:
+  a: {kind: anthropic, base_url: "http://127.0.0.1:1"}
+  g: {kind: gemini, base_url: "http://127.0.0.1:1"}
+  o: {kind: openai, base_url: "http://127.0.0.1:1"}
+models:
+  - {name: claude, provider: a, price: {input_per_1m: 1, output_per_1m: 1}}
+  - {name: gem, provider: g, price: {input_per_1m: 1, output_per_1m: 1}, max_choices: 4}
+  - {name: gpt, provider: o, price: {input_per_1m: 1, output_per_1m: 1}}
+"""
+    config = parse_config(text, "choices.yaml")
+    assert [config.model(n).max_choices for n in ("claude", "gem", "gpt")] == [1, 4, None]
