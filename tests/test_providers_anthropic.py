@@ -204,6 +204,13 @@ async def test_stream_cut_before_message_stop(server, provider):
     assert info.value.kind == "connection"
 
 
+async def test_stream_cut_after_its_final_usage_bills_the_upstreams_counts(server, provider):
+    server.reply_sse(stream_events()[:-1], cut=True)  # message_delta arrived, message_stop never did
+    got = [c async for c in provider.stream(MODEL, {"messages": [{"role": "user", "content": "hi"}]})]
+    assert got[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert got[-1]["usage"]["prompt_tokens"] == 50 and got[-1]["usage"]["completion_tokens"] == 17
+
+
 async def test_stream_with_invalid_json_event(server, provider):
     server.reply_sse(stream_events()[:2] + [("content_block_delta", "{\"type\": \"content_block_delta\", ")])
     with pytest.raises(UpstreamError) as info:
