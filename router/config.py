@@ -243,7 +243,7 @@ class BanditSection(_Strict):
                     "over the predictor's own choice told of detected changes and new models; null: no cap",
     )
     shared: bool = Field(default=False, description="share what the bandit learns with the other replicas over server.redis_url")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
 
 
 class ShadowSection(_Strict):
@@ -368,6 +368,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue  # `<<: *anchor`: merged keys may be overridden, as YAML means them to be
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: a key must be a plain name, not a {type(key).__name__}")
             if key in seen:
                 raise ConfigError(f"line {key_node.start_mark.line + 1}, key {key}: written twice in one mapping "
                                   f"(first on line {seen[key]})")

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from router.config import ModelSpec, Profile
+from router.config import Config, ModelSpec, Profile, resolve_path
 from router.features import FEATURE_NAMES, request_features
 from router.policy import decide
 from router.predictor import OutcomePredictor, Predictions
@@ -130,3 +130,14 @@ class LearnedRouter:
 def default_artifact() -> Path:
     """The router shipped in the repository (`models/default`)."""
     return Path(__file__).resolve().parent.parent / "models" / "default"
+
+
+def find_artifact(value: str | Path, config: Config | None = None) -> Path:
+    """A router artifact folder as a config or a reload request names it: next to the config
+    file, in the working directory, or among the shipped ones (`models/default` from anywhere).
+    Where none holds an artifact, the first place, for the error to name."""
+    first = resolve_path(config, str(value)) if config is not None else Path(value).expanduser()
+    for path in (first, default_artifact().parent.parent / value):
+        if (path / MANIFEST).exists():
+            return path
+    return first

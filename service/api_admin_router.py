@@ -10,7 +10,6 @@ the master key as `Authorization: Bearer <key>`; without a master key, 403 `admi
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -29,18 +28,19 @@ async def reload_router(request: Request) -> JSONResponse:
     path = raw.get("path") if isinstance(raw, dict) else None
     if not isinstance(path, str) or not path:
         raise bad_request("give the router artifact folder as {\"path\": \"models/NAME\"}", param="path")
-    from router.engine import LearnedRouter
+    from router.engine import LearnedRouter, find_artifact
 
+    gw = request.app.state.gateway
+    found = find_artifact(path, gw.config)
     try:
-        new = await asyncio.to_thread(LearnedRouter.load, path)
+        new = await asyncio.to_thread(LearnedRouter.load, found)
     except Exception as exc:  # a damaged folder fails in many ways (missing booster, odd manifest): the old router stays
         raise bad_request(f"cannot load router artifact: {type(exc).__name__}: {exc}", code="invalid_artifact",
                           param="path") from None
-    gw = request.app.state.gateway
     old = gw.router.swap(new)
     follower = getattr(request.app.state, "router_follower", None)
     if follower is not None:  # the other replicas follow (service/router_follow.py)
-        await asyncio.to_thread(follower.promote, str(Path(path).resolve()))
+        await asyncio.to_thread(follower.promote, str(found.resolve()))
     return JSONResponse({"object": "router.reload", "path": path, "models": new.models,
                          "previous": str(getattr(old, "path", None)) if old is not None else None,
                          "replicas_follow": follower is not None})

@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError) as exc:
-        # Validation errors are for the user, not a stack trace.
+    except (ValueError, OSError) as exc:
+        # Validation errors and unusable paths are for the user, not a stack trace.
         print(f"openclaw-router {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Coroutine
 
 import numpy as np
 
-from router.config import Config, resolve_path
+from router.config import Config
 from router.outcome_log import OutcomeLog
 from service.dispatch import Dispatcher
 from service.live_state import LiveState
@@ -58,20 +57,18 @@ class Gateway:
 def load_router(config: Config) -> Router | None:
     """The router artifact named by `router.artifact` (next to the config file, the working
     directory or the package), or None with a warning: named models still work without it."""
-    from router.engine import LearnedRouter, default_artifact
+    from router.engine import MANIFEST, LearnedRouter, find_artifact
 
-    configured = resolve_path(config, config.router.artifact)
-    shipped = default_artifact().parent.parent / config.router.artifact
-    for path in (configured, shipped):
-        if (Path(path) / "manifest.json").exists():
-            router = LearnedRouter.load(path)
-            unseen = router.unseen(config.models)
-            if unseen:
-                log.warning("router artifact %s has no training data for %s: they get the unseen-model prior", path, unseen)
-            log.info("router artifact loaded from %s", path)
-            return router
-    log.warning("no router artifact at %s: 'auto' routing is unavailable until one is trained", configured)
-    return None
+    path = find_artifact(config.router.artifact, config)
+    if not (path / MANIFEST).exists():
+        log.warning("no router artifact at %s: 'auto' routing is unavailable until one is trained", path)
+        return None
+    router = LearnedRouter.load(path)
+    unseen = router.unseen(config.models)
+    if unseen:
+        log.warning("router artifact %s has no training data for %s: they get the unseen-model prior", path, unseen)
+    log.info("router artifact loaded from %s", path)
+    return router
 
 
 def build_gateway(config: Config, *, hooks: list | None = None, router: Router | None = None,

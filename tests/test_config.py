@@ -44,6 +44,7 @@ def test_a_valid_file_and_the_shipped_default_parse():
     (GOOD.replace("  - name: big", "  - name: small"), "models[1].name", 5, "appears twice"),
     (GOOD + "reliability: {max_retries: -1}\n", "reliability.max_retries", 11, "greater than or equal to 0"),
     (GOOD + "cache: {verifier_threshold: 1.5}\n", "cache.verifier_threshold", 11, "less than 1"),
+    (GOOD + "learning: {bandit: {seed: -2}}\n", "learning.bandit.seed", 11, "greater than or equal to 0"),
 ])
 def test_a_bad_value_names_its_key_and_line(text, key, line, words):
     message = error_of(text)
@@ -72,6 +73,10 @@ def test_a_bad_reference_and_a_nested_typo_name_their_own_line():
 def test_a_key_written_twice_is_an_error_not_a_silent_override():
     message = error_of(GOOD + "reliability: {max_retries: 0}\nreliability: {max_retries: 3}\n")
     assert message == "router.yaml: line 12, key reliability: written twice in one mapping (first on line 11)"
+
+
+def test_a_key_that_is_a_list_is_a_clear_error():
+    assert "line 11: a key must be a plain name" in error_of(GOOD + "? [x, y]\n: 1\n")
 
 
 def test_not_yaml_or_not_a_mapping_is_a_clear_error(tmp_path):

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
+from router.engine import default_artifact
 from router.feedback_log import Feedback, FeedbackLog
 from router.outcome_log import OutcomeRecord, open_outcome_log
 from tests.fake_upstream import FakeUpstream
@@ -192,6 +193,12 @@ def test_hot_reload_under_concurrent_requests_loses_none(world, monkeypatch):
             shutil.copy(Path(world.routers["base"]) / "manifest.json", broken / "manifest.json")
             bad = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(broken)}, headers=admin)
             assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_artifact"
+            # The form the error suggests, "models/NAME", finds a shipped router from any directory.
+            monkeypatch.chdir(world.root)
+            shipped = httpx.post(f"{gw.url}/admin/router/reload", json={"path": "models/default"}, headers=admin, timeout=60)
+            assert shipped.status_code == 200 and Path(gw.gateway.router.current.path) == default_artifact()
+            assert httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(world.routers["base"])}, headers=admin,
+                              timeout=60).status_code == 200
             denied = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(world.routers["inverted"])})
             assert denied.status_code == 401 and denied.json()["error"]["code"] == "missing_api_key"
             monkeypatch.delenv("OPENCLAW_MASTER_KEY")  # no master key: no admin access, even from loopback
@@ -223,17 +230,24 @@ def test_job_options_that_would_fail_after_training_are_refused_first(tmp_path, 
     table = tmp_path / "t.csv"
     table.write_text("prompt,quality__a,cost_usd__a\nhi,1,0.001\n")
     common = ["--tracking-uri", f"sqlite:///{tmp_path / 'ml.db'}"]
+    log = tmp_path / "outcomes.sqlite"
+    open_outcome_log(f"sqlite:///{log}").close()
     for argv, says in [
         (["train", "--data", str(table), "--out", str(tmp_path / "r"), "--folds", "1", *common], "--folds"),
         (["train", "--data", str(table), "--out", str(tmp_path / "r"), "--registered-name", "team/router", *common], "team/router"),
         (["train", "--data", str(table), "--out", str(tmp_path / "r"), "--tracking-uri", str(tmp_path / "mlruns")], "tracking URI"),
         (["retrain", "--db", f"sqlite:///{tmp_path / 'typo' / 'outcomes.sqlite'}", "--out", str(tmp_path / "c"), *common],
          "no outcome log"),
+        (["retrain", "--db", f"sqlite:///{log}", "--router", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c"), *common],
+         "not a router artifact"),
+        (["retrain", "--db", f"sqlite:///{log}", "--gateway", "localhost:8080", "--out", str(tmp_path / "c"), *common],
+         "--gateway"),
     ]:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err
     assert not (tmp_path / "r").exists() and not (tmp_path / "typo").exists()
+    assert not (tmp_path / "c").exists()  # no candidate trained before the refusal
 
 
 def test_base_data_without_costs_is_priced_by_prices(tmp_path):

@@ -99,6 +99,27 @@ def test_train_reports_validation_error(tmp_path, capsys):
     assert "bad.csv" in err and "quality__m" in err
 
 
+@pytest.mark.parametrize("command", ["train", "eval", "cache-eval", "simulate"])
+def test_an_output_path_that_cannot_be_written_is_refused_before_the_work(tmp_path, capsys, command):
+    data = tmp_path / "t.csv"
+    pd.DataFrame({"prompt": ["a", "b"], "quality__m": [1.0, 0.0], "cost_usd__m": [1e-5, 1e-5]}).to_csv(data, index=False)
+    pairs = tmp_path / "p.csv"
+    pd.DataFrame({"text_a": ["a"], "text_b": ["b"]}).to_csv(pairs, index=False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    argv = {
+        "train": ["train", "--data", str(data), "--out", str(blocker), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"],
+        "eval": ["eval", "--data", str(data), "--router", "models/default", "--decisions-out", str(tmp_path / "d.parquet"),
+                 "--report-dir", str(blocker)],
+        "cache-eval": ["cache-eval", "--pairs", str(pairs), "--out", str(blocker / "hits.parquet")],
+        "simulate": ["simulate", "--data", str(data), "--requests", "10", "--out", str(tmp_path)],
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: --" in err and "Traceback" not in err
+    assert not (tmp_path / "d.parquet").exists()  # refused before any output was written
+
+
 def test_a_model_name_mlflow_would_refuse_is_logged_under_a_safe_name(tmp_path):
     import mlflow
 

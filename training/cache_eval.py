@@ -55,10 +55,12 @@ def run(args: argparse.Namespace) -> int:
     from router.cache.cache import ResponseCache
     from router.cache.verifier import Verifier
     from router.config import CacheSection, load_config, resolve_path
+    from training.outputs import check_output_file
     from training.qqp import embed_pairs, load_pairs, precision_recall
 
     if not args.pairs.exists():
         raise FileNotFoundError(f"--pairs {args.pairs} does not exist")
+    check_output_file(args.out, "--out")
     section = CacheSection()
     verifier_path = Path(section.verifier)
     if args.config:

@@ -234,10 +234,13 @@ def run(args: argparse.Namespace) -> int:
     from router.embedding import encode_cached
     from router.engine import LearnedRouter
     from training.data import ModelPrice, load_outcomes, load_prices, read_frame
+    from training.outputs import check_output_dir, check_output_file
     from training.plots import save_cost_quality_plot
 
     if not Path(args.router).exists():
         raise FileNotFoundError(f"{args.router}: no such router artifact")
+    check_output_dir(args.report_dir, "--report-dir")
+    check_output_file(args.decisions_out, "--decisions-out")
     router = LearnedRouter.load(args.router)
     column_order = [str(c) for c in read_frame(args.data).columns]
     columns = set(column_order)

@@ -149,7 +149,10 @@ def hot_reload(gateway: str, path: Path) -> dict:
     headers = {}
     if os.environ.get("OPENCLAW_MASTER_KEY"):
         headers["authorization"] = f"Bearer {os.environ['OPENCLAW_MASTER_KEY']}"
-    r = httpx.post(f"{gateway.rstrip('/')}/admin/router/reload", json={"path": str(path.resolve())}, headers=headers, timeout=60)
+    try:
+        r = httpx.post(f"{gateway.rstrip('/')}/admin/router/reload", json={"path": str(path.resolve())}, headers=headers, timeout=60)
+    except httpx.HTTPError as exc:
+        raise ValueError(f"gateway {gateway} could not be reached for the reload: {exc}") from None
     if r.status_code != 200:
         raise ValueError(f"gateway {gateway} refused the reload ({r.status_code}): {r.text[:300]}")
     return r.json()
@@ -160,6 +163,8 @@ def retrain(args) -> dict:
     from training.data import load_prices
     from training.offpolicy import calibrated_reward_model, compare_routers, finite, load_traffic, router_p_good
 
+    # Before minutes of training: the live router must load.
+    live = LearnedRouter.load(args.router or default_artifact())
     traffic = load_traffic(args.db)
     n_eval = int(round(len(traffic) * args.eval_share))
     order = np.argsort(traffic.ts, kind="stable")
@@ -172,7 +177,6 @@ def retrain(args) -> dict:
                                     sources=[*(args.base_data or []), args.db])
     out = Path(args.out or f"models/candidate-{time.strftime('%Y%m%d-%H%M%S')}")
     candidate.save(out)
-    live = LearnedRouter.load(args.router or default_artifact())
     if len(held_out):
         logged_train = traffic.rows(train_rows)
         reward_model = calibrated_reward_model(router_p_good(live, logged_train), logged_train, router_p_good(live, held_out))
@@ -186,11 +190,19 @@ def retrain(args) -> dict:
     report = {"candidate": str(out), "verdict": {"promote": verdict.promote, "reason": verdict.reason},
               "ope": comparison, "params": params, "cv": {k: v for k, v in metrics.items() if k != "reliability"}}
     report["mlflow_run_id"] = log_run(args, out, params, metrics, comparison)
+    failed_reload = None
     if verdict.promote:
         report["registered_version"] = register(args, report["mlflow_run_id"])
         if args.gateway:
-            report["reload"] = hot_reload(args.gateway, out)
+            try:
+                report["reload"] = hot_reload(args.gateway, out)
+            except ValueError as exc:
+                report["reload"] = {"error": str(exc)}
+                failed_reload = exc
     (out / "retrain_report.json").write_text(json.dumps(finite(report), indent=1, default=str))
+    if failed_reload is not None:  # registered and reported; the gateway still runs the old router
+        raise ValueError(f"{failed_reload} (the candidate is registered as version {report['registered_version']}; "
+                         f"reload it with POST /admin/router/reload)")
     return report
 
 
@@ -226,6 +238,8 @@ def run(args) -> int:
     from training.train import check_job_options
 
     check_job_options(args)
+    if args.gateway and not args.gateway.startswith(("http://", "https://")):
+        raise ValueError(f"--gateway {args.gateway}: give the gateway's URL, e.g. http://127.0.0.1:8080")
     report = retrain(args)
     print(json.dumps({k: report["ope"].get("utility", {}).get("difference", {}).get(k) for k in ("ips", "snips", "dr")}, indent=1))
     if report["verdict"]["promote"]:

@@ -209,7 +209,9 @@ def run(args) -> int:
     from router.feedback_log import read_feedback, read_shadows
     from router.outcome_log import read_outcomes
     from training.offpolicy import finite, load_traffic
+    from training.outputs import check_output_dir
 
+    check_output_dir(args.out, "--out")
     shadows = read_shadows(args.db)
     if not shadows:
         raise ValueError(f"{args.db}: no shadow decisions logged; configure learning.shadow.artifact on the gateway")

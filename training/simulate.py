@@ -375,6 +375,7 @@ def configure(parser) -> None:
 
 def run(args) -> int:
     from training.offpolicy import finite
+    from training.outputs import check_output_file
 
     if args.requests <= 0:
         raise ValueError("--requests must be positive")
@@ -382,6 +383,7 @@ def run(args) -> int:
         raise ValueError("--window must be positive")
     if not 0.0 < args.train_share < 1.0:
         raise ValueError("--train-share must lie strictly between 0 and 1")
+    check_output_file(args.out, "--out")
     out = simulate(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(finite(out), indent=1))

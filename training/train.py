@@ -238,8 +238,10 @@ def run(args: argparse.Namespace) -> int:
     from router.predictor import OutcomePredictor
     from router.types import RoutingRequest
     from training.data import concat_outcomes, load_outcomes, load_prices
+    from training.outputs import check_output_dir
 
     check_job_options(args)
+    check_output_dir(args.out, "--out")
     t0 = time.time()
     prices = load_prices(args.prices) if args.prices else None
     tables = [load_outcomes(p, text_column=args.text_column, prices=prices) for p in tqdm(args.data, desc="load", unit="file")]

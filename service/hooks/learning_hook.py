@@ -29,7 +29,7 @@ import numpy as np
 
 from router.bandit import BanditSettings, ContextualBandit
 from router.cache.keys import request_keys
-from router.config import Config, resolve_path
+from router.config import Config
 from router.feedback_log import Feedback, FeedbackStore, ShadowRecord, open_feedback_log
 from router.outcome_log import failed_by_its_models, judges_chosen_model
 from service.bandit_sync import BanditSync
@@ -110,9 +110,9 @@ class LearningRuntime:
             sync = BanditSync(bandit, connect(config.server.redis_url), prefix=prefix)
         shadow = None
         if config.learning.shadow.artifact:
-            from router.engine import LearnedRouter
+            from router.engine import LearnedRouter, find_artifact
 
-            shadow = LearnedRouter.load(resolve_path(config, config.learning.shadow.artifact))
+            shadow = LearnedRouter.load(find_artifact(config.learning.shadow.artifact, config))
         return cls(config, feedback, bandit, shadow, sync)
 
     def attach(self, gateway: Any) -> None:

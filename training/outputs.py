@@ -1,0 +1,30 @@
+"""Output paths checked before a job's work, not after it: a job that trains or evaluates for
+minutes must not end in a permission error on the path it was given."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+
+def _writable_folder(folder: Path, flag: str, given: str | Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except FileExistsError:
+        raise ValueError(f"{flag} {given}: {folder} exists and is not a folder") from None
+    except OSError as exc:
+        raise ValueError(f"{flag} {given}: cannot write in {folder} ({exc.strerror or exc})") from None
+
+
+def check_output_file(path: str | Path, flag: str) -> None:
+    """`path` can be written as a file (its folder is made if missing)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder, not a file")
+    _writable_folder(p.parent, flag, path)
+
+
+def check_output_dir(path: str | Path, flag: str) -> None:
+    """`path` can be used as an output folder (made if missing)."""
+    _writable_folder(Path(path), flag, path)
