@@ -121,8 +121,8 @@ class SQLiteStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One connection shared under a lock: the writer thread and occasional readers in the
-        # gateway; other processes read the file concurrently thanks to WAL.
+        # One connection for the writer thread and one for lookups, each under its lock: with WAL
+        # a lookup reads while a write waits out another process's lock (a backup, a VACUUM).
         self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.Lock()
@@ -139,6 +139,9 @@ class SQLiteStore:
                 if c not in have:
                     self._conn.execute(f"ALTER TABLE outcomes ADD COLUMN {c} {_SQL_TYPES.get(c, 'TEXT')}")
             self._conn.execute("CREATE INDEX IF NOT EXISTS outcomes_ts ON outcomes (ts)")
+        self._reader = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        self._reader.row_factory = sqlite3.Row
+        self._read_lock = threading.Lock()
 
     def write_many(self, records: Sequence[OutcomeRecord]) -> None:
         rows = [to_row(r) for r in records]
@@ -155,16 +158,17 @@ class SQLiteStore:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        with self._lock:
-            return [from_row(dict(r)) for r in self._conn.execute(sql, args)]
+        with self._read_lock:
+            return [from_row(dict(r)) for r in self._reader.execute(sql, args)]
 
     def get(self, request_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._conn.execute("SELECT * FROM outcomes WHERE request_id = ?", (request_id,)).fetchone()
+        with self._read_lock:
+            row = self._reader.execute("SELECT * FROM outcomes WHERE request_id = ?", (request_id,)).fetchone()
         return from_row(dict(row)) if row is not None else None
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
+            self._reader.close()
             self._conn.close()
 
 
@@ -207,13 +211,21 @@ _STOP = object()
 
 
 class OutcomeLog:
-    """Queue + background writer thread in front of a store."""
+    """Queue + background writer thread in front of a store.
 
-    def __init__(self, store: OutcomeStore, batch_size: int = 256, linger_s: float = 0.05):
+    The queue is bounded (`max_queued`): a store that is down for long must not grow the
+    gateway's memory without end; past the bound records are dropped, counted and logged.
+    Records still queued are readable by `get`, so a lookup never waits for the writer (a
+    slow store would otherwise hold every feedback request's worker thread)."""
+
+    def __init__(self, store: OutcomeStore, batch_size: int = 256, linger_s: float = 0.05, max_queued: int = 50_000):
         self.store = store
         self.batch_size = batch_size
         self.linger_s = linger_s
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queued)
+        self._unwritten: dict[str, OutcomeRecord] = {}
+        self._lock = threading.Lock()
+        self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="outcome-log-writer", daemon=True)
         self._closed = False
         self._thread.start()
@@ -221,7 +233,18 @@ class OutcomeLog:
     def write(self, record: OutcomeRecord) -> None:
         if self._closed:
             raise RuntimeError("outcome log is closed")
-        self._queue.put(record)
+        with self._lock:
+            self._unwritten[record.request_id] = record
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            with self._lock:
+                self._unwritten.pop(record.request_id, None)
+                self.dropped += 1
+                dropped = self.dropped
+            if dropped == 1 or dropped % 1000 == 0:
+                log.error("outcome log: %d records dropped so far; the store has not kept up with %d queued",
+                          dropped, self._queue.maxsize)
 
     def _run(self) -> None:
         stop = False
@@ -240,6 +263,10 @@ class OutcomeLog:
             records = [item for item in batch if item is not _STOP]
             if records:
                 self._write(records)
+                with self._lock:
+                    for record in records:
+                        if self._unwritten.get(record.request_id) is record:
+                            del self._unwritten[record.request_id]
             for _ in batch:
                 self._queue.task_done()
 
@@ -263,8 +290,9 @@ class OutcomeLog:
         self._queue.join()
 
     def get(self, request_id: str) -> dict[str, Any] | None:
-        self.flush()
-        return self.store.get(request_id)
+        with self._lock:
+            queued = self._unwritten.get(request_id)
+        return from_row(to_row(queued)) if queued is not None else self.store.get(request_id)
 
     def read(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         self.flush()
@@ -274,7 +302,7 @@ class OutcomeLog:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
+        self._queue.put(_STOP)  # blocks while the queue is full: every accepted record is written first
         self._thread.join()
         self.store.close()
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from router.config import Limits
-from router.outcome_log import OutcomeRecord, open_outcome_log, read_outcomes
+from router.outcome_log import OutcomeLog, OutcomeRecord, open_outcome_log, open_store, read_outcomes
 from router.request_view import view_chat_request
 from router.types import Candidate, Decision
 from service.breaker import CircuitBreaker, RateWindow
@@ -101,6 +102,36 @@ def test_outcome_log_is_wal_flushes_on_close_and_reads_back(tmp_path):
     assert df.attempts.iloc[0] == [{"model": "a", "status": "ok"}] and df.stream.sum() == 500
     with pytest.raises(RuntimeError):
         log.write(OutcomeRecord(request_id="late"))
+
+
+def test_a_lookup_never_waits_for_a_writer_stuck_behind_another_process(tmp_path):
+    # Feedback asks the log whose request an id is; a backup or VACUUM holding the file's write
+    # lock used to hold every such lookup (and its worker thread) until the queue drained.
+    path = tmp_path / "outcomes.sqlite"
+    log = OutcomeLog(open_store(f"sqlite:///{path}"), max_queued=3)
+    log.write(OutcomeRecord(request_id="stored", chosen_model="m1"))
+    log.flush()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        log.write(OutcomeRecord(request_id="queued", chosen_model="m2", attempts=[{"model": "m2", "status": "ok"}]))
+        time.sleep(0.3)  # past the writer's 50 ms gathering: it is now stuck writing that batch
+        found: dict = {}
+        reader = threading.Thread(target=lambda: found.update(
+            queued=log.get("queued"), stored=log.get("stored"), unknown=log.get("unknown")))
+        reader.start()
+        reader.join(timeout=10)
+        assert not reader.is_alive()
+        assert found["queued"]["chosen_model"] == "m2" and found["queued"]["attempts"] == [{"model": "m2", "status": "ok"}]
+        assert found["stored"]["chosen_model"] == "m1" and found["unknown"] is None
+        for i in range(6):  # the writer holds one batch; past 3 queued behind it, records are dropped, not hoarded
+            log.write(OutcomeRecord(request_id=f"more-{i}"))
+        assert log.dropped >= 1
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    log.close()
+    assert read_outcomes(f"sqlite:///{path}").request_id.str.startswith("more-").sum() == 6 - log.dropped
 
 
 def test_outcome_log_rejects_unknown_urls(tmp_path):
