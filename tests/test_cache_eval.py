@@ -137,6 +137,17 @@ def test_swapped_roles_are_hard_mismatches_but_commuting_words_are_not():
     assert not hard_mismatch("Do Indian women find Pakistani men attractive?", "Do Indian women find Pakistani men attractive")
 
 
+def test_the_per_text_memo_keeps_question_sized_texts_only():
+    from router.cache.features import words
+
+    document = "Summarise this report. " + "The quarterly numbers rose again. " * 2000
+    held = words.cache_info().currsize
+    assert words(document) == words(document) and len(words(document)) > 10_000
+    assert words.cache_info().currsize == held  # a pasted document is split again, not held
+    words("How would a zebra reset the password of account 7316?")  # a question no other test asks
+    assert words.cache_info().currsize == held + 1
+
+
 def test_a_word_whose_capital_is_its_meaning_is_a_hard_mismatch_but_a_names_case_is_not():
     assert hard_mismatch("How do I say thank you in Polish?", "How do I say thank you in polish?")
     assert hard_mismatch("Where can I buy polish for my shoes?", "Where can I buy Polish for my shoes?")

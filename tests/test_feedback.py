@@ -232,3 +232,21 @@ def test_feedback_sent_the_moment_a_cache_hit_arrives_is_accepted(upstream, tmp_
         assert r.status_code == 200, r.text
     finally:
         running.stop()
+
+
+def test_answers_past_the_regeneration_window_are_forgotten_and_the_user_field_is_not_kept(monkeypatch):
+    from service.hooks import learning_hook
+    from service.pipeline import RequestContext
+    from router.request_view import view_chat_request
+
+    config = fake_config("http://127.0.0.1:9/v1", "sqlite:///:memory:", extra="learning: {regenerate_window_s: 60}")
+    rt = learning_hook.LearningRuntime(config, None, None, None, None)
+    clock = [1000.0]
+    monkeypatch.setattr(learning_hook.time, "time", lambda: clock[0])
+    rt.answered("a", "req_a")
+    clock[0] += 61
+    rt.answered("b", "req_b")
+    assert len(rt._prompts) == 1 and rt.repeated("b") == "req_b"  # "a" could no longer be regenerated: gone
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "user": "u" * 1_000_000}
+    ctx = RequestContext(request_id="r", body=body, routing=view_chat_request(body), headers={}, stream=False, profile="auto")
+    assert len(learning_hook.repeat_key(ctx)) < 200  # a megabyte `user` is not held for the window

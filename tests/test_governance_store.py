@@ -296,6 +296,50 @@ def test_rate_limits(backend, request):
     assert limiter.admit("k", 3, None, 10, now=t + 120) is None
 
 
+def test_keys_without_limits_leave_nothing_behind_in_the_memory_limiter():
+    limiter = MemoryRateLimiter()
+    for minute in range(60):  # an hour of traffic from ten keys without rpm/tpm
+        for k in range(10):
+            assert limiter.admit(f"key{k}", None, None, 50, now=60.0 * minute) is None
+            limiter.add_tokens(f"key{k}", 50, now=60.0 * minute + 30)
+    assert len(limiter._tokens) <= 20  # this minute and the last, not sixty
+
+
+def test_redis_breaker_state_read_from_threads_while_the_loop_changes_it(redis_url):
+    import sys
+
+    from service.governance.redis_state import RedisCircuitBreaker, connect
+
+    url, prefix = redis_url
+    breaker = RedisCircuitBreaker(connect(url), 3, 5.0, prefix=prefix)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads as often as possible: the race shows within a second
+    errors, stop = [], threading.Event()
+
+    def reader():  # the governance hook's alerts, in a worker thread
+        while not stop.is_set():
+            try:
+                breaker.state("m1")
+            except KeyError as exc:
+                errors.append(exc)
+
+    def changer():  # the dispatcher, on the event loop
+        while not stop.is_set():
+            breaker.release("m1")
+
+    threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=changer)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        sys.setswitchinterval(interval)
+    assert errors == []
+
+
 def test_redis_circuit_breaker_shared(redis_url):
     from service.governance.redis_state import RedisCircuitBreaker, connect
 
@@ -363,6 +407,7 @@ def test_outcome_log_in_postgres(pg_url):
     # replaced, and never takes the rest of its batch down with it.
     for i in range(3):
         log.write(OutcomeRecord(request_id=f"n{i}", ts=2000.0 + i, prompt="before\x00after" if i == 1 else "fine"))
+    log.flush()  # what the store wrote, not the record still queued
     assert log.get("n1")["prompt"] == "before\ufffdafter" and log.get("n2")["prompt"] == "fine"
     log.close()
     frame = read_outcomes(pg_url, since=1002.0)

@@ -10,7 +10,7 @@ entities, and the embedding interactions |a-b| and a*b.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import lru_cache, wraps
 from typing import Sequence
 
 import numpy as np
@@ -56,12 +56,28 @@ SCALAR_NAMES = (
 
 # A lookup scores one new question against up to 4 candidates, and the hard rules, the scalar
 # and the word features all split the same texts: memoising the per-text parts keeps that to once.
-@lru_cache(maxsize=8192)
+# Only for texts of question size: an agent's pasted 50 kB document, memoised 4,096 times with its
+# word list, would hold gigabytes.
+_MEMO_CHARS = 2000
+
+
+def _memo_short(fn):
+    cached = lru_cache(maxsize=4096)(fn)
+
+    @wraps(fn)
+    def call(text: str):
+        return cached(text) if len(text) <= _MEMO_CHARS else fn(text)
+
+    call.cache_info = cached.cache_info
+    return call
+
+
+@_memo_short
 def words(text: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(text.lower().replace("’", "'")))
 
 
-@lru_cache(maxsize=8192)
+@_memo_short
 def numbers(text: str) -> frozenset[str]:
     """Numbers as digits, with small number words mapped to digits ("two" == "2")."""
     found = {n.replace(",", "") for n in _NUMBER.findall(text)}
@@ -69,7 +85,7 @@ def numbers(text: str) -> frozenset[str]:
     return frozenset(found)
 
 
-@lru_cache(maxsize=8192)
+@_memo_short
 def negated(text: str) -> bool:
     """Odd number of negations: "not not" reads as affirmative, which is rare but cheap to respect."""
     ws = words(text)

@@ -16,11 +16,17 @@ class MemoryRateLimiter:
         self._requests: dict[tuple[str, int], int] = defaultdict(int)
         self._tokens: dict[tuple[str, int], int] = defaultdict(int)
         self._lock = threading.Lock()
+        self._trimmed = -1  # the minute the tables were last trimmed for
 
     def _used(self, table: dict[tuple[str, int], int], key_id: str, minute: int, frac: float) -> float:
         return table.get((key_id, minute), 0) + table.get((key_id, minute - 1), 0) * (1 - frac)
 
     def _trim(self, minute: int) -> None:
+        # Once a minute, on either path: keys without limits only ever add tokens, and their
+        # minutes would otherwise pile up until a limited key's request came by.
+        if minute == self._trimmed:
+            return
+        self._trimmed = minute
         for table in (self._requests, self._tokens):
             for k in [k for k in table if k[1] < minute - 1]:
                 del table[k]
@@ -44,5 +50,7 @@ class MemoryRateLimiter:
         if tokens <= 0:
             return
         now = time.time() if now is None else now
+        minute = int(now // 60)
         with self._lock:
-            self._tokens[(key_id, int(now // 60))] += tokens
+            self._trim(minute)
+            self._tokens[(key_id, minute)] += tokens

@@ -274,17 +274,21 @@ class RedisCircuitBreaker:
         return f"{self.prefix}:cb:{model}"
 
     def _fields(self, model: str) -> tuple[Any, ...]:
-        if model not in self._view or time.monotonic() - self._read_at > self.refresh_s:
-            models = list({*self._view, model})
+        # The view is replaced, never changed in place, and read once: worker threads (alerts,
+        # decisions) read it while the event loop forgets a model it has just changed.
+        view = self._view
+        if model not in view or time.monotonic() - self._read_at > self.refresh_s:
+            models = list({*view, model})
             pipe = self.r.pipeline(transaction=False)
             for m in models:
                 pipe.hmget(self._k(m), *self.FIELDS)
-            self._view = {m: tuple(v) for m, v in zip(models, pipe.execute())}
+            view = {m: tuple(v) for m, v in zip(models, pipe.execute())}
+            self._view = view
             self._read_at = time.monotonic()
-        return self._view[model]
+        return view[model]
 
     def _forget(self, model: str) -> None:
-        self._view.pop(model, None)
+        self._view = {m: v for m, v in self._view.items() if m != model}
 
     def _closed(self, v: tuple[Any, ...]) -> bool:
         return v[1] is None and self._clock() >= float(v[0] or 0)

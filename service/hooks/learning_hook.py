@@ -156,10 +156,13 @@ class LearningRuntime:
         return None
 
     def answered(self, key: str, request_id: str) -> None:
+        now = time.time()
+        window = self.config.learning.regenerate_window_s
         with self._lock:
-            self._prompts[key] = (request_id, time.time())
+            self._prompts[key] = (request_id, now)
             self._prompts.move_to_end(key)
-            while len(self._prompts) > RECENT:
+            # Oldest first: answers past the window can no longer be regenerated.
+            while self._prompts and (len(self._prompts) > RECENT or now - next(iter(self._prompts.values()))[1] > window):
                 self._prompts.popitem(last=False)
 
     # ---- shadow -------------------------------------------------------------------------
@@ -251,7 +254,9 @@ def repeat_key(ctx: RequestContext) -> str | None:
         keys = ctx.extras.get("cache_keys") or request_keys(ctx.body, ctx.profile or ctx.requested_model, ctx.tenant)
         # The cache may answer two end users of one key alike (it ignores `user`); their asking
         # the same is not one of them asking again.
-        ctx.extras["repeat_key"] = f"{keys.exact}\0{ctx.body.get('user') or ''}"
+        # Hashed: the client's `user` can be any length, and the key is kept for the window.
+        user = hashlib.sha256(str(ctx.body.get("user") or "").encode()).hexdigest()[:32]
+        ctx.extras["repeat_key"] = f"{keys.exact}\0{user}"
     return ctx.extras["repeat_key"]
 
 
