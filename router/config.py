@@ -7,7 +7,7 @@ schema is documented field by field in docs/CONFIG.md.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -16,7 +16,23 @@ Capability = Literal["tools", "json", "vision"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No infinities: `ttl_s: .inf` or `breaker_cooldown_s: .inf` pass every `gt=0` and break later.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: Any) -> Any:
+        # YAML reads yes/no/on/off as booleans, which pydantic would take as 1 and 0:
+        # `port: yes` must not start a server on port 1.
+        if isinstance(value, bool) and not _takes_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"{value} is a yes/no value; a number or text goes here")
+        return value
+
+
+def _takes_bool(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_takes_bool(arg) for arg in get_args(annotation)) if get_origin(annotation) is not None else False
 
 
 class Price(_Strict):
@@ -377,6 +393,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def load_yaml(text: str) -> Any:
+    """YAML as the config reads it: a key written twice, or a key that is not a plain name, is an
+    error (ConfigError), not a silent override."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+
+
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     """Walk the composed YAML tree along a pydantic error location to find its line."""
     line = node.start_mark.line + 1 if node is not None else None
@@ -397,7 +419,7 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 
 def parse_config(text: str, source: str = "<string>") -> Config:
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        data = load_yaml(text)
         tree = yaml.compose(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None

@@ -159,9 +159,16 @@ def _postgres_log(url: str) -> FeedbackStore:
     return PostgresFeedbackLog(url)
 
 
+def _sqlite_log(url: str) -> FeedbackLog:
+    try:
+        return FeedbackLog(url)
+    except (sqlite3.Error, OSError) as exc:  # a folder, a file that is not a database, no permission
+        raise ValueError(f"feedback store {url}: cannot open it as an SQLite database: {exc}") from None
+
+
 # URL scheme -> feedback store factory, the same schemes as the outcome log's STORES.
 STORES: dict[str, Callable[[str], FeedbackStore]] = {
-    "sqlite": FeedbackLog, "postgresql": _postgres_log, "postgres": _postgres_log,
+    "sqlite": _sqlite_log, "postgresql": _postgres_log, "postgres": _postgres_log,
 }
 
 

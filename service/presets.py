@@ -21,7 +21,7 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from router.config import Config, ConfigError, ModelSpec
+from router.config import Config, ConfigError, ModelSpec, load_yaml
 
 log = logging.getLogger("openclaw.presets")
 
@@ -67,10 +67,12 @@ def load_presets(path: str | Path) -> PresetFile:
     """Parse and validate a presets file, every model entry included (enabled or not)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
         presets = PresetFile.model_validate(data)
     except OSError as exc:
         raise ConfigError(f"cannot read presets {path}: {exc.strerror}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except ValidationError as exc:

@@ -22,7 +22,10 @@ def default_config_path() -> Path:
 
 
 def _port(text: str) -> int:
-    port = int(text)
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)") from None
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{text} is not a port (0-65535)")
     return port

@@ -45,6 +45,10 @@ def test_a_valid_file_and_the_shipped_default_parse():
     (GOOD + "reliability: {max_retries: -1}\n", "reliability.max_retries", 11, "greater than or equal to 0"),
     (GOOD + "cache: {verifier_threshold: 1.5}\n", "cache.verifier_threshold", 11, "less than 1"),
     (GOOD + "learning: {bandit: {seed: -2}}\n", "learning.bandit.seed", 11, "greater than or equal to 0"),
+    # YAML's yes/on are booleans, which would have been taken as 1: a port-1 server, a 1-token window
+    (GOOD + "server: {port: yes}\n", "server.port", 11, "yes/no value"),
+    (GOOD + "reliability: {max_retries: on}\n", "reliability.max_retries", 11, "yes/no value"),
+    (GOOD + "cache: {ttl_s: .inf}\n", "cache.ttl_s", 11, "finite number"),
 ])
 def test_a_bad_value_names_its_key_and_line(text, key, line, words):
     message = error_of(text)

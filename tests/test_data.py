@@ -141,6 +141,10 @@ def test_prices_file_errors(tmp_path):
     p.write_text("{not json")
     with pytest.raises(ValueError, match="p.json"):
         load_prices(p)
+    for bad in ([1], "abc", -1, True, None):
+        p.write_text(json.dumps({"m": {"input_per_1m": 1, "output_per_1m": bad}}))
+        with pytest.raises(ValueError, match=r"p.json: model 'm'"):
+            load_prices(p)
 
 
 def test_responses_file_gives_output_tokens(tmp_path):

@@ -113,6 +113,10 @@ def test_presets_file_errors_name_the_key(tmp_path):
     bad.write_text(text)
     with pytest.raises(ConfigError, match=r"providers\.openai\.models\[0\]\.prise"):
         build_preset_config({"OPENCLAW_PRESETS": str(bad), "ANTHROPIC_API_KEY": "sk-b"})
+    # a key written twice would silently win: the same error as in a config file
+    bad.write_text(presets_path().read_text().replace("price: {input_per_1m: ", "price: {input_per_1m: 99, input_per_1m: ", 1))
+    with pytest.raises(ConfigError, match="written twice"):
+        build_preset_config({"OPENCLAW_PRESETS": str(bad), "ANTHROPIC_API_KEY": "sk-b"})
 
 
 def test_prefixed_host_models_reach_the_upstream_under_their_upstream_id(tmp_path, monkeypatch):

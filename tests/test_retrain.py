@@ -236,6 +236,11 @@ def test_job_options_that_would_fail_after_training_are_refused_first(tmp_path, 
         (["train", "--data", str(table), "--out", str(tmp_path / "r"), "--folds", "1", *common], "--folds"),
         (["train", "--data", str(table), "--out", str(tmp_path / "r"), "--registered-name", "team/router", *common], "team/router"),
         (["train", "--data", str(table), "--out", str(tmp_path / "r"), "--tracking-uri", str(tmp_path / "mlruns")], "tracking URI"),
+        (["train", "--data", str(table), "--out", str(tmp_path / "r"), "--rounds", "-1", *common], "--rounds"),
+        (["train", "--data", str(table), "--out", str(tmp_path / "r"), "--pca-dim", "-3", *common], "--pca-dim"),
+        (["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *common], "is a folder"),
+        (["eval", "--data", str(table), "--router", "models/default", "--budgets", "0.01,abc", "--decisions-out",
+          str(tmp_path / "d.parquet"), "--report-dir", str(tmp_path / "rep")], "--budgets"),
         (["retrain", "--db", f"sqlite:///{tmp_path / 'typo' / 'outcomes.sqlite'}", "--out", str(tmp_path / "c"), *common],
          "no outcome log"),
         (["retrain", "--db", f"sqlite:///{log}", "--router", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c"), *common],
@@ -248,6 +253,9 @@ def test_job_options_that_would_fail_after_training_are_refused_first(tmp_path, 
         assert says in err and "Traceback" not in err
     assert not (tmp_path / "r").exists() and not (tmp_path / "typo").exists()
     assert not (tmp_path / "c").exists()  # no candidate trained before the refusal
+    with pytest.raises(SystemExit) as info:  # argparse's own usage error
+        main(["serve", "--port", "abc"])
+    assert info.value.code == 2 and "'abc' is not a port number" in capsys.readouterr().err
 
 
 def test_base_data_without_costs_is_priced_by_prices(tmp_path):

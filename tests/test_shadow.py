@@ -114,6 +114,18 @@ def test_shadow_never_alters_responses_and_reports(shadow_artifact, tmp_path):
     assert page.count("data:image/png;base64,") >= 3 and "<h2>By task</h2>" in page
 
 
+def test_shadow_report_names_a_log_that_is_missing_or_not_a_database(tmp_path, capsys):
+    from service.cli import main
+
+    not_a_db = tmp_path / "table.parquet"
+    not_a_db.write_bytes(b"PAR1" + b"\x00" * 200)
+    for db, says in [(f"sqlite:///{tmp_path}/typo/outcomes.sqlite", "no outcome log there"),
+                     (f"sqlite:///{not_a_db}", "cannot open it as an SQLite database")]:
+        assert main(["shadow-report", "--db", db, "--out", str(tmp_path / "report")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+
+
 def test_shadow_report_without_any_feedback(shadow_artifact, tmp_path):
     from training import shadow_report
 

@@ -39,6 +39,20 @@ def small_table(tmp_path_factory):
     return path
 
 
+@pytest.mark.parametrize("extra, says", [
+    (["--feedback-rate", "5"], "--feedback-rate"),
+    (["--explore-share", "-1"], "--explore-share"),
+    (["--willingness-to-pay", "-1"], "--willingness-to-pay"),
+    (["--drift", "degrade:nope:0.4@10"], "'nope'"),
+])
+def test_knobs_out_of_range_and_unknown_drift_models_are_refused(small_table, tmp_path, capsys, extra, says):
+    argv = ["simulate", "--data", str(small_table), "--requests", "100", "--out", str(tmp_path / "o.json"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+    assert not (tmp_path / "o.json").exists()
+
+
 def _simulate(table, out, *extra):
     code = main(["simulate", "--data", str(table), "--requests", "1500", "--window", "300", "--out", str(out),
                  "--willingness-to-pay", "1.0", *extra])

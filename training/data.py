@@ -118,6 +118,8 @@ def read_frame(path: str | Path, text_only: bool = False):
     path = Path(path)
     suffix = ("".join(path.suffixes[-2:]) if path.suffix.lower() == ".gz" else path.suffix).lower()
     kind = _READERS.get(suffix)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; give a file")
     if kind is None:
         raise ValueError(f"{path}: unsupported file type {suffix or '(none)'}; "
                          "use .parquet, .csv, .tsv, .jsonl or .json")
@@ -162,7 +164,14 @@ def load_prices(path: str | Path) -> dict[str, ModelPrice]:
         p_out = next((entry[k] for k in keys_out if k in entry), None)
         if p_in is None or p_out is None:
             raise ValueError(f"{path}: model {model!r} needs input_per_1m and output_per_1m")
-        prices[str(model)] = ModelPrice(float(p_in), float(p_out))
+        try:
+            price_in, price_out = float(p_in), float(p_out)
+        except (TypeError, ValueError):
+            price_in = price_out = float("nan")
+        if isinstance(p_in, bool) or isinstance(p_out, bool) or not (math.isfinite(price_in) and math.isfinite(price_out)
+                                                                     and price_in >= 0 and price_out >= 0):
+            raise ValueError(f"{path}: model {model!r}: prices must be numbers ≥ 0 (USD per 1M tokens), got {p_in!r} / {p_out!r}")
+        prices[str(model)] = ModelPrice(price_in, price_out)
     return prices
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -230,6 +231,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+def _budgets(text: str | None) -> list[float]:
+    budgets = []
+    for part in (text or "").split(","):
+        if part.strip():
+            try:
+                budgets.append(float(part))
+            except ValueError:
+                raise ValueError(f"--budgets: {part.strip()!r} is not a number of USD") from None
+            if not (math.isfinite(budgets[-1]) and budgets[-1] > 0):
+                raise ValueError(f"--budgets: {part.strip()!r} is not a budget (USD > 0)")
+    return budgets
+
+
 def run(args: argparse.Namespace) -> int:
     from router.embedding import encode_cached
     from router.engine import LearnedRouter
@@ -239,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.router).exists():
         raise FileNotFoundError(f"{args.router}: no such router artifact")
+    budgets = _budgets(args.budgets)
     check_output_dir(args.report_dir, "--report-dir")
     check_output_file(args.decisions_out, "--decisions-out")
     router = LearnedRouter.load(args.router)
@@ -274,7 +289,6 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         log.warning("models in %s that the router does not know, left out: %s", args.data, unknown)
     table = load_outcomes(args.data, text_column=args.text_column, prices=prices_for(columns), keep=keep)
-    budgets = [float(b) for b in args.budgets.split(",") if b.strip()] if args.budgets else []
     knn_train = None
     if args.knn_train:
         kt_prices = prices_for(set(read_frame(args.knn_train).columns))

@@ -212,6 +212,8 @@ def run(args) -> int:
     from training.outputs import check_output_dir
 
     check_output_dir(args.out, "--out")
+    if args.db.startswith("sqlite:///") and not Path(args.db[len("sqlite:///"):]).exists():
+        raise FileNotFoundError(f"{args.db}: no outcome log there (the gateway's server.db)")
     shadows = read_shadows(args.db)
     if not shadows:
         raise ValueError(f"{args.db}: no shadow decisions logged; configure learning.shadow.artifact on the gateway")

@@ -322,6 +322,9 @@ def simulate(args) -> dict:
     table = load_outcomes(args.data, text_column=args.text_column, prices=args.prices)
     if table.cost is None:
         raise ValueError(f"{args.data}: simulate needs recorded costs (cost_usd__<model> columns)")
+    unknown = [d.model for d in drifts if d.model not in table.models]
+    if unknown:  # before the router is trained, not after
+        raise ValueError(f"--drift names model {unknown[0]!r}, which is not in {args.data}: {table.models}")
     new_models = [d.model for d in drifts if d.kind == "add"]
     pred, replay, emb, basis = learned_predictions(table, args.router, args.train_share, args.seed, new_models)
     stream = build_stream(replay, args.requests, drifts, args.seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS)
@@ -383,6 +386,16 @@ def run(args) -> int:
         raise ValueError("--window must be positive")
     if not 0.0 < args.train_share < 1.0:
         raise ValueError("--train-share must lie strictly between 0 and 1")
+    for flag, value in (("--feedback-rate", args.feedback_rate), ("--explore-share", args.explore_share),
+                        ("--new-model-explore-share", args.new_model_explore_share)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{flag} is a share of requests, between 0 and 1; got {value}")
+    if not args.willingness_to_pay > 0.0:
+        raise ValueError(f"--willingness-to-pay is USD per +1.0 quality, > 0; got {args.willingness_to_pay}")
+    for flag, value in (("--latency-weight", args.latency_weight), ("--extra-cost-share", args.extra_cost_share),
+                        ("--total-cost-share", args.total_cost_share)):
+        if not value >= 0.0:
+            raise ValueError(f"{flag} must be ≥ 0; got {value}")
     check_output_file(args.out, "--out")
     out = simulate(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

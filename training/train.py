@@ -135,6 +135,10 @@ def check_job_options(args) -> None:
     a tracking store it cannot open (e.g. a file store, refused by default since MLflow 3)."""
     if args.folds < 2:
         raise ValueError(f"--folds must be at least 2 (cross-validation and bagging), got {args.folds}")
+    if getattr(args, "rounds", None) is not None and args.rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, got {args.rounds}")
+    if getattr(args, "pca_dim", 0) < 0:
+        raise ValueError(f"--pca-dim must be ≥ 0 (0 keeps all 384 dimensions), got {args.pca_dim}")
     if not args.experiment.strip():
         raise ValueError("--experiment must not be empty")
     if not args.registered_name.strip() or any(c in args.registered_name for c in "/:"):
@@ -241,11 +245,11 @@ def run(args: argparse.Namespace) -> int:
     from training.outputs import check_output_dir
 
     check_job_options(args)
-    check_output_dir(args.out, "--out")
     t0 = time.time()
     prices = load_prices(args.prices) if args.prices else None
     tables = [load_outcomes(p, text_column=args.text_column, prices=prices) for p in tqdm(args.data, desc="load", unit="file")]
     table = concat_outcomes(tables)
+    check_output_dir(args.out, "--out")  # after the tables are read, before minutes of embedding and fitting
     log.info("%d prompts x %d models from %s", len(table), len(table.models), ", ".join(args.data))
 
     # Per table, so each table's embeddings stay memoised whatever it is combined with.
