@@ -309,6 +309,11 @@ def attach_simulator(config: Config, host: str = "127.0.0.1", time_scale: float 
     pending = {n for n, p in config.providers.items() if p.kind == "simulated" and p.base_url.startswith(SIMULATED_URL)}
     if not pending:
         return config, None
+    for i, m in enumerate(config.models):
+        if m.provider in pending and m.upstream_name not in MODELS:
+            # Every request to it would be a 404 from the simulator: say so at start-up.
+            raise ValueError(f"{config.source or 'config'}: models[{i}] ({m.name}): the simulator serves no model "
+                             f"{m.upstream_name!r}; set `upstream` to one of {sorted(MODELS)}")
     url, stop = start_simulator(host, 0, time_scale)
     providers = {n: p.model_copy(update={"base_url": url}) if n in pending else p for n, p in config.providers.items()}
     return config.model_copy(update={"providers": providers}), stop

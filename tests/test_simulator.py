@@ -160,3 +160,17 @@ def test_catalog_prices_are_the_routerbench_ones():
         assert m.price.output_per_1m == prices[m.name]["implied_usd_per_1M_output_tokens"]
         assert (m.throughput_tps, m.ttft_s, m.context_window) == (MODELS[m.name].tps, MODELS[m.name].ttft_s, MODELS[m.name].context_window)
         assert ("tools" in m.capabilities) == MODELS[m.name].tools
+
+
+def test_a_simulated_model_the_simulator_does_not_serve_is_a_start_up_error():
+    from router.config import parse_config
+
+    config = parse_config("""
+providers:
+  sim: {kind: simulated, base_url: "simulated://"}
+models:
+  - {name: claude-v1, provider: sim, price: {input_per_1m: 1, output_per_1m: 1}}
+  - {name: my-model, provider: sim, price: {input_per_1m: 1, output_per_1m: 1}}
+""", "demo.yaml")
+    with pytest.raises(ValueError, match=r"models\[1\] \(my-model\): the simulator serves no model 'my-model'"):
+        attach_simulator(config, time_scale=0.0)
