@@ -169,6 +169,19 @@ def test_may_hit_tells_when_no_lookup_or_embedding_is_needed(verifier, embed):
     assert cache.may_hit(keys) == (False, False)
 
 
+def test_a_question_longer_than_the_embedder_reads_is_cached_exactly_only(verifier, embed):
+    # Two documents alike in their first 256 wordpieces look identical to the embedder, and the
+    # verifier's cost grows with the square of their words (under the cache's lock).
+    cache = new_cache(verifier)
+    head = "Please review the following contract clause by clause and list every risk you find. " * 12
+    asked = head + "The tenant pays all repairs. " * 200
+    put(cache, embed, body(asked), "Risks: ...")
+    assert not request_keys(body(asked), "auto", "t1").semantic_ok
+    assert cache.may_hit(request_keys(body(head + "The landlord pays all repairs. " * 200), "auto", "t1")) == (False, False)
+    assert get(cache, embed, body(head + "The landlord pays all repairs. " * 200)) is None
+    assert get(cache, embed, body(asked)).kind == "hit"
+
+
 def test_routes_and_tenants_are_isolated(verifier, embed):
     cache = new_cache(verifier)
     put(cache, embed, body("What is the capital of France?"), "Paris.", tenant="alice")

@@ -63,6 +63,9 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+SEMANTIC_MAX_CHARS = 1000  # about the 256 wordpieces the embedder reads, in English prose
+
+
 @dataclass(frozen=True)
 class RequestKeys:
     exact: str  # digest of the whole normalised request
@@ -71,8 +74,12 @@ class RequestKeys:
 
     @property
     def semantic_ok(self) -> bool:
-        """Semantic matching only makes sense for a request that ends with a user question."""
-        return bool(self.text)
+        """Semantic matching only makes sense for a request that ends with a user question, and
+        only for one of question size: the embedder reads 256 wordpieces (two long texts alike
+        in their head look identical to it), and the verifier's pair features grow with the
+        square of the words, under the cache's lock (a 50 kB question stalled every tenant's
+        lookup for seconds). Longer texts are answered from the cache exactly or not at all."""
+        return 0 < len(self.text) <= SEMANTIC_MAX_CHARS
 
 
 def request_keys(body: Mapping[str, Any], route: str, tenant: str) -> RequestKeys:
