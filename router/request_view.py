@@ -8,6 +8,7 @@ context-window checks), `n_turns` and `has_tools`.
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Iterable, Mapping
 
@@ -86,8 +87,15 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
             last_user = text
         elif role in ("system", "developer"):
             system_parts.append(text)
-    for t in tools:
-        total_chars += token_chars(str(t))
+    # What else the upstream reads and bills: both tool lists when a client sends both, a JSON
+    # schema (Anthropic's adapter writes it into the system prompt), a predicted output. Left
+    # out, a 3 MB schema cost 45 times the key's budget on a reservation for a few words.
+    for extra in (body.get("tools") or [], body.get("functions") or []):
+        for t in extra:
+            total_chars += token_chars(str(t))
+    for field in ("response_format", "prediction"):
+        if body.get(field):
+            total_chars += token_chars(json.dumps(body[field], ensure_ascii=False, default=str))
     needs = set()
     if tools:
         needs.add("tools")

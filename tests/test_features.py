@@ -85,6 +85,21 @@ def test_legacy_functions_need_tools_and_count_as_input():
     assert "tools" in legacy.needs and legacy.has_tools and legacy.input_tokens > modern.input_tokens - 10
 
 
+def test_everything_the_upstream_reads_counts_as_input():
+    plain = {"messages": [{"role": "user", "content": "fill the form"}]}
+    schema = {"type": "json_schema", "json_schema": {"name": "form", "schema": {
+        "type": "object", "properties": {f"field_{i}": {"type": "string", "description": "x" * 40} for i in range(500)}}}}
+    base = view_chat_request(plain).input_tokens
+    # a schema is billed (Anthropic's adapter writes it into the system prompt): ~40 kB, ~10k tokens
+    assert view_chat_request({**plain, "response_format": schema}).input_tokens > base + 8000
+    fn = {"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string", "description": "y" * 4000}}}}
+    tools = view_chat_request({**plain, "tools": [{"type": "function", "function": fn}]}).input_tokens
+    both = view_chat_request({**plain, "tools": [{"type": "function", "function": fn}], "functions": [fn]}).input_tokens
+    assert both > tools + 900  # a client sending both lists sends both
+    predicted = view_chat_request({**plain, "prediction": {"type": "content", "content": "z" * 8000}}).input_tokens
+    assert predicted > base + 1500
+
+
 def test_a_turn_without_user_text_routes_on_the_last_user_text_never_the_system_prompt():
     system = {"role": "system", "content": "You are OpenClaw, a coding agent. " * 200}
     image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}

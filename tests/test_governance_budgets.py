@@ -86,6 +86,15 @@ def test_request_and_session_ceilings(env):
     assert chat(c, extra_headers={"x-session-id": "session-B"}).http_response.status_code == 200
 
 
+def test_a_named_model_checked_against_the_ceiling_on_its_maximum_is_sent_that_maximum(env):
+    gw, admin, _, upstream, _ = env
+    _, secret = new_key(admin, name="capped", max_request_usd=0.01)  # no budget: only the ceiling
+    client(gw, secret).chat.completions.create(model="m3", messages=[{"role": "user", "content": "write a lot"}])
+    # m3's worst case (4,096 output tokens at $1/M) passed the $0.01 ceiling; without the cap sent,
+    # the upstream could have written 60,000 tokens and billed six times the ceiling.
+    assert upstream.requests_for("m3")[-1].body["max_tokens"] == 4096
+
+
 def test_a_routed_request_reserves_for_its_model_and_max_fallbacks_more():
     # The ranking is the whole failover chain (rate-limited models do not use up max_fallbacks),
     # but reserving every ranked model's worst case would tie a budget up many times over: the

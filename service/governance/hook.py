@@ -214,7 +214,7 @@ class GovernanceHook:
         """A request that sets no output limit would be billed for whatever the upstream writes,
         while a reservation can only count each model's `max_output_tokens`: under a budget it is
         sent the largest of those among the models it may use (`covered`), so it cannot cost
-        more than was reserved."""
+        more than was reserved, or than the key's per-request ceiling was checked against."""
         specs = {m.name: m for m in self.gov.config.models}
         cap = max((specs[m].max_output_tokens for m in covered if m in specs), default=None)
         if cap is not None:
@@ -236,7 +236,9 @@ class GovernanceHook:
         if key is not None and key.max_request_usd is not None and ctx.decision is None:
             self._keep_fallbacks_under_ceiling(ctx, key.max_request_usd)
         chains = self._chain(ctx)  # the output cap below changes no model's place in it
-        if state.lines and ctx.routing.max_output_tokens is None:
+        ceiling = key is not None and key.max_request_usd is not None
+        if (state.lines or ceiling) and ctx.routing.max_output_tokens is None:
+            # A ceiling checked on a model's maximum output must be sent that maximum too.
             self._cap_output(ctx, chains[1])
         predicted, maximum = self.estimate(ctx, chains)
         state.predicted_nusd = predicted
