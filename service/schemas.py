@@ -6,7 +6,6 @@ not know about (a new OpenAI field, a provider extension) still reaches the upst
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
@@ -156,7 +155,7 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
         raise bad_request("the request body is empty; send a JSON object", code="invalid_json")
     try:
         return json_text.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # invalid JSON or UTF-8, or too deep for json_text to walk
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:
         raise bad_request("the request body is nested too deeply", code="invalid_json") from None

@@ -223,6 +223,9 @@ BAD = [
     # deeper than Python's JSON parser can recurse: was a 500
     (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}",
      400, "invalid_json"),
+    # parsed, but too deep to walk for replacing a lone surrogate: was a 500
+    (b'{"model": "auto", "messages": [{"role": "user", "content": "\\ud800"}], "metadata": ' + b"[" * 700 + b"]" * 700 + b"}",
+     400, "invalid_json"),
 ]
 
 

@@ -76,8 +76,11 @@ def test_key_lifecycle_over_http(env):
     with pytest.raises(openai.AuthenticationError) as wrong:
         chat(client(gw, secret[:-2] + "zz"))
     assert wrong.value.body["code"] == "invalid_api_key"
-    r = httpx.post(f"{gw.base_url}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "x"}]})
+    r = httpx.post(f"{gw.base_url}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "x" * 5000}]})
     assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
+    # The refused request has its row, not its prompt: no one fills the log without a key.
+    refused = gw.outcome(r.headers["x-request-id"])
+    assert refused["prompt"] is None and refused["prompt_hash"] is None and refused["embedding"] is None
 
     rotated = admin.post(f"/admin/keys/{key['id']}/rotate", json={}).json()
     new_secret = rotated["secret"]

@@ -46,7 +46,9 @@ class OutcomeHook:
         decision = ctx.decision
         embedding = None if ctx.embedding is None else np.asarray(ctx.embedding, dtype=np.float32)
         text = prompt_text(ctx)
-        store_prompt = self.prompt_storage != "none"
+        # A caller refused for want of a valid key gets a row (an audit trail), never its prompt
+        # kept: anyone could fill the log with megabyte prompts without a key.
+        store_prompt = self.prompt_storage != "none" and extras.get("http_status") != 401
         # Without an embedding the text is all there is to fingerprint; with `none` not even a digest
         # of it is kept (a digest of a short prompt can be checked against guesses).
         features = embedding.tobytes() if embedding is not None else (ctx.routing.text.encode() if store_prompt else None)
@@ -60,7 +62,7 @@ class OutcomeHook:
             profile=ctx.profile,
             stream=ctx.stream,
             features_hash=_sha256(features)[:32] if features is not None else None,
-            prompt=text if self.prompt_storage == "full" else None,
+            prompt=text if self.prompt_storage == "full" and store_prompt else None,
             prompt_hash=_sha256(text.encode()) if store_prompt else None,
             embedding=embedding.tobytes() if (embedding is not None and store_prompt) else None,
             input_tokens_est=ctx.routing.input_tokens,
