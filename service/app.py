@@ -34,13 +34,17 @@ def pipeline_hooks(config: Config, outcome_log: OutcomeLog, simulated: frozenset
     """Pre-hooks run in this order; post-hooks in reverse, so the outcome log (first) writes
     last and records what every other hook decided. Governance (keys, budgets) comes before
     anything that could answer the request, such as the cache."""
+    cache = CacheHook.from_config(config) if config.cache.enabled else None
+    if cache is not None and learning is not None:
+        # An answer feedback rejects is never served from the cache again.
+        learning.rt.on_rejected(cache.rejected)
     return [
         OutcomeHook(outcome_log, config.server.prompt_storage, simulated),
         # Before governance: the bandit's choice is the decision whose cost gets reserved.
         *([learning] if learning is not None else []),
         *([GovernanceHook(governance)] if governance is not None else []),
         *extra,
-        *([CacheHook.from_config(config)] if config.cache.enabled else []),
+        *([cache] if cache is not None else []),
     ]
 
 

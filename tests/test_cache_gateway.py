@@ -162,3 +162,24 @@ def test_a_cached_answer_respects_the_requests_own_limits(gw, upstream):
     allowed = client.chat.completions.with_raw_response.create(
         model="auto", messages=msgs(Q), extra_body={"router": {"allowed_models": [again.headers["x-router-model"]]}})
     assert allowed.headers["x-cache"] == "hit" and len(upstream.requests) == 2
+
+
+def test_an_answer_feedback_rejects_is_never_served_from_the_cache_again(gw, upstream):
+    client = gw.client()
+    first = client.chat.completions.with_raw_response.create(model="auto", messages=msgs(Q))
+    stored(gw, 1)
+    hit = client.chat.completions.with_raw_response.create(model="auto", messages=msgs(PARAPHRASE))
+    assert hit.headers["x-cache"].startswith("semantic-hit")
+    # Thumbs down on the answer the cache served: the entry goes, for everyone who would get it.
+    r = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": hit.headers["x-request-id"], "thumbs": "down"})
+    assert r.status_code == 200
+    calls = len(upstream.requests_for("m1"))
+    again = client.chat.completions.with_raw_response.create(model="auto", messages=msgs(Q))
+    assert again.headers["x-cache"] == "miss" and len(upstream.requests_for("m1")) == calls + 1
+    stored(gw, 1)  # the fresh answer is cached in its place
+    # A good score keeps an answer; a bad one on the request that stored it drops it too.
+    httpx.post(f"{gw.url}/v1/feedback", json={"request_id": again.headers["x-request-id"], "score": 0.9}).raise_for_status()
+    assert client.chat.completions.with_raw_response.create(model="auto", messages=msgs(Q)).headers["x-cache"] == "hit"
+    httpx.post(f"{gw.url}/v1/feedback", json={"request_id": again.headers["x-request-id"], "score": 0.1}).raise_for_status()
+    assert len(cache_of(gw).cache) == 0
+    assert first.headers["x-request-id"] != again.headers["x-request-id"]

@@ -252,6 +252,16 @@ class ResponseCache:
             self._expiry = [(e.expires, e.id) for e in self._entries.values()]
             heapq.heapify(self._expiry)
 
+    def forget(self, exact: str) -> bool:
+        """Drop the entry stored under this exact key (an answer its users rejected); False if none."""
+        with self._lock:
+            entry_id = self._exact.get(exact)
+            e = self._entries.get(entry_id) if entry_id is not None else None
+            if e is None:
+                return False
+            self._remove(e)
+            return True
+
     def clear(self) -> None:
         with self._lock:
             self._store.clear()

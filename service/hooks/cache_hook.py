@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -27,6 +29,7 @@ from service.pipeline import RequestContext
 
 log = logging.getLogger(__name__)
 ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+REMEMBERED_ANSWERS = 100_000  # request ids whose cache entry feedback can still drop
 
 
 def _default_embed(text: str) -> np.ndarray:
@@ -70,6 +73,24 @@ class CacheHook:
         self.section = section
         self.embed = embed
         self.model_tags = dict(model_tags or {})
+        # request id -> exact key of the entry that request stored or was served: feedback that
+        # rejects an answer drops it from the cache (`rejected`).
+        self._answers: OrderedDict[str, str] = OrderedDict()
+        self._answers_lock = threading.Lock()
+
+    def _answered(self, request_id: str, exact: str) -> None:
+        with self._answers_lock:
+            self._answers[request_id] = exact
+            while len(self._answers) > REMEMBERED_ANSWERS:
+                self._answers.popitem(last=False)
+
+    def rejected(self, request_id: str) -> None:
+        """The answer to `request_id` was judged bad (thumbs down, an empty answer, the same asked
+        again with `Cache-Control: no-cache`): never serve it again."""
+        with self._answers_lock:
+            exact = self._answers.pop(request_id, None)
+        if exact is not None and self.cache.forget(exact):
+            log.info("cache: dropped the answer to %s, which feedback rejected", request_id)
 
     @classmethod
     def from_config(cls, config: Config) -> "CacheHook":
@@ -105,6 +126,7 @@ class CacheHook:
         if hit is None:
             ctx.cache_status = "miss"
             return None
+        self._answered(ctx.request_id, hit.entry.exact)
         ctx.cache_status = hit.kind
         ctx.cache_similarity = round(hit.similarity, 4)
         ctx.saved_cost_usd = hit.entry.cost_usd
@@ -134,7 +156,7 @@ class CacheHook:
             if ctx.embedding is None:
                 ctx.embedding = await asyncio.to_thread(self.embed, ctx.routing.text)
             vector = ctx.embedding
-        await asyncio.to_thread(
+        entry = await asyncio.to_thread(
             self.cache.put,
             keys,
             tenant=ctx.tenant,
@@ -144,6 +166,7 @@ class CacheHook:
             cost_usd=ctx.cost_usd,
             vector=vector,
         )
+        self._answered(ctx.request_id, entry.exact)
 
     def close(self) -> None:
         self.cache.close()

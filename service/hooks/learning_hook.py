@@ -23,7 +23,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from service.bandit_sync import BanditSync
 from service.pipeline import RequestContext
 
 log = logging.getLogger(__name__)
+REJECTED_BELOW = 0.5  # feedback under this says the answer was bad: the cache drops it
 RECENT = 100_000  # request ids and prompt keys remembered for feedback and regeneration
 SHADOW_INPUT_MARGIN = 1.25  # the prompt's token estimate can be short of the provider's count
 
@@ -86,6 +87,11 @@ class LearningRuntime:
         # the same provider would wait (a slow candidate model changed the client's latency).
         self._shadow_providers: dict[str, Any] = {}
         self._shadow_tasks: set[asyncio.Task] = set()
+        self._on_rejected: list[Callable[[str], None]] = []
+
+    def on_rejected(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(request_id)` for every answer feedback judges bad (score < 0.5)."""
+        self._on_rejected.append(callback)
 
     @classmethod
     def from_config(cls, config: Config, live_router: Any = None) -> "LearningRuntime":
@@ -145,6 +151,9 @@ class LearningRuntime:
             self.sync.feedback(fb.request_id, fb.score)
         elif self.bandit is not None:
             self.bandit.feedback(fb.request_id, fb.score)
+        if fb.score < REJECTED_BELOW:
+            for callback in self._on_rejected:
+                callback(fb.request_id)
 
     def repeated(self, key: str) -> str | None:
         """The answered request with this `repeat_key`, if the client got that answer within the
@@ -297,7 +306,7 @@ class LearningHook:
     async def post(self, ctx: RequestContext) -> None:
         rt = self.rt
         rt.remember(ctx.request_id, ctx.tenant)
-        key = repeat_key(ctx) if ctx.status == "ok" else None
+        key = repeat_key(ctx) if ctx.status in ("ok", "cache_hit") else None
         if key is not None:
             rt.answered(key, ctx.request_id)  # only an answer the client has can be asked again
         if rt.bandit is not None and ctx.decision is not None and ctx.status == "ok" and ctx.answered_by:
