@@ -110,8 +110,8 @@ class ModelSpec(_Strict):
         return min(requested, self.max_output_tokens) if "max_output_tokens" in self.model_fields_set else requested
 
 
-ESSENTIAL_FIELDS = frozenset({"model", "messages", "stream"})
-ONE_CHOICE_KINDS = frozenset({"anthropic", "gemini"})  # what every chat-completions call needs
+ESSENTIAL_FIELDS = frozenset({"model", "messages", "stream"})  # what every chat-completions call needs
+ONE_CHOICE_KINDS = frozenset({"anthropic", "gemini"})  # provider kinds whose APIs answer one choice per request
 
 
 class RequestShape(_Strict):
