@@ -68,7 +68,7 @@ _ACCOUNT_STATUS = re.compile(r"\bFAILED_PRECONDITION\b")
 # HTTP 400, not 404: the catalog is out of date, another model can answer.
 _UNKNOWN_MODEL_WORDING = re.compile(
     r"model_not_found|not a valid model|model not exist|model does not exist|unknown model|no such model|"
-    r"\bmodel\b[^.]{0,120}\b(?:does not exist|do not exist|not found)",
+    r"\bmodel\b[^.]{0,120}\bdoes not exist",
     re.IGNORECASE,
 )
 
