@@ -68,11 +68,14 @@ CLIENT_FAULT_KINDS = frozenset({"bad_request", "context_length"})
 
 def judges_chosen_model(status: str, chosen: str | None, answered: str | None, attempts: list[dict[str, Any]] | None) -> bool:
     """Does what happened to a request say something about the model the router chose? Not
-    when a fallback answered, nor when the chosen model was skipped without a call. One rule
-    for the live bandit and for retraining and off-policy evaluation."""
+    when a fallback answered, nor when the chosen model was skipped without a call, nor when it
+    refused the request as the request's own fault (invalid, too long): then no reward, explicit
+    or implicit, is about it. One rule for the live bandit and for retraining and off-policy
+    evaluation."""
     if status in ("ok", "truncated", "client_closed"):
         return answered == chosen
-    return any(a.get("model") == chosen and a.get("status") == "error" for a in attempts or ())
+    return any(a.get("model") == chosen and a.get("status") == "error" and a.get("kind") not in CLIENT_FAULT_KINDS
+               for a in attempts or ())
 
 
 def failed_by_its_models(status: str, attempts: list[dict[str, Any]] | None) -> bool:

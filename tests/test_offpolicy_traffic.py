@@ -6,6 +6,7 @@ import httpx
 import numpy as np
 
 from router.features import request_features
+from router.feedback_log import Feedback, FeedbackLog
 from router.request_view import view_chat_request
 from router.types import RoutingRequest
 from tests.fake_upstream import FakeUpstream
@@ -114,6 +115,9 @@ def test_retraining_leaves_out_what_the_live_bandit_leaves_out(tmp_path):
         # a fallback's answer was cut off: its truncation is not m1's
         rec("m2-truncated", "truncated", "m2", [{"model": "m1", "status": "error", "kind": "server_error"},
                                                 {"model": "m2", "status": "ok"}]),
+        # m1 refused the request itself (invalid): feedback on it is no reward for m1
+        rec("m1-refused", "error", None, [{"model": "m1", "status": "error", "kind": "bad_request"}]),
     ])
     store.close()
+    FeedbackLog(f"sqlite:///{tmp_path}/log.sqlite").add_feedback(Feedback("m1-refused", 0.0))
     assert load_traffic(f"sqlite:///{tmp_path}/log.sqlite").request_ids == ["m1-failed"]
