@@ -98,7 +98,8 @@ async def chat_completions(request: Request) -> Response:
         profile=profile,
         requested_model=model,
     )
-    ctx.extras.update(received_at=received, started=started, constraints=constraints)
+    ctx.extras.update(received_at=received, started=started, constraints=constraints,
+                      client_gone=request.is_disconnected)
     if request.headers.get("x-request-id"):
         ctx.extras["client_request_id"] = request.headers["x-request-id"][:128]
     try:
@@ -156,7 +157,9 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
         answer["usage"] = estimated_usage(ctx, answer)
         ctx.extras["usage_estimated"] = True
     ctx.response = answer
-    ctx.status = "ok"
+    # A client that gave up waiting (an SDK timeout, then its retry) never had this answer: its
+    # retry is no regeneration of it. Billed all the same.
+    ctx.status = "client_closed" if await ctx.extras["client_gone"]() else "ok"
     ctx.extras["reason"] = _reason(ctx)
     response = JSONResponse(answer, headers=response_headers(ctx))  # before finish: an unencodable answer is one error
     finish(gw, ctx)

@@ -250,3 +250,17 @@ def test_answers_past_the_regeneration_window_are_forgotten_and_the_user_field_i
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "user": "u" * 1_000_000}
     ctx = RequestContext(request_id="r", body=body, routing=view_chat_request(body), headers={}, stream=False, profile="auto")
     assert len(learning_hook.repeat_key(ctx)) < 200  # a megabyte `user` is not held for the window
+
+
+def test_a_client_that_gave_up_waiting_did_not_get_the_answer_its_retry_repeats(gw, upstream):
+    # The OpenAI SDK times out and retries the same request: the first answer reached no one, so
+    # the retry is no regeneration (which would score that answer 0).
+    upstream.script("m1", ok("slow story", delay_s=1.0))
+    with pytest.raises(openai.APITimeoutError):
+        gw.client(timeout=0.3).chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "Tell me a story"}])
+    time.sleep(1.2)  # the abandoned request finishes upstream meanwhile
+    _ask(gw, "Tell me a story")
+    rows = gw.outcomes(2)
+    assert sorted(r["status"] for r in rows) == ["client_closed", "ok"]
+    assert _feedback_rows(gw, 1, deadline_s=1.0) == []
