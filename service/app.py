@@ -36,8 +36,9 @@ def pipeline_hooks(config: Config, outcome_log: OutcomeLog, simulated: frozenset
     anything that could answer the request, such as the cache."""
     cache = CacheHook.from_config(config) if config.cache.enabled else None
     if cache is not None and learning is not None:
-        # An answer feedback rejects is never served from the cache again.
+        # An answer feedback rejects is never served from the cache again, after a restart too.
         learning.rt.on_rejected(cache.rejected)
+        cache.logged_entry = lambda request_id: ((outcome_log.get(request_id) or {}).get("extras") or {}).get("cache_entry")
     return [
         OutcomeHook(outcome_log, config.server.prompt_storage, simulated),
         # Before governance: the bandit's choice is the decision whose cost gets reserved.

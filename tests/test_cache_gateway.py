@@ -183,3 +183,24 @@ def test_an_answer_feedback_rejects_is_never_served_from_the_cache_again(gw, ups
     httpx.post(f"{gw.url}/v1/feedback", json={"request_id": again.headers["x-request-id"], "score": 0.1}).raise_for_status()
     assert len(cache_of(gw).cache) == 0
     assert first.headers["x-request-id"] != again.headers["x-request-id"]
+
+
+def test_a_rejection_reaches_the_answer_after_a_restart_and_never_a_newer_one(upstream, tmp_path):
+    upstream.reset()
+    first = start(upstream, tmp_path)
+    old = first.client().chat.completions.with_raw_response.create(model="auto", messages=msgs(Q)).headers["x-request-id"]
+    stored(first, 1)
+    first.stop()
+    second = start(upstream, tmp_path)
+    try:
+        # The request-to-entry map of the first run is gone; the outcome log still knows the entry.
+        httpx.post(f"{second.url}/v1/feedback", json={"request_id": old, "thumbs": "down"}).raise_for_status()
+        client = second.client()
+        fresh = client.chat.completions.with_raw_response.create(model="auto", messages=msgs(Q))
+        assert fresh.headers["x-cache"] == "miss"
+        stored(second, 1)
+        # Rejecting the old answer again must not drop the fresh one nobody rejected.
+        httpx.post(f"{second.url}/v1/feedback", json={"request_id": old, "score": 0.0}).raise_for_status()
+        assert client.chat.completions.with_raw_response.create(model="auto", messages=msgs(Q)).headers["x-cache"] == "hit"
+    finally:
+        second.stop()

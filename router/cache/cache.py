@@ -252,12 +252,13 @@ class ResponseCache:
             self._expiry = [(e.expires, e.id) for e in self._entries.values()]
             heapq.heapify(self._expiry)
 
-    def forget(self, exact: str) -> bool:
-        """Drop the entry stored under this exact key (an answer its users rejected); False if none."""
+    def forget(self, entry_id: int, created: float) -> bool:
+        """Drop this entry (an answer its users rejected); False if it is gone already (expired,
+        evicted, or replaced by a newer answer, which nobody has rejected). `created` tells the
+        entry from a later one SQLite gave the same id."""
         with self._lock:
-            entry_id = self._exact.get(exact)
-            e = self._entries.get(entry_id) if entry_id is not None else None
-            if e is None:
+            e = self._entries.get(entry_id)
+            if e is None or e.created != created:
                 return False
             self._remove(e)
             return True

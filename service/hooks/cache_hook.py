@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from router.cache.cache import Hit, ResponseCache
+from router.cache.entry import Entry
 from router.cache.keys import RequestKeys, request_keys
 from router.cache.policy import cache_control, request_cacheable, response_cacheable
 from router.cache.verifier import Verifier
@@ -29,7 +30,7 @@ from service.pipeline import RequestContext
 
 log = logging.getLogger(__name__)
 ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-REMEMBERED_ANSWERS = 100_000  # request ids whose cache entry feedback can still drop
+REMEMBERED_ANSWERS = 100_000  # request ids whose cache entry feedback can still drop, and rejections not yet stored
 
 
 def _default_embed(text: str) -> np.ndarray:
@@ -73,23 +74,41 @@ class CacheHook:
         self.section = section
         self.embed = embed
         self.model_tags = dict(model_tags or {})
-        # request id -> exact key of the entry that request stored or was served: feedback that
-        # rejects an answer drops it from the cache (`rejected`).
-        self._answers: OrderedDict[str, str] = OrderedDict()
+        # request id -> id of the entry that request stored or was served: feedback that rejects
+        # an answer drops that entry (`rejected`). Also in the outcome row (`cache_entry`), for
+        # feedback that comes after a restart: `logged_entry` reads it there.
+        self._answers: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        # Rejected before the post-hook stored the answer: dropped as soon as it is.
+        self._rejected: OrderedDict[str, None] = OrderedDict()
         self._answers_lock = threading.Lock()
+        self.logged_entry: Callable[[str], Any] | None = None
 
-    def _answered(self, request_id: str, exact: str) -> None:
+    def _answered(self, ctx: RequestContext, entry: Entry) -> None:
+        ctx.extras["cache_entry"] = [entry.id, entry.created]
         with self._answers_lock:
-            self._answers[request_id] = exact
-            while len(self._answers) > REMEMBERED_ANSWERS:
-                self._answers.popitem(last=False)
+            early = ctx.request_id in self._rejected
+            if early:
+                del self._rejected[ctx.request_id]
+            else:
+                self._answers[ctx.request_id] = (entry.id, entry.created)
+                while len(self._answers) > REMEMBERED_ANSWERS:
+                    self._answers.popitem(last=False)
+        if early:  # the client rejected the answer before it was stored: it goes at once
+            self.cache.forget(entry.id, entry.created)
 
     def rejected(self, request_id: str) -> None:
         """The answer to `request_id` was judged bad (thumbs down, an empty answer, the same asked
         again with `Cache-Control: no-cache`): never serve it again."""
         with self._answers_lock:
-            exact = self._answers.pop(request_id, None)
-        if exact is not None and self.cache.forget(exact):
+            entry = self._answers.pop(request_id, None)
+        if entry is None and self.logged_entry is not None:
+            entry = self.logged_entry(request_id)
+        if entry is None:
+            with self._answers_lock:
+                self._rejected[request_id] = None
+                while len(self._rejected) > REMEMBERED_ANSWERS:
+                    self._rejected.popitem(last=False)
+        elif self.cache.forget(*entry):
             log.info("cache: dropped the answer to %s, which feedback rejected", request_id)
 
     @classmethod
@@ -126,7 +145,7 @@ class CacheHook:
         if hit is None:
             ctx.cache_status = "miss"
             return None
-        self._answered(ctx.request_id, hit.entry.exact)
+        self._answered(ctx, hit.entry)
         ctx.cache_status = hit.kind
         ctx.cache_similarity = round(hit.similarity, 4)
         ctx.saved_cost_usd = hit.entry.cost_usd
@@ -166,7 +185,7 @@ class CacheHook:
             cost_usd=ctx.cost_usd,
             vector=vector,
         )
-        self._answered(ctx.request_id, entry.exact)
+        self._answered(ctx, entry)
 
     def close(self) -> None:
         self.cache.close()
