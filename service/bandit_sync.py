@@ -7,8 +7,10 @@ One Redis stream (`<prefix>:bandit`) carries two kinds of message:
 * `obs`: a resolved reward (model, reduced context, reward, the predictor's P(good)); every
   other replica applies it with `ContextualBandit.update`.
 * `fb`: feedback for a request this replica did not decide (the load balancer sent the client's
-  `POST /v1/feedback` or its regeneration elsewhere). The replica that holds the decision
-  resolves it and shares the `obs`.
+  `POST /v1/feedback` elsewhere). The replica that holds the decision resolves it and shares
+  the `obs`; every replica hands it to `on_feedback` (the replica whose cache holds a rejected
+  answer drops it). A regeneration sent to another replica is not detected: each replica
+  remembers the answers it gave.
 
 Publishing is one XADD from the thread that records the feedback (the feedback endpoint's
 worker thread or a post-hook's), never on a request's latency path. A background thread reads
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -40,6 +42,7 @@ class BanditSync:
         self._last_id: str | None = None
         self._worker = Repeater("bandit-sync", self._read)
         self.applied = 0  # messages from other replicas applied here
+        self.on_feedback: Callable[[str, float], None] | None = None  # feedback another replica took
 
     def feedback(self, request_id: str, reward: float) -> None:
         """A reward for `request_id`: learn it here if this replica decided it, and tell the others."""
@@ -75,6 +78,8 @@ class BanditSync:
             obs = self.bandit.resolve(fields["request_id"], float(fields["reward"]))
             if obs is not None:
                 self._publish_obs(obs)
+            if self.on_feedback is not None:
+                self.on_feedback(fields["request_id"], float(fields["reward"]))
         self.applied += 1
 
     def start(self) -> None:

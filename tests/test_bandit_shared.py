@@ -9,7 +9,8 @@ import time
 import httpx
 import pytest
 
-from router.config import BanditSection, ConfigError, LearningSection, parse_config
+from router.config import BanditSection, CacheSection, ConfigError, LearningSection, parse_config
+from service.hooks.cache_hook import CacheHook
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import QualityRouter, Running, fake_config
 
@@ -95,3 +96,28 @@ def test_a_replica_whose_redis_is_down_still_serves_and_learns_alone(tmp_path):
             assert sum(arms(gw).values()) > 0
         finally:
             gw.stop()
+
+
+def test_a_rejection_taken_by_another_replica_drops_the_answer_from_the_cache_that_holds_it(tmp_path, redis_url, monkeypatch):
+    url, prefix = redis_url
+    monkeypatch.setenv("OPENCLAW_REDIS_PREFIX", prefix)
+    with FakeUpstream() as up:
+        base = fake_config(up.base_url, f"sqlite:///{tmp_path}/shared.sqlite")
+        base = base.model_copy(update={
+            "server": base.server.model_copy(update={"redis_url": url}),
+            "learning": LearningSection(bandit=BanditSection(enabled=True, shared=True)),
+        })
+        a, b = (Running(base.model_copy(update={"cache": CacheSection(enabled=True, path=str(tmp_path / name))}),
+                        router=QualityRouter({"m1": 0.8, "m2": 0.7, "m3": 0.2})) for name in ("cache_a", "cache_b"))
+        try:
+            question = [{"role": "user", "content": "What is the boiling point of water at sea level?"}]
+            rid = a.client().chat.completions.with_raw_response.create(model="auto", messages=question).headers["x-request-id"]
+            a.outcome(rid)
+            cache_a = next(h for h in a.gateway.pipeline.hooks if isinstance(h, CacheHook)).cache
+            wait_for(lambda: len(cache_a) == 1)
+            # The load balancer sends the thumbs down to the replica that did not answer.
+            assert httpx.post(f"{b.base_url}/feedback", json={"request_id": rid, "thumbs": "down"}, timeout=10).status_code == 200
+            wait_for(lambda: len(cache_a) == 0)
+        finally:
+            a.stop()
+            b.stop()

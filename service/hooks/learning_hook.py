@@ -119,7 +119,10 @@ class LearningRuntime:
             from router.engine import LearnedRouter, find_artifact
 
             shadow = LearnedRouter.load(find_artifact(config.learning.shadow.artifact, config))
-        return cls(config, feedback, bandit, shadow, sync)
+        runtime = cls(config, feedback, bandit, shadow, sync)
+        if sync is not None:
+            sync.on_feedback = runtime.judged
+        return runtime
 
     def attach(self, gateway: Any) -> None:
         self.gateway = gateway
@@ -151,9 +154,13 @@ class LearningRuntime:
             self.sync.feedback(fb.request_id, fb.score)
         elif self.bandit is not None:
             self.bandit.feedback(fb.request_id, fb.score)
-        if fb.score < REJECTED_BELOW:
+        self.judged(fb.request_id, fb.score)
+
+    def judged(self, request_id: str, score: float) -> None:
+        """Feedback this replica or another one took: a rejected answer leaves the cache."""
+        if score < REJECTED_BELOW:
             for callback in self._on_rejected:
-                callback(fb.request_id)
+                callback(request_id)
 
     def repeated(self, key: str) -> str | None:
         """The answered request with this `repeat_key`, if the client got that answer within the
