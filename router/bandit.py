@@ -221,14 +221,19 @@ class ContextualBandit:
         is news (a detected change, or a model the predictor does not know), and whether the
         model is new (unseen by the predictor, fewer than `new_model_observations` rewards)."""
         with self._lock:
-            arms = [self._arm(m, sd) for m, sd in zip(models, np.asarray(p_std).reshape(-1))]
-            corr = np.array([z @ a.mean for a in arms])
-            corr_var = np.array([z @ a.cov @ z for a in arms])
-            trust = np.array([self.settings.trust_after / (self.settings.trust_after + a.n_eff) for a in arms])
-            # News: a detected change, or a model the predictor has never seen. Learning news is
-            # what the bandit is for; the rest is refinement.
-            news = np.array([a.resets > 0 or a.unseen for a in arms])
-            new = np.array([a.unseen and a.n_eff < self.settings.new_model_observations for a in arms])
+            return self._posterior(models, z, p_std)
+
+    def _posterior(self, models: Sequence[str], z: np.ndarray,
+                   p_std: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`posterior`, the lock held."""
+        arms = [self._arm(m, sd) for m, sd in zip(models, np.asarray(p_std).reshape(-1))]
+        corr = np.array([z @ a.mean for a in arms])
+        corr_var = np.array([z @ a.cov @ z for a in arms])
+        trust = np.array([self.settings.trust_after / (self.settings.trust_after + a.n_eff) for a in arms])
+        # News: a detected change, or a model the predictor has never seen. Learning news is
+        # what the bandit is for; the rest is refinement.
+        news = np.array([a.resets > 0 or a.unseen for a in arms])
+        new = np.array([a.unseen and a.n_eff < self.settings.new_model_observations for a in arms])
         # A correction steers only where it is clearly non-zero: noise in a few dozen
         # rewards must not override a calibrated predictor, a real shift survives this.
         corr = np.sign(corr) * np.maximum(np.abs(corr) - self.settings.shrink_z * np.sqrt(corr_var), 0.0)
@@ -267,8 +272,11 @@ class ContextualBandit:
         if willingness_to_pay:
             penalty = penalty + (realised - cost) / willingness_to_pay
         cost = realised
-        z = self.context(embedding)
-        corr, std, news, new = self.posterior(models, z, p_good_std)
+        with self._lock:
+            # One view of the basis for the context and the arms: a hot reload (`rebase`) in
+            # between would leave them different widths.
+            z = self.context(embedding)
+            corr, std, news, new = self._posterior(models, z, p_good_std)
         q = np.clip(p_good + corr, 0.0, 1.0)
         ref = int(np.argmax(np.clip(p_good + corr * news, 0.0, 1.0) - penalty))
         price = self._spend_price()
@@ -307,7 +315,7 @@ class ContextualBandit:
                 # like the evidence, so slack saved long ago cannot fund a splurge now.
                 self.overspend = s.forgetting * self.overspend + float(
                     probs[~news] @ (cost[~news] - (1 + s.total_cost_share) * cost[ref]))
-            if request_id is not None:
+            if request_id is not None and len(z) == self.dim:  # not one decided before a rebase
                 self._pending[request_id] = _Pending(models[a], z, float(p_good[a]), float(p_good_std[a]))
                 while len(self._pending) > s.remember:
                     self._pending.popitem(last=False)
@@ -384,6 +392,8 @@ class ContextualBandit:
         """
         s = self.settings
         with self._lock:
+            if len(z) != self.dim:  # a context from before a rebase to another basis width: not this basis's
+                return
             arm = self._arm(model, p_std)
             expected = float(np.clip(predicted_p_good + z @ arm.mean, 0.0, 1.0))
             err = float(reward) - expected

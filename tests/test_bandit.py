@@ -304,3 +304,38 @@ def test_exploration_is_sticky_within_an_agent_tool_loop(tmp_path):
             per_turn.append(models)
     assert all(len(set(models)) == 1 for models in per_turn), per_turn
     assert len({models[0] for models in per_turn}) == 2  # turns still explore m1 and m2
+
+
+def test_a_hot_reload_to_another_basis_width_never_fails_a_decision_or_its_feedback():
+    # A reload to a router trained with another PCA width (`train --pca-dim 8`) rebases the bandit
+    # while worker threads route and take feedback: a decision straddling it raised (a 500).
+    import threading
+    import time
+
+    rng = np.random.default_rng(0)
+    wide, narrow = ((np.zeros(384), np.linalg.qr(rng.normal(size=(384, d)))[0]) for d in (16, 8))
+    bandit = ContextualBandit(BanditSettings(explore_share=1.0, extra_cost_share=10.0), basis=wide)
+    errors, stop = [], threading.Event()
+
+    def route(k: int) -> None:
+        local = np.random.default_rng(k)
+        for i in range(10**9):
+            if stop.is_set():
+                return
+            try:
+                bandit.choose(["m1", "m2"], np.array([0.8, 0.79]), np.array([0.05, 0.05]), np.zeros(2),
+                              np.array([1e-3, 1e-3]), embedding=local.normal(size=384), request_id=f"{k}-{i}")
+                bandit.feedback(f"{k}-{i}", 1.0)
+            except Exception as exc:  # noqa: BLE001 - any failure is the defect
+                errors.append(exc)
+
+    threads = [threading.Thread(target=route, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for swap in range(20):
+        bandit.rebase(narrow if swap % 2 == 0 else wide)
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == []
