@@ -315,4 +315,5 @@ def finish(gw: Gateway, ctx: RequestContext) -> None:
         gw.metrics.cache.labels(ctx.cache_status).inc()
     if ctx.saved_cost_usd:
         gw.metrics.saved_cost.inc(ctx.saved_cost_usd)
+    gw.pipeline.run_finished(ctx)
     gw.spawn(gw.pipeline.run_post(ctx))

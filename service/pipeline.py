@@ -5,9 +5,9 @@ cache hit, a budget refusal raised as an `ApiError`); the gateway then skips rou
 upstream call, and streams that body as SSE if the client asked for a stream. Post-hooks
 run after the client has its answer, off the latency path, and see the final outcome.
 
-Two optional stages sit between, for work that must be done before the client has its answer:
-`routed(ctx)` (async) after the routing decision, and `short_circuited(ctx)` (sync, no I/O)
-when a pre-hook answered instead.
+Optional stages sit between, for work that must be done before the client has its answer:
+`routed(ctx)` (async) after the routing decision, `short_circuited(ctx)` (sync, no I/O) when a
+pre-hook answered instead, and `finished(ctx)` (sync, no I/O) once the outcome is known.
 """
 from __future__ import annotations
 
@@ -80,6 +80,15 @@ class Pipeline:
             answered = getattr(hook, "short_circuited", None)
             if answered is not None:
                 answered(ctx)
+
+    def run_finished(self, ctx: RequestContext) -> None:
+        """The optional `finished(ctx)` stage, in order: the outcome is known and the post-hooks
+        are about to be scheduled; for a non-streamed answer the response is not out yet. For what
+        feedback, which may come the moment the client has the answer, must find done."""
+        for hook in self.hooks:
+            finished = getattr(hook, "finished", None)
+            if finished is not None:
+                finished(ctx)
 
     async def run_post(self, ctx: RequestContext) -> None:
         for hook in reversed(self.hooks):

@@ -175,6 +175,22 @@ def test_a_reward_for_an_answer_a_fallback_gave_is_no_reward_for_the_model_chose
     assert [r["signal"] for r in read_feedback(gw.db)] == ["empty", "score"]  # both kept for retraining
 
 
+def test_feedback_the_moment_a_fallback_answered_is_no_reward_for_the_model_chosen(upstream, tmp_path):
+    # The post-hooks may run late on a busy gateway; the client may rate the answer at once.
+    upstream.reset()
+    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/o.sqlite", extra="learning: {bandit: {enabled: true}}")
+    running = Running(config, router=QualityRouter(QUALITY), hooks=[SlowPostHook(0.5)])
+    try:
+        upstream.default("m1", server_error(503))
+        raw = running.client().chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "who answers this?"}])
+        assert raw.headers["x-router-model"] == "m2"
+        r = httpx.post(f"{running.url}/v1/feedback", json={"request_id": raw.headers["x-request-id"], "score": 1.0})
+        assert r.status_code == 200 and _evidence(running) == {}
+    finally:
+        running.stop()
+
+
 def test_two_end_users_asking_the_same_is_no_regeneration(gw):
     ask = lambda user: gw.client().chat.completions.with_raw_response.create(  # noqa: E731
         model="auto", messages=[{"role": "user", "content": "Write a haiku about routers"}], user=user)

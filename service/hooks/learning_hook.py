@@ -305,6 +305,16 @@ class LearningHook:
             ctx.decision = rt.bandit.choose_for(ctx.decision, ctx.embedding, request_id=ctx.request_id,
                                                 rng=turn_rng(ctx))
 
+    def finished(self, ctx: RequestContext) -> None:
+        rt = self.rt
+        if rt.bandit is not None and ctx.decision is not None \
+                and not judges_chosen_model(ctx.status, ctx.decision.model, ctx.answered_by, ctx.attempts):
+            # A fallback answered (or the chosen model was never called, or refused the request as
+            # its own fault): no reward, explicit or implicit, is about the model chosen. The bandit
+            # leaves the decision out, as offline evaluation does, before the client can rate it;
+            # the feedback log still keeps every signal for retraining.
+            rt.bandit.forget(ctx.request_id)
+
     def short_circuited(self, ctx: RequestContext) -> None:
         # A cache hit never reaches `routed`, and post-hooks run after the client has the
         # answer: a client that rates it at once must find its request id already.
@@ -320,12 +330,6 @@ class LearningHook:
             answered = _candidate(ctx.decision, ctx.answered_by)
             if answered is not None:
                 rt.bandit.observe_cost(ctx.answered_by, answered["cost_usd"], ctx.cost_usd)
-        if rt.bandit is not None and ctx.decision is not None \
-                and not judges_chosen_model(ctx.status, ctx.decision.model, ctx.answered_by, ctx.attempts):
-            # A fallback answered (or the chosen model was never called): no reward, explicit or
-            # implicit, is about the model chosen. The bandit leaves the decision out, as offline
-            # evaluation does; the feedback log still keeps every signal for retraining.
-            rt.bandit.forget(ctx.request_id)
         if ctx.decision is not None and ctx.cache_status in ("miss", "bypass"):
             signal = self.implicit_signal(ctx)
             if signal is not None:
