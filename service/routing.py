@@ -148,4 +148,19 @@ def decide(router: Router | None, request: RoutingRequest, *, config: Config, pr
                 raise rate_limited(f"every eligible model is rate limited upstream: {exc}", waits) from None
             raise ApiError(503, f"no eligible model is available right now: {exc}", code="no_model_available",
                            headers={"retry-after": "1"}) from None
+        reasons = [c.excluded or "" for c in exc.candidates]
+        too_long = [c.model for c, why in zip(exc.candidates, reasons) if why.startswith("context window")]
+        if too_long and all(why.startswith(_OUT_OF_SCOPE + ("context window",)) for why in reasons):
+            # What agent clients look for to compact the conversation (OpenAI's code and wording),
+            # not a generic refusal.
+            largest = max(config.model(m).context_window for m in too_long)
+            raise ApiError(400, f"This request's maximum context length is {largest} tokens (the largest window among "
+                           f"the models it may use); its messages come to about {request.input_tokens} tokens, "
+                           "with room for the answer on top. Please reduce the length of the messages.",
+                           code="context_length_exceeded", param="messages") from None
         raise ApiError(400, str(exc), code="no_eligible_model") from None
+
+
+# Exclusions by the request's own scope and needs: beside them, a window too small for every model
+# left is the request's length, nothing else.
+_OUT_OF_SCOPE = ("not in allowed models", "excluded by request", "lacks capability", "lacks tag")

@@ -120,6 +120,23 @@ def test_context_length_error_skips_models_with_no_bigger_window(start, upstream
     assert not upstream.requests_for("m2")
 
 
+def test_auto_with_a_conversation_longer_than_every_window_says_so_as_openai_does(start, upstream):
+    # Agent clients compact the conversation on OpenAI's code and wording; "no eligible model" they
+    # take for a hard failure.
+    gw = start(models=[{"name": "m1", "context_window": 8000}, {"name": "m2", "context_window": 16000},
+                       {"name": "m3", "context_window": 100000, "tags": ["local"]}])
+    long = [{"role": "user", "content": "word " * 60000}]
+    with pytest.raises(openai.BadRequestError) as info:
+        gw.client().chat.completions.create(model="auto", messages=long, extra_body={"router": {"excluded_models": ["m3"]}})
+    body = info.value.body
+    assert body["code"] == "context_length_exceeded" and body["param"] == "messages"
+    assert "maximum context length is 16000 tokens" in body["message"]
+    # Another reason among the exclusions (a cost cap) is not the conversation's length alone.
+    with pytest.raises(openai.BadRequestError) as info:
+        gw.client().chat.completions.create(model="auto", messages=long, extra_body={"router": {"max_cost_usd": 1e-12}})
+    assert info.value.body["code"] == "no_eligible_model"
+
+
 def test_every_model_failing_is_a_503_and_logged(start, upstream):
     gw = start()
     for m in ("m1", "m2", "m3"):
