@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from router.request_view import view_chat_request
-from service.errors import bad_request
+from service.errors import ApiError, bad_request
 from service.gateway import Gateway
 from service.governance.auth import allows_model, allows_profile, client_caller
 from service.routing import build_constraints, decide, resolve_model
@@ -25,6 +25,21 @@ _STARTED = int(time.time())
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
+    return JSONResponse({"object": "list", "data": await _visible_models(request)})
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(request: Request, model_id: str) -> JSONResponse:
+    """OpenAI's `models.retrieve`: one entry of the list, or a 404 in OpenAI's shape."""
+    found = next((m for m in await _visible_models(request) if m["id"] == model_id), None)
+    if found is None:
+        raise ApiError(404, f"The model '{model_id}' does not exist or you do not have access to it.",
+                       code="model_not_found", param="model")
+    return JSONResponse(found)
+
+
+async def _visible_models(request: Request) -> list[dict]:
+    """The routing profiles and models the caller's key may use, as `/v1/models` lists them."""
     gw: Gateway = request.app.state.gateway
     caller = await client_caller(request.app.state, request.headers)
     key = caller.key if caller is not None else None
@@ -65,7 +80,7 @@ async def list_models(request: Request) -> JSONResponse:
                 "price_per_1m": {"input": spec.price.input_per_1m, "output": spec.price.output_per_1m},
             },
         })
-    return JSONResponse({"object": "list", "data": data})
+    return data
 
 
 @router.post("/v1/route")

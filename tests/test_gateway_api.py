@@ -186,6 +186,11 @@ def test_models_route_health_and_metrics(gw):
     assert ids[:3] == ["auto", "auto:cheap", "auto:best"] and {"m1", "m2", "m3"} <= set(ids)
     m3 = next(m for m in models if m.id == "m3")
     assert m3.openclaw["tags"] == ["local"] and m3.openclaw["simulated"] is False
+    assert gw.client().models.retrieve("auto:cheap").id == "auto:cheap"  # the SDK's models.retrieve
+    assert gw.client().models.retrieve("m3").openclaw == m3.openclaw
+    with pytest.raises(openai.NotFoundError) as missing:
+        gw.client().models.retrieve("gpt-17")
+    assert missing.value.body["code"] == "model_not_found"
     decision = httpx.post(f"{gw.url}/v1/route", json={"model": "auto", "messages": MSG, "router": {"allowed_models": ["m2", "m3"]}}).json()
     assert decision["model"] == "m2" and decision["fallbacks"] == ["m3"]
     assert {c["model"]: c["excluded"] for c in decision["candidates"]}["m1"] == "not in allowed models"
