@@ -77,6 +77,8 @@ def _check_choices(spec: Any, n: Any) -> None:
 async def chat_completions(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     received, started = time.time(), time.perf_counter()
+    request_id = f"req_{uuid.uuid4().hex}"
+    raw: Any = None
     try:
         raw = await read_json_body(request, gw.config.server.max_body_bytes)
         parsed = validate_chat(raw)
@@ -85,12 +87,17 @@ async def chat_completions(request: Request) -> Response:
         constraints = build_constraints(parsed.router, request.headers, gw.config)
         if profile is None:
             _check_choices(gw.config.model(model), raw.get("n"))
-    except ApiError:
-        gw.metrics.requests.labels("none", "none", "rejected").inc()
-        raise
+    except ApiError as exc:
+        # Refused before routing, it still has its id and its outcome row (not its content).
+        asked = raw.get("model") if isinstance(raw, dict) and isinstance(raw.get("model"), str) else ""
+        ctx = RequestContext(request_id=request_id, body={}, routing=view_chat_request({}), headers=request.headers,
+                             stream=False, profile=None, requested_model=asked[:200], status="rejected", error=exc.message)
+        ctx.extras.update(received_at=received, started=started, http_status=exc.status, reason="refused before routing")
+        finish(gw, ctx)
+        return exc.response(response_headers(ctx))
     body = {k: v for k, v in raw.items() if k != "router"}
     ctx = RequestContext(
-        request_id=f"req_{uuid.uuid4().hex}",
+        request_id=request_id,
         body=body,
         routing=view_chat_request(body),
         headers=request.headers,

@@ -241,6 +241,10 @@ def test_bad_input_gets_an_openai_style_error(gw, body, status, code):
     error = r.json()["error"]
     assert error["code"] == code and error["message"] and error["type"] == ("invalid_request_error")
     assert "Traceback" not in r.text
+    # Refused before routing, it still has its id and its outcome row, never its content.
+    row = gw.outcome(r.headers["x-request-id"])
+    assert row["status"] == "rejected" and row["error"] == error["message"] and row["prompt"] in (None, "")
+    assert row["chosen_model"] is None
 
 
 @pytest.mark.parametrize("extra,code,param", [

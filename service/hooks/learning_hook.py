@@ -322,6 +322,8 @@ class LearningHook:
 
     async def post(self, ctx: RequestContext) -> None:
         rt = self.rt
+        if ctx.status == "rejected":  # invalid, refused before routing: nothing to rate
+            return
         rt.remember(ctx.request_id, ctx.tenant)
         key = repeat_key(ctx) if ctx.status in ("ok", "cache_hit") else None
         if key is not None:

@@ -69,7 +69,7 @@ class OutcomeHook:
             candidates=[c.__dict__ for c in decision.candidates] if decision else None,
             reason=extras.get("reason"),
             knob=decision.knob if decision else None,
-            chosen_model=decision.model if decision else ctx.requested_model if ctx.profile is None else None,
+            chosen_model=decision.model if decision else ctx.requested_model if ctx.profile is None and ctx.status != "rejected" else None,
             propensity=decision.propensity if decision else None,
             answered_model=ctx.answered_by,
             fallback_chain=list(dict.fromkeys(a["model"] for a in attempts if a["status"] != "skipped")),
