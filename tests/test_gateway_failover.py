@@ -469,3 +469,30 @@ models:
 """
     config = parse_config(text, "choices.yaml")
     assert [config.model(n).max_choices for n in ("claude", "gem", "gpt")] == [1, 4, None]
+
+
+def test_a_tool_loop_stays_on_the_model_its_turn_began_on(start, upstream):
+    # m1 is best for the short first step; once a long tool result is in the history, its price per
+    # input token puts m2 first. The loop must not switch model half-way through the task.
+    gw = start(models=[{"name": "m1", "in": 5.0, "context_window": 100000, "capabilities": ["tools"]},
+                       {"name": "m2", "in": 1.0, "context_window": 100000, "capabilities": ["tools"]}],
+               quality={"m1": 0.8, "m2": 0.7})
+    client = gw.client()
+    tools = [{"type": "function", "function": {"name": "read_file", "parameters": {"type": "object", "properties": {}}}}]
+    turn = [{"role": "system", "content": "You are a coding agent."}, {"role": "user", "content": "Find the bug in parser.py"}]
+    first = client.chat.completions.with_raw_response.create(model="auto", messages=turn, tools=tools)
+    assert first.headers["x-router-model"] == "m1"
+    call = {"id": "call_1", "type": "function", "function": {"name": "read_file", "arguments": "{}"}}
+    loop = turn + [{"role": "assistant", "content": None, "tool_calls": [call]},
+                   {"role": "tool", "tool_call_id": "call_1", "content": "def parse(): ...\n" * 150}]
+    ranked = httpx.post(f"{gw.url}/v1/route", json={"model": "auto", "messages": loop, "tools": tools}).json()
+    assert ranked["model"] == "m2"  # what the ranking alone would do now
+    step = client.chat.completions.with_raw_response.create(model="auto", messages=loop, tools=tools)
+    assert step.headers["x-router-model"] == "m1" and "tool loop" in step.headers["x-router-reason"]
+    # A new user turn after the loop is routed afresh.
+    after = loop + [{"role": "assistant", "content": "Found it."}, {"role": "user", "content": "Now write the fix."}]
+    assert client.chat.completions.with_raw_response.create(model="auto", messages=after, tools=tools).headers["x-router-model"] == "m2"
+    # A model that cannot take the step any more (here: excluded by the request) still moves it.
+    moved = client.chat.completions.with_raw_response.create(
+        model="auto", messages=loop, tools=tools, extra_body={"router": {"excluded_models": ["m1"]}})
+    assert moved.headers["x-router-model"] == "m2"

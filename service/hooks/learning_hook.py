@@ -23,6 +23,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
@@ -37,6 +38,7 @@ from service.pipeline import RequestContext
 
 log = logging.getLogger(__name__)
 REJECTED_BELOW = 0.5  # feedback under this says the answer was bad: the cache drops it
+TURN_TTL_S = 3600.0  # how long a turn's tool loop keeps the model it began on
 RECENT = 100_000  # request ids and prompt keys remembered for feedback and regeneration
 SHADOW_INPUT_MARGIN = 1.25  # the prompt's token estimate can be short of the provider's count
 
@@ -80,6 +82,7 @@ class LearningRuntime:
         self.hook = LearningHook(self)
         self._recent: OrderedDict[str, str] = OrderedDict()  # request id -> tenant (the client key's id)
         self._prompts: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._turns: OrderedDict[str, tuple[str, float]] = OrderedDict()  # user turn -> (model answering it, when)
         self._lock = threading.Lock()
         self.shadow_spend = 0.0
         self.rng = random.Random(config.learning.bandit.seed)  # samples the shadow calls
@@ -161,6 +164,19 @@ class LearningRuntime:
         if score < REJECTED_BELOW:
             for callback in self._on_rejected:
                 callback(request_id)
+
+    def turn_model(self, turn: str) -> str | None:
+        """The model that answered this user turn's latest step, within TURN_TTL_S."""
+        with self._lock:
+            seen = self._turns.get(turn)
+        return seen[0] if seen is not None and time.time() - seen[1] <= TURN_TTL_S else None
+
+    def turn_answered(self, turn: str, model: str) -> None:
+        with self._lock:
+            self._turns[turn] = (model, time.time())
+            self._turns.move_to_end(turn)
+            while len(self._turns) > RECENT:
+                self._turns.popitem(last=False)
 
     def repeated(self, key: str) -> str | None:
         """The answered request with this `repeat_key`, if the client got that answer within the
@@ -276,13 +292,23 @@ def repeat_key(ctx: RequestContext) -> str | None:
     return ctx.extras["repeat_key"]
 
 
-def turn_rng(ctx: RequestContext) -> np.random.Generator:
-    """The exploration draw for one user turn: every step of an agent's tool loop (same tenant,
-    system prompt and last user turn) gets the same model, so a loop never switches model
-    half-way (and keeps the provider's prompt cache warm); different turns draw independently."""
+def _turn_digest(ctx: RequestContext) -> bytes:
+    """One user turn: tenant, system prompt and last user message, which every step of an
+    agent's tool loop repeats."""
     routing = ctx.routing
-    digest = hashlib.sha256(f"{ctx.tenant}\0{routing.system_text}\0{routing.text}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+    return hashlib.sha256(f"{ctx.tenant}\0{routing.system_text}\0{routing.text}".encode()).digest()
+
+
+def turn_rng(ctx: RequestContext) -> np.random.Generator:
+    """The exploration draw for one user turn: every step of an agent's tool loop gets the same
+    draw; different turns draw independently."""
+    return np.random.default_rng(int.from_bytes(_turn_digest(ctx)[:8], "big"))
+
+
+def continues_turn(ctx: RequestContext) -> bool:
+    """A tool-loop step: something (the model's tool calls, their results) follows the last user message."""
+    messages = ctx.body.get("messages") or []
+    return bool(messages) and messages[-1].get("role") != "user" and any(m.get("role") == "user" for m in messages)
 
 
 class LearningHook:
@@ -304,9 +330,31 @@ class LearningHook:
         if rt.bandit is not None and ctx.decision is not None:
             ctx.decision = rt.bandit.choose_for(ctx.decision, ctx.embedding, request_id=ctx.request_id,
                                                 rng=turn_rng(ctx))
+        if ctx.decision is not None and continues_turn(ctx):
+            self._keep_the_turns_model(ctx)
+
+    def _keep_the_turns_model(self, ctx: RequestContext) -> None:
+        """Every step of a tool loop goes to the model the loop is on while it can take it: the
+        ranking moves as the history grows (a longer prompt costs more on a dearer model), and a
+        switch half-way hands a task to a model that did not plan it (and loses the provider's
+        prompt cache). A window too small, an open circuit or a request limit still move it."""
+        decision = ctx.decision
+        turn_model = self.rt.turn_model(_turn_digest(ctx).hex())
+        if turn_model is None or turn_model == decision.model:
+            return
+        if not any(c.model == turn_model and c.excluded is None for c in decision.candidates):
+            return
+        if self.rt.bandit is not None:
+            self.rt.bandit.forget(ctx.request_id)  # its draw was for another model
+        ctx.decision = replace(decision, model=turn_model, propensity=1.0,
+                               reason=f"{turn_model}: the model this turn's tool loop is on (the ranking now puts "
+                                      f"{decision.model} first)")
 
     def finished(self, ctx: RequestContext) -> None:
         rt = self.rt
+        if ctx.decision is not None and ctx.status == "ok" and ctx.answered_by:
+            # Before the client has the answer: its next tool-loop step finds the model.
+            rt.turn_answered(_turn_digest(ctx).hex(), ctx.answered_by)
         if rt.bandit is not None and ctx.decision is not None \
                 and not judges_chosen_model(ctx.status, ctx.decision.model, ctx.answered_by, ctx.attempts):
             # A fallback answered (or the chosen model was never called, or refused the request as
