@@ -13,7 +13,10 @@ estimators below turn that into the value a *target* policy would have had:
   propensities or the reward model are right.
 
 Confidence intervals: CLT on the per-request terms for IPS and DR (they are means of
-i.i.d. terms); percentile bootstrap for SNIPS (a ratio). `compare` estimates the
+i.i.d. terms); percentile bootstrap for SNIPS (a ratio). Requests are not independent when
+the logging policy drew once per group of them (the gateway's bandit draws once per user turn,
+for every step of a tool loop): with `LoggedData.clusters` the CLT uses the cluster-robust
+variance and the bootstrap resamples whole clusters. `compare` estimates the
 difference between two target policies on the same log with a paired interval, which is
 what a promotion decision needs: both values share most of their noise.
 """
@@ -51,6 +54,7 @@ class LoggedData:
     rewards: np.ndarray  # (n,) observed reward of the logged action
     propensities: np.ndarray  # (n,) logging policy's probability of the logged action
     q_hat: np.ndarray | None = None  # (n, K)
+    clusters: np.ndarray | None = None  # (n,) int group of each request (one logging draw per group)
 
     def __post_init__(self):
         n = len(self.actions)
@@ -63,6 +67,15 @@ class LoggedData:
             raise ValueError("logged rewards must be finite")
         if self.q_hat is not None and self.q_hat.shape[0] != n:
             raise ValueError("q_hat must have one row per logged request")
+        if self.clusters is not None and len(self.clusters) != n:
+            raise ValueError("clusters must have one entry per logged request")
+
+
+def _groups(log: LoggedData) -> np.ndarray:
+    """Each request's group, 0..G-1; every request its own without `clusters`."""
+    if log.clusters is None:
+        return np.arange(len(log.actions))
+    return np.unique(np.asarray(log.clusters), return_inverse=True)[1].reshape(-1)
 
 
 def _weights(log: LoggedData, target_probs: np.ndarray) -> np.ndarray:
@@ -80,13 +93,32 @@ def _ess(w: np.ndarray) -> float:
     return float(np.sum(w) ** 2 / s2) if s2 > 0 else 0.0
 
 
-def _clt(method: str, terms: np.ndarray, w: np.ndarray, z: float = Z95) -> Estimate:
+def _clt(method: str, terms: np.ndarray, w: np.ndarray, groups: np.ndarray | None = None, z: float = Z95) -> Estimate:
     n = len(terms)
     if n == 0:
         return Estimate(method, float("nan"), float("nan"), float("nan"), 0, 0.0)
     mean = float(np.mean(terms))
-    se = float(np.std(terms, ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    g = int(groups.max()) + 1 if groups is not None and n else n
+    if groups is None or g == n:
+        se = float(np.std(terms, ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    else:
+        # Cluster-robust: the spread of the groups' summed deviations, not of single requests.
+        sums = np.bincount(groups, weights=terms - mean, minlength=g)
+        se = float(np.sqrt(g / (g - 1) * np.sum(sums**2)) / n) if g > 1 else float("inf")
     return Estimate(method, mean, mean - z * se, mean + z * se, n, _ess(w))
+
+
+def _resampled(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, G) counts: how often each group is drawn in each bootstrap sample of G groups."""
+    g = int(groups.max()) + 1
+    draws = rng.integers(0, g, size=(n_boot, g))
+    counts = np.zeros((n_boot, g))
+    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)
+    return counts
+
+
+def _group_sums(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    return np.bincount(groups, weights=values, minlength=int(groups.max()) + 1)
 
 
 def ips_terms(log: LoggedData, target_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,12 +143,12 @@ def _no_overlap(method: str, n: int) -> Estimate:
 
 def ips(log: LoggedData, target_probs: np.ndarray) -> Estimate:
     terms, w = ips_terms(log, target_probs)
-    return _clt("ips", terms, w) if np.any(w > 0) else _no_overlap("ips", len(w))
+    return _clt("ips", terms, w, _groups(log)) if np.any(w > 0) else _no_overlap("ips", len(w))
 
 
 def doubly_robust(log: LoggedData, target_probs: np.ndarray) -> Estimate:
     terms, w = dr_terms(log, target_probs)
-    return _clt("dr", terms, w)
+    return _clt("dr", terms, w, _groups(log))
 
 
 def _snips_value(wr: np.ndarray, w: np.ndarray) -> float:
@@ -132,10 +164,10 @@ def snips(log: LoggedData, target_probs: np.ndarray, n_boot: int = 1000, seed: i
     value = _snips_value(wr, w)
     if not np.any(w > 0):  # the target never takes a logged action: no overlap, no estimate
         return Estimate("snips", float("nan"), float("nan"), float("nan"), n, 0.0)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    sw = w[idx].sum(axis=1)
-    boots = np.where(sw > 0, wr[idx].sum(axis=1) / np.where(sw > 0, sw, 1.0), np.nan)
+    groups = _groups(log)
+    counts = _resampled(groups, n_boot, np.random.default_rng(seed))
+    sw = counts @ _group_sums(w, groups)
+    boots = np.where(sw > 0, (counts @ _group_sums(wr, groups)) / np.where(sw > 0, sw, 1.0), np.nan)
     lo, hi = np.nanpercentile(boots, [2.5, 97.5])
     return Estimate("snips", value, float(lo), float(hi), n, _ess(w))
 
@@ -151,7 +183,7 @@ def evaluate(log: LoggedData, target_probs: np.ndarray | None, seed: int = 0) ->
     logging policy itself, whose value every estimator reads as the mean logged reward."""
     if target_probs is None:
         terms, w = _logging_terms(log)
-        return {m: _clt(m, terms, w) for m in ("ips", "snips", *(("dr",) if log.q_hat is not None else ()))}
+        return {m: _clt(m, terms, w, _groups(log)) for m in ("ips", "snips", *(("dr",) if log.q_hat is not None else ()))}
     out = {"ips": ips(log, target_probs), "snips": snips(log, target_probs, seed=seed)}
     if log.q_hat is not None:
         out["dr"] = doubly_robust(log, target_probs)
@@ -169,19 +201,19 @@ def compare(
     the same requests cancels.
     """
     out: dict[str, Estimate] = {}
+    groups = _groups(log)
     tc, wc = ips_terms(log, candidate_probs)
     tb, wb = ips_terms(log, baseline_probs) if baseline_probs is not None else _logging_terms(log)
-    out["ips"] = _clt("ips", tc - tb, wc) if np.any(wc > 0) and np.any(wb > 0) else _no_overlap("ips", len(wc))
+    out["ips"] = _clt("ips", tc - tb, wc, groups) if np.any(wc > 0) and np.any(wb > 0) else _no_overlap("ips", len(wc))
     n = len(wc)
     if n:
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, n, size=(n_boot, n))
+        counts = _resampled(groups, n_boot, np.random.default_rng(seed))
 
-        def ratio(t, w, ix):
-            s = w[ix].sum(axis=-1)
-            return np.where(s > 0, t[ix].sum(axis=-1) / np.where(s > 0, s, 1.0), np.nan)
+        def ratio(t, w):
+            s = counts @ _group_sums(w, groups)
+            return np.where(s > 0, (counts @ _group_sums(t, groups)) / np.where(s > 0, s, 1.0), np.nan)
 
-        boots = ratio(tc, wc, idx) - ratio(tb, wb, idx)
+        boots = ratio(tc, wc) - ratio(tb, wb)
         lo, hi = np.nanpercentile(boots, [2.5, 97.5]) if np.any(wc > 0) and np.any(wb > 0) else (np.nan, np.nan)
         value = _snips_value(tc, wc) - _snips_value(tb, wb)
         out["snips"] = Estimate("snips", value, float(lo), float(hi), n, _ess(wc))
@@ -190,7 +222,7 @@ def compare(
     if log.q_hat is not None:
         dc, wc = dr_terms(log, candidate_probs)
         db = dr_terms(log, baseline_probs)[0] if baseline_probs is not None else tb  # the logged reward: no model needed
-        out["dr"] = _clt("dr", dc - db, wc)
+        out["dr"] = _clt("dr", dc - db, wc, groups)
     return out
 
 

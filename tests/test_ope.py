@@ -60,6 +60,36 @@ def test_interval_coverage_over_replications():
         assert h / reps >= 0.85, (name, h / reps)
 
 
+def _turn_log(mu, logging, turns, steps, seed):
+    """The gateway's way of logging: one draw per user turn, every step of its loop the same action."""
+    rng = np.random.default_rng(seed)
+    ctx = np.repeat(rng.integers(0, N_CTX, size=turns), steps)
+    turn_actions = (rng.random(turns)[:, None] > logging[ctx[::steps]].cumsum(axis=1)).sum(axis=1)
+    actions = np.repeat(turn_actions, steps)
+    rewards = (rng.random(turns * steps) < mu[ctx, actions]).astype(float)
+    return ctx, actions, rewards
+
+
+def test_intervals_cover_when_one_draw_serves_a_whole_turn():
+    mu, logging = _world(seed=5)
+    logging = 0.5 * logging + 0.5 / K  # weights of at most 8: the CLT's own shortfall stays small
+    target = np.eye(K)[mu.argmax(axis=1)]
+    truth = _true_value(mu, target)
+    hits = {"clustered": {"ips": 0, "snips": 0}, "as_if_independent": {"ips": 0, "snips": 0}}
+    reps, turns, steps = 120, 400, 8
+    for r in range(reps):
+        ctx, actions, rewards = _turn_log(mu, logging, turns, steps, seed=500 + r)
+        for kind, clusters in (("clustered", np.repeat(np.arange(turns), steps)), ("as_if_independent", None)):
+            log = ope.LoggedData(actions=actions, rewards=rewards, propensities=logging[ctx, actions], clusters=clusters)
+            for name in ("ips", "snips"):
+                e = ope.ips(log, target[ctx]) if name == "ips" else ope.snips(log, target[ctx], n_boot=300, seed=r)
+                hits[kind][name] += e.lo <= truth <= e.hi
+    for name in ("ips", "snips"):
+        assert hits["clustered"][name] / reps >= 0.9, hits
+        # the steps of a turn share its draw: counting them as independent under-covers
+        assert hits["as_if_independent"][name] < hits["clustered"][name], hits
+
+
 def test_doubly_robust_beats_ips_with_a_good_reward_model():
     mu, logging = _world(seed=5)
     best = np.eye(K)[mu.argmax(axis=1)]

@@ -174,7 +174,12 @@ def greedy_probs(p_good: np.ndarray, traffic: Traffic) -> np.ndarray:
 
 
 def logged_data(traffic: Traffic, reward: np.ndarray, q_hat: np.ndarray) -> ope.LoggedData:
-    return ope.LoggedData(actions=traffic.action, rewards=reward, propensities=traffic.propensity, q_hat=q_hat)
+    # One cluster per prompt (system prompt and user turn, or their hash): the gateway's bandit
+    # draws once per user turn for every step of a tool loop, so those requests share their noise.
+    keys = [f"p:{t}" if not _missing(t) else f"r:{rid}" for t, rid in zip(traffic.texts, traffic.request_ids)]
+    clusters = np.unique(np.array(keys, dtype=object), return_inverse=True)[1]
+    return ope.LoggedData(actions=traffic.action, rewards=reward, propensities=traffic.propensity, q_hat=q_hat,
+                          clusters=clusters.reshape(-1))
 
 
 def compare_routers(traffic: Traffic, p_live: np.ndarray, p_candidate: np.ndarray, seed: int = 0) -> dict:
