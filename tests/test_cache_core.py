@@ -434,6 +434,10 @@ def test_only_finished_non_empty_answers_are_stored():
         return {"choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content, **message}}]}
 
     assert response_cacheable(resp("stop"), "ok", False) is None
+    # a client that gave up waiting left a whole answer: its SDK's retry should find it
+    assert response_cacheable(resp("stop"), "client_closed", False) is None
+    assert response_cacheable(resp(None, "The capital of"), "client_closed", False) == "finish_reason None"  # left mid-stream
+    assert response_cacheable(resp("stop"), "truncated", False) == "status truncated"
     assert response_cacheable(resp("error", "The capital of Austral"), "ok", False) == "finish_reason error"
     assert response_cacheable(resp("stop", "  "), "ok", False) == "empty answer"
     assert response_cacheable(resp("stop", None, refusal="I can't help with that."), "ok", False) is None

@@ -385,3 +385,12 @@ def test_an_answer_that_cannot_be_sent_is_one_error_and_refused_requests_are_no_
             assert 'openclaw_cache_results_total{result="miss"} 1.0' in metrics
         finally:
             running.stop()
+
+
+def test_a_refused_requests_row_keeps_a_bounded_error(gw):
+    # An unknown model's name comes back in the error; the row of a request refused before any
+    # key check must not store whatever a caller sends.
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "x" * 100_000, "messages": MSG})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    row = gw.outcome(r.headers["x-request-id"])
+    assert row["status"] == "rejected" and len(row["error"]) <= 500 and len(row["requested_model"]) <= 200

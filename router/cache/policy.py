@@ -46,8 +46,9 @@ def request_cacheable(body: Mapping[str, Any], cache_nonzero_temperature: bool) 
 
 
 def response_cacheable(response: Mapping[str, Any] | None, status: str, cache_tool_calls: bool) -> str | None:
-    """None when the finished answer may be stored, else why not."""
-    if status != "ok":
+    """None when the finished answer may be stored, else why not. A client that left before it
+    had the answer (`client_closed`) leaves a whole one if it finished: its retry may have it."""
+    if status not in ("ok", "client_closed"):
         return f"status {status}"
     if not response or not isinstance(response.get("choices"), list) or not response["choices"]:
         return "no answer"

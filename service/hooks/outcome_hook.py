@@ -81,7 +81,9 @@ class OutcomeHook:
             cost_usd=ctx.cost_usd,
             saved_cost_usd=ctx.saved_cost_usd,
             status=ctx.status,
-            error=ctx.error,
+            # Capped: some errors repeat the request's own input (an unknown model's name), and a
+            # refused request's row is written before any key is checked.
+            error=ctx.error[:500] if ctx.error else None,
             cache_status=ctx.cache_status,
             cache_similarity=ctx.cache_similarity,
             simulated=ctx.answered_by in self.simulated,
