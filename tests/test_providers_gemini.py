@@ -227,6 +227,11 @@ def test_json_schema_gemini_would_refuse_is_sent_in_its_dialect():
         "value": {"anyOf": [{"type": "string"}, {"type": "number"}]},
         "both": {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}, "required": ["a", "b"]},
     }
+    # the usual generated form of a described sub-model: a $ref inside allOf
+    described = {"$defs": {"Addr": {"type": "object", "properties": {"city": {"type": "string"}}}}, "type": "object",
+                 "properties": {"home": {"allOf": [{"$ref": "#/$defs/Addr"}], "description": "where the user lives"}}}
+    assert clean_schema(described)["properties"]["home"] == {
+        "type": "object", "properties": {"city": {"type": "string"}}, "description": "where the user lives"}
 
 
 def test_billing_and_account_errors_fail_over_instead_of_blaming_the_client():

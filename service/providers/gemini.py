@@ -65,7 +65,7 @@ def clean_schema(schema: Any, defs: dict[str, Any] | None = None) -> Any:
         target = defs[ref.rsplit("/", 1)[-1]]
         rest = {k: v for k, v in schema.items() if k != "$ref"}
         return clean_schema({**target, **rest}, {k: v for k, v in defs.items() if v is not target})
-    schema = _merged_all_of(schema)
+    schema = _merged_all_of(schema, defs)
     out: dict[str, Any] = {}
     for k, v in schema.items():
         if k == "oneOf":
@@ -86,7 +86,9 @@ def clean_schema(schema: Any, defs: dict[str, Any] | None = None) -> Any:
 _ABSENT = object()
 
 
-def _merged_all_of(schema: dict[str, Any]) -> dict[str, Any]:
+def _merged_all_of(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """`allOf` folded into the schema; a part that is a `$ref` (the usual form of a described
+    sub-model: `{"allOf": [{"$ref": ...}], "description": ...}`) is its definition."""
     parts = schema.get("allOf")
     if not isinstance(parts, list):
         return schema
@@ -94,7 +96,10 @@ def _merged_all_of(schema: dict[str, Any]) -> dict[str, Any]:
     for part in parts:
         if not isinstance(part, dict):
             continue
-        for k, v in _merged_all_of(part).items():
+        ref = part.get("$ref")
+        if isinstance(ref, str) and ref.rsplit("/", 1)[-1] in defs:
+            part = {**defs[ref.rsplit("/", 1)[-1]], **{k: v for k, v in part.items() if k != "$ref"}}
+        for k, v in _merged_all_of(part, defs).items():
             if k == "properties" and isinstance(v, dict):
                 props = dict(merged.get("properties") or {})
                 for name, prop in v.items():
