@@ -154,9 +154,17 @@ def decide(router: Router | None, request: RoutingRequest, *, config: Config, pr
             # What agent clients look for to compact the conversation (OpenAI's code and wording),
             # not a generic refusal.
             largest = max(config.model(m).context_window for m in too_long)
+            asked = request.max_output_tokens
+            if asked is not None and request.input_tokens + min(asked, 1024) <= largest:
+                # The messages fit with room for an answer; the output limit asked for does not:
+                # compacting would not help.
+                raise ApiError(400, f"The largest context window among the models this request may use is {largest} "
+                               f"tokens; its messages come to about {request.input_tokens} tokens, which leaves less "
+                               f"than the {request.max_output_tokens} output tokens asked for. Lower max_tokens / "
+                               "max_completion_tokens.", code="invalid_value", param="max_tokens") from None
             raise ApiError(400, f"This request's maximum context length is {largest} tokens (the largest window among "
-                           f"the models it may use); its messages come to about {request.input_tokens} tokens, "
-                           "with room for the answer on top. Please reduce the length of the messages.",
+                           f"the models it may use); its messages come to about {request.input_tokens} tokens. "
+                           "Please reduce the length of the messages.",
                            code="context_length_exceeded", param="messages") from None
         raise ApiError(400, str(exc), code="no_eligible_model") from None
 

@@ -131,6 +131,10 @@ def test_auto_with_a_conversation_longer_than_every_window_says_so_as_openai_doe
     body = info.value.body
     assert body["code"] == "context_length_exceeded" and body["param"] == "messages"
     assert "maximum context length is 16000 tokens" in body["message"]
+    # Short messages with an output limit no window takes: compacting would not help.
+    with pytest.raises(openai.BadRequestError) as info:
+        gw.client().chat.completions.create(model="auto", messages=MSG, max_tokens=200_000)
+    assert info.value.body["code"] == "invalid_value" and info.value.body["param"] == "max_tokens"
     # Another reason among the exclusions (a cost cap) is not the conversation's length alone.
     with pytest.raises(openai.BadRequestError) as info:
         gw.client().chat.completions.create(model="auto", messages=long, extra_body={"router": {"max_cost_usd": 1e-12}})
