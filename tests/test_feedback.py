@@ -280,3 +280,25 @@ def test_a_client_that_gave_up_waiting_did_not_get_the_answer_its_retry_repeats(
     rows = gw.outcomes(2)
     assert sorted(r["status"] for r in rows) == ["client_closed", "ok"]
     assert _feedback_rows(gw, 1, deadline_s=1.0) == []
+
+
+def test_a_tool_loop_step_kept_on_its_turns_model_is_logged_with_the_turns_draw_probability():
+    # OPE weighs every logged request by the probability its action had: a step that follows the
+    # turn's draw had that draw's probability, not certainty.
+    from router.request_view import view_chat_request
+    from router.types import Candidate, Decision
+    from service.hooks import learning_hook
+    from service.pipeline import RequestContext
+
+    config = fake_config("http://127.0.0.1:9/v1", "sqlite:///:memory:")
+    rt = learning_hook.LearningRuntime(config, None, None, None, None)
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    step = {"model": "auto", "messages": [{"role": "user", "content": "fix it"},
+                                          {"role": "assistant", "content": None, "tool_calls": [call]},
+                                          {"role": "tool", "tool_call_id": "c1", "content": "x" * 3000}]}
+    ctx = RequestContext(request_id="r2", body=step, routing=view_chat_request(step), headers={}, stream=False, profile="auto")
+    rt.turn_answered(learning_hook._turn_digest(ctx).hex(), "m2", 0.29)  # the turn's first step drew m2 at 0.29
+    candidates = tuple(Candidate(m, 0.8, 0.05, 50, 1e-4, 1.0, 0.7) for m in ("m1", "m2"))
+    ctx.decision = Decision("m1", candidates, "m1: best", 0.01, propensity=1.0)
+    rt.hook._keep_the_turns_model(ctx)
+    assert ctx.decision.model == "m2" and ctx.decision.propensity == 0.29

@@ -82,7 +82,8 @@ class LearningRuntime:
         self.hook = LearningHook(self)
         self._recent: OrderedDict[str, str] = OrderedDict()  # request id -> tenant (the client key's id)
         self._prompts: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._turns: OrderedDict[str, tuple[str, float]] = OrderedDict()  # user turn -> (model answering it, when)
+        # user turn -> (model answering it, the probability that model had when the turn drew it, when)
+        self._turns: OrderedDict[str, tuple[str, float, float]] = OrderedDict()
         self._lock = threading.Lock()
         self.shadow_spend = 0.0
         self.rng = random.Random(config.learning.bandit.seed)  # samples the shadow calls
@@ -165,15 +166,16 @@ class LearningRuntime:
             for callback in self._on_rejected:
                 callback(request_id)
 
-    def turn_model(self, turn: str) -> str | None:
-        """The model that answered this user turn's latest step, within TURN_TTL_S."""
+    def turn_model(self, turn: str) -> tuple[str, float] | None:
+        """The model that answered this user turn's latest step, and the probability it was drawn
+        with, within TURN_TTL_S."""
         with self._lock:
             seen = self._turns.get(turn)
-        return seen[0] if seen is not None and time.time() - seen[1] <= TURN_TTL_S else None
+        return (seen[0], seen[1]) if seen is not None and time.time() - seen[2] <= TURN_TTL_S else None
 
-    def turn_answered(self, turn: str, model: str) -> None:
+    def turn_answered(self, turn: str, model: str, propensity: float) -> None:
         with self._lock:
-            self._turns[turn] = (model, time.time())
+            self._turns[turn] = (model, propensity, time.time())
             self._turns.move_to_end(turn)
             while len(self._turns) > RECENT:
                 self._turns.popitem(last=False)
@@ -339,22 +341,25 @@ class LearningHook:
         switch half-way hands a task to a model that did not plan it (and loses the provider's
         prompt cache). A window too small, an open circuit or a request limit still move it."""
         decision = ctx.decision
-        turn_model = self.rt.turn_model(_turn_digest(ctx).hex())
-        if turn_model is None or turn_model == decision.model:
+        seen = self.rt.turn_model(_turn_digest(ctx).hex())
+        if seen is None or seen[0] == decision.model:
             return
+        turn_model, propensity = seen
         if not any(c.model == turn_model and c.excluded is None for c in decision.candidates):
             return
         if self.rt.bandit is not None:
             self.rt.bandit.forget(ctx.request_id)  # its draw was for another model
-        ctx.decision = replace(decision, model=turn_model, propensity=1.0,
+        # The step's model is the turn's draw: logged with that draw's probability, for OPE.
+        ctx.decision = replace(decision, model=turn_model, propensity=propensity,
                                reason=f"{turn_model}: the model this turn's tool loop is on (the ranking now puts "
                                       f"{decision.model} first)")
 
     def finished(self, ctx: RequestContext) -> None:
         rt = self.rt
         if ctx.decision is not None and ctx.status == "ok" and ctx.answered_by:
-            # Before the client has the answer: its next tool-loop step finds the model.
-            rt.turn_answered(_turn_digest(ctx).hex(), ctx.answered_by)
+            # Before the client has the answer: its next tool-loop step finds the model. A fallback
+            # that answered was not drawn: the chosen model's probability is the turn's.
+            rt.turn_answered(_turn_digest(ctx).hex(), ctx.answered_by, ctx.decision.propensity)
         if rt.bandit is not None and ctx.decision is not None \
                 and not judges_chosen_model(ctx.status, ctx.decision.model, ctx.answered_by, ctx.attempts):
             # A fallback answered (or the chosen model was never called, or refused the request as
