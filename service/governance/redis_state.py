@@ -15,9 +15,9 @@ from typing import Any, Mapping, Sequence
 from service.governance.budgets import Line, Reservation, Usage, insert_spend, new_reservation_id, seeded_spent
 from service.governance.db import Database
 
-# An open-ended counter (a session ceiling's) unused this long is dropped: one per agent
-# conversation would otherwise pile up in Redis for good. The next request of that session
-# rebuilds it from the spend log, so a ceiling never forgets what was spent.
+# An open-ended counter (a session ceiling's, a `total` budget's) unused this long is dropped:
+# one per agent conversation would otherwise pile up in Redis for good. The next request that
+# needs it rebuilds it from the spend log, so a limit never forgets what was spent.
 IDLE_COUNTER_S = 7 * 86400
 
 _RESERVE = """
@@ -48,7 +48,7 @@ local idle = tonumber(ARGV[n + 6])
 for i = 1, n do
   redis.call('HINCRBY', KEYS[i], 'reserved', amount)
   redis.call('HINCRBY', KEYS[i], 'partial', partial)
-  -- an open-ended counter (a session's) lives while it is used; a window's keeps its EXPIREAT
+  -- an open-ended counter (a session's, a total budget's) lives while it is used; a window's keeps its EXPIREAT
   if ARGV[n + 6 + i] == '1' then redis.call('EXPIRE', KEYS[i], idle) end
   counters[i] = KEYS[i]
 end
