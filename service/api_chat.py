@@ -130,7 +130,8 @@ def _embed_and_decide(gw: Gateway, router_now: Any, ctx: RequestContext, live: A
     if ctx.embedding is None and ctx.routing.text and router_now is not None:
         ctx.embedding = gw.embed(ctx.routing.text)
     return decide(router_now, ctx.routing, config=gw.config, profile=ctx.profile, constraints=ctx.extras["constraints"],
-                  live=live, embedding=ctx.embedding, blocked_for=gw.live.breaker.blocked_for)
+                  live=live, embedding=ctx.embedding, blocked_for=gw.live.breaker.blocked_for,
+                  output_field="max_completion_tokens" if ctx.body.get("max_completion_tokens") else "max_tokens")
 
 
 async def _handle(gw: Gateway, ctx: RequestContext) -> Response:

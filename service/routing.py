@@ -129,7 +129,7 @@ def build_constraints(body_options: RouterOptions | None, headers: Mapping[str, 
 
 def decide(router: Router | None, request: RoutingRequest, *, config: Config, profile: str,
            constraints: Constraints, live: Mapping[str, LiveStats], embedding: np.ndarray | None,
-           blocked_for: Callable[[str], float] | None = None) -> Decision:
+           blocked_for: Callable[[str], float] | None = None, output_field: str = "max_tokens") -> Decision:
     """Route one request; an impossible request is a 4xx, an unhealthy catalog a 503, or a 429
     when every model it could use is waiting out its upstream's Retry-After (`blocked_for`)."""
     from router.policy import NoEligibleModel
@@ -160,11 +160,11 @@ def decide(router: Router | None, request: RoutingRequest, *, config: Config, pr
                 # compacting would not help.
                 raise ApiError(400, f"The largest context window among the models this request may use is {largest} "
                                f"tokens; its messages come to about {request.input_tokens} tokens, which leaves less "
-                               f"than the {request.max_output_tokens} output tokens asked for. Lower max_tokens / "
-                               "max_completion_tokens.", code="invalid_value", param="max_tokens") from None
+                               f"than the {asked} output tokens asked for. Lower {output_field}.",
+                               code="invalid_value", param=output_field) from None
             raise ApiError(400, f"This request's maximum context length is {largest} tokens (the largest window among "
-                           f"the models it may use); its messages come to about {request.input_tokens} tokens. "
-                           "Please reduce the length of the messages.",
+                           f"the models it may use); its messages come to about {request.input_tokens} tokens, which "
+                           "leaves no room for an answer. Please reduce the length of the messages.",
                            code="context_length_exceeded", param="messages") from None
         raise ApiError(400, str(exc), code="no_eligible_model") from None
 

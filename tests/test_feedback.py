@@ -302,3 +302,19 @@ def test_a_tool_loop_step_kept_on_its_turns_model_is_logged_with_the_turns_draw_
     ctx.decision = Decision("m1", candidates, "m1: best", 0.01, propensity=1.0)
     rt.hook._keep_the_turns_model(ctx)
     assert ctx.decision.model == "m2" and ctx.decision.propensity == 0.29
+
+
+def test_a_turn_whose_step_a_fallback_answered_does_not_pin_the_fallback(upstream, tmp_path):
+    # The fallback was never drawn: pinning later steps to it would log them with the failed
+    # model's probability.
+    upstream.reset()
+    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/o.sqlite")
+    running = Running(config, router=QualityRouter(QUALITY))
+    try:
+        upstream.script("m1", server_error(503), server_error(503))
+        turn = [{"role": "user", "content": "Find the bug"}]
+        first = running.client().chat.completions.with_raw_response.create(model="auto", messages=turn)
+        assert first.headers["x-router-model"] == "m2"  # m1 chosen, failed; m2 answered
+        assert not running.app.state.learning._turns  # no turn pinned to m2
+    finally:
+        running.stop()

@@ -232,6 +232,12 @@ def test_json_schema_gemini_would_refuse_is_sent_in_its_dialect():
                  "properties": {"home": {"allOf": [{"$ref": "#/$defs/Addr"}], "description": "where the user lives"}}}
     assert clean_schema(described)["properties"]["home"] == {
         "type": "object", "properties": {"city": {"type": "string"}}, "description": "where the user lives"}
+    # a model that refers to itself that way (a tree) is inlined once, never forever
+    tree = {"$defs": {"Node": {"type": "object", "properties": {
+                "name": {"type": "string"}, "child": {"allOf": [{"$ref": "#/$defs/Node"}], "description": "a subtree"}}}},
+            "type": "object", "properties": {"root": {"allOf": [{"$ref": "#/$defs/Node"}], "description": "the root"}}}
+    root = clean_schema(tree)["properties"]["root"]
+    assert root["properties"]["name"] == {"type": "string"} and root["properties"]["child"] == {"description": "a subtree"}
 
 
 def test_billing_and_account_errors_fail_over_instead_of_blaming_the_client():

@@ -356,9 +356,10 @@ class LearningHook:
 
     def finished(self, ctx: RequestContext) -> None:
         rt = self.rt
-        if ctx.decision is not None and ctx.status == "ok" and ctx.answered_by:
-            # Before the client has the answer: its next tool-loop step finds the model. A fallback
-            # that answered was not drawn: the chosen model's probability is the turn's.
+        if ctx.decision is not None and ctx.status == "ok" and ctx.answered_by == ctx.decision.model:
+            # Before the client has the answer: its next tool-loop step finds the model, and the
+            # probability it was drawn with. A fallback that answered was never drawn, so it is not
+            # the turn's model: the next step draws afresh (and keeps whatever answers it).
             rt.turn_answered(_turn_digest(ctx).hex(), ctx.answered_by, ctx.decision.propensity)
         if rt.bandit is not None and ctx.decision is not None \
                 and not judges_chosen_model(ctx.status, ctx.decision.model, ctx.answered_by, ctx.attempts):

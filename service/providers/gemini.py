@@ -65,7 +65,7 @@ def clean_schema(schema: Any, defs: dict[str, Any] | None = None) -> Any:
         target = defs[ref.rsplit("/", 1)[-1]]
         rest = {k: v for k, v in schema.items() if k != "$ref"}
         return clean_schema({**target, **rest}, {k: v for k, v in defs.items() if v is not target})
-    schema = _merged_all_of(schema, defs)
+    schema, defs = _merged_all_of(schema, defs)
     out: dict[str, Any] = {}
     for k, v in schema.items():
         if k == "oneOf":
@@ -86,20 +86,25 @@ def clean_schema(schema: Any, defs: dict[str, Any] | None = None) -> Any:
 _ABSENT = object()
 
 
-def _merged_all_of(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+def _merged_all_of(schema: dict[str, Any], defs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """`allOf` folded into the schema; a part that is a `$ref` (the usual form of a described
-    sub-model: `{"allOf": [{"$ref": ...}], "description": ...}`) is its definition."""
+    sub-model: `{"allOf": [{"$ref": ...}], "description": ...}`) is its definition. Returns the
+    definitions left to inline below it: as for a plain `$ref`, a model that refers to itself is
+    inlined once, not forever."""
     parts = schema.get("allOf")
     if not isinstance(parts, list):
-        return schema
+        return schema, defs
     merged = {k: v for k, v in schema.items() if k != "allOf"}
     for part in parts:
         if not isinstance(part, dict):
             continue
         ref = part.get("$ref")
         if isinstance(ref, str) and ref.rsplit("/", 1)[-1] in defs:
-            part = {**defs[ref.rsplit("/", 1)[-1]], **{k: v for k, v in part.items() if k != "$ref"}}
-        for k, v in _merged_all_of(part, defs).items():
+            target = defs[ref.rsplit("/", 1)[-1]]
+            part = {**target, **{k: v for k, v in part.items() if k != "$ref"}}
+            defs = {k: v for k, v in defs.items() if v is not target}
+        part, defs = _merged_all_of(part, defs)
+        for k, v in part.items():
             if k == "properties" and isinstance(v, dict):
                 props = dict(merged.get("properties") or {})
                 for name, prop in v.items():
@@ -109,7 +114,7 @@ def _merged_all_of(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, An
                 merged["required"] = list(dict.fromkeys([*(merged.get("required") or []), *v]))
             else:
                 merged.setdefault(k, v)
-    return merged
+    return merged, defs
 
 
 def _one_type(out: dict[str, Any]) -> None:
