@@ -87,6 +87,10 @@ class ModelSpec(_Strict):
                     "providers unless set: their APIs answer one",
     )
 
+    def takes_choices(self, n: int) -> bool:
+        """Whether one request here can get `n` choices (`max_choices`)."""
+        return self.max_choices is None or n <= self.max_choices
+
     @property
     def upstream_name(self) -> str:
         return self.upstream or self.name
@@ -306,18 +310,12 @@ class Config(_Strict):
         if not isinstance(data, dict) or not isinstance(data.get("models"), list) or not isinstance(data.get("providers"), dict):
             return data
 
-        def kind(name: Any) -> Any:
-            spec = data["providers"].get(name) if isinstance(name, str) else None
-            return spec.get("kind") if isinstance(spec, dict) else getattr(spec, "kind", None)
-
-        models = []
-        for m in data["models"]:
-            if isinstance(m, dict) and "max_choices" not in m and kind(m.get("provider")) in ONE_CHOICE_KINDS:
-                m = {**m, "max_choices": 1}
-            elif isinstance(m, ModelSpec) and "max_choices" not in m.model_fields_set and kind(m.provider) in ONE_CHOICE_KINDS:
-                m = m.model_copy(update={"max_choices": 1})
-            models.append(m)
-        return {**data, "models": models}
+        kinds = {name: spec.get("kind") for name, spec in data["providers"].items() if isinstance(spec, dict)}
+        return {**data, "models": [
+            {**m, "max_choices": 1} if isinstance(m, dict) and "max_choices" not in m and kinds.get(m.get("provider")) in ONE_CHOICE_KINDS
+            else m
+            for m in data["models"]
+        ]}
 
     @model_validator(mode="after")
     def _references_exist(self) -> "Config":

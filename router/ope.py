@@ -93,28 +93,24 @@ def _ess(w: np.ndarray) -> float:
     return float(np.sum(w) ** 2 / s2) if s2 > 0 else 0.0
 
 
-def _clt(method: str, terms: np.ndarray, w: np.ndarray, groups: np.ndarray | None = None, z: float = Z95) -> Estimate:
+def _clt(method: str, terms: np.ndarray, w: np.ndarray, groups: np.ndarray, z: float = Z95) -> Estimate:
+    """Mean and interval of the per-request terms. Cluster-robust: the spread of the groups'
+    summed deviations, which with one request per group is the usual standard error."""
     n = len(terms)
     if n == 0:
         return Estimate(method, float("nan"), float("nan"), float("nan"), 0, 0.0)
     mean = float(np.mean(terms))
-    g = int(groups.max()) + 1 if groups is not None and n else n
-    if groups is None or g == n:
-        se = float(np.std(terms, ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
-    else:
-        # Cluster-robust: the spread of the groups' summed deviations, not of single requests.
-        sums = np.bincount(groups, weights=terms - mean, minlength=g)
-        se = float(np.sqrt(g / (g - 1) * np.sum(sums**2)) / n) if g > 1 else float("inf")
+    g = int(groups.max()) + 1
+    sums = np.bincount(groups, weights=terms - mean, minlength=g)
+    se = float(np.sqrt(g / (g - 1) * np.sum(sums**2)) / n) if g > 1 else float("inf")
     return Estimate(method, mean, mean - z * se, mean + z * se, n, _ess(w))
 
 
 def _resampled(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """(n_boot, G) counts: how often each group is drawn in each bootstrap sample of G groups."""
     g = int(groups.max()) + 1
-    draws = rng.integers(0, g, size=(n_boot, g))
-    counts = np.zeros((n_boot, g))
-    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)
-    return counts
+    draws = rng.integers(0, g, size=(n_boot, g)) + g * np.arange(n_boot)[:, None]
+    return np.bincount(draws.ravel(), minlength=n_boot * g).reshape(n_boot, g).astype(np.float64)
 
 
 def _group_sums(values: np.ndarray, groups: np.ndarray) -> np.ndarray:

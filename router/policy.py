@@ -126,7 +126,7 @@ def _exclusion(spec: ModelSpec, request: RoutingRequest, allowed: frozenset[str]
     missing = set(request.needs) - set(spec.capabilities)
     if missing:
         return f"lacks capability {', '.join(sorted(missing))}"
-    if spec.max_choices is not None and request.answers > spec.max_choices:
+    if not spec.takes_choices(request.answers):
         return f"answers at most {spec.max_choices} choice(s), n={request.answers} asked"
     # The output limit as the model will be sent it (lowered to its own limit), not as asked.
     needed = request.input_tokens + (spec.output_cap(request.max_output_tokens) or int(np.ceil(out_tokens)))

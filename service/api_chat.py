@@ -68,7 +68,7 @@ def _reason(ctx: RequestContext) -> str:
 
 def _check_choices(spec: Any, n: Any) -> None:
     """A named model whose API answers fewer choices than asked would silently return fewer."""
-    if spec.max_choices is not None and isinstance(n, int) and n > spec.max_choices:
+    if isinstance(n, int) and not spec.takes_choices(n):
         raise bad_request(f"model {spec.name} answers at most {spec.max_choices} choice(s) per request; n={n} was asked "
                           f"(ask for `auto` to be routed to a model that answers {n})", param="n")
 

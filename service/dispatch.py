@@ -85,7 +85,7 @@ def failover_chain(config: Config, ctx: RequestContext) -> list[str]:
     allowed = [
         f for f in named.fallbacks
         if limits.in_scope(f, config.model(f).tags) and set(ctx.routing.needs) <= set(config.model(f).capabilities)
-        and ctx.routing.answers <= (config.model(f).max_choices or ctx.routing.answers)
+        and config.model(f).takes_choices(ctx.routing.answers)
         and within_limits(config.model(f)) and f not in unaffordable
     ]
     return [named.name, *allowed]

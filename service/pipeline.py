@@ -74,21 +74,20 @@ class Pipeline:
                 await routed(ctx)
 
     def run_short_circuited(self, ctx: RequestContext) -> None:
-        """The optional `short_circuited(ctx)` stage, in order: a pre-hook answered, the response
-        is not out yet."""
-        for hook in self.hooks:
-            answered = getattr(hook, "short_circuited", None)
-            if answered is not None:
-                answered(ctx)
+        """The optional `short_circuited(ctx)` stage: a pre-hook answered, the response is not out yet."""
+        self._run_sync("short_circuited", ctx)
 
     def run_finished(self, ctx: RequestContext) -> None:
-        """The optional `finished(ctx)` stage, in order: the outcome is known and the post-hooks
-        are about to be scheduled; for a non-streamed answer the response is not out yet. For what
+        """The optional `finished(ctx)` stage: the outcome is known and the post-hooks are about
+        to be scheduled; for a non-streamed answer the response is not out yet. For what
         feedback, which may come the moment the client has the answer, must find done."""
+        self._run_sync("finished", ctx)
+
+    def _run_sync(self, stage: str, ctx: RequestContext) -> None:
         for hook in self.hooks:
-            finished = getattr(hook, "finished", None)
-            if finished is not None:
-                finished(ctx)
+            step = getattr(hook, stage, None)
+            if step is not None:
+                step(ctx)
 
     async def run_post(self, ctx: RequestContext) -> None:
         for hook in reversed(self.hooks):

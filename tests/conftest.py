@@ -78,6 +78,26 @@ def upstream():
 
 
 @pytest.fixture
+def start_gateway(upstream, tmp_path):
+    """Starts gateways over the module's fake upstream (tests/gateway_harness.py: `fake_config`,
+    a `QualityRouter` with fixed qualities) and stops them after the test."""
+    from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
+
+    upstream.reset()
+    running = []
+
+    def _start(models=None, quality=DEFAULT_QUALITY, **kwargs):
+        config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite", models=models, **kwargs)
+        gw = Running(config, router=QualityRouter(quality))
+        running.append(gw)
+        return gw
+
+    yield _start
+    for gw in running:
+        gw.stop()
+
+
+@pytest.fixture
 def env(tmp_path):
     """A gateway with governance on (tests/governance_harness.py): (gateway, admin client,
     governance, upstream, webhook)."""

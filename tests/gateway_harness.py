@@ -135,3 +135,12 @@ class Running:
 
 
 DEFAULT_QUALITY = {"m1": 0.9, "m2": 0.8, "m3": 0.7}
+
+
+MSG = [{"role": "user", "content": "Summarise the plot of Hamlet in one line."}]
+
+
+def ask(gw: Running, **kwargs: Any) -> tuple[Any, Any]:
+    """One chat request through the real SDK: (the parsed answer, the response headers)."""
+    raw = gw.client().chat.completions.with_raw_response.create(model=kwargs.pop("model", "auto"), messages=MSG, **kwargs)
+    return raw.parse(), raw.headers

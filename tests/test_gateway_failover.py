@@ -12,38 +12,15 @@ import pytest
 from tests.fake_upstream import (
     context_length, cut_stream, error, hang, invalid_json, malformed_chunk, not_found, ok, rate_limit, server_error,
 )
-from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
-
-MSG = [{"role": "user", "content": "Summarise the plot of Hamlet in one line."}]
-
-
-@pytest.fixture
-def start(upstream, tmp_path):
-    upstream.reset()
-    running: list[Running] = []
-
-    def _start(models=None, quality=DEFAULT_QUALITY, **kwargs) -> Running:
-        config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite", models=models, **kwargs)
-        gw = Running(config, router=QualityRouter(quality))
-        running.append(gw)
-        return gw
-
-    yield _start
-    for gw in running:
-        gw.stop()
-
-
-def ask(gw: Running, **kwargs):
-    raw = gw.client().chat.completions.with_raw_response.create(model=kwargs.pop("model", "auto"), messages=MSG, **kwargs)
-    return raw.parse(), raw.headers
+from tests.gateway_harness import MSG, ask
 
 
 def attempts(row) -> list[tuple[str, str]]:
     return [(a["model"], a.get("kind") or a.get("reason") or a["status"]) for a in row["attempts"]]
 
 
-def test_retry_after_within_limit_is_honoured_on_the_same_model(start, upstream):
-    gw = start()
+def test_retry_after_within_limit_is_honoured_on_the_same_model(start_gateway, upstream):
+    gw = start_gateway()
     upstream.script("m1", rate_limit(retry_after=0.3))
     t0 = time.monotonic()
     answer, headers = ask(gw)
@@ -55,8 +32,8 @@ def test_retry_after_within_limit_is_honoured_on_the_same_model(start, upstream)
     assert row["attempts"][0]["retry_after_s"] == 0.3
 
 
-def test_long_retry_after_fails_over_and_steers_the_next_decision_away(start, upstream):
-    gw = start()
+def test_long_retry_after_fails_over_and_steers_the_next_decision_away(start_gateway, upstream):
+    gw = start_gateway()
     upstream.script("m1", rate_limit(retry_after=30))
     answer, headers = ask(gw)
     assert answer.model == "m2"
@@ -71,8 +48,8 @@ def test_long_retry_after_fails_over_and_steers_the_next_decision_away(start, up
     assert len(upstream.requests_for("m1")) == 1
 
 
-def test_server_errors_retry_then_fail_over(start, upstream):
-    gw = start()
+def test_server_errors_retry_then_fail_over(start_gateway, upstream):
+    gw = start_gateway()
     upstream.script("m1", server_error(500), server_error(503))
     answer, headers = ask(gw)
     assert answer.model == "m2"
@@ -83,8 +60,8 @@ def test_server_errors_retry_then_fail_over(start, upstream):
     assert 'openclaw_fallbacks_total{from_model="m1",reason="server"} 1.0' in metrics
 
 
-def test_hang_past_the_timeout_fails_over_without_retrying(start, upstream):
-    gw = start(timeout_s=0.5)
+def test_hang_past_the_timeout_fails_over_without_retrying(start_gateway, upstream):
+    gw = start_gateway(timeout_s=0.5)
     upstream.script("m1", hang(10))
     answer, headers = ask(gw)
     assert answer.model == "m2"
@@ -101,16 +78,16 @@ def test_hang_past_the_timeout_fails_over_without_retrying(start, upstream):
     (error(402, "Insufficient Balance", type="unknown_error"), "auth"),
     (error(402, "Your prepay credit balance is depleted.", code="RESOURCE_EXHAUSTED"), "auth"),
 ])
-def test_broken_or_missing_upstream_model_fails_over(start, upstream, reply, kind):
-    gw = start()
+def test_broken_or_missing_upstream_model_fails_over(start_gateway, upstream, reply, kind):
+    gw = start_gateway()
     upstream.script("m1", reply, reply)
     answer, headers = ask(gw)
     assert answer.model == "m2"
     assert attempts(gw.outcome(headers["x-request-id"]))[0] == ("m1", kind)
 
 
-def test_context_length_error_skips_models_with_no_bigger_window(start, upstream):
-    gw = start(models=[
+def test_context_length_error_skips_models_with_no_bigger_window(start_gateway, upstream):
+    gw = start_gateway(models=[
         {"name": "m1", "context_window": 8000}, {"name": "m2", "context_window": 8000}, {"name": "m3", "context_window": 32000},
     ])
     upstream.script("m1", context_length())
@@ -120,32 +97,8 @@ def test_context_length_error_skips_models_with_no_bigger_window(start, upstream
     assert not upstream.requests_for("m2")
 
 
-def test_auto_with_a_conversation_longer_than_every_window_says_so_as_openai_does(start, upstream):
-    # Agent clients compact the conversation on OpenAI's code and wording; "no eligible model" they
-    # take for a hard failure.
-    gw = start(models=[{"name": "m1", "context_window": 8000}, {"name": "m2", "context_window": 16000},
-                       {"name": "m3", "context_window": 100000, "tags": ["local"]}])
-    long = [{"role": "user", "content": "word " * 60000}]
-    with pytest.raises(openai.BadRequestError) as info:
-        gw.client().chat.completions.create(model="auto", messages=long, extra_body={"router": {"excluded_models": ["m3"]}})
-    body = info.value.body
-    assert body["code"] == "context_length_exceeded" and body["param"] == "messages"
-    assert "maximum context length is 16000 tokens" in body["message"]
-    # Short messages with an output limit no window takes: compacting would not help.
-    with pytest.raises(openai.BadRequestError) as info:
-        gw.client().chat.completions.create(model="auto", messages=MSG, max_tokens=200_000)
-    assert info.value.body["code"] == "invalid_value" and info.value.body["param"] == "max_tokens"
-    with pytest.raises(openai.BadRequestError) as info:  # the field the client sent, as OpenClaw sends it
-        gw.client().chat.completions.create(model="auto", messages=MSG, max_completion_tokens=200_000)
-    assert info.value.body["param"] == "max_completion_tokens"
-    # Another reason among the exclusions (a cost cap) is not the conversation's length alone.
-    with pytest.raises(openai.BadRequestError) as info:
-        gw.client().chat.completions.create(model="auto", messages=long, extra_body={"router": {"max_cost_usd": 1e-12}})
-    assert info.value.body["code"] == "no_eligible_model"
-
-
-def test_every_model_failing_is_a_503_and_logged(start, upstream):
-    gw = start()
+def test_every_model_failing_is_a_503_and_logged(start_gateway, upstream):
+    gw = start_gateway()
     for m in ("m1", "m2", "m3"):
         upstream.default(m, server_error())
     with pytest.raises(openai.InternalServerError) as exc:
@@ -156,8 +109,8 @@ def test_every_model_failing_is_a_503_and_logged(start, upstream):
     assert row["status"] == "error" and row["fallback_chain"] == ["m1", "m2", "m3"]
 
 
-def test_named_model_is_honoured_without_failover(start, upstream):
-    gw = start()
+def test_named_model_is_honoured_without_failover(start_gateway, upstream):
+    gw = start_gateway()
     upstream.script("m2", rate_limit(retry_after=30))
     with pytest.raises(openai.RateLimitError) as exc:
         gw.client().chat.completions.create(model="m2", messages=MSG)
@@ -176,8 +129,8 @@ WITH_FALLBACKS = [
 ]
 
 
-def test_named_model_fails_over_along_its_configured_fallbacks(start, upstream):
-    gw = start(models=WITH_FALLBACKS)
+def test_named_model_fails_over_along_its_configured_fallbacks(start_gateway, upstream):
+    gw = start_gateway(models=WITH_FALLBACKS)
     upstream.script("m1", rate_limit(retry_after=30))
     upstream.script("m3", server_error(500), server_error(500))
     answer, headers = ask(gw, model="m1")
@@ -187,8 +140,8 @@ def test_named_model_fails_over_along_its_configured_fallbacks(start, upstream):
     assert attempts(row) == [("m1", "rate_limit"), ("m3", "server"), ("m3", "server"), ("m2", "ok")]
 
 
-def test_named_model_fallbacks_respect_the_request_limits_and_needs(start, upstream):
-    gw = start(models=WITH_FALLBACKS)
+def test_named_model_fallbacks_respect_the_request_limits_and_needs(start_gateway, upstream):
+    gw = start_gateway(models=WITH_FALLBACKS)
     upstream.default("m1", rate_limit(retry_after=30))
     upstream.script("m3", server_error(500), server_error(500))
     # local-only: when the local fallback fails too, m2 (not local) must never see the prompt;
@@ -203,8 +156,8 @@ def test_named_model_fallbacks_respect_the_request_limits_and_needs(start, upstr
     assert answer.model == "m2" and len(upstream.requests_for("m3")) == 2
 
 
-def test_stream_failure_before_the_first_token_fails_over_invisibly(start, upstream):
-    gw = start()
+def test_stream_failure_before_the_first_token_fails_over_invisibly(start_gateway, upstream):
+    gw = start_gateway()
     upstream.script("m1", cut_stream(after_chunks=1), cut_stream(after_chunks=1))  # role chunk, then the line drops
     upstream.script("m2", malformed_chunk(after_chunks=1), malformed_chunk(after_chunks=1))
     stream = gw.client().chat.completions.create(model="auto", messages=MSG, stream=True)
@@ -216,8 +169,8 @@ def test_stream_failure_before_the_first_token_fails_over_invisibly(start, upstr
 
 
 @pytest.mark.parametrize("reply", [cut_stream(after_chunks=3), malformed_chunk(after_chunks=3)])
-def test_stream_failure_after_the_first_token_ends_with_an_error_event(start, upstream, reply):
-    gw = start()
+def test_stream_failure_after_the_first_token_ends_with_an_error_event(start_gateway, upstream, reply):
+    gw = start_gateway()
     upstream.script("m1", reply)
     received = []
     with pytest.raises(openai.APIError) as exc:
@@ -231,8 +184,8 @@ def test_stream_failure_after_the_first_token_ends_with_an_error_event(start, up
     assert not upstream.requests_for("m2")
 
 
-def test_a_line_dropped_after_the_last_chunk_is_a_whole_answer(start, upstream):
-    gw = start()
+def test_a_line_dropped_after_the_last_chunk_is_a_whole_answer(start_gateway, upstream):
+    gw = start_gateway()
     upstream.script("m1", cut_stream(after_chunks=5))  # role, three words, finish_reason: then no usage, no [DONE]
     chunks = list(gw.client().chat.completions.create(model="auto", messages=MSG, stream=True,
                                                       stream_options={"include_usage": True}))
@@ -244,8 +197,8 @@ def test_a_line_dropped_after_the_last_chunk_is_a_whole_answer(start, upstream):
     assert row["output_tokens"] == chunks[-1].usage.completion_tokens
 
 
-def test_circuit_opens_after_repeated_failures_then_probes(start, upstream):
-    gw = start()  # breaker_failures=3, cooldown 0.5 s
+def test_circuit_opens_after_repeated_failures_then_probes(start_gateway, upstream):
+    gw = start_gateway()  # breaker_failures=3, cooldown 0.5 s
     upstream.default("m1", server_error())
     ask(gw)  # m1 fails twice (retry), m2 answers
     ask(gw)  # third consecutive failure opens m1's circuit
@@ -261,8 +214,8 @@ def test_circuit_opens_after_repeated_failures_then_probes(start, upstream):
     assert httpx.get(f"{gw.url}/healthz").json()["models"]["m1"]["circuit"] == "closed"
 
 
-def test_rpm_limit_steers_away_before_any_429(start, upstream):
-    gw = start(models=[{"name": "m1", "limits": {"rpm": 2}}, {"name": "m2"}, {"name": "m3"}])
+def test_rpm_limit_steers_away_before_any_429(start_gateway, upstream):
+    gw = start_gateway(models=[{"name": "m1", "limits": {"rpm": 2}}, {"name": "m2"}, {"name": "m3"}])
     served = [ask(gw)[0].model for _ in range(4)]
     assert served == ["m1", "m1", "m2", "m2"]
     assert len(upstream.requests_for("m1")) == 2
@@ -273,16 +226,16 @@ def test_rpm_limit_steers_away_before_any_429(start, upstream):
     assert 55 <= int(limited.value.response.headers["retry-after"]) <= 60
 
 
-def test_a_request_over_a_models_tpm_limit_is_too_large_not_rate_limited(start, upstream):
-    gw = start(models=[{"name": "m1", "limits": {"tpm": 5}}, {"name": "m2"}, {"name": "m3"}])
+def test_a_request_over_a_models_tpm_limit_is_too_large_not_rate_limited(start_gateway, upstream):
+    gw = start_gateway(models=[{"name": "m1", "limits": {"tpm": 5}}, {"name": "m2"}, {"name": "m3"}])
     with pytest.raises(openai.APIStatusError) as refused:
         ask(gw, model="m1")  # ~12 input tokens: no minute's window ever takes it; a Retry-After would loop
     assert refused.value.status_code == 413 and refused.value.body["code"] == "request_too_large"
     assert not upstream.requests_for("m1")
 
 
-async def test_concurrent_async_clients_never_see_upstream_errors(start, upstream):
-    gw = start()
+async def test_concurrent_async_clients_never_see_upstream_errors(start_gateway, upstream):
+    gw = start_gateway()
     upstream.script("m1", *[server_error() for _ in range(4)], rate_limit(retry_after=30))
     client = gw.async_client()
 
@@ -298,8 +251,8 @@ async def test_concurrent_async_clients_never_see_upstream_errors(start, upstrea
     assert len(gw.outcomes(at_least=24)) == 24
 
 
-def test_client_leaving_mid_stream_closes_the_upstream_and_is_logged(start, upstream):
-    gw = start()
+def test_client_leaving_mid_stream_closes_the_upstream_and_is_logged(start_gateway, upstream):
+    gw = start_gateway()
     upstream.script("m1", ok(" ".join(f"w{i}" for i in range(40)), chunk_delay_s=0.1))
     with httpx.Client(timeout=10) as client:
         with client.stream("POST", f"{gw.base_url}/chat/completions",
@@ -313,9 +266,9 @@ def test_client_leaving_mid_stream_closes_the_upstream_and_is_logged(start, upst
     assert httpx.get(f"{gw.url}/healthz").json()["models"]["m1"]["in_flight"] == 0
 
 
-def test_auto_with_every_model_waiting_out_its_retry_after_is_a_429(start, upstream):
+def test_auto_with_every_model_waiting_out_its_retry_after_is_a_429(start_gateway, upstream):
     # a 429 with the time left (OpenClaw retries those), never a 503
-    gw = start()
+    gw = start_gateway()
     for m in ("m1", "m2", "m3"):
         upstream.default(m, rate_limit(retry_after=20))
     with pytest.raises(openai.RateLimitError):
@@ -325,10 +278,10 @@ def test_auto_with_every_model_waiting_out_its_retry_after_is_a_429(start, upstr
     assert 18 <= int(routed.value.response.headers["retry-after"]) <= 20
 
 
-def test_a_short_retry_after_on_every_model_is_waited_out_not_a_429(start, upstream):
+def test_a_short_retry_after_on_every_model_is_waited_out_not_a_429(start_gateway, upstream):
     # OpenAI's 429s often say "try again in 300ms": the gateway waits that out (within
     # max_retry_after_s, 1 s here) and goes round once more instead of sending OpenClaw a 429.
-    gw = start()
+    gw = start_gateway()
     upstream.script("m1", rate_limit(retry_after=0.3), rate_limit(retry_after=0.3))
     answer, headers = ask(gw, model="m1")
     assert answer.model == "m1"
@@ -345,10 +298,10 @@ SIX = [{"name": f"m{i}", "context_window": 100000} for i in range(1, 7)]
 SIX_QUALITY = {f"m{i}": 1.0 - i / 10 for i in range(1, 7)}
 
 
-def test_rate_limited_models_do_not_use_up_the_failover_budget(start, upstream):
+def test_rate_limited_models_do_not_use_up_the_failover_budget(start_gateway, upstream):
     # One provider's account-wide 429 hits the four best-ranked models: the request is answered by
     # the fifth (max_fallbacks is 3), not a 429 that OpenClaw would retry for two minutes.
-    gw = start(models=SIX, quality=SIX_QUALITY)
+    gw = start_gateway(models=SIX, quality=SIX_QUALITY)
     for m in ("m1", "m2", "m3", "m4"):
         upstream.default(m, rate_limit(retry_after=60))
     raw = gw.client().chat.completions.with_raw_response.create(
@@ -360,8 +313,8 @@ def test_rate_limited_models_do_not_use_up_the_failover_budget(start, upstream):
     assert not upstream.requests_for("m6")
 
 
-def test_failovers_after_errors_stop_at_max_fallbacks(start, upstream):
-    gw = start(models=SIX, quality=SIX_QUALITY)
+def test_failovers_after_errors_stop_at_max_fallbacks(start_gateway, upstream):
+    gw = start_gateway(models=SIX, quality=SIX_QUALITY)
     for m in SIX_QUALITY:
         upstream.default(m, server_error(503))
     with pytest.raises(openai.APIStatusError) as failed:
@@ -375,9 +328,9 @@ def test_failovers_after_errors_stop_at_max_fallbacks(start, upstream):
     assert counted == {"m1", "m2", "m3"}  # m4's failure led to no failover
 
 
-def test_429s_without_retry_after_stay_429s_once_they_open_the_circuit(start, upstream):
+def test_429s_without_retry_after_stay_429s_once_they_open_the_circuit(start_gateway, upstream):
     # The circuit they open is a rate limit too: OpenClaw retries a 429, but a 503 sends it elsewhere.
-    gw = start()
+    gw = start_gateway()
     upstream.default("m1", rate_limit(retry_after=None))
     for _ in range(4):
         with pytest.raises(openai.RateLimitError) as limited:
@@ -386,8 +339,8 @@ def test_429s_without_retry_after_stay_429s_once_they_open_the_circuit(start, up
     assert httpx.get(f"{gw.url}/healthz").json()["models"]["m1"]["circuit"] == "open"
 
 
-def test_a_streamed_answer_without_upstream_usage_gets_and_bills_an_estimate(start, upstream):
-    gw = start()
+def test_a_streamed_answer_without_upstream_usage_gets_and_bills_an_estimate(start_gateway, upstream):
+    gw = start_gateway()
     call = {"name": "write_file", "arguments": {"path": "notes.txt", "text": "word " * 200}}
     upstream.default("m1", ok(tool_calls=[call], usage=False))
     stream = gw.client().chat.completions.create(model="m1", messages=MSG, stream=True, stream_options={"include_usage": True})
@@ -404,102 +357,37 @@ def test_a_streamed_answer_without_upstream_usage_gets_and_bills_an_estimate(sta
     assert answer.usage.prompt_tokens == usage[0].prompt_tokens
 
 
-def test_a_model_whose_own_output_limit_fits_its_window_answers_a_larger_requested_limit(start, upstream):
+def test_a_model_whose_own_output_limit_fits_its_window_answers_a_larger_requested_limit(start_gateway, upstream):
     # OpenClaw asks for 32,768 output tokens; m1 (16k window, 4,096 out) is sent 4,096 and fits.
     # The router's policy counted it so; the dispatcher skipped m1 on the raw 32,768, and the
     # dearest model of the chain answered every turn.
     models = [{"name": "m1", "context_window": 16384, "max_output_tokens": 4096},
               {"name": "m2", "context_window": 200000}, {"name": "m3", "context_window": 200000}]
-    gw = start(models=models)
+    gw = start_gateway(models=models)
     answer = gw.client().chat.completions.with_raw_response.create(model="auto", messages=MSG, max_completion_tokens=32768)
     assert answer.parse().model == "m1" and "fallback" not in answer.headers["x-router-reason"]
     assert upstream.requests_for("m1")[-1].body["max_completion_tokens"] == 4096
 
 
-def test_a_named_models_fallbacks_respect_the_requests_cost_cap(start, upstream):
+def test_a_named_models_fallbacks_respect_the_requests_cost_cap(start_gateway, upstream):
     models = [{"name": "m1", "context_window": 100000, "fallbacks": ["m2", "m3"]},
               {"name": "m2", "context_window": 100000, "in": 1000.0, "out": 1000.0},
               {"name": "m3", "context_window": 100000}]
-    gw = start(models=models)
+    gw = start_gateway(models=models)
     upstream.default("m1", server_error())
     answer = gw.client().chat.completions.create(model="m1", messages=MSG, extra_body={"router": {"max_cost_usd": 0.001}})
     assert answer.model == "m3" and not upstream.requests_for("m2")  # m2's prompt alone costs more than the cap
 
 
-def test_concurrent_requests_never_overrun_a_models_rpm(start, upstream):
+def test_concurrent_requests_never_overrun_a_models_rpm(start_gateway, upstream):
     import concurrent.futures
 
     models = [{"name": "m1", "context_window": 100000, "limits": {"rpm": 2}},
               {"name": "m2", "context_window": 100000}, {"name": "m3", "context_window": 100000}]
-    gw = start(models=models)
+    gw = start_gateway(models=models)
     for m in ("m1", "m2", "m3"):
         upstream.default(m, ok(delay_s=0.3))
     with concurrent.futures.ThreadPoolExecutor(12) as pool:  # all decide before any is counted
         answers = list(pool.map(lambda _: gw.client().chat.completions.create(model="auto", messages=MSG), range(12)))
     assert len(upstream.requests_for("m1")) <= 2 and len(answers) == 12
     assert any(a.model != "m1" for a in answers)
-
-
-def test_a_request_for_several_choices_goes_to_a_model_that_answers_them(start, upstream):
-    # Anthropic's and Gemini's APIs answer one choice (their models get max_choices 1 by default):
-    # `n: 2` routed there would silently get one.
-    gw = start(models=[{"name": "m1", "context_window": 100000, "max_choices": 1},
-                       {"name": "m2", "context_window": 100000, "fallbacks": ["m1"]}])
-    _, headers = ask(gw, n=2)
-    assert headers["x-router-model"] == "m2"
-    m1 = next(c for c in gw.outcome(headers["x-request-id"])["candidates"] if c["model"] == "m1")
-    assert m1["excluded"] == "answers at most 1 choice(s), n=2 asked"
-    assert ask(gw)[1]["x-router-model"] == "m1"  # one choice asked: the best model again
-    with pytest.raises(openai.BadRequestError) as info:
-        ask(gw, model="m1", n=2)
-    assert info.value.body["param"] == "n" and "at most 1 choice" in info.value.body["message"]
-    # a named model's fallbacks are held to the same rule
-    upstream.script("m2", server_error(), server_error(), server_error())
-    m1_calls = len(upstream.requests_for("m1"))
-    with pytest.raises(openai.APIStatusError) as info:
-        ask(gw, model="m2", n=2)
-    assert info.value.status_code == 502 and len(upstream.requests_for("m1")) == m1_calls
-
-
-def test_anthropic_and_gemini_models_answer_one_choice_unless_configured():
-    from router.config import parse_config
-
-    text = """
-providers:
-  a: {kind: anthropic, base_url: "http://127.0.0.1:1"}
-  g: {kind: gemini, base_url: "http://127.0.0.1:1"}
-  o: {kind: openai, base_url: "http://127.0.0.1:1"}
-models:
-  - {name: claude, provider: a, price: {input_per_1m: 1, output_per_1m: 1}}
-  - {name: gem, provider: g, price: {input_per_1m: 1, output_per_1m: 1}, max_choices: 4}
-  - {name: gpt, provider: o, price: {input_per_1m: 1, output_per_1m: 1}}
-"""
-    config = parse_config(text, "choices.yaml")
-    assert [config.model(n).max_choices for n in ("claude", "gem", "gpt")] == [1, 4, None]
-
-
-def test_a_tool_loop_stays_on_the_model_its_turn_began_on(start, upstream):
-    # m1 is best for the short first step; once a long tool result is in the history, its price per
-    # input token puts m2 first. The loop must not switch model half-way through the task.
-    gw = start(models=[{"name": "m1", "in": 5.0, "context_window": 100000, "capabilities": ["tools"]},
-                       {"name": "m2", "in": 1.0, "context_window": 100000, "capabilities": ["tools"]}],
-               quality={"m1": 0.8, "m2": 0.7})
-    client = gw.client()
-    tools = [{"type": "function", "function": {"name": "read_file", "parameters": {"type": "object", "properties": {}}}}]
-    turn = [{"role": "system", "content": "You are a coding agent."}, {"role": "user", "content": "Find the bug in parser.py"}]
-    first = client.chat.completions.with_raw_response.create(model="auto", messages=turn, tools=tools)
-    assert first.headers["x-router-model"] == "m1"
-    call = {"id": "call_1", "type": "function", "function": {"name": "read_file", "arguments": "{}"}}
-    loop = turn + [{"role": "assistant", "content": None, "tool_calls": [call]},
-                   {"role": "tool", "tool_call_id": "call_1", "content": "def parse(): ...\n" * 150}]
-    ranked = httpx.post(f"{gw.url}/v1/route", json={"model": "auto", "messages": loop, "tools": tools}).json()
-    assert ranked["model"] == "m2"  # what the ranking alone would do now
-    step = client.chat.completions.with_raw_response.create(model="auto", messages=loop, tools=tools)
-    assert step.headers["x-router-model"] == "m1" and "tool loop" in step.headers["x-router-reason"]
-    # A new user turn after the loop is routed afresh.
-    after = loop + [{"role": "assistant", "content": "Found it."}, {"role": "user", "content": "Now write the fix."}]
-    assert client.chat.completions.with_raw_response.create(model="auto", messages=after, tools=tools).headers["x-router-model"] == "m2"
-    # A model that cannot take the step any more (here: excluded by the request) still moves it.
-    moved = client.chat.completions.with_raw_response.create(
-        model="auto", messages=loop, tools=tools, extra_body={"router": {"excluded_models": ["m1"]}})
-    assert moved.headers["x-router-model"] == "m2"

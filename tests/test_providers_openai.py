@@ -119,7 +119,6 @@ async def test_stream_requests_usage_and_yields_chunks(up, provider):
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == ["tool_calls"]
 
 
-
 async def test_stream_event_larger_than_a_read_buffer_arrives_whole(up, provider):
     # One SSE event of 1 MB (a long answer or tool-call arguments sent in one chunk).
     text = "x" * 1_000_000

@@ -1,5 +1,6 @@
-"""Output paths checked before a job's work, not after it: a job that trains or evaluates for
-minutes must not end in a permission error on the path it was given."""
+"""Paths checked before a job's work, not after it: a job that trains or evaluates for minutes
+must not end in a permission error on the path it was given, nor read an empty log it created
+from a mistyped one."""
 from __future__ import annotations
 
 import tempfile
@@ -28,3 +29,10 @@ def check_output_file(path: str | Path, flag: str) -> None:
 def check_output_dir(path: str | Path, flag: str) -> None:
     """`path` can be used as an output folder (made if missing)."""
     _writable_folder(Path(path), flag, path)
+
+
+def check_outcome_log(db: str) -> None:
+    """An SQLite outcome log (the gateway's `server.db`) exists: opening a mistyped path would
+    create an empty one and report "nothing logged"."""
+    if db.startswith("sqlite:///") and not Path(db[len("sqlite:///"):]).exists():
+        raise FileNotFoundError(f"{db}: no outcome log there (the gateway's server.db)")

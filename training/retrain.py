@@ -233,9 +233,10 @@ def run(args) -> int:
         # It may be the router a gateway runs (an earlier promotion hot-reloaded it): a rejected
         # candidate written over it would be what that gateway loads on its next start.
         raise ValueError(f"--out {args.out} already holds an artifact; give a new folder (default: models/candidate-<time>)")
-    if args.db.startswith("sqlite:///") and not Path(args.db[len("sqlite:///"):]).exists():
-        raise FileNotFoundError(f"{args.db}: no outcome log there (the gateway's server.db)")
+    from training.outputs import check_outcome_log
     from training.train import check_job_options
+
+    check_outcome_log(args.db)
 
     check_job_options(args)
     if args.gateway and not args.gateway.startswith(("http://", "https://")):

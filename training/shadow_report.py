@@ -209,11 +209,10 @@ def run(args) -> int:
     from router.feedback_log import read_feedback, read_shadows
     from router.outcome_log import read_outcomes
     from training.offpolicy import finite, load_traffic
-    from training.outputs import check_output_dir
+    from training.outputs import check_outcome_log, check_output_dir
 
     check_output_dir(args.out, "--out")
-    if args.db.startswith("sqlite:///") and not Path(args.db[len("sqlite:///"):]).exists():
-        raise FileNotFoundError(f"{args.db}: no outcome log there (the gateway's server.db)")
+    check_outcome_log(args.db)
     shadows = read_shadows(args.db)
     if not shadows:
         raise ValueError(f"{args.db}: no shadow decisions logged; configure learning.shadow.artifact on the gateway")

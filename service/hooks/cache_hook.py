@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -27,6 +26,7 @@ from router.cache.verifier import Verifier
 from router.config import CacheSection, Config, resolve_path
 from router.types import Constraints
 from service.pipeline import RequestContext
+from service.recent import Recent
 
 log = logging.getLogger(__name__)
 ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
@@ -77,9 +77,9 @@ class CacheHook:
         # request id -> id of the entry that request stored or was served: feedback that rejects
         # an answer drops that entry (`rejected`). Also in the outcome row (`cache_entry`), for
         # feedback that comes after a restart: `logged_entry` reads it there.
-        self._answers: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._answers: Recent[str, tuple[int, float]] = Recent(REMEMBERED_ANSWERS)
         # Rejected before the post-hook stored the answer: dropped as soon as it is.
-        self._rejected: OrderedDict[str, None] = OrderedDict()
+        self._rejected: Recent[str, None] = Recent(REMEMBERED_ANSWERS)
         self._answers_lock = threading.Lock()
         self.logged_entry: Callable[[str], Any] | None = None
 
@@ -90,9 +90,7 @@ class CacheHook:
             if early:
                 del self._rejected[ctx.request_id]
             else:
-                self._answers[ctx.request_id] = (entry.id, entry.created)
-                while len(self._answers) > REMEMBERED_ANSWERS:
-                    self._answers.popitem(last=False)
+                self._answers.put(ctx.request_id, (entry.id, entry.created))
         if early:  # the client rejected the answer before it was stored: it goes at once
             self.cache.forget(entry.id, entry.created)
 
@@ -105,9 +103,7 @@ class CacheHook:
             entry = self.logged_entry(request_id)
         if entry is None:
             with self._answers_lock:
-                self._rejected[request_id] = None
-                while len(self._rejected) > REMEMBERED_ANSWERS:
-                    self._rejected.popitem(last=False)
+                self._rejected.put(request_id, None)
         elif self.cache.forget(*entry):
             log.info("cache: dropped the answer to %s, which feedback rejected", request_id)
 

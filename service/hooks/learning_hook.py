@@ -22,7 +22,6 @@ import os
 import random
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -35,6 +34,7 @@ from router.feedback_log import Feedback, FeedbackStore, ShadowRecord, open_feed
 from router.outcome_log import failed_by_its_models, judges_chosen_model
 from service.bandit_sync import BanditSync
 from service.pipeline import RequestContext
+from service.recent import Recent
 
 log = logging.getLogger(__name__)
 REJECTED_BELOW = 0.5  # feedback under this says the answer was bad: the cache drops it
@@ -80,10 +80,10 @@ class LearningRuntime:
         self.shadow_router = shadow_router
         self.gateway: Any = None
         self.hook = LearningHook(self)
-        self._recent: OrderedDict[str, str] = OrderedDict()  # request id -> tenant (the client key's id)
-        self._prompts: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._recent: Recent[str, str] = Recent(RECENT)  # request id -> tenant (the client key's id)
+        self._prompts: Recent[str, tuple[str, float]] = Recent(RECENT)
         # user turn -> (model answering it, the probability that model had when the turn drew it, when)
-        self._turns: OrderedDict[str, tuple[str, float, float]] = OrderedDict()
+        self._turns: Recent[str, tuple[str, float, float]] = Recent(RECENT)
         self._lock = threading.Lock()
         self.shadow_spend = 0.0
         self.rng = random.Random(config.learning.bandit.seed)  # samples the shadow calls
@@ -136,10 +136,7 @@ class LearningRuntime:
     # ---- request ids and feedback -----------------------------------------------------
     def remember(self, request_id: str, tenant: str) -> None:
         with self._lock:
-            self._recent[request_id] = tenant
-            self._recent.move_to_end(request_id)
-            while len(self._recent) > RECENT:
-                self._recent.popitem(last=False)
+            self._recent.put(request_id, tenant)
 
     def owner(self, request_id: str) -> str | None:
         """The tenant that made the request, if this process saw it or the outcome log has it
@@ -175,10 +172,7 @@ class LearningRuntime:
 
     def turn_answered(self, turn: str, model: str, propensity: float) -> None:
         with self._lock:
-            self._turns[turn] = (model, propensity, time.time())
-            self._turns.move_to_end(turn)
-            while len(self._turns) > RECENT:
-                self._turns.popitem(last=False)
+            self._turns.put(turn, (model, propensity, time.time()))
 
     def repeated(self, key: str) -> str | None:
         """The answered request with this `repeat_key`, if the client got that answer within the
@@ -193,10 +187,9 @@ class LearningRuntime:
         now = time.time()
         window = self.config.learning.regenerate_window_s
         with self._lock:
-            self._prompts[key] = (request_id, now)
-            self._prompts.move_to_end(key)
+            self._prompts.put(key, (request_id, now))
             # Oldest first: answers past the window can no longer be regenerated.
-            while self._prompts and (len(self._prompts) > RECENT or now - next(iter(self._prompts.values()))[1] > window):
+            while now - next(iter(self._prompts.values()))[1] > window:
                 self._prompts.popitem(last=False)
 
     # ---- shadow -------------------------------------------------------------------------
@@ -296,9 +289,12 @@ def repeat_key(ctx: RequestContext) -> str | None:
 
 def _turn_digest(ctx: RequestContext) -> bytes:
     """One user turn: tenant, system prompt and last user message, which every step of an
-    agent's tool loop repeats."""
-    routing = ctx.routing
-    return hashlib.sha256(f"{ctx.tenant}\0{routing.system_text}\0{routing.text}".encode()).digest()
+    agent's tool loop repeats. Kept on the request: its draw, its model and its record each need
+    it, and an agent's system prompt is tens of kilobytes."""
+    if "turn" not in ctx.extras:
+        routing = ctx.routing
+        ctx.extras["turn"] = hashlib.sha256(f"{ctx.tenant}\0{routing.system_text}\0{routing.text}".encode()).digest()
+    return ctx.extras["turn"]
 
 
 def turn_rng(ctx: RequestContext) -> np.random.Generator:

@@ -257,7 +257,6 @@ class AnthropicProvider(Provider):
         tool_index: dict[int, int] = {}  # Anthropic content-block index → OpenAI tool_calls index
         no_arguments_yet: set[int] = set()  # tool calls whose input has not streamed a character yet
         input_tokens = output_tokens = cached = 0
-        finished = False
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             return {
@@ -269,69 +268,61 @@ class AnthropicProvider(Provider):
             return {**chunk({}), "choices": [], "usage": _usage(input_tokens, output_tokens, cached)}
 
         payload = to_anthropic(model, body, stream=True)
-        try:
-            async for event_name, data in self._sse_events(self.messages_url, payload, self._headers()):
-                event = parse_json_event(data, secrets)
-                if not isinstance(event, dict):
-                    raise UpstreamError("malformed", "stream event is not a JSON object")
-                kind = event.get("type", event_name)
-                if kind == "message_start":
-                    message = event.get("message") or {}
-                    chunk_id = message.get("id") or chunk_id
-                    input_tokens = _input_tokens(message.get("usage") or {})
-                    cached = int((message.get("usage") or {}).get("cache_read_input_tokens") or 0)
-                    output_tokens = int((message.get("usage") or {}).get("output_tokens") or 0)
-                    yield chunk({"role": "assistant", "content": ""})
-                elif kind == "content_block_start":
-                    block = event.get("content_block") or {}
-                    if block.get("type") == "tool_use":
-                        idx = tool_index[event.get("index", 0)] = len(tool_index)
-                        call = {"index": idx, "id": block.get("id", ""), "type": "function", "function": {"name": block.get("name", ""), "arguments": ""}}
-                        no_arguments_yet.add(idx)
-                        yield chunk({"tool_calls": [call]})
-                    elif block.get("type") == "text" and block.get("text"):
-                        yield chunk({"content": block["text"]})
-                elif kind == "content_block_delta":
-                    delta = event.get("delta") or {}
-                    if delta.get("type") == "text_delta":
-                        yield chunk({"content": delta.get("text", "")})
-                    elif delta.get("type") == "input_json_delta":
-                        idx = tool_index.get(event.get("index", 0))
-                        if idx is None:
-                            raise UpstreamError("malformed", "input_json_delta for a block that is not a tool_use")
-                        if delta.get("partial_json"):
-                            no_arguments_yet.discard(idx)
-                            yield chunk({"tool_calls": [{"index": idx, "function": {"arguments": delta["partial_json"]}}]})
-                elif kind == "content_block_stop":
+        async for event_name, data in self._sse_events(self.messages_url, payload, self._headers()):
+            event = parse_json_event(data, secrets)
+            if not isinstance(event, dict):
+                raise UpstreamError("malformed", "stream event is not a JSON object")
+            kind = event.get("type", event_name)
+            if kind == "message_start":
+                message = event.get("message") or {}
+                chunk_id = message.get("id") or chunk_id
+                input_tokens = _input_tokens(message.get("usage") or {})
+                cached = int((message.get("usage") or {}).get("cache_read_input_tokens") or 0)
+                output_tokens = int((message.get("usage") or {}).get("output_tokens") or 0)
+                yield chunk({"role": "assistant", "content": ""})
+            elif kind == "content_block_start":
+                block = event.get("content_block") or {}
+                if block.get("type") == "tool_use":
+                    idx = tool_index[event.get("index", 0)] = len(tool_index)
+                    call = {"index": idx, "id": block.get("id", ""), "type": "function", "function": {"name": block.get("name", ""), "arguments": ""}}
+                    no_arguments_yet.add(idx)
+                    yield chunk({"tool_calls": [call]})
+                elif block.get("type") == "text" and block.get("text"):
+                    yield chunk({"content": block["text"]})
+            elif kind == "content_block_delta":
+                delta = event.get("delta") or {}
+                if delta.get("type") == "text_delta":
+                    yield chunk({"content": delta.get("text", "")})
+                elif delta.get("type") == "input_json_delta":
                     idx = tool_index.get(event.get("index", 0))
-                    if idx in no_arguments_yet:
-                        # A tool without input streams no JSON at all; OpenAI clients parse the
-                        # arguments, and "" is not JSON (the non-streamed answer says "{}").
+                    if idx is None:
+                        raise UpstreamError("malformed", "input_json_delta for a block that is not a tool_use")
+                    if delta.get("partial_json"):
                         no_arguments_yet.discard(idx)
-                        yield chunk({"tool_calls": [{"index": idx, "function": {"arguments": "{}"}}]})
-                elif kind == "message_delta":
-                    usage = event.get("usage") or {}
-                    output_tokens = int(usage.get("output_tokens") or output_tokens)
-                    if usage.get("input_tokens") is not None:
-                        input_tokens = _input_tokens(usage)
-                        cached = int(usage.get("cache_read_input_tokens") or cached)
-                    stop = (event.get("delta") or {}).get("stop_reason")
-                    if stop:
-                        yield chunk({}, FINISH_REASONS.get(stop, "stop"))
-                        # The usage here is final (only message_stop follows): sent now, a connection
-                        # lost before message_stop still bills the upstream's own counts.
-                        yield usage_chunk()
-                        finished = True
-                elif kind == "message_stop":
-                    if not finished:
-                        yield usage_chunk()
+                        yield chunk({"tool_calls": [{"index": idx, "function": {"arguments": delta["partial_json"]}}]})
+            elif kind == "content_block_stop":
+                idx = tool_index.get(event.get("index", 0))
+                if idx in no_arguments_yet:
+                    # A tool without input streams no JSON at all; OpenAI clients parse the
+                    # arguments, and "" is not JSON (the non-streamed answer says "{}").
+                    no_arguments_yet.discard(idx)
+                    yield chunk({"tool_calls": [{"index": idx, "function": {"arguments": "{}"}}]})
+            elif kind == "message_delta":
+                usage = event.get("usage") or {}
+                output_tokens = int(usage.get("output_tokens") or output_tokens)
+                if usage.get("input_tokens") is not None:
+                    input_tokens = _input_tokens(usage)
+                    cached = int(usage.get("cache_read_input_tokens") or cached)
+                stop = (event.get("delta") or {}).get("stop_reason")
+                if stop:
+                    yield chunk({}, FINISH_REASONS.get(stop, "stop"))
+                    # The usage here is final (only message_stop follows): the answer ends now, and
+                    # a connection lost before message_stop still bills the upstream's own counts.
+                    yield usage_chunk()
                     return
-                elif kind == "error":
-                    raise stream_error(event, secrets)
-        except UpstreamError as exc:
-            # A connection lost after the final usage loses nothing but message_stop.
-            if not (finished and exc.kind == "connection"):
-                raise
-            return
-        if not finished:
-            raise UpstreamError("connection", "Messages stream ended before message_stop")
+            elif kind == "message_stop":
+                yield usage_chunk()
+                return
+            elif kind == "error":
+                raise stream_error(event, secrets)
+        raise UpstreamError("connection", "Messages stream ended before message_stop")

@@ -1,0 +1,100 @@
+"""Routing decisions as the running gateway makes them, through the real `openai` SDK: what a
+request asks for (several choices, a long conversation, a large output limit) and an agent's
+tool loop keeping its model."""
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.fake_upstream import server_error
+from tests.gateway_harness import MSG, ask
+
+
+def test_auto_with_a_conversation_longer_than_every_window_says_so_as_openai_does(start_gateway, upstream):
+    # Agent clients compact the conversation on OpenAI's code and wording; "no eligible model" they
+    # take for a hard failure.
+    gw = start_gateway(models=[{"name": "m1", "context_window": 8000}, {"name": "m2", "context_window": 16000},
+                       {"name": "m3", "context_window": 100000, "tags": ["local"]}])
+    long = [{"role": "user", "content": "word " * 60000}]
+    with pytest.raises(openai.BadRequestError) as info:
+        gw.client().chat.completions.create(model="auto", messages=long, extra_body={"router": {"excluded_models": ["m3"]}})
+    body = info.value.body
+    assert body["code"] == "context_length_exceeded" and body["param"] == "messages"
+    assert "maximum context length is 16000 tokens" in body["message"]
+    # Short messages with an output limit no window takes: compacting would not help.
+    with pytest.raises(openai.BadRequestError) as info:
+        gw.client().chat.completions.create(model="auto", messages=MSG, max_tokens=200_000)
+    assert info.value.body["code"] == "invalid_value" and info.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as info:  # the field the client sent, as OpenClaw sends it
+        gw.client().chat.completions.create(model="auto", messages=MSG, max_completion_tokens=200_000)
+    assert info.value.body["param"] == "max_completion_tokens"
+    # Another reason among the exclusions (a cost cap) is not the conversation's length alone.
+    with pytest.raises(openai.BadRequestError) as info:
+        gw.client().chat.completions.create(model="auto", messages=long, extra_body={"router": {"max_cost_usd": 1e-12}})
+    assert info.value.body["code"] == "no_eligible_model"
+
+
+def test_a_request_for_several_choices_goes_to_a_model_that_answers_them(start_gateway, upstream):
+    # Anthropic's and Gemini's APIs answer one choice (their models get max_choices 1 by default):
+    # `n: 2` routed there would silently get one.
+    gw = start_gateway(models=[{"name": "m1", "context_window": 100000, "max_choices": 1},
+                       {"name": "m2", "context_window": 100000, "fallbacks": ["m1"]}])
+    _, headers = ask(gw, n=2)
+    assert headers["x-router-model"] == "m2"
+    m1 = next(c for c in gw.outcome(headers["x-request-id"])["candidates"] if c["model"] == "m1")
+    assert m1["excluded"] == "answers at most 1 choice(s), n=2 asked"
+    assert ask(gw)[1]["x-router-model"] == "m1"  # one choice asked: the best model again
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(gw, model="m1", n=2)
+    assert info.value.body["param"] == "n" and "at most 1 choice" in info.value.body["message"]
+    # a named model's fallbacks are held to the same rule
+    upstream.script("m2", server_error(), server_error(), server_error())
+    m1_calls = len(upstream.requests_for("m1"))
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(gw, model="m2", n=2)
+    assert info.value.status_code == 502 and len(upstream.requests_for("m1")) == m1_calls
+
+
+def test_anthropic_and_gemini_models_answer_one_choice_unless_configured():
+    from router.config import parse_config
+
+    text = """
+providers:
+  a: {kind: anthropic, base_url: "http://127.0.0.1:1"}
+  g: {kind: gemini, base_url: "http://127.0.0.1:1"}
+  o: {kind: openai, base_url: "http://127.0.0.1:1"}
+models:
+  - {name: claude, provider: a, price: {input_per_1m: 1, output_per_1m: 1}}
+  - {name: gem, provider: g, price: {input_per_1m: 1, output_per_1m: 1}, max_choices: 4}
+  - {name: gpt, provider: o, price: {input_per_1m: 1, output_per_1m: 1}}
+"""
+    config = parse_config(text, "choices.yaml")
+    assert [config.model(n).max_choices for n in ("claude", "gem", "gpt")] == [1, 4, None]
+
+
+def test_a_tool_loop_stays_on_the_model_its_turn_began_on(start_gateway, upstream):
+    # m1 is best for the short first step; once a long tool result is in the history, its price per
+    # input token puts m2 first. The loop must not switch model half-way through the task.
+    gw = start_gateway(models=[{"name": "m1", "in": 5.0, "context_window": 100000, "capabilities": ["tools"]},
+                       {"name": "m2", "in": 1.0, "context_window": 100000, "capabilities": ["tools"]}],
+               quality={"m1": 0.8, "m2": 0.7})
+    client = gw.client()
+    tools = [{"type": "function", "function": {"name": "read_file", "parameters": {"type": "object", "properties": {}}}}]
+    turn = [{"role": "system", "content": "You are a coding agent."}, {"role": "user", "content": "Find the bug in parser.py"}]
+    first = client.chat.completions.with_raw_response.create(model="auto", messages=turn, tools=tools)
+    assert first.headers["x-router-model"] == "m1"
+    call = {"id": "call_1", "type": "function", "function": {"name": "read_file", "arguments": "{}"}}
+    loop = turn + [{"role": "assistant", "content": None, "tool_calls": [call]},
+                   {"role": "tool", "tool_call_id": "call_1", "content": "def parse(): ...\n" * 150}]
+    ranked = httpx.post(f"{gw.url}/v1/route", json={"model": "auto", "messages": loop, "tools": tools}).json()
+    assert ranked["model"] == "m2"  # what the ranking alone would do now
+    step = client.chat.completions.with_raw_response.create(model="auto", messages=loop, tools=tools)
+    assert step.headers["x-router-model"] == "m1" and "tool loop" in step.headers["x-router-reason"]
+    # A new user turn after the loop is routed afresh.
+    after = loop + [{"role": "assistant", "content": "Found it."}, {"role": "user", "content": "Now write the fix."}]
+    assert client.chat.completions.with_raw_response.create(model="auto", messages=after, tools=tools).headers["x-router-model"] == "m2"
+    # A model that cannot take the step any more (here: excluded by the request) still moves it.
+    moved = client.chat.completions.with_raw_response.create(
+        model="auto", messages=loop, tools=tools, extra_body={"router": {"excluded_models": ["m1"]}})
+    assert moved.headers["x-router-model"] == "m2"
