@@ -166,9 +166,10 @@ class Answer:
     good: bool
     difficulty: float
 
-    def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+    def usage(self, choices: int = 1) -> dict[str, int]:
+        completion = self.completion_tokens * choices
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
 
 
 def answer(model: str, body: dict[str, Any]) -> Answer:
@@ -189,7 +190,15 @@ def answer(model: str, body: dict[str, Any]) -> Answer:
 
 
 def _error(status: int, message: str, code: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status_code=status)
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status_code=status,
+                        headers={"x-simulated": "true"})
+
+
+def _choices(body: dict[str, Any]) -> int | None:
+    n = body.get("n", 1)
+    if n is None:
+        return 1
+    return n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else None
 
 
 class Simulator:
@@ -221,6 +230,9 @@ class Simulator:
         model = body.get("model")
         if model not in MODELS:
             return _error(404, f"The model '{model}' does not exist (simulated upstream)", "model_not_found")
+        n = _choices(body)
+        if n is None:
+            return _error(400, "'n' must be an integer from 1 to 128", "invalid_value")
         if self.error_rate and self._rng.random() < self.error_rate:
             return _error(503, f"simulated overload of {model}", "overloaded", "server_error")
         result = answer(model, body)
@@ -230,15 +242,16 @@ class Simulator:
         headers = {"x-simulated": "true", "x-simulated-good": str(result.good).lower()}
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(self._events(model, result, include_usage), media_type="text/event-stream", headers=headers)
+            return StreamingResponse(self._events(model, result, n, include_usage), media_type="text/event-stream", headers=headers)
+        # The answer depends on the model and the prompt only, so n choices are n copies of it.
         await self._sleep(self._ttft(model) + result.completion_tokens / MODELS[model].tps)
         message: dict[str, Any] = {"role": "assistant", "content": result.text or None}
         if result.tool_call:
             message["tool_calls"] = [result.tool_call]
         return JSONResponse({
             "id": _completion_id(), "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason}],
-            "usage": result.usage(),
+            "choices": [{"index": i, "message": message, "finish_reason": result.finish_reason} for i in range(n)],
+            "usage": result.usage(n),
             "simulated": {"good": result.good, "difficulty": round(result.difficulty, 4), "quality": MODELS[model].quality},
         }, headers=headers)
 
@@ -250,19 +263,21 @@ class Simulator:
         if seconds * self.time_scale > 0:
             await asyncio.sleep(seconds * self.time_scale)
 
-    async def _events(self, model: str, result: Answer, include_usage: bool) -> Any:
+    async def _events(self, model: str, result: Answer, n: int, include_usage: bool) -> Any:
         cid, created = _completion_id(), int(time.time())
 
-        def event(delta: dict[str, Any] | None, finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
+        def event(delta: dict[str, Any] | None, index: int = 0, finish: str | None = None,
+                  usage: dict[str, int] | None = None) -> bytes:
             chunk: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                                     "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                                     "choices": [] if delta is None else [{"index": index, "delta": delta, "finish_reason": finish}]}
             if usage is not None:
                 chunk["usage"] = usage
             return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
         start, ttft = time.monotonic(), self._ttft(model)
         await self._sleep(ttft)
-        yield event({"role": "assistant", "content": ""})
+        for i in range(n):
+            yield event({"role": "assistant", "content": ""}, i)
         per_token = 1.0 / MODELS[model].tps
         emitted = 0
         for delta, tokens in _stream_pieces(result):
@@ -271,10 +286,12 @@ class Simulator:
             wait = start + (ttft + emitted * per_token) * self.time_scale - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            yield event(delta)
-        yield event({}, result.finish_reason)
+            for i in range(n):
+                yield event(delta, i)
+        for i in range(n):
+            yield event({}, i, result.finish_reason)
         if include_usage:
-            yield event(None, usage=result.usage())
+            yield event(None, usage=result.usage(n))
         yield b"data: [DONE]\n\n"
 
 

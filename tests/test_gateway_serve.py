@@ -57,6 +57,11 @@ def test_serve_without_config_answers_from_simulated_models(served):
     routed = raw.parse()
     assert routed.model in listed and listed[routed.model].openclaw["simulated"]
     assert raw.headers["x-router-reason"].startswith(f"{routed.model}: best utility")
+    # The simulated upstream answers the n choices the router planned for, streamed or not.
+    two = client.chat.completions.create(model="auto", messages=messages, n=2)
+    assert [c.index for c in two.choices] == [0, 1] and two.choices[0].message.content == two.choices[1].message.content
+    chunks = list(client.chat.completions.create(model="auto", messages=messages, n=2, stream=True))
+    assert {c.choices[0].index for c in chunks if c.choices} == {0, 1}
 
     proc.send_signal(signal.SIGINT)
     assert proc.wait(30) == 130  # shut down cleanly on Ctrl-C (the usual 128 + SIGINT exit status)

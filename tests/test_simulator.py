@@ -63,6 +63,23 @@ def test_sync_stream_matches_non_stream_with_usage(client):
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == ["stop"]
 
 
+def test_n_choices_streamed_or_not_and_usage_counts_each(client):
+    one = ask(client, "gpt-4-1106-preview", "Explain binary search.")
+    three = ask(client, "gpt-4-1106-preview", "Explain binary search.", n=3)
+    assert [c.index for c in three.choices] == [0, 1, 2]
+    assert {c.message.content for c in three.choices} == {one.choices[0].message.content}
+    assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
+    chunks = list(ask(client, "gpt-4-1106-preview", "Explain binary search.", n=2, stream=True,
+                      stream_options={"include_usage": True}))
+    for index in (0, 1):
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == index)
+        assert text == one.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == 2 * one.usage.completion_tokens
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(client, "gpt-4-1106-preview", "hi", n=0)
+    assert err.value.response.headers["x-simulated"] == "true"
+
+
 async def test_async_stream_with_usage(sim_url):
     async with openai.AsyncOpenAI(base_url=sim_url, api_key="unused", max_retries=0) as client:
         stream = await client.chat.completions.create(
