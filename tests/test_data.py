@@ -94,6 +94,13 @@ def test_nan_cost_names_column(tmp_path):
     assert "cost_usd__small" in _error(tmp_path, df)
 
 
+def test_negative_cost_names_column_and_row(tmp_path):
+    df = wide_frame()
+    df.loc[2, "cost_usd__big"] = -1.0
+    err = _error(tmp_path, df)
+    assert "cost_usd__big" in err and "negative" in err and "row 2" in err
+
+
 def test_no_quality_columns(tmp_path):
     assert "quality__" in _error(tmp_path, wide_frame().drop(columns=["quality__small", "quality__big"]))
 

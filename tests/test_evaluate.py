@@ -202,6 +202,8 @@ def test_eval_names_a_missing_text_column_and_unknown_models(eval_file, router_d
     common = ["--data", path, "--router", router_dir, "--decisions-out", tmp_path / "d.parquet", "--report-dir", tmp_path / "r"]
     assert _eval([*common, "--text-column", "no_such_column"]) == 2
     assert "no_such_column" in capsys.readouterr().err
+    assert _eval([*common, "--knob-points", "-3"]) == 2
+    assert "--knob-points" in capsys.readouterr().err
     assert _eval([*common, "--models", "gpt-4-1106-preview,brand-new-model"]) == 2
     err = capsys.readouterr().err
     in_file = err.split("the file has", 1)[1].split("the router knows", 1)[0]

@@ -76,6 +76,8 @@ def test_bandit_recovers_from_a_degraded_model(small_table, tmp_path):
     assert rec["from_request"] == 1300 and rec["recovered_share"] > 0
     # the ceiling measured in the same run: a static router told of the drift at request 300
     assert rec["informed_static_regained"] > 0 and rec["recovered_share_of_recoverable"] > 0
+    # net of what the bandit differs by in the same stream without the drift
+    assert abs(rec["bandit_gap_without_drift"]) < 0.1 and rec["recovered_share_net"] > 0
     t = rep["totals"]
     assert t["bandit"]["quality"] > t["static"]["quality"]
     assert 0 < t["min_propensity"] <= 1
@@ -163,3 +165,28 @@ def test_a_router_with_fewer_embedding_dimensions_than_the_bandits_context_is_re
                  "--rounds", "20", "--tracking-uri", f"sqlite:///{tmp_path / 'ml.db'}"]) == 0
     rep = _simulate(small_table, tmp_path / "pca4.json", "--router", str(router))
     assert rep["totals"]["bandit"]["quality"] > 0
+
+
+def test_a_degradation_the_static_router_hardly_meets_reports_no_recovery_share(small_table, tmp_path, capsys):
+    # At the cheap end gpt-4 is seldom chosen: a share of the little it loses would be noise over noise.
+    code = main(["simulate", "--data", str(small_table), "--requests", "1500", "--out", str(tmp_path / "d.json"),
+                 "--willingness-to-pay", "0.0001", "--drift", "degrade:gpt-4-1106-preview:0.5@200",
+                 "--drift", "add:mixtral-8x7b-chat@9000"])
+    assert code == 0
+    rec = json.loads((tmp_path / "d.json").read_text())["recovery"]["gpt-4-1106-preview"]
+    assert rec["static_lost"] < 0.01 and rec["recovered_share"] is None and rec["recovered_share_net"] is None
+    out = capsys.readouterr().out
+    assert "too few to measure a recovery of" in out
+    assert "add:mixtral-8x7b-chat@9000 starts after the last of the 1500 requests" in out
+
+
+def test_a_router_that_knows_none_of_the_files_models_is_a_clear_error(small_table, tmp_path, capsys):
+    import pandas as pd
+
+    df = pd.read_parquet(small_table)
+    renamed = tmp_path / "renamed.parquet"
+    df.rename(columns=lambda c: c.replace("__", "__other-") if "__" in c else c).to_parquet(renamed)
+    code = main(["simulate", "--data", str(renamed), "--requests", "100", "--out", str(tmp_path / "x.json"),
+                 "--router", str(Path(__file__).resolve().parents[1] / "models" / "default")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no model is both in the file" in err and "Traceback" not in err

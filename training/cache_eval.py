@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", required=True, type=Path, help="parquet, CSV, TSV or JSON Lines with text_a, text_b (and optionally label)")
     parser.add_argument("--out", required=True, type=Path, help="output parquet: row, hit")
-    parser.add_argument("--config", type=Path, help="take cache settings (verifier, threshold) from this config; default: built-in defaults")
+    parser.add_argument("--config", type=Path, help="a gateway config (what `serve --config` takes) whose `cache` settings "
+                        "(enabled, semantic, verifier, threshold) to use; default: the built-in defaults")
 
 
 def _request(text: str) -> dict:
@@ -35,11 +36,19 @@ def _answer(text: str) -> dict:
     }
 
 
+def both_asked(a: str, b: str) -> bool:
+    """False where a text is missing (an empty cell): it asks nothing a cache could answer."""
+    return bool(a.strip()) and bool(b.strip())
+
+
 def evaluate_pairs(df, cache, emb_a, emb_b) -> list[bool]:
     from router.cache.keys import request_keys
 
     hits = []
     for i, (a, b) in enumerate(zip(df["text_a"], df["text_b"])):
+        if not both_asked(a, b):
+            hits.append(False)
+            continue
         tenant = f"pair-{i}"
         keys_a = request_keys(_request(a), "auto", tenant)
         cache.put(keys_a, tenant=tenant, route="auto", response=_answer(a), model="eval", cost_usd=0.0, vector=emb_a[i])
@@ -71,12 +80,19 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     emb_a, emb_b = embed_pairs(df)
     t1 = time.perf_counter()
-    verifier = Verifier.load(verifier_path, threshold=section.verifier_threshold) if section.semantic else None
-    cache = ResponseCache(None, ttl_s=section.ttl_s, max_entries=max(section.max_entries, len(df) + 1),
-                          semantic=section.semantic, verifier=verifier)
-    hits = evaluate_pairs(df, cache, emb_a, emb_b)
+    if section.enabled:
+        verifier = Verifier.load(verifier_path, threshold=section.verifier_threshold) if section.semantic else None
+        cache = ResponseCache(None, ttl_s=section.ttl_s, max_entries=max(section.max_entries, len(df) + 1),
+                              semantic=section.semantic, verifier=verifier)
+        hits = evaluate_pairs(df, cache, emb_a, emb_b)
+        cache.close()
+    else:
+        print(f"the cache is off in {args.config} (cache.enabled: false): no request is served from it")
+        hits = [False] * len(df)
     t2 = time.perf_counter()
-    cache.close()
+    unasked = sum(not both_asked(a, b) for a, b in zip(df["text_a"], df["text_b"]))
+    if unasked:
+        print(f"{unasked} pairs with an empty or missing text were not looked up (hit = false)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"row": range(len(df)), "hit": pd.Series(hits, dtype=bool)}).to_parquet(args.out, index=False)
     print(f"{len(df)} pairs: {sum(hits)} hits; embedding {t1 - t0:.1f} s, cache {t2 - t1:.1f} s; wrote {args.out}")
@@ -85,5 +101,6 @@ def run(args: argparse.Namespace) -> int:
         scored = ~np.isnan(label)
         precision, recall = precision_recall(np.asarray(hits, dtype=bool)[scored], label[scored].astype(bool))
         unlabelled = f" ({int((~scored).sum())} pairs without a label not scored)" if not scored.all() else ""
-        print(f"precision {precision:.4f}  recall {recall:.4f}{unlabelled}")
+        shown = "n/a (no hits)" if np.isnan(precision) else f"{precision:.4f}"
+        print(f"precision {shown}  recall {recall:.4f}{unlabelled}")
     return 0

@@ -262,6 +262,8 @@ def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
                 cost[:, j] = _numeric(df, c, path)
                 if np.isnan(cost[:, j]).any():
                     raise ValueError(f"{path}: column {c!r} has NaN costs")
+                if (cost[:, j] < 0).any():
+                    raise ValueError(f"{path}: column {c!r} has a negative cost (first at row {int(np.argmax(cost[:, j] < 0))})")
         # Where answers are missing, invert cost = in*p_in + out*p_out for the output length.
         for j, m in enumerate(models):
             if m in prices and np.isnan(output_tokens[:, j]).all() and prices[m].output_per_1m > 0 and f"cost_usd__{m}" in df.columns:

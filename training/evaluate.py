@@ -253,6 +253,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.router).exists():
         raise FileNotFoundError(f"{args.router}: no such router artifact")
+    if args.knob_points < 0:
+        raise ValueError(f"--knob-points is how many knob values to sweep besides the two extremes, ≥ 0; got {args.knob_points}")
     budgets = _budgets(args.budgets)
     check_output_dir(args.report_dir, "--report-dir")
     check_output_file(args.decisions_out, "--decisions-out")

@@ -207,10 +207,14 @@ def _shares(models: list[str], chosen: np.ndarray) -> dict[str, float]:
     return {m: round(float(s), 4) for m, s in zip(models, counts) if s > 0}
 
 
+MIN_LOSS = 0.01  # quality the static router must lose to a degradation before recovery is a share of it
+
+
 def report(models: list[str], stream: Stream, static: np.ndarray, bandit: np.ndarray, propensity: np.ndarray,
            explored: np.ndarray, nodrift: Stream, reference: np.ndarray, drifts: list[Drift], window: int,
-           informed: np.ndarray | None = None) -> dict:
-    """Per-window and total means; `reference` is the static router on the `nodrift` world."""
+           informed: np.ndarray | None = None, bandit_without_drift: np.ndarray | None = None) -> dict:
+    """Per-window and total means; `reference` is the static router on the `nodrift` world, and
+    `bandit_without_drift` the bandit's choices there."""
     n = len(stream.rows)
     windows = []
     for k0 in range(0, n, window):
@@ -220,7 +224,7 @@ def report(models: list[str], stream: Stream, static: np.ndarray, bandit: np.nda
         w["bandit"]["explore_share"] = float(explored[sl].mean())
         w["traffic"] = {"static": _shares(models, static[sl]), "bandit": _shares(models, bandit[sl])}
         lost = w["static_without_drift"]["quality"] - w["static"]["quality"]
-        if lost > 0.01:
+        if lost > MIN_LOSS:
             w["recovered_share"] = (w["bandit"]["quality"] - w["static"]["quality"]) / lost
         if stream.task is not None:
             w["added_model_traffic_by_task"] = {  # tasks of this window only: a mean over none is NaN, not JSON
@@ -254,9 +258,16 @@ def report(models: list[str], stream: Stream, static: np.ndarray, bandit: np.nda
         if after.start < n:
             lost = means(nodrift, reference, after)["quality"] - means(stream, static, after)["quality"]
             gain = means(stream, bandit, after)["quality"] - means(stream, static, after)["quality"]
+            # Under a point lost (a degraded model the static router seldom chose), a share of it
+            # is noise over noise: none is reported.
             rec = out.setdefault("recovery", {})[degrades[0].model if len(degrades) == 1 else "all"] = {
                 "from_request": after.start, "static_lost": lost, "bandit_regained": gain,
-                "recovered_share": gain / lost if lost > 0 else None}
+                "recovered_share": gain / lost if lost > MIN_LOSS else None}
+            if bandit_without_drift is not None:
+                # What the bandit gains over the static router anyway is not recovery from the drift.
+                gap = means(nodrift, bandit_without_drift, after)["quality"] - means(nodrift, reference, after)["quality"]
+                rec["bandit_gap_without_drift"] = gap
+                rec["recovered_share_net"] = (gain - gap) / lost if lost > MIN_LOSS else None
             if len(degrades) > 1:
                 rec["drifts"] = [f"degrade:{d.model}:{d.fraction}@{d.start}" for d in degrades]
             if informed is not None:
@@ -289,6 +300,12 @@ def learned_predictions(table, router_path: str | None, train_share: float, seed
         from router.engine import LearnedRouter
 
         predictor = LearnedRouter.load(router_path).predictor
+        unseen = [m for m in table.models if m not in predictor.models]
+        if len(unseen) == len(table.models):
+            raise ValueError(f"{table.path}: no model is both in the file ({table.models}) and known to the router "
+                             f"{router_path} ({predictor.models})")
+        if unseen:
+            log.warning("the router %s was not trained on %s: they get the unseen-model prior", router_path, unseen)
         replay = np.arange(len(table))
     else:
         rng = np.random.default_rng(seed)
@@ -335,7 +352,12 @@ def simulate(args) -> dict:
     bandit, prop, explored, stats = bandit_choices(pred, emb, stream, args.willingness_to_pay, args.latency_weight,
                                             settings, args.feedback_rate, args.seed, basis)
     informed = informed_choices(pred, stream, drifts, args.willingness_to_pay, args.latency_weight)
-    out = report(list(pred.models), stream, static, bandit, prop, explored, nodrift, reference, drifts, args.window, informed)
+    unaffected = None
+    if any(d.kind == "degrade" for d in drifts):
+        unaffected = bandit_choices(pred, emb, nodrift, args.willingness_to_pay, args.latency_weight, settings,
+                                    args.feedback_rate, args.seed, basis)[0]
+    out = report(list(pred.models), stream, static, bandit, prop, explored, nodrift, reference, drifts, args.window, informed,
+                 unaffected)
     out["bandit_state"] = stats
     out["setup"] = {
         "data": str(args.data), "requests": args.requests, "replayed_prompts": len(replay),
@@ -404,9 +426,18 @@ def run(args) -> int:
           f"({t['bandit_extra_cost_pct']:+.2f} % cost, {t['bandit_quality_delta_points']:+.2f} quality points, "
           f"explored {t['bandit_explore_share']:.1%})")
     for model, r in out.get("recovery", {}).items():
-        share = "n/a" if r["recovered_share"] is None else f"{r['recovered_share']:.0%}"
+        if r["recovered_share"] is None:
+            print(f"degraded {model}: from request {r['from_request']} the static router lost "
+                  f"{100 * r['static_lost']:.2f} quality points, too few to measure a recovery of")
+            continue
         ceiling = r.get("recovered_share_of_recoverable")
-        extra = f" ({ceiling:.0%} of what a router told about the drift regains)" if ceiling is not None else ""
-        print(f"degraded {model}: from request {r['from_request']} the bandit regains {share} of the quality the static router lost{extra}")
+        extra = f"; {ceiling:.0%} of what a router told about the drift regains" if ceiling is not None else ""
+        print(f"degraded {model}: from request {r['from_request']} the bandit regains {r['recovered_share']:.0%} of the "
+              f"quality the static router lost ({r['recovered_share_net']:.0%} net of the "
+              f"{100 * r['bandit_gap_without_drift']:+.2f} points it differs by without the drift{extra})")
+    for d in (parse_drift(spec) for spec in args.drift or []):
+        if d.start >= args.requests:
+            print(f"note: the drift {d.kind}:{d.model}@{d.start} starts after the last of the {args.requests} requests"
+                  + (f"; {d.model} was never available" if d.kind == "add" else ""))
     print(f"wrote {args.out}")
     return 0
