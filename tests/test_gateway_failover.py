@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.fake_upstream import (
-    context_length, cut_stream, error, hang, invalid_json, malformed_chunk, not_found, ok, rate_limit, server_error,
+    Reply, context_length, cut_stream, error, hang, invalid_json, malformed_chunk, not_found, ok, rate_limit, server_error,
 )
 from tests.gateway_harness import MSG, ask
 
@@ -107,6 +107,23 @@ def test_every_model_failing_is_a_503_and_logged(start_gateway, upstream):
     assert exc.value.body["code"] == "upstream_error"
     row = gw.outcome(exc.value.response.headers["x-request-id"])
     assert row["status"] == "error" and row["fallback_chain"] == ["m1", "m2", "m3"]
+
+
+def test_a_client_error_reaches_the_client_with_the_upstreams_code_and_param(start_gateway, upstream):
+    gw = start_gateway()
+    combination = {"message": "max_tokens and max_completion_tokens cannot both be set", "type": "invalid_request_error",
+                   "param": "max_tokens", "code": "invalid_parameter_combination"}
+    upstream.script("m1", Reply("error", status=400, body={"error": combination}),
+                    error(400, "temperature is out of range", type="invalid_request_error"))
+    with pytest.raises(openai.BadRequestError) as exc:
+        gw.client().chat.completions.create(model="m1", messages=MSG)
+    assert (exc.value.code, exc.value.param, exc.value.type) == ("invalid_parameter_combination", "max_tokens", "invalid_request_error")
+    assert combination["message"] in exc.value.message
+    # An upstream error without a code of its own keeps the router's.
+    with pytest.raises(openai.BadRequestError) as exc:
+        gw.client().chat.completions.create(model="m1", messages=MSG)
+    assert (exc.value.code, exc.value.param) == ("upstream_bad_request", None)
+    assert not upstream.requests_for("m2") and not upstream.requests_for("m3")  # the client's fault: no failover
 
 
 def test_named_model_is_honoured_without_failover(start_gateway, upstream):

@@ -121,6 +121,13 @@ async def test_default_max_tokens_and_json_mode(server, provider):
     assert body["max_tokens"] == 1024 and "JSON" in body["system"] and "tools" not in body
 
 
+@pytest.mark.parametrize("limits", [{"max_tokens": 5, "max_completion_tokens": 40}, {"max_tokens": 40, "max_completion_tokens": 5}])
+async def test_both_output_limits_are_sent_as_the_tighter_one(server, provider, limits):
+    server.reply(MESSAGE)
+    await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}], **limits})
+    assert server.requests[-1].body["max_tokens"] == 5
+
+
 async def test_response_translation(server, provider):
     server.reply(MESSAGE)
     result = await provider.complete(MODEL, {"messages": [{"role": "user", "content": "Rome?"}], "tools": TOOLS})

@@ -81,6 +81,13 @@ async def test_request_translation(server, provider):
                                         "responseMimeType": "application/json"}
 
 
+@pytest.mark.parametrize("limits", [{"max_tokens": 5, "max_completion_tokens": 40}, {"max_tokens": 40, "max_completion_tokens": 5}])
+async def test_both_output_limits_are_sent_as_the_tighter_one(server, provider, limits):
+    server.reply(response([{"text": "ok"}]))
+    await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}], **limits})
+    assert server.requests[-1].body["generationConfig"]["maxOutputTokens"] == 5
+
+
 async def test_named_tool_choice(server, provider):
     server.reply(response([{"text": "ok"}]))
     await provider.complete(MODEL, {**ROUND_TRIP, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})

@@ -80,6 +80,14 @@ async def test_an_output_limit_above_the_models_is_lowered_to_it(up, provider):
     assert up.requests[-1].body["max_completion_tokens"] == 32768
 
 
+async def test_both_output_limits_are_sent_as_the_tighter_one(up, provider):
+    # The answer must keep to each limit the client gave, whichever field it gave it in.
+    for limits in ({"max_tokens": 5, "max_completion_tokens": 40}, {"max_tokens": 40, "max_completion_tokens": 5}):
+        up.script("upstream-id", ok("sunny"))
+        await provider.complete(MODEL, {**BODY, **limits})
+        assert (up.requests[-1].body["max_tokens"], up.requests[-1].body["max_completion_tokens"]) == (5, 5)
+
+
 async def test_insufficient_quota_is_not_a_rate_limit(up, provider):
     up.script("upstream-id", error(429, "You exceeded your current quota, please check your plan and billing details.",
                                    "insufficient_quota", "insufficient_quota"))

@@ -17,8 +17,8 @@ from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
 from router.request_view import content_text, estimate_tokens
-from service.providers.base import (Provider, UpstreamError, classify, error_message, output_limit, parse_json_event, scrub,
-                                    tool_arguments)
+from service.providers.base import (Provider, UpstreamError, as_int, as_object, as_text, error_in_body, output_limit,
+                                    parse_json_event, tool_arguments)
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -30,19 +30,6 @@ FINISH_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
     "model_context_window_exceeded": "length",  # cut off by the window: not a finished answer
-}
-
-# In-stream `error` events carry a type but no HTTP status; these are the statuses Anthropic
-# pairs with each type on plain responses, so one classifier serves both paths.
-_ERROR_STATUS = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "overloaded_error": 529,
 }
 
 JSON_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
@@ -195,7 +182,11 @@ def _usage(input_tokens: int, output_tokens: int, cached: int = 0) -> dict[str, 
 
 def _input_tokens(usage: dict[str, Any]) -> int:
     # Cached prompt tokens are still prompt tokens for the client's accounting.
-    return sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+    return sum(as_int(usage.get(k), k) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+
+
+def _finish_reason(stop_reason: Any) -> str:
+    return FINISH_REASONS.get(as_text(stop_reason, "stop_reason"), "stop")
 
 
 def from_anthropic(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +194,8 @@ def from_anthropic(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
     blocks = result.get("content")
     if not isinstance(blocks, list):
         raise UpstreamError("malformed", "Messages response has no content list")
-    text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+    blocks = [as_object(b, "a content block") for b in blocks]
+    text = "".join(as_text(b.get("text"), "a text block's text") for b in blocks if b.get("type") == "text")
     tool_calls = [
         {"id": b.get("id", ""), "type": "function", "function": {"name": b.get("name", ""), "arguments": json.dumps(b.get("input") or {})}}
         for b in blocks
@@ -212,22 +204,16 @@ def from_anthropic(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
     if tool_calls:
         message["tool_calls"] = tool_calls
-    usage = result.get("usage") or {}
+    usage = as_object(result.get("usage"), "usage")
     return {
         "id": result.get("id") or f"chatcmpl-{int(time.time() * 1000)}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model.name,
-        "choices": [{"index": 0, "message": message, "finish_reason": FINISH_REASONS.get(result.get("stop_reason"), "stop")}],
-        "usage": _usage(_input_tokens(usage), int(usage.get("output_tokens") or 0), int(usage.get("cache_read_input_tokens") or 0)),
+        "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(result.get("stop_reason"))}],
+        "usage": _usage(_input_tokens(usage), as_int(usage.get("output_tokens"), "output_tokens"),
+                        as_int(usage.get("cache_read_input_tokens"), "cache_read_input_tokens")),
     }
-
-
-def stream_error(event: dict[str, Any], secrets: tuple[str | None, ...]) -> UpstreamError:
-    err = event.get("error") or {}
-    status = _ERROR_STATUS.get(err.get("type", ""), 500)
-    message = scrub(error_message(event, "error event in the Messages stream"), secrets)
-    return UpstreamError(classify(status, event, message), message, status=status)
 
 
 class AnthropicProvider(Provider):
@@ -246,8 +232,9 @@ class AnthropicProvider(Provider):
         result = await self._post_json(self.messages_url, to_anthropic(model, body, stream=False), self._headers())
         if not isinstance(result, dict):
             raise UpstreamError("malformed", "Messages response is not a JSON object")
-        if result.get("type") == "error":
-            raise stream_error(result, self._secrets())
+        # A proxy in front of Anthropic may answer `{"error": ...}` without Anthropic's `type`.
+        if result.get("type") == "error" or "error" in result:
+            raise error_in_body(result, self._secrets())
         return from_anthropic(model, result)
 
     async def stream(self, model: ModelSpec, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -274,48 +261,50 @@ class AnthropicProvider(Provider):
                 raise UpstreamError("malformed", "stream event is not a JSON object")
             kind = event.get("type", event_name)
             if kind == "message_start":
-                message = event.get("message") or {}
+                message = as_object(event.get("message"), "message_start's message")
                 chunk_id = message.get("id") or chunk_id
-                input_tokens = _input_tokens(message.get("usage") or {})
-                cached = int((message.get("usage") or {}).get("cache_read_input_tokens") or 0)
-                output_tokens = int((message.get("usage") or {}).get("output_tokens") or 0)
+                usage = as_object(message.get("usage"), "usage")
+                input_tokens = _input_tokens(usage)
+                cached = as_int(usage.get("cache_read_input_tokens"), "cache_read_input_tokens")
+                output_tokens = as_int(usage.get("output_tokens"), "output_tokens")
                 yield chunk({"role": "assistant", "content": ""})
             elif kind == "content_block_start":
-                block = event.get("content_block") or {}
+                block = as_object(event.get("content_block"), "content_block")
                 if block.get("type") == "tool_use":
-                    idx = tool_index[event.get("index", 0)] = len(tool_index)
+                    idx = tool_index[as_int(event.get("index"), "index")] = len(tool_index)
                     call = {"index": idx, "id": block.get("id", ""), "type": "function", "function": {"name": block.get("name", ""), "arguments": ""}}
                     no_arguments_yet.add(idx)
                     yield chunk({"tool_calls": [call]})
                 elif block.get("type") == "text" and block.get("text"):
-                    yield chunk({"content": block["text"]})
+                    yield chunk({"content": as_text(block["text"], "a text block's text")})
             elif kind == "content_block_delta":
-                delta = event.get("delta") or {}
+                delta = as_object(event.get("delta"), "content_block_delta's delta")
                 if delta.get("type") == "text_delta":
-                    yield chunk({"content": delta.get("text", "")})
+                    yield chunk({"content": as_text(delta.get("text"), "a text_delta's text")})
                 elif delta.get("type") == "input_json_delta":
-                    idx = tool_index.get(event.get("index", 0))
+                    idx = tool_index.get(as_int(event.get("index"), "index"))
                     if idx is None:
                         raise UpstreamError("malformed", "input_json_delta for a block that is not a tool_use")
-                    if delta.get("partial_json"):
+                    partial = as_text(delta.get("partial_json"), "partial_json")
+                    if partial:
                         no_arguments_yet.discard(idx)
-                        yield chunk({"tool_calls": [{"index": idx, "function": {"arguments": delta["partial_json"]}}]})
+                        yield chunk({"tool_calls": [{"index": idx, "function": {"arguments": partial}}]})
             elif kind == "content_block_stop":
-                idx = tool_index.get(event.get("index", 0))
+                idx = tool_index.get(as_int(event.get("index"), "index"))
                 if idx in no_arguments_yet:
                     # A tool without input streams no JSON at all; OpenAI clients parse the
                     # arguments, and "" is not JSON (the non-streamed answer says "{}").
                     no_arguments_yet.discard(idx)
                     yield chunk({"tool_calls": [{"index": idx, "function": {"arguments": "{}"}}]})
             elif kind == "message_delta":
-                usage = event.get("usage") or {}
-                output_tokens = int(usage.get("output_tokens") or output_tokens)
+                usage = as_object(event.get("usage"), "usage")
+                output_tokens = as_int(usage.get("output_tokens"), "output_tokens") or output_tokens
                 if usage.get("input_tokens") is not None:
                     input_tokens = _input_tokens(usage)
-                    cached = int(usage.get("cache_read_input_tokens") or cached)
-                stop = (event.get("delta") or {}).get("stop_reason")
+                    cached = as_int(usage.get("cache_read_input_tokens"), "cache_read_input_tokens") or cached
+                stop = as_object(event.get("delta"), "message_delta's delta").get("stop_reason")
                 if stop:
-                    yield chunk({}, FINISH_REASONS.get(stop, "stop"))
+                    yield chunk({}, _finish_reason(stop))
                     # The usage here is final (only message_stop follows): the answer ends now, and
                     # a connection lost before message_stop still bills the upstream's own counts.
                     yield usage_chunk()
@@ -324,5 +313,5 @@ class AnthropicProvider(Provider):
                 yield usage_chunk()
                 return
             elif kind == "error":
-                raise stream_error(event, secrets)
+                raise error_in_body(event, secrets)
         raise UpstreamError("connection", "Messages stream ended before message_stop")

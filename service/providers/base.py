@@ -83,12 +83,18 @@ class UpstreamError(Exception):
     upstream configuration faults: not_found, auth). bad_request is the client's fault.
     """
 
-    def __init__(self, kind: ErrorKind, message: str, status: int | None = None, retry_after: float | None = None):
+    def __init__(self, kind: ErrorKind, message: str, status: int | None = None, retry_after: float | None = None,
+                 *, code: str | None = None, param: str | None = None, type: str | None = None):
         super().__init__(f"{kind}: {message}" if status is None else f"{kind} (HTTP {status}): {message}")
         self.kind: ErrorKind = kind
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        # The upstream's own error fields: a client error is passed on with them, for clients that
+        # branch on the code (`invalid_parameter_combination`, param `max_tokens`).
+        self.code = code
+        self.param = param
+        self.type = type
 
     @property
     def retryable(self) -> bool:
@@ -150,16 +156,22 @@ def error_message(payload: Any, fallback: str) -> str:
     return fallback
 
 
-def _error_code(payload: Any) -> str:
-    """The machine-readable code/type/status words of an error body, for classification."""
+def _error_object(payload: Any) -> Mapping[str, Any]:
+    """The `error` object of an upstream error body (Gemini may wrap the body in a list); {} when
+    there is none, as when a proxy sends `{"error": "quota exceeded"}`."""
     if isinstance(payload, list) and payload:
         payload = payload[0]
     if not isinstance(payload, Mapping):
-        return ""
+        return {}
     err = payload.get("error", payload)
-    if not isinstance(err, Mapping):
-        return ""
-    reasons = [d.get("reason") for d in err.get("details") or () if isinstance(d, Mapping) and d.get("reason")]
+    return err if isinstance(err, Mapping) else {}
+
+
+def _error_code(payload: Any) -> str:
+    """The machine-readable code/type/status words of an error body, for classification."""
+    err = _error_object(payload)
+    details = err.get("details")
+    reasons = [d.get("reason") for d in details if isinstance(d, Mapping) and d.get("reason")] if isinstance(details, list) else []
     return " ".join([*(str(err.get(k) or "") for k in ("code", "type", "status")), *map(str, reasons)])
 
 
@@ -193,18 +205,51 @@ def error_from_response(
         payload: Any = json.loads(text)
     except ValueError:
         payload = None
-    kind = classify(status, payload, text)
-    message = scrub(error_message(payload, text.strip()[:500] or f"HTTP {status}"), secrets)
-    retry_after = parse_retry_after(headers)
-    if retry_after is None and payload is not None:
-        retry_after = _gemini_retry_delay(payload)
-    return UpstreamError(kind, message, status=status, retry_after=retry_after)
+    return _upstream_error(status, payload, text, text.strip()[:500] or f"HTTP {status}", secrets,
+                           reported=status, retry_after=parse_retry_after(headers))
+
+
+# An error object sent with HTTP 200 has a type but often no status; these are the statuses each
+# type goes with on a plain response (Anthropic's types; OpenAI's are among them), so one
+# classifier serves both.
+_STATUS_BY_TYPE = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
+def error_in_body(payload: Mapping[str, Any], secrets: tuple[str | None, ...] = ()) -> UpstreamError:
+    """The error in a body sent with HTTP 200: an error event inside a stream, or a whole answer
+    that is an error (some proxies; Anthropic's `type: error`). Its `error` may be anything, a
+    proxy's plain string included."""
+    err = _error_object(payload)
+    code = err.get("code")
+    given = code if isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599 else None
+    # Without a status the type is the only cue; none at all is a fault of the upstream's (fail over).
+    status = given or _STATUS_BY_TYPE.get(str(err.get("type")), 500)
+    fallback = "error object in the upstream's answer"
+    return _upstream_error(status, payload, fallback, fallback, secrets, reported=given, retry_after=None)
+
+
+def _upstream_error(status: int, payload: Any, text: str, fallback: str, secrets: tuple[str | None, ...], *,
+                    reported: int | None, retry_after: float | None) -> UpstreamError:
+    """The `UpstreamError` for an error body, classified as from HTTP `status` and `reported` as
+    of that status (None when the upstream answered 200). `text` is the raw body, for wording."""
+    err = _error_object(payload)
+    fields = {k: scrub(v, secrets) for k in ("code", "param", "type") if isinstance(v := err.get(k), str) and v}
+    return UpstreamError(classify(status, payload, text), scrub(error_message(payload, fallback), secrets), status=reported,
+                         retry_after=_gemini_retry_delay(payload) if retry_after is None else retry_after, **fields)
 
 
 def _gemini_retry_delay(payload: Any) -> float | None:
     """Gemini puts the wait in error.details[].retryDelay ("30s") instead of a header."""
-    err = payload.get("error") if isinstance(payload, Mapping) else None
-    details = err.get("details") if isinstance(err, Mapping) else None
+    details = _error_object(payload).get("details")
     for detail in details if isinstance(details, list) else []:
         delay = detail.get("retryDelay") if isinstance(detail, Mapping) else None
         if isinstance(delay, str) and delay.endswith("s"):
@@ -266,8 +311,10 @@ async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str 
 
 
 def output_limit(model: ModelSpec, body: dict[str, Any]) -> int | None:
-    """The request's `max_completion_tokens` / `max_tokens` as sent to this model (`ModelSpec.output_cap`)."""
-    return model.output_cap(body.get("max_completion_tokens") or body.get("max_tokens"))
+    """The request's output limit as sent to this model (`ModelSpec.output_cap`): the smaller of
+    `max_completion_tokens` and `max_tokens` where a client sends both, as the answer must keep to each."""
+    given = [v for v in (body.get("max_completion_tokens"), body.get("max_tokens")) if v]
+    return model.output_cap(min(given) if given else None)
 
 
 def tool_arguments(arguments: Any) -> dict[str, Any]:
@@ -282,6 +329,41 @@ def tool_arguments(arguments: Any) -> dict[str, Any]:
     except (TypeError, ValueError):
         return {"arguments": str(arguments)}
     return parsed if isinstance(parsed, dict) else {"value": parsed}
+
+
+def as_object(value: Any, what: str) -> dict[str, Any]:
+    """A JSON object from an upstream answer: {} when absent, malformed when anything else."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    raise UpstreamError("malformed", f"{what} is not a JSON object")
+
+
+def as_list(value: Any, what: str) -> list[Any]:
+    """A JSON array from an upstream answer: [] when absent, malformed when anything else."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    raise UpstreamError("malformed", f"{what} is not a JSON array")
+
+
+def as_text(value: Any, what: str) -> str:
+    """A string from an upstream answer: "" when absent, malformed when anything else."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    raise UpstreamError("malformed", f"{what} is not a string")
+
+
+def as_int(value: Any, what: str) -> int:
+    """A count or index from an upstream answer: 0 when absent, malformed when not a number."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        raise UpstreamError("malformed", f"{what} is not a number") from None
 
 
 def parse_json_event(data: str, secrets: tuple[str | None, ...] = ()) -> Any:

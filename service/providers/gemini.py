@@ -17,8 +17,8 @@ from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
 from router.request_view import content_text
-from service.providers.base import (Provider, UpstreamError, classify, error_message, output_limit, parse_json_event, scrub,
-                                    tool_arguments)
+from service.providers.base import (Provider, UpstreamError, as_int, as_list, as_object, as_text, error_in_body, output_limit,
+                                    parse_json_event, tool_arguments)
 
 FINISH_REASONS = {
     "STOP": "stop",
@@ -271,13 +271,16 @@ def _call_id(name: str, args: Any, n: int, given: str | None, response_id: str |
     return f"call_{digest}"
 
 
-def _usage(meta: dict[str, Any]) -> dict[str, Any]:
-    prompt = int(meta.get("promptTokenCount") or 0)
-    completion = int(meta.get("candidatesTokenCount") or 0) + int(meta.get("thoughtsTokenCount") or 0)
+def _usage(metadata: Any) -> dict[str, Any]:
+    meta = as_object(metadata, "usageMetadata")
+    count = {k: as_int(meta.get(k), k) for k in
+             ("promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount", "totalTokenCount", "cachedContentTokenCount")}
+    prompt = count["promptTokenCount"]
+    completion = count["candidatesTokenCount"] + count["thoughtsTokenCount"]
     usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                             "total_tokens": int(meta.get("totalTokenCount") or prompt + completion)}
-    if meta.get("cachedContentTokenCount"):
-        usage["prompt_tokens_details"] = {"cached_tokens": int(meta["cachedContentTokenCount"])}
+                             "total_tokens": count["totalTokenCount"] or prompt + completion}
+    if count["cachedContentTokenCount"]:
+        usage["prompt_tokens_details"] = {"cached_tokens": count["cachedContentTokenCount"]}
     return usage
 
 
@@ -290,24 +293,32 @@ def _finish(reason: str | None, has_calls: bool) -> str | None:
 
 
 def _candidate_parts(result: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
-    candidates = result.get("candidates")
+    candidates = as_list(result.get("candidates"), "candidates")
     if not candidates:
-        if (result.get("promptFeedback") or {}).get("blockReason"):
+        if as_object(result.get("promptFeedback"), "promptFeedback").get("blockReason"):
             return [], "SAFETY"
         return [], None
-    first = candidates[0]
-    return list((first.get("content") or {}).get("parts") or []), first.get("finishReason")
+    first = as_object(candidates[0], "a candidate")
+    parts = as_list(as_object(first.get("content"), "a candidate's content").get("parts"), "parts")
+    return [as_object(p, "a content part") for p in parts], as_text(first.get("finishReason"), "finishReason") or None
+
+
+def _text(part: dict[str, Any]) -> str:
+    """The answer's text in a part; a thought summary is not the answer."""
+    return "" if part.get("thought") else as_text(part.get("text"), "a part's text")
+
+
+def _function_call(part: dict[str, Any]) -> dict[str, Any]:
+    return as_object(part["functionCall"], "a functionCall")
 
 
 def from_gemini(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
     """The OpenAI chat.completion for a generateContent response."""
-    if not isinstance(result.get("candidates", []), list):
-        raise UpstreamError("malformed", "generateContent response has no candidates list")
     parts, reason = _candidate_parts(result)
     if not parts and reason is None:
         raise UpstreamError("malformed", "generateContent response has no candidates")
-    text = "".join(p.get("text", "") for p in parts if "text" in p and not p.get("thought"))
-    calls = [p["functionCall"] for p in parts if "functionCall" in p]
+    text = "".join(_text(p) for p in parts)
+    calls = [_function_call(p) for p in parts if "functionCall" in p]
     if reason in FAILED_FINISH and not text and not calls:
         raise _failed(reason)
     tool_calls = [
@@ -324,15 +335,8 @@ def from_gemini(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
         "created": int(time.time()),
         "model": model.name,
         "choices": [{"index": 0, "message": message, "finish_reason": _finish(reason or "STOP", bool(tool_calls))}],
-        "usage": _usage(result.get("usageMetadata") or {}),
+        "usage": _usage(result.get("usageMetadata")),
     }
-
-
-def stream_error(event: dict[str, Any], secrets: tuple[str | None, ...]) -> UpstreamError:
-    err = event.get("error") or {}
-    status = err.get("code") if isinstance(err.get("code"), int) else 500
-    message = scrub(error_message(event, "error inside the Gemini stream"), secrets)
-    return UpstreamError(classify(status, event, message), message, status=status)
 
 
 class GeminiProvider(Provider):
@@ -350,7 +354,7 @@ class GeminiProvider(Provider):
         if not isinstance(result, dict):
             raise UpstreamError("malformed", "generateContent response is not a JSON object")
         if "error" in result:
-            raise stream_error(result, self._secrets())
+            raise error_in_body(result, self._secrets())
         return from_gemini(model, result)
 
     async def stream(self, model: ModelSpec, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -376,21 +380,19 @@ class GeminiProvider(Provider):
             if not isinstance(event, dict):
                 raise UpstreamError("malformed", "stream event is not a JSON object")
             if "error" in event:
-                raise stream_error(event, secrets)
-            if not isinstance(event.get("candidates", []), list):
-                raise UpstreamError("malformed", "stream event has no candidates list")
+                raise error_in_body(event, secrets)
+            parts, reason = _candidate_parts(event)
             chunk_id = event.get("responseId") or chunk_id
             response_id = response_id or event.get("responseId") or uuid.uuid4().hex
             if not started:
                 started = True
                 yield chunk({"role": "assistant", "content": ""})
-            parts, reason = _candidate_parts(event)
             for part in parts:
-                if "text" in part and not part.get("thought") and part["text"]:
+                if text := _text(part):
                     produced = True
-                    yield chunk({"content": part["text"]})
+                    yield chunk({"content": text})
                 elif "functionCall" in part:
-                    call = part["functionCall"]
+                    call = _function_call(part)
                     yield chunk({"tool_calls": [{
                         "index": n_calls, "id": _call_id(call.get("name", ""), call.get("args"), n_calls, call.get("id"), response_id),
                         "type": "function",

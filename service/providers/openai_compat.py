@@ -15,18 +15,7 @@ import string
 from typing import Any, AsyncIterator
 
 from router.config import ESSENTIAL_FIELDS, ModelSpec, RequestShape
-from service.providers.base import Provider, UpstreamError, classify, error_message, output_limit, parse_json_event, scrub
-
-
-def _stream_error(event: dict[str, Any], secrets: tuple[str | None, ...]) -> UpstreamError:
-    """An `{"error": {...}}` object sent with HTTP 200 (inside a stream, or as a whole body by some proxies)."""
-    err = event.get("error")
-    err = err if isinstance(err, dict) else {}
-    status = err.get("code") if isinstance(err.get("code"), int) else None
-    # Without a status the error type is the only cue: client-side types must not read as a server fault.
-    assumed = 400 if "invalid_request" in str(err.get("type")) else 500
-    message = scrub(error_message(event, "upstream error inside the stream"), secrets)
-    return UpstreamError(classify(status or assumed, event, message), message, status=status)
+from service.providers.base import Provider, UpstreamError, as_object, error_in_body, output_limit, parse_json_event
 
 
 def shaped(body: dict[str, Any], shape: RequestShape) -> dict[str, Any]:
@@ -96,11 +85,12 @@ class OpenAICompatProvider(Provider):
         if not isinstance(result, dict):
             raise UpstreamError("malformed", "response is not a JSON object")
         if "error" in result:
-            raise _stream_error(result, self._secrets())
+            raise error_in_body(result, self._secrets())
         choices = result.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict) \
-                or not isinstance(choices[0].get("message"), dict):
+        if not isinstance(choices, list) or not choices \
+                or not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
             raise UpstreamError("malformed", "response has no choices with a message")
+        as_object(result.get("usage"), "usage")  # read by the gateway to bill the answer
         result["model"] = model.name
         result.setdefault("object", "chat.completion")
         return result
@@ -116,12 +106,14 @@ class OpenAICompatProvider(Provider):
             if not isinstance(chunk, dict):
                 raise UpstreamError("malformed", "stream event is not a JSON object")
             if "error" in chunk:
-                raise _stream_error(chunk, secrets)
-            if not isinstance(chunk.get("choices", []), list):
-                raise UpstreamError("malformed", "stream chunk has no choices list")
+                raise error_in_body(chunk, secrets)
+            choices = chunk.get("choices", [])
+            if not isinstance(choices, list) or not all(isinstance(c, dict) and isinstance(c.get("delta") or {}, dict) for c in choices):
+                raise UpstreamError("malformed", "stream chunk has no choices list of objects with a delta")
+            as_object(chunk.get("usage"), "usage")  # read by the gateway to bill the answer
             chunk["model"] = model.name
             chunk.setdefault("object", "chat.completion.chunk")
-            finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or [])
+            finished = finished or any(c.get("finish_reason") for c in choices)
             yield chunk
         if not finished:
             # A connection that closes before [DONE] and before any finish_reason was cut mid-answer.
