@@ -17,8 +17,8 @@ from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
 from router.request_view import content_text, estimate_tokens
-from service.providers.base import (Provider, UpstreamError, as_int, as_object, as_text, error_in_body, output_limit,
-                                    parse_json_event, tool_arguments)
+from service.providers.answer_fields import as_int, as_object, as_text
+from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, parse_json_event, tool_arguments
 
 ANTHROPIC_VERSION = "2023-06-01"
 

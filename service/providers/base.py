@@ -331,41 +331,6 @@ def tool_arguments(arguments: Any) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
-def as_object(value: Any, what: str) -> dict[str, Any]:
-    """A JSON object from an upstream answer: {} when absent, malformed when anything else."""
-    if value is None:
-        return {}
-    if isinstance(value, dict):
-        return value
-    raise UpstreamError("malformed", f"{what} is not a JSON object")
-
-
-def as_list(value: Any, what: str) -> list[Any]:
-    """A JSON array from an upstream answer: [] when absent, malformed when anything else."""
-    if value is None:
-        return []
-    if isinstance(value, list):
-        return value
-    raise UpstreamError("malformed", f"{what} is not a JSON array")
-
-
-def as_text(value: Any, what: str) -> str:
-    """A string from an upstream answer: "" when absent, malformed when anything else."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    raise UpstreamError("malformed", f"{what} is not a string")
-
-
-def as_int(value: Any, what: str) -> int:
-    """A count or index from an upstream answer: 0 when absent, malformed when not a number."""
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError, OverflowError):
-        raise UpstreamError("malformed", f"{what} is not a number") from None
-
-
 def parse_json_event(data: str, secrets: tuple[str | None, ...] = ()) -> Any:
     try:
         return json_text.loads(data)

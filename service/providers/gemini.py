@@ -17,8 +17,8 @@ from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
 from router.request_view import content_text
-from service.providers.base import (Provider, UpstreamError, as_int, as_list, as_object, as_text, error_in_body, output_limit,
-                                    parse_json_event, tool_arguments)
+from service.providers.answer_fields import as_int, as_list, as_object, as_text
+from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, parse_json_event, tool_arguments
 
 FINISH_REASONS = {
     "STOP": "stop",

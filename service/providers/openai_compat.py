@@ -15,7 +15,8 @@ import string
 from typing import Any, AsyncIterator
 
 from router.config import ESSENTIAL_FIELDS, ModelSpec, RequestShape
-from service.providers.base import Provider, UpstreamError, as_object, error_in_body, output_limit, parse_json_event
+from service.providers.answer_fields import as_object
+from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, parse_json_event
 
 
 def shaped(body: dict[str, Any], shape: RequestShape) -> dict[str, Any]:
