@@ -105,7 +105,8 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
     images = image_tokens(messages)
     if images:
         needs.add("vision")
-    max_out = body.get("max_completion_tokens") or body.get("max_tokens")
+    # Both limits sent: the answer keeps to the smaller (as the providers send it).
+    max_out = min((v for v in (body.get("max_completion_tokens"), body.get("max_tokens")) if v), default=None)
     n = body.get("n")
     n_turns = sum(1 for m in messages if m.get("role") == "user")
     if not last_user and messages:

@@ -20,12 +20,14 @@ from starlette.concurrency import run_in_threadpool
 
 from router.request_view import estimate_tokens, view_chat_request
 from service import sse
+from service.api_info import resolve_visible
 from service.dispatch import OpenStream, usage_tokens
 from service.errors import ApiError, bad_request
 from service.gateway import Gateway
+from service.governance.auth import client_caller
 from service.pipeline import RequestContext
 from service.providers.base import UpstreamError
-from service.routing import build_constraints, decide, resolve_model
+from service.routing import build_constraints, decide
 from service.schemas import read_json_body, validate_chat
 
 log = logging.getLogger(__name__)
@@ -80,10 +82,14 @@ async def chat_completions(request: Request) -> Response:
     request_id = f"req_{uuid.uuid4().hex}"
     raw: Any = None
     try:
+        # The key first: a caller without one learns nothing from how its body is judged, and an
+        # unknown model's 404 lists only what its key may use. The governance pre-hook asks
+        # again, answered from the key cache, and scopes the request as before.
+        caller = await client_caller(request.app.state, request.headers)
         raw = await read_json_body(request, gw.config.server.max_body_bytes)
         parsed = validate_chat(raw)
         model = parsed.model or gw.config.router.default_profile
-        profile = resolve_model(model, gw.config)
+        profile = resolve_visible(model, gw.config, caller)
         constraints = build_constraints(parsed.router, request.headers, gw.config)
         if profile is None:
             _check_choices(gw.config.model(model), raw.get("n"))
@@ -131,7 +137,13 @@ def _embed_and_decide(gw: Gateway, router_now: Any, ctx: RequestContext, live: A
         ctx.embedding = gw.embed(ctx.routing.text)
     return decide(router_now, ctx.routing, config=gw.config, profile=ctx.profile, constraints=ctx.extras["constraints"],
                   live=live, embedding=ctx.embedding, blocked_for=gw.live.breaker.blocked_for,
-                  output_field="max_completion_tokens" if ctx.body.get("max_completion_tokens") else "max_tokens")
+                  output_field=_output_field(ctx.body))
+
+
+def _output_field(body: dict[str, Any]) -> str:
+    """The field the client's output limit came from (the smaller, where it sent both), for errors."""
+    completion, plain = body.get("max_completion_tokens"), body.get("max_tokens")
+    return "max_tokens" if plain and (not completion or plain < completion) else "max_completion_tokens"
 
 
 async def _handle(gw: Gateway, ctx: RequestContext) -> Response:

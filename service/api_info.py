@@ -12,10 +12,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
+from router.config import Config
 from router.request_view import view_chat_request
-from service.errors import ApiError, bad_request
+from service.errors import ApiError, bad_request, model_not_found
 from service.gateway import Gateway
-from service.governance.auth import allows_model, allows_profile, client_caller
+from service.governance.auth import Caller, allows_model, allows_profile, client_caller
 from service.routing import build_constraints, decide, resolve_model
 from service.schemas import read_json_body, validate_chat
 
@@ -36,6 +37,16 @@ async def retrieve_model(request: Request, model_id: str) -> JSONResponse:
         raise ApiError(404, f"The model '{model_id}' does not exist or you do not have access to it.",
                        code="model_not_found", param="model")
     return JSONResponse(found)
+
+
+def resolve_visible(name: str, config: Config, caller: Caller | None) -> str | None:
+    """`resolve_model` for this caller: the 404 for an unknown name lists only what the key may
+    use, as `/v1/models` does (a scoped key must not learn the rest of the catalog from it)."""
+    if name not in config.router.profiles and name not in config.model_names:
+        key = caller.key if caller is not None else None
+        raise model_not_found(name, [*(p for p in config.router.profiles if allows_profile(key, p)),
+                                     *(m for m in config.model_names if allows_model(key, m))])
+    return resolve_model(name, config)
 
 
 async def _visible_models(request: Request) -> list[dict]:
@@ -91,7 +102,7 @@ async def route_only(request: Request) -> JSONResponse:
     raw = await read_json_body(request, gw.config.server.max_body_bytes)
     parsed = validate_chat(raw)
     model = parsed.model or gw.config.router.default_profile
-    profile = resolve_model(model, gw.config)
+    profile = resolve_visible(model, gw.config, caller)
     if profile is None:
         raise bad_request(f"{model!r} is a model, not a routing profile: nothing to decide", code="not_a_profile", param="model")
     constraints = build_constraints(parsed.router, request.headers, gw.config)

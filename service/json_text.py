@@ -9,6 +9,7 @@ its history would fail on every later turn. Each lone half becomes U+FFFD on the
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -16,10 +17,11 @@ _ESCAPED_SURROGATE_TEXT = re.compile(r"\\u[dD][89a-fA-F]")
 _ESCAPED_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def loads(raw: str | bytes) -> Any:
+def loads(raw: str | bytes, *, finite: bool = False) -> Any:
     """`json.loads`, and where the text escapes a surrogate, every lone one replaced. Too deep
-    to walk is a ValueError, as invalid JSON is."""
-    value = json.loads(raw)
+    to walk is a ValueError, as invalid JSON is; so, with `finite`, is a number that is no
+    finite double (NaN and Infinity are Python's extensions of JSON; 1e999 has no double)."""
+    value = json.loads(raw, parse_constant=_non_finite, parse_float=_finite_float) if finite else json.loads(raw)
     pattern = _ESCAPED_SURROGATE_TEXT if isinstance(raw, str) else _ESCAPED_SURROGATE_BYTES
     if not pattern.search(raw):
         return value
@@ -28,6 +30,18 @@ def loads(raw: str | bytes) -> Any:
         return _replace_lone(value)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+def _non_finite(constant: str) -> float:
+    raise ValueError(f"{constant}: non-finite numbers are not JSON")
+
+
+def _finite_float(text: str) -> float:
+    # A client's 1e999 would be forwarded as Infinity, which no upstream parses as JSON.
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is beyond a double's range: non-finite numbers are not JSON")
+    return number
 
 
 def _replace_lone(value: Any) -> Any:

@@ -6,9 +6,10 @@ not know about (a new OpenAI field, a provider extension) still reaches the upst
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, StringConstraints,
+                      ValidationError, field_validator)
 from starlette.requests import Request
 
 from service import json_text
@@ -75,6 +76,10 @@ class RouterOptions(BaseModel):
     local_only: StrictBool | None = None
 
 
+TokenId = Annotated[str, StringConstraints(pattern=r"^[0-9]+$")]
+Bias = Annotated[Number, Field(ge=-100, le=100)]
+
+
 class ChatRequest(_Open):
     model: StrictStr | None = None  # None: the config's router.default_profile
     messages: list[Message] = Field(min_length=1)
@@ -85,10 +90,24 @@ class ChatRequest(_Open):
     temperature: Number | None = Field(default=None, ge=0, le=2)
     top_p: Number | None = Field(default=None, ge=0, le=1)
     n: StrictInt | None = Field(default=None, ge=1, le=128)  # OpenAI's own bound; spend is n x one answer's
-    tools: list[Tool] | None = None
+    presence_penalty: Number | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: Number | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[TokenId, Bias] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    tools: list[Tool] | None = Field(default=None, min_length=1)  # OpenAI refuses an empty list
     tool_choice: StrictStr | dict[str, Any] | None = None
+    functions: list[FunctionDef] | None = Field(default=None, min_length=1)  # the legacy form of tools
     response_format: ResponseFormat | None = None
     router: RouterOptions | None = None
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _null_is_no_stream(cls, value: Any) -> Any:
+        # OpenAI reads null as the default for every optional field; SDKs and templates send it.
+        return False if value is None else value
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict", "list"}
@@ -115,27 +134,141 @@ def validate_chat(body: Any) -> ChatRequest:
         where = _location(err)
         if err.get("type") == "missing":
             raise _missing(where) from None
-        raise bad_request(f"invalid value for {where!r}: {err.get('msg')}", code="invalid_value", param=where) from None
+        raise _invalid(where, str(err.get("msg"))) from None
     for i, message in enumerate(request.messages):
-        if message.role == "tool" and not message.tool_call_id:
-            raise _missing(f"messages[{i}].tool_call_id")
-        for j, part in enumerate(message.content if isinstance(message.content, list) else ()):
-            # Adapters translate image parts for Anthropic and Gemini: the shape must be OpenAI's.
-            if isinstance(part, dict) and part.get("type") == "image_url":
-                image = part.get("image_url")
-                if not isinstance(image, dict) or not isinstance(image.get("url"), str) or not image["url"]:
-                    raise _missing(f"messages[{i}].content[{j}].image_url.url")
-    for i, tool in enumerate(request.tools or ()):
-        if tool.type == "function" and tool.function is None:
-            raise _missing(f"tools[{i}].function")
+        _check_message(message, f"messages[{i}]")
+    _check_tools(request)
+    _check_options(request)
     fmt = request.response_format
-    if fmt is not None and fmt.type == "json_schema" and not (fmt.json_schema or {}).get("name"):
-        raise _missing("response_format.json_schema.name")
+    if fmt is not None and fmt.type == "json_schema":
+        if not (fmt.json_schema or {}).get("name"):
+            raise _missing("response_format.json_schema.name")
+        if fmt.json_schema.get("schema") is not None:  # the same breaker risk as a tool's schema
+            _check_schema(fmt.json_schema["schema"], "response_format.json_schema.schema")
     return request
+
+
+def _check_message(message: Message, where: str) -> None:
+    if message.role == "tool" and not message.tool_call_id:
+        raise _missing(f"{where}.tool_call_id")
+    if message.role == "user" and message.content is None:
+        if "content" not in message.model_fields_set:
+            raise _missing(f"{where}.content")
+        raise _invalid(f"{where}.content", "a user message needs content, got null")
+    for j, part in enumerate(message.content if isinstance(message.content, list) else ()):
+        if not isinstance(part, dict):
+            continue
+        at = f"{where}.content[{j}]"
+        kind = part.get("type")
+        if kind == "text" and not isinstance(part.get("text"), str):
+            raise _invalid(f"{at}.text", f"expected a string, got {_json_type(part.get('text'))}")
+        image = part.get("image_url")
+        # Adapters translate image parts for Anthropic and Gemini: the shape must be OpenAI's.
+        if kind == "image_url" and (not isinstance(image, dict) or not isinstance(image.get("url"), str) or not image["url"]):
+            raise _missing(f"{at}.image_url.url")
+        detail = image.get("detail") if isinstance(image, dict) else None
+        if kind in ("image_url", "input_image") and detail is not None and not isinstance(detail, str):
+            # The image's token cost is looked up by its detail: a list or an object there was a 500.
+            raise _invalid(f"{at}.image_url.detail", f"expected 'auto', 'low' or 'high', got {_json_type(detail)}")
+
+
+def _check_tools(request: ChatRequest) -> None:
+    """Function definitions as OpenAI checks them. A malformed schema must not reach an upstream:
+    the upstream's failure would count against the model's breaker, and a few such requests from
+    one client would take every tool-capable model out of service for everyone."""
+    names: set[str] = set()
+    for i, tool in enumerate(request.tools or ()):
+        if tool.type != "function":
+            continue  # a provider's built-in tool or an OpenAI custom tool: the upstream judges it
+        if tool.function is None:
+            raise _missing(f"tools[{i}].function")
+        names.add(tool.function.name)
+        if tool.function.parameters is not None:
+            _check_schema(tool.function.parameters, f"tools[{i}].function.parameters")
+    for i, fn in enumerate(request.functions or ()):
+        if fn.parameters is not None:
+            _check_schema(fn.parameters, f"functions[{i}].parameters")
+    choice = request.tool_choice
+    if choice is None:
+        return
+    if isinstance(choice, str) and choice not in ("none", "auto", "required"):
+        raise _invalid("tool_choice", f"expected 'none', 'auto', 'required' or a named tool, got {choice!r}")
+    if choice != "none" and not request.tools:
+        raise _invalid("tool_choice", "'tool_choice' is only allowed when 'tools' are specified")
+    if isinstance(choice, dict):
+        if "type" not in choice:
+            raise _missing("tool_choice.type")
+        if choice["type"] == "function":
+            function = choice.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise _missing("tool_choice.function.name")
+            if function["name"] not in names:
+                raise _invalid("tool_choice.function.name", f"no function tool named {function['name']!r} in 'tools'")
+
+
+_SCHEMA_DEPTH = 32
+_SCHEMA_MAPS = ("properties", "$defs", "definitions")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf")
+
+
+def _check_schema(schema: Any, where: str, depth: int = 0) -> None:
+    """The JSON-Schema structure an upstream must be able to walk (its keywords' own values
+    are the upstream's to judge): every subschema an object, `required` a list of names."""
+    if not isinstance(schema, dict):
+        raise _invalid(where, f"expected a JSON schema (an object), got {_json_type(schema)}")
+    if depth >= _SCHEMA_DEPTH:
+        raise _invalid(where, f"the schema nests deeper than {_SCHEMA_DEPTH} levels")
+    kind = schema.get("type", "")
+    if not isinstance(kind, str) and not (isinstance(kind, list) and all(isinstance(k, str) for k in kind)):
+        raise _invalid(f"{where}.type", f"expected a type name or a list of them, got {_json_type(kind)}")
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise _invalid(f"{where}.required", "expected a list of property names")
+    for key in _SCHEMA_MAPS:
+        subschemas = schema.get(key, {})
+        if not isinstance(subschemas, dict):
+            raise _invalid(f"{where}.{key}", f"expected an object of schemas, got {_json_type(subschemas)}")
+        for name, sub in subschemas.items():
+            _check_schema(sub, f"{where}.{key}.{name}", depth + 1)
+    for key in _SCHEMA_LISTS:
+        subschemas = schema.get(key, [])
+        if not isinstance(subschemas, list):
+            raise _invalid(f"{where}.{key}", f"expected a list of schemas, got {_json_type(subschemas)}")
+        for n, sub in enumerate(subschemas):
+            _check_schema(sub, f"{where}.{key}[{n}]", depth + 1)
+    for key in ("items", "additionalProperties"):
+        sub = schema.get(key, True)
+        if isinstance(sub, list) and key == "items":  # the tuple form of older drafts
+            for n, item in enumerate(sub):
+                _check_schema(item, f"{where}.items[{n}]", depth + 1)
+        elif not isinstance(sub, bool):  # `false`: nothing (else) allowed
+            _check_schema(sub, f"{where}.{key}", depth + 1)
+
+
+def _check_options(request: ChatRequest) -> None:
+    """Combinations OpenAI refuses that no single field's type can say."""
+    if isinstance(request.stop, list) and len(request.stop) > 4:
+        raise _invalid("stop", f"at most 4 stop sequences are allowed, got {len(request.stop)}")
+    if request.top_logprobs is not None and not request.logprobs:
+        raise _invalid("top_logprobs", "'logprobs' must be true to use 'top_logprobs'")
+    if request.stream_options is not None and not request.stream:
+        raise _invalid("stream_options", "'stream_options' is only allowed when 'stream' is true")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {str: "a string", int: "a number", float: "a number", list: "an array", dict: "an object"}.get(type(value), "a value")
 
 
 def _missing(where: str) -> ApiError:
     return bad_request(f"missing required parameter: {where!r}", code="missing_required_parameter", param=where)
+
+
+def _invalid(where: str, why: str) -> ApiError:
+    return bad_request(f"invalid value for {where!r}: {why}", code="invalid_value", param=where)
 
 
 async def read_json_body(request: Request, max_bytes: int) -> Any:
@@ -154,8 +287,9 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
     if not raw.strip():
         raise bad_request("the request body is empty; send a JSON object", code="invalid_json")
     try:
-        return json_text.loads(raw)
-    except ValueError as exc:  # invalid JSON or UTF-8, or too deep for json_text to walk
+        # Upstreams get the body re-serialised: a NaN would reach them as a bare `NaN` token.
+        return json_text.loads(raw, finite=True)
+    except ValueError as exc:  # invalid JSON or UTF-8, a non-finite number, or too deep for json_text to walk
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:
         raise bad_request("the request body is nested too deeply", code="invalid_json") from None

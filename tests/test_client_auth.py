@@ -120,6 +120,22 @@ def test_route_decides_inside_the_key_scope(gw):
     assert allowed.status_code == 200 and allowed.json()["profile"] == "auto:cheap"
 
 
+@pytest.mark.parametrize("endpoint", ["chat/completions", "route"])
+def test_the_key_is_checked_before_the_body(gw, endpoint):
+    _, scoped = new_key(gw, name="scoped", allowed_models=["m3"], allowed_profiles=["auto:cheap"])
+    for body in ({"model": "auto"}, {**CHAT, "model": "gpt-17"}, {**CHAT, "temperature": 5}, b"{not json"):
+        for headers, code in (({}, "missing_api_key"), (bearer("sk-ocr-wrong"), "invalid_api_key")):
+            sent = {"content": body} if isinstance(body, bytes) else {"json": body}
+            r = httpx.post(f"{gw.base_url}/{endpoint}", headers=headers, **sent)
+            assert (r.status_code, r.json()["error"]["code"]) == (401, code), r.text
+    # An unknown model's 404 lists what the caller's key may use, not the whole catalog.
+    r = httpx.post(f"{gw.base_url}/{endpoint}", json={**CHAT, "model": "gpt-17"}, headers=bearer(scoped))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert r.json()["error"]["message"].endswith("Use a routing profile or a model: auto:cheap, m3")
+    r = httpx.post(f"{gw.base_url}/{endpoint}", json={**CHAT, "model": "gpt-17"}, headers=bearer(MASTER))
+    assert r.status_code == 404 and "auto:best" in r.json()["error"]["message"] and "m1" in r.json()["error"]["message"]
+
+
 def test_feedback_only_on_the_keys_own_requests(gw, upstream, tmp_path):
     key_a, a = new_key(gw, name="tenant-a")
     _, b = new_key(gw, name="tenant-b")

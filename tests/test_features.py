@@ -155,6 +155,7 @@ def test_the_shipped_routers_costs_follow_the_requests_max_tokens_and_n():
     router = LearnedRouter.load(default_artifact())
     turn = [{"role": "user", "content": "Explain the history of the Roman empire in detail"}]
     free, capped, eight = (view_chat_request({"messages": turn, **extra}) for extra in ({}, {"max_tokens": 5}, {"n": 8}))
+    assert view_chat_request({"messages": turn, "max_tokens": 5, "max_completion_tokens": 40}).max_output_tokens == 5
     pred = router.predict([free, capped, eight])
     assert (pred.output_tokens[0] > 5).all() and (pred.output_tokens[1] <= 5).all()
     # A 5-token answer costs 5 tokens and takes 5 tokens' time: gpt-4 was excluded from a $0.001

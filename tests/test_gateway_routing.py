@@ -29,6 +29,9 @@ def test_auto_with_a_conversation_longer_than_every_window_says_so_as_openai_doe
     with pytest.raises(openai.BadRequestError) as info:  # the field the client sent, as OpenClaw sends it
         gw.client().chat.completions.create(model="auto", messages=MSG, max_completion_tokens=200_000)
     assert info.value.body["param"] == "max_completion_tokens"
+    with pytest.raises(openai.BadRequestError) as info:  # both sent: the smaller is the limit the answer keeps to
+        gw.client().chat.completions.create(model="auto", messages=MSG, max_tokens=200_000, max_completion_tokens=300_000)
+    assert info.value.body["param"] == "max_tokens"
     # Another reason among the exclusions (a cost cap) is not the conversation's length alone.
     with pytest.raises(openai.BadRequestError) as info:
         gw.client().chat.completions.create(model="auto", messages=long, extra_body={"router": {"max_cost_usd": 1e-12}})
