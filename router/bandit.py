@@ -99,7 +99,6 @@ class BanditChoice:
     greedy: str
     probabilities: dict[str, float]  # over eligible models; sums to 1
     explored: bool
-    corrected_p_good: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -215,17 +214,12 @@ class ContextualBandit:
             arm.unseen = arm.prior_var >= self.settings.reset_var
         return arm
 
-    def posterior(self, models: Sequence[str], z: np.ndarray,
-                  p_std: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per model: correction mean, total quality std for context z, whether the correction
-        is news (a detected change, or a model the predictor does not know), and whether the
-        model is new (unseen by the predictor, fewer than `new_model_observations` rewards)."""
-        with self._lock:
-            return self._posterior(models, z, p_std)
-
     def _posterior(self, models: Sequence[str], z: np.ndarray,
                    p_std: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """`posterior`, the lock held."""
+        """Per model: correction mean, total quality std for context z, whether the correction
+        is news (a detected change, or a model the predictor does not know), and whether the
+        model is new (unseen by the predictor, fewer than `new_model_observations` rewards).
+        The caller holds the lock."""
         arms = [self._arm(m, sd) for m, sd in zip(models, np.asarray(p_std).reshape(-1))]
         corr = np.array([z @ a.mean for a in arms])
         corr_var = np.array([z @ a.cov @ z for a in arms])
@@ -325,7 +319,6 @@ class ContextualBandit:
             greedy=models[g],
             probabilities={m: float(p) for m, p in zip(models, probs)},
             explored=a != g,
-            corrected_p_good={m: float(v) for m, v in zip(models, q)},
         )
 
     def choose_for(self, decision: Decision, embedding: np.ndarray | None = None,

@@ -79,6 +79,21 @@ def sqlite_path(url: str) -> Path:
 JSON_COLUMNS = ("live_candidate", "shadow_candidate", "shadow_on_live_choice")
 
 
+def feedback_insert(mark: str) -> str:
+    """The INSERT of one feedback row, its values in `FEEDBACK_COLUMNS` order; `mark` is the
+    driver's placeholder (`?` for sqlite3, `%s` for psycopg)."""
+    return f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join(mark for _ in FEEDBACK_COLUMNS)})"
+
+
+def feedback_query(mark: str, request_id: str | None = None) -> tuple[str, list[Any]]:
+    """`FeedbackStore.feedback` as SQL and its arguments: every row, or one request's, in the
+    order they were added."""
+    sql, args = "SELECT * FROM feedback", []
+    if request_id is not None:
+        sql, args = sql + f" WHERE request_id = {mark}", [request_id]
+    return sql + " ORDER BY id", args
+
+
 class FeedbackStore(Protocol):
     def add_feedback(self, fb: Feedback) -> None: ...
     def feedback(self, request_id: str | None = None) -> list[dict[str, Any]]: ...
@@ -109,16 +124,12 @@ class FeedbackLog:
     def add_feedback(self, fb: Feedback) -> None:
         row = asdict(fb)
         with self._lock, self._conn:
-            self._conn.execute(
-                f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join('?' for _ in FEEDBACK_COLUMNS)})",
-                [row[c] for c in FEEDBACK_COLUMNS])
+            self._conn.execute(feedback_insert("?"), [row[c] for c in FEEDBACK_COLUMNS])
 
     def feedback(self, request_id: str | None = None) -> list[dict[str, Any]]:
-        sql, args = "SELECT * FROM feedback", []
-        if request_id is not None:
-            sql, args = sql + " WHERE request_id = ?", [request_id]
+        sql, args = feedback_query("?", request_id)
         with self._lock:
-            return [dict(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+            return [dict(r) for r in self._conn.execute(sql, args)]
 
     def add_shadow(self, rec: ShadowRecord) -> None:
         row = {**asdict(rec), "agree": int(rec.agree), "called": int(rec.called)}

@@ -16,6 +16,8 @@ from router.feedback_log import (
     SHADOW_COLUMNS,
     Feedback,
     ShadowRecord,
+    feedback_insert,
+    feedback_query,
 )
 from router.outcome_store_pg import pg_text
 
@@ -50,15 +52,10 @@ class PostgresFeedbackLog:
     def add_feedback(self, fb: Feedback) -> None:
         row = pg_text(asdict(fb))
         with self._pool.connection() as conn:
-            conn.execute(
-                f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join('%s' for _ in FEEDBACK_COLUMNS)})",
-                [row[c] for c in FEEDBACK_COLUMNS])
+            conn.execute(feedback_insert("%s"), [row[c] for c in FEEDBACK_COLUMNS])
 
     def feedback(self, request_id: str | None = None) -> list[dict[str, Any]]:
-        sql, args = "SELECT * FROM feedback", []
-        if request_id is not None:
-            sql, args = sql + " WHERE request_id = %s", [request_id]
-        return self._rows(sql + " ORDER BY id", args)
+        return self._rows(*feedback_query("%s", request_id))
 
     def add_shadow(self, rec: ShadowRecord) -> None:
         row = {**asdict(rec), "agree": rec.agree}

@@ -111,6 +111,20 @@ def from_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_query(select: str, mark: str, since: float | None = None, limit: int | None = None) -> tuple[str, list[Any]]:
+    """`OutcomeStore.read` as SQL and its arguments, one text for every backend: `select` is what
+    the store selects, `mark` its driver's placeholder (`?` for sqlite3, `%s` for psycopg)."""
+    sql, args = f"SELECT {select} FROM outcomes", []
+    if since is not None:
+        sql += f" WHERE ts >= {mark}"
+        args.append(since)
+    sql += " ORDER BY ts"
+    if limit is not None:
+        sql += f" LIMIT {mark}"
+        args.append(limit)
+    return sql, args
+
+
 class OutcomeStore(Protocol):
     def write_many(self, records: Sequence[OutcomeRecord]) -> None: ...
     def read(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]: ...
@@ -153,14 +167,7 @@ class SQLiteStore:
             self._conn.executemany(sql, rows)
 
     def read(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        sql, args = "SELECT * FROM outcomes", []
-        if since is not None:
-            sql += " WHERE ts >= ?"
-            args.append(since)
-        sql += " ORDER BY ts"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
+        sql, args = read_query("*", "?", since, limit)
         with self._read_lock:
             return [from_row(dict(r)) for r in self._reader.execute(sql, args)]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from router.outcome_log import COLUMNS, OutcomeRecord, from_row, to_row
+from router.outcome_log import COLUMNS, OutcomeRecord, from_row, read_query, to_row
 
 _PG_TYPES = {
     "ts": "DOUBLE PRECISION", "stream": "BIGINT", "simulated": "BIGINT", "embedding": "BYTEA", "input_tokens_est": "BIGINT",
@@ -61,15 +61,7 @@ class PostgresStore:
             return out
 
     def read(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        sql, args = f"SELECT {', '.join(COLUMNS)} FROM outcomes", []
-        if since is not None:
-            sql += " WHERE ts >= %s"
-            args.append(since)
-        sql += " ORDER BY ts"
-        if limit is not None:
-            sql += " LIMIT %s"
-            args.append(limit)
-        return self._rows(sql, args)
+        return self._rows(*read_query(", ".join(COLUMNS), "%s", since, limit))
 
     def get(self, request_id: str) -> dict[str, Any] | None:
         if "\x00" in request_id:  # no id of ours has one, and PostgreSQL refuses it in a query

@@ -311,14 +311,6 @@ class OutcomePredictor:
             return np.tile(self.token_prior, (n, 1))
         return np.expm1(tok).clip(1.0, None)
 
-    def predict_quality(self, X: np.ndarray, transformed: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated P(good) and its spread across fold boosters, (N, M) each."""
-        return self._calibrated(self._raw_outputs(X if transformed else self.transform(X))[0])
-
-    def predict_tokens(self, X: np.ndarray, transformed: bool = False) -> np.ndarray:
-        Z = X if transformed else self.transform(X)
-        return self._tokens(self._raw_outputs(Z)[1], len(Z))
-
     def predict(self, X: np.ndarray, input_tokens: np.ndarray | None = None, models: Sequence[str] | None = None,
                 prices: Sequence[tuple[float, float]] | None = None, ttft_s: Sequence[float] | None = None,
                 throughput_tps: Sequence[float] | None = None, names: Sequence[str] | None = None,

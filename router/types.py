@@ -6,7 +6,6 @@ gateway, the offline jobs and the notebooks agree on one vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -94,6 +93,3 @@ class Decision:
             "candidates": [c.__dict__ for c in self.candidates],
         }
 
-
-LiveView = Mapping[str, LiveStats]
-ModelNames = Sequence[str]

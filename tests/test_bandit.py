@@ -92,7 +92,7 @@ def test_a_new_model_has_its_own_exploration_budget():
     # A known model whose change was detected is news for the spend cap, but not a new model.
     for _ in range(200):
         bandit.update("b", z, 0.0, 0.79)
-    _, _, news, new = bandit.posterior(["b"], z, np.array([0.05]))
+    _, _, news, new = bandit._posterior(["b"], z, np.array([0.05]))
     assert bandit.stats()["arms"]["b"]["resets"] >= 1 and news[0] and not new[0]
 
 
@@ -116,7 +116,7 @@ def test_a_replica_meeting_a_new_model_through_shared_rewards_treats_it_as_new()
     for fields in rewards:
         peer_sync.apply({**fields, "from": "another replica"})
     z = deciding.context(None)
-    mine, theirs = deciding.posterior(["n"], z, np.array([0.5])), peer.posterior(["n"], z, np.array([0.5]))
+    mine, theirs = deciding._posterior(["n"], z, np.array([0.5])), peer._posterior(["n"], z, np.array([0.5]))
     # the same evidence, the same (wide) prior: the same correction, and the model is news to both
     assert theirs[0][0] == pytest.approx(mine[0][0]) and theirs[1][0] == pytest.approx(mine[1][0])
     assert bool(theirs[2][0]) and bool(mine[2][0]) and bool(theirs[3][0]) == bool(mine[3][0])

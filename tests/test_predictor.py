@@ -47,7 +47,8 @@ def test_held_out_calibration_beats_base_rate(data, fitted):
     0.07 leaves room for that twice over while catching a miscalibrated model (the raw
     boosters of an uncalibrated fit are off by more on the extreme bins)."""
     table, X, train, test = data
-    p, std = fitted.predict_quality(X[test])
+    pred = fitted.predict(X[test])
+    p, std = pred.p_good, pred.p_good_std
     y = table.quality[test]
     base = np.tile(np.nanmean(table.quality[train], axis=0), (len(test), 1))
     brier, brier_base = np.mean((p - y) ** 2), np.mean((base - y) ** 2)
@@ -115,7 +116,7 @@ def test_soft_labels_and_unobserved_cells(data):
 
     soft = replace(sub, quality=q)
     p = OutcomePredictor(folds=2, num_rounds=20, mode="per_model").fit(X[train[:300]], soft)
-    mean, _ = p.predict_quality(X[train[:10]])
+    mean = p.predict(X[train[:10]]).p_good
     assert mean.shape == (10, len(table.models)) and np.isfinite(mean).all()
 
 

@@ -2,7 +2,9 @@
 request without changing a byte of what the client gets; then the shadow report."""
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from argparse import Namespace
 
@@ -194,33 +196,65 @@ def test_shadow_calls_stay_within_their_cap_however_long_the_answers(shadow_arti
     assert runtime.shadow_spend == pytest.approx(spent)  # every reservation settled to the real cost
 
 
+class _HeldUpstream(FakeUpstream):
+    """A fake upstream whose delayed replies (`ok(delay_s=...)`, whatever the delay) wait until
+    the test sets `released`: such a call is slow for as long as the test needs, however loaded
+    the machine, and whatever the gateway did in the meantime happened while it was in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+
+    async def _sleep(self, seconds: float) -> None:
+        while seconds > 0 and not (self.released.is_set() or self._stopping.is_set()):
+            await asyncio.sleep(0.01)
+
+
 def test_a_slow_shadow_call_neither_queues_live_requests_nor_holds_back_their_outcome_rows(shadow_artifact, tmp_path):
+    from service.hooks.learning_hook import LearningHook
     from tests.fake_upstream import ok
 
     db = f"sqlite:///{tmp_path}/shadow.sqlite"
     extra = f'learning: {{shadow: {{artifact: "{shadow_artifact}", call_share: 1.0, max_call_cost_usd: 10.0}}}}'
-    with FakeUpstream() as up:
+    with _HeldUpstream() as up:
         for m in ("m2", "m3"):
-            up.default(m, ok(delay_s=3.0))  # the candidate's model is slow
+            up.default(m, ok(delay_s=1.0))  # the candidate's model answers only once released
         config = fake_config(up.base_url, db, extra=extra)
         # two connections to the provider: shared with shadow calls, live requests waited behind them
         config = config.model_copy(update={"providers": {"fake": config.providers["fake"].model_copy(
-            update={"max_connections": 2, "timeout_s": 10.0})}})
+            update={"max_connections": 2, "timeout_s": 60.0})}})
         running = Running(config, router=QualityRouter(LIVE))
+        # Were a live request (or its outcome row) to wait for the held shadow calls, it would
+        # finish only after this release, and the checks below on `released` would fail.
+        release = threading.Timer(30.0, up.released.set)
+        release.start()
+        runtime = next(h for h in running.gateway.pipeline.hooks if isinstance(h, LearningHook)).rt
         try:
-            waits = []
-            for text in PROMPTS[:5]:
-                started = time.monotonic()
+            started, held = 0, []  # shadow calls started (none can finish), when each live request was sent
+            for text in PROMPTS[:8]:
+                held.append(started)
+                reserved = runtime.shadow_spend
                 _, model, rid = _ask(running.client(), text, False)
-                waits.append(time.monotonic() - started)
+                assert not up.released.is_set(), "a live request waited for the shadow calls in flight"
+                assert model == "m1"
                 # the outcome row is there for feedback to any replica, not after the shadow call
-                deadline = time.monotonic() + 1.0
-                while running.gateway.outcome_log.get(rid) is None and time.monotonic() < deadline:
+                while running.gateway.outcome_log.get(rid) is None and not up.released.is_set():
                     time.sleep(0.02)
-                assert model == "m1" and running.gateway.outcome_log.get(rid)["answered_model"] == "m1"
+                assert not up.released.is_set(), "an outcome row waited for its shadow call"
+                assert running.gateway.outcome_log.get(rid)["answered_model"] == "m1"
+                # Before the next live request, this one's shadow is settled: its call started (the
+                # cap reserved for it), or it agreed with the live router (no call, its row written).
+                while runtime.shadow_spend == reserved and not up.released.is_set() \
+                        and rid not in {r["request_id"] for r in runtime.feedback_log.shadows()}:
+                    time.sleep(0.02)
+                started += runtime.shadow_spend > reserved
+            assert not up.released.is_set()
+            # live requests went out with as many shadow calls in flight as the provider has connections
+            assert max(held) >= 2, held
         finally:
+            release.cancel()
+            up.released.set()
             running.stop()
-    assert max(waits) < 1.5, waits  # it was ~3 s when live requests queued behind shadow calls
 
 
 def test_the_shadow_router_decides_on_the_live_view_of_the_models(shadow_artifact, tmp_path):

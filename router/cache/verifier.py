@@ -114,6 +114,3 @@ class Verifier:
             logits = self.cross_encoder.logits([texts_a[i] for i in best], [texts_b[i] for i in best])
             out[best] = combined_score(p[best], logits)
         return out
-
-    def accept(self, texts_a: Sequence[str], texts_b: Sequence[str], emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
-        return self.accept_probability(texts_a, texts_b, emb_a, emb_b) >= self.threshold

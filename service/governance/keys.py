@@ -180,15 +180,6 @@ class KeyStore:
         with self.db.tx() as tx:
             return [_row_to_key(r) for r in tx.all(sql)]
 
-    def count_active(self, now: float | None = None) -> int:
-        now = time.time() if now is None else now
-        with self.db.tx() as tx:
-            row = tx.one(
-                "SELECT COUNT(*) AS n FROM gov_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)",
-                (now,),
-            )
-        return int(row["n"]) if row else 0
-
     def any_created(self) -> bool:
         """Whether a key was ever made (revoked and expired ones included)."""
         with self.db.tx() as tx:

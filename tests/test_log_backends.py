@@ -1,0 +1,47 @@
+"""The SQLite and PostgreSQL stores build their reads from one query text: each must give the
+same rows for the same filters (`since`, `limit`, one request's feedback)."""
+from __future__ import annotations
+
+import pytest
+
+from router.feedback_log import Feedback, open_feedback_log
+from router.outcome_log import OutcomeRecord, open_store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/log.sqlite"
+    return request.getfixturevalue("pg_url")
+
+
+def ids(rows: list[dict]) -> list[str]:
+    return [r["request_id"] for r in rows]
+
+
+def test_outcome_reads_filter_from_a_time_and_stop_at_a_limit(url):
+    store = open_store(url)
+    try:
+        # written out of time order: reads come back oldest first whatever the insert order
+        store.write_many([OutcomeRecord(request_id=f"r{i}", ts=1000.0 + i) for i in (3, 0, 4, 1, 2)])
+        assert ids(store.read()) == ["r0", "r1", "r2", "r3", "r4"]
+        assert ids(store.read(since=1002.0)) == ["r2", "r3", "r4"]
+        assert ids(store.read(limit=2)) == ["r0", "r1"]
+        assert ids(store.read(since=1001.0, limit=2)) == ["r1", "r2"]
+    finally:
+        store.close()
+
+
+def test_feedback_reads_one_request_or_all_in_the_order_added(url):
+    log = open_feedback_log(url)
+    try:
+        for fb in (Feedback("b", 0.5, ts=3.0), Feedback("a", 0.0, source="implicit", signal="error", ts=2.0),
+                   Feedback("a", 1.0, label="good", comment="thanks", ts=1.0)):
+            log.add_feedback(fb)
+        rows = log.feedback()
+        assert [(r["request_id"], r["score"]) for r in rows] == [("b", 0.5), ("a", 0.0), ("a", 1.0)]
+        assert [(r["source"], r["signal"], r["label"], r["comment"], r["ts"]) for r in log.feedback("a")] == [
+            ("implicit", "error", None, None, 2.0), ("explicit", "score", "good", "thanks", 1.0)]
+        assert log.feedback("nobody") == []
+    finally:
+        log.close()
