@@ -9,6 +9,7 @@ entities, and the embedding interactions |a-b| and a*b.
 """
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache, wraps
 from typing import Sequence
@@ -148,7 +149,19 @@ _ANTONYM_PAIRS = (
     "attack defend", "allow forbid", "benefits risks", "strengths weaknesses", "friend enemy", "teacher student",
     "employer employee", "buyer seller", "parent child", "asleep awake", "wet dry", "full empty", "alive dead",
 )
-ANTONYMS = frozenset(frozenset(p.split()) for p in _ANTONYM_PAIRS)
+
+
+def _opposites(pairs: tuple[str, ...]) -> dict[str, frozenset[str]]:
+    """Each word's opposites: a pair of texts is checked by one lookup per word only one side
+    has, not by one per pair of such words."""
+    out: dict[str, set[str]] = {}
+    for x, y in (p.split() for p in pairs):
+        out.setdefault(x, set()).add(y)
+        out.setdefault(y, set()).add(x)
+    return {w: frozenset(o) for w, o in out.items()}
+
+
+OPPOSITES = _opposites(_ANTONYM_PAIRS)
 # Words that give a question a direction: with them, the same words in another order ask
 # another question ("convert Celsius to Fahrenheit" / "convert Fahrenheit to Celsius").
 _DIRECTIONAL = frozenset("to into from than vs versus over per".split())
@@ -157,7 +170,7 @@ _COORDINATING = frozenset("and or vs versus".split())
 
 
 def _opposed(only_a: set[str], only_b: set[str]) -> bool:
-    return any(frozenset((x, y)) in ANTONYMS for x in only_a for y in only_b)
+    return any(not OPPOSITES[x].isdisjoint(only_b) for x in only_a if x in OPPOSITES)
 
 
 def _reversed(wa: tuple[str, ...], wb: tuple[str, ...]) -> bool:
@@ -219,6 +232,9 @@ def _capitonym(a: str, b: str) -> bool:
     """A listed word written as a name past a sentence's start on one side and in lower case on
     the other ("How do I say this in Polish?" / "... in polish?"). A side written in title case
     ("How To Polish Shoes") says nothing by its capitals."""
+    if not any(w in a.lower() or w in b.lower() for w in _CAPITONYMS):
+        return False  # nearly every pair: none of the words anywhere, so no regex over both texts
+
     def cased(text: str) -> tuple[set[str], set[str]]:
         tokens = _WORD_CASED.findall(text)
         title_case = sum(t[0].isupper() for t in tokens) * 2 > len(tokens)
@@ -370,10 +386,13 @@ class _Side:
     def __init__(self, lex: Lexicon, text: str):
         self.ids = lex.content_ids(text)
         self.idset = frozenset(self.ids)
-        self.idf = lex.idf[self.ids]
-        self.vecs = lex.vectors[self.ids]
+        # One index array for both lookups, and a scalar square root for the norm: on texts of a
+        # few words numpy's per-call overhead, not the arithmetic, is the cost of a lookup.
+        index = np.array(self.ids, dtype=np.intp)
+        self.idf = lex.idf[index]
+        self.vecs = lex.vectors[index]
         bag = self.idf @ self.vecs
-        self.bag = bag / max(float(np.linalg.norm(bag)), 1e-6)
+        self.bag = bag / max(math.sqrt(float(bag @ bag)), 1e-6)
         self.entities = _entities(text)
 
 

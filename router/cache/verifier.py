@@ -95,10 +95,14 @@ class Verifier:
 
     def first_stage(self, texts_a: Sequence[str], texts_b: Sequence[str], emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
         """LightGBM's P(duplicate) with the hard rules applied: 0 for refused pairs and low cosine."""
-        p = self.probability(texts_a, texts_b, emb_a, emb_b)
-        cos = np.einsum("ij,ij->i", np.asarray(emb_a, dtype=np.float32), np.asarray(emb_b, dtype=np.float32))
-        refused = np.array([hard_mismatch(a, b) for a, b in zip(texts_a, texts_b)], dtype=bool)
-        return np.where(refused | (cos < self.min_cosine), 0.0, p)
+        emb_a, emb_b = np.asarray(emb_a, dtype=np.float32), np.asarray(emb_b, dtype=np.float32)
+        cos = np.einsum("ij,ij->i", emb_a, emb_b)
+        # The pair features and the booster cost most of a lookup: pairs the rules refuse skip them.
+        scored = [i for i, (a, b) in enumerate(zip(texts_a, texts_b)) if cos[i] >= self.min_cosine and not hard_mismatch(a, b)]
+        p = np.zeros(len(texts_a))
+        if scored:
+            p[scored] = self.probability([texts_a[i] for i in scored], [texts_b[i] for i in scored], emb_a[scored], emb_b[scored])
+        return p
 
     def accept_probability(self, texts_a: Sequence[str], texts_b: Sequence[str], emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
         """The verifier's score per pair, compared with `threshold`. With a second stage: LightGBM's
