@@ -18,7 +18,7 @@ import pytest
 from router.config import ConfigError
 from router.outcome_log import read_outcomes
 from service.presets import build_preset_config, load_presets, presets_path
-from service.simulator import MODELS as ROUTERBENCH_MODELS
+from service.simulated_answers import MODELS as ROUTERBENCH_MODELS
 from tests.fake_upstream import FakeUpstream, error
 
 REPO = Path(__file__).resolve().parent.parent

@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
+from typing import Literal, Optional
 
+import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 
 from router.config import load_config
 from service.providers import build_provider
-from service.simulator import MODELS, attach_simulator, is_good, start_simulator
+from service.simulated_answers import MODELS, is_good
+from service.simulator import attach_simulator, start_simulator
 from training.data import datasets_dir
 from tests.conftest import require_dataset
 
@@ -191,3 +196,145 @@ models:
 """, "demo.yaml")
     with pytest.raises(ValueError, match=r"models\[1\] \(my-model\): the simulator serves no model 'my-model'"):
         attach_simulator(config, time_scale=0.0)
+
+
+def test_a_malformed_tool_schema_is_a_400_not_a_500(client, sim_url):
+    broken = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": "string"}}}}]
+    for model in ("gpt-4-1106-preview", "llama-2-70b-chat"):  # a client error whether or not the model calls tools
+        with pytest.raises(openai.BadRequestError) as info:
+            ask(client, model, "weather in Paris", tools=broken)
+        assert info.value.code == "invalid_function_parameters"
+        assert info.value.param == "tools[0].function.parameters"
+        assert "Invalid schema for function 'get_weather'" in info.value.message and "'city'" in info.value.message
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(client, "gpt-4-1106-preview", "hi", tools=[{"type": "function", "function": {
+            "name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}}}])
+    assert info.value.code == "invalid_function_parameters"
+    # Input that never parses into a request is the client's fault too.
+    assert httpx.post(f"{sim_url}/chat/completions", content=b"[" * 100_000).status_code == 400
+
+
+def test_odd_but_valid_tool_schemas_get_instances(client):
+    parameters = {
+        "type": "object",
+        "$defs": {"Point": {"type": "object", "properties": {"x": {"type": "number", "minimum": 2}}},
+                  "Node": {"type": "object", "required": ["label", "children"], "properties": {
+                      "label": {"type": "string", "maxLength": 4},
+                      "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}}}}},
+        "required": ["nullable", "fixed", "either", "point", "grid", "counts", "untyped", "one", "tree", "when"],
+        "properties": {
+            "nullable": {"type": ["null", "string"]},
+            "fixed": {"const": 3},
+            "either": {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 5}]},
+            "point": {"$ref": "#/$defs/Point"},
+            "grid": {"type": "array", "items": {"type": "array", "items": {"type": "boolean"}}},
+            "counts": {"type": "object", "required": ["a"], "additionalProperties": {"type": "integer"}},
+            "untyped": {"description": "no type at all"},
+            "one": {"oneOf": [{"enum": ["x", "y"]}, {"type": "integer"}]},
+            "tree": {"$ref": "#/$defs/Node"},
+            "when": {"type": "string", "format": "date-time"},
+        },
+    }
+    tools = [{"type": "function", "function": {"name": "odd", "parameters": parameters}}]
+    first = ask(client, "gpt-4-1106-preview", "plot the points", tools=tools)
+    args = json.loads(first.choices[0].message.tool_calls[0].function.arguments)
+    assert args == json.loads(ask(client, "gpt-4-1106-preview", "plot the points", tools=tools)
+                              .choices[0].message.tool_calls[0].function.arguments)
+    assert {k: args[k] for k in ("nullable", "fixed", "either", "point", "grid", "counts", "untyped", "one")} == {
+        "nullable": "plot the points", "fixed": 3, "either": 5, "point": {"x": 2.0}, "grid": [[True]],
+        "counts": {"a": 1}, "untyped": "plot the points", "one": "x"}
+    datetime.fromisoformat(args["when"])
+    node, depth = args["tree"], 0
+    while node["children"]:  # a self-referencing schema ends in a finite tree
+        assert node["label"] == "plot" and len(node["children"]) == 1
+        node, depth = node["children"][0], depth + 1
+    assert 1 <= depth < 10
+
+
+class Step(BaseModel):
+    explanation: str
+    output: int
+
+
+class Solution(BaseModel):
+    steps: list[Step]
+    final_answer: str
+    confidence: Literal["low", "high"]
+    checked_at: Optional[datetime]
+
+
+@pytest.mark.parametrize("parse", ["beta", "ga"])
+def test_structured_outputs_parse_into_the_schema(client, parse):
+    create = client.beta.chat.completions.parse if parse == "beta" else client.chat.completions.parse
+    messages = [{"role": "user", "content": "solve 8x + 7 = -23"}]
+    first = create(model="gpt-3.5-turbo-1106", messages=messages, response_format=Solution)
+    again = create(model="gpt-3.5-turbo-1106", messages=messages, response_format=Solution)
+    solution = first.choices[0].message.parsed
+    assert isinstance(solution, Solution) and solution.steps and solution.confidence == "low"
+    assert again.choices[0].message.content == first.choices[0].message.content
+    with client.chat.completions.stream(model="gpt-3.5-turbo-1106", messages=messages, response_format=Solution) as stream:
+        streamed = stream.get_final_completion().choices[0].message
+    assert streamed.parsed == solution and streamed.content == first.choices[0].message.content
+
+
+def test_stop_sequences_end_the_answer_before_them(client):
+    full = ask(client, "gpt-4-1106-preview", "Explain binary search.").choices[0].message.content
+    cut = ask(client, "gpt-4-1106-preview", "Explain binary search.", stop=["binary", "Answer to"])
+    assert cut.choices[0].message.content == full[:full.index("Answer to")] == "[simulated gpt-4-1106-preview] "
+    assert cut.choices[0].finish_reason == "stop" and cut.usage.completion_tokens < 10
+    chunks = list(ask(client, "gpt-4-1106-preview", "Explain binary search.", stop="binary", stream=True,
+                      stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full[:full.index("binary")]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    absent = ask(client, "gpt-4-1106-preview", "Explain binary search.", stop="no such words")
+    assert absent.choices[0].message.content == full
+    with pytest.raises(openai.BadRequestError):
+        ask(client, "gpt-4-1106-preview", "hi", stop=["a", "b", "c", "d", "e"])
+
+
+def test_legacy_functions_answer_with_function_call(client):
+    functions = [{"name": "get_weather", "parameters": {"type": "object", "required": ["city"],
+                                                         "properties": {"city": {"type": "string"}}}},
+                 {"name": "get_time", "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}}}]
+    forced = ask(client, "mixtral-8x7b-chat", "time in Paris", functions=functions, function_call={"name": "get_time"})
+    choice = forced.choices[0]
+    assert choice.finish_reason == "function_call" and choice.message.tool_calls is None and choice.message.content is None
+    assert choice.message.function_call.name == "get_time"
+    assert json.loads(choice.message.function_call.arguments) == {"tz": "time in Paris"}
+    chunks = list(ask(client, "mixtral-8x7b-chat", "weather in Paris", functions=functions, function_call="auto", stream=True))
+    calls = [c.choices[0].delta.function_call for c in chunks if c.choices and c.choices[0].delta.function_call]
+    assert calls[0].name == "get_weather"
+    assert json.loads("".join(f.arguments or "" for f in calls)) == {"city": "weather in Paris"}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["function_call"]
+    assert ask(client, "claude-v1", "weather in Paris", functions=functions).choices[0].message.function_call is None
+
+
+def test_streamed_tool_call_accumulates_to_null_content(client):
+    with client.chat.completions.stream(model="gpt-3.5-turbo-1106", tools=TOOLS,
+                                        messages=[{"role": "user", "content": "find the config loader"}]) as stream:
+        streamed = stream.get_final_completion().choices[0].message
+    plain = ask(client, "gpt-3.5-turbo-1106", "find the config loader", tools=TOOLS).choices[0].message
+    assert streamed.content is None and plain.content is None
+    assert streamed.tool_calls[0].function.arguments == plain.tool_calls[0].function.arguments
+
+
+def test_logprobs_and_system_fingerprint(client, sim_url):
+    plain = httpx.post(f"{sim_url}/chat/completions", json={
+        "model": "Yi-34B-Chat", "messages": [{"role": "user", "content": "hi"}]}).json()
+    assert plain["system_fingerprint"] == "fp_simulated" and plain["choices"][0]["logprobs"] is None
+    streamed = httpx.post(f"{sim_url}/chat/completions", json={
+        "model": "Yi-34B-Chat", "messages": [{"role": "user", "content": "hi"}], "stream": True}).text
+    chunks = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+    assert all(c["system_fingerprint"] == "fp_simulated" and c["choices"][0]["logprobs"] is None for c in chunks)
+
+    result = ask(client, "Yi-34B-Chat", "Name three prime numbers.", logprobs=True, top_logprobs=3)
+    content = result.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == result.choices[0].message.content
+    for t in content:
+        assert t.logprob < 0 and bytes(t.bytes).decode() == t.token and len(t.top_logprobs) == 3
+        assert t.top_logprobs[0].token == t.token and len({a.token for a in t.top_logprobs}) == 3
+    again = ask(client, "Yi-34B-Chat", "Name three prime numbers.", logprobs=True, top_logprobs=3)
+    assert again.choices[0].logprobs.content == content
+    chunks = list(ask(client, "Yi-34B-Chat", "Name three prime numbers.", logprobs=True, top_logprobs=3, stream=True))
+    assert [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content] == content
