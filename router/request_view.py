@@ -70,6 +70,14 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(token_chars(text) / CHARS_PER_TOKEN)
 
 
+def output_limit(body: Mapping[str, Any]) -> tuple[int | None, str]:
+    """The output limit a chat body sets and the field it came from. A client that sends both
+    `max_completion_tokens` and `max_tokens` gets the smaller: the answer must keep to each."""
+    given = [(v, k) for k in ("max_completion_tokens", "max_tokens")
+             if isinstance(v := body.get(k), int) and not isinstance(v, bool) and v > 0]
+    return min(given) if given else (None, "max_tokens")
+
+
 def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
     """The routing view of a chat-completions body (assumed already schema-checked)."""
     messages = list(body.get("messages") or [])
@@ -105,8 +113,7 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
     images = image_tokens(messages)
     if images:
         needs.add("vision")
-    # Both limits sent: the answer keeps to the smaller (as the providers send it).
-    max_out = min((v for v in (body.get("max_completion_tokens"), body.get("max_tokens")) if v), default=None)
+    max_out, _ = output_limit(body)
     n = body.get("n")
     n_turns = sum(1 for m in messages if m.get("role") == "user")
     if not last_user and messages:

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from router.request_view import estimate_tokens, view_chat_request
+from router.request_view import estimate_tokens, output_limit, view_chat_request
 from service import sse
 from service.api_info import resolve_visible
 from service.dispatch import OpenStream, usage_tokens
@@ -81,6 +81,7 @@ async def chat_completions(request: Request) -> Response:
     received, started = time.time(), time.perf_counter()
     request_id = f"req_{uuid.uuid4().hex}"
     raw: Any = None
+    caller = None
     try:
         # The key first: a caller without one learns nothing from how its body is judged, and an
         # unknown model's 404 lists only what its key may use. The governance pre-hook asks
@@ -94,14 +95,13 @@ async def chat_completions(request: Request) -> Response:
         if profile is None:
             _check_choices(gw.config.model(model), raw.get("n"))
     except ApiError as exc:
-        # Refused before routing, it still has its id and its outcome row (not its content).
-        asked = raw.get("model") if isinstance(raw, dict) and isinstance(raw.get("model"), str) else ""
-        ctx = RequestContext(request_id=request_id, body={}, routing=view_chat_request({}), headers=request.headers,
-                             stream=False, profile=None, requested_model=asked[:200], status="rejected", error=exc.message)
-        ctx.extras.update(received_at=received, started=started, http_status=exc.status, reason="refused before routing")
-        finish(gw, ctx)
-        return exc.response(response_headers(ctx))
-    body = {k: v for k, v in raw.items() if k != "router"}
+        return _refused(gw, request, request_id, received, started, raw, caller, exc, "rejected")
+    except Exception as exc:  # the key store down, or our bug: a clean 500 that still has its log row
+        log.exception("request %s failed before routing", request_id)
+        error = ApiError(500, "internal error in the router", code="internal_error")
+        return _refused(gw, request, request_id, received, started, raw, caller, error, "error", f"internal: {type(exc).__name__}")
+    # `tools: []` means no tools, and OpenAI refuses the empty list: it is not forwarded.
+    body = {k: v for k, v in raw.items() if k != "router" and not (k == "tools" and v == [])}
     ctx = RequestContext(
         request_id=request_id,
         body=body,
@@ -137,13 +137,21 @@ def _embed_and_decide(gw: Gateway, router_now: Any, ctx: RequestContext, live: A
         ctx.embedding = gw.embed(ctx.routing.text)
     return decide(router_now, ctx.routing, config=gw.config, profile=ctx.profile, constraints=ctx.extras["constraints"],
                   live=live, embedding=ctx.embedding, blocked_for=gw.live.breaker.blocked_for,
-                  output_field=_output_field(ctx.body))
+                  output_field=output_limit(ctx.body)[1])
 
 
-def _output_field(body: dict[str, Any]) -> str:
-    """The field the client's output limit came from (the smaller, where it sent both), for errors."""
-    completion, plain = body.get("max_completion_tokens"), body.get("max_tokens")
-    return "max_tokens" if plain and (not completion or plain < completion) else "max_completion_tokens"
+def _refused(gw: Gateway, request: Request, request_id: str, received: float, started: float, raw: Any, caller: Any,
+             exc: ApiError, status: str, error: str | None = None) -> Response:
+    """A request that ends before routing still has its id and its outcome row (not its content),
+    filed under its key when the key was known."""
+    asked = raw.get("model") if isinstance(raw, dict) and isinstance(raw.get("model"), str) else ""
+    ctx = RequestContext(request_id=request_id, body={}, routing=view_chat_request({}), headers=request.headers,
+                         stream=False, profile=None, requested_model=asked[:200], status=status, error=error or exc.message)
+    if caller is not None and caller.kind != "open":  # as the governance pre-hook files them
+        ctx.tenant, ctx.key_label = caller.tenant, caller.label
+    ctx.extras.update(received_at=received, started=started, http_status=exc.status, reason="refused before routing")
+    finish(gw, ctx)
+    return exc.response(response_headers(ctx))
 
 
 async def _handle(gw: Gateway, ctx: RequestContext) -> Response:

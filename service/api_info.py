@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from router.config import Config
 from router.request_view import view_chat_request
-from service.errors import ApiError, bad_request, model_not_found
+from service.errors import ApiError, bad_request
 from service.gateway import Gateway
 from service.governance.auth import Caller, allows_model, allows_profile, client_caller
 from service.routing import build_constraints, decide, resolve_model
@@ -40,13 +40,11 @@ async def retrieve_model(request: Request, model_id: str) -> JSONResponse:
 
 
 def resolve_visible(name: str, config: Config, caller: Caller | None) -> str | None:
-    """`resolve_model` for this caller: the 404 for an unknown name lists only what the key may
-    use, as `/v1/models` does (a scoped key must not learn the rest of the catalog from it)."""
-    if name not in config.router.profiles and name not in config.model_names:
-        key = caller.key if caller is not None else None
-        raise model_not_found(name, [*(p for p in config.router.profiles if allows_profile(key, p)),
-                                     *(m for m in config.model_names if allows_model(key, m))])
-    return resolve_model(name, config)
+    """`resolve_model` for this caller: an unknown name's 404 suggests what the key may use, as
+    `/v1/models` lists it, not names the key would be refused (a hint, not a secret: a scoped
+    key naming a model outside its scope is told 403 `model_not_allowed`)."""
+    key = caller.key if caller is not None else None
+    return resolve_model(name, config, lambda n: allows_profile(key, n) if n in config.router.profiles else allows_model(key, n))
 
 
 async def _visible_models(request: Request) -> list[dict]:

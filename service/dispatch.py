@@ -258,9 +258,11 @@ class Dispatcher:
                 self._on_error(ctx, spec, failure, started, retry)
                 tries.errors.append(failure)
                 if not failure.failover:
-                    # The client's own fault: it gets the upstream's code, param and type where it gave them.
-                    raise ApiError(400, f"the upstream rejected the request: {failure.message}",
-                                   code=failure.code or "upstream_bad_request", param=failure.param, type=failure.type)
+                    # The client's own fault: it gets the upstream's code and param where it gave them. A
+                    # status written as a code ("400", a proxy's) says nothing the status does not.
+                    code = failure.code if failure.code and not failure.code.isdigit() else "upstream_bad_request"
+                    raise ApiError(400, f"the upstream rejected the request: {failure.message}", code=code,
+                                   param=failure.param)
                 if failure.kind == "context_length":
                     tries.smallest_failed_window = max(tries.smallest_failed_window or 0, spec.context_window)
                 if not self._should_retry(failure, retry) or self.live.breaker.state(name) == "open":

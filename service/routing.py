@@ -54,13 +54,14 @@ class RouterSlot:
         return old
 
 
-def resolve_model(name: str, config: Config) -> str | None:
-    """The routing profile `name` selects, or None for a concrete catalog model."""
+def resolve_model(name: str, config: Config, usable: Callable[[str], bool] = lambda _: True) -> str | None:
+    """The routing profile `name` selects, or None for a concrete catalog model. An unknown name's
+    404 suggests the profiles and models `usable` lets the caller use."""
     if name in config.router.profiles:
         return name
     if name in config.model_names:
         return None
-    raise model_not_found(name, [*config.router.profiles, *config.model_names])
+    raise model_not_found(name, [n for n in (*config.router.profiles, *config.model_names) if usable(n)])
 
 
 def _header_list(value: str | None) -> list[str] | None:

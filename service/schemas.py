@@ -97,7 +97,7 @@ class ChatRequest(_Open):
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     stop: StrictStr | list[StrictStr] | None = None
     seed: StrictInt | None = None
-    tools: list[Tool] | None = Field(default=None, min_length=1)  # OpenAI refuses an empty list
+    tools: list[Tool] | None = None  # [] is no tools (agent SDKs send it; it is not forwarded)
     tool_choice: StrictStr | dict[str, Any] | None = None
     functions: list[FunctionDef] | None = Field(default=None, min_length=1)  # the legacy form of tools
     response_format: ResponseFormat | None = None
@@ -213,9 +213,12 @@ _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf")
 
 def _check_schema(schema: Any, where: str, depth: int = 0) -> None:
     """The JSON-Schema structure an upstream must be able to walk (its keywords' own values
-    are the upstream's to judge): every subschema an object, `required` a list of names."""
+    are the upstream's to judge): every subschema an object or a boolean (`true`: anything, as
+    Rust's schemars writes an any-JSON field), `required` a list of names."""
+    if isinstance(schema, bool):
+        return
     if not isinstance(schema, dict):
-        raise _invalid(where, f"expected a JSON schema (an object), got {_json_type(schema)}")
+        raise _invalid(where, f"expected a JSON schema (an object or a boolean), got {_json_type(schema)}")
     if depth >= _SCHEMA_DEPTH:
         raise _invalid(where, f"the schema nests deeper than {_SCHEMA_DEPTH} levels")
     kind = schema.get("type", "")
@@ -241,7 +244,7 @@ def _check_schema(schema: Any, where: str, depth: int = 0) -> None:
         if isinstance(sub, list) and key == "items":  # the tuple form of older drafts
             for n, item in enumerate(sub):
                 _check_schema(item, f"{where}.items[{n}]", depth + 1)
-        elif not isinstance(sub, bool):  # `false`: nothing (else) allowed
+        else:
             _check_schema(sub, f"{where}.{key}", depth + 1)
 
 
@@ -251,8 +254,6 @@ def _check_options(request: ChatRequest) -> None:
         raise _invalid("stop", f"at most 4 stop sequences are allowed, got {len(request.stop)}")
     if request.top_logprobs is not None and not request.logprobs:
         raise _invalid("top_logprobs", "'logprobs' must be true to use 'top_logprobs'")
-    if request.stream_options is not None and not request.stream:
-        raise _invalid("stream_options", "'stream_options' is only allowed when 'stream' is true")
 
 
 def _json_type(value: Any) -> str:

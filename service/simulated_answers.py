@@ -125,6 +125,8 @@ def schema_problem(schema: Any, root: dict[str, Any], where: tuple[str, ...] = (
     context = f"In context={where!r}, "
     if len(where) > MAX_SCHEMA_DEPTH:
         return f"{context}schema is nested deeper than {MAX_SCHEMA_DEPTH} levels."
+    if isinstance(schema, bool):  # JSON Schema's `true` (anything) and `false` (nothing)
+        return None
     if not isinstance(schema, dict):
         return f"{context}schema must be a JSON Schema object, got {_described(schema)}."
     kinds = schema.get("type", [])
@@ -182,10 +184,12 @@ class _Example:
     def __init__(self, root: dict[str, Any], prompt: str):
         self.root, self.prompt, self.nodes = root, prompt, 0
 
-    def of(self, schema: dict[str, Any], name: str, depth: int) -> Any:
+    def of(self, schema: dict[str, Any] | bool, name: str, depth: int) -> Any:
         self.nodes += 1
-        if depth >= EXAMPLE_DEPTH_LIMIT or self.nodes > 2 * EXAMPLE_NODES:
+        if depth >= EXAMPLE_DEPTH_LIMIT or self.nodes > 2 * EXAMPLE_NODES or schema is False:
             return None
+        if schema is True:
+            schema = {}  # anything: the same label a schema without a type gets
         deep = depth >= EXAMPLE_DEPTH or self.nodes > EXAMPLE_NODES
         if "$ref" in schema:
             return self.of(_resolve(self.root, schema["$ref"]), name, depth + 1)
@@ -201,6 +205,8 @@ class _Example:
         if schema.get("allOf"):
             merged = {k: v for k, v in schema.items() if k != "allOf"}
             for part in schema["allOf"]:
+                if not isinstance(part, dict):
+                    continue  # `true` adds nothing to the merge (`false` would allow no instance at all)
                 part = _resolve(self.root, part["$ref"]) if "$ref" in part else part
                 merged = {**part, **merged, "properties": {**part.get("properties", {}), **merged.get("properties", {})},
                           "required": [*merged.get("required", []), *part.get("required", [])]}
@@ -220,7 +226,7 @@ class _Example:
         if kind == "array":
             least = min(schema["minItems"], MAX_ITEMS) if isinstance(schema.get("minItems"), int) else 0
             count = least if deep or schema.get("maxItems") == 0 else max(1, least)
-            items = schema.get("items") if isinstance(schema.get("items"), dict) else {}
+            items = schema.get("items") if isinstance(schema.get("items"), (dict, bool)) else {}
             return [self.of(items, name, depth + 1) for _ in range(count)]
         if kind == "integer":
             return int(_bounded(1, schema, 1))
@@ -252,15 +258,11 @@ def chosen_name(choice: Any) -> str | None:
     return None
 
 
-def _function_problem(fn: Any, param: str) -> tuple[str, str, str] | None:
-    if not isinstance(fn, dict):
-        return f"Missing required parameter: '{param}'.", "missing_required_parameter", param
-    if not isinstance(fn.get("name"), str):
-        return f"Missing required parameter: '{param}.name'.", "missing_required_parameter", f"{param}.name"
+def _function_problem(fn: dict[str, Any], param: str) -> tuple[str, str, str] | None:
     parameters = fn.get("parameters")
     if parameters is None:
         return None
-    problem = schema_problem(parameters, parameters) if isinstance(parameters, dict) else "schema must be a JSON Schema object."
+    problem = schema_problem(parameters, parameters)
     if problem is None and parameters.get("type", "object") != "object":
         problem = f"schema must be a JSON Schema of 'type: \"object\"', got 'type: {json.dumps(parameters['type'])}'."
     if problem is None:
@@ -269,48 +271,27 @@ def _function_problem(fn: Any, param: str) -> tuple[str, str, str] | None:
 
 
 def request_problem(body: dict[str, Any]) -> tuple[str, str, str] | None:
-    """Why OpenAI would answer this chat body 400 where the simulator relies on its shape: (message, code, param).
-    Client input must never reach `answer` malformed, where it would be a 500 that the gateway blames on the model."""
-    for i, m in enumerate(body["messages"]):
-        if not isinstance(m, dict):
-            return f"Invalid type for 'messages[{i}]': expected an object.", "invalid_type", f"messages[{i}]"
+    """Why OpenAI would answer this chat body 400 beyond what `service.schemas.validate_chat` checks
+    (the simulator runs that first): schemas it cannot build an instance of, and a `function_call`
+    naming no given function: (message, code, param). Client input must never reach `answer`
+    malformed, where it would be a 500 that the gateway blames on the model."""
     for key in ("tools", "functions"):
-        if not isinstance(body.get(key) or [], list):
-            return f"Invalid type for '{key}': expected an array.", "invalid_type", key
         for i, item in enumerate(body.get(key) or []):
-            if key == "tools" and not isinstance(item, dict):
-                return f"Invalid type for 'tools[{i}]': expected an object.", "invalid_type", f"tools[{i}]"
             if key == "functions" or item.get("type", "function") == "function":
-                fn, param = (item, f"functions[{i}]") if key == "functions" else (item.get("function"), f"tools[{i}].function")
+                fn, param = (item, f"functions[{i}]") if key == "functions" else (item["function"], f"tools[{i}].function")
                 if problem := _function_problem(fn, param):
                     return problem
     functions, choice, legacy = callable_functions(body)
-    named, param = chosen_name(choice), "function_call" if legacy else "tool_choice"
-    if named is not None and named not in {f["name"] for f in functions}:
-        return (f"Invalid value for '{param}': no function named '{named}' was specified in the "
-                f"'{'functions' if legacy else 'tools'}' parameter.", "invalid_value", param)
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") in ("text", "json_object", "json_schema")):
-        return "Invalid 'response_format': 'type' must be one of 'text', 'json_object', 'json_schema'.", "invalid_value", "response_format"
-    if fmt is not None and fmt["type"] == "json_schema":
-        spec = fmt.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            return "Missing required parameter: 'response_format.json_schema.name'.", "missing_required_parameter", "response_format"
+    named = chosen_name(choice)
+    if legacy and named is not None and named not in {f["name"] for f in functions}:
+        return (f"Invalid value for 'function_call': no function named '{named}' was specified in the 'functions' "
+                "parameter.", "invalid_value", "function_call")
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        spec = fmt["json_schema"]
         schema = spec.get("schema") or {"type": "object"}
-        problem = schema_problem(schema, schema) if isinstance(schema, dict) else "schema must be a JSON Schema object."
-        if problem:
+        if problem := schema_problem(schema, schema if isinstance(schema, dict) else {}):
             return f"Invalid schema for response_format '{spec['name']}': {problem}", "invalid_json_schema", "response_format"
-    stop = body.get("stop")
-    if not (stop is None or isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4
-                                                       and all(isinstance(s, str) for s in stop))):
-        return "Invalid 'stop': expected a string or an array of up to 4 strings.", "invalid_value", "stop"
-    if not isinstance(body.get("stream_options") or {}, dict):
-        return "Invalid type for 'stream_options': expected an object.", "invalid_type", "stream_options"
-    top = body.get("top_logprobs")
-    if top is not None and not (isinstance(top, int) and not isinstance(top, bool) and 0 <= top <= 20):
-        return "Invalid 'top_logprobs': expected an integer from 0 to 20.", "invalid_value", "top_logprobs"
-    if top is not None and body.get("logprobs") is not True:
-        return "Invalid value for 'top_logprobs': 'logprobs' must be true when 'top_logprobs' is set.", "invalid_value", "top_logprobs"
     return None
 
 

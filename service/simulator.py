@@ -27,7 +27,9 @@ from starlette.routing import Route
 
 from router.config import Config
 from router.request_view import estimate_tokens
+from service.errors import ApiError
 from service.providers.registry import SIMULATED_URL
+from service.schemas import validate_chat
 from service.simulated_answers import MODELS, Answer, answer, request_problem, words
 
 FINGERPRINT = "fp_simulated"  # OpenAI's system_fingerprint names its backend configuration; the simulator has one
@@ -36,13 +38,6 @@ FINGERPRINT = "fp_simulated"  # OpenAI's system_fingerprint names its backend co
 def _error(status: int, message: str, code: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status,
                         headers={"x-simulated": "true"})
-
-
-def _choices(body: dict[str, Any]) -> int | None:
-    n = body.get("n", 1)
-    if n is None:
-        return 1
-    return n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else None
 
 
 class Simulator:
@@ -69,14 +64,14 @@ class Simulator:
             body = json.loads(await request.body())
         except (ValueError, RecursionError):
             return _error(400, "request body is not valid JSON", "invalid_json")
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
-            return _error(400, "'messages' must be a non-empty list", "invalid_messages")
+        try:
+            validate_chat(body)  # what OpenAI refuses, in the gateway's words: the simulator stands in for it
+        except ApiError as exc:
+            return _error(400, exc.message, exc.code or "invalid_value", param=exc.param)
         model = body.get("model")
-        if not isinstance(model, str) or model not in MODELS:
+        if model not in MODELS:
             return _error(404, f"The model '{model}' does not exist (simulated upstream)", "model_not_found")
-        n = _choices(body)
-        if n is None:
-            return _error(400, "'n' must be an integer from 1 to 128", "invalid_value")
+        n = body.get("n") or 1
         problem = request_problem(body)
         if problem is not None:
             message, code, param = problem

@@ -229,3 +229,31 @@ def test_secrets_stay_out_of_logs_errors_and_metrics(gw, caplog):
     assert 'openclaw_governance_refusals_total{reason="invalid_key"} 4.0' in text
     for s in (secret, wrong, MASTER):
         assert s not in text and s[-16:] not in text
+
+
+def test_a_key_store_that_fails_is_a_clean_500_with_its_outcome_row(upstream, tmp_path, caplog):
+    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite")
+    gov = _governance(config, tmp_path)
+    gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)
+    try:
+        admin = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {MASTER}"}, timeout=10)
+        key = admin.post("/admin/keys", json={"name": "tenant-a"}).json()
+        unseen = admin.post("/admin/keys", json={"name": "tenant-b"}).json()["secret"]  # not in the key cache
+        r = httpx.post(f"{gw.base_url}/chat/completions", json={**CHAT, "temperature": 9}, headers=bearer(key["secret"]))
+        assert r.status_code == 400
+        rejected = gw.outcome(r.headers["x-request-id"])  # filed under the key it came with
+        assert (rejected["status"], rejected["tenant"], rejected["key_label"]) == ("rejected", key["key"]["id"], "tenant-a")
+
+        def unreachable(*args, **kwargs):
+            raise RuntimeError("governance database unreachable")
+
+        gov.keys.authenticate = unreachable
+        with caplog.at_level(logging.ERROR):
+            r = httpx.post(f"{gw.base_url}/chat/completions", json=CHAT, headers=bearer(unseen))
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+        assert "unreachable" not in r.text  # the reason is in the log, not the answer
+        row = gw.outcome(r.headers["x-request-id"])
+        assert row["status"] == "error" and row["error"] == "internal: RuntimeError"
+        admin.close()
+    finally:
+        gw.stop()

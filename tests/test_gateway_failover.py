@@ -113,8 +113,10 @@ def test_a_client_error_reaches_the_client_with_the_upstreams_code_and_param(sta
     gw = start_gateway()
     combination = {"message": "max_tokens and max_completion_tokens cannot both be set", "type": "invalid_request_error",
                    "param": "max_tokens", "code": "invalid_parameter_combination"}
+    vllm = {"object": "error", "type": "BadRequestError", "message": "bad top_k", "param": "top_k", "code": "400"}
     upstream.script("m1", Reply("error", status=400, body={"error": combination}),
-                    error(400, "temperature is out of range", type="invalid_request_error"))
+                    error(400, "temperature is out of range", type="invalid_request_error"),
+                    Reply("error", status=400, body={"error": vllm}))
     with pytest.raises(openai.BadRequestError) as exc:
         gw.client().chat.completions.create(model="m1", messages=MSG)
     assert (exc.value.code, exc.value.param, exc.value.type) == ("invalid_parameter_combination", "max_tokens", "invalid_request_error")
@@ -123,6 +125,10 @@ def test_a_client_error_reaches_the_client_with_the_upstreams_code_and_param(sta
     with pytest.raises(openai.BadRequestError) as exc:
         gw.client().chat.completions.create(model="m1", messages=MSG)
     assert (exc.value.code, exc.value.param) == ("upstream_bad_request", None)
+    # A server's own error type and a status written as a code (vLLM, proxies) stay OpenAI's.
+    with pytest.raises(openai.BadRequestError) as exc:
+        gw.client().chat.completions.create(model="m1", messages=MSG)
+    assert (exc.value.code, exc.value.param, exc.value.type) == ("upstream_bad_request", "top_k", "invalid_request_error")
     assert not upstream.requests_for("m2") and not upstream.requests_for("m3")  # the client's fault: no failover
 
 

@@ -77,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
         section = config.cache
         verifier_path = resolve_path(config, section.verifier)
     df = load_pairs(args.pairs)
-    t0 = time.perf_counter()
-    emb_a, emb_b = embed_pairs(df)
-    t1 = time.perf_counter()
+    t0 = t1 = time.perf_counter()
     if section.enabled:
+        emb_a, emb_b = embed_pairs(df)
+        t1 = time.perf_counter()
         verifier = Verifier.load(verifier_path, threshold=section.verifier_threshold) if section.semantic else None
         cache = ResponseCache(None, ttl_s=section.ttl_s, max_entries=max(section.max_entries, len(df) + 1),
                               semantic=section.semantic, verifier=verifier)

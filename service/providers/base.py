@@ -32,6 +32,7 @@ from typing import Any, AsyncIterator, Literal, Mapping
 import aiohttp
 
 from router.config import ModelSpec, ProviderSpec
+from router.request_view import output_limit as requested_output_limit
 from service import json_text
 
 ErrorKind = Literal[
@@ -84,7 +85,7 @@ class UpstreamError(Exception):
     """
 
     def __init__(self, kind: ErrorKind, message: str, status: int | None = None, retry_after: float | None = None,
-                 *, code: str | None = None, param: str | None = None, type: str | None = None):
+                 *, code: str | None = None, param: str | None = None):
         super().__init__(f"{kind}: {message}" if status is None else f"{kind} (HTTP {status}): {message}")
         self.kind: ErrorKind = kind
         self.status = status
@@ -94,7 +95,6 @@ class UpstreamError(Exception):
         # branch on the code (`invalid_parameter_combination`, param `max_tokens`).
         self.code = code
         self.param = param
-        self.type = type
 
     @property
     def retryable(self) -> bool:
@@ -242,7 +242,7 @@ def _upstream_error(status: int, payload: Any, text: str, fallback: str, secrets
     """The `UpstreamError` for an error body, classified as from HTTP `status` and `reported` as
     of that status (None when the upstream answered 200). `text` is the raw body, for wording."""
     err = _error_object(payload)
-    fields = {k: scrub(v, secrets) for k in ("code", "param", "type") if isinstance(v := err.get(k), str) and v}
+    fields = {k: scrub(v, secrets) for k in ("code", "param") if isinstance(v := err.get(k), str) and v}
     return UpstreamError(classify(status, payload, text), scrub(error_message(payload, fallback), secrets), status=reported,
                          retry_after=_gemini_retry_delay(payload) if retry_after is None else retry_after, **fields)
 
@@ -311,10 +311,9 @@ async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str 
 
 
 def output_limit(model: ModelSpec, body: dict[str, Any]) -> int | None:
-    """The request's output limit as sent to this model (`ModelSpec.output_cap`): the smaller of
-    `max_completion_tokens` and `max_tokens` where a client sends both, as the answer must keep to each."""
-    given = [v for v in (body.get("max_completion_tokens"), body.get("max_tokens")) if v]
-    return model.output_cap(min(given) if given else None)
+    """The request's output limit (`router.request_view.output_limit`) as sent to this model
+    (`ModelSpec.output_cap`)."""
+    return model.output_cap(requested_output_limit(body)[0])
 
 
 def tool_arguments(arguments: Any) -> dict[str, Any]:
