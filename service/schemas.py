@@ -207,45 +207,61 @@ def _check_tools(request: ChatRequest) -> None:
 
 
 _SCHEMA_DEPTH = 32
-_SCHEMA_MAPS = ("properties", "$defs", "definitions")
-_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf")
+_SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions"})
+_SCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf"})
 
 
-def _check_schema(schema: Any, where: str, depth: int = 0) -> None:
+def _check_schema(schema: Any, where: str) -> None:
     """The JSON-Schema structure an upstream must be able to walk (its keywords' own values
     are the upstream's to judge): every subschema an object or a boolean (`true`: anything, as
     Rust's schemars writes an any-JSON field), `required` a list of names."""
+    problem = _schema_problem(schema, 0)
+    if problem is not None:
+        path, why = problem
+        raise _invalid(where + "".join(reversed(path)), why)
+
+
+def _schema_problem(schema: Any, depth: int) -> tuple[list[str], str] | None:
+    """(the path to the bad part, innermost first; why), or None. An agent's dozen tools are
+    checked on every turn: only the keywords a node has are looked at, and a path is spelled out
+    only for a schema that is refused."""
     if isinstance(schema, bool):
-        return
+        return None
     if not isinstance(schema, dict):
-        raise _invalid(where, f"expected a JSON schema (an object or a boolean), got {_json_type(schema)}")
+        return [], f"expected a JSON schema (an object or a boolean), got {_json_type(schema)}"
     if depth >= _SCHEMA_DEPTH:
-        raise _invalid(where, f"the schema nests deeper than {_SCHEMA_DEPTH} levels")
-    kind = schema.get("type", "")
-    if not isinstance(kind, str) and not (isinstance(kind, list) and all(isinstance(k, str) for k in kind)):
-        raise _invalid(f"{where}.type", f"expected a type name or a list of them, got {_json_type(kind)}")
-    required = schema.get("required", [])
-    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
-        raise _invalid(f"{where}.required", "expected a list of property names")
-    for key in _SCHEMA_MAPS:
-        subschemas = schema.get(key, {})
-        if not isinstance(subschemas, dict):
-            raise _invalid(f"{where}.{key}", f"expected an object of schemas, got {_json_type(subschemas)}")
-        for name, sub in subschemas.items():
-            _check_schema(sub, f"{where}.{key}.{name}", depth + 1)
-    for key in _SCHEMA_LISTS:
-        subschemas = schema.get(key, [])
-        if not isinstance(subschemas, list):
-            raise _invalid(f"{where}.{key}", f"expected a list of schemas, got {_json_type(subschemas)}")
-        for n, sub in enumerate(subschemas):
-            _check_schema(sub, f"{where}.{key}[{n}]", depth + 1)
-    for key in ("items", "additionalProperties"):
-        sub = schema.get(key, True)
-        if isinstance(sub, list) and key == "items":  # the tuple form of older drafts
-            for n, item in enumerate(sub):
-                _check_schema(item, f"{where}.items[{n}]", depth + 1)
-        else:
-            _check_schema(sub, f"{where}.{key}", depth + 1)
+        return [], f"the schema nests deeper than {_SCHEMA_DEPTH} levels"
+    for key, value in schema.items():
+        if key == "type":
+            if not isinstance(value, str) and not (isinstance(value, list) and all(isinstance(k, str) for k in value)):
+                return [".type"], f"expected a type name or a list of them, got {_json_type(value)}"
+        elif key == "required":
+            if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+                return [".required"], "expected a list of property names"
+        elif key in _SCHEMA_MAPS:
+            if not isinstance(value, dict):
+                return [f".{key}"], f"expected an object of schemas, got {_json_type(value)}"
+            for name, sub in value.items():
+                if (problem := _schema_problem(sub, depth + 1)) is not None:
+                    problem[0].append(f".{key}.{name}")
+                    return problem
+        elif key in _SCHEMA_LISTS:
+            if not isinstance(value, list):
+                return [f".{key}"], f"expected a list of schemas, got {_json_type(value)}"
+            for n, sub in enumerate(value):
+                if (problem := _schema_problem(sub, depth + 1)) is not None:
+                    problem[0].append(f".{key}[{n}]")
+                    return problem
+        elif key == "items" and isinstance(value, list):  # the tuple form of older drafts
+            for n, sub in enumerate(value):
+                if (problem := _schema_problem(sub, depth + 1)) is not None:
+                    problem[0].append(f".items[{n}]")
+                    return problem
+        elif key in ("items", "additionalProperties"):
+            if (problem := _schema_problem(value, depth + 1)) is not None:
+                problem[0].append(f".{key}")
+                return problem
+    return None
 
 
 def _check_options(request: ChatRequest) -> None:
