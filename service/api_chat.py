@@ -100,8 +100,11 @@ async def chat_completions(request: Request) -> Response:
         log.exception("request %s failed before routing", request_id)
         error = ApiError(500, "internal error in the router", code="internal_error")
         return _refused(gw, request, request_id, received, started, raw, caller, error, "error", f"internal: {type(exc).__name__}")
-    # `tools: []` means no tools, and OpenAI refuses the empty list: it is not forwarded.
-    body = {k: v for k, v in raw.items() if k != "router" and not (k == "tools" and v == [])}
+    # `tools: []` is no tools, and `tool_choice: "none"` beside no tools asks nothing: OpenAI
+    # refuses both, agent SDKs send them, so neither is forwarded.
+    toolless = not raw.get("tools")
+    body = {k: v for k, v in raw.items()
+            if k != "router" and not (k == "tools" and v == []) and not (k == "tool_choice" and v == "none" and toolless)}
     ctx = RequestContext(
         request_id=request_id,
         body=body,
