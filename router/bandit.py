@@ -383,6 +383,7 @@ class ContextualBandit:
         spread for the model: a replica that first meets a model through another replica's
         reward must give it the same prior (a model new to the predictor gets a wide one).
         """
+        reward = checked_reward(reward)
         s = self.settings
         with self._lock:
             if len(z) != self.dim:  # a context from before a rebase to another basis width: not this basis's
@@ -408,6 +409,7 @@ class ContextualBandit:
     def resolve(self, request_id: str, reward: float) -> Observation | None:
         """Learn from a delayed reward for the decision made with `request_id`; the observation
         learnt from, or None if this bandit did not make that decision (or forgot it)."""
+        reward = checked_reward(reward)  # before the decision is taken off the pending list
         with self._lock:
             pending = self._pending.pop(request_id, None)
         if pending is None:
@@ -438,6 +440,15 @@ class ContextualBandit:
                 "arms": {m: {"n_eff": a.n_eff, "intercept": float(a.mean[0]), "resets": a.resets}
                          for m, a in self._arms.items()},
             }
+
+
+def checked_reward(reward: float) -> float:
+    """A reward as the bandit learns it: a number in [0, 1]. One NaN would leave its model's
+    correction NaN for good (and NaN wins every argmax), one 50 would swamp a hundred rewards."""
+    value = float(reward)
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise ValueError(f"a reward is a number in [0, 1], got {reward!r}")
+    return value
 
 
 def candidate_arrays(candidates: Sequence[Candidate]) -> dict[str, np.ndarray]:

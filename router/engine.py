@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from router.config import Config, ModelSpec, Profile, resolve_path
+from router.embedding import DIM
 from router.features import FEATURE_NAMES, request_features
 from router.policy import decide
 from router.predictor import OutcomePredictor, Predictions
@@ -34,6 +35,10 @@ class LearnedRouter:
         self.path = path
         self.models: list[str] = list(predictor.models)
         self._embedder = None
+
+    def __getstate__(self) -> dict:
+        # The ONNX session cannot be pickled; a copy opens its own on first use.
+        return {**self.__dict__, "_embedder": None}
 
     @classmethod
     def load(cls, path: str | Path) -> "LearnedRouter":
@@ -80,8 +85,16 @@ class LearnedRouter:
     def featurize(self, requests: Sequence[RoutingRequest], embeddings: np.ndarray | None = None) -> np.ndarray:
         """[embedding | cheap features] rows, the predictor's input."""
         if embeddings is None:
-            embeddings = self._embed([r.text for r in requests])
-        embeddings = np.asarray(embeddings, dtype=np.float32).reshape(len(requests), -1)
+            embeddings = self._embed([r.text for r in requests]) if requests else np.zeros((0, DIM), np.float32)
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.ndim == 1 and len(requests) == 1:
+            embeddings = embeddings[None, :]
+        if embeddings.shape != (len(requests), DIM):
+            raise ValueError(f"embeddings must be one {DIM}-wide MiniLM vector per request ({len(requests)} x {DIM}), "
+                             f"got shape {embeddings.shape}")
+        # LightGBM reads NaN as "missing" and predicts on: a broken vector would route as if sound.
+        if not np.isfinite(embeddings).all():
+            raise ValueError("embeddings hold NaN or infinite values")
         return np.hstack([embeddings, request_features(requests)])
 
     def predict(self, requests: Sequence[RoutingRequest], embeddings: np.ndarray | None = None,
@@ -93,10 +106,11 @@ class LearnedRouter:
         in_tok = np.array([r.input_tokens or estimate_tokens(r.text) for r in requests], dtype=np.float64)
         answers = np.array([r.answers for r in requests], dtype=np.float64)
         if catalog is None:
-            caps = np.array([[r.max_output_tokens or np.inf] for r in requests], dtype=np.float64)
+            caps = np.array([[r.max_output_tokens or np.inf] for r in requests], dtype=np.float64).reshape(len(requests), 1)
             return self.predictor.predict(X, in_tok, output_caps=caps, answers=answers)
         # What each model may write for each request: its max_tokens as that model is sent it.
-        caps = np.array([[s.output_cap(r.max_output_tokens) or np.inf for s in catalog] for r in requests], dtype=np.float64)
+        caps = np.array([[s.output_cap(r.max_output_tokens) or np.inf for s in catalog] for r in requests],
+                        dtype=np.float64).reshape(len(requests), len(catalog))
         return self.predictor.predict(
             X,
             in_tok,

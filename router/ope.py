@@ -65,8 +65,12 @@ class LoggedData:
             raise ValueError("logged propensities must lie in (0, 1]")
         if n and not np.all(np.isfinite(self.rewards)):
             raise ValueError("logged rewards must be finite")
+        if n and not np.all(np.asarray(self.actions) >= 0):  # -1 would index the last action
+            raise ValueError("logged actions must be indices of actions (≥ 0)")
         if self.q_hat is not None and self.q_hat.shape[0] != n:
             raise ValueError("q_hat must have one row per logged request")
+        if self.q_hat is not None and not np.all(np.isfinite(self.q_hat)):
+            raise ValueError("q_hat must be finite")
         if self.clusters is not None and len(self.clusters) != n:
             raise ValueError("clusters must have one entry per logged request")
 
@@ -84,6 +88,8 @@ def _weights(log: LoggedData, target_probs: np.ndarray) -> np.ndarray:
     if len(target_probs) and not (np.all(np.isfinite(target_probs)) and np.all(target_probs >= 0)
                                   and np.allclose(target_probs.sum(axis=1), 1.0, atol=1e-6)):
         raise ValueError("each row of target_probs must be a probability distribution")
+    if len(target_probs) and np.max(log.actions) >= target_probs.shape[1]:
+        raise ValueError(f"a logged action is {int(np.max(log.actions))}, target_probs covers {target_probs.shape[1]} actions")
     idx = np.arange(len(log.actions))
     return target_probs[idx, log.actions] / log.propensities
 

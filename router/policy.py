@@ -77,6 +77,11 @@ def calibrate_willingness_to_pay(pred: Predictions, model: str, target_share: fl
     `calibrate_threshold`): scan the knob grid, then bisect between the bracketing points."""
     if not 0.0 <= target_share <= 1.0:
         raise ValueError(f"target_share must be in [0, 1], got {target_share}")
+    if model not in pred.models:
+        raise ValueError(f"{model!r} is not among the predicted models {list(pred.models)}")
+    rows = len(pred.p_good)
+    if rows == 0:
+        raise ValueError("no predictions to calibrate on")
     j = pred.column(model)
 
     def share(w: float) -> float:
@@ -84,6 +89,12 @@ def calibrate_willingness_to_pay(pred: Predictions, model: str, target_share: fl
 
     grid = knob_grid(241)
     shares = np.array([share(w) for w in grid])
+    # A share no knob value comes near (a model the policy seldom prefers) is an error, not the
+    # nearest knob: that would quietly route as if calibrated.
+    slack = max(1.0 / rows, 0.01)
+    if not shares.min() - slack <= target_share <= shares.max() + slack:
+        raise ValueError(f"{model} gets {shares.min():.1%}-{shares.max():.1%} of these rows at any willingness to "
+                         f"pay; {target_share:.1%} is out of reach")
     i = int(np.argmin(np.abs(shares - target_share)))
     if shares[i] == target_share:
         return float(grid[i])

@@ -177,6 +177,17 @@ class OutcomePredictor:
     _forest: MergedForest | None = field(default=None, init=False, repr=False)
 
     # ---- features -------------------------------------------------------------------
+    @staticmethod
+    def _checked(X: np.ndarray) -> np.ndarray:
+        """X as scikit-learn would take it: rows × features, finite (LightGBM reads NaN as a missing
+        value and predicts on, so a broken row would look like a sound one)."""
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D (rows x [embedding | cheap features]), got shape {X.shape}")
+        if not np.isfinite(X).all():
+            raise ValueError("X holds NaN or infinite values")
+        return X
+
     def transform(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
         if self.pca_proj is None or self.pca_dim <= 0:
@@ -198,6 +209,9 @@ class OutcomePredictor:
         say = progress or (lambda _msg: None)
         q = np.asarray(outcomes.quality, dtype=np.float64)
         n, m = q.shape
+        X = self._checked(X)
+        if len(X) != n:
+            raise ValueError(f"X has {len(X)} rows, the outcomes {n}: one row of features per outcome row")
         self.models = list(outcomes.models)
         self._forest = None
         if self.pca_dim > 0 and X.shape[1] > self.embed_dim:
@@ -323,7 +337,9 @@ class OutcomePredictor:
         `output_caps` (N, M): the most output tokens each request lets each model write (its
         `max_tokens`); `answers` (N,): `n`, every answer's output billed.
         """
-        Z = self.transform(X)
+        if not self.models:
+            raise ValueError("this predictor is not fitted: call fit(X, outcomes) or load an artifact")
+        Z = self.transform(self._checked(X))
         n = len(Z)
         models = list(models) if models is not None else list(self.models)
         raw, tok_raw = self._raw_outputs(Z)

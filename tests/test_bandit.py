@@ -207,6 +207,20 @@ def test_online_feedback_moves_traffic_away_from_a_degraded_model():
     assert not bandit.feedback("never-seen", 1.0)
 
 
+@pytest.mark.parametrize("reward", [float("nan"), float("inf"), -0.5, 50.0])
+def test_a_reward_outside_zero_to_one_is_refused_and_the_decision_keeps_waiting(reward):
+    bandit = ContextualBandit(BanditSettings(explore_share=0.0, extra_cost_share=10.0, seed=5))
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=384)
+    choice = bandit.choose(**_arrays(), embedding=emb, request_id="q", rng=rng)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        bandit.feedback("q", reward)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        bandit.update(choice.model, bandit.context(emb), reward, 0.8)
+    assert all(arm["n_eff"] == 0 for arm in bandit.stats()["arms"].values())  # nothing learnt from it
+    assert bandit.feedback("q", 1.0)  # the valid reward that follows still finds its decision
+
+
 def test_a_choice_feedback_corrected_is_called_a_refinement_and_a_rebase_forgets_it():
     bandit = ContextualBandit(BanditSettings(explore_share=0.0, extra_cost_share=10.0, seed=5))
     rng = np.random.default_rng(3)

@@ -145,6 +145,18 @@ def test_nan_propensities_and_improper_target_policies_are_refused():
         ips(log, np.array([[1.0, 1.0], [0.5, 0.5]]))  # the first row sums to 2
 
 
+def test_actions_outside_the_policy_and_a_reward_model_with_nan_are_refused():
+    from router.ope import LoggedData, ips
+
+    with pytest.raises(ValueError, match="actions"):  # -1 would quietly index the last action
+        LoggedData(actions=np.array([0, -1]), rewards=np.array([1.0, 0.0]), propensities=np.array([0.5, 0.5]))
+    with pytest.raises(ValueError, match="q_hat must be finite"):
+        LoggedData(actions=np.array([0]), rewards=np.array([1.0]), propensities=np.array([0.5]), q_hat=np.array([[np.nan, 0.5]]))
+    log = LoggedData(actions=np.array([0, 2]), rewards=np.array([1.0, 0.0]), propensities=np.array([0.5, 0.5]))
+    with pytest.raises(ValueError, match="a logged action is 2, target_probs covers 2 actions"):
+        ips(log, np.array([[0.5, 0.5], [0.5, 0.5]]))
+
+
 def test_ips_without_overlap_is_unknown_not_a_certain_zero():
     from router.ope import LoggedData, compare, ips
 

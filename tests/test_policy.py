@@ -184,6 +184,23 @@ def test_calibrate_willingness_to_pay_hits_target_share(target):
     assert abs(share - target) <= 2 / n
 
 
+def test_calibrate_refuses_a_share_no_knob_reaches_and_what_it_cannot_calibrate_on():
+    rng = np.random.default_rng(4)
+    n = 500
+    # "rare" is never better and never cheaper: no willingness to pay sends it much traffic.
+    q = np.column_stack([rng.random(n) * 0.5, rng.random(n) * 0.5 + 0.5, rng.random(n) * 0.2])
+    cost = np.column_stack([np.full(n, 1e-5), np.full(n, 1e-3), np.full(n, 1e-3)])
+    pred = Predictions(["weak", "strong", "rare"], q, np.zeros((n, 3)), np.full((n, 3), 50.0), cost, np.ones((n, 3)))
+    with pytest.raises(ValueError, match="rare gets 0.0%-0.0% of these rows.*90.0% is out of reach"):
+        calibrate_willingness_to_pay(pred, "rare", 0.9)
+    with pytest.raises(ValueError, match="'nope' is not among the predicted models"):
+        calibrate_willingness_to_pay(pred, "nope", 0.5)
+    empty = Predictions(["weak", "strong"], np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="no predictions"):
+        calibrate_willingness_to_pay(empty, "strong", 0.5)
+    assert 0 < calibrate_willingness_to_pay(pred, "strong", 0.5)  # a reachable share still calibrates
+
+
 def test_choose_batch_allowed_restricts():
     rng = np.random.default_rng(5)
     pred = random_predictions(rng, m=4)

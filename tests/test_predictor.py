@@ -150,3 +150,34 @@ def test_one_booster_per_model_needs_outcomes_of_every_model(data):
     q[2:, 0] = np.nan  # the first model was observed on two prompts only
     with pytest.raises(ValueError, match=f"model '{sub.models[0]}' has 2"):
         OutcomePredictor(folds=3, num_rounds=20, mode="per_model").fit(X[rows], replace(sub, quality=q))
+
+
+def test_misuse_of_the_estimator_gets_errors_that_say_what_is_wrong(data, fitted):
+    table, X, train, _ = data
+    with pytest.raises(ValueError, match="not fitted"):
+        OutcomePredictor().predict(X[:2])
+    with pytest.raises(ValueError, match="must be 2-D"):
+        fitted.predict(X[0])
+    broken = X[:3].copy()
+    broken[1, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):  # LightGBM would read it as a missing value
+        fitted.predict(broken)
+    rows = train[:60]
+    with pytest.raises(ValueError, match="X has 59 rows, the outcomes 60"):
+        OutcomePredictor(folds=2, num_rounds=5).fit(X[rows[:-1]], table.subset(rows))
+
+
+def test_a_router_refuses_broken_embeddings_predicts_no_rows_and_pickles_after_use():
+    import pickle
+
+    from router.engine import LearnedRouter, default_artifact
+
+    router = LearnedRouter.load(default_artifact())
+    request = RoutingRequest(text="What is 17 * 23?", input_tokens=8)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        router.predict([request], np.full(384, np.nan))
+    with pytest.raises(ValueError, match=r"one 384-wide MiniLM vector per request \(1 x 384\)"):
+        router.predict([request], np.zeros(10))
+    assert router.predict([]).p_good.shape == (0, len(router.models))
+    served = router.predict([request]).p_good  # opens the ONNX session, which cannot be pickled
+    assert (pickle.loads(pickle.dumps(router)).predict([request]).p_good == served).all()
