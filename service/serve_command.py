@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     from router.config import load_config, resolve_sqlite_url
     from service.app import create_app
-    from service.governance.db import redact_url
+    from router.store_errors import redact_url
     from service.governance.runtime import Governance
     from service.presets import build_preset_config
     from service.simulator import attach_simulator

@@ -148,3 +148,12 @@ def test_serve_warns_of_a_key_variable_that_is_not_set(tmp_path, capsys, caplog,
     with caplog.at_level("WARNING", logger="openclaw.serve"):
         assert main(["serve", "--config", str(tmp_path / "c.yaml"), "--port", "0"]) == 2
     assert "OPENCLAW_TEST_UNSET_KEY is not set" in caplog.text
+
+
+def test_serve_names_a_postgresql_schema_that_does_not_exist(pg_url, capsys):
+    from service.cli import main
+
+    missing = pg_url.rsplit("%3D", 1)[0] + "%3Dno_such_schema_here"
+    assert main(["serve", "--db", missing, "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot set up its table" in err and "CREATE SCHEMA it first" in err and "Traceback" not in err

@@ -65,6 +65,16 @@ def test_budget_too_small_for_any_model_names_the_budget(env):
     assert f"day budget of key '{key['id']}'" in refused.value.body["message"]
 
 
+def test_a_ceiling_below_every_models_cost_is_the_same_402_on_auto_as_on_a_named_model(env):
+    gw, admin, *_ = env
+    _, secret = new_key(admin, name="penny", max_request_usd=0.00002)  # under even m3's predicted ~$0.00005
+    for model in ("auto", "m3"):
+        with pytest.raises(openai.APIStatusError) as refused:
+            client(gw, secret).chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.status_code == 402 and refused.value.body["code"] == "request_cost_ceiling", model
+        assert "ceiling of $0.00002 of key 'penny'" in refused.value.body["message"]  # not rounded to $0.0000
+
+
 def test_request_and_session_ceilings(env):
     gw, admin, *_ = env
     _, secret = new_key(admin, name="agent", max_request_usd=0.0015, max_session_usd=0.0025)

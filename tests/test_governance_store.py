@@ -477,3 +477,10 @@ def test_forecast_follows_the_daily_trend(db):
     # So far: 1 + 2 + 1.5. Rest of today at 3 $/day for half a day, then days 16..30 at 4, 5, ..., 18 $.
     expected = 4.5 + 1.5 + sum(3.0 + j for j in range(1, 16))
     assert fc["forecast_month_end_usd"] == pytest.approx(expected)
+
+
+def test_a_postgresql_schema_that_does_not_exist_is_named_at_start(pg_url):
+    from service.governance.db import open_database
+
+    with pytest.raises(ValueError, match="cannot set up its tables: .*CREATE SCHEMA it first"):
+        open_database(pg_url.rsplit("%3D", 1)[0] + "%3Dno_such_schema_here")

@@ -209,6 +209,18 @@ def test_hot_reload_under_concurrent_requests_loses_none(world, monkeypatch):
             gw.stop()
 
 
+def test_the_live_router_is_found_from_any_folder_as_serve_finds_it(world, tmp_path, monkeypatch):
+    from training import retrain
+
+    monkeypatch.chdir(tmp_path)  # no models/ here: the shipped models/default is meant
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    # The live router loads first; the job then fails on the log it was given, past the router.
+    with pytest.raises(Exception) as failed:
+        retrain.retrain(_args(world, db=f"sqlite:///{empty}", router="models/default", out=str(tmp_path / "c")))
+    assert "not a router artifact" not in str(failed.value)
+
+
 def test_nothing_held_out_is_a_refusal_not_a_crash():
     from training.retrain import judge
 

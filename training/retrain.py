@@ -159,12 +159,12 @@ def hot_reload(gateway: str, path: Path) -> dict:
 
 
 def retrain(args) -> dict:
-    from router.engine import LearnedRouter, default_artifact
+    from router.engine import LearnedRouter, default_artifact, find_artifact
     from training.data import load_prices
     from training.offpolicy import calibrated_reward_model, compare_routers, finite, load_traffic, router_p_good
 
-    # Before minutes of training: the live router must load.
-    live = LearnedRouter.load(args.router or default_artifact())
+    # Before minutes of training: the live router must load (`models/default` from any folder, as serve finds it).
+    live = LearnedRouter.load(find_artifact(args.router) if args.router else default_artifact())
     traffic = load_traffic(args.db)
     n_eval = int(round(len(traffic) * args.eval_share))
     order = np.argsort(traffic.ts, kind="stable")

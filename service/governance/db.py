@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from router.store_errors import redact_url, setup_hint
+
 CONNECT_TIMEOUT_S = 10.0  # a PostgreSQL that does not answer at start-up: a clear error, not a 30 s hang and a traceback
 
 log = logging.getLogger(__name__)
@@ -144,18 +146,17 @@ def open_database(url: str) -> Database:
         db = SqliteDatabase(path or ":memory:")
     else:
         raise ValueError(f"database URL must start with sqlite:// or postgresql://, got {redact_url(url)!r}")
-    migrate(db)
+    if db.dialect != "postgres":
+        migrate(db)
+        return db
+    import psycopg
+
+    try:
+        migrate(db)
+    except psycopg.Error as exc:  # a start-up error that names the missing step, not a traceback
+        db.close()
+        raise ValueError(f"governance database {redact_url(url)}: cannot set up its tables: {setup_hint(exc)}") from None
     return db
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, for logs and errors."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
 
 
 def _migration_files(dialect: str) -> list[tuple[int, str, str]]:

@@ -48,7 +48,8 @@ class GovState:
 
 
 def _usd(nusd: int) -> str:
-    return f"${nusd / 1e9:.6f}".rstrip("0").rstrip(".") if nusd else "$0"
+    # To the nano-dollar the ledger counts in: a $0.00005 ceiling must not read as $0.0001.
+    return f"${nusd / 1e9:.9f}".rstrip("0").rstrip(".") if nusd else "$0"
 
 
 class GovernanceHook:
@@ -134,7 +135,7 @@ class GovernanceHook:
             spent = usage[line.counter].spent_nusd if line.counter in usage else 0
             room = line.limit_nusd - spent
             if room <= 0:
-                raise self._refuse(402, f"Budget exceeded: the {line.label} (${line.limit_nusd / 1e9:.4f}) is used up.",
+                raise self._refuse(402, f"Budget exceeded: the {line.label} ({_usd(line.limit_nusd)}) is used up.",
                                    "budget_exceeded", "budget")
             if headroom is None or room < headroom:
                 headroom, tightest = room, line
@@ -151,13 +152,20 @@ class GovernanceHook:
         if caps:
             constraints = dataclasses.replace(constraints, max_cost_usd=min(caps))
         ctx.extras["constraints"] = constraints
+        refusal = None
         if headroom_nusd is not None and min(caps) == headroom_nusd / 1e9:
+            refusal = (f"Budget exceeded: the {label} has only {_usd(headroom_nusd)} left, less than the predicted cost "
+                       "of any model allowed for this request.", "budget_exceeded", "budget")
+        elif key is not None and key.max_request_usd is not None and min(caps) == key.max_request_usd:
+            refusal = (f"Request cost ceiling: every model allowed for this request is predicted to cost more than the "
+                       f"per-request ceiling of {_usd(to_nusd(key.max_request_usd))} of key '{key.name}'.",
+                       "request_cost_ceiling", "request_ceiling")
+        if refusal is not None:
             def explain(exc: ApiError) -> ApiError | None:
-                # Every model was too dear for what the budget has left: say which budget.
+                # Every model was too dear for the binding limit: a 402 that names it, as a named model gets.
                 if exc.code != "no_eligible_model" or "predicted cost" not in exc.message:
                     return None
-                return self._refuse(402, f"Budget exceeded: the {label} has only {_usd(headroom_nusd)} left, less than "
-                                    "the predicted cost of any model allowed for this request.", "budget_exceeded", "budget")
+                return self._refuse(402, *refusal)
 
             ctx.extras["explain_unroutable"] = explain
         if soft and ctx.profile is not None:
@@ -244,7 +252,7 @@ class GovernanceHook:
         state.predicted_nusd = predicted
         if key is not None and key.max_request_usd is not None and predicted > to_nusd(key.max_request_usd):
             raise self._refuse(402, f"Request cost ceiling: this request is predicted to cost {_usd(predicted)}, above the "
-                               f"per-request ceiling of ${key.max_request_usd:.4f} of key '{key.name}'.",
+                               f"per-request ceiling of {_usd(to_nusd(key.max_request_usd))} of key '{key.name}'.",
                                "request_cost_ceiling", "request_ceiling")
         if not state.lines:
             return
@@ -258,7 +266,7 @@ class GovernanceHook:
             usage = await asyncio.to_thread(self.gov.ledger.usage, [line])
             settled_room = line.limit_nusd - usage[line.counter].spent_nusd if line.counter in usage else line.limit_nusd
             if settled_room < predicted or settled_room <= 0:
-                raise self._refuse(402, f"Budget exceeded: the {line.label} (${line.limit_nusd / 1e9:.4f}) has "
+                raise self._refuse(402, f"Budget exceeded: the {line.label} ({_usd(line.limit_nusd)}) has "
                                    f"{_usd(max(settled_room, 0))} left; this request is predicted to cost {_usd(predicted)}.",
                                    "budget_exceeded", "budget")
             # The budget would fit this request once in-flight requests settle (their reservations

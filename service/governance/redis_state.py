@@ -123,7 +123,7 @@ def connect(url: str, check: bool = False) -> Any:
     500 on every request afterwards); what only shares learning keeps serving without it."""
     import redis
 
-    from service.governance.db import redact_url
+    from router.store_errors import redact_url
 
     client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_connect_timeout=5)
     if not check:

@@ -22,7 +22,8 @@ from service.governance.alerts import Alerter
 from service.governance.attribution import Attribution, SpendMetrics
 from service.governance.auth import Authenticator
 from service.governance.budgets import BudgetStore, Ledger, SqlLedger
-from service.governance.db import Database, open_database, redact_url
+from router.store_errors import redact_url
+from service.governance.db import Database, open_database
 from service.governance.keys import KeyStore
 from service.governance.ratelimit import MemoryRateLimiter
 

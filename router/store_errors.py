@@ -1,0 +1,21 @@
+"""What the stores say when they cannot start: a URL without its password, and the step an
+operator is missing where a PostgreSQL error is a known one."""
+from __future__ import annotations
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+
+
+def setup_hint(exc: Exception) -> str:
+    """A PostgreSQL set-up error in one line, with the missing step where it is a known one."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if getattr(exc, "sqlstate", None) == "3F000":  # invalid_schema_name: search_path names no existing schema
+        text += " (the URL's search_path names a schema that does not exist: CREATE SCHEMA it first)"
+    return text
