@@ -93,8 +93,8 @@ def calibrate_willingness_to_pay(pred: Predictions, model: str, target_share: fl
     # nearest knob: that would quietly route as if calibrated.
     slack = max(1.0 / rows, 0.01)
     if not shares.min() - slack <= target_share <= shares.max() + slack:
-        raise ValueError(f"{model} gets {shares.min():.1%}-{shares.max():.1%} of these rows at any willingness to "
-                         f"pay; {target_share:.1%} is out of reach")
+        raise ValueError(f"{model} gets {shares.min():.1%}-{shares.max():.1%} of these rows over the {len(grid)} "
+                         f"willingness-to-pay values tried; {target_share:.1%} is out of reach")
     i = int(np.argmin(np.abs(shares - target_share)))
     if shares[i] == target_share:
         return float(grid[i])

@@ -2,10 +2,16 @@
 operator is missing where a PostgreSQL error is a known one."""
 from __future__ import annotations
 
+import re
+
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for logs and errors."""
-    if "@" not in url or "://" not in url:
+    """The URL without its password, for logs and errors: in its user part and in a `password=`
+    query parameter (libpq takes it there too)."""
+    if "://" not in url:
+        return url
+    url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+    if "@" not in url:
         return url
     scheme, rest = url.split("://", 1)
     creds, host = rest.rsplit("@", 1)

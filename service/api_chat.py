@@ -100,11 +100,12 @@ async def chat_completions(request: Request) -> Response:
         log.exception("request %s failed before routing", request_id)
         error = ApiError(500, "internal error in the router", code="internal_error")
         return _refused(gw, request, request_id, received, started, raw, caller, error, "error", f"internal: {type(exc).__name__}")
-    # `tools: []` is no tools, and `tool_choice: "none"` beside no tools asks nothing: OpenAI
-    # refuses both, agent SDKs send them, so neither is forwarded.
-    toolless = not raw.get("tools")
-    body = {k: v for k, v in raw.items()
-            if k != "router" and not (k == "tools" and v == []) and not (k == "tool_choice" and v == "none" and toolless)}
+    # `tools: []` is no tools, and beside no tools `tool_choice: "none"` and `parallel_tool_calls`
+    # ask nothing: OpenAI refuses all three, agent SDKs send them, so none is forwarded.
+    toolless = not raw.get("tools") and not raw.get("functions")
+    idle = {"tools": lambda v: v == [], "tool_choice": lambda v: toolless and v == "none",
+            "parallel_tool_calls": lambda _: toolless}
+    body = {k: v for k, v in raw.items() if k != "router" and not (k in idle and idle[k](v))}
     ctx = RequestContext(
         request_id=request_id,
         body=body,

@@ -260,7 +260,7 @@ class Dispatcher:
                 if not failure.failover:
                     # The client's own fault: it gets the upstream's code and param where it gave them. A
                     # status written as a code ("400", a proxy's) says nothing the status does not.
-                    code = failure.code if failure.code and not failure.code.isdigit() else "upstream_bad_request"
+                    code = failure.code if failure.code and failure.code != str(failure.status) else "upstream_bad_request"
                     raise ApiError(400, f"the upstream rejected the request: {failure.message}", code=code,
                                    param=failure.param)
                 if failure.kind == "context_length":

@@ -141,8 +141,11 @@ def validate_chat(body: Any) -> ChatRequest:
     _check_options(request)
     fmt = request.response_format
     if fmt is not None and fmt.type == "json_schema":
-        if not (fmt.json_schema or {}).get("name"):
+        name = (fmt.json_schema or {}).get("name")
+        if not name:
             raise _missing("response_format.json_schema.name")
+        if not isinstance(name, str):
+            raise _invalid("response_format.json_schema.name", f"expected a string, got {_json_type(name)}")
         if fmt.json_schema.get("schema") is not None:  # the same breaker risk as a tool's schema
             _check_schema(fmt.json_schema["schema"], "response_format.json_schema.schema")
     return request

@@ -132,7 +132,7 @@ def schema_problem(schema: Any, root: dict[str, Any], where: tuple[str, ...] = (
     kinds = schema.get("type", [])
     if not all(isinstance(k, str) and k in JSON_TYPES for k in (kinds if isinstance(kinds, list) else [kinds])):
         return f"{context}'type' must be one of {', '.join(JSON_TYPES)} or an array of them, got {_described(kinds)}."
-    if "$ref" in schema and not isinstance(_resolve(root, schema["$ref"]), dict):
+    if "$ref" in schema and not isinstance(_resolve(root, schema["$ref"]), (dict, bool)):
         return f"{context}reference {_described(schema['$ref'])} can't be resolved to a schema in this document."
     if "enum" in schema and not (isinstance(schema["enum"], list) and schema["enum"]):
         return f"{context}'enum' must be a non-empty array."

@@ -157,3 +157,12 @@ def test_serve_names_a_postgresql_schema_that_does_not_exist(pg_url, capsys):
     assert main(["serve", "--db", missing, "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "cannot set up its table" in err and "CREATE SCHEMA it first" in err and "Traceback" not in err
+
+
+def test_store_urls_in_errors_and_logs_keep_no_password():
+    from router.store_errors import redact_url
+
+    assert redact_url("postgresql://app:s3cret@db:5432/prod") == "postgresql://app:***@db:5432/prod"
+    assert redact_url("postgresql://app@db/prod?sslmode=require&password=s3cret&x=1") == \
+        "postgresql://app@db/prod?sslmode=require&password=***&x=1"
+    assert redact_url("sqlite:///var/lib/outcomes.sqlite") == "sqlite:///var/lib/outcomes.sqlite"

@@ -2,11 +2,13 @@
 request and session ceilings, what a reservation covers — real HTTP, the real openai SDK."""
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 
-from tests.gateway_harness import fake_config
-from tests.governance_harness import chat, client, new_key, settled, wait_for
+from service.governance.runtime import Governance, GovernanceSettings
+from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
+from tests.governance_harness import MASTER, MODELS, chat, client, new_key, settled, wait_for
 
 
 def test_soft_threshold_reroutes_cheaper_then_budget_refuses(env):
@@ -73,6 +75,22 @@ def test_a_ceiling_below_every_models_cost_is_the_same_402_on_auto_as_on_a_named
             client(gw, secret).chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
         assert refused.value.status_code == 402 and refused.value.body["code"] == "request_cost_ceiling", model
         assert "ceiling of $0.00002 of key 'penny'" in refused.value.body["message"]  # not rounded to $0.0000
+
+
+def test_a_profiles_own_cost_cap_is_not_blamed_on_the_keys_ceiling(upstream, tmp_path):
+    # The profile caps cost below every model; the key's ceiling is far above: the 400 stays the router's.
+    extra = "router: {profiles: {auto: {willingness_to_pay: 0.01, max_cost_usd: 0.00002}}}"
+    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/o.sqlite", models=MODELS, extra=extra)
+    gov = Governance(config, GovernanceSettings(db_url=f"sqlite:///{tmp_path}/g.sqlite", master_key=MASTER))
+    gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)
+    try:
+        with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {MASTER}"}, timeout=10) as admin:
+            _, secret = new_key(admin, name="roomy", max_request_usd=0.01)
+        with pytest.raises(openai.APIStatusError) as refused:
+            client(gw, secret).chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.status_code == 400 and refused.value.body["code"] == "no_eligible_model"
+    finally:
+        gw.stop()
 
 
 def test_request_and_session_ceilings(env):

@@ -191,7 +191,7 @@ def test_calibrate_refuses_a_share_no_knob_reaches_and_what_it_cannot_calibrate_
     q = np.column_stack([rng.random(n) * 0.5, rng.random(n) * 0.5 + 0.5, rng.random(n) * 0.2])
     cost = np.column_stack([np.full(n, 1e-5), np.full(n, 1e-3), np.full(n, 1e-3)])
     pred = Predictions(["weak", "strong", "rare"], q, np.zeros((n, 3)), np.full((n, 3), 50.0), cost, np.ones((n, 3)))
-    with pytest.raises(ValueError, match="rare gets 0.0%-0.0% of these rows.*90.0% is out of reach"):
+    with pytest.raises(ValueError, match="rare gets 0.0%-0.0% of these rows over the 241 willingness-to-pay values tried; 90.0% is out of reach"):
         calibrate_willingness_to_pay(pred, "rare", 0.9)
     with pytest.raises(ValueError, match="'nope' is not among the predicted models"):
         calibrate_willingness_to_pay(pred, "nope", 0.5)

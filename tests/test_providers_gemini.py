@@ -217,6 +217,18 @@ def test_schemas_keep_property_names_and_inline_references():
     assert clean_schema(nested) == {"type": "object", "properties": {"to": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
+def test_boolean_subschemas_are_sent_as_gemini_reads_them():
+    from service.providers.gemini import clean_schema
+
+    # The gateway takes JSON Schema's `true` / `false` subschemas (Rust's schemars writes them); Gemini
+    # wants an object in each place: `true` is its empty schema, a `false` property can never be sent.
+    params = {"type": "object", "$defs": {"any": True},
+              "properties": {"payload": True, "never": False, "list": {"type": "array", "items": True},
+                             "pick": {"anyOf": [True, {"type": "string"}, False]}, "ref": {"$ref": "#/$defs/any"}}}
+    assert clean_schema(params) == {"type": "object", "properties": {
+        "payload": {}, "list": {"type": "array", "items": {}}, "pick": {"anyOf": [{}, {"type": "string"}]}, "ref": {}}}
+
+
 def test_json_schema_gemini_would_refuse_is_sent_in_its_dialect():
     from service.providers.gemini import clean_schema
 

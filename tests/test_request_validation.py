@@ -87,6 +87,11 @@ def test_a_malformed_response_format_schema_is_refused_before_any_upstream_call(
     assert error["param"] == "response_format.json_schema.schema.properties.city"
 
 
+def test_a_json_schema_name_is_a_string(gw, upstream):
+    fmt = {"type": "json_schema", "json_schema": {"name": 5, "schema": {"type": "object"}}}
+    assert refused(gw, upstream, {"response_format": fmt})["param"] == "response_format.json_schema.name"
+
+
 def test_schema_nesting_is_bounded(gw, upstream):
     schema: dict = {"type": "string"}
     for _ in range(40):
@@ -168,10 +173,15 @@ def test_values_inside_the_ranges_pass_through(gw, upstream):
 
 def test_what_agent_sdks_send_that_openai_would_refuse_is_taken_as_meant(gw, upstream):
     # `tools: []` (no tools) and `stream_options` on a non-streamed call: real clients send both.
-    body = {"model": "auto", "messages": MSG, "tools": [], "stream": False, "stream_options": {"include_usage": True}}
+    body = {"model": "auto", "messages": MSG, "tools": [], "stream": False, "stream_options": {"include_usage": True},
+            "parallel_tool_calls": False}
     r = httpx.post(f"{gw.base_url}/chat/completions", json=body)
     assert r.status_code == 200, r.text
-    assert "tools" not in upstream.requests[-1].body and "stream_options" not in upstream.requests[-1].body
+    sent = upstream.requests[-1].body
+    assert not {"tools", "stream_options", "parallel_tool_calls"} & set(sent), sent
+    # With tools, parallel_tool_calls means something and goes along.
+    r = httpx.post(f"{gw.base_url}/chat/completions", json={**body, "tools": [WEATHER]})
+    assert r.status_code == 200 and upstream.requests[-1].body["parallel_tool_calls"] is False
 
 
 def test_bool_subschemas_are_schemas(gw, upstream):

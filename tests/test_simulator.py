@@ -217,12 +217,12 @@ def test_a_malformed_tool_schema_is_a_400_not_a_500(client, sim_url):
 def test_odd_but_valid_tool_schemas_get_instances(client):
     parameters = {
         "type": "object",
-        "$defs": {"Point": {"type": "object", "properties": {"x": {"type": "number", "minimum": 2}}},
+        "$defs": {"Any": True, "Point": {"type": "object", "properties": {"x": {"type": "number", "minimum": 2}}},
                   "Node": {"type": "object", "required": ["label", "children"], "properties": {
                       "label": {"type": "string", "maxLength": 4},
                       "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}}}}},
         "required": ["nullable", "fixed", "either", "point", "grid", "counts", "untyped", "one", "tree", "when", "anything",
-                     "listed", "merged"],
+                     "referred", "listed", "merged"],
         "properties": {
             "nullable": {"type": ["null", "string"]},
             "fixed": {"const": 3},
@@ -236,6 +236,7 @@ def test_odd_but_valid_tool_schemas_get_instances(client):
             "when": {"type": "string", "format": "date-time"},
             # Boolean schemas, as Rust's schemars writes an any-JSON field: `true` allows anything.
             "anything": True,
+            "referred": {"$ref": "#/$defs/Any"},
             "listed": {"type": "array", "items": True},
             "merged": {"allOf": [True, {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}]},
         },
@@ -248,7 +249,8 @@ def test_odd_but_valid_tool_schemas_get_instances(client):
     assert {k: args[k] for k in ("nullable", "fixed", "either", "point", "grid", "counts", "untyped", "one")} == {
         "nullable": "plot the points", "fixed": 3, "either": 5, "point": {"x": 2.0}, "grid": [[True]],
         "counts": {"a": 1}, "untyped": "plot the points", "one": "x"}
-    assert (args["anything"], args["listed"], args["merged"]) == ("plot the points", ["plot the points"], {"n": 1})
+    assert (args["anything"], args["referred"], args["listed"], args["merged"]) == (
+        "plot the points", "plot the points", ["plot the points"], {"n": 1})
     datetime.fromisoformat(args["when"])
     node, depth = args["tree"], 0
     while node["children"]:  # a self-referencing schema ends in a finite tree

@@ -161,9 +161,14 @@ class GovernanceHook:
                        f"per-request ceiling of {_usd(to_nusd(key.max_request_usd))} of key '{key.name}'.",
                        "request_cost_ceiling", "request_ceiling")
         if refusal is not None:
+            limit = min(caps)
+
             def explain(exc: ApiError) -> ApiError | None:
-                # Every model was too dear for the binding limit: a 402 that names it, as a named model gets.
-                if exc.code != "no_eligible_model" or "predicted cost" not in exc.message:
+                # Every model was too dear for the binding limit: a 402 that names it, as a named model
+                # gets. Not where the profile routed (its soft-limit shift included) caps cost lower itself.
+                profile = self.gov.config.router.profiles.get(ctx.profile) if ctx.profile else None
+                if exc.code != "no_eligible_model" or "predicted cost" not in exc.message or (
+                        profile is not None and profile.max_cost_usd is not None and profile.max_cost_usd < limit):
                     return None
                 return self._refuse(402, *refusal)
 

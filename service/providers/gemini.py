@@ -64,7 +64,7 @@ def clean_schema(schema: Any, defs: dict[str, Any] | None = None) -> Any:
     if isinstance(ref, str) and ref.rsplit("/", 1)[-1] in defs:
         target = defs[ref.rsplit("/", 1)[-1]]
         rest = {k: v for k, v in schema.items() if k != "$ref"}
-        return clean_schema({**target, **rest}, {k: v for k, v in defs.items() if v is not target})
+        return clean_schema({**_as_schema(target), **rest}, {k: v for k, v in defs.items() if v is not target})
     schema, defs = _merged_all_of(schema, defs)
     out: dict[str, Any] = {}
     for k, v in schema.items():
@@ -73,9 +73,14 @@ def clean_schema(schema: Any, defs: dict[str, Any] | None = None) -> Any:
         if k not in _SCHEMA_KEYS:
             continue
         if k == "properties" and isinstance(v, dict):
-            out[k] = {name: clean_schema(prop, defs) for name, prop in v.items()}
+            # `false` allows no value: a property that can never be sent is left out.
+            out[k] = {name: clean_schema(_as_schema(prop), defs) for name, prop in v.items() if prop is not False}
         elif k == "items" and isinstance(v, list):  # a tuple: Gemini has none, its first item's type stands
-            out[k] = clean_schema(v[0], defs) if v else {}
+            out[k] = clean_schema(_as_schema(v[0]), defs) if v else {}
+        elif k == "items":
+            out[k] = clean_schema(_as_schema(v), defs)
+        elif k == "anyOf" and isinstance(v, list):
+            out[k] = [clean_schema(_as_schema(option), defs) for option in v if option is not False]
         else:
             out[k] = clean_schema(v, defs)
     _one_type(out)
@@ -84,6 +89,12 @@ def clean_schema(schema: Any, defs: dict[str, Any] | None = None) -> Any:
 
 
 _ABSENT = object()
+
+
+def _as_schema(value: Any) -> Any:
+    """A subschema in Gemini's terms: JSON Schema's `true` (any value, as Rust's schemars writes
+    an any-JSON field) is an empty schema, which Gemini reads the same way."""
+    return {} if value is True else value
 
 
 def _merged_all_of(schema: dict[str, Any], defs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
