@@ -217,6 +217,21 @@ def test_attribution_reports_and_metrics(env):
     assert a not in metrics and b not in metrics and MASTER not in metrics
 
 
+def test_refused_requests_are_not_errors_on_the_dashboard(env):
+    gw, admin, *_ = env
+    key, secret = new_key(admin, name="gamma")
+    chat(client(gw, secret))
+    admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 0.00002})
+    with pytest.raises(openai.APIStatusError) as refused:  # the budget cannot pay for another answer
+        chat(client(gw, secret))
+    assert refused.value.status_code == 402
+    rows = settled(admin, 2)
+    assert sorted(r["status"] for r in rows) == ["ok", "refused"]
+    board = admin.get("/admin/dashboard").json()
+    assert board["summary"]["requests"] == 2 and board["summary"]["error_rate"] == 0.0
+    assert set(board["spend_by_model"]["series"]) == {"m1"}  # no series for the refusal nobody answered
+
+
 def test_secrets_never_in_logs_errors_or_metrics(env, caplog):
     gw, admin, *_ = env
     caplog.set_level(logging.DEBUG)

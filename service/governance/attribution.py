@@ -178,6 +178,8 @@ class Attribution:
             bucket_s = next((b for b in (60.0, 300.0, 900.0, 3600.0, 21600.0) if span / b <= 48), 86400.0)
         buckets: dict[float, dict[str, float]] = {}
         for r in rows:
+            if r["series"] is None and not r["cost_nusd"]:
+                continue  # a refused request: no model answered it and it spent nothing
             b = (r["ts"] // bucket_s) * bucket_s
             name = r["series"] or "anonymous"
             buckets.setdefault(b, {}).setdefault(name, 0.0)

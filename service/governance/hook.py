@@ -305,6 +305,9 @@ class GovernanceHook:
         key, extras = state.key, ctx.extras
         usage = extras.get("usage") or {}
         ts = extras.get("received_at") or time.time()
+        # A 4xx is the request refused (a limit, a budget, an invalid request), not the service
+        # failing: the dashboard's error rate counts only `error`.
+        status = "refused" if ctx.status == "error" and 400 <= extras.get("http_status", 500) < 500 else ctx.status
         return {
             "request_id": ctx.request_id,
             "ts": ts,
@@ -317,7 +320,7 @@ class GovernanceHook:
             "session_id": state.session_id,
             "model": ctx.answered_by,
             "profile": ctx.profile,
-            "status": ctx.status,
+            "status": status,
             "cache_status": ctx.cache_status,
             "cost_nusd": to_nusd(ctx.cost_usd) or 0,
             "predicted_nusd": state.predicted_nusd,
