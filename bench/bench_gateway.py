@@ -161,6 +161,22 @@ async def measure_agent(upstream: str, gateway: str, n: int) -> dict:
     return rows
 
 
+async def first_bursts(gateway: str, clients: int = 16) -> dict:
+    """Median and max latency (ms) of the first two bursts of `clients` concurrent `auto` requests
+    a freshly started gateway answers: what start-up left for the first requests to pay."""
+    url = f"{gateway}/v1/chat/completions"
+    async with httpx.AsyncClient(timeout=60) as client:
+        # Answered once start-up is over (the socket listens before it, requests wait in the backlog).
+        (await client.get(f"{gateway}/healthz")).raise_for_status()
+    out = {}
+    for label in ("first", "second"):
+        async with httpx.AsyncClient(timeout=30) as client:
+            done = await asyncio.gather(*(one(client, url, body(i, "auto", False)) for i in range(clients)))
+        times = np.array([t for t, _ in done])
+        out[label] = {"p50": ms(times, 50), "max": round(float(times.max()) * 1000, 2)}
+    return out
+
+
 async def throughput(url: str, model: str, clients: int, seconds: float) -> float:
     """Completed requests/s with `clients` concurrent clients, each with its own connection
     (one shared httpx pool of 64 connections would measure the pool, not the servers)."""
@@ -320,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             if routed:
                 config.write_text(yaml.safe_dump(gateway_config(upstream, artifact, f"sqlite:///{tmp}/agent.sqlite", cache=True)))
                 gw_proc, line = start([sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", "0"], env)
+                rows["first_bursts_after_start_ms"] = asyncio.run(first_bursts(line.split()[3]))
                 rows["agent_streaming_ms"] = asyncio.run(measure_agent(upstream, line.split()[3], args.requests))
         finally:
             for proc in (gw_proc, upstream_proc):

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Sequence
 
 from fastapi import APIRouter, FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from router.config import Config
 from router.outcome_log import OutcomeLog, open_outcome_log
@@ -22,7 +23,7 @@ from service.hooks.cache_hook import CacheHook
 from service.hooks.learning_hook import LearningHook, LearningRuntime
 from service.hooks.outcome_hook import OutcomeHook
 from service.pipeline import Hook
-from service.providers.base import Provider
+from service.providers.base import Provider, tls_context
 from service.router_follow import RouterFollower
 from service.routing import Router
 
@@ -71,6 +72,16 @@ def _router_follower(config: Config, gateway: Any) -> RouterFollower | None:
     return RouterFollower(connect(config.server.redis_url), gateway.router, LearnedRouter.load, prefix=prefix)
 
 
+def _warm_up(semantic_cache: bool) -> None:
+    """What the first requests after a start would otherwise pay for: importing FAISS (~60 ms,
+    inside the first answer's cache store, whose lock the second request's lookup then waits on)
+    and the upstreams' TLS context (~20 ms, in the first upstream call)."""
+    if semantic_cache:
+        import faiss  # noqa: F401
+
+    tls_context()
+
+
 def create_app(
     config: Config,
     *,
@@ -109,6 +120,8 @@ def create_app(
             # Loading the embedder (exporting it, the first time on a machine) takes 0.3-5 s:
             # start-up pays it, not the first request.
             await asyncio.to_thread(shared_embedder)
+        # Through the worker-thread pool the requests use, so its first use is paid here too.
+        await run_in_threadpool(_warm_up, config.cache.enabled and config.cache.semantic)
         if follower is not None:
             try:  # a replica starting after a promotion serves the promoted router from its first request
                 await asyncio.to_thread(follower.follow_once)

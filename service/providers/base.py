@@ -338,7 +338,7 @@ def parse_json_event(data: str, secrets: tuple[str | None, ...] = ()) -> Any:
 
 
 @functools.lru_cache(maxsize=1)
-def _tls_context() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
     """Certificates from certifi, as httpx and the OpenAI SDK verify them: slim containers may
     lack a system CA store."""
     import certifi
@@ -381,7 +381,7 @@ class Provider(ABC):
             # would make aiohttp refuse our Authorization header outright.
             self._proxy = env_proxy(self.base_url)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.spec.max_connections, ssl=_tls_context()),
+                connector=aiohttp.TCPConnector(limit=self.spec.max_connections, ssl=tls_context()),
                 timeout=self._timeout,
             )
         return self._session
