@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from router.request_view import content_text, estimate_tokens
+from router.request_view import content_text, estimate_tokens, output_limit
 
 
 @dataclass(frozen=True)
@@ -397,8 +397,8 @@ def answer(model: str, body: dict[str, Any]) -> Answer:
                       good, difficulty)
     schema_reply = _schema_instance(body, prompt)
     wanted = estimate_tokens(schema_reply) if schema_reply is not None else _wanted_tokens(sim, model, prompt)
-    cap = body.get("max_completion_tokens") or body.get("max_tokens")
-    truncated = isinstance(cap, int) and 0 < cap < wanted
+    cap, _ = output_limit(body)
+    truncated = cap is not None and cap < wanted
     if schema_reply is not None:
         text = schema_reply
     else:
