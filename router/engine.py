@@ -92,9 +92,6 @@ class LearnedRouter:
         if embeddings.shape != (len(requests), DIM):
             raise ValueError(f"embeddings must be one {DIM}-wide MiniLM vector per request ({len(requests)} x {DIM}), "
                              f"got shape {embeddings.shape}")
-        # LightGBM reads NaN as "missing" and predicts on: a broken vector would route as if sound.
-        if not np.isfinite(embeddings).all():
-            raise ValueError("embeddings hold NaN or infinite values")
         return np.hstack([embeddings, request_features(requests)])
 
     def predict(self, requests: Sequence[RoutingRequest], embeddings: np.ndarray | None = None,

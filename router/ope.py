@@ -185,7 +185,8 @@ def evaluate(log: LoggedData, target_probs: np.ndarray | None, seed: int = 0) ->
     logging policy itself, whose value every estimator reads as the mean logged reward."""
     if target_probs is None:
         terms, w = _logging_terms(log)
-        return {m: _clt(m, terms, w, _groups(log)) for m in ("ips", "snips", *(("dr",) if log.q_hat is not None else ()))}
+        groups = _groups(log)
+        return {m: _clt(m, terms, w, groups) for m in ("ips", "snips", *(("dr",) if log.q_hat is not None else ()))}
     out = {"ips": ips(log, target_probs), "snips": snips(log, target_probs, seed=seed)}
     if log.q_hat is not None:
         out["dr"] = doubly_robust(log, target_probs)

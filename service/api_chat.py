@@ -84,8 +84,8 @@ async def chat_completions(request: Request) -> Response:
     caller = None
     try:
         # The key first: a caller without one learns nothing from how its body is judged, and an
-        # unknown model's 404 lists only what its key may use. The governance pre-hook asks
-        # again, answered from the key cache, and scopes the request as before.
+        # unknown model's 404 lists only what its key may use. The governance pre-hook takes the
+        # caller from here (a key's lookup is a worker-thread hop) and scopes the request.
         caller = await client_caller(request.app.state, request.headers)
         raw = await read_json_body(request, gw.config.server.max_body_bytes)
         parsed = validate_chat(raw)
@@ -100,12 +100,11 @@ async def chat_completions(request: Request) -> Response:
         log.exception("request %s failed before routing", request_id)
         error = ApiError(500, "internal error in the router", code="internal_error")
         return _refused(gw, request, request_id, received, started, raw, caller, error, "error", f"internal: {type(exc).__name__}")
-    # `tools: []` is no tools, and beside no tools `tool_choice: "none"` and `parallel_tool_calls`
-    # ask nothing: OpenAI refuses all three, agent SDKs send them, so none is forwarded.
+    # `tools: []` is no tools, and beside no tools `tool_choice` (validation lets only "none" by)
+    # and `parallel_tool_calls` ask nothing: OpenAI refuses all three, agent SDKs send them.
     toolless = not raw.get("tools") and not raw.get("functions")
-    idle = {"tools": lambda v: v == [], "tool_choice": lambda v: toolless and v == "none",
-            "parallel_tool_calls": lambda _: toolless}
-    body = {k: v for k, v in raw.items() if k != "router" and not (k in idle and idle[k](v))}
+    idle = {"router", "tool_choice", "parallel_tool_calls"} if toolless else {"router"}
+    body = {k: v for k, v in raw.items() if k not in idle and not (k == "tools" and not v)}
     ctx = RequestContext(
         request_id=request_id,
         body=body,
@@ -116,7 +115,7 @@ async def chat_completions(request: Request) -> Response:
         requested_model=model,
     )
     ctx.extras.update(received_at=received, started=started, constraints=constraints,
-                      client_gone=request.is_disconnected)
+                      client_gone=request.is_disconnected, caller=caller)
     if request.headers.get("x-request-id"):
         ctx.extras["client_request_id"] = request.headers["x-request-id"][:128]
     try:

@@ -6,7 +6,7 @@ not know about (a new OpenAI field, a provider extension) still reaches the upst
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Sequence
 
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, StringConstraints,
                       ValidationError, field_validator)
@@ -241,30 +241,30 @@ def _schema_problem(schema: Any, depth: int) -> tuple[list[str], str] | None:
         elif key == "required":
             if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
                 return [".required"], "expected a list of property names"
-        elif key in _SCHEMA_MAPS:
-            if not isinstance(value, dict):
-                return [f".{key}"], f"expected an object of schemas, got {_json_type(value)}"
-            for name, sub in value.items():
+        else:
+            children = _subschemas(key, value)
+            if isinstance(children, str):
+                return [f".{key}"], children
+            for at, sub in children:
                 if (problem := _schema_problem(sub, depth + 1)) is not None:
-                    problem[0].append(f".{key}.{name}")
+                    problem[0].append(at)
                     return problem
-        elif key in _SCHEMA_LISTS:
-            if not isinstance(value, list):
-                return [f".{key}"], f"expected a list of schemas, got {_json_type(value)}"
-            for n, sub in enumerate(value):
-                if (problem := _schema_problem(sub, depth + 1)) is not None:
-                    problem[0].append(f".{key}[{n}]")
-                    return problem
-        elif key == "items" and isinstance(value, list):  # the tuple form of older drafts
-            for n, sub in enumerate(value):
-                if (problem := _schema_problem(sub, depth + 1)) is not None:
-                    problem[0].append(f".items[{n}]")
-                    return problem
-        elif key in ("items", "additionalProperties"):
-            if (problem := _schema_problem(value, depth + 1)) is not None:
-                problem[0].append(f".{key}")
-                return problem
     return None
+
+
+def _subschemas(key: str, value: Any) -> Sequence[tuple[str, Any]] | str:
+    """The schemas a keyword holds, each with its path; a string says why the keyword is malformed."""
+    if key in _SCHEMA_MAPS:
+        if not isinstance(value, dict):
+            return f"expected an object of schemas, got {_json_type(value)}"
+        return [(f".{key}.{name}", sub) for name, sub in value.items()]
+    if key in _SCHEMA_LISTS or (key == "items" and isinstance(value, list)):  # `items` as a list: older drafts' tuples
+        if not isinstance(value, list):
+            return f"expected a list of schemas, got {_json_type(value)}"
+        return [(f".{key}[{n}]", sub) for n, sub in enumerate(value)]
+    if key in ("items", "additionalProperties"):
+        return [(f".{key}", value)]
+    return ()  # a keyword that holds no schema (description, enum, ...): most of them
 
 
 def _check_options(request: ChatRequest) -> None:

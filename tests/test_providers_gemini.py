@@ -224,9 +224,11 @@ def test_boolean_subschemas_are_sent_as_gemini_reads_them():
     # wants an object in each place: `true` is its empty schema, a `false` property can never be sent.
     params = {"type": "object", "$defs": {"any": True},
               "properties": {"payload": True, "never": False, "list": {"type": "array", "items": True},
-                             "pick": {"anyOf": [True, {"type": "string"}, False]}, "ref": {"$ref": "#/$defs/any"}}}
+                             "pick": {"anyOf": [True, {"type": "string"}, False]}, "ref": {"$ref": "#/$defs/any"},
+                             "merged": {"allOf": [{"$ref": "#/$defs/any"}, {"type": "string"}]}}}
     assert clean_schema(params) == {"type": "object", "properties": {
-        "payload": {}, "list": {"type": "array", "items": {}}, "pick": {"anyOf": [{}, {"type": "string"}]}, "ref": {}}}
+        "payload": {}, "list": {"type": "array", "items": {}}, "pick": {"anyOf": [{}, {"type": "string"}]}, "ref": {},
+        "merged": {"type": "string"}}}
 
 
 def test_json_schema_gemini_would_refuse_is_sent_in_its_dialect():

@@ -232,7 +232,8 @@ def _capitonym(a: str, b: str) -> bool:
     """A listed word written as a name past a sentence's start on one side and in lower case on
     the other ("How do I say this in Polish?" / "... in polish?"). A side written in title case
     ("How To Polish Shoes") says nothing by its capitals."""
-    if not any(w in a.lower() or w in b.lower() for w in _CAPITONYMS):
+    lowered = f"{a}\n{b}".lower()
+    if not any(w in lowered for w in _CAPITONYMS):
         return False  # nearly every pair: none of the words anywhere, so no regex over both texts
 
     def cased(text: str) -> tuple[set[str], set[str]]:

@@ -83,7 +83,8 @@ class GovernanceHook:
     # ---- pre: who is asking, may they, and how close are their budgets -------------------
 
     async def pre(self, ctx: RequestContext) -> dict[str, Any] | None:
-        caller = await self.auth.identify(ctx.headers)
+        # The chat endpoint identified the caller before reading the body.
+        caller = ctx.extras.get("caller") or await self.auth.identify(ctx.headers)
         if caller.key is None:
             if caller.kind == "master":
                 ctx.key_label = "master"

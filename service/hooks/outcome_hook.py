@@ -46,9 +46,9 @@ class OutcomeHook:
         decision = ctx.decision
         embedding = None if ctx.embedding is None else np.asarray(ctx.embedding, dtype=np.float32)
         text = prompt_text(ctx)
-        # A caller refused for want of a valid key gets a row (an audit trail), never its prompt
-        # kept: anyone could fill the log with megabyte prompts without a key.
-        store_prompt = self.prompt_storage != "none" and extras.get("http_status") != 401
+        # A request refused before routing (no valid key, an invalid body) has its row but no text:
+        # its body is not kept, so no one fills the log with prompts without a key.
+        store_prompt = self.prompt_storage != "none" and bool(text)
         # Without an embedding the text is all there is to fingerprint; with `none` not even a digest
         # of it is kept (a digest of a short prompt can be checked against guesses).
         features = embedding.tobytes() if embedding is not None else (ctx.routing.text.encode() if store_prompt else None)
@@ -81,8 +81,7 @@ class OutcomeHook:
             cost_usd=ctx.cost_usd,
             saved_cost_usd=ctx.saved_cost_usd,
             status=ctx.status,
-            # Capped: some errors repeat the request's own input (an unknown model's name), and a
-            # refused request's row is written before any key is checked.
+            # Capped: some errors repeat the request's own input (an unknown model's name).
             error=ctx.error[:500] if ctx.error else None,
             cache_status=ctx.cache_status,
             cache_similarity=ctx.cache_similarity,

@@ -60,11 +60,9 @@ def clean_schema(schema: Any, defs: dict[str, Any] | None = None) -> Any:
     if not isinstance(schema, dict):
         return schema
     defs = {**(defs or {}), **(schema.get("$defs") or {}), **(schema.get("definitions") or {})}
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.rsplit("/", 1)[-1] in defs:
-        target = defs[ref.rsplit("/", 1)[-1]]
-        rest = {k: v for k, v in schema.items() if k != "$ref"}
-        return clean_schema({**_as_schema(target), **rest}, {k: v for k, v in defs.items() if v is not target})
+    inlined, below = _inlined(schema, defs)
+    if inlined is not schema:
+        return clean_schema(inlined, below)
     schema, defs = _merged_all_of(schema, defs)
     out: dict[str, Any] = {}
     for k, v in schema.items():
@@ -91,6 +89,20 @@ def clean_schema(schema: Any, defs: dict[str, Any] | None = None) -> Any:
 _ABSENT = object()
 
 
+def _inlined(schema: dict[str, Any], defs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A `$ref` to one of the schema's own definitions, replaced by it (the node's other keywords
+    kept over it), and the definitions left to inline below it: a model that refers to itself is
+    inlined once, not forever. Any other node as it is."""
+    ref = schema.get("$ref")
+    name = ref.rsplit("/", 1)[-1] if isinstance(ref, str) else None
+    if name not in defs:
+        return schema, defs
+    target = defs[name]
+    rest = {k: v for k, v in schema.items() if k != "$ref"}
+    body = target if isinstance(target, dict) else {}  # `true`: any value, Gemini's empty schema
+    return {**body, **rest}, {k: v for k, v in defs.items() if v is not target}
+
+
 def _as_schema(value: Any) -> Any:
     """A subschema in Gemini's terms: JSON Schema's `true` (any value, as Rust's schemars writes
     an any-JSON field) is an empty schema, which Gemini reads the same way."""
@@ -99,9 +111,8 @@ def _as_schema(value: Any) -> Any:
 
 def _merged_all_of(schema: dict[str, Any], defs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """`allOf` folded into the schema; a part that is a `$ref` (the usual form of a described
-    sub-model: `{"allOf": [{"$ref": ...}], "description": ...}`) is its definition. Returns the
-    definitions left to inline below it: as for a plain `$ref`, a model that refers to itself is
-    inlined once, not forever."""
+    sub-model: `{"allOf": [{"$ref": ...}], "description": ...}`) is its definition (`_inlined`).
+    Returns the definitions left to inline below it."""
     parts = schema.get("allOf")
     if not isinstance(parts, list):
         return schema, defs
@@ -109,12 +120,7 @@ def _merged_all_of(schema: dict[str, Any], defs: dict[str, Any]) -> tuple[dict[s
     for part in parts:
         if not isinstance(part, dict):
             continue
-        ref = part.get("$ref")
-        if isinstance(ref, str) and ref.rsplit("/", 1)[-1] in defs:
-            target = defs[ref.rsplit("/", 1)[-1]]
-            part = {**target, **{k: v for k, v in part.items() if k != "$ref"}}
-            defs = {k: v for k, v in defs.items() if v is not target}
-        part, defs = _merged_all_of(part, defs)
+        part, defs = _merged_all_of(*_inlined(part, defs))
         for k, v in part.items():
             if k == "properties" and isinstance(v, dict):
                 props = dict(merged.get("properties") or {})
