@@ -55,15 +55,34 @@ def _argmax_quality_ties(u: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def choose_batch(pred: Predictions, willingness_to_pay: float, latency_weight: float = 0.0,
-                 allowed: Sequence[str] | None = None) -> np.ndarray:
-    """Index (into `pred.models`) of the chosen model for every row; for offline sweeps."""
+                 allowed: Sequence[str] | None = None, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Index (into `pred.models`) of the chosen model for every row; for offline sweeps.
+    `eligible` (rows x models, bool) leaves out what a hard constraint excludes (`eligibility`)."""
     u = utility(pred.p_good, pred.cost_usd, pred.latency_s, willingness_to_pay, latency_weight)
     if allowed is not None:
         mask = np.array([m in set(allowed) for m in pred.models])
         if not mask.any():
             raise ValueError(f"none of the allowed models {list(allowed)} is among {pred.models}")
         u = np.where(mask[None, :], u, -np.inf)
+    if eligible is not None:
+        u = np.where(eligible, u, -np.inf)
     return _argmax_quality_ties(u, pred.p_good)
+
+
+def eligibility(pred: Predictions, requests: Sequence[RoutingRequest], catalog: Sequence[ModelSpec],
+                profile: Profile) -> np.ndarray:
+    """(rows x models, bool) which catalog models `decide` would consider for each request under
+    `profile`, offline (every model healthy). No hard constraint depends on the knob, so one
+    mask serves a whole sweep of it."""
+    out = np.zeros(pred.p_good.shape, dtype=bool)
+    for spec in catalog:
+        j = pred.column(spec.name)
+        for i, request in enumerate(requests):
+            out[i, j] = _exclusion(
+                spec, request, profile.allowed_models, frozenset(), profile.required_tags, profile.max_cost_usd,
+                profile.max_latency_s, float(pred.p_good[i, j]), float(pred.cost_usd[i, j]),
+                float(pred.latency_s[i, j]), float(pred.output_tokens[i, j]), None) is None
+    return out
 
 
 def knob_grid(n: int = 81, lo: float = KNOB_MIN, hi: float = KNOB_MAX) -> np.ndarray:
@@ -72,7 +91,7 @@ def knob_grid(n: int = 81, lo: float = KNOB_MIN, hi: float = KNOB_MAX) -> np.nda
 
 
 def calibrate_willingness_to_pay(pred: Predictions, model: str, target_share: float, latency_weight: float = 0.0,
-                                 allowed: Sequence[str] | None = None) -> float:
+                                 allowed: Sequence[str] | None = None, eligible: np.ndarray | None = None) -> float:
     """The `wtp` at which `model` is chosen for `target_share` of the rows (RouteLLM's
     `calibrate_threshold`): scan the knob grid, then bisect between the bracketing points."""
     if not 0.0 <= target_share <= 1.0:
@@ -85,7 +104,7 @@ def calibrate_willingness_to_pay(pred: Predictions, model: str, target_share: fl
     j = pred.column(model)
 
     def share(w: float) -> float:
-        return float(np.mean(choose_batch(pred, w, latency_weight, allowed) == j))
+        return float(np.mean(choose_batch(pred, w, latency_weight, allowed, eligible) == j))
 
     grid = knob_grid(241)
     shares = np.array([share(w) for w in grid])

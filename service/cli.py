@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train router predictors from outcome tables, tracked in MLflow"),
     "eval": ("training.evaluate", "evaluate a router against baselines over the whole knob range"),
     "cache-eval": ("training.cache_eval", "would the cache serve text_b from text_a's answer? precision/recall"),
+    "calibrate": ("training.calibrate", "the willingness to pay that sends a chosen share of prompts to one model"),
     "retrain": ("training.retrain", "retrain from the outcome log and promote only if off-policy estimates say better"),
     "simulate": ("training.simulate", "replay an outcome table as a request stream: static vs bandit router, with drift"),
     "shadow-report": ("training.shadow_report", "HTML/JSON report comparing the shadow router with the live one"),

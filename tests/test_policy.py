@@ -10,6 +10,7 @@ from router.policy import (
     calibrate_willingness_to_pay,
     choose_batch,
     decide,
+    eligibility,
     knob_grid,
     utility,
 )
@@ -199,6 +200,33 @@ def test_calibrate_refuses_a_share_no_knob_reaches_and_what_it_cannot_calibrate_
     with pytest.raises(ValueError, match="no predictions"):
         calibrate_willingness_to_pay(empty, "strong", 0.5)
     assert 0 < calibrate_willingness_to_pay(pred, "strong", 0.5)  # a reachable share still calibrates
+
+
+def test_batch_choices_under_eligibility_match_decide_row_by_row():
+    """The vectorised sweep (what `calibrate` and sweeps use) picks what `decide` picks, under a
+    profile whose limits exclude different models on different rows."""
+    rng = np.random.default_rng(8)
+    n = 300
+    base = random_predictions(rng, n=n, m=3)
+    pred = Predictions(["cheap", "mid", "best"], base.p_good, base.p_good_std, base.output_tokens, base.cost_usd,
+                       rng.random((n, 3)) * 6)
+    requests = [RoutingRequest(text="q", input_tokens=int(t), needs=frozenset({"tools"}) if i % 7 == 0 else frozenset())
+                for i, t in enumerate(rng.integers(10, 20000, n))]
+    profile = Profile(willingness_to_pay=0.02, latency_weight=0.01, max_cost_usd=float(np.median(base.cost_usd)),
+                      max_latency_s=5.0, allowed_models=frozenset({"cheap", "mid", "best"}))
+    mask = eligibility(pred, requests, CATALOG, profile)
+    assert 0 < mask.sum() < mask.size
+    rows = np.nonzero(mask.any(axis=1))[0]
+    sub = Predictions(pred.models, *(a[rows] for a in (pred.p_good, pred.p_good_std, pred.output_tokens, pred.cost_usd,
+                                                       pred.latency_s)))
+    batch = choose_batch(sub, profile.willingness_to_pay, profile.latency_weight, eligible=mask[rows])
+    for k, i in enumerate(rows):
+        d = decide(pred, requests[i], catalog=CATALOG, profile=profile, row=int(i))
+        assert pred.models[batch[k]] == d.model
+        assert {c.model for c in d.candidates if c.excluded is None} == {pred.models[j] for j in np.nonzero(mask[i])[0]}
+    for i in np.nonzero(~mask.any(axis=1))[0]:
+        with pytest.raises(NoEligibleModel):
+            decide(pred, requests[i], catalog=CATALOG, profile=profile, row=int(i))
 
 
 def test_choose_batch_allowed_restricts():

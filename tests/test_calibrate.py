@@ -1,0 +1,107 @@
+"""`openclaw-router calibrate`: the knob it prints gives the gateway's decisions the asked share."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from router.config import load_config
+from router.engine import LearnedRouter, find_artifact
+from router.types import RoutingRequest
+from service.cli import main
+from service.serve_command import default_config_path
+from training.data import load_prompts
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = ROOT / "data" / "example_outcomes.csv"
+STRONG = "gpt-4-1106-preview"
+
+
+def _config(tmp_path: Path, **profile) -> Path:
+    raw = yaml.safe_load(default_config_path().read_text())
+    raw["router"]["artifact"] = str(ROOT / "models" / "default")
+    raw["router"]["profiles"] = {"team": {"willingness_to_pay": 0.01, **profile}}
+    raw["router"]["default_profile"] = "team"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _gateway_shares(config_path: Path, wtp: float) -> dict[str, float]:
+    """What the gateway's own decision function picks for each prompt at that knob."""
+    config = load_config(config_path)
+    profile = config.router.profiles["team"].model_copy(update={"willingness_to_pay": wtp})
+    router = LearnedRouter.load(find_artifact(config.router.artifact, config))
+    texts, tokens = load_prompts(PROMPTS)
+    picks = []
+    for text, n in zip(texts, tokens):
+        try:
+            picks.append(router.route(RoutingRequest(text=text, input_tokens=int(n)), catalog=config.models,
+                                      profile=profile).model)
+        except ValueError:
+            continue  # no eligible model: left out of the share, as calibrate leaves it out
+    return {m: picks.count(m) / len(picks) for m in set(picks)}
+
+
+@pytest.mark.parametrize("target", [0.25, 0.5])
+def test_the_printed_knob_sends_the_asked_share_through_the_gateways_decisions(tmp_path, capsys, target):
+    config = _config(tmp_path)
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", f"{target:.0%}",
+                 "--config", str(config), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert f"router.profiles.team.willingness_to_pay: {result['willingness_to_pay']:.6g}" in capsys.readouterr().out
+    assert result["prompts"] == 36 and result["profile"] == "team"
+    assert abs(result["share"] - target) <= 2 / 36
+    shares = _gateway_shares(config, result["willingness_to_pay"])
+    assert shares.get(STRONG, 0.0) == pytest.approx(result["share"])
+    assert shares == pytest.approx({m: s for m, s in result["shares"].items() if s})
+
+
+def test_a_profiles_cost_cap_is_respected_as_the_gateway_respects_it(tmp_path, capsys):
+    # The cap is below the strong model's predicted cost on about half of the prompts: those can
+    # never go to it, so 90 % is out of reach there while it is reachable without the cap.
+    capped, free = _config(tmp_path / "capped", max_cost_usd=0.0075), _config(tmp_path / "free")
+    out = tmp_path / "capped.json"
+    assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "0.2",
+                 "--config", str(capped), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert abs(result["share"] - 0.2) <= 2 / 36
+    assert _gateway_shares(capped, result["willingness_to_pay"]).get(STRONG, 0.0) == pytest.approx(result["share"])
+    assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "0.9", "--config", str(free)]) == 0
+    assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "0.9", "--config", str(capped)]) == 2
+    assert "is out of reach" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_what_it_cannot_calibrate(tmp_path, capsys):
+    def error(*argv: str) -> str:
+        capsys.readouterr()
+        assert main(["calibrate", "--data", str(PROMPTS), *argv]) == 2
+        return capsys.readouterr().err
+
+    assert "not a model of the router" in error("--model", "gpt-5", "--share", "0.3")
+    assert "is out of reach" in error("--model", "claude-v2", "--share", "0.9")
+    assert "give --config too" in error("--model", STRONG, "--share", "0.3", "--profile", "auto")
+    only_cheap = _config(tmp_path, allowed_models=["mistral-7b-chat", "gpt-3.5-turbo-1106"])
+    assert "not among the profile's allowed_models" in error("--model", STRONG, "--share", "0.3", "--config", str(only_cheap))
+    assert "is not a profile of" in error("--model", STRONG, "--share", "0.3", "--config", str(only_cheap), "--profile", "x")
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "150%"])
+    assert "not a share between 0 and 1" in capsys.readouterr().err
+
+
+def test_without_a_config_the_artifacts_models_are_calibrated_at_their_training_prices(tmp_path):
+    out = tmp_path / "plain.json"
+    assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "0.5", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    router = LearnedRouter.load(ROOT / "models" / "default")
+    texts, tokens = load_prompts(PROMPTS)
+    pred = router.predict([RoutingRequest(text=t, input_tokens=int(n)) for t, n in zip(texts, tokens)])
+    from router.policy import choose_batch
+
+    picks = choose_batch(pred, result["willingness_to_pay"])
+    assert (picks == pred.column(STRONG)).mean() == pytest.approx(result["share"])
+    assert sorted(result["shares"]) == sorted(router.models) and result["profile"] is None
