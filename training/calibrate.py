@@ -48,6 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def calibrate(texts, input_tokens, embeddings, router, model: str, share: float, catalog=None, profile=None) -> dict:
     """Everything but I/O: the calibrated knob and what it does on these prompts."""
     from router.policy import calibrate_willingness_to_pay, choose_batch, eligibility
+    from router.predictor import Predictions
     from router.types import RoutingRequest
 
     requests = [RoutingRequest(text=t, input_tokens=int(n)) for t, n in zip(texts, input_tokens)]
@@ -64,8 +65,8 @@ def calibrate(texts, input_tokens, embeddings, router, model: str, share: float,
     answerable = eligible.any(axis=1)
     if not answerable.any():
         raise ValueError("no prompt has a model that may answer it under these constraints")
-    pred = type(pred)(pred.models, *(a[answerable] for a in (pred.p_good, pred.p_good_std, pred.output_tokens,
-                                                             pred.cost_usd, pred.latency_s)))
+    pred = Predictions(pred.models, *(a[answerable] for a in (pred.p_good, pred.p_good_std, pred.output_tokens,
+                                                        pred.cost_usd, pred.latency_s)))
     eligible = eligible[answerable]
     wtp = calibrate_willingness_to_pay(pred, model, share, latency_weight, eligible=eligible)
     chosen = choose_batch(pred, wtp, latency_weight, eligible=eligible)
