@@ -9,8 +9,8 @@ One Redis stream (`<prefix>:bandit`) carries two kinds of message:
 * `fb`: feedback for a request this replica did not decide (the load balancer sent the client's
   `POST /v1/feedback` elsewhere). The replica that holds the decision resolves it and shares
   the `obs`; every replica hands it to `on_feedback` (the replica whose cache holds a rejected
-  answer drops it). A regeneration sent to another replica is not detected: each replica
-  remembers the answers it gave.
+  answer drops it). Regenerations and tool loops that cross replicas are recognised through
+  the session memory in Redis (service/session_memory.py).
 
 Publishing is one XADD from the thread that records the feedback (the feedback endpoint's
 worker thread or a post-hook's), never on a request's latency path. A background thread reads

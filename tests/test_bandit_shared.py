@@ -1,15 +1,18 @@
 """Two gateway replicas behind one load balancer learn together over Redis
 (`learning.bandit.shared`): feedback that reaches the replica which did not decide the request
-still teaches the bandit that did, and both end up with the same corrections. Real Redis,
-real gateways on 127.0.0.1, the real `openai` SDK and feedback endpoint."""
+still teaches the bandit that did, and both end up with the same corrections; with
+`server.redis_url` alone, a tool loop's next step and a regeneration are recognised on either
+replica. Real Redis, real gateways on 127.0.0.1, the real `openai` SDK and feedback endpoint."""
 from __future__ import annotations
 
 import time
 
 import httpx
 import pytest
+import redis
 
 from router.config import BanditSection, CacheSection, ConfigError, LearningSection, parse_config
+from router.feedback_log import read_feedback
 from service.hooks.cache_hook import CacheHook
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import QualityRouter, Running, fake_config
@@ -118,6 +121,68 @@ def test_a_rejection_taken_by_another_replica_drops_the_answer_from_the_cache_th
             # The load balancer sends the thumbs down to the replica that did not answer.
             assert httpx.post(f"{b.base_url}/feedback", json={"request_id": rid, "thumbs": "down"}, timeout=10).status_code == 200
             wait_for(lambda: len(cache_a) == 0)
+        finally:
+            a.stop()
+            b.stop()
+
+
+def _two_replicas(upstream_url: str, db: str, url: str, quality_a: dict, quality_b: dict) -> tuple[Running, Running]:
+    """Replicas sharing one Redis and one outcome log, without the shared bandit: what they
+    remember of conversations is shared whenever `server.redis_url` is set."""
+    config = fake_config(upstream_url, db)
+    config = config.model_copy(update={"server": config.server.model_copy(update={"redis_url": url})})
+    return Running(config, router=QualityRouter(quality_a)), Running(config, router=QualityRouter(quality_b))
+
+
+def test_a_tool_loop_step_on_another_replica_stays_on_the_turns_model(tmp_path, redis_url, monkeypatch):
+    url, prefix = redis_url
+    monkeypatch.setenv("OPENCLAW_REDIS_PREFIX", prefix)
+    # The replicas rank the models apart, as one router does when the history grows mid-loop.
+    with FakeUpstream() as up:
+        a, b = _two_replicas(up.base_url, f"sqlite:///{tmp_path}/shared.sqlite", url, {"m1": 0.9, "m2": 0.5},
+                             {"m1": 0.5, "m2": 0.9})
+        try:
+            turn = [{"role": "user", "content": "Fix the failing test"}]
+            first = a.client().chat.completions.with_raw_response.create(model="auto", messages=turn)
+            assert first.headers["x-router-model"] == "m1"
+            call = {"id": "c1", "type": "function", "function": {"name": "read_file", "arguments": "{}"}}
+            step = [*turn, {"role": "assistant", "content": None, "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": "c1", "content": "def test(): assert 1 == 2"}]
+            client = redis.Redis.from_url(url, decode_responses=True)
+            wait_for(lambda: any(client.scan_iter(match=f"{prefix}:turn:*")))  # written off the request path
+            second = b.client().chat.completions.with_raw_response.create(model="auto", messages=step)
+            assert second.headers["x-router-model"] == "m1"
+            assert "tool loop is on" in second.headers["x-router-reason"]
+            # A new turn on that replica is routed by its own ranking.
+            other = b.client().chat.completions.with_raw_response.create(
+                model="auto", messages=[{"role": "user", "content": "Something else"}])
+            assert other.headers["x-router-model"] == "m2"
+        finally:
+            a.stop()
+            b.stop()
+
+
+def test_a_regeneration_sent_to_another_replica_marks_the_first_answer(tmp_path, redis_url, monkeypatch):
+    url, prefix = redis_url
+    monkeypatch.setenv("OPENCLAW_REDIS_PREFIX", prefix)
+    with FakeUpstream() as up:
+        quality, db = {"m1": 0.9, "m2": 0.5}, f"sqlite:///{tmp_path}/shared.sqlite"
+        a, b = _two_replicas(up.base_url, db, url, quality, quality)
+        try:
+            question = [{"role": "user", "content": "Write a haiku about rain"}]
+            rid = a.client().chat.completions.with_raw_response.create(model="auto", messages=question).headers["x-request-id"]
+            a.outcome(rid)
+            client = redis.Redis.from_url(url, decode_responses=True)
+            wait_for(lambda: any(client.scan_iter(match=f"{prefix}:regen:*")))
+            again = b.client().chat.completions.with_raw_response.create(model="auto", messages=question)
+            b.outcome(again.headers["x-request-id"])
+            wait_for(lambda: any(r["request_id"] == rid for r in read_feedback(db)))
+            rows = [r for r in read_feedback(db) if r["request_id"] == rid]
+            assert [(r["signal"], r["score"]) for r in rows] == [("regenerated", 0.0)]
+            # Counted once: a third ask regenerates the second answer, not the first again.
+            b.client().chat.completions.create(model="auto", messages=question)
+            wait_for(lambda: any(r["request_id"] == again.headers["x-request-id"] for r in read_feedback(db)))
+            assert len([r for r in read_feedback(db) if r["request_id"] == rid]) == 1
         finally:
             a.stop()
             b.stop()

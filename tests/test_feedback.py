@@ -259,10 +259,10 @@ def test_answers_past_the_regeneration_window_are_forgotten_and_the_user_field_i
     rt = learning_hook.LearningRuntime(config, None, None, None, None)
     clock = [1000.0]
     monkeypatch.setattr(learning_hook.time, "time", lambda: clock[0])
-    rt.answered("a", "req_a")
+    rt.memory.answered("a", "req_a")
     clock[0] += 61
-    rt.answered("b", "req_b")
-    assert len(rt._prompts) == 1 and rt.repeated("b") == "req_b"  # "a" could no longer be regenerated: gone
+    rt.memory.answered("b", "req_b")
+    assert len(rt.memory._prompts) == 1 and rt.memory.repeated("b") == "req_b"  # "a" could no longer be regenerated: gone
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "user": "u" * 1_000_000}
     ctx = RequestContext(request_id="r", body=body, routing=view_chat_request(body), headers={}, stream=False, profile="auto")
     assert len(learning_hook.repeat_key(ctx)) < 200  # a megabyte `user` is not held for the window
@@ -297,7 +297,7 @@ def test_a_tool_loop_step_kept_on_its_turns_model_is_logged_with_the_turns_draw_
                                           {"role": "assistant", "content": None, "tool_calls": [call]},
                                           {"role": "tool", "tool_call_id": "c1", "content": "x" * 3000}]}
     ctx = RequestContext(request_id="r2", body=step, routing=view_chat_request(step), headers={}, stream=False, profile="auto")
-    rt.turn_answered(learning_hook._turn_digest(ctx).hex(), "m2", 0.29)  # the turn's first step drew m2 at 0.29
+    rt.memory.turn_answered(learning_hook._turn_digest(ctx).hex(), "m2", 0.29)  # the turn's first step drew m2 at 0.29
     candidates = tuple(Candidate(m, 0.8, 0.05, 50, 1e-4, 1.0, 0.7) for m in ("m1", "m2"))
     ctx.decision = Decision("m1", candidates, "m1: best", 0.01, propensity=1.0)
     rt.hook._keep_the_turns_model(ctx)
@@ -315,6 +315,6 @@ def test_a_turn_whose_step_a_fallback_answered_does_not_pin_the_fallback(upstrea
         turn = [{"role": "user", "content": "Find the bug"}]
         first = running.client().chat.completions.with_raw_response.create(model="auto", messages=turn)
         assert first.headers["x-router-model"] == "m2"  # m1 chosen, failed; m2 answered
-        assert not running.app.state.learning._turns  # no turn pinned to m2
+        assert not running.app.state.learning.memory._turns  # no turn pinned to m2
     finally:
         running.stop()

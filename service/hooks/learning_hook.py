@@ -35,11 +35,11 @@ from router.outcome_log import failed_by_its_models, judges_chosen_model
 from service.bandit_sync import BanditSync
 from service.pipeline import RequestContext
 from service.recent import Recent
+from service.session_memory import TIMEOUT_S, LocalMemory, RedisMemory, SessionMemory
 
 log = logging.getLogger(__name__)
 REJECTED_BELOW = 0.5  # feedback under this says the answer was bad: the cache drops it
-TURN_TTL_S = 3600.0  # how long a turn's tool loop keeps the model it began on
-RECENT = 100_000  # request ids and prompt keys remembered for feedback and regeneration
+RECENT = 100_000  # request ids remembered for feedback
 SHADOW_INPUT_MARGIN = 1.25  # the prompt's token estimate can be short of the provider's count
 
 
@@ -72,18 +72,17 @@ class LearningRuntime:
     """What the learning loop holds in one gateway process."""
 
     def __init__(self, config: Config, feedback: FeedbackStore | None, bandit: ContextualBandit | None,
-                 shadow_router: Any = None, sync: BanditSync | None = None):
+                 shadow_router: Any = None, sync: BanditSync | None = None, memory: SessionMemory | None = None):
         self.config = config
         self.feedback_log = feedback
         self.bandit = bandit
         self.sync = sync  # shares the bandit's rewards with other replicas (learning.bandit.shared)
         self.shadow_router = shadow_router
+        # tool loops' models and regenerable answers: in Redis when replicas share it
+        self.memory = memory or LocalMemory(config.learning.regenerate_window_s)
         self.gateway: Any = None
         self.hook = LearningHook(self)
         self._recent: Recent[str, str] = Recent(RECENT)  # request id -> tenant (the client key's id)
-        self._prompts: Recent[str, tuple[str, float]] = Recent(RECENT)
-        # user turn -> (model answering it, the probability that model had when the turn drew it, when)
-        self._turns: Recent[str, tuple[str, float, float]] = Recent(RECENT)
         self._lock = threading.Lock()
         self.shadow_spend = 0.0
         self.rng = random.Random(config.learning.bandit.seed)  # samples the shadow calls
@@ -112,18 +111,21 @@ class LearningRuntime:
                                       extra_cost_share=b.extra_cost_share,
                                       utility_margin=b.utility_margin, total_cost_share=b.total_cost_share, seed=b.seed)
             bandit = ContextualBandit(settings, basis=basis)
-        sync = None
-        if bandit is not None and b.shared:
+        sync = memory = None
+        if config.server.redis_url:
             from service.governance.redis_state import connect
 
             prefix = os.environ.get("OPENCLAW_REDIS_PREFIX", "openclaw")
-            sync = BanditSync(bandit, connect(config.server.redis_url), prefix=prefix)
+            memory = RedisMemory(connect(config.server.redis_url, timeout_s=TIMEOUT_S), prefix,
+                                 config.learning.regenerate_window_s)
+            if bandit is not None and b.shared:
+                sync = BanditSync(bandit, connect(config.server.redis_url), prefix=prefix)
         shadow = None
         if config.learning.shadow.artifact:
             from router.engine import LearnedRouter, find_artifact
 
             shadow = LearnedRouter.load(find_artifact(config.learning.shadow.artifact, config))
-        runtime = cls(config, feedback, bandit, shadow, sync)
+        runtime = cls(config, feedback, bandit, shadow, sync, memory)
         if sync is not None:
             sync.on_feedback = runtime.judged
         return runtime
@@ -163,35 +165,6 @@ class LearningRuntime:
             for callback in self._on_rejected:
                 callback(request_id)
 
-    def turn_model(self, turn: str) -> tuple[str, float] | None:
-        """The model that answered this user turn's latest step, and the probability it was drawn
-        with, within TURN_TTL_S."""
-        with self._lock:
-            seen = self._turns.get(turn)
-        return (seen[0], seen[1]) if seen is not None and time.time() - seen[2] <= TURN_TTL_S else None
-
-    def turn_answered(self, turn: str, model: str, propensity: float) -> None:
-        with self._lock:
-            self._turns.put(turn, (model, propensity, time.time()))
-
-    def repeated(self, key: str) -> str | None:
-        """The answered request with this `repeat_key`, if the client got that answer within the
-        window: asking the same again says the answer was not good."""
-        with self._lock:
-            previous = self._prompts.pop(key, None)
-        if previous is not None and time.time() - previous[1] <= self.config.learning.regenerate_window_s:
-            return previous[0]
-        return None
-
-    def answered(self, key: str, request_id: str) -> None:
-        now = time.time()
-        window = self.config.learning.regenerate_window_s
-        with self._lock:
-            self._prompts.put(key, (request_id, now))
-            # Oldest first: answers past the window can no longer be regenerated.
-            while now - next(iter(self._prompts.values()))[1] > window:
-                self._prompts.popitem(last=False)
-
     # ---- shadow -------------------------------------------------------------------------
     def shadow_decide(self, ctx: RequestContext):
         from router.policy import NoEligibleModel
@@ -215,13 +188,15 @@ class LearningRuntime:
         task.add_done_callback(self._shadow_tasks.discard)
 
     async def aclose(self, wait_s: float = 10.0) -> None:
-        """Let shadow work in flight finish (then cancel it), and close the shadow's pools."""
+        """Let shadow work in flight finish (then cancel it), close the shadow's pools and the
+        session memory."""
         if self._shadow_tasks:
             _, late = await asyncio.wait(set(self._shadow_tasks), timeout=wait_s)
             for task in late:
                 task.cancel()
         for provider in self._shadow_providers.values():
             await provider.aclose()
+        await asyncio.to_thread(self.memory.close)  # the last answers' writes land before the process goes
 
     def _shadow_provider(self, name: str) -> Any:
         from service.providers import build_provider
@@ -322,14 +297,19 @@ class LearningHook:
         rt = self.rt
         rt.remember(ctx.request_id, ctx.tenant)
         key = repeat_key(ctx)
-        previous = rt.repeated(key) if key is not None else None
+        previous = await self._ask(rt.memory.repeated, key) if key is not None else None
         if previous is not None:
             await asyncio.to_thread(rt.record, Feedback(previous, 0.0, source="implicit", signal="regenerated"))
         if rt.bandit is not None and ctx.decision is not None:
             ctx.decision = rt.bandit.choose_for(ctx.decision, ctx.embedding, request_id=ctx.request_id,
                                                 rng=turn_rng(ctx))
         if ctx.decision is not None and continues_turn(ctx):
-            self._keep_the_turns_model(ctx)
+            await self._ask(self._keep_the_turns_model, ctx)
+
+    async def _ask(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """What reads the session memory: a Redis round trip must not hold the event loop; the
+        process's own maps answer at once."""
+        return await asyncio.to_thread(fn, *args) if self.rt.memory.remote else fn(*args)
 
     def _keep_the_turns_model(self, ctx: RequestContext) -> None:
         """Every step of a tool loop goes to the model the loop is on while it can take it: the
@@ -337,7 +317,7 @@ class LearningHook:
         switch half-way hands a task to a model that did not plan it (and loses the provider's
         prompt cache). A window too small, an open circuit or a request limit still move it."""
         decision = ctx.decision
-        seen = self.rt.turn_model(_turn_digest(ctx).hex())
+        seen = self.rt.memory.turn_model(_turn_digest(ctx).hex())
         if seen is None or seen[0] == decision.model:
             return
         turn_model, propensity = seen
@@ -356,7 +336,7 @@ class LearningHook:
             # Before the client has the answer: its next tool-loop step finds the model, and the
             # probability it was drawn with. A fallback that answered was never drawn, so it is not
             # the turn's model: the next step draws afresh (and keeps whatever answers it).
-            rt.turn_answered(_turn_digest(ctx).hex(), ctx.answered_by, ctx.decision.propensity)
+            rt.memory.turn_answered(_turn_digest(ctx).hex(), ctx.answered_by, ctx.decision.propensity)
         if rt.bandit is not None and ctx.decision is not None \
                 and not judges_chosen_model(ctx.status, ctx.decision.model, ctx.answered_by, ctx.attempts):
             # A fallback answered (or the chosen model was never called, or refused the request as
@@ -377,7 +357,7 @@ class LearningHook:
         rt.remember(ctx.request_id, ctx.tenant)
         key = repeat_key(ctx) if ctx.status in ("ok", "cache_hit") else None
         if key is not None:
-            rt.answered(key, ctx.request_id)  # only an answer the client has can be asked again
+            rt.memory.answered(key, ctx.request_id)  # only an answer the client has can be asked again
         if rt.bandit is not None and ctx.decision is not None and ctx.status == "ok" and ctx.answered_by:
             answered = _candidate(ctx.decision, ctx.answered_by)
             if answered is not None:
