@@ -2,6 +2,7 @@
 screenshot shows a drawn page, after real traffic through the gateway."""
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -88,3 +89,79 @@ def test_dashboard_data_needs_the_master_key(env):
     assert httpx.get(f"{gw.url}/ui/app.js").headers["content-type"].startswith("text/javascript")
     assert httpx.get(f"{gw.url}/ui/../app.py").status_code == 404
     assert httpx.get(f"{gw.url}/admin/dashboard").status_code == 401
+
+
+T0 = 1_800_000_000 - 1_800_000_000 % 60
+DOCUMENT = {
+    "generated_at": T0 + 700,
+    "summary": {"requests": 55, "cost_usd": 0.221, "cache_hit_rate": 0.0, "error_rate": 0.0,
+                "latency_s": {"p50": 0.1, "p95": 0.3}, "ttft_s": {"p50": None, "p95": None}},
+    # Spend in minutes 0, 1 and 10 only: the server lists no bucket for the eight idle minutes.
+    "spend_by_model": {"bucket_s": 60.0, "t": [T0, T0 + 60, T0 + 600], "series": {"m1": [0.01, 0.02, 0.191]}},
+    "spend_by_key": {"bucket_s": 60.0, "t": [T0, T0 + 60, T0 + 600], "series": {"k1": [0.01, 0.02, 0.191]}},
+    "routing": [{"model": "big", "requests": 2, "cost_usd": 0.2}, {"model": "small", "requests": 50, "cost_usd": 0.02},
+                {"model": None, "requests": 3, "cost_usd": 0.0}],
+    "budgets": [{"id": "b1", "scope": "team", "scope_id": "a", "period": "month", "share": 0.9993, "soft_threshold": 0.8,
+                 "spent_usd": 0.04997, "limit_usd": 0.05, "projected_window_end_usd": None, "label": "x", "window": "m"}],
+    "forecast": {"forecast_month_end_usd": 1.0}, "recent": [], "alerts": [],
+}
+
+
+def _serve_ui(document: dict):
+    """The shipped /ui files and a fixed /admin/dashboard document, over real HTTP."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from pathlib import Path
+
+    ui = Path(__file__).resolve().parent.parent / "service" / "ui"
+    types = {"html": "text/html", "js": "text/javascript", "css": "text/css"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            path = self.path.split("#")[0]
+            if path == "/admin/dashboard":
+                body, kind = json.dumps(document).encode(), "application/json"
+            else:
+                name = path.removeprefix("/ui/") or "index.html"
+                if not (ui / name).is_file():  # the browser's own /favicon.ico
+                    self.send_error(404)
+                    return
+                body, kind = (ui / name).read_bytes(), types[name.rsplit(".", 1)[1]]
+            self.send_response(200)
+            self.send_header("content-type", kind)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_dashboard_charts_read_true_to_the_data():
+    binary = _chromium()
+    server = _serve_ui(DOCUMENT)
+    try:
+        dom = _run_chromium(binary, "--dump-dom", f"http://127.0.0.1:{server.server_port}/ui/#key=k").stdout
+    finally:
+        server.shutdown()
+    assert 'data-rendered="true"' in dom, dom[-2000:]
+    chart = dom[dom.index('id="chart-model"'):dom.index('id="chart-key"')]
+    # One point per minute from the first bucket to the last, the idle minutes at zero spend.
+    d = re.search(r'<path d="([^"]+)"', chart).group(1)
+    points = [(float(x), float(y)) for x, y in re.findall(r"[ML]([\d.]+),([\d.]+)", d)]
+    top = points[:len(points) // 2]
+    assert len(top) == 11
+    baseline = points[-1][1]
+    assert [y for _, y in top[2:10]] == [baseline] * 8 and top[10][1] < baseline
+    gaps = {round(b[0] - a[0], 1) for a, b in itertools.pairwise(top)}
+    assert len(gaps) == 1
+    assert re.findall(r'class="tick"[^>]*>([^<]*)<', chart) == ["$0", "$0.05", "$0.1", "$0.15", "$0.2"]
+    assert "USD per minute" in chart
+    routing = dom[dom.index('id="routing"'):dom.index('id="budgets"')]
+    labels = re.findall(r'<div class="bar-row"><span>([^<]*)</span>', routing)
+    assert labels == ["small", "no model answered", "big"]  # by requests, which the bars show
+    assert "$0.0500 / $0.0500 · 99.9%" in dom  # not full, though rounding shows it spent to the cent

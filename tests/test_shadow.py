@@ -275,3 +275,43 @@ def test_the_shadow_router_decides_on_the_live_view_of_the_models(shadow_artifac
         finally:
             gw.stop()
     assert len(rows) == len(PROMPTS) and not any(r["shadow_model"] == "m2" for r in rows)
+
+
+def _synthetic_shadows(n: int) -> list[dict]:
+    """Shadow rows as read_shadows returns them: agreeing on the first half only."""
+    cand = {"p_good": 0.7, "cost_usd": 0.001, "latency_s": 1.0}
+    return [{"request_id": f"r{i}", "agree": i < n // 2, "live_model": "m1", "shadow_model": "m1" if i < n // 2 else "m2",
+             "live_candidate": cand, "shadow_candidate": cand, "called": False, "call_status": None,
+             "call_cost_usd": None, "call_latency_s": None} for i in range(n)]
+
+
+def test_shadow_report_plots_each_rolling_mean_at_its_windows_last_request(monkeypatch):
+    from training import shadow_report
+
+    figures = []
+    monkeypatch.setattr(shadow_report, "_png", lambda fig: figures.append(fig) or "")
+    shadows = _synthetic_shadows(200)
+    labels = {"r0": "tiny", **{f"r{i}": "big" for i in range(1, 200)}}
+    shadow_report.plots(shadow_report.summarize(shadows, {}, labels), shadows)
+    (timeline,) = [f for f in figures if f.axes[0].get_title() == "Agreement over time"]
+    x, y = timeline.axes[0].get_lines()[0].get_data()
+    assert (x[0], x[-1]) == (10, 200)  # windows of 10: the first mean is known at request 10
+    assert y[x == 100][0] == pytest.approx(1.0) and y[x == 110][0] == pytest.approx(0.0)  # the switch at request 100 shows at 100, not at 90
+    (by_task,) = [f for f in figures if f.axes[0].get_title() == "Agreement by task"]
+    assert [t.get_text() for t in by_task.axes[0].get_yticklabels()] == ["big (199)", "tiny (1)"]
+
+
+def test_shadow_report_page_gives_overlap_and_effective_sample_size():
+    from training import shadow_report
+
+    shadows = _synthetic_shadows(40)
+    report = shadow_report.summarize(shadows, {}, {})
+    est = {"value": -0.5, "lo": -0.6, "hi": -0.4, "n": 40, "ess": 7.5}
+    report["ope"] = {"n": 40, "overlap": 0.5, **{m: {"difference": {"ips": est, "snips": est, "dr": est}}
+                                                  for m in ("quality", "utility", "cost_usd")}}
+    page = shadow_report.render_html(report, {})
+    assert "agreement<b>50.0%</b>" in page
+    assert "<th>effective n</th>" in page and "<td>7.5</td>" in page
+    assert "on 50.0% of these 40 requests" in page
+    assert "<th>Δ P(good)</th>" in page and "predicted_delta_p_good" not in page
+    assert '<td class="list">m1 20<br>m2 20</td>' in page

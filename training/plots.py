@@ -16,11 +16,95 @@ STYLE = {
 
 
 def _hull_line(costs, qualities, c_max):
-    """The hull, densified so that its straight segments stay straight on a log axis too."""
+    """The hull, densified so that its straight segments stay straight on a log axis too (and on a
+    symlog one, whose linear part near a free model's cost 0 needs points of its own)."""
     hx, hy = nondecreasing_hull(costs, qualities)
     end = max(c_max, hx[-1])
-    xs = np.union1d(hx, np.geomspace(hx[0], end, 200)) if hx[0] > 0 else np.union1d(hx, [end])
+    positive = hx[hx > 0]
+    xs = np.union1d(hx, np.geomspace(positive[0], end, 200) if len(positive) and end > positive[0] else [end])
+    if hx[0] <= 0 < end:
+        xs = np.union1d(xs, np.linspace(hx[0], positive[0] if len(positive) else end, 50))
     return xs, np.interp(xs, hx, hy)
+
+
+def _all_costs(summary: dict) -> np.ndarray:
+    xs = [m["mean_cost"] for m in summary["single_models"].values()] + [summary["methods"]["random"]["mean_cost"]]
+    for name in STYLE:
+        if summary["methods"].get(name):
+            xs += [p[0] for p in summary["methods"][name]["points"]]
+    return np.array(xs, dtype=float)
+
+
+def _cost_unit(summary: dict) -> str:
+    """USD, saying so where no call's cost was recorded: prices × tokens is an estimate."""
+    estimated = summary.get("cost_estimated_from_prices") or []
+    if not estimated:
+        return "USD"
+    if len(estimated) == len(summary["models"]):
+        return "USD, estimated from prices"
+    return f"USD; {len(estimated)} of {len(summary['models'])} models estimated from prices"
+
+
+def _cost_axis(ax, summary: dict, log: bool) -> None:
+    """Log cost axis, or symlog where a model is free: a log axis drops cost 0 (the model's dot
+    vanishes and the hull from it is drawn as a flat line at the next model's quality)."""
+    label = f"mean cost per prompt ({_cost_unit(summary)})"
+    if log:
+        costs = _all_costs(summary)
+        if (costs <= 0).any():
+            linthresh = costs[costs > 0].min() if (costs > 0).any() else 1.0
+            ax.set_xscale("symlog", linthresh=linthresh)
+            label += f", log scale (linear below ${linthresh:.2g})"
+        else:
+            ax.set_xscale("log")
+            label += ", log scale"
+    ax.set_xlabel(label)
+
+
+def _spread_labels(ax, texts, renderer) -> None:
+    """Nudge overlapping model names upwards (bottom-up) until no two overlap, and right-align the
+    ones near the right edge so they stay inside the panel."""
+    to_points = 72.0 / ax.figure.dpi
+    for t in texts:
+        if ax.transAxes.inverted().transform(ax.transData.transform(t.xy))[0] > 0.75:
+            t.set_horizontalalignment("right")
+            t.xyann = (-t.xyann[0], t.xyann[1])
+    placed = []
+    for t in sorted(texts, key=lambda t: ax.transData.transform(t.xy)[1]):
+        box = t.get_window_extent(renderer)
+        clash = next((b for b in placed if box.overlaps(b)), None)
+        while clash is not None:
+            t.xyann = (t.xyann[0], t.xyann[1] + (clash.y1 - box.y0 + 1) * to_points)
+            box = t.get_window_extent(renderer)
+            clash = next((b for b in placed if box.overlaps(b)), None)
+        placed.append(box)
+
+
+def _one_price_figure(summary: dict, title: str):
+    """Every model at one price: cost cannot separate anything (AIQ is undefined), so the honest
+    picture is each method's quality at that price beside the single models'."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = sorted(((n, m["mean_quality"], "black") for n, m in summary["single_models"].items()), key=lambda r: r[1])
+    rows += [("random", summary["methods"]["random"]["mean_quality"], "tab:orange")]
+    rows += [(name, summary["methods"][name]["quality_at_random_cost"], style["color"])
+             for name, style in STYLE.items() if summary["methods"].get(name)]
+    fig = Figure(figsize=(8, 1.2 + 0.32 * len(rows)))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    names, values, colors = zip(*rows)
+    ax.barh(range(len(rows)), values, color=colors, alpha=0.8)
+    ax.set_yticks(range(len(rows)), names, fontsize=8)
+    for i, v in enumerate(values):
+        ax.annotate(f"{v:.3f}", (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_xlim(0, max(1.0, max(values) * 1.08))
+    priced = ", estimated from prices" if summary.get("cost_estimated_from_prices") else ""
+    ax.set_xlabel(f"mean quality (every model costs ${summary['cost_range'][0]:.3g} per prompt{priced}: quality only, no AIQ)")
+    ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(title or f"{Path(summary['data']).name}: {summary['n_rows']} prompts, {len(summary['models'])} models")
+    fig.tight_layout()
+    return fig
 
 
 def cost_quality_figure(summary: dict, title: str = ""):
@@ -29,15 +113,21 @@ def cost_quality_figure(summary: dict, title: str = ""):
     A bare `Figure` (no pyplot): no global backend to switch, so the same code saves PNGs in a
     headless job and shows inline in a notebook (`display(fig)`).
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(13, 5.2))
+    c_min, c_max = summary["cost_range"]
+    if c_max <= c_min:
+        return _one_price_figure(summary, title)
+    fig = Figure(figsize=(13, 5.8))
+    FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
-    c_max = summary["cost_range"][1]
+    labels = {ax: [] for ax in axes}
     for ax, log in zip(axes, (False, True)):
         for name, m in summary["single_models"].items():
-            ax.scatter(m["mean_cost"], m["mean_quality"], color="black", s=18, zorder=3)
-            ax.annotate(name, (m["mean_cost"], m["mean_quality"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.scatter(m["mean_cost"], m["mean_quality"], color="black", s=18, zorder=3, label="single model")
+            labels[ax].append(ax.annotate(name, (m["mean_cost"], m["mean_quality"]), fontsize=7, xytext=(3, 3),
+                                          textcoords="offset points"))
         rnd = summary["methods"]["random"]
         ax.scatter(rnd["mean_cost"], rnd["mean_quality"], color="tab:orange", marker="x", s=60, label="random", zorder=3)
         for name, style in STYLE.items():
@@ -46,17 +136,52 @@ def cost_quality_figure(summary: dict, title: str = ""):
                 continue
             pts = np.array(method["points"])
             hx, hy = _hull_line(pts[:, 0], pts[:, 1], c_max)
-            label = name if method["aiq"] is None else f"{name} (AIQ {method['aiq']:.3f})"  # None: one price for all
+            label = name if method["aiq"] is None else f"{name} (AIQ {method['aiq']:.3f})"
             ax.plot(hx, hy, color=style["color"], lw=1.6, label=label)
             if style["marker"]:
                 ax.scatter(pts[:, 0], pts[:, 1], color=style["color"], marker=style["marker"], s=10, alpha=0.5)
-        ax.set_xlabel("mean cost per prompt (USD)" + (", log scale" if log else ""))
+        _cost_axis(ax, summary, log)
         ax.set_ylabel("mean quality")
-        if log:
-            ax.set_xscale("log")
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right", fontsize=8)
+    # Outside the panels: inside, wherever it goes, it hides some model's dot and name.
+    handles, names = axes[0].get_legend_handles_labels()
+    unique = dict(zip(names, handles))
+    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique), fontsize=8, frameon=False)
     fig.suptitle(title or f"{Path(summary['data']).name}: {summary['n_rows']} prompts, {len(summary['models'])} models")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    renderer = fig.canvas.get_renderer()
+    for ax in axes:
+        _spread_labels(ax, labels[ax], renderer)
+    return fig
+
+
+def strong_share_figure(summary: dict, methods=("router", "knn", "oracle")):
+    """RouteLLM's view of a two-model pool: mean quality against the share of calls to the strong
+    model, with the all-weak and all-strong settings at both ends."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tm = summary["two_model"]
+    strong = summary["single_models"][tm["strong"]]["mean_quality"]
+    weak = summary["single_models"][tm["weak"]]["mean_quality"]
+    fig = Figure(figsize=(6.5, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for name in methods:
+        if name not in tm or not summary["methods"].get(name):
+            continue
+        pts = np.array(summary["methods"][name]["points"])
+        share = np.array(tm[name]["strong_share"])
+        q = np.concatenate(([weak], pts[:, 1], [strong]))
+        order = np.argsort(share, kind="stable")
+        ax.plot(share[order] * 100, q[order], marker=".", color=STYLE[name]["color"],
+                label=f"{name} (APGR {tm[name]['apgr']:.2f})")
+    ax.plot([0, 100], [weak, strong], color="tab:orange", ls="--", label="random mixing (APGR 0.50)")
+    ax.set_xlabel("calls to the strong model (%)")
+    ax.set_ylabel("mean quality")
+    ax.set_title(f"strong {tm['strong']} / weak {tm['weak']}", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 

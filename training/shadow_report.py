@@ -115,7 +115,9 @@ def plots(report: dict, shadows: list[dict]) -> dict[str, str]:
 
     tasks = report["by_task"]
     fig, ax = plt.subplots(figsize=(7, 3))
-    ax.barh([_plain(t) for t in tasks], [v["agreement"] or 0 for v in tasks.values()], color="tab:green")
+    # With its request count: one request's 100 % otherwise looks like a task's 300 requests' 100 %.
+    ax.barh([f"{_plain(t)} ({v['requests']})" for t, v in tasks.items()], [v["agreement"] or 0 for v in tasks.values()],
+            color="tab:green")
     ax.set_xlim(0, 1)
     ax.set_xlabel("agreement with the live router")
     ax.set_title("Agreement by task")
@@ -127,10 +129,13 @@ def plots(report: dict, shadows: list[dict]) -> dict[str, str]:
     if len(agree):
         w = max(1, len(agree) // 20)
         fig, ax = plt.subplots(figsize=(7, 2.6))
-        ax.plot(np.convolve(agree, np.ones(w) / w, mode="valid"))
+        # Each mean is drawn at its window's last request: at its first, the curve would end w
+        # requests early and show every change before it happened.
+        ax.plot(np.arange(w, len(agree) + 1), np.convolve(agree, np.ones(w) / w, mode="valid"))
+        ax.set_xlim(0, len(agree))
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("request (in time order)")
-        ax.set_ylabel(f"agreement, rolling {w}")
+        ax.set_ylabel(f"agreement, last {w}")
         ax.set_title("Agreement over time")
         fig.tight_layout()
         out["timeline"] = _png(fig)
@@ -148,7 +153,7 @@ def plots(report: dict, shadows: list[dict]) -> dict[str, str]:
             ax.errorbar(range(len(y)), y, yerr=err, fmt="o", capsize=4)
             ax.set_xticks(range(len(y)), names, fontsize=7)
             ax.set_title(metric)
-        fig.suptitle("Off-policy estimates, 95 % intervals (candidate = shadow)")
+        fig.suptitle("SNIPS and DR estimates, 95 % intervals (candidate = shadow; IPS in the table)")
         fig.tight_layout()
         out["ope"] = _png(fig)
         plt.close(fig)
@@ -163,16 +168,43 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
+def _pct(v) -> str:
+    return "–" if v is None else f"{v:.1%}"
+
+
+HEADERS = {"predicted_delta_p_good": "Δ P(good)", "predicted_delta_cost_usd": "Δ $", "predicted_delta_latency_s": "Δ latency s",
+           "spend_usd": "spend $", "delta_cost_usd": "Δ cost $", "delta_latency_s": "Δ latency s",
+           "shadow_choices": "shadow's choices"}
+
+
+def _cell(col: str, v) -> str:
+    if col == "agreement":
+        return f"<td>{_pct(v)}</td>"
+    if col == "shadow_choices":
+        return '<td class="list">' + "<br>".join(html.escape(f"{m} {n}") for m, n in sorted(v.items(), key=lambda kv: -kv[1])) + "</td>"
+    return f"<td>{_fmt(v)}</td>"
+
+
 def _table(rows: dict[str, dict], cols: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["", *cols])
-    body = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{_fmt(v.get(c))}</td>" for c in cols) + "</tr>"
+    head = "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in ["", *cols])
+    body = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(_cell(c, v.get(c)) for c in cols) + "</tr>"
                    for k, v in rows.items())
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _overlap_note(ope: dict) -> str:
+    """IPS and SNIPS learn only from requests where the shadow picks the logged model: at low
+    overlap IPS reads far below the other estimates, and `n` alone would overstate the evidence."""
+    ess = ope["quality"]["difference"].get("snips", {}).get("ess")
+    return (f"<p>The shadow router picks the model the live gateway served on {_pct(ope['overlap'])} of these "
+            f"{ope['n']} requests. IPS and SNIPS weigh only those (effective sample size {_fmt(ess)}); IPS counts "
+            "the others as zero reward, so at low overlap it undercounts the shadow router, and DR leans on its "
+            "reward model (docs/LEARNING.md).</p>")
+
+
 def render_html(report: dict, images: dict[str, str]) -> str:
     o = report["overall"]
-    cards = [("requests", o["requests"]), ("agreement", o["agreement"]),
+    cards = [("requests", o["requests"]), ("agreement", _pct(o["agreement"])),
              ("Δ predicted P(good)", o["predicted_delta_p_good"]), ("Δ predicted $", o["predicted_delta_cost_usd"]),
              ("Δ predicted latency s", o["predicted_delta_latency_s"]),
              ("shadow calls", report["observed_shadow_calls"]["calls"])]
@@ -180,21 +212,23 @@ def render_html(report: dict, images: dict[str, str]) -> str:
     if "ope" in report:
         for metric in ("quality", "utility", "cost_usd"):
             for est, e in report["ope"][metric]["difference"].items():
-                ope_rows[f"{metric} · {est}"] = {"shadow − live": e["value"], "95% lo": e["lo"], "95% hi": e["hi"], "n": e["n"]}
+                ope_rows[f"{metric} · {est}"] = {"shadow − live": e["value"], "95% lo": e["lo"], "95% hi": e["hi"],
+                                                  "n": e["n"], "effective n": e.get("ess")}
     img = lambda k: f'<img src="data:image/png;base64,{images[k]}" alt="{k}">' if k in images else ""  # noqa: E731
     cols = ["requests", "agreement", "predicted_delta_p_good", "predicted_delta_cost_usd", "predicted_delta_latency_s"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Shadow router report</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}}
 .cards{{display:flex;flex-wrap:wrap;gap:12px}}.card{{background:#f4f6f8;border-radius:8px;padding:10px 16px}}
-.card b{{display:block;font-size:1.5em}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:right}}
-td:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
+.card b{{display:block;font-size:1.5em}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:right;white-space:nowrap}}
+td:first-child,td.list{{text-align:left}}img{{max-width:100%}}</style></head><body>
 <h1>Shadow router vs live router</h1>
 <div class="cards">{''.join(f'<div class="card">{html.escape(k)}<b>{_fmt(v)}</b></div>' for k, v in cards)}</div>
 <h2>Choices</h2>{img("traffic")}{img("timeline")}
 <h2>Off-policy estimates (logged traffic with feedback)</h2>{img("ope")}
-{_table(ope_rows, ["shadow − live", "95% lo", "95% hi", "n"]) if ope_rows else "<p>No logged request with feedback overlaps the shadow decisions yet.</p>"}
-<h2>By task</h2>{img("agreement")}{_table(report["by_task"], cols)}
-<h2>By live model</h2>{_table(report["by_live_model"], cols)}
+{_overlap_note(report["ope"]) + _table(ope_rows, ["shadow − live", "95% lo", "95% hi", "n", "effective n"]) if ope_rows else "<p>No logged request with feedback overlaps the shadow decisions yet.</p>"}
+<h2>By task</h2>{img("agreement")}
+<p>Δ: the shadow router's prediction for its own choice minus the live router's for the live choice.</p>{_table(report["by_task"], cols)}
+<h2>By live model</h2>{_table(report["by_live_model"], [*cols, "shadow_choices"])}
 <h2>Shadow calls (observed)</h2>{_table({"shadow calls": report["observed_shadow_calls"]}, list(report["observed_shadow_calls"]))}
 </body></html>"""
 

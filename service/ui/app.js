@@ -48,10 +48,39 @@ async function fetchDashboard() {
   return { data: body };
 }
 
-function lineChart(target, series, tsList) {
+const BUCKETS = { 60: "minute", 300: "5 minutes", 900: "15 minutes", 3600: "hour", 21600: "6 hours", 86400: "day" };
+
+// The server lists only buckets that spent something; a gap is zero spend, and drawn any other
+// way the chart would join the spend before and after it as if time had not passed.
+function filledBuckets(chart) {
+  const step = chart.bucket_s, t = chart.t;
+  if (!t.length || !step || (t[t.length - 1] - t[0]) / step > 2000) return chart;
+  const ts = [];
+  for (let v = t[0]; v <= t[t.length - 1] + step / 2; v += step) ts.push(v);
+  const at = new Map(t.map((v, i) => [Math.round(v / step), i]));
+  const series = {};
+  for (const [name, values] of Object.entries(chart.series)) {
+    series[name] = ts.map((v) => { const i = at.get(Math.round(v / step)); return i === undefined ? 0 : values[i]; });
+  }
+  return { bucket_s: step, t: ts, series };
+}
+
+// Round tick steps (1, 2, 2.5, 5 × 10^k): ticks at a quarter of an odd maximum read $0.0477.
+function niceTicks(max) {
+  const raw = max / 4, mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw);
+  const ticks = [];
+  for (let k = 0; k * step < max + step * 1e-9; k++) ticks.push(Number((k * step).toPrecision(12)));
+  if (ticks[ticks.length - 1] < max) ticks.push(Number((ticks.length * step).toPrecision(12)));
+  return ticks;
+}
+function tickUsd(v) { return v === 0 ? "$0" : "$" + String(Number(v.toPrecision(3))); }
+
+function lineChart(target, chart) {
   target.replaceChildren();
+  const { series, t: tsList, bucket_s: step } = filledBuckets(chart);
   const names = Object.keys(series);
-  const W = 600, H = 220, L = 56, R = 8, T = 8, B = 24;
+  const W = 600, H = 220, L = 56, R = 8, T = 18, B = 24;
   const svg = el("svg:svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
   if (!tsList.length) {
     svg.appendChild(el("svg:text", { x: W / 2, y: H / 2, "text-anchor": "middle", fill: "#6b7385" }, "no spend yet"));
@@ -60,14 +89,16 @@ function lineChart(target, series, tsList) {
   }
   // Stacked areas: the top edge is the total spend per time bucket.
   const totals = tsList.map((_, i) => names.reduce((s, n) => s + series[n][i], 0));
-  const ymax = Math.max(...totals) || 1;
+  const ticks = niceTicks(Math.max(...totals) || 1);
+  const ymax = ticks[ticks.length - 1];
   const x = (i) => L + (tsList.length === 1 ? (W - L - R) / 2 : (i * (W - L - R)) / (tsList.length - 1));
   const y = (v) => H - B - (v / ymax) * (H - T - B);
-  for (let k = 0; k <= 4; k++) {
-    const v = (ymax * k) / 4;
+  ticks.forEach((v) => {
     svg.appendChild(el("svg:line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#e3e6ee" }));
-    svg.appendChild(el("svg:text", { x: L - 4, y: y(v) + 4, "text-anchor": "end", "font-size": 10, fill: "#6b7385" }, usd(v)));
-  }
+    svg.appendChild(el("svg:text", { x: L - 4, y: y(v) + 4, "text-anchor": "end", "font-size": 10, fill: "#6b7385", class: "tick" }, tickUsd(v)));
+  });
+  const unit = BUCKETS[step] || `${step} s`;
+  svg.appendChild(el("svg:text", { x: L, y: 10, "font-size": 10, fill: "#6b7385", class: "unit" }, `USD per ${unit}`));
   const base = tsList.map(() => 0);
   names.forEach((name, j) => {
     const top = base.map((b, i) => b + series[name][i]);
@@ -85,8 +116,8 @@ function lineChart(target, series, tsList) {
     }
     top.forEach((v, i) => { base[i] = v; });
   });
-  svg.appendChild(el("svg:text", { x: L, y: H - 6, "font-size": 10, fill: "#6b7385" }, when(tsList[0])));
-  svg.appendChild(el("svg:text", { x: W - R, y: H - 6, "font-size": 10, fill: "#6b7385", "text-anchor": "end" }, when(tsList[tsList.length - 1])));
+  svg.appendChild(el("svg:text", { x: L, y: H - 6, "font-size": 10, fill: "#6b7385" }, when(tsList[0]) + " UTC"));
+  svg.appendChild(el("svg:text", { x: W - R, y: H - 6, "font-size": 10, fill: "#6b7385", "text-anchor": "end" }, when(tsList[tsList.length - 1]) + " UTC"));
   target.appendChild(svg);
   const legend = el("div", { class: "legend" });
   names.forEach((name, j) => {
@@ -120,21 +151,22 @@ function render(d) {
   $("t-ttft").textContent = `${secs(s.ttft_s.p50)} / ${secs(s.ttft_s.p95)}`;
   $("t-errors").textContent = pct(s.error_rate);
 
-  lineChart($("chart-model"), d.spend_by_model.series, d.spend_by_model.t);
-  lineChart($("chart-key"), d.spend_by_key.series, d.spend_by_key.t);
+  lineChart($("chart-model"), d.spend_by_model);
+  lineChart($("chart-key"), d.spend_by_key);
 
   const routing = $("routing");
   routing.replaceChildren();
   const total = d.routing.reduce((a, r) => a + r.requests, 0) || 1;
-  d.routing.forEach((r) => routing.appendChild(
-    barRow(r.model || "(none)", r.requests / total, `${r.requests} req · ${usd(r.cost_usd)}`)));
+  // By requests, what the bars measure (the server orders by spend).
+  [...d.routing].sort((a, b) => b.requests - a.requests).forEach((r) => routing.appendChild(
+    barRow(r.model || "no model answered", r.requests / total, `${r.requests} req · ${usd(r.cost_usd)}`)));
 
   const budgets = $("budgets");
   budgets.replaceChildren();
   if (!d.budgets.length) budgets.appendChild(el("p", { class: "muted" }, "no budgets set"));
   d.budgets.forEach((b) => {
     const cls = b.share >= 1 ? "bad" : b.share >= b.soft_threshold ? "warn" : "";
-    const row = barRow(`${b.scope} ${b.scope_id} (${b.period})`, b.share, `${usd(b.spent_usd)} / ${usd(b.limit_usd)}`, cls, b.soft_threshold);
+    const row = barRow(`${b.scope} ${b.scope_id} (${b.period})`, b.share, `${usd(b.spent_usd)} / ${usd(b.limit_usd)} · ${pct(b.share)}`, cls, b.soft_threshold);
     row.setAttribute("data-budget", b.id);
     row.title = b.projected_window_end_usd === null ? b.label : `${b.label}: on track for ${usd(b.projected_window_end_usd)} by ${b.window} end`;
     budgets.appendChild(row);

@@ -1,0 +1,107 @@
+"""The evaluation plots say what the summary says: nothing hidden, nothing drawn where it is not."""
+from __future__ import annotations
+
+import numpy as np
+
+from training.plots import cost_quality_figure, strong_share_figure
+
+
+def _renderer(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    return FigureCanvasAgg(fig).get_renderer()
+
+
+def _method(points, aiq=0.7):
+    return {"points": [[c, q, 0.0] for c, q in points], "aiq": aiq, "quality_at_random_cost": max(q for _, q in points)}
+
+
+def _summary(costs: dict[str, float], qualities: dict[str, float]) -> dict:
+    singles = {m: {"mean_cost": costs[m], "mean_quality": qualities[m]} for m in costs}
+    by_cost = sorted(costs, key=costs.get)
+    line = [(costs[m], qualities[m]) for m in by_cost]
+    lo, hi = min(costs.values()), max(costs.values())
+    return {
+        "data": "t.parquet", "n_rows": 40, "models": list(costs), "cost_range": [lo, hi], "single_models": singles,
+        "methods": {
+            "random": {"mean_cost": float(np.mean(list(costs.values()))),
+                       "mean_quality": float(np.mean(list(qualities.values()))), "quality_at_random_cost": 0.6},
+            "router": _method(line), "zero": _method(line), "oracle": _method([(lo, 0.8), (hi, 0.95)]),
+        },
+    }
+
+
+# Two models at almost the same point (as llama-2-70b-chat and code-llama-instruct-34b-chat on
+# RouterBench), one far right, one free (a local model).
+COSTS = {"local": 0.0, "llama-2-70b-chat": 0.00031, "code-llama-instruct-34b-chat": 0.00032, "big": 0.005}
+QUALITY = {"local": 0.5, "llama-2-70b-chat": 0.611, "code-llama-instruct-34b-chat": 0.614, "big": 0.88}
+
+
+def test_legend_sits_outside_both_panels():
+    fig = cost_quality_figure(_summary(COSTS, QUALITY))
+    renderer = _renderer(fig)
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
+    assert "single model" in [t.get_text() for t in legend.get_texts()]
+
+
+def test_model_names_do_not_overlap_and_stay_in_the_figure():
+    fig = cost_quality_figure(_summary(COSTS, QUALITY))
+    renderer = _renderer(fig)
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert len(boxes) == len(COSTS)
+        assert not [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+        assert all(b.x1 <= ax.get_window_extent(renderer).x1 + 1 for b in boxes)
+
+
+def test_a_free_model_keeps_its_dot_and_hull_on_the_log_panel():
+    fig = cost_quality_figure(_summary(COSTS, QUALITY))
+    log = fig.axes[1]
+    assert log.get_xscale() == "symlog"  # a log axis drops cost 0
+    dots = np.vstack([c.get_offsets() for c in log.collections if len(c.get_offsets()) == 1])
+    assert [0.0, 0.5] in dots.tolist()
+    zero = next(line for line in log.get_lines() if line.get_label().startswith("zero"))
+    x, y = zero.get_data()
+    assert x[0] == 0.0 and y[0] == 0.5
+    # Straight from the free model up to the next one, not a flat line at the next one's quality.
+    mid = np.searchsorted(x, 0.000155)
+    assert 0.5 < y[mid] < 0.61
+
+
+def test_one_price_for_all_models_shows_quality_bars():
+    same = {m: 0.001 for m in COSTS}
+    s = _summary(same, QUALITY)
+    for name in ("router", "zero", "oracle"):
+        s["methods"][name]["aiq"] = None
+    fig = cost_quality_figure(s)
+    (ax,) = fig.axes
+    widths = {t.get_text(): p.get_width() for t, p in zip(ax.get_yticklabels(), ax.patches)}
+    assert widths["oracle"] == s["methods"]["oracle"]["quality_at_random_cost"]
+    assert widths["big"] == 0.88 and widths["random"] == s["methods"]["random"]["mean_quality"]
+    assert "no AIQ" in ax.get_xlabel()
+
+
+def test_strong_share_figure_keeps_its_labels_inside():
+    s = _summary({"weak": 0.0001, "strong": 0.003}, {"weak": 0.6, "strong": 0.85})
+    s["two_model"] = {"strong": "strong", "weak": "weak",
+                      "router": {"apgr": 0.55, "strong_share": [0.0, 0.0, 1.0, 1.0]}}
+    fig = strong_share_figure(s, methods=("router",))
+    renderer = _renderer(fig)
+    ax = fig.axes[0]
+    page = fig.bbox
+    for label in (ax.xaxis.label, ax.yaxis.label, ax.title):
+        box = label.get_window_extent(renderer)
+        assert box.x0 >= page.x0 and box.y0 >= page.y0 and box.x1 <= page.x1 and box.y1 <= page.y1
+    assert ax.get_lines()[0].get_label() == "router (APGR 0.55)"
+
+
+def test_cost_axis_says_when_costs_are_estimated_from_prices():
+    s = _summary(COSTS, QUALITY)
+    assert all(ax.get_xlabel().startswith("mean cost per prompt (USD)") for ax in cost_quality_figure(s).axes)
+    s["cost_estimated_from_prices"] = ["big"]
+    assert all("1 of 4 models estimated from prices" in ax.get_xlabel() for ax in cost_quality_figure(s).axes)
+    s["cost_estimated_from_prices"] = list(COSTS)
+    assert all("USD, estimated from prices" in ax.get_xlabel() for ax in cost_quality_figure(s).axes)
