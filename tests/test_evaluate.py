@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from training import baselines as bl
-from training.evaluate import evaluate_arrays, resolve_candidates
+from training.evaluate import evaluate_arrays, format_table, resolve_candidates
 from training.data import datasets_dir
 
 
@@ -81,6 +81,15 @@ def test_budgets_and_unreached_targets_are_reported():
     s, _ = evaluate_arrays(quality, cost, ["a", "b", "c"], p, cost, _truth_router(p, cost), emb, budgets=[1e-6])
     assert s["methods"]["router"]["quality_at_budget"]["1e-06"] is None  # below any operating point
     assert len(s["methods"]["router"]["quality_at_budget"]) == 5
+
+
+def test_the_printed_table_keeps_its_columns_where_a_target_is_not_reached():
+    emb, quality, cost, p = _synthetic()
+    s, _ = evaluate_arrays(quality, cost, ["a", "b", "c"], p, cost, _truth_router(p, cost), emb)
+    s.update(n_rows=len(quality), models=["a", "b", "c"])
+    rows = format_table(s).splitlines()[1:]
+    assert any("—" in r for r in rows)  # random never reaches the best model's quality
+    assert len({len(r) for r in rows}) == 1
 
 
 def test_candidates_are_the_intersection_and_bad_requests_are_named():

@@ -105,3 +105,18 @@ def test_cost_axis_says_when_costs_are_estimated_from_prices():
     assert all("1 of 4 models estimated from prices" in ax.get_xlabel() for ax in cost_quality_figure(s).axes)
     s["cost_estimated_from_prices"] = list(COSTS)
     assert all("USD, estimated from prices" in ax.get_xlabel() for ax in cost_quality_figure(s).axes)
+
+
+def test_reliability_dots_weigh_their_rows_and_the_title_gives_what_a_curve_hides():
+    from training.plots import reliability_figure
+
+    curve = [{"bin": 0, "predicted": 0.05, "observed": 0.4, "n": 40},
+             {"bin": 5, "predicted": 0.55, "observed": 0.56, "n": 7500},
+             {"bin": 9, "predicted": 0.93, "observed": 0.91, "n": 900}]
+    fig = reliability_figure({"reliability": curve, "mean_auc": 0.49, "brier": 0.1707, "brier_base_rate": 0.1682,
+                              "ece": 0.02})
+    ax = fig.axes[0]
+    sizes = next(c for c in ax.collections if len(c.get_offsets()) == 3).get_sizes()
+    assert sizes[1] > 10 * sizes[0] and sizes[1] > sizes[2] > sizes[0]  # a 40-row bin is not drawn like 7,500
+    title = ax.get_title()
+    assert "AUC 0.490" in title and "Brier 0.1707 (base rate 0.1682)" in title and "8,440 predictions" in title

@@ -326,7 +326,9 @@ def format_table(summary: dict) -> str:
         f"quality {best['mean_quality']:.3f} at ${best['mean_cost']:.6f}",
         f"{'method':<8} {'AIQ':>7} {'q@random$':>9} {'$ to best':>11} {'÷ best $':>8}",
     ]
-    fmt = lambda x, spec: "—" if x is None else format(x, spec)  # noqa: E731
+    def fmt(x, spec: str) -> str:  # "—" (not reached, undefined) padded to the column like a number
+        return format(x, spec) if x is not None else format("—", ">" + spec.split(".")[0])
+
     for name in (n for n in ("router", "knn", "zero", "random", "oracle") if n in summary["methods"]):
         m = summary["methods"][name]
         lines.append(f"{name:<8} {fmt(m['aiq'], '7.4f')} {fmt(m['quality_at_random_cost'], '9.3f')} "

@@ -109,9 +109,10 @@ def log_run(args, out: Path, params: dict, metrics: dict, comparison: dict) -> s
     """One MLflow run (params, CV and OPE metrics, artifact) without registering it yet."""
     import mlflow
 
-    from training.train import _experiment_id, log_to_mlflow, plot_reliability, tracking_uri
+    from training.plots import save_reliability_plot
+    from training.train import _experiment_id, log_to_mlflow, tracking_uri
 
-    plot = plot_reliability(metrics["reliability"], out / "reliability.png")
+    plot = save_reliability_plot(metrics, out / "reliability.png")
     flat = dict(metrics)
     for metric in ("utility", "quality", "cost_usd"):
         for est, e in comparison.get(metric, {}).get("difference", {}).items():

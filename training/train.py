@@ -101,25 +101,6 @@ def quality_metrics(quality: np.ndarray, oof: np.ndarray, oof_raw: np.ndarray, m
     return out
 
 
-def plot_reliability(curve: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect")
-    ax.plot([c["predicted"] for c in curve], [c["observed"] for c in curve], marker="o", label="router (out-of-fold)")
-    ax.set_xlabel("predicted P(good)")
-    ax.set_ylabel("observed share good")
-    ax.set_title("Reliability, pooled over models")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def tracking_uri(explicit: str | None) -> str:
     if explicit:
         return explicit
@@ -243,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
     from router.types import RoutingRequest
     from training.data import concat_outcomes, load_outcomes, load_prices
     from training.outputs import check_output_dir
+    from training.plots import save_reliability_plot
 
     check_job_options(args)
     t0 = time.time()
@@ -274,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
     manifest = build_manifest(table, metrics, sources, text_column=args.text_column)
     with tqdm(total=2, desc="save", unit="step") as bar:
         LearnedRouter(predictor, manifest).save(out)
-        plot = plot_reliability(metrics["reliability"], out / "reliability.png")
+        plot = save_reliability_plot(metrics, out / "reliability.png")
         bar.update()
         params = {"data": ",".join(args.data), "folds": args.folds, "mode": args.mode, "pca_dim": args.pca_dim,
                   "rounds": args.rounds, "seed": args.seed, "rows": len(table), "models": len(table.models)}
