@@ -2,26 +2,28 @@
 turn's tool loop is on (with the probability the turn drew it), and which answer a repeated
 prompt would regenerate.
 
-One gateway keeps this in its own memory. Replicas behind a load balancer keep it in Redis
+One gateway keeps this in its own memory. Replicas behind a load balancer also keep it in Redis
 (`server.redis_url`), since an agent's next tool-loop step or a client's regeneration may reach
-any replica: kept per replica, a step landing elsewhere was routed afresh (and could switch
+any replica: kept per replica only, a step landing elsewhere was routed afresh (and could switch
 model half-way through the loop), and a regeneration sent elsewhere went unnoticed.
 
-In Redis the keys are digests (no prompt text leaves the process) and expire on their own: a
-turn after `TURN_TTL_S`, an answer after the regeneration window. Reads take one round trip
-at route time; writes go through one background thread, so no request waits on them. Redis
-being down loses only this memory (no pin, no regeneration noticed), never a request: a read
-gives up after `TIMEOUT_S`, and after a failure Redis is left alone for `RETRY_AFTER_S`, so a
-dead or blackholed Redis costs requests nothing beyond the one that found it so.
+The process's own memory stays the first level: what this replica answered it finds at once,
+also before the Redis copy is written and while Redis is down. In Redis the keys are digests (no
+prompt text leaves the process) and expire on their own: a turn after `TURN_TTL_S`, an answer
+after the regeneration window. A Redis read waits at most `TIMEOUT_S` in all (connection, retries
+and reply together) and Redis is then left alone for `RETRY_AFTER_S`; writes go through one
+background thread in batches, from a bounded queue, so no request waits on them. Redis being
+slow or down loses only what other replicas would have found, never a request.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from service.recent import Recent
@@ -29,22 +31,22 @@ from service.recent import Recent
 log = logging.getLogger(__name__)
 TURN_TTL_S = 3600.0  # how long a turn's tool loop keeps the model it began on
 RECENT = 100_000  # prompt keys and turns one process remembers
-TIMEOUT_S = 0.25  # a read on the request path waits no longer for Redis
+TIMEOUT_S = 0.25  # the longest a request waits for Redis
 RETRY_AFTER_S = 30.0
+WRITE_QUEUE = 10_000  # writes waiting for Redis; past it they are dropped (and counted)
+WRITE_BATCH = 500
 
 
 class SessionMemory(Protocol):
-    remote: bool  # a read is a network round trip: callers keep it off the event loop
-
-    def turn_model(self, turn: str) -> tuple[str, float] | None:
+    async def find_turn(self, turn: str) -> tuple[str, float] | None:
         """The model that answered this user turn's latest step, and the probability it was
         drawn with, within TURN_TTL_S."""
 
-    def turn_answered(self, turn: str, model: str, propensity: float) -> None: ...
-
-    def repeated(self, key: str) -> str | None:
+    async def take_repeat(self, key: str) -> str | None:
         """The answered request with this repeat key, if the client got it within the window
-        (forgotten once asked: a third ask regenerates the second answer, not the first)."""
+        (taken once asked: a third ask regenerates the second answer, not the first)."""
+
+    def turn_answered(self, turn: str, model: str, propensity: float) -> None: ...
 
     def answered(self, key: str, request_id: str) -> None: ...
 
@@ -52,8 +54,6 @@ class SessionMemory(Protocol):
 
 
 class LocalMemory:
-    remote = False
-
     def __init__(self, window_s: float, size: int = RECENT):
         self.window_s = window_s
         self._prompts: Recent[str, tuple[str, float]] = Recent(size)
@@ -83,19 +83,38 @@ class LocalMemory:
             while now - next(iter(self._prompts.values()))[1] > self.window_s:
                 self._prompts.popitem(last=False)
 
+    async def find_turn(self, turn: str) -> tuple[str, float] | None:
+        return self.turn_model(turn)
+
+    async def take_repeat(self, key: str) -> str | None:
+        return self.repeated(key)
+
     def close(self) -> None:
         pass
 
 
-class RedisMemory:
-    remote = True
+def redis_client(url: str) -> Any:
+    """A client whose commands give up soon: no retries, no idle health-check PING before a
+    command (the request's whole wait is bounded by `RedisMemory._read` in any case)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
+                                health_check_interval=0, retry=Retry(NoBackoff(), 0))
+
+
+class RedisMemory:
     def __init__(self, client: Any, prefix: str, window_s: float):
-        self.r = client  # with socket timeouts of TIMEOUT_S
+        self.r = client
         self.prefix = prefix
         self.window_s = window_s
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="session-memory")
+        self.local = LocalMemory(window_s)
+        self.dropped = 0  # writes given up: the queue was full, or Redis was down
         self._down_until = 0.0
+        self._writes: queue.Queue[tuple[str, str, dict] | None] = queue.Queue(WRITE_QUEUE)
+        self._writer = threading.Thread(target=self._drain, name="session-memory", daemon=True)
+        self._writer.start()
 
     def _key(self, kind: str, raw: str) -> str:
         return f"{self.prefix}:{kind}:{hashlib.sha256(raw.encode('utf-8', 'replace')).hexdigest()[:40]}"
@@ -103,34 +122,34 @@ class RedisMemory:
     def _up(self) -> bool:
         return time.monotonic() >= self._down_until
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: BaseException) -> None:
         if self._up():
             log.warning("session memory in Redis unavailable for %.0f s (tool-loop pins and regenerations "
-                        "not shared meanwhile): %s", RETRY_AFTER_S, exc)
+                        "not shared meanwhile): %s", RETRY_AFTER_S, str(exc) or type(exc).__name__)
         self._down_until = time.monotonic() + RETRY_AFTER_S
 
-    def _write(self, fn: Any, *args: Any, **kwargs: Any) -> None:
-        def run() -> None:
-            try:
-                fn(*args, **kwargs)
-            except Exception as exc:  # redis errors, a closed pool at shutdown: memory only, never a request
-                self._failed(exc)
-
-        if not self._up():
-            return
-        try:
-            self._writer.submit(run)
-        except RuntimeError:  # shut down: the process is stopping
-            pass
-
-    def turn_model(self, turn: str) -> tuple[str, float] | None:
+    async def _read(self, fn: Any, *args: Any) -> Any:
+        """One Redis command off the event loop, given up after TIMEOUT_S whatever holds it."""
         if not self._up():
             return None
         try:
-            value = self.r.get(self._key("turn", turn))
-        except Exception as exc:
+            return await asyncio.wait_for(asyncio.to_thread(fn, *args), TIMEOUT_S)
+        except Exception as exc:  # a Redis error, or no answer within TIMEOUT_S
             self._failed(exc)
             return None
+
+    def _get_and_delete(self, name: str) -> str | None:
+        # In one transaction: of two replicas seeing the same repeat, one takes it.
+        pipe = self.r.pipeline(transaction=True)
+        pipe.get(name)
+        pipe.delete(name)
+        return pipe.execute()[0]
+
+    async def find_turn(self, turn: str) -> tuple[str, float] | None:
+        seen = self.local.turn_model(turn)
+        if seen is not None:
+            return seen
+        value = await self._read(self.r.get, self._key("turn", turn))
         if value is None:
             return None
         try:
@@ -139,27 +158,62 @@ class RedisMemory:
         except (ValueError, TypeError):
             return None  # not ours to trust
 
-    def turn_answered(self, turn: str, model: str, propensity: float) -> None:
-        self._write(self.r.set, self._key("turn", turn), json.dumps([model, propensity]), ex=int(TURN_TTL_S))
+    async def take_repeat(self, key: str) -> str | None:
+        local = self.local.repeated(key)
+        if self.window_s <= 0:
+            return None
+        taken = await self._read(self._get_and_delete, self._key("regen", key))
+        # This replica's own answer counts even when its Redis copy is not written yet; another
+        # replica taking it too at the same moment records the same 0 twice, which changes nothing.
+        return taken if isinstance(taken, str) and taken else local
 
-    def repeated(self, key: str) -> str | None:
-        if not self._up():
-            return None
-        name = self._key("regen", key)
-        try:
-            # GET and DEL in one transaction: of two replicas seeing the same repeat, one counts it.
-            pipe = self.r.pipeline(transaction=True)
-            pipe.get(name)
-            pipe.delete(name)
-            value, _ = pipe.execute()
-        except Exception as exc:
-            self._failed(exc)
-            return None
-        return value if isinstance(value, str) and value else None
+    def turn_answered(self, turn: str, model: str, propensity: float) -> None:
+        self.local.turn_answered(turn, model, propensity)
+        self._queue(self._key("turn", turn), json.dumps([model, propensity]), {"ex": int(TURN_TTL_S)})
 
     def answered(self, key: str, request_id: str) -> None:
+        self.local.answered(key, request_id)
         if self.window_s > 0:
-            self._write(self.r.set, self._key("regen", key), request_id, px=max(1, int(self.window_s * 1000)))
+            self._queue(self._key("regen", key), request_id, {"px": max(1, int(self.window_s * 1000))})
 
-    def close(self) -> None:
-        self._writer.shutdown(wait=True)
+    def _queue(self, name: str, value: str, expiry: dict) -> None:
+        if not self._up():
+            self.dropped += 1
+            return
+        try:
+            self._writes.put_nowait((name, value, expiry))
+        except queue.Full:
+            self.dropped += 1
+
+    def _drain(self) -> None:
+        while True:
+            batch = [self._writes.get()]
+            while len(batch) < WRITE_BATCH:
+                try:
+                    batch.append(self._writes.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in batch
+            writes = [w for w in batch if w is not None]
+            if writes and self._up():
+                try:
+                    pipe = self.r.pipeline(transaction=False)
+                    for name, value, expiry in writes:
+                        pipe.set(name, value, **expiry)
+                    pipe.execute()
+                except Exception as exc:  # memory only, never a request
+                    self._failed(exc)
+                    self.dropped += len(writes)
+            elif writes:
+                self.dropped += len(writes)
+            if stop:
+                return
+
+    def close(self, wait_s: float = 2.0) -> None:
+        """Write what is queued (for at most `wait_s`), then close the connections."""
+        try:
+            self._writes.put(None, timeout=wait_s)
+        except queue.Full:
+            pass
+        self._writer.join(wait_s)
+        self.r.close()

@@ -300,7 +300,7 @@ def test_a_tool_loop_step_kept_on_its_turns_model_is_logged_with_the_turns_draw_
     rt.memory.turn_answered(learning_hook._turn_digest(ctx).hex(), "m2", 0.29)  # the turn's first step drew m2 at 0.29
     candidates = tuple(Candidate(m, 0.8, 0.05, 50, 1e-4, 1.0, 0.7) for m in ("m1", "m2"))
     ctx.decision = Decision("m1", candidates, "m1: best", 0.01, propensity=1.0)
-    rt.hook._keep_the_turns_model(ctx)
+    rt.hook._keep_the_turns_model(ctx, rt.memory.turn_model(learning_hook._turn_digest(ctx).hex()))
     assert ctx.decision.model == "m2" and ctx.decision.propensity == 0.29
 
 

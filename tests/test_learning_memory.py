@@ -2,9 +2,12 @@
 loop's model, and answers a client may regenerate. Time is a fake clock, never slept through."""
 from __future__ import annotations
 
+import asyncio
+import time
 from types import SimpleNamespace
 
 import pytest
+import redis
 
 from service import session_memory
 from service.hooks import learning_hook
@@ -57,51 +60,65 @@ def test_an_answer_older_than_the_window_is_no_regeneration_even_if_nothing_prun
     assert runtime.memory.repeated("late") is None
 
 
-def test_redis_memory_round_trips_and_takes_a_regeneration_once(redis_url):
-    import redis
-
+def test_replicas_find_each_others_turns_and_repeats_in_redis_and_take_a_repeat_once(redis_url):
     url, prefix = redis_url
+    a, b = (session_memory.RedisMemory(session_memory.redis_client(url), prefix, WINDOW_S) for _ in range(2))
+    a.turn_answered("turn", "m2", 0.29)
+    a.answered("prompt", "req_1")
+    a.close()  # its background writes have landed
+    assert asyncio.run(b.find_turn("turn")) == ("m2", 0.29)
+    assert asyncio.run(b.find_turn("another turn")) is None
+    assert asyncio.run(b.take_repeat("prompt")) == "req_1"
+    assert asyncio.run(b.take_repeat("prompt")) is None  # taken: a third ask is not the first answer's
     client = redis.Redis.from_url(url, decode_responses=True)
-    memory = session_memory.RedisMemory(client, prefix, WINDOW_S)
-    memory.turn_answered("turn", "m2", 0.29)
-    memory.answered("prompt", "req_1")
-    memory.close()  # the background writes have landed
-    assert memory.turn_model("turn") == ("m2", 0.29)
-    assert memory.turn_model("another turn") is None
-    assert memory.repeated("prompt") == "req_1"
-    assert memory.repeated("prompt") is None  # taken: another replica asking too gets nothing
     assert 0 < client.pttl(next(client.scan_iter(match=f"{prefix}:turn:*"))) <= session_memory.TURN_TTL_S * 1000
     keys = list(client.scan_iter(match=f"{prefix}:*"))
     assert keys and all(len(k.rsplit(":", 1)[-1]) == 40 for k in keys)  # digests: no prompt text in Redis
+    b.close()
 
 
-def test_a_failing_redis_is_left_alone_for_a_while_then_asked_again(monkeypatch):
-    import redis
+class _Unavailable:
+    """A Redis that fails every command, as a refused connection does, or answers too late."""
 
-    asked = []
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+        self.asked: list[str] = []
 
-    class Down:
-        def get(self, key):
-            asked.append("get")
-            raise redis.ConnectionError("connection refused")
+    def _fail(self, what: str):
+        self.asked.append(what)
+        time.sleep(self.delay_s)
+        raise redis.ConnectionError("connection refused")
 
-        def pipeline(self, transaction=True):
-            asked.append("pipeline")
-            raise redis.ConnectionError("connection refused")
+    def get(self, key):
+        return self._fail("get")
 
-        def set(self, *args, **kwargs):
-            asked.append("set")
-            raise redis.ConnectionError("connection refused")
+    def pipeline(self, transaction=True):
+        return self._fail("pipeline")
 
-    now = [100.0]
-    monkeypatch.setattr(session_memory, "time", SimpleNamespace(time=lambda: now[0], monotonic=lambda: now[0]))
-    memory = session_memory.RedisMemory(Down(), "p", WINDOW_S)
-    assert memory.turn_model("turn") is None
-    # Down: neither reads on the request path nor writes try it again meanwhile.
-    assert memory.repeated("prompt") is None
-    memory.answered("prompt", "req_1")
+    def close(self):
+        pass
+
+
+def test_a_failing_redis_is_left_alone_for_a_while_and_the_replicas_own_memory_still_answers(monkeypatch):
+    down = _Unavailable()
+    memory = session_memory.RedisMemory(down, "p", WINDOW_S)
+    assert asyncio.run(memory.find_turn("turn")) is None
+    assert down.asked == ["get"]
+    # Down: neither reads nor writes try it again meanwhile; what this replica answered it still finds.
     memory.turn_answered("turn", "m1", 1.0)
+    memory.answered("prompt", "req_1")
+    assert asyncio.run(memory.find_turn("turn")) == ("m1", 1.0)
+    assert asyncio.run(memory.take_repeat("prompt")) == "req_1"
     memory.close()
-    assert asked == ["get"]
-    now[0] += session_memory.RETRY_AFTER_S
-    assert memory.repeated("prompt") is None and asked == ["get", "pipeline"]
+    assert down.asked == ["get"] and memory.dropped == 2
+    monkeypatch.setattr(session_memory.time, "monotonic", lambda: time.perf_counter() + 10 * session_memory.RETRY_AFTER_S)
+    assert asyncio.run(memory.take_repeat("other")) is None and down.asked == ["get", "pipeline"]
+
+
+def test_a_read_that_redis_holds_past_the_timeout_is_given_up_and_redis_left_alone():
+    slow = _Unavailable(delay_s=4 * session_memory.TIMEOUT_S)
+    memory = session_memory.RedisMemory(slow, "p", WINDOW_S)
+    assert asyncio.run(memory.find_turn("turn")) is None
+    assert not memory._up()  # given up by the deadline, not by the late error
+    assert asyncio.run(memory.take_repeat("prompt")) is None and slow.asked == ["get"]
+    memory.close()

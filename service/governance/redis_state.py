@@ -117,17 +117,15 @@ return 1
 """
 
 
-def connect(url: str, check: bool = False, timeout_s: float | None = None) -> Any:
+def connect(url: str, check: bool = False) -> Any:
     """A client for `server.redis_url`. `check`: reach it at once, for what cannot work without it
     (governance's budgets and limits: an unreachable Redis is then an error at start-up, not a
-    500 on every request afterwards); what only shares learning keeps serving without it.
-    `timeout_s`: how long one command may wait, for what a request waits on but can do without."""
+    500 on every request afterwards); what only shares learning keeps serving without it."""
     import redis
 
     from router.store_errors import redact_url
 
-    client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
-                                  socket_connect_timeout=timeout_s or 5, socket_timeout=timeout_s)
+    client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_connect_timeout=5)
     if not check:
         return client
     try:

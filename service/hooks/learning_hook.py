@@ -35,7 +35,7 @@ from router.outcome_log import failed_by_its_models, judges_chosen_model
 from service.bandit_sync import BanditSync
 from service.pipeline import RequestContext
 from service.recent import Recent
-from service.session_memory import TIMEOUT_S, LocalMemory, RedisMemory, SessionMemory
+from service.session_memory import LocalMemory, RedisMemory, SessionMemory, redis_client
 
 log = logging.getLogger(__name__)
 REJECTED_BELOW = 0.5  # feedback under this says the answer was bad: the cache drops it
@@ -116,8 +116,7 @@ class LearningRuntime:
             from service.governance.redis_state import connect
 
             prefix = os.environ.get("OPENCLAW_REDIS_PREFIX", "openclaw")
-            memory = RedisMemory(connect(config.server.redis_url, timeout_s=TIMEOUT_S), prefix,
-                                 config.learning.regenerate_window_s)
+            memory = RedisMemory(redis_client(config.server.redis_url), prefix, config.learning.regenerate_window_s)
             if bandit is not None and b.shared:
                 sync = BanditSync(bandit, connect(config.server.redis_url), prefix=prefix)
         shadow = None
@@ -297,27 +296,21 @@ class LearningHook:
         rt = self.rt
         rt.remember(ctx.request_id, ctx.tenant)
         key = repeat_key(ctx)
-        previous = await self._ask(rt.memory.repeated, key) if key is not None else None
+        previous = await rt.memory.take_repeat(key) if key is not None else None
         if previous is not None:
             await asyncio.to_thread(rt.record, Feedback(previous, 0.0, source="implicit", signal="regenerated"))
         if rt.bandit is not None and ctx.decision is not None:
             ctx.decision = rt.bandit.choose_for(ctx.decision, ctx.embedding, request_id=ctx.request_id,
                                                 rng=turn_rng(ctx))
         if ctx.decision is not None and continues_turn(ctx):
-            await self._ask(self._keep_the_turns_model, ctx)
+            self._keep_the_turns_model(ctx, await rt.memory.find_turn(_turn_digest(ctx).hex()))
 
-    async def _ask(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """What reads the session memory: a Redis round trip must not hold the event loop; the
-        process's own maps answer at once."""
-        return await asyncio.to_thread(fn, *args) if self.rt.memory.remote else fn(*args)
-
-    def _keep_the_turns_model(self, ctx: RequestContext) -> None:
+    def _keep_the_turns_model(self, ctx: RequestContext, seen: tuple[str, float] | None) -> None:
         """Every step of a tool loop goes to the model the loop is on while it can take it: the
         ranking moves as the history grows (a longer prompt costs more on a dearer model), and a
         switch half-way hands a task to a model that did not plan it (and loses the provider's
         prompt cache). A window too small, an open circuit or a request limit still move it."""
         decision = ctx.decision
-        seen = self.rt.memory.turn_model(_turn_digest(ctx).hex())
         if seen is None or seen[0] == decision.model:
             return
         turn_model, propensity = seen
