@@ -103,8 +103,11 @@ def calibrate_willingness_to_pay(pred: Predictions, model: str, target_share: fl
         raise ValueError("no predictions to calibrate on")
     j = pred.column(model)
 
+    tried: dict[float, float] = {}  # every knob value evaluated, for the error below
+
     def share(w: float) -> float:
-        return float(np.mean(choose_batch(pred, w, latency_weight, allowed, eligible) == j))
+        tried[w] = float(np.mean(choose_batch(pred, w, latency_weight, allowed, eligible) == j))
+        return tried[w]
 
     grid = knob_grid(241)
     shares = np.array([share(w) for w in grid])
@@ -117,6 +120,19 @@ def calibrate_willingness_to_pay(pred: Predictions, model: str, target_share: fl
     i = int(np.argmin(np.abs(shares - target_share)))
     if shares[i] == target_share:
         return float(grid[i])
+    best = _bisect_share(grid, shares, i, target_share, share)
+    if abs(tried[best] - target_share) > slack:
+        # Rows that move together (copies of one prompt, a group alike to the predictor) make the
+        # share jump past the target: say so, with the knobs on either side, not the nearer one.
+        below = max(((s, w) for w, s in tried.items() if s < target_share), default=None)
+        above = min(((s, w) for w, s in tried.items() if s > target_share), default=None)
+        near = " and ".join(f"{s:.1%} at willingness_to_pay {w:.6g}" for s, w in filter(None, (below, above)))
+        raise ValueError(f"{model}'s share jumps past {target_share:.1%} of these rows: the nearest a knob gives are {near}")
+    return best
+
+
+def _bisect_share(grid: np.ndarray, shares: np.ndarray, i: int, target_share: float, share) -> float:
+    """The knob nearest `target_share` between grid point `i` and its neighbour across the target."""
     # Bisect in log space towards the neighbour on the other side of the target.
     lo_i, hi_i = (i - 1, i) if i > 0 and (shares[i - 1] - target_share) * (shares[i] - target_share) < 0 else (i, i + 1)
     if hi_i >= len(grid) or (shares[lo_i] - target_share) * (shares[hi_i] - target_share) > 0:

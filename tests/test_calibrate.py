@@ -2,21 +2,32 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
+
+import openai
 
 import pytest
 import yaml
 
 from router.config import load_config
 from router.engine import LearnedRouter, find_artifact
-from router.types import RoutingRequest
+from router.outcome_log import read_outcomes
+from router.request_view import view_chat_request
 from service.cli import main
 from service.serve_command import default_config_path
-from training.data import load_prompts
+from training.data import read_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ROOT / "data" / "example_outcomes.csv"
 STRONG = "gpt-4-1106-preview"
+
+
+def _prompts() -> list[str]:
+    return read_frame(PROMPTS)["prompt"].tolist()
 
 
 def _config(tmp_path: Path, **profile) -> Path:
@@ -31,16 +42,15 @@ def _config(tmp_path: Path, **profile) -> Path:
 
 
 def _gateway_shares(config_path: Path, wtp: float) -> dict[str, float]:
-    """What the gateway's own decision function picks for each prompt at that knob."""
+    """What the gateway's decision picks for each prompt sent alone at that knob."""
     config = load_config(config_path)
     profile = config.router.profiles["team"].model_copy(update={"willingness_to_pay": wtp})
     router = LearnedRouter.load(find_artifact(config.router.artifact, config))
-    texts, tokens = load_prompts(PROMPTS)
     picks = []
-    for text, n in zip(texts, tokens):
+    for text in _prompts():
+        request = view_chat_request({"messages": [{"role": "user", "content": text}]})
         try:
-            picks.append(router.route(RoutingRequest(text=text, input_tokens=int(n)), catalog=config.models,
-                                      profile=profile).model)
+            picks.append(router.route(request, catalog=config.models, profile=profile).model)
         except ValueError:
             continue  # no eligible model: left out of the share, as calibrate leaves it out
     return {m: picks.count(m) / len(picks) for m in set(picks)}
@@ -53,8 +63,8 @@ def test_the_printed_knob_sends_the_asked_share_through_the_gateways_decisions(t
     assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", f"{target:.0%}",
                  "--config", str(config), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert f"router.profiles.team.willingness_to_pay: {result['willingness_to_pay']:.6g}" in capsys.readouterr().out
-    assert result["prompts"] == 36 and result["profile"] == "team"
+    assert f"router.profiles.team.willingness_to_pay: {result['knob']}" in capsys.readouterr().out
+    assert result["requests"] == 36 and result["profile"] == "team"
     assert abs(result["share"] - target) <= 2 / 36
     shares = _gateway_shares(config, result["willingness_to_pay"])
     assert shares.get(STRONG, 0.0) == pytest.approx(result["share"])
@@ -98,10 +108,57 @@ def test_without_a_config_the_artifacts_models_are_calibrated_at_their_training_
     assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "0.5", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     router = LearnedRouter.load(ROOT / "models" / "default")
-    texts, tokens = load_prompts(PROMPTS)
-    pred = router.predict([RoutingRequest(text=t, input_tokens=int(n)) for t, n in zip(texts, tokens)])
+    requests = [view_chat_request({"messages": [{"role": "user", "content": t}]}) for t in _prompts()]
     from router.policy import choose_batch
 
-    picks = choose_batch(pred, result["willingness_to_pay"])
-    assert (picks == pred.column(STRONG)).mean() == pytest.approx(result["share"])
+    picks = choose_batch(router.predict(requests), result["willingness_to_pay"])
+    assert (picks == router.predict(requests).column(STRONG)).mean() == pytest.approx(result["share"])
     assert sorted(result["shares"]) == sorted(router.models) and result["profile"] is None
+
+
+def test_a_share_that_jumps_past_the_target_is_an_error_naming_the_shares_either_side(tmp_path, capsys):
+    # One prompt asked 40 times moves 40 of the 76 rows at once: no knob gives 60 % of them.
+    texts = _prompts() + ["Explain the proof of Fermat's last theorem in detail."] * 40
+    data = tmp_path / "dups.jsonl"
+    data.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    capsys.readouterr()
+    assert main(["calibrate", "--data", str(data), "--model", STRONG, "--share", "0.6"]) == 2
+    err = capsys.readouterr().err
+    assert "share jumps past 60.0%" in err and err.count("at willingness_to_pay") == 2
+
+
+def test_the_printed_knob_as_written_in_a_config_gives_the_printed_share_on_a_running_gateway(tmp_path):
+    """The whole path: prompts sent after an agent's system prompt and tools (the template), the
+    knob pasted into a config, the real `serve` and the `openai` SDK; the log says what it chose."""
+    template = {"messages": [{"role": "system", "content": "You are a coding agent. " + "Follow the house rules. " * 400}],
+                "tools": [{"type": "function", "function": {"name": f"tool_{i}", "parameters": {"type": "object"}}}
+                          for i in range(11)],
+                "max_completion_tokens": 4096}
+    (tmp_path / "template.json").write_text(json.dumps(template))
+    config = _config(tmp_path)
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "45%", "--config", str(config),
+                 "--request-template", str(tmp_path / "template.json"), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert abs(result["share"] - 0.45) <= 1 / 36
+    raw = yaml.safe_load(config.read_text())
+    raw["router"]["profiles"]["team"]["willingness_to_pay"] = float(result["knob"])
+    config.write_text(yaml.safe_dump(raw))
+
+    db = f"sqlite:///{tmp_path}/outcomes.sqlite"
+    env = {**os.environ, "OPENCLAW_SIM_TIME_SCALE": "0.01", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", "0", "--db", db],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("openclaw-router listening on http://"), line + proc.stderr.read()
+        client = openai.OpenAI(base_url=f"{line.split()[3]}/v1", api_key="unused", max_retries=0)
+        for text in _prompts():
+            client.chat.completions.create(model="team", messages=[*template["messages"], {"role": "user", "content": text}],
+                                           tools=template["tools"], max_completion_tokens=4096)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    chosen = read_outcomes(db).chosen_model.tolist()
+    assert len(chosen) == 36
+    assert chosen.count(STRONG) / 36 == pytest.approx(result["share"])

@@ -1,12 +1,19 @@
 """`openclaw-router calibrate`: the willingness to pay that sends a chosen share of traffic to
 one model (RouteLLM's `calibrate_threshold`, for this router's knob).
 
-The share is measured on prompts the user supplies (any table with a text column: a wide
-outcome table, or a sample of the application's own prompts), decided as the gateway decides:
-with `--config`, over that config's catalog (its prices, context windows, tags) under one of
-its routing profiles (its allowed models, tags, cost and latency limits, latency weight);
-without it, over the router artifact's models at the prices it was trained with. A prompt
-that no model may answer under the profile is left out of the share, and counted.
+The share is measured on requests the user supplies, each made into the chat request the
+gateway would receive and viewed as the gateway views it (`view_chat_request`: the last user
+turn embedded, the whole request counted in tokens, tools and JSON output as needs): a table
+whose text column is sent as the user's message, after the messages of `--request-template`
+(an agent's system prompt and tools, say), or a `messages` column holding whole chats. With
+`--config`, they are decided over that config's catalog (its prices, context windows, tags)
+under one of its routing profiles (its allowed models, tags, cost and latency limits, latency
+weight); without it, over the router artifact's models at the prices it was trained with. A
+request that no model may answer under the profile is left out of the share, and counted.
+
+What it cannot see is the live latency the gateway measures: with a profile's latency weight
+or latency limit, the gateway mixes measured latency into the prediction as calls come in,
+and the share moves with it.
 """
 from __future__ import annotations
 
@@ -34,10 +41,14 @@ def share_arg(text: str) -> float:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True,
-                        help="prompts to calibrate on: parquet, CSV or JSONL with a text column (a wide outcome table will do)")
+                        help="requests to calibrate on: parquet, CSV or JSONL with a text column (each sent as the user's "
+                        "message; a wide outcome table will do) or a `messages` column of whole chats")
     parser.add_argument("--model", required=True, help="the model whose share of requests is set")
     parser.add_argument("--share", required=True, type=share_arg, help="share of the prompts it should get: 0.3 or 30%%")
-    parser.add_argument("--text-column", help="column holding the prompt text (default: prompt, then query)")
+    parser.add_argument("--text-column", help="column holding the prompt text (default: messages, else prompt, then query)")
+    parser.add_argument("--request-template", metavar="FILE.json",
+                        help="a chat-completions body each prompt is sent in, as its last user message: the "
+                        "application's system prompt, tools, max_completion_tokens... (a `messages` chat is taken whole)")
     parser.add_argument("--config", help="gateway config YAML: decide over its catalog under one of its profiles "
                         "(default: the router artifact's models at the prices it was trained with)")
     parser.add_argument("--profile", help="routing profile of --config whose knob is calibrated (default: its default_profile)")
@@ -45,13 +56,59 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="also write the result as JSON here")
 
 
-def calibrate(texts, input_tokens, embeddings, router, model: str, share: float, catalog=None, profile=None) -> dict:
-    """Everything but I/O: the calibrated knob and what it does on these prompts."""
+def chat_bodies(path: str | Path, text_column: str | None = None, template: dict | None = None) -> list[dict]:
+    """The chat request each row of the file stands for: its `messages` column as the chat,
+    else its text as the user's message after the template's messages."""
+    from training.data import TEXT_COLUMNS, read_frame
+
+    df = read_frame(path, text_only=True)  # a prompt that reads "007" is not the number 7
+    column = text_column or next((c for c in ("messages", *TEXT_COLUMNS) if c in df.columns), None)
+    if column is None or column not in df.columns:
+        wanted = repr(text_column) if text_column else f"one of {['messages', *TEXT_COLUMNS]}"
+        raise ValueError(f"{path}: no text column {wanted}; columns are {list(df.columns)[:20]}")
+    base = dict(template or {})
+    head = list(base.pop("messages", None) or [])
+    bodies = []
+    for i, value in enumerate(df[column].tolist()):
+        if column == "messages":
+            chat = json.loads(value) if isinstance(value, str) else list(value) if value is not None else []
+            if not isinstance(chat, list) or not all(isinstance(m, dict) for m in chat):
+                raise ValueError(f"{path}: row {i}: `messages` is not a list of chat messages")
+            bodies.append({**base, "messages": chat})
+        else:
+            text = "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+            bodies.append({**base, "messages": [*head, {"role": "user", "content": text}]})
+    return bodies
+
+
+def load_template(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        template = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--request-template {path}: not JSON: {exc}") from None
+    if not isinstance(template, dict) or not isinstance(template.get("messages", []), list):
+        raise ValueError(f"--request-template {path}: must be a chat-completions body (an object; `messages` a list)")
+    return template
+
+
+def printable_knob(w: float, share_at) -> str:
+    """The shortest decimal of `w` that gives the same share: a knob at a decision boundary,
+    rounded to 6 digits for the config, could send another share than the one printed."""
+    target = share_at(w)
+    for digits in (6, 8, 10, 12):
+        text = format(w, f".{digits}g")
+        if share_at(float(text)) == target:
+            return text
+    return repr(w)
+
+
+def calibrate(requests, embeddings, router, model: str, share: float, catalog=None, profile=None) -> dict:
+    """Everything but I/O: the calibrated knob and what it does on these requests."""
     from router.policy import calibrate_willingness_to_pay, choose_batch, eligibility
     from router.predictor import Predictions
-    from router.types import RoutingRequest
 
-    requests = [RoutingRequest(text=t, input_tokens=int(n)) for t, n in zip(texts, input_tokens)]
     pred = router.predict(requests, embeddings, catalog)
     if model not in pred.models:
         raise ValueError(f"--model {model!r} is not a model of the {'catalog' if catalog else 'router'}: {pred.models}")
@@ -64,18 +121,19 @@ def calibrate(texts, input_tokens, embeddings, router, model: str, share: float,
         eligible &= eligibility(pred, requests, catalog, profile)
     answerable = eligible.any(axis=1)
     if not answerable.any():
-        raise ValueError("no prompt has a model that may answer it under these constraints")
+        raise ValueError("no request has a model that may answer it under these constraints")
     pred = Predictions(pred.models, *(a[answerable] for a in (pred.p_good, pred.p_good_std, pred.output_tokens,
                                                         pred.cost_usd, pred.latency_s)))
     eligible = eligible[answerable]
     wtp = calibrate_willingness_to_pay(pred, model, share, latency_weight, eligible=eligible)
-    chosen = choose_batch(pred, wtp, latency_weight, eligible=eligible)
+    knob = printable_knob(wtp, lambda w: tuple(choose_batch(pred, w, latency_weight, eligible=eligible)))
+    chosen = choose_batch(pred, float(knob), latency_weight, eligible=eligible)
     counts = {m: int(np.sum(chosen == j)) for j, m in enumerate(pred.models)}
     shares = {m: n / len(chosen) for m, n in counts.items()}
     return {
-        "model": model, "target_share": share, "willingness_to_pay": wtp, "share": shares[model],
-        "shares": shares, "counts": counts, "prompts": int(answerable.sum()), "prompts_without_eligible_model": int((~answerable).sum()),
-        "latency_weight": latency_weight,
+        "model": model, "target_share": share, "willingness_to_pay": float(knob), "knob": knob,
+        "share": shares[model], "shares": shares, "counts": counts, "requests": int(answerable.sum()),
+        "requests_without_eligible_model": int((~answerable).sum()), "latency_weight": latency_weight,
         "mean_predicted_quality": float(pred.p_good[np.arange(len(chosen)), chosen].mean()),
         "mean_predicted_cost_usd": float(pred.cost_usd[np.arange(len(chosen)), chosen].mean()),
     }
@@ -85,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     from router.config import load_config
     from router.embedding import encode_cached
     from router.engine import LearnedRouter, default_artifact, find_artifact
-    from training.data import load_prompts
+    from router.request_view import view_chat_request
     from training.outputs import check_output_file
 
     if args.out:
@@ -100,22 +158,24 @@ def run(args: argparse.Namespace) -> int:
         profile, catalog = config.router.profiles[profile_name], config.models
     elif args.profile:
         raise ValueError("--profile names a routing profile of a gateway config: give --config too")
-    artifact = (find_artifact(args.router or config.router.artifact, config) if config is not None
-                else Path(args.router) if args.router else default_artifact())
+    # --router is a path as typed (from the working directory); the config's own artifact is
+    # found as the gateway finds it.
+    artifact = (Path(args.router) if args.router else find_artifact(config.router.artifact, config) if config is not None
+                else default_artifact())
     if not artifact.exists():
         raise FileNotFoundError(f"{artifact}: no such router artifact")
-    texts, input_tokens = load_prompts(args.data, args.text_column)
-    keep = [i for i, t in enumerate(texts) if t.strip()]
+    requests = [view_chat_request(b) for b in chat_bodies(args.data, args.text_column, load_template(args.request_template))]
+    keep = [i for i, r in enumerate(requests) if r.text.strip()]
     if not keep:
-        raise ValueError(f"{args.data}: every prompt is empty")
-    empty = len(texts) - len(keep)
+        raise ValueError(f"{args.data}: every request's user message is empty")
+    empty = len(requests) - len(keep)
     if empty:
-        log.warning("%d empty prompts in %s left out", empty, args.data)
-    texts, input_tokens = [texts[i] for i in keep], input_tokens[keep]
+        log.warning("%d requests with an empty user message in %s left out", empty, args.data)
+    requests = [requests[i] for i in keep]
     router = LearnedRouter.load(artifact)
-    result = calibrate(texts, input_tokens, encode_cached(texts), router, args.model, args.share, catalog, profile)
+    result = calibrate(requests, encode_cached([r.text for r in requests]), router, args.model, args.share, catalog, profile)
     result.update(data=str(args.data), router=str(artifact), config=args.config, profile=profile_name,
-                  empty_prompts=empty)
+                  request_template=args.request_template, empty_requests=empty)
     print(format_result(result))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -125,13 +185,13 @@ def run(args: argparse.Namespace) -> int:
 
 def format_result(r: dict) -> str:
     lines = [
-        f"willingness_to_pay {r['willingness_to_pay']:.6g} USD per quality point sends {r['model']} "
-        f"{r['share']:.1%} of {r['prompts']} prompts (asked {r['target_share']:.1%})",
-        f"predicted mean quality {r['mean_predicted_quality']:.3f} at ${r['mean_predicted_cost_usd']:.6f} per prompt; shares:",
+        f"willingness_to_pay {r['knob']} USD per quality point sends {r['model']} "
+        f"{r['share']:.1%} of {r['requests']} requests (asked {r['target_share']:.1%})",
+        f"predicted mean quality {r['mean_predicted_quality']:.3f} at ${r['mean_predicted_cost_usd']:.6f} per request; shares:",
         *(f"  {m:<32} {r['shares'][m]:6.1%} ({n})" for m, n in sorted(r["counts"].items(), key=lambda kv: -kv[1]) if n),
     ]
-    if r["prompts_without_eligible_model"]:
-        lines.append(f"{r['prompts_without_eligible_model']} prompts left out: no model may answer them under the profile")
+    if r["requests_without_eligible_model"]:
+        lines.append(f"{r['requests_without_eligible_model']} requests left out: no model may answer them under the profile")
     where = f"router.profiles.{r['profile']}" if r["profile"] else "a routing profile (router.profiles.NAME)"
-    lines.append(f"in the gateway config, {where}.willingness_to_pay: {r['willingness_to_pay']:.6g}")
+    lines.append(f"in the gateway config, {where}.willingness_to_pay: {r['knob']}")
     return "\n".join(lines)

@@ -208,35 +208,6 @@ def _join_responses(df, path: Path):
     return df.merge(responses, on="uid", how="left", validate="many_to_one")
 
 
-def _input_tokens(df, texts: Sequence[str], path: Path) -> np.ndarray:
-    """Each row's prompt size in tokens: the full prompt's, a recorded count, or the text's."""
-    full_col = _pick_column(df, FULL_PROMPT_COLUMNS, path, "full prompt", required=False)
-    tok_col = _pick_column(df, INPUT_TOKEN_COLUMNS, path, "input tokens", required=False)
-    if full_col is not None:
-        # A row without its full prompt is estimated from the routed text, as a missing count is.
-        full = df[full_col].fillna("").astype(str)
-        input_tokens = np.array([estimate_tokens(f if f.strip() else t) for f, t in zip(full, texts)], dtype=np.float64)
-    elif tok_col is not None:
-        counted = _numeric(df, tok_col, path)
-        # A row without a count is estimated from its text.
-        input_tokens = np.array([estimate_tokens(t) if np.isnan(c) else c for t, c in zip(texts, counted)], dtype=np.float64)
-    else:
-        input_tokens = np.array([estimate_tokens(t) for t in texts], dtype=np.float64)
-    return np.ceil(np.maximum(input_tokens, 1.0))
-
-
-def load_prompts(path: str | Path, text_column: str | None = None) -> tuple[list[str], np.ndarray]:
-    """The prompts of any table with a text column (a wide outcome table, or prompts alone) and
-    their sizes in tokens, as `wide_to_outcomes` reads them; no outcome columns needed."""
-    path = Path(path)
-    df = read_frame(path)
-    text_col = text_column or _pick_column(df, TEXT_COLUMNS, path, "text")
-    if text_col not in df.columns:
-        raise ValueError(f"{path}: text column {text_col!r} not found; columns are {list(df.columns)[:20]}")
-    texts = df[text_col].fillna("").astype(str).tolist()
-    return texts, _input_tokens(df, texts, path)
-
-
 def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
                      prices: Mapping[str, ModelPrice] | None = None) -> OutcomeTable:
     """Validate a wide outcome frame and turn it into an `OutcomeTable`."""
@@ -256,7 +227,19 @@ def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
             raise ValueError(f"{path}: column 'quality__{m}' must lie in [0, 1]")
     texts = df[text_col].fillna("").astype(str).tolist()
 
-    input_tokens = _input_tokens(df, texts, path)
+    full_col = _pick_column(df, FULL_PROMPT_COLUMNS, path, "full prompt", required=False)
+    tok_col = _pick_column(df, INPUT_TOKEN_COLUMNS, path, "input tokens", required=False)
+    if full_col is not None:
+        # A row without its full prompt is estimated from the routed text, as a missing count is.
+        full = df[full_col].fillna("").astype(str)
+        input_tokens = np.array([estimate_tokens(f if f.strip() else t) for f, t in zip(full, texts)], dtype=np.float64)
+    elif tok_col is not None:
+        counted = _numeric(df, tok_col, path)
+        # A row without a count is estimated from its text.
+        input_tokens = np.array([estimate_tokens(t) if np.isnan(c) else c for t, c in zip(texts, counted)], dtype=np.float64)
+    else:
+        input_tokens = np.array([estimate_tokens(t) for t in texts], dtype=np.float64)
+    input_tokens = np.ceil(np.maximum(input_tokens, 1.0))
 
     output_tokens = np.full((len(df), len(models)), np.nan)
     for j, m in enumerate(models):
