@@ -35,22 +35,6 @@ def wide_frame(path: Path):
     return _join_responses(read_frame(path), path)
 
 
-def reuse_embeddings(texts, vectors) -> None:
-    """Serve the folds' embeddings from the whole file's: `encode_cached` memoises per list of
-    texts, so each fold's subset would otherwise be embedded again (same vectors, minutes of CPU)."""
-    import router.embedding as embedding
-
-    known = dict(zip(texts, vectors))
-    original = embedding.encode_cached
-
-    def encode_cached(batch, batch_size: int = 64):
-        if all(t in known for t in batch):
-            return np.stack([known[t] for t in batch])
-        return original(batch, batch_size)
-
-    embedding.encode_cached = encode_cached
-
-
 def train_fold(frame, folder: Path, extra: list[str]) -> Path:
     """`openclaw-router train` on one fold's training rows (MLflow store inside the temp folder)."""
     from service.cli import main as cli
@@ -82,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     frame = wide_frame(path)
     table = wide_to_outcomes(frame, path)
     emb = encode_cached(table.texts)
-    reuse_embeddings(table.texts, emb)
     fold = np.random.default_rng(args.seed).permutation(len(frame)) % args.folds
     rows = []
     for k in range(args.folds):

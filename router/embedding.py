@@ -10,10 +10,12 @@ transformers (seconds to import, ~1 ms per request once loaded) never enter a se
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
 import os
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -203,8 +205,8 @@ def _embed_request_text(text: str) -> np.ndarray:
     return vector
 
 
-def encode_cached(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Embed a dataset column, memoised on disk by the texts' digest (training, eval, notebooks)."""
+def _list_memo_path(texts: Sequence[str]) -> Path:
+    """Where earlier releases memoised a whole list's vectors, keyed by the list's digest."""
     # fp32 keys stay as they were, so switching variants never invalidates existing caches;
     # "int8-single" leaves behind int8 files encoded in batches (see `Embedder.encode`).
     tag = {"fp32": b"", "int8": b"int8-single"}[variant()]
@@ -212,12 +214,48 @@ def encode_cached(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     for t in texts:
         h.update(t.encode("utf-8", "replace"))
         h.update(b"\0")
-    path = cache_dir() / "embeddings" / f"{h.hexdigest()[:24]}.npy"
-    if path.exists():
-        return np.load(path)
-    vecs = shared_embedder().encode(list(texts), batch_size=batch_size)
+    return cache_dir() / "embeddings" / f"{h.hexdigest()[:24]}.npy"
+
+
+def _text_memo() -> sqlite3.Connection:
+    path = cache_dir() / "embeddings" / "texts.sqlite"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, vecs)
-    os.replace(tmp, path)
-    return vecs
+    db = sqlite3.connect(path, timeout=60)  # shared by concurrent jobs (training, eval, tests)
+    db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+    db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, text BLOB, vector BLOB, PRIMARY KEY (model, text)) WITHOUT ROWID")
+    return db
+
+
+def encode_cached(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Embed a dataset column, memoised on disk per distinct text (training, eval, notebooks):
+    duplicates are embedded once, and a table that grows embeds only its new texts."""
+    legacy = _list_memo_path(texts)
+    if legacy.exists():  # an existing cache stays valid: no table is embedded again on upgrade
+        return np.load(legacy)
+    # The key is what gets embedded: the text's head (see MAX_CHARS).
+    heads = [t[:MAX_CHARS] for t in texts]
+    distinct = list(dict.fromkeys(heads))
+    keys = [hashlib.sha256(t.encode("utf-8", "replace")).digest() for t in distinct]
+    # A memoised vector is the one this list would get: int8 embeds one text per run, and fp32's
+    # padded batches give each text the vector it gets alone (to 1e-5 in tests/test_embedding.py;
+    # bit for bit on 1,200 RouterBench prompts, docs/BENCHMARKS.md).
+    model = f"{_weights_digest()}-{variant()}"
+    vecs = np.empty((len(distinct), DIM), dtype=np.float32)
+    with contextlib.closing(_text_memo()) as db:
+        known: dict[bytes, bytes] = {}
+        for start in range(0, len(keys), 500):  # SQLite caps the parameters of one statement
+            part = keys[start : start + 500]
+            rows = db.execute(f"SELECT text, vector FROM vectors WHERE model = ? AND text IN ({','.join('?' * len(part))})",
+                              [model, *part])
+            known.update(rows)
+        for i, k in enumerate(keys):
+            if k in known:
+                vecs[i] = np.frombuffer(known[k], dtype=np.float32)
+        missing = [i for i, k in enumerate(keys) if k not in known]
+        if missing:
+            vecs[missing] = shared_embedder().encode([distinct[i] for i in missing], batch_size=batch_size)
+            with db:
+                db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?)",
+                               [(model, keys[i], vecs[i].tobytes()) for i in missing])
+    row = {t: i for i, t in enumerate(distinct)}
+    return vecs[[row[t] for t in heads]]

@@ -1,7 +1,10 @@
 """Baseline routers and the knob sweep on small hand-made cases."""
+import tracemalloc
+
 import numpy as np
 import pytest
 
+from training import baselines as bl
 from training.baselines import (
     choose,
     knn_crossfit,
@@ -108,3 +111,65 @@ def test_knn_crossfit_never_sees_a_copy_of_the_prompt():
     assert abs(np.corrcoef(qh[:, 0], q[:, 0])[0, 1]) < 0.35
     leaky, _, _ = knn_crossfit(emb, q, q.copy(), folds=5)  # rows as groups: the copies leak the answer
     assert np.corrcoef(leaky[:, 0], q[:, 0])[0, 1] > 0.6
+
+
+def _grouped_problem(rng, n, n_groups, dim=8):
+    """Copies of a prompt: near-identical embeddings (no exact ties), outcomes of their own."""
+    groups = rng.integers(0, n_groups, n)
+    centres = rng.normal(size=(n_groups, dim))
+    emb = centres[groups] + 0.01 * rng.normal(size=(n, dim))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb, rng.random((n, 3)), groups
+
+
+def _reference_knn(train_emb, train_q, test_emb, k, train_groups, test_groups):
+    """The whole similarity matrix, row by row: k capped to the fewest eligible neighbours."""
+    sims = test_emb @ train_emb.T
+    eligible = [np.flatnonzero(train_groups != g) for g in test_groups]
+    k = max(1, min(k, min(len(e) for e in eligible)))
+    return np.stack([train_q[e[np.argsort(-sims[i, e])[:k]]].mean(axis=0) for i, e in enumerate(eligible)])
+
+
+@pytest.mark.parametrize("k", [1, 5, 40, 500])
+def test_blocked_knn_predict_matches_the_whole_matrix(monkeypatch, k):
+    rng = np.random.default_rng(3)
+    train_emb, train_q, train_g = _grouped_problem(rng, 300, 40)
+    test_emb, _, test_g = _grouped_problem(rng, 101, 40)
+    monkeypatch.setattr(bl, "KNN_BLOCK", 300 * 7, raising=False)  # blocks of 7 rows, the last one short
+    qh, ch = knn_predict(train_emb, train_q, 2 * train_q, test_emb, k, train_g, test_g)
+    ref = _reference_knn(train_emb, train_q, test_emb, k, train_g, test_g)
+    np.testing.assert_allclose(qh, ref, rtol=1e-12)
+    np.testing.assert_allclose(ch, 2 * ref, rtol=1e-12)
+
+
+def test_knn_caps_k_to_the_fewest_eligible_neighbours(monkeypatch):
+    # Group 0 holds 55 of the 60 rows: its rows have 5 neighbours to draw from, so every row uses k = 5.
+    rng = np.random.default_rng(4)
+    emb, q, _ = _grouped_problem(rng, 60, 10)
+    groups = np.where(np.arange(60) < 55, 0, np.arange(60))
+    monkeypatch.setattr(bl, "KNN_BLOCK", 60 * 8, raising=False)
+    qh, _ = knn_predict(emb, q, q, emb, 20, groups, groups)
+    np.testing.assert_allclose(qh, _reference_knn(emb, q, emb, 5, groups, groups), rtol=1e-12)
+
+
+def test_pick_k_matches_the_leave_one_group_out_errors_of_the_reference(monkeypatch):
+    rng = np.random.default_rng(5)
+    emb, q, groups = _grouped_problem(rng, 400, 60)
+    monkeypatch.setattr(bl, "KNN_BLOCK", 400 * 33, raising=False)
+    errs = {k: ((_reference_knn(emb, q, emb, k, groups, groups) - q) ** 2).mean() for k in bl.KNN_KS}
+    assert pick_k(emb, q, q, groups) == min(errs, key=errs.get)
+
+
+def test_pick_k_never_holds_a_whole_similarity_matrix(monkeypatch):
+    # 2,000 rows: the full matrix is 16 MB of float32 (and twice that in argpartition's indices).
+    rng = np.random.default_rng(6)
+    emb, q, groups = _grouped_problem(rng, 2000, 300, dim=16)
+    emb = emb.astype(np.float32)
+    monkeypatch.setattr(bl, "KNN_BLOCK", 2000 * 100, raising=False)
+    tracemalloc.start()
+    try:
+        pick_k(emb, q, q, groups)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2000 * 2000 * 4 / 2, peak

@@ -71,14 +71,34 @@ def test_batch_order_does_not_change_vectors(which):
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
-def test_training_and_serving_paths_give_identical_vectors(tmp_path, monkeypatch):
-    """`encode_cached` (training, eval) and the router's own embedding (serving) agree exactly."""
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty embedding memo that reuses this machine's ONNX exports."""
     shared_embedder()  # exports the ONNX files into the real cache if this machine lacks them
     cache = tmp_path / "cache"
     cache.mkdir()
-    for which in {"fp32", variant()}:  # reuse this machine's exports; embeddings land in tmp_path
+    for which in {"fp32", variant()}:
         (cache / onnx_path(which).name).symlink_to(onnx_path(which))
     monkeypatch.setenv("OPENCLAW_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture
+def embedded(monkeypatch) -> list[str]:
+    """Every text the real embedder is asked to embed, in order."""
+    seen: list[str] = []
+    encode = Embedder.encode
+
+    def counting(self, texts, batch_size=32):
+        seen.extend(texts)
+        return encode(self, texts, batch_size)
+
+    monkeypatch.setattr(Embedder, "encode", counting)
+    return seen
+
+
+def test_training_and_serving_paths_give_identical_vectors(fresh_cache):
+    """`encode_cached` (training, eval) and the router's own embedding (serving) agree exactly."""
     computed = encode_cached(TEXTS)
     from_disk = encode_cached(TEXTS)
     router = LearnedRouter.load(default_artifact())
@@ -88,6 +108,33 @@ def test_training_and_serving_paths_give_identical_vectors(tmp_path, monkeypatch
     np.testing.assert_array_equal(computed, from_disk)
     np.testing.assert_array_equal(computed, served)
     np.testing.assert_array_equal(computed, one_by_one)
+
+
+def test_encode_cached_embeds_each_distinct_text_once(fresh_cache, embedded):
+    texts = [TEXTS[i] for i in (0, 1, 0, 2, 1, 0, 7, 7)]
+    vecs = encode_cached(texts)
+    assert sorted(embedded) == sorted({TEXTS[0], TEXTS[1], TEXTS[2], TEXTS[7]})
+    np.testing.assert_array_equal(vecs, np.stack([shared_embedder().encode_one(t) for t in texts]))
+
+
+def test_a_grown_table_embeds_only_its_new_rows(fresh_cache, embedded):
+    first = encode_cached(TEXTS[:6])
+    embedded.clear()
+    grown = encode_cached(TEXTS[:6] + [TEXTS[8]])
+    assert embedded == [TEXTS[8]]
+    np.testing.assert_array_equal(grown[:6], first)
+    np.testing.assert_array_equal(grown[6], shared_embedder().encode_one(TEXTS[8]))
+
+
+def test_a_whole_list_memo_of_an_earlier_release_is_still_read(fresh_cache, embedded):
+    from router.embedding import _list_memo_path
+
+    path = _list_memo_path(TEXTS[:3])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored = np.random.default_rng(0).random((3, DIM)).astype(np.float32)
+    np.save(path, stored)
+    np.testing.assert_array_equal(encode_cached(TEXTS[:3]), stored)
+    assert embedded == []
 
 
 def test_artifact_of_another_variant_warns(tmp_path, monkeypatch, caplog):
