@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -111,13 +111,25 @@ def from_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_query(select: str, mark: str, since: float | None = None, limit: int | None = None) -> tuple[str, list[Any]]:
+def select_list(columns: Sequence[str] | None) -> str:
+    """The columns to read (every one for None), refused unless they are the table's: they go
+    into the SQL text."""
+    unknown = sorted(set(columns or ()) - set(COLUMNS))
+    if unknown:
+        raise ValueError(f"the outcome log has no column {', '.join(unknown)}")
+    return ", ".join(columns or COLUMNS)
+
+
+def read_query(select: str, mark: str, since: float | None = None, limit: int | None = None,
+               where: str | None = None) -> tuple[str, list[Any]]:
     """`OutcomeStore.read` as SQL and its arguments, one text for every backend: `select` is what
-    the store selects, `mark` its driver's placeholder (`?` for sqlite3, `%s` for psycopg)."""
-    sql, args = f"SELECT {select} FROM outcomes", []
+    the store selects, `mark` its driver's placeholder (`?` for sqlite3, `%s` for psycopg),
+    `where` a condition in SQL both backends read alike."""
+    conditions, args = [f"({where})"] if where else [], []
     if since is not None:
-        sql += f" WHERE ts >= {mark}"
+        conditions.append(f"ts >= {mark}")
         args.append(since)
+    sql = f"SELECT {select} FROM outcomes" + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
     sql += " ORDER BY ts"
     if limit is not None:
         sql += f" LIMIT {mark}"
@@ -127,7 +139,9 @@ def read_query(select: str, mark: str, since: float | None = None, limit: int | 
 
 class OutcomeStore(Protocol):
     def write_many(self, records: Sequence[OutcomeRecord]) -> None: ...
-    def read(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]: ...
+    def read(self, since: float | None = None, limit: int | None = None,
+             columns: Sequence[str] | None = None) -> list[dict[str, Any]]: ...
+    def scan(self, columns: Sequence[str], where: str | None = None) -> Iterator[tuple]: ...
     def get(self, request_id: str) -> dict[str, Any] | None: ...
     def close(self) -> None: ...
 
@@ -166,10 +180,22 @@ class SQLiteStore:
         with self._lock, self._conn:
             self._conn.executemany(sql, rows)
 
-    def read(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        sql, args = read_query("*", "?", since, limit)
+    def read(self, since: float | None = None, limit: int | None = None,
+             columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        sql, args = read_query(select_list(columns) if columns else "*", "?", since, limit)
         with self._read_lock:
             return [from_row(dict(r)) for r in self._reader.execute(sql, args)]
+
+    def scan(self, columns: Sequence[str], where: str | None = None) -> Iterator[tuple]:
+        sql, args = read_query(select_list(columns), "?", where=where)
+        with self._read_lock:
+            cursor = self._reader.execute(sql, args)
+        while True:
+            with self._read_lock:  # per batch, not across the caller's work between them
+                batch = cursor.fetchmany(1000)
+            if not batch:
+                return
+            yield from batch
 
     def get(self, request_id: str) -> dict[str, Any] | None:
         with self._read_lock:
@@ -321,13 +347,25 @@ def open_outcome_log(url: str) -> OutcomeLog:
     return OutcomeLog(open_store(url))
 
 
-def read_outcomes(url: str, since: float | None = None) -> pd.DataFrame:
-    """The outcome table for training: one row per request, JSON columns decoded."""
+def read_outcomes(url: str, since: float | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The outcome table for training: one row per request, JSON columns decoded; only `columns`
+    when given (a job that reads three columns need not hold every prompt and embedding)."""
     import pandas as pd
 
     store = open_store(url)
     try:
-        rows = store.read(since)
+        rows = store.read(since, columns=columns)
     finally:
         store.close()
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=list(columns or COLUMNS))
+
+
+def scan_outcomes(url: str, columns: Sequence[str], where: str | None = None) -> Iterator[tuple]:
+    """`columns` of the rows matching `where` (SQL), oldest first, one tuple per row as the
+    store returns it (JSON undecoded), streamed: a job can keep what it needs of each row instead
+    of every row at once."""
+    store = open_store(url)
+    try:
+        yield from store.scan(columns, where)
+    finally:
+        store.close()

@@ -7,9 +7,9 @@ readable by new code and retraining reads one table whatever the version that wr
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from router.outcome_log import COLUMNS, OutcomeRecord, from_row, read_query, to_row
+from router.outcome_log import COLUMNS, OutcomeRecord, from_row, read_query, select_list, to_row
 from router.store_errors import redact_url, setup_hint
 
 _PG_TYPES = {
@@ -66,8 +66,17 @@ class PostgresStore:
                 out.append(from_row(row))
             return out
 
-    def read(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        return self._rows(*read_query(", ".join(COLUMNS), "%s", since, limit))
+    def read(self, since: float | None = None, limit: int | None = None,
+             columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        return self._rows(*read_query(select_list(columns), "%s", since, limit))
+
+    def scan(self, columns: Sequence[str], where: str | None = None) -> Iterator[tuple]:
+        # A server-side cursor: the client holds one batch of rows at a time, not the whole result.
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor(name="outcome_scan") as cur:
+            cur.itersize = 1000
+            cur.execute(*read_query(select_list(columns), "%s", where=where))
+            for row in cur:
+                yield tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
 
     def get(self, request_id: str) -> dict[str, Any] | None:
         if "\x00" in request_id:  # no id of ours has one, and PostgreSQL refuses it in a query

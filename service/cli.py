@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         # Validation errors and unusable paths are for the user, not a stack trace.
         print(f"openclaw-router {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:
+        # A log larger than this machine's memory: one line saying so (numpy's says how much it
+        # asked for), not a traceback.
+        print(f"openclaw-router {args.command}: error: out of memory{f': {exc}' if str(exc) else ''}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -45,3 +45,35 @@ def test_feedback_reads_one_request_or_all_in_the_order_added(url):
         assert log.feedback("nobody") == []
     finally:
         log.close()
+
+
+def test_a_read_of_some_columns_gives_the_full_reads_values_for_them(url):
+    import math
+
+    import numpy as np
+
+    from router.outcome_log import read_outcomes, scan_outcomes
+
+    store = open_store(url)
+    try:
+        store.write_many([
+            OutcomeRecord(request_id="full", ts=1.0, prompt="p", embedding=np.arange(4, dtype=np.float32).tobytes(),
+                          candidates=[{"model": "m1", "p_good": 0.8}], attempts=[{"model": "m1", "status": "ok"}],
+                          latency_s=0.5, cost_usd=0.25, extras={"features": [1.5, 2.0]}, stream=True),
+            OutcomeRecord(request_id="bare", ts=2.0, candidates=None, cost_usd=0.0),  # NULL JSON, latency and prompt
+        ])
+    finally:
+        store.close()
+    full = read_outcomes(url)
+    for columns in (["request_id", "cost_usd", "latency_s"], ["request_id", "candidates", "embedding", "extras", "stream"]):
+        some = read_outcomes(url, columns=columns)
+        assert list(some.columns) == columns
+        for col in columns:  # the same values, JSON decoded alike, a missing number NaN alike
+            for a, b in zip(full[col], some[col]):
+                assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), (col, a, b)
+    # Streamed: the same rows, JSON as stored, a WHERE both backends read alike
+    assert [tuple(r) for r in scan_outcomes(url, ["request_id", "cost_usd"])] == [("full", 0.25), ("bare", 0.0)]
+    [(rid, embedding, candidates)] = scan_outcomes(url, ["request_id", "embedding", "candidates"], where="candidates IS NOT NULL")
+    assert (rid, embedding, candidates) == ("full", full["embedding"][0], '[{"model": "m1", "p_good": 0.8}]')
+    with pytest.raises(ValueError, match="no column"):
+        read_outcomes(url, columns=["request_id", "cost_usd; DROP TABLE outcomes"])

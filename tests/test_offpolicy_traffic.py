@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
+import pytest
 
 from router.features import request_features
 from router.feedback_log import Feedback, FeedbackLog
@@ -121,3 +122,65 @@ def test_retraining_leaves_out_what_the_live_bandit_leaves_out(tmp_path):
     store.close()
     FeedbackLog(f"sqlite:///{tmp_path}/log.sqlite").add_feedback(Feedback("m1-refused", 0.0))
     assert load_traffic(f"sqlite:///{tmp_path}/log.sqlite").request_ids == ["m1-failed"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log_url(request, tmp_path):
+    return f"sqlite:///{tmp_path}/log.sqlite" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+def test_every_kind_of_unusable_row_is_left_out_whether_sql_or_python_finds_it(log_url):
+    """Part of the rule runs in SQL, the rest in Python: together they keep exactly these rows."""
+    from router.features import FEATURE_NAMES
+    from router.feedback_log import open_feedback_log
+    from router.outcome_log import OutcomeRecord, open_store
+
+    candidates = [{"model": "m1", "p_good": 0.8, "utility": 0.7}, {"model": "m2", "p_good": 0.6, "utility": 0.5, "excluded": "rpm"}]
+    ok = {"status": "ok", "answered_model": "m1", "attempts": [{"model": "m1", "status": "ok"}]}
+    failed = {"status": "error", "answered_model": None, "attempts": [{"model": "m1", "status": "error", "kind": "server_error"}]}
+    rows = {  # request id: how it differs from a usable row with feedback
+        "no-candidates": {"candidates": None}, "empty-candidates": {"candidates": []},
+        "no-propensity": {"propensity": None}, "nan-propensity": {"propensity": float("nan")},
+        "no-chosen-model": {"chosen_model": None}, "empty-chosen-model": {"chosen_model": ""},
+        "no-embedding": {"embedding": None}, "cache-hit": {"cache_status": "hit"},
+        "no-prompt-no-features": {"prompt": None, "extras": {}},
+        "no-prompt-features-of-another-width": {"prompt": None, "extras": {"features": [1.0, 2.0]}},
+        "fallback-answered": {"answered_model": "m2"},
+        "kept": {}, "kept-bypass": {"cache_status": "bypass"},
+        "kept-hash-only": {"prompt": None},
+        "kept-model-listed-twice": {"candidates": [*candidates, {"model": "m1", "p_good": 0.9, "utility": 0.4}]},
+        "kept-feedback-on-an-error": failed,
+    }
+    unfed = {
+        "no-feedback": {},
+        "refused-by-the-model": {**failed, "attempts": [{"model": "m1", "status": "error", "kind": "bad_request"}]},
+        "chosen-model-skipped": {**failed, "attempts": [{"model": "m1", "status": "skipped"},
+                                                        {"model": "m2", "status": "error", "kind": "server_error"}]},
+        "kept-failed": failed,
+    }
+    records = []
+    for i, (rid, change) in enumerate([*rows.items(), *unfed.items()]):
+        fields = {"prompt": f"prompt {rid}", "prompt_hash": f"h-{rid}", "candidates": candidates, "chosen_model": "m1",
+                  "propensity": 0.5, "embedding": np.ones(384, dtype=np.float32).tobytes(), "cost_usd": 0.01 * i,
+                  "extras": {"features": list(range(len(FEATURE_NAMES)))}, **ok, **change}
+        records.append(OutcomeRecord(request_id=rid, ts=1000.0 + i, **fields))
+    store = open_store(log_url)
+    store.write_many(records)
+    store.close()
+    feedback = open_feedback_log(log_url)
+    for rid in rows:
+        feedback.add_feedback(Feedback(rid, 0.3, source="implicit", signal="error"))
+        feedback.add_feedback(Feedback(rid, 0.75, label="code"))
+    feedback.close()
+
+    traffic = load_traffic(log_url)
+    assert traffic.request_ids == ["kept", "kept-bypass", "kept-hash-only", "kept-model-listed-twice",
+                                   "kept-feedback-on-an-error", "kept-failed"]
+    np.testing.assert_array_equal(traffic.quality, [0.75] * 5 + [0.0])  # the explicit score; 0 for a failure
+    assert traffic.task == ["code"] * 5 + [None]
+    assert traffic.texts[2] == "h-kept-hash-only" and traffic.models == ["m1", "m2"]
+    np.testing.assert_array_equal(traffic.eligible[0], [True, False])
+    # A model listed twice counts with its last entry.
+    np.testing.assert_allclose([traffic.p_logged[3, 0], traffic.penalty[3, 0]], [0.9, 0.5])
+    np.testing.assert_allclose(traffic.cost, [0.01 * i for i in (11, 12, 13, 14, 15, 19)])
+    np.testing.assert_array_equal(traffic.features[0], list(range(len(FEATURE_NAMES))))

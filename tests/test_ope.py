@@ -164,3 +164,60 @@ def test_ips_without_overlap_is_unknown_not_a_certain_zero():
     never = np.array([[0.0, 1.0]] * 3)  # the candidate never takes the logged action
     assert np.isnan(ips(log, never).value)
     assert np.isnan(compare(log, never, np.array([[1.0, 0.0]] * 3))["ips"].value)
+
+
+def _reference_counts(groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """The bootstrap written out in full: one n_boot × G array of how often each group is drawn."""
+    g = int(groups.max()) + 1
+    draws = np.random.default_rng(seed).integers(0, g, size=(n_boot, g))
+    return np.stack([np.bincount(row, minlength=g) for row in draws]).astype(np.float64)
+
+
+def _reference_ratios(counts, groups, terms, w):
+    g = counts.shape[1]
+    tot_w = counts @ np.bincount(groups, weights=w, minlength=g)
+    tot_t = counts @ np.bincount(groups, weights=terms, minlength=g)
+    return np.where(tot_w > 0, tot_t / np.where(tot_w > 0, tot_w, 1.0), np.nan)
+
+
+def test_the_chunked_bootstrap_draws_what_one_full_array_draws():
+    # Enough groups that the 1,000 samples come in several chunks.
+    mu, logging = _world(seed=5)
+    turns, steps = 20_000, 2
+    ctx, actions, rewards = _turn_log(mu, logging, turns, steps, seed=9)
+    groups = np.repeat(np.arange(turns), steps)
+    log = ope.LoggedData(actions=actions, rewards=rewards, propensities=logging[ctx, actions], clusters=groups)
+    target = np.eye(K)[mu.argmax(axis=1)][ctx]
+
+    boot = ope.Bootstrap(groups, n_boot=1000, seed=3)
+    chunks = list(boot.counts())
+    assert len(chunks) > 1 and max(len(c) for c in chunks) * turns <= 1 << 22  # never the whole array at once
+    counts = _reference_counts(groups, 1000, 3)
+    np.testing.assert_array_equal(np.vstack(chunks), counts)  # the same multinomial draws, in the same order
+
+    wr, w = ope.ips_terms(log, target)
+    lo, hi = np.nanpercentile(_reference_ratios(counts, groups, wr, w), [2.5, 97.5])
+    e = ope.snips(log, target, seed=3)
+    # Sums of the same numbers; only the BLAS's order of adding may differ.
+    np.testing.assert_allclose([e.lo, e.hi], [lo, hi], rtol=1e-12)
+    d = ope.compare(log, target, None, seed=3)["snips"]
+    boots = (_reference_ratios(counts, groups, wr, w)
+             - _reference_ratios(counts, groups, rewards, np.ones(len(rewards))))
+    np.testing.assert_allclose([d.lo, d.hi], np.nanpercentile(boots, [2.5, 97.5]), rtol=1e-12)
+
+
+def test_estimates_sharing_one_bootstrap_are_those_drawn_apart():
+    mu, logging = _world(seed=5)
+    ctx, actions, rewards = _turn_log(mu, logging, 300, 4, seed=2)
+    groups = np.repeat(np.arange(300), 4)
+    target = np.eye(K)[mu.argmax(axis=1)][ctx]
+    logs = [ope.LoggedData(actions=actions, rewards=r, propensities=logging[ctx, actions], clusters=groups)
+            for r in (rewards, 1 - rewards, rewards * 0.3)]
+    boot = ope.shared_bootstrap(logs, target, logging[ctx], seed=4)
+    for log in logs:
+        assert ope.evaluate(log, target, seed=4, boot=boot) == ope.evaluate(log, target, seed=4)
+        assert ope.evaluate(log, logging[ctx], seed=4, boot=boot) == ope.evaluate(log, logging[ctx], seed=4)
+        assert ope.compare(log, target, logging[ctx], seed=4, boot=boot) == ope.compare(log, target, logging[ctx], seed=4)
+    other = ope.LoggedData(actions=actions, rewards=rewards, propensities=logging[ctx, actions])  # one group a request
+    with pytest.raises(ValueError, match="groups"):
+        ope.snips(other, target, boot=boot)

@@ -14,11 +14,15 @@ logged candidate), so two routers differ only in what they predict about quality
 """
 from __future__ import annotations
 
+import json
+from array import array
+from collections import namedtuple
 from dataclasses import dataclass
 
 import numpy as np
 
 from router import ope
+from router.outcome_log import failed_by_its_models, judges_chosen_model
 
 
 @dataclass
@@ -78,73 +82,134 @@ def _stored_features(row) -> list[float] | None:
     return stored if isinstance(stored, list) and len(stored) == len(FEATURE_NAMES) else None
 
 
-def _feature_rows(keep: list) -> np.ndarray:
-    """The live feature rows; recomputed from the prompt for rows logged without them."""
-    from router.features import FEATURE_NAMES, request_features
-    from router.types import RoutingRequest
+# What load_traffic reads of each logged request, in this order.
+_Logged = namedtuple("_Logged", "request_id ts prompt prompt_hash embedding input_tokens_est candidates knob chosen_model "
+                                "propensity answered_model attempts latency_s output_tokens cost_usd status cache_status extras")
+# The part of the usability rule (`_reward`) SQL can check, so the rows it would leave out (cache
+# hits, requests logged without a decision, an embedding or any feedback) are never read: it only
+# drops a row the rule drops (NULL where the rule needs a value; a reward needs feedback or an
+# error). NaN propensities, empty candidate lists, which error and which answer are left to the rule.
+_USABLE_SQL = ("candidates IS NOT NULL AND propensity IS NOT NULL AND chosen_model IS NOT NULL AND chosen_model <> '' "
+               "AND embedding IS NOT NULL AND cache_status IN ('miss', 'bypass') AND (prompt IS NOT NULL OR extras IS NOT NULL) "
+               "AND (status = 'error' OR request_id IN (SELECT request_id FROM feedback))")
 
-    out = np.zeros((len(keep), len(FEATURE_NAMES)), dtype=np.float32)
-    for i, (row, _) in enumerate(keep):
+
+def _decoded(raw) -> _Logged:
+    row = _Logged._make(raw)
+    return row._replace(**{k: json.loads(getattr(row, k)) for k in ("candidates", "attempts", "extras")
+                           if getattr(row, k) is not None})
+
+
+def _reward(row: _Logged, rewards: dict[str, float]) -> float | None:
+    """The reward of a usable logged request; None for one left out."""
+    if not row.candidates or _missing(row.propensity) or not row.chosen_model or _missing(row.embedding):
+        return None
+    if row.cache_status not in ("miss", "bypass") or (_missing(row.prompt) and not _stored_features(row)):
+        return None
+    if row.request_id in rewards:
+        reward = rewards[row.request_id]
+    elif failed_by_its_models(row.status, row.attempts):
+        reward = 0.0
+    else:
+        return None
+    if not judges_chosen_model(row.status, row.chosen_model, row.answered_model, row.attempts):
+        return None  # a fallback answered, or the chosen model was never called: the reward is not its
+    return reward
+
+
+class _Kept:
+    """What a Traffic needs of each usable row, packed as it is read: every row of the log as a
+    DataFrame row with its JSON decoded made `retrain` hold ~31 KB per logged row."""
+
+    SCALARS = ("input_tokens", "propensity", "quality", "cost", "knob", "ts", "latency", "output_tokens")
+
+    def __init__(self, labels: dict[str, str]):
+        self.labels = labels
+        self.request_ids: list[str] = []
+        self.texts: list[str] = []
+        self.chosen: list[str] = []
+        self.scalars = {k: array("d") for k in self.SCALARS}
+        self.embeddings, self.features = bytearray(), bytearray()
+        self.model_ids: dict[str, int] = {}
+        # One entry per (row, candidate model): row, model id, eligible, P(good), cost + latency terms.
+        self.cand_row, self.cand_model, self.cand_ok = array("q"), array("q"), array("b")
+        self.cand_p, self.cand_penalty = array("d"), array("d")
+
+    def add(self, row: _Logged, reward: float) -> None:
+        from router.embedding import DIM
+        from router.features import request_features
+        from router.types import RoutingRequest
+
+        if len(row.embedding) != DIM * 4:
+            raise ValueError(f"logged request {row.request_id}: its embedding holds {len(row.embedding)} bytes, "
+                             f"not {DIM} float32")
+        i = len(self.request_ids)
+        self.request_ids.append(row.request_id)
+        self.texts.append(row.prompt if not _missing(row.prompt) else row.prompt_hash)
+        self.chosen.append(row.chosen_model)
+        values = (1 if _missing(row.input_tokens_est) else max(row.input_tokens_est, 1), float(row.propensity), reward,
+                  0.0 if _missing(row.cost_usd) else float(row.cost_usd), 1.0 if _missing(row.knob) else float(row.knob),
+                  0.0 if _missing(row.ts) else float(row.ts), np.nan if _missing(row.latency_s) else float(row.latency_s),
+                  np.nan if _missing(row.output_tokens) else float(row.output_tokens))
+        for k, v in zip(self.SCALARS, values):
+            self.scalars[k].append(v)
+        self.embeddings += row.embedding
         stored = _stored_features(row)
-        out[i] = stored if stored is not None else request_features([RoutingRequest(text=row.prompt)])[0]
-    return out
+        # Recomputed from the prompt for rows logged without a feature row.
+        live = stored if stored is not None else request_features([RoutingRequest(text=row.prompt)])[0]
+        self.features += np.asarray(live, dtype=np.float32).tobytes()
+        last = {c["model"]: c for c in row.candidates}  # a model listed twice: its last entry, as always
+        self.cand_row.extend([i] * len(last))
+        self.cand_model.extend([self.model_ids.setdefault(m, len(self.model_ids)) for m in last])
+        self.cand_ok.extend([c.get("excluded") is None for c in last.values()])
+        self.cand_p.extend([c["p_good"] for c in last.values()])
+        self.cand_penalty.extend([c["p_good"] - c["utility"] for c in last.values()])
+
+    def traffic(self) -> Traffic:
+        from router.embedding import DIM
+        from router.features import FEATURE_NAMES
+
+        n = len(self.request_ids)
+        models = sorted(self.model_ids)
+        col = {m: j for j, m in enumerate(models)}
+        by_id = np.array([col[m] for m in sorted(self.model_ids, key=self.model_ids.get)], dtype=int)
+        rows, cols = np.asarray(self.cand_row, dtype=int), by_id[np.asarray(self.cand_model, dtype=int)]
+        eligible = np.zeros((n, len(models)), dtype=bool)
+        p_logged, penalty = np.zeros((n, len(models))), np.zeros((n, len(models)))
+        eligible[rows, cols] = np.asarray(self.cand_ok, dtype=bool)
+        p_logged[rows, cols] = np.asarray(self.cand_p)
+        penalty[rows, cols] = np.asarray(self.cand_penalty)
+        s = {k: np.asarray(v, dtype=np.float64) for k, v in self.scalars.items()}
+        return Traffic(
+            request_ids=self.request_ids, texts=self.texts, input_tokens=s["input_tokens"],
+            embeddings=np.frombuffer(self.embeddings, dtype=np.float32).reshape(n, DIM),
+            features=np.frombuffer(self.features, dtype=np.float32).reshape(n, len(FEATURE_NAMES)),
+            models=models, eligible=eligible, p_logged=p_logged, penalty=penalty,
+            action=np.array([col[m] for m in self.chosen], dtype=int),
+            propensity=s["propensity"], quality=s["quality"], cost=s["cost"], knob=s["knob"], ts=s["ts"],
+            task=[self.labels.get(r) for r in self.request_ids], latency=s["latency"], output_tokens=s["output_tokens"])
+
+
+def _feedback(db: str) -> tuple[dict[str, float], dict[str, str]]:
+    """Each request's reward and task label from the feedback log."""
+    from router.feedback_log import latest_rewards, read_feedback
+
+    feedback = read_feedback(db)
+    return latest_rewards(feedback), {r["request_id"]: r["label"] for r in feedback if r.get("label")}
 
 
 def load_traffic(db: str) -> Traffic:
     """Usable logged requests of the outcome log at `db`, oldest first."""
-    from router.embedding import DIM
-    from router.feedback_log import latest_rewards, read_feedback
-    from router.outcome_log import failed_by_its_models, judges_chosen_model, read_outcomes
+    from router.outcome_log import scan_outcomes
 
-    df = read_outcomes(db)
-    feedback = read_feedback(db)
-    rewards = latest_rewards(feedback)
-    labels = {r["request_id"]: r["label"] for r in feedback if r.get("label")}
-    keep = []
-    for row in df.itertuples(index=False):
-        if not row.candidates or _missing(row.propensity) or not row.chosen_model or _missing(row.embedding):
-            continue
-        if row.cache_status not in ("miss", "bypass") or (_missing(row.prompt) and not _stored_features(row)):
-            continue
-        if row.request_id in rewards:
-            reward = rewards[row.request_id]
-        elif failed_by_its_models(row.status, row.attempts):
-            reward = 0.0
-        else:
-            continue
-        if not judges_chosen_model(row.status, row.chosen_model, row.answered_model, row.attempts):
-            continue  # a fallback answered, or the chosen model was never called: the reward is not its
-        keep.append((row, reward))
-    models = sorted({c["model"] for row, _ in keep for c in row.candidates})
-    col = {m: j for j, m in enumerate(models)}
-    n, k = len(keep), len(models)
-    eligible = np.zeros((n, k), dtype=bool)
-    p_logged = np.zeros((n, k))
-    penalty = np.zeros((n, k))
-    for i, (row, _) in enumerate(keep):
-        for c in row.candidates:
-            j = col[c["model"]]
-            eligible[i, j] = c.get("excluded") is None
-            p_logged[i, j] = c["p_good"]
-            penalty[i, j] = c["p_good"] - c["utility"]
-    input_tokens = np.array([1 if _missing(r.input_tokens_est) else max(r.input_tokens_est, 1) for r, _ in keep], dtype=np.float64)
-    return Traffic(
-        request_ids=[r.request_id for r, _ in keep],
-        texts=[r.prompt if not _missing(r.prompt) else r.prompt_hash for r, _ in keep],
-        input_tokens=input_tokens,
-        embeddings=np.array([np.frombuffer(r.embedding, dtype=np.float32) for r, _ in keep]).reshape(n, DIM),
-        features=_feature_rows(keep),
-        models=models, eligible=eligible, p_logged=p_logged, penalty=penalty,
-        action=np.array([col[r.chosen_model] for r, _ in keep], dtype=int),
-        propensity=np.array([float(r.propensity) for r, _ in keep]),
-        quality=np.array([q for _, q in keep], dtype=np.float64),
-        cost=np.array([0.0 if _missing(r.cost_usd) else float(r.cost_usd) for r, _ in keep]),
-        knob=np.array([1.0 if _missing(r.knob) else float(r.knob) for r, _ in keep]),
-        ts=np.array([0.0 if _missing(r.ts) else float(r.ts) for r, _ in keep]),
-        task=[labels.get(r.request_id) for r, _ in keep],
-        latency=np.array([np.nan if _missing(r.latency_s) else float(r.latency_s) for r, _ in keep]),
-        output_tokens=np.array([np.nan if _missing(r.output_tokens) else float(r.output_tokens) for r, _ in keep]),
-    )
+    rewards, labels = _feedback(db)
+    kept = _Kept(labels)
+    for raw in scan_outcomes(db, _Logged._fields, where=_USABLE_SQL):
+        row = _decoded(raw)
+        reward = _reward(row, rewards)
+        if reward is not None:
+            kept.add(row, reward)
+    return kept.traffic()
 
 
 def router_p_good(router, traffic: Traffic) -> np.ndarray:
@@ -173,13 +238,16 @@ def greedy_probs(p_good: np.ndarray, traffic: Traffic) -> np.ndarray:
     return ope.deterministic_probs(np.argmax(u, axis=1), len(traffic.models))
 
 
-def logged_data(traffic: Traffic, reward: np.ndarray, q_hat: np.ndarray) -> ope.LoggedData:
+def prompt_clusters(traffic: Traffic) -> np.ndarray:
     # One cluster per prompt (system prompt and user turn, or their hash): the gateway's bandit
     # draws once per user turn for every step of a tool loop, so those requests share their noise.
     keys = [f"p:{t}" if not _missing(t) else f"r:{rid}" for t, rid in zip(traffic.texts, traffic.request_ids)]
-    clusters = np.unique(np.array(keys, dtype=object), return_inverse=True)[1]
+    return np.unique(np.array(keys, dtype=object), return_inverse=True)[1].reshape(-1)
+
+
+def logged_data(traffic: Traffic, reward: np.ndarray, q_hat: np.ndarray, clusters: np.ndarray) -> ope.LoggedData:
     return ope.LoggedData(actions=traffic.action, rewards=reward, propensities=traffic.propensity, q_hat=q_hat,
-                          clusters=clusters.reshape(-1))
+                          clusters=clusters)
 
 
 def compare_routers(traffic: Traffic, p_live: np.ndarray, p_candidate: np.ndarray, seed: int = 0) -> dict:
@@ -206,12 +274,15 @@ def compare_policies(traffic: Traffic, live: np.ndarray | None, cand: np.ndarray
         "quality": (traffic.quality, p_model),
         "cost_usd": (traffic.cost, pred_cost * traffic.knob[:, None]),
     }
-    for name, (reward, q_hat) in metrics.items():
-        data = logged_data(traffic, reward, q_hat)
+    clusters = prompt_clusters(traffic)
+    logs = {name: logged_data(traffic, reward, q_hat, clusters) for name, (reward, q_hat) in metrics.items()}
+    # Every SNIPS interval below resamples the same groups with the same seed: one draw for all.
+    boot = ope.shared_bootstrap(list(logs.values()), cand, live, seed=seed)
+    for name, data in logs.items():
         out[name] = {
-            "live": {k: e.to_dict() for k, e in ope.evaluate(data, live, seed=seed).items()},
-            "candidate": {k: e.to_dict() for k, e in ope.evaluate(data, cand, seed=seed).items()},
-            "difference": {k: e.to_dict() for k, e in ope.compare(data, cand, live, seed=seed).items()},
+            "live": {k: e.to_dict() for k, e in ope.evaluate(data, live, seed=seed, boot=boot).items()},
+            "candidate": {k: e.to_dict() for k, e in ope.evaluate(data, cand, seed=seed, boot=boot).items()},
+            "difference": {k: e.to_dict() for k, e in ope.compare(data, cand, live, seed=seed, boot=boot).items()},
         }
     out["logged"] = {"utility": float(traffic.utility.mean()), "quality": float(traffic.quality.mean()),
                      "cost_usd": float(traffic.cost.mean())}

@@ -170,16 +170,16 @@ def retrain(args) -> dict:
     n_eval = int(round(len(traffic) * args.eval_share))
     order = np.argsort(traffic.ts, kind="stable")
     train_rows, eval_rows = order[: len(traffic) - n_eval], order[len(traffic) - n_eval:]
-    held_out = traffic.rows(eval_rows)
+    held_out, logged_train = traffic.rows(eval_rows), traffic.rows(train_rows)
     log.info("%d usable logged requests: %d join training, %d judge the candidate", len(traffic), len(train_rows), n_eval)
+    del traffic  # its two halves hold every row: a third copy of each embedding is not needed
     prices = load_prices(args.prices) if args.prices else None
-    table, X = training_set(args.base_data or [], traffic.rows(train_rows), args.text_column, prices)
+    table, X = training_set(args.base_data or [], logged_train, args.text_column, prices)
     candidate, metrics = fit_router(table, X, folds=args.folds, rounds=args.rounds, seed=args.seed,
                                     sources=[*(args.base_data or []), args.db])
     out = Path(args.out or f"models/candidate-{time.strftime('%Y%m%d-%H%M%S')}")
     candidate.save(out)
     if len(held_out):
-        logged_train = traffic.rows(train_rows)
         reward_model = calibrated_reward_model(router_p_good(live, logged_train), logged_train, router_p_good(live, held_out))
         comparison = compare_routers(held_out, reward_model, router_p_good(candidate, held_out), seed=args.seed)
     else:
