@@ -11,7 +11,7 @@ import pytest
 
 from router.cache.cache import ResponseCache
 from router.cache.keys import request_keys
-from router.cache.semantic import Bucket
+from router.cache.semantic import SemanticIndex
 from router.cache.store import DB_NAME
 from router.cache.verifier import Verifier
 from router.embedding import shared_embedder
@@ -313,9 +313,11 @@ def test_bucket_switches_to_hnsw_and_keeps_finding_entries():
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(300, 384)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    bucket = Bucket(384, hnsw_from=100)
+    index = SemanticIndex(384, hnsw_from=100)
     for i, v in enumerate(vecs):
-        bucket.add(i, v)
+        index.add("ctx", i, v)
+    assert index.wait_for_rebuilds(60)  # the switch to HNSW is built in the background
+    bucket = index.buckets["ctx"]
     assert bucket.hnsw
     for i in range(0, 300, 2):
         bucket.remove(i)
@@ -332,6 +334,7 @@ def _fill_hnsw(verifier, embed, path, clock, n: int = 40):
     questions = [f"What is the population of city number {i} in the atlas?" for i in range(n)]
     for q in questions:
         put(cache, embed, body(q), q)
+    assert cache._index.wait_for_rebuilds(60)  # the switch to HNSW is built in the background
     return cache, questions
 
 

@@ -84,8 +84,9 @@ class ResponseCache:
         self._entries: OrderedDict[int, Entry] = OrderedDict()  # LRU order: least recently used first
         self._exact: dict[str, int] = {}
         self._expiry: list[tuple[float, int]] = []
-        self._index = SemanticIndex(dim, hnsw_from)
-        self._load()
+        self._index = SemanticIndex(dim, hnsw_from, self._lock)
+        with self._lock:  # a background index rebuild may start while the rest loads
+            self._load()
 
     def _load(self) -> None:
         by_bucket: dict[str, tuple[list[int], list[np.ndarray]]] = {}
@@ -273,6 +274,7 @@ class ResponseCache:
 
     def close(self) -> None:
         with self._lock:
+            self._index.stop()  # a rebuild in flight is dropped: the snapshot holds the index that served
             folder = self._snapshot_dir()
             if folder is not None:
                 try:

@@ -4,8 +4,19 @@ A semantic hit needs the same context fingerprint, so each fingerprint gets its 
 and a search never has to filter out other tenants' or other conversations' entries. An
 index starts flat (exact inner product) and becomes HNSW once it holds `hnsw_from` vectors,
 the size past which a flat scan on one core gets slower than HNSW (measured by
-bench/bench_cache.py, see docs/BENCHMARKS.md). HNSW cannot delete, so removed ids are
-tombstoned and the index is rebuilt when tombstones reach a quarter of it.
+bench/bench_cache.py, see docs/BENCHMARKS.md).
+
+HNSW cannot delete, so a removed entry's position is tombstoned in a bitmap that FAISS reads
+during the search (an `IDSelectorNot` over an `IDSelectorBitmap`): tombstones never reach the
+results, so a search asks for k neighbours however many there are. Flat indexes tombstone the
+same way (FAISS's own removal moves every later vector). When tombstones reach a quarter of an
+index it is rebuilt from its live vectors: a flat one at once (a few milliseconds), an HNSW one,
+and the switch from flat to HNSW, on a background thread, since building HNSW takes seconds to
+a minute and a half. That thread copies the live vectors a slice at a time under the caller's
+lock, builds outside it while the old index keeps serving every search, add and removal, then
+takes the lock again to add what was stored meanwhile, tombstone what was removed meanwhile
+and swap the new index in. A position is never reused, so "tombstoned since the copy" is
+one bitmap read, and an entry id SQLite hands out again is a new position, not the old vector.
 
 Building an HNSW index is the slow part of a restart (about 45 s for 100,000 vectors in one
 context on one core), so a clean shutdown writes each HNSW index to a snapshot folder and the
@@ -21,7 +32,11 @@ import json
 import logging
 import os
 import shutil
+import threading
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +45,8 @@ log = logging.getLogger(__name__)
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 64
+COPY_SLICE = 4096  # vectors copied per hold of the lock during a rebuild: 6 MB, about a millisecond
+CATCH_UP = 32  # adds made during a rebuild that the swap inserts under the lock (~0.5 ms each in HNSW); more are inserted before it
 
 
 def _faiss():
@@ -38,83 +55,171 @@ def _faiss():
     return faiss
 
 
+def build_index(dim: int, hnsw: bool, ids: np.ndarray, vectors: np.ndarray):
+    """A new index holding `vectors` under `ids`, in that order (positions 0, 1, ...)."""
+    faiss = _faiss()
+    if hnsw:
+        inner = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        inner.hnsw.efSearch = HNSW_EF_SEARCH
+    else:
+        inner = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIDMap2(inner)  # faiss's wrapper keeps a reference to `inner`
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+    return index
+
+
+@dataclass
+class Rebuild:
+    """A new index being built from a bucket's live vectors: `positions[j]` is the old position
+    of the vector at new position j, `live` the new position of each entry id copied so far."""
+
+    hnsw: bool
+    upto: int  # the old index's size when it was last copied: later positions are still to copy
+    positions: np.ndarray
+    ids: np.ndarray
+    index: Any = None
+    live: dict[int, int] = field(default_factory=dict)
+
+    def extend(self, positions: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if not len(ids):
+            return
+        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+        base = len(self.positions)
+        self.positions = np.concatenate([self.positions, positions])
+        self.ids = np.concatenate([self.ids, ids])
+        self.live.update((int(i), base + j) for j, i in enumerate(ids))
+
+
 class Bucket:
-    """The vectors of one context fingerprint."""
+    """The vectors of one context fingerprint. Not thread-safe: SemanticIndex's lock guards it."""
 
     def __init__(self, dim: int, hnsw_from: int):
         self.dim = dim
         self.hnsw_from = hnsw_from
-        self.live: set[int] = set()
-        self.dead: set[int] = set()
-        self.hnsw = False
-        self._index = self._new(hnsw=False)
+        self.live: dict[int, int] = {}  # entry id -> its position in the index
+        self.rebuilding = False
+        self._swap(build_index(dim, False, np.empty(0, np.int64), np.empty((0, dim), np.float32)), False, np.zeros(0, np.uint8))
 
-    def _new(self, hnsw: bool):
+    def _swap(self, index, hnsw: bool, dead_bits: np.ndarray) -> None:
+        self._index = index
+        self._inner = _faiss().downcast_index(index.index)
+        self.hnsw = hnsw
+        self._dead_bits = dead_bits  # bit p set: position p is a tombstone (little-endian bit order, as FAISS reads it)
+        self.dead = int(np.unpackbits(dead_bits).sum())
+        self._filter()
+
+    def _filter(self) -> None:
+        """Search parameters that skip the tombstones, reading `_dead_bits` in place (so a new
+        tombstone is seen at once); rebuilt only when the bitmap is reallocated."""
+        if not self.dead:
+            self._params = None
+            return
         faiss = _faiss()
-        if hnsw:
-            inner = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-            inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-            inner.hnsw.efSearch = HNSW_EF_SEARCH
+        bitmap = faiss.IDSelectorBitmap(len(self._dead_bits), faiss.swig_ptr(self._dead_bits))
+        skip = faiss.IDSelectorNot(bitmap)
+        if self.hnsw:
+            params = faiss.SearchParametersHNSW(sel=skip, efSearch=HNSW_EF_SEARCH)
         else:
-            inner = faiss.IndexFlatIP(self.dim)
-        return faiss.IndexIDMap2(inner)  # faiss's wrapper keeps a reference to `inner`
+            params = faiss.SearchParameters(sel=skip)
+        self._params = params
+        self._selectors = (self._dead_bits, bitmap, skip)  # SWIG keeps none of these alive by itself
+
+    def _is_dead(self, positions: np.ndarray) -> np.ndarray:
+        byte = positions >> 3
+        inside = byte < len(self._dead_bits)
+        dead = np.zeros(len(positions), dtype=bool)
+        dead[inside] = (self._dead_bits[byte[inside]] >> (positions[inside] & 7)) & 1
+        return dead
 
     def __len__(self) -> int:
         return len(self.live)
 
+    def _append(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        start = self._index.ntotal
+        self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+        self.live.update((int(i), start + j) for j, i in enumerate(ids))
+
     def add(self, entry_id: int, vector: np.ndarray) -> None:
-        self._index.add_with_ids(vector.reshape(1, -1).astype(np.float32), np.array([entry_id], dtype=np.int64))
-        self.live.add(entry_id)
-        if not self.hnsw and len(self.live) >= self.hnsw_from:
-            self._rebuild(hnsw=True)
+        self._append(np.array([entry_id], dtype=np.int64), vector.reshape(1, -1))
 
     def add_many(self, ids: list[int], vectors: np.ndarray) -> None:
-        """Bulk load (start-up): one build instead of one insert per vector."""
+        """Bulk load (start-up, before anything is served): one build instead of one insert per vector."""
         if not ids:
             return
-        self.live.update(ids)
+        self._append(np.asarray(ids, dtype=np.int64), vectors)
         if not self.hnsw and len(self.live) >= self.hnsw_from:
-            old = self._live_vectors(sorted(self.live - set(ids)))
-            self.hnsw = True
-            self._index = self._new(hnsw=True)
-            self.dead.clear()
-            if len(old[0]):
-                self._index.add_with_ids(old[1], np.array(old[0], dtype=np.int64))
-        self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.array(ids, dtype=np.int64))
+            self.compact()
 
     def remove(self, entry_id: int) -> None:
-        if entry_id not in self.live:
+        position = self.live.pop(entry_id, None)
+        if position is None:
             return
-        self.live.discard(entry_id)
-        if self.hnsw:
-            self.dead.add(entry_id)
-            if len(self.dead) * 4 >= len(self.live) + len(self.dead):
-                self._rebuild(hnsw=len(self.live) >= self.hnsw_from)
-        else:
-            self._index.remove_ids(np.array([entry_id], dtype=np.int64))
+        byte = position >> 3
+        if byte >= len(self._dead_bits):
+            grown = np.zeros(max(byte + 1, 2 * len(self._dead_bits), 64), dtype=np.uint8)
+            grown[:len(self._dead_bits)] = self._dead_bits
+            self._dead_bits = grown
+            self._params = None
+        self._dead_bits[byte] |= np.uint8(1 << (position & 7))
+        self.dead += 1
+        if self._params is None:
+            self._filter()
+
+    def wants_rebuild(self) -> bool:
+        if self.rebuilding:
+            return False
+        return (not self.hnsw and len(self.live) >= self.hnsw_from) or (self.dead > 0 and self.dead * 4 >= len(self.live) + self.dead)
 
     def vector(self, entry_id: int) -> np.ndarray:
-        return self._index.reconstruct(int(entry_id))
+        return self._inner.reconstruct(self.live[entry_id])
 
-    def _live_vectors(self, ids: list[int]) -> tuple[list[int], np.ndarray]:
-        vecs = np.empty((len(ids), self.dim), dtype=np.float32)
-        for i, entry_id in enumerate(ids):
-            vecs[i] = self._index.reconstruct(int(entry_id))
-        return ids, vecs
+    # ---- rebuilding: each step but the build runs under the lock ----
 
-    def _rebuild(self, hnsw: bool) -> None:
-        ids, vecs = self._live_vectors(sorted(self.live))
-        self.hnsw = hnsw
-        self._index = self._new(hnsw)
-        self.dead.clear()
-        if ids:
-            self._index.add_with_ids(vecs, np.array(ids, dtype=np.int64))
+    def begin_rebuild(self) -> Rebuild:
+        positions = np.fromiter(self.live.values(), dtype=np.int64, count=len(self.live))
+        ids = np.fromiter(self.live.keys(), dtype=np.int64, count=len(self.live))
+        return Rebuild(hnsw=len(self.live) >= self.hnsw_from, upto=self._index.ntotal, positions=positions, ids=ids)
+
+    def copy(self, positions: np.ndarray) -> np.ndarray:
+        if not len(positions):
+            return np.empty((0, self.dim), dtype=np.float32)
+        return self._inner.reconstruct_batch(positions)
+
+    def added_since(self, job: Rebuild) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions, ids, vectors) of the live entries added since `job` last copied; marks them copied."""
+        positions = np.arange(job.upto, self._index.ntotal, dtype=np.int64)
+        positions = positions[~self._is_dead(positions)]
+        ids = np.array([self._index.id_map.at(int(p)) for p in positions], dtype=np.int64)
+        job.upto = self._index.ntotal
+        return positions, ids, self.copy(positions)
+
+    def finish_rebuild(self, job: Rebuild) -> None:
+        """Swap `job`'s index in: what was removed since it was copied becomes a tombstone there."""
+        dead = self._is_dead(job.positions)
+        for j in np.flatnonzero(dead):
+            entry_id = int(job.ids[j])
+            if job.live.get(entry_id) == j:  # not when the id was handed out again and re-added later
+                del job.live[entry_id]
+        self._swap(job.index, job.hnsw, np.packbits(dead, bitorder="little"))
+        self.live = job.live
+        self.rebuilding = False
+
+    def compact(self) -> None:
+        """Rebuild now, holding the caller's lock throughout: for start-up and small flat indexes."""
+        job = self.begin_rebuild()
+        job.index = build_index(self.dim, job.hnsw, job.ids, self.copy(job.positions))
+        job.live = {int(i): j for j, i in enumerate(job.ids)}
+        self.finish_rebuild(job)
+
+    # ---- persistence ----
 
     def save(self, path: Path) -> None:
         _faiss().write_index(self._index, str(path))
 
     @classmethod
-    def from_snapshot(cls, path: Path, dim: int, hnsw_from: int, ids: list[int], vectors: np.ndarray) -> "Bucket | None":
+    def from_snapshot(cls, path: Path, dim: int, hnsw_from: int, ids: list[int], vectors: np.ndarray) -> Bucket | None:
         """The saved index of these rows, or None where it does not hold exactly their vectors."""
         faiss = _faiss()
         index = faiss.read_index(str(path))
@@ -122,41 +227,48 @@ class Bucket:
         if not isinstance(inner, faiss.IndexHNSWFlat) or index.d != dim:
             return None
         saved = faiss.vector_to_array(index.id_map)  # external id of each stored vector, in storage order
+        # An id SQLite handed out again sits at several positions; a live entry is always the last one.
+        uniq, first_from_end = np.unique(saved[::-1], return_index=True)
+        last = len(saved) - 1 - first_from_end
+        id_array = np.asarray(ids, dtype=np.int64)
+        kept = np.isin(uniq, id_array)
+        kept_ids, positions = uniq[kept], last[kept]
         row = {i: j for j, i in enumerate(ids)}
-        for start in range(0, len(saved), 16384):  # compare in slices: a full copy would double the memory
-            stored = inner.reconstruct_n(start, min(16384, len(saved) - start))
-            mine = [k for k, i in enumerate(saved[start:start + len(stored)]) if int(i) in row]
-            if not np.array_equal(stored[mine], vectors[[row[int(saved[start + k])] for k in mine]]):
+        rows = np.fromiter((row[int(i)] for i in kept_ids), dtype=np.int64, count=len(kept_ids))
+        for start in range(0, len(positions), 16384):  # compare in slices: a full copy would double the memory
+            if not np.array_equal(inner.reconstruct_batch(positions[start:start + 16384]), vectors[rows[start:start + 16384]]):
                 return None
-        saved_ids = {int(i) for i in saved}
+        dead = np.ones(len(saved), dtype=bool)
+        dead[positions] = False
         bucket = cls(dim, hnsw_from)
-        bucket.hnsw, bucket._index = True, index
-        bucket.live = set(ids)
-        bucket.dead = saved_ids - bucket.live
-        new = [j for j, i in enumerate(ids) if i not in saved_ids]
-        if new:
-            index.add_with_ids(np.ascontiguousarray(vectors[new], dtype=np.float32), np.array([ids[j] for j in new], dtype=np.int64))
-        if len(bucket.dead) * 4 >= len(bucket.live) + len(bucket.dead):
-            bucket._rebuild(hnsw=len(bucket.live) >= hnsw_from)
+        bucket._swap(index, True, np.packbits(dead, bitorder="little"))
+        bucket.live = dict(zip(kept_ids.tolist(), positions.tolist()))
+        new = ~np.isin(id_array, uniq)
+        if new.any():
+            bucket._append(id_array[new], vectors[new])
         return bucket
 
     def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Up to `k` live (entry id, cosine) pairs, best first."""
         if not self.live:
             return []
-        want = min(k + len(self.dead), self._index.ntotal)
-        sims, ids = self._index.search(vector.reshape(1, -1).astype(np.float32), want)
-        out = [(int(i), float(s)) for s, i in zip(sims[0], ids[0]) if i >= 0 and int(i) in self.live]
-        return out[:k]
+        query = vector.reshape(1, -1).astype(np.float32)
+        sims, positions = self._inner.search(query, min(k, len(self.live)), params=self._params)
+        return [(int(self._index.id_map.at(int(p))), float(s)) for s, p in zip(sims[0], positions[0]) if p >= 0]
 
 
 class SemanticIndex:
-    """Buckets by context fingerprint."""
+    """Buckets by context fingerprint. The caller holds `lock` around every call; the thread
+    that rebuilds HNSW indexes takes it for each step that touches a bucket."""
 
-    def __init__(self, dim: int, hnsw_from: int):
+    def __init__(self, dim: int, hnsw_from: int, lock: threading.RLock | None = None):
         self.dim = dim
         self.hnsw_from = hnsw_from
         self.buckets: dict[str, Bucket] = {}
+        self._lock = lock or threading.RLock()
+        self._queue: deque[str] = deque()
+        self._worker: threading.Thread | None = None
+        self._stopped = False
 
     def _bucket(self, fingerprint: str) -> Bucket:
         b = self.buckets.get(fingerprint)
@@ -165,10 +277,95 @@ class SemanticIndex:
         return b
 
     def add(self, fingerprint: str, entry_id: int, vector: np.ndarray) -> None:
-        self._bucket(fingerprint).add(entry_id, vector)
+        b = self._bucket(fingerprint)
+        b.add(entry_id, vector)
+        self._maintain(fingerprint, b)
 
     def add_many(self, fingerprint: str, ids: list[int], vectors: np.ndarray) -> None:
         self._bucket(fingerprint).add_many(ids, vectors)
+
+    def remove(self, fingerprint: str, entry_id: int) -> None:
+        b = self.buckets.get(fingerprint)
+        if b is None:
+            return
+        b.remove(entry_id)
+        if not b.live:
+            del self.buckets[fingerprint]
+        else:
+            self._maintain(fingerprint, b)
+
+    def _maintain(self, fingerprint: str, b: Bucket) -> None:
+        if not b.wants_rebuild():
+            return
+        if len(b.live) < self.hnsw_from:
+            b.compact()  # a flat index of fewer than hnsw_from vectors: copied in a few milliseconds
+            return
+        if self._stopped:
+            return
+        b.rebuilding = True
+        self._queue.append(fingerprint)
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._rebuild_queued, name="cache-index-rebuild", daemon=True)
+            self._worker.start()
+
+    def _rebuild_queued(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue or self._stopped:
+                    self._worker = None
+                    return
+                fingerprint = self._queue.popleft()
+                bucket = self.buckets.get(fingerprint)
+                if bucket is None or not bucket.rebuilding:
+                    continue
+                job = bucket.begin_rebuild()
+            try:
+                self._rebuild(fingerprint, bucket, job)
+            except Exception:  # a failed rebuild leaves the old index serving; the next removal retries
+                log.exception("cache: rebuilding the index of a context failed")
+                with self._lock:
+                    bucket.rebuilding = False
+
+    def _current(self, fingerprint: str, bucket: Bucket) -> bool:
+        """Whether the rebuild of `bucket` is still wanted (not emptied, cleared or shut down)."""
+        return not self._stopped and self.buckets.get(fingerprint) is bucket
+
+    def _rebuild(self, fingerprint: str, bucket: Bucket, job: Rebuild) -> None:
+        vectors = np.empty((len(job.positions), self.dim), dtype=np.float32)
+        for start in range(0, len(job.positions), COPY_SLICE):
+            with self._lock:
+                if not self._current(fingerprint, bucket):
+                    return
+                vectors[start:start + COPY_SLICE] = bucket.copy(job.positions[start:start + COPY_SLICE])
+        job.index = build_index(self.dim, job.hnsw, job.ids, vectors)
+        del vectors
+        job.live = {int(i): j for j, i in enumerate(job.ids)}
+        while True:
+            with self._lock:
+                if not self._current(fingerprint, bucket):
+                    return
+                added = bucket.added_since(job)
+                if len(added[0]) <= CATCH_UP:
+                    job.extend(*added)
+                    bucket.finish_rebuild(job)
+                    self._maintain(fingerprint, bucket)
+                    return
+            job.extend(*added)  # many were stored during the build: add them outside the lock, then look again
+
+    def wait_for_rebuilds(self, timeout: float | None = None) -> bool:
+        """Wait (without holding the lock) until no rebuild is queued or running; False on timeout."""
+        worker = self._worker
+        while worker is not None:
+            worker.join(timeout)
+            if worker.is_alive():
+                return False
+            worker = self._worker
+        return True
+
+    def stop(self) -> None:
+        """Drop queued and running rebuilds (shutdown): the old indexes stay as they are."""
+        self._stopped = True
+        self._queue.clear()
 
     def save(self, folder: Path) -> int:
         """Write every HNSW index (flat ones rebuild in milliseconds) into `folder`, replacing
@@ -214,20 +411,13 @@ class SemanticIndex:
                     log.warning("cache index snapshot %s is unreadable (%s); rebuilding it", snapshots[fingerprint], exc)
             if bucket is not None:
                 self.buckets[fingerprint] = bucket
+                self._maintain(fingerprint, bucket)  # many tombstones: compacted in the background
                 reused += 1
             else:
                 self.add_many(fingerprint, ids, vectors)
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
         return reused
-
-    def remove(self, fingerprint: str, entry_id: int) -> None:
-        b = self.buckets.get(fingerprint)
-        if b is None:
-            return
-        b.remove(entry_id)
-        if not b.live:
-            del self.buckets[fingerprint]
 
     def __contains__(self, fingerprint: str) -> bool:
         return fingerprint in self.buckets
@@ -241,3 +431,4 @@ class SemanticIndex:
 
     def clear(self) -> None:
         self.buckets.clear()
+        self._queue.clear()

@@ -1,0 +1,212 @@
+"""Removals and index rebuilds in the semantic cache (router/cache/semantic.py): tombstones never
+reach a search, a rebuild runs beside lookups instead of in front of them, what is stored or
+removed while it runs survives the swap, and a shutdown in the middle of one restarts cleanly.
+Real FAISS, SQLite, verifier and embedder; a rebuild is held at a barrier by wrapping the
+function that builds the new index, so the tests assert orderings, not timings."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from router.cache import semantic
+from router.cache.semantic import SemanticIndex
+from tests import test_cache_core as core
+from tests.test_cache_core import Clock, body, get, new_cache, put
+
+verifier, embed = core.verifier, core.embed  # the module's fixtures, shared
+
+
+class Held:
+    """Once armed, holds the next background rebuild inside its build step until `release` is set."""
+
+    def __init__(self):
+        self.armed = False
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+
+@pytest.fixture
+def held(monkeypatch):
+    gate = Held()
+    build = getattr(semantic, "build_index", None)
+
+    def held_build(*args, **kwargs):
+        if gate.armed and threading.current_thread() is not threading.main_thread():
+            gate.started.set()
+            assert gate.release.wait(60)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(semantic, "build_index", held_build, raising=False)
+    yield gate
+    gate.release.set()
+
+
+def unit(rng, n: int, dim: int) -> np.ndarray:
+    v = rng.normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def run_in_thread(fn, timeout: float = 30.0):
+    """`fn()` run on another thread: fails, instead of hanging, if it does not finish."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = fn()
+        except Exception as exc:  # noqa: BLE001 (re-raised on the test's thread)
+            result["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "blocked"
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def test_tombstones_never_reach_a_search_and_the_nearest_live_entries_are_found():
+    rng = np.random.default_rng(1)
+    vecs = unit(rng, 1000, 64)
+    index = SemanticIndex(64, hnsw_from=200)
+    index.add_many("ctx", list(range(1000)), vecs)  # the start-up load: HNSW at once, no thread
+    assert index.buckets["ctx"].hnsw
+    queries = unit(rng, 8, 64)
+    live = set(range(1000))
+    # Tombstone the 30 nearest entries of each query (240, under the quarter that rebuilds): every
+    # query's true neighbourhood is dead, so a search that let tombstones in would show them.
+    for q in queries:
+        for i in [int(i) for i in np.argsort(-(vecs @ q)) if int(i) in live][:30]:
+            index.remove("ctx", i)
+            live.discard(i)
+    # An id SQLite hands out again (the newest row was deleted) comes back with another vector.
+    reused = max(live)
+    index.remove("ctx", reused)
+    old_vector, vecs[reused] = vecs[reused].copy(), unit(rng, 1, 64)[0]
+    index.add("ctx", reused, vecs[reused])
+    alive = np.array(sorted(live))
+    agree = 0
+    for q in queries:
+        found = index.search("ctx", q, 4)
+        assert len(found) == 4 and all(i in live for i, _ in found)
+        truth = alive[np.argsort(-(vecs[alive] @ q))[:4]]
+        assert found[0][0] == truth[0]
+        agree += len({i for i, _ in found} & set(truth.tolist()))
+    assert agree >= 30  # of 32: HNSW is approximate
+    found = index.search("ctx", vecs[reused], 1)
+    assert found[0][0] == reused and found[0][1] == pytest.approx(1.0, abs=1e-4)
+    assert np.array_equal(index.vector("ctx", reused), vecs[reused])
+    # The id's tombstoned vector is not its vector any more: it must not answer for it.
+    assert all(i != reused or s < 0.99 for i, s in index.search("ctx", old_vector, 4))
+
+
+def test_a_lookup_completes_while_a_rebuild_is_held(verifier, embed, held):
+    clock = Clock()
+    cache = new_cache(verifier, hnsw_from=16, clock=clock)
+    questions = [f"What is the population of city number {i} in the atlas?" for i in range(40)]
+    entries = [put(cache, embed, body(q), q) for q in questions]
+    assert cache._index.wait_for_rebuilds(60)  # the switch to HNSW at 16 entries: not held (main thread waits)
+    held.armed = True
+    for e in entries[:10]:  # 10 of 40: tombstones reach a quarter, the rebuild starts and is held
+        assert cache.forget(e.id, e.created)
+    assert held.started.wait(30), "no background rebuild started"
+    for e in entries[10:14]:  # removed after the copy
+        assert cache.forget(e.id, e.created)
+
+    def lookups():
+        return [get(cache, embed, body(q)) for q in (questions[13], questions[20], "How many people live in city number 30 in the atlas?")]
+
+    forgotten, kept, paraphrase = run_in_thread(lookups)
+    assert not held.release.is_set() and cache._index.buckets[entries[20].fingerprint].rebuilding
+    assert forgotten is None or forgotten.entry.id != entries[13].id
+    assert kept is not None and kept.kind == "hit" and kept.entry.id == entries[20].id
+    assert paraphrase is not None and paraphrase.kind == "semantic-hit" and paraphrase.entry.id == entries[30].id
+    held.release.set()
+    assert cache._index.wait_for_rebuilds(60)
+    bucket = cache._index.buckets[entries[20].fingerprint]
+    # the 4 forgotten after the copy are tombstones in the new index, the 10 before it are gone
+    assert not bucket.rebuilding and bucket.dead == 4 and bucket._index.ntotal == 30
+
+
+def test_what_changes_during_a_rebuild_is_in_the_swapped_index(held):
+    rng = np.random.default_rng(2)
+    vecs = {i: v for i, v in enumerate(unit(rng, 800, 32))}
+    index = SemanticIndex(32, hnsw_from=100)
+    with index._lock:
+        for i, v in vecs.items():
+            index.add("ctx", i, v)
+    assert index.wait_for_rebuilds(120)
+    held.armed = True
+    removed: set[int] = set()
+    with index._lock:
+        old = index.buckets["ctx"]._index
+        for i in range(0, 800, 4):  # a quarter: the rebuild starts, copies the live vectors and is held
+            index.remove("ctx", i)
+            removed.add(i)
+    assert held.started.wait(30), "no background rebuild started"
+    with index._lock:
+        for i, v in zip(range(1000, 1000 + 2 * semantic.CATCH_UP), unit(rng, 2 * semantic.CATCH_UP, 32)):
+            index.add("ctx", i, v)  # more than the swap copies under the lock: caught up before it
+            vecs[i] = v
+        for i in list(range(1, 200, 4)) + list(range(1000, 1040)):  # copied ones and new ones
+            index.remove("ctx", i)
+            removed.add(i)
+        index.remove("ctx", 799)  # an id handed out again, with another vector, while the copy holds the old one
+        vecs[799] = unit(rng, 1, 32)[0]
+        index.add("ctx", 799, vecs[799])
+        for i in (3, 1001, 999 + 2 * semantic.CATCH_UP):  # searches during the rebuild see the old index, without tombstones
+            found = index.search("ctx", vecs[i], 4)
+            assert all(j not in removed for j, _ in found)
+            assert (found[0][0] == i) == (i not in removed)
+    held.release.set()
+    assert index.wait_for_rebuilds(60)
+    live = {i for i in vecs if i not in removed}
+    with index._lock:
+        bucket = index.buckets["ctx"]
+        assert bucket._index is not old and not bucket.rebuilding
+        assert set(bucket.live) == live
+        assert bucket._index.ntotal == len(live) + bucket.dead
+        misses = 0
+        for i in live:
+            assert np.array_equal(index.vector("ctx", i), vecs[i])
+            found = index.search("ctx", vecs[i], 4)
+            assert all(j in live for j, _ in found)
+            misses += found[0][0] != i
+        assert misses <= len(live) // 100  # HNSW is approximate
+        assert all(j != 799 or s > 0.99 for j, s in index.search("ctx", vecs[799], 4))
+
+
+def test_a_restart_round_trips_tombstones_reused_ids_and_a_rebuild_cut_short(verifier, embed, held, tmp_path, caplog):
+    clock = Clock()
+    cache = new_cache(verifier, tmp_path, hnsw_from=16, clock=clock)
+    questions = [f"What is the population of city number {i} in the atlas?" for i in range(40)]
+    entries = [put(cache, embed, body(q), q) for q in questions]
+    assert cache._index.wait_for_rebuilds(60)
+    held.armed = True
+    # The newest row deleted and a new question stored: SQLite hands out the same id again.
+    assert cache.forget(entries[-1].id, entries[-1].created)
+    other = put(cache, embed, body("Which river flows through the capital?"), "The Thames.")
+    assert other.id == entries[-1].id
+    for e in entries[:14]:
+        assert cache.forget(e.id, e.created)
+    assert held.started.wait(30), "no background rebuild started"
+    run_in_thread(cache.close)  # does not wait for the held rebuild; writes the index that served
+    held.release.set()
+    assert cache._index.wait_for_rebuilds(60)
+    with caplog.at_level("INFO", logger="router.cache.cache"):
+        reopened = new_cache(verifier, tmp_path, hnsw_from=16, clock=clock)
+    assert "1 of 1 indexes from the shutdown snapshot" in caplog.text
+    assert reopened._index.wait_for_rebuilds(60)
+    for q, e in zip(questions, entries):
+        hit = get(reopened, embed, body(q))
+        if e in entries[:14] or e is entries[-1]:
+            assert hit is None or hit.entry.text != q
+        else:
+            assert hit is not None and hit.kind == "hit" and hit.entry.id == e.id
+    fp = entries[0].fingerprint
+    found = reopened._index.search(fp, embed(questions[-1]), 4)
+    assert all(i != other.id or s < 0.99 for i, s in found)  # the reused id answers with its own vector only
+    assert get(reopened, embed, body("Which river flows through the capital?")).entry.id == other.id
+    reopened.close()
