@@ -130,7 +130,7 @@ def read_query(select: str, mark: str, since: float | None = None, limit: int | 
         conditions.append(f"ts >= {mark}")
         args.append(since)
     sql = f"SELECT {select} FROM outcomes" + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
-    sql += " ORDER BY ts"
+    sql += " ORDER BY ts, request_id"  # ties in one order on every backend: retrain's time split depends on it
     if limit is not None:
         sql += f" LIMIT {mark}"
         args.append(limit)

@@ -70,19 +70,41 @@ def choose_batch(pred: Predictions, willingness_to_pay: float, latency_weight: f
 
 
 def eligibility(pred: Predictions, requests: Sequence[RoutingRequest], catalog: Sequence[ModelSpec],
-                profile: Profile) -> np.ndarray:
+                profile: Profile, constraints: Constraints = Constraints()) -> np.ndarray:
     """(rows x models, bool) which catalog models `decide` would consider for each request under
-    `profile`, offline (every model healthy). No hard constraint depends on the knob, so one
-    mask serves a whole sweep of it."""
+    `profile` and the requests' own `constraints`, offline (every model healthy). No hard
+    constraint depends on the knob, so one mask serves a whole sweep of it."""
+    allowed, tags, max_cost, max_latency = _limits(profile, constraints)
     out = np.zeros(pred.p_good.shape, dtype=bool)
     for spec in catalog:
         j = pred.column(spec.name)
         for i, request in enumerate(requests):
             out[i, j] = _exclusion(
-                spec, request, profile.allowed_models, frozenset(), profile.required_tags, profile.max_cost_usd,
-                profile.max_latency_s, float(pred.p_good[i, j]), float(pred.cost_usd[i, j]),
-                float(pred.latency_s[i, j]), float(pred.output_tokens[i, j]), None) is None
+                spec, request, allowed, constraints.excluded_models, tags, max_cost, max_latency,
+                float(pred.p_good[i, j]), float(pred.cost_usd[i, j]), float(pred.latency_s[i, j]),
+                float(pred.output_tokens[i, j]), None) is None
     return out
+
+
+def _limits(profile: Profile, constraints: Constraints) -> tuple[frozenset[str] | None, frozenset[str], float | None, float | None]:
+    """A profile's limits combined with a request's: allowed models both allow, tags either
+    requires, the tighter cost and latency caps."""
+    allowed = constraints.allowed_models
+    if profile.allowed_models is not None:
+        allowed = profile.allowed_models if allowed is None else allowed & profile.allowed_models
+    return (allowed, constraints.required_tags | profile.required_tags,
+            _tighter(constraints.max_cost_usd, profile.max_cost_usd), _tighter(constraints.max_latency_s, profile.max_latency_s))
+
+
+def shortest_knob(w: float, share_at) -> str:
+    """The shortest decimal of `w` that `share_at` maps to the same share: a knob at a decision
+    boundary, rounded to 6 digits, can send another share than the one it was found for."""
+    target = share_at(w)
+    for digits in (6, 8, 10, 12, 14):
+        text = format(w, f".{digits}g")
+        if share_at(float(text)) == target:
+            return text
+    return repr(w)
 
 
 def knob_grid(n: int = 81, lo: float = KNOB_MIN, hi: float = KNOB_MAX) -> np.ndarray:
@@ -126,7 +148,7 @@ def calibrate_willingness_to_pay(pred: Predictions, model: str, target_share: fl
         # share jump past the target: say so, with the knobs on either side, not the nearer one.
         below = max(((s, w) for w, s in tried.items() if s < target_share), default=None)
         above = min(((s, w) for w, s in tried.items() if s > target_share), default=None)
-        near = " and ".join(f"{s:.1%} at willingness_to_pay {w:.6g}" for s, w in filter(None, (below, above)))
+        near = " and ".join(f"{s:.1%} at willingness_to_pay {shortest_knob(w, share)}" for s, w in filter(None, (below, above)))
         raise ValueError(f"{model}'s share jumps past {target_share:.1%} of these rows: the nearest a knob gives are {near}")
     return best
 
@@ -215,12 +237,7 @@ def decide(pred: Predictions, request: RoutingRequest, *, catalog: Sequence[Mode
     Raises `NoEligibleModel` when every model breaks a hard constraint.
     """
     live = live or {}
-    allowed = constraints.allowed_models
-    if profile.allowed_models is not None:
-        allowed = profile.allowed_models if allowed is None else allowed & profile.allowed_models
-    tags = constraints.required_tags | profile.required_tags
-    max_cost = _tighter(constraints.max_cost_usd, profile.max_cost_usd)
-    max_latency = _tighter(constraints.max_latency_s, profile.max_latency_s)
+    allowed, tags, max_cost, max_latency = _limits(profile, constraints)
     wtp, lw = profile.willingness_to_pay, profile.latency_weight
     rows = []
     for spec in catalog:

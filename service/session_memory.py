@@ -24,6 +24,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from service.recent import Recent
@@ -61,10 +62,15 @@ class LocalMemory:
         self._turns: Recent[str, tuple[str, float, float]] = Recent(size)
         self._lock = threading.Lock()
 
-    def turn_model(self, turn: str) -> tuple[str, float] | None:
+    def turn_entry(self, turn: str) -> tuple[str, float, float] | None:
+        """(model, propensity, when) of the turn's latest answered step, within TURN_TTL_S."""
         with self._lock:
             seen = self._turns.get(turn)
-        return (seen[0], seen[1]) if seen is not None and time.time() - seen[2] <= TURN_TTL_S else None
+        return seen if seen is not None and time.time() - seen[2] <= TURN_TTL_S else None
+
+    def turn_model(self, turn: str) -> tuple[str, float] | None:
+        seen = self.turn_entry(turn)
+        return (seen[0], seen[1]) if seen is not None else None
 
     def turn_answered(self, turn: str, model: str, propensity: float) -> None:
         with self._lock:
@@ -112,9 +118,13 @@ class RedisMemory:
         self.local = LocalMemory(window_s)
         self.dropped = 0  # writes given up: the queue was full, or Redis was down
         self._down_until = 0.0
+        self._closed = False
         self._writes: queue.Queue[tuple[str, str, dict] | None] = queue.Queue(WRITE_QUEUE)
         self._writer = threading.Thread(target=self._drain, name="session-memory", daemon=True)
         self._writer.start()
+        # Reads get threads of their own: waiting behind the gateway's other work in the shared
+        # pool would count against TIMEOUT_S and mark a healthy Redis down.
+        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="session-memory-read")
 
     def _key(self, kind: str, raw: str) -> str:
         return f"{self.prefix}:{kind}:{hashlib.sha256(raw.encode('utf-8', 'replace')).hexdigest()[:40]}"
@@ -130,10 +140,10 @@ class RedisMemory:
 
     async def _read(self, fn: Any, *args: Any) -> Any:
         """One Redis command off the event loop, given up after TIMEOUT_S whatever holds it."""
-        if not self._up():
+        if self._closed or not self._up():
             return None
         try:
-            return await asyncio.wait_for(asyncio.to_thread(fn, *args), TIMEOUT_S)
+            return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._readers, fn, *args), TIMEOUT_S)
         except Exception as exc:  # a Redis error, or no answer within TIMEOUT_S
             self._failed(exc)
             return None
@@ -146,15 +156,22 @@ class RedisMemory:
         return pipe.execute()[0]
 
     async def find_turn(self, turn: str) -> tuple[str, float] | None:
-        seen = self.local.turn_model(turn)
-        if seen is not None:
-            return seen
-        value = await self._read(self.r.get, self._key("turn", turn))
+        # The newer of the two: a loop that moved on another replica since this one answered it
+        # is on the model it moved to.
+        seen = [e for e in (self.local.turn_entry(turn), self._parse_turn(await self._read(self.r.get, self._key("turn", turn))))
+                if e is not None]
+        if not seen:
+            return None
+        model, propensity, _ = max(seen, key=lambda e: e[2])
+        return model, propensity
+
+    @staticmethod
+    def _parse_turn(value: str | None) -> tuple[str, float, float] | None:
         if value is None:
             return None
         try:
-            model, propensity = json.loads(value)
-            return str(model), float(propensity)
+            model, propensity, when = json.loads(value)
+            return str(model), float(propensity), float(when)
         except (ValueError, TypeError):
             return None  # not ours to trust
 
@@ -169,7 +186,7 @@ class RedisMemory:
 
     def turn_answered(self, turn: str, model: str, propensity: float) -> None:
         self.local.turn_answered(turn, model, propensity)
-        self._queue(self._key("turn", turn), json.dumps([model, propensity]), {"ex": int(TURN_TTL_S)})
+        self._queue(self._key("turn", turn), json.dumps([model, propensity, time.time()]), {"ex": int(TURN_TTL_S)})
 
     def answered(self, key: str, request_id: str) -> None:
         self.local.answered(key, request_id)
@@ -177,7 +194,7 @@ class RedisMemory:
             self._queue(self._key("regen", key), request_id, {"px": max(1, int(self.window_s * 1000))})
 
     def _queue(self, name: str, value: str, expiry: dict) -> None:
-        if not self._up():
+        if self._closed or not self._up():
             self.dropped += 1
             return
         try:
@@ -210,10 +227,13 @@ class RedisMemory:
                 return
 
     def close(self, wait_s: float = 2.0) -> None:
-        """Write what is queued (for at most `wait_s`), then close the connections."""
+        """Write what is queued (for at most `wait_s` in all), then close the connections."""
+        self._closed = True
+        deadline = time.monotonic() + wait_s
         try:
             self._writes.put(None, timeout=wait_s)
         except queue.Full:
             pass
-        self._writer.join(wait_s)
+        self._writer.join(max(0.0, deadline - time.monotonic()))
+        self._readers.shutdown(wait=False, cancel_futures=True)
         self.r.close()

@@ -124,7 +124,11 @@ def test_a_share_that_jumps_past_the_target_is_an_error_naming_the_shares_either
     capsys.readouterr()
     assert main(["calibrate", "--data", str(data), "--model", STRONG, "--share", "0.6"]) == 2
     err = capsys.readouterr().err
-    assert "share jumps past 60.0%" in err and err.count("at willingness_to_pay") == 2
+    assert "share jumps past 60.0%" in err
+    import re
+
+    knobs = re.findall(r"at willingness_to_pay ([0-9.e+-]+)", err)
+    assert len(knobs) == 2 and knobs[0] != knobs[1]  # each printed with the digits that give its own share
 
 
 def test_the_printed_knob_as_written_in_a_config_gives_the_printed_share_on_a_running_gateway(tmp_path):
@@ -162,3 +166,51 @@ def test_the_printed_knob_as_written_in_a_config_gives_the_printed_share_on_a_ru
     chosen = read_outcomes(db).chosen_model.tolist()
     assert len(chosen) == 36
     assert chosen.count(STRONG) / 36 == pytest.approx(result["share"])
+
+
+def test_a_templates_router_limits_and_profile_are_applied_as_the_gateway_applies_them(tmp_path, capsys):
+    from router.types import Constraints
+
+    config = _config(tmp_path)
+    template = tmp_path / "template.json"
+    template.write_text(json.dumps({"model": "team", "router": {"max_cost_usd": 0.0075}}))
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "0.2", "--config", str(config),
+                 "--request-template", str(template), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["profile"] == "team"
+    loaded = load_config(config)
+    profile = loaded.router.profiles["team"].model_copy(update={"willingness_to_pay": result["willingness_to_pay"]})
+    router = LearnedRouter.load(find_artifact(loaded.router.artifact, loaded))
+    picks = [router.route(view_chat_request({"messages": [{"role": "user", "content": t}]}), catalog=loaded.models,
+                          profile=profile, constraints=Constraints(max_cost_usd=0.0075)).model for t in _prompts()]
+    assert picks.count(STRONG) / len(picks) == pytest.approx(result["share"])
+    # A limit naming a model the catalog lacks, or a template routed elsewhere, is refused as the gateway refuses it.
+    template.write_text(json.dumps({"router": {"allowed_models": ["gpt-5"]}}))
+    assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "0.2", "--config", str(config),
+                 "--request-template", str(template)]) == 2
+    assert "names unknown models: gpt-5" in capsys.readouterr().err
+    template.write_text(json.dumps({"model": STRONG}))
+    assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "0.2", "--config", str(config),
+                 "--request-template", str(template)]) == 2
+    assert "a named model is not routed" in capsys.readouterr().err
+    template.write_text(json.dumps({"model": "team"}))
+    assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "0.2", "--config", str(config),
+                 "--profile", "other", "--request-template", str(template)]) == 2
+    assert "disagree" in capsys.readouterr().err
+
+
+def test_a_messages_column_is_taken_whole_and_a_bad_cell_is_named(tmp_path, capsys):
+    chats = [json.dumps([{"role": "system", "content": "Be brief."}, {"role": "user", "content": t}]) for t in _prompts()]
+    data = tmp_path / "chats.csv"
+    import pandas as pd
+
+    pd.DataFrame({"messages": [*chats, ""]}).to_csv(data, index=False)  # an empty cell: no request, left out
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--data", str(data), "--model", STRONG, "--share", "0.3", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["requests"] == 36 and result["empty_requests"] == 1
+    pd.DataFrame({"messages": [chats[0], "[{not json"]}).to_csv(data, index=False)
+    capsys.readouterr()
+    assert main(["calibrate", "--data", str(data), "--model", STRONG, "--share", "0.3"]) == 2
+    assert "row 1: `messages` is not a JSON list" in capsys.readouterr().err

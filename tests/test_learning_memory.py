@@ -109,10 +109,12 @@ def test_a_failing_redis_is_left_alone_for_a_while_and_the_replicas_own_memory_s
     memory.answered("prompt", "req_1")
     assert asyncio.run(memory.find_turn("turn")) == ("m1", 1.0)
     assert asyncio.run(memory.take_repeat("prompt")) == "req_1"
-    memory.close()
     assert down.asked == ["get"] and memory.dropped == 2
     monkeypatch.setattr(session_memory.time, "monotonic", lambda: time.perf_counter() + 10 * session_memory.RETRY_AFTER_S)
     assert asyncio.run(memory.take_repeat("other")) is None and down.asked == ["get", "pipeline"]
+    memory.close()
+    memory.answered("late", "req_2")  # after close: not written, and counted
+    assert memory.dropped == 3
 
 
 def test_a_read_that_redis_holds_past_the_timeout_is_given_up_and_redis_left_alone():
@@ -122,3 +124,19 @@ def test_a_read_that_redis_holds_past_the_timeout_is_given_up_and_redis_left_alo
     assert not memory._up()  # given up by the deadline, not by the late error
     assert asyncio.run(memory.take_repeat("prompt")) is None and slow.asked == ["get"]
     memory.close()
+
+
+def test_a_loop_that_moved_on_another_replica_stays_on_the_model_it_moved_to(redis_url):
+    url, prefix = redis_url
+    a, b = (session_memory.RedisMemory(session_memory.redis_client(url), prefix, WINDOW_S) for _ in range(2))
+    a.turn_answered("turn", "X", 0.5)  # step 1 on replica A
+    a.close()
+    assert asyncio.run(b.find_turn("turn")) == ("X", 0.5)
+    time.sleep(0.01)
+    b.turn_answered("turn", "Y", 0.5)  # step 2 on B moved (X was no longer eligible there)
+    b.close()
+    c = session_memory.RedisMemory(session_memory.redis_client(url), prefix, WINDOW_S)
+    c.local.turn_answered("turn", "X", 0.5)
+    c.local._turns["turn"] = ("X", 0.5, time.time() - 1.0)  # what A itself remembers: older than B's step
+    assert asyncio.run(c.find_turn("turn")) == ("Y", 0.5)  # step 3, back on A's memory
+    c.close()

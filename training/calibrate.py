@@ -70,14 +70,17 @@ def chat_bodies(path: str | Path, text_column: str | None = None, template: dict
     head = list(base.pop("messages", None) or [])
     bodies = []
     for i, value in enumerate(df[column].tolist()):
+        missing = value is None or (isinstance(value, float) and np.isnan(value))  # an empty cell
         if column == "messages":
-            chat = json.loads(value) if isinstance(value, str) else list(value) if value is not None else []
+            try:
+                chat = [] if missing else json.loads(value) if isinstance(value, str) else list(value)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{path}: row {i}: `messages` is not a JSON list of chat messages: {exc}") from None
             if not isinstance(chat, list) or not all(isinstance(m, dict) for m in chat):
                 raise ValueError(f"{path}: row {i}: `messages` is not a list of chat messages")
             bodies.append({**base, "messages": chat})
         else:
-            text = "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
-            bodies.append({**base, "messages": [*head, {"role": "user", "content": text}]})
+            bodies.append({**base, "messages": [*head, {"role": "user", "content": "" if missing else str(value)}]})
     return bodies
 
 
@@ -93,21 +96,42 @@ def load_template(path: str | None) -> dict | None:
     return template
 
 
-def printable_knob(w: float, share_at) -> str:
-    """The shortest decimal of `w` that gives the same share: a knob at a decision boundary,
-    rounded to 6 digits for the config, could send another share than the one printed."""
-    target = share_at(w)
-    for digits in (6, 8, 10, 12):
-        text = format(w, f".{digits}g")
-        if share_at(float(text)) == target:
-            return text
-    return repr(w)
+def template_limits(template: dict | None, config, profile_name: str | None) -> tuple[str | None, object]:
+    """The profile a template's `model` names and the limits of its `"router": {...}`, as the
+    gateway reads them from each request sent with it."""
+    from router.types import Constraints
+
+    template = template or {}
+    named = template.get("model")
+    if named is not None and config is None:
+        raise ValueError("--request-template names a `model`: give the gateway --config whose profile it is")
+    if named is not None:
+        if named not in config.router.profiles:
+            raise ValueError(f"--request-template's model {named!r} is not a routing profile of the config "
+                             f"({sorted(config.router.profiles)}): a named model is not routed")
+        if profile_name is not None and profile_name != named:
+            raise ValueError(f"--profile {profile_name!r} and the template's model {named!r} disagree")
+        profile_name = named
+    if template.get("router") is None:
+        return profile_name, Constraints()
+    if config is None:
+        raise ValueError("--request-template sets `router` limits: give --config, whose catalog they name")
+    from service.errors import ApiError
+    from service.routing import build_constraints
+    from service.schemas import RouterOptions
+
+    try:
+        return profile_name, build_constraints(RouterOptions.model_validate(template["router"]), {}, config)
+    except ApiError as exc:
+        raise ValueError(f"--request-template: {exc.message}") from None
 
 
-def calibrate(requests, embeddings, router, model: str, share: float, catalog=None, profile=None) -> dict:
+def calibrate(requests, embeddings, router, model: str, share: float, catalog=None, profile=None,
+              constraints=None) -> dict:
     """Everything but I/O: the calibrated knob and what it does on these requests."""
-    from router.policy import calibrate_willingness_to_pay, choose_batch, eligibility
+    from router.policy import calibrate_willingness_to_pay, choose_batch, eligibility, shortest_knob
     from router.predictor import Predictions
+    from router.types import Constraints
 
     pred = router.predict(requests, embeddings, catalog)
     if model not in pred.models:
@@ -118,7 +142,7 @@ def calibrate(requests, embeddings, router, model: str, share: float, catalog=No
         if profile.allowed_models is not None and model not in profile.allowed_models:
             raise ValueError(f"--model {model!r} is not among the profile's allowed_models {sorted(profile.allowed_models)}")
         latency_weight = profile.latency_weight
-        eligible &= eligibility(pred, requests, catalog, profile)
+        eligible &= eligibility(pred, requests, catalog, profile, constraints or Constraints())
     answerable = eligible.any(axis=1)
     if not answerable.any():
         raise ValueError("no request has a model that may answer it under these constraints")
@@ -126,7 +150,7 @@ def calibrate(requests, embeddings, router, model: str, share: float, catalog=No
                                                         pred.cost_usd, pred.latency_s)))
     eligible = eligible[answerable]
     wtp = calibrate_willingness_to_pay(pred, model, share, latency_weight, eligible=eligible)
-    knob = printable_knob(wtp, lambda w: tuple(choose_batch(pred, w, latency_weight, eligible=eligible)))
+    knob = shortest_knob(wtp, lambda w: tuple(choose_batch(pred, w, latency_weight, eligible=eligible)))
     chosen = choose_batch(pred, float(knob), latency_weight, eligible=eligible)
     counts = {m: int(np.sum(chosen == j)) for j, m in enumerate(pred.models)}
     shares = {m: n / len(chosen) for m, n in counts.items()}
@@ -149,22 +173,24 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         check_output_file(args.out, "--out")
     config = profile = catalog = None
-    profile_name = None
+    template = load_template(args.request_template)
+    if args.profile and not args.config:
+        raise ValueError("--profile names a routing profile of a gateway config: give --config too")
     if args.config:
         config = load_config(args.config)
-        profile_name = args.profile or config.router.default_profile
+    profile_name, constraints = template_limits(template, config, args.profile)
+    if config is not None:
+        profile_name = profile_name or config.router.default_profile
         if profile_name not in config.router.profiles:
             raise ValueError(f"--profile {profile_name!r} is not a profile of {args.config}: {sorted(config.router.profiles)}")
         profile, catalog = config.router.profiles[profile_name], config.models
-    elif args.profile:
-        raise ValueError("--profile names a routing profile of a gateway config: give --config too")
     # --router is a path as typed (from the working directory); the config's own artifact is
     # found as the gateway finds it.
     artifact = (Path(args.router) if args.router else find_artifact(config.router.artifact, config) if config is not None
                 else default_artifact())
     if not artifact.exists():
         raise FileNotFoundError(f"{artifact}: no such router artifact")
-    requests = [view_chat_request(b) for b in chat_bodies(args.data, args.text_column, load_template(args.request_template))]
+    requests = [view_chat_request(b) for b in chat_bodies(args.data, args.text_column, template)]
     keep = [i for i, r in enumerate(requests) if r.text.strip()]
     if not keep:
         raise ValueError(f"{args.data}: every request's user message is empty")
@@ -173,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%d requests with an empty user message in %s left out", empty, args.data)
     requests = [requests[i] for i in keep]
     router = LearnedRouter.load(artifact)
-    result = calibrate(requests, encode_cached([r.text for r in requests]), router, args.model, args.share, catalog, profile)
+    result = calibrate(requests, encode_cached([r.text for r in requests]), router, args.model, args.share, catalog, profile,
+                       constraints)
     result.update(data=str(args.data), router=str(artifact), config=args.config, profile=profile_name,
                   request_template=args.request_template, empty_requests=empty)
     print(format_result(result))
