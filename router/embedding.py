@@ -10,10 +10,10 @@ transformers (seconds to import, ~1 ms per request once loaded) never enter a se
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import importlib.util
+import logging
 import os
 import sqlite3
 import threading
@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 DIM = 384
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
 # 256 wordpieces never need more characters than this: tokenizing (under the tokenizer's lock)
@@ -217,13 +218,49 @@ def _list_memo_path(texts: Sequence[str]) -> Path:
     return cache_dir() / "embeddings" / f"{h.hexdigest()[:24]}.npy"
 
 
-def _text_memo() -> sqlite3.Connection:
+def _text_memo() -> sqlite3.Connection | None:
+    """The memo database, or None where it cannot be opened: the memo only saves time, so a
+    read-only or full cache folder costs embedding again, never the job."""
     path = cache_dir() / "embeddings" / "texts.sqlite"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=60)  # shared by concurrent jobs (training, eval, tests)
-    db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
-    db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, text BLOB, vector BLOB, PRIMARY KEY (model, text)) WITHOUT ROWID")
-    return db
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, timeout=60)  # shared by concurrent jobs (training, eval, tests)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+        except sqlite3.OperationalError:
+            pass  # another process is switching it at this moment: the mode is the file's, set once
+        db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, text BLOB, vector BLOB, PRIMARY KEY (model, text)) WITHOUT ROWID")
+        return db
+    except (OSError, sqlite3.Error):
+        pass
+    try:  # a read-only folder: WAL readers need to write beside the file, an immutable reader does not
+        return sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True) if path.exists() else None
+    except sqlite3.Error:
+        return None
+
+
+def _memo_read(db: sqlite3.Connection | None, model: str, keys: list[bytes]) -> dict[bytes, bytes]:
+    known: dict[bytes, bytes] = {}
+    if db is None:
+        return known
+    try:
+        for start in range(0, len(keys), 500):  # SQLite caps the parameters of one statement
+            part = keys[start : start + 500]
+            known.update(db.execute(f"SELECT text, vector FROM vectors WHERE model = ? AND text IN ({','.join('?' * len(part))})",
+                                    [model, *part]))
+    except sqlite3.Error as exc:
+        log.warning("embedding memo unreadable (%s): embedding again", exc)
+    return known
+
+
+def _memo_write(db: sqlite3.Connection | None, rows: list[tuple[str, bytes, bytes]]) -> None:
+    if db is None:
+        return
+    try:
+        with db:
+            db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?)", rows)
+    except sqlite3.Error as exc:  # a full disk, a read-only folder: the vectors are still returned
+        log.warning("embedding memo not written (%s)", exc)
 
 
 def encode_cached(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -241,21 +278,18 @@ def encode_cached(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     # bit for bit on 1,200 RouterBench prompts, docs/BENCHMARKS.md).
     model = f"{_weights_digest()}-{variant()}"
     vecs = np.empty((len(distinct), DIM), dtype=np.float32)
-    with contextlib.closing(_text_memo()) as db:
-        known: dict[bytes, bytes] = {}
-        for start in range(0, len(keys), 500):  # SQLite caps the parameters of one statement
-            part = keys[start : start + 500]
-            rows = db.execute(f"SELECT text, vector FROM vectors WHERE model = ? AND text IN ({','.join('?' * len(part))})",
-                              [model, *part])
-            known.update(rows)
+    db = _text_memo()
+    try:
+        known = _memo_read(db, model, keys)
         for i, k in enumerate(keys):
             if k in known:
                 vecs[i] = np.frombuffer(known[k], dtype=np.float32)
         missing = [i for i, k in enumerate(keys) if k not in known]
         if missing:
             vecs[missing] = shared_embedder().encode([distinct[i] for i in missing], batch_size=batch_size)
-            with db:
-                db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?)",
-                               [(model, keys[i], vecs[i].tobytes()) for i in missing])
+            _memo_write(db, [(model, keys[i], vecs[i].tobytes()) for i in missing])
+    finally:
+        if db is not None:
+            db.close()
     row = {t: i for i, t in enumerate(distinct)}
     return vecs[[row[t] for t in heads]]

@@ -210,3 +210,72 @@ def test_a_restart_round_trips_tombstones_reused_ids_and_a_rebuild_cut_short(ver
     assert all(i != other.id or s < 0.99 for i, s in found)  # the reused id answers with its own vector only
     assert get(reopened, embed, body("Which river flows through the capital?")).entry.id == other.id
     reopened.close()
+
+
+def _full_of_tombstones(index: SemanticIndex, n: int, rng) -> np.ndarray:
+    """An HNSW bucket of `n` vectors, then removals up to the quarter that starts a rebuild."""
+    vecs = unit(rng, n, 64)
+    index.add_many("ctx", list(range(n)), vecs)
+    for i in range(n // 3 + 1):
+        index.remove("ctx", i)
+    return vecs
+
+
+def test_a_shutdown_stops_a_running_build_instead_of_letting_it_finish(held, monkeypatch):
+    built = []
+    build = semantic.build_index
+
+    def recorded(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(semantic, "build_index", recorded)  # wraps the held build: records what it returns
+    monkeypatch.setattr(semantic, "BUILD_SLICE", 16)
+    index = SemanticIndex(64, hnsw_from=200)
+    held.armed = True
+    _full_of_tombstones(index, 1200, np.random.default_rng(3))
+    assert held.started.wait(30)
+    run_in_thread(lambda: index.stop(wait_s=0))
+    held.release.set()
+    assert index.wait_for_rebuilds(30)
+    assert built and built[-1].ntotal == 0  # not one slice inserted after the shutdown
+
+
+def test_a_failing_rebuild_is_not_retried_at_every_put(monkeypatch):
+    attempts = []
+
+    def failing(dim, hnsw, ids, vectors):
+        if threading.current_thread() is threading.main_thread():
+            return build(dim, hnsw, ids, vectors)
+        attempts.append(len(ids))
+        raise MemoryError("no room for the new graph")
+
+    build = semantic.build_index
+    monkeypatch.setattr(semantic, "build_index", failing)
+    index = SemanticIndex(64, hnsw_from=200)
+    rng = np.random.default_rng(4)
+    _full_of_tombstones(index, 600, rng)
+    assert index.wait_for_rebuilds(30) and len(attempts) == 1
+    for i, v in enumerate(unit(rng, 100, 64)):  # puts that would each have started another attempt
+        index.add("ctx", 10_000 + i, v)
+        index.remove("ctx", 400 + i)
+    assert index.wait_for_rebuilds(30) and len(attempts) == 1
+    assert all(p[0] not in range(201) for p in index.search("ctx", unit(rng, 1, 64)[0], 4))  # the old index serves
+
+
+def test_a_context_emptied_below_the_hnsw_size_during_a_rebuild_turns_exact_at_once(held):
+    index = SemanticIndex(64, hnsw_from=200)
+    held.armed = True
+    rng = np.random.default_rng(5)
+    vecs = _full_of_tombstones(index, 600, rng)
+    assert held.started.wait(30)
+    for i in range(201, 500):  # down to 100 live entries while the rebuild is held
+        index.remove("ctx", i)
+    bucket = index.buckets["ctx"]
+    assert not bucket.hnsw and not bucket.rebuilding
+    live = np.arange(500, 600)
+    q = unit(rng, 1, 64)[0]
+    assert [e for e, _ in index.search("ctx", q, 4)] == list(live[np.argsort(-(vecs[live] @ q))[:4]])
+    held.release.set()
+    assert index.wait_for_rebuilds(30)
+    assert index.buckets["ctx"] is bucket and not bucket.hnsw  # the stale job did not swap its graph in

@@ -126,6 +126,31 @@ def test_a_grown_table_embeds_only_its_new_rows(fresh_cache, embedded):
     np.testing.assert_array_equal(grown[6], shared_embedder().encode_one(TEXTS[8]))
 
 
+def test_a_memo_that_cannot_be_written_costs_embedding_again_never_the_job(fresh_cache, embedded, monkeypatch):
+    import sqlite3
+
+    import router.embedding as embedding
+
+    first = encode_cached(TEXTS[:3])
+    embedded.clear()
+    connect = sqlite3.connect
+
+    def read_only_folder(target, *args, uri=False, **kwargs):
+        # What a read-only or full folder does to a WAL database: only an immutable reader opens.
+        if not uri:
+            raise sqlite3.OperationalError("unable to open database file")
+        return connect(target, *args, uri=uri, **kwargs)
+
+    monkeypatch.setattr(embedding.sqlite3, "connect", read_only_folder)
+    np.testing.assert_array_equal(encode_cached(TEXTS[:3]), first)
+    assert embedded == []  # read from the memo all the same
+    grown = encode_cached(TEXTS[:4])  # a new text: embedded, returned, not memoised
+    assert embedded == [TEXTS[3]]
+    np.testing.assert_array_equal(grown[3], shared_embedder().encode_one(TEXTS[3]))
+    (fresh_cache / "embeddings" / "texts.sqlite").unlink()
+    np.testing.assert_array_equal(encode_cached(TEXTS[:3]), first)  # no memo at all: embedded again
+
+
 def test_a_whole_list_memo_of_an_earlier_release_is_still_read(fresh_cache, embedded):
     from router.embedding import _list_memo_path
 

@@ -273,8 +273,10 @@ class ResponseCache:
             self._index.clear()
 
     def close(self) -> None:
+        # Outside the lock, which the rebuild thread takes to notice it is stopped: a rebuild in
+        # flight is dropped, and the snapshot holds the index that served.
+        self._index.stop()
         with self._lock:
-            self._index.stop()  # a rebuild in flight is dropped: the snapshot holds the index that served
             folder = self._snapshot_dir()
             if folder is not None:
                 try:

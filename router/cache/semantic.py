@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 64
 COPY_SLICE = 4096  # vectors copied per hold of the lock during a rebuild: 6 MB, about a millisecond
 CATCH_UP = 32  # adds made during a rebuild that the swap inserts under the lock (~0.5 ms each in HNSW); more are inserted before it
+BUILD_SLICE = 1024  # vectors inserted between checks that the build is still wanted (a shutdown stops it within ~0.5 s)
+RETRY_AFTER_S = 60.0  # after a failed background rebuild the old index serves on this long before another try
 
 
 def _faiss():
@@ -76,6 +79,7 @@ class Rebuild:
     of the vector at new position j, `live` the new position of each entry id copied so far."""
 
     hnsw: bool
+    generation: int  # the bucket's index generation it started from: a newer index makes it stale
     upto: int  # the old index's size when it was last copied: later positions are still to copy
     positions: np.ndarray
     ids: np.ndarray
@@ -100,9 +104,12 @@ class Bucket:
         self.hnsw_from = hnsw_from
         self.live: dict[int, int] = {}  # entry id -> its position in the index
         self.rebuilding = False
+        self.generation = 0  # bumped at every swap: a background job started before it is stale
+        self.retry_at = 0.0  # monotonic time before which a failed rebuild is not tried again
         self._swap(build_index(dim, False, np.empty(0, np.int64), np.empty((0, dim), np.float32)), False, np.zeros(0, np.uint8))
 
     def _swap(self, index, hnsw: bool, dead_bits: np.ndarray) -> None:
+        self.generation += 1
         self._index = index
         self._inner = _faiss().downcast_index(index.index)
         self.hnsw = hnsw
@@ -169,6 +176,10 @@ class Bucket:
 
     def wants_rebuild(self) -> bool:
         if self.rebuilding:
+            # Emptied below the HNSW size meanwhile: an exact flat index now (milliseconds) beats
+            # searching a graph whose tombstones pile up until the job ends (recall 0.62 at 97 %).
+            return self.hnsw and len(self.live) < self.hnsw_from
+        if time.monotonic() < self.retry_at:
             return False
         return (not self.hnsw and len(self.live) >= self.hnsw_from) or (self.dead > 0 and self.dead * 4 >= len(self.live) + self.dead)
 
@@ -180,7 +191,8 @@ class Bucket:
     def begin_rebuild(self) -> Rebuild:
         positions = np.fromiter(self.live.values(), dtype=np.int64, count=len(self.live))
         ids = np.fromiter(self.live.keys(), dtype=np.int64, count=len(self.live))
-        return Rebuild(hnsw=len(self.live) >= self.hnsw_from, upto=self._index.ntotal, positions=positions, ids=ids)
+        return Rebuild(hnsw=len(self.live) >= self.hnsw_from, generation=self.generation, upto=self._index.ntotal,
+                       positions=positions, ids=ids)
 
     def copy(self, positions: np.ndarray) -> np.ndarray:
         if not len(positions):
@@ -298,7 +310,7 @@ class SemanticIndex:
         if not b.wants_rebuild():
             return
         if len(b.live) < self.hnsw_from:
-            b.compact()  # a flat index of fewer than hnsw_from vectors: copied in a few milliseconds
+            b.compact()  # a flat index of fewer than hnsw_from vectors: copied in a few milliseconds (a job running is now stale)
             return
         if self._stopped:
             return
@@ -321,28 +333,38 @@ class SemanticIndex:
                 job = bucket.begin_rebuild()
             try:
                 self._rebuild(fingerprint, bucket, job)
-            except Exception:  # a failed rebuild leaves the old index serving; the next removal retries
-                log.exception("cache: rebuilding the index of a context failed")
+            except Exception:  # the old index serves on; a failing build is not retried at every put
+                log.exception("cache: rebuilding the index of a context failed; retrying in %.0f s at the earliest",
+                              RETRY_AFTER_S)
                 with self._lock:
-                    bucket.rebuilding = False
+                    if bucket.generation == job.generation:
+                        bucket.rebuilding = False
+                        bucket.retry_at = time.monotonic() + RETRY_AFTER_S
 
-    def _current(self, fingerprint: str, bucket: Bucket) -> bool:
-        """Whether the rebuild of `bucket` is still wanted (not emptied, cleared or shut down)."""
-        return not self._stopped and self.buckets.get(fingerprint) is bucket
+    def _current(self, fingerprint: str, bucket: Bucket, job: Rebuild) -> bool:
+        """Whether `job` is still wanted: not shut down, its bucket not emptied or cleared, and
+        no newer index swapped in since it began. The caller holds the lock."""
+        return not self._stopped and self.buckets.get(fingerprint) is bucket and bucket.generation == job.generation
 
     def _rebuild(self, fingerprint: str, bucket: Bucket, job: Rebuild) -> None:
         vectors = np.empty((len(job.positions), self.dim), dtype=np.float32)
         for start in range(0, len(job.positions), COPY_SLICE):
             with self._lock:
-                if not self._current(fingerprint, bucket):
+                if not self._current(fingerprint, bucket, job):
                     return
                 vectors[start:start + COPY_SLICE] = bucket.copy(job.positions[start:start + COPY_SLICE])
-        job.index = build_index(self.dim, job.hnsw, job.ids, vectors)
+        job.index = build_index(self.dim, job.hnsw, job.ids[:0], vectors[:0])
+        # In slices, so that a shutdown or a newer index stops a build that would take a minute.
+        for start in range(0, len(job.ids), BUILD_SLICE):
+            with self._lock:
+                if not self._current(fingerprint, bucket, job):
+                    return
+            job.index.add_with_ids(vectors[start:start + BUILD_SLICE], job.ids[start:start + BUILD_SLICE])
         del vectors
         job.live = {int(i): j for j, i in enumerate(job.ids)}
         while True:
             with self._lock:
-                if not self._current(fingerprint, bucket):
+                if not self._current(fingerprint, bucket, job):
                     return
                 added = bucket.added_since(job)
                 if len(added[0]) <= CATCH_UP:
@@ -362,10 +384,12 @@ class SemanticIndex:
             worker = self._worker
         return True
 
-    def stop(self) -> None:
-        """Drop queued and running rebuilds (shutdown): the old indexes stay as they are."""
+    def stop(self, wait_s: float = 2.0) -> None:
+        """Drop queued and running rebuilds (shutdown): the old indexes stay as they are. The
+        running one stops at its next slice; the caller must not hold the lock."""
         self._stopped = True
         self._queue.clear()
+        self.wait_for_rebuilds(wait_s)
 
     def save(self, folder: Path) -> int:
         """Write every HNSW index (flat ones rebuild in milliseconds) into `folder`, replacing
