@@ -179,8 +179,8 @@ class Bucket:
             # Emptied below the HNSW size meanwhile: an exact flat index now (milliseconds) beats
             # searching a graph whose tombstones pile up until the job ends (recall 0.62 at 97 %).
             return self.hnsw and len(self.live) < self.hnsw_from
-        if time.monotonic() < self.retry_at:
-            return False
+        if time.monotonic() < self.retry_at and len(self.live) >= self.hnsw_from:
+            return False  # only the background build failed: compacting a flat index still runs
         return (not self.hnsw and len(self.live) >= self.hnsw_from) or (self.dead > 0 and self.dead * 4 >= len(self.live) + self.dead)
 
     def vector(self, entry_id: int) -> np.ndarray:
