@@ -20,6 +20,7 @@ from router.feedback_log import (
     feedback_query,
 )
 from router.outcome_store_pg import pg_text
+from router.store_errors import setting_up
 
 _LOCK = 0x66656564626B  # advisory lock id shared by every replica, distinct from the outcome log's
 
@@ -29,7 +30,7 @@ class PostgresFeedbackLog:
         from psycopg_pool import ConnectionPool
 
         self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=True)
-        with self._pool.connection() as conn, conn.transaction():
+        with setting_up("feedback log", url, self._pool.close), self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS feedback (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "

@@ -182,7 +182,7 @@ class SQLiteStore:
 
     def read(self, since: float | None = None, limit: int | None = None,
              columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        sql, args = read_query(select_list(columns) if columns else "*", "?", since, limit)
+        sql, args = read_query(select_list(columns), "?", since, limit)
         with self._read_lock:
             return [from_row(dict(r)) for r in self._reader.execute(sql, args)]
 

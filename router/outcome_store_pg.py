@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Sequence
 
 from router.outcome_log import COLUMNS, OutcomeRecord, from_row, read_query, select_list, to_row
-from router.store_errors import redact_url, setup_hint
+from router.store_errors import setting_up
 
 _PG_TYPES = {
     "ts": "DOUBLE PRECISION", "stream": "BIGINT", "simulated": "BIGINT", "embedding": "BYTEA", "input_tokens_est": "BIGINT",
@@ -29,21 +29,16 @@ def pg_text(row: dict[str, Any]) -> dict[str, Any]:
 
 class PostgresStore:
     def __init__(self, url: str, max_size: int = 4):
-        import psycopg
         from psycopg_pool import ConnectionPool
 
         self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=True)
-        try:
-            with self._pool.connection() as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
-                conn.execute("CREATE TABLE IF NOT EXISTS outcomes (request_id TEXT PRIMARY KEY)")
-                for col in COLUMNS:
-                    if col != "request_id":
-                        conn.execute(f"ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS {col} {_PG_TYPES.get(col, 'TEXT')}")
-                conn.execute("CREATE INDEX IF NOT EXISTS outcomes_ts ON outcomes (ts)")
-        except psycopg.Error as exc:
-            self._pool.close()
-            raise ValueError(f"outcome log {redact_url(url)}: cannot set up its table: {setup_hint(exc)}") from None
+        with setting_up("outcome log", url, self._pool.close), self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS outcomes (request_id TEXT PRIMARY KEY)")
+            for col in COLUMNS:
+                if col != "request_id":
+                    conn.execute(f"ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS {col} {_PG_TYPES.get(col, 'TEXT')}")
+            conn.execute("CREATE INDEX IF NOT EXISTS outcomes_ts ON outcomes (ts)")
 
     def write_many(self, records: Sequence[OutcomeRecord]) -> None:
         rows = [pg_text(to_row(r)) for r in records]

@@ -126,7 +126,7 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
         n_turns=max(n_turns, 1),
         has_tools=bool(tools),
         needs=frozenset(needs),
-        max_output_tokens=int(max_out) if isinstance(max_out, int) else None,
+        max_output_tokens=max_out,
         answers=n if isinstance(n, int) and n > 1 else 1,
         system_text="\n".join(system_parts),
     )

@@ -3,6 +3,8 @@ operator is missing where a PostgreSQL error is a known one."""
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 
 def redact_url(url: str) -> str:
@@ -25,3 +27,16 @@ def setup_hint(exc: Exception) -> str:
     if getattr(exc, "sqlstate", None) == "3F000":  # invalid_schema_name: search_path names no existing schema
         text += " (the URL's search_path names a schema that does not exist: CREATE SCHEMA it first)"
     return text
+
+
+@contextmanager
+def setting_up(what: str, url: str, close: Callable[[], None]) -> Iterator[None]:
+    """A PostgreSQL store's table set-up: an error there closes the store and becomes one line
+    naming the store, its URL without the password and the missing step, not a traceback."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.Error as exc:
+        close()
+        raise ValueError(f"{what} {redact_url(url)}: cannot set up its tables: {setup_hint(exc)}") from None

@@ -90,13 +90,13 @@ def test_pick_k_prefers_large_k_on_pure_noise_and_small_k_on_clusters():
     emb = rng.normal(size=(300, 16))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     noise = rng.random((300, 2))
-    assert pick_k(emb, noise, noise) >= 40
+    assert pick_k(emb, noise) >= 40
     centres = rng.normal(size=(30, 16))
     label = np.arange(300) % 30
     clustered = centres[label] + 0.01 * rng.normal(size=(300, 16))
     clustered /= np.linalg.norm(clustered, axis=1, keepdims=True)
     outcome = np.stack([(label % 2).astype(float), 1.0 - (label % 2)], axis=1)
-    assert pick_k(clustered, outcome, outcome) <= 5
+    assert pick_k(clustered, outcome) <= 5
 
 
 def test_knn_crossfit_never_sees_a_copy_of_the_prompt():
@@ -135,7 +135,7 @@ def test_blocked_knn_predict_matches_the_whole_matrix(monkeypatch, k):
     rng = np.random.default_rng(3)
     train_emb, train_q, train_g = _grouped_problem(rng, 300, 40)
     test_emb, _, test_g = _grouped_problem(rng, 101, 40)
-    monkeypatch.setattr(bl, "KNN_BLOCK", 300 * 7, raising=False)  # blocks of 7 rows, the last one short
+    monkeypatch.setattr(bl, "KNN_BLOCK", 300 * 7)  # blocks of 7 rows, the last one short
     qh, ch = knn_predict(train_emb, train_q, 2 * train_q, test_emb, k, train_g, test_g)
     ref = _reference_knn(train_emb, train_q, test_emb, k, train_g, test_g)
     np.testing.assert_allclose(qh, ref, rtol=1e-12)
@@ -147,7 +147,7 @@ def test_knn_caps_k_to_the_fewest_eligible_neighbours(monkeypatch):
     rng = np.random.default_rng(4)
     emb, q, _ = _grouped_problem(rng, 60, 10)
     groups = np.where(np.arange(60) < 55, 0, np.arange(60))
-    monkeypatch.setattr(bl, "KNN_BLOCK", 60 * 8, raising=False)
+    monkeypatch.setattr(bl, "KNN_BLOCK", 60 * 8)
     qh, _ = knn_predict(emb, q, q, emb, 20, groups, groups)
     np.testing.assert_allclose(qh, _reference_knn(emb, q, emb, 5, groups, groups), rtol=1e-12)
 
@@ -155,9 +155,9 @@ def test_knn_caps_k_to_the_fewest_eligible_neighbours(monkeypatch):
 def test_pick_k_matches_the_leave_one_group_out_errors_of_the_reference(monkeypatch):
     rng = np.random.default_rng(5)
     emb, q, groups = _grouped_problem(rng, 400, 60)
-    monkeypatch.setattr(bl, "KNN_BLOCK", 400 * 33, raising=False)
+    monkeypatch.setattr(bl, "KNN_BLOCK", 400 * 33)
     errs = {k: ((_reference_knn(emb, q, emb, k, groups, groups) - q) ** 2).mean() for k in bl.KNN_KS}
-    assert pick_k(emb, q, q, groups) == min(errs, key=errs.get)
+    assert pick_k(emb, q, groups) == min(errs, key=errs.get)
 
 
 def test_pick_k_never_holds_a_whole_similarity_matrix(monkeypatch):
@@ -165,10 +165,10 @@ def test_pick_k_never_holds_a_whole_similarity_matrix(monkeypatch):
     rng = np.random.default_rng(6)
     emb, q, groups = _grouped_problem(rng, 2000, 300, dim=16)
     emb = emb.astype(np.float32)
-    monkeypatch.setattr(bl, "KNN_BLOCK", 2000 * 100, raising=False)
+    monkeypatch.setattr(bl, "KNN_BLOCK", 2000 * 100)
     tracemalloc.start()
     try:
-        pick_k(emb, q, q, groups)
+        pick_k(emb, q, groups)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -111,8 +111,9 @@ def test_without_a_config_the_artifacts_models_are_calibrated_at_their_training_
     requests = [view_chat_request({"messages": [{"role": "user", "content": t}]}) for t in _prompts()]
     from router.policy import choose_batch
 
-    picks = choose_batch(router.predict(requests), result["willingness_to_pay"])
-    assert (picks == router.predict(requests).column(STRONG)).mean() == pytest.approx(result["share"])
+    pred = router.predict(requests)
+    picks = choose_batch(pred, result["willingness_to_pay"])
+    assert (picks == pred.column(STRONG)).mean() == pytest.approx(result["share"])
     assert sorted(result["shares"]) == sorted(router.models) and result["profile"] is None
 
 

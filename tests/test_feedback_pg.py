@@ -93,3 +93,18 @@ def test_shadow_decisions_are_recorded_in_postgres_and_reported(shadow_artifact,
     report = json.loads((out / "shadow_report.json").read_text())
     assert report["overall"]["requests"] == len(prompts)
     assert report["ope"]["n"] == len(ids)  # the retraining reader joined every outcome to its PostgreSQL feedback
+
+
+def test_every_postgres_store_names_a_schema_that_does_not_exist(pg_url):
+    # One set-up guard for the three stores: the feedback log's raised a bare psycopg traceback.
+    import pytest
+
+    from router.feedback_store_pg import PostgresFeedbackLog
+    from router.outcome_store_pg import PostgresStore
+    from service.governance.db import open_database
+
+    missing = pg_url.rsplit("%3D", 1)[0] + "%3Dno_such_schema_here"
+    for what, opener in (("feedback log", PostgresFeedbackLog), ("outcome log", PostgresStore),
+                         ("governance database", open_database)):
+        with pytest.raises(ValueError, match=f"^{what} .*cannot set up its tables: .*CREATE SCHEMA it first"):
+            opener(missing)

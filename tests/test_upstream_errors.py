@@ -3,6 +3,8 @@ real server: every one is a classified `UpstreamError` the gateway fails over on
 that would reach the client as a 500."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from router.config import ModelSpec, Price, ProviderSpec
@@ -87,7 +89,10 @@ async def test_an_error_response_of_any_shape_is_classified_by_its_status(server
     with pytest.raises(UpstreamError) as info:
         await call(provider, False)
     assert (info.value.kind, info.value.status) == ({400: "bad_request", 429: "rate_limit", 503: "server"}[status], status)
-    assert isinstance(info.value.message, str) and info.value.code is None
+    # The error's own words where it has them, else the body as the upstream sent it.
+    message = info.value.message
+    assert (message == "quota exceeded") if body == {"error": "quota exceeded"} else (json.loads(message) == body)
+    assert info.value.code is None
 
 
 TEXT = {"type": "text", "text": "hi"}

@@ -156,7 +156,7 @@ def knn_predict(train_emb, train_q, train_c, test_emb, k: int, train_groups=None
     return neighbour_means(train_q, nn, {k})[k], neighbour_means(train_c, nn, {k})[k]
 
 
-def pick_k(emb, quality, cost, groups=None, ks=KNN_KS) -> int:
+def pick_k(emb, quality, groups=None, ks=KNN_KS) -> int:
     """k with the lowest leave-one-out squared error of predicted quality on the training rows
     (leave one group out: a prompt's duplicates would make any k look perfect)."""
     groups = np.arange(len(emb)) if groups is None else np.asarray(groups)
@@ -176,7 +176,7 @@ def pick_k(emb, quality, cost, groups=None, ks=KNN_KS) -> int:
 
 
 def knn_fit_predict(train_emb, train_q, train_c, test_emb, train_groups=None) -> tuple[np.ndarray, np.ndarray, int]:
-    k = pick_k(train_emb, train_q, train_c, train_groups)
+    k = pick_k(train_emb, train_q, train_groups)
     q_hat, c_hat = knn_predict(train_emb, train_q, train_c, test_emb, k)
     return q_hat, c_hat, k
 

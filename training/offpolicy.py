@@ -14,7 +14,6 @@ logged candidate), so two routers differ only in what they predict about quality
 """
 from __future__ import annotations
 
-import json
 from array import array
 from collections import namedtuple
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from router import ope
-from router.outcome_log import failed_by_its_models, judges_chosen_model
+from router.outcome_log import failed_by_its_models, from_row, judges_chosen_model
 
 
 @dataclass
@@ -95,9 +94,7 @@ _USABLE_SQL = ("candidates IS NOT NULL AND propensity IS NOT NULL AND chosen_mod
 
 
 def _decoded(raw) -> _Logged:
-    row = _Logged._make(raw)
-    return row._replace(**{k: json.loads(getattr(row, k)) for k in ("candidates", "attempts", "extras")
-                           if getattr(row, k) is not None})
+    return _Logged(**from_row(dict(zip(_Logged._fields, raw))))  # the JSON columns decoded as every reader does
 
 
 def _reward(row: _Logged, rewards: dict[str, float]) -> float | None:

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from router.store_errors import redact_url, setup_hint
+from router.store_errors import redact_url, setting_up
 
 CONNECT_TIMEOUT_S = 10.0  # a PostgreSQL that does not answer at start-up: a clear error, not a 30 s hang and a traceback
 
@@ -149,13 +149,8 @@ def open_database(url: str) -> Database:
     if db.dialect != "postgres":
         migrate(db)
         return db
-    import psycopg
-
-    try:
+    with setting_up("governance database", url, db.close):
         migrate(db)
-    except psycopg.Error as exc:  # a start-up error that names the missing step, not a traceback
-        db.close()
-        raise ValueError(f"governance database {redact_url(url)}: cannot set up its tables: {setup_hint(exc)}") from None
     return db
 
 

@@ -84,7 +84,7 @@ class GovernanceHook:
 
     async def pre(self, ctx: RequestContext) -> dict[str, Any] | None:
         # The chat endpoint identified the caller before reading the body.
-        caller = ctx.extras.get("caller") or await self.auth.identify(ctx.headers)
+        caller = ctx.extras["caller"]
         if caller.key is None:
             if caller.kind == "master":
                 ctx.key_label = "master"
