@@ -63,7 +63,7 @@ EXAMPLE_DEPTH, EXAMPLE_DEPTH_LIMIT = 8, 24
 EXAMPLE_NODES = 2000
 # minItems/minLength are honoured up to these bounds, so a hostile schema cannot make the reply huge.
 MAX_ITEMS, MAX_LENGTH = 4, 1000
-MAX_SCHEMA_DEPTH = 64  # deeper schemas are refused rather than walked into a RecursionError
+MAX_SCHEMA_DEPTH = 128  # levels, $refs followed included: deeper is refused rather than walked into a RecursionError
 STRING_FORMATS = {"date-time": "2024-01-01T00:00:00Z", "date": "2024-01-01", "time": "00:00:00Z",
                   "email": "user@example.com", "uri": "https://example.com/", "hostname": "example.com",
                   "ipv4": "127.0.0.1", "ipv6": "::1", "uuid": "00000000-0000-4000-8000-000000000000"}
@@ -118,12 +118,14 @@ def _described(value: Any) -> str:
 
 
 def schema_problem(schema: Any, root: dict[str, Any], where: tuple[str, ...] = (),
-                   followed: set[str] | None = None) -> str | None:
+                   followed: set[str] | None = None, depth: int = 0) -> str | None:
     """Why the simulator cannot build an instance of `schema`, in the words of OpenAI's 400, or None.
-    Each `$ref` target is checked once (`followed`), so recursive schemas are checked without looping."""
+    Each `$ref` target is checked once (`followed`), so recursive schemas are checked without looping.
+    `depth` counts the `$ref`s followed too: a target's path starts afresh, and a chain of a few
+    thousand references, each shallow, was a RecursionError (a 500 that counts against the model)."""
     followed = set() if followed is None else followed
     context = f"In context={where!r}, "
-    if len(where) > MAX_SCHEMA_DEPTH:
+    if depth > MAX_SCHEMA_DEPTH:
         return f"{context}schema is nested deeper than {MAX_SCHEMA_DEPTH} levels."
     if isinstance(schema, bool):  # JSON Schema's `true` (anything) and `false` (nothing)
         return None
@@ -155,7 +157,7 @@ def schema_problem(schema: Any, root: dict[str, Any], where: tuple[str, ...] = (
         children.append(((*where, "items"), schema["items"]))
     if isinstance(schema.get("additionalProperties"), dict):
         children.append(((*where, "additionalProperties"), schema["additionalProperties"]))
-    return next((p for path, sub in children if (p := schema_problem(sub, root, path, followed))), None)
+    return next((p for path, sub in children if (p := schema_problem(sub, root, path, followed, depth + 1))), None)
 
 
 def _allows_null(schema: Any) -> bool:

@@ -217,6 +217,19 @@ def test_schemas_keep_property_names_and_inline_references():
     assert clean_schema(nested) == {"type": "object", "properties": {"to": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
+def test_a_reference_chain_too_deep_to_inline_is_the_requests_fault_not_a_crash():
+    from service.providers import UpstreamError
+    from service.providers.gemini import clean_schema
+
+    chain = {f"a{i}": {"$ref": f"#/$defs/a{i + 1}"} for i in range(3000)} | {"a3000": {"type": "string"}}
+    with pytest.raises(UpstreamError) as info:
+        clean_schema({"type": "object", "properties": {"a": {"$ref": "#/$defs/a0"}}, "$defs": chain})
+    assert info.value.kind == "bad_request" and "$refs are inlined" in info.value.message
+    short = {f"a{i}": {"$ref": f"#/$defs/a{i + 1}"} for i in range(20)} | {"a20": {"type": "string"}}
+    assert clean_schema({"type": "object", "properties": {"a": {"$ref": "#/$defs/a0"}}, "$defs": short}) == {
+        "type": "object", "properties": {"a": {"type": "string"}}}
+
+
 def test_boolean_subschemas_are_sent_as_gemini_reads_them():
     from service.providers.gemini import clean_schema
 

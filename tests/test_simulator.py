@@ -210,6 +210,12 @@ def test_a_malformed_tool_schema_is_a_400_not_a_500(client, sim_url):
         ask(client, "gpt-4-1106-preview", "hi", tools=[{"type": "function", "function": {
             "name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}}}])
     assert info.value.code == "invalid_function_parameters"
+    # Shallow at every step but thousands of references long: followed, not recursed into a 500.
+    chain = {f"a{i}": {"$ref": f"#/$defs/a{i + 1}"} for i in range(3000)} | {"a3000": {"type": "string"}}
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(client, "gpt-4-1106-preview", "hi", tools=[{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"a": {"$ref": "#/$defs/a0"}}, "$defs": chain}}}])
+    assert "nested deeper than" in info.value.message
     # Input that never parses into a request is the client's fault too.
     assert httpx.post(f"{sim_url}/chat/completions", content=b"[" * 100_000).status_code == 400
 

@@ -49,20 +49,26 @@ _SCHEMA_KEYS = frozenset({
 })
 
 
-def clean_schema(schema: Any, defs: dict[str, Any] | None = None) -> Any:
+MAX_SCHEMA_DEPTH = 128  # levels once `$ref`s are inlined; deeper is the request's fault, not a RecursionError
+
+
+def clean_schema(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0) -> Any:
     """The schema in Gemini's dialect: `$ref`s to the schema's own `$defs` / `definitions` inlined
     (Gemini has no references), `allOf` merged, `oneOf` read as `anyOf`, a type list such as
     `["string", "null"]` written as one type and `nullable`, `const` and non-string enums (Gemini's
     enums are strings) kept as a string enum or told in the description, any other keyword dropped.
     Property *names* are data, not keywords: a parameter called `strict` stays."""
+    if depth > MAX_SCHEMA_DEPTH:
+        raise UpstreamError("bad_request", f"a schema nests deeper than {MAX_SCHEMA_DEPTH} levels once its $refs are inlined "
+                            "(Gemini takes no references)")
     if isinstance(schema, list):
-        return [clean_schema(v, defs) for v in schema]
+        return [clean_schema(v, defs, depth + 1) for v in schema]
     if not isinstance(schema, dict):
         return schema
     defs = {**(defs or {}), **(schema.get("$defs") or {}), **(schema.get("definitions") or {})}
     inlined, below = _inlined(schema, defs)
     if inlined is not schema:
-        return clean_schema(inlined, below)
+        return clean_schema(inlined, below, depth + 1)
     schema, defs = _merged_all_of(schema, defs)
     out: dict[str, Any] = {}
     for k, v in schema.items():
@@ -72,15 +78,15 @@ def clean_schema(schema: Any, defs: dict[str, Any] | None = None) -> Any:
             continue
         if k == "properties" and isinstance(v, dict):
             # `false` allows no value: a property that can never be sent is left out.
-            out[k] = {name: clean_schema(_as_schema(prop), defs) for name, prop in v.items() if prop is not False}
+            out[k] = {name: clean_schema(_as_schema(prop), defs, depth + 1) for name, prop in v.items() if prop is not False}
         elif k == "items" and isinstance(v, list):  # a tuple: Gemini has none, its first item's type stands
-            out[k] = clean_schema(_as_schema(v[0]), defs) if v else {}
+            out[k] = clean_schema(_as_schema(v[0]), defs, depth + 1) if v else {}
         elif k == "items":
-            out[k] = clean_schema(_as_schema(v), defs)
+            out[k] = clean_schema(_as_schema(v), defs, depth + 1)
         elif k == "anyOf" and isinstance(v, list):
-            out[k] = [clean_schema(_as_schema(option), defs) for option in v if option is not False]
+            out[k] = [clean_schema(_as_schema(option), defs, depth + 1) for option in v if option is not False]
         else:
-            out[k] = clean_schema(v, defs)
+            out[k] = clean_schema(v, defs, depth + 1)
     _one_type(out)
     _string_enum(out, schema.get("const", _ABSENT))
     return out
