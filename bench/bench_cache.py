@@ -50,6 +50,8 @@ def search_times(vectors: np.ndarray, sizes: list[int], queries: np.ndarray) -> 
         for kind, hnsw_from in (("flat", size + 1), ("hnsw", 1)):
             bucket = Bucket(vectors.shape[1], hnsw_from=hnsw_from)
             bucket.add_many(list(range(size)), vectors[:size])
+            if kind == "hnsw":
+                bucket.compact()
             assert bucket.hnsw == (kind == "hnsw")
             times = []
             for q in queries:

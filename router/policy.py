@@ -31,7 +31,8 @@ _TIE = 1e-12
 
 
 class NoEligibleModel(ValueError):
-    """Every candidate breaks a hard constraint; `decision.candidates` says which and why."""
+    """Every candidate breaks a hard constraint; `candidates` says which and why (the message
+    leaves out the models outside the allowed ones)."""
 
     def __init__(self, message: str, candidates: tuple[Candidate, ...]):
         super().__init__(message)
@@ -251,11 +252,15 @@ def decide(pred: Predictions, request: RoutingRequest, *, catalog: Sequence[Mode
         rows.append(Candidate(spec.name, p, float(pred.p_good_std[row, j]), out_tokens, cost, latency, u, why))
     ranked = _rank(rows)
     chosen = ranked[0] if ranked else None
+    # The reason and the error name only models inside the allowed ones: a client key's scope
+    # reaches the router as allowed models, and its client is not to learn of the others.
+    named = [c for c in ranked if allowed is None or c.model in allowed]
     if chosen is None or chosen.excluded is not None:
-        summary = "; ".join(f"{c.model}: {c.excluded}" for c in ranked) or "empty catalog"
+        summary = "; ".join(f"{c.model}: {c.excluded}" for c in named) or (
+            "no model of the catalog is allowed" if ranked else "empty catalog")
         raise NoEligibleModel(f"no model satisfies the request's constraints ({summary})", ranked)
     n_ok = sum(c.excluded is None for c in ranked)
-    excluded = [f"{c.model} ({c.excluded})" for c in ranked if c.excluded is not None]
+    excluded = [f"{c.model} ({c.excluded})" for c in named if c.excluded is not None]
     reason = (
         f"{chosen.model}: best utility {chosen.utility:.3f} of {n_ok} eligible "
         f"(P(good) {chosen.p_good:.2f}, ${chosen.cost_usd:.6f}, {chosen.latency_s:.1f}s; wtp ${wtp:g}/quality)"

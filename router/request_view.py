@@ -59,6 +59,54 @@ def image_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
     return total
 
 
+# Inline attachments (a PDF as a `file` part's `file_data`, a recording as `input_audio.data`) are
+# forwarded as sent and billed as whatever the provider makes of them, which the gateway cannot
+# see. They stay out of `input_tokens`, which decides context-window exclusion: counted at these
+# worst cases an ordinary PDF would look longer than most windows. Budgets and per-request
+# ceilings count them at the worst cases instead (service/governance/hook.py).
+# A PDF: OpenAI puts into the context both its extracted text and an image of each page (up to 100
+# pages a request), Anthropic bills ~1,500-3,000 tokens a page, Gemini 258 a page. A page's text
+# is Flate-compressed ~3-4:1 and a token is ~4 characters, so a page dense with text costs about
+# one token per byte of the file, its picture included; the fonts and pictures a typical PDF
+# embeds make it 10-100x more bytes per token. One token per decoded byte is therefore the bound;
+# only a PDF of near-empty pages (a page's picture is billed whatever it holds) can exceed it,
+# which governance logs as a warning when such a request settles above its maximum.
+FILE_TOKENS_PER_BYTE = 1.0
+# Audio: OpenAI bills ~10 tokens a second of input audio, Gemini 32; the leanest input formats
+# (8 kbit/s MP3, 1,000 bytes a second) make that at most 0.032 tokens per byte; 1/16 doubles it.
+AUDIO_TOKENS_PER_BYTE = 1 / 16
+
+
+def _payload_bytes(data: str) -> int:
+    """The decoded size of base64 `data`, bare or in a data: URL, without decoding it."""
+    payload = data.partition(",")[2] if data.startswith("data:") else data
+    return len(payload.rstrip("=")) * 3 // 4
+
+
+def attachments(messages: Iterable[Mapping[str, Any]]) -> tuple[int, int, int]:
+    """(decoded bytes of the inline files and audio, the most tokens a provider may bill for them,
+    parts that refer to content elsewhere: a `file_id`, a URL)."""
+    size, tokens, unsized = 0, 0.0, 0
+    for m in messages:
+        content = m.get("content")
+        for part in content if isinstance(content, list) else ():
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if kind == "file":
+                holder, name, rate = part.get("file"), "file_data", FILE_TOKENS_PER_BYTE
+            elif kind == "input_audio":
+                holder, name, rate = part.get("input_audio"), "data", AUDIO_TOKENS_PER_BYTE
+            else:
+                continue
+            data = holder.get(name) if isinstance(holder, Mapping) else None
+            if not isinstance(data, str) or data.startswith(("http://", "https://")):
+                unsized += 1
+                continue
+            n = _payload_bytes(data)
+            size += n
+            tokens += n * rate
+    return size, math.ceil(tokens), unsized
+
+
 def token_chars(text: str) -> float:
     """`text`'s length in ASCII-equivalent characters (CHARS_PER_TOKEN of them make a token)."""
     if text.isascii():
@@ -111,6 +159,7 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
     if isinstance(fmt, Mapping) and fmt.get("type") in ("json_object", "json_schema"):
         needs.add("json")
     images = image_tokens(messages)
+    attachment_bytes, attachment_tokens, unsized = attachments(messages)
     if images:
         needs.add("vision")
     max_out, _ = output_limit(body)
@@ -129,6 +178,9 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
         max_output_tokens=max_out,
         answers=n if isinstance(n, int) and n > 1 else 1,
         system_text="\n".join(system_parts),
+        attachment_bytes=attachment_bytes,
+        attachment_tokens=attachment_tokens,
+        unsized_attachments=unsized,
     )
 
 

@@ -26,6 +26,12 @@ class RoutingRequest:
     max_output_tokens: int | None = None
     answers: int = 1  # `n`: the upstream bills every answer's output
     system_text: str = ""
+    # Inline files and audio, which `input_tokens` leaves out (see `router.request_view`): their
+    # decoded size, the most a provider may bill for them, and parts that only refer to content
+    # stored elsewhere (a `file_id`), whose size nobody here can know.
+    attachment_bytes: int = 0
+    attachment_tokens: int = 0
+    unsized_attachments: int = 0
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ coroutine sees the decision before any upstream call and may refuse it by raisin
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -17,11 +18,13 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive
 
+from router.config import ModelSpec
 from router.request_view import estimate_tokens, output_limit, view_chat_request
 from service import sse
 from service.api_info import resolve_visible
-from service.dispatch import OpenStream, usage_tokens
+from service.dispatch import ClientGone, OpenStream, usage_tokens
 from service.errors import ApiError, bad_request
 from service.gateway import Gateway
 from service.governance.auth import client_caller
@@ -114,12 +117,16 @@ async def chat_completions(request: Request) -> Response:
         profile=profile,
         requested_model=model,
     )
-    ctx.extras.update(received_at=received, started=started, constraints=constraints,
-                      client_gone=request.is_disconnected, caller=caller)
+    ctx.extras.update(received_at=received, started=started, constraints=constraints, caller=caller,
+                      client_gone=request.is_disconnected, until_client_leaves=functools.partial(_until_disconnected, request.receive))
     if request.headers.get("x-request-id"):
         ctx.extras["client_request_id"] = request.headers["x-request-id"][:128]
     try:
         return await _handle(gw, ctx)
+    except ClientGone:
+        ctx.status = "client_closed"
+        finish(gw, ctx)
+        return Response(status_code=499, headers=response_headers(ctx))  # nginx's "client closed request"; nobody reads it
     except ApiError as exc:
         ctx.status, ctx.error = "error", exc.message
         ctx.extras["http_status"] = exc.status
@@ -131,6 +138,20 @@ async def chat_completions(request: Request) -> Response:
         ctx.extras["http_status"] = 500
         finish(gw, ctx)
         return ApiError(500, "internal error in the router", code="internal_error").response(response_headers(ctx))
+
+
+async def _until_disconnected(receive: Receive) -> None:
+    """Returns once the client has closed its connection. With the body read, the server has
+    nothing else to deliver until then."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _delivered_status(ctx: RequestContext) -> str:
+    """`ok`, or `client_closed` when the client left before the answer reached it (an SDK's
+    read timeout, then its retry): uvicorn drops what is written to a closed connection without
+    a word, and its retry is no regeneration of an answer it never had."""
+    return "client_closed" if await ctx.extras["client_gone"]() else "ok"
 
 
 def _embed_and_decide(gw: Gateway, router_now: Any, ctx: RequestContext, live: Any) -> Any:
@@ -185,12 +206,10 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
     if not isinstance(answer.get("usage"), dict):
         # An upstream that reports no usage: the client gets, and is billed at, the estimate a
         # streamed answer gets (every choice, tool-call arguments included).
-        answer["usage"] = estimated_usage(ctx, answer)
+        answer["usage"] = estimated_usage(ctx, answer, gw.dispatcher.specs.get(ctx.answered_by or ""))
         ctx.extras["usage_estimated"] = True
     ctx.response = answer
-    # A client that gave up waiting (an SDK timeout, then its retry) never had this answer: its
-    # retry is no regeneration of it. Billed all the same.
-    ctx.status = "client_closed" if await ctx.extras["client_gone"]() else "ok"
+    ctx.status = await _delivered_status(ctx)  # billed all the same
     ctx.extras["reason"] = _reason(ctx)
     response = JSONResponse(answer, headers=response_headers(ctx))  # before finish: an unencodable answer is one error
     finish(gw, ctx)
@@ -262,14 +281,14 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
                 yield data
         if not assembler.finished:
             raise UpstreamError("connection", "the stream ended before the answer finished")
-        ctx.status = "ok"
+        ctx.status = await _delivered_status(ctx)
         for data in _ending(ctx, assembler, opened, include_usage):
             yield data
     except UpstreamError as exc:
         if assembler.finished:
             # The connection dropped after the answer's last chunk (before the usage chunk or
             # [DONE]): the client has the whole answer and the model did its job.
-            ctx.status = "ok"
+            ctx.status = await _delivered_status(ctx)
             for data in _ending(ctx, assembler, opened, include_usage):
                 yield data
             return
@@ -287,7 +306,7 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
             await opened.rest.aclose()
         ctx.response = assembler.completion()
         out_tokens = usage_tokens(assembler.usage)[1]
-        gw.dispatcher.close_stream(opened, failure, out_tokens or 0)
+        gw.dispatcher.close_stream(opened, failure, out_tokens or 0, completed=assembler.finished)
         finish(gw, ctx)
 
 
@@ -299,19 +318,23 @@ def _ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStream, i
         return [sse.DONE]
     usage = {"id": assembler.id or "chatcmpl-stream", "object": "chat.completion.chunk",
              "created": assembler.created or int(time.time()), "model": assembler.model or opened.model.name,
-             "choices": [], "usage": estimated_usage(ctx, assembler.completion())}
+             "choices": [], "usage": estimated_usage(ctx, assembler.completion(), opened.model)}
     return [sse.encode(usage), sse.DONE]
 
 
-def estimated_usage(ctx: RequestContext, response: dict[str, Any]) -> dict[str, int]:
-    """Usage from our own token estimates: the request's input, and every choice's text and
-    tool-call arguments (an answer that is only a tool call is not free)."""
+def estimated_usage(ctx: RequestContext, response: dict[str, Any], spec: ModelSpec | None) -> dict[str, int]:
+    """Usage from our own token estimates: the request's input, its inline files and audio at
+    the worst case governance reserved for them (within `spec`'s window: router.request_view),
+    and every choice's text and tool-call arguments (an answer that is only a tool call is not free)."""
     out = ""
     for choice in response.get("choices") or ():
         message = choice.get("message") or {}
         out += message.get("content") or ""
         out += "".join(str((c.get("function") or {}).get("arguments") or "") for c in message.get("tool_calls") or ())
-    prompt, completion = ctx.routing.input_tokens, estimate_tokens(out)
+    attached = ctx.routing.attachment_tokens
+    if spec is not None:
+        attached = min(attached, spec.context_window)
+    prompt, completion = ctx.routing.input_tokens + attached, estimate_tokens(out)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
@@ -329,7 +352,7 @@ def finish(gw: Gateway, ctx: RequestContext) -> None:
     if spec is not None and ctx.status in ("ok", "truncated", "client_closed"):
         if not usage:
             # No usage from the upstream (a cut stream, a server that omits it): bill our estimate.
-            usage = estimated_usage(ctx, ctx.response or {})
+            usage = estimated_usage(ctx, ctx.response or {}, spec)
             extras["usage_estimated"] = True
         ctx.cost_usd = spec.price.usage_cost(usage)
         extras["usage"] = usage

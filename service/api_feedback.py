@@ -4,14 +4,18 @@ Body: `request_id` (the `x-request-id` response header of the request being judg
 either `score` in [0, 1] or `thumbs` ("up" = 1, "down" = 0); optional `label` (e.g. the task
 or the failure kind) and `comment`. An unknown request id is a 404, so a typo cannot create
 orphan feedback. With governance on, the same client keys as chat are required, and a key
-may judge only the requests made with it: another key's request is a 404 as well, so that
-its existence does not leak. The master key (and open mode) may judge any. The score reaches the exploring bandit at once (online update, no restart)
-and the retraining job later.
+may judge only the requests made with it: another key's request is a 404 as well, answered no
+sooner than an unknown id's, so that its existence does not leak. The master key (and open mode)
+may judge any. Each call counts against the key's requests per minute, and one request id takes
+at most `MAX_FEEDBACK_PER_REQUEST` explicit verdicts (then 409). The score reaches the exploring
+bandit at once (online update, no restart) and the retraining job later.
 """
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+import threading
+import time
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -19,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from router.feedback_log import Feedback
 from service.errors import ApiError, bad_request
-from service.governance.auth import client_caller
+from service.governance.auth import Caller, client_caller
+from service.governance.request_limits import admit_call
 from service.schemas import read_json_body
 
 router = APIRouter()
@@ -68,27 +73,50 @@ def parse_feedback(raw: object) -> FeedbackBody:
 
 OWNER_WAIT_S = 1.5  # longer than an outcome row takes to be written (post-hooks, then a 0.05 s batch)
 OWNER_POLL_S = 0.1
+# Explicit verdicts one request id takes: a client may change its mind, not fill the log.
+MAX_FEEDBACK_PER_REQUEST = 20
+_RECORDING = threading.Lock()
 
 
 @router.post("/v1/feedback")
 async def post_feedback(request: Request) -> JSONResponse:
     caller = await client_caller(request.app.state, request.headers)
+    await admit_call(request.app.state, caller)
     learning = getattr(request.app.state, "learning", None)
     if learning is None or learning.feedback_log is None:
         raise ApiError(503, "feedback needs an outcome log (server.db = sqlite:///PATH or postgresql://...)", code="feedback_unavailable")
     body = parse_feedback(await read_json_body(request, MAX_BODY))
-    owner = await asyncio.to_thread(learning.owner, body.request_id)
-    waited = 0.0
-    # Another replica may have answered it a moment ago: its outcome row is written after its
-    # post-hooks, in batches, so look again for a little while before calling the id unknown.
-    while owner is None and waited < OWNER_WAIT_S:
-        await asyncio.sleep(OWNER_POLL_S)
-        waited += OWNER_POLL_S
-        owner = await asyncio.to_thread(learning.owner, body.request_id)
-    if owner is None or (caller is not None and not caller.may_see(owner)):
+    if not await _visible_request(learning, body.request_id, caller):
         raise ApiError(404, f"No request with id {body.request_id!r} was routed by this gateway.",
                        code="request_not_found", param="request_id")
     fb = Feedback(body.request_id, body.reward, source="explicit", signal="score" if body.score is not None else "thumbs",
                   label=body.label, comment=body.comment)
-    await asyncio.to_thread(learning.record, fb)
+    await asyncio.to_thread(_record_within_cap, learning, fb)
     return JSONResponse({"object": "feedback", "request_id": fb.request_id, "score": fb.score, "signal": fb.signal})
+
+
+async def _visible_request(learning: Any, request_id: str, caller: Caller | None) -> bool:
+    """Whether the request exists and the caller may judge it. Another replica may have answered
+    it a moment ago (its outcome row is written after its post-hooks, in batches), so an id not
+    found is looked up again until a deadline; another key's id is looked up the same way until
+    the same deadline, so its 404 comes no sooner than an unknown id's."""
+    deadline = time.monotonic() + OWNER_WAIT_S
+    while True:
+        owner = await asyncio.to_thread(learning.owner, request_id)
+        if owner is not None and (caller is None or caller.may_see(owner)):
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(OWNER_POLL_S, left))
+
+
+def _record_within_cap(learning: Any, fb: Feedback) -> None:
+    # Counted and written under one lock: verdicts sent all at once would otherwise each see room.
+    with _RECORDING:
+        given = sum(row["source"] == "explicit" for row in learning.feedback_log.feedback(fb.request_id))
+        if given >= MAX_FEEDBACK_PER_REQUEST:
+            # 409, not 429: no wait makes room, the request's feedback is complete.
+            raise ApiError(409, f"Request {fb.request_id!r} has {given} verdicts already, the most one request takes; "
+                           "the latest of them is the one that counts.", code="feedback_limit_reached", param="request_id")
+        learning.record(fb)

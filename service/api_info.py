@@ -1,7 +1,8 @@
 """GET /v1/models, POST /v1/route (the decision alone), GET /healthz, GET /metrics.
 
 With governance on, `/v1/models` and `/v1/route` take the same client keys as chat
-(`service.governance.auth`): a key sees, and may route to, only what it is scoped to.
+(`service.governance.auth`): a key sees, and may route to, only what it is scoped to (one rule,
+`allows_model`/`allows_profile`); `/v1/route` counts against the key's requests per minute.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from router.request_view import view_chat_request
 from service.errors import ApiError, bad_request
 from service.gateway import Gateway
 from service.governance.auth import Caller, allows_model, allows_profile, client_caller
+from service.governance.request_limits import admit_call
 from service.routing import build_constraints, decide, resolve_model
 from service.schemas import read_json_body, validate_chat
 
@@ -97,6 +99,7 @@ async def route_only(request: Request) -> JSONResponse:
     """What the router would do with this chat body, without calling any model."""
     gw: Gateway = request.app.state.gateway
     caller = await client_caller(request.app.state, request.headers)
+    await admit_call(request.app.state, caller)
     raw = await read_json_body(request, gw.config.server.max_body_bytes)
     parsed = validate_chat(raw)
     model = parsed.model or gw.config.router.default_profile
@@ -113,8 +116,13 @@ async def route_only(request: Request) -> JSONResponse:
         decide, router_now, routing, config=gw.config, profile=profile, constraints=constraints,
         live=gw.live.snapshot(routing.input_tokens), embedding=embedding,
     )
+    shown = decision.to_dict()
+    key = caller.key if caller is not None else None
+    # What /v1/models hides from the key, the ranking does not show it either (the reason and an
+    # unroutable request's error name only models inside the request's scope: router.policy).
+    shown["candidates"] = [c for c in shown["candidates"] if allows_model(key, c["model"])]
     return JSONResponse({
-        **decision.to_dict(),
+        **shown,
         "profile": profile,
         "fallbacks": decision.fallbacks(),
         "request": {"input_tokens": routing.input_tokens, "needs": sorted(routing.needs), "n_turns": routing.n_turns},

@@ -13,6 +13,10 @@ A client error (400) is returned as is.
 Streams are held until the first chunk that carries output: a failure before it fails over
 without the client noticing; after it the client owns a partial answer and the stream ends
 with an explicit error event (see api_chat).
+
+A client that has left gets no further attempt, retry or failover (ClientGone), and a stream
+it was waiting on is cut at once. A non-streamed call in flight is let finish: most providers
+bill it all the same, and its answer may be cached for the SDK's retry.
 """
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, TypeVar
+
+import anyio
 
 from router.config import Config, ModelSpec
 from router.types import Constraints
@@ -33,6 +39,36 @@ from service.providers.base import Provider, UpstreamError
 from service.sse import carries_output
 
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client closed its connection before a model answered: nothing more is tried for it."""
+
+
+async def _client_gone(ctx: RequestContext) -> bool:
+    gone = ctx.extras.get("client_gone")
+    return gone is not None and await gone()
+
+
+async def _unless_client_leaves(ctx: RequestContext, attempt: Awaitable[T]) -> T:
+    """`attempt`'s result, or ClientGone as soon as the client disconnects: the attempt is
+    cancelled, which closes its upstream connection."""
+    until_left = ctx.extras.get("until_client_leaves")
+    if until_left is None:
+        return await attempt
+    with anyio.CancelScope() as scope:
+        watcher = asyncio.ensure_future(_cancel_when_left(until_left, scope))
+        try:
+            return await attempt
+        finally:
+            watcher.cancel()
+    raise ClientGone()
+
+
+async def _cancel_when_left(until_left: Callable[[], Awaitable[None]], scope: anyio.CancelScope) -> None:
+    await until_left()
+    scope.cancel()
 
 
 @dataclass
@@ -89,6 +125,16 @@ def failover_chain(config: Config, ctx: RequestContext) -> list[str]:
         and within_limits(config.model(f)) and f not in unaffordable
     ]
     return [named.name, *allowed]
+
+
+async def _up_to_first_output(upstream: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chunks up to and including the first that carries output; the rest stays unread."""
+    held: list[dict[str, Any]] = []
+    async for chunk in upstream:
+        held.append(chunk)
+        if carries_output(chunk):
+            return held
+    raise UpstreamError("malformed", "the stream ended without any output")
 
 
 @dataclass
@@ -225,6 +271,10 @@ class Dispatcher:
         for position, name in enumerate(chain):
             if routed and tries.failed > self.rel.max_fallbacks:
                 break
+            # No failover for an answer nobody waits for. (Not asked before the first call, which
+            # follows the decision at once: asking costs a few turns of the event loop.)
+            if ctx.attempts and await _client_gone(ctx):
+                raise ClientGone()
             spec = self.specs[name]
             # A named model is tried whatever its window; what stands in for it must fit.
             if (routed or position > 0) and not self._fits(spec, ctx, tries.smallest_failed_window):
@@ -250,6 +300,11 @@ class Dispatcher:
                     return True, await call(spec, retry)
                 except UpstreamError as err:
                     failure = err
+                except ClientGone:
+                    self._record(ctx, name, "abandoned", reason="client_left", retry=retry,
+                                 latency_s=round(time.perf_counter() - started, 4))
+                    self.live.breaker.release(name)
+                    raise
                 except BaseException:
                     self.live.breaker.release(name)
                     raise
@@ -271,6 +326,8 @@ class Dispatcher:
                         self.metrics.fallbacks.labels(name, failure.kind).inc()
                     break
                 await self._sleep(self._backoff(retry, failure.retry_after))
+                if await _client_gone(ctx):
+                    raise ClientGone()
                 if not self.live.breaker.acquire(name):
                     tries.failed += failure.kind != "rate_limit"
                     break
@@ -299,36 +356,37 @@ class Dispatcher:
         async def call(spec: ModelSpec, retry: int) -> OpenStream:
             started = time.perf_counter()
             upstream = self.providers[spec.provider].stream(spec, body)
-            held: list[dict[str, Any]] = []
             try:
-                async for chunk in upstream:
-                    held.append(chunk)
-                    if carries_output(chunk):
-                        ttft = time.perf_counter() - started
-                        entry = self._record(ctx, spec.name, "ok", ttft_s=round(ttft, 4), retry=retry)
-                        ctx.answered_by = spec.name
-                        # In flight until the stream ends: the caller calls `close_stream`.
-                        self.live.hold(spec.name)
-                        return OpenStream(spec, held, upstream, started, ttft, entry)
-                raise UpstreamError("malformed", "the stream ended without any output")
+                held = await _unless_client_leaves(ctx, _up_to_first_output(upstream))
             except BaseException:
                 await upstream.aclose()
                 raise
+            ttft = time.perf_counter() - started
+            entry = self._record(ctx, spec.name, "ok", ttft_s=round(ttft, 4), retry=retry)
+            ctx.answered_by = spec.name
+            # In flight until the stream ends: the caller calls `close_stream`.
+            self.live.hold(spec.name)
+            return OpenStream(spec, held, upstream, started, ttft, entry)
 
         return await self._attempts(ctx, call)
 
-    def close_stream(self, stream: OpenStream, error: UpstreamError | None, output_tokens: int) -> None:
-        """Account for a stream that has ended, cleanly or not, after its first output."""
+    def close_stream(self, stream: OpenStream, error: UpstreamError | None, output_tokens: int, completed: bool) -> None:
+        """Account for a stream that has ended after its first output: `completed`, failed
+        (`error`), or neither (its client left)."""
         name = stream.model.name
         latency = time.perf_counter() - stream.started
         self.live.finished(name)
         stream.attempt["latency_s"] = round(latency, 4)
-        if error is None:
-            self.live.succeeded(name, latency, stream.ttft_s, output_tokens)
-            self.metrics.circuit_open.labels(name).set(0)
-            self.metrics.attempts.labels(name, "ok").inc()
-        else:
+        if error is not None:
             stream.attempt.update(status="error", kind=error.kind, message=error.message[:300])
             self.metrics.attempts.labels(name, error.kind).inc()
             if self.live.failed(name):
                 self.metrics.circuit_open.labels(name).set(1)
+        elif completed:
+            self.live.succeeded(name, latency, stream.ttft_s, output_tokens)
+            self.metrics.circuit_open.labels(name).set(0)
+            self.metrics.attempts.labels(name, "ok").inc()
+        else:
+            # The time until the client left says nothing of the model's speed: a slow model
+            # whose users press stop would pass for a fast one.
+            self.live.abandoned(name, stream.ttft_s, output_tokens)

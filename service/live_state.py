@@ -76,6 +76,16 @@ class LiveState:
                 m.ttft_s = _ewma(m.ttft_s, ttft_s)
             m.error_rate = _ewma(m.error_rate, 0.0)
 
+    def abandoned(self, model: str, ttft_s: float, output_tokens: int) -> None:
+        """A stream its client left after the first token: no verdict on the model and no
+        latency sample, only the time to first token it showed."""
+        self.breaker.release(model)
+        if output_tokens:
+            self.rates.add(model, output_tokens, request=False)
+        with self._lock:
+            m = self._m(model)
+            m.ttft_s = _ewma(m.ttft_s, ttft_s)
+
     def failed(self, model: str, retry_after_s: float | None = None, counts_against_model: bool = True,
                rate_limited: bool = False) -> bool:
         """Record a failed attempt; True when it opened the model's circuit."""

@@ -13,7 +13,9 @@ prompt text leaves the process) and expire on their own: a turn after `TURN_TTL_
 after the regeneration window. A Redis read waits at most `TIMEOUT_S` in all (connection, retries
 and reply together) and Redis is then left alone for `RETRY_AFTER_S`; writes go through one
 background thread in batches, from a bounded queue, so no request waits on them. Redis being
-slow or down loses only what other replicas would have found, never a request.
+slow or down loses only what other replicas would have found, never a request. A turn's step
+replaces the one in Redis only if it is later (by the replicas' clocks), so a write that waited
+in the queue does not undo a step another replica stored meanwhile.
 """
 from __future__ import annotations
 
@@ -99,6 +101,20 @@ class LocalMemory:
         pass
 
 
+# SET the turn unless Redis holds a later step of it (the third element of its JSON is when).
+SET_IF_NEWER = """
+local held = redis.call('GET', KEYS[1])
+if held then
+  local ok, step = pcall(cjson.decode, held)
+  if ok and type(step) == 'table' and tonumber(step[3]) and tonumber(step[3]) > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+"""
+
+
 def redis_client(url: str) -> Any:
     """A client whose commands give up soon: no retries, no idle health-check PING before a
     command (the request's whole wait is bounded by `RedisMemory._read` in any case)."""
@@ -119,7 +135,9 @@ class RedisMemory:
         self.dropped = 0  # writes given up: the queue was full, or Redis was down
         self._down_until = 0.0
         self._closed = False
-        self._writes: queue.Queue[tuple[str, str, dict] | None] = queue.Queue(WRITE_QUEUE)
+        # (key, value, expiry, when): `when` set for a turn, written only over an older one
+        self._writes: queue.Queue[tuple[str, str, dict, float | None] | None] = queue.Queue(WRITE_QUEUE)
+        self._set_if_newer = client.register_script(SET_IF_NEWER)
         self._writer = threading.Thread(target=self._drain, name="session-memory", daemon=True)
         self._writer.start()
         # Reads get threads of their own: waiting behind the gateway's other work in the shared
@@ -186,19 +204,20 @@ class RedisMemory:
 
     def turn_answered(self, turn: str, model: str, propensity: float) -> None:
         self.local.turn_answered(turn, model, propensity)
-        self._queue(self._key("turn", turn), json.dumps([model, propensity, time.time()]), {"ex": int(TURN_TTL_S)})
+        when = time.time()
+        self._queue(self._key("turn", turn), json.dumps([model, propensity, when]), {"ex": int(TURN_TTL_S)}, when)
 
     def answered(self, key: str, request_id: str) -> None:
         self.local.answered(key, request_id)
         if self.window_s > 0:
             self._queue(self._key("regen", key), request_id, {"px": max(1, int(self.window_s * 1000))})
 
-    def _queue(self, name: str, value: str, expiry: dict) -> None:
+    def _queue(self, name: str, value: str, expiry: dict, when: float | None = None) -> None:
         if self._closed or not self._up():
             self.dropped += 1
             return
         try:
-            self._writes.put_nowait((name, value, expiry))
+            self._writes.put_nowait((name, value, expiry, when))
         except queue.Full:
             self.dropped += 1
 
@@ -215,8 +234,11 @@ class RedisMemory:
             if writes and self._up():
                 try:
                     pipe = self.r.pipeline(transaction=False)
-                    for name, value, expiry in writes:
-                        pipe.set(name, value, **expiry)
+                    for name, value, expiry, when in writes:
+                        if when is None:
+                            pipe.set(name, value, **expiry)
+                        else:  # a write queued late must not replace a later step another replica stored
+                            self._set_if_newer(keys=[name], args=[value, when, expiry["ex"]], client=pipe)
                     pipe.execute()
                 except Exception as exc:  # memory only, never a request
                     self._failed(exc)

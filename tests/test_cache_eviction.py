@@ -71,7 +71,8 @@ def test_tombstones_never_reach_a_search_and_the_nearest_live_entries_are_found(
     rng = np.random.default_rng(1)
     vecs = unit(rng, 1000, 64)
     index = SemanticIndex(64, hnsw_from=200)
-    index.add_many("ctx", list(range(1000)), vecs)  # the start-up load: HNSW at once, no thread
+    index.add_many("ctx", list(range(1000)), vecs)  # the start-up load: flat at once, HNSW in the background
+    assert index.wait_for_rebuilds(60)
     assert index.buckets["ctx"].hnsw
     queries = unit(rng, 8, 64)
     live = set(range(1000))
@@ -215,7 +216,9 @@ def test_a_restart_round_trips_tombstones_reused_ids_and_a_rebuild_cut_short(ver
 def _full_of_tombstones(index: SemanticIndex, n: int, rng) -> np.ndarray:
     """An HNSW bucket of `n` vectors, then removals up to the quarter that starts a rebuild."""
     vecs = unit(rng, n, 64)
-    index.add_many("ctx", list(range(n)), vecs)
+    bucket = index._bucket("ctx")
+    bucket.add_many(list(range(n)), vecs)
+    bucket.compact()  # HNSW built on this thread: the builds these tests hold or fail are the background ones
     for i in range(n // 3 + 1):
         index.remove("ctx", i)
     return vecs
@@ -279,3 +282,24 @@ def test_a_context_emptied_below_the_hnsw_size_during_a_rebuild_turns_exact_at_o
     held.release.set()
     assert index.wait_for_rebuilds(30)
     assert index.buckets["ctx"] is bucket and not bucket.hnsw  # the stale job did not swap its graph in
+
+
+def test_a_start_without_a_snapshot_serves_from_a_flat_index_while_the_graph_builds(verifier, embed, held, tmp_path):
+    clock = Clock()
+    cache = new_cache(verifier, tmp_path, hnsw_from=16, clock=clock)
+    questions = [f"What is the population of city number {i} in the atlas?" for i in range(40)]
+    entries = [put(cache, embed, body(q), q) for q in questions]
+    assert cache._index.wait_for_rebuilds(60)
+    cache._index.stop()  # a crash: the process ends without close(), so no snapshot is written
+    held.armed = True
+    reopened = new_cache(verifier, tmp_path, hnsw_from=16, clock=clock)  # returns with the build held
+    assert held.started.wait(30), "the switch to HNSW was not started in the background"
+    bucket = reopened._index.buckets[entries[0].fingerprint]
+    assert not bucket.hnsw and bucket.rebuilding
+    hit = run_in_thread(lambda: get(reopened, embed, body("How many people live in city number 30 in the atlas?")))
+    assert hit is not None and hit.kind == "semantic-hit" and hit.entry.id == entries[30].id
+    held.release.set()
+    assert reopened._index.wait_for_rebuilds(60)
+    assert reopened._index.buckets[entries[0].fingerprint].hnsw
+    assert get(reopened, embed, body(questions[7])).entry.id == entries[7].id
+    reopened.close()

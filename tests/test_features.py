@@ -125,6 +125,26 @@ def test_images_count_as_input_tokens():
     assert with_images(None) == text_only + 765 and with_images("low", "high") == text_only + 85 + 765
 
 
+def test_inline_files_and_audio_are_sized_apart_from_the_text_and_referenced_files_are_flagged():
+    import base64
+
+    pdf = "data:application/pdf;base64," + base64.b64encode(b"%PDF" * 30_000).decode()  # 120,000 bytes
+    audio = base64.b64encode(bytes(32_000)).decode()  # 32,000 bytes of WAV
+    text = {"type": "text", "text": "Summarise this document."}
+    plain = view_chat_request({"messages": [{"role": "user", "content": [text]}]})
+    view = view_chat_request({"messages": [
+        {"role": "user", "content": [text, {"type": "file", "file": {"filename": "r.pdf", "file_data": pdf}}]},
+        {"role": "assistant", "content": "Done."},
+        {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
+                                     {"type": "file", "file": {"file_id": "file-6F2ksmvXxt4VdoqmHRw6kL"}}]}]})
+    assert view.attachment_bytes == 152_000
+    # a PDF at one token a byte, audio at 1/16 of one
+    assert view.attachment_tokens == 120_000 + 2_000
+    assert view.unsized_attachments == 1
+    # The context-window estimate stays the text's: a 120 KB PDF is no 120,000-token prompt.
+    assert view.input_tokens < plain.input_tokens + 10 and plain.attachment_tokens == 0
+
+
 def test_the_shipped_router_judges_an_agent_turn_by_its_user_text_not_its_system_prompt():
     from router.engine import LearnedRouter, default_artifact
 

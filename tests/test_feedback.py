@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
 
 from router.feedback_log import latest_rewards, read_feedback
+from service.api_feedback import MAX_FEEDBACK_PER_REQUEST
 from tests.fake_upstream import error, ok, server_error
 from tests.gateway_harness import QualityRouter, Running, fake_config
 
@@ -86,6 +88,24 @@ def test_feedback_is_stored_and_updates_the_bandit_online(gw):
     # predictions are not added to the new one's, which may have learnt them already.
     gw.gateway.router.swap(QualityRouter(QUALITY))
     assert bandit.stats()["arms"] == {}
+
+
+def test_one_request_takes_a_bounded_number_of_verdicts_even_sent_at_once(gw):
+    rid = _ask(gw, "Rate this one")
+
+    def judge(i: int) -> httpx.Response:
+        return httpx.post(f"{gw.url}/v1/feedback", json={"request_id": rid, "score": i % 2}, timeout=30)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(judge, range(MAX_FEEDBACK_PER_REQUEST + 5)))
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [200] * MAX_FEEDBACK_PER_REQUEST + [409] * 5
+    refused = next(r for r in answers if r.status_code == 409).json()["error"]
+    assert refused["code"] == "feedback_limit_reached" and refused["param"] == "request_id"
+    explicit = [r for r in read_feedback(gw.db) if r["request_id"] == rid and r["source"] == "explicit"]
+    assert len(explicit) == MAX_FEEDBACK_PER_REQUEST
+    # Another request has its own allowance.
+    assert httpx.post(f"{gw.url}/v1/feedback", json={"request_id": _ask(gw, "Another"), "score": 1}).status_code == 200
 
 
 def test_upstream_failure_is_an_implicit_zero(gw, upstream):

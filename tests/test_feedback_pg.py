@@ -108,3 +108,32 @@ def test_every_postgres_store_names_a_schema_that_does_not_exist(pg_url):
                          ("governance database", open_database)):
         with pytest.raises(ValueError, match=f"^{what} .*cannot set up its tables: .*CREATE SCHEMA it first"):
             opener(missing)
+
+
+def test_a_repeat_is_answered_while_the_feedback_table_cannot_be_written(pg_url, caplog):
+    import psycopg
+
+    with FakeUpstream() as up:
+        gw = Running(fake_config(up.base_url, pg_url), router=QualityRouter(LIVE))
+        try:
+            first = _ask(gw, "Name a prime number above ten.")
+            gw.outcome(first)
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute("ALTER TABLE feedback RENAME TO feedback_away")  # every insert now fails
+            with caplog.at_level("WARNING", logger="service.hooks.learning_hook"):
+                again = _ask(gw, "Name a prime number above ten.")  # a regeneration: its signal cannot be stored
+                gw.outcome(again)
+                deadline = time.monotonic() + 10
+                while "was not recorded" not in caplog.text and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute("ALTER TABLE feedback_away RENAME TO feedback")
+            third = _ask(gw, "Name a prime number above ten.")
+            gw.outcome(third)
+            deadline = time.monotonic() + 10
+            while not read_feedback(pg_url) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            gw.stop()
+    assert f"implicit feedback regenerated on {first} was not recorded" in caplog.text
+    assert [(r["request_id"], r["signal"]) for r in read_feedback(pg_url)] == [(again, "regenerated")]

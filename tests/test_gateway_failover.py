@@ -414,3 +414,17 @@ def test_concurrent_requests_never_overrun_a_models_rpm(start_gateway, upstream)
         answers = list(pool.map(lambda _: gw.client().chat.completions.create(model="auto", messages=MSG), range(12)))
     assert len(upstream.requests_for("m1")) <= 2 and len(answers) == 12
     assert any(a.model != "m1" for a in answers)
+
+
+def test_an_inline_file_is_billed_at_its_worst_case_when_the_upstream_reports_no_usage(start_gateway, upstream):
+    # What governance reserved for the file is what the estimate bills; the text alone would
+    # bill a few tokens for a 30 KB PDF.
+    gw = start_gateway()
+    upstream.default("m1", ok(text="A summary.", usage=False))
+    pdf = {"type": "file", "file": {"filename": "r.pdf", "file_data": "data:application/pdf;base64," + "QUJD" * 10_000}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Summarise this."}, pdf]}]
+    answer = gw.client().chat.completions.create(model="m1", messages=messages)
+    assert answer.usage.prompt_tokens >= 30_000  # 30,000 decoded bytes at one token each
+    streamed = gw.client().chat.completions.create(model="m1", messages=messages, stream=True,
+                                                   stream_options={"include_usage": True})
+    assert [c.usage.prompt_tokens for c in streamed if c.usage] == [answer.usage.prompt_tokens]

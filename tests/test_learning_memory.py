@@ -3,6 +3,7 @@ loop's model, and answers a client may regenerate. Time is a fake clock, never s
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from types import SimpleNamespace
 
@@ -77,6 +78,29 @@ def test_replicas_find_each_others_turns_and_repeats_in_redis_and_take_a_repeat_
     b.close()
 
 
+def test_a_turn_written_late_does_not_replace_a_later_step_another_replica_stored(redis_url):
+    url, prefix = redis_url
+    a, b = (session_memory.RedisMemory(session_memory.redis_client(url), prefix, WINDOW_S) for _ in range(2))
+    client = redis.Redis.from_url(url, decode_responses=True)
+    a.turn_answered("turn", "m1", 0.9)
+    a.close()
+    key = next(client.scan_iter(match=f"{prefix}:turn:*"))
+    # Another replica answered a later step of the turn on m3; this replica's write for an
+    # earlier step was still queued (its clock reads earlier than the stored step's).
+    client.set(key, json.dumps(["m3", 0.4, time.time() + 30]), ex=60)
+    late = session_memory.RedisMemory(session_memory.redis_client(url), prefix, WINDOW_S)
+    late.turn_answered("turn", "m2", 0.7)
+    late.close()
+    assert json.loads(client.get(key))[:2] == ["m3", 0.4]
+    assert asyncio.run(b.find_turn("turn")) == ("m3", 0.4)
+    client.set(key, json.dumps(["m3", 0.4, time.time() - 30]), ex=60)  # an earlier step: replaced
+    later = session_memory.RedisMemory(session_memory.redis_client(url), prefix, WINDOW_S)
+    later.turn_answered("turn", "m2", 0.7)
+    later.close()
+    assert json.loads(client.get(key))[:2] == ["m2", 0.7] and 0 < client.ttl(key) <= session_memory.TURN_TTL_S
+    b.close()
+
+
 class _Unavailable:
     """A Redis that fails every command, as a refused connection does, or answers too late."""
 
@@ -94,6 +118,9 @@ class _Unavailable:
 
     def pipeline(self, transaction=True):
         return self._fail("pipeline")
+
+    def register_script(self, script):
+        return lambda **kwargs: self._fail("evalsha")
 
     def close(self):
         pass

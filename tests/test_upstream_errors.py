@@ -8,8 +8,9 @@ import json
 import pytest
 
 from router.config import ModelSpec, Price, ProviderSpec
+from service.asgi_thread import serve_in_thread
 from service.providers import UpstreamError, build_provider
-from tests.fake_upstream import WireServer
+from tests.fake_upstream import WireServer, read_body
 
 MODEL = ModelSpec(name="m", provider="p", upstream="up-model", price=Price(input_per_1m=1, output_per_1m=2))
 BODY = {"messages": [{"role": "user", "content": "hi"}]}
@@ -146,3 +147,60 @@ async def test_an_answer_of_the_wrong_shape_is_malformed(server, provider, strea
     with pytest.raises(UpstreamError) as info:
         await call(provider, streamed)
     assert info.value.kind == "malformed" and info.value.failover
+
+
+PAGE = b"<html><body><h1>Welcome</h1>please log in</body></html>"
+EVENTS = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
+
+
+@pytest.fixture
+def raw_server():
+    """Answers each request with the next queued (content type or None, body), with status 200."""
+    replies: list[tuple[bytes | None, bytes]] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        content_type, body = replies.pop(0)
+        headers = [(b"content-type", content_type)] if content_type is not None else []
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    url, stop = serve_in_thread(app)
+    yield url, replies
+    stop()
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
+async def test_a_page_that_answers_a_stream_is_malformed(raw_server, kind):
+    url, replies = raw_server
+    replies.append((b"text/html; charset=utf-8", PAGE))
+    provider = build_provider(ProviderSpec(kind=kind, base_url=url + BASE_PATH[kind], timeout_s=2))
+    try:
+        with pytest.raises(UpstreamError) as info:
+            await call(provider, True)
+        # Not `connection` (a stream cut before its first event): the upstream answered, with no stream.
+        assert info.value.kind == "malformed" and info.value.failover and "text/html" in info.value.message
+    finally:
+        await provider.aclose()
+
+
+async def test_a_stream_whose_content_type_is_not_named_is_read_as_one(raw_server):
+    url, replies = raw_server
+    replies.append((None, EVENTS))
+    provider = build_provider(ProviderSpec(kind="openai", base_url=f"{url}/v1", timeout_s=2))
+    try:
+        # A server that names no content type is still read as the stream it may be.
+        chunks = [chunk async for chunk in provider.stream(MODEL, BODY)]
+        assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["hi"]
+    finally:
+        await provider.aclose()
+
+
+async def test_a_whole_json_answer_to_a_stream_request_is_malformed(server, provider):
+    # A server that ignores `stream: true`.
+    server.reply({"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]})
+    with pytest.raises(UpstreamError) as info:
+        await call(provider, True)
+    assert info.value.kind == "malformed" and "application/json" in info.value.message

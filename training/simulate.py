@@ -435,9 +435,9 @@ def run(args) -> int:
         print(f"degraded {model}: from request {r['from_request']} the bandit regains {r['recovered_share']:.0%} of the "
               f"quality the static router lost ({r['recovered_share_net']:.0%} net of the "
               f"{100 * r['bandit_gap_without_drift']:+.2f} points it differs by without the drift{extra})")
-    for d in (parse_drift(spec) for spec in args.drift or []):
-        if d.start >= args.requests:
-            print(f"note: the drift {d.kind}:{d.model}@{d.start} starts after the last of the {args.requests} requests"
-                  + (f"; {d.model} was never available" if d.kind == "add" else ""))
+    for d in out["drift"]:
+        if d["start"] >= args.requests:
+            print(f"note: the drift {d['kind']}:{d['model']}@{d['start']} starts after the last of the {args.requests} "
+                  "requests" + (f"; {d['model']} was never available" if d["kind"] == "add" else ""))
     print(f"wrote {args.out}")
     return 0

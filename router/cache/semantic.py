@@ -22,8 +22,9 @@ Building an HNSW index is the slow part of a restart (about 45 s for 100,000 vec
 context on one core), so a clean shutdown writes each HNSW index to a snapshot folder and the
 next start reads it back instead. SQLite stays the source of truth: a snapshot is used only if
 every vector it shares with the loaded rows is bit for bit the row's vector; rows it lacks are
-added, ids it has that are gone become tombstones, and anything else (a crash, a damaged or
-foreign file) means a rebuild.
+added, ids it has that are gone become tombstones, and anything else (a crash, a shutdown during
+the switch to HNSW, a damaged or foreign file) means a rebuild, in the background: the context
+serves from a flat index (exact, slower) until its graph is built.
 """
 from __future__ import annotations
 
@@ -152,12 +153,9 @@ class Bucket:
         self._append(np.array([entry_id], dtype=np.int64), vector.reshape(1, -1))
 
     def add_many(self, ids: list[int], vectors: np.ndarray) -> None:
-        """Bulk load (start-up, before anything is served): one build instead of one insert per vector."""
-        if not ids:
-            return
-        self._append(np.asarray(ids, dtype=np.int64), vectors)
-        if not self.hnsw and len(self.live) >= self.hnsw_from:
-            self.compact()
+        """Bulk append, as they come: a flat index stays flat until `compact` or a rebuild."""
+        if ids:
+            self._append(np.asarray(ids, dtype=np.int64), vectors)
 
     def remove(self, entry_id: int) -> None:
         position = self.live.pop(entry_id, None)
@@ -294,7 +292,12 @@ class SemanticIndex:
         self._maintain(fingerprint, b)
 
     def add_many(self, fingerprint: str, ids: list[int], vectors: np.ndarray) -> None:
-        self._bucket(fingerprint).add_many(ids, vectors)
+        """Bulk load: searchable at once through a flat index; one past `hnsw_from` switches to
+        HNSW in the background, so a start without a snapshot (after a crash) does not wait a
+        minute for the graph before serving."""
+        b = self._bucket(fingerprint)
+        b.add_many(ids, vectors)
+        self._maintain(fingerprint, b)
 
     def remove(self, fingerprint: str, entry_id: int) -> None:
         b = self.buckets.get(fingerprint)

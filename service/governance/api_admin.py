@@ -3,25 +3,26 @@
 Keys: create (the secret is in that one response), list, get, update, revoke, rotate.
 Budgets: create, list with live usage and burn, update, delete. Reports: spend grouped by
 key/team/project/user/model/day (JSON or CSV), month-end forecast, recent requests, alerts,
-and one `dashboard` document for the /ui page.
+and one `dashboard` document for the /ui page. Every route checks the master key before it
+reads a body, and reads at most `MAX_BODY` of it.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from service.errors import ApiError
+from service.errors import ApiError, bad_request
 from service.governance.budgets import window
 from service.governance.auth import require_admin
 from service.governance.keys import UnknownKey
 from service.governance.runtime import Governance
+from service.schemas import read_json_body
 
 router = APIRouter(prefix="/admin")
 
@@ -39,21 +40,14 @@ def require_master(request: Request) -> Governance:
 
 
 class _Body(BaseModel):
-    # NaN and infinity parse as JSON numbers in Python; stored, they break every later listing.
+    # NaN and infinity, stored, break every later listing: read_json_body refuses them anywhere
+    # in a body (Python's json reads them), these models in any number field whoever builds them.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _no_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain a NUL character")  # PostgreSQL text columns refuse it
-    return value
-
-
-def _plain_json(value: dict[str, Any]) -> dict[str, Any]:
-    try:
-        json.dumps(value, allow_nan=False)
-    except ValueError:
-        raise ValueError("must be plain JSON: NaN and infinity have no JSON form") from None
     return value
 
 
@@ -76,7 +70,7 @@ class KeyFields(_Body):
     tpm: StrictInt | None = Field(default=None, gt=0, le=MAX_COUNT)
     max_request_usd: float | None = Field(default=None, gt=0, le=MAX_USD)
     max_session_usd: float | None = Field(default=None, gt=0, le=MAX_USD)
-    metadata: Annotated[dict[str, Any], AfterValidator(_plain_json)] | None = None
+    metadata: dict[str, Any] | None = None
     expires_at: float | None = Field(default=None, description="unix time after which the key stops working")
     expires_in_s: float | None = Field(default=None, gt=0)
 
@@ -104,6 +98,34 @@ class BudgetCreate(_Body):
 class BudgetUpdate(_Body):
     limit_usd: float | None = Field(default=None, ge=MIN_USD, le=MAX_USD)
     soft_threshold: float | None = Field(default=None, gt=0, le=1)
+
+
+MAX_BODY = 64 * 1024  # a key's create call with long scope lists and metadata fits many times over
+B = TypeVar("B", bound=_Body)
+
+
+async def _read_body(request: Request, model: type[B]) -> B:
+    """The body as `model`. Routes call it after `require_master`: a body parameter would have
+    FastAPI read and parse any size of body before the master key is checked."""
+    return _validated(model, await read_json_body(request, MAX_BODY))
+
+
+async def _read_optional_body(request: Request, model: type[B]) -> B:
+    """`_read_body` for a call whose body may be left out (`model`'s defaults apply)."""
+    # HTTP frames a request body with one of these headers; without them there is none.
+    framed = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    raw = await read_json_body(request, MAX_BODY) if framed else None
+    return _validated(model, {} if raw is None else raw)
+
+
+def _validated(model: type[B], raw: Any) -> B:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err.get("loc", ())) or None
+        msg = err.get("msg", "invalid request body")
+        raise bad_request(f"{param}: {msg}" if param else msg, param=param) from None
 
 
 def _key_fields(gov: Governance, body: KeyFields, partial: bool) -> dict[str, Any]:
@@ -151,8 +173,8 @@ def _integrity_errors() -> tuple[type[Exception], ...]:
 
 
 @router.post("/keys")
-async def create_key(body: KeyCreate, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
-    fields = _key_fields(gov, body, partial=False)
+async def create_key(request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
+    fields = _key_fields(gov, await _read_body(request, KeyCreate), partial=False)
     key, secret = await _run(gov.keys.create, fields.pop("name"), **fields)
     _invalidate(request)
     return JSONResponse({"key": key.to_dict(), "secret": secret,
@@ -171,7 +193,8 @@ async def get_key(key_id: str, gov: Governance = Depends(require_master)) -> JSO
 
 
 @router.patch("/keys/{key_id}")
-async def update_key(key_id: str, body: KeyUpdate, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
+async def update_key(key_id: str, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
+    body = await _read_body(request, KeyUpdate)
     key = await _run(gov.keys.update, key_id, **_key_fields(gov, body, partial=True))
     _invalidate(request)
     return JSONResponse(key.to_dict())
@@ -185,8 +208,9 @@ async def revoke_key(key_id: str, request: Request, gov: Governance = Depends(re
 
 
 @router.post("/keys/{key_id}/rotate")
-async def rotate_key(key_id: str, request: Request, body: Rotate | None = None, gov: Governance = Depends(require_master)) -> JSONResponse:
-    key, secret = await _run(gov.keys.rotate, key_id, (body or Rotate()).grace_s)
+async def rotate_key(key_id: str, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
+    body = await _read_optional_body(request, Rotate)
+    key, secret = await _run(gov.keys.rotate, key_id, body.grace_s)
     _invalidate(request)
     return JSONResponse({"key": key.to_dict(), "secret": secret,
                          "note": "store the secret now: it is not kept and cannot be shown again"})
@@ -216,7 +240,8 @@ def budget_report(gov: Governance, now: float | None = None) -> list[dict[str, A
 
 
 @router.post("/budgets")
-async def create_budget(body: BudgetCreate, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
+async def create_budget(request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
+    body = await _read_body(request, BudgetCreate)
     budget = await _run(gov.budgets.create, body.scope, body.scope_id, body.period, body.limit_usd, body.soft_threshold)
     _invalidate(request)
     return JSONResponse(budget.to_dict(), status_code=201)
@@ -228,7 +253,8 @@ async def list_budgets(gov: Governance = Depends(require_master)) -> JSONRespons
 
 
 @router.patch("/budgets/{budget_id}")
-async def update_budget(budget_id: str, body: BudgetUpdate, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
+async def update_budget(budget_id: str, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
+    body = await _read_body(request, BudgetUpdate)
     budget = await _run(gov.budgets.update, budget_id, body.limit_usd, body.soft_threshold)
     _invalidate(request)
     return JSONResponse(budget.to_dict())

@@ -2,8 +2,9 @@
 predicted cost once the router has decided (routed); settle to the real cost (post).
 
 Refusals are OpenAI-style errors: 401 for a missing or unknown key, 403 for a revoked or
-expired key or a model/profile outside the key's scope, 429 for RPM/TPM, 402 when a budget
-or cost ceiling would be exceeded — the message names which one. Who the caller is and what
+expired key, a model/profile outside the key's scope or, under a limit, a file the request
+only refers to (its size unknown), 429 for RPM/TPM, 402 when a budget or cost ceiling would be
+exceeded — the message names which one. Who the caller is and what
 the key may use is decided by `auth.Authenticator`, shared with the other client endpoints.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from service.errors import ApiError
 from service.governance.auth import CACHE_MAX, CACHE_TTL_S
 from service.governance.budgets import Budget, Line, Reservation, session_line
 from service.governance.keys import VirtualKey, to_nusd
+from service.governance.request_limits import rate_limited
 from service.governance.runtime import Governance
 from service.pipeline import RequestContext
 
@@ -45,6 +47,8 @@ class GovState:
     soft: list[str] = field(default_factory=list)  # budgets past their soft threshold
     reservation: Reservation | None = None
     predicted_nusd: int | None = None
+    maximum_nusd: int | None = None
+    counted_tokens: int = 0  # input tokens the rate limiter counted when it admitted the request
 
 
 def _usd(nusd: int) -> str:
@@ -100,16 +104,28 @@ class GovernanceHook:
 
     def _admit(self, ctx: RequestContext, state: GovState) -> None:
         key = state.key
+        if ctx.routing.unsized_attachments and self._has_limits(key):
+            # No worst case can be reserved for content of unknown size, and clients cannot have
+            # uploaded it through the gateway (it has no /v1/files): refuse rather than guess.
+            raise self._refuse(403, f"Key '{key.name}' has a budget, a cost ceiling or a token rate limit, so every input "
+                               "must be sized before the call: this request has a file or audio part that refers to its "
+                               "content (a `file_id` or a URL) instead of carrying it, and the gateway cannot know its size. "
+                               "Send the content inline (`file.file_data`, `input_audio.data`).",
+                               "unsized_attachment", "unsized_attachment")
         if key.tpm is not None and ctx.routing.input_tokens > key.tpm:
             # No minute will ever have room for it: a 429 would have the client retry in vain.
             raise self._refuse(413, f"This request's ~{ctx.routing.input_tokens} input tokens exceed the "
                                f"{key.tpm} tokens per minute of key '{key.name}'.", "request_too_large", "tpm")
         verdict = self.gov.limiter.admit(key.id, key.rpm, key.tpm, ctx.routing.input_tokens)
         if verdict is not None:
-            limit = key.rpm if verdict == "rpm" else key.tpm
-            raise self._refuse(429, f"Rate limit of key '{key.name}' reached: {limit} {verdict.upper()}.",
-                               f"{verdict}_limit_exceeded", verdict, {"retry-after": "5"})
+            raise rate_limited(self.auth, key, verdict)
+        state.counted_tokens = ctx.routing.input_tokens
         self._budget_lines(ctx, state)
+
+    def _has_limits(self, key: VirtualKey) -> bool:
+        """Whether anything of this key's caps the tokens or the money one request may use."""
+        return (key.tpm is not None or key.max_request_usd is not None or key.max_session_usd is not None
+                or bool(self._applicable(key)))
 
     def _budget_lines(self, ctx: RequestContext, state: GovState) -> None:
         key = state.key
@@ -192,10 +208,18 @@ class GovernanceHook:
     # ---- routed: the decision is known, reserve before any upstream call ------------------
 
     @staticmethod
+    def attachment_tokens(ctx: RequestContext, spec: ModelSpec) -> int:
+        """The most `spec` may bill for the request's inline files and audio: their worst case
+        (router.request_view), never more than the model's context window, the longest prompt a
+        provider reads (a longer one is refused, not billed)."""
+        return min(ctx.routing.attachment_tokens, spec.context_window)
+
+    @staticmethod
     def most(ctx: RequestContext, spec: ModelSpec) -> float:
         """The most `spec` may bill for this request, its input counted with margins."""
         messages = ctx.body.get("messages") or ()
-        input_max = ctx.routing.input_tokens * INPUT_MARGIN + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REQUEST
+        input_max = (ctx.routing.input_tokens * INPUT_MARGIN + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REQUEST
+                     + GovernanceHook.attachment_tokens(ctx, spec))
         return spec.most_billed(input_max, ctx.routing.max_output_tokens, ctx.routing.answers)
 
     def _chain(self, ctx: RequestContext) -> tuple[list[str], list[str]]:
@@ -221,7 +245,13 @@ class GovernanceHook:
             predicted = self.most(ctx, named) if named else worst
         else:
             chosen = next((c for c in decision.candidates if c.model == decision.model), None)
-            predicted = chosen.cost_usd if chosen is not None else worst  # every one of `n` answers priced in
+            spec = specs.get(decision.model)
+            if chosen is None or spec is None:
+                predicted = worst
+            else:
+                # Every one of `n` answers is priced in; the attachments, which the router does
+                # not see, at their worst case.
+                predicted = chosen.cost_usd + spec.price.cost(self.attachment_tokens(ctx, spec), 0)
         return to_nusd(predicted) or 0, to_nusd(max(worst, predicted)) or 0
 
     def _cap_output(self, ctx: RequestContext, covered: list[str]) -> None:
@@ -255,10 +285,13 @@ class GovernanceHook:
             # A ceiling checked on a model's maximum output must be sent that maximum too.
             self._cap_output(ctx, chains[1])
         predicted, maximum = self.estimate(ctx, chains)
-        state.predicted_nusd = predicted
+        state.predicted_nusd, state.maximum_nusd = predicted, maximum
         if key is not None and key.max_request_usd is not None and predicted > to_nusd(key.max_request_usd):
+            attached = ctx.routing.attachment_bytes
             raise self._refuse(402, f"Request cost ceiling: this request is predicted to cost {_usd(predicted)}, above the "
-                               f"per-request ceiling of {_usd(to_nusd(key.max_request_usd))} of key '{key.name}'.",
+                               f"per-request ceiling of {_usd(to_nusd(key.max_request_usd))} of key '{key.name}'"
+                               + (f" (its {attached:,} bytes of attached files and audio count at their worst case)."
+                                  if attached else "."),
                                "request_cost_ceiling", "request_ceiling")
         if not state.lines:
             return
@@ -292,15 +325,41 @@ class GovernanceHook:
             return
         row = self.spend_row(ctx, state)
         res = state.reservation
+        if state.key is not None:
+            # Before the settle, so that the key's next request is admitted against them.
+            await asyncio.to_thread(self.gov.limiter.add_tokens, state.key.id, self._uncounted_tokens(state, row))
+        self._warn_above_maximum(state, row)
         await asyncio.to_thread(self.gov.ledger.settle, res.id if res else "", row["cost_nusd"], row,
                                 [ln.counter for ln in state.lines] if res else [])
         if self.gov.metrics is not None:
             self.gov.metrics.record(row)
-        if state.key is not None and row["output_tokens"]:
-            await asyncio.to_thread(self.gov.limiter.add_tokens, state.key.id, int(row["output_tokens"]))
         alerts = await asyncio.to_thread(self._alerts, ctx, state)
         await self.gov.alerts.deliver(alerts)
         await asyncio.to_thread(self.gov.maybe_sweep)
+
+    @staticmethod
+    def _uncounted_tokens(state: GovState, row: dict[str, Any]) -> int:
+        """Tokens the request used that its key's TPM has not counted yet: the output, and the
+        prompt the upstream billed beyond what admission estimated (attachments, a tokenizer
+        that splits finer). A prompt smaller than estimated stays counted at the estimate."""
+        prompt, output = row["input_tokens"] or 0, row["output_tokens"] or 0
+        return int(output) + max(int(prompt) - state.counted_tokens, 0)
+
+    @staticmethod
+    def _warn_above_maximum(state: GovState, row: dict[str, Any]) -> None:
+        """A settled cost above the request's maximum means the estimate the reservation and the
+        key's ceiling relied on was wrong (a partial reservation may settle above itself, up to
+        the maximum: that the budget guarantee allows for)."""
+        key, maximum = state.key, state.maximum_nusd
+        if key is None or maximum is None or row["cost_nusd"] <= maximum:
+            return
+        if state.reservation is None and key.max_request_usd is None:
+            return  # nothing relied on the estimate
+        reserved = state.reservation.amount_nusd if state.reservation else 0
+        log.warning("governance: request %s of key '%s' (%s) settled at %s, above its maximum of %s (%s reserved, "
+                    "%s predicted; %s prompt tokens billed): the estimate it was reserved on was too low", row["request_id"], key.name,
+                    key.id, _usd(row["cost_nusd"]), _usd(maximum), _usd(reserved), _usd(state.predicted_nusd or 0),
+                    row["input_tokens"])
 
     def spend_row(self, ctx: RequestContext, state: GovState) -> dict[str, Any]:
         key, extras = state.key, ctx.extras

@@ -89,7 +89,7 @@ class LearningRuntime:
         # Shadow calls get connection pools of their own: queued behind them, live requests to
         # the same provider would wait (a slow candidate model changed the client's latency).
         self._shadow_providers: dict[str, Any] = {}
-        self._shadow_tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()  # work beside the requests (shadow calls, implicit feedback)
         self._on_rejected: list[Callable[[str], None]] = []
 
     def on_rejected(self, callback: Callable[[str], None]) -> None:
@@ -179,18 +179,25 @@ class LearningRuntime:
         except NoEligibleModel:
             return None
 
-    def spawn_shadow(self, work: Any) -> None:
-        """Shadow work runs beside the request's other post-hooks, never before them: the
-        outcome row (which feedback sent to another replica looks for) is not held back."""
+    def spawn(self, work: Any) -> None:
+        """Work beside the request, never in front of it: a shadow call does not hold back the
+        outcome row (which feedback sent to another replica looks for), and a feedback store
+        that is away does not hold back, or fail, the request whose repeat it records."""
         task = asyncio.get_running_loop().create_task(work)
-        self._shadow_tasks.add(task)
-        task.add_done_callback(self._shadow_tasks.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def record_implicit(self, fb: Feedback) -> None:
+        try:
+            self.record(fb)
+        except Exception as exc:  # the store is away: the signal is lost, the gateway serves on
+            log.warning("implicit feedback %s on %s was not recorded: %s", fb.signal, fb.request_id, exc)
 
     async def aclose(self, wait_s: float = 10.0) -> None:
-        """Let shadow work in flight finish (then cancel it), close the shadow's pools and the
+        """Let work in flight finish (then cancel it), close the shadow's pools and the
         session memory."""
-        if self._shadow_tasks:
-            _, late = await asyncio.wait(set(self._shadow_tasks), timeout=wait_s)
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=wait_s)
             for task in late:
                 task.cancel()
         for provider in self._shadow_providers.values():
@@ -298,7 +305,7 @@ class LearningHook:
         key = repeat_key(ctx)
         previous = await rt.memory.take_repeat(key) if key is not None else None
         if previous is not None:
-            await asyncio.to_thread(rt.record, Feedback(previous, 0.0, source="implicit", signal="regenerated"))
+            rt.spawn(asyncio.to_thread(rt.record_implicit, Feedback(previous, 0.0, source="implicit", signal="regenerated")))
         if rt.bandit is not None and ctx.decision is not None:
             ctx.decision = rt.bandit.choose_for(ctx.decision, ctx.embedding, request_id=ctx.request_id,
                                                 rng=turn_rng(ctx))
@@ -358,9 +365,9 @@ class LearningHook:
         if ctx.decision is not None and ctx.cache_status in ("miss", "bypass"):
             signal = self.implicit_signal(ctx)
             if signal is not None:
-                await asyncio.to_thread(rt.record, Feedback(ctx.request_id, 0.0, source="implicit", signal=signal))
+                await asyncio.to_thread(rt.record_implicit, Feedback(ctx.request_id, 0.0, source="implicit", signal=signal))
         if rt.shadow_router is not None and ctx.decision is not None and rt.feedback_log is not None:
-            rt.spawn_shadow(self.shadow(ctx))
+            rt.spawn(self.shadow(ctx))
 
     @staticmethod
     def implicit_signal(ctx: RequestContext) -> str | None:

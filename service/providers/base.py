@@ -449,6 +449,13 @@ class Provider(ABC):
                 if response.status >= 400:
                     body = await response.read()
                     raise error_from_response(response.status, body, response.headers, secrets)
+                # A 2xx that is no event stream (a captive portal's HTML page, a whole JSON answer)
+                # holds no event: read as one, it would pass for a stream cut before its first. A
+                # server that names no type at all is given the benefit of the doubt.
+                declared = response.headers.get("content-type")
+                if declared is not None and response.content_type != "text/event-stream":
+                    raise UpstreamError("malformed", f"the answer to a stream request is {declared[:100]!r}, "
+                                        "not text/event-stream", status=response.status)
                 yield response
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, secrets) from None

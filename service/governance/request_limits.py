@@ -1,0 +1,31 @@
+"""The key's requests-per-minute limit on client calls that route nothing and spend no tokens
+(`POST /v1/route`, `POST /v1/feedback`): they count against the same minute as the key's chat
+requests and are refused with the same 429, built here for both (`GovernanceHook` admits chat
+requests, with their tokens)."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from service.errors import ApiError
+from service.governance.auth import Caller
+from service.governance.keys import VirtualKey
+
+
+def rate_limited(auth: Any, key: VirtualKey, verdict: str) -> ApiError:
+    """The 429 for a key whose minute is full (`verdict`: "rpm" or "tpm", as the limiter says)."""
+    limit = key.rpm if verdict == "rpm" else key.tpm
+    return auth.refuse(429, f"Rate limit of key '{key.name}' reached: {limit} {verdict.upper()}.",
+                       f"{verdict}_limit_exceeded", verdict, {"retry-after": "5"})
+
+
+async def admit_call(app_state: Any, caller: Caller | None) -> None:
+    """Count one call against its key's RPM; 429 `rpm_limit_exceeded` when the minute is full."""
+    key = caller.key if caller is not None else None
+    if key is None or key.rpm is None:
+        return
+    gov = app_state.governance
+    # No tokens, so the key's TPM is no business of these calls.
+    verdict = await asyncio.to_thread(gov.limiter.admit, key.id, key.rpm, None, 0)
+    if verdict is not None:
+        raise rate_limited(gov.auth, key, verdict)
