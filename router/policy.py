@@ -82,9 +82,16 @@ def eligibility(pred: Predictions, requests: Sequence[RoutingRequest], catalog: 
         for i, request in enumerate(requests):
             out[i, j] = _exclusion(
                 spec, request, allowed, constraints.excluded_models, tags, max_cost, max_latency,
-                float(pred.p_good[i, j]), float(pred.cost_usd[i, j]), float(pred.latency_s[i, j]),
+                float(pred.p_good[i, j]), float(pred.cost_usd[i, j]) + attachment_cost(spec, request), float(pred.latency_s[i, j]),
                 float(pred.output_tokens[i, j]), None) is None
     return out
+
+
+def attachment_cost(spec: ModelSpec, request: RoutingRequest) -> float:
+    """What `spec` may bill for the request's inline files and audio, at their worst case
+    (router.request_view): the predictors price the text only. Priced into the candidate's cost,
+    so a cost cap or a key's ceiling moves such a request to a model it fits."""
+    return spec.price.cost(request.attachment_tokens_within(spec.context_window), 0) if request.attachment_tokens else 0.0
 
 
 def _limits(profile: Profile, constraints: Constraints) -> tuple[frozenset[str] | None, frozenset[str], float | None, float | None]:
@@ -243,7 +250,7 @@ def decide(pred: Predictions, request: RoutingRequest, *, catalog: Sequence[Mode
     rows = []
     for spec in catalog:
         j = pred.column(spec.name)
-        p, cost = float(pred.p_good[row, j]), float(pred.cost_usd[row, j])
+        p, cost = float(pred.p_good[row, j]), float(pred.cost_usd[row, j]) + attachment_cost(spec, request)
         latency = blend_latency(float(pred.latency_s[row, j]), live.get(spec.name))
         out_tokens = float(pred.output_tokens[row, j])
         u = float(utility(p, cost, latency, wtp, lw))

@@ -33,6 +33,11 @@ class RoutingRequest:
     attachment_tokens: int = 0
     unsized_attachments: int = 0
 
+    def attachment_tokens_within(self, context_window: int) -> int:
+        """The most a model with this window may bill for the attachments: a longer prompt is
+        refused by the provider, not billed."""
+        return min(self.attachment_tokens, context_window)
+
 
 @dataclass(frozen=True)
 class Constraints:

@@ -331,9 +331,7 @@ def estimated_usage(ctx: RequestContext, response: dict[str, Any], spec: ModelSp
         message = choice.get("message") or {}
         out += message.get("content") or ""
         out += "".join(str((c.get("function") or {}).get("arguments") or "") for c in message.get("tool_calls") or ())
-    attached = ctx.routing.attachment_tokens
-    if spec is not None:
-        attached = min(attached, spec.context_window)
+    attached = ctx.routing.attachment_tokens_within(spec.context_window) if spec is not None else ctx.routing.attachment_tokens
     prompt, completion = ctx.routing.input_tokens + attached, estimate_tokens(out)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -348,7 +346,9 @@ def finish(gw: Gateway, ctx: RequestContext) -> None:
     extras["latency_s"] = round(time.perf_counter() - extras["started"], 4)
     extras.setdefault("reason", _reason(ctx))
     usage = (ctx.response or {}).get("usage") if ctx.status in ("ok", "truncated", "client_closed") else None
-    spec = gw.dispatcher.specs.get(ctx.answered_by or "")
+    # A stream cut when its client left before the first token was still sent, prompt and all:
+    # billed as an answer of no output, or a client that always leaves early would spend nothing.
+    spec = gw.dispatcher.specs.get(ctx.answered_by or extras.get("abandoned_on") or "")
     if spec is not None and ctx.status in ("ok", "truncated", "client_closed"):
         if not usage:
             # No usage from the upstream (a cut stream, a server that omits it): bill our estimate.

@@ -303,6 +303,7 @@ class Dispatcher:
                 except ClientGone:
                     self._record(ctx, name, "abandoned", reason="client_left", retry=retry,
                                  latency_s=round(time.perf_counter() - started, 4))
+                    ctx.extras["abandoned_on"] = name  # the provider read the prompt: it is billed
                     self.live.breaker.release(name)
                     raise
                 except BaseException:

@@ -291,8 +291,9 @@ def _invalid(where: str, why: str) -> ApiError:
     return bad_request(f"invalid value for {where!r}: {why}", code="invalid_value", param=where)
 
 
-async def read_json_body(request: Request, max_bytes: int) -> Any:
-    """The request body as JSON, refusing more than `max_bytes` before reading it all."""
+async def read_json_body(request: Request, max_bytes: int, optional: bool = False) -> Any:
+    """The request body as JSON, refusing more than `max_bytes` before reading it all; an
+    empty body is a 400, or None where the body is `optional`."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
@@ -305,6 +306,8 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw.strip():
+        if optional:
+            return None
         raise bad_request("the request body is empty; send a JSON object", code="invalid_json")
     try:
         # Upstreams get the body re-serialised: a NaN would reach them as a bare `NaN` token.

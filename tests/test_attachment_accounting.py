@@ -62,8 +62,8 @@ def test_a_small_inline_pdf_is_routed_answered_and_settles_within_its_reservatio
     pdf = pdf_part(2_000)
     answer = ask(client(gw, secret), "auto", pdf)
     assert answer.http_response.status_code == 200
-    assert answer.parse().model == "m1"  # the router's best model, as for the same text without the file
-    assert upstream.requests_for("m1")[-1].body["messages"][0]["content"][1] == pdf  # forwarded as sent
+    model = answer.parse().model
+    assert upstream.requests_for(model)[-1].body["messages"][0]["content"][1] == pdf  # forwarded as sent
     settled(admin, 1)
     with gov.db.tx() as tx:
         row = tx.one("SELECT cost_nusd, reserved_nusd, input_tokens FROM gov_spend WHERE status = 'ok'")
@@ -112,3 +112,20 @@ def test_a_settled_cost_above_the_requests_maximum_is_logged_with_the_key_and_am
     assert len(warnings) == 1
     assert f"key 'listener' ({key['id']})" in warnings[0]
     assert f"settled at ${row['cost_usd']:.9f}".rstrip("0") in warnings[0] and f"{row['input_tokens']} prompt tokens" in warnings[0]
+
+
+def test_a_routed_request_with_a_file_goes_to_a_model_its_worst_case_fits(env):
+    # Worst case of a 10 KB PDF: 10,000 tokens, $0.10 on m1, $0.05 on m2, $0.01 on m3. The router
+    # prices it into every candidate, so a key's ceiling or budget picks m3 instead of refusing.
+    gw, admin, _, upstream, _ = env
+    _, capped = new_key(admin, name="capped", max_request_usd=0.05)
+    key, budgeted = new_key(admin, name="budgeted")
+    admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "total", "limit_usd": 0.05})
+    pdf = pdf_part(10_000)
+    for secret in (capped, budgeted):
+        assert ask(client(gw, secret), "auto", pdf).parse().model == "m3"
+    assert len(upstream.requests_for("m3")) == 2 and not upstream.requests_for("m1")
+    route = admin.post("/v1/route", json={"model": "auto", "max_tokens": 200, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Summarise this document."}, pdf]}]}).json()
+    costs = {c["model"]: c["cost_usd"] for c in route["candidates"]}
+    assert costs["m1"] - costs["m3"] > 0.085  # the file alone: $0.10 against $0.01

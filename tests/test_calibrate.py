@@ -41,16 +41,20 @@ def _config(tmp_path: Path, **profile) -> Path:
     return path
 
 
-def _calibrated(out: Path, shares: list[float], *argv: str) -> tuple[float, dict]:
+def _calibrated(capsys, out: Path, shares: list[float], *argv: str, data: Path = PROMPTS) -> tuple[float, dict]:
     """The first of `shares` that calibrates, and its result. Which shares of 36 rows a knob can
     give turns on the predictions' last bits (int8 kernels differ between CPUs): several rows may
-    move at one knob value here and one by one on another machine."""
+    move at one knob value here and one by one on another machine. Only that, a share the rows
+    jump past, moves on to the next share; any other refusal fails the test."""
     for share in shares:
-        if main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", str(share), *argv, "--out", str(out)]) == 0:
+        capsys.readouterr()
+        if main(["calibrate", "--data", str(data), "--model", STRONG, "--share", str(share), *argv, "--out", str(out)]) == 0:
             result = json.loads(out.read_text())
             assert abs(result["share"] - share) <= 1 / 36
             return share, result
-    raise AssertionError(f"none of the shares {shares} could be calibrated")
+        err = capsys.readouterr().err
+        assert "share jumps past" in err, err
+    raise AssertionError(f"every one of the shares {shares} is jumped past")
 
 
 def _gateway_shares(config_path: Path, wtp: float) -> dict[str, float]:
@@ -71,7 +75,7 @@ def _gateway_shares(config_path: Path, wtp: float) -> dict[str, float]:
 @pytest.mark.parametrize("targets", [[0.25, 0.3, 0.2], [0.5, 0.45, 0.55]])
 def test_the_printed_knob_sends_the_asked_share_through_the_gateways_decisions(tmp_path, capsys, targets):
     config = _config(tmp_path)
-    _, result = _calibrated(tmp_path / "cal.json", targets, "--config", str(config))
+    _, result = _calibrated(capsys, tmp_path / "cal.json", targets, "--config", str(config))
     assert f"router.profiles.team.willingness_to_pay: {result['knob']}" in capsys.readouterr().out
     assert result["requests"] == 36 and result["profile"] == "team"
     shares = _gateway_shares(config, result["willingness_to_pay"])
@@ -83,7 +87,7 @@ def test_a_profiles_cost_cap_is_respected_as_the_gateway_respects_it(tmp_path, c
     # The cap is below the strong model's predicted cost on about half of the prompts: those can
     # never go to it, so 90 % is out of reach there while it is reachable without the cap.
     capped, free = _config(tmp_path / "capped", max_cost_usd=0.0075), _config(tmp_path / "free")
-    _, result = _calibrated(tmp_path / "capped.json", [0.2, 0.25, 0.15, 0.3], "--config", str(capped))
+    _, result = _calibrated(capsys, tmp_path / "capped.json", [0.2, 0.25, 0.15, 0.3], "--config", str(capped))
     assert _gateway_shares(capped, result["willingness_to_pay"]).get(STRONG, 0.0) == pytest.approx(result["share"])
     assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "0.9", "--config", str(free)]) == 0
     assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "0.9", "--config", str(capped)]) == 2
@@ -107,8 +111,8 @@ def test_calibrate_refuses_what_it_cannot_calibrate(tmp_path, capsys):
     assert "not a share between 0 and 1" in capsys.readouterr().err
 
 
-def test_without_a_config_the_artifacts_models_are_calibrated_at_their_training_prices(tmp_path):
-    _, result = _calibrated(tmp_path / "plain.json", [0.5, 0.45, 0.55])
+def test_without_a_config_the_artifacts_models_are_calibrated_at_their_training_prices(tmp_path, capsys):
+    _, result = _calibrated(capsys, tmp_path / "plain.json", [0.5, 0.45, 0.55])
     router = LearnedRouter.load(ROOT / "models" / "default")
     requests = [view_chat_request({"messages": [{"role": "user", "content": t}]}) for t in _prompts()]
     from router.policy import choose_batch
@@ -134,7 +138,7 @@ def test_a_share_that_jumps_past_the_target_is_an_error_naming_the_shares_either
     assert len(knobs) == 2 and knobs[0] != knobs[1]  # each printed with the digits that give its own share
 
 
-def test_the_printed_knob_as_written_in_a_config_gives_the_printed_share_on_a_running_gateway(tmp_path):
+def test_the_printed_knob_as_written_in_a_config_gives_the_printed_share_on_a_running_gateway(tmp_path, capsys):
     """The whole path: prompts sent after an agent's system prompt and tools (the template), the
     knob pasted into a config, the real `serve` and the `openai` SDK; the log says what it chose."""
     template = {"messages": [{"role": "system", "content": "You are a coding agent. " + "Follow the house rules. " * 400}],
@@ -143,7 +147,7 @@ def test_the_printed_knob_as_written_in_a_config_gives_the_printed_share_on_a_ru
                 "max_completion_tokens": 4096}
     (tmp_path / "template.json").write_text(json.dumps(template))
     config = _config(tmp_path)
-    _, result = _calibrated(tmp_path / "cal.json", [0.45, 0.4, 0.5], "--config", str(config),
+    _, result = _calibrated(capsys, tmp_path / "cal.json", [0.45, 0.4, 0.5], "--config", str(config),
                             "--request-template", str(tmp_path / "template.json"))
     raw = yaml.safe_load(config.read_text())
     raw["router"]["profiles"]["team"]["willingness_to_pay"] = float(result["knob"])
@@ -174,7 +178,7 @@ def test_a_templates_router_limits_and_profile_are_applied_as_the_gateway_applie
     config = _config(tmp_path)
     template = tmp_path / "template.json"
     template.write_text(json.dumps({"model": "team", "router": {"max_cost_usd": 0.0075}}))
-    _, result = _calibrated(tmp_path / "cal.json", [0.2, 0.25, 0.15, 0.3], "--config", str(config),
+    _, result = _calibrated(capsys, tmp_path / "cal.json", [0.2, 0.25, 0.15, 0.3], "--config", str(config),
                             "--request-template", str(template))
     assert result["profile"] == "team"
     loaded = load_config(config)
@@ -204,9 +208,7 @@ def test_a_messages_column_is_taken_whole_and_a_bad_cell_is_named(tmp_path, caps
     import pandas as pd
 
     pd.DataFrame({"messages": [*chats, ""]}).to_csv(data, index=False)  # an empty cell: no request, left out
-    out = tmp_path / "cal.json"
-    assert main(["calibrate", "--data", str(data), "--model", STRONG, "--share", "0", "--out", str(out)]) == 0
-    result = json.loads(out.read_text())
+    _, result = _calibrated(capsys, tmp_path / "cal.json", [0.3, 0.25, 0.35], data=data)
     assert result["requests"] == 36 and result["empty_requests"] == 1
     pd.DataFrame({"messages": [chats[0], "[{not json"]}).to_csv(data, index=False)
     capsys.readouterr()

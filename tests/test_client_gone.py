@@ -13,6 +13,7 @@ import pytest
 
 from tests.fake_upstream import hang, ok, rate_limit, server_error
 from tests.gateway_harness import MSG, ask
+from tests.governance_harness import governed_gateway, new_key, settled
 
 
 def leave_before_the_answer(gw: Any, stream: bool) -> None:
@@ -77,7 +78,7 @@ def test_a_client_that_left_while_the_model_hung_gets_no_failover(start_gateway,
     upstream.script("m1", hang(10))
     leave_before_the_answer(gw, stream)
     row = gw.outcomes(1)[0]
-    assert (row["status"], row["answered_model"], row["cost_usd"]) == ("client_closed", None, 0.0)
+    assert (row["status"], row["answered_model"]) == ("client_closed", None)
     assert [r.model for r in upstream.requests] == ["m1"]  # m2 neither called nor billed
     m1 = live(gw, "m1")
     assert m1["in_flight"] == 0
@@ -85,9 +86,12 @@ def test_a_client_that_left_while_the_model_hung_gets_no_failover(start_gateway,
         # The stream awaited is cut when the client leaves: no timeout is waited out, none blamed on m1.
         assert attempts(row) == [("m1", "abandoned", "client_left")]
         assert (m1["error_rate"], m1["circuit"]) == (0.0, "closed")
+        # m1 was sent the prompt: it is billed, with no output.
+        assert row["cost_usd"] > 0 and row["output_tokens"] == 0 and row["input_tokens"] > 0
     else:
         # A non-streamed call in flight runs on (most providers bill it anyway; the cache may keep its answer).
         assert attempts(row) == [("m1", "error", "timeout")]
+        assert row["cost_usd"] == 0.0  # it failed: a failed attempt is no answer to bill
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
@@ -129,3 +133,26 @@ def test_an_abandoned_probe_leaves_the_circuit_to_the_next_probe(start_gateway, 
     assert live(gw, "m1")["circuit"] == "half_open"
     answer, _ = ask(gw)
     assert answer.model == "m1" and live(gw, "m1")["circuit"] == "closed"
+
+
+def test_a_stream_left_before_its_first_token_bills_its_prompt_to_the_keys_budget(tmp_path):
+    # Billed nothing, a client that always leaves before the first token would send prompts
+    # upstream without end against a budget that never moves.
+    prompt = "word " * 20_000  # ~20,000 input tokens: $0.20 on m1
+    with governed_gateway(tmp_path) as (gw, admin, _, up, _):
+        key, secret = new_key(admin, name="budgeted")
+        admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "total", "limit_usd": 0.45})
+        up.default("m1", ok("slow", delay_s=1.5))
+        impatient = openai.OpenAI(base_url=gw.base_url, api_key=secret, max_retries=0, timeout=0.3)
+        with pytest.raises(openai.APITimeoutError):
+            list(impatient.chat.completions.create(model="m1", stream=True, max_tokens=50,
+                                                   messages=[{"role": "user", "content": prompt}]))
+        row = settled(admin, 1)[0]
+        assert (row["status"], row["model"], row["output_tokens"]) == ("client_closed", "m1", 0)
+        assert row["cost_usd"] > 0.15
+        assert admin.get("/admin/budgets").json()["data"][0]["spent_usd"] == pytest.approx(row["cost_usd"])
+        with pytest.raises(openai.APIStatusError) as refused:  # the budget has too little left for another
+            list(impatient.chat.completions.create(model="m1", stream=True, max_tokens=50,
+                                                   messages=[{"role": "user", "content": prompt}]))
+        assert refused.value.status_code == 402
+        assert len(up.requests_for("m1")) == 1

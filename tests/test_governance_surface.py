@@ -56,6 +56,9 @@ def test_admin_bodies_are_read_only_after_the_master_key(env):
     assert (bad.status_code, bad.json()["error"]["param"], bad.json()["error"]["type"]) == (400, "scope", "invalid_request_error")
     key, _ = new_key(admin, name="rotated")
     assert admin.post(f"/admin/keys/{key['id']}/rotate").status_code == 200  # the body stays optional
+    chunked_empty = admin.post(f"/admin/keys/{key['id']}/rotate", content=iter([b""]))  # chunked, no bytes
+    assert chunked_empty.status_code == 200, chunked_empty.text
+    assert admin.post(f"/admin/keys/{key['id']}/rotate", content=b"null").status_code == 200
     assert admin.post(f"/admin/keys/{key['id']}/rotate", json={"grace_s": -1}).json()["error"]["param"] == "grace_s"
 
 

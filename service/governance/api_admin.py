@@ -111,10 +111,8 @@ async def _read_body(request: Request, model: type[B]) -> B:
 
 
 async def _read_optional_body(request: Request, model: type[B]) -> B:
-    """`_read_body` for a call whose body may be left out (`model`'s defaults apply)."""
-    # HTTP frames a request body with one of these headers; without them there is none.
-    framed = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
-    raw = await read_json_body(request, MAX_BODY) if framed else None
+    """`_read_body` for a call whose body may be left out, empty or `null` (`model`'s defaults apply)."""
+    raw = await read_json_body(request, MAX_BODY, optional=True)
     return _validated(model, {} if raw is None else raw)
 
 

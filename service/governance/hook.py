@@ -51,6 +51,11 @@ class GovState:
     counted_tokens: int = 0  # input tokens the rate limiter counted when it admitted the request
 
 
+def _attachment_note(ctx: RequestContext) -> str:
+    attached = ctx.routing.attachment_bytes
+    return f" (its {attached:,} bytes of attached files and audio count at their worst case)" if attached else ""
+
+
 def _usd(nusd: int) -> str:
     # To the nano-dollar the ledger counts in: a $0.00005 ceiling must not read as $0.0001.
     return f"${nusd / 1e9:.9f}".rstrip("0").rstrip(".") if nusd else "$0"
@@ -172,10 +177,10 @@ class GovernanceHook:
         refusal = None
         if headroom_nusd is not None and min(caps) == headroom_nusd / 1e9:
             refusal = (f"Budget exceeded: the {label} has only {_usd(headroom_nusd)} left, less than the predicted cost "
-                       "of any model allowed for this request.", "budget_exceeded", "budget")
+                       f"of any model allowed for this request{_attachment_note(ctx)}.", "budget_exceeded", "budget")
         elif key is not None and key.max_request_usd is not None and min(caps) == key.max_request_usd:
             refusal = (f"Request cost ceiling: every model allowed for this request is predicted to cost more than the "
-                       f"per-request ceiling of {_usd(to_nusd(key.max_request_usd))} of key '{key.name}'.",
+                       f"per-request ceiling of {_usd(to_nusd(key.max_request_usd))} of key '{key.name}'{_attachment_note(ctx)}.",
                        "request_cost_ceiling", "request_ceiling")
         if refusal is not None:
             limit = min(caps)
@@ -208,18 +213,11 @@ class GovernanceHook:
     # ---- routed: the decision is known, reserve before any upstream call ------------------
 
     @staticmethod
-    def attachment_tokens(ctx: RequestContext, spec: ModelSpec) -> int:
-        """The most `spec` may bill for the request's inline files and audio: their worst case
-        (router.request_view), never more than the model's context window, the longest prompt a
-        provider reads (a longer one is refused, not billed)."""
-        return min(ctx.routing.attachment_tokens, spec.context_window)
-
-    @staticmethod
     def most(ctx: RequestContext, spec: ModelSpec) -> float:
         """The most `spec` may bill for this request, its input counted with margins."""
         messages = ctx.body.get("messages") or ()
         input_max = (ctx.routing.input_tokens * INPUT_MARGIN + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REQUEST
-                     + GovernanceHook.attachment_tokens(ctx, spec))
+                     + ctx.routing.attachment_tokens_within(spec.context_window))
         return spec.most_billed(input_max, ctx.routing.max_output_tokens, ctx.routing.answers)
 
     def _chain(self, ctx: RequestContext) -> tuple[list[str], list[str]]:
@@ -245,13 +243,8 @@ class GovernanceHook:
             predicted = self.most(ctx, named) if named else worst
         else:
             chosen = next((c for c in decision.candidates if c.model == decision.model), None)
-            spec = specs.get(decision.model)
-            if chosen is None or spec is None:
-                predicted = worst
-            else:
-                # Every one of `n` answers is priced in; the attachments, which the router does
-                # not see, at their worst case.
-                predicted = chosen.cost_usd + spec.price.cost(self.attachment_tokens(ctx, spec), 0)
+            # Every one of `n` answers is priced in, and the attachments at their worst case (router.policy).
+            predicted = chosen.cost_usd if chosen is not None else worst
         return to_nusd(predicted) or 0, to_nusd(max(worst, predicted)) or 0
 
     def _cap_output(self, ctx: RequestContext, covered: list[str]) -> None:
@@ -287,12 +280,9 @@ class GovernanceHook:
         predicted, maximum = self.estimate(ctx, chains)
         state.predicted_nusd, state.maximum_nusd = predicted, maximum
         if key is not None and key.max_request_usd is not None and predicted > to_nusd(key.max_request_usd):
-            attached = ctx.routing.attachment_bytes
             raise self._refuse(402, f"Request cost ceiling: this request is predicted to cost {_usd(predicted)}, above the "
                                f"per-request ceiling of {_usd(to_nusd(key.max_request_usd))} of key '{key.name}'"
-                               + (f" (its {attached:,} bytes of attached files and audio count at their worst case)."
-                                  if attached else "."),
-                               "request_cost_ceiling", "request_ceiling")
+                               f"{_attachment_note(ctx)}.", "request_cost_ceiling", "request_ceiling")
         if not state.lines:
             return
         waited = 0.0
@@ -378,7 +368,7 @@ class GovernanceHook:
             "project": key.project if key else None,
             "user_tag": key.user if key else None,
             "session_id": state.session_id,
-            "model": ctx.answered_by,
+            "model": ctx.answered_by or ctx.extras.get("abandoned_on"),  # the model that billed it
             "profile": ctx.profile,
             "status": status,
             "cache_status": ctx.cache_status,
