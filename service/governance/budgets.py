@@ -169,13 +169,16 @@ SPEND_COLUMNS = (
 )
 
 
-def insert_spend(tx: Any, row: Mapping[str, Any]) -> None:
+def insert_spend(tx: Any, row: Mapping[str, Any]) -> bool:
+    """Write a request's spend row; False when it is there already (an earlier try of the same
+    settle wrote it, and only its acknowledgement was lost)."""
     cols = [c for c in SPEND_COLUMNS if c in row]
     conflict = "ON CONFLICT (request_id) DO NOTHING"
-    tx.execute(
+    cur = tx.execute(
         f"INSERT INTO gov_spend ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) {conflict}",
         [row[c] for c in cols],
     )
+    return cur.rowcount != 0
 
 
 def seeded_spent(db: Database, line: Line) -> int:
@@ -240,8 +243,12 @@ class SqlLedger:
                counters: Sequence[str] = ()) -> None:
         """Release the reservation and count the real cost. `counters` are the request's budget
         counters: its spend still counts when its reservation was released as stale meanwhile
-        (a stream longer than `stale_reservation_s`)."""
+        (a stream longer than `stale_reservation_s`). Safe to try again after an error: the spend
+        row and the counters are written in one transaction, so a row already there means a
+        committed try."""
         with self.db.tx(immediate=True) as tx:
+            if spend_row is not None and not insert_spend(tx, spend_row):
+                return
             lock = " FOR UPDATE" if tx.dialect == "postgres" else ""
             res = tx.one(f"SELECT counters, amount_nusd, partial FROM gov_reservations WHERE id = ?{lock}", (reservation_id,))
             if res is not None:
@@ -255,8 +262,6 @@ class SqlLedger:
             elif actual_nusd:
                 for counter in sorted(set(counters)):
                     tx.execute("UPDATE gov_counters SET spent_nusd = spent_nusd + ? WHERE counter = ?", (actual_nusd, counter))
-            if spend_row is not None:
-                insert_spend(tx, spend_row)
 
     def release_stale(self, older_than_s: float, now: float | None = None) -> int:
         """Free reservations whose request died before settling (crash, killed worker)."""

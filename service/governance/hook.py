@@ -28,6 +28,10 @@ from service.pipeline import RequestContext
 
 log = logging.getLogger(__name__)
 
+# Pauses between tries of a settle that failed: about half a minute in all, off the latency
+# path (a post-hook), long enough for a database failover or a dropped pool connection.
+SETTLE_RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
 # Prompt tokens are estimated from characters before the call; the bill counts real tokens,
 # with a few per message for roles and separators (OpenAI: ~4) and some for the reply priming.
 INPUT_MARGIN = 1.25
@@ -319,13 +323,27 @@ class GovernanceHook:
             # Before the settle, so that the key's next request is admitted against them.
             await asyncio.to_thread(self.gov.limiter.add_tokens, state.key.id, self._uncounted_tokens(state, row))
         self._warn_above_maximum(state, row)
-        await asyncio.to_thread(self.gov.ledger.settle, res.id if res else "", row["cost_nusd"], row,
-                                [ln.counter for ln in state.lines] if res else [])
+        await self._settle(res.id if res else "", row, [ln.counter for ln in state.lines] if res else [])
         if self.gov.metrics is not None:
             self.gov.metrics.record(row)
         alerts = await asyncio.to_thread(self._alerts, ctx, state)
         await self.gov.alerts.deliver(alerts)
         await asyncio.to_thread(self.gov.maybe_sweep)
+
+    async def _settle(self, reservation_id: str, row: dict[str, Any], counters: list[str]) -> None:
+        """Settle, trying again while the store is away (a database restarting, a dropped
+        connection): given up, the spend row is lost and the reservation is held until the stale
+        sweep releases it at $0. A retry cannot count twice (the ledgers' `settle`)."""
+        for pause in (*SETTLE_RETRY_S, None):
+            try:
+                await asyncio.to_thread(self.gov.ledger.settle, reservation_id, row["cost_nusd"], row, counters)
+                return
+            except Exception as exc:
+                if pause is None:
+                    raise
+                log.warning("governance: settling request %s failed (%s); trying again in %.1f s",
+                            row["request_id"], exc, pause)
+                await asyncio.sleep(pause)
 
     @staticmethod
     def _uncounted_tokens(state: GovState, row: dict[str, Any]) -> int:

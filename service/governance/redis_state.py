@@ -59,7 +59,9 @@ return {1, amount, partial}
 _SETTLE = """
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then
-  -- released as stale while the request ran: its cost still counts (KEYS[2..] are its counters)
+  -- released as stale while the request ran: its cost still counts (KEYS[2..] are its counters),
+  -- unless this is a second try whose first may have settled it already (ARGV[3] = '0')
+  if ARGV[3] == '0' then return 0 end
   for i = 2, #KEYS do
     if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HINCRBY', KEYS[i], 'spent', tonumber(ARGV[2])) end
   end
@@ -198,17 +200,22 @@ class RedisLedger:
 
     def settle(self, reservation_id: str, actual_nusd: int, spend_row: Mapping[str, Any] | None,
                counters: Sequence[str] = ()) -> None:
+        """As the SQL ledger's; the spend row and Redis are two writes, so a try that finds the row
+        written settles a reservation still held but counts nothing past a released one (the
+        earlier try may have counted it)."""
+        first = True
         if spend_row is not None:
             with self.db.tx() as tx:
-                insert_spend(tx, spend_row)
-        self._settle(keys=[self._res_key, *(self._k(c) for c in sorted(set(counters)))], args=[reservation_id, actual_nusd])
+                first = insert_spend(tx, spend_row)
+        self._settle(keys=[self._res_key, *(self._k(c) for c in sorted(set(counters)))],
+                     args=[reservation_id, actual_nusd, "1" if first else "0"])
 
     def release_stale(self, older_than_s: float, now: float | None = None) -> int:
         now = time.time() if now is None else now
         released = 0
         for rid, raw in self.r.hgetall(self._res_key).items():
             if json.loads(raw)["t"] < now - older_than_s:
-                released += int(self._settle(keys=[self._res_key], args=[rid, 0]))
+                released += int(self._settle(keys=[self._res_key], args=[rid, 0, "1"]))
         return released
 
 

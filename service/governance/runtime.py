@@ -72,6 +72,13 @@ class Governance:
         else:
             self.ledger = SqlLedger(self.db)
             self.limiter = MemoryRateLimiter()
+            if self.db.dialect == "sqlite":
+                # A SQLite ledger serves one process: a reservation made before this start is one
+                # whose process died before settling, not one to hold the budget for 15 minutes.
+                released = self.ledger.release_stale(0.0, time.time())
+                if released:
+                    log.warning("governance: released %d budget reservations left by a process that ended "
+                                "without settling them", released)
         self.alerts = Alerter(self.db, settings.webhook_url, settings.thresholds)
         self.attribution = Attribution(self.db)
         self.metrics: SpendMetrics | None = None
