@@ -113,10 +113,13 @@ async def _visible_request(learning: Any, request_id: str, caller: Caller | None
 
 def _record_within_cap(learning: Any, fb: Feedback) -> None:
     # Counted and written under one lock: verdicts sent all at once would otherwise each see room.
+    # Learning from it (the bandit, a Redis publish) happens outside, so a slow Redis holds up no
+    # other request's feedback.
     with _RECORDING:
         given = sum(row["source"] == "explicit" for row in learning.feedback_log.feedback(fb.request_id))
         if given >= MAX_FEEDBACK_PER_REQUEST:
             # 409, not 429: no wait makes room, the request's feedback is complete.
             raise ApiError(409, f"Request {fb.request_id!r} has {given} verdicts already, the most one request takes; "
                            "the latest of them is the one that counts.", code="feedback_limit_reached", param="request_id")
-        learning.record(fb)
+        learning.feedback_log.add_feedback(fb)
+    learning.learn(fb)

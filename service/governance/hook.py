@@ -319,9 +319,10 @@ class GovernanceHook:
             return
         row = self.spend_row(ctx, state)
         res = state.reservation
-        if state.key is not None:
+        uncounted = self._uncounted_tokens(state, row)
+        if state.key is not None and uncounted:
             # Before the settle, so that the key's next request is admitted against them.
-            await asyncio.to_thread(self.gov.limiter.add_tokens, state.key.id, self._uncounted_tokens(state, row))
+            await asyncio.to_thread(self.gov.limiter.add_tokens, state.key.id, uncounted)
         self._warn_above_maximum(state, row)
         await self._settle(res.id if res else "", row, [ln.counter for ln in state.lines] if res else [])
         if self.gov.metrics is not None:

@@ -152,6 +152,10 @@ class LearningRuntime:
     def record(self, fb: Feedback) -> None:
         if self.feedback_log is not None:
             self.feedback_log.add_feedback(fb)
+        self.learn(fb)
+
+    def learn(self, fb: Feedback) -> None:
+        """What a stored verdict teaches: the bandit (and through Redis the other replicas), the cache."""
         if self.sync is not None:
             self.sync.feedback(fb.request_id, fb.score)
         elif self.bandit is not None:
