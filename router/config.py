@@ -243,6 +243,9 @@ class ServerSection(_Strict):
     prompt_storage: Literal["none", "hash", "full"] = "hash"
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     redis_url: str | None = None
+    # Under the 10 s docker stop and the 30 s Kubernetes give a container before SIGKILL,
+    # leaving time to finish the requests cut at the deadline and close the stores.
+    shutdown_grace_s: float = Field(default=8.0, ge=0, description="on SIGTERM, how long requests in flight may run before they are cut")
 
 
 class BanditSection(_Strict):

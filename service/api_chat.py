@@ -7,6 +7,7 @@ coroutine sees the decision before any upstream call and may refuse it by raisin
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -83,6 +84,7 @@ async def chat_completions(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     received, started = time.time(), time.perf_counter()
     request_id = f"req_{uuid.uuid4().hex}"
+    gw.in_flight.add(request_id)  # until finish(): shutdown waits for it
     raw: Any = None
     caller = None
     try:
@@ -99,6 +101,8 @@ async def chat_completions(request: Request) -> Response:
             _check_choices(gw.config.model(model), raw.get("n"))
     except ApiError as exc:
         return _refused(gw, request, request_id, received, started, raw, caller, exc, "rejected")
+    except asyncio.CancelledError:  # the shutdown deadline passed while its body was still coming in
+        return _refused(gw, request, request_id, received, started, raw, caller, _shutting_down(), "error")
     except Exception as exc:  # the key store down, or our bug: a clean 500 that still has its log row
         log.exception("request %s failed before routing", request_id)
         error = ApiError(500, "internal error in the router", code="internal_error")
@@ -123,6 +127,8 @@ async def chat_completions(request: Request) -> Response:
         ctx.extras["client_request_id"] = request.headers["x-request-id"][:128]
     try:
         return await _handle(gw, ctx)
+    except asyncio.CancelledError:
+        return await _cut_by_shutdown(gw, ctx)
     except ClientGone:
         ctx.status = "client_closed"
         finish(gw, ctx)
@@ -138,6 +144,36 @@ async def chat_completions(request: Request) -> Response:
         ctx.extras["http_status"] = 500
         finish(gw, ctx)
         return ApiError(500, "internal error in the router", code="internal_error").response(response_headers(ctx))
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "the gateway shut down before the answer was ready; retry the request", code="shutting_down")
+
+
+async def _client_left(ctx: RequestContext) -> bool:
+    """Whether the client has gone, asked from a cancelled request: shielded, or the question
+    would be cancelled too."""
+    with anyio.CancelScope(shield=True):
+        return await ctx.extras["client_gone"]()
+
+
+async def _cut_by_shutdown(gw: Gateway, ctx: RequestContext) -> Response:
+    """uvicorn cancels every request still running at its shutdown deadline (server.shutdown_grace_s):
+    it ends here, answered and logged, instead of vanishing with the process. An answer already
+    in hand (the cut came while asking whether its client was still there) is delivered."""
+    if await _client_left(ctx):
+        ctx.status = "client_closed"
+        response: Response = Response(status_code=499, headers=response_headers(ctx))
+    elif ctx.response is not None:
+        ctx.status = "ok"
+        response = JSONResponse(ctx.response, headers=response_headers(ctx))
+    else:
+        error = _shutting_down()
+        ctx.status, ctx.error = "error", f"shutdown: {error.message}"
+        ctx.extras["http_status"] = error.status
+        response = error.response(response_headers(ctx))
+    finish(gw, ctx)
+    return response
 
 
 async def _until_disconnected(receive: Receive) -> None:
@@ -301,6 +337,13 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
         log.exception("stream %s failed in the gateway", ctx.request_id)
         ctx.status, ctx.error = "error", f"internal: {type(exc).__name__}"
         yield sse.error_event("internal error in the router while streaming", "server_error", "internal_error")
+    except asyncio.CancelledError:
+        # Starlette cancels the stream of a client that left; uvicorn every request still open at
+        # its shutdown deadline. A client still reading gets the end an upstream failure gets.
+        if await _client_left(ctx):
+            raise
+        for data in _cut_ending(ctx, assembler, opened, include_usage):
+            yield data
     finally:
         with anyio.CancelScope(shield=True):
             await opened.rest.aclose()
@@ -320,6 +363,17 @@ def _ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStream, i
              "created": assembler.created or int(time.time()), "model": assembler.model or opened.model.name,
              "choices": [], "usage": estimated_usage(ctx, assembler.completion(), opened.model)}
     return [sse.encode(usage), sse.DONE]
+
+
+def _cut_ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStream, include_usage: bool) -> list[bytes]:
+    """How a stream the shutdown deadline cut ends: as a finished answer when it is one (the
+    upstream had yet to send its usage or [DONE]), else with an explicit error event."""
+    if assembler.finished:
+        ctx.status = "ok"
+        return _ending(ctx, assembler, opened, include_usage)
+    ctx.status, ctx.error = "truncated", "shutdown: the gateway shut down mid-answer"
+    return [sse.error_event(f"the gateway shut down mid-answer from {opened.model.name}; the answer is incomplete",
+                            "server_error", "stream_interrupted")]
 
 
 def estimated_usage(ctx: RequestContext, response: dict[str, Any], spec: ModelSpec | None) -> dict[str, int]:
@@ -343,13 +397,16 @@ def finish(gw: Gateway, ctx: RequestContext) -> None:
     if extras.get("finished"):
         return
     extras["finished"] = True
+    gw.in_flight.discard(ctx.request_id)
     extras["latency_s"] = round(time.perf_counter() - extras["started"], 4)
     extras.setdefault("reason", _reason(ctx))
-    usage = (ctx.response or {}).get("usage") if ctx.status in ("ok", "truncated", "client_closed") else None
-    # A stream cut when its client left before the first token was still sent, prompt and all:
-    # billed as an answer of no output, or a client that always leaves early would spend nothing.
+    billed = ctx.status in ("ok", "truncated", "client_closed")
+    usage = (ctx.response or {}).get("usage") if billed else None
+    # A call cut before its answer (its client left, the shutdown deadline passed) was still sent,
+    # prompt and all: billed as an answer of no output, or a client that always leaves early
+    # would spend nothing.
     spec = gw.dispatcher.specs.get(ctx.answered_by or extras.get("abandoned_on") or "")
-    if spec is not None and ctx.status in ("ok", "truncated", "client_closed"):
+    if spec is not None and (billed or extras.get("abandoned_on")):
         if not usage:
             # No usage from the upstream (a cut stream, a server that omits it): bill our estimate.
             usage = estimated_usage(ctx, ctx.response or {}, spec)

@@ -300,10 +300,12 @@ class Dispatcher:
                     return True, await call(spec, retry)
                 except UpstreamError as err:
                     failure = err
-                except ClientGone:
-                    self._record(ctx, name, "abandoned", reason="client_left", retry=retry,
-                                 latency_s=round(time.perf_counter() - started, 4))
-                    ctx.extras["abandoned_on"] = name  # the provider read the prompt: it is billed
+                except (ClientGone, asyncio.CancelledError) as cut:
+                    # The client left, or the shutdown deadline cut the call: no verdict on the
+                    # model, but the provider read the prompt, so it is billed.
+                    self._record(ctx, name, "abandoned", reason="client_left" if isinstance(cut, ClientGone) else "cancelled",
+                                 retry=retry, latency_s=round(time.perf_counter() - started, 4))
+                    ctx.extras["abandoned_on"] = name
                     self.live.breaker.release(name)
                     raise
                 except BaseException:

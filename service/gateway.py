@@ -1,6 +1,6 @@
 """Everything one running gateway holds: config, providers, live state, router slot, pipeline,
-metrics and the outcome log, plus the background tasks that run post-hooks off the latency
-path (awaited on shutdown so no outcome is lost)."""
+metrics and the outcome log, plus the chat requests in flight and the background tasks that
+run post-hooks off the latency path (both awaited on shutdown so no outcome is lost)."""
 from __future__ import annotations
 
 import asyncio
@@ -21,6 +21,10 @@ from service.routing import Router, RouterSlot
 
 log = logging.getLogger(__name__)
 
+# How long shutdown waits, after the server's own deadline has cut what still ran, for those
+# requests to end and for every post-hook to finish before the stores close.
+DRAIN_WAIT_S = 5.0
+
 
 @dataclass
 class Gateway:
@@ -34,6 +38,7 @@ class Gateway:
     outcome_log: OutcomeLog | None = None
     simulated: frozenset[str] = frozenset()  # models answered by the built-in simulator
     tasks: set[asyncio.Task] = field(default_factory=set)
+    in_flight: set[str] = field(default_factory=set)  # ids of chat requests not yet finished (api_chat.finish)
 
     def embed(self, text: str) -> np.ndarray:
         from router.embedding import embed_request_text
@@ -46,12 +51,28 @@ class Gateway:
         task.add_done_callback(self.tasks.discard)
 
     async def aclose(self) -> None:
-        if self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        await self._drain(DRAIN_WAIT_S)
         for provider in self.providers.values():
             await provider.aclose()
         if self.outcome_log is not None:
-            self.outcome_log.close()
+            self.outcome_log.close()  # after the drain: it writes the rows the last post-hooks queued
+
+    async def _drain(self, wait_s: float) -> None:
+        """Wait, at most `wait_s`, until no request is in flight and no post-hook is pending. A
+        request the server cancelled at its shutdown deadline ends, and starts its post-hooks,
+        some loop turns after the shutdown began: tasks started meanwhile are waited for too."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while self.in_flight or self.tasks:
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning("shutdown: %d request(s) still in flight and %d post-hook task(s) still running after %.1f s; "
+                            "closing without them", len(self.in_flight), len(self.tasks), wait_s)
+                return
+            if self.tasks:
+                await asyncio.wait(set(self.tasks), timeout=left)
+            else:
+                await asyncio.sleep(min(0.01, left))
 
 
 def load_router(config: Config) -> Router | None:

@@ -92,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
         # One parseable line on stdout: scripts and tests that pass --port 0 read the port from it.
         host = f"[{server.host}]" if ":" in server.host else server.host  # an IPv6 address needs brackets in a URL
         print(f"openclaw-router listening on http://{host}:{port} (outcome log {redact_url(server.db)})", flush=True)
-        uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="on", access_log=args.access_log)).run(sockets=[sock])
+        # On SIGTERM/SIGINT, requests still running at the deadline are cancelled, which ends each
+        # one deliberately (service/api_chat.py) before the app's shutdown closes the stores.
+        uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="on", access_log=args.access_log,
+                                      timeout_graceful_shutdown=server.shutdown_grace_s)).run(sockets=[sock])
     finally:
         sock.close()
         if stop_simulator is not None:

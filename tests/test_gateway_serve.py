@@ -137,6 +137,16 @@ def test_serve_names_a_store_it_cannot_open_instead_of_a_traceback(tmp_path, cap
         assert says in err and "Traceback" not in err, err
 
 
+def test_serve_takes_a_shutdown_deadline_of_zero_or_more_seconds(tmp_path, capsys):
+    from service.cli import main
+
+    default = (REPO / "service" / "default_config.yaml").read_text()
+    (tmp_path / "c.yaml").write_text(default + "\nserver: {shutdown_grace_s: -1}\n")
+    assert main(["serve", "--config", str(tmp_path / "c.yaml"), "--port", "0", "--db", f"sqlite:///{tmp_path / 'o.sqlite'}"]) == 2
+    err = capsys.readouterr().err
+    assert "key server.shutdown_grace_s: Input should be greater than or equal to 0" in err and "Traceback" not in err
+
+
 def test_serve_warns_of_a_key_variable_that_is_not_set(tmp_path, capsys, caplog, monkeypatch):
     from service.cli import main
 
