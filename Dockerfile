@@ -12,7 +12,7 @@ COPY service ./service
 COPY training ./training
 COPY models ./models
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu . \
- && useradd --system --create-home --uid 10001 openclaw  # a home: the ONNX exports are cached under ~/.cache
+ && useradd --system --create-home --uid 10001 openclaw  # a home: the ONNX exports and the outcome log's journal (PostgreSQL) live under ~/.cache
 USER openclaw
 
 # Keys and URLs come from the environment, never from the image:

@@ -1,13 +1,14 @@
 """The outcome log: one record per request, written by the gateway, read by retraining.
 
-Writes happen off the latency path: `OutcomeLog.write` only enqueues; a background thread
-batches records into the store. `close()` drains the queue, so nothing accepted is lost on
-a clean shutdown. Stores sit behind a small seam (`OutcomeStore`, chosen by URL scheme in
-`STORES`): SQLite in WAL mode is the embedded default; a server database registers another
-scheme there.
+Writes happen off the latency path: `OutcomeLog.write` only journals and enqueues; a background thread
+batches records into the store. `close()` drains the queue, so nothing accepted is lost on a clean
+shutdown, and the journal (`OutcomeJournal`) keeps what a killed process had not committed for the next
+open to write. Stores sit behind a small seam (`OutcomeStore`, chosen by URL scheme in `STORES`):
+SQLite in WAL mode is the embedded default; a server database registers another scheme there.
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import queue
@@ -17,6 +18,8 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
+
+from router.outcome_journal import OutcomeJournal
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -138,6 +141,8 @@ def read_query(select: str, mark: str, since: float | None = None, limit: int | 
 
 
 class OutcomeStore(Protocol):
+    journal_base: Path | None  # where an OutcomeLog journals this store's rows (None: no journal)
+
     def write_many(self, records: Sequence[OutcomeRecord]) -> None: ...
     def read(self, since: float | None = None, limit: int | None = None,
              columns: Sequence[str] | None = None) -> list[dict[str, Any]]: ...
@@ -173,6 +178,7 @@ class SQLiteStore:
         self._reader = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self._reader.row_factory = sqlite3.Row
         self._read_lock = threading.Lock()
+        self.journal_base = None if str(path) == ":memory:" else self.path.with_name(self.path.name + ".journal")  # beside it
 
     def write_many(self, records: Sequence[OutcomeRecord]) -> None:
         rows = [to_row(r) for r in records]
@@ -243,6 +249,36 @@ def open_store(url: str) -> OutcomeStore:
     return open_by_scheme(url, STORES, "outcome log")
 
 
+def journal_line(record: OutcomeRecord) -> bytes:
+    # The fields, lists and mappings nested (`to_row`'s JSON text in JSON escapes it all again).
+    row = {name: getattr(record, name) for name in COLUMNS}
+    row["embedding"] = None if record.embedding is None else base64.b64encode(record.embedding).decode()
+    # A numpy scalar as the number it holds; anything else as text, as `to_row` does.
+    return json.dumps(row, default=lambda v: v.item() if hasattr(v, "item") else str(v)).encode() + b"\n"
+
+
+def journal_record(line: bytes) -> OutcomeRecord:
+    row = json.loads(line)
+    row["embedding"] = None if row.get("embedding") is None else base64.b64decode(row["embedding"])
+    return OutcomeRecord(**{name: row[name] for name in COLUMNS if name in row})
+
+
+def _replayed(write: Callable[[list[OutcomeRecord]], None], batch_size: int) -> Callable[[list[bytes]], None]:
+    """What writes the journal lines a killed process left: decoded, in batches."""
+    def replay(lines: list[bytes]) -> None:
+        records = []
+        for line in lines:
+            try:
+                records.append(journal_record(line))
+            except (ValueError, TypeError) as exc:  # cut short: its process was killed mid-write
+                log.warning("outcome log journal: skipping a line that is no whole row (%s): %.80r", exc, line)
+        if records:
+            log.warning("outcome log: writing the %d rows a killed process left journaled", len(records))
+        for start in range(0, len(records), batch_size):
+            write(records[start:start + batch_size])
+    return replay
+
+
 _STOP = object()
 
 
@@ -262,6 +298,8 @@ class OutcomeLog:
         self._unwritten: dict[str, OutcomeRecord] = {}
         self._lock = threading.Lock()
         self.dropped = 0
+        # Before any new row is accepted, so a row replayed never replaces a newer one.
+        self._journal = None if store.journal_base is None else OutcomeJournal(store.journal_base, _replayed(self._write, batch_size))
         self._thread = threading.Thread(target=self._run, name="outcome-log-writer", daemon=True)
         self._closed = False
         self._thread.start()
@@ -271,9 +309,12 @@ class OutcomeLog:
             raise RuntimeError("outcome log is closed")
         with self._lock:
             self._unwritten[record.request_id] = record
+        side = self._journal.append(journal_line(record)) if self._journal is not None else 0
         try:
-            self._queue.put_nowait(record)
+            self._queue.put_nowait((record, side))
         except queue.Full:
+            if self._journal is not None:
+                self._journal.done([side])
             with self._lock:
                 self._unwritten.pop(record.request_id, None)
                 self.dropped += 1
@@ -296,13 +337,16 @@ class OutcomeLog:
                 except queue.Empty:
                     break
             stop = any(item is _STOP for item in batch)
-            records = [item for item in batch if item is not _STOP]
+            records = [item[0] for item in batch if item is not _STOP]
             if records:
                 self._write(records)
                 with self._lock:
                     for record in records:
                         if self._unwritten.get(record.request_id) is record:
                             del self._unwritten[record.request_id]
+                if self._journal is not None:  # before task_done: after a flush the journal is empty
+                    self._journal.done([item[1] for item in batch if item is not _STOP])
+                    self._journal.drain()
             for _ in batch:
                 self._queue.task_done()
 
@@ -340,6 +384,8 @@ class OutcomeLog:
         self._closed = True
         self._queue.put(_STOP)  # blocks while the queue is full: every accepted record is written first
         self._thread.join()
+        if self._journal is not None:
+            self._journal.close()
         self.store.close()
 
 

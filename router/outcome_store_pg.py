@@ -4,9 +4,16 @@ The table mirrors `OutcomeRecord` column for column. At open, under an advisory 
 replicas starting together do not race, the table is created if missing and any column a
 newer `OutcomeRecord` has gained is added (`ADD COLUMN IF NOT EXISTS`), so old rows stay
 readable by new code and retraining reads one table whatever the version that wrote it.
+
+The database is not on this host, so an `OutcomeLog` journals the rows it has not committed yet in
+the cache folder (`OPENCLAW_CACHE_DIR`, default `~/.cache/openclaw-router`), under `journal/`, in
+files named by the database (`journal_base`); each process there holds a slot of its own.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from router.outcome_log import COLUMNS, OutcomeRecord, from_row, read_query, select_list, to_row
@@ -27,10 +34,25 @@ def pg_text(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v.replace("\x00", "\ufffd") if isinstance(v, str) and "\x00" in v else v for k, v in row.items()}
 
 
+def journal_base(url: str) -> Path:
+    """Where an `OutcomeLog` on `url` journals: named by the connection parameters that pick the
+    table (host, port, database, user, options such as a search_path), not by the password, so
+    that a restart after a rotation finds its journal and a gateway on another database never
+    writes this one's rows into its own."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from router.embedding import cache_dir
+
+    params = {k: str(v) for k, v in conninfo_to_dict(url).items() if k != "password"}
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "journal" / f"outcomes-pg-{digest}"
+
+
 class PostgresStore:
     def __init__(self, url: str, max_size: int = 4):
         from psycopg_pool import ConnectionPool
 
+        self._url = url
         self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=True)
         with setting_up("outcome log", url, self._pool.close), self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
@@ -39,6 +61,10 @@ class PostgresStore:
                 if col != "request_id":
                     conn.execute(f"ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS {col} {_PG_TYPES.get(col, 'TEXT')}")
             conn.execute("CREATE INDEX IF NOT EXISTS outcomes_ts ON outcomes (ts)")
+
+    @property
+    def journal_base(self) -> Path:  # looked up by an OutcomeLog only: a reader creates no folder
+        return journal_base(self._url)
 
     def write_many(self, records: Sequence[OutcomeRecord]) -> None:
         rows = [pg_text(to_row(r)) for r in records]

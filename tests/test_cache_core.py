@@ -380,6 +380,7 @@ def test_a_snapshot_that_disagrees_with_the_rows_is_not_used(verifier, embed, tm
     with caplog.at_level("INFO", logger="router.cache.cache"):
         reopened = new_cache(verifier, tmp_path, hnsw_from=16, clock=clock, ttl_s=100.0)
     assert "0 of 1 indexes from the shutdown snapshot" in caplog.text
+    assert reopened._index.wait_for_rebuilds(60)  # rebuilt in the background; the index is searched under the cache's lock
     found = reopened._index.search(request_keys(body(questions[3]), "auto", "t1").fingerprint, embed("Best pizza in Naples?"), 1)
     assert found and found[0][1] == pytest.approx(1.0, abs=1e-4)  # the rebuilt index holds the row's vector
 

@@ -77,3 +77,21 @@ def test_a_read_of_some_columns_gives_the_full_reads_values_for_them(url):
     assert (rid, embedding, candidates) == ("full", full["embedding"][0], '[{"model": "m1", "p_good": 0.8}]')
     with pytest.raises(ValueError, match="no column"):
         read_outcomes(url, columns=["request_id", "cost_usd; DROP TABLE outcomes"])
+
+
+def test_a_store_names_where_an_outcome_log_journals_its_rows(url, tmp_path, monkeypatch):
+    from router.outcome_store_pg import journal_base
+
+    monkeypatch.setenv("OPENCLAW_CACHE_DIR", str(tmp_path / "cache"))
+    store = open_store(url)
+    try:
+        base = store.journal_base
+    finally:
+        store.close()
+    if url.startswith("sqlite"):  # beside the database; one in memory dies with its process anyway
+        assert base == tmp_path / "log.sqlite.journal"
+        assert open_store("sqlite:///:memory:").journal_base is None
+    else:  # the database is elsewhere: in the cache folder, named by the database and schema
+        assert base.parent == tmp_path / "cache" / "journal"
+        assert journal_base(url.replace("postgres@", "postgres:rotated@")) == base
+        assert journal_base(url.replace("search_path%3D", "search_path%3Dother_")) != base
