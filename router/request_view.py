@@ -62,8 +62,9 @@ def image_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
 # Inline attachments (a PDF as a `file` part's `file_data`, a recording as `input_audio.data`) are
 # forwarded as sent and billed as whatever the provider makes of them, which the gateway cannot
 # see. They stay out of `input_tokens`, which decides context-window exclusion: counted at these
-# worst cases an ordinary PDF would look longer than most windows. Budgets and per-request
-# ceilings count them at the worst cases instead (service/governance/hook.py).
+# worst cases an ordinary PDF would look longer than most windows. The policy prices them into
+# each candidate's cost at the worst cases instead (router.policy.attachment_cost), and budgets
+# reserve them (service/governance/hook.py).
 # A PDF: OpenAI puts into the context both its extracted text and an image of each page (up to 100
 # pages a request), Anthropic bills ~1,500-3,000 tokens a page, Gemini 258 a page. A page's text
 # is Flate-compressed ~3-4:1 and a token is ~4 characters, so a page dense with text costs about

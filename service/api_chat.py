@@ -25,7 +25,7 @@ from router.config import ModelSpec
 from router.request_view import estimate_tokens, output_limit, view_chat_request
 from service import sse
 from service.api_info import resolve_visible
-from service.dispatch import ClientGone, OpenStream, usage_tokens
+from service.dispatch import ClientGone, OpenStream, client_gone, usage_tokens
 from service.errors import ApiError, bad_request
 from service.gateway import Gateway
 from service.governance.auth import client_caller
@@ -130,9 +130,7 @@ async def chat_completions(request: Request) -> Response:
     except asyncio.CancelledError:
         return await _cut_by_shutdown(gw, ctx)
     except ClientGone:
-        ctx.status = "client_closed"
-        finish(gw, ctx)
-        return Response(status_code=499, headers=response_headers(ctx))  # nginx's "client closed request"; nobody reads it
+        return _closed_by_client(gw, ctx)
     except ApiError as exc:
         ctx.status, ctx.error = "error", exc.message
         ctx.extras["http_status"] = exc.status
@@ -150,21 +148,19 @@ def _shutting_down() -> ApiError:
     return ApiError(503, "the gateway shut down before the answer was ready; retry the request", code="shutting_down")
 
 
-async def _client_left(ctx: RequestContext) -> bool:
-    """Whether the client has gone, asked from a cancelled request: shielded, or the question
-    would be cancelled too."""
-    with anyio.CancelScope(shield=True):
-        return await ctx.extras["client_gone"]()
+def _closed_by_client(gw: Gateway, ctx: RequestContext) -> Response:
+    ctx.status = "client_closed"
+    finish(gw, ctx)
+    return Response(status_code=499, headers=response_headers(ctx))  # nginx's "client closed request"; nobody reads it
 
 
 async def _cut_by_shutdown(gw: Gateway, ctx: RequestContext) -> Response:
     """uvicorn cancels every request still running at its shutdown deadline (server.shutdown_grace_s):
     it ends here, answered and logged, instead of vanishing with the process. An answer already
     in hand (the cut came while asking whether its client was still there) is delivered."""
-    if await _client_left(ctx):
-        ctx.status = "client_closed"
-        response: Response = Response(status_code=499, headers=response_headers(ctx))
-    elif ctx.response is not None:
+    if await client_gone(ctx):
+        return _closed_by_client(gw, ctx)
+    if ctx.response is not None:
         ctx.status = "ok"
         response = JSONResponse(ctx.response, headers=response_headers(ctx))
     else:
@@ -187,7 +183,7 @@ async def _delivered_status(ctx: RequestContext) -> str:
     """`ok`, or `client_closed` when the client left before the answer reached it (an SDK's
     read timeout, then its retry): uvicorn drops what is written to a closed connection without
     a word, and its retry is no regeneration of an answer it never had."""
-    return "client_closed" if await ctx.extras["client_gone"]() else "ok"
+    return "client_closed" if await client_gone(ctx) else "ok"
 
 
 def _embed_and_decide(gw: Gateway, router_now: Any, ctx: RequestContext, live: Any) -> Any:
@@ -340,7 +336,7 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
     except asyncio.CancelledError:
         # Starlette cancels the stream of a client that left; uvicorn every request still open at
         # its shutdown deadline. A client still reading gets the end an upstream failure gets.
-        if await _client_left(ctx):
+        if await client_gone(ctx):
             raise
         for data in _cut_ending(ctx, assembler, opened, include_usage):
             yield data

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router.feedback_log import Feedback
-from service.errors import ApiError, bad_request
+from service.errors import ApiError, bad_request, invalid_body
 from service.governance.auth import Caller, client_caller
 from service.governance.request_limits import admit_call
 from service.schemas import read_json_body
@@ -65,10 +65,7 @@ def parse_feedback(raw: object) -> FeedbackBody:
     try:
         return FeedbackBody.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err.get("loc", ())) or None
-        msg = err.get("msg", "invalid feedback").removeprefix("Value error, ")
-        raise bad_request(f"{param}: {msg}" if param else msg, param=param) from None
+        raise invalid_body(exc) from None
 
 
 OWNER_WAIT_S = 1.5  # longer than an outcome row takes to be written (post-hooks, then a 0.05 s batch)

@@ -46,9 +46,14 @@ class ClientGone(Exception):
     """The client closed its connection before a model answered: nothing more is tried for it."""
 
 
-async def _client_gone(ctx: RequestContext) -> bool:
+async def client_gone(ctx: RequestContext) -> bool:
+    """Whether the request's client has closed its connection. Shielded: a request cancelled at
+    the shutdown deadline asks it too, and the question must not be cancelled with it."""
     gone = ctx.extras.get("client_gone")
-    return gone is not None and await gone()
+    if gone is None:
+        return False
+    with anyio.CancelScope(shield=True):
+        return await gone()
 
 
 async def _unless_client_leaves(ctx: RequestContext, attempt: Awaitable[T]) -> T:
@@ -273,7 +278,7 @@ class Dispatcher:
                 break
             # No failover for an answer nobody waits for. (Not asked before the first call, which
             # follows the decision at once: asking costs a few turns of the event loop.)
-            if ctx.attempts and await _client_gone(ctx):
+            if ctx.attempts and await client_gone(ctx):
                 raise ClientGone()
             spec = self.specs[name]
             # A named model is tried whatever its window; what stands in for it must fit.
@@ -329,7 +334,7 @@ class Dispatcher:
                         self.metrics.fallbacks.labels(name, failure.kind).inc()
                     break
                 await self._sleep(self._backoff(retry, failure.retry_after))
-                if await _client_gone(ctx):
+                if await client_gone(ctx):
                     raise ClientGone()
                 if not self.live.breaker.acquire(name):
                     tries.failed += failure.kind != "rate_limit"

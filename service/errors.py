@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,13 @@ def model_not_found(name: str, known: list[str]) -> ApiError:
     )
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def invalid_body(exc: ValidationError | RequestValidationError) -> ApiError:
+    """The 400 for a body its model refuses, naming the first field at fault (FastAPI's own
+    validation and a route's `model_validate` alike)."""
     first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
-    msg = first.get("msg", "invalid request")
-    return (f"{param}: {msg}" if param else msg), param
+    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    return bad_request(f"{param}: {msg}" if param else msg, param=param)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -101,8 +103,7 @@ def install_error_handlers(app: FastAPI) -> None:
             # FastAPI reports a broken body at the byte offset ("1: JSON decode error").
             return JSONResponse(error_body("the request body is not valid JSON", "invalid_request_error", "invalid_json"),
                                 status_code=400)
-        message, param = _validation_message(exc)
-        return JSONResponse(error_body(message, "invalid_request_error", "invalid_request", param), status_code=400)
+        return invalid_body(exc).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

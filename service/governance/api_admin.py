@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from service.errors import ApiError, bad_request
+from service.errors import ApiError, invalid_body
 from service.governance.budgets import window
 from service.governance.auth import require_admin
 from service.governance.keys import UnknownKey
@@ -120,10 +120,7 @@ def _validated(model: type[B], raw: Any) -> B:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err.get("loc", ())) or None
-        msg = err.get("msg", "invalid request body")
-        raise bad_request(f"{param}: {msg}" if param else msg, param=param) from None
+        raise invalid_body(exc) from None
 
 
 def _key_fields(gov: Governance, body: KeyFields, partial: bool) -> dict[str, Any]:

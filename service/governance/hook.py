@@ -22,7 +22,7 @@ from service.errors import ApiError
 from service.governance.auth import CACHE_MAX, CACHE_TTL_S
 from service.governance.budgets import Budget, Line, Reservation, session_line
 from service.governance.keys import VirtualKey, to_nusd
-from service.governance.request_limits import rate_limited
+from service.governance.request_limits import key_rate_limited
 from service.governance.runtime import Governance
 from service.pipeline import RequestContext
 
@@ -127,7 +127,7 @@ class GovernanceHook:
                                f"{key.tpm} tokens per minute of key '{key.name}'.", "request_too_large", "tpm")
         verdict = self.gov.limiter.admit(key.id, key.rpm, key.tpm, ctx.routing.input_tokens)
         if verdict is not None:
-            raise rate_limited(self.auth, key, verdict)
+            raise key_rate_limited(self.auth, key, verdict)
         state.counted_tokens = ctx.routing.input_tokens
         self._budget_lines(ctx, state)
 

@@ -12,7 +12,7 @@ from service.governance.auth import Caller
 from service.governance.keys import VirtualKey
 
 
-def rate_limited(auth: Any, key: VirtualKey, verdict: str) -> ApiError:
+def key_rate_limited(auth: Any, key: VirtualKey, verdict: str) -> ApiError:
     """The 429 for a key whose minute is full (`verdict`: "rpm" or "tpm", as the limiter says)."""
     limit = key.rpm if verdict == "rpm" else key.tpm
     return auth.refuse(429, f"Rate limit of key '{key.name}' reached: {limit} {verdict.upper()}.",
@@ -28,4 +28,4 @@ async def admit_call(app_state: Any, caller: Caller | None) -> None:
     # No tokens, so the key's TPM is no business of these calls.
     verdict = await asyncio.to_thread(gov.limiter.admit, key.id, key.rpm, None, 0)
     if verdict is not None:
-        raise rate_limited(gov.auth, key, verdict)
+        raise key_rate_limited(gov.auth, key, verdict)
