@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Mapping, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Capability = Literal["tools", "json", "vision"]
+Capability = Literal["tools", "json", "vision", "files", "audio", "logprobs"]
 
 
 class _Strict(BaseModel):

@@ -108,6 +108,12 @@ def attachments(messages: Iterable[Mapping[str, Any]]) -> tuple[int, int, int]:
     return size, math.ceil(tokens), unsized
 
 
+def part_kinds(messages: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The types of the content parts the messages carry."""
+    return {part.get("type") for m in messages if isinstance(content := m.get("content"), list)
+            for part in content if isinstance(part, Mapping)}
+
+
 def token_chars(text: str) -> float:
     """`text`'s length in ASCII-equivalent characters (CHARS_PER_TOKEN of them make a token)."""
     if text.isascii():
@@ -163,6 +169,15 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
     attachment_bytes, attachment_tokens, unsized = attachments(messages)
     if images:
         needs.add("vision")
+    # An adapter that cannot carry a part drops it or refuses it: either way the model never
+    # reads the PDF or hears the audio, so `auto` must not pick it.
+    kinds = part_kinds(messages)
+    if "file" in kinds:
+        needs.add("files")
+    if "input_audio" in kinds:
+        needs.add("audio")
+    if body.get("logprobs") or body.get("top_logprobs"):
+        needs.add("logprobs")
     max_out, _ = output_limit(body)
     n = body.get("n")
     n_turns = sum(1 for m in messages if m.get("role") == "user")

@@ -273,11 +273,11 @@ def _wants_usage(ctx: RequestContext) -> bool:
 
 def _client_chunk(chunk: dict[str, Any], include_usage: bool) -> dict[str, Any] | None:
     """The chunk as the client asked for it: usage only when it set stream_options.include_usage
-    (the gateway always asks the upstream for usage, to bill and log streamed answers)."""
-    if include_usage:
-        return chunk
+    (the gateway always asks the upstream for usage, to bill and log streamed answers), and then
+    in its own chunk with no choices, as OpenAI sends it: a Mistral or vLLM upstream puts it on
+    the finish chunk, and `_ending` sends it after."""
     if sse.is_usage_only(chunk):
-        return None
+        return chunk if include_usage else None
     return {k: v for k, v in chunk.items() if k != "usage"} if "usage" in chunk else chunk
 
 
@@ -292,12 +292,15 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
     assembler = sse.Assembler()
     failure: UpstreamError | None = None
     ctx.status = "client_closed"  # until the stream reaches its end one way or the other
+    usage_sent = False
 
     def emit(chunk: dict[str, Any]) -> bytes | None:
+        nonlocal usage_sent
         assembler.add(chunk)
         out = _client_chunk(chunk, include_usage)
         if out is None:
             return None
+        usage_sent = usage_sent or sse.is_usage_only(out)
         if "ttft_s" not in ctx.extras and sse.carries_output(chunk):
             ctx.extras["ttft_s"] = round(time.perf_counter() - ctx.extras["started"], 4)
         return sse.encode(out)
@@ -314,14 +317,14 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
         if not assembler.finished:
             raise UpstreamError("connection", "the stream ended before the answer finished")
         ctx.status = await _delivered_status(ctx)
-        for data in _ending(ctx, assembler, opened, include_usage):
+        for data in _ending(ctx, assembler, opened, include_usage and not usage_sent):
             yield data
     except UpstreamError as exc:
         if assembler.finished:
             # The connection dropped after the answer's last chunk (before the usage chunk or
             # [DONE]): the client has the whole answer and the model did its job.
             ctx.status = await _delivered_status(ctx)
-            for data in _ending(ctx, assembler, opened, include_usage):
+            for data in _ending(ctx, assembler, opened, include_usage and not usage_sent):
                 yield data
             return
         # The client already holds part of the answer: say so explicitly, never end cleanly.
@@ -338,7 +341,7 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
         # its shutdown deadline. A client still reading gets the end an upstream failure gets.
         if await client_gone(ctx):
             raise
-        for data in _cut_ending(ctx, assembler, opened, include_usage):
+        for data in _cut_ending(ctx, assembler, opened, include_usage and not usage_sent):
             yield data
     finally:
         with anyio.CancelScope(shield=True):
@@ -349,24 +352,26 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
         finish(gw, ctx)
 
 
-def _ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStream, include_usage: bool) -> list[bytes]:
-    """What ends a finished answer: the usage chunk the client asked for, where the upstream
-    sent none (some llama.cpp and proxy builds never do; a connection may drop just before it),
-    our estimate, the one the request is billed at; then [DONE]."""
-    if not include_usage or assembler.usage is not None:
+def _ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStream, usage_owed: bool) -> list[bytes]:
+    """What ends a finished answer: the usage chunk the client asked for and has not had yet
+    (the upstream's, when it came on a chunk with choices; where the upstream sent none, as some
+    llama.cpp and proxy builds do and a connection may drop just before it, our estimate, the one
+    the request is billed at); then [DONE]."""
+    if not usage_owed:
         return [sse.DONE]
     usage = {"id": assembler.id or "chatcmpl-stream", "object": "chat.completion.chunk",
              "created": assembler.created or int(time.time()), "model": assembler.model or opened.model.name,
-             "choices": [], "usage": estimated_usage(ctx, assembler.completion(), opened.model)}
+             "choices": [], "usage": assembler.usage if assembler.usage is not None else
+             estimated_usage(ctx, assembler.completion(), opened.model)}
     return [sse.encode(usage), sse.DONE]
 
 
-def _cut_ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStream, include_usage: bool) -> list[bytes]:
+def _cut_ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStream, usage_owed: bool) -> list[bytes]:
     """How a stream the shutdown deadline cut ends: as a finished answer when it is one (the
     upstream had yet to send its usage or [DONE]), else with an explicit error event."""
     if assembler.finished:
         ctx.status = "ok"
-        return _ending(ctx, assembler, opened, include_usage)
+        return _ending(ctx, assembler, opened, usage_owed)
     ctx.status, ctx.error = "truncated", "shutdown: the gateway shut down mid-answer"
     return [sse.error_event(f"the gateway shut down mid-answer from {opened.model.name}; the answer is incomplete",
                             "server_error", "stream_interrupted")]

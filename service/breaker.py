@@ -4,7 +4,14 @@ The breaker opens after `breaker_failures` consecutive failures and, after
 `breaker_cooldown_s`, lets exactly one probe request through (half-open): a success closes
 it, a failure re-opens it for another cooldown. An upstream 429 with `Retry-After` also
 blocks the model until then, and a circuit that 429s without one opened counts as rate limited
-until its cooldown ends: the client is told 429 (OpenClaw retries it), not 503 (it moves on). The rate window counts requests and tokens sent to each model
+until its cooldown ends: the client is told 429 (OpenClaw retries it), not 503 (it moves on).
+
+The probe is owned: `acquire` hands the caller a `Claim`, and only the claim that holds the
+probe can give it back (a call cut before its verdict), so another request's ended call cannot
+free a probe still in flight. A probe that reaches no verdict within one more cooldown (its
+caller hung, or, with Redis, its replica was killed) lapses and the next caller probes.
+
+The rate window counts requests and tokens sent to each model
 over the last minute, so the router stops choosing a model before its configured RPM/TPM
 is exhausted instead of learning about it from a 429.
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -22,11 +30,26 @@ from router.config import Limits
 Clock = Callable[[], float]
 
 
+@dataclass(frozen=True)
+class Claim:
+    """The right to call a model, from `acquire`; `probe` is the token of the half-open probe
+    when this call holds it (None when the circuit was closed)."""
+    probe: str | None = None
+
+
+PASS = Claim()
+
+
+def new_probe() -> Claim:
+    return Claim(uuid.uuid4().hex)
+
+
 @dataclass
 class _Circuit:
     failures: int = 0
     opened_at: float | None = None
-    probing: bool = False
+    probe: str | None = None  # the token of the probe in flight
+    probe_at: float = 0.0
     blocked_until: float = 0.0
     rate_limited: bool = False  # the latest failure was a 429
 
@@ -42,13 +65,16 @@ class CircuitBreaker:
     def _get(self, model: str) -> _Circuit:
         return self._circuits.setdefault(model, _Circuit())
 
+    def _probing(self, c: _Circuit, now: float) -> bool:
+        return c.probe is not None and now - c.probe_at < self.cooldown_s
+
     def state(self, model: str) -> str:
         with self._lock:
             c = self._get(model)
             now = self._clock()
             if c.opened_at is None:
                 return "blocked" if now < c.blocked_until else "closed"
-            if c.probing or now - c.opened_at < self.cooldown_s:
+            if self._probing(c, now) or now - c.opened_at < self.cooldown_s:
                 return "open"
             return "half_open"
 
@@ -66,26 +92,28 @@ class CircuitBreaker:
             cooling = c.opened_at + self.cooldown_s - now if c.opened_at is not None and c.rate_limited else 0.0
             return max(0.0, c.blocked_until - now, cooling)
 
-    def acquire(self, model: str) -> bool:
-        """Claim the right to call the model; in half-open state only one caller gets it."""
+    def acquire(self, model: str) -> Claim | None:
+        """Claim the right to call the model (None: not now); in half-open state only one caller
+        gets it, and its claim holds the probe."""
         with self._lock:
             c = self._get(model)
             now = self._clock()
             if now < c.blocked_until:
-                return False
+                return None
             if c.opened_at is None:
-                return True
-            if c.probing or now - c.opened_at < self.cooldown_s:
-                return False
-            c.probing = True
-            return True
+                return PASS
+            if self._probing(c, now) or now - c.opened_at < self.cooldown_s:
+                return None
+            claim = new_probe()
+            c.probe, c.probe_at = claim.probe, now
+            return claim
 
     def success(self, model: str) -> None:
         with self._lock:
             c = self._get(model)
             c.failures = 0
             c.opened_at = None
-            c.probing = False
+            c.probe = None
 
     def failure(self, model: str, retry_after_s: float | None = None, rate_limited: bool = False) -> bool:
         """Record a failed call; True when this failure opened (or re-opened) the circuit."""
@@ -96,16 +124,19 @@ class CircuitBreaker:
             if retry_after_s:
                 c.blocked_until = max(c.blocked_until, now + retry_after_s)
             c.failures += 1
-            if c.probing or (c.opened_at is None and c.failures >= self.threshold):
+            if c.probe is not None or (c.opened_at is None and c.failures >= self.threshold):
                 c.opened_at = now
-                c.probing = False
+                c.probe = None
                 return True
             return False
 
-    def release(self, model: str) -> None:
-        """A call that ended without a verdict (client went away): let another probe try."""
+    def release(self, model: str, claim: Claim) -> None:
+        """A call that ended without a verdict (client went away): if it held the probe, let
+        another caller probe."""
         with self._lock:
-            self._get(model).probing = False
+            c = self._get(model)
+            if claim.probe is not None and c.probe == claim.probe:
+                c.probe = None
 
 
 @dataclass

@@ -31,6 +31,7 @@ import anyio
 
 from router.config import Config, ModelSpec
 from router.types import Constraints
+from service.breaker import Claim
 from service.errors import ApiError, rate_limited
 from service.live_state import LiveState
 from service.metrics import Metrics
@@ -86,6 +87,7 @@ class OpenStream:
     started: float
     ttft_s: float
     attempt: dict[str, Any] = field(default_factory=dict)
+    claim: Claim = field(default_factory=Claim)
 
 
 def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int | None, int | None]:
@@ -193,7 +195,8 @@ class Dispatcher:
         ctx.attempts.append(entry)
         return entry
 
-    def _on_error(self, ctx: RequestContext, spec: ModelSpec, err: UpstreamError, started: float, retry: int) -> None:
+    def _on_error(self, ctx: RequestContext, spec: ModelSpec, err: UpstreamError, started: float, retry: int,
+                  claim: Claim) -> None:
         self._record(
             ctx, spec.name, "error", kind=err.kind, http_status=err.status, message=err.message[:300],
             latency_s=round(time.perf_counter() - started, 4), retry=retry, retry_after_s=err.retry_after,
@@ -202,7 +205,8 @@ class Dispatcher:
         # A 400 or an oversized prompt says nothing about the model's health.
         blames_model = err.kind not in ("bad_request", "context_length")
         retry_after = err.retry_after if err.kind == "rate_limit" else None
-        if self.live.failed(spec.name, retry_after, counts_against_model=blames_model, rate_limited=err.kind == "rate_limit"):
+        if self.live.failed(spec.name, claim, retry_after, counts_against_model=blames_model,
+                            rate_limited=err.kind == "rate_limit"):
             self.metrics.circuit_open.labels(spec.name).set(1)
 
     def _should_retry(self, err: UpstreamError, retry: int) -> bool:
@@ -248,14 +252,21 @@ class Dispatcher:
         if not errors:
             return ApiError(503, f"no eligible model is available right now (tried {', '.join(chain)}); retry shortly",
                             code="no_model_available", headers={"retry-after": "1"})
+        # A named model its upstream does not know is the 404 OpenClaw fails over on at once; as
+        # a 502 the SDKs retry it, and each retry calls the upstream again for nothing.
+        named = [a for a in ctx.attempts if not routed and a["model"] == chain[0] and a["status"] == "error"]
+        if named and all(a["kind"] == "not_found" for a in named):
+            fallbacks = "; its fallbacks failed too" if len(chain) > 1 else ""
+            return ApiError(404, f"model {chain[0]} is not available upstream: {named[-1].get('message', '')}{fallbacks}",
+                            code="model_not_found", param="model")
         last = errors[-1]
         if not routed and last.kind == "timeout":
             return ApiError(504, f"model {who} timed out", code="upstream_timeout")
         tried = "; ".join(f"{a['model']}: {a.get('kind') or a.get('reason')}" for a in ctx.attempts)
         return ApiError(502 if not routed else 503, f"no model could answer ({tried})", code="upstream_error")
 
-    async def _attempts(self, ctx: RequestContext, call: Callable[[ModelSpec, int], Awaitable[Any]]) -> Any:
-        """Run `call(spec, retry)` along the chain until one returns; raise ApiError when none does."""
+    async def _attempts(self, ctx: RequestContext, call: Callable[[ModelSpec, int, Claim], Awaitable[Any]]) -> Any:
+        """Run `call(spec, retry, claim)` along the chain until one returns; raise ApiError when none does."""
         chain = self.chain(ctx)
         tries = _Tries()
         for lap in range(2):
@@ -269,7 +280,7 @@ class Dispatcher:
             await self._sleep(wait + 0.001)  # just past the block: a wake-up on its last tick would skip the model again
         raise self._give_up(ctx, tries.errors, chain)
 
-    async def _lap(self, ctx: RequestContext, call: Callable[[ModelSpec, int], Awaitable[Any]], chain: list[str],
+    async def _lap(self, ctx: RequestContext, call: Callable[[ModelSpec, int, Claim], Awaitable[Any]], chain: list[str],
                    tries: "_Tries") -> tuple[bool, Any]:
         """One pass down the chain: (True, answer) from the first model that answers."""
         routed = ctx.decision is not None
@@ -285,7 +296,8 @@ class Dispatcher:
             if (routed or position > 0) and not self._fits(spec, ctx, tries.smallest_failed_window):
                 self._record(ctx, name, "skipped", reason="context_window")
                 continue
-            if not self.live.breaker.acquire(name):
+            claim = self.live.breaker.acquire(name)
+            if not claim:
                 wait = self.live.breaker.blocked_for(name)  # the upstream's Retry-After, or a circuit its 429s opened
                 self._record(ctx, name, "skipped", reason="rate_limited" if wait else "circuit_open",
                              retry_after_s=round(wait, 3) if wait else None)
@@ -294,7 +306,7 @@ class Dispatcher:
                 started = time.perf_counter()
                 if not self.live.started(name, ctx.routing.input_tokens):
                     # Its RPM/TPM window filled since the decision (concurrent requests): next model.
-                    self.live.breaker.release(name)
+                    self.live.breaker.release(name, claim)
                     wait = self.live.window_wait_s(name, ctx.routing.input_tokens)
                     if wait == math.inf:  # more input tokens than its TPM limit: waiting never helps
                         self._record(ctx, name, "skipped", reason="over_tpm")
@@ -302,7 +314,7 @@ class Dispatcher:
                         self._record(ctx, name, "skipped", reason="rate_window", retry_after_s=round(wait, 3) if wait else None)
                     break
                 try:
-                    return True, await call(spec, retry)
+                    return True, await call(spec, retry, claim)
                 except UpstreamError as err:
                     failure = err
                 except (ClientGone, asyncio.CancelledError) as cut:
@@ -311,14 +323,14 @@ class Dispatcher:
                     self._record(ctx, name, "abandoned", reason="client_left" if isinstance(cut, ClientGone) else "cancelled",
                                  retry=retry, latency_s=round(time.perf_counter() - started, 4))
                     ctx.extras["abandoned_on"] = name
-                    self.live.breaker.release(name)
+                    self.live.breaker.release(name, claim)
                     raise
                 except BaseException:
-                    self.live.breaker.release(name)
+                    self.live.breaker.release(name, claim)
                     raise
                 finally:
                     self.live.finished(name)
-                self._on_error(ctx, spec, failure, started, retry)
+                self._on_error(ctx, spec, failure, started, retry, claim)
                 tries.errors.append(failure)
                 if not failure.failover:
                     # The client's own fault: it gets the upstream's code and param where it gave them. A
@@ -336,14 +348,15 @@ class Dispatcher:
                 await self._sleep(self._backoff(retry, failure.retry_after))
                 if await client_gone(ctx):
                     raise ClientGone()
-                if not self.live.breaker.acquire(name):
+                claim = self.live.breaker.acquire(name)
+                if not claim:
                     tries.failed += failure.kind != "rate_limit"
                     break
         return False, None
 
     # -- non-streaming -----------------------------------------------------------------------
     async def complete(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
-        async def call(spec: ModelSpec, retry: int) -> dict[str, Any]:
+        async def call(spec: ModelSpec, retry: int, claim: Claim) -> dict[str, Any]:
             started = time.perf_counter()
             answer = await self.providers[spec.provider].complete(spec, body)
             latency = time.perf_counter() - started
@@ -361,7 +374,7 @@ class Dispatcher:
     async def open_stream(self, ctx: RequestContext, body: dict[str, Any]) -> OpenStream:
         """Fail over until a model has produced output; the caller streams the rest."""
 
-        async def call(spec: ModelSpec, retry: int) -> OpenStream:
+        async def call(spec: ModelSpec, retry: int, claim: Claim) -> OpenStream:
             started = time.perf_counter()
             upstream = self.providers[spec.provider].stream(spec, body)
             try:
@@ -374,7 +387,7 @@ class Dispatcher:
             ctx.answered_by = spec.name
             # In flight until the stream ends: the caller calls `close_stream`.
             self.live.hold(spec.name)
-            return OpenStream(spec, held, upstream, started, ttft, entry)
+            return OpenStream(spec, held, upstream, started, ttft, entry, claim)
 
         return await self._attempts(ctx, call)
 
@@ -388,7 +401,7 @@ class Dispatcher:
         if error is not None:
             stream.attempt.update(status="error", kind=error.kind, message=error.message[:300])
             self.metrics.attempts.labels(name, error.kind).inc()
-            if self.live.failed(name):
+            if self.live.failed(name, stream.claim):
                 self.metrics.circuit_open.labels(name).set(1)
         elif completed:
             self.live.succeeded(name, latency, stream.ttft_s, output_tokens)
@@ -397,4 +410,4 @@ class Dispatcher:
         else:
             # The time until the client left says nothing of the model's speed: a slow model
             # whose users press stop would pass for a fast one.
-            self.live.abandoned(name, stream.ttft_s, output_tokens)
+            self.live.abandoned(name, stream.claim, stream.ttft_s, output_tokens)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from router.config import Config
 from router.types import LiveStats
-from service.breaker import CircuitBreaker, RateWindow
+from service.breaker import CircuitBreaker, Claim, RateWindow
 
 ALPHA = 0.2  # weight of the newest observation: ~5 requests of memory, quick to notice a slowdown
 
@@ -76,21 +76,21 @@ class LiveState:
                 m.ttft_s = _ewma(m.ttft_s, ttft_s)
             m.error_rate = _ewma(m.error_rate, 0.0)
 
-    def abandoned(self, model: str, ttft_s: float, output_tokens: int) -> None:
+    def abandoned(self, model: str, claim: Claim, ttft_s: float, output_tokens: int) -> None:
         """A stream its client left after the first token: no verdict on the model and no
         latency sample, only the time to first token it showed."""
-        self.breaker.release(model)
+        self.breaker.release(model, claim)
         if output_tokens:
             self.rates.add(model, output_tokens, request=False)
         with self._lock:
             m = self._m(model)
             m.ttft_s = _ewma(m.ttft_s, ttft_s)
 
-    def failed(self, model: str, retry_after_s: float | None = None, counts_against_model: bool = True,
+    def failed(self, model: str, claim: Claim, retry_after_s: float | None = None, counts_against_model: bool = True,
                rate_limited: bool = False) -> bool:
         """Record a failed attempt; True when it opened the model's circuit."""
         if not counts_against_model:
-            self.breaker.release(model)
+            self.breaker.release(model, claim)
             return False
         with self._lock:
             m = self._m(model)

@@ -62,11 +62,13 @@ class QualityRouter:
 
 def fake_config(base_url: str, db_url: str, *, models: list[dict[str, Any]] | None = None, timeout_s: float = 1.0,
                 extra: str = "") -> Config:
-    """m1 (best), m2, m3 on one fake upstream; `models` overrides the model list."""
+    """m1 (best), m2, m3 on one fake upstream (OpenAI's API: it takes files and logprobs); `models`
+    overrides the model list."""
+    takes = ["tools", "json", "files", "logprobs"]
     models = models or [
-        {"name": "m1", "context_window": 100000, "capabilities": ["tools", "json"]},
-        {"name": "m2", "context_window": 100000, "capabilities": ["tools", "json"]},
-        {"name": "m3", "context_window": 100000, "capabilities": ["tools", "json"], "tags": ["local"]},
+        {"name": "m1", "context_window": 100000, "capabilities": takes},
+        {"name": "m2", "context_window": 100000, "capabilities": takes},
+        {"name": "m3", "context_window": 100000, "capabilities": takes, "tags": ["local"]},
     ]
     lines = ["models:"]
     for m in models:

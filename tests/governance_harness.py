@@ -18,10 +18,10 @@ from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_
 
 MASTER = "mk-test-" + "9" * 24
 ANSWER = "y" * 400  # 100 completion tokens at the fake upstream's 4 characters a token
-MODELS = [
-    {"name": "m1", "in": 10.0, "out": 10.0, "context_window": 100000},
-    {"name": "m2", "in": 5.0, "out": 5.0, "context_window": 100000},
-    {"name": "m3", "in": 1.0, "out": 1.0, "context_window": 100000},
+MODELS = [  # models of OpenAI's API: they read files
+    {"name": "m1", "in": 10.0, "out": 10.0, "context_window": 100000, "capabilities": ["files"]},
+    {"name": "m2", "in": 5.0, "out": 5.0, "context_window": 100000, "capabilities": ["files"]},
+    {"name": "m3", "in": 1.0, "out": 1.0, "context_window": 100000, "capabilities": ["files"]},
 ]
 
 

@@ -394,3 +394,33 @@ def test_a_refused_requests_row_keeps_a_bounded_error(gw):
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     row = gw.outcome(r.headers["x-request-id"])
     assert row["status"] == "rejected" and len(row["error"]) <= 500 and len(row["requested_model"]) <= 200
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_usage_sent_on_the_finish_chunk_reaches_the_client_as_openai_sends_it(tmp_path, include_usage):
+    # Mistral and vLLM put usage on the chunk that carries finish_reason; an OpenAI client reads
+    # it from one chunk with no choices at the end, and only when it asked for it.
+    from tests.fake_upstream import WireServer
+
+    def chunk(delta, finish=None, usage=None):
+        return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m1",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **({"usage": usage} if usage else {})}
+
+    usage = {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}
+    with WireServer() as srv:
+        srv.reply_sse([(None, chunk({"role": "assistant", "content": ""})), (None, chunk({"content": "Hi"})),
+                       (None, chunk({}, "stop", usage)), (None, "[DONE]")])
+        running = Running(fake_config(srv.url + "/v1", f"sqlite:///{tmp_path}/o.sqlite"), router=QualityRouter(DEFAULT_QUALITY))
+        try:
+            extra = {"stream_options": {"include_usage": True}} if include_usage else {}
+            chunks = list(running.client().chat.completions.create(model="m1", messages=MSG, stream=True, **extra))
+        finally:
+            running.stop()
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi"
+    assert all(c.usage is None for c in chunks if c.choices)
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    if include_usage:
+        assert len(usage_chunks) == 1 and usage_chunks[0] is chunks[-1] and chunks[-1].choices == []
+        assert usage_chunks[0].usage.total_tokens == 11
+    else:
+        assert usage_chunks == []

@@ -145,6 +145,16 @@ def test_named_model_is_honoured_without_failover(start_gateway, upstream):
     assert 28 <= int(again.value.response.headers["retry-after"]) <= 30 and len(upstream.requests_for("m2")) == 1
 
 
+def test_a_named_model_its_upstream_does_not_know_is_a_404_model_not_found(start_gateway, upstream):
+    # OpenClaw fails over at once on a 404 model_not_found; a 502 is retried by the SDKs.
+    gw = start_gateway()
+    upstream.default("m1", not_found())
+    with pytest.raises(openai.NotFoundError) as exc:
+        gw.client().chat.completions.create(model="m1", messages=MSG)
+    assert exc.value.body["code"] == "model_not_found" and exc.value.body["param"] == "model"
+    assert len(upstream.requests_for("m1")) == 1  # the SDK did not retry it
+
+
 WITH_FALLBACKS = [
     {"name": "m1", "context_window": 100000, "capabilities": ["tools", "json"], "fallbacks": ["m3", "m2"]},
     {"name": "m2", "context_window": 100000, "capabilities": ["tools", "json"]},

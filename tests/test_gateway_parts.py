@@ -42,6 +42,27 @@ def test_breaker_opens_probes_once_and_closes():
     assert b.state("m") == "closed" and b.acquire("m") and b.acquire("m")
 
 
+def test_breaker_probe_is_given_back_only_by_its_holder():
+    from service.breaker import PASS
+
+    clock = Clock()
+    b = CircuitBreaker(failures=1, cooldown_s=10, clock=clock)
+    earlier = b.acquire("m")  # a call started while the circuit was closed
+    assert earlier == PASS and b.failure("m")
+    clock.now += 10
+    probe = b.acquire("m")
+    assert probe.probe
+    b.release("m", earlier)  # the earlier call's client leaves: the probe is still in flight
+    assert b.state("m") == "open" and b.acquire("m") is None
+    b.release("m", probe)
+    assert b.state("m") == "half_open"
+    again = b.acquire("m")
+    b.release("m", probe)  # a stale claim
+    assert again.probe != probe.probe and b.acquire("m") is None
+    clock.now += 10  # a probe that never reaches a verdict lapses after one more cooldown
+    assert b.state("m") == "half_open" and b.acquire("m").probe
+
+
 def test_breaker_blocks_until_retry_after():
     clock = Clock()
     b = CircuitBreaker(failures=5, cooldown_s=10, clock=clock)

@@ -101,3 +101,26 @@ def test_a_tool_loop_stays_on_the_model_its_turn_began_on(start_gateway, upstrea
     moved = client.chat.completions.with_raw_response.create(
         model="auto", messages=loop, tools=tools, extra_body={"router": {"excluded_models": ["m1"]}})
     assert moved.headers["x-router-model"] == "m2"
+
+
+def test_auto_sends_files_audio_and_logprobs_only_to_models_that_take_them(start_gateway, upstream):
+    # An adapter that cannot carry a PDF or audio drops or refuses it; a model without logprobs
+    # answers logprobs: null. `auto` must pick a model that takes what the request carries.
+    gw = start_gateway(models=[{"name": "m1", "context_window": 100000},
+                               {"name": "m2", "context_window": 100000, "capabilities": ["files", "logprobs"]},
+                               {"name": "m3", "context_window": 100000, "capabilities": ["files", "audio"]}],
+                       quality={"m1": 0.9, "m2": 0.8, "m3": 0.7})
+    client = gw.client()
+    pdf = {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0xLjQK"}}
+    wav = {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZF", "format": "wav"}}
+
+    def model(messages, **extra):
+        return client.chat.completions.with_raw_response.create(model="auto", messages=messages, **extra).headers["x-router-model"]
+
+    assert model(MSG) == "m1"
+    assert model([{"role": "user", "content": [{"type": "text", "text": "Summarise this."}, pdf]}]) == "m2"
+    assert model([{"role": "user", "content": [{"type": "text", "text": "Transcribe this."}, wav]}]) == "m3"
+    assert model(MSG, logprobs=True, top_logprobs=2) == "m2"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": [wav]}], logprobs=True)
+    assert "audio" in info.value.body["message"] or "logprobs" in info.value.body["message"]

@@ -308,6 +308,7 @@ def test_keys_without_limits_leave_nothing_behind_in_the_memory_limiter():
 def test_redis_breaker_state_read_from_threads_while_the_loop_changes_it(redis_url):
     import sys
 
+    from service.breaker import new_probe
     from service.governance.redis_state import RedisCircuitBreaker, connect
 
     url, prefix = redis_url
@@ -325,7 +326,7 @@ def test_redis_breaker_state_read_from_threads_while_the_loop_changes_it(redis_u
 
     def changer():  # the dispatcher, on the event loop
         while not stop.is_set():
-            breaker.release("m1")
+            breaker.release("m1", new_probe())
 
     threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=changer)]
     try:
@@ -352,7 +353,7 @@ def test_redis_circuit_breaker_shared(redis_url):
     assert a.state("m") == "open" and not b.available("m")
     clock[0] += 11
     assert a.state("m") == "half_open"
-    assert a.acquire("m") is True and b.acquire("m") is False  # one probe across replicas
+    assert a.acquire("m").probe and b.acquire("m") is None  # one probe across replicas
     b.success("m")
     assert a.state("m") == "closed"
     a.failure("x", retry_after_s=5)
@@ -365,6 +366,34 @@ def test_redis_circuit_breaker_shared(redis_url):
     b.failure("z")
     clock[0] += 4
     assert a.blocked_for("y") == b.blocked_for("y") == 6.0 and b.blocked_for("z") == 0.0
+
+
+def test_redis_probe_is_given_back_only_by_its_holder_and_lapses_with_a_killed_replica(redis_url):
+    from service.breaker import PASS
+    from service.governance.redis_state import RedisCircuitBreaker, connect
+
+    url, prefix = redis_url
+    clock = [1000.0]
+    a, b, c = (RedisCircuitBreaker(connect(url), failures=1, cooldown_s=10, prefix=prefix, clock=lambda: clock[0],
+                                   refresh_s=0) for _ in range(3))
+    assert a.failure("m") is True
+    clock[0] += 11
+    probe = a.acquire("m")
+    assert probe.probe
+    # A call on another replica that began while the circuit was closed is cut: it held no probe.
+    b.release("m", PASS)
+    assert b.state("m") == "open" and c.acquire("m") is None
+    a.release("m", probe)  # the probe itself is cut: the next caller probes
+    assert b.state("m") == "half_open"
+    second = b.acquire("m")
+    assert second.probe and second != probe
+    a.release("m", probe)  # a stale claim gives back nothing
+    assert c.acquire("m") is None
+    # b's replica is killed holding the probe: after one more cooldown another replica probes.
+    clock[0] += 9
+    assert c.acquire("m") is None
+    clock[0] += 1.5
+    assert c.state("m") == "half_open" and c.acquire("m").probe
 
 
 def test_redis_circuit_breaker_reads_a_local_copy_at_most_refresh_s_old(redis_url):

@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any, Mapping, Sequence
 
+from service.breaker import PASS, Claim, new_probe
 from service.governance.budgets import Line, Reservation, Usage, insert_spend, new_reservation_id, seeded_spent
 from service.governance.db import Database
 
@@ -100,22 +101,29 @@ if retry_after > 0 then
 end
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
 local opened = redis.call('HGET', KEYS[1], 'opened_at')
-local probing = redis.call('HGET', KEYS[1], 'probing') == '1'
-if probing or ((not opened) and failures >= threshold) then
+local probe = redis.call('HGET', KEYS[1], 'probing')
+if (probe and probe ~= '0') or ((not opened) and failures >= threshold) then
   redis.call('HSET', KEYS[1], 'opened_at', now, 'probing', '0')
   return 1
 end
 return 0
 """
 
+# 0: refused; 1: the circuit is closed; 2: the caller holds the probe, under its token ARGV[3].
+# A probe that reached no verdict within a cooldown (its replica killed) lapses.
 _BREAKER_ACQUIRE = """
 local now, cooldown = tonumber(ARGV[1]), tonumber(ARGV[2])
-local v = redis.call('HMGET', KEYS[1], 'blocked_until', 'opened_at', 'probing')
+local v = redis.call('HMGET', KEYS[1], 'blocked_until', 'opened_at', 'probing', 'probe_at')
 if now < tonumber(v[1] or 0) then return 0 end
 if not v[2] then return 1 end
-if v[3] == '1' or now - tonumber(v[2]) < cooldown then return 0 end
-redis.call('HSET', KEYS[1], 'probing', '1')
-return 1
+local probing = v[3] and v[3] ~= '0' and now - tonumber(v[4] or 0) < cooldown
+if probing or now - tonumber(v[2]) < cooldown then return 0 end
+redis.call('HSET', KEYS[1], 'probing', ARGV[3], 'probe_at', now)
+return 2
+"""
+
+_BREAKER_RELEASE = """
+if redis.call('HGET', KEYS[1], 'probing') == ARGV[1] then redis.call('HSET', KEYS[1], 'probing', '0') end
 """
 
 
@@ -262,7 +270,7 @@ class RedisCircuitBreaker:
     changes a circuit (a failure, claiming the half-open probe, closing it) goes to Redis at once
     and drops the local copy of that model."""
 
-    FIELDS = ("blocked_until", "opened_at", "probing", "failures", "rate_limited")
+    FIELDS = ("blocked_until", "opened_at", "probing", "failures", "rate_limited", "probe_at")
 
     def __init__(self, client: Any, failures: int, cooldown_s: float, prefix: str = "openclaw", clock=time.time,
                  refresh_s: float = 0.25):
@@ -274,6 +282,7 @@ class RedisCircuitBreaker:
         self._clock = clock
         self._failure = client.register_script(_BREAKER_FAILURE)
         self._acquire = client.register_script(_BREAKER_ACQUIRE)
+        self._release = client.register_script(_BREAKER_RELEASE)
         self._view: dict[str, tuple[Any, ...]] = {}
         self._read_at = float("-inf")
 
@@ -301,11 +310,12 @@ class RedisCircuitBreaker:
         return v[1] is None and self._clock() >= float(v[0] or 0)
 
     def state(self, model: str) -> str:
-        blocked_until, opened_at, probing, *_ = self._fields(model)
+        blocked_until, opened_at, probe, _, _, probe_at = self._fields(model)
         now = self._clock()
         if opened_at is None:
             return "blocked" if now < float(blocked_until or 0) else "closed"
-        if probing == "1" or now - float(opened_at) < self.cooldown_s:
+        probing = probe not in (None, "0") and now - float(probe_at or 0) < self.cooldown_s
+        if probing or now - float(opened_at) < self.cooldown_s:
             return "open"
         return "half_open"
 
@@ -313,16 +323,18 @@ class RedisCircuitBreaker:
         return self.state(model) in ("closed", "half_open")
 
     def blocked_for(self, model: str) -> float:
-        blocked_until, opened_at, _, _, rate_limited = self._fields(model)
+        blocked_until, opened_at, _, _, rate_limited, _ = self._fields(model)
         now = self._clock()
         cooling = float(opened_at) + self.cooldown_s - now if opened_at is not None and rate_limited == "1" else 0.0
         return max(0.0, float(blocked_until or 0) - now, cooling)
 
-    def acquire(self, model: str) -> bool:
+    def acquire(self, model: str) -> Claim | None:
         if self._closed(self._fields(model)):
-            return True
+            return PASS
         self._forget(model)
-        return bool(int(self._acquire(keys=[self._k(model)], args=[self._clock(), self.cooldown_s])))
+        probe = new_probe()
+        got = int(self._acquire(keys=[self._k(model)], args=[self._clock(), self.cooldown_s, probe.probe]))
+        return None if got == 0 else PASS if got == 1 else probe
 
     def success(self, model: str) -> None:
         v = self._fields(model)
@@ -330,7 +342,7 @@ class RedisCircuitBreaker:
             return  # closed with no failures counted: nothing to reset
         self._forget(model)
         pipe = self.r.pipeline()
-        pipe.hdel(self._k(model), "opened_at", "probing")
+        pipe.hdel(self._k(model), "opened_at", "probing", "probe_at")
         pipe.hset(self._k(model), "failures", 0)
         pipe.execute()
 
@@ -343,6 +355,8 @@ class RedisCircuitBreaker:
         opened, _ = pipe.execute()
         return bool(int(opened))
 
-    def release(self, model: str) -> None:
+    def release(self, model: str, claim: Claim) -> None:
+        if claim.probe is None:
+            return  # it held no probe: nothing of the circuit's is its to give back
         self._forget(model)
-        self.r.hset(self._k(model), "probing", "0")
+        self._release(keys=[self._k(model)], args=[claim.probe])
