@@ -40,18 +40,26 @@ class Price(_Strict):
     output_per_1m: float = Field(ge=0, description="USD per 1M output tokens")
     cached_input_per_1m: float | None = Field(
         default=None, ge=0, description="USD per 1M input tokens read from the provider's prompt cache; default: input_per_1m")
+    cache_write_per_1m: float | None = Field(
+        default=None, ge=0,
+        description="USD per 1M input tokens written to the provider's prompt cache (Anthropic: 1.25x input); default: input_per_1m")
 
     def cost(self, input_tokens: float, output_tokens: float) -> float:
         return (input_tokens * self.input_per_1m + output_tokens * self.output_per_1m) / 1e6
 
     def usage_cost(self, usage: Mapping[str, Any]) -> float:
         """The cost of an OpenAI `usage` object: prompt tokens the provider read from its cache
-        (`prompt_tokens_details.cached_tokens`) at the cached price."""
+        (`prompt_tokens_details.cached_tokens`) at the cached price, those it wrote to it
+        (`cache_write_tokens`, OpenRouter's name, which the Anthropic adapter reports) at the write price."""
         prompt = float(usage.get("prompt_tokens") or 0)
         details = usage.get("prompt_tokens_details")
-        cached = min(float((details or {}).get("cached_tokens") or 0) if isinstance(details, Mapping) else 0.0, prompt)
+        details = details if isinstance(details, Mapping) else {}
+        cached = min(float(details.get("cached_tokens") or 0), prompt)
+        written = min(float(details.get("cache_write_tokens") or 0), prompt - cached)
         cached_price = self.input_per_1m if self.cached_input_per_1m is None else self.cached_input_per_1m
-        return self.cost(prompt - cached, usage.get("completion_tokens") or 0) + cached * cached_price / 1e6
+        write_price = self.input_per_1m if self.cache_write_per_1m is None else self.cache_write_per_1m
+        return (self.cost(prompt - cached - written, usage.get("completion_tokens") or 0)
+                + (cached * cached_price + written * write_price) / 1e6)
 
 
 class Limits(_Strict):

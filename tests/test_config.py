@@ -101,6 +101,20 @@ def test_cache_reads_are_billed_at_the_cached_price():
     assert price.usage_cost({"prompt_tokens": 10, "completion_tokens": 0}) == pytest.approx(10 * 3.0 / 1e6)
 
 
+def test_cache_writes_are_billed_at_the_write_price():
+    # Anthropic bills a prompt-cache write at 1.25x its input price; its adapter reports the
+    # written tokens as prompt_tokens_details.cache_write_tokens.
+    from router.config import Price
+
+    price = Price(input_per_1m=3.0, output_per_1m=15.0, cached_input_per_1m=0.3, cache_write_per_1m=3.75)
+    usage = {"prompt_tokens": 100_000, "completion_tokens": 1_000,
+             "prompt_tokens_details": {"cached_tokens": 60_000, "cache_write_tokens": 30_000}}
+    assert price.usage_cost(usage) == pytest.approx((10_000 * 3.0 + 60_000 * 0.3 + 30_000 * 3.75 + 1_000 * 15.0) / 1e6)
+    # without a write price, written tokens are at the input price
+    plain = Price(input_per_1m=3.0, output_per_1m=15.0, cached_input_per_1m=0.3)
+    assert plain.usage_cost(usage) == pytest.approx((40_000 * 3.0 + 60_000 * 0.3 + 1_000 * 15.0) / 1e6)
+
+
 def test_a_folder_the_gateway_creates_is_relative_to_the_config_file(tmp_path, monkeypatch):
     from router.config import resolve_path
 

@@ -92,11 +92,12 @@ async def test_request_translation(server, provider):
     assert req.headers["x-api-key"] == KEY and req.headers["anthropic-version"] == "2023-06-01"
     body = req.body
     assert body["model"] == "claude-sonnet-4-5" and body["max_tokens"] == 300 and "stream" not in body
-    assert body["system"] == "You are terse.\n\nUse metric units."
+    # Prompt-cache breakpoints on the last tool, the system prompt and the last block of the history.
+    assert body["system"] == [{"type": "text", "text": "You are terse.\n\nUse metric units.", "cache_control": {"type": "ephemeral"}}]
     assert body["temperature"] == 0.2 and body["stop_sequences"] == ["END"] and body["metadata"] == {"user_id": "u-42"}
     assert body["tools"] == [
         {"name": "get_weather", "description": "Weather for a city", "input_schema": TOOLS[0]["function"]["parameters"]},
-        {"name": "noop", "description": "", "input_schema": {"type": "object", "properties": {}}},
+        {"name": "noop", "description": "", "input_schema": {"type": "object", "properties": {}}, "cache_control": {"type": "ephemeral"}},
     ]
     assert body["tool_choice"] == {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}
     assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
@@ -110,7 +111,7 @@ async def test_request_translation(server, provider):
         {"type": "tool_result", "tool_use_id": "toolu_1", "content": "21C"},
         {"type": "tool_result", "tool_use_id": "toolu_2", "content": "9C"},
         {"type": "text", "text": "And this?"},
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"}},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"}, "cache_control": {"type": "ephemeral"}},
     ]
 
 
@@ -118,7 +119,9 @@ async def test_default_max_tokens_and_json_mode(server, provider):
     server.reply(MESSAGE)
     await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}})
     body = server.requests[-1].body
-    assert body["max_tokens"] == 1024 and "JSON" in body["system"] and "tools" not in body
+    assert body["max_tokens"] == 1024 and "tools" not in body
+    assert body["system"] == [{"type": "text", "text": "Respond with a single valid JSON object and nothing else.",
+                               "cache_control": {"type": "ephemeral"}}]
 
 
 @pytest.mark.parametrize("limits", [{"max_tokens": 5, "max_completion_tokens": 40}, {"max_tokens": 40, "max_completion_tokens": 5}])
@@ -278,3 +281,152 @@ def test_tool_call_ids_another_provider_made_are_rewritten_alike_in_call_and_res
     results = [b["tool_use_id"] for m in payload["messages"] for b in m["content"] if b.get("type") == "tool_result"]
     assert uses == results and len(set(uses)) == 3 and uses[2] == "call_ok-1"  # a valid id is kept as it is
     assert all(re.fullmatch(r"[a-zA-Z0-9_-]+", i) for i in uses)  # Anthropic's pattern for tool_use ids
+
+
+PDF = "JVBERi0xLjQK"  # "%PDF-1.4\n"
+
+
+async def test_files_and_images_of_every_part_shape_reach_anthropic(server, provider):
+    server.reply(MESSAGE)
+    content = [
+        {"type": "text", "text": "Compare them."},
+        {"type": "file", "file": {"filename": "contract.pdf", "file_data": f"data:application/pdf;base64,{PDF}"}},
+        {"type": "file", "file": {"filename": "notes.txt", "file_data": "data:text/plain;base64,aMOpbGxvCg=="}},
+        {"type": "file", "file": {"filename": "scan.png", "file_data": "data:image/png;base64,iVBORw0K"}},
+        {"type": "file", "file": {"filename": "bare.pdf", "file_data": PDF}},  # bare base64: typed by its name
+        {"type": "input_image", "image_url": "https://example.com/cat.jpg"},
+        {"type": "input_image", "image_url": "data:image/webp;base64,UklGRg=="},
+    ]
+    await provider.complete(MODEL, {"messages": [{"role": "user", "content": content}]})
+    (message,) = server.requests[-1].body["messages"]
+    assert message["content"] == [
+        {"type": "text", "text": "Compare them."},
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}, "title": "contract.pdf"},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "héllo\n"}, "title": "notes.txt"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"}},
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}, "title": "bare.pdf"},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/webp", "data": "UklGRg=="}, "cache_control": {"type": "ephemeral"}},
+    ]
+
+
+@pytest.mark.parametrize("part, param, words", [
+    ({"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}, "messages[0].content[1]", "take no audio"),
+    ({"type": "file", "file": {"file_id": "file-abc123"}}, "messages[0].content[1]", "file_id"),
+    ({"type": "input_image", "file_id": "file-abc123"}, "messages[0].content[1]", "file_id"),
+    ({"type": "file", "file": {"filename": "a.docx", "file_data": "data:application/vnd.ms-word;base64,UEsDBA=="}},
+     "messages[0].content[1]", "not application/vnd.ms-word"),
+    ({"type": "file", "file": {"filename": "a.txt", "file_data": "data:text/plain;base64,//79"}}, "messages[0].content[1]", "UTF-8"),
+])
+async def test_attachments_anthropic_cannot_read_are_refused_naming_the_part(server, provider, part, param, words):
+    with pytest.raises(UpstreamError) as info:
+        await provider.complete(MODEL, {"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, part]}]})
+    assert (info.value.kind, info.value.param, info.value.code) == ("bad_request", param, "unsupported_value")
+    assert words in info.value.message and not info.value.failover
+    assert server.requests == []  # never sent without the attachment
+
+
+def test_cache_breakpoints_keep_the_clients_first_and_never_exceed_four():
+    from service.providers.anthropic import to_anthropic
+
+    mark, hour = {"type": "ephemeral"}, {"type": "ephemeral", "ttl": "1h"}
+    tools = [{**t, "cache_control": mark} if i == 0 else t for i, t in enumerate(TOOLS)]
+    body = {"tools": tools, "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "rules", "cache_control": mark}]},
+        {"role": "user", "content": [{"type": "text", "text": "a", "cache_control": mark}, {"type": "text", "text": "b"}]},
+        {"role": "assistant", "content": "c", "cache_control": mark},
+        {"role": "user", "content": [{"type": "text", "text": "d", "cache_control": mark}, {"type": "text", "text": "e"}]}]}
+    payload = to_anthropic(MODEL, body, stream=False)
+    blocks = [*payload["tools"], *payload["system"], *(b for m in payload["messages"] for b in m["content"])]
+    # The client's first four are kept (tool, system, "a", "c"); its fifth ("d") goes; nothing is added.
+    assert [b.get("name") or b.get("text") for b in blocks if "cache_control" in b] == ["get_weather", "rules", "a", "c"]
+
+    # One breakpoint of the client's: three of ours, history first, then the system prompt, then the tools.
+    body = {"tools": TOOLS, "messages": [{"role": "system", "content": "rules"},
+                                         {"role": "user", "content": [{"type": "text", "text": "a", "cache_control": mark}]},
+                                         {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]}
+    payload = to_anthropic(MODEL, body, stream=False)
+    assert payload["tools"][-1]["cache_control"] == mark and "cache_control" not in payload["tools"][0]
+    assert payload["system"] == [{"type": "text", "text": "rules", "cache_control": mark}]
+    assert [b.get("cache_control") for m in payload["messages"] for b in m["content"]] == [mark, None, mark]
+
+    # A 1-hour breakpoint of the client's: Anthropic refuses a 5-minute one before it, so ours go after only.
+    body["messages"][1]["content"][0]["cache_control"] = hour
+    payload = to_anthropic(MODEL, body, stream=False)
+    assert "cache_control" not in payload["tools"][-1] and "cache_control" not in payload["system"][0]
+    assert [b.get("cache_control") for m in payload["messages"] for b in m["content"]] == [hour, None, mark]
+
+
+async def test_cache_reads_and_writes_are_prompt_tokens_and_told_apart(server, provider):
+    usage = {"input_tokens": 20, "cache_creation_input_tokens": 9000, "cache_read_input_tokens": 30000, "output_tokens": 45}
+    server.reply({**MESSAGE, "usage": usage})
+    result = await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}]})
+    expected = {"prompt_tokens": 39020, "completion_tokens": 45, "total_tokens": 39065,
+                "prompt_tokens_details": {"cached_tokens": 30000, "cache_write_tokens": 9000}}
+    assert result["usage"] == expected
+    events = stream_events()
+    events[0][1]["message"]["usage"] = {**usage, "output_tokens": 1}
+    events[-2][1]["usage"] = {"output_tokens": 45}  # the final counts: only the output's
+    server.reply_sse(events)
+    chunks = [c async for c in provider.stream(MODEL, {"messages": [{"role": "user", "content": "hi"}]})]
+    assert chunks[-1]["usage"] == expected
+
+
+BIG = MODEL.model_copy(update={"max_output_tokens": 64000})
+
+
+async def test_reasoning_effort_is_a_thinking_budget_within_max_tokens(server, provider):
+    server.reply(MESSAGE)
+    await provider.complete(BIG, {"messages": [{"role": "user", "content": "prove it"}], "reasoning_effort": "medium",
+                                    "max_completion_tokens": 20000, "temperature": 0.3, "top_p": 0.5})
+    body = server.requests[-1].body
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 8192} and body["max_tokens"] == 20000
+    assert "temperature" not in body and "top_p" not in body  # refused beside thinking
+    server.reply(MESSAGE)
+    await provider.complete(BIG, {"messages": [{"role": "user", "content": "prove it"}], "reasoning_effort": "high", "max_tokens": 6000})
+    assert server.requests[-1].body["thinking"] == {"type": "enabled", "budget_tokens": 3000}  # half of max_tokens at most
+
+
+def test_thinking_is_left_out_where_anthropic_would_refuse_it():
+    from service.providers.anthropic import to_anthropic
+
+    ask = {"role": "user", "content": "weather?"}
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}
+    result = {"role": "tool", "tool_call_id": "toolu_1", "content": "9C"}
+    old = BIG.model_copy(update={"upstream": "claude-3-5-haiku-20241022"})
+    refused = [
+        (BIG, {"messages": [ask, call, result], "tools": TOOLS}),  # mid tool loop: the call's thinking block is gone
+        (BIG, {"messages": [ask], "tools": TOOLS, "tool_choice": "required"}),  # forced tool use
+        (BIG, {"messages": [ask], "max_tokens": 1500}),  # no room for the least budget beside an answer
+        (BIG, {"messages": [ask, {"role": "assistant", "content": "Sunny, "}]}),  # a prefilled answer
+        (old, {"messages": [ask]}),  # a model without extended thinking
+    ]
+    for model, body in refused:
+        assert "thinking" not in to_anthropic(model, {**body, "reasoning_effort": "high"}, stream=False)
+    # The loop over, a new user turn thinks again.
+    body = {"messages": [ask, call, result, {"role": "assistant", "content": "9C."}, {"role": "user", "content": "and Oslo?"}],
+            "tools": TOOLS, "reasoning_effort": "low"}
+    assert to_anthropic(BIG, body, stream=False)["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert "thinking" not in to_anthropic(BIG, {**body, "reasoning_effort": "none"}, stream=False)
+
+
+@pytest.mark.parametrize("extra, param", [({"logprobs": True}, "logprobs"), ({"logprobs": True, "top_logprobs": 3}, "logprobs"),
+                                          ({"reasoning_effort": "extreme"}, "reasoning_effort")])
+async def test_what_anthropic_cannot_honour_is_refused_not_dropped(server, provider, extra, param):
+    with pytest.raises(UpstreamError) as info:
+        await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}], **extra})
+    assert (info.value.kind, info.value.param) == ("bad_request", param) and server.requests == []
+
+
+def test_a_gemini_calls_thought_signature_is_not_sent_to_anthropic():
+    from service.providers.anthropic import to_anthropic
+
+    signed = "call_5f3c__thought__CiQB0e2Kb-SIG_x"
+    body = {"messages": [{"role": "user", "content": "read a"},
+                         {"role": "assistant", "content": None, "tool_calls": [
+                             {"id": signed, "type": "function", "function": {"name": "read", "arguments": "{}"}}]},
+                         {"role": "tool", "tool_call_id": signed, "content": "A"}]}
+    payload = to_anthropic(MODEL, body, stream=False)
+    assert payload["messages"][1]["content"][0]["id"] == "call_5f3c"
+    assert payload["messages"][2]["content"][0]["tool_use_id"] == "call_5f3c"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -295,3 +296,141 @@ def test_unnamed_calls_of_different_answers_get_different_ids():
 
     first, again, second = (from_gemini(MODEL, answer(r))["choices"][0]["message"]["tool_calls"][0]["id"] for r in ("a", "a", "b"))
     assert first == again and first != second  # stable for one answer, unique across turns
+
+
+GEMINI_3 = MODEL.model_copy(update={"upstream": "gemini-3-pro-preview"})
+SIGNATURE = "CiQB0e2Kb+SIG/nature+w=="  # base64 as Gemini sends it: `+`, `/` and padding
+
+
+async def test_files_audio_and_images_are_sent_inline(server, provider):
+    server.reply(response([{"text": "ok"}]))
+    content = [
+        {"type": "text", "text": "Summarise all of it."},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0xLjQK"}},
+        {"type": "file", "file": {"filename": "notes.txt", "file_data": "aGVsbG8K"}},  # bare base64: typed by its name
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "input_audio", "input_audio": {"data": "SUQzBA==", "format": "mp3"}},
+        {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0K"},
+    ]
+    await provider.complete(MODEL, {"messages": [{"role": "user", "content": content}]})
+    assert server.requests[-1].body["contents"] == [{"role": "user", "parts": [
+        {"text": "Summarise all of it."},
+        {"inlineData": {"mimeType": "application/pdf", "data": "JVBERi0xLjQK"}},
+        {"inlineData": {"mimeType": "text/plain", "data": "aGVsbG8K"}},
+        {"inlineData": {"mimeType": "audio/wav", "data": "UklGRg=="}},
+        {"inlineData": {"mimeType": "audio/mp3", "data": "SUQzBA=="}},
+        {"inlineData": {"mimeType": "image/png", "data": "iVBORw0K"}},
+    ]}]
+
+
+@pytest.mark.parametrize("part, words", [
+    ({"type": "file", "file": {"file_id": "file-abc123"}}, "file_id"),
+    ({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "pcm16"}}, "audio format 'pcm16'"),
+])
+async def test_attachments_gemini_cannot_read_are_refused_naming_the_part(server, provider, part, words):
+    with pytest.raises(UpstreamError) as info:
+        await provider.complete(MODEL, {"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": ["hi", part]}]})
+    assert (info.value.kind, info.value.param) == ("bad_request", "messages[1].content[1]") and words in info.value.message
+    assert server.requests == []
+
+
+def signed_call(name="read", args=None, signature=SIGNATURE):
+    return {"functionCall": {"name": name, "args": args or {"path": "a"}}, "thoughtSignature": signature}
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_thought_signatures_ride_in_the_call_id_and_come_back_on_replay(server, provider, streamed):
+    parts = [signed_call(), signed_call("write", {"path": "b"}, signature=None)]  # parallel calls: the first one is signed
+    body = {"messages": [{"role": "user", "content": "read a, write b"}], "tools": TOOLS}
+    if streamed:
+        server.reply_sse([(None, response(parts))])
+        deltas = [c["choices"][0]["delta"] for c in [c async for c in provider.stream(GEMINI_3, body)] if c["choices"]]
+        calls = [tc for d in deltas for tc in d.get("tool_calls") or []]
+    else:
+        server.reply(response(parts))
+        calls = (await provider.complete(GEMINI_3, body))["choices"][0]["message"]["tool_calls"]
+    first, second = (c["id"] for c in calls)
+    assert first.endswith("__thought__CiQB0e2Kb-SIG_nature-w") and "__thought__" not in second
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", c["id"]) for c in calls)
+    history = [*body["messages"], {"role": "assistant", "content": None, "tool_calls": [
+        {"id": c["id"], "type": "function", "function": c["function"]} for c in calls]},
+        {"role": "tool", "tool_call_id": first, "content": "A"}, {"role": "tool", "tool_call_id": second, "content": "ok"}]
+    server.reply(response([{"text": "done"}]))
+    await provider.complete(GEMINI_3, {**body, "messages": history})
+    contents = server.requests[-1].body["contents"]
+    assert contents[1] == {"role": "model", "parts": [signed_call(), {"functionCall": {"name": "write", "args": {"path": "b"}}}]}
+    assert contents[2]["parts"] == [{"functionResponse": {"name": "read", "response": {"content": "A"}}},
+                                    {"functionResponse": {"name": "write", "response": {"content": "ok"}}}]
+
+
+def test_calls_another_model_made_get_googles_sentinel_in_the_current_turn_only():
+    from service.providers.gemini import to_gemini
+
+    def turn(call_id, ask):
+        return [{"role": "user", "content": ask},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": call_id, "type": "function",
+                                                                       "function": {"name": "get_weather", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": call_id, "content": "9C"}]
+
+    body = {"messages": [*turn("toolu_old", "Paris?"), {"role": "assistant", "content": "9C."}, *turn("toolu_01", "Oslo?"),
+                         *turn("toolu_02", "")[1:]], "tools": TOOLS}  # two steps of the current turn, both Claude's
+    model_turns = [c for c in to_gemini(GEMINI_3, body)["contents"] if c["role"] == "model"]
+    assert [p.get("thoughtSignature") for c in model_turns for p in c["parts"]] == [
+        None, None, "skip_thought_signature_validator", "skip_thought_signature_validator"]
+    # Gemini 2.5 checks no signature: none is made up for it.
+    assert "skip_thought_signature_validator" not in json.dumps(to_gemini(MODEL, body))
+
+
+@pytest.mark.parametrize("upstream, effort, thinking", [
+    ("gemini-2.5-flash", "low", {"thinkingBudget": 1024}),
+    ("gemini-2.5-flash", "high", {"thinkingBudget": 24576}),
+    ("gemini-2.5-flash", "none", {"thinkingBudget": 0}),
+    ("gemini-2.5-pro", "none", {"thinkingBudget": 128}),  # 2.5 Pro cannot stop thinking: its least
+    ("gemini-3-pro-preview", "minimal", {"thinkingLevel": "low"}),
+    ("gemini-3.1-flash", "medium", {"thinkingLevel": "high"}),
+    ("gemini-2.0-flash", "high", None),  # no thinking to set
+])
+def test_reasoning_effort_is_a_thinking_config(upstream, effort, thinking):
+    from service.providers.gemini import to_gemini
+
+    model = MODEL.model_copy(update={"upstream": upstream})
+    config = to_gemini(model, {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": effort}).get("generationConfig", {})
+    assert config.get("thinkingConfig") == thinking
+
+
+def test_penalties_reach_the_gemini_versions_that_take_them():
+    from service.providers.gemini import to_gemini
+
+    body = {"messages": [{"role": "user", "content": "hi"}], "presence_penalty": 0.5, "frequency_penalty": -0.25}
+    old = MODEL.model_copy(update={"upstream": "gemini-2.0-flash"})
+    assert to_gemini(old, body)["generationConfig"] == {"presencePenalty": 0.5, "frequencyPenalty": -0.25}
+    # 2.5 and later answer any penalty but 0 with a 400 ("Penalty is not enabled for models/...").
+    assert "generationConfig" not in to_gemini(MODEL, body)
+    assert "generationConfig" not in to_gemini(old, {**body, "presence_penalty": 0, "frequency_penalty": 0})
+
+
+LOGPROBS = {"chosenCandidates": [{"token": "Hi", "tokenId": 5, "logProbability": -0.25}, {"token": "!", "tokenId": 9}],
+            "topCandidates": [{"candidates": [{"token": "Hi", "logProbability": -0.25}, {"token": "Hey", "logProbability": -1.5}]},
+                              {"candidates": [{"token": "!"}]}]}
+OPENAI_LOGPROBS = [
+    {"token": "Hi", "logprob": -0.25, "bytes": [72, 105],
+     "top_logprobs": [{"token": "Hi", "logprob": -0.25, "bytes": [72, 105]}, {"token": "Hey", "logprob": -1.5, "bytes": [72, 101, 121]}]},
+    {"token": "!", "logprob": 0.0, "bytes": [33], "top_logprobs": [{"token": "!", "logprob": 0.0, "bytes": [33]}]},
+]
+
+
+async def test_logprobs_are_asked_for_and_given_in_openais_shape(server, provider):
+    answer = response([{"text": "Hi!"}])
+    answer["candidates"][0]["logprobsResult"] = LOGPROBS
+    server.reply(answer)
+    body = {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 2}
+    result = await provider.complete(MODEL, body)
+    assert server.requests[-1].body["generationConfig"] == {"responseLogprobs": True, "logprobs": 2}
+    assert result["choices"][0]["logprobs"] == {"content": OPENAI_LOGPROBS, "refusal": None}
+    server.reply_sse([(None, {"candidates": [{"content": {"parts": [{"text": "Hi"}]}, "logprobsResult": {
+                          "chosenCandidates": LOGPROBS["chosenCandidates"][:1], "topCandidates": LOGPROBS["topCandidates"][:1]}}]}),
+                      (None, {"candidates": [{"content": {"parts": [{"text": "!"}]}, "finishReason": "STOP", "logprobsResult": {
+                          "chosenCandidates": LOGPROBS["chosenCandidates"][1:], "topCandidates": LOGPROBS["topCandidates"][1:]}}]})])
+    chunks = [c async for c in provider.stream(MODEL, body)]
+    streamed = [t for c in chunks if c["choices"] and c["choices"][0].get("logprobs") for t in c["choices"][0]["logprobs"]["content"]]
+    assert streamed == OPENAI_LOGPROBS

@@ -69,6 +69,20 @@ async def test_complete_passes_body_through_and_names_public_model(up, provider)
     assert req.body == {**BODY, "model": "upstream-id", "stream": False}
 
 
+async def test_a_history_from_gemini_reaches_openai_without_the_thought_signatures_in_its_ids(up, provider):
+    # The Gemini adapter carries Gemini 3's signatures in tool-call ids; OpenAI refuses ids over 40
+    # characters, so a conversation that moves here after a Gemini tool call would get a 400.
+    from service.providers.reasoning import id_with_signature
+
+    signed = id_with_signature("call_1", "c2lnbmF0dXJl/+" * 40)
+    messages = [*BODY["messages"][:2], {**BODY["messages"][2], "tool_calls": [{**BODY["messages"][2]["tool_calls"][0], "id": signed}]},
+                {**BODY["messages"][3], "tool_call_id": signed}]
+    up.script("upstream-id", ok("sunny"))
+    await provider.complete(MODEL, {**BODY, "messages": messages})
+    (req,) = up.requests
+    assert req.body["messages"] == BODY["messages"]
+
+
 async def test_an_output_limit_above_the_models_is_lowered_to_it(up, provider):
     # A router may pick a model whose limit is below the client's (OpenClaw asks for up to 32,768):
     # the upstream refuses more than its limit with a 400, which fails nothing over.

@@ -1,14 +1,18 @@
 """Anthropic Messages API adapter: OpenAI chat body → /v1/messages → OpenAI chat.completion.
 
-Translated both ways: system prompt (all system/developer turns joined), messages (consecutive
-same-role turns merged because Anthropic requires alternation; `role: "tool"` turns become
-`tool_result` blocks in a user turn), tools and tool_choice, assistant tool_calls ↔ `tool_use`
-blocks, images, stop sequences, usage, stop reasons, streaming events (message_start,
-content_block_start/delta with text_delta and input_json_delta, message_delta, message_stop,
-error) and errors (overloaded 529, 429 with retry-after, "prompt is too long").
+Translated both ways: system prompt (one text block per system/developer turn), messages
+(consecutive same-role turns merged because Anthropic requires alternation; `role: "tool"` turns
+become `tool_result` blocks in a user turn), tools and tool_choice, assistant tool_calls ↔
+`tool_use` blocks, images and files (PDF and text documents), prompt-cache breakpoints,
+reasoning_effort → `thinking`, stop sequences, usage (cache reads and writes), stop reasons,
+streaming events (message_start, content_block_start/delta with text_delta and input_json_delta,
+message_delta, message_stop, error) and errors (overloaded 529, 429 with retry-after, "prompt is
+too long").
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
@@ -17,8 +21,10 @@ from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
 from router.request_view import content_text, estimate_tokens
+from service.providers import attachments
 from service.providers.answer_fields import as_int, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, parse_json_event, tool_arguments
+from service.providers.reasoning import THINKING_BUDGETS, reasoning_effort, refuse_logprobs, split_signature, wants_logprobs
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -34,32 +40,65 @@ FINISH_REASONS = {
 
 JSON_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
 
+IMAGE_MIME_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")  # what the Messages API takes
 
-def _image_block(part: dict[str, Any]) -> dict[str, Any]:
-    url = part["image_url"]["url"]  # shape checked by service/schemas.py
+
+def _image_block(url: str) -> dict[str, Any]:
     if url.startswith("data:"):
-        header, _, data = url.partition(",")
-        media_type = header[5:].split(";")[0] or "image/png"
+        media_type, data = attachments.split_data_url(url, "image/png")
         return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
-def _content_blocks(content: Any) -> list[dict[str, Any]]:
+def _file_block(file: attachments.Inline, where: str) -> dict[str, Any]:
+    """A file as the Messages API takes it: a PDF or a text as a `document` (titled with its file
+    name), an image as an `image`."""
+    if file.mime_type in IMAGE_MIME_TYPES:
+        return {"type": "image", "source": {"type": "base64", "media_type": file.mime_type, "data": file.data}}
+    if file.mime_type == "application/pdf":
+        source = {"type": "base64", "media_type": "application/pdf", "data": file.data}
+    elif file.mime_type.startswith("text/"):  # a document's text source is text/plain, whatever the text
+        try:
+            text = base64.b64decode("".join(file.data.split()), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise attachments.refused(where, f"the {file.mime_type} file is not base64 of UTF-8 text") from None
+        source = {"type": "text", "media_type": "text/plain", "data": text}
+    else:
+        raise attachments.refused(where, f"Anthropic models take PDF, text and {', '.join(IMAGE_MIME_TYPES)} files, "
+                                  f"not {file.mime_type}")
+    return {"type": "document", "source": source, **({"title": file.filename} if file.filename else {})}
+
+
+def _part_block(part: Any, where: str) -> dict[str, Any] | None:
+    if isinstance(part, str):
+        return {"type": "text", "text": part} if part.strip() else None
+    if not isinstance(part, dict):
+        return None
+    text = attachments.part_text(part)
+    kind = part.get("type")
+    if text is not None:
+        # The Messages API refuses text blocks that are empty or only whitespace; OpenAI clients
+        # send them beside tool calls.
+        block = {"type": "text", "text": text} if text.strip() else None
+    elif kind in attachments.IMAGE_TYPES:
+        block = _image_block(attachments.image_url(part, where, "Anthropic"))
+    elif kind == "file":
+        block = _file_block(attachments.file_part(part, where, "Anthropic"), where)
+    elif kind == "input_audio":
+        raise attachments.refused(where, "Anthropic models take no audio; ask for a model that does, or send a transcript")
+    else:
+        return None
+    if block is not None and isinstance(part.get("cache_control"), dict):
+        block["cache_control"] = part["cache_control"]  # the client's own breakpoint
+    return block
+
+
+def _content_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     if content is None:
         return []
-    # The Messages API refuses text blocks that are empty or only whitespace; OpenAI clients send
-    # them beside tool calls.
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content.strip() else []
-    blocks = []
-    for part in content:
-        if isinstance(part, dict) and part.get("type") == "image_url":
-            blocks.append(_image_block(part))
-        elif isinstance(part, dict) and part.get("type") == "text" and str(part.get("text", "")).strip():
-            blocks.append({"type": "text", "text": str(part["text"])})
-        elif isinstance(part, str) and part.strip():
-            blocks.append({"type": "text", "text": part})
-    return blocks
+    return [b for j, part in enumerate(content) if (b := _part_block(part, f"{where}.content[{j}]")) is not None]
 
 
 _TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")
@@ -68,26 +107,53 @@ _TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")
 def tool_use_id(call_id: Any) -> str:
     """Anthropic takes tool-use ids of letters, digits, _ and - only. A conversation that another
     model began may carry others (Kimi's "functions.read_file:0"), and a router switches models
-    mid-conversation: such an id is rewritten, the same way in the call and in its result."""
-    call_id = str(call_id or "")
+    mid-conversation: such an id is rewritten, the same way in the call and in its result. A
+    Gemini call's id carries its thought signature (`reasoning`), which is no use here: it goes."""
+    call_id = split_signature(str(call_id or ""))[0]
     if _TOOL_USE_ID.fullmatch(call_id):
         return call_id
     digest = hashlib.sha1(call_id.encode("utf-8")).hexdigest()[:12]
     return f"{re.sub(r'[^a-zA-Z0-9_-]', '_', call_id)[:40]}_{digest}"
 
 
-def _message_blocks(message: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+def _message_blocks(message: dict[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:
     role = message.get("role")
     if role == "tool":
-        result = {"type": "tool_result", "tool_use_id": tool_use_id(message.get("tool_call_id")), "content": content_text(message.get("content"))}
-        return "user", [result]
-    blocks = _content_blocks(message.get("content"))
+        blocks = [{"type": "tool_result", "tool_use_id": tool_use_id(message.get("tool_call_id")),
+                   "content": content_text(message.get("content"))}]
+    else:
+        blocks = _content_blocks(message.get("content"), where)
     if role == "assistant":
         for call in message.get("tool_calls") or []:
             fn = call.get("function") or {}
             blocks.append({"type": "tool_use", "id": tool_use_id(call.get("id")), "name": fn.get("name", ""), "input": tool_arguments(fn.get("arguments"))})
-        return "assistant", blocks
-    return "user", blocks
+    if blocks and isinstance(message.get("cache_control"), dict):  # a breakpoint on the whole message: after its last block
+        blocks[-1].setdefault("cache_control", message["cache_control"])
+    return ("assistant" if role == "assistant" else "user"), blocks
+
+
+def _system_blocks(texts: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """The system prompt's text blocks, for (text, the client's cache_control or None) of each
+    system turn: turns joined by blank lines into one block, split only after a client's
+    breakpoint (which must end a block)."""
+    blocks: list[dict[str, Any]] = []
+    for text, mark in texts:
+        if not text:
+            continue
+        if blocks and "cache_control" not in blocks[-1]:
+            blocks[-1]["text"] += "\n\n" + text
+        else:
+            blocks.append({"type": "text", "text": text})
+        if isinstance(mark, dict):
+            blocks[-1]["cache_control"] = mark
+    return blocks
+
+
+def _client_mark(message: dict[str, Any]) -> Any:
+    """The client's cache_control on a system turn or on one of its parts."""
+    parts = message.get("content") if isinstance(message.get("content"), list) else []
+    return next((m for m in (message.get("cache_control"), *(p.get("cache_control") for p in parts if isinstance(p, dict)))
+                 if isinstance(m, dict)), None)
 
 
 def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
@@ -108,15 +174,73 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     return result
 
 
+# Anthropic refuses a request with more than 4 cache breakpoints.
+MAX_CACHE_BREAKPOINTS = 4
+
+
+def _cache_breakpoints(payload: dict[str, Any]) -> None:
+    """Prompt-cache breakpoints, so that a conversation's next turn reads its prefix from the cache
+    (at a tenth of the input price) instead of paying for it again: agents resend a long system
+    prompt, a dozen tools and the whole history every turn. The client's own breakpoints come
+    first (its first four, the most Anthropic takes); the free ones go, in this order, on the last
+    message's last block (the history so far, written once and read back next turn), the system
+    prompt, and the last tool (a prefix other conversations share). Anthropic wants no 1-hour
+    breakpoint after a 5-minute one, so none of these 5-minute ones goes before a client's 1-hour one."""
+    tools, system = payload.get("tools") or [], payload.get("system") or []
+    blocks = [*tools, *system, *(b for m in payload["messages"] for b in m["content"])]
+    marked = [i for i, b in enumerate(blocks) if "cache_control" in b]
+    for i in marked[MAX_CACHE_BREAKPOINTS:]:
+        del blocks[i]["cache_control"]
+    marked = marked[:MAX_CACHE_BREAKPOINTS]
+    after = max((i for i in marked if blocks[i]["cache_control"].get("ttl") == "1h"), default=-1)
+    candidates = [len(blocks) - 1, len(tools) + len(system) - 1, len(tools) - 1]
+    free = MAX_CACHE_BREAKPOINTS - len(marked)
+    for i in dict.fromkeys(candidates):
+        if free and i > after and "cache_control" not in blocks[i]:
+            blocks[i]["cache_control"] = {"type": "ephemeral"}
+            free -= 1
+
+
+# Models before Claude 3.7 have no extended thinking.
+_NO_THINKING = re.compile(r"claude-(?:instant|2|3-(?:5-|opus|sonnet|haiku))")
+MIN_THINKING_BUDGET = 1024
+
+
+def _thinking(model: ModelSpec, body: dict[str, Any], payload: dict[str, Any]) -> None:
+    """reasoning_effort as an extended-thinking budget, where the Messages API allows one. The
+    budget counts within max_tokens (as OpenAI's reasoning tokens count within
+    max_completion_tokens), and half of max_tokens at most is spent on thinking. Not sent: with a
+    forced tool choice (refused with thinking), in a tool-use loop (the loop's assistant turn
+    would have to start with its signed thinking block, which OpenAI clients do not replay), or
+    under a max_tokens too small for Anthropic's least budget. With thinking on, temperature and
+    top_p are left out: Anthropic refuses thinking with either changed."""
+    effort = reasoning_effort(body)
+    if effort in (None, "none") or _NO_THINKING.search(model.upstream_name):
+        return
+    if (payload.get("tool_choice") or {}).get("type") in ("any", "tool"):
+        return
+    assistant = next((m for m in reversed(payload["messages"]) if m["role"] == "assistant"), None)
+    if assistant is not None and (assistant is payload["messages"][-1] or any(b["type"] == "tool_use" for b in assistant["content"])):
+        return
+    budget = min(THINKING_BUDGETS[effort], payload["max_tokens"] // 2)
+    if budget < MIN_THINKING_BUDGET:
+        return
+    payload["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    payload.pop("temperature", None)
+    payload.pop("top_p", None)
+
+
 def to_anthropic(model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[str, Any]:
     """The Messages API request for an OpenAI chat body."""
-    system_parts: list[str] = []
+    if wants_logprobs(body):
+        raise refuse_logprobs("Anthropic")
+    system: list[tuple[str, Any]] = []
     messages: list[dict[str, Any]] = []
-    for message in body.get("messages") or []:
+    for i, message in enumerate(body.get("messages") or []):
         if message.get("role") in ("system", "developer"):
-            system_parts.append(content_text(message.get("content")))
+            system.append((content_text(message.get("content")), _client_mark(message)))
             continue
-        role, blocks = _message_blocks(message)
+        role, blocks = _message_blocks(message, f"messages[{i}]")
         if not blocks:
             continue
         if messages and messages[-1]["role"] == role:
@@ -125,17 +249,17 @@ def to_anthropic(model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[s
             messages.append({"role": role, "content": blocks})
     fmt = (body.get("response_format") or {}).get("type")
     if fmt == "json_object":
-        system_parts.append(JSON_INSTRUCTION)
+        system.append((JSON_INSTRUCTION, None))
     elif fmt == "json_schema":
         schema = (body["response_format"].get("json_schema") or {}).get("schema")
-        system_parts.append(f"{JSON_INSTRUCTION} It must match this JSON schema: {json.dumps(schema)}")
+        system.append((f"{JSON_INSTRUCTION} It must match this JSON schema: {json.dumps(schema)}", None))
     payload: dict[str, Any] = {
         "model": model.upstream_name,
         "messages": messages,
         "max_tokens": output_limit(model, body) or _default_max_tokens(model, body),
     }
-    if system_parts:
-        payload["system"] = "\n\n".join(p for p in system_parts if p)
+    if system_blocks := _system_blocks(system):
+        payload["system"] = system_blocks
     # Anthropic takes temperature in [0, 1] (OpenAI: [0, 2]), and recent models refuse
     # temperature and top_p together: the temperature is kept, as the stronger request.
     if body.get("temperature") is not None:
@@ -151,6 +275,7 @@ def to_anthropic(model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[s
                 "name": t["function"]["name"],
                 "description": t["function"].get("description", ""),
                 "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}},
+                **({"cache_control": t["cache_control"]} if isinstance(t.get("cache_control"), dict) else {}),
             }
             for t in body["tools"]
             if t.get("type", "function") == "function"
@@ -160,6 +285,8 @@ def to_anthropic(model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[s
         payload["tool_choice"] = choice
     if body.get("user"):
         payload["metadata"] = {"user_id": str(body["user"])}
+    _thinking(model, body, payload)
+    _cache_breakpoints(payload)
     if stream:
         payload["stream"] = True
     return payload
@@ -172,17 +299,18 @@ def _default_max_tokens(model: ModelSpec, body: dict[str, Any]) -> int:
     return max(1, min(model.max_output_tokens, room))
 
 
-def _usage(input_tokens: int, output_tokens: int, cached: int = 0) -> dict[str, Any]:
-    usage: dict[str, Any] = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
-                             "total_tokens": input_tokens + output_tokens}
-    if cached:
-        usage["prompt_tokens_details"] = {"cached_tokens": cached}  # as OpenAI reports its own cache reads
-    return usage
-
-
-def _input_tokens(usage: dict[str, Any]) -> int:
-    # Cached prompt tokens are still prompt tokens for the client's accounting.
-    return sum(as_int(usage.get(k), k) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+def _usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI usage for Anthropic's. Tokens read from the prompt cache and written to it are
+    prompt tokens too (Anthropic's `input_tokens` counts only the rest); the reads are told as
+    OpenAI tells its own (`cached_tokens`), the writes as OpenRouter does (`cache_write_tokens`)."""
+    fresh, read, written, output = (as_int(usage.get(k), k) for k in
+                                    ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens"))
+    prompt = fresh + read + written
+    result: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output}
+    details = {k: v for k, v in (("cached_tokens", read), ("cache_write_tokens", written)) if v}
+    if details:
+        result["prompt_tokens_details"] = details
+    return result
 
 
 def _finish_reason(stop_reason: Any) -> str:
@@ -204,15 +332,13 @@ def from_anthropic(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
     if tool_calls:
         message["tool_calls"] = tool_calls
-    usage = as_object(result.get("usage"), "usage")
     return {
         "id": result.get("id") or f"chatcmpl-{int(time.time() * 1000)}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model.name,
         "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(result.get("stop_reason"))}],
-        "usage": _usage(_input_tokens(usage), as_int(usage.get("output_tokens"), "output_tokens"),
-                        as_int(usage.get("cache_read_input_tokens"), "cache_read_input_tokens")),
+        "usage": _usage(as_object(result.get("usage"), "usage")),
     }
 
 
@@ -243,7 +369,8 @@ class AnthropicProvider(Provider):
         created = int(time.time())
         tool_index: dict[int, int] = {}  # Anthropic content-block index → OpenAI tool_calls index
         no_arguments_yet: set[int] = set()  # tool calls whose input has not streamed a character yet
-        input_tokens = output_tokens = cached = 0
+        counts: dict[str, Any] = {}  # Anthropic's usage: message_start's, updated by message_delta's
+        usage = _usage(counts)  # read as each arrives: a count of the wrong type is a malformed answer now
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             return {
@@ -252,7 +379,7 @@ class AnthropicProvider(Provider):
             }
 
         def usage_chunk() -> dict[str, Any]:
-            return {**chunk({}), "choices": [], "usage": _usage(input_tokens, output_tokens, cached)}
+            return {**chunk({}), "choices": [], "usage": usage}
 
         payload = to_anthropic(model, body, stream=True)
         async for event_name, data in self._sse_events(self.messages_url, payload, self._headers()):
@@ -263,10 +390,8 @@ class AnthropicProvider(Provider):
             if kind == "message_start":
                 message = as_object(event.get("message"), "message_start's message")
                 chunk_id = message.get("id") or chunk_id
-                usage = as_object(message.get("usage"), "usage")
-                input_tokens = _input_tokens(usage)
-                cached = as_int(usage.get("cache_read_input_tokens"), "cache_read_input_tokens")
-                output_tokens = as_int(usage.get("output_tokens"), "output_tokens")
+                counts = dict(as_object(message.get("usage"), "usage"))
+                usage = _usage(counts)
                 yield chunk({"role": "assistant", "content": ""})
             elif kind == "content_block_start":
                 block = as_object(event.get("content_block"), "content_block")
@@ -297,11 +422,8 @@ class AnthropicProvider(Provider):
                     no_arguments_yet.discard(idx)
                     yield chunk({"tool_calls": [{"index": idx, "function": {"arguments": "{}"}}]})
             elif kind == "message_delta":
-                usage = as_object(event.get("usage"), "usage")
-                output_tokens = as_int(usage.get("output_tokens"), "output_tokens") or output_tokens
-                if usage.get("input_tokens") is not None:
-                    input_tokens = _input_tokens(usage)
-                    cached = as_int(usage.get("cache_read_input_tokens"), "cache_read_input_tokens") or cached
+                counts.update((k, v) for k, v in as_object(event.get("usage"), "usage").items() if v)
+                usage = _usage(counts)
                 stop = as_object(event.get("delta"), "message_delta's delta").get("stop_reason")
                 if stop:
                     yield chunk({}, _finish_reason(stop))

@@ -1,24 +1,30 @@
 """Google Gemini adapter: OpenAI chat body → generateContent / streamGenerateContent?alt=sse.
 
-Translated both ways: system prompt → `systemInstruction`, assistant → role `model`, tool
-definitions → `functionDeclarations` (JSON-Schema keys Gemini rejects removed), assistant
-tool_calls ↔ `functionCall` parts, `role: "tool"` turns → `functionResponse` parts (Gemini
+Translated both ways: system prompt → `systemInstruction`, assistant → role `model`, images,
+files and audio → `inlineData`, tool definitions → `functionDeclarations` (in Gemini's schema
+dialect, `gemini_schema`), assistant tool_calls ↔ `functionCall` parts (with their thought
+signatures, carried in the call ids), `role: "tool"` turns → `functionResponse` parts (Gemini
 matches results by function name, recovered from the earlier call's id), tool_choice →
-`functionCallingConfig`, response_format → `responseMimeType`, usage (`usageMetadata`),
-finish reasons and errors (`RESOURCE_EXHAUSTED`, `retryDelay`).
+`functionCallingConfig`, response_format → `responseMimeType`, reasoning_effort →
+`thinkingConfig`, logprobs ↔ `logprobsResult`, usage (`usageMetadata`), finish reasons and
+errors (`RESOURCE_EXHAUSTED`, `retryDelay`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
 from router.request_view import content_text
+from service.providers import attachments
 from service.providers.answer_fields import as_int, as_list, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, parse_json_event, tool_arguments
+from service.providers.gemini_schema import clean_schema
+from service.providers.reasoning import THINKING_BUDGETS, id_with_signature, reasoning_effort, split_signature, wants_logprobs
 
 FINISH_REASONS = {
     "STOP": "stop",
@@ -39,161 +45,38 @@ FAILED_FINISH = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "T
 def _failed(reason: str) -> UpstreamError:
     return UpstreamError("malformed", f"Gemini finished without an answer ({reason})")
 
-# Gemini's schema dialect is an OpenAPI 3.0 subset (the `Schema` of the Gemini API reference): any
-# other keyword ("const", "oneOf", "additionalProperties", "$schema", "exclusiveMinimum", ...) makes
-# it refuse the whole request with a 400, so only these are sent.
-_SCHEMA_KEYS = frozenset({
-    "type", "format", "title", "description", "nullable", "enum", "default", "example", "items", "properties",
-    "required", "propertyOrdering", "anyOf", "minItems", "maxItems", "minLength", "maxLength", "pattern",
-    "minimum", "maximum", "minProperties", "maxProperties",
-})
 
-
-MAX_SCHEMA_DEPTH = 128  # levels once `$ref`s are inlined; deeper is the request's fault, not a RecursionError
-
-
-def clean_schema(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0) -> Any:
-    """The schema in Gemini's dialect: `$ref`s to the schema's own `$defs` / `definitions` inlined
-    (Gemini has no references), `allOf` merged, `oneOf` read as `anyOf`, a type list such as
-    `["string", "null"]` written as one type and `nullable`, `const` and non-string enums (Gemini's
-    enums are strings) kept as a string enum or told in the description, any other keyword dropped.
-    Property *names* are data, not keywords: a parameter called `strict` stays."""
-    if depth > MAX_SCHEMA_DEPTH:
-        raise UpstreamError("bad_request", f"a schema nests deeper than {MAX_SCHEMA_DEPTH} levels once its $refs are inlined "
-                            "(Gemini takes no references)")
-    if isinstance(schema, list):
-        return [clean_schema(v, defs, depth + 1) for v in schema]
-    if not isinstance(schema, dict):
-        return schema
-    defs = {**(defs or {}), **(schema.get("$defs") or {}), **(schema.get("definitions") or {})}
-    inlined, below = _inlined(schema, defs)
-    if inlined is not schema:
-        return clean_schema(inlined, below, depth + 1)
-    schema, defs = _merged_all_of(schema, defs)
-    out: dict[str, Any] = {}
-    for k, v in schema.items():
-        if k == "oneOf":
-            k = "anyOf"
-        if k not in _SCHEMA_KEYS:
-            continue
-        if k == "properties" and isinstance(v, dict):
-            # `false` allows no value: a property that can never be sent is left out.
-            out[k] = {name: clean_schema(_as_schema(prop), defs, depth + 1) for name, prop in v.items() if prop is not False}
-        elif k == "items" and isinstance(v, list):  # a tuple: Gemini has none, its first item's type stands
-            out[k] = clean_schema(_as_schema(v[0]), defs, depth + 1) if v else {}
-        elif k == "items":
-            out[k] = clean_schema(_as_schema(v), defs, depth + 1)
-        elif k == "anyOf" and isinstance(v, list):
-            out[k] = [clean_schema(_as_schema(option), defs, depth + 1) for option in v if option is not False]
-        else:
-            out[k] = clean_schema(v, defs, depth + 1)
-    _one_type(out)
-    _string_enum(out, schema.get("const", _ABSENT))
-    return out
-
-
-_ABSENT = object()
-
-
-def _inlined(schema: dict[str, Any], defs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A `$ref` to one of the schema's own definitions, replaced by it (the node's other keywords
-    kept over it), and the definitions left to inline below it: a model that refers to itself is
-    inlined once, not forever. Any other node as it is."""
-    ref = schema.get("$ref")
-    name = ref.rsplit("/", 1)[-1] if isinstance(ref, str) else None
-    if name not in defs:
-        return schema, defs
-    target = defs[name]
-    rest = {k: v for k, v in schema.items() if k != "$ref"}
-    body = target if isinstance(target, dict) else {}  # `true`: any value, Gemini's empty schema
-    return {**body, **rest}, {k: v for k, v in defs.items() if v is not target}
-
-
-def _as_schema(value: Any) -> Any:
-    """A subschema in Gemini's terms: JSON Schema's `true` (any value, as Rust's schemars writes
-    an any-JSON field) is an empty schema, which Gemini reads the same way."""
-    return {} if value is True else value
-
-
-def _merged_all_of(schema: dict[str, Any], defs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """`allOf` folded into the schema; a part that is a `$ref` (the usual form of a described
-    sub-model: `{"allOf": [{"$ref": ...}], "description": ...}`) is its definition (`_inlined`).
-    Returns the definitions left to inline below it."""
-    parts = schema.get("allOf")
-    if not isinstance(parts, list):
-        return schema, defs
-    merged = {k: v for k, v in schema.items() if k != "allOf"}
-    for part in parts:
-        if not isinstance(part, dict):
-            continue
-        part, defs = _merged_all_of(*_inlined(part, defs))
-        for k, v in part.items():
-            if k == "properties" and isinstance(v, dict):
-                props = dict(merged.get("properties") or {})
-                for name, prop in v.items():
-                    props.setdefault(name, prop)
-                merged["properties"] = props
-            elif k == "required" and isinstance(v, list):
-                merged["required"] = list(dict.fromkeys([*(merged.get("required") or []), *v]))
-            else:
-                merged.setdefault(k, v)
-    return merged, defs
-
-
-def _one_type(out: dict[str, Any]) -> None:
-    types = out.get("type")
-    if not isinstance(types, list):
-        return
-    named = [t for t in types if t != "null"]
-    if "null" in types:
-        out["nullable"] = True
-    if len(named) == 1:
-        out["type"] = named[0]
+def _part(part: Any, where: str) -> dict[str, Any] | None:
+    if isinstance(part, str):
+        return {"text": part} if part.strip() else None
+    if not isinstance(part, dict):
+        return None
+    text = attachments.part_text(part)
+    if text is not None:
+        # Gemini rejects an empty text part ("empty text parameter", a 400), so none is sent.
+        return {"text": text} if text.strip() else None
+    kind = part.get("type")
+    if kind in attachments.IMAGE_TYPES:
+        url = attachments.image_url(part, where, "Gemini")
+        if url.startswith("data:"):
+            mime_type, data = attachments.split_data_url(url, "image/png")
+            return {"inlineData": {"mimeType": mime_type, "data": data}}
+        return {"fileData": {"mimeType": "image/jpeg", "fileUri": url}}
+    if kind == "file":
+        inline = attachments.file_part(part, where, "Gemini")
+    elif kind == "input_audio":
+        inline = attachments.audio_part(part, where)
     else:
-        del out["type"]
-        if named:
-            out["anyOf"] = [{"type": t} for t in named]
+        return None
+    return {"inlineData": {"mimeType": inline.mime_type, "data": inline.data}}
 
 
-def _string_enum(out: dict[str, Any], const: Any) -> None:
-    values = [const] if const is not _ABSENT else out.get("enum")
-    if not isinstance(values, list):
-        return
-    if None in values:
-        out["nullable"] = True
-        values = [v for v in values if v is not None]
-    if not values:
-        out.pop("enum", None)
-        return
-    if all(isinstance(v, str) for v in values):
-        out["enum"] = values
-        out.setdefault("type", "string")
-        return
-    out.pop("enum", None)
-    told = ", ".join(json.dumps(v) for v in values)
-    out["description"] = f"{out.get('description', '')} (one of: {told})".strip()
-
-
-def _parts(content: Any) -> list[dict[str, Any]]:
+def _parts(content: Any, where: str) -> list[dict[str, Any]]:
     if content is None:
         return []
-    # Gemini rejects an empty text part ("empty text parameter", a 400), so none is sent.
     if isinstance(content, str):
         return [{"text": content}] if content.strip() else []
-    parts = []
-    for part in content:
-        if isinstance(part, dict) and part.get("type") == "image_url":
-            url = part["image_url"]["url"]  # shape checked by service/schemas.py
-            if url.startswith("data:"):
-                header, _, data = url.partition(",")
-                parts.append({"inlineData": {"mimeType": header[5:].split(";")[0] or "image/png", "data": data}})
-            else:
-                parts.append({"fileData": {"mimeType": "image/jpeg", "fileUri": url}})
-        elif isinstance(part, dict) and part.get("type") == "text" and str(part.get("text", "")).strip():
-            parts.append({"text": str(part["text"])})
-        elif isinstance(part, str) and part.strip():
-            parts.append({"text": part})
-    return parts
+    return [p for j, part in enumerate(content) if (p := _part(part, f"{where}.content[{j}]")) is not None]
 
 
 def _tool_response(message: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
@@ -204,7 +87,7 @@ def _tool_response(message: dict[str, Any], names: dict[str, str]) -> dict[str, 
         parsed = None
     response = parsed if isinstance(parsed, dict) else {"content": text}
     call_id = str(message.get("tool_call_id", ""))
-    name = message.get("name") or names.get(call_id, "")
+    name = message.get("name") or names.get(call_id) or names.get(split_signature(call_id)[0], "")
     return {"functionResponse": {"name": name, "response": response}}
 
 
@@ -218,39 +101,95 @@ def _tool_config(choice: Any) -> dict[str, Any] | None:
     raise UpstreamError("bad_request", f"unsupported tool_choice {choice!r}")
 
 
-def to_gemini(model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
-    """The generateContent request for an OpenAI chat body."""
+def _version(model: ModelSpec) -> tuple[int, int] | None:
+    """The Gemini version an upstream id names (gemini-2.5-flash: (2, 5)); None for an alias."""
+    found = re.search(r"gemini-(\d+)(?:\.(\d+))?", model.upstream_name)
+    return (int(found[1]), int(found[2] or 0)) if found else None
+
+
+# Google's documented signature for a function call Gemini did not make (another model's, in a
+# conversation a router moved here): Gemini 3 skips the check it would otherwise fail with a 400.
+FOREIGN_CALL_SIGNATURE = "skip_thought_signature_validator"
+
+
+def _sign_current_turn(contents: list[dict[str, Any]]) -> None:
+    """Gemini 3 checks only the current turn (the contents after the last user content that is not
+    only function responses): the first functionCall of each model step there needs a signature.
+    Earlier versions ask for none, so they are sent none they did not make."""
+    for content in reversed(contents):
+        if content["role"] == "user":
+            if any("functionResponse" not in p for p in content["parts"]):
+                return
+            continue
+        calls = [p for p in content["parts"] if "functionCall" in p]
+        if calls and "thoughtSignature" not in calls[0]:
+            calls[0]["thoughtSignature"] = FOREIGN_CALL_SIGNATURE
+
+
+def _contents(model: ModelSpec, body: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(the system texts, the conversation as Gemini contents)."""
     system_parts: list[str] = []
     contents: list[dict[str, Any]] = []
     call_names: dict[str, str] = {}
-    for message in body.get("messages") or []:
-        role = message.get("role")
+    for i, message in enumerate(body.get("messages") or []):
+        role, where = message.get("role"), f"messages[{i}]"
         if role in ("system", "developer"):
             system_parts.append(content_text(message.get("content")))
             continue
         if role == "tool":
             g_role, parts = "user", [_tool_response(message, call_names)]
         elif role == "assistant":
-            g_role, parts = "model", _parts(message.get("content"))
+            g_role, parts = "model", _parts(message.get("content"), where)
             for call in message.get("tool_calls") or []:
                 fn = call.get("function") or {}
-                call_names[str(call.get("id", ""))] = fn.get("name", "")
-                parts.append({"functionCall": {"name": fn.get("name", ""), "args": tool_arguments(fn.get("arguments"))}})
+                call_id = str(call.get("id", ""))
+                base_id, signature = split_signature(call_id)
+                # A result may come back under the id without its signature (a client that shortens ids).
+                call_names[call_id] = call_names[base_id] = fn.get("name", "")
+                part: dict[str, Any] = {"functionCall": {"name": fn.get("name", ""), "args": tool_arguments(fn.get("arguments"))}}
+                if signature:
+                    part["thoughtSignature"] = signature
+                parts.append(part)
         else:
-            g_role, parts = "user", _parts(message.get("content"))
+            g_role, parts = "user", _parts(message.get("content"), where)
         if not parts:
             continue
         if contents and contents[-1]["role"] == g_role:
             contents[-1]["parts"].extend(parts)
         else:
             contents.append({"role": g_role, "parts": parts})
-    payload: dict[str, Any] = {"contents": contents}
-    if system_parts:
-        payload["systemInstruction"] = {"parts": [{"text": "\n\n".join(p for p in system_parts if p)}]}
+    version = _version(model)
+    if version is None or version >= (3, 0):  # an alias may name a Gemini 3
+        _sign_current_turn(contents)
+    return system_parts, contents
+
+
+def _thinking_config(model: ModelSpec, effort: str | None) -> dict[str, Any] | None:
+    """reasoning_effort as Gemini takes it: a thinking level from Gemini 3 on (low and high are the
+    levels every Gemini 3 model has), a token budget on 2.5 (0 turns thinking off, which 2.5 Pro
+    cannot: 128 is its least). Older models do not think, and an alias names no version."""
+    version = _version(model)
+    if effort is None or version is None or version < (2, 5):
+        return None
+    if version >= (3, 0):
+        return {"thinkingLevel": "high" if effort in ("medium", "high", "xhigh") else "low"}
+    if effort == "none":
+        return {"thinkingBudget": 128 if "-pro" in model.upstream_name else 0}
+    return {"thinkingBudget": THINKING_BUDGETS[effort]}
+
+
+def _generation_config(model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
     config: dict[str, Any] = {}
     for src, dst in (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed")):
         if body.get(src) is not None:
             config[dst] = body[src]
+    # Gemini 2.5 and later answer any penalty but 0 with a 400 ("Penalty is not enabled"), so
+    # only the versions before it get them.
+    version = _version(model)
+    if version is not None and version < (2, 5):
+        for src, dst in (("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty")):
+            if body.get(src):
+                config[dst] = body[src]
     max_tokens = output_limit(model, body)
     if max_tokens:
         config["maxOutputTokens"] = max_tokens
@@ -263,6 +202,25 @@ def to_gemini(model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
         schema = (fmt.get("json_schema") or {}).get("schema")
         if schema:
             config["responseSchema"] = clean_schema(schema)
+    # A model without log probabilities refuses them with a 400 that names it ("Logprobs is not
+    # enabled for models/..."), which the client gets: never an answer without the logprobs asked for.
+    if wants_logprobs(body):
+        config["responseLogprobs"] = True
+        if body.get("top_logprobs"):
+            config["logprobs"] = body["top_logprobs"]
+    thinking = _thinking_config(model, reasoning_effort(body))
+    if thinking:
+        config["thinkingConfig"] = thinking
+    return config
+
+
+def to_gemini(model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
+    """The generateContent request for an OpenAI chat body."""
+    system_parts, contents = _contents(model, body)
+    payload: dict[str, Any] = {"contents": contents}
+    if system_parts:
+        payload["systemInstruction"] = {"parts": [{"text": "\n\n".join(p for p in system_parts if p)}]}
+    config = _generation_config(model, body)
     if config:
         payload["generationConfig"] = config
     if body.get("tools"):
@@ -315,15 +273,17 @@ def _finish(reason: str | None, has_calls: bool) -> str | None:
     return FINISH_REASONS.get(reason, "stop")
 
 
-def _candidate_parts(result: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+def _candidate(result: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None, dict[str, Any]]:
+    """(the first candidate's parts, its finish reason, its logprobsResult)."""
     candidates = as_list(result.get("candidates"), "candidates")
     if not candidates:
         if as_object(result.get("promptFeedback"), "promptFeedback").get("blockReason"):
-            return [], "SAFETY"
-        return [], None
+            return [], "SAFETY", {}
+        return [], None, {}
     first = as_object(candidates[0], "a candidate")
     parts = as_list(as_object(first.get("content"), "a candidate's content").get("parts"), "parts")
-    return [as_object(p, "a content part") for p in parts], as_text(first.get("finishReason"), "finishReason") or None
+    return ([as_object(p, "a content part") for p in parts], as_text(first.get("finishReason"), "finishReason") or None,
+            as_object(first.get("logprobsResult"), "logprobsResult"))
 
 
 def _text(part: dict[str, Any]) -> str:
@@ -331,24 +291,46 @@ def _text(part: dict[str, Any]) -> str:
     return "" if part.get("thought") else as_text(part.get("text"), "a part's text")
 
 
-def _function_call(part: dict[str, Any]) -> dict[str, Any]:
-    return as_object(part["functionCall"], "a functionCall")
+def _tool_call(part: dict[str, Any], n: int, response_id: str | None) -> dict[str, Any]:
+    """The OpenAI tool call for a functionCall part, its thought signature in the id."""
+    call = as_object(part["functionCall"], "a functionCall")
+    call_id = _call_id(call.get("name", ""), call.get("args"), n, call.get("id"), response_id)
+    return {"id": id_with_signature(call_id, as_text(part.get("thoughtSignature"), "a thoughtSignature")), "type": "function",
+            "function": {"name": call.get("name", ""), "arguments": json.dumps(call.get("args") or {})}}
+
+
+def _token_logprob(candidate: Any) -> dict[str, Any]:
+    found = as_object(candidate, "a logprobs candidate")
+    token = as_text(found.get("token"), "a logprobs token")
+    logprob = found.get("logProbability", 0.0)  # proto3 JSON leaves a 0.0 out
+    if isinstance(logprob, bool) or not isinstance(logprob, (int, float)):
+        raise UpstreamError("malformed", "a logProbability is not a number")
+    return {"token": token, "logprob": float(logprob), "bytes": list(token.encode("utf-8"))}
+
+
+def _logprobs(found: dict[str, Any]) -> dict[str, Any] | None:
+    """Gemini's logprobsResult in OpenAI's shape: each chosen token with its log probability and
+    the most likely tokens at that step."""
+    if not found:
+        return None
+    top = as_list(found.get("topCandidates"), "topCandidates")
+    content = []
+    for i, chosen in enumerate(as_list(found.get("chosenCandidates"), "chosenCandidates")):
+        step = as_object(top[i], "topCandidates") if i < len(top) else {}
+        alternatives = as_list(step.get("candidates"), "topCandidates' candidates")
+        content.append({**_token_logprob(chosen), "top_logprobs": [_token_logprob(c) for c in alternatives]})
+    return {"content": content, "refusal": None}
 
 
 def from_gemini(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
     """The OpenAI chat.completion for a generateContent response."""
-    parts, reason = _candidate_parts(result)
+    parts, reason, logprobs = _candidate(result)
     if not parts and reason is None:
         raise UpstreamError("malformed", "generateContent response has no candidates")
     text = "".join(_text(p) for p in parts)
-    calls = [_function_call(p) for p in parts if "functionCall" in p]
-    if reason in FAILED_FINISH and not text and not calls:
+    tool_calls = [_tool_call(p, i, result.get("responseId")) for i, p in enumerate(p for p in parts if "functionCall" in p)]
+    if reason in FAILED_FINISH and not text and not tool_calls:
         raise _failed(reason)
-    tool_calls = [
-        {"id": _call_id(c.get("name", ""), c.get("args"), i, c.get("id"), result.get("responseId")), "type": "function",
-         "function": {"name": c.get("name", ""), "arguments": json.dumps(c.get("args") or {})}}
-        for i, c in enumerate(calls)
-    ]
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
     if tool_calls:
         message["tool_calls"] = tool_calls
@@ -357,7 +339,8 @@ def from_gemini(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model.name,
-        "choices": [{"index": 0, "message": message, "finish_reason": _finish(reason or "STOP", bool(tool_calls))}],
+        "choices": [{"index": 0, "message": message, "logprobs": _logprobs(logprobs),
+                     "finish_reason": _finish(reason or "STOP", bool(tool_calls))}],
         "usage": _usage(result.get("usageMetadata")),
     }
 
@@ -404,25 +387,28 @@ class GeminiProvider(Provider):
                 raise UpstreamError("malformed", "stream event is not a JSON object")
             if "error" in event:
                 raise error_in_body(event, secrets)
-            parts, reason = _candidate_parts(event)
+            parts, reason, found = _candidate(event)
             chunk_id = event.get("responseId") or chunk_id
             response_id = response_id or event.get("responseId") or uuid.uuid4().hex
             if not started:
                 started = True
                 yield chunk({"role": "assistant", "content": ""})
+            logprobs = _logprobs(found)  # the tokens of this event's text
             for part in parts:
                 if text := _text(part):
                     produced = True
-                    yield chunk({"content": text})
+                    out = chunk({"content": text})
+                    if logprobs:
+                        out["choices"][0]["logprobs"], logprobs = logprobs, None
+                    yield out
                 elif "functionCall" in part:
-                    call = _function_call(part)
-                    yield chunk({"tool_calls": [{
-                        "index": n_calls, "id": _call_id(call.get("name", ""), call.get("args"), n_calls, call.get("id"), response_id),
-                        "type": "function",
-                        "function": {"name": call.get("name", ""), "arguments": json.dumps(call.get("args") or {})},
-                    }]})
+                    yield chunk({"tool_calls": [{"index": n_calls, **_tool_call(part, n_calls, response_id)}]})
                     n_calls += 1
                     produced = True
+            if logprobs:
+                out = chunk({})
+                out["choices"][0]["logprobs"] = logprobs
+                yield out
             if reason in FAILED_FINISH and not produced:
                 raise _failed(reason)  # before the finish chunk, which would commit an empty answer
             if event.get("usageMetadata"):

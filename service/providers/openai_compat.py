@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator
 from router.config import ESSENTIAL_FIELDS, ModelSpec, RequestShape
 from service.providers.answer_fields import as_object
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, parse_json_event
+from service.providers.reasoning import SIGNATURE_SEPARATOR, split_signature
 
 
 def shaped(body: dict[str, Any], shape: RequestShape) -> dict[str, Any]:
@@ -63,6 +64,20 @@ def _alnum9_ids(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
+def _unsigned_ids(message: Any) -> Any:
+    """The message with Gemini's thought signatures taken out of its tool-call ids: the history
+    of a conversation that moved here from Gemini 3, whose ids OpenAI refuses (over 40 characters)."""
+    if not isinstance(message, dict):
+        return message
+    if message.get("role") == "tool" and SIGNATURE_SEPARATOR in str(message.get("tool_call_id", "")):
+        return {**message, "tool_call_id": split_signature(message["tool_call_id"])[0]}
+    calls = message.get("tool_calls")
+    if isinstance(calls, list) and any(isinstance(c, dict) and SIGNATURE_SEPARATOR in str(c.get("id", "")) for c in calls):
+        return {**message, "tool_calls": [{**c, "id": split_signature(str(c.get("id", "")))[0]} if isinstance(c, dict) else c
+                                          for c in calls]}
+    return message
+
+
 class OpenAICompatProvider(Provider):
     def _headers(self) -> dict[str, str]:
         key = self.api_key()
@@ -70,6 +85,8 @@ class OpenAICompatProvider(Provider):
 
     def _payload(self, model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[str, Any]:
         payload = {**body, "model": model.upstream_name, "stream": stream}
+        if isinstance(body.get("messages"), list):
+            payload["messages"] = [_unsigned_ids(m) for m in body["messages"]]
         cap = output_limit(model, body)
         for key in ("max_completion_tokens", "max_tokens"):
             if payload.get(key):

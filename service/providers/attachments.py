@@ -1,0 +1,85 @@
+"""Content parts beyond text and `image_url`, as the Anthropic and Gemini adapters rebuild them:
+a `file` (OpenAI's inline file: `file.file_data`, a data: URL, and `file.filename`), `input_audio`
+(base64 `data` and its `format`), `input_image` and `input_text` (the Responses API's parts, sent by
+clients that share code between the two APIs). Each is read here into what the adapters need; a
+part that cannot be sent inline (a `file_id` names a file uploaded to OpenAI, which no other
+provider can read) is the request's fault, refused with a 400 that names the part: dropping it
+would have the model answer without the attachment as if it had read it."""
+from __future__ import annotations
+
+import mimetypes
+from typing import Any, NamedTuple
+
+from service.providers.base import UpstreamError
+
+TEXT_TYPES = ("text", "input_text")
+IMAGE_TYPES = ("image_url", "input_image")
+
+# Gemini's audio types (its audio guide); OpenAI's `input_audio.format` is "wav" or "mp3".
+AUDIO_MIME_TYPES = {"wav": "audio/wav", "mp3": "audio/mp3", "aiff": "audio/aiff", "aac": "audio/aac",
+                    "ogg": "audio/ogg", "flac": "audio/flac"}
+
+
+class Inline(NamedTuple):
+    mime_type: str
+    data: str  # base64
+    filename: str | None = None
+
+
+def refused(where: str, why: str) -> UpstreamError:
+    return UpstreamError("bad_request", f"{where}: {why}", code="unsupported_value", param=where)
+
+
+def part_text(part: dict[str, Any]) -> str | None:
+    """The text of a text part, None for any other part."""
+    if part.get("type") in TEXT_TYPES:
+        return str(part.get("text", ""))
+    return None
+
+
+def split_data_url(url: str, default_type: str) -> tuple[str, str]:
+    header, _, data = url.partition(",")
+    return header[5:].split(";")[0] or default_type, data
+
+
+def _by_file_id(where: str, provider: str) -> UpstreamError:
+    return refused(where, f"a part given by file_id names a file uploaded to OpenAI, which {provider} cannot read; "
+                   "send the content inline (file.file_data as a data: URL)")
+
+
+def image_url(part: dict[str, Any], where: str, provider: str) -> str:
+    """The https: or data: URL of an `image_url` part ({"url": ...}) or an `input_image` part (a string)."""
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    if isinstance(url, str) and url:
+        return url
+    if part.get("file_id"):
+        raise _by_file_id(where, provider)
+    raise refused(where, "an image part without an image_url")
+
+
+def file_part(part: dict[str, Any], where: str, provider: str) -> Inline:
+    """A `file` part's content. `file_data` is a data: URL; bare base64 takes its type from the
+    file name, else PDF (the only file type OpenAI's chat completions take)."""
+    file = part.get("file") if isinstance(part.get("file"), dict) else {}
+    data = file.get("file_data")
+    filename = file.get("filename") if isinstance(file.get("filename"), str) else None
+    if not isinstance(data, str) or not data:
+        if file.get("file_id"):
+            raise _by_file_id(where, provider)
+        raise refused(where, "a file part without file.file_data")
+    if data.startswith("data:"):
+        mime_type, data = split_data_url(data, "application/pdf")
+    else:
+        mime_type = (mimetypes.guess_type(filename)[0] if filename else None) or "application/pdf"
+    return Inline(mime_type, data, filename)
+
+
+def audio_part(part: dict[str, Any], where: str) -> Inline:
+    audio = part.get("input_audio") if isinstance(part.get("input_audio"), dict) else {}
+    data, fmt = audio.get("data"), str(audio.get("format", "")).lower()
+    if not isinstance(data, str) or not data:
+        raise refused(where, "an input_audio part without input_audio.data")
+    if fmt not in AUDIO_MIME_TYPES:
+        raise refused(where, f"audio format {fmt!r} is not one of {', '.join(AUDIO_MIME_TYPES)}")
+    return Inline(AUDIO_MIME_TYPES[fmt], data)
