@@ -10,6 +10,7 @@ graph missing (a machine's first start) has a child build it and never imports t
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import subprocess
 import sys
@@ -37,7 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("cross-encoder").add_argument("--folder", type=Path, required=True)
     args = parser.parse_args(argv)
 
+    from router.embedding import cache_dir
+
+    # One build at a time per cache folder, across processes: two jobs started together on a
+    # fresh machine would otherwise quantise the same graph at once, and onnxruntime's quantizer
+    # writes and deletes a file of a fixed name beside its source. The second finds the graphs built.
+    lock = os.open(cache_dir() / ".onnx-export.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if args.what == "embedder":
             from router.embedding import build_graph
 
@@ -49,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    finally:
+        os.close(lock)  # releases the lock
     return 0
 
 

@@ -193,3 +193,24 @@ def test_a_huge_text_embeds_as_its_head():
     assert len(huge) > 50 * MAX_CHARS
     assert np.array_equal(shared_embedder().encode_one(huge), shared_embedder().encode_one(head))
     assert np.array_equal(embed_request_text(huge), shared_embedder().encode_one(head))
+
+
+def test_two_processes_building_the_int8_graph_at_once_both_get_it(tmp_path):
+    # Two jobs started together on a fresh machine: onnxruntime's quantizer writes and deletes a
+    # file of a fixed name beside the fp32 graph, so without a lock across processes one of them
+    # lost it (FileNotFoundError) and the job failed.
+    import subprocess
+    import sys
+
+    fp32 = onnx_path()
+    if not fp32.exists():
+        Embedder(which="fp32")
+    fresh = tmp_path / "cache"
+    fresh.mkdir()
+    shutil.copy(fp32, fresh / fp32.name)  # only the quantisation runs, twice at once
+    env = {**os.environ, "OPENCLAW_CACHE_DIR": str(fresh)}
+    children = [subprocess.Popen([sys.executable, "-m", "router.onnx_export", "embedder", "--variant", "int8"],
+                                 env=env, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(c.wait(timeout=300), c.stderr.read()) for c in children]
+    assert [rc for rc, _ in results] == [0, 0, 0], [err[-500:] for _, err in results]
+    assert (fresh / onnx_path("int8").name).exists()

@@ -157,6 +157,8 @@ def build_graph(folder: str | Path) -> Path:
     """Rebuild the fine-tuned weights from the artifact in `folder` and export its int8 graph.
     Imports torch: serving code reaches it through `router.onnx_export`, in a child process."""
     target = graph_path(folder)
+    if target.exists():  # built meanwhile by another process (router.onnx_export serialises builds)
+        return target
     source = Path(folder) / DELTA_FILE
     try:
         with np.load(source) as npz:
