@@ -33,7 +33,7 @@ def content_text(content: Any) -> str:
     if isinstance(content, list):
         parts = []
         for part in content:
-            if isinstance(part, Mapping) and part.get("type") == "text":
+            if isinstance(part, Mapping) and part.get("type") in ("text", "input_text"):
                 parts.append(str(part.get("text", "")))
             elif isinstance(part, str):
                 parts.append(part)

@@ -185,3 +185,9 @@ def test_the_shipped_routers_costs_follow_the_requests_max_tokens_and_n():
     for row, n in ((0, 1), (2, 8)):  # every one of n answers is billed; the prompt once
         expected = (eight.input_tokens * prices[:, 0] + n * pred.output_tokens[row] * prices[:, 1]) / 1e6
         np.testing.assert_allclose(pred.cost_usd[row], expected)
+
+
+def test_input_text_parts_are_the_text_routed_on():
+    # The Responses API's part type, which the Anthropic and Gemini adapters take in chat bodies.
+    view = view_chat_request({"messages": [{"role": "user", "content": [{"type": "input_text", "text": "Prove that sqrt(2) is irrational."}]}]})
+    assert view.text == "Prove that sqrt(2) is irrational." and view.input_tokens >= 8
