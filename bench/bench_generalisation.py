@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_routing_quality import DATASETS, reuse_embeddings  # noqa: E402
+from bench.bench_routing_quality import DATASETS  # noqa: E402
 
 NIM9 = DATASETS / "llmrouter_nim9" / "llmrouter_nim9_train.parquet"
 RDC = DATASETS / "routerdc_7llm" / "routerdc_7llm_train.parquet"
@@ -141,7 +141,6 @@ def nim9_splits(extra: list[str], online: int) -> list[dict]:
     frame = read_frame(NIM9)
     table = wide_to_outcomes(frame, NIM9, prices=load_prices(prices))
     emb = encode_cached(table.texts)
-    reuse_embeddings(table.texts, emb)
     return [{"data": "llmrouter_nim9", **run_split(name, frame, table, emb, held, prices, extra, online)}
             for name, held in NIM9_SPLITS.items()]
 
@@ -156,7 +155,6 @@ def routerdc_splits(tmp: Path, extra: list[str], online: int) -> list[dict]:
     prices.write_text(json.dumps({m: {"input_per_1m": 0.2, "output_per_1m": 0.2} for m in models}))
     table = wide_to_outcomes(frame, RDC, prices=load_prices(prices))
     emb = encode_cached(table.texts)
-    reuse_embeddings(table.texts, emb)
     return [{"data": "routerdc_7llm", **run_split(name, frame, table, emb, held, prices, extra, online)}
             for name, held in RDC_SPLITS.items()]
 

@@ -64,7 +64,10 @@ def cache_header(ctx: RequestContext) -> str:
 
 
 def _reason(ctx: RequestContext) -> str:
-    base = ctx.decision.reason if ctx.decision else f"{ctx.requested_model}: requested by name"
+    if ctx.decision:
+        base = ctx.decision.reason
+    else:  # a profile with no decision: the router found no eligible model
+        base = f"{ctx.requested_model}: no eligible model" if ctx.profile else f"{ctx.requested_model}: requested by name"
     failed = [a for a in ctx.attempts if a["status"] != "ok"]
     if ctx.answered_by and failed:
         why = ", ".join(f"{a['model']} {a.get('kind') or a.get('reason')}" for a in failed)

@@ -73,7 +73,7 @@ def _header_list(value: str | None) -> list[str] | None:
 
 def _header_float(headers: Mapping[str, str], name: str) -> float | None:
     value = headers.get(name)
-    if value is None:
+    if value is None or not value.strip():  # empty: no limit, as the other x-router-* headers
         return None
     try:
         number = float(value)

@@ -312,6 +312,17 @@ def test_oversized_body_and_bad_headers_are_refused(gw):
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
+def test_empty_limit_headers_are_no_limit_and_a_refusal_says_no_model_was_eligible(gw):
+    # A client filling headers from a template sends an unset variable as an empty header.
+    empty = {h: "" for h in ("x-router-max-cost", "x-router-max-latency", "x-router-allowed-models",
+                             "x-router-excluded-models", "x-router-required-tags", "x-router-local-only")}
+    answer = gw.client().chat.completions.with_raw_response.create(model="auto", messages=MSG, extra_headers=empty)
+    assert answer.status_code == 200 and answer.headers["x-router-model"] == "m1"
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "auto", "messages": MSG}, headers={"x-router-max-cost": "1e-12"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "no_eligible_model"
+    assert r.headers["x-router-reason"] == "auto: no eligible model"
+
+
 def test_route_endpoint_needs_a_profile(gw):
     r = httpx.post(f"{gw.url}/v1/route", json={"model": "m1", "messages": MSG})
     assert r.status_code == 400 and r.json()["error"]["code"] == "not_a_profile"
