@@ -72,6 +72,22 @@ def test_labels_read_alike_in_every_format_and_odd_ones_are_refused(tmp_path, ca
     assert "'label' must be 0 or 1" in err and "at row 0" in err
 
 
+def test_a_nullable_integer_label_with_missing_cells_is_scored_where_it_has_one(tmp_path, capsys):
+    src, out = tmp_path / "pairs.parquet", tmp_path / "hits.parquet"
+    frame = pd.DataFrame({"text_a": ["What is the capital of France?", "Where is the Eiffel Tower?", "What is AI?"],
+                          "text_b": ["What is the capital of France", "What is the capital of Germany?", "What is AI?"],
+                          "label": pd.array([1, 0, pd.NA], dtype="Int64")})
+    frame.to_parquet(src)
+    assert main(["cache-eval", "--pairs", str(src), "--out", str(out)]) == 0
+    assert "precision 1.0000  recall 1.0000 (1 pairs without a label not scored)" in capsys.readouterr().out
+    # No label at all: nothing to score, although there are hits.
+    frame.assign(label=pd.array([pd.NA] * 3, dtype="Int64")).to_parquet(src)
+    assert main(["cache-eval", "--pairs", str(src), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 hits" in printed and "no labelled pairs (3 pairs without a label not scored)" in printed
+    assert "no hits" not in printed
+
+
 @needs_qqp
 def test_split_keeps_question_groups_apart():
     df = pd.read_parquet(default_pairs()).head(4000)

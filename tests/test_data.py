@@ -256,3 +256,68 @@ def test_a_missing_full_prompt_is_estimated_from_the_text(tmp_path):
     df.to_parquet(tmp_path / "t.parquet")
     tokens = load_outcomes(tmp_path / "t.parquet").input_tokens
     assert tokens[0] == 100 and tokens[3] == 10 and tokens[1] == tokens[2] == 5  # the routed text's 18 characters
+
+
+def _logged(caplog, level: str) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records if r.levelname == level)
+
+
+def test_a_table_with_neither_costs_nor_prices_is_priced_flat_and_says_so(tmp_path, caplog):
+    from training.data import FLAT_PRICE_PER_1M
+
+    # RouterDC's layout: no cost_usd__ columns, no models.json beside the file.
+    df = wide_frame().drop(columns=["cost_usd__small", "cost_usd__big"])
+    df.to_parquet(tmp_path / "rdc.parquet")
+    with caplog.at_level("WARNING"):
+        t = load_outcomes(tmp_path / "rdc.parquet", flat_price=True)
+    assert {m: (p.input_per_1m, p.output_per_1m) for m, p in t.prices.items()} == {
+        "small": (FLAT_PRICE_PER_1M, FLAT_PRICE_PER_1M), "big": (FLAT_PRICE_PER_1M, FLAT_PRICE_PER_1M)}
+    np.testing.assert_array_equal(t.cost[:, 0], t.cost[:, 1])  # no answer lengths: one cost per prompt
+    said = _logged(caplog, "WARNING")
+    assert "rdc.parquet" in said and "priced alike" in said and "every model costs the same" in said and "--prices" in said
+    # With answers, the lengths are all that tells models apart, and the warning says that instead.
+    caplog.clear()
+    pd.DataFrame({"uid": df["uid"], "response__small": ["x" * 40] * 6, "response__big": ["y" * 400] * 6}).to_parquet(
+        tmp_path / "rdc_responses.parquet")
+    with caplog.at_level("WARNING"):
+        t = load_outcomes(tmp_path / "rdc.parquet", flat_price=True)
+    assert (t.cost[:, 1] > t.cost[:, 0]).all()
+    assert "only by their answers' lengths" in _logged(caplog, "WARNING")
+
+
+def test_prices_for_some_models_of_a_table_without_costs_is_an_error(tmp_path):
+    from training.data import ModelPrice
+
+    df = wide_frame().drop(columns=["cost_usd__small", "cost_usd__big"])
+    msg = _error(tmp_path, df, prices={"big": ModelPrice(10, 30)}, flat_price=True)
+    assert "'small'" in msg and "--prices" in msg and "['big']" in msg
+
+
+def test_an_empty_prompt_column_gives_way_to_query_and_the_choice_is_logged(tmp_path, caplog):
+    df = wide_frame()
+    df["query"] = df["prompt"]
+    df["prompt"] = None
+    df.to_parquet(tmp_path / "t.parquet")
+    with caplog.at_level("INFO"):
+        t = load_outcomes(tmp_path / "t.parquet")
+    assert t.texts[1] == "question number 1?"
+    assert "'prompt' holds no text" in _logged(caplog, "WARNING") and "embedding column 'query'" in _logged(caplog, "INFO")
+    # Named, a column is used as it is.
+    assert load_outcomes(tmp_path / "t.parquet", text_column="prompt").texts == [""] * 6
+
+
+@pytest.mark.parametrize("ext", ["parquet", "jsonl"])
+def test_a_chat_column_is_routed_on_its_last_user_turn_and_billed_whole(tmp_path, ext):
+    from router.request_view import view_chat_request
+
+    system = {"role": "system", "content": "You are terse. " * 50}
+    # Parquet stores one type per field: there every content is a string; JSON Lines may mix in a parts list.
+    last = (lambda i: f"follow-up number {i}?") if ext == "parquet" else (lambda i: [{"type": "text", "text": f"follow-up number {i}?"}])
+    chats = [[system, {"role": "user", "content": "first question?"}, {"role": "assistant", "content": "an answer"},
+              {"role": "user", "content": last(i)}] for i in range(6)]
+    df = wide_frame().drop(columns=["prompt"]).assign(prompt=chats)
+    path = tmp_path / f"chats.{ext}"
+    df.to_parquet(path) if ext == "parquet" else df.to_json(path, orient="records", lines=True)
+    t = load_outcomes(path)
+    assert t.texts[3] == "follow-up number 3?"  # what the gateway embeds, not the list's repr
+    assert t.input_tokens[3] == view_chat_request({"messages": chats[3]}).input_tokens > 150  # the history is billed

@@ -76,6 +76,58 @@ def test_two_model_pool_reports_routellm_metrics():
     assert pair["router"]["strong_share"][0] == 0.0 and pair["router"]["strong_share"][-1] == 1.0
 
 
+def test_models_at_one_cost_have_no_aiq_but_a_quality_at_randoms_cost_and_a_plot():
+    from training.plots import cost_quality_figure
+
+    emb, quality, _, p = _synthetic()
+    cost = np.full(quality.shape, 0.001)  # random's mean over all cells comes out 1 ULP below each model's
+    s, _ = evaluate_arrays(quality, cost, ["a", "b", "c"], p, cost, _truth_router(p, cost), emb)
+    for name, m in s["methods"].items():
+        assert m["aiq"] is None, name
+        assert m["quality_at_random_cost"] is not None, name
+    assert s["methods"]["router"]["quality_at_random_cost"] > s["methods"]["random"]["mean_quality"]
+    assert s["methods"]["zero"]["quality_at_random_cost"] == pytest.approx(quality.mean(axis=0).max())
+    (ax,) = cost_quality_figure({**s, "data": "same.parquet"}).axes  # one price: the quality bars
+    assert "no AIQ" in ax.get_xlabel()
+
+
+def test_costs_equal_but_for_rounding_are_one_cost():
+    from training.metrics import aiq, quality_at_budget
+
+    c = 0.001
+    below = np.nextafter(c, 0.0)
+    assert quality_at_budget([c, 2 * c], [0.5, 0.9], below) == 0.5
+    assert np.isnan(quality_at_budget([c, 2 * c], [0.5, 0.9], c * (1 - 1e-6)))  # a real difference still counts
+    with pytest.raises(ValueError, match="c_max > c_min"):
+        aiq([c], [0.5], below, c)
+
+
+def test_random_routings_aiq_says_it_is_one_point():
+    emb, quality, cost, p = _synthetic()
+    s, _ = evaluate_arrays(quality, cost, ["a", "b", "c"], p, cost, _truth_router(p, cost), emb)
+    rnd = s["methods"]["random"]
+    assert rnd["points"] == [[rnd["mean_cost"], rnd["mean_quality"]]]
+    lo, hi = s["cost_range"]
+    assert rnd["aiq"] == pytest.approx(rnd["mean_quality"] * (hi - rnd["mean_cost"]) / (hi - lo))
+    assert "no knob" in rnd["aiq_note"] and "Zero router" in rnd["aiq_note"]
+
+
+def test_a_pair_whose_pricier_model_is_not_better_or_costs_the_same_has_no_apgr():
+    emb, quality, cost, p = _synthetic()
+    # "c" is dearer and better; make the cheap "a" the better one by swapping their qualities.
+    q2, c2, p2 = quality[:, [2, 0]], cost[:, [0, 2]], p[:, [2, 0]]
+    s, _ = evaluate_arrays(q2, c2, ["a", "c"], p2, c2, _truth_router(p2, c2), emb)
+    pair = s["two_model"]
+    assert (pair["strong"], pair["weak"]) == ("c", "a")  # the pricier is "strong", even though it is worse
+    assert pair["router"] == {"apgr": None, "cpt_50": None, "cpt_80": None} and pair["oracle"]["apgr"] is None
+    assert "no better than the cheaper a" in pair["note"] and "random" not in pair
+    assert "two-model metrics: the pricier c" in format_table({**s, "n_rows": len(q2)})
+    same = np.full(c2.shape, 0.002)
+    s, _ = evaluate_arrays(q2, same, ["a", "c"], p2, same, _truth_router(p2, same), emb)
+    assert s["two_model"]["strong"] is None and "cost the same" in s["two_model"]["note"]
+    assert s["two_model"]["router"]["apgr"] is None
+
+
 def test_budgets_and_unreached_targets_are_reported():
     emb, quality, cost, p = _synthetic()
     s, _ = evaluate_arrays(quality, cost, ["a", "b", "c"], p, cost, _truth_router(p, cost), emb, budgets=[1e-6])
@@ -265,3 +317,47 @@ def test_eval_of_a_costed_file_missing_one_models_cost_names_the_column(eval_fil
     # --models leaves it out, and with it the check (as for NaN labels of a model left out).
     df.drop(columns=["cost_usd__claude-v1"]).assign(**{"quality__claude-v1": np.nan}).to_parquet(path, index=False)
     assert _eval([*common, "--models", "gpt-4-1106-preview,mixtral-8x7b-chat", "--knob-points", 6]) == 0
+
+
+def _routerbench_like(n: int, cost) -> "object":
+    """A small file in the RouterBench layout, with two of the shipped router's models."""
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    topics = ["algebra", "poetry", "chemistry", "history", "football", "cooking"]
+    return pd.DataFrame({
+        "uid": [f"u{i}" for i in range(n)],
+        "query": [f"Question {i} about {topics[i % 6]}: what is {i} times {i + 3}?" for i in range(n)],
+        "quality__gpt-4-1106-preview": (rng.random(n) < 0.9).astype(float),
+        "quality__mistral-7b-chat": (rng.random(n) < 0.5).astype(float),
+        "cost_usd__gpt-4-1106-preview": cost(n, 0),
+        "cost_usd__mistral-7b-chat": cost(n, 1),
+    })
+
+
+def test_eval_of_models_at_one_cost_writes_its_summary_plot_and_decisions(router_dir, tmp_path):
+    path = tmp_path / "same_cost.parquet"
+    _routerbench_like(60, lambda n, j: np.full(n, 0.001)).to_parquet(path, index=False)
+    rc = _eval(["--data", path, "--router", router_dir, "--decisions-out", tmp_path / "d.parquet",
+                "--report-dir", tmp_path / "rep", "--knob-points", 6])
+    assert rc == 0
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert all(m["quality_at_random_cost"] is not None for m in summary["methods"].values())
+    assert "cost the same" in summary["two_model"]["note"]
+    assert (tmp_path / "rep" / "cost_quality.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(__import__("pandas").read_parquet(tmp_path / "d.parquet")) % 60 == 0
+
+
+def test_eval_writes_the_decisions_before_the_plot(router_dir, tmp_path, monkeypatch):
+    import training.plots
+
+    def broken(*a, **k):
+        raise OSError("disk full while drawing")
+
+    monkeypatch.setattr(training.plots, "save_cost_quality_plot", broken)
+    path = tmp_path / "t.parquet"
+    _routerbench_like(60, lambda n, j: np.full(n, [0.005, 0.0001][j])).to_parquet(path, index=False)
+    rc = _eval(["--data", path, "--router", router_dir, "--decisions-out", tmp_path / "d.parquet",
+                "--report-dir", tmp_path / "rep", "--knob-points", 6])
+    assert rc == 2  # the plot failed, and says so
+    assert (tmp_path / "d.parquet").exists() and (tmp_path / "rep" / "summary.json").exists()

@@ -84,6 +84,39 @@ def test_one_price_for_all_models_shows_quality_bars():
     assert "no AIQ" in ax.get_xlabel()
 
 
+def test_one_price_figure_shows_a_method_without_a_quality_and_keeps_its_axis_label_inside():
+    s = _summary({m: 0.001 for m in COSTS}, QUALITY)
+    s["data"] = "a_sealed_file_with_a_long_name_routerdc_7llm_test.parquet"
+    s["cost_estimated_from_prices"] = list(COSTS)
+    s["methods"]["router"]["quality_at_random_cost"] = None
+    fig = cost_quality_figure(s)
+    (ax,) = fig.axes
+    widths = {t.get_text(): p.get_width() for t, p in zip(ax.get_yticklabels(), ax.patches)}
+    assert widths["router"] == 0.0 and "n/a" in [t.get_text() for t in ax.texts]
+    renderer = _renderer(fig)
+    fig.draw(renderer)  # the label is placed below the tick labels at drawing time
+    label, page = ax.xaxis.label.get_window_extent(renderer), fig.bbox
+    assert label.x0 >= page.x0 and label.x1 <= page.x1 and label.y0 >= page.y0
+
+
+def test_log_axis_tick_labels_do_not_overlap():
+    # The nim9 pool: every model between $2.8e-5 and $2.5e-4, less than a decade.
+    costs = {"gemma": 2.8e-5, "llama-8b": 5.6e-5, "qwen": 5.7e-5, "nemotron": 2.5e-4}
+    quality = {"gemma": 0.53, "llama-8b": 0.56, "qwen": 0.52, "nemotron": 0.62}
+    fig = cost_quality_figure(_summary(costs, quality))
+    renderer = _renderer(fig)
+    fig.draw(renderer)
+    log = fig.axes[1]
+    assert log.get_xscale() == "log"
+    lo, hi = log.get_xlim()
+    ticks = [t for t in log.get_xticklabels(minor=False) + log.get_xticklabels(minor=True)
+             if t.get_text() and lo <= t.get_position()[0] <= hi]
+    assert len(ticks) >= 3
+    boxes = sorted((t.get_window_extent(renderer) for t in ticks), key=lambda b: b.x0)
+    # Apart by at least a character's width: matplotlib's own "3×10⁻⁵" "4×10⁻⁵" all but touched (6 px).
+    assert all(b.x0 - a.x1 >= 12 for a, b in zip(boxes, boxes[1:]))
+
+
 def test_strong_share_figure_keeps_its_labels_inside():
     s = _summary({"weak": 0.0001, "strong": 0.003}, {"weak": 0.6, "strong": 0.85})
     s["two_model"] = {"strong": "strong", "weak": "weak",

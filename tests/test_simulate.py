@@ -190,3 +190,68 @@ def test_a_router_that_knows_none_of_the_files_models_is_a_clear_error(small_tab
                  "--router", str(Path(__file__).resolve().parents[1] / "models" / "default")])
     err = capsys.readouterr().err
     assert code == 2 and "no model is both in the file" in err and "Traceback" not in err
+
+
+def _routerdc_like(path, n: int = 80, costs: bool = False) -> Path:
+    """RouterDC's layout, small: a query, a task, quality per self-hosted model, no costs and no
+    models.json beside it (unless `costs`); m2 is the best model on every task."""
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    tasks = np.array(["maths", "code", "trivia", "chemistry"])[np.arange(n) % 4]
+    df = pd.DataFrame({"uid": [f"u{i}" for i in range(n)], "task": tasks,
+                       "query": [f"{t} question {i}: how many {i % 7} plus {i}?" for i, t in enumerate(tasks)]})
+    for j, p in enumerate((0.3, 0.4, 0.9)):
+        df[f"quality__m{j}"] = (rng.random(n) < p).astype(float)
+        if costs:
+            df[f"cost_usd__m{j}"] = 1e-5 * (j + 1)
+    df.to_parquet(path, index=False)
+    return path
+
+
+def test_a_table_with_neither_costs_nor_prices_replays_at_one_flat_price(tmp_path, capsys, caplog):
+    from training.data import FLAT_PRICE_PER_1M
+
+    data = _routerdc_like(tmp_path / "rdc.parquet")
+    with caplog.at_level("WARNING"):
+        assert main(["simulate", "--data", str(data), "--requests", "200", "--out", str(tmp_path / "s.json")]) == 0
+    warned = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert f"priced alike at ${FLAT_PRICE_PER_1M:g}" in warned and "every model costs the same" in warned
+    t = json.loads((tmp_path / "s.json").read_text())["totals"]
+    assert t["random"]["cost"] > 0
+    assert t["static"]["cost"] == pytest.approx(t["random"]["cost"])  # one price: cost cannot tell models apart
+
+
+def test_simulate_with_a_router_prices_a_file_without_costs_at_the_routers_prices(tmp_path, caplog):
+    from training.data import load_outcomes, load_prices
+
+    data = _routerdc_like(tmp_path / "rdc.parquet")
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({f"m{j}": {"input_per_1m": p, "output_per_1m": 2 * p} for j, p in enumerate((0.5, 2.0, 9.0))}))
+    router = tmp_path / "router"
+    assert main(["train", "--data", str(data), "--prices", str(prices), "--out", str(router), "--folds", "2",
+                 "--rounds", "10", "--tracking-uri", f"sqlite:///{tmp_path / 'ml.db'}"]) == 0
+    caplog.clear()
+    # Every prompt once: random routing's cost is the table's mean cost at the router's prices.
+    with caplog.at_level("WARNING"):
+        assert main(["simulate", "--data", str(data), "--router", str(router), "--requests", "80",
+                     "--out", str(tmp_path / "s.json")]) == 0
+    assert "priced alike" not in "\n".join(r.getMessage() for r in caplog.records)
+    rep = json.loads((tmp_path / "s.json").read_text())
+    expected = load_outcomes(data, prices=load_prices(prices)).cost.mean()
+    assert rep["totals"]["random"]["cost"] == pytest.approx(expected)
+    assert rep["setup"]["replays_per_prompt"] == 1.0 and "note" not in rep["setup"]
+
+
+def test_the_summary_prints_the_net_recovery_first_and_warns_of_prompts_replayed_often(tmp_path, capsys):
+    data = _routerdc_like(tmp_path / "costed.parquet", costs=True)
+    out = tmp_path / "s.json"
+    assert main(["simulate", "--data", str(data), "--requests", "1300", "--willingness-to-pay", "1.0",
+                 "--drift", "degrade:m2:1.0@100", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    line = next(x for x in printed.splitlines() if x.startswith("degraded m2"))
+    assert "of them net of the" in line and line.index("net of the") < line.index("gross")
+    setup = json.loads(out.read_text())["setup"]
+    assert setup["replays_per_prompt"] == pytest.approx(1300 / setup["distinct_prompts"], abs=0.01)
+    assert setup["replays_per_prompt"] > 3
+    assert "memorising repeated prompts" in setup["note"] and "warning: each of the" in printed

@@ -134,3 +134,22 @@ def test_a_model_name_mlflow_would_refuse_is_logged_under_a_safe_name(tmp_path):
     mlflow.set_tracking_uri(uri)
     run = mlflow.search_runs(search_all_experiments=True).iloc[0]
     assert "metrics.auc.command-r_" in run.index  # "+" is not allowed in an MLflow name
+
+
+def test_a_table_with_neither_costs_nor_prices_trains_at_one_flat_price(tmp_path, caplog):
+    from training.data import FLAT_PRICE_PER_1M
+
+    # RouterDC's layout: quality per self-hosted model, no cost_usd__ columns, no models.json.
+    rng = np.random.default_rng(0)
+    n = 60
+    frame = pd.DataFrame({"uid": [f"u{i}" for i in range(n)], "query": [f"question {i}: what is {i} + {i % 5}?" for i in range(n)]})
+    for m, p in (("Mistral-7B-v0.1", 0.4), ("zephyr-7b-beta", 0.6)):
+        frame[f"quality__{m}"] = (rng.random(n) < p).astype(float)
+    data = tmp_path / "rdc.parquet"
+    frame.to_parquet(data)
+    with caplog.at_level("WARNING"):
+        assert main(["train", "--data", str(data), "--out", str(tmp_path / "router"), "--folds", "2", "--rounds", "10",
+                     "--tracking-uri", f"sqlite:///{tmp_path / 'ml.db'}"]) == 0
+    assert any("priced alike" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    manifest = json.loads((tmp_path / "router" / "manifest.json").read_text())
+    assert manifest["prices_seen"] == {m: [FLAT_PRICE_PER_1M, FLAT_PRICE_PER_1M] for m in ("Mistral-7B-v0.1", "zephyr-7b-beta")}

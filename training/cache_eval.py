@@ -101,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
         scored = ~np.isnan(label)
         precision, recall = precision_recall(np.asarray(hits, dtype=bool)[scored], label[scored].astype(bool))
         unlabelled = f" ({int((~scored).sum())} pairs without a label not scored)" if not scored.all() else ""
-        shown = "n/a (no hits)" if np.isnan(precision) else f"{precision:.4f}"
-        print(f"precision {shown}  recall {recall:.4f}{unlabelled}")
+        if not scored.any():
+            print(f"precision n/a, recall n/a: no labelled pairs{unlabelled}")
+        else:
+            shown = "n/a (no hits)" if np.isnan(precision) else f"{precision:.4f}"
+            recalled = "n/a (no pair labelled a duplicate)" if np.isnan(recall) else f"{recall:.4f}"
+            print(f"precision {shown}  recall {recalled}{unlabelled}")
     return 0

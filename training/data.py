@@ -25,6 +25,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from router.request_view import estimate_tokens
+from training.texts import table_texts
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ def datasets_dir() -> Path:
     default = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
     return Path(os.environ.get("OPENCLAW_DATASETS", default))
 
-TEXT_COLUMNS = ("prompt", "query")
 TASK_COLUMNS = ("task", "task_name", "eval_name")
 # Columns that hold the full prompt as sent (in-context exemplars included): they set the
 # input-token count, hence the cost, while the text column is what gets embedded.
@@ -43,6 +43,9 @@ INPUT_TOKEN_COLUMNS = ("input_tokens", "est_input_tokens")
 # Output length assumed when a table has neither answers, token counts nor costs to
 # derive it from (the nim9 / RouterDC tables): a short multiple-choice-or-reasoning answer.
 DEFAULT_OUTPUT_TOKENS = 200.0
+# USD per 1M input and output tokens for every model of a table with neither costs nor prices
+# (RouterDC's self-hosted 7-8B models; bench/bench_generalisation.py prices them so too).
+FLAT_PRICE_PER_1M = 0.2
 
 
 @dataclass(frozen=True)
@@ -209,12 +212,12 @@ def _join_responses(df, path: Path):
 
 
 def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
-                     prices: Mapping[str, ModelPrice] | None = None) -> OutcomeTable:
-    """Validate a wide outcome frame and turn it into an `OutcomeTable`."""
+                     prices: Mapping[str, ModelPrice] | None = None, flat_price: bool = False) -> OutcomeTable:
+    """Validate a wide outcome frame and turn it into an `OutcomeTable`. With `flat_price`, a frame
+    with neither costs nor prices prices every model at `FLAT_PRICE_PER_1M` (and warns) instead of
+    being an error."""
     path = Path(path)
-    text_col = text_column or _pick_column(df, TEXT_COLUMNS, path, "text")
-    if text_col not in df.columns:
-        raise ValueError(f"{path}: text column {text_col!r} not found; columns are {list(df.columns)[:20]}")
+    texts, chat_tokens = table_texts(df, text_column, path)
     models = [c[len("quality__"):] for c in df.columns if c.startswith("quality__")]
     if not models:
         raise ValueError(f"{path}: no quality__<model> columns: nothing to learn from")
@@ -225,7 +228,6 @@ def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
             raise ValueError(f"{path}: column 'quality__{m}' has NaN labels (first at row {int(np.argmax(np.isnan(col)))})")
         if (col < 0).any() or (col > 1).any():
             raise ValueError(f"{path}: column 'quality__{m}' must lie in [0, 1]")
-    texts = df[text_col].fillna("").astype(str).tolist()
 
     full_col = _pick_column(df, FULL_PROMPT_COLUMNS, path, "full prompt", required=False)
     tok_col = _pick_column(df, INPUT_TOKEN_COLUMNS, path, "input tokens", required=False)
@@ -238,7 +240,7 @@ def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
         # A row without a count is estimated from its text.
         input_tokens = np.array([estimate_tokens(t) if np.isnan(c) else c for t, c in zip(texts, counted)], dtype=np.float64)
     else:
-        input_tokens = np.array([estimate_tokens(t) for t in texts], dtype=np.float64)
+        input_tokens = np.array([estimate_tokens(t) if n is None else n for t, n in zip(texts, chat_tokens)], dtype=np.float64)
     input_tokens = np.ceil(np.maximum(input_tokens, 1.0))
 
     output_tokens = np.full((len(df), len(models)), np.nan)
@@ -271,11 +273,16 @@ def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
                 output_tokens[:, j] = np.maximum(implied, 1.0)
     else:
         unpriced = [m for m in models if m not in prices]
-        if unpriced:
+        # Some models priced: one flat price beside them would be a made-up scale.
+        if unpriced and (prices or not flat_price):
+            given = f"; the prices given name {sorted(prices)[:5]}" if prices else ""
             raise ValueError(
                 f"{path}: no cost_usd__<model> columns and no price for {unpriced[0]!r} "
-                f"(column 'cost_usd__{unpriced[0]}' missing): pass --prices FILE.json"
+                f"(column 'cost_usd__{unpriced[0]}' missing{given}): pass --prices FILE.json pricing every model"
             )
+        if unpriced:
+            prices = {m: ModelPrice(FLAT_PRICE_PER_1M, FLAT_PRICE_PER_1M) for m in models}
+            _warn_flat_price(path, bool(np.isnan(output_tokens).all()))
         cost = None
     out_for_cost = np.where(np.isnan(output_tokens), DEFAULT_OUTPUT_TOKENS, output_tokens)
     for j, m in enumerate(models):
@@ -308,6 +315,18 @@ def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
     )
 
 
+def _warn_flat_price(path: Path, no_lengths: bool) -> None:
+    consequence = (
+        "no answer lengths either (response__/output_tokens__ columns), so every model costs the same on a "
+        "prompt: routing goes by predicted quality alone, and cost metrics (AIQ, quality at budget, the "
+        "knob) say nothing" if no_lengths else
+        "models then differ in cost only by their answers' lengths (response__/output_tokens__ columns), "
+        "not by what they charge")
+    log.warning("%s: no cost_usd__<model> columns and no prices (--prices, or a models.json beside the file): "
+                "every model is priced alike at $%g per 1M input and output tokens; %s. Pass --prices FILE.json "
+                "for real prices", path, FLAT_PRICE_PER_1M, consequence)
+
+
 def _implied_prices(cost, input_tokens, output_tokens, models) -> dict[str, ModelPrice]:
     """Least-squares per-token prices from observed costs (for models the catalog does not price)."""
     prices = {}
@@ -336,12 +355,14 @@ MODEL_COLUMN_PREFIXES = ("quality__", "cost_usd__", "latency_s__", "output_token
 
 def load_outcomes(path: str | Path, text_column: str | None = None,
                   prices: Mapping[str, ModelPrice] | str | Path | None = None,
-                  keep: Callable[[str], bool] | None = None) -> OutcomeTable:
+                  keep: Callable[[str], bool] | None = None, flat_price: bool = False) -> OutcomeTable:
     """Load a wide outcome table (parquet, CSV or JSONL).
 
     Without `prices`, a table lacking `cost_usd__<model>` columns takes its prices from a
     `models.json` beside it (the shared datasets ship one), and says so; without either, the
-    missing cost is an error naming the column. `keep(model)` False drops a model's columns
+    missing cost is an error naming the column, or with `flat_price` one flat price for every
+    model (`train` and `simulate` on RouterDC's layout; not `retrain`, which stacks the table
+    with logged real costs). `keep(model)` False drops a model's columns
     before anything is checked (eval leaves out models its router does not know, whatever
     their columns hold)."""
     if isinstance(prices, (str, Path)):
@@ -358,7 +379,7 @@ def load_outcomes(path: str | Path, text_column: str | None = None,
         # stacked, each priced its own way); an explicit price always wins.
         prices = {**load_prices(sibling), **(prices or {})}
         log.info("%s: prices of models without cost columns from %s", path, sibling)
-    return wide_to_outcomes(df, path, text_column=text_column, prices=prices)
+    return wide_to_outcomes(df, path, text_column=text_column, prices=prices, flat_price=flat_price)
 
 
 LONG_COLUMNS = ("request_id", "text", "model", "quality", "cost_usd", "latency_s", "output_tokens", "input_tokens")

@@ -23,12 +23,17 @@ from typing import Sequence
 import numpy as np
 
 from training import baselines as bl
-from training.metrics import aiq, apgr, cost_to_reach, cpt, quality_at_budget
+from training.metrics import aiq, apgr, cost_to_reach, cpt, quality_at_budget, same_cost
 
 log = logging.getLogger(__name__)
 
 BUDGET_FRACTIONS = (0.1, 0.25, 0.5, 1.0)  # of the best single model's mean cost
 CPT_FRACTIONS = (0.5, 0.8)
+RANDOM_AIQ_NOTE = (
+    "uniform random routing has no knob: one operating point, whose hull counts 0 below its mean cost and its "
+    "quality from there to the dearest model's cost, so this AIQ mostly says where its cost falls in the range. "
+    "RouterBench defines no such router; its random-mixing baseline is the Zero router ('zero'); compare "
+    "quality_at_random_cost instead")
 
 
 @dataclass
@@ -69,7 +74,7 @@ def _method(points_c, points_q, knobs, ctx: dict) -> dict:
     c_min, c_max = ctx["cost_range"]
     out = {
         "points": [[float(c), float(q)] + ([float(k)] if k is not None else []) for c, q, k in zip(points_c, points_q, knobs)],
-        "aiq": aiq(points_c, points_q, c_min, c_max) if c_max > c_min else None,
+        "aiq": aiq(points_c, points_q, c_min, c_max) if ctx["cost_spread"] else None,
         "quality_at_budget": {f"{b:.6g}": _num(quality_at_budget(points_c, points_q, b)) for b in ctx["budgets"]},
         "quality_at_best_cost_fraction": {
             str(f): _num(quality_at_budget(points_c, points_q, f * ctx["best_cost"])) for f in BUDGET_FRACTIONS
@@ -112,6 +117,8 @@ def evaluate_arrays(quality, cost, models, router_q, router_c, router_choose, em
         "best_quality": float(single_q[best]),
         "best_cost": float(single_c[best]),
         "random_cost": rnd_c,
+        # Every model at one cost: no range to average quality over (AIQ null, docs/EVALUATION.md).
+        "cost_spread": not same_cost(float(single_c.min()), float(single_c.max())),
     }
     ctx["budgets"] = sorted({*(f * ctx["best_cost"] for f in BUDGET_FRACTIONS), *budgets})
 
@@ -146,6 +153,8 @@ def evaluate_arrays(quality, cost, models, router_q, router_c, router_choose, em
         "oracle": from_ops(oracle_ops),
         "random": {"mean_cost": rnd_c, "mean_quality": rnd_q, **_method([rnd_c], [rnd_q], [None], ctx)},
     }
+    if methods["random"]["aiq"] is not None:
+        methods["random"]["aiq_note"] = RANDOM_AIQ_NOTE
     summary = {
         "n_rows": int(len(quality)),
         "models": list(models),
@@ -156,16 +165,39 @@ def evaluate_arrays(quality, cost, models, router_q, router_c, router_choose, em
         **({"knn_left_out": knn_missing} if knn_missing else {}),
     }
     if len(models) == 2:
-        strong = best
-        weak = 1 - strong
-        wq, sq = float(single_q[weak]), float(single_q[strong])
-        if sq > wq:
-            pair = {"strong": models[strong], "weak": models[weak], "random": {"apgr": 0.5}}
-            for name, ops in (("router", router_ops), ("knn", knn_ops), ("oracle", oracle_ops)):
-                if ops is not None:
-                    pair[name] = _two_model([o.choice for o in ops], [o.mean_quality for o in ops], strong, wq, sq)
-            summary["two_model"] = pair
+        methods_ops = {"router": router_ops, "knn": knn_ops, "oracle": oracle_ops}
+        summary["two_model"] = _pair(models, single_c, single_q, methods_ops)
     return summary, router_ops
+
+
+def _pair(models, single_c, single_q, methods_ops: dict) -> dict:
+    """RouteLLM's strong/weak comparison. Strong is the pricier model: the metrics measure how much
+    of its extra quality a router keeps while calling it less, which means nothing when both cost
+    the same or the pricier one is no better (always calling the cheaper model is then best, and a
+    router doing so would read as random-level). Then the metrics are null and `note` says why."""
+    strong = int(np.argmax(single_c))
+    weak = 1 - strong
+    sq, wq = float(single_q[strong]), float(single_q[weak])
+    pair = {"strong": models[strong], "weak": models[weak]}
+    if same_cost(float(single_c[0]), float(single_c[1])):
+        pair.update(strong=None, weak=None, note=(
+            f"{models[0]} and {models[1]} cost the same (mean ${single_c[0]:.6g} per prompt): there is no cheap and "
+            "dear model to trade between, so APGR and CPT are undefined; compare quality_at_random_cost instead"))
+    elif sq <= wq:
+        pair["note"] = (
+            f"the pricier {models[strong]} (mean ${single_c[strong]:.6g}) is no better than the cheaper {models[weak]} "
+            f"(quality {sq:.4f} vs {wq:.4f}): always calling the cheaper one is best, so APGR and CPT are undefined; "
+            "compare quality_at_random_cost and AIQ instead")
+    if "note" in pair:
+        for name, ops in methods_ops.items():
+            if ops is not None:
+                pair[name] = {"apgr": None, **{f"cpt_{int(f * 100)}": None for f in CPT_FRACTIONS}}
+        return pair
+    pair["random"] = {"apgr": 0.5}
+    for name, ops in methods_ops.items():
+        if ops is not None:
+            pair[name] = _two_model([o.choice for o in ops], [o.mean_quality for o in ops], strong, wq, sq)
+    return pair
 
 
 def evaluate_table(table, embeddings: np.ndarray, router, models: Sequence[str] | None = None,
@@ -311,9 +343,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(result.summary, indent=1))
-    save_cost_quality_plot(result.summary, out / "cost_quality.png")
+    # The results before the picture: a plot that fails must not lose them.
     Path(args.decisions_out).parent.mkdir(parents=True, exist_ok=True)
     result.decisions.to_parquet(args.decisions_out, index=False)
+    save_cost_quality_plot(result.summary, out / "cost_quality.png")
     print(format_table(result.summary))
     print(f"wrote {out / 'summary.json'}, {out / 'cost_quality.png'} and {args.decisions_out}")
     return 0
@@ -333,9 +366,11 @@ def format_table(summary: dict) -> str:
         m = summary["methods"][name]
         lines.append(f"{name:<8} {fmt(m['aiq'], '7.4f')} {fmt(m['quality_at_random_cost'], '9.3f')} "
                      f"{fmt(m['cost_to_reach_best'], '11.6f')} {fmt(m['cost_to_reach_best_ratio'], '8.2f')}")
-    if "two_model" in summary:
+    if "two_model" in summary and "note" in summary["two_model"]:
+        lines.append(f"two-model metrics: {summary['two_model']['note']}")
+    elif "two_model" in summary:
         p = summary["two_model"]
-        lines.append(f"strong {p['strong']} / weak {p['weak']}:")
+        lines.append(f"strong (pricier) {p['strong']} / weak {p['weak']}:")
         for name in (n for n in ("router", "knn", "oracle") if n in p):
             lines.append(f"  {name:<7} APGR {p[name]['apgr']:.3f}  CPT(50%) {fmt(p[name]['cpt_50'], '.3f')}  "
                          f"CPT(80%) {fmt(p[name]['cpt_80'], '.3f')}")

@@ -19,6 +19,15 @@ from __future__ import annotations
 import numpy as np
 
 
+# Mean costs that differ by rounding only (the same per-row costs summed in another order: random's
+# mean over all cells came out 1 ULP below the single models' means) are one cost.
+COST_RTOL = 1e-9
+
+
+def same_cost(a: float, b: float) -> bool:
+    return abs(a - b) <= COST_RTOL * max(abs(a), abs(b))
+
+
 def _as_points(costs, qualities) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(costs, dtype=float).ravel()
     y = np.asarray(qualities, dtype=float).ravel()
@@ -57,14 +66,17 @@ def nondecreasing_hull(costs, qualities) -> tuple[np.ndarray, np.ndarray]:
 
 def hull_value(hx: np.ndarray, hy: np.ndarray, cost: float) -> float:
     """Quality the hull reaches at `cost`: NaN below its cheapest point, flat after its best."""
-    if cost < hx[0]:
+    if cost < hx[0] and not same_cost(cost, hx[0]):
         return float("nan")
     return float(np.interp(cost, hx, hy))
 
 
 def aiq(costs, qualities, c_min: float, c_max: float) -> float:
-    """RouterBench's Average Improvement in Quality over the cost range [c_min, c_max]."""
-    if not c_max > c_min:
+    """RouterBench's Average Improvement in Quality over the cost range [c_min, c_max].
+
+    Undefined (an error) when every single model costs the same: the range is a point, and an
+    area over it divided by its zero width is 0/0, not a quality."""
+    if not c_max > c_min or same_cost(c_min, c_max):
         raise ValueError(f"AIQ needs c_max > c_min, got [{c_min}, {c_max}]")
     hx, hy = nondecreasing_hull(costs, qualities)
     start = max(c_min, hx[0])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.metrics import nondecreasing_hull
+from training.metrics import nondecreasing_hull, same_cost
 
 STYLE = {
     "router": dict(color="tab:red", marker="o"),
@@ -58,8 +58,22 @@ def _cost_axis(ax, summary: dict, log: bool) -> None:
             label += f", log scale (linear below ${linthresh:.2g})"
         else:
             ax.set_xscale("log")
+            _log_ticks(ax, costs)
             label += ", log scale"
     ax.set_xlabel(label)
+
+
+def _log_ticks(ax, costs: np.ndarray) -> None:
+    """Short labels at 1, 2, 5 × 10^k (only at 10^k over more than two decades, at every k × 10^k
+    within half of one): matplotlib's own labels every minor tick as "3×10⁻⁵" where a range spans
+    less than a decade, and they overlap."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    decades = np.log10(costs.max() / costs.min())
+    subs = np.arange(1.0, 10.0) if decades < 0.5 else (1.0, 2.0, 5.0) if decades <= 2 else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.1e}".replace(".0e", "e").replace("e-0", "e-")))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _spread_labels(ax, texts, renderer) -> None:
@@ -95,13 +109,16 @@ def _one_price_figure(summary: dict, title: str):
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     names, values, colors = zip(*rows)
-    ax.barh(range(len(rows)), values, color=colors, alpha=0.8)
+    widths = [0.0 if v is None else v for v in values]  # a method with no quality at that cost: "n/a", no bar
+    ax.barh(range(len(rows)), widths, color=colors, alpha=0.8)
     ax.set_yticks(range(len(rows)), names, fontsize=8)
     for i, v in enumerate(values):
-        ax.annotate(f"{v:.3f}", (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
-    ax.set_xlim(0, max(1.0, max(values) * 1.08))
+        ax.annotate("n/a" if v is None else f"{v:.3f}", (widths[i], i), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=8)
+    ax.set_xlim(0, max(1.0, max(widths) * 1.08))
     priced = ", estimated from prices" if summary.get("cost_estimated_from_prices") else ""
-    ax.set_xlabel(f"mean quality (every model costs ${summary['cost_range'][0]:.3g} per prompt{priced}: quality only, no AIQ)")
+    ax.set_xlabel(f"mean quality\n(every model costs ${summary['cost_range'][0]:.3g} per prompt{priced}: quality only, no AIQ)",
+                  fontsize=9)
     ax.grid(alpha=0.3, axis="x")
     fig.suptitle(title or f"{Path(summary['data']).name}: {summary['n_rows']} prompts, {len(summary['models'])} models")
     fig.tight_layout()
@@ -118,7 +135,7 @@ def cost_quality_figure(summary: dict, title: str = ""):
     from matplotlib.figure import Figure
 
     c_min, c_max = summary["cost_range"]
-    if c_max <= c_min:
+    if c_max <= c_min or same_cost(c_min, c_max):
         return _one_price_figure(summary, title)
     fig = Figure(figsize=(13, 5.8))
     FigureCanvasAgg(fig)
@@ -163,6 +180,8 @@ def strong_share_figure(summary: dict, methods=("router", "knn", "oracle")):
     from matplotlib.figure import Figure
 
     tm = summary["two_model"]
+    if "note" in tm:
+        raise ValueError(f"no strong-share plot: {tm['note']}")
     strong = summary["single_models"][tm["strong"]]["mean_quality"]
     weak = summary["single_models"][tm["weak"]]["mean_quality"]
     fig = Figure(figsize=(6.5, 4.2))

@@ -43,8 +43,8 @@ def _labels(column, path) -> "np.ndarray":
 
     out = np.full(len(column), np.nan)
     for i, v in enumerate(column):
-        if v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
-            continue
+        if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
+            continue  # pd.NA: a nullable Int64 / boolean column's empty cell
         if isinstance(v, (bool, np.bool_)):
             out[i] = float(v)
         elif isinstance(v, str) and v.strip().lower() in _LABEL_WORDS:

@@ -196,6 +196,7 @@ def build_manifest(table, metrics: dict, sources: list[dict], text_column: str |
     from router.embedding import DIM, _weights_digest, variant
     from router.engine import FORMAT_VERSION
     from router.features import FEATURE_NAMES
+    from training.texts import TEXT_COLUMNS
 
     return {
         "format_version": FORMAT_VERSION,
@@ -204,7 +205,7 @@ def build_manifest(table, metrics: dict, sources: list[dict], text_column: str |
             "embedding": {"model": "all-MiniLM-L6-v2", "dim": DIM, "weights_digest": _weights_digest(), "runtime": "onnx",
                           "variant": variant()},
             "cheap": list(FEATURE_NAMES),
-            "text_column": text_column or "prompt|query",
+            "text_column": text_column or "|".join(TEXT_COLUMNS),
         },
         "data": sources,
         "prices_seen": {m: [p.input_per_1m, p.output_per_1m] for m, p in table.prices.items()},
@@ -229,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
     check_job_options(args)
     t0 = time.time()
     prices = load_prices(args.prices) if args.prices else None
-    tables = [load_outcomes(p, text_column=args.text_column, prices=prices) for p in tqdm(args.data, desc="load", unit="file")]
+    tables = [load_outcomes(p, text_column=args.text_column, prices=prices, flat_price=True)
+              for p in tqdm(args.data, desc="load", unit="file")]
     table = concat_outcomes(tables)
     check_output_dir(args.out, "--out")  # after the tables are read, before minutes of embedding and fitting
     log.info("%d prompts x %d models from %s", len(table), len(table.models), ", ".join(args.data))

@@ -1,0 +1,77 @@
+"""The text an outcome table's rows are routed on.
+
+The text column is named (`--text-column`) or the first of `TEXT_COLUMNS` that holds any text: a
+sealed file may carry an empty `prompt` beside a full `query`. A cell holding a chat (a list of
+{role, content} messages) stands for the request the gateway would see: its last user turn is
+embedded (`router.request_view.view_chat_request`), its whole history sets the input tokens.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from router.request_view import view_chat_request
+
+log = logging.getLogger(__name__)
+
+TEXT_COLUMNS = ("prompt", "query", "messages")
+
+
+def _plain(value):
+    """Parquet hands a list of chat messages over as numpy arrays of dicts: back to lists."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _cell_text(value) -> tuple[str, int | None]:
+    """The text to embed from one cell, and a chat's input tokens (None for plain text).
+
+    A chat (a list of {role, content} messages) is seen as the gateway sees the request: its last
+    user turn is embedded, its whole history is billed."""
+    import pandas as pd
+
+    value = _plain(value)
+    if isinstance(value, list):
+        if value and all(isinstance(m, Mapping) for m in value):
+            view = view_chat_request({"messages": value})
+            return view.text, view.input_tokens
+        return "\n".join(str(v) for v in value), None
+    if pd.isna(value):  # None, NaN, pd.NA: an empty cell
+        return "", None
+    return str(value), None
+
+
+def table_texts(df, text_column: str | None, path: Path) -> tuple[list[str], list[int | None]]:
+    """The texts of the text column (the first default one holding any text, unless one is named)
+    and, for chats, their input tokens."""
+    if text_column is not None:
+        if text_column not in df.columns:
+            raise ValueError(f"{path}: text column {text_column!r} not found; columns are {list(df.columns)[:20]}")
+        return _column_texts(df, text_column)
+    present = [c for c in TEXT_COLUMNS if c in df.columns]
+    if not present:
+        raise ValueError(f"{path}: no text column: expected one of {list(TEXT_COLUMNS)}; columns are {list(df.columns)[:20]}")
+    for column in present:
+        texts, tokens = _column_texts(df, column)
+        if any(t.strip() for t in texts):
+            break
+        log.warning("%s: column %r holds no text in any row; trying the next of %s", path, column, present)
+    else:
+        column, (texts, tokens) = present[0], _column_texts(df, present[0])
+        log.warning("%s: no text in any row of %s: every prompt is embedded alike", path, present)
+    if len(present) > 1:
+        log.info("%s: embedding column %r (of %s; --text-column picks another)", path, column, present)
+    return texts, tokens
+
+
+def _column_texts(df, column: str) -> tuple[list[str], list[int | None]]:
+    cells = [_cell_text(v) for v in df[column].tolist()]
+    return [t for t, _ in cells], [n for _, n in cells]
