@@ -371,6 +371,11 @@ class Config(_Strict):
     def model_names(self) -> list[str]:
         return [m.name for m in self.models]
 
+    @property
+    def declared_capabilities(self) -> frozenset[str]:
+        """Every capability some model of the catalog has."""
+        return frozenset().union(*(m.capabilities for m in self.models))
+
 
 class ConfigError(ValueError):
     """A configuration file that does not match the schema; the message names key and line."""

@@ -133,8 +133,16 @@ def output_limit(body: Mapping[str, Any]) -> tuple[int | None, str]:
     return min(given) if given else (None, "max_tokens")
 
 
-def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
-    """The routing view of a chat-completions body (assumed already schema-checked)."""
+# Needs a catalog may declare no model for: one written before these capabilities existed sends
+# such requests on as it always did (the upstream reads or drops what it can), instead of
+# refusing every one of them.
+OPT_IN_NEEDS = frozenset({"files", "audio", "logprobs"})
+
+
+def view_chat_request(body: Mapping[str, Any], declared: frozenset[str] | None = None) -> RoutingRequest:
+    """The routing view of a chat-completions body (assumed already schema-checked). `declared`:
+    the capabilities some model of the catalog has; an opt-in need none has is not required
+    (None: every need is)."""
     messages = list(body.get("messages") or [])
     tools = body.get("tools") or body.get("functions") or []  # `functions`: the legacy form of tools
     last_user = ""
@@ -178,6 +186,8 @@ def view_chat_request(body: Mapping[str, Any]) -> RoutingRequest:
         needs.add("audio")
     if body.get("logprobs") or body.get("top_logprobs"):
         needs.add("logprobs")
+    if declared is not None:
+        needs -= OPT_IN_NEEDS - declared
     max_out, _ = output_limit(body)
     n = body.get("n")
     n_turns = sum(1 for m in messages if m.get("role") == "user")

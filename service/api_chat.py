@@ -66,8 +66,8 @@ def cache_header(ctx: RequestContext) -> str:
 def _reason(ctx: RequestContext) -> str:
     if ctx.decision:
         base = ctx.decision.reason
-    else:  # a profile with no decision: the router found no eligible model
-        base = f"{ctx.requested_model}: no eligible model" if ctx.profile else f"{ctx.requested_model}: requested by name"
+    else:  # a profile with no decision was refused before the router decided (a key's limit, a budget)
+        base = f"{ctx.requested_model}: not routed" if ctx.profile else f"{ctx.requested_model}: requested by name"
     failed = [a for a in ctx.attempts if a["status"] != "ok"]
     if ctx.answered_by and failed:
         why = ", ".join(f"{a['model']} {a.get('kind') or a.get('reason')}" for a in failed)
@@ -118,7 +118,7 @@ async def chat_completions(request: Request) -> Response:
     ctx = RequestContext(
         request_id=request_id,
         body=body,
-        routing=view_chat_request(body),
+        routing=view_chat_request(body, gw.config.declared_capabilities),
         headers=request.headers,
         stream=parsed.stream,
         profile=profile,
@@ -226,6 +226,7 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
             ctx.extras["live"] = live  # a shadow router decides later on the same view of the models
             ctx.decision = await run_in_threadpool(_embed_and_decide, gw, router_now, ctx, live)
         except ApiError as exc:
+            ctx.extras["reason"] = f"{ctx.requested_model}: no eligible model"
             # A pre-hook that tightened the constraints (a budget cap) may explain the refusal better.
             explain = ctx.extras.get("explain_unroutable")
             better = explain(exc) if explain is not None else None

@@ -109,7 +109,7 @@ async def route_only(request: Request) -> JSONResponse:
     constraints = build_constraints(parsed.router, request.headers, gw.config)
     if caller is not None:
         constraints = request.app.state.governance.auth.scope(caller.key, profile, model, constraints)
-    routing = view_chat_request(raw)
+    routing = view_chat_request(raw, gw.config.declared_capabilities)
     router_now = gw.router.current
     embedding = await run_in_threadpool(gw.embed, routing.text) if (router_now is not None and routing.text) else None
     decision = await run_in_threadpool(

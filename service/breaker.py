@@ -8,8 +8,9 @@ until its cooldown ends: the client is told 429 (OpenClaw retries it), not 503 (
 
 The probe is owned: `acquire` hands the caller a `Claim`, and only the claim that holds the
 probe can give it back (a call cut before its verdict), so another request's ended call cannot
-free a probe still in flight. A probe that reaches no verdict within one more cooldown (its
-caller hung, or, with Redis, its replica was killed) lapses and the next caller probes.
+free a probe still in flight. A probe that reaches no verdict within `probe_lapse_s` (longer than
+any upstream call may wait: its caller is gone, or, with Redis, its replica was killed) lapses
+and the next caller probes. A streamed probe's verdict is its first token.
 
 The rate window counts requests and tokens sent to each model
 over the last minute, so the router stops choosing a model before its configured RPM/TPM
@@ -25,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from router.config import Limits
+from router.config import Config, Limits
 
 Clock = Callable[[], float]
 
@@ -54,10 +55,19 @@ class _Circuit:
     rate_limited: bool = False  # the latest failure was a 429
 
 
+def probe_lapse_s(config: Config) -> float:
+    """How long a half-open probe may go without a verdict: past the longest any upstream call
+    waits (connecting, then its timeout), and at least a cooldown."""
+    rel = config.reliability
+    longest = max((p.connect_timeout_s + p.timeout_s for p in config.providers.values()), default=0.0)
+    return max(rel.breaker_cooldown_s, longest + 5.0)
+
+
 class CircuitBreaker:
-    def __init__(self, failures: int, cooldown_s: float, clock: Clock = time.monotonic):
+    def __init__(self, failures: int, cooldown_s: float, clock: Clock = time.monotonic, probe_lapse_s: float | None = None):
         self.threshold = failures
         self.cooldown_s = cooldown_s
+        self.probe_lapse_s = probe_lapse_s or cooldown_s
         self._clock = clock
         self._circuits: dict[str, _Circuit] = {}
         self._lock = threading.Lock()
@@ -66,7 +76,7 @@ class CircuitBreaker:
         return self._circuits.setdefault(model, _Circuit())
 
     def _probing(self, c: _Circuit, now: float) -> bool:
-        return c.probe is not None and now - c.probe_at < self.cooldown_s
+        return c.probe is not None and now - c.probe_at < self.probe_lapse_s
 
     def state(self, model: str) -> str:
         with self._lock:

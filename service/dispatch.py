@@ -205,8 +205,7 @@ class Dispatcher:
         # A 400 or an oversized prompt says nothing about the model's health.
         blames_model = err.kind not in ("bad_request", "context_length")
         retry_after = err.retry_after if err.kind == "rate_limit" else None
-        if self.live.failed(spec.name, claim, retry_after, counts_against_model=blames_model,
-                            rate_limited=err.kind == "rate_limit"):
+        if self.live.failed(spec.name, claim, err.kind, retry_after, counts_against_model=blames_model):
             self.metrics.circuit_open.labels(spec.name).set(1)
 
     def _should_retry(self, err: UpstreamError, retry: int) -> bool:
@@ -249,16 +248,20 @@ class Dispatcher:
             return rate_limited(f"model {chain[0]} is rate limited by {by}{fallbacks}" if not routed else
                                 f"every eligible model is rate limited (tried {', '.join(chain)})",
                                 [a["retry_after_s"] for a in limited if a.get("retry_after_s")])
+        # A named model its upstream does not know is the 404 OpenClaw fails over on at once; as
+        # a 502 the SDKs retry it, and each retry calls the upstream again for nothing. Once its
+        # 404s have opened its circuit it is skipped, and still unknown upstream.
+        named = [a for a in ctx.attempts if not routed and a["model"] == chain[0]]
+        failed = [a for a in named if a["status"] == "error"]
+        unknown = all(a["kind"] == "not_found" for a in failed) if failed else (
+            bool(named) and all(a.get("reason") == "circuit_open" for a in named) and self.live.last_failure(chain[0]) == "not_found")
+        if unknown:
+            fallbacks = "; its fallbacks failed too" if len(chain) > 1 else ""
+            why = f": {failed[-1].get('message', '')}" if failed else " (its upstream answered 404 model_not_found)"
+            return ApiError(404, f"model {chain[0]} is not available upstream{why}{fallbacks}", code="model_not_found", param="model")
         if not errors:
             return ApiError(503, f"no eligible model is available right now (tried {', '.join(chain)}); retry shortly",
                             code="no_model_available", headers={"retry-after": "1"})
-        # A named model its upstream does not know is the 404 OpenClaw fails over on at once; as
-        # a 502 the SDKs retry it, and each retry calls the upstream again for nothing.
-        named = [a for a in ctx.attempts if not routed and a["model"] == chain[0] and a["status"] == "error"]
-        if named and all(a["kind"] == "not_found" for a in named):
-            fallbacks = "; its fallbacks failed too" if len(chain) > 1 else ""
-            return ApiError(404, f"model {chain[0]} is not available upstream: {named[-1].get('message', '')}{fallbacks}",
-                            code="model_not_found", param="model")
         last = errors[-1]
         if not routed and last.kind == "timeout":
             return ApiError(504, f"model {who} timed out", code="upstream_timeout")
@@ -383,6 +386,10 @@ class Dispatcher:
                 await upstream.aclose()
                 raise
             ttft = time.perf_counter() - started
+            if claim.probe:
+                # The model answers: the circuit closes now, not when a long answer ends (the
+                # probe would lapse meanwhile and a second one go through).
+                self.live.breaker.success(spec.name)
             entry = self._record(ctx, spec.name, "ok", ttft_s=round(ttft, 4), retry=retry)
             ctx.answered_by = spec.name
             # In flight until the stream ends: the caller calls `close_stream`.
@@ -401,7 +408,7 @@ class Dispatcher:
         if error is not None:
             stream.attempt.update(status="error", kind=error.kind, message=error.message[:300])
             self.metrics.attempts.labels(name, error.kind).inc()
-            if self.live.failed(name, stream.claim):
+            if self.live.failed(name, stream.claim, error.kind):
                 self.metrics.circuit_open.labels(name).set(1)
         elif completed:
             self.live.succeeded(name, latency, stream.ttft_s, output_tokens)

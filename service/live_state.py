@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from router.config import Config
 from router.types import LiveStats
-from service.breaker import CircuitBreaker, Claim, RateWindow
+from service.breaker import CircuitBreaker, Claim, RateWindow, probe_lapse_s
 
 ALPHA = 0.2  # weight of the newest observation: ~5 requests of memory, quick to notice a slowdown
 
@@ -22,6 +22,7 @@ class _Model:
     ttft_s: float | None = None
     error_rate: float = 0.0
     in_flight: int = 0
+    last_failure: str | None = None  # the kind of its latest failed call
 
 
 def _ewma(old: float | None, new: float) -> float:
@@ -32,7 +33,8 @@ class LiveState:
     def __init__(self, config: Config, breaker: CircuitBreaker | None = None, rates: RateWindow | None = None):
         rel = config.reliability
         self.limits = {m.name: m.limits for m in config.models}
-        self.breaker = breaker or CircuitBreaker(rel.breaker_failures, rel.breaker_cooldown_s)
+        self.breaker = breaker or CircuitBreaker(rel.breaker_failures, rel.breaker_cooldown_s,
+                                                 probe_lapse_s=probe_lapse_s(config))
         self.rates = rates or RateWindow()
         self._models: dict[str, _Model] = {m.name: _Model() for m in config.models}
         self._lock = threading.Lock()
@@ -86,16 +88,21 @@ class LiveState:
             m = self._m(model)
             m.ttft_s = _ewma(m.ttft_s, ttft_s)
 
-    def failed(self, model: str, claim: Claim, retry_after_s: float | None = None, counts_against_model: bool = True,
-               rate_limited: bool = False) -> bool:
-        """Record a failed attempt; True when it opened the model's circuit."""
+    def failed(self, model: str, claim: Claim, kind: str, retry_after_s: float | None = None,
+               counts_against_model: bool = True) -> bool:
+        """Record a failed attempt (an UpstreamError's `kind`); True when it opened the model's circuit."""
         if not counts_against_model:
             self.breaker.release(model, claim)
             return False
         with self._lock:
             m = self._m(model)
             m.error_rate = _ewma(m.error_rate, 1.0)
-        return self.breaker.failure(model, retry_after_s, rate_limited)
+            m.last_failure = kind
+        return self.breaker.failure(model, retry_after_s, kind == "rate_limit")
+
+    def last_failure(self, model: str) -> str | None:
+        with self._lock:
+            return self._m(model).last_failure
 
     def stats(self, model: str, request_tokens: int = 0) -> LiveStats:
         with self._lock:

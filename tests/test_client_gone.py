@@ -121,18 +121,19 @@ def test_a_stream_its_client_abandons_adds_no_latency_sample(start_gateway, upst
 
 def test_an_abandoned_probe_leaves_the_circuit_to_the_next_probe(start_gateway, upstream):
     gw = start_gateway(timeout_s=5.0)  # breaker_failures 3, cooldown 0.5 s
-    upstream.script("m1", server_error(), server_error(), server_error(), ok(WORDS, chunk_delay_s=0.05))
+    upstream.script("m1", server_error(), server_error(), server_error(), ok(WORDS, delay_s=1.0), ok(WORDS, chunk_delay_s=0.05))
     ask(gw)  # m1 fails twice (retry), m2 answers
     ask(gw)  # the third failure opens m1's circuit
     assert live(gw, "m1")["circuit"] == "open"
     wait_until(lambda: live(gw, "m1")["circuit"] == "half_open")
-    leave_after_the_first_word(gw)  # the probe: m1 streams, its client leaves
-    row = gw.outcomes(3)[-1]
-    assert (row["status"], row["answered_model"]) == ("client_closed", "m1")
+    leave_before_the_answer(gw, stream=True)  # the probe: its client leaves before m1's first token
+    wait_until(lambda: gw.outcomes(3)[-1]["status"] == "client_closed")
     # No verdict: neither closed by an answer nobody saw nor stuck open on a probe that never ends.
     assert live(gw, "m1")["circuit"] == "half_open"
-    answer, _ = ask(gw)
-    assert answer.model == "m1" and live(gw, "m1")["circuit"] == "closed"
+    leave_after_the_first_word(gw)  # the next probe: m1's first token is its verdict
+    row = gw.outcomes(4)[-1]
+    assert (row["status"], row["answered_model"]) == ("client_closed", "m1")
+    assert live(gw, "m1")["circuit"] == "closed"
 
 
 def test_a_stream_left_before_its_first_token_bills_its_prompt_to_the_keys_budget(tmp_path):

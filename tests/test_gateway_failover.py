@@ -147,12 +147,14 @@ def test_named_model_is_honoured_without_failover(start_gateway, upstream):
 
 def test_a_named_model_its_upstream_does_not_know_is_a_404_model_not_found(start_gateway, upstream):
     # OpenClaw fails over at once on a 404 model_not_found; a 502 is retried by the SDKs.
-    gw = start_gateway()
+    gw = start_gateway()  # breaker_failures 3
     upstream.default("m1", not_found())
-    with pytest.raises(openai.NotFoundError) as exc:
-        gw.client().chat.completions.create(model="m1", messages=MSG)
-    assert exc.value.body["code"] == "model_not_found" and exc.value.body["param"] == "model"
-    assert len(upstream.requests_for("m1")) == 1  # the SDK did not retry it
+    sdk = openai.OpenAI(base_url=gw.base_url, api_key="test-key", max_retries=2)  # the SDK's default
+    for n in range(5):  # the third 404 opens m1's circuit: the later requests never reach it
+        with pytest.raises(openai.NotFoundError) as exc:
+            sdk.chat.completions.create(model="m1", messages=MSG)
+        assert exc.value.body["code"] == "model_not_found" and exc.value.body["param"] == "model"
+        assert len(upstream.requests_for("m1")) == min(n + 1, 3)  # the SDK did not retry it
 
 
 WITH_FALLBACKS = [

@@ -63,6 +63,26 @@ def test_breaker_probe_is_given_back_only_by_its_holder():
     assert b.state("m") == "half_open" and b.acquire("m").probe
 
 
+def test_a_probe_waiting_out_its_upstreams_timeout_does_not_lapse():
+    # A hung upstream: the probe waits its full timeout (60 s by default, longer than the 30 s
+    # cooldown). Lapsing at the cooldown let a second request probe the same hung model.
+    from service.breaker import probe_lapse_s
+    from tests.gateway_harness import fake_config
+
+    config = fake_config("http://127.0.0.1:9/v1", "sqlite:///:memory:", timeout_s=60.0)
+    lapse = probe_lapse_s(config)
+    assert lapse > 60.0 + config.providers["fake"].connect_timeout_s
+    clock = Clock()
+    b = CircuitBreaker(failures=1, cooldown_s=30, clock=clock, probe_lapse_s=lapse)
+    b.failure("m")
+    clock.now += 30
+    assert b.acquire("m").probe
+    clock.now += 60
+    assert b.acquire("m") is None and b.state("m") == "open"
+    clock.now += lapse - 60
+    assert b.acquire("m").probe
+
+
 def test_breaker_blocks_until_retry_after():
     clock = Clock()
     b = CircuitBreaker(failures=5, cooldown_s=10, clock=clock)

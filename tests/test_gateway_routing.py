@@ -124,3 +124,18 @@ def test_auto_sends_files_audio_and_logprobs_only_to_models_that_take_them(start
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="auto", messages=[{"role": "user", "content": [wav]}], logprobs=True)
     assert "audio" in info.value.body["message"] or "logprobs" in info.value.body["message"]
+
+
+def test_a_catalog_declaring_no_files_audio_or_logprobs_routes_such_requests_as_before(start_gateway, upstream):
+    # A config written before these capabilities existed must not start refusing PDFs or logprobs.
+    gw = start_gateway(models=[{"name": "m1", "context_window": 100000, "capabilities": ["tools"]},
+                               {"name": "m2", "context_window": 100000, "capabilities": ["tools", "vision"]}],
+                       quality={"m1": 0.9, "m2": 0.8})
+    pdf = {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0xLjQK"}}
+    wav = {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZF", "format": "wav"}}
+    asked = [{"role": "user", "content": [{"type": "text", "text": "What is in these?"}, pdf, wav]}]
+    answer = gw.client().chat.completions.with_raw_response.create(model="auto", messages=asked, logprobs=True)
+    assert answer.headers["x-router-model"] == "m1"
+    assert upstream.requests_for("m1")[-1].body["messages"][0]["content"][1:] == [pdf, wav]
+    routed = httpx.post(f"{gw.url}/v1/route", json={"messages": asked, "logprobs": True}).json()
+    assert routed["model"] == "m1"

@@ -179,6 +179,8 @@ def test_scopes_and_rate_limits(env):
     with pytest.raises(openai.RateLimitError) as limited_exc:
         chat(c)
     assert limited_exc.value.body["code"] == "rpm_limit_exceeded"
+    # Refused before the router ran: no routing reason is made up for it.
+    assert limited_exc.value.response.headers["x-router-reason"] == "auto: not routed"
 
     _, small_tpm = new_key(admin, name="small-tpm", tpm=5)  # less than one request: never admissible
     with pytest.raises(openai.APIStatusError) as too_large:

@@ -110,13 +110,13 @@ return 0
 """
 
 # 0: refused; 1: the circuit is closed; 2: the caller holds the probe, under its token ARGV[3].
-# A probe that reached no verdict within a cooldown (its replica killed) lapses.
+# A probe that reached no verdict within ARGV[4] seconds (its replica killed) lapses.
 _BREAKER_ACQUIRE = """
-local now, cooldown = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now, cooldown, lapse = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 local v = redis.call('HMGET', KEYS[1], 'blocked_until', 'opened_at', 'probing', 'probe_at')
 if now < tonumber(v[1] or 0) then return 0 end
 if not v[2] then return 1 end
-local probing = v[3] and v[3] ~= '0' and now - tonumber(v[4] or 0) < cooldown
+local probing = v[3] and v[3] ~= '0' and now - tonumber(v[4] or 0) < lapse
 if probing or now - tonumber(v[2]) < cooldown then return 0 end
 redis.call('HSET', KEYS[1], 'probing', ARGV[3], 'probe_at', now)
 return 2
@@ -273,10 +273,11 @@ class RedisCircuitBreaker:
     FIELDS = ("blocked_until", "opened_at", "probing", "failures", "rate_limited", "probe_at")
 
     def __init__(self, client: Any, failures: int, cooldown_s: float, prefix: str = "openclaw", clock=time.time,
-                 refresh_s: float = 0.25):
+                 refresh_s: float = 0.25, probe_lapse_s: float | None = None):
         self.r = client
         self.threshold = failures
         self.cooldown_s = cooldown_s
+        self.probe_lapse_s = probe_lapse_s or cooldown_s
         self.prefix = prefix
         self.refresh_s = refresh_s
         self._clock = clock
@@ -314,7 +315,7 @@ class RedisCircuitBreaker:
         now = self._clock()
         if opened_at is None:
             return "blocked" if now < float(blocked_until or 0) else "closed"
-        probing = probe not in (None, "0") and now - float(probe_at or 0) < self.cooldown_s
+        probing = probe not in (None, "0") and now - float(probe_at or 0) < self.probe_lapse_s
         if probing or now - float(opened_at) < self.cooldown_s:
             return "open"
         return "half_open"
@@ -333,7 +334,7 @@ class RedisCircuitBreaker:
             return PASS
         self._forget(model)
         probe = new_probe()
-        got = int(self._acquire(keys=[self._k(model)], args=[self._clock(), self.cooldown_s, probe.probe]))
+        got = int(self._acquire(keys=[self._k(model)], args=[self._clock(), self.cooldown_s, probe.probe, self.probe_lapse_s]))
         return None if got == 0 else PASS if got == 1 else probe
 
     def success(self, model: str) -> None:

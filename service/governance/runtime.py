@@ -116,11 +116,13 @@ class Governance:
         """Plug into a built gateway: spend metrics on its registry, shared circuit breakers."""
         self.metrics = SpendMetrics(gateway.metrics.registry)
         if self.redis is not None:
+            from service.breaker import probe_lapse_s
             from service.governance.redis_state import RedisCircuitBreaker
 
             rel = self.config.reliability
             gateway.live.breaker = RedisCircuitBreaker(
-                self.redis, rel.breaker_failures, rel.breaker_cooldown_s, prefix=self.settings.redis_prefix
+                self.redis, rel.breaker_failures, rel.breaker_cooldown_s, prefix=self.settings.redis_prefix,
+                probe_lapse_s=probe_lapse_s(self.config),
             )
         self.breaker = gateway.live.breaker
 
