@@ -321,3 +321,21 @@ def test_a_chat_column_is_routed_on_its_last_user_turn_and_billed_whole(tmp_path
     t = load_outcomes(path)
     assert t.texts[3] == "follow-up number 3?"  # what the gateway embeds, not the list's repr
     assert t.input_tokens[3] == view_chat_request({"messages": chats[3]}).input_tokens > 150  # the history is billed
+
+
+def test_a_csv_chat_column_of_json_text_is_read_as_the_chat(tmp_path):
+    from router.request_view import view_chat_request
+
+    chat = [{"role": "system", "content": "You are terse. " * 50}, {"role": "user", "content": "first question?"},
+            {"role": "assistant", "content": "an answer"}, {"role": "user", "content": "follow-up?"}]
+    cells = [json.dumps(chat),
+             json.dumps([{"role": "user", "content": [{"type": "text", "text": "parts?"}]}]),
+             '["not", "a chat"]',  # JSON, but no chat: a prompt as it is
+             '[{"role": "user", "content": "cut off"',  # not all of it JSON
+             '[{"name": "x", "content": "no role"}]',
+             "plain question?"]
+    df = wide_frame().drop(columns=["prompt"]).assign(messages=cells)
+    df.to_csv(tmp_path / "chats.csv", index=False)
+    t = load_outcomes(tmp_path / "chats.csv")
+    assert t.texts == ["follow-up?", "parts?", *cells[2:]]
+    assert t.input_tokens[0] == view_chat_request({"messages": chat}).input_tokens > 150  # the history is billed

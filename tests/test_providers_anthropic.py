@@ -92,7 +92,8 @@ async def test_request_translation(server, provider):
     assert req.headers["x-api-key"] == KEY and req.headers["anthropic-version"] == "2023-06-01"
     body = req.body
     assert body["model"] == "claude-sonnet-4-5" and body["max_tokens"] == 300 and "stream" not in body
-    # Prompt-cache breakpoints on the last tool, the system prompt and the last block of the history.
+    # Prompt-cache breakpoints on the last tool, the system prompt, the last block of the history and
+    # the last block before the last assistant turn.
     assert body["system"] == [{"type": "text", "text": "You are terse.\n\nUse metric units.", "cache_control": {"type": "ephemeral"}}]
     assert body["temperature"] == 0.2 and body["stop_sequences"] == ["END"] and body["metadata"] == {"user_id": "u-42"}
     assert body["tools"] == [
@@ -101,6 +102,7 @@ async def test_request_translation(server, provider):
     ]
     assert body["tool_choice"] == {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}
     assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "Weather in Paris and Oslo?", "cache_control": {"type": "ephemeral"}}]
     assert body["messages"][1]["content"] == [
         {"type": "text", "text": "Checking."},
         {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
@@ -248,7 +250,7 @@ def test_openai_values_anthropic_would_refuse_are_translated():
     payload = to_anthropic(MODEL, body, stream=False)
     assert payload["temperature"] == 1.0 and "top_p" not in payload  # [0, 1], and not both
     texts = [b for m in payload["messages"] for b in m["content"] if b.get("type") == "text"]
-    assert texts == [{"type": "text", "text": "hi"}]  # no empty or blank text blocks
+    assert [b["text"] for b in texts] == ["hi"]  # no empty or blank text blocks
     assert FINISH_REASONS["model_context_window_exceeded"] == "length"
     too_long = {"type": "error", "error": {"type": "invalid_request_error",
                                            "message": "input length and `max_tokens` exceed context limit: 150000 + 64000 > 200000"}}
@@ -306,7 +308,7 @@ async def test_files_and_images_of_every_part_shape_reach_anthropic(server, prov
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"}},
         {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}, "title": "bare.pdf"},
         {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
-        {"type": "image", "source": {"type": "base64", "media_type": "image/webp", "data": "UklGRg=="}, "cache_control": {"type": "ephemeral"}},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/webp", "data": "UklGRg=="}},
     ]
 
 
@@ -430,3 +432,72 @@ def test_a_gemini_calls_thought_signature_is_not_sent_to_anthropic():
     payload = to_anthropic(MODEL, body, stream=False)
     assert payload["messages"][1]["content"][0]["id"] == "call_5f3c"
     assert payload["messages"][2]["content"][0]["tool_use_id"] == "call_5f3c"
+
+
+EPHEMERAL = {"type": "ephemeral"}
+
+
+def _marked(body):
+    """(where, block) of every block of a Messages request that carries a cache breakpoint."""
+    places = [*((f"tools[{i}]", t) for i, t in enumerate(body.get("tools") or [])),
+              *((f"system[{i}]", b) for i, b in enumerate(body.get("system") or [])),
+              *((f"messages[{i}].content[{j}]", b) for i, m in enumerate(body["messages"]) for j, b in enumerate(m["content"]))]
+    return {where: block["cache_control"] for where, block in places if "cache_control" in block}
+
+
+async def test_a_one_shot_request_marks_only_the_prefix_other_requests_share(server, provider):
+    # Its history is read back by no later turn: a breakpoint there would write it at 1.25x for nothing.
+    document = "lorem ipsum " * 2000
+    one_shot = {"messages": [{"role": "system", "content": "You summarise."}, {"role": "user", "content": f"Summarise:\n{document}"}],
+                "tools": TOOLS, "max_tokens": 300}
+    server.reply(MESSAGE)
+    await provider.complete(MODEL, one_shot)
+    body = server.requests[-1].body
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": f"Summarise:\n{document}"}]}]
+    assert body["system"] == [{"type": "text", "text": "You summarise.", "cache_control": EPHEMERAL}]
+    assert _marked(body) == {"tools[1]": EPHEMERAL, "system[0]": EPHEMERAL}
+    # A prefilled answer is no earlier turn: still one-shot.
+    server.reply(MESSAGE)
+    await provider.complete(MODEL, {**one_shot, "messages": [*one_shot["messages"], {"role": "assistant", "content": "{"}]})
+    assert _marked(server.requests[-1].body) == {"tools[1]": EPHEMERAL, "system[0]": EPHEMERAL}
+    # Without tools and system prompt, nothing is marked.
+    server.reply(MESSAGE)
+    await provider.complete(MODEL, {"messages": one_shot["messages"][1:]})
+    assert _marked(server.requests[-1].body) == {}
+
+
+def _calls(step, n):
+    return {"role": "assistant", "content": None, "tool_calls": [
+        {"id": f"toolu_{step}_{k}", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": f"c{k}"})}}
+        for k in range(n)]}
+
+
+def _results(step, n):
+    return [{"role": "tool", "tool_call_id": f"toolu_{step}_{k}", "content": f"{k}C"} for k in range(n)]
+
+
+async def test_an_agent_step_wider_than_the_cache_lookback_still_reads_the_previous_turns_entry(server, provider):
+    # Anthropic looks back 20 blocks from a breakpoint for an earlier entry; a step of 12 parallel
+    # calls and their results adds 24. The next request marks the block the previous request's
+    # history breakpoint was on, so it reads that entry.
+    start = [{"role": "system", "content": "You are an agent."}, {"role": "user", "content": "Weather everywhere?"},
+             _calls(0, 1), *_results(0, 1)]
+    server.reply(MESSAGE)
+    await provider.complete(MODEL, {"messages": start, "tools": TOOLS})
+    before = server.requests[-1].body
+    assert _marked(before) == {"tools[1]": EPHEMERAL, "system[0]": EPHEMERAL,
+                               "messages[2].content[0]": EPHEMERAL, "messages[0].content[0]": EPHEMERAL}
+    server.reply(MESSAGE)
+    await provider.complete(MODEL, {"messages": [*start, _calls(1, 12), *_results(1, 12)], "tools": TOOLS})
+    after = server.requests[-1].body
+    assert [len(m["content"]) for m in after["messages"]] == [1, 1, 1, 12, 12]
+    assert _marked(after) == {"tools[1]": EPHEMERAL, "system[0]": EPHEMERAL,
+                              "messages[2].content[0]": EPHEMERAL, "messages[4].content[11]": EPHEMERAL}
+    assert after["messages"][2] == before["messages"][2]  # the previous request's last block, marked alike
+    assert after["messages"][2]["content"] == [{"type": "tool_result", "tool_use_id": "toolu_0_0", "content": "0C", "cache_control": EPHEMERAL}]
+    # A client's own breakpoints leave fewer free: the lookback mark is the first to go.
+    marked_tools = [{**t, "cache_control": EPHEMERAL} for t in TOOLS]
+    server.reply(MESSAGE)
+    await provider.complete(MODEL, {"messages": [*start, _calls(1, 12), *_results(1, 12)], "tools": marked_tools})
+    assert _marked(server.requests[-1].body) == {"tools[0]": EPHEMERAL, "tools[1]": EPHEMERAL, "system[0]": EPHEMERAL,
+                                                 "messages[4].content[11]": EPHEMERAL}

@@ -83,7 +83,7 @@ def test_a_pdf_reaches_claude_as_a_document_and_audio_is_a_400_naming_the_part(g
     client.chat.completions.create(model="claude", messages=[{"role": "user", "content": [{"type": "text", "text": "Sum up."}, pdf]}])
     assert claude.requests[-1].body["messages"][0]["content"][1] == {
         "type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"},
-        "title": "contract.pdf", "cache_control": {"type": "ephemeral"}}
+        "title": "contract.pdf"}  # a one-shot request: no history breakpoint
     audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="claude", messages=[{"role": "user", "content": [{"type": "text", "text": "Transcribe."}, audio]}])
@@ -94,12 +94,22 @@ def test_a_pdf_reaches_claude_as_a_document_and_audio_is_a_400_naming_the_part(g
 
 def test_claudes_prompt_cache_is_marked_and_its_reads_reach_the_client(gateway):
     gw, claude, _ = gateway
+    client = gw.client()
+    ask = [{"role": "system", "content": "You are OpenClaw."}, {"role": "user", "content": "hi"}]
     claude.reply(CLAUDE_OK)
-    answer = gw.client().chat.completions.create(model="claude", tools=[READ], messages=[
-        {"role": "system", "content": "You are OpenClaw."}, {"role": "user", "content": "hi"}])
+    client.chat.completions.create(model="claude", tools=[READ], messages=ask)
     body = claude.requests[-1].body
+    # One-shot: the shared prefix (tools, system prompt) is marked, the history is not.
     assert body["tools"][-1]["cache_control"] == body["system"][-1]["cache_control"] == {"type": "ephemeral"}
-    assert body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    claude.reply(CLAUDE_OK)
+    answer = client.chat.completions.create(model="claude", tools=[READ], messages=[
+        *ask, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "and now?"}])
+    # The next turn marks its history, and the block the previous turn ended on.
+    assert claude.requests[-1].body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+        {"role": "user", "content": [{"type": "text", "text": "and now?", "cache_control": {"type": "ephemeral"}}]}]
     assert (answer.usage.prompt_tokens, answer.usage.prompt_tokens_details.cached_tokens) == (30012, 30000)
 
 

@@ -398,15 +398,39 @@ def test_reasoning_effort_is_a_thinking_config(upstream, effort, thinking):
     assert config.get("thinkingConfig") == thinking
 
 
-def test_penalties_reach_the_gemini_versions_that_take_them():
-    from service.providers.gemini import to_gemini
+@pytest.mark.parametrize("upstream, limit, effort, config", [
+    # Gemini counts thoughts within maxOutputTokens: half of it at most goes to thinking.
+    ("gemini-2.5-flash", 1000, "high", {"maxOutputTokens": 1000, "thinkingConfig": {"thinkingBudget": 500}}),
+    ("gemini-2.5-flash", 20000, "medium", {"maxOutputTokens": 20000, "thinkingConfig": {"thinkingBudget": 8192}}),
+    ("gemini-2.5-flash", None, "high", {"thinkingConfig": {"thinkingBudget": 24576}}),  # the model's own limit, 65,536
+    ("gemini-2.5-flash", 1, "low", {"maxOutputTokens": 1, "thinkingConfig": {"thinkingBudget": 0}}),
+    # Below a model's least budget: off where thinking can stop, the least on 2.5 Pro.
+    ("gemini-2.5-flash-lite", 1000, "high", {"maxOutputTokens": 1000, "thinkingConfig": {"thinkingBudget": 0}}),
+    ("gemini-2.5-flash-lite", 2000, "high", {"maxOutputTokens": 2000, "thinkingConfig": {"thinkingBudget": 1000}}),
+    ("gemini-2.5-pro", 200, "high", {"maxOutputTokens": 200, "thinkingConfig": {"thinkingBudget": 128}}),
+    ("gemini-2.5-pro", 1000, "none", {"maxOutputTokens": 1000, "thinkingConfig": {"thinkingBudget": 128}}),
+    # Models that answer a thinkingConfig with 400 "Thinking is not enabled for this model".
+    ("gemini-2.5-flash-image", 1000, "high", {"maxOutputTokens": 1000}),
+    ("gemini-2.5-flash-image-preview", 1000, "none", {"maxOutputTokens": 1000}),
+    ("gemini-2.5-flash-preview-tts", 1000, "low", {"maxOutputTokens": 1000}),
+])
+async def test_the_thinking_budget_leaves_room_for_the_answer(server, provider, upstream, limit, effort, config):
+    server.reply(response([{"text": "ok"}]))
+    model = MODEL.model_copy(update={"upstream": upstream})
+    body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": effort, **({"max_tokens": limit} if limit else {})}
+    await provider.complete(model, body)
+    assert server.requests[-1].path == f"/v1beta/models/{upstream}:generateContent"
+    assert server.requests[-1].body["generationConfig"] == config
 
-    body = {"messages": [{"role": "user", "content": "hi"}], "presence_penalty": 0.5, "frequency_penalty": -0.25}
-    old = MODEL.model_copy(update={"upstream": "gemini-2.0-flash"})
-    assert to_gemini(old, body)["generationConfig"] == {"presencePenalty": 0.5, "frequencyPenalty": -0.25}
-    # 2.5 and later answer any penalty but 0 with a 400 ("Penalty is not enabled for models/...").
-    assert "generationConfig" not in to_gemini(MODEL, body)
-    assert "generationConfig" not in to_gemini(old, {**body, "presence_penalty": 0, "frequency_penalty": 0})
+
+@pytest.mark.parametrize("upstream", ["gemini-1.5-flash", "gemini-2.0-flash", "gemini-2.0-flash-thinking-exp-01-21", "gemini-2.5-flash"])
+async def test_penalties_are_not_sent_to_gemini(server, provider, upstream):
+    # Gemini answers them with 400 "Penalty is not enabled for models/..." (1.5, 2.5 and others).
+    server.reply(response([{"text": "ok"}]))
+    model = MODEL.model_copy(update={"upstream": upstream})
+    await provider.complete(model, {"messages": [{"role": "user", "content": "hi"}], "presence_penalty": 0.5,
+                                    "frequency_penalty": -0.25, "temperature": 0.3})
+    assert server.requests[-1].body["generationConfig"] == {"temperature": 0.3}
 
 
 LOGPROBS = {"chosenCandidates": [{"token": "Hi", "tokenId": 5, "logProbability": -0.25}, {"token": "!", "tokenId": 9}],

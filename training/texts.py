@@ -2,11 +2,13 @@
 
 The text column is named (`--text-column`) or the first of `TEXT_COLUMNS` that holds any text: a
 sealed file may carry an empty `prompt` beside a full `query`. A cell holding a chat (a list of
-{role, content} messages) stands for the request the gateway would see: its last user turn is
-embedded (`router.request_view.view_chat_request`), its whole history sets the input tokens.
+{role, content} messages, or that list as JSON text, as a CSV holds it) stands for the request the
+gateway would see: its last user turn is embedded (`router.request_view.view_chat_request`), its
+whole history sets the input tokens.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Mapping
@@ -31,6 +33,20 @@ def _plain(value):
     return value
 
 
+def _chat_in_json(value):
+    """The chat a cell's text holds as JSON (a CSV has no lists): parsed only when the whole text is
+    a list of {role, content} objects; any other text, JSON or not, is a prompt as it is."""
+    if not isinstance(value, str) or not value.lstrip().startswith("["):
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    chat = isinstance(parsed, list) and len(parsed) > 0 and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and ("content" in m or "tool_calls" in m) for m in parsed)
+    return parsed if chat else value
+
+
 def _cell_text(value) -> tuple[str, int | None]:
     """The text to embed from one cell, and a chat's input tokens (None for plain text).
 
@@ -38,7 +54,7 @@ def _cell_text(value) -> tuple[str, int | None]:
     user turn is embedded, its whole history is billed."""
     import pandas as pd
 
-    value = _plain(value)
+    value = _chat_in_json(_plain(value))
     if isinstance(value, list):
         if value and all(isinstance(m, Mapping) for m in value):
             view = view_chat_request({"messages": value})

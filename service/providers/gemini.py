@@ -164,18 +164,39 @@ def _contents(model: ModelSpec, body: dict[str, Any]) -> tuple[list[str], list[d
     return system_parts, contents
 
 
-def _thinking_config(model: ModelSpec, effort: str | None) -> dict[str, Any] | None:
+# Gemini 2.5's image and speech models take no thinkingConfig ("Thinking is not enabled for this
+# model"); Gemini 3's image model thinks.
+_NO_THINKING = re.compile(r"gemini-2\.5-.*-(?:image|tts)\b")
+
+
+def _least_budget(model: ModelSpec) -> tuple[int, bool]:
+    """(the least thinking budget a Gemini 2.5 model takes, whether 0 turns its thinking off)."""
+    if "-flash-lite" in model.upstream_name:
+        return 512, True
+    if "-pro" in model.upstream_name:
+        return 128, False
+    return 1, True
+
+
+def _thinking_config(model: ModelSpec, effort: str | None, max_tokens: int | None) -> dict[str, Any] | None:
     """reasoning_effort as Gemini takes it: a thinking level from Gemini 3 on (low and high are the
-    levels every Gemini 3 model has), a token budget on 2.5 (0 turns thinking off, which 2.5 Pro
-    cannot: 128 is its least). Older models do not think, and an alias names no version."""
+    levels every Gemini 3 model has), a token budget on 2.5. Older models do not think, and an
+    alias names no version. Gemini counts thoughts within maxOutputTokens, so, as for Anthropic,
+    half of the output limit at most goes to thinking; below a model's least budget thinking is
+    off (0), and 2.5 Pro, which cannot stop thinking, gets its least (128), which is less than its
+    default (dynamic) thinking would take."""
     version = _version(model)
-    if effort is None or version is None or version < (2, 5):
+    if effort is None or version is None or version < (2, 5) or _NO_THINKING.search(model.upstream_name):
         return None
     if version >= (3, 0):
         return {"thinkingLevel": "high" if effort in ("medium", "high", "xhigh") else "low"}
-    if effort == "none":
-        return {"thinkingBudget": 128 if "-pro" in model.upstream_name else 0}
-    return {"thinkingBudget": THINKING_BUDGETS[effort]}
+    least, can_stop = _least_budget(model)
+    budget = 0 if effort == "none" else THINKING_BUDGETS[effort]
+    if max_tokens:
+        budget = min(budget, max_tokens // 2)
+    if budget < least:
+        budget = 0 if can_stop else least
+    return {"thinkingBudget": budget}
 
 
 def _generation_config(model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
@@ -183,13 +204,9 @@ def _generation_config(model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]
     for src, dst in (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed")):
         if body.get(src) is not None:
             config[dst] = body[src]
-    # Gemini 2.5 and later answer any penalty but 0 with a 400 ("Penalty is not enabled"), so
-    # only the versions before it get them.
-    version = _version(model)
-    if version is not None and version < (2, 5):
-        for src, dst in (("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty")):
-            if body.get(src):
-                config[dst] = body[src]
+    # presence_penalty and frequency_penalty are not sent: most Gemini models (1.0, 1.5 but its -002
+    # versions, 2.5) answer a penalty with a 400, "Penalty is not enabled for models/...", and which
+    # ones take it is documented nowhere.
     max_tokens = output_limit(model, body)
     if max_tokens:
         config["maxOutputTokens"] = max_tokens
@@ -208,7 +225,7 @@ def _generation_config(model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]
         config["responseLogprobs"] = True
         if body.get("top_logprobs"):
             config["logprobs"] = body["top_logprobs"]
-    thinking = _thinking_config(model, reasoning_effort(body))
+    thinking = _thinking_config(model, reasoning_effort(body), max_tokens)
     if thinking:
         config["thinkingConfig"] = thinking
     return config
