@@ -141,6 +141,7 @@ def _key_fields(gov: Governance, body: KeyFields, partial: bool) -> dict[str, An
 
 
 def _invalidate(request: Request) -> None:
+    _dashboards(request).clear()  # the page shows a key or budget change at once
     for hook in request.app.state.gateway.pipeline.hooks:
         if hasattr(hook, "invalidate"):
             hook.invalidate()
@@ -323,10 +324,63 @@ def dashboard_document(gov: Governance, since_s: float = 7 * 86400) -> dict[str,
     }
 
 
+DASHBOARD_TTL_S = 5.0  # a third of the page's 15 s poll: several open tabs cost one build
+
+
+class _Build:
+    def __init__(self, task: asyncio.Future) -> None:
+        self.task = task
+        self.done_at = math.inf
+        task.add_done_callback(self._done)
+
+    def _done(self, _: asyncio.Future) -> None:
+        self.done_at = time.monotonic()
+
+    def usable(self) -> bool:
+        """Still being built, or built without error less than `DASHBOARD_TTL_S` ago."""
+        if not self.task.done():
+            return True
+        if self.task.cancelled() or self.task.exception() is not None:
+            return False
+        return time.monotonic() - self.done_at < DASHBOARD_TTL_S
+
+
+class DashboardCache:
+    """The dashboard document per `since_s`, built once for every poll within `DASHBOARD_TTL_S`
+    of its completion, and once for polls that arrive while it is being built: at a million
+    spend rows a build reads the log for seconds."""
+
+    MAX_ENTRIES = 16
+
+    def __init__(self) -> None:
+        self._builds: dict[float, _Build] = {}
+
+    def clear(self) -> None:
+        self._builds.clear()
+
+    async def get(self, gov: Governance, since_s: float) -> dict[str, Any]:
+        build = self._builds.get(since_s)
+        if build is None or not build.usable():
+            if len(self._builds) >= self.MAX_ENTRIES:
+                self._builds.clear()
+            build = self._builds[since_s] = _Build(asyncio.ensure_future(_run(dashboard_document, gov, since_s)))
+        # Shielded: a poller that gives up does not cancel the build the others wait for.
+        return await asyncio.shield(build.task)
+
+
+def _dashboards(request: Request) -> DashboardCache:
+    state = request.app.state
+    if getattr(state, "governance_dashboards", None) is None:
+        state.governance_dashboards = DashboardCache()
+    return state.governance_dashboards
+
+
 @router.get("/dashboard")
 async def dashboard(request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
     try:
         since_s = float(request.query_params.get("since_s", 7 * 86400))
     except ValueError:
-        raise ApiError(400, "since_s must be a number of seconds", code="invalid_request", param="since_s") from None
-    return JSONResponse(await _run(dashboard_document, gov, since_s))
+        since_s = math.nan
+    if not math.isfinite(since_s):
+        raise ApiError(400, "since_s must be a number of seconds", code="invalid_request", param="since_s")
+    return JSONResponse(await _dashboards(request).get(gov, since_s))

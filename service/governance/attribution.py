@@ -3,6 +3,10 @@
 Reports read the durable spend log (one row per request, written at settle time), so every
 replica's traffic is in them. Prometheus counters carry the same labels for live graphs.
 Labels are key *names* and ids, never secrets.
+
+A week of traffic is a million rows and more: reports aggregate in SQL (nothing fetches a row
+per request) and read through `Database.read`, so however long one takes, no request's budget
+reserve or settle waits for it.
 """
 from __future__ import annotations
 
@@ -73,7 +77,7 @@ class Attribution:
         sql = (f"SELECT {select + ', ' if select else ''}COUNT(*) AS requests, COALESCE(SUM(cost_nusd), 0) AS cost_nusd, "
                f"COALESCE(SUM(input_tokens), 0) AS input_tokens, COALESCE(SUM(output_tokens), 0) AS output_tokens{extra_name} "
                f"FROM gov_spend{where}{group} ORDER BY cost_nusd DESC")
-        with self.db.tx() as tx:
+        with self.db.read() as tx:
             rows = tx.all(sql, params)
         for r in rows:
             r["cost_usd"] = int(r.pop("cost_nusd")) / USD
@@ -93,7 +97,7 @@ class Attribution:
         return out.getvalue()
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
-        with self.db.tx() as tx:
+        with self.db.read() as tx:
             rows = tx.all(
                 "SELECT request_id, ts, key_name, team, project, user_tag, model, profile, status, cache_status, cost_nusd, "
                 "predicted_nusd, input_tokens, output_tokens, latency_s, ttft_s, reason FROM gov_spend ORDER BY ts DESC LIMIT ?",
@@ -108,20 +112,21 @@ class Attribution:
     def summary(self, since: float | None = None) -> dict[str, Any]:
         """Totals for the dashboard: requests, spend, cache hit rate, latency and TTFT percentiles."""
         where, params = _where(since, None, None)
-        with self.db.tx() as tx:
+        with self.db.read() as tx:
             t = tx.one(f"SELECT COUNT(*) AS n, COALESCE(SUM(cost_nusd), 0) AS cost, "
                        f"SUM(CASE WHEN cache_status IN ('hit', 'semantic-hit') THEN 1 ELSE 0 END) AS hits, "
-                       f"SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS errors FROM gov_spend{where}", params)
-            lat = [r["latency_s"] for r in tx.all(f"SELECT latency_s FROM gov_spend{where}{' AND' if where else ' WHERE'} latency_s IS NOT NULL", params)]
-            ttft = [r["ttft_s"] for r in tx.all(f"SELECT ttft_s FROM gov_spend{where}{' AND' if where else ' WHERE'} ttft_s IS NOT NULL", params)]
+                       f"SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS errors, "
+                       f"COUNT(latency_s) AS n_latency, COUNT(ttft_s) AS n_ttft FROM gov_spend{where}", params)
+            lat = _percentiles(tx, "latency_s", int(t["n_latency"] or 0), where, params)
+            ttft = _percentiles(tx, "ttft_s", int(t["n_ttft"] or 0), where, params)
         n = int(t["n"] or 0)
         return {
             "requests": n,
             "cost_usd": int(t["cost"] or 0) / USD,
             "cache_hit_rate": (int(t["hits"] or 0) / n) if n else None,
             "error_rate": (int(t["errors"] or 0) / n) if n else None,
-            "latency_s": _percentiles(lat),
-            "ttft_s": _percentiles(ttft),
+            "latency_s": lat,
+            "ttft_s": ttft,
         }
 
     def forecast(self, now: float | None = None, lookback_days: int = 14) -> dict[str, Any]:
@@ -132,7 +137,7 @@ class Attribution:
         days_in_month = calendar.monthrange(t.year, t.month)[1]
         today = int(now // 86400)
         first = today - lookback_days + 1
-        with self.db.tx() as tx:
+        with self.db.read() as tx:
             so_far = tx.one("SELECT COALESCE(SUM(cost_nusd), 0) AS s FROM gov_spend WHERE ts >= ? AND ts < ?", (month_start, now))
             daily_rows = tx.all("SELECT day, COALESCE(SUM(cost_nusd), 0) AS s FROM gov_spend WHERE ts >= ? GROUP BY day",
                                 (first * 86400.0,))
@@ -171,33 +176,45 @@ class Attribution:
         """
         col = DIMENSIONS[dim] if dim != "key" else "key_name"
         where, params = _where(since, None, None)
-        with self.db.tx() as tx:
-            rows = tx.all(f"SELECT ts, {col} AS series, cost_nusd FROM gov_spend{where}", params)
-        if bucket_s is None:
-            span = (max(r["ts"] for r in rows) - min(r["ts"] for r in rows)) if rows else 0.0
-            bucket_s = next((b for b in (60.0, 300.0, 900.0, 3600.0, 21600.0) if span / b <= 48), 86400.0)
-        buckets: dict[float, dict[str, float]] = {}
+        with self.db.read() as tx:
+            if bucket_s is None:
+                span = tx.one(f"SELECT MIN(ts) AS lo, MAX(ts) AS hi FROM gov_spend{where}", params)
+                width = (span["hi"] - span["lo"]) if span["lo"] is not None else 0.0
+                bucket_s = next((b for b in (60.0, 300.0, 900.0, 3600.0, 21600.0) if width / b <= 48), 86400.0)
+            # The bucket's number, floor(ts / bucket_s), as `ts // bucket_s` has it: ts is never
+            # negative, so SQLite's truncation is a floor, and a ts below a bucket's start (an exact
+            # multiple of the whole seconds of bucket_s), however close, divides to less than its number.
+            bucket = "CAST(ts / ? AS INTEGER)" if tx.dialect == "sqlite" else "FLOOR(ts / ?)"
+            # A refused request that no model answered and that spent nothing has no series.
+            kept = f"{where}{' AND' if where else ' WHERE'} NOT ({col} IS NULL AND cost_nusd = 0)"
+            rows = tx.all(f"SELECT {bucket} AS b, {col} AS series, COALESCE(SUM(cost_nusd), 0) AS cost_nusd "
+                          f"FROM gov_spend{kept} GROUP BY 1, 2", [bucket_s, *params])
+        buckets: dict[float, dict[str, int]] = {}
         for r in rows:
-            if r["series"] is None and not r["cost_nusd"]:
-                continue  # a refused request: no model answered it and it spent nothing
-            b = (r["ts"] // bucket_s) * bucket_s
             name = r["series"] or "anonymous"
-            buckets.setdefault(b, {}).setdefault(name, 0.0)
-            buckets[b][name] += int(r["cost_nusd"]) / USD
+            per = buckets.setdefault(float(int(r["b"]) * bucket_s), {})
+            per[name] = per.get(name, 0) + int(r["cost_nusd"])
         names = sorted({n for v in buckets.values() for n in v})
         xs = sorted(buckets)
-        return {"bucket_s": bucket_s, "t": xs, "series": {n: [buckets[x].get(n, 0.0) for x in xs] for n in names}}
+        return {"bucket_s": bucket_s, "t": xs,
+                "series": {n: [buckets[x].get(n, 0) / USD for x in xs] for n in names}}
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
+def _percentiles(tx: Any, col: str, count: int, where: str, params: list[Any]) -> dict[str, float | None]:
+    """p50 and p95 of `col`'s values: the value at rank round(p × (count − 1)) in sorted order,
+    exactly, each read as one row at that offset of `col`'s index (migration 003), so that no
+    value is fetched but the two answers."""
+    if not count:
         return {"p50": None, "p95": None, "count": 0}
-    s = sorted(values)
-
-    def q(p: float) -> float:
-        return s[min(len(s) - 1, int(round(p * (len(s) - 1))))]
-
-    return {"p50": q(0.5), "p95": q(0.95), "count": len(s)}
+    out: dict[str, float | None] = {}
+    for name, p in (("p50", 0.5), ("p95", 0.95)):
+        rank = min(count - 1, int(round(p * (count - 1))))
+        # Walk the index from whichever end is nearer.
+        order, offset = ("ASC", rank) if rank <= (count - 1) // 2 else ("DESC", count - 1 - rank)
+        row = tx.one(f"SELECT {col} AS v FROM gov_spend{where}{' AND' if where else ' WHERE'} {col} IS NOT NULL "
+                     f"ORDER BY {col} {order} LIMIT 1 OFFSET ?", [*params, offset])
+        out[name] = row["v"]
+    return {**out, "count": count}
 
 
 def _linear_fit(ys: list[float]) -> tuple[float, float]:

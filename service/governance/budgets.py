@@ -28,6 +28,11 @@ PERIODS = ("day", "month", "total")
 SCOPES = ("key", "team", "project")
 # Which spend-log column a scope's budget is charged by.
 SCOPE_COLUMN = {"key": "key_id", "team": "team", "project": "project"}
+SESSION_PREFIX = "session:"
+# A session's counter unused this long leaves the SQL ledger, as one leaves Redis
+# (redis_state.IDLE_COUNTER_S); how often the ledger looks for them.
+IDLE_SESSION_S = 7 * 86400
+SESSION_SWEEP_S = 3600.0
 
 
 def window(period: str, now: float) -> tuple[str, float, float]:
@@ -98,7 +103,7 @@ def session_line(key: VirtualKey, session_id: str, soft_threshold: float) -> Lin
     if key.max_session_usd is None:
         return None
     return Line(
-        counter=f"session:{key.id}:{session_id}",
+        counter=f"{SESSION_PREFIX}{key.id}:{session_id}",
         limit_nusd=to_nusd(key.max_session_usd) or 0,
         label=f"session cost ceiling of key '{key.name}' (session '{session_id[:64]}')",
         soft_threshold=soft_threshold,
@@ -183,6 +188,11 @@ def insert_spend(tx: Any, row: Mapping[str, Any]) -> bool:
 
 def seeded_spent(db: Database, line: Line) -> int:
     """What the durable spend log says this line has spent (to rebuild a lost counter)."""
+    with db.tx() as tx:
+        return _logged_spend(tx, line)
+
+
+def _logged_spend(tx: Any, line: Line) -> int:
     where = " AND ".join(f"{col} = ?" for col, _ in line.seed) or "1 = 1"
     params: list[Any] = [v for _, v in line.seed]
     where += " AND ts >= ?"
@@ -190,9 +200,14 @@ def seeded_spent(db: Database, line: Line) -> int:
     if line.end != float("inf"):
         where += " AND ts < ?"
         params.append(line.end)
-    with db.tx() as tx:
-        row = tx.one(f"SELECT COALESCE(SUM(cost_nusd), 0) AS s FROM gov_spend WHERE {where}", params)
+    row = tx.one(f"SELECT COALESCE(SUM(cost_nusd), 0) AS s FROM gov_spend WHERE {where}", params)
     return int(row["s"]) if row else 0
+
+
+def _expires(line: Line) -> bool:
+    """A session's counter: swept once idle, so one that is missing is rebuilt from the spend
+    log. A budget's counts from zero where it has no row yet (the budget is new, or so is its window)."""
+    return line.counter.startswith(SESSION_PREFIX)
 
 
 class SqlLedger:
@@ -200,6 +215,7 @@ class SqlLedger:
 
     def __init__(self, db: Database):
         self.db = db
+        self._last_session_sweep = 0.0
 
     def usage(self, lines: Sequence[Line]) -> dict[str, Usage]:
         if not lines:
@@ -210,19 +226,32 @@ class SqlLedger:
                 f"SELECT counter, spent_nusd, reserved_nusd, partial FROM gov_counters WHERE counter IN ({', '.join('?' * len(counters))})",
                 counters,
             )
-        return {r["counter"]: Usage(int(r["spent_nusd"]), int(r["reserved_nusd"]), int(r["partial"])) for r in rows}
+            usage = {r["counter"]: Usage(int(r["spent_nusd"]), int(r["reserved_nusd"]), int(r["partial"])) for r in rows}
+            for line in lines:
+                if line.counter not in usage and _expires(line):
+                    usage[line.counter] = Usage(_logged_spend(tx, line))
+        return usage
 
     def reserve(self, lines: Sequence[Line], predicted_nusd: int, max_nusd: int, now: float | None = None) -> Reservation:
         now = time.time() if now is None else now
         rid = new_reservation_id()
         # Sorted order: two transactions locking the same rows never deadlock.
         counters = sorted({ln.counter for ln in lines})
+        by_counter = {ln.counter: ln for ln in lines}
         with self.db.tx(immediate=True) as tx:
             usage: dict[str, Usage] = {}
+            lock = " FOR UPDATE" if tx.dialect == "postgres" else ""
+            read = f"SELECT spent_nusd, reserved_nusd, partial FROM gov_counters WHERE counter = ?{lock}"
             for counter in counters:
-                tx.execute("INSERT INTO gov_counters (counter) VALUES (?) ON CONFLICT (counter) DO NOTHING", (counter,))
-                lock = " FOR UPDATE" if tx.dialect == "postgres" else ""
-                row = tx.one(f"SELECT spent_nusd, reserved_nusd, partial FROM gov_counters WHERE counter = ?{lock}", (counter,))
+                row = tx.one(read, (counter,))
+                if row is None:
+                    line = by_counter[counter]
+                    # DO UPDATE, not NOTHING: on PostgreSQL it locks a row another request created
+                    # meanwhile, which the session sweep then cannot delete under this one.
+                    tx.execute("INSERT INTO gov_counters (counter, spent_nusd, used_at) VALUES (?, ?, ?) "
+                               "ON CONFLICT (counter) DO UPDATE SET used_at = excluded.used_at",
+                               (counter, _logged_spend(tx, line) if _expires(line) else 0, now))
+                    row = tx.one(read, (counter,))
                 usage[counter] = Usage(int(row["spent_nusd"]), int(row["reserved_nusd"]), int(row["partial"]))
             amount, refused, room = reservation_amount(lines, usage, predicted_nusd, max_nusd)
             if refused is not None:
@@ -230,8 +259,8 @@ class SqlLedger:
             partial = int(amount < max(predicted_nusd, max_nusd))
             for counter in counters:
                 tx.execute(
-                    "UPDATE gov_counters SET reserved_nusd = reserved_nusd + ?, partial = partial + ? WHERE counter = ?",
-                    (amount, partial, counter),
+                    "UPDATE gov_counters SET reserved_nusd = reserved_nusd + ?, partial = partial + ?, used_at = ? WHERE counter = ?",
+                    (amount, partial, now, counter),
                 )
             tx.execute(
                 "INSERT INTO gov_reservations (id, counters, amount_nusd, partial, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -246,6 +275,7 @@ class SqlLedger:
         (a stream longer than `stale_reservation_s`). Safe to try again after an error: the spend
         row and the counters are written in one transaction, so a row already there means a
         committed try."""
+        now = time.time()
         with self.db.tx(immediate=True) as tx:
             if spend_row is not None and not insert_spend(tx, spend_row):
                 return
@@ -256,21 +286,37 @@ class SqlLedger:
                 for counter in json.loads(res["counters"]):
                     tx.execute(
                         "UPDATE gov_counters SET reserved_nusd = reserved_nusd - ?, spent_nusd = spent_nusd + ?, "
-                        "partial = partial - ? WHERE counter = ?",
-                        (int(res["amount_nusd"]), actual_nusd, int(res["partial"]), counter),
+                        "partial = partial - ?, used_at = ? WHERE counter = ?",
+                        (int(res["amount_nusd"]), actual_nusd, int(res["partial"]), now, counter),
                     )
             elif actual_nusd:
+                # A session counter swept meanwhile has no row to update: the spend row written
+                # above is what rebuilds it.
                 for counter in sorted(set(counters)):
-                    tx.execute("UPDATE gov_counters SET spent_nusd = spent_nusd + ? WHERE counter = ?", (actual_nusd, counter))
+                    tx.execute("UPDATE gov_counters SET spent_nusd = spent_nusd + ?, used_at = ? WHERE counter = ?",
+                               (actual_nusd, now, counter))
 
     def release_stale(self, older_than_s: float, now: float | None = None) -> int:
-        """Free reservations whose request died before settling (crash, killed worker)."""
+        """Free reservations whose request died before settling (crash, killed worker); at most
+        once every `SESSION_SWEEP_S`, drop the session counters idle for `IDLE_SESSION_S` too."""
         now = time.time() if now is None else now
         with self.db.tx(immediate=True) as tx:
             stale = tx.all("SELECT id FROM gov_reservations WHERE created_at < ?", (now - older_than_s,))
         for r in stale:
             self.settle(r["id"], 0, None)
+        if now - self._last_session_sweep >= SESSION_SWEEP_S:
+            self._last_session_sweep = now
+            self.drop_idle_sessions(now)
         return len(stale)
+
+    def drop_idle_sessions(self, now: float | None = None) -> int:
+        """Delete the counters of sessions with no reservation or settle for `IDLE_SESSION_S` and
+        none in flight: the session's next request rebuilds its counter from the spend log."""
+        now = time.time() if now is None else now
+        with self.db.tx(immediate=True) as tx:
+            cur = tx.execute("DELETE FROM gov_counters WHERE counter LIKE ? AND used_at < ? AND reserved_nusd = 0 "
+                             "AND partial = 0", (SESSION_PREFIX + "%", now - IDLE_SESSION_S))
+            return max(cur.rowcount, 0)
 
 
 def _check_limit(limit_usd: float) -> None:

@@ -2,9 +2,9 @@
 
 Callers write SQL once with `?` placeholders and portable types; this module translates
 placeholders for PostgreSQL, hands out connections (one shared SQLite connection behind a
-lock, a psycopg pool for PostgreSQL) and applies the versioned migration files in
-`migrations/<dialect>/NNN_*.sql` exactly once per database, even when several replicas
-start at the same moment.
+lock, and a second one for reports; a psycopg pool for PostgreSQL) and applies the versioned
+migration files in `migrations/<dialect>/NNN_*.sql` exactly once per database, even when
+several replicas start at the same moment.
 """
 from __future__ import annotations
 
@@ -34,6 +34,13 @@ class Database:
     @contextlib.contextmanager
     def tx(self, immediate: bool = False) -> Iterator["Tx"]:
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator["Tx"]:
+        """A transaction for reports, which may read for seconds: it must never hold up the
+        ledger's transactions (each governed request reserves and settles through `tx`)."""
+        with self.tx() as tx:
+            yield tx
 
     def close(self) -> None:
         raise NotImplementedError
@@ -89,11 +96,21 @@ class SqliteDatabase(Database):
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             # autocommit mode: transactions are explicit so BEGIN IMMEDIATE can take the write lock.
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             self._conn.execute("PRAGMA busy_timeout=30000")
         except (sqlite3.Error, OSError) as exc:  # a folder, a file that is not a database, no permission
             raise ValueError(f"governance database {path}: cannot open it as an SQLite database: {exc}") from None
+        self._path = path if path == ":memory:" else str(Path(path).absolute())
         self._lock = threading.RLock()
+        # Only in WAL mode does a reader neither wait for the writer nor hold up its commits; in
+        # any other journal mode (a :memory: database, a file system without shared memory) a
+        # report on a second connection would stall every settle, so reports share the lock.
+        self._wal = str(mode).lower() == "wal"
+        if not self._wal and path != ":memory:":
+            log.warning("governance database %s is not in WAL mode (%s): reports will hold up budget checks while they run",
+                        path, mode)
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
 
     @contextlib.contextmanager
     def tx(self, immediate: bool = False) -> Iterator[Tx]:
@@ -106,7 +123,28 @@ class SqliteDatabase(Database):
                 raise
             self._conn.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Tx]:
+        if not self._wal:
+            with self.tx() as tx:
+                yield tx
+            return
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=30.0)
+                self._reader.execute("PRAGMA query_only=ON")
+            # One read transaction: a report's queries see one snapshot of the spend log.
+            self._reader.execute("BEGIN")
+            try:
+                yield Tx(self._reader, self.dialect)
+            finally:
+                if self._reader.in_transaction:
+                    self._reader.execute("ROLLBACK")
+
     def close(self) -> None:
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
         with self._lock:
             self._conn.close()
 
