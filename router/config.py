@@ -254,6 +254,8 @@ class ServerSection(_Strict):
     # Under the 10 s docker stop and the 30 s Kubernetes give a container before SIGKILL,
     # leaving time to finish the requests cut at the deadline and close the stores.
     shutdown_grace_s: float = Field(default=8.0, ge=0, description="on SIGTERM, how long requests in flight may run before they are cut")
+    retention_days: int | None = Field(default=None, ge=1,
+                                       description="delete outcome, feedback and shadow rows older than this many days; null keeps them all")
 
 
 class BanditSection(_Strict):

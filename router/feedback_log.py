@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from router.outcome_log import open_by_scheme
+from router.retention import create_incremental, sqlite_prune
 
 FEEDBACK_COLUMNS = ("request_id", "ts", "score", "source", "signal", "label", "comment")
 SHADOW_COLUMNS = (
@@ -77,6 +78,7 @@ def sqlite_path(url: str) -> Path:
 
 
 JSON_COLUMNS = ("live_candidate", "shadow_candidate", "shadow_on_live_choice")
+PRUNED = ("feedback", "shadow_decisions")  # the tables `server.retention_days` applies to, beside `outcomes`
 
 
 def feedback_insert(mark: str) -> str:
@@ -99,6 +101,7 @@ class FeedbackStore(Protocol):
     def feedback(self, request_id: str | None = None) -> list[dict[str, Any]]: ...
     def add_shadow(self, rec: ShadowRecord) -> None: ...
     def shadows(self) -> list[dict[str, Any]]: ...
+    def prune(self, cutoff: float, limit: int) -> int: ...  # router/retention.py
     def close(self) -> None: ...
 
 
@@ -110,6 +113,7 @@ class FeedbackLog:
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         with self._lock, self._conn:
+            create_incremental(self._conn)  # the first store to open a new file creates it
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, "
@@ -120,6 +124,8 @@ class FeedbackLog:
                 "live_model TEXT, shadow_model TEXT, agree INTEGER, live_candidate TEXT, shadow_candidate TEXT, "
                 "shadow_on_live_choice TEXT, shadow_propensity REAL, called INTEGER, call_status TEXT, "
                 "call_cost_usd REAL, call_latency_s REAL, call_output_chars INTEGER)")
+            for table in PRUNED:  # retention deletes by age (router/retention.py)
+                self._conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (ts)")
 
     def add_feedback(self, fb: Feedback) -> None:
         row = asdict(fb)
@@ -148,6 +154,9 @@ class FeedbackLog:
                 r[c] = None if r[c] is None else json.loads(r[c])
             r["agree"], r["called"] = bool(r["agree"]), bool(r["called"])
         return rows
+
+    def prune(self, cutoff: float, limit: int) -> int:
+        return sum(sqlite_prune(self._conn, self._lock, table, cutoff, limit) for table in PRUNED)
 
     def close(self) -> None:
         with self._lock:

@@ -13,13 +13,14 @@ from typing import Any
 from router.feedback_log import (
     FEEDBACK_COLUMNS,
     JSON_COLUMNS,
+    PRUNED,
     SHADOW_COLUMNS,
     Feedback,
     ShadowRecord,
     feedback_insert,
     feedback_query,
 )
-from router.outcome_store_pg import pg_text
+from router.outcome_store_pg import pg_prune, pg_text
 from router.store_errors import setting_up
 
 _LOCK = 0x66656564626B  # advisory lock id shared by every replica, distinct from the outcome log's
@@ -43,6 +44,8 @@ class PostgresFeedbackLog:
                 "shadow_candidate TEXT, shadow_on_live_choice TEXT, shadow_propensity DOUBLE PRECISION, "
                 "called BOOLEAN, call_status TEXT, call_cost_usd DOUBLE PRECISION, call_latency_s DOUBLE PRECISION, "
                 "call_output_chars BIGINT)")
+            for table in PRUNED:  # retention deletes by age (router/retention.py)
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (ts)")
 
     def _rows(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
         with self._pool.connection() as conn, conn.cursor() as cur:
@@ -76,6 +79,11 @@ class PostgresFeedbackLog:
             for c in JSON_COLUMNS:
                 r[c] = None if r[c] is None else json.loads(r[c])
         return rows
+
+    def prune(self, cutoff: float, limit: int) -> int:
+        with self._pool.connection() as conn:
+            return (pg_prune(conn, "feedback", "id", cutoff, limit)
+                    + pg_prune(conn, "shadow_decisions", "request_id", cutoff, limit))
 
     def close(self) -> None:
         self._pool.close()

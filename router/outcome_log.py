@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from router.outcome_journal import OutcomeJournal
+from router.retention import create_incremental, sqlite_prune, sqlite_reclaim
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -148,6 +149,7 @@ class OutcomeStore(Protocol):
              columns: Sequence[str] | None = None) -> list[dict[str, Any]]: ...
     def scan(self, columns: Sequence[str], where: str | None = None) -> Iterator[tuple]: ...
     def get(self, request_id: str) -> dict[str, Any] | None: ...
+    def prune(self, cutoff: float, limit: int) -> int: ...  # router/retention.py
     def close(self) -> None: ...
 
 
@@ -163,6 +165,7 @@ class SQLiteStore:
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         with self._lock, self._conn:
+            create_incremental(self._conn)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             cols = ", ".join(
@@ -185,6 +188,12 @@ class SQLiteStore:
         sql = f"INSERT OR REPLACE INTO outcomes ({', '.join(COLUMNS)}) VALUES ({', '.join(':' + c for c in COLUMNS)})"
         with self._lock, self._conn:
             self._conn.executemany(sql, rows)
+
+    def prune(self, cutoff: float, limit: int) -> int:
+        return sqlite_prune(self._conn, self._lock, "outcomes", cutoff, limit)
+
+    def reclaim(self) -> int:
+        return sqlite_reclaim(self._conn, self._lock)
 
     def read(self, since: float | None = None, limit: int | None = None,
              columns: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -34,6 +34,15 @@ def pg_text(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v.replace("\x00", "\ufffd") if isinstance(v, str) and "\x00" in v else v for k, v in row.items()}
 
 
+def pg_prune(conn: Any, table: str, key: str, cutoff: float, limit: int) -> int:
+    """One batch of `router.retention`'s sweep, in one transaction. SKIP LOCKED: replicas sweeping
+    at once take different rows instead of waiting on each other's."""
+    with conn.transaction():
+        return conn.execute(f"DELETE FROM {table} WHERE {key} IN "
+                            f"(SELECT {key} FROM {table} WHERE ts < %s LIMIT %s FOR UPDATE SKIP LOCKED)",
+                            (cutoff, limit)).rowcount
+
+
 def journal_base(url: str) -> Path:
     """Where an `OutcomeLog` on `url` journals: named by the connection parameters that pick the
     table (host, port, database, user, options such as a search_path), not by the password, so
@@ -74,6 +83,10 @@ class PostgresStore:
                f"ON CONFLICT (request_id) DO UPDATE SET {updates}")
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             cur.executemany(sql, rows)
+
+    def prune(self, cutoff: float, limit: int) -> int:
+        with self._pool.connection() as conn:
+            return pg_prune(conn, "outcomes", "request_id", cutoff, limit)
 
     def _rows(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
         with self._pool.connection() as conn, conn.cursor() as cur:

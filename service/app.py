@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from router.config import Config
 from router.outcome_log import OutcomeLog, open_outcome_log
 from service import api_admin_router, api_chat, api_feedback, api_info
+from service.background import retention_sweeper
 from service.errors import install_error_handlers
 from service.gateway import build_gateway, load_router
 from service.governance import api_admin, api_ui
@@ -111,6 +112,8 @@ def create_app(
     )
 
     follower = _router_follower(config, gateway)
+    feedback = [learning.feedback_log] if learning.feedback_log is not None else []
+    sweeper = retention_sweeper(config.server.retention_days, [outcome_log.store, *feedback])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -130,7 +133,11 @@ def create_app(
             follower.start()
         if learning.sync is not None:
             learning.sync.start()
+        if sweeper is not None:
+            sweeper.start()
         yield
+        if sweeper is not None:  # before the stores it deletes from close
+            sweeper.stop()
         if learning.sync is not None:
             learning.sync.stop()
         if follower is not None:

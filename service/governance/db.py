@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from router.retention import create_incremental
 from router.store_errors import redact_url, setting_up
 
 CONNECT_TIMEOUT_S = 10.0  # a PostgreSQL that does not answer at start-up: a clear error, not a 30 s hang and a traceback
@@ -96,6 +97,7 @@ class SqliteDatabase(Database):
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             # autocommit mode: transactions are explicit so BEGIN IMMEDIATE can take the write lock.
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+            create_incremental(self._conn)  # the file the outcome log shares: its retention can shrink it
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             self._conn.execute("PRAGMA busy_timeout=30000")
         except (sqlite3.Error, OSError) as exc:  # a folder, a file that is not a database, no permission
