@@ -233,6 +233,9 @@ class CacheSection(_Strict):
     path: str | None = Field(default=None, description="folder for the persistent cache; None keeps it in memory")
     ttl_s: float = Field(default=86400.0, gt=0)
     max_entries: int = Field(default=100_000, gt=0)
+    max_bytes: int = Field(default=128 * 2**20, gt=0,
+                           description="memory the entries may hold (estimated; answers count only without `path`), "
+                                       "past which the least recently used are evicted")
     semantic: bool = True
     cache_tool_calls: bool = False
     cache_nonzero_temperature: bool = False

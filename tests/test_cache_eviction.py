@@ -216,7 +216,7 @@ def test_a_restart_round_trips_tombstones_reused_ids_and_a_rebuild_cut_short(ver
 def _full_of_tombstones(index: SemanticIndex, n: int, rng) -> np.ndarray:
     """An HNSW bucket of `n` vectors, then removals up to the quarter that starts a rebuild."""
     vecs = unit(rng, n, 64)
-    bucket = index._bucket("ctx")
+    bucket = index.buckets["ctx"] = semantic.Bucket(index.dim, index.hnsw_from)
     bucket.add_many(list(range(n)), vecs)
     bucket.compact()  # HNSW built on this thread: the builds these tests hold or fail are the background ones
     for i in range(n // 3 + 1):

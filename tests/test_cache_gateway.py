@@ -207,3 +207,22 @@ def test_a_rejection_reaches_the_answer_after_a_restart_and_never_a_newer_one(up
         assert client.chat.completions.with_raw_response.create(model="auto", messages=msgs(Q)).headers["x-cache"] == "hit"
     finally:
         second.stop()
+
+
+def test_an_agent_turn_is_a_hit_when_sent_again_and_its_context_matches_from_the_second_question(gw, upstream):
+    client = gw.client()
+    history = [{"role": "system", "content": "You are a coding agent."}, {"role": "user", "content": "Open the repository."},
+               {"role": "assistant", "content": "Done: 42 files."}]
+    first = client.chat.completions.with_raw_response.create(model="auto", messages=history + msgs(Q))
+    assert first.headers["x-cache"] == "miss"
+    stored(gw, 1)
+    # What an SDK retry sends after a timeout: the same request, answered from the cache.
+    retry = client.chat.completions.with_raw_response.create(model="auto", messages=history + msgs(Q))
+    assert retry.headers["x-cache"] == "hit" and len(upstream.requests) == 1
+    # The first question after earlier turns is kept for exact hits only: another question at
+    # that point goes upstream; from it on the context is matched semantically.
+    edited = client.chat.completions.with_raw_response.create(model="auto", messages=history + msgs(PARAPHRASE))
+    assert edited.headers["x-cache"] == "miss" and len(upstream.requests) == 2
+    stored(gw, 2)
+    again = client.chat.completions.with_raw_response.create(model="auto", messages=history + msgs("How do I improve my spoken English?"))
+    assert again.headers["x-cache"].startswith("semantic-hit") and len(upstream.requests) == 2

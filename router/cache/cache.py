@@ -2,13 +2,15 @@
 
 All public methods are thread-safe (one lock): the gateway looks up from worker threads and
 stores from post-hooks, possibly at the same time. Entries expire after their TTL (per
-route, else the default), the least recently used entry is evicted past `max_entries`, and
-with a folder every entry persists in SQLite across restarts.
+route, else the default), the least recently used entry is evicted past `max_entries` or
+`max_bytes` (the memory the entries hold, estimated), and with a folder every entry persists
+in SQLite across restarts.
 """
 from __future__ import annotations
 
 import heapq
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -21,7 +23,7 @@ import numpy as np
 from router.cache.entry import Entry
 from router.cache.keys import RequestKeys
 from router.cache.semantic import SemanticIndex
-from router.cache.store import Store
+from router.cache.store import MemoryStore, Store
 from router.cache.verifier import Verifier
 from router.embedding import DIM
 
@@ -30,6 +32,11 @@ log = logging.getLogger(__name__)
 # Measured with bench/bench_cache.py: past this size a one-core flat scan is slower than HNSW.
 DEFAULT_HNSW_FROM = 4096
 CANDIDATES = 4  # neighbours the verifier looks at; the best verified one wins
+# What an entry holds besides its question, answer and vector: the Entry, its keys and numbers,
+# its places in the LRU, exact-key, expiry and index maps (sys.getsizeof over a cache filled by
+# bench/bench_cache_memory.py's agent traffic).
+ENTRY_BYTES = 640
+VECTOR_OVERHEAD = 160  # a vector's array header and its place in a Single or a FAISS index
 
 
 def _without_end_mark(text: str) -> str:
@@ -64,6 +71,7 @@ class ResponseCache:
         ttl_s: float = 86400.0,
         route_ttl_s: Mapping[str, float] | None = None,
         max_entries: int = 100_000,
+        max_bytes: float = float("inf"),
         semantic: bool = True,
         verifier: Verifier | None = None,
         hnsw_from: int = DEFAULT_HNSW_FROM,
@@ -75,15 +83,17 @@ class ResponseCache:
         self.ttl_s = ttl_s
         self.route_ttl_s = dict(route_ttl_s or {})
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.semantic = semantic
         self.verifier = verifier
         self.clock = clock
         self.dim = dim
         self._lock = threading.RLock()
-        self._store = Store(path)
+        self._store = Store(path) if path is not None else MemoryStore()
         self._entries: OrderedDict[int, Entry] = OrderedDict()  # LRU order: least recently used first
         self._exact: dict[str, int] = {}
         self._expiry: list[tuple[float, int]] = []
+        self._bytes = 0
         self._index = SemanticIndex(dim, hnsw_from, self._lock)
         with self._lock:  # a background index rebuild may start while the rest loads
             self._load()
@@ -91,6 +101,7 @@ class ResponseCache:
     def _load(self) -> None:
         by_bucket: dict[str, tuple[list[int], list[np.ndarray]]] = {}
         for e in self._store.load(self.clock(), self.dim):
+            e.size = self._held(e, 0)
             self._track(e)
             if e.vector is not None:
                 ids, vecs = by_bucket.setdefault(e.fingerprint, ([], []))
@@ -106,7 +117,12 @@ class ResponseCache:
     def _snapshot_dir(self) -> Path | None:
         return self._store.folder / "index" if self._store.folder is not None else None
 
+    def _held(self, e: Entry, answer_bytes: int) -> int:
+        vector = 4 * self.dim + VECTOR_OVERHEAD if e.vector is not None else 0
+        return ENTRY_BYTES + sys.getsizeof(e.text) + answer_bytes + vector
+
     def _track(self, e: Entry) -> None:
+        self._bytes += e.size
         self._entries[e.id] = e
         self._exact[e.exact] = e.id
         heapq.heappush(self._expiry, (e.expires, e.id))
@@ -114,6 +130,13 @@ class ResponseCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+    @property
+    def bytes_held(self) -> int:
+        """The memory the entries hold, estimated: what `max_bytes` bounds (answers count only
+        without a folder; with one they are on disk)."""
+        with self._lock:
+            return self._bytes
 
     def ttl_for(self, route: str) -> float:
         return self.route_ttl_s.get(route, self.ttl_s)
@@ -205,37 +228,49 @@ class ResponseCache:
             now = self.clock()
             old = self._exact.get(keys.exact)
             if old is not None and old in self._entries:
-                self._remove(self._entries[old], delete=False)  # the INSERT OR REPLACE below drops its row
+                self._remove(self._entries[old])
             use_vector = self.semantic and keys.semantic_ok and vector is not None
+            # A question after earlier turns (a conversation under way, an agent's every turn) is
+            # in a context no other request shares until one comes back to it: a retry or a
+            # regeneration of the same request, which is an exact hit, or another question at the
+            # same point (an edited message). So the first question in such a context is stored
+            # without its vector (1.6 KB) and the context is marked seen; from its second question
+            # on, entries there are matched semantically as any others.
+            unseen = use_vector and keys.history and keys.fingerprint not in self._index
             e = Entry(
                 id=0,
                 exact=keys.exact,
                 fingerprint=keys.fingerprint,
-                tenant=tenant,
-                route=route,
+                # Interned: a few distinct names shared by every entry instead of a copy in each.
+                tenant=sys.intern(tenant),
+                route=sys.intern(route),
                 text=keys.text,
-                model=model,
+                model=sys.intern(model),
                 cost_usd=float(cost_usd),
                 created=now,
                 expires=now + self.ttl_for(route),
-                vector=np.asarray(vector, dtype=np.float32).reshape(-1) if use_vector else None,
+                vector=np.asarray(vector, dtype=np.float32).reshape(-1) if use_vector and not unseen else None,
             )
-            e.id = self._store.put(e, dict(response))
+            e.id, answer_bytes = self._store.put(e, dict(response))
+            e.size = self._held(e, answer_bytes)
             self._track(e)
             if e.vector is not None:
                 self._index.add(e.fingerprint, e.id, e.vector)
                 e.vector = None
+            elif unseen:
+                self._index.mark(e.fingerprint, e.id)
             self._purge_expired(now)
             self._evict_over_limit()
             return e
 
-    def _remove(self, e: Entry, delete: bool = True) -> None:
-        self._entries.pop(e.id, None)
+    def _remove(self, e: Entry) -> None:
+        tracked = self._entries.pop(e.id, None)
+        if tracked is not None:
+            self._bytes -= tracked.size
         if self._exact.get(e.exact) == e.id:
             del self._exact[e.exact]
         self._index.remove(e.fingerprint, e.id)
-        if delete:
-            self._store.delete([e.id])
+        self._store.delete([e.id])
 
     def _purge_expired(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] <= now:
@@ -245,7 +280,7 @@ class ResponseCache:
                 self._remove(e)
 
     def _evict_over_limit(self) -> None:
-        while len(self._entries) > self.max_entries:
+        while self._entries and (len(self._entries) > self.max_entries or self._bytes > self.max_bytes):
             _, e = next(iter(self._entries.items()))
             self._remove(e)
         if len(self._expiry) > 2 * max(len(self._entries), 1024):
@@ -268,6 +303,7 @@ class ResponseCache:
         with self._lock:
             self._store.clear()
             self._entries.clear()
+            self._bytes = 0
             self._exact.clear()
             self._expiry.clear()
             self._index.clear()

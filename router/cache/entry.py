@@ -1,13 +1,13 @@
-"""One cached answer and its metadata."""
+"""One cached answer's metadata (the answer itself is in the store)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 
-@dataclass
+# Slots: one per cached answer, up to max_entries of them (an instance dict costs ~50 bytes more).
+@dataclass(slots=True)
 class Entry:
     id: int
     exact: str  # normalised exact key (includes tenant and route)
@@ -19,5 +19,5 @@ class Entry:
     cost_usd: float  # what the answer cost upstream: the saving on every hit
     created: float
     expires: float
-    vector: np.ndarray | None = None  # unit embedding of `text`; None for exact-only entries
-    response: dict[str, Any] | None = None  # the chat.completion body; loaded from the store on a hit
+    size: int = 0  # bytes it holds in memory, estimated (ResponseCache.bytes_held)
+    vector: np.ndarray | None = None  # unit embedding of `text` on its way into the index; None for exact-only entries

@@ -71,6 +71,7 @@ class RequestKeys:
     exact: str  # digest of the whole normalised request
     fingerprint: str  # digest of everything except the last user turn
     text: str  # the normalised last user turn ("" when the request does not end with one)
+    history: bool = False  # the context holds an earlier turn, not only system prompts (ResponseCache.put)
 
     @property
     def semantic_ok(self) -> bool:
@@ -102,5 +103,6 @@ def request_keys(body: Mapping[str, Any], route: str, tenant: str) -> RequestKey
     context = _digest({**shared, "context": messages[:-1], "asker": asker})
     exact = _digest({"context": context, "last": last})
     if last is not None and last["role"] == "user" and isinstance(last["content"], str) and last["content"]:
-        return RequestKeys(exact=exact, fingerprint=context, text=last["content"])
+        history = any(m.get("role") not in ("system", "developer") for m in messages[:-1])
+        return RequestKeys(exact=exact, fingerprint=context, text=last["content"], history=history)
     return RequestKeys(exact=exact, fingerprint=exact, text="")

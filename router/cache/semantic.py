@@ -1,10 +1,12 @@
 """FAISS nearest-neighbour search over cached questions, one index per context fingerprint.
 
 A semantic hit needs the same context fingerprint, so each fingerprint gets its own index
-and a search never has to filter out other tenants' or other conversations' entries. An
-index starts flat (exact inner product) and becomes HNSW once it holds `hnsw_from` vectors,
-the size past which a flat scan on one core gets slower than HNSW (measured by
-bench/bench_cache.py, see docs/BENCHMARKS.md).
+and a search never has to filter out other tenants' or other conversations' entries. A context
+with one vector, as most are in agent traffic, has no index (`Single`, router/cache/single.py):
+the second vector makes one, and an index left with one live vector goes back to a `Single`. A
+context marked `Seen` has no vector yet (ResponseCache.put). An index starts flat (exact inner
+product) and becomes HNSW once it holds `hnsw_from` vectors, the size past which a flat scan on
+one core gets slower than HNSW (measured by bench/bench_cache.py, see docs/BENCHMARKS.md).
 
 HNSW cannot delete, so a removed entry's position is tombstoned in a bitmap that FAISS reads
 during the search (an `IDSelectorNot` over an `IDSelectorBitmap`): tombstones never reach the
@@ -41,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from router.cache.single import Seen, Single
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +152,6 @@ class Bucket:
         start = self._index.ntotal
         self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
         self.live.update((int(i), start + j) for j, i in enumerate(ids))
-
-    def add(self, entry_id: int, vector: np.ndarray) -> None:
-        self._append(np.array([entry_id], dtype=np.int64), vector.reshape(1, -1))
 
     def add_many(self, ids: list[int], vectors: np.ndarray) -> None:
         """Bulk append, as they come: a flat index stays flat until `compact` or a rebuild."""
@@ -274,38 +275,51 @@ class SemanticIndex:
     def __init__(self, dim: int, hnsw_from: int, lock: threading.RLock | None = None):
         self.dim = dim
         self.hnsw_from = hnsw_from
-        self.buckets: dict[str, Bucket] = {}
+        self.buckets: dict[str, Bucket | Single | Seen] = {}
         self._lock = lock or threading.RLock()
         self._queue: deque[str] = deque()
         self._worker: threading.Thread | None = None
         self._stopped = False
 
-    def _bucket(self, fingerprint: str) -> Bucket:
-        b = self.buckets.get(fingerprint)
-        if b is None:
-            b = self.buckets[fingerprint] = Bucket(self.dim, self.hnsw_from)
-        return b
-
     def add(self, fingerprint: str, entry_id: int, vector: np.ndarray) -> None:
-        b = self._bucket(fingerprint)
-        b.add(entry_id, vector)
-        self._maintain(fingerprint, b)
+        self.add_many(fingerprint, [entry_id], vector.reshape(1, -1))
 
     def add_many(self, fingerprint: str, ids: list[int], vectors: np.ndarray) -> None:
         """Bulk load: searchable at once through a flat index; one past `hnsw_from` switches to
         HNSW in the background, so a start without a snapshot (after a crash) does not wait a
         minute for the graph before serving."""
-        b = self._bucket(fingerprint)
+        if not ids:
+            return
+        b = self.buckets.get(fingerprint)
+        if not isinstance(b, (Bucket, Single)) and len(ids) == 1:
+            self.buckets[fingerprint] = Single(ids[0], vectors[0])
+            return
+        if not isinstance(b, Bucket):
+            if isinstance(b, Single):  # its vector goes first, as the older one
+                ids, vectors = [b.id, *ids], np.vstack([b.vec[None, :], vectors])
+            b = self.buckets[fingerprint] = Bucket(self.dim, self.hnsw_from)
         b.add_many(ids, vectors)
         self._maintain(fingerprint, b)
+
+    def mark(self, fingerprint: str, entry_id: int) -> None:
+        """Remember a context not in the index whose entry has no vector, until that entry goes
+        or one with a vector comes."""
+        self.buckets[fingerprint] = Seen(entry_id)
 
     def remove(self, fingerprint: str, entry_id: int) -> None:
         b = self.buckets.get(fingerprint)
         if b is None:
             return
+        if not isinstance(b, Bucket):
+            if b.id == entry_id:
+                del self.buckets[fingerprint]
+            return
         b.remove(entry_id)
         if not b.live:
             del self.buckets[fingerprint]
+        elif len(b.live) == 1:  # a rebuild under way sees the bucket replaced and stops
+            (last,) = b.live
+            self.buckets[fingerprint] = Single(last, b.vector(last))
         else:
             self._maintain(fingerprint, b)
 
@@ -331,7 +345,7 @@ class SemanticIndex:
                     return
                 fingerprint = self._queue.popleft()
                 bucket = self.buckets.get(fingerprint)
-                if bucket is None or not bucket.rebuilding:
+                if not isinstance(bucket, Bucket) or not bucket.rebuilding:
                     continue
                 job = bucket.begin_rebuild()
             try:

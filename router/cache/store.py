@@ -6,6 +6,10 @@ data: rebuilt from these rows on start, or read from the snapshot a clean shutdo
 holds exactly these rows' vectors (router/cache/semantic.py). A file that
 is not a valid database on start is moved aside and the cache starts empty: a cache may
 forget, but the gateway must not fail to start or restart in a loop because of it.
+
+A cache without a folder keeps its answers in a `MemoryStore` instead: packed in a dict, since
+the entries' other fields live in the cache and their vectors in its index. An in-memory SQLite
+database held each key, vector and answer a second time, one agent-shaped row per 4 KB page.
 """
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -57,15 +63,62 @@ def _quarantine(path: Path) -> Path:
     return target
 
 
-class Store:
-    """Entry rows on disk (or in memory when `folder` is None). Not thread-safe: the cache holds a lock."""
+def pack(response: dict[str, Any]) -> bytes:
+    """An answer as compact JSON, zlib-compressed where that is shorter (English answers of
+    0.4-2 KB: 1.6-1.8x)."""
+    raw = json.dumps(response, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    packed = zlib.compress(raw, 6)
+    return packed if len(packed) < len(raw) else raw
 
-    def __init__(self, folder: str | Path | None):
-        self.folder = Path(folder) if folder is not None else None
-        if self.folder is None:
-            self.path = None
-            self._db = self._open(":memory:")
-            return
+
+def unpack(blob: bytes) -> dict[str, Any]:
+    # A JSON object starts with "{"; a zlib stream never does (its first byte is 0x78).
+    return json.loads(blob if blob[:1] == b"{" else zlib.decompress(blob))
+
+
+class MemoryStore:
+    """The answers of a cache without a folder, packed, by entry id. Ids are never handed out
+    twice. Not thread-safe: the cache holds a lock."""
+
+    folder = None
+    path = None
+
+    def __init__(self) -> None:
+        self._answers: dict[int, bytes] = {}
+        self._last_id = 0
+
+    def put(self, e: Entry, response: dict[str, Any]) -> tuple[int, int]:
+        """(the new id, the bytes its answer holds in memory)."""
+        self._last_id += 1
+        blob = self._answers[self._last_id] = pack(response)
+        return self._last_id, sys.getsizeof(blob)
+
+    def response(self, entry_id: int) -> dict[str, Any] | None:
+        blob = self._answers.get(entry_id)
+        return unpack(blob) if blob is not None else None
+
+    def delete(self, ids: list[int]) -> None:
+        for i in ids:
+            self._answers.pop(i, None)
+
+    def clear(self) -> None:
+        self._answers.clear()
+
+    def load(self, now: float, dim: int) -> Iterator[Entry]:
+        return iter(())
+
+    def count(self) -> int:
+        return len(self._answers)
+
+    def close(self) -> None:
+        self._answers.clear()
+
+
+class Store:
+    """Entry rows in SQLite in `folder`. Not thread-safe: the cache holds a lock."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -94,15 +147,15 @@ class Store:
             raise
         return db
 
-    def put(self, e: Entry, response: dict[str, Any]) -> int:
-        """Insert or replace the entry with the same exact key; returns the row id."""
+    def put(self, e: Entry, response: dict[str, Any]) -> tuple[int, int]:
+        """Insert or replace the entry with the same exact key: (the row id, 0 bytes held in memory)."""
         vector = e.vector.astype(np.float32).tobytes() if e.vector is not None else None
         cur = self._db.execute(
             "INSERT OR REPLACE INTO entries (exact, fingerprint, tenant, route, text, model, cost_usd, created, expires, vector, response)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (e.exact, e.fingerprint, e.tenant, e.route, e.text, e.model, e.cost_usd, e.created, e.expires, vector, json.dumps(response)),
         )
-        return int(cur.lastrowid)
+        return int(cur.lastrowid), 0
 
     def response(self, entry_id: int) -> dict[str, Any] | None:
         row = self._db.execute("SELECT response FROM entries WHERE id = ?", (entry_id,)).fetchone()

@@ -51,6 +51,7 @@ def open_cache(config: Config) -> ResponseCache:
         ttl_s=section.ttl_s,
         route_ttl_s=section.route_ttl_s,
         max_entries=section.max_entries,
+        max_bytes=section.max_bytes,
         semantic=section.semantic,
         verifier=verifier,
     )
