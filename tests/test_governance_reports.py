@@ -13,17 +13,13 @@ import pytest
 
 from service.governance.attribution import USD, Attribution
 from service.governance.budgets import IDLE_SESSION_S, SESSION_SWEEP_S, BudgetStore, SqlLedger, session_line
-from service.governance.db import Tx, open_database
+from service.governance.db import Tx
 from service.governance.keys import KeyStore, to_nusd
+from tests import test_governance_store as store
 from tests.governance_harness import chat, client, new_key, settled
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request, tmp_path):
-    url = f"sqlite:///{tmp_path}/gov.sqlite" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    database = open_database(url)
-    yield database
-    database.close()
+db = store.db  # the store tests' fixture: SQLite and PostgreSQL
 
 
 def _rows(n: int, now: float, seed: int = 7) -> list[tuple]:
