@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 
@@ -255,18 +256,21 @@ def test_serve_creates_a_new_log_file_that_can_shrink(tmp_path):
     env = {**os.environ, "OPENCLAW_SIM_TIME_SCALE": "0.01", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     env = {k: v for k, v in env.items() if not k.endswith("_API_KEY")}
+    log = tmp_path / "serve.log"  # a file, not a pipe nobody drains while the test waits
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", "0", "--db", f"sqlite:///{path}"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
     try:
         line = proc.stdout.readline()
-        assert line.startswith("openclaw-router listening on http://"), line + proc.stderr.read()
+        assert line.startswith("openclaw-router listening on http://"), line + log.read_text()
+        # Started up (as a client would find it) before it is stopped: the file is the gateway's by then.
+        assert httpx.get(f"{line.split()[3]}/healthz", timeout=60).status_code == 200
         conn = sqlite3.connect(path)
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
         assert {"outcomes", "gov_spend"} <= {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         conn.close()
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        proc.wait(60)
 
 
 def test_offline_readers_take_the_rows_the_window_left(tmp_path):
