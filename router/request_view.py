@@ -24,6 +24,16 @@ CHARS_PER_TOKEN = 4  # the usual English average; good enough for pricing and co
 EXTRA_CHARS_PER_UTF8_BYTE = 1.5
 
 
+# The content part types that carry text and images (chat completions' and the Responses API's):
+# the adapters translate these same ones.
+TEXT_PART_TYPES = ("text", "input_text")
+IMAGE_PART_TYPES = ("image_url", "input_image")
+
+
+def wants_logprobs(body: Mapping[str, Any]) -> bool:
+    return bool(body.get("logprobs") or body.get("top_logprobs"))
+
+
 def content_text(content: Any) -> str:
     """Flatten an OpenAI message `content` (string or list of parts) to its text."""
     if content is None:
@@ -33,7 +43,7 @@ def content_text(content: Any) -> str:
     if isinstance(content, list):
         parts = []
         for part in content:
-            if isinstance(part, Mapping) and part.get("type") in ("text", "input_text"):
+            if isinstance(part, Mapping) and part.get("type") in TEXT_PART_TYPES:
                 parts.append(str(part.get("text", "")))
             elif isinstance(part, str):
                 parts.append(part)
@@ -53,7 +63,7 @@ def image_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
     for m in messages:
         content = m.get("content")
         for part in content if isinstance(content, list) else ():
-            if isinstance(part, Mapping) and part.get("type") in ("image_url", "input_image"):
+            if isinstance(part, Mapping) and part.get("type") in IMAGE_PART_TYPES:
                 detail = (part.get("image_url") or {}).get("detail") if isinstance(part.get("image_url"), Mapping) else None
                 total += IMAGE_TOKENS.get(detail, IMAGE_TOKENS_DEFAULT)
     return total
@@ -108,12 +118,6 @@ def attachments(messages: Iterable[Mapping[str, Any]]) -> tuple[int, int, int]:
     return size, math.ceil(tokens), unsized
 
 
-def part_kinds(messages: Iterable[Mapping[str, Any]]) -> set[str]:
-    """The types of the content parts the messages carry."""
-    return {part.get("type") for m in messages if isinstance(content := m.get("content"), list)
-            for part in content if isinstance(part, Mapping)}
-
-
 def token_chars(text: str) -> float:
     """`text`'s length in ASCII-equivalent characters (CHARS_PER_TOKEN of them make a token)."""
     if text.isascii():
@@ -148,9 +152,13 @@ def view_chat_request(body: Mapping[str, Any], declared: frozenset[str] | None =
     last_user = ""
     system_parts = []
     total_chars = 0
+    kinds: set[Any] = set()  # the content parts' types: images, files and audio are looked at only when sent
     for m in messages:
-        text = content_text(m.get("content"))
+        content = m.get("content")
+        text = content_text(content)
         total_chars += token_chars(text)
+        if isinstance(content, list):
+            kinds.update(part.get("type") for part in content if isinstance(part, Mapping))
         for fn in [call.get("function") or {} for call in m.get("tool_calls") or []] + [m.get("function_call") or {}]:
             total_chars += token_chars(str(fn.get("name", ""))) + token_chars(str(fn.get("arguments", "")))
         role = m.get("role")
@@ -173,18 +181,17 @@ def view_chat_request(body: Mapping[str, Any], declared: frozenset[str] | None =
     fmt = body.get("response_format") or {}
     if isinstance(fmt, Mapping) and fmt.get("type") in ("json_object", "json_schema"):
         needs.add("json")
-    images = image_tokens(messages)
-    attachment_bytes, attachment_tokens, unsized = attachments(messages)
+    images = image_tokens(messages) if kinds.intersection(IMAGE_PART_TYPES) else 0
+    attachment_bytes, attachment_tokens, unsized = attachments(messages) if kinds & {"file", "input_audio"} else (0, 0, 0)
     if images:
         needs.add("vision")
     # An adapter that cannot carry a part drops it or refuses it: either way the model never
     # reads the PDF or hears the audio, so `auto` must not pick it.
-    kinds = part_kinds(messages)
     if "file" in kinds:
         needs.add("files")
     if "input_audio" in kinds:
         needs.add("audio")
-    if body.get("logprobs") or body.get("top_logprobs"):
+    if wants_logprobs(body):
         needs.add("logprobs")
     if declared is not None:
         needs -= OPT_IN_NEEDS - declared

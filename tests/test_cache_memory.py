@@ -51,7 +51,7 @@ def test_a_conversations_first_question_hits_exactly_and_its_context_from_the_se
     # Another question at the same point of the conversation: the context is known, the first
     # question's vector was not kept.
     edited = body(PARAPHRASE, system=SYSTEM, history=HISTORY)
-    assert cache.may_hit(request_keys(edited, "auto", "t1")) == (False, True)
+    assert cache.may_hit(request_keys(edited, "auto", "t1")) == (False, False)  # nothing there to match by meaning yet
     assert get(cache, embed, edited) is None
     put(cache, embed, edited, "Speak every day.")
     hit = get(cache, embed, body("How do I improve my spoken English?", system=SYSTEM, history=HISTORY))
@@ -65,16 +65,23 @@ def test_a_conversations_first_question_hits_exactly_and_its_context_from_the_se
     assert get(reopened, embed, edited).kind == "hit"
 
 
-def test_the_mark_of_a_conversation_goes_with_its_entry(verifier, embed):
-    cache = new_cache(verifier, max_entries=1)
-    e = put(cache, embed, body(Q, system=SYSTEM, history=HISTORY), "Practise daily.")
-    edited = request_keys(body(PARAPHRASE, system=SYSTEM, history=HISTORY), "auto", "t1")
-    assert cache.may_hit(edited) == (False, True)
-    assert cache.forget(e.id, e.created)
-    assert cache.may_hit(edited) == (False, False)
-    put(cache, embed, body(Q, system=SYSTEM, history=HISTORY), "Practise daily.")
-    put(cache, embed, body("Something else"), "x")  # evicts it
-    assert cache.may_hit(edited) == (False, False)
+def test_a_context_counts_as_asked_while_any_entry_of_it_lives(verifier, embed):
+    cache = new_cache(verifier)
+    first = put(cache, embed, body(Q, system=SYSTEM, history=HISTORY), "Practise daily.")
+    edited = body(PARAPHRASE, system=SYSTEM, history=HISTORY)
+    second = put(cache, embed, edited, "Speak every day.")
+    assert cache.may_hit(request_keys(edited, "auto", "t1")) == (True, True)
+    # The second question stored again (two identical requests that both missed): the context was
+    # asked all along, so its vector is kept and it is still matched by meaning.
+    again = put(cache, embed, edited, "Speak every day.")
+    hit = get(cache, embed, body("How do I improve my spoken English?", system=SYSTEM, history=HISTORY))
+    assert hit.kind == "semantic-hit" and content(hit) == "Speak every day."
+    # Once every entry of the context is gone, its next question starts over: exact hits only.
+    assert cache.forget(first.id, first.created) and cache.forget(again.id, again.created)
+    assert not cache.forget(second.id, second.created)  # replaced by `again`
+    assert cache.may_hit(request_keys(edited, "auto", "t1")) == (False, False)
+    put(cache, embed, edited, "Speak every day.")
+    assert get(cache, embed, body("How do I improve my spoken English?", system=SYSTEM, history=HISTORY)) is None
 
 
 def test_answers_come_back_from_memory_as_they_were_stored(verifier, embed):

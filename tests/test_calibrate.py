@@ -214,3 +214,19 @@ def test_a_messages_column_is_taken_whole_and_a_bad_cell_is_named(tmp_path, caps
     capsys.readouterr()
     assert main(["calibrate", "--data", str(data), "--model", STRONG, "--share", "0.3"]) == 2
     assert "row 1: `messages` is not a JSON list" in capsys.readouterr().err
+
+
+def test_calibrate_reads_the_column_train_and_eval_read(tmp_path):
+    # A file with an empty `prompt` beside a full `query`: calibrating on empty prompts would
+    # calibrate a knob on text no request carries.
+    import pandas as pd
+
+    from training.calibrate import chat_bodies
+
+    path = tmp_path / "p.parquet"
+    pd.DataFrame({"prompt": [None, None], "query": ["What is 2+2?", "Name a prime."]}).to_parquet(path)
+    assert [b["messages"][-1]["content"] for b in chat_bodies(path)] == ["What is 2+2?", "Name a prime."]
+    chats = tmp_path / "c.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+                                 "prompt": "Hi"}) + "\n")
+    assert chat_bodies(chats)[0]["messages"][0] == {"role": "system", "content": "Be brief."}  # a chat first, whole

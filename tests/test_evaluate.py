@@ -345,7 +345,8 @@ def test_eval_of_models_at_one_cost_writes_its_summary_plot_and_decisions(router
     assert all(m["quality_at_random_cost"] is not None for m in summary["methods"].values())
     assert "cost the same" in summary["two_model"]["note"]
     assert (tmp_path / "rep" / "cost_quality.png").read_bytes()[:4] == b"\x89PNG"
-    assert len(__import__("pandas").read_parquet(tmp_path / "d.parquet")) % 60 == 0
+    decisions = len(__import__("pandas").read_parquet(tmp_path / "d.parquet"))
+    assert decisions > 0 and decisions % 60 == 0
 
 
 def test_eval_writes_the_decisions_before_the_plot(router_dir, tmp_path, monkeypatch):

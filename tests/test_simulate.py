@@ -252,6 +252,7 @@ def test_the_summary_prints_the_net_recovery_first_and_warns_of_prompts_replayed
     line = next(x for x in printed.splitlines() if x.startswith("degraded m2"))
     assert "of them net of the" in line and line.index("net of the") < line.index("gross")
     setup = json.loads(out.read_text())["setup"]
+    assert setup["distinct_prompts"] == setup["replayed_prompts"] > 0  # every query of the file is its own
     assert setup["replays_per_prompt"] == pytest.approx(1300 / setup["distinct_prompts"], abs=0.01)
     assert setup["replays_per_prompt"] > 3
     assert "memorising repeated prompts" in setup["note"] and "warning: each of the" in printed

@@ -60,14 +60,11 @@ def chat_bodies(path: str | Path, text_column: str | None = None, template: dict
     """The chat request each row of the file stands for: its `messages` column as the chat,
     else its text as the user's message after the template's messages."""
     from training.data import read_frame
-    from training.texts import TEXT_COLUMNS
+    from training.texts import TEXT_COLUMNS, pick_text_column
 
     df = read_frame(path, text_only=True)  # a prompt that reads "007" is not the number 7
-    candidates = list(dict.fromkeys(("messages", *TEXT_COLUMNS)))
-    column = text_column or next((c for c in candidates if c in df.columns), None)
-    if column is None or column not in df.columns:
-        wanted = repr(text_column) if text_column else f"one of {candidates}"
-        raise ValueError(f"{path}: no text column {wanted}; columns are {list(df.columns)[:20]}")
+    # As train and eval choose it (an empty `prompt` beside a full `query` is passed over), a chat first.
+    column, _, _ = pick_text_column(df, text_column, Path(path), tuple(dict.fromkeys(("messages", *TEXT_COLUMNS))))
     base = dict(template or {})
     head = list(base.pop("messages", None) or [])
     bodies = []

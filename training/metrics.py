@@ -16,6 +16,8 @@ Two families, each as its paper defines it:
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -25,7 +27,7 @@ COST_RTOL = 1e-9
 
 
 def same_cost(a: float, b: float) -> bool:
-    return abs(a - b) <= COST_RTOL * max(abs(a), abs(b))
+    return math.isclose(a, b, rel_tol=COST_RTOL)
 
 
 def _as_points(costs, qualities) -> tuple[np.ndarray, np.ndarray]:

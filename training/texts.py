@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -68,24 +68,33 @@ def _cell_text(value) -> tuple[str, int | None]:
 def table_texts(df, text_column: str | None, path: Path) -> tuple[list[str], list[int | None]]:
     """The texts of the text column (the first default one holding any text, unless one is named)
     and, for chats, their input tokens."""
+    _, texts, tokens = pick_text_column(df, text_column, path)
+    return texts, tokens
+
+
+def pick_text_column(df, text_column: str | None, path: Path, candidates: Sequence[str] = TEXT_COLUMNS
+                     ) -> tuple[str, list[str], list[int | None]]:
+    """The column named, else the first of `candidates` holding any text; its texts and, for
+    chats, their input tokens."""
     if text_column is not None:
         if text_column not in df.columns:
             raise ValueError(f"{path}: text column {text_column!r} not found; columns are {list(df.columns)[:20]}")
-        return _column_texts(df, text_column)
-    present = [c for c in TEXT_COLUMNS if c in df.columns]
+        return (text_column, *_column_texts(df, text_column))
+    present = [c for c in candidates if c in df.columns]
     if not present:
-        raise ValueError(f"{path}: no text column: expected one of {list(TEXT_COLUMNS)}; columns are {list(df.columns)[:20]}")
+        raise ValueError(f"{path}: no text column: expected one of {list(candidates)}; columns are {list(df.columns)[:20]}")
+    read = {}
     for column in present:
-        texts, tokens = _column_texts(df, column)
+        texts, tokens = read[column] = _column_texts(df, column)
         if any(t.strip() for t in texts):
             break
         log.warning("%s: column %r holds no text in any row; trying the next of %s", path, column, present)
     else:
-        column, (texts, tokens) = present[0], _column_texts(df, present[0])
+        column, (texts, tokens) = present[0], read[present[0]]
         log.warning("%s: no text in any row of %s: every prompt is embedded alike", path, present)
     if len(present) > 1:
         log.info("%s: embedding column %r (of %s; --text-column picks another)", path, column, present)
-    return texts, tokens
+    return column, texts, tokens
 
 
 def _column_texts(df, column: str) -> tuple[list[str], list[int | None]]:

@@ -94,6 +94,7 @@ class ResponseCache:
         self._exact: dict[str, int] = {}
         self._expiry: list[tuple[float, int]] = []
         self._bytes = 0
+        self._contexts: dict[str, int] = {}  # live entries per context fingerprint
         self._index = SemanticIndex(dim, hnsw_from, self._lock)
         with self._lock:  # a background index rebuild may start while the rest loads
             self._load()
@@ -123,6 +124,7 @@ class ResponseCache:
 
     def _track(self, e: Entry) -> None:
         self._bytes += e.size
+        self._contexts[e.fingerprint] = self._contexts.get(e.fingerprint, 0) + 1
         self._entries[e.id] = e
         self._exact[e.exact] = e.id
         heapq.heappush(self._expiry, (e.expires, e.id))
@@ -226,17 +228,17 @@ class ResponseCache:
         """Store an answer (replacing any entry with the same exact key)."""
         with self._lock:
             now = self.clock()
-            old = self._exact.get(keys.exact)
-            if old is not None and old in self._entries:
-                self._remove(self._entries[old])
             use_vector = self.semantic and keys.semantic_ok and vector is not None
             # A question after earlier turns (a conversation under way, an agent's every turn) is
             # in a context no other request shares until one comes back to it: a retry or a
             # regeneration of the same request, which is an exact hit, or another question at the
-            # same point (an edited message). So the first question in such a context is stored
-            # without its vector (1.6 KB) and the context is marked seen; from its second question
-            # on, entries there are matched semantically as any others.
-            unseen = use_vector and keys.history and keys.fingerprint not in self._index
+            # same point (an edited message). So the first question in a context with no live
+            # entry is stored without its vector (1.6 KB); from its second question on, entries
+            # there are matched semantically as any others.
+            unseen = use_vector and keys.history and not self._contexts.get(keys.fingerprint)
+            old = self._exact.get(keys.exact)
+            if old is not None and old in self._entries:
+                self._remove(self._entries[old])
             e = Entry(
                 id=0,
                 exact=keys.exact,
@@ -257,8 +259,6 @@ class ResponseCache:
             if e.vector is not None:
                 self._index.add(e.fingerprint, e.id, e.vector)
                 e.vector = None
-            elif unseen:
-                self._index.mark(e.fingerprint, e.id)
             self._purge_expired(now)
             self._evict_over_limit()
             return e
@@ -267,6 +267,9 @@ class ResponseCache:
         tracked = self._entries.pop(e.id, None)
         if tracked is not None:
             self._bytes -= tracked.size
+            left = self._contexts.pop(e.fingerprint) - 1
+            if left:
+                self._contexts[e.fingerprint] = left
         if self._exact.get(e.exact) == e.id:
             del self._exact[e.exact]
         self._index.remove(e.fingerprint, e.id)
@@ -304,6 +307,7 @@ class ResponseCache:
             self._store.clear()
             self._entries.clear()
             self._bytes = 0
+            self._contexts.clear()
             self._exact.clear()
             self._expiry.clear()
             self._index.clear()

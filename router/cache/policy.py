@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from router.request_view import wants_logprobs
+
 
 @dataclass(frozen=True)
 class CacheControl:
@@ -37,7 +39,7 @@ def request_cacheable(body: Mapping[str, Any], cache_nonzero_temperature: bool) 
     n = body.get("n")
     if isinstance(n, int) and n > 1:
         return "n > 1"
-    if body.get("logprobs") or body.get("top_logprobs"):
+    if wants_logprobs(body):
         return "logprobs"  # a stored answer keeps no token log-probabilities to replay
     temperature = body.get("temperature")
     if not cache_nonzero_temperature and isinstance(temperature, (int, float)) and temperature > 0:

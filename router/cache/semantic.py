@@ -3,10 +3,9 @@
 A semantic hit needs the same context fingerprint, so each fingerprint gets its own index
 and a search never has to filter out other tenants' or other conversations' entries. A context
 with one vector, as most are in agent traffic, has no index (`Single`, router/cache/single.py):
-the second vector makes one, and an index left with one live vector goes back to a `Single`. A
-context marked `Seen` has no vector yet (ResponseCache.put). An index starts flat (exact inner
-product) and becomes HNSW once it holds `hnsw_from` vectors, the size past which a flat scan on
-one core gets slower than HNSW (measured by bench/bench_cache.py, see docs/BENCHMARKS.md).
+the second vector makes one, and an index left with one live vector goes back to a `Single`. An
+index starts flat (exact inner product) and becomes HNSW once it holds `hnsw_from` vectors, the
+size past which a flat scan on one core gets slower than HNSW (measured by bench/bench_cache.py, see docs/BENCHMARKS.md).
 
 HNSW cannot delete, so a removed entry's position is tombstoned in a bitmap that FAISS reads
 during the search (an `IDSelectorNot` over an `IDSelectorBitmap`): tombstones never reach the
@@ -44,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from router.cache.single import Seen, Single
+from router.cache.single import Single
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +274,7 @@ class SemanticIndex:
     def __init__(self, dim: int, hnsw_from: int, lock: threading.RLock | None = None):
         self.dim = dim
         self.hnsw_from = hnsw_from
-        self.buckets: dict[str, Bucket | Single | Seen] = {}
+        self.buckets: dict[str, Bucket | Single] = {}
         self._lock = lock or threading.RLock()
         self._queue: deque[str] = deque()
         self._worker: threading.Thread | None = None
@@ -291,7 +290,7 @@ class SemanticIndex:
         if not ids:
             return
         b = self.buckets.get(fingerprint)
-        if not isinstance(b, (Bucket, Single)) and len(ids) == 1:
+        if b is None and len(ids) == 1:
             self.buckets[fingerprint] = Single(ids[0], vectors[0])
             return
         if not isinstance(b, Bucket):
@@ -300,11 +299,6 @@ class SemanticIndex:
             b = self.buckets[fingerprint] = Bucket(self.dim, self.hnsw_from)
         b.add_many(ids, vectors)
         self._maintain(fingerprint, b)
-
-    def mark(self, fingerprint: str, entry_id: int) -> None:
-        """Remember a context not in the index whose entry has no vector, until that entry goes
-        or one with a vector comes."""
-        self.buckets[fingerprint] = Seen(entry_id)
 
     def remove(self, fingerprint: str, entry_id: int) -> None:
         b = self.buckets.get(fingerprint)

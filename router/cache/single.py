@@ -1,4 +1,4 @@
-"""A context with one entry, and no FAISS index: its vector (`Single`), or none yet (`Seen`).
+"""A context with one vector, and no FAISS index (`Single`).
 
 Most contexts of agent traffic hold one entry (each turn's history is new). A FAISS index, its
 id map and the Python objects around them took 1.6 KB on top of the vector's 1.5 KB; one vector
@@ -29,16 +29,3 @@ class Single:
 
     def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         return [(self.id, float(np.dot(self.vec, np.asarray(vector, dtype=np.float32).reshape(-1))))]
-
-
-class Seen:
-    """A context whose only entry was stored without its vector: nothing to match yet."""
-
-    __slots__ = ("id",)
-    hnsw = False
-
-    def __init__(self, entry_id: int):
-        self.id = entry_id
-
-    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
-        return []

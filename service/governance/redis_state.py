@@ -13,13 +13,13 @@ import time
 from typing import Any, Mapping, Sequence
 
 from service.breaker import PASS, Claim, new_probe
-from service.governance.budgets import Line, Reservation, Usage, insert_spend, new_reservation_id, seeded_spent
+from service.governance.budgets import IDLE_SESSION_S, Line, Reservation, Usage, insert_spend, new_reservation_id, seeded_spent
 from service.governance.db import Database
 
 # An open-ended counter (a session ceiling's, a `total` budget's) unused this long is dropped:
 # one per agent conversation would otherwise pile up in Redis for good. The next request that
 # needs it rebuilds it from the spend log, so a limit never forgets what was spent.
-IDLE_COUNTER_S = 7 * 86400
+IDLE_COUNTER_S = IDLE_SESSION_S  # the SQL ledger's limit for the same counters
 
 _RESERVE = """
 local n = tonumber(ARGV[1])

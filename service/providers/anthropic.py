@@ -20,11 +20,11 @@ import time
 from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
-from router.request_view import content_text, estimate_tokens
+from router.request_view import content_text, estimate_tokens, IMAGE_PART_TYPES, wants_logprobs
 from service.providers import attachments
 from service.providers.answer_fields import as_int, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, parse_json_event, tool_arguments
-from service.providers.reasoning import THINKING_BUDGETS, reasoning_effort, refuse_logprobs, split_signature, wants_logprobs
+from service.providers.reasoning import THINKING_BUDGETS, reasoning_effort, refuse_logprobs, split_signature
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -80,7 +80,7 @@ def _part_block(part: Any, where: str) -> dict[str, Any] | None:
         # The Messages API refuses text blocks that are empty or only whitespace; OpenAI clients
         # send them beside tool calls.
         block = {"type": "text", "text": text} if text.strip() else None
-    elif kind in attachments.IMAGE_TYPES:
+    elif kind in IMAGE_PART_TYPES:
         block = _image_block(attachments.image_url(part, where, "Anthropic"))
     elif kind == "file":
         block = _file_block(attachments.file_part(part, where, "Anthropic"), where)

@@ -10,10 +10,8 @@ from __future__ import annotations
 import mimetypes
 from typing import Any, NamedTuple
 
+from router.request_view import TEXT_PART_TYPES
 from service.providers.base import UpstreamError
-
-TEXT_TYPES = ("text", "input_text")
-IMAGE_TYPES = ("image_url", "input_image")
 
 # Gemini's audio types (its audio guide); OpenAI's `input_audio.format` is "wav" or "mp3".
 AUDIO_MIME_TYPES = {"wav": "audio/wav", "mp3": "audio/mp3", "aiff": "audio/aiff", "aac": "audio/aac",
@@ -32,7 +30,7 @@ def refused(where: str, why: str) -> UpstreamError:
 
 def part_text(part: dict[str, Any]) -> str | None:
     """The text of a text part, None for any other part."""
-    if part.get("type") in TEXT_TYPES:
+    if part.get("type") in TEXT_PART_TYPES:
         return str(part.get("text", ""))
     return None
 

@@ -19,12 +19,12 @@ import uuid
 from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
-from router.request_view import content_text
+from router.request_view import content_text, IMAGE_PART_TYPES, wants_logprobs
 from service.providers import attachments
 from service.providers.answer_fields import as_int, as_list, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, parse_json_event, tool_arguments
 from service.providers.gemini_schema import clean_schema
-from service.providers.reasoning import THINKING_BUDGETS, id_with_signature, reasoning_effort, split_signature, wants_logprobs
+from service.providers.reasoning import THINKING_BUDGETS, id_with_signature, reasoning_effort, split_signature
 
 FINISH_REASONS = {
     "STOP": "stop",
@@ -56,7 +56,7 @@ def _part(part: Any, where: str) -> dict[str, Any] | None:
         # Gemini rejects an empty text part ("empty text parameter", a 400), so none is sent.
         return {"text": text} if text.strip() else None
     kind = part.get("type")
-    if kind in attachments.IMAGE_TYPES:
+    if kind in IMAGE_PART_TYPES:
         url = attachments.image_url(part, where, "Gemini")
         if url.startswith("data:"):
             mime_type, data = attachments.split_data_url(url, "image/png")
@@ -87,7 +87,7 @@ def _tool_response(message: dict[str, Any], names: dict[str, str]) -> dict[str, 
         parsed = None
     response = parsed if isinstance(parsed, dict) else {"content": text}
     call_id = str(message.get("tool_call_id", ""))
-    name = message.get("name") or names.get(call_id) or names.get(split_signature(call_id)[0], "")
+    name = message.get("name") or names.get(split_signature(call_id)[0], "")
     return {"functionResponse": {"name": name, "response": response}}
 
 
@@ -144,8 +144,8 @@ def _contents(model: ModelSpec, body: dict[str, Any]) -> tuple[list[str], list[d
                 fn = call.get("function") or {}
                 call_id = str(call.get("id", ""))
                 base_id, signature = split_signature(call_id)
-                # A result may come back under the id without its signature (a client that shortens ids).
-                call_names[call_id] = call_names[base_id] = fn.get("name", "")
+                # By the id without its signature: a result may come back under either (a client that shortens ids).
+                call_names[base_id] = fn.get("name", "")
                 part: dict[str, Any] = {"functionCall": {"name": fn.get("name", ""), "args": tool_arguments(fn.get("arguments"))}}
                 if signature:
                     part["thoughtSignature"] = signature

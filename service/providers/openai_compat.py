@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import string
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from router.config import ESSENTIAL_FIELDS, ModelSpec, RequestShape
 from service.providers.answer_fields import as_object
@@ -37,7 +37,7 @@ def shaped(body: dict[str, Any], shape: RequestShape) -> dict[str, Any]:
         out["messages"] = [{**m, "role": shape.developer_role} if isinstance(m, dict) and m.get("role") == "developer" else m
                            for m in out["messages"]]
     if shape.tool_call_ids == "alnum9" and isinstance(out.get("messages"), list):
-        out["messages"] = [_alnum9_ids(m) if isinstance(m, dict) else m for m in out["messages"]]
+        out["messages"] = [_with_ids(m, alnum9) for m in out["messages"]]
     return out
 
 
@@ -55,27 +55,28 @@ def alnum9(call_id: Any) -> str:
     return "".join(_BASE62[(n // 62 ** i) % 62] for i in range(9))
 
 
-def _alnum9_ids(message: dict[str, Any]) -> dict[str, Any]:
-    if message.get("role") == "tool" and "tool_call_id" in message:
-        return {**message, "tool_call_id": alnum9(message["tool_call_id"])}
-    calls = message.get("tool_calls")
-    if isinstance(calls, list):
-        return {**message, "tool_calls": [{**c, "id": alnum9(c.get("id"))} if isinstance(c, dict) else c for c in calls]}
-    return message
-
-
-def _unsigned_ids(message: Any) -> Any:
-    """The message with Gemini's thought signatures taken out of its tool-call ids: the history
-    of a conversation that moved here from Gemini 3, whose ids OpenAI refuses (over 40 characters)."""
+def _with_ids(message: Any, fn: Callable[[Any], str]) -> Any:
+    """The message with `fn` applied to its tool-call ids: a tool result's, each call's."""
     if not isinstance(message, dict):
         return message
-    if message.get("role") == "tool" and SIGNATURE_SEPARATOR in str(message.get("tool_call_id", "")):
-        return {**message, "tool_call_id": split_signature(message["tool_call_id"])[0]}
+    if message.get("role") == "tool" and "tool_call_id" in message:
+        return {**message, "tool_call_id": fn(message["tool_call_id"])}
     calls = message.get("tool_calls")
-    if isinstance(calls, list) and any(isinstance(c, dict) and SIGNATURE_SEPARATOR in str(c.get("id", "")) for c in calls):
-        return {**message, "tool_calls": [{**c, "id": split_signature(str(c.get("id", "")))[0]} if isinstance(c, dict) else c
-                                          for c in calls]}
+    if isinstance(calls, list):
+        return {**message, "tool_calls": [{**c, "id": fn(c.get("id"))} if isinstance(c, dict) else c for c in calls]}
     return message
+
+
+def unsigned(call_id: Any) -> str:
+    """A tool-call id without the Gemini thought signature it may carry (OpenAI refuses ids over
+    40 characters: the history of a conversation that moved here from Gemini 3)."""
+    return split_signature(str(call_id or ""))[0]
+
+
+def _signed(messages: list[Any]) -> bool:
+    return any(isinstance(m, dict) and (SIGNATURE_SEPARATOR in str(m.get("tool_call_id", "")) or any(
+        isinstance(c, dict) and SIGNATURE_SEPARATOR in str(c.get("id", "")) for c in m.get("tool_calls") or ()))
+        for m in messages)
 
 
 class OpenAICompatProvider(Provider):
@@ -85,8 +86,9 @@ class OpenAICompatProvider(Provider):
 
     def _payload(self, model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[str, Any]:
         payload = {**body, "model": model.upstream_name, "stream": stream}
-        if isinstance(body.get("messages"), list):
-            payload["messages"] = [_unsigned_ids(m) for m in body["messages"]]
+        messages = body.get("messages")
+        if isinstance(messages, list) and _signed(messages):  # rebuilt only when a signature is there
+            payload["messages"] = [_with_ids(m, unsigned) for m in messages]
         cap = output_limit(model, body)
         for key in ("max_completion_tokens", "max_tokens"):
             if payload.get(key):

@@ -24,10 +24,6 @@ def reasoning_effort(body: dict[str, Any]) -> str | None:
     return effort
 
 
-def wants_logprobs(body: dict[str, Any]) -> bool:
-    return bool(body.get("logprobs")) or bool(body.get("top_logprobs"))
-
-
 def refuse_logprobs(provider: str) -> UpstreamError:
     """A request for logprobs a provider cannot give: answering with `logprobs: null` would pass
     for a model that had none to give."""
