@@ -79,7 +79,7 @@ async def test_request_translation(server, provider):
     assert decl["parameters"] == {"type": "object", "properties": PARAMS["properties"], "required": ["city"]}
     assert body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
     assert body["generationConfig"] == {"temperature": 0.1, "maxOutputTokens": 200, "stopSequences": ["END"],
-                                        "responseMimeType": "application/json"}
+                                        "responseMimeType": "application/json", "thinkingConfig": {"thinkingBudget": 100}}
 
 
 @pytest.mark.parametrize("limits", [{"max_tokens": 5, "max_completion_tokens": 40}, {"max_tokens": 40, "max_completion_tokens": 5}])
@@ -412,15 +412,25 @@ def test_reasoning_effort_is_a_thinking_config(upstream, effort, thinking):
     # Models that answer a thinkingConfig with 400 "Thinking is not enabled for this model".
     ("gemini-2.5-flash-image", 1000, "high", {"maxOutputTokens": 1000}),
     ("gemini-2.5-flash-image-preview", 1000, "none", {"maxOutputTokens": 1000}),
-    ("gemini-2.5-flash-preview-tts", 1000, "low", {"maxOutputTokens": 1000}),
+    ("gemini-2.5-flash-preview-tts", 1000, "low", {"maxOutputTokens": 1000}),    # No effort: a small output limit still keeps half for the answer; a large one, or none, leaves
+    # the model's own (dynamic) thinking alone.
+    ("gemini-2.5-flash", 100, None, {"maxOutputTokens": 100, "thinkingConfig": {"thinkingBudget": 50}}),
+    ("gemini-2.5-flash-lite", 100, None, {"maxOutputTokens": 100, "thinkingConfig": {"thinkingBudget": 0}}),
+    ("gemini-2.5-pro", 100, None, {"maxOutputTokens": 100, "thinkingConfig": {"thinkingBudget": 128}}),
+    ("gemini-2.5-flash", 60000, None, {"maxOutputTokens": 60000}),
+    ("gemini-2.5-flash", None, None, {}),
+    ("gemini-3-pro-preview", 2000, None, {"maxOutputTokens": 2000, "thinkingConfig": {"thinkingLevel": "low"}}),
+    ("gemini-3-pro-preview", 30000, None, {"maxOutputTokens": 30000}),
+    ("gemini-2.0-flash", 100, None, {"maxOutputTokens": 100}),
 ])
 async def test_the_thinking_budget_leaves_room_for_the_answer(server, provider, upstream, limit, effort, config):
     server.reply(response([{"text": "ok"}]))
     model = MODEL.model_copy(update={"upstream": upstream})
-    body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": effort, **({"max_tokens": limit} if limit else {})}
+    body = {"messages": [{"role": "user", "content": "hi"}], **({"reasoning_effort": effort} if effort else {}),
+            **({"max_tokens": limit} if limit else {})}
     await provider.complete(model, body)
     assert server.requests[-1].path == f"/v1beta/models/{upstream}:generateContent"
-    assert server.requests[-1].body["generationConfig"] == config
+    assert server.requests[-1].body.get("generationConfig", {}) == config
 
 
 @pytest.mark.parametrize("upstream", ["gemini-1.5-flash", "gemini-2.0-flash", "gemini-2.0-flash-thinking-exp-01-21", "gemini-2.5-flash"])

@@ -184,16 +184,25 @@ def _thinking_config(model: ModelSpec, effort: str | None, max_tokens: int | Non
     alias names no version. Gemini counts thoughts within maxOutputTokens, so, as for Anthropic,
     half of the output limit at most goes to thinking; below a model's least budget thinking is
     off (0), and 2.5 Pro, which cannot stop thinking, gets its least (128), which is less than its
-    default (dynamic) thinking would take."""
+    default (dynamic) thinking would take. Without an effort the model's own thinking is left alone
+    unless the output limit is small: left to itself it may spend a small limit on thoughts alone
+    and answer nothing (finish reason MAX_TOKENS, no text)."""
     version = _version(model)
-    if effort is None or version is None or version < (2, 5) or _NO_THINKING.search(model.upstream_name):
+    if version is None or version < (2, 5) or _NO_THINKING.search(model.upstream_name):
         return None
-    if version >= (3, 0):
+    if effort is None:
+        if not max_tokens or max_tokens // 2 >= THINKING_BUDGETS["high"]:
+            return None
+        if version >= (3, 0):
+            return {"thinkingLevel": "low"} if max_tokens // 2 < THINKING_BUDGETS["medium"] else None
+        budget = max_tokens // 2
+    elif version >= (3, 0):
         return {"thinkingLevel": "high" if effort in ("medium", "high", "xhigh") else "low"}
+    else:
+        budget = 0 if effort == "none" else THINKING_BUDGETS[effort]
+        if max_tokens:
+            budget = min(budget, max_tokens // 2)
     least, can_stop = _least_budget(model)
-    budget = 0 if effort == "none" else THINKING_BUDGETS[effort]
-    if max_tokens:
-        budget = min(budget, max_tokens // 2)
     if budget < least:
         budget = 0 if can_stop else least
     return {"thinkingBudget": budget}
