@@ -148,6 +148,9 @@ def test_tool_choice_is_checked_as_openai_does(gw, upstream, body, code, param):
     ({"seed": 1.5}, "seed"),
     ({"seed": "42"}, "seed"),
     ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
+    # refused before routing, whichever provider `auto` would pick (the adapters map the known ones)
+    ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+    ({"reasoning_effort": 3}, "reasoning_effort"),
 ])
 def test_ranges_and_combinations_openai_refuses(gw, upstream, body, param):
     error = refused(gw, upstream, body)
@@ -162,7 +165,7 @@ def test_a_user_message_without_content_is_missing_content(gw, upstream):
 
 def test_values_inside_the_ranges_pass_through(gw, upstream):
     body = {"model": "auto", "presence_penalty": -2, "frequency_penalty": 2.0, "logit_bias": {"50256": -100, "11": 42.5},
-            "logprobs": True, "top_logprobs": 20, "stop": ["a", "b", "c", "d"], "seed": 42,
+            "logprobs": True, "top_logprobs": 20, "stop": ["a", "b", "c", "d"], "seed": 42, "reasoning_effort": "xhigh",
             "messages": [*MSG, {"role": "assistant", "content": None, "tool_calls": [
                 {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
                 {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]}
@@ -222,3 +225,12 @@ def test_a_405_says_which_methods_are_allowed(gw):
     r = httpx.get(f"{gw.base_url}/chat/completions")
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_every_reasoning_effort_a_request_may_name_has_a_thinking_budget():
+    from typing import get_args
+
+    from service.providers.reasoning import THINKING_BUDGETS
+    from service.schemas import ReasoningEffort
+
+    assert set(get_args(ReasoningEffort)) == {"none", *THINKING_BUDGETS}

@@ -24,7 +24,7 @@ from service.providers import attachments
 from service.providers.answer_fields import as_int, as_list, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, parse_json_event, tool_arguments
 from service.providers.gemini_schema import clean_schema
-from service.providers.reasoning import THINKING_BUDGETS, id_with_signature, reasoning_effort, split_signature
+from service.providers.reasoning import THINKING_BUDGETS, id_with_signature, split_signature
 
 FINISH_REASONS = {
     "STOP": "stop",
@@ -234,7 +234,7 @@ def _generation_config(model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]
         config["responseLogprobs"] = True
         if body.get("top_logprobs"):
             config["logprobs"] = body["top_logprobs"]
-    thinking = _thinking_config(model, reasoning_effort(body), max_tokens)
+    thinking = _thinking_config(model, body.get("reasoning_effort"), max_tokens)
     if thinking:
         config["thinkingConfig"] = thinking
     return config

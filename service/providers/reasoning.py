@@ -1,27 +1,15 @@
 """Reasoning controls and state that OpenAI's chat format has no place for, shared by the adapters:
-`reasoning_effort` read as a thinking budget, a refusal of `logprobs` where a provider has none,
+`reasoning_effort`'s thinking budgets, a refusal of `logprobs` where a provider has none,
 and Gemini's thought signatures carried inside tool-call ids."""
 from __future__ import annotations
 
-from typing import Any
 
 from service.providers.base import UpstreamError
 
-# OpenAI's reasoning_effort as thinking tokens: the budgets Google's own OpenAI-compatible endpoint
-# gives these efforts (low 1,024, medium 8,192, high 24,576); 1,024 is also Anthropic's minimum.
+# OpenAI's reasoning_effort (service.schemas.ReasoningEffort, checked there; "none" is no thinking)
+# as thinking tokens: the budgets Google's own OpenAI-compatible endpoint gives these efforts (low
+# 1,024, medium 8,192, high 24,576); 1,024 is also Anthropic's minimum.
 THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 24576}
-EFFORTS = ("none", *THINKING_BUDGETS)
-
-
-def reasoning_effort(body: dict[str, Any]) -> str | None:
-    """The request's `reasoning_effort` ("none" or a key of THINKING_BUDGETS), None when not given."""
-    effort = body.get("reasoning_effort")
-    if effort is None:
-        return None
-    if effort not in EFFORTS:
-        raise UpstreamError("bad_request", f"reasoning_effort must be one of {', '.join(EFFORTS)}, got {effort!r}",
-                            code="invalid_value", param="reasoning_effort")
-    return effort
 
 
 def refuse_logprobs(provider: str) -> UpstreamError:
