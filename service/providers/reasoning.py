@@ -3,7 +3,6 @@
 and Gemini's thought signatures carried inside tool-call ids."""
 from __future__ import annotations
 
-
 from service.providers.base import UpstreamError
 
 # OpenAI's reasoning_effort (service.schemas.ReasoningEffort, checked there; "none" is no thinking)
