@@ -46,6 +46,9 @@ def test_a_context_of_one_entry_hits_and_misses_as_a_bigger_one(verifier, embed)
 def test_a_conversations_first_question_hits_exactly_and_its_context_from_the_second_question(verifier, embed, tmp_path):
     cache = new_cache(verifier, tmp_path)
     first = body(Q, system=SYSTEM, history=HISTORY)
+    # The gateway embeds an answered question to store it only where its vector would be kept.
+    assert not cache.stores_vector(request_keys(first, "auto", "t1"))
+    assert cache.stores_vector(request_keys(body(Q, system=SYSTEM), "auto", "t1"))
     put(cache, embed, first, "Practise daily.")
     assert get(cache, embed, first).kind == "hit"  # an SDK retry or a regeneration sends the same request
     # Another question at the same point of the conversation: the context is known, the first
@@ -53,6 +56,7 @@ def test_a_conversations_first_question_hits_exactly_and_its_context_from_the_se
     edited = body(PARAPHRASE, system=SYSTEM, history=HISTORY)
     assert cache.may_hit(request_keys(edited, "auto", "t1")) == (False, False)  # nothing there to match by meaning yet
     assert get(cache, embed, edited) is None
+    assert cache.stores_vector(request_keys(edited, "auto", "t1"))
     put(cache, embed, edited, "Speak every day.")
     hit = get(cache, embed, body("How do I improve my spoken English?", system=SYSTEM, history=HISTORY))
     assert hit.kind == "semantic-hit" and content(hit) == "Speak every day."

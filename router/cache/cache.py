@@ -159,6 +159,16 @@ class ResponseCache:
         finally:
             self._lock.release()
 
+    def stores_vector(self, keys: RequestKeys) -> bool:
+        """Whether `put` would keep this request's vector now, so a caller embeds only then: the
+        first question in a context under way is stored for exact hits only (see `put`). A read
+        without the lock: at worst one vector is computed and dropped, or one entry stored
+        without one, as if the other request had come a moment later."""
+        return self.semantic and keys.semantic_ok and not self._unseen(keys)
+
+    def _unseen(self, keys: RequestKeys) -> bool:
+        return bool(keys.history) and not self._contexts.get(keys.fingerprint)
+
     def lookup(self, keys: RequestKeys, vector: np.ndarray | None = None, *, semantic: bool = True) -> Hit | None:
         """The cached answer for a request, exact first; `vector` is the unit embedding of `keys.text`."""
         with self._lock:
@@ -235,7 +245,7 @@ class ResponseCache:
             # same point (an edited message). So the first question in a context with no live
             # entry is stored without its vector (1.6 KB); from its second question on, entries
             # there are matched semantically as any others.
-            unseen = use_vector and keys.history and not self._contexts.get(keys.fingerprint)
+            unseen = use_vector and self._unseen(keys)
             old = self._exact.get(keys.exact)
             if old is not None and old in self._entries:
                 self._remove(self._entries[old])

@@ -168,7 +168,7 @@ class CacheHook:
             return
         keys = ctx.extras.get("cache_keys") or request_keys(ctx.body, self._route(ctx), ctx.tenant)
         vector = None
-        if self.cache.semantic and keys.semantic_ok:
+        if self.cache.stores_vector(keys):
             if ctx.embedding is None:
                 ctx.embedding = await asyncio.to_thread(self.embed, ctx.routing.text)
             vector = ctx.embedding
