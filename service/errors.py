@@ -109,9 +109,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         status_type = _TYPE_BY_STATUS.get(exc.status_code, "server_error" if exc.status_code >= 500 else "invalid_request_error")
+        message = str(exc.detail)
+        if exc.status_code == 404 and exc.detail == "Not Found":
+            # An SDK prints only the message: say which API this is (a client pointed here for
+            # the Responses, Embeddings or legacy Completions API learns why nothing is there).
+            message = (f"{request.method} {request.url.path} is not served here: this gateway serves the Chat "
+                       "Completions API (POST /v1/chat/completions) and GET /v1/models")
         # Starlette's 405 carries the `Allow` header that HTTP requires with it.
-        return JSONResponse(error_body(str(exc.detail), status_type, code), status_code=exc.status_code,
-                            headers=exc.headers)
+        return JSONResponse(error_body(message, status_type, code), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -312,6 +312,15 @@ def test_oversized_body_and_bad_headers_are_refused(gw):
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
+def test_an_api_the_gateway_does_not_serve_is_a_404_that_says_which_it_serves(gw):
+    # What an SDK user sees after pointing the Responses or Embeddings API here.
+    for call in (lambda c: c.responses.create(model="auto", input="hi"),
+                 lambda c: c.embeddings.create(model="auto", input="hi")):
+        with pytest.raises(openai.NotFoundError) as info:
+            call(gw.client())
+        assert info.value.body["code"] == "not_found" and "POST /v1/chat/completions" in info.value.body["message"]
+
+
 def test_empty_limit_headers_are_no_limit_and_a_refusal_says_no_model_was_eligible(gw):
     # A client filling headers from a template sends an unset variable as an empty header.
     empty = {h: "" for h in ("x-router-max-cost", "x-router-max-latency", "x-router-allowed-models",
