@@ -195,6 +195,8 @@ def _thinking_config(model: ModelSpec, effort: str | None, max_tokens: int | Non
             return None
         if version >= (3, 0):
             return {"thinkingLevel": "low"} if max_tokens // 2 < THINKING_BUDGETS["medium"] else None
+        if "-flash-lite" in model.upstream_name:  # 2.5 Flash-Lite does not think unless asked to
+            return None
         budget = max_tokens // 2
     elif version >= (3, 0):
         return {"thinkingLevel": "high" if effort in ("medium", "high", "xhigh") else "low"}
