@@ -339,3 +339,47 @@ def test_a_csv_chat_column_of_json_text_is_read_as_the_chat(tmp_path):
     t = load_outcomes(tmp_path / "chats.csv")
     assert t.texts == ["follow-up?", "parts?", *cells[2:]]
     assert t.input_tokens[0] == view_chat_request({"messages": chat}).input_tokens > 150  # the history is billed
+
+
+def test_prices_for_a_file_given_prices_and_a_routers_training_prices(tmp_path):
+    from training.data import ModelPrice, prices_for_file
+
+    trained = {"small": (0.1, 0.2), "big": (1.0, 2.0)}
+    bare = ["prompt", "quality__small", "quality__big"]
+    assert prices_for_file(bare, trained) == {"small": ModelPrice(0.1, 0.2), "big": ModelPrice(1.0, 2.0)}
+    assert prices_for_file(bare, {}) is None  # nothing from the router: the loader's own fallbacks
+    costed = bare + ["cost_usd__big"]
+    assert prices_for_file(costed, trained) is None  # recorded costs are the scale
+    # a cost column of a model the command drops does not make the file a costed one
+    assert prices_for_file(costed, trained, keep=lambda m: m != "big") == prices_for_file(bare, trained)
+    given = tmp_path / "prices.json"
+    given.write_text(json.dumps({"small": {"input_per_1m": 3, "output_per_1m": 4}}))
+    assert prices_for_file(costed, trained, str(given)) == {"small": ModelPrice(3.0, 4.0)}  # --prices always wins
+
+
+def test_a_frame_already_read_is_loaded_without_reading_the_file_again(tmp_path, monkeypatch):
+    import training.data as data
+
+    wide_frame().to_parquet(tmp_path / "t.parquet")
+    expected = load_outcomes(tmp_path / "t.parquet")
+    frame = data.read_frame(tmp_path / "t.parquet")
+    monkeypatch.setattr(data, "read_frame", lambda *a, **k: pytest.fail("read again"))
+    t = load_outcomes(tmp_path / "t.parquet", frame=frame)
+    assert t.texts == expected.texts and t.models == expected.models
+    np.testing.assert_array_equal(t.cost, expected.cost)
+
+
+def test_empty_cells_are_told_apart_from_values_alike_everywhere():
+    from training.texts import is_blank, is_missing
+
+    for empty in (None, np.nan, float("nan"), pd.NA, pd.NaT, np.float32("nan")):
+        assert is_missing(empty) and is_blank(empty)
+    for value in ("", " \n", "NA", 0, 0.0, False, [], {}, [None], np.array([np.nan])):
+        assert not is_missing(value)  # lists and dicts are values, even empty or of NaNs
+    assert is_blank("") and is_blank(" \t\n") and not is_blank("NA") and not is_blank(0) and not is_blank([])
+    # the outcome log: an empty text or token count of any kind is a missing one, not "<NA>" or an error
+    log = pd.DataFrame({"request_id": ["r1", "r2"], "text": pd.array([pd.NA, "hi"], dtype="string"), "model": ["a", "a"],
+                        "quality": [1.0, 0.0], "cost_usd": [1e-4, 1e-4], "latency_s": [0.5, 0.5],
+                        "output_tokens": [10, 10], "input_tokens": pd.array([pd.NA, 7], dtype="Int64")})
+    t = long_to_outcomes(log)
+    assert t.texts == ["", "hi"] and list(t.input_tokens) == [1.0, 7.0]

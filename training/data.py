@@ -20,12 +20,12 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from router.request_view import estimate_tokens
-from training.texts import table_texts
+from training.texts import is_missing, table_texts
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,24 @@ def load_prices(path: str | Path) -> dict[str, ModelPrice]:
             raise ValueError(f"{path}: model {model!r}: prices must be numbers ≥ 0 (USD per 1M tokens), got {p_in!r} / {p_out!r}")
         prices[str(model)] = ModelPrice(price_in, price_out)
     return prices
+
+
+def prices_for_file(columns: Iterable, trained: Mapping[str, Sequence[float]],
+                    given: Mapping[str, ModelPrice] | str | Path | None = None,
+                    keep: Callable[[str], bool] | None = None) -> Mapping[str, ModelPrice] | None:
+    """The prices to load a wide outcome file (its `columns`) with, for `eval` and `simulate` with a
+    router: `given` (--prices) always wins. Otherwise a file that records costs (a `cost_usd__<model>`
+    column of a model `keep` accepts; the others are dropped before loading) gets none: a model
+    without its column is then an error (or --prices), as tokens x price beside recorded costs
+    would put it at another scale. A file without any (a sealed test set may lack them) is priced
+    at `trained`, the prices the router was trained with (model -> (input, output) USD per 1M
+    tokens); None where that is empty, which leaves the loader its own fallbacks (a models.json
+    beside the file, a flat price)."""
+    if given is not None:
+        return given if isinstance(given, Mapping) else load_prices(given)
+    if any(str(c).startswith("cost_usd__") and (keep is None or keep(str(c)[len("cost_usd__"):])) for c in columns):
+        return None
+    return {m: ModelPrice(*p) for m, p in trained.items()} or None
 
 
 def _pick_column(df, candidates: Sequence[str], path: Path, what: str, required: bool = True) -> str | None:
@@ -355,7 +373,7 @@ MODEL_COLUMN_PREFIXES = ("quality__", "cost_usd__", "latency_s__", "output_token
 
 def load_outcomes(path: str | Path, text_column: str | None = None,
                   prices: Mapping[str, ModelPrice] | str | Path | None = None,
-                  keep: Callable[[str], bool] | None = None, flat_price: bool = False) -> OutcomeTable:
+                  keep: Callable[[str], bool] | None = None, flat_price: bool = False, frame=None) -> OutcomeTable:
     """Load a wide outcome table (parquet, CSV or JSONL).
 
     Without `prices`, a table lacking `cost_usd__<model>` columns takes its prices from a
@@ -364,11 +382,11 @@ def load_outcomes(path: str | Path, text_column: str | None = None,
     model (`train` and `simulate` on RouterDC's layout; not `retrain`, which stacks the table
     with logged real costs). `keep(model)` False drops a model's columns
     before anything is checked (eval leaves out models its router does not know, whatever
-    their columns hold)."""
+    their columns hold). `frame`: the file as `read_frame` read it already (not read again)."""
     if isinstance(prices, (str, Path)):
         prices = load_prices(prices)
     path = Path(path)
-    df = _join_responses(read_frame(path), path)
+    df = _join_responses(read_frame(path) if frame is None else frame, path)
     if keep is not None:
         df = df.drop(columns=[c for c in df.columns for pre in MODEL_COLUMN_PREFIXES
                               if c.startswith(pre) and not keep(c[len(pre):])])
@@ -417,8 +435,8 @@ def long_to_outcomes(df, path: str = "<outcome log>", models: Sequence[str] | No
         cost[i, j] = rec.cost_usd
         latency[i, j] = rec.latency_s
         out_tok[i, j] = rec.output_tokens
-        texts[i] = texts[i] or ("" if rec.text is None or (isinstance(rec.text, float) and math.isnan(rec.text)) else str(rec.text))
-        if rec.input_tokens is not None and not (isinstance(rec.input_tokens, float) and math.isnan(rec.input_tokens)):
+        texts[i] = texts[i] or ("" if is_missing(rec.text) else str(rec.text))
+        if not is_missing(rec.input_tokens):
             in_tok[i] = max(float(rec.input_tokens), 1.0)
     return OutcomeTable(
         path=path, texts=texts, models=names, quality=quality, cost=cost,

@@ -279,7 +279,7 @@ def _budgets(text: str | None) -> list[float]:
 def run(args: argparse.Namespace) -> int:
     from router.embedding import encode_cached
     from router.engine import LearnedRouter
-    from training.data import ModelPrice, load_outcomes, load_prices, read_frame
+    from training.data import load_outcomes, prices_for_file, read_frame
     from training.outputs import check_output_dir, check_output_file
     from training.plots import save_cost_quality_plot
 
@@ -291,19 +291,14 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.report_dir, "--report-dir")
     check_output_file(args.decisions_out, "--decisions-out")
     router = LearnedRouter.load(args.router)
-    column_order = [str(c) for c in read_frame(args.data).columns]
+    frame = read_frame(args.data)
+    column_order = [str(c) for c in frame.columns]
     columns = set(column_order)
 
-    def prices_for(file_columns: set[str]) -> dict[str, ModelPrice]:
-        # A file without cost columns for the models evaluated (a sealed test set may lack them)
-        # is priced at the prices the router was trained with, unless --prices says otherwise. In
-        # a file that records their costs, a model without its cost column is an error (or
-        # --prices): tokens x price next to recorded costs would put it at another scale.
-        if args.prices:
-            return load_prices(args.prices)
-        if any(c.startswith("cost_usd__") and keep(c[len("cost_usd__"):]) for c in file_columns):
-            return {}
-        return {m: ModelPrice(*p) for m, p in router.predictor.prices.items()}
+    def prices_for(file_columns):
+        # A file without cost columns for the models evaluated is priced at the prices the router
+        # was trained with, unless --prices (an empty one is none) says otherwise.
+        return prices_for_file(file_columns, router.predictor.prices, args.prices or None, keep=keep)
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     # Models the router does not know, and those --models leaves out, are dropped before the file
@@ -322,11 +317,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data}: --models {unusable} not usable: the file has {in_file}, the router knows {list(router.models)}")
     if unknown:
         log.warning("models in %s that the router does not know, left out: %s", args.data, unknown)
-    table = load_outcomes(args.data, text_column=args.text_column, prices=prices_for(columns), keep=keep)
+    table = load_outcomes(args.data, text_column=args.text_column, prices=prices_for(columns), keep=keep, frame=frame)
     knn_train = None
     if args.knn_train:
-        kt_prices = prices_for(set(read_frame(args.knn_train).columns))
-        kt = load_outcomes(args.knn_train, text_column=args.text_column, prices=kt_prices, keep=keep)
+        kt_frame = read_frame(args.knn_train)
+        kt = load_outcomes(args.knn_train, text_column=args.text_column, prices=prices_for(kt_frame.columns), keep=keep,
+                           frame=kt_frame)
         knn_train = (kt, encode_cached(kt.texts))
     result = evaluate_table(table, encode_cached(table.texts), router, models=models, knn_train=knn_train,
                             n_knobs=args.knob_points, budgets=budgets, seed=args.seed)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from training.data import datasets_dir, read_frame
+from training.texts import is_blank
 
 SPLITS = (("train", 70), ("val", 15), ("test", 15))
 
@@ -43,8 +44,8 @@ def _labels(column, path) -> "np.ndarray":
 
     out = np.full(len(column), np.nan)
     for i, v in enumerate(column):
-        if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
-            continue  # pd.NA: a nullable Int64 / boolean column's empty cell
+        if is_blank(v):  # pd.NA too: a nullable Int64 / boolean column's empty cell
+            continue
         if isinstance(v, (bool, np.bool_)):
             out[i] = float(v)
         elif isinstance(v, str) and v.strip().lower() in _LABEL_WORDS:

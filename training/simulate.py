@@ -331,24 +331,22 @@ def learned_predictions(table, router, train_share: float, seed: int, new_models
 def simulate(args) -> dict:
     from router.bandit import BanditSettings
     from router.predictor import DEFAULT_THROUGHPUT_TPS, DEFAULT_TTFT_S
-    from training.data import load_outcomes
+    from training.data import load_outcomes, prices_for_file, read_frame
 
     drifts = [parse_drift(s) for s in args.drift or []]
-    router, prices = None, args.prices
+    router, frame, prices = None, None, args.prices
     if args.router:
         from router.engine import LearnedRouter
-        from training.data import ModelPrice, read_frame
 
         router = LearnedRouter.load(args.router)
+        frame = read_frame(args.data)  # read once: its columns here, its rows by load_outcomes
         # As `eval` does: a file without cost columns is priced at the prices the router was trained
-        # with (unless --prices says otherwise), before any flat price is assumed.
-        columns = [str(c) for c in read_frame(args.data).columns]
-        in_file = {c[len("quality__"):] for c in columns if c.startswith("quality__")}
-        known = {m: ModelPrice(*p) for m, p in router.predictor.prices.items() if m in in_file}
-        if prices is None and known and not any(c.startswith("cost_usd__") for c in columns):
-            prices = known
+        # with for the file's models (unless --prices says otherwise), before any flat price is assumed.
+        in_file = {str(c)[len("quality__"):] for c in frame.columns if str(c).startswith("quality__")}
+        prices = prices_for_file(frame.columns, {m: p for m, p in router.predictor.prices.items() if m in in_file}, prices)
+        if args.prices is None and prices:
             log.info("%s: no cost_usd__ columns: priced at the prices the router %s was trained with", args.data, args.router)
-    table = load_outcomes(args.data, text_column=args.text_column, prices=prices, flat_price=True)
+    table = load_outcomes(args.data, text_column=args.text_column, prices=prices, flat_price=True, frame=frame)
     if table.cost is None:
         raise ValueError(f"{args.data}: simulate needs recorded costs (cost_usd__<model> columns)")
     unknown = [d.model for d in drifts if d.model not in table.models]

@@ -22,6 +22,18 @@ log = logging.getLogger(__name__)
 TEXT_COLUMNS = ("prompt", "query", "messages")
 
 
+def is_missing(value) -> bool:
+    """Whether a cell holds nothing: None, NaN, pd.NA or NaT (a list or a dict, even an empty one, is a value)."""
+    import pandas as pd
+
+    return bool(pd.api.types.is_scalar(value) and pd.isna(value))
+
+
+def is_blank(value) -> bool:
+    """Whether a cell holds no text: nothing, or a string of white space only."""
+    return is_missing(value) or (isinstance(value, str) and not value.strip())
+
+
 def _plain(value):
     """Parquet hands a list of chat messages over as numpy arrays of dicts: back to lists."""
     if isinstance(value, np.ndarray):
@@ -52,15 +64,13 @@ def _cell_text(value) -> tuple[str, int | None]:
 
     A chat (a list of {role, content} messages) is seen as the gateway sees the request: its last
     user turn is embedded, its whole history is billed."""
-    import pandas as pd
-
     value = _chat_in_json(_plain(value))
     if isinstance(value, list):
         if value and all(isinstance(m, Mapping) for m in value):
             view = view_chat_request({"messages": value})
             return view.text, view.input_tokens
         return "\n".join(str(v) for v in value), None
-    if pd.isna(value):  # None, NaN, pd.NA: an empty cell
+    if is_missing(value):
         return "", None
     return str(value), None
 
