@@ -86,7 +86,9 @@ def _check_choices(spec: Any, n: Any) -> None:
 async def chat_completions(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     received, started = time.time(), time.perf_counter()
-    request_id = f"req_{uuid.uuid4().hex}"
+    # The answer's `id` (every chunk's, a cached answer's) is this id, also sent as x-request-id:
+    # the id an SDK user holds (`reply.id`) is the one POST /v1/feedback takes.
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
     gw.in_flight.add(request_id)  # until finish(): shutdown waits for it
     raw: Any = None
     caller = None
@@ -244,6 +246,7 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
         # streamed answer gets (every choice, tool-call arguments included).
         answer["usage"] = estimated_usage(ctx, answer, gw.dispatcher.specs.get(ctx.answered_by or ""))
         ctx.extras["usage_estimated"] = True
+    answer["id"] = ctx.request_id
     ctx.response = answer
     ctx.status = await _delivered_status(ctx)  # billed all the same
     ctx.extras["reason"] = _reason(ctx)
@@ -254,6 +257,7 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
 
 def _short_circuit(gw: Gateway, ctx: RequestContext, answer: dict[str, Any]) -> Response:
     """A pre-hook answered (a cache hit): no routing, no upstream call, same wire format."""
+    answer["id"] = ctx.request_id
     ctx.response = answer
     ctx.answered_by = ctx.answered_by or answer.get("model")
     if ctx.status == "pending":
@@ -275,14 +279,14 @@ def _wants_usage(ctx: RequestContext) -> bool:
     return bool((ctx.body.get("stream_options") or {}).get("include_usage"))
 
 
-def _client_chunk(chunk: dict[str, Any], include_usage: bool) -> dict[str, Any] | None:
-    """The chunk as the client asked for it: usage only when it set stream_options.include_usage
-    (the gateway always asks the upstream for usage, to bill and log streamed answers), and then
-    in its own chunk with no choices, as OpenAI sends it: a Mistral or vLLM upstream puts it on
-    the finish chunk, and `_ending` sends it after."""
+def _client_chunk(chunk: dict[str, Any], include_usage: bool, answer_id: str) -> dict[str, Any] | None:
+    """The chunk as the client asked for it, under the answer's id: usage only when it set
+    stream_options.include_usage (the gateway always asks the upstream for usage, to bill and log
+    streamed answers), and then in its own chunk with no choices, as OpenAI sends it: a Mistral or
+    vLLM upstream puts it on the finish chunk, and `_ending` sends it after."""
     if sse.is_usage_only(chunk):
-        return chunk if include_usage else None
-    return {k: v for k, v in chunk.items() if k != "usage"} if "usage" in chunk else chunk
+        return {**chunk, "id": answer_id} if include_usage else None
+    return {**{k: v for k, v in chunk.items() if k != "usage"}, "id": answer_id}
 
 
 async def _stream(gw: Gateway, ctx: RequestContext) -> Response:
@@ -301,7 +305,7 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
     def emit(chunk: dict[str, Any]) -> bytes | None:
         nonlocal usage_sent
         assembler.add(chunk)
-        out = _client_chunk(chunk, include_usage)
+        out = _client_chunk(chunk, include_usage, ctx.request_id)
         if out is None:
             return None
         usage_sent = usage_sent or sse.is_usage_only(out)
@@ -363,7 +367,7 @@ def _ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStream, u
     the request is billed at); then [DONE]."""
     if not usage_owed:
         return [sse.DONE]
-    usage = {"id": assembler.id or "chatcmpl-stream", "object": "chat.completion.chunk",
+    usage = {"id": ctx.request_id, "object": "chat.completion.chunk",
              "created": assembler.created or int(time.time()), "model": assembler.model or opened.model.name,
              "choices": [], "usage": assembler.usage if assembler.usage is not None else
              estimated_usage(ctx, assembler.completion(), opened.model)}

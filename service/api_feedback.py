@@ -1,6 +1,6 @@
 """`POST /v1/feedback`: a client's verdict on an answer, stored beside the outcome log.
 
-Body: `request_id` (the `x-request-id` response header of the request being judged), and
+Body: `request_id` (the judged answer's `id`, also its `x-request-id` response header), and
 either `score` in [0, 1] or `thumbs` ("up" = 1, "down" = 0); optional `label` (e.g. the task
 or the failure kind) and `comment`. An unknown request id is a 404, so a typo cannot create
 orphan feedback. With governance on, the same client keys as chat are required, and a key
@@ -84,8 +84,8 @@ async def post_feedback(request: Request) -> JSONResponse:
         raise ApiError(503, "feedback needs an outcome log (server.db = sqlite:///PATH or postgresql://...)", code="feedback_unavailable")
     body = parse_feedback(await read_json_body(request, MAX_BODY))
     if not await _visible_request(learning, body.request_id, caller):
-        raise ApiError(404, f"No request with id {body.request_id!r} was routed by this gateway.",
-                       code="request_not_found", param="request_id")
+        raise ApiError(404, f"No request with id {body.request_id!r} is known to this gateway (an answer's `id`, or its "
+                       "x-request-id header, names its request).", code="request_not_found", param="request_id")
     fb = Feedback(body.request_id, body.reward, source="explicit", signal="score" if body.score is not None else "thumbs",
                   label=body.label, comment=body.comment)
     await asyncio.to_thread(_record_within_cap, learning, fb)

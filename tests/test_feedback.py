@@ -68,6 +68,21 @@ def test_malformed_feedback_is_a_400(gw, body, param):
         assert r.json()["error"]["param"] == param
 
 
+def test_the_answers_own_id_is_the_one_feedback_takes(gw):
+    # What an SDK user holds: `reply.id`, each streamed chunk's id; the x-request-id header says the same.
+    raw = gw.client().chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+    reply = raw.parse()
+    assert reply.id == raw.headers["x-request-id"]
+    stream = gw.client().chat.completions.create(model="auto", messages=[{"role": "user", "content": "hello"}], stream=True,
+                                                 stream_options={"include_usage": True})
+    ids = {chunk.id for chunk in stream}
+    assert ids == {stream.response.headers["x-request-id"]}
+    for answer_id in (reply.id, ids.pop()):
+        r = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": answer_id, "thumbs": "down"})
+        assert r.status_code == 200, r.text
+    assert sorted(r["request_id"] for r in _feedback_rows(gw, 2)) == sorted([reply.id, stream.response.headers["x-request-id"]])
+
+
 def test_feedback_is_stored_and_updates_the_bandit_online(gw):
     bandit = gw.app.state.learning.bandit
     rid = _ask(gw, "How do I sort a list in Python?")
@@ -264,6 +279,7 @@ def test_feedback_sent_the_moment_a_cache_hit_arrives_is_accepted(upstream, tmp_
         time.sleep(1.5)  # the answer is stored once its post-hooks have run
         hit = running.client().chat.completions.with_raw_response.create(model="auto", messages=messages)
         assert hit.headers["x-cache"] == "hit" and hit.headers["x-request-id"] != first.headers["x-request-id"]
+        assert hit.parse().id == hit.headers["x-request-id"]  # the cached answer is under this request's id
         r = httpx.post(f"{running.url}/v1/feedback", json={"request_id": hit.headers["x-request-id"], "thumbs": "up"})
         assert r.status_code == 200, r.text
     finally:

@@ -13,7 +13,6 @@ import copy
 import logging
 import threading
 import time
-import uuid
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -58,9 +57,9 @@ def open_cache(config: Config) -> ResponseCache:
 
 
 def render_hit(hit: Hit) -> dict[str, Any]:
-    """The cached chat.completion as a fresh answer: new id and time, zero upstream usage."""
+    """The cached chat.completion as a fresh answer: the time now, zero upstream usage (the
+    gateway gives it the request's id)."""
     body = copy.deepcopy(hit.response)
-    body["id"] = f"chatcmpl-cache-{uuid.uuid4().hex[:24]}"
     body["created"] = int(time.time())
     body["usage"] = dict(ZERO_USAGE)
     return body
