@@ -20,6 +20,7 @@ the median over the known models.
 """
 from __future__ import annotations
 
+import logging
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from training.data import OutcomeTable
+
+log = logging.getLogger(__name__)
 
 UNSEEN_STD = 0.5
 DEFAULT_TTFT_S = 0.5
@@ -283,6 +286,12 @@ class OutcomePredictor:
         m = len(self.models)
         tok = outcomes.output_tokens
         if tok is None or np.isnan(tok).all():
+            # Said here, where it bites: a sample written without its answers (the
+            # *_responses.parquet beside RouterBench's file) trains a router blind to length.
+            log.warning("no answer lengths to learn from (output_tokens__<model> or response__<model> columns, a "
+                        "<name>_responses.parquet beside the file, or prices to infer them from the costs): every "
+                        "answer is predicted at %g tokens, so predicted costs and latencies differ between models "
+                        "by price and speed only", DEFAULT_OUTPUT_TOKENS)
             self.token_prior = np.full(m, DEFAULT_OUTPUT_TOKENS)
             self.token_booster = None
             return

@@ -9,7 +9,7 @@ from router.features import request_features
 from router.predictor import UNSEEN_STD, OutcomePredictor
 from router.types import RoutingRequest
 from training.train import expected_calibration_error
-from training.data import datasets_dir
+from training.data import DEFAULT_OUTPUT_TOKENS, datasets_dir
 from tests.conftest import require_dataset
 
 DATASETS = datasets_dir()
@@ -181,3 +181,15 @@ def test_a_router_refuses_broken_embeddings_predicts_no_rows_and_pickles_after_u
     assert router.predict([]).p_good.shape == (0, len(router.models))
     served = router.predict([request]).p_good  # opens the ONNX session, which cannot be pickled
     assert (pickle.loads(pickle.dumps(router)).predict([request]).p_good == served).all()
+
+
+def test_a_table_without_answer_lengths_trains_with_a_warning_and_the_prior(data, caplog):
+    # A sample written without RouterBench's *_responses.parquet: nothing to learn lengths from.
+    from dataclasses import replace
+
+    table, X, train, _ = data
+    blind = replace(table.subset(train[:200]), output_tokens=None)
+    with caplog.at_level("WARNING", logger="router.predictor"):
+        p = OutcomePredictor(folds=2, num_rounds=10).fit(X[train[:200]], blind)
+    assert "no answer lengths" in caplog.text
+    assert (p.predict(X[train[:5]]).output_tokens == DEFAULT_OUTPUT_TOKENS).all()
