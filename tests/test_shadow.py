@@ -9,6 +9,7 @@ import time
 from argparse import Namespace
 
 import httpx
+import numpy as np
 import pytest
 
 from router.feedback_log import read_shadows
@@ -315,3 +316,105 @@ def test_shadow_report_page_gives_overlap_and_effective_sample_size():
     assert "on 50.0% of these 40 requests" in page
     assert "<th>Δ P(good)</th>" in page and "predicted_delta_p_good" not in page
     assert '<td class="list">m1 20<br>m2 20</td>' in page
+
+
+def _report(db: str, out) -> dict:
+    from training import shadow_report
+
+    assert shadow_report.run(Namespace(db=db, out=str(out), seed=0)) == 0
+    return json.loads((out / "shadow_report.json").read_text())
+
+
+def test_predicted_deltas_compare_choices_under_one_predictor_not_two_predictors(shadow_artifact, tmp_path):
+    # The live router prefers m2, as the shadow artifact does on most prompts: they agree there,
+    # yet the two predict m2 differently (latency from the catalog against the live measurements).
+    # The headline deltas read that gap where the choice is the same; they must say what the
+    # choice changes, 0 where it is alike.
+    db = f"sqlite:///{tmp_path}/shadow.sqlite"
+    extra = f'learning: {{shadow: {{artifact: "{shadow_artifact}"}}}}'
+    with FakeUpstream() as up:
+        gw = Running(fake_config(up.base_url, db, extra=extra), router=QualityRouter({"m1": 0.6, "m2": 0.9, "m3": 0.5}))
+        try:
+            ids = [_ask(gw.client(), text, False)[2] for text in PROMPTS[:8]]
+            rows = _shadows(db, len(ids))
+            agree = {r["request_id"]: r["agree"] for r in rows}
+            for rid in ids:
+                label = "agreed" if agree[rid] else "disagreed"
+                assert httpx.post(f"{gw.url}/v1/feedback", json={"request_id": rid, "score": 1.0, "label": label}).status_code == 200
+        finally:
+            gw.stop()
+    assert 0 < sum(agree.values()) < len(ids), "the routers should agree on some prompts, not all"
+    report = _report(db, tmp_path / "report")
+
+    mean = lambda values: float(np.mean(values))  # noqa: E731
+    for k in ("p_good", "cost_usd", "latency_s"):
+        assert report["by_task"]["agreed"][f"predicted_delta_{k}"] == 0.0  # same choice, nothing to gain or lose
+        choice = mean([r["shadow_candidate"][k] - r["shadow_on_live_choice"][k] for r in rows])
+        assert report["overall"][f"predicted_delta_{k}"] == pytest.approx(choice)
+        assert report["by_live_model"]["m2"][f"predicted_delta_{k}"] == pytest.approx(choice)
+        # the predictors' own gap is kept apart, on the same model (the live choice)
+        gap = mean([r["shadow_on_live_choice"][k] - r["live_candidate"][k] for r in rows])
+        assert report["overall"][f"predictor_gap_{k}"] == pytest.approx(gap)
+    agreed_gap = mean([r["shadow_on_live_choice"]["latency_s"] - r["live_candidate"]["latency_s"] for r in rows if r["agree"]])
+    assert report["by_task"]["agreed"]["predictor_gap_latency_s"] == pytest.approx(agreed_gap)
+    assert abs(agreed_gap) > 0.5  # the predictors differ (what the old deltas showed as the choice's)
+    page = (tmp_path / "report" / "shadow_report.html").read_text()
+    assert "<th>latency s gap</th>" in page and "a difference of\npredictors, not of choices" in page
+
+
+class _SlowRouter(QualityRouter):
+    """A live router that takes `seconds` to decide: time the live request's handling has and its
+    upstream call has not."""
+
+    def __init__(self, quality, seconds: float):
+        super().__init__(quality)
+        self.seconds = seconds
+
+    def route(self, request, **kwargs):
+        time.sleep(self.seconds)
+        return super().route(request, **kwargs)
+
+
+def test_observed_latency_compares_upstream_calls_not_the_live_handling_time(shadow_artifact, tmp_path):
+    from tests.fake_upstream import ok
+
+    db = f"sqlite:///{tmp_path}/shadow.sqlite"
+    extra = f'learning: {{shadow: {{artifact: "{shadow_artifact}", call_share: 1.0, max_call_cost_usd: 10.0}}}}'
+    with FakeUpstream() as up:
+        for m in ("m1", "m2", "m3"):
+            up.default(m, ok(delay_s=0.2))  # every model equally fast
+        gw = Running(fake_config(up.base_url, db, extra=extra), router=_SlowRouter(LIVE, 0.4))
+        try:
+            for i, text in enumerate(PROMPTS[:4]):
+                _ask(gw.client(), text, stream=i % 2 == 0)
+                _shadows(db, i + 1)  # one at a time: no shadow call waits behind the next routing
+            rows = _shadows(db, 4)
+        finally:
+            gw.stop()
+    called = [r for r in rows if r["called"] and r["call_status"] == "ok"]
+    assert called
+    calls = _report(db, tmp_path / "report")["observed_shadow_calls"]
+    # equally fast models: about 0, where the handling time (0.4 s of routing besides) read -0.4 s
+    assert abs(calls["delta_latency_s"]) < 0.15, calls
+    assert calls["latency_compared"] == len(called)
+    assert calls["live_gateway_time_s"] >= 0.35, calls
+    page = (tmp_path / "report" / "shadow_report.html").read_text()
+    assert "<th>Δ upstream latency s</th>" in page and "the live answer's upstream call" in page
+
+
+def test_the_live_upstream_latency_is_the_answering_attempts():
+    from training.shadow_report import upstream_latency
+
+    attempts = [{"model": "m1", "status": "error", "latency_s": 1.0}, {"model": "m2", "status": "ok", "latency_s": 0.25}]
+    assert upstream_latency("ok", "m2", attempts) == 0.25  # the fallback that answered, not the failed call
+    assert upstream_latency("client_closed", "m2", attempts) is None  # cut short by the client
+    assert upstream_latency("error", None, attempts) is None
+    assert upstream_latency("ok", "m2", [{"model": "m2", "status": "ok"}]) is None  # not timed: left out
+
+
+def test_config_doc_says_shadow_calls_are_made_only_where_the_routers_disagree():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md").read_text()
+    (row,) = [line for line in doc.splitlines() if line.startswith("| `shadow.call_share`")]
+    assert "disagree" in row

@@ -5,10 +5,15 @@ Reads the shadow decisions, the outcome log and the feedback beside it, and writ
 headline numbers, plots embedded as PNG, per-task and per-model tables):
 
 * agreement: the share of live requests on which the shadow router chose the live model;
-* predicted deltas: the shadow router's prediction for its own choice minus the live
-  router's prediction for the live choice (P(good), cost, latency);
+* predicted deltas: what the shadow router's choice changes, under one predictor (the
+  shadow's): its prediction for its own choice minus its prediction for the live choice
+  (P(good), cost, latency), 0 wherever the two routers agree. Apart from them, the predictor
+  gap: the shadow's prediction for the live choice minus the live router's, a difference of
+  predictors, not of choices (the two add up to shadow-for-its-choice minus live-for-its-choice);
 * observed deltas: on requests where the shadow model was also called, its measured cost
-  and latency minus the live answer's;
+  minus the live answer's, and its call's time minus the live answer's upstream call's (the
+  attempt that answered), like with like: the live request's whole handling time adds the
+  gateway's own (routing, embedding, hooks), reported beside it;
 * off-policy estimates: the shadow router's value on the logged traffic (IPS, SNIPS, DR,
   95 % intervals) against what the live gateway served (the logged policy: the live router
   and its bandit), for quality, utility and cost, using the live propensities and the
@@ -26,12 +31,44 @@ from pathlib import Path
 import numpy as np
 
 PREDICTED = ("p_good", "cost_usd", "latency_s")
-OBSERVED = ("cost_usd", "latency_s")  # what the report reads of each outcome row
+# What the report reads of each outcome row: the attempts only for requests with a shadow call.
+LIVE_COLUMNS = ("request_id", "status", "answered_model", "cost_usd", "latency_s", "attempts")
 
 
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
     return float(np.mean(values)) if values else None
+
+
+def _minus(a: dict | None, b: dict | None, key: str) -> float | None:
+    """`a[key] - b[key]`, None where either prediction is missing."""
+    x, y = (a or {}).get(key), (b or {}).get(key)
+    return None if x is None or y is None else x - y
+
+
+def upstream_latency(status: str | None, answered: str | None, attempts: list[dict] | None) -> float | None:
+    """The live answer's upstream call alone (the attempt that answered; a streamed one until its
+    last chunk): None for a request that did not end in a whole answer."""
+    if status != "ok" or not answered:
+        return None
+    return next((a.get("latency_s") for a in reversed(attempts or [])
+                 if a.get("model") == answered and a.get("status") == "ok"), None)
+
+
+def live_outcomes(db: str, wanted: set[str], called: set[str]) -> dict[str, dict]:
+    """Cost and handling time of the live requests in `wanted`, and for those in `called` the
+    upstream call's time; read row by row, the rest of the log never held."""
+    from router.outcome_log import from_row, scan_outcomes
+
+    out = {}
+    for rid, status, answered, cost, latency, attempts in scan_outcomes(db, LIVE_COLUMNS):
+        if rid not in wanted:
+            continue
+        row = {"cost_usd": cost, "latency_s": latency}
+        if rid in called:
+            row["upstream_latency_s"] = upstream_latency(status, answered, from_row({"attempts": attempts})["attempts"])
+        out[rid] = row
+    return out
 
 
 def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, str], traffic=None, seed: int = 0) -> dict:
@@ -43,19 +80,29 @@ def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, 
         return labels.get(r["request_id"]) or "unlabelled"
 
     def block(rows):
-        out = {"requests": len(rows), "agreement": _mean([float(r["agree"]) for r in rows])}
+        out = {"requests": len(rows), "agreement": _mean([float(r["agree"]) for r in rows]),
+               # the shadow's own predictions for both choices: a row without one is left out
+               "predicted_requests": sum(bool(r["shadow_candidate"] and r.get("shadow_on_live_choice")) for r in rows)}
         for k in PREDICTED:
-            out[f"predicted_delta_{k}"] = _mean([r["shadow_candidate"].get(k, np.nan) - r["live_candidate"].get(k, np.nan)
-                                                for r in rows if r["shadow_candidate"] and r["live_candidate"]])
+            out[f"predicted_delta_{k}"] = _mean([_minus(r["shadow_candidate"], r.get("shadow_on_live_choice"), k) for r in rows])
+        for k in PREDICTED:
+            out[f"predictor_gap_{k}"] = _mean([_minus(r.get("shadow_on_live_choice"), r["live_candidate"], k) for r in rows])
         return out
 
     report: dict = {"overall": block(shadows)}
     called = [r for r in shadows if r["called"] and r["call_status"] == "ok" and r["request_id"] in outcomes]
+    # Like with like: the shadow's bare upstream call against the live answer's upstream call, not
+    # against the live request's handling time (routing, embedding, hooks besides).
+    timed = [(r, outcomes[r["request_id"]]) for r in called
+             if r["call_latency_s"] is not None and outcomes[r["request_id"]].get("upstream_latency_s") is not None]
     report["observed_shadow_calls"] = {
         "calls": sum(r["called"] for r in shadows), "ok": len(called),
         "spend_usd": float(sum(r["call_cost_usd"] or 0.0 for r in shadows)),
         "delta_cost_usd": _mean([r["call_cost_usd"] - (outcomes[r["request_id"]].get("cost_usd") or 0.0) for r in called]),
-        "delta_latency_s": _mean([r["call_latency_s"] - (outcomes[r["request_id"]].get("latency_s") or 0.0) for r in called]),
+        "delta_latency_s": _mean([r["call_latency_s"] - o["upstream_latency_s"] for r, o in timed]),
+        "latency_compared": len(timed),
+        # what the live request's handling time adds to its upstream call
+        "live_gateway_time_s": _mean([_minus(o, {"latency_s": o["upstream_latency_s"]}, "latency_s") for _, o in timed]),
     }
     by_task, by_model = defaultdict(list), defaultdict(list)
     for r in shadows:
@@ -169,12 +216,18 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
+def _signed(v) -> str:
+    return "–" if v is None else f"{v:+.4g}"
+
+
 def _pct(v) -> str:
     return "–" if v is None else f"{v:.1%}"
 
 
 HEADERS = {"predicted_delta_p_good": "Δ P(good)", "predicted_delta_cost_usd": "Δ $", "predicted_delta_latency_s": "Δ latency s",
-           "spend_usd": "spend $", "delta_cost_usd": "Δ cost $", "delta_latency_s": "Δ latency s",
+           "predictor_gap_p_good": "P(good) gap", "predictor_gap_cost_usd": "$ gap", "predictor_gap_latency_s": "latency s gap",
+           "spend_usd": "spend $", "delta_cost_usd": "Δ cost $", "delta_latency_s": "Δ upstream latency s",
+           "latency_compared": "n timed", "live_gateway_time_s": "live gateway time s",
            "shadow_choices": "shadow's choices"}
 
 
@@ -203,6 +256,26 @@ def _overlap_note(ope: dict) -> str:
             "reward model (docs/LEARNING.md).</p>")
 
 
+def _predicted_note(o: dict) -> str:
+    left_out = o["requests"] - o["predicted_requests"]
+    return (f"<p>Δ predicted: what choosing differently is predicted to change, under one predictor (the shadow "
+            f"router's): its prediction for its own choice minus its prediction for the live router's choice, mean "
+            f"over {o['predicted_requests']} requests, 0 wherever the two agree"
+            + (f" ({left_out} left out: the shadow router had no prediction for the live choice)" if left_out else "")
+            + ". The two predictors also differ on one and the same model, the live router's choice, by P(good) "
+            f"{_signed(o['predictor_gap_p_good'])}, $ {_signed(o['predictor_gap_cost_usd'])}, latency "
+            f"{_signed(o['predictor_gap_latency_s'])} s (the shadow's minus the live router's): a difference of "
+            "predictors, not of choices (the predictor gap below).</p>")
+
+
+def _calls_note(calls: dict) -> str:
+    return (f"<p>Δ upstream latency: the shadow call's time (never streamed) minus the live answer's upstream call "
+            f"(the attempt that answered; a streamed one until its last chunk), on {calls['latency_compared']} "
+            f"requests that ended in a whole answer. The live request's whole handling time is longer by the "
+            f"gateway's own time (routing, embedding, hooks): {_fmt(calls['live_gateway_time_s'])} s on average "
+            f"there.</p>")
+
+
 def render_html(report: dict, images: dict[str, str]) -> str:
     o = report["overall"]
     cards = [("requests", o["requests"]), ("agreement", _pct(o["agreement"])),
@@ -217,6 +290,8 @@ def render_html(report: dict, images: dict[str, str]) -> str:
                                                   "n": e["n"], "effective n": e.get("ess")}
     img = lambda k: f'<img src="data:image/png;base64,{images[k]}" alt="{k}">' if k in images else ""  # noqa: E731
     cols = ["requests", "agreement", "predicted_delta_p_good", "predicted_delta_cost_usd", "predicted_delta_latency_s"]
+    gaps = ["predictor_gap_p_good", "predictor_gap_cost_usd", "predictor_gap_latency_s"]
+    calls = report["observed_shadow_calls"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Shadow router report</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}}
 .cards{{display:flex;flex-wrap:wrap;gap:12px}}.card{{background:#f4f6f8;border-radius:8px;padding:10px 16px}}
@@ -224,13 +299,18 @@ def render_html(report: dict, images: dict[str, str]) -> str:
 td:first-child,td.list{{text-align:left}}img{{max-width:100%}}</style></head><body>
 <h1>Shadow router vs live router</h1>
 <div class="cards">{''.join(f'<div class="card">{html.escape(k)}<b>{_fmt(v)}</b></div>' for k, v in cards)}</div>
+{_predicted_note(o)}
 <h2>Choices</h2>{img("traffic")}{img("timeline")}
 <h2>Off-policy estimates (logged traffic with feedback)</h2>{img("ope")}
 {_overlap_note(report["ope"]) + _table(ope_rows, ["shadow − live", "95% lo", "95% hi", "n", "effective n"]) if ope_rows else "<p>No logged request with feedback overlaps the shadow decisions yet.</p>"}
 <h2>By task</h2>{img("agreement")}
-<p>Δ: the shadow router's prediction for its own choice minus the live router's for the live choice.</p>{_table(report["by_task"], cols)}
+<p>Δ: the shadow router's prediction for its own choice minus its prediction for the live choice (0 where they agree).</p>{_table(report["by_task"], cols)}
 <h2>By live model</h2>{_table(report["by_live_model"], [*cols, "shadow_choices"])}
-<h2>Shadow calls (observed)</h2>{_table({"shadow calls": report["observed_shadow_calls"]}, list(report["observed_shadow_calls"]))}
+<h3>The two predictors on the live router's choice</h3>
+<p>Gap: the shadow router's prediction for the model the live router chose minus the live router's own; a difference of
+predictors, not of choices.</p>{_table({"all requests": o, **report["by_live_model"]}, ["requests", *gaps])}
+<h2>Shadow calls (observed)</h2>{_table({"shadow calls": calls}, list(calls))}
+{_calls_note(calls)}
 </body></html>"""
 
 
@@ -242,7 +322,6 @@ def configure(parser) -> None:
 
 def run(args) -> int:
     from router.feedback_log import read_feedback, read_shadows
-    from router.outcome_log import read_outcomes
     from training.offpolicy import finite, load_traffic
     from training.outputs import check_outcome_log, check_output_dir
 
@@ -253,7 +332,8 @@ def run(args) -> int:
         raise ValueError(f"{args.db}: no shadow decisions logged; configure learning.shadow.artifact on the gateway")
     # Only what the report reads: every column, JSON decoded, took 1.27 GB at 100k rows, and
     # load_traffic reads what it needs itself, with the unusable rows left in the database.
-    outcomes = {r["request_id"]: r for r in read_outcomes(args.db, columns=["request_id", *OBSERVED]).to_dict("records")}
+    outcomes = live_outcomes(args.db, {r["request_id"] for r in shadows},
+                             {r["request_id"] for r in shadows if r["called"] and r["call_status"] == "ok"})
     labels = {r["request_id"]: r["label"] for r in read_feedback(args.db) if r.get("label")}
     report = finite(summarize(shadows, outcomes, labels, load_traffic(args.db), seed=args.seed))
     out = Path(args.out)
