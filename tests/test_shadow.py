@@ -410,11 +410,3 @@ def test_the_live_upstream_latency_is_the_answering_attempts():
     assert upstream_latency("client_closed", "m2", attempts) is None  # cut short by the client
     assert upstream_latency("error", None, attempts) is None
     assert upstream_latency("ok", "m2", [{"model": "m2", "status": "ok"}]) is None  # not timed: left out
-
-
-def test_config_doc_says_shadow_calls_are_made_only_where_the_routers_disagree():
-    from pathlib import Path
-
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md").read_text()
-    (row,) = [line for line in doc.splitlines() if line.startswith("| `shadow.call_share`")]
-    assert "disagree" in row
