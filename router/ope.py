@@ -19,6 +19,11 @@ for every step of a tool loop): with `LoggedData.clusters` the CLT uses the clus
 variance and the bootstrap resamples whole clusters. `compare` estimates the
 difference between two target policies on the same log with a paired interval, which is
 what a promotion decision needs: both values share most of their noise.
+
+`support` checks that the log can say anything about a target policy at all: the mean importance
+weight (SNIPS's normaliser) is 1 when every choice of the target had a chance to be logged, and the
+share of its choices the log never shows is 1 minus it. Below that, every estimator above is a guess
+with an interval that does not know it (SUPPORT_MARGIN).
 """
 from __future__ import annotations
 
@@ -292,6 +297,74 @@ def shared_bootstrap(logs: list[LoggedData], candidate_probs: np.ndarray, baseli
             *ips_terms(log, candidate_probs),
             *(ips_terms(log, baseline_probs) if baseline_probs is not None else _logging_terms(log)))])
     return boot
+
+
+# The support check. Under the logging policy μ the importance weight w = π(a|x) / μ(a|x) of a target
+# policy π has mean Σ_a π(a|x)·1[μ(a|x) > 0]: 1 when every action π takes could have been logged, less
+# by the share of π's choices the log never shows, and never above 1 when the logged propensities are
+# the probabilities the actions had. The sample mean of w is SNIPS's normaliser, the control variate
+# whose distance from 1 is the standard diagnostic (Swaminathan & Joachims 2015; Bottou et al. 2013
+# bound the unsupported mass by 1 − mean(w)). Where π's choices lack support every estimator guesses
+# their rewards: IPS counts them as 0, SNIPS as the supported choices' mean, DR as its reward model.
+# A policy is refused when, beyond the 95 % interval, more than SUPPORT_MARGIN of its choices had no
+# support (upper bound of mean(w) below 1 − margin, or that share seen exactly: logged with propensity 1
+# where π chose another action), or mean(w) is above 1 + margin (the propensities do not add up). The
+# margin keeps sampling noise in heavy-tailed weights (small propensities) from refusing a supported log.
+SUPPORT_MARGIN = 0.1
+
+
+@dataclass(frozen=True)
+class Support:
+    weight_mean: Estimate  # mean importance weight: the share of the target's choices the log supports
+    overlap: float  # share of requests on which the target may take the logged action
+    unsupported_known: float  # share of the target's choices known to have had logging probability 0
+    margin: float = SUPPORT_MARGIN
+
+    @property
+    def unsupported_at_least(self) -> float:
+        """The share of the target's choices without support, at least (95 %), or exactly where known."""
+        return max(1.0 - self.weight_mean.hi, self.unsupported_known) if self.weight_mean.n else 0.0
+
+    @property
+    def verdict(self) -> str:
+        if not self.weight_mean.n:
+            return "empty"
+        if self.unsupported_at_least > self.margin:
+            return "unsupported"
+        return "inconsistent" if self.weight_mean.lo > 1.0 + self.margin else "supported"
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict in ("supported", "empty")
+
+    def describe(self) -> str:
+        e = self.weight_mean
+        span = f"mean importance weight {e.value:.2f} (95 % interval {e.lo:.2f} .. {e.hi:.2f}; 1 is full support)"
+        if self.verdict == "unsupported":
+            known = (f", {self.unsupported_known:.0%} for certain: logged with propensity 1 where it chose another"
+                     if self.unsupported_known > 0 else "")
+            return (f"{span}: about {max(0.0, 1.0 - e.value):.0%} of its choices the logging policy never made, "
+                    f"or too rarely to show"
+                    f"{known}; it takes the logged action on {self.overlap:.0%} of n={e.n}, effective sample size {e.ess:.0f}")
+        if self.verdict == "inconsistent":
+            return f"{span}: above 1, which right propensities cannot give; the logged propensities are too small"
+        return f"{span}; it takes the logged action on {self.overlap:.0%} of n={e.n}"
+
+    def to_dict(self) -> dict:
+        return {"weight_mean": self.weight_mean.to_dict(), "overlap": self.overlap, "unsupported_known": self.unsupported_known,
+                "unsupported_at_least": self.unsupported_at_least, "ess": self.weight_mean.ess, "margin": self.margin,
+                "verdict": self.verdict, "ok": self.ok, "summary": self.describe()}
+
+
+def support(log: LoggedData, target_probs: np.ndarray, margin: float = SUPPORT_MARGIN) -> Support:
+    """How far the log supports `target_probs` (see SUPPORT_MARGIN); the interval of the weight
+    mean is cluster-robust, as the estimators' are."""
+    w = _weights(log, target_probs)
+    if not len(w):
+        return Support(Estimate("weight_mean", float("nan"), float("nan"), float("nan"), 0, 0.0), 0.0, 0.0, margin)
+    certain = log.propensities >= 1.0 - 1e-9  # the logging policy could take no other action there
+    known = float(np.mean(np.where(certain, 1.0 - target_probs[np.arange(len(w)), log.actions], 0.0)))
+    return Support(_clt("weight_mean", w, w, _groups(log)), float(np.mean(w > 0)), known, margin)
 
 
 def deterministic_probs(chosen: np.ndarray, n_actions: int) -> np.ndarray:

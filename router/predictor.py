@@ -295,8 +295,11 @@ class OutcomePredictor:
             self.token_prior = np.full(m, DEFAULT_OUTPUT_TOKENS)
             self.token_booster = None
             return
-        med = np.nanmedian(tok, axis=0)
-        self.token_prior = np.where(np.isnan(med), DEFAULT_OUTPUT_TOKENS, med)
+        # A model without any length (a base table without them, stacked with logged requests that
+        # have them) keeps the default.
+        seen = ~np.isnan(tok).all(axis=0)
+        self.token_prior = np.full(m, DEFAULT_OUTPUT_TOKENS)
+        self.token_prior[seen] = np.nanmedian(tok[:, seen], axis=0)
         r, c = np.nonzero(~np.isnan(tok))
         ds = lgb.Dataset(self._pairs(Z, r, c), np.log1p(np.maximum(tok[r, c], 0)), categorical_feature=[Z.shape[1]])
         self.token_booster = lgb.train({**TOKEN_PARAMS, "seed": self.seed}, ds, self.token_rounds)

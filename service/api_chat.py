@@ -31,7 +31,7 @@ from service.gateway import Gateway
 from service.governance.auth import client_caller
 from service.pipeline import RequestContext
 from service.providers.base import UpstreamError
-from service.routing import build_constraints, decide
+from service.routing import artifact_of, build_constraints, decide
 from service.schemas import read_json_body, validate_chat
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,9 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
             if better is not None:
                 raise better from None
             raise
+        router_path = artifact_of(router_now)
+        if router_path is not None:
+            ctx.extras["router"] = router_path
         gw.metrics.routing_seconds.observe(time.perf_counter() - t0)
         gw.metrics.choices.labels(ctx.decision.model, ctx.profile).inc()
     await gw.pipeline.run_routed(ctx)

@@ -9,6 +9,7 @@ the body wins when both are given.
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Callable, Mapping, Protocol
 
@@ -27,6 +28,13 @@ class Router(Protocol):
     def route(self, request: RoutingRequest, *, catalog: list[ModelSpec], profile: Profile,
               constraints: Constraints, live: Mapping[str, LiveStats] | None,
               embedding: np.ndarray | None) -> Decision: ...
+
+
+def artifact_of(router: Router | None) -> str | None:
+    """The folder a learned router was loaded from, absolute (the outcome log records it, so
+    `retrain` knows which router made the logged decisions); None for another kind of router."""
+    path = getattr(router, "path", None)
+    return None if path is None else os.path.abspath(path)
 
 
 class RouterSlot:

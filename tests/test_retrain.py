@@ -156,9 +156,123 @@ def test_retrain_promotes_a_better_candidate_into_a_running_gateway_and_refuses_
         finally:
             gw.stop()
     mlflow.set_tracking_uri(f"sqlite:///{world.root}/mlflow.db")
-    versions = mlflow.MlflowClient().search_model_versions("name='router-test'")
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions("name='router-test'")
     assert [v.run_id for v in versions] == [better["mlflow_run_id"]]  # only the promoted run is registered
     assert (world.root / "cand-bad" / "retrain_report.json").exists()
+    # What is live and why, from MLflow alone: the alias on the promoted version, the verdict on every run.
+    assert client.get_model_version_by_alias("router-test", "live").run_id == better["mlflow_run_id"]
+    promoted, refused = client.get_run(better["mlflow_run_id"]), client.get_run(worse["mlflow_run_id"])
+    assert promoted.data.tags["promoted"] == "true" and promoted.data.tags["verdict_reason"] == better["verdict"]["reason"]
+    assert refused.data.tags["promoted"] == "false" and refused.data.tags["verdict_reason"] == worse["verdict"]["reason"]
+    assert promoted.data.tags["support"] == "supported" and better["ope"]["support"]["ok"]  # uniform logging: full support
+    assert 0.8 < promoted.data.metrics["ope_support_weight_mean"] < 1.2
+    assert promoted.data.metrics["ope_support_weight_mean_lo"] <= 1.0 <= promoted.data.metrics["ope_support_weight_mean_hi"]
+    text = retrain.summary(better["ope"], "dr")
+    assert text.startswith("Utility difference, candidate − what the gateway served, on ")
+    assert "  DR    +" in text and "<- --estimator" in text and "Support of the candidate's choices in the log (supported)" in text
+
+
+@pytest.fixture(scope="module")
+def greedy_db(world):
+    """The same logged prompts served greedily by one model (propensity 1), as a gateway with the bandit
+    off logs them; answer lengths logged, which the base tables lack."""
+    df = _frame(np.random.default_rng(0).permutation(2205)[500:1300])
+    from router.embedding import encode_cached
+
+    emb = encode_cached(df["query"].tolist())
+    db = f"sqlite:///{world.root}/greedy.sqlite"
+    log, fb = open_outcome_log(db), FeedbackLog(db)
+    served = "WizardLM-13B-V1.2"
+    for i, r in df.iterrows():
+        cands = [{"model": m, "p_good": 0.5, "p_good_std": 0.1, "output_tokens": 50.0, "cost_usd": float(r[f"cost_usd__{m}"]),
+                  "latency_s": 1.0, "utility": 0.5 - float(r[f"cost_usd__{m}"]) / WTP, "excluded": None} for m in MODELS]
+        log.write(OutcomeRecord(request_id=f"g_{i}", ts=1000.0 + i, prompt=r["query"], embedding=emb[i].astype(np.float32).tobytes(),
+                                input_tokens_est=len(r["prompt_full"]) // 4, candidates=cands, knob=WTP, chosen_model=served,
+                                propensity=1.0, answered_model=served, output_tokens=120, cost_usd=float(r[f"cost_usd__{served}"]),
+                                status="ok"))
+        fb.add_feedback(Feedback(f"g_{i}", float(r[f"quality__{served}"]), label=r["eval_name"]))
+    log.close()
+    fb.close()
+    return db
+
+
+def test_a_log_that_never_shows_the_candidates_choices_is_refused_for_that(world, greedy_db, capsys):
+    import warnings
+
+    import mlflow
+
+    from training import retrain
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = retrain.retrain(_args(world, db=greedy_db, base_data=[str(world.paths["base"])],
+                                       router=str(world.routers["inverted"]), out=str(world.root / "cand-greedy")))
+    # Base rows without answer lengths beside logged rows with them: no numpy warning on the console.
+    assert not [w for w in caught if "All-NaN" in str(w.message)]
+    support = report["ope"]["support"]
+    assert not report["verdict"]["promote"] and support["verdict"] == "unsupported"
+    assert support["unsupported_known"] > 0.5 and support["weight_mean"]["hi"] < 0.5
+    reason = report["verdict"]["reason"]
+    assert reason.startswith("the log does not support the candidate's choices: mean importance weight")
+    assert "for certain: logged with propensity 1" in reason and "learning.bandit.explore_share" in reason
+    run = mlflow.MlflowClient(f"sqlite:///{world.root}/mlflow.db").get_run(report["mlflow_run_id"])
+    assert run.data.tags["promoted"] == "false" and run.data.tags["support"] == "unsupported"
+    assert run.data.metrics["ope_support_weight_mean_hi"] < 0.5
+
+
+def test_models_the_candidate_was_not_trained_on_are_named(world, caplog):
+    from training import retrain
+
+    # No --base-data: the candidate knows only the three logged models, the live router eleven.
+    with caplog.at_level("WARNING"):
+        report = retrain.retrain(_args(world, router=str(default_artifact()), out=str(world.root / "cand-nobase")))
+    [warning] = report["warnings"]
+    assert "gpt-4-1106-preview" in warning and "claude-v1" in warning and "Yi-34B-Chat" not in warning
+    assert "treats them as new models" in warning and "new_model_explore_share" in warning
+    assert any("gpt-4-1106-preview" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_the_gateway_is_checked_before_training(world, tmp_path, monkeypatch, capsys):
+    import socket
+
+    from service.cli import main
+    from tests.fake_upstream import FakeUpstream
+    from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter
+    from tests.governance_harness import MASTER, governed_gateway
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+    empty = tmp_path / "outcomes.sqlite"
+    open_outcome_log(f"sqlite:///{empty}").close()
+
+    def run(gateway, key):
+        if key is None:
+            monkeypatch.delenv("OPENCLAW_MASTER_KEY", raising=False)
+        else:
+            monkeypatch.setenv("OPENCLAW_MASTER_KEY", key)
+        out = tmp_path / "cand"
+        rc = main(["retrain", "--db", f"sqlite:///{empty}", "--router", str(world.routers["base"]), "--out", str(out),
+                   "--gateway", gateway, "--tracking-uri", f"sqlite:///{tmp_path / 'ml.db'}"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err and not out.exists(), err
+        return err
+
+    assert "cannot be reached" in run(closed, MASTER)
+    with governed_gateway(tmp_path) as (gw, *_):  # its master key is MASTER, whatever the environment says
+        assert "needs its master key for the hot reload: set OPENCLAW_MASTER_KEY" in run(gw.url, None)
+        assert "refused the master key in OPENCLAW_MASTER_KEY (invalid_api_key)" in run(gw.url, "mk-wrong")
+        passed = run(gw.url, MASTER)  # past the check (the bandit is off: 404 bandit_disabled), then the empty log
+        assert "--gateway" not in passed and "nothing to train on" in passed
+    with FakeUpstream() as up:
+        plain = Running(fake_config(up.base_url, f"sqlite:///{tmp_path}/gw.sqlite"), router=QualityRouter(DEFAULT_QUALITY))
+        try:
+            assert "admin API off" in run(plain.url, None)  # started without a master key
+        finally:
+            plain.stop()
+        assert "does not answer as an OpenClaw gateway" in run(up.url, MASTER)
 
 
 def test_hot_reload_under_concurrent_requests_loses_none(world, monkeypatch):
@@ -207,6 +321,40 @@ def test_hot_reload_under_concurrent_requests_loses_none(world, monkeypatch):
             assert Path(gw.gateway.router.current.path) == Path(world.routers["base"])
         finally:
             gw.stop()
+
+
+def test_the_router_that_made_the_logged_decisions_is_the_default_live_router(world, monkeypatch, caplog):
+    # After a promotion the gateway serves another artifact than models/default: retrain without
+    # --router finds it from the log, where the gateway records it with every routed request.
+    import os
+
+    from router.engine import LearnedRouter
+    from training import retrain
+
+    monkeypatch.setenv("OPENCLAW_MASTER_KEY", "sekrit")
+    db = f"sqlite:///{world.root}/routers.sqlite"
+    with FakeUpstream() as up:
+        gw = Running(fake_config(up.base_url, db), router=LearnedRouter.load(world.routers["inverted"]))
+        try:
+            for i in range(3):
+                gw.client().chat.completions.create(model="auto", messages=[{"role": "user", "content": f"Question {i}?"}])
+            r = httpx.post(f"{gw.url}/admin/router/reload", json={"path": str(world.routers["base"])},
+                           headers={"authorization": "Bearer sekrit"}, timeout=60)
+            assert r.status_code == 200, r.text
+            for i in range(2):
+                gw.client().chat.completions.create(model="auto", messages=[{"role": "user", "content": f"Another {i}?"}])
+            gw.client().chat.completions.create(model="m1", messages=[{"role": "user", "content": "Named?"}])  # not routed
+        finally:
+            gw.stop()
+    inverted, base = (os.path.abspath(world.routers[k]) for k in ("inverted", "base"))
+    assert retrain.logged_routers(db) == (base, {inverted: 3, base: 2})
+    with caplog.at_level("WARNING"):
+        assert os.path.abspath(retrain.live_router_path(_args(world, db=db))) == base
+    assert "the decisions of 2 routers" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        retrain.live_router_path(_args(world, db=db, router=str(world.routers["inverted"])))
+    assert f"made by {base}, not by the live router given" in caplog.text
 
 
 def test_the_live_router_is_found_from_any_folder_as_serve_finds_it(world, tmp_path, monkeypatch):

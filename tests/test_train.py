@@ -153,3 +153,31 @@ def test_a_table_with_neither_costs_nor_prices_trains_at_one_flat_price(tmp_path
     assert any("priced alike" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     manifest = json.loads((tmp_path / "router" / "manifest.json").read_text())
     assert manifest["prices_seen"] == {m: [FLAT_PRICE_PER_1M, FLAT_PRICE_PER_1M] for m in ("Mistral-7B-v0.1", "zephyr-7b-beta")}
+
+
+def test_a_fractional_feedback_score_keeps_its_model_in_the_mean_auc(tmp_path, capsys):
+    from training.train import quality_metrics
+
+    rng = np.random.default_rng(1)
+    n = 200
+    y = (rng.random((n, 2)) < 0.5).astype(float)
+    oof = np.clip(0.6 * y + 0.4 * rng.random((n, 2)), 0, 1)
+    hard = quality_metrics(y, oof, oof, ["a", "b"])
+    y[0, 1] = 0.3  # one fractional score
+    m = quality_metrics(y, oof, oof, ["a", "b"])
+    assert m["per_model"]["b"]["auc"] is not None and m["auc_models"] == 2 and m["auc_binarised"] == ["b"]
+    assert m["mean_auc"] == pytest.approx(hard["mean_auc"], abs=0.01)  # the same models, nearly the same value
+    y[:, 1] = 1.0  # one class only: no AUC, and named
+    one = quality_metrics(y, oof, oof, ["a", "b"])
+    assert one["auc_left_out"] == ["b"] and one["auc_models"] == 1 and one["mean_auc"] == one["per_model"]["a"]["auc"]
+
+    frame = pd.DataFrame({"query": [f"question {i}: what is {i} + {i % 7}?" for i in range(60)]})
+    for j, name in enumerate(("m1", "m2")):
+        frame[f"quality__{name}"] = (rng.random(60) < 0.5).astype(float)
+        frame[f"cost_usd__{name}"] = 1e-5 * (j + 1)
+    frame.loc[0, "quality__m2"] = 0.3
+    data = tmp_path / "fractional.parquet"
+    frame.to_parquet(data)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "router"), "--folds", "2", "--rounds", "10",
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'ml.db'}"]) == 0
+    assert "over 2 of 2 models (scores of m2 binarised at 0.5)" in capsys.readouterr().out

@@ -273,6 +273,8 @@ def compare_policies(traffic: Traffic, live: np.ndarray | None, cand: np.ndarray
     }
     clusters = prompt_clusters(traffic)
     logs = {name: logged_data(traffic, reward, q_hat, clusters) for name, (reward, q_hat) in metrics.items()}
+    # Whether the log can judge the candidate at all: its mean importance weight, 1 with full support.
+    out["support"] = ope.support(logs["utility"], cand).to_dict()
     # Every SNIPS interval below resamples the same groups with the same seed: one draw for all.
     boot = ope.shared_bootstrap(list(logs.values()), cand, live, seed=seed)
     for name, data in logs.items():

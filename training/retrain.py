@@ -5,14 +5,17 @@
    training rows, the most recent `eval_share` are held out to judge the result (a
    candidate judged on the rewards it was trained on would look better than it is).
 2. Fit a candidate router (same predictor and artifact format as `openclaw-router train`)
-   on base data + older logs; log the run, its parameters and the OPE results to MLflow.
-3. Off-policy evaluation of candidate vs live router on the held-out traffic: IPS, SNIPS
-   and DR values and paired differences with 95 % intervals, for utility (quality − cost /
-   willingness to pay), quality and cost.
-4. Promote only when the chosen estimator's utility difference is above zero beyond its
-   interval (lower bound > 0) on at least `--min-requests` requests: register the model
-   version in MLflow and, with `--gateway`, hot-reload it there through
-   `POST /admin/router/reload` (no restart). Otherwise print why not.
+   on base data + older logs; log the run, its parameters and the OPE results to MLflow,
+   tagged with the verdict (`promoted`, `verdict_reason`).
+3. Off-policy evaluation of candidate vs what the gateway served on the held-out traffic: IPS,
+   SNIPS and DR values and paired differences with 95 % intervals, for utility (quality − cost /
+   willingness to pay), quality and cost, and whether the log supports the candidate's choices
+   at all (`router.ope.support`: the mean importance weight, 1 with full support).
+4. Promote only when the log supports the candidate and the chosen estimator's utility
+   difference is above zero beyond its interval (lower bound > 0) on at least `--min-requests`
+   requests: register the model version in MLflow, point the registered model's `live` alias at
+   it and, with `--gateway` (checked before training: reachable, takes the master key),
+   hot-reload it there through `POST /admin/router/reload` (no restart). Otherwise print why not.
 """
 from __future__ import annotations
 
@@ -43,6 +46,9 @@ def judge(comparison: dict, estimator: str, min_requests: int) -> Verdict:
     d = comparison["utility"]["difference"].get(estimator)
     if d is None:
         return Verdict(False, f"estimator {estimator!r} is unavailable on this log")
+    refused = _unsupported(comparison.get("support"), estimator, d)
+    if refused:
+        return Verdict(False, refused)
     if not np.isfinite(d["value"]):
         hint = "; --estimator dr also uses the reward model" if estimator != "dr" else ""
         return Verdict(False, f"{estimator.upper()} has no estimate on this log: the candidate never takes the logged "
@@ -54,6 +60,21 @@ def judge(comparison: dict, estimator: str, min_requests: int) -> Verdict:
     if d["hi"] < 0:
         return Verdict(False, f"candidate is worse: utility difference {span}")
     return Verdict(False, f"candidate is not better beyond the interval: utility difference {span}")
+
+
+def _unsupported(support: dict | None, estimator: str, d: dict) -> str | None:
+    """Why the log cannot judge the candidate (`router.ope.support`), or None where it can."""
+    if not support or support["ok"]:
+        return None
+    guess = {"ips": "counts their rewards as 0", "snips": "scores them as the choices it can see",
+             "dr": "takes their rewards from the live router's predictions"}[estimator]
+    said = (f"; {estimator.upper()}'s {d['value']:+.4f} (95 % interval {d['lo']:+.4f} .. {d['hi']:+.4f}) {guess}"
+            if np.isfinite(d["value"]) else "")
+    if support["verdict"] == "inconsistent":
+        return (f"the logged propensities do not add up: {support['summary']}{said}; check what logged them "
+                f"(learning.bandit) before trusting any estimate on this log")
+    return (f"the log does not support the candidate's choices: {support['summary']}{said}; explore more "
+            f"(learning.bandit.explore_share) or collect more traffic")
 
 
 def fit_router(table, X: np.ndarray, *, folds: int = 5, rounds: int | None = None, seed: int = 7,
@@ -105,8 +126,9 @@ def training_set(base_paths: list[str], traffic, text_column: str | None = None,
     return concat_outcomes(tables), np.vstack(parts)
 
 
-def log_run(args, out: Path, params: dict, metrics: dict, comparison: dict) -> str:
-    """One MLflow run (params, CV and OPE metrics, artifact) without registering it yet."""
+def log_run(args, out: Path, params: dict, metrics: dict, comparison: dict, verdict: Verdict) -> str:
+    """One MLflow run (params, CV and OPE metrics, the support check, artifact) without registering
+    it yet, tagged with the verdict: `promoted` (true/false) and `verdict_reason`."""
     import mlflow
 
     from training.plots import save_reliability_plot
@@ -118,12 +140,21 @@ def log_run(args, out: Path, params: dict, metrics: dict, comparison: dict) -> s
         for est, e in comparison.get(metric, {}).get("difference", {}).items():
             flat[f"ope_{metric}_{est}_diff"] = e["value"]
             flat[f"ope_{metric}_{est}_diff_lo"] = e["lo"]
+    support = comparison.get("support")
+    if support:
+        for k in ("value", "lo", "hi"):
+            flat[f"ope_support_weight_mean{'' if k == 'value' else '_' + k}"] = support["weight_mean"][k]
+        flat.update(ope_support_overlap=support["overlap"], ope_support_ess=support["ess"],
+                    ope_support_unsupported_known=support["unsupported_known"])
+    flat = {k: v for k, v in flat.items() if not isinstance(v, float) or np.isfinite(v)}
     run_args = _Args(args.tracking_uri, args.experiment, None)
     run_id, _ = log_to_mlflow(run_args, out, params, flat, plot)
     mlflow.set_tracking_uri(tracking_uri(args.tracking_uri))
     _experiment_id(mlflow, args.experiment, tracking_uri(args.tracking_uri))
     with mlflow.start_run(run_id=run_id):
         mlflow.log_dict(comparison, "ope.json")
+        mlflow.set_tags({"promoted": str(verdict.promote).lower(), "verdict_reason": verdict.reason[:5000],
+                         **({"support": support["verdict"]} if support else {})})
     return run_id
 
 
@@ -132,6 +163,9 @@ class _Args:
     tracking_uri: str | None
     experiment: str
     registered_name: str | None
+
+
+LIVE_ALIAS = "live"  # the registered version retrain last promoted (and, with --gateway, hot-reloaded)
 
 
 def register(args, run_id: str) -> str:
@@ -144,14 +178,63 @@ def register(args, run_id: str) -> str:
     return str(version.version)
 
 
+def mark_live(args, run_id: str, version: str) -> None:
+    """Point the registered model's `live` alias at the promoted version: `train` registers every
+    model it fits under the same name, so being registered says nothing about being promoted."""
+    import mlflow
+
+    from training.train import tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(args.tracking_uri))
+    client.set_registered_model_alias(args.registered_name, LIVE_ALIAS, version)
+    client.set_tag(run_id, "alias", LIVE_ALIAS)
+
+
+def _admin_headers() -> dict:
+    key = os.environ.get("OPENCLAW_MASTER_KEY")
+    return {"authorization": f"Bearer {key}"} if key else {}
+
+
+def _error_code(r) -> str | None:
+    try:
+        return r.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def check_gateway(gateway: str) -> None:
+    """Before minutes of training: the gateway answers and takes the master key, as the reload
+    after promotion will need. GET /admin/router/bandit is the cheapest call behind the same guard
+    (service/api_admin_router.py): past it, 200, or 404 `bandit_disabled` with the bandit off."""
+    import httpx
+
+    url = f"{gateway.rstrip('/')}/admin/router/bandit"
+    try:
+        r = httpx.get(url, headers=_admin_headers(), timeout=10)
+    except httpx.HTTPError as exc:
+        raise ValueError(f"--gateway {gateway} cannot be reached ({type(exc).__name__}: {exc}); start it or give its "
+                         f"URL (the hot reload after a promotion needs it)") from None
+    code = _error_code(r)
+    if r.status_code == 200 or (r.status_code == 404 and code == "bandit_disabled"):
+        return
+    if r.status_code == 403 and code == "admin_disabled":
+        raise ValueError(f"--gateway {gateway} has its admin API off (it runs without OPENCLAW_MASTER_KEY), so it cannot "
+                         f"hot-reload; restart it with a master key, or leave out --gateway")
+    if r.status_code == 401 and not os.environ.get("OPENCLAW_MASTER_KEY"):
+        raise ValueError(f"--gateway {gateway} needs its master key for the hot reload: set OPENCLAW_MASTER_KEY")
+    if r.status_code == 401:
+        raise ValueError(f"--gateway {gateway} refused the master key in OPENCLAW_MASTER_KEY ({code or r.status_code}): "
+                         f"set it to the key that gateway was started with")
+    raise ValueError(f"--gateway {gateway} does not answer as an OpenClaw gateway: GET {url} answered {r.status_code}: "
+                     f"{r.text[:200]}")
+
+
 def hot_reload(gateway: str, path: Path) -> dict:
     import httpx
 
-    headers = {}
-    if os.environ.get("OPENCLAW_MASTER_KEY"):
-        headers["authorization"] = f"Bearer {os.environ['OPENCLAW_MASTER_KEY']}"
     try:
-        r = httpx.post(f"{gateway.rstrip('/')}/admin/router/reload", json={"path": str(path.resolve())}, headers=headers, timeout=60)
+        r = httpx.post(f"{gateway.rstrip('/')}/admin/router/reload", json={"path": str(path.resolve())},
+                       headers=_admin_headers(), timeout=60)
     except httpx.HTTPError as exc:
         raise ValueError(f"gateway {gateway} could not be reached for the reload: {exc}") from None
     if r.status_code != 200:
@@ -159,13 +242,52 @@ def hot_reload(gateway: str, path: Path) -> dict:
     return r.json()
 
 
+def logged_routers(db: str) -> tuple[str | None, dict[str, int]]:
+    """(the router artifact that made the latest logged decision, how many each one made), from
+    the folder the gateway records with every routed request."""
+    from router.outcome_log import scan_outcomes
+
+    latest, counts = None, {}
+    for (extras,) in scan_outcomes(db, ["extras"], "extras LIKE '%\"router\"%'"):
+        path = (json.loads(extras) if isinstance(extras, str) else extras or {}).get("router")
+        if isinstance(path, str):
+            latest, counts[path] = path, counts.get(path, 0) + 1
+    return latest, counts
+
+
+def live_router_path(args) -> Path:
+    """--router, else the router that made the latest logged decisions (a promotion swapped in
+    another than `models/default`), else `models/default`. Said when the log holds decisions of
+    several routers or --router is not the latest one."""
+    from router.engine import MANIFEST, default_artifact, find_artifact
+
+    latest, counts = logged_routers(args.db)
+    if args.router:
+        path = find_artifact(args.router)
+    elif latest is not None and (Path(latest) / MANIFEST).exists():
+        path = Path(latest)
+        log.info("live router: %s, which made the latest logged decisions", path)
+    else:
+        path = default_artifact()
+    if len(counts) > 1:
+        log.warning("the log holds the decisions of %d routers (%s); each logged decision is judged as it was made, "
+                    "and %s is the reward model", len(counts), ", ".join(f"{k}: {v}" for k, v in counts.items()), path)
+    if latest is not None and os.path.abspath(path) != latest:
+        log.warning("the latest logged decisions were made by %s, not by the live router given (%s)", latest, path)
+    return path
+
+
 def retrain(args) -> dict:
-    from router.engine import LearnedRouter, default_artifact, find_artifact
+    from router.engine import LearnedRouter
     from training.data import load_prices
     from training.offpolicy import calibrated_reward_model, compare_routers, finite, load_traffic, router_p_good
 
-    # Before minutes of training: the live router must load (`models/default` from any folder, as serve finds it).
-    live = LearnedRouter.load(find_artifact(args.router) if args.router else default_artifact())
+    # Before minutes of training: the gateway must take the reload, and the live router must load
+    # (`models/default` from any folder, as serve finds it).
+    if args.gateway:
+        check_gateway(args.gateway)
+    live_path = live_router_path(args)
+    live = LearnedRouter.load(live_path)
     traffic = load_traffic(args.db)
     n_eval = int(round(len(traffic) * args.eval_share))
     order = np.argsort(traffic.ts, kind="stable")
@@ -179,18 +301,20 @@ def retrain(args) -> dict:
                                     sources=[*(args.base_data or []), args.db])
     out = Path(args.out or f"models/candidate-{time.strftime('%Y%m%d-%H%M%S')}")
     candidate.save(out)
+    warned = _untrained_models(candidate, [*live.models, *held_out.models, *logged_train.models])
     if len(held_out):
         reward_model = calibrated_reward_model(router_p_good(live, logged_train), logged_train, router_p_good(live, held_out))
         comparison = compare_routers(held_out, reward_model, router_p_good(candidate, held_out), seed=args.seed)
     else:
         comparison = {"n": 0}
     verdict = judge(comparison, args.estimator, args.min_requests)
-    params = {"db": args.db, "base_data": ",".join(args.base_data or []), "live_router": str(args.router or default_artifact()),
+    params = {"db": args.db, "base_data": ",".join(args.base_data or []), "live_router": str(live_path),
               "logged_train": len(train_rows), "logged_eval": n_eval, "rows": len(table), "folds": args.folds,
               "rounds": args.rounds, "seed": args.seed, "estimator": args.estimator}
     report = {"candidate": str(out), "verdict": {"promote": verdict.promote, "reason": verdict.reason},
-              "ope": comparison, "params": params, "cv": {k: v for k, v in metrics.items() if k != "reliability"}}
-    report["mlflow_run_id"] = log_run(args, out, params, metrics, comparison)
+              "ope": comparison, "params": params, "cv": {k: v for k, v in metrics.items() if k != "reliability"},
+              "warnings": warned}
+    report["mlflow_run_id"] = log_run(args, out, params, metrics, comparison, verdict)
     failed_reload = None
     if verdict.promote:
         report["registered_version"] = register(args, report["mlflow_run_id"])
@@ -200,17 +324,53 @@ def retrain(args) -> dict:
             except ValueError as exc:
                 report["reload"] = {"error": str(exc)}
                 failed_reload = exc
+        if failed_reload is None:  # the alias follows what serves (or, without --gateway, what is to serve)
+            mark_live(args, report["mlflow_run_id"], report["registered_version"])
+            report["alias"] = LIVE_ALIAS
     (out / "retrain_report.json").write_text(json.dumps(finite(report), indent=1, default=str))
     if failed_reload is not None:  # registered and reported; the gateway still runs the old router
-        raise ValueError(f"{failed_reload} (the candidate is registered as version {report['registered_version']}; "
-                         f"reload it with POST /admin/router/reload)")
+        raise ValueError(f"{failed_reload} (the candidate is registered as version {report['registered_version']}, "
+                         f"without the {LIVE_ALIAS!r} alias; reload it with POST /admin/router/reload)")
     return report
+
+
+def _untrained_models(candidate, known: list[str]) -> list[str]:
+    """Warn about models the live router or the log knows that the candidate has no training row
+    for (no --base-data covers them, no logged request in the training half chose them)."""
+    missing = sorted(set(known) - set(candidate.models))
+    if not missing:
+        return []
+    message = (f"the candidate has no training rows for {', '.join(missing)} (no --base-data covers them and no logged "
+               f"request in the training half chose them): if it is promoted, the gateway treats them as new models, "
+               f"with the unseen-model prior, explored at learning.bandit.new_model_explore_share (5 %) with the bandit "
+               f"on; give --base-data to keep them known")
+    log.warning(message)
+    return [message]
+
+
+def summary(comparison: dict, estimator: str) -> str:
+    """The OPE numbers behind the verdict, labelled."""
+    n = comparison.get("n", 0)
+    lines = [f"Utility difference, candidate − what the gateway served, on {n} held-out logged requests "
+             f"(quality points, 95 % intervals):"]
+    for k in ("ips", "snips", "dr"):
+        d = comparison.get("utility", {}).get("difference", {}).get(k)
+        if d is None:
+            continue
+        value = (f"{d['value']:+.4f} ({d['lo']:+.4f} .. {d['hi']:+.4f})" if np.isfinite(d["value"])
+                 else "no estimate (the candidate never takes the logged action)")
+        lines.append(f"  {k.upper():<6}{value}{'   <- --estimator' if k == estimator else ''}")
+    support = comparison.get("support")
+    if support and support["verdict"] != "empty":
+        lines.append(f"Support of the candidate's choices in the log ({support['verdict']}): {support['summary']}")
+    return "\n".join(lines)
 
 
 def configure(parser) -> None:
     parser.add_argument("--db", default="sqlite:///.openclaw/outcomes.sqlite", help="outcome log URL (with feedback)")
     parser.add_argument("--base-data", action="append", metavar="FILE", help="wide outcome table to train on as well; repeatable")
-    parser.add_argument("--router", default=None, help="live router artifact (default: models/default)")
+    parser.add_argument("--router", default=None, help="live router artifact (default: the one that made the latest "
+                        "logged decisions, as the gateway records it, else models/default)")
     parser.add_argument("--out", default=None, help="candidate artifact folder (default: models/candidate-<time>)")
     parser.add_argument("--gateway", default=None, help="running gateway URL to hot-reload on promotion")
     parser.add_argument("--eval-share", type=float, default=0.5, help="most recent share of logged requests held out for OPE")
@@ -243,10 +403,11 @@ def run(args) -> int:
     if args.gateway and not args.gateway.startswith(("http://", "https://")):
         raise ValueError(f"--gateway {args.gateway}: give the gateway's URL, e.g. http://127.0.0.1:8080")
     report = retrain(args)
-    print(json.dumps({k: report["ope"].get("utility", {}).get("difference", {}).get(k) for k in ("ips", "snips", "dr")}, indent=1))
+    print(summary(report["ope"], args.estimator))
     if report["verdict"]["promote"]:
         where = f"; hot-reloaded in {args.gateway}" if args.gateway else ""
-        print(f"PROMOTED {report['candidate']} (MLflow version {report.get('registered_version')}){where}: {report['verdict']['reason']}")
+        print(f"PROMOTED {report['candidate']} (MLflow {args.registered_name} version {report.get('registered_version')}, "
+              f"alias {LIVE_ALIAS!r}){where}: {report['verdict']['reason']}")
     else:
         print(f"NOT PROMOTED {report['candidate']}: {report['verdict']['reason']}")
     return 0

@@ -69,10 +69,15 @@ def reliability_curve(p: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict
 
 
 def quality_metrics(quality: np.ndarray, oof: np.ndarray, oof_raw: np.ndarray, models: list[str]) -> dict:
-    """Out-of-fold AUC / Brier / log-loss / ECE per model and pooled, beside the base-rate predictor."""
+    """Out-of-fold AUC / Brier / log-loss / ECE per model and pooled, beside the base-rate predictor.
+
+    AUC needs two classes: a model's scores are binarised at 0.5 for it (a single fractional
+    feedback score would otherwise drop the model from the mean AUC, which would then average
+    another set of models); `auc_binarised` names the models with fractional scores, `auc_left_out`
+    those with one class only (every score on one side of 0.5), which have no AUC."""
     from sklearn.metrics import roc_auc_score
 
-    out: dict = {"per_model": {}}
+    out: dict = {"per_model": {}, "auc_binarised": [], "auc_left_out": []}
     all_p, all_y, all_base = [], [], []
     for j, m in enumerate(models):
         ok = ~np.isnan(quality[:, j]) & ~np.isnan(oof[:, j])
@@ -80,9 +85,14 @@ def quality_metrics(quality: np.ndarray, oof: np.ndarray, oof_raw: np.ndarray, m
         if not len(y):
             continue
         base = np.full_like(y, y.mean())
-        hard = np.isin(y, (0.0, 1.0)).all() and 0 < y.mean() < 1
+        good = y >= 0.5
+        two_classes = 0 < good.mean() < 1
+        if not np.isin(y, (0.0, 1.0)).all():
+            out["auc_binarised"].append(m)
+        if not two_classes:
+            out["auc_left_out"].append(m)
         out["per_model"][m] = {
-            "auc": float(roc_auc_score(y, oof_raw[ok, j])) if hard else None,
+            "auc": float(roc_auc_score(good, oof_raw[ok, j])) if two_classes else None,
             "brier": float(np.mean((p - y) ** 2)),
             "brier_base_rate": float(np.mean((base - y) ** 2)),
             "log_loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
@@ -93,6 +103,7 @@ def quality_metrics(quality: np.ndarray, oof: np.ndarray, oof_raw: np.ndarray, m
     p, y, base = np.concatenate(all_p), np.concatenate(all_y), np.concatenate(all_base)
     aucs = [v["auc"] for v in out["per_model"].values() if v["auc"] is not None]
     out["mean_auc"] = float(np.mean(aucs)) if aucs else None
+    out["auc_models"] = len(aucs)
     out["brier"] = float(np.mean((p - y) ** 2))
     out["brier_base_rate"] = float(np.mean((base - y) ** 2))
     out["log_loss"] = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
@@ -251,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = quality_metrics(table.quality, predictor.oof, predictor.oof_raw, table.models)
     metrics["train_seconds"] = round(time.time() - t0, 1)
     log.info("CV (%d folds): mean AUC %s, Brier %.4f (base rate %.4f), ECE %.4f", args.folds,
-             f"{metrics['mean_auc']:.4f}" if metrics["mean_auc"] else "n/a", metrics["brier"], metrics["brier_base_rate"], metrics["ece"])
+             auc_summary(metrics), metrics["brier"], metrics["brier_base_rate"], metrics["ece"])
 
     out = Path(args.out)
     sources = [{"path": str(p), "sha256_16": file_digest(p), "rows": len(t)} for p, t in zip(args.data, tables)]
@@ -264,7 +275,18 @@ def run(args: argparse.Namespace) -> int:
                   "rounds": args.rounds, "seed": args.seed, "rows": len(table), "models": len(table.models)}
         run_id, version = log_to_mlflow(args, out, params, metrics, plot)
         bar.update()
-    auc = "n/a" if metrics["mean_auc"] is None else f"{metrics['mean_auc']:.4f}"
     print(f"wrote {out} (MLflow run {run_id}, {args.registered_name} version {version}); "
-          f"CV mean AUC {auc}, Brier {metrics['brier']:.4f} vs base rate {metrics['brier_base_rate']:.4f}")
+          f"CV mean AUC {auc_summary(metrics)}, Brier {metrics['brier']:.4f} vs base rate {metrics['brier_base_rate']:.4f}")
     return 0
+
+
+def auc_summary(metrics: dict) -> str:
+    """The mean AUC and which models it is over (`quality_metrics`)."""
+    auc = "n/a" if metrics["mean_auc"] is None else f"{metrics['mean_auc']:.4f}"
+    text = f"{auc} over {metrics.get('auc_models', 0)} of {len(metrics['per_model'])} models"
+    notes = []
+    if metrics.get("auc_binarised"):
+        notes.append(f"scores of {', '.join(metrics['auc_binarised'])} binarised at 0.5")
+    if metrics.get("auc_left_out"):
+        notes.append(f"{', '.join(metrics['auc_left_out'])} left out: one class only")
+    return f"{text} ({'; '.join(notes)})" if notes else text

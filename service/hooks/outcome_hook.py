@@ -92,7 +92,7 @@ class OutcomeHook:
     @staticmethod
     def _extras(ctx: RequestContext, with_features: bool) -> dict[str, Any]:
         kept = {k: v for k, v in ctx.extras.items()
-                if k in ("client_request_id", "usage_estimated", "http_status", "cache_entry")}
+                if k in ("client_request_id", "usage_estimated", "http_status", "cache_entry", "router")}
         if with_features:
             # The cheap features the router saw (turns, tools, ... not just the text): retraining and
             # off-policy evaluation rebuild the live feature row from these and the stored embedding,
