@@ -84,8 +84,10 @@ def test_bandit_recovers_from_a_degraded_model(small_table, tmp_path):
     assert rep["setup"]["replayed_prompts"] < 700  # replayed prompts are held out of the router's training
 
 
-def test_added_model_is_unavailable_before_its_start(small_table, tmp_path):
+def test_added_model_is_unavailable_before_its_start(small_table, tmp_path, capsys):
     rep = _simulate(small_table, tmp_path / "add.json", "--drift", "add:mixtral-8x7b-chat@600")
+    printed = capsys.readouterr().out  # the summary says what became of it, not only the JSON
+    assert "added mixtral-8x7b-chat: " in printed and f"{rep['added']['mixtral-8x7b-chat']['bandit_share_first_1000']:.0%}" in printed
     for w in rep["windows"]:
         if w["end"] <= 600:
             assert "mixtral-8x7b-chat" not in w["traffic"]["static"] and "mixtral-8x7b-chat" not in w["traffic"]["bandit"]

@@ -457,6 +457,12 @@ def run(args) -> int:
               f"quality points; the bandit regains {r['recovered_share_net']:.0%} of them net of the "
               f"{100 * r['bandit_gap_without_drift']:+.2f} points it differs by without the drift "
               f"(gross, that difference included: {r['recovered_share']:.0%}{extra})")
+    for model, a in out.get("added", {}).items():
+        only = a["where_only_bandit_chose_it"]
+        first = f"first routed at request {a['first_routed_at']}" if a["first_routed_at"] is not None else "never routed"
+        gain = (f"; on the {only['requests']} requests only the bandit sent to it, quality {only['added_model_quality']:.3f} "
+                f"against {only['static_choice_quality']:.3f} for the static router's choice" if only["requests"] else "")
+        print(f"added {model}: {first}, {a['bandit_share_first_1000']:.0%} of the 1,000 requests after it came{gain}")
     if "note" in out["setup"]:
         print(f"warning: {out['setup']['note']}")
     for d in out["drift"]:
