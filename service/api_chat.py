@@ -249,6 +249,7 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
         # streamed answer gets (every choice, tool-call arguments included).
         answer["usage"] = estimated_usage(ctx, answer, gw.dispatcher.specs.get(ctx.answered_by or ""))
         ctx.extras["usage_estimated"] = True
+    answer["usage"] = with_cost(answer["usage"], gw.dispatcher.specs.get(ctx.answered_by or ""))
     answer["id"] = ctx.request_id
     ctx.response = answer
     ctx.status = await _delivered_status(ctx)  # billed all the same
@@ -282,13 +283,19 @@ def _wants_usage(ctx: RequestContext) -> bool:
     return bool((ctx.body.get("stream_options") or {}).get("include_usage"))
 
 
-def _client_chunk(chunk: dict[str, Any], include_usage: bool, answer_id: str) -> dict[str, Any] | None:
-    """The chunk as the client asked for it, under the answer's id: usage only when it set
-    stream_options.include_usage (the gateway always asks the upstream for usage, to bill and log
-    streamed answers), and then in its own chunk with no choices, as OpenAI sends it: a Mistral or
-    vLLM upstream puts it on the finish chunk, and `_ending` sends it after."""
+def with_cost(usage: dict[str, Any], spec: ModelSpec | None) -> dict[str, Any]:
+    """The usage object with `cost`, what the answer is billed in USD at the catalog's prices
+    (OpenRouter's field): the client sees per answer what the gateway bills and budgets count."""
+    return usage if spec is None else {**usage, "cost": round(spec.price.usage_cost(usage), 10)}
+
+
+def _client_chunk(chunk: dict[str, Any], include_usage: bool, answer_id: str, spec: ModelSpec) -> dict[str, Any] | None:
+    """The chunk as the client asked for it, under the answer's id: usage (with its cost) only
+    when it set stream_options.include_usage (the gateway always asks the upstream for usage, to
+    bill and log streamed answers), and then in its own chunk with no choices, as OpenAI sends it:
+    a Mistral or vLLM upstream puts it on the finish chunk, and `_ending` sends it after."""
     if sse.is_usage_only(chunk):
-        return {**chunk, "id": answer_id} if include_usage else None
+        return {**chunk, "id": answer_id, "usage": with_cost(chunk["usage"], spec)} if include_usage else None
     return {**{k: v for k, v in chunk.items() if k != "usage"}, "id": answer_id}
 
 
@@ -308,7 +315,7 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
     def emit(chunk: dict[str, Any]) -> bytes | None:
         nonlocal usage_sent
         assembler.add(chunk)
-        out = _client_chunk(chunk, include_usage, ctx.request_id)
+        out = _client_chunk(chunk, include_usage, ctx.request_id, opened.model)
         if out is None:
             return None
         usage_sent = usage_sent or sse.is_usage_only(out)
@@ -372,8 +379,8 @@ def _ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStream, u
         return [sse.DONE]
     usage = {"id": ctx.request_id, "object": "chat.completion.chunk",
              "created": assembler.created or int(time.time()), "model": assembler.model or opened.model.name,
-             "choices": [], "usage": assembler.usage if assembler.usage is not None else
-             estimated_usage(ctx, assembler.completion(), opened.model)}
+             "choices": [], "usage": with_cost(assembler.usage if assembler.usage is not None else
+                                               estimated_usage(ctx, assembler.completion(), opened.model), opened.model)}
     return [sse.encode(usage), sse.DONE]
 
 

@@ -31,6 +31,9 @@ def test_sync_non_streaming_names_the_answering_model(gw):
     row = gw.outcome(raw.headers["x-request-id"])
     assert row["chosen_model"] == "m1" and row["propensity"] == 1.0 and len(row["candidates"]) == 3
     assert row["output_tokens"] == answer.usage.completion_tokens and row["cost_usd"] > 0
+    # The client sees what the answer is billed (m1: $1 / $2 per 1M input / output tokens).
+    assert answer.usage.model_extra["cost"] == pytest.approx(row["cost_usd"]) == pytest.approx(
+        (answer.usage.prompt_tokens * 1.0 + answer.usage.completion_tokens * 2.0) / 1e6)
     assert row["prompt"].endswith(MSG[0]["content"]) and len(row["embedding"]) == 384 * 4
 
 
@@ -42,6 +45,7 @@ async def test_async_streaming_with_usage(gw):
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     assert {c.model for c in chunks} == {"m1"}
     row = gw.outcomes()[-1]
+    assert row["cost_usd"] > 0 and chunks[-1].usage.model_extra["cost"] == pytest.approx(row["cost_usd"])
     assert row["stream"] and row["ttft_s"] > 0 and row["latency_s"] >= row["ttft_s"]
     assert 'openclaw_ttft_seconds_count{model="m1"} 1.0' in httpx.get(f"{gw.url}/metrics").text
 

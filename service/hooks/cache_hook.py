@@ -28,7 +28,7 @@ from service.pipeline import RequestContext
 from service.recent import Recent
 
 log = logging.getLogger(__name__)
-ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cost": 0.0}
 REMEMBERED_ANSWERS = 100_000  # request ids whose cache entry feedback can still drop, and rejections not yet stored
 
 
