@@ -302,7 +302,25 @@ def _client_chunk(chunk: dict[str, Any], include_usage: bool, answer_id: str, sp
 async def _stream(gw: Gateway, ctx: RequestContext) -> Response:
     opened = await gw.dispatcher.open_stream(ctx, ctx.body)
     ctx.extras["reason"] = _reason(ctx)
-    return StreamingResponse(_events(gw, ctx, opened), media_type="text/event-stream", headers=response_headers(ctx))
+    return _Stream(ctx, _events(gw, ctx, opened), media_type="text/event-stream", headers=response_headers(ctx))
+
+
+class _Stream(StreamingResponse):
+    """A stream uvicorn cancels at its shutdown deadline gets its ending from `_events` (an error
+    event, the request logged and billed); the cancellation has done its work there. Raised on,
+    uvicorn would log it as "Exception in ASGI application" with a traceback, one per open stream
+    on every deploy."""
+
+    def __init__(self, ctx: RequestContext, content: AsyncIterator[bytes], **kwargs: Any):
+        super().__init__(content, **kwargs)
+        self._ctx = ctx
+
+    async def __call__(self, scope: Any, receive: Receive, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self._ctx.extras.get("cut_at_shutdown"):
+                raise
 
 
 async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> AsyncIterator[bytes]:
@@ -359,6 +377,7 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
         # its shutdown deadline. A client still reading gets the end an upstream failure gets.
         if await client_gone(ctx):
             raise
+        ctx.extras["cut_at_shutdown"] = True
         for data in _cut_ending(ctx, assembler, opened, include_usage and not usage_sent):
             yield data
     finally:
