@@ -184,3 +184,17 @@ def test_every_kind_of_unusable_row_is_left_out_whether_sql_or_python_finds_it(l
     np.testing.assert_allclose([traffic.p_logged[3, 0], traffic.penalty[3, 0]], [0.9, 0.5])
     np.testing.assert_allclose(traffic.cost, [0.01 * i for i in (11, 12, 13, 14, 15, 19)])
     np.testing.assert_array_equal(traffic.features[0], list(range(len(FEATURE_NAMES))))
+
+
+def test_the_routers_that_made_the_logged_decisions_are_read_on_either_backend(log_url):
+    # retrain's default live router; the PostgreSQL driver reads a `%` in SQL as a placeholder.
+    from router.outcome_log import OutcomeRecord, open_store
+    from training.retrain import logged_routers
+
+    store = open_store(log_url)
+    store.write_many([OutcomeRecord(request_id="a", ts=1.0, extras={"router": "/models/first"}),
+                 OutcomeRecord(request_id="b", ts=2.0, extras={"client_request_id": "x"}),
+                 OutcomeRecord(request_id="c", ts=3.0, extras={"router": "/models/second"}),
+                 OutcomeRecord(request_id="d", ts=4.0, extras={"router": "/models/second", "usage_estimated": True})])
+    store.close()
+    assert logged_routers(log_url) == ("/models/second", {"/models/first": 1, "/models/second": 2})

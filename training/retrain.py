@@ -187,7 +187,6 @@ def mark_live(args, run_id: str, version: str) -> None:
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri(args.tracking_uri))
     client.set_registered_model_alias(args.registered_name, LIVE_ALIAS, version)
-    client.set_tag(run_id, "alias", LIVE_ALIAS)
 
 
 def _admin_headers() -> dict:
@@ -248,7 +247,10 @@ def logged_routers(db: str) -> tuple[str | None, dict[str, int]]:
     from router.outcome_log import scan_outcomes
 
     latest, counts = None, {}
-    for (extras,) in scan_outcomes(db, ["extras"], "extras LIKE '%\"router\"%'"):
+    # No LIKE in the SQL: psycopg reads a `%` in a query as a placeholder.
+    for (extras,) in scan_outcomes(db, ["extras"], "extras IS NOT NULL"):
+        if isinstance(extras, str) and '"router"' not in extras:
+            continue  # most rows of a log with named-model traffic: not decoded
         path = (json.loads(extras) if isinstance(extras, str) else extras or {}).get("router")
         if isinstance(path, str):
             latest, counts[path] = path, counts.get(path, 0) + 1
