@@ -80,11 +80,6 @@ TokenId = Annotated[str, StringConstraints(pattern=r"^[0-9]+$")]
 Bias = Annotated[Number, Field(ge=-100, le=100)]
 
 
-# OpenAI's efforts. Checked here, not by the adapter a request happens to reach: `auto` must not
-# answer one value from OpenAI and refuse it from Claude.
-ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
-
-
 class ChatRequest(_Open):
     model: StrictStr | None = None  # None: the config's router.default_profile
     messages: list[Message] = Field(min_length=1)
@@ -106,7 +101,9 @@ class ChatRequest(_Open):
     tool_choice: StrictStr | dict[str, Any] | None = None
     functions: list[FunctionDef] | None = Field(default=None, min_length=1)  # the legacy form of tools
     response_format: ResponseFormat | None = None
-    reasoning_effort: ReasoningEffort | None = None
+    # Any text: OpenAI-compatible upstreams take efforts of their own (Groq's "default"); the
+    # Anthropic and Gemini adapters map the ones they know (service/providers/reasoning.py).
+    reasoning_effort: StrictStr | None = None
     router: RouterOptions | None = None
 
     @field_validator("stream", mode="before")

@@ -367,7 +367,8 @@ def test_thinking_is_left_out_where_anthropic_would_refuse_it():
     assert "thinking" not in to_anthropic(BIG, {**body, "reasoning_effort": "none"}, stream=False)
 
 
-@pytest.mark.parametrize("extra, param", [({"logprobs": True}, "logprobs"), ({"logprobs": True, "top_logprobs": 3}, "logprobs")])
+@pytest.mark.parametrize("extra, param", [({"logprobs": True}, "logprobs"), ({"logprobs": True, "top_logprobs": 3}, "logprobs"),
+                                          ({"reasoning_effort": "extreme"}, "reasoning_effort")])
 async def test_what_anthropic_cannot_honour_is_refused_not_dropped(server, provider, extra, param):
     with pytest.raises(UpstreamError) as info:
         await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}], **extra})

@@ -412,15 +412,19 @@ def test_reasoning_effort_is_a_thinking_config(upstream, effort, thinking):
     # Models that answer a thinkingConfig with 400 "Thinking is not enabled for this model".
     ("gemini-2.5-flash-image", 1000, "high", {"maxOutputTokens": 1000}),
     ("gemini-2.5-flash-image-preview", 1000, "none", {"maxOutputTokens": 1000}),
-    ("gemini-2.5-flash-preview-tts", 1000, "low", {"maxOutputTokens": 1000}),    # No effort: a small output limit still keeps half for the answer; a large one, or none, leaves
+    ("gemini-2.5-flash-preview-tts", 1000, "low", {"maxOutputTokens": 1000}),
+    # No effort: a small output limit still keeps half for the answer; a large one, or none, leaves
     # the model's own (dynamic) thinking alone.
     ("gemini-2.5-flash", 100, None, {"maxOutputTokens": 100, "thinkingConfig": {"thinkingBudget": 50}}),
     ("gemini-2.5-flash-lite", 2000, None, {"maxOutputTokens": 2000}),  # it does not think by default
     ("gemini-2.5-pro", 100, None, {"maxOutputTokens": 100, "thinkingConfig": {"thinkingBudget": 128}}),
     ("gemini-2.5-flash", 60000, None, {"maxOutputTokens": 60000}),
     ("gemini-2.5-flash", None, None, {}),
-    ("gemini-3-pro-preview", 2000, None, {"maxOutputTokens": 2000, "thinkingConfig": {"thinkingLevel": "low"}}),
-    ("gemini-3-pro-preview", 30000, None, {"maxOutputTokens": 30000}),
+    ("gemini-3-pro-preview", 4096, None, {"maxOutputTokens": 4096, "thinkingConfig": {"thinkingLevel": "low"}}),
+    ("gemini-3-pro-preview", 8192, None, {"maxOutputTokens": 8192}),  # an agent's limit keeps the default
+    # Aliases other clients send: "max" is the most, "adaptive" the model's own thinking.
+    ("gemini-2.5-flash", 60000, "max", {"maxOutputTokens": 60000, "thinkingConfig": {"thinkingBudget": 24576}}),
+    ("gemini-2.5-flash", 100, "adaptive", {"maxOutputTokens": 100, "thinkingConfig": {"thinkingBudget": 50}}),
     ("gemini-2.0-flash", 100, None, {"maxOutputTokens": 100}),
 ])
 async def test_the_thinking_budget_leaves_room_for_the_answer(server, provider, upstream, limit, effort, config):

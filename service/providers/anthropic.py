@@ -24,7 +24,7 @@ from router.request_view import content_text, estimate_tokens, IMAGE_PART_TYPES,
 from service.providers import attachments
 from service.providers.answer_fields import as_int, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, parse_json_event, tool_arguments
-from service.providers.reasoning import THINKING_BUDGETS, refuse_logprobs, split_signature
+from service.providers.reasoning import THINKING_BUDGETS, reasoning_effort, refuse_logprobs, split_signature
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -227,7 +227,7 @@ def _thinking(model: ModelSpec, body: dict[str, Any], payload: dict[str, Any]) -
     would have to start with its signed thinking block, which OpenAI clients do not replay), or
     under a max_tokens too small for Anthropic's least budget. With thinking on, temperature and
     top_p are left out: Anthropic refuses thinking with either changed."""
-    effort = body.get("reasoning_effort")
+    effort = reasoning_effort(body)
     if effort in (None, "none") or _NO_THINKING.search(model.upstream_name):
         return
     if (payload.get("tool_choice") or {}).get("type") in ("any", "tool"):

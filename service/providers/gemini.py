@@ -24,7 +24,7 @@ from service.providers import attachments
 from service.providers.answer_fields import as_int, as_list, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, parse_json_event, tool_arguments
 from service.providers.gemini_schema import clean_schema
-from service.providers.reasoning import THINKING_BUDGETS, id_with_signature, split_signature
+from service.providers.reasoning import THINKING_BUDGETS, id_with_signature, reasoning_effort, split_signature
 
 FINISH_REASONS = {
     "STOP": "stop",
@@ -169,6 +169,9 @@ def _contents(model: ModelSpec, body: dict[str, Any]) -> tuple[list[str], list[d
 _NO_THINKING = re.compile(r"gemini-2\.5-.*-(?:image|tts)\b")
 
 
+GEMINI3_HIGH_FROM = 8192  # the least output limit Gemini 3's default thinking is left with
+
+
 def _least_budget(model: ModelSpec) -> tuple[int, bool]:
     """(the least thinking budget a Gemini 2.5 model takes, whether 0 turns its thinking off)."""
     if "-flash-lite" in model.upstream_name:
@@ -194,7 +197,9 @@ def _thinking_config(model: ModelSpec, effort: str | None, max_tokens: int | Non
         if not max_tokens or max_tokens // 2 >= THINKING_BUDGETS["high"]:
             return None
         if version >= (3, 0):
-            return {"thinkingLevel": "low"} if max_tokens // 2 < THINKING_BUDGETS["medium"] else None
+            # Gemini 3 takes a level, not a budget: its default (high) has spent a 4,096-token limit
+            # on thoughts alone; an agent's 8,192 keeps it.
+            return {"thinkingLevel": "low"} if max_tokens < GEMINI3_HIGH_FROM else None
         if "-flash-lite" in model.upstream_name:  # 2.5 Flash-Lite does not think unless asked to
             return None
         budget = max_tokens // 2
@@ -236,7 +241,7 @@ def _generation_config(model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]
         config["responseLogprobs"] = True
         if body.get("top_logprobs"):
             config["logprobs"] = body["top_logprobs"]
-    thinking = _thinking_config(model, body.get("reasoning_effort"), max_tokens)
+    thinking = _thinking_config(model, reasoning_effort(body), max_tokens)
     if thinking:
         config["thinkingConfig"] = thinking
     return config

@@ -1,14 +1,31 @@
 """Reasoning controls and state that OpenAI's chat format has no place for, shared by the adapters:
-`reasoning_effort`'s thinking budgets, a refusal of `logprobs` where a provider has none,
+`reasoning_effort` read as a thinking budget, a refusal of `logprobs` where a provider has none,
 and Gemini's thought signatures carried inside tool-call ids."""
 from __future__ import annotations
 
+from typing import Any
+
 from service.providers.base import UpstreamError
 
-# OpenAI's reasoning_effort (service.schemas.ReasoningEffort, checked there; "none" is no thinking)
-# as thinking tokens: the budgets Google's own OpenAI-compatible endpoint gives these efforts (low
-# 1,024, medium 8,192, high 24,576); 1,024 is also Anthropic's minimum.
+# OpenAI's reasoning_effort as thinking tokens: the budgets Google's own OpenAI-compatible endpoint
+# gives these efforts (low 1,024, medium 8,192, high 24,576); 1,024 is also Anthropic's minimum.
 THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 24576}
+EFFORTS = ("none", *THINKING_BUDGETS)
+# Efforts other clients send: "max" (OpenRouter's, Claude's) is the most there is; "adaptive",
+# "auto" and "default" leave thinking to the model, as no effort does.
+EFFORT_ALIASES = {"max": "xhigh", "adaptive": None, "auto": None, "default": None}
+
+
+def reasoning_effort(body: dict[str, Any]) -> str | None:
+    """The request's `reasoning_effort` as one of EFFORTS, None for the model's own thinking; an
+    effort neither OpenAI nor an alias names is refused, as OpenAI refuses it."""
+    effort = body.get("reasoning_effort")
+    if effort in EFFORT_ALIASES:
+        return EFFORT_ALIASES[effort]
+    if effort is None or effort in EFFORTS:
+        return effort
+    raise UpstreamError("bad_request", f"reasoning_effort must be one of {', '.join([*EFFORTS, *EFFORT_ALIASES])}, "
+                        f"got {effort!r}", code="invalid_value", param="reasoning_effort")
 
 
 def refuse_logprobs(provider: str) -> UpstreamError:
