@@ -250,6 +250,7 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
         answer["usage"] = estimated_usage(ctx, answer, gw.dispatcher.specs.get(ctx.answered_by or ""))
         ctx.extras["usage_estimated"] = True
     answer["usage"] = with_cost(answer["usage"], gw.dispatcher.specs.get(ctx.answered_by or ""))
+    ctx.extras["upstream_id"] = answer.get("id")  # the provider's own id, for its logs and support
     answer["id"] = ctx.request_id
     ctx.response = answer
     ctx.status = await _delivered_status(ctx)  # billed all the same
@@ -296,7 +297,9 @@ def _client_chunk(chunk: dict[str, Any], include_usage: bool, answer_id: str, sp
     a Mistral or vLLM upstream puts it on the finish chunk, and `_ending` sends it after."""
     if sse.is_usage_only(chunk):
         return {**chunk, "id": answer_id, "usage": with_cost(chunk["usage"], spec)} if include_usage else None
-    return {**{k: v for k, v in chunk.items() if k != "usage"}, "id": answer_id}
+    out = {**chunk, "id": answer_id}
+    out.pop("usage", None)
+    return out
 
 
 async def _stream(gw: Gateway, ctx: RequestContext) -> Response:
@@ -384,6 +387,7 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
         with anyio.CancelScope(shield=True):
             await opened.rest.aclose()
         ctx.response = assembler.completion()
+        ctx.extras["upstream_id"] = assembler.id
         out_tokens = usage_tokens(assembler.usage)[1]
         gw.dispatcher.close_stream(opened, failure, out_tokens or 0, completed=assembler.finished)
         finish(gw, ctx)

@@ -113,8 +113,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and exc.detail == "Not Found":
             # An SDK prints only the message: say which API this is (a client pointed here for
             # the Responses, Embeddings or legacy Completions API learns why nothing is there).
-            message = (f"{request.method} {request.url.path} is not served here: this gateway serves the Chat "
-                       "Completions API (POST /v1/chat/completions) and GET /v1/models")
+            message = (f"{request.method} {request.url.path} is not a path of this gateway: it serves the Chat "
+                       "Completions API (POST /v1/chat/completions), GET /v1/models, POST /v1/route, "
+                       "POST /v1/feedback, GET /healthz, GET /metrics and /admin/...")
         # Starlette's 405 carries the `Allow` header that HTTP requires with it.
         return JSONResponse(error_body(message, status_type, code), status_code=exc.status_code, headers=exc.headers)
 

@@ -30,6 +30,8 @@ def test_sync_non_streaming_names_the_answering_model(gw):
     assert raw.headers["x-router-reason"].startswith("m1: best utility")
     row = gw.outcome(raw.headers["x-request-id"])
     assert row["chosen_model"] == "m1" and row["propensity"] == 1.0 and len(row["candidates"]) == 3
+    # The client holds the request's id; the provider's own id is kept for its logs.
+    assert answer.id == raw.headers["x-request-id"] and row["extras"]["upstream_id"] == "chatcmpl-fake"
     assert row["output_tokens"] == answer.usage.completion_tokens and row["cost_usd"] > 0
     # The client sees what the answer is billed (m1: $1 / $2 per 1M input / output tokens).
     assert answer.usage.model_extra["cost"] == pytest.approx(row["cost_usd"]) == pytest.approx(
@@ -46,6 +48,7 @@ async def test_async_streaming_with_usage(gw):
     assert {c.model for c in chunks} == {"m1"}
     row = gw.outcomes()[-1]
     assert row["cost_usd"] > 0 and chunks[-1].usage.model_extra["cost"] == pytest.approx(row["cost_usd"])
+    assert {c.id for c in chunks} == {row["request_id"]} and row["extras"]["upstream_id"] == "chatcmpl-fake"
     assert row["stream"] and row["ttft_s"] > 0 and row["latency_s"] >= row["ttft_s"]
     assert 'openclaw_ttft_seconds_count{model="m1"} 1.0' in httpx.get(f"{gw.url}/metrics").text
 

@@ -92,7 +92,8 @@ class OutcomeHook:
     @staticmethod
     def _extras(ctx: RequestContext, with_features: bool) -> dict[str, Any]:
         kept = {k: v for k, v in ctx.extras.items()
-                if k in ("client_request_id", "usage_estimated", "http_status", "cache_entry", "router")}
+                if k in ("client_request_id", "usage_estimated", "http_status", "cache_entry", "router", "upstream_id")
+                and v is not None}
         if with_features:
             # The cheap features the router saw (turns, tools, ... not just the text): retraining and
             # off-policy evaluation rebuild the live feature row from these and the stored embedding,
