@@ -7,10 +7,13 @@ schema is documented field by field in docs/CONFIG.md.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, Mapping, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from router.config_errors import DEFAULT_PROFILES, BadReference, ConfigError, env_syntax_name, validation_problems, yaml_hint
 
 Capability = Literal["tools", "json", "vision", "files", "audio", "logprobs"]
 
@@ -21,11 +24,18 @@ class _Strict(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_boolean_for_a_number(cls, value: Any, info: Any) -> Any:
+    def _as_yaml_means_it(cls, value: Any, info: Any) -> Any:
+        field = cls.model_fields[info.field_name]
         # YAML reads yes/no/on/off as booleans, which pydantic would take as 1 and 0:
         # `port: yes` must not start a server on port 1.
-        if isinstance(value, bool) and not _takes_bool(cls.model_fields[info.field_name].annotation):
+        if isinstance(value, bool) and not _takes_bool(field.annotation):
             raise ValueError(f"{value} is a yes/no value; a number or text goes here")
+        # `cache:` with every key under it commented out is null: the section (mapping, list) as if not written.
+        if value is None and not field.is_required() and _kind(field.annotation):
+            return field.get_default(call_default_factory=True)
+        # `tags: local` is the one-tag list [local]; `tags: local, fast` stays an error ([local, fast]).
+        if isinstance(value, str) and "," not in value and _kind(field.annotation) == "strings":
+            return [value]
         return value
 
 
@@ -33,6 +43,21 @@ def _takes_bool(annotation: Any) -> bool:
     if annotation is bool or annotation is Any:
         return True
     return any(_takes_bool(arg) for arg in get_args(annotation)) if get_origin(annotation) is not None else False
+
+
+def _kind(annotation: Any) -> str | None:
+    """section (a nested model), mapping (a dict) or strings (a list of names): `X` or `X | None`."""
+    args = [a for a in get_args(annotation) if a is not type(None)] if get_origin(annotation) in (Union, UnionType) else [annotation]
+    if len(args) != 1:
+        return None
+    origin, items = get_origin(args[0]), get_args(args[0])
+    if isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return "section"
+    if origin is dict:
+        return "mapping"
+    if origin in (list, tuple, frozenset, set) and items and (items[0] is str or get_origin(items[0]) is Literal):
+        return "strings"
+    return None
 
 
 class Price(_Strict):
@@ -174,6 +199,8 @@ class ProviderSpec(_Strict):
     @classmethod
     def _url_scheme(cls, url: str) -> str:
         # Without a scheme every call would fail as a connection error, and nothing says why.
+        if env_syntax_name(url):
+            raise ValueError("${...} and os.environ/... are not expanded in this file: write the URL itself")
         if not url.startswith(("http://", "https://", "simulated://")):
             raise ValueError(f"{url!r} is not an http:// or https:// URL")
         return url
@@ -212,6 +239,11 @@ class RouterSection(_Strict):
 
     @model_validator(mode="after")
     def _default_profile_exists(self) -> "RouterSection":
+        if self.default_profile not in self.profiles and "default_profile" not in self.model_fields_set:
+            raise BadReference(("router", "profiles"),
+                               f"profiles replaces the default profiles ({', '.join(DEFAULT_PROFILES)}) and defines no "
+                               f"{self.default_profile!r}, the default profile: add an {self.default_profile!r} profile"
+                               + (f", or set router.default_profile to one of {sorted(self.profiles)}" if self.profiles else ""))
         if self.default_profile not in self.profiles:
             raise BadReference(("router", "default_profile"),
                                f"default_profile {self.default_profile!r} is not one of profiles: {sorted(self.profiles)}")
@@ -335,7 +367,8 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _references_exist(self) -> "Config":
-        names = set(self.model_names)
+        names_in_order = self.model_names
+        names = set(names_in_order)
         for i, m in enumerate(self.models):
             if m.provider not in self.providers:
                 raise BadReference(("models", i, "provider"),
@@ -347,6 +380,12 @@ class Config(_Strict):
         tags = {t for m in self.models for t in m.tags}
         for name, profile in self.router.profiles.items():
             # Typos here would make the profile refuse every request, or hide a model.
+            if name in names and "profiles" not in self.router.model_fields_set:
+                i = names_in_order.index(name)
+                raise BadReference(("models", i, "name"),
+                                   f"models[{i}].name {name!r} is the name of a default routing profile "
+                                   f"({', '.join(DEFAULT_PROFILES)}): requests for it would be routed, never sent to this "
+                                   "model; rename the model (or define router.profiles without it)")
             if name in names:
                 raise BadReference(("router", "profiles", name),
                                    f"router.profiles.{name} has a model's name: requests for that model would be routed instead")
@@ -382,18 +421,6 @@ class Config(_Strict):
         return frozenset().union(*(m.capabilities for m in self.models))
 
 
-class ConfigError(ValueError):
-    """A configuration file that does not match the schema; the message names key and line."""
-
-
-class BadReference(ValueError):
-    """A value naming something the config does not define; `loc` is where it was written."""
-
-    def __init__(self, loc: tuple, message: str):
-        super().__init__(message)
-        self.loc = loc
-
-
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML that refuses a key written twice in one mapping (the second would silently win)."""
 
@@ -418,30 +445,12 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """Walk the composed YAML tree along a pydantic error location to find its line."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
-            if pair is None:
-                break
-            key, node = pair
-            line = key.start_mark.line + 1  # the key's line: a nested value starts on the next one
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
 def parse_config(text: str, source: str = "<string>") -> Config:
     try:
         data = load_yaml(text)
         tree = yaml.compose(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {exc}{yaml_hint(exc, text)}") from None
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     if not isinstance(data, dict):
@@ -449,16 +458,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     try:
         return Config.model_validate({**data, "source": source})
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-            cause = (err.get("ctx") or {}).get("error")
-            if isinstance(cause, BadReference):
-                loc = cause.loc
-            key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
-            line = _line_of(tree, loc)
-            where = f"line {line}, " if line else ""
-            problems.append(f"{where}key {key or '<top>'}: {err['msg']}")
+        problems = validation_problems(exc, tree, Config)
         raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(problems)) from None
 
 

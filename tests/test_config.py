@@ -36,7 +36,7 @@ def test_a_valid_file_and_the_shipped_default_parse():
 
 
 @pytest.mark.parametrize("text, key, line, words", [
-    (GOOD.replace("    fallbacks: [small]", "    fallback: [small]"), "models[1].fallback", 8, "Extra inputs"),
+    (GOOD.replace("    fallbacks: [small]", "    fallback: [small]"), "models[1].fallback", 8, "unknown key: did you mean fallbacks?"),
     (GOOD.replace("input_per_1m: 1,", "input_per_1m: lots,"), "models[1].price.input_per_1m", 7, "number"),
     (GOOD.replace("input_per_1m: 0.1", "input_per_1m: -1"), "models[0].price.input_per_1m", 4, "greater than or equal to 0"),
     (GOOD.replace("kind: openai", "kind: opanai"), "providers.local.kind", 10, "'openai'"),
@@ -129,7 +129,7 @@ def test_a_folder_the_gateway_creates_is_relative_to_the_config_file(tmp_path, m
 @pytest.mark.parametrize("extra, key, words", [
     # a key pasted where its variable's name goes would be echoed in every logged error
     ('providers:\n  local: {kind: openai, base_url: "http://127.0.0.1:9/v1", api_key_env: "sk-proj-SECRET123"}\n',
-     "providers.local.api_key_env", "should match pattern"),
+     "providers.local.api_key_env", "write the name of the environment variable"),
     ('providers:\n  local: {kind: openai, base_url: "api.openai.com/v1"}\n', "providers.local.base_url", "not an http"),
     ("router: {profiles: {auto: {willingness_to_pay: 0.01}, small: {willingness_to_pay: 1}}}\n",
      "router.profiles.small", "has a model's name"),
