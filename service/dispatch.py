@@ -259,13 +259,22 @@ class Dispatcher:
             fallbacks = "; its fallbacks failed too" if len(chain) > 1 else ""
             why = f": {failed[-1].get('message', '')}" if failed else " (its upstream answered 404 model_not_found)"
             return ApiError(404, f"model {chain[0]} is not available upstream{why}{fallbacks}", code="model_not_found", param="model")
+        # A key the upstream refuses is the operator's to fix: a 503 "retry shortly" would have the
+        # SDKs and OpenClaw retry for minutes, against a circuit its refusals opened.
+        refused = [a for a in failed if a["kind"] == "auth"]
+        if refused or (not failed and named and all(a.get("reason") == "circuit_open" for a in named)
+                       and self.live.last_failure(chain[0]) == "auth"):
+            why = refused[-1].get("message", "") if refused else "its upstream refused its key, and its circuit is open"
+            fallbacks = "; its fallbacks failed too" if len(chain) > 1 else ""
+            return ApiError(502, f"model {chain[0]} cannot be called: {why}{fallbacks}", code="upstream_auth_failed")
         if not errors:
             return ApiError(503, f"no eligible model is available right now (tried {', '.join(chain)}); retry shortly",
                             code="no_model_available", headers={"retry-after": "1"})
         last = errors[-1]
         if not routed and last.kind == "timeout":
             return ApiError(504, f"model {who} timed out", code="upstream_timeout")
-        tried = "; ".join(f"{a['model']}: {a.get('kind') or a.get('reason')}" for a in ctx.attempts)
+        tried = "; ".join(f"{a['model']}: {a.get('kind') or a.get('reason')}"
+                          + (f" ({a['message']})" if a.get("kind") == "auth" and a.get("message") else "") for a in ctx.attempts)
         return ApiError(502 if not routed else 503, f"no model could answer ({tried})", code="upstream_error")
 
     async def _attempts(self, ctx: RequestContext, call: Callable[[ModelSpec, int, Claim], Awaitable[Any]]) -> Any:

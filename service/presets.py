@@ -177,6 +177,10 @@ def build_preset_config(env: Mapping[str, str] | None = None) -> Config | None:
     path = Path(env[PRESETS_ENV]) if _set(env, PRESETS_ENV) else presets_path()
     presets = load_presets(path)
     enabled = {name: var for name, p in presets.providers.items() if (var := _enabled_by(name, p, env))}
+    for name, preset in presets.providers.items():
+        blank = [var for var in preset.key_env or () if var in env and not _set(env, var)]
+        if blank and name not in enabled:  # exported empty by a template or an unset CI secret
+            log.warning("%s is set but empty: provider %s left out", " and ".join(blank), name)
     if not enabled:
         log.info("no provider keys in the environment (%s): serving the simulated demo", ", ".join(key_variables(presets)))
         return None

@@ -62,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
             # but every call would fail with an auth error until it is set.
             log.warning("provider %s: environment variable %s is not set; calls to its models fail until it is",
                         name, provider.api_key_env)
+    if args.config:
+        log.info("%s: %d models (%s)", args.config, len(config.models), ", ".join(f"{m.name} via {m.provider}" for m in config.models))
+    if server.port:  # port 0 is a free one, which no provider can have been given
+        _refuse_calling_itself(config, server.host, server.port)
     governance = Governance.from_config(config)
     # Without any key the gateway is open: it says so, and refuses a non-loopback address.
     notice = governance.startup_check(server.host)
@@ -84,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             log.info("demo mode: %d simulated models (%s) answered by the local simulator at %s; they are labelled "
                      "simulated in /v1/models and the outcome log", len(simulated), ", ".join(sorted(simulated)),
                      next(p.base_url for p in config.providers.values() if p.kind == "simulated"))
+
         app = create_app(config, simulated=simulated, governance=governance)
         port = sock.getsockname()[1]
         # Listening before start-up completes (loading the embedder takes seconds): a client that
@@ -101,3 +106,18 @@ def run(args: argparse.Namespace) -> int:
         if stop_simulator is not None:
             stop_simulator()
     return 0
+
+
+def _refuse_calling_itself(config, host: str, port: int) -> None:
+    """A provider whose base URL is this gateway's own address (an OPENAI_BASE_URL exported for
+    the clients, in the shell that starts the gateway) would send every call back to itself, and
+    each would hang until its timeout."""
+    from urllib.parse import urlsplit
+
+    local = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::", host}
+    for name, provider in config.providers.items():
+        url = urlsplit(provider.base_url)
+        default = 443 if url.scheme == "https" else 80
+        if url.hostname in local and (url.port or default) == port:
+            raise ValueError(f"provider {name}: base_url {provider.base_url} is this gateway's own address, so every "
+                             "call would come back to it (a base URL variable meant for the clients?)")

@@ -440,3 +440,43 @@ def test_an_inline_file_is_billed_at_its_worst_case_when_the_upstream_reports_no
     streamed = gw.client().chat.completions.create(model="m1", messages=messages, stream=True,
                                                    stream_options={"include_usage": True})
     assert [c.usage.prompt_tokens for c in streamed if c.usage] == [answer.usage.prompt_tokens]
+
+
+def test_a_key_the_upstream_refuses_is_named_and_not_a_retry_shortly(upstream, tmp_path, monkeypatch):
+    # A wrong key is the operator's to fix: the client hears which variable holds it, also once its
+    # refusals have opened the circuit (a 503 "retry shortly" had SDKs and OpenClaw retry for minutes).
+    from router.config import parse_config
+    from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running
+
+    upstream.reset()
+    config = parse_config(f"""
+models:
+  - {{name: m1, provider: keyed, price: {{input_per_1m: 1, output_per_1m: 2}}, context_window: 100000}}
+  - {{name: m2, provider: keyed, price: {{input_per_1m: 1, output_per_1m: 2}}, context_window: 100000}}
+providers:
+  keyed: {{kind: openai, base_url: "{upstream.base_url}", api_key_env: OPENCLAW_TEST_FAKE_KEY, timeout_s: 1.0}}
+reliability: {{max_retries: 0, breaker_failures: 3, breaker_cooldown_s: 60}}
+server: {{db: "sqlite:///{tmp_path}/o.sqlite"}}
+cache: {{enabled: false}}
+""", "test-config")
+    gw = Running(config, router=QualityRouter(DEFAULT_QUALITY))
+    try:
+        # A secret mounted from a file ends in a line break, which no header may carry: dropped.
+        monkeypatch.setenv("OPENCLAW_TEST_FAKE_KEY", "sk-test\r\n")
+        assert gw.client().chat.completions.create(model="m1", messages=MSG).model == "m1"
+        assert upstream.requests_for("m1")[-1].headers["authorization"] == "Bearer sk-test"
+        upstream.default("m1", error(401, "Incorrect API key provided", code="invalid_api_key", type="invalid_request_error"))
+        for n in range(5):  # the third refusal opens m1's circuit
+            with pytest.raises(openai.APIStatusError) as exc:
+                gw.client().chat.completions.create(model="m1", messages=MSG)
+            assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_auth_failed"
+            message = exc.value.body["message"]
+            assert ("OPENCLAW_TEST_FAKE_KEY" in message and "Incorrect API key" in message) if n < 3 else "circuit is open" in message
+        assert len(upstream.requests_for("m1")) == 4
+        assert gw.client().chat.completions.create(model="auto", messages=MSG).model == "m2"  # auto routes around it
+        monkeypatch.setenv("OPENCLAW_TEST_FAKE_KEY", "sk-\ntest")  # a break inside the key: no call, no 500
+        with pytest.raises(openai.APIStatusError) as exc:
+            gw.client().chat.completions.create(model="m2", messages=MSG)
+        assert exc.value.status_code == 502 and "line break" in exc.value.body["message"]
+    finally:
+        gw.stop()

@@ -160,6 +160,28 @@ def test_serve_warns_of_a_key_variable_that_is_not_set(tmp_path, capsys, caplog,
     assert "OPENCLAW_TEST_UNSET_KEY is not set" in caplog.text
 
 
+def test_serve_says_what_it_routes_across_and_refuses_to_call_itself(tmp_path, capsys, caplog, monkeypatch):
+    # An OPENAI_BASE_URL exported for the clients, in the shell that starts the gateway: every
+    # call would come back to the gateway and hang until its timeout.
+    import socket
+
+    from service.cli import main
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("OPENCLAW_TEST_SELF_KEY", "sk-test")
+    (tmp_path / "c.yaml").write_text(
+        f'providers:\n  loop: {{kind: openai, base_url: "http://localhost:{port}/v1", api_key_env: OPENCLAW_TEST_SELF_KEY}}\n'
+        "models:\n  - {name: m1, provider: loop, price: {input_per_1m: 1, output_per_1m: 2}}\n"
+        'server: {redis_url: "redis://127.0.0.1:1/0"}\n')  # a serve that got past the check stops at once
+    with caplog.at_level("INFO", logger="openclaw.serve"):
+        assert main(["serve", "--config", str(tmp_path / "c.yaml"), "--port", str(port), "--db", f"sqlite:///{tmp_path / 'o.sqlite'}"]) == 2
+    assert "1 models (m1 via loop)" in caplog.text
+    err = capsys.readouterr().err
+    assert f"provider loop: base_url http://localhost:{port}/v1 is this gateway's own address" in err and "Traceback" not in err
+
+
 def test_serve_names_a_postgresql_schema_that_does_not_exist(pg_url, capsys):
     from service.cli import main
 

@@ -293,6 +293,7 @@ def test_alerts_fire_once_per_crossing(env):
     circuit = wait_for(lambda: [a for a in hook.received if a["kind"] == "circuit_open"])
     time.sleep(0.3)
     assert len([a for a in hook.received if a["kind"] == "circuit_open"]) == 1 and circuit[0]["details"]["model"] == "m2"
+    assert circuit[0]["details"]["cause"].startswith("server") and "last error: server" in circuit[0]["message"]  # what to fix
     assert len([a for a in hook.received if a["kind"] == "budget"]) == 3
     stored = admin.get("/admin/alerts").json()["data"]
     assert {a["kind"] for a in stored} >= {"budget", "circuit_open"}

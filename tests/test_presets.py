@@ -248,3 +248,12 @@ def test_serve_with_keys_routes_to_preset_models_through_the_upstream(served):
     outcomes = read_outcomes(db)
     assert {"gpt-4o-mini", "mistral-small-latest"} <= set(outcomes.answered_model.dropna())
     assert not outcomes.simulated.any()
+
+
+def test_a_key_variable_set_but_empty_is_said_not_skipped_in_silence(caplog):
+    from service.presets import build_preset_config
+
+    with caplog.at_level("WARNING", logger="openclaw.presets"):
+        config = build_preset_config({"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": "sk-ant-x"})
+    assert "OPENAI_API_KEY is set but empty: provider openai left out" in caplog.text
+    assert {p for p in config.providers} == {"anthropic"}

@@ -194,7 +194,9 @@ async def test_errors(server, provider, status, payload, headers, kind, retry_af
     with pytest.raises(UpstreamError) as info:
         await provider.complete(MODEL, {"messages": [{"role": "user", "content": "hi"}]})
     assert (info.value.kind, info.value.status, info.value.retry_after) == (kind, status, retry_after)
-    assert info.value.message == payload["error"]["message"]
+    # A refused key (or its account out of credit) names the variable that holds it.
+    named = f" (the key in {provider.spec.api_key_env})" if kind == "auth" else ""
+    assert info.value.message == payload["error"]["message"] + named
 
 
 async def test_error_event_mid_stream(server, provider):

@@ -111,11 +111,13 @@ class Alerter:
             self.clear(dedupe)
         return []
 
-    def circuit_state(self, model: str, state: str) -> list[Alert]:
+    def circuit_state(self, model: str, state: str, cause: str | None = None) -> list[Alert]:
+        """`cause`: the last error that opened it, so the alert says what to fix (a refused key)."""
         dedupe = f"circuit:{model}"
         if state == "open":
-            return self._condition(Alert("circuit_open", dedupe, f"the circuit of model {model} opened: the router stops sending it traffic",
-                                         {"model": model}))
+            why = f"; last error: {cause}" if cause else ""
+            return self._condition(Alert("circuit_open", dedupe, f"the circuit of model {model} opened: the router stops sending it "
+                                         f"traffic{why}", {"model": model, "cause": cause}))
         if state == "closed":
             self.clear(dedupe)
         return []

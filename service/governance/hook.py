@@ -413,5 +413,7 @@ class GovernanceHook:
         breaker = self.gov.breaker
         if breaker is not None:
             for model in dict.fromkeys(a["model"] for a in ctx.attempts):
-                fired += alerts.circuit_state(model, breaker.state(model))
+                last = next((a for a in reversed(ctx.attempts) if a["model"] == model and a["status"] == "error"), None)
+                cause = f"{last['kind']}: {last.get('message', '')}" if last else None
+                fired += alerts.circuit_state(model, breaker.state(model), cause)
         return fired

@@ -391,18 +391,30 @@ class Provider(ABC):
         return self.spec.base_url.rstrip("/")
 
     def api_key(self) -> str | None:
-        """The key, read now so a rotated env var takes effect without a restart."""
+        """The key, read now so a rotated env var takes effect without a restart. Surrounding
+        white space is dropped: a secret mounted from a file (`kubectl create secret
+        --from-file`) or a CRLF .env file ends in a line break, which no HTTP header may carry."""
         name = self.spec.api_key_env
         if not name:
             return None
-        key = os.environ.get(name)
+        key = (os.environ.get(name) or "").strip()
         if not key:
             raise UpstreamError("auth", f"environment variable {name} is not set")
+        if not key.isprintable():
+            raise UpstreamError("auth", f"environment variable {name} holds a line break or another control character "
+                                "inside the key")
         return key
 
     def _secrets(self) -> tuple[str | None, ...]:
         name = self.spec.api_key_env
-        return (os.environ.get(name) if name else None,)
+        return ((os.environ.get(name) or "").strip() or None if name else None,)
+
+    def _http_error(self, status: int, body: bytes, headers: Mapping[str, str], secrets: tuple[str | None, ...]) -> UpstreamError:
+        err = error_from_response(status, body, headers, secrets)
+        if err.kind == "auth" and self.spec.api_key_env:
+            # Which of the operator's variables holds the key refused (or out of credit).
+            err.message = f"{err.message} (the key in {self.spec.api_key_env})"
+        return err
 
     @abstractmethod
     async def complete(self, model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
@@ -428,7 +440,7 @@ class Provider(ABC):
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, secrets) from None
         if response.status >= 400:
-            raise error_from_response(response.status, body, response.headers, secrets)
+            raise self._http_error(response.status, body, response.headers, secrets)
         try:
             return json_text.loads(body)
         except ValueError:
@@ -448,7 +460,7 @@ class Provider(ABC):
             async with self.session.post(url, **self._request_kwargs(payload, headers)) as response:
                 if response.status >= 400:
                     body = await response.read()
-                    raise error_from_response(response.status, body, response.headers, secrets)
+                    raise self._http_error(response.status, body, response.headers, secrets)
                 # A 2xx that is no event stream (a captive portal's HTML page, a whole JSON answer)
                 # holds no event: read as one, it would pass for a stream cut before its first. A
                 # server that names no type at all is given the benefit of the doubt.
