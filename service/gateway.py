@@ -82,7 +82,8 @@ def load_router(config: Config) -> Router | None:
 
     path = find_artifact(config.router.artifact, config)
     if not (path / MANIFEST).exists():
-        log.warning("no router artifact at %s: 'auto' routing is unavailable until one is trained", path)
+        log.warning("router.artifact %r: no router artifact (manifest.json) at %s: 'auto' answers 503 router_unavailable "
+                    "until one is there (named models still work)", config.router.artifact, path.resolve())
         return None
     router = LearnedRouter.load(path)
     unseen = router.unseen(config.models)
