@@ -67,7 +67,7 @@ class OutcomeRecord:
 _JSON_FIELDS = ("candidates", "fallback_chain", "attempts", "extras")
 # Upstream error kinds that are the request's own fault (invalid, too long for the model): a
 # request that failed only with these says nothing about how good the routed model is.
-CLIENT_FAULT_KINDS = frozenset({"bad_request", "context_length"})
+CLIENT_FAULT_KINDS = frozenset({"bad_request", "unsupported", "context_length"})
 
 
 def judges_chosen_model(status: str, chosen: str | None, answered: str | None, attempts: list[dict[str, Any]] | None) -> bool:

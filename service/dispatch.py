@@ -203,7 +203,7 @@ class Dispatcher:
         )
         self.metrics.attempts.labels(spec.name, err.kind).inc()
         # A 400 or an oversized prompt says nothing about the model's health.
-        blames_model = err.kind not in ("bad_request", "context_length")
+        blames_model = err.kind not in ("bad_request", "unsupported", "context_length")
         retry_after = err.retry_after if err.kind == "rate_limit" else None
         if self.live.failed(spec.name, claim, err.kind, retry_after, counts_against_model=blames_model):
             self.metrics.circuit_open.labels(spec.name).set(1)
@@ -236,6 +236,9 @@ class Dispatcher:
         elif all(e.kind == "context_length" for e in errors):
             return ApiError(400, f"the request does not fit the context window: {errors[-1].message}",
                             code="context_length_exceeded", param="messages")
+        elif all(e.kind == "unsupported" for e in errors):
+            return ApiError(400, f"no eligible model takes the request as sent: {errors[-1].message}",
+                            code=errors[-1].code or "unsupported_parameter", param=errors[-1].param)
         who = chain[0] if len(chain) == 1 else f"{chain[0]} and its fallbacks"
         # Rate limited: the client is told so, with the upstream's own wait (OpenClaw retries a 429
         # for minutes; a 503 with a made-up wait sends it elsewhere). A named model whose fallbacks
@@ -344,7 +347,7 @@ class Dispatcher:
                     self.live.finished(name)
                 self._on_error(ctx, spec, failure, started, retry, claim)
                 tries.errors.append(failure)
-                if not failure.failover:
+                if not failure.failover or (failure.kind == "unsupported" and not routed):
                     # The client's own fault: it gets the upstream's code and param where it gave them. A
                     # status written as a code ("400", a proxy's) says nothing the status does not.
                     code = failure.code if failure.code and failure.code != str(failure.status) else "upstream_bad_request"

@@ -480,3 +480,25 @@ cache: {{enabled: false}}
         assert exc.value.status_code == 502 and "line break" in exc.value.body["message"]
     finally:
         gw.stop()
+
+
+def test_a_parameter_a_model_refuses_sends_a_routed_request_to_the_next_model(start_gateway, upstream):
+    # OpenClaw sends reasoning_effort every turn; OpenAI's non-reasoning models refuse it with a 400.
+    gw = start_gateway()
+    upstream.default("m1", error(400, "Unrecognized request argument supplied: reasoning_effort", type="invalid_request_error"))
+    for _ in range(4):
+        answer, headers = ask(gw, reasoning_effort="high")
+        assert answer.model == "m2"
+        assert attempts(gw.outcome(headers["x-request-id"])) == [("m1", "unsupported"), ("m2", "ok")]
+    # Not the model's fault: no circuit opened (breaker_failures 3), and no implicit reward of 0.
+    assert gw.gateway.live.breaker.state("m1") == "closed"
+    # Naming the model, the client gets the upstream's refusal, as OpenAI would answer it.
+    with pytest.raises(openai.BadRequestError) as exc:
+        gw.client().chat.completions.create(model="m1", messages=MSG, reasoning_effort="high")
+    assert "Unrecognized request argument supplied: reasoning_effort" in exc.value.body["message"]
+    # Every eligible model refusing it is a 400 too, not a 503 to retry.
+    upstream.default("m2", error(400, "`reasoning_effort` is not supported with this model", type="invalid_request_error"))
+    upstream.default("m3", error(400, "Unsupported parameter: 'reasoning_effort'", code="unsupported_parameter"))
+    with pytest.raises(openai.BadRequestError) as exc:
+        gw.client().chat.completions.create(model="auto", messages=MSG, reasoning_effort="high")
+    assert exc.value.body["code"] == "unsupported_parameter" and "no eligible model takes the request" in exc.value.body["message"]

@@ -257,3 +257,18 @@ def test_a_key_variable_set_but_empty_is_said_not_skipped_in_silence(caplog):
         config = build_preset_config({"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": "sk-ant-x"})
     assert "OPENAI_API_KEY is set but empty: provider openai left out" in caplog.text
     assert {p for p in config.providers} == {"anthropic"}
+
+
+def test_presets_of_models_that_do_not_reason_never_send_reasoning_effort():
+    # OpenClaw sends it with a thinking level; gpt-4.1 and Groq's Llama answer it with a 400.
+    from service.presets import build_preset_config
+    from service.providers.openai_compat import shaped
+
+    config = build_preset_config({"OPENAI_API_KEY": "sk-x", "GROQ_API_KEY": "gsk-x", "GEMINI_API_KEY": "g-x"})
+    body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "high"}
+    for provider in ("openai", "groq"):
+        assert "reasoning_effort" not in shaped(body, config.providers[provider].request)
+    # Gemini 2.5's implicit cache reads are billed at a quarter of the input price, not in full.
+    flash = next(m for m in config.models if m.name == "gemini-2.5-flash")
+    usage = {"prompt_tokens": 1_000_000, "completion_tokens": 0, "prompt_tokens_details": {"cached_tokens": 1_000_000}}
+    assert flash.price.usage_cost(usage) == pytest.approx(flash.price.input_per_1m / 4)

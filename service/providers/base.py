@@ -36,13 +36,16 @@ from router.request_view import output_limit as requested_output_limit
 from service import json_text
 
 ErrorKind = Literal[
-    "rate_limit", "server", "timeout", "connection", "context_length", "bad_request", "auth", "not_found", "malformed"
+    "rate_limit", "server", "timeout", "connection", "context_length", "bad_request", "unsupported", "auth", "not_found",
+    "malformed",
 ]
 
 # Worth another attempt (same model after a backoff, or the next candidate).
 RETRYABLE_KINDS: frozenset[str] = frozenset({"rate_limit", "server", "timeout", "connection", "malformed"})
 # The request itself may succeed on a different model: the upstream is at fault, not the client.
-FAILOVER_KINDS: frozenset[str] = RETRYABLE_KINDS | {"context_length", "not_found", "auth"}
+# `unsupported` (a parameter this model refuses, as reasoning_effort on a model that does not
+# reason) only for a routed request: a request naming the model gets the upstream's 400.
+FAILOVER_KINDS: frozenset[str] = RETRYABLE_KINDS | {"context_length", "not_found", "auth", "unsupported"}
 
 _CONTEXT_WORDING = re.compile(
     r"context_length_exceeded|context length|context window|maximum context|prompt is too long|"
@@ -65,6 +68,14 @@ _BILLING_WORDING = re.compile(
 # Gemini's FAILED_PRECONDITION is the project, not the request: billing off, a region without the
 # free tier.
 _ACCOUNT_STATUS = re.compile(r"\bFAILED_PRECONDITION\b")
+# A valid request with a parameter this model does not take: OpenAI's "Unrecognized request argument
+# supplied: reasoning_effort" and unsupported_parameter / unsupported_value, Groq's "`reasoning_effort`
+# is not supported with this model", Mistral's 422 "Extra inputs are not permitted".
+_UNSUPPORTED_WORDING = re.compile(
+    r"unsupported_parameter|unsupported_value|unrecognized request argument|unsupported parameter|"
+    r"is not supported (?:with|by|for|on) this model|extra inputs are not permitted",
+    re.IGNORECASE,
+)
 # Some OpenAI-compatible upstreams (OpenRouter, DeepSeek) answer a retired or unknown model id with
 # HTTP 400, not 404: the catalog is out of date, another model can answer.
 _UNKNOWN_MODEL_WORDING = re.compile(
@@ -193,6 +204,8 @@ def classify(status: int, payload: Any, text: str) -> ErrorKind:
         return "auth"
     if status == 404 or (status == 400 and _UNKNOWN_MODEL_WORDING.search(words)):
         return "not_found"
+    if status in (400, 422) and _UNSUPPORTED_WORDING.search(words):
+        return "unsupported"
     return "bad_request"
 
 
