@@ -33,8 +33,8 @@ class _Strict(BaseModel):
         # `cache:` with every key under it commented out is null: the section (mapping, list) as if not written.
         if value is None and not field.is_required() and _kind(field.annotation):
             return field.get_default(call_default_factory=True)
-        # `tags: local` is the one-tag list [local]; `tags: local, fast` stays an error ([local, fast]).
-        if isinstance(value, str) and "," not in value and _kind(field.annotation) == "strings":
+        # `tags: local` is the one-tag list [local]; `tags: local, fast`, `local fast` or '' stay errors.
+        if isinstance(value, str) and value.strip() and not any(c in value for c in ", ") and _kind(field.annotation) == "strings":
             return [value]
         return value
 
@@ -360,7 +360,8 @@ class Config(_Strict):
 
         kinds = {name: spec.get("kind") for name, spec in data["providers"].items() if isinstance(spec, dict)}
         return {**data, "models": [
-            {**m, "max_choices": 1} if isinstance(m, dict) and "max_choices" not in m and kinds.get(m.get("provider")) in ONE_CHOICE_KINDS
+            {**m, "max_choices": 1} if isinstance(m, dict) and "max_choices" not in m and isinstance(m.get("provider"), str)
+            and kinds.get(m["provider"]) in ONE_CHOICE_KINDS
             else m
             for m in data["models"]
         ]}

@@ -2,7 +2,6 @@
 goes there, and an error blames the key the user wrote (router/config_errors.py)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -10,7 +9,6 @@ from router.config import ConfigError, load_config, parse_config
 
 from tests.test_config import GOOD, error_of
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "CONFIG.md"
 JARGON = ("frozenset", "tuple", "dictionary", "instance of", "Value error", "Extra inputs", "Field required", "pattern")
 
 
@@ -72,6 +70,11 @@ def test_litellms_api_key_says_to_name_the_variable_and_echoes_no_key():
      "line 7, key models[1].price: should be a mapping of keys (its keys: input_per_1m, "),
     (GOOD.replace("    fallbacks: [small]", "    tags: local, fast"),
      "line 8, key models[1].tags: should be a list of strings, e.g. tags: [local]; not text; several go in brackets"),
+    # words a space apart, or nothing, are not one name: no silent tag "local fast" or ""
+    (GOOD.replace("    fallbacks: [small]", "    tags: local fast"),
+     "line 8, key models[1].tags: should be a list of strings, e.g. tags: [local]; not text"),
+    (GOOD.replace("    fallbacks: [small]", "    tags: ''"),
+     "line 8, key models[1].tags: should be a list of strings, e.g. tags: [local]; not text"),
     (GOOD.replace("    fallbacks: [small]", "    capabilities: {tools: true}"),
      "line 8, key models[1].capabilities: should be a list out of tools, json, vision, files, audio, logprobs, "
      "e.g. capabilities: [tools, json]; not a mapping"),
@@ -170,9 +173,6 @@ def test_custom_profiles_without_auto_say_they_replace_the_defaults():
     assert problem(GOOD + "router: {default_profile: fast}\n").startswith("line 11, key router.default_profile:")
 
 
-def test_config_md_documents_what_these_messages_point_to():
-    docs = DOCS.read_text(encoding="utf-8")
-    seed = next(line for line in docs.splitlines() if line.startswith("| `bandit.seed`"))
-    assert "int ≥ 0" in seed
-    assert "replaces the defaults" in docs and "GOVERNANCE.md" in docs
-    assert "did you mean" in docs and "not expanded" in docs
+def test_a_provider_written_as_a_list_is_a_config_error_not_a_crash():
+    message = problem(GOOD.replace("    provider: local\n    price: {input_per_1m: 1,", "    provider: [local]\n    price: {input_per_1m: 1,"))
+    assert "models[1].provider: should be text, not a list" in message
