@@ -388,3 +388,25 @@ def test_a_gemini_calls_thought_signature_is_not_sent_to_anthropic():
     payload = to_anthropic(MODEL, body, stream=False)
     assert payload["messages"][1]["content"][0]["id"] == "call_5f3c"
     assert payload["messages"][2]["content"][0]["tool_use_id"] == "call_5f3c"
+
+
+def test_a_tool_call_id_repeated_across_turns_reaches_anthropic_once():
+    # Some models number their calls per turn (call_0 every turn); Anthropic refuses a history whose
+    # tool_use ids repeat, and an agent replays its whole history every turn.
+    from service.providers.anthropic import to_anthropic
+
+    def step(call_id, path, result):
+        return [{"role": "assistant", "content": None, "tool_calls": [
+                    {"id": call_id, "type": "function", "function": {"name": "read", "arguments": json.dumps({"path": path})}}]},
+                {"role": "tool", "tool_call_id": call_id, "content": result}]
+
+    body = {"messages": [{"role": "user", "content": "read a, then b, then c"}, *step("call_0", "a", "A"),
+                         {"role": "assistant", "content": "Read a."}, {"role": "user", "content": "go on"},
+                         *step("call_0", "b", "B"), *step("functions.read:0", "c", "C"), *step("functions.read:0", "d", "D")]}
+    payload = to_anthropic(MODEL, body, stream=False)
+    uses = [(b["id"], b["input"]["path"]) for m in payload["messages"] for b in m["content"] if b["type"] == "tool_use"]
+    results = [(b["tool_use_id"], b["content"]) for m in payload["messages"] for b in m["content"] if b["type"] == "tool_result"]
+    ids = [i for i, _ in uses]
+    assert len(set(ids)) == 4 and ids[0] == "call_0"  # the first use keeps its id: the cached prefix is unchanged
+    # each result answers its own call
+    assert {i: p for i, p in uses} == {i: r.lower() for i, r in results}

@@ -116,6 +116,27 @@ def tool_use_id(call_id: Any) -> str:
     return f"{re.sub(r'[^a-zA-Z0-9_-]', '_', call_id)[:40]}_{digest}"
 
 
+def _unique_tool_use_ids(messages: list[dict[str, Any]]) -> None:
+    """Anthropic refuses a history whose tool_use ids repeat ("tool_use ids must be unique"), and
+    some models number their calls per turn (`call_0` each time; Kimi's `functions.read_file:0`).
+    A repeated id gets a suffix, and the results after it follow it, so each result still answers
+    the latest call of that id; the first use keeps its id (the cached prefix stays as it was)."""
+    seen: set[str] = set()
+    current: dict[str, str] = {}
+    for message in messages:
+        for block in message["content"]:
+            if block["type"] == "tool_use":
+                given = unique = block["id"]
+                n = 1
+                while unique in seen:
+                    n += 1
+                    unique = f"{given}_{n}"
+                seen.add(unique)
+                current[given] = block["id"] = unique
+            elif block["type"] == "tool_result":
+                block["tool_use_id"] = current.get(block["tool_use_id"], block["tool_use_id"])
+
+
 def _message_blocks(message: dict[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:
     role = message.get("role")
     if role == "tool":
@@ -260,6 +281,7 @@ def to_anthropic(model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[s
             messages[-1]["content"].extend(blocks)
         else:
             messages.append({"role": role, "content": blocks})
+    _unique_tool_use_ids(messages)
     fmt = (body.get("response_format") or {}).get("type")
     if fmt == "json_object":
         system.append((JSON_INSTRUCTION, None))
