@@ -21,6 +21,7 @@ bill it all the same, and its answer may be cached for the SDK's retry.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
@@ -32,7 +33,7 @@ import anyio
 from router.config import Config, ModelSpec
 from router.types import Constraints
 from service.breaker import Claim
-from service.errors import ApiError, rate_limited
+from service.errors import ApiError, key_refused, rate_limited
 from service.live_state import LiveState
 from service.metrics import Metrics
 from service.pipeline import RequestContext
@@ -41,6 +42,8 @@ from service.sse import carries_output
 
 Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+AUTH_LOG_EVERY_S = 60.0
 
 
 class ClientGone(Exception):
@@ -172,6 +175,7 @@ class Dispatcher:
         self.live = live
         self.metrics = metrics
         self._sleep = sleep
+        self._auth_logged: dict[str, float] = {}
 
     # -- the chain -------------------------------------------------------------------------
     def chain(self, ctx: RequestContext) -> list[str]:
@@ -202,11 +206,20 @@ class Dispatcher:
             latency_s=round(time.perf_counter() - started, 4), retry=retry, retry_after_s=err.retry_after,
         )
         self.metrics.attempts.labels(spec.name, err.kind).inc()
+        if err.kind == "auth" and time.monotonic() - self._auth_logged.get(spec.name, -AUTH_LOG_EVERY_S) >= AUTH_LOG_EVERY_S:
+            # The client is told that the key is refused; the operator reads why here (once a minute a model).
+            self._auth_logged[spec.name] = time.monotonic()
+            log.warning("model %s: %s", spec.name, err.message)
         # A 400 or an oversized prompt says nothing about the model's health.
         blames_model = err.kind not in ("bad_request", "unsupported", "context_length")
         retry_after = err.retry_after if err.kind == "rate_limit" else None
         if self.live.failed(spec.name, claim, err.kind, retry_after, counts_against_model=blames_model):
             self.metrics.circuit_open.labels(spec.name).set(1)
+
+    def key_envs(self, models: list[str]) -> list[str]:
+        """The variables holding the keys of these models' providers."""
+        envs = (self.config.providers[self.specs[m].provider].api_key_env for m in models if m in self.specs)
+        return list(dict.fromkeys(e for e in envs if e))
 
     def _should_retry(self, err: UpstreamError, retry: int) -> bool:
         if not err.retryable or err.kind == "timeout" or retry >= self.rel.max_retries:
@@ -264,20 +277,19 @@ class Dispatcher:
             return ApiError(404, f"model {chain[0]} is not available upstream{why}{fallbacks}", code="model_not_found", param="model")
         # A key the upstream refuses is the operator's to fix: a 503 "retry shortly" would have the
         # SDKs and OpenClaw retry for minutes, against a circuit its refusals opened.
-        refused = [a for a in failed if a["kind"] == "auth"]
-        if refused or (not failed and named and all(a.get("reason") == "circuit_open" for a in named)
-                       and self.live.last_failure(chain[0]) == "auth"):
-            why = refused[-1].get("message", "") if refused else "its upstream refused its key, and its circuit is open"
-            fallbacks = "; its fallbacks failed too" if len(chain) > 1 else ""
-            return ApiError(502, f"model {chain[0]} cannot be called: {why}{fallbacks}", code="upstream_auth_failed")
+        if any(a["kind"] == "auth" for a in failed) or (not failed and named and all(
+                a.get("reason") == "circuit_open" for a in named) and self.live.last_failure(chain[0]) == "auth"):
+            return key_refused([chain[0]], self.key_envs([chain[0]]))
+        if routed and errors and all(e.kind == "auth" for e in errors):
+            refused = list(dict.fromkeys(a["model"] for a in ctx.attempts if a.get("kind") == "auth"))
+            return key_refused(refused, self.key_envs(refused))
         if not errors:
             return ApiError(503, f"no eligible model is available right now (tried {', '.join(chain)}); retry shortly",
                             code="no_model_available", headers={"retry-after": "1"})
         last = errors[-1]
         if not routed and last.kind == "timeout":
             return ApiError(504, f"model {who} timed out", code="upstream_timeout")
-        tried = "; ".join(f"{a['model']}: {a.get('kind') or a.get('reason')}"
-                          + (f" ({a['message']})" if a.get("kind") == "auth" and a.get("message") else "") for a in ctx.attempts)
+        tried = "; ".join(f"{a['model']}: {a.get('kind') or a.get('reason')}" for a in ctx.attempts)
         return ApiError(502 if not routed else 503, f"no model could answer ({tried})", code="upstream_error")
 
     async def _attempts(self, ctx: RequestContext, call: Callable[[ModelSpec, int, Claim], Awaitable[Any]]) -> Any:

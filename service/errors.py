@@ -73,6 +73,18 @@ def rate_limited(message: str, waits: list[float]) -> ApiError:
     return ApiError(429, message, code="rate_limit_exceeded", headers=headers)
 
 
+def key_refused(models: list[str], key_envs: list[str]) -> ApiError:
+    """A 502 for models whose provider refuses the gateway's key: the operator's to fix, so not a
+    503 "retry shortly", and `x-should-retry: false` keeps the OpenAI SDK from retrying a 5xx. The
+    upstream's own words stay in the gateway's log: they may quote part of the key, and the client
+    may be another tenant."""
+    who = f"model {models[0]}" if len(models) == 1 else f"models {', '.join(models)}"
+    where = f" (the key in {', '.join(key_envs)})" if key_envs else ""
+    return ApiError(502, f"{who} cannot be called: the provider refuses the gateway's key{where} or its account is out of "
+                    "credit; the gateway's operator must fix it (the upstream's answer is in the gateway's log)",
+                    code="upstream_auth_failed", headers={"x-should-retry": "false"})
+
+
 def model_not_found(name: str, known: list[str]) -> ApiError:
     shown = ", ".join(known[:30]) + (" ..." if len(known) > 30 else "")
     return ApiError(
@@ -115,7 +127,7 @@ def install_error_handlers(app: FastAPI) -> None:
             # the Responses, Embeddings or legacy Completions API learns why nothing is there).
             message = (f"{request.method} {request.url.path} is not a path of this gateway: it serves the Chat "
                        "Completions API (POST /v1/chat/completions), GET /v1/models, POST /v1/route, "
-                       "POST /v1/feedback, GET /healthz, GET /metrics and /admin/...")
+                       "POST /v1/feedback, GET /healthz, GET /metrics, /admin/... and the dashboard at /ui")
         # Starlette's 405 carries the `Allow` header that HTTP requires with it.
         return JSONResponse(error_body(message, status_type, code), status_code=exc.status_code, headers=exc.headers)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from router.config import Config, ModelSpec, Profile
 from router.types import Constraints, Decision, LiveStats, RoutingRequest
-from service.errors import ApiError, bad_request, model_not_found, rate_limited
+from service.errors import ApiError, bad_request, key_refused, model_not_found, rate_limited
 from service.schemas import RouterOptions
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -138,9 +138,11 @@ def build_constraints(body_options: RouterOptions | None, headers: Mapping[str, 
 
 def decide(router: Router | None, request: RoutingRequest, *, config: Config, profile: str,
            constraints: Constraints, live: Mapping[str, LiveStats], embedding: np.ndarray | None,
-           blocked_for: Callable[[str], float] | None = None, output_field: str = "max_tokens") -> Decision:
+           blocked_for: Callable[[str], float] | None = None, key_refused_by: Callable[[str], bool] | None = None,
+           output_field: str = "max_tokens") -> Decision:
     """Route one request; an impossible request is a 4xx, an unhealthy catalog a 503, or a 429
-    when every model it could use is waiting out its upstream's Retry-After (`blocked_for`)."""
+    when every model it could use is waiting out its upstream's Retry-After (`blocked_for`), or a
+    502 when every one's circuit opened on its provider refusing the key (`key_refused_by`)."""
     from router.policy import NoEligibleModel
 
     if router is None:
@@ -155,6 +157,9 @@ def decide(router: Router | None, request: RoutingRequest, *, config: Config, pr
             waits = [blocked_for(m) for m in unhealthy] if blocked_for is not None else []
             if waits and all(waits):
                 raise rate_limited(f"every eligible model is rate limited upstream: {exc}", waits) from None
+            if key_refused_by is not None and all(key_refused_by(m) for m in unhealthy):
+                envs = (config.providers[config.model(m).provider].api_key_env for m in unhealthy)
+                raise key_refused(unhealthy, list(dict.fromkeys(e for e in envs if e))) from None
             raise ApiError(503, f"no eligible model is available right now: {exc}", code="no_model_available",
                            headers={"retry-after": "1"}) from None
         reasons = [c.excluded or "" for c in exc.candidates]

@@ -114,7 +114,8 @@ def _refuse_calling_itself(config, host: str, port: int) -> None:
     each would hang until its timeout."""
     from urllib.parse import urlsplit
 
-    local = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::", host}
+    # Listening on every address (or on loopback), a loopback URL reaches it; otherwise only its own address does.
+    local = {"127.0.0.1", "localhost", "::1", host} if host in ("0.0.0.0", "::", "127.0.0.1", "localhost", "::1") else {host}
     for name, provider in config.providers.items():
         url = urlsplit(provider.base_url)
         default = 443 if url.scheme == "https" else 80

@@ -442,9 +442,10 @@ def test_an_inline_file_is_billed_at_its_worst_case_when_the_upstream_reports_no
     assert [c.usage.prompt_tokens for c in streamed if c.usage] == [answer.usage.prompt_tokens]
 
 
-def test_a_key_the_upstream_refuses_is_named_and_not_a_retry_shortly(upstream, tmp_path, monkeypatch):
+def test_a_key_the_upstream_refuses_is_named_and_not_a_retry_shortly(upstream, tmp_path, monkeypatch, caplog):
     # A wrong key is the operator's to fix: the client hears which variable holds it, also once its
-    # refusals have opened the circuit (a 503 "retry shortly" had SDKs and OpenClaw retry for minutes).
+    # refusals have opened the circuit (a 503 "retry shortly" had SDKs and OpenClaw retry for
+    # minutes), and the SDK is told not to retry; the upstream's own words go to the log only.
     from router.config import parse_config
     from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running
 
@@ -460,27 +461,39 @@ server: {{db: "sqlite:///{tmp_path}/o.sqlite"}}
 cache: {{enabled: false}}
 """, "test-config")
     gw = Running(config, router=QualityRouter(DEFAULT_QUALITY))
+    refusal = error(401, "Incorrect API key provided: sk-te****", code="invalid_api_key", type="invalid_request_error")
+
+    def refused(model):
+        with pytest.raises(openai.APIStatusError) as exc:
+            gw.client().chat.completions.create(model=model, messages=MSG)
+        assert exc.value.status_code == 502 and exc.value.response.headers["x-should-retry"] == "false"
+        assert exc.value.body["code"] == "upstream_auth_failed" and "OPENCLAW_TEST_FAKE_KEY" in exc.value.body["message"]
+        assert "sk-te" not in exc.value.body["message"]
+        return exc.value.body["message"]
+
     try:
         # A secret mounted from a file ends in a line break, which no header may carry: dropped.
         monkeypatch.setenv("OPENCLAW_TEST_FAKE_KEY", "sk-test\r\n")
         assert gw.client().chat.completions.create(model="m1", messages=MSG).model == "m1"
         assert upstream.requests_for("m1")[-1].headers["authorization"] == "Bearer sk-test"
-        upstream.default("m1", error(401, "Incorrect API key provided", code="invalid_api_key", type="invalid_request_error"))
-        for n in range(5):  # the third refusal opens m1's circuit
-            with pytest.raises(openai.APIStatusError) as exc:
-                gw.client().chat.completions.create(model="m1", messages=MSG)
-            assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_auth_failed"
-            message = exc.value.body["message"]
-            assert ("OPENCLAW_TEST_FAKE_KEY" in message and "Incorrect API key" in message) if n < 3 else "circuit is open" in message
-        assert len(upstream.requests_for("m1")) == 4
-        assert gw.client().chat.completions.create(model="auto", messages=MSG).model == "m2"  # auto routes around it
         monkeypatch.setenv("OPENCLAW_TEST_FAKE_KEY", "sk-\ntest")  # a break inside the key: no call, no 500
-        with pytest.raises(openai.APIStatusError) as exc:
-            gw.client().chat.completions.create(model="m2", messages=MSG)
-        assert exc.value.status_code == 502 and "line break" in exc.value.body["message"]
+        with caplog.at_level("WARNING", logger="service.dispatch"):
+            refused("m2")
+        assert "OPENCLAW_TEST_FAKE_KEY holds a line break" in caplog.text and not upstream.requests_for("m2")
+        monkeypatch.setenv("OPENCLAW_TEST_FAKE_KEY", "sk-test")
+        caplog.clear()
+        upstream.default("m1", refusal)
+        with caplog.at_level("WARNING", logger="service.dispatch"):
+            for _ in range(5):  # the third refusal opens m1's circuit: the later ones are answered without a call
+                assert refused("m1").startswith("model m1 cannot be called")
+        assert len(upstream.requests_for("m1")) == 4
+        assert "Incorrect API key provided" in caplog.text  # the operator reads why
+        assert gw.client().chat.completions.create(model="auto", messages=MSG).model == "m2"  # auto routes around it
+        upstream.default("m2", refusal)  # now every model's key is refused: auto says so too, before and after m2's circuit opens
+        for _ in range(4):
+            assert "m2" in refused("auto")
     finally:
         gw.stop()
-
 
 def test_a_parameter_a_model_refuses_sends_a_routed_request_to_the_next_model(start_gateway, upstream):
     # OpenClaw sends reasoning_effort every turn; OpenAI's non-reasoning models refuse it with a 400.

@@ -422,9 +422,10 @@ def test_reasoning_effort_is_a_thinking_config(upstream, effort, thinking):
     ("gemini-2.5-flash", None, None, {}),
     ("gemini-3-pro-preview", 4096, None, {"maxOutputTokens": 4096, "thinkingConfig": {"thinkingLevel": "low"}}),
     ("gemini-3-pro-preview", 8192, None, {"maxOutputTokens": 8192}),  # an agent's limit keeps the default
-    # Aliases other clients send: "max" is the most, "adaptive" the model's own thinking.
+    # Aliases other clients send: "max" is the most, "adaptive" the middle budget, "default" the model's own.
     ("gemini-2.5-flash", 60000, "max", {"maxOutputTokens": 60000, "thinkingConfig": {"thinkingBudget": 24576}}),
-    ("gemini-2.5-flash", 100, "adaptive", {"maxOutputTokens": 100, "thinkingConfig": {"thinkingBudget": 50}}),
+    ("gemini-2.5-flash", 20000, "adaptive", {"maxOutputTokens": 20000, "thinkingConfig": {"thinkingBudget": 8192}}),
+    ("gemini-2.5-flash", 60000, "default", {"maxOutputTokens": 60000}),
     ("gemini-2.0-flash", 100, None, {"maxOutputTokens": 100}),
 ])
 async def test_the_thinking_budget_leaves_room_for_the_answer(server, provider, upstream, limit, effort, config):

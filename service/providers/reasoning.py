@@ -11,9 +11,10 @@ from service.providers.base import UpstreamError
 # gives these efforts (low 1,024, medium 8,192, high 24,576); 1,024 is also Anthropic's minimum.
 THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 24576}
 EFFORTS = ("none", *THINKING_BUDGETS)
-# Efforts other clients send: "max" (OpenRouter's, Claude's) is the most there is; "adaptive",
-# "auto" and "default" leave thinking to the model, as no effort does.
-EFFORT_ALIASES = {"max": "xhigh", "adaptive": None, "auto": None, "default": None}
+# Efforts other clients send: "max" (OpenRouter's, Claude's) is the most there is; "adaptive"
+# (Claude's: think as deep as the question needs) the middle budget, which older Claude models
+# take too; "auto" and "default" leave thinking to the model, as no effort does.
+EFFORT_ALIASES = {"max": "xhigh", "adaptive": "medium", "auto": None, "default": None}
 
 
 def reasoning_effort(body: dict[str, Any]) -> str | None:
