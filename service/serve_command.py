@@ -88,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
             log.info("demo mode: %d simulated models (%s) answered by the local simulator at %s; they are labelled "
                      "simulated in /v1/models and the outcome log", len(simulated), ", ".join(sorted(simulated)),
                      next(p.base_url for p in config.providers.values() if p.kind == "simulated"))
-
         app = create_app(config, simulated=simulated, governance=governance)
         port = sock.getsockname()[1]
         # Listening before start-up completes (loading the embedder takes seconds): a client that
