@@ -14,6 +14,7 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.serve_command", "run the OpenAI-compatible routing gateway"),
+    "check": ("service.check_command", "validate the configuration serve would start with, without starting it"),
     "train": ("training.train", "train router predictors from outcome tables, tracked in MLflow"),
     "eval": ("training.evaluate", "evaluate a router against baselines over the whole knob range"),
     "cache-eval": ("training.cache_eval", "would the cache serve text_b from text_a's answer? precision/recall"),

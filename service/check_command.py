@@ -1,0 +1,89 @@
+"""`openclaw-router check`: validate what `serve` would start with, without starting it (for CI
+and before a deploy).
+
+The same configuration `serve` reads (`--config FILE`, else the providers whose keys are set,
+else the simulated demo): the schema (errors name the key and its line), then what `serve`
+would refuse at start (the cache verifier, the shadow candidate, a provider whose base URL is
+the gateway itself) and what would fail later (the router artifact `auto` needs, provider keys
+not set or unusable). Exit 0 when `serve` would start, 2 when it would not; warnings alone do not
+fail, `--strict` makes them fail too.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="config YAML (default: as serve: providers whose keys are set, else the demo)")
+    parser.add_argument("--port", type=int, default=None, help="the port serve will listen on (default: server.port)")
+    parser.add_argument("--strict", action="store_true", help="fail on warnings too (a key not set, no router artifact)")
+
+
+def findings(config, port: int) -> tuple[list[str], list[str]]:
+    """(what would stop `serve`, what would fail requests later), in words naming the key."""
+    from router.cache.verifier import Verifier
+    from router.config import resolve_path
+    from router.engine import MANIFEST, LearnedRouter, find_artifact
+    from service.serve_command import _refuse_calling_itself
+
+    errors: list[str] = []
+    warnings: list[str] = []
+    artifact = find_artifact(config.router.artifact, config)
+    if not (artifact / MANIFEST).exists():
+        warnings.append(f"router.artifact {config.router.artifact!r}: no router artifact at {artifact.resolve()}: "
+                        "auto answers 503 router_unavailable (named models still work)")
+    else:
+        try:
+            unseen = LearnedRouter.load(artifact).unseen(config.models)
+        except (OSError, ValueError, KeyError) as exc:
+            errors.append(f"router.artifact {config.router.artifact!r}: cannot be loaded: {exc}")
+        else:
+            if unseen:
+                warnings.append(f"router.artifact: no training data for {', '.join(unseen)}: they get the unseen-model prior")
+    if config.cache.enabled and config.cache.semantic:
+        try:
+            Verifier.load(resolve_path(config, config.cache.verifier), threshold=config.cache.verifier_threshold)
+        except ValueError as exc:
+            errors.append(f"cache.verifier: {exc}")
+    if config.learning.shadow.artifact:
+        try:
+            LearnedRouter.load(find_artifact(config.learning.shadow.artifact, config))
+        except (OSError, ValueError, KeyError) as exc:
+            errors.append(f"learning.shadow.artifact {config.learning.shadow.artifact!r}: {exc}")
+    for name, provider in config.providers.items():
+        if not provider.api_key_env:
+            continue
+        key = (os.environ.get(provider.api_key_env) or "").strip()
+        if not key:
+            warnings.append(f"providers.{name}.api_key_env: {provider.api_key_env} is not set: calls to its models fail until it is")
+        elif not key.isprintable():
+            errors.append(f"providers.{name}.api_key_env: {provider.api_key_env} holds a line break or another control "
+                          "character inside the key")
+    if port:
+        try:
+            _refuse_calling_itself(config, config.server.host, port)
+        except ValueError as exc:
+            errors.append(str(exc))
+    return errors, warnings
+
+
+def run(args: argparse.Namespace) -> int:
+    from router.config import load_config
+    from service.presets import build_preset_config
+    from service.serve_command import default_config_path
+
+    source = args.config or "the providers whose keys are set"
+    config = load_config(args.config) if args.config else build_preset_config()
+    if config is None:
+        source, config = f"the simulated demo ({default_config_path()})", load_config(default_config_path())
+    errors, warnings = findings(config, config.server.port if args.port is None else args.port)
+    print(f"{source}: {len(config.models)} models on {len(config.providers)} providers "
+          f"({', '.join(f'{m.name} via {m.provider}' for m in config.models)})")
+    for line in errors:
+        print(f"error: {line}")
+    for line in warnings:
+        print(f"warning: {line}")
+    failed = bool(errors) or (args.strict and bool(warnings))
+    print("serve would not start" if errors else "serve would start" + (", with the warnings above" if warnings else ""))
+    return 2 if failed else 0

@@ -1,0 +1,50 @@
+"""`openclaw-router check`: what serve would refuse at start is an error (exit 2), what would fail
+requests later a warning (exit 0, or 2 with --strict), each naming its key; nothing is started."""
+from __future__ import annotations
+
+from service.cli import main
+
+CONFIG = """
+providers:
+  p: {{kind: openai, base_url: "{url}", api_key_env: OPENCLAW_TEST_CHECK_KEY}}
+models:
+  - {{name: m1, provider: p, price: {{input_per_1m: 1, output_per_1m: 2}}}}
+router: {{artifact: {artifact}}}
+server: {{port: 8123}}
+cache: {{enabled: false}}
+{extra}"""
+
+
+def check(tmp_path, capsys, *flags, url="https://api.example.com/v1", artifact="models/default", extra=""):
+    (tmp_path / "c.yaml").write_text(CONFIG.format(url=url, artifact=artifact, extra=extra))
+    code = main(["check", "--config", str(tmp_path / "c.yaml"), *flags])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_a_config_serve_would_start_with_passes_and_its_warnings_are_said(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENCLAW_TEST_CHECK_KEY", "sk-test")
+    code, text = check(tmp_path, capsys)
+    assert code == 0 and "1 models on 1 providers (m1 via p)" in text and "serve would start" in text
+    assert "no training data for m1" in text  # m1 is no RouterBench model: the unseen-model prior
+    monkeypatch.delenv("OPENCLAW_TEST_CHECK_KEY")
+    code, text = check(tmp_path, capsys, artifact=tmp_path / "no_router")
+    assert code == 0 and "warning: router.artifact" in text and "auto answers 503 router_unavailable" in text
+    assert "warning: providers.p.api_key_env: OPENCLAW_TEST_CHECK_KEY is not set" in text
+    assert check(tmp_path, capsys, "--strict", artifact=tmp_path / "no_router")[0] == 2
+
+
+def test_what_serve_would_refuse_is_an_error_naming_its_key(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENCLAW_TEST_CHECK_KEY", "sk-te\nst")
+    code, text = check(tmp_path, capsys, url="http://127.0.0.1:8123/v1",
+                       extra=f"learning: {{shadow: {{artifact: {tmp_path / 'no_candidate'}}}}}\n")
+    assert code == 2 and "serve would not start" in text
+    assert "error: providers.p.api_key_env: OPENCLAW_TEST_CHECK_KEY holds a line break" in text
+    assert "error: provider p: base_url http://127.0.0.1:8123/v1 is this gateway's own address" in text
+    assert "error: learning.shadow.artifact" in text and "no_candidate" in text
+
+
+def test_a_schema_error_names_the_key_and_line(tmp_path, capsys):
+    code, text = check(tmp_path, capsys, extra="learning: {bandit: {enabeld: true}}\n")
+    assert code == 2 and "line 9, key learning.bandit.enabeld: unknown key: did you mean enabled?" in text
+    assert "Traceback" not in text
