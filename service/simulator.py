@@ -40,10 +40,18 @@ def _error(status: int, message: str, code: str, kind: str = "invalid_request_er
                         headers={"x-simulated": "true"})
 
 
+def _env_scale() -> float:
+    text = os.environ.get("OPENCLAW_SIM_TIME_SCALE", "1.0")
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"OPENCLAW_SIM_TIME_SCALE={text!r} is not a number (a latency multiplier: 1 as recorded, "
+                         "0 at once)") from None
+
+
 class Simulator:
     def __init__(self, time_scale: float | None = None, error_rate: float = 0.0):
-        scale = time_scale if time_scale is not None else float(os.environ.get("OPENCLAW_SIM_TIME_SCALE", "1.0"))
-        self.time_scale = max(0.0, scale)
+        self.time_scale = max(0.0, time_scale if time_scale is not None else _env_scale())
         self.error_rate = error_rate
         self._rng = random.Random()
         self.app = Starlette(routes=[

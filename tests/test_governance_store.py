@@ -402,3 +402,31 @@ def test_a_postgresql_schema_that_does_not_exist_is_named_at_start(pg_url):
 
     with pytest.raises(ValueError, match="cannot set up its tables: .*CREATE SCHEMA it first"):
         open_database(pg_url.rsplit("%3D", 1)[0] + "%3Dno_such_schema_here")
+
+
+@pytest.mark.parametrize("name, value, says", [
+    ("OPENCLAW_ALERT_THRESHOLDS", "50%,80%", "'50%' is not a budget share"),
+    ("OPENCLAW_ALERT_THRESHOLDS", "80", "'80' is not a budget share"),
+    ("OPENCLAW_ALERT_THRESHOLDS", "0.5,,1", "'' is not a budget share"),
+    ("OPENCLAW_ALERT_WEBHOOK", "hooks.example/openclaw", "is not an http:// or https:// URL"),
+])
+def test_alert_settings_from_the_environment_are_checked_by_name(monkeypatch, name, value, says):
+    from router.config import load_config
+    from service.governance.runtime import GovernanceSettings
+    from service.serve_command import default_config_path
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name) as info:
+        GovernanceSettings.from_env(load_config(default_config_path()))
+    assert says in str(info.value)
+
+
+def test_alert_thresholds_are_read_as_shares(monkeypatch):
+    from router.config import load_config
+    from service.governance.runtime import GovernanceSettings
+    from service.serve_command import default_config_path
+
+    monkeypatch.setenv("OPENCLAW_ALERT_THRESHOLDS", " 1.0, 0.5 ")
+    assert GovernanceSettings.from_env(load_config(default_config_path())).thresholds == (0.5, 1.0)
+    monkeypatch.setenv("OPENCLAW_ALERT_THRESHOLDS", "")  # set empty: no budget alerts, as before
+    assert GovernanceSettings.from_env(load_config(default_config_path())).thresholds == ()

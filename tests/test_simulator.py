@@ -351,3 +351,11 @@ def test_logprobs_and_system_fingerprint(client, sim_url):
     assert again.choices[0].logprobs.content == content
     chunks = list(ask(client, "Yi-34B-Chat", "Name three prime numbers.", logprobs=True, top_logprobs=3, stream=True))
     assert [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content] == content
+
+
+def test_a_time_scale_that_is_no_number_names_its_variable(monkeypatch):
+    from service.simulator import Simulator
+
+    monkeypatch.setenv("OPENCLAW_SIM_TIME_SCALE", "fast")
+    with pytest.raises(ValueError, match="OPENCLAW_SIM_TIME_SCALE='fast' is not a number"):
+        Simulator()

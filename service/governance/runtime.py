@@ -43,15 +43,39 @@ class GovernanceSettings:
     @classmethod
     def from_env(cls, config: Config) -> "GovernanceSettings":
         env = os.environ
-        thresholds = tuple(float(x) for x in env.get("OPENCLAW_ALERT_THRESHOLDS", "0.5,0.8,1.0").split(",") if x.strip())
         return cls(
             db_url=env.get("OPENCLAW_GOVERNANCE_DB") or config.server.db,
             master_key=env.get("OPENCLAW_MASTER_KEY") or None,
             redis_url=config.server.redis_url,
             redis_prefix=env.get("OPENCLAW_REDIS_PREFIX", "openclaw"),
-            webhook_url=env.get("OPENCLAW_ALERT_WEBHOOK") or None,
-            thresholds=thresholds,
+            webhook_url=_webhook(env.get("OPENCLAW_ALERT_WEBHOOK")),
+            thresholds=_thresholds(env.get("OPENCLAW_ALERT_THRESHOLDS", "0.5,0.8,1.0")),
         )
+
+
+def _thresholds(text: str) -> tuple[float, ...]:
+    """OPENCLAW_ALERT_THRESHOLDS: budget shares in (0, 1], "0.5,0.8,1.0". A share written as a
+    percentage ("80%", 80) would never alert (a budget stops spend at 1), so it is an error naming
+    the variable."""
+    shares = []
+    for part in (p.strip() for p in text.split(",") if text.strip()):  # empty: no budget alerts
+        try:
+            share = float(part)
+        except ValueError:
+            share = float("nan")
+        if not 0.0 < share <= 1.0:  # NaN too
+            raise ValueError(f"OPENCLAW_ALERT_THRESHOLDS={text!r}: {part!r} is not a budget share; write shares of the "
+                             "budget between 0 and 1, separated by commas, e.g. 0.5,0.8,1.0")
+        shares.append(share)
+    return tuple(sorted(set(shares)))
+
+
+def _webhook(url: str | None) -> str | None:
+    if not url:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"OPENCLAW_ALERT_WEBHOOK={url!r} is not an http:// or https:// URL")
+    return url
 
 
 class Governance:
