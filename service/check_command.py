@@ -4,9 +4,12 @@ and before a deploy).
 The same configuration `serve` reads (`--config FILE`, else the providers whose keys are set,
 else the simulated demo): the schema (errors name the key and its line), then what `serve`
 would refuse at start (the cache verifier, the shadow candidate, a provider whose base URL is
-the gateway itself) and what would fail later (the router artifact `auto` needs, provider keys
-not set or unusable). Exit 0 when `serve` would start, 2 when it would not; warnings alone do not
-fail, `--strict` makes them fail too.
+the gateway itself, the alert and simulator settings in the environment) and what would fail
+later (the router artifact `auto` needs, provider keys not set or unusable, an open gateway on a
+public address unless the governance store holds keys, which `check` does not open). Exit 0
+when `serve` would start, 2 when it would not; warnings alone do not fail, `--strict` makes
+them fail too. It writes nothing; like `serve`, on a machine's first run it builds the cache's
+cross-encoder graph (a few seconds).
 """
 from __future__ import annotations
 
@@ -15,20 +18,38 @@ import os
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from service.serve_command import _port
+
     parser.add_argument("--config", default=None, help="config YAML (default: as serve: providers whose keys are set, else the demo)")
-    parser.add_argument("--port", type=int, default=None, help="the port serve will listen on (default: server.port)")
+    parser.add_argument("--host", default=None, help="the interface serve will bind (default: server.host)")
+    parser.add_argument("--port", type=_port, default=None, help="the port serve will listen on (default: server.port)")
     parser.add_argument("--strict", action="store_true", help="fail on warnings too (a key not set, no router artifact)")
 
 
-def findings(config, port: int) -> tuple[list[str], list[str]]:
+def findings(config, host: str, port: int) -> tuple[list[str], list[str]]:
     """(what would stop `serve`, what would fail requests later), in words naming the key."""
     from router.cache.verifier import Verifier
     from router.config import resolve_path
     from router.engine import MANIFEST, LearnedRouter, find_artifact
+    from service.governance.runtime import GovernanceSettings, _is_loopback
     from service.serve_command import _refuse_calling_itself
+    from service.simulator import _env_scale
 
     errors: list[str] = []
     warnings: list[str] = []
+    try:
+        settings = GovernanceSettings.from_env(config)
+    except ValueError as exc:
+        errors.append(str(exc))
+    else:
+        if not settings.master_key and not _is_loopback(host):
+            warnings.append(f"server.host {host}: serve refuses to listen there without a key unless the governance store "
+                            "holds virtual keys: set OPENCLAW_MASTER_KEY, or bind to 127.0.0.1")
+    if any(p.kind == "simulated" for p in config.providers.values()):
+        try:
+            _env_scale()
+        except ValueError as exc:
+            errors.append(str(exc))
     artifact = find_artifact(config.router.artifact, config)
     if not (artifact / MANIFEST).exists():
         warnings.append(f"router.artifact {config.router.artifact!r}: no router artifact at {artifact.resolve()}: "
@@ -58,11 +79,11 @@ def findings(config, port: int) -> tuple[list[str], list[str]]:
         if not key:
             warnings.append(f"providers.{name}.api_key_env: {provider.api_key_env} is not set: calls to its models fail until it is")
         elif not key.isprintable():
-            errors.append(f"providers.{name}.api_key_env: {provider.api_key_env} holds a line break or another control "
-                          "character inside the key")
+            warnings.append(f"providers.{name}.api_key_env: {provider.api_key_env} holds a line break or another control "
+                            "character inside the key: calls to its models fail")
     if port:
         try:
-            _refuse_calling_itself(config, config.server.host, port)
+            _refuse_calling_itself(config, host, port)
         except ValueError as exc:
             errors.append(str(exc))
     return errors, warnings
@@ -77,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else build_preset_config()
     if config is None:
         source, config = f"the simulated demo ({default_config_path()})", load_config(default_config_path())
-    errors, warnings = findings(config, config.server.port if args.port is None else args.port)
+    errors, warnings = findings(config, args.host or config.server.host, config.server.port if args.port is None else args.port)
     print(f"{source}: {len(config.models)} models on {len(config.providers)} providers "
           f"({', '.join(f'{m.name} via {m.provider}' for m in config.models)})")
     for line in errors:

@@ -216,6 +216,19 @@ class Dispatcher:
         if self.live.failed(spec.name, claim, err.kind, retry_after, counts_against_model=blames_model):
             self.metrics.circuit_open.labels(spec.name).set(1)
 
+    def _key_refused(self, model: str) -> bool:
+        return self.live.last_failure(model) == "auth" and self.live.breaker.state(model) == "open"
+
+    def _only_refused_keys(self, ctx: RequestContext) -> bool:
+        """Every model a routed request tried refused the key or is skipped for the refusals that
+        opened its circuit, and none the router left out is merely rate limited or busy: such a
+        one is worth the retry a 503 invites."""
+        tried = all(a.get("kind") == "auth" or (a.get("reason") == "circuit_open" and self._key_refused(a["model"]))
+                    for a in ctx.attempts)
+        busy = [c.model for c in ctx.decision.candidates
+                if (c.excluded or "").startswith("unhealthy") and not self._key_refused(c.model)]
+        return tried and not busy
+
     def key_envs(self, models: list[str]) -> list[str]:
         """The variables holding the keys of these models' providers."""
         envs = (self.config.providers[self.specs[m].provider].api_key_env for m in models if m in self.specs)
@@ -280,8 +293,8 @@ class Dispatcher:
         if any(a["kind"] == "auth" for a in failed) or (not failed and named and all(
                 a.get("reason") == "circuit_open" for a in named) and self.live.last_failure(chain[0]) == "auth"):
             return key_refused([chain[0]], self.key_envs([chain[0]]))
-        if routed and errors and all(e.kind == "auth" for e in errors):
-            refused = list(dict.fromkeys(a["model"] for a in ctx.attempts if a.get("kind") == "auth"))
+        if routed and errors and self._only_refused_keys(ctx):
+            refused = list(dict.fromkeys(a["model"] for a in ctx.attempts))
             return key_refused(refused, self.key_envs(refused))
         if not errors:
             return ApiError(503, f"no eligible model is available right now (tried {', '.join(chain)}); retry shortly",

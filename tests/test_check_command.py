@@ -35,13 +35,22 @@ def test_a_config_serve_would_start_with_passes_and_its_warnings_are_said(tmp_pa
 
 
 def test_what_serve_would_refuse_is_an_error_naming_its_key(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("OPENCLAW_TEST_CHECK_KEY", "sk-te\nst")
+    monkeypatch.setenv("OPENCLAW_TEST_CHECK_KEY", "sk-te\nst")  # serve starts; calls to p's models fail
+    monkeypatch.setenv("OPENCLAW_ALERT_THRESHOLDS", "80")
     code, text = check(tmp_path, capsys, url="http://127.0.0.1:8123/v1",
                        extra=f"learning: {{shadow: {{artifact: {tmp_path / 'no_candidate'}}}}}\n")
     assert code == 2 and "serve would not start" in text
-    assert "error: providers.p.api_key_env: OPENCLAW_TEST_CHECK_KEY holds a line break" in text
+    assert "warning: providers.p.api_key_env: OPENCLAW_TEST_CHECK_KEY holds a line break" in text
     assert "error: provider p: base_url http://127.0.0.1:8123/v1 is this gateway's own address" in text
     assert "error: learning.shadow.artifact" in text and "no_candidate" in text
+    assert "error: OPENCLAW_ALERT_THRESHOLDS='80'" in text
+
+
+def test_an_open_gateway_on_a_public_address_is_said(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENCLAW_MASTER_KEY", raising=False)
+    monkeypatch.setenv("OPENCLAW_TEST_CHECK_KEY", "sk-test")
+    code, text = check(tmp_path, capsys, "--host", "0.0.0.0")
+    assert code == 0 and "warning: server.host 0.0.0.0: serve refuses to listen there without a key" in text
 
 
 def test_a_schema_error_names_the_key_and_line(tmp_path, capsys):

@@ -515,3 +515,29 @@ def test_a_parameter_a_model_refuses_sends_a_routed_request_to_the_next_model(st
     with pytest.raises(openai.BadRequestError) as exc:
         gw.client().chat.completions.create(model="auto", messages=MSG, reasoning_effort="high")
     assert exc.value.body["code"] == "unsupported_parameter" and "no eligible model takes the request" in exc.value.body["message"]
+
+
+def test_a_model_busy_with_its_own_rate_window_after_a_refused_key_is_no_key_refusal(start_gateway, upstream):
+    # Once refused, a key (rotated since) says nothing about a model that is merely at its rpm limit:
+    # that is worth the retry a 503 invites, not the "operator must fix it" 502.
+    gw = start_gateway(models=[{"name": "m1", "context_window": 100000, "limits": {"rpm": 1}}])
+    upstream.script("m1", error(401, "Incorrect API key provided", code="invalid_api_key", type="invalid_request_error"))
+    with pytest.raises(openai.APIStatusError) as first:
+        gw.client().chat.completions.create(model="auto", messages=MSG)
+    assert first.value.status_code == 502 and first.value.body["code"] == "upstream_auth_failed"
+    with pytest.raises(openai.APIStatusError) as busy:
+        gw.client().chat.completions.create(model="auto", messages=MSG)
+    assert busy.value.status_code in (429, 503) and busy.value.body["code"] != "upstream_auth_failed"
+
+
+def test_a_refused_key_beside_a_model_at_its_rate_limit_is_a_retry_not_a_key_refusal(start_gateway, upstream):
+    # m1's key is refused, m2 only waits out its own rpm window: the same answer before and after
+    # m1's refusals open its circuit (breaker_failures 3), and one a client may retry.
+    gw = start_gateway(models=[{"name": "m1", "context_window": 100000},
+                               {"name": "m2", "context_window": 100000, "limits": {"rpm": 1}}], quality={"m1": 0.9, "m2": 0.8})
+    upstream.default("m1", error(401, "Incorrect API key provided", code="invalid_api_key", type="invalid_request_error"))
+    assert gw.client().chat.completions.create(model="auto", messages=MSG).model == "m2"  # m2's one request this minute
+    for _ in range(4):
+        with pytest.raises(openai.APIStatusError) as exc:
+            gw.client().chat.completions.create(model="auto", messages=MSG)
+        assert exc.value.status_code in (429, 503) and exc.value.body["code"] != "upstream_auth_failed"

@@ -410,3 +410,18 @@ def test_a_tool_call_id_repeated_across_turns_reaches_anthropic_once():
     assert len(set(ids)) == 4 and ids[0] == "call_0"  # the first use keeps its id: the cached prefix is unchanged
     # each result answers its own call
     assert {i: p for i, p in uses} == {i: r.lower() for i, r in results}
+
+
+def test_two_calls_of_one_id_in_a_turn_are_answered_in_order():
+    from service.providers.anthropic import to_anthropic
+
+    calls = [{"id": "call_0", "type": "function", "function": {"name": "read", "arguments": json.dumps({"path": p})}}
+             for p in ("a", "b")]
+    body = {"messages": [{"role": "user", "content": "read a and b"},
+                         {"role": "assistant", "content": None, "tool_calls": calls},
+                         {"role": "tool", "tool_call_id": "call_0", "content": "A"},
+                         {"role": "tool", "tool_call_id": "call_0", "content": "B"}]}
+    blocks = [b for m in to_anthropic(MODEL, body, stream=False)["messages"] for b in m["content"]]
+    uses = {b["id"]: b["input"]["path"] for b in blocks if b["type"] == "tool_use"}
+    results = {b["tool_use_id"]: b["content"] for b in blocks if b["type"] == "tool_result"}
+    assert len(uses) == 2 and {i: p.upper() for i, p in uses.items()} == results

@@ -119,10 +119,11 @@ def tool_use_id(call_id: Any) -> str:
 def _unique_tool_use_ids(messages: list[dict[str, Any]]) -> None:
     """Anthropic refuses a history whose tool_use ids repeat ("tool_use ids must be unique"), and
     some models number their calls per turn (`call_0` each time; Kimi's `functions.read_file:0`).
-    A repeated id gets a suffix, and the results after it follow it, so each result still answers
-    the latest call of that id; the first use keeps its id (the cached prefix stays as it was)."""
+    A repeated id gets a suffix, and each result answers the earliest call of its id still without
+    one (two calls of one id in a turn are answered in order); the first use keeps its id (the
+    cached prefix stays as it was)."""
     seen: set[str] = set()
-    current: dict[str, str] = {}
+    waiting: dict[str, list[str]] = {}
     for message in messages:
         for block in message["content"]:
             if block["type"] == "tool_use":
@@ -132,9 +133,10 @@ def _unique_tool_use_ids(messages: list[dict[str, Any]]) -> None:
                     n += 1
                     unique = f"{given}_{n}"
                 seen.add(unique)
-                current[given] = block["id"] = unique
-            elif block["type"] == "tool_result":
-                block["tool_use_id"] = current.get(block["tool_use_id"], block["tool_use_id"])
+                block["id"] = unique
+                waiting.setdefault(given, []).append(unique)
+            elif block["type"] == "tool_result" and waiting.get(block["tool_use_id"]):
+                block["tool_use_id"] = waiting[block["tool_use_id"]].pop(0)
 
 
 def _message_blocks(message: dict[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:
