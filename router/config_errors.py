@@ -159,7 +159,7 @@ def _items(annotation: Any) -> str:
     return ""
 
 
-def _unknown_key(root: type[BaseModel], loc: tuple, key_of: Any) -> str:
+def _unknown_key(root: type[BaseModel], loc: tuple) -> str:
     key, where = loc[-1], loc[:-1]
     if not where and key == "governance":
         return f"unknown key: {_GOVERNANCE}"
@@ -173,10 +173,10 @@ def _unknown_key(root: type[BaseModel], loc: tuple, key_of: Any) -> str:
     close = difflib.get_close_matches(str(key), valid, n=1)
     if close:
         return f"unknown key: did you mean {close[0]}?"
-    return f"unknown key; the keys of {key_of(where) or 'the top level'} are: {', '.join(valid)}"
+    return f"unknown key; the keys of {_key(where) or 'the top level'} are: {', '.join(valid)}"
 
 
-def describe(err: Any, loc: tuple, root: type[BaseModel], key_of: Any) -> str:
+def describe(err: Any, loc: tuple, root: type[BaseModel]) -> str:
     """One pydantic error (`loc` cleaned of validator names) in the words of a YAML file."""
     kind, value, msg = err["type"], err.get("input"), err["msg"]
     # An entry of a list or mapping (models[0], providers.openai) is shown by its container's name.
@@ -184,7 +184,7 @@ def describe(err: Any, loc: tuple, root: type[BaseModel], key_of: Any) -> str:
     name = next((p for p in reversed(loc[:-1] if entry else loc) if isinstance(p, str)), "")
     annotation = type_at(root, loc)
     if kind == "extra_forbidden":
-        return _unknown_key(root, loc, key_of)
+        return _unknown_key(root, loc)
     if kind in ("value_error", "assertion_error"):
         return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if kind == "missing":
@@ -264,5 +264,5 @@ def validation_problems(exc: ValidationError, tree: yaml.Node | None, root: type
             loc = cause.loc
         line = line_of(tree, loc)
         where = f"line {line}, " if line else ""
-        problems.append(f"{where}key {_key(loc) or '<top>'}: {describe(err, loc, root, _key)}")
+        problems.append(f"{where}key {_key(loc) or '<top>'}: {describe(err, loc, root)}")
     return problems

@@ -14,15 +14,14 @@ cross-encoder graph (a few seconds).
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from service.serve_command import _port
+    from service.serve_command import port_number
 
     parser.add_argument("--config", default=None, help="config YAML (default: as serve: providers whose keys are set, else the demo)")
     parser.add_argument("--host", default=None, help="the interface serve will bind (default: server.host)")
-    parser.add_argument("--port", type=_port, default=None, help="the port serve will listen on (default: server.port)")
+    parser.add_argument("--port", type=port_number, default=None, help="the port serve will listen on (default: server.port)")
     parser.add_argument("--strict", action="store_true", help="fail on warnings too (a key not set, no router artifact)")
 
 
@@ -31,9 +30,9 @@ def findings(config, host: str, port: int) -> tuple[list[str], list[str]]:
     from router.cache.verifier import Verifier
     from router.config import resolve_path
     from router.engine import MANIFEST, LearnedRouter, find_artifact
-    from service.governance.runtime import GovernanceSettings, _is_loopback
-    from service.serve_command import _refuse_calling_itself
-    from service.simulator import _env_scale
+    from service.governance.runtime import GovernanceSettings, is_loopback
+    from service.serve_command import key_warnings, refuse_calling_itself
+    from service.simulator import env_time_scale
 
     errors: list[str] = []
     warnings: list[str] = []
@@ -42,12 +41,12 @@ def findings(config, host: str, port: int) -> tuple[list[str], list[str]]:
     except ValueError as exc:
         errors.append(str(exc))
     else:
-        if not settings.master_key and not _is_loopback(host):
+        if not settings.master_key and not is_loopback(host):
             warnings.append(f"server.host {host}: serve refuses to listen there without a key unless the governance store "
                             "holds virtual keys: set OPENCLAW_MASTER_KEY, or bind to 127.0.0.1")
     if any(p.kind == "simulated" for p in config.providers.values()):
         try:
-            _env_scale()
+            env_time_scale()
         except ValueError as exc:
             errors.append(str(exc))
     artifact = find_artifact(config.router.artifact, config)
@@ -72,18 +71,10 @@ def findings(config, host: str, port: int) -> tuple[list[str], list[str]]:
             LearnedRouter.load(find_artifact(config.learning.shadow.artifact, config))
         except (OSError, ValueError, KeyError) as exc:
             errors.append(f"learning.shadow.artifact {config.learning.shadow.artifact!r}: {exc}")
-    for name, provider in config.providers.items():
-        if not provider.api_key_env:
-            continue
-        key = (os.environ.get(provider.api_key_env) or "").strip()
-        if not key:
-            warnings.append(f"providers.{name}.api_key_env: {provider.api_key_env} is not set: calls to its models fail until it is")
-        elif not key.isprintable():
-            warnings.append(f"providers.{name}.api_key_env: {provider.api_key_env} holds a line break or another control "
-                            "character inside the key: calls to its models fail")
+    warnings += key_warnings(config)
     if port:
         try:
-            _refuse_calling_itself(config, host, port)
+            refuse_calling_itself(config, host, port)
         except ValueError as exc:
             errors.append(str(exc))
     return errors, warnings

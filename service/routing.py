@@ -9,6 +9,7 @@ the body wins when both are given.
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from typing import Any, Callable, Mapping, Protocol
@@ -34,7 +35,12 @@ def artifact_of(router: Router | None) -> str | None:
     """The folder a learned router was loaded from, absolute (the outcome log records it, so
     `retrain` knows which router made the logged decisions); None for another kind of router."""
     path = getattr(router, "path", None)
-    return None if path is None else os.path.abspath(path)
+    return None if path is None else _absolute(str(path))
+
+
+@functools.lru_cache(maxsize=16)
+def _absolute(path: str) -> str:
+    return os.path.abspath(path)  # once per artifact, not on every routed request
 
 
 class RouterSlot:

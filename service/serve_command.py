@@ -21,7 +21,7 @@ def default_config_path() -> Path:
     return Path(__file__).resolve().parent / "default_config.yaml"
 
 
-def _port(text: str) -> int:
+def port_number(text: str) -> int:
     try:
         port = int(text)
     except ValueError:
@@ -33,7 +33,7 @@ def _port(text: str) -> int:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="interface to bind (default: server.host, 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=None, help="port (default: server.port, 8080; 0 picks a free one)")
+    parser.add_argument("--port", type=port_number, default=None, help="port (default: server.port, 8080; 0 picks a free one)")
     parser.add_argument("--config", default=None, help="catalog/config YAML (default: providers whose keys are set, else the simulated demo)")
     parser.add_argument("--db", default=None, help="outcome log URL, e.g. sqlite:///outcomes.sqlite (default: server.db)")
     parser.add_argument("--access-log", action="store_true", help="log one line per HTTP request (the outcome log has them all)")
@@ -56,16 +56,12 @@ def run(args: argparse.Namespace) -> int:
     server = config.server.model_copy(update={k: v for k, v in (("db", args.db), ("host", args.host), ("port", args.port)) if v is not None})
     config = config.model_copy(update={"server": server})
 
-    for name, provider in config.providers.items():
-        if provider.api_key_env and not os.environ.get(provider.api_key_env):
-            # Read per request (a key can be set or rotated without a restart), so not an error;
-            # but every call would fail with an auth error until it is set.
-            log.warning("provider %s: environment variable %s is not set; calls to its models fail until it is",
-                        name, provider.api_key_env)
+    for warning in key_warnings(config):
+        log.warning("%s", warning)
     if args.config:
         log.info("%s: %d models (%s)", args.config, len(config.models), ", ".join(f"{m.name} via {m.provider}" for m in config.models))
     if server.port:  # port 0 is a free one, which no provider can have been given
-        _refuse_calling_itself(config, server.host, server.port)
+        refuse_calling_itself(config, server.host, server.port)
     governance = Governance.from_config(config)
     # Without any key the gateway is open: it says so, and refuses a non-loopback address.
     notice = governance.startup_check(server.host)
@@ -107,7 +103,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_calling_itself(config, host: str, port: int) -> None:
+def key_warnings(config) -> list[str]:
+    """Key variables every call would fail with. Keys are read per request (one can be set or
+    rotated without a restart), so these are warnings, not errors."""
+    out = []
+    for name, provider in config.providers.items():
+        if not provider.api_key_env:
+            continue
+        key = (os.environ.get(provider.api_key_env) or "").strip()
+        if not key:
+            out.append(f"providers.{name}.api_key_env: {provider.api_key_env} is not set: calls to its models fail until it is")
+        elif not key.isprintable():
+            out.append(f"providers.{name}.api_key_env: {provider.api_key_env} holds a line break or another control "
+                       "character inside the key: calls to its models fail")
+    return out
+
+
+def refuse_calling_itself(config, host: str, port: int) -> None:
     """A provider whose base URL is this gateway's own address (an OPENAI_BASE_URL exported for
     the clients, in the shell that starts the gateway) would send every call back to itself, and
     each would hang until its timeout."""

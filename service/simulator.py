@@ -40,7 +40,7 @@ def _error(status: int, message: str, code: str, kind: str = "invalid_request_er
                         headers={"x-simulated": "true"})
 
 
-def _env_scale() -> float:
+def env_time_scale() -> float:
     text = os.environ.get("OPENCLAW_SIM_TIME_SCALE", "1.0")
     try:
         return float(text)
@@ -51,7 +51,7 @@ def _env_scale() -> float:
 
 class Simulator:
     def __init__(self, time_scale: float | None = None, error_rate: float = 0.0):
-        self.time_scale = max(0.0, time_scale if time_scale is not None else _env_scale())
+        self.time_scale = max(0.0, time_scale if time_scale is not None else env_time_scale())
         self.error_rate = error_rate
         self._rng = random.Random()
         self.app = Starlette(routes=[

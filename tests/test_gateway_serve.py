@@ -184,7 +184,7 @@ def test_serve_says_what_it_routes_across_and_refuses_to_call_itself(tmp_path, c
 
 def test_only_an_address_that_reaches_the_gateway_counts_as_itself():
     from router.config import parse_config
-    from service.serve_command import _refuse_calling_itself
+    from service.serve_command import refuse_calling_itself
 
     def config(url):
         return parse_config(f'providers:\n  p: {{kind: openai, base_url: "{url}"}}\n'
@@ -193,11 +193,11 @@ def test_only_an_address_that_reaches_the_gateway_counts_as_itself():
     for host, url in [("0.0.0.0", "http://127.0.0.1:8000/v1"), ("127.0.0.1", "http://localhost:8000/v1"),
                       ("10.0.0.5", "http://10.0.0.5:8000/v1")]:
         with pytest.raises(ValueError, match="this gateway's own address"):
-            _refuse_calling_itself(config(url), host, 8000)
+            refuse_calling_itself(config(url), host, 8000)
     # another interface, or another port: another server
     for host, url in [("10.0.0.5", "http://127.0.0.1:8000/v1"), ("0.0.0.0", "http://127.0.0.1:8001/v1"),
                       ("0.0.0.0", "https://api.example.com/v1")]:
-        _refuse_calling_itself(config(url), host, 8000)
+        refuse_calling_itself(config(url), host, 8000)
 
 
 def test_serve_names_a_postgresql_schema_that_does_not_exist(pg_url, capsys):

@@ -102,7 +102,7 @@ def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, 
         "delta_latency_s": _mean([r["call_latency_s"] - o["upstream_latency_s"] for r, o in timed]),
         "latency_compared": len(timed),
         # what the live request's handling time adds to its upstream call
-        "live_gateway_time_s": _mean([_minus(o, {"latency_s": o["upstream_latency_s"]}, "latency_s") for _, o in timed]),
+        "live_gateway_time_s": _mean([o["latency_s"] - o["upstream_latency_s"] for _, o in timed if o["latency_s"] is not None]),
     }
     by_task, by_model = defaultdict(list), defaultdict(list)
     for r in shadows:

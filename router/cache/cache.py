@@ -238,14 +238,13 @@ class ResponseCache:
         """Store an answer (replacing any entry with the same exact key)."""
         with self._lock:
             now = self.clock()
-            use_vector = self.semantic and keys.semantic_ok and vector is not None
             # A question after earlier turns (a conversation under way, an agent's every turn) is
             # in a context no other request shares until one comes back to it: a retry or a
             # regeneration of the same request, which is an exact hit, or another question at the
             # same point (an edited message). So the first question in a context with no live
             # entry is stored without its vector (1.6 KB); from its second question on, entries
-            # there are matched semantically as any others.
-            unseen = use_vector and self._unseen(keys)
+            # there are matched semantically as any others (`stores_vector`).
+            keep_vector = vector is not None and self.stores_vector(keys)
             old = self._exact.get(keys.exact)
             if old is not None and old in self._entries:
                 self._remove(self._entries[old])
@@ -261,7 +260,7 @@ class ResponseCache:
                 cost_usd=float(cost_usd),
                 created=now,
                 expires=now + self.ttl_for(route),
-                vector=np.asarray(vector, dtype=np.float32).reshape(-1) if use_vector and not unseen else None,
+                vector=np.asarray(vector, dtype=np.float32).reshape(-1) if keep_vector else None,
             )
             e.id, answer_bytes = self._store.put(e, dict(response))
             e.size = self._held(e, answer_bytes)

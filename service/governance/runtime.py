@@ -128,7 +128,7 @@ class Governance:
         """The start-up line about authentication; refuses an open gateway on a non-loopback host."""
         if not self.open_mode():
             return "governance: client keys required (virtual keys or the master key)"
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise ValueError(
                 f"refusing to serve on {host} without any key: create a virtual key or set OPENCLAW_MASTER_KEY, "
                 "or bind to 127.0.0.1"
@@ -166,7 +166,7 @@ class Governance:
             self.redis.close()
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

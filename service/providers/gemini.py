@@ -194,13 +194,14 @@ def _thinking_config(model: ModelSpec, effort: str | None, max_tokens: int | Non
     if version is None or version < (2, 5) or _NO_THINKING.search(model.upstream_name):
         return None
     if effort is None:
-        if not max_tokens or max_tokens // 2 >= THINKING_BUDGETS["high"]:
+        if not max_tokens:
             return None
         if version >= (3, 0):
             # Gemini 3 takes a level, not a budget: its default (high) has spent a 4,096-token limit
             # on thoughts alone; an agent's 8,192 keeps it.
             return {"thinkingLevel": "low"} if max_tokens < GEMINI3_HIGH_FROM else None
-        if "-flash-lite" in model.upstream_name:  # 2.5 Flash-Lite does not think unless asked to
+        # 2.5 Flash-Lite does not think unless asked to; a large limit leaves room for any thinking.
+        if "-flash-lite" in model.upstream_name or max_tokens // 2 >= THINKING_BUDGETS["high"]:
             return None
         budget = max_tokens // 2
     elif version >= (3, 0):
