@@ -60,6 +60,11 @@ def _where(since: float | None, until: float | None, filters: dict[str, str] | N
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
+def _and(where: str, clause: str) -> str:
+    """`where` (from `_where`, possibly empty) narrowed by one more clause."""
+    return f"{where} AND {clause}" if where else f" WHERE {clause}"
+
+
 class Attribution:
     def __init__(self, db: Database):
         self.db = db
@@ -186,7 +191,7 @@ class Attribution:
             # multiple of the whole seconds of bucket_s), however close, divides to less than its number.
             bucket = "CAST(ts / ? AS INTEGER)" if tx.dialect == "sqlite" else "FLOOR(ts / ?)"
             # A refused request that no model answered and that spent nothing has no series.
-            kept = f"{where}{' AND' if where else ' WHERE'} NOT ({col} IS NULL AND cost_nusd = 0)"
+            kept = _and(where, f"NOT ({col} IS NULL AND cost_nusd = 0)")
             rows = tx.all(f"SELECT {bucket} AS b, {col} AS series, COALESCE(SUM(cost_nusd), 0) AS cost_nusd "
                           f"FROM gov_spend{kept} GROUP BY 1, 2", [bucket_s, *params])
         buckets: dict[float, dict[str, int]] = {}
@@ -207,11 +212,12 @@ def _percentiles(tx: Any, col: str, count: int, where: str, params: list[Any]) -
     if not count:
         return {"p50": None, "p95": None, "count": 0}
     out: dict[str, float | None] = {}
+    valued = _and(where, f"{col} IS NOT NULL")
     for name, p in (("p50", 0.5), ("p95", 0.95)):
         rank = min(count - 1, int(round(p * (count - 1))))
         # Walk the index from whichever end is nearer.
         order, offset = ("ASC", rank) if rank <= (count - 1) // 2 else ("DESC", count - 1 - rank)
-        row = tx.one(f"SELECT {col} AS v FROM gov_spend{where}{' AND' if where else ' WHERE'} {col} IS NOT NULL "
+        row = tx.one(f"SELECT {col} AS v FROM gov_spend{valued} "
                      f"ORDER BY {col} {order} LIMIT 1 OFFSET ?", [*params, offset])
         out[name] = row["v"]
     return {**out, "count": count}

@@ -336,6 +336,13 @@ class LearningHook:
 
     def finished(self, ctx: RequestContext) -> None:
         rt = self.rt
+        key = repeat_key(ctx) if ctx.status in ("ok", "cache_hit") else None
+        if key is not None:
+            # Before the client has the answer, as the post-hooks would be too late for a repeat
+            # sent the moment it arrives (a script, an agent's retry). `ok` means delivered: a
+            # non-streamed answer's client was still there, a stream's last chunk is out; a client
+            # that left is `client_closed`, a stream cut short `truncated`, neither one regenerable.
+            rt.memory.answered(key, ctx.request_id)
         if ctx.decision is not None and ctx.status == "ok" and ctx.answered_by == ctx.decision.model:
             # Before the client has the answer: its next tool-loop step finds the model, and the
             # probability it was drawn with. A fallback that answered was never drawn, so it is not
@@ -359,9 +366,6 @@ class LearningHook:
         if ctx.status == "rejected":  # invalid, refused before routing: nothing to rate
             return
         rt.remember(ctx.request_id, ctx.tenant)
-        key = repeat_key(ctx) if ctx.status in ("ok", "cache_hit") else None
-        if key is not None:
-            rt.memory.answered(key, ctx.request_id)  # only an answer the client has can be asked again
         if rt.bandit is not None and ctx.decision is not None and ctx.status == "ok" and ctx.answered_by:
             answered = _candidate(ctx.decision, ctx.answered_by)
             if answered is not None:
