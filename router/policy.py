@@ -27,6 +27,9 @@ from router.types import Candidate, Constraints, Decision, LiveStats, RoutingReq
 
 KNOB_MIN, KNOB_MAX = 1e-7, 1e3  # USD per quality point: from "always cheapest" to "always best"
 LIVE_LATENCY_WEIGHT = 0.5  # share of the live EWMA latency in the blended latency estimate
+# The shortest prefix the providers' prompt caches keep: OpenAI's and Gemini's implicit caches
+# start at 1,024 tokens, Anthropic's at 1,024 to 4,096 by model.
+MIN_CACHED_PREFIX_TOKENS = 1024
 _TIE = 1e-12
 
 
@@ -82,7 +85,7 @@ def eligibility(pred: Predictions, requests: Sequence[RoutingRequest], catalog: 
         for i, request in enumerate(requests):
             out[i, j] = _exclusion(
                 spec, request, allowed, constraints.excluded_models, tags, max_cost, max_latency,
-                float(pred.p_good[i, j]), float(pred.cost_usd[i, j]) + attachment_cost(spec, request), float(pred.latency_s[i, j]),
+                float(pred.p_good[i, j]), float(pred.cost_usd[i, j]) + input_surcharge(spec, request), float(pred.latency_s[i, j]),
                 float(pred.output_tokens[i, j]), None) is None
     return out
 
@@ -92,6 +95,29 @@ def attachment_cost(spec: ModelSpec, request: RoutingRequest) -> float:
     (router.request_view): the predictors price the text only. Priced into the candidate's cost,
     so a cost cap or a key's ceiling moves such a request to a model it fits."""
     return spec.price.cost(request.attachment_tokens_within(spec.context_window), 0) if request.attachment_tokens else 0.0
+
+
+def prompt_cache_cost(spec: ModelSpec, request: RoutingRequest) -> float:
+    """What the provider's prompt cache changes in the predictors' input cost (every input token
+    at the list price). An agent resends a system prompt and tools of 10k tokens or more on
+    every turn: a model whose provider holds them (`request.warm_models`) reads them back at
+    the cached price (a tenth of the list price at Anthropic and DeepSeek, a quarter to a half
+    elsewhere), a model with a cache-write price (Anthropic) first writes them at that price.
+    Priced in, moving a conversation to another model costs what it does, instead of looking
+    as cheap as staying."""
+    tokens, price = request.prefix_tokens, spec.price
+    if tokens < MIN_CACHED_PREFIX_TOKENS:
+        return 0.0
+    if spec.name in request.warm_models:
+        paid = price.cached_input_per_1m
+    else:
+        paid = price.cache_write_per_1m
+    return 0.0 if paid is None else tokens * (paid - price.input_per_1m) / 1e6
+
+
+def input_surcharge(spec: ModelSpec, request: RoutingRequest) -> float:
+    """What a candidate's cost adds to the predictors' (text at the list price)."""
+    return attachment_cost(spec, request) + prompt_cache_cost(spec, request)
 
 
 def _limits(profile: Profile, constraints: Constraints) -> tuple[frozenset[str] | None, frozenset[str], float | None, float | None]:
@@ -250,7 +276,7 @@ def decide(pred: Predictions, request: RoutingRequest, *, catalog: Sequence[Mode
     rows = []
     for spec in catalog:
         j = pred.column(spec.name)
-        p, cost = float(pred.p_good[row, j]), float(pred.cost_usd[row, j]) + attachment_cost(spec, request)
+        p, cost = float(pred.p_good[row, j]), float(pred.cost_usd[row, j]) + input_surcharge(spec, request)
         latency = blend_latency(float(pred.latency_s[row, j]), live.get(spec.name))
         out_tokens = float(pred.output_tokens[row, j])
         u = float(utility(p, cost, latency, wtp, lw))
@@ -275,6 +301,9 @@ def decide(pred: Predictions, request: RoutingRequest, *, catalog: Sequence[Mode
     if n_ok > 1:
         runner = ranked[1]
         reason += f"; next {runner.model} (P(good) {runner.p_good:.2f}, ${runner.cost_usd:.6f})"
+    warm = [c.model for c in named if c.model in request.warm_models and c.excluded is None]
+    if warm and request.prefix_tokens >= MIN_CACHED_PREFIX_TOKENS:
+        reason += f"; prompt prefix cached at {', '.join(warm)}"
     if excluded:
         reason += f"; excluded: {', '.join(excluded)}"
     return Decision(model=chosen.model, candidates=ranked, reason=reason, knob=wtp, propensity=1.0, embedding=embedding)

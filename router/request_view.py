@@ -152,6 +152,7 @@ def view_chat_request(body: Mapping[str, Any], declared: frozenset[str] | None =
     last_user = ""
     system_parts = []
     total_chars = 0
+    prefix_chars = 0.0
     kinds: set[Any] = set()  # the content parts' types: images, files and audio are looked at only when sent
     for m in messages:
         content = m.get("content")
@@ -166,12 +167,15 @@ def view_chat_request(body: Mapping[str, Any], declared: frozenset[str] | None =
             last_user = text
         elif role in ("system", "developer"):
             system_parts.append(text)
+            prefix_chars += token_chars(text)
     # What else the upstream reads and bills: both tool lists when a client sends both, a JSON
     # schema (Anthropic's adapter writes it into the system prompt), a predicted output. Left
     # out, a 3 MB schema cost 45 times the key's budget on a reservation for a few words.
     for extra in (body.get("tools") or [], body.get("functions") or []):
         for t in extra:
-            total_chars += token_chars(str(t))
+            tool_chars = token_chars(str(t))
+            total_chars += tool_chars
+            prefix_chars += tool_chars
     for field in ("response_format", "prediction"):
         if body.get(field):
             total_chars += token_chars(json.dumps(body[field], ensure_ascii=False, default=str))
@@ -214,6 +218,7 @@ def view_chat_request(body: Mapping[str, Any], declared: frozenset[str] | None =
         attachment_bytes=attachment_bytes,
         attachment_tokens=attachment_tokens,
         unsized_attachments=unsized,
+        prefix_tokens=math.ceil(prefix_chars / CHARS_PER_TOKEN),
     )
 
 

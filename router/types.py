@@ -32,6 +32,11 @@ class RoutingRequest:
     attachment_bytes: int = 0
     attachment_tokens: int = 0
     unsized_attachments: int = 0
+    # The prefix an agent resends on every turn (system prompt and tool definitions), in tokens,
+    # and the models whose provider read or wrote it within its prompt cache's lifetime: those
+    # bill it at the cached price (`router.policy.prompt_cache_cost`).
+    prefix_tokens: int = 0
+    warm_models: frozenset[str] = frozenset()
 
     def attachment_tokens_within(self, context_window: int) -> int:
         """The most a model with this window may bill for the attachments: a longer prompt is

@@ -17,8 +17,9 @@ from router.config import Config
 from router.request_view import view_chat_request
 from service.errors import ApiError, bad_request
 from service.gateway import Gateway
-from service.governance.auth import Caller, allows_model, allows_profile, client_caller
+from service.governance.auth import OPEN, Caller, allows_model, allows_profile, client_caller
 from service.governance.request_limits import admit_call
+from service.hooks.prompt_cache_hook import PromptCacheHook
 from service.routing import build_constraints, decide, resolve_model
 from service.schemas import read_json_body, validate_chat
 
@@ -110,6 +111,9 @@ async def route_only(request: Request) -> JSONResponse:
     if caller is not None:
         constraints = request.app.state.governance.auth.scope(caller.key, profile, model, constraints)
     routing = view_chat_request(raw, gw.config.declared_capabilities)
+    prompt_cache = next((h for h in gw.pipeline.hooks if isinstance(h, PromptCacheHook)), None)
+    if prompt_cache is not None:  # priced as the same request would be
+        routing, _ = prompt_cache.with_warm_models((caller or OPEN).tenant, routing, raw)
     router_now = gw.router.current
     embedding = await run_in_threadpool(gw.embed, routing.text) if (router_now is not None and routing.text) else None
     decision = await run_in_threadpool(
@@ -125,7 +129,8 @@ async def route_only(request: Request) -> JSONResponse:
         **shown,
         "profile": profile,
         "fallbacks": decision.fallbacks(),
-        "request": {"input_tokens": routing.input_tokens, "needs": sorted(routing.needs), "n_turns": routing.n_turns},
+        "request": {"input_tokens": routing.input_tokens, "needs": sorted(routing.needs), "n_turns": routing.n_turns,
+                    "prefix_tokens": routing.prefix_tokens, "prefix_cached_at": sorted(routing.warm_models)},
     })
 
 

@@ -23,6 +23,7 @@ from service.governance.runtime import Governance
 from service.hooks.cache_hook import CacheHook
 from service.hooks.learning_hook import LearningHook, LearningRuntime
 from service.hooks.outcome_hook import OutcomeHook
+from service.hooks.prompt_cache_hook import PromptCacheHook
 from service.pipeline import Hook
 from service.providers.base import Provider, tls_context
 from service.router_follow import RouterFollower
@@ -48,6 +49,8 @@ def pipeline_hooks(config: Config, outcome_log: OutcomeLog, simulated: frozenset
         *([GovernanceHook(governance)] if governance is not None else []),
         *extra,
         *([cache] if cache is not None else []),
+        # Last: a cache hit needs no prices, and the tenant it keys by is known by now.
+        PromptCacheHook(),
     ]
 
 

@@ -7,6 +7,7 @@ which ones follow in the failover chain without depending on a trained artifact.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 from typing import Any, Callable, Mapping
@@ -63,7 +64,7 @@ class QualityRouter:
 def fake_config(base_url: str, db_url: str, *, models: list[dict[str, Any]] | None = None, timeout_s: float = 1.0,
                 extra: str = "") -> Config:
     """m1 (best), m2, m3 on one fake upstream (OpenAI's API: it takes files and logprobs); `models`
-    overrides the model list."""
+    overrides the model list (`in`/`out`: list prices; `price`: more price fields)."""
     takes = ["tools", "json", "files", "logprobs"]
     models = models or [
         {"name": "m1", "context_window": 100000, "capabilities": takes},
@@ -74,7 +75,8 @@ def fake_config(base_url: str, db_url: str, *, models: list[dict[str, Any]] | No
     for m in models:
         lines.append(f"  - name: {m['name']}")
         lines.append("    provider: fake")
-        lines.append("    price: {input_per_1m: %s, output_per_1m: %s}" % (m.get("in", 1.0), m.get("out", 2.0)))
+        price = {"input_per_1m": m.get("in", 1.0), "output_per_1m": m.get("out", 2.0), **m.get("price", {})}
+        lines.append(f"    price: {json.dumps(price)}")
         for key in ("context_window", "capabilities", "tags", "limits", "max_output_tokens", "fallbacks", "max_choices"):
             if key in m:
                 lines.append(f"    {key}: {m[key]!r}".replace("'", '"'))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from router.features import FEATURE_NAMES, MAX_SCAN_CHARS, request_features, text_features
 from router.request_view import view_chat_request, view_prompt
@@ -191,3 +192,16 @@ def test_input_text_parts_are_the_text_routed_on():
     # The Responses API's part type, which the Anthropic and Gemini adapters take in chat bodies.
     view = view_chat_request({"messages": [{"role": "user", "content": [{"type": "input_text", "text": "Prove that sqrt(2) is irrational."}]}]})
     assert view.text == "Prove that sqrt(2) is irrational." and view.input_tokens >= 8
+
+
+def test_the_prefix_an_agent_resends_is_its_system_prompt_and_tools_not_the_conversation():
+    tool = {"type": "function", "function": {"name": "read_file", "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}
+    system = "You are a coding agent. " * 2000  # 48,000 characters
+    history = [{"role": "user", "content": "open main.py " * 500}, {"role": "assistant", "content": "done " * 500},
+               {"role": "user", "content": "now fix it"}]
+    agent = view_chat_request({"messages": [{"role": "system", "content": system}, *history], "tools": [tool] * 12})
+    prefix = (len(system) + 12 * len(str(tool))) / 4
+    assert agent.prefix_tokens == pytest.approx(prefix, abs=1)
+    assert agent.input_tokens > agent.prefix_tokens + 2000  # the history is not part of it
+    assert view_chat_request({"messages": history}).prefix_tokens == 0
+    assert view_prompt(PROSE).prefix_tokens == 0

@@ -1,0 +1,89 @@
+"""Routing prices an agent's resent prefix (system prompt and tools) at the cached rate on the
+model whose provider holds it: a conversation stays where its prefix is cached while that is
+cheaper, and moves when the prefix changes, the cache has expired, or for another tenant."""
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from router.request_view import view_chat_request
+from service.hooks.prompt_cache_hook import PromptCacheHook
+from service.pipeline import RequestContext
+
+SYSTEM = "You are OpenClaw, a coding agent. Follow the workspace rules. " * 700  # ~44 KB, as OpenClaw sends
+TOOL = {"type": "function", "function": {"name": "exec", "description": "Run a shell command.",
+                                         "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}}}
+# Same quality and output price: the input price alone ranks them. `claude` lists dearer but
+# reads a cached prefix at a tenth; `gpt` has no cache discount.
+MODELS = [
+    {"name": "claude", "in": 3.0, "out": 2.0, "context_window": 200000, "capabilities": ["tools"],
+     "price": {"cached_input_per_1m": 0.3, "cache_write_per_1m": 3.75}},
+    {"name": "gpt", "in": 2.5, "out": 2.0, "context_window": 200000, "capabilities": ["tools"]},
+]
+QUALITY = {"claude": 0.8, "gpt": 0.8}
+
+
+def turn(system: str, user: str) -> list[dict]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def test_a_conversation_stays_on_the_model_that_holds_its_prompt_prefix(start_gateway, upstream):
+    gw = start_gateway(models=MODELS, quality=QUALITY)
+    client = gw.client()
+
+    def routed(messages, **extra):
+        raw = client.chat.completions.with_raw_response.create(model="auto", messages=messages, tools=[TOOL], **extra)
+        return raw.headers["x-router-model"], raw.headers["x-router-reason"]
+
+    # Cold, the list prices decide (and claude's first read would write the cache at 1.25x).
+    assert routed(turn(SYSTEM, "list the files"))[0] == "gpt"
+    # A turn the client keeps off gpt goes to claude, streamed as OpenClaw streams.
+    stream = client.chat.completions.create(model="auto", messages=turn(SYSTEM, "run the tests"), tools=[TOOL], stream=True,
+                                            stream_options={"include_usage": True}, max_completion_tokens=500,
+                                            extra_body={"router": {"excluded_models": ["gpt"]}})
+    assert [c.model for c in stream if c.choices][0] == "claude"
+    # Both now hold the prefix; claude reads it at a tenth of its price, gpt at its list price.
+    model, reason = routed(turn(SYSTEM, "fix the failing test"))
+    assert model == "claude" and "prompt prefix cached at claude" in reason
+    # /v1/route prices it as the request itself was priced.
+    preview = httpx.post(f"{gw.base_url}/route", json={"model": "auto", "messages": turn(SYSTEM, "and commit"), "tools": [TOOL]}).json()
+    assert preview["model"] == "claude" and preview["request"]["prefix_cached_at"] == ["claude", "gpt"]
+    assert preview["request"]["prefix_tokens"] > 10_000
+    # Another system prompt is another prefix: nothing holds it.
+    assert routed(turn(SYSTEM.replace("OpenClaw", "Other"), "fix the failing test"))[0] == "gpt"
+
+
+def _ctx(tenant: str, system: str = SYSTEM, answered_by: str | None = None) -> RequestContext:
+    body = {"messages": turn(system, "next"), "tools": [TOOL]}
+    ctx = RequestContext(request_id="r", body=body, routing=view_chat_request(body), headers={}, stream=False,
+                         profile="auto", tenant=tenant)
+    if answered_by is not None:
+        ctx.answered_by, ctx.status = answered_by, "ok"
+        ctx.attempts.append({"model": answered_by, "status": "ok"})
+    return ctx
+
+
+def test_a_prefix_is_warm_for_its_tenant_only_and_only_for_the_caches_lifetime():
+    hook = PromptCacheHook(warm_s=0.2)
+
+    def warm(ctx: RequestContext) -> frozenset[str]:
+        asyncio.run(hook.pre(ctx))
+        return ctx.routing.warm_models
+
+    hook.finished(_ctx("team-a", answered_by="claude"))
+    assert warm(_ctx("team-a")) == {"claude"}
+    assert warm(_ctx("team-b")) == frozenset()
+    # A cache hit, or an upstream that failed, read nothing into the provider's cache.
+    hit = _ctx("team-b", answered_by="gpt")
+    hit.status, hit.attempts = "cache_hit", []
+    hook.finished(hit)
+    failed = _ctx("team-b", answered_by="gpt")
+    failed.attempts[-1]["status"] = "error"
+    hook.finished(failed)
+    assert warm(_ctx("team-b")) == frozenset()
+    # A prefix under the providers' cacheable minimum is never looked up.
+    hook.finished(_ctx("team-a", system="Be brief.", answered_by="claude"))
+    assert warm(_ctx("team-a", system="Be brief.")) == frozenset()
+    asyncio.run(asyncio.sleep(0.25))
+    assert warm(_ctx("team-a")) == frozenset()
