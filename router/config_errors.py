@@ -254,15 +254,17 @@ def _key(loc: tuple) -> str:
     return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
 
 
-def validation_problems(exc: ValidationError, tree: yaml.Node | None, root: type[BaseModel]) -> list[str]:
-    """`line N, key a.b[2].c: what is wrong` for each error of a validation."""
+def validation_problems(exc: ValidationError, tree: yaml.Node | None, root: type[BaseModel],
+                        at: tuple = ()) -> list[str]:
+    """`line N, key a.b[2].c: what is wrong` for each error of a validation; `at`: where in the
+    file (`tree`) the validated `root` value sits, when it is one part of it."""
     problems = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, BadReference):
             loc = cause.loc
-        line = line_of(tree, loc)
+        line = line_of(tree, at + loc)
         where = f"line {line}, " if line else ""
-        problems.append(f"{where}key {_key(loc) or '<top>'}: {describe(err, loc, root)}")
+        problems.append(f"{where}key {_key(at + loc) or '<top>'}: {describe(err, loc, root)}")
     return problems

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from router.outcome_log import open_by_scheme
+from router.outcome_log import open_by_scheme, sqlite_file
 from router.retention import create_incremental, sqlite_prune
 
 FEEDBACK_COLUMNS = ("request_id", "ts", "score", "source", "signal", "label", "comment")
@@ -70,10 +70,9 @@ class ShadowRecord:
 
 
 def sqlite_path(url: str) -> Path:
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):])
-    if url.startswith("sqlite://") and len(url) > len("sqlite://"):
-        return Path(url[len("sqlite://"):])
+    path = sqlite_file(url)
+    if path:
+        return Path(path)
     raise ValueError(f"outcome log URL {url!r} names no file: use sqlite:///path/to/outcomes.sqlite")
 
 

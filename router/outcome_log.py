@@ -223,8 +223,26 @@ class SQLiteStore:
             self._conn.close()
 
 
+def sqlite_file(url: str, key: str = "outcome log URL", relative_to: str = "") -> str:
+    """The file a SQLite URL names, read as SQLAlchemy reads one: `sqlite:///relative/path`,
+    `sqlite:////absolute/path`, `sqlite:///:memory:` (and `sqlite://:memory:`); '' for a bare
+    `sqlite://`, which each store takes in its own way. `sqlite://name` is two slashes then a
+    host: read as a file it would be relative to the working directory, while `sqlite:///name`
+    in a config is relative to the file, so it is an error naming `key` and both right forms."""
+    rest = url[len("sqlite://"):] if url.startswith("sqlite://") else None
+    if rest is None:
+        raise ValueError(f"{key} {url!r} is not a SQLite URL: write sqlite:///path/to/file.sqlite")
+    if rest.startswith("/"):
+        return rest[1:]
+    if rest in ("", ":memory:"):
+        return rest
+    where = f" (relative to {relative_to})" if relative_to else ""
+    raise ValueError(f"{key} {url!r}: after sqlite:// comes a host, not a file: write sqlite:///{rest}{where} "
+                     f"or sqlite:///{Path(rest).expanduser().absolute()} (an absolute path)")
+
+
 def _sqlite_store(url: str) -> SQLiteStore:
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url[len("sqlite://"):]
+    path = sqlite_file(url)
     if not path:
         raise ValueError(f"outcome log URL {url!r} names no file: use sqlite:///path/to/outcomes.sqlite")
     try:

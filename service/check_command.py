@@ -3,10 +3,11 @@ and before a deploy).
 
 The same configuration `serve` reads (`--config FILE`, else the providers whose keys are set,
 else the simulated demo): the schema (errors name the key and its line), then what `serve`
-would refuse at start (the cache verifier, the shadow candidate, a provider whose base URL is
-the gateway itself, the alert and simulator settings in the environment) and what would fail
-later (the router artifact `auto` needs, provider keys not set or unusable, an open gateway on a
-public address unless the governance store holds keys, which `check` does not open). Exit 0
+would refuse at start (a router artifact the file names that is not there, a SQLite URL naming a
+host, the cache verifier, the shadow candidate, a provider whose base URL is the gateway itself,
+the alert and simulator settings in the environment) and what would fail later (the default
+router artifact missing, provider keys not set or unusable, an open gateway on a public address
+unless the governance store holds keys, which `check` does not open). Exit 0
 when `serve` would start, 2 when it would not; warnings alone do not fail, `--strict` makes
 them fail too. It writes nothing; like `serve`, on a machine's first run it builds the cache's
 cross-encoder graph (a few seconds).
@@ -25,17 +26,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="fail on warnings too (a key not set, no router artifact)")
 
 
-def findings(config, host: str, port: int) -> tuple[list[str], list[str]]:
-    """(what would stop `serve`, what would fail requests later), in words naming the key."""
+def findings(config, host: str, port: int, from_file: bool) -> tuple[list[str], list[str]]:
+    """(what would stop `serve`, what would fail requests later), in words naming the key;
+    `from_file`: the user's --config, whose settings serve holds to (not the presets' or demo's)."""
     from router.cache.verifier import Verifier
     from router.config import resolve_path
     from router.engine import MANIFEST, LearnedRouter, find_artifact
     from service.governance.runtime import GovernanceSettings, is_loopback
-    from service.serve_command import key_warnings, refuse_calling_itself
+    from service.serve_command import check_db_url, key_warnings, refuse_calling_itself, written_artifact_missing
     from service.simulator import env_time_scale
 
     errors: list[str] = []
     warnings: list[str] = []
+    try:
+        check_db_url(config, None)
+    except ValueError as exc:
+        errors.append(str(exc))
     try:
         settings = GovernanceSettings.from_env(config)
     except ValueError as exc:
@@ -50,7 +56,10 @@ def findings(config, host: str, port: int) -> tuple[list[str], list[str]]:
         except ValueError as exc:
             errors.append(str(exc))
     artifact = find_artifact(config.router.artifact, config)
-    if not (artifact / MANIFEST).exists():
+    missing = written_artifact_missing(config) if from_file else None
+    if missing:
+        errors.append(missing)
+    elif not (artifact / MANIFEST).exists():
         warnings.append(f"router.artifact {config.router.artifact!r}: no router artifact at {artifact.resolve()}: "
                         "auto answers 503 router_unavailable (named models still work)")
     else:
@@ -89,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else build_preset_config()
     if config is None:
         source, config = f"the simulated demo ({default_config_path()})", load_config(default_config_path())
-    errors, warnings = findings(config, args.host or config.server.host, config.server.port if args.port is None else args.port)
+    errors, warnings = findings(config, args.host or config.server.host, config.server.port if args.port is None else args.port,
+                                from_file=bool(args.config))
     print(f"{source}: {len(config.models)} models on {len(config.providers)} providers "
           f"({', '.join(f'{m.name} via {m.provider}' for m in config.models)})")
     for line in errors:

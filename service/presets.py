@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from router.config import Config, ConfigError, ModelSpec, load_yaml
+from router.config_errors import validation_problems
 
 log = logging.getLogger("openclaw.presets")
 
@@ -59,15 +60,19 @@ class PresetFile(BaseModel):
     providers: dict[str, ProviderPreset]
 
 
-def _problems(exc: ValidationError, prefix: str) -> str:
-    return "; ".join(f"{prefix}{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+def _invalid(what: str, problems: list[str]) -> ConfigError:
+    """The main config's wording (router/config_errors.py): each problem on its line, naming its
+    key and line, with the key meant for a misspelt one."""
+    return ConfigError(f"{what}:\n  " + "\n  ".join(problems))
 
 
 def load_presets(path: str | Path) -> PresetFile:
     """Parse and validate a presets file, every model entry included (enabled or not)."""
     path = Path(path)
     try:
-        data = load_yaml(path.read_text())
+        text = path.read_text()
+        data = load_yaml(text)
+        tree = yaml.compose(text)
         presets = PresetFile.model_validate(data)
     except OSError as exc:
         raise ConfigError(f"cannot read presets {path}: {exc.strerror}") from None
@@ -76,14 +81,16 @@ def load_presets(path: str | Path) -> PresetFile:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid presets: {_problems(exc, '')}") from None
+        raise _invalid(f"{path}: invalid presets", validation_problems(exc, tree, PresetFile)) from None
     for name, provider in presets.providers.items():
-        entries = [*provider.models, *([{"name": "template", **provider.template}] if provider.template else [])]
-        for i, entry in enumerate(entries):
+        entries = [(("models", i), entry) for i, entry in enumerate(provider.models)]
+        entries += [(("template",), {"name": "template", **provider.template})] if provider.template else []
+        for at, entry in entries:
             try:
                 ModelSpec.model_validate({**entry, "provider": name})
             except ValidationError as exc:
-                raise ConfigError(f"{path}: invalid presets: {_problems(exc, f'providers.{name}.models[{i}].')}") from None
+                problems = validation_problems(exc, tree, ModelSpec, ("providers", name, *at))
+                raise _invalid(f"{path}: invalid presets", problems) from None
     return presets
 
 
@@ -202,7 +209,8 @@ def build_preset_config(env: Mapping[str, str] | None = None) -> Config | None:
         config = Config.model_validate({"models": models, "providers": providers, "router": {"artifact": "models/default"},
                                         "source": str(path)})
     except ValidationError as exc:
-        raise ConfigError(f"{path}: presets for {', '.join(enabled)} do not make a valid catalog: {_problems(exc, '')}") from None
+        raise _invalid(f"{path}: presets for {', '.join(enabled)} do not make a valid catalog",
+                       validation_problems(exc, None, Config)) from None
     log.info("real providers from environment keys: %d models on %s (list prices checked %s; quality predicted through "
              "RouterBench proxies until `openclaw-router retrain` learns from their logged outcomes)",
              len(config.models), ", ".join(enabled), presets.prices_checked)

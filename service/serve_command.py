@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
     # No --config: real providers for the keys in the environment, else the simulated demo.
     config = load_config(args.config) if args.config else (build_preset_config() or load_config(default_config_path()))
+    check_db_url(config, args.db)
+    if args.config and (missing := written_artifact_missing(config)):
+        raise ValueError(missing)
     if args.config and args.db is None:  # --db, typed in a shell, is relative to the working directory
         config = config.model_copy(update={"server": config.server.model_copy(update={"db": resolve_sqlite_url(config, config.server.db)})})
     server = config.server.model_copy(update={k: v for k, v in (("db", args.db), ("host", args.host), ("port", args.port)) if v is not None})
@@ -101,6 +104,34 @@ def run(args: argparse.Namespace) -> int:
         if stop_simulator is not None:
             stop_simulator()
     return 0
+
+
+def check_db_url(config, db: str | None) -> None:
+    """A SQLite outcome log URL that names a host instead of a file (`sqlite://name`) is an
+    error naming where it was written: --db (relative to the working directory) or server.db
+    (relative to the config file)."""
+    from router.outcome_log import sqlite_file
+
+    key, url, relative_to = ("--db", db, "the working directory") if db is not None else \
+        ("server.db", config.server.db, "the config file")
+    if url.startswith("sqlite:"):
+        sqlite_file(url, key, relative_to)
+
+
+def written_artifact_missing(config) -> str | None:
+    """What is wrong with a `router.artifact` the config file sets that holds no router: a
+    mistyped path would start a gateway answering every `auto` with 503 router_unavailable. One
+    left to its default (the shipped models/default, which a wheel lacks) only warns at start,
+    and the in-process app still takes a config without a router."""
+    from router.engine import MANIFEST, find_artifact
+
+    if "artifact" not in config.router.model_fields_set:
+        return None
+    path = find_artifact(config.router.artifact, config)
+    if (path / MANIFEST).exists():
+        return None
+    return (f"router.artifact {config.router.artifact!r}: no router artifact (manifest.json) at {path.resolve()}: "
+            "correct the path, or leave router.artifact out for the shipped router")
 
 
 def key_warnings(config) -> list[str]:

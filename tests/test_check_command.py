@@ -10,13 +10,13 @@ providers:
 models:
   - {{name: m1, provider: p, price: {{input_per_1m: 1, output_per_1m: 2}}}}
 router: {{artifact: {artifact}}}
-server: {{port: 8123}}
+server: {server}
 cache: {{enabled: false}}
 {extra}"""
 
 
-def check(tmp_path, capsys, *flags, url="https://api.example.com/v1", artifact="models/default", extra=""):
-    (tmp_path / "c.yaml").write_text(CONFIG.format(url=url, artifact=artifact, extra=extra))
+def check(tmp_path, capsys, *flags, url="https://api.example.com/v1", artifact="models/default", server="{port: 8123}", extra=""):
+    (tmp_path / "c.yaml").write_text(CONFIG.format(url=url, artifact=artifact, server=server, extra=extra))
     code = main(["check", "--config", str(tmp_path / "c.yaml"), *flags])
     out = capsys.readouterr()
     return code, out.out + out.err
@@ -28,10 +28,31 @@ def test_a_config_serve_would_start_with_passes_and_its_warnings_are_said(tmp_pa
     assert code == 0 and "1 models on 1 providers (m1 via p)" in text and "serve would start" in text
     assert "no training data for m1" in text  # m1 is no RouterBench model: the unseen-model prior
     monkeypatch.delenv("OPENCLAW_TEST_CHECK_KEY")
-    code, text = check(tmp_path, capsys, artifact=tmp_path / "no_router")
-    assert code == 0 and "warning: router.artifact" in text and "auto answers 503 router_unavailable" in text
-    assert "warning: providers.p.api_key_env: OPENCLAW_TEST_CHECK_KEY is not set" in text
-    assert check(tmp_path, capsys, "--strict", artifact=tmp_path / "no_router")[0] == 2
+    code, text = check(tmp_path, capsys)
+    assert code == 0 and "warning: providers.p.api_key_env: OPENCLAW_TEST_CHECK_KEY is not set" in text
+    assert check(tmp_path, capsys, "--strict")[0] == 2
+
+
+def test_a_router_artifact_the_file_names_must_be_there_the_default_need_not(tmp_path, capsys, monkeypatch):
+    from router.config import parse_config
+    from service.check_command import findings
+
+    monkeypatch.setenv("OPENCLAW_TEST_CHECK_KEY", "sk-test")
+    monkeypatch.chdir(tmp_path)
+    code, text = check(tmp_path, capsys, artifact="models/defualt")
+    assert code == 2 and "serve would not start" in text
+    assert f"error: router.artifact 'models/defualt': no router artifact (manifest.json) at {tmp_path / 'models' / 'defualt'}" in text
+    # The presets' and the demo's router (models/default, which a wheel lacks) only warns where it is missing.
+    config = parse_config(CONFIG.format(url="https://api.example.com/v1", artifact="models/defualt", server="{}", extra=""), "t")
+    errors, warnings = findings(config, "127.0.0.1", 0, from_file=False)
+    assert errors == [] and any("auto answers 503 router_unavailable" in w for w in warnings)
+
+
+def test_a_sqlite_url_that_names_a_host_is_an_error_naming_server_db(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENCLAW_TEST_CHECK_KEY", "sk-test")
+    code, text = check(tmp_path, capsys, server='{db: "sqlite://o.sqlite"}')
+    assert code == 2 and "error: server.db 'sqlite://o.sqlite': after sqlite:// comes a host" in text
+    assert "sqlite:///o.sqlite (relative to the config file)" in text
 
 
 def test_what_serve_would_refuse_is_an_error_naming_its_key(tmp_path, capsys, monkeypatch):

@@ -216,3 +216,42 @@ def test_store_urls_in_errors_and_logs_keep_no_password():
     assert redact_url("postgresql://app@db/prod?sslmode=require&password=s3cret&x=1") == \
         "postgresql://app@db/prod?sslmode=require&password=***&x=1"
     assert redact_url("sqlite:///var/lib/outcomes.sqlite") == "sqlite:///var/lib/outcomes.sqlite"
+
+
+# Checks that pass go on to an unreachable Redis, so a serve that got past them stops at once.
+STOPS = 'server: {redis_url: "redis://127.0.0.1:1/0"}\n'
+ONE_MODEL = ('providers:\n  p: {kind: openai, base_url: "https://api.example.com/v1"}\n'
+             "models:\n  - {name: m1, provider: p, price: {input_per_1m: 1, output_per_1m: 2}}\n")
+
+
+def test_serve_refuses_a_router_artifact_the_config_names_that_is_not_there(tmp_path, capsys, monkeypatch):
+    from service.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "conf").mkdir()
+    db = ["--port", "0", "--db", f"sqlite:///{tmp_path / 'o.sqlite'}"]
+    (tmp_path / "conf" / "typo.yaml").write_text(ONE_MODEL + "router: {artifact: models/defualt}\n" + STOPS)
+    assert main(["serve", "--config", str(tmp_path / "conf" / "typo.yaml"), *db]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()  # one line: the key, the path as written and where it was looked for
+    assert line.startswith("openclaw-router serve: error: router.artifact 'models/defualt': no router artifact")
+    assert f"at {tmp_path / 'models' / 'defualt'}:" in line
+    # Not written, the shipped router: serve goes on (to the unreachable Redis).
+    (tmp_path / "conf" / "unset.yaml").write_text(ONE_MODEL + STOPS)
+    assert main(["serve", "--config", str(tmp_path / "conf" / "unset.yaml"), *db]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach Redis" in err and "router.artifact" not in err
+
+
+def test_serve_refuses_a_sqlite_url_that_names_a_host_saying_which_key(tmp_path, capsys, monkeypatch):
+    from service.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(ONE_MODEL + 'server: {db: "sqlite://logs/o.sqlite", redis_url: "redis://127.0.0.1:1/0"}\n')
+    assert main(["serve", "--config", str(tmp_path / "c.yaml"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "error: server.db 'sqlite://logs/o.sqlite': after sqlite:// comes a host" in err
+    assert "sqlite:///logs/o.sqlite (relative to the config file)" in err and f"sqlite:///{tmp_path / 'logs' / 'o.sqlite'}" in err
+    assert main(["serve", "--config", str(tmp_path / "c.yaml"), "--port", "0", "--db", "sqlite://o.sqlite"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --db 'sqlite://o.sqlite'" in err and "sqlite:///o.sqlite (relative to the working directory)" in err
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "o.sqlite").exists()  # nothing opened

@@ -95,3 +95,27 @@ def test_a_store_names_where_an_outcome_log_journals_its_rows(url, tmp_path, mon
         assert base.parent == tmp_path / "cache" / "journal"
         assert journal_base(url.replace("postgres@", "postgres:rotated@")) == base
         assert journal_base(url.replace("search_path%3D", "search_path%3Dother_")) != base
+
+
+def test_a_sqlite_url_with_two_slashes_then_a_name_is_refused_by_every_store(tmp_path, monkeypatch):
+    """`sqlite://x` names a host: it was opened as x in the working directory, while sqlite:///x
+    in a config is beside the file; each store says which URL to write instead."""
+    from router.feedback_log import read_feedback
+    from service.governance.db import open_database
+
+    monkeypatch.chdir(tmp_path)
+    for what, open_ in [("outcome log URL", open_store), ("outcome log URL", open_feedback_log),
+                        ("outcome log URL", read_feedback), ("governance database URL", open_database)]:
+        with pytest.raises(ValueError) as refused:
+            open_("sqlite://logs/o.sqlite")
+        assert str(refused.value).startswith(f"{what} 'sqlite://logs/o.sqlite': after sqlite:// comes a host")
+        assert f"write sqlite:///logs/o.sqlite or sqlite:///{tmp_path / 'logs' / 'o.sqlite'}" in str(refused.value)
+    assert not (tmp_path / "logs").exists()
+    # The forms that were read before are read alike: a bare sqlite:// is no outcome log file, and governance's in-memory database.
+    with pytest.raises(ValueError, match="names no file"):
+        open_store("sqlite://")
+    for url in ("sqlite://", "sqlite://:memory:"):
+        open_database(url).close()
+    open_store(f"sqlite:///{tmp_path / 'a.sqlite'}").close()
+    open_store("sqlite:///b.sqlite").close()  # relative: to the working directory
+    assert (tmp_path / "a.sqlite").exists() and (tmp_path / "b.sqlite").exists()

@@ -111,12 +111,25 @@ def test_presets_file_errors_name_the_key(tmp_path):
     text = presets_path().read_text().replace("router_model: gpt-4-1106-preview, price:", "router_model: gpt-4-1106-preview, prise:", 1)
     bad = tmp_path / "presets.yaml"
     bad.write_text(text)
-    with pytest.raises(ConfigError, match=r"providers\.openai\.models\[0\]\.prise"):
+    line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if "prise:" in text)
+    with pytest.raises(ConfigError) as invalid:
         build_preset_config({"OPENCLAW_PRESETS": str(bad), "ANTHROPIC_API_KEY": "sk-b"})
+    # the main config's wording: the line, the key, the key meant
+    assert f"line {line}, key providers.openai.models[0].prise: unknown key: did you mean price?" in str(invalid.value)
+    bad.write_text(presets_path().read_text().replace("    key_env: [DEEPSEEK_API_KEY]", "    key_evn: [DEEPSEEK_API_KEY]", 1))
+    with pytest.raises(ConfigError, match=r"line \d+, key providers\.deepseek\.key_evn: unknown key: did you mean key_env\?"):
+        load_presets(bad)
     # a key written twice would silently win: the same error as in a config file
     bad.write_text(presets_path().read_text().replace("price: {input_per_1m: ", "price: {input_per_1m: 99, input_per_1m: ", 1))
     with pytest.raises(ConfigError, match="written twice"):
         build_preset_config({"OPENCLAW_PRESETS": str(bad), "ANTHROPIC_API_KEY": "sk-b"})
+
+
+def test_deepseek_bills_a_cached_prompt_prefix_at_a_tenth_of_its_input_price():
+    config = build_preset_config({"DEEPSEEK_API_KEY": "sk-d"})
+    assert config.model_names and all(m.provider == "deepseek" for m in config.models)
+    for model in config.models:
+        assert model.price.cached_input_per_1m == pytest.approx(model.price.input_per_1m / 10), model.name
 
 
 def test_prefixed_host_models_reach_the_upstream_under_their_upstream_id(tmp_path, monkeypatch):

@@ -44,7 +44,6 @@ models:
   - {{name: late, provider: fake, price: {{input_per_1m: 10, output_per_1m: 30}}, context_window: 100000}}
 providers:
   fake: {{kind: openai, base_url: "{upstream.base_url}", timeout_s: 600}}
-router: {{artifact: {tmp_path / "no_router"}}}
 cache: {{enabled: false, semantic: false}}
 server: {{shutdown_grace_s: {GRACE_S}}}
 """)

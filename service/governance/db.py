@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from router.outcome_log import sqlite_file
 from router.retention import create_incremental
 from router.store_errors import redact_url, setting_up
 
@@ -177,13 +178,12 @@ class PostgresDatabase(Database):
 
 
 def open_database(url: str) -> Database:
-    """`sqlite:///relative/path`, `sqlite:////abs/path`, `sqlite://:memory:` or `postgresql://...`."""
+    """`sqlite:///relative/path`, `sqlite:////abs/path`, `sqlite://` or `sqlite://:memory:` (in
+    memory) or `postgresql://...`."""
     if url.startswith(("postgresql://", "postgres://")):
         db: Database = PostgresDatabase(url)
     elif url.startswith("sqlite://"):
-        path = url[len("sqlite://"):]
-        path = path[1:] if path.startswith("/") else path
-        db = SqliteDatabase(path or ":memory:")
+        db = SqliteDatabase(sqlite_file(url, "governance database URL") or ":memory:")
     else:
         raise ValueError(f"database URL must start with sqlite:// or postgresql://, got {redact_url(url)!r}")
     if db.dialect != "postgres":
