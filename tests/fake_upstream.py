@@ -55,11 +55,13 @@ class Reply:
     after_chunks: int = 0
     seconds: float = 0.0
     usage: bool = True  # False: a server that never reports usage (some llama.cpp and proxy builds)
+    usage_fields: tuple[tuple[str, Any], ...] = ()  # more usage fields, as some providers add their own
 
 
 def ok(text: str | None = None, tool_calls: list[dict[str, Any]] | None = None, delay_s: float = 0.0, chunk_delay_s: float = 0.0,
-       usage: bool = True) -> Reply:
-    return Reply("ok", text=text, tool_calls=tuple(tool_calls or ()), delay_s=delay_s, chunk_delay_s=chunk_delay_s, usage=usage)
+       usage: bool = True, usage_fields: dict[str, Any] | None = None) -> Reply:
+    return Reply("ok", text=text, tool_calls=tuple(tool_calls or ()), delay_s=delay_s, chunk_delay_s=chunk_delay_s, usage=usage,
+                 usage_fields=tuple((usage_fields or {}).items()))
 
 
 def error(status: int, message: str, code: str | None = None, type: str = "api_error", headers: dict[str, str] | None = None) -> Reply:
@@ -278,10 +280,10 @@ def _answer(body: dict[str, Any], reply: Reply) -> tuple[str, list[dict[str, Any
     return text, calls
 
 
-def _usage(body: dict[str, Any], text: str, calls: list[dict[str, Any]]) -> dict[str, int]:
+def _usage(body: dict[str, Any], text: str, calls: list[dict[str, Any]], reply: Reply) -> dict[str, Any]:
     prompt = _tokens(json.dumps(body.get("messages", [])))
     completion = _tokens(text + "".join(c["function"]["arguments"] for c in calls))
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, **dict(reply.usage_fields)}
 
 
 def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
@@ -292,14 +294,14 @@ def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": body.get("model"),
         "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
-        **({"usage": _usage(body, text, calls)} if reply.usage else {}),
+        **({"usage": _usage(body, text, calls, reply)} if reply.usage else {}),
     }
 
 
 def _chunks(body: dict[str, Any], reply: Reply) -> list[bytes]:
     text, calls = _answer(body, reply)
 
-    def event(delta: dict[str, Any] | None, finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
+    def event(delta: dict[str, Any] | None, finish: str | None = None, usage: dict[str, Any] | None = None) -> bytes:
         chunk: dict[str, Any] = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": body.get("model"),
                                  "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]}
         if usage is not None:
@@ -316,7 +318,7 @@ def _chunks(body: dict[str, Any], reply: Reply) -> list[bytes]:
         events.append(event({"tool_calls": [{"index": i, "function": {"arguments": args[half:]}}]}))
     events.append(event({}, "tool_calls" if calls else "stop"))
     if (body.get("stream_options") or {}).get("include_usage") and reply.usage:
-        events.append(event(None, usage=_usage(body, text, calls)))
+        events.append(event(None, usage=_usage(body, text, calls, reply)))
     events.append(b"data: [DONE]\n\n")
     return events
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from router.request_view import view_chat_request
 from service.hooks.prompt_cache_hook import PromptCacheHook
 from service.pipeline import RequestContext
+from tests.fake_upstream import ok
 
 SYSTEM = "You are OpenClaw, a coding agent. Follow the workspace rules. " * 700  # ~44 KB, as OpenClaw sends
 TOOL = {"type": "function", "function": {"name": "exec", "description": "Run a shell command.",
@@ -87,3 +89,22 @@ def test_a_prefix_is_warm_for_its_tenant_only_and_only_for_the_caches_lifetime()
     assert warm(_ctx("team-a", system="Be brief.")) == frozenset()
     asyncio.run(asyncio.sleep(0.25))
     assert warm(_ctx("team-a")) == frozenset()
+
+
+def test_deepseeks_own_cache_hit_count_is_billed_at_the_cached_price_and_reported_as_openais(start_gateway, upstream):
+    # DeepSeek says `prompt_cache_hit_tokens`; the gateway bills and reports OpenAI's field.
+    gw = start_gateway(models=[{"name": "deepseek-chat", "in": 0.28, "out": 0.42, "context_window": 128000,
+                                "price": {"cached_input_per_1m": 0.028}}], quality={"deepseek-chat": 0.8})
+    client = gw.client()
+    messages = turn(SYSTEM, "list the files")
+    upstream.default("deepseek-chat", ok("done", usage_fields={"prompt_cache_hit_tokens": 10_000, "prompt_cache_miss_tokens": 1}))
+    answer = client.chat.completions.create(model="deepseek-chat", messages=messages)
+    usage = answer.usage
+    assert usage.prompt_tokens_details.cached_tokens == 10_000
+    expected = ((usage.prompt_tokens - 10_000) * 0.28 + 10_000 * 0.028 + usage.completion_tokens * 0.42) / 1e6
+    assert usage.model_extra["cost"] == pytest.approx(expected)
+    streamed = client.chat.completions.create(model="deepseek-chat", messages=messages, stream=True,
+                                              stream_options={"include_usage": True})
+    last = [chunk for chunk in streamed][-1]
+    assert last.usage.prompt_tokens_details.cached_tokens == 10_000
+    assert last.usage.model_extra["cost"] == pytest.approx(expected)

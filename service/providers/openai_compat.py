@@ -110,7 +110,7 @@ class OpenAICompatProvider(Provider):
         if not isinstance(choices, list) or not choices \
                 or not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
             raise UpstreamError("malformed", "response has no choices with a message")
-        as_object(result.get("usage"), "usage")  # read by the gateway to bill the answer
+        _with_cached_tokens(as_object(result.get("usage"), "usage"))  # read by the gateway to bill the answer
         result["model"] = model.name
         result.setdefault("object", "chat.completion")
         return result
@@ -130,7 +130,7 @@ class OpenAICompatProvider(Provider):
             choices = chunk.get("choices", [])
             if not isinstance(choices, list) or not all(isinstance(c, dict) and isinstance(c.get("delta") or {}, dict) for c in choices):
                 raise UpstreamError("malformed", "stream chunk has no choices list of objects with a delta")
-            as_object(chunk.get("usage"), "usage")  # read by the gateway to bill the answer
+            _with_cached_tokens(as_object(chunk.get("usage"), "usage"))  # read by the gateway to bill the answer
             chunk["model"] = model.name
             chunk.setdefault("object", "chat.completion.chunk")
             finished = finished or any(c.get("finish_reason") for c in choices)
@@ -138,3 +138,16 @@ class OpenAICompatProvider(Provider):
         if not finished:
             # A connection that closes before [DONE] and before any finish_reason was cut mid-answer.
             raise UpstreamError("connection", "stream ended before the answer finished")
+
+
+def _with_cached_tokens(usage: dict[str, Any]) -> None:
+    """DeepSeek reports its prompt-cache hits as `prompt_cache_hit_tokens`, not OpenAI's
+    `prompt_tokens_details.cached_tokens`, which the gateway bills at the cached price and clients
+    read: copied there when the provider gave no count of its own."""
+    hit = usage.get("prompt_cache_hit_tokens")
+    if not isinstance(hit, int) or isinstance(hit, bool):
+        return
+    details = usage.get("prompt_tokens_details")
+    if not isinstance(details, dict):
+        details = usage["prompt_tokens_details"] = {}
+    details.setdefault("cached_tokens", hit)
