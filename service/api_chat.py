@@ -198,7 +198,7 @@ def _embed_and_decide(gw: Gateway, router_now: Any, ctx: RequestContext, live: A
         ctx.embedding = gw.embed(ctx.routing.text)
     return decide(router_now, ctx.routing, config=gw.config, profile=ctx.profile, constraints=ctx.extras["constraints"],
                   live=live, embedding=ctx.embedding, blocked_for=gw.live.breaker.blocked_for,
-                  key_refused_by=lambda model: gw.live.breaker.state(model) == "open" and gw.live.last_failure(model) == "auth",
+                  key_refused_by=gw.live.left_out_for_key,
                   output_field=output_limit(ctx.body)[1])
 
 

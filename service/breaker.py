@@ -34,8 +34,10 @@ Clock = Callable[[], float]
 @dataclass(frozen=True)
 class Claim:
     """The right to call a model, from `acquire`; `probe` is the token of the half-open probe
-    when this call holds it (None when the circuit was closed)."""
+    when this call holds it (None when the circuit was closed), `key_probe` that of the model's
+    provider's key circuit (see live_state)."""
     probe: str | None = None
+    key_probe: str | None = None
 
 
 PASS = Claim()

@@ -34,7 +34,7 @@ from router.config import Config, ModelSpec
 from router.types import Constraints
 from service.breaker import Claim
 from service.errors import ApiError, key_refused, rate_limited
-from service.live_state import LiveState
+from service.live_state import LiveState, refuses_key
 from service.metrics import Metrics
 from service.pipeline import RequestContext
 from service.providers.base import Provider, UpstreamError
@@ -175,7 +175,7 @@ class Dispatcher:
         self.live = live
         self.metrics = metrics
         self._sleep = sleep
-        self._auth_logged: dict[str, float] = {}
+        self._auth_logged: dict[tuple[str, str], tuple[float, str | None]] = {}
 
     # -- the chain -------------------------------------------------------------------------
     def chain(self, ctx: RequestContext) -> list[str]:
@@ -206,27 +206,41 @@ class Dispatcher:
             latency_s=round(time.perf_counter() - started, 4), retry=retry, retry_after_s=err.retry_after,
         )
         self.metrics.attempts.labels(spec.name, err.kind).inc()
-        if err.kind == "auth" and time.monotonic() - self._auth_logged.get(spec.name, -AUTH_LOG_EVERY_S) >= AUTH_LOG_EVERY_S:
-            # The client is told that the key is refused; the operator reads why here (once a minute a model).
-            self._auth_logged[spec.name] = time.monotonic()
-            log.warning("model %s: %s", spec.name, err.message)
+        key_refusal = refuses_key(err.kind, err.status)
+        if err.kind == "auth":
+            self._log_refusal(spec, err, key_refusal)
         # A 400 or an oversized prompt says nothing about the model's health.
         blames_model = err.kind not in ("bad_request", "unsupported", "context_length")
         retry_after = err.retry_after if err.kind == "rate_limit" else None
-        if self.live.failed(spec.name, claim, err.kind, retry_after, counts_against_model=blames_model):
-            self.metrics.circuit_open.labels(spec.name).set(1)
+        closed = self.live.failed(spec.name, claim, err.kind, retry_after, counts_against_model=blames_model, status=err.status)
+        if key_refusal and len(closed) > 1:  # the provider's key circuit opened, not only the model's
+            log.warning("provider %s refuses the gateway's key: its models %s are left out; one call probes the key "
+                        "after %gs", spec.provider, ", ".join(closed), self.rel.breaker_cooldown_s)
+        self._circuits(closed, 1)
 
-    def _key_refused(self, model: str) -> bool:
-        return self.live.last_failure(model) == "auth" and self.live.breaker.state(model) == "open"
+    def _log_refusal(self, spec: ModelSpec, err: UpstreamError, key_refusal: bool) -> None:
+        """The client is told that the key is refused; the operator reads why here: once a minute a
+        provider for its key (every model of it is refused alike), a model for a 403, and at once
+        when the reason changes (the variable fixed, the upstream still refuses the key)."""
+        gate = ("provider", spec.provider) if key_refusal else ("model", spec.name)
+        at, said = self._auth_logged.get(gate, (-AUTH_LOG_EVERY_S, None))
+        if time.monotonic() - at >= AUTH_LOG_EVERY_S or said != err.message:
+            self._auth_logged[gate] = (time.monotonic(), err.message)
+            who = f"provider {spec.provider} (model {spec.name})" if key_refusal else f"model {spec.name}"
+            log.warning("%s: %s", who, err.message)
+
+    def _circuits(self, models: list[str], is_open: int) -> None:
+        for model in models:
+            self.metrics.circuit_open.labels(model).set(is_open)
 
     def _only_refused_keys(self, ctx: RequestContext) -> bool:
         """Every model a routed request tried refused the key or is skipped for the refusals that
         opened its circuit, and none the router left out is merely rate limited or busy: such a
         one is worth the retry a 503 invites."""
-        tried = all(a.get("kind") == "auth" or (a.get("reason") == "circuit_open" and self._key_refused(a["model"]))
+        tried = all(a.get("kind") == "auth" or (a.get("reason") == "circuit_open" and self.live.left_out_for_key(a["model"]))
                     for a in ctx.attempts)
         busy = [c.model for c in ctx.decision.candidates
-                if (c.excluded or "").startswith("unhealthy") and not self._key_refused(c.model)]
+                if (c.excluded or "").startswith("unhealthy") and not self.live.left_out_for_key(c.model)]
         return tried and not busy
 
     def key_envs(self, models: list[str]) -> list[str]:
@@ -282,16 +296,17 @@ class Dispatcher:
         # 404s have opened its circuit it is skipped, and still unknown upstream.
         named = [a for a in ctx.attempts if not routed and a["model"] == chain[0]]
         failed = [a for a in named if a["status"] == "error"]
-        unknown = all(a["kind"] == "not_found" for a in failed) if failed else (
-            bool(named) and all(a.get("reason") == "circuit_open" for a in named) and self.live.last_failure(chain[0]) == "not_found")
+        # Skipped for its open circuit only: what opened it (its own failures, or its provider's key circuit).
+        skipped_for = None if failed or not named or any(a.get("reason") != "circuit_open" for a in named) else (
+            "auth" if self.live.key_refused(chain[0]) else self.live.last_failure(chain[0]))
+        unknown = all(a["kind"] == "not_found" for a in failed) if failed else skipped_for == "not_found"
         if unknown:
             fallbacks = "; its fallbacks failed too" if len(chain) > 1 else ""
             why = f": {failed[-1].get('message', '')}" if failed else " (its upstream answered 404 model_not_found)"
             return ApiError(404, f"model {chain[0]} is not available upstream{why}{fallbacks}", code="model_not_found", param="model")
         # A key the upstream refuses is the operator's to fix: a 503 "retry shortly" would have the
         # SDKs and OpenClaw retry for minutes, against a circuit its refusals opened.
-        if any(a["kind"] == "auth" for a in failed) or (not failed and named and all(
-                a.get("reason") == "circuit_open" for a in named) and self.live.last_failure(chain[0]) == "auth"):
+        if any(a["kind"] == "auth" for a in failed) or skipped_for == "auth":
             return key_refused([chain[0]], self.key_envs([chain[0]]))
         if routed and errors and self._only_refused_keys(ctx):
             refused = list(dict.fromkeys(a["model"] for a in ctx.attempts))
@@ -336,7 +351,7 @@ class Dispatcher:
             if (routed or position > 0) and not self._fits(spec, ctx, tries.smallest_failed_window):
                 self._record(ctx, name, "skipped", reason="context_window")
                 continue
-            claim = self.live.breaker.acquire(name)
+            claim = self.live.acquire(name)
             if not claim:
                 wait = self.live.breaker.blocked_for(name)  # the upstream's Retry-After, or a circuit its 429s opened
                 self._record(ctx, name, "skipped", reason="rate_limited" if wait else "circuit_open",
@@ -346,7 +361,7 @@ class Dispatcher:
                 started = time.perf_counter()
                 if not self.live.started(name, ctx.routing.input_tokens):
                     # Its RPM/TPM window filled since the decision (concurrent requests): next model.
-                    self.live.breaker.release(name, claim)
+                    self.live.release(name, claim)
                     wait = self.live.window_wait_s(name, ctx.routing.input_tokens)
                     if wait == math.inf:  # more input tokens than its TPM limit: waiting never helps
                         self._record(ctx, name, "skipped", reason="over_tpm")
@@ -363,10 +378,10 @@ class Dispatcher:
                     self._record(ctx, name, "abandoned", reason="client_left" if isinstance(cut, ClientGone) else "cancelled",
                                  retry=retry, latency_s=round(time.perf_counter() - started, 4))
                     ctx.extras["abandoned_on"] = name
-                    self.live.breaker.release(name, claim)
+                    self.live.release(name, claim)
                     raise
                 except BaseException:
-                    self.live.breaker.release(name, claim)
+                    self.live.release(name, claim)
                     raise
                 finally:
                     self.live.finished(name)
@@ -380,7 +395,7 @@ class Dispatcher:
                                    param=failure.param)
                 if failure.kind == "context_length":
                     tries.smallest_failed_window = max(tries.smallest_failed_window or 0, spec.context_window)
-                if not self._should_retry(failure, retry) or self.live.breaker.state(name) == "open":
+                if not self._should_retry(failure, retry) or self.live.circuit(name) == "open":
                     tries.failed += failure.kind != "rate_limit"
                     if position + 1 < len(chain) and not (routed and tries.failed > self.rel.max_fallbacks):
                         self.metrics.fallbacks.labels(name, failure.kind).inc()
@@ -388,7 +403,7 @@ class Dispatcher:
                 await self._sleep(self._backoff(retry, failure.retry_after))
                 if await client_gone(ctx):
                     raise ClientGone()
-                claim = self.live.breaker.acquire(name)
+                claim = self.live.acquire(name)
                 if not claim:
                     tries.failed += failure.kind != "rate_limit"
                     break
@@ -401,8 +416,7 @@ class Dispatcher:
             answer = await self.providers[spec.provider].complete(spec, body)
             latency = time.perf_counter() - started
             _, out_tokens = usage_tokens(answer.get("usage"))
-            self.live.succeeded(spec.name, latency, None, out_tokens or 0)
-            self.metrics.circuit_open.labels(spec.name).set(0)
+            self._circuits(self.live.succeeded(spec.name, latency, None, out_tokens or 0), 0)
             self.metrics.attempts.labels(spec.name, "ok").inc()
             self._record(ctx, spec.name, "ok", latency_s=round(latency, 4), retry=retry)
             ctx.answered_by = spec.name
@@ -423,10 +437,10 @@ class Dispatcher:
                 await upstream.aclose()
                 raise
             ttft = time.perf_counter() - started
-            if claim.probe:
-                # The model answers: the circuit closes now, not when a long answer ends (the
+            if claim.probe or claim.key_probe:
+                # The model answers: the circuits close now, not when a long answer ends (the
                 # probe would lapse meanwhile and a second one go through).
-                self.live.breaker.success(spec.name)
+                self._circuits(self.live.answered(spec.name), 0)
             entry = self._record(ctx, spec.name, "ok", ttft_s=round(ttft, 4), retry=retry)
             ctx.answered_by = spec.name
             # In flight until the stream ends: the caller calls `close_stream`.
@@ -445,11 +459,9 @@ class Dispatcher:
         if error is not None:
             stream.attempt.update(status="error", kind=error.kind, message=error.message[:300])
             self.metrics.attempts.labels(name, error.kind).inc()
-            if self.live.failed(name, stream.claim, error.kind):
-                self.metrics.circuit_open.labels(name).set(1)
+            self._circuits(self.live.failed(name, stream.claim, error.kind, status=error.status), 1)
         elif completed:
-            self.live.succeeded(name, latency, stream.ttft_s, output_tokens)
-            self.metrics.circuit_open.labels(name).set(0)
+            self._circuits(self.live.succeeded(name, latency, stream.ttft_s, output_tokens), 0)
             self.metrics.attempts.labels(name, "ok").inc()
         else:
             # The time until the client left says nothing of the model's speed: a slow model

@@ -3,11 +3,19 @@
 EWMA latency and time-to-first-token correct the router's predicted latency; the error rate,
 the in-flight count, the circuit breaker and the RPM/TPM window decide whether a model is
 `healthy` (eligible) right now.
+
+A refused key is the provider entry's, not one model's: beside each model's circuit the breaker
+holds one for each provider's key (under `key_circuit`'s name: in Redis too, so replicas share
+it). Key refusals of any of the provider's models count toward it, and once it opens every one of
+them is left out, so routed traffic goes straight to another provider instead of spending a call
+on each model to learn the same thing. Its half-open probe is the next call to any of them: an
+answer closes it, with the circuits those refusals opened (a fixed key fixes all the models); a
+refusal re-opens it. A 403 stays the model's own (`refuses_key`).
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from router.config import Config
 from router.types import LiveStats
@@ -23,6 +31,20 @@ class _Model:
     error_rate: float = 0.0
     in_flight: int = 0
     last_failure: str | None = None  # the kind of its latest failed call
+    refused_key: bool = False  # its latest failure was its provider refusing the key
+
+
+def key_circuit(provider: str) -> str:
+    """The breaker's name for the circuit of a provider entry's key."""
+    return f"provider:{provider}"
+
+
+def refuses_key(kind: str, status: int | None) -> bool:
+    """Whether a failure refuses the provider's key or account, so every model of the provider
+    entry: a 401, a 402 or a classified account refusal (out of credit, billing off, a key
+    not valid, its variable unset). Not a 403: a provider may deny one model (Anthropic's
+    permission_error, a proxy's per-key model list) to a key that serves the others."""
+    return kind == "auth" and status != 403
 
 
 def _ewma(old: float | None, new: float) -> float:
@@ -37,6 +59,10 @@ class LiveState:
                                                  probe_lapse_s=probe_lapse_s(config))
         self.rates = rates or RateWindow()
         self._models: dict[str, _Model] = {m.name: _Model() for m in config.models}
+        self._key_of = {m.name: key_circuit(m.provider) for m in config.models}
+        self._served: dict[str, list[str]] = {}  # a key circuit: the models it closes off
+        for m in config.models:
+            self._served.setdefault(self._key_of[m.name], []).append(m.name)
         self._lock = threading.Lock()
 
     def _m(self, model: str) -> _Model:
@@ -66,8 +92,67 @@ class LiveState:
             m = self._m(model)
             m.in_flight = max(0, m.in_flight - 1)
 
-    def succeeded(self, model: str, latency_s: float | None, ttft_s: float | None, output_tokens: int) -> None:
+    def acquire(self, model: str) -> Claim | None:
+        """Claim the right to call the model (None: not now): its provider's key circuit first
+        (half-open, one caller probes it for all the provider's models), then its own."""
+        key = self._key_of[model]
+        outer = self.breaker.acquire(key)
+        if outer is None:
+            return None
+        own = self.breaker.acquire(model)
+        if own is None:
+            self.breaker.release(key, outer)
+            return None
+        return own if outer.probe is None else replace(own, key_probe=outer.probe)
+
+    def release(self, model: str, claim: Claim) -> None:
+        """A call that ended without a verdict: the probes it held go to the next caller."""
+        self.breaker.release(model, claim)
+        if claim.key_probe is not None:
+            self.breaker.release(self._key_of[model], Claim(claim.key_probe))
+
+    def circuit(self, model: str) -> str:
+        """The state of the model's circuit and its provider's key circuit together."""
+        states = (self.breaker.state(model), self.breaker.state(self._key_of[model]))
+        return next((s for s in ("open", "blocked", "half_open") if s in states), "closed")
+
+    def available(self, model: str) -> bool:
+        return self.circuit(model) in ("closed", "half_open")
+
+    def key_refused(self, model: str) -> bool:
+        """The model's circuit is open because its provider refuses the key: the key circuit, or
+        its own opened by its own refusals (a 403 among them)."""
+        if self.breaker.state(self._key_of[model]) == "open":
+            return True
+        return self.breaker.state(model) == "open" and self.last_failure(model) == "auth"
+
+    def left_out_for_key(self, model: str) -> bool:
+        """Left out for its refused key and nothing else: one also waiting out a Retry-After or
+        its own RPM/TPM window is busy, worth the retry a 503 invites (it was that before the
+        refusals opened the key circuit, and stays so after)."""
+        limits = self.limits.get(model)
+        busy = self.breaker.blocked_for(model) > 0 or (limits is not None and not self.rates.has_room(model, limits, 0))
+        return not busy and self.key_refused(model)
+
+    def answered(self, model: str) -> list[str]:
+        """The model answered: its circuit closes, and its provider's key circuit with it. When that
+        was not closed, the key works again: the circuits its refusals opened close too. The
+        models whose circuits this closed."""
+        key = self._key_of[model]
+        recovers = self.breaker.state(key) != "closed"
         self.breaker.success(model)
+        self.breaker.success(key)
+        if not recovers:
+            return [model]
+        with self._lock:
+            refused = [m for m in self._served[key] if m != model and self._m(m).refused_key]
+        for m in refused:
+            self.breaker.success(m)
+        return [m for m in self._served[key] if self.breaker.state(m) in ("closed", "blocked")]
+
+    def succeeded(self, model: str, latency_s: float | None, ttft_s: float | None, output_tokens: int) -> list[str]:
+        """Record an answer; the models whose circuits it closed (`answered`)."""
+        closed = self.answered(model)
         if output_tokens:
             self.rates.add(model, output_tokens, request=False)
         with self._lock:
@@ -77,11 +162,12 @@ class LiveState:
             if ttft_s is not None:
                 m.ttft_s = _ewma(m.ttft_s, ttft_s)
             m.error_rate = _ewma(m.error_rate, 0.0)
+        return closed
 
     def abandoned(self, model: str, claim: Claim, ttft_s: float, output_tokens: int) -> None:
         """A stream its client left after the first token: no verdict on the model and no
         latency sample, only the time to first token it showed."""
-        self.breaker.release(model, claim)
+        self.release(model, claim)
         if output_tokens:
             self.rates.add(model, output_tokens, request=False)
         with self._lock:
@@ -89,16 +175,29 @@ class LiveState:
             m.ttft_s = _ewma(m.ttft_s, ttft_s)
 
     def failed(self, model: str, claim: Claim, kind: str, retry_after_s: float | None = None,
-               counts_against_model: bool = True) -> bool:
-        """Record a failed attempt (an UpstreamError's `kind`); True when it opened the model's circuit."""
+               counts_against_model: bool = True, status: int | None = None) -> list[str]:
+        """Record a failed attempt (an UpstreamError's `kind` and HTTP `status`); the models it
+        closed off: the model when it opened its circuit, all its provider's when a refusal of the
+        key (`refuses_key`) opened the key circuit."""
         if not counts_against_model:
-            self.breaker.release(model, claim)
-            return False
+            self.release(model, claim)
+            return []
+        key_refusal = refuses_key(kind, status)
         with self._lock:
             m = self._m(model)
             m.error_rate = _ewma(m.error_rate, 1.0)
             m.last_failure = kind
-        return self.breaker.failure(model, retry_after_s, kind == "rate_limit")
+            m.refused_key = key_refusal
+        # The model's own circuit counts a key refusal too: the circuit alert names the model
+        # the upstream refused, once, not each model the key circuit closes off.
+        closed = [model] if self.breaker.failure(model, retry_after_s, kind == "rate_limit") else []
+        key = self._key_of[model]
+        if key_refusal:
+            if self.breaker.failure(key):
+                return list(self._served[key])
+        elif claim.key_probe is not None:
+            self.breaker.release(key, Claim(claim.key_probe))  # a 403, a 5xx, a timeout: nothing of the key
+        return closed
 
     def last_failure(self, model: str) -> str | None:
         with self._lock:
@@ -115,7 +214,7 @@ class LiveState:
             ewma_ttft_s=ttft,
             error_rate=err,
             in_flight=inflight,
-            healthy=room and self.breaker.available(model),
+            healthy=room and self.available(model),
         )
 
     def snapshot(self, request_tokens: int = 0) -> dict[str, LiveStats]:
@@ -130,7 +229,7 @@ class LiveState:
             requests, tokens = self.rates.usage(name)
             out[name] = {
                 "healthy": s.healthy,
-                "circuit": self.breaker.state(name),
+                "circuit": self.circuit(name),
                 "ewma_latency_s": s.ewma_latency_s,
                 "ewma_ttft_s": s.ewma_ttft_s,
                 "error_rate": round(s.error_rate, 4),

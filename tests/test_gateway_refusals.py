@@ -23,9 +23,11 @@ def test_a_key_the_upstream_refuses_is_named_and_not_a_retry_shortly(upstream, t
     config = parse_config(f"""
 models:
   - {{name: m1, provider: keyed, price: {{input_per_1m: 1, output_per_1m: 2}}, context_window: 100000}}
-  - {{name: m2, provider: keyed, price: {{input_per_1m: 1, output_per_1m: 2}}, context_window: 100000}}
+  - {{name: m2, provider: other, price: {{input_per_1m: 1, output_per_1m: 2}}, context_window: 100000}}
 providers:
   keyed: {{kind: openai, base_url: "{upstream.base_url}", api_key_env: OPENCLAW_TEST_FAKE_KEY, timeout_s: 1.0}}
+  # Its own entry: a key refused for m1 leaves out every model of m1's entry (one key circuit for a provider).
+  other: {{kind: openai, base_url: "{upstream.base_url}", api_key_env: OPENCLAW_TEST_FAKE_KEY, timeout_s: 1.0}}
 reliability: {{max_retries: 0, breaker_failures: 3, breaker_cooldown_s: 60}}
 server: {{db: "sqlite:///{tmp_path}/o.sqlite"}}
 cache: {{enabled: false}}
