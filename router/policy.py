@@ -99,20 +99,20 @@ def attachment_cost(spec: ModelSpec, request: RoutingRequest) -> float:
 
 def prompt_cache_cost(spec: ModelSpec, request: RoutingRequest) -> float:
     """What the provider's prompt cache changes in the predictors' input cost (every input token
-    at the list price). An agent resends a system prompt and tools of 10k tokens or more on
-    every turn: a model whose provider holds them (`request.warm_models`) reads them back at
-    the cached price (a tenth of the list price at Anthropic and DeepSeek, a quarter to a half
-    elsewhere), a model with a cache-write price (Anthropic) first writes them at that price.
-    Priced in, moving a conversation to another model costs what it does, instead of looking
-    as cheap as staying."""
-    tokens, price = request.prefix_tokens, spec.price
-    if tokens < MIN_CACHED_PREFIX_TOKENS:
-        return 0.0
-    if spec.name in request.warm_models:
-        paid = price.cached_input_per_1m
-    else:
-        paid = price.cache_write_per_1m
-    return 0.0 if paid is None else tokens * (paid - price.input_per_1m) / 1e6
+    at the list price). An agent resends its system prompt, tools and whole conversation on every
+    turn: the part a model's provider holds from an earlier request (`request.warm_tokens`) is read
+    back at the cached price (a tenth of the list price at Anthropic and DeepSeek, a quarter to a
+    half elsewhere), and what the request leaves in the cache (`cacheable_tokens`) and the provider
+    does not hold yet is written at the cache-write price where it has one (Anthropic, 1.25x).
+    Priced in, moving a conversation to another model costs what it does, instead of looking as
+    cheap as staying."""
+    price = spec.price
+    held = min(request.warm_tokens.get(spec.name, 0), request.input_tokens)
+    held = held if held >= MIN_CACHED_PREFIX_TOKENS else 0
+    written = max(request.cacheable_tokens - held, 0) if request.cacheable_tokens >= MIN_CACHED_PREFIX_TOKENS else 0
+    read = price.input_per_1m if price.cached_input_per_1m is None else price.cached_input_per_1m
+    write = price.input_per_1m if price.cache_write_per_1m is None else price.cache_write_per_1m
+    return (held * (read - price.input_per_1m) + written * (write - price.input_per_1m)) / 1e6
 
 
 def input_surcharge(spec: ModelSpec, request: RoutingRequest) -> float:
@@ -301,9 +301,10 @@ def decide(pred: Predictions, request: RoutingRequest, *, catalog: Sequence[Mode
     if n_ok > 1:
         runner = ranked[1]
         reason += f"; next {runner.model} (P(good) {runner.p_good:.2f}, ${runner.cost_usd:.6f})"
-    warm = [c.model for c in named if c.model in request.warm_models and c.excluded is None]
-    if warm and request.prefix_tokens >= MIN_CACHED_PREFIX_TOKENS:
-        reason += f"; prompt prefix cached at {', '.join(warm)}"
+    warm = [f"{c.model} ({request.warm_tokens[c.model]:,} tokens)" for c in named
+            if c.excluded is None and request.warm_tokens.get(c.model, 0) >= MIN_CACHED_PREFIX_TOKENS]
+    if warm:
+        reason += f"; prompt cached at {', '.join(warm)}"
     if excluded:
         reason += f"; excluded: {', '.join(excluded)}"
     return Decision(model=chosen.model, candidates=ranked, reason=reason, knob=wtp, propensity=1.0, embedding=embedding)

@@ -206,9 +206,11 @@ def view_chat_request(body: Mapping[str, Any], declared: frozenset[str] | None =
         # No text in the last user turn (an image alone): route on the latest user text there is,
         # never on the system prompt, an answer or a tool result.
         last_user = next((t for m in reversed(messages) if m.get("role") == "user" and (t := content_text(m.get("content")))), "")
+    input_tokens = math.ceil(total_chars / CHARS_PER_TOKEN) + images
+    prefix_tokens = math.ceil(prefix_chars / CHARS_PER_TOKEN)
     return RoutingRequest(
         text=last_user,
-        input_tokens=math.ceil(total_chars / CHARS_PER_TOKEN) + images,
+        input_tokens=input_tokens,
         n_turns=max(n_turns, 1),
         has_tools=bool(tools),
         needs=frozenset(needs),
@@ -218,7 +220,8 @@ def view_chat_request(body: Mapping[str, Any], declared: frozenset[str] | None =
         attachment_bytes=attachment_bytes,
         attachment_tokens=attachment_tokens,
         unsized_attachments=unsized,
-        prefix_tokens=math.ceil(prefix_chars / CHARS_PER_TOKEN),
+        prefix_tokens=prefix_tokens,
+        cacheable_tokens=input_tokens if any(m.get("role") == "assistant" for m in messages[:-1]) else prefix_tokens,
     )
 
 

@@ -6,6 +6,7 @@ gateway, the offline jobs and the notebooks agree on one vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
@@ -32,11 +33,14 @@ class RoutingRequest:
     attachment_bytes: int = 0
     attachment_tokens: int = 0
     unsized_attachments: int = 0
-    # The prefix an agent resends on every turn (system prompt and tool definitions), in tokens,
-    # and the models whose provider read or wrote it within its prompt cache's lifetime: those
-    # bill it at the cached price (`router.policy.prompt_cache_cost`).
+    # Prompt caching (`router.policy.prompt_cache_cost`): the prefix every conversation of an agent
+    # starts with (system prompt and tool definitions), what a provider's cache keeps of this
+    # request as the adapters mark it (the whole prompt once the conversation has an assistant
+    # turn, else that prefix), and for each model the tokens of this prompt its provider holds
+    # from an earlier request, read back at its cached price.
     prefix_tokens: int = 0
-    warm_models: frozenset[str] = frozenset()
+    cacheable_tokens: int = 0
+    warm_tokens: Mapping[str, int] = field(default_factory=dict)
 
     def attachment_tokens_within(self, context_window: int) -> int:
         """The most a model with this window may bill for the attachments: a longer prompt is

@@ -113,7 +113,7 @@ async def route_only(request: Request) -> JSONResponse:
     routing = view_chat_request(raw, gw.config.declared_capabilities)
     prompt_cache = next((h for h in gw.pipeline.hooks if isinstance(h, PromptCacheHook)), None)
     if prompt_cache is not None:  # priced as the same request would be
-        routing, _ = prompt_cache.with_warm_models((caller or OPEN).tenant, routing, raw)
+        routing, _ = prompt_cache.with_warm_tokens((caller or OPEN).tenant, routing, raw)
     router_now = gw.router.current
     embedding = await run_in_threadpool(gw.embed, routing.text) if (router_now is not None and routing.text) else None
     decision = await run_in_threadpool(
@@ -130,7 +130,8 @@ async def route_only(request: Request) -> JSONResponse:
         "profile": profile,
         "fallbacks": decision.fallbacks(),
         "request": {"input_tokens": routing.input_tokens, "needs": sorted(routing.needs), "n_turns": routing.n_turns,
-                    "prefix_tokens": routing.prefix_tokens, "prefix_cached_at": sorted(routing.warm_models)},
+                    "prefix_tokens": routing.prefix_tokens, "cacheable_tokens": routing.cacheable_tokens,
+                    "cached_tokens": dict(routing.warm_tokens)},
     })
 
 

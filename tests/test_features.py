@@ -203,5 +203,9 @@ def test_the_prefix_an_agent_resends_is_its_system_prompt_and_tools_not_the_conv
     prefix = (len(system) + 12 * len(str(tool))) / 4
     assert agent.prefix_tokens == pytest.approx(prefix, abs=1)
     assert agent.input_tokens > agent.prefix_tokens + 2000  # the history is not part of it
+    # With an assistant turn the adapters mark the whole prompt for the provider's cache.
+    assert agent.cacheable_tokens == agent.input_tokens
+    first = view_chat_request({"messages": [{"role": "system", "content": system}, history[0]], "tools": [tool] * 12})
+    assert first.cacheable_tokens == first.prefix_tokens == agent.prefix_tokens
     assert view_chat_request({"messages": history}).prefix_tokens == 0
     assert view_prompt(PROSE).prefix_tokens == 0

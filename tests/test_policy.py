@@ -280,20 +280,26 @@ def test_near_ties_go_to_the_better_model_in_decide_and_choose_batch_alike():
     assert np.all(np.diff(chosen) >= 0)  # more willingness to pay never picks the worse model
 
 
-def test_a_warm_prompt_prefix_is_priced_at_the_cached_rate_and_a_cold_one_at_the_write_rate():
+def test_what_a_provider_holds_is_priced_at_its_cached_rate_and_what_it_writes_at_its_write_rate():
     anthropic_like = ModelSpec(name="a", provider="p", price=Price(input_per_1m=3.0, output_per_1m=15.0,
                                                                    cached_input_per_1m=0.3, cache_write_per_1m=3.75))
     openai_like = ModelSpec(name="o", provider="p", price=Price(input_per_1m=2.0, output_per_1m=8.0, cached_input_per_1m=0.5))
     plain = spec("plain", 1.0, 1.0)
-    agent = RoutingRequest(text="fix the bug", input_tokens=15_000, prefix_tokens=12_000, warm_models=frozenset({"a", "o", "plain"}))
-    assert prompt_cache_cost(anthropic_like, agent) == pytest.approx(12_000 * (0.3 - 3.0) / 1e6)
-    assert prompt_cache_cost(openai_like, agent) == pytest.approx(12_000 * (0.5 - 2.0) / 1e6)
+    # An agent's next turn: 14k of its 15k tokens were the previous turn's prompt.
+    agent = RoutingRequest(text="fix the bug", input_tokens=15_000, prefix_tokens=12_000, cacheable_tokens=15_000,
+                           warm_tokens={"a": 14_000, "o": 14_000, "plain": 14_000})
+    assert prompt_cache_cost(anthropic_like, agent) == pytest.approx((14_000 * (0.3 - 3.0) + 1_000 * (3.75 - 3.0)) / 1e6)
+    assert prompt_cache_cost(openai_like, agent) == pytest.approx(14_000 * (0.5 - 2.0) / 1e6)  # OpenAI writes for free
     assert prompt_cache_cost(plain, agent) == 0.0  # no cached price: the list price
-    cold = RoutingRequest(text="fix the bug", input_tokens=15_000, prefix_tokens=12_000)
-    assert prompt_cache_cost(anthropic_like, cold) == pytest.approx(12_000 * (3.75 - 3.0) / 1e6)
-    assert prompt_cache_cost(openai_like, cold) == 0.0  # OpenAI writes its cache for free
-    short = RoutingRequest(text="hi", input_tokens=900, prefix_tokens=800, warm_models=frozenset({"a"}))
-    assert prompt_cache_cost(anthropic_like, short) == 0.0  # under every provider's cacheable minimum
+    # A first turn: the adapters mark the system prompt and tools only, written once at 1.25x.
+    first = RoutingRequest(text="fix the bug", input_tokens=15_000, prefix_tokens=12_000, cacheable_tokens=12_000)
+    assert prompt_cache_cost(anthropic_like, first) == pytest.approx(12_000 * (3.75 - 3.0) / 1e6)
+    assert prompt_cache_cost(openai_like, first) == 0.0
+    # Never more read back than the prompt holds; nothing under every provider's cacheable minimum.
+    shorter = RoutingRequest(text="x", input_tokens=5_000, cacheable_tokens=5_000, warm_tokens={"a": 9_000})
+    assert prompt_cache_cost(anthropic_like, shorter) == pytest.approx(5_000 * (0.3 - 3.0) / 1e6)
+    short = RoutingRequest(text="hi", input_tokens=900, prefix_tokens=800, cacheable_tokens=800, warm_tokens={"a": 800})
+    assert prompt_cache_cost(anthropic_like, short) == 0.0
 
 
 def test_a_conversation_stays_on_the_model_holding_its_prompt_prefix_while_that_is_cheaper():
@@ -307,9 +313,9 @@ def test_a_conversation_stays_on_the_model_holding_its_prompt_prefix_while_that_
     pred = Predictions(["warm", "cheaper"], np.array([[0.8, 0.8]]), np.zeros((1, 2)), np.full((1, 2), 100.0), cost, np.ones((1, 2)))
     cold = RoutingRequest(text="next step", input_tokens=20_000, prefix_tokens=12_000)
     assert decide(pred, cold, catalog=catalog, profile=Profile(willingness_to_pay=1.0)).model == "cheaper"
-    warm = RoutingRequest(text="next step", input_tokens=20_000, prefix_tokens=12_000, warm_models=frozenset({"warm"}))
+    warm = RoutingRequest(text="next step", input_tokens=20_000, prefix_tokens=12_000, warm_tokens={"warm": 12_000})
     chosen = decide(pred, warm, catalog=catalog, profile=Profile(willingness_to_pay=1.0))
-    assert chosen.model == "warm" and "prompt prefix cached at warm" in chosen.reason
+    assert chosen.model == "warm" and "prompt cached at warm (12,000 tokens)" in chosen.reason
     by_model = {c.model: c.cost_usd for c in chosen.candidates}
     assert by_model["warm"] == pytest.approx((8_000 * 3.0 + 12_000 * 0.3 + 100 * 2.0) / 1e6)
     assert by_model["cheaper"] == pytest.approx(cost[0, 1])

@@ -1,6 +1,7 @@
-"""Routing prices an agent's resent prefix (system prompt and tools) at the cached rate on the
-model whose provider holds it: a conversation stays where its prefix is cached while that is
-cheaper, and moves when the prefix changes, the cache has expired, or for another tenant."""
+"""Routing prices what a provider holds of an agent's prompt (its system prompt and tools, its
+conversation so far) at the cached rate on that model: a conversation stays where its prompt is
+cached while that is cheaper, and moves when the prompt changes, the cache has expired, or for
+another tenant."""
 from __future__ import annotations
 
 import asyncio
@@ -47,13 +48,31 @@ def test_a_conversation_stays_on_the_model_that_holds_its_prompt_prefix(start_ga
     assert [c.model for c in stream if c.choices][0] == "claude"
     # Both now hold the prefix; claude reads it at a tenth of its price, gpt at its list price.
     model, reason = routed(turn(SYSTEM, "fix the failing test"))
-    assert model == "claude" and "prompt prefix cached at claude" in reason
+    assert model == "claude" and "prompt cached at claude (" in reason and "gpt (" in reason
     # /v1/route prices it as the request itself was priced.
     preview = httpx.post(f"{gw.base_url}/route", json={"model": "auto", "messages": turn(SYSTEM, "and commit"), "tools": [TOOL]}).json()
-    assert preview["model"] == "claude" and preview["request"]["prefix_cached_at"] == ["claude", "gpt"]
-    assert preview["request"]["prefix_tokens"] > 10_000
+    shown = preview["request"]
+    assert preview["model"] == "claude" and shown["cached_tokens"] == {"claude": shown["prefix_tokens"], "gpt": shown["prefix_tokens"]}
+    assert shown["prefix_tokens"] > 10_000
     # Another system prompt is another prefix: nothing holds it.
     assert routed(turn(SYSTEM.replace("OpenClaw", "Other"), "fix the failing test"))[0] == "gpt"
+
+
+def test_a_long_conversation_stays_where_its_history_is_cached(start_gateway, upstream):
+    # A short system prompt no provider caches alone, and a history that is most of the prompt: the
+    # model that served the previous turn holds all of it.
+    gw = start_gateway(models=MODELS, quality=QUALITY)
+    client = gw.client()
+    history = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Read the log. " + "log line " * 6000},
+               {"role": "assistant", "content": "Read it."}, {"role": "user", "content": "What failed?"}]
+    first = client.chat.completions.create(model="auto", messages=history, extra_body={"router": {"excluded_models": ["gpt"]}})
+    assert first.model == "claude"
+    following = [*history, {"role": "assistant", "content": first.choices[0].message.content}, {"role": "user", "content": "Fix it."}]
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=following)
+    assert raw.headers["x-router-model"] == "claude" and "prompt cached at claude (" in raw.headers["x-router-reason"]
+    # The same conversation with its history edited is not what claude served: the list prices decide.
+    edited = [following[0], {"role": "user", "content": "Read the log. " + "log line " * 6001}, *following[2:]]
+    assert client.chat.completions.with_raw_response.create(model="auto", messages=edited).headers["x-router-model"] == "gpt"
 
 
 def _ctx(tenant: str, system: str = SYSTEM, answered_by: str | None = None) -> RequestContext:
@@ -66,16 +85,17 @@ def _ctx(tenant: str, system: str = SYSTEM, answered_by: str | None = None) -> R
     return ctx
 
 
-def test_a_prefix_is_warm_for_its_tenant_only_and_only_for_the_caches_lifetime():
+def test_a_prompt_is_warm_for_its_tenant_only_and_only_for_the_caches_lifetime():
     hook = PromptCacheHook(warm_s=0.2)
 
-    def warm(ctx: RequestContext) -> frozenset[str]:
+    def warm(ctx: RequestContext) -> dict[str, int]:
         asyncio.run(hook.pre(ctx))
-        return ctx.routing.warm_models
+        return dict(ctx.routing.warm_tokens)
 
-    hook.finished(_ctx("team-a", answered_by="claude"))
-    assert warm(_ctx("team-a")) == {"claude"}
-    assert warm(_ctx("team-b")) == frozenset()
+    served = _ctx("team-a", answered_by="claude")
+    hook.finished(served)
+    assert warm(_ctx("team-a")) == {"claude": served.routing.prefix_tokens}
+    assert warm(_ctx("team-b")) == {}
     # A cache hit, or an upstream that failed, read nothing into the provider's cache.
     hit = _ctx("team-b", answered_by="gpt")
     hit.status, hit.attempts = "cache_hit", []
@@ -83,12 +103,12 @@ def test_a_prefix_is_warm_for_its_tenant_only_and_only_for_the_caches_lifetime()
     failed = _ctx("team-b", answered_by="gpt")
     failed.attempts[-1]["status"] = "error"
     hook.finished(failed)
-    assert warm(_ctx("team-b")) == frozenset()
-    # A prefix under the providers' cacheable minimum is never looked up.
+    assert warm(_ctx("team-b")) == {}
+    # A prompt under the providers' cacheable minimum is never looked up.
     hook.finished(_ctx("team-a", system="Be brief.", answered_by="claude"))
-    assert warm(_ctx("team-a", system="Be brief.")) == frozenset()
+    assert warm(_ctx("team-a", system="Be brief.")) == {}
     asyncio.run(asyncio.sleep(0.25))
-    assert warm(_ctx("team-a")) == frozenset()
+    assert warm(_ctx("team-a")) == {}
 
 
 def test_deepseeks_own_cache_hit_count_is_billed_at_the_cached_price_and_reported_as_openais(start_gateway, upstream):
