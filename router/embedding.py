@@ -53,8 +53,14 @@ def model_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    d = Path(os.environ.get("OPENCLAW_CACHE_DIR", Path.home() / ".cache" / "openclaw-router"))
-    d.mkdir(parents=True, exist_ok=True)
+    given = os.environ.get("OPENCLAW_CACHE_DIR")
+    d = Path(given or Path.home() / ".cache" / "openclaw-router")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        # The bare errno line names a path but not what it is for, nor the variable that set it.
+        which = f"OPENCLAW_CACHE_DIR={given}" if given else f"the cache folder {d} (OPENCLAW_CACHE_DIR unset)"
+        raise type(exc)(f"{which}: cannot use it as the cache folder: {exc.strerror or exc}") from None
     return d
 
 

@@ -143,12 +143,27 @@ def default_artifact() -> Path:
     return Path(__file__).resolve().parent.parent / "models" / "default"
 
 
+def _places(value: str | Path, config: Config | None) -> list[Path]:
+    """Where `value` may name an artifact, in order: as given (next to the config file, else from
+    the working directory), then among the shipped ones (`models/default` from anywhere)."""
+    first = resolve_path(config, str(value)) if config is not None else Path(value).expanduser()
+    return list(dict.fromkeys((first, default_artifact().parent.parent / value)))
+
+
 def find_artifact(value: str | Path, config: Config | None = None) -> Path:
     """A router artifact folder as a config or a reload request names it: next to the config
     file, in the working directory, or among the shipped ones (`models/default` from anywhere).
     Where none holds an artifact, the first place, for the error to name."""
-    first = resolve_path(config, str(value)) if config is not None else Path(value).expanduser()
-    for path in (first, default_artifact().parent.parent / value):
-        if (path / MANIFEST).exists():
-            return path
-    return first
+    places = _places(value, config)
+    return next((path for path in places if (path / MANIFEST).exists()), places[0])
+
+
+def find_router_option(value: str | Path) -> Path:
+    """The artifact an offline command's `--router` names, found as `serve` finds its own (the
+    path as typed, then the shipped folder); neither holding one is an error naming both."""
+    places = _places(value, None)
+    found = next((path for path in places if (path / MANIFEST).exists()), None)
+    if found is None:
+        tried = " nor in ".join(dict.fromkeys(str(path.absolute()) for path in places))
+        raise FileNotFoundError(f"--router {value}: not a router artifact (no {MANIFEST} in {tried})")
+    return found

@@ -221,3 +221,17 @@ def test_pairs_with_a_missing_text_are_not_hits_and_a_disabled_cache_serves_noth
     assert not pd.read_parquet(out)["hit"].any()
     printed = capsys.readouterr().out
     assert "cache.enabled: false" in printed and "precision n/a (no hits)" in printed
+
+
+def test_qqps_own_column_names_stand_for_the_canonical_ones(tmp_path, capsys):
+    same, other = "What is the capital of France?", "How many calories are in 3 eggs?"
+    src, out = tmp_path / "qqp.csv", tmp_path / "hits.parquet"
+    pd.DataFrame({"id": [0, 1], "qid1": [1, 3], "qid2": [2, 4], "question1": [same, "How many calories are in 2 eggs?"],
+                  "question2": [same, other], "is_duplicate": [1, 0]}).to_csv(src, index=False)
+    assert main(["cache-eval", "--pairs", str(src), "--out", str(out)]) == 0
+    assert pd.read_parquet(out)["hit"].tolist() == [True, False]
+    assert "precision 1.0000  recall 1.0000" in capsys.readouterr().out
+    # A file with both names is read by the canonical ones.
+    pd.DataFrame({"text_a": [same], "text_b": [same], "question1": [same], "question2": [other]}).to_csv(src, index=False)
+    assert main(["cache-eval", "--pairs", str(src), "--out", str(out)]) == 0
+    assert pd.read_parquet(out)["hit"].tolist() == [True]

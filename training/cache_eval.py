@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pairs", required=True, type=Path, help="parquet, CSV, TSV or JSON Lines with text_a, text_b (and optionally label)")
+    parser.add_argument("--pairs", required=True, type=Path, help="parquet, CSV, TSV or JSON Lines with text_a, text_b (and "
+                        "optionally label), or QQP's question1, question2 (and is_duplicate)")
     parser.add_argument("--out", required=True, type=Path, help="output parquet: row, hit")
     parser.add_argument("--config", type=Path, help="a gateway config (what `serve --config` takes) whose `cache` settings "
                         "(enabled, semantic, verifier, threshold) to use; default: the built-in defaults")
@@ -58,6 +59,13 @@ def evaluate_pairs(df, cache, emb_a, emb_b) -> list[bool]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.outputs import removed_if_left_empty
+
+    with removed_if_left_empty(args.out.parent):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 

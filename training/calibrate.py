@@ -165,7 +165,7 @@ def calibrate(requests, embeddings, router, model: str, share: float, catalog=No
 def run(args: argparse.Namespace) -> int:
     from router.config import load_config
     from router.embedding import encode_cached
-    from router.engine import LearnedRouter, default_artifact, find_artifact
+    from router.engine import LearnedRouter, default_artifact, find_artifact, find_router_option
     from router.request_view import view_chat_request
     from training.outputs import check_output_file
 
@@ -183,12 +183,14 @@ def run(args: argparse.Namespace) -> int:
         if profile_name not in config.router.profiles:
             raise ValueError(f"--profile {profile_name!r} is not a profile of {args.config}: {sorted(config.router.profiles)}")
         profile, catalog = config.router.profiles[profile_name], config.models
-    # --router is a path as typed (from the working directory); the config's own artifact is
-    # found as the gateway finds it.
-    artifact = (Path(args.router) if args.router else find_artifact(config.router.artifact, config) if config is not None
-                else default_artifact())
-    if not artifact.exists():
-        raise FileNotFoundError(f"{artifact}: no such router artifact")
+    # --router from the working directory, then the shipped folder; the config's own artifact
+    # as the gateway finds it.
+    if args.router:
+        artifact = find_router_option(args.router)
+    else:
+        artifact = find_artifact(config.router.artifact, config) if config is not None else default_artifact()
+        if not artifact.exists():
+            raise FileNotFoundError(f"{artifact}: no such router artifact")
     requests = [view_chat_request(b) for b in chat_bodies(args.data, args.text_column, template)]
     keep = [i for i, r in enumerate(requests) if r.text.strip()]
     if not keep:

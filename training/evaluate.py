@@ -277,20 +277,26 @@ def _budgets(text: str | None) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.outputs import removed_if_left_empty
+
+    with removed_if_left_empty(args.report_dir, Path(args.decisions_out).parent):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from router.embedding import encode_cached
-    from router.engine import LearnedRouter
+    from router.engine import LearnedRouter, find_router_option
     from training.data import load_outcomes, prices_for_file, read_frame
     from training.outputs import check_output_dir, check_output_file
     from training.plots import save_cost_quality_plot
 
-    if not Path(args.router).exists():
-        raise FileNotFoundError(f"{args.router}: no such router artifact")
+    router_path = find_router_option(args.router)
     if args.knob_points < 0:
         raise ValueError(f"--knob-points is how many knob values to sweep besides the two extremes, ≥ 0; got {args.knob_points}")
     budgets = _budgets(args.budgets)
     check_output_dir(args.report_dir, "--report-dir")
     check_output_file(args.decisions_out, "--decisions-out")
-    router = LearnedRouter.load(args.router)
+    router = LearnedRouter.load(router_path)
     frame = read_frame(args.data)
     column_order = [str(c) for c in frame.columns]
     columns = set(column_order)
@@ -326,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
         knn_train = (kt, encode_cached(kt.texts))
     result = evaluate_table(table, encode_cached(table.texts), router, models=models, knn_train=knn_train,
                             n_knobs=args.knob_points, budgets=budgets, seed=args.seed)
-    result.summary["router"] = str(args.router)
+    result.summary["router"] = str(router_path)
     left_out = result.summary["models_left_out"]
     left_out["not_in_router"] = unknown
     left_out["not_in_file"] = [m for m in router.models if m not in in_file]

@@ -3,8 +3,10 @@ must not end in a permission error on the path it was given, nor read an empty l
 from a mistyped one."""
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 
 def _writable_folder(folder: Path, flag: str, given: str | Path) -> None:
@@ -29,6 +31,21 @@ def check_output_file(path: str | Path, flag: str) -> None:
 def check_output_dir(path: str | Path, flag: str) -> None:
     """`path` can be used as an output folder (made if missing)."""
     _writable_folder(Path(path), flag, path)
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(*paths: str | Path) -> Iterator[None]:
+    """Folders among `paths` (and their parents) that do not exist yet are removed again, where
+    still empty, when the job fails: the checks above make them to try writing there, and a
+    failed run must not leave an empty report folder behind."""
+    made = {folder for p in paths for folder in (Path(p).absolute(), *Path(p).absolute().parents) if not folder.exists()}
+    try:
+        yield
+    except BaseException:
+        for folder in sorted(made, key=lambda f: len(f.parts), reverse=True):  # children first
+            with contextlib.suppress(OSError):  # not empty (the job wrote there), or gone
+                folder.rmdir()
+        raise
 
 
 def check_outcome_log(db: str) -> None:

@@ -21,11 +21,17 @@ def default_pairs() -> Path:
     return datasets_dir() / "qqp_pairs" / "qqp_pairs_train.parquet"
 
 
+# QQP's own column names (Kaggle's and GLUE's files), read where the canonical ones are absent.
+QQP_COLUMNS = {"question1": "text_a", "question2": "text_b", "is_duplicate": "label"}
+
+
 def load_pairs(path: str | Path):
     df = read_frame(path, text_only=True)
+    df = df.rename(columns={a: c for a, c in QQP_COLUMNS.items() if a in df.columns and c not in df.columns})
     missing = {"text_a", "text_b"} - set(df.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; need text_a, text_b (and label to score)")
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; need text_a, text_b (and label to score), "
+                         "or QQP's question1, question2 (and is_duplicate)")
     df = df.reset_index(drop=True)
     df["text_a"] = df["text_a"].fillna("").astype(str)
     df["text_b"] = df["text_b"].fillna("").astype(str)

@@ -261,11 +261,11 @@ def live_router_path(args) -> Path:
     """--router, else the router that made the latest logged decisions (a promotion swapped in
     another than `models/default`), else `models/default`. Said when the log holds decisions of
     several routers or --router is not the latest one."""
-    from router.engine import MANIFEST, default_artifact, find_artifact
+    from router.engine import MANIFEST, default_artifact, find_router_option
 
     latest, counts = logged_routers(args.db)
     if args.router:
-        path = find_artifact(args.router)
+        path = find_router_option(args.router)
     elif latest is not None and (Path(latest) / MANIFEST).exists():
         path = Path(latest)
         log.info("live router: %s, which made the latest logged decisions", path)

@@ -70,7 +70,8 @@ def _added_summary(j: int, stream: Stream, static: np.ndarray, bandit: np.ndarra
                                "quality_of_added_model": float(stream.quality[rows, j].mean())}
     return {
         "first_routed_at": int(picked[0]) if len(picked) else None,
-        "bandit_share_first_1000": float(np.mean(bandit[start:start + 1000] == j)) if start < n else 0.0,
+        # None: no request is left when it arrives, so it has no share (0 would read as "never chosen").
+        "bandit_share_first_1000": float(np.mean(bandit[start:start + 1000] == j)) if start < n else None,
         "by_task_after_1000": by_task,
         "where_only_bandit_chose_it": {
             "requests": int(len(switched)),
@@ -334,11 +335,16 @@ def simulate(args) -> dict:
     from training.data import load_outcomes, prices_for_file, read_frame
 
     drifts = [parse_drift(s) for s in args.drift or []]
+    added = {}
+    for d in (d for d in drifts if d.kind == "add"):
+        if d.model in added:
+            raise ValueError(f"--drift adds model {d.model!r} twice (@{added[d.model]} and @{d.start}): a model arrives once")
+        added[d.model] = d.start
     router, frame, prices = None, None, args.prices
     if args.router:
-        from router.engine import LearnedRouter
+        from router.engine import LearnedRouter, find_router_option
 
-        router = LearnedRouter.load(args.router)
+        router = LearnedRouter.load(find_router_option(args.router))
         frame = read_frame(args.data)  # read once: its columns here, its rows by load_outcomes
         # As `eval` does: a file without cost columns is priced at the prices the router was trained
         # with for the file's models (unless --prices says otherwise), before any flat price is assumed.
@@ -352,8 +358,10 @@ def simulate(args) -> dict:
     unknown = [d.model for d in drifts if d.model not in table.models]
     if unknown:  # before the router is trained, not after
         raise ValueError(f"--drift names model {unknown[0]!r}, which is not in {args.data}: {table.models}")
-    new_models = [d.model for d in drifts if d.kind == "add"]
-    pred, replay, emb, basis = learned_predictions(table, router, args.train_share, args.seed, new_models)
+    if router is not None and set(table.models) <= set(added) and min(added.values()) > 0:
+        raise ValueError(f"{args.data}: every model is added by a drift ({sorted(added)}); at least one must be there from "
+                         f"the start: no model could answer requests 0 to {min(added.values()) - 1}")
+    pred, replay, emb, basis = learned_predictions(table, router, args.train_share, args.seed, list(added))
     stream = build_stream(replay, args.requests, drifts, args.seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS)
     nodrift = build_stream(replay, args.requests, drifts, args.seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS, apply_drift=False)
     static = static_choices(pred, stream, args.willingness_to_pay, args.latency_weight)
@@ -375,7 +383,7 @@ def simulate(args) -> dict:
     out["setup"] = {
         "data": str(args.data), "requests": args.requests, "replayed_prompts": len(replay),
         "distinct_prompts": distinct, "replays_per_prompt": round(args.requests / distinct, 2),
-        "router": args.router or f"trained here on {args.train_share:.0%} of the prompts (seed {args.seed})",
+        "router": str(router.path) if router is not None else f"trained here on {args.train_share:.0%} of the prompts (seed {args.seed})",
         "willingness_to_pay": args.willingness_to_pay, "latency_weight": args.latency_weight,
         "feedback_rate": args.feedback_rate, "seed": args.seed, "bandit": settings.__dict__,
     }
@@ -417,7 +425,7 @@ def configure(parser) -> None:
 
 def run(args) -> int:
     from training.offpolicy import finite
-    from training.outputs import check_output_file
+    from training.outputs import check_output_file, removed_if_left_empty
 
     if args.requests <= 0:
         raise ValueError("--requests must be positive")
@@ -435,8 +443,9 @@ def run(args) -> int:
                         ("--total-cost-share", args.total_cost_share)):
         if not value >= 0.0:
             raise ValueError(f"{flag} must be ≥ 0; got {value}")
-    check_output_file(args.out, "--out")
-    out = simulate(args)
+    with removed_if_left_empty(Path(args.out).parent):
+        check_output_file(args.out, "--out")
+        out = simulate(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(finite(out), indent=1))
     t = out["totals"]
@@ -457,17 +466,23 @@ def run(args) -> int:
               f"quality points; the bandit regains {r['recovered_share_net']:.0%} of them net of the "
               f"{100 * r['bandit_gap_without_drift']:+.2f} points it differs by without the drift "
               f"(gross, that difference included: {r['recovered_share']:.0%}{extra})")
+    starts = {d["model"]: d["start"] for d in out["drift"] if d["kind"] == "add"}
     for model, a in out.get("added", {}).items():
+        if a["bandit_share_first_1000"] is None:
+            print(f"added {model}: never arrived: add:{model}@{starts[model]} starts after the last of the "
+                  f"{args.requests} requests")
+            continue
         only = a["where_only_bandit_chose_it"]
         first = f"first routed at request {a['first_routed_at']}" if a["first_routed_at"] is not None else "never routed"
         gain = (f"; on the {only['requests']} requests only the bandit sent to it, quality {only['added_model_quality']:.3f} "
                 f"against {only['static_choice_quality']:.3f} for the static router's choice" if only["requests"] else "")
-        print(f"added {model}: {first}, {a['bandit_share_first_1000']:.0%} of the 1,000 requests after it came{gain}")
+        after = min(1000, args.requests - starts[model])  # the share's requests: fewer where the stream ends first
+        print(f"added {model}: {first}, {a['bandit_share_first_1000']:.0%} of the {after:,} request{'s' * (after > 1)} "
+              f"after it came{gain}")
     if "note" in out["setup"]:
         print(f"warning: {out['setup']['note']}")
     for d in out["drift"]:
-        if d["start"] >= args.requests:
-            print(f"note: the drift {d['kind']}:{d['model']}@{d['start']} starts after the last of the {args.requests} "
-                  "requests" + (f"; {d['model']} was never available" if d["kind"] == "add" else ""))
+        if d["kind"] == "degrade" and d["start"] >= args.requests:
+            print(f"note: the drift degrade:{d['model']}@{d['start']} starts after the last of the {args.requests} requests")
     print(f"wrote {args.out}")
     return 0

@@ -1,0 +1,125 @@
+"""The offline commands' inputs: `--router` found from any folder as `serve` finds it, drifts that
+cannot happen, what `simulate` says of an added model, an unusable cache folder, and no empty
+output folder left behind by a failed run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from router.outcome_log import open_outcome_log
+from service.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUTER = str(ROOT / "models" / "default")
+# The example table's models under names the shipped router was trained on.
+NAMES = {"small-7b": "mistral-7b-chat", "medium-34b": "mixtral-8x7b-chat", "large-frontier": "gpt-4-1106-preview"}
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> Path:
+    df = pd.read_csv(ROOT / "data" / "example_outcomes.csv")
+    df = df.rename(columns=lambda c: next((c.replace(f"__{k}", f"__{v}") for k, v in NAMES.items() if c.endswith(f"__{k}")), c))
+    path = tmp_path_factory.mktemp("offline") / "rb.parquet"
+    df.to_parquet(path, index=False)
+    return path
+
+
+def _simulate(table: Path, out: Path, *extra: str, router: str | None = ROUTER) -> int:
+    return main(["simulate", "--data", str(table), "--requests", "300", "--out", str(out),
+                 *(["--router", router] if router else []), *extra])
+
+
+def test_every_model_added_later_is_refused_alike_with_or_without_a_router(table, tmp_path, capsys):
+    drifts = [arg for m, k in (("mistral-7b-chat", 100), ("mixtral-8x7b-chat", 50), ("gpt-4-1106-preview", 80))
+              for arg in ("--drift", f"add:{m}@{k}")]
+    for router in (None, ROUTER):
+        assert _simulate(table, tmp_path / "s.json", *drifts, router=router) == 2
+        err = capsys.readouterr().err
+        assert "rb.parquet: every model is added by a drift (['gpt-4-1106-preview', 'mistral-7b-chat', " in err, err
+        assert "Traceback" not in err
+    # With a router nothing is trained: a model there from request 0 is enough, even if added "at 0".
+    assert _simulate(table, tmp_path / "s.json", *drifts[:-2], "--drift", "add:gpt-4-1106-preview@0") == 0
+
+
+def test_an_added_models_share_names_the_requests_it_was_measured_on(table, tmp_path, capsys):
+    assert _simulate(table, tmp_path / "a.json", "--drift", "add:mixtral-8x7b-chat@100") == 0
+    share = json.loads((tmp_path / "a.json").read_text())["added"]["mixtral-8x7b-chat"]["bandit_share_first_1000"]
+    assert f", {share:.0%} of the 200 requests after it came" in capsys.readouterr().out  # 300 − 100, not 1,000
+
+    assert _simulate(table, tmp_path / "b.json", "--drift", "add:mixtral-8x7b-chat@5000") == 0
+    added = json.loads((tmp_path / "b.json").read_text())["added"]["mixtral-8x7b-chat"]
+    assert added["bandit_share_first_1000"] is None and added["first_routed_at"] is None
+    printed = capsys.readouterr().out
+    assert ("added mixtral-8x7b-chat: never arrived: add:mixtral-8x7b-chat@5000 starts after the last of the 300 "
+            "requests\n") in printed
+    assert "of the 1,000 requests" not in printed
+
+
+def test_a_model_added_twice_is_refused(table, tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert _simulate(table, out, "--drift", "add:mixtral-8x7b-chat@10", "--drift", "add:mixtral-8x7b-chat@100") == 2
+    err = capsys.readouterr().err
+    assert "simulate: error: --drift adds model 'mixtral-8x7b-chat' twice (@10 and @100)" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def _argv(command: str, router: str, table: Path, tmp_path: Path) -> list[str]:
+    log = tmp_path / "outcomes.sqlite"
+    if command == "retrain":
+        open_outcome_log(f"sqlite:///{log}").close()
+    return {
+        "eval": ["eval", "--data", str(table), "--router", router, "--decisions-out", str(tmp_path / "d.parquet"),
+                 "--report-dir", str(tmp_path / "report")],
+        "simulate": ["simulate", "--data", str(table), "--requests", "40", "--router", router, "--out", str(tmp_path / "s.json")],
+        "calibrate": ["calibrate", "--data", str(table), "--model", "gpt-4-1106-preview", "--share", "0", "--router", router],
+        "retrain": ["retrain", "--db", f"sqlite:///{log}", "--router", router, "--out", str(tmp_path / "cand"),
+                    "--tracking-uri", f"sqlite:///{tmp_path / 'ml.db'}"],
+    }[command]
+
+
+@pytest.mark.parametrize("command", ["eval", "simulate", "calibrate"])
+def test_a_relative_router_is_found_from_any_folder_as_serve_finds_it(table, tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)  # no models/ here: the shipped models/default is meant
+    assert main(_argv(command, "models/default", table, tmp_path)) == 0
+
+
+@pytest.mark.parametrize("command", ["eval", "simulate", "calibrate", "retrain"])
+def test_a_router_found_nowhere_is_one_error_naming_both_places(table, tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    assert main(_argv(command, "models/nowhere", table, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert (f"{command}: error: --router models/nowhere: not a router artifact (no manifest.json in "
+            f"{tmp_path / 'models' / 'nowhere'} nor in {ROOT / 'models' / 'nowhere'})") in err
+
+
+def test_an_unusable_cache_folder_is_named_with_its_variable(table, tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("OPENCLAW_CACHE_DIR", str(blocker / "cache"))
+    assert main(_argv("eval", ROUTER, table, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert f"error: OPENCLAW_CACHE_DIR={blocker / 'cache'}: cannot use it as the cache folder: Not a directory" in err
+
+
+@pytest.mark.parametrize("command", ["eval", "simulate", "cache-eval"])
+def test_a_failed_run_leaves_no_empty_output_folder_behind(table, tmp_path, capsys, command):
+    new, kept = tmp_path / "new", tmp_path / "kept"
+    kept.mkdir()  # a folder that was there before the run stays
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,quality__nobody,cost_usd__nobody\nhi,1,0.1\n")  # no model the router knows, no pairs
+    argv = {
+        "eval": ["eval", "--data", str(bad), "--router", ROUTER, "--decisions-out", str(new / "decisions" / "d.parquet"),
+                 "--report-dir", str(new / "report" / "deeper")],
+        "simulate": ["simulate", "--data", str(table), "--requests", "10", "--drift", "add:nobody@3",
+                     "--out", str(new / "sim" / "s.json")],
+        "cache-eval": ["cache-eval", "--pairs", str(bad), "--out", str(new / "hits.parquet")],
+    }[command]
+    assert main(argv) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not new.exists()
+    if command == "eval":
+        assert main([*argv[:-1], str(kept)]) == 2
+        assert kept.is_dir()
