@@ -113,7 +113,7 @@ async def route_only(request: Request) -> JSONResponse:
     routing = view_chat_request(raw, gw.config.declared_capabilities)
     prompt_cache = next((h for h in gw.pipeline.hooks if isinstance(h, PromptCacheHook)), None)
     if prompt_cache is not None:  # priced as the same request would be
-        routing, _ = prompt_cache.with_warm_tokens((caller or OPEN).tenant, routing, raw)
+        routing, _ = await prompt_cache.with_warm_tokens((caller or OPEN).tenant, routing, raw)
     router_now = gw.router.current
     embedding = await run_in_threadpool(gw.embed, routing.text) if (router_now is not None and routing.text) else None
     decision = await run_in_threadpool(

@@ -49,8 +49,9 @@ def pipeline_hooks(config: Config, outcome_log: OutcomeLog, simulated: frozenset
         *([GovernanceHook(governance)] if governance is not None else []),
         *extra,
         *([cache] if cache is not None else []),
-        # Last: a cache hit needs no prices, and the tenant it keys by is known by now.
-        PromptCacheHook(),
+        # Last: a cache hit needs no prices, and the tenant it keys by is known by now. It shares
+        # the learning loop's session memory (in Redis with replicas).
+        PromptCacheHook(learning.rt.memory if learning is not None else None),
     ]
 
 

@@ -1,16 +1,18 @@
-"""What the learning loop remembers from one request to a conversation's next: the model a user
-turn's tool loop is on (with the probability the turn drew it), and which answer a repeated
-prompt would regenerate.
+"""What the gateway remembers from one request to a conversation's next: the model a user
+turn's tool loop is on (with the probability the turn drew it), which answer a repeated prompt
+would regenerate, and which models' providers hold which starts of a conversation in their
+prompt caches (service/hooks/prompt_cache_hook.py).
 
 One gateway keeps this in its own memory. Replicas behind a load balancer also keep it in Redis
 (`server.redis_url`), since an agent's next tool-loop step or a client's regeneration may reach
 any replica: kept per replica only, a step landing elsewhere was routed afresh (and could switch
-model half-way through the loop), and a regeneration sent elsewhere went unnoticed.
+model half-way through the loop), a regeneration sent elsewhere went unnoticed, and a turn landing
+elsewhere was priced as if no provider held its conversation.
 
 The process's own memory stays the first level: what this replica answered it finds at once,
 also before the Redis copy is written and while Redis is down. In Redis the keys are digests (no
 prompt text leaves the process) and expire on their own: a turn after `TURN_TTL_S`, an answer
-after the regeneration window. A Redis read waits at most `TIMEOUT_S` in all (connection, retries
+after the regeneration window, a served prompt after `PROMPT_TTL_S`. A Redis read waits at most `TIMEOUT_S` in all (connection, retries
 and reply together) and Redis is then left alone for `RETRY_AFTER_S`; writes go through one
 background thread in batches, from a bounded queue, so no request waits on them. Redis being
 slow or down loses only what other replicas would have found, never a request. A turn's step
@@ -27,12 +29,13 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from service.recent import Recent
 
 log = logging.getLogger(__name__)
 TURN_TTL_S = 3600.0  # how long a turn's tool loop keeps the model it began on
+PROMPT_TTL_S = 300.0  # how long a provider holds a prompt it served: the shortest of their cache lifetimes
 RECENT = 100_000  # prompt keys and turns one process remembers
 TIMEOUT_S = 0.25  # the longest a request waits for Redis
 RETRY_AFTER_S = 30.0
@@ -53,7 +56,28 @@ class SessionMemory(Protocol):
 
     def answered(self, key: str, request_id: str) -> None: ...
 
+    async def held_prompts(self, starts: Sequence[str]) -> dict[str, int]:
+        """For each model that served one of these starts of a prompt (digests, shortest first)
+        within PROMPT_TTL_S, the tokens of the longest one it served."""
+
+    def prompt_served(self, starts: Sequence[tuple[str, int]], model: str) -> None:
+        """`model` served these starts (digest, tokens) of a prompt just now."""
+
     def close(self) -> None: ...
+
+
+Served = dict[str, tuple[float, int]]  # model -> (when it served a start, that start's tokens)
+
+
+def longest_held(entries: Sequence[Served | None], now: float) -> dict[str, int]:
+    """Per model, the tokens of the longest start it served within PROMPT_TTL_S (`entries` align
+    with the starts, shortest first)."""
+    found: dict[str, int] = {}
+    for served in reversed(entries):
+        for model, (at, tokens) in (served or {}).items():
+            if model not in found and now - at < PROMPT_TTL_S:
+                found[model] = tokens
+    return found
 
 
 class LocalMemory:
@@ -62,6 +86,7 @@ class LocalMemory:
         self._prompts: Recent[str, tuple[str, float]] = Recent(size)
         # user turn -> (model answering it, the probability that model had when the turn drew it, when)
         self._turns: Recent[str, tuple[str, float, float]] = Recent(size)
+        self._served_prompts: Recent[str, Served] = Recent(size)
         self._lock = threading.Lock()
 
     def turn_entry(self, turn: str) -> tuple[str, float, float] | None:
@@ -90,6 +115,19 @@ class LocalMemory:
             # Oldest first: answers past the window can no longer be regenerated.
             while now - next(iter(self._prompts.values()))[1] > self.window_s:
                 self._prompts.popitem(last=False)
+
+    def prompt_entries(self, starts: Sequence[str]) -> list[Served | None]:
+        with self._lock:
+            return [self._served_prompts.get(start) for start in starts]
+
+    async def held_prompts(self, starts: Sequence[str]) -> dict[str, int]:
+        return longest_held(self.prompt_entries(starts), time.time())
+
+    def prompt_served(self, starts: Sequence[tuple[str, int]], model: str) -> None:
+        now = time.time()
+        with self._lock:
+            for start, tokens in starts:
+                self._served_prompts.put(start, {**(self._served_prompts.get(start) or {}), model: (now, tokens)})
 
     async def find_turn(self, turn: str) -> tuple[str, float] | None:
         return self.turn_model(turn)
@@ -135,8 +173,9 @@ class RedisMemory:
         self.dropped = 0  # writes given up: the queue was full, or Redis was down
         self._down_until = 0.0
         self._closed = False
-        # (key, value, expiry, when): `when` set for a turn, written only over an older one
-        self._writes: queue.Queue[tuple[str, str, dict, float | None] | None] = queue.Queue(WRITE_QUEUE)
+        # (key, value, expiry, when, field): `when` set for a turn, written only over an older one;
+        # `field` set for a served prompt, one field per model of a hash
+        self._writes: queue.Queue[tuple[str, str, dict, float | None, str | None] | None] = queue.Queue(WRITE_QUEUE)
         self._set_if_newer = client.register_script(SET_IF_NEWER)
         self._writer = threading.Thread(target=self._drain, name="session-memory", daemon=True)
         self._writer.start()
@@ -152,7 +191,7 @@ class RedisMemory:
 
     def _failed(self, exc: BaseException) -> None:
         if self._up():
-            log.warning("session memory in Redis unavailable for %.0f s (tool-loop pins and regenerations "
+            log.warning("session memory in Redis unavailable for %.0f s (tool-loop pins, regenerations and prompt-cache prices "
                         "not shared meanwhile): %s", RETRY_AFTER_S, str(exc) or type(exc).__name__)
         self._down_until = time.monotonic() + RETRY_AFTER_S
 
@@ -193,6 +232,38 @@ class RedisMemory:
         except (ValueError, TypeError):
             return None  # not ours to trust
 
+    def _hashes(self, names: Sequence[str]) -> list[dict[str, str]]:
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(name)
+        return pipe.execute()
+
+    async def held_prompts(self, starts: Sequence[str]) -> dict[str, int]:
+        entries = self.local.prompt_entries(starts)
+        remote = await self._read(self._hashes, [self._key("prompt", s) for s in starts])
+        for i, fields in enumerate(remote or []):
+            merged = dict(entries[i] or {})
+            for model, value in (fields or {}).items():
+                seen = self._parse_served(value)
+                if seen is not None and seen[0] > merged.get(model, (float("-inf"), 0))[0]:
+                    merged[model] = seen
+            entries[i] = merged
+        return longest_held(entries, time.time())
+
+    @staticmethod
+    def _parse_served(value: str) -> tuple[float, int] | None:
+        try:
+            when, tokens = value.split(",")
+            return float(when), int(tokens)
+        except (ValueError, AttributeError):
+            return None  # not ours to trust
+
+    def prompt_served(self, starts: Sequence[tuple[str, int]], model: str) -> None:
+        self.local.prompt_served(starts, model)
+        now = time.time()
+        for start, tokens in starts:
+            self._queue(self._key("prompt", start), f"{now},{tokens}", {"ex": int(PROMPT_TTL_S)}, field=model)
+
     async def take_repeat(self, key: str) -> str | None:
         local = self.local.repeated(key)
         if self.window_s <= 0:
@@ -212,12 +283,12 @@ class RedisMemory:
         if self.window_s > 0:
             self._queue(self._key("regen", key), request_id, {"px": max(1, int(self.window_s * 1000))})
 
-    def _queue(self, name: str, value: str, expiry: dict, when: float | None = None) -> None:
+    def _queue(self, name: str, value: str, expiry: dict, when: float | None = None, field: str | None = None) -> None:
         if self._closed or not self._up():
             self.dropped += 1
             return
         try:
-            self._writes.put_nowait((name, value, expiry, when))
+            self._writes.put_nowait((name, value, expiry, when, field))
         except queue.Full:
             self.dropped += 1
 
@@ -234,8 +305,11 @@ class RedisMemory:
             if writes and self._up():
                 try:
                     pipe = self.r.pipeline(transaction=False)
-                    for name, value, expiry, when in writes:
-                        if when is None:
+                    for name, value, expiry, when, field in writes:
+                        if field is not None:
+                            pipe.hset(name, field, value)
+                            pipe.expire(name, expiry["ex"])
+                        elif when is None:
                             pipe.set(name, value, **expiry)
                         else:  # a write queued late must not replace a later step another replica stored
                             self._set_if_newer(keys=[name], args=[value, when, expiry["ex"]], client=pipe)

@@ -5,11 +5,13 @@ another tenant."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import httpx
 import pytest
 
 from router.request_view import view_chat_request
+from service import session_memory
 from service.hooks.prompt_cache_hook import PromptCacheHook
 from service.pipeline import RequestContext
 from tests.fake_upstream import ok
@@ -85,17 +87,19 @@ def _ctx(tenant: str, system: str = SYSTEM, answered_by: str | None = None) -> R
     return ctx
 
 
-def test_a_prompt_is_warm_for_its_tenant_only_and_only_for_the_caches_lifetime():
-    hook = PromptCacheHook(warm_s=0.2)
+def _warm(hook: PromptCacheHook, ctx: RequestContext) -> dict[str, int]:
+    asyncio.run(hook.pre(ctx))
+    return dict(ctx.routing.warm_tokens)
 
-    def warm(ctx: RequestContext) -> dict[str, int]:
-        asyncio.run(hook.pre(ctx))
-        return dict(ctx.routing.warm_tokens)
 
+def test_a_prompt_is_warm_for_its_tenant_only_and_only_for_the_caches_lifetime(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(session_memory, "time", SimpleNamespace(time=lambda: now[0]))
+    hook = PromptCacheHook()
     served = _ctx("team-a", answered_by="claude")
     hook.finished(served)
-    assert warm(_ctx("team-a")) == {"claude": served.routing.prefix_tokens}
-    assert warm(_ctx("team-b")) == {}
+    assert _warm(hook, _ctx("team-a")) == {"claude": served.routing.prefix_tokens}
+    assert _warm(hook, _ctx("team-b")) == {}
     # A cache hit, or an upstream that failed, read nothing into the provider's cache.
     hit = _ctx("team-b", answered_by="gpt")
     hit.status, hit.attempts = "cache_hit", []
@@ -103,12 +107,31 @@ def test_a_prompt_is_warm_for_its_tenant_only_and_only_for_the_caches_lifetime()
     failed = _ctx("team-b", answered_by="gpt")
     failed.attempts[-1]["status"] = "error"
     hook.finished(failed)
-    assert warm(_ctx("team-b")) == {}
+    assert _warm(hook, _ctx("team-b")) == {}
     # A prompt under the providers' cacheable minimum is never looked up.
     hook.finished(_ctx("team-a", system="Be brief.", answered_by="claude"))
-    assert warm(_ctx("team-a", system="Be brief.")) == {}
-    asyncio.run(asyncio.sleep(0.25))
-    assert warm(_ctx("team-a")) == {}
+    assert _warm(hook, _ctx("team-a", system="Be brief.")) == {}
+    now[0] += session_memory.PROMPT_TTL_S - 1
+    assert _warm(hook, _ctx("team-a")) == {"claude": served.routing.prefix_tokens}
+    now[0] += 1
+    assert _warm(hook, _ctx("team-a")) == {}
+
+
+def test_replicas_find_the_prompts_each_other_served_in_redis(redis_url):
+    # Behind a load balancer an agent's next turn may reach another replica.
+    url, prefix = redis_url
+    a, b = (PromptCacheHook(session_memory.RedisMemory(session_memory.redis_client(url), prefix, 0.0)) for _ in range(2))
+    served = _ctx("team-a", answered_by="claude")
+    a.finished(served)
+    a.memory.close()  # its background writes have landed
+    try:
+        assert _warm(b, _ctx("team-a")) == {"claude": served.routing.prefix_tokens}
+        assert _warm(b, _ctx("team-b")) == {}
+        # What b serves later of the same prompt is the newer entry, for both models.
+        b.finished(_ctx("team-a", answered_by="gpt"))
+        assert _warm(b, _ctx("team-a")) == {"claude": served.routing.prefix_tokens, "gpt": served.routing.prefix_tokens}
+    finally:
+        b.memory.close()
 
 
 def test_deepseeks_own_cache_hit_count_is_billed_at_the_cached_price_and_reported_as_openais(start_gateway, upstream):
