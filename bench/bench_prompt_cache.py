@@ -96,8 +96,9 @@ def bodies(script: list[tuple[float, int]], queries: list[str], rng: np.random.G
     return out
 
 
-def bill(spec, request, held: int, min_cached: int) -> tuple[float, int]:
+def bill(spec, request, held: int) -> tuple[float, int]:
     """What the provider bills the turn under the cache model, and the tokens it read from its cache."""
+    min_cached = spec.price.cache_min_tokens
     held = min(held, request.input_tokens) if held >= min_cached else 0
     cacheable = request.cacheable_tokens if request.cacheable_tokens >= min_cached else 0
     written = max(cacheable - held, 0) if spec.price.cache_write_per_1m is not None else 0
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     import service.session_memory as session_memory
     from router.embedding import encode_cached
     from router.engine import LearnedRouter, find_artifact
-    from router.policy import MIN_CACHED_PREFIX_TOKENS, decide
+    from router.policy import decide
     from router.request_view import view_chat_request
     from service.hooks.prompt_cache_hook import PromptCacheHook
     from service.pipeline import RequestContext
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                     request_id=f"{world}-{i}", body=body, routing=warm, headers={}, stream=True, profile=args.profile,
                     tenant=TENANT, answered_by=spec.name, status="ok", attempts=[{"model": spec.name, "status": "ok"}],
                     extras={"prompt_chain": chain}))
-                cost, held = bill(spec, request, warm.warm_tokens.get(spec.name, 0), MIN_CACHED_PREFIX_TOKENS)
+                cost, held = bill(spec, request, warm.warm_tokens.get(spec.name, 0))
                 turns[world].append({
                     "session": s, "turn": t, "model": spec.name, "cost": cost, "held": held,
                     "input_tokens": request.input_tokens, "predicted": chosen.cost_usd, "p_good": chosen.p_good,

@@ -68,6 +68,8 @@ class Price(_Strict):
     cache_write_per_1m: float | None = Field(
         default=None, ge=0,
         description="USD per 1M input tokens written to the provider's prompt cache (Anthropic: 1.25x input); default: input_per_1m")
+    cache_min_tokens: int = Field(default=1024, ge=0, description="the shortest prompt the provider caches (OpenAI, most Claude "
+                                  "models: 1,024; Claude Haiku 4.5 and Gemini 2.5 Pro: 4,096)")
 
     def cost(self, input_tokens: float, output_tokens: float) -> float:
         return (input_tokens * self.input_per_1m + output_tokens * self.output_per_1m) / 1e6

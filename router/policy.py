@@ -27,9 +27,6 @@ from router.types import Candidate, Constraints, Decision, LiveStats, RoutingReq
 
 KNOB_MIN, KNOB_MAX = 1e-7, 1e3  # USD per quality point: from "always cheapest" to "always best"
 LIVE_LATENCY_WEIGHT = 0.5  # share of the live EWMA latency in the blended latency estimate
-# The shortest prefix the providers' prompt caches keep: OpenAI's and Gemini's implicit caches
-# start at 1,024 tokens, Anthropic's at 1,024 to 4,096 by model.
-MIN_CACHED_PREFIX_TOKENS = 1024
 _TIE = 1e-12
 
 
@@ -97,19 +94,25 @@ def attachment_cost(spec: ModelSpec, request: RoutingRequest) -> float:
     return spec.price.cost(request.attachment_tokens_within(spec.context_window), 0) if request.attachment_tokens else 0.0
 
 
+def held_tokens(spec: ModelSpec, request: RoutingRequest) -> int:
+    """Tokens of the request's prompt that the model's provider holds in its prompt cache from an
+    earlier request and bills at its cached price (none under the provider's minimum)."""
+    held = min(request.warm_tokens.get(spec.name, 0), request.input_tokens)
+    return held if held >= spec.price.cache_min_tokens else 0
+
+
 def prompt_cache_cost(spec: ModelSpec, request: RoutingRequest) -> float:
     """What the provider's prompt cache changes in the predictors' input cost (every input token
     at the list price). An agent resends its system prompt, tools and whole conversation on every
-    turn: the part a model's provider holds from an earlier request (`request.warm_tokens`) is read
-    back at the cached price (a tenth of the list price at Anthropic and DeepSeek, a quarter to a
-    half elsewhere), and what the request leaves in the cache (`cacheable_tokens`) and the provider
-    does not hold yet is written at the cache-write price where it has one (Anthropic, 1.25x).
-    Priced in, moving a conversation to another model costs what it does, instead of looking as
-    cheap as staying."""
+    turn: the part a model's provider holds from an earlier request (`held_tokens`) is read back at
+    the cached price (a tenth of the list price at Anthropic and DeepSeek, a quarter to a half
+    elsewhere), and what the request leaves in the cache (`cacheable_tokens`) and the provider does
+    not hold yet is written at the cache-write price where it has one (Anthropic, 1.25x). Priced
+    in, moving a conversation to another model costs what it does, instead of looking as cheap as
+    staying."""
     price = spec.price
-    held = min(request.warm_tokens.get(spec.name, 0), request.input_tokens)
-    held = held if held >= MIN_CACHED_PREFIX_TOKENS else 0
-    written = max(request.cacheable_tokens - held, 0) if request.cacheable_tokens >= MIN_CACHED_PREFIX_TOKENS else 0
+    held = held_tokens(spec, request)
+    written = max(request.cacheable_tokens - held, 0) if request.cacheable_tokens >= price.cache_min_tokens else 0
     read = price.input_per_1m if price.cached_input_per_1m is None else price.cached_input_per_1m
     write = price.input_per_1m if price.cache_write_per_1m is None else price.cache_write_per_1m
     return (held * (read - price.input_per_1m) + written * (write - price.input_per_1m)) / 1e6
@@ -301,8 +304,8 @@ def decide(pred: Predictions, request: RoutingRequest, *, catalog: Sequence[Mode
     if n_ok > 1:
         runner = ranked[1]
         reason += f"; next {runner.model} (P(good) {runner.p_good:.2f}, ${runner.cost_usd:.6f})"
-    warm = [f"{c.model} ({request.warm_tokens[c.model]:,} tokens)" for c in named
-            if c.excluded is None and request.warm_tokens.get(c.model, 0) >= MIN_CACHED_PREFIX_TOKENS]
+    held = {spec.name: held_tokens(spec, request) for spec in catalog} if request.warm_tokens else {}
+    warm = [f"{c.model} ({held[c.model]:,} tokens)" for c in named if c.excluded is None and held.get(c.model)]
     if warm:
         reason += f"; prompt cached at {', '.join(warm)}"
     if excluded:

@@ -41,10 +41,12 @@ def key_circuit(provider: str) -> str:
 
 def refuses_key(kind: str, status: int | None) -> bool:
     """Whether a failure refuses the provider's key or account, so every model of the provider
-    entry: a 401, a 402 or a classified account refusal (out of credit, billing off, a key
-    not valid, its variable unset). Not a 403: a provider may deny one model (Anthropic's
-    permission_error, a proxy's per-key model list) to a key that serves the others."""
-    return kind == "auth" and status != 403
+    entry: a 401 or a classified account refusal (out of credit, billing off, a key not valid,
+    its variable unset). Not a 403: a provider may deny one model (Anthropic's permission_error,
+    a proxy's per-key model list) to a key that serves the others. Not a 402: OpenRouter answers
+    one for a request whose output limit on a dear model the credit left cannot cover ("can only
+    afford N tokens"), while its cheaper models still answer."""
+    return kind == "auth" and status not in (402, 403)
 
 
 def _ewma(old: float | None, new: float) -> float:

@@ -36,6 +36,7 @@ from service.recent import Recent
 log = logging.getLogger(__name__)
 TURN_TTL_S = 3600.0  # how long a turn's tool loop keeps the model it began on
 PROMPT_TTL_S = 300.0  # how long a provider holds a prompt it served: the shortest of their cache lifetimes
+PROMPTS_RECENT = 20_000  # served prompt starts one process remembers (~10 MB); they expire sooner anyway
 RECENT = 100_000  # prompt keys and turns one process remembers
 TIMEOUT_S = 0.25  # the longest a request waits for Redis
 RETRY_AFTER_S = 30.0
@@ -86,7 +87,7 @@ class LocalMemory:
         self._prompts: Recent[str, tuple[str, float]] = Recent(size)
         # user turn -> (model answering it, the probability that model had when the turn drew it, when)
         self._turns: Recent[str, tuple[str, float, float]] = Recent(size)
-        self._served_prompts: Recent[str, Served] = Recent(size)
+        self._served_prompts: Recent[str, Served] = Recent(min(size, PROMPTS_RECENT))
         self._lock = threading.Lock()
 
     def turn_entry(self, turn: str) -> tuple[str, float, float] | None:
@@ -128,6 +129,9 @@ class LocalMemory:
         with self._lock:
             for start, tokens in starts:
                 self._served_prompts.put(start, {**(self._served_prompts.get(start) or {}), model: (now, tokens)})
+            # Oldest first (a put makes an entry the newest): what no provider holds any longer goes.
+            while now - max(at for at, _ in next(iter(self._served_prompts.values())).values()) >= PROMPT_TTL_S:
+                self._served_prompts.popitem(last=False)
 
     async def find_turn(self, turn: str) -> tuple[str, float] | None:
         return self.turn_model(turn)

@@ -300,6 +300,11 @@ def test_what_a_provider_holds_is_priced_at_its_cached_rate_and_what_it_writes_a
     assert prompt_cache_cost(anthropic_like, shorter) == pytest.approx(5_000 * (0.3 - 3.0) / 1e6)
     short = RoutingRequest(text="hi", input_tokens=900, prefix_tokens=800, cacheable_tokens=800, warm_tokens={"a": 800})
     assert prompt_cache_cost(anthropic_like, short) == 0.0
+    # Claude Haiku 4.5 caches nothing under 4,096 tokens: neither read back nor written there.
+    haiku = anthropic_like.model_copy(update={"price": anthropic_like.price.model_copy(update={"cache_min_tokens": 4096})})
+    mid = RoutingRequest(text="x", input_tokens=3_000, prefix_tokens=2_000, cacheable_tokens=3_000, warm_tokens={"a": 2_900})
+    assert prompt_cache_cost(haiku, mid) == 0.0
+    assert prompt_cache_cost(anthropic_like, mid) == pytest.approx((2_900 * (0.3 - 3.0) + 100 * (3.75 - 3.0)) / 1e6)
 
 
 def test_a_conversation_stays_on_the_model_holding_its_prompt_prefix_while_that_is_cheaper():

@@ -117,6 +117,69 @@ def test_a_prompt_is_warm_for_its_tenant_only_and_only_for_the_caches_lifetime(m
     assert _warm(hook, _ctx("team-a")) == {}
 
 
+def _served(hook: PromptCacheHook, body: dict, model: str) -> RequestContext:
+    ctx = RequestContext(request_id="r", body=body, routing=view_chat_request(body), headers={}, stream=False,
+                         profile="auto", tenant="t")
+    asyncio.run(hook.pre(ctx))
+    ctx.answered_by, ctx.status = model, "ok"
+    ctx.attempts.append({"model": model, "status": "ok"})
+    hook.finished(ctx)
+    return ctx
+
+
+def _held(hook: PromptCacheHook, body: dict) -> dict[str, int]:
+    ctx = RequestContext(request_id="r2", body=body, routing=view_chat_request(body), headers={}, stream=False,
+                         profile="auto", tenant="t")
+    return _warm(hook, ctx)
+
+
+def test_a_system_turn_added_half_way_is_a_new_start_as_anthropic_sees_it():
+    # The Anthropic adapter sends every system turn ahead of the conversation: a reminder added
+    # later changes the start of what Anthropic cached, so only the tools could still be held.
+    hook = PromptCacheHook()
+    first = {"messages": [{"role": "system", "content": "rules " * 2000}, {"role": "user", "content": "log " * 3000},
+                          {"role": "assistant", "content": "read"}, {"role": "user", "content": "what failed?"}]}
+    _served(hook, first, "claude")
+    following = [*first["messages"], {"role": "assistant", "content": "the parser"}, {"role": "user", "content": "fix it"}]
+    assert _held(hook, {"messages": following})["claude"] > 5000
+    reminded = [*following[:-1], {"role": "system", "content": "Reminder: tests must pass."}, following[-1]]
+    assert _held(hook, {"messages": reminded}) == {}
+
+
+def test_a_clients_own_cache_breakpoint_moved_to_the_newest_message_still_matches():
+    # Anthropic's advice: mark the newest message each turn. The previous one comes back unmarked,
+    # and the provider still holds it.
+    hook = PromptCacheHook()
+
+    def user(text: str, marked: bool) -> dict:
+        return {"role": "user", "content": [{"type": "text", "text": text, **({"cache_control": {"type": "ephemeral"}} if marked else {})}]}
+
+    first = {"messages": [{"role": "system", "content": "rules " * 2000}, user("log " * 3000, False),
+                          {"role": "assistant", "content": "read"}, user("what failed?", True)]}
+    served = _served(hook, first, "claude")
+    following = [*first["messages"][:3], user("what failed?", False), {"role": "assistant", "content": "x"}, user("fix it", True)]
+    assert _held(hook, {"messages": following}) == {"claude": served.routing.cacheable_tokens}
+
+
+def test_a_request_naming_its_model_is_not_looked_up_but_is_remembered():
+    reads = []
+
+    class Counted(session_memory.LocalMemory):
+        async def held_prompts(self, starts):
+            reads.append(starts)
+            return await super().held_prompts(starts)
+
+    hook = PromptCacheHook(Counted(0.0))
+    body = {"messages": turn(SYSTEM, "next"), "tools": [TOOL]}
+    named = RequestContext(request_id="r", body=body, routing=view_chat_request(body), headers={}, stream=False, profile=None)
+    asyncio.run(hook.pre(named))
+    assert reads == [] and named.routing.warm_tokens == {}  # nothing routes it: nothing to price
+    named.answered_by, named.status = "claude", "ok"
+    named.attempts.append({"model": "claude", "status": "ok"})
+    hook.finished(named)
+    assert _warm(hook, _ctx("default")) == {"claude": named.routing.prefix_tokens}
+
+
 def test_replicas_find_the_prompts_each_other_served_in_redis(redis_url):
     # Behind a load balancer an agent's next turn may reach another replica.
     url, prefix = redis_url

@@ -1,7 +1,7 @@
 """A key its provider refuses is the provider entry's, not one model's: its refusals open one
 circuit for every model of that entry, so routed traffic goes straight to another provider and a
 request naming one of them is told the key is refused without a call; one answered probe brings
-them all back. A 403 stays the model's own. Two providers, each a real HTTP fake upstream on
+them all back. A 403 or a 402 stays the model's own. Two providers, each a real HTTP fake upstream on
 127.0.0.1, the real `openai` SDK (and a real Redis for replicas)."""
 from __future__ import annotations
 
@@ -179,6 +179,17 @@ def test_a_403_for_one_model_leaves_the_providers_other_models_in_use(providers)
     assert answer.model == "a2" and attempts(gw.outcome(headers["x-request-id"])) == [("a2", "ok")]
     assert gw.client().chat.completions.create(model="a3", messages=MSG).model == "a3"
     assert refused(gw, "a1").startswith("model a1 cannot be called")
+    assert circuits(gw) == {"a1": "open", "a2": "closed", "a3": "closed", "b1": "closed"}
+
+
+def test_a_402_for_one_request_leaves_the_providers_cheaper_models_in_use(providers):
+    # OpenRouter's 402 for an output limit the credit left cannot cover on a dear model: its
+    # cheaper models still answer, so the refusal is that model's, not the provider's.
+    start, alpha, beta = providers
+    gw = start(failures=1)
+    alpha.default("a1", error(402, "This request requires more credits, or fewer max_tokens. You can only afford 1200 tokens."))
+    answer, headers = ask(gw)
+    assert answer.model == "a2" and attempts(gw.outcome(headers["x-request-id"])) == [("a1", "auth"), ("a2", "ok")]
     assert circuits(gw) == {"a1": "open", "a2": "closed", "a3": "closed", "b1": "closed"}
 
 
