@@ -124,14 +124,15 @@ def test_without_a_config_the_artifacts_models_are_calibrated_at_their_training_
 
 
 def test_a_share_that_jumps_past_the_target_is_an_error_naming_the_shares_either_side(tmp_path, capsys):
-    # One prompt asked 40 times moves 40 of the 76 rows at once: no knob gives 60 % of them.
-    texts = _prompts() + ["Explain the proof of Fermat's last theorem in detail."] * 40
+    # One prompt asked 200 times moves 200 of the 236 rows at once: wherever on the knob it moves,
+    # its jump spans at least 15 % to 85 %, so no knob gives half of them.
+    texts = _prompts() + ["Explain the proof of Fermat's last theorem in detail."] * 200
     data = tmp_path / "dups.jsonl"
     data.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
     capsys.readouterr()
-    assert main(["calibrate", "--data", str(data), "--model", STRONG, "--share", "0.6"]) == 2
+    assert main(["calibrate", "--data", str(data), "--model", STRONG, "--share", "0.5"]) == 2
     err = capsys.readouterr().err
-    assert "share jumps past 60.0%" in err
+    assert "share jumps past 50.0%" in err
     import re
 
     knobs = re.findall(r"at willingness_to_pay ([0-9.e+-]+)", err)
