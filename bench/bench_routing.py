@@ -46,6 +46,7 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--router", default=str(ROOT / "models" / "default"))
+    ap.add_argument("--candidates", type=int, default=11, help="models routed among: the artifact's first N")
     ap.add_argument("--n", type=int, default=300, help="timed decisions per prompt")
     args = ap.parse_args(argv)
 
@@ -56,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     from router.request_view import view_prompt
 
     router = LearnedRouter.load(args.router)
+    # The artifact's first 11 models (RouterBench's, in models/default): the 11 candidates,
+    # whatever else the artifact was trained on.
+    prices = router.manifest["prices_seen"]
     catalog = [
-        ModelSpec(name=m, provider="bench", price=Price(input_per_1m=p[0], output_per_1m=p[1]), context_window=32768)
-        for m, p in router.manifest["prices_seen"].items()
+        ModelSpec(name=m, provider="bench", price=Price(input_per_1m=prices[m][0], output_per_1m=prices[m][1]), context_window=32768)
+        for m in router.models[:args.candidates]
     ]
     profile = Profile(willingness_to_pay=0.01)
     router._embedder = Embedder(threads=1)

@@ -305,36 +305,38 @@ class OutcomePredictor:
         self.token_booster = lgb.train({**TOKEN_PARAMS, "seed": self.seed}, ds, self.token_rounds)
 
     # ---- prediction -----------------------------------------------------------------
-    def _raw_outputs(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Per-fold raw P(good) (K, N, M) and log1p output tokens (N, M) or None."""
-        n, m = len(Z), len(self.models)
+    def _raw_outputs(self, Z: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-fold raw P(good) (K, N, len(cols)) and log1p output tokens (N, len(cols)) or None, for
+        the artifact's models `cols` only: an artifact trained on 27 models routes among a
+        catalog's few without scoring the rest."""
+        n, m = len(Z), len(cols)
         if self.mode != "shared":
             raw = np.stack([
-                np.column_stack([self.quality_boosters[j][k].predict(Z, num_threads=1) for j in range(m)])
+                np.column_stack([self.quality_boosters[j][k].predict(Z, num_threads=1) for j in cols])
                 for k in range(self.folds)
             ])
             tok = None if self.token_booster is None else self.token_booster.predict(
-                self._pairs(Z, np.repeat(np.arange(n), m), np.tile(np.arange(m), n)), num_threads=1).reshape(n, m)
+                self._pairs(Z, np.repeat(np.arange(n), m), np.tile(cols, n)), num_threads=1).reshape(n, m)
             return raw, tok
         if self._forest is None:
             self._forest = MergedForest(self.quality_boosters + ([self.token_booster] if self.token_booster is not None else []))
-        scores = self._forest.raw(self._pairs(Z, np.repeat(np.arange(n), m), np.tile(np.arange(m), n)))
+        scores = self._forest.raw(self._pairs(Z, np.repeat(np.arange(n), m), np.tile(cols, n)))
         # The cross-entropy objective's probability is the logistic of the raw score.
         raw = (1.0 / (1.0 + np.exp(-scores[:, : self.folds]))).T.reshape(self.folds, n, m)
         tok = scores[:, self.folds].reshape(n, m) if self.token_booster is not None else None
         return raw, tok
 
-    def _calibrated(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _calibrated(self, raw: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated mean of the K folds' probabilities, and the spread of the calibrated folds."""
         both = np.concatenate([raw, raw.mean(axis=0, keepdims=True)])
         cal = np.empty_like(both)
-        for j, c in enumerate(self.calibrators):
-            cal[:, :, j] = c(both[:, :, j])
+        for i, j in enumerate(cols):
+            cal[:, :, i] = self.calibrators[j](both[:, :, i])
         return cal[-1], cal[:-1].std(axis=0)
 
-    def _tokens(self, tok: np.ndarray | None, n: int) -> np.ndarray:
+    def _tokens(self, tok: np.ndarray | None, n: int, cols: np.ndarray) -> np.ndarray:
         if tok is None:
-            return np.tile(self.token_prior, (n, 1))
+            return np.tile(self.token_prior[cols], (n, 1))
         return np.expm1(tok).clip(1.0, None)
 
     def predict(self, X: np.ndarray, input_tokens: np.ndarray | None = None, models: Sequence[str] | None = None,
@@ -354,14 +356,18 @@ class OutcomePredictor:
         Z = self.transform(self._checked(X))
         n = len(Z)
         models = list(models) if models is not None else list(self.models)
-        raw, tok_raw = self._raw_outputs(Z)
-        p_known, std_known = self._calibrated(raw)
-        tok_known = self._tokens(tok_raw, n)
-        # statistics.median: the same value as np.median, at a tenth of its per-call overhead.
-        unseen_tokens = float(statistics.median(self.token_prior.tolist())) if self.token_prior is not None else 200.0
         index = {name: k for k, name in enumerate(self.models)}
         cols = np.array([index.get(name, -1) for name in models], dtype=np.intp)
-        seen, src = cols >= 0, cols[cols >= 0]
+        seen = cols >= 0
+        known, src = np.unique(cols[seen], return_inverse=True)  # each artifact model scored once
+        if known.size:
+            raw, tok_raw = self._raw_outputs(Z, known)
+            p_known, std_known = self._calibrated(raw, known)
+            tok_known = self._tokens(tok_raw, n, known)
+        else:  # only models the artifact never saw: the priors below
+            p_known = std_known = tok_known = np.empty((n, 0))
+        # statistics.median: the same value as np.median, at a tenth of its per-call overhead.
+        unseen_tokens = float(statistics.median(self.token_prior.tolist())) if self.token_prior is not None else 200.0
         p = np.full((n, len(models)), self.prior_quality)
         std = np.full((n, len(models)), UNSEEN_STD)
         tok = np.full((n, len(models)), unseen_tokens)

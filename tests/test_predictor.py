@@ -126,10 +126,29 @@ def test_merged_forest_equals_individual_boosters(data, fitted):
     Z = fitted.transform(X[test[:15]])
     n, m = len(Z), len(table.models)
     pairs = fitted._pairs(Z, np.repeat(np.arange(n), m), np.tile(np.arange(m), n))
-    raw, tok = fitted._raw_outputs(Z)
+    raw, tok = fitted._raw_outputs(Z, np.arange(m))
     for k, booster in enumerate(fitted.quality_boosters):
         np.testing.assert_allclose(raw[k], booster.predict(pairs).reshape(n, m), atol=1e-12)
     np.testing.assert_allclose(tok, fitted.token_booster.predict(pairs).reshape(n, m), atol=1e-10)
+
+
+def test_predicting_some_models_gives_what_predicting_all_gives_for_them(data, fitted):
+    """A catalog routes among a few of the artifact's models (and ones it never saw): scoring only
+    those, in any order and repeated, gives the same columns as scoring every model."""
+    table, X, _, test = data
+    everything = fitted.predict(X[test[:15]])
+    some = [table.models[3], "never-seen", table.models[0], table.models[3]]
+    part = fitted.predict(X[test[:15]], models=some)
+    for j, name in enumerate(some):
+        if name in table.models:
+            k = table.models.index(name)
+            np.testing.assert_allclose(part.p_good[:, j], everything.p_good[:, k], atol=1e-12)
+            np.testing.assert_allclose(part.p_good_std[:, j], everything.p_good_std[:, k], atol=1e-12)
+            np.testing.assert_allclose(part.output_tokens[:, j], everything.output_tokens[:, k], atol=1e-9)
+        else:
+            assert (part.p_good[:, j] == fitted.prior_quality).all()
+    unseen = fitted.predict(X[test[:3]], models=["never-seen"])
+    assert unseen.p_good.shape == (3, 1) and (unseen.p_good == fitted.prior_quality).all()
 
 
 def test_too_few_distinct_prompts_is_a_clear_error_not_a_lightgbm_crash(data):
