@@ -12,10 +12,11 @@ elsewhere was priced as if no provider held its conversation.
 The process's own memory stays the first level: what this replica answered it finds at once,
 also before the Redis copy is written and while Redis is down. In Redis the keys are digests (no
 prompt text leaves the process) and expire on their own: a turn after `TURN_TTL_S`, an answer
-after the regeneration window, a served prompt after `PROMPT_TTL_S`. A Redis read waits at most `TIMEOUT_S` in all (connection, retries
-and reply together) and Redis is then left alone for `RETRY_AFTER_S`; writes go through one
-background thread in batches, from a bounded queue, so no request waits on them. Redis being
-slow or down loses only what other replicas would have found, never a request. A turn's step
+after the regeneration window, a served prompt after `PROMPT_TTL_S`. A Redis read waits at most
+`TIMEOUT_S` in all (connection, retries and reply together) and Redis is then left alone for
+`RETRY_AFTER_S`; writes go through one background thread in batches, from a bounded queue, so no
+request waits on them. Redis being slow or down loses only what other replicas would have found,
+never a request. A turn's step
 replaces the one in Redis only if it is later (by the replicas' clocks), so a write that waited
 in the queue does not undo a step another replica stored meanwhile.
 """
