@@ -5,6 +5,7 @@ another tenant."""
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 import httpx
@@ -15,6 +16,7 @@ from service import session_memory
 from service.hooks.prompt_cache_hook import PromptCacheHook
 from service.pipeline import RequestContext
 from tests.fake_upstream import ok
+from tests.gateway_harness import QualityRouter, Running, fake_config
 
 SYSTEM = "You are OpenClaw, a coding agent. Follow the workspace rules. " * 700  # ~44 KB, as OpenClaw sends
 TOOL = {"type": "function", "function": {"name": "exec", "description": "Run a shell command.",
@@ -75,6 +77,33 @@ def test_a_long_conversation_stays_where_its_history_is_cached(start_gateway, up
     # The same conversation with its history edited is not what claude served: the list prices decide.
     edited = [following[0], {"role": "user", "content": "Read the log. " + "log line " * 6001}, *following[2:]]
     assert client.chat.completions.with_raw_response.create(model="auto", messages=edited).headers["x-router-model"] == "gpt"
+
+
+def test_a_turn_reaching_another_replica_is_priced_as_held_by_the_model_that_served_the_last(tmp_path, upstream, redis_url, monkeypatch):
+    # Behind a load balancer an agent's turns land on any replica: with server.redis_url they share
+    # what each provider holds, through the same session memory as tool-loop pins.
+    url, prefix = redis_url
+    monkeypatch.setenv("OPENCLAW_REDIS_PREFIX", prefix)
+    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/o.sqlite", models=MODELS)
+    config = config.model_copy(update={"server": config.server.model_copy(update={"redis_url": url})})
+    a, b = Running(config, router=QualityRouter(QUALITY)), Running(config, router=QualityRouter(QUALITY))
+    try:
+        history = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "list the files"}]
+        first = a.client().chat.completions.create(model="auto", messages=history, tools=[TOOL],
+                                                   extra_body={"router": {"excluded_models": ["gpt"]}})
+        assert first.model == "claude"
+        following = [*history, {"role": "assistant", "content": first.choices[0].message.content},
+                     {"role": "user", "content": "now run the tests"}]
+        deadline = time.monotonic() + 5  # a's write reaches Redis from its background thread
+        while True:
+            raw = b.client().chat.completions.with_raw_response.create(model="auto", messages=following, tools=[TOOL])
+            if raw.headers["x-router-model"] == "claude" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert raw.headers["x-router-model"] == "claude" and "prompt cached at claude (" in raw.headers["x-router-reason"]
+    finally:
+        a.stop()
+        b.stop()
 
 
 def _ctx(tenant: str, system: str = SYSTEM, answered_by: str | None = None) -> RequestContext:
