@@ -209,6 +209,22 @@ def test_a_request_naming_its_model_is_not_looked_up_but_is_remembered():
     assert _warm(hook, _ctx("default")) == {"claude": named.routing.prefix_tokens}
 
 
+def test_served_prompts_past_the_caches_lifetime_are_let_go_and_their_number_is_bounded(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(session_memory, "time", SimpleNamespace(time=lambda: now[0]))
+    memory = session_memory.LocalMemory(0.0)
+    memory.prompt_served([("old-a", 2000), ("old-b", 2000)], "claude")
+    now[0] += session_memory.PROMPT_TTL_S
+    memory.prompt_served([("new", 3000)], "gpt")
+    assert list(memory._served_prompts) == ["new"]  # what no provider holds any longer is not kept
+    monkeypatch.setattr(session_memory, "PROMPTS_RECENT", 3)
+    small = session_memory.LocalMemory(0.0)
+    for i in range(5):
+        small.prompt_served([(f"start-{i}", 2000)], "claude")
+    assert list(small._served_prompts) == ["start-2", "start-3", "start-4"]
+    assert asyncio.run(small.held_prompts(["start-0", "start-4"])) == {"claude": 2000}
+
+
 def test_replicas_find_the_prompts_each_other_served_in_redis(redis_url):
     # Behind a load balancer an agent's next turn may reach another replica.
     url, prefix = redis_url
