@@ -7,13 +7,13 @@ schema is documented field by field in docs/CONFIG.md.
 from __future__ import annotations
 
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, Literal, Mapping, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Mapping, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from router.config_errors import DEFAULT_PROFILES, BadReference, ConfigError, env_syntax_name, validation_problems, yaml_hint
+from router.config_errors import (DEFAULT_PROFILES, BadReference, ConfigError, env_syntax_name, invalid, is_model, unwrap,
+                                  validation_problems, yaml_hint)
 
 Capability = Literal["tools", "json", "vision", "files", "audio", "logprobs"]
 
@@ -47,11 +47,9 @@ def _takes_bool(annotation: Any) -> bool:
 
 def _kind(annotation: Any) -> str | None:
     """section (a nested model), mapping (a dict) or strings (a list of names): `X` or `X | None`."""
-    args = [a for a in get_args(annotation) if a is not type(None)] if get_origin(annotation) in (Union, UnionType) else [annotation]
-    if len(args) != 1:
-        return None
-    origin, items = get_origin(args[0]), get_args(args[0])
-    if isinstance(args[0], type) and issubclass(args[0], BaseModel):
+    inner = unwrap(annotation)
+    origin, items = get_origin(inner), get_args(inner)
+    if is_model(inner):
         return "section"
     if origin is dict:
         return "mapping"
@@ -461,8 +459,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     try:
         return Config.model_validate({**data, "source": source})
     except ValidationError as exc:
-        problems = validation_problems(exc, tree, Config)
-        raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(problems)) from None
+        raise invalid(f"{source}: invalid configuration", validation_problems(exc, tree, Config)) from None
 
 
 def load_config(path: str | Path) -> Config:

@@ -87,7 +87,7 @@ def env_syntax_name(value: Any) -> str | None:
     return (match.group(1) or match.group(2)) if match else None
 
 
-def _unwrap(annotation: Any) -> Any:
+def unwrap(annotation: Any) -> Any:
     """`X | None` and `Annotated[X, ...]` as X."""
     while True:
         origin = get_origin(annotation)
@@ -102,7 +102,7 @@ def _unwrap(annotation: Any) -> Any:
             return annotation
 
 
-def _is_model(annotation: Any) -> bool:
+def is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
@@ -111,9 +111,9 @@ def type_at(root: type[BaseModel], loc: tuple) -> Any:
     where the schema has no such place."""
     annotation: Any = root
     for part in loc:
-        annotation = _unwrap(annotation)
+        annotation = unwrap(annotation)
         origin = get_origin(annotation)
-        if _is_model(annotation):
+        if is_model(annotation):
             field = annotation.model_fields.get(part) if isinstance(part, str) else None
             if field is None:
                 return None
@@ -124,7 +124,7 @@ def type_at(root: type[BaseModel], loc: tuple) -> Any:
             annotation = get_args(annotation)[1]
         else:
             return None
-    return _unwrap(annotation)
+    return unwrap(annotation)
 
 
 def keys_of(model: type[BaseModel]) -> list[str]:
@@ -149,12 +149,12 @@ def _what(value: Any) -> str:
 
 
 def _items(annotation: Any) -> str:
-    item = _unwrap(get_args(annotation)[0]) if get_args(annotation) else None
+    item = unwrap(get_args(annotation)[0]) if get_args(annotation) else None
     if item is str:
         return " of strings"
     if get_origin(item) is Literal:
         return " out of " + ", ".join(str(a) for a in get_args(item))
-    if _is_model(item):
+    if is_model(item):
         return " of mappings"
     return ""
 
@@ -166,7 +166,7 @@ def _unknown_key(root: type[BaseModel], loc: tuple) -> str:
     if key == "api_key" and len(where) == 2 and where[0] == "providers":
         return f"unknown key: {_API_KEY}"
     section = type_at(root, where)
-    valid = keys_of(section) if _is_model(section) else []
+    valid = keys_of(section) if is_model(section) else []
     other = _OTHER_NAMES.get(str(key), "")
     if other.split(":")[0] in valid:
         return f"unknown key: here it is {other}"
@@ -198,7 +198,7 @@ def describe(err: Any, loc: tuple, root: type[BaseModel]) -> str:
     if kind in ("dict_type", "model_type", "model_attributes_type"):
         example = _ENTRY_EXAMPLES.get(name) if entry else _EXAMPLES.get(name)
         example = example or f"{name}: {{key: value}}"
-        keys = f" (its keys: {', '.join(keys_of(annotation))})" if _is_model(annotation) else ""
+        keys = f" (its keys: {', '.join(keys_of(annotation))})" if is_model(annotation) else ""
         return f"should be a mapping of keys{keys}, e.g. {example}; not {_what(value)}"
     if kind == "string_pattern_mismatch" and name == "api_key_env":
         variable = env_syntax_name(value)
@@ -252,6 +252,11 @@ def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 
 def _key(loc: tuple) -> str:
     return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+
+
+def invalid(what: str, problems: list[str]) -> ConfigError:
+    """One error for a file's problems, each on its own line naming its key and line."""
+    return ConfigError(f"{what}:\n  " + "\n  ".join(problems))
 
 
 def validation_problems(exc: ValidationError, tree: yaml.Node | None, root: type[BaseModel],

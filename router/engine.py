@@ -161,9 +161,8 @@ def find_artifact(value: str | Path, config: Config | None = None) -> Path:
 def find_router_option(value: str | Path) -> Path:
     """The artifact an offline command's `--router` names, found as `serve` finds its own (the
     path as typed, then the shipped folder); neither holding one is an error naming both."""
-    places = _places(value, None)
-    found = next((path for path in places if (path / MANIFEST).exists()), None)
-    if found is None:
-        tried = " nor in ".join(dict.fromkeys(str(path.absolute()) for path in places))
+    found = find_artifact(value)
+    if not (found / MANIFEST).exists():
+        tried = " nor in ".join(str(path.absolute()) for path in _places(value, None))
         raise FileNotFoundError(f"--router {value}: not a router artifact (no {MANIFEST} in {tried})")
     return found

@@ -22,10 +22,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
-from router.outcome_log import open_by_scheme, sqlite_file
+from router.outcome_log import open_by_scheme, sqlite_path
 from router.retention import create_incremental, sqlite_prune
 
 FEEDBACK_COLUMNS = ("request_id", "ts", "score", "source", "signal", "label", "comment")
@@ -67,13 +66,6 @@ class ShadowRecord:
     @property
     def agree(self) -> bool:
         return self.live_model == self.shadow_model
-
-
-def sqlite_path(url: str) -> Path:
-    path = sqlite_file(url)
-    if path:
-        return Path(path)
-    raise ValueError(f"outcome log URL {url!r} names no file: use sqlite:///path/to/outcomes.sqlite")
 
 
 JSON_COLUMNS = ("live_candidate", "shadow_candidate", "shadow_on_live_choice")

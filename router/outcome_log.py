@@ -82,6 +82,12 @@ def judges_chosen_model(status: str, chosen: str | None, answered: str | None, a
                for a in attempts or ())
 
 
+def answering_attempt(attempts: list[dict[str, Any]] | None, model: str | None) -> dict[str, Any] | None:
+    """The call of `model` that answered (its last successful attempt); None where no upstream call
+    of it did (a cache hit, a pre-hook's answer, a failure)."""
+    return next((a for a in reversed(attempts or []) if a.get("model") == model and a.get("status") == "ok"), None)
+
+
 def failed_by_its_models(status: str, attempts: list[dict[str, Any]] | None) -> bool:
     """An error that counts against the models tried (reward 0), not a refused request."""
     failures = [a for a in attempts or () if a.get("status") == "error"]
@@ -241,10 +247,16 @@ def sqlite_file(url: str, key: str = "outcome log URL", relative_to: str = "") -
                      f"or sqlite:///{Path(rest).expanduser().absolute()} (an absolute path)")
 
 
-def _sqlite_store(url: str) -> SQLiteStore:
+def sqlite_path(url: str) -> Path:
+    """The file of a SQLite log URL; a URL naming none is an error."""
     path = sqlite_file(url)
     if not path:
         raise ValueError(f"outcome log URL {url!r} names no file: use sqlite:///path/to/outcomes.sqlite")
+    return Path(path)
+
+
+def _sqlite_store(url: str) -> SQLiteStore:
+    path = sqlite_path(url)
     try:
         return SQLiteStore(path)
     except (sqlite3.Error, OSError) as exc:  # a folder, a file that is not a database, no permission

@@ -31,7 +31,8 @@ def findings(config, host: str, port: int, from_file: bool) -> tuple[list[str], 
     `from_file`: the user's --config, whose settings serve holds to (not the presets' or demo's)."""
     from router.cache.verifier import Verifier
     from router.config import resolve_path
-    from router.engine import MANIFEST, LearnedRouter, find_artifact
+    from router.engine import LearnedRouter, find_artifact
+    from service.gateway import NO_ROUTER, artifact_problem
     from service.governance.runtime import GovernanceSettings, is_loopback
     from service.serve_command import check_db_url, key_warnings, refuse_calling_itself, written_artifact_missing
     from service.simulator import env_time_scale
@@ -55,16 +56,15 @@ def findings(config, host: str, port: int, from_file: bool) -> tuple[list[str], 
             env_time_scale()
         except ValueError as exc:
             errors.append(str(exc))
-    artifact = find_artifact(config.router.artifact, config)
     missing = written_artifact_missing(config) if from_file else None
+    problem = artifact_problem(config)
     if missing:
         errors.append(missing)
-    elif not (artifact / MANIFEST).exists():
-        warnings.append(f"router.artifact {config.router.artifact!r}: no router artifact at {artifact.resolve()}: "
-                        "auto answers 503 router_unavailable (named models still work)")
+    elif problem:
+        warnings.append(f"{problem}: {NO_ROUTER}")
     else:
         try:
-            unseen = LearnedRouter.load(artifact).unseen(config.models)
+            unseen = LearnedRouter.load(find_artifact(config.router.artifact, config)).unseen(config.models)
         except (OSError, ValueError, KeyError) as exc:
             errors.append(f"router.artifact {config.router.artifact!r}: cannot be loaded: {exc}")
         else:

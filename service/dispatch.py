@@ -243,11 +243,6 @@ class Dispatcher:
                 if (c.excluded or "").startswith("unhealthy") and not self.live.left_out_for_key(c.model)]
         return tried and not busy
 
-    def key_envs(self, models: list[str]) -> list[str]:
-        """The variables holding the keys of these models' providers."""
-        envs = (self.config.providers[self.specs[m].provider].api_key_env for m in models if m in self.specs)
-        return list(dict.fromkeys(e for e in envs if e))
-
     def _should_retry(self, err: UpstreamError, retry: int) -> bool:
         if not err.retryable or err.kind == "timeout" or retry >= self.rel.max_retries:
             return False  # a timeout already cost the full timeout: the next model is the faster bet
@@ -307,10 +302,10 @@ class Dispatcher:
         # A key the upstream refuses is the operator's to fix: a 503 "retry shortly" would have the
         # SDKs and OpenClaw retry for minutes, against a circuit its refusals opened.
         if any(a["kind"] == "auth" for a in failed) or skipped_for == "auth":
-            return key_refused([chain[0]], self.key_envs([chain[0]]))
+            return key_refused([chain[0]], self.config)
         if routed and errors and self._only_refused_keys(ctx):
             refused = list(dict.fromkeys(a["model"] for a in ctx.attempts))
-            return key_refused(refused, self.key_envs(refused))
+            return key_refused(refused, self.config)
         if not errors:
             return ApiError(503, f"no eligible model is available right now (tried {', '.join(chain)}); retry shortly",
                             code="no_model_available", headers={"retry-after": "1"})

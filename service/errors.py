@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+if TYPE_CHECKING:
+    from router.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +76,13 @@ def rate_limited(message: str, waits: list[float]) -> ApiError:
     return ApiError(429, message, code="rate_limit_exceeded", headers=headers)
 
 
-def key_refused(models: list[str], key_envs: list[str]) -> ApiError:
+def key_refused(models: list[str], config: "Config") -> ApiError:
     """A 502 for models whose provider refuses the gateway's key: the operator's to fix, so not a
-    503 "retry shortly", and `x-should-retry: false` keeps the OpenAI SDK from retrying a 5xx. The
-    upstream's own words stay in the gateway's log: they may quote part of the key, and the client
-    may be another tenant."""
+    503 "retry shortly", and `x-should-retry: false` keeps the OpenAI SDK from retrying a 5xx. It
+    names the variables holding the keys; the upstream's own words stay in the gateway's log: they
+    may quote part of the key, and the client may be another tenant."""
     who = f"model {models[0]}" if len(models) == 1 else f"models {', '.join(models)}"
+    key_envs = list(dict.fromkeys(e for m in models if (e := config.providers[config.model(m).provider].api_key_env)))
     where = f" (the key in {', '.join(key_envs)})" if key_envs else ""
     return ApiError(502, f"{who} cannot be called: the provider refuses the gateway's key{where} or its account is out of "
                     "credit; the gateway's operator must fix it (the upstream's answer is in the gateway's log)",

@@ -75,16 +75,30 @@ class Gateway:
                 await asyncio.sleep(min(0.01, left))
 
 
-def load_router(config: Config) -> Router | None:
-    """The router artifact named by `router.artifact` (next to the config file, the working
-    directory or the package), or None with a warning: named models still work without it."""
-    from router.engine import MANIFEST, LearnedRouter, find_artifact
+NO_ROUTER = "auto answers 503 router_unavailable until one is there (named models still work)"
+
+
+def artifact_problem(config: Config) -> str | None:
+    """What is wrong with `router.artifact` (found next to the config file, in the working
+    directory or in the package): the folder it names holds no router; None when it does."""
+    from router.engine import MANIFEST, find_artifact
 
     path = find_artifact(config.router.artifact, config)
-    if not (path / MANIFEST).exists():
-        log.warning("router.artifact %r: no router artifact (manifest.json) at %s: 'auto' answers 503 router_unavailable "
-                    "until one is there (named models still work)", config.router.artifact, path.resolve())
+    if (path / MANIFEST).exists():
         return None
+    return f"router.artifact {config.router.artifact!r}: no router artifact ({MANIFEST}) at {path.resolve()}"
+
+
+def load_router(config: Config) -> Router | None:
+    """The router artifact named by `router.artifact`, or None with a warning: named models still
+    work without it."""
+    from router.engine import LearnedRouter, find_artifact
+
+    problem = artifact_problem(config)
+    if problem:
+        log.warning("%s: %s", problem, NO_ROUTER)
+        return None
+    path = find_artifact(config.router.artifact, config)
     router = LearnedRouter.load(path)
     unseen = router.unseen(config.models)
     if unseen:

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from router.config import Config, ConfigError, ModelSpec, load_yaml
-from router.config_errors import validation_problems
+from router.config_errors import invalid, validation_problems
 
 log = logging.getLogger("openclaw.presets")
 
@@ -60,12 +60,6 @@ class PresetFile(BaseModel):
     providers: dict[str, ProviderPreset]
 
 
-def _invalid(what: str, problems: list[str]) -> ConfigError:
-    """The main config's wording (router/config_errors.py): each problem on its line, naming its
-    key and line, with the key meant for a misspelt one."""
-    return ConfigError(f"{what}:\n  " + "\n  ".join(problems))
-
-
 def load_presets(path: str | Path) -> PresetFile:
     """Parse and validate a presets file, every model entry included (enabled or not)."""
     path = Path(path)
@@ -81,7 +75,7 @@ def load_presets(path: str | Path) -> PresetFile:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except ValidationError as exc:
-        raise _invalid(f"{path}: invalid presets", validation_problems(exc, tree, PresetFile)) from None
+        raise invalid(f"{path}: invalid presets", validation_problems(exc, tree, PresetFile)) from None
     for name, provider in presets.providers.items():
         entries = [(("models", i), entry) for i, entry in enumerate(provider.models)]
         entries += [(("template",), {"name": "template", **provider.template})] if provider.template else []
@@ -90,7 +84,7 @@ def load_presets(path: str | Path) -> PresetFile:
                 ModelSpec.model_validate({**entry, "provider": name})
             except ValidationError as exc:
                 problems = validation_problems(exc, tree, ModelSpec, ("providers", name, *at))
-                raise _invalid(f"{path}: invalid presets", problems) from None
+                raise invalid(f"{path}: invalid presets", problems) from None
     return presets
 
 
@@ -209,7 +203,7 @@ def build_preset_config(env: Mapping[str, str] | None = None) -> Config | None:
         config = Config.model_validate({"models": models, "providers": providers, "router": {"artifact": "models/default"},
                                         "source": str(path)})
     except ValidationError as exc:
-        raise _invalid(f"{path}: presets for {', '.join(enabled)} do not make a valid catalog",
+        raise invalid(f"{path}: presets for {', '.join(enabled)} do not make a valid catalog",
                        validation_problems(exc, None, Config)) from None
     log.info("real providers from environment keys: %d models on %s (list prices checked %s; quality predicted through "
              "RouterBench proxies until `openclaw-router retrain` learns from their logged outcomes)",

@@ -164,8 +164,7 @@ def decide(router: Router | None, request: RoutingRequest, *, config: Config, pr
             if waits and all(waits):
                 raise rate_limited(f"every eligible model is rate limited upstream: {exc}", waits) from None
             if key_refused_by is not None and all(key_refused_by(m) for m in unhealthy):
-                envs = (config.providers[config.model(m).provider].api_key_env for m in unhealthy)
-                raise key_refused(unhealthy, list(dict.fromkeys(e for e in envs if e))) from None
+                raise key_refused(unhealthy, config) from None
             raise ApiError(503, f"no eligible model is available right now: {exc}", code="no_model_available",
                            headers={"retry-after": "1"}) from None
         reasons = [c.excluded or "" for c in exc.candidates]

@@ -123,15 +123,10 @@ def written_artifact_missing(config) -> str | None:
     mistyped path would start a gateway answering every `auto` with 503 router_unavailable. One
     left to its default (the shipped models/default, which a wheel lacks) only warns at start,
     and the in-process app still takes a config without a router."""
-    from router.engine import MANIFEST, find_artifact
+    from service.gateway import artifact_problem
 
-    if "artifact" not in config.router.model_fields_set:
-        return None
-    path = find_artifact(config.router.artifact, config)
-    if (path / MANIFEST).exists():
-        return None
-    return (f"router.artifact {config.router.artifact!r}: no router artifact (manifest.json) at {path.resolve()}: "
-            "correct the path, or leave router.artifact out for the shipped router")
+    problem = artifact_problem(config) if "artifact" in config.router.model_fields_set else None
+    return problem and f"{problem}: correct the path, or leave router.artifact out for the shipped router"
 
 
 def key_warnings(config) -> list[str]:

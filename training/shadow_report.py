@@ -49,10 +49,10 @@ def _minus(a: dict | None, b: dict | None, key: str) -> float | None:
 def upstream_latency(status: str | None, answered: str | None, attempts: list[dict] | None) -> float | None:
     """The live answer's upstream call alone (the attempt that answered; a streamed one until its
     last chunk): None for a request that did not end in a whole answer."""
-    if status != "ok" or not answered:
-        return None
-    return next((a.get("latency_s") for a in reversed(attempts or [])
-                 if a.get("model") == answered and a.get("status") == "ok"), None)
+    from router.outcome_log import answering_attempt
+
+    attempt = answering_attempt(attempts, answered) if status == "ok" else None
+    return None if attempt is None else attempt.get("latency_s")
 
 
 def live_outcomes(db: str, wanted: set[str], called: set[str]) -> dict[str, dict]:

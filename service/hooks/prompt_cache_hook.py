@@ -22,6 +22,7 @@ import hashlib
 from dataclasses import replace
 from typing import Any, Mapping
 
+from router.outcome_log import answering_attempt
 from router.types import RoutingRequest
 from service.pipeline import RequestContext
 from service.session_memory import LocalMemory, SessionMemory
@@ -106,8 +107,7 @@ class PromptCacheHook:
         model, routing = ctx.answered_by, ctx.routing
         # Only an upstream call reads or writes the provider's cache: not a cache hit, not a
         # pre-hook's answer. A call that answered did, whatever became of its stream after.
-        if model is None or routing.cacheable_tokens < LOOKUP_MIN_TOKENS or not any(
-                a.get("model") == model and a.get("status") == "ok" for a in ctx.attempts):
+        if routing.cacheable_tokens < LOOKUP_MIN_TOKENS or answering_attempt(ctx.attempts, model) is None:
             return
         messages = list(ctx.body.get("messages") or [])
         chain = ctx.extras.get("prompt_chain") or prompt_chain(ctx.tenant, ctx.body)

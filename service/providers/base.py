@@ -410,7 +410,7 @@ class Provider(ABC):
         name = self.spec.api_key_env
         if not name:
             return None
-        key = (os.environ.get(name) or "").strip()
+        key = self._secrets()[0]
         if not key:
             raise UpstreamError("auth", f"environment variable {name} is not set")
         if not key.isprintable():
@@ -420,7 +420,7 @@ class Provider(ABC):
 
     def _secrets(self) -> tuple[str | None, ...]:
         name = self.spec.api_key_env
-        return ((os.environ.get(name) or "").strip() or None if name else None,)
+        return (((os.environ.get(name) or "").strip() or None) if name else None,)
 
     def _http_error(self, status: int, body: bytes, headers: Mapping[str, str], secrets: tuple[str | None, ...]) -> UpstreamError:
         err = error_from_response(status, body, headers, secrets)
