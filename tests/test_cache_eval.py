@@ -24,7 +24,7 @@ def test_cache_eval_writes_rows_and_scores(tmp_path, capsys):
     pairs = pd.DataFrame({
         "text_a": ["How can I improve my English speaking skills?", "How many calories are in 2 eggs?",
                    "What is the capital of France?", "How do I convert Celsius to Fahrenheit?", "Where is the Eiffel Tower?"],
-        "text_b": ["What can I do to improve my spoken English?", "How many calories are in 3 eggs?",
+        "text_b": ["What is the best way to improve my English speaking skills?", "How many calories are in 3 eggs?",
                    "What is the capital of France?", "How do I convert Fahrenheit to Celsius?", "What is the capital of Germany?"],
         "label": [1, 0, 1, 0, 0],
     })

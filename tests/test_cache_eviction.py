@@ -179,17 +179,17 @@ def test_what_changes_during_a_rebuild_is_in_the_swapped_index(held):
         assert all(j != 799 or s > 0.99 for j, s in index.search("ctx", vecs[799], 4))
 
 
-def test_a_restart_round_trips_tombstones_reused_ids_and_a_rebuild_cut_short(verifier, embed, held, tmp_path, caplog):
+def test_a_restart_round_trips_tombstones_a_freed_id_and_a_rebuild_cut_short(verifier, embed, held, tmp_path, caplog):
     clock = Clock()
     cache = new_cache(verifier, tmp_path, hnsw_from=16, clock=clock)
     questions = [f"What is the population of city number {i} in the atlas?" for i in range(40)]
     entries = [put(cache, embed, body(q), q) for q in questions]
     assert cache._index.wait_for_rebuilds(60)
     held.armed = True
-    # The newest row deleted and a new question stored: SQLite hands out the same id again.
+    # The newest row deleted and a new question stored: its id is never handed out again (AUTOINCREMENT).
     assert cache.forget(entries[-1].id, entries[-1].created)
     other = put(cache, embed, body("Which river flows through the capital?"), "The Thames.")
-    assert other.id == entries[-1].id
+    assert other.id > entries[-1].id
     for e in entries[:14]:
         assert cache.forget(e.id, e.created)
     assert held.started.wait(30), "no background rebuild started"
@@ -208,7 +208,7 @@ def test_a_restart_round_trips_tombstones_reused_ids_and_a_rebuild_cut_short(ver
             assert hit is not None and hit.kind == "hit" and hit.entry.id == e.id
     fp = entries[0].fingerprint
     found = reopened._index.search(fp, embed(questions[-1]), 4)
-    assert all(i != other.id or s < 0.99 for i, s in found)  # the reused id answers with its own vector only
+    assert all(i != other.id or s < 0.99 for i, s in found)  # the new id answers with its own vector only
     assert get(reopened, embed, body("Which river flows through the capital?")).entry.id == other.id
     reopened.close()
 

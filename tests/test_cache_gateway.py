@@ -13,7 +13,7 @@ from tests.fake_upstream import cut_stream, ok, server_error
 from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
 
 Q = "How can I improve my English speaking skills?"
-PARAPHRASE = "What can I do to improve my spoken English?"
+PARAPHRASE = "What is the best way to improve my English speaking skills?"
 
 
 def msgs(text: str, system: str | None = None) -> list[dict]:

@@ -16,7 +16,7 @@ verifier, embed = core.verifier, core.embed  # the module's fixtures, shared
 
 SYSTEM = "You are a helpful assistant."
 Q = "How can I improve my English speaking skills?"
-PARAPHRASE = "What can I do to improve my spoken English?"
+PARAPHRASE = "What is the best way to improve my English speaking skills?"
 HISTORY = [("I have a job interview in English next month.", "Good luck! How can I help you prepare?")]
 
 
@@ -35,11 +35,11 @@ def test_a_context_of_one_entry_hits_and_misses_as_a_bigger_one(verifier, embed)
 
     put(cache, embed, body("What is the capital of France?", system=SYSTEM), "Paris.")  # two: an index now
     assert content(get(cache, embed, body(PARAPHRASE, system=SYSTEM))) == "Practise daily."
-    assert content(get(cache, embed, body("What's the capital city of France?", system=SYSTEM))) == "Paris."
+    assert content(get(cache, embed, body("What's the capital of France?", system=SYSTEM))) == "Paris."
 
     assert cache.forget(english.id, english.created)  # one left: no index again
     assert get(cache, embed, body(PARAPHRASE, system=SYSTEM)) is None
-    assert content(get(cache, embed, body("What's the capital city of France?", system=SYSTEM))) == "Paris."
+    assert content(get(cache, embed, body("What's the capital of France?", system=SYSTEM))) == "Paris."
     assert cache.may_hit(request_keys(body(PARAPHRASE, system=SYSTEM), "auto", "t1")) == (False, True)
 
 

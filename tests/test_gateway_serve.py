@@ -96,7 +96,9 @@ def test_serving_never_imports_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
-    assert sorted(p.name.split("-")[0] for p in cache.glob("*.onnx")) == ["cross", "minilm", "minilm"]
+    # the embedder and the cross-encoder, each in the default variant (fp32: no int8 graph beside them)
+    cross, minilm = sorted(p.name for p in cache.glob("*.onnx"))
+    assert cross.startswith("cross-encoder-") and cross.endswith("-fp32.onnx") and minilm.startswith("minilm-") and "int8" not in minilm
 
 
 def test_serve_refuses_a_port_out_of_range_and_says_why_a_bind_fails(capsys):

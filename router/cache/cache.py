@@ -37,21 +37,35 @@ CANDIDATES = 4  # neighbours the verifier looks at; the best verified one wins
 # bench/bench_cache_memory.py's agent traffic).
 ENTRY_BYTES = 640
 VECTOR_OVERHEAD = 160  # a vector's array header and its place in a Single or a FAISS index
+_BLANKS_AND_MARKS = " \t\n\u00a0.?!"
 
 
 def _without_end_mark(text: str) -> str:
-    """The text without its final "?" / "." marks when they end a word: "How do I reset my
-    password?", "... my password" and "... my password ?" ask the same. After anything else a
-    final mark can be the question itself, and stays: "What is 5!" (a factorial) is not
-    "What is 5?", nor "Escape this character: ." "... : ?"; after a bracket only "?" goes (Prolog's
+    """The text without its final "?" / "." marks when they end a word, directly after it: "How
+    do I reset my password?" and "... my password" ask the same. After anything else a final
+    mark can be the question itself, and stays: "What is 5!" (a factorial) is not "What is 5?",
+    nor "Escape this character: ." "... : ?", nor "What does git add ." "What does git add?" (a
+    mark after a space is a word of its own); after a bracket only "?" goes (Prolog's
     "foo(X) :- bar(X)." is not the same program without its full stop); "!" is never dropped."""
     text = text.rstrip()
-    stripped = text.rstrip(" \t\n.?")
+    stripped = text.rstrip(".?")
     if not stripped or len(stripped) == len(text):
         return text
     if stripped[-1].isalpha() or stripped[-1] in "\"'\u201d\u2019" or (stripped[-1] == ")" and "." not in text[len(stripped):]):
         return stripped
     return text
+
+
+def _mark_apart(a: str, b: str) -> bool:
+    """The same words but for their final marks, one of which stands on its own after a blank:
+    "What does git add ." / "What does git add?", "Explain grep -r TODO ." / "... TODO". The mark
+    is then a word of the question, the very one the two differ in: never a match, whatever the
+    verifier makes of two texts this alike."""
+    a, b = a.rstrip(), b.rstrip()
+    base = a.rstrip(_BLANKS_AND_MARKS)
+    if a == b or b.rstrip(_BLANKS_AND_MARKS) != base:
+        return False
+    return any(c.isspace() for c in a[len(base):] + b[len(base):])
 
 
 @dataclass(frozen=True)
@@ -188,7 +202,9 @@ class ResponseCache:
         return e
 
     def _answer(self, e: Entry, kind: str, similarity: float, probability: float) -> Hit | None:
-        response = self._store.response(e.id)
+        # None where the row is gone or now holds another key (another process on the folder
+        # replaced or dropped it): a miss, and the entry this process held is dropped.
+        response = self._store.response(e.id, e.exact)
         if response is None:
             self._remove(e)
             return None
@@ -212,6 +228,9 @@ class ResponseCache:
                 # The same words, one with a final "?" or "." and one without: the verifier, trained
                 # on pairs that never differ by so little, can doubt them ("How do I reset my password").
                 return self._answer(e, "semantic-hit", sim, 1.0)
+        live = [(e, s) for e, s in live if not _mark_apart(e.text, keys.text)]
+        if not live:
+            return None
         cached = np.vstack([self._index.vector(keys.fingerprint, e.id) for e, _ in live])
         probs = self.verifier.accept_probability(
             [e.text for e, _ in live], [keys.text] * len(live), cached, np.repeat(vector[None, :], len(live), axis=0)
@@ -282,7 +301,7 @@ class ResponseCache:
         if self._exact.get(e.exact) == e.id:
             del self._exact[e.exact]
         self._index.remove(e.fingerprint, e.id)
-        self._store.delete([e.id])
+        self._store.delete([(e.id, e.exact)])
 
     def _purge_expired(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] <= now:
@@ -303,7 +322,8 @@ class ResponseCache:
     def forget(self, entry_id: int, created: float) -> bool:
         """Drop this entry (an answer its users rejected); False if it is gone already (expired,
         evicted, or replaced by a newer answer, which nobody has rejected). `created` tells the
-        entry from a later one SQLite gave the same id."""
+        entry from a later one given the same id (a cache written before ids were AUTOINCREMENT
+        handed freed ids out again)."""
         with self._lock:
             e = self._entries.get(entry_id)
             if e is None or e.created != created:

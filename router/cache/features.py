@@ -196,12 +196,65 @@ def _swapped_roles(wa: tuple[str, ...], wb: tuple[str, ...]) -> bool:
     return not (_COORDINATING & set(wa[i + 1:j]))
 
 
+# A direction read at its markers, so other words cannot hide a reversal ("a string to int" / "an int
+# to string", "PDF to Word" / "a Word document to PDF"): "to" points from the last 3 content words
+# before it (back to a marker, punctuation or any stopword but an article) to the first one after it,
+# "from" the other way round; "than" / "vs" order a comparison. Numbers joined by "/", "-", ":", "to" form a run.
+_TO, _COMPARE = frozenset("to into onto -> → =>".split()), frozenset("than vs versus".split())
+_MARKERS = _TO | _COMPARE | {"from"}
+_FRAME_END = _MARKERS | frozenset("and or , ; : ! ? ( ) .".split())
+_DETERMINERS = frozenset("a an the my your his her its our their this these those some any each every another".split())
+_SKIP, _STOP = STOPWORDS | _DETERMINERS, _FRAME_END | (STOPWORDS - _DETERMINERS)  # _STOP ends the words before
+_DIR_TOKEN = re.compile(r"->|→|=>|\d+(?:[.,]\d+)*|[a-z0-9]+(?:'[a-z]+)?|[,;:!?()]|\.(?!\w)")
+_NUMBER_RUN = re.compile(r"\d+(?:[.,]\d+)*(?:\s*(?:->|[/:–—-]|\b(?:to|through)\b)\s*\d+(?:[.,]\d+)*)+")
+
+
+@_memo_short
+def _directed(text: str) -> frozenset[tuple[str, str, bool]]:
+    """(from, to, is-a-comparison) word pairs: "from X to Y", "Y from X", "X into Y", "X than Y"."""
+    marked = not _MARKERS.isdisjoint(words(text)) or "→" in text or ">" in text  # most texts: no tokenizing
+    toks = _DIR_TOKEN.findall(text.lower().replace("’", "'")) if marked else []
+    out, start = set(), 0
+    for i, marker in enumerate(toks):
+        if marker not in _STOP:
+            continue
+        if marker in _MARKERS:
+            before = [w for w in toks[start:i] if w not in _DETERMINERS][-3:]
+            j = i + 1
+            while j < len(toks) and toks[j] in _SKIP and toks[j] not in _FRAME_END:
+                j += 1  # to the first content word after the marker, within its frame
+            if j < len(toks) and toks[j] not in _FRAME_END:
+                out.update((toks[j], w, False) if marker == "from" else (w, toks[j], marker in _COMPARE) for w in before)
+        start = i + 1
+    return frozenset(out)
+
+
+def _same_word(x: str, y: str) -> bool:
+    """Equal, or one a prefix of the other of 3 letters or more: "int" / "integer", "Postgres" / "PostgreSQL"."""
+    return x == y or (min(len(x), len(y)) >= 3 and (x.startswith(y) or y.startswith(x)))
+
+
+def _directions_reversed(a: str, b: str) -> bool:
+    da, db = _directed(a), _directed(b)
+    return any(not _same_word(x, y) and any(c == cmp and _same_word(x, v) and _same_word(y, u) for u, v, c in other)
+               and not any(c == cmp and _same_word(x, u) and _same_word(y, v) for u, v, c in other)
+               for one, other in ((da, db), (db, da)) for x, y, cmp in one)
+
+
+def _runs_reordered(a: str, b: str) -> bool:
+    """The same numbers joined in another order: "03/04/2024" / "04/03/2024", "3 to 5" / "5 to 3"."""
+    ra, rb = ([tuple(n.replace(",", "") for n in _NUMBER.findall(m)) for m in _NUMBER_RUN.findall(t.lower())]
+              for t in (a, b))
+    return any(r not in other and any(sorted(r) == sorted(s) for s in other) for one, other in ((ra, rb), (rb, ra))
+               for r in one)
+
+
 def hard_mismatch(a: str, b: str) -> bool:
     """Differences that always mean another question, whatever the model says: different numbers
-    on both sides ("2 eggs" vs "3 eggs"), negation, opposites ("good" vs "bad"), a reversed
-    direction ("dollars to rupees" vs "rupees to dollars"), swapped roles ("do Croats like
-    Turks" vs "do Turks like Croats"), the same words with other symbols or a unit's capitals
-    ("1 MB" vs "1 Mb", "\\W" vs "\\w", "ls -r" vs "ls -R", "C++ vs C#" swapped), a name one side
+    on both sides ("2 eggs" vs "3 eggs") or joined in another order ("3/4" vs "4/3"), negation,
+    opposites ("good" vs "bad"), a reversed direction ("a string to int" vs "an int to string"),
+    swapped roles ("Croats like Turks" vs "Turks like Croats"), the same words with other symbols
+    or a unit's capitals ("1 MB" / "1 Mb", "\\W" / "\\w", "ls -r" / "ls -R", "C++ vs C#" swapped), a name one side
     adds to the other's words ("New York" vs "York", "MacBook Pro" vs "MacBook"), and the same
     words laid out differently where layout can matter (line breaks, tabs, code, quotes). A
     number on one side only ("... in 2016?") is left to the model: on validation a fifth of such
@@ -209,7 +262,7 @@ def hard_mismatch(a: str, b: str) -> bool:
     if a != b and a.split() == b.split() and _layout_matters(a, b):
         return True  # the same words laid out differently: in code or YAML, another question
     na, nb = numbers(a), numbers(b)
-    if (na and nb and na != nb) or negated(a) != negated(b):
+    if (na and nb and na != nb) or negated(a) != negated(b) or (na and _runs_reordered(a, b)):
         return True
     wa, wb = words(a), words(b)
     if wa == wb:
@@ -217,7 +270,8 @@ def hard_mismatch(a: str, b: str) -> bool:
     if _capitonym(a, b):
         return True
     sa, sb = set(wa), set(wb)
-    return _opposed(sa - sb, sb - sa) or _reversed(wa, wb) or _swapped_roles(wa, wb) or _name_added(a, b, sa, sb)
+    return (_opposed(sa - sb, sb - sa) or _reversed(wa, wb) or _directions_reversed(a, b)
+            or _swapped_roles(wa, wb) or _name_added(a, b, sa, sb))
 
 
 # Words whose capital changes what they mean and that askers seldom write in lower case for the

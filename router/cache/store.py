@@ -29,9 +29,12 @@ from router.cache.entry import Entry
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    id INTEGER PRIMARY KEY,
+# AUTOINCREMENT: an id is never handed out twice, even after the row holding the highest one is
+# deleted. A cache holds its entries' ids in memory, and another process on the same folder (an
+# overlapping restart, two gateways on one config) deletes and inserts rows under it: with reused
+# ids, an id one process held could name another question's answer stored by the other.
+COLUMNS = """(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     exact TEXT NOT NULL UNIQUE,
     fingerprint TEXT NOT NULL,
     tenant TEXT NOT NULL,
@@ -43,8 +46,9 @@ CREATE TABLE IF NOT EXISTS entries (
     expires REAL NOT NULL,
     vector BLOB,
     response TEXT NOT NULL
-)
-"""
+)"""
+SCHEMA = f"CREATE TABLE IF NOT EXISTS entries {COLUMNS}"
+FIELDS = "exact, fingerprint, tenant, route, text, model, cost_usd, created, expires, vector, response"
 DB_NAME = "cache.sqlite"
 
 
@@ -61,6 +65,50 @@ def _quarantine(path: Path) -> Path:
         if p.exists():
             os.replace(p, Path(str(target) + suffix))
     return target
+
+
+def _ids_never_reused(db: sqlite3.Connection) -> bool:
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'entries'").fetchone()
+    return row is not None and "AUTOINCREMENT" in row[0].upper()
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """A database written before ids were AUTOINCREMENT: its rows are copied, ids kept (the
+    index snapshot names them), into a table that never hands an id out twice. One transaction:
+    a crash leaves the old table, and another process opening the folder meanwhile waits for it
+    (or finds the work done). A table without these columns fails here, and is moved aside."""
+    if _ids_never_reused(db):
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if not _ids_never_reused(db):
+            db.execute(f"CREATE TABLE entries_upgraded {COLUMNS}")
+            db.execute(f"INSERT INTO entries_upgraded (id, {FIELDS}) SELECT id, {FIELDS} FROM entries")
+            db.execute("DROP TABLE entries")
+            db.execute("ALTER TABLE entries_upgraded RENAME TO entries")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _entry(row: tuple, dim: int) -> Entry | None:
+    """The entry a row holds, or None where a field has the wrong type or shape: SQLite's loose
+    typing keeps text in a REAL column or a BLOB one, and `PRAGMA quick_check` does not look."""
+    entry_id, exact, fingerprint, tenant, route, text, model, cost_usd, created, expires, blob = row
+    if not all(isinstance(v, str) for v in (exact, fingerprint, tenant, route, text, model)):
+        return None
+    numbers = (cost_usd, created, expires)
+    if not all(isinstance(v, (int, float)) and v == v for v in numbers):  # v == v: no NaN
+        return None
+    vector = None
+    if blob is not None:
+        if not isinstance(blob, bytes) or len(blob) != dim * 4:
+            return None
+        vector = np.frombuffer(blob, dtype=np.float32).copy()
+        if not np.isfinite(vector).all():
+            return None
+    return Entry(entry_id, exact, fingerprint, tenant, route, text, model, *map(float, numbers), vector=vector)
 
 
 def pack(response: dict[str, Any]) -> bytes:
@@ -93,13 +141,14 @@ class MemoryStore:
         blob = self._answers[self._last_id] = pack(response)
         return self._last_id, sys.getsizeof(blob)
 
-    def response(self, entry_id: int) -> dict[str, Any] | None:
+    def response(self, entry_id: int, exact: str) -> dict[str, Any] | None:
+        # One process's own ids, never handed out twice: an id names one entry for good.
         blob = self._answers.get(entry_id)
         return unpack(blob) if blob is not None else None
 
-    def delete(self, ids: list[int]) -> None:
-        for i in ids:
-            self._answers.pop(i, None)
+    def delete(self, entries: list[tuple[int, str]]) -> None:
+        for entry_id, _ in entries:
+            self._answers.pop(entry_id, None)
 
     def clear(self) -> None:
         self._answers.clear()
@@ -141,6 +190,7 @@ class Store:
             if row is None or row[0] != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {row[0] if row else 'no answer'}")
             db.execute(SCHEMA)
+            _upgrade(db)
             db.execute("CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires)")
         except sqlite3.DatabaseError:
             db.close()
@@ -151,50 +201,59 @@ class Store:
         """Insert or replace the entry with the same exact key: (the row id, 0 bytes held in memory)."""
         vector = e.vector.astype(np.float32).tobytes() if e.vector is not None else None
         cur = self._db.execute(
-            "INSERT OR REPLACE INTO entries (exact, fingerprint, tenant, route, text, model, cost_usd, created, expires, vector, response)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO entries ({FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (e.exact, e.fingerprint, e.tenant, e.route, e.text, e.model, e.cost_usd, e.created, e.expires, vector, json.dumps(response)),
         )
         return int(cur.lastrowid), 0
 
-    def response(self, entry_id: int) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT response FROM entries WHERE id = ?", (entry_id,)).fetchone()
-        if row is None:
+    def response(self, entry_id: int, exact: str) -> dict[str, Any] | None:
+        """The answer of the entry with this id and exact key; None if there is no such row.
+
+        The key is checked, not only the id: another process on the same folder replaces and
+        deletes rows under this one's entries (and a database from before AUTOINCREMENT hands a
+        freed id out again), so the row an id names may be gone, or be another question's."""
+        row = self._db.execute("SELECT exact, response FROM entries WHERE id = ?", (entry_id,)).fetchone()
+        if row is None or row[0] != exact:
             return None
         try:
-            response = json.loads(row[0])
-        except ValueError:
+            response = json.loads(row[1])
+        except (ValueError, TypeError):  # TypeError: a number where the text belongs
             response = None
         # Only a chat.completion with its choices can be served: anything else is damage.
         if not isinstance(response, dict) or not isinstance(response.get("choices"), list) or not response["choices"] \
                 or not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in response["choices"]):
             log.warning("cache entry %d has an unreadable response; dropping it", entry_id)
-            self.delete([entry_id])
+            self.delete([(entry_id, exact)])
             return None
         return response
 
-    def delete(self, ids: list[int]) -> None:
-        if ids:
-            self._db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in ids])
+    def delete(self, entries: list[tuple[int, str]]) -> None:
+        """Delete these (id, exact key) rows: a row that now holds another key is not this
+        entry's (see `response`), and stays."""
+        if entries:
+            self._db.executemany("DELETE FROM entries WHERE id = ? AND exact = ?", entries)
 
     def clear(self) -> None:
         self._db.execute("DELETE FROM entries")
 
     def load(self, now: float, dim: int) -> Iterator[Entry]:
-        """Live entries, oldest first (eviction order after a restart); expired and malformed rows are deleted."""
+        """Live entries, oldest first (eviction order after a restart); expired rows, and rows
+        that cannot be used (a field of the wrong type, a vector of another size), are deleted."""
         self._db.execute("DELETE FROM entries WHERE expires <= ?", (now,))
         bad = []
         rows = self._db.execute(
             "SELECT id, exact, fingerprint, tenant, route, text, model, cost_usd, created, expires, vector FROM entries ORDER BY created, id"
         )
         for row in rows.fetchall():
-            blob = row[10]
-            if blob is not None and len(blob) != dim * 4:
-                bad.append(row[0])  # written by another embedding model: useless for matching
+            e = _entry(row, dim)
+            if e is None:
+                bad.append((row[0],))
                 continue
-            vector = np.frombuffer(blob, dtype=np.float32).copy() if blob is not None else None
-            yield Entry(*row[:10], vector=vector)
-        self.delete(bad)
+            yield e
+        if bad:
+            log.warning("cache: dropped %d unusable rows from %s (a field of the wrong type, or a vector of another "
+                        "size than this embedder's %d)", len(bad), self.path, dim)
+            self._db.executemany("DELETE FROM entries WHERE id = ?", bad)
 
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
