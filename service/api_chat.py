@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
 from router.config import ModelSpec
-from router.request_view import estimate_tokens, output_limit, view_chat_request
+from router.request_view import estimate_tokens, view_chat_request
 from service import sse
 from service.api_info import resolve_visible
 from service.dispatch import ClientGone, OpenStream, client_gone, usage_tokens
@@ -31,7 +31,7 @@ from service.gateway import Gateway
 from service.governance.auth import client_caller
 from service.pipeline import RequestContext
 from service.providers.base import UpstreamError
-from service.routing import artifact_of, build_constraints, decide
+from service.routing import artifact_of, build_constraints, decide_for
 from service.schemas import read_json_body, validate_chat
 
 log = logging.getLogger(__name__)
@@ -196,10 +196,8 @@ def _embed_and_decide(gw: Gateway, router_now: Any, ctx: RequestContext, live: A
     # the semantic cache's pre-hook has embedded the text already when it looked it up.
     if ctx.embedding is None and ctx.routing.text and router_now is not None:
         ctx.embedding = gw.embed(ctx.routing.text)
-    return decide(router_now, ctx.routing, config=gw.config, profile=ctx.profile, constraints=ctx.extras["constraints"],
-                  live=live, embedding=ctx.embedding, blocked_for=gw.live.breaker.blocked_for,
-                  key_refused_by=gw.live.left_out_for_key,
-                  output_field=output_limit(ctx.body)[1])
+    return decide_for(gw, router_now, ctx.routing, ctx.body, profile=ctx.profile,
+                      constraints=ctx.extras["constraints"], live=live, embedding=ctx.embedding)
 
 
 def _refused(gw: Gateway, request: Request, request_id: str, received: float, started: float, raw: Any, caller: Any,

@@ -20,7 +20,7 @@ from service.gateway import Gateway
 from service.governance.auth import OPEN, Caller, allows_model, allows_profile, client_caller
 from service.governance.request_limits import admit_call
 from service.hooks.prompt_cache_hook import PromptCacheHook
-from service.routing import build_constraints, decide, resolve_model
+from service.routing import build_constraints, decide_for, resolve_model
 from service.schemas import read_json_body, validate_chat
 
 router = APIRouter()
@@ -116,8 +116,8 @@ async def route_only(request: Request) -> JSONResponse:
         routing, _ = await prompt_cache.with_warm_tokens((caller or OPEN).tenant, routing, raw)
     router_now = gw.router.current
     embedding = await run_in_threadpool(gw.embed, routing.text) if (router_now is not None and routing.text) else None
-    decision = await run_in_threadpool(
-        decide, router_now, routing, config=gw.config, profile=profile, constraints=constraints,
+    decision = await run_in_threadpool(  # as chat decides (the same errors: a 429, a refused key's 502)
+        decide_for, gw, router_now, routing, raw, profile=profile, constraints=constraints,
         live=gw.live.snapshot(routing.input_tokens), embedding=embedding,
     )
     shown = decision.to_dict()

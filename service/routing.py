@@ -12,14 +12,18 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import numpy as np
 
 from router.config import Config, ModelSpec, Profile
+from router.request_view import output_limit
 from router.types import Constraints, Decision, LiveStats, RoutingRequest
 from service.errors import ApiError, bad_request, key_refused, model_not_found, rate_limited
 from service.schemas import RouterOptions
+
+if TYPE_CHECKING:
+    from service.gateway import Gateway
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -186,6 +190,16 @@ def decide(router: Router | None, request: RoutingRequest, *, config: Config, pr
                            "leaves no room for an answer. Please reduce the length of the messages.",
                            code="context_length_exceeded", param="messages") from None
         raise ApiError(400, str(exc), code="no_eligible_model") from None
+
+
+def decide_for(gw: Gateway, router: Router | None, request: RoutingRequest, body: Mapping[str, Any], *, profile: str,
+               constraints: Constraints, live: Mapping[str, LiveStats], embedding: np.ndarray | None) -> Decision:
+    """`decide` as the gateway decides a chat body, with what its live state knows (the models
+    waiting out a Retry-After, the providers refusing their key) and the output-limit field the
+    body used. Chat and `/v1/route` both decide through this, so a refusal is the same on both."""
+    return decide(router, request, config=gw.config, profile=profile, constraints=constraints, live=live,
+                  embedding=embedding, blocked_for=gw.live.breaker.blocked_for, key_refused_by=gw.live.left_out_for_key,
+                  output_field=output_limit(body)[1])
 
 
 # Exclusions by the request's own scope and needs: beside them, a window too small for every model

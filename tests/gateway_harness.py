@@ -62,7 +62,7 @@ class QualityRouter:
 
 
 def fake_config(base_url: str, db_url: str, *, models: list[dict[str, Any]] | None = None, timeout_s: float = 1.0,
-                extra: str = "") -> Config:
+                extra: str = "", cooldown_s: float = 0.5) -> Config:
     """m1 (best), m2, m3 on one fake upstream (OpenAI's API: it takes files and logprobs); `models`
     overrides the model list (`in`/`out`: list prices; `price`: more price fields)."""
     takes = ["tools", "json", "files", "logprobs"]
@@ -83,7 +83,7 @@ def fake_config(base_url: str, db_url: str, *, models: list[dict[str, Any]] | No
     text = "\n".join(lines) + f"""
 providers:
   fake: {{kind: openai, base_url: "{base_url}", timeout_s: {timeout_s}, connect_timeout_s: 1.0}}
-reliability: {{max_retries: 1, backoff_base_s: 0.01, backoff_max_s: 0.05, max_retry_after_s: 1.0, breaker_failures: 3, breaker_cooldown_s: 0.5}}
+reliability: {{max_retries: 1, backoff_base_s: 0.01, backoff_max_s: 0.05, max_retry_after_s: 1.0, breaker_failures: 3, breaker_cooldown_s: {cooldown_s}}}
 server: {{db: "{db_url}", prompt_storage: full, max_body_bytes: 1000000}}
 cache: {{enabled: false}}
 {extra}"""

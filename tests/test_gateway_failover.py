@@ -232,8 +232,58 @@ def test_a_line_dropped_after_the_last_chunk_is_a_whole_answer(start_gateway, up
     assert row["output_tokens"] == chunks[-1].usage.completion_tokens
 
 
+def wire_chunk(delta, finish=None, usage=None):
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    return None, {"id": "u1", "object": "chat.completion.chunk", "created": 1, "model": "up", "choices": choices,
+                  **({"usage": usage} if usage else {})}
+
+
+@pytest.mark.parametrize("calls", [False, True], ids=["text", "tool_call"])
+@pytest.mark.parametrize("done", [True, False], ids=["done", "cut"])
+def test_an_answer_ended_by_done_without_finish_reason_is_whole_a_cut_one_is_not(tmp_path, calls, done):
+    # Some upstreams never set finish_reason: their [DONE] ends the answer, as the same answer
+    # unstreamed is accepted; a line dropped before [DONE] still cuts it.
+    from tests.fake_upstream import WireServer
+    from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
+
+    call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "ls", "arguments": "{}"}}
+    said = [{"tool_calls": [call]}] if calls else [{"content": "The whole"}, {"content": " answer."}]
+    usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    expected = "tool_calls" if calls else "stop"
+    with WireServer() as srv:
+        events = [wire_chunk({"role": "assistant", "content": ""}), *map(wire_chunk, said), wire_chunk(None, usage=usage)]
+        srv.reply_sse(events + [(None, "[DONE]")] if done else events, cut=not done)
+        answer = {"role": "assistant", "content": None if calls else "The whole answer.", **({"tool_calls": [call]} if calls else {})}
+        srv.reply(json_body={"id": "u2", "object": "chat.completion", "created": 1, "model": "up", "usage": usage,
+                             "choices": [{"index": 0, "message": answer, "finish_reason": None}]})
+        gw = Running(fake_config(srv.url + "/v1", f"sqlite:///{tmp_path}/o.sqlite"), router=QualityRouter(DEFAULT_QUALITY))
+        try:
+            stream = gw.client().chat.completions.create(model="m1", messages=MSG, stream=True, stream_options={"include_usage": True})
+            chunks = []
+            if done:
+                chunks = list(stream)
+            else:
+                with pytest.raises(openai.APIError) as cut:
+                    chunks.extend(stream)
+                assert "failed mid-answer" in cut.value.message
+            row = gw.outcomes()[-1]
+            unstreamed = gw.client().chat.completions.create(model="m1", messages=MSG)
+            assert unstreamed.choices[0].finish_reason == expected and gw.outcomes(2)[-1]["status"] == "ok"
+        finally:
+            gw.stop()
+    if not done:
+        assert row["status"] == "truncated"
+        return
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [expected] and "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        "" if calls else "The whole answer.")
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 8  # after the finish, as OpenAI orders them
+    assert row["status"] == "ok" and row["error"] is None and row["output_tokens"] == 3
+
+
 def test_circuit_opens_after_repeated_failures_then_probes(start_gateway, upstream):
-    gw = start_gateway()  # breaker_failures=3, cooldown 0.5 s
+    # breaker_failures=3; a cooldown the asks after the circuit opens fit in, also on a busy machine
+    gw = start_gateway(cooldown_s=2.0)
     upstream.default("m1", server_error())
     ask(gw)  # m1 fails twice (retry), m2 answers
     ask(gw)  # third consecutive failure opens m1's circuit
@@ -242,7 +292,7 @@ def test_circuit_opens_after_repeated_failures_then_probes(start_gateway, upstre
     calls = len(upstream.requests_for("m1"))
     answer, _ = ask(gw)
     assert answer.model == "m2" and len(upstream.requests_for("m1")) == calls  # open: not even tried
-    time.sleep(0.6)
+    time.sleep(2.1)
     upstream.reset()  # m1 recovered
     answer, _ = ask(gw)
     assert answer.model == "m1"  # the half-open probe went through and closed the circuit

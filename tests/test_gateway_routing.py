@@ -1,13 +1,13 @@
 """Routing decisions as the running gateway makes them, through the real `openai` SDK: what a
 request asks for (several choices, a long conversation, a large output limit) and an agent's
-tool loop keeping its model."""
+tool loop keeping its model; `/v1/route` refusing what chat refuses, in chat's words."""
 from __future__ import annotations
 
 import httpx
 import openai
 import pytest
 
-from tests.fake_upstream import server_error
+from tests.fake_upstream import error, rate_limit, server_error
 from tests.gateway_harness import MSG, ask
 
 
@@ -139,3 +139,42 @@ def test_a_catalog_declaring_no_files_audio_or_logprobs_routes_such_requests_as_
     assert upstream.requests_for("m1")[-1].body["messages"][0]["content"][1:] == [pdf, wav]
     routed = httpx.post(f"{gw.url}/v1/route", json={"messages": asked, "logprobs": True}).json()
     assert routed["model"] == "m1"
+
+
+def route_and_chat(gw, **body):
+    """(the /v1/route answer, chat's error body and headers) for the same request."""
+    routed = httpx.post(f"{gw.url}/v1/route", json={"model": "auto", "messages": MSG, **body})
+    with pytest.raises(openai.APIStatusError) as chat:
+        gw.client().chat.completions.create(model="auto", messages=MSG, **body)
+    assert routed.status_code == chat.value.status_code
+    return routed, chat.value.body, chat.value.response.headers
+
+
+def test_route_names_the_output_limit_field_the_body_used_as_chat_does(start_gateway, upstream):
+    gw = start_gateway()
+    routed, chat, _ = route_and_chat(gw, max_completion_tokens=200_000)  # as OpenClaw sends it
+    assert routed.status_code == 400 and routed.json()["error"] == chat
+    assert chat["param"] == "max_completion_tokens" and chat["message"].endswith("Lower max_completion_tokens.")
+
+
+def test_route_with_every_model_waiting_out_its_retry_after_is_chats_429(start_gateway, upstream):
+    # Not a 503 "retry in 1 s": the client is told the time left, as chat tells it.
+    gw = start_gateway()
+    for m in ("m1", "m2", "m3"):
+        upstream.default(m, rate_limit(retry_after=20))
+    with pytest.raises(openai.RateLimitError):  # the 429s that put every model on hold
+        gw.client().chat.completions.create(model="auto", messages=MSG)
+    routed, chat, headers = route_and_chat(gw)
+    assert routed.status_code == 429 and routed.json()["error"]["code"] == chat["code"] == "rate_limit_exceeded"
+    assert 18 <= int(routed.headers["retry-after"]) <= 20 and abs(int(routed.headers["retry-after"]) - int(headers["retry-after"])) <= 1
+
+
+def test_route_with_every_models_key_refused_is_chats_502(start_gateway, upstream):
+    gw = start_gateway()
+    for m in ("m1", "m2", "m3"):
+        upstream.default(m, error(401, "Incorrect API key provided", code="invalid_api_key", type="invalid_request_error"))
+    with pytest.raises(openai.APIStatusError):  # the refusals that open the provider's key circuit
+        gw.client().chat.completions.create(model="auto", messages=MSG)
+    routed, chat, _ = route_and_chat(gw)
+    assert routed.status_code == 502 and routed.json()["error"] == chat and chat["code"] == "upstream_auth_failed"
+    assert routed.headers["x-should-retry"] == "false"

@@ -126,3 +126,30 @@ def test_logprobs_come_from_gemini_and_are_refused_by_claude(gateway):
         client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], logprobs=True)
     assert (info.value.body["code"], info.value.body["param"]) == ("unsupported_parameter", "logprobs")
     assert claude.requests == []
+
+
+@pytest.mark.parametrize("calls", [False, True], ids=["text", "tool_call"])
+def test_a_claude_stream_ended_by_message_stop_without_stop_reason_is_a_whole_answer(gateway, calls):
+    # message_stop is Anthropic's explicit end: the answer is finished, as the same answer unstreamed
+    # without a stop_reason is, not cut mid-answer.
+    gw, claude, _ = gateway
+    block = {"type": "tool_use", "id": "toolu_1", "name": "read", "input": {}} if calls else {"type": "text", "text": ""}
+    events = [("message_start", {"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+              ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}),
+              ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
+                  "type": "input_json_delta", "partial_json": '{"path": "a"}'} if calls else {"type": "text_delta", "text": "All of it."}}),
+              ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+              ("message_delta", {"type": "message_delta", "delta": {}, "usage": {"output_tokens": 4}}),
+              ("message_stop", {"type": "message_stop"})]
+    claude.reply_sse(events)
+    chunks = list(gw.client().chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], tools=[READ],
+                                                      stream=True, stream_options={"include_usage": True}))
+    expected = "tool_calls" if calls else "stop"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [expected]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ("" if calls else "All of it.")
+    assert chunks[-1].usage.completion_tokens == 4
+    row = gw.outcomes()[-1]
+    assert row["status"] == "ok" and row["error"] is None
+    claude.reply({**CLAUDE_OK, "content": [block | ({"input": {"path": "a"}} if calls else {"text": "All of it."})], "stop_reason": None})
+    unstreamed = gw.client().chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], tools=[READ])
+    assert unstreamed.choices[0].finish_reason == expected

@@ -350,8 +350,12 @@ def _usage(usage: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _finish_reason(stop_reason: Any) -> str:
-    return FINISH_REASONS.get(as_text(stop_reason, "stop_reason"), "stop")
+def _finish_reason(stop_reason: Any, has_calls: bool = False) -> str:
+    """OpenAI's finish_reason for Anthropic's stop_reason; none given: a tool call's, or "stop"."""
+    reason = as_text(stop_reason, "stop_reason")
+    if not reason and has_calls:
+        return "tool_calls"
+    return FINISH_REASONS.get(reason, "stop")
 
 
 def from_anthropic(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
@@ -374,7 +378,7 @@ def from_anthropic(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model.name,
-        "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(result.get("stop_reason"))}],
+        "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(result.get("stop_reason"), bool(tool_calls))}],
         "usage": _usage(as_object(result.get("usage"), "usage")),
     }
 
@@ -406,6 +410,7 @@ class AnthropicProvider(Provider):
         created = int(time.time())
         tool_index: dict[int, int] = {}  # Anthropic content-block index → OpenAI tool_calls index
         no_arguments_yet: set[int] = set()  # tool calls whose input has not streamed a character yet
+        produced = False  # any text or tool call so far
         counts: dict[str, Any] = {}  # Anthropic's usage: message_start's, updated by message_delta's
         usage = _usage(counts)  # read as each arrives: a count of the wrong type is a malformed answer now
 
@@ -436,12 +441,15 @@ class AnthropicProvider(Provider):
                     idx = tool_index[as_int(event.get("index"), "index")] = len(tool_index)
                     call = {"index": idx, "id": block.get("id", ""), "type": "function", "function": {"name": block.get("name", ""), "arguments": ""}}
                     no_arguments_yet.add(idx)
+                    produced = True
                     yield chunk({"tool_calls": [call]})
                 elif block.get("type") == "text" and block.get("text"):
+                    produced = True
                     yield chunk({"content": as_text(block["text"], "a text block's text")})
             elif kind == "content_block_delta":
                 delta = as_object(event.get("delta"), "content_block_delta's delta")
                 if delta.get("type") == "text_delta":
+                    produced = produced or bool(delta.get("text"))
                     yield chunk({"content": as_text(delta.get("text"), "a text_delta's text")})
                 elif delta.get("type") == "input_json_delta":
                     idx = tool_index.get(as_int(event.get("index"), "index"))
@@ -469,6 +477,8 @@ class AnthropicProvider(Provider):
                     yield usage_chunk()
                     return
             elif kind == "message_stop":
+                if produced:  # Anthropic's explicit end, no stop_reason given: finished, as unstreamed
+                    yield chunk({}, _finish_reason(None, bool(tool_index)))
                 yield usage_chunk()
                 return
             elif kind == "error":

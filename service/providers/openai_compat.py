@@ -110,6 +110,9 @@ class OpenAICompatProvider(Provider):
         if not isinstance(choices, list) or not choices \
                 or not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
             raise UpstreamError("malformed", "response has no choices with a message")
+        for choice in choices:  # an answer the upstream ended without saying why: finished, as streamed
+            if not choice.get("finish_reason"):
+                choice["finish_reason"] = finish_reason_of(choice["message"])
         _with_cached_tokens(as_object(result.get("usage"), "usage"))  # read by the gateway to bill the answer
         result["model"] = model.name
         result.setdefault("object", "chat.completion")
@@ -118,9 +121,13 @@ class OpenAICompatProvider(Provider):
     async def stream(self, model: ModelSpec, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         url = f"{self.base_url}/chat/completions"
         secrets = self._secrets()
-        finished = False
+        ending = _Ending()
         async for _, data in self._sse_events(url, self._payload(model, body, stream=True), self._headers()):
             if data.strip() == "[DONE]":
+                # The upstream's explicit end: an answer it never gave a finish_reason is finished
+                # all the same, as the same answer unstreamed is (`complete`).
+                for chunk in ending.done():
+                    yield chunk
                 return
             chunk = parse_json_event(data, secrets)
             if not isinstance(chunk, dict):
@@ -133,11 +140,62 @@ class OpenAICompatProvider(Provider):
             _with_cached_tokens(as_object(chunk.get("usage"), "usage"))  # read by the gateway to bill the answer
             chunk["model"] = model.name
             chunk.setdefault("object", "chat.completion.chunk")
-            finished = finished or any(c.get("finish_reason") for c in choices)
+            for out in ending.add(chunk):
+                yield out
+        for chunk in ending.cut():  # its usage, if it sent one, still bills the answer
             yield chunk
-        if not finished:
+        if not ending.finished:
             # A connection that closes before [DONE] and before any finish_reason was cut mid-answer.
             raise UpstreamError("connection", "stream ended before the answer finished")
+
+
+def finish_reason_of(message: Any) -> str:
+    """The finish_reason of an answer (a message, or a streamed delta) its upstream ended without
+    one: a tool call's, or "stop"."""
+    if isinstance(message, dict) and message.get("tool_calls"):
+        return "tool_calls"
+    return "function_call" if isinstance(message, dict) and message.get("function_call") else "stop"
+
+
+class _Ending:
+    """How a stream's choices end. A choice with output that the upstream leaves without a
+    finish_reason gets one at [DONE] (`done`), in a chunk of its own before the usage-only chunk,
+    which is held until then, as OpenAI orders them."""
+
+    def __init__(self) -> None:
+        self.open: dict[Any, str] = {}  # choice index with output and no finish_reason yet → its inferred one
+        self.finished = False  # some choice ended with a finish_reason
+        self.last: dict[str, Any] = {}
+        self.usage: dict[str, Any] | None = None  # a usage-only chunk held back
+
+    def add(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+        choices = chunk["choices"] if isinstance(chunk.get("choices"), list) else []
+        if not choices and chunk.get("usage") is not None and self.open:
+            self.usage = chunk
+            return []
+        self.last = chunk
+        for c in choices:
+            delta = c.get("delta") or {}
+            index = c.get("index", 0)
+            if c.get("finish_reason"):
+                self.finished = True
+                self.open.pop(index, None)
+            elif delta.get("tool_calls") or delta.get("function_call"):
+                self.open[index] = finish_reason_of(delta)
+            elif delta.get("content") or delta.get("refusal"):
+                self.open.setdefault(index, "stop")
+        return self.cut() + [chunk]
+
+    def cut(self) -> list[dict[str, Any]]:
+        """The held usage chunk, where one is."""
+        held, self.usage = self.usage, None
+        return [held] if held is not None else []
+
+    def done(self) -> list[dict[str, Any]]:
+        base = {k: self.last[k] for k in ("id", "object", "created", "model") if k in self.last}
+        ends = [{**base, "choices": [{"index": i, "delta": {}, "finish_reason": reason}]} for i, reason in self.open.items()]
+        self.open = {}
+        return ends + self.cut()
 
 
 def _with_cached_tokens(usage: dict[str, Any]) -> None:
