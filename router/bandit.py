@@ -25,6 +25,10 @@ Choosing (Thompson sampling, with propensities):
   class's cap leaves the exploration set. While the expected extra spend of exploring
   (over the greedy choice's cost) exceeds its cap, the bandit plays its greedy
   choice (propensity 1).
+* Every budget holds over the recent `budget_horizon` decisions, not since start: the counts
+  and spends it compares decay by 1 − 1/horizon per decision, so budget left unspent for a
+  long time (no model worth exploring) cannot come out in a burst larger than about
+  share × horizon when one appears.
 * Realised prices: each model's predicted cost is scaled by its realised / predicted cost
   over its recent answered calls (`observe_cost`), in the utility and in every spend account.
 * Total spend: exploring and *refining* (exploiting small corrections of models the
@@ -57,6 +61,7 @@ class BanditSettings:
     new_model_explore_share: float = 0.05  # the same cap for models the predictor has never seen
     new_model_observations: float = 100.0  # rewards after which a new model is known (intercept std ~0.05)
     extra_cost_share: float = 0.04  # cap on the expected extra spend of exploring, share of greedy spend
+    budget_horizon: float = 1000.0  # decisions over which the budgets hold (accounts decay by 1 - 1/horizon); inf: since start
     utility_margin: float = 0.02  # explore models whose optimistic utility is this close to the best
     z_explore: float = 0.5  # optimism, in posterior standard deviations, for the exploration set
     draws: int = 2000  # Monte Carlo draws per decision for the Thompson probabilities
@@ -134,6 +139,8 @@ class ContextualBandit:
         self._context_dim = self.settings.context_dim  # as asked for: a narrower basis narrows it
         self._set_basis()
         s = self.settings
+        if not s.budget_horizon >= 1:
+            raise ValueError(f"budget_horizon is a number of decisions, at least 1, got {s.budget_horizon!r}")
         self._rng = np.random.default_rng(s.seed + 1)
         self._arms: dict[str, _Arm] = {}
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
@@ -146,6 +153,9 @@ class ContextualBandit:
         self.spend = 0.0  # expected spend of the bandit's choices
         self.reference_spend = 0.0  # spend of the reference policy's choices
         self.overspend = 0.0  # discounted spend over (1 + total_cost_share) x the reference's
+        # The same accounts over the recent `budget_horizon` decisions, which the caps compare:
+        # decisions, explore mass, new-model explore mass, greedy spend, extra spend, reference spend.
+        self._recent = np.zeros(6)
         self._cost_seen: dict[str, np.ndarray] = {}  # per model: discounted realised $, predicted $, calls
 
     def rebase(self, basis: tuple[np.ndarray, np.ndarray] | None) -> None:
@@ -279,9 +289,10 @@ class ContextualBandit:
         util = q - penalty
         g = int(np.argmax(util))
         with self._lock:
-            known_ok = self.explore_mass <= s.explore_share * max(self.decisions, 1)
-            new_ok = self.new_model_explore_mass <= s.new_model_explore_share * max(self.decisions, 1)
-            spend_ok = self.extra_spend <= s.extra_cost_share * self.greedy_spend
+            n, known_mass, new_mass, greedy_spend, extra_spend, _ = self._recent
+            known_ok = known_mass <= s.explore_share * max(n, 1)
+            new_ok = new_mass <= s.new_model_explore_share * max(n, 1)
+            spend_ok = extra_spend <= s.extra_cost_share * greedy_spend
         probs = np.zeros(len(models))
         probs[g] = 1.0
         if spend_ok and (known_ok or new_ok):  # out of budget the corrected greedy choice is played, propensity 1
@@ -304,10 +315,13 @@ class ContextualBandit:
             self.extra_spend += float(probs @ cost - cost[g])
             self.spend += float(probs @ cost)
             self.reference_spend += float(cost[ref])
+            keep = 1.0 - 1.0 / s.budget_horizon
+            self._recent = keep * self._recent + (1.0, float(off[~new].sum()), float(off[new].sum()), float(cost[g]),
+                                                  float(probs @ cost - cost[g]), float(cost[ref]))
             if s.total_cost_share is not None:
                 # Only choices of non-news models count (news is outside the cap). Discounted
-                # like the evidence, so slack saved long ago cannot fund a splurge now.
-                self.overspend = s.forgetting * self.overspend + float(
+                # like the other budgets, so slack saved long ago cannot fund a splurge now.
+                self.overspend = keep * self.overspend + float(
                     probs[~news] @ (cost[~news] - (1 + s.total_cost_share) * cost[ref]))
             if request_id is not None and len(z) == self.dim:  # not one decided before a rebase
                 self._pending[request_id] = _Pending(models[a], z, float(p_good[a]), float(p_good_std[a]))
@@ -352,9 +366,10 @@ class ContextualBandit:
         depend on the price level of the catalog; zero while within the total-spend cap."""
         s = self.settings
         with self._lock:
-            if s.total_cost_share is None or self.overspend <= 0 or self.reference_spend <= 0:
+            n, reference_spend = self._recent[0], self._recent[5]
+            if s.total_cost_share is None or self.overspend <= 0 or reference_spend <= 0:
                 return 0.0
-            mean_cost = self.reference_spend / self.decisions
+            mean_cost = reference_spend / n
             return s.price_step * (self.overspend / mean_cost) / mean_cost
 
     def cost_ratios(self, models: Sequence[str]) -> np.ndarray:
@@ -427,6 +442,11 @@ class ContextualBandit:
         """Delayed reward for a decision made with `request_id`; False if it is unknown."""
         return self.resolve(request_id, reward) is not None
 
+    def _recent_stats(self) -> dict:
+        n, known_mass, new_mass, greedy_spend, extra_spend, _ = (float(v) for v in self._recent)
+        return {"decisions": n, "explore_share": _share(known_mass + new_mass, n),
+                "new_model_explore_share": _share(new_mass, n), "extra_cost_share": _share(extra_spend, greedy_spend)}
+
     def stats(self) -> dict:
         price = self._spend_price()
         with self._lock:
@@ -437,9 +457,14 @@ class ContextualBandit:
                 "extra_cost_share": self.extra_spend / self.greedy_spend if self.greedy_spend else 0.0,
                 "total_cost_share": self.spend / self.reference_spend - 1.0 if self.reference_spend else 0.0,
                 "spend_price_per_usd": price,
+                "recent": self._recent_stats(),  # the accounts the caps compare (`budget_horizon`)
                 "arms": {m: {"n_eff": a.n_eff, "intercept": float(a.mean[0]), "resets": a.resets}
                          for m, a in self._arms.items()},
             }
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
 
 
 def checked_reward(reward: float) -> float:

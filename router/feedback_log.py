@@ -164,13 +164,13 @@ def latest_rewards(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {k: v[2] for k, v in best.items()}
 
 
-def _postgres_log(url: str) -> FeedbackStore:
+def _postgres_log(url: str, create: bool = True) -> FeedbackStore:
     from router.feedback_store_pg import PostgresFeedbackLog
 
-    return PostgresFeedbackLog(url)
+    return PostgresFeedbackLog(url, create=create)
 
 
-def _sqlite_log(url: str) -> FeedbackLog:
+def _sqlite_log(url: str, create: bool = True) -> FeedbackLog:  # a reader's missing file is caught in `_read`
     try:
         return FeedbackLog(url)
     except (sqlite3.Error, OSError) as exc:  # a folder, a file that is not a database, no permission
@@ -178,20 +178,22 @@ def _sqlite_log(url: str) -> FeedbackLog:
 
 
 # URL scheme -> feedback store factory, the same schemes as the outcome log's STORES.
-STORES: dict[str, Callable[[str], FeedbackStore]] = {
+STORES: dict[str, Callable[..., FeedbackStore]] = {  # (url, create=True)
     "sqlite": _sqlite_log, "postgresql": _postgres_log, "postgres": _postgres_log,
 }
 
 
-def open_feedback_log(url: str) -> FeedbackStore:
-    return open_by_scheme(url, STORES, "feedback store (outcome log)")
+def open_feedback_log(url: str, create: bool = True) -> FeedbackStore:
+    """The store at `url`; `create` False for a reader: a PostgreSQL URL naming no outcome log is
+    an error saying so, not tables created there."""
+    return open_by_scheme(url, STORES, "feedback store (outcome log)", create=create)
 
 
 def _read(url: str, read: Callable[[FeedbackStore], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     # A SQLite file not written yet has no rows; opening it would create it.
     if url.startswith("sqlite:") and not sqlite_path(url).exists():
         return []
-    log = open_feedback_log(url)
+    log = open_feedback_log(url, create=False)
     try:
         return read(log)
     finally:

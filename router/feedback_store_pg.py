@@ -2,7 +2,8 @@
 
 Same tables and read API as the SQLite `FeedbackLog`, so the gateway, retraining and the
 shadow report work the same whichever database holds the outcome log. The tables are
-created at open under an advisory lock, so replicas starting together do not race.
+created at open under an advisory lock, so replicas starting together do not race; a reader
+(`create=False`) creates none where there is no outcome log.
 """
 from __future__ import annotations
 
@@ -20,17 +21,28 @@ from router.feedback_log import (
     feedback_insert,
     feedback_query,
 )
-from router.outcome_store_pg import pg_prune, pg_text
+from router.outcome_store_pg import no_outcome_log, pg_prune, pg_text, reader_tables
 from router.store_errors import setting_up
 
 _LOCK = 0x66656564626B  # advisory lock id shared by every replica, distinct from the outcome log's
 
 
 class PostgresFeedbackLog:
-    def __init__(self, url: str, max_size: int = 2):
+    """`create=False` (a reader: retrain, shadow-report) creates nothing where the URL names no
+    outcome log (`no_outcome_log`); beside one, the tables it lacks are created, as the gateway
+    would (empty: the readers' joins then find no feedback)."""
+
+    def __init__(self, url: str, max_size: int = 2, create: bool = True):
         from psycopg_pool import ConnectionPool
 
+        if not create:
+            present = reader_tables(url, "feedback log", ["outcomes", *PRUNED])
+            if not present:
+                raise no_outcome_log(url)
+            create = not set(PRUNED) <= set(present)
         self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=True)
+        if not create:
+            return
         with setting_up("feedback log", url, self._pool.close), self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
             conn.execute(

@@ -27,7 +27,7 @@ with an interval that does not know it (SUPPORT_MARGIN).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -358,13 +358,15 @@ class Support:
 
 def support(log: LoggedData, target_probs: np.ndarray, margin: float = SUPPORT_MARGIN) -> Support:
     """How far the log supports `target_probs` (see SUPPORT_MARGIN); the interval of the weight
-    mean is cluster-robust, as the estimators' are."""
+    mean is cluster-robust, as the estimators' are, and never reaches below 0: no weight is negative
+    (with a few large weights among zeros the CLT's would)."""
     w = _weights(log, target_probs)
     if not len(w):
         return Support(Estimate("weight_mean", float("nan"), float("nan"), float("nan"), 0, 0.0), 0.0, 0.0, margin)
     certain = log.propensities >= 1.0 - 1e-9  # the logging policy could take no other action there
     known = float(np.mean(np.where(certain, 1.0 - target_probs[np.arange(len(w)), log.actions], 0.0)))
-    return Support(_clt("weight_mean", w, w, _groups(log)), float(np.mean(w > 0)), known, margin)
+    mean = _clt("weight_mean", w, w, _groups(log))
+    return Support(replace(mean, lo=max(0.0, mean.lo)), float(np.mean(w > 0)), known, margin)
 
 
 def deterministic_probs(chosen: np.ndarray, n_actions: int) -> np.ndarray:

@@ -255,7 +255,9 @@ def sqlite_path(url: str) -> Path:
     return Path(path)
 
 
-def _sqlite_store(url: str) -> SQLiteStore:
+def _sqlite_store(url: str, create: bool = True) -> SQLiteStore:
+    # For a reader (create False) too: its jobs refuse a file that is not there first
+    # (`training.outputs.check_outcome_log`), and the gateway's file holds the tables.
     path = sqlite_path(url)
     try:
         return SQLiteStore(path)
@@ -263,29 +265,32 @@ def _sqlite_store(url: str) -> SQLiteStore:
         raise ValueError(f"outcome log {url}: cannot open it as an SQLite database: {exc}") from None
 
 
-def _postgres_store(url: str) -> OutcomeStore:
+def _postgres_store(url: str, create: bool = True) -> OutcomeStore:
     from router.outcome_store_pg import PostgresStore
 
-    return PostgresStore(url)
+    return PostgresStore(url, create=create)
 
 
 # URL scheme -> store factory. A server backend adds its scheme here.
-STORES: dict[str, Callable[[str], OutcomeStore]] = {
+STORES: dict[str, Callable[..., OutcomeStore]] = {  # (url, create=True)
     "sqlite": _sqlite_store, "postgresql": _postgres_store, "postgres": _postgres_store,
 }
 
 
-def open_by_scheme(url: str, stores: Mapping[str, Callable[[str], Any]], what: str) -> Any:
-    """The backend `stores` registers for the URL's scheme (`postgresql+psycopg` counts as `postgresql`)."""
+def open_by_scheme(url: str, stores: Mapping[str, Callable[..., Any]], what: str, **options: Any) -> Any:
+    """The backend `stores` registers for the URL's scheme (`postgresql+psycopg` counts as `postgresql`),
+    opened with `options`."""
     scheme = url.split(":", 1)[0].split("+", 1)[0] if ":" in url else ""
     factory = stores.get(scheme)
     if factory is None:
         raise ValueError(f"unsupported {what} URL {url!r}: expected one of {sorted(s + '://...' for s in stores)}")
-    return factory(url)
+    return factory(url, **options)
 
 
-def open_store(url: str) -> OutcomeStore:
-    return open_by_scheme(url, STORES, "outcome log")
+def open_store(url: str, create: bool = True) -> OutcomeStore:
+    """The store at `url`; `create` False for a reader, which must not create an outcome log where
+    the URL names none (a mistyped database or search_path): that is an error saying so."""
+    return open_by_scheme(url, STORES, "outcome log", create=create)
 
 
 def journal_line(record: OutcomeRecord) -> bytes:
@@ -437,7 +442,7 @@ def read_outcomes(url: str, since: float | None = None, columns: Sequence[str] |
     when given (a job that reads three columns need not hold every prompt and embedding)."""
     import pandas as pd
 
-    store = open_store(url)
+    store = open_store(url, create=False)
     try:
         rows = store.read(since, columns=columns)
     finally:
@@ -449,7 +454,7 @@ def scan_outcomes(url: str, columns: Sequence[str], where: str | None = None) ->
     """`columns` of the rows matching `where` (SQL), oldest first, one tuple per row as the
     store returns it (JSON undecoded), streamed: a job can keep what it needs of each row instead
     of every row at once."""
-    store = open_store(url)
+    store = open_store(url, create=False)
     try:
         yield from store.scan(columns, where)
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from router.outcome_log import COLUMNS, OutcomeRecord, from_row, read_query, select_list, to_row
-from router.store_errors import setting_up
+from router.store_errors import redact_url, setting_up, setup_hint
 
 _PG_TYPES = {
     "ts": "DOUBLE PRECISION", "stream": "BIGINT", "simulated": "BIGINT", "embedding": "BYTEA", "input_tokens_est": "BIGINT",
@@ -57,12 +57,56 @@ def journal_base(url: str) -> Path:
     return cache_dir() / "journal" / f"outcomes-pg-{digest}"
 
 
+READER_CONNECT_TIMEOUT_S = 5
+
+
+def reader_tables(url: str, what: str, tables: Sequence[str]) -> dict[str, set[str]]:
+    """Which of `tables` the database and search_path of `url` hold, each with its columns: what a
+    reader (`create=False`) looks at before it opens its pool, on one connection of its own. Made
+    within READER_CONNECT_TIMEOUT_S (libpq's connect_timeout, unless the URL sets one), so an
+    unreachable server is one line at once, not the pool's 30 s of retries, each logged."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        timeout = {} if "connect_timeout" in conninfo_to_dict(url) else {"connect_timeout": READER_CONNECT_TIMEOUT_S}
+        with psycopg.connect(url, autocommit=True, **timeout) as conn:
+            rows = conn.execute("SELECT t, a.attname FROM unnest(%s::text[]) AS t JOIN pg_attribute a "
+                                "ON a.attrelid = to_regclass(t) AND a.attnum > 0 AND NOT a.attisdropped",
+                                (list(tables),)).fetchall()
+    except psycopg.Error as exc:
+        step = "cannot connect" if isinstance(exc, psycopg.OperationalError) else "cannot read it"
+        raise ValueError(f"{what} {redact_url(url)}: {step}: {setup_hint(exc)}") from None
+    found: dict[str, set[str]] = {}
+    for table, column in rows:
+        found.setdefault(table, set()).add(column)
+    return found
+
+
+def no_outcome_log(url: str) -> FileNotFoundError:
+    """What a reader says where the URL names no outcome log: as for a SQLite file that is not
+    there (`training.outputs.check_outcome_log`), not an empty log it created itself."""
+    return FileNotFoundError(f"{redact_url(url)}: no outcome log there (no outcomes table in that database and "
+                             f"search_path; give the gateway's server.db)")
+
+
 class PostgresStore:
-    def __init__(self, url: str, max_size: int = 4):
+    """`create=False` (a reader: retrain, shadow-report) creates nothing: a database without an
+    outcomes table is `no_outcome_log`; one whose table lacks a newer column is brought up to date,
+    as the gateway's next start would."""
+
+    def __init__(self, url: str, max_size: int = 4, create: bool = True):
         from psycopg_pool import ConnectionPool
 
         self._url = url
+        if not create:
+            columns = reader_tables(url, "outcome log", ["outcomes"]).get("outcomes")
+            if not columns:
+                raise no_outcome_log(url)
+            create = not columns >= set(COLUMNS)
         self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=True)
+        if not create:
+            return
         with setting_up("outcome log", url, self._pool.close), self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS outcomes (request_id TEXT PRIMARY KEY)")

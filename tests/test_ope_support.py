@@ -144,3 +144,19 @@ def test_an_empty_log_has_nothing_to_refuse():
     log = ope.LoggedData(actions=np.zeros(0, dtype=int), rewards=np.zeros(0), propensities=np.zeros(0))
     s = ope.support(log, np.zeros((0, 3)))
     assert s.ok and s.verdict == "empty" and s.to_dict()["weight_mean"]["n"] == 0
+
+
+def test_the_weight_mean_interval_never_reaches_below_zero():
+    # One supported choice among 300 (propensity 0.05, weight 20), the rest never logged: the CLT's
+    # interval around 0.07 reached -0.06, for a mean of weights that are never negative.
+    actions = np.zeros(300, dtype=int)
+    propensities = np.full(300, 0.9)
+    propensities[0] = 0.05
+    log = ope.LoggedData(actions=actions, rewards=np.ones(300), propensities=propensities)
+    cand = np.eye(2)[np.ones(300, dtype=int)]
+    cand[0] = [1, 0]
+    s = ope.support(log, cand)
+    e = s.weight_mean
+    assert abs(e.value - 20 / 300) < 1e-9 and e.lo == 0.0 and e.hi > e.value, e
+    assert s.verdict == "unsupported" and "(95 % interval 0.00 .. " in s.describe()
+    assert s.to_dict()["weight_mean"]["lo"] == 0.0

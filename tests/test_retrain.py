@@ -221,16 +221,32 @@ def test_a_log_that_never_shows_the_candidates_choices_is_refused_for_that(world
     assert run.data.metrics["ope_support_weight_mean_hi"] < 0.5
 
 
-def test_models_the_candidate_was_not_trained_on_are_named(world, caplog):
+def test_models_the_candidate_was_not_trained_on_are_named(world, greedy_db, caplog):
     from training import retrain
 
-    # No --base-data: the candidate knows only the three logged models, the live router eleven.
+    # No --base-data, a log where one model served every request: the candidate knows only that one.
+    # Named: the log's other candidates. Not named: the live router's other eight models, which this
+    # gateway never offered (the laptop demo named sixteen such models).
     with caplog.at_level("WARNING"):
-        report = retrain.retrain(_args(world, router=str(default_artifact()), out=str(world.root / "cand-nobase")))
+        report = retrain.retrain(_args(world, db=greedy_db, router=str(default_artifact()),
+                                       out=str(world.root / "cand-nobase")))
     [warning] = report["warnings"]
-    assert "gpt-4-1106-preview" in warning and "claude-v1" in warning and "Yi-34B-Chat" not in warning
+    assert "for Yi-34B-Chat, gpt-3.5-turbo-1106, candidates of the logged requests" in warning
+    assert "WizardLM" not in warning and "gpt-4-1106-preview" not in warning and "claude-v1" not in warning
+    assert "no --base-data covers them" in warning and "; give --base-data to keep them known" in warning
     assert "treats them as new models" in warning and "new_model_explore_share" in warning
-    assert any("gpt-4-1106-preview" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert any("Yi-34B-Chat" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_a_base_table_that_leaves_out_a_logged_model_is_named_as_such(caplog):
+    from training.retrain import _untrained_models
+
+    candidate = Namespace(models=["m1", "m2"])
+    assert _untrained_models(candidate, ["m1", "m2"], base_data=True) == []
+    [warning] = _untrained_models(candidate, ["m1", "m2", "m3"], base_data=True)
+    assert warning.startswith("the candidate has no training rows for m3, candidates of the logged requests (the "
+                              "--base-data given does not cover them and no logged request")
+    assert "; give a --base-data table that covers them to keep them known" in warning
 
 
 def test_the_gateway_is_checked_before_training(world, tmp_path, monkeypatch, capsys):
@@ -355,6 +371,38 @@ def test_the_router_that_made_the_logged_decisions_is_the_default_live_router(wo
     with caplog.at_level("WARNING"):
         retrain.live_router_path(_args(world, db=db, router=str(world.routers["inverted"])))
     assert f"made by {base}, not by the live router given" in caplog.text
+
+
+def test_a_logged_router_whose_folder_is_not_here_is_an_error_naming_it(tmp_path, caplog):
+    # retrain on another host than the gateway, or the folder moved: it judged against models/default,
+    # saying "not by the live router given" although none was given, and nothing said the folder was missing.
+    from training import retrain
+
+    here, gone = str(default_artifact()), str(tmp_path / "elsewhere" / "candidate-20261127")
+    db = f"sqlite:///{tmp_path}/o.sqlite"
+    log = open_outcome_log(db)
+    log.write(OutcomeRecord(request_id="old", ts=1.0, extras={"router": here}))
+    log.write(OutcomeRecord(request_id="new", ts=2.0, extras={"router": gone}))
+    log.write(OutcomeRecord(request_id="unrouted", ts=3.0, requested_model="m1"))
+    log.close()
+    world = Namespace(db=db, root=tmp_path)
+    with pytest.raises(FileNotFoundError) as missing:
+        retrain.live_router_path(_args(world))
+    assert str(missing.value).startswith(f"the latest logged decisions were made by the router in {gone}, and that "
+                                         f"folder is not here (no manifest.json)")
+    assert "give --router with that router's artifact" in str(missing.value)
+    with caplog.at_level("WARNING"):  # given, it is used, and the difference said
+        assert Path(retrain.live_router_path(_args(world, router="models/default"))).resolve() == default_artifact()
+    assert f"made by {gone}, not by the live router given ({here})" in caplog.text
+    # A log that records no router at all (written before the gateway recorded it): models/default, as before.
+    bare = f"sqlite:///{tmp_path}/bare.sqlite"
+    log = open_outcome_log(bare)
+    log.write(OutcomeRecord(request_id="r", ts=1.0))
+    log.close()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert retrain.live_router_path(_args(world, db=bare)) == default_artifact()
+    assert "live router given" not in caplog.text
 
 
 def test_the_live_router_is_found_from_any_folder_as_serve_finds_it(world, tmp_path, monkeypatch):

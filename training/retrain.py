@@ -259,23 +259,30 @@ def logged_routers(db: str) -> tuple[str | None, dict[str, int]]:
 
 def live_router_path(args) -> Path:
     """--router, else the router that made the latest logged decisions (a promotion swapped in
-    another than `models/default`), else `models/default`. Said when the log holds decisions of
-    several routers or --router is not the latest one."""
+    another than `models/default`), else, where the log records none, `models/default`. Said when
+    the log holds decisions of several routers or --router is not the latest one; an error where
+    the latest one's folder is not here (OPE against another router would judge the wrong one)."""
     from router.engine import MANIFEST, default_artifact, find_router_option
 
     latest, counts = logged_routers(args.db)
     if args.router:
         path = find_router_option(args.router)
-    elif latest is not None and (Path(latest) / MANIFEST).exists():
+        if latest is not None and os.path.abspath(path) != latest:
+            log.warning("the latest logged decisions were made by %s, not by the live router given (%s)", latest,
+                        os.path.abspath(path))
+    elif latest is None:
+        path = default_artifact()  # no routed request records its router (a log from before they did)
+    elif (Path(latest) / MANIFEST).exists():
         path = Path(latest)
         log.info("live router: %s, which made the latest logged decisions", path)
     else:
-        path = default_artifact()
+        raise FileNotFoundError(
+            f"the latest logged decisions were made by the router in {latest}, and that folder is not here (no "
+            f"{MANIFEST}): retrain runs on another host than the gateway, or the folder was moved or removed; give "
+            f"--router with that router's artifact (a copy of the folder), the baseline the candidate is judged against")
     if len(counts) > 1:
         log.warning("the log holds the decisions of %d routers (%s); each logged decision is judged as it was made, "
                     "and %s is the reward model", len(counts), ", ".join(f"{k}: {v}" for k, v in counts.items()), path)
-    if latest is not None and os.path.abspath(path) != latest:
-        log.warning("the latest logged decisions were made by %s, not by the live router given (%s)", latest, path)
     return path
 
 
@@ -303,7 +310,7 @@ def retrain(args) -> dict:
                                     sources=[*(args.base_data or []), args.db])
     out = Path(args.out or f"models/candidate-{time.strftime('%Y%m%d-%H%M%S')}")
     candidate.save(out)
-    warned = _untrained_models(candidate, [*live.models, *held_out.models, *logged_train.models])
+    warned = _untrained_models(candidate, [*held_out.models, *logged_train.models], bool(args.base_data))
     if len(held_out):
         reward_model = calibrated_reward_model(router_p_good(live, logged_train), logged_train, router_p_good(live, held_out))
         comparison = compare_routers(held_out, reward_model, router_p_good(candidate, held_out), seed=args.seed)
@@ -336,16 +343,19 @@ def retrain(args) -> dict:
     return report
 
 
-def _untrained_models(candidate, known: list[str]) -> list[str]:
-    """Warn about models the live router or the log knows that the candidate has no training row
-    for (no --base-data covers them, no logged request in the training half chose them)."""
-    missing = sorted(set(known) - set(candidate.models))
+def _untrained_models(candidate, logged: list[str], base_data: bool) -> list[str]:
+    """Warn about models the log holds (the gateway's candidates) that the candidate has no
+    training row for (no --base-data covers them, no logged request in the training half chose
+    them). Not the live router's other models: a gateway that does not serve them never asks."""
+    missing = sorted(set(logged) - set(candidate.models))
     if not missing:
         return []
-    message = (f"the candidate has no training rows for {', '.join(missing)} (no --base-data covers them and no logged "
-               f"request in the training half chose them): if it is promoted, the gateway treats them as new models, "
-               f"with the unseen-model prior, explored at learning.bandit.new_model_explore_share (5 %) with the bandit "
-               f"on; give --base-data to keep them known")
+    base = "the --base-data given does not cover them" if base_data else "no --base-data covers them"
+    advice = "give a --base-data table that covers them" if base_data else "give --base-data"
+    message = (f"the candidate has no training rows for {', '.join(missing)}, candidates of the logged requests ({base} "
+               f"and no logged request in the training half chose them): if it is promoted, the gateway treats them as "
+               f"new models, with the unseen-model prior, explored at learning.bandit.new_model_explore_share (5 %) "
+               f"with the bandit on; {advice} to keep them known")
     log.warning(message)
     return [message]
 
@@ -372,7 +382,8 @@ def configure(parser) -> None:
     parser.add_argument("--db", default="sqlite:///.openclaw/outcomes.sqlite", help="outcome log URL (with feedback)")
     parser.add_argument("--base-data", action="append", metavar="FILE", help="wide outcome table to train on as well; repeatable")
     parser.add_argument("--router", default=None, help="live router artifact (default: the one that made the latest "
-                        "logged decisions, as the gateway records it, else models/default)")
+                        "logged decisions, as the gateway records it, an error where its folder is not here; "
+                        "models/default where the log records none)")
     parser.add_argument("--out", default=None, help="candidate artifact folder (default: models/candidate-<time>)")
     parser.add_argument("--gateway", default=None, help="running gateway URL to hot-reload on promotion")
     parser.add_argument("--eval-share", type=float, default=0.5, help="most recent share of logged requests held out for OPE")
