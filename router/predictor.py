@@ -4,7 +4,9 @@ Quality: LightGBM with the cross-entropy objective (accepts 0/1 and soft labels 
 on [PCA of the MiniLM embedding | cheap text features], trained K times on K-fold splits.
 The out-of-fold predictions fit one isotonic calibrator per model; serving averages the K
 boosters' raw probabilities and calibrates them; the spread of the K calibrated
-probabilities is the uncertainty (`p_good_std`) the bandit explores with.
+probabilities is the uncertainty (`p_good_std`) the bandit explores with. The served P(good)
+blends that calibrated mean with a kNN estimate (`router.neighbours.NeighbourQuality`: the mean
+label of the nearest training prompts), with the weight of the lowest out-of-fold Brier score.
 
 Two layouts, measured against each other in docs/ROUTER.md: `shared` (one booster over
 (prompt, model) pairs with the model as a categorical feature: models share what makes a
@@ -28,6 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+
+from router.neighbours import NeighbourQuality, blend_weight, out_of_fold
 
 if TYPE_CHECKING:
     from training.data import OutcomeTable
@@ -176,7 +180,9 @@ class OutcomePredictor:
     token_prior: np.ndarray | None = None  # (M,) median output tokens per model
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> (in, out) USD per 1M
     oof_raw: np.ndarray | None = None  # (N, M) out-of-fold raw probabilities from fit()
-    oof: np.ndarray | None = None  # (N, M) out-of-fold calibrated probabilities (cross-fitted calibration)
+    oof: np.ndarray | None = None  # (N, M) out-of-fold served probabilities (cross-fitted calibration, blended)
+    neighbours: NeighbourQuality | None = field(default=None, repr=False)  # kNN estimate blended into P(good)
+    neighbour_weight: float = 0.0  # its weight w: (1 − w) boosters + w kNN; 0 for artifacts without it
     _forest: MergedForest | None = field(default=None, init=False, repr=False)
 
     # ---- features -------------------------------------------------------------------
@@ -197,6 +203,11 @@ class OutcomePredictor:
             return X
         emb, rest = X[:, : self.embed_dim], X[:, self.embed_dim :]
         return np.hstack([(emb - self.pca_mean) @ self.pca_proj, rest])
+
+    def _vectors(self, Z: np.ndarray) -> np.ndarray:
+        """The embedding part of `transform`'s output (its PCA projection when there is one): what
+        the kNN estimate searches."""
+        return Z[:, : (self.pca_proj.shape[1] if self.pca_proj is not None and self.pca_dim > 0 else self.embed_dim)]
 
     def _pairs(self, Z: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), Z.shape[1] + 1), dtype=np.result_type(Z.dtype, np.float32))
@@ -267,6 +278,14 @@ class OutcomePredictor:
                 ok = rows & ~np.isnan(oof[:, j])
                 if ok.any():
                     self.oof[ok, j] = self._calibrator(np.where(rows, np.nan, oof[:, j]), q[:, j])(oof[ok, j])
+        say("neighbours")
+        # kNN out of fold on the boosters' folds; its weight is the one whose blend of the two
+        # out-of-fold predictions has the lowest Brier score, and `oof` becomes what is served.
+        V = self._vectors(Z)
+        oof_knn = out_of_fold(V, q, fold, groups)
+        self.neighbour_weight = w = blend_weight(self.oof, oof_knn, q)
+        self.oof = (1 - w) * self.oof + w * oof_knn
+        self.neighbours = NeighbourQuality.fit(V, q, groups)
         say("output tokens")
         self._fit_tokens(Z, outcomes)
         self.prices = {name: (p.input_per_1m, p.output_per_1m) for name, p in outcomes.prices.items() if name in self.models}
@@ -363,6 +382,9 @@ class OutcomePredictor:
         if known.size:
             raw, tok_raw = self._raw_outputs(Z, known)
             p_known, std_known = self._calibrated(raw, known)
+            if self.neighbours is not None and self.neighbour_weight > 0:  # std stays the boosters' spread
+                w = self.neighbour_weight
+                p_known = (1 - w) * p_known + w * self.neighbours.predict(self._vectors(Z), known)
             tok_known = self._tokens(tok_raw, n, known)
         else:  # only models the artifact never saw: the priors below
             p_known = std_known = tok_known = np.empty((n, 0))
@@ -406,6 +428,9 @@ class OutcomePredictor:
             self.token_booster.save_model(str(folder / "tokens.txt"))
         if self.pca_proj is not None:
             np.savez(folder / "projection.npz", mean=self.pca_mean, proj=self.pca_proj)
+        knn = self.neighbours is not None and self.neighbour_weight > 0
+        if knn:  # float16 unit vectors and labels (NaN: no outcome) of the training prompts
+            self.neighbours.save(folder / "neighbours.npz")
         return {
             "mode": self.mode,
             "folds": self.folds,
@@ -419,6 +444,8 @@ class OutcomePredictor:
             "token_prior": [float(t) for t in self.token_prior],
             "prices": {k: list(v) for k, v in self.prices.items()},
             "seed": self.seed,
+            "neighbours": {"file": "neighbours.npz" if knn else None, "weight": self.neighbour_weight,
+                           "k": self.neighbours.k if self.neighbours is not None else None},
         }
 
     @classmethod
@@ -441,6 +468,10 @@ class OutcomePredictor:
         if self.pca_dim > 0:
             z = np.load(folder / "projection.npz")
             self.pca_mean, self.pca_proj = z["mean"], z["proj"]
+        knn = spec.get("neighbours") or {}  # artifacts from before the blend serve the boosters alone
+        if knn.get("file"):
+            self.neighbours = NeighbourQuality.load(folder / knn["file"], knn["k"])
+            self.neighbour_weight = float(knn["weight"])
         if self.mode == "shared":  # merge now, not on the first request
             self._forest = MergedForest(self.quality_boosters + ([self.token_booster] if self.token_booster is not None else []))
         return self

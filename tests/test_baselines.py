@@ -4,6 +4,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from router import neighbours
 from training import baselines as bl
 from training.baselines import (
     choose,
@@ -135,7 +136,7 @@ def test_blocked_knn_predict_matches_the_whole_matrix(monkeypatch, k):
     rng = np.random.default_rng(3)
     train_emb, train_q, train_g = _grouped_problem(rng, 300, 40)
     test_emb, _, test_g = _grouped_problem(rng, 101, 40)
-    monkeypatch.setattr(bl, "KNN_BLOCK", 300 * 7)  # blocks of 7 rows, the last one short
+    monkeypatch.setattr(neighbours, "KNN_BLOCK", 300 * 7)  # blocks of 7 rows, the last one short
     qh, ch = knn_predict(train_emb, train_q, 2 * train_q, test_emb, k, train_g, test_g)
     ref = _reference_knn(train_emb, train_q, test_emb, k, train_g, test_g)
     np.testing.assert_allclose(qh, ref, rtol=1e-12)
@@ -147,7 +148,7 @@ def test_knn_caps_k_to_the_fewest_eligible_neighbours(monkeypatch):
     rng = np.random.default_rng(4)
     emb, q, _ = _grouped_problem(rng, 60, 10)
     groups = np.where(np.arange(60) < 55, 0, np.arange(60))
-    monkeypatch.setattr(bl, "KNN_BLOCK", 60 * 8)
+    monkeypatch.setattr(neighbours, "KNN_BLOCK", 60 * 8)
     qh, _ = knn_predict(emb, q, q, emb, 20, groups, groups)
     np.testing.assert_allclose(qh, _reference_knn(emb, q, emb, 5, groups, groups), rtol=1e-12)
 
@@ -155,7 +156,7 @@ def test_knn_caps_k_to_the_fewest_eligible_neighbours(monkeypatch):
 def test_pick_k_matches_the_leave_one_group_out_errors_of_the_reference(monkeypatch):
     rng = np.random.default_rng(5)
     emb, q, groups = _grouped_problem(rng, 400, 60)
-    monkeypatch.setattr(bl, "KNN_BLOCK", 400 * 33)
+    monkeypatch.setattr(neighbours, "KNN_BLOCK", 400 * 33)
     errs = {k: ((_reference_knn(emb, q, emb, k, groups, groups) - q) ** 2).mean() for k in bl.KNN_KS}
     assert pick_k(emb, q, groups) == min(errs, key=errs.get)
 
@@ -165,7 +166,7 @@ def test_pick_k_never_holds_a_whole_similarity_matrix(monkeypatch):
     rng = np.random.default_rng(6)
     emb, q, groups = _grouped_problem(rng, 2000, 300, dim=16)
     emb = emb.astype(np.float32)
-    monkeypatch.setattr(bl, "KNN_BLOCK", 2000 * 100)
+    monkeypatch.setattr(neighbours, "KNN_BLOCK", 2000 * 100)
     tracemalloc.start()
     try:
         pick_k(emb, q, groups)

@@ -8,12 +8,13 @@ model" to "every row on its best predicted model", whatever the pool and the pri
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
-KNN_KS = (5, 10, 20, 40, 80)
+# The kNN pieces live beside the predictor, which blends a kNN estimate into its P(good); their
+# block size is router.neighbours.KNN_BLOCK (set it there).
+from router.neighbours import KNN_KS, nearest, neighbour_means, pick_k  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -108,71 +109,12 @@ def oracle_sweep(quality: np.ndarray, cost: np.ndarray, n: int = 48) -> list[Ope
 # ---- kNN router (RouterBench's KNNRouter: mean outcome of the k nearest training prompts) ----
 
 
-# Similarities computed per block of test rows: the full test x train matrix (and its group mask)
-# grows quadratically with the table (5.5 GB at 22k rows); a block of 16M entries stays under 0.3 GB.
-KNN_BLOCK = 1 << 24
-
-
-def nearest(train_emb, test_emb, k: int, train_groups=None, test_groups=None) -> tuple[np.ndarray, int]:
-    """Each test row's k nearest training rows (cosine similarity), nearest first, never a
-    training row of the test row's own group; and the fewest rows any test row may draw from.
-
-    Rows of a test row's group sort last (similarity −inf), so the first `fewest` are eligible."""
-    train = np.asarray(train_emb, np.float32)
-    test = np.asarray(test_emb, np.float32)
-    k = max(1, min(k, len(train)))
-    nn = np.empty((len(test), k), dtype=np.intp)
-    fewest = len(train)
-    if train_groups is not None:
-        train_groups, test_groups = np.asarray(train_groups), np.asarray(test_groups)
-    step = max(1, KNN_BLOCK // max(1, len(train)))
-    for s in range(0, len(test), step):
-        far = test[s : s + step] @ train.T
-        far *= -1  # negated similarity: argpartition takes the smallest
-        if train_groups is not None:
-            far[test_groups[s : s + step, None] == train_groups[None, :]] = np.inf
-        fewest = min(fewest, int(np.isfinite(far).sum(axis=1).min()))
-        part = np.argpartition(far, k - 1, axis=1)[:, :k]
-        nn[s : s + step] = np.take_along_axis(part, np.argsort(np.take_along_axis(far, part, 1), axis=1), 1)
-    return nn, fewest
-
-
-def neighbour_means(values: np.ndarray, nn: np.ndarray, ks) -> dict[int, np.ndarray]:
-    """Mean of `values` over each row's first k neighbours, for every k in `ks`, in one pass."""
-    total = np.zeros((len(nn), *values.shape[1:]))
-    out = {}
-    for j in range(max(ks)):
-        total += values[nn[:, j]]
-        if j + 1 in ks:
-            out[j + 1] = total / (j + 1)
-    return out
-
-
 def knn_predict(train_emb, train_q, train_c, test_emb, k: int, train_groups=None, test_groups=None):
     """Mean quality and cost of each test row's k nearest training rows (cosine similarity),
     never counting a training row of the test row's own group (its copies, or itself)."""
     nn, fewest = nearest(train_emb, test_emb, k, train_groups, test_groups)
     k = max(1, min(k, fewest))
     return neighbour_means(train_q, nn, {k})[k], neighbour_means(train_c, nn, {k})[k]
-
-
-def pick_k(emb, quality, groups=None, ks=KNN_KS) -> int:
-    """k with the lowest leave-one-out squared error of predicted quality on the training rows
-    (leave one group out: a prompt's duplicates would make any k look perfect)."""
-    groups = np.arange(len(emb)) if groups is None else np.asarray(groups)
-    tried = list(itertools.takewhile(lambda k: k < len(emb), ks))
-    if not tried:
-        return ks[0]
-    # One neighbour list, of the largest k, serves every k: the similarities are computed once.
-    nn, fewest = nearest(emb, emb, max(tried), groups, groups)
-    used = {k: max(1, min(k, fewest)) for k in tried}  # as knn_predict caps k
-    q_hat = neighbour_means(quality, nn, set(used.values()))
-    best_k, best_err = ks[0], np.inf
-    for k in tried:
-        err = float(((q_hat[used[k]] - quality) ** 2).mean())
-        if err < best_err:
-            best_k, best_err = k, err
-    return best_k
 
 
 def knn_fit_predict(train_emb, train_q, train_c, test_emb, train_groups=None) -> tuple[np.ndarray, np.ndarray, int]:

@@ -2,8 +2,9 @@
 
 Stages (one progress bar each): load and validate the tables, embed the text column
 (memoised on disk), K-fold fit of the quality boosters (their out-of-fold predictions give
-the CV metrics and fit the calibrators), output-token model, artifact, MLflow run with
-params, metrics, the reliability plot and a registered pyfunc model version.
+the CV metrics and fit the calibrators), the kNN estimate and its blend weight, output-token
+model, artifact, MLflow run with params, metrics, the reliability plot and a registered
+pyfunc model version.
 """
 from __future__ import annotations
 
@@ -253,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     X = np.hstack([emb, request_features(requests)])
 
     predictor = OutcomePredictor(folds=args.folds, mode=args.mode, pca_dim=args.pca_dim, num_rounds=args.rounds, seed=args.seed)
-    with tqdm(total=args.folds + 2, desc="fit", unit="stage") as bar:
+    with tqdm(total=args.folds + 3, desc="fit", unit="stage") as bar:  # folds, calibration, neighbours, tokens
         def progress(msg: str) -> None:
             bar.set_postfix_str(msg)
             bar.update()
@@ -261,8 +262,11 @@ def run(args: argparse.Namespace) -> int:
         predictor.fit(X, table, progress=progress, groups=np.asarray(table.texts, dtype=object))
     metrics = quality_metrics(table.quality, predictor.oof, predictor.oof_raw, table.models)
     metrics["train_seconds"] = round(time.time() - t0, 1)
-    log.info("CV (%d folds): mean AUC %s, Brier %.4f (base rate %.4f), ECE %.4f", args.folds,
-             auc_summary(metrics), metrics["brier"], metrics["brier_base_rate"], metrics["ece"])
+    metrics["knn_weight"] = predictor.neighbour_weight
+    metrics["knn_k"] = predictor.neighbours.k
+    log.info("CV (%d folds): mean AUC %s, Brier %.4f (base rate %.4f), ECE %.4f; kNN weight %.1f (k = %d)", args.folds,
+             auc_summary(metrics), metrics["brier"], metrics["brier_base_rate"], metrics["ece"], metrics["knn_weight"],
+             metrics["knn_k"])
 
     out = Path(args.out)
     sources = [{"path": str(p), "sha256_16": file_digest(p), "rows": len(t)} for p, t in zip(args.data, tables)]
