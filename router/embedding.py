@@ -29,11 +29,11 @@ MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
 # and memoising a megabyte of text for a vector of its first few hundred words would only cost.
 MAX_CHARS = 20_000
 _EXPORT_LOCK = threading.Lock()
-# `fp32` (the default) is the unquantised export: the same vectors, to ~1e-6, on every x86 CPU.
+# `fp32` (the default) is the unquantised export: CPUs differ in its float rounding only (~1e-6).
 # `int8`, dynamic per-channel int8 quantisation of it, is ~2x faster on one core, but its vectors
 # depend on the CPU's instruction set: an AVX2-only machine and one with AVX-512 VNNI gave cosine
 # 0.9936 on average (0.986 at worst) for the same text, as far apart as int8 is from fp32, enough
-# to flip the cache verifier's decisions (docs/ROUTER.md "Speed"). One variant per process:
+# to flip the cache verifier's decisions (docs/ROUTER.md "What is embedded"). One variant per process:
 # training, serving and the cache must see the same vectors, and a router artifact records the
 # variant it was trained on.
 VARIANTS = ("fp32", "int8")
