@@ -305,6 +305,7 @@ class BanditSection(_Strict):
     )
     extra_cost_share: float = Field(default=0.04, ge=0, description="most extra spend of exploring, as a share of the greedy choices' spend")
     utility_margin: float = Field(default=0.02, ge=0, description="explore models whose optimistic utility is this close to the best")
+    budget_horizon: float = Field(default=1000.0, ge=1, description="decisions over which the exploration and spend caps hold")
     total_cost_share: float | None = Field(
         default=0.04, ge=0,
         description="most extra spend (at the prices calls turn out to have) of exploring plus refining learned corrections, "

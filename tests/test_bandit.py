@@ -268,7 +268,7 @@ def exploring_gateway(tmp_path):
     with FakeUpstream() as up:
         config = fake_config(up.base_url, f"sqlite:///{tmp_path}/o.sqlite",
                              extra="learning: {bandit: {enabled: true, explore_share: 1.0, extra_cost_share: 10.0, "
-                                   "total_cost_share: 10.0}}")
+                                   "total_cost_share: 10.0, budget_horizon: 250}}")
         gw = Running(config, router=QualityRouter(quality))
         try:
             yield gw
@@ -289,7 +289,8 @@ def test_gateway_logs_the_bandit_propensity(tmp_path, monkeypatch):
         state = httpx.get(f"{gw.url}/admin/router/bandit", headers={"authorization": "Bearer mk-bandit-test"}).json()
     assert state["decisions"] == 40 and 0 < state["explore_share"] <= 1
     learning = next(h for h in gw.gateway.pipeline.hooks if h.name == "learning")
-    assert learning.rt.bandit.settings.total_cost_share == 10.0  # the config's cap reached the bandit
+    settings = learning.rt.bandit.settings  # the config's caps reached the bandit
+    assert settings.total_cost_share == 10.0 and settings.budget_horizon == 250
     answered = {m for _, m in ids}
     assert answered <= {"m1", "m2"} and len(answered) == 2  # explored, never the far-worse m3
     for (rid, model), row in zip(ids, rows):

@@ -45,6 +45,7 @@ def test_a_valid_file_and_the_shipped_default_parse():
     (GOOD + "reliability: {max_retries: -1}\n", "reliability.max_retries", 11, "greater than or equal to 0"),
     (GOOD + "cache: {verifier_threshold: 1.5}\n", "cache.verifier_threshold", 11, "less than 1"),
     (GOOD + "learning: {bandit: {seed: -2}}\n", "learning.bandit.seed", 11, "greater than or equal to 0"),
+    (GOOD + "learning: {bandit: {budget_horizon: 0.5}}\n", "learning.bandit.budget_horizon", 11, "greater than or equal to 1"),
     # YAML's yes/on are booleans, which would have been taken as 1: a port-1 server, a 1-token window
     (GOOD + "server: {port: yes}\n", "server.port", 11, "yes/no value"),
     (GOOD + "reliability: {max_retries: on}\n", "reliability.max_retries", 11, "yes/no value"),

@@ -108,7 +108,7 @@ class LearningRuntime:
         if b.enabled:
             basis = predictor_basis(live_router)
             settings = BanditSettings(explore_share=b.explore_share, new_model_explore_share=b.new_model_explore_share,
-                                      extra_cost_share=b.extra_cost_share,
+                                      extra_cost_share=b.extra_cost_share, budget_horizon=b.budget_horizon,
                                       utility_margin=b.utility_margin, total_cost_share=b.total_cost_share, seed=b.seed)
             bandit = ContextualBandit(settings, basis=basis)
         sync = memory = None
