@@ -344,8 +344,9 @@ class Config(_Strict):
     def _unique_names(cls, models: list[ModelSpec]) -> list[ModelSpec]:
         seen: set[str] = set()
         for i, m in enumerate(models):
-            if m.name in seen:
-                raise BadReference(("models", i, "name"), f"model name {m.name!r} appears twice")
+            if m.name in seen or m.name.startswith("provider:"):  # "provider:X": the breaker's name for X's key
+                raise BadReference(("models", i, "name"), f"model name {m.name!r} " + (
+                    "appears twice" if m.name in seen else "is reserved: names starting with 'provider:' are not allowed"))
             seen.add(m.name)
         if not models:
             raise ValueError("at least one model is required")

@@ -42,6 +42,7 @@ def test_a_valid_file_and_the_shipped_default_parse():
     (GOOD.replace("kind: openai", "kind: opanai"), "providers.local.kind", 10, "'openai'"),
     (GOOD + "router: {default_profile: fast}\n", "router.default_profile", 11, "default_profile 'fast' is not one of profiles"),
     (GOOD.replace("  - name: big", "  - name: small"), "models[1].name", 5, "appears twice"),
+    (GOOD.replace("  - name: big", "  - name: 'provider:local'"), "models[1].name", 5, "reserved"),
     (GOOD + "reliability: {max_retries: -1}\n", "reliability.max_retries", 11, "greater than or equal to 0"),
     (GOOD + "cache: {verifier_threshold: 1.5}\n", "cache.verifier_threshold", 11, "less than 1"),
     (GOOD + "learning: {bandit: {seed: -2}}\n", "learning.bandit.seed", 11, "greater than or equal to 0"),
