@@ -16,6 +16,7 @@ from router.config_errors import (DEFAULT_PROFILES, BadReference, ConfigError, e
                                   validation_problems, yaml_hint)
 
 Capability = Literal["tools", "json", "vision", "files", "audio", "logprobs"]
+KEY_CIRCUIT_PREFIX = "provider:"  # names the breaker gives providers' key circuits (service/live_state.py)
 
 
 class _Strict(BaseModel):
@@ -344,9 +345,9 @@ class Config(_Strict):
     def _unique_names(cls, models: list[ModelSpec]) -> list[ModelSpec]:
         seen: set[str] = set()
         for i, m in enumerate(models):
-            if m.name in seen or m.name.startswith("provider:"):  # "provider:X": the breaker's name for X's key
-                raise BadReference(("models", i, "name"), f"model name {m.name!r} " + (
-                    "appears twice" if m.name in seen else "is reserved: names starting with 'provider:' are not allowed"))
+            if m.name in seen or m.name.startswith(KEY_CIRCUIT_PREFIX):
+                why = "appears twice" if m.name in seen else f"is reserved: {KEY_CIRCUIT_PREFIX}<entry> names a provider key's circuit"
+                raise BadReference(("models", i, "name"), f"model name {m.name!r} {why}")
             seen.add(m.name)
         if not models:
             raise ValueError("at least one model is required")

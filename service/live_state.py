@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, replace
 
-from router.config import Config
+from router.config import KEY_CIRCUIT_PREFIX, Config
 from router.types import LiveStats
 from service.breaker import CircuitBreaker, Claim, RateWindow, probe_lapse_s
 
@@ -36,7 +36,7 @@ class _Model:
 
 def key_circuit(provider: str) -> str:
     """The breaker's name for the circuit of a provider entry's key."""
-    return f"provider:{provider}"
+    return f"{KEY_CIRCUIT_PREFIX}{provider}"
 
 
 def refuses_key(kind: str, status: int | None) -> bool:

@@ -37,7 +37,6 @@ CANDIDATES = 4  # neighbours the verifier looks at; the best verified one wins
 # bench/bench_cache_memory.py's agent traffic).
 ENTRY_BYTES = 640
 VECTOR_OVERHEAD = 160  # a vector's array header and its place in a Single or a FAISS index
-_BLANKS_AND_MARKS = " \t\n\u00a0.?!"
 
 
 def _without_end_mark(text: str) -> str:
@@ -54,18 +53,6 @@ def _without_end_mark(text: str) -> str:
     if stripped[-1].isalpha() or stripped[-1] in "\"'\u201d\u2019" or (stripped[-1] == ")" and "." not in text[len(stripped):]):
         return stripped
     return text
-
-
-def _mark_apart(a: str, b: str) -> bool:
-    """The same words but for their final marks, one of which stands on its own after a blank:
-    "What does git add ." / "What does git add?", "Explain grep -r TODO ." / "... TODO". The mark
-    is then a word of the question, the very one the two differ in: never a match, whatever the
-    verifier makes of two texts this alike."""
-    a, b = a.rstrip(), b.rstrip()
-    base = a.rstrip(_BLANKS_AND_MARKS)
-    if a == b or b.rstrip(_BLANKS_AND_MARKS) != base:
-        return False
-    return any(c.isspace() for c in a[len(base):] + b[len(base):])
 
 
 @dataclass(frozen=True)
@@ -228,9 +215,6 @@ class ResponseCache:
                 # The same words, one with a final "?" or "." and one without: the verifier, trained
                 # on pairs that never differ by so little, can doubt them ("How do I reset my password").
                 return self._answer(e, "semantic-hit", sim, 1.0)
-        live = [(e, s) for e, s in live if not _mark_apart(e.text, keys.text)]
-        if not live:
-            return None
         cached = np.vstack([self._index.vector(keys.fingerprint, e.id) for e, _ in live])
         probs = self.verifier.accept_probability(
             [e.text for e, _ in live], [keys.text] * len(live), cached, np.repeat(vector[None, :], len(live), axis=0)

@@ -196,10 +196,9 @@ def _swapped_roles(wa: tuple[str, ...], wb: tuple[str, ...]) -> bool:
     return not (_COORDINATING & set(wa[i + 1:j]))
 
 
-# A direction read at its markers, so other words cannot hide a reversal ("a string to int" / "an int
-# to string", "PDF to Word" / "a Word document to PDF"): "to" points from the last 3 content words
-# before it (back to a marker, punctuation or any stopword but an article) to the first one after it,
-# "from" the other way round; "than" / "vs" order a comparison. Numbers joined by "/", "-", ":", "to" form a run.
+# A direction read at its markers, so other words cannot hide a reversal ("a string to int" / "an int to string",
+# "PDF to Word" / "a Word document to PDF"): "to" points from the last 3 content words before it (back to a marker,
+# punctuation or a stopword but an article) to the first after it, "from" the other way; "than", "vs" order a comparison.
 _TO, _COMPARE = frozenset("to into onto -> → =>".split()), frozenset("than vs versus".split())
 _MARKERS = _TO | _COMPARE | {"from"}
 _FRAME_END = _MARKERS | frozenset("and or , ; : ! ? ( ) .".split())
@@ -242,7 +241,7 @@ def _directions_reversed(a: str, b: str) -> bool:
 
 
 def _runs_reordered(a: str, b: str) -> bool:
-    """The same numbers joined in another order: "03/04/2024" / "04/03/2024", "3 to 5" / "5 to 3"."""
+    """The same numbers joined (by "/", "-", ":", "to") in another order: "03/04/2024" / "04/03/2024", "3 to 5"."""
     ra, rb = ([tuple(n.replace(",", "") for n in _NUMBER.findall(m)) for m in _NUMBER_RUN.findall(t.lower())]
               for t in (a, b))
     return any(r not in other and any(sorted(r) == sorted(s) for s in other) for one, other in ((ra, rb), (rb, ra))
@@ -322,18 +321,18 @@ def _layout_matters(a: str, b: str) -> bool:
 
 
 def _marks(text: str, other: str) -> list[str]:
-    """The tokens of `text` that carry symbols, and units written after a number, in order.
-    A unit's case counts only when both texts use capitals at all: a question typed all in
-    lower case says nothing by its case."""
+    """The tokens of `text` that carry symbols, units written after a number, and a last one of
+    marks alone ("What does git add ." / "... add?": a word of the question), in order. A unit's
+    case counts only when both texts use capitals at all: lower case says nothing by its case."""
     use_case = any(c.isupper() for c in text) and any(c.isupper() for c in other)
     has_digits = any(c.isdigit() for c in text)
-    out, previous = [], ""
-    for raw in text.split():
+    out, previous, parts = [], "", text.split()
+    for i, raw in enumerate(parts):
         token = raw.strip(_TOKEN_EDGES)
         if token and set(token) <= _PROSE_MARKS and not has_digits:
             pass  # a dash or an ellipsis between words of prose
-        elif _SYMBOL.search(_INNER_HYPHEN.sub("", token)):
-            out.append(token)
+        elif _SYMBOL.search(_INNER_HYPHEN.sub("", token)) or (not token and 0 < i == len(parts) - 1):
+            out.append(token or raw)
         elif use_case and _NUMBER_TOKEN.fullmatch(previous) and any(c.isupper() for c in token[1:]):
             out.append(token)
         previous = token
