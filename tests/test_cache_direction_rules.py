@@ -1,4 +1,4 @@
-"""The verifier's hard rules for a reversed direction and reordered numbers (router/cache/features.py).
+"""The verifier's hard rules for a reversed direction and reordered numbers (router/cache/order_rules.py, applied by `features.hard_mismatch`).
 
 A reversal must be refused even when the two sides do not share every word: another article,
 "to" / "into", an extra noun. A rewording that keeps the direction must still pass: each case
@@ -73,3 +73,30 @@ def test_the_same_numbers_in_another_order_are_refused_and_a_rewording_is_not(qu
     assert _passed_both_ways(question, rewording)
     assert _refused_both_ways(question, reordered)
 
+
+
+@pytest.mark.parametrize("question, alternatives_traded, reversal", [
+    # alternatives joined by "or" / "and" may trade places around a direction; an alternative
+    # that holds a direction is not one: the direction itself moves
+    ("How do I convert dollars to rupees or euros?", "How do I convert dollars to euros or rupees?",
+     "How do I convert euros or dollars to rupees?"),
+    ("Is it cheaper to fly from London to Paris or Rome?", "Is it cheaper to fly from London to Rome or Paris?",
+     "Is it cheaper to fly from Rome or Paris to London?"),
+    ("How do I convert PDF or Word files to HTML?", "How do I convert Word or PDF files to HTML?",
+     "How do I convert HTML files to PDF or Word?"),
+    ("Is it better to rent a flat or buy a house?", "Is it better to buy a house or rent a flat?",
+     "Is it better to rent a house or buy a flat?"),
+])
+def test_alternatives_trading_places_are_no_reversal_but_a_moved_direction_is(question, alternatives_traded, reversal):
+    assert _passed_both_ways(question, alternatives_traded)
+    assert _refused_both_ways(question, reversal)
+    assert _refused_both_ways(alternatives_traded, reversal)
+
+
+@pytest.mark.parametrize("question, alternatives_traded", [
+    ("Is it better to rent or buy a house?", "Is it better to buy or rent a house?"),
+    ("Is it better to learn Java or Python first?", "Is it better to learn Python or Java first?"),
+    ("Is it cheaper to buy bread and milk at a supermarket?", "Is it cheaper to buy milk and bread at a supermarket?"),
+])
+def test_alternatives_trading_places_after_to_are_no_reversal(question, alternatives_traded):
+    assert _passed_both_ways(question, alternatives_traded)

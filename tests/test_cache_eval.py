@@ -140,6 +140,29 @@ def test_numbers_and_negations_are_hard_mismatches():
     assert not hard_mismatch("calories in two eggs", "calories in 2 eggs")
 
 
+@pytest.mark.parametrize("question, rewording, other_time", [
+    # a rewording names the same span in other words, or none, or one more (on QQP "... today?" /
+    # "...?" are often duplicates, so a time word only one side has is left to the models)
+    ("What happened in the stock market yesterday?", "What happened in the stock market?",
+     "What happened in the stock market today?"),
+    ("What are you doing tonight?", "What are you doing this evening?", "What are you doing tomorrow?"),
+    ("What were the best movies of last year?", "What were the best movies of the past year?",
+     "What were the best movies of this year?"),
+    ("What's today's date?", "What is the date today?", "What was yesterday's date?"),
+    ("Which stocks should I buy next week?", "Which stocks should I buy?", "Which stocks should I buy this week?"),
+    ("What are the plans for next weekend?", "What are the plans for the coming weekend?",
+     "What are the plans for last weekend?"),
+    ("What was the weather like in London last month?", "What was the weather like in London?",
+     "What was the weather like in London yesterday?"),
+    ("What would you do if you knew you would die tomorrow?",  # labelled duplicates on QQP
+     "If you knew you were going to die tomorrow, what would you like to finish today?",
+     "What would you do if you knew you would die next week?"),
+])
+def test_different_time_words_are_hard_mismatches_and_the_same_or_one_sided_are_not(question, rewording, other_time):
+    assert not hard_mismatch(question, rewording) and not hard_mismatch(rewording, question)
+    assert hard_mismatch(question, other_time) and hard_mismatch(other_time, question)
+
+
 def test_swapped_roles_are_hard_mismatches_but_commuting_words_are_not():
     assert hard_mismatch("Do Indian women find Pakistani men attractive?", "Do Pakistani women find Indian men attractive?")
     assert hard_mismatch("What do people in Denver think of Seattle?", "What do people in Seattle think of Denver?")

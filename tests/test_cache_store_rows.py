@@ -143,3 +143,77 @@ def test_a_row_with_a_field_of_the_wrong_type_is_dropped_on_start(verifier, embe
     assert get(reopened, embed, body(Q1)) is None
     reopened.close()
     assert list(rows(tmp_path).values()) == [keys(Q3).text]  # deleted, not met again at every start
+
+
+def _rows_in(path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("old_schema, hold", [(True, "BEGIN IMMEDIATE"), (False, "BEGIN EXCLUSIVE")],
+                         ids=["upgrade-waits-on-a-writer", "rollback-journal-held-exclusive"])
+def test_a_database_another_process_holds_is_an_error_never_moved_aside(tmp_path, monkeypatch, old_schema, hold):
+    """A second gateway holding the database (writing, or upgrading its table) made the first
+    take it for a broken file and move every cached answer aside."""
+    from router.cache import store as store_module
+    from router.cache.store import CacheStoreError
+
+    path = tmp_path / DB_NAME
+    db = sqlite3.connect(path, isolation_level=None)
+    if old_schema:  # the upgrade to AUTOINCREMENT takes the write lock: it must wait, then give up
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(OLD_SCHEMA)
+    else:  # a database in rollback-journal mode: an exclusive lock stops even its reading
+        db.execute(OLD_SCHEMA.replace("INTEGER PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT"))
+    k = keys(Q1)
+    db.execute("INSERT INTO entries VALUES (1, ?, ?, 't1', 'auto', ?, 'm1', 0.0, 1e9, 1e300, NULL, ?)",
+               (k.exact, k.fingerprint, k.text, json.dumps(answer("Paris."))))
+    db.execute(hold)
+    monkeypatch.setattr(store_module, "OPEN_TIMEOUT_S", 0.2)
+    try:
+        with pytest.raises(CacheStoreError, match="another process holds it") as raised:
+            ResponseCache(tmp_path, semantic=False)
+        assert str(path) in str(raised.value)
+    finally:
+        db.execute("COMMIT")
+        db.close()
+    assert not [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert _rows_in(path) == 1
+    cache = ResponseCache(tmp_path, semantic=False)  # once the other process lets go, the answers are there
+    assert served(cache.lookup(keys(Q1))) == "Paris."
+    cache.close()
+
+
+def test_opening_waits_for_another_process_to_let_go_and_a_write_then_waits_less(tmp_path, monkeypatch):
+    """The wait is what keeps a held database from being an error: opening outlasts another
+    process's upgrade, while a write, which holds the cache's lock for every lookup, waits less."""
+    import threading
+    import time
+
+    from router.cache import store as store_module
+
+    path = tmp_path / DB_NAME
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(OLD_SCHEMA)
+    k = keys(Q1)
+    db.execute("INSERT INTO entries VALUES (1, ?, ?, 't1', 'auto', ?, 'm1', 0.0, 1e9, 1e300, NULL, ?)",
+               (k.exact, k.fingerprint, k.text, json.dumps(answer("Paris."))))
+    db.execute("BEGIN IMMEDIATE")
+
+    def let_go():
+        time.sleep(0.5)
+        db.execute("COMMIT")
+
+    monkeypatch.setattr(store_module, "OPEN_TIMEOUT_S", 20.0)
+    other = threading.Thread(target=let_go)
+    other.start()
+    cache = ResponseCache(tmp_path, semantic=False)
+    other.join()
+    db.close()
+    assert served(cache.lookup(keys(Q1))) == "Paris."
+    assert cache._store._db.execute("PRAGMA busy_timeout").fetchone()[0] == store_module.WRITE_TIMEOUT_S * 1000
+    cache.close()

@@ -11,29 +11,15 @@ from __future__ import annotations
 
 import math
 import re
-from functools import lru_cache, wraps
 from typing import Sequence
 
 import numpy as np
 
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-NEGATIONS = frozenset(
-    "not no never none nothing nobody neither nor without cannot can't don't doesn't didn't isn't aren't wasn't "
-    "weren't won't wouldn't shouldn't couldn't hasn't haven't hadn't mustn't cant dont doesnt didnt isnt arent "
-    "wasnt werent wouldnt shouldnt couldnt hasnt havent".split()
-)
-STOPWORDS = frozenset(
-    "a an the of to in on for and or is are was were be been do does did i you he she it we they my your "
-    "his her its our their me what how why when where which who whom whose can could should would will shall "
-    "may might must that this these those there with from by at as about into than then so if".split()
-)
+from router.cache.order_rules import directions_reversed, reversed_order, runs_reordered, swapped_roles
+from router.cache.tokens import STOPWORDS, memo_short, negated, numbers, words
+
 # Question openers whose difference usually means a different question ("why is x" vs "how is x").
 OPENERS = ("what", "how", "why", "when", "where", "which", "who", "is", "are", "can", "do", "does", "should")
-_NUMBER_WORDS = {
-    w: str(i)
-    for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())
-}
 
 SCALAR_NAMES = (
     "cosine",
@@ -53,45 +39,6 @@ SCALAR_NAMES = (
     "last_word_same",
     "bigram_jaccard",
 )
-
-
-# A lookup scores one new question against up to 4 candidates, and the hard rules, the scalar
-# and the word features all split the same texts: memoising the per-text parts keeps that to once.
-# Only for texts of question size: an agent's pasted 50 kB document, memoised 4,096 times with its
-# word list, would hold gigabytes.
-_MEMO_CHARS = 2000
-
-
-def _memo_short(fn):
-    cached = lru_cache(maxsize=4096)(fn)
-
-    @wraps(fn)
-    def call(text: str):
-        return cached(text) if len(text) <= _MEMO_CHARS else fn(text)
-
-    call.cache_info = cached.cache_info
-    return call
-
-
-@_memo_short
-def words(text: str) -> tuple[str, ...]:
-    return tuple(_WORD.findall(text.lower().replace("’", "'")))
-
-
-@_memo_short
-def numbers(text: str) -> frozenset[str]:
-    """Numbers as digits, with small number words mapped to digits ("two" == "2")."""
-    found = {n.replace(",", "") for n in _NUMBER.findall(text)}
-    found.update(_NUMBER_WORDS[w] for w in words(text) if w in _NUMBER_WORDS)
-    return frozenset(found)
-
-
-@_memo_short
-def negated(text: str) -> bool:
-    """Odd number of negations: "not not" reads as affirmative, which is rare but cheap to respect."""
-    ws = words(text)
-    count = sum(1 for w in ws if w in NEGATIONS or w.endswith("n't"))
-    return count % 2 == 1
 
 
 def _opener(ws: tuple[str, ...]) -> str:
@@ -162,95 +109,38 @@ def _opposites(pairs: tuple[str, ...]) -> dict[str, frozenset[str]]:
 
 
 OPPOSITES = _opposites(_ANTONYM_PAIRS)
-# Words that give a question a direction: with them, the same words in another order ask
-# another question ("convert Celsius to Fahrenheit" / "convert Fahrenheit to Celsius").
-_DIRECTIONAL = frozenset("to into from than vs versus over per".split())
-# Words that join two things symmetrically: "Java and Python" asks what "Python and Java" asks.
-_COORDINATING = frozenset("and or vs versus".split())
 
 
 def _opposed(only_a: set[str], only_b: set[str]) -> bool:
     return any(not OPPOSITES[x].isdisjoint(only_b) for x in only_a if x in OPPOSITES)
 
 
-def _reversed(wa: tuple[str, ...], wb: tuple[str, ...]) -> bool:
-    if not (_DIRECTIONAL & set(wa)) or sorted(wa) != sorted(wb):
-        return False
-    return [w for w in wa if w not in STOPWORDS] != [w for w in wb if w not in STOPWORDS]
+# Days and spans named from the day of asking: "the stock market yesterday" and "... today" ask
+# about different days, however close their embeddings. Words that name the same span are one.
+_TIME = re.compile(
+    r"\b(?:the day (?:before yesterday|after tomorrow)|yesterday|today|tonight|tomorrow"
+    r"|(?:last|this|next|past|previous|coming|current) (?:week|weekend|month|year|decade|century|quarter|semester"
+    r"|night|morning|afternoon|evening|summer|winter|spring|autumn"
+    r"|monday|tuesday|wednesday|thursday|friday|saturday|sunday))\b")
+_SAME_FIRST = {"past": "last", "previous": "last", "coming": "next", "current": "this"}
+_SAME_SPAN = {"tonight": "this night", "this evening": "this night"}
 
 
-def _swapped_roles(wa: tuple[str, ...], wb: tuple[str, ...]) -> bool:
-    """Two content words trade places and nothing else moves: "do Indian women find Pakistani men
-    attractive" / "do Pakistani women find Indian men attractive". Adjacent words ("muscle building"
-    / "building muscle") and words joined by "and" / "or" ("real gas and ideal gas") may trade
-    places without changing the question. Of the 40,394 QQP pairs it refuses 17, one of them
-    labelled duplicate: "Is India better than Pakistan?" / "Is Pakistan better than India?"."""
-    ca = [w for w in wa if w not in STOPWORDS]
-    cb = [w for w in wb if w not in STOPWORDS]
-    if len(ca) != len(cb) or ca == cb or sorted(ca) != sorted(cb):
-        return False
-    moved = [i for i, (x, y) in enumerate(zip(ca, cb)) if x != y]
-    if len(moved) != 2 or moved[1] - moved[0] < 2:
-        return False
-    i, j = sorted((wa.index(ca[moved[0]]), wa.index(ca[moved[1]])))
-    return not (_COORDINATING & set(wa[i + 1:j]))
-
-
-# A direction read at its markers, so other words cannot hide a reversal ("a string to int" / "an int to string",
-# "PDF to Word" / "a Word document to PDF"): "to" points from the last 3 content words before it (back to a marker,
-# punctuation or a stopword but an article) to the first after it, "from" the other way; "than", "vs" order a comparison.
-_TO, _COMPARE = frozenset("to into onto -> → =>".split()), frozenset("than vs versus".split())
-_MARKERS = _TO | _COMPARE | {"from"}
-_FRAME_END = _MARKERS | frozenset("and or , ; : ! ? ( ) .".split())
-_DETERMINERS = frozenset("a an the my your his her its our their this these those some any each every another".split())
-_SKIP, _STOP = STOPWORDS | _DETERMINERS, _FRAME_END | (STOPWORDS - _DETERMINERS)  # _STOP ends the words before
-_DIR_TOKEN = re.compile(r"->|→|=>|\d+(?:[.,]\d+)*|[a-z0-9]+(?:'[a-z]+)?|[,;:!?()]|\.(?!\w)")
-_NUMBER_RUN = re.compile(r"\d+(?:[.,]\d+)*(?:\s*(?:->|[/:–—-]|\b(?:to|through)\b)\s*\d+(?:[.,]\d+)*)+")
-
-
-@_memo_short
-def _directed(text: str) -> frozenset[tuple[str, str, bool]]:
-    """(from, to, is-a-comparison) word pairs: "from X to Y", "Y from X", "X into Y", "X than Y"."""
-    marked = not _MARKERS.isdisjoint(words(text)) or "→" in text or ">" in text  # most texts: no tokenizing
-    toks = _DIR_TOKEN.findall(text.lower().replace("’", "'")) if marked else []
-    out, start = set(), 0
-    for i, marker in enumerate(toks):
-        if marker not in _STOP:
-            continue
-        if marker in _MARKERS:
-            before = [w for w in toks[start:i] if w not in _DETERMINERS][-3:]
-            j = i + 1
-            while j < len(toks) and toks[j] in _SKIP and toks[j] not in _FRAME_END:
-                j += 1  # to the first content word after the marker, within its frame
-            if j < len(toks) and toks[j] not in _FRAME_END:
-                out.update((toks[j], w, False) if marker == "from" else (w, toks[j], marker in _COMPARE) for w in before)
-        start = i + 1
-    return frozenset(out)
-
-
-def _same_word(x: str, y: str) -> bool:
-    """Equal, or one a prefix of the other of 3 letters or more: "int" / "integer", "Postgres" / "PostgreSQL"."""
-    return x == y or (min(len(x), len(y)) >= 3 and (x.startswith(y) or y.startswith(x)))
-
-
-def _directions_reversed(a: str, b: str) -> bool:
-    da, db = _directed(a), _directed(b)
-    return any(not _same_word(x, y) and any(c == cmp and _same_word(x, v) and _same_word(y, u) for u, v, c in other)
-               and not any(c == cmp and _same_word(x, u) and _same_word(y, v) for u, v, c in other)
-               for one, other in ((da, db), (db, da)) for x, y, cmp in one)
-
-
-def _runs_reordered(a: str, b: str) -> bool:
-    """The same numbers joined (by "/", "-", ":", "to") in another order: "03/04/2024" / "04/03/2024", "3 to 5"."""
-    ra, rb = ([tuple(n.replace(",", "") for n in _NUMBER.findall(m)) for m in _NUMBER_RUN.findall(t.lower())]
-              for t in (a, b))
-    return any(r not in other and any(sorted(r) == sorted(s) for s in other) for one, other in ((ra, rb), (rb, ra))
-               for r in one)
+@memo_short
+def times(text: str) -> frozenset[str]:
+    """The time references named from the day of asking, one name each ("past year" = "last year")."""
+    found = set()
+    for m in _TIME.findall(" ".join(words(text))):
+        first, _, rest = m.partition(" ")
+        name = f"{_SAME_FIRST.get(first, first)} {rest}".strip()
+        found.add(_SAME_SPAN.get(name, name))
+    return frozenset(found)
 
 
 def hard_mismatch(a: str, b: str) -> bool:
     """Differences that always mean another question, whatever the model says: different numbers
-    on both sides ("2 eggs" vs "3 eggs") or joined in another order ("3/4" vs "4/3"), negation,
+    on both sides ("2 eggs" vs "3 eggs") or joined in another order ("3/4" vs "4/3"), a time
+    reference on each side that the other lacks ("yesterday" vs "today", "last week" vs "next week"), negation,
     opposites ("good" vs "bad"), a reversed direction ("a string to int" vs "an int to string"),
     swapped roles ("Croats like Turks" vs "Turks like Croats"), the same words with other symbols
     or a unit's capitals ("1 MB" / "1 Mb", "\\W" / "\\w", "ls -r" / "ls -R", "C++ vs C#" swapped), a name one side
@@ -261,16 +151,19 @@ def hard_mismatch(a: str, b: str) -> bool:
     if a != b and a.split() == b.split() and _layout_matters(a, b):
         return True  # the same words laid out differently: in code or YAML, another question
     na, nb = numbers(a), numbers(b)
-    if (na and nb and na != nb) or negated(a) != negated(b) or (na and _runs_reordered(a, b)):
+    if (na and nb and na != nb) or negated(a) != negated(b) or (na and runs_reordered(a, b)):
         return True
+    ta, tb = times(a), times(b)
+    if ta - tb and tb - ta:
+        return True  # a time word one side adds may be the same question ("... today?" / "...?")
     wa, wb = words(a), words(b)
     if wa == wb:
         return a != b and (_marks(a, b) != _marks(b, a) or _capitonym(a, b))
     if _capitonym(a, b):
         return True
     sa, sb = set(wa), set(wb)
-    return (_opposed(sa - sb, sb - sa) or _reversed(wa, wb) or _directions_reversed(a, b)
-            or _swapped_roles(wa, wb) or _name_added(a, b, sa, sb))
+    return (_opposed(sa - sb, sb - sa) or reversed_order(wa, wb) or directions_reversed(a, b)
+            or swapped_roles(wa, wb) or _name_added(a, b, sa, sb))
 
 
 # Words whose capital changes what they mean and that askers seldom write in lower case for the

@@ -5,7 +5,9 @@ leaves either the old or the new entry, never half of one. The FAISS indexes are
 data: rebuilt from these rows on start, or read from the snapshot a clean shutdown wrote where it
 holds exactly these rows' vectors (router/cache/semantic.py). A file that
 is not a valid database on start is moved aside and the cache starts empty: a cache may
-forget, but the gateway must not fail to start or restart in a loop because of it.
+forget, but the gateway must not fail to start or restart in a loop because of it. A database
+another process holds locked is no such file: opening waits for it, and one still locked after
+`OPEN_TIMEOUT_S` is an error, never moved aside.
 
 A cache without a folder keeps its answers in a `MemoryStore` instead: packed in a dict, since
 the entries' other fields live in the cache and their vectors in its index. An in-memory SQLite
@@ -50,10 +52,15 @@ COLUMNS = """(
 SCHEMA = f"CREATE TABLE IF NOT EXISTS entries {COLUMNS}"
 FIELDS = "exact, fingerprint, tenant, route, text, model, cost_usd, created, expires, vector, response"
 DB_NAME = "cache.sqlite"
+# How long opening waits for another process on the same folder (a second gateway, an
+# overlapping restart) that holds the database: long enough for its upgrade of a full table.
+OPEN_TIMEOUT_S = 30.0
+# How long a write waits afterwards: it holds the cache's lock, so every lookup waits with it.
+WRITE_TIMEOUT_S = 5.0
 
 
 class CacheStoreError(ValueError):
-    """The cache folder cannot be used at all (not writable, not a folder)."""
+    """The cache folder cannot be used at all (not writable, not a folder, held by another process)."""
 
 
 def _quarantine(path: Path) -> Path:
@@ -65,6 +72,11 @@ def _quarantine(path: Path) -> Path:
         if p.exists():
             os.replace(p, Path(str(target) + suffix))
     return target
+
+
+def _locked(exc: sqlite3.DatabaseError) -> bool:
+    """Busy or locked: another connection holds the database, which says nothing of its health."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _ids_never_reused(db: sqlite3.Connection) -> bool:
@@ -176,13 +188,16 @@ class Store:
         try:
             self._db = self._open(str(self.path))
         except sqlite3.DatabaseError as exc:
+            if _locked(exc):
+                raise CacheStoreError(f"cache database {self.path} is locked: another process holds it (still after "
+                                      f"{OPEN_TIMEOUT_S:g} s); is a second gateway using this cache folder?") from None
             moved = _quarantine(self.path)
             log.error("cache database %s is unreadable (%s); moved it to %s and starting with an empty cache", self.path, exc, moved)
             self._db = self._open(str(self.path))
 
     @staticmethod
     def _open(target: str) -> sqlite3.Connection:
-        db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        db = sqlite3.connect(target, timeout=OPEN_TIMEOUT_S, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable up to the last checkpointed commit, never corrupt
@@ -192,6 +207,7 @@ class Store:
             db.execute(SCHEMA)
             _upgrade(db)
             db.execute("CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires)")
+            db.execute(f"PRAGMA busy_timeout = {int(WRITE_TIMEOUT_S * 1000)}")
         except sqlite3.DatabaseError:
             db.close()
             raise
