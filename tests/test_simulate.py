@@ -73,7 +73,7 @@ def test_bandit_recovers_from_a_degraded_model(small_table, tmp_path):
     assert last["static"]["quality"] < first["static"]["quality"] - 0.3
     assert last["bandit"]["quality"] > last["static"]["quality"] + 0.2
     rec = rep["recovery"]["gpt-4-1106-preview"]
-    assert rec["from_request"] == 1300 and rec["recovered_share"] > 0
+    assert rec["from_request"] == 900 and rec["recovered_share"] > 0  # 300 + 1,200 // 2: under 2,000 followed
     # the ceiling measured in the same run: a static router told of the drift at request 300
     assert rec["informed_static_regained"] > 0 and rec["recovered_share_of_recoverable"] > 0
     # net of what the bandit differs by in the same stream without the drift
@@ -149,7 +149,7 @@ def test_several_degradations_are_measured_together_and_inf_means_no_spend_cap(s
                     "--drift", "degrade:mixtral-8x7b-chat:1.0@200", "--total-cost-share", "inf")
     assert list(rep["recovery"]) == ["all"]  # one run cannot tell which drift the routers answered
     rec = rep["recovery"]["all"]
-    assert rec["from_request"] == 1200 and len(rec["drifts"]) == 2
+    assert rec["from_request"] == 850 and len(rec["drifts"]) == 2  # 200 + 1,300 // 2 after the last
     assert rep["bandit_state"]["spend_price_per_usd"] == 0.0  # no cap, no shadow price (it was NaN)
     assert rep["setup"]["bandit"]["total_cost_share"] is None
 
@@ -258,3 +258,22 @@ def test_the_summary_prints_the_net_recovery_first_and_warns_of_prompts_replayed
     assert setup["replays_per_prompt"] == pytest.approx(1300 / setup["distinct_prompts"], abs=0.01)
     assert setup["replays_per_prompt"] > 3
     assert "memorising repeated prompts" in setup["note"] and "warning: each of the" in printed
+
+
+@pytest.mark.parametrize("requests, measured_from", [(700, 400), (1300, 700), (2100, 1100), (2300, 1100)])
+def test_a_drift_is_measured_over_at_least_half_of_the_requests_after_it(tmp_path, capsys, requests, measured_from):
+    # Drifts at 100: 600 requests follow (none was measured, K + 1,000 lay past the end), 1,200 (100 were),
+    # then 2,000 and more, where the measured stretch starts 1,000 after the drift as it always did.
+    data = _routerdc_like(tmp_path / "costed.parquet", costs=True)
+    out = tmp_path / "s.json"
+    assert main(["simulate", "--data", str(data), "--requests", str(requests), "--willingness-to-pay", "1.0",
+                 "--drift", "degrade:m2:1.0@100", "--drift", "add:m1@100", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    rec = rep["recovery"]["m2"]
+    assert rec["from_request"] == measured_from and rec["static_lost"] > 0.3 and rec["recovered_share_net"] is not None
+    added = rep["added"]["m1"]
+    assert added["by_task_from_request"] == measured_from and added["by_task_after_1000"]
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("degraded m2"))
+    assert line.startswith(f"degraded m2: from request {measured_from} ")
+    shortened = f"(measured after {measured_from - 100:,} of the {requests - 100:,} requests that followed the drift at 100, "
+    assert (shortened in line) == (requests - 100 < 2000)

@@ -27,6 +27,18 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+ADAPTATION = 1000  # requests a router is given to adapt to a drift before its recovery is measured
+
+
+def measured_from(start: int, n: int) -> int:
+    """First request of a drift's measured stretch: `ADAPTATION` requests after it starts, but
+    never past halfway through the `n - start` requests after it (`n` or more: none is left)."""
+    # Keeping start + ADAPTATION where fewer than 2 x ADAPTATION requests follow would measure
+    # over what is left, down to one request (a share of a handful is noise) or none at all.
+    # Halving measures at least half of them, after the other half to adapt in, and meets
+    # start + ADAPTATION at 2 x ADAPTATION, so the stretch grows with the run and never jumps.
+    return start + min(ADAPTATION, max(n - start, 0) // 2)
+
 
 @dataclass(frozen=True)
 class Drift:
@@ -61,7 +73,7 @@ def _added_summary(j: int, stream: Stream, static: np.ndarray, bandit: np.ndarra
     idx = np.arange(start, n)
     picked = idx[bandit[idx] == j]
     switched = picked[static[picked] != j]  # the bandit chose it, the static router did not
-    later = np.arange(min(start + 1000, n), n)
+    later = np.arange(min(measured_from(start, n), n), n)
     by_task = {}
     if stream.task is not None and len(later):
         for t in np.unique(stream.task[later]):
@@ -73,6 +85,7 @@ def _added_summary(j: int, stream: Stream, static: np.ndarray, bandit: np.ndarra
         # None: no request is left when it arrives, so it has no share (0 would read as "never chosen").
         "bandit_share_first_1000": float(np.mean(bandit[start:start + 1000] == j)) if start < n else None,
         "by_task_after_1000": by_task,
+        "by_task_from_request": int(later[0]) if len(later) else None,
         "where_only_bandit_chose_it": {
             "requests": int(len(switched)),
             "added_model_quality": float(stream.quality[switched, j].mean()) if len(switched) else None,
@@ -252,11 +265,11 @@ def report(models: list[str], stream: Stream, static: np.ndarray, bandit: np.nda
         if d.kind == "add":
             out.setdefault("added", {})[d.model] = _added_summary(models.index(d.model), stream, static, bandit, d.start)
     degrades = [d for d in drifts if d.kind == "degrade"]
-    # One degradation: its model's entry, measured from 1,000 requests after it starts. Several
+    # One degradation: its model's entry, measured from `measured_from(its start)`. Several
     # cannot be told apart in one run (the routers meet all of them at once): one entry, "all",
-    # measured from 1,000 requests after the last one starts, against the world without any.
+    # measured from `measured_from(the last one's start)`, against the world without any.
     if degrades:
-        after = slice(min(max(d.start for d in degrades) + 1000, n), n)
+        after = slice(min(measured_from(max(d.start for d in degrades), n), n), n)
         if after.start < n:
             lost = means(nodrift, reference, after)["quality"] - means(stream, static, after)["quality"]
             gain = means(stream, bandit, after)["quality"] - means(stream, static, after)["quality"]
@@ -399,26 +412,33 @@ def configure(parser) -> None:
     from router.bandit import BanditSettings
 
     parser.add_argument("--data", required=True, help="wide outcome table (parquet, CSV, JSONL)")
-    parser.add_argument("--requests", type=int, default=5000, help="length of the request stream")
+    parser.add_argument("--requests", type=int, default=5000, help="length of the request stream (default: %(default)s)")
     parser.add_argument("--drift", action="append", metavar="SPEC",
                         help="degrade:MODEL:FRACTION@K or add:MODEL@K; repeatable")
     parser.add_argument("--out", required=True, help="JSON report path")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the train/replay split and the router trained here, the request order, which answers a "
+                             "degradation breaks and the bandit's draws (default: %(default)s)")
     parser.add_argument("--router", default=None,
                         help="router artifact to use (replays every prompt); default: train one on a split")
     parser.add_argument("--train-share", type=float, default=0.5, help="share of prompts the router is trained on")
-    parser.add_argument("--text-column", default=None)
+    parser.add_argument("--text-column", default=None,
+                        help="column holding the prompt text (default: the first of prompt, query, messages with any text)")
     parser.add_argument("--prices", default=None,
                         help="JSON of per-model prices, for tables without cost_usd__<model> columns (as train and eval take)")
     parser.add_argument("--willingness-to-pay", type=float, default=0.01, help="USD per +1.0 quality (the knob)")
-    parser.add_argument("--latency-weight", type=float, default=0.0)
+    parser.add_argument("--latency-weight", type=float, default=0.0,
+                        help="quality given up per second of predicted latency in both routers' utility (default: 0, "
+                             "latency ignored)")
     parser.add_argument("--window", type=int, default=500, help="requests per reported window")
     parser.add_argument("--feedback-rate", type=float, default=1.0, help="share of requests whose reward the bandit sees")
     parser.add_argument("--explore-share", type=float, default=BanditSettings.explore_share,
                         help="cap on the share of requests exploring models the predictor knows")
     parser.add_argument("--new-model-explore-share", type=float, default=BanditSettings.new_model_explore_share,
                         help="cap on the share of requests exploring a model the router was not trained on")
-    parser.add_argument("--extra-cost-share", type=float, default=BanditSettings.extra_cost_share)
+    parser.add_argument("--extra-cost-share", type=float, default=BanditSettings.extra_cost_share,
+                        help="cap on the expected extra spend of exploring, as a share of the greedy choices' spend "
+                             "(default: %(default)s)")
     parser.add_argument("--total-cost-share", type=float, default=BanditSettings.total_cost_share,
                         help="cap on the bandit's total extra predicted spend over the reference policy; inf: uncapped")
 
@@ -426,6 +446,7 @@ def configure(parser) -> None:
 def run(args) -> int:
     from training.offpolicy import finite
     from training.outputs import check_output_file, removed_if_left_empty
+    from training.simulate_summary import print_summary
 
     if args.requests <= 0:
         raise ValueError("--requests must be positive")
@@ -448,41 +469,6 @@ def run(args) -> int:
         out = simulate(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(finite(out), indent=1))
-    t = out["totals"]
-    print(f"static: quality {t['static']['quality']:.4f} cost ${t['static']['cost']:.6f}/request | "
-          f"bandit: quality {t['bandit']['quality']:.4f} cost ${t['bandit']['cost']:.6f}/request "
-          f"({t['bandit_extra_cost_pct']:+.2f} % cost, {t['bandit_quality_delta_points']:+.2f} quality points, "
-          f"explored {t['bandit_explore_share']:.1%})")
-    for model, r in out.get("recovery", {}).items():
-        if r["recovered_share"] is None:
-            print(f"degraded {model}: from request {r['from_request']} the static router lost "
-                  f"{100 * r['static_lost']:.2f} quality points, too few to measure a recovery of")
-            continue
-        ceiling = r.get("recovered_share_of_recoverable")
-        extra = (f"; {ceiling:.0%} of the {100 * r['informed_static_regained']:.2f} points a static router told about "
-                 "the drift regains" if ceiling is not None else "")
-        # Net first: the gross share also counts what the bandit gains over the static router anyway.
-        print(f"degraded {model}: from request {r['from_request']} the static router lost {100 * r['static_lost']:.2f} "
-              f"quality points; the bandit regains {r['recovered_share_net']:.0%} of them net of the "
-              f"{100 * r['bandit_gap_without_drift']:+.2f} points it differs by without the drift "
-              f"(gross, that difference included: {r['recovered_share']:.0%}{extra})")
-    starts = {d["model"]: d["start"] for d in out["drift"] if d["kind"] == "add"}
-    for model, a in out.get("added", {}).items():
-        if a["bandit_share_first_1000"] is None:
-            print(f"added {model}: never arrived: add:{model}@{starts[model]} starts after the last of the "
-                  f"{args.requests} requests")
-            continue
-        only = a["where_only_bandit_chose_it"]
-        first = f"first routed at request {a['first_routed_at']}" if a["first_routed_at"] is not None else "never routed"
-        gain = (f"; on the {only['requests']} requests only the bandit sent to it, quality {only['added_model_quality']:.3f} "
-                f"against {only['static_choice_quality']:.3f} for the static router's choice" if only["requests"] else "")
-        after = min(1000, args.requests - starts[model])  # the share's requests: fewer where the stream ends first
-        print(f"added {model}: {first}, {a['bandit_share_first_1000']:.0%} of the {after:,} request{'s' * (after > 1)} "
-              f"after it came{gain}")
-    if "note" in out["setup"]:
-        print(f"warning: {out['setup']['note']}")
-    for d in out["drift"]:
-        if d["kind"] == "degrade" and d["start"] >= args.requests:
-            print(f"note: the drift degrade:{d['model']}@{d['start']} starts after the last of the {args.requests} requests")
+    print_summary(out, args.requests)
     print(f"wrote {args.out}")
     return 0
