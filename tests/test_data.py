@@ -88,10 +88,45 @@ def test_model_without_cost_names_column(tmp_path):
     assert "cost_usd__big" in _error(tmp_path, wide_frame().drop(columns=["cost_usd__big"]))
 
 
-def test_nan_cost_names_column(tmp_path):
+def test_label_off_the_range_by_rounding_is_clipped_and_further_out_names_row_and_value(tmp_path):
+    df = wide_frame()
+    df.loc[3, "quality__big"], df.loc[2, "quality__small"] = 1.0 + 1e-12, -1e-12
+    df.to_parquet(tmp_path / "eps.parquet")
+    t = load_outcomes(tmp_path / "eps.parquet")
+    assert t.quality[3, 1] == 1.0 and t.quality[2, 0] == 0.0
+    df.loc[4, "quality__big"] = 1.01
+    msg = _error(tmp_path, df)
+    assert "'quality__big'" in msg and "row 4" in msg and "1.01" in msg
+    # The outcome log alike, its row counted before the unlabelled rows go.
+    log = pd.DataFrame({"request_id": ["r0", "r1", "r2"], "text": ["a", "b", "c"], "model": ["m", "m", "m"],
+                        "quality": [None, 1 + 1e-9, -0.5], "cost_usd": 1e-4, "latency_s": 1.0, "output_tokens": 5,
+                        "input_tokens": 5})
+    with pytest.raises(ValueError, match=r"log\.sqlite.*'quality'.*row 2: -0\.5"):
+        long_to_outcomes(log, path="log.sqlite")
+    assert long_to_outcomes(log.head(2), path="log.sqlite").quality[0, 0] == 1.0
+
+
+@pytest.mark.parametrize("ext", ["parquet", "csv", "jsonl"])
+def test_true_false_words_as_labels_read_as_1_and_0_in_every_format(tmp_path, ext):
+    df = wide_frame()
+    df["quality__small"] = df["quality__small"].map({1.0: "True", 0.0: "false"})
+    df["quality__big"] = " yes"
+    path = tmp_path / f"t.{ext}"
+    {"parquet": lambda: df.to_parquet(path), "csv": lambda: df.to_csv(path, index=False),
+     "jsonl": lambda: df.to_json(path, orient="records", lines=True)}[ext]()
+    t = load_outcomes(path)
+    np.testing.assert_array_equal(t.quality[:, 0], wide_frame()["quality__small"])
+    assert (t.quality[:, 1] == 1.0).all()
+    df.loc[5, "quality__big"] = "maybe"
+    msg = _error(tmp_path, df)
+    assert "'quality__big'" in msg and "row 5: 'maybe'" in msg
+
+
+def test_nan_cost_names_column_and_row(tmp_path):
     df = wide_frame()
     df.loc[1, "cost_usd__small"] = np.nan
-    assert "cost_usd__small" in _error(tmp_path, df)
+    msg = _error(tmp_path, df)
+    assert "cost_usd__small" in msg and "row 1" in msg
 
 
 def test_negative_cost_names_column_and_row(tmp_path):
@@ -304,6 +339,20 @@ def test_an_empty_prompt_column_gives_way_to_query_and_the_choice_is_logged(tmp_
     assert "'prompt' holds no text" in _logged(caplog, "WARNING") and "embedding column 'query'" in _logged(caplog, "INFO")
     # Named, a column is used as it is.
     assert load_outcomes(tmp_path / "t.parquet", text_column="prompt").texts == [""] * 6
+
+
+def test_a_row_without_a_prompt_is_routed_on_its_query_and_the_count_is_logged(tmp_path, caplog):
+    df = wide_frame()
+    df["query"] = [f"query {i}" for i in range(6)]
+    df["prompt"] = ["only prompt", None, "", "  ", "another", None]
+    df.to_parquet(tmp_path / "t.parquet")
+    with caplog.at_level("WARNING"):
+        t = load_outcomes(tmp_path / "t.parquet")
+    assert t.texts == ["only prompt", "query 1", "query 2", "query 3", "another", "query 5"]
+    warned = _logged(caplog, "WARNING")
+    assert warned.count("4 of 6 rows have no text in column 'prompt'") == 1 and "'query': 4" in warned
+    # Named, a column is used alone.
+    assert load_outcomes(tmp_path / "t.parquet", text_column="prompt").texts[1] == ""
 
 
 @pytest.mark.parametrize("ext", ["parquet", "jsonl"])

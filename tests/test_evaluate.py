@@ -148,10 +148,16 @@ def test_candidates_are_the_intersection_and_bad_requests_are_named():
     cands, notes = resolve_candidates(["a", "b", "x"], ["a", "b", "c"], None, "f.parquet")
     assert cands == ["a", "b"]
     assert notes["not_in_router"] == ["x"] and notes["not_in_file"] == ["c"]
-    with pytest.raises(ValueError, match="x"):
+    # Requested names the file or the router lacks are left out while two usable ones remain...
+    cands, notes = resolve_candidates(["a", "b", "x"], ["a", "b", "c"], ["b", "a", "x", "typo"], "f.parquet")
+    assert cands == ["a", "b"]
+    assert notes["requested_not_in_file"] == ["typo"] and notes["requested_not_in_router"] == ["x"]
+    # ...and are an error naming them with fewer.
+    with pytest.raises(ValueError, match=r"\['x'\] not usable.*two or more"):
         resolve_candidates(["a", "b", "x"], ["a", "b", "c"], ["a", "x"], "f.parquet")
-    with pytest.raises(ValueError, match="at least two"):
-        resolve_candidates(["a", "x"], ["a", "c"], None, "f.parquet")
+    # One candidate is a degenerate pool, not an error.
+    assert resolve_candidates(["a", "x"], ["a", "c"], None, "f.parquet")[0] == ["a"]
+    assert resolve_candidates(["a", "b"], ["a", "b"], ["b"], "f.parquet")[0] == ["b"]
     with pytest.raises(ValueError, match="no model"):
         resolve_candidates(["x"], ["a"], None, "f.parquet")
 
@@ -364,3 +370,40 @@ def test_eval_writes_the_decisions_before_the_plot(router_dir, tmp_path, monkeyp
                 "--report-dir", tmp_path / "rep", "--knob-points", 6])
     assert rc == 2  # the plot failed, and says so
     assert (tmp_path / "d.parquet").exists() and (tmp_path / "rep" / "summary.json").exists()
+
+
+def test_eval_leaves_out_a_requested_model_the_file_lacks_while_two_remain(router_dir, tmp_path, capsys, caplog):
+    path = tmp_path / "t.parquet"
+    _routerbench_like(60, lambda n, j: np.full(n, [0.005, 0.0001][j])).to_parquet(path, index=False)
+    common = ["--data", path, "--router", router_dir, "--decisions-out", tmp_path / "d.parquet",
+              "--report-dir", tmp_path / "rep", "--knob-points", 6]
+    with caplog.at_level("WARNING"):
+        assert _eval([*common, "--models", "gpt-4-1106-preview,mistral-7b-chat,no-such-model"]) == 0
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert summary["models"] == ["gpt-4-1106-preview", "mistral-7b-chat"]
+    assert summary["models_left_out"]["requested_not_in_file"] == ["no-such-model"]
+    assert "no-such-model" in caplog.text
+    # With one usable name left, which list was meant is unclear: an error naming the others.
+    assert _eval([*common, "--models", "gpt-4-1106-preview,no-such-model"]) == 2
+    assert "two or more" in capsys.readouterr().err
+
+
+def test_eval_of_one_model_routes_every_row_to_it_beside_the_baselines(router_dir, tmp_path, capsys, caplog):
+    import pandas as pd
+
+    path = tmp_path / "t.parquet"
+    _routerbench_like(60, lambda n, j: np.full(n, [0.005, 0.0001][j])).to_parquet(path, index=False)
+    with caplog.at_level("WARNING"):
+        rc = _eval(["--data", path, "--router", router_dir, "--models", "mistral-7b-chat", "--decisions-out",
+                    tmp_path / "d.parquet", "--report-dir", tmp_path / "rep", "--knob-points", 6])
+    assert rc == 0 and "one candidate model" in caplog.text
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert summary["models"] == ["mistral-7b-chat"]
+    assert summary["models_left_out"]["not_requested"] == ["gpt-4-1106-preview"]
+    single = summary["single_models"]["mistral-7b-chat"]
+    assert {"router", "zero", "oracle", "random"} <= set(summary["methods"])
+    for method in summary["methods"].values():
+        assert method["points"][0][:2] == pytest.approx([single["mean_cost"], single["mean_quality"]])
+    decisions = pd.read_parquet(tmp_path / "d.parquet")
+    assert set(decisions["model"]) == {"mistral-7b-chat"} and len(decisions) % 60 == 0 and len(decisions) > 0
+    assert "60 rows, 1 model;" in capsys.readouterr().out

@@ -123,3 +123,18 @@ def test_a_failed_run_leaves_no_empty_output_folder_behind(table, tmp_path, caps
     if command == "eval":
         assert main([*argv[:-1], str(kept)]) == 2
         assert kept.is_dir()
+
+
+@pytest.mark.parametrize("command", ["eval", "train"])
+def test_the_data_and_text_column_help_say_what_the_loader_does(command, capsys):
+    from training.data import _READERS
+    from training.texts import TEXT_COLUMNS
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    data_help = text.split("--data", 2)[-1].split(" --", 1)[0]
+    named = {"parquet": "parquet", "csv": "CSV", "tsv": "TSV", "jsonl": "JSON Lines", "json": "JSON array"}
+    assert all(named[kind] in data_help for kind in set(_READERS.values())) and ".gz" in data_help
+    column_help = text.split("--text-column TEXT_COLUMN", 2)[-1].split(" --", 1)[0]
+    assert ", ".join(TEXT_COLUMNS) in column_help

@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from router.request_view import estimate_tokens
+from training.columns import cost_column, numeric, quality_column, unit_interval
 from training.texts import is_missing, table_texts
 
 log = logging.getLogger(__name__)
@@ -205,16 +206,6 @@ def _pick_column(df, candidates: Sequence[str], path: Path, what: str, required:
     return None
 
 
-def _numeric(df, column: str, path: Path) -> np.ndarray:
-    import pandas as pd
-
-    values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.isnan(values) & df[column].notna().to_numpy()
-    if bad.any():
-        raise ValueError(f"{path}: column {column!r} has non-numeric values (first at row {int(np.argmax(bad))})")
-    return values
-
-
 def _join_responses(df, path: Path):
     """Add `response__*` columns from `<stem>_responses.parquet` when it sits beside the file."""
     sibling = path.with_name(path.name.split(".")[0] + "_responses.parquet")
@@ -239,13 +230,7 @@ def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
     models = [c[len("quality__"):] for c in df.columns if c.startswith("quality__")]
     if not models:
         raise ValueError(f"{path}: no quality__<model> columns: nothing to learn from")
-    quality = np.column_stack([_numeric(df, f"quality__{m}", path) for m in models])
-    for j, m in enumerate(models):
-        col = quality[:, j]
-        if np.isnan(col).any():
-            raise ValueError(f"{path}: column 'quality__{m}' has NaN labels (first at row {int(np.argmax(np.isnan(col)))})")
-        if (col < 0).any() or (col > 1).any():
-            raise ValueError(f"{path}: column 'quality__{m}' must lie in [0, 1]")
+    quality = np.column_stack([quality_column(df, f"quality__{m}", path) for m in models])
 
     full_col = _pick_column(df, FULL_PROMPT_COLUMNS, path, "full prompt", required=False)
     tok_col = _pick_column(df, INPUT_TOKEN_COLUMNS, path, "input tokens", required=False)
@@ -254,7 +239,7 @@ def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
         full = df[full_col].fillna("").astype(str)
         input_tokens = np.array([estimate_tokens(f if f.strip() else t) for f, t in zip(full, texts)], dtype=np.float64)
     elif tok_col is not None:
-        counted = _numeric(df, tok_col, path)
+        counted = numeric(df, tok_col, path)
         # A row without a count is estimated from its text.
         input_tokens = np.array([estimate_tokens(t) if np.isnan(c) else c for t, c in zip(texts, counted)], dtype=np.float64)
     else:
@@ -264,7 +249,7 @@ def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
     output_tokens = np.full((len(df), len(models)), np.nan)
     for j, m in enumerate(models):
         if f"output_tokens__{m}" in df.columns:
-            output_tokens[:, j] = _numeric(df, f"output_tokens__{m}", path)
+            output_tokens[:, j] = numeric(df, f"output_tokens__{m}", path)
         elif f"response__{m}" in df.columns:
             output_tokens[:, j] = [estimate_tokens(t) for t in df[f"response__{m}"].fillna("").astype(str)]
 
@@ -279,11 +264,7 @@ def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
         for j, m in enumerate(models):
             c = f"cost_usd__{m}"
             if c in df.columns:
-                cost[:, j] = _numeric(df, c, path)
-                if np.isnan(cost[:, j]).any():
-                    raise ValueError(f"{path}: column {c!r} has NaN costs")
-                if (cost[:, j] < 0).any():
-                    raise ValueError(f"{path}: column {c!r} has a negative cost (first at row {int(np.argmax(cost[:, j] < 0))})")
+                cost[:, j] = cost_column(df, c, path)
         # Where answers are missing, invert cost = in*p_in + out*p_out for the output length.
         for j, m in enumerate(models):
             if m in prices and np.isnan(output_tokens[:, j]).all() and prices[m].output_per_1m > 0 and f"cost_usd__{m}" in df.columns:
@@ -313,7 +294,7 @@ def wide_to_outcomes(df, path: str | Path, text_column: str | None = None,
     latency = None
     if any(f"latency_s__{m}" in df.columns for m in models):
         latency = np.column_stack([
-            _numeric(df, f"latency_s__{m}", path) if f"latency_s__{m}" in df.columns else np.full(len(df), np.nan)
+            numeric(df, f"latency_s__{m}", path) if f"latency_s__{m}" in df.columns else np.full(len(df), np.nan)
             for m in models
         ])
     task_col = _pick_column(df, TASK_COLUMNS, path, "task", required=False)
@@ -412,12 +393,12 @@ def long_to_outcomes(df, path: str = "<outcome log>", models: Sequence[str] | No
     missing = [c for c in LONG_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: column {missing[0]!r} is missing from the outcome log (needs {list(LONG_COLUMNS)})")
-    df = df[df["quality"].notna()]
+    # Checked before the unlabelled rows go, so that a row named in an error is the log's own.
+    q = unit_interval(numeric(df, "quality", path, words=True), path, "quality")
+    labelled = ~np.isnan(q)
+    df, q = df[labelled], q[labelled]
     if len(df) == 0:
         raise ValueError(f"{path}: column 'quality' has no labelled rows")
-    q = df["quality"].to_numpy(np.float64)
-    if (q < 0).any() or (q > 1).any():
-        raise ValueError(f"{path}: column 'quality' must lie in [0, 1]")
     names = list(models) if models is not None else sorted(df["model"].astype(str).unique())
     requests = list(dict.fromkeys(df["request_id"].astype(str)))
     row_of = {r: i for i, r in enumerate(requests)}
@@ -426,12 +407,12 @@ def long_to_outcomes(df, path: str = "<outcome log>", models: Sequence[str] | No
     quality, cost, latency, out_tok = (np.full(shape, np.nan) for _ in range(4))
     texts = [""] * len(requests)
     in_tok = np.ones(len(requests))
-    for rec in df.itertuples(index=False):
+    for rec, label in zip(df.itertuples(index=False), q):
         j = col_of.get(str(rec.model))
         if j is None:
             continue
         i = row_of[str(rec.request_id)]
-        quality[i, j] = rec.quality
+        quality[i, j] = label
         cost[i, j] = rec.cost_usd
         latency[i, j] = rec.latency_s
         out_tok[i, j] = rec.output_tokens

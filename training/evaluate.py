@@ -44,27 +44,36 @@ class Evaluation:
 
 def resolve_candidates(file_models: Sequence[str], router_models: Sequence[str],
                        requested: Sequence[str] | None, path: str) -> tuple[list[str], dict]:
-    """Models to route between: the file's ∩ the router's (∩ the requested ones), in file order."""
+    """Models to route between: the file's ∩ the router's (∩ the requested ones), in file order.
+
+    A requested name the file lacks (or the router does not know) is left out, logged and listed
+    (`requested_not_in_file`, `requested_not_in_router`) while two usable ones remain; with fewer,
+    it is an error, as the list meant is then unclear. One candidate is a degenerate pool, not an
+    error: every row goes to it, and the baselines say what it scores."""
     notes = {
         "not_in_router": [m for m in file_models if m not in router_models],
         "not_in_file": [m for m in router_models if m not in file_models],
     }
     candidates = [m for m in file_models if m in router_models]
     if requested:
-        unknown = [m for m in requested if m not in file_models or m not in router_models]
-        if unknown:
+        unusable = list(dict.fromkeys(m for m in requested if m not in candidates))
+        if unusable and len([m for m in candidates if m in requested]) < 2:
             raise ValueError(
-                f"{path}: --models {unknown} not usable: the file has {list(file_models)}, "
-                f"the router knows {list(router_models)}"
+                f"{path}: --models {unusable} not usable: the file has {list(file_models)}, "
+                f"the router knows {list(router_models)}; name two or more models of both"
             )
+        if unusable:
+            notes["requested_not_in_file"] = [m for m in unusable if m not in file_models]
+            notes["requested_not_in_router"] = [m for m in unusable if m in file_models]
+            log.warning("%s: --models left out: %s", path, ", ".join(
+                f"{m!r} ({'not in the file' if m in notes['requested_not_in_file'] else 'unknown to the router'})"
+                for m in unusable))
         notes["not_requested"] = [m for m in candidates if m not in requested]
         candidates = [m for m in candidates if m in requested]
     if not candidates:
         raise ValueError(
             f"{path}: no model is both in the file ({list(file_models)}) and known to the router ({list(router_models)})"
         )
-    if len(candidates) < 2:
-        raise ValueError(f"{path}: routing needs at least two candidate models, got {candidates}")
     if notes["not_in_router"]:
         log.warning("models in %s that the router does not know, left out: %s", path, notes["not_in_router"])
     return candidates, notes
@@ -212,6 +221,9 @@ def evaluate_table(table, embeddings: np.ndarray, router, models: Sequence[str] 
     if table.cost is None or np.isnan(table.cost).any():
         raise ValueError(f"{table.path}: realised costs are needed: every cost_usd__<model> cell (or a --prices entry)")
     candidates, notes = resolve_candidates(table.models, router.models, models, table.path)
+    if len(candidates) == 1:
+        log.warning("%s: one candidate model, %s: every row is routed to it, so the router, kNN and the oracle "
+                    "all read as that model; name two or more models to compare routing", table.path, candidates[0])
     sub = table.restrict_models(candidates)
     requests = [RoutingRequest(text=t, input_tokens=int(n)) for t, n in zip(sub.texts, sub.input_tokens)]
     pred = router.predict(requests, embeddings=embeddings)
@@ -248,10 +260,13 @@ def evaluate_table(table, embeddings: np.ndarray, router, models: Sequence[str] 
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="wide outcome table (parquet, CSV, JSONL) to evaluate on")
+    parser.add_argument("--data", required=True, help="wide outcome table to evaluate on: parquet, CSV, TSV, JSON Lines or a "
+                        "JSON array of records (CSV, TSV and JSON Lines may be .gz)")
     parser.add_argument("--router", required=True, help="router artifact folder, e.g. models/default")
-    parser.add_argument("--models", help="comma-separated candidate models (default: all the file and router share)")
-    parser.add_argument("--text-column", help="column holding the prompt text (default: prompt, then query)")
+    parser.add_argument("--models", help="comma-separated candidate models (default: all the file and router share); "
+                        "a name the file or the router lacks is left out while two others remain")
+    parser.add_argument("--text-column", help="column holding the prompt text (default: per row, the first of prompt, "
+                        "query, messages that holds text)")
     parser.add_argument("--prices", help="JSON prices {model: {input_per_1m, output_per_1m}} for models without a cost_usd__ column "
                         "(default: a file with no cost columns at all is priced at the prices the router was trained "
                         "with; in a file with some, a model without one is an error)")
@@ -260,7 +275,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--knn-train", help="outcome table to fit the kNN baseline on (default: cross-fit on --data)")
     parser.add_argument("--knob-points", type=int, default=48, help="knob values swept (plus the two extremes)")
     parser.add_argument("--budgets", help="extra comma-separated USD budgets per prompt for quality-at-budget")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of kNN's cross-fitting folds")
 
 
 def _budgets(text: str | None) -> list[float]:
@@ -307,22 +322,12 @@ def _run(args: argparse.Namespace) -> int:
         return prices_for_file(file_columns, router.predictor.prices, args.prices or None, keep=keep)
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    # Models the router does not know, and those --models leaves out, are dropped before the file
-    # is checked: a sealed file's extra model without a cost column must not stop the evaluation
-    # of the others.
-    known = set(router.models)
-    wanted = (known & set(models)) if models else known
-    keep = (wanted or known).__contains__
+    # Resolved against the whole file, and every other model dropped before the file is checked: a
+    # sealed file's extra model without a cost column must not stop the evaluation of the others.
+    # A file without quality columns is load_outcomes' error to name.
     in_file = [c[len("quality__"):] for c in column_order if c.startswith("quality__")]
-    unknown = [m for m in in_file if m not in known]
-    if in_file and len(unknown) == len(in_file):
-        raise ValueError(f"{args.data}: no model is both in the file ({in_file}) and known to the router ({list(router.models)})")
-    # Checked against the whole file here: the table below holds the requested models only.
-    unusable = [m for m in models or () if m not in in_file or m not in known]
-    if unusable:
-        raise ValueError(f"{args.data}: --models {unusable} not usable: the file has {in_file}, the router knows {list(router.models)}")
-    if unknown:
-        log.warning("models in %s that the router does not know, left out: %s", args.data, unknown)
+    candidates, left_out = resolve_candidates(in_file, router.models, models, args.data) if in_file else (router.models, {})
+    keep = set(candidates).__contains__
     table = load_outcomes(args.data, text_column=args.text_column, prices=prices_for(columns), keep=keep, frame=frame)
     knn_train = None
     if args.knn_train:
@@ -330,14 +335,10 @@ def _run(args: argparse.Namespace) -> int:
         kt = load_outcomes(args.knn_train, text_column=args.text_column, prices=prices_for(kt_frame.columns), keep=keep,
                            frame=kt_frame)
         knn_train = (kt, encode_cached(kt.texts))
-    result = evaluate_table(table, encode_cached(table.texts), router, models=models, knn_train=knn_train,
+    result = evaluate_table(table, encode_cached(table.texts), router, knn_train=knn_train,
                             n_knobs=args.knob_points, budgets=budgets, seed=args.seed)
     result.summary["router"] = str(router_path)
-    left_out = result.summary["models_left_out"]
-    left_out["not_in_router"] = unknown
-    left_out["not_in_file"] = [m for m in router.models if m not in in_file]
-    if models:
-        left_out["not_requested"] = [m for m in in_file if m in known and m not in models]
+    result.summary["models_left_out"] = left_out
     estimated = [m for m in result.summary["models"] if f"cost_usd__{m}" not in columns]
     if estimated:
         log.warning("no cost_usd__ column for %s in %s: cost = tokens x price", estimated, args.data)
@@ -357,7 +358,7 @@ def _run(args: argparse.Namespace) -> int:
 def format_table(summary: dict) -> str:
     best = summary["best_single_model"]
     lines = [
-        f"{summary['n_rows']} rows, {len(summary['models'])} models; best single model {best['model']}: "
+        f"{summary['n_rows']} rows, {len(summary['models'])} model{'s' * (len(summary['models']) != 1)}; best single model {best['model']}: "
         f"quality {best['mean_quality']:.3f} at ${best['mean_cost']:.6f}",
         f"{'method':<8} {'AIQ':>7} {'q@random$':>9} {'$ to best':>11} {'÷ best $':>8}",
     ]

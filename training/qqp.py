@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.columns import binary_labels
 from training.data import datasets_dir, read_frame
-from training.texts import is_blank
 
 SPLITS = (("train", 70), ("val", 15), ("test", 15))
 
@@ -36,31 +36,8 @@ def load_pairs(path: str | Path):
     df["text_a"] = df["text_a"].fillna("").astype(str)
     df["text_b"] = df["text_b"].fillna("").astype(str)
     if "label" in df.columns:
-        df["label"] = _labels(df["label"], path)
+        df["label"] = binary_labels(df["label"], path)
     return df
-
-
-_LABEL_WORDS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0, "no": 0.0, "yes": 1.0}
-
-
-def _labels(column, path) -> "np.ndarray":
-    """0/1 labels as floats, NaN where a row has none, whatever the file format made of them
-    (CSV's "True", JSON's true, parquet's 1.0). Anything else is an error naming the row."""
-    import pandas as pd
-
-    out = np.full(len(column), np.nan)
-    for i, v in enumerate(column):
-        if is_blank(v):  # pd.NA too: a nullable Int64 / boolean column's empty cell
-            continue
-        if isinstance(v, (bool, np.bool_)):
-            out[i] = float(v)
-        elif isinstance(v, str) and v.strip().lower() in _LABEL_WORDS:
-            out[i] = _LABEL_WORDS[v.strip().lower()]
-        elif not isinstance(v, str) and not pd.isna(v) and float(v) in (0.0, 1.0):
-            out[i] = float(v)
-        else:
-            raise ValueError(f"{path}: column 'label' must be 0 or 1 (or true/false), got {v!r} at row {i}")
-    return out
 
 
 def labelled(df, path) -> "np.ndarray":

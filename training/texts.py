@@ -1,7 +1,8 @@
 """The text an outcome table's rows are routed on.
 
 The text column is named (`--text-column`) or the first of `TEXT_COLUMNS` that holds any text: a
-sealed file may carry an empty `prompt` beside a full `query`. A cell holding a chat (a list of
+sealed file may carry an empty `prompt` beside a full `query`. Unless named, it is so per row too: a
+row without text there is routed on the next default column's text in that row. A cell holding a chat (a list of
 {role, content} messages, or that list as JSON text, as a CSV holds it) stands for the request the
 gateway would see: its last user turn is embedded (`router.request_view.view_chat_request`), its
 whole history sets the input tokens.
@@ -77,8 +78,26 @@ def _cell_text(value) -> tuple[str, int | None]:
 
 def table_texts(df, text_column: str | None, path: Path) -> tuple[list[str], list[int | None]]:
     """The texts of the text column (the first default one holding any text, unless one is named)
-    and, for chats, their input tokens."""
-    _, texts, tokens = pick_text_column(df, text_column, path)
+    and, for chats, their input tokens. Unless a column is named, a row without text there takes
+    its text from the next default column that holds one in that row: a sealed file's `prompt`
+    may be filled in for a few rows only, beside a full `query`."""
+    column, texts, tokens = pick_text_column(df, text_column, path)
+    if text_column is not None:
+        return texts, tokens
+    taken: dict[str, int] = {}
+    for other in [c for c in TEXT_COLUMNS[TEXT_COLUMNS.index(column) + 1:] if c in df.columns]:
+        blank = [i for i, t in enumerate(texts) if not t.strip()]
+        if not blank:
+            break
+        other_texts, other_tokens = _column_texts(df, other)
+        for i in blank:
+            if other_texts[i].strip():
+                texts[i], tokens[i] = other_texts[i], other_tokens[i]
+                taken[other] = taken.get(other, 0) + 1
+    if taken:
+        log.warning("%s: %d of %d rows have no text in column %r: each is routed on its text in the next column "
+                    "that has one (rows per column: %s; --text-column uses one column alone)",
+                    path, sum(taken.values()), len(texts), column, taken)
     return texts, tokens
 
 

@@ -25,9 +25,11 @@ REGISTERED_MODEL = "openclaw-router"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", action="append", required=True, metavar="FILE",
-                        help="wide outcome table (.parquet/.csv/.jsonl); repeat to train on several")
+                        help="wide outcome table: parquet, CSV, TSV, JSON Lines or a JSON array of records (CSV, TSV "
+                        "and JSON Lines may be .gz); repeat to train on several")
     parser.add_argument("--out", required=True, help="artifact folder to write, e.g. models/NAME")
-    parser.add_argument("--text-column", default=None, help="column to embed (default: prompt, then query)")
+    parser.add_argument("--text-column", default=None, help="column to embed (default: per row, the first of prompt, query, "
+                        "messages that holds text)")
     parser.add_argument("--prices", default=None, metavar="FILE",
                         help="JSON {model: {input_per_1m, output_per_1m}} for tables without cost columns")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds = bagged boosters served")
@@ -35,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="one booster with a model feature, or one booster per model")
     parser.add_argument("--pca-dim", type=int, default=32, help="embedding dimensions kept (0 = all 384)")
     parser.add_argument("--rounds", type=int, default=100, help="boosting rounds per quality booster")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=7, help="seed of the cross-validation folds and the boosters")
     parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
     parser.add_argument("--registered-name", default=REGISTERED_MODEL, help="MLflow registered model name")
     parser.add_argument("--tracking-uri", default=None,
