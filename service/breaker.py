@@ -57,6 +57,23 @@ class _Circuit:
     rate_limited: bool = False  # the latest failure was a 429
 
 
+def circuit_state(now: float, opened_at: float | None, blocked_until: float, probe_at: float | None,
+                  cooldown_s: float, probe_lapse_s: float) -> str:
+    """The state of a circuit, kept here or in Redis: closed, blocked (closed but rate limited
+    until `blocked_until`), open (cooling down, or its probe in flight) or half_open (the next
+    caller probes). `probe_at`: when the probe in flight was claimed, None when there is none."""
+    if opened_at is None:
+        return "blocked" if now < blocked_until else "closed"
+    if (probe_at is not None and now - probe_at < probe_lapse_s) or now - opened_at < cooldown_s:
+        return "open"
+    return "half_open"
+
+
+def state_available(state: str) -> bool:
+    """May the router choose a model whose circuit is in this state?"""
+    return state in ("closed", "half_open")
+
+
 def probe_lapse_s(config: Config) -> float:
     """How long a half-open probe may go without a verdict: past the longest any upstream call
     waits (connecting, then its timeout), and at least a cooldown."""
@@ -77,22 +94,17 @@ class CircuitBreaker:
     def _get(self, model: str) -> _Circuit:
         return self._circuits.setdefault(model, _Circuit())
 
-    def _probing(self, c: _Circuit, now: float) -> bool:
-        return c.probe is not None and now - c.probe_at < self.probe_lapse_s
+    def _state(self, c: _Circuit, now: float) -> str:
+        probe_at = c.probe_at if c.probe is not None else None
+        return circuit_state(now, c.opened_at, c.blocked_until, probe_at, self.cooldown_s, self.probe_lapse_s)
 
     def state(self, model: str) -> str:
         with self._lock:
-            c = self._get(model)
-            now = self._clock()
-            if c.opened_at is None:
-                return "blocked" if now < c.blocked_until else "closed"
-            if self._probing(c, now) or now - c.opened_at < self.cooldown_s:
-                return "open"
-            return "half_open"
+            return self._state(self._get(model), self._clock())
 
     def available(self, model: str) -> bool:
         """May the router choose this model now? (No side effect: routing asks for every model.)"""
-        return self.state(model) in ("closed", "half_open")
+        return state_available(self.state(model))
 
     def blocked_for(self, model: str) -> float:
         """Seconds the model is rate limited for: until its upstream said it may be called again
@@ -112,9 +124,10 @@ class CircuitBreaker:
             now = self._clock()
             if now < c.blocked_until:
                 return None
-            if c.opened_at is None:
+            state = self._state(c, now)
+            if state == "closed":
                 return PASS
-            if self._probing(c, now) or now - c.opened_at < self.cooldown_s:
+            if state == "open":
                 return None
             claim = new_probe()
             c.probe, c.probe_at = claim.probe, now

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any, Mapping, Sequence
 
-from service.breaker import PASS, Claim, new_probe
+from service.breaker import PASS, Claim, circuit_state, new_probe, state_available
 from service.governance.budgets import IDLE_SESSION_S, Line, Reservation, Usage, insert_spend, new_reservation_id, seeded_spent
 from service.governance.db import Database
 
@@ -312,16 +312,11 @@ class RedisCircuitBreaker:
 
     def state(self, model: str) -> str:
         blocked_until, opened_at, probe, _, _, probe_at = self._fields(model)
-        now = self._clock()
-        if opened_at is None:
-            return "blocked" if now < float(blocked_until or 0) else "closed"
-        probing = probe not in (None, "0") and now - float(probe_at or 0) < self.probe_lapse_s
-        if probing or now - float(opened_at) < self.cooldown_s:
-            return "open"
-        return "half_open"
+        return circuit_state(self._clock(), None if opened_at is None else float(opened_at), float(blocked_until or 0),
+                             None if probe in (None, "0") else float(probe_at or 0), self.cooldown_s, self.probe_lapse_s)
 
     def available(self, model: str) -> bool:
-        return self.state(model) in ("closed", "half_open")
+        return state_available(self.state(model))
 
     def blocked_for(self, model: str) -> float:
         blocked_until, opened_at, _, _, rate_limited, _ = self._fields(model)

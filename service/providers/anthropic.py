@@ -16,14 +16,14 @@ import binascii
 import hashlib
 import json
 import re
-import time
 from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
 from router.request_view import content_text, estimate_tokens, IMAGE_PART_TYPES, wants_logprobs
 from service.providers import attachments
 from service.providers.answer_fields import as_int, as_object, as_text
-from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, parse_json_event, tool_arguments
+from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, tool_arguments
+from service.providers.envelope import chunk, completion, parse_json_event, stream_head, usage_chunk
 from service.providers.reasoning import THINKING_BUDGETS, reasoning_effort, refuse_logprobs, split_signature
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -370,17 +370,9 @@ def from_anthropic(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
         for b in blocks
         if b.get("type") == "tool_use"
     ]
-    message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
-    if tool_calls:
-        message["tool_calls"] = tool_calls
-    return {
-        "id": result.get("id") or f"chatcmpl-{int(time.time() * 1000)}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model.name,
-        "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(result.get("stop_reason"), bool(tool_calls))}],
-        "usage": _usage(as_object(result.get("usage"), "usage")),
-    }
+    return completion(result.get("id"), model.name, text, tool_calls,
+                      finish_reason=_finish_reason(result.get("stop_reason"), bool(tool_calls)),
+                      usage=_usage(as_object(result.get("usage"), "usage")))
 
 
 class AnthropicProvider(Provider):
@@ -406,35 +398,23 @@ class AnthropicProvider(Provider):
 
     async def stream(self, model: ModelSpec, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         secrets = self._secrets()
-        chunk_id = f"chatcmpl-{int(time.time() * 1000)}"
-        created = int(time.time())
+        head = stream_head(model.name)
         tool_index: dict[int, int] = {}  # Anthropic content-block index → OpenAI tool_calls index
         no_arguments_yet: set[int] = set()  # tool calls whose input has not streamed a character yet
         produced = False  # any text or tool call so far
         counts: dict[str, Any] = {}  # Anthropic's usage: message_start's, updated by message_delta's
         usage = _usage(counts)  # read as each arrives: a count of the wrong type is a malformed answer now
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {
-                "id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model.name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-
-        def usage_chunk() -> dict[str, Any]:
-            return {**chunk({}), "choices": [], "usage": usage}
-
         payload = to_anthropic(model, body, stream=True)
         async for event_name, data in self._sse_events(self.messages_url, payload, self._headers()):
             event = parse_json_event(data, secrets)
-            if not isinstance(event, dict):
-                raise UpstreamError("malformed", "stream event is not a JSON object")
             kind = event.get("type", event_name)
             if kind == "message_start":
                 message = as_object(event.get("message"), "message_start's message")
-                chunk_id = message.get("id") or chunk_id
+                head["id"] = message.get("id") or head["id"]
                 counts = dict(as_object(message.get("usage"), "usage"))
                 usage = _usage(counts)
-                yield chunk({"role": "assistant", "content": ""})
+                yield chunk(head, {"role": "assistant", "content": ""})
             elif kind == "content_block_start":
                 block = as_object(event.get("content_block"), "content_block")
                 if block.get("type") == "tool_use":
@@ -442,15 +422,15 @@ class AnthropicProvider(Provider):
                     call = {"index": idx, "id": block.get("id", ""), "type": "function", "function": {"name": block.get("name", ""), "arguments": ""}}
                     no_arguments_yet.add(idx)
                     produced = True
-                    yield chunk({"tool_calls": [call]})
+                    yield chunk(head, {"tool_calls": [call]})
                 elif block.get("type") == "text" and block.get("text"):
                     produced = True
-                    yield chunk({"content": as_text(block["text"], "a text block's text")})
+                    yield chunk(head, {"content": as_text(block["text"], "a text block's text")})
             elif kind == "content_block_delta":
                 delta = as_object(event.get("delta"), "content_block_delta's delta")
                 if delta.get("type") == "text_delta":
                     produced = produced or bool(delta.get("text"))
-                    yield chunk({"content": as_text(delta.get("text"), "a text_delta's text")})
+                    yield chunk(head, {"content": as_text(delta.get("text"), "a text_delta's text")})
                 elif delta.get("type") == "input_json_delta":
                     idx = tool_index.get(as_int(event.get("index"), "index"))
                     if idx is None:
@@ -458,28 +438,28 @@ class AnthropicProvider(Provider):
                     partial = as_text(delta.get("partial_json"), "partial_json")
                     if partial:
                         no_arguments_yet.discard(idx)
-                        yield chunk({"tool_calls": [{"index": idx, "function": {"arguments": partial}}]})
+                        yield chunk(head, {"tool_calls": [{"index": idx, "function": {"arguments": partial}}]})
             elif kind == "content_block_stop":
                 idx = tool_index.get(as_int(event.get("index"), "index"))
                 if idx in no_arguments_yet:
                     # A tool without input streams no JSON at all; OpenAI clients parse the
                     # arguments, and "" is not JSON (the non-streamed answer says "{}").
                     no_arguments_yet.discard(idx)
-                    yield chunk({"tool_calls": [{"index": idx, "function": {"arguments": "{}"}}]})
+                    yield chunk(head, {"tool_calls": [{"index": idx, "function": {"arguments": "{}"}}]})
             elif kind == "message_delta":
                 counts.update((k, v) for k, v in as_object(event.get("usage"), "usage").items() if v)
                 usage = _usage(counts)
                 stop = as_object(event.get("delta"), "message_delta's delta").get("stop_reason")
                 if stop:
-                    yield chunk({}, _finish_reason(stop))
+                    yield chunk(head, {}, _finish_reason(stop))
                     # The usage here is final (only message_stop follows): the answer ends now, and
                     # a connection lost before message_stop still bills the upstream's own counts.
-                    yield usage_chunk()
+                    yield usage_chunk(head, usage)
                     return
             elif kind == "message_stop":
                 if produced:  # Anthropic's explicit end, no stop_reason given: finished, as unstreamed
-                    yield chunk({}, _finish_reason(None, bool(tool_index)))
-                yield usage_chunk()
+                    yield chunk(head, {}, _finish_reason(None, bool(tool_index)))
+                yield usage_chunk(head, usage)
                 return
             elif kind == "error":
                 raise error_in_body(event, secrets)

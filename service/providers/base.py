@@ -343,13 +343,6 @@ def tool_arguments(arguments: Any) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
-def parse_json_event(data: str, secrets: tuple[str | None, ...] = ()) -> Any:
-    try:
-        return json_text.loads(data)
-    except ValueError:
-        raise UpstreamError("malformed", scrub(f"invalid JSON in stream event: {data[:200]!r}", secrets)) from None
-
-
 @functools.lru_cache(maxsize=1)
 def tls_context() -> ssl.SSLContext:
     """Certificates from certifi, as httpx and the OpenAI SDK verify them: slim containers may

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 import uuid
 from typing import Any, AsyncIterator
 
@@ -22,7 +21,8 @@ from router.config import ModelSpec
 from router.request_view import content_text, IMAGE_PART_TYPES, wants_logprobs
 from service.providers import attachments
 from service.providers.answer_fields import as_int, as_list, as_object, as_text
-from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, parse_json_event, tool_arguments
+from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, tool_arguments
+from service.providers.envelope import chunk, completion, parse_json_event, stream_head, usage_chunk
 from service.providers.gemini_schema import clean_schema
 from service.providers.reasoning import THINKING_BUDGETS, id_with_signature, reasoning_effort, split_signature
 
@@ -365,18 +365,8 @@ def from_gemini(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
     tool_calls = [_tool_call(p, i, result.get("responseId")) for i, p in enumerate(p for p in parts if "functionCall" in p)]
     if reason in FAILED_FINISH and not text and not tool_calls:
         raise _failed(reason)
-    message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
-    if tool_calls:
-        message["tool_calls"] = tool_calls
-    return {
-        "id": result.get("responseId") or f"chatcmpl-{int(time.time() * 1000)}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model.name,
-        "choices": [{"index": 0, "message": message, "logprobs": _logprobs(logprobs),
-                     "finish_reason": _finish(reason or "STOP", bool(tool_calls))}],
-        "usage": _usage(result.get("usageMetadata")),
-    }
+    return completion(result.get("responseId"), model.name, text, tool_calls, logprobs=_logprobs(logprobs),
+                      finish_reason=_finish(reason or "STOP", bool(tool_calls)), usage=_usage(result.get("usageMetadata")))
 
 
 class GeminiProvider(Provider):
@@ -399,8 +389,7 @@ class GeminiProvider(Provider):
 
     async def stream(self, model: ModelSpec, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         secrets = self._secrets()
-        chunk_id = f"chatcmpl-{int(time.time() * 1000)}"
-        created = int(time.time())
+        head = stream_head(model.name)
         n_calls = 0
         response_id: str | None = None  # salts the ids of calls Gemini leaves unnamed
         usage: dict[str, int] | None = None
@@ -408,39 +397,31 @@ class GeminiProvider(Provider):
         started = False
         produced = False  # any text or tool call so far
 
-        def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
-            return {
-                "id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model.name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
-            }
-
         url = self._url(model, "streamGenerateContent") + "?alt=sse"
         async for _, data in self._sse_events(url, to_gemini(model, body), self._headers()):
             event = parse_json_event(data, secrets)
-            if not isinstance(event, dict):
-                raise UpstreamError("malformed", "stream event is not a JSON object")
             if "error" in event:
                 raise error_in_body(event, secrets)
             parts, reason, found = _candidate(event)
-            chunk_id = event.get("responseId") or chunk_id
+            head["id"] = event.get("responseId") or head["id"]
             response_id = response_id or event.get("responseId") or uuid.uuid4().hex
             if not started:
                 started = True
-                yield chunk({"role": "assistant", "content": ""})
+                yield chunk(head, {"role": "assistant", "content": ""})
             logprobs = _logprobs(found)  # the tokens of this event's text
             for part in parts:
                 if text := _text(part):
                     produced = True
-                    out = chunk({"content": text})
+                    out = chunk(head, {"content": text})
                     if logprobs:
                         out["choices"][0]["logprobs"], logprobs = logprobs, None
                     yield out
                 elif "functionCall" in part:
-                    yield chunk({"tool_calls": [{"index": n_calls, **_tool_call(part, n_calls, response_id)}]})
+                    yield chunk(head, {"tool_calls": [{"index": n_calls, **_tool_call(part, n_calls, response_id)}]})
                     n_calls += 1
                     produced = True
             if logprobs:
-                out = chunk({})
+                out = chunk(head, {})
                 out["choices"][0]["logprobs"] = logprobs
                 yield out
             if reason in FAILED_FINISH and not produced:
@@ -449,11 +430,8 @@ class GeminiProvider(Provider):
                 usage = _usage(event["usageMetadata"])
             if reason and finish is None:
                 finish = _finish(reason, n_calls > 0)
-                yield chunk({}, finish)
+                yield chunk(head, {}, finish)
         if finish is None:
             raise UpstreamError("connection", "Gemini stream ended before a finishReason")
         if usage is not None:
-            final = chunk({})
-            final["choices"] = []
-            final["usage"] = usage
-            yield final
+            yield usage_chunk(head, usage)

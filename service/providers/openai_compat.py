@@ -16,7 +16,8 @@ from typing import Any, AsyncIterator, Callable
 
 from router.config import ESSENTIAL_FIELDS, ModelSpec, RequestShape
 from service.providers.answer_fields import as_object
-from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, parse_json_event
+from service.providers import envelope
+from service.providers.base import Provider, UpstreamError, error_in_body, output_limit
 from service.providers.reasoning import SIGNATURE_SEPARATOR, split_signature
 
 
@@ -129,9 +130,7 @@ class OpenAICompatProvider(Provider):
                 for chunk in ending.done():
                     yield chunk
                 return
-            chunk = parse_json_event(data, secrets)
-            if not isinstance(chunk, dict):
-                raise UpstreamError("malformed", "stream event is not a JSON object")
+            chunk = envelope.parse_json_event(data, secrets)
             if "error" in chunk:
                 raise error_in_body(chunk, secrets)
             choices = chunk.get("choices", [])
@@ -193,7 +192,7 @@ class _Ending:
 
     def done(self) -> list[dict[str, Any]]:
         base = {k: self.last[k] for k in ("id", "object", "created", "model") if k in self.last}
-        ends = [{**base, "choices": [{"index": i, "delta": {}, "finish_reason": reason}]} for i, reason in self.open.items()]
+        ends = [envelope.chunk(base, {}, reason, index=i) for i, reason in self.open.items()]
         self.open = {}
         return ends + self.cut()
 
