@@ -38,7 +38,7 @@ def _text(dom: str, element_id: str) -> str:
 def test_dashboard_renders_real_numbers(env, tmp_path):
     binary = _chromium()
     gw, admin, gov, up, hook = env
-    a_key, a = new_key(admin, name="alpha-team-key", team="alpha")
+    _, a = new_key(admin, name="alpha-team-key", team="alpha")
     _, b = new_key(admin, name="beta-team-key", team="beta")
     admin.post("/admin/budgets", json={"scope": "team", "scope_id": "alpha", "period": "month", "limit_usd": 0.05})
     for _ in range(3):

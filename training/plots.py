@@ -16,6 +16,10 @@ STYLE = {
 }
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def _hull_line(costs, qualities, c_max):
     """The hull, densified so that its straight segments stay straight on a log axis too (and on a
     symlog one, whose linear part near a free model's cost 0 needs points of its own)."""
@@ -43,7 +47,7 @@ def _cost_unit(summary: dict) -> str:
         return "USD"
     if len(estimated) == len(summary["models"]):
         return "USD, estimated from prices"
-    return f"USD; {len(estimated)} of {len(summary['models'])} models estimated from prices"
+    return f"USD; {len(estimated)} of {_count(len(summary['models']), 'model')} estimated from prices"
 
 
 def _cost_axis(ax, summary: dict, log: bool) -> None:
@@ -120,7 +124,7 @@ def _one_price_figure(summary: dict, title: str):
     ax.set_xlabel(f"mean quality\n(every model costs ${summary['cost_range'][0]:.3g} per prompt{priced}: quality only, no AIQ)",
                   fontsize=9)
     ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(title or f"{Path(summary['data']).name}: {summary['n_rows']} prompts, {len(summary['models'])} models")
+    fig.suptitle(title or f"{Path(summary['data']).name}: {summary['n_rows']} prompts, {_count(len(summary['models']), 'model')}")
     fig.tight_layout()
     return fig
 
@@ -165,7 +169,7 @@ def cost_quality_figure(summary: dict, title: str = ""):
     handles, names = axes[0].get_legend_handles_labels()
     unique = dict(zip(names, handles))
     fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique), fontsize=8, frameon=False)
-    fig.suptitle(title or f"{Path(summary['data']).name}: {summary['n_rows']} prompts, {len(summary['models'])} models")
+    fig.suptitle(title or f"{Path(summary['data']).name}: {summary['n_rows']} prompts, {_count(len(summary['models']), 'model')}")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     renderer = fig.canvas.get_renderer()
     for ax in axes:

@@ -178,7 +178,7 @@ def register(args, run_id: str) -> str:
     return str(version.version)
 
 
-def mark_live(args, run_id: str, version: str) -> None:
+def mark_live(args, version: str) -> None:
     """Point the registered model's `live` alias at the promoted version: `train` registers every
     model it fits under the same name, so being registered says nothing about being promoted."""
     import mlflow
@@ -334,7 +334,7 @@ def retrain(args) -> dict:
                 report["reload"] = {"error": str(exc)}
                 failed_reload = exc
         if failed_reload is None:  # the alias follows what serves (or, without --gateway, what is to serve)
-            mark_live(args, report["mlflow_run_id"], report["registered_version"])
+            mark_live(args, report["registered_version"])
             report["alias"] = LIVE_ALIAS
     (out / "retrain_report.json").write_text(json.dumps(finite(report), indent=1, default=str))
     if failed_reload is not None:  # registered and reported; the gateway still runs the old router
@@ -389,7 +389,8 @@ def configure(parser) -> None:
     parser.add_argument("--eval-share", type=float, default=0.5, help="most recent share of logged requests held out for OPE")
     parser.add_argument("--min-requests", type=int, default=200, help="fewest held-out requests to promote on")
     parser.add_argument("--estimator", choices=("dr", "snips", "ips"), default="dr", help="estimator that decides promotion")
-    parser.add_argument("--text-column", default=None)
+    parser.add_argument("--text-column", default=None, help="text column of the --data base tables (default: per row, the "
+                        "first of prompt, query, messages that holds text)")
     parser.add_argument("--prices", default=None, metavar="FILE",
                         help="JSON {model: {input_per_1m, output_per_1m}} for base tables without cost columns")
     parser.add_argument("--folds", type=int, default=5)

@@ -411,7 +411,7 @@ def simulate(args) -> dict:
 def configure(parser) -> None:
     from router.bandit import BanditSettings
 
-    parser.add_argument("--data", required=True, help="wide outcome table (parquet, CSV, JSONL)")
+    parser.add_argument("--data", required=True, help="wide outcome table: parquet, CSV, TSV, JSON Lines or a JSON array of records (CSV, TSV and JSON Lines may be .gz)")
     parser.add_argument("--requests", type=int, default=5000, help="length of the request stream (default: %(default)s)")
     parser.add_argument("--drift", action="append", metavar="SPEC",
                         help="degrade:MODEL:FRACTION@K or add:MODEL@K; repeatable")
@@ -423,7 +423,7 @@ def configure(parser) -> None:
                         help="router artifact to use (replays every prompt); default: train one on a split")
     parser.add_argument("--train-share", type=float, default=0.5, help="share of prompts the router is trained on")
     parser.add_argument("--text-column", default=None,
-                        help="column holding the prompt text (default: the first of prompt, query, messages with any text)")
+                        help="column holding the prompt text (default: per row, the first of prompt, query, messages that holds text)")
     parser.add_argument("--prices", default=None,
                         help="JSON of per-model prices, for tables without cost_usd__<model> columns (as train and eval take)")
     parser.add_argument("--willingness-to-pay", type=float, default=0.01, help="USD per +1.0 quality (the knob)")
