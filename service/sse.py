@@ -50,7 +50,9 @@ def completion_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
     for choice in body.get("choices") or ():
         idx = choice.get("index", 0)
         msg = choice.get("message") or {}
-        chunks.append({**base, "choices": [{"index": idx, "delta": {"role": msg.get("role", "assistant"), "content": ""}, "finish_reason": None}]})
+        # A tool call's message has null content, and so has its first chunk (as OpenAI streams it).
+        opening = "" if msg.get("content") is not None else None
+        chunks.append({**base, "choices": [{"index": idx, "delta": {"role": msg.get("role", "assistant"), "content": opening}, "finish_reason": None}]})
         if msg.get("content"):
             chunks.append({**base, "choices": [{"index": idx, "delta": {"content": msg["content"]}, "finish_reason": None}]})
         if msg.get("refusal"):  # a model's refusal is its answer: streamed as OpenAI streams it

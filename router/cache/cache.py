@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from router.cache.entry import Entry
+from router.cache.features import hard_mismatch
 from router.cache.keys import RequestKeys
 from router.cache.semantic import SemanticIndex
 from router.cache.store import MemoryStore, Store
@@ -211,9 +212,11 @@ class ResponseCache:
             return None
         asked = _without_end_mark(keys.text)
         for e, sim in live:
-            if _without_end_mark(e.text) == asked:
+            if _without_end_mark(e.text) == asked and not hard_mismatch(e.text, keys.text):
                 # The same words, one with a final "?" or "." and one without: the verifier, trained
                 # on pairs that never differ by so little, can doubt them ("How do I reset my password").
+                # Not when the mark ends a text handed over to be worked on ("Reverse this text: hello
+                # world" / "... world."): a hard rule refuses those, which the models score near 1.
                 return self._answer(e, "semantic-hit", sim, 1.0)
         cached = np.vstack([self._index.vector(keys.fingerprint, e.id) for e, _ in live])
         probs = self.verifier.accept_probability(

@@ -144,8 +144,11 @@ def hard_mismatch(a: str, b: str) -> bool:
     opposites ("good" vs "bad"), a reversed direction ("a string to int" vs "an int to string"),
     swapped roles ("Croats like Turks" vs "Turks like Croats"), the same words with other symbols
     or a unit's capitals ("1 MB" / "1 Mb", "\\W" / "\\w", "ls -r" / "ls -R", "C++ vs C#" swapped), a name one side
-    adds to the other's words ("New York" vs "York", "MacBook Pro" vs "MacBook"), and the same
-    words laid out differently where layout can matter (line breaks, tabs, code, quotes). A
+    adds to the other's words ("New York" vs "York", "MacBook Pro" vs "MacBook"), a name on one
+    side that the other writes as a noun after "a" / "an" ("Python" vs "a python"), the same words
+    laid out differently where layout can matter (line breaks, tabs, code, quotes), and the same
+    words with other marks or case in the text a question hands over ("Reverse: hello" / "...
+    hello."). A
     number on one side only ("... in 2016?") is left to the model: on validation a fifth of such
     pairs are labelled duplicates."""
     if a != b and a.split() == b.split() and _layout_matters(a, b):
@@ -158,8 +161,8 @@ def hard_mismatch(a: str, b: str) -> bool:
         return True  # a time word one side adds may be the same question ("... today?" / "...?")
     wa, wb = words(a), words(b)
     if wa == wb:
-        return a != b and (_marks(a, b) != _marks(b, a) or _capitonym(a, b))
-    if _capitonym(a, b):
+        return a != b and (_marks(a, b) != _marks(b, a) or _capitonym(a, b) or _data_differs(a, b))
+    if _capitonym(a, b) or _name_as_noun(a, b, wa, wb):
         return True
     sa, sb = set(wa), set(wb)
     return (_opposed(sa - sb, sb - sa) or reversed_order(wa, wb) or directions_reversed(a, b)
@@ -184,14 +187,69 @@ def _capitonym(a: str, b: str) -> bool:
 
     def cased(text: str) -> tuple[set[str], set[str]]:
         tokens = _WORD_CASED.findall(text)
-        title_case = sum(t[0].isupper() for t in tokens) * 2 > len(tokens)
-        names = set() if title_case else {w.lower() for w in _CAPITALISED.findall(text)} & _CAPITONYMS
+        names = set() if _title_case(tokens) else {w.lower() for w in _CAPITALISED.findall(text)} & _CAPITONYMS
         lower = {w for w in tokens if w in _CAPITONYMS}
         return names, lower
 
     names_a, lower_a = cased(a)
     names_b, lower_b = cased(b)
     return bool((names_a & lower_b) - lower_a or (names_b & lower_a) - lower_b)
+
+
+def _title_case(tokens: list[str]) -> bool:
+    """A side written in title case ("How To Polish Shoes") says nothing by its capitals. The
+    first word is left out, which is capitalised anyway: "What is Python?" is no title."""
+    capitals = sum(t[0].isupper() for t in tokens[1:])
+    return capitals >= 2 and capitals * 2 > len(tokens) - 1
+
+
+_ARTICLES = frozenset({"a", "an", "the"})
+_ARTICLE_NOUN = re.compile(r"\b(?:[Aa]n?|[Tt]he) ([A-Za-z][A-Za-z0-9]*)\b")
+
+
+@memo_short
+def _names_and_nouns(text: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(the words written as a name, capitalised past a sentence's start with no article before
+    them; the words in lower case after "a" / "an"), lower-cased. An acronym is no name here:
+    "a cpu" is the CPU."""
+    after_article = {m.group(1) for m in _ARTICLE_NOUN.finditer(text)}
+    names = set() if _title_case(_WORD_CASED.findall(text)) else {
+        w.lower() for w in _CAPITALISED.findall(text) if not w.isupper() and w not in after_article}
+    nouns = {m.group(1) for m in _ARTICLE_NOUN.finditer(text) if m.group(0)[0] in "Aa" and m.group(1).islower()}
+    return frozenset(names), frozenset(nouns)
+
+
+def _name_as_noun(a: str, b: str, wa: tuple[str, ...], wb: tuple[str, ...]) -> bool:
+    """The same words but for articles, and a name on one side that the other writes in lower
+    case after "a" / "an": "What is Python?" / "What is a python?" (the snake), "Oracle" / "an
+    oracle", "What is Tesla worth?" / "What is a tesla worth?" (the unit). The verifier scores such
+    pairs near 0.9: the embedder and the cross-encoder read no case, and an article is a stopword
+    to the word features. A case-only difference is not this ("How do I learn Python?" / "how do
+    I learn python?": the same question, often so in QQP)."""
+    if [w for w in wa if w not in _ARTICLES] != [w for w in wb if w not in _ARTICLES]:
+        return False
+    names_a, nouns_a = _names_and_nouns(a)
+    names_b, nouns_b = _names_and_nouns(b)
+    return bool((names_a & nouns_b) - names_b or (names_b & nouns_a) - names_a)
+
+
+# The text a question hands over to be worked on: after ": " or a line break, or inside quotes.
+# There every mark and capital is part of the input ("Reverse this text: hello world" /
+# "... hello world.", "Add the missing punctuation: how are you" / "... how are you?"), so the
+# same words with other marks are another question when both sides hand the text over the same
+# way. Quotes on one side only are emphasis ("What does "Quora" mean?" / "What does Quora mean?",
+# labelled duplicates in QQP), and a final mark after a plain question ("What is the capital of
+# France" / "...?") or after a closing quote is no difference.
+_DATA_TAIL = re.compile(r"(?::\s|\n)(.*)\Z", re.S)
+_DATA_QUOTED = re.compile(r"`[^`]*`|\"[^\"]*\"|“[^”]*”|(?<![A-Za-z0-9])'[^']*'(?![A-Za-z0-9])|‘[^’]*’")
+
+
+def _data_differs(a: str, b: str) -> bool:
+    qa, qb = _DATA_QUOTED.findall(a), _DATA_QUOTED.findall(b)
+    if qa and len(qa) == len(qb) and qa != qb:
+        return True
+    ta, tb = _DATA_TAIL.search(a), _DATA_TAIL.search(b)
+    return ta is not None and tb is not None and ta.group(1).strip() != tb.group(1).strip()
 
 
 # What `words` cannot see. Symbols inside a token (C++, C#, \\W, -r, 2 + 2, non-Latin script) and

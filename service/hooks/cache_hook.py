@@ -137,6 +137,9 @@ class CacheHook:
             log.exception("cache lookup failed for request %s; answering from upstream", ctx.request_id)
             return None
         if hit is not None and not self._permitted(hit.entry.model, ctx.extras.get("constraints")):
+            # Nor is this answer stored: under the same key it would replace the cached one for
+            # every request without these limits (a `local_only` answer served to plain `auto`).
+            ctx.extras["cache_write"] = False
             hit = None
         if hit is None:
             ctx.cache_status = "miss"
