@@ -44,7 +44,10 @@ def _header(value: str, limit: int = 400) -> str:
 
 
 def response_headers(ctx: RequestContext) -> dict[str, str]:
-    headers = {"x-request-id": ctx.request_id, "x-cache": cache_header(ctx)}
+    headers = {"x-request-id": ctx.request_id}
+    # Only what a cache saw has a verdict: not a request refused before it (a key's limit, a bad body).
+    if ctx.extras.get("cache_consulted") or ctx.cache_status in ("hit", "semantic-hit"):
+        headers["x-cache"] = cache_header(ctx)
     if ctx.answered_by:
         headers["x-router-model"] = ctx.answered_by
     if ctx.profile:

@@ -1,8 +1,10 @@
 """GET /v1/models, POST /v1/route (the decision alone), GET /healthz, GET /metrics.
 
 With governance on, `/v1/models` and `/v1/route` take the same client keys as chat
-(`service.governance.auth`): a key sees, and may route to, only what it is scoped to (one rule,
-`allows_model`/`allows_profile`); `/v1/route` counts against the key's requests per minute.
+(`service.governance.auth`): a key sees only what it may name (`allows_model`/`allows_profile`)
+and routes only among the models its scope lets a route reach (`routes_to`: a key limited to
+profiles names no model, yet its profiles route over the catalog); `/v1/route` counts against
+the key's requests per minute.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from router.config import Config
 from router.request_view import view_chat_request
 from service.errors import ApiError, bad_request
 from service.gateway import Gateway
-from service.governance.auth import OPEN, Caller, allows_model, allows_profile, client_caller
+from service.governance.auth import OPEN, Caller, allows_model, allows_profile, client_caller, routes_to
 from service.governance.request_limits import admit_call
 from service.hooks.prompt_cache_hook import PromptCacheHook
 from service.routing import build_constraints, decide_for, resolve_model
@@ -122,9 +124,9 @@ async def route_only(request: Request) -> JSONResponse:
     )
     shown = decision.to_dict()
     key = caller.key if caller is not None else None
-    # What /v1/models hides from the key, the ranking does not show it either (the reason and an
-    # unroutable request's error name only models inside the request's scope: router.policy).
-    shown["candidates"] = [c for c in shown["candidates"] if allows_model(key, c["model"])]
+    # What the profile may not route to for the key, the ranking does not show either (the reason and
+    # an unroutable request's error name only models inside the request's scope: router.policy).
+    shown["candidates"] = [c for c in shown["candidates"] if routes_to(key, c["model"])]
     return JSONResponse({
         **shown,
         "profile": profile,

@@ -64,7 +64,7 @@ def test_budget_too_small_for_any_model_names_the_budget(env):
     with pytest.raises(openai.APIStatusError) as refused:
         chat(client(gw, secret))
     assert refused.value.status_code == 402 and refused.value.body["code"] == "budget_exceeded"
-    assert f"day budget of key '{key['id']}'" in refused.value.body["message"]
+    assert f"day budget of key 'tiny' ({key['id']})" in refused.value.body["message"]
 
 
 def test_a_ceiling_below_every_models_cost_is_the_same_402_on_auto_as_on_a_named_model(env):

@@ -79,23 +79,25 @@ class Alerter:
             return tx.all("SELECT * FROM gov_alerts ORDER BY fired_at DESC LIMIT ?", (limit,))
 
     def budget_alerts(self, lines: Iterable[Line], usage: Mapping[str, Usage]) -> list[Alert]:
-        """Budget thresholds newly crossed by settled spend (each fires once per window)."""
+        """The highest budget threshold settled spend has reached, if it has not fired in this
+        window. One settle that jumps several thresholds (a large request, a lowered limit) says
+        where the budget is now, once: the lower ones it passed are not sent after it, nor later."""
         fired = []
         for line in lines:
             if line.limit_nusd <= 0 or line.counter not in usage:
                 continue
             share = usage[line.counter].spent_nusd / line.limit_nusd
-            for t in self.thresholds:
-                if share < t:
-                    break
-                alert = Alert(
-                    "budget", f"{line.counter}:{t:g}",
-                    f"{line.label} has reached {share:.0%} of ${line.limit_nusd / 1e9:.4f} (threshold {t:.0%})",
-                    {"budget_id": line.budget_id, "counter": line.counter, "threshold": t, "share": round(share, 4),
-                     "spent_usd": usage[line.counter].spent_nusd / 1e9, "limit_usd": line.limit_nusd / 1e9},
-                )
-                if self.fire_once(alert):
-                    fired.append(alert)
+            t = max((t for t in self.thresholds if share >= t), default=None)
+            if t is None:
+                continue
+            alert = Alert(
+                "budget", f"{line.counter}:{t:g}",
+                f"{line.label} has reached {share:.0%} of ${line.limit_nusd / 1e9:.4f} (threshold {t:.0%})",
+                {"budget_id": line.budget_id, "counter": line.counter, "threshold": t, "share": round(share, 4),
+                 "spent_usd": usage[line.counter].spent_nusd / 1e9, "limit_usd": line.limit_nusd / 1e9},
+            )
+            if self.fire_once(alert):
+                fired.append(alert)
         return fired
 
     def request_outcome(self, model: str, failed: bool) -> list[Alert]:

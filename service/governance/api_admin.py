@@ -9,6 +9,7 @@ reads a body, and reads at most `MAX_BODY` of it.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from typing import Annotated, Any, Literal, TypeVar
@@ -18,9 +19,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from service.errors import ApiError, invalid_body
-from service.governance.budgets import window
+from service.governance.budgets import Budget, window
 from service.governance.auth import require_admin
-from service.governance.keys import UnknownKey
+from service.governance.keys import UnknownKey, VirtualKey
 from service.governance.runtime import Governance
 from service.schemas import read_json_body
 
@@ -216,6 +217,7 @@ def budget_report(gov: Governance, now: float | None = None) -> list[dict[str, A
     """Every budget with its current window's spend, reservations, share and burn."""
     now = time.time() if now is None else now
     budgets = gov.budgets.list()
+    keys = gov.keys.list() if any(b.scope == "key" for b in budgets) else []
     lines = [b.line(now) for b in budgets]
     usage = gov.ledger.usage(lines) if lines else {}
     out = []
@@ -226,7 +228,7 @@ def budget_report(gov: Governance, now: float | None = None) -> list[dict[str, A
         name, start, end = window(b.period, now)
         elapsed = (now - start) / (end - start) if end != float("inf") else None
         out.append({
-            **b.to_dict(), "label": b.label, "window": name, "spent_usd": spent, "reserved_usd": reserved,
+            **b.to_dict(), "label": _label(b, keys), "window": name, "spent_usd": spent, "reserved_usd": reserved,
             "share": spent / b.limit_usd,
             # Settled spend, as routing reads it: a reservation is a worst case that settles lower.
             "soft_limit_reached": spent >= b.soft_threshold * b.limit_usd,
@@ -235,10 +237,40 @@ def budget_report(gov: Governance, now: float | None = None) -> list[dict[str, A
     return out
 
 
+def _new_budget(gov: Governance, body: BudgetCreate) -> Budget:
+    """Create a budget whose scope names a key, or a team or project some key carries: one naming
+    nothing would never be charged (404). A second budget of the same scope and period is a 409."""
+    keys = gov.keys.list()
+    if body.scope == "key":
+        if not any(k.id == body.scope_id for k in keys):
+            named = [k.id for k in keys if k.name == body.scope_id]
+            hint = f"; the key named {body.scope_id!r} has the id {named[0]}" if len(named) == 1 else ""
+            raise ApiError(404, f"no key has the id {body.scope_id!r}: a key budget's scope_id is the key's id "
+                           f"(GET /admin/keys){hint}", code="not_found", param="scope_id")
+    elif not any(getattr(k, body.scope) == body.scope_id for k in keys):
+        raise ApiError(404, f"no key has the {body.scope} {body.scope_id!r}, so a budget for it would never be "
+                       f"charged: create or update a key with \"{body.scope}\": {json.dumps(body.scope_id)} first",
+                       code="not_found", param="scope_id")
+    try:
+        return gov.budgets.create(body.scope, body.scope_id, body.period, body.limit_usd, body.soft_threshold)
+    except ValueError:
+        same = next((b for b in gov.budgets.list()
+                     if (b.scope, b.scope_id, b.period) == (body.scope, body.scope_id, body.period)), None)
+        if same is None:
+            raise
+        raise ApiError(409, f"the {_label(same, keys)} exists already ({same.id}): change its limit with "
+                       f"PATCH /admin/budgets/{same.id}", code="conflict") from None
+
+
+def _label(budget: Budget, keys: list[VirtualKey]) -> str:
+    key = next((k for k in keys if k.id == budget.scope_id), None) if budget.scope == "key" else None
+    return key.budget_label(budget.period) if key is not None else budget.label
+
+
 @router.post("/budgets")
 async def create_budget(request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
     body = await _read_body(request, BudgetCreate)
-    budget = await _run(gov.budgets.create, body.scope, body.scope_id, body.period, body.limit_usd, body.soft_threshold)
+    budget = await _run(_new_budget, gov, body)
     _invalidate(request)
     return JSONResponse(budget.to_dict(), status_code=201)
 

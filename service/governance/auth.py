@@ -153,17 +153,17 @@ class Authenticator:
         if key is None:
             return constraints
         if profile is None:
+            if not allows_model(key, requested_model):
+                raise self.refuse(403, f"The key '{key.name}' may not use model '{requested_model}': it may use "
+                                  f"{scope_text(key)}.", "model_not_allowed", "scope")
             if key.allowed_models is None:
                 return constraints
-            if requested_model not in key.allowed_models:
-                raise self.refuse(403, f"The key '{key.name}' may not use model '{requested_model}'.",
-                                  "model_not_allowed", "scope")
             # The named model's fallbacks are filtered by these too: failing over must not leave the key's scope.
             allowed = set(key.allowed_models) & set(constraints.allowed_models or key.allowed_models)
             return dataclasses.replace(constraints, allowed_models=frozenset(allowed))
         if key.allowed_profiles is not None and profile not in key.allowed_profiles:
-            raise self.refuse(403, f"The key '{key.name}' may not use routing profile '{profile}'; "
-                              f"allowed: {', '.join(key.allowed_profiles)}.", "profile_not_allowed", "scope")
+            raise self.refuse(403, f"The key '{key.name}' may not use routing profile '{profile}': it may use "
+                              f"{scope_text(key)}.", "profile_not_allowed", "scope")
         if key.allowed_models is None:
             return constraints
         allowed = set(key.allowed_models)
@@ -180,7 +180,30 @@ def allows_profile(key: VirtualKey | None, profile: str) -> bool:
 
 
 def allows_model(key: VirtualKey | None, model: str) -> bool:
+    """Whether the key may name `model` (and see it in `/v1/models`). A key given only routing
+    profiles may name none: the profiles are its whole scope, whichever model they route to."""
+    if key is None:
+        return True
+    if key.allowed_models is None:
+        return key.allowed_profiles is None
+    return model in key.allowed_models
+
+
+def routes_to(key: VirtualKey | None, model: str) -> bool:
+    """Whether a routing profile may pick `model` for the key: any model, unless the key has
+    `allowed_models`."""
     return key is None or key.allowed_models is None or model in key.allowed_models
+
+
+def scope_text(key: VirtualKey) -> str:
+    """What the key may use, for a 403: its models and routing profiles."""
+    parts = []
+    if key.allowed_models is not None:
+        parts.append(f"the models {', '.join(key.allowed_models)}" if key.allowed_models else "no model by name")
+    if key.allowed_profiles is not None:
+        parts.append(f"the routing profiles {', '.join(key.allowed_profiles)}" if key.allowed_profiles
+                     else "no routing profile")
+    return " and ".join(parts) or "any model"
 
 
 async def client_caller(app_state: Any, headers: Mapping[str, str]) -> Caller | None:

@@ -1,13 +1,14 @@
 """Budgets and the spend ledger: admission on predicted cost, atomic reserve, settle to real cost.
 
 A request is admitted when its *predicted* cost fits the headroom (limit − spent − reserved)
-of every budget it falls under. It then reserves its *maximum* cost (max output tokens ×
-price), capped by that headroom, in one atomic step; after the upstream call it settles: the
-reservation is released and the real cost added to `spent`. A reservation never exceeds the
-smallest headroom, so only a request whose maximum did not fit (a *partial* reservation) can
-overshoot; at most one partial reservation per budget is in flight at a time, and while it is,
-everything else stays within headroom. So total spend stays within the limit plus one
-request's maximum cost however many requests race, on one replica or many.
+of every budget it falls under. It then reserves its *maximum* cost (its prompt at one token
+per UTF-8 byte and its max output tokens, × price), capped by that headroom, in one atomic
+step; after the upstream call it settles: the reservation is released and the real cost added
+to `spent`. A reservation never exceeds the smallest headroom, so only a request whose maximum
+did not fit (a *partial* reservation) can overshoot; at most one partial reservation per budget
+is in flight at a time, and while it is, everything else stays within headroom. So total spend
+stays within the limit plus one request's maximum cost however many requests race, on one
+replica or many.
 
 Money is kept in integer nano-USD (1e-9 $) so sums are exact in SQL and Redis alike.
 """
@@ -21,7 +22,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping, Protocol, Sequence
 
-from service.governance.db import Database
+from router.request_view import content_text
+from service.governance.db import Database, owner_gone
 from service.governance.keys import VirtualKey, to_nusd, to_usd
 
 PERIODS = ("day", "month", "total")
@@ -152,6 +154,27 @@ def reservation_amount(lines: Sequence[Line], usage: Mapping[str, Usage], predic
     return smallest, None, None
 
 
+def _utf8(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def prompt_bytes(body: Mapping[str, Any]) -> int:
+    """The UTF-8 bytes of the text a chat body sends: what `router.request_view` counts as its
+    input, images and attachments aside. Byte-level BPE tokenizers (OpenAI's and most current
+    models') start from bytes and only merge them, SentencePiece falls back to bytes (Llama's,
+    Gemini's): none makes more tokens than bytes, so this bounds what the text is billed however
+    densely it tokenizes (hex, base64, minified JSON, CJK), where 4 characters a token undercounts
+    it 2-3 times."""
+    total = 0
+    for m in body.get("messages") or ():
+        total += _utf8(content_text(m.get("content")))
+        for fn in [call.get("function") or {} for call in m.get("tool_calls") or []] + [m.get("function_call") or {}]:
+            total += _utf8(str(fn.get("name", ""))) + _utf8(str(fn.get("arguments", "")))
+    parts = [*(body.get("tools") or []), *(body.get("functions") or [])]
+    parts += [body[f] for f in ("response_format", "prediction") if body.get(f)]
+    return total + sum(_utf8(json.dumps(part, ensure_ascii=False, default=str)) for part in parts)
+
+
 class Ledger(Protocol):
     def usage(self, lines: Sequence[Line]) -> dict[str, Usage]: ...
 
@@ -263,8 +286,8 @@ class SqlLedger:
                     (amount, partial, now, counter),
                 )
             tx.execute(
-                "INSERT INTO gov_reservations (id, counters, amount_nusd, partial, created_at) VALUES (?, ?, ?, ?, ?)",
-                (rid, json.dumps(counters), amount, partial, now),
+                "INSERT INTO gov_reservations (id, counters, amount_nusd, partial, created_at, owner) VALUES (?, ?, ?, ?, ?, ?)",
+                (rid, json.dumps(counters), amount, partial, now, self.db.owner),
             )
         return Reservation(rid, True, amount_nusd=amount, partial=bool(partial))
 
@@ -308,6 +331,17 @@ class SqlLedger:
             self._last_session_sweep = now
             self.drop_idle_sessions(now)
         return len(stale)
+
+    def release_orphans(self) -> int:
+        """Free at once the reservations whose owner has ended without settling them (a killed
+        gateway, on this host: `db.owner_gone`); a live gateway's in-flight ones stay. Only a
+        ledger on one host can tell (SQLite): elsewhere the stale sweep frees them."""
+        with self.db.tx() as tx:
+            held = tx.all("SELECT id, owner FROM gov_reservations WHERE owner IS NOT NULL")
+        gone = [r["id"] for r in held if owner_gone(r["owner"])]
+        for rid in gone:
+            self.settle(rid, 0, None)
+        return len(gone)
 
     def drop_idle_sessions(self, now: float | None = None) -> int:
         """Delete the counters of sessions with no reservation or settle for `IDLE_SESSION_S` and

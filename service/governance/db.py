@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import sqlite3
 import threading
 from importlib import resources
@@ -28,10 +31,76 @@ log = logging.getLogger(__name__)
 _MIGRATION_LOCK = 0x6F70656E636C6177
 
 
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+# The host an owner's pid means something on: after a reboot the same pids are other processes.
+_NODE = f"{socket.gethostname()}/{_boot_id()}"
+# Database objects open in this process, by owner token: a process may close one and open another.
+_OPEN: set[str] = set()
+
+
+def _process_start(pid: int) -> str | None:
+    """When `pid` started (clock ticks since boot, Linux), so that a reused pid is not taken for
+    the process that had it; '' where it runs and the system does not say when it started; None
+    where no process has that pid."""
+    if os.name == "nt":
+        return ""  # os.kill(pid, 0) would send it a Ctrl-C there
+    if os.path.isdir("/proc/self"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[19].decode()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        except (OSError, IndexError):
+            return ""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except OSError:  # it exists, under another user
+        pass
+    return ""
+
+
+def new_owner() -> str:
+    """A token naming this open database in this process on this host: what a budget
+    reservation records as its owner."""
+    pid = os.getpid()
+    owner = f"{_NODE}|{pid}|{_process_start(pid) or ''}|{secrets.token_hex(4)}"
+    _OPEN.add(owner)
+    return owner
+
+
+def owner_gone(owner: str | None) -> bool:
+    """Whether the owner of a reservation has ended without settling it: its process is dead (or
+    its pid now another process's), or it is this process and has closed that database. An owner
+    on another host, or one this system cannot check, is not known to be gone. Two containers
+    sharing one file and one host name (but not their pids) would read each other's pids wrongly:
+    give them distinct host names, or Redis."""
+    try:
+        node, pid_text, start, _ = (owner or "").rsplit("|", 3)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if node != _NODE:
+        return False
+    if pid == os.getpid() and start == (_process_start(pid) or ""):
+        return owner not in _OPEN
+    now = _process_start(pid)
+    return now is None or bool(now and start and now != start)
+
+
 class Database:
     """A connection source plus the dialect; use `tx()` for everything."""
 
     dialect: str
+    owner: str  # new_owner(), until close()
 
     @contextlib.contextmanager
     def tx(self, immediate: bool = False) -> Iterator["Tx"]:
@@ -114,6 +183,7 @@ class SqliteDatabase(Database):
                         path, mode)
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
+        self.owner = new_owner()
 
     @contextlib.contextmanager
     def tx(self, immediate: bool = False) -> Iterator[Tx]:
@@ -145,6 +215,7 @@ class SqliteDatabase(Database):
                     self._reader.execute("ROLLBACK")
 
     def close(self) -> None:
+        _OPEN.discard(self.owner)
         with self._read_lock:
             if self._reader is not None:
                 self._reader.close()
@@ -165,6 +236,7 @@ class PostgresDatabase(Database):
             self._pool.close()
             raise ValueError(f"governance database {redact_url(url)}: no connection within {CONNECT_TIMEOUT_S:.0f} s "
                              "(is PostgreSQL running there, and does the database exist?)") from None
+        self.owner = new_owner()
 
     @contextlib.contextmanager
     def tx(self, immediate: bool = False) -> Iterator[Tx]:
@@ -174,6 +246,7 @@ class PostgresDatabase(Database):
                 yield Tx(conn, self.dialect)
 
     def close(self) -> None:
+        _OPEN.discard(self.owner)
         self._pool.close()
 
 

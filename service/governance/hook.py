@@ -17,10 +17,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from router.config import ModelSpec
+from router.request_view import image_tokens
 from service.dispatch import failover_chain
 from service.errors import ApiError
 from service.governance.auth import CACHE_MAX, CACHE_TTL_S
-from service.governance.budgets import Budget, Line, Reservation, session_line
+from service.governance.budgets import Budget, Line, Reservation, prompt_bytes, session_line
 from service.governance.keys import VirtualKey, to_nusd
 from service.governance.request_limits import key_rate_limited
 from service.governance.runtime import Governance
@@ -32,8 +33,9 @@ log = logging.getLogger(__name__)
 # path (a post-hook), long enough for a database failover or a dropped pool connection.
 SETTLE_RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
-# Prompt tokens are estimated from characters before the call; the bill counts real tokens,
-# with a few per message for roles and separators (OpenAI: ~4) and some for the reply priming.
+# Prompt tokens are estimated from characters before the call (the prediction a named model is
+# checked on; a reservation counts bytes instead, see `most`); the bill counts real tokens, with a
+# few per message for roles and separators (OpenAI: ~4) and some for the reply priming.
 INPUT_MARGIN = 1.25
 TOKENS_PER_MESSAGE = 8
 TOKENS_PER_REQUEST = 16
@@ -125,9 +127,11 @@ class GovernanceHook:
             # No minute will ever have room for it: a 429 would have the client retry in vain.
             raise self._refuse(413, f"This request's ~{ctx.routing.input_tokens} input tokens exceed the "
                                f"{key.tpm} tokens per minute of key '{key.name}'.", "request_too_large", "tpm")
-        verdict = self.gov.limiter.admit(key.id, key.rpm, key.tpm, ctx.routing.input_tokens)
-        if verdict is not None:
-            raise key_rate_limited(self.auth, key, verdict)
+        check = self.gov.limiter.admit(key.id, key.rpm, key.tpm, ctx.routing.input_tokens)
+        if check.refused is not None:
+            raise key_rate_limited(self.auth, key, check)
+        if headers := check.headers():  # the limiter's counts are at hand: say what is left, as OpenAI does
+            ctx.extras.setdefault("response_headers", {}).update(headers)
         state.counted_tokens = ctx.routing.input_tokens
         self._budget_lines(ctx, state)
 
@@ -140,7 +144,8 @@ class GovernanceHook:
         key = state.key
         now = time.time()
         budgets = self._applicable(key)
-        lines = [b.line(now) for b in budgets]
+        lines = [replace(b.line(now), label=key.budget_label(b.period)) if b.scope == "key" else b.line(now)
+                 for b in budgets]
         session_id = ctx.body.get("prompt_cache_key") or ctx.headers.get("x-session-id")
         # A NUL cannot be stored in a PostgreSQL text column: the whole settle would roll back.
         session_id = str(session_id or "").replace("\x00", "")[:200]
@@ -217,12 +222,21 @@ class GovernanceHook:
     # ---- routed: the decision is known, reserve before any upstream call ------------------
 
     @staticmethod
-    def most(ctx: RequestContext, spec: ModelSpec) -> float:
-        """The most `spec` may bill for this request, its input counted with margins."""
+    def most(ctx: RequestContext, spec: ModelSpec, estimated: bool = False) -> float:
+        """The most `spec` may bill for this request: its text at one token per UTF-8 byte (no
+        tokenizer makes more, however densely a prompt tokenizes), never more than the model's
+        context window (a longer prompt is refused, not billed). What a reservation holds.
+        `estimated`: its text at the router's estimate with a margin instead: a named model's
+        prediction, which the per-request ceiling and the budgets' free room are checked on."""
         messages = ctx.body.get("messages") or ()
-        input_max = (ctx.routing.input_tokens * INPUT_MARGIN + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REQUEST
-                     + ctx.routing.attachment_tokens_within(spec.context_window))
-        return spec.most_billed(input_max, ctx.routing.max_output_tokens, ctx.routing.answers)
+        overhead = TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REQUEST + ctx.routing.attachment_tokens_within(spec.context_window)
+        if estimated:
+            return spec.most_billed(ctx.routing.input_tokens * INPUT_MARGIN + overhead, ctx.routing.max_output_tokens,
+                                    ctx.routing.answers)
+        text = ctx.extras.get("prompt_bytes")
+        if text is None:
+            text = ctx.extras["prompt_bytes"] = prompt_bytes(ctx.body) + image_tokens(messages)
+        return spec.most_billed(min(text + overhead, spec.context_window), ctx.routing.max_output_tokens, ctx.routing.answers)
 
     def _chain(self, ctx: RequestContext) -> tuple[list[str], list[str]]:
         """The request's failover chain, and the part of it a reservation covers: a routed
@@ -244,7 +258,7 @@ class GovernanceHook:
         decision = ctx.decision
         if decision is None:
             named = specs.get(ctx.requested_model)
-            predicted = self.most(ctx, named) if named else worst
+            predicted = self.most(ctx, named, estimated=True) if named else worst
         else:
             chosen = next((c for c in decision.candidates if c.model == decision.model), None)
             # Every one of `n` answers is priced in, and the attachments at their worst case (router.policy).
@@ -267,7 +281,8 @@ class GovernanceHook:
         must pass it the same way, or failing over would bill what the named model could not."""
         specs = {m.name: m for m in self.gov.config.models}
         chain = failover_chain(self.gov.config, ctx)
-        ctx.extras["unaffordable"] = frozenset(m for m in chain[1:] if m in specs and self.most(ctx, specs[m]) > ceiling_usd)
+        ctx.extras["unaffordable"] = frozenset(m for m in chain[1:] if m in specs
+                                               and self.most(ctx, specs[m], estimated=True) > ceiling_usd)
 
     async def routed(self, ctx: RequestContext) -> None:
         state: GovState | None = ctx.extras.get("governance")

@@ -61,6 +61,11 @@ class VirtualKey:
             return "expired"
         return "active"
 
+    def budget_label(self, period: str) -> str:
+        """A budget of this key as a 402 and an alert name it: by the key's name, which a reader
+        knows, and its id (names need not be unique)."""
+        return f"{period} budget of key '{self.name}' ({self.id})"
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["allowed_models"] = list(self.allowed_models) if self.allowed_models is not None else None

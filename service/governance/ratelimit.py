@@ -1,14 +1,105 @@
-"""Per-key RPM/TPM for a single gateway process (the embedded default).
+"""Per-key RPM/TPM for a single gateway process (the embedded default), and what an admission
+tells the client.
 
 Same sliding-minute estimate as the Redis limiter (previous minute weighted by the share of
 it still inside the window, plus the current minute), so behaviour does not change when a
-deployment moves to Redis; only the sharing does.
+deployment moves to Redis; only the sharing does. Both limiters answer with a `RateCheck` of
+the counts they decided on, from which the 429's `retry-after` and the OpenAI-style
+`x-ratelimit-*` headers are worked out here, the same way for both.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Window:
+    """One limit's sliding minute as an admission found it, before counting the request."""
+
+    limit: int
+    current: int  # this fixed minute's count
+    previous: int  # the previous minute's, of which the share still inside the window counts
+    cost: int  # what the request counts against it: 1 request, or its input tokens
+
+    def used(self, frac: float) -> float:
+        return self.current + self.previous * (1 - frac)
+
+    def fits(self, frac: float) -> bool:
+        return self.used(frac) + self.cost <= self.limit
+
+    def wait_s(self, frac: float) -> float:
+        """Seconds from `frac` into the minute until the request fits, if nothing else is counted
+        meanwhile: the previous minute's share shrinks through this minute, and this minute's
+        count through the next."""
+        if self.fits(frac):
+            return 0.0
+        room = self.limit - self.cost - self.current
+        if room >= 0:  # not fitting then means previous > 0: enough of it leaves the window this minute
+            return (1 - room / self.previous - frac) * 60
+        # This minute alone holds too much (current > 0): wait into the next one.
+        return (1 - frac) * 60 + min(1.0, max(0.0, 1 - (self.limit - self.cost) / self.current)) * 60
+
+    def remaining(self, frac: float, counted: bool) -> int:
+        return max(0, math.floor(self.limit - self.used(frac) - (self.cost if counted else 0)))
+
+    def reset_s(self, frac: float, counted: bool) -> float:
+        """Seconds until the window is empty again (OpenAI's "resets to its initial state")."""
+        if self.current or (counted and self.cost):
+            return (2 - frac) * 60
+        return (1 - frac) * 60 if self.previous else 0.0
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's form of a reset time: `20ms`, `6.5s`, `1m30s`."""
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    minutes, rest = divmod(math.ceil(seconds * 1000) / 1000, 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
+@dataclass(frozen=True)
+class RateCheck:
+    """One admission: which limit refused the request (None: admitted and counted), how far into
+    its minute it ran, and the windows it was decided on (None where the key has no such limit)."""
+
+    refused: str | None
+    frac: float = 0.0
+    requests: Window | None = None
+    tokens: Window | None = None
+
+    @classmethod
+    def decide(cls, frac: float, requests: Window | None, tokens: Window | None) -> "RateCheck":
+        """The rule both limiters apply (the Redis one in Lua: keep the two in step)."""
+        refused = ("rpm" if requests is not None and not requests.fits(frac)
+                   else "tpm" if tokens is not None and not tokens.fits(frac) else None)
+        return cls(refused, frac, requests, tokens)
+
+    def retry_after_s(self) -> int:
+        """Whole seconds until every limit of the key has room for this request (rounded up,
+        at least 1): a client that waits that long is not refused again for the same reason
+        unless other requests took the room first."""
+        waits = [w.wait_s(self.frac) for w in (self.requests, self.tokens) if w is not None]
+        # To the millisecond first: float noise (1.0000000000000009 s) must not add a second.
+        return max(1, math.ceil(round(max(waits, default=0.0), 3)))
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for the key's limits."""
+        counted = self.refused is None
+        out: dict[str, str] = {}
+        for name, window in (("requests", self.requests), ("tokens", self.tokens)):
+            if window is not None:
+                out[f"x-ratelimit-limit-{name}"] = str(window.limit)
+                out[f"x-ratelimit-remaining-{name}"] = str(window.remaining(self.frac, counted))
+                out[f"x-ratelimit-reset-{name}"] = _duration(window.reset_s(self.frac, counted))
+        return out
+
+
+UNLIMITED = RateCheck(None)
 
 
 class MemoryRateLimiter:
@@ -18,8 +109,11 @@ class MemoryRateLimiter:
         self._lock = threading.Lock()
         self._trimmed = -1  # the minute the tables were last trimmed for
 
-    def _used(self, table: dict[tuple[str, int], int], key_id: str, minute: int, frac: float) -> float:
-        return table.get((key_id, minute), 0) + table.get((key_id, minute - 1), 0) * (1 - frac)
+    def _window(self, table: dict[tuple[str, int], int], key_id: str, minute: int, limit: int | None,
+                cost: int) -> Window | None:
+        if limit is None:
+            return None
+        return Window(limit, table.get((key_id, minute), 0), table.get((key_id, minute - 1), 0), cost)
 
     def _trim(self, minute: int) -> None:
         # Once a minute, on either path: keys without limits only ever add tokens, and their
@@ -31,20 +125,19 @@ class MemoryRateLimiter:
             for k in [k for k in table if k[1] < minute - 1]:
                 del table[k]
 
-    def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, now: float | None = None) -> str | None:
+    def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, now: float | None = None) -> RateCheck:
         if rpm is None and tpm is None:
-            return None
+            return UNLIMITED
         now = time.time() if now is None else now
         minute, frac = int(now // 60), (now % 60) / 60
         with self._lock:
             self._trim(minute)
-            if rpm is not None and self._used(self._requests, key_id, minute, frac) + 1 > rpm:
-                return "rpm"
-            if tpm is not None and self._used(self._tokens, key_id, minute, frac) + tokens > tpm:
-                return "tpm"
-            self._requests[(key_id, minute)] += 1
-            self._tokens[(key_id, minute)] += tokens
-        return None
+            check = RateCheck.decide(frac, self._window(self._requests, key_id, minute, rpm, 1),
+                                     self._window(self._tokens, key_id, minute, tpm, tokens))
+            if check.refused is None:
+                self._requests[(key_id, minute)] += 1
+                self._tokens[(key_id, minute)] += tokens
+        return check
 
     def add_tokens(self, key_id: str, tokens: int, now: float | None = None) -> None:
         if tokens <= 0:

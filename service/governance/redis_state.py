@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 from service.breaker import PASS, Claim, circuit_state, new_probe, state_available
 from service.governance.budgets import IDLE_SESSION_S, Line, Reservation, Usage, insert_spend, new_reservation_id, seeded_spent
 from service.governance.db import Database
+from service.governance.ratelimit import UNLIMITED, RateCheck, Window
 
 # An open-ended counter (a session ceiling's, a `total` budget's) unused this long is dropped:
 # one per agent conversation would otherwise pile up in Redis for good. The next request that
@@ -79,18 +80,22 @@ end
 return 1
 """
 
-# Sliding-minute estimate from two fixed windows: prev * (1 - elapsed share) + current.
+# Sliding-minute estimate from two fixed windows: prev * (1 - elapsed share) + current, the
+# rule of ratelimit.RateCheck.decide. Returns the verdict and the four counts it was decided on
+# (before counting the request), from which the 429's retry-after and the x-ratelimit-* headers come.
 _RATE = """
 local frac = tonumber(ARGV[4])
-local function used(cur, prev)
-  return tonumber(redis.call('GET', cur) or 0) + tonumber(redis.call('GET', prev) or 0) * (1 - frac)
-end
+local c = {}
+for i = 1, 4 do c[i] = tonumber(redis.call('GET', KEYS[i]) or 0) end
 local rpm, tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if rpm >= 0 and used(KEYS[1], KEYS[2]) + 1 > rpm then return 1 end
-if tpm >= 0 and used(KEYS[3], KEYS[4]) + tokens > tpm then return 2 end
-redis.call('INCR', KEYS[1]); redis.call('EXPIRE', KEYS[1], 130)
-redis.call('INCRBY', KEYS[3], tokens); redis.call('EXPIRE', KEYS[3], 130)
-return 0
+local verdict = 0
+if rpm >= 0 and c[1] + c[2] * (1 - frac) + 1 > rpm then verdict = 1
+elseif tpm >= 0 and c[3] + c[4] * (1 - frac) + tokens > tpm then verdict = 2 end
+if verdict == 0 then
+  redis.call('INCR', KEYS[1]); redis.call('EXPIRE', KEYS[1], 130)
+  redis.call('INCRBY', KEYS[3], tokens); redis.call('EXPIRE', KEYS[3], 130)
+end
+return {verdict, c[1], c[2], c[3], c[4]}
 """
 
 _BREAKER_FAILURE = """
@@ -235,17 +240,19 @@ class RedisRateLimiter:
         self.prefix = prefix
         self._script = client.register_script(_RATE)
 
-    def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, now: float | None = None) -> str | None:
-        """None when admitted (and counted), else "rpm" or "tpm": which limit refused it."""
+    def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, now: float | None = None) -> RateCheck:
+        """Admitted and counted (`refused` None), or which limit refused it, with the counts decided on."""
         if rpm is None and tpm is None:
-            return None
+            return UNLIMITED
         now = time.time() if now is None else now
-        minute = int(now // 60)
+        minute, frac = int(now // 60), (now % 60) / 60
         base = f"{self.prefix}:rl:{key_id}"
         keys = [f"{base}:r:{minute}", f"{base}:r:{minute - 1}", f"{base}:t:{minute}", f"{base}:t:{minute - 1}"]
-        args = [-1 if rpm is None else rpm, -1 if tpm is None else tpm, tokens, (now % 60) / 60]
-        verdict = int(self._script(keys=keys, args=args))
-        return {0: None, 1: "rpm", 2: "tpm"}[verdict]
+        args = [-1 if rpm is None else rpm, -1 if tpm is None else tpm, tokens, frac]
+        verdict, r_cur, r_prev, t_cur, t_prev = (int(v) for v in self._script(keys=keys, args=args))
+        return RateCheck({0: None, 1: "rpm", 2: "tpm"}[verdict], frac,
+                         Window(rpm, r_cur, r_prev, 1) if rpm is not None else None,
+                         Window(tpm, t_cur, t_prev, tokens) if tpm is not None else None)
 
     def add_tokens(self, key_id: str, tokens: int, now: float | None = None) -> None:
         """Output tokens learnt after the call count toward TPM too."""

@@ -10,13 +10,19 @@ from typing import Any
 from service.errors import ApiError
 from service.governance.auth import Caller
 from service.governance.keys import VirtualKey
+from service.governance.ratelimit import RateCheck
 
 
-def key_rate_limited(auth: Any, key: VirtualKey, verdict: str) -> ApiError:
-    """The 429 for a key whose minute is full (`verdict`: "rpm" or "tpm", as the limiter says)."""
+def key_rate_limited(auth: Any, key: VirtualKey, check: RateCheck) -> ApiError:
+    """The 429 for a key whose minute is full (`check.refused`: "rpm" or "tpm"). `retry-after` is
+    when the window next has room for this request: a client (the OpenAI SDK honours it up to a
+    minute) that retries sooner would only be refused again."""
+    verdict = str(check.refused)
     limit = key.rpm if verdict == "rpm" else key.tpm
-    return auth.refuse(429, f"Rate limit of key '{key.name}' reached: {limit} {verdict.upper()}.",
-                       f"{verdict}_limit_exceeded", verdict, {"retry-after": "5"})
+    wait = check.retry_after_s()
+    return auth.refuse(429, f"Rate limit of key '{key.name}' reached: {limit} {verdict.upper()}; "
+                       f"the sliding minute has room for this request again in {wait} s.",
+                       f"{verdict}_limit_exceeded", verdict, {"retry-after": str(wait), **check.headers()})
 
 
 async def admit_call(app_state: Any, caller: Caller | None) -> None:
@@ -26,6 +32,6 @@ async def admit_call(app_state: Any, caller: Caller | None) -> None:
         return
     gov = app_state.governance
     # No tokens, so the key's TPM is no business of these calls.
-    verdict = await asyncio.to_thread(gov.limiter.admit, key.id, key.rpm, None, 0)
-    if verdict is not None:
-        raise key_rate_limited(gov.auth, key, verdict)
+    check = await asyncio.to_thread(gov.limiter.admit, key.id, key.rpm, None, 0)
+    if check.refused is not None:
+        raise key_rate_limited(gov.auth, key, check)

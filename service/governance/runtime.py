@@ -97,9 +97,10 @@ class Governance:
             self.ledger = SqlLedger(self.db)
             self.limiter = MemoryRateLimiter()
             if self.db.dialect == "sqlite":
-                # A SQLite ledger serves one process: a reservation made before this start is one
-                # whose process died before settling, not one to hold the budget for 15 minutes.
-                released = self.ledger.release_stale(0.0, time.time())
+                # A SQLite ledger is on one host, where a reservation's owner can be checked: one
+                # whose process died before settling need not hold the budget for 15 minutes, while
+                # a gateway still draining beside this one (a restart that overlaps) keeps its own.
+                released = self.ledger.release_orphans()
                 if released:
                     log.warning("governance: released %d budget reservations left by a process that ended "
                                 "without settling them", released)
@@ -157,6 +158,8 @@ class Governance:
             return
         self._last_sweep = now
         released = self.ledger.release_stale(self.settings.stale_reservation_s, now)
+        if isinstance(self.ledger, SqlLedger) and self.db.dialect == "sqlite":
+            released += self.ledger.release_orphans()
         if released:
             log.warning("governance: released %d stale budget reservations", released)
 
