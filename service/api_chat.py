@@ -129,7 +129,8 @@ async def chat_completions(request: Request) -> Response:
         profile=profile,
         requested_model=model,
     )
-    ctx.extras.update(received_at=received, started=started, constraints=constraints, caller=caller,
+    # `request_limits` stays what the client asked for; `constraints` is tightened by pre-hooks (a key's scope).
+    ctx.extras.update(received_at=received, started=started, constraints=constraints, request_limits=constraints, caller=caller,
                       client_gone=request.is_disconnected, until_client_leaves=functools.partial(_until_disconnected, request.receive))
     if request.headers.get("x-request-id"):
         ctx.extras["client_request_id"] = request.headers["x-request-id"][:128]

@@ -167,6 +167,19 @@ def test_a_cached_answer_respects_the_requests_own_limits(gw, upstream):
     assert allowed.headers["x-cache"] == "hit" and len(upstream.requests) == 2
 
 
+
+def test_an_answer_given_under_the_requests_own_limits_is_never_stored(gw, upstream):
+    client = gw.client()
+    limited = client.chat.completions.with_raw_response.create(
+        model="auto", messages=msgs(Q), extra_body={"router": {"allowed_models": ["m2"]}})
+    assert limited.headers["x-cache"] == "miss" and limited.headers["x-router-model"] == "m2"
+    gw.outcomes(1)  # written by the last post-hook, after the cache's
+    assert len(cache_of(gw).cache) == 0  # else plain `auto` would be served the answer m2 was forced to give
+    plain = client.chat.completions.with_raw_response.create(model="auto", messages=msgs(Q), user="another-user")
+    assert plain.headers["x-cache"] == "miss"
+    stored(gw, 1)
+    assert len(upstream.requests) == 2
+
 def test_an_answer_feedback_rejects_is_never_served_from_the_cache_again(gw, upstream):
     client = gw.client()
     first = client.chat.completions.with_raw_response.create(model="auto", messages=msgs(Q))

@@ -124,7 +124,11 @@ class CacheHook:
         ctx.extras["cache_consulted"] = True
         control = cache_control(ctx.headers)
         refused = request_cacheable(ctx.body, self.section.cache_nonzero_temperature)
-        ctx.extras["cache_write"] = control.write and refused is None
+        # An answer given under the request's own routing limits (local only, a model list, a cost
+        # cap) is not stored: the key holds no limits, so it would answer every request without them.
+        # A key's scope is no such limit: the tenant in the key is the key itself.
+        limited = ctx.extras.get("request_limits", Constraints()) != Constraints()
+        ctx.extras["cache_write"] = control.write and refused is None and not limited
         if not control.read or refused is not None:
             ctx.cache_status = "bypass"
             return None
@@ -137,9 +141,6 @@ class CacheHook:
             log.exception("cache lookup failed for request %s; answering from upstream", ctx.request_id)
             return None
         if hit is not None and not self._permitted(hit.entry.model, ctx.extras.get("constraints")):
-            # Nor is this answer stored: under the same key it would replace the cached one for
-            # every request without these limits (a `local_only` answer served to plain `auto`).
-            ctx.extras["cache_write"] = False
             hit = None
         if hit is None:
             ctx.cache_status = "miss"
