@@ -1,4 +1,4 @@
-"""GET /v1/models, POST /v1/route (the decision alone), GET /healthz, GET /metrics.
+"""GET /v1/models, POST /v1/route (the decision alone), GET (or HEAD) /healthz and /metrics.
 
 With governance on, `/v1/models` and `/v1/route` take the same client keys as chat
 (`service.governance.auth`): a key sees only what it may name (`allows_model`/`allows_profile`)
@@ -137,7 +137,7 @@ async def route_only(request: Request) -> JSONResponse:
     })
 
 
-@router.get("/healthz")
+@router.api_route("/healthz", methods=["GET", "HEAD"])  # HEAD: load balancers and probes that read no body
 async def healthz(request: Request) -> JSONResponse:
     gw: Gateway = request.app.state.gateway
     models = gw.live.describe()
@@ -151,7 +151,7 @@ async def healthz(request: Request) -> JSONResponse:
     })
 
 
-@router.get("/metrics")
+@router.api_route("/metrics", methods=["GET", "HEAD"])
 async def metrics(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -206,6 +206,8 @@ def test_models_route_health_and_metrics(gw):
     gw.client().chat.completions.create(model="auto", messages=MSG)
     health = httpx.get(f"{gw.url}/healthz").json()
     assert health["status"] == "ok" and health["router_loaded"] and health["models"]["m1"]["ewma_latency_s"] > 0
+    assert httpx.head(f"{gw.url}/healthz").status_code == 200  # probes that read no body
+    assert httpx.head(f"{gw.url}/metrics").status_code == 200
     metrics = httpx.get(f"{gw.url}/metrics").text
     for line in ('openclaw_requests_total{model="m1",profile="auto",status="ok"} 1.0',
                  'openclaw_routing_choices_total{model="m1",profile="auto"} 1.0',
