@@ -93,5 +93,12 @@ class Pipeline:
         for hook in reversed(self.hooks):
             try:
                 await hook.post(ctx)
+            except RuntimeError as exc:
+                if "shutdown" not in str(exc):
+                    log.exception("post-hook %s failed for request %s", hook.name, ctx.request_id)
+                    continue
+                # A forced exit (a second Ctrl-C) closed the thread pool under a request's last
+                # steps: that is no bug to trace, and the hooks after it may still finish theirs.
+                log.warning("post-hook %s of request %s cut short by the forced shutdown (%s)", hook.name, ctx.request_id, exc)
             except Exception:  # a broken post-hook must not lose the others' work
                 log.exception("post-hook %s failed for request %s", hook.name, ctx.request_id)
