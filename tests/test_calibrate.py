@@ -106,6 +106,8 @@ def test_calibrate_refuses_what_it_cannot_calibrate(tmp_path, capsys):
     only_cheap = _config(tmp_path, allowed_models=["mistral-7b-chat", "gpt-3.5-turbo-1106"])
     assert "not among the profile's allowed_models" in error("--model", STRONG, "--share", "0.3", "--config", str(only_cheap))
     assert "is not a profile of" in error("--model", STRONG, "--share", "0.3", "--config", str(only_cheap), "--profile", "x")
+    missing = error("--model", STRONG, "--share", "0.3", "--request-template", str(tmp_path / "nowhere.json"))
+    assert "error: --request-template " in missing and "cannot read it" in missing and len(missing.splitlines()) == 1
     with pytest.raises(SystemExit):
         main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "150%"])
     assert "not a share between 0 and 1" in capsys.readouterr().err

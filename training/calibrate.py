@@ -90,6 +90,8 @@ def load_template(path: str | None) -> dict | None:
         template = json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"--request-template {path}: not JSON: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--request-template {path}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
     if not isinstance(template, dict) or not isinstance(template.get("messages", []), list):
         raise ValueError(f"--request-template {path}: must be a chat-completions body (an object; `messages` a list)")
     return template
