@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal, Mapping, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from router.config_errors import (DEFAULT_PROFILES, BadReference, ConfigError, env_syntax_name, invalid, is_model, unwrap,
-                                  validation_problems, yaml_hint)
+from router.config_checks import BaseUrl, DbUrl, HeaderName, HeaderValue, Name, RedisUrl, check_providers, check_unique_keys
+from router.config_errors import DEFAULT_PROFILES, BadReference, ConfigError, invalid, is_model, unwrap, validation_problems, yaml_hint
 
 Capability = Literal["tools", "json", "vision", "files", "audio", "logprobs"]
 KEY_CIRCUIT_PREFIX = "provider:"  # names the breaker gives providers' key circuits (service/live_state.py)
@@ -96,8 +96,8 @@ class Limits(_Strict):
 class ModelSpec(_Strict):
     """One model a request can be routed to."""
 
-    name: str = Field(description="public name; clients may ask for it directly")
-    provider: str = Field(description="key into `providers`")
+    name: Name = Field(description="public name; clients may ask for it directly")
+    provider: Name = Field(description="key into `providers`")
     upstream: str | None = Field(default=None, description="the provider's model id; defaults to `name`")
     router_model: str | None = Field(
         default=None,
@@ -185,7 +185,7 @@ class RequestShape(_Strict):
 
 class ProviderSpec(_Strict):
     kind: Literal["openai", "anthropic", "gemini", "simulated"]
-    base_url: str = Field(description="http:// or https:// URL of the API root (simulated:// for the simulator)")
+    base_url: BaseUrl = Field(description="http:// or https:// URL of the API root (simulated:// for the simulator)")
     # A key pasted here instead of its variable's name would be echoed in every error the
     # gateway logs ("environment variable sk-... is not set"): only a variable name passes.
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
@@ -193,18 +193,8 @@ class ProviderSpec(_Strict):
     timeout_s: float = Field(default=60.0, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=100, gt=0)
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[HeaderName, HeaderValue] = Field(default_factory=dict)
     request: RequestShape = Field(default_factory=RequestShape, description="body rewrites for an OpenAI-compatible provider")
-
-    @field_validator("base_url")
-    @classmethod
-    def _url_scheme(cls, url: str) -> str:
-        # Without a scheme every call would fail as a connection error, and nothing says why.
-        if env_syntax_name(url):
-            raise ValueError("${...} and os.environ/... are not expanded in this file: write the URL itself")
-        if not url.startswith(("http://", "https://", "simulated://")):
-            raise ValueError(f"{url!r} is not an http:// or https:// URL")
-        return url
 
     @model_validator(mode="after")
     def _shape_needs_a_passed_through_body(self) -> "ProviderSpec":
@@ -283,10 +273,10 @@ class CacheSection(_Strict):
 class ServerSection(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    db: str = Field(default="sqlite:///.openclaw/outcomes.sqlite", description="outcome log URL (sqlite:///path or postgresql://...)")
+    db: DbUrl = Field(default="sqlite:///.openclaw/outcomes.sqlite", description="outcome log URL (sqlite:///path or postgresql://...)")
     prompt_storage: Literal["none", "hash", "full"] = "hash"
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
-    redis_url: str | None = None
+    redis_url: RedisUrl | None = None
     # Under the 10 s docker stop and the 30 s Kubernetes give a container before SIGKILL,
     # leaving time to finish the requests cut at the deadline and close the stores.
     shutdown_grace_s: float = Field(default=8.0, ge=0, description="on SIGTERM, how long requests in flight may run before they are cut")
@@ -332,7 +322,7 @@ class LearningSection(_Strict):
 
 class Config(_Strict):
     models: list[ModelSpec]
-    providers: dict[str, ProviderSpec]
+    providers: dict[Name, ProviderSpec]
     router: RouterSection = RouterSection()
     reliability: ReliabilitySection = ReliabilitySection()
     cache: CacheSection = CacheSection()
@@ -371,6 +361,7 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _references_exist(self) -> "Config":
+        check_providers(self)
         names_in_order = self.model_names
         names = set(names_in_order)
         for i, m in enumerate(self.models):
@@ -451,12 +442,15 @@ def load_yaml(text: str) -> Any:
 
 def parse_config(text: str, source: str = "<string>") -> Config:
     try:
-        data = load_yaml(text)
         tree = yaml.compose(text)
+        check_unique_keys(tree)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}{yaml_hint(exc, text)}") from None
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    except RecursionError:  # lists or mappings nested hundreds deep: PyYAML's composer recurses
+        raise ConfigError(f"{source}: config nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with keys models, providers, ...")
     try:

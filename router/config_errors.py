@@ -9,6 +9,7 @@ repeated in a message (it may be a key pasted where a variable's name goes).
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import types
 from typing import Any, Literal, Union, get_args, get_origin
@@ -65,6 +66,7 @@ _GOVERNANCE = ("there is no governance section: keys, budgets and alerts are set
                "(OPENCLAW_MASTER_KEY, ...) and the /admin API, not in this file (docs/GOVERNANCE.md)")
 _API_KEY = ("API keys never go in this file: name the environment variable that holds the key instead, "
             "e.g. api_key_env: OPENAI_API_KEY")
+_NEEDS_QUOTES = re.compile(r"^$|[\s\"'\x00-\x1f\x7f]")
 _ENV_SYNTAX = re.compile(r"^\s*(?:\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?|os\.environ/([A-Za-z_][A-Za-z0-9_]*))\s*$")
 
 
@@ -173,7 +175,7 @@ def _unknown_key(root: type[BaseModel], loc: tuple) -> str:
     close = difflib.get_close_matches(str(key), valid, n=1)
     if close:
         return f"unknown key: did you mean {close[0]}?"
-    return f"unknown key; the keys of {_key(where) or 'the top level'} are: {', '.join(valid)}"
+    return f"unknown key; the keys of {key_path(where) or 'the top level'} are: {', '.join(valid)}"
 
 
 def describe(err: Any, loc: tuple, root: type[BaseModel]) -> str:
@@ -250,8 +252,11 @@ def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _key(loc: tuple) -> str:
-    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+def key_path(loc: tuple) -> str:
+    # A name that is empty or holds spaces, quotes or control characters is quoted, escapes shown.
+    parts = (f"[{p}]" if isinstance(p, int) else json.dumps(p) if isinstance(p, str) and _NEEDS_QUOTES.search(p) else str(p)
+             for p in loc)
+    return ".".join(parts).replace(".[", "[")
 
 
 def invalid(what: str, problems: list[str]) -> ConfigError:
@@ -265,11 +270,12 @@ def validation_problems(exc: ValidationError, tree: yaml.Node | None, root: type
     file (`tree`) the validated `root` value sits, when it is one part of it."""
     problems = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # `[key]`: the error is in a mapping's key (an empty provider name), which the key path names.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p.startswith("function-") or p == "[key]")))
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, BadReference):
             loc = cause.loc
         line = line_of(tree, at + loc)
         where = f"line {line}, " if line else ""
-        problems.append(f"{where}key {_key(at + loc) or '<top>'}: {describe(err, loc, root)}")
+        problems.append(f"{where}key {key_path(at + loc) or '<top>'}: {describe(err, loc, root)}")
     return problems

@@ -35,7 +35,7 @@ def findings(config, host: str, port: int, from_file: bool) -> tuple[list[str], 
     from service.gateway import NO_ROUTER, artifact_problem
     from service.governance.runtime import GovernanceSettings, is_loopback
     from service.serve_command import check_db_url, key_warnings, refuse_calling_itself, written_artifact_missing
-    from service.simulator import env_time_scale
+    from service.simulator import MODELS, SIMULATED_URL, env_time_scale
 
     errors: list[str] = []
     warnings: list[str] = []
@@ -56,6 +56,11 @@ def findings(config, host: str, port: int, from_file: bool) -> tuple[list[str], 
             env_time_scale()
         except ValueError as exc:
             errors.append(str(exc))
+        # serve's attach_simulator refuses these: each request would be a 404 from the simulator.
+        errors += [f"models[{i}].upstream: the simulator serves no model {m.upstream_name!r}; set `upstream` to one of {sorted(MODELS)}"
+                   for i, m in enumerate(config.models)
+                   if config.providers[m.provider].kind == "simulated" and config.providers[m.provider].base_url.startswith(SIMULATED_URL)
+                   and m.upstream_name not in MODELS]
     missing = written_artifact_missing(config) if from_file else None
     problem = artifact_problem(config)
     if missing:

@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     # faiss reports at INFO, as a two-line traceback repr, that this CPU build has no AVX2 variant.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if getattr(args, "config", None) == "":
+        # An unset shell variable (`--config "$CONFIG"`) would otherwise silently start without the file.
+        print(f"openclaw-router {args.command}: error: --config: empty path", file=sys.stderr)
+        return 2
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)

@@ -1,0 +1,114 @@
+"""Values the config schema refuses because `serve`, or every request, would fail on them later:
+names left blank, URLs no client can open, header text no HTTP library sends. Each is an
+annotated type (or a check over the whole file) so that router/config.py stays a readable list
+of keys, and each error reaches the user as `key a.b.c: what is wrong`."""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import AfterValidator
+
+from router.config_errors import BadReference, env_syntax_name
+
+if TYPE_CHECKING:
+    from router.config import Config
+
+SIMULATED_URL = "simulated://"
+# RFC 9110 token: what h11 and httpx accept as a header name; anything else fails each request with a 500.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Control characters but the tab, which a header value may hold.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _name(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty: write a name")
+    return value
+
+
+def _base_url(url: str) -> str:
+    # Without a scheme or a host every call would fail as a connection error, and nothing says why.
+    if env_syntax_name(url):
+        raise ValueError("${...} and os.environ/... are not expanded in this file: write the URL itself")
+    if url != url.strip() or any(c.isspace() for c in url):
+        raise ValueError(f"{url!r} has spaces in it or around it: write the URL alone")
+    if not url.startswith(("http://", "https://", SIMULATED_URL)):
+        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    if not url.startswith(SIMULATED_URL) and not urlsplit(url).hostname:
+        raise ValueError(f"{url!r} names no host: write e.g. https://api.openai.com/v1")
+    return url
+
+
+def _db_url(url: str) -> str:
+    # What both the outcome log and the governance store open (service/governance/db.py, router/outcome_log.py).
+    if not url.startswith(("sqlite://", "postgresql://", "postgres://")):
+        raise ValueError("must start with sqlite:// or postgresql://, e.g. sqlite:///.openclaw/outcomes.sqlite")
+    return url
+
+
+def _redis_url(url: str) -> str:
+    # The schemes redis-py's from_url takes; anything else stops serve at start.
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL, e.g. redis://localhost:6379/0")
+    return url
+
+
+def _header_name(name: str) -> str:
+    if not _HEADER_NAME.match(name):
+        raise ValueError("is not a header name (letters, digits and -_.!#$%&'*+^`|~; no spaces or control characters)")
+    return name
+
+
+def _header_value(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("holds a line break or another control character, which no HTTP request can carry")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+BaseUrl = Annotated[str, AfterValidator(_base_url)]
+DbUrl = Annotated[str, AfterValidator(_db_url)]
+RedisUrl = Annotated[str, AfterValidator(_redis_url)]
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+HeaderValue = Annotated[str, AfterValidator(_header_value)]
+
+
+def check_providers(config: "Config") -> None:
+    """Checks between a provider's keys that name the key they blame."""
+    for name, provider in config.providers.items():
+        if provider.base_url.startswith(SIMULATED_URL) and provider.kind != "simulated":
+            # serve replaces simulated:// with the simulator's address only for simulated providers.
+            raise BadReference(("providers", name, "base_url"),
+                               f"simulated:// is the built-in simulator's address, for a provider of kind: simulated, "
+                               f"not {provider.kind!r}")
+
+
+def check_unique_keys(tree: yaml.Node | None) -> None:
+    """A key written twice in one mapping (the second would silently win), named by its whole
+    path. Walked without recursion, each node once: aliases share nodes, and a YAML nested deeper
+    than Python's stack is reported by the composer, not here."""
+    from router.config_errors import ConfigError, key_path
+
+    todo: list[tuple[yaml.Node, tuple]] = [(tree, ())] if tree is not None else []
+    seen_nodes: set[int] = set()
+    while todo:
+        node, path = todo.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            todo += [(item, path + (i,)) for i, item in enumerate(node.value)]
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[tuple, int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue  # a key that is no plain name is the loader's error; `<<:` merges may override
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in first:
+                    raise ConfigError(f"line {line}, key {key_path(path + (key.value,))}: written twice in one mapping "
+                                      f"(first on line {first[key.tag, key.value]})")
+                first[key.tag, key.value] = line
+                todo.append((value, path + (key.value,)))
