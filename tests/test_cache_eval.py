@@ -258,3 +258,14 @@ def test_qqps_own_column_names_stand_for_the_canonical_ones(tmp_path, capsys):
     pd.DataFrame({"text_a": [same], "text_b": [same], "question1": [same], "question2": [other]}).to_csv(src, index=False)
     assert main(["cache-eval", "--pairs", str(src), "--out", str(out)]) == 0
     assert pd.read_parquet(out)["hit"].tolist() == [True]
+
+
+def test_a_pair_the_gateway_would_not_cache_is_no_hit(tmp_path, capsys):
+    # The same question twice is an exact hit, unless it asks about the moment of asking: the
+    # gateway neither stores nor serves those, and cache-eval answers for the gateway.
+    pairs = pd.DataFrame({"text_a": ["What is AI?", "What time is it right now?"],
+                          "text_b": ["What is AI?", "What time is it right now?"]})
+    src, out = tmp_path / "pairs.parquet", tmp_path / "hits.parquet"
+    pairs.to_parquet(src)
+    assert main(["cache-eval", "--pairs", str(src), "--out", str(out)]) == 0
+    assert pd.read_parquet(out)["hit"].tolist() == [True, False]

@@ -3,7 +3,7 @@
 For each pair: would a request with `text_b` be served from a cache that holds `text_a`'s
 answer, under the default settings (single-user-turn requests to `auto`, same empty
 context)? Each pair goes through the real cache: `text_a`'s request is stored, `text_b`'s
-is looked up. Pairs are kept apart by giving each its own tenant, so a lookup only ever
+is looked up, unless the gateway would do neither for one of them (`router.cache.policy`). Pairs are kept apart by giving each its own tenant, so a lookup only ever
 sees its own pair's entry. Embeddings are computed in batch up front (memoised on disk).
 """
 from __future__ import annotations
@@ -44,10 +44,13 @@ def both_asked(a: str, b: str) -> bool:
 
 def evaluate_pairs(df, cache, emb_a, emb_b) -> list[bool]:
     from router.cache.keys import request_keys
+    from router.cache.policy import request_cacheable
 
     hits = []
     for i, (a, b) in enumerate(zip(df["text_a"], df["text_b"])):
-        if not both_asked(a, b):
+        # As the gateway: a request it may not cache (a question about the moment of asking) is
+        # neither stored nor served. The requests carry no temperature, so that setting is moot.
+        if not both_asked(a, b) or request_cacheable(_request(a), False) or request_cacheable(_request(b), False):
             hits.append(False)
             continue
         tenant = f"pair-{i}"
