@@ -125,6 +125,23 @@ def test_a_failed_run_leaves_no_empty_output_folder_behind(table, tmp_path, caps
         assert kept.is_dir()
 
 
+
+@pytest.mark.parametrize("command", ["train", "retrain"])
+def test_a_missing_data_file_is_named_before_the_tracking_store_is_created(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)  # the default tracking store is ./.openclaw/mlflow.db
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    flag = "--data" if command == "train" else "--base-data"
+    extra = ["--out", str(tmp_path / "out")] if command == "train" else ["--db", str(_empty_log(tmp_path))]
+    assert main([command, flag, str(tmp_path / "nowhere.parquet"), *extra]) == 2
+    assert f"{flag} {tmp_path / 'nowhere.parquet'}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / ".openclaw").exists()
+
+
+def _empty_log(tmp_path: Path) -> Path:
+    path = tmp_path / "logs" / "outcomes.sqlite"
+    path.parent.mkdir()
+    open_outcome_log(f"sqlite:///{path}").close()
+    return path
 @pytest.mark.parametrize("command", ["eval", "train"])
 def test_the_data_and_text_column_help_say_what_the_loader_does(command, capsys):
     from training.data import _READERS

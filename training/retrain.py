@@ -389,7 +389,7 @@ def configure(parser) -> None:
     parser.add_argument("--eval-share", type=float, default=0.5, help="most recent share of logged requests held out for OPE")
     parser.add_argument("--min-requests", type=int, default=200, help="fewest held-out requests to promote on")
     parser.add_argument("--estimator", choices=("dr", "snips", "ips"), default="dr", help="estimator that decides promotion")
-    parser.add_argument("--text-column", default=None, help="text column of the --data base tables (default: per row, the "
+    parser.add_argument("--text-column", default=None, help="text column of the --base-data tables (default: per row, the "
                         "first of prompt, query, messages that holds text)")
     parser.add_argument("--prices", default=None, metavar="FILE",
                         help="JSON {model: {input_per_1m, output_per_1m}} for base tables without cost columns")

@@ -138,6 +138,12 @@ def check_job_options(args) -> None:
         raise ValueError("--experiment must not be empty")
     if not args.registered_name.strip() or any(c in args.registered_name for c in "/:"):
         raise ValueError(f"--registered-name {args.registered_name!r}: MLflow model names cannot be empty or contain '/' or ':'")
+    # Before the tracking store is opened, which creates its SQLite file: a typo in a path must
+    # leave nothing behind.
+    for flag, paths in (("--data", getattr(args, "data", None)), ("--base-data", getattr(args, "base_data", None))):
+        missing = [p for p in paths or () if not Path(p).exists()]
+        if missing:
+            raise FileNotFoundError(f"{flag} {missing[0]}: no such file")
     import mlflow
     from mlflow.exceptions import MlflowException
 
