@@ -212,10 +212,11 @@ def _names_and_nouns(text: str) -> tuple[frozenset[str], frozenset[str]]:
     """(the words written as a name, capitalised past a sentence's start with no article before
     them; the words in lower case after "a" / "an"), lower-cased. An acronym is no name here:
     "a cpu" is the CPU."""
-    after_article = {m.group(1) for m in _ARTICLE_NOUN.finditer(text)}
+    found = [(m.group(0)[0], m.group(1)) for m in _ARTICLE_NOUN.finditer(text)]
+    after_article = {word for _, word in found}
     names = set() if _title_case(_WORD_CASED.findall(text)) else {
         w.lower() for w in _CAPITALISED.findall(text) if not w.isupper() and w not in after_article}
-    nouns = {m.group(1) for m in _ARTICLE_NOUN.finditer(text) if m.group(0)[0] in "Aa" and m.group(1).islower()}
+    nouns = {word for first, word in found if first in "Aa" and word.islower()}
     return frozenset(names), frozenset(nouns)
 
 

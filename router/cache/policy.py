@@ -53,7 +53,7 @@ def asks_about_now(text: str) -> bool:
     last = next((part for part in reversed(_SENTENCE_END.split(text)) if part.strip()), "")
     ws = words(last)
     joined = " ".join(ws)
-    return bool(times(joined) or _PRESENT.search(joined) or any(
+    return bool(times(last) or _PRESENT.search(joined) or any(
         w == "now" and (i == 0 or ws[i - 1] not in _NOW_AFTER) and ws[i + 1:i + 2] not in (("that",), ("on",))
         for i, w in enumerate(ws)))
 
