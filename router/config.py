@@ -7,13 +7,14 @@ schema is documented field by field in docs/CONFIG.md.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, get_args, get_origin
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router.config_checks import BaseUrl, DbUrl, HeaderName, HeaderValue, Name, RedisUrl, check_providers, check_unique_keys
-from router.config_errors import DEFAULT_PROFILES, BadReference, ConfigError, invalid, is_model, unwrap, validation_problems, yaml_hint
+from router.config_errors import DEFAULT_PROFILES, BadReference, ConfigError, invalid, validation_problems, yaml_hint
+from router.config_yaml import YesNo, goes_here, kind_of, load_yaml, no_yes_no, quote_yes_no, syntax_error, takes_bool
 
 Capability = Literal["tools", "json", "vision", "files", "audio", "logprobs"]
 KEY_CIRCUIT_PREFIX = "provider:"  # names the breaker gives providers' key circuits (service/live_state.py)
@@ -29,34 +30,15 @@ class _Strict(BaseModel):
         field = cls.model_fields[info.field_name]
         # YAML reads yes/no/on/off as booleans, which pydantic would take as 1 and 0:
         # `port: yes` must not start a server on port 1.
-        if isinstance(value, bool) and not _takes_bool(field.annotation):
-            raise ValueError(f"{value} is a yes/no value; a number or text goes here")
+        if isinstance(value, bool) and not takes_bool(field.annotation):
+            raise YesNo(value, *goes_here(info.field_name, field.annotation, value))
         # `cache:` with every key under it commented out is null: the section (mapping, list) as if not written.
-        if value is None and not field.is_required() and _kind(field.annotation):
+        if value is None and not field.is_required() and kind_of(field.annotation):
             return field.get_default(call_default_factory=True)
         # `tags: local` is the one-tag list [local]; `tags: local, fast`, `local fast` or '' stay errors.
-        if isinstance(value, str) and value.strip() and not any(c in value for c in ", ") and _kind(field.annotation) == "strings":
+        if isinstance(value, str) and value.strip() and not any(c in value for c in ", ") and kind_of(field.annotation) == "strings":
             return [value]
         return value
-
-
-def _takes_bool(annotation: Any) -> bool:
-    if annotation is bool or annotation is Any:
-        return True
-    return any(_takes_bool(arg) for arg in get_args(annotation)) if get_origin(annotation) is not None else False
-
-
-def _kind(annotation: Any) -> str | None:
-    """section (a nested model), mapping (a dict) or strings (a list of names): `X` or `X | None`."""
-    inner = unwrap(annotation)
-    origin, items = get_origin(inner), get_args(inner)
-    if is_model(inner):
-        return "section"
-    if origin is dict:
-        return "mapping"
-    if origin in (list, tuple, frozenset, set) and items and (items[0] is str or get_origin(items[0]) is Literal):
-        return "strings"
-    return None
 
 
 class Price(_Strict):
@@ -262,7 +244,7 @@ class CacheSection(_Strict):
     semantic: bool = True
     cache_tool_calls: bool = False
     cache_nonzero_temperature: bool = False
-    route_ttl_s: dict[str, Annotated[float, Field(gt=0)]] = Field(
+    route_ttl_s: dict[str, Annotated[float, BeforeValidator(no_yes_no), Field(gt=0)]] = Field(
         default_factory=dict, description="TTL per routing profile or model name, overriding ttl_s")
     verifier: str = Field(default="models/cache_verifier", description="semantic-cache verifier artifact folder")
     verifier_threshold: float | None = Field(
@@ -351,7 +333,7 @@ class Config(_Strict):
         if not isinstance(data, dict) or not isinstance(data.get("models"), list) or not isinstance(data.get("providers"), dict):
             return data
 
-        kinds = {name: spec.get("kind") for name, spec in data["providers"].items() if isinstance(spec, dict)}
+        kinds = {name: spec["kind"] for name, spec in data["providers"].items() if isinstance(spec, dict) and isinstance(spec.get("kind"), str)}
         return {**data, "models": [
             {**m, "max_choices": 1} if isinstance(m, dict) and "max_choices" not in m and isinstance(m.get("provider"), str)
             and kinds.get(m["provider"]) in ONE_CHOICE_KINDS
@@ -416,46 +398,25 @@ class Config(_Strict):
         return frozenset().union(*(m.capabilities for m in self.models))
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML that refuses a key written twice in one mapping (the second would silently win)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *anchor`: merged keys may be overridden, as YAML means them to be
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)) and key is not None:
-                raise ConfigError(f"line {key_node.start_mark.line + 1}: a key must be a plain name, not a {type(key).__name__}")
-            if key in seen:
-                raise ConfigError(f"line {key_node.start_mark.line + 1}, key {key}: written twice in one mapping "
-                                  f"(first on line {seen[key]})")
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep)
-
-
-def load_yaml(text: str) -> Any:
-    """YAML as the config reads it: a key written twice, or a key that is not a plain name, is an
-    error (ConfigError), not a silent override."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-
-
 def parse_config(text: str, source: str = "<string>") -> Config:
     try:
         tree = yaml.compose(text)
         check_unique_keys(tree)
         data = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}{yaml_hint(exc, text)}") from None
+        raise ConfigError(" ".join(filter(None, (syntax_error(exc, text, source), yaml_hint(exc, text).strip())))) from None
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     except RecursionError:  # lists or mappings nested hundreds deep: PyYAML's composer recurses
         raise ConfigError(f"{source}: config nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with keys models, providers, ...")
+    # docker-compose's convention: top-level `x-...` keys hold anchors the rest of the file reuses.
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
         return Config.model_validate({**data, "source": source})
     except ValidationError as exc:
+        quote_yes_no(exc, tree)
         raise invalid(f"{source}: invalid configuration", validation_problems(exc, tree, Config)) from None
 
 

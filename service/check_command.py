@@ -6,11 +6,11 @@ else the simulated demo): the schema (errors name the key and its line), then wh
 would refuse at start (a router artifact the file names that is not there, a SQLite URL naming a
 host, the cache verifier, the shadow candidate, a provider whose base URL is the gateway itself,
 the alert and simulator settings in the environment) and what would fail later (the default
-router artifact missing, provider keys not set or unusable, an open gateway on a public address
-unless the governance store holds keys, which `check` does not open). Exit 0
-when `serve` would start, 2 when it would not; warnings alone do not fail, `--strict` makes
-them fail too. It writes nothing; like `serve`, on a machine's first run it builds the cache's
-cross-encoder graph (a few seconds).
+router artifact missing, the keys of providers some model uses not set or unusable, an open
+gateway on a public address unless the governance store holds keys, which `check` does not
+open). Exit 0 when `serve` would start, 2 when it would not; warnings alone do not fail,
+`--strict` makes them fail too. It writes nothing; like `serve`, on a machine's first run it
+builds the cache's cross-encoder graph (a few seconds).
 """
 from __future__ import annotations
 
@@ -111,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {line}")
     for line in warnings:
         print(f"warning: {line}")
+    # Not a warning (--strict does not fail on it): a provider kept for later is harmless.
+    for name in sorted(set(config.providers) - {m.provider for m in config.models}):
+        print(f"note: providers.{name}: no model uses it")
     failed = bool(errors) or (args.strict and bool(warnings))
     print("serve would not start" if errors else "serve would start" + (", with the warnings above" if warnings else ""))
     return 2 if failed else 0

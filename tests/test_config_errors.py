@@ -88,7 +88,7 @@ def test_litellms_api_key_says_to_name_the_variable_and_echoes_no_key():
     # a custom check's message, without pydantic's "Value error, "
     (GOOD.replace('base_url: "http://127.0.0.1:9/v1"', 'base_url: "127.0.0.1:9/v1"'),
      "line 10, key providers.local.base_url: '127.0.0.1:9/v1' is not an http:// or https:// URL"),
-    (GOOD + "server: {port: yes}\n", "line 11, key server.port: True is a yes/no value"),
+    (GOOD + "server: {port: yes}\n", "line 11, key server.port: the file says yes, which YAML reads as true, a yes/no value; a whole number goes here"),
 ])
 def test_a_wrong_shape_says_what_goes_there_in_plain_words(text, expected):
     assert problem(text).startswith(expected), problem(text)
