@@ -41,9 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if a in COMMANDS), None)
     args = build_parser(only=chosen).parse_args(argv)
+    # The one handler every log line goes through, uvicorn's too (service/serve_command.py): stdout
+    # is for results, such as serve's listening line that scripts read.
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     # faiss reports at INFO, as a two-line traceback repr, that this CPU build has no AVX2 variant.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)

@@ -9,10 +9,15 @@ and the outcome log. A config file names providers and keys' env vars explicitly
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
+import signal
 import socket
+import threading
 from pathlib import Path
+from typing import Any, Iterator
 
 log = logging.getLogger("openclaw.serve")
 
@@ -62,32 +67,32 @@ def run(args: argparse.Namespace) -> int:
     for warning in key_warnings(config):
         log.warning("%s", warning)
     if args.config:
-        log.info("%s: %d models (%s)", args.config, len(config.models), ", ".join(f"{m.name} via {m.provider}" for m in config.models))
+        log.info("%s: %s (%s)", args.config, counted(len(config.models), "model"), ", ".join(f"{m.name} via {m.provider}" for m in config.models))
     if server.port:  # port 0 is a free one, which no provider can have been given
         refuse_calling_itself(config, server.host, server.port)
-    governance = Governance.from_config(config)
-    # Without any key the gateway is open: it says so, and refuses a non-loopback address.
-    notice = governance.startup_check(server.host)
-    (log.warning if governance.open_mode() else log.info)("%s", notice)
-    # Bound before anything starts (the simulator, the app), so a busy port is a clear error that leaves nothing running.
-    # proto=IPPROTO_TCP: asyncio only sets TCP_NODELAY on sockets that say they are TCP; without
-    # it a response's header and body writes meet Nagle + delayed ACK (+40 ms per request).
-    sock = socket.socket(socket.AF_INET6 if ":" in server.host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((server.host, server.port))
-    except OSError as exc:
-        sock.close()
-        raise ValueError(f"cannot listen on {server.host}:{server.port}: {exc.strerror or exc}") from None
+    # Bound before anything starts or opens a store, so a busy port is a clear error that leaves nothing running.
+    sock = bind(server.host, server.port)
     stop_simulator = None
     try:
-        config, stop_simulator = attach_simulator(config)
-        simulated = frozenset(m.name for m in config.models if config.providers[m.provider].kind == "simulated")
-        if simulated:
-            log.info("demo mode: %d simulated models (%s) answered by the local simulator at %s; they are labelled "
-                     "simulated in /v1/models and the outcome log", len(simulated), ", ".join(sorted(simulated)),
-                     next(p.base_url for p in config.providers.values() if p.kind == "simulated"))
-        app = create_app(config, simulated=simulated, governance=governance)
+        # The checks below need the stores (are there keys?) or a service (Redis); what a start
+        # they refuse created is removed again.
+        with removed_if_refused(*written_paths(config)):
+            config, stop_simulator = attach_simulator(config)
+            simulated = frozenset(m.name for m in config.models if config.providers[m.provider].kind == "simulated")
+            governance = Governance.from_config(config)
+            try:
+                # Without any key the gateway is open: it says so, and refuses a non-loopback address.
+                notice = governance.startup_check(server.host)
+                (log.warning if governance.open_mode() else log.info)("%s", notice)
+                if simulated:
+                    log.info("demo mode: %s (%s) answered by the local simulator at %s; they are labelled "
+                             "simulated in /v1/models and the outcome log", counted(len(simulated), "simulated model"),
+                             ", ".join(sorted(simulated)),
+                             next(p.base_url for p in config.providers.values() if p.kind == "simulated"))
+                app = create_app(config, simulated=simulated, governance=governance)
+            except BaseException:
+                governance.close()  # before its files are removed
+                raise
         port = sock.getsockname()[1]
         # Listening before start-up completes (loading the embedder takes seconds): a client that
         # connects as soon as it reads the line below waits in the backlog instead of being refused.
@@ -95,15 +100,118 @@ def run(args: argparse.Namespace) -> int:
         # One parseable line on stdout: scripts and tests that pass --port 0 read the port from it.
         host = f"[{server.host}]" if ":" in server.host else server.host  # an IPv6 address needs brackets in a URL
         print(f"openclaw-router listening on http://{host}:{port} (outcome log {redact_url(server.db)})", flush=True)
+        uvicorn_logs_to_root()
         # On SIGTERM/SIGINT, requests still running at the deadline are cancelled, which ends each
         # one deliberately (service/api_chat.py) before the app's shutdown closes the stores.
-        uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="on", access_log=args.access_log,
-                                      timeout_graceful_shutdown=server.shutdown_grace_s)).run(sockets=[sock])
+        http = http_server(uvicorn.Config(app, log_level="info", log_config=None, lifespan="on", access_log=args.access_log,
+                                          timeout_graceful_shutdown=server.shutdown_grace_s))
+        http.run(sockets=[sock])
     finally:
         sock.close()
         if stop_simulator is not None:
+            # Its server shares uvicorn's loggers, at INFO for the gateway's: its shutdown lines
+            # would read as the gateway's, a second time.
+            logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
             stop_simulator()
-    return 0
+    return 130 if http.interrupted else 0  # Ctrl-C ends with the shell's usual status for it
+
+
+def counted(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    # proto=IPPROTO_TCP: asyncio only sets TCP_NODELAY on sockets that say they are TCP; without
+    # it a response's header and body writes meet Nagle + delayed ACK (+40 ms per request).
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def written_paths(config) -> tuple[list[Path], list[Path]]:
+    """The SQLite files (outcome log, governance store) and the folders (the cache's) a start creates."""
+    from router.config import resolve_path
+    from router.outcome_log import sqlite_file
+    from service.governance.runtime import GovernanceSettings
+
+    urls = (config.server.db, GovernanceSettings.from_env(config).db_url)
+    files = [Path(f) for url in urls if url.startswith("sqlite:") and (f := sqlite_file(url)) not in ("", ":memory:")]
+    folders = [resolve_path(config, config.cache.path, created=True)] if config.cache.enabled and config.cache.path else []
+    return files, folders
+
+
+@contextlib.contextmanager
+def removed_if_refused(files: list[Path], folders: list[Path]) -> Iterator[None]:
+    """On a failure inside, what was made for `files` and `folders` that did not exist before is
+    removed: a folder made for one, with all it holds; beside a folder that was there, a new SQLite
+    file and its companions (`-wal`, `-shm`, the outcome journal), which are named after it."""
+    trees, companions = set(), []
+    for path, is_file in [(f.absolute(), True) for f in files] + [(f.absolute(), False) for f in folders]:
+        top = path
+        while not top.parent.exists():
+            top = top.parent
+        if top.exists():
+            continue
+        if is_file and top == path:
+            companions.append((path, set(os.listdir(path.parent))))
+        else:
+            trees.add(top)
+    try:
+        yield
+    except BaseException:
+        for tree in trees:
+            shutil.rmtree(tree, ignore_errors=True)
+        for path, before in companions:
+            for made in (path.parent / name for name in set(os.listdir(path.parent)) - before if name.startswith(path.name)):
+                if made.is_dir():
+                    shutil.rmtree(made, ignore_errors=True)
+                else:
+                    made.unlink(missing_ok=True)
+        raise
+
+
+def uvicorn_logs_to_root() -> None:
+    """uvicorn's loggers write through the handler service/cli.py gives the root logger, in its
+    format: uvicorn's own logging config (which the simulator's server applied) gives them two
+    handlers in another format, one of them writing the access lines to stdout."""
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
+def http_server(config: Any) -> Any:
+    """A uvicorn server whose graceful shutdown on SIGTERM or SIGINT returns, with `interrupted`
+    telling a Ctrl-C. uvicorn (0.29+) re-raises the signal once it has shut down: SIGTERM's default
+    action then kills the process, status 143 after a clean stop (a failure to docker and systemd),
+    before the simulator is stopped."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        interrupted = False
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.interrupted = self.interrupted or sig == signal.SIGINT
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def check_db_url(config, db: str | None) -> None:
@@ -131,10 +239,12 @@ def written_artifact_missing(config) -> str | None:
 
 def key_warnings(config) -> list[str]:
     """Key variables every call would fail with. Keys are read per request (one can be set or
-    rotated without a restart), so these are warnings, not errors."""
+    rotated without a restart), so these are warnings, not errors. A provider no model uses is
+    never called: its key is not needed."""
+    used = {m.provider for m in config.models}
     out = []
     for name, provider in config.providers.items():
-        if not provider.api_key_env:
+        if not provider.api_key_env or name not in used:
             continue
         key = (os.environ.get(provider.api_key_env) or "").strip()
         if not key:

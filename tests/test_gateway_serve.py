@@ -179,7 +179,7 @@ def test_serve_says_what_it_routes_across_and_refuses_to_call_itself(tmp_path, c
         'server: {redis_url: "redis://127.0.0.1:1/0"}\n')  # a serve that got past the check stops at once
     with caplog.at_level("INFO", logger="openclaw.serve"):
         assert main(["serve", "--config", str(tmp_path / "c.yaml"), "--port", str(port), "--db", f"sqlite:///{tmp_path / 'o.sqlite'}"]) == 2
-    assert "1 models (m1 via loop)" in caplog.text
+    assert "1 model (m1 via loop)" in caplog.text
     err = capsys.readouterr().err
     assert f"provider loop: base_url http://localhost:{port}/v1 is this gateway's own address" in err and "Traceback" not in err
 

@@ -323,23 +323,23 @@ def configure(parser) -> None:
 def run(args) -> int:
     from router.feedback_log import read_feedback, read_shadows
     from training.offpolicy import finite, load_traffic
-    from training.outputs import check_outcome_log, check_output_dir
+    from training.outputs import check_outcome_log, check_output_dir, removed_if_left_empty
 
-    check_output_dir(args.out, "--out")
     check_outcome_log(args.db)
     shadows = read_shadows(args.db)
     if not shadows:
         raise ValueError(f"{args.db}: no shadow decisions logged; configure learning.shadow.artifact on the gateway")
-    # Only what the report reads: every column, JSON decoded, took 1.27 GB at 100k rows, and
-    # load_traffic reads what it needs itself, with the unusable rows left in the database.
-    outcomes = live_outcomes(args.db, {r["request_id"] for r in shadows},
-                             {r["request_id"] for r in shadows if r["called"] and r["call_status"] == "ok"})
-    labels = {r["request_id"]: r["label"] for r in read_feedback(args.db) if r.get("label")}
-    report = finite(summarize(shadows, outcomes, labels, load_traffic(args.db), seed=args.seed))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "shadow_report.json").write_text(json.dumps(report, indent=1))
-    (out / "shadow_report.html").write_text(render_html(report, plots(report, shadows)))
+    with removed_if_left_empty(out):
+        check_output_dir(out, "--out")  # an unusable --out fails before the report's work, not after it
+        # Only what the report reads: every column, JSON decoded, took 1.27 GB at 100k rows, and
+        # load_traffic reads what it needs itself, with the unusable rows left in the database.
+        outcomes = live_outcomes(args.db, {r["request_id"] for r in shadows},
+                                 {r["request_id"] for r in shadows if r["called"] and r["call_status"] == "ok"})
+        labels = {r["request_id"]: r["label"] for r in read_feedback(args.db) if r.get("label")}
+        report = finite(summarize(shadows, outcomes, labels, load_traffic(args.db), seed=args.seed))
+        (out / "shadow_report.json").write_text(json.dumps(report, indent=1))
+        (out / "shadow_report.html").write_text(render_html(report, plots(report, shadows)))
     o = report["overall"]
     print(f"{o['requests']} shadow decisions, agreement {o['agreement']:.1%}; wrote {out / 'shadow_report.html'}")
     return 0

@@ -1,0 +1,166 @@
+"""`openclaw-router serve` as an operator runs it: a start it refuses leaves nothing on disk, a
+SIGTERM (docker stop, Kubernetes, systemd) after a graceful shutdown is a clean exit, and its
+logs, the app's and uvicorn's, are one format on stderr. Also `shadow-report`'s refusal."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+ONE_SIMULATED = """
+providers:
+  sim: {kind: simulated, base_url: "simulated://"}
+models:
+  - {name: mistral-7b-chat, provider: sim, price: {input_per_1m: 0.2, output_per_1m: 0.2}, context_window: 32000}
+cache: {enabled: false, semantic: false}
+"""
+UPSTREAM = """
+models:
+  - {name: m1, provider: up, price: {input_per_1m: 1, output_per_1m: 2}, context_window: 1000}
+providers:
+  up: {kind: openai, base_url: "http://127.0.0.1:9/v1"}
+cache: {enabled: false, semantic: false}
+"""
+# What the cli's logging writes: every line of serve's stderr, uvicorn's included.
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture
+def bare_env(monkeypatch, tmp_path):
+    for var in ("OPENCLAW_MASTER_KEY", "OPENCLAW_GOVERNANCE_DB"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def busy_port():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("config, args", [
+    (UPSTREAM, ["--host", "0.0.0.0"]),  # no key: refused on a non-loopback address
+    (UPSTREAM, ["--port", "{busy}"]),
+    (UPSTREAM, ["--port", "{busy}", "--db", "sqlite:///new/folder/outcomes.sqlite"]),
+    (UPSTREAM + "server: {redis_url: 'redis://127.0.0.1:1/0'}\n", ["--port", "0"]),  # nothing listens on port 1
+    (ONE_SIMULATED.replace("chat, provider", "chat, upstream: no-such-model, provider"), ["--port", "0"]),
+], ids=["open-host", "busy-port", "busy-port-db-folder", "redis-unreachable", "unknown-simulated-model"])
+def test_a_refused_start_leaves_nothing_on_disk(bare_env, busy_port, capsys, config, args):
+    (bare_env / "config.yaml").write_text(config)
+    before = _files(bare_env)
+    argv = ["serve", "--config", str(bare_env / "config.yaml"), *(a.format(busy=busy_port) for a in args)]
+    assert main(argv) == 2
+    assert "error:" in capsys.readouterr().err
+    assert _files(bare_env) == before
+
+
+def test_a_refused_demo_start_leaves_nothing_in_the_working_directory(bare_env, busy_port, monkeypatch):
+    for var in [v for v in os.environ if v.endswith(("_API_KEY", "_BASE_URL"))]:
+        monkeypatch.delenv(var)
+    assert main(["serve", "--port", str(busy_port)]) == 2
+    assert _files(bare_env) == set()
+
+
+def test_shadow_report_without_shadow_decisions_makes_no_out_folder(bare_env, capsys):
+    from router.feedback_log import open_feedback_log
+
+    open_feedback_log(f"sqlite:///{bare_env}/outcomes.sqlite").close()
+    before = _files(bare_env)
+    assert main(["shadow-report", "--db", f"sqlite:///{bare_env}/outcomes.sqlite", "--out", "reports/shadow"]) == 2
+    assert "no shadow decisions" in capsys.readouterr().err
+    assert _files(bare_env) == before
+
+
+def _serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    (tmp_path / "config.yaml").write_text(ONE_SIMULATED)
+    env = {**os.environ, "OPENCLAW_SIM_TIME_SCALE": "0.01", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env.pop("OPENCLAW_MASTER_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config", "config.yaml", "--port", "0", *args],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("openclaw-router listening on http://"):
+        proc.kill()
+        pytest.fail(line + proc.communicate(timeout=30)[1])
+    return proc, line.split()[3]
+
+
+@pytest.fixture
+def serve(tmp_path):
+    started = []
+
+    def start(*args: str) -> tuple[subprocess.Popen, str]:
+        started.append(_serve(tmp_path, *args))
+        return started[-1]
+
+    yield start
+    for proc, _ in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+
+
+def _chat(url: str) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", timeout=60,
+                      json={"model": "mistral-7b-chat", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_sigterm_after_a_graceful_shutdown_exits_0(serve):
+    proc, url = serve()
+    assert httpx.get(f"{url}/healthz", timeout=60).status_code == 200
+    assert _chat(url).status_code == 200
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Application shutdown complete" in err
+
+
+def test_app_and_uvicorn_log_in_one_format_on_stderr(serve):
+    proc, url = serve("--access-log")
+    assert _chat(url).status_code == 200
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert out == "", out  # stdout holds the listening line only, which _serve read
+    lines = err.splitlines()
+    assert [line for line in lines if not LOG_LINE.match(line)] == []
+    loggers = {LOG_LINE.match(line).group(0).split()[-1].rstrip(":") for line in lines}
+    assert {"openclaw.serve", "uvicorn.error", "uvicorn.access"} <= loggers
+    assert any("POST /v1/chat/completions" in line for line in lines)
+    assert err.count("Finished server process") == 1  # the gateway's, not the simulator's beside it
+
+
+def test_a_one_model_demo_says_one_simulated_model(serve):
+    proc, _ = serve()
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert "demo mode: 1 simulated model (mistral-7b-chat) answered" in err
+
+
+def test_a_failed_application_start_up_exits_3(tmp_path, monkeypatch):
+    # uvicorn's own status for it (sys.exit in its start-up), which the signal handling above keeps.
+    # The embedder's folder is a file: loading it fails in the app's start-up, after the listening line.
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("OPENCLAW_CACHE_DIR", str(tmp_path / "not-a-folder"))
+    proc, _ = _serve(tmp_path)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 3, err
+    assert "Application startup failed" in err
