@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from router.cache.names import case_only_name, title_case
 from router.cache.order_rules import directions_reversed, reversed_order, runs_reordered, swapped_roles
 from router.cache.tokens import STOPWORDS, memo_short, negated, numbers, words
 
@@ -145,7 +146,8 @@ def hard_mismatch(a: str, b: str) -> bool:
     swapped roles ("Croats like Turks" vs "Turks like Croats"), the same words with other symbols
     or a unit's capitals ("1 MB" / "1 Mb", "\\W" / "\\w", "ls -r" / "ls -R", "C++ vs C#" swapped), a name one side
     adds to the other's words ("New York" vs "York", "MacBook Pro" vs "MacBook"), a name on one
-    side that the other writes as a noun after "a" / "an" ("Python" vs "a python"), the same words
+    side that the other writes as a noun after "a" / "an" ("Python" vs "a python") or, in the same
+    words, in lower case ("Rust" vs "rust": `names.case_only_name`), the same words
     laid out differently where layout can matter (line breaks, tabs, code, quotes), and the same
     words with other marks or case in the text a question hands over ("Reverse: hello" / "...
     hello."). A
@@ -161,7 +163,7 @@ def hard_mismatch(a: str, b: str) -> bool:
         return True  # a time word one side adds may be the same question ("... today?" / "...?")
     wa, wb = words(a), words(b)
     if wa == wb:
-        return a != b and (_marks(a, b) != _marks(b, a) or _capitonym(a, b) or _data_differs(a, b))
+        return a != b and (_marks(a, b) != _marks(b, a) or _capitonym(a, b) or case_only_name(a, b) or _data_differs(a, b))
     if _capitonym(a, b) or _name_as_noun(a, b, wa, wb):
         return True
     sa, sb = set(wa), set(wb)
@@ -187,20 +189,13 @@ def _capitonym(a: str, b: str) -> bool:
 
     def cased(text: str) -> tuple[set[str], set[str]]:
         tokens = _WORD_CASED.findall(text)
-        names = set() if _title_case(tokens) else {w.lower() for w in _CAPITALISED.findall(text)} & _CAPITONYMS
+        names = set() if title_case(tokens) else {w.lower() for w in _CAPITALISED.findall(text)} & _CAPITONYMS
         lower = {w for w in tokens if w in _CAPITONYMS}
         return names, lower
 
     names_a, lower_a = cased(a)
     names_b, lower_b = cased(b)
     return bool((names_a & lower_b) - lower_a or (names_b & lower_a) - lower_b)
-
-
-def _title_case(tokens: list[str]) -> bool:
-    """A side written in title case ("How To Polish Shoes") says nothing by its capitals. The
-    first word is left out, which is capitalised anyway: "What is Python?" is no title."""
-    capitals = sum(t[0].isupper() for t in tokens[1:])
-    return capitals >= 2 and capitals * 2 > len(tokens) - 1
 
 
 _ARTICLES = frozenset({"a", "an", "the"})
@@ -214,7 +209,7 @@ def _names_and_nouns(text: str) -> tuple[frozenset[str], frozenset[str]]:
     "a cpu" is the CPU."""
     found = [(m.group(0)[0], m.group(1)) for m in _ARTICLE_NOUN.finditer(text)]
     after_article = {word for _, word in found}
-    names = set() if _title_case(_WORD_CASED.findall(text)) else {
+    names = set() if title_case(_WORD_CASED.findall(text)) else {
         w.lower() for w in _CAPITALISED.findall(text) if not w.isupper() and w not in after_article}
     nouns = {word for first, word in found if first in "Aa" and word.islower()}
     return frozenset(names), frozenset(nouns)

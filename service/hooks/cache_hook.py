@@ -30,6 +30,9 @@ from service.recent import Recent
 log = logging.getLogger(__name__)
 ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cost": 0.0}
 REMEMBERED_ANSWERS = 100_000  # request ids whose cache entry feedback can still drop, and rejections not yet stored
+# How long a lookup waits for the same request's answer to be stored: a store is milliseconds, or
+# a few seconds while the embedder loads on a cold start; past this the request goes upstream.
+PENDING_STORE_WAIT_S = 5.0
 
 
 def _default_embed(text: str) -> np.ndarray:
@@ -82,6 +85,9 @@ class CacheHook:
         self._rejected: Recent[str, None] = Recent(REMEMBERED_ANSWERS)
         self._answers_lock = threading.Lock()
         self.logged_entry: Callable[[str], Any] | None = None
+        # exact key -> set once the answer given under it is stored (or not): from `finished`,
+        # before the client has it, to the end of the post-hook that stores it.
+        self._pending: dict[str, asyncio.Event] = {}
 
     def _answered(self, ctx: RequestContext, entry: Entry) -> None:
         ctx.extras["cache_entry"] = [entry.id, entry.created]
@@ -134,6 +140,16 @@ class CacheHook:
             return None
         keys = request_keys(ctx.body, self._route(ctx), ctx.tenant)
         ctx.extras["cache_keys"] = keys
+        pending = self._pending.get(keys.exact)
+        if pending is not None:
+            # The same request was just answered and its answer is being stored, off the latency
+            # path (a cold start's first embedding takes seconds): a repeat sent the moment the
+            # answer arrived gets it from the cache, as it would a moment later, instead of a miss
+            # that the learning hook would count as a regeneration.
+            try:
+                await asyncio.wait_for(pending.wait(), PENDING_STORE_WAIT_S)
+            except asyncio.TimeoutError:
+                ctx.extras["cache_store_pending"] = True  # a miss all the same, but no rejection
         try:
             exact, semantic = self.cache.may_hit(keys)
             hit = await asyncio.to_thread(self._lookup, ctx, keys, semantic) if exact or semantic else None
@@ -162,7 +178,9 @@ class CacheHook:
             vector = ctx.embedding
         return self.cache.lookup(keys, vector, semantic=semantic)
 
-    async def post(self, ctx: RequestContext) -> None:
+    def finished(self, ctx: RequestContext) -> None:
+        """Whether the answer will be stored, decided in the same step as the learning hook
+        remembers it for regenerations: a repeat never finds the one without the other."""
         if ctx.cache_status in ("hit", "semantic-hit") or not ctx.extras.get("cache_write"):
             return
         refused = response_cacheable(ctx.response, ctx.status, self.section.cache_tool_calls)
@@ -170,6 +188,22 @@ class CacheHook:
             log.debug("not caching request %s: %s", ctx.request_id, refused)
             return
         keys = ctx.extras.get("cache_keys") or request_keys(ctx.body, self._route(ctx), ctx.tenant)
+        ctx.extras["cache_keys"] = keys
+        ctx.extras["cache_pending"] = self._pending[keys.exact] = asyncio.Event()
+
+    async def post(self, ctx: RequestContext) -> None:
+        pending = ctx.extras.get("cache_pending")
+        if pending is None:
+            return
+        keys = ctx.extras["cache_keys"]
+        try:
+            await self._store(ctx, keys)
+        finally:
+            pending.set()
+            if self._pending.get(keys.exact) is pending:  # not a later answer's under the same key
+                del self._pending[keys.exact]
+
+    async def _store(self, ctx: RequestContext, keys: RequestKeys) -> None:
         vector = None
         if self.cache.stores_vector(keys):
             if ctx.embedding is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import random
@@ -32,6 +33,7 @@ from router.cache.keys import request_keys
 from router.config import Config
 from router.feedback_log import Feedback, FeedbackStore, ShadowRecord, open_feedback_log
 from router.outcome_log import failed_by_its_models, judges_chosen_model
+from router.types import Constraints
 from service.bandit_sync import BanditSync
 from service.pipeline import RequestContext
 from service.recent import Recent
@@ -254,21 +256,37 @@ class LearningRuntime:
         rec.call_status, rec.call_output_chars = "ok", len(text)
 
 
+def _limits_text(limits: Constraints | None) -> str:
+    """The request's own routing limits, written alike in every process (a replica's repeat
+    reads another's key in Redis): "" for none."""
+    if limits is None or limits == Constraints():
+        return ""
+    fields = {k: sorted(v) if isinstance(v, frozenset) else v for k, v in vars(limits).items()}
+    return json.dumps(fields, sort_keys=True)
+
+
 def repeat_key(ctx: RequestContext) -> str | None:
     """What makes a request a regeneration of an earlier one: the same request (route, tenant,
     every message, generation parameters: best-of-N with other seeds is not a repeat) ending in
-    a user turn. Agent clients resend the last user turn on every step of a tool loop, but with
-    the tool calls and results after it: those steps are progress, not a regeneration."""
+    a user turn, under the same limits of its own. Agent clients resend the last user turn on
+    every step of a tool loop, but with the tool calls and results after it: those steps are
+    progress, not a regeneration."""
     messages = ctx.body.get("messages") or []
     if not messages or messages[-1].get("role") != "user":
         return None
     if "repeat_key" not in ctx.extras:
         keys = ctx.extras.get("cache_keys") or request_keys(ctx.body, ctx.profile or ctx.requested_model, ctx.tenant)
         # The cache may answer two end users of one key alike (it ignores `user`); their asking
-        # the same is not one of them asking again.
+        # the same is not one of them asking again. Nor is the same asked under other limits (a
+        # model excluded, local only, a cost cap: the `router` field, `x-router-*` headers), which
+        # the cache key leaves out: it asks for another answer, not a better one, and the cache
+        # does not serve it from an answer its limits rule out.
         # Hashed: the client's `user` can be any length, and the key is kept for the window.
-        user = hashlib.sha256(str(ctx.body.get("user") or "").encode()).hexdigest()[:32]
-        ctx.extras["repeat_key"] = f"{keys.exact}\0{user}"
+        asker = str(ctx.body.get("user") or "")
+        limits = _limits_text(ctx.extras.get("request_limits"))
+        if limits:
+            asker += f"\0{limits}"
+        ctx.extras["repeat_key"] = f"{keys.exact}\0{hashlib.sha256(asker.encode()).hexdigest()[:32]}"
     return ctx.extras["repeat_key"]
 
 
@@ -308,7 +326,9 @@ class LearningHook:
         rt.remember(ctx.request_id, ctx.tenant)
         key = repeat_key(ctx)
         previous = await rt.memory.take_repeat(key) if key is not None else None
-        if previous is not None:
+        # A repeat the cache would have answered had the earlier answer's store (off the latency
+        # path) finished in time is not the client asking for another answer.
+        if previous is not None and not ctx.extras.get("cache_store_pending"):
             rt.spawn(asyncio.to_thread(rt.record_implicit, Feedback(previous, 0.0, source="implicit", signal="regenerated")))
         if rt.bandit is not None and ctx.decision is not None:
             ctx.decision = rt.bandit.choose_for(ctx.decision, ctx.embedding, request_id=ctx.request_id,
