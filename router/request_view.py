@@ -12,6 +12,7 @@ import json
 import math
 from typing import Any, Iterable, Mapping
 
+from router.image_size import data_url_size
 from router.types import RoutingRequest
 
 CHARS_PER_TOKEN = 4  # the usual English average; good enough for pricing and context checks
@@ -51,21 +52,55 @@ def content_text(content: Any) -> str:
     return str(content)
 
 
-# What a provider bills an image as: OpenAI's fixed 85 tokens for `detail: low`, and 765 for a
-# 1024x1024 picture at the default detail (Anthropic's ~1,600 for a large one is of that order).
+# What a provider bills an image whose size the gateway cannot read (a URL): OpenAI's fixed 85
+# tokens for `detail: low`, and 765 for a 1024x1024 picture at the default detail (Anthropic's
+# ~1,600 for a large one is of that order).
 IMAGE_TOKENS = {"low": 85}
 IMAGE_TOKENS_DEFAULT = 765
+# OpenAI's vision formula, for an inline image whose header gives its size: `detail: low` is one
+# 512 px picture; otherwise the image is scaled down to fit 2048x2048, then its shortest side down
+# to 768 (a smaller image is not enlarged), and billed per 512 px tile plus the low picture. At
+# most 2x4 tiles remain, 1,445 tokens, however large the image: a huge picture counts at most
+# 680 tokens more than the fixed estimate, in the context-window check and in budgets alike.
+IMAGE_BASE_TOKENS = 85
+IMAGE_TILE_TOKENS = 170
+IMAGE_TILE_PX = 512
+IMAGE_FIT_PX = 2048
+IMAGE_SHORT_SIDE_PX = 768
+
+
+def vision_tokens(width: int, height: int, detail: str | None) -> int:
+    """What OpenAI bills an image of `width` x `height` pixels at `detail` (`auto` reads as `high`)."""
+    if detail == "low":
+        return IMAGE_BASE_TOKENS
+    for bound, side in ((IMAGE_FIT_PX, max), (IMAGE_SHORT_SIDE_PX, min)):
+        scale_from = side(width, height)
+        if scale_from > bound:  # in integers: the side that sets the bound lands on it exactly
+            width, height = width * bound // scale_from, height * bound // scale_from
+    tiles = max(1, -(-width // IMAGE_TILE_PX)) * max(1, -(-height // IMAGE_TILE_PX))
+    return IMAGE_TILE_TOKENS * tiles + IMAGE_BASE_TOKENS
+
+
+def _image_part_tokens(part: Mapping[str, Any]) -> int:
+    # chat completions: {"image_url": {"url", "detail"}}; the Responses API: {"image_url": url, "detail"}
+    image = part.get("image_url")
+    url, detail = (image.get("url"), image.get("detail")) if isinstance(image, Mapping) else (image, part.get("detail"))
+    detail = detail if isinstance(detail, str) else None
+    size = data_url_size(url) if isinstance(url, str) else None
+    if size is None:
+        return IMAGE_TOKENS.get(detail, IMAGE_TOKENS_DEFAULT)
+    return vision_tokens(*size, detail)
 
 
 def image_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
-    """Input tokens the images of a conversation cost (an agent replays them every turn)."""
+    """Input tokens the images of a conversation cost (an agent replays them every turn): by
+    OpenAI's formula for an inline image whose header gives its size, else a fixed estimate."""
     total = 0
     for m in messages:
         content = m.get("content")
         for part in content if isinstance(content, list) else ():
             if isinstance(part, Mapping) and part.get("type") in IMAGE_PART_TYPES:
-                detail = (part.get("image_url") or {}).get("detail") if isinstance(part.get("image_url"), Mapping) else None
-                total += IMAGE_TOKENS.get(detail, IMAGE_TOKENS_DEFAULT)
+                total += _image_part_tokens(part)
     return total
 
 

@@ -4,7 +4,8 @@ With governance on, `/v1/models` and `/v1/route` take the same client keys as ch
 (`service.governance.auth`): a key sees only what it may name (`allows_model`/`allows_profile`)
 and routes only among the models its scope lets a route reach (`routes_to`: a key limited to
 profiles names no model, yet its profiles route over the catalog); `/v1/route` counts against
-the key's requests per minute.
+the key's requests per minute. `/metrics` takes the metrics token (or the master key) once
+`OPENCLAW_METRICS_TOKEN` is set, and no key otherwise.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from router.config import Config
 from router.request_view import view_chat_request
 from service.errors import ApiError, bad_request
 from service.gateway import Gateway
-from service.governance.auth import OPEN, Caller, allows_model, allows_profile, client_caller, routes_to
+from service.governance.auth import (OPEN, Caller, allows_model, allows_profile, client_caller, require_metrics_token,
+                                     routes_to)
 from service.governance.request_limits import admit_call
 from service.hooks.prompt_cache_hook import PromptCacheHook
 from service.routing import build_constraints, decide_for, resolve_model
@@ -153,5 +155,6 @@ async def healthz(request: Request) -> JSONResponse:
 
 @router.api_route("/metrics", methods=["GET", "HEAD"])
 async def metrics(request: Request) -> Response:
+    require_metrics_token(request.app.state, request.headers)
     gw: Gateway = request.app.state.gateway
     return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -237,22 +237,20 @@ def budget_report(gov: Governance, now: float | None = None) -> list[dict[str, A
     return out
 
 
-def _new_budget(gov: Governance, body: BudgetCreate) -> Budget:
-    """Create a budget whose scope names a key, or a team or project some key carries: one naming
-    nothing would never be charged (404). A second budget of the same scope and period is a 409."""
+def _new_budget(gov: Governance, body: BudgetCreate) -> tuple[Budget, str | None]:
+    """Create a budget, and a note when it names a team or project no key carries yet. A key
+    budget's scope_id must be an existing key's id (404 otherwise: it would never be charged); a
+    team or project budget may come before its keys, as operators set budgets up before issuing
+    keys, and holds every key given that team or project later. A second budget of the same scope
+    and period is a 409."""
     keys = gov.keys.list()
-    if body.scope == "key":
-        if not any(k.id == body.scope_id for k in keys):
-            named = [k.id for k in keys if k.name == body.scope_id]
-            hint = f"; the key named {body.scope_id!r} has the id {named[0]}" if len(named) == 1 else ""
-            raise ApiError(404, f"no key has the id {body.scope_id!r}: a key budget's scope_id is the key's id "
-                           f"(GET /admin/keys){hint}", code="not_found", param="scope_id")
-    elif not any(getattr(k, body.scope) == body.scope_id for k in keys):
-        raise ApiError(404, f"no key has the {body.scope} {body.scope_id!r}, so a budget for it would never be "
-                       f"charged: create or update a key with \"{body.scope}\": {json.dumps(body.scope_id)} first",
-                       code="not_found", param="scope_id")
+    if body.scope == "key" and not any(k.id == body.scope_id for k in keys):
+        named = [k.id for k in keys if k.name == body.scope_id]
+        hint = f"; the key named {body.scope_id!r} has the id {named[0]}" if len(named) == 1 else ""
+        raise ApiError(404, f"no key has the id {body.scope_id!r}: a key budget's scope_id is the key's id "
+                       f"(GET /admin/keys){hint}", code="not_found", param="scope_id")
     try:
-        return gov.budgets.create(body.scope, body.scope_id, body.period, body.limit_usd, body.soft_threshold)
+        budget = gov.budgets.create(body.scope, body.scope_id, body.period, body.limit_usd, body.soft_threshold)
     except ValueError:
         same = next((b for b in gov.budgets.list()
                      if (b.scope, b.scope_id, b.period) == (body.scope, body.scope_id, body.period)), None)
@@ -260,6 +258,11 @@ def _new_budget(gov: Governance, body: BudgetCreate) -> Budget:
             raise
         raise ApiError(409, f"the {_label(same, keys)} exists already ({same.id}): change its limit with "
                        f"PATCH /admin/budgets/{same.id}", code="conflict") from None
+    if body.scope == "key" or any(getattr(k, body.scope) == body.scope_id for k in keys):
+        return budget, None
+    # Said, not refused: the budget is meant for keys to come, but a misspelt name would hold none.
+    return budget, (f"no key has the {body.scope} {body.scope_id!r} yet: the budget holds every key created or "
+                    f"updated with \"{body.scope}\": {json.dumps(body.scope_id)}")
 
 
 def _label(budget: Budget, keys: list[VirtualKey]) -> str:
@@ -270,9 +273,9 @@ def _label(budget: Budget, keys: list[VirtualKey]) -> str:
 @router.post("/budgets")
 async def create_budget(request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
     body = await _read_body(request, BudgetCreate)
-    budget = await _run(_new_budget, gov, body)
+    budget, note = await _run(_new_budget, gov, body)
     _invalidate(request)
-    return JSONResponse(budget.to_dict(), status_code=201)
+    return JSONResponse({**budget.to_dict(), **({"note": note} if note else {})}, status_code=201)
 
 
 @router.get("/budgets")

@@ -4,7 +4,8 @@
 `/v1/models`, `/v1/route`, `/v1/feedback`) so they refuse alike: 401 for a missing or unknown
 key, 403 for a revoked or expired one, never echoing the presented secret. `require_admin`
 guards every `/admin` endpoint and the dashboard's data: the master key as a Bearer token,
-and without a master key no admin access at all.
+and without a master key no admin access at all. `require_metrics_token` guards `/metrics`
+once `OPENCLAW_METRICS_TOKEN` is set.
 """
 from __future__ import annotations
 
@@ -65,6 +66,39 @@ def require_admin(app_state: Any, headers: Mapping[str, str]) -> None:
         raise ApiError(401, "The admin API needs the master key as 'Authorization: Bearer <key>'.", code="missing_api_key")
     if not _same(secret, master):
         raise ApiError(401, "Incorrect master key provided.", code="invalid_api_key")
+
+
+def metrics_token(app_state: Any) -> str | None:
+    """The token `/metrics` requires, or `OPENCLAW_METRICS_TOKEN` (read now) when governance is off."""
+    gov = getattr(app_state, "governance", None)
+    if gov is not None:
+        return gov.settings.metrics_token
+    return metrics_token_from(os.environ)
+
+
+def metrics_token_from(env: Mapping[str, str]) -> str | None:
+    """OPENCLAW_METRICS_TOKEN without surrounding whitespace, as Prometheus trims a
+    `credentials_file`: a token written to the file with a newline still matches."""
+    return (env.get("OPENCLAW_METRICS_TOKEN") or "").strip() or None
+
+
+def require_metrics_token(app_state: Any, headers: Mapping[str, str]) -> None:
+    """`/metrics` labels every key's name, team, project and user tag with its spend: with a
+    metrics token set, only a scraper that presents it (or the master key) reads them. Without
+    one `/metrics` stays open, for deployments that keep it on a private network."""
+    token = metrics_token(app_state)
+    if token is None:
+        return
+    challenge = {"www-authenticate": 'Bearer realm="metrics"'}
+    secret = presented_secret(headers)
+    if secret is None:
+        raise ApiError(401, "/metrics needs the metrics token as 'Authorization: Bearer <token>'.",
+                       code="missing_api_key", headers=challenge)
+    master = master_key(app_state)
+    # Both compared whichever matches, so the time taken tells nothing about which one was close.
+    matches = [_same(secret, token), master is not None and _same(secret, master)]
+    if not any(matches):
+        raise ApiError(401, "Incorrect metrics token provided.", code="invalid_api_key", headers=challenge)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 Environment (never the config file, so secrets stay out of files under version control):
   OPENCLAW_MASTER_KEY        admin API, dashboard; also accepted as a client key
+  OPENCLAW_METRICS_TOKEN     bearer token `/metrics` requires (the master key works too); unset: open
   OPENCLAW_GOVERNANCE_DB     keys/budgets/spend database URL (default: `server.db`)
   OPENCLAW_KEY_PEPPER        HMAC pepper for key hashes (default: generated, kept in the database)
   OPENCLAW_REDIS_PREFIX      key prefix in `server.redis_url` (default `openclaw`)
@@ -20,7 +21,7 @@ from typing import Any
 from router.config import Config
 from service.governance.alerts import Alerter
 from service.governance.attribution import Attribution, SpendMetrics
-from service.governance.auth import Authenticator
+from service.governance.auth import Authenticator, metrics_token_from
 from service.governance.budgets import BudgetStore, Ledger, SqlLedger
 from router.store_errors import redact_url
 from service.governance.db import Database, open_database
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 class GovernanceSettings:
     db_url: str
     master_key: str | None = None
+    metrics_token: str | None = None
     redis_url: str | None = None
     redis_prefix: str = "openclaw"
     webhook_url: str | None = None
@@ -46,6 +48,7 @@ class GovernanceSettings:
         return cls(
             db_url=env.get("OPENCLAW_GOVERNANCE_DB") or config.server.db,
             master_key=env.get("OPENCLAW_MASTER_KEY") or None,
+            metrics_token=metrics_token_from(env),
             redis_url=config.server.redis_url,
             redis_prefix=env.get("OPENCLAW_REDIS_PREFIX", "openclaw"),
             webhook_url=_webhook(env.get("OPENCLAW_ALERT_WEBHOOK")),
