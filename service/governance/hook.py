@@ -17,13 +17,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from router.config import ModelSpec
-from router.request_view import image_tokens
+from router.request_view import image_tokens, output_limit
 from service.dispatch import failover_chain
 from service.errors import ApiError
 from service.governance.auth import CACHE_MAX, CACHE_TTL_S
 from service.governance.budgets import Budget, Line, Reservation, prompt_bytes, session_line
 from service.governance.keys import VirtualKey, to_nusd
-from service.governance.request_limits import key_rate_limited
+from service.governance.request_limits import key_rate_limited, output_allowance
 from service.governance.runtime import Governance
 from service.pipeline import RequestContext
 
@@ -54,7 +54,9 @@ class GovState:
     reservation: Reservation | None = None
     predicted_nusd: int | None = None
     maximum_nusd: int | None = None
-    counted_tokens: int = 0  # input tokens the rate limiter counted when it admitted the request
+    counted_input: int = 0  # input tokens the rate limiter counted when it admitted the request
+    allowance: int = 0  # and output tokens, in its minute `counted_minute`, until the answer says how many
+    counted_minute: int = 0
 
 
 def _attachment_note(ctx: RequestContext) -> str:
@@ -123,17 +125,30 @@ class GovernanceHook:
                                "content (a `file_id` or a URL) instead of carrying it, and the gateway cannot know its size. "
                                "Send the content inline (`file.file_data`, `input_audio.data`).",
                                "unsized_attachment", "unsized_attachment")
-        if key.tpm is not None and ctx.routing.input_tokens > key.tpm:
-            # No minute will ever have room for it: a 429 would have the client retry in vain.
-            raise self._refuse(413, f"This request's ~{ctx.routing.input_tokens} input tokens exceed the "
-                               f"{key.tpm} tokens per minute of key '{key.name}'.", "request_too_large", "tpm")
-        check = self.gov.limiter.admit(key.id, key.rpm, key.tpm, ctx.routing.input_tokens)
+        tokens, allowance = ctx.routing.input_tokens, 0
+        if key.tpm is not None:
+            allowance = self._allowance(ctx, key, tokens)
+        check = self.gov.limiter.admit(key.id, key.rpm, key.tpm, tokens + allowance)
         if check.refused is not None:
             raise key_rate_limited(self.auth, key, check)
         if headers := check.headers():  # the limiter's counts are at hand: say what is left, as OpenAI does
             ctx.extras.setdefault("response_headers", {}).update(headers)
-        state.counted_tokens = ctx.routing.input_tokens
+        state.counted_input, state.allowance, state.counted_minute = tokens, allowance, check.minute
         self._budget_lines(ctx, state)
+
+    def _allowance(self, ctx: RequestContext, key: VirtualKey, tokens: int) -> int:
+        """The output tokens the key's TPM counts for the request at admission (`output_allowance`);
+        413 when no minute could ever admit it. Counting only the input let a burst of long answers
+        run a minute to twice its limit before any of them settled."""
+        allowance = output_allowance(self.gov.config, ctx)
+        if tokens + allowance > key.tpm:
+            # No minute will ever have room for it: a 429 would have the client retry in vain.
+            answers = ctx.routing.answers
+            asked = (f" and the {allowance} output tokens its `{output_limit(ctx.body)[1]}` allows"
+                     f"{f' (for its {answers} answers)' if answers > 1 else ''}") if allowance else ""
+            raise self._refuse(413, f"This request's ~{tokens} input tokens{asked} exceed the {key.tpm} tokens per "
+                               f"minute of key '{key.name}'.", "request_too_large", "tpm")
+        return allowance
 
     def _has_limits(self, key: VirtualKey) -> bool:
         """Whether anything of this key's caps the tokens or the money one request may use."""
@@ -335,9 +350,11 @@ class GovernanceHook:
         row = self.spend_row(ctx, state)
         res = state.reservation
         uncounted = self._uncounted_tokens(state, row)
-        if state.key is not None and uncounted:
-            # Before the settle, so that the key's next request is admitted against them.
+        # Before the settle, so that the key's next request is admitted against the real count.
+        if state.key is not None and uncounted > 0:
             await asyncio.to_thread(self.gov.limiter.add_tokens, state.key.id, uncounted)
+        elif state.key is not None and uncounted < 0:
+            await asyncio.to_thread(self.gov.limiter.refund_tokens, state.key.id, -uncounted, state.counted_minute)
         self._warn_above_maximum(state, row)
         await self._settle(res.id if res else "", row, [ln.counter for ln in state.lines] if res else [])
         if self.gov.metrics is not None:
@@ -363,11 +380,13 @@ class GovernanceHook:
 
     @staticmethod
     def _uncounted_tokens(state: GovState, row: dict[str, Any]) -> int:
-        """Tokens the request used that its key's TPM has not counted yet: the output, and the
-        prompt the upstream billed beyond what admission estimated (attachments, a tokenizer
-        that splits finer). A prompt smaller than estimated stays counted at the estimate."""
+        """Tokens the request used that its key's TPM has not counted yet: the output beyond its
+        allowance, and the prompt the upstream billed beyond what admission estimated
+        (attachments, a tokenizer that splits finer); negative when the answer left part of its
+        allowance unused (a request that failed or was refused after admission, all of it). A
+        prompt smaller than estimated stays counted at the estimate."""
         prompt, output = row["input_tokens"] or 0, row["output_tokens"] or 0
-        return int(output) + max(int(prompt) - state.counted_tokens, 0)
+        return int(output) - state.allowance + max(int(prompt) - state.counted_input, 0)
 
     @staticmethod
     def _warn_above_maximum(state: GovState, row: dict[str, Any]) -> None:

@@ -5,7 +5,10 @@ Same sliding-minute estimate as the Redis limiter (previous minute weighted by t
 it still inside the window, plus the current minute), so behaviour does not change when a
 deployment moves to Redis; only the sharing does. Both limiters answer with a `RateCheck` of
 the counts they decided on, from which the 429's `retry-after` and the OpenAI-style
-`x-ratelimit-*` headers are worked out here, the same way for both.
+`x-ratelimit-*` headers are worked out here, the same way for both. A request's tokens are
+counted at admission with its output allowance (`request_limits.output_allowance`); when it
+settles, `add_tokens` counts what it used beyond that and `refund_tokens` gives back what it did
+not use.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ class Window:
     limit: int
     current: int  # this fixed minute's count
     previous: int  # the previous minute's, of which the share still inside the window counts
-    cost: int  # what the request counts against it: 1 request, or its input tokens
+    cost: int  # what the request counts against it: 1 request, or its input tokens and output allowance
 
     def used(self, frac: float) -> float:
         return self.current + self.previous * (1 - frac)
@@ -71,13 +74,14 @@ class RateCheck:
     frac: float = 0.0
     requests: Window | None = None
     tokens: Window | None = None
+    minute: int = 0  # the fixed minute it was counted in: where `refund_tokens` gives back what it did not use
 
     @classmethod
-    def decide(cls, frac: float, requests: Window | None, tokens: Window | None) -> "RateCheck":
+    def decide(cls, frac: float, requests: Window | None, tokens: Window | None, minute: int = 0) -> "RateCheck":
         """The rule both limiters apply (the Redis one in Lua: keep the two in step)."""
         refused = ("rpm" if requests is not None and not requests.fits(frac)
                    else "tpm" if tokens is not None and not tokens.fits(frac) else None)
-        return cls(refused, frac, requests, tokens)
+        return cls(refused, frac, requests, tokens, minute)
 
     def retry_after_s(self) -> int:
         """Whole seconds until every limit of the key has room for this request (rounded up,
@@ -133,7 +137,7 @@ class MemoryRateLimiter:
         with self._lock:
             self._trim(minute)
             check = RateCheck.decide(frac, self._window(self._requests, key_id, minute, rpm, 1),
-                                     self._window(self._tokens, key_id, minute, tpm, tokens))
+                                     self._window(self._tokens, key_id, minute, tpm, tokens), minute)
             if check.refused is None:
                 self._requests[(key_id, minute)] += 1
                 self._tokens[(key_id, minute)] += tokens
@@ -147,3 +151,12 @@ class MemoryRateLimiter:
         with self._lock:
             self._trim(minute)
             self._tokens[(key_id, minute)] += tokens
+
+    def refund_tokens(self, key_id: str, tokens: int, minute: int) -> None:
+        """Give back tokens an admission counted in `minute` and the request did not use (the
+        rest of its output allowance). A minute already trimmed is out of the window anyway, and
+        a count never goes below zero."""
+        with self._lock:
+            count = self._tokens.get((key_id, minute))
+            if count is not None:
+                self._tokens[(key_id, minute)] = max(0, count - tokens)

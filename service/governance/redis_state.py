@@ -98,6 +98,15 @@ end
 return {verdict, c[1], c[2], c[3], c[4]}
 """
 
+# Gives back what an admission counted and the request did not use, never below zero; a minute
+# Redis has expired is out of the window and is not made again.
+_REFUND = """
+local c = tonumber(redis.call('GET', KEYS[1]) or 0)
+local d = math.min(c, tonumber(ARGV[1]))
+if d > 0 then redis.call('DECRBY', KEYS[1], d) end
+return d
+"""
+
 _BREAKER_FAILURE = """
 local now, threshold, retry_after = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 if retry_after > 0 then
@@ -239,6 +248,7 @@ class RedisRateLimiter:
         self.r = client
         self.prefix = prefix
         self._script = client.register_script(_RATE)
+        self._refund = client.register_script(_REFUND)
 
     def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, now: float | None = None) -> RateCheck:
         """Admitted and counted (`refused` None), or which limit refused it, with the counts decided on."""
@@ -252,10 +262,11 @@ class RedisRateLimiter:
         verdict, r_cur, r_prev, t_cur, t_prev = (int(v) for v in self._script(keys=keys, args=args))
         return RateCheck({0: None, 1: "rpm", 2: "tpm"}[verdict], frac,
                          Window(rpm, r_cur, r_prev, 1) if rpm is not None else None,
-                         Window(tpm, t_cur, t_prev, tokens) if tpm is not None else None)
+                         Window(tpm, t_cur, t_prev, tokens) if tpm is not None else None, minute)
 
     def add_tokens(self, key_id: str, tokens: int, now: float | None = None) -> None:
-        """Output tokens learnt after the call count toward TPM too."""
+        """Tokens learnt after the call beyond what admission counted (a longer answer than its
+        allowance, a prompt billed above its estimate) count toward TPM too, in this minute."""
         if tokens <= 0:
             return
         now = time.time() if now is None else now
@@ -264,6 +275,11 @@ class RedisRateLimiter:
         pipe.incrby(key, tokens)
         pipe.expire(key, 130)
         pipe.execute()
+
+    def refund_tokens(self, key_id: str, tokens: int, minute: int) -> None:
+        """As the process-local limiter's, atomically: replicas may settle into the same minute."""
+        if tokens > 0:
+            self._refund(keys=[f"{self.prefix}:rl:{key_id}:t:{minute}"], args=[tokens])
 
 
 class RedisCircuitBreaker:
