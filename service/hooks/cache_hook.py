@@ -30,8 +30,9 @@ from service.recent import Recent
 log = logging.getLogger(__name__)
 ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cost": 0.0}
 REMEMBERED_ANSWERS = 100_000  # request ids whose cache entry feedback can still drop, and rejections not yet stored
-# How long a lookup waits for the same request's answer to be stored: a store is milliseconds, or
-# a few seconds while the embedder loads on a cold start; past this the request goes upstream.
+# How long a lookup waits for the same request's answer to be stored: a store is milliseconds (the
+# embedder is loaded at start-up), more only when the disk or the index is slow; past this the
+# request goes upstream.
 PENDING_STORE_WAIT_S = 5.0
 
 
@@ -143,9 +144,8 @@ class CacheHook:
         pending = self._pending.get(keys.exact)
         if pending is not None:
             # The same request was just answered and its answer is being stored, off the latency
-            # path (a cold start's first embedding takes seconds): a repeat sent the moment the
-            # answer arrived gets it from the cache, as it would a moment later, instead of a miss
-            # that the learning hook would count as a regeneration.
+            # path: a repeat sent the moment the answer arrived gets it from the cache, as it would
+            # a moment later, instead of a miss that the learning hook would count as a regeneration.
             try:
                 await asyncio.wait_for(pending.wait(), PENDING_STORE_WAIT_S)
             except asyncio.TimeoutError:
