@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -139,8 +140,9 @@ def written_paths(config) -> tuple[list[Path], list[Path]]:
     from router.outcome_log import sqlite_file
     from service.governance.runtime import GovernanceSettings
 
-    urls = (config.server.db, GovernanceSettings.from_env(config).db_url)
-    files = [Path(f) for url in urls if url.startswith("sqlite:") and (f := sqlite_file(url)) not in ("", ":memory:")]
+    # Named as each store names its URL: a malformed one is reported here, before that store opens it.
+    urls = ((config.server.db, "outcome log URL"), (GovernanceSettings.from_env(config).db_url, "governance database URL"))
+    files = [Path(f) for url, key in urls if url.startswith("sqlite:") and (f := sqlite_file(url, key)) not in ("", ":memory:")]
     folders = [resolve_path(config, config.cache.path, created=True)] if config.cache.enabled and config.cache.path else []
     return files, folders
 
@@ -149,30 +151,40 @@ def written_paths(config) -> tuple[list[Path], list[Path]]:
 def removed_if_refused(files: list[Path], folders: list[Path]) -> Iterator[None]:
     """On a failure inside, what was made for `files` and `folders` that did not exist before is
     removed: a folder made for one, with all it holds; beside a folder that was there, a new SQLite
-    file and its companions (`-wal`, `-shm`, the outcome journal), which are named after it."""
+    file and the companions the stores name after it (`companion_names`), nothing else."""
     trees, companions = set(), []
     for path, is_file in [(f.absolute(), True) for f in files] + [(f.absolute(), False) for f in folders]:
         top = path
-        while not top.parent.exists():
-            top = top.parent
-        if top.exists():
+        try:
+            while not top.parent.exists():
+                top = top.parent
+            # Under a regular file nothing can be made: the store's own error says what is wrong.
+            if top.exists() or not top.parent.is_dir():
+                continue
+            if is_file and top == path:
+                companions.append((path, set(os.listdir(path.parent))))
+            else:
+                trees.add(top)
+        except OSError:  # a folder it may not list: not tracked; a store that cannot write there says why
             continue
-        if is_file and top == path:
-            companions.append((path, set(os.listdir(path.parent))))
-        else:
-            trees.add(top)
     try:
         yield
     except BaseException:
         for tree in trees:
             shutil.rmtree(tree, ignore_errors=True)
         for path, before in companions:
-            for made in (path.parent / name for name in set(os.listdir(path.parent)) - before if name.startswith(path.name)):
-                if made.is_dir():
-                    shutil.rmtree(made, ignore_errors=True)
-                else:
-                    made.unlink(missing_ok=True)
+            ours = companion_names(path.name)
+            for name in set(os.listdir(path.parent)) - before:
+                if ours.fullmatch(name):
+                    with contextlib.suppress(OSError):  # what it could not remove must not hide why the start was refused
+                        (path.parent / name).unlink()
         raise
+
+
+def companion_names(name: str) -> re.Pattern[str]:
+    """The files made for the SQLite file `name`: itself, SQLite's `-wal`, `-shm` and `-journal`,
+    and the outcome log's journal slots `<name>.journal.<n>.<0|1>.jsonl` (router/outcome_journal.py)."""
+    return re.compile(re.escape(name) + r"(-wal|-shm|-journal|\.journal\.\d+\.[01]\.jsonl)?")
 
 
 def uvicorn_logs_to_root() -> None:

@@ -81,6 +81,53 @@ def test_a_refused_demo_start_leaves_nothing_in_the_working_directory(bare_env, 
     assert _files(bare_env) == set()
 
 
+def test_a_malformed_governance_database_url_is_named_as_that_setting(bare_env, capsys, monkeypatch):
+    (bare_env / "config.yaml").write_text(UPSTREAM)
+    monkeypatch.setenv("OPENCLAW_GOVERNANCE_DB", "sqlite://gov.db")
+    assert main(["serve", "--config", str(bare_env / "config.yaml"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "error: governance database URL 'sqlite://gov.db': after sqlite:// comes a host" in err
+    assert "outcome log URL" not in err
+
+
+@pytest.mark.parametrize("governance_db, says", [
+    (None, "governance database config.yaml/outcomes.db: cannot open it as an SQLite database"),
+    ("sqlite:///gov.sqlite", "outcome log sqlite:///config.yaml/outcomes.db: cannot open it as an SQLite database"),
+], ids=["shared-file", "own-governance-file"])
+def test_a_database_under_a_regular_file_is_refused_by_its_store(bare_env, capsys, monkeypatch, governance_db, says):
+    (bare_env / "config.yaml").write_text(UPSTREAM)
+    if governance_db:
+        monkeypatch.setenv("OPENCLAW_GOVERNANCE_DB", governance_db)
+    before = _files(bare_env)
+    assert main(["serve", "--config", "config.yaml", "--port", "0", "--db", "sqlite:///config.yaml/outcomes.db"]) == 2
+    assert says in capsys.readouterr().err
+    assert _files(bare_env) == before  # gov.sqlite, which the refused start made, included
+
+
+def test_a_refused_start_removes_the_stores_files_and_no_other_file_named_alike(bare_env, capsys, monkeypatch):
+    import service.app
+
+    (bare_env / "config.yaml").write_text(UPSTREAM)
+    before = _files(bare_env)
+    others = {"outcomes.sqlite.2026-11-27.bak", "outcomes.sqlite-export.csv", "outcomes.sqlite.journal.0.0.jsonl.bak"}
+    opened = service.app.open_outcome_log
+
+    def refused_after_opening(url):
+        # Another process writes beside the new log while this start opens it, then the start is refused.
+        outcome_log = opened(url)
+        outcome_log.close()
+        made = _files(bare_env) - before
+        assert {"outcomes.sqlite", "outcomes.sqlite-wal", "outcomes.sqlite.journal.0.0.jsonl", "outcomes.sqlite.journal.0.1.jsonl"} <= made
+        for name in others:
+            (bare_env / name).write_text("not the gateway's")
+        raise ValueError("refused after opening the outcome log")
+
+    monkeypatch.setattr(service.app, "open_outcome_log", refused_after_opening)
+    assert main(["serve", "--config", "config.yaml", "--port", "0", "--db", "sqlite:///outcomes.sqlite"]) == 2
+    assert "refused after opening the outcome log" in capsys.readouterr().err
+    assert _files(bare_env) == before | others
+
+
 def test_shadow_report_without_shadow_decisions_makes_no_out_folder(bare_env, capsys):
     from router.feedback_log import open_feedback_log
 
