@@ -2,7 +2,8 @@
 
 Only the bytes that hold the size are decoded: the first 30 for PNG, GIF and WebP; for JPEG the
 marker segments are walked by their lengths up to the frame header (SOF), a few bytes per segment,
-however large the EXIF or ICC segments before it. No pixel is decoded and nothing is installed.
+however large the EXIF or ICC segments before it, and for at most JPEG_MAX_SEGMENTS steps. No pixel
+is decoded and nothing is installed.
 Anything unreadable (another format, a truncated or malformed header, base64 with line breaks)
 gives None, and the caller keeps its fixed estimate.
 """
@@ -14,7 +15,15 @@ import struct
 from typing import Callable
 
 HEAD_BYTES = 30  # PNG's IHDR ends at 24, GIF's screen size at 10, WebP's VP8 frame size at 30
-JPEG_MAX_SEGMENTS = 1024  # real files have a dozen; a crafted one must not make the walk long
+# A real JPEG has about a dozen segments before its frame header (JFIF or EXIF, quantization and
+# Huffman tables); XMP, Photoshop and Adobe blocks and an ICC profile split into 64 KB APP2 pieces
+# add a few more. A crafted file of empty segments that never reaches a frame header walks this many
+# steps, each a read of a few bytes, and keeps the fixed estimate; an 8 MB body holds over a
+# thousand such images, and router.request_view sizes only the first 64 of a request.
+JPEG_MAX_SEGMENTS = 64
+# Fill bytes (0xFF, any number of them before a marker) are skipped this many at a time, with one
+# read: an encoder pads with a few, so a longer run is crafted and uses up the steps.
+JPEG_FILL_READ = 64
 # Frame headers: every SOFn but DHT (C4), JPG (C8) and DAC (CC), which share the range.
 JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 # Markers that stand alone, with no length after them: TEM, RSTn, SOI.
@@ -90,8 +99,9 @@ def _jpeg(read: Reader) -> tuple[int, int] | None:
         if len(marker) < 4 or marker[0] != 0xFF:
             return None
         kind = marker[1]
-        if kind == 0xFF:  # a fill byte before the marker
-            pos += 1
+        if kind == 0xFF:  # fill bytes before the marker: move to the last one
+            fill = read(pos + 1, JPEG_FILL_READ)
+            pos += len(fill) - len(fill.lstrip(b"\xff"))
         elif kind in JPEG_STANDALONE:
             pos += 2
         elif kind in JPEG_SOF:

@@ -81,26 +81,34 @@ def vision_tokens(width: int, height: int, detail: str | None) -> int:
     return IMAGE_TILE_TOKENS * tiles + IMAGE_BASE_TOKENS
 
 
-def _image_part_tokens(part: Mapping[str, Any]) -> int:
-    # chat completions: {"image_url": {"url", "detail"}}; the Responses API: {"image_url": url, "detail"}
-    image = part.get("image_url")
-    url, detail = (image.get("url"), image.get("detail")) if isinstance(image, Mapping) else (image, part.get("detail"))
-    detail = detail if isinstance(detail, str) else None
-    size = data_url_size(url) if isinstance(url, str) else None
-    if size is None:
-        return IMAGE_TOKENS.get(detail, IMAGE_TOKENS_DEFAULT)
-    return vision_tokens(*size, detail)
+# Only the first this many inline images of a request are sized from their headers; any further one
+# counts at the fixed estimate. A JPEG's walk is bounded (router.image_size) but an 8 MB body holds
+# over a thousand crafted ones, and this runs on the event loop: the bound keeps the worst request
+# to a few milliseconds. In a conversation with more, the later ones count 765 (85 at low detail) as
+# every image did before headers were read: at most 680 tokens under what a large picture bills.
+IMAGES_SIZED = 64
 
 
 def image_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
     """Input tokens the images of a conversation cost (an agent replays them every turn): by
-    OpenAI's formula for an inline image whose header gives its size, else a fixed estimate."""
-    total = 0
+    OpenAI's formula for an inline image whose header gives its size (the first IMAGES_SIZED of
+    them), else a fixed estimate."""
+    total, sized = 0, 0
     for m in messages:
         content = m.get("content")
         for part in content if isinstance(content, list) else ():
-            if isinstance(part, Mapping) and part.get("type") in IMAGE_PART_TYPES:
-                total += _image_part_tokens(part)
+            if not isinstance(part, Mapping) or part.get("type") not in IMAGE_PART_TYPES:
+                continue
+            # chat completions: {"image_url": {"url", "detail"}}; the Responses API: {"image_url": url, "detail"}
+            image = part.get("image_url")
+            url, detail = (image.get("url"), image.get("detail")) if isinstance(image, Mapping) else (image, part.get("detail"))
+            detail = detail if isinstance(detail, str) else None
+            size = None
+            # `detail: low` costs the same whatever the size: no header is read for it.
+            if sized < IMAGES_SIZED and detail != "low" and isinstance(url, str) and url.startswith("data:"):
+                sized += 1
+                size = data_url_size(url)
+            total += IMAGE_TOKENS.get(detail, IMAGE_TOKENS_DEFAULT) if size is None else vision_tokens(*size, detail)
     return total
 
 
@@ -256,6 +264,7 @@ def view_chat_request(body: Mapping[str, Any], declared: frozenset[str] | None =
         attachment_tokens=attachment_tokens,
         unsized_attachments=unsized,
         prefix_tokens=prefix_tokens,
+        image_tokens=images,
         cacheable_tokens=input_tokens if any(m.get("role") == "assistant" for m in messages[:-1]) else prefix_tokens,
     )
 

@@ -33,6 +33,9 @@ class RoutingRequest:
     attachment_bytes: int = 0
     attachment_tokens: int = 0
     unsized_attachments: int = 0
+    # The part of `input_tokens` the images make up: governance's reservation adds it to the text's
+    # bytes (service/governance/hook.py) instead of reading every image's header a second time.
+    image_tokens: int = 0
     # Prompt caching (`router.policy.prompt_cache_cost`): the prefix every conversation of an agent
     # starts with (system prompt and tool definitions), what a provider's cache keeps of this
     # request as the adapters mark it (the whole prompt once the conversation has an assistant

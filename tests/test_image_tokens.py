@@ -1,7 +1,8 @@
 """Images count by their size: an inline PNG, JPEG, GIF or WebP is read from its header bytes and
 priced by OpenAI's vision formula; a URL or an unreadable header keeps the fixed estimate. Checked
 on real files (Pillow, which matplotlib brings), in the routing view, in the context-window check
-through a running gateway, and in a governed gateway's reservation."""
+through a running gateway, and in a governed gateway's reservation. A crafted header costs a bounded
+walk, a request sizes only its first images, and a governed request reads each header once."""
 from __future__ import annotations
 
 import base64
@@ -14,7 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from router import image_size
+from router import image_size, request_view
 from router.image_size import data_url_size
 from router.request_view import IMAGE_TOKENS_DEFAULT, image_tokens, view_chat_request, vision_tokens
 from service.governance.runtime import Governance, GovernanceSettings
@@ -85,6 +86,73 @@ def test_only_the_header_is_decoded(monkeypatch):
     assert sum(decoded) <= 33
 
 
+def counting_reads(monkeypatch) -> list[int]:
+    """The byte counts the header reader is asked for, one entry a read."""
+    reads: list[int] = []
+    real = image_size._base64_reader
+
+    def wrapped(text, offset):
+        read = real(text, offset)
+
+        def counted(start, n):
+            reads.append(n)
+            return read(start, n)
+
+        return counted
+
+    monkeypatch.setattr(image_size, "_base64_reader", wrapped)
+    return reads
+
+
+def jpeg_url(raw: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(raw).decode()
+
+
+@pytest.mark.parametrize("raw", [
+    b"\xff\xd8" + b"\xff\xe0\x00\x02" * 1040,      # empty APP0 segments, never a frame header
+    b"\xff\xd8" + b"\xff\xff\xe0\x00\x02" * 1040,  # each after a fill byte
+    b"\xff\xd8" + b"\xff" * 20000,                  # fill bytes and nothing else
+], ids=["segments", "fill-and-segments", "fill"])
+def test_a_jpeg_that_never_reaches_its_frame_header_costs_a_bounded_walk(monkeypatch, raw):
+    # Each such image walked 1,024 steps; a thousand of them fit in an 8 MB body, and the
+    # walk runs on the event loop. Now: at most 64 steps of two small reads each.
+    reads = counting_reads(monkeypatch)
+    assert data_url_size(jpeg_url(raw)) is None
+    assert len(reads) <= 2 * 64 + 1 and sum(reads) <= 64 * (4 + 64) + 30, (len(reads), sum(reads))
+    reads.clear()
+    assert image_tokens([{"role": "user", "content": [image(jpeg_url(raw))]}]) == IMAGE_TOKENS_DEFAULT
+
+
+def test_a_run_of_fill_bytes_is_skipped_a_window_at_a_time(monkeypatch):
+    # A real JPEG with 300 fill bytes before its frame header: still read, in a few reads.
+    raw = base64.b64decode(data_url("JPEG", (640, 480)).partition(",")[2])
+    sof = raw.index(b"\xff\xc0")
+    reads = counting_reads(monkeypatch)
+    assert data_url_size(jpeg_url(raw[:sof] + b"\xff" * 300 + raw[sof:])) == (640, 480)
+    assert len(reads) <= 20, reads
+
+
+def test_only_the_first_images_of_a_request_are_sized(monkeypatch):
+    from router.request_view import IMAGES_SIZED
+
+    sized = []
+    real = request_view.data_url_size
+
+    def spy(url):
+        sized.append(url)
+        return real(url)
+
+    monkeypatch.setattr(request_view, "data_url_size", spy)
+    wide = png_header(2048, 768)  # 1,445 tokens read, 765 at the fixed estimate
+    # Neither a URL nor a `detail: low` image (85 whatever its size) has a header worth reading.
+    free = [image("https://example.com/a.png"), image(wide, "low")]
+    content = free + [image(wide)] * (IMAGES_SIZED + 10)
+    view = view_chat_request({"messages": [{"role": "user", "content": content}]})
+    assert len(sized) == IMAGES_SIZED == 64
+    expected = IMAGE_TOKENS_DEFAULT + 85 + IMAGES_SIZED * 1445 + 10 * IMAGE_TOKENS_DEFAULT
+    assert view.image_tokens == expected and view.input_tokens == expected
+
+
 @pytest.mark.parametrize("url", [
     "https://example.com/cat.png",
     "data:image/png,%89PNG",                               # not base64
@@ -148,7 +216,9 @@ def test_small_images_no_longer_exclude_a_model_whose_window_they_fit(upstream, 
         gw.stop()
 
 
-def test_a_reservation_counts_an_inline_image_by_its_size(tmp_path):
+@pytest.fixture
+def governed(tmp_path):
+    """A governed gateway whose key `viewer` has a day budget: (gateway, governance, its secret)."""
     up = FakeUpstream().start()
     for m in ("m1", "m2"):
         up.default(m, ok("fine"))
@@ -162,26 +232,49 @@ def test_a_reservation_counts_an_inline_image_by_its_size(tmp_path):
     try:
         made = admin.post("/admin/keys", json={"name": "viewer"}).json()
         admin.post("/admin/budgets", json={"scope": "key", "scope_id": made["key"]["id"], "period": "day", "limit_usd": 10})
-
-        def reserved(url: str) -> int:
-            r = httpx.post(f"{gw.base_url}/chat/completions", timeout=10, headers={"authorization": f"Bearer {made['secret']}"},
-                           json={"model": "m1", "max_tokens": 10, "messages": [
-                               {"role": "user", "content": [{"type": "text", "text": "Describe it."}, image(url)]}]})
-            assert r.status_code == 200, r.text
-            request_id = r.headers["x-request-id"]
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:  # the spend row is written after the answer
-                with gov.db.tx() as tx:
-                    row = tx.one("SELECT reserved_nusd FROM gov_spend WHERE request_id = ?", (request_id,))
-                if row is not None:
-                    return int(row["reserved_nusd"])
-                time.sleep(0.02)
-            raise AssertionError("no spend row")
-
-        # Same text, same model: 1,445 tokens against 255, at $10 per million input tokens.
-        gap = reserved(png_header(2048, 768)) - reserved(png_header(64, 64))
-        assert gap >= (1445 - 255) * 10_000, gap  # nano-USD per token at $10/M
+        yield gw, gov, made["secret"]
     finally:
         admin.close()
         gw.stop()
         up.stop()
+
+
+def reserved(governed, *urls: str) -> int:
+    """The nano-USD a governed request for m1 with these images reserved."""
+    gw, gov, secret = governed
+    r = httpx.post(f"{gw.base_url}/chat/completions", timeout=10, headers={"authorization": f"Bearer {secret}"},
+                   json={"model": "m1", "max_tokens": 10, "messages": [
+                       {"role": "user", "content": [{"type": "text", "text": "Describe it."}, *map(image, urls)]}]})
+    assert r.status_code == 200, r.text
+    request_id = r.headers["x-request-id"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the spend row is written after the answer
+        with gov.db.tx() as tx:
+            row = tx.one("SELECT reserved_nusd FROM gov_spend WHERE request_id = ?", (request_id,))
+        if row is not None:
+            return int(row["reserved_nusd"])
+        time.sleep(0.02)
+    raise AssertionError("no spend row")
+
+
+def test_a_reservation_counts_an_inline_image_by_its_size(governed):
+    # Same text, same model: 1,445 tokens against 255, at $10 per million input tokens.
+    gap = reserved(governed, png_header(2048, 768)) - reserved(governed, png_header(64, 64))
+    assert gap >= (1445 - 255) * 10_000, gap  # nano-USD per token at $10/M
+
+
+def test_a_governed_request_reads_each_header_once(governed, monkeypatch):
+    # The reservation takes the images' tokens from the routing view instead of walking the
+    # images again: each header is read once a request.
+    sized = []
+    real = request_view.data_url_size
+
+    def spy(url):
+        sized.append(url)
+        return real(url)
+
+    monkeypatch.setattr(request_view, "data_url_size", spy)
+    wide, small = png_header(2048, 768), png_header(64, 64)
+    three_wide = reserved(governed, wide, wide, wide)
+    assert len(sized) == 3, len(sized)
+    assert three_wide - reserved(governed, small, small, small) >= 3 * (1445 - 255) * 10_000

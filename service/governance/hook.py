@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from router.config import ModelSpec
-from router.request_view import image_tokens, output_limit
+from router.request_view import output_limit
 from service.dispatch import failover_chain
 from service.errors import ApiError
 from service.governance.auth import CACHE_MAX, CACHE_TTL_S
@@ -250,7 +250,7 @@ class GovernanceHook:
                                     ctx.routing.answers)
         text = ctx.extras.get("prompt_bytes")
         if text is None:
-            text = ctx.extras["prompt_bytes"] = prompt_bytes(ctx.body) + image_tokens(messages)
+            text = ctx.extras["prompt_bytes"] = prompt_bytes(ctx.body) + ctx.routing.image_tokens
         return spec.most_billed(min(text + overhead, spec.context_window), ctx.routing.max_output_tokens, ctx.routing.answers)
 
     def _chain(self, ctx: RequestContext) -> tuple[list[str], list[str]]:
