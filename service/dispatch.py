@@ -2,10 +2,10 @@
 
 For each model of the chain (the chosen model, then the router's ranked fallbacks; for a
 model named by the client, its configured `fallbacks` that the request's limits allow) the loop
-skips models that cannot take the request (context window too small, circuit open), calls
-the upstream, retries transient faults on the same model with jittered exponential backoff
-(honouring `Retry-After` up to `reliability.max_retry_after_s`, beyond which failing over is
-faster), and fails over on rate limits, 5xx, timeouts, connection faults, malformed
+skips models that cannot take the request (context window too small, circuit open, its
+provider's key variable unset), calls the upstream, retries transient faults on the same model
+with jittered exponential backoff (honouring `Retry-After` up to `reliability.max_retry_after_s`,
+beyond which failing over is faster), and fails over on rate limits, 5xx, timeouts, connection faults, malformed
 answers, context-length and model-not-found errors. When every model was rate limited and the
 soonest is free again within `max_retry_after_s`, it waits for it and goes round once more.
 A client error (400) is returned as is.
@@ -33,7 +33,7 @@ import anyio
 from router.config import Config, ModelSpec
 from router.types import Constraints
 from service.breaker import Claim
-from service.errors import ApiError, key_refused, rate_limited
+from service.errors import ApiError, key_missing, key_refused, rate_limited
 from service.live_state import LiveState, refuses_key
 from service.metrics import Metrics
 from service.pipeline import RequestContext
@@ -234,11 +234,11 @@ class Dispatcher:
             self.metrics.circuit_open.labels(model).set(is_open)
 
     def _only_refused_keys(self, ctx: RequestContext) -> bool:
-        """Every model a routed request tried refused the key or is skipped for the refusals that
-        opened its circuit, and none the router left out is merely rate limited or busy: such a
-        one is worth the retry a 503 invites."""
-        tried = all(a.get("kind") == "auth" or (a.get("reason") == "circuit_open" and self.live.left_out_for_key(a["model"]))
-                    for a in ctx.attempts)
+        """Every model a routed request tried refused the key, is skipped for the refusals that
+        opened its circuit or has no key set, and none the router left out is merely rate limited
+        or busy: such a one is worth the retry a 503 invites."""
+        tried = all(a.get("kind") == "auth" or a.get("reason") == "key_missing"
+                    or (a.get("reason") == "circuit_open" and self.live.left_out_for_key(a["model"])) for a in ctx.attempts)
         busy = [c.model for c in ctx.decision.candidates
                 if (c.excluded or "").startswith("unhealthy") and not self.live.left_out_for_key(c.model)]
         return tried and not busy
@@ -299,13 +299,16 @@ class Dispatcher:
             fallbacks = "; its fallbacks failed too" if len(chain) > 1 else ""
             why = f": {failed[-1].get('message', '')}" if failed else " (its upstream answered 404 model_not_found)"
             return ApiError(404, f"model {chain[0]} is not available upstream{why}{fallbacks}", code="model_not_found", param="model")
-        # A key the upstream refuses is the operator's to fix: a 503 "retry shortly" would have the
-        # SDKs and OpenClaw retry for minutes, against a circuit its refusals opened.
+        # A key the upstream refuses, or none set, is the operator's to fix: a 503 "retry shortly"
+        # would have the SDKs and OpenClaw retry for minutes, against a circuit its refusals opened.
+        if any(a.get("reason") == "key_missing" for a in named):
+            return key_missing([chain[0]], self.config)
         if any(a["kind"] == "auth" for a in failed) or skipped_for == "auth":
             return key_refused([chain[0]], self.config)
-        if routed and errors and self._only_refused_keys(ctx):
-            refused = list(dict.fromkeys(a["model"] for a in ctx.attempts))
-            return key_refused(refused, self.config)
+        missing = list(dict.fromkeys(a["model"] for a in ctx.attempts if a.get("reason") == "key_missing"))
+        if routed and (errors or missing) and self._only_refused_keys(ctx):
+            refused = list(dict.fromkeys(a["model"] for a in ctx.attempts if a.get("reason") != "key_missing"))
+            return key_refused(refused, self.config, missing) if refused else key_missing(missing, self.config)
         if not errors:
             return ApiError(503, f"no eligible model is available right now (tried {', '.join(chain)}); retry shortly",
                             code="no_model_available", headers={"retry-after": "1"})
@@ -345,6 +348,13 @@ class Dispatcher:
             # A named model is tried whatever its window; what stands in for it must fit.
             if (routed or position > 0) and not self._fits(spec, ctx, tries.smallest_failed_window):
                 self._record(ctx, name, "skipped", reason="context_window")
+                continue
+            missing = self.live.key_missing(name)
+            if missing:
+                # No call can succeed, nor tell anything of the model or its key: no circuit counts it,
+                # nor does it use up the routed request's failovers.
+                self._log_refusal(spec, UpstreamError("auth", f"environment variable {missing} is not set"), True)
+                self._record(ctx, name, "skipped", reason="key_missing")
                 continue
             claim = self.live.acquire(name)
             if not claim:

@@ -76,17 +76,40 @@ def rate_limited(message: str, waits: list[float]) -> ApiError:
     return ApiError(429, message, code="rate_limit_exceeded", headers=headers)
 
 
-def key_refused(models: list[str], config: "Config") -> ApiError:
+def _models(models: list[str]) -> str:
+    return f"model {models[0]}" if len(models) == 1 else f"models {', '.join(models)}"
+
+
+def _key_envs(models: list[str], config: "Config") -> list[str]:
+    return list(dict.fromkeys(e for m in models if (e := config.providers[config.model(m).provider].api_key_env)))
+
+
+def _not_set(models: list[str], config: "Config") -> str:
+    envs = _key_envs(models, config)
+    return (f"{', '.join(envs)} {'is' if len(envs) == 1 else 'are'} not set in the gateway's environment, so "
+            f"{_models(models)} cannot be called")
+
+
+def key_refused(models: list[str], config: "Config", missing: list[str] | None = None) -> ApiError:
     """A 502 for models whose provider refuses the gateway's key: the operator's to fix, so not a
     503 "retry shortly", and `x-should-retry: false` keeps the OpenAI SDK from retrying a 5xx. It
     names the variables holding the keys; the upstream's own words stay in the gateway's log: they
-    may quote part of the key, and the client may be another tenant."""
-    who = f"model {models[0]}" if len(models) == 1 else f"models {', '.join(models)}"
-    key_envs = list(dict.fromkeys(e for m in models if (e := config.providers[config.model(m).provider].api_key_env)))
+    may quote part of the key, and the client may be another tenant. `missing`: the models tried
+    beside them whose key variable is not set (`key_missing`)."""
+    key_envs = _key_envs(models, config)
     where = f" (the key in {', '.join(key_envs)})" if key_envs else ""
-    return ApiError(502, f"{who} cannot be called: the provider refuses the gateway's key{where} or its account is out of "
-                    "credit; the gateway's operator must fix it (the upstream's answer is in the gateway's log)",
+    also = f"; {_not_set(missing, config)}" if missing else ""
+    return ApiError(502, f"{_models(models)} cannot be called: the provider refuses the gateway's key{where} or its account "
+                    f"is out of credit{also}; the gateway's operator must fix it (the upstream's answer is in the gateway's log)",
                     code="upstream_auth_failed", headers={"x-should-retry": "false"})
+
+
+def key_missing(models: list[str], config: "Config") -> ApiError:
+    """A 502 for models whose provider's key variable is not set where the gateway runs: no call
+    was made, and nothing the upstream could say is involved (not `key_refused`'s "the provider
+    refuses the key"). A running process's environment is its own, so the fix is a restart."""
+    return ApiError(502, f"{_not_set(models, config)}: the gateway's operator must set it and restart the gateway",
+                    code="provider_key_missing", headers={"x-should-retry": "false"})
 
 
 def model_not_found(name: str, known: list[str]) -> ApiError:

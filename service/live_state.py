@@ -14,6 +14,7 @@ refusal re-opens it. A 403 stays the model's own (`refuses_key`).
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, replace
 
@@ -62,6 +63,7 @@ class LiveState:
         self.rates = rates or RateWindow()
         self._models: dict[str, _Model] = {m.name: _Model() for m in config.models}
         self._key_of = {m.name: key_circuit(m.provider) for m in config.models}
+        self._key_env = {m.name: config.providers[m.provider].api_key_env for m in config.models}
         self._served: dict[str, list[str]] = {}  # a key circuit: the models it closes off
         for m in config.models:
             self._served.setdefault(self._key_of[m.name], []).append(m.name)
@@ -127,6 +129,12 @@ class LiveState:
         if self.breaker.state(self._key_of[model]) == "open":
             return True
         return self.breaker.state(model) == "open" and self.last_failure(model) == "auth"
+
+    def key_missing(self, model: str) -> str | None:
+        """The variable that should hold the model's key, when it is unset or blank now (read as
+        the provider reads it, on every call): the model cannot be called at all."""
+        name = self._key_env.get(model)
+        return name if name and not (os.environ.get(name) or "").strip() else None
 
     def left_out_for_key(self, model: str) -> bool:
         """Left out for its refused key and nothing else: one also waiting out a Retry-After or
@@ -224,13 +232,15 @@ class LiveState:
         return {name: self.stats(name, request_tokens) for name in list(self._models)}
 
     def describe(self) -> dict[str, dict]:
-        """JSON view for /healthz."""
+        """JSON view for /healthz: a model whose key variable is unset is not healthy, with the
+        `reason` (the router's view, `stats`, leaves it in: the dispatcher skips it uncalled)."""
         out = {}
         for name in list(self._models):
             s = self.stats(name)
             requests, tokens = self.rates.usage(name)
+            missing = self.key_missing(name)
             out[name] = {
-                "healthy": s.healthy,
+                "healthy": s.healthy and not missing,
                 "circuit": self.circuit(name),
                 "ewma_latency_s": s.ewma_latency_s,
                 "ewma_ttft_s": s.ewma_ttft_s,
@@ -239,4 +249,6 @@ class LiveState:
                 "requests_last_min": requests,
                 "tokens_last_min": tokens,
             }
+            if missing:
+                out[name]["reason"] = f"{missing} not set"
         return out

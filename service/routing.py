@@ -4,11 +4,13 @@ hot-swappable router and the call into it.
 `model` is either a routing profile (`auto`, `auto:cheap`, `auto:best`, any name under
 `router.profiles`), which routes, or a catalog model name, which is honoured as named (no
 routing, no failover to another model: the client asked for that model). Per-request limits
-come from the body (`"router": {...}`, the SDK's `extra_body`) or `x-router-*` headers;
+come from the body (`"router": {...}`, the SDK's `extra_body`) or `x-router-*` headers (each
+body field's name with `-` for `_`; an unknown one is a 400, as an unknown body field is);
 the body wins when both are given.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import threading
@@ -82,16 +84,15 @@ def resolve_model(name: str, config: Config, usable: Callable[[str], bool] = lam
     raise model_not_found(name, [n for n in (*config.router.profiles, *config.model_names) if usable(n)])
 
 
-def _header_list(value: str | None) -> list[str] | None:
+def _header_list(name: str, value: str) -> list[str] | None:
     """A comma-separated header; an empty one (a templated client's unset variable) is no limit,
     as the other empty x-router-* headers are."""
-    items = [v.strip() for v in (value or "").split(",") if v.strip()]
+    items = [v.strip() for v in value.split(",") if v.strip()]
     return items or None
 
 
-def _header_float(headers: Mapping[str, str], name: str) -> float | None:
-    value = headers.get(name)
-    if value is None or not value.strip():  # empty: no limit, as the other x-router-* headers
+def _header_float(name: str, value: str) -> float | None:
+    if not value.strip():  # empty: no limit, as the other x-router-* headers
         return None
     try:
         number = float(value)
@@ -102,10 +103,7 @@ def _header_float(headers: Mapping[str, str], name: str) -> float | None:
     return number
 
 
-def _header_bool(headers: Mapping[str, str], name: str) -> bool | None:
-    value = headers.get(name)
-    if value is None:
-        return None
+def _header_bool(name: str, value: str) -> bool | None:
     if value.strip().lower() in _TRUE:
         return True
     if value.strip().lower() in _FALSE:
@@ -113,15 +111,45 @@ def _header_bool(headers: Mapping[str, str], name: str) -> bool | None:
     raise bad_request(f"header {name} must be true or false, got {value!r}", param=name)
 
 
+# Each body field under its own name (`_` as `-`), and the shorter names the headers had first.
+HEADER_FIELDS = {
+    **{f"x-router-{name.replace('_', '-')}": name for name in RouterOptions.model_fields},
+    "x-router-max-cost": "max_cost_usd",
+    "x-router-max-latency": "max_latency_s",
+}
+_PARSE: dict[str, Callable[[str, str], Any]] = {
+    "max_cost_usd": _header_float, "max_latency_s": _header_float, "allowed_models": _header_list,
+    "excluded_models": _header_list, "required_tags": _header_list, "local_only": _header_bool,
+}
+# What the gateway sets on its answers (api_chat, the governance hook): sent back, they limit nothing.
+_RESPONSE_HEADERS = frozenset({"x-router-model", "x-router-reason", "x-router-profile", "x-router-budget"})
+
+
+def _unknown_header(name: str) -> ApiError:
+    """A header the gateway would otherwise ignore: a misspelt cap would silently not apply."""
+    valid = ", ".join(HEADER_FIELDS)
+    if name in _RESPONSE_HEADERS:
+        return bad_request(f"header {name} is one the gateway sets on its answers, not a request limit; the x-router-* "
+                           f"request headers are {valid}", code="unknown_parameter", param=name)
+    close = difflib.get_close_matches(name, HEADER_FIELDS, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return bad_request(f"unknown header {name}{hint}; the x-router-* request headers are {valid}",
+                       code="unknown_parameter", param=name)
+
+
 def options_from_headers(headers: Mapping[str, str]) -> RouterOptions:
-    return RouterOptions(
-        max_cost_usd=_header_float(headers, "x-router-max-cost"),
-        max_latency_s=_header_float(headers, "x-router-max-latency"),
-        allowed_models=_header_list(headers.get("x-router-allowed-models")),
-        excluded_models=_header_list(headers.get("x-router-excluded-models")),
-        required_tags=_header_list(headers.get("x-router-required-tags")),
-        local_only=_header_bool(headers, "x-router-local-only"),
-    )
+    given: dict[str, tuple[str, str]] = {}  # a RouterOptions field: (the header naming it, its value)
+    for raw_name in headers.keys():
+        name = raw_name.lower()
+        if not name.startswith("x-router-"):
+            continue
+        field = HEADER_FIELDS.get(name)
+        if field is None:
+            raise _unknown_header(name)
+        if field in given and given[field][0] != name:
+            raise bad_request(f"headers {given[field][0]} and {name} set the same limit: send one", param=name)
+        given[field] = (name, headers[raw_name])
+    return RouterOptions(**{field: _PARSE[field](name, value) for field, (name, value) in given.items()})
 
 
 def build_constraints(body_options: RouterOptions | None, headers: Mapping[str, str], config: Config) -> Constraints:

@@ -250,9 +250,9 @@ def written_artifact_missing(config) -> str | None:
 
 
 def key_warnings(config) -> list[str]:
-    """Key variables every call would fail with. Keys are read per request (one can be set or
-    rotated without a restart), so these are warnings, not errors. A provider no model uses is
-    never called: its key is not needed."""
+    """Key variables every call would fail with. Warnings, not errors: the other providers' models
+    still answer (docs/PROVIDERS.md "Keys"). A provider no model uses is never called: its key is
+    not needed."""
     used = {m.provider for m in config.models}
     out = []
     for name, provider in config.providers.items():
