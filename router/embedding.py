@@ -149,6 +149,9 @@ class Embedder:
             if not path.exists():
                 from router.onnx_export import build_in_child
 
+                # The build's own output stays in its child: without this line a first start is silent for seconds.
+                log.info("first use on this machine: exporting the MiniLM embedder (%s) to ONNX into %s (about 10 s, once)",
+                         self.variant, path.parent)
                 build_in_child("embedder", "--variant", self.variant)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads

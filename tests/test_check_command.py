@@ -25,7 +25,7 @@ def check(tmp_path, capsys, *flags, url="https://api.example.com/v1", artifact="
 def test_a_config_serve_would_start_with_passes_and_its_warnings_are_said(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OPENCLAW_TEST_CHECK_KEY", "sk-test")
     code, text = check(tmp_path, capsys)
-    assert code == 0 and "1 models on 1 providers (m1 via p)" in text and "serve would start" in text
+    assert code == 0 and "1 model on 1 provider (m1 via p)" in text and "serve would start" in text
     assert "no training data for m1" in text  # m1 is no RouterBench model: the unseen-model prior
     monkeypatch.delenv("OPENCLAW_TEST_CHECK_KEY")
     code, text = check(tmp_path, capsys)

@@ -215,13 +215,16 @@ def run(args: argparse.Namespace) -> int:
 
 def format_result(r: dict) -> str:
     lines = [
-        f"willingness_to_pay {r['knob']} USD per quality point sends {r['model']} "
+        f"willingness_to_pay {r['knob']} USD per +1.0 expected quality (P(good)) sends {r['model']} "
         f"{r['share']:.1%} of {r['requests']} requests (asked {r['target_share']:.1%})",
         f"predicted mean quality {r['mean_predicted_quality']:.3f} at ${r['mean_predicted_cost_usd']:.6f} per request; shares:",
         *(f"  {m:<32} {r['shares'][m]:6.1%} ({n})" for m, n in sorted(r["counts"].items(), key=lambda kv: -kv[1]) if n),
     ]
     if r["requests_without_eligible_model"]:
         lines.append(f"{r['requests_without_eligible_model']} requests left out: no model may answer them under the profile")
+    if not r.get("config"):
+        lines.append(f"without --config the share is over all {len(r['shares'])} models of the router artifact; "
+                     "--config calibrates over the gateway's catalog")
     where = f"router.profiles.{r['profile']}" if r["profile"] else "a routing profile (router.profiles.NAME)"
     lines.append(f"in the gateway config, {where}.willingness_to_pay: {r['knob']}")
     return "\n".join(lines)

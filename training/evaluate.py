@@ -79,6 +79,20 @@ def resolve_candidates(file_models: Sequence[str], router_models: Sequence[str],
     return candidates, notes
 
 
+def training_overlap(path: str | Path, manifest: dict) -> dict:
+    """Whether the evaluated file is one the router was trained on: its bytes' digest among the
+    manifest's `data` (`train` records each file's sha256_16, not its prompts, so only a whole
+    file is recognised). Such an evaluation is in-sample: every row was seen in training."""
+    from training.train import file_digest
+
+    sources = [s for s in manifest.get("data") or () if s.get("sha256_16")]
+    digest = file_digest(path) if sources else None
+    same = next((s for s in sources if s["sha256_16"] == digest), None)
+    if same is None:
+        return {"in_sample": False}
+    return {"in_sample": True, "share_seen_in_training": 1.0, "training_file": same.get("path")}
+
+
 def _method(points_c, points_q, knobs, ctx: dict) -> dict:
     c_min, c_max = ctx["cost_range"]
     out = {
@@ -338,6 +352,12 @@ def _run(args: argparse.Namespace) -> int:
     result = evaluate_table(table, encode_cached(table.texts), router, knn_train=knn_train,
                             n_knobs=args.knob_points, budgets=budgets, seed=args.seed)
     result.summary["router"] = str(router_path)
+    overlap = training_overlap(args.data, router.manifest)
+    if overlap["in_sample"]:
+        log.warning("%s is the file %s was trained on (%s in its manifest): all rows were seen in training, so these "
+                    "numbers are in-sample; held-out ones come from train's cross-validation folds (docs/BENCHMARKS.md)",
+                    args.data, router_path, overlap["training_file"])
+    result.summary.update(overlap)
     result.summary["models_left_out"] = left_out
     estimated = [m for m in result.summary["models"] if f"cost_usd__{m}" not in columns]
     if estimated:

@@ -171,11 +171,10 @@ LIVE_ALIAS = "live"  # the registered version retrain last promoted (and, with -
 def register(args, run_id: str) -> str:
     import mlflow
 
-    from training.train import tracking_uri
+    from training.train import register_version, tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(args.tracking_uri))
-    version = mlflow.register_model(f"runs:/{run_id}/router", args.registered_name)
-    return str(version.version)
+    return register_version(mlflow, f"runs:/{run_id}/router", args.registered_name)
 
 
 def mark_live(args, version: str) -> None:

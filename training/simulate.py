@@ -6,7 +6,7 @@ table: reward = the recorded quality of the chosen model, cost = its recorded co
 latency = ttft + recorded answer tokens / throughput (no latency is recorded). Drift
 changes the world, not the predictions:
 
-* `degrade:MODEL:FRACTION@K` — from request K on, that share of MODEL's answers are wrong;
+* `degrade:MODEL:FRACTION@K` — from request K on, that share (0.4 or 40%) of MODEL's answers are wrong;
 * `add:MODEL@K` — MODEL is unavailable before request K.
 
 The static router is the learned policy (argmax utility). The bandit router is the same
@@ -58,13 +58,14 @@ def parse_drift(spec: str) -> Drift:
         return Drift("add", rest, int(start))
     if kind == "degrade":
         model, _, frac = rest.rpartition(":")
-        try:
-            fraction = float(frac)
+        frac = frac.strip()
+        try:  # 0.4 or 40%, as calibrate's --share
+            fraction = float(frac[:-1]) / 100 if frac.endswith("%") else float(frac)
         except ValueError:
             fraction = -1.0
         if model and 0.0 <= fraction <= 1.0:
             return Drift("degrade", model, int(start), fraction)
-    raise ValueError(f"drift {spec!r}: expected degrade:MODEL:FRACTION@K (FRACTION in [0, 1]) or add:MODEL@K")
+    raise ValueError(f"drift {spec!r}: expected degrade:MODEL:FRACTION@K (FRACTION in [0, 1] or 0%-100%) or add:MODEL@K")
 
 
 def _added_summary(j: int, stream: Stream, static: np.ndarray, bandit: np.ndarray, start: int) -> dict:
@@ -370,7 +371,9 @@ def simulate(args) -> dict:
         raise ValueError(f"{args.data}: simulate needs recorded costs (cost_usd__<model> columns)")
     unknown = [d.model for d in drifts if d.model not in table.models]
     if unknown:  # before the router is trained, not after
-        raise ValueError(f"--drift names model {unknown[0]!r}, which is not in {args.data}: {table.models}")
+        close = [m for m in table.models if m.casefold() == unknown[0].casefold()]
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"--drift names model {unknown[0]!r}, which is not in {args.data}: {table.models}{hint}")
     if router is not None and set(table.models) <= set(added) and min(added.values()) > 0:
         raise ValueError(f"{args.data}: every model is added by a drift ({sorted(added)}); at least one must be there from "
                          f"the start: no model could answer requests 0 to {min(added.values()) - 1}")
@@ -414,7 +417,7 @@ def configure(parser) -> None:
     parser.add_argument("--data", required=True, help="wide outcome table: parquet, CSV, TSV, JSON Lines or a JSON array of records (CSV, TSV and JSON Lines may be .gz)")
     parser.add_argument("--requests", type=int, default=5000, help="length of the request stream (default: %(default)s)")
     parser.add_argument("--drift", action="append", metavar="SPEC",
-                        help="degrade:MODEL:FRACTION@K or add:MODEL@K; repeatable")
+                        help="degrade:MODEL:FRACTION@K (FRACTION 0.4 or 40%%) or add:MODEL@K; repeatable")
     parser.add_argument("--out", required=True, help="JSON report path")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the train/replay split and the router trained here, the request order, which answers a "

@@ -9,6 +9,7 @@ pyfunc model version.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import os
@@ -165,6 +166,63 @@ def _experiment_id(mlflow, name: str, uri: str) -> str:
     return mlflow.create_experiment(name, artifact_location=location)
 
 
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
+@contextlib.contextmanager
+def quiet_mlflow():
+    """MLflow's notices that every run repeats and that say nothing about this one: the advice to
+    type-hint `predict` and to log models from code (the pyfunc wrapper is ours, built here, never
+    loaded from a stranger's file), and the progress bars of its own local artifact copies. Only
+    these: its other warnings and its errors still show."""
+    import warnings
+
+    bar = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    set_bar = bar not in os.environ  # an explicit setting is the user's to keep
+    drop = _DropMessages("serialized using CloudPickle")
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    shown = warnings.showwarning
+
+    # Not a warnings filter: MLflow wraps the check in its own catch_warnings("once"), which
+    # takes precedence over any filter set out here.
+    def showwarning(message, category, *args, **kwargs):
+        if not (issubclass(category, UserWarning) and "Add type hints to the `predict` method" in str(message)):
+            shown(message, category, *args, **kwargs)
+
+    if set_bar:
+        os.environ[bar] = "false"
+    pyfunc_log.addFilter(drop)
+    warnings.showwarning = showwarning
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+        pyfunc_log.removeFilter(drop)
+        if set_bar:
+            os.environ.pop(bar, None)
+
+
+def register_version(mlflow, model_uri: str, name: str) -> str:
+    """Register `model_uri` as a new version of `name`, without MLflow's "Successfully registered
+    model" / "already exists. Creating a new version" notices: the caller says which version it made.
+    A failure still raises."""
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    was = MLFLOW_LOGGING_STREAM.enabled
+    MLFLOW_LOGGING_STREAM.enabled = False
+    try:
+        with quiet_mlflow():
+            return str(mlflow.register_model(model_uri, name).version)
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = was
+
+
 def log_to_mlflow(args, router_dir: Path, params: dict, metrics: dict, plot: Path) -> tuple[str, str]:
     """One run: params, flat metrics, plot, artifact folder, and a registered pyfunc version."""
     import mlflow
@@ -174,21 +232,22 @@ def log_to_mlflow(args, router_dir: Path, params: dict, metrics: dict, plot: Pat
     mlflow.set_tracking_uri(uri)
     exp_id = _experiment_id(mlflow, args.experiment, uri)
 
-    class RouterModel(mlflow.pyfunc.PythonModel):
-        """DataFrame with a `text` column in, calibrated P(good) per model out."""
+    with quiet_mlflow():  # MLflow warns when the class is defined, not when it is logged
+        class RouterModel(mlflow.pyfunc.PythonModel):
+            """DataFrame with a `text` column in, calibrated P(good) per model out."""
 
-        def load_context(self, context):
-            from router.engine import LearnedRouter
+            def load_context(self, context):
+                from router.engine import LearnedRouter
 
-            self.router = LearnedRouter.load(context.artifacts["router"])
+                self.router = LearnedRouter.load(context.artifacts["router"])
 
-        def predict(self, context, model_input, params=None):
-            import pandas as pd
-            from router.request_view import view_prompt
+            def predict(self, context, model_input, params=None):
+                import pandas as pd
+                from router.request_view import view_prompt
 
-            reqs = [view_prompt(str(t)) for t in model_input["text"]]
-            pred = self.router.predict(reqs)
-            return pd.DataFrame(pred.p_good, columns=pred.models)
+                reqs = [view_prompt(str(t)) for t in model_input["text"]]
+                pred = self.router.predict(reqs)
+                return pd.DataFrame(pred.p_good, columns=pred.models)
 
     with mlflow.start_run(experiment_id=exp_id) as run:
         mlflow.log_params(params)
@@ -200,14 +259,14 @@ def log_to_mlflow(args, router_dir: Path, params: dict, metrics: dict, plot: Pat
         # MLflow allows only [A-Za-z0-9_ -.:/] in a name; model names may hold "+", "@", "(", ...
         mlflow.log_metrics({re.sub(r"[^\w\-. :/]", "_", k): float(v) for k, v in flat.items()})
         mlflow.log_artifact(str(plot))
-        info = mlflow.pyfunc.log_model(
-            name="router",
-            python_model=RouterModel(),
-            artifacts={"router": str(router_dir)},
-            pip_requirements=["openclaw-router", "lightgbm", "onnxruntime", "tokenizers", "numpy", "pandas"],
-            registered_model_name=args.registered_name,
-        )
-        version = getattr(info, "registered_model_version", None)
+        with quiet_mlflow():
+            info = mlflow.pyfunc.log_model(
+                name="router",
+                python_model=RouterModel(),
+                artifacts={"router": str(router_dir)},
+                pip_requirements=["openclaw-router", "lightgbm", "onnxruntime", "tokenizers", "numpy", "pandas"],
+            )
+        version = register_version(mlflow, info.model_uri, args.registered_name) if args.registered_name else None
         return run.info.run_id, str(version)
 
 

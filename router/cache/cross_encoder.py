@@ -18,6 +18,7 @@ scoring needs only onnxruntime and tokenizers.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 DELTA_FILE = "cross_encoder_delta.npz"
 MAX_TOKENS = 128  # pair length in wordpieces; 99.9 % of QQP pairs are shorter
@@ -183,6 +186,9 @@ def onnx_for(folder: str | Path) -> Path:
         if not target.exists():
             from router.onnx_export import build_in_child
 
+            # The build's own output stays in its child: without this line a first start is silent for seconds.
+            log.info("first use on this machine: exporting the cache's cross-encoder (%s) to ONNX into %s (about 10 s, once)",
+                     folder, target.parent)
             build_in_child("cross-encoder", "--folder", str(Path(folder).resolve()))
     return target
 
