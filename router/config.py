@@ -12,8 +12,9 @@ from typing import Annotated, Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from router.config_checks import BaseUrl, DbUrl, HeaderName, HeaderValue, Name, RedisUrl, check_providers, check_unique_keys
-from router.config_errors import DEFAULT_PROFILES, BadReference, ConfigError, invalid, validation_problems, yaml_hint
+from router.config_checks import (BaseUrl, DbUrl, HeaderName, HeaderValue, Name, RedisUrl, check_providers, check_unique_keys,
+                                  undefined_provider, undefined_providers)
+from router.config_errors import DEFAULT_PROFILES, BadReference, ConfigError, invalid, problem_at, validation_problems, yaml_hint
 from router.config_yaml import YesNo, goes_here, kind_of, load_yaml, no_yes_no, quote_yes_no, syntax_error, takes_bool
 
 Capability = Literal["tools", "json", "vision", "files", "audio", "logprobs"]
@@ -348,8 +349,7 @@ class Config(_Strict):
         names = set(names_in_order)
         for i, m in enumerate(self.models):
             if m.provider not in self.providers:
-                raise BadReference(("models", i, "provider"),
-                                   f"models[{i}].provider {m.provider!r} is not defined under providers: {sorted(self.providers)}")
+                raise BadReference(("models", i, "provider"), undefined_provider(i, m.provider, self.providers))
             for f in m.fallbacks:
                 if f not in names or f == m.name:
                     raise BadReference(("models", i, "fallbacks"),
@@ -417,7 +417,10 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         return Config.model_validate({**data, "source": source})
     except ValidationError as exc:
         quote_yes_no(exc, tree)
-        raise invalid(f"{source}: invalid configuration", validation_problems(exc, tree, Config)) from None
+        problems = validation_problems(exc, tree, Config)
+        # Once the rest is valid the schema finds the first of these itself: each is said once.
+        problems += [p for ref in undefined_providers(data) if (p := problem_at(tree, ref.loc, str(ref))) not in problems]
+        raise invalid(f"{source}: invalid configuration", problems) from None
 
 
 def load_config(path: str | Path) -> Config:

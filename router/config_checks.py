@@ -4,8 +4,9 @@ annotated type (or a check over the whole file) so that router/config.py stays a
 of keys, and each error reaches the user as `key a.b.c: what is wrong`."""
 from __future__ import annotations
 
+import difflib
 import re
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Iterable, Sequence
 from urllib.parse import urlsplit
 
 import yaml
@@ -14,7 +15,7 @@ from pydantic import AfterValidator
 from router.config_errors import BadReference, env_syntax_name
 
 if TYPE_CHECKING:
-    from router.config import Config
+    from router.config import Config, ModelSpec
 
 SIMULATED_URL = "simulated://"
 # RFC 9110 token: what h11 and httpx accept as a header name; anything else fails each request with a 500.
@@ -84,6 +85,39 @@ def check_providers(config: "Config") -> None:
             raise BadReference(("providers", name, "base_url"),
                                f"simulated:// is the built-in simulator's address, for a provider of kind: simulated, "
                                f"not {provider.kind!r}")
+
+
+def undefined_provider(i: int, provider: str, providers: Iterable[str]) -> str:
+    names = sorted(providers)
+    close = difflib.get_close_matches(provider, names, n=1)
+    return f"models[{i}].provider {provider!r} is not defined under providers: {names}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def undefined_providers(data: dict[str, Any]) -> list[BadReference]:
+    """Each model's `provider` naming no provider, read from the file as written: Config checks
+    references only once every key is valid, and a typo here is said with the schema's errors."""
+    models, providers = data.get("models"), data.get("providers")
+    if not isinstance(models, list) or not isinstance(providers, dict):
+        return []
+    # A blank name is the schema's error (must not be empty), said once.
+    return [BadReference(("models", i, "provider"), undefined_provider(i, m["provider"], providers))
+            for i, m in enumerate(models)
+            if isinstance(m, dict) and isinstance(m.get("provider"), str) and m["provider"].strip() and m["provider"] not in providers]
+
+
+def unseen_model_warnings(catalog: Sequence["ModelSpec"], unseen: Iterable[str], known: Sequence[str]) -> list[str]:
+    """For each catalog model the router artifact has no training data for (`unseen`, by name),
+    the fix: a `router_model` the artifact knows (`known`), named where one is close."""
+    names = set(unseen)
+    warnings = []
+    for i, spec in enumerate(catalog):
+        if spec.name not in names:
+            continue
+        what = f"has no model {spec.router_model!r}" if spec.router_model else f"has no training data for {spec.name}"
+        close = difflib.get_close_matches(spec.predictor_name, known, n=1)
+        fix = f"set router_model: {close[0]}" if close else "set router_model to a model the artifact knows"
+        warnings.append(f"models[{i}].router_model: router.artifact {what}: it gets the unseen-model prior; {fix} to borrow its predictions")
+    return warnings
 
 
 def check_unique_keys(tree: yaml.Node | None) -> None:

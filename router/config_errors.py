@@ -9,6 +9,7 @@ repeated in a message (it may be a key pasted where a variable's name goes).
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
 import types
@@ -134,6 +135,34 @@ def keys_of(model: type[BaseModel]) -> list[str]:
     return [name for name, field in model.model_fields.items() if not field.exclude]
 
 
+@functools.cache
+def key_places(root: type[BaseModel]) -> dict[str, tuple[str, ...]]:
+    """Where in the file each key name is valid, as paths walked from the schema itself, shallow
+    first: `router.profiles`, `providers.<name>.base_url`, `models[].router_model`."""
+    places: dict[str, list[str]] = {}
+    todo: list[tuple[Any, str]] = [(root, "")]
+    while todo:
+        annotation, path = todo.pop(0)
+        annotation = unwrap(annotation)
+        origin = get_origin(annotation)
+        if is_model(annotation):
+            for key in keys_of(annotation):
+                at = f"{path}.{key}" if path else key
+                places.setdefault(key, []).append(at)
+                todo.append((annotation.model_fields[key].annotation, at))
+        elif origin in (list, tuple, frozenset, set):
+            todo.append((get_args(annotation)[0], path + "[]"))
+        elif origin is dict:
+            todo.append((get_args(annotation)[1], path + ".<name>"))
+    return {key: tuple(paths) for key, paths in places.items()}
+
+
+def _belongs(paths: tuple[str, ...]) -> str:
+    under = [f"under {parent}: ({path})" if (parent := path.rpartition(".")[0]) else f"at the top level ({path})"
+             for path in paths]
+    return "unknown key: it belongs " + " or ".join(under)
+
+
 def _what(value: Any) -> str:
     if value is None:
         return "nothing (null)"
@@ -172,6 +201,10 @@ def _unknown_key(root: type[BaseModel], loc: tuple) -> str:
     other = _OTHER_NAMES.get(str(key), "")
     if other.split(":")[0] in valid:
         return f"unknown key: here it is {other}"
+    # A key written at the wrong level (top-level `profiles`, a model's `base_url`) is no misspelling.
+    elsewhere = key_places(root).get(str(key))
+    if elsewhere:
+        return _belongs(elsewhere)
     close = difflib.get_close_matches(str(key), valid, n=1)
     if close:
         return f"unknown key: did you mean {close[0]}?"
@@ -275,7 +308,12 @@ def validation_problems(exc: ValidationError, tree: yaml.Node | None, root: type
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, BadReference):
             loc = cause.loc
-        line = line_of(tree, at + loc)
-        where = f"line {line}, " if line else ""
-        problems.append(f"{where}key {key_path(at + loc) or '<top>'}: {describe(err, loc, root)}")
+        problems.append(problem_at(tree, at + loc, describe(err, loc, root)))
     return problems
+
+
+def problem_at(tree: yaml.Node | None, loc: tuple, message: str) -> str:
+    """`line N, key a.b[2].c: message`, the line found in the file (`tree`)."""
+    line = line_of(tree, loc)
+    where = f"line {line}, " if line else ""
+    return f"{where}key {key_path(loc) or '<top>'}: {message}"

@@ -31,6 +31,7 @@ def findings(config, host: str, port: int, from_file: bool) -> tuple[list[str], 
     `from_file`: the user's --config, whose settings serve holds to (not the presets' or demo's)."""
     from router.cache.verifier import Verifier
     from router.config import resolve_path
+    from router.config_checks import unseen_model_warnings
     from router.engine import LearnedRouter, find_artifact
     from service.gateway import NO_ROUTER, artifact_problem
     from service.governance.runtime import GovernanceSettings, is_loopback
@@ -69,12 +70,11 @@ def findings(config, host: str, port: int, from_file: bool) -> tuple[list[str], 
         warnings.append(f"{problem}: {NO_ROUTER}")
     else:
         try:
-            unseen = LearnedRouter.load(find_artifact(config.router.artifact, config)).unseen(config.models)
+            router = LearnedRouter.load(find_artifact(config.router.artifact, config))
         except (OSError, ValueError, KeyError) as exc:
             errors.append(f"router.artifact {config.router.artifact!r}: cannot be loaded: {exc}")
         else:
-            if unseen:
-                warnings.append(f"router.artifact: no training data for {', '.join(unseen)}: they get the unseen-model prior")
+            warnings += unseen_model_warnings(config.models, router.unseen(config.models), router.models)
     if config.cache.enabled and config.cache.semantic:
         try:
             Verifier.load(resolve_path(config, config.cache.verifier), threshold=config.cache.verifier_threshold)

@@ -92,6 +92,7 @@ def artifact_problem(config: Config) -> str | None:
 def load_router(config: Config) -> Router | None:
     """The router artifact named by `router.artifact`, or None with a warning: named models still
     work without it."""
+    from router.config_checks import unseen_model_warnings
     from router.engine import LearnedRouter, find_artifact
 
     problem = artifact_problem(config)
@@ -100,9 +101,8 @@ def load_router(config: Config) -> Router | None:
         return None
     path = find_artifact(config.router.artifact, config)
     router = LearnedRouter.load(path)
-    unseen = router.unseen(config.models)
-    if unseen:
-        log.warning("router artifact %s has no training data for %s: they get the unseen-model prior", path, unseen)
+    for warning in unseen_model_warnings(config.models, router.unseen(config.models), router.models):
+        log.warning("%s (%s)", warning, path)
     log.info("router artifact loaded from %s", path)
     return router
 
