@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.serve_command", "run the OpenAI-compatible routing gateway"),
@@ -25,12 +26,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _version() -> str:
+    try:
+        return version("openclaw-router")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openclaw-router", description="ML-driven LLM router")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"openclaw-router {_version()}")
+    # -v after the subcommand as well. Its default is SUPPRESS: argparse copies every attribute the
+    # subparser sets over the top-level ones, and a default False would undo `-v COMMAND`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         # Only the chosen command's module is imported; the others stay bare parsers.
         if only == name:
             importlib.import_module(module).configure(p)

@@ -287,9 +287,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decisions-out", required=True, help="parquet file for the decisions (row, knob, model)")
     parser.add_argument("--report-dir", required=True, help="folder for summary.json and cost_quality.png")
     parser.add_argument("--knn-train", help="outcome table to fit the kNN baseline on (default: cross-fit on --data)")
-    parser.add_argument("--knob-points", type=int, default=48, help="knob values swept (plus the two extremes)")
+    parser.add_argument("--knob-points", type=int, default=48, help="knob values swept, plus the two extremes (default: %(default)s)")
     parser.add_argument("--budgets", help="extra comma-separated USD budgets per prompt for quality-at-budget")
-    parser.add_argument("--seed", type=int, default=0, help="seed of kNN's cross-fitting folds")
+    parser.add_argument("--seed", type=int, default=0, help="seed of kNN's cross-fitting folds (default: %(default)s)")
 
 
 def _budgets(text: str | None) -> list[float]:

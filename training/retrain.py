@@ -165,6 +165,8 @@ class _Args:
     registered_name: str | None
 
 
+# 1 and 2 already mean that retrain failed or was misused (main's handlers); a rejected candidate is neither.
+NOT_PROMOTED_EXIT = 3
 LIVE_ALIAS = "live"  # the registered version retrain last promoted (and, with --gateway, hot-reloaded)
 
 
@@ -378,26 +380,34 @@ def summary(comparison: dict, estimator: str) -> str:
 
 
 def configure(parser) -> None:
-    parser.add_argument("--db", default="sqlite:///.openclaw/outcomes.sqlite", help="outcome log URL (with feedback)")
+    parser.add_argument("--db", default="sqlite:///.openclaw/outcomes.sqlite",
+                        help="outcome log URL (with feedback): sqlite:///PATH or postgresql://... (default: %(default)s)")
     parser.add_argument("--base-data", action="append", metavar="FILE", help="wide outcome table to train on as well; repeatable")
     parser.add_argument("--router", default=None, help="live router artifact (default: the one that made the latest "
                         "logged decisions, as the gateway records it, an error where its folder is not here; "
                         "models/default where the log records none)")
     parser.add_argument("--out", default=None, help="candidate artifact folder (default: models/candidate-<time>)")
     parser.add_argument("--gateway", default=None, help="running gateway URL to hot-reload on promotion")
-    parser.add_argument("--eval-share", type=float, default=0.5, help="most recent share of logged requests held out for OPE")
-    parser.add_argument("--min-requests", type=int, default=200, help="fewest held-out requests to promote on")
-    parser.add_argument("--estimator", choices=("dr", "snips", "ips"), default="dr", help="estimator that decides promotion")
+    parser.add_argument("--eval-share", type=float, default=0.5,
+                        help="most recent share of logged requests held out for OPE (default: %(default)s)")
+    parser.add_argument("--min-requests", type=int, default=200, help="fewest held-out requests to promote on (default: %(default)s)")
+    parser.add_argument("--estimator", choices=("dr", "snips", "ips"), default="dr",
+                        help="estimator that decides promotion (default: %(default)s)")
     parser.add_argument("--text-column", default=None, help="text column of the --base-data tables (default: per row, the "
                         "first of prompt, query, messages that holds text)")
     parser.add_argument("--prices", default=None, metavar="FILE",
                         help="JSON {model: {input_per_1m, output_per_1m}} for base tables without cost columns")
-    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--folds", type=int, default=5,
+                        help="cross-validation folds = bagged boosters, as for train (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=None, help="boosting rounds (default: the predictor's)")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--experiment", default="openclaw-router")
-    parser.add_argument("--registered-name", default="openclaw-router")
+    parser.add_argument("--seed", type=int, default=7,
+                        help="seed of the cross-validation folds and the boosters (default: %(default)s)")
+    parser.add_argument("--experiment", default="openclaw-router", help="MLflow experiment name (default: %(default)s)")
+    parser.add_argument("--registered-name", default="openclaw-router", help="MLflow registered model name (default: %(default)s)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default as for train)")
+    parser.add_argument("--exit-code", action="store_true",
+                        help=f"exit {NOT_PROMOTED_EXIT} when the candidate is not promoted, as `git diff --exit-code` "
+                        "does on a difference (default: exit 0 either way)")
 
 
 def run(args) -> int:
@@ -423,4 +433,6 @@ def run(args) -> int:
               f"alias {LIVE_ALIAS!r}){where}: {report['verdict']['reason']}")
     else:
         print(f"NOT PROMOTED {report['candidate']}: {report['verdict']['reason']}")
+        if args.exit_code:
+            return NOT_PROMOTED_EXIT
     return 0

@@ -315,9 +315,11 @@ predictors, not of choices.</p>{_table({"all requests": o, **report["by_live_mod
 
 
 def configure(parser) -> None:
-    parser.add_argument("--db", required=True, help="outcome log URL (sqlite:///PATH) holding the shadow decisions")
+    parser.add_argument("--db", required=True,
+                        help="outcome log URL holding the shadow decisions: sqlite:///PATH or postgresql://USER@HOST/DB")
     parser.add_argument("--out", required=True, help="folder for shadow_report.html and shadow_report.json")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the bootstrap resampling behind the report's intervals (default: %(default)s)")
 
 
 def run(args) -> int:

@@ -424,26 +424,29 @@ def configure(parser) -> None:
                              "degradation breaks and the bandit's draws (default: %(default)s)")
     parser.add_argument("--router", default=None,
                         help="router artifact to use (replays every prompt); default: train one on a split")
-    parser.add_argument("--train-share", type=float, default=0.5, help="share of prompts the router is trained on")
+    parser.add_argument("--train-share", type=float, default=0.5,
+                        help="share of prompts the router is trained on (default: %(default)s)")
     parser.add_argument("--text-column", default=None,
                         help="column holding the prompt text (default: per row, the first of prompt, query, messages that holds text)")
     parser.add_argument("--prices", default=None,
                         help="JSON of per-model prices, for tables without cost_usd__<model> columns (as train and eval take)")
-    parser.add_argument("--willingness-to-pay", type=float, default=0.01, help="USD per +1.0 quality (the knob)")
+    parser.add_argument("--willingness-to-pay", type=float, default=0.01,
+                        help="USD per +1.0 quality, the knob (default: %(default)s)")
     parser.add_argument("--latency-weight", type=float, default=0.0,
-                        help="quality given up per second of predicted latency in both routers' utility (default: 0, "
-                             "latency ignored)")
-    parser.add_argument("--window", type=int, default=500, help="requests per reported window")
-    parser.add_argument("--feedback-rate", type=float, default=1.0, help="share of requests whose reward the bandit sees")
+                        help="quality given up per second of predicted latency in both routers' utility (default: "
+                             "%(default)s, latency ignored)")
+    parser.add_argument("--window", type=int, default=500, help="requests per reported window (default: %(default)s)")
+    parser.add_argument("--feedback-rate", type=float, default=1.0,
+                        help="share of requests whose reward the bandit sees (default: %(default)s)")
     parser.add_argument("--explore-share", type=float, default=BanditSettings.explore_share,
-                        help="cap on the share of requests exploring models the predictor knows")
+                        help="cap on the share of requests exploring models the predictor knows (default: %(default)s)")
     parser.add_argument("--new-model-explore-share", type=float, default=BanditSettings.new_model_explore_share,
-                        help="cap on the share of requests exploring a model the router was not trained on")
+                        help="cap on the share of requests exploring a model the router was not trained on (default: %(default)s)")
     parser.add_argument("--extra-cost-share", type=float, default=BanditSettings.extra_cost_share,
                         help="cap on the expected extra spend of exploring, as a share of the greedy choices' spend "
                              "(default: %(default)s)")
     parser.add_argument("--total-cost-share", type=float, default=BanditSettings.total_cost_share,
-                        help="cap on the bandit's total extra predicted spend over the reference policy; inf: uncapped")
+                        help="cap on the bandit's total extra predicted spend over the reference policy; inf: uncapped (default: %(default)s)")
 
 
 def run(args) -> int:

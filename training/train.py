@@ -22,6 +22,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 EXPERIMENT = "openclaw-router"
 REGISTERED_MODEL = "openclaw-router"
+LEARNED_LITTLE_AUC = 0.55  # a cross-validated mean AUC below this is close to chance
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -33,14 +34,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "messages that holds text)")
     parser.add_argument("--prices", default=None, metavar="FILE",
                         help="JSON {model: {input_per_1m, output_per_1m}} for tables without cost columns")
-    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds = bagged boosters served")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds = bagged boosters served (default: %(default)s)")
     parser.add_argument("--mode", choices=("shared", "per_model"), default="shared",
-                        help="one booster with a model feature, or one booster per model")
-    parser.add_argument("--pca-dim", type=int, default=32, help="embedding dimensions kept (0 = all 384)")
-    parser.add_argument("--rounds", type=int, default=100, help="boosting rounds per quality booster")
-    parser.add_argument("--seed", type=int, default=7, help="seed of the cross-validation folds and the boosters")
-    parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
-    parser.add_argument("--registered-name", default=REGISTERED_MODEL, help="MLflow registered model name")
+                        help="one booster with a model feature, or one booster per model (default: %(default)s)")
+    parser.add_argument("--pca-dim", type=int, default=32, help="embedding dimensions kept, 0 = all 384 (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=100, help="boosting rounds per quality booster (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=7,
+                        help="seed of the cross-validation folds and the boosters (default: %(default)s)")
+    parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name (default: %(default)s)")
+    parser.add_argument("--registered-name", default=REGISTERED_MODEL, help="MLflow registered model name (default: %(default)s)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under ./.openclaw)")
 
@@ -334,6 +336,12 @@ def run(args: argparse.Namespace) -> int:
     log.info("CV (%d folds): mean AUC %s, Brier %.4f (base rate %.4f), ECE %.4f; kNN weight %.1f (k = %d)", args.folds,
              auc_summary(metrics), metrics["brier"], metrics["brier_base_rate"], metrics["ece"], metrics["knn_weight"],
              metrics["knn_k"])
+    if metrics["mean_auc"] is not None and metrics["mean_auc"] < LEARNED_LITTLE_AUC:
+        # Not an error: a small or noisy table still makes a valid artifact, but the user should
+        # not take the router for one that read the prompts.
+        log.warning("CV mean AUC %.4f on %d rows: the predictors learned little from this data (0.5 is chance), so a "
+                    "router trained on it routes on the models' priors and cost, hardly on the prompt",
+                    metrics["mean_auc"], len(table))
 
     out = Path(args.out)
     sources = [{"path": str(p), "sha256_16": file_digest(p), "rows": len(t)} for p, t in zip(args.data, tables)]
