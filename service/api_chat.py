@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 import time
 import uuid
 from typing import Any, AsyncIterator
@@ -32,40 +31,11 @@ from service.governance.auth import client_caller
 from service.pipeline import RequestContext
 from service.providers.base import UpstreamError
 from service.routing import artifact_of, build_constraints, decide_for
+from service.response_headers import response_headers
 from service.schemas import read_json_body, validate_chat
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-_SAFE_HEADER = re.compile(r"[^\x20-\x7e]")
-
-
-def _header(value: str, limit: int = 400) -> str:
-    return _SAFE_HEADER.sub("?", value)[:limit]
-
-
-def response_headers(ctx: RequestContext) -> dict[str, str]:
-    headers = {"x-request-id": ctx.request_id}
-    # Only what a cache saw has a verdict: not a request refused before it (a key's limit, a bad body).
-    if ctx.extras.get("cache_consulted") or ctx.cache_status in ("hit", "semantic-hit"):
-        headers["x-cache"] = cache_header(ctx)
-    if ctx.answered_by:
-        headers["x-router-model"] = ctx.answered_by
-    if ctx.profile:
-        headers["x-router-profile"] = ctx.profile
-    if ctx.extras.get("reason"):
-        headers["x-router-reason"] = _header(ctx.extras["reason"])
-    headers.update(ctx.extras.get("response_headers") or {})
-    return headers
-
-
-def cache_header(ctx: RequestContext) -> str:
-    """`hit`, `semantic-hit; similarity=0.97` or `miss` (a request that bypassed the cache is a
-    miss to the client; the outcome log keeps `bypass`)."""
-    if ctx.cache_status == "semantic-hit" and ctx.cache_similarity is not None:
-        return f"semantic-hit; similarity={ctx.cache_similarity:.2f}"
-    return ctx.cache_status if ctx.cache_status in ("hit", "semantic-hit") else "miss"
-
-
 def _reason(ctx: RequestContext) -> str:
     if ctx.decision:
         base = ctx.decision.reason

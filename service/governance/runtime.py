@@ -138,7 +138,8 @@ class Governance:
                 "or bind to 127.0.0.1"
             )
         return (f"governance: no keys configured — the gateway is OPEN (no authentication) and listens on {host} only; "
-                "set OPENCLAW_MASTER_KEY and create virtual keys to require them")
+                "set OPENCLAW_MASTER_KEY and create virtual keys to require them; "
+                "the /ui dashboard and the /admin API need OPENCLAW_MASTER_KEY too (off until it is set)")
 
     def attach(self, gateway: Any) -> None:
         """Plug into a built gateway: spend metrics on its registry, shared circuit breakers."""

@@ -39,11 +39,18 @@ function takeKeyFromFragment() {
   }
 }
 
+let probed = false;
+
 async function fetchDashboard() {
   const key = sessionStorage.getItem(KEY_SLOT);
+  if (!key && probed) return { login: true };
+  // Asked once without a key too: a gateway with no master key answers 403 admin_disabled, and
+  // the page says so instead of asking for a key that does not exist.
+  probed = true;
+  const resp = await fetch("/admin/dashboard", key ? { headers: { authorization: "Bearer " + key } } : {});
+  const body = await resp.json().catch(() => ({}));
+  if (resp.status === 403 && body.error && body.error.code === "admin_disabled") return { adminOff: true };
   if (!key) return { login: true };
-  const resp = await fetch("/admin/dashboard", { headers: { authorization: "Bearer " + key } });
-  const body = await resp.json();
   if (!resp.ok) return { login: true, error: (body.error && body.error.message) || resp.statusText };
   return { data: body };
 }
@@ -194,6 +201,16 @@ function render(d) {
 async function refresh() {
   try {
     const result = await fetchDashboard();
+    if (result.adminOff) {
+      // Only a restart with OPENCLAW_MASTER_KEY changes this: no point polling.
+      clearInterval(timer);
+      $("board").hidden = true;
+      $("logout").hidden = true;
+      $("login").hidden = true;
+      $("admin-off").hidden = false;
+      $("status").textContent = "admin API disabled: OPENCLAW_MASTER_KEY is not set";
+      return;
+    }
     if (result.login) {
       $("board").hidden = true;
       $("logout").hidden = true;
@@ -220,5 +237,5 @@ $("login").addEventListener("submit", (ev) => {
 $("logout").addEventListener("click", () => { sessionStorage.removeItem(KEY_SLOT); refresh(); });
 
 takeKeyFromFragment();
+const timer = setInterval(refresh, 15000);
 refresh();
-setInterval(refresh, 15000);
