@@ -58,19 +58,41 @@ def journal_base(url: str) -> Path:
 
 
 READER_CONNECT_TIMEOUT_S = 5
+# Where the gateway's outcome log URL comes from: what a start that cannot reach it names.
+GATEWAY_SETTING = "--db / server.db"
+
+
+def _connect(url: str) -> Any:
+    """One connection of its own, made within READER_CONNECT_TIMEOUT_S (libpq's connect_timeout,
+    unless the URL sets one)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    timeout = {} if "connect_timeout" in conninfo_to_dict(url) else {"connect_timeout": READER_CONNECT_TIMEOUT_S}
+    return psycopg.connect(url, autocommit=True, **timeout)
+
+
+def check_reachable(url: str, what: str) -> None:
+    """One connection before a store opens its pool: a server that cannot be reached (or refuses
+    the login) is one line at once naming `what`, not the pool's retries in the background, each
+    logged as a warning, until a timeout that blames whatever waited on it first."""
+    import psycopg
+
+    try:
+        _connect(url).close()
+    except psycopg.Error as exc:
+        raise ValueError(f"{what} {redact_url(url)}: cannot connect: {setup_hint(exc)}") from None
 
 
 def reader_tables(url: str, what: str, tables: Sequence[str]) -> dict[str, set[str]]:
     """Which of `tables` the database and search_path of `url` hold, each with its columns: what a
-    reader (`create=False`) looks at before it opens its pool, on one connection of its own. Made
-    within READER_CONNECT_TIMEOUT_S (libpq's connect_timeout, unless the URL sets one), so an
-    unreachable server is one line at once, not the pool's 30 s of retries, each logged."""
+    reader (`create=False`) looks at before it opens its pool, on one connection of its own
+    (`_connect`), so an unreachable server is one line at once, not the pool's 30 s of retries,
+    each logged."""
     import psycopg
-    from psycopg.conninfo import conninfo_to_dict
 
     try:
-        timeout = {} if "connect_timeout" in conninfo_to_dict(url) else {"connect_timeout": READER_CONNECT_TIMEOUT_S}
-        with psycopg.connect(url, autocommit=True, **timeout) as conn:
+        with _connect(url) as conn:
             rows = conn.execute("SELECT t, a.attname FROM unnest(%s::text[]) AS t JOIN pg_attribute a "
                                 "ON a.attrelid = to_regclass(t) AND a.attnum > 0 AND NOT a.attisdropped",
                                 (list(tables),)).fetchall()
@@ -93,7 +115,8 @@ def no_outcome_log(url: str) -> FileNotFoundError:
 class PostgresStore:
     """`create=False` (a reader: retrain, shadow-report) creates nothing: a database without an
     outcomes table is `no_outcome_log`; one whose table lacks a newer column is brought up to date,
-    as the gateway's next start would."""
+    as the gateway's next start would. The gateway's (`create=True`) names its setting,
+    GATEWAY_SETTING, where it cannot connect."""
 
     def __init__(self, url: str, max_size: int = 4, create: bool = True):
         from psycopg_pool import ConnectionPool
@@ -104,6 +127,8 @@ class PostgresStore:
             if not columns:
                 raise no_outcome_log(url)
             create = not columns >= set(COLUMNS)
+        else:
+            check_reachable(url, f"outcome log ({GATEWAY_SETTING})")
         self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=True)
         if not create:
             return

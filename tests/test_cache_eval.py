@@ -32,7 +32,7 @@ def test_cache_eval_writes_rows_and_scores(tmp_path, capsys):
     pairs.to_parquet(src)
     assert main(["cache-eval", "--pairs", str(src), "--out", str(out)]) == 0
     result = pd.read_parquet(out)
-    assert list(result.columns) == ["row", "hit"] and result["hit"].dtype == bool
+    assert list(result.columns) == ["row", "hit", "similarity", "score", "reason"] and result["hit"].dtype == bool
     assert result["row"].tolist() == [0, 1, 2, 3, 4]
     assert result["hit"].tolist() == [True, False, True, False, False]
     printed = capsys.readouterr().out

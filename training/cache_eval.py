@@ -5,15 +5,31 @@ answer, under the default settings (single-user-turn requests to `auto`, same em
 context)? Each pair goes through the real cache: `text_a`'s request is stored, `text_b`'s
 is looked up, unless the gateway would do neither for one of them (`router.cache.policy`). Pairs are kept apart by giving each its own tenant, so a lookup only ever
 sees its own pair's entry. Embeddings are computed in batch up front (memoised on disk).
+Each stage (embed, cache) shows a progress bar on stderr. Besides `row` and `hit`, the output
+says how close each pair came: the cosine of its embeddings, the verifier's score and why a pair
+missed (docs/CACHE.md, Evaluate).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import time
+from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from router.cache.cache import Lookup
 
 log = logging.getLogger(__name__)
+
+EMBED_CHUNK = 2048  # distinct texts embedded per step of the progress bar
+# Why a pair missed before any lookup (the lookup's own: router.cache.cache.Lookup.reason).
+EMPTY_TEXT = "empty_text"  # a side asks nothing (an empty cell)
+NOT_CACHEABLE = "not_cacheable"  # the gateway would neither store nor serve a side (router.cache.policy)
+CACHE_OFF = "cache_off"  # cache.enabled: false in --config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -43,22 +59,50 @@ def both_asked(a: str, b: str) -> bool:
 
 
 def evaluate_pairs(df, cache, emb_a, emb_b) -> list[bool]:
+    return [r.hit is not None for r in explain_pairs(df, cache, emb_a, emb_b)]
+
+
+def explain_pairs(df, cache, emb_a, emb_b, progress: Callable[[], object] | None = None) -> list[Lookup]:
+    """Each pair's lookup (`ResponseCache.explain`), or why none was made; `progress` is called per pair."""
+    from router.cache.cache import Lookup
     from router.cache.keys import request_keys
     from router.cache.policy import request_cacheable
 
-    hits = []
+    results = []
     for i, (a, b) in enumerate(zip(df["text_a"], df["text_b"])):
         # As the gateway: a request it may not cache (a question about the moment of asking) is
         # neither stored nor served. The requests carry no temperature, so that setting is moot.
-        if not both_asked(a, b) or request_cacheable(_request(a), False) or request_cacheable(_request(b), False):
-            hits.append(False)
-            continue
-        tenant = f"pair-{i}"
-        keys_a = request_keys(_request(a), "auto", tenant)
-        cache.put(keys_a, tenant=tenant, route="auto", response=_answer(a), model="eval", cost_usd=0.0, vector=emb_a[i])
-        keys_b = request_keys(_request(b), "auto", tenant)
-        hits.append(cache.lookup(keys_b, emb_b[i]) is not None)
-    return hits
+        if not both_asked(a, b):
+            results.append(Lookup(None, EMPTY_TEXT))
+        elif request_cacheable(_request(a), False) or request_cacheable(_request(b), False):
+            results.append(Lookup(None, NOT_CACHEABLE))
+        else:
+            tenant = f"pair-{i}"
+            keys_a = request_keys(_request(a), "auto", tenant)
+            cache.put(keys_a, tenant=tenant, route="auto", response=_answer(a), model="eval", cost_usd=0.0, vector=emb_a[i])
+            results.append(cache.explain(request_keys(_request(b), "auto", tenant), emb_b[i]))
+        if progress is not None:
+            progress()
+    return results
+
+
+def embed_with_progress(df) -> tuple[np.ndarray, np.ndarray]:
+    """`training.qqp.embed_pairs`, a slice of the distinct texts at a time under a progress bar
+    (a text's vector does not depend on the texts embedded with it: `Embedder.encode`)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from router.embedding import DIM, encode_cached
+
+    texts = sorted(set(df["text_a"]) | set(df["text_b"]))
+    vecs = np.empty((len(texts), DIM), dtype=np.float32)
+    with tqdm(total=len(texts), desc="embed", unit="text") as bar:
+        for start in range(0, len(texts), EMBED_CHUNK):
+            chunk = texts[start:start + EMBED_CHUNK]
+            vecs[start:start + len(chunk)] = encode_cached(chunk)
+            bar.update(len(chunk))
+    pos = {t: i for i, t in enumerate(texts)}
+    return vecs[[pos[t] for t in df["text_a"]]], vecs[[pos[t] for t in df["text_b"]]]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,12 +115,13 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
+    from tqdm import tqdm
 
-    from router.cache.cache import ResponseCache
+    from router.cache.cache import Lookup, ResponseCache
     from router.cache.verifier import Verifier
     from router.config import CacheSection, load_config, resolve_path
     from training.outputs import check_output_file
-    from training.qqp import embed_pairs, load_pairs, precision_recall
+    from training.qqp import load_pairs, precision_recall
 
     if not args.pairs.exists():
         raise FileNotFoundError(f"--pairs {args.pairs} does not exist")
@@ -89,24 +134,37 @@ def _run(args: argparse.Namespace) -> int:
         verifier_path = resolve_path(config, section.verifier)
     df = load_pairs(args.pairs)
     t0 = t1 = time.perf_counter()
+    similarity = np.full(len(df), np.nan)
     if section.enabled:
-        emb_a, emb_b = embed_pairs(df)
+        emb_a, emb_b = embed_with_progress(df)
+        similarity = np.einsum("ij,ij->i", emb_a, emb_b).astype(np.float64)
         t1 = time.perf_counter()
         verifier = Verifier.load(verifier_path, threshold=section.verifier_threshold) if section.semantic else None
         cache = ResponseCache(None, ttl_s=section.ttl_s, max_entries=max(section.max_entries, len(df) + 1),
                               semantic=section.semantic, verifier=verifier)
-        hits = evaluate_pairs(df, cache, emb_a, emb_b)
+        with tqdm(total=len(df), desc="cache", unit="pair") as bar:
+            results = explain_pairs(df, cache, emb_a, emb_b, progress=bar.update)
         cache.close()
     else:
         print(f"the cache is off in {args.config} (cache.enabled: false): no request is served from it")
-        hits = [False] * len(df)
+        results = [Lookup(None, CACHE_OFF)] * len(df)
     t2 = time.perf_counter()
+    hits = [r.hit is not None for r in results]
     unasked = sum(not both_asked(a, b) for a, b in zip(df["text_a"], df["text_b"]))
     if unasked:
         print(f"{unasked} pairs with an empty or missing text were not looked up (hit = false)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"row": range(len(df)), "hit": pd.Series(hits, dtype=bool)}).to_parquet(args.out, index=False)
+    pd.DataFrame({
+        "row": range(len(df)),
+        "hit": pd.Series(hits, dtype=bool),
+        "similarity": similarity,
+        "score": pd.Series([r.score for r in results], dtype="float64"),
+        "reason": pd.Series([r.reason for r in results], dtype=object),
+    }).to_parquet(args.out, index=False)
     print(f"{len(df)} pairs: {sum(hits)} hits; embedding {t1 - t0:.1f} s, cache {t2 - t1:.1f} s; wrote {args.out}")
+    misses = Counter(r.reason for r in results if r.hit is None)
+    if misses:
+        print("misses by reason: " + ", ".join(f"{reason} {n}" for reason, n in misses.most_common()))
     if "label" in df.columns:
         label = df["label"].to_numpy()
         scored = ~np.isnan(label)

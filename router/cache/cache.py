@@ -25,7 +25,7 @@ from router.cache.features import hard_mismatch
 from router.cache.keys import RequestKeys
 from router.cache.semantic import SemanticIndex
 from router.cache.store import MemoryStore, Store
-from router.cache.verifier import Verifier
+from router.cache.verifier import LOW_SIMILARITY, Verifier
 from router.embedding import DIM
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,22 @@ class Hit:
     probability: float  # the verifier's P(same question); 1.0 for exact hits
     entry: Entry
     response: dict[str, Any]
+
+
+# Why a lookup missed (`Lookup.reason`), besides the verifier's `LOW_SIMILARITY` and `HARD_RULE`.
+EXACT_ONLY = "exact_only"  # no semantic match was tried: semantic matching off, no vector, a question too long for it
+NO_CANDIDATE = "no_candidate"  # nothing live in the request's context to compare with
+BELOW_THRESHOLD = "below_threshold"  # the verifier read the pair and scored it under its threshold
+ENTRY_GONE = "entry_gone"  # the entry found was dropped by another process on the same folder
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A lookup's answer, and why there is none (`ResponseCache.explain`): what cache-eval reports."""
+
+    hit: Hit | None
+    reason: str  # "hit", else why not: the reasons above, or the verifier's LOW_SIMILARITY / HARD_RULE
+    score: float | None = None  # the verifier's score for the best candidate (1.0 for a hit it never read); None where none reached its model
 
 
 class ResponseCache:
@@ -173,12 +189,18 @@ class ResponseCache:
 
     def lookup(self, keys: RequestKeys, vector: np.ndarray | None = None, *, semantic: bool = True) -> Hit | None:
         """The cached answer for a request, exact first; `vector` is the unit embedding of `keys.text`."""
+        return self.explain(keys, vector, semantic=semantic).hit
+
+    def explain(self, keys: RequestKeys, vector: np.ndarray | None = None, *, semantic: bool = True) -> Lookup:
+        """`lookup`, with why it missed and the verifier's score: the same decision."""
         with self._lock:
             now = self.clock()
             hit = self._lookup_exact(keys, now)
-            if hit is None and semantic and self.semantic and keys.semantic_ok and vector is not None:
-                hit = self._lookup_semantic(keys, np.asarray(vector, dtype=np.float32), now)
-            return hit
+            if hit is not None:
+                return Lookup(hit, "hit", hit.probability)
+            if not (semantic and self.semantic and keys.semantic_ok and vector is not None):
+                return Lookup(None, EXACT_ONLY)
+            return self._lookup_semantic(keys, np.asarray(vector, dtype=np.float32), now)
 
     def _alive(self, entry_id: int, now: float) -> Entry | None:
         e = self._entries.get(entry_id)
@@ -188,6 +210,10 @@ class ResponseCache:
             self._remove(e)
             return None
         return e
+
+    def _served(self, e: Entry, similarity: float, probability: float) -> Lookup:
+        hit = self._answer(e, "semantic-hit", similarity, probability)
+        return Lookup(hit, "hit", probability) if hit is not None else Lookup(None, ENTRY_GONE, probability)
 
     def _answer(self, e: Entry, kind: str, similarity: float, probability: float) -> Hit | None:
         # None where the row is gone or now holds another key (another process on the folder
@@ -204,12 +230,12 @@ class ResponseCache:
         e = self._alive(entry_id, now) if entry_id is not None else None
         return self._answer(e, "hit", 1.0, 1.0) if e is not None else None
 
-    def _lookup_semantic(self, keys: RequestKeys, vector: np.ndarray, now: float) -> Hit | None:
+    def _lookup_semantic(self, keys: RequestKeys, vector: np.ndarray, now: float) -> Lookup:
         found = self._index.search(keys.fingerprint, vector, CANDIDATES)
-        found = [(i, s) for i, s in found if s >= self.verifier.min_cosine]
-        live = [(e, s) for e, s in ((self._alive(i, now), s) for i, s in found) if e is not None]
+        close = [(i, s) for i, s in found if s >= self.verifier.min_cosine]
+        live = [(e, s) for e, s in ((self._alive(i, now), s) for i, s in close) if e is not None]
         if not live:
-            return None
+            return Lookup(None, LOW_SIMILARITY if found and not close else NO_CANDIDATE)
         asked = _without_end_mark(keys.text)
         for e, sim in live:
             if _without_end_mark(e.text) == asked and not hard_mismatch(e.text, keys.text):
@@ -217,16 +243,17 @@ class ResponseCache:
                 # on pairs that never differ by so little, can doubt them ("How do I reset my password").
                 # Not when the mark ends a text handed over to be worked on ("Reverse this text: hello
                 # world" / "... world."): a hard rule refuses those, which the models score near 1.
-                return self._answer(e, "semantic-hit", sim, 1.0)
+                return self._served(e, sim, 1.0)
         cached = np.vstack([self._index.vector(keys.fingerprint, e.id) for e, _ in live])
-        probs = self.verifier.accept_probability(
+        judged = self.verifier.judge(
             [e.text for e, _ in live], [keys.text] * len(live), cached, np.repeat(vector[None, :], len(live), axis=0)
         )
-        best = int(np.argmax(probs))
-        if probs[best] < self.verifier.threshold:
-            return None
+        best = int(np.argmax(judged.accept))
+        if judged.accept[best] < self.verifier.threshold:
+            score = float(judged.score[best])
+            return Lookup(None, judged.refused[best] or BELOW_THRESHOLD, None if np.isnan(score) else score)
         e, sim = live[best]
-        return self._answer(e, "semantic-hit", sim, float(probs[best]))
+        return self._served(e, sim, float(judged.accept[best]))
 
     # ---- writes ----
 

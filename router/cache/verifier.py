@@ -42,6 +42,22 @@ def combined_score(first_stage: np.ndarray, cross_encoder_logits: np.ndarray) ->
     return first_stage / (1.0 + np.exp(-cross_encoder_logits))
 
 
+LOW_SIMILARITY = "low_similarity"  # the cosine is below `min_cosine`
+HARD_RULE = "hard_rule"  # `features.hard_mismatch` refuses the pair
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What `Verifier.judge` found per pair. `accept` is what is compared with the threshold to
+    decide; `score` is the score that decided it: the combined score where the cross-encoder read
+    the pair, else LightGBM's probability (with a second stage, one below the threshold is why
+    the pair could not pass, so `accept` holds 0 for it), NaN for a pair `refused` names a reason for."""
+
+    accept: np.ndarray
+    score: np.ndarray
+    refused: list[str | None]
+
+
 @dataclass
 class Verifier:
     booster: Any  # lightgbm.Booster
@@ -95,26 +111,38 @@ class Verifier:
 
     def first_stage(self, texts_a: Sequence[str], texts_b: Sequence[str], emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
         """LightGBM's P(duplicate) with the hard rules applied: 0 for refused pairs and low cosine."""
+        return self._first_stage(texts_a, texts_b, emb_a, emb_b)[0]
+
+    def _first_stage(self, texts_a, texts_b, emb_a, emb_b) -> tuple[np.ndarray, list[str | None]]:
         emb_a, emb_b = np.asarray(emb_a, dtype=np.float32), np.asarray(emb_b, dtype=np.float32)
         cos = np.einsum("ij,ij->i", emb_a, emb_b)
         # The pair features and the booster cost most of a lookup: pairs the rules refuse skip them.
-        scored = [i for i, (a, b) in enumerate(zip(texts_a, texts_b)) if cos[i] >= self.min_cosine and not hard_mismatch(a, b)]
+        # `not >=`: a NaN cosine is refused as low, as it always was, without asking the hard rules.
+        refused = [LOW_SIMILARITY if not cos[i] >= self.min_cosine else HARD_RULE if hard_mismatch(a, b) else None
+                   for i, (a, b) in enumerate(zip(texts_a, texts_b))]
+        scored = [i for i, why in enumerate(refused) if why is None]
         p = np.zeros(len(texts_a))
         if scored:
             p[scored] = self.probability([texts_a[i] for i in scored], [texts_b[i] for i in scored], emb_a[scored], emb_b[scored])
-        return p
+        return p, refused
 
     def accept_probability(self, texts_a: Sequence[str], texts_b: Sequence[str], emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
         """The verifier's score per pair, compared with `threshold`. With a second stage: LightGBM's
         probability times the cross-encoder's for the best `SECOND_STAGE_CANDIDATES` pairs whose
         first-stage probability reaches the threshold; 0 for the other pairs, which cannot pass
         (and for refused pairs, which never reach the cross-encoder)."""
-        p = self.first_stage(texts_a, texts_b, emb_a, emb_b)
+        return self.judge(texts_a, texts_b, emb_a, emb_b).accept
+
+    def judge(self, texts_a: Sequence[str], texts_b: Sequence[str], emb_a: np.ndarray, emb_b: np.ndarray) -> Judgement:
+        """`accept_probability`, with what each pair's score was and why a pair was refused unread."""
+        p, refused = self._first_stage(texts_a, texts_b, emb_a, emb_b)
+        score = np.where(np.array([why is None for why in refused], dtype=bool), p, np.nan)
         if self.cross_encoder is None:
-            return p
+            return Judgement(accept=p, score=score, refused=refused)
         out = np.zeros_like(p)
         best = [i for i in np.argsort(-p, kind="stable")[:SECOND_STAGE_CANDIDATES] if p[i] >= self.threshold and p[i] > 0]
         if best:
             logits = self.cross_encoder.logits([texts_a[i] for i in best], [texts_b[i] for i in best])
             out[best] = combined_score(p[best], logits)
-        return out
+            score[best] = out[best]
+        return Judgement(accept=out, score=score, refused=refused)

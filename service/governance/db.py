@@ -223,18 +223,35 @@ class SqliteDatabase(Database):
             self._conn.close()
 
 
+def governance_setting(url: str) -> str:
+    """Which setting gave the governance store `url` (`GovernanceSettings.from_env`): its own
+    variable, or, while that is unset, the outcome log's server.db, which it then shares."""
+    from router.outcome_store_pg import GATEWAY_SETTING
+
+    own = os.environ.get("OPENCLAW_GOVERNANCE_DB")
+    if own == url:
+        return "OPENCLAW_GOVERNANCE_DB"
+    if not own:
+        return f"{GATEWAY_SETTING}: OPENCLAW_GOVERNANCE_DB is unset, so it shares the outcome log's database"
+    return "not OPENCLAW_GOVERNANCE_DB's URL"
+
+
 class PostgresDatabase(Database):
     dialect = "postgres"
 
     def __init__(self, url: str, max_size: int = 10):
         from psycopg_pool import ConnectionPool, PoolTimeout
 
+        from router.outcome_store_pg import check_reachable
+
+        what = f"governance database ({governance_setting(url)})"
+        check_reachable(url, what)
         self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": False})
         try:
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
         except PoolTimeout:
             self._pool.close()
-            raise ValueError(f"governance database {redact_url(url)}: no connection within {CONNECT_TIMEOUT_S:.0f} s "
+            raise ValueError(f"{what} {redact_url(url)}: no connection within {CONNECT_TIMEOUT_S:.0f} s "
                              "(is PostgreSQL running there, and does the database exist?)") from None
         self.owner = new_owner()
 

@@ -1,0 +1,73 @@
+"""`cache-eval` says how close each pair came: the cosine, the verifier's score, why it missed,
+with a progress bar per stage; `row` and `hit` stay as they were."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from router.cache.cache import ResponseCache
+from router.cache.keys import request_keys
+from router.cache.verifier import Verifier
+from router.embedding import encode_cached
+from service.cli import main
+
+PAIRS = [
+    ("What is the capital of France?", "What is the capital of France?", "hit"),  # exact
+    ("How do I reverse a string in Python?", "What is the way to reverse a Python string?", None),  # read by the verifier
+    ("How many calories are in 2 eggs?", "How many calories are in 3 eggs?", "hard_rule"),  # numbers differ
+    ("Why is the sky blue?", "How do I bake sourdough bread at home?", "low_similarity"),
+    ("What time is it right now?", "What time is it right now?", "not_cacheable"),  # about the moment of asking
+    ("What is AI?", "  ", "empty_text"),
+]
+
+
+def test_cache_eval_writes_similarity_score_and_reason(tmp_path, capsys):
+    src, out = tmp_path / "pairs.csv", tmp_path / "hits.parquet"
+    pd.DataFrame({"text_a": [a for a, _, _ in PAIRS], "text_b": [b for _, b, _ in PAIRS]}).to_csv(src, index=False)
+    assert main(["cache-eval", "--pairs", str(src), "--out", str(out)]) == 0
+    result = pd.read_parquet(out)
+    assert list(result.columns) == ["row", "hit", "similarity", "score", "reason"]
+    assert result["row"].tolist() == list(range(len(PAIRS))) and result["hit"].dtype == bool
+    assert result["similarity"].dtype == np.float64 and result["score"].dtype == np.float64
+
+    reasons = result["reason"].tolist()
+    assert [r for r, (_, _, want) in zip(reasons, PAIRS) if want] == [want for _, _, want in PAIRS if want]
+    assert reasons[1] in ("hit", "below_threshold")
+    # `hit` and `reason` agree, and the score decided it against the shipped threshold.
+    assert result["hit"].tolist() == [r == "hit" for r in reasons]
+    threshold = Verifier.load().threshold
+    assert (result.loc[1, "score"] >= threshold) == result.loc[1, "hit"]
+    assert result.loc[0, "score"] == 1.0
+    # No score where the pair never reached the verifier's model.
+    assert result.loc[2:, "score"].isna().all()
+
+    emb = encode_cached([PAIRS[3][0], PAIRS[3][1]])
+    assert math.isclose(result.loc[3, "similarity"], float(emb[0] @ emb[1]), abs_tol=1e-6)
+    assert result.loc[3, "similarity"] < Verifier.load().min_cosine
+    assert result.loc[0, "similarity"] > 0.999
+
+    captured = capsys.readouterr()
+    assert "embed: 100%" in captured.err and "cache: 100%" in captured.err  # tqdm, as `train` shows
+    assert "misses by reason:" in captured.out and "hard_rule 1" in captured.out
+
+
+def test_explain_decides_as_lookup_and_scores_a_miss():
+    """The lookup gives the score it compared with the threshold; a stricter threshold turns the
+    same pair into a miss `below_threshold` carrying that very score."""
+    cached, asked = "How do I reverse a string in Python?", "What is the way to reverse a Python string?"
+    emb = encode_cached([cached, asked])
+    outcomes = {}
+    for threshold in (0.0001, 0.9999):
+        cache = ResponseCache(None, verifier=Verifier.load(threshold=threshold))
+        keys = request_keys({"model": "auto", "messages": [{"role": "user", "content": cached}]}, "auto", "t")
+        cache.put(keys, tenant="t", route="auto", response={"choices": []}, model="m", cost_usd=0.0, vector=emb[0])
+        asked_keys = request_keys({"model": "auto", "messages": [{"role": "user", "content": asked}]}, "auto", "t")
+        outcome = cache.explain(asked_keys, emb[1])
+        assert (outcome.hit is None) == (cache.lookup(asked_keys, emb[1]) is None)
+        outcomes[threshold] = outcome
+        cache.close()
+    loose, strict = outcomes[0.0001], outcomes[0.9999]
+    assert loose.reason == "hit" and strict.reason == "below_threshold" and strict.hit is None
+    assert 0.0 < strict.score < 0.9999
