@@ -240,7 +240,7 @@ def _exclusion(spec: ModelSpec, request: RoutingRequest, allowed: frozenset[str]
     if not tags <= spec.tags:
         return f"lacks tag {', '.join(sorted(tags - spec.tags))}"
     if live is not None and not live.healthy:
-        return "unhealthy (circuit open or rate limit reached)"
+        return live.excluded or "unhealthy (circuit open or rate limit reached)"
     if max_cost is not None and cost > max_cost:
         return f"predicted cost ${cost:.6f} > max ${max_cost:g}"
     if max_latency is not None and latency > max_latency:

@@ -76,6 +76,9 @@ class LiveStats:
     error_rate: float = 0.0
     in_flight: int = 0
     healthy: bool = True  # False while the circuit breaker is open or RPM/TPM is exhausted
+    # Why an unhealthy model is left out when it is no wait that a retry outlasts (a key not set);
+    # None reads as "unhealthy (circuit open or rate limit reached)".
+    excluded: str | None = None
 
 
 @dataclass(frozen=True)

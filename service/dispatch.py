@@ -34,7 +34,7 @@ from router.config import Config, ModelSpec
 from router.types import Constraints
 from service.breaker import Claim
 from service.errors import ApiError, key_missing, key_refused, rate_limited
-from service.live_state import LiveState, refuses_key
+from service.live_state import KEY_MISSING, LiveState, refuses_key
 from service.metrics import Metrics
 from service.pipeline import RequestContext
 from service.providers.base import Provider, UpstreamError
@@ -229,6 +229,17 @@ class Dispatcher:
             who = f"provider {spec.provider} (model {spec.name})" if key_refusal else f"model {spec.name}"
             log.warning("%s: %s", who, err.message)
 
+    def _log_key_missing(self, spec: ModelSpec, variable: str) -> None:
+        self._log_refusal(spec, UpstreamError("auth", f"environment variable {variable} is not set"), True)
+
+    def _log_left_out_keyless(self, ctx: RequestContext) -> None:
+        """The models the router left out for their unset key variable, logged as a skipped one is:
+        routed traffic still tells the operator which variable is missing."""
+        for c in ctx.decision.candidates:
+            missing = (c.excluded or "").startswith(KEY_MISSING) and self.live.key_missing(c.model)
+            if missing:
+                self._log_key_missing(self.specs[c.model], missing)
+
     def _circuits(self, models: list[str], is_open: int) -> None:
         for model in models:
             self.metrics.circuit_open.labels(model).set(is_open)
@@ -236,7 +247,7 @@ class Dispatcher:
     def _only_refused_keys(self, ctx: RequestContext) -> bool:
         """Every model a routed request tried refused the key, is skipped for the refusals that
         opened its circuit or has no key set, and none the router left out is merely rate limited
-        or busy: such a one is worth the retry a 503 invites."""
+        or busy: such a one is worth the retry a 503 invites (one left out for its unset key is not)."""
         tried = all(a.get("kind") == "auth" or a.get("reason") == "key_missing"
                     or (a.get("reason") == "circuit_open" and self.live.left_out_for_key(a["model"])) for a in ctx.attempts)
         busy = [c.model for c in ctx.decision.candidates
@@ -305,7 +316,9 @@ class Dispatcher:
             return key_missing([chain[0]], self.config)
         if any(a["kind"] == "auth" for a in failed) or skipped_for == "auth":
             return key_refused([chain[0]], self.config)
-        missing = list(dict.fromkeys(a["model"] for a in ctx.attempts if a.get("reason") == "key_missing"))
+        # A routed request's keyless models are left out by the router, not skipped here: named all the same.
+        keyless = [c.model for c in ctx.decision.candidates if (c.excluded or "").startswith(KEY_MISSING)] if routed else []
+        missing = list(dict.fromkeys([*(a["model"] for a in ctx.attempts if a.get("reason") == "key_missing"), *keyless]))
         if routed and (errors or missing) and self._only_refused_keys(ctx):
             refused = list(dict.fromkeys(a["model"] for a in ctx.attempts if a.get("reason") != "key_missing"))
             return key_refused(refused, self.config, missing) if refused else key_missing(missing, self.config)
@@ -321,6 +334,8 @@ class Dispatcher:
     async def _attempts(self, ctx: RequestContext, call: Callable[[ModelSpec, int, Claim], Awaitable[Any]]) -> Any:
         """Run `call(spec, retry, claim)` along the chain until one returns; raise ApiError when none does."""
         chain = self.chain(ctx)
+        if ctx.decision is not None:
+            self._log_left_out_keyless(ctx)
         tries = _Tries()
         for lap in range(2):
             first = len(ctx.attempts)
@@ -353,7 +368,7 @@ class Dispatcher:
             if missing:
                 # No call can succeed, nor tell anything of the model or its key: no circuit counts it,
                 # nor does it use up the routed request's failovers.
-                self._log_refusal(spec, UpstreamError("auth", f"environment variable {missing} is not set"), True)
+                self._log_key_missing(spec, missing)
                 self._record(ctx, name, "skipped", reason="key_missing")
                 continue
             claim = self.live.acquire(name)

@@ -11,6 +11,11 @@ them is left out, so routed traffic goes straight to another provider instead of
 on each model to learn the same thing. Its half-open probe is the next call to any of them: an
 answer closes it, with the circuits those refusals opened (a fixed key fixes all the models); a
 refusal re-opens it. A 403 stays the model's own (`refuses_key`).
+
+A model whose provider's key variable is unset (`key_missing`) is not healthy either, but with a
+reason of its own in the router's view (`snapshot`, `LiveStats.excluded`): no retry helps it, only the
+operator setting the variable. It is read on every decision, so the model is eligible again on the
+request after the variable is set.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from router.types import LiveStats
 from service.breaker import CircuitBreaker, Claim, RateWindow, probe_lapse_s
 
 ALPHA = 0.2  # weight of the newest observation: ~5 requests of memory, quick to notice a slowdown
+KEY_MISSING = "key_missing"  # how the exclusion of a model whose key variable is unset begins
 
 
 @dataclass
@@ -228,12 +234,18 @@ class LiveState:
         )
 
     def snapshot(self, request_tokens: int = 0) -> dict[str, LiveStats]:
-        """Every model's live view for one decision (`request_tokens` checks the TPM headroom)."""
-        return {name: self.stats(name, request_tokens) for name in list(self._models)}
+        """Every model's live view for one decision (`request_tokens` checks the TPM headroom): its
+        `stats`, or, while its key variable is unset, not healthy with that reason (read now: set, it
+        counts at once)."""
+        view: dict[str, LiveStats] = {}
+        for name in list(self._models):
+            s, missing = self.stats(name, request_tokens), self.key_missing(name)
+            view[name] = replace(s, healthy=False, excluded=f"{KEY_MISSING}: {missing} not set") if missing else s
+        return view
 
     def describe(self) -> dict[str, dict]:
         """JSON view for /healthz: a model whose key variable is unset is not healthy, with the
-        `reason` (the router's view, `stats`, leaves it in: the dispatcher skips it uncalled)."""
+        `reason` (the router's view, `snapshot`, leaves it out of every decision)."""
         out = {}
         for name in list(self._models):
             s = self.stats(name)

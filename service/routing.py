@@ -21,7 +21,8 @@ import numpy as np
 from router.config import Config, ModelSpec, Profile
 from router.request_view import output_limit
 from router.types import Constraints, Decision, LiveStats, RoutingRequest
-from service.errors import ApiError, bad_request, key_refused, model_not_found, rate_limited
+from service.errors import ApiError, bad_request, key_missing, key_refused, model_not_found, rate_limited
+from service.live_state import KEY_MISSING
 from service.schemas import RouterOptions
 
 if TYPE_CHECKING:
@@ -146,6 +147,8 @@ def options_from_headers(headers: Mapping[str, str]) -> RouterOptions:
         field = HEADER_FIELDS.get(name)
         if field is None:
             raise _unknown_header(name)
+        if not headers[raw_name].strip():
+            continue  # empty: no limit (a templated client's unset variable), so no second spelling either
         if field in given and given[field][0] != name:
             raise bad_request(f"headers {given[field][0]} and {name} set the same limit: send one", param=name)
         given[field] = (name, headers[raw_name])
@@ -180,7 +183,8 @@ def decide(router: Router | None, request: RoutingRequest, *, config: Config, pr
            output_field: str = "max_tokens") -> Decision:
     """Route one request; an impossible request is a 4xx, an unhealthy catalog a 503, or a 429
     when every model it could use is waiting out its upstream's Retry-After (`blocked_for`), or a
-    502 when every one's circuit opened on its provider refusing the key (`key_refused_by`)."""
+    502 when every one's circuit opened on its provider refusing the key (`key_refused_by`) or its
+    key variable is unset (`KEY_MISSING`)."""
     from router.policy import NoEligibleModel
 
     if router is None:
@@ -191,14 +195,18 @@ def decide(router: Router | None, request: RoutingRequest, *, config: Config, pr
                             constraints=constraints, live=live, embedding=embedding)
     except NoEligibleModel as exc:
         unhealthy = [c.model for c in exc.candidates if (c.excluded or "").startswith("unhealthy")]
+        # Only the policy's reason names them: a model out of the request's scope says that instead.
+        keyless = [c.model for c in exc.candidates if (c.excluded or "").startswith(KEY_MISSING)]
         if unhealthy:
             waits = [blocked_for(m) for m in unhealthy] if blocked_for is not None else []
             if waits and all(waits):
                 raise rate_limited(f"every eligible model is rate limited upstream: {exc}", waits) from None
             if key_refused_by is not None and all(key_refused_by(m) for m in unhealthy):
-                raise key_refused(unhealthy, config) from None
+                raise key_refused(unhealthy, config, keyless) from None
             raise ApiError(503, f"no eligible model is available right now: {exc}", code="no_model_available",
                            headers={"retry-after": "1"}) from None
+        if keyless:  # the operator's to fix, as when the dispatcher skips a named model for it
+            raise key_missing(keyless, config) from None
         reasons = [c.excluded or "" for c in exc.candidates]
         too_long = [c.model for c, why in zip(exc.candidates, reasons) if why.startswith("context window")]
         if too_long and all(why.startswith(_OUT_OF_SCOPE + ("context window",)) for why in reasons):

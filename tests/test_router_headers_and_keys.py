@@ -64,6 +64,10 @@ def test_an_unknown_router_header_is_a_400_that_names_the_valid_ones(gw, upstrea
     both = httpx.post(f"{gw.url}/v1/route", json={"model": "auto", "messages": MSG},
                       headers={"x-router-max-cost": "1", "x-router-max-cost-usd": "0.001"})
     assert both.status_code == 400 and "set the same limit" in both.json()["error"]["message"]
+    # an empty one is no limit (a template's unset variable), so the other spelling stands alone
+    one = httpx.post(f"{gw.url}/v1/route", json={"model": "auto", "messages": MSG},
+                     headers={"x-router-max-cost": "", "x-router-max-cost-usd": "0.5"})
+    assert one.status_code == 200, one.text
     assert len(upstream.requests) == 1  # only the plain request was called
 
 
