@@ -274,6 +274,12 @@ def _memo_write(db: sqlite3.Connection | None, rows: list[tuple[str, bytes, byte
         log.warning("embedding memo not written (%s)", exc)
 
 
+def whole_list_memoised(texts: Sequence[str]) -> bool:
+    """Whether an earlier release memoised exactly this list of texts in one file, which only a
+    call with the whole list reads."""
+    return _list_memo_path(texts).exists()
+
+
 def encode_cached(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """Embed a dataset column, memoised on disk per distinct text (training, eval, notebooks):
     duplicates are embedded once, and a table that grows embeds only its new texts."""

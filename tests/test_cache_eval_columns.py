@@ -71,3 +71,20 @@ def test_explain_decides_as_lookup_and_scores_a_miss():
     loose, strict = outcomes[0.0001], outcomes[0.9999]
     assert loose.reason == "hit" and strict.reason == "below_threshold" and strict.hit is None
     assert 0.0 < strict.score < 0.9999
+
+
+def test_an_earlier_releases_whole_list_memo_is_read_at_once(tmp_path, monkeypatch):
+    from router.embedding import DIM, _list_memo_path
+    from training.cache_eval import embed_with_progress
+
+    monkeypatch.setenv("OPENCLAW_CACHE_DIR", str(tmp_path))
+    df = pd.DataFrame({"text_a": ["alpha question", "beta question"], "text_b": ["gamma question", "alpha question"]})
+    texts = sorted(set(df["text_a"]) | set(df["text_b"]))
+    saved = np.random.default_rng(0).standard_normal((len(texts), DIM)).astype(np.float32)  # no embedder gives these
+    path = _list_memo_path(texts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, saved)
+    emb_a, emb_b = embed_with_progress(df)
+    pos = {t: i for i, t in enumerate(texts)}
+    assert np.array_equal(emb_a, saved[[pos[t] for t in df["text_a"]]])
+    assert np.array_equal(emb_b, saved[[pos[t] for t in df["text_b"]]])

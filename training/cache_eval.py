@@ -92,9 +92,13 @@ def embed_with_progress(df) -> tuple[np.ndarray, np.ndarray]:
     import numpy as np
     from tqdm import tqdm
 
-    from router.embedding import DIM, encode_cached
+    from router.embedding import DIM, encode_cached, whole_list_memoised
 
     texts = sorted(set(df["text_a"]) | set(df["text_b"]))
+    if whole_list_memoised(texts):  # an earlier release's file for this very list: read at once, not in slices
+        vecs = encode_cached(texts)
+        pos = {t: i for i, t in enumerate(texts)}
+        return vecs[[pos[t] for t in df["text_a"]]], vecs[[pos[t] for t in df["text_b"]]]
     vecs = np.empty((len(texts), DIM), dtype=np.float32)
     with tqdm(total=len(texts), desc="embed", unit="text") as bar:
         for start in range(0, len(texts), EMBED_CHUNK):

@@ -213,7 +213,9 @@ def quiet_mlflow():
 def register_version(mlflow, model_uri: str, name: str) -> str:
     """Register `model_uri` as a new version of `name`, without MLflow's "Successfully registered
     model" / "already exists. Creating a new version" notices: the caller says which version it made.
-    A failure still raises."""
+    MLflow prints them straight to its logging stream, which no logging filter sees, so that stream
+    is muted for the call, and with it any line MLflow's loggers write meanwhile; a failure still
+    raises."""
     from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 
     was = MLFLOW_LOGGING_STREAM.enabled
