@@ -15,6 +15,7 @@ from typing import Any
 
 _ESCAPED_SURROGATE_TEXT = re.compile(r"\\u[dD][89a-fA-F]")
 _ESCAPED_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+MAX_DEPTH = 256  # nesting a surrogate walk follows; real requests nest a few dozen levels at most
 
 
 def loads(raw: str | bytes, *, finite: bool = False) -> Any:
@@ -44,11 +45,15 @@ def _finite_float(text: str) -> float:
     return number
 
 
-def _replace_lone(value: Any) -> Any:
+def _replace_lone(value: Any, depth: int = 0) -> Any:
+    # A fixed bound, not the interpreter's recursion limit, which libraries raise on import
+    # (torch sets 3000): where "too deep" starts must not depend on what was imported before.
+    if depth > MAX_DEPTH:
+        raise ValueError("JSON nested too deeply")
     if isinstance(value, str):
         return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     if isinstance(value, list):
-        return [_replace_lone(v) for v in value]
+        return [_replace_lone(v, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {_replace_lone(k): _replace_lone(v) for k, v in value.items()}
+        return {_replace_lone(k, depth + 1): _replace_lone(v, depth + 1) for k, v in value.items()}
     return value

@@ -258,3 +258,20 @@ def test_json_text_replaces_lone_surrogates_and_calls_too_deep_invalid():
     deep = "[" * 900 + '"\\ud83d"' + "]" * 900  # json.loads takes it; replacing walks two frames a level
     with pytest.raises(ValueError):
         json_text.loads(deep)
+
+
+def test_too_deep_does_not_depend_on_the_interpreters_recursion_limit():
+    import sys
+
+    from service import json_text
+
+    deep = "[" * 300 + '"\\ud83d"' + "]" * 300
+    limit = sys.getrecursionlimit()
+    try:
+        for raised in (limit, 5000):  # torch raises it to 3000 on import, for one
+            sys.setrecursionlimit(raised)
+            with pytest.raises(ValueError, match="nested too deeply"):
+                json_text.loads(deep)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert json_text.loads("[" * 40 + '"\\ud83d"' + "]" * 40) is not None
