@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         source, config = f"the simulated demo ({default_config_path()})", load_config(default_config_path())
     errors, warnings = findings(config, args.host or config.server.host, config.server.port if args.port is None else args.port,
                                 from_file=bool(args.config))
-    n_models, n_providers = len(config.models), len(config.providers)
+    n_models, n_providers = len(config.models), len({m.provider for m in config.models})  # the unused get a note below
     print(f"{source}: {n_models} model{'s' * (n_models != 1)} on {n_providers} provider{'s' * (n_providers != 1)} "
           f"({', '.join(f'{m.name} via {m.provider}' for m in config.models)})")
     for line in errors:

@@ -143,6 +143,7 @@ def test_check_warns_only_about_the_keys_of_providers_some_model_uses(tmp_path, 
     code = main(["check", "--config", str(tmp_path / "c.yaml"), "--strict"])
     text = capsys.readouterr().out
     assert "OPENCLAW_TEST_SPARE_KEY" not in text and "note: providers.spare: no model uses it\n" in text
+    assert ": 1 model on 1 provider (m1 via used)" in text  # the one its models use; the spare has the note
     assert code == 0 and "warning" not in text  # a note, which --strict does not fail on
     monkeypatch.delenv("OPENCLAW_TEST_USED_KEY")
     main(["check", "--config", str(tmp_path / "c.yaml")])

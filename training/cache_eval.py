@@ -35,7 +35,7 @@ CACHE_OFF = "cache_off"  # cache.enabled: false in --config
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", required=True, type=Path, help="parquet, CSV, TSV or JSON Lines with text_a, text_b (and "
                         "optionally label), or QQP's question1, question2 (and is_duplicate)")
-    parser.add_argument("--out", required=True, type=Path, help="output parquet: row, hit")
+    parser.add_argument("--out", required=True, type=Path, help="output parquet: row, hit, similarity, score, reason (docs/CACHE.md)")
     parser.add_argument("--config", type=Path, help="a gateway config (what `serve --config` takes) whose `cache` settings "
                         "(enabled, semantic, verifier, threshold) to use; default: the built-in defaults")
 
