@@ -251,8 +251,8 @@ def test_the_summary_prints_the_net_recovery_first_and_warns_of_prompts_replayed
     assert main(["simulate", "--data", str(data), "--requests", "1300", "--willingness-to-pay", "1.0",
                  "--drift", "degrade:m2:1.0@100", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    line = next(x for x in printed.splitlines() if x.startswith("degraded m2"))
-    assert "of them net of the" in line and line.index("net of the") < line.index("gross")
+    line = next(x for x in printed.splitlines() if x.startswith("  the bandit regains "))
+    assert "of them, net of the" in line and line.index("net of the") < line.index("gross")
     setup = json.loads(out.read_text())["setup"]
     assert setup["distinct_prompts"] == setup["replayed_prompts"] > 0  # every query of the file is its own
     assert setup["replays_per_prompt"] == pytest.approx(1300 / setup["distinct_prompts"], abs=0.01)
@@ -273,7 +273,11 @@ def test_a_drift_is_measured_over_at_least_half_of_the_requests_after_it(tmp_pat
     assert rec["from_request"] == measured_from and rec["static_lost"] > 0.3 and rec["recovered_share_net"] is not None
     added = rep["added"]["m1"]
     assert added["by_task_from_request"] == measured_from and added["by_task_after_1000"]
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("degraded m2"))
-    assert line.startswith(f"degraded m2: from request {measured_from} ")
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, x in enumerate(lines) if x.startswith("degraded m2"))
+    line = lines[at]
+    assert line.startswith(f"degraded m2: from request {measured_from:,}") and line.endswith(":")
+    # then one measure a line: the loss, the bandit's share of it
+    assert lines[at + 1].startswith("  the static router lost ") and lines[at + 2].startswith("  the bandit regains ")
     shortened = f"(measured after {measured_from - 100:,} of the {requests - 100:,} requests that followed the drift at 100, "
     assert (shortened in line) == (requests - 100 < 2000)

@@ -21,14 +21,17 @@ def print_summary(out: dict, requests: int) -> None:
             print(f"degraded {model}: from request {r['from_request']}{short} the static router lost "
                   f"{100 * r['static_lost']:.2f} quality points, too few to measure a recovery of")
             continue
-        ceiling = r.get("recovered_share_of_recoverable")
-        extra = (f"; {ceiling:.0%} of the {100 * r['informed_static_regained']:.2f} points a static router told about "
-                 "the drift regains" if ceiling is not None else "")
-        # Net first: the gross share also counts what the bandit gains over the static router anyway.
-        print(f"degraded {model}: from request {r['from_request']}{short} the static router lost "
-              f"{100 * r['static_lost']:.2f} quality points; the bandit regains {r['recovered_share_net']:.0%} of them net of the "
+        # One line per measure: the loss, the bandit's share of it net (the headline), then gross
+        # and against what a router told of the drift could regain.
+        print(f"degraded {model}: from request {r['from_request']:,}{short}:\n"
+              f"  the static router lost {100 * r['static_lost']:.2f} quality points\n"
+              f"  the bandit regains {r['recovered_share_net']:.0%} of them, net of the "
               f"{100 * r['bandit_gap_without_drift']:+.2f} points it differs by without the drift "
-              f"(gross, that difference included: {r['recovered_share']:.0%}{extra})")
+              f"(gross: {r['recovered_share']:.0%})")
+        ceiling = r.get("recovered_share_of_recoverable")
+        if ceiling is not None:
+            print(f"  a static router told of the drift regains {100 * r['informed_static_regained']:.2f} points; "
+                  f"the bandit regains {ceiling:.0%} of that")
     starts = {d["model"]: d["start"] for d in out["drift"] if d["kind"] == "add"}
     for model, a in out.get("added", {}).items():
         if a["bandit_share_first_1000"] is None:
