@@ -103,19 +103,30 @@ def create_app(
     `governance` (keys, budgets, attribution; `Governance.from_config`) is off when None."""
     if router is None and load_artifact:
         router = load_router(config)
+    opened = outcome_log is None
     outcome_log = outcome_log or open_outcome_log(config.server.db)
-    learning = LearningRuntime.from_config(config, router)
-    all_hooks = pipeline_hooks(config, outcome_log, simulated, hooks, governance, learning.hook)
-    gateway = build_gateway(
-        config,
-        hooks=all_hooks,
-        router=router,
-        outcome_log=outcome_log,
-        providers=providers,
-        simulated=simulated,
-    )
-
-    follower = _router_follower(config, gateway)
+    learning = None
+    try:
+        learning = LearningRuntime.from_config(config, router)
+        all_hooks = pipeline_hooks(config, outcome_log, simulated, hooks, governance, learning.hook)
+        gateway = build_gateway(
+            config,
+            hooks=all_hooks,
+            router=router,
+            outcome_log=outcome_log,
+            providers=providers,
+            simulated=simulated,
+        )
+        follower = _router_follower(config, gateway)
+    except BaseException:
+        # A start refused here (a cache folder or Redis it cannot use) closes what it opened: the
+        # outcome log's writer thread would otherwise keep the process and its files (which serve
+        # then removes) open.
+        if learning is not None and learning.feedback_log is not None:
+            learning.feedback_log.close()
+        if opened:
+            outcome_log.close()
+        raise
     feedback = [learning.feedback_log] if learning.feedback_log is not None else []
     sweeper = retention_sweeper(config.server.retention_days, [outcome_log.store, *feedback])
 

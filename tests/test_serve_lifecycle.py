@@ -211,3 +211,22 @@ def test_a_failed_application_start_up_exits_3(tmp_path, monkeypatch):
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 3, err
     assert "Application startup failed" in err
+
+
+def test_an_app_refused_after_opening_its_outcome_log_closes_it(tmp_path, monkeypatch):
+    import service.app
+    from router.config import parse_config
+
+    logs = []
+    opened = service.app.open_outcome_log
+    monkeypatch.setattr(service.app, "open_outcome_log", lambda url: logs.append(opened(url)) or logs[-1])
+
+    def refused(*args, **kwargs):
+        raise ValueError("cache folder unusable")
+
+    monkeypatch.setattr(service.app, "pipeline_hooks", refused)
+    config = parse_config(UPSTREAM, str(tmp_path / "config.yaml"))
+    config = config.model_copy(update={"server": config.server.model_copy(update={"db": f"sqlite:///{tmp_path / 'o.sqlite'}"})})
+    with pytest.raises(ValueError, match="cache folder unusable"):
+        service.app.create_app(config, load_artifact=False)
+    assert len(logs) == 1 and logs[0]._closed and not logs[0]._thread.is_alive()
