@@ -237,10 +237,11 @@ class LiveState:
         """Every model's live view for one decision (`request_tokens` checks the TPM headroom): its
         `stats`, or, while its key variable is unset, not healthy with that reason (read now: set, it
         counts at once)."""
+        unset = {env for env in set(self._key_env.values()) if env and not (os.environ.get(env) or "").strip()}
         view: dict[str, LiveStats] = {}
         for name in list(self._models):
-            s, missing = self.stats(name, request_tokens), self.key_missing(name)
-            view[name] = replace(s, healthy=False, excluded=f"{KEY_MISSING}: {missing} not set") if missing else s
+            s, env = self.stats(name, request_tokens), self._key_env.get(name)
+            view[name] = replace(s, healthy=False, excluded=f"{KEY_MISSING}: {env} not set") if env in unset else s
         return view
 
     def describe(self) -> dict[str, dict]:

@@ -93,6 +93,12 @@ def test_every_eligible_model_keyless_is_a_502_naming_the_variable(tmp_path, mon
         # /v1/route decides as chat does
         refused = _route(gw, allowed_models=["a1", "a2"])
         assert refused.status_code == 502 and refused.json()["error"]["code"] == "provider_key_missing"
+        # a cap every model breaks, keyless or not, is the request's 400, which no key would change
+        for cap in ({"max_cost_usd": 1e-12}, {"max_latency_s": 1e-6}):
+            with pytest.raises(openai.BadRequestError) as capped:
+                gw.client().chat.completions.create(model="auto", messages=MSG, extra_body={"router": cap})
+            assert capped.value.body["code"] == "no_eligible_model", cap
+            assert _route(gw, **cap).json()["error"]["code"] == "no_eligible_model"
         assert alpha.requests == [] and beta.requests == []
 
 
