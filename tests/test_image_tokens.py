@@ -132,9 +132,8 @@ def test_a_run_of_fill_bytes_is_skipped_a_window_at_a_time(monkeypatch):
     assert len(reads) <= 20, reads
 
 
-def test_only_the_first_images_of_a_request_are_sized(monkeypatch):
-    from router.request_view import IMAGES_SIZED
-
+def sized_urls(monkeypatch) -> list[str]:
+    """The data URLs whose header the routing view reads, in order, from now on."""
     sized = []
     real = request_view.data_url_size
 
@@ -143,6 +142,13 @@ def test_only_the_first_images_of_a_request_are_sized(monkeypatch):
         return real(url)
 
     monkeypatch.setattr(request_view, "data_url_size", spy)
+    return sized
+
+
+def test_only_the_first_images_of_a_request_are_sized(monkeypatch):
+    from router.request_view import IMAGES_SIZED
+
+    sized = sized_urls(monkeypatch)
     wide = png_header(2048, 768)  # 1,445 tokens read, 765 at the fixed estimate
     # Neither a URL nor a `detail: low` image (85 whatever its size) has a header worth reading.
     free = [image("https://example.com/a.png"), image(wide, "low")]
@@ -266,14 +272,7 @@ def test_a_reservation_counts_an_inline_image_by_its_size(governed):
 def test_a_governed_request_reads_each_header_once(governed, monkeypatch):
     # The reservation takes the images' tokens from the routing view instead of walking the
     # images again: each header is read once a request.
-    sized = []
-    real = request_view.data_url_size
-
-    def spy(url):
-        sized.append(url)
-        return real(url)
-
-    monkeypatch.setattr(request_view, "data_url_size", spy)
+    sized = sized_urls(monkeypatch)
     wide, small = png_header(2048, 768), png_header(64, 64)
     three_wide = reserved(governed, wide, wide, wide)
     assert len(sized) == 3, len(sized)
