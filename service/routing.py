@@ -86,15 +86,12 @@ def resolve_model(name: str, config: Config, usable: Callable[[str], bool] = lam
 
 
 def _header_list(name: str, value: str) -> list[str] | None:
-    """A comma-separated header; an empty one (a templated client's unset variable) is no limit,
-    as the other empty x-router-* headers are."""
+    """A comma-separated header; one naming nothing (", ") is no limit, as an empty one is."""
     items = [v.strip() for v in value.split(",") if v.strip()]
     return items or None
 
 
-def _header_float(name: str, value: str) -> float | None:
-    if not value.strip():  # empty: no limit, as the other x-router-* headers
-        return None
+def _header_float(name: str, value: str) -> float:
     try:
         number = float(value)
     except ValueError:
@@ -104,7 +101,7 @@ def _header_float(name: str, value: str) -> float | None:
     return number
 
 
-def _header_bool(name: str, value: str) -> bool | None:
+def _header_bool(name: str, value: str) -> bool:
     if value.strip().lower() in _TRUE:
         return True
     if value.strip().lower() in _FALSE:
@@ -148,7 +145,7 @@ def options_from_headers(headers: Mapping[str, str]) -> RouterOptions:
         if field is None:
             raise _unknown_header(name)
         if not headers[raw_name].strip():
-            continue  # empty: no limit (a templated client's unset variable), so no second spelling either
+            continue  # empty, whatever its kind: no limit (a templated client's unset variable), nor a second spelling
         if field in given and given[field][0] != name:
             raise bad_request(f"headers {given[field][0]} and {name} set the same limit: send one", param=name)
         given[field] = (name, headers[raw_name])

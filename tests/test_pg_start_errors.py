@@ -6,16 +6,10 @@ from __future__ import annotations
 import pytest
 
 from service.cli import main
+from tests.test_serve_lifecycle import UPSTREAM as CONFIG
 
 UNREACHABLE = "postgresql://gw:secret@127.0.0.1:1/x"  # nothing listens on port 1
 SHOWN = "postgresql://gw:***@127.0.0.1:1/x"
-CONFIG = """
-models:
-  - {name: m1, provider: up, price: {input_per_1m: 1, output_per_1m: 2}, context_window: 1000}
-providers:
-  up: {kind: openai, base_url: "http://127.0.0.1:9/v1"}
-cache: {enabled: false, semantic: false}
-"""
 
 
 @pytest.fixture
