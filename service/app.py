@@ -106,6 +106,7 @@ def create_app(
     opened = outcome_log is None
     outcome_log = outcome_log or open_outcome_log(config.server.db)
     learning = None
+    all_hooks: list[Hook] = []
     try:
         learning = LearningRuntime.from_config(config, router)
         all_hooks = pipeline_hooks(config, outcome_log, simulated, hooks, governance, learning.hook)
@@ -121,7 +122,10 @@ def create_app(
     except BaseException:
         # A start refused here (a cache folder or Redis it cannot use) closes what it opened: the
         # outcome log's writer thread would otherwise keep the process and its files (which serve
-        # then removes) open.
+        # then removes) open. So does the response cache's database, opened with the hooks.
+        for hook in all_hooks:
+            if isinstance(hook, CacheHook):
+                hook.close()
         if learning is not None and learning.feedback_log is not None:
             learning.feedback_log.close()
         if opened:

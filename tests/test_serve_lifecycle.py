@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,50 @@ def test_an_app_refused_after_opening_its_outcome_log_closes_it(tmp_path, monkey
     with pytest.raises(ValueError, match="cache folder unusable"):
         service.app.create_app(config, load_artifact=False)
     assert len(logs) == 1 and logs[0]._closed and not logs[0]._thread.is_alive()
+
+
+def _config_in(tmp_path: Path, **server):
+    from router.config import parse_config
+
+    config = parse_config(UPSTREAM, str(tmp_path / "config.yaml"))
+    return config.model_copy(update={"server": config.server.model_copy(
+        update={"db": f"sqlite:///{tmp_path / 'o.sqlite'}", **server})})
+
+
+def test_a_shadow_artifact_that_does_not_load_closes_the_feedback_log_it_followed(tmp_path, monkeypatch):
+    import service.app
+    import service.hooks.learning_hook as learning_hook
+
+    logs = []
+    opened = learning_hook.open_feedback_log
+    monkeypatch.setattr(learning_hook, "open_feedback_log", lambda url: logs.append(opened(url)) or logs[-1])
+    config = _config_in(tmp_path)
+    shadow = config.learning.shadow.model_copy(update={"artifact": str(tmp_path / "no-such-router")})
+    config = config.model_copy(update={"learning": config.learning.model_copy(update={"shadow": shadow})})
+    with pytest.raises(Exception, match="no-such-router"):
+        service.app.create_app(config, load_artifact=False)
+    assert len(logs) == 1
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        logs[0]._conn.execute("SELECT 1")
+
+
+def test_an_app_refused_after_opening_its_response_cache_closes_it(tmp_path, monkeypatch):
+    import service.app
+    from service.hooks.cache_hook import CacheHook
+
+    hooks = []
+    opened = CacheHook.from_config.__func__
+    monkeypatch.setattr(CacheHook, "from_config", classmethod(lambda cls, c: hooks.append(opened(cls, c)) or hooks[-1]))
+
+    def refused(*args, **kwargs):
+        raise ValueError("no provider for that kind")
+
+    monkeypatch.setattr(service.app, "build_gateway", refused)
+    config = _config_in(tmp_path)
+    config = config.model_copy(update={"cache": config.cache.model_copy(
+        update={"enabled": True, "semantic": False, "path": str(tmp_path / "cache")})})
+    with pytest.raises(ValueError, match="no provider for that kind"):
+        service.app.create_app(config, load_artifact=False)
+    assert len(hooks) == 1
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        hooks[0].cache._store._db.execute("SELECT 1")

@@ -105,27 +105,34 @@ class LearningRuntime:
         except ValueError as exc:
             log.warning("feedback is disabled: %s", exc)
             feedback = None
-        b = config.learning.bandit
-        bandit = None
-        if b.enabled:
-            basis = predictor_basis(live_router)
-            settings = BanditSettings(explore_share=b.explore_share, new_model_explore_share=b.new_model_explore_share,
-                                      extra_cost_share=b.extra_cost_share, budget_horizon=b.budget_horizon,
-                                      utility_margin=b.utility_margin, total_cost_share=b.total_cost_share, seed=b.seed)
-            bandit = ContextualBandit(settings, basis=basis)
-        sync = memory = None
-        if config.server.redis_url:
-            from service.governance.redis_state import connect
+        try:
+            b = config.learning.bandit
+            bandit = None
+            if b.enabled:
+                basis = predictor_basis(live_router)
+                settings = BanditSettings(explore_share=b.explore_share, new_model_explore_share=b.new_model_explore_share,
+                                          extra_cost_share=b.extra_cost_share, budget_horizon=b.budget_horizon,
+                                          utility_margin=b.utility_margin, total_cost_share=b.total_cost_share, seed=b.seed)
+                bandit = ContextualBandit(settings, basis=basis)
+            sync = memory = None
+            if config.server.redis_url:
+                from service.governance.redis_state import connect
 
-            prefix = os.environ.get("OPENCLAW_REDIS_PREFIX", "openclaw")
-            memory = RedisMemory(redis_client(config.server.redis_url), prefix, config.learning.regenerate_window_s)
-            if bandit is not None and b.shared:
-                sync = BanditSync(bandit, connect(config.server.redis_url), prefix=prefix)
-        shadow = None
-        if config.learning.shadow.artifact:
-            from router.engine import LearnedRouter, find_artifact
+                prefix = os.environ.get("OPENCLAW_REDIS_PREFIX", "openclaw")
+                memory = RedisMemory(redis_client(config.server.redis_url), prefix, config.learning.regenerate_window_s)
+                if bandit is not None and b.shared:
+                    sync = BanditSync(bandit, connect(config.server.redis_url), prefix=prefix)
+            shadow = None
+            if config.learning.shadow.artifact:
+                from router.engine import LearnedRouter, find_artifact
 
-            shadow = LearnedRouter.load(find_artifact(config.learning.shadow.artifact, config))
+                shadow = LearnedRouter.load(find_artifact(config.learning.shadow.artifact, config))
+        except BaseException:
+            # A shadow artifact that does not load refuses the start: the feedback log opened
+            # above must not keep its files open behind it.
+            if feedback is not None:
+                feedback.close()
+            raise
         runtime = cls(config, feedback, bandit, shadow, sync, memory)
         if sync is not None:
             sync.on_feedback = runtime.judged
