@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from router.config_checks import (BaseUrl, DbUrl, HeaderName, HeaderValue, Name, RedisUrl, check_providers, check_unique_keys,
+from router.config_checks import (BaseUrl, DbUrl, HeaderName, HeaderValue, Name, RedisUrl, check_providers,
                                   undefined_provider, undefined_providers)
 from router.config_errors import DEFAULT_PROFILES, BadReference, ConfigError, invalid, problem_at, validation_problems, yaml_hint
-from router.config_yaml import YesNo, goes_here, kind_of, load_yaml, no_yes_no, quote_yes_no, syntax_error, takes_bool
+from router.config_yaml import YesNo, goes_here, kind_of, no_yes_no, quote_yes_no, read_yaml, syntax_error, takes_bool
 
 Capability = Literal["tools", "json", "vision", "files", "audio", "logprobs"]
 KEY_CIRCUIT_PREFIX = "provider:"  # names the breaker gives providers' key circuits (service/live_state.py)
@@ -400,9 +400,7 @@ class Config(_Strict):
 
 def parse_config(text: str, source: str = "<string>") -> Config:
     try:
-        tree = yaml.compose(text)
-        check_unique_keys(tree)
-        data = load_yaml(text)
+        tree, data = read_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(" ".join(filter(None, (syntax_error(exc, text, source), yaml_hint(exc, text).strip())))) from None
     except ConfigError as exc:

@@ -8,14 +8,27 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import ValidationError
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.resolver import Resolver
+from yaml.scanner import Scanner
 
+from router.config_checks import check_unique_keys
 from router.config_errors import ConfigError, is_model, unwrap
+
+try:
+    from yaml._yaml import CParser
+except ImportError:  # PyYAML built without libyaml
+    CParser = None
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML that refuses a key written twice in one mapping (the second would silently win)."""
+class _UniqueKeys(SafeConstructor):
+    """Python objects from YAML nodes, refusing a key written twice in one mapping (the second
+    would silently win)."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
@@ -37,10 +50,55 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_yaml(text: str) -> Any:
-    """YAML as the config reads it: a key written twice, or a key that is not a plain name, is an
-    error (ConfigError), not a silent override."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+class _Loader(Reader, Scanner, Parser, Composer, _UniqueKeys, Resolver):
+    def __init__(self, stream: str):
+        Reader.__init__(self, stream)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        Composer.__init__(self)
+        _UniqueKeys.__init__(self)
+        Resolver.__init__(self)
+
+
+if CParser is not None:
+    class _FastLoader(Composer, CParser, _UniqueKeys, Resolver):
+        """libyaml's scanner and parser (the pure-Python ones take ~15 s for a 20,000-model
+        catalog) under PyYAML's own composer: libyaml's composer recurses in C and crashes the
+        process on input nested ~100,000 deep, where PyYAML's raises a RecursionError."""
+
+        def __init__(self, stream: str):
+            CParser.__init__(self, stream)
+            Composer.__init__(self)
+            _UniqueKeys.__init__(self)
+            Resolver.__init__(self)
+
+
+def _read(loader_class: type, text: str) -> tuple[yaml.Node | None, Any]:
+    loader = loader_class(text)
+    try:
+        tree = loader.get_single_node()
+        check_unique_keys(tree)
+        if tree is None:
+            return None, None
+        # Constructing a mapping that merges others (`<<: *anchor`) rewrites its node in place,
+        # which would move the merged keys' lines to where the anchor was written.
+        built = loader_class(text).get_single_node() if "<<" in text or "merge" in text else tree
+        return tree, loader.construct_document(built)
+    finally:
+        loader.dispose()
+
+
+def read_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+    """The file's node tree (which says where each value was written) and its data, as the config
+    reads it: a key written twice, or a key that is not a plain name, is an error (ConfigError),
+    not a silent override. A file libyaml refuses is read again by PyYAML, whose errors name the
+    problem in words the hints in router/config_errors.py know."""
+    if CParser is not None:
+        try:
+            return _read(_FastLoader, text)
+        except yaml.YAMLError:
+            pass
+    return _read(_Loader, text)
 
 
 def syntax_error(exc: yaml.YAMLError, text: str, source: str) -> str:

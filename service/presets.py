@@ -21,7 +21,8 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from router.config import Config, ConfigError, ModelSpec, load_yaml
+from router.config import Config, ConfigError, ModelSpec
+from router.config_yaml import read_yaml
 from router.config_errors import invalid, validation_problems
 
 log = logging.getLogger("openclaw.presets")
@@ -65,8 +66,7 @@ def load_presets(path: str | Path) -> PresetFile:
     path = Path(path)
     try:
         text = path.read_text()
-        data = load_yaml(text)
-        tree = yaml.compose(text)
+        tree, data = read_yaml(text)
         presets = PresetFile.model_validate(data)
     except OSError as exc:
         raise ConfigError(f"cannot read presets {path}: {exc.strerror}") from None

@@ -159,3 +159,58 @@ def test_serve_warns_only_about_the_keys_of_providers_some_model_uses(monkeypatc
     monkeypatch.delenv("OPENCLAW_TEST_USED_KEY", raising=False)
     warnings = key_warnings(parse_config(CHECKED.format(), "c.yaml"))
     assert warnings == ["providers.used.api_key_env: OPENCLAW_TEST_USED_KEY is not set: calls to its models fail until it is"]
+
+
+def _shape(node):
+    """A composed YAML tree as plain data, each node with where it was written (libyaml writes a
+    plain scalar's style as '' where PyYAML writes None: the same thing)."""
+    import yaml
+
+    where = (type(node).__name__, node.tag, node.start_mark.line, node.start_mark.column)
+    if isinstance(node, yaml.ScalarNode):
+        return (*where, node.value)
+    if isinstance(node, yaml.SequenceNode):
+        return (*where, [_shape(n) for n in node.value])
+    return (*where, [(_shape(k), _shape(v)) for k, v in node.value])
+
+
+MERGES = """x-defaults: &defaults {timeout_s: 5, headers: {x-a: "1"}}
+models:
+  - {name: small, provider: local, price: {input_per_1m: 0.1, output_per_1m: 0.2}}
+providers:
+  local: {kind: openai, base_url: "http://127.0.0.1:9/v1", <<: *defaults}
+  other:
+    <<: *defaults
+    kind: openai
+    base_url: http://127.0.0.1:8/v1
+"""
+
+
+@pytest.mark.parametrize("name", ["service/default_config.yaml", "service/presets.yaml", "merges"])
+def test_libyaml_reads_the_same_tree_and_data_as_pyyaml(name):
+    from pathlib import Path
+
+    from router import config_yaml
+
+    assert config_yaml.CParser is not None, "PyYAML here is built with libyaml"
+    text = MERGES if name == "merges" else (Path(__file__).parents[1] / name).read_text()
+    fast_tree, fast_data = config_yaml._read(config_yaml._FastLoader, text)
+    tree, data = config_yaml._read(config_yaml._Loader, text)
+    assert _shape(fast_tree) == _shape(tree)
+    assert fast_data == data
+    if name == "merges":  # the tree still says where the merged keys were written, after the data was built
+        assert [k.value for k, _ in fast_tree.value[2][1].value[0][1].value][-1] == "<<"
+
+
+def test_a_config_nested_a_hundred_thousand_deep_is_an_error_not_a_crash(tmp_path):
+    import subprocess
+    import sys
+
+    # libyaml's own composer recurses in C and kills the process at this depth.
+    path = tmp_path / "deep.yaml"
+    path.write_text("models: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    proc = subprocess.run([sys.executable, "-c", "import sys\nfrom router.config import load_config\n"
+                           f"try:\n    load_config({str(path)!r})\nexcept Exception as exc:\n    sys.exit(str(exc))"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().endswith("deep.yaml: config nested too deeply")
