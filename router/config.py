@@ -166,6 +166,9 @@ class RequestShape(_Strict):
                 and self.tool_call_ids == "as_sent")
 
 
+DEFAULT_ANSWER_TIMEOUT_S = 600.0  # the OpenAI SDK's default wait for a whole answer
+
+
 class ProviderSpec(_Strict):
     kind: Literal["openai", "anthropic", "gemini", "simulated"]
     base_url: BaseUrl = Field(description="http:// or https:// URL of the API root (simulated:// for the simulator)")
@@ -173,7 +176,13 @@ class ProviderSpec(_Strict):
     # gateway logs ("environment variable sk-... is not set"): only a variable name passes.
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                                     description="name of the env var that holds the key; never the key")
-    timeout_s: float = Field(default=60.0, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0, description="a stream's wait for its first byte and between two chunks")
+    # A non-streamed answer sends no byte until it is whole: minutes for a long one. Waiting
+    # timeout_s for it abandoned every answer longer than that and paid for it twice (the call
+    # is billed, then failed over).
+    answer_timeout_s: float | None = Field(
+        default=None, gt=0, description=f"the longest wait for a whole non-streamed answer; default the larger of "
+                                        f"{DEFAULT_ANSWER_TIMEOUT_S:g} s (the OpenAI SDK's) and timeout_s")
     connect_timeout_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=100, gt=0)
     headers: dict[HeaderName, HeaderValue] = Field(default_factory=dict)
@@ -184,7 +193,15 @@ class ProviderSpec(_Strict):
         # The Anthropic and Gemini adapters build their bodies field by field: nothing to rewrite.
         if not self.request.is_identity and self.kind != "openai":
             raise ValueError(f"request: only an `openai` provider's body is passed through and can be rewritten, not {self.kind!r}'s")
+        if self.answer_timeout_s is not None and self.answer_timeout_s < self.timeout_s:
+            raise ValueError(f"answer_timeout_s ({self.answer_timeout_s:g}) is shorter than timeout_s ({self.timeout_s:g}): a "
+                             "whole non-streamed answer cannot come sooner than a stream's first byte")
         return self
+
+    @property
+    def answer_wait_s(self) -> float:
+        """How long a non-streamed call may take, connecting included."""
+        return self.answer_timeout_s if self.answer_timeout_s is not None else max(DEFAULT_ANSWER_TIMEOUT_S, self.timeout_s)
 
 
 class Profile(_Strict):

@@ -75,8 +75,10 @@ def state_available(state: str) -> bool:
 
 
 def probe_lapse_s(config: Config) -> float:
-    """How long a half-open probe may go without a verdict: past the longest any upstream call
-    waits (connecting, then its timeout), and at least a cooldown."""
+    """How long a half-open probe may go without a verdict: past a stream's longest wait for its
+    first byte (connecting, then its timeout), and at least a cooldown. Not a non-streamed call's
+    `answer_timeout_s` (minutes): a probe whose replica was killed would hold the circuit open that
+    long, where a slow answer only lets a second probe through."""
     rel = config.reliability
     longest = max((p.connect_timeout_s + p.timeout_s for p in config.providers.values()), default=0.0)
     return max(rel.breaker_cooldown_s, longest + 5.0)

@@ -82,7 +82,7 @@ def fake_config(base_url: str, db_url: str, *, models: list[dict[str, Any]] | No
                 lines.append(f"    {key}: {m[key]!r}".replace("'", '"'))
     text = "\n".join(lines) + f"""
 providers:
-  fake: {{kind: openai, base_url: "{base_url}", timeout_s: {timeout_s}, connect_timeout_s: 1.0}}
+  fake: {{kind: openai, base_url: "{base_url}", timeout_s: {timeout_s}, answer_timeout_s: {timeout_s}, connect_timeout_s: 1.0}}
 reliability: {{max_retries: 1, backoff_base_s: 0.01, backoff_max_s: 0.05, max_retry_after_s: 1.0, breaker_failures: 3, breaker_cooldown_s: {cooldown_s}}}
 server: {{db: "{db_url}", prompt_storage: full, max_body_bytes: 1000000}}
 cache: {{enabled: false}}

@@ -47,7 +47,7 @@ def up(upstream, monkeypatch):
 
 @pytest.fixture
 async def provider(up):
-    p = build_provider(ProviderSpec(kind="openai", base_url=up.base_url, api_key_env="FAKE_UP_KEY", timeout_s=0.5, headers={"x-org": "o1"}))
+    p = build_provider(ProviderSpec(kind="openai", base_url=up.base_url, api_key_env="FAKE_UP_KEY", timeout_s=0.5, answer_timeout_s=0.5, headers={"x-org": "o1"}))
     yield p
     await p.aclose()
 

@@ -2,12 +2,13 @@
 
 Translated both ways: system prompt (one text block per system/developer turn), messages
 (consecutive same-role turns merged because Anthropic requires alternation; `role: "tool"` turns
-become `tool_result` blocks in a user turn), tools and tool_choice, assistant tool_calls ↔
-`tool_use` blocks, images and files (PDF and text documents), prompt-cache breakpoints,
-reasoning_effort → `thinking`, stop sequences, usage (cache reads and writes), stop reasons,
-streaming events (message_start, content_block_start/delta with text_delta and input_json_delta,
-message_delta, message_stop, error) and errors (overloaded 529, 429 with retry-after, "prompt is
-too long").
+become `tool_result` blocks in a user turn; the shapes Anthropic refuses, as `conversation_shape`
+says), tools and tool_choice, assistant tool_calls ↔ `tool_use` blocks, images and files (PDF and
+text documents), prompt-cache breakpoints (`anthropic_cache`), the default max_tokens
+(`anthropic_input_tokens`), reasoning_effort → `thinking`, stop sequences, usage (cache reads and
+writes), stop reasons, streaming events (message_start, content_block_start/delta with text_delta
+and input_json_delta, message_delta, message_stop, error) and errors (overloaded 529, 429 with
+retry-after, "prompt is too long").
 """
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ import re
 from typing import Any, AsyncIterator
 
 from router.config import ModelSpec
-from router.request_view import content_text, estimate_tokens, IMAGE_PART_TYPES, wants_logprobs
+from router.request_view import content_text, IMAGE_PART_TYPES, wants_logprobs
 from service.providers import attachments
+from service.providers.anthropic_cache import mark_cache_breakpoints
+from service.providers.anthropic_input_tokens import input_tokens
 from service.providers.answer_fields import as_int, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, tool_arguments
+from service.providers.conversation_shape import HISTORY_TOOL_DESCRIPTION, OPENING_USER_TEXT, history_tool_names
 from service.providers.envelope import chunk, completion, parse_json_event, stream_head, usage_chunk
 from service.providers.reasoning import THINKING_BUDGETS, reasoning_effort, refuse_logprobs, split_signature
 
@@ -41,11 +45,18 @@ FINISH_REASONS = {
 JSON_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
 
 IMAGE_MIME_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")  # what the Messages API takes
+# Anthropic's rule for a tool's name.
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 
-def _image_block(url: str) -> dict[str, Any]:
+def _image_block(url: str, where: str) -> dict[str, Any]:
     if url.startswith("data:"):
         media_type, data = attachments.split_data_url(url, "image/png")
+        if media_type not in IMAGE_MIME_TYPES:
+            # Refused before the call, and `unsupported`: another model may read it (Gemini takes
+            # HEIC), so a routed request fails over; one naming the model gets the 400.
+            raise attachments.refused(where, f"Anthropic models take images of type {', '.join(IMAGE_MIME_TYPES)}, "
+                                      f"not {media_type}", kind="unsupported")
         return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
     return {"type": "image", "source": {"type": "url", "url": url}}
 
@@ -81,7 +92,7 @@ def _part_block(part: Any, where: str) -> dict[str, Any] | None:
         # send them beside tool calls.
         block = {"type": "text", "text": text} if text.strip() else None
     elif kind in IMAGE_PART_TYPES:
-        block = _image_block(attachments.image_url(part, where, "Anthropic"))
+        block = _image_block(attachments.image_url(part, where, "Anthropic"), where)
     elif kind == "file":
         block = _file_block(attachments.file_part(part, where, "Anthropic"), where)
     elif kind == "input_audio":
@@ -197,46 +208,6 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     return result
 
 
-# Anthropic refuses a request with more than 4 cache breakpoints.
-MAX_CACHE_BREAKPOINTS = 4
-
-
-def _cache_breakpoints(payload: dict[str, Any]) -> None:
-    """Prompt-cache breakpoints, so that a conversation's next turn reads its prefix from the cache
-    (at a tenth of the input price) instead of paying for it again: agents resend a long system
-    prompt, a dozen tools and the whole history every turn. The client's own breakpoints come
-    first (its first four, the most Anthropic takes); the free ones go, in this order, on the last
-    message's last block, the system prompt, the last tool, and the last block of the message
-    before the last assistant message. The system prompt and the tools are a prefix other
-    conversations share. The history is written at 1.25 times the input price, so it is marked
-    only where a later turn will read it back: in a conversation that already has an assistant
-    turn, not in a one-shot request. The last mark is where the previous turn's history mark was:
-    Anthropic looks back at most 20 blocks from a breakpoint for an earlier entry, and an agent
-    step of ten or more parallel tool calls with their results adds about that many. Anthropic
-    wants no 1-hour breakpoint after a 5-minute one, so none of these 5-minute ones goes before a
-    client's 1-hour one."""
-    tools, system, messages = payload.get("tools") or [], payload.get("system") or [], payload["messages"]
-    blocks = [*tools, *system, *(b for m in messages for b in m["content"])]
-    marked = [i for i, b in enumerate(blocks) if "cache_control" in b]
-    for i in marked[MAX_CACHE_BREAKPOINTS:]:
-        del blocks[i]["cache_control"]
-    marked = marked[:MAX_CACHE_BREAKPOINTS]
-    after = max((i for i in marked if blocks[i]["cache_control"].get("ttl") == "1h"), default=-1)
-    assistants = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
-    history = bool(assistants) and assistants[0] < len(messages) - 1  # a later turn will read it back
-    start = len(tools) + len(system)
-    candidates = [len(blocks) - 1] if history else []
-    candidates += [start - 1] if system else []
-    candidates += [len(tools) - 1] if tools else []
-    if history and assistants[-1] > 0:
-        candidates.append(start + sum(len(m["content"]) for m in messages[:assistants[-1]]) - 1)
-    free = MAX_CACHE_BREAKPOINTS - len(marked)
-    for i in candidates:
-        if free and i > after and "cache_control" not in blocks[i]:
-            blocks[i]["cache_control"] = {"type": "ephemeral"}
-            free -= 1
-
-
 # Models before Claude 3.7 have no extended thinking.
 _NO_THINKING = re.compile(r"claude-(?:instant|2|3-(?:5-|opus|sonnet|haiku))")
 MIN_THINKING_BUDGET = 1024
@@ -266,10 +237,9 @@ def _thinking(model: ModelSpec, body: dict[str, Any], payload: dict[str, Any]) -
     payload.pop("top_p", None)
 
 
-def to_anthropic(model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[str, Any]:
-    """The Messages API request for an OpenAI chat body."""
-    if wants_logprobs(body):
-        raise refuse_logprobs("Anthropic")
+def _conversation(body: dict[str, Any]) -> tuple[list[tuple[str, Any]], list[dict[str, Any]]]:
+    """(the system turns' texts and cache marks, the alternating messages), in the shape the
+    Messages API takes (`conversation_shape`)."""
     system: list[tuple[str, Any]] = []
     messages: list[dict[str, Any]] = []
     for i, message in enumerate(body.get("messages") or []):
@@ -283,18 +253,49 @@ def to_anthropic(model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[s
             messages[-1]["content"].extend(blocks)
         else:
             messages.append({"role": role, "content": blocks})
+    if not messages and (opening := _system_blocks(system)):
+        return [], [{"role": "user", "content": opening}]
+    if messages and messages[0]["role"] == "assistant":
+        messages.insert(0, {"role": "user", "content": [{"type": "text", "text": OPENING_USER_TEXT}]})
     _unique_tool_use_ids(messages)
+    return system, messages
+
+
+def _tools(body: dict[str, Any], messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(the tools, the tool choice): the client's, or for a history with tool calls or results and
+    no tools, those it called by name with the choice `none` (`conversation_shape`)."""
+    tools = [
+        {
+            "name": t["function"]["name"],
+            "description": t["function"].get("description", ""),
+            "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}},
+            **({"cache_control": t["cache_control"]} if isinstance(t.get("cache_control"), dict) else {}),
+        }
+        for t in body.get("tools") or []
+        if t.get("type", "function") == "function"
+    ]
+    if tools:
+        return tools, _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+    blocks = [b for m in messages for b in m["content"]]
+    if not any(b["type"] in ("tool_use", "tool_result") for b in blocks):
+        return [], None
+    names = history_tool_names((b["name"] for b in blocks if b["type"] == "tool_use"), TOOL_NAME)
+    declared = [{"name": n, "description": HISTORY_TOOL_DESCRIPTION, "input_schema": {"type": "object"}} for n in names]
+    return declared, {"type": "none"}
+
+
+def to_anthropic(model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[str, Any]:
+    """The Messages API request for an OpenAI chat body."""
+    if wants_logprobs(body):
+        raise refuse_logprobs("Anthropic")
+    system, messages = _conversation(body)
     fmt = (body.get("response_format") or {}).get("type")
     if fmt == "json_object":
         system.append((JSON_INSTRUCTION, None))
     elif fmt == "json_schema":
         schema = (body["response_format"].get("json_schema") or {}).get("schema")
         system.append((f"{JSON_INSTRUCTION} It must match this JSON schema: {json.dumps(schema)}", None))
-    payload: dict[str, Any] = {
-        "model": model.upstream_name,
-        "messages": messages,
-        "max_tokens": output_limit(model, body) or _default_max_tokens(model, body),
-    }
+    payload: dict[str, Any] = {"model": model.upstream_name, "messages": messages}
     if system_blocks := _system_blocks(system):
         payload["system"] = system_blocks
     # Anthropic takes temperature in [0, 1] (OpenAI: [0, 2]), and recent models refuse
@@ -304,36 +305,29 @@ def to_anthropic(model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[s
     elif body.get("top_p") is not None:
         payload["top_p"] = body["top_p"]
     stop = body.get("stop")
-    if stop:
-        payload["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
-    if body.get("tools"):
-        payload["tools"] = [
-            {
-                "name": t["function"]["name"],
-                "description": t["function"].get("description", ""),
-                "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}},
-                **({"cache_control": t["cache_control"]} if isinstance(t.get("cache_control"), dict) else {}),
-            }
-            for t in body["tools"]
-            if t.get("type", "function") == "function"
-        ]
-    choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
-    if choice is not None and body.get("tools"):
-        payload["tool_choice"] = choice
+    # Anthropic refuses a stop sequence of white space alone ("\n", ""), which OpenAI takes: such
+    # a sequence is not sent, and the answer may go on past it.
+    if stops := [s for s in ([stop] if isinstance(stop, str) else stop or []) if isinstance(s, str) and s.strip()]:
+        payload["stop_sequences"] = stops
+    tools, choice = _tools(body, messages)
+    if tools:
+        payload["tools"] = tools
+        if choice is not None:
+            payload["tool_choice"] = choice
     if body.get("user"):
         payload["metadata"] = {"user_id": str(body["user"])}
+    payload["max_tokens"] = output_limit(model, body) or _default_max_tokens(model, payload)
     _thinking(model, body, payload)
-    _cache_breakpoints(payload)
+    mark_cache_breakpoints(payload)
     if stream:
         payload["stream"] = True
     return payload
 
 
-def _default_max_tokens(model: ModelSpec, body: dict[str, Any]) -> int:
+def _default_max_tokens(model: ModelSpec, payload: dict[str, Any]) -> int:
     """Anthropic needs max_tokens: the model's output limit, but never more than the window leaves
     beside the prompt (input + max_tokens over the window is refused outright)."""
-    room = model.context_window - estimate_tokens(json.dumps(body.get("messages") or [], default=str))
-    return max(1, min(model.max_output_tokens, room))
+    return max(1, min(model.max_output_tokens, model.context_window - input_tokens(payload)))
 
 
 def _usage(usage: dict[str, Any]) -> dict[str, Any]:

@@ -4,14 +4,20 @@ a `file` (OpenAI's inline file: `file.file_data`, a data: URL, and `file.filenam
 clients that share code between the two APIs). Each is read here into what the adapters need; a
 part that cannot be sent inline (a `file_id` names a file uploaded to OpenAI, which no other
 provider can read) is the request's fault, refused with a 400 that names the part: dropping it
-would have the model answer without the attachment as if it had read it."""
+would have the model answer without the attachment as if it had read it. Also here: a data: URL's
+type under its standard name, an image URL's type by its extension, a PDF's page count."""
 from __future__ import annotations
 
+import base64
+import binascii
 import mimetypes
+import re
+import urllib.parse
+import zlib
 from typing import Any, NamedTuple
 
 from router.request_view import TEXT_PART_TYPES
-from service.providers.base import UpstreamError
+from service.providers.base import ErrorKind, UpstreamError
 
 # Gemini's audio types (its audio guide); OpenAI's `input_audio.format` is "wav" or "mp3".
 AUDIO_MIME_TYPES = {"wav": "audio/wav", "mp3": "audio/mp3", "aiff": "audio/aiff", "aac": "audio/aac",
@@ -24,8 +30,10 @@ class Inline(NamedTuple):
     filename: str | None = None
 
 
-def refused(where: str, why: str) -> UpstreamError:
-    return UpstreamError("bad_request", f"{where}: {why}", code="unsupported_value", param=where)
+def refused(where: str, why: str, kind: ErrorKind = "bad_request") -> UpstreamError:
+    """The request's part refused before any call; `unsupported` where another model may take it
+    (a routed request fails over, one naming the model gets the 400)."""
+    return UpstreamError(kind, f"{where}: {why}", code="unsupported_value", param=where)
 
 
 def part_text(part: dict[str, Any]) -> str | None:
@@ -35,9 +43,57 @@ def part_text(part: dict[str, Any]) -> str | None:
     return None
 
 
+# Names clients write for a type under another name: `image/jpg` is common (OpenAI takes it), and
+# Anthropic refuses any media type outside its four.
+TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png"}
+
+
 def split_data_url(url: str, default_type: str) -> tuple[str, str]:
+    """(the media type, lower-cased and under its standard name; the base64 data)."""
     header, _, data = url.partition(",")
-    return header[5:].split(";")[0] or default_type, data
+    mime_type = header[5:].split(";")[0].strip().lower() or default_type
+    return TYPE_ALIASES.get(mime_type, mime_type), data
+
+
+# The image types a URL's extension names (the path's, before any query).
+URL_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+                   ".gif": "image/gif", ".heic": "image/heic", ".heif": "image/heif"}
+
+
+def url_image_type(url: str) -> str | None:
+    """The image type an https URL's extension names (`chart.png`: image/png); None for another."""
+    path = urllib.parse.urlsplit(url).path.lower()
+    return next((t for ext, t in URL_IMAGE_TYPES.items() if path.endswith(ext)), None)
+
+
+# A PDF's page objects, outside compressed object streams and inside them (`/Type /Pages` is the tree).
+_PDF_PAGE = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
+# An object stream's dictionary up to its data (PDF 1.5 writers put page objects in these, compressed).
+_PDF_OBJECT_STREAM = re.compile(rb"/Type\s*/ObjStm\b.{0,1024}?stream\r?\n", re.DOTALL)
+# The most bytes inflated from one PDF's object streams: a crafted stream (a zip bomb) stops here.
+PDF_INFLATE_LIMIT = 16 << 20
+
+
+def pdf_pages(data: str) -> int | None:
+    """How many pages base64 `data`, a PDF, has, from its page objects (those in object streams
+    inflated); None when none is found (an encrypted or a broken file)."""
+    try:
+        raw = base64.b64decode(data)
+    except (binascii.Error, ValueError):
+        return None
+    pages = len(_PDF_PAGE.findall(raw))
+    left = PDF_INFLATE_LIMIT
+    for found in _PDF_OBJECT_STREAM.finditer(raw):
+        end = raw.find(b"endstream", found.end())
+        if end < 0 or left <= 0:
+            break
+        try:
+            inflated = zlib.decompressobj().decompress(raw[found.end():end], left)
+        except zlib.error:
+            continue
+        left -= len(inflated)
+        pages += len(_PDF_PAGE.findall(inflated))
+    return pages or None
 
 
 def _by_file_id(where: str, provider: str) -> UpstreamError:

@@ -369,10 +369,15 @@ class Provider(ABC):
         self._session: aiohttp.ClientSession | None = None
         self._proxy: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # As httpx's per-operation timeouts: waiting for a pooled connection, connecting and
-        # each read may take `timeout_s`; a stream that keeps sending may run longer than that.
+        # A stream's, as httpx's per-operation timeouts: waiting for a pooled connection,
+        # connecting and each read may take `timeout_s`; a stream that keeps sending may run longer.
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=spec.timeout_s, sock_connect=spec.connect_timeout_s, sock_read=spec.timeout_s
+        )
+        # A non-streamed answer's first byte comes when the whole answer is done: the call may take
+        # `answer_wait_s` in all.
+        self._answer_timeout = aiohttp.ClientTimeout(
+            total=spec.answer_wait_s, connect=spec.timeout_s, sock_connect=spec.connect_timeout_s
         )
 
     @property
@@ -441,7 +446,7 @@ class Provider(ABC):
     async def _post_json(self, url: str, payload: dict[str, Any], headers: dict[str, str]) -> Any:
         secrets = self._secrets()
         try:
-            async with self.session.post(url, **self._request_kwargs(payload, headers)) as response:
+            async with self.session.post(url, timeout=self._answer_timeout, **self._request_kwargs(payload, headers)) as response:
                 body = await response.read()
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, secrets) from None

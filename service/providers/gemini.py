@@ -7,7 +7,8 @@ signatures, carried in the call ids), `role: "tool"` turns → `functionResponse
 matches results by function name, recovered from the earlier call's id), tool_choice →
 `functionCallingConfig`, response_format → `responseMimeType`, reasoning_effort →
 `thinkingConfig`, logprobs ↔ `logprobsResult`, usage (`usageMetadata`), finish reasons and
-errors (`RESOURCE_EXHAUSTED`, `retryDelay`).
+errors (`RESOURCE_EXHAUSTED`, `retryDelay`). Conversation shapes Gemini refuses are sent as
+`conversation_shape` says.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from router.request_view import content_text, IMAGE_PART_TYPES, wants_logprobs
 from service.providers import attachments
 from service.providers.answer_fields import as_int, as_list, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, tool_arguments
+from service.providers.conversation_shape import HISTORY_TOOL_DESCRIPTION, OPENING_USER_TEXT, history_tool_names
 from service.providers.envelope import chunk, completion, parse_json_event, stream_head, usage_chunk
 from service.providers.gemini_schema import clean_schema
 from service.providers.reasoning import THINKING_BUDGETS, id_with_signature, reasoning_effort, split_signature
@@ -61,7 +63,8 @@ def _part(part: Any, where: str) -> dict[str, Any] | None:
         if url.startswith("data:"):
             mime_type, data = attachments.split_data_url(url, "image/png")
             return {"inlineData": {"mimeType": mime_type, "data": data}}
-        return {"fileData": {"mimeType": "image/jpeg", "fileUri": url}}
+        # Gemini reads the file as the type declared: the URL's extension names it, where it has one it knows.
+        return {"fileData": {"mimeType": attachments.url_image_type(url) or "image/jpeg", "fileUri": url}}
     if kind == "file":
         inline = attachments.file_part(part, where, "Gemini")
     elif kind == "input_audio":
@@ -89,6 +92,10 @@ def _tool_response(message: dict[str, Any], names: dict[str, str]) -> dict[str, 
     call_id = str(message.get("tool_call_id", ""))
     name = message.get("name") or names.get(split_signature(call_id)[0], "")
     return {"functionResponse": {"name": name, "response": response}}
+
+
+# Gemini's rule for a function's name.
+FUNCTION_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.:-]{0,63}")
 
 
 def _tool_config(choice: Any) -> dict[str, Any] | None:
@@ -158,6 +165,11 @@ def _contents(model: ModelSpec, body: dict[str, Any]) -> tuple[list[str], list[d
             contents[-1]["parts"].extend(parts)
         else:
             contents.append({"role": g_role, "parts": parts})
+    # The shapes Gemini refuses (`conversation_shape`): no contents, a conversation the model opens.
+    if not contents and any(system_parts):
+        contents, system_parts = [{"role": "user", "parts": [{"text": "\n\n".join(p for p in system_parts if p)}]}], []
+    elif contents and contents[0]["role"] == "model":
+        contents.insert(0, {"role": "user", "parts": [{"text": OPENING_USER_TEXT}]})
     version = _version(model)
     if version is None or version >= (3, 0):  # an alias may name a Gemini 3
         _sign_current_turn(contents)
@@ -272,6 +284,14 @@ def to_gemini(model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
         tool_config = _tool_config(body.get("tool_choice"))
         if tool_config:
             payload["toolConfig"] = tool_config
+    elif any("functionCall" in p or "functionResponse" in p for c in contents for p in c["parts"]):
+        # A tool history without tools (`conversation_shape`): the functions it called, declared
+        # by name, and mode NONE, so the answer is text.
+        called = (p.get("functionCall", p.get("functionResponse"))["name"] for c in contents for p in c["parts"]
+                  if "functionCall" in p or "functionResponse" in p)
+        payload["tools"] = [{"functionDeclarations": [{"name": n, "description": HISTORY_TOOL_DESCRIPTION}
+                                                      for n in history_tool_names(called, FUNCTION_NAME)]}]
+        payload["toolConfig"] = {"functionCallingConfig": {"mode": "NONE"}}
     return payload
 
 
