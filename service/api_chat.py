@@ -276,6 +276,8 @@ def _client_chunk(chunk: dict[str, Any], include_usage: bool, answer_id: str, sp
 
 
 async def _stream(gw: Gateway, ctx: RequestContext) -> Response:
+    # The response, headers and all, starts with the first output (a thinking model's first
+    # reasoning delta), and every chunk after it is passed on as it comes.
     opened = await gw.dispatcher.open_stream(ctx, ctx.body)
     ctx.extras["reason"] = _reason(ctx)
     return _Stream(ctx, _events(gw, ctx, opened), media_type="text/event-stream", headers=response_headers(ctx))
@@ -394,11 +396,13 @@ def _cut_ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStrea
 def estimated_usage(ctx: RequestContext, response: dict[str, Any], spec: ModelSpec | None) -> dict[str, int]:
     """Usage from our own token estimates: the request's input, its inline files and audio at
     the worst case governance reserved for them (within `spec`'s window: router.request_view),
-    and every choice's text and tool-call arguments (an answer that is only a tool call is not free)."""
+    and every choice's text, reasoning and tool-call arguments (an answer that is only a tool call
+    is not free, nor is a stream cut while the model was thinking: providers bill reasoning as output)."""
     out = ""
     for choice in response.get("choices") or ():
         message = choice.get("message") or {}
         out += message.get("content") or ""
+        out += "".join(message[name] for name in sse.REASONING_FIELDS if isinstance(message.get(name), str))
         out += "".join(str((c.get("function") or {}).get("arguments") or "") for c in message.get("tool_calls") or ())
     attached = ctx.routing.attachment_tokens_within(spec.context_window) if spec is not None else ctx.routing.attachment_tokens
     prompt, completion = ctx.routing.input_tokens + attached, estimate_tokens(out)

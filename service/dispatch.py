@@ -10,9 +10,11 @@ answers, context-length and model-not-found errors. When every model was rate li
 soonest is free again within `max_retry_after_s`, it waits for it and goes round once more.
 A client error (400) is returned as is.
 
-Streams are held until the first chunk that carries output: a failure before it fails over
-without the client noticing; after it the client owns a partial answer and the stream ends
-with an explicit error event (see api_chat).
+Streams are held until the first chunk that carries output (text, a tool call, a refusal, a
+reasoning delta or a finish: service.sse.carries_output): a failure before it fails over
+without the client noticing; after it the client owns a partial answer (its thinking counts)
+and the stream ends with an explicit error event (see api_chat). A thinking model's stream
+thus opens with its first reasoning delta, not minutes later with its first answer token.
 
 A client that has left gets no further attempt, retry or failover (ClientGone), and a stream
 it was waiting on is cut at once. A non-streamed call in flight is let finish: most providers

@@ -1,9 +1,9 @@
 """Server-sent events in OpenAI's chat-completion chunk format, both ways.
 
 Encodes chunks for the client, recognises the first chunk that carries real output (the
-point after which a failure can no longer be hidden by failing over), turns a complete
-answer into chunks (cache hits streamed to a streaming client) and assembles streamed
-chunks back into one chat.completion (what post-hooks and the outcome log see).
+point after which a failure can no longer be hidden by failing over; a reasoning delta is
+output), turns a complete answer into chunks (cache hits streamed to a streaming client) and
+assembles streamed chunks back into one chat.completion (what post-hooks and the outcome log see).
 """
 from __future__ import annotations
 
@@ -23,11 +23,26 @@ def error_event(message: str, type: str = "server_error", code: str | None = Non
     return encode({"error": {"message": message, "type": type, "code": code, "param": None}})
 
 
+# The fields OpenAI-compatible upstreams stream a model's thinking in, and answer it in: DeepSeek
+# and vLLM `reasoning_content`; Groq, OpenRouter and Ollama `reasoning` (OpenRouter adds a
+# structured `reasoning_details` beside it).
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def thinks(delta: dict[str, Any]) -> bool:
+    """Whether a delta carries some of the model's reasoning."""
+    return any(isinstance(delta.get(f), str) and delta[f] for f in REASONING_FIELDS) or bool(delta.get("reasoning_details"))
+
+
 def carries_output(chunk: dict[str, Any]) -> bool:
-    """True once a chunk holds generated output or the end of generation (a role-only delta does not)."""
+    """True once a chunk holds generated output or the end of generation (a role-only delta does
+    not). Reasoning is output: a thinking model's first answer token may be a minute away, and
+    meanwhile the client shows the thinking, and a load balancer's idle timeout sees bytes."""
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta") or {}
         if delta.get("content") or delta.get("tool_calls") or delta.get("refusal") or delta.get("function_call"):
+            return True
+        if thinks(delta):
             return True
         if choice.get("finish_reason"):
             return True
@@ -53,6 +68,9 @@ def completion_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
         # A tool call's message has null content, and so has its first chunk (as OpenAI streams it).
         opening = "" if msg.get("content") is not None else None
         chunks.append({**base, "choices": [{"index": idx, "delta": {"role": msg.get("role", "assistant"), "content": opening}, "finish_reason": None}]})
+        for name in REASONING_FIELDS:  # the thinking before the answer, as the upstream streamed it
+            if isinstance(msg.get(name), str) and msg[name]:
+                chunks.append({**base, "choices": [{"index": idx, "delta": {name: msg[name]}, "finish_reason": None}]})
         if msg.get("content"):
             chunks.append({**base, "choices": [{"index": idx, "delta": {"content": msg["content"]}, "finish_reason": None}]})
         if msg.get("refusal"):  # a model's refusal is its answer: streamed as OpenAI streams it
@@ -90,13 +108,16 @@ class Assembler:
 
     def _add_choice(self, choice: dict[str, Any]) -> None:
         slot = self._choices.setdefault(
-            choice.get("index", 0), {"role": "assistant", "content": [], "refusal": [], "tool_calls": {}, "finish_reason": None}
+            choice.get("index", 0), {"role": "assistant", "content": [], "reasoning": {}, "refusal": [], "tool_calls": {}, "finish_reason": None}
         )
         delta = choice.get("delta") or {}
         if delta.get("role"):
             slot["role"] = delta["role"]
         if delta.get("content"):
             slot["content"].append(delta["content"])
+        for name in REASONING_FIELDS:  # kept under the upstream's own name, as its unstreamed answer has it
+            if isinstance(delta.get(name), str) and delta[name]:
+                slot["reasoning"].setdefault(name, []).append(delta[name])
         if delta.get("refusal"):
             slot["refusal"].append(delta["refusal"])
         for call in delta.get("tool_calls") or ():
@@ -120,6 +141,7 @@ class Assembler:
         for idx in sorted(self._choices):
             slot = self._choices[idx]
             message: dict[str, Any] = {"role": slot["role"], "content": "".join(slot["content"]) or None}
+            message.update((name, "".join(parts)) for name, parts in slot["reasoning"].items())
             if slot["refusal"]:
                 message["refusal"] = "".join(slot["refusal"])
             if slot["tool_calls"]:

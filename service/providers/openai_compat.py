@@ -15,6 +15,7 @@ import string
 from typing import Any, AsyncIterator, Callable
 
 from router.config import ESSENTIAL_FIELDS, ModelSpec, RequestShape
+from service import sse
 from service.providers.answer_fields import as_object
 from service.providers import envelope
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit
@@ -123,24 +124,30 @@ class OpenAICompatProvider(Provider):
         url = f"{self.base_url}/chat/completions"
         secrets = self._secrets()
         ending = _Ending()
-        async for _, data in self._sse_events(url, self._payload(model, body, stream=True), self._headers()):
-            if data.strip() == "[DONE]":
-                # The upstream's explicit end: an answer it never gave a finish_reason is finished
-                # all the same, as the same answer unstreamed is (`complete`).
-                for chunk in ending.done():
+        try:
+            async for _, data in self._sse_events(url, self._payload(model, body, stream=True), self._headers()):
+                if data.strip() == "[DONE]":
+                    # The upstream's explicit end: an answer it never gave a finish_reason is finished
+                    # all the same, as the same answer unstreamed is (`complete`).
+                    for chunk in ending.done():
+                        yield chunk
+                    return
+                chunk = envelope.parse_json_event(data, secrets)
+                if "error" in chunk:
+                    raise error_in_body(chunk, secrets)
+                choices = chunk.get("choices", [])
+                if not isinstance(choices, list) or not all(isinstance(c, dict) and isinstance(c.get("delta") or {}, dict) for c in choices):
+                    raise UpstreamError("malformed", "stream chunk has no choices list of objects with a delta")
+                _with_cached_tokens(as_object(chunk.get("usage"), "usage"))  # read by the gateway to bill the answer
+                chunk["model"] = model.name
+                chunk.setdefault("object", "chat.completion.chunk")
+                for out in ending.add(chunk):
+                    yield out
+        except UpstreamError:
+            if ending.finished:  # cut after the answer's end, before [DONE]: its usage still bills it
+                for chunk in ending.cut():
                     yield chunk
-                return
-            chunk = envelope.parse_json_event(data, secrets)
-            if "error" in chunk:
-                raise error_in_body(chunk, secrets)
-            choices = chunk.get("choices", [])
-            if not isinstance(choices, list) or not all(isinstance(c, dict) and isinstance(c.get("delta") or {}, dict) for c in choices):
-                raise UpstreamError("malformed", "stream chunk has no choices list of objects with a delta")
-            _with_cached_tokens(as_object(chunk.get("usage"), "usage"))  # read by the gateway to bill the answer
-            chunk["model"] = model.name
-            chunk.setdefault("object", "chat.completion.chunk")
-            for out in ending.add(chunk):
-                yield out
+            raise
         for chunk in ending.cut():  # its usage, if it sent one, still bills the answer
             yield chunk
         if not ending.finished:
@@ -158,18 +165,19 @@ def finish_reason_of(message: Any) -> str:
 
 class _Ending:
     """How a stream's choices end. A choice with output that the upstream leaves without a
-    finish_reason gets one at [DONE] (`done`), in a chunk of its own before the usage-only chunk,
-    which is held until then, as OpenAI orders them."""
+    finish_reason gets one at [DONE] (`done`), in a chunk of its own. The usage-only chunk is held
+    until the stream ends, wherever the upstream put it (some send it before the finish chunk):
+    it is the last chunk, as OpenAI orders them and clients read it."""
 
     def __init__(self) -> None:
         self.open: dict[Any, str] = {}  # choice index with output and no finish_reason yet → its inferred one
         self.finished = False  # some choice ended with a finish_reason
         self.last: dict[str, Any] = {}
-        self.usage: dict[str, Any] | None = None  # a usage-only chunk held back
+        self.usage: dict[str, Any] | None = None  # the latest usage-only chunk, held back
 
     def add(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
         choices = chunk["choices"] if isinstance(chunk.get("choices"), list) else []
-        if not choices and chunk.get("usage") is not None and self.open:
+        if not choices and chunk.get("usage") is not None:
             self.usage = chunk
             return []
         self.last = chunk
@@ -181,12 +189,12 @@ class _Ending:
                 self.open.pop(index, None)
             elif delta.get("tool_calls") or delta.get("function_call"):
                 self.open[index] = finish_reason_of(delta)
-            elif delta.get("content") or delta.get("refusal"):
+            elif delta.get("content") or delta.get("refusal") or sse.thinks(delta):
                 self.open.setdefault(index, "stop")
-        return self.cut() + [chunk]
+        return [chunk]
 
     def cut(self) -> list[dict[str, Any]]:
-        """The held usage chunk, where one is."""
+        """The held usage chunk, where one is: the stream has ended."""
         held, self.usage = self.usage, None
         return [held] if held is not None else []
 
