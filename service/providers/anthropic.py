@@ -5,10 +5,11 @@ Translated both ways: system prompt (one text block per system/developer turn), 
 become `tool_result` blocks in a user turn; the shapes Anthropic refuses, as `conversation_shape`
 says), tools and tool_choice, assistant tool_calls ↔ `tool_use` blocks, images and files (PDF and
 text documents), prompt-cache breakpoints (`anthropic_cache`), the default max_tokens
-(`anthropic_input_tokens`), reasoning_effort → `thinking`, stop sequences, usage (cache reads and
-writes), stop reasons, streaming events (message_start, content_block_start/delta with text_delta
-and input_json_delta, message_delta, message_stop, error) and errors (overloaded 529, 429 with
-retry-after, "prompt is too long").
+(`anthropic_input_tokens`), reasoning_effort → `thinking`, thinking blocks → `reasoning_content`
+(LiteLLM's field; never sent back: Anthropic wants its signed blocks), stop sequences, usage (cache
+reads and writes), stop reasons, streaming events (message_start, content_block_start/delta with
+text_delta, thinking_delta and input_json_delta, message_delta, message_stop, error) and errors
+(overloaded 529, 429 with retry-after, "prompt is too long").
 """
 from __future__ import annotations
 
@@ -151,6 +152,9 @@ def _unique_tool_use_ids(messages: list[dict[str, Any]]) -> None:
 
 
 def _message_blocks(message: dict[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:
+    """(Anthropic's role, the blocks) of a turn. An assistant turn's `reasoning_content` (our own
+    answer's thinking, replayed) is left out: Anthropic takes thinking back only as the signed
+    blocks it sent, and as text it would read as something the model had said."""
     role = message.get("role")
     if role == "tool":
         blocks = [{"type": "tool_result", "tool_use_id": tool_use_id(message.get("tool_call_id")),
@@ -359,14 +363,19 @@ def from_anthropic(model: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
         raise UpstreamError("malformed", "Messages response has no content list")
     blocks = [as_object(b, "a content block") for b in blocks]
     text = "".join(as_text(b.get("text"), "a text block's text") for b in blocks if b.get("type") == "text")
+    # A redacted_thinking block holds encrypted data, and a signature is no text: neither is passed on.
+    thinking = "".join(as_text(b.get("thinking"), "a thinking block's thinking") for b in blocks if b.get("type") == "thinking")
     tool_calls = [
         {"id": b.get("id", ""), "type": "function", "function": {"name": b.get("name", ""), "arguments": json.dumps(b.get("input") or {})}}
         for b in blocks
         if b.get("type") == "tool_use"
     ]
-    return completion(result.get("id"), model.name, text, tool_calls,
-                      finish_reason=_finish_reason(result.get("stop_reason"), bool(tool_calls)),
-                      usage=_usage(as_object(result.get("usage"), "usage")))
+    answer = completion(result.get("id"), model.name, text, tool_calls,
+                        finish_reason=_finish_reason(result.get("stop_reason"), bool(tool_calls)),
+                        usage=_usage(as_object(result.get("usage"), "usage")))
+    if thinking:
+        answer["choices"][0]["message"]["reasoning_content"] = thinking
+    return answer
 
 
 class AnthropicProvider(Provider):
@@ -395,7 +404,7 @@ class AnthropicProvider(Provider):
         head = stream_head(model.name)
         tool_index: dict[int, int] = {}  # Anthropic content-block index → OpenAI tool_calls index
         no_arguments_yet: set[int] = set()  # tool calls whose input has not streamed a character yet
-        produced = False  # any text or tool call so far
+        produced = False  # any text, thinking or tool call so far
         counts: dict[str, Any] = {}  # Anthropic's usage: message_start's, updated by message_delta's
         usage = _usage(counts)  # read as each arrives: a count of the wrong type is a malformed answer now
 
@@ -420,11 +429,21 @@ class AnthropicProvider(Provider):
                 elif block.get("type") == "text" and block.get("text"):
                     produced = True
                     yield chunk(head, {"content": as_text(block["text"], "a text block's text")})
+                elif block.get("type") == "thinking" and block.get("thinking"):
+                    produced = True
+                    yield chunk(head, {"reasoning_content": as_text(block["thinking"], "a thinking block's thinking")})
             elif kind == "content_block_delta":
                 delta = as_object(event.get("delta"), "content_block_delta's delta")
                 if delta.get("type") == "text_delta":
                     produced = produced or bool(delta.get("text"))
                     yield chunk(head, {"content": as_text(delta.get("text"), "a text_delta's text")})
+                elif delta.get("type") == "thinking_delta":
+                    # Passed on as it comes: a long think would otherwise leave the client (and an
+                    # idle timeout between them) with no byte for minutes. signature_delta is dropped.
+                    thought = as_text(delta.get("thinking"), "a thinking_delta's thinking")
+                    if thought:
+                        produced = True
+                        yield chunk(head, {"reasoning_content": thought})
                 elif delta.get("type") == "input_json_delta":
                     idx = tool_index.get(as_int(event.get("index"), "index"))
                     if idx is None:
