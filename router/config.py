@@ -150,6 +150,11 @@ class RequestShape(_Strict):
         default="as_sent",
         description="alnum9: tool-call ids another provider made (a router switches models mid-conversation) are "
                     "rewritten to 9 letters and digits, alike in the call and its result (Mistral's rule)")
+    # Clients replay the thinking the gateway answered with; a router may send that history to
+    # another provider, and strict ones answer 400 to a message field they do not know.
+    reasoning_history: Literal["keep", "drop"] = Field(
+        default="keep", description="drop: messages' reasoning_content, reasoning and reasoning_details are not sent "
+                                    "(OpenAI, Mistral, Groq refuse them); keep: sent as replayed (DeepSeek requires them back)")
 
     @model_validator(mode="after")
     def _renames_reach_the_upstream(self) -> "RequestShape":
@@ -163,7 +168,7 @@ class RequestShape(_Strict):
     @property
     def is_identity(self) -> bool:
         return (not self.rename and not self.drop and self.keep_only is None and self.developer_role == "developer"
-                and self.tool_call_ids == "as_sent")
+                and self.tool_call_ids == "as_sent" and self.reasoning_history == "keep")
 
 
 DEFAULT_ANSWER_TIMEOUT_S = 600.0  # the OpenAI SDK's default wait for a whole answer

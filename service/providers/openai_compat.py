@@ -5,7 +5,8 @@ The client's body is passed through untouched (tools, tool_choice, `role: "tool"
 response_format, max_tokens / max_completion_tokens...) except `model`, which becomes the
 upstream id, and `stream_options.include_usage`, which is always requested on streams so the
 gateway can bill and log every streamed answer; then the provider's `request` shape
-(router.config.RequestShape) renames or drops the fields that provider refuses.
+(router.config.RequestShape) renames or drops the fields that provider refuses, the reasoning
+of replayed assistant turns among them.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from service.providers.reasoning import SIGNATURE_SEPARATOR, split_signature
 
 
 def shaped(body: dict[str, Any], shape: RequestShape) -> dict[str, Any]:
-    """The body as the provider takes it (its `request` shape): renamed, dropped and kept fields."""
+    """The body as the provider takes it (its `request` shape): renamed, dropped and kept fields,
+    and messages rewritten (developer role, tool-call ids, replayed reasoning)."""
     if shape.is_identity:
         return body
     # A field sent under its own name wins over one renamed onto it (max_tokens beside
@@ -40,7 +42,22 @@ def shaped(body: dict[str, Any], shape: RequestShape) -> dict[str, Any]:
                            for m in out["messages"]]
     if shape.tool_call_ids == "alnum9" and isinstance(out.get("messages"), list):
         out["messages"] = [_with_ids(m, alnum9) for m in out["messages"]]
+    if shape.reasoning_history == "drop" and isinstance(out.get("messages"), list):
+        out["messages"] = [_unthought(m) for m in out["messages"]]
     return out
+
+
+# The names a thinking model's answer carries its thinking under, which clients replay it with:
+# reasoning_content (DeepSeek, vLLM, the gateway's for Claude), reasoning (Groq, OpenRouter,
+# Ollama), reasoning_details (OpenRouter's structured blocks).
+REPLAYED_REASONING = (*sse.REASONING_FIELDS, "reasoning_details")
+
+
+def _unthought(message: Any) -> Any:
+    """The message without the thinking a client replayed with it."""
+    if not isinstance(message, dict) or not any(k in message for k in REPLAYED_REASONING):
+        return message
+    return {k: v for k, v in message.items() if k not in REPLAYED_REASONING}
 
 
 _ALNUM9 = re.compile(r"[a-zA-Z0-9]{9}")
