@@ -10,6 +10,7 @@ the key's requests per minute. `/metrics` takes the metrics token (or the master
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -18,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from router.config import Config
 from router.request_view import view_chat_request
+from service.api_admin_router import serving_artifact
 from service.errors import ApiError, bad_request
 from service.gateway import Gateway
 from service.governance.auth import (OPEN, Caller, allows_model, allows_profile, client_caller, require_metrics_token,
@@ -144,11 +146,15 @@ async def healthz(request: Request) -> JSONResponse:
     gw: Gateway = request.app.state.gateway
     models = gw.live.describe()
     healthy = sum(1 for m in models.values() if m["healthy"])
+    artifact = serving_artifact(gw.router.current)
     # Always a 200 (a probe's restarts would not bring back a provider); "degraded" as soon as a
     # model cannot be called, so a key variable missing from a model's provider shows at once.
     return JSONResponse({
         "status": "ok" if healthy == len(models) else "degraded",
         "router_loaded": gw.router.current is not None,
+        # Which router serves, after reloads too: its folder's name and training time, not the full
+        # path, which this unauthenticated endpoint would show anyone (GET /admin/router has it).
+        "router_artifact": {"name": Path(artifact["path"]).name, "trained_at": artifact["trained_at"]} if artifact else None,
         "healthy_models": healthy,
         "simulated_models": sorted(gw.simulated),
         "models": models,

@@ -14,6 +14,7 @@ logged candidate), so two routers differ only in what they predict about quality
 """
 from __future__ import annotations
 
+import json
 from array import array
 from collections import namedtuple
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from router import ope
-from router.outcome_log import failed_by_its_models, from_row, judges_chosen_model
+from router.outcome_log import failed_by_its_models, from_row, judges_chosen_model, scan_outcomes
 
 
 @dataclass
@@ -197,8 +198,6 @@ def _feedback(db: str) -> tuple[dict[str, float], dict[str, str]]:
 
 def load_traffic(db: str) -> Traffic:
     """Usable logged requests of the outcome log at `db`, oldest first."""
-    from router.outcome_log import scan_outcomes
-
     rewards, labels = _feedback(db)
     kept = _Kept(labels)
     for raw in scan_outcomes(db, _Logged._fields, where=_USABLE_SQL):
@@ -207,6 +206,20 @@ def load_traffic(db: str) -> Traffic:
         if reward is not None:
             kept.add(row, reward)
     return kept.traffic()
+
+
+def logged_routers(db: str) -> tuple[str | None, dict[str, int]]:
+    """(the router artifact that made the latest logged decision, how many each one made), from
+    the folder the gateway records with every routed request."""
+    latest, counts = None, {}
+    # No LIKE in the SQL: psycopg reads a `%` in a query as a placeholder.
+    for (extras,) in scan_outcomes(db, ["extras"], "extras IS NOT NULL"):
+        if isinstance(extras, str) and '"router"' not in extras:
+            continue  # most rows of a log with named-model traffic: not decoded
+        path = (json.loads(extras) if isinstance(extras, str) else extras or {}).get("router")
+        if isinstance(path, str):
+            latest, counts[path] = path, counts.get(path, 0) + 1
+    return latest, counts
 
 
 def router_p_good(router, traffic: Traffic) -> np.ndarray:
@@ -252,8 +265,26 @@ def compare_routers(traffic: Traffic, p_live: np.ndarray, p_candidate: np.ndarra
     logged policy, the live router with its bandit's refinements and exploration when that is
     on (the live router's plain argmax would have no support where a refinement chose another
     model with probability 1). The live router's predictions are the DR reward model: fixed
-    before these rewards were seen, so not fitted to them."""
+    before these rewards were seen, so not fitted to them. Beating the logged policy is not
+    beating the router serving now: exploration lowers it, and the log may have been served by
+    an older router; `compare_with_router` is that second comparison."""
     return compare_policies(traffic, None, greedy_probs(p_candidate, traffic), p_live, seed)
+
+
+def compare_with_router(traffic: Traffic, p_model: np.ndarray, p_router: np.ndarray, p_candidate: np.ndarray,
+                        seed: int = 0) -> dict:
+    """OPE of the candidate's greedy policy against another router's greedy policy on the same log
+    (the serving router's own choices, without its bandit): a candidate identical to it differs by
+    exactly 0. `support_baseline` says how far the log supports that router's choices: where a
+    bandit refinement logged another model with probability 1 it does not, and the estimators
+    guess its reward there (IPS: 0, which favours the candidate), so this comparison alone is not
+    enough either: `compare_routers`, whose baseline is observed on every request, stays
+    required. `p_model` is the DR reward model's P(good)."""
+    router = greedy_probs(p_router, traffic)
+    out = compare_policies(traffic, router, greedy_probs(p_candidate, traffic), p_model, seed)
+    data = logged_data(traffic, traffic.utility, p_model - traffic.penalty, prompt_clusters(traffic))
+    out["support_baseline"] = ope.support(data, router).to_dict()
+    return out
 
 
 def compare_policies(traffic: Traffic, live: np.ndarray | None, cand: np.ndarray, p_model: np.ndarray, seed: int = 0) -> dict:

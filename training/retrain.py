@@ -3,18 +3,20 @@
 1. Read the outcome log and its feedback (`training.offpolicy.load_traffic`); split the
    usable logged requests by time: the older `1 - eval_share` join the base data as
    training rows, the most recent `eval_share` are held out to judge the result (a
-   candidate judged on the rewards it was trained on would look better than it is).
+   candidate judged on the rewards it was trained on would look better than it is). Fewer
+   held out than `--min-requests`: refused here, before any training.
 2. Fit a candidate router (same predictor and artifact format as `openclaw-router train`)
    on base data + older logs; log the run, its parameters and the OPE results to MLflow,
-   tagged with the verdict (`promoted`, `verdict_reason`).
-3. Off-policy evaluation of candidate vs what the gateway served on the held-out traffic: IPS,
-   SNIPS and DR values and paired differences with 95 % intervals, for utility (quality − cost /
-   willingness to pay), quality and cost, and whether the log supports the candidate's choices
-   at all (`router.ope.support`: the mean importance weight, 1 with full support).
+   tagged with the verdict (`promoted`, `verdict_reason`, `passed_vs_*`).
+3. Off-policy evaluation on the held-out traffic of the candidate against what the gateway served
+   (the logged policy) and against the serving router's own greedy choices: IPS, SNIPS and DR
+   values and paired differences with 95 % intervals, for utility (quality − cost / willingness
+   to pay), quality and cost, and whether the log supports the candidate's choices at all
+   (`router.ope.support`: the mean importance weight, 1 with full support).
 4. Promote only when the log supports the candidate and the chosen estimator's utility
-   difference is above zero beyond its interval (lower bound > 0) on at least `--min-requests`
-   requests: register the model version in MLflow, point the registered model's `live` alias at
-   it and, with `--gateway` (checked before training: reachable, takes the master key),
+   difference is above zero beyond its interval (lower bound > 0) in both comparisons
+   (`promotion`): register the model version in MLflow, point the registered model's `live`
+   alias at it and, with `--gateway` (checked before training: reachable, takes the master key),
    hot-reload it there through `POST /admin/router/reload` (no restart). Otherwise print why not.
 """
 from __future__ import annotations
@@ -28,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from router.store_errors import redact_url
+from training.offpolicy import logged_routers
+
 log = logging.getLogger(__name__)
 
 
@@ -35,9 +40,17 @@ log = logging.getLogger(__name__)
 class Verdict:
     promote: bool
     reason: str
+    span: str = ""  # the estimate behind a verdict on the numbers, as the reason words it
 
 
-def judge(comparison: dict, estimator: str, min_requests: int) -> Verdict:
+# The two baselines a candidate must beat, as the verdicts name them.
+SERVED = "what the gateway served (exploration included)"
+LIVE_ROUTER = "the serving router's own choices (without exploration)"
+
+
+def judge(comparison: dict, estimator: str, min_requests: int, against: str = SERVED) -> Verdict:
+    """The verdict of one comparison (`against` names its baseline): supported by the log, and
+    the `estimator`'s utility difference above 0 beyond its 95 % interval."""
     n = comparison["n"]
     if n == 0 or "utility" not in comparison:
         return Verdict(False, "no logged request with a reward is held out for evaluation")
@@ -51,15 +64,38 @@ def judge(comparison: dict, estimator: str, min_requests: int) -> Verdict:
         return Verdict(False, refused)
     if not np.isfinite(d["value"]):
         hint = "; --estimator dr also uses the reward model" if estimator != "dr" else ""
-        return Verdict(False, f"{estimator.upper()} has no estimate on this log: the candidate never takes the logged "
-                              f"action (overlap {comparison['overlap']:.0%} of n={n}){hint}")
+        return Verdict(False, f"{estimator.upper()} has no estimate against {against} on this log: the candidate never "
+                              f"takes the logged action (overlap {comparison['overlap']:.0%} of n={n}){hint}")
     span = (f"{d['value']:+.4f} (95 % interval {d['lo']:+.4f} .. {d['hi']:+.4f}, {estimator.upper()}, n={n}; "
             f"the candidate takes the logged action on {comparison['overlap']:.0%} of them)")
     if d["lo"] > 0:
-        return Verdict(True, f"candidate utility is better by {span}")
+        return Verdict(True, f"candidate utility is better than {against} by {span}", span)
     if d["hi"] < 0:
-        return Verdict(False, f"candidate is worse: utility difference {span}")
-    return Verdict(False, f"candidate is not better beyond the interval: utility difference {span}")
+        return Verdict(False, f"candidate is worse than {against}: utility difference {span}", span)
+    return Verdict(False, f"candidate is not better than {against} beyond the interval: utility difference {span}", span)
+
+
+def promotion(vs_served: dict, vs_live: dict, estimator: str, min_requests: int) -> tuple[Verdict, dict]:
+    """Promote only a candidate that beats both what the gateway served and the serving router's
+    own greedy choices, each by `judge`'s rule, on the same held-out log. The first alone passed the
+    serving router itself, judged as a candidate, on a log with exploration share 0.6 (+0.076,
+    +0.039 .. +0.113): exploration lowers the logged policy, and the log may be an older router's.
+    The second alone leans on a guess wherever the log does not show the serving router's choice
+    (`compare_with_router`). Returns the verdict and each comparison's."""
+    served = judge(vs_served, estimator, min_requests, SERVED)
+    if vs_live.get("agreement") == 1.0:
+        live = Verdict(False, f"the candidate chooses as the serving router does on all {vs_live['n']} held-out requests: "
+                              f"it cannot be better than {LIVE_ROUTER}")
+    else:
+        live = judge(vs_live, estimator, min_requests, LIVE_ROUTER)
+    each = {"vs_served": {"passed": served.promote, "reason": served.reason},
+            "vs_live_router": {"passed": live.promote, "reason": live.reason}}
+    if served.promote and live.promote:
+        return Verdict(True, f"{served.reason}; and {live.reason}"), each
+    if served.promote:  # what the old rule would have promoted on, said beside why it does not
+        return Verdict(False, f"{live.reason}; only better than {SERVED}, by {served.span}"), each
+    reasons = [served.reason] if live.promote or live.reason == served.reason else [served.reason, live.reason]
+    return Verdict(False, "; and ".join(reasons)), each
 
 
 def _unsupported(support: dict | None, estimator: str, d: dict) -> str | None:
@@ -102,6 +138,9 @@ def features(texts: list[str], input_tokens: np.ndarray, embeddings: np.ndarray 
     return np.hstack([np.asarray(emb, dtype=np.float32), request_features(reqs)])
 
 
+NOTHING_TO_TRAIN = "nothing to train on: no --base-data and no logged requests with rewards"
+
+
 def training_set(base_paths: list[str], traffic, text_column: str | None = None, prices=None):
     """Base tables plus logged outcomes (one observed cell per logged request)."""
     import pandas as pd
@@ -122,13 +161,14 @@ def training_set(base_paths: list[str], traffic, text_column: str | None = None,
         tables.append(long_to_outcomes(long))
         parts.append(np.hstack([traffic.embeddings, traffic.features]))
     if not tables:
-        raise ValueError("nothing to train on: no --base-data and no logged requests with rewards")
+        raise ValueError(NOTHING_TO_TRAIN)
     return concat_outcomes(tables), np.vstack(parts)
 
 
-def log_run(args, out: Path, params: dict, metrics: dict, comparison: dict, verdict: Verdict) -> str:
-    """One MLflow run (params, CV and OPE metrics, the support check, artifact) without registering
-    it yet, tagged with the verdict: `promoted` (true/false) and `verdict_reason`."""
+def log_run(args, out: Path, params: dict, metrics: dict, comparisons: dict[str, dict], verdict: Verdict, each: dict) -> str:
+    """One MLflow run (params, CV metrics, both OPE comparisons as `ope_vs_served_*` and
+    `ope_vs_live_router_*`, the support check, artifact) without registering it yet, tagged with
+    the verdict: `promoted` (true/false), `verdict_reason`, and whether each comparison passed."""
     import mlflow
 
     from training.plots import save_reliability_plot
@@ -136,24 +176,24 @@ def log_run(args, out: Path, params: dict, metrics: dict, comparison: dict, verd
 
     plot = save_reliability_plot(metrics, out / "reliability.png")
     flat = dict(metrics)
-    for metric in ("utility", "quality", "cost_usd"):
-        for est, e in comparison.get(metric, {}).get("difference", {}).items():
-            flat[f"ope_{metric}_{est}_diff"] = e["value"]
-            flat[f"ope_{metric}_{est}_diff_lo"] = e["lo"]
-    support = comparison.get("support")
-    if support:
-        for k in ("value", "lo", "hi"):
-            flat[f"ope_support_weight_mean{'' if k == 'value' else '_' + k}"] = support["weight_mean"][k]
-        flat.update(ope_support_overlap=support["overlap"], ope_support_ess=support["ess"],
-                    ope_support_unsupported_known=support["unsupported_known"])
+    for name, comparison in comparisons.items():
+        for metric in ("utility", "quality", "cost_usd"):
+            for est, e in comparison.get(metric, {}).get("difference", {}).items():
+                flat.update({f"ope_{name}_{metric}_{est}_diff{k}": e[v] for k, v in (("", "value"), ("_lo", "lo"), ("_hi", "hi"))})
+    support, baseline = comparisons["vs_served"].get("support"), comparisons["vs_live_router"].get("support_baseline")
+    for prefix, s in (("ope_support", support), ("ope_vs_live_router_baseline_support", baseline)):
+        if s:
+            flat.update({f"{prefix}_weight_mean{'' if k == 'value' else '_' + k}": s["weight_mean"][k] for k in ("value", "lo", "hi")})
+            flat.update({f"{prefix}_overlap": s["overlap"], f"{prefix}_ess": s["ess"], f"{prefix}_unsupported_known": s["unsupported_known"]})
     flat = {k: v for k, v in flat.items() if not isinstance(v, float) or np.isfinite(v)}
     run_args = _Args(args.tracking_uri, args.experiment, None)
     run_id, _ = log_to_mlflow(run_args, out, params, flat, plot)
     mlflow.set_tracking_uri(tracking_uri(args.tracking_uri))
     _experiment_id(mlflow, args.experiment, tracking_uri(args.tracking_uri))
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_dict(comparison, "ope.json")
+        mlflow.log_dict(comparisons, "ope.json")
         mlflow.set_tags({"promoted": str(verdict.promote).lower(), "verdict_reason": verdict.reason[:5000],
+                         **{f"passed_{k}": str(v["passed"]).lower() for k, v in each.items()},
                          **({"support": support["verdict"]} if support else {})})
     return run_id
 
@@ -242,22 +282,6 @@ def hot_reload(gateway: str, path: Path) -> dict:
     return r.json()
 
 
-def logged_routers(db: str) -> tuple[str | None, dict[str, int]]:
-    """(the router artifact that made the latest logged decision, how many each one made), from
-    the folder the gateway records with every routed request."""
-    from router.outcome_log import scan_outcomes
-
-    latest, counts = None, {}
-    # No LIKE in the SQL: psycopg reads a `%` in a query as a placeholder.
-    for (extras,) in scan_outcomes(db, ["extras"], "extras IS NOT NULL"):
-        if isinstance(extras, str) and '"router"' not in extras:
-            continue  # most rows of a log with named-model traffic: not decoded
-        path = (json.loads(extras) if isinstance(extras, str) else extras or {}).get("router")
-        if isinstance(path, str):
-            latest, counts[path] = path, counts.get(path, 0) + 1
-    return latest, counts
-
-
 def live_router_path(args) -> Path:
     """--router, else the router that made the latest logged decisions (a promotion swapped in
     another than `models/default`), else, where the log records none, `models/default`. Said when
@@ -287,10 +311,25 @@ def live_router_path(args) -> Path:
     return path
 
 
+def judge_candidate(live, candidate, logged_train, held_out, estimator: str, min_requests: int, seed: int):
+    """(the comparison with what the gateway served, the one with the live router's own choices,
+    the verdict and each comparison's) on the held-out log. The live router's predictions, mapped
+    through the rewards of the training half, are the DR reward model of both."""
+    from training.offpolicy import calibrated_reward_model, compare_routers, compare_with_router, router_p_good
+
+    p_live = router_p_good(live, held_out)
+    reward_model = calibrated_reward_model(router_p_good(live, logged_train), logged_train, p_live)
+    p_candidate = router_p_good(candidate, held_out)
+    vs_served = compare_routers(held_out, reward_model, p_candidate, seed=seed)
+    vs_live = compare_with_router(held_out, reward_model, p_live, p_candidate, seed=seed)
+    verdict, each = promotion(vs_served, vs_live, estimator, min_requests)
+    return vs_served, vs_live, verdict, each
+
+
 def retrain(args) -> dict:
     from router.engine import LearnedRouter
     from training.data import load_prices
-    from training.offpolicy import calibrated_reward_model, compare_routers, finite, load_traffic, router_p_good
+    from training.offpolicy import finite, load_traffic
 
     # Before minutes of training: the gateway must take the reload, and the live router must load
     # (`models/default` from any folder, as serve finds it).
@@ -299,32 +338,39 @@ def retrain(args) -> dict:
     live_path = live_router_path(args)
     live = LearnedRouter.load(live_path)
     traffic = load_traffic(args.db)
-    n_eval = int(round(len(traffic) * args.eval_share))
+    n_usable, n_eval = len(traffic), int(round(len(traffic) * args.eval_share))
     order = np.argsort(traffic.ts, kind="stable")
     train_rows, eval_rows = order[: len(traffic) - n_eval], order[len(traffic) - n_eval:]
     held_out, logged_train = traffic.rows(eval_rows), traffic.rows(train_rows)
     log.info("%d usable logged requests: %d join training, %d judge the candidate", len(traffic), len(train_rows), n_eval)
     del traffic  # its two halves hold every row: a third copy of each embedding is not needed
+    if not n_usable and not args.base_data:
+        raise ValueError(NOTHING_TO_TRAIN)
+    if n_eval < max(args.min_requests, 1):  # known now: minutes of training could not change the verdict
+        reason = (f"only {n_eval} usable logged requests with rewards would be held out for evaluation (the latest "
+                  f"{args.eval_share:.0%} of {n_usable}, --eval-share); need {max(args.min_requests, 1)} (--min-requests): "
+                  f"no candidate trained; collect more feedback, or lower --min-requests")
+        return {"candidate": None, "verdict": {"promote": False, "reason": reason}, "ope": {"n": n_eval}}
     prices = load_prices(args.prices) if args.prices else None
     table, X = training_set(args.base_data or [], logged_train, args.text_column, prices)
+    # What is kept (the manifest every replica gets, the report, MLflow's params) never holds
+    # the outcome database's password.
+    db = redact_url(args.db)
     candidate, metrics = fit_router(table, X, folds=args.folds, rounds=args.rounds, seed=args.seed,
-                                    sources=[*(args.base_data or []), args.db])
+                                    sources=[*(args.base_data or []), db])
     out = Path(args.out or f"models/candidate-{time.strftime('%Y%m%d-%H%M%S')}")
     candidate.save(out)
     warned = _untrained_models(candidate, [*held_out.models, *logged_train.models], bool(args.base_data))
-    if len(held_out):
-        reward_model = calibrated_reward_model(router_p_good(live, logged_train), logged_train, router_p_good(live, held_out))
-        comparison = compare_routers(held_out, reward_model, router_p_good(candidate, held_out), seed=args.seed)
-    else:
-        comparison = {"n": 0}
-    verdict = judge(comparison, args.estimator, args.min_requests)
-    params = {"db": args.db, "base_data": ",".join(args.base_data or []), "live_router": str(live_path),
+    comparison, vs_live, verdict, each = judge_candidate(live, candidate, logged_train, held_out, args.estimator,
+                                                         args.min_requests, args.seed)
+    params = {"db": db, "base_data": ",".join(args.base_data or []), "live_router": str(live_path),
               "logged_train": len(train_rows), "logged_eval": n_eval, "rows": len(table), "folds": args.folds,
               "rounds": args.rounds, "seed": args.seed, "estimator": args.estimator}
-    report = {"candidate": str(out), "verdict": {"promote": verdict.promote, "reason": verdict.reason},
-              "ope": comparison, "params": params, "cv": {k: v for k, v in metrics.items() if k != "reliability"},
-              "warnings": warned}
-    report["mlflow_run_id"] = log_run(args, out, params, metrics, comparison, verdict)
+    report = {"candidate": str(out), "verdict": {"promote": verdict.promote, "reason": verdict.reason, **each},
+              "ope": comparison, "ope_vs_live_router": vs_live, "params": params,
+              "cv": {k: v for k, v in metrics.items() if k != "reliability"}, "warnings": warned}
+    report["mlflow_run_id"] = log_run(args, out, params, metrics, {"vs_served": comparison, "vs_live_router": vs_live},
+                                      verdict, each)
     failed_reload = None
     if verdict.promote:
         report["registered_version"] = register(args, report["mlflow_run_id"])
@@ -361,11 +407,11 @@ def _untrained_models(candidate, logged: list[str], base_data: bool) -> list[str
     return [message]
 
 
-def summary(comparison: dict, estimator: str) -> str:
-    """The OPE numbers behind the verdict, labelled."""
+def summary(comparison: dict, estimator: str, against: str = "what the gateway served") -> str:
+    """The OPE numbers behind the verdict, labelled; the support said is the candidate's, or, against
+    the serving router, that router's (the candidate's is the same in both comparisons)."""
     n = comparison.get("n", 0)
-    lines = [f"Utility difference, candidate − what the gateway served, on {n} held-out logged requests "
-             f"(quality points, 95 % intervals):"]
+    lines = [f"Utility difference, candidate − {against}, on {n} held-out logged requests (quality points, 95 % intervals):"]
     for k in ("ips", "snips", "dr"):
         d = comparison.get("utility", {}).get("difference", {}).get(k)
         if d is None:
@@ -373,9 +419,10 @@ def summary(comparison: dict, estimator: str) -> str:
         value = (f"{d['value']:+.4f} ({d['lo']:+.4f} .. {d['hi']:+.4f})" if np.isfinite(d["value"])
                  else "no estimate (the candidate never takes the logged action)")
         lines.append(f"  {k.upper():<6}{value}{'   <- --estimator' if k == estimator else ''}")
-    support = comparison.get("support")
+    whose, support = (("the serving router's own choices", comparison["support_baseline"]) if "support_baseline" in comparison
+                      else ("the candidate's choices", comparison.get("support")))
     if support and support["verdict"] != "empty":
-        lines.append(f"Support of the candidate's choices in the log ({support['verdict']}): {support['summary']}")
+        lines.append(f"Support of {whose} in the log ({support['verdict']}): {support['summary']}")
     return "\n".join(lines)
 
 
@@ -426,11 +473,20 @@ def run(args) -> int:
     if args.gateway and not args.gateway.startswith(("http://", "https://")):
         raise ValueError(f"--gateway {args.gateway}: give the gateway's URL, e.g. http://127.0.0.1:8080")
     report = retrain(args)
+    if report["candidate"] is None:  # refused before training
+        print(f"NOT PROMOTED: {report['verdict']['reason']}")
+        return NOT_PROMOTED_EXIT if args.exit_code else 0
     print(summary(report["ope"], args.estimator))
+    if "ope_vs_live_router" in report:
+        print(summary(report["ope_vs_live_router"], args.estimator, "the serving router's own choices (greedy)"))
     if report["verdict"]["promote"]:
         where = f"; hot-reloaded in {args.gateway}" if args.gateway else ""
         print(f"PROMOTED {report['candidate']} (MLflow {args.registered_name} version {report.get('registered_version')}, "
               f"alias {LIVE_ALIAS!r}){where}: {report['verdict']['reason']}")
+        if not args.gateway:  # the alias moved; no running gateway did
+            print(f"No gateway was reloaded (no --gateway): a running gateway serves its router until it gets POST "
+                  f"/admin/router/reload {{\"path\": \"{Path(report['candidate']).resolve()}\"}} with the master key, or "
+                  f"restarts with router.artifact set to that folder")
     else:
         print(f"NOT PROMOTED {report['candidate']}: {report['verdict']['reason']}")
         if args.exit_code:

@@ -1,7 +1,11 @@
 """The printed summary of an `openclaw-router simulate` report (the JSON holds the rest)."""
 from __future__ import annotations
 
-from training.simulate import ADAPTATION
+from training.simulate import ADAPTATION, MIN_LOSS
+
+
+def _requests(n: int, spec: str = ",") -> str:
+    return f"{n:{spec}} request{'' if n == 1 else 's'}"
 
 
 def print_summary(out: dict, requests: int) -> None:
@@ -15,11 +19,12 @@ def print_summary(out: dict, requests: int) -> None:
         # One entry: the only degradation's, or "all" measured from the last one to start.
         start = max(d["start"] for d in out["drift"] if d["kind"] == "degrade")
         allowed, left = r["from_request"] - start, requests - start
-        short = ("" if allowed >= ADAPTATION else f" (measured after {allowed:,} of the {left:,} request{'s' * (left > 1)} "
+        short = ("" if allowed >= ADAPTATION else f" (measured after {allowed:,} of the {_requests(left)} "
                  f"that followed the drift at {start:,}, not the usual {ADAPTATION:,}, so that at least half are measured)")
         if r["recovered_share"] is None:
-            print(f"degraded {model}: from request {r['from_request']}{short} the static router lost "
-                  f"{100 * r['static_lost']:.2f} quality points, too few to measure a recovery of")
+            print(f"degraded {model}: from request {r['from_request']:,}{short} the static router lost "
+                  f"{100 * r['static_lost']:.2f} quality points, too few to measure a recovery of them by the bandit "
+                  f"(a share of them is reported from {100 * MIN_LOSS:.2f} points lost)")
             continue
         # One line per measure: the loss, the bandit's share of it net (the headline), then gross
         # and against what a router told of the drift could regain.
@@ -36,17 +41,17 @@ def print_summary(out: dict, requests: int) -> None:
     for model, a in out.get("added", {}).items():
         if a["bandit_share_first_1000"] is None:
             print(f"added {model}: never arrived: add:{model}@{starts[model]} starts after the last of the "
-                  f"{requests} requests")
+                  f"{_requests(requests, '')}")
             continue
         only = a["where_only_bandit_chose_it"]
         first = f"first routed at request {a['first_routed_at']}" if a["first_routed_at"] is not None else "never routed"
-        gain = (f"; on the {only['requests']} requests only the bandit sent to it, quality {only['added_model_quality']:.3f} "
-                f"against {only['static_choice_quality']:.3f} for the static router's choice" if only["requests"] else "")
+        gain = (f"; on the {_requests(only['requests'])} only the bandit sent to it, quality "
+                f"{only['added_model_quality']:.3f} against {only['static_choice_quality']:.3f} for the static router's "
+                f"choice{'s' if only['requests'] > 1 else ''}" if only["requests"] else "")
         after = min(1000, requests - starts[model])  # the share's requests: fewer where the stream ends first
-        print(f"added {model}: {first}, {a['bandit_share_first_1000']:.0%} of the {after:,} request{'s' * (after > 1)} "
-              f"after it came{gain}")
+        print(f"added {model}: {first}, {a['bandit_share_first_1000']:.0%} of the {_requests(after)} after it came{gain}")
     if "note" in out["setup"]:
         print(f"warning: {out['setup']['note']}")
     for d in out["drift"]:
         if d["kind"] == "degrade" and d["start"] >= requests:
-            print(f"note: the drift degrade:{d['model']}@{d['start']} starts after the last of the {requests} requests")
+            print(f"note: the drift degrade:{d['model']}@{d['start']} starts after the last of the {_requests(requests, '')}")
