@@ -104,6 +104,7 @@ class BanditChoice:
     greedy: str
     probabilities: dict[str, float]  # over eligible models; sums to 1
     explored: bool
+    why: str = ""  # what moved the greedy choice off the predictor's own, in words ("" where nothing did)
 
 
 @dataclass(frozen=True)
@@ -244,18 +245,9 @@ class ContextualBandit:
         return corr, np.sqrt(np.asarray(p_std) ** 2 * trust + corr_var), news, new
 
     # ---- choosing -------------------------------------------------------------------
-    def choose(
-        self,
-        models: Sequence[str],
-        p_good: np.ndarray,
-        p_good_std: np.ndarray,
-        penalty: np.ndarray,
-        cost: np.ndarray,
-        embedding: np.ndarray | None = None,
-        request_id: str | None = None,
-        rng: np.random.Generator | None = None,
-        willingness_to_pay: float | None = None,
-    ) -> BanditChoice:
+    def choose(self, models: Sequence[str], p_good: np.ndarray, p_good_std: np.ndarray, penalty: np.ndarray,
+               cost: np.ndarray, embedding: np.ndarray | None = None, request_id: str | None = None,
+               rng: np.random.Generator | None = None, willingness_to_pay: float | None = None) -> BanditChoice:
         """Pick among `models` (all eligible: filter hard constraints first).
 
         `penalty` is what the policy subtracts from P(good) to get utility (cost and latency
@@ -272,9 +264,9 @@ class ContextualBandit:
         p_good, penalty, cost = (np.asarray(a, dtype=np.float64) for a in (p_good, penalty, cost))
         # The predictor's output lengths err, most with little training data: caps on predicted
         # spend let refinement drift to models whose answers cost more than predicted.
-        realised = cost * self.cost_ratios(models)
-        if willingness_to_pay:
-            penalty = penalty + (realised - cost) / willingness_to_pay
+        ratios = self.cost_ratios(models)
+        realised = cost * ratios
+        priced = (realised - cost) / willingness_to_pay if willingness_to_pay else np.zeros(len(models))
         cost = realised
         with self._lock:
             # One view of the basis for the context and the arms: a hot reload (`rebase`) in
@@ -282,10 +274,11 @@ class ContextualBandit:
             z = self.context(embedding)
             corr, std, news, new = self._posterior(models, z, p_good_std)
         q = np.clip(p_good + corr, 0.0, 1.0)
-        ref = int(np.argmax(np.clip(p_good + corr * news, 0.0, 1.0) - penalty))
-        price = self._spend_price()
-        if price > 0:  # refinement must now pay for its extra spend: rank by price-adjusted utility
-            penalty = penalty + price * cost * ~news
+        ref = int(np.argmax(np.clip(p_good + corr * news, 0.0, 1.0) - penalty - priced))
+        # Refinement pays for its extra spend once over the total-spend cap: price-adjusted utility.
+        charged = self._spend_price() * cost * ~news
+        why = _why(models, p_good, penalty, {"feedback": corr, "prices": priced, "spend cap": charged}, ratios)
+        penalty = penalty + priced + charged
         util = q - penalty
         g = int(np.argmax(util))
         with self._lock:
@@ -333,6 +326,7 @@ class ContextualBandit:
             greedy=models[g],
             probabilities={m: float(p) for m, p in zip(models, probs)},
             explored=a != g,
+            why=why,
         )
 
     def choose_for(self, decision: Decision, embedding: np.ndarray | None = None,
@@ -341,19 +335,15 @@ class ContextualBandit:
         eligible = [c for c in decision.candidates if c.excluded is None]
         if len(eligible) <= 1:
             return replace(decision, propensity=1.0)
-        choice = self.choose(
-            **candidate_arrays(eligible),
-            embedding=embedding if embedding is not None else decision.embedding,
-            request_id=request_id,
-            rng=rng,
-            willingness_to_pay=decision.knob,
-        )
+        embedding = embedding if embedding is not None else decision.embedding
+        choice = self.choose(**candidate_arrays(eligible), embedding=embedding, request_id=request_id, rng=rng,
+                             willingness_to_pay=decision.knob)
         if choice.model == decision.model:
             return replace(decision, propensity=choice.propensity)
         chosen = next(c for c in eligible if c.model == choice.model)
         rest = tuple(c for c in decision.candidates if c.model != choice.model)
-        if choice.model == choice.greedy:  # feedback has corrected the prediction: not a trial
-            reason = f"bandit refinement: {choice.model} (corrected by feedback) instead of {decision.model}; {decision.reason}"
+        if choice.model == choice.greedy:  # what the bandit learnt moved the ranking: not a trial
+            reason = f"bandit refinement: {choice.model} instead of {decision.model} ({choice.why}); {decision.reason}"
         else:
             reason = (f"bandit exploration: {choice.model} (p={choice.propensity:.2f}) instead of "
                       f"{choice.greedy}; {decision.reason}")
@@ -375,10 +365,12 @@ class ContextualBandit:
     def cost_ratios(self, models: Sequence[str]) -> np.ndarray:
         """Per model, realised / predicted cost of its recent calls, shrunk towards 1 while it has
         few (half weight at `cost_prior_calls`); 1 for a model not yet observed."""
-        prior = self.settings.cost_prior_calls
         with self._lock:
-            seen = [self._cost_seen.get(m) for m in models]
-        return np.array([1.0 if v is None else (v[2] * v[0] / v[1] + prior) / (v[2] + prior) for v in seen])
+            return np.array([self._cost_ratio(self._cost_seen.get(m)) for m in models])
+
+    def _cost_ratio(self, seen: np.ndarray | None) -> float:
+        prior = self.settings.cost_prior_calls
+        return 1.0 if seen is None else float((seen[2] * seen[0] / seen[1] + prior) / (seen[2] + prior))
 
     # ---- learning -------------------------------------------------------------------
     def observe_cost(self, model: str, predicted_usd: float, realised_usd: float) -> None:
@@ -460,7 +452,26 @@ class ContextualBandit:
                 "recent": self._recent_stats(),  # the accounts the caps compare (`budget_horizon`)
                 "arms": {m: {"n_eff": a.n_eff, "intercept": float(a.mean[0]), "resets": a.resets}
                          for m, a in self._arms.items()},
+                # realised / predicted cost scaling each model's cost (`observe_cost`), over its discounted calls
+                "cost_ratios": {m: {"ratio": self._cost_ratio(v), "calls": float(v[2])} for m, v in self._cost_seen.items()},
             }
+
+
+def _why(models: Sequence[str], p_good: np.ndarray, penalty: np.ndarray, terms: dict[str, np.ndarray],
+         ratios: np.ndarray) -> str:
+    """What moved the best model off the predictor's own, in words: the terms without which the choice would
+    differ (all in play where each alone would do). Not "feedback" where realised prices moved it."""
+    def best(drop: str = "") -> int:
+        on = {k: 0.0 if k == drop else v for k, v in terms.items()}
+        return int(np.argmax(np.clip(p_good + on["feedback"], 0.0, 1.0) - penalty - on["prices"] - on["spend cap"]))
+
+    g, own = best(), int(np.argmax(p_good - penalty))
+    active = [k for k, v in terms.items() if np.any(v != 0)]
+    a, b, corr = models[g], models[own], terms["feedback"]
+    said = {"feedback": f"feedback corrected P(good): {a} {corr[g]:+.2f}, {b} {corr[own]:+.2f}",
+            "prices": f"realised prices: {b} costs {ratios[own]:.2f}x its predicted cost, {a} {ratios[g]:.2f}x",
+            "spend cap": "the total-spend cap charges refinement's extra spend"}
+    return "" if g == own else "; ".join(said[k] for k in [k for k in active if best(k) != g] or active)
 
 
 def _share(part: float, whole: float) -> float:

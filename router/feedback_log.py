@@ -7,7 +7,9 @@ Two tables next to `outcomes`:
   client regenerating the same prompt). Several rows may exist for one request; readers
   take explicit over implicit, latest first (`latest_rewards`).
 * `shadow_decisions` — what a candidate router would have chosen on each live request,
-  with the predictions of both routers, and the shadow call's outcome when one was made.
+  with the predictions of both routers, and the shadow call's outcome when one was made
+  (`call_status` `ok` or `error: ...`), or why a call drawn to be made was not
+  (`SKIPPED_BY_CAP`: reserving what it could cost would have passed the shadow spend cap).
 
 Writes are small and rare next to the outcome log's, so they go straight to the database,
 unbatched. The backend follows the outcome log's URL scheme (`STORES`, as in
@@ -31,8 +33,11 @@ FEEDBACK_COLUMNS = ("request_id", "ts", "score", "source", "signal", "label", "c
 SHADOW_COLUMNS = (
     "request_id", "ts", "profile", "live_model", "shadow_model", "agree", "live_candidate", "shadow_candidate",
     "shadow_on_live_choice", "shadow_propensity", "called", "call_status", "call_cost_usd", "call_latency_s",
-    "call_output_chars",
+    "call_output_chars", "call_reserved_usd",
 )
+# `call_status` of a shadow call drawn (`call_share`) but not made: the most it could be billed,
+# reserved beside the calls made or in flight, passed `learning.shadow.max_call_cost_usd`.
+SKIPPED_BY_CAP = "skipped: spend cap"
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class ShadowRecord:
     call_cost_usd: float | None = None
     call_latency_s: float | None = None
     call_output_chars: int | None = None
+    call_reserved_usd: float | None = None  # the most the call could be billed, held against the cap
     ts: float = field(default_factory=time.time)
 
     @property
@@ -114,7 +120,10 @@ class FeedbackLog:
                 "CREATE TABLE IF NOT EXISTS shadow_decisions (request_id TEXT PRIMARY KEY, ts REAL, profile TEXT, "
                 "live_model TEXT, shadow_model TEXT, agree INTEGER, live_candidate TEXT, shadow_candidate TEXT, "
                 "shadow_on_live_choice TEXT, shadow_propensity REAL, called INTEGER, call_status TEXT, "
-                "call_cost_usd REAL, call_latency_s REAL, call_output_chars INTEGER)")
+                "call_cost_usd REAL, call_latency_s REAL, call_output_chars INTEGER, call_reserved_usd REAL)")
+            # A file from before `call_reserved_usd`: its rows keep NULL there (never reserved, or not known).
+            if "call_reserved_usd" not in {r[1] for r in self._conn.execute("PRAGMA table_info(shadow_decisions)")}:
+                self._conn.execute("ALTER TABLE shadow_decisions ADD COLUMN call_reserved_usd REAL")
             for table in PRUNED:  # retention deletes by age (router/retention.py)
                 self._conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (ts)")
 

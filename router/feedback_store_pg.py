@@ -55,7 +55,9 @@ class PostgresFeedbackLog:
                 "profile TEXT, live_model TEXT, shadow_model TEXT, agree BOOLEAN, live_candidate TEXT, "
                 "shadow_candidate TEXT, shadow_on_live_choice TEXT, shadow_propensity DOUBLE PRECISION, "
                 "called BOOLEAN, call_status TEXT, call_cost_usd DOUBLE PRECISION, call_latency_s DOUBLE PRECISION, "
-                "call_output_chars BIGINT)")
+                "call_output_chars BIGINT, call_reserved_usd DOUBLE PRECISION)")
+            # Tables from before `call_reserved_usd`: old rows keep NULL there, old replicas write on without it.
+            conn.execute("ALTER TABLE shadow_decisions ADD COLUMN IF NOT EXISTS call_reserved_usd DOUBLE PRECISION")
             for table in PRUNED:  # retention deletes by age (router/retention.py)
                 conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (ts)")
 

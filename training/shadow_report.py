@@ -2,8 +2,12 @@
 
 Reads the shadow decisions, the outcome log and the feedback beside it, and writes
 `shadow_report.json` (every number) and `shadow_report.html` (one self-contained page:
-headline numbers, plots embedded as PNG, per-task and per-model tables):
+the verdict, headline numbers, plots embedded as PNG, per-task and per-model tables;
+`training.shadow_report_html`):
 
+* verdict: switch to the shadow router or keep the live one, as `openclaw-router retrain` would
+  judge a candidate on these estimates (`training.retrain.promotion`, its default estimator and
+  least number of requests, refusing where the log does not support the shadow router's choices);
 * agreement: the share of live requests on which the shadow router chose the live model;
 * predicted deltas: what the shadow router's choice changes, under one predictor (the
   shadow's): its prediction for its own choice minus its prediction for the live choice
@@ -13,22 +17,26 @@ headline numbers, plots embedded as PNG, per-task and per-model tables):
 * observed deltas: on requests where the shadow model was also called, its measured cost
   minus the live answer's, and its call's time minus the live answer's upstream call's (the
   attempt that answered), like with like: the live request's whole handling time adds the
-  gateway's own (routing, embedding, hooks), reported beside it;
+  gateway's own (routing, embedding, hooks), reported beside it. Only the calls made: those
+  drawn but skipped by the spend cap (`learning.shadow.max_call_cost_usd`) are counted per model,
+  as they fall on the dearer models;
 * off-policy estimates: the shadow router's value on the logged traffic (IPS, SNIPS, DR,
   95 % intervals) against what the live gateway served (the logged policy: the live router
   and its bandit), for quality, utility and cost, using the live propensities and the
-  feedback rewards.
+  feedback rewards; and, for the verdict, against the live router's own choices.
 """
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from router.feedback_log import SKIPPED_BY_CAP
+from training.shadow_report_html import render_html
 
 PREDICTED = ("p_good", "cost_usd", "latency_s")
 # What the report reads of each outcome row: the attempts only for requests with a shadow call.
@@ -71,9 +79,40 @@ def live_outcomes(db: str, wanted: set[str], called: set[str]) -> dict[str, dict
     return out
 
 
+def _grouped(rows: list[dict], key) -> dict[str, list[dict]]:
+    out = defaultdict(list)
+    for r in rows:
+        out[key(r)].append(r)
+    return dict(sorted(out.items()))
+
+
+def _calls(shadows: list[dict], outcomes: dict[str, dict]) -> dict:
+    """The shadow calls among `shadows`: drawn, made, skipped by the spend cap, and the made ones'
+    cost and time against the live answer's."""
+    called = [r for r in shadows if r["called"] and r["call_status"] == "ok" and r["request_id"] in outcomes]
+    # Like with like: the shadow's bare upstream call against the live answer's upstream call, not
+    # against the live request's handling time (routing, embedding, hooks besides).
+    timed = [(r, outcomes[r["request_id"]]) for r in called
+             if r["call_latency_s"] is not None and outcomes[r["request_id"]].get("upstream_latency_s") is not None]
+    skipped = [r for r in shadows if r["call_status"] == SKIPPED_BY_CAP]
+    reserved = [r["call_reserved_usd"] for r in skipped if r.get("call_reserved_usd") is not None]  # None: logged before it was
+    return {
+        "drawn": sum(r["called"] for r in shadows) + len(skipped), "calls": sum(r["called"] for r in shadows),
+        "ok": len(called), "skipped_by_cap": len(skipped),
+        # the most a skipped call would have held against the cap: above the cap, no such call can be made
+        "skipped_reserved_usd_max": max(reserved, default=None),
+        "spend_usd": float(sum(r["call_cost_usd"] or 0.0 for r in shadows)),
+        "delta_cost_usd": _mean([r["call_cost_usd"] - (outcomes[r["request_id"]].get("cost_usd") or 0.0) for r in called]),
+        "delta_latency_s": _mean([r["call_latency_s"] - o["upstream_latency_s"] for r, o in timed]),
+        "latency_compared": len(timed),
+        # what the live request's handling time adds to its upstream call
+        "live_gateway_time_s": _mean([o["latency_s"] - o["upstream_latency_s"] for _, o in timed if o["latency_s"] is not None]),
+    }
+
+
 def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, str], traffic=None, seed: int = 0) -> dict:
     """Every number of the report, from shadow rows, outcome rows by id and task labels."""
-    from training.offpolicy import compare_policies
+    from training.offpolicy import compare_policies, greedy_probs
     from router import ope
 
     def task_of(r):
@@ -90,27 +129,12 @@ def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, 
         return out
 
     report: dict = {"overall": block(shadows)}
-    called = [r for r in shadows if r["called"] and r["call_status"] == "ok" and r["request_id"] in outcomes]
-    # Like with like: the shadow's bare upstream call against the live answer's upstream call, not
-    # against the live request's handling time (routing, embedding, hooks besides).
-    timed = [(r, outcomes[r["request_id"]]) for r in called
-             if r["call_latency_s"] is not None and outcomes[r["request_id"]].get("upstream_latency_s") is not None]
-    report["observed_shadow_calls"] = {
-        "calls": sum(r["called"] for r in shadows), "ok": len(called),
-        "spend_usd": float(sum(r["call_cost_usd"] or 0.0 for r in shadows)),
-        "delta_cost_usd": _mean([r["call_cost_usd"] - (outcomes[r["request_id"]].get("cost_usd") or 0.0) for r in called]),
-        "delta_latency_s": _mean([r["call_latency_s"] - o["upstream_latency_s"] for r, o in timed]),
-        "latency_compared": len(timed),
-        # what the live request's handling time adds to its upstream call
-        "live_gateway_time_s": _mean([o["latency_s"] - o["upstream_latency_s"] for _, o in timed if o["latency_s"] is not None]),
-    }
-    by_task, by_model = defaultdict(list), defaultdict(list)
-    for r in shadows:
-        by_task[task_of(r)].append(r)
-        by_model[r["live_model"]].append(r)
-    report["by_task"] = {t: block(rows) for t, rows in sorted(by_task.items())}
+    report["observed_shadow_calls"] = {**_calls(shadows, outcomes), "by_model": {
+        m: _calls(rows, outcomes) for m, rows in _grouped(shadows, lambda r: r["shadow_model"]).items()
+        if any(r["called"] or r["call_status"] == SKIPPED_BY_CAP for r in rows)}}
+    report["by_task"] = {t: block(rows) for t, rows in _grouped(shadows, task_of).items()}
     report["by_live_model"] = {m: {**block(rows), "shadow_choices": dict(Counter(r["shadow_model"] for r in rows))}
-                               for m, rows in sorted(by_model.items())}
+                               for m, rows in _grouped(shadows, lambda r: r["live_model"]).items()}
     report["traffic_share"] = {
         "live": {m: c / len(shadows) for m, c in Counter(r["live_model"] for r in shadows).items()} if shadows else {},
         "shadow": {m: c / len(shadows) for m, c in Counter(r["shadow_model"] for r in shadows).items()} if shadows else {},
@@ -124,8 +148,47 @@ def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, 
         if len(keep):
             t = traffic.rows(keep)
             actions = np.array([t.models.index(shadow_of[rid]) for rid in t.request_ids])
-            report["ope"] = compare_policies(t, None, ope.deterministic_probs(actions, len(t.models)), t.p_logged, seed=seed)
-    return report
+            shadow = ope.deterministic_probs(actions, len(t.models))
+            report["ope"] = compare_policies(t, None, shadow, t.p_logged, seed=seed)
+            # retrain's second baseline: the live router's own choices (its logged predictions, no exploration)
+            report["ope_vs_live_router"] = compare_policies(t, greedy_probs(t.p_logged, t), shadow, t.p_logged, seed=seed)
+    return {"verdict": verdict(report), **report}
+
+
+def _retrain_defaults() -> tuple[str, int]:
+    """The estimator and least number of requests `openclaw-router retrain` judges by unless told
+    otherwise: the report's verdict is the one retrain would give, not a rule of its own."""
+    import argparse
+
+    from training import retrain
+
+    parser = argparse.ArgumentParser()
+    retrain.configure(parser)
+    return parser.get_default("estimator"), parser.get_default("min_requests")
+
+
+def verdict(report: dict) -> dict:
+    """Whether to switch to the shadow router, by retrain's rule (`training.retrain.promotion`: better
+    than what the gateway served and than the live router's own choices, each by `judge`) on the
+    estimates before `finite` (it reads NaN as no estimate); reason None without any estimate."""
+    from training.retrain import promotion
+
+    estimator, least = _retrain_defaults()
+    out = {"promote": False, "reason": None, "estimator": estimator, "min_requests": least}
+    if "ope" in report:
+        judged, each = promotion(report["ope"], report["ope_vs_live_router"], estimator, least)
+        out.update(promote=judged.promote, reason=judged.reason, each=each)
+    return out
+
+
+def headline(v: dict) -> str:
+    """The verdict as one sentence to act on."""
+    if v["reason"] is None:
+        return ("No verdict yet: none of the requests the shadow router decided on has feedback, so there is nothing "
+                "to estimate its value from; rate live answers (POST /v1/feedback) and run the report again.")
+    if v["promote"]:
+        return f"Switch to the shadow router (POST /admin/router/reload with its artifact): {v['reason']}."
+    return f"Keep the live router: {v['reason']}."
 
 
 def _plain(text: str) -> str:
@@ -190,128 +253,40 @@ def plots(report: dict, shadows: list[dict]) -> dict[str, str]:
         plt.close(fig)
 
     if "ope" in report:
-        fig, axes = plt.subplots(1, 3, figsize=(9, 3))
-        for ax, metric in zip(axes, ("quality", "utility", "cost_usd")):
-            ests = report["ope"][metric]
-            shown = [(f"{who}\n{est}", ests[who][est]) for est in ("snips", "dr") for who in ("live", "candidate")
-                     if est in ests[who] and None not in (ests[who][est]["value"], ests[who][est]["lo"], ests[who][est]["hi"])]
-            names, vals = [n for n, _ in shown], [v for _, v in shown]
-            y = [v["value"] for v in vals]
-            err = [[v["value"] - v["lo"] for v in vals], [v["hi"] - v["value"] for v in vals]]
-            ax.errorbar(range(len(y)), y, yerr=err, fmt="o", capsize=4)
-            ax.set_xticks(range(len(y)), names, fontsize=7)
-            ax.set_title(metric)
-        fig.suptitle("SNIPS and DR estimates, 95 % intervals (candidate = shadow; IPS in the table)")
-        fig.tight_layout()
+        fig = _ope_figure(plt, report["ope"], report["verdict"]["estimator"])
         out["ope"] = _png(fig)
         plt.close(fig)
     return out
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return html.escape(str(v))
+# Per metric: its label, the scale the figure draws it at and which way is better for the shadow router.
+OPE_METRICS = (("utility", "utility (quality points)", 1.0, "above 0: shadow better"),
+               ("quality", "quality (P(good))", 1.0, "above 0: shadow better"),
+               ("cost_usd", "cost ($ per 1,000 requests)", 1000.0, "above 0: shadow dearer"))
 
 
-def _signed(v) -> str:
-    return "–" if v is None else f"{v:+.4g}"
-
-
-def _pct(v) -> str:
-    return "–" if v is None else f"{v:.1%}"
-
-
-HEADERS = {"predicted_delta_p_good": "Δ P(good)", "predicted_delta_cost_usd": "Δ $", "predicted_delta_latency_s": "Δ latency s",
-           "predictor_gap_p_good": "P(good) gap", "predictor_gap_cost_usd": "$ gap", "predictor_gap_latency_s": "latency s gap",
-           "spend_usd": "spend $", "delta_cost_usd": "Δ cost $", "delta_latency_s": "Δ upstream latency s",
-           "latency_compared": "n timed", "live_gateway_time_s": "live gateway time s",
-           "shadow_choices": "shadow's choices"}
-
-
-def _cell(col: str, v) -> str:
-    if col == "agreement":
-        return f"<td>{_pct(v)}</td>"
-    if col == "shadow_choices":
-        return '<td class="list">' + "<br>".join(html.escape(f"{m} {n}") for m, n in sorted(v.items(), key=lambda kv: -kv[1])) + "</td>"
-    return f"<td>{_fmt(v)}</td>"
-
-
-def _table(rows: dict[str, dict], cols: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in ["", *cols])
-    body = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(_cell(c, v.get(c)) for c in cols) + "</tr>"
-                   for k, v in rows.items())
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _overlap_note(ope: dict) -> str:
-    """IPS and SNIPS learn only from requests where the shadow picks the logged model: at low
-    overlap IPS reads far below the other estimates, and `n` alone would overstate the evidence."""
-    ess = ope["quality"]["difference"].get("snips", {}).get("ess")
-    return (f"<p>The shadow router picks the model the live gateway served on {_pct(ope['overlap'])} of these "
-            f"{ope['n']} requests. IPS and SNIPS weigh only those (effective sample size {_fmt(ess)}); IPS counts "
-            "the others as zero reward, so at low overlap it undercounts the shadow router, and DR leans on its "
-            "reward model (docs/LEARNING.md).</p>")
-
-
-def _predicted_note(o: dict) -> str:
-    left_out = o["requests"] - o["predicted_requests"]
-    return (f"<p>Δ predicted: what choosing differently is predicted to change, under one predictor (the shadow "
-            f"router's): its prediction for its own choice minus its prediction for the live router's choice, mean "
-            f"over {o['predicted_requests']} requests, 0 wherever the two agree"
-            + (f" ({left_out} left out: the shadow router had no prediction for the live choice)" if left_out else "")
-            + ". The two predictors also differ on one and the same model, the live router's choice, by P(good) "
-            f"{_signed(o['predictor_gap_p_good'])}, $ {_signed(o['predictor_gap_cost_usd'])}, latency "
-            f"{_signed(o['predictor_gap_latency_s'])} s (the shadow's minus the live router's): a difference of "
-            "predictors, not of choices (the predictor gap below).</p>")
-
-
-def _calls_note(calls: dict) -> str:
-    return (f"<p>Δ upstream latency: the shadow call's time (never streamed) minus the live answer's upstream call "
-            f"(the attempt that answered; a streamed one until its last chunk), on {calls['latency_compared']} "
-            f"requests that ended in a whole answer. The live request's whole handling time is longer by the "
-            f"gateway's own time (routing, embedding, hooks): {_fmt(calls['live_gateway_time_s'])} s on average "
-            f"there.</p>")
-
-
-def render_html(report: dict, images: dict[str, str]) -> str:
-    o = report["overall"]
-    cards = [("requests", o["requests"]), ("agreement", _pct(o["agreement"])),
-             ("Δ predicted P(good)", o["predicted_delta_p_good"]), ("Δ predicted $", o["predicted_delta_cost_usd"]),
-             ("Δ predicted latency s", o["predicted_delta_latency_s"]),
-             ("shadow calls", report["observed_shadow_calls"]["calls"])]
-    ope_rows = {}
-    if "ope" in report:
-        for metric in ("quality", "utility", "cost_usd"):
-            for est, e in report["ope"][metric]["difference"].items():
-                ope_rows[f"{metric} · {est}"] = {"shadow − live": e["value"], "95% lo": e["lo"], "95% hi": e["hi"],
-                                                  "n": e["n"], "effective n": e.get("ess")}
-    img = lambda k: f'<img src="data:image/png;base64,{images[k]}" alt="{k}">' if k in images else ""  # noqa: E731
-    cols = ["requests", "agreement", "predicted_delta_p_good", "predicted_delta_cost_usd", "predicted_delta_latency_s"]
-    gaps = ["predictor_gap_p_good", "predictor_gap_cost_usd", "predictor_gap_latency_s"]
-    calls = report["observed_shadow_calls"]
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Shadow router report</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}}
-.cards{{display:flex;flex-wrap:wrap;gap:12px}}.card{{background:#f4f6f8;border-radius:8px;padding:10px 16px}}
-.card b{{display:block;font-size:1.5em}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:right;white-space:nowrap}}
-td:first-child,td.list{{text-align:left}}img{{max-width:100%}}</style></head><body>
-<h1>Shadow router vs live router</h1>
-<div class="cards">{''.join(f'<div class="card">{html.escape(k)}<b>{_fmt(v)}</b></div>' for k, v in cards)}</div>
-{_predicted_note(o)}
-<h2>Choices</h2>{img("traffic")}{img("timeline")}
-<h2>Off-policy estimates (logged traffic with feedback)</h2>{img("ope")}
-{_overlap_note(report["ope"]) + _table(ope_rows, ["shadow − live", "95% lo", "95% hi", "n", "effective n"]) if ope_rows else "<p>No logged request with feedback overlaps the shadow decisions yet.</p>"}
-<h2>By task</h2>{img("agreement")}
-<p>Δ: the shadow router's prediction for its own choice minus its prediction for the live choice (0 where they agree).</p>{_table(report["by_task"], cols)}
-<h2>By live model</h2>{_table(report["by_live_model"], [*cols, "shadow_choices"])}
-<h3>The two predictors on the live router's choice</h3>
-<p>Gap: the shadow router's prediction for the model the live router chose minus the live router's own; a difference of
-predictors, not of choices.</p>{_table({"all requests": o, **report["by_live_model"]}, ["requests", *gaps])}
-<h2>Shadow calls (observed)</h2>{_table({"shadow calls": calls}, list(calls))}
-{_calls_note(calls)}
-</body></html>"""
+def _ope_figure(plt, ope: dict, judging: str | None):
+    """Each estimator's paired difference (shadow − served) with its 95 % interval, against 0: the two
+    policies' own intervals overlap where the paired difference can still be clear, and the reverse."""
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+    for ax, (metric, label, scale, reads) in zip(axes, OPE_METRICS):
+        diffs = ope[metric]["difference"]
+        shown = [(est, diffs[est]) for est in ("ips", "snips", "dr")
+                 if est in diffs and None not in (diffs[est].get("value"), diffs[est].get("lo"), diffs[est].get("hi"))
+                 and np.isfinite(diffs[est]["value"])]
+        ax.axhline(0.0, color="0.3", linewidth=1)
+        for i, (est, d) in enumerate(shown):
+            v, lo, hi = d["value"] * scale, d["lo"] * scale, d["hi"] * scale
+            decides = est == judging and metric == "utility"
+            ax.errorbar([i], [v], yerr=[[v - lo], [hi - v]], fmt="o", capsize=5, color="tab:red" if decides else "tab:blue",
+                        markersize=7 if decides else 5)
+        ax.set_xticks(range(len(shown)), [est.upper() + ("\n(decides)" if est == judging and metric == "utility" else "")
+                                          for est, _ in shown], fontsize=8)
+        ax.set_xlim(-0.6, max(len(shown), 1) - 0.4)
+        ax.set_title(f"{label}\n{reads}", fontsize=9)
+    fig.suptitle("Shadow router − what the gateway served: paired differences with 95 % intervals", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def configure(parser) -> None:
@@ -342,6 +317,9 @@ def run(args) -> int:
         report = finite(summarize(shadows, outcomes, labels, load_traffic(args.db), seed=args.seed))
         (out / "shadow_report.json").write_text(json.dumps(report, indent=1))
         (out / "shadow_report.html").write_text(render_html(report, plots(report, shadows)))
-    o = report["overall"]
-    print(f"{o['requests']} shadow decisions, agreement {o['agreement']:.1%}; wrote {out / 'shadow_report.html'}")
+    o, calls = report["overall"], report["observed_shadow_calls"]
+    print(headline(report["verdict"]))
+    skipped = f"; {calls['skipped_by_cap']} of {calls['drawn']} shadow calls drawn were skipped by the spend cap" \
+        if calls["skipped_by_cap"] else ""
+    print(f"{o['requests']} shadow decisions, agreement {o['agreement']:.1%}{skipped}; wrote {out / 'shadow_report.html'}")
     return 0

@@ -31,7 +31,7 @@ import numpy as np
 from router.bandit import BanditSettings, ContextualBandit
 from router.cache.keys import request_keys
 from router.config import Config
-from router.feedback_log import Feedback, FeedbackStore, ShadowRecord, open_feedback_log
+from router.feedback_log import SKIPPED_BY_CAP, Feedback, FeedbackStore, ShadowRecord, open_feedback_log
 from router.outcome_log import failed_by_its_models, judges_chosen_model
 from router.types import Constraints
 from service.bandit_sync import BanditSync
@@ -239,8 +239,12 @@ class LearningRuntime:
         # settled to the real cost after. Reserving the predicted cost let answers longer than
         # predicted, with calls in flight, spend 30x the cap.
         worst = spec.most_billed(ctx.routing.input_tokens * SHADOW_INPUT_MARGIN, ctx.routing.max_output_tokens, ctx.routing.answers)
+        rec.call_reserved_usd = worst
         with self._lock:
             if self.shadow_spend + worst > shadow.max_call_cost_usd:
+                # Kept apart from "not drawn": skips fall on the dearer models, so the calls made
+                # alone would show the shadow's choices cheaper than they are (shadow-report says so).
+                rec.call_status = SKIPPED_BY_CAP
                 return
             self.shadow_spend += worst
         body = {k: v for k, v in ctx.body.items() if k not in ("stream", "stream_options")}
