@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from router.outcome_journal import OutcomeJournal
+from router.private_files import private_file, private_folder
 from router.retention import create_incremental, sqlite_prune, sqlite_reclaim
 
 if TYPE_CHECKING:
@@ -164,7 +165,9 @@ class SQLiteStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(self.path.parent)
+        if str(path) != ":memory:":
+            private_file(self.path)  # key hashes, the pepper, spend and (prompt_storage full) prompts
         # One connection for the writer thread and one for lookups, each under its lock: with WAL
         # a lookup reads while a write waits out another process's lock (a backup, a VACUUM).
         self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)

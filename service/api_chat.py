@@ -32,7 +32,7 @@ from service.pipeline import RequestContext
 from service.providers.base import UpstreamError
 from service.routing import artifact_of, build_constraints, decide_for
 from service.response_headers import response_headers
-from service.schemas import read_json_body, validate_chat
+from service.schemas import OFF_LOOP_BYTES, judge_chat, off_loop, read_body
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -70,8 +70,11 @@ async def chat_completions(request: Request) -> Response:
         # unknown model's 404 lists only what its key may use. The governance pre-hook takes the
         # caller from here (a key's lookup is a worker-thread hop) and scopes the request.
         caller = await client_caller(request.app.state, request.headers)
-        raw = await read_json_body(request, gw.config.server.max_body_bytes)
-        parsed = validate_chat(raw)
+        data = await read_body(request, gw.config.server.max_body_bytes)
+        # A large body is judged off the event loop: inline, it held up every other request.
+        raw, parsed = await off_loop(judge_chat, data) if len(data) > OFF_LOOP_BYTES else judge_chat(data)
+        if isinstance(parsed, ApiError):
+            raise parsed
         model = parsed.model or gw.config.router.default_profile
         profile = resolve_visible(model, gw.config, caller)
         constraints = build_constraints(parsed.router, request.headers, gw.config)

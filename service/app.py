@@ -175,7 +175,10 @@ def create_app(
             await governance.alerts.aclose()
             governance.close()
 
-    app = FastAPI(title="OpenClaw Router", version="0.1.0", lifespan=lifespan)
+    # No /docs, /redoc or /openapi.json: they answered without a key, and the first two load
+    # Swagger UI from a CDN (this gateway serves nothing from one).
+    app = FastAPI(title="OpenClaw Router", version="0.1.0", lifespan=lifespan, openapi_url=None, docs_url=None,
+                  redoc_url=None)
     app.state.gateway = gateway
     app.state.governance = governance
     learning.attach(gateway)

@@ -231,7 +231,8 @@ def mark_live(args, version: str) -> None:
 
 
 def _admin_headers() -> dict:
-    key = os.environ.get("OPENCLAW_MASTER_KEY")
+    # As the gateway reads it: a key mounted from a file ends in a line break, no header may.
+    key = (os.environ.get("OPENCLAW_MASTER_KEY") or "").strip()
     return {"authorization": f"Bearer {key}"} if key else {}
 
 

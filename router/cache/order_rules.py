@@ -71,7 +71,10 @@ _FRAME_END = _MARKERS | frozenset("and or , ; : ! ? ( ) .".split())
 _DETERMINERS = frozenset("a an the my your his her its our their this these those some any each every another".split())
 _SKIP, _STOP = STOPWORDS | _DETERMINERS, _FRAME_END | (STOPWORDS - _DETERMINERS)  # _STOP ends the words before
 _DIR_TOKEN = re.compile(r"->|→|=>|\d+(?:[.,]\d+)*|[a-z0-9]+(?:'[a-z]+)?|[,;:!?()]|\.(?!\w)")
-_NUMBER_RUN = re.compile(r"\d+(?:[.,]\d+)*(?:\s*(?:->|[/:–—-]|\b(?:to|through)\b)\s*\d+(?:[.,]\d+)*)+")
+# A run starts where its first number does, never inside one ("12.5" at its "2" or its "5"): a
+# match from there would start the same match earlier, so findall finds the same runs, and a
+# 40,000-digit number is tried once, not from each of its digits (seconds, quadratic).
+_NUMBER_RUN = re.compile(r"(?<!\d)(?<!\d[.,])\d+(?:[.,]\d+)*(?:\s*(?:->|[/:–—-]|\b(?:to|through)\b)\s*\d+(?:[.,]\d+)*)+")
 
 
 @memo_short

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from router.cache.entry import Entry
+from router.private_files import private_file, private_folder
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class Store:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            private_folder(self.folder)  # every tenant's prompts and answers
         except OSError as exc:
             raise CacheStoreError(f"cache folder {self.folder} cannot be created: {exc.strerror}") from None
         self.path = self.folder / DB_NAME
@@ -197,6 +198,7 @@ class Store:
 
     @staticmethod
     def _open(target: str) -> sqlite3.Connection:
+        private_file(target)
         db = sqlite3.connect(target, timeout=OPEN_TIMEOUT_S, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")

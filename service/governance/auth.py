@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
+import logging
+import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
@@ -30,6 +33,9 @@ OPEN_MODE_TTL_S = 2.0
 CACHE_TTL_S = 1.0
 CACHE_MAX = 10_000
 DEFAULT_TENANT = "default"
+MIN_MASTER_KEY_CHARS = 32
+
+log = logging.getLogger(__name__)
 
 
 def presented_secret(headers: Mapping[str, str]) -> str | None:
@@ -48,12 +54,21 @@ def master_key(app_state: Any) -> str | None:
     gov = getattr(app_state, "governance", None)
     if gov is not None:
         return gov.settings.master_key
-    return os.environ.get("OPENCLAW_MASTER_KEY") or None
+    return master_key_from(os.environ)
 
 
-def require_admin(app_state: Any, headers: Mapping[str, str]) -> None:
+def master_key_from(env: Mapping[str, str]) -> str | None:
+    """OPENCLAW_MASTER_KEY without surrounding whitespace, as presented keys are read: a key
+    mounted from a file (`kubectl create secret --from-file`) ends in a line break, and kept, it
+    would refuse the right key forever."""
+    return (env.get("OPENCLAW_MASTER_KEY") or "").strip() or None
+
+
+def require_admin(app_state: Any, headers: Mapping[str, str], client: str | None = None) -> None:
     """The guard of every admin endpoint: the master key, presented as a client key is
-    (`Authorization: Bearer <key>` or `x-api-key`).
+    (`Authorization: Bearer <key>` or `x-api-key`). A refusal is counted with the client-key
+    refusals (`openclaw_governance_refusals`) and logged, at most once a minute per `client`
+    address, so guessing leaves a trace without flooding the log.
 
     Without a master key the admin endpoints are off (403), whatever the client's address:
     trusting loopback would make every client of a same-host reverse proxy an admin.
@@ -63,9 +78,48 @@ def require_admin(app_state: Any, headers: Mapping[str, str]) -> None:
         raise ApiError(403, "The admin API is disabled: set OPENCLAW_MASTER_KEY to enable it.", code="admin_disabled")
     secret = presented_secret(headers)
     if secret is None:
-        raise ApiError(401, "The admin API needs the master key as 'Authorization: Bearer <key>'.", code="missing_api_key")
+        raise _admin_refusal(app_state, client, "admin_missing_key", "The admin API needs the master key as "
+                             "'Authorization: Bearer <key>'.", "missing_api_key")
     if not _same(secret, master):
-        raise ApiError(401, "Incorrect master key provided.", code="invalid_api_key")
+        raise _admin_refusal(app_state, client, "admin_invalid_key", "Incorrect master key provided.", "invalid_api_key")
+
+
+def _admin_refusal(app_state: Any, client: str | None, reason: str, message: str, code: str) -> ApiError:
+    gov = getattr(app_state, "governance", None)
+    if gov is None:
+        _UNGOVERNED_ADMIN_LOG.refused(client, reason)
+        return ApiError(401, message, code=code)
+    gov.auth.admin_log.refused(client, reason)
+    return gov.auth.refuse(401, message, code, reason)
+
+
+class RefusalLog:
+    """A WARNING line per client address at most once per `every_s`, with how many refusals it
+    kept quiet about since: one line for a guessing client, not one per guess."""
+
+    MAX_ADDRESSES = 10_000
+
+    def __init__(self, every_s: float = 60.0):
+        self.every_s = every_s
+        self._seen: dict[str, tuple[float, int]] = {}  # address: (when it was last logged, refused since)
+        self._lock = threading.Lock()
+
+    def refused(self, client: str | None, reason: str) -> None:
+        address = client or "an unknown address"
+        now = time.monotonic()
+        with self._lock:
+            logged, quiet = self._seen.get(address, (-math.inf, 0))
+            if now - logged < self.every_s:
+                self._seen[address] = (logged, quiet + 1)
+                return
+            if len(self._seen) >= self.MAX_ADDRESSES:  # many addresses: forget them rather than grow
+                self._seen = {}
+            self._seen[address] = (now, 0)
+        since = f"; {quiet} more refused from there since its last such line" if quiet else ""
+        log.warning("admin API: refused a request from %s (%s)%s", address, reason, since)
+
+
+_UNGOVERNED_ADMIN_LOG = RefusalLog()  # a gateway without governance whose admin API has a master key
 
 
 def metrics_token(app_state: Any) -> str | None:
@@ -128,6 +182,11 @@ MASTER = Caller("master")
 class Authenticator:
     def __init__(self, gov: "Governance"):
         self.gov = gov
+        self.admin_log = RefusalLog()
+        master = gov.settings.master_key
+        if master is not None and len(master) < MIN_MASTER_KEY_CHARS:
+            log.warning("OPENCLAW_MASTER_KEY is %d characters long: the admin API takes unlimited guesses, so use at "
+                        "least %d random characters (`openssl rand -hex 32` makes 64)", len(master), MIN_MASTER_KEY_CHARS)
         self._open: tuple[float, bool] = (0.0, False)
         self._keys: dict[str, tuple[float, VirtualKey, str]] = {}  # by secret hash: only known keys
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from router.outcome_log import sqlite_file
+from router.private_files import private_file, private_folder
 from router.retention import create_incremental
 from router.store_errors import redact_url, setting_up
 
@@ -164,7 +165,8 @@ class SqliteDatabase(Database):
     def __init__(self, path: str):
         try:
             if path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                private_folder(Path(path).parent)
+                private_file(path)  # key hashes, the pepper, spend
             # autocommit mode: transactions are explicit so BEGIN IMMEDIATE can take the write lock.
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
             create_incremental(self._conn)  # the file the outcome log shares: its retention can shrink it

@@ -21,7 +21,7 @@ from typing import Any
 from router.config import Config
 from service.governance.alerts import Alerter
 from service.governance.attribution import Attribution, SpendMetrics
-from service.governance.auth import Authenticator, metrics_token_from
+from service.governance.auth import Authenticator, master_key_from, metrics_token_from
 from service.governance.budgets import BudgetStore, Ledger, SqlLedger
 from router.store_errors import redact_url
 from service.governance.db import Database, open_database
@@ -47,7 +47,7 @@ class GovernanceSettings:
         env = os.environ
         return cls(
             db_url=env.get("OPENCLAW_GOVERNANCE_DB") or config.server.db,
-            master_key=env.get("OPENCLAW_MASTER_KEY") or None,
+            master_key=master_key_from(env),
             metrics_token=metrics_token_from(env),
             redis_url=config.server.redis_url,
             redis_prefix=env.get("OPENCLAW_REDIS_PREFIX", "openclaw"),

@@ -218,7 +218,8 @@ def error_from_response(
         payload: Any = json.loads(text)
     except ValueError:
         payload = None
-    return _upstream_error(status, payload, text, text.strip()[:500] or f"HTTP {status}", secrets,
+    # Scrubbed before the cut: a key the cut splits would no longer match.
+    return _upstream_error(status, payload, text, scrub(text.strip(), secrets)[:500] or f"HTTP {status}", secrets,
                            reported=status, retry_after=parse_retry_after(headers))
 
 
@@ -456,7 +457,7 @@ class Provider(ABC):
             return json_text.loads(body)
         except ValueError:
             raise UpstreamError(
-                "malformed", scrub(f"response is not JSON: {body[:200].decode('utf-8', 'replace')!r}", secrets),
+                "malformed", f"response is not JSON: {scrub(body.decode('utf-8', 'replace'), secrets)[:200]!r}",
                 status=response.status,
             ) from None
 
@@ -477,7 +478,7 @@ class Provider(ABC):
                 # server that names no type at all is given the benefit of the doubt.
                 declared = response.headers.get("content-type")
                 if declared is not None and response.content_type != "text/event-stream":
-                    raise UpstreamError("malformed", f"the answer to a stream request is {declared[:100]!r}, "
+                    raise UpstreamError("malformed", f"the answer to a stream request is {scrub(declared, secrets)[:100]!r}, "
                                         "not text/event-stream", status=response.status)
                 yield response
         except TRANSPORT_ERRORS as exc:

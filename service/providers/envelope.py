@@ -14,7 +14,8 @@ def parse_json_event(data: str, secrets: tuple[str | None, ...] = ()) -> dict[st
     try:
         event = json_text.loads(data)
     except ValueError:
-        raise UpstreamError("malformed", scrub(f"invalid JSON in stream event: {data[:200]!r}", secrets)) from None
+        # Scrubbed before the cut: a key the cut splits would no longer match.
+        raise UpstreamError("malformed", f"invalid JSON in stream event: {scrub(data, secrets)[:200]!r}") from None
     if not isinstance(event, dict):
         raise UpstreamError("malformed", "stream event is not a JSON object")
     return event
