@@ -287,6 +287,11 @@ class ServerSection(_Strict):
     shutdown_grace_s: float = Field(default=8.0, ge=0, description="on SIGTERM, how long requests in flight may run before they are cut")
     retention_days: int | None = Field(default=None, ge=1,
                                        description="delete outcome, feedback and shadow rows older than this many days; null keeps them all")
+    # Bounds of the `serve` process itself (service/server_limits.py); a proxy in front may bound more.
+    max_connections: int | None = Field(default=None, ge=1, description="most client connections at once, 503 past it; "
+                                        "null: half of what the open-file limit leaves")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="a request's head must arrive within this, or 408")
+    body_timeout_s: float = Field(default=60.0, gt=0, description="its body within this of its head, or 408")
 
 
 class BanditSection(_Strict):

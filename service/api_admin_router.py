@@ -36,7 +36,7 @@ def serving_artifact(current) -> dict | None:
 
 @router.post("/admin/router/reload")
 async def reload_router(request: Request) -> JSONResponse:
-    require_admin(request.app.state, request.headers, request.client.host if request.client else None)
+    require_admin(request)
     raw = await read_json_body(request, 64 * 1024)
     path = raw.get("path") if isinstance(raw, dict) else None
     if not isinstance(path, str) or not path:
@@ -67,7 +67,7 @@ async def reload_router(request: Request) -> JSONResponse:
 @router.get("/admin/router")
 async def router_state(request: Request) -> JSONResponse:
     """Which router artifact serves now (null where none is loaded), and its models."""
-    require_admin(request.app.state, request.headers, request.client.host if request.client else None)
+    require_admin(request)
     current = request.app.state.gateway.router.current
     return JSONResponse({"object": "router", "artifact": serving_artifact(current),
                          "models": list(current.models) if current is not None else []})
@@ -76,7 +76,7 @@ async def router_state(request: Request) -> JSONResponse:
 @router.get("/admin/router/bandit")
 async def bandit_state(request: Request) -> JSONResponse:
     """What the exploring bandit has learned so far: per model, evidence, mean correction, resets."""
-    require_admin(request.app.state, request.headers, request.client.host if request.client else None)
+    require_admin(request)
     learning = getattr(request.app.state, "learning", None)
     if learning is None or learning.bandit is None:
         raise ApiError(404, "the bandit is not enabled (learning.bandit.enabled)", code="bandit_disabled")

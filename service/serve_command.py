@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from router.store_errors import redact_url
     from service.governance.runtime import Governance
     from service.presets import build_preset_config
+    from service.server_limits import BodyDeadline, connection_cap, guarded_protocol, open_file_limit
     from service.simulator import attach_simulator
 
     # No --config: real providers for the keys in the environment, else the simulated demo.
@@ -102,10 +103,16 @@ def run(args: argparse.Namespace) -> int:
         host = f"[{server.host}]" if ":" in server.host else server.host  # an IPv6 address needs brackets in a URL
         print(f"openclaw-router listening on http://{host}:{port} (outcome log {redact_url(server.db)})", flush=True)
         uvicorn_logs_to_root()
+        # Client connections, their heads and bodies are bounded here, not only by a proxy in front
+        # (docs/DEPLOYMENT.md): connections that never finish a request had held open files for good.
+        cap = connection_cap(server.max_connections, open_file_limit())
+        log.info("at most %d client connections at once (server.max_connections); request heads within %g s, "
+                 "bodies within %g s", cap, server.header_timeout_s, server.body_timeout_s)
         # On SIGTERM/SIGINT, requests still running at the deadline are cancelled, which ends each
         # one deliberately (service/api_chat.py) before the app's shutdown closes the stores.
-        http = http_server(uvicorn.Config(app, log_level="info", log_config=None, lifespan="on", access_log=args.access_log,
-                                          timeout_graceful_shutdown=server.shutdown_grace_s))
+        http = http_server(uvicorn.Config(BodyDeadline(app, server.body_timeout_s), log_level="info", log_config=None,
+                                          lifespan="on", access_log=args.access_log, timeout_graceful_shutdown=server.shutdown_grace_s,
+                                          http=guarded_protocol(cap, server.header_timeout_s)))
         http.run(sockets=[sock])
     finally:
         sock.close()

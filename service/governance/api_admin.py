@@ -1,6 +1,7 @@
 """Admin API under /admin, guarded by the master key from OPENCLAW_MASTER_KEY.
 
-Keys: create (the secret is in that one response), list, get, update, revoke, rotate.
+Keys: create (the secret is in that one response), list, get, update, revoke, rotate. Teams:
+the limits set on a team as a whole (`max_parallel_requests`), listed and set.
 Budgets: create, list with live usage and burn, update, delete. Reports: spend grouped by
 key/team/project/user/model/day (JSON or CSV), month-end forecast, recent requests, alerts,
 and one `dashboard` document for the /ui page. Every route checks the master key before it
@@ -36,7 +37,7 @@ def governance_of(request: Request) -> Governance:
 
 
 def require_master(request: Request) -> Governance:
-    require_admin(request.app.state, request.headers)
+    require_admin(request)
     return governance_of(request)
 
 
@@ -58,6 +59,7 @@ Text = Annotated[str, AfterValidator(_no_nul)]
 MAX_USD = 1e9  # $1e9 is 1e18 nano-USD, inside a signed 64-bit integer
 MIN_USD = 1e-9  # one nano-USD, the unit amounts are stored in: less would be stored as 0
 MAX_COUNT = 10**12
+MAX_PARALLEL = 10**6  # far above any connection pool; a count, not a rate
 
 
 class KeyFields(_Body):
@@ -69,6 +71,7 @@ class KeyFields(_Body):
     # Upper bounds keep amounts inside the stores' 64-bit integers (nano-USD; tokens per minute).
     rpm: StrictInt | None = Field(default=None, gt=0, le=MAX_COUNT)  # strict: `true` is no count
     tpm: StrictInt | None = Field(default=None, gt=0, le=MAX_COUNT)
+    max_parallel_requests: StrictInt | None = Field(default=None, gt=0, le=MAX_PARALLEL)
     max_request_usd: float | None = Field(default=None, gt=0, le=MAX_USD)
     max_session_usd: float | None = Field(default=None, gt=0, le=MAX_USD)
     metadata: dict[str, Any] | None = None
@@ -82,6 +85,10 @@ class KeyCreate(KeyFields):
 
 class KeyUpdate(KeyFields):
     name: Text | None = Field(default=None, min_length=1, max_length=200)
+
+
+class TeamLimits(_Body):
+    max_parallel_requests: StrictInt | None = Field(gt=0, le=MAX_PARALLEL)  # required: null removes the cap
 
 
 class Rotate(_Body):
@@ -211,6 +218,25 @@ async def rotate_key(key_id: str, request: Request, gov: Governance = Depends(re
     _invalidate(request)
     return JSONResponse({"key": key.to_dict(), "secret": secret,
                          "note": "store the secret now: it is not kept and cannot be shown again"})
+
+
+@router.get("/teams")
+async def list_teams(gov: Governance = Depends(require_master)) -> JSONResponse:
+    return JSONResponse({"data": await _run(gov.keys.team_limits)})
+
+
+@router.put("/teams/{team:path}")
+async def set_team(team: str, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
+    """A team's limits, replaced; a team is the `team` its keys carry, and may be set before them."""
+    body = await _read_body(request, TeamLimits)
+    if not team or "\x00" in team:
+        raise ApiError(400, "a team name must be non-empty text without NUL", code="invalid_request", param="team")
+    limits = await _run(gov.keys.set_team_parallel, team, body.max_parallel_requests)
+    _invalidate(request)
+    keys = await _run(gov.keys.list, False)
+    note = None if any(k.team == team for k in keys) else (
+        f"no active key has the team {team!r} yet: the limit holds every key created or updated with \"team\": {json.dumps(team)}")
+    return JSONResponse({**limits, **({"note": note} if note else {})})
 
 
 def budget_report(gov: Governance, now: float | None = None) -> list[dict[str, Any]]:

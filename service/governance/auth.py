@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
+from starlette.requests import Request
+
 from router.types import Constraints
 from service.errors import ApiError
 from service.governance.keys import VirtualKey
@@ -64,15 +66,17 @@ def master_key_from(env: Mapping[str, str]) -> str | None:
     return (env.get("OPENCLAW_MASTER_KEY") or "").strip() or None
 
 
-def require_admin(app_state: Any, headers: Mapping[str, str], client: str | None = None) -> None:
+def require_admin(request: Request) -> None:
     """The guard of every admin endpoint: the master key, presented as a client key is
     (`Authorization: Bearer <key>` or `x-api-key`). A refusal is counted with the client-key
-    refusals (`openclaw_governance_refusals`) and logged, at most once a minute per `client`
+    refusals (`openclaw_governance_refusals`) and logged, at most once a minute per client
     address, so guessing leaves a trace without flooding the log.
 
     Without a master key the admin endpoints are off (403), whatever the client's address:
     trusting loopback would make every client of a same-host reverse proxy an admin.
     """
+    app_state, headers = request.app.state, request.headers
+    client = request.client.host if request.client else None
     master = master_key(app_state)
     if master is None:
         raise ApiError(403, "The admin API is disabled: set OPENCLAW_MASTER_KEY to enable it.", code="admin_disabled")

@@ -3,9 +3,10 @@ predicted cost once the router has decided (routed); settle to the real cost (po
 
 Refusals are OpenAI-style errors: 401 for a missing or unknown key, 403 for a revoked or
 expired key, a model/profile outside the key's scope or, under a limit, a file the request
-only refers to (its size unknown), 429 for RPM/TPM, 402 when a budget or cost ceiling would be
-exceeded — the message names which one. Who the caller is and what
-the key may use is decided by `auth.Authenticator`, shared with the other client endpoints.
+only refers to (its size unknown), 429 for RPM/TPM and `max_parallel_requests` (a slot of the
+key's and its team's, held from admission until `finished`), 402 when a budget or cost ceiling
+would be exceeded — the message names which one. Who the caller is and what the key may use is
+decided by `auth.Authenticator`, shared with the other client endpoints.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,6 +25,7 @@ from service.errors import ApiError
 from service.governance.auth import CACHE_MAX, CACHE_TTL_S
 from service.governance.budgets import Budget, Line, Reservation, prompt_bytes, session_line
 from service.governance.keys import VirtualKey, to_nusd
+from service.governance.ratelimit import Slot
 from service.governance.request_limits import key_rate_limited, output_allowance
 from service.governance.runtime import Governance
 from service.pipeline import RequestContext
@@ -57,6 +60,7 @@ class GovState:
     counted_input: int = 0  # input tokens the rate limiter counted when it admitted the request
     allowance: int = 0  # and output tokens, in its minute `counted_minute`, until the answer says how many
     counted_minute: int = 0
+    release: Any = None  # gives back the request's parallel slots: called in `finished`, or when the request is collected
 
 
 def _attachment_note(ctx: RequestContext) -> str:
@@ -76,11 +80,13 @@ class GovernanceHook:
         self.gov = gov
         self.auth = gov.auth
         self._budgets: dict[str, tuple[float, list[Budget]]] = {}
+        self._teams: dict[str, tuple[float, int | None]] = {}
 
     def invalidate(self) -> None:
-        """Keys or budgets changed in this process: forget what is cached."""
+        """Keys, budgets or team limits changed in this process: forget what is cached."""
         self.auth.invalidate()
         self._budgets = {}
+        self._teams = {}
 
     def _applicable(self, key: VirtualKey | None) -> list[Budget]:
         if key is None:
@@ -125,6 +131,7 @@ class GovernanceHook:
                                "content (a `file_id` or a URL) instead of carrying it, and the gateway cannot know its size. "
                                "Send the content inline (`file.file_data`, `input_audio.data`).",
                                "unsized_attachment", "unsized_attachment")
+        self._hold_slots(ctx, state)  # first: a request it refuses takes nothing from the key's minute
         tokens, allowance = ctx.routing.input_tokens, 0
         if key.tpm is not None:
             allowance = self._allowance(ctx, key, tokens)
@@ -135,6 +142,42 @@ class GovernanceHook:
             ctx.extras.setdefault("response_headers", {}).update(headers)
         state.counted_input, state.allowance, state.counted_minute = tokens, allowance, check.minute
         self._budget_lines(ctx, state)
+
+    def _team_parallel(self, team: str | None) -> int | None:
+        if team is None:
+            return None
+        hit = self._teams.get(team)
+        if hit is None or time.monotonic() - hit[0] >= CACHE_TTL_S:
+            if len(self._teams) >= CACHE_MAX:
+                self._teams = {}
+            hit = self._teams[team] = (time.monotonic(), self.gov.keys.team_parallel(team))
+        return hit[1]
+
+    def _hold_slots(self, ctx: RequestContext, state: GovState) -> None:
+        """A slot of the key's `max_parallel_requests` and of its team's, or a 429 naming the full one.
+        Held until the request ends (`finished`): a stream until its last chunk, whatever ends it."""
+        key = state.key
+        team = self._team_parallel(key.team)
+        slots = [Slot("key", key.id, key.max_parallel_requests)] if key.max_parallel_requests is not None else []
+        slots += [Slot("team", key.team, team)] if team is not None else []
+        if not slots:
+            return
+        held = self.gov.limiter.hold(slots)
+        if held.lease is None:
+            whose = f"key '{key.name}'" if held.refused.scope == "key" else f"team '{held.refused.id}'"
+            raise self._refuse(429, f"Parallel request limit of {whose} reached: {held.in_flight} requests in progress, "
+                               f"max_parallel_requests is {held.refused.limit}; retry once one of them has finished.",
+                               "parallel_requests_limit_exceeded", "parallel", {"retry-after": "1"})
+        # Also when the context is collected without `finished` (a response never started): no slot is lost for good.
+        state.release = weakref.finalize(ctx, self.gov.limiter.release, held.lease)
+        state.release.atexit = False
+        if ctx.extras.get("finished"):  # ended (the shutdown deadline) while this ran in its worker thread
+            state.release()
+
+    def finished(self, ctx: RequestContext) -> None:
+        state: GovState | None = ctx.extras.get("governance")
+        if state is not None and state.release is not None:
+            state.release()  # at most once, whoever calls it
 
     def _allowance(self, ctx: RequestContext, key: VirtualKey, tokens: int) -> int:
         """The output tokens the key's TPM counts for the request at admission (`output_allowance`);

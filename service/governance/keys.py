@@ -45,6 +45,7 @@ class VirtualKey:
     allowed_profiles: tuple[str, ...] | None = None
     rpm: int | None = None
     tpm: int | None = None
+    max_parallel_requests: int | None = None
     max_request_usd: float | None = None
     max_session_usd: float | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
@@ -85,6 +86,7 @@ _EDITABLE = {
     "allowed_profiles": "allowed_profiles",
     "rpm": "rpm",
     "tpm": "tpm",
+    "max_parallel_requests": "max_parallel_requests",
     "max_request_usd": "max_request_nusd",
     "max_session_usd": "max_session_nusd",
     "metadata": "metadata",
@@ -117,6 +119,7 @@ def _row_to_key(row: Mapping[str, Any]) -> VirtualKey:
         allowed_profiles=names(row["allowed_profiles"]),
         rpm=row["rpm"],
         tpm=row["tpm"],
+        max_parallel_requests=row["max_parallel_requests"],
         max_request_usd=to_usd(row["max_request_nusd"]),
         max_session_usd=to_usd(row["max_session_nusd"]),
         metadata=json.loads(row["metadata"] or "{}"),
@@ -239,6 +242,26 @@ class KeyStore:
                 (secret[: len(SECRET_PREFIX) + 4], now, key_id),
             )
         return self.get(key_id), secret
+
+    def team_limits(self) -> list[dict[str, Any]]:
+        """The limits set on teams (the `team` keys carry): `max_parallel_requests` holds every
+        key of the team together, beside each key's own."""
+        with self.db.tx() as tx:
+            return tx.all("SELECT team, max_parallel_requests, updated_at FROM gov_teams ORDER BY team")
+
+    def team_parallel(self, team: str) -> int | None:
+        with self.db.tx() as tx:
+            row = tx.one("SELECT max_parallel_requests FROM gov_teams WHERE team = ?", (team,))
+        return None if row is None else row["max_parallel_requests"]
+
+    def set_team_parallel(self, team: str, limit: int | None, now: float | None = None) -> dict[str, Any]:
+        """Set a team's `max_parallel_requests`; None removes it (no cap on the team as a whole)."""
+        now = time.time() if now is None else now
+        with self.db.tx() as tx:
+            tx.execute("DELETE FROM gov_teams WHERE team = ?", (team,))
+            if limit is not None:
+                tx.execute("INSERT INTO gov_teams (team, max_parallel_requests, updated_at) VALUES (?, ?, ?)", (team, limit, now))
+        return {"team": team, "max_parallel_requests": limit, "updated_at": now}
 
     def authenticate(self, secret: str, now: float | None = None) -> tuple[VirtualKey | None, str]:
         """(key, "active") for a valid secret, else (key or None, why not: unknown/revoked/expired)."""

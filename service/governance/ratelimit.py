@@ -9,14 +9,20 @@ the counts they decided on, from which the 429's `retry-after` and the OpenAI-st
 counted at admission with its output allowance (`request_limits.output_allowance`); when it
 settles, `add_tokens` counts what it used beyond that and `refund_tokens` gives back what it did
 not use.
+
+`max_parallel_requests` (a key's, its team's) is no rate but a count of requests in progress:
+`hold` takes a slot of every such limit at once or none, `release` gives them back (the Redis
+limiter keeps its slots as leases that lapse when their replica stops renewing them).
 """
 from __future__ import annotations
 
 import math
+import secrets
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -106,12 +112,40 @@ class RateCheck:
 UNLIMITED = RateCheck(None)
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One `max_parallel_requests`: of a key (`scope` "key", `id` its id) or of a team."""
+
+    scope: str
+    id: str
+    limit: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.scope}:{self.id}"
+
+
+@dataclass(frozen=True)
+class Held:
+    """A `hold`: the lease to release, or the slot that was full and how many requests held it."""
+
+    lease: str | None
+    refused: Slot | None = None
+    in_flight: int = 0
+
+
+def new_lease() -> str:
+    return secrets.token_hex(12)
+
+
 class MemoryRateLimiter:
     def __init__(self) -> None:
         self._requests: dict[tuple[str, int], int] = defaultdict(int)
         self._tokens: dict[tuple[str, int], int] = defaultdict(int)
         self._lock = threading.Lock()
         self._trimmed = -1  # the minute the tables were last trimmed for
+        self._parallel: dict[str, int] = {}  # requests in progress per Slot.name
+        self._leases: dict[str, tuple[str, ...]] = {}
 
     def _window(self, table: dict[tuple[str, int], int], key_id: str, minute: int, limit: int | None,
                 cost: int) -> Window | None:
@@ -160,3 +194,26 @@ class MemoryRateLimiter:
             count = self._tokens.get((key_id, minute))
             if count is not None:
                 self._tokens[(key_id, minute)] = max(0, count - tokens)
+
+    def hold(self, slots: Sequence[Slot]) -> Held:
+        """A slot of each of `slots`, or none when one of them is full."""
+        with self._lock:
+            for slot in slots:
+                count = self._parallel.get(slot.name, 0)
+                if count >= slot.limit:
+                    return Held(None, slot, count)
+            lease = new_lease()
+            self._leases[lease] = tuple(s.name for s in slots)
+            for slot in slots:
+                self._parallel[slot.name] = self._parallel.get(slot.name, 0) + 1
+        return Held(lease)
+
+    def release(self, lease: str) -> None:
+        """Give a hold's slots back; a lease released already is nothing more to give."""
+        with self._lock:
+            for name in self._leases.pop(lease, ()):
+                left = self._parallel[name] - 1
+                if left:
+                    self._parallel[name] = left
+                else:
+                    del self._parallel[name]

@@ -9,13 +9,17 @@ several deployments (or test runs) can share one Redis.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from typing import Any, Mapping, Sequence
 
 from service.breaker import PASS, Claim, circuit_state, new_probe, state_available
 from service.governance.budgets import IDLE_SESSION_S, Line, Reservation, Usage, insert_spend, new_reservation_id, seeded_spent
 from service.governance.db import Database
-from service.governance.ratelimit import UNLIMITED, RateCheck, Window
+from service.governance.ratelimit import UNLIMITED, Held, RateCheck, Slot, Window, new_lease
+
+log = logging.getLogger(__name__)
 
 # An open-ended counter (a session ceiling's, a `total` budget's) unused this long is dropped:
 # one per agent conversation would otherwise pile up in Redis for good. The next request that
@@ -106,6 +110,37 @@ local d = math.min(c, tonumber(ARGV[1]))
 if d > 0 then redis.call('DECRBY', KEYS[1], d) end
 return d
 """
+
+# `max_parallel_requests`: one sorted set per limit, of leases scored by when they lapse (Redis's
+# clock, the same for every replica). A lease lives `lease_s` unless its replica renews it: a
+# replica killed mid-request gives its slots back within that.
+_HOLD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  local n = redis.call('ZCARD', KEYS[i])
+  if n >= tonumber(ARGV[2 + i]) then return {i, n} end
+end
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], now + ttl, ARGV[2])
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
+return {0, 0}
+"""
+
+# Renews leases still in their sets (ARGV[1 + i] in KEYS[i]); one that lapsed meanwhile is not made again.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  if redis.call('ZADD', KEYS[i], 'XX', 'CH', now + ttl, ARGV[1 + i]) == 1 then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+"""
+
+LEASE_S = 30.0  # renewed every third of it
 
 _BREAKER_FAILURE = """
 local now, threshold, retry_after = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -244,11 +279,19 @@ class RedisLedger:
 class RedisRateLimiter:
     """Per-key RPM/TPM shared by all replicas."""
 
-    def __init__(self, client: Any, prefix: str = "openclaw"):
+    def __init__(self, client: Any, prefix: str = "openclaw", lease_s: float = LEASE_S):
         self.r = client
         self.prefix = prefix
+        self.lease_ms = int(lease_s * 1000)
         self._script = client.register_script(_RATE)
         self._refund = client.register_script(_REFUND)
+        self._hold = client.register_script(_HOLD)
+        self._renew = client.register_script(_RENEW)
+        self._held: dict[str, list[str]] = {}  # lease -> its sets, renewed by `_keeper` while held
+        self._released: list[tuple[str, list[str]]] = []  # given back, not yet removed from Redis
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._keeper: threading.Thread | None = None
 
     def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, now: float | None = None) -> RateCheck:
         """Admitted and counted (`refused` None), or which limit refused it, with the counts decided on."""
@@ -280,6 +323,62 @@ class RedisRateLimiter:
         """As the process-local limiter's, atomically: replicas may settle into the same minute."""
         if tokens > 0:
             self._refund(keys=[f"{self.prefix}:rl:{key_id}:t:{minute}"], args=[tokens])
+
+    def hold(self, slots: Sequence[Slot]) -> Held:
+        """As the process-local limiter's, across replicas: a slot of each of `slots`, or none."""
+        sets = [f"{self.prefix}:par:{slot.name}" for slot in slots]
+        lease = new_lease()
+        full, count = (int(v) for v in self._hold(keys=sets, args=[self.lease_ms, lease, *(s.limit for s in slots)]))
+        if full:
+            return Held(None, slots[full - 1], count)
+        with self._lock:
+            self._held[lease] = sets
+            self._start_keeper()
+        return Held(lease)
+
+    def release(self, lease: str) -> None:
+        """Never waits on Redis (it runs on the event loop, when a request ends): the keeper
+        thread removes the lease at once; should Redis be away, the lease lapses by itself."""
+        with self._lock:
+            sets = self._held.pop(lease, None)
+            if sets is not None:
+                self._released.append((lease, sets))
+                self._start_keeper()
+        self._wake.set()
+
+    def _start_keeper(self) -> None:
+        if self._keeper is None:  # under self._lock
+            self._keeper = threading.Thread(target=self._keep, name="openclaw-parallel-leases", daemon=True)
+            self._keeper.start()
+
+    def _keep(self) -> None:
+        """Removes released leases as they come and renews held ones every third of a lease; ends
+        when nothing is held (the next `hold` starts it again)."""
+        every = self.lease_ms / 3000
+        renewed = time.monotonic()
+        while True:
+            self._wake.wait(max(0.0, every - (time.monotonic() - renewed)))
+            self._wake.clear()
+            with self._lock:
+                released, self._released = self._released, []
+                held = dict(self._held) if time.monotonic() - renewed >= every else {}
+            try:
+                if released:
+                    pipe = self.r.pipeline(transaction=False)
+                    for lease, sets in released:
+                        for name in sets:
+                            pipe.zrem(name, lease)
+                    pipe.execute()
+                if held:
+                    renewed = time.monotonic()
+                    pairs = [(name, lease) for lease, sets in held.items() for name in sets]
+                    self._renew(keys=[n for n, _ in pairs], args=[self.lease_ms, *(lease for _, lease in pairs)])
+            except Exception as exc:  # Redis away: leases lapse by themselves within a lease
+                log.warning("governance: releasing or renewing parallel-request leases in Redis failed: %s", exc)
+            with self._lock:
+                if not self._held and not self._released:
+                    self._keeper = None
+                    return
 
 
 class RedisCircuitBreaker:

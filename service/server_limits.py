@@ -1,0 +1,172 @@
+"""What one `serve` process bounds by itself, whatever stands in front of it (docs/DEPLOYMENT.md,
+"Exposed beyond localhost"): how many client connections it holds, how long a request's head and
+its body may take to arrive, and the open-file limit those connections count against.
+
+uvicorn has no deadline for a request's head, and its `limit_concurrency` answers 503 only once a
+head is complete: connections that never finish one (slowloris) were held for good, each an open
+file, until accepting failed with "Too many open files" and real clients with it.
+`guarded_protocol` adds both bounds to uvicorn's own HTTP protocol (`uvicorn.Config(http=...)`
+takes a protocol class); `BodyDeadline` bounds the body, which only the app sees being read.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from service.errors import ApiError
+
+log = logging.getLogger("openclaw.serve")
+
+# Files the process holds besides client connections: stores, logs, the embedder, Redis.
+FIXED_FILES = 128
+REFUSED_LINGER_S = 1.0  # how long a connection past the cap may take to read its 503 and close
+
+
+def _raw_response(status: str, code: str, message: str, extra: str = "") -> bytes:
+    body = json.dumps({"error": {"message": message, "type": "server_error" if status.startswith("5") else
+                                 "invalid_request_error", "code": code, "param": None}}).encode()
+    head = (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{extra}connection: close\r\n"
+            f"content-length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+def open_file_limit() -> int | None:
+    """Raise this process's soft open-file limit to its hard one (the soft one is often 1,024, and
+    every client connection and every upstream connection is an open file) and return it; None
+    where the system has no such limit (not Unix)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
+    if soft == infinite:
+        return None
+    target = hard if hard != infinite else 1 << 20
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("open-file limit raised from %d to %d", soft, target)
+            return target
+        except (ValueError, OSError) as exc:  # macOS refuses more than kern.maxfilesperproc
+            log.info("open-file limit %d (could not raise it to %d: %s)", soft, target, exc)
+            return soft
+    log.info("open-file limit %d", soft)
+    return soft
+
+
+def connection_cap(configured: int | None, files: int | None) -> int:
+    """server.max_connections, or by default half of what the open-file limit leaves beside the
+    process's own files: each request in progress holds a client connection and an upstream one."""
+    room = None if files is None else max(16, (files - FIXED_FILES) // 2)
+    if configured is None:
+        return room if room is not None else 4096
+    if room is not None and configured > files - FIXED_FILES:
+        log.warning("server.max_connections %d is above what the open-file limit (%d) leaves for connections: accepting "
+                    "may fail with 'Too many open files' before it is reached", configured, files)
+    return configured
+
+
+def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
+    """uvicorn's HTTP protocol (httptools, else h11) with two bounds: a connection past
+    `max_connections` gets a 503 and is closed as soon as it is accepted, and a request's head must
+    be complete within `header_timeout_s` of its connection opening or of the previous answer on
+    it, else a 408 and the connection is closed (an idle keep-alive connection is closed sooner, by
+    uvicorn's own 5 s)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    busy = _raw_response("503 Service Unavailable", "too_many_connections", "the gateway holds as many client "
+                         f"connections as it takes at once ({max_connections}, server.max_connections); retry shortly",
+                         "retry-after: 1\r\n")
+    late = _raw_response("408 Request Timeout", "request_timeout", "the request's head did not arrive within "
+                         f"{header_timeout_s:g} s (server.header_timeout_s)")
+
+    class GuardedProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        _head_timer: asyncio.TimerHandle | None = None
+        _refused = False
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                # Answered, then its request read and dropped until the client closes (at most
+                # REFUSED_LINGER_S): closing on unread data would reset the connection, answer and all.
+                self._refused = True
+                transport.write(busy)
+                if transport.can_write_eof():
+                    transport.write_eof()
+                self._head_timer = self.loop.call_later(REFUSED_LINGER_S, transport.close)
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if not self._refused:
+                super().data_received(data)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            if not self.transport.is_closing():
+                self._head_timer = self.loop.call_later(header_timeout_s, self._head_late)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_late(self) -> None:
+            self._head_timer = None
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # its head came in time and it is being answered; the answer arms the next deadline
+            if not self.transport.is_closing():
+                self.transport.write(late)
+                self.transport.close()
+
+    return GuardedProtocol
+
+
+class BodyDeadline:
+    """ASGI middleware: a request's body must have arrived within `seconds` of its head, else the
+    app reading it gets a 408 `request_timeout` (answered as any refusal, the connection closed
+    after it). Reads after the body (waiting for a disconnect) and requests whose answer has
+    started are not bounded. A slow upload that keeps sending within the deadline is not cut."""
+
+    def __init__(self, app: Any, seconds: float):
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.seconds
+        done = answered = False
+
+        async def bounded_receive() -> Any:
+            nonlocal done
+            if done or answered:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                done = True
+                raise ApiError(408, f"the request body did not arrive within {self.seconds:g} s of its head "
+                               "(server.body_timeout_s)", code="request_timeout", headers={"connection": "close"}) from None
+            done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        async def watched_send(message: Any) -> None:
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, bounded_receive, watched_send)

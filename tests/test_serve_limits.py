@@ -1,0 +1,165 @@
+"""What `openclaw-router serve` bounds by itself against clients that hold connections open
+(slowloris): a real `serve` subprocess, raw sockets for the attacker and the `openai` SDK for the
+client that must still be served. Heads that never finish and bodies that stall are cut, the
+connections past `server.max_connections` are refused at once, and the open-file limit the
+connections count against is raised to the hard limit at start."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.fake_upstream import FakeUpstream
+
+REPO = Path(__file__).resolve().parent.parent
+MASTER = "mk-test-" + "7" * 24
+HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"  # the request line and one header, never finished
+
+
+def start_serve(tmp_path: Path, upstream: str, server: dict, files: tuple[int, int] | None = None) -> tuple[subprocess.Popen, int]:
+    """A `serve` over the fake upstream; `files`: its (soft, hard) open-file limit at start."""
+    config = tmp_path / "openclaw.yaml"
+    config.write_text(f"""
+models:
+  - {{name: m1, provider: fake, price: {{input_per_1m: 1, output_per_1m: 1}}, context_window: 100000}}
+providers:
+  fake: {{kind: openai, base_url: "{upstream}", timeout_s: 30}}
+server: {json.dumps({"db": "sqlite:///outcomes.sqlite", **server})}
+cache: {{enabled: false}}
+""")
+    env = {**os.environ, "OPENCLAW_MASTER_KEY": MASTER, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env.pop("OPENCLAW_GOVERNANCE_DB", None)
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", "0"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=open(tmp_path / "serve.log", "w"), text=True,
+                            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, files)) if files else None)
+    line = proc.stdout.readline()
+    assert line.startswith("openclaw-router listening on http://"), line + (tmp_path / "serve.log").read_text()
+    return proc, int(line.split()[3].rsplit(":", 1)[1])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+@pytest.fixture
+def upstream():
+    with FakeUpstream() as up:
+        yield up
+
+
+@pytest.fixture
+def served(tmp_path, upstream):
+    proc, port = start_serve(tmp_path, upstream.base_url, {"max_connections": 20, "header_timeout_s": 1, "body_timeout_s": 2})
+    yield port
+    stop(proc)
+
+
+def answered(port: int) -> str:
+    c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=MASTER, max_retries=0, timeout=10)
+    return c.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
+
+
+def read_all(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and when it closed it."""
+    sock.settimeout(timeout)
+    start, data = time.monotonic(), b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data, time.monotonic() - start
+
+
+def error_of(response: bytes) -> tuple[int, dict]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)["error"]
+
+
+def test_unfinished_heads_are_cut_and_connections_past_the_cap_refused(served):
+    port = served
+    attackers = [socket.create_connection(("127.0.0.1", port)) for _ in range(25)]
+    for s in attackers:
+        s.sendall(HEAD)
+    seen = []
+    for s in attackers:
+        data, waited = read_all(s, timeout=8)  # the old gateway held them open for good: a timeout here
+        status, error = error_of(data)
+        seen.append(error["code"])
+        assert waited < 3.0 and (status, error["code"]) in {(408, "request_timeout"), (503, "too_many_connections")}
+        s.close()
+    assert seen.count("too_many_connections") == 5 and seen.count("request_timeout") == 20
+    assert answered(port).startswith("Hello from m1")
+
+
+def test_a_stalled_body_is_cut_and_a_slow_one_is_read(served):
+    port = served
+    key = f"Authorization: Bearer {MASTER}\r\nContent-Type: application/json\r\n".encode()
+    body = json.dumps({"model": "m1", "messages": [{"role": "user", "content": "slow upload " * 50}]}).encode()
+    stalled = socket.create_connection(("127.0.0.1", port))
+    stalled.sendall(HEAD + key + b"Content-Length: 1000000\r\n\r\n" + body[:10])
+    data, waited = read_all(stalled, timeout=8)
+    status, error = error_of(data)
+    assert (status, error["code"]) == (408, "request_timeout") and "server.body_timeout_s" in error["message"]
+    assert 1.5 < waited < 4.0  # answered at the deadline, and the connection closed after it
+    # A body that keeps coming within the deadline is read whole, however slowly.
+    slow = socket.create_connection(("127.0.0.1", port))
+    slow.sendall(HEAD + key + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+    for i in range(0, len(body), len(body) // 4 + 1):
+        slow.sendall(body[i:i + len(body) // 4 + 1])
+        time.sleep(0.3)
+    data, _ = read_all(slow, timeout=8)
+    assert data.startswith(b"HTTP/1.1 200") and b"Hello from m1" in data
+    # Without a key the body is never read (401 at once); its connection goes at the head deadline.
+    keyless = socket.create_connection(("127.0.0.1", port))
+    keyless.sendall(HEAD + b"Content-Length: 1000000\r\n\r\n{")
+    data, waited = read_all(keyless, timeout=8)
+    assert data.startswith(b"HTTP/1.1 401") and waited < 3.0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/limits")
+def test_the_open_file_limit_is_raised_and_sizes_the_default_cap(tmp_path, upstream):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 512:
+        pytest.skip(f"needs a finite hard open-file limit above 512 (it is {hard})")
+    proc, port = start_serve(tmp_path, upstream.base_url, {}, files=(512, hard))
+    try:
+        assert answered(port).startswith("Hello from m1")  # serving: past the start-up that raises the limit
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        files = next(line.split()[3:5] for line in limits.splitlines() if line.startswith("Max open files"))
+        assert files == [str(hard), str(hard)]
+        log = (tmp_path / "serve.log").read_text()
+        assert f"open-file limit raised from 512 to {hard}" in log
+        assert f"at most {(hard - 128) // 2} client connections at once" in log
+    finally:
+        stop(proc)
+
+
+def test_a_flood_of_unfinished_heads_under_1024_open_files_leaves_clients_served(tmp_path, upstream):
+    """The review's case: 1,100 half-sent requests against a gateway limited to 1,024 open files
+    made real clients fail ("Too many open files")."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1400:
+        pytest.skip("this test process needs 1,400 open files for the attacker's sockets")
+    proc, port = start_serve(tmp_path, upstream.base_url, {"header_timeout_s": 1}, files=(1024, 1024))
+    attackers = []
+    try:
+        for _ in range(1100):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(HEAD)
+            attackers.append(s)
+        time.sleep(2.0)  # past the head deadline: the gateway has let go of every one of them
+        assert answered(port).startswith("Hello from m1")
+        log = (tmp_path / "serve.log").read_text()
+        assert "Too many open files" not in log and "at most 448 client connections" in log
+    finally:
+        for s in attackers:
+            s.close()
+        stop(proc)
