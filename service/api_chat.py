@@ -12,7 +12,7 @@ import functools
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import anyio
 from fastapi import APIRouter, Request
@@ -283,7 +283,8 @@ async def _stream(gw: Gateway, ctx: RequestContext) -> Response:
     # reasoning delta), and every chunk after it is passed on as it comes.
     opened = await gw.dispatcher.open_stream(ctx, ctx.body)
     ctx.extras["reason"] = _reason(ctx)
-    return _Stream(ctx, _events(gw, ctx, opened), media_type="text/event-stream", headers=response_headers(ctx))
+    return _Stream(ctx, _events(gw, ctx, opened), lambda: _close_stream(gw, ctx, opened, sse.Assembler(), None),
+                   media_type="text/event-stream", headers=response_headers(ctx))
 
 
 class _Stream(StreamingResponse):
@@ -292,9 +293,11 @@ class _Stream(StreamingResponse):
     uvicorn would log it as "Exception in ASGI application" with a traceback, one per open stream
     on every deploy."""
 
-    def __init__(self, ctx: RequestContext, content: AsyncIterator[bytes], **kwargs: Any):
+    def __init__(self, ctx: RequestContext, content: AsyncIterator[bytes], unsent: Callable[[], Awaitable[None]],
+                 **kwargs: Any):
         super().__init__(content, **kwargs)
         self._ctx = ctx
+        self._unsent = unsent
 
     async def __call__(self, scope: Any, receive: Receive, send: Any) -> None:
         try:
@@ -302,9 +305,18 @@ class _Stream(StreamingResponse):
         except asyncio.CancelledError:
             if not self._ctx.extras.get("cut_at_shutdown"):
                 raise
+        finally:
+            # A client that left before the response began (its start raised) leaves `_events`
+            # never started, so its own ending never runs: the upstream stream would stay open,
+            # the request in flight, unlogged and unbilled.
+            if not self._ctx.extras.get("stream_began"):
+                self._ctx.extras["stream_began"] = True
+                self._ctx.status = "client_closed"
+                await self._unsent()
 
 
 async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> AsyncIterator[bytes]:
+    ctx.extras["stream_began"] = True
     include_usage = _wants_usage(ctx)
     assembler = sse.Assembler()
     failure: UpstreamError | None = None
@@ -362,13 +374,20 @@ async def _events(gw: Gateway, ctx: RequestContext, opened: OpenStream) -> Async
         for data in _cut_ending(ctx, assembler, opened, include_usage and not usage_sent):
             yield data
     finally:
-        with anyio.CancelScope(shield=True):
-            await opened.rest.aclose()
-        ctx.response = assembler.completion()
-        ctx.extras["upstream_id"] = assembler.id
-        out_tokens = usage_tokens(assembler.usage)[1]
-        gw.dispatcher.close_stream(opened, failure, out_tokens or 0, completed=assembler.finished)
-        finish(gw, ctx)
+        await _close_stream(gw, ctx, opened, assembler, failure)
+
+
+async def _close_stream(gw: Gateway, ctx: RequestContext, opened: OpenStream, assembler: sse.Assembler,
+                        failure: UpstreamError | None) -> None:
+    """A stream's end, whichever way it came: the upstream stream closed, the answer as far as it
+    went recorded, the model's health told, the request finished (billed and logged)."""
+    with anyio.CancelScope(shield=True):
+        await opened.rest.aclose()
+    ctx.response = assembler.completion()
+    ctx.extras["upstream_id"] = assembler.id
+    out_tokens = usage_tokens(assembler.usage)[1]
+    gw.dispatcher.close_stream(opened, failure, out_tokens or 0, completed=assembler.finished)
+    finish(gw, ctx)
 
 
 def _ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStream, usage_owed: bool) -> list[bytes]:
