@@ -1,6 +1,9 @@
 """Train the semantic-cache verifier on Quora Question Pairs.
 
-    python -m training.train_verifier [--pairs FILE] [--out models/cache_verifier] [--no-second-stage]
+    python -m training.train_verifier [--pairs FILE] [--out DIR | --overwrite] [--reuse-model] [--no-second-stage]
+
+`--out` defaults to models/cache_verifier, the verifier the gateway serves; writing there needs
+`--overwrite`, so that a check of the threshold never silently changes what is served.
 
 Split by question group (training/qqp.py): LightGBM fits on `train`, stops early on `val`.
 The second stage, the cross-encoder in `--out` (trained and exported beforehand by
@@ -27,6 +30,7 @@ from training.qqp import default_pairs, embed_pairs, group_split, labelled, load
 
 log = logging.getLogger(__name__)
 CROSS_ENCODER_RECORD = "cross_encoder.json"  # how the cross-encoder was trained (training/train_cross_encoder.py)
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "cache_verifier"  # what the gateway serves
 MIN_COSINE = 0.6  # below this, validation duplicates are rare and never pass the threshold
 PARAMS = {
     "objective": "binary",
@@ -167,16 +171,36 @@ def train(pairs: Path, out: Path, target_precision: float = 0.95, margin: float 
     return report
 
 
+def _refusal(out: Path, overwrite: bool, reuse_model: bool, second_stage: bool) -> str | None:
+    """Why the job must not start, checked before minutes of embedding and training."""
+    from router.cache.cross_encoder import DELTA_FILE
+    from router.cache.verifier import MODEL_FILE
+
+    if out.resolve() == SHIPPED and not overwrite:
+        return (f"--out {out} is the shipped verifier that the gateway serves, and this job rewrites it"
+                f" (its threshold, and without --reuse-model its booster). Pass --out DIR to write elsewhere"
+                f" (for --reuse-model, first copy the shipped folder: cp -r {SHIPPED} DIR), or --overwrite to replace it")
+    if reuse_model and not (out / MODEL_FILE).exists():
+        return f"--reuse-model re-picks the threshold of {out / MODEL_FILE}, which does not exist: copy the shipped folder there first (cp -r {SHIPPED} {out})"
+    if second_stage and not (out / DELTA_FILE).exists():
+        return f"{out / DELTA_FILE} is missing: run training.train_cross_encoder export into {out} first, copy the shipped folder there, or pass --no-second-stage"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="train the semantic-cache verifier on QQP pairs")
     parser.add_argument("--pairs", type=Path, default=default_pairs())
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models" / "cache_verifier")
+    parser.add_argument("--out", type=Path, default=SHIPPED, help="default: the shipped models/cache_verifier (needs --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="allow writing the shipped verifier the gateway serves")
     parser.add_argument("--target-precision", type=float, default=0.95)
     parser.add_argument("--margin", type=float, default=0.0, help="extra validation precision required above the target")
     parser.add_argument("--min-accepted", type=int, default=150, help="validation pairs a threshold must accept before its precision counts")
     parser.add_argument("--reuse-model", action="store_true", help="re-pick the threshold of the model already in --out")
     parser.add_argument("--no-second-stage", action="store_true", help="LightGBM alone, without the cross-encoder in --out")
     args = parser.parse_args(argv)
+    refusal = _refusal(args.out, args.overwrite, args.reuse_model, not args.no_second_stage)
+    if refusal:
+        parser.error(refusal)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     report = train(args.pairs, args.out, args.target_precision, args.margin, args.min_accepted, reuse_model=args.reuse_model,
                    second_stage=not args.no_second_stage)
