@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router.config_checks import (BaseUrl, DbUrl, HeaderName, HeaderValue, Name, RedisUrl, check_providers,
-                                  undefined_provider, undefined_providers)
+                                  refuses_replayed_reasoning, undefined_provider, undefined_providers)
 from router.config_errors import DEFAULT_PROFILES, BadReference, ConfigError, invalid, problem_at, validation_problems, yaml_hint
 from router.config_yaml import YesNo, goes_here, kind_of, no_yes_no, quote_yes_no, read_yaml, syntax_error, takes_bool
 
@@ -154,7 +154,8 @@ class RequestShape(_Strict):
     # another provider, and strict ones answer 400 to a message field they do not know.
     reasoning_history: Literal["keep", "drop"] = Field(
         default="keep", description="drop: messages' reasoning_content, reasoning and reasoning_details are not sent "
-                                    "(OpenAI, Mistral, Groq refuse them); keep: sent as replayed (DeepSeek requires them back)")
+                                    "(OpenAI, Mistral, Groq refuse them); keep: sent as replayed (DeepSeek requires them back); "
+                                    "default drop for those APIs' hosts (REFUSE_REPLAYED_REASONING), else keep")
 
     @model_validator(mode="after")
     def _renames_reach_the_upstream(self) -> "RequestShape":
@@ -192,6 +193,18 @@ class ProviderSpec(_Strict):
     max_connections: int = Field(default=100, gt=0)
     headers: dict[HeaderName, HeaderValue] = Field(default_factory=dict)
     request: RequestShape = Field(default_factory=RequestShape, description="body rewrites for an OpenAI-compatible provider")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict_apis_drop_replayed_reasoning(cls, data: Any) -> Any:
+        # A provider written by hand for these APIs (not their preset) would be sent the thinking a
+        # client replays from Claude or DeepSeek, and answer 400. A reasoning_history written wins.
+        if not (isinstance(data, dict) and data.get("kind") == "openai" and isinstance(data.get("base_url"), str)
+                and refuses_replayed_reasoning(data["base_url"])):
+            return data
+        shape = data.get("request")
+        shape = shape.model_dump(exclude_unset=True) if isinstance(shape, RequestShape) else {} if shape is None else shape
+        return {**data, "request": {"reasoning_history": "drop", **shape}} if isinstance(shape, dict) else data
 
     @model_validator(mode="after")
     def _shape_needs_a_passed_through_body(self) -> "ProviderSpec":

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from router.config import Config, ModelSpec
 
 SIMULATED_URL = "simulated://"
+# APIs that answer 400 (Mistral 422) to a message field they do not know, so to the thinking a client
+# replays from another model: a `kind: openai` provider here drops it unless its request says keep
+# (docs/CONFIG.md, request.reasoning_history). A leading dot matches any subdomain.
+REFUSE_REPLAYED_REASONING = ("api.openai.com", ".openai.azure.com", "api.mistral.ai", "api.groq.com")
 # RFC 9110 token: what h11 and httpx accept as a header name; anything else fails each request with a 500.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Control characters but the tab, which a header value may hold.
@@ -41,6 +45,11 @@ def _base_url(url: str) -> str:
     if not url.startswith(SIMULATED_URL) and not urlsplit(url).hostname:
         raise ValueError(f"{url!r} names no host: write e.g. https://api.openai.com/v1")
     return url
+
+
+def refuses_replayed_reasoning(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    return any(host.endswith(h) if h.startswith(".") else host == h for h in REFUSE_REPLAYED_REASONING)
 
 
 def _db_url(url: str) -> str:
@@ -118,6 +127,20 @@ def unseen_model_warnings(catalog: Sequence["ModelSpec"], unseen: Iterable[str],
         fix = f"set router_model: {close[0]}" if close else "set router_model to a model the artifact knows"
         warnings.append(f"models[{i}].router_model: router.artifact {what}: it gets the unseen-model prior; {fix} to borrow its predictions")
     return warnings
+
+
+def answer_timeout_warnings(config: "Config") -> list[str]:
+    """For each provider a model uses whose file sets `timeout_s` below the answer wait but not
+    `answer_timeout_s`: timeout_s no longer bounds a non-streamed call (it did before 600 s became
+    the default), so a hung upstream is failed over only after answer_timeout_s. Said for files,
+    whose timeout_s someone chose (the presets' and the demo's are defaults)."""
+    used = {m.provider for m in config.models}
+    return [f"providers.{name}.answer_timeout_s: not set, so a non-streamed call to {name} waits up to {p.answer_wait_s:g} s "
+            f"for its answer before failing over (timeout_s: {p.timeout_s:g} bounds a stream's first byte and the gaps "
+            "between its chunks); set answer_timeout_s to fail over from a hung upstream sooner"
+            for name, p in config.providers.items()
+            if name in used and p.kind != "simulated" and "timeout_s" in p.model_fields_set
+            and p.answer_timeout_s is None and p.answer_wait_s > p.timeout_s]
 
 
 def check_unique_keys(tree: yaml.Node | None) -> None:

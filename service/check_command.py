@@ -8,9 +8,10 @@ host, the cache verifier, the shadow candidate, a provider whose base URL is the
 the alert and simulator settings in the environment) and what would fail later (the default
 router artifact missing, the keys of providers some model uses not set or unusable, an open
 gateway on a public address unless the governance store holds keys, which `check` does not
-open). Exit 0 when `serve` would start, 2 when it would not; warnings alone do not fail,
-`--strict` makes them fail too. It writes nothing; like `serve`, on a machine's first run it
-builds the cache's cross-encoder graph (a few seconds).
+open; a `timeout_s` the file sets that no longer bounds non-streamed calls). Exit 0 when `serve`
+would start, 2 when it would not; warnings alone do not fail, `--strict` makes them fail too. It
+writes nothing; like `serve`, on a machine's first run it builds the cache's cross-encoder graph
+(a few seconds).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def findings(config, host: str, port: int, from_file: bool) -> tuple[list[str], 
     `from_file`: the user's --config, whose settings serve holds to (not the presets' or demo's)."""
     from router.cache.verifier import Verifier
     from router.config import resolve_path
-    from router.config_checks import unseen_model_warnings
+    from router.config_checks import answer_timeout_warnings, unseen_model_warnings
     from router.engine import LearnedRouter, find_artifact
     from service.gateway import NO_ROUTER, artifact_problem
     from service.governance.runtime import GovernanceSettings, is_loopback
@@ -85,7 +86,7 @@ def findings(config, host: str, port: int, from_file: bool) -> tuple[list[str], 
             LearnedRouter.load(find_artifact(config.learning.shadow.artifact, config))
         except (OSError, ValueError, KeyError) as exc:
             errors.append(f"learning.shadow.artifact {config.learning.shadow.artifact!r}: {exc}")
-    warnings += key_warnings(config)
+    warnings += key_warnings(config) + (answer_timeout_warnings(config) if from_file else [])
     if port:
         try:
             refuse_calling_itself(config, host, port)

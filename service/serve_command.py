@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from router.config import load_config, resolve_sqlite_url
+    from router.config_checks import answer_timeout_warnings
     from service.app import create_app
     from router.store_errors import redact_url
     from service.governance.runtime import Governance
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     server = config.server.model_copy(update={k: v for k, v in (("db", args.db), ("host", args.host), ("port", args.port)) if v is not None})
     config = config.model_copy(update={"server": server})
 
-    for warning in key_warnings(config):
+    for warning in key_warnings(config) + (answer_timeout_warnings(config) if args.config else []):
         log.warning("%s", warning)
     if args.config:
         log.info("%s: %s (%s)", args.config, counted(len(config.models), "model"), ", ".join(f"{m.name} via {m.provider}" for m in config.models))

@@ -73,8 +73,10 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
     """uvicorn's HTTP protocol (httptools, else h11) with two bounds: a connection past
     `max_connections` gets a 503 and is closed as soon as it is accepted, and a request's head must
     be complete within `header_timeout_s` of its connection opening or of the previous answer on
-    it, else a 408 and the connection is closed (an idle keep-alive connection is closed sooner, by
-    uvicorn's own 5 s)."""
+    it, else a 408 and the connection is closed. A connection on which no byte of a request has
+    come by then (idle after an answer, or opened ahead of use) is closed without one: a request
+    its client sends just as it closes would read an unasked 408 as its answer. uvicorn's own 5 s
+    keep-alive timeout may close an idle one sooner."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     busy = _raw_response("503 Service Unavailable", "too_many_connections", "the gateway holds as many client "
@@ -86,6 +88,7 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
     class GuardedProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         _head_timer: asyncio.TimerHandle | None = None
         _refused = False
+        _head_begun = False  # a byte of the awaited request has come
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -102,6 +105,7 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
 
         def data_received(self, data: bytes) -> None:
             if not self._refused:
+                self._head_begun = self._head_begun or bool(data)
                 super().data_received(data)
 
         def on_response_complete(self) -> None:
@@ -114,6 +118,7 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
 
         def _arm(self) -> None:
             self._disarm()
+            self._head_begun = False
             if not self.transport.is_closing():
                 self._head_timer = self.loop.call_later(header_timeout_s, self._head_late)
 
@@ -127,7 +132,8 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
             if self.cycle is not None and not self.cycle.response_complete:
                 return  # its head came in time and it is being answered; the answer arms the next deadline
             if not self.transport.is_closing():
-                self.transport.write(late)
+                if self._head_begun:
+                    self.transport.write(late)
                 self.transport.close()
 
     return GuardedProtocol

@@ -163,3 +163,30 @@ def test_a_flood_of_unfinished_heads_under_1024_open_files_leaves_clients_served
         for s in attackers:
             s.close()
         stop(proc)
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_head_deadline_without_an_answer(served):
+    """The review's case: a 408 written on an idle kept-alive connection (or on one a client's pool
+    opened ahead of use) was read by the next request sent on it as that request's answer."""
+    port = served
+    fresh = socket.create_connection(("127.0.0.1", port))
+    data, waited = read_all(fresh, timeout=6)
+    assert data == b"" and 0.8 < waited < 2.5
+    kept = socket.create_connection(("127.0.0.1", port))
+    kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    kept.settimeout(5)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += kept.recv(65536)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(next(h.split(b":")[1] for h in head.lower().split(b"\r\n") if h.startswith(b"content-length:")))
+    while len(body) < length:
+        body += kept.recv(65536)
+    assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()  # kept alive
+    data, waited = read_all(kept, timeout=6)  # idle after its answer: closed at header_timeout_s (1 s), not uvicorn's 5 s
+    assert data == b"" and 0.8 < waited < 2.5
+    # A head that has begun still gets its 408.
+    partial = socket.create_connection(("127.0.0.1", port))
+    partial.sendall(HEAD)
+    status, error = error_of(read_all(partial, timeout=6)[0])
+    assert (status, error["code"]) == (408, "request_timeout")
