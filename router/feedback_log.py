@@ -122,6 +122,8 @@ class FeedbackLog:
                 "shadow_on_live_choice TEXT, shadow_propensity REAL, called INTEGER, call_status TEXT, "
                 "call_cost_usd REAL, call_latency_s REAL, call_output_chars INTEGER, call_reserved_usd REAL)")
             # A file from before `call_reserved_usd`: its rows keep NULL there (never reserved, or not known).
+            # Checked under the write lock: a process opening the file beside this one may add it first.
+            self._conn.execute("BEGIN IMMEDIATE")
             if "call_reserved_usd" not in {r[1] for r in self._conn.execute("PRAGMA table_info(shadow_decisions)")}:
                 self._conn.execute("ALTER TABLE shadow_decisions ADD COLUMN call_reserved_usd REAL")
             for table in PRUNED:  # retention deletes by age (router/retention.py)

@@ -123,3 +123,26 @@ def test_a_promotion_without_gateway_says_no_gateway_was_reloaded_and_how_to(wor
     assert f"PROMOTED {out} (MLflow baseline-test version 1, alias 'live'): " in printed
     assert ("No gateway was reloaded (no --gateway): a running gateway serves its router until it gets POST "
             f"/admin/router/reload {{\"path\": \"{out.resolve()}\"}} with the master key") in printed
+
+
+def test_min_requests_zero_with_nothing_held_out_trains_a_candidate_and_does_not_promote_it(world, tmp_path, capsys):
+    import mlflow
+
+    from router.outcome_log import open_outcome_log
+
+    empty = f"sqlite:///{tmp_path / 'new.sqlite'}"  # a gateway that has logged no request with feedback yet
+    open_outcome_log(empty).close()
+    code, out = _retrain(world, tmp_path, "first", "--db", empty, "--base-data", str(world.paths["base"]),
+                         "--min-requests", "0", "--exit-code")
+    printed = capsys.readouterr().out
+    assert code == 3, printed
+    reason = "no logged request with a reward is held out for evaluation: nothing to judge the candidate on"
+    assert f"NOT PROMOTED {out}: {reason}" in printed and "Utility difference" not in printed
+    report = json.loads((out / "retrain_report.json").read_text())
+    assert report["verdict"]["promote"] is False and report["verdict"]["reason"] == reason
+    assert report["params"]["logged_eval"] == 0 and report["params"]["rows"] > 0
+    assert (out / "manifest.json").exists()  # the candidate, trained on the base data alone
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("baseline-test").experiment_id])
+    assert run.data.tags["promoted"] == "false"
+    assert not client.search_model_versions("name='baseline-test'")  # nothing registered

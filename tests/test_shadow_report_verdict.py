@@ -153,14 +153,12 @@ def test_shadow_calls_the_spend_cap_skips_are_kept_apart_and_reported(shadow_art
     assert read_feedback(db) == []
 
 
-def test_a_shadow_log_from_before_reservations_opens_and_reports(tmp_path):
-    """A file written before `call_reserved_usd`: the column is added, old rows read it as None."""
+def _log_from_before_reservations(path):
+    """The outcome log's feedback tables as a version before `call_reserved_usd` left them (WAL mode)."""
     import sqlite3
 
-    from router.feedback_log import FeedbackLog, ShadowRecord
-
-    path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(
             "CREATE TABLE shadow_decisions (request_id TEXT PRIMARY KEY, ts REAL, profile TEXT, live_model TEXT, "
             "shadow_model TEXT, agree INTEGER, live_candidate TEXT, shadow_candidate TEXT, shadow_on_live_choice TEXT, "
@@ -168,6 +166,20 @@ def test_a_shadow_log_from_before_reservations_opens_and_reports(tmp_path):
             "call_output_chars INTEGER)")
         conn.execute("INSERT INTO shadow_decisions VALUES ('old', 1.0, NULL, 'm1', 'm2', 0, '{}', '{}', NULL, 1.0, 0, NULL, "
                      "NULL, NULL, NULL)")
+        conn.execute("CREATE TABLE feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, ts REAL, "
+                     "score REAL, source TEXT, signal TEXT, label TEXT, comment TEXT)")
+        conn.execute("CREATE INDEX feedback_request ON feedback (request_id)")
+        for table in ("feedback", "shadow_decisions"):
+            conn.execute(f"CREATE INDEX {table}_ts ON {table} (ts)")
+    conn.close()
+
+
+def test_a_shadow_log_from_before_reservations_opens_and_reports(tmp_path):
+    """A file written before `call_reserved_usd`: the column is added, old rows read it as None."""
+    from router.feedback_log import FeedbackLog, ShadowRecord
+
+    path = tmp_path / "old.sqlite"
+    _log_from_before_reservations(path)
     log = FeedbackLog(f"sqlite:///{path}")
     try:
         log.add_shadow(ShadowRecord("new", None, "m1", "m2", {}, {}, None, call_status=SKIPPED_BY_CAP, call_reserved_usd=0.5))
@@ -177,6 +189,35 @@ def test_a_shadow_log_from_before_reservations_opens_and_reports(tmp_path):
     assert rows["old"]["call_reserved_usd"] is None and rows["old"]["call_status"] is None
     assert rows["new"]["call_reserved_usd"] == 0.5 and rows["new"]["call_status"] == SKIPPED_BY_CAP
     assert not rows["new"]["called"]
+
+
+def test_two_processes_upgrading_the_same_old_log_at_once_both_open_it(tmp_path):
+    """Another process (the gateway, a report job) adds the column while this one opens the file: this
+    one must see it added, not add it again ("duplicate column name") and fail to start. The other
+    process is held between its ALTER and its commit, so that this one checks the columns then."""
+    import sqlite3
+    import threading
+
+    from router.feedback_log import FeedbackLog, ShadowRecord
+
+    path = tmp_path / "old.sqlite"
+    _log_from_before_reservations(path)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("ALTER TABLE shadow_decisions ADD COLUMN call_reserved_usd REAL")  # its upgrade, not committed yet
+    commit = threading.Timer(1.0, other.execute, ["COMMIT"])
+    commit.start()
+    try:
+        log = FeedbackLog(f"sqlite:///{path}")
+    finally:
+        commit.join()
+        other.close()
+    try:
+        log.add_shadow(ShadowRecord("new", None, "m1", "m2", {}, {}, None, call_reserved_usd=0.5))
+        rows = {r["request_id"]: r for r in log.shadows()}
+    finally:
+        log.close()
+    assert rows["old"]["call_reserved_usd"] is None and rows["new"]["call_reserved_usd"] == 0.5
 
 
 def test_postgres_shadow_tables_from_before_reservations_gain_the_column(pg_url):

@@ -53,7 +53,7 @@ def judge(comparison: dict, estimator: str, min_requests: int, against: str = SE
     the `estimator`'s utility difference above 0 beyond its 95 % interval."""
     n = comparison["n"]
     if n == 0 or "utility" not in comparison:
-        return Verdict(False, "no logged request with a reward is held out for evaluation")
+        return Verdict(False, "no logged request with a reward is held out for evaluation: nothing to judge the candidate on")
     if n < min_requests:
         return Verdict(False, f"only {n} usable logged requests with rewards held out for evaluation; need {min_requests}")
     d = comparison["utility"]["difference"].get(estimator)
@@ -318,11 +318,13 @@ def judge_candidate(live, candidate, logged_train, held_out, estimator: str, min
     through the rewards of the training half, are the DR reward model of both."""
     from training.offpolicy import calibrated_reward_model, compare_routers, compare_with_router, router_p_good
 
-    p_live = router_p_good(live, held_out)
-    reward_model = calibrated_reward_model(router_p_good(live, logged_train), logged_train, p_live)
-    p_candidate = router_p_good(candidate, held_out)
-    vs_served = compare_routers(held_out, reward_model, p_candidate, seed=seed)
-    vs_live = compare_with_router(held_out, reward_model, p_live, p_candidate, seed=seed)
+    vs_served = vs_live = {"n": 0}  # none held out (--min-requests 0): trained, never promoted
+    if len(held_out):
+        p_live = router_p_good(live, held_out)
+        reward_model = calibrated_reward_model(router_p_good(live, logged_train), logged_train, p_live)
+        p_candidate = router_p_good(candidate, held_out)
+        vs_served = compare_routers(held_out, reward_model, p_candidate, seed=seed)
+        vs_live = compare_with_router(held_out, reward_model, p_live, p_candidate, seed=seed)
     verdict, each = promotion(vs_served, vs_live, estimator, min_requests)
     return vs_served, vs_live, verdict, each
 
@@ -347,9 +349,9 @@ def retrain(args) -> dict:
     del traffic  # its two halves hold every row: a third copy of each embedding is not needed
     if not n_usable and not args.base_data:
         raise ValueError(NOTHING_TO_TRAIN)
-    if n_eval < max(args.min_requests, 1):  # known now: minutes of training could not change the verdict
+    if n_eval < args.min_requests:  # known now: minutes of training could not change the verdict
         reason = (f"only {n_eval} usable logged requests with rewards would be held out for evaluation (the latest "
-                  f"{args.eval_share:.0%} of {n_usable}, --eval-share); need {max(args.min_requests, 1)} (--min-requests): "
+                  f"{args.eval_share:.0%} of {n_usable}, --eval-share); need {args.min_requests} (--min-requests): "
                   f"no candidate trained; collect more feedback, or lower --min-requests")
         return {"candidate": None, "verdict": {"promote": False, "reason": reason}, "ope": {"n": n_eval}}
     prices = load_prices(args.prices) if args.prices else None
@@ -477,8 +479,8 @@ def run(args) -> int:
     if report["candidate"] is None:  # refused before training
         print(f"NOT PROMOTED: {report['verdict']['reason']}")
         return NOT_PROMOTED_EXIT if args.exit_code else 0
-    print(summary(report["ope"], args.estimator))
-    if "ope_vs_live_router" in report:
+    if report["ope"]["n"]:  # none held out (--min-requests 0): no numbers to show
+        print(summary(report["ope"], args.estimator))
         print(summary(report["ope_vs_live_router"], args.estimator, "the serving router's own choices (greedy)"))
     if report["verdict"]["promote"]:
         where = f"; hot-reloaded in {args.gateway}" if args.gateway else ""

@@ -60,7 +60,7 @@ class GovState:
     counted_input: int = 0  # input tokens the rate limiter counted when it admitted the request
     allowance: int = 0  # and output tokens, in its minute `counted_minute`, until the answer says how many
     counted_minute: int = 0
-    release: Any = None  # gives back the request's parallel slots: called in `finished`, or when the request is collected
+    release: Any = None  # queues the request's parallel slots back when it is collected; `finished` detaches it
 
 
 def _attachment_note(ctx: RequestContext) -> str:
@@ -168,16 +168,18 @@ class GovernanceHook:
             raise self._refuse(429, f"Parallel request limit of {whose} reached: {held.in_flight} requests in progress, "
                                f"max_parallel_requests is {held.refused.limit}; retry once one of them has finished.",
                                "parallel_requests_limit_exceeded", "parallel", {"retry-after": "1"})
-        # Also when the context is collected without `finished` (a response never started): no slot is lost for good.
-        state.release = weakref.finalize(ctx, self.gov.limiter.release, held.lease)
+        # Also when the context is collected without `finished` (a response never started): no slot is lost for
+        # good. Only queued then: the collector may run it in a thread that holds the limiter's lock.
+        state.release = weakref.finalize(ctx, self.gov.limiter.release_later, held.lease)
         state.release.atexit = False
         if ctx.extras.get("finished"):  # ended (the shutdown deadline) while this ran in its worker thread
-            state.release()
+            self.finished(ctx)
 
     def finished(self, ctx: RequestContext) -> None:
         state: GovState | None = ctx.extras.get("governance")
-        if state is not None and state.release is not None:
-            state.release()  # at most once, whoever calls it
+        # At most once, whoever calls it: a detached finalizer no longer runs, a finalizer run is no longer detached.
+        if state is not None and state.release is not None and (held := state.release.detach()) is not None:
+            self.gov.limiter.release(*held[2])
 
     def _allowance(self, ctx: RequestContext, key: VirtualKey, tokens: int) -> int:
         """The output tokens the key's TPM counts for the request at admission (`output_allowance`);

@@ -20,7 +20,7 @@ import math
 import secrets
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -138,8 +138,32 @@ def new_lease() -> str:
     return secrets.token_hex(12)
 
 
-class MemoryRateLimiter:
+class DroppedLeases:
+    """Leases of requests collected before they finished, for both limiters to give back later.
+
+    The garbage collector runs a finalizer in whatever thread allocates, also one inside the
+    limiter holding its non-reentrant lock: a finalizer that took that lock would wait on its own
+    thread for good. `release_later` therefore only queues (a deque's append and popleft are
+    thread-safe without a lock); `hold` and `release` give the queue back before they lock."""
+
     def __init__(self) -> None:
+        self._dropped: deque[str] = deque()
+
+    def release_later(self, lease: str) -> None:
+        self._dropped.append(lease)
+
+    def _collected(self) -> list[str]:
+        leases: list[str] = []
+        try:
+            while True:
+                leases.append(self._dropped.popleft())
+        except IndexError:  # empty, perhaps emptied by another thread between two pops
+            return leases
+
+
+class MemoryRateLimiter(DroppedLeases):
+    def __init__(self) -> None:
+        super().__init__()
         self._requests: dict[tuple[str, int], int] = defaultdict(int)
         self._tokens: dict[tuple[str, int], int] = defaultdict(int)
         self._lock = threading.Lock()
@@ -197,6 +221,7 @@ class MemoryRateLimiter:
 
     def hold(self, slots: Sequence[Slot]) -> Held:
         """A slot of each of `slots`, or none when one of them is full."""
+        self._release_dropped()
         with self._lock:
             for slot in slots:
                 count = self._parallel.get(slot.name, 0)
@@ -210,6 +235,14 @@ class MemoryRateLimiter:
 
     def release(self, lease: str) -> None:
         """Give a hold's slots back; a lease released already is nothing more to give."""
+        self._release_dropped()
+        self._give_back(lease)
+
+    def _release_dropped(self) -> None:
+        for lease in self._collected():
+            self._give_back(lease)
+
+    def _give_back(self, lease: str) -> None:
         with self._lock:
             for name in self._leases.pop(lease, ()):
                 left = self._parallel[name] - 1

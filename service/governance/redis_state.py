@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 from service.breaker import PASS, Claim, circuit_state, new_probe, state_available
 from service.governance.budgets import IDLE_SESSION_S, Line, Reservation, Usage, insert_spend, new_reservation_id, seeded_spent
 from service.governance.db import Database
-from service.governance.ratelimit import UNLIMITED, Held, RateCheck, Slot, Window, new_lease
+from service.governance.ratelimit import UNLIMITED, DroppedLeases, Held, RateCheck, Slot, Window, new_lease
 
 log = logging.getLogger(__name__)
 
@@ -276,10 +276,11 @@ class RedisLedger:
         return released
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(DroppedLeases):
     """Per-key RPM/TPM shared by all replicas."""
 
     def __init__(self, client: Any, prefix: str = "openclaw", lease_s: float = LEASE_S):
+        super().__init__()
         self.r = client
         self.prefix = prefix
         self.lease_ms = int(lease_s * 1000)
@@ -326,6 +327,7 @@ class RedisRateLimiter:
 
     def hold(self, slots: Sequence[Slot]) -> Held:
         """As the process-local limiter's, across replicas: a slot of each of `slots`, or none."""
+        self._let_go(self._collected())
         sets = [f"{self.prefix}:par:{slot.name}" for slot in slots]
         lease = new_lease()
         full, count = (int(v) for v in self._hold(keys=sets, args=[self.lease_ms, lease, *(s.limit for s in slots)]))
@@ -339,12 +341,17 @@ class RedisRateLimiter:
     def release(self, lease: str) -> None:
         """Never waits on Redis (it runs on the event loop, when a request ends): the keeper
         thread removes the lease at once; should Redis be away, the lease lapses by itself."""
-        with self._lock:
-            sets = self._held.pop(lease, None)
-            if sets is not None:
-                self._released.append((lease, sets))
-                self._start_keeper()
-        self._wake.set()
+        self._let_go([lease, *self._collected()])
+
+    def _let_go(self, leases: list[str]) -> None:
+        if leases:
+            with self._lock:
+                for lease in leases:
+                    sets = self._held.pop(lease, None)
+                    if sets is not None:
+                        self._released.append((lease, sets))
+                        self._start_keeper()
+            self._wake.set()
 
     def _start_keeper(self) -> None:
         if self._keeper is None:  # under self._lock
@@ -359,6 +366,7 @@ class RedisRateLimiter:
         while True:
             self._wake.wait(max(0.0, every - (time.monotonic() - renewed)))
             self._wake.clear()
+            self._let_go(self._collected())  # collected requests' leases: still held, so this thread runs
             with self._lock:
                 released, self._released = self._released, []
                 held = dict(self._held) if time.monotonic() - renewed >= every else {}
