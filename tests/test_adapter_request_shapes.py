@@ -144,8 +144,8 @@ def test_an_inline_photo_or_pdf_leaves_claude_its_whole_output_limit(upstreams):
     answer = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": [
         {"type": "text", "text": "Describe this photo."}, {"type": "image_url", "image_url": {"url": photo}}]}])
     assert claude.bodies[-1]["max_tokens"] == 8192 and answer.choices[0].message.content == "from claude"
-    # Five pages of 3,000 tokens in a 20,000-token window leave about 5,000, whatever the file's bytes.
-    document = data_url("application/pdf", pdf(5, 1_000_000))
+    # Ten pages of 1,500 tokens in a 20,000-token window leave about 5,000, whatever the file's bytes.
+    document = data_url("application/pdf", pdf(10, 1_000_000))
     client.chat.completions.create(model="claude-small", messages=[{"role": "user", "content": [
         {"type": "text", "text": "Summarise it."}, {"type": "file", "file": {"filename": "a.pdf", "file_data": document}}]}])
     assert 4_900 < claude.bodies[-1]["max_tokens"] < 5_000

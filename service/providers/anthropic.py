@@ -328,10 +328,18 @@ def to_anthropic(model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[s
     return payload
 
 
+# The least default max_tokens: where the estimate leaves less room, Anthropic's own count decides
+# (over the window it answers "exceed context limit", a context_length error that a routed request
+# fails over on), never an answer cut after a few tokens and billed.
+MIN_DEFAULT_MAX_TOKENS = 1024
+
+
 def _default_max_tokens(model: ModelSpec, payload: dict[str, Any]) -> int:
     """Anthropic needs max_tokens: the model's output limit, but never more than the window leaves
-    beside the prompt (input + max_tokens over the window is refused outright)."""
-    return max(1, min(model.max_output_tokens, model.context_window - input_tokens(payload)))
+    beside the prompt (input + max_tokens over the window is refused outright), nor less than
+    MIN_DEFAULT_MAX_TOKENS."""
+    room = model.context_window - input_tokens(payload)
+    return min(model.max_output_tokens, max(room, MIN_DEFAULT_MAX_TOKENS))
 
 
 def _usage(usage: dict[str, Any]) -> dict[str, Any]:

@@ -20,8 +20,16 @@ from service.providers import attachments
 # height / 750 tokens: at most about 1,600. An image whose size is not read (a URL) counts that.
 IMAGE_MAX_TOKENS = 1600
 IMAGE_PIXELS_PER_TOKEN = 750
-# Anthropic: a PDF page takes 1,500-3,000 tokens of text beside its picture; the top of the range.
-PDF_PAGE_TOKENS = 3000
+# Anthropic: a PDF page takes 1,500-3,000 tokens of text beside its picture; the low end. At the
+# top a 70-page report left a 200k window no room for an answer, while an estimate under what
+# Anthropic counts costs at worst its "prompt is too long", which a routed request fails over on.
+PDF_PAGE_TOKENS = 1500
+# Recent requests' PDF tokens: a request builds its Messages body again for each attempt (a retry,
+# a failover to another Claude) and counts its PDFs once. Keyed by their lengths and hashes, so the
+# memo holds no attachment; Python salts string hashes per process, so a client cannot make two
+# collide, and a collision would only misjudge a default max_tokens.
+PDF_MEMO_SIZE = 256
+_pdf_memo: dict[tuple[int, int, int], int] = {}
 
 
 def _image_tokens(source: dict[str, Any], sized: bool) -> int:
@@ -29,16 +37,31 @@ def _image_tokens(source: dict[str, Any], sized: bool) -> int:
     return IMAGE_MAX_TOKENS if size is None else min(IMAGE_MAX_TOKENS, math.ceil(size[0] * size[1] / IMAGE_PIXELS_PER_TOKEN))
 
 
-def _pdf_tokens(data: str) -> int:
-    """By its pages; a PDF whose pages cannot be counted (encrypted, broken), as text of its size."""
-    pages = attachments.pdf_pages(data)
+def _pdf_tokens(data: str, budget: attachments.InflateBudget) -> int:
+    """By its pages; a PDF whose pages are not counted (encrypted, broken, past the budget), as
+    text of its size."""
+    pages = attachments.pdf_pages(data, budget)
     return pages * PDF_PAGE_TOKENS if pages else math.ceil(len(data) * 3 / 4 / CHARS_PER_TOKEN)
+
+
+def _pdfs_tokens(pdfs: list[str]) -> int:
+    """The tokens of a request's base64 PDFs, counted within one inflate budget for them all."""
+    key = (len(pdfs), sum(map(len, pdfs)), hash(tuple(pdfs)))
+    tokens = _pdf_memo.get(key)
+    if tokens is None:
+        budget = attachments.InflateBudget()
+        tokens = sum(_pdf_tokens(data, budget) for data in pdfs)
+        if len(_pdf_memo) >= PDF_MEMO_SIZE:
+            _pdf_memo.pop(next(iter(_pdf_memo)), None)
+        _pdf_memo[key] = tokens
+    return tokens
 
 
 def input_tokens(payload: dict[str, Any]) -> int:
     """The estimated input tokens of a Messages API request body."""
     chars = token_chars(json.dumps([payload.get("system") or [], payload.get("tools") or []], ensure_ascii=False))
     tokens, sized = 0, 0
+    pdfs: list[str] = []
     for message in payload["messages"]:
         for block in message["content"]:
             source = block.get("source") or {}
@@ -48,9 +71,9 @@ def input_tokens(payload: dict[str, Any]) -> int:
                 tokens += _image_tokens(source, base64_source and sized < IMAGES_SIZED)
                 sized += base64_source
             elif block["type"] == "document" and source.get("type") == "base64":
-                tokens += _pdf_tokens(source.get("data", ""))
+                pdfs.append(str(source.get("data", "")))
             elif block["type"] == "document":
                 chars += token_chars(str(source.get("data", "")))
             else:
                 chars += token_chars(json.dumps(block, ensure_ascii=False))
-    return tokens + math.ceil(chars / CHARS_PER_TOKEN)
+    return tokens + (_pdfs_tokens(pdfs) if pdfs else 0) + math.ceil(chars / CHARS_PER_TOKEN)
