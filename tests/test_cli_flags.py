@@ -86,7 +86,7 @@ def retrain_stubbed(tmp_path, monkeypatch):
     monkeypatch.setattr("training.train.check_job_options", lambda args: None)
     monkeypatch.setattr("training.retrain.summary", lambda ope, estimator: "")
     monkeypatch.setattr("training.retrain.retrain", lambda args: {
-        "candidate": str(tmp_path / "c"), "verdict": {**verdict, "reason": "stub"}, "ope": {}, "registered_version": "1"})
+        "candidate": str(tmp_path / "c"), "verdict": {**verdict, "reason": "stub"}, "ope": {"n": 0}, "registered_version": "1"})
     return verdict
 
 
