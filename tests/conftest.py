@@ -68,6 +68,26 @@ def redis_url():
     client.close()
 
 
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """tests/routerbench_worlds.py's retrain world (two trained routers, a logged exploring policy
+    with feedback), built once however many modules use it. Its tests only read it; what they
+    write goes to their own folders, or beside it under `world.root` (tests/test_retrain.py)."""
+    from tests.routerbench_worlds import TABLE, retrain_world
+
+    require_dataset(TABLE)
+    return retrain_world(tmp_path_factory.mktemp("retrain"))
+
+
+@pytest.fixture(scope="session")
+def shadow_artifact(tmp_path_factory):
+    """tests/routerbench_worlds.py's shadow router artifact, trained once per session; only loaded."""
+    from tests.routerbench_worlds import TABLE, train_shadow_router
+
+    require_dataset(TABLE)
+    return train_shadow_router(tmp_path_factory.mktemp("shadow"))
+
+
 @pytest.fixture(scope="module")
 def upstream():
     """A scriptable fake OpenAI-compatible upstream on 127.0.0.1, shared by a test module."""

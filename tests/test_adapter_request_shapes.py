@@ -21,10 +21,8 @@ from router.config import ConfigError, parse_config
 from service.asgi_thread import serve_in_thread
 from tests.fake_upstream import read_body
 from tests.gateway_harness import QualityRouter, Running
+from tests.samples import CLAUDE_OK, PAGE, object_stream, pdf, stream
 
-CLAUDE_OK = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
-             "content": [{"type": "text", "text": "from claude"}], "stop_reason": "end_turn", "stop_sequence": None,
-             "usage": {"input_tokens": 10, "output_tokens": 3}}
 GEMINI_OK = {"candidates": [{"content": {"role": "model", "parts": [{"text": "from gemini"}]}, "finishReason": "STOP"}],
              "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 3, "totalTokenCount": 13}, "responseId": "r1"}
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
@@ -122,30 +120,25 @@ def png(width: int, height: int, padding: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", random.Random(1).randbytes(padding)) + chunk(b"IEND", b"")
 
 
-def pdf(pages: int, padding: int) -> bytes:
+def packed_pdf(pages: int, padding: int) -> bytes:
     """A PDF 1.5 whose page objects are inside a compressed object stream, as modern writers put
     them, with `padding` bytes of a picture's data."""
-    objects = b" ".join(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>" for _ in range(pages))
-    packed = zlib.compress(objects)
-    picture = random.Random(2).randbytes(padding)
-    return (b"%%PDF-1.5\n1 0 obj\n<< /Type /ObjStm /N %d /First 0 /Filter /FlateDecode /Length %d >>\nstream\n" % (pages, len(packed))
-            + packed + b"\nendstream\nendobj\n2 0 obj\n<< /Type /Pages /Count %d >>\nendobj\n" % pages
-            + b"3 0 obj\n<< /Type /XObject /Subtype /Image /Length %d >>\nstream\n" % padding + picture
-            + b"\nendstream\nendobj\n%%EOF\n")
+    return pdf(object_stream(zlib.compress(b" ".join([PAGE] * pages)), pages), b"<< /Type /Pages /Count %d >>" % pages,
+               stream(b"/Type /XObject /Subtype /Image", random.Random(2).randbytes(padding)))
 
 
 def data_url(mime_type: str, data: bytes) -> str:
     return f"data:{mime_type};base64,{base64.b64encode(data).decode()}"
 
 
-def test_an_inline_photo_or_pdf_leaves_claude_its_whole_output_limit(upstreams):
+def test_an_inline_photo_or_pdf_is_sized_by_what_anthropic_bills_not_its_base64(upstreams):
     client, claude, _ = upstreams
     photo = data_url("image/png", png(1024, 1024, 1_000_000))  # 1.3 MB of base64: ~1,400 tokens at Anthropic
     answer = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": [
         {"type": "text", "text": "Describe this photo."}, {"type": "image_url", "image_url": {"url": photo}}]}])
     assert claude.bodies[-1]["max_tokens"] == 8192 and answer.choices[0].message.content == "from claude"
     # Ten pages of 1,500 tokens in a 20,000-token window leave about 5,000, whatever the file's bytes.
-    document = data_url("application/pdf", pdf(10, 1_000_000))
+    document = data_url("application/pdf", packed_pdf(10, 1_000_000))
     client.chat.completions.create(model="claude-small", messages=[{"role": "user", "content": [
         {"type": "text", "text": "Summarise it."}, {"type": "file", "file": {"filename": "a.pdf", "file_data": document}}]}])
     assert 4_900 < claude.bodies[-1]["max_tokens"] < 5_000

@@ -13,7 +13,6 @@ that the test opens when the client has received what came before it.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from typing import Any
@@ -24,7 +23,7 @@ from router.config import parse_config
 from service.asgi_thread import serve_in_thread
 from tests.fake_upstream import read_body
 from tests.gateway_harness import QualityRouter, Running
-from tests.test_stream_reasoning import Gate, read
+from tests.stream_gate import Gate, read
 
 THOUGHT = ("Six sevens", " are 42.")
 SIGNATURE = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxsig-SIGNATURE"
@@ -61,7 +60,7 @@ class ScriptedClaude:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         for step in steps:
             if isinstance(step, Gate):
-                step.timed_out = not await asyncio.to_thread(step.event.wait, step.timeout_s)
+                await step.wait()
                 continue
             name, data = step
             event = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()

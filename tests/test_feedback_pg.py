@@ -16,7 +16,7 @@ from router.feedback_log import (
 )
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import QualityRouter, Running, fake_config
-from tests.test_shadow import LIVE, shadow_artifact  # noqa: F401  (fixture)
+from tests.test_shadow import LIVE
 
 
 def _ask(gw, text):
@@ -62,7 +62,7 @@ def test_tables_are_created_idempotently_and_keep_rows(pg_url):
     assert read_shadows(pg_url) == []
 
 
-def test_shadow_decisions_are_recorded_in_postgres_and_reported(shadow_artifact, pg_url, tmp_path):  # noqa: F811
+def test_shadow_decisions_are_recorded_in_postgres_and_reported(shadow_artifact, pg_url, tmp_path):
     from training import shadow_report
 
     prompts = [f"Question {i}: which is larger, {i} squared or {i + 7} times two?" for i in range(6)]

@@ -4,6 +4,7 @@ limit gets a 429 naming it; a slot is held from admission until the answer (a st
 has ended, whatever ends it, so one key cannot take a provider's whole connection pool."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -19,26 +20,40 @@ import pytest
 
 from service.governance.db import open_database
 from service.governance.keys import KeyStore
-from tests.fake_upstream import ok, server_error
-from tests.governance_harness import client, new_key, wait_for
+from service.governance.runtime import Governance, GovernanceSettings
+from tests.fake_upstream import FakeUpstream, ok, server_error, stall_stream
+from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
+from tests.governance_harness import MASTER, MODELS, client, new_key, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = [{"role": "user", "content": "hello"}]
-SLOW = ok(" ".join(["word"] * 12), chunk_delay_s=0.25)  # a stream of ~3 s
+# A stream that has sent its first word and then waits for as long as the test runs: only its
+# client or the gateway ends it, so a slot is given back by whatever the test does, never by time.
+HELD = stall_stream(after_chunks=2, seconds=300)
+TIMEOUT_S = 60  # the provider's wait for a chunk: longer than any of these tests
 CODE = "parallel_requests_limit_exceeded"
 
 
 @pytest.fixture(params=["memory", "redis"])
-def gated(request, env):
-    """The governed gateway, counting on the process's own limiter or on Redis."""
-    gw, admin, gov, up, _ = env
-    if request.param == "redis":
-        from service.governance.redis_state import RedisRateLimiter, connect
+def gated(request, tmp_path):
+    """A governed gateway whose model m3 streams HELD, counting on the process's own limiter or
+    on Redis: (gateway, admin client, upstream). Not the shared `env`: its provider's 1 s timeout_s
+    would end a held stream by itself, and give its slot back, within a second."""
+    with contextlib.ExitStack() as running:
+        up = FakeUpstream().start()
+        running.callback(up.stop)
+        up.default("m3", HELD)
+        config = fake_config(up.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite", models=MODELS, timeout_s=TIMEOUT_S)
+        gov = Governance(config, GovernanceSettings(db_url=f"sqlite:///{tmp_path}/gov.sqlite", master_key=MASTER))
+        if request.param == "redis":
+            from service.governance.redis_state import RedisRateLimiter, connect
 
-        url, prefix = request.getfixturevalue("redis_url")
-        gov.limiter = RedisRateLimiter(connect(url), prefix=prefix)
-    up.default("m3", SLOW)
-    return gw, admin
+            url, prefix = request.getfixturevalue("redis_url")
+            gov.limiter = RedisRateLimiter(connect(url), prefix=prefix)
+        gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)
+        running.callback(gw.stop)
+        admin = running.enter_context(httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {MASTER}"}, timeout=10))
+        yield gw, admin, up
 
 
 def open_stream(c: openai.OpenAI):
@@ -62,8 +77,19 @@ def admitted_soon(c: openai.OpenAI, timeout: float = 5.0) -> int:
     return wait_for(lambda: attempt(c)[0] == 200, timeout) and 200
 
 
+def opened_soon(c: openai.OpenAI, timeout: float = 5.0):
+    """`open_stream` once the key has a slot free (see `admitted_soon`)."""
+    def opened():
+        try:
+            return open_stream(c)
+        except openai.RateLimitError:
+            return None
+
+    return wait_for(opened, timeout)
+
+
 def test_a_key_past_its_parallel_limit_gets_a_429_and_other_keys_are_served(gated):
-    gw, admin = gated
+    gw, admin, up = gated
     _, alice = new_key(admin, name="alice", max_parallel_requests=2)
     _, bob = new_key(admin, name="bob")
     a, b = client(gw, alice), client(gw, bob)
@@ -74,22 +100,26 @@ def test_a_key_past_its_parallel_limit_gets_a_429_and_other_keys_are_served(gate
     assert headers["retry-after"] == "1"
     # Another key is not held back by alice's streams.
     assert attempt(b)[0] == 200 and attempt(b, stream=False)[0] == 200
-    # A stream read to its end gives its slot back.
-    assert "".join(c.choices[0].delta.content or "" for c in held[0] if c.choices).strip().startswith("word")
-    assert admitted_soon(a) == 200
+    # A stream closed by its client gives its slot back.
     held[1].close()
+    assert admitted_soon(a) == 200
+    # A stream that runs to its end gives its slot back: beside the one still held, the other is free.
+    up.script("m3", ok("word word word"))
+    finite = opened_soon(a)
+    assert "".join(c.choices[0].delta.content or "" for c in finite if c.choices).strip() == "word word word"
+    assert admitted_soon(a) == 200
+    held[0].close()
 
 
-def test_every_way_a_request_ends_gives_its_slot_back(gated, env):
-    gw, admin = gated
-    up = env[3]
+def test_every_way_a_request_ends_gives_its_slot_back(gated):
+    gw, admin, up = gated
     _, secret = new_key(admin, name="solo", max_parallel_requests=1)
     c = client(gw, secret)
     # The client leaves mid-stream.
     open_stream(c).close()
     assert admitted_soon(c) == 200
     # The client gives up before the first token (its read timeout).
-    up.script("m3", ok("late", delay_s=2.0))
+    up.script("m3", ok("late", delay_s=300))
     with pytest.raises(openai.APITimeoutError):
         client(gw, secret).with_options(timeout=0.5).chat.completions.create(model="m3", messages=MESSAGES, stream=True)
     assert admitted_soon(c) == 200
@@ -109,7 +139,7 @@ def _key_id(admin: httpx.Client, name: str) -> str:
 
 
 def test_a_team_limit_holds_its_keys_together(gated):
-    gw, admin = gated
+    gw, admin, _ = gated
     r = admin.put("/admin/teams/growth", json={"max_parallel_requests": 1})
     assert r.status_code == 200 and r.json()["max_parallel_requests"] == 1 and "no active key" in r.json()["note"]
     _, one = new_key(admin, name="one", team="growth")
@@ -187,7 +217,7 @@ HOLDER = """
 import sys, time
 from service.governance.ratelimit import Slot
 from service.governance.redis_state import RedisRateLimiter, connect
-limiter = RedisRateLimiter(connect(sys.argv[1]), prefix=sys.argv[2], lease_s=1.5)
+limiter = RedisRateLimiter(connect(sys.argv[1]), prefix=sys.argv[2], lease_s=3)
 print(limiter.hold([Slot("key", "k", 1)]).lease, flush=True)
 time.sleep(600)
 """
@@ -204,34 +234,30 @@ def test_a_killed_replicas_slots_come_back_and_a_living_ones_stay_held(redis_url
     try:
         assert holder.stdout.readline().strip()
         here = RedisRateLimiter(connect(url), prefix=prefix)
-        time.sleep(3.0)  # twice its lease: the replica renews it while it lives
+        time.sleep(6.0)  # twice its 3 s lease: the replica renews it while it lives
         refused = here.hold([Slot("key", "k", 1)])
         assert refused.lease is None and refused.in_flight == 1
         holder.send_signal(signal.SIGKILL)
         holder.wait(10)
-        lease = wait_for(lambda: here.hold([Slot("key", "k", 1)]).lease, timeout=5.0)
+        lease = wait_for(lambda: here.hold([Slot("key", "k", 1)]).lease, timeout=10.0)  # its lease run out
         here.release(lease)
         assert wait_for(lambda: here.hold([Slot("key", "k", 1)]).lease, timeout=5.0)
     finally:
         holder.kill()
         holder.wait(10)
+        holder.stdout.close()
 
 
 @pytest.mark.needs_services
 def test_two_replicas_share_a_keys_limit(pg_url, redis_url, tmp_path):
     """Two gateways (one shared PostgreSQL store, one Redis): a key's slots are counted across both."""
-    from tests.fake_upstream import FakeUpstream
-    from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
-    from tests.governance_harness import MASTER, MODELS
-    from service.governance.runtime import Governance, GovernanceSettings
-
     redis_base, prefix = redis_url
     up = FakeUpstream().start()
-    up.default("m3", SLOW)
+    up.default("m3", HELD)
     gws = []
     try:
         for i in range(2):
-            config = fake_config(up.base_url, f"sqlite:///{tmp_path}/outcomes{i}.sqlite", models=MODELS)
+            config = fake_config(up.base_url, f"sqlite:///{tmp_path}/outcomes{i}.sqlite", models=MODELS, timeout_s=TIMEOUT_S)
             gov = Governance(config, GovernanceSettings(db_url=pg_url, master_key=MASTER, redis_url=redis_base,
                                                         redis_prefix=prefix))
             gws.append(Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov))

@@ -21,23 +21,16 @@ from service.asgi_thread import serve_in_thread
 from service.presets import build_preset_config
 from tests.fake_upstream import read_body
 from tests.gateway_harness import QualityRouter, Running
+from tests.samples import openai_unexpected_property
 
 REASONING = ("reasoning_content", "reasoning", "reasoning_details")
-# The message properties OpenAI's chat schema allows, by role; any other is "Additional properties are not allowed".
-OPENAI_PROPERTIES = {"system": {"role", "content", "name"}, "developer": {"role", "content", "name"},
-                     "user": {"role", "content", "name"}, "tool": {"role", "content", "tool_call_id"},
-                     "assistant": {"role", "content", "name", "tool_calls", "refusal", "audio", "function_call"}}
 THOUGHT = "The user wants the weather in Paris: I should call get_weather."
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
 def strict_rules(body: dict[str, Any]) -> str | None:
-    for i, m in enumerate(body["messages"]):
-        extra = sorted(set(m) - OPENAI_PROPERTIES.get(m.get("role"), set()))
-        if extra:
-            return f"Additional properties are not allowed ('{extra[0]}' was unexpected) - 'messages.{i}'"
-    return None
+    return openai_unexpected_property(body["messages"])
 
 
 def deepseek_rules(body: dict[str, Any]) -> str | None:
@@ -174,8 +167,10 @@ def test_the_presets_drop_replayed_reasoning_for_openai_mistral_and_groq_and_kee
     try:
         client = gw.client()
         turn = replayed_turn(client, "deepseek-chat", stream=True)
-        for model in ("gpt-4.1-mini", "mistral-small-latest", "groq/llama-3.1-8b-instant"):
-            assert go_on(client, model, turn, stream=True).startswith("from "), model
+        # Each preset's model is sent under its provider's own name for it.
+        for model, upstream in (("gpt-4.1-mini", "gpt-4.1-mini"), ("mistral-small-latest", "mistral-small-latest"),
+                                ("groq/llama-3.1-8b-instant", "llama-3.1-8b-instant")):
+            assert go_on(client, model, turn, stream=True) == f"from {upstream}", model
             assert not set(REASONING) & set(strict.bodies[-1]["messages"][1]), model
         assert go_on(client, "deepseek-chat", turn, stream=False) == "from deepseek-chat"
         assert deepseek.bodies[-1]["messages"][1]["reasoning_content"] == THOUGHT
@@ -183,7 +178,7 @@ def test_the_presets_drop_replayed_reasoning_for_openai_mistral_and_groq_and_kee
         gw.stop()
 
 
-def test_reasoning_history_is_validated():
+def test_an_unknown_reasoning_history_or_a_non_openai_provider_is_a_config_error():
     base = "models: [{name: m, provider: p, price: {input_per_1m: 1, output_per_1m: 1}}]\nproviders:\n  p: "
     with pytest.raises(ConfigError, match="reasoning_history"):
         parse_config(base + "{kind: openai, base_url: 'http://127.0.0.1:1/v1', request: {reasoning_history: strip}}", "bad-value")

@@ -21,68 +21,13 @@ from router.feedback_log import Feedback, FeedbackLog
 from router.outcome_log import OutcomeRecord, open_outcome_log
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import Running, fake_config
-from training.data import datasets_dir
 from tests.conftest import require_dataset
+from tests.routerbench_worlds import MODELS, TABLE, WTP, frame
 
-DATA = datasets_dir()
-TABLE = DATA / "routerbench_subset" / "routerbench_subset_train.parquet"
-MODELS = ["gpt-3.5-turbo-1106", "Yi-34B-Chat", "WizardLM-13B-V1.2"]
-WTP = 1.0
 
 @pytest.fixture(autouse=True)
 def _routerbench():
     require_dataset(TABLE)
-
-
-def _frame(rows, invert=False):
-    import pandas as pd
-
-    df = pd.read_parquet(TABLE).iloc[rows].reset_index(drop=True)
-    keep = ["uid", "query", "prompt_full", "eval_name"] + [f"{k}__{m}" for m in MODELS for k in ("quality", "cost_usd")]
-    df = df[keep].copy()
-    if invert:
-        for m in MODELS:
-            df[f"quality__{m}"] = 1.0 - df[f"quality__{m}"]
-    return df
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from router.embedding import encode_cached
-    from training.data import load_outcomes
-    from training.retrain import features, fit_router
-
-    root = tmp_path_factory.mktemp("retrain")
-    rng = np.random.default_rng(0)
-    rows = rng.permutation(2205)
-    base, logged, extra = rows[:500], rows[500:1300], rows[1300:1700]
-    paths = {}
-    for name, idx, invert in (("base", base, False), ("inverted", base, True), ("extra", extra, False)):
-        paths[name] = root / f"{name}.parquet"
-        _frame(idx, invert).to_parquet(paths[name])
-    routers = {}
-    for name in ("base", "inverted"):
-        t = load_outcomes(paths[name])
-        router, _ = fit_router(t, features(t.texts, t.input_tokens), folds=3, rounds=60, seed=1)
-        routers[name] = router.save(root / f"router-{name}")
-
-    db = f"sqlite:///{root}/outcomes.sqlite"
-    df = _frame(logged)
-    emb = encode_cached(df["query"].tolist())
-    log, fb = open_outcome_log(db), FeedbackLog(db)
-    for i, r in df.iterrows():
-        a = int(rng.integers(0, 3))
-        cands = [{"model": m, "p_good": 0.5, "p_good_std": 0.1, "output_tokens": 50.0, "cost_usd": float(r[f"cost_usd__{m}"]),
-                  "latency_s": 1.0, "utility": 0.5 - float(r[f"cost_usd__{m}"]) / WTP, "excluded": None} for m in MODELS]
-        rid = f"req_{i}"
-        log.write(OutcomeRecord(request_id=rid, ts=1000.0 + i, prompt=r["query"], embedding=emb[i].astype(np.float32).tobytes(),
-                                input_tokens_est=len(r["prompt_full"]) // 4, candidates=cands, knob=WTP,
-                                chosen_model=MODELS[a], propensity=1 / 3, answered_model=MODELS[a],
-                                cost_usd=float(r[f"cost_usd__{MODELS[a]}"]), status="ok"))
-        fb.add_feedback(Feedback(rid, float(r[f"quality__{MODELS[a]}"]), label=r["eval_name"]))
-    log.close()
-    fb.close()
-    return Namespace(root=root, db=db, paths=paths, routers=routers)
 
 
 def test_ope_orders_a_better_and_a_worse_router(world):
@@ -177,7 +122,7 @@ def test_retrain_promotes_a_better_candidate_into_a_running_gateway_and_refuses_
 def greedy_db(world):
     """The same logged prompts served greedily by one model (propensity 1), as a gateway with the bandit
     off logs them; answer lengths logged, which the base tables lack."""
-    df = _frame(np.random.default_rng(0).permutation(2205)[500:1300])
+    df = frame(np.random.default_rng(0).permutation(2205)[500:1300])
     from router.embedding import encode_cached
 
     emb = encode_cached(df["query"].tolist())

@@ -1,6 +1,6 @@
 """retrain judges a candidate against the router serving now, not only against what the gateway served.
 
-The log (tests/test_retrain.py's `world`) is real RouterBench prompts served by a uniformly
+The log (tests/conftest.py's `world`) is real RouterBench prompts served by a uniformly
 exploring policy, in a real SQLite outcome log with feedback. A router trained on the true labels
 beats that exploring policy by a wide margin, so against the logged policy alone a candidate no
 better than that router, or that router itself, looked like an improvement and was promoted.
@@ -13,10 +13,6 @@ import numpy as np
 import pytest
 
 from service.cli import main
-from tests import test_retrain
-
-# test_retrain's fixtures, used here as well: its log and routers, and the skip without RouterBench.
-world, _routerbench = test_retrain.world, test_retrain._routerbench
 
 
 def _split(db: str, eval_share: float = 0.5):

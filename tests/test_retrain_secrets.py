@@ -9,10 +9,8 @@ import numpy as np
 from router.feedback_log import Feedback, open_feedback_log
 from router.outcome_log import OutcomeRecord, open_outcome_log
 from service.cli import main
-from tests import test_retrain
-from tests.test_retrain import MODELS, WTP, _frame
+from tests.routerbench_worlds import MODELS, WTP, frame
 
-world, _routerbench = test_retrain.world, test_retrain._routerbench
 PASSWORD = "hunter2-not-for-logs"
 
 
@@ -27,7 +25,7 @@ def test_a_database_password_is_nowhere_in_what_retrain_writes(world, pg_url, tm
 
     db = _with_password(pg_url)
     rng = np.random.default_rng(5)
-    df = _frame(rng.permutation(2205)[1300:1600])
+    df = frame(rng.permutation(2205)[1300:1600])
     emb = encode_cached(df["query"].tolist())
     log, fb = open_outcome_log(db), open_feedback_log(db)
     for i, (_, r) in enumerate(df.iterrows()):

@@ -233,12 +233,12 @@ def test_an_app_refused_after_opening_its_outcome_log_closes_it(tmp_path, monkey
     assert len(logs) == 1 and logs[0]._closed and not logs[0]._thread.is_alive()
 
 
-def _config_in(tmp_path: Path, **server):
+def _config_in(tmp_path: Path):
     from router.config import parse_config
 
     config = parse_config(UPSTREAM, str(tmp_path / "config.yaml"))
     return config.model_copy(update={"server": config.server.model_copy(
-        update={"db": f"sqlite:///{tmp_path / 'o.sqlite'}", **server})})
+        update={"db": f"sqlite:///{tmp_path / 'o.sqlite'}"})})
 
 
 def test_a_shadow_artifact_that_does_not_load_closes_the_feedback_log_it_followed(tmp_path, monkeypatch):

@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import os
 import resource
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,37 +17,9 @@ import openai
 import pytest
 
 from tests.fake_upstream import FakeUpstream
+from tests.serve_harness import MASTER, start_serve, stop
 
-REPO = Path(__file__).resolve().parent.parent
-MASTER = "mk-test-" + "7" * 24
 HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"  # the request line and one header, never finished
-
-
-def start_serve(tmp_path: Path, upstream: str, server: dict, files: tuple[int, int] | None = None) -> tuple[subprocess.Popen, int]:
-    """A `serve` over the fake upstream; `files`: its (soft, hard) open-file limit at start."""
-    config = tmp_path / "openclaw.yaml"
-    config.write_text(f"""
-models:
-  - {{name: m1, provider: fake, price: {{input_per_1m: 1, output_per_1m: 1}}, context_window: 100000}}
-providers:
-  fake: {{kind: openai, base_url: "{upstream}", timeout_s: 30}}
-server: {json.dumps({"db": "sqlite:///outcomes.sqlite", **server})}
-cache: {{enabled: false}}
-""")
-    env = {**os.environ, "OPENCLAW_MASTER_KEY": MASTER, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    env.pop("OPENCLAW_GOVERNANCE_DB", None)
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", "0"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=open(tmp_path / "serve.log", "w"), text=True,
-                            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, files)) if files else None)
-    line = proc.stdout.readline()
-    assert line.startswith("openclaw-router listening on http://"), line + (tmp_path / "serve.log").read_text()
-    return proc, int(line.split()[3].rsplit(":", 1)[1])
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
 
 
 @pytest.fixture
@@ -87,15 +57,19 @@ def error_of(response: bytes) -> tuple[int, dict]:
 def test_unfinished_heads_are_cut_and_connections_past_the_cap_refused(served):
     port = served
     attackers = [socket.create_connection(("127.0.0.1", port)) for _ in range(25)]
-    for s in attackers:
-        s.sendall(HEAD)
     seen = []
-    for s in attackers:
-        data, waited = read_all(s, timeout=8)  # the old gateway held them open for good: a timeout here
-        status, error = error_of(data)
-        seen.append(error["code"])
-        assert waited < 3.0 and (status, error["code"]) in {(408, "request_timeout"), (503, "too_many_connections")}
-        s.close()
+    try:
+        for s in attackers:
+            s.sendall(HEAD)
+        for s in attackers:
+            data, waited = read_all(s, timeout=8)  # the old gateway held them open for good: a timeout here
+            status, error = error_of(data)
+            seen.append(error["code"])
+            # header_timeout_s is 1 s; a slow box's margin, yet far from never
+            assert waited < 6.0 and (status, error["code"]) in {(408, "request_timeout"), (503, "too_many_connections")}
+    finally:
+        for s in attackers:
+            s.close()
     assert seen.count("too_many_connections") == 5 and seen.count("request_timeout") == 20
     assert answered(port).startswith("Hello from m1")
 
@@ -104,25 +78,25 @@ def test_a_stalled_body_is_cut_and_a_slow_one_is_read(served):
     port = served
     key = f"Authorization: Bearer {MASTER}\r\nContent-Type: application/json\r\n".encode()
     body = json.dumps({"model": "m1", "messages": [{"role": "user", "content": "slow upload " * 50}]}).encode()
-    stalled = socket.create_connection(("127.0.0.1", port))
-    stalled.sendall(HEAD + key + b"Content-Length: 1000000\r\n\r\n" + body[:10])
-    data, waited = read_all(stalled, timeout=8)
+    with socket.create_connection(("127.0.0.1", port)) as stalled:
+        stalled.sendall(HEAD + key + b"Content-Length: 1000000\r\n\r\n" + body[:10])
+        data, waited = read_all(stalled, timeout=8)
     status, error = error_of(data)
     assert (status, error["code"]) == (408, "request_timeout") and "server.body_timeout_s" in error["message"]
-    assert 1.5 < waited < 4.0  # answered at the deadline, and the connection closed after it
+    assert 1.5 < waited < 6.0  # answered at the 2 s deadline (not before), and the connection closed after it
     # A body that keeps coming within the deadline is read whole, however slowly.
-    slow = socket.create_connection(("127.0.0.1", port))
-    slow.sendall(HEAD + key + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
-    for i in range(0, len(body), len(body) // 4 + 1):
-        slow.sendall(body[i:i + len(body) // 4 + 1])
-        time.sleep(0.3)
-    data, _ = read_all(slow, timeout=8)
+    with socket.create_connection(("127.0.0.1", port)) as slow:
+        slow.sendall(HEAD + key + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for i in range(0, len(body), len(body) // 4 + 1):
+            slow.sendall(body[i:i + len(body) // 4 + 1])
+            time.sleep(0.3)  # the upload's pace, under the 2 s body deadline in all (not a wait for the server)
+        data, _ = read_all(slow, timeout=8)
     assert data.startswith(b"HTTP/1.1 200") and b"Hello from m1" in data
     # Without a key the body is never read (401 at once); its connection goes at the head deadline.
-    keyless = socket.create_connection(("127.0.0.1", port))
-    keyless.sendall(HEAD + b"Content-Length: 1000000\r\n\r\n{")
-    data, waited = read_all(keyless, timeout=8)
-    assert data.startswith(b"HTTP/1.1 401") and waited < 3.0
+    with socket.create_connection(("127.0.0.1", port)) as keyless:
+        keyless.sendall(HEAD + b"Content-Length: 1000000\r\n\r\n{")
+        data, waited = read_all(keyless, timeout=8)
+    assert data.startswith(b"HTTP/1.1 401") and waited < 6.0  # closed, not held open for the megabyte it announced
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/limits")
@@ -146,47 +120,69 @@ def test_the_open_file_limit_is_raised_and_sizes_the_default_cap(tmp_path, upstr
 def test_a_flood_of_unfinished_heads_under_1024_open_files_leaves_clients_served(tmp_path, upstream):
     """The review's case: 1,100 half-sent requests against a gateway limited to 1,024 open files
     made real clients fail ("Too many open files")."""
-    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1400:
-        pytest.skip("this test process needs 1,400 open files for the attacker's sockets")
-    proc, port = start_serve(tmp_path, upstream.base_url, {"header_timeout_s": 1}, files=(1024, 1024))
-    attackers = []
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1400:
+        reason = f"this test process needs 1,400 open files for the attacker's sockets (its hard limit is {hard})"
+        if os.environ.get("CI", "").lower() == "true":  # as conftest's services: CI must provide it
+            pytest.fail(reason)
+        pytest.skip(reason)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096 if hard == resource.RLIM_INFINITY else min(hard, 4096), hard))
+    attackers: list[socket.socket] = []
     try:
-        for _ in range(1100):
-            s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(HEAD)
-            attackers.append(s)
-        time.sleep(2.0)  # past the head deadline: the gateway has let go of every one of them
-        assert answered(port).startswith("Hello from m1")
-        log = (tmp_path / "serve.log").read_text()
-        assert "Too many open files" not in log and "at most 448 client connections" in log
+        proc, port = start_serve(tmp_path, upstream.base_url, {"header_timeout_s": 1}, files=(1024, 1024))
+        try:
+            for _ in range(1100):
+                attackers.append(socket.create_connection(("127.0.0.1", port)))
+                attackers[-1].sendall(HEAD)
+            # The gateway lets go of every one (a 408 at the head deadline, a 503 past its cap): the
+            # old one, out of open files, left some unaccepted for good.
+            deadline = time.monotonic() + 30
+            still_open = sum(not closed_by_server(s, deadline) for s in attackers)
+            assert still_open == 0, f"{still_open} of 1,100 connections still open after 30 s"
+            assert answered(port).startswith("Hello from m1")
+            log = (tmp_path / "serve.log").read_text()
+            assert "Too many open files" not in log and "at most 448 client connections" in log
+        finally:
+            stop(proc)
     finally:
         for s in attackers:
             s.close()
-        stop(proc)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def closed_by_server(sock: socket.socket, deadline: float) -> bool:
+    """Whether the server closed `sock` (after an answer or not) by `deadline`."""
+    try:
+        read_all(sock, timeout=max(0.01, deadline - time.monotonic()))
+    except ConnectionResetError:  # closed with the head unread: a reset, closed all the same
+        return True
+    except TimeoutError:
+        return False
+    return True
 
 
 def test_a_connection_that_sends_nothing_is_closed_at_the_head_deadline_without_an_answer(served):
     """The review's case: a 408 written on an idle kept-alive connection (or on one a client's pool
     opened ahead of use) was read by the next request sent on it as that request's answer."""
     port = served
-    fresh = socket.create_connection(("127.0.0.1", port))
-    data, waited = read_all(fresh, timeout=6)
-    assert data == b"" and 0.8 < waited < 2.5
-    kept = socket.create_connection(("127.0.0.1", port))
-    kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-    kept.settimeout(5)
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        answer += kept.recv(65536)
-    head, _, body = answer.partition(b"\r\n\r\n")
-    length = int(next(h.split(b":")[1] for h in head.lower().split(b"\r\n") if h.startswith(b"content-length:")))
-    while len(body) < length:
-        body += kept.recv(65536)
-    assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()  # kept alive
-    data, waited = read_all(kept, timeout=6)  # idle after its answer: closed at header_timeout_s (1 s), not uvicorn's 5 s
-    assert data == b"" and 0.8 < waited < 2.5
+    with socket.create_connection(("127.0.0.1", port)) as fresh:
+        data, waited = read_all(fresh, timeout=6)
+    assert data == b"" and 0.8 < waited < 4.0  # header_timeout_s (1 s), not uvicorn's 5 s
+    with socket.create_connection(("127.0.0.1", port)) as kept:
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        kept.settimeout(5)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += kept.recv(65536)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = int(next(h.split(b":")[1] for h in head.lower().split(b"\r\n") if h.startswith(b"content-length:")))
+        while len(body) < length:
+            body += kept.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()  # kept alive
+        data, waited = read_all(kept, timeout=6)  # idle after its answer: closed at header_timeout_s (1 s), not uvicorn's 5 s
+    assert data == b"" and 0.8 < waited < 4.0
     # A head that has begun still gets its 408.
-    partial = socket.create_connection(("127.0.0.1", port))
-    partial.sendall(HEAD)
-    status, error = error_of(read_all(partial, timeout=6)[0])
+    with socket.create_connection(("127.0.0.1", port)) as partial:
+        partial.sendall(HEAD)
+        status, error = error_of(read_all(partial, timeout=6)[0])
     assert (status, error["code"]) == (408, "request_timeout")

@@ -15,14 +15,11 @@ import pytest
 from router.feedback_log import read_shadows
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import QualityRouter, Running, fake_config
-from training.data import datasets_dir
 from tests.conftest import require_dataset
+from tests.routerbench_worlds import TABLE
 
-DATA = datasets_dir()
-TABLE = DATA / "routerbench_subset" / "routerbench_subset_train.parquet"
-# The shadow artifact learns m1..m3 from these RouterBench models: it prefers m2 where the live
-# router (fixed qualities below) always prefers m1, so the two disagree on most requests.
-AS = {"m1": "WizardLM-13B-V1.2", "m2": "Yi-34B-Chat", "m3": "gpt-3.5-turbo-1106"}
+# The live router's fixed qualities: it always prefers m1, where the shadow artifact (tests/conftest.py)
+# prefers m2 on most requests.
 LIVE = {"m1": 0.9, "m2": 0.6, "m3": 0.5}
 EVERYDAY = ["Write a Python function that reverses a linked list.", "What is the capital of Australia?",
             "Solve for x: 3x + 7 = 22.", "Translate 'good morning' into French.", "Which planet is closest to the sun?",
@@ -34,26 +31,6 @@ ODD = "odd $x_$"  # a client's label that matplotlib would read as a (broken) fo
 @pytest.fixture(autouse=True)
 def _routerbench():
     require_dataset(TABLE)
-
-
-@pytest.fixture(scope="module")
-def shadow_artifact(tmp_path_factory):
-    import pandas as pd
-
-    require_dataset(TABLE)  # also for tests/test_feedback_pg.py, which borrows this fixture
-    from training.data import load_outcomes
-    from training.retrain import features, fit_router
-
-    root = tmp_path_factory.mktemp("shadow")
-    df = pd.read_parquet(TABLE).sample(400, random_state=0)
-    cols = {"query": df["query"], "prompt_full": df["prompt_full"]}
-    for m, src in AS.items():
-        cols[f"quality__{m}"] = df[f"quality__{src}"]
-        cols[f"cost_usd__{m}"] = df[f"cost_usd__{src}"]
-    pd.DataFrame(cols).to_parquet(root / "t.parquet")
-    t = load_outcomes(root / "t.parquet")
-    router, _ = fit_router(t, features(t.texts, t.input_tokens), folds=3, rounds=40, seed=2)
-    return router.save(root / "artifact")
 
 
 def _shadows(db: str, n: int) -> list[dict]:

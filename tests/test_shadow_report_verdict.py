@@ -14,8 +14,7 @@ import pytest
 from router.feedback_log import SKIPPED_BY_CAP, read_feedback, read_shadows
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import QualityRouter, Running, fake_config
-# shadow_artifact needs the RouterBench table: without it those tests skip (fail in CI)
-from tests.test_shadow import LIVE, _shadows, _synthetic_shadows, shadow_artifact  # noqa: F401  (fixture)
+from tests.test_shadow import LIVE, _shadows, _synthetic_shadows
 
 TOPICS = ["reverse a linked list in Python", "the capital of Australia", "solving 3x + 7 = 22", "'good morning' in French",
           "the planet closest to the sun", "TCP against UDP", "whether a tomato is a fruit", "why the trophy does not fit",
@@ -34,7 +33,7 @@ def _run(db: str, out) -> dict:
     return json.loads((out / "shadow_report.json").read_text())
 
 
-def test_the_report_gives_retrains_verdict_support_and_the_paired_difference(shadow_artifact, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_the_report_gives_retrains_verdict_support_and_the_paired_difference(shadow_artifact, tmp_path, capsys, monkeypatch):
     """The review's case: the live router serves m1 with probability 1 (no bandit), the shadow router
     prefers m2 on most requests, so the log never shows most of its choices. Retrain refuses such a
     candidate; the report showed a SNIPS gain and said nothing of support."""
@@ -109,7 +108,7 @@ def test_the_report_writes_money_per_thousand_requests_and_shares_as_percent():
     assert '<div class="verdict none"><b>No verdict yet</b>' in page  # no feedback: nothing to judge on
 
 
-def test_shadow_calls_the_spend_cap_skips_are_kept_apart_and_reported(shadow_artifact, tmp_path, capsys):  # noqa: F811
+def test_shadow_calls_the_spend_cap_skips_are_kept_apart_and_reported(shadow_artifact, tmp_path, capsys):
     """A call reserves the most it could be billed: without max_tokens that is the model's whole
     output limit, over this cap; with max_tokens 16 it fits. The skipped calls were stored as if
     never drawn, and the observed deltas read only the calls made."""
@@ -191,13 +190,16 @@ def test_a_shadow_log_from_before_reservations_opens_and_reports(tmp_path):
     assert not rows["new"]["called"]
 
 
-def test_two_processes_upgrading_the_same_old_log_at_once_both_open_it(tmp_path):
+def test_two_processes_upgrading_the_same_old_log_at_once_both_open_it(tmp_path, monkeypatch):
     """Another process (the gateway, a report job) adds the column while this one opens the file: this
     one must see it added, not add it again ("duplicate column name") and fail to start. The other
-    process is held between its ALTER and its commit, so that this one checks the columns then."""
+    process holds its ALTER uncommitted until this one asks for the write lock to upgrade the file
+    (its BEGIN IMMEDIATE, or the ALTER itself where it checked the columns without the lock first),
+    and commits then."""
     import sqlite3
     import threading
 
+    from router import feedback_log
     from router.feedback_log import FeedbackLog, ShadowRecord
 
     path = tmp_path / "old.sqlite"
@@ -205,13 +207,32 @@ def test_two_processes_upgrading_the_same_old_log_at_once_both_open_it(tmp_path)
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
     other.execute("ALTER TABLE shadow_decisions ADD COLUMN call_reserved_usd REAL")  # its upgrade, not committed yet
-    commit = threading.Timer(1.0, other.execute, ["COMMIT"])
-    commit.start()
+    asked = threading.Event()
+
+    def note(sql: str) -> None:
+        if sql.startswith(("BEGIN IMMEDIATE", "ALTER TABLE shadow_decisions")):
+            asked.set()
+
+    def traced(*args, **kwargs):
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(note)
+        return conn
+
+    def commit_once_asked():
+        asked.wait(10)
+        other.execute("COMMIT")
+
+    connect = sqlite3.connect
+    committer = threading.Thread(target=commit_once_asked)
+    committer.start()
     try:
-        log = FeedbackLog(f"sqlite:///{path}")
+        with monkeypatch.context() as patch:
+            patch.setattr(feedback_log.sqlite3, "connect", traced)
+            log = FeedbackLog(f"sqlite:///{path}")
     finally:
-        commit.join()
+        committer.join()
         other.close()
+    assert asked.is_set()  # the race happened: this process upgraded while the other held the lock
     try:
         log.add_shadow(ShadowRecord("new", None, "m1", "m2", {}, {}, None, call_reserved_usd=0.5))
         rows = {r["request_id"]: r for r in log.shadows()}

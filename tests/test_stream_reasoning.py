@@ -12,9 +12,7 @@ Timing is read off the upstream's own schedule, not a wall clock: the upstream s
 """
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from typing import Any
 
 import openai
@@ -24,24 +22,12 @@ from router.config import CacheSection
 from service.asgi_thread import serve_in_thread
 from tests.fake_upstream import _CutConnection, read_body
 from tests.gateway_harness import DEFAULT_QUALITY, MSG, QualityRouter, Running, fake_config
+from tests.stream_gate import Gate, read
 
 FIELDS = ("reasoning_content", "reasoning")  # DeepSeek, vLLM / Groq, OpenRouter, Ollama
 USAGE = {"prompt_tokens": 123, "completion_tokens": 45, "total_tokens": 168}
 DONE = "[DONE]"
 CUT = "cut"
-
-
-class Gate:
-    """A point the upstream passes only once the test opens it, or after `timeout_s` (then
-    `timed_out`): whether the client had what came before it while the upstream still waited."""
-
-    def __init__(self, timeout_s: float = 5.0):
-        self.event = threading.Event()
-        self.timeout_s = timeout_s
-        self.timed_out: bool | None = None
-
-    def open(self) -> None:
-        self.event.set()
 
 
 class ScriptedUpstream:
@@ -83,7 +69,7 @@ class ScriptedUpstream:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         for step in steps:
             if isinstance(step, Gate):
-                step.timed_out = not await asyncio.to_thread(step.event.wait, step.timeout_s)
+                await step.wait()
                 continue
             if step == CUT:
                 raise _CutConnection("scripted cut")
@@ -135,25 +121,6 @@ def gw(upstream, tmp_path):
     running = start(upstream, tmp_path)
     yield running
     running.stop()
-
-
-def read(stream: Any, field: str = "reasoning_content", on_thinking: Any = None) -> list[tuple[str, Any]]:
-    """What the client saw, in order: ("thinking", text), ("answer", text), ("finish", reason), ("usage", usage)."""
-    seen: list[tuple[str, Any]] = []
-    for c in stream:
-        for choice in c.choices:
-            extra = choice.delta.model_extra or {}
-            if extra.get(field):
-                seen.append(("thinking", extra[field]))
-                if on_thinking is not None:
-                    on_thinking()
-            if choice.delta.content:
-                seen.append(("answer", choice.delta.content))
-            if choice.finish_reason:
-                seen.append(("finish", choice.finish_reason))
-        if c.usage is not None:
-            seen.append(("usage", (c.usage.prompt_tokens, c.usage.completion_tokens)))
-    return seen
 
 
 @pytest.mark.parametrize("field", FIELDS)
