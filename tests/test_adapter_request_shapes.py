@@ -10,7 +10,6 @@ import base64
 import json
 import random
 import struct
-import threading
 import zlib
 from typing import Any, Callable
 
@@ -18,9 +17,8 @@ import openai
 import pytest
 
 from router.config import ConfigError, parse_config
-from service.asgi_thread import serve_in_thread
-from tests.fake_upstream import read_body
 from tests.gateway_harness import QualityRouter, Running
+from tests.recording_upstream import RecordingUpstream, reply
 from tests.samples import CLAUDE_OK, PAGE, object_stream, pdf, stream
 
 GEMINI_OK = {"candidates": [{"content": {"role": "model", "parts": [{"text": "from gemini"}]}, "finishReason": "STOP"}],
@@ -51,34 +49,21 @@ def gemini_rules(body: dict[str, Any]) -> str | None:
     return None if body.get("contents") else "* GenerateContentRequest.contents: contents is not specified"
 
 
-class Strict:
+class Strict(RecordingUpstream):
     """A fake upstream on 127.0.0.1 that refuses what `rules` names with the real API's 400 and
     otherwise answers `answer` after `delay_s`; records every request body."""
 
     def __init__(self, rules: Callable[[dict[str, Any]], str | None], answer: dict[str, Any], error: Callable[[str], Any]):
-        self.rules, self.answer, self.error = rules, answer, error
-        self.bodies: list[dict[str, Any]] = []
+        super().__init__()
+        self.rules, self.answer_body, self.error = rules, answer, error
         self.delay_s = 0.0
-        self._lock = threading.Lock()
 
-    def __enter__(self) -> "Strict":
-        self.url, self._stop = serve_in_thread(self._app)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop()
-
-    async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = json.loads(await read_body(receive))
-        with self._lock:
-            self.bodies.append(body)
+    async def answer(self, body: dict[str, Any], send: Any) -> None:
         why = self.rules(body)
-        status, payload = (400, self.error(why)) if why else (200, self.answer)
-        await asyncio.sleep(0 if why else self.delay_s)
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+        if why:
+            return await reply(send, 400, self.error(why))
+        await asyncio.sleep(self.delay_s)
+        await reply(send, 200, self.answer_body)
 
 
 @pytest.fixture

@@ -14,15 +14,13 @@ that the test opens when the client has received what came before it.
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 import pytest
 
 from router.config import parse_config
-from service.asgi_thread import serve_in_thread
-from tests.fake_upstream import read_body
 from tests.gateway_harness import QualityRouter, Running
+from tests.recording_upstream import RecordingUpstream, reply
 from tests.stream_gate import Gate, read
 
 THOUGHT = ("Six sevens", " are 42.")
@@ -31,32 +29,24 @@ REDACTED = "EmwKAhgBEgy3va3pzix-REDACTED-DATA"
 QUESTION = [{"role": "user", "content": "What is six times seven?"}]
 
 
-class ScriptedClaude:
+class ScriptedClaude(RecordingUpstream):
     """An Anthropic Messages upstream: each request plays the next script, a list of SSE events
     ((name, data)) and `Gate`s for a stream, a Messages JSON object for a call without `stream`.
     Records each request body."""
 
     def __init__(self) -> None:
-        self.url = ""
+        super().__init__()
         self.scripts: list[Any] = []
-        self.bodies: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
 
     def script(self, steps: Any) -> None:
         with self._lock:
             self.scripts.append(steps)
 
-    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = json.loads(await read_body(receive))
+    async def answer(self, body: dict[str, Any], send: Any) -> None:
         with self._lock:
-            self.bodies.append(body)
             steps = self.scripts.pop(0)
         if isinstance(steps, dict):
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-            await send({"type": "http.response.body", "body": json.dumps(steps).encode()})
-            return
+            return await reply(send, 200, steps)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         for step in steps:
             if isinstance(step, Gate):
@@ -108,11 +98,8 @@ def text_block(index: int, text: str) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def claude():
-    upstream = ScriptedClaude()
-    url, stop = serve_in_thread(upstream.app)
-    upstream.url = url
-    yield upstream
-    stop()
+    with ScriptedClaude() as upstream:
+        yield upstream
 
 
 def start(claude: ScriptedClaude, tmp_path: Any, cache: bool = False) -> Running:

@@ -11,16 +11,14 @@ those two rules show that `request.reasoning_history: drop` sends it to the firs
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any, Callable
 
 import pytest
 
 from router.config import CacheSection, ConfigError, parse_config
-from service.asgi_thread import serve_in_thread
 from service.presets import build_preset_config
-from tests.fake_upstream import read_body
 from tests.gateway_harness import QualityRouter, Running
+from tests.recording_upstream import RecordingUpstream, reply
 from tests.samples import openai_unexpected_property
 
 REASONING = ("reasoning_content", "reasoning", "reasoning_details")
@@ -40,34 +38,24 @@ def deepseek_rules(body: dict[str, Any]) -> str | None:
     return None
 
 
-class Upstream:
+class Upstream(RecordingUpstream):
     """An OpenAI-compatible upstream on 127.0.0.1 that answers 400 to what `rules` names, as the real
     API words it; otherwise a thinking model: a tool call after a user turn when tools are offered,
     else text, with its reasoning_content. Streams and non-streamed answers alike; records each body."""
 
     def __init__(self, rules: Callable[[dict[str, Any]], str | None]):
+        super().__init__()
         self.rules = rules
-        self.bodies: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
 
-    def __enter__(self) -> "Upstream":
-        url, self._stop = serve_in_thread(self._app)
-        self.base_url = f"{url}/v1"
-        return self
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop()
-
-    async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = json.loads(await read_body(receive))
-        with self._lock:
-            self.bodies.append(body)
+    async def answer(self, body: dict[str, Any], send: Any) -> None:
         why = self.rules(body)
         if why:
             error = {"error": {"message": why, "type": "invalid_request_error", "param": None, "code": None}}
-            return await self._send(send, 400, "application/json", json.dumps(error).encode())
+            return await reply(send, 400, error)
         message: dict[str, Any] = {"role": "assistant", "content": f"from {body['model']}", "reasoning_content": THOUGHT}
         if body.get("tools") and body["messages"][-1]["role"] == "user":
             message.update(content=None, tool_calls=[{"id": "call_0", "type": "function",
@@ -78,19 +66,14 @@ class Upstream:
         if not body.get("stream"):
             answer = {**head, "object": "chat.completion", "usage": usage,
                       "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
-            return await self._send(send, 200, "application/json", json.dumps(answer).encode())
+            return await reply(send, 200, answer)
         calls = [{"index": 0, **c} for c in message.get("tool_calls", ())]
         deltas = [({"role": "assistant", "reasoning_content": THOUGHT}, None),
                   ({"tool_calls": calls} if calls else {"content": message["content"]}, None), ({}, finish)]
         chunks = [{**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": d, "finish_reason": f}]}
                   for d, f in deltas] + [{**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}]
         events = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-        await self._send(send, 200, "text/event-stream", events.encode())
-
-    @staticmethod
-    async def _send(send: Any, status: int, content_type: str, payload: bytes) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type.encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        await reply(send, 200, events.encode(), "text/event-stream")
 
 
 def replayed_turn(client: Any, model: str, stream: bool) -> dict[str, Any]:
