@@ -32,7 +32,7 @@ from service.pipeline import RequestContext
 from service.providers.base import UpstreamError
 from service.routing import artifact_of, build_constraints, decide_for
 from service.response_headers import response_headers
-from service.schemas import OFF_LOOP_BYTES, judge_chat, off_loop, read_body
+from service.schemas import OFF_LOOP_BYTES, judge_chat, read_body
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -72,7 +72,7 @@ async def chat_completions(request: Request) -> Response:
         caller = await client_caller(request.app.state, request.headers)
         data = await read_body(request, gw.config.server.max_body_bytes)
         # A large body is judged off the event loop: inline, it held up every other request.
-        raw, parsed = await off_loop(judge_chat, data) if len(data) > OFF_LOOP_BYTES else judge_chat(data)
+        raw, parsed = await run_in_threadpool(judge_chat, data) if len(data) > OFF_LOOP_BYTES else judge_chat(data)
         if isinstance(parsed, ApiError):
             raise parsed
         model = parsed.model or gw.config.router.default_profile

@@ -6,7 +6,7 @@ not know about (a new OpenAI field, a provider extension) still reaches the upst
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Literal, Sequence, TypeVar
+from typing import Annotated, Any, Literal, Sequence
 
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, StringConstraints,
                       ValidationError, field_validator)
@@ -16,7 +16,6 @@ from starlette.requests import Request
 from service import json_text
 from service.errors import ApiError, bad_request
 
-T = TypeVar("T")
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 Number = StrictFloat  # strict: an int is a number, "0.5" and true are not
 
@@ -303,16 +302,11 @@ def _invalid(where: str, why: str) -> ApiError:
 OFF_LOOP_BYTES = 64 * 1024
 
 
-async def off_loop(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` on a large body, in a worker thread."""
-    return await run_in_threadpool(fn, *args)
-
-
 async def read_json_body(request: Request, max_bytes: int, optional: bool = False) -> Any:
     """The request body as JSON (`read_body`, `parse_json`), parsed off the event loop when large."""
     raw = await read_body(request, max_bytes)
     if len(raw) > OFF_LOOP_BYTES:
-        return await off_loop(parse_json, raw, optional)
+        return await run_in_threadpool(parse_json, raw, optional)
     return parse_json(raw, optional)
 
 

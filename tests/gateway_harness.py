@@ -148,3 +148,14 @@ def ask(gw: Running, **kwargs: Any) -> tuple[Any, Any]:
     """One chat request through the real SDK: (the parsed answer, the response headers)."""
     raw = gw.client().chat.completions.with_raw_response.create(model=kwargs.pop("model", "auto"), messages=MSG, **kwargs)
     return raw.parse(), raw.headers
+
+
+def routed_questions(gw: Running, n: int) -> list[tuple[str, str]]:
+    """`n` distinct `auto` questions through the real SDK: each one's (request id, answering model)."""
+    client = gw.client()
+    answered = []
+    for i in range(n):
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": f"question {i}"}])
+        answered.append((raw.headers["x-request-id"], raw.parse().model))
+    return answered

@@ -12,7 +12,7 @@ import pytest
 from router.bandit import BanditSettings, ContextualBandit
 from router.types import Candidate, Decision
 from tests.fake_upstream import FakeUpstream
-from tests.gateway_harness import QualityRouter, Running, fake_config
+from tests.gateway_harness import QualityRouter, Running, fake_config, routed_questions
 
 MODELS = ["a", "b", "c", "d"]
 
@@ -279,12 +279,7 @@ def exploring_gateway(tmp_path):
 def test_gateway_logs_the_bandit_propensity(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENCLAW_MASTER_KEY", "mk-bandit-test")
     with exploring_gateway(tmp_path) as gw:
-        client = gw.client()
-        ids = []
-        for i in range(40):
-            raw = client.chat.completions.with_raw_response.create(
-                model="auto", messages=[{"role": "user", "content": f"question {i}"}])
-            ids.append((raw.headers["x-request-id"], raw.parse().model))
+        ids = routed_questions(gw, 40)
         rows = [gw.outcome(rid) for rid, _ in ids]
         state = httpx.get(f"{gw.url}/admin/router/bandit", headers={"authorization": "Bearer mk-bandit-test"}).json()
     assert state["decisions"] == 40 and 0 < state["explore_share"] <= 1

@@ -12,7 +12,7 @@ import pytest
 
 from router.config import parse_config
 from tests.fake_upstream import FakeUpstream, error, rate_limit, server_error
-from tests.gateway_harness import MSG, QualityRouter, Running
+from tests.gateway_harness import MSG, QualityRouter, Running, routed_questions
 
 ALPHA_KEY, BETA_KEY = "OPENCLAW_TEST_ALPHA_KEY", "OPENCLAW_TEST_BETA_KEY"
 KEYLESS = f"key_missing: {ALPHA_KEY} not set"
@@ -128,12 +128,7 @@ def test_the_bandit_never_draws_a_keyless_model(tmp_path, monkeypatch):
     bandit = ("learning: {bandit: {enabled: true, explore_share: 1.0, extra_cost_share: 10.0, "
               "total_cost_share: 10.0, budget_horizon: 250}}")
     with _gateway(tmp_path, monkeypatch, {"a1": 0.95, "a2": 0.1, "b1": 0.80, "b2": 0.795}, bandit) as (gw, alpha, beta):
-        client = gw.client()
-        answered = []
-        for i in range(30):
-            raw = client.chat.completions.with_raw_response.create(
-                model="auto", messages=[{"role": "user", "content": f"question {i}"}])
-            answered.append((raw.headers["x-request-id"], raw.parse().model))
+        answered = routed_questions(gw, 30)
         assert {m for _, m in answered} == {"b1", "b2"}  # explored, and only among the callable
         for rid, model in answered:
             row = gw.outcome(rid)

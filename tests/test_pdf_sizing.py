@@ -19,7 +19,7 @@ import pytest
 
 from router.config import ModelSpec, parse_config
 from service.asgi_thread import serve_in_thread
-from service.providers import anthropic_input_tokens, attachments
+from service.providers import anthropic_input_tokens, pdf_pages
 from service.providers.anthropic import to_anthropic
 from tests.fake_upstream import read_body
 from tests.gateway_harness import QualityRouter, Running
@@ -87,7 +87,7 @@ def test_a_long_pdf_gets_room_to_answer_or_the_floor(gateway, pages, max_tokens)
 
 
 def metered_zlib(charge: Callable[[float], None]) -> types.SimpleNamespace:
-    """zlib as the adapter's attachments module sees it, with every inflate step charged: what it
+    """zlib as the PDF page counter sees it, with every inflate step charged: what it
     returned, or, for a step that failed, all it was allowed (zlib finds a bad checksum only once it
     has inflated the data before it)."""
     class Inflater:
@@ -121,7 +121,7 @@ def test_pdfs_that_inflate_are_counted_within_one_budget_once_per_request(gatewa
     gw, claude = gateway
     monkeypatch.setattr(anthropic_input_tokens, "_pdf_memo", {})  # nothing counted before this test
     inflated: collections.Counter[int] = collections.Counter()  # bytes inflated, by the Messages bodies sent before
-    monkeypatch.setattr(attachments, "zlib", metered_zlib(lambda n: inflated.update({len(claude.bodies): n})))
+    monkeypatch.setattr(pdf_pages, "zlib", metered_zlib(lambda n: inflated.update({len(claude.bodies): n})))
     content = [{"type": "text", "text": "Read these."}] + [file_part(pdf(object_stream(stream, 1)), f"{i}.pdf") for i in range(copies)]
     # claude-busy is overloaded: the request fails over to claude, a second Messages body.
     answer = gw.client(timeout=300).chat.completions.create(model="claude-busy", messages=[{"role": "user", "content": content}])
@@ -148,8 +148,8 @@ def packed_report(pages: int) -> bytes:
 def test_a_request_counts_its_pdfs_once_whatever_its_attempts(monkeypatch):
     monkeypatch.setattr(anthropic_input_tokens, "_pdf_memo", {})  # nothing counted before this test
     counted = []
-    count = attachments.pdf_pages
-    monkeypatch.setattr(attachments, "pdf_pages", lambda *args: counted.append(args[0]) or count(*args))
+    count = pdf_pages.pdf_pages
+    monkeypatch.setattr(pdf_pages, "pdf_pages", lambda *args: counted.append(args[0]) or count(*args))
     body = {"messages": [{"role": "user", "content": [file_part(packed_report(20)) for _ in range(4)]}]}
     first = to_anthropic(CLAUDE, body, stream=False)
     assert len(counted) == 4

@@ -14,7 +14,7 @@ from typing import Any
 
 from router.image_size import data_url_size
 from router.request_view import CHARS_PER_TOKEN, IMAGES_SIZED, token_chars
-from service.providers import attachments
+from service.providers import pdf_pages
 
 # Anthropic scales an image down to about 1.15 megapixels (1,092 x 1,092 px) and bills width x
 # height / 750 tokens: at most about 1,600. An image whose size is not read (a URL) counts that.
@@ -37,10 +37,10 @@ def _image_tokens(source: dict[str, Any], sized: bool) -> int:
     return IMAGE_MAX_TOKENS if size is None else min(IMAGE_MAX_TOKENS, math.ceil(size[0] * size[1] / IMAGE_PIXELS_PER_TOKEN))
 
 
-def _pdf_tokens(data: str, budget: attachments.InflateBudget) -> int:
+def _pdf_tokens(data: str, budget: pdf_pages.InflateBudget) -> int:
     """By its pages; a PDF whose pages are not counted (encrypted, broken, past the budget), as
     text of its size."""
-    pages = attachments.pdf_pages(data, budget)
+    pages = pdf_pages.pdf_pages(data, budget)
     return pages * PDF_PAGE_TOKENS if pages else math.ceil(len(data) * 3 / 4 / CHARS_PER_TOKEN)
 
 
@@ -49,7 +49,7 @@ def _pdfs_tokens(pdfs: list[str]) -> int:
     key = (len(pdfs), sum(map(len, pdfs)), hash(tuple(pdfs)))
     tokens = _pdf_memo.get(key)
     if tokens is None:
-        budget = attachments.InflateBudget()
+        budget = pdf_pages.InflateBudget()
         tokens = sum(_pdf_tokens(data, budget) for data in pdfs)
         if len(_pdf_memo) >= PDF_MEMO_SIZE:
             _pdf_memo.pop(next(iter(_pdf_memo)), None)
