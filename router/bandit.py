@@ -459,19 +459,20 @@ class ContextualBandit:
 
 def _why(models: Sequence[str], p_good: np.ndarray, penalty: np.ndarray, terms: dict[str, np.ndarray],
          ratios: np.ndarray) -> str:
-    """What moved the best model off the predictor's own, in words: the terms without which the choice would
-    differ (all in play where each alone would do). Not "feedback" where realised prices moved it."""
+    """What moved the best model off the predictor's own, in words: the terms without which the choice would differ
+    (all in play where each alone would do); "" where it did not move. Not "feedback" where prices moved it."""
     def best(drop: str = "") -> int:
         on = {k: 0.0 if k == drop else v for k, v in terms.items()}
         return int(np.argmax(np.clip(p_good + on["feedback"], 0.0, 1.0) - penalty - on["prices"] - on["spend cap"]))
 
     g, own = best(), int(np.argmax(p_good - penalty))
-    active = [k for k, v in terms.items() if np.any(v != 0)]
-    a, b, corr = models[g], models[own], terms["feedback"]
+    if g == own:  # most decisions: nothing to word
+        return ""
+    active, a, b, corr = [k for k, v in terms.items() if np.any(v != 0)], models[g], models[own], terms["feedback"]
     said = {"feedback": f"feedback corrected P(good): {a} {corr[g]:+.2f}, {b} {corr[own]:+.2f}",
             "prices": f"realised prices: {b} costs {ratios[own]:.2f}x its predicted cost, {a} {ratios[g]:.2f}x",
             "spend cap": "the total-spend cap charges refinement's extra spend"}
-    return "" if g == own else "; ".join(said[k] for k in [k for k in active if best(k) != g] or active)
+    return "; ".join(said[k] for k in [k for k in active if best(k) != g] or active)
 
 
 def _share(part: float, whole: float) -> float:

@@ -32,11 +32,11 @@ def findings(config, host: str, port: int, from_file: bool) -> tuple[list[str], 
     `from_file`: the user's --config, whose settings serve holds to (not the presets' or demo's)."""
     from router.cache.verifier import Verifier
     from router.config import resolve_path
-    from router.config_checks import answer_timeout_warnings, unseen_model_warnings
+    from router.config_checks import unseen_model_warnings
     from router.engine import LearnedRouter, find_artifact
     from service.gateway import NO_ROUTER, artifact_problem
     from service.governance.runtime import GovernanceSettings, is_loopback
-    from service.serve_command import check_db_url, key_warnings, refuse_calling_itself, written_artifact_missing
+    from service.serve_command import check_db_url, refuse_calling_itself, start_warnings, written_artifact_missing
     from service.simulator import MODELS, SIMULATED_URL, env_time_scale
 
     errors: list[str] = []
@@ -86,7 +86,7 @@ def findings(config, host: str, port: int, from_file: bool) -> tuple[list[str], 
             LearnedRouter.load(find_artifact(config.learning.shadow.artifact, config))
         except (OSError, ValueError, KeyError) as exc:
             errors.append(f"learning.shadow.artifact {config.learning.shadow.artifact!r}: {exc}")
-    warnings += key_warnings(config) + (answer_timeout_warnings(config) if from_file else [])
+    warnings += start_warnings(config, from_file)
     if port:
         try:
             refuse_calling_itself(config, host, port)

@@ -49,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from router.config import load_config, resolve_sqlite_url
-    from router.config_checks import answer_timeout_warnings
     from service.app import create_app
     from router.store_errors import redact_url
     from service.governance.runtime import Governance
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     server = config.server.model_copy(update={k: v for k, v in (("db", args.db), ("host", args.host), ("port", args.port)) if v is not None})
     config = config.model_copy(update={"server": server})
 
-    for warning in key_warnings(config) + (answer_timeout_warnings(config) if args.config else []):
+    for warning in start_warnings(config, from_file=bool(args.config)):
         log.warning("%s", warning)
     if args.config:
         log.info("%s: %s (%s)", args.config, counted(len(config.models), "model"), ", ".join(f"{m.name} via {m.provider}" for m in config.models))
@@ -255,6 +254,14 @@ def written_artifact_missing(config) -> str | None:
 
     problem = artifact_problem(config) if "artifact" in config.router.model_fields_set else None
     return problem and f"{problem}: correct the path, or leave router.artifact out for the shipped router"
+
+
+def start_warnings(config, from_file: bool) -> list[str]:
+    """What `serve` and `check` warn of at start: unset keys, and a `timeout_s` a file chose that no
+    longer bounds non-streamed calls (the presets' and the demo's are defaults)."""
+    from router.config_checks import answer_timeout_warnings
+
+    return key_warnings(config) + (answer_timeout_warnings(config) if from_file else [])
 
 
 def key_warnings(config) -> list[str]:
