@@ -16,6 +16,8 @@ import importlib.util
 import logging
 import os
 import sqlite3
+import stat
+import tempfile
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -56,14 +58,50 @@ def model_dir() -> Path:
 
 def cache_dir() -> Path:
     given = os.environ.get("OPENCLAW_CACHE_DIR")
-    d = Path(given or Path.home() / ".cache" / "openclaw-router")
+    if not given:
+        return _default_cache_dir()
+    d = Path(given)
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         # The bare errno line names a path but not what it is for, nor the variable that set it.
-        which = f"OPENCLAW_CACHE_DIR={given}" if given else f"the cache folder {d} (OPENCLAW_CACHE_DIR unset)"
-        raise type(exc)(f"{which}: cannot use it as the cache folder: {exc.strerror or exc}") from None
+        raise type(exc)(f"OPENCLAW_CACHE_DIR={given}: cannot use it as the cache folder: {exc.strerror or exc}") from None
     return d
+
+
+def _default_cache_dir() -> Path:
+    """`~/.cache/openclaw-router`, or, where the home folder cannot hold it (a container's user
+    without a home, a read-only one), a private folder under the system's temporary folder: a
+    job that was never told where to cache should still run, not stop on a folder it never chose."""
+    d = Path("~/.cache/openclaw-router")
+    try:
+        d = d.expanduser()  # RuntimeError where no home folder can be determined at all
+        d.mkdir(parents=True, exist_ok=True)
+        if os.access(d, os.W_OK | os.X_OK):
+            return d
+        why = "not writable"
+    except (OSError, RuntimeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+    fallback = Path(tempfile.gettempdir()) / f"openclaw-router-{os.getuid()}"
+    try:
+        fallback.mkdir(mode=0o700, exist_ok=True)
+        st = fallback.stat(follow_symlinks=False)
+    except OSError as exc:
+        raise type(exc)(f"the cache folder {d} (OPENCLAW_CACHE_DIR unset): {why}, and {fallback} cannot "
+                        f"stand in for it: {exc.strerror or exc}; set OPENCLAW_CACHE_DIR") from None
+    # Another user's folder (or a link) of that name in a shared /tmp would hand them the graphs this
+    # process loads and the vectors it trusts.
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise PermissionError(f"the cache folder {d} (OPENCLAW_CACHE_DIR unset): {why}, and {fallback} is not a "
+                              "folder of this user's that only it can write; set OPENCLAW_CACHE_DIR")
+    _warn_fallback(str(d), why, str(fallback))
+    return fallback
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_fallback(default: str, why: str, fallback: str) -> None:
+    log.warning("the cache folder %s cannot be used (%s): caching in %s instead (set OPENCLAW_CACHE_DIR to choose)",
+                default, why, fallback)
 
 
 def _weights_digest() -> str:

@@ -52,6 +52,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # Reports print "—" and "÷": a terminal or pipe that cannot show them gets "?" instead of a
+    # finished job ending in an encoding error after its files were written.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     chosen = next((a for a in argv if a in COMMANDS), None)
     args = build_parser(only=chosen).parse_args(argv)
     # The one handler every log line goes through, uvicorn's too (service/serve_command.py): stdout

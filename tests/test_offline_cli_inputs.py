@@ -4,6 +4,9 @@ output folder left behind by a failed run."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -125,7 +128,6 @@ def test_a_failed_run_leaves_no_empty_output_folder_behind(table, tmp_path, caps
         assert kept.is_dir()
 
 
-
 @pytest.mark.parametrize("command", ["train", "retrain"])
 def test_a_missing_data_file_is_named_before_the_tracking_store_is_created(tmp_path, monkeypatch, capsys, command):
     monkeypatch.chdir(tmp_path)  # the default tracking store is ./.openclaw/mlflow.db
@@ -142,6 +144,8 @@ def _empty_log(tmp_path: Path) -> Path:
     path.parent.mkdir()
     open_outcome_log(f"sqlite:///{path}").close()
     return path
+
+
 @pytest.mark.parametrize("command", ["eval", "train"])
 def test_the_data_and_text_column_help_say_what_the_loader_does(command, capsys):
     from training.data import _READERS
@@ -155,3 +159,48 @@ def test_the_data_and_text_column_help_say_what_the_loader_does(command, capsys)
     assert all(named[kind] in data_help for kind in set(_READERS.values())) and ".gz" in data_help
     column_help = text.split("--text-column TEXT_COLUMN", 2)[-1].split(" --", 1)[0]
     assert ", ".join(TEXT_COLUMNS) in column_help
+
+
+def test_a_home_that_cannot_hold_the_cache_falls_back_to_a_private_temporary_folder(tmp_path, monkeypatch, caplog):
+    from router.embedding import cache_dir
+
+    monkeypatch.delenv("OPENCLAW_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "a-file"))  # a container user whose home cannot be made
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    used = cache_dir()
+    assert used == tmp_path / "tmp" / f"openclaw-router-{os.getuid()}" and used.is_dir()
+    assert used.stat().st_mode & 0o777 == 0o700
+    assert f"caching in {used} instead (set OPENCLAW_CACHE_DIR to choose)" in caplog.text
+    # Someone else's folder of that name in a shared temporary folder is not used.
+    used.chmod(0o777)
+    with pytest.raises(PermissionError, match="is not a folder of this user's that only it can write; set OPENCLAW_CACHE_DIR"):
+        cache_dir()
+
+
+def test_eval_finishes_where_the_terminal_cannot_show_its_report(table, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "service.cli", *_argv("eval", ROUTER, table, tmp_path)], cwd=ROOT,
+                         env={**os.environ, "PYTHONIOENCODING": "ascii"}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "AIQ" in out.stdout and "?" in out.stdout  # "—" and "÷" shown as "?"
+
+
+def test_a_misspelt_model_in_eval_models_gets_the_name_it_may_mean(table, tmp_path, capsys):
+    argv = _argv("eval", ROUTER, table, tmp_path)
+    assert main([*argv, "--models", "GPT-4-1106-preview,mixtral-8x7b"]) == 2
+    assert ("did you mean 'gpt-4-1106-preview' for 'GPT-4-1106-preview', 'mixtral-8x7b-chat' for "
+            "'mixtral-8x7b'?") in capsys.readouterr().err
+
+
+def test_a_model_added_at_request_0_is_trained_on_like_one_there_from_the_start(table, tmp_path, capsys):
+    drifts = ["--drift", "add:mistral-7b-chat@100", "--drift", "add:mixtral-8x7b-chat@50", "--drift", "add:gpt-4-1106-preview@0"]
+    assert _simulate(table, tmp_path / "s.json", *drifts, router=None) == 0, capsys.readouterr().err
+
+
+def test_a_refused_training_file_gets_its_error_on_a_line_of_its_own(tmp_path, capsys):
+    bad = tmp_path / "nan.csv"
+    bad.write_text("prompt,quality__a,cost_usd__a,quality__b,cost_usd__b\nhi,1,0.1,,0.2\n")
+    assert main(["train", "--data", str(bad), "--out", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("openclaw-router train: error: ") and "NaN" in line for line in lines), lines

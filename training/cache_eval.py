@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EMBED_CHUNK = 2048  # distinct texts embedded per step of the progress bar
 # Why a pair missed before any lookup (the lookup's own: router.cache.cache.Lookup.reason).
 EMPTY_TEXT = "empty_text"  # a side asks nothing (an empty cell)
 NOT_CACHEABLE = "not_cacheable"  # the gateway would neither store nor serve a side (router.cache.policy)
@@ -87,24 +86,11 @@ def explain_pairs(df, cache, emb_a, emb_b, progress: Callable[[], object] | None
 
 
 def embed_with_progress(df) -> tuple[np.ndarray, np.ndarray]:
-    """`training.qqp.embed_pairs`, a slice of the distinct texts at a time under a progress bar
-    (a text's vector does not depend on the texts embedded with it: `Embedder.encode`)."""
-    import numpy as np
-    from tqdm import tqdm
-
-    from router.embedding import DIM, encode_cached, whole_list_memoised
+    """`training.qqp.embed_pairs`, the distinct texts under a progress bar."""
+    from training.embed_progress import encode_with_progress
 
     texts = sorted(set(df["text_a"]) | set(df["text_b"]))
-    if whole_list_memoised(texts):  # an earlier release's file for this very list: read at once, not in slices
-        vecs = encode_cached(texts)
-        pos = {t: i for i, t in enumerate(texts)}
-        return vecs[[pos[t] for t in df["text_a"]]], vecs[[pos[t] for t in df["text_b"]]]
-    vecs = np.empty((len(texts), DIM), dtype=np.float32)
-    with tqdm(total=len(texts), desc="embed", unit="text") as bar:
-        for start in range(0, len(texts), EMBED_CHUNK):
-            chunk = texts[start:start + EMBED_CHUNK]
-            vecs[start:start + len(chunk)] = encode_cached(chunk)
-            bar.update(len(chunk))
+    vecs = encode_with_progress(texts)
     pos = {t: i for i, t in enumerate(texts)}
     return vecs[[pos[t] for t in df["text_a"]]], vecs[[pos[t] for t in df["text_b"]]]
 

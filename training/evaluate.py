@@ -42,6 +42,14 @@ class Evaluation:
     decisions: "object"  # pandas DataFrame: row, knob, model
 
 
+def _hint(unusable: Sequence[str], candidates: Sequence[str]) -> str:
+    """"; did you mean ..." for the requested names a usable model's name is close to."""
+    from training.model_names import close_models
+
+    meant = [f"{close[0]!r} for {m!r}" for m in unusable if (close := close_models(m, list(candidates), n=1))]
+    return f"; did you mean {', '.join(meant)}?" if meant else ""
+
+
 def resolve_candidates(file_models: Sequence[str], router_models: Sequence[str],
                        requested: Sequence[str] | None, path: str) -> tuple[list[str], dict]:
     """Models to route between: the file's ∩ the router's (∩ the requested ones), in file order.
@@ -60,14 +68,14 @@ def resolve_candidates(file_models: Sequence[str], router_models: Sequence[str],
         if unusable and len([m for m in candidates if m in requested]) < 2:
             raise ValueError(
                 f"{path}: --models {unusable} not usable: the file has {list(file_models)}, "
-                f"the router knows {list(router_models)}; name two or more models of both"
+                f"the router knows {list(router_models)}; name two or more models of both{_hint(unusable, candidates)}"
             )
         if unusable:
             notes["requested_not_in_file"] = [m for m in unusable if m not in file_models]
             notes["requested_not_in_router"] = [m for m in unusable if m in file_models]
-            log.warning("%s: --models left out: %s", path, ", ".join(
+            log.warning("%s: --models left out: %s%s", path, ", ".join(
                 f"{m!r} ({'not in the file' if m in notes['requested_not_in_file'] else 'unknown to the router'})"
-                for m in unusable))
+                for m in unusable), _hint(unusable, candidates))
         notes["not_requested"] = [m for m in candidates if m not in requested]
         candidates = [m for m in candidates if m in requested]
     if not candidates:
@@ -313,9 +321,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from router.embedding import encode_cached
     from router.engine import LearnedRouter, find_router_option
     from training.data import load_outcomes, prices_for_file, read_frame
+    from training.embed_progress import encode_with_progress
     from training.outputs import check_output_dir, check_output_file
     from training.plots import save_cost_quality_plot
 
@@ -348,8 +356,8 @@ def _run(args: argparse.Namespace) -> int:
         kt_frame = read_frame(args.knn_train)
         kt = load_outcomes(args.knn_train, text_column=args.text_column, prices=prices_for(kt_frame.columns), keep=keep,
                            frame=kt_frame)
-        knn_train = (kt, encode_cached(kt.texts))
-    result = evaluate_table(table, encode_cached(table.texts), router, knn_train=knn_train,
+        knn_train = (kt, encode_with_progress(kt.texts, desc="embed kNN's table"))
+    result = evaluate_table(table, encode_with_progress(table.texts), router, knn_train=knn_train,
                             n_knobs=args.knob_points, budgets=budgets, seed=args.seed)
     result.summary["router"] = str(router_path)
     overlap = training_overlap(args.data, router.manifest)

@@ -40,22 +40,6 @@ def measured_from(start: int, n: int) -> int:
     return start + min(ADAPTATION, max(n - start, 0) // 2)
 
 
-def close_models(name: str, models: list[str], n: int = 3) -> list[str]:
-    """The models a mistyped or shortened name may mean: the same up to case; else those it is part
-    of, those it begins first, punctuation aside (`gpt-4` or `gpt4` for `gpt-4-1106-preview`, which
-    spelling distance misses); else the nearest by spelling."""
-    import difflib
-    import re
-
-    def bare(s: str) -> str:
-        return re.sub(r"[^0-9a-z]", "", s.casefold())
-
-    key = bare(name)
-    same = [m for m in models if m.casefold() == name.casefold()]
-    part = sorted((m for m in models if key and key in bare(m)), key=lambda m: (not bare(m).startswith(key), len(m), m))
-    return (same or part or difflib.get_close_matches(name, models, n=n))[:n]
-
-
 @dataclass(frozen=True)
 class Drift:
     kind: str  # degrade | add
@@ -387,13 +371,17 @@ def simulate(args) -> dict:
         raise ValueError(f"{args.data}: simulate needs recorded costs (cost_usd__<model> columns)")
     unknown = [d.model for d in drifts if d.model not in table.models]
     if unknown:  # before the router is trained, not after
+        from training.model_names import close_models
+
         close = close_models(unknown[0], table.models)
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"--drift names model {unknown[0]!r}, which is not in {args.data}: {table.models}{hint}")
     if router is not None and set(table.models) <= set(added) and min(added.values()) > 0:
         raise ValueError(f"{args.data}: every model is added by a drift ({sorted(added)}); at least one must be there from "
                          f"the start: no model could answer requests 0 to {min(added.values()) - 1}")
-    pred, replay, emb, basis = learned_predictions(table, router, args.train_share, args.seed, list(added))
+    # A model added at request 0 is there from the start, to train on like any other.
+    pred, replay, emb, basis = learned_predictions(table, router, args.train_share, args.seed,
+                                                   [m for m, k in added.items() if k > 0])
     stream = build_stream(replay, args.requests, drifts, args.seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS)
     nodrift = build_stream(replay, args.requests, drifts, args.seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS, apply_drift=False)
     static = static_choices(pred, stream, args.willingness_to_pay, args.latency_weight)

@@ -301,26 +301,27 @@ def build_manifest(table, metrics: dict, sources: list[dict], text_column: str |
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from router.embedding import encode_cached
     from router.engine import LearnedRouter
     from router.features import request_features
     from router.predictor import OutcomePredictor
     from router.types import RoutingRequest
     from training.data import concat_outcomes, load_outcomes, load_prices
+    from training.embed_progress import encode_with_progress
     from training.outputs import check_output_dir
     from training.plots import save_reliability_plot
 
     check_job_options(args)
     t0 = time.time()
     prices = load_prices(args.prices) if args.prices else None
-    tables = [load_outcomes(p, text_column=args.text_column, prices=prices, flat_price=True)
-              for p in tqdm(args.data, desc="load", unit="file")]
+    # The bar is closed (its line ended) even when a file is refused: the error gets a line of its own.
+    with tqdm(args.data, desc="load", unit="file") as files:
+        tables = [load_outcomes(p, text_column=args.text_column, prices=prices, flat_price=True) for p in files]
     table = concat_outcomes(tables)
     check_output_dir(args.out, "--out")  # after the tables are read, before minutes of embedding and fitting
     log.info("%d prompts x %d models from %s", len(table), len(table.models), ", ".join(args.data))
 
     # Per table, so each table's embeddings stay memoised whatever it is combined with.
-    emb = np.vstack([encode_cached(t.texts) for t in tqdm(tables, desc="embed", unit="table")])
+    emb = np.vstack([encode_with_progress(t.texts, desc=f"embed {Path(t.path).name}") for t in tables])
     requests = [RoutingRequest(text=t, input_tokens=int(n)) for t, n in zip(table.texts, table.input_tokens)]
     X = np.hstack([emb, request_features(requests)])
 

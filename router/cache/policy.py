@@ -39,21 +39,26 @@ def cache_control(headers: Mapping[str, str]) -> CacheControl:
 
 
 _SENTENCE_END = re.compile(r"[.?!\n]+")
-_PRESENT = re.compile(r"\b(?:right now|currently|latest|at the moment|this moment)\b")
-# "now" after these is no question about the present: "I now know ...", "it's now ...", "by now", "until now".
+_PRESENT = re.compile(r"\b(?:right now|currently|latest|at the moment|this moment)\b"
+                      # the clock and the calendar: "What time is it?", "what's the date"
+                      r"|\bwhat(?: (?:time|day|date|year|month) is it|(?:'s| is) the (?:time|date))(?: (?:now|today|there|in(?: \w+){1,3}))?$")
+# "now" after these is no question about the present ("I now know ...", "it's now ...") unless it closes
+# the sentence ("What time is it now?", "How much has it raised until now?").
 _NOW_AFTER = frozenset("i we you he she it they i'm we're you're he's she's it's they're am have has had by until till".split())
 
 
 def asks_about_now(text: str) -> bool:
     """Whether the question's last sentence asks about the moment of asking: a day or span named
     from it (`features.times`: today, tonight, this week, next year...), "right now", "currently",
-    "latest", "at the moment", "this moment", or "now" (not "I now know", "now that", "from now
-    on"). Only the last sentence: "I now know Python. What should I learn next?" is not one. Of
-    QQP's 71,778 distinct questions it flags 726 (1.0 %)."""
+    "latest", "at the moment", "this moment", the clock or the calendar ("What time is it?",
+    "what's the date"), or "now" (not "I now know", "now that", "from now on"; always when it
+    closes the sentence). Only the last sentence: "I now know Python. What should I learn next?"
+    is not one. Of QQP's 71,778 distinct questions it flags 741 (1.0 %)."""
     last = next((part for part in reversed(_SENTENCE_END.split(text)) if part.strip()), "")
     ws = words(last)
     joined = " ".join(ws)
-    return bool(times(last) or _PRESENT.search(joined) or any(
+    # "now" closing the sentence is about the present whatever comes before it: "What time is it now?"
+    return bool(times(last) or _PRESENT.search(joined) or ws[-1:] == ("now",) or any(
         w == "now" and (i == 0 or ws[i - 1] not in _NOW_AFTER) and ws[i + 1:i + 2] not in (("that",), ("on",))
         for i, w in enumerate(ws)))
 
