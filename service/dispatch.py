@@ -400,6 +400,7 @@ class Dispatcher:
                     self._record(ctx, name, "abandoned", reason="client_left" if isinstance(cut, ClientGone) else "cancelled",
                                  retry=retry, latency_s=round(time.perf_counter() - started, 4))
                     ctx.extras["abandoned_on"] = name
+                    self.metrics.attempts.labels(name, "abandoned").inc()
                     self.live.release(name, claim)
                     raise
                 except BaseException:
@@ -489,3 +490,4 @@ class Dispatcher:
             # The time until the client left says nothing of the model's speed: a slow model
             # whose users press stop would pass for a fast one.
             self.live.abandoned(name, stream.claim, stream.ttft_s, output_tokens)
+            self.metrics.attempts.labels(name, "abandoned").inc()

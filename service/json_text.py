@@ -5,6 +5,11 @@ slicing cuts an emoji so, and JSON.stringify writes the half; some servers split
 boundary). `json.loads` accepts it, but the resulting str cannot be encoded as UTF-8, so hashing
 the request for the cache, logging it or sending an answer would fail, and an agent that replays
 its history would fail on every later turn. Each lone half becomes U+FFFD on the way in.
+
+The same half may come unescaped, as the three bytes UTF-8 reserves for no character (ED A0..BF
+xx: Java's and CESU-8's encoders write surrogates so), which `json.loads` also lets through
+(it decodes bytes with "surrogatepass"); it is replaced alike, and such a pair becomes the
+character it encodes.
 """
 from __future__ import annotations
 
@@ -13,17 +18,17 @@ import math
 import re
 from typing import Any
 
-_ESCAPED_SURROGATE_TEXT = re.compile(r"\\u[dD][89a-fA-F]")
-_ESCAPED_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_TEXT = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 MAX_DEPTH = 256  # nesting a surrogate walk follows; real requests nest a few dozen levels at most
 
 
 def loads(raw: str | bytes, *, finite: bool = False) -> Any:
-    """`json.loads`, and where the text escapes a surrogate, every lone one replaced. Too deep
+    """`json.loads`, and where the text holds a surrogate, every lone one replaced. Too deep
     to walk is a ValueError, as invalid JSON is; so, with `finite`, is a number that is no
     finite double (NaN and Infinity are Python's extensions of JSON; 1e999 has no double)."""
     value = json.loads(raw, parse_constant=_non_finite, parse_float=_finite_float) if finite else json.loads(raw)
-    pattern = _ESCAPED_SURROGATE_TEXT if isinstance(raw, str) else _ESCAPED_SURROGATE_BYTES
+    pattern = _SURROGATE_TEXT if isinstance(raw, str) else _SURROGATE_BYTES
     if not pattern.search(raw):
         return value
     try:

@@ -37,7 +37,8 @@ class Metrics:
             "openclaw_routing_choices", "Models chosen by the router, by profile", ["model", "profile"], registry=r
         )
         self.attempts = Counter(
-            "openclaw_upstream_attempts", "Upstream calls by model and outcome (ok or error kind)",
+            "openclaw_upstream_attempts",
+            "Upstream calls by model and outcome: ok, an error kind, or abandoned (its client left, or shutdown cut it)",
             ["model", "outcome"], registry=r,
         )
         self.fallbacks = Counter(

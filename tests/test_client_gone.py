@@ -42,6 +42,13 @@ def live(gw: Any, model: str) -> dict[str, Any]:
     return httpx.get(f"{gw.url}/healthz").json()["models"][model]
 
 
+def upstream_calls(gw: Any, model: str) -> dict[str, float]:
+    """`openclaw_upstream_attempts_total` for `model`, by outcome."""
+    prefix = f'openclaw_upstream_attempts_total{{model="{model}",outcome="'
+    lines = httpx.get(f"{gw.url}/metrics").text.splitlines()
+    return {line[len(prefix):].split('"', 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix)}
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -88,6 +95,7 @@ def test_a_client_that_left_while_the_model_hung_gets_no_failover(start_gateway,
         assert (m1["error_rate"], m1["circuit"]) == (0.0, "closed")
         # m1 was sent the prompt: it is billed, with no output.
         assert row["cost_usd"] > 0 and row["output_tokens"] == 0 and row["input_tokens"] > 0
+        assert upstream_calls(gw, "m1") == {"abandoned": 1.0}  # a call made, so counted
     else:
         # A non-streamed call in flight runs on (most providers bill it anyway; the cache may keep its answer).
         assert attempts(row) == [("m1", "error", "timeout")]
@@ -117,6 +125,7 @@ def test_a_stream_its_client_abandons_adds_no_latency_sample(start_gateway, upst
     # The time until the user pressed stop is no latency of the model's: a slow model would pass for fast.
     assert after["ewma_latency_s"] == whole["ewma_latency_s"]
     assert after["ewma_ttft_s"] is not None and after["error_rate"] == 0.0 and after["in_flight"] == 0
+    assert upstream_calls(gw, "m1") == {"ok": 1.0, "abandoned": 1.0}
 
 
 def test_an_abandoned_probe_leaves_the_circuit_to_the_next_probe(start_gateway, upstream):

@@ -311,6 +311,19 @@ def test_half_an_emoji_in_the_history_or_the_answer_is_replaced_not_a_500(gw, up
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "half \ufffd"
 
 
+def test_half_an_emoji_as_raw_bytes_is_replaced_and_the_request_logged(gw, upstream):
+    # The same half unescaped, as Java's and CESU-8's encoders write it (ED A0 BD), and a whole emoji
+    # written as two such halves: json.loads lets both through as surrogates. Was a 500 and no row.
+    body = (b'{"model": "auto", "messages": [{"role": "user", "content": "cut \xed\xa0\xbd here '
+            b'\xed\xa0\xbd\xed\xb8\x80 whole"}]}')
+    r = httpx.post(f"{gw.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert upstream.requests[-1].body["messages"][0]["content"] == "cut \ufffd here \U0001f600 whole"
+    assert gw.outcome(r.headers["x-request-id"])["status"] == "ok"
+    r = httpx.post(f"{gw.url}/v1/route", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
 def test_oversized_body_and_bad_headers_are_refused(gw):
     big = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "x" * 2_000_000}]}).encode()
     r = httpx.post(f"{gw.url}/v1/chat/completions", content=big, headers={"content-type": "application/json"})

@@ -255,6 +255,9 @@ def test_json_text_replaces_lone_surrogates_and_calls_too_deep_invalid():
 
     assert json_text.loads(b'{"a": ["x \\ud83d y", {"\\udc00k": "\\ud83d\\ude00"}]}') == {"a": ["x \ufffd y", {"\ufffdk": "\U0001f600"}]}
     assert json_text.loads('"plain"') == "plain" and json_text.loads("[1, null]") == [1, None]
+    # unescaped: an upstream's answer body as Java writes it (bytes), and a str already holding one
+    assert json_text.loads(b'{"content": "x \xed\xa0\xbd y \xed\xa0\xbd\xed\xb8\x80"}') == {"content": "x \ufffd y \U0001f600"}
+    assert json_text.loads('["a \ud800 b"]') == ["a \ufffd b"]
     deep = "[" * 900 + '"\\ud83d"' + "]" * 900  # json.loads takes it; replacing walks two frames a level
     with pytest.raises(ValueError):
         json_text.loads(deep)
