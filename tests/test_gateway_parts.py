@@ -2,6 +2,7 @@
 (real SQLite in WAL mode) and the SSE assembler."""
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -202,6 +203,25 @@ def test_prompt_storage_modes(tmp_path, storage):
     ctx.embedding = None  # a named-model request: no embedding, so only the text could be hashed
     bare = OutcomeHook(log=None, prompt_storage=storage, simulated=frozenset()).record(ctx)
     assert (bare.features_hash is None) == (storage == "none")  # `none`: not even a digest of the text
+
+
+def test_a_request_the_full_record_cannot_take_still_gets_its_row_with_spend(tmp_path):
+    # A lone surrogate past the JSON reader (as raw CESU-8 bytes once were) cannot be hashed: the
+    # full record fails, and the row with what accounting needs is written all the same.
+    body = {"messages": [{"role": "user", "content": "half \ud800 an emoji"}]}
+    ctx = RequestContext(request_id="r-odd", body=body, routing=view_chat_request(body), headers={}, stream=True, profile="auto")
+    ctx.answered_by, ctx.status, ctx.cost_usd = "m1", "ok", 0.0125
+    ctx.extras["usage"] = {"prompt_tokens": 12, "completion_tokens": 30}
+    url = f"sqlite:///{tmp_path}/o.sqlite"
+    log = open_outcome_log(url)
+    hook = OutcomeHook(log=log, prompt_storage="hash")
+    with pytest.raises(UnicodeEncodeError):
+        hook.record(ctx)
+    asyncio.run(hook.post(ctx))
+    log.close()
+    row = read_outcomes(url).iloc[0]
+    assert (row.request_id, row.status, row.answered_model, row.cost_usd) == ("r-odd", "ok", "m1", 0.0125)
+    assert (row.input_tokens, row.output_tokens) == (12, 30) and row.error == "outcome record incomplete: UnicodeEncodeError"
 
 
 def test_assembler_rebuilds_what_completion_to_chunks_split():

@@ -7,6 +7,7 @@ outcome log does the I/O.
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any, Literal
 
 import numpy as np
@@ -14,6 +15,8 @@ import numpy as np
 from router.features import request_features
 from router.outcome_log import OutcomeLog, OutcomeRecord
 from service.pipeline import RequestContext
+
+log = logging.getLogger(__name__)
 
 
 def _sha256(data: bytes) -> str:
@@ -38,7 +41,26 @@ class OutcomeHook:
         return None
 
     async def post(self, ctx: RequestContext) -> None:
-        self.log.write(self.record(ctx))
+        try:
+            record = self.record(ctx)
+        except Exception as exc:
+            # Something in the request the record could not take (a bug, an odd value): the row is
+            # still written, with what accounting needs, so spend and request counts stay whole.
+            log.exception("request %s: its full outcome record failed; writing the essentials", ctx.request_id)
+            record = self.essentials(ctx, exc)
+        self.log.write(record)
+
+    @staticmethod
+    def essentials(ctx: RequestContext, exc: Exception) -> OutcomeRecord:
+        usage = ctx.extras.get("usage") or {}
+        return OutcomeRecord(
+            request_id=ctx.request_id, ts=ctx.extras.get("received_at") or 0.0, key_label=ctx.key_label, tenant=ctx.tenant,
+            requested_model=ctx.requested_model, profile=ctx.profile, stream=ctx.stream,
+            chosen_model=ctx.decision.model if ctx.decision else None, answered_model=ctx.answered_by,
+            input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens"),
+            cost_usd=ctx.cost_usd, saved_cost_usd=ctx.saved_cost_usd, status=ctx.status,
+            error=f"outcome record incomplete: {type(exc).__name__}",
+        )
 
     def record(self, ctx: RequestContext) -> OutcomeRecord:
         extras = ctx.extras
