@@ -62,12 +62,14 @@ def train_on(frame, folder: Path, prices: Path, extra: list[str]) -> Path:
 def online_replay(table, router_path: Path, requests: int, seeds=(0, 1, 2), wtp: float = 1.0) -> list[dict]:
     """Static vs bandit router on a request stream of `table`'s prompts; second-half means."""
     from router.bandit import BanditSettings
+    from router.engine import LearnedRouter
     from router.predictor import DEFAULT_THROUGHPUT_TPS, DEFAULT_TTFT_S
     from training import simulate as sim
 
+    router = LearnedRouter.load(router_path)
     runs = []
     for seed in seeds:
-        pred, replay, emb, basis = sim.learned_predictions(table, str(router_path), 0.5, seed, [])
+        pred, replay, emb, basis = sim.learned_predictions(table, router, 0.5, seed, [])
         stream = sim.build_stream(replay, requests, [], seed, DEFAULT_TTFT_S, DEFAULT_THROUGHPUT_TPS)
         static = sim.static_choices(pred, stream, wtp, 0.0)
         bandit, *_ = sim.bandit_choices(pred, emb, stream, wtp, 0.0, BanditSettings(seed=seed), 1.0, seed, basis)
