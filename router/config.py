@@ -187,7 +187,7 @@ class ProviderSpec(_Strict):
     # timeout_s for it abandoned every answer longer than that and paid for it twice (the call
     # is billed, then failed over).
     answer_timeout_s: float | None = Field(
-        default=None, gt=0, description=f"the longest wait for a whole non-streamed answer; default the larger of "
+        default=None, gt=0, description=f"the longest wait for a whole non-streamed answer, and for a stream's first output; default the larger of "
                                         f"{DEFAULT_ANSWER_TIMEOUT_S:g} s (the OpenAI SDK's) and timeout_s")
     connect_timeout_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=100, gt=0)

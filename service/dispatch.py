@@ -139,13 +139,20 @@ def failover_chain(config: Config, ctx: RequestContext) -> list[str]:
     return [named.name, *allowed]
 
 
-async def _up_to_first_output(upstream: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The chunks up to and including the first that carries output; the rest stays unread."""
+async def _up_to_first_output(upstream: AsyncIterator[dict[str, Any]], within_s: float) -> list[dict[str, Any]]:
+    """The chunks up to and including the first that carries output, within `within_s` in all;
+    the rest stays unread. Keep-alive comments (OpenRouter's while a provider is queued) reset the
+    read timeout: an upstream sending only those held the request for good, not failing over."""
     held: list[dict[str, Any]] = []
-    async for chunk in upstream:
-        held.append(chunk)
-        if carries_output(chunk):
-            return held
+    try:
+        async with asyncio.timeout(within_s):
+            async for chunk in upstream:
+                held.append(chunk)
+                if carries_output(chunk):
+                    return held
+    except TimeoutError:
+        raise UpstreamError("timeout", f"no output within {within_s:g} s (answer_timeout_s), though the stream "
+                                       "was kept open") from None
     raise UpstreamError("malformed", "the stream ended without any output")
 
 
@@ -455,7 +462,7 @@ class Dispatcher:
             started = time.perf_counter()
             upstream = self.providers[spec.provider].stream(spec, body)
             try:
-                held = await _unless_client_leaves(ctx, _up_to_first_output(upstream))
+                held = await _unless_client_leaves(ctx, _up_to_first_output(upstream, self.config.providers[spec.provider].answer_wait_s))
             except BaseException:
                 await upstream.aclose()
                 raise

@@ -18,6 +18,8 @@ Replies (each works for streaming and non-streaming requests unless noted):
   cut_stream(after_chunks=2)                         stream: close the connection after N SSE events
                                                      (event 1 is the role chunk: after_chunks=1 cuts before any token)
   stall_stream(after_chunks=2, seconds=30)           stream: stop sending (read timeout) after N events
+  keep_alive(seconds=30, every_s=0.2)                stream: the role chunk, then only SSE comments (": OPENROUTER
+                                                     PROCESSING") for `seconds`, then the answer
   malformed_chunk(after_chunks=1)                    stream: N good events, then `data: {"choices": [` (invalid JSON)
   invalid_json()                                     200 whose body is not JSON (non-stream) / first event not JSON (stream)
   context_length()                                   400 code context_length_exceeded
@@ -44,7 +46,7 @@ from service.asgi_thread import serve_in_thread
 
 @dataclass(frozen=True)
 class Reply:
-    kind: str = "ok"  # ok | error | hang | cut | stall | malformed | invalid_json
+    kind: str = "ok"  # ok | error | hang | cut | stall | keep_alive | malformed | invalid_json
     text: str | None = None
     tool_calls: tuple[dict[str, Any], ...] = ()
     status: int = 200
@@ -54,6 +56,7 @@ class Reply:
     chunk_delay_s: float = 0.0
     after_chunks: int = 0
     seconds: float = 0.0
+    every_s: float = 0.0
     usage: bool = True  # False: a server that never reports usage (some llama.cpp and proxy builds)
     usage_fields: tuple[tuple[str, Any], ...] = ()  # more usage fields, as some providers add their own
 
@@ -97,6 +100,10 @@ def cut_stream(after_chunks: int = 2) -> Reply:
 
 def stall_stream(after_chunks: int = 2, seconds: float = 30.0) -> Reply:
     return Reply("stall", after_chunks=after_chunks, seconds=seconds)
+
+
+def keep_alive(seconds: float = 30.0, every_s: float = 0.2) -> Reply:
+    return Reply("keep_alive", after_chunks=1, seconds=seconds, every_s=every_s)
 
 
 def malformed_chunk(after_chunks: int = 1) -> Reply:
@@ -261,6 +268,12 @@ class FakeUpstream:
                     raise _CutConnection("fake upstream stalled the stream")
                 await send({"type": "http.response.body", "body": b'data: {"choices": [\n\n', "more_body": True})
                 break
+            if reply.kind == "keep_alive" and i == reply.after_chunks:
+                # OpenRouter's while a provider is queued: bytes that keep the connection alive, no output.
+                until = time.monotonic() + reply.seconds
+                while time.monotonic() < until:
+                    await send({"type": "http.response.body", "body": b": OPENROUTER PROCESSING\n\n", "more_body": True})
+                    await self._sleep(reply.every_s)
             if reply.kind == "invalid_json" and i == 0:
                 await send({"type": "http.response.body", "body": b"data: not json at all\n\n", "more_body": True})
                 break

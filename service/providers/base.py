@@ -34,6 +34,7 @@ import aiohttp
 from router.config import ModelSpec, ProviderSpec
 from router.request_view import output_limit as requested_output_limit
 from service import json_text
+from service.providers.sse_read import iter_sse
 
 ErrorKind = Literal[
     "rate_limit", "server", "timeout", "connection", "context_length", "bad_request", "unsupported", "auth", "not_found",
@@ -159,9 +160,12 @@ def error_message(payload: Any, fallback: str) -> str:
                 return msg
         elif isinstance(err, str) and err:
             return err
-        msg = payload.get("message")
-        if isinstance(msg, str) and msg:
-            return msg
+        for msg in (payload.get("message"), payload.get("detail")):  # `detail`: FastAPI's, a string or a 422's list
+            if isinstance(msg, str) and msg:
+                return msg
+        detail = payload.get("detail")
+        if isinstance(detail, list) and detail and all(isinstance(d, Mapping) and isinstance(d.get("msg"), str) for d in detail):
+            return "; ".join(".".join(map(str, d.get("loc") or ())) + (": " if d.get("loc") else "") + d["msg"] for d in detail)
     if isinstance(payload, list) and payload:
         return error_message(payload[0], fallback)
     return fallback
@@ -286,42 +290,6 @@ def transport_error(exc: BaseException, secrets: tuple[str | None, ...] = ()) ->
 
 
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
-
-
-async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """The body's lines without their ends. Split here rather than with aiohttp's readline,
-    which refuses a line past its read buffer's high-water mark (512 KiB in aiohttp 3.14): one
-    SSE event can carry a whole answer or a tool call's arguments."""
-    pending = b""
-    async for block in response.content.iter_any():
-        pending += block
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            yield line.rstrip(b"\r").decode("utf-8", "replace")
-    if pending:
-        yield pending.rstrip(b"\r").decode("utf-8", "replace")
-
-
-async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, str]]:
-    """(event, data) pairs of a text/event-stream body; multi-line data joined by newlines."""
-    event: str | None = None
-    data: list[str] = []
-    async for line in _lines(response):
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = None, []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if field == "event":
-            event = value
-        elif field == "data":
-            data.append(value)
-    if data:
-        yield event, "\n".join(data)
 
 
 def output_limit(model: ModelSpec, body: dict[str, Any]) -> int | None:

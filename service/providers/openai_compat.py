@@ -123,7 +123,7 @@ class OpenAICompatProvider(Provider):
         result = await self._post_json(url, self._payload(model, body, stream=False), self._headers())
         if not isinstance(result, dict):
             raise UpstreamError("malformed", "response is not a JSON object")
-        if "error" in result:
+        if result.get("error") is not None:  # some servers send `"error": null` beside a good answer
             raise error_in_body(result, self._secrets())
         choices = result.get("choices")
         if not isinstance(choices, list) or not choices \
@@ -132,7 +132,7 @@ class OpenAICompatProvider(Provider):
         for choice in choices:  # an answer the upstream ended without saying why: finished, as streamed
             if not choice.get("finish_reason"):
                 choice["finish_reason"] = finish_reason_of(choice["message"])
-        _with_cached_tokens(as_object(result.get("usage"), "usage"))  # read by the gateway to bill the answer
+        _read_usage(result)
         result["model"] = model.name
         result.setdefault("object", "chat.completion")
         return result
@@ -150,12 +150,12 @@ class OpenAICompatProvider(Provider):
                         yield chunk
                     return
                 chunk = envelope.parse_json_event(data, secrets)
-                if "error" in chunk:
+                if chunk.get("error") is not None:
                     raise error_in_body(chunk, secrets)
-                choices = chunk.get("choices", [])
+                choices = chunk.get("choices") or []  # `null` on a usage-only chunk, as on OpenAI's `[]`
                 if not isinstance(choices, list) or not all(isinstance(c, dict) and isinstance(c.get("delta") or {}, dict) for c in choices):
                     raise UpstreamError("malformed", "stream chunk has no choices list of objects with a delta")
-                _with_cached_tokens(as_object(chunk.get("usage"), "usage"))  # read by the gateway to bill the answer
+                _read_usage(chunk)
                 chunk["model"] = model.name
                 chunk.setdefault("object", "chat.completion.chunk")
                 for out in ending.add(chunk):
@@ -220,6 +220,19 @@ class _Ending:
         ends = [envelope.chunk(base, {}, reason, index=i) for i, reason in self.open.items()]
         self.open = {}
         return ends + self.cut()
+
+
+def _read_usage(answer: dict[str, Any]) -> None:
+    """The usage the gateway bills the answer by and clients read. Without both token counts
+    (`"prompt_tokens": null`, as some servers send) it is dropped, so that the gateway's estimate
+    bills the answer, as for an upstream that reports none: nulls billed it at $0."""
+    usage = as_object(answer.get("usage"), "usage")
+    if not usage:  # none on this chunk (OpenAI's `"usage": null` on every chunk but the last)
+        return
+    if not all(isinstance(usage.get(k), int) and not isinstance(usage.get(k), bool) for k in ("prompt_tokens", "completion_tokens")):
+        answer.pop("usage", None)
+        return
+    _with_cached_tokens(usage)
 
 
 def _with_cached_tokens(usage: dict[str, Any]) -> None:

@@ -1,0 +1,110 @@
+"""What "OpenAI-compatible" servers send that OpenAI does not, through a running gateway and the
+real `openai` SDK: `"error": null` beside a good answer, usage with null counts, a usage chunk
+whose `choices` is null, FastAPI's `{"detail": ...}` errors. Each upstream is a `WireServer`
+replying verbatim."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import openai
+import pytest
+
+from tests.fake_upstream import WireServer
+from tests.gateway_harness import DEFAULT_QUALITY, MSG, QualityRouter, Running, fake_config
+
+ANSWER = {"id": "c1", "object": "chat.completion", "created": 1, "model": "m1",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}]}
+NULL_USAGE = {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None}
+
+
+def chunk(delta: dict[str, Any] | None, finish: str | None = None, **fields: Any) -> dict[str, Any]:
+    choices = [{"index": 0, "delta": delta, "finish_reason": finish}] if delta is not None else fields.pop("choices")
+    return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m1", "choices": choices, **fields}
+
+
+@contextmanager
+def gateway(tmp_path, reply) -> Iterator[Running]:
+    with WireServer() as srv:
+        reply(srv)
+        running = Running(fake_config(srv.url + "/v1", f"sqlite:///{tmp_path}/o.sqlite"), router=QualityRouter(DEFAULT_QUALITY))
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
+def test_an_answer_with_error_null_and_null_usage_is_answered_and_billed_at_the_estimate(tmp_path):
+    # Was: failed over as an error (and a 503 with no other model); with the nulls, billed $0.
+    with gateway(tmp_path, lambda srv: srv.reply(json_body={**ANSWER, "error": None, "usage": NULL_USAGE})) as gw:
+        raw = gw.client().chat.completions.with_raw_response.create(model="m1", messages=MSG, extra_body={"fallbacks": []})
+        answer, row = raw.parse(), gw.outcome(raw.headers["x-request-id"])
+    assert answer.choices[0].message.content == "Hi there"
+    assert answer.usage.prompt_tokens > 0 and answer.usage.completion_tokens > 0
+    assert [(a["model"], a["status"]) for a in row["attempts"]] == [("m1", "ok")]
+    assert row["cost_usd"] > 0 and row["extras"]["usage_estimated"] is True
+
+
+@pytest.mark.parametrize("usage_chunk, billed_tokens", [
+    # vLLM-like servers that put `choices: null` on the usage chunk: the reported usage was dropped
+    (chunk(None, choices=None, usage={"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}), (11, 7)),
+    # counts reported as null: the estimate bills it, as for a server that reports none
+    (chunk(None, choices=[], usage=NULL_USAGE), None),
+], ids=["choices-null", "null-counts"])
+def test_a_streamed_answers_usage_in_other_shapes_is_read_or_estimated(tmp_path, usage_chunk, billed_tokens):
+    events = [(None, chunk({"role": "assistant", "content": ""}, error=None)), (None, chunk({"content": "Hi there"}, error=None)),
+              (None, chunk({}, "stop")), (None, usage_chunk), (None, "[DONE]")]
+    with gateway(tmp_path, lambda srv: srv.reply_sse(events)) as gw:
+        chunks = list(gw.client().chat.completions.create(model="m1", messages=MSG, stream=True,
+                                                          stream_options={"include_usage": True}))
+        row = gw.outcome(chunks[0].id)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi there"
+    usage = chunks[-1].usage
+    assert [c for c in chunks if c.usage is not None] == [chunks[-1]]
+    assert row["status"] == "ok" and row["cost_usd"] > 0
+    if billed_tokens:
+        assert (usage.prompt_tokens, usage.completion_tokens) == billed_tokens == (row["input_tokens"], row["output_tokens"])
+    else:
+        assert usage.prompt_tokens > 0 and usage.completion_tokens > 0 and row["extras"]["usage_estimated"] is True
+
+
+@pytest.mark.parametrize("detail, message", [
+    ("temperature must be <= 2", "temperature must be <= 2"),
+    ([{"loc": ["body", "temperature"], "msg": "Input should be less than or equal to 2", "type": "less_than_equal"}],
+     "body.temperature: Input should be less than or equal to 2"),
+], ids=["string", "validation-list"])
+def test_a_fastapi_servers_detail_is_the_error_message(tmp_path, detail, message):
+    with gateway(tmp_path, lambda srv: srv.reply(json_body={"detail": detail}, status=422 if isinstance(detail, list) else 400)) as gw:
+        with pytest.raises(openai.BadRequestError) as info:
+            gw.client().chat.completions.create(model="m1", messages=MSG, temperature=1.5)
+    assert message in info.value.message and '{"detail"' not in info.value.message
+
+
+class _Body:
+    """An aiohttp response's `content` as `_lines` reads it: these blocks, in this order."""
+
+    def __init__(self, blocks: list[bytes]):
+        self.content = self
+        self._blocks = blocks
+
+    async def iter_any(self):
+        for block in self._blocks:
+            yield block
+
+
+def test_sse_lines_are_the_same_however_the_body_is_cut_into_reads():
+    import asyncio
+
+    from service.providers.sse_read import iter_sse
+
+    body = (b': OPENROUTER PROCESSING\r\n\r\nevent: delta\r\ndata: {"a": "\xc3\xa9t\xc3\xa9"}\r\n\r\n'
+            b'data: ' + b"x" * 5000 + b'\ndata: second line\n\ndata: [DONE]')
+
+    async def events(blocks):
+        return [item async for item in iter_sse(_Body(blocks))]
+
+    whole = asyncio.run(events([body]))
+    assert whole == [("delta", '{"a": "été"}'), (None, "x" * 5000 + "\nsecond line"), (None, "[DONE]")]
+    for size in (1, 2, 3, 7, 64, 1000):  # mid-line, between "\r" and "\n", inside a UTF-8 character
+        assert asyncio.run(events([body[i:i + size] for i in range(0, len(body), size)])) == whole
+    assert asyncio.run(events([b"", body[:40], b"", body[40:]])) == whole
