@@ -32,7 +32,7 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-MASTER = "bench-master-" + secrets.token_hex(8)
+MASTER = "bench-master-" + secrets.token_hex(16)  # 45 characters: no short-key warning
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -283,7 +283,7 @@ def main() -> int:
                 if args.pg:
                     results.append(with_pg_schema(args.pg, lambda url: dashboard_mode("PostgreSQL", {**base, "db": url},
                                                                                       args.dashboard)))
-                out = Path(args.out or "bench/results/governance_dashboard.json")
+                out = Path(args.out) if args.out else REPO / "bench" / "results" / "governance_dashboard.json"
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps({"rows": args.dashboard, "results": results}, indent=2))
                 return 0
@@ -297,7 +297,7 @@ def main() -> int:
                     args.requests, True)))
     finally:
         stop()
-    out = Path(args.out or "bench/results/governance.json")
+    out = Path(args.out) if args.out else REPO / "bench" / "results" / "governance.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"requests": args.requests, "results": results}, indent=2))
     return 0
