@@ -4,9 +4,11 @@ whose `choices` is null, FastAPI's `{"detail": ...}` errors. Each upstream is a 
 replying verbatim."""
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+import httpx
 import openai
 import pytest
 
@@ -66,6 +68,25 @@ def test_a_streamed_answers_usage_in_other_shapes_is_read_or_estimated(tmp_path,
         assert (usage.prompt_tokens, usage.completion_tokens) == billed_tokens == (row["input_tokens"], row["output_tokens"])
     else:
         assert usage.prompt_tokens > 0 and usage.completion_tokens > 0 and row["extras"]["usage_estimated"] is True
+
+
+def test_a_float_created_and_an_engines_own_stop_reason_reach_the_client_as_openai_writes_them(tmp_path):
+    # Typed clients (Go's, Rust's SDKs) take an integer `created` and OpenAI's finish reasons only.
+    streamed = [(None, chunk({"role": "assistant", "content": "Hi"}, created=1700000000.5)),
+                (None, chunk({}, "eos", created=1700000000.5)), (None, "[DONE]")]
+
+    def replies(srv):
+        srv.reply(json_body={**ANSWER, "created": 1700000000.5, "choices": [{**ANSWER["choices"][0], "finish_reason": "max_tokens"}]})
+        srv.reply_sse(streamed)
+
+    with gateway(tmp_path, replies) as gw:
+        raw = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "m1", "messages": MSG}).json()
+        lines = [line for line in httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "m1", "messages": MSG, "stream": True}
+                                             ).text.splitlines() if line.startswith("data: {")]
+    assert raw["created"] == 1700000000 and raw["choices"][0]["finish_reason"] == "length"
+    events = [json.loads(line[len("data: "):]) for line in lines]
+    assert {e["created"] for e in events} == {1700000000}
+    assert [c["finish_reason"] for e in events for c in e["choices"] if c.get("finish_reason")] == ["stop"]
 
 
 @pytest.mark.parametrize("detail, message", [

@@ -11,6 +11,7 @@ of replayed assistant turns among them.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import string
 from typing import Any, AsyncIterator, Callable
@@ -129,6 +130,7 @@ class OpenAICompatProvider(Provider):
         if not isinstance(choices, list) or not choices \
                 or not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
             raise UpstreamError("malformed", "response has no choices with a message")
+        _as_openai_writes_it(result)
         for choice in choices:  # an answer the upstream ended without saying why: finished, as streamed
             if not choice.get("finish_reason"):
                 choice["finish_reason"] = finish_reason_of(choice["message"])
@@ -156,6 +158,7 @@ class OpenAICompatProvider(Provider):
                 if not isinstance(choices, list) or not all(isinstance(c, dict) and isinstance(c.get("delta") or {}, dict) for c in choices):
                     raise UpstreamError("malformed", "stream chunk has no choices list of objects with a delta")
                 _read_usage(chunk)
+                _as_openai_writes_it(chunk)
                 chunk["model"] = model.name
                 chunk.setdefault("object", "chat.completion.chunk")
                 for out in ending.add(chunk):
@@ -220,6 +223,24 @@ class _Ending:
         ends = [envelope.chunk(base, {}, reason, index=i) for i, reason in self.open.items()]
         self.open = {}
         return ends + self.cut()
+
+
+# Servers built on other engines name their stop reasons their own way; typed clients (Go's, Rust's
+# SDKs) take only OpenAI's values.
+_FINISH_REASONS = {"eos": "stop", "eos_token": "stop", "stop_sequence": "stop", "end_turn": "stop",
+                   "max_tokens": "length", "model_length": "length"}
+
+
+def _as_openai_writes_it(answer: dict[str, Any]) -> None:
+    """OpenAI's types where a server strays from them: `created` an integer (some send a float),
+    finish reasons from OpenAI's set."""
+    created = answer.get("created")
+    if isinstance(created, float) and math.isfinite(created):
+        answer["created"] = int(created)
+    for choice in answer.get("choices") or ():
+        reason = choice.get("finish_reason")
+        if isinstance(reason, str) and reason in _FINISH_REASONS:
+            choice["finish_reason"] = _FINISH_REASONS[reason]
 
 
 def _read_usage(answer: dict[str, Any]) -> None:
