@@ -89,7 +89,9 @@ def test_a_burst_of_long_answers_is_held_at_the_limit(gated):
 
 def test_what_an_answer_did_not_use_makes_room_for_the_next(gated):
     gw, admin, up, _ = gated
-    up.default("m3", ok("y" * 400, delay_s=0.5))  # 100 output tokens of the 2,000 allowed
+    # 100 output tokens of the 2,000 allowed; answered after 3 s, so that the second request below
+    # is refused while this one is still in flight even on a loaded machine (0.5 s was not always).
+    up.default("m3", ok("y" * 400, delay_s=3.0))
     _, secret = new_key(admin, name="short", tpm=2500)
     c = client(gw, secret)
     with ThreadPoolExecutor(1) as pool:
