@@ -18,8 +18,10 @@ import math
 import re
 from typing import Any
 
-_SURROGATE_TEXT = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
-_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+# Two searches, not one alternation: each keeps the regex engine's fast scan for its first
+# character, which an alternation loses (9x slower on a 2 MB body).
+_ESCAPED_TEXT, _RAW_TEXT = re.compile(r"\\u[dD][89a-fA-F]"), re.compile(r"[\ud800-\udfff]")
+_ESCAPED_BYTES, _RAW_BYTES = re.compile(rb"\\u[dD][89a-fA-F]"), re.compile(rb"\xed[\xa0-\xbf]")
 MAX_DEPTH = 256  # nesting a surrogate walk follows; real requests nest a few dozen levels at most
 
 
@@ -28,8 +30,8 @@ def loads(raw: str | bytes, *, finite: bool = False) -> Any:
     to walk is a ValueError, as invalid JSON is; so, with `finite`, is a number that is no
     finite double (NaN and Infinity are Python's extensions of JSON; 1e999 has no double)."""
     value = json.loads(raw, parse_constant=_non_finite, parse_float=_finite_float) if finite else json.loads(raw)
-    pattern = _SURROGATE_TEXT if isinstance(raw, str) else _SURROGATE_BYTES
-    if not pattern.search(raw):
+    escaped, unescaped = (_ESCAPED_TEXT, _RAW_TEXT) if isinstance(raw, str) else (_ESCAPED_BYTES, _RAW_BYTES)
+    if not (escaped.search(raw) or unescaped.search(raw)):
         return value
     try:
         # json.loads joins a valid pair into one character: only lone halves are left to replace.

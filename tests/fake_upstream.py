@@ -407,7 +407,8 @@ class WireServer:
         for name, data in reply.sse:
             text = data if isinstance(data, str) else json.dumps(data)
             frame = (f"event: {name}\n" if name else "") + f"data: {text}\n\n"
-            await send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
+            # surrogatepass: a str event may carry surrogates, sent as the raw bytes Java's encoders write
+            await send({"type": "http.response.body", "body": frame.encode("utf-8", "surrogatepass"), "more_body": True})
         if reply.cut:
             raise _CutConnection("wire server cut the stream")
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -38,7 +38,7 @@ class Webhook:
 
 
 @contextlib.contextmanager
-def governed_gateway(tmp_path: Path) -> Iterator[tuple]:
+def governed_gateway(tmp_path: Path, timeout_s: float = 1.0) -> Iterator[tuple]:
     """A gateway with governance on over a fake upstream, its admin client and a webhook:
     (gateway, admin client, governance, upstream, webhook); the `env` fixture in conftest."""
     hook = Webhook()
@@ -46,7 +46,7 @@ def governed_gateway(tmp_path: Path) -> Iterator[tuple]:
     up = FakeUpstream().start()
     for m in ("m1", "m2", "m3"):
         up.default(m, ok(ANSWER))
-    config = fake_config(up.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite", models=MODELS)
+    config = fake_config(up.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite", models=MODELS, timeout_s=timeout_s)
     gov = Governance(config, GovernanceSettings(db_url=f"sqlite:///{tmp_path}/gov.sqlite", master_key=MASTER,
                                                 webhook_url=hook_url + "/hook"))
     gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)

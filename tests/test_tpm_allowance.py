@@ -12,11 +12,19 @@ import pytest
 
 from router.request_view import view_chat_request
 from tests.fake_upstream import ok
-from tests.governance_harness import client, new_key, settled, wait_for
+from tests.governance_harness import client, governed_gateway, new_key, settled, wait_for
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 ESTIMATE = view_chat_request({"model": "m3", "messages": MESSAGES}).input_tokens  # what admission counts of the prompt
 MINUTE = 60.0 * 1000
+
+
+@pytest.fixture
+def env(tmp_path):
+    """The conftest's governed gateway, with upstream answers allowed 5 s: a request is held in
+    flight (3 s) while a second one is admitted or refused beside it."""
+    with governed_gateway(tmp_path, timeout_s=5.0) as parts:
+        yield parts
 
 
 @pytest.fixture(params=["memory", "redis"])

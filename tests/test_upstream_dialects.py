@@ -70,6 +70,32 @@ def test_a_streamed_answers_usage_in_other_shapes_is_read_or_estimated(tmp_path,
         assert usage.prompt_tokens > 0 and usage.completion_tokens > 0 and row["extras"]["usage_estimated"] is True
 
 
+def test_a_streamed_answers_raw_surrogates_read_as_the_same_answer_unstreamed(tmp_path):
+    # Java's encoders write an emoji as two surrogates of three bytes each and a cut one as one:
+    # unstreamed the pair became the emoji, streamed it was six U+FFFD.
+    text = "a \ud83d\ude00 b \ud800 c"  # two surrogates, not one character: written out raw below
+    events = [(None, json.dumps(chunk({"role": "assistant", "content": text}), ensure_ascii=False)),
+              (None, chunk({}, "stop")), (None, "[DONE]")]
+    with gateway(tmp_path, lambda srv: srv.reply_sse(events)) as gw:
+        chunks = list(gw.client().chat.completions.create(model="m1", messages=MSG, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "a \U0001f600 b \ufffd c"
+
+
+def test_a_usage_chunk_with_null_counts_is_replaced_not_passed_on_empty(tmp_path):
+    # With its usage dropped, an upstream's usage-only chunk had reached clients as a chunk with
+    # neither choices nor usage, before the gateway's own usage chunk.
+    for choices in (None, []):
+        events = [(None, chunk({"role": "assistant", "content": "Hi"})), (None, chunk({}, "stop")),
+                  (None, chunk(None, choices=choices, usage=NULL_USAGE)), (None, "[DONE]")]
+        with gateway(tmp_path / str(choices), lambda srv: srv.reply_sse(events)) as gw:
+            lines = [json.loads(line[len("data: "):]) for line in httpx.post(
+                f"{gw.url}/v1/chat/completions", json={"model": "m1", "messages": MSG, "stream": True,
+                                                        "stream_options": {"include_usage": True}}).text.splitlines()
+                     if line.startswith("data: {")]
+        assert all(isinstance(e["choices"], list) for e in lines)
+        assert [e for e in lines if not e["choices"]] == [lines[-1]] and lines[-1]["usage"]["completion_tokens"] > 0
+
+
 def test_a_float_created_and_an_engines_own_stop_reason_reach_the_client_as_openai_writes_them(tmp_path):
     # Typed clients (Go's, Rust's SDKs) take an integer `created` and OpenAI's finish reasons only.
     streamed = [(None, chunk({"role": "assistant", "content": "Hi"}, created=1700000000.5)),

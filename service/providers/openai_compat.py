@@ -157,7 +157,9 @@ class OpenAICompatProvider(Provider):
                 choices = chunk.get("choices") or []  # `null` on a usage-only chunk, as on OpenAI's `[]`
                 if not isinstance(choices, list) or not all(isinstance(c, dict) and isinstance(c.get("delta") or {}, dict) for c in choices):
                     raise UpstreamError("malformed", "stream chunk has no choices list of objects with a delta")
-                _read_usage(chunk)
+                chunk["choices"] = choices  # clients index it: never null
+                if _read_usage(chunk) and not choices:
+                    continue  # a usage-only chunk whose counts were null: the estimate's chunk stands for it
                 _as_openai_writes_it(chunk)
                 chunk["model"] = model.name
                 chunk.setdefault("object", "chat.completion.chunk")
@@ -243,17 +245,18 @@ def _as_openai_writes_it(answer: dict[str, Any]) -> None:
             choice["finish_reason"] = _FINISH_REASONS[reason]
 
 
-def _read_usage(answer: dict[str, Any]) -> None:
+def _read_usage(answer: dict[str, Any]) -> bool:
     """The usage the gateway bills the answer by and clients read. Without both token counts
     (`"prompt_tokens": null`, as some servers send) it is dropped, so that the gateway's estimate
-    bills the answer, as for an upstream that reports none: nulls billed it at $0."""
+    bills the answer, as for an upstream that reports none: nulls billed it at $0. True when dropped."""
     usage = as_object(answer.get("usage"), "usage")
     if not usage:  # none on this chunk (OpenAI's `"usage": null` on every chunk but the last)
-        return
+        return False
     if not all(isinstance(usage.get(k), int) and not isinstance(usage.get(k), bool) for k in ("prompt_tokens", "completion_tokens")):
         answer.pop("usage", None)
-        return
+        return True
     _with_cached_tokens(usage)
+    return False
 
 
 def _with_cached_tokens(usage: dict[str, Any]) -> None:

@@ -19,11 +19,11 @@ async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
             continue
         first, *complete, rest = block.split(b"\n")
         for line in (b"".join([*pending, first]), *complete):
-            yield line.rstrip(b"\r").decode("utf-8", "replace")
+            yield _text(line.rstrip(b"\r"))
         pending = [rest]
     tail = b"".join(pending)
     if tail:
-        yield tail.rstrip(b"\r").decode("utf-8", "replace")
+        yield _text(tail.rstrip(b"\r"))
 
 
 async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, str]]:
@@ -46,3 +46,13 @@ async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str 
             data.append(value)
     if data:
         yield event, "\n".join(data)
+
+
+def _text(line: bytes) -> str:
+    """A line as text. A surrogate written as raw bytes (Java's and CESU-8's encoders do) is kept,
+    for `service.json_text` to replace or, for a pair, join into its character, as a non-streamed
+    answer's is; any other invalid UTF-8 becomes U+FFFD."""
+    try:
+        return line.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return line.decode("utf-8", "replace")
