@@ -218,7 +218,7 @@ class ProviderSpec(_Strict):
 
     @property
     def answer_wait_s(self) -> float:
-        """How long a non-streamed call may take, connecting included."""
+        """How long a non-streamed call may take, connecting included, and a stream until its first output."""
         return self.answer_timeout_s if self.answer_timeout_s is not None else max(DEFAULT_ANSWER_TIMEOUT_S, self.timeout_s)
 
 

@@ -94,6 +94,8 @@ def _default_cache_dir() -> Path:
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
         raise PermissionError(f"the cache folder {d} (OPENCLAW_CACHE_DIR unset): {why}, and {fallback} is not a "
                               "folder of this user's that only it can write; set OPENCLAW_CACHE_DIR")
+    if st.st_mode & 0o077:  # it holds prompts (the embedding memo) and unsent outcome rows: this user's only
+        fallback.chmod(0o700)
     _warn_fallback(str(d), why, str(fallback))
     return fallback
 

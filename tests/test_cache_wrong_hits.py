@@ -56,7 +56,7 @@ def test_the_same_question_with_another_final_mark_or_case_still_hits(verifier, 
     "I know the rules. What happened in the match tonight?",
     # the clock and the calendar, and "now" closing the question after a subject
     "What time is it now?", "What time is it?", "What's the time in Tokyo?", "What year is it?",
-    "How much black money has been recovered till now?",
+    "How much black money has been recovered till now?", "What is the current time?", "Do you know what time it is?",
 ])
 def test_a_question_about_the_moment_of_asking_neither_reads_nor_writes_the_cache(text):
     assert asks_about_now(text)
@@ -66,7 +66,7 @@ def test_a_question_about_the_moment_of_asking_neither_reads_nor_writes_the_cach
 @pytest.mark.parametrize("text", [
     "What is the capital of France?", "I now know Python. What should I learn next?",
     "Now that I know Python, what should I learn?", "How do I save more from now on?", "What's the weather like in London?",
-    "What time is it best to exercise?", "What is the time complexity of quicksort?", "Is it now possible to run Python on Android?",
+    "What time is it best to exercise?", "What is the time complexity of quicksort?", "What is the current time complexity of heapsort?", "Is it now possible to run Python on Android?",
 ])
 def test_now_outside_a_question_about_the_present_is_cached(text):
     assert not asks_about_now(text)

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.fake_upstream import (
-    Reply, context_length, cut_stream, error, hang, invalid_json, keep_alive, malformed_chunk, not_found, ok, rate_limit, server_error,
+    Reply, context_length, cut_stream, error, hang, invalid_json, malformed_chunk, not_found, ok, rate_limit, server_error,
 )
 from tests.gateway_harness import MSG, ask
 
@@ -46,20 +46,6 @@ def test_long_retry_after_fails_over_and_steers_the_next_decision_away(start_gat
     m1 = next(c for c in row["candidates"] if c["model"] == "m1")
     assert m1["excluded"].startswith("unhealthy")
     assert len(upstream.requests_for("m1")) == 1
-
-
-def test_a_stream_kept_open_by_comments_alone_fails_over_at_answer_timeout(start_gateway, upstream):
-    # OpenRouter sends ": OPENROUTER PROCESSING" while a provider is queued: each comment reset the
-    # read timeout, so a stuck provider held the request until the client gave up, with no failover.
-    gw = start_gateway(timeout_s=1.0)  # answer_timeout_s 1 s as well
-    upstream.script("m1", keep_alive(seconds=5, every_s=0.1))
-    t0 = time.monotonic()
-    chunks = list(gw.client().chat.completions.create(model="auto", messages=MSG, stream=True))
-    assert time.monotonic() - t0 < 4.5
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from m2."
-    row = gw.outcome(chunks[0].id)
-    assert attempts(row) == [("m1", "timeout"), ("m2", "ok")]
-    assert "no output within 1 s (answer_timeout_s)" in row["attempts"][0]["message"]
 
 
 def test_server_errors_retry_then_fail_over(start_gateway, upstream):

@@ -214,14 +214,20 @@ def test_a_request_the_full_record_cannot_take_still_gets_its_row_with_spend(tmp
     ctx.extras["usage"] = {"prompt_tokens": 12, "completion_tokens": 30}
     url = f"sqlite:///{tmp_path}/o.sqlite"
     log = open_outcome_log(url)
-    hook = OutcomeHook(log=log, prompt_storage="hash")
+    hook = OutcomeHook(log=log, prompt_storage="hash", simulated=frozenset({"m1"}))
     with pytest.raises(UnicodeEncodeError):
         hook.record(ctx)
     asyncio.run(hook.post(ctx))
+    named = RequestContext(request_id="r-named", body=body, routing=view_chat_request(body), headers={}, stream=False, profile=None)
+    named.requested_model, named.answered_by, named.status = "m2", "m2", "ok"
+    asyncio.run(hook.post(named))
     log.close()
-    row = read_outcomes(url).iloc[0]
-    assert (row.request_id, row.status, row.answered_model, row.cost_usd) == ("r-odd", "ok", "m1", 0.0125)
+    rows = read_outcomes(url).set_index("request_id")
+    row = rows.loc["r-odd"]
+    assert (row.status, row.answered_model, row.cost_usd, bool(row.simulated)) == ("ok", "m1", 0.0125, True)
     assert (row.input_tokens, row.output_tokens) == (12, 30) and row.error == "outcome record incomplete: UnicodeEncodeError"
+    # a named model's row names it as chosen, as the full record does; an answer not simulated is real spend
+    assert (rows.loc["r-named"].chosen_model, bool(rows.loc["r-named"].simulated)) == ("m2", False)
 
 
 def test_assembler_rebuilds_what_completion_to_chunks_split():

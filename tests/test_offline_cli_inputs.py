@@ -173,6 +173,8 @@ def test_a_home_that_cannot_hold_the_cache_falls_back_to_a_private_temporary_fol
     assert used == tmp_path / "tmp" / f"openclaw-router-{os.getuid()}" and used.is_dir()
     assert used.stat().st_mode & 0o777 == 0o700
     assert f"caching in {used} instead (set OPENCLAW_CACHE_DIR to choose)" in caplog.text
+    used.chmod(0o755)  # made readable by others since: made private again
+    assert cache_dir() == used and used.stat().st_mode & 0o777 == 0o700
     # Someone else's folder of that name in a shared temporary folder is not used.
     used.chmod(0o777)
     with pytest.raises(PermissionError, match="is not a folder of this user's that only it can write; set OPENCLAW_CACHE_DIR"):

@@ -1,7 +1,7 @@
 """What "OpenAI-compatible" servers send that OpenAI does not, through a running gateway and the
 real `openai` SDK: `"error": null` beside a good answer, usage with null counts, a usage chunk
-whose `choices` is null, FastAPI's `{"detail": ...}` errors. Each upstream is a `WireServer`
-replying verbatim."""
+whose `choices` is null, raw surrogates, engines' own stop reasons, FastAPI's `{"detail": ...}`
+errors (each upstream a `WireServer` replying verbatim), and OpenRouter's keep-alive comments."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fake_upstream import WireServer
+from tests.fake_upstream import WireServer, keep_alive
 from tests.gateway_harness import DEFAULT_QUALITY, MSG, QualityRouter, Running, fake_config
 
 ANSWER = {"id": "c1", "object": "chat.completion", "created": 1, "model": "m1",
@@ -155,3 +155,15 @@ def test_sse_lines_are_the_same_however_the_body_is_cut_into_reads():
     for size in (1, 2, 3, 7, 64, 1000):  # mid-line, between "\r" and "\n", inside a UTF-8 character
         assert asyncio.run(events([body[i:i + size] for i in range(0, len(body), size)])) == whole
     assert asyncio.run(events([b"", body[:40], b"", body[40:]])) == whole
+
+
+def test_a_stream_kept_open_by_comments_alone_fails_over_at_answer_timeout(start_gateway, upstream):
+    # OpenRouter sends ": OPENROUTER PROCESSING" while a provider is queued: each comment reset the
+    # read timeout, so a stuck provider held the request until the client gave up, with no failover.
+    gw = start_gateway(timeout_s=1.0)  # answer_timeout_s 1 s as well
+    upstream.script("m1", keep_alive(seconds=5, every_s=0.1))
+    chunks = list(gw.client().chat.completions.create(model="auto", messages=MSG, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from m2."
+    row = gw.outcome(chunks[0].id)
+    assert [(a["model"], a.get("kind") or a["status"]) for a in row["attempts"]] == [("m1", "timeout"), ("m2", "ok")]
+    assert "no output within 1 s (answer_timeout_s)" in row["attempts"][0]["message"]

@@ -29,6 +29,13 @@ def prompt_text(ctx: RequestContext) -> str:
     return f"{routing.system_text}\n\n{routing.text}" if routing.system_text else routing.text
 
 
+def _chosen(ctx: RequestContext) -> str | None:
+    """The router's choice; for a named model, the model named (unless the request was refused)."""
+    if ctx.decision:
+        return ctx.decision.model
+    return ctx.requested_model if ctx.profile is None and ctx.status != "rejected" else None
+
+
 class OutcomeHook:
     name = "outcome_log"
 
@@ -50,16 +57,16 @@ class OutcomeHook:
             record = self.essentials(ctx, exc)
         self.log.write(record)
 
-    @staticmethod
-    def essentials(ctx: RequestContext, exc: Exception) -> OutcomeRecord:
+    def essentials(self, ctx: RequestContext, exc: Exception) -> OutcomeRecord:
         usage = ctx.extras.get("usage") or {}
         return OutcomeRecord(
             request_id=ctx.request_id, ts=ctx.extras.get("received_at") or 0.0, key_label=ctx.key_label, tenant=ctx.tenant,
             requested_model=ctx.requested_model, profile=ctx.profile, stream=ctx.stream,
-            chosen_model=ctx.decision.model if ctx.decision else None, answered_model=ctx.answered_by,
+            chosen_model=_chosen(ctx), answered_model=ctx.answered_by,
             input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens"),
-            cost_usd=ctx.cost_usd, saved_cost_usd=ctx.saved_cost_usd, status=ctx.status,
-            error=f"outcome record incomplete: {type(exc).__name__}",
+            cost_usd=ctx.cost_usd, saved_cost_usd=ctx.saved_cost_usd, status=ctx.status, cache_status=ctx.cache_status,
+            simulated=ctx.answered_by in self.simulated, error=f"outcome record incomplete: {type(exc).__name__}",
+            extras={k: v for k, v in ctx.extras.items() if k == "usage_estimated" and v is not None},
         )
 
     def record(self, ctx: RequestContext) -> OutcomeRecord:
@@ -91,7 +98,7 @@ class OutcomeHook:
             candidates=[c.__dict__ for c in decision.candidates] if decision else None,
             reason=extras.get("reason"),
             knob=decision.knob if decision else None,
-            chosen_model=decision.model if decision else ctx.requested_model if ctx.profile is None and ctx.status != "rejected" else None,
+            chosen_model=_chosen(ctx),
             propensity=decision.propensity if decision else None,
             answered_model=ctx.answered_by,
             fallback_chain=list(dict.fromkeys(a["model"] for a in attempts if a["status"] != "skipped")),
