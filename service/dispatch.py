@@ -151,8 +151,7 @@ async def _up_to_first_output(upstream: AsyncIterator[dict[str, Any]], within_s:
                 if carries_output(chunk):
                     return held
     except TimeoutError:
-        raise UpstreamError("timeout", f"no output within {within_s:g} s (answer_timeout_s), though the stream "
-                                       "was kept open") from None
+        raise UpstreamError("timeout", f"no output within {within_s:g} s (answer_timeout_s), though the stream was kept open") from None
     raise UpstreamError("malformed", "the stream ended without any output")
 
 
@@ -462,7 +461,8 @@ class Dispatcher:
             started = time.perf_counter()
             upstream = self.providers[spec.provider].stream(spec, body)
             try:
-                held = await _unless_client_leaves(ctx, _up_to_first_output(upstream, self.config.providers[spec.provider].answer_wait_s))
+                within_s = self.config.providers[spec.provider].answer_wait_s
+                held = await _unless_client_leaves(ctx, _up_to_first_output(upstream, within_s))
             except BaseException:
                 await upstream.aclose()
                 raise

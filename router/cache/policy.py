@@ -52,13 +52,12 @@ def asks_about_now(text: str) -> bool:
     """Whether the question's last sentence asks about the moment of asking: a day or span named
     from it (`features.times`: today, tonight, this week, next year...), "right now", "currently",
     "latest", "at the moment", "this moment", the clock or the calendar ("What time is it?",
-    "what's the date", "the current time"), or "now" (not "I now know", "now that", "from now on"; always when it
-    closes the sentence). Only the last sentence: "I now know Python. What should I learn next?"
-    is not one. Of QQP's 71,778 distinct questions it flags 742 (1.0 %)."""
+    "what's the date", "the current time"), or "now" (not "I now know", "now that", "from now
+    on"; always when it closes the sentence). Only the last sentence: "I now know Python. What
+    should I learn next?" is not one. Of QQP's 71,778 distinct questions it flags 742 (1.0 %)."""
     last = next((part for part in reversed(_SENTENCE_END.split(text)) if part.strip()), "")
     ws = words(last)
     joined = " ".join(ws)
-    # "now" closing the sentence is about the present whatever comes before it: "What time is it now?"
     return bool(times(last) or _PRESENT.search(joined) or ws[-1:] == ("now",) or any(
         w == "now" and (i == 0 or ws[i - 1] not in _NOW_AFTER) and ws[i + 1:i + 2] not in (("that",), ("on",))
         for i, w in enumerate(ws)))

@@ -160,10 +160,10 @@ def error_message(payload: Any, fallback: str) -> str:
                 return msg
         elif isinstance(err, str) and err:
             return err
-        for msg in (payload.get("message"), payload.get("detail")):  # `detail`: FastAPI's, a string or a 422's list
+        detail = payload.get("detail")  # FastAPI's: a string, or a 422's list of {"loc", "msg"}
+        for msg in (payload.get("message"), detail):
             if isinstance(msg, str) and msg:
                 return msg
-        detail = payload.get("detail")
         if isinstance(detail, list) and detail and all(isinstance(d, Mapping) and isinstance(d.get("msg"), str) for d in detail):
             return "; ".join(".".join(map(str, d.get("loc") or ())) + (": " if d.get("loc") else "") + d["msg"] for d in detail)
     if isinstance(payload, list) and payload:
