@@ -220,10 +220,11 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
     if ctx.stream:
         return await _stream(gw, ctx)
     answer = await gw.dispatcher.complete(ctx, ctx.body)
-    if not isinstance(answer.get("usage"), dict):
-        # An upstream that reports no usage: the client gets, and is billed at, the estimate a
-        # streamed answer gets (every choice, tool-call arguments included).
-        answer["usage"] = estimated_usage(ctx, answer, gw.dispatcher.specs.get(ctx.answered_by or ""))
+    # An upstream that reports no usage: the client gets, and is billed at, the estimate a
+    # streamed answer gets (every choice, tool-call arguments included).
+    answer["usage"], estimated = usage_or_estimate(
+        answer.get("usage"), lambda: estimated_usage(ctx, answer, gw.dispatcher.specs.get(ctx.answered_by or "")))
+    if estimated:
         ctx.extras["usage_estimated"] = True
     answer["usage"] = with_cost(answer["usage"], gw.dispatcher.specs.get(ctx.answered_by or ""))
     ctx.extras["upstream_id"] = answer.get("id")  # the provider's own id, for its logs and support
@@ -272,7 +273,8 @@ def _client_chunk(chunk: dict[str, Any], include_usage: bool, answer_id: str, sp
     bill and log streamed answers), and then in its own chunk with no choices, as OpenAI sends it:
     a Mistral or vLLM upstream puts it on the finish chunk, and `_ending` sends it after."""
     if sse.is_usage_only(chunk):
-        return {**chunk, "id": answer_id, "usage": with_cost(chunk["usage"], spec)} if include_usage else None
+        # One that lacks a count is sent by `_ending` instead, completed from the estimate.
+        return {**chunk, "id": answer_id, "usage": with_cost(chunk["usage"], spec)} if include_usage and counts_both(chunk["usage"]) else None
     out = {**chunk, "id": answer_id}
     out.pop("usage", None)
     return out
@@ -399,8 +401,8 @@ def _ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStream, u
         return [sse.DONE]
     usage = {"id": ctx.request_id, "object": "chat.completion.chunk",
              "created": assembler.created or int(time.time()), "model": assembler.model or opened.model.name,
-             "choices": [], "usage": with_cost(assembler.usage if assembler.usage is not None else
-                                               estimated_usage(ctx, assembler.completion(), opened.model), opened.model)}
+             "choices": [], "usage": with_cost(usage_or_estimate(
+                 assembler.usage, lambda: estimated_usage(ctx, assembler.completion(), opened.model))[0], opened.model)}
     return [sse.encode(usage), sse.DONE]
 
 
@@ -431,6 +433,28 @@ def estimated_usage(ctx: RequestContext, response: dict[str, Any], spec: ModelSp
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def counts_both(usage: Any) -> bool:
+    return isinstance(usage, dict) and _is_count(usage.get("prompt_tokens")) and _is_count(usage.get("completion_tokens"))
+
+
+def usage_or_estimate(reported: Any, estimate: Callable[[], dict[str, int]]) -> tuple[dict[str, Any], bool]:
+    """(usage, whether estimated): the upstream's usage where it counts both input and output;
+    else `estimate()`, keeping what the upstream did report (one of the counts, its details, its
+    own cost): a server that counts only its output, reasoning included, knows that count best."""
+    if counts_both(reported):
+        return reported, False
+    guess = estimate()
+    if not isinstance(reported, dict):
+        return guess, True
+    merged = {**guess, **{k: v for k, v in reported.items() if v is not None and (k not in guess or _is_count(v))}}
+    merged["total_tokens"] = merged["prompt_tokens"] + merged["completion_tokens"]
+    return merged, True
+
+
 def finish(gw: Gateway, ctx: RequestContext) -> None:
     """Settle usage, cost and metrics, then hand the context to the post-hooks in the background
     (once per request, whatever path ends it)."""
@@ -448,9 +472,9 @@ def finish(gw: Gateway, ctx: RequestContext) -> None:
     # would spend nothing.
     spec = gw.dispatcher.specs.get(ctx.answered_by or extras.get("abandoned_on") or "")
     if spec is not None and (billed or extras.get("abandoned_on")):
-        if not usage:
-            # No usage from the upstream (a cut stream, a server that omits it): bill our estimate.
-            usage = estimated_usage(ctx, ctx.response or {}, spec)
+        # No usage from the upstream (a cut stream, a server that omits it): bill our estimate.
+        usage, estimated = usage_or_estimate(usage, lambda: estimated_usage(ctx, ctx.response or {}, spec))
+        if estimated:
             extras["usage_estimated"] = True
         ctx.cost_usd = spec.price.usage_cost(usage)
         extras["usage"] = usage

@@ -115,6 +115,32 @@ def test_a_float_created_and_an_engines_own_stop_reason_reach_the_client_as_open
     assert [c["finish_reason"] for e in events for c in e["choices"] if c.get("finish_reason")] == ["stop"]
 
 
+PARTIAL = {"prompt_tokens": None, "completion_tokens": 7, "completion_tokens_details": {"reasoning_tokens": 5}}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+def test_a_usage_with_one_count_keeps_it_and_estimates_the_other(tmp_path, stream):
+    # A server that counts only its output, reasoning included: its 7 tokens (5 of them unseen
+    # reasoning) had been replaced by an estimate of the visible text alone.
+    events = [(None, chunk({"role": "assistant", "content": "Hi there"})), (None, chunk({}, "stop")),
+              (None, chunk(None, choices=[], usage=PARTIAL)), (None, "[DONE]")]
+
+    def reply(srv):
+        srv.reply_sse(events) if stream else srv.reply(json_body={**ANSWER, "usage": PARTIAL})
+
+    with gateway(tmp_path, reply) as gw:
+        extra = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+        body = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "m1", "messages": MSG, **extra})
+        if stream:
+            usage = [json.loads(line[len("data: "):]) for line in body.text.splitlines() if line.startswith("data: {")][-1]["usage"]
+        else:
+            usage = body.json()["usage"]
+        row = gw.outcome(body.headers["x-request-id"])
+    assert usage["completion_tokens"] == 7 and usage["completion_tokens_details"] == {"reasoning_tokens": 5}
+    assert usage["prompt_tokens"] > 0 and usage["total_tokens"] == usage["prompt_tokens"] + 7
+    assert (row["input_tokens"], row["output_tokens"]) == (usage["prompt_tokens"], 7) and row["extras"]["usage_estimated"] is True
+
+
 @pytest.mark.parametrize("detail, message", [
     ("temperature must be <= 2", "temperature must be <= 2"),
     ([{"loc": ["body", "temperature"], "msg": "Input should be less than or equal to 2", "type": "less_than_equal"}],

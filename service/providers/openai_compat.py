@@ -246,13 +246,14 @@ def _as_openai_writes_it(answer: dict[str, Any]) -> None:
 
 
 def _read_usage(answer: dict[str, Any]) -> bool:
-    """The usage the gateway bills the answer by and clients read. Without both token counts
-    (`"prompt_tokens": null`, as some servers send) it is dropped, so that the gateway's estimate
-    bills the answer, as for an upstream that reports none: nulls billed it at $0. True when dropped."""
+    """The usage the gateway bills the answer by and clients read. With neither token count
+    (`"prompt_tokens": null, "completion_tokens": null`, as some servers send) it is dropped, so that
+    the gateway's estimate bills the answer, as for an upstream that reports none: nulls billed it
+    at $0; with one, the gateway estimates the other (`api_chat.usage_or_estimate`). True when dropped."""
     usage = as_object(answer.get("usage"), "usage")
     if not usage:  # none on this chunk (OpenAI's `"usage": null` on every chunk but the last)
         return False
-    if not all(isinstance(usage.get(k), int) and not isinstance(usage.get(k), bool) for k in ("prompt_tokens", "completion_tokens")):
+    if not any(isinstance(usage.get(k), int) and not isinstance(usage.get(k), bool) for k in ("prompt_tokens", "completion_tokens")):
         answer.pop("usage", None)
         return True
     _with_cached_tokens(usage)
