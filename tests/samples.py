@@ -1,6 +1,6 @@
 """Sample payloads and upstream rules that several test modules share: a Messages API answer, PDF
-files built byte by byte (page trees, compressed object streams) and OpenAI's rule against message
-properties its chat schema does not know."""
+files built byte by byte (page trees, compressed object streams), OpenAI's rule against message
+properties its chat schema does not know, and the example outcome table under RouterBench's names."""
 from __future__ import annotations
 
 import base64
@@ -56,3 +56,14 @@ def openai_unexpected_property(messages: list[dict[str, Any]]) -> str | None:
         if extra:
             return f"Additional properties are not allowed ('{extra[0]}' was unexpected) - 'messages.{i}'"
     return None
+
+
+def example_outcomes_as_routerbench() -> Any:
+    """data/example_outcomes.csv (a pandas DataFrame) with its models named as the shipped router knows them."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    names = {"small-7b": "mistral-7b-chat", "medium-34b": "mixtral-8x7b-chat", "large-frontier": "gpt-4-1106-preview"}
+    df = pd.read_csv(Path(__file__).resolve().parent.parent / "data" / "example_outcomes.csv")
+    return df.rename(columns=lambda c: next((c.replace(f"__{k}", f"__{v}") for k, v in names.items() if c.endswith(f"__{k}")), c))

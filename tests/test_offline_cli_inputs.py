@@ -9,24 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from router.outcome_log import open_outcome_log
 from service.cli import main
+from tests.samples import example_outcomes_as_routerbench
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTER = str(ROOT / "models" / "default")
-# The example table's models under names the shipped router was trained on.
-NAMES = {"small-7b": "mistral-7b-chat", "medium-34b": "mixtral-8x7b-chat", "large-frontier": "gpt-4-1106-preview"}
 
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory) -> Path:
-    df = pd.read_csv(ROOT / "data" / "example_outcomes.csv")
-    df = df.rename(columns=lambda c: next((c.replace(f"__{k}", f"__{v}") for k, v in NAMES.items() if c.endswith(f"__{k}")), c))
     path = tmp_path_factory.mktemp("offline") / "rb.parquet"
-    df.to_parquet(path, index=False)
+    example_outcomes_as_routerbench().to_parquet(path, index=False)
     return path
 
 
