@@ -220,8 +220,8 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
     if ctx.stream:
         return await _stream(gw, ctx)
     answer = await gw.dispatcher.complete(ctx, ctx.body)
-    # An upstream that reports no usage: the client gets, and is billed at, the estimate a
-    # streamed answer gets (every choice, tool-call arguments included).
+    # An upstream that reports no usage, or not both counts: the client gets, and is billed at, the
+    # estimate a streamed answer gets (every choice, tool-call arguments included) for what it lacks.
     answer["usage"], estimated = usage_or_estimate(
         answer.get("usage"), lambda: estimated_usage(ctx, answer, gw.dispatcher.specs.get(ctx.answered_by or "")))
     if estimated:

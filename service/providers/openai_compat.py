@@ -134,7 +134,7 @@ class OpenAICompatProvider(Provider):
         for choice in choices:  # an answer the upstream ended without saying why: finished, as streamed
             if not choice.get("finish_reason"):
                 choice["finish_reason"] = finish_reason_of(choice["message"])
-        _read_usage(result)
+        _with_cached_tokens(as_object(result.get("usage"), "usage"))  # read by the gateway to bill the answer
         result["model"] = model.name
         result.setdefault("object", "chat.completion")
         return result
@@ -158,8 +158,8 @@ class OpenAICompatProvider(Provider):
                 if not isinstance(choices, list) or not all(isinstance(c, dict) and isinstance(c.get("delta") or {}, dict) for c in choices):
                     raise UpstreamError("malformed", "stream chunk has no choices list of objects with a delta")
                 chunk["choices"] = choices  # clients index it: never null
-                if _read_usage(chunk) and not choices:
-                    continue  # a usage-only chunk whose counts were null: the estimate's chunk stands for it
+                # Read by the gateway to bill the answer; counts it lacks are estimated there (`usage_or_estimate`).
+                _with_cached_tokens(as_object(chunk.get("usage"), "usage"))
                 _as_openai_writes_it(chunk)
                 chunk["model"] = model.name
                 chunk.setdefault("object", "chat.completion.chunk")
@@ -243,21 +243,6 @@ def _as_openai_writes_it(answer: dict[str, Any]) -> None:
         reason = choice.get("finish_reason")
         if isinstance(reason, str) and reason in _FINISH_REASONS:
             choice["finish_reason"] = _FINISH_REASONS[reason]
-
-
-def _read_usage(answer: dict[str, Any]) -> bool:
-    """The usage the gateway bills the answer by and clients read. With neither token count
-    (`"prompt_tokens": null, "completion_tokens": null`, as some servers send) it is dropped, so that
-    the gateway's estimate bills the answer, as for an upstream that reports none: nulls billed it
-    at $0; with one, the gateway estimates the other (`api_chat.usage_or_estimate`). True when dropped."""
-    usage = as_object(answer.get("usage"), "usage")
-    if not usage:  # none on this chunk (OpenAI's `"usage": null` on every chunk but the last)
-        return False
-    if not any(isinstance(usage.get(k), int) and not isinstance(usage.get(k), bool) for k in ("prompt_tokens", "completion_tokens")):
-        answer.pop("usage", None)
-        return True
-    _with_cached_tokens(usage)
-    return False
 
 
 def _with_cached_tokens(usage: dict[str, Any]) -> None:
