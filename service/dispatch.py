@@ -40,7 +40,7 @@ from service.live_state import KEY_MISSING, LiveState, refuses_key
 from service.metrics import Metrics
 from service.pipeline import RequestContext
 from service.providers.base import Provider, UpstreamError
-from service.sse import carries_output
+from service.stream_deadlines import paced, up_to_first_output
 
 Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
@@ -137,22 +137,6 @@ def failover_chain(config: Config, ctx: RequestContext) -> list[str]:
         and within_limits(config.model(f)) and f not in unaffordable
     ]
     return [named.name, *allowed]
-
-
-async def _up_to_first_output(upstream: AsyncIterator[dict[str, Any]], within_s: float) -> list[dict[str, Any]]:
-    """The chunks up to and including the first that carries output, within `within_s` in all;
-    the rest stays unread. Keep-alive comments (OpenRouter's while a provider is queued) reset the
-    read timeout: an upstream sending only those held the request for good, not failing over."""
-    held: list[dict[str, Any]] = []
-    try:
-        async with asyncio.timeout(within_s):
-            async for chunk in upstream:
-                held.append(chunk)
-                if carries_output(chunk):
-                    return held
-    except TimeoutError:
-        raise UpstreamError("timeout", f"no output within {within_s:g} s (answer_timeout_s), though the stream was kept open") from None
-    raise UpstreamError("malformed", "the stream ended without any output")
 
 
 @dataclass
@@ -462,7 +446,7 @@ class Dispatcher:
             upstream = self.providers[spec.provider].stream(spec, body)
             try:
                 within_s = self.config.providers[spec.provider].answer_wait_s
-                held = await _unless_client_leaves(ctx, _up_to_first_output(upstream, within_s))
+                held = await _unless_client_leaves(ctx, up_to_first_output(upstream, within_s))
             except BaseException:
                 await upstream.aclose()
                 raise
@@ -475,7 +459,7 @@ class Dispatcher:
             ctx.answered_by = spec.name
             # In flight until the stream ends: the caller calls `close_stream`.
             self.live.hold(spec.name)
-            return OpenStream(spec, held, upstream, started, ttft, entry, claim)
+            return OpenStream(spec, held, paced(upstream, self.config.providers[spec.provider].timeout_s), started, ttft, entry, claim)
 
         return await self._attempts(ctx, call)
 

@@ -18,8 +18,8 @@ Replies (each works for streaming and non-streaming requests unless noted):
   cut_stream(after_chunks=2)                         stream: close the connection after N SSE events
                                                      (event 1 is the role chunk: after_chunks=1 cuts before any token)
   stall_stream(after_chunks=2, seconds=30)           stream: stop sending (read timeout) after N events
-  keep_alive(seconds=30, every_s=0.2)                stream: the role chunk, then only SSE comments (": OPENROUTER
-                                                     PROCESSING") for `seconds`, then the answer
+  keep_alive(seconds=30, every_s=0.2, after_chunks=1) stream: N events (1: the role chunk), then only SSE comments
+                                                     (": OPENROUTER PROCESSING") for `seconds`, then the rest
   malformed_chunk(after_chunks=1)                    stream: N good events, then `data: {"choices": [` (invalid JSON)
   invalid_json()                                     200 whose body is not JSON (non-stream) / first event not JSON (stream)
   context_length()                                   400 code context_length_exceeded
@@ -102,8 +102,8 @@ def stall_stream(after_chunks: int = 2, seconds: float = 30.0) -> Reply:
     return Reply("stall", after_chunks=after_chunks, seconds=seconds)
 
 
-def keep_alive(seconds: float = 30.0, every_s: float = 0.2) -> Reply:
-    return Reply("keep_alive", after_chunks=1, seconds=seconds, every_s=every_s)
+def keep_alive(seconds: float = 30.0, every_s: float = 0.2, after_chunks: int = 1) -> Reply:
+    return Reply("keep_alive", after_chunks=after_chunks, seconds=seconds, every_s=every_s)
 
 
 def malformed_chunk(after_chunks: int = 1) -> Reply:

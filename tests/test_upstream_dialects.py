@@ -193,3 +193,20 @@ def test_a_stream_kept_open_by_comments_alone_fails_over_at_answer_timeout(start
     row = gw.outcome(chunks[0].id)
     assert [(a["model"], a.get("kind") or a["status"]) for a in row["attempts"]] == [("m1", "timeout"), ("m2", "ok")]
     assert "no output within 1 s (answer_timeout_s)" in row["attempts"][0]["message"]
+
+
+def test_a_stream_kept_open_by_comments_alone_after_its_first_token_ends_at_timeout_s(start_gateway, upstream):
+    # Once a token was sent the stream cannot fail over, but it must end: comments reset the
+    # connection's read timeout, so one token and then comments alone held the answer open for as
+    # long as the upstream kept sending them (here 5 s; then the whole answer came, as if on time).
+    gw = start_gateway(timeout_s=1.0)
+    upstream.script("m1", keep_alive(seconds=5, every_s=0.1, after_chunks=2))
+    received = []
+    with pytest.raises(openai.APIError, match="failed mid-answer") as exc:
+        for chunk in gw.client().chat.completions.create(model="auto", messages=MSG, stream=True):
+            received.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+    assert "".join(received) == "Hello"
+    assert "no chunk for 1 s (timeout_s)" in exc.value.message
+    row = gw.outcomes()[-1]
+    assert (row["status"], row["answered_model"]) == ("truncated", "m1")
+    assert not upstream.requests_for("m2")
