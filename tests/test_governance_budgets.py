@@ -8,6 +8,7 @@ import pytest
 
 from service.governance.runtime import Governance, GovernanceSettings
 from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
+from tests.fake_upstream import server_error
 from tests.governance_harness import MASTER, MODELS, chat, client, new_key, settled, wait_for
 
 
@@ -166,3 +167,30 @@ def test_under_a_budget_a_request_without_an_output_limit_is_sent_the_one_it_was
     _, free = new_key(admin, name="no-budget")  # no budget: nothing to bound, the client's body as sent
     client(gw, free).chat.completions.create(model="auto", messages=[{"role": "user", "content": "Write a long essay."}])
     assert "max_tokens" not in up.requests[-1].body
+
+
+def test_a_named_models_fallback_predicted_above_the_budgets_room_is_not_called(upstream, tmp_path):
+    # Naming m1 is refused under this budget; naming m3, whose fallback is m1, reached m1 all the
+    # same when m3 failed: a key could be billed what naming the dearer model is refused for.
+    models = [{**m, "fallbacks": ["m1"]} if m["name"] == "m3" else m for m in MODELS]
+    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/o.sqlite", models=models)
+    gov = Governance(config, GovernanceSettings(db_url=f"sqlite:///{tmp_path}/g.sqlite", master_key=MASTER))
+    gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)
+    upstream.reset()
+    upstream.default("m3", server_error())
+    try:
+        with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {MASTER}"}, timeout=10) as admin:
+            key, secret = new_key(admin, name="small")
+            # 400 output tokens: m3 at $1/M is predicted ~$0.0004, m1 at $10/M ~$0.004
+            admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 0.002})
+        ask = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 400}
+        with pytest.raises(openai.APIStatusError) as named_dear:
+            client(gw, secret).chat.completions.create(model="m1", **ask)
+        assert named_dear.value.status_code == 402 and named_dear.value.body["code"] == "budget_exceeded"
+        with pytest.raises(openai.APIStatusError) as failed:
+            client(gw, secret).chat.completions.create(model="m3", **ask)
+        assert failed.value.status_code == 502
+        assert upstream.requests_for("m3") and not upstream.requests_for("m1")
+    finally:
+        gw.stop()
+        upstream.reset()

@@ -11,7 +11,6 @@ decided by `auth.Authenticator`, shared with the other client endpoints.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 import weakref
@@ -57,6 +56,7 @@ class GovState:
     reservation: Reservation | None = None
     predicted_nusd: int | None = None
     maximum_nusd: int | None = None
+    room_nusd: int | None = None  # the tightest budget's free room (settled spend) when admitted
     counted_input: int = 0  # input tokens the rate limiter counted when it admitted the request
     allowance: int = 0  # and output tokens, in its minute `counted_minute`, until the answer says how many
     counted_minute: int = 0
@@ -220,7 +220,6 @@ class GovernanceHook:
             self._tighten(ctx, key, None, False)
             return
         usage = self.gov.ledger.usage(lines)
-        headroom: int | None = None
         for line in lines:
             # Settled spend decides here: in-flight reservations are worst cases that settle lower.
             spent = usage[line.counter].spent_nusd if line.counter in usage else 0
@@ -228,11 +227,11 @@ class GovernanceHook:
             if room <= 0:
                 raise self._refuse(402, f"Budget exceeded: the {line.label} ({_usd(line.limit_nusd)}) is used up.",
                                    "budget_exceeded", "budget")
-            if headroom is None or room < headroom:
-                headroom, tightest = room, line
+            if state.room_nusd is None or room < state.room_nusd:
+                state.room_nusd, tightest = room, line
             if spent >= line.soft_threshold * line.limit_nusd:
                 state.soft.append(line.label)
-        self._tighten(ctx, key, headroom, bool(state.soft), tightest.label)
+        self._tighten(ctx, key, state.room_nusd, bool(state.soft), tightest.label)
 
     def _tighten(self, ctx: RequestContext, key: VirtualKey | None, headroom_nusd: int | None, soft: bool,
                  label: str = "") -> None:
@@ -241,7 +240,7 @@ class GovernanceHook:
         caps = [c for c in (constraints.max_cost_usd, key.max_request_usd if key else None,
                             headroom_nusd / 1e9 if headroom_nusd is not None else None) if c is not None]
         if caps:
-            constraints = dataclasses.replace(constraints, max_cost_usd=min(caps))
+            constraints = replace(constraints, max_cost_usd=min(caps))
         ctx.extras["constraints"] = constraints
         refusal = None
         if headroom_nusd is not None and min(caps) == headroom_nusd / 1e9:
@@ -337,8 +336,8 @@ class GovernanceHook:
             ctx.routing = replace(ctx.routing, max_output_tokens=cap)
 
     def _keep_fallbacks_under_ceiling(self, ctx: RequestContext, ceiling_usd: float) -> None:
-        """A named model passes the key's per-request ceiling on its worst case; its fallbacks
-        must pass it the same way, or failing over would bill what the named model could not."""
+        """A named model passes the key's per-request ceiling and its budgets' free room on its prediction;
+        its fallbacks must pass them so too, or failing over would bill what naming them is refused for."""
         specs = {m.name: m for m in self.gov.config.models}
         chain = failover_chain(self.gov.config, ctx)
         ctx.extras["unaffordable"] = frozenset(m for m in chain[1:] if m in specs
@@ -349,8 +348,10 @@ class GovernanceHook:
         if state is None:
             return
         key = state.key
-        if key is not None and key.max_request_usd is not None and ctx.decision is None:
-            self._keep_fallbacks_under_ceiling(ctx, key.max_request_usd)
+        room = state.room_nusd / 1e9 if state.room_nusd is not None else None
+        ceilings = [c for c in (key.max_request_usd if key else None, room) if c is not None]
+        if ceilings and ctx.decision is None:
+            self._keep_fallbacks_under_ceiling(ctx, min(ceilings))
         chains = self._chain(ctx)  # the output cap below changes no model's place in it
         ceiling = key is not None and key.max_request_usd is not None
         if (state.lines or ceiling) and ctx.routing.max_output_tokens is None:
