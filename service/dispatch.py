@@ -403,7 +403,8 @@ class Dispatcher:
                 if not failure.failover or (failure.kind == "unsupported" and not routed):
                     # The client's own fault: it gets the upstream's code and param where it gave them. A
                     # status written as a code ("400", a proxy's) says nothing the status does not.
-                    code = failure.code if failure.code and failure.code != str(failure.status) else "upstream_bad_request"
+                    fallback = "unsupported_parameter" if failure.kind == "unsupported" else "upstream_bad_request"
+                    code = failure.code if failure.code and failure.code != str(failure.status) else fallback
                     raise ApiError(400, f"the upstream rejected the request: {failure.message}", code=code,
                                    param=failure.param)
                 if failure.kind == "context_length":

@@ -81,6 +81,8 @@ def test_a_parameter_a_model_refuses_sends_a_routed_request_to_the_next_model(st
     with pytest.raises(openai.BadRequestError) as exc:
         gw.client().chat.completions.create(model="m1", messages=MSG, reasoning_effort="high")
     assert "Unrecognized request argument supplied: reasoning_effort" in exc.value.body["message"]
+    # The upstream gave no code: the one a routed request's refusal gets, not a generic bad request.
+    assert exc.value.body["code"] == "unsupported_parameter"
     # Every eligible model refusing it is a 400 too, not a 503 to retry.
     upstream.default("m2", error(400, "`reasoning_effort` is not supported with this model", type="invalid_request_error"))
     upstream.default("m3", error(400, "Unsupported parameter: 'reasoning_effort'", code="unsupported_parameter"))
