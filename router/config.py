@@ -376,7 +376,7 @@ class Config(_Strict):
 
         kinds = {name: spec["kind"] for name, spec in data["providers"].items() if isinstance(spec, dict) and isinstance(spec.get("kind"), str)}
         return {**data, "models": [
-            {**m, "max_choices": 1} if isinstance(m, dict) and "max_choices" not in m and isinstance(m.get("provider"), str)
+            {**m, "max_choices": 1} if isinstance(m, dict) and m.get("max_choices") is None and isinstance(m.get("provider"), str)
             and kinds.get(m["provider"]) in ONE_CHOICE_KINDS
             else m
             for m in data["models"]

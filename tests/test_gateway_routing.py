@@ -71,9 +71,12 @@ models:
   - {name: claude, provider: a, price: {input_per_1m: 1, output_per_1m: 1}}
   - {name: gem, provider: g, price: {input_per_1m: 1, output_per_1m: 1}, max_choices: 4}
   - {name: gpt, provider: o, price: {input_per_1m: 1, output_per_1m: 1}}
+  - {name: claude-empty, provider: a, price: {input_per_1m: 1, output_per_1m: 1}, max_choices: }
 """
     config = parse_config(text, "choices.yaml")
-    assert [config.model(n).max_choices for n in ("claude", "gem", "gpt")] == [1, 4, None]
+    # A key left empty is its default: for claude-empty that had read as "no limit", so a request
+    # for n=2 silently got one choice.
+    assert [config.model(n).max_choices for n in ("claude", "gem", "gpt", "claude-empty")] == [1, 4, None, 1]
 
 
 def test_a_tool_loop_stays_on_the_model_its_turn_began_on(start_gateway, upstream):
