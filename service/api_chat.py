@@ -30,7 +30,7 @@ from service.gateway import Gateway
 from service.governance.auth import client_caller
 from service.pipeline import RequestContext
 from service.providers.base import UpstreamError
-from service.routing import artifact_of, build_constraints, decide_for
+from service.routing import artifact_of, build_constraints, decide_for, refuse_outside_limits
 from service.response_headers import response_headers
 from service.schemas import OFF_LOOP_BYTES, judge_chat, read_body
 
@@ -192,6 +192,8 @@ def _refused(gw: Gateway, request: Request, request_id: str, received: float, st
 
 
 async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
+    if ctx.profile is None:
+        refuse_outside_limits(gw.config.model(ctx.requested_model), ctx.extras["request_limits"], ctx.routing)
     router_now = gw.router.current
     answer = await gw.pipeline.run_pre(ctx)
     if answer is not None:

@@ -174,6 +174,25 @@ def build_constraints(body_options: RouterOptions | None, headers: Mapping[str, 
     )
 
 
+def refuse_outside_limits(spec: ModelSpec, limits: Constraints, request: RoutingRequest) -> None:
+    """A model the client names is called as asked, but not against the request's own limits:
+    `local_only` beside a model without the tag sent the prompt off the machine with a 200. Cost
+    and latency are checked on their lower bounds (the prompt alone, the first token), as the
+    named model's fallbacks are (service.dispatch.failover_chain)."""
+    why = []
+    if not limits.in_scope(spec.name, spec.tags):
+        missing = sorted(limits.required_tags - spec.tags)
+        why.append(f"it lacks the tag(s) {', '.join(missing)} the request requires" if missing
+                   else "the request's allowed_models or excluded_models leave it out")
+    if limits.max_cost_usd is not None and spec.price.cost(request.input_tokens, 0) > limits.max_cost_usd:
+        why.append(f"its prompt alone costs more than the request's max_cost_usd ({limits.max_cost_usd:g})")
+    if limits.max_latency_s is not None and spec.ttft_s > limits.max_latency_s:
+        why.append(f"its time to first token ({spec.ttft_s:g} s) is over the request's max_latency_s ({limits.max_latency_s:g})")
+    if why:
+        raise bad_request(f"model {spec.name} is ruled out by this request's own limits: {'; '.join(why)}. Name "
+                          "another model, or ask for a routing profile such as auto", code="model_not_allowed", param="model")
+
+
 def decide(router: Router | None, request: RoutingRequest, *, config: Config, profile: str,
            constraints: Constraints, live: Mapping[str, LiveStats], embedding: np.ndarray | None,
            blocked_for: Callable[[str], float] | None = None, key_refused_by: Callable[[str], bool] | None = None,

@@ -158,7 +158,7 @@ def test_a_named_model_its_upstream_does_not_know_is_a_404_model_not_found(start
 
 
 WITH_FALLBACKS = [
-    {"name": "m1", "context_window": 100000, "capabilities": ["tools", "json"], "fallbacks": ["m3", "m2"]},
+    {"name": "m1", "context_window": 100000, "capabilities": ["tools", "json"], "fallbacks": ["m3", "m2"], "tags": ["local"]},
     {"name": "m2", "context_window": 100000, "capabilities": ["tools", "json"]},
     {"name": "m3", "context_window": 100000, "capabilities": ["json"], "tags": ["local"]},
 ]
@@ -189,6 +189,23 @@ def test_named_model_fallbacks_respect_the_request_limits_and_needs(start_gatewa
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
     answer = gw.client().chat.completions.create(model="m1", messages=MSG, tools=tools)
     assert answer.model == "m2" and len(upstream.requests_for("m3")) == 2
+
+
+def test_a_named_model_outside_the_requests_own_limits_is_refused_not_called(start_gateway, upstream):
+    # Was a 200 from m2: the prompt left the machine under local_only, and nothing said so.
+    gw = start_gateway(models=WITH_FALLBACKS)
+    for limits, why in (({"local_only": True}, "lacks the tag(s) local"),
+                        ({"excluded_models": ["m2"]}, "allowed_models or excluded_models leave it out"),
+                        ({"allowed_models": ["m1"]}, "allowed_models or excluded_models leave it out"),
+                        ({"max_cost_usd": 1e-12}, "its prompt alone costs more than the request's max_cost_usd")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            gw.client().chat.completions.create(model="m2", messages=MSG, extra_body={"router": limits})
+        assert refused.value.body["code"] == "model_not_allowed" and why in refused.value.body["message"], limits
+    with pytest.raises(openai.BadRequestError):
+        gw.client().chat.completions.create(model="m2", messages=MSG, extra_headers={"x-router-local-only": "true"})
+    assert not upstream.requests_for("m2")
+    assert gw.outcomes()[-1]["status"] == "error"  # refused, and still logged
+    assert gw.client().chat.completions.create(model="m1", messages=MSG, extra_body={"router": {"local_only": True}}).model == "m1"
 
 
 def test_stream_failure_before_the_first_token_fails_over_invisibly(start_gateway, upstream):
