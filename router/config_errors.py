@@ -293,8 +293,13 @@ def key_path(loc: tuple) -> str:
 
 
 def invalid(what: str, problems: list[str]) -> ConfigError:
-    """One error for a file's problems, each on its own line naming its key and line."""
-    return ConfigError(f"{what}:\n  " + "\n  ".join(problems))
+    """One error for a file's problems, each on its own line naming its key and line, in the
+    file's order (the schema's order of fields would send a reader up and down the file)."""
+    def line(problem: str) -> int:
+        at = re.match(r"line (\d+)", problem)
+        return int(at.group(1)) if at else 0
+
+    return ConfigError(f"{what}:\n  " + "\n  ".join(sorted(problems, key=line)))
 
 
 def validation_problems(exc: ValidationError, tree: yaml.Node | None, root: type[BaseModel],

@@ -176,3 +176,9 @@ def test_custom_profiles_without_auto_say_they_replace_the_defaults():
 def test_a_provider_written_as_a_list_is_a_config_error_not_a_crash():
     message = problem(GOOD.replace("    provider: local\n    price: {input_per_1m: 1,", "    provider: [local]\n    price: {input_per_1m: 1,"))
     assert "models[1].provider: should be text, not a list" in message
+
+
+def test_several_problems_are_listed_in_the_files_order():
+    # The schema's order of fields had put router's line 12 before reliability's line 11.
+    lines = problems(GOOD + "reliability: {max_retrys: 1}\nrouter: {artifcat: x}\n")
+    assert [line.split(",")[0] for line in lines] == ["line 11", "line 12"], lines

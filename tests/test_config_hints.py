@@ -63,17 +63,17 @@ def test_a_provider_name_typo_is_said_with_the_schema_errors_and_the_name_meant(
     with pytest.raises(ConfigError) as exc:
         load_config(tmp_path / "c.yaml")
     assert str(exc.value) == (f"{tmp_path / 'c.yaml'}: invalid configuration:\n"
-                              "  line 11, key server.prot: unknown key: did you mean port?\n"
                               "  line 6, key models[1].provider: models[1].provider 'locl' is not defined under providers: "
-                              "['local'] (did you mean local?)")
+                              "['local'] (did you mean local?)\n"
+                              "  line 11, key server.prot: unknown key: did you mean port?")
 
 
 def test_a_provider_name_nothing_like_any_is_said_without_a_guess_and_once():
     both = GOOD.replace("provider: local", "provider: elsewhere")
     assert problems(both + "server: {prot: 9000}\n") == [
-        "line 11, key server.prot: unknown key: did you mean port?",
         "line 3, key models[0].provider: models[0].provider 'elsewhere' is not defined under providers: ['local']",
         "line 6, key models[1].provider: models[1].provider 'elsewhere' is not defined under providers: ['local']",
+        "line 11, key server.prot: unknown key: did you mean port?",
     ]
     # Valid otherwise: the schema's own check finds the first, the second is added, neither twice.
     assert problems(both) == [

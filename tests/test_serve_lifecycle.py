@@ -101,7 +101,10 @@ def test_a_database_under_a_regular_file_is_refused_by_its_store(bare_env, capsy
         monkeypatch.setenv("OPENCLAW_GOVERNANCE_DB", governance_db)
     before = _files(bare_env)
     assert main(["serve", "--config", "config.yaml", "--port", "0", "--db", "sqlite:///config.yaml/outcomes.db"]) == 2
-    assert says in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert says in err
+    if governance_db is None:  # named as the setting to fix, as a PostgreSQL one is (it had named only the path)
+        assert err.rstrip().endswith("(--db / server.db: OPENCLAW_GOVERNANCE_DB is unset, so it shares the outcome log's database)")
     assert _files(bare_env) == before  # gov.sqlite, which the refused start made, included
 
 

@@ -275,7 +275,10 @@ def open_database(url: str) -> Database:
     if url.startswith(("postgresql://", "postgres://")):
         db: Database = PostgresDatabase(url)
     elif url.startswith("sqlite://"):
-        db = SqliteDatabase(sqlite_file(url, "governance database URL") or ":memory:")
+        try:
+            db = SqliteDatabase(sqlite_file(url, "governance database URL") or ":memory:")
+        except ValueError as exc:  # named as the PostgreSQL path names it: which setting to fix
+            raise ValueError(f"{exc} ({governance_setting(url)})") from None
     else:
         raise ValueError(f"database URL must start with sqlite:// or postgresql://, got {redact_url(url)!r}")
     if db.dialect != "postgres":
