@@ -38,6 +38,8 @@ def test_every_model_added_later_is_refused_alike_with_or_without_a_router(table
         assert _simulate(table, tmp_path / "s.json", *drifts, router=router) == 2
         err = capsys.readouterr().err
         assert "rb.parquet: every model is added by a drift (['gpt-4-1106-preview', 'mistral-7b-chat', " in err, err
+        # --router is refused as well, so the message must not send one there.
+        assert "there from request 0" in err and "requests 0 to 49" in err and "--router" not in err, err
         assert "Traceback" not in err
     # With a router nothing is trained: a model there from request 0 is enough, even if added "at 0".
     assert _simulate(table, tmp_path / "s.json", *drifts[:-2], "--drift", "add:gpt-4-1106-preview@0") == 0

@@ -9,7 +9,7 @@ while it is much better. Logged with wide exploration, the same estimators cover
 import numpy as np
 
 from router import ope
-from training.retrain import judge
+from training.retrain import LIVE_ROUTER, SERVED, judge, promotion
 
 N_CTX, K = 30, 6
 
@@ -45,9 +45,9 @@ def _log(mu, logging, q_hat, n, seed, turns_of=1):
                                clusters=clusters)
 
 
-def _comparison(log, cand):
+def _comparison(log, cand, live=None):
     """What `training.offpolicy.compare_policies` hands the judge, for the utility metric."""
-    diff = ope.compare(log, cand, None)
+    diff = ope.compare(log, cand, live)
     s = ope.support(log, cand)
     return {"n": len(log.actions), "overlap": s.overlap, "support": s.to_dict(),
             "utility": {"difference": {k: e.to_dict() for k, e in diff.items()}}}
@@ -94,6 +94,26 @@ def test_an_unsupported_log_is_refused_with_the_reason_not_a_confident_wrong_ans
         assert verdict.reason.startswith("the log does not support the candidate's choices: mean importance weight")
         assert "explore more (learning.bandit.explore_share) or collect more traffic" in verdict.reason
         assert "worse" not in verdict.reason
+
+
+def test_both_comparisons_refused_for_support_say_it_once_with_each_estimate():
+    # Against what was served and against the live router's greedy choices: one log, one candidate,
+    # so one support verdict; only the estimates differ, and each is named with its baseline.
+    mu, flipped = _world()
+    cand = np.eye(K)[mu.argmax(axis=1)]
+    ctx, log = _log(mu, _bandit(flipped, 0.9, 2), flipped, 3000, seed=2)
+    vs_served = _comparison(log, cand[ctx])
+    vs_live = _comparison(log, cand[ctx], live=np.eye(K)[flipped.argmax(axis=1)][ctx])
+    verdict, each = promotion(vs_served, vs_live, "dr", 200)
+    assert not verdict.promote and not each["vs_served"]["passed"] and not each["vs_live_router"]["passed"]
+    reason = verdict.reason
+    assert reason.count("the log does not support the candidate's choices") == 1 and "; and" not in reason, reason
+    assert reason.count("explore more (learning.bandit.explore_share)") == 1, reason
+    served, live = (c["utility"]["difference"]["dr"] for c in (vs_served, vs_live))
+    assert served["value"] != live["value"]
+    assert (f"DR's {served['value']:+.4f} (95 % interval {served['lo']:+.4f} .. {served['hi']:+.4f}) against {SERVED} and "
+            f"{live['value']:+.4f} (95 % interval {live['lo']:+.4f} .. {live['hi']:+.4f}) against {LIVE_ROUTER} take their "
+            "rewards from the live router's predictions;") in reason, reason
 
 
 def test_choices_logged_with_certainty_are_known_unsupported_whatever_the_noise():

@@ -41,6 +41,7 @@ class Verdict:
     promote: bool
     reason: str
     span: str = ""  # the estimate behind a verdict on the numbers, as the reason words it
+    refused: dict | None = None  # the estimate the support check refused to decide on
 
 
 # The two baselines a candidate must beat, as the verdicts name them.
@@ -59,9 +60,9 @@ def judge(comparison: dict, estimator: str, min_requests: int, against: str = SE
     d = comparison["utility"]["difference"].get(estimator)
     if d is None:
         return Verdict(False, f"estimator {estimator!r} is unavailable on this log")
-    refused = _unsupported(comparison.get("support"), estimator, d)
-    if refused:
-        return Verdict(False, refused)
+    why = _unsupported(comparison.get("support"), estimator, {"": d})
+    if why:
+        return Verdict(False, why, refused=d)
     if not np.isfinite(d["value"]):
         hint = "; --estimator dr also uses the reward model" if estimator != "dr" else ""
         return Verdict(False, f"{estimator.upper()} has no estimate against {against} on this log: the candidate never "
@@ -94,18 +95,21 @@ def promotion(vs_served: dict, vs_live: dict, estimator: str, min_requests: int)
         return Verdict(True, f"{served.reason}; and {live.reason}"), each
     if served.promote:  # what the old rule would have promoted on, said beside why it does not
         return Verdict(False, f"{live.reason}; only better than {SERVED}, by {served.span}"), each
+    if served.refused is not None and live.refused is not None:  # one log and candidate, one support: said once
+        return Verdict(False, _unsupported(vs_served["support"], estimator, {SERVED: served.refused, LIVE_ROUTER: live.refused})), each
     reasons = [served.reason] if live.promote or live.reason == served.reason else [served.reason, live.reason]
     return Verdict(False, "; and ".join(reasons)), each
 
 
-def _unsupported(support: dict | None, estimator: str, d: dict) -> str | None:
-    """Why the log cannot judge the candidate (`router.ope.support`), or None where it can."""
+def _unsupported(support: dict | None, estimator: str, estimates: dict[str, dict]) -> str | None:
+    """Why the log cannot judge the candidate (`router.ope.support`), or None where it can; `estimates`: per baseline."""
     if not support or support["ok"]:
         return None
-    guess = {"ips": "counts their rewards as 0", "snips": "scores them as the choices it can see",
-             "dr": "takes their rewards from the live router's predictions"}[estimator]
-    said = (f"; {estimator.upper()}'s {d['value']:+.4f} (95 % interval {d['lo']:+.4f} .. {d['hi']:+.4f}) {guess}"
-            if np.isfinite(d["value"]) else "")
+    shown = [f"{d['value']:+.4f} (95 % interval {d['lo']:+.4f} .. {d['hi']:+.4f}){f' against {against}' if against else ''}"
+             for against, d in estimates.items() if np.isfinite(d["value"])]  # against "": the only one, unnamed
+    guess = {"ips": "count{} their rewards as 0", "snips": "score{} them as the choices it can see",
+             "dr": "take{} their rewards from the live router's predictions"}[estimator].format("s" if len(shown) == 1 else "")
+    said = f"; {estimator.upper()}'s {' and '.join(shown)} {guess}" if shown else ""
     if support["verdict"] == "inconsistent":
         return (f"the logged propensities do not add up: {support['summary']}{said}; check what logged them "
                 f"(learning.bandit) before trusting any estimate on this log")
@@ -471,7 +475,6 @@ def run(args) -> int:
     from training.train import check_job_options
 
     check_outcome_log(args.db)
-
     check_job_options(args)
     if args.gateway and not args.gateway.startswith(("http://", "https://")):
         raise ValueError(f"--gateway {args.gateway}: give the gateway's URL, e.g. http://127.0.0.1:8080")

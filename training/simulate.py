@@ -85,7 +85,7 @@ def _added_summary(j: int, stream: Stream, static: np.ndarray, bandit: np.ndarra
         "first_routed_at": int(picked[0]) if len(picked) else None,
         # None: no request is left when it arrives, so it has no share (0 would read as "never chosen").
         "bandit_share_first_1000": float(np.mean(bandit[start:start + 1000] == j)) if start < n else None,
-        "by_task_after_1000": by_task,
+        "by_task_from": by_task,
         "by_task_from_request": int(later[0]) if len(later) else None,
         "where_only_bandit_chose_it": {
             "requests": int(len(switched)),
@@ -332,9 +332,6 @@ def learned_predictions(table, router, train_share: float, seed: int, new_models
             raise ValueError(f"{table.path}: --train-share {train_share} leaves no prompt to "
                              f"{'train on' if not len(train) else 'replay'} ({len(uniq)} distinct prompts)")
         known = [m for m in table.models if m not in new_models]
-        if not known:
-            raise ValueError(f"{table.path}: every model is added by a drift ({sorted(new_models)}); at least one must "
-                             "be there from the start to train the router on (or pass --router)")
         log.info("training the router on %d prompts (%d models); replaying %d held-out prompts", len(train), len(known), len(replay))
         predictor = OutcomePredictor(seed=seed).fit(X[train], table.subset(train).restrict_models(known),
                                                     groups=inv[train])
@@ -376,9 +373,12 @@ def simulate(args) -> dict:
         close = close_models(unknown[0], table.models)
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"--drift names model {unknown[0]!r}, which is not in {args.data}: {table.models}{hint}")
-    if router is not None and set(table.models) <= set(added) and min(added.values()) > 0:
+    # Before any training, and alike with --router: a router given would find no model for the first
+    # requests either, so suggesting it would not help.
+    if set(table.models) <= set(added) and min(added.values()) > 0:
         raise ValueError(f"{args.data}: every model is added by a drift ({sorted(added)}); at least one must be there from "
-                         f"the start: no model could answer requests 0 to {min(added.values()) - 1}")
+                         f"request 0 (no add drift, or add:MODEL@0): no model could answer requests 0 to "
+                         f"{min(added.values()) - 1}")
     # A model added at request 0 is there from the start, to train on like any other.
     pred, replay, emb, basis = learned_predictions(table, router, args.train_share, args.seed,
                                                    [m for m, k in added.items() if k > 0])
