@@ -210,3 +210,30 @@ def test_a_stream_kept_open_by_comments_alone_after_its_first_token_ends_at_time
     row = gw.outcomes()[-1]
     assert (row["status"], row["answered_model"]) == ("truncated", "m1")
     assert not upstream.requests_for("m2")
+
+
+def test_an_answer_ended_with_finish_reason_error_is_a_failure_not_an_answer(tmp_path):
+    # OpenRouter ends an answer so when its provider fails. Before any output it had been passed on
+    # as an empty answer, logged ok (no retry, no failover); now it is retried like a 500.
+    failed = [(None, chunk({"role": "assistant", "content": ""})), (None, chunk({}, "error")), (None, "[DONE]")]
+    good = [(None, chunk({"role": "assistant", "content": ""})), (None, chunk({"content": "Hi there"})),
+            (None, chunk({}, "stop")), (None, "[DONE]")]
+
+    def replies(srv):
+        srv.reply_sse(failed)
+        srv.reply_sse(good)
+        srv.reply(json_body={**ANSWER, "choices": [{"index": 0, "message": {"role": "assistant", "content": ""},
+                                                    "finish_reason": "error"}]})
+        srv.reply(json_body=ANSWER)
+        srv.reply_sse([(None, chunk({"role": "assistant", "content": "Hi"})), (None, chunk({}, "error")), (None, "[DONE]")])
+
+    with gateway(tmp_path, replies) as gw:
+        chunks = list(gw.client().chat.completions.create(model="m1", messages=MSG, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi there"
+        assert [(a["model"], a.get("kind") or a["status"]) for a in gw.outcome(chunks[0].id)["attempts"]] == [
+            ("m1", "server"), ("m1", "ok")]
+        assert gw.client().chat.completions.create(model="m1", messages=MSG).choices[0].message.content == "Hi there"
+        # After output the client holds part of an answer: it ends with an error, and is logged as cut short.
+        with pytest.raises(openai.APIError, match="failed mid-answer"):
+            list(gw.client().chat.completions.create(model="m1", messages=MSG, stream=True))
+        assert gw.outcomes()[-1]["status"] == "truncated"

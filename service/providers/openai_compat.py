@@ -130,6 +130,7 @@ class OpenAICompatProvider(Provider):
         if not isinstance(choices, list) or not choices \
                 or not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
             raise UpstreamError("malformed", "response has no choices with a message")
+        _unless_ended_in_error(result)
         _as_openai_writes_it(result)
         for choice in choices:  # an answer the upstream ended without saying why: finished, as streamed
             if not choice.get("finish_reason"):
@@ -160,6 +161,7 @@ class OpenAICompatProvider(Provider):
                 chunk["choices"] = choices  # clients index it: never null
                 # Read by the gateway to bill the answer; counts it lacks are estimated there (`usage_or_estimate`).
                 _with_cached_tokens(as_object(chunk.get("usage"), "usage"))
+                _unless_ended_in_error(chunk)
                 _as_openai_writes_it(chunk)
                 chunk["model"] = model.name
                 chunk.setdefault("object", "chat.completion.chunk")
@@ -231,6 +233,14 @@ class _Ending:
 # SDKs) take only OpenAI's values.
 _FINISH_REASONS = {"eos": "stop", "eos_token": "stop", "stop_sequence": "stop", "end_turn": "stop",
                    "max_tokens": "length", "model_length": "length"}
+
+
+def _unless_ended_in_error(answer: dict[str, Any]) -> None:
+    """OpenRouter ends an answer with finish_reason "error" when its provider fails: a failure
+    like any other, to fail over from before any output reached the client, and never an answer
+    that finished (it had been served as one: an empty answer, logged `ok`, learnt from as good)."""
+    if any(choice.get("finish_reason") == "error" for choice in answer.get("choices") or ()):
+        raise UpstreamError("server", 'the upstream ended its answer with finish_reason "error"')
 
 
 def _as_openai_writes_it(answer: dict[str, Any]) -> None:
