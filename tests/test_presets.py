@@ -285,3 +285,29 @@ def test_presets_of_models_that_do_not_reason_never_send_reasoning_effort():
     flash = next(m for m in config.models if m.name == "gemini-2.5-flash")
     usage = {"prompt_tokens": 1_000_000, "completion_tokens": 0, "prompt_tokens_details": {"cached_tokens": 1_000_000}}
     assert flash.price.usage_cost(usage) == pytest.approx(flash.price.input_per_1m / 4)
+
+
+def test_an_ollama_model_is_sent_max_tokens_and_no_reasoning_effort():
+    # OpenClaw's turn as it comes: Ollama reads max_tokens only (max_completion_tokens was no limit)
+    # and answers reasoning_effort on a model without thinking with a 400.
+    from tests.gateway_harness import QualityRouter, Running
+
+    with FakeUpstream() as up:
+        config = build_preset_config({"OLLAMA_BASE_URL": up.url, "OPENCLAW_OLLAMA_MODELS": "qwen2.5:7b"})
+        gw = Running(config, router=QualityRouter({}))
+        try:
+            gw.client().chat.completions.create(model="ollama/qwen2.5:7b", messages=[{"role": "user", "content": "hi"}],
+                                                max_completion_tokens=256, reasoning_effort="low")
+        finally:
+            gw.stop()
+        body = up.requests[-1].body
+    assert body["max_tokens"] == 256
+    assert "max_completion_tokens" not in body and "reasoning_effort" not in body
+
+
+def test_ollamas_refusal_of_thinking_is_a_parameter_the_model_does_not_take():
+    # A routed request fails over from it (an Ollama provider configured by hand keeps reasoning_effort).
+    from service.providers.base import classify
+
+    text = '"llama3.1:8b" does not support thinking'
+    assert classify(400, {"error": {"message": text, "type": "invalid_request_error"}}, text) == "unsupported"

@@ -71,10 +71,11 @@ _BILLING_WORDING = re.compile(
 _ACCOUNT_STATUS = re.compile(r"\bFAILED_PRECONDITION\b")
 # A valid request with a parameter this model does not take: OpenAI's "Unrecognized request argument
 # supplied: reasoning_effort" and unsupported_parameter / unsupported_value, Groq's "`reasoning_effort`
-# is not supported with this model", Mistral's 422 "Extra inputs are not permitted".
+# is not supported with this model", Mistral's 422 "Extra inputs are not permitted", Ollama's
+# '"llama3.1:8b" does not support thinking' (its answer to reasoning_effort).
 _UNSUPPORTED_WORDING = re.compile(
     r"unsupported_parameter|unsupported_value|unrecognized request argument|unsupported parameter|"
-    r"is not supported (?:with|by|for|on) this model|extra inputs are not permitted",
+    r"is not supported (?:with|by|for|on) this model|extra inputs are not permitted|does not support thinking",
     re.IGNORECASE,
 )
 # Some OpenAI-compatible upstreams (OpenRouter, DeepSeek) answer a retired or unknown model id with
