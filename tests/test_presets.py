@@ -287,22 +287,30 @@ def test_presets_of_models_that_do_not_reason_never_send_reasoning_effort():
     assert flash.price.usage_cost(usage) == pytest.approx(flash.price.input_per_1m / 4)
 
 
-def test_an_ollama_model_is_sent_max_tokens_and_no_reasoning_effort():
-    # OpenClaw's turn as it comes: Ollama reads max_tokens only (max_completion_tokens was no limit)
-    # and answers reasoning_effort on a model without thinking with a 400.
+@pytest.mark.parametrize("env, model, sends_effort", [
+    ({"OLLAMA_BASE_URL": "{url}", "OPENCLAW_OLLAMA_MODELS": "qwen2.5:7b"}, "ollama/qwen2.5:7b", False),
+    ({"DEEPSEEK_API_KEY": "sk-d", "DEEPSEEK_BASE_URL": "{url}"}, "deepseek-chat", True),
+    ({"TOGETHER_API_KEY": "sk-t", "TOGETHER_BASE_URL": "{url}"}, "together/Qwen/Qwen2.5-72B-Instruct-Turbo", True),
+], ids=["ollama", "deepseek", "together"])
+def test_providers_that_read_max_tokens_only_are_sent_it(env, model, sends_effort, monkeypatch):
+    # OpenClaw's turn as it comes: these ignored max_completion_tokens (no limit at all). Ollama also
+    # answers reasoning_effort on a model without thinking with a 400.
     from tests.gateway_harness import QualityRouter, Running
 
     with FakeUpstream() as up:
-        config = build_preset_config({"OLLAMA_BASE_URL": up.url, "OPENCLAW_OLLAMA_MODELS": "qwen2.5:7b"})
+        env = {k: v.format(url=up.url) for k, v in env.items()}
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)  # a key is read from the environment at each call
+        config = build_preset_config(env)
         gw = Running(config, router=QualityRouter({}))
         try:
-            gw.client().chat.completions.create(model="ollama/qwen2.5:7b", messages=[{"role": "user", "content": "hi"}],
+            gw.client().chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
                                                 max_completion_tokens=256, reasoning_effort="low")
         finally:
             gw.stop()
         body = up.requests[-1].body
-    assert body["max_tokens"] == 256
-    assert "max_completion_tokens" not in body and "reasoning_effort" not in body
+    assert body["max_tokens"] == 256 and "max_completion_tokens" not in body
+    assert ("reasoning_effort" in body) == sends_effort
 
 
 def test_ollamas_refusal_of_thinking_is_a_parameter_the_model_does_not_take():
