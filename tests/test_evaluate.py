@@ -74,6 +74,8 @@ def test_two_model_pool_reports_routellm_metrics():
     assert pair["oracle"]["apgr"] >= pair["router"]["apgr"]
     assert pair["router"]["cpt_50"] < 0.5
     assert pair["router"]["strong_share"][0] == 0.0 and pair["router"]["strong_share"][-1] == 1.0
+    # side by side with the baselines that mix the two models at random (Zero's hull is that line)
+    assert pair["random"] == pair["zero"] == {"apgr": 0.5, "cpt_50": 0.5, "cpt_80": 0.8}
 
 
 def test_models_at_one_cost_have_no_aiq_but_a_quality_at_randoms_cost_and_a_plot():

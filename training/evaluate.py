@@ -224,7 +224,9 @@ def _pair(models, single_c, single_q, methods_ops: dict) -> dict:
             if ops is not None:
                 pair[name] = {"apgr": None, **{f"cpt_{int(f * 100)}": None for f in CPT_FRACTIONS}}
         return pair
-    pair["random"] = {"apgr": 0.5}
+    # Random mixing, and the Zero router (the hull of two points is their mixing line): a share x of
+    # strong calls recovers x of the quality gap, so CPT(x) is x.
+    pair["random"] = pair["zero"] = {"apgr": 0.5, **{f"cpt_{int(f * 100)}": f for f in CPT_FRACTIONS}}
     for name, ops in methods_ops.items():
         if ops is not None:
             pair[name] = _two_model([o.choice for o in ops], [o.mean_quality for o in ops], strong, wq, sq)
@@ -402,7 +404,7 @@ def format_table(summary: dict) -> str:
     elif "two_model" in summary:
         p = summary["two_model"]
         lines.append(f"strong (pricier) {p['strong']} / weak {p['weak']}:")
-        for name in (n for n in ("router", "knn", "oracle") if n in p):
+        for name in (n for n in ("router", "knn", "zero", "random", "oracle") if n in p):
             lines.append(f"  {name:<7} APGR {p[name]['apgr']:.3f}  CPT(50%) {fmt(p[name]['cpt_50'], '.3f')}  "
                          f"CPT(80%) {fmt(p[name]['cpt_80'], '.3f')}")
     return "\n".join(lines)
