@@ -282,6 +282,10 @@ def _gemini_retry_delay(payload: Any) -> float | None:
 def transport_error(exc: BaseException, secrets: tuple[str | None, ...] = ()) -> UpstreamError:
     """Map a transport failure (no HTTP status) to an error kind."""
     detail = str(exc) or "no response within the configured timeout"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        # aiohttp's words quote its parser's internal "400" ("TransferEncodingError: 400, message='Not
+        # enough data...'"), which a client classifying errors by their text reads as a refusal.
+        detail = "the upstream's connection closed before the end of its answer"
     message = scrub(f"{type(exc).__name__}: {detail}", secrets)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamError("connection", message)
