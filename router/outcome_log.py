@@ -150,6 +150,9 @@ def read_query(select: str, mark: str, since: float | None = None, limit: int | 
 
 class OutcomeStore(Protocol):
     journal_base: Path | None  # where an OutcomeLog journals this store's rows (None: no journal)
+    # What `write_many` raises while the store cannot be reached (a database restarting, a lock held
+    # for long), as against refusing a row: the rows are kept and tried again, never dropped.
+    unavailable: tuple[type[BaseException], ...]
 
     def write_many(self, records: Sequence[OutcomeRecord]) -> None: ...
     def read(self, since: float | None = None, limit: int | None = None,
@@ -162,6 +165,8 @@ class OutcomeStore(Protocol):
 
 class SQLiteStore:
     """Embedded store: one file, WAL mode so readers (training, dashboards) never block the writer."""
+
+    unavailable = (sqlite3.OperationalError,)  # locked past the busy timeout, a disk I/O error
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -327,6 +332,7 @@ def _replayed(write: Callable[[list[OutcomeRecord]], None], batch_size: int) -> 
 
 
 _STOP = object()
+UNREACHABLE_PAUSE_S = 5.0  # the longest pause between tries of a store that cannot be reached
 
 
 class OutcomeLog:
@@ -345,10 +351,11 @@ class OutcomeLog:
         self._unwritten: dict[str, OutcomeRecord] = {}
         self._lock = threading.Lock()
         self.dropped = 0
+        self._closed = False
+        self._unreachable = False
         # Before any new row is accepted, so a row replayed never replaces a newer one.
         self._journal = None if store.journal_base is None else OutcomeJournal(store.journal_base, _replayed(self._write, batch_size))
         self._thread = threading.Thread(target=self._run, name="outcome-log-writer", daemon=True)
-        self._closed = False
         self._thread.start()
 
     def write(self, record: OutcomeRecord) -> None:
@@ -386,31 +393,51 @@ class OutcomeLog:
             stop = any(item is _STOP for item in batch)
             records = [item[0] for item in batch if item is not _STOP]
             if records:
-                self._write(records)
+                written = self._write(records)
                 with self._lock:
                     for record in records:
                         if self._unwritten.get(record.request_id) is record:
                             del self._unwritten[record.request_id]
-                if self._journal is not None:  # before task_done: after a flush the journal is empty
+                if self._journal is not None and written:  # before task_done: after a flush the journal is empty
                     self._journal.done([item[1] for item in batch if item is not _STOP])
                     self._journal.drain()
             for _ in batch:
                 self._queue.task_done()
 
-    def _write(self, batch: list[OutcomeRecord]) -> None:
-        for attempt in range(3):
+    def _write(self, batch: list[OutcomeRecord]) -> bool:
+        """Commit a batch: True once each record is in the store or refused by it. While the store
+        cannot be reached it tries again, pausing up to UNREACHABLE_PAUSE_S; it had given up after
+        three tries, and a database away for a minute lost the rows, journal lines included. False
+        when the log is closed meanwhile: the rows stay journaled for the next start to write."""
+        pause = 0.1
+        while not (self._closed and self._unreachable):
             try:
                 self.store.write_many(batch)
-                return
+            except self.store.unavailable as exc:
+                if not self._unreachable:
+                    log.error("outcome log: the store cannot be reached (%s); %d rows wait, journaled, and are "
+                              "tried again", exc, len(batch))
+                self._unreachable = True
+                time.sleep(pause)
+                pause = min(pause * 2, UNREACHABLE_PAUSE_S)
+                continue
             except Exception:
-                if attempt < 2:
-                    time.sleep(0.1 * (attempt + 1))
-        # The store keeps refusing the batch: one bad record must not take the others with it.
+                break  # refused: see below
+            if self._unreachable:
+                log.warning("outcome log: the store is back; the rows that waited are written")
+            self._unreachable = False
+            return True
+        else:
+            log.error("outcome log: closed while the store cannot be reached; %d rows stay in the journal for "
+                      "the next start to write", len(batch))
+            return False
+        # The store refuses the batch: one bad record must not take the others with it.
         for record in batch:
             try:
                 self.store.write_many([record])
             except Exception:
                 log.exception("outcome log: dropping record %s, which the store refuses", record.request_id)
+        return True
 
     def flush(self) -> None:
         """Block until every record written so far is in the store."""

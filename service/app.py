@@ -34,19 +34,21 @@ log = logging.getLogger(__name__)
 
 def pipeline_hooks(config: Config, outcome_log: OutcomeLog, simulated: frozenset[str], extra: Sequence[Hook],
                    governance: "Governance | None" = None, learning: LearningHook | None = None) -> list[Hook]:
-    """Pre-hooks run in this order; post-hooks in reverse, so the outcome log (first) writes
-    last and records what every other hook decided. Governance (keys, budgets) comes before
-    anything that could answer the request, such as the cache."""
+    """Pre-hooks run in this order; post-hooks in reverse. The outcome log records what the hooks
+    after it decided (the cache's entry among them); it comes after learning and governance, whose
+    post-hooks change nothing it records, so its row is journaled before governance settles: with its
+    database away that takes minutes of retries, and a replica killed meanwhile lost the row.
+    Governance (keys, budgets) comes before anything that could answer the request, such as the cache."""
     cache = CacheHook.from_config(config) if config.cache.enabled else None
     if cache is not None and learning is not None:
         # An answer feedback rejects is never served from the cache again, after a restart too.
         learning.rt.on_rejected(cache.rejected)
         cache.logged_entry = lambda request_id: ((outcome_log.get(request_id) or {}).get("extras") or {}).get("cache_entry")
     return [
-        OutcomeHook(outcome_log, config.server.prompt_storage, simulated),
         # Before governance: the bandit's choice is the decision whose cost gets reserved.
         *([learning] if learning is not None else []),
         *([GovernanceHook(governance)] if governance is not None else []),
+        OutcomeHook(outcome_log, config.server.prompt_storage, simulated),
         *extra,
         *([cache] if cache is not None else []),
         # Last: a cache hit needs no prices, and the tenant it keys by is known by now. It shares

@@ -48,6 +48,9 @@ def test_a_spend_row_the_store_refused_for_a_moment_is_written_when_it_is_back(e
         while "trying again" not in caplog.text:
             assert time.monotonic() < deadline, "the settle never failed"
             time.sleep(0.02)
+    # Meanwhile the outcome row is journaled and written: it had waited for the settle's retries
+    # (minutes with a database away), and a replica killed in that time lost it.
+    assert gw.gateway.outcome_log.get(answered.headers["x-request-id"])["status"] == "ok"
     away.execute("ALTER TABLE gov_spend_away RENAME TO gov_spend")
     away.commit()
     away.close()

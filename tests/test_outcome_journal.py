@@ -218,3 +218,56 @@ def test_a_later_line_for_a_request_is_replayed_after_the_earlier_one_in_the_oth
         assert log.get("r")["status"] == "second"
     finally:
         log.close()
+
+
+class AwayStore:
+    """A real store that cannot be reached (its own `unavailable` error, as a database restarting
+    or a pool with no connection gives) until the test brings it back."""
+
+    def __init__(self, store):
+        self.store, self.journal_base = store, store.journal_base
+        self.back = threading.Event()
+        self.tries = 0
+
+    def write_many(self, records):
+        self.tries += 1
+        if not self.back.is_set():
+            raise self.store.unavailable[0]("the database is away")
+        self.store.write_many(records)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_rows_wait_for_a_store_that_cannot_be_reached_and_are_written_when_it_is_back(tmp_path, monkeypatch):
+    # They were dropped after three tries (and their journal lines with them): a database away for
+    # a minute lost the rows of every request answered meanwhile.
+    monkeypatch.setattr("router.outcome_log.UNREACHABLE_PAUSE_S", 0.05)
+    url = f"sqlite:///{tmp_path}/log.sqlite"
+    store = AwayStore(open_store(url))
+    log = OutcomeLog(store, linger_s=0.01)
+    for i in range(5):
+        log.write(sample("away", i))
+    while store.tries < 10:
+        threading.Event().wait(0.01)
+    assert sum(data.count(b"\n") for data in journal_files(url).values()) == 5  # still journaled meanwhile
+    store.back.set()
+    log.flush()
+    log.close()
+    assert {r["request_id"] for r in stored(url)} == {f"away-{i}" for i in range(5)}
+    assert not any(journal_files(url).values())
+
+
+def test_rows_a_log_closed_while_its_store_is_away_could_not_write_are_written_at_the_next_open(tmp_path, monkeypatch):
+    monkeypatch.setattr("router.outcome_log.UNREACHABLE_PAUSE_S", 0.05)
+    url = f"sqlite:///{tmp_path}/log.sqlite"
+    store = AwayStore(open_store(url))
+    log = OutcomeLog(store, linger_s=0.01)
+    for i in range(3):
+        log.write(sample("shut", i))
+    while store.tries < 3:
+        threading.Event().wait(0.01)
+    log.close()  # a shutdown during the outage: nothing to commit to, nothing dropped
+    assert stored(url) == []
+    open_outcome_log(url).close()  # the next start, the database back
+    assert {r["request_id"] for r in stored(url)} == {f"shut-{i}" for i in range(3)}
