@@ -82,6 +82,44 @@ def test_pepper_shared_through_store(db):
     assert b.authenticate(secret)[1] == "active"
 
 
+def test_replicas_starting_together_on_a_new_database_share_one_pepper(pg_url, monkeypatch):
+    # Both insert at once, each having found no pepper (the interleaving held by a barrier): the
+    # second replica's start had died on the primary key.
+    from service.governance.db import Tx
+
+    monkeypatch.delenv("OPENCLAW_KEY_PEPPER", raising=False)
+    databases = [open_database(pg_url) for _ in range(2)]
+    together = threading.Barrier(2)
+    insert = Tx.execute
+
+    def execute(self, sql, params=()):
+        if sql.startswith("INSERT INTO gov_settings"):
+            together.wait(timeout=10)
+        return insert(self, sql, params)
+
+    monkeypatch.setattr(Tx, "execute", execute)
+    stores, failures = {}, []
+
+    def start(i):
+        try:
+            stores[i] = KeyStore(databases[i])
+        except Exception as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not failures, failures
+        _, secret = stores[0].create("made on one replica")
+        assert stores[1].authenticate(secret)[1] == "active"
+    finally:
+        for database in databases:
+            database.close()
+
+
 def test_budget_windows():
     ts = 1_700_000_000.0  # 2023-11-14 22:13 UTC
     assert window("day", ts)[0] == "2023-11-14"

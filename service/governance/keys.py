@@ -140,13 +140,13 @@ class KeyStore:
         self._pepper = (pepper or os.environ.get("OPENCLAW_KEY_PEPPER") or self._stored_pepper()).encode()
 
     def _stored_pepper(self) -> str:
+        # Replicas starting together on a new database: an insert yields to one already made, and
+        # all read the one pepper. A read then an insert, unlocked on PostgreSQL, had the second
+        # replica die on the primary key.
         with self.db.tx(immediate=True) as tx:
-            row = tx.one("SELECT value FROM gov_settings WHERE name = 'key_pepper'")
-            if row is not None:
-                return row["value"]
-            value = secrets.token_hex(32)
-            tx.execute("INSERT INTO gov_settings (name, value) VALUES ('key_pepper', ?)", (value,))
-            return value
+            tx.execute("INSERT INTO gov_settings (name, value) VALUES ('key_pepper', ?) ON CONFLICT (name) DO NOTHING",
+                       (secrets.token_hex(32),))
+            return tx.one("SELECT value FROM gov_settings WHERE name = 'key_pepper'")["value"]
 
     def hash(self, secret: str) -> str:
         return hmac.new(self._pepper, secret.encode(), hashlib.sha256).hexdigest()
