@@ -295,7 +295,7 @@ def test_shadow_report_page_gives_overlap_and_effective_sample_size():
     assert "agreement<b>50.0%</b>" in page
     assert "<th>effective n</th>" in page and "<td>7.5</td>" in page
     assert "on 50.0% of these 40 requests" in page
-    assert "<th>Δ P(good)</th>" in page and "predicted_delta_p_good" not in page
+    assert "<th>Δ predicted P(good)</th>" in page and "predicted_delta_p_good" not in page
     assert '<td class="list">m1 20<br>m2 20</td>' in page
 
 

@@ -83,7 +83,7 @@ def _grouped(rows: list[dict], key) -> dict[str, list[dict]]:
     out = defaultdict(list)
     for r in rows:
         out[key(r)].append(r)
-    return dict(sorted(out.items()))
+    return dict(sorted(out.items(), key=lambda kv: kv[0].casefold()))  # model names mix cases: gpt-4 beside WizardLM
 
 
 def _calls(shadows: list[dict], outcomes: dict[str, dict]) -> dict:
@@ -152,6 +152,8 @@ def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, 
             report["ope"] = compare_policies(t, None, shadow, t.p_logged, seed=seed)
             # retrain's second baseline: the live router's own choices (its logged predictions, no exploration)
             report["ope_vs_live_router"] = compare_policies(t, greedy_probs(t.p_logged, t), shadow, t.p_logged, seed=seed)
+            # utility = quality - cost / WTP: the page names the WTP its estimates are in
+            report["ope"]["wtp_usd"] = {"min": float(t.knob.min()), "max": float(t.knob.max()), "mean": float(t.knob.mean())}
     return {"verdict": verdict(report), **report}
 
 
@@ -179,6 +181,32 @@ def verdict(report: dict) -> dict:
         judged, each = promotion(report["ope"], report["ope_vs_live_router"], estimator, least)
         out.update(promote=judged.promote, reason=judged.reason, each=each)
     return out
+
+
+COMPARISONS = {"vs_served": "ope", "vs_live_router": "ope_vs_live_router"}
+
+
+def deciding(report: dict) -> list[str]:
+    """The comparisons (`COMPARISONS` keys) whose utility estimate decided the verdict: both where it
+    promotes, the failed ones where it does not; none where the verdict came before the numbers (no
+    feedback, too few requests, a log that does not support the shadow router, identical choices)."""
+    v = report["verdict"]
+    if v["reason"] is None:
+        return []
+    out = []
+    for key, name in COMPARISONS.items():
+        c = report[name]
+        d = c.get("utility", {}).get("difference", {}).get(v["estimator"])
+        on_numbers = (c["n"] >= v["min_requests"] and d is not None and not _unfinite(d["value"])
+                      and (c.get("support") or {}).get("ok", True)
+                      and not (key == "vs_live_router" and c.get("agreement") == 1.0))
+        if on_numbers and (v["promote"] or not v["each"][key]["passed"]):
+            out.append(key)
+    return out
+
+
+def _unfinite(v) -> bool:
+    return v is None or not np.isfinite(v)
 
 
 def headline(v: dict) -> str:
@@ -211,7 +239,7 @@ def plots(report: dict, shadows: list[dict]) -> dict[str, str]:
 
     out = {}
     share = report["traffic_share"]
-    models = sorted(set(share["live"]) | set(share["shadow"]))
+    models = sorted(set(share["live"]) | set(share["shadow"]), key=str.casefold)
     fig, ax = plt.subplots(figsize=(7, 3.2))
     x = np.arange(len(models))
     ax.bar(x - 0.2, [share["live"].get(m, 0) for m in models], 0.4, label="live")
@@ -224,14 +252,16 @@ def plots(report: dict, shadows: list[dict]) -> dict[str, str]:
     out["traffic"] = _png(fig)
     plt.close(fig)
 
-    tasks = report["by_task"]
-    fig, ax = plt.subplots(figsize=(7, 3))
+    tasks = shown_tasks(report["by_task"])
+    # A bar's room, not the figure's, stays fixed: 30 tasks in 3 inches overprinted their labels.
+    fig, ax = plt.subplots(figsize=(7, max(2.4, 1.2 + 0.28 * len(tasks))))
     # With its request count: one request's 100 % otherwise looks like a task's 300 requests' 100 %.
-    ax.barh([f"{_plain(t)} ({v['requests']})" for t, v in tasks.items()], [v["agreement"] or 0 for v in tasks.values()],
-            color="tab:green")
+    ax.barh([f"{_plain(_short(t))} ({v['requests']})" for t, v in tasks.items()],
+            [v["agreement"] or 0 for v in tasks.values()], color="tab:green")
+    ax.invert_yaxis()  # barh draws its first bar at the bottom: top down, as the table lists them
     ax.set_xlim(0, 1)
     ax.set_xlabel("agreement with the live router")
-    ax.set_title("Agreement by task")
+    ax.set_title("Agreement by task" + (f" (the {len(tasks)} with most requests)" if len(tasks) < len(report["by_task"]) else ""))
     fig.tight_layout()
     out["agreement"] = _png(fig)
     plt.close(fig)
@@ -252,11 +282,32 @@ def plots(report: dict, shadows: list[dict]) -> dict[str, str]:
         out["timeline"] = _png(fig)
         plt.close(fig)
 
-    if "ope" in report:
-        fig = _ope_figure(plt, report["ope"], report["verdict"]["estimator"])
-        out["ope"] = _png(fig)
-        plt.close(fig)
+    decide = deciding(report) if "ope" in report else []
+    for key, name in COMPARISONS.items():
+        if name in report:
+            fig = _ope_figure(plt, report[name], report["verdict"]["estimator"] if key in decide else None, BASELINE_TITLES[key])
+            out[name] = _png(fig)
+            plt.close(fig)
     return out
+
+
+MAX_TASK_BARS = 40
+
+
+def shown_tasks(by_task: dict[str, dict]) -> dict[str, dict]:
+    """The tasks the agreement plot draws, in the table's order: the MAX_TASK_BARS with most requests."""
+    if len(by_task) <= MAX_TASK_BARS:
+        return by_task
+    kept = set(sorted(by_task, key=lambda t: -by_task[t]["requests"])[:MAX_TASK_BARS])
+    return {t: v for t, v in by_task.items() if t in kept}
+
+
+def _short(label: str, most: int = 40) -> str:
+    return label if len(label) <= most else label[:most - 1] + "…"
+
+
+BASELINE_TITLES = {"vs_served": "what the gateway served (exploration included)",
+                   "vs_live_router": "the live router's own choices (without exploration)"}
 
 
 # Per metric: its label, the scale the figure draws it at and which way is better for the shadow router.
@@ -265,9 +316,10 @@ OPE_METRICS = (("utility", "utility (quality points)", 1.0, "above 0: shadow bet
                ("cost_usd", "cost ($ per 1,000 requests)", 1000.0, "above 0: shadow dearer"))
 
 
-def _ope_figure(plt, ope: dict, judging: str | None):
-    """Each estimator's paired difference (shadow − served) with its 95 % interval, against 0: the two
-    policies' own intervals overlap where the paired difference can still be clear, and the reverse."""
+def _ope_figure(plt, ope: dict, judging: str | None, baseline: str):
+    """Each estimator's paired difference (shadow − `baseline`) with its 95 % interval, against 0: the two
+    policies' own intervals overlap where the paired difference can still be clear, and the reverse.
+    `judging`: the estimator whose utility decided the verdict, None where this comparison did not."""
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
     for ax, (metric, label, scale, reads) in zip(axes, OPE_METRICS):
         diffs = ope[metric]["difference"]
@@ -284,7 +336,7 @@ def _ope_figure(plt, ope: dict, judging: str | None):
                                           for est, _ in shown], fontsize=8)
         ax.set_xlim(-0.6, max(len(shown), 1) - 0.4)
         ax.set_title(f"{label}\n{reads}", fontsize=9)
-    fig.suptitle("Shadow router − what the gateway served: paired differences with 95 % intervals", fontsize=10)
+    fig.suptitle(f"Shadow router − {baseline}: paired differences with 95 % intervals", fontsize=10)
     fig.tight_layout()
     return fig
 

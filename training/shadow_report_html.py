@@ -64,8 +64,8 @@ FORMATS = {
     "delta_latency_s": lambda v: seconds(v, True), "live_gateway_time_s": seconds,
     "spend_usd": usd, "skipped_reserved_usd_max": usd,
 }
-HEADERS = {"predicted_delta_p_good": "Δ P(good)", "predicted_delta_cost_usd": "Δ $ per 1k requests",
-           "predicted_delta_latency_s": "Δ latency s", "predictor_gap_p_good": "P(good) gap",
+HEADERS = {"predicted_delta_p_good": "Δ predicted P(good)", "predicted_delta_cost_usd": "Δ predicted $ per 1k requests",
+           "predicted_delta_latency_s": "Δ predicted latency s", "predictor_gap_p_good": "P(good) gap",
            "predictor_gap_cost_usd": "$ gap per 1k requests", "predictor_gap_latency_s": "latency s gap",
            "drawn": "drawn", "calls": "made", "ok": "answered", "skipped_by_cap": "skipped by the cap",
            "skipped_reserved_usd_max": "largest skipped reservation", "spend_usd": "spend",
@@ -108,8 +108,9 @@ def _verdict(report: dict, v: dict) -> str:
                     for label, e in each)
     how = (f'<p class="how">Judged by the rule <code>openclaw-router retrain</code> promotes a candidate on, with its defaults '
            f"(<code>--estimator {html.escape(v['estimator'])} --min-requests {v['min_requests']}</code>): the candidate is the "
-           f"shadow router, its held-out requests the {report['ope']['n']} logged requests with feedback it decided on. The "
-           "estimates below are those against what the gateway served.</p>")
+           f"shadow router, its held-out requests the {report['ope']['n']} logged requests with feedback it decided on. "
+           "Both comparisons are shown below, each against its own baseline; <i>decides</i> marks the estimate the "
+           "verdict turned on.</p>")
     return f'<div class="verdict {kind}"><b>{lead}</b>: <code>openclaw-router retrain</code> {would}.<ul>{items}</ul></div>{how}'
 
 
@@ -124,8 +125,8 @@ def _support(ope: dict) -> str:
     if sup["verdict"] == "inconsistent":
         return (f'<p class="support bad"><b>Support: the logged propensities do not add up.</b> {summary}; check what '
                 f"logged them (learning.bandit) before trusting any estimate below.</p>")
-    mean = sup["weight_mean"]["value"]
-    never = _pct(None if _missing(mean) else max(0.0, 1.0 - mean))
+    point, interval = never_shown(sup)
+    never = f"{point} ({interval})" if interval else point
     known = (f" ({_pct(sup['unsupported_known'])} for certain: the live gateway served a model with probability 1 "
              f"where the shadow router chose another)" if sup["unsupported_known"] else "")
     return (f'<p class="support bad"><b>Support: the log does not support the shadow router\'s choices.</b> About '
@@ -136,20 +137,65 @@ def _support(ope: dict) -> str:
             "would, or collect more traffic.</p>")
 
 
-def _ope_table(ope: dict, judging: str | None) -> str:
+def never_shown(sup: dict) -> tuple[str, str]:
+    """1 − the mean importance weight, the share of the shadow's choices the log never shows, and its
+    95 % interval: on a few hundred requests the point alone reads far surer than it is."""
+    w = sup["weight_mean"]
+    if _missing(w["value"]):
+        return "–", ""
+    share = lambda x: _pct(min(1.0, max(0.0, 1.0 - x)))  # noqa: E731
+    return share(w["value"]), "" if _missing(w["lo"]) else f"95 % interval {share(w['hi'])} .. {share(w['lo'])}"
+
+
+# Per comparison: its baseline as the tables' columns name it, and whether its own level is observed.
+SHORT = {"vs_served": ("served", "observed"), "vs_live_router": ("live router", "estimated")}
+
+
+def _ope_table(c: dict, judging: str | None, key: str) -> str:
+    """One comparison's paired differences, beside the baseline's own level (the same estimator's)."""
+    short, known = SHORT[key]
+    diff, level = f"shadow − {short}", f"{short} level ({known})"
     rows = {}
     for metric, show in (("utility", _signed), ("quality", _signed), ("cost_usd", usd_per_1k)):
         label = "cost $ per 1k requests" if metric == "cost_usd" else metric
         for est in ESTIMATORS:
-            e = ope[metric]["difference"].get(est)
+            e = c[metric]["difference"].get(est)
             if e is None:
                 continue
+            base = c[metric].get("live", {}).get(est, {}).get("value")
             interval = "–" if _missing(e["lo"]) else f"{show(e['lo'])} .. {show(e['hi'])}"
-            rows[f"{label} · {est.upper()}"] = {"shadow − served": show(e["value"]), "95 % interval": interval, "n": e["n"],
-                                                "effective n": e.get("ess"),
+            rows[f"{label} · {est.upper()}"] = {diff: show(e["value"]), level: "–" if _missing(base) else show(base).lstrip("+"),
+                                                "95 % interval": interval, "n": e["n"], "effective n": e.get("ess"),
                                                 "": "decides" if metric == "utility" and est == judging else ""}
-    cols = ["shadow − served", "95 % interval", "n", "effective n", ""]
-    return _table(rows, cols)
+    return _table(rows, [diff, level, "95 % interval", "n", "effective n", *([""] if judging else [])])
+
+
+def _utility_note(ope: dict) -> str:
+    w = ope.get("wtp_usd")
+    if not w:
+        return ""
+    wtp = (usd(w["mean"]) if w["min"] == w["max"]
+           else f"{usd(w['min'])} to {usd(w['max'])} by request (mean {usd(w['mean'])})")
+    return (f"<p>utility = P(good) − cost / WTP (WTP {wtp} per quality point: the willingness to pay the live "
+            "requests were routed with), in quality points; P(good) is the feedback score. Each level column is the "
+            "baseline's own value: what the gateway served is observed, the live router's own choices are "
+            "estimated by the same estimator.</p>")
+
+
+def _comparisons(report: dict, img) -> str:
+    """Retrain's two comparisons, plot and table each, under their baseline and whether they passed."""
+    from training.shadow_report import BASELINE_TITLES, COMPARISONS, deciding
+
+    v, decide, out = report["verdict"], deciding(report), []
+    for key, name in COMPARISONS.items():
+        if name not in report:
+            continue
+        passed = v.get("each", {}).get(key, {}).get("passed")
+        said = "" if passed is None else f": {'passed' if passed else 'failed'}"
+        out.append(f"<h3>Against {html.escape(BASELINE_TITLES[key])}{said}"
+                   f"{' (decides the verdict)' if key in decide else ''}</h3>{img(name)}"
+                   f"{_ope_table(report[name], v['estimator'] if key in decide else None, key)}")
+    return "".join(out)
 
 
 def _overlap_note(ope: dict) -> str:
@@ -202,6 +248,23 @@ def _calls_note(calls: dict) -> str:
             f"there.</p>")
 
 
+OBSERVED = ("Quality differences are off-policy estimates or predictions, never observed: the shadow router's answers "
+            "get no feedback. Cost and latency are observed on the shadow calls made (the last section); elsewhere "
+            "they are estimated or predicted too.")
+
+
+def _tasks_left_out(by_task: dict) -> str:
+    from training.shadow_report import shown_tasks
+
+    drawn = len(shown_tasks(by_task))
+    return ("" if drawn == len(by_task) else
+            f"<p>The plot draws the {drawn} tasks with most requests of {len(by_task)}; the table lists them all.</p>")
+
+
+def _served(level, show) -> str:
+    return "" if _missing(level) else f"; served {show(level)}"
+
+
 CALL_COLUMNS = ["drawn", "calls", "ok", "skipped_by_cap", "skipped_reserved_usd_max", "spend_usd", "delta_cost_usd",
                 "delta_latency_s", "latency_compared"]
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.4}
@@ -218,32 +281,39 @@ td:first-child,td.list{text-align:left}td.mark{color:#c62828;font-weight:bold}im
 def render_html(report: dict, images: dict[str, str]) -> str:
     o, calls, v = report["overall"], report["observed_shadow_calls"], report["verdict"]
     ope = report.get("ope")
+    served = report.get("observed_live", {})
+    # A delta means little without the level it moves: the served traffic's own, as observed.
+    quality = f"; served P(good) {_fmt(ope['logged']['quality'])}" if ope and "logged" in ope else ""
     cards = [("requests", _fmt(o["requests"]), ""), ("agreement", _pct(o["agreement"]), "with the live router"),
-             ("Δ predicted P(good)", _signed(o["predicted_delta_p_good"]), "shadow's choice − live's"),
-             ("Δ predicted cost", usd_per_1k(o["predicted_delta_cost_usd"]), "per 1,000 requests"),
-             ("Δ predicted latency", f"{seconds(o['predicted_delta_latency_s'], True)} s", "per request"),
+             ("Δ predicted P(good)", _signed(o["predicted_delta_p_good"]), f"shadow's choice − live's{quality}"),
+             ("Δ predicted cost", usd_per_1k(o["predicted_delta_cost_usd"]),
+              "per 1,000 requests" + _served(served.get("cost_usd"), lambda c: usd_per_1k(c, signed=False))),
+             ("Δ predicted latency", f"{seconds(o['predicted_delta_latency_s'], True)} s",
+              "per request" + _served(served.get("latency_s"), lambda t: f"{seconds(t)} s")),
              ("shadow calls made", _fmt(calls["calls"]),
               f"{calls['skipped_by_cap']} skipped by the spend cap" if calls["skipped_by_cap"] else "")]
     if ope and ope.get("support") and ope["support"]["verdict"] != "empty":
-        mean = ope["support"]["weight_mean"]["value"]
-        cards.append(("choices the log never shows", _pct(None if _missing(mean) else max(0.0, 1.0 - mean)),
-                      f"support: {ope['support']['verdict']}"))
+        sup = ope["support"]
+        point, interval = never_shown(sup)
+        known = f"{_pct(sup['unsupported_known'])} for certain" if sup["unsupported_known"] else ""
+        cards.append(("choices the log never shows", point, "; ".join(filter(None, [interval, known, f"support: {sup['verdict']}"]))))
     img = lambda k: f'<img src="data:image/png;base64,{images[k]}" alt="{k}">' if k in images else ""  # noqa: E731
     cols = ["requests", "agreement", "predicted_delta_p_good", "predicted_delta_cost_usd", "predicted_delta_latency_s"]
     gaps = ["predictor_gap_p_good", "predictor_gap_cost_usd", "predictor_gap_latency_s"]
-    ope_part = (_support(ope) + img("ope") + _ope_table(ope, v["estimator"]) + _overlap_note(ope) if ope else
+    ope_part = (_support(ope) + _utility_note(ope) + _comparisons(report, img) + _overlap_note(ope) if ope else
                 "<p>No logged request with feedback overlaps the shadow decisions yet.</p>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Shadow router report</title>
 <style>{STYLE}</style></head><body>
 <h1>Shadow router vs live router</h1>
 {_verdict(report, v)}
 <div class="cards">{''.join(f'<div class="card">{html.escape(k)}<b>{val}</b><small>{html.escape(note)}</small></div>' for k, val, note in cards)}</div>
+<p class="how">{OBSERVED}</p>
 <h2>Off-policy estimates (logged traffic with feedback)</h2>
 {ope_part}
 <h2>Choices</h2>{img("traffic")}{img("timeline")}
 {_predicted_note(o)}
-<h2>By task</h2>{img("agreement")}
-<p>Δ: the shadow router's prediction for its own choice minus its prediction for the live choice (0 where they agree).</p>{_table(report["by_task"], cols)}
+<h2>By task</h2>{img("agreement")}{_tasks_left_out(report["by_task"])}
+<p>Δ predicted: the shadow router's prediction for its own choice minus its prediction for the live choice (0 where they agree).</p>{_table(report["by_task"], cols)}
 <h2>By live model</h2>{_table(report["by_live_model"], [*cols, "shadow_choices"])}
 <h3>The two predictors on the live router's choice</h3>
 <p>Gap: the shadow router's prediction for the model the live router chose minus the live router's own; a difference of
