@@ -65,7 +65,7 @@ def test_dashboard_renders_real_numbers(env, tmp_path):
         assert f'data-series="{name}"' in dom
     for row in expected["recent"]:
         assert f'data-request="{row["request_id"]}"' in dom
-    assert 'data-budget="' in dom and "team alpha (month)" in dom
+    assert 'data-budget="' in dom and "month budget of team 'alpha'" in dom
     assert MASTER not in dom  # the key was taken from the fragment and not written into the page
 
     shot = tmp_path / "dashboard.png"
@@ -107,8 +107,8 @@ DOCUMENT = {
 }
 
 
-def _serve_ui(document: dict):
-    """The shipped /ui files and a fixed /admin/dashboard document, over real HTTP."""
+def _serve_ui(document: dict, status: int = 200):
+    """The shipped /ui files and a fixed /admin/dashboard answer, over real HTTP."""
     import json
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -121,14 +121,14 @@ def _serve_ui(document: dict):
         def do_GET(self):
             path = self.path.split("#")[0]
             if path == "/admin/dashboard":
-                body, kind = json.dumps(document).encode(), "application/json"
+                body, kind, code = json.dumps(document).encode(), "application/json", status
             else:
                 name = path.removeprefix("/ui/") or "index.html"
                 if not (ui / name).is_file():  # the browser's own /favicon.ico
                     self.send_error(404)
                     return
-                body, kind = (ui / name).read_bytes(), types[name.rsplit(".", 1)[1]]
-            self.send_response(200)
+                body, kind, code = (ui / name).read_bytes(), types[name.rsplit(".", 1)[1]], 200
+            self.send_response(code)
             self.send_header("content-type", kind)
             self.end_headers()
             self.wfile.write(body)
@@ -165,3 +165,60 @@ def test_dashboard_charts_read_true_to_the_data():
     labels = re.findall(r'<div class="bar-row"><span>([^<]*)</span>', routing)
     assert labels == ["small", "no model answered", "big"]  # by requests, which the bars show
     assert "$0.0500 / $0.0500 · 99.9%" in dom  # not full, though rounding shows it spent to the cent
+
+
+def _dom(document: dict, status: int = 200, fragment: str = "#key=k") -> str:
+    binary = _chromium()
+    server = _serve_ui(document, status)
+    try:
+        return _run_chromium(binary, "--dump-dom", f"http://127.0.0.1:{server.server_port}/ui/{fragment}").stdout
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("status, answer", [
+    (401, {"error": {"code": "invalid_api_key", "message": "Incorrect master key provided."}}),
+    (403, {"error": {"code": "admin_disabled", "message": "no master key"}}),
+])
+def test_the_hidden_board_is_not_drawn_under_the_key_form_or_the_admin_off_card(tmp_path, status, answer):
+    binary = _chromium()
+    server = _serve_ui(answer, status)
+    shot = tmp_path / "page.png"
+    try:
+        result = _run_chromium(binary, f"--screenshot={shot}", "--window-size=1280,1000",
+                               f"http://127.0.0.1:{server.server_port}/ui/")
+    finally:
+        server.shutdown()
+    assert shot.exists(), result.stderr[-2000:]
+    from PIL import Image
+
+    # Both cards end above y=450; `main { display: grid }` drew the board's empty tiles and panels
+    # below them, `hidden` as it was.
+    below = Image.open(shot).convert("RGB").crop((0, 450, 1280, 1000))
+    assert below.getcolors() == [(1280 * 550, (0xF6, 0xF7, 0xFB))]
+
+
+def _budget(id_: str, share: float, label: str, **extra) -> dict:
+    return {"id": id_, "scope": "team", "scope_id": id_, "period": "day", "share": share, "soft_threshold": 0.8,
+            "spent_usd": share * 0.05, "reserved_usd": 0.0, "limit_usd": 0.05, "projected_window_end_usd": None,
+            "label": label, "window": "2027-01-15", **extra}
+
+
+def test_budgets_show_their_labels_and_an_exhausted_one_reads_as_refusing():
+    method = "least-squares line through the daily spend of the last 1 day(s), projected to month end"
+    label = "day budget of key 'alpha-app' (key_8003357a53d48cd3)"
+    document = {**DOCUMENT, "forecast": {"forecast_month_end_usd": 6.71, "days_observed": 1, "method": method},
+                "budgets": [_budget("spent", 0.9999, label, scope="key", scope_id="key_8003357a53d48cd3"),
+                            _budget("reserved", 0.95, "day budget of team 'r'", reserved_usd=0.05 * 0.0499),
+                            _budget("soft", 0.85, "day budget of team 's'"), _budget("low", 0.1, "day budget of team 'l'")]}
+    dom = _dom(document)
+    assert 'data-rendered="true"' in dom, dom[-2000:]
+    rows = {part.split('"', 1)[0]: part.split("</section>")[0] for part in dom.split('data-budget="')[1:]}
+    assert f">{label}<" in rows["spent"] and "key key_8003357a53d48cd3 (day)" not in dom  # shown, not a tooltip
+    # Within 0.1% of its limit, counting what is reserved in flight: refused, not "100.0%" in orange.
+    for name in ("spent", "reserved"):
+        assert 'data-state="bad"' in rows[name] and "exhausted" in rows[name] and 'class="bad"' in rows[name]
+    assert 'data-state="warn"' in rows["soft"] and "exhausted" not in rows["soft"]
+    assert "data-state" not in rows["low"]
+    assert _text(dom, "t-forecast-method") == method
+    assert f'title="{method}"' in dom

@@ -141,9 +141,15 @@ def test_the_printed_table_keeps_its_columns_where_a_target_is_not_reached():
     emb, quality, cost, p = _synthetic()
     s, _ = evaluate_arrays(quality, cost, ["a", "b", "c"], p, cost, _truth_router(p, cost), emb)
     s.update(n_rows=len(quality), models=["a", "b", "c"])
-    rows = format_table(s).splitlines()[1:]
+    lines = format_table(s).splitlines()
+    rows, notes = lines[1:7], lines[7:]
     assert any("—" in r for r in rows)  # random never reaches the best model's quality
     assert len({len(r) for r in rows}) == 1
+    # Headers in words, and a footnote saying what the "—" means.
+    assert rows[0].split() == ["method", "AIQ", *"quality at random's cost".split(), *"cost to reach best".split(),
+                               "÷", "best's", "cost"]
+    assert notes == ["— cost to reach best, ÷ best's cost: the method never reaches the best single model's quality "
+                     f"(c, {s['best_single_model']['mean_quality']:.3f})"]
 
 
 def test_candidates_are_the_intersection_and_bad_requests_are_named():

@@ -153,3 +153,44 @@ def test_reliability_dots_weigh_their_rows_and_the_title_gives_what_a_curve_hide
     assert sizes[1] > 10 * sizes[0] and sizes[1] > sizes[2] > sizes[0]  # a 40-row bin is not drawn like 7,500
     title = ax.get_title()
     assert "AUC 0.490" in title and "Brier 0.1707 (base rate 0.1682)" in title and "8,440 predictions" in title
+
+
+def test_the_legend_says_the_lines_are_hulls_and_names_the_dots():
+    fig = cost_quality_figure(_summary(COSTS, QUALITY))
+    (legend,) = fig.legends
+    entries = [t.get_text() for t in legend.get_texts()]
+    # A line is the non-decreasing hull of its method's points, not the points joined up.
+    assert "router hull (AIQ 0.700)" in entries and "oracle hull (AIQ 0.700)" in entries
+    assert not [e for e in entries if e.startswith("router (")]
+    points = [e for e in entries if e.startswith("operating points")]
+    assert len(points) == 1
+    assert entries.index(points[0]) == entries.index("random") + 1
+
+
+def _overlaps_a_marker(fig, summary) -> list:
+    renderer = _renderer(fig)
+    rnd = summary["methods"]["random"]
+    markers = {"random": (rnd["mean_cost"], rnd["mean_quality"])}
+    markers.update({m: (v["mean_cost"], v["mean_quality"]) for m, v in summary["single_models"].items()})
+    clashes = []
+    for ax in fig.axes:
+        for t in ax.texts:
+            box = t.get_window_extent(renderer)
+            for name, xy in markers.items():
+                if name != t.get_text() and box.contains(*ax.transData.transform(xy)):
+                    clashes.append((ax.get_xscale(), t.get_text(), name))
+    return clashes
+
+
+def test_model_names_keep_off_the_random_marker_and_other_dots():
+    s = _summary(COSTS, QUALITY)
+    fig = cost_quality_figure(s)
+    # Random's marker put in the middle of a model's name, as random's mean cost and quality may fall.
+    ax = fig.axes[0]
+    label = next(t for t in ax.texts if t.get_text() == "code-llama-instruct-34b-chat")
+    box = label.get_window_extent(_renderer(fig))
+    cost, quality = ax.transData.inverted().transform(((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2))
+    s["methods"]["random"].update(mean_cost=float(cost), mean_quality=float(quality))
+    fig = cost_quality_figure(s)
+    assert fig.axes[0].get_xlim() == ax.get_xlim()  # the marker is where the name was
+    assert _overlaps_a_marker(fig, s) == []

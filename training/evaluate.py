@@ -387,24 +387,38 @@ def _run(args: argparse.Namespace) -> int:
 
 def format_table(summary: dict) -> str:
     best = summary["best_single_model"]
+    names = [n for n in ("router", "knn", "zero", "random", "oracle") if n in summary["methods"]]
+    # (header, summary field, decimals); a column as wide as its header, and at least as a cost
+    columns = [(h, field, digits, max(len(h), 9)) for h, field, digits in (
+        ("AIQ", "aiq", 4), ("quality at random's cost", "quality_at_random_cost", 3),
+        ("cost to reach best", "cost_to_reach_best", 6), ("÷ best's cost", "cost_to_reach_best_ratio", 2))]
     lines = [
         f"{summary['n_rows']} rows, {len(summary['models'])} model{'s' * (len(summary['models']) != 1)}; best single model {best['model']}: "
         f"quality {best['mean_quality']:.3f} at ${best['mean_cost']:.6f}",
-        f"{'method':<8} {'AIQ':>7} {'q@random$':>9} {'$ to best':>11} {'÷ best $':>8}",
+        f"{'method':<8}" + "".join(f"  {h:>{width}}" for h, _, _, width in columns),
     ]
-    def fmt(x, spec: str) -> str:  # "—" (not reached, undefined) padded to the column like a number
-        return format(x, spec) if x is not None else format("—", ">" + spec.split(".")[0])
 
-    for name in (n for n in ("router", "knn", "zero", "random", "oracle") if n in summary["methods"]):
+    def fmt(x, digits: int, width: int = 0) -> str:  # "—" (not reached, undefined) padded to the column like a number
+        return f"{x:{width}.{digits}f}" if x is not None else f"{'—':>{width}}"
+
+    for name in names:
         m = summary["methods"][name]
-        lines.append(f"{name:<8} {fmt(m['aiq'], '7.4f')} {fmt(m['quality_at_random_cost'], '9.3f')} "
-                     f"{fmt(m['cost_to_reach_best'], '11.6f')} {fmt(m['cost_to_reach_best_ratio'], '8.2f')}")
+        lines.append(f"{name:<8}" + "".join(f"  {fmt(m[field], digits, width)}" for _, field, digits, width in columns))
+    dashes = {field: {n for n in names if summary["methods"][n][field] is None} for _, field, _, _ in columns}
+    notes = [
+        (dashes["aiq"], "— AIQ: every model costs the same, so there is no cost range to take its area over"),
+        (dashes["quality_at_random_cost"], "— quality at random's cost: none of the method's settings costs as little as random routing"),
+        (dashes["cost_to_reach_best"], "— cost to reach best, ÷ best's cost: the method never reaches the best single model's "
+                                       f"quality ({best['model']}, {best['mean_quality']:.3f})"),
+        (dashes["cost_to_reach_best_ratio"] - dashes["cost_to_reach_best"], "— ÷ best's cost: the best single model costs nothing"),
+    ]
+    lines += [note for methods, note in notes if methods]
     if "two_model" in summary and "note" in summary["two_model"]:
         lines.append(f"two-model metrics: {summary['two_model']['note']}")
     elif "two_model" in summary:
         p = summary["two_model"]
         lines.append(f"strong (pricier) {p['strong']} / weak {p['weak']}:")
         for name in (n for n in ("router", "knn", "zero", "random", "oracle") if n in p):
-            lines.append(f"  {name:<7} APGR {p[name]['apgr']:.3f}  CPT(50%) {fmt(p[name]['cpt_50'], '.3f')}  "
-                         f"CPT(80%) {fmt(p[name]['cpt_80'], '.3f')}")
+            lines.append(f"  {name:<7} APGR {p[name]['apgr']:.3f}  CPT(50%) {fmt(p[name]['cpt_50'], 3)}  "
+                         f"CPT(80%) {fmt(p[name]['cpt_80'], 3)}")
     return "\n".join(lines)

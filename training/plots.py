@@ -80,22 +80,47 @@ def _log_ticks(ax, costs: np.ndarray) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _spread_labels(ax, texts, renderer) -> None:
-    """Nudge overlapping model names upwards (bottom-up) until no two overlap, and right-align the
-    ones near the right edge so they stay inside the panel."""
+def _marker_boxes(ax, markers) -> list:
+    """The display box of each (x, y, scatter size in points²) marker, a pixel to spare."""
+    from matplotlib.transforms import Bbox
+
+    boxes = []
+    for x, y, size in markers:
+        cx, cy = ax.transData.transform((x, y))
+        half = np.sqrt(size) / 2 * ax.figure.dpi / 72.0 + 1
+        boxes.append(Bbox.from_extents(cx - half, cy - half, cx + half, cy + half))
+    return boxes
+
+
+def _spread_labels(ax, texts, renderer, markers=()) -> None:
+    """Keep model names off each other and off every marker but their own dot (`markers`: display
+    boxes): bottom-up, a name that runs into one goes to the other side of its dot, or else is
+    nudged upwards until clear. Names near the right edge are right-aligned to stay in the panel."""
     to_points = 72.0 / ax.figure.dpi
+    frame = ax.get_window_extent(renderer)
     for t in texts:
         if ax.transAxes.inverted().transform(ax.transData.transform(t.xy))[0] > 0.75:
             t.set_horizontalalignment("right")
             t.xyann = (-t.xyann[0], t.xyann[1])
     placed = []
     for t in sorted(texts, key=lambda t: ax.transData.transform(t.xy)[1]):
-        box = t.get_window_extent(renderer)
-        clash = next((b for b in placed if box.overlaps(b)), None)
+        anchor = ax.transData.transform(t.xy)
+        obstacles = placed + [b for b in markers if not b.contains(*anchor)]
+        (dx, dy), ha = t.xyann, t.get_horizontalalignment()
+        other = "left" if ha == "right" else "right"
+        # The other side of its dot, then below it, before nudging: a nudged name drifts from its
+        # dot and pushes the names above it along.
+        for side in ((ha, (dx, dy)), (other, (-dx, dy)), (ha, (dx, -dy - 8)), (other, (-dx, -dy - 8)), (ha, (dx, dy))):
+            t.set_horizontalalignment(side[0])
+            t.xyann = side[1]
+            box = t.get_window_extent(renderer)
+            clash = next((b for b in obstacles if box.overlaps(b)), None)
+            if clash is None and frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0:
+                break
         while clash is not None:
             t.xyann = (t.xyann[0], t.xyann[1] + (clash.y1 - box.y0 + 1) * to_points)
             box = t.get_window_extent(renderer)
-            clash = next((b for b in placed if box.overlaps(b)), None)
+            clash = next((b for b in obstacles if box.overlaps(b)), None)
         placed.append(box)
 
 
@@ -145,12 +170,15 @@ def cost_quality_figure(summary: dict, title: str = ""):
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
     labels = {ax: [] for ax in axes}
+    rnd = summary["methods"]["random"]
+    markers = [(m["mean_cost"], m["mean_quality"], 18) for m in summary["single_models"].values()]
+    markers.append((rnd["mean_cost"], rnd["mean_quality"], 60))
+    points = []  # each method's dots, one legend entry for all of them
     for ax, log in zip(axes, (False, True)):
         for name, m in summary["single_models"].items():
             ax.scatter(m["mean_cost"], m["mean_quality"], color="black", s=18, zorder=3, label="single model")
             labels[ax].append(ax.annotate(name, (m["mean_cost"], m["mean_quality"]), fontsize=7, xytext=(3, 3),
                                           textcoords="offset points"))
-        rnd = summary["methods"]["random"]
         ax.scatter(rnd["mean_cost"], rnd["mean_quality"], color="tab:orange", marker="x", s=60, label="random", zorder=3)
         for name, style in STYLE.items():
             method = summary["methods"].get(name)
@@ -158,22 +186,31 @@ def cost_quality_figure(summary: dict, title: str = ""):
                 continue
             pts = np.array(method["points"])
             hx, hy = _hull_line(pts[:, 0], pts[:, 1], c_max)
-            label = name if method["aiq"] is None else f"{name} (AIQ {method['aiq']:.3f})"
+            # The line is not the points joined up: it is their hull, what AIQ integrates.
+            label = f"{name} hull" + ("" if method["aiq"] is None else f" (AIQ {method['aiq']:.3f})")
             ax.plot(hx, hy, color=style["color"], lw=1.6, label=label)
             if style["marker"]:
-                ax.scatter(pts[:, 0], pts[:, 1], color=style["color"], marker=style["marker"], s=10, alpha=0.5)
+                dots = ax.scatter(pts[:, 0], pts[:, 1], color=style["color"], marker=style["marker"], s=10, alpha=0.5)
+                if not log:
+                    points.append(dots)
         _cost_axis(ax, summary, log)
         ax.set_ylabel("mean quality")
         ax.grid(alpha=0.3)
     # Outside the panels: inside, wherever it goes, it hides some model's dot and name.
+    from matplotlib.legend_handler import HandlerTuple
+
     handles, names = axes[0].get_legend_handles_labels()
     unique = dict(zip(names, handles))
-    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique), fontsize=8, frameon=False)
+    entries = list(unique.items())
+    if points:
+        entries.insert(list(unique).index("random") + 1, ("operating points (one per setting)", tuple(points)))
+    fig.legend([h for _, h in entries], [n for n, _ in entries], loc="lower center", ncol=len(entries), fontsize=8,
+               frameon=False, handler_map={tuple: HandlerTuple(ndivide=None)})
     fig.suptitle(title or f"{Path(summary['data']).name}: {summary['n_rows']} prompts, {_count(len(summary['models']), 'model')}")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     renderer = fig.canvas.get_renderer()
     for ax in axes:
-        _spread_labels(ax, labels[ax], renderer)
+        _spread_labels(ax, labels[ax], renderer, _marker_boxes(ax, markers))
     return fig
 
 

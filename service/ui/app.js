@@ -148,11 +148,36 @@ function barRow(label, share, right, cls, softAt) {
   return row;
 }
 
+// The gateway refuses a request once a budget's room (limit less spent and reserved) is below the
+// request's predicted cost, but /admin/dashboard reports neither that prediction nor whether a
+// budget is refusing. So a budget within the last 0.1% of its limit is shown spent: that close,
+// it refuses nearly every request, and "100.0%" in the warning colour read as still admitting.
+const EXHAUSTED_AT = 0.999;
+
+function budgetRow(b) {
+  const used = (b.spent_usd + (b.reserved_usd || 0)) / b.limit_usd;
+  const [cls, state] = used >= EXHAUSTED_AT ? ["bad", "exhausted: refusing requests"]
+    : b.share >= b.soft_threshold ? ["warn", "past its soft threshold"] : ["", ""];
+  const row = barRow(b.label, b.share, `${usd(b.spent_usd)} / ${usd(b.limit_usd)} · ${pct(b.share)}`, cls, b.soft_threshold);
+  row.classList.add("budget-row");
+  // The label on a line of its own: it names the key by name and id, too long for the bar's column.
+  const head = el("div", { class: "head" });
+  head.append(row.firstChild, el("span", { class: `state ${cls}` }, state));
+  row.prepend(head);
+  row.setAttribute("data-budget", b.id);
+  if (cls) row.setAttribute("data-state", cls);
+  if (b.projected_window_end_usd !== null) row.title = `on track for ${usd(b.projected_window_end_usd)} by ${b.window} end`;
+  return row;
+}
+
 function render(d) {
   const s = d.summary;
   $("t-requests").textContent = s.requests;
   $("t-cost").textContent = usd(s.cost_usd);
   $("t-forecast").textContent = usd(d.forecast.forecast_month_end_usd);
+  // How it was made, so a forecast from a day's data is not read like one from a month's.
+  $("t-forecast-method").textContent = d.forecast.method || "";
+  $("forecast-tile").title = d.forecast.method || "";
   $("t-cache").textContent = pct(s.cache_hit_rate);
   $("t-latency").textContent = `${secs(s.latency_s.p50)} / ${secs(s.latency_s.p95)}`;
   $("t-ttft").textContent = `${secs(s.ttft_s.p50)} / ${secs(s.ttft_s.p95)}`;
@@ -171,13 +196,7 @@ function render(d) {
   const budgets = $("budgets");
   budgets.replaceChildren();
   if (!d.budgets.length) budgets.appendChild(el("p", { class: "muted" }, "no budgets set"));
-  d.budgets.forEach((b) => {
-    const cls = b.share >= 1 ? "bad" : b.share >= b.soft_threshold ? "warn" : "";
-    const row = barRow(`${b.scope} ${b.scope_id} (${b.period})`, b.share, `${usd(b.spent_usd)} / ${usd(b.limit_usd)} · ${pct(b.share)}`, cls, b.soft_threshold);
-    row.setAttribute("data-budget", b.id);
-    row.title = b.projected_window_end_usd === null ? b.label : `${b.label}: on track for ${usd(b.projected_window_end_usd)} by ${b.window} end`;
-    budgets.appendChild(row);
-  });
+  d.budgets.forEach((b) => budgets.appendChild(budgetRow(b)));
 
   const tbody = $("recent").querySelector("tbody");
   tbody.replaceChildren();
