@@ -25,7 +25,7 @@ from router.request_view import estimate_tokens, view_chat_request
 from service import sse
 from service.api_info import resolve_visible
 from service.dispatch import ClientGone, OpenStream, client_gone, usage_tokens
-from service.errors import ApiError, bad_request
+from service.errors import ApiError, bad_request, internal_error
 from service.gateway import Gateway
 from service.governance.auth import client_caller
 from service.pipeline import RequestContext
@@ -86,7 +86,7 @@ async def chat_completions(request: Request) -> Response:
         return _refused(gw, request, request_id, received, started, raw, caller, _shutting_down(), "error")
     except Exception as exc:  # the key store down, or our bug: a clean 500 that still has its log row
         log.exception("request %s failed before routing", request_id)
-        error = ApiError(500, "internal error in the router", code="internal_error")
+        error = internal_error(exc)
         return _refused(gw, request, request_id, received, started, raw, caller, error, "error", f"internal: {type(exc).__name__}")
     # `tools: []` is no tools, and beside no tools `tool_choice` (validation lets only "none" by)
     # and `parallel_tool_calls` ask nothing: OpenAI refuses all three, agent SDKs send them.
@@ -120,10 +120,11 @@ async def chat_completions(request: Request) -> Response:
         return exc.response(response_headers(ctx))
     except Exception as exc:  # our bug: the client gets a clean 500, the request still gets its log row
         log.exception("request %s failed in the gateway", ctx.request_id)
+        error = internal_error(exc)
         ctx.status, ctx.error = "error", f"internal: {type(exc).__name__}"
-        ctx.extras["http_status"] = 500
+        ctx.extras["http_status"] = error.status
         finish(gw, ctx)
-        return ApiError(500, "internal error in the router", code="internal_error").response(response_headers(ctx))
+        return error.response(response_headers(ctx))
 
 
 def _shutting_down() -> ApiError:

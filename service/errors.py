@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
+import sys
 from typing import TYPE_CHECKING, Any, Mapping
 
 from fastapi import FastAPI, Request
@@ -131,6 +133,31 @@ def invalid_body(exc: ValidationError | RequestValidationError) -> ApiError:
     return bad_request(f"{param}: {msg}" if param else msg, param=param)
 
 
+def _unreachable_store(exc: BaseException) -> bool:
+    """A database or Redis the gateway needs, not answering: a server restarting, a network cut,
+    no pooled connection free within the pool's wait. Looked up among the drivers imported, so
+    none is imported for it."""
+    kinds: list[type[BaseException]] = []
+    if (psycopg := sys.modules.get("psycopg")) is not None:
+        kinds += [psycopg.OperationalError, psycopg.InterfaceError]  # PoolTimeout is an OperationalError
+    if (redis := sys.modules.get("redis.exceptions")) is not None:
+        kinds += [redis.ConnectionError, redis.TimeoutError]
+    if isinstance(exc, tuple(kinds)):
+        return True
+    # SQLite's OperationalError also says a table is missing: only a lock or a file it cannot open is "away".
+    return isinstance(exc, sqlite3.OperationalError) and any(w in str(exc) for w in ("locked", "unable to open", "disk I/O"))
+
+
+def internal_error(exc: BaseException) -> ApiError:
+    """What a request that failed inside the gateway gets: a 503 to retry where a store it needs
+    cannot be reached (it had been a 500, which the SDKs retry less and OpenClaw not at all), else
+    a 500; the traceback goes to the log only."""
+    if _unreachable_store(exc):
+        return ApiError(503, "a database the gateway needs cannot be reached right now; retry shortly",
+                        code="store_unavailable", headers={"retry-after": "5"})
+    return ApiError(500, "internal error in the router", code="internal_error")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -162,4 +189,4 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The traceback goes to our log only; the client learns that it was our fault.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal error in the router", "server_error", "internal_error"), status_code=500)
+        return internal_error(exc).response()

@@ -25,6 +25,10 @@ from router.retention import create_incremental
 from router.store_errors import redact_url, setting_up
 
 CONNECT_TIMEOUT_S = 10.0  # a PostgreSQL that does not answer at start-up: a clear error, not a 30 s hang and a traceback
+# The longest a request waits for a pooled connection (psycopg_pool's default is 30 s): with the
+# database away a request is answered 503 `store_unavailable` that much later, and each try of a
+# spend settle gives up after it.
+CONNECTION_WAIT_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +252,8 @@ class PostgresDatabase(Database):
 
         what = f"governance database ({governance_setting(url)})"
         check_reachable(url, what)
-        self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": False})
+        self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": False},
+                                    timeout=CONNECTION_WAIT_S)
         try:
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
         except PoolTimeout:
