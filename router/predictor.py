@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from router.features import FEATURE_NAMES
 from router.neighbours import NeighbourQuality, blend_weight, out_of_fold
 
 if TYPE_CHECKING:
@@ -320,6 +321,15 @@ class OutcomePredictor:
         self.token_prior = np.full(m, DEFAULT_OUTPUT_TOKENS)
         self.token_prior[seen] = np.nanmedian(tok[:, seen], axis=0)
         r, c = np.nonzero(~np.isnan(tok))
+        # Line breaks say little of an answer's length, but in RouterBench every multi-line prompt is
+        # multiple choice (ARC, Winogrande) and every coding one a single line: free to split on them,
+        # the booster predicted ~5 output tokens for any prompt with a newline, a trailing one
+        # included, so its predicted cost fell 10-60x and a cost cap let gpt-4 through. Held constant
+        # here, the column is one no tree splits on; `choice_options` still marks multiple choice.
+        lines = self._vectors(Z).shape[1] + FEATURE_NAMES.index("n_lines")
+        if lines < Z.shape[1]:  # a predictor fitted on the embedding alone has no such column
+            Z = Z.copy()
+            Z[:, lines] = 0.0
         ds = lgb.Dataset(self._pairs(Z, r, c), np.log1p(np.maximum(tok[r, c], 0)), categorical_feature=[Z.shape[1]])
         self.token_booster = lgb.train({**TOKEN_PARAMS, "seed": self.seed}, ds, self.token_rounds)
 

@@ -85,6 +85,19 @@ def test_output_tokens_track_observed_lengths(data, fitted):
     assert np.corrcoef(np.log(observed), np.log(predicted))[0, 1] > 0.7
 
 
+def test_a_line_break_does_not_change_how_long_an_answer_is_predicted(data, fitted):
+    # In RouterBench every multi-line prompt is multiple choice: a booster free to split on the
+    # count of line breaks predicted ~5 output tokens for any prompt with one, a trailing newline
+    # included, so "Write a haiku" split over two lines was priced at a thirtieth of its cost.
+    table, X, _, test = data
+    one_line = [i for i in test if "\n" not in table.texts[i]]
+    with_break = [RoutingRequest(text=table.texts[i] + "\n", input_tokens=int(table.input_tokens[i])) for i in one_line]
+    X_break = np.hstack([X[one_line, :384], request_features(with_break)])
+    before = fitted.predict(X[one_line], table.input_tokens[one_line]).output_tokens
+    after = fitted.predict(X_break, table.input_tokens[one_line]).output_tokens
+    assert len(one_line) > 20 and np.median(after / before) > 0.8
+
+
 def test_unseen_model_gets_documented_prior(data, fitted):
     table, X, _, test = data
     pred = fitted.predict(X[test[:5]], table.input_tokens[test[:5]], models=["gpt-4-1106-preview", "brand-new"],
