@@ -343,7 +343,9 @@ class Support:
         if self.verdict == "unsupported":
             known = (f", {self.unsupported_known:.0%} for certain: logged with propensity 1 where it chose another"
                      if self.unsupported_known > 0 else "")
-            return (f"{span}: about {max(0.0, 1.0 - e.value):.0%} of its choices the logging policy never made, "
+            # Never below the share known for certain: the choices the log does make weigh more than
+            # 1 each, which can carry the mean weight's estimate past it ("about 59 %, 60 % for certain").
+            return (f"{span}: about {max(0.0, 1.0 - e.value, self.unsupported_known):.0%} of its choices the logging policy never made, "
                     f"or too rarely to show"
                     f"{known}; it takes the logged action on {self.overlap:.0%} of n={e.n}, effective sample size {e.ess:.0f}")
         if self.verdict == "inconsistent":

@@ -92,7 +92,8 @@ def test_an_unsupported_log_is_refused_with_the_reason_not_a_confident_wrong_ans
         verdict = judge(comparison, estimator, 200)
         assert not verdict.promote
         assert verdict.reason.startswith("the log does not support the candidate's choices: mean importance weight")
-        assert "explore more (learning.bandit.explore_share) or collect more traffic" in verdict.reason
+        # The bandit is off by default: tuning its share alone would change nothing.
+        assert "explore more (learning.bandit.enabled, then its explore_share) or collect more traffic" in verdict.reason
         assert "worse" not in verdict.reason
 
 
@@ -108,7 +109,7 @@ def test_both_comparisons_refused_for_support_say_it_once_with_each_estimate():
     assert not verdict.promote and not each["vs_served"]["passed"] and not each["vs_live_router"]["passed"]
     reason = verdict.reason
     assert reason.count("the log does not support the candidate's choices") == 1 and "; and" not in reason, reason
-    assert reason.count("explore more (learning.bandit.explore_share)") == 1, reason
+    assert reason.count("explore more (learning.bandit.enabled, then its explore_share)") == 1, reason
     served, live = (c["utility"]["difference"]["dr"] for c in (vs_served, vs_live))
     assert served["value"] != live["value"]
     assert (f"DR's {served['value']:+.4f} (95 % interval {served['lo']:+.4f} .. {served['hi']:+.4f}) against {SERVED} and "
@@ -180,3 +181,11 @@ def test_the_weight_mean_interval_never_reaches_below_zero():
     assert abs(e.value - 20 / 300) < 1e-9 and e.lo == 0.0 and e.hi > e.value, e
     assert s.verdict == "unsupported" and "(95 % interval 0.00 .. " in s.describe()
     assert s.to_dict()["weight_mean"]["lo"] == 0.0
+
+
+def test_the_share_never_logged_is_said_no_lower_than_the_share_known_for_certain():
+    # Choices the log makes weigh more than 1 each and can carry the mean weight past 1 − known:
+    # "about 59 % of its choices ..., 60 % for certain" read as a contradiction.
+    s = ope.Support(ope.Estimate("weight_mean", 0.41, 0.30, 0.52, 700, 120.0), overlap=0.4, unsupported_known=0.60)
+    assert s.verdict == "unsupported"
+    assert "about 60% of its choices the logging policy never made" in s.describe(), s.describe()

@@ -114,7 +114,7 @@ def _unsupported(support: dict | None, estimator: str, estimates: dict[str, dict
         return (f"the logged propensities do not add up: {support['summary']}{said}; check what logged them "
                 f"(learning.bandit) before trusting any estimate on this log")
     return (f"the log does not support the candidate's choices: {support['summary']}{said}; explore more "
-            f"(learning.bandit.explore_share) or collect more traffic")
+            f"(learning.bandit.enabled, then its explore_share) or collect more traffic")
 
 
 def fit_router(table, X: np.ndarray, *, folds: int = 5, rounds: int | None = None, seed: int = 7,
