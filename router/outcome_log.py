@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Se
 from router.outcome_journal import OutcomeJournal
 from router.private_files import private_file, private_folder
 from router.retention import create_incremental, sqlite_prune, sqlite_reclaim
+from router.store_errors import store_unreachable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -150,9 +151,6 @@ def read_query(select: str, mark: str, since: float | None = None, limit: int | 
 
 class OutcomeStore(Protocol):
     journal_base: Path | None  # where an OutcomeLog journals this store's rows (None: no journal)
-    # What `write_many` raises while the store cannot be reached (a database restarting, a lock held
-    # for long), as against refusing a row: the rows are kept and tried again, never dropped.
-    unavailable: tuple[type[BaseException], ...]
 
     def write_many(self, records: Sequence[OutcomeRecord]) -> None: ...
     def read(self, since: float | None = None, limit: int | None = None,
@@ -165,8 +163,6 @@ class OutcomeStore(Protocol):
 
 class SQLiteStore:
     """Embedded store: one file, WAL mode so readers (training, dashboards) never block the writer."""
-
-    unavailable = (sqlite3.OperationalError,)  # locked past the busy timeout, a disk I/O error
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -315,7 +311,7 @@ def journal_record(line: bytes) -> OutcomeRecord:
     return OutcomeRecord(**{name: row[name] for name in COLUMNS if name in row})
 
 
-def _replayed(write: Callable[[list[OutcomeRecord]], None], batch_size: int) -> Callable[[list[bytes]], None]:
+def _replayed(write: Callable[[list[OutcomeRecord]], bool], batch_size: int) -> Callable[[list[bytes]], None]:
     """What writes the journal lines a killed process left: decoded, in batches."""
     def replay(lines: list[bytes]) -> None:
         records = []
@@ -413,7 +409,9 @@ class OutcomeLog:
         while not (self._closed and self._unreachable):
             try:
                 self.store.write_many(batch)
-            except self.store.unavailable as exc:
+            except Exception as exc:
+                if not store_unreachable(exc):
+                    break  # refused: see below
                 if not self._unreachable:
                     log.error("outcome log: the store cannot be reached (%s); %d rows wait, journaled, and are "
                               "tried again", exc, len(batch))
@@ -421,15 +419,13 @@ class OutcomeLog:
                 time.sleep(pause)
                 pause = min(pause * 2, UNREACHABLE_PAUSE_S)
                 continue
-            except Exception:
-                break  # refused: see below
             if self._unreachable:
                 log.warning("outcome log: the store is back; the rows that waited are written")
             self._unreachable = False
             return True
         else:
-            log.error("outcome log: closed while the store cannot be reached; %d rows stay in the journal for "
-                      "the next start to write", len(batch))
+            log.error("outcome log: closed while the store cannot be reached; %d rows are %s", len(batch),
+                      "left in the journal for the next start to write" if self._journal is not None else "lost (no journal)")
             return False
         # The store refuses the batch: one bad record must not take the others with it.
         for record in batch:

@@ -119,11 +119,8 @@ class PostgresStore:
     GATEWAY_SETTING, where it cannot connect."""
 
     def __init__(self, url: str, max_size: int = 4, create: bool = True):
-        import psycopg
         from psycopg_pool import ConnectionPool
 
-        # A server gone, a connection dropped, no pooled connection within the pool's wait (PoolTimeout).
-        self.unavailable = (psycopg.OperationalError, psycopg.InterfaceError)
         self._url = url
         if not create:
             columns = reader_tables(url, "outcome log", ["outcomes"]).get("outcomes")

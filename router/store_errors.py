@@ -1,10 +1,26 @@
 """What the stores say when they cannot start: a URL without its password, and the step an
-operator is missing where a PostgreSQL error is a known one."""
+operator is missing where a PostgreSQL error is a known one; and which errors mean a store is
+away rather than refusing."""
 from __future__ import annotations
 
 import re
+import sqlite3
+import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator
+
+
+def store_unreachable(exc: BaseException) -> bool:
+    """A database or Redis not answering: a server restarting, a network cut, no pooled connection
+    free within the pool's wait, an SQLite file locked past its busy timeout. Not a refusal, a
+    misuse or a wrong password, which waiting does not mend. Looked up among the drivers imported,
+    so none is imported for it."""
+    if (psycopg := sys.modules.get("psycopg")) is not None and isinstance(exc, psycopg.OperationalError):
+        return True  # PoolTimeout is one; InterfaceError ("the cursor is closed") is our misuse
+    if (redis := sys.modules.get("redis.exceptions")) is not None and isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return not isinstance(exc, (redis.AuthenticationError, redis.AuthorizationError))  # subclasses of ConnectionError
+    # SQLite's OperationalError also says a table is missing or the file is read-only: those stay.
+    return isinstance(exc, sqlite3.OperationalError) and any(w in str(exc) for w in ("locked", "unable to open", "disk I/O"))
 
 
 def redact_url(url: str) -> str:

@@ -193,13 +193,14 @@ def _refused(gw: Gateway, request: Request, request_id: str, received: float, st
 
 
 async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
-    if ctx.profile is None:
-        refuse_outside_limits(gw.config.model(ctx.requested_model), ctx.extras["request_limits"], ctx.routing)
     router_now = gw.router.current
     answer = await gw.pipeline.run_pre(ctx)
     if answer is not None:
         return _short_circuit(gw, ctx, answer)
-    if ctx.profile is not None:
+    if ctx.profile is None:  # after the pre-hooks: a cached answer costs nothing (the cache checks its
+        # model against these limits itself), and a refusal is filed under the caller's key
+        refuse_outside_limits(gw.config.model(ctx.requested_model), ctx.extras["request_limits"], ctx.routing)
+    else:
         t0 = time.perf_counter()
         try:
             # The live view is read here, on the event loop that updates it.

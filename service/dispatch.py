@@ -40,7 +40,7 @@ from service.live_state import KEY_MISSING, LiveState, refuses_key
 from service.metrics import Metrics
 from service.pipeline import RequestContext
 from service.providers.base import Provider, UpstreamError
-from service.stream_deadlines import paced, up_to_first_output
+from service.stream_deadlines import Paced, up_to_first_output
 
 Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
@@ -460,7 +460,7 @@ class Dispatcher:
             ctx.answered_by = spec.name
             # In flight until the stream ends: the caller calls `close_stream`.
             self.live.hold(spec.name)
-            return OpenStream(spec, held, paced(upstream, self.config.providers[spec.provider].timeout_s), started, ttft, entry, claim)
+            return OpenStream(spec, held, Paced(upstream, self.config.providers[spec.provider].timeout_s), started, ttft, entry, claim)
 
         return await self._attempts(ctx, call)
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
-import sys
 from typing import TYPE_CHECKING, Any, Mapping
 
 from fastapi import FastAPI, Request
@@ -16,6 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from router.store_errors import store_unreachable
 
 if TYPE_CHECKING:
     from router.config import Config
@@ -133,26 +133,11 @@ def invalid_body(exc: ValidationError | RequestValidationError) -> ApiError:
     return bad_request(f"{param}: {msg}" if param else msg, param=param)
 
 
-def _unreachable_store(exc: BaseException) -> bool:
-    """A database or Redis the gateway needs, not answering: a server restarting, a network cut,
-    no pooled connection free within the pool's wait. Looked up among the drivers imported, so
-    none is imported for it."""
-    kinds: list[type[BaseException]] = []
-    if (psycopg := sys.modules.get("psycopg")) is not None:
-        kinds += [psycopg.OperationalError, psycopg.InterfaceError]  # PoolTimeout is an OperationalError
-    if (redis := sys.modules.get("redis.exceptions")) is not None:
-        kinds += [redis.ConnectionError, redis.TimeoutError]
-    if isinstance(exc, tuple(kinds)):
-        return True
-    # SQLite's OperationalError also says a table is missing: only a lock or a file it cannot open is "away".
-    return isinstance(exc, sqlite3.OperationalError) and any(w in str(exc) for w in ("locked", "unable to open", "disk I/O"))
-
-
 def internal_error(exc: BaseException) -> ApiError:
     """What a request that failed inside the gateway gets: a 503 to retry where a store it needs
     cannot be reached (it had been a 500, which the SDKs retry less and OpenClaw not at all), else
     a 500; the traceback goes to the log only."""
-    if _unreachable_store(exc):
+    if store_unreachable(exc):
         return ApiError(503, "a database the gateway needs cannot be reached right now; retry shortly",
                         code="store_unavailable", headers={"retry-after": "5"})
     return ApiError(500, "internal error in the router", code="internal_error")

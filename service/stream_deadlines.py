@@ -8,7 +8,7 @@ chunks, which comments never become.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator, AsyncIterator
 
 from service.providers.base import UpstreamError
 from service.sse import carries_output
@@ -29,19 +29,24 @@ async def up_to_first_output(upstream: AsyncIterator[dict[str, Any]], within_s: 
     raise UpstreamError("malformed", "the stream ended without any output")
 
 
-async def paced(upstream: AsyncIterator[dict[str, Any]], between_s: float) -> AsyncIterator[dict[str, Any]]:
+class Paced:
     """The rest of a stream that has produced output, each chunk within `between_s` (a provider's
-    `timeout_s`) of asking for it: the time the client takes to read one is not counted. Closing
-    this closes `upstream`, so its connection goes back at once rather than when collected."""
-    try:
-        while True:
-            try:
-                async with asyncio.timeout(between_s):
-                    chunk = await anext(upstream)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise UpstreamError("timeout", f"no chunk for {between_s:g} s (timeout_s), though the stream was kept open") from None
-            yield chunk
-    finally:
-        await upstream.aclose()
+    `timeout_s`) of asking for it: the time the client takes to read one is not counted. A class,
+    not a generator: `aclose` closes `upstream` even when nothing was read (a client gone before
+    the answer began), where an unstarted generator's `finally` never runs."""
+
+    def __init__(self, upstream: AsyncGenerator[dict[str, Any], None], between_s: float):
+        self.upstream, self.between_s = upstream, between_s
+
+    def __aiter__(self) -> "Paced":
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(self.between_s):
+                return await anext(self.upstream)
+        except TimeoutError:
+            raise UpstreamError("timeout", f"no chunk for {self.between_s:g} s (timeout_s), though the stream was kept open") from None
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()

@@ -248,3 +248,23 @@ def test_a_question_about_the_moment_of_asking_is_never_cached(gw, upstream):
         assert raw.headers["x-cache"] == "miss"
     assert len(upstream.requests) == 2
     assert gw.outcomes(2)[-1]["cache_status"] == "bypass" and len(cache_of(gw).cache) == 0
+
+
+def test_a_named_models_cached_answer_is_served_under_a_cost_cap_but_not_under_local_only(upstream, tmp_path):
+    # A free cached answer breaks no cost cap; one from a model the request's own limits rule out is
+    # neither served nor replaced by a call: the request is refused before any upstream sees it.
+    upstream.reset()
+    gw = start(upstream, tmp_path)
+    try:
+        c = gw.client()
+        assert c.chat.completions.with_raw_response.create(model="m1", messages=msgs(Q)).headers["x-cache"] == "miss"
+        stored(gw, 1)
+        capped = c.chat.completions.with_raw_response.create(model="m1", messages=msgs(Q),
+                                                             extra_body={"router": {"max_cost_usd": 1e-12}})
+        assert capped.headers["x-cache"] == "hit"
+        with pytest.raises(openai.BadRequestError) as refused:
+            c.chat.completions.create(model="m1", messages=msgs(Q), extra_body={"router": {"local_only": True}})
+        assert refused.value.body["code"] == "model_not_allowed"
+        assert len(upstream.requests_for("m1")) == 1
+    finally:
+        gw.stop()

@@ -226,3 +226,15 @@ def test_only_what_the_cache_saw_has_an_x_cache_header(cached):
     assert [r.status_code for r in refusals] == [429, 402, 403, 401, 400]
     for r in refusals:
         assert "x-cache" not in r.headers, (r.status_code, r.text)
+
+
+def test_a_named_model_refused_by_the_requests_own_limits_is_filed_under_the_key(env):
+    # The refusal had come before governance knew the caller: its row had no key and no tenant.
+    gw, admin, *_ = env
+    _, secret = new_key(admin, name="careful")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(gw, secret).chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}],
+                                                   extra_body={"router": {"local_only": True}})
+    assert refused.value.body["code"] == "model_not_allowed"
+    row = gw.outcome(refused.value.response.headers["x-request-id"])
+    assert row["key_label"] == "careful" and row["status"] == "error"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -221,8 +222,8 @@ def test_a_later_line_for_a_request_is_replayed_after_the_earlier_one_in_the_oth
 
 
 class AwayStore:
-    """A real store that cannot be reached (its own `unavailable` error, as a database restarting
-    or a pool with no connection gives) until the test brings it back."""
+    """A real store that cannot be reached (SQLite's error for a file locked past its busy timeout,
+    as another process's long transaction gives) until the test brings it back."""
 
     def __init__(self, store):
         self.store, self.journal_base = store, store.journal_base
@@ -232,7 +233,7 @@ class AwayStore:
     def write_many(self, records):
         self.tries += 1
         if not self.back.is_set():
-            raise self.store.unavailable[0]("the database is away")
+            raise sqlite3.OperationalError("database is locked")
         self.store.write_many(records)
 
     def __getattr__(self, name):
@@ -271,3 +272,18 @@ def test_rows_a_log_closed_while_its_store_is_away_could_not_write_are_written_a
     assert stored(url) == []
     open_outcome_log(url).close()  # the next start, the database back
     assert {r["request_id"] for r in stored(url)} == {f"shut-{i}" for i in range(3)}
+
+
+def test_a_store_that_refuses_for_good_drops_the_row_and_does_not_hold_the_writer(tmp_path, caplog):
+    # An OperationalError that waiting does not mend (a table gone) is a refusal: read as the store
+    # being away, the writer retried it for ever and a flush never returned.
+    store = open_store(f"sqlite:///{tmp_path}/log.sqlite")
+    store._conn.execute("ALTER TABLE outcomes RENAME TO outcomes_gone")
+    log = OutcomeLog(store, linger_s=0.01)
+    log.write(sample("gone", 0))
+    done = threading.Thread(target=log.flush, daemon=True)
+    done.start()
+    done.join(timeout=10)
+    assert not done.is_alive(), "the writer is still retrying a refusal"
+    assert "dropping record gone-0, which the store refuses" in caplog.text
+    log.close()

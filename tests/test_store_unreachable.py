@@ -86,3 +86,20 @@ def test_a_governance_database_that_stops_answering_gets_a_503_to_retry(pg_url, 
     finally:
         gw.stop()
         up.stop()
+
+
+def test_only_a_store_that_is_away_is_a_503_not_a_misuse_or_a_wrong_password():
+    import sqlite3
+
+    import psycopg
+    import redis.exceptions
+
+    from service.errors import internal_error
+
+    away = [psycopg.OperationalError("server closed the connection unexpectedly"), redis.exceptions.ConnectionError("refused"),
+            redis.exceptions.TimeoutError("timed out"), sqlite3.OperationalError("database is locked")]
+    # Waiting mends none of these: a retry every 5 s would hide a bug or a configuration error.
+    ours = [psycopg.InterfaceError("the cursor is closed"), redis.exceptions.AuthenticationError("invalid password"),
+            sqlite3.OperationalError("no such table: gov_spend"), ValueError("a bug")]
+    assert [internal_error(e).status for e in away] == [503] * len(away)
+    assert [internal_error(e).status for e in ours] == [500] * len(ours)

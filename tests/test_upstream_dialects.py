@@ -237,3 +237,27 @@ def test_an_answer_ended_with_finish_reason_error_is_a_failure_not_an_answer(tmp
         with pytest.raises(openai.APIError, match="failed mid-answer"):
             list(gw.client().chat.completions.create(model="m1", messages=MSG, stream=True))
         assert gw.outcomes()[-1]["status"] == "truncated"
+
+
+def test_the_rest_of_a_stream_closed_before_it_is_read_closes_its_upstream():
+    # A client gone before its answer began: `rest` is closed unread. As a generator, whose
+    # `finally` an unstarted close skips, it had left the upstream's connection to the collector.
+    import asyncio
+
+    from service.stream_deadlines import Paced
+
+    closed = []
+
+    async def upstream():
+        try:
+            yield {"choices": []}
+        finally:
+            closed.append(True)
+
+    async def scenario():
+        stream = upstream()
+        await anext(stream)  # the held first output, as dispatch reads it
+        await Paced(stream, 1.0).aclose()
+
+    asyncio.run(scenario())
+    assert closed == [True]

@@ -1,8 +1,9 @@
 """Writes one outcome-log record per request, from the finished request context.
 
-Listed first among the hooks so that its post-hook runs last and sees what the others set
-(cache status, spend, key label). The write only enqueues: the background writer of the
-outcome log does the I/O.
+Listed after the learning and governance hooks and before the cache (service/app.py), so its
+post-hook sees what the cache set and does not wait for governance's settle; the key label and
+tenant come from governance's pre-hook. The write only journals and enqueues: the background writer
+of the outcome log does the I/O.
 """
 from __future__ import annotations
 
