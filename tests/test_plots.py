@@ -194,3 +194,16 @@ def test_model_names_keep_off_the_random_marker_and_other_dots():
     fig = cost_quality_figure(s)
     assert fig.axes[0].get_xlim() == ax.get_xlim()  # the marker is where the name was
     assert _overlaps_a_marker(fig, s) == []
+
+
+def test_an_in_sample_evaluation_says_so_in_the_title():
+    # `eval` on the router's own training file: a curve that would pass for held-out quality.
+    s = _summary(COSTS, QUALITY)
+    assert "in-sample" not in cost_quality_figure(s).get_suptitle()
+    s["in_sample"] = True
+    suffix = " — in-sample (router trained on this file)"
+    assert cost_quality_figure(s).get_suptitle() == "t.parquet: 40 prompts, 4 models" + suffix
+    assert cost_quality_figure(s, title="mine").get_suptitle() == "mine" + suffix
+    flat = _summary({m: 0.001 for m in COSTS}, QUALITY)
+    flat["in_sample"] = True
+    assert cost_quality_figure(flat).get_suptitle().endswith(suffix)

@@ -124,6 +124,13 @@ def _spread_labels(ax, texts, renderer, markers=()) -> None:
         placed.append(box)
 
 
+def _title(summary: dict, title: str) -> str:
+    """The given title, or the file, its prompts and models; an in-sample evaluation says so, as a
+    figure passed around without its log would otherwise read as the router's held-out quality."""
+    text = title or f"{Path(summary['data']).name}: {summary['n_rows']} prompts, {_count(len(summary['models']), 'model')}"
+    return text + (" — in-sample (router trained on this file)" if summary.get("in_sample") else "")
+
+
 def _one_price_figure(summary: dict, title: str):
     """Every model at one price: cost cannot separate anything (AIQ is undefined), so the honest
     picture is each method's quality at that price beside the single models'."""
@@ -149,7 +156,7 @@ def _one_price_figure(summary: dict, title: str):
     ax.set_xlabel(f"mean quality\n(every model costs ${summary['cost_range'][0]:.3g} per prompt{priced}: quality only, no AIQ)",
                   fontsize=9)
     ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(title or f"{Path(summary['data']).name}: {summary['n_rows']} prompts, {_count(len(summary['models']), 'model')}")
+    fig.suptitle(_title(summary, title))
     fig.tight_layout()
     return fig
 
@@ -206,7 +213,7 @@ def cost_quality_figure(summary: dict, title: str = ""):
         entries.insert(list(unique).index("random") + 1, ("operating points (one per setting)", tuple(points)))
     fig.legend([h for _, h in entries], [n for n, _ in entries], loc="lower center", ncol=len(entries), fontsize=8,
                frameon=False, handler_map={tuple: HandlerTuple(ndivide=None)})
-    fig.suptitle(title or f"{Path(summary['data']).name}: {summary['n_rows']} prompts, {_count(len(summary['models']), 'model')}")
+    fig.suptitle(_title(summary, title))
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     renderer = fig.canvas.get_renderer()
     for ax in axes:
