@@ -240,17 +240,23 @@ class AwayStore:
         return getattr(self.store, name)
 
 
+def rows_written_while_away(tmp_path, prefix: str, n: int, tries: int) -> tuple[str, AwayStore, OutcomeLog]:
+    """A log over an away store, `n` rows written to it, once the writer has tried `tries` times."""
+    url = f"sqlite:///{tmp_path}/log.sqlite"
+    store = AwayStore(open_store(url))
+    log = OutcomeLog(store, linger_s=0.01)
+    for i in range(n):
+        log.write(sample(prefix, i))
+    while store.tries < tries:
+        threading.Event().wait(0.01)
+    return url, store, log
+
+
 def test_rows_wait_for_a_store_that_cannot_be_reached_and_are_written_when_it_is_back(tmp_path, monkeypatch):
     # They were dropped after three tries (and their journal lines with them): a database away for
     # a minute lost the rows of every request answered meanwhile.
     monkeypatch.setattr("router.outcome_log.UNREACHABLE_PAUSE_S", 0.05)
-    url = f"sqlite:///{tmp_path}/log.sqlite"
-    store = AwayStore(open_store(url))
-    log = OutcomeLog(store, linger_s=0.01)
-    for i in range(5):
-        log.write(sample("away", i))
-    while store.tries < 10:
-        threading.Event().wait(0.01)
+    url, store, log = rows_written_while_away(tmp_path, "away", 5, tries=10)
     assert sum(data.count(b"\n") for data in journal_files(url).values()) == 5  # still journaled meanwhile
     store.back.set()
     log.flush()
@@ -261,13 +267,7 @@ def test_rows_wait_for_a_store_that_cannot_be_reached_and_are_written_when_it_is
 
 def test_rows_a_log_closed_while_its_store_is_away_could_not_write_are_written_at_the_next_open(tmp_path, monkeypatch):
     monkeypatch.setattr("router.outcome_log.UNREACHABLE_PAUSE_S", 0.05)
-    url = f"sqlite:///{tmp_path}/log.sqlite"
-    store = AwayStore(open_store(url))
-    log = OutcomeLog(store, linger_s=0.01)
-    for i in range(3):
-        log.write(sample("shut", i))
-    while store.tries < 3:
-        threading.Event().wait(0.01)
+    url, _, log = rows_written_while_away(tmp_path, "shut", 3, tries=3)
     log.close()  # a shutdown during the outage: nothing to commit to, nothing dropped
     assert stored(url) == []
     open_outcome_log(url).close()  # the next start, the database back
