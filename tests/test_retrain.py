@@ -160,7 +160,7 @@ def test_a_log_that_never_shows_the_candidates_choices_is_refused_for_that(world
     assert support["unsupported_known"] > 0.5 and support["weight_mean"]["hi"] < 0.5
     reason = report["verdict"]["reason"]
     assert reason.startswith("the log does not support the candidate's choices: mean importance weight")
-    assert "for certain: logged with propensity 1" in reason and "learning.bandit.explore_share" in reason
+    assert "for certain: logged with propensity 1" in reason and "learning.bandit.enabled, then its explore_share" in reason
     run = mlflow.MlflowClient(f"sqlite:///{world.root}/mlflow.db").get_run(report["mlflow_run_id"])
     assert run.data.tags["promoted"] == "false" and run.data.tags["support"] == "unsupported"
     assert run.data.metrics["ope_support_weight_mean_hi"] < 0.5

@@ -234,9 +234,11 @@ def test_an_answer_ended_with_finish_reason_error_is_a_failure_not_an_answer(tmp
             ("m1", "server"), ("m1", "ok")]
         assert gw.client().chat.completions.create(model="m1", messages=MSG).choices[0].message.content == "Hi there"
         # After output the client holds part of an answer: it ends with an error, and is logged as cut short.
+        received = []
         with pytest.raises(openai.APIError, match="failed mid-answer"):
-            list(gw.client().chat.completions.create(model="m1", messages=MSG, stream=True))
-        assert gw.outcomes()[-1]["status"] == "truncated"
+            for c in gw.client().chat.completions.create(model="m1", messages=MSG, stream=True):
+                received.append(c)
+        assert gw.outcome(received[0].id)["status"] == "truncated"
 
 
 def test_the_rest_of_a_stream_closed_before_it_is_read_closes_its_upstream():
