@@ -84,7 +84,7 @@ async def chat_completions(request: Request) -> Response:
         return _refused(gw, request, request_id, received, started, raw, caller, exc, "rejected")
     except asyncio.CancelledError:  # the shutdown deadline passed while its body was still coming in
         return _refused(gw, request, request_id, received, started, raw, caller, _shutting_down(), "error")
-    except Exception as exc:  # the key store down, or our bug: a clean 500 that still has its log row
+    except Exception as exc:  # the key store away (a 503), or our bug (a 500): either way with its log row
         log.exception("request %s failed before routing", request_id)
         error = internal_error(exc)
         return _refused(gw, request, request_id, received, started, raw, caller, error, "error", f"internal: {type(exc).__name__}")
@@ -118,7 +118,7 @@ async def chat_completions(request: Request) -> Response:
         ctx.extras["http_status"] = exc.status
         finish(gw, ctx)
         return exc.response(response_headers(ctx))
-    except Exception as exc:  # our bug: the client gets a clean 500, the request still gets its log row
+    except Exception as exc:  # our bug (a 500) or a store away (a 503): the request still gets its log row
         log.exception("request %s failed in the gateway", ctx.request_id)
         error = internal_error(exc)
         ctx.status, ctx.error = "error", f"internal: {type(exc).__name__}"

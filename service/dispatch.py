@@ -445,9 +445,9 @@ class Dispatcher:
         async def call(spec: ModelSpec, retry: int, claim: Claim) -> OpenStream:
             started = time.perf_counter()
             upstream = self.providers[spec.provider].stream(spec, body)
+            waits = self.config.providers[spec.provider]
             try:
-                within_s = self.config.providers[spec.provider].answer_wait_s
-                held = await _unless_client_leaves(ctx, up_to_first_output(upstream, within_s))
+                held = await _unless_client_leaves(ctx, up_to_first_output(upstream, waits.answer_wait_s))
             except BaseException:
                 await upstream.aclose()
                 raise
@@ -460,7 +460,7 @@ class Dispatcher:
             ctx.answered_by = spec.name
             # In flight until the stream ends: the caller calls `close_stream`.
             self.live.hold(spec.name)
-            return OpenStream(spec, held, Paced(upstream, self.config.providers[spec.provider].timeout_s), started, ttft, entry, claim)
+            return OpenStream(spec, held, Paced(upstream, waits.timeout_s), started, ttft, entry, claim)
 
         return await self._attempts(ctx, call)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -98,21 +99,9 @@ def test_replicas_starting_together_on_a_new_database_share_one_pepper(pg_url, m
         return insert(self, sql, params)
 
     monkeypatch.setattr(Tx, "execute", execute)
-    stores, failures = {}, []
-
-    def start(i):
-        try:
-            stores[i] = KeyStore(databases[i])
-        except Exception as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
     try:
-        assert not failures, failures
+        with ThreadPoolExecutor(2) as pool:  # a start that fails raises here
+            stores = list(pool.map(KeyStore, databases))
         _, secret = stores[0].create("made on one replica")
         assert stores[1].authenticate(secret)[1] == "active"
     finally:

@@ -137,6 +137,9 @@ def test_the_share_the_log_never_shows_comes_with_its_interval_and_the_share_kno
             "support: supported</small>") in page
     report = _report((0.42, 0.35, 0.49), (0.42, 0.35, 0.49), _support("unsupported", 0.37, 0.30, 0.43, 0.63))
     assert "About 63.0% (95 % interval 57.0% .. 70.0%) of them are choices" in render_html(report, {})
+    # The choices the log does make weigh more than 1: the point is not said below the known share.
+    report = _report((0.42, 0.35, 0.49), (0.42, 0.35, 0.49), _support("unsupported", 0.41, 0.30, 0.52, 0.60))
+    assert "About 60.0% (95 % interval 48.0% .. 70.0%) of them are choices" in render_html(report, {})
 
 
 def _agreement_figure(monkeypatch, tasks: int):

@@ -139,12 +139,17 @@ def _support(ope: dict) -> str:
 
 def never_shown(sup: dict) -> tuple[str, str]:
     """1 − the mean importance weight, the share of the shadow's choices the log never shows, and its
-    95 % interval: on a few hundred requests the point alone reads far surer than it is."""
+    95 % interval: on a few hundred requests the point alone reads far surer than it is. The point is
+    never below the share known for certain, as `router.ope.Support.describe` says it."""
     w = sup["weight_mean"]
     if _missing(w["value"]):
         return "–", ""
-    share = lambda x: _pct(min(1.0, max(0.0, 1.0 - x)))  # noqa: E731
-    return share(w["value"]), "" if _missing(w["lo"]) else f"95 % interval {share(w['hi'])} .. {share(w['lo'])}"
+
+    def share(x: float, floor: float = 0.0) -> str:
+        return _pct(min(1.0, max(floor, 1.0 - x)))
+
+    point = share(w["value"], sup.get("unsupported_known") or 0.0)
+    return point, "" if _missing(w["lo"]) else f"95 % interval {share(w['hi'])} .. {share(w['lo'])}"
 
 
 # Per comparison: its baseline as the tables' columns name it, and whether its own level is observed.
