@@ -28,7 +28,7 @@ from service.providers.anthropic_input_tokens import input_tokens
 from service.providers.answer_fields import as_int, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, tool_arguments
 from service.providers.conversation_shape import HISTORY_TOOL_DESCRIPTION, OPENING_USER_TEXT, history_tool_names
-from service.providers.envelope import chunk, completion, parse_json_event, stream_head, usage_chunk
+from service.providers.envelope import chunk, completion, parse_json_event, prompt_usage, stream_head, usage_chunk
 from service.providers.reasoning import THINKING_BUDGETS, reasoning_effort, refuse_logprobs, split_signature
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -425,7 +425,10 @@ class AnthropicProvider(Provider):
                 head["id"] = message.get("id") or head["id"]
                 counts = dict(as_object(message.get("usage"), "usage"))
                 usage = _usage(counts)
-                yield chunk(head, {"role": "assistant", "content": ""})
+                start = chunk(head, {"role": "assistant", "content": ""})
+                if usage["prompt_tokens"]:  # a proxy that counts nothing here leaves the prompt to the estimate
+                    start["usage"] = prompt_usage(usage)
+                yield start
             elif kind == "content_block_start":
                 block = as_object(event.get("content_block"), "content_block")
                 if block.get("type") == "tool_use":

@@ -52,3 +52,11 @@ def chunk(head: dict[str, Any], delta: dict[str, Any], finish_reason: str | None
 def usage_chunk(head: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
     """The last chunk, as OpenAI sends it with `stream_options.include_usage`: no choices."""
     return {**head, "choices": [], "usage": usage}
+
+
+def prompt_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """A usage's prompt counts without the output's, sent as soon as an upstream tells them.
+    Lacking an output count, the gateway neither passes it on as the answer's usage nor bills it
+    as whole: a stream cut after it is billed at these counts, its output estimated
+    (`usage_or_estimate`)."""
+    return {k: v for k, v in usage.items() if k not in ("completion_tokens", "total_tokens")}

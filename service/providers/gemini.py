@@ -24,7 +24,7 @@ from service.providers import attachments
 from service.providers.answer_fields import as_int, as_list, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, tool_arguments
 from service.providers.conversation_shape import HISTORY_TOOL_DESCRIPTION, OPENING_USER_TEXT, history_tool_names
-from service.providers.envelope import chunk, completion, parse_json_event, stream_head, usage_chunk
+from service.providers.envelope import chunk, completion, parse_json_event, prompt_usage, stream_head, usage_chunk
 from service.providers.gemini_schema import clean_schema
 from service.providers.reasoning import THINKING_BUDGETS, id_with_signature, reasoning_effort, split_signature
 
@@ -416,6 +416,7 @@ class GeminiProvider(Provider):
         finish: str | None = None
         started = False
         produced = False  # any text or tool call so far
+        prompt_told = False
 
         url = self._url(model, "streamGenerateContent") + "?alt=sse"
         async for _, data in self._sse_events(url, to_gemini(model, body), self._headers()):
@@ -448,6 +449,9 @@ class GeminiProvider(Provider):
                 raise _failed(reason)  # before the finish chunk, which would commit an empty answer
             if event.get("usageMetadata"):
                 usage = _usage(event["usageMetadata"])
+                if usage["prompt_tokens"] and not prompt_told:
+                    prompt_told = True  # a cut stream is billed at Gemini's prompt count from here on
+                    yield usage_chunk(head, prompt_usage(usage))
             if reason and finish is None:
                 finish = _finish(reason, n_calls > 0)
                 yield chunk(head, {}, finish)
