@@ -239,16 +239,17 @@ def _exclusion(spec: ModelSpec, request: RoutingRequest, allowed: frozenset[str]
         return f"context window {spec.context_window} < {needed} tokens"
     if not tags <= spec.tags:
         return f"lacks tag {', '.join(sorted(tags - spec.tags))}"
-    if live is not None and not live.healthy and live.excluded is None:
-        return "unhealthy (circuit open or rate limit reached)"
     if max_cost is not None and cost > max_cost:
         return f"predicted cost ${cost:.6f} > max ${max_cost:g}"
     if max_latency is not None and latency > max_latency:
         return f"predicted latency {latency:.2f}s > max {max_latency:g}s"
-    # A reason no retry outlasts (a key not set) comes after the request's own caps: a model they
-    # rule out anyway is the request's 400 (or its budget's 402), not the operator's 502.
+    # The model's own state (an open circuit, a key not set) comes after every limit of the request:
+    # a model those rule out anyway makes the request's 400 (or its budget's 402), not a 503 to retry
+    # or the operator's 502.
     if live is not None and live.excluded:
         return live.excluded
+    if live is not None and not live.healthy:
+        return "unhealthy (circuit open or rate limit reached)"
     return None
 
 

@@ -30,22 +30,13 @@ from service.gateway import Gateway
 from service.governance.auth import client_caller
 from service.pipeline import RequestContext
 from service.providers.base import UpstreamError
+from service.request_summary import metrics_model, reason
 from service.routing import artifact_of, build_constraints, decide_for, refuse_outside_limits
 from service.response_headers import response_headers
 from service.schemas import OFF_LOOP_BYTES, judge_chat, read_body
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-def _reason(ctx: RequestContext) -> str:
-    if ctx.decision:
-        base = ctx.decision.reason
-    else:  # a profile with no decision was refused before the router decided (a key's limit, a budget)
-        base = f"{ctx.requested_model}: not routed" if ctx.profile else f"{ctx.requested_model}: requested by name"
-    failed = [a for a in ctx.attempts if a["status"] != "ok"]
-    if ctx.answered_by and failed:
-        why = ", ".join(f"{a['model']} {a.get('kind') or a.get('reason')}" for a in failed)
-        return f"{ctx.answered_by}: fallback after {why}; routed: {base}"
-    return base
 
 
 def _check_choices(spec: Any, n: Any) -> None:
@@ -235,7 +226,7 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
     answer["id"] = ctx.request_id
     ctx.response = answer
     ctx.status = await _delivered_status(ctx)  # billed all the same
-    ctx.extras["reason"] = _reason(ctx)
+    ctx.extras["reason"] = reason(ctx)
     response = JSONResponse(answer, headers=response_headers(ctx))  # before finish: an unencodable answer is one error
     finish(gw, ctx)
     return response
@@ -288,7 +279,7 @@ async def _stream(gw: Gateway, ctx: RequestContext) -> Response:
     # The response, headers and all, starts with the first output (a thinking model's first
     # reasoning delta), and every chunk after it is passed on as it comes.
     opened = await gw.dispatcher.open_stream(ctx, ctx.body)
-    ctx.extras["reason"] = _reason(ctx)
+    ctx.extras["reason"] = reason(ctx)
     return _Stream(ctx, _events(gw, ctx, opened), lambda: _close_stream(gw, ctx, opened, sse.Assembler(), None),
                    media_type="text/event-stream", headers=response_headers(ctx))
 
@@ -468,7 +459,7 @@ def finish(gw: Gateway, ctx: RequestContext) -> None:
     extras["finished"] = True
     gw.in_flight.discard(ctx.request_id)
     extras["latency_s"] = round(time.perf_counter() - extras["started"], 4)
-    extras.setdefault("reason", _reason(ctx))
+    extras.setdefault("reason", reason(ctx))
     billed = ctx.status in ("ok", "truncated", "client_closed")
     usage = (ctx.response or {}).get("usage") if billed else None
     # A call cut before its answer (its client left, the shutdown deadline passed) was still sent,
@@ -486,7 +477,7 @@ def finish(gw: Gateway, ctx: RequestContext) -> None:
         gw.metrics.tokens.labels(model, "input").inc(usage.get("prompt_tokens") or 0)
         gw.metrics.tokens.labels(model, "output").inc(usage.get("completion_tokens") or 0)
         gw.metrics.cost.labels(model).inc(ctx.cost_usd)
-    model_label = ctx.answered_by or "none"
+    model_label = metrics_model(ctx, gw.dispatcher.specs)
     gw.metrics.requests.labels(model_label, ctx.profile or "none", ctx.status).inc()
     gw.metrics.latency.labels(model_label, str(ctx.stream).lower()).observe(extras["latency_s"])
     if extras.get("ttft_s") is not None:

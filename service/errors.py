@@ -5,6 +5,7 @@ gets a readable message and never a stack trace, whatever went wrong.
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 from typing import TYPE_CHECKING, Any, Mapping
@@ -70,6 +71,12 @@ def error_body(message: str, type: str, code: str | None = None, param: str | No
 
 def bad_request(message: str, *, code: str = "invalid_request", param: str | None = None) -> ApiError:
     return ApiError(400, message, code=code, param=param)
+
+
+def did_you_mean(name: str, valid: Any) -> str:
+    """" (did you mean X?)" for the valid name closest to a misspelt `name`, or ""."""
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def rate_limited(message: str, waits: list[float]) -> ApiError:

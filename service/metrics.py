@@ -15,7 +15,9 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
-            "openclaw_requests", "Chat requests by answering model, routing profile and status",
+            "openclaw_requests",
+            "Chat requests by model (the answering one; for a failed request the last one tried, or the one named), "
+            "routing profile and status",
             ["model", "profile", "status"], registry=r,
         )
         self.latency = Histogram(

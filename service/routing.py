@@ -10,7 +10,6 @@ the body wins when both are given.
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 import threading
@@ -21,7 +20,7 @@ import numpy as np
 from router.config import Config, ModelSpec, Profile
 from router.request_view import output_limit
 from router.types import Constraints, Decision, LiveStats, RoutingRequest
-from service.errors import ApiError, bad_request, key_missing, key_refused, model_not_found, rate_limited
+from service.errors import ApiError, bad_request, did_you_mean, key_missing, key_refused, model_not_found, rate_limited
 from service.live_state import KEY_MISSING
 from service.schemas import RouterOptions
 
@@ -129,9 +128,7 @@ def _unknown_header(name: str) -> ApiError:
     if name in _RESPONSE_HEADERS:
         return bad_request(f"header {name} is one the gateway sets on its answers, not a request limit; the x-router-* "
                            f"request headers are {valid}", code="unknown_parameter", param=name)
-    close = difflib.get_close_matches(name, HEADER_FIELDS, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    return bad_request(f"unknown header {name}{hint}; the x-router-* request headers are {valid}",
+    return bad_request(f"unknown header {name}{did_you_mean(name, HEADER_FIELDS)}; the x-router-* request headers are {valid}",
                        code="unknown_parameter", param=name)
 
 
@@ -210,6 +207,8 @@ def decide(router: Router | None, request: RoutingRequest, *, config: Config, pr
         return router.route(request, catalog=config.models, profile=config.router.profiles[profile],
                             constraints=constraints, live=live, embedding=embedding)
     except NoEligibleModel as exc:
+        # The policy checks health after every limit of the request: a model named here would be
+        # eligible but for it, so a request its own limits rule out everywhere never gets the 503.
         unhealthy = [c.model for c in exc.candidates if (c.excluded or "").startswith("unhealthy")]
         # Only the policy's reason names them: a model out of the request's scope says that instead.
         keyless = [c.model for c in exc.candidates if (c.excluded or "").startswith(KEY_MISSING)]

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from service import json_text
-from service.errors import ApiError, bad_request
+from service.errors import ApiError, bad_request, did_you_mean
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 Number = StrictFloat  # strict: an int is a number, "0.5" and true are not
@@ -82,7 +82,7 @@ Bias = Annotated[Number, Field(ge=-100, le=100)]
 
 
 class ChatRequest(_Open):
-    model: StrictStr | None = None  # None: the config's router.default_profile
+    model: StrictStr | None = None  # left out: the config's router.default_profile
     messages: list[Message] = Field(min_length=1)
     stream: StrictBool = False
     stream_options: dict[str, Any] | None = None
@@ -128,17 +128,33 @@ def _location(err: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _refusal(err: Any) -> ApiError:
+    """The 400 for pydantic's first error, in the client's terms: pydantic's own words name its
+    classes ("a valid dictionary or instance of RouterOptions")."""
+    where, kind = _location(err), err.get("type")
+    if kind == "missing":
+        return _missing(where)
+    if kind in ("model_type", "dict_type"):
+        return _invalid(where, f"expected an object, got {_json_type(err.get('input'))}")
+    if kind == "extra_forbidden":  # only `router` refuses fields it does not know: a misspelt cap would not apply
+        field, known = where.rpartition(".")[2], list(RouterOptions.model_fields)
+        return bad_request(f"{where!r} is not a known field{did_you_mean(field, known)}; the fields of 'router' are "
+                           f"{', '.join(known)}", code="invalid_value", param=where)
+    return _invalid(where, str(err.get("msg")))
+
+
 def validate_chat(body: Any) -> ChatRequest:
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     try:
         request = ChatRequest.model_validate(body)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = _location(err)
-        if err.get("type") == "missing":
-            raise _missing(where) from None
-        raise _invalid(where, str(err.get("msg"))) from None
+        raise _refusal(exc.errors()[0]) from None
+    if "model" in request.model_fields_set and not request.model:
+        # OpenAI refuses these; only a body without the key routes with the default profile.
+        given = "null" if request.model is None else "an empty string"
+        raise _invalid("model", f"the model is empty ({given}); send a model name or a routing profile such as 'auto', "
+                       "or leave 'model' out for the default profile")
     for i, message in enumerate(request.messages):
         _check_message(message, f"messages[{i}]")
     _check_tools(request)

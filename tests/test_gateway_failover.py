@@ -37,7 +37,7 @@ def test_long_retry_after_fails_over_and_steers_the_next_decision_away(start_gat
     upstream.script("m1", rate_limit(retry_after=30))
     answer, headers = ask(gw)
     assert answer.model == "m2"
-    assert "fallback after m1 rate_limit" in headers["x-router-reason"]
+    assert "fallback after m1 (rate_limit); routed: " in headers["x-router-reason"]
     assert attempts(gw.outcome(headers["x-request-id"])) == [("m1", "rate_limit"), ("m2", "ok")]
     # m1 said "not for 30 s": the router now excludes it instead of calling it again.
     answer, headers = ask(gw)

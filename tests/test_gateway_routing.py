@@ -181,3 +181,33 @@ def test_route_with_every_models_key_refused_is_chats_502(start_gateway, upstrea
     routed, chat, _ = route_and_chat(gw)
     assert routed.status_code == 502 and routed.json()["error"] == chat and chat["code"] == "upstream_auth_failed"
     assert routed.headers["x-should-retry"] == "false"
+
+
+def test_limits_that_rule_out_every_model_are_a_400_even_beside_an_open_circuit(start_gateway, upstream):
+    # A 503 with retry-after: 1 had clients retry a request no retry can serve. m1 (cheap) has its
+    # circuit opened; m2 and m3 are dear.
+    gw = start_gateway(models=[{"name": "m1", "in": 0.1, "out": 0.1, "context_window": 100000},
+                               {"name": "m2", "in": 100.0, "out": 100.0, "context_window": 100000},
+                               {"name": "m3", "in": 100.0, "out": 100.0, "context_window": 100000}],
+                       cooldown_s=60)
+    upstream.default("m1", server_error())
+    for _ in range(2):  # a retry each: the breaker's 3 failures
+        with pytest.raises(openai.APIStatusError):
+            ask(gw, model="m1")
+    assert httpx.get(f"{gw.url}/healthz").json()["models"]["m1"]["circuit"] == "open"
+
+    def refused(cap):
+        routed = httpx.post(f"{gw.url}/v1/route", json={"model": "auto", "messages": MSG, "router": {"max_cost_usd": cap}})
+        with pytest.raises(openai.APIStatusError) as chat:
+            ask(gw, extra_body={"router": {"max_cost_usd": cap}})
+        assert routed.status_code == chat.value.status_code and routed.json()["error"] == chat.value.body
+        return chat.value.status_code, chat.value.body, chat.value.response.headers
+
+    # Under every model's cost: the request's own limit, whatever m1's health.
+    status, chat, headers = refused(1e-9)
+    assert status == 400 and chat["code"] == "no_eligible_model" and "retry-after" not in headers
+    assert "m1: predicted cost" in chat["message"] and "unhealthy" not in chat["message"]
+    # m1 alone fits the cap: it would answer but for its circuit, which a retry may outlast.
+    status, chat, headers = refused(1e-4)
+    assert status == 503 and chat["code"] == "no_model_available" and headers["retry-after"] == "1"
+    assert "m1: unhealthy" in chat["message"] and "m2: predicted cost" in chat["message"]

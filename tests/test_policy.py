@@ -89,6 +89,16 @@ def test_each_hard_constraint_excludes(kwargs, request_, gone, why):
     assert gone not in d.fallbacks()
 
 
+
+def test_a_request_limit_is_the_reason_before_a_models_health():
+    # An unhealthy model the request's caps rule out anyway reads as ruled out by them: "unhealthy"
+    # makes the gateway answer 503 "retry shortly", which no retry can serve.
+    sick = {m: LiveStats(healthy=False) for m in ("cheap", "best")}
+    for limits, why in ((Constraints(max_cost_usd=0.005), "predicted cost"), (Constraints(max_latency_s=3.0), "predicted latency")):
+        d = route(constraints=limits, live=sick)
+        excluded = {c.model: c.excluded for c in d.candidates}
+        assert d.model == "mid" and excluded["best"].startswith(why) and excluded["cheap"].startswith("unhealthy")
+
 def test_the_context_check_counts_the_output_limit_the_model_will_be_sent():
     # OpenClaw asks for up to 32,768 tokens; a 16k model whose own limit is 4,096 gets 4,096, and fits.
     small = [spec("small", 0.1, 0.1, context_window=16384, max_output_tokens=4096), CATALOG[2]]

@@ -1,0 +1,48 @@
+"""How failures are reported, through the real `openai` SDK against a running gateway over a
+scriptable fake upstream: the `x-router-reason` of a failover names each failed model once with
+its failures counted, and `/metrics` counts a request that failed under the model it named or
+tried, not under "none"."""
+from __future__ import annotations
+
+import re
+
+import httpx
+import openai
+import pytest
+
+from tests.fake_upstream import not_found, rate_limit, server_error
+from tests.gateway_harness import MSG, ask
+
+
+def requests_counted(gw) -> dict[tuple[str, str, str], float]:
+    text = httpx.get(f"{gw.url}/metrics").text
+    found = re.findall(r'^openclaw_requests_total\{model="([^"]*)",profile="([^"]*)",status="([^"]*)"\} (\S+)$', text, re.M)
+    return {(m, p, s): float(n) for m, p, s, n in found}
+
+
+def test_a_failover_reason_names_each_failed_model_once_with_its_failures_counted(start_gateway, upstream):
+    gw = start_gateway()
+    upstream.script("m1", server_error(500), server_error(503))  # a retry on m1, then the next model
+    upstream.script("m2", rate_limit(retry_after=30))
+    answer, headers = ask(gw)
+    assert answer.model == "m3"
+    reason = headers["x-router-reason"]
+    assert reason.startswith("m3: fallback after m1 (server x2), m2 (rate_limit); routed: m1"), reason
+    assert gw.outcome(headers["x-request-id"])["reason"] == reason
+
+
+def test_a_failed_request_is_counted_under_the_model_it_named_or_tried(start_gateway, upstream):
+    gw = start_gateway()
+    upstream.script("m1", not_found(), not_found())
+    with pytest.raises(openai.APIStatusError):
+        gw.client().chat.completions.create(model="m1", messages=MSG)
+    # Refused before any call, by the request's own cost cap: the model it named.
+    with pytest.raises(openai.BadRequestError):
+        gw.client().chat.completions.create(model="m2", messages=MSG, extra_headers={"x-router-max-cost-usd": "1e-12"})
+    # A name outside the catalog is no label: each label is a time series.
+    with pytest.raises(openai.NotFoundError):
+        gw.client().chat.completions.create(model="made-up-model", messages=MSG)
+    counted = requests_counted(gw)
+    assert counted[("m1", "none", "error")] == 1.0
+    assert counted[("m2", "none", "error")] == 1.0
+    assert ("none", "none", "rejected") in counted and not any("made-up" in m for m, _, _ in counted)
