@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
 from router.config import ModelSpec
-from router.request_view import estimate_tokens, view_chat_request
+from router.request_view import view_chat_request
 from service import sse
 from service.api_info import resolve_visible
 from service.dispatch import ClientGone, OpenStream, client_gone, usage_tokens
@@ -34,6 +34,7 @@ from service.request_summary import metrics_model, reason
 from service.routing import artifact_of, build_constraints, decide_for, refuse_outside_limits
 from service.response_headers import response_headers
 from service.schemas import OFF_LOOP_BYTES, judge_chat, read_body
+from service.usage_fill import counts_both, estimated_usage, usage_or_estimate
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -410,44 +411,6 @@ def _cut_ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStrea
     ctx.status, ctx.error = "truncated", "shutdown: the gateway shut down mid-answer"
     return [sse.error_event(f"the gateway shut down mid-answer from {opened.model.name}; the answer is incomplete",
                             "server_error", "stream_interrupted")]
-
-
-def estimated_usage(ctx: RequestContext, response: dict[str, Any], spec: ModelSpec | None) -> dict[str, int]:
-    """Usage from our own token estimates: the request's input, its inline files and audio at
-    the worst case governance reserved for them (within `spec`'s window: router.request_view),
-    and every choice's text, reasoning and tool-call arguments (an answer that is only a tool call
-    is not free, nor is a stream cut while the model was thinking: providers bill reasoning as output)."""
-    out = ""
-    for choice in response.get("choices") or ():
-        message = choice.get("message") or {}
-        out += message.get("content") or ""
-        out += "".join(message[name] for name in sse.REASONING_FIELDS if isinstance(message.get(name), str))
-        out += "".join(str((c.get("function") or {}).get("arguments") or "") for c in message.get("tool_calls") or ())
-    attached = ctx.routing.attachment_tokens_within(spec.context_window) if spec is not None else ctx.routing.attachment_tokens
-    prompt, completion = ctx.routing.input_tokens + attached, estimate_tokens(out)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def counts_both(usage: Any) -> bool:
-    return isinstance(usage, dict) and _is_count(usage.get("prompt_tokens")) and _is_count(usage.get("completion_tokens"))
-
-
-def usage_or_estimate(reported: Any, estimate: Callable[[], dict[str, int]]) -> tuple[dict[str, Any], bool]:
-    """(usage, whether estimated): the upstream's usage where it counts both input and output;
-    else `estimate()`, keeping what the upstream did report (one of the counts, its details, its
-    own cost): a server that counts only its output, reasoning included, knows that count best."""
-    if counts_both(reported):
-        return reported, False
-    guess = estimate()
-    if not isinstance(reported, dict):
-        return guess, True
-    merged = {**guess, **{k: v for k, v in reported.items() if v is not None and (k not in guess or _is_count(v))}}
-    merged["total_tokens"] = merged["prompt_tokens"] + merged["completion_tokens"]
-    return merged, True
 
 
 def finish(gw: Gateway, ctx: RequestContext) -> None:

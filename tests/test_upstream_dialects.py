@@ -141,6 +141,21 @@ def test_a_usage_with_one_count_keeps_it_and_estimates_the_other(tmp_path, strea
     assert (row["input_tokens"], row["output_tokens"]) == (usage["prompt_tokens"], 7) and row["extras"]["usage_estimated"] is True
 
 
+@pytest.mark.parametrize("reported, expected", [
+    ({"total_tokens": 9000}, lambda est: (est, 9000 - est)),  # the estimate splits the upstream's total
+    ({"total_tokens": 3}, lambda est: (3, 0)),  # a total below the input's estimate caps it
+    ({"completion_tokens": 40, "total_tokens": 9000}, lambda est: (8960, 40)),  # the other count follows
+], ids=["total-only", "small-total", "total-and-output"])
+def test_a_usage_with_its_total_keeps_the_total(tmp_path, reported, expected):
+    # Had been billed at the estimate's sum, the upstream's own total dropped.
+    with gateway(tmp_path, lambda srv: srv.reply(json_body={**ANSWER, "usage": reported})) as gw:
+        body = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "m1", "messages": MSG})
+        usage, row = body.json()["usage"], gw.outcome(body.headers["x-request-id"])
+    estimate = row["input_tokens_est"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == expected(estimate) == (row["input_tokens"], row["output_tokens"])
+    assert usage["total_tokens"] == reported["total_tokens"] and row["extras"]["usage_estimated"] is True
+
+
 @pytest.mark.parametrize("detail, message", [
     ("temperature must be <= 2", "temperature must be <= 2"),
     ([{"loc": ["body", "temperature"], "msg": "Input should be less than or equal to 2", "type": "less_than_equal"}],
