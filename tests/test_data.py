@@ -64,7 +64,25 @@ def _error(tmp_path, df: pd.DataFrame, name: str = "bad.parquet", **kw) -> str:
 
 def test_missing_text_column_names_file_and_columns(tmp_path):
     msg = _error(tmp_path, wide_frame().drop(columns=["prompt"]))
-    assert "prompt" in msg and "query" in msg
+    assert "prompt" in msg and "query" in msg and "--text-column" in msg
+
+
+@pytest.mark.parametrize("name", ["prompt_full", "text", "question"])
+def test_a_file_with_only_a_later_default_text_column_needs_no_flag(tmp_path, name):
+    # The shared datasets name the prompt with its exemplars `prompt_full`: a file carrying only
+    # that had needed --text-column.
+    df = wide_frame().rename(columns={"prompt": name})
+    df.to_parquet(tmp_path / "t.parquet")
+    assert load_outcomes(tmp_path / "t.parquet").texts[2] == "question number 2?"
+
+
+@pytest.mark.parametrize("name, lines", [("array.jsonl", False), ("lines.json", True), ("array.jsonl.gz", False)])
+def test_json_is_read_by_what_it_holds_not_its_name(tmp_path, name, lines):
+    # A JSON array saved as .jsonl had crashed on its integer column names (a traceback).
+    path = tmp_path / name
+    wide_frame().to_json(path, orient="records", lines=lines)
+    t = load_outcomes(path)
+    assert t.models == ["small", "big"] and t.texts[1] == "question number 1?"
 
 
 def test_explicit_text_column_missing(tmp_path):

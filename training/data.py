@@ -112,6 +112,17 @@ _READERS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "
             ".tsv.gz": "tsv", ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".ndjson": "jsonl", ".json": "json"}
 
 
+def _first_char(path: Path) -> str:
+    """The first character of a (possibly gzipped) text file past any white space or BOM."""
+    import gzip
+
+    with (gzip.open if path.suffix.lower() == ".gz" else open)(path, "rt", encoding="utf-8-sig", errors="replace") as f:
+        while chunk := f.read(4096):
+            if chunk.strip():
+                return chunk.strip()[0]
+    return ""
+
+
 def read_frame(path: str | Path, text_only: bool = False):
     """Read a parquet, CSV/TSV or JSON (Lines) file into a DataFrame; errors name the file.
 
@@ -136,7 +147,9 @@ def read_frame(path: str | Path, text_only: bool = False):
             df = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str if text_only else None,
                              keep_default_na=False, na_values=[""])
         else:
-            df = pd.read_json(path, lines=kind == "jsonl", dtype=False)
+            # What the file holds, not its name, says which: a JSON array saved as .jsonl (or
+            # records one per line saved as .json) is still read.
+            df = pd.read_json(path, lines=_first_char(path) != "[", dtype=False)
     except Exception as exc:  # pyarrow / pandas parser errors: say which file, not a traceback
         raise ValueError(f"{path}: cannot read file: {exc}") from None
     if len(df) == 0:

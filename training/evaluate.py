@@ -24,6 +24,7 @@ import numpy as np
 
 from training import baselines as bl
 from training.metrics import aiq, apgr, cost_to_reach, cpt, quality_at_budget, same_cost
+from training.texts import TEXT_COLUMN_DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -289,8 +290,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router", required=True, help="router artifact folder, e.g. models/default")
     parser.add_argument("--models", help="comma-separated candidate models (default: all the file and router share); "
                         "a name the file or the router lacks is left out while two others remain")
-    parser.add_argument("--text-column", help="column holding the prompt text (default: per row, the first of prompt, "
-                        "query, messages that holds text)")
+    parser.add_argument("--text-column", help=f"column holding the prompt text (default: {TEXT_COLUMN_DEFAULT})")
     parser.add_argument("--prices", help="JSON prices {model: {input_per_1m, output_per_1m}} for models without a cost_usd__ column "
                         "(default: a file with no cost columns at all is priced at the prices the router was trained "
                         "with; in a file with some, a model without one is an error)")

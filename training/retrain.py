@@ -32,6 +32,7 @@ import numpy as np
 
 from router.store_errors import redact_url
 from training.offpolicy import logged_routers
+from training.texts import TEXT_COLUMN_DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -447,8 +448,7 @@ def configure(parser) -> None:
     parser.add_argument("--min-requests", type=int, default=200, help="fewest held-out requests to promote on (default: %(default)s)")
     parser.add_argument("--estimator", choices=("dr", "snips", "ips"), default="dr",
                         help="estimator that decides promotion (default: %(default)s)")
-    parser.add_argument("--text-column", default=None, help="text column of the --base-data tables (default: per row, the "
-                        "first of prompt, query, messages that holds text)")
+    parser.add_argument("--text-column", default=None, help=f"text column of the --base-data tables (default: {TEXT_COLUMN_DEFAULT})")
     parser.add_argument("--prices", default=None, metavar="FILE",
                         help="JSON {model: {input_per_1m, output_per_1m}} for base tables without cost columns")
     parser.add_argument("--folds", type=int, default=5,

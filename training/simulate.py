@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.texts import TEXT_COLUMN_DEFAULT
+
 log = logging.getLogger(__name__)
 
 ADAPTATION = 1000  # requests a router is given to adapt to a drift before its recovery is measured
@@ -431,7 +433,7 @@ def configure(parser) -> None:
     parser.add_argument("--train-share", type=float, default=0.5,
                         help="share of prompts the router is trained on (default: %(default)s)")
     parser.add_argument("--text-column", default=None,
-                        help="column holding the prompt text (default: per row, the first of prompt, query, messages that holds text)")
+                        help=f"column holding the prompt text (default: {TEXT_COLUMN_DEFAULT})")
     parser.add_argument("--prices", default=None,
                         help="JSON of per-model prices, for tables without cost_usd__<model> columns (as train and eval take)")
     parser.add_argument("--willingness-to-pay", type=float, default=0.01,

@@ -20,7 +20,10 @@ from router.request_view import view_chat_request
 
 log = logging.getLogger(__name__)
 
-TEXT_COLUMNS = ("prompt", "query", "messages")
+# `prompt_full` (the shared datasets' prompt with its in-context examples), `text` and `question`
+# come last: a file that names its text so, and no other default, is still routed without a flag.
+TEXT_COLUMNS = ("prompt", "query", "messages", "prompt_full", "text", "question")
+TEXT_COLUMN_DEFAULT = f"per row, the first of {', '.join(TEXT_COLUMNS)} that holds text"
 
 
 def is_missing(value) -> bool:
@@ -111,7 +114,8 @@ def pick_text_column(df, text_column: str | None, path: Path, candidates: Sequen
         return (text_column, *_column_texts(df, text_column))
     present = [c for c in candidates if c in df.columns]
     if not present:
-        raise ValueError(f"{path}: no text column: expected one of {list(candidates)}; columns are {list(df.columns)[:20]}")
+        raise ValueError(f"{path}: no text column: expected one of {list(candidates)} or one named with --text-column; "
+                         f"columns are {list(df.columns)[:20]}")
     read = {}
     for column in present:
         texts, tokens = read[column] = _column_texts(df, column)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.texts import TEXT_COLUMN_DEFAULT
+
 log = logging.getLogger(__name__)
 EXPERIMENT = "openclaw-router"
 REGISTERED_MODEL = "openclaw-router"
@@ -30,8 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="wide outcome table: parquet, CSV, TSV, JSON Lines or a JSON array of records (CSV, TSV "
                         "and JSON Lines may be .gz); repeat to train on several")
     parser.add_argument("--out", required=True, help="artifact folder to write, e.g. models/NAME")
-    parser.add_argument("--text-column", default=None, help="column to embed (default: per row, the first of prompt, query, "
-                        "messages that holds text)")
+    parser.add_argument("--text-column", default=None, help=f"column to embed (default: {TEXT_COLUMN_DEFAULT})")
     parser.add_argument("--prices", default=None, metavar="FILE",
                         help="JSON {model: {input_per_1m, output_per_1m}} for tables without cost columns")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds = bagged boosters served (default: %(default)s)")
