@@ -281,3 +281,21 @@ def test_a_drift_is_measured_over_at_least_half_of_the_requests_after_it(tmp_pat
     assert lines[at + 1].startswith("  the static router lost ") and lines[at + 2].startswith("  the bandit regains ")
     shortened = f"(measured after {measured_from - 100:,} of the {requests - 100:,} requests that followed the drift at 100, "
     assert (shortened in line) == (requests - 100 < 2000)
+
+
+def test_recorded_latencies_are_replayed_and_only_missing_ones_modelled(tmp_path):
+    # The replay had modelled every latency from answer tokens, whatever the table recorded.
+    import pandas as pd
+
+    from training.data import load_outcomes
+    from training.simulate import build_stream
+
+    pd.DataFrame({"prompt": ["a?", "b?", "c?"], "quality__m1": [1.0, 0.0, 1.0], "quality__m2": [0.0, 1.0, 1.0],
+                  "cost_usd__m1": [1e-4] * 3, "cost_usd__m2": [2e-4] * 3, "latency_s__m1": [1.5, np.nan, 3.0],
+                  "output_tokens__m2": [100.0, 50.0, 25.0]}).to_parquet(tmp_path / "t.parquet")
+    table = load_outcomes(tmp_path / "t.parquet")
+    stream = build_stream(table, 3, [], seed=0, ttft_s=0.5, tps=50.0)
+    recorded = {0: 1.5, 2: 3.0}
+    for i, row in enumerate(stream.rows):
+        assert stream.latency[i, 0] == recorded.get(int(row), 0.5 + 200.0 / 50.0)  # a NaN cell: the default answer length
+        assert stream.latency[i, 1] == 0.5 + [100.0, 50.0, 25.0][row] / 50.0

@@ -126,9 +126,10 @@ def build_stream(table, n_requests: int, drifts: list[Drift], seed: int, ttft_s:
             wrong[: d.start] = False
             quality[wrong, j] = 0.0
     tokens = table.output_tokens[order] if table.output_tokens is not None else np.full(quality.shape, 200.0)
-    tokens = np.where(np.isnan(tokens), 200.0, tokens)
-    return Stream(order, quality, table.cost[order], ttft_s + tokens / tps, available,
-                  table.task[order] if table.task is not None else None)
+    modelled = ttft_s + np.where(np.isnan(tokens), 200.0, tokens) / tps
+    # A table that records latencies is replayed with them; only the cells it lacks are modelled.
+    latency = modelled if table.latency is None else np.where(np.isnan(table.latency[order]), modelled, table.latency[order])
+    return Stream(order, quality, table.cost[order], latency, available, table.task[order] if table.task is not None else None)
 
 
 def static_choices(pred, stream: Stream, wtp: float, latency_weight: float) -> np.ndarray:
