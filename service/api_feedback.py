@@ -65,7 +65,7 @@ def parse_feedback(raw: object) -> FeedbackBody:
     try:
         return FeedbackBody.model_validate(raw)
     except ValidationError as exc:
-        raise invalid_body(exc) from None
+        raise invalid_body(exc, list(FeedbackBody.model_fields)) from None
 
 
 OWNER_WAIT_S = 1.5  # longer than an outcome row takes to be written (post-hooks, then a 0.05 s batch)

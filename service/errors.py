@@ -131,12 +131,15 @@ def model_not_found(name: str, known: list[str]) -> ApiError:
     )
 
 
-def invalid_body(exc: ValidationError | RequestValidationError) -> ApiError:
+def invalid_body(exc: ValidationError | RequestValidationError, fields: Any = ()) -> ApiError:
     """The 400 for a body its model refuses, naming the first field at fault (FastAPI's own
-    validation and a route's `model_validate` alike)."""
+    validation and a route's `model_validate` alike); `fields`, the model's, for a misspelt one."""
     first = exc.errors()[0] if exc.errors() else {}
     param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
     msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    if first.get("type") == "extra_forbidden" and param and fields:
+        # pydantic's "Extra inputs are not permitted" names neither the fields nor the one meant.
+        msg = f"not a known field{did_you_mean(param, fields)}; the fields are {', '.join(fields)}"
     return bad_request(f"{param}: {msg}" if param else msg, param=param)
 
 

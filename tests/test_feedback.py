@@ -68,6 +68,12 @@ def test_malformed_feedback_is_a_400(gw, body, param):
         assert r.json()["error"]["param"] == param
 
 
+def test_a_misspelt_feedback_field_is_named_with_the_one_meant(gw):
+    # pydantic's "Extra inputs are not permitted" had named neither the fields nor the one meant.
+    err = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": "x", "scroe": 0.5}).json()["error"]
+    assert err["param"] == "scroe" and "did you mean score?" in err["message"] and "Extra inputs" not in err["message"]
+
+
 def test_the_answers_own_id_is_the_one_feedback_takes(gw):
     # What an SDK user holds: `reply.id`, each streamed chunk's id; the x-request-id header says the same.
     raw = gw.client().chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": "hi"}])

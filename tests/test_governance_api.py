@@ -26,6 +26,8 @@ def test_admin_api_needs_the_master_key(env):
     assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
     assert admin.get("/admin/keys").status_code == 200
     assert admin.post("/admin/keys", json={"name": "x", "colour": "red"}).status_code == 400
+    misspelt = admin.post("/admin/keys", json={"name": "x", "max_request_usdd": 1}).json()["error"]
+    assert misspelt["param"] == "max_request_usdd" and "did you mean max_request_usd?" in misspelt["message"]
     assert admin.post("/admin/keys", json={"name": "x", "allowed_models": ["gpt-9"]}).status_code == 400
     broken = admin.post("/admin/keys", content=b'{"name": ', headers={"content-type": "application/json"})
     assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"

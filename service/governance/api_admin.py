@@ -128,7 +128,7 @@ def _validated(model: type[B], raw: Any) -> B:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise invalid_body(exc) from None
+        raise invalid_body(exc, list(model.model_fields)) from None
 
 
 def _key_fields(gov: Governance, body: KeyFields, partial: bool) -> dict[str, Any]:
