@@ -125,7 +125,11 @@ def unseen_model_warnings(catalog: Sequence["ModelSpec"], unseen: Iterable[str],
         what = f"has no model {spec.router_model!r}" if spec.router_model else f"has no training data for {spec.name}"
         close = difflib.get_close_matches(spec.predictor_name, known, n=1)
         fix = f"set router_model: {close[0]}" if close else "set router_model to a model the artifact knows"
-        warnings.append(f"models[{i}].router_model: router.artifact {what}: it gets the unseen-model prior; {fix} to borrow its predictions")
+        # Said plainly: the prior is the training data's mean quality for every prompt, so a model
+        # priced below the known ones can win most `auto` traffic without any evidence for it.
+        warnings.append(f"models[{i}].router_model: router.artifact {what}: it gets the unseen-model prior (P(good) = the "
+                        f"training data's mean quality for every prompt, so at a low price it can take most auto traffic); "
+                        f"{fix} to borrow its predictions")
     return warnings
 
 

@@ -89,11 +89,14 @@ def test_a_model_the_artifact_never_saw_is_told_which_router_model_to_borrow():
                           .replace("providers:", more), "router.yaml")
     known = ["claude-v2", "gpt-4-1106-preview", "mixtral-8x7b-chat"]
     assert unseen_model_warnings(config.models, ["claude-2", "big", "m9"], known) == [
-        "models[0].router_model: router.artifact has no training data for claude-2: it gets the unseen-model prior; "
+        "models[0].router_model: router.artifact has no training data for claude-2: it gets the unseen-model prior "
+        "(P(good) = the training data's mean quality for every prompt, so at a low price it can take most auto traffic); "
         "set router_model: claude-v2 to borrow its predictions",
-        "models[1].router_model: router.artifact has no model 'gpt-4-1106-previw': it gets the unseen-model prior; "
+        "models[1].router_model: router.artifact has no model 'gpt-4-1106-previw': it gets the unseen-model prior "
+        "(P(good) = the training data's mean quality for every prompt, so at a low price it can take most auto traffic); "
         "set router_model: gpt-4-1106-preview to borrow its predictions",
-        "models[3].router_model: router.artifact has no training data for m9: it gets the unseen-model prior; "
+        "models[3].router_model: router.artifact has no training data for m9: it gets the unseen-model prior "
+        "(P(good) = the training data's mean quality for every prompt, so at a low price it can take most auto traffic); "
         "set router_model to a model the artifact knows to borrow its predictions",
     ]
 
@@ -106,5 +109,6 @@ def test_check_says_the_router_model_to_set_for_the_shipped_artifact():
     errors, warnings = findings(config, "127.0.0.1", 0, from_file=False)
     assert errors == []
     assert [w for w in warnings if "unseen-model prior" in w] == [
-        "models[0].router_model: router.artifact has no training data for claude-2: it gets the unseen-model prior; "
+        "models[0].router_model: router.artifact has no training data for claude-2: it gets the unseen-model prior "
+        "(P(good) = the training data's mean quality for every prompt, so at a low price it can take most auto traffic); "
         "set router_model: claude-v2 to borrow its predictions"]
