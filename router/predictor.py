@@ -18,7 +18,7 @@ tokens x price; latency is ttft + tokens / throughput until real latencies are l
 Unseen models (a catalog entry whose `predictor_name` the artifact never saw) get a prior:
 P(good) = the pooled mean quality of the training labels, std = `UNSEEN_STD` (0.5, the
 largest a [0, 1] outcome can have, so an exploring bandit tries the model), output tokens =
-the median over the known models.
+per prompt, the median of what the artifact's models are predicted to write for it.
 """
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ class OutcomePredictor:
     pca_mean: np.ndarray | None = None
     pca_proj: np.ndarray | None = None
     prior_quality: float = 0.5
-    token_prior: np.ndarray | None = None  # (M,) median output tokens per model
+    token_prior: np.ndarray | None = None  # (M,) median output tokens per model; served without a token booster
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> (in, out) USD per 1M
     oof_raw: np.ndarray | None = None  # (N, M) out-of-fold raw probabilities from fit()
     oof: np.ndarray | None = None  # (N, M) out-of-fold served probabilities (cross-fitted calibration, blended)
@@ -368,6 +368,17 @@ class OutcomePredictor:
             return np.tile(self.token_prior[cols], (n, 1))
         return np.expm1(tok).clip(1.0, None)
 
+    def _unseen_tokens(self, Z: np.ndarray) -> np.ndarray:
+        """(N,) output tokens of a model the artifact never saw: per prompt, the median of its models'
+        (one verbose model does not move it; all models, not the catalog's few, so the prior is the
+        same whatever sits beside it). A constant, the median of the per-model medians (`token_prior`),
+        was 1 token after RouterBench, where most answers are one letter: code looked nearly free."""
+        n, m = len(Z), len(self.models)
+        if self.token_booster is None:  # every model is predicted its `token_prior` then
+            return np.full(n, float(statistics.median(self.token_prior.tolist())))
+        raw = self.token_booster.predict(self._pairs(Z, np.repeat(np.arange(n), m), np.tile(np.arange(m), n)), num_threads=1)
+        return np.median(self._tokens(raw.reshape(n, m), n, None), axis=1)
+
     def predict(self, X: np.ndarray, input_tokens: np.ndarray | None = None, models: Sequence[str] | None = None,
                 prices: Sequence[tuple[float, float]] | None = None, ttft_s: Sequence[float] | None = None,
                 throughput_tps: Sequence[float] | None = None, names: Sequence[str] | None = None,
@@ -398,11 +409,11 @@ class OutcomePredictor:
             tok_known = self._tokens(tok_raw, n, known)
         else:  # only models the artifact never saw: the priors below
             p_known = std_known = tok_known = np.empty((n, 0))
-        # statistics.median: the same value as np.median, at a tenth of its per-call overhead.
-        unseen_tokens = float(statistics.median(self.token_prior.tolist())) if self.token_prior is not None else 200.0
         p = np.full((n, len(models)), self.prior_quality)
         std = np.full((n, len(models)), UNSEEN_STD)
-        tok = np.full((n, len(models)), unseen_tokens)
+        tok = np.empty((n, len(models)))
+        if not seen.all():
+            tok[:, ~seen] = self._unseen_tokens(Z)[:, None]
         p[:, seen], std[:, seen], tok[:, seen] = p_known[:, src], std_known[:, src], tok_known[:, src]
         if output_caps is not None:
             tok = np.minimum(tok, output_caps)  # a 5-token answer costs 5 tokens, whatever the model would say
