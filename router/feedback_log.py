@@ -57,7 +57,7 @@ class ShadowRecord:
     profile: str | None
     live_model: str
     shadow_model: str
-    live_candidate: dict[str, Any]  # the live router's prediction for its own choice
+    live_candidate: dict[str, Any]  # the live router's prediction for the model served; its own choice under ROUTER_CHOICE
     shadow_candidate: dict[str, Any]  # the shadow router's prediction for its choice
     shadow_on_live_choice: dict[str, Any] | None  # the shadow router's prediction for the live choice
     shadow_propensity: float = 1.0
@@ -74,6 +74,9 @@ class ShadowRecord:
         return self.live_model == self.shadow_model
 
 
+# The key of the live router's own choice (before the bandit explored or refined it, or a tool loop
+# kept its turn's model) inside a shadow row's `live_candidate`: `live_model` is the model served.
+ROUTER_CHOICE = "router_choice"
 JSON_COLUMNS = ("live_candidate", "shadow_candidate", "shadow_on_live_choice")
 PRUNED = ("feedback", "shadow_decisions")  # the tables `server.retention_days` applies to, beside `outcomes`
 

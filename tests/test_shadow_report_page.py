@@ -95,6 +95,20 @@ def test_no_estimate_decides_where_the_log_does_not_support_the_shadow_router(mo
     assert not any(_decides_ticks(f) for f in _ope_figures(monkeypatch, report).values())
 
 
+def test_a_log_that_supports_neither_comparison_is_said_so_once_in_the_verdict():
+    """Each comparison's reason repeats the support check's ~70 words: the box said them twice."""
+    from training.shadow_report import render_html
+
+    support = _support("unsupported", 0.37, 0.30, 0.43, 0.63)
+    report = _report((0.42, 0.35, 0.49), (0.31, 0.22, 0.40), support)
+    assert all(support["summary"] in e["reason"] for e in report["verdict"]["each"].values())
+    page = render_html(report, {})
+    box = page[page.index('<div class="verdict'):page.index("</div>")]
+    assert box.count(support["summary"]) == 1 and box.count("<li>") == 1
+    assert "<li><b>Failed</b> both comparisons: the log does not support" in box
+    assert "+0.4200" in box and "+0.3100" in box  # each comparison's estimate, in the one reason
+
+
 def _traffic(request_ids: list[str], wtp: np.ndarray):
     """Logged traffic on two models: the live gateway serves m1 with probability 0.8, m2 otherwise."""
     from training.offpolicy import Traffic

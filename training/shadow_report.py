@@ -8,11 +8,15 @@ the verdict, headline numbers, plots embedded as PNG, per-task and per-model tab
 * verdict: switch to the shadow router or keep the live one, as `openclaw-router retrain` would
   judge a candidate on these estimates (`training.retrain.promotion`, its default estimator and
   least number of requests, refusing where the log does not support the shadow router's choices);
-* agreement: the share of live requests on which the shadow router chose the live model;
+* agreement with the live router: the share of live requests on which the shadow router chose
+  what the live router itself chose, before the bandit re-decided (explored or refined) and before
+  a tool loop's step was kept on its turn's model; beside it, agreement with what was served. A
+  log from before the live router's own choice was recorded counts what was served instead, and
+  says how many requests it did so for (`router_choice_unlogged`);
 * predicted deltas: what the shadow router's choice changes, under one predictor (the
-  shadow's): its prediction for its own choice minus its prediction for the live choice
-  (P(good), cost, latency), 0 wherever the two routers agree. Apart from them, the predictor
-  gap: the shadow's prediction for the live choice minus the live router's, a difference of
+  shadow's): its prediction for its own choice minus its prediction for the model served
+  (P(good), cost, latency), 0 wherever the shadow chose the model served. Apart from them, the predictor
+  gap: the shadow's prediction for the model served minus the live router's, a difference of
   predictors, not of choices (the two add up to shadow-for-its-choice minus live-for-its-choice);
 * observed deltas: on requests where the shadow model was also called, its measured cost
   minus the live answer's, and its call's time minus the live answer's upstream call's (the
@@ -36,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from router.feedback_log import SKIPPED_BY_CAP
+from router.feedback_log import ROUTER_CHOICE
 from training.shadow_report_html import render_html
 
 PREDICTED = ("p_good", "cost_usd", "latency_s")
@@ -52,6 +57,17 @@ def _minus(a: dict | None, b: dict | None, key: str) -> float | None:
     """`a[key] - b[key]`, None where either prediction is missing."""
     x, y = (a or {}).get(key), (b or {}).get(key)
     return None if x is None or y is None else x - y
+
+
+def router_choice(row: dict) -> str:
+    """The live router's own choice on a shadow row (`service.hooks.learning_hook.served_candidate`);
+    the model served on a row logged before that was recorded."""
+    return (row.get("live_candidate") or {}).get(ROUTER_CHOICE) or row["live_model"]
+
+
+def agrees(row: dict) -> bool:
+    """The shadow router chose what the live router itself chose."""
+    return row["shadow_model"] == router_choice(row)
 
 
 def upstream_latency(status: str | None, answered: str | None, attempts: list[dict] | None) -> float | None:
@@ -119,7 +135,9 @@ def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, 
         return labels.get(r["request_id"]) or "unlabelled"
 
     def block(rows):
-        out = {"requests": len(rows), "agreement": _mean([float(r["agree"]) for r in rows]),
+        out = {"requests": len(rows), "agreement": _mean([float(agrees(r)) for r in rows]),
+               "agreement_served": _mean([float(r["agree"]) for r in rows]),
+               "router_choice_unlogged": sum(ROUTER_CHOICE not in (r.get("live_candidate") or {}) for r in rows),
                # the shadow's own predictions for both choices: a row without one is left out
                "predicted_requests": sum(bool(r["shadow_candidate"] and r.get("shadow_on_live_choice")) for r in rows)}
         for k in PREDICTED:
@@ -133,12 +151,13 @@ def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, 
         m: _calls(rows, outcomes) for m, rows in _grouped(shadows, lambda r: r["shadow_model"]).items()
         if any(r["called"] or r["call_status"] == SKIPPED_BY_CAP for r in rows)}}
     report["by_task"] = {t: block(rows) for t, rows in _grouped(shadows, task_of).items()}
-    report["by_live_model"] = {m: {**block(rows), "shadow_choices": dict(Counter(r["shadow_model"] for r in rows))}
-                               for m, rows in _grouped(shadows, lambda r: r["live_model"]).items()}
-    report["traffic_share"] = {
-        "live": {m: c / len(shadows) for m, c in Counter(r["live_model"] for r in shadows).items()} if shadows else {},
-        "shadow": {m: c / len(shadows) for m, c in Counter(r["shadow_model"] for r in shadows).items()} if shadows else {},
-    }
+    # By the live router's own choice: where the bandit refined it, what was served says so beside it.
+    report["by_live_model"] = {m: {**block(rows), "served": dict(Counter(r["live_model"] for r in rows)),
+                                   "shadow_choices": dict(Counter(r["shadow_model"] for r in rows))}
+                               for m, rows in _grouped(shadows, router_choice).items()}
+    report["traffic_share"] = {name: {m: c / len(shadows) for m, c in Counter(map(pick, shadows)).items()} if shadows else {}
+                               for name, pick in (("live", router_choice), ("served", lambda r: r["live_model"]),
+                                                  ("shadow", lambda r: r["shadow_model"]))}
     observed = [outcomes[r["request_id"]] for r in shadows if r["request_id"] in outcomes]
     report["observed_live"] = {"cost_usd": _mean([o.get("cost_usd") for o in observed]),
                                "latency_s": _mean([o.get("latency_s") for o in observed])}
@@ -239,11 +258,11 @@ def plots(report: dict, shadows: list[dict]) -> dict[str, str]:
 
     out = {}
     share = report["traffic_share"]
-    models = sorted(set(share["live"]) | set(share["shadow"]), key=str.casefold)
+    models = sorted(set().union(*share.values()), key=str.casefold)
     fig, ax = plt.subplots(figsize=(7, 3.2))
     x = np.arange(len(models))
-    ax.bar(x - 0.2, [share["live"].get(m, 0) for m in models], 0.4, label="live")
-    ax.bar(x + 0.2, [share["shadow"].get(m, 0) for m in models], 0.4, label="shadow")
+    for i, (name, label) in enumerate((("live", "live router"), ("served", "served"), ("shadow", "shadow"))):
+        ax.bar(x + (i - 1) * 0.27, [share[name].get(m, 0) for m in models], 0.27, label=label)
     ax.set_xticks(x, [_plain(m) for m in models], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("share of requests")
     ax.set_title("Which model each router picks")
@@ -260,13 +279,13 @@ def plots(report: dict, shadows: list[dict]) -> dict[str, str]:
             [v["agreement"] or 0 for v in tasks.values()], color="tab:green")
     ax.invert_yaxis()  # barh draws its first bar at the bottom: top down, as the table lists them
     ax.set_xlim(0, 1)
-    ax.set_xlabel("agreement with the live router")
+    ax.set_xlabel("agreement with the live router's own choice")
     ax.set_title("Agreement by task" + (f" (the {len(tasks)} with most requests)" if len(tasks) < len(report["by_task"]) else ""))
     fig.tight_layout()
     out["agreement"] = _png(fig)
     plt.close(fig)
 
-    agree = np.array([float(r["agree"]) for r in shadows])
+    agree = np.array([float(agrees(r)) for r in shadows])
     if len(agree):
         w = max(1, len(agree) // 20)
         fig, ax = plt.subplots(figsize=(7, 2.6))
@@ -341,6 +360,16 @@ def _ope_figure(plt, ope: dict, judging: str | None, baseline: str):
     return fig
 
 
+def agreement_words(o: dict) -> str:
+    """Both agreements, saying which the first is on a log from before the live router's own choice was recorded."""
+    unlogged = o["router_choice_unlogged"]
+    if unlogged == o["requests"]:
+        return f"agreement with what was served {o['agreement_served']:.1%} (the log predates recording the live router's own choice)"
+    before = f"; {unlogged} requests logged before it was recorded count what was served" if unlogged else ""
+    return (f"agreement with the live router's own choice {o['agreement']:.1%}{before}, "
+            f"with what was served {o['agreement_served']:.1%}")
+
+
 def configure(parser) -> None:
     parser.add_argument("--db", required=True,
                         help="outcome log URL holding the shadow decisions: sqlite:///PATH or postgresql://USER@HOST/DB")
@@ -373,5 +402,5 @@ def run(args) -> int:
     print(headline(report["verdict"]))
     skipped = f"; {calls['skipped_by_cap']} of {calls['drawn']} shadow calls drawn were skipped by the spend cap" \
         if calls["skipped_by_cap"] else ""
-    print(f"{o['requests']} shadow decisions, agreement {o['agreement']:.1%}{skipped}; wrote {out / 'shadow_report.html'}")
+    print(f"{o['requests']} shadow decisions, {agreement_words(o)}{skipped}; wrote {out / 'shadow_report.html'}")
     return 0

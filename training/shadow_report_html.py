@@ -58,23 +58,25 @@ def seconds(v, signed: bool = False) -> str:
 
 
 FORMATS = {
-    "agreement": _pct, "predicted_delta_p_good": _signed, "predictor_gap_p_good": _signed,
+    "agreement": _pct, "agreement_served": _pct, "predicted_delta_p_good": _signed, "predictor_gap_p_good": _signed,
     "predicted_delta_cost_usd": usd_per_1k, "predictor_gap_cost_usd": usd_per_1k, "delta_cost_usd": usd_per_1k,
     "predicted_delta_latency_s": lambda v: seconds(v, True), "predictor_gap_latency_s": lambda v: seconds(v, True),
     "delta_latency_s": lambda v: seconds(v, True), "live_gateway_time_s": seconds,
     "spend_usd": usd, "skipped_reserved_usd_max": usd,
 }
-HEADERS = {"predicted_delta_p_good": "Δ predicted P(good)", "predicted_delta_cost_usd": "Δ predicted $ per 1k requests",
+HEADERS = {"agreement": "agreement with the live router", "agreement_served": "agreement with served",
+           "predicted_delta_p_good": "Δ predicted P(good)", "predicted_delta_cost_usd": "Δ predicted $ per 1k requests",
            "predicted_delta_latency_s": "Δ predicted latency s", "predictor_gap_p_good": "P(good) gap",
            "predictor_gap_cost_usd": "$ gap per 1k requests", "predictor_gap_latency_s": "latency s gap",
            "drawn": "drawn", "calls": "made", "ok": "answered", "skipped_by_cap": "skipped by the cap",
            "skipped_reserved_usd_max": "largest skipped reservation", "spend_usd": "spend",
            "delta_cost_usd": "Δ cost $ per 1k calls", "delta_latency_s": "Δ upstream latency s",
-           "latency_compared": "n timed", "live_gateway_time_s": "live gateway time s", "shadow_choices": "shadow's choices"}
+           "latency_compared": "n timed", "live_gateway_time_s": "live gateway time s", "served": "served",
+           "shadow_choices": "shadow's choices"}
 
 
 def _cell(col: str, v) -> str:
-    if col == "shadow_choices":
+    if col in ("served", "shadow_choices"):
         return '<td class="list">' + "<br>".join(html.escape(f"{m} {n}") for m, n in sorted(v.items(), key=lambda kv: -kv[1])) + "</td>"
     if col == "" and v:
         return f'<td class="mark">{html.escape(v)}</td>'
@@ -104,6 +106,9 @@ def _verdict(report: dict, v: dict) -> str:
     each = [(label, v["each"][key]) for key, label in BASELINES]
     if each[0][1]["reason"] == each[1][1]["reason"]:
         each = [("both comparisons", each[0][1])]
+    elif _both_refused_by_support(report, [e for _, e in each]):
+        # Each reason repeats the support check's words; retrain's verdict says them once, with both estimates.
+        each = [("both comparisons", {"passed": False, "reason": v["reason"]})]
     items = "".join(f"<li><b>{'Passed' if e['passed'] else 'Failed'}</b> {html.escape(label)}: {html.escape(e['reason'])}</li>"
                     for label, e in each)
     how = (f'<p class="how">Judged by the rule <code>openclaw-router retrain</code> promotes a candidate on, with its defaults '
@@ -112,6 +117,12 @@ def _verdict(report: dict, v: dict) -> str:
            "Both comparisons are shown below, each against its own baseline; <i>decides</i> marks the estimate the "
            "verdict turned on.</p>")
     return f'<div class="verdict {kind}"><b>{lead}</b>: <code>openclaw-router retrain</code> {would}.<ul>{items}</ul></div>{how}'
+
+
+def _both_refused_by_support(report: dict, each: list[dict]) -> bool:
+    """Both comparisons failed on the support check (each reason quotes its summary)."""
+    summary = ((report.get("ope") or {}).get("support") or {}).get("summary")
+    return bool(summary) and all(not e["passed"] and summary in e["reason"] for e in each)
 
 
 def _support(ope: dict) -> str:
@@ -216,10 +227,10 @@ def _overlap_note(ope: dict) -> str:
 def _predicted_note(o: dict) -> str:
     left_out = o["requests"] - o["predicted_requests"]
     return (f"<p>Δ predicted: what choosing differently is predicted to change, under one predictor (the shadow "
-            f"router's): its prediction for its own choice minus its prediction for the live router's choice, mean "
-            f"over {o['predicted_requests']} requests, 0 wherever the two agree"
-            + (f" ({left_out} left out: the shadow router had no prediction for the live choice)" if left_out else "")
-            + ". The two predictors also differ on one and the same model, the live router's choice, by P(good) "
+            f"router's): its prediction for its own choice minus its prediction for the model served, mean "
+            f"over {o['predicted_requests']} requests, 0 wherever it chose the model served"
+            + (f" ({left_out} left out: the shadow router had no prediction for the model served)" if left_out else "")
+            + ". The two predictors also differ on one and the same model, the one served, by P(good) "
             f"{_signed(o['predictor_gap_p_good'])}, {usd_per_1k(o['predictor_gap_cost_usd'])} per 1,000 requests, "
             f"latency {seconds(o['predictor_gap_latency_s'], True)} s (the shadow's minus the live router's): a "
             "difference of predictors, not of choices (the predictor gap below).</p>")
@@ -244,8 +255,8 @@ def _skipped_note(calls: dict) -> str:
 
 def _calls_note(calls: dict) -> str:
     if not calls["latency_compared"]:
-        return ("<p>No shadow call was made and timed against a whole live answer: learning.shadow.call_share sets "
-                "the share of the requests the routers disagree on where the shadow router's model is called too.</p>")
+        return ("<p>No shadow call was made and timed against a whole live answer: on the share learning.shadow.call_share "
+                "of the requests where the model served is not the shadow router's choice, its choice is called too.</p>")
     return (f"<p>Δ upstream latency: the shadow call's time (never streamed) minus the live answer's upstream call "
             f"(the attempt that answered; a streamed one until its last chunk), on {calls['latency_compared']} "
             f"requests that ended in a whole answer. The live request's whole handling time is longer by the "
@@ -283,14 +294,37 @@ th{white-space:normal;max-width:8em;vertical-align:bottom}
 td:first-child,td.list{text-align:left}td.mark{color:#c62828;font-weight:bold}img{max-width:100%}"""
 
 
+def agreement_cards(o: dict) -> list[tuple[str, str, str]]:
+    """Agreement with the live router's own choice, then with what was served; one card, saying
+    which it is, on a log from before the live router's own choice was recorded."""
+    unlogged = o["router_choice_unlogged"]
+    if unlogged == o["requests"]:
+        return [("agreement", _pct(o["agreement_served"]),
+                 "with what was served: the log predates recording the live router's own choice")]
+    before = f"; {unlogged} requests logged before it was recorded: with what was served" if unlogged else ""
+    return [("agreement with the live router", _pct(o["agreement"]), f"its own choice, before the bandit{before}"),
+            ("agreement with what was served", _pct(o["agreement_served"]), "the bandit's explorations and refinements included")]
+
+
+def _by_live_model_note(o: dict) -> str:
+    unlogged = o["router_choice_unlogged"]
+    if unlogged == o["requests"]:
+        return ("<p>Requests by the model served: the log predates recording the live router's own choice, so every "
+                "agreement below is with what was served.</p>")
+    before = (f" ({unlogged} requests logged before it was recorded: by the model served, agreement with it)"
+              if unlogged else "")
+    return (f"<p>Requests by the live router's own choice{before}; served: the models the gateway served on them (the "
+            "bandit's explorations and refinements, a tool loop kept on its turn's model).</p>")
+
+
 def render_html(report: dict, images: dict[str, str]) -> str:
     o, calls, v = report["overall"], report["observed_shadow_calls"], report["verdict"]
     ope = report.get("ope")
     served = report.get("observed_live", {})
     # A delta means little without the level it moves: the served traffic's own, as observed.
     quality = f"; served P(good) {_fmt(ope['logged']['quality'])}" if ope and "logged" in ope else ""
-    cards = [("requests", _fmt(o["requests"]), ""), ("agreement", _pct(o["agreement"]), "with the live router"),
-             ("Δ predicted P(good)", _signed(o["predicted_delta_p_good"]), f"shadow's choice − live's{quality}"),
+    cards = [("requests", _fmt(o["requests"]), ""), *agreement_cards(o),
+             ("Δ predicted P(good)", _signed(o["predicted_delta_p_good"]), f"shadow's choice − the model served{quality}"),
              ("Δ predicted cost", usd_per_1k(o["predicted_delta_cost_usd"]),
               "per 1,000 requests" + _served(served.get("cost_usd"), lambda c: usd_per_1k(c, signed=False))),
              ("Δ predicted latency", f"{seconds(o['predicted_delta_latency_s'], True)} s",
@@ -303,7 +337,7 @@ def render_html(report: dict, images: dict[str, str]) -> str:
         known = f"{_pct(sup['unsupported_known'])} for certain" if sup["unsupported_known"] else ""
         cards.append(("choices the log never shows", point, "; ".join(filter(None, [interval, known, f"support: {sup['verdict']}"]))))
     img = lambda k: f'<img src="data:image/png;base64,{images[k]}" alt="{k}">' if k in images else ""  # noqa: E731
-    cols = ["requests", "agreement", "predicted_delta_p_good", "predicted_delta_cost_usd", "predicted_delta_latency_s"]
+    cols = ["requests", "agreement", "agreement_served", "predicted_delta_p_good", "predicted_delta_cost_usd", "predicted_delta_latency_s"]
     gaps = ["predictor_gap_p_good", "predictor_gap_cost_usd", "predictor_gap_latency_s"]
     ope_part = (_support(ope) + _utility_note(ope) + _comparisons(report, img) + _overlap_note(ope) if ope else
                 "<p>No logged request with feedback overlaps the shadow decisions yet.</p>")
@@ -318,10 +352,10 @@ def render_html(report: dict, images: dict[str, str]) -> str:
 <h2>Choices</h2>{img("traffic")}{img("timeline")}
 {_predicted_note(o)}
 <h2>By task</h2>{img("agreement")}{_tasks_left_out(report["by_task"])}
-<p>Δ predicted: the shadow router's prediction for its own choice minus its prediction for the live choice (0 where they agree).</p>{_table(report["by_task"], cols)}
-<h2>By live model</h2>{_table(report["by_live_model"], [*cols, "shadow_choices"])}
-<h3>The two predictors on the live router's choice</h3>
-<p>Gap: the shadow router's prediction for the model the live router chose minus the live router's own; a difference of
+<p>Δ predicted: the shadow router's prediction for its own choice minus its prediction for the model served (0 where it chose that model).</p>{_table(report["by_task"], cols)}
+<h2>By live model</h2>{_by_live_model_note(o)}{_table(report["by_live_model"], [*cols, "served", "shadow_choices"])}
+<h3>The two predictors on the model served</h3>
+<p>Gap: the shadow router's prediction for the model the gateway served minus the live router's own; a difference of
 predictors, not of choices.</p>{_table({"all requests": o, **report["by_live_model"]}, ["requests", *gaps])}
 <h2>Shadow calls (observed)</h2>{_skipped_note(calls)}{_table({"all shadow models": calls, **calls.get("by_model", {})}, CALL_COLUMNS)}
 {_calls_note(calls)}

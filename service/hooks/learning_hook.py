@@ -31,7 +31,7 @@ import numpy as np
 from router.bandit import BanditSettings, ContextualBandit
 from router.cache.keys import request_keys
 from router.config import Config
-from router.feedback_log import SKIPPED_BY_CAP, Feedback, FeedbackStore, ShadowRecord, open_feedback_log
+from router.feedback_log import ROUTER_CHOICE, SKIPPED_BY_CAP, Feedback, FeedbackStore, ShadowRecord, open_feedback_log
 from router.outcome_log import failed_by_its_models, judges_chosen_model
 from router.types import Constraints
 from service.bandit_sync import BanditSync
@@ -58,6 +58,14 @@ def _candidate(decision, model: str) -> dict[str, Any] | None:
     if c is None:
         return None
     return {k: getattr(c, k) for k in ("model", "p_good", "p_good_std", "cost_usd", "latency_s", "utility", "excluded")}
+
+
+def served_candidate(live, router_choice: str) -> dict[str, Any]:
+    """The live decision's prediction for the model served, and the live router's own choice
+    under ROUTER_CHOICE: they differ where the bandit explored or refined, or a tool loop kept its
+    turn's model. In the JSON of `live_candidate`, which every store already keeps, so no
+    table changes; a row without it was logged before it was recorded."""
+    return {**(_candidate(live, live.model) or {}), ROUTER_CHOICE: router_choice}
 
 
 def _answer_text(response: dict[str, Any] | None) -> tuple[str, bool]:
@@ -341,6 +349,10 @@ class LearningHook:
         # path) finished in time is not the client asking for another answer.
         if previous is not None and not ctx.extras.get("cache_store_pending"):
             rt.spawn(asyncio.to_thread(rt.record_implicit, Feedback(previous, 0.0, source="implicit", signal="regenerated")))
+        if ctx.decision is not None:
+            # What the shadow report compares the candidate with: the live router's own choice,
+            # before the bandit re-decides it and before a tool loop's step is kept on its turn's model.
+            ctx.extras["router_choice"] = ctx.decision.model
         if rt.bandit is not None and ctx.decision is not None:
             ctx.decision = rt.bandit.choose_for(ctx.decision, ctx.embedding, request_id=ctx.request_id,
                                                 rng=turn_rng(ctx))
@@ -353,17 +365,26 @@ class LearningHook:
         switch half-way hands a task to a model that did not plan it (and loses the provider's
         prompt cache). A window too small, an open circuit or a request limit still move it."""
         decision = ctx.decision
-        if seen is None or seen[0] == decision.model:
+        if seen is None:
             return
         turn_model, propensity = seen
+        if turn_model == decision.model:
+            # The step's own draw agrees, but the turn's draw set the model (had it drawn another, the
+            # step would be on that one): the step's own probability is not the action's, and
+            # `finished` would store it as the turn's for every later step.
+            if propensity != decision.propensity:
+                ctx.decision = replace(decision, propensity=propensity,
+                                       reason=f"{turn_model}: the model this turn's tool loop is on (drawn for the turn "
+                                              f"with p={propensity:.2f}; this step's own draw agreed)")
+            return
         if not any(c.model == turn_model and c.excluded is None for c in decision.candidates):
             return
         if self.rt.bandit is not None:
             self.rt.bandit.forget(ctx.request_id)  # its draw was for another model
         # The step's model is the turn's draw: logged with that draw's probability, for OPE.
         ctx.decision = replace(decision, model=turn_model, propensity=propensity,
-                               reason=f"{turn_model}: the model this turn's tool loop is on (the ranking now puts "
-                                      f"{decision.model} first)")
+                               reason=f"{turn_model}: the model this turn's tool loop is on (this step alone would go "
+                                      f"to {decision.model})")
 
     def finished(self, ctx: RequestContext) -> None:
         rt = self.rt
@@ -428,10 +449,13 @@ class LearningHook:
         live = ctx.decision
         rec = ShadowRecord(
             request_id=ctx.request_id, profile=ctx.profile, live_model=live.model, shadow_model=decision.model,
-            live_candidate=_candidate(live, live.model) or {}, shadow_candidate=_candidate(decision, decision.model) or {},
+            live_candidate=served_candidate(live, ctx.extras.get("router_choice", live.model)),
+            shadow_candidate=_candidate(decision, decision.model) or {},
             shadow_on_live_choice=_candidate(decision, live.model), shadow_propensity=decision.propensity,
         )
         share = rt.config.learning.shadow.call_share
+        # Drawn where the candidate's model is not the one served (not where it differs from the
+        # live router's own choice): only there does its answer observe what the log lacks.
         if share > 0 and decision.model != live.model and rt.rng.random() < share:
             await rt.shadow_call(ctx, rec)
         await asyncio.to_thread(rt.feedback_log.add_shadow, rec)
