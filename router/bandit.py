@@ -54,6 +54,8 @@ import numpy as np
 
 from router.types import Candidate, Decision
 
+SPEND_CAP_WHY = "the total-spend cap charges refinement's extra spend"  # in a refinement's reason: that cap binds
+
 
 @dataclass(frozen=True)
 class BanditSettings:
@@ -283,8 +285,8 @@ class ContextualBandit:
         g = int(np.argmax(util))
         with self._lock:
             n, known_mass, new_mass, greedy_spend, extra_spend, _ = self._recent
-            known_ok = known_mass <= s.explore_share * max(n, 1)
-            new_ok = new_mass <= s.new_model_explore_share * max(n, 1)
+            known_ok = known_mass < s.explore_share * max(n, 1)  # strictly: with <=, a cap of 0 let the first decision explore
+            new_ok = new_mass < s.new_model_explore_share * max(n, 1)
             spend_ok = extra_spend <= s.extra_cost_share * greedy_spend
         probs = np.zeros(len(models))
         probs[g] = 1.0
@@ -425,8 +427,7 @@ class ContextualBandit:
         return Observation(pending.model, pending.context, float(reward), pending.predicted, pending.p_std)
 
     def forget(self, request_id: str) -> None:
-        """Drop the decision made with `request_id`: no reward for it will be learnt (another
-        model answered it, so its rewards say nothing about the model chosen)."""
+        """Drop the decision made with `request_id`: another model answered it, no reward is about the one chosen."""
         with self._lock:
             self._pending.pop(request_id, None)
 
@@ -436,7 +437,7 @@ class ContextualBandit:
 
     def _recent_stats(self) -> dict:
         n, known_mass, new_mass, greedy_spend, extra_spend, _ = (float(v) for v in self._recent)
-        return {"decisions": n, "explore_share": _share(known_mass + new_mass, n),
+        return {"decisions": n, "explore_share": _share(known_mass, n),
                 "new_model_explore_share": _share(new_mass, n), "extra_cost_share": _share(extra_spend, greedy_spend)}
 
     def stats(self) -> dict:
@@ -444,14 +445,13 @@ class ContextualBandit:
         with self._lock:
             return {
                 "decisions": self.decisions,
-                "explore_share": (self.explore_mass + self.new_model_explore_mass) / max(self.decisions, 1),
+                "explore_share": self.explore_mass / max(self.decisions, 1),  # known models only, as its cap counts
                 "new_model_explore_share": self.new_model_explore_mass / max(self.decisions, 1),
                 "extra_cost_share": self.extra_spend / self.greedy_spend if self.greedy_spend else 0.0,
                 "total_cost_share": self.spend / self.reference_spend - 1.0 if self.reference_spend else 0.0,
                 "spend_price_per_usd": price,
                 "recent": self._recent_stats(),  # the accounts the caps compare (`budget_horizon`)
-                "arms": {m: {"n_eff": a.n_eff, "intercept": float(a.mean[0]), "resets": a.resets}
-                         for m, a in self._arms.items()},
+                "arms": {m: {"n_eff": a.n_eff, "intercept": float(a.mean[0]), "resets": a.resets} for m, a in self._arms.items()},
                 # realised / predicted cost scaling each model's cost (`observe_cost`), over its discounted calls
                 "cost_ratios": {m: {"ratio": self._cost_ratio(v), "calls": float(v[2])} for m, v in self._cost_seen.items()},
             }
@@ -471,7 +471,7 @@ def _why(models: Sequence[str], p_good: np.ndarray, penalty: np.ndarray, terms: 
     active, a, b, corr = [k for k, v in terms.items() if np.any(v != 0)], models[g], models[own], terms["feedback"]
     said = {"feedback": f"feedback corrected P(good): {a} {corr[g]:+.2f}, {b} {corr[own]:+.2f}",
             "prices": f"realised prices: {b} costs {ratios[own]:.2f}x its predicted cost, {a} {ratios[g]:.2f}x",
-            "spend cap": "the total-spend cap charges refinement's extra spend"}
+            "spend cap": SPEND_CAP_WHY}
     return "; ".join(said[k] for k in [k for k in active if best(k) != g] or active)
 
 

@@ -23,6 +23,8 @@ from service.schemas import read_json_body
 
 router = APIRouter()
 log = logging.getLogger(__name__)
+# The learning.bandit settings that cap exploration, each beside the share of that name it caps.
+BANDIT_CAPS = ("explore_share", "new_model_explore_share", "extra_cost_share", "total_cost_share")
 
 
 def serving_artifact(current) -> dict | None:
@@ -75,9 +77,11 @@ async def router_state(request: Request) -> JSONResponse:
 
 @router.get("/admin/router/bandit")
 async def bandit_state(request: Request) -> JSONResponse:
-    """What the exploring bandit has learned so far: per model, evidence, mean correction, resets."""
+    """What the exploring bandit has learned so far: per model, evidence, mean correction, resets;
+    its shares and spend against `caps`, the configured values of the caps of the same names."""
     require_admin(request)
     learning = getattr(request.app.state, "learning", None)
     if learning is None or learning.bandit is None:
         raise ApiError(404, "the bandit is not enabled (learning.bandit.enabled)", code="bandit_disabled")
-    return JSONResponse({"object": "router.bandit", **learning.bandit.stats()})
+    caps = {name: getattr(learning.bandit.settings, name) for name in BANDIT_CAPS}
+    return JSONResponse({"object": "router.bandit", **learning.bandit.stats(), "caps": caps})

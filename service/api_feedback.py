@@ -3,12 +3,13 @@
 Body: `request_id` (the judged answer's `id`, also its `x-request-id` response header), and
 either `score` in [0, 1] or `thumbs` ("up" = 1, "down" = 0); optional `label` (e.g. the task
 or the failure kind) and `comment`. An unknown request id is a 404, so a typo cannot create
-orphan feedback. With governance on, the same client keys as chat are required, and a key
-may judge only the requests made with it: another key's request is a 404 as well, answered no
-sooner than an unknown id's, so that its existence does not leak. The master key (and open mode)
-may judge any. Each call counts against the key's requests per minute, and one request id takes
-at most `MAX_FEEDBACK_PER_REQUEST` explicit verdicts (then 409). The score reaches the exploring
-bandit at once (online update, no restart) and the retraining job later.
+orphan feedback; one refused before any model was asked (invalid, over a budget) is a 409
+`request_not_answered`: it got no answer to judge. With governance on, the same client keys as
+chat are required, and a key may judge only the requests made with it: another key's request is
+a 404 as well, answered no sooner than an unknown id's, so that its existence does not leak. The
+master key (and open mode) may judge any. Each call counts against the key's requests per minute,
+and one request id takes at most `MAX_FEEDBACK_PER_REQUEST` explicit verdicts (then 409). The
+score reaches the exploring bandit at once (online update, no restart) and the retraining job later.
 """
 from __future__ import annotations
 
@@ -86,6 +87,11 @@ async def post_feedback(request: Request) -> JSONResponse:
     if not await _visible_request(learning, body.request_id, caller):
         raise ApiError(404, f"No request with id {body.request_id!r} is known to this gateway (an answer's `id`, or its "
                        "x-request-id header, names its request).", code="request_not_found", param="request_id")
+    outcome_log = getattr(request.app.state.gateway, "outcome_log", None)
+    row = await asyncio.to_thread(outcome_log.get, body.request_id) if outcome_log is not None else None
+    if _unanswered(row):
+        raise ApiError(409, f"Request {body.request_id!r} got no answer to judge: it was refused before any model was "
+                       f"asked ({(row['error'] or row['status'])[:200]}).", code="request_not_answered", param="request_id")
     fb = Feedback(body.request_id, body.reward, source="explicit", signal="score" if body.score is not None else "thumbs",
                   label=body.label, comment=body.comment)
     await asyncio.to_thread(_record_within_cap, learning, fb)
@@ -106,6 +112,17 @@ async def _visible_request(learning: Any, request_id: str, caller: Caller | None
         if left <= 0:
             return False
         await asyncio.sleep(min(OWNER_POLL_S, left))
+
+
+def _unanswered(row: dict | None) -> bool:
+    """Whether a logged request got no answer a verdict could be about: refused before routing
+    (`rejected`: invalid), or an error before any model was called (a budget, a key's limit, every
+    model skipped). Not one its models failed: a verdict on that judges them, as the implicit
+    `error` does. None (its row not written yet) is a request this replica has just answered."""
+    if row is None:
+        return False
+    return row["status"] == "rejected" or (row["status"] == "error"
+                                           and all(a.get("status") == "skipped" for a in row.get("attempts") or ()))
 
 
 def _record_within_cap(learning: Any, fb: Feedback) -> None:

@@ -40,6 +40,7 @@ from service.live_state import KEY_MISSING, LiveState, refuses_key
 from service.metrics import Metrics
 from service.pipeline import RequestContext
 from service.providers.base import Provider, UpstreamError
+from service.request_summary import failures
 from service.stream_deadlines import Paced, up_to_first_output
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -320,8 +321,7 @@ class Dispatcher:
         last = errors[-1]
         if not routed and last.kind == "timeout":
             return ApiError(504, f"model {who} timed out", code="upstream_timeout")
-        tried = "; ".join(f"{a['model']}: {a.get('kind') or a.get('reason')}" for a in ctx.attempts)
-        return ApiError(502 if not routed else 503, f"no model could answer ({tried})", code="upstream_error")
+        return ApiError(502 if not routed else 503, f"no model could answer ({failures(ctx.attempts)})", code="upstream_error")
 
     async def _attempts(self, ctx: RequestContext, call: Callable[[ModelSpec, int, Claim], Awaitable[Any]]) -> Any:
         """Run `call(spec, retry, claim)` along the chain until one returns; raise ApiError when none does."""

@@ -14,13 +14,14 @@ def reason(ctx: RequestContext) -> str:
         base = f"{ctx.requested_model}: not routed" if ctx.profile else f"{ctx.requested_model}: requested by name"
     failed = [a for a in ctx.attempts if a["status"] != "ok"]
     if ctx.answered_by and failed:
-        return f"{ctx.answered_by}: fallback after {_failures(failed)}; routed: {base}"
+        return f"{ctx.answered_by}: fallback after {failures(failed)}; routed: {base}"
     return base
 
 
-def _failures(failed: list[dict]) -> str:
+def failures(failed: list[dict]) -> str:
     """`m1 (server x2, timeout), m2 (rate_limit)`: each model once, in the order tried, its
-    failures counted (a retry on the same model repeated its name). ASCII, for the header."""
+    failures counted (a retry on the same model repeated its name). ASCII, for the header; the
+    all-failed error message says the same."""
     by_model: dict[str, dict[str, int]] = {}
     for a in failed:
         kinds = by_model.setdefault(a["model"], {})

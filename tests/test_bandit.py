@@ -66,6 +66,20 @@ def test_exploration_share_budget_is_respected():
     assert explored / 4000 <= s.explore_share + 0.02
 
 
+def test_a_cap_of_zero_never_explores_not_even_the_first_request():
+    # The caps are checked before a decision adds to its account: at the first, an account of 0
+    # was "within" a cap of 0 and that request was explored (p=0.48 here).
+    for settings in (BanditSettings(explore_share=0.0, extra_cost_share=10.0, seed=5),
+                     BanditSettings(explore_share=1.0, new_model_explore_share=0.0, extra_cost_share=10.0, seed=5)):
+        bandit = ContextualBandit(settings)
+        new = settings.new_model_explore_share == 0.0  # "b" unseen by the predictor: a new model
+        arrays = dict(models=["a", "b"], p_good=np.array([0.90, 0.899]), p_good_std=np.array([0.05, 0.5 if new else 0.05]),
+                      penalty=np.zeros(2), cost=np.full(2, 1e-3))
+        rng = np.random.default_rng(0)
+        assert all(bandit.choose(**arrays, rng=rng).propensity == 1.0 for _ in range(50))
+        assert bandit.explore_mass == bandit.new_model_explore_mass == 0.0
+
+
 def test_a_new_model_has_its_own_exploration_budget():
     # "n" is a model the predictor has never seen (its p_good_std is the unseen-model prior's):
     # exploring it is charged to new_model_explore_share, exploring the known "b" to explore_share.
@@ -76,8 +90,12 @@ def test_a_new_model_has_its_own_exploration_budget():
     rng = np.random.default_rng(3)
     chosen = [bandit.choose(**arrays, rng=rng).model for _ in range(4000)]
     stats = bandit.stats()
-    known = stats["explore_share"] - stats["new_model_explore_share"]
-    assert known <= s.explore_share + 0.005 and stats["new_model_explore_share"] <= s.new_model_explore_share + 0.005
+    # Each share is reported under its cap's name, as that cap counts it: explore_share is the known
+    # models' alone (it had counted "n" as well, 0.07 against a cap of 0.02 on a reviewer's gateway).
+    for shares in (stats, stats["recent"]):
+        assert shares["explore_share"] <= s.explore_share + 0.005, shares
+        assert s.new_model_explore_share - 0.01 <= shares["new_model_explore_share"] <= s.new_model_explore_share + 0.005
+    assert stats["explore_share"] == pytest.approx(bandit.explore_mass / 4000)
     assert chosen.count("b") / 4000 <= s.explore_share + 0.01
     assert chosen.count("n") / 4000 > 2 * s.explore_share  # explored beyond the known models' cap
     # Once `new_model_observations` rewards have come in, "n" is known: exploring it is routine.

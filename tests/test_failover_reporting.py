@@ -1,6 +1,6 @@
 """How failures are reported, through the real `openai` SDK against a running gateway over a
 scriptable fake upstream: the `x-router-reason` of a failover names each failed model once with
-its failures counted, and `/metrics` counts a request that failed under the model it named or
+its failures counted, the all-failed error message too, and `/metrics` counts a request that failed under the model it named or
 tried, not under "none"."""
 from __future__ import annotations
 
@@ -29,6 +29,16 @@ def test_a_failover_reason_names_each_failed_model_once_with_its_failures_counte
     reason = headers["x-router-reason"]
     assert reason.startswith("m3: fallback after m1 (server x2), m2 (rate_limit); routed: m1"), reason
     assert gw.outcome(headers["x-request-id"])["reason"] == reason
+
+
+def test_the_all_failed_error_names_each_model_once_with_its_failures_counted(start_gateway, upstream):
+    gw = start_gateway()
+    for m in ("m1", "m2", "m3"):
+        upstream.default(m, server_error(500))  # max_retries 1: each model is called twice
+    with pytest.raises(openai.InternalServerError) as exc:
+        gw.client().chat.completions.create(model="auto", messages=MSG)
+    assert exc.value.status_code == 503 and exc.value.body["code"] == "upstream_error"
+    assert exc.value.body["message"] == "no model could answer (m1 (server x2), m2 (server x2), m3 (server x2))"
 
 
 def test_a_failed_request_is_counted_under_the_model_it_named_or_tried(start_gateway, upstream):

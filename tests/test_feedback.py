@@ -11,7 +11,7 @@ import pytest
 
 from router.feedback_log import latest_rewards, read_feedback
 from service.api_feedback import MAX_FEEDBACK_PER_REQUEST
-from tests.fake_upstream import error, ok, server_error
+from tests.fake_upstream import FakeUpstream, error, ok, server_error
 from tests.gateway_harness import QualityRouter, Running, fake_config
 
 QUALITY = {"m1": 0.80, "m2": 0.795, "m3": 0.2}
@@ -49,6 +49,29 @@ def test_unknown_request_is_rejected_with_an_openai_error(gw):
     err = r.json()["error"]
     assert err["code"] == "request_not_found" and err["param"] == "request_id" and "req_nope" in err["message"]
     assert read_feedback(gw.db) == []
+
+
+def test_a_request_refused_before_any_model_was_asked_takes_no_verdict(gw, upstream):
+    def refused(**kwargs):
+        with pytest.raises(openai.BadRequestError) as exc:
+            gw.client().chat.completions.create(messages=[{"role": "user", "content": "Hi"}], **kwargs)
+        return exc.value.response.headers["x-request-id"]
+
+    invalid = refused(model="auto", max_tokens=-5)  # rejected before routing
+    over_cap = refused(model="m2", extra_headers={"x-router-max-cost-usd": "1e-12"})  # its own cost cap: no call made
+    for request_id in (invalid, over_cap):
+        r = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": request_id, "thumbs": "down"})
+        err = r.json()["error"]
+        assert (r.status_code, err["code"], err["param"]) == (409, "request_not_answered", "request_id"), r.text
+        assert "got no answer to judge" in err["message"] and err["type"] == "invalid_request_error"
+    assert gw.outcome(invalid)["status"] == "rejected" and read_feedback(gw.db) == []
+    # One its models failed is judged as before (an explicit verdict beside the implicit `error`).
+    for m in ("m1", "m2", "m3"):
+        upstream.default(m, server_error(503))
+    with pytest.raises(openai.APIStatusError) as exc:
+        _ask(gw, "this will fail everywhere")
+    failed = exc.value.response.headers["x-request-id"]
+    assert httpx.post(f"{gw.url}/v1/feedback", json={"request_id": failed, "score": 0.0}).status_code == 200
 
 
 @pytest.mark.parametrize("body, param", [
@@ -344,6 +367,42 @@ def test_a_tool_loop_step_kept_on_its_turns_model_is_logged_with_the_turns_draw_
     ctx.decision = Decision("m1", candidates, "m1: best", 0.01, propensity=1.0)
     rt.hook._keep_the_turns_model(ctx, rt.memory.turn_model(learning_hook._turn_digest(ctx).hex()))
     assert ctx.decision.model == "m2" and ctx.decision.propensity == 0.29
+    # The step's own draw agreeing with the turn's model changes nothing: the turn's draw set it.
+    ctx.decision = Decision("m2", candidates, "bandit exploration: m2 (p=0.81) instead of m1", 0.01, propensity=0.81)
+    rt.hook._keep_the_turns_model(ctx, rt.memory.turn_model(learning_hook._turn_digest(ctx).hex()))
+    assert ctx.decision.model == "m2" and ctx.decision.propensity == 0.29 and "p=0.81" not in ctx.decision.reason
+
+
+def test_every_step_of_a_tool_loop_logs_the_probability_its_turn_drew_the_model_with(tmp_path):
+    # Wide exploration, and a long tool result that moves the ranking (m1 is dear per input token):
+    # each step's own draw has other probabilities than the turn's first. The reviewer's gateway
+    # logged a step that stayed on mixtral (the turn's, p=0.67) with its own draw's p=0.81, and every
+    # later step of the turn with it too.
+    models = [{"name": m, "context_window": 100000, "capabilities": ["tools"], "in": price}
+              for m, price in (("m1", 2.0), ("m2", 0.5), ("m3", 0.5))]
+    extra = ("learning: {bandit: {enabled: true, explore_share: 1.0, extra_cost_share: 100, total_cost_share: null, "
+             "utility_margin: 1.0}}")
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    result = {"role": "tool", "tool_call_id": "c1", "content": "population 12345 " * 150}
+    logged, reasons = [], []
+    with FakeUpstream() as up:
+        gw = Running(fake_config(up.base_url, f"sqlite:///{tmp_path}/o.sqlite", models=models, extra=extra),
+                     router=QualityRouter({"m1": 0.9, "m2": 0.87, "m3": 0.86}))
+        try:
+            for i in range(8):
+                messages = [{"role": "user", "content": f"Find the population of city {i}"}]
+                steps = []
+                for _ in range(3):  # the question, then two steps after a tool result each
+                    raw = gw.client().chat.completions.with_raw_response.create(model="auto", messages=messages)
+                    steps.append(gw.outcome(raw.headers["x-request-id"]))
+                    reasons.append(raw.headers["x-router-reason"])
+                    messages = [*messages, {"role": "assistant", "content": None, "tool_calls": [call]}, result]
+                logged.append([(o["chosen_model"], o["propensity"]) for o in steps])
+        finally:
+            gw.stop()
+    for turn in logged:
+        assert turn == [turn[0]] * 3, logged  # on the turn's model, with the probability the turn drew it with
+    assert any("this step's own draw agreed" in r for r in reasons), reasons  # the case in question came up
 
 
 def test_a_turn_whose_step_a_fallback_answered_does_not_pin_the_fallback(upstream, tmp_path):

@@ -93,7 +93,10 @@ def test_an_unsupported_log_is_refused_with_the_reason_not_a_confident_wrong_ans
         assert not verdict.promote
         assert verdict.reason.startswith("the log does not support the candidate's choices: mean importance weight")
         # The bandit is off by default: tuning its share alone would change nothing.
-        assert "explore more (learning.bandit.enabled, then its explore_share) or collect more traffic" in verdict.reason
+        # Nothing else known of the log, the spend caps that may stop exploring first are named beside the share.
+        assert verdict.reason.endswith("explore more (learning.bandit.enabled, then its explore_share, or its spend caps "
+                                       "extra_cost_share and total_cost_share where exploring's spend reaches them first: "
+                                       "GET /admin/router/bandit shows each against its cap) or collect more traffic")
         assert "worse" not in verdict.reason
 
 
@@ -109,7 +112,7 @@ def test_both_comparisons_refused_for_support_say_it_once_with_each_estimate():
     assert not verdict.promote and not each["vs_served"]["passed"] and not each["vs_live_router"]["passed"]
     reason = verdict.reason
     assert reason.count("the log does not support the candidate's choices") == 1 and "; and" not in reason, reason
-    assert reason.count("explore more (learning.bandit.enabled, then its explore_share)") == 1, reason
+    assert reason.count("explore more (learning.bandit.enabled, then its explore_share,") == 1, reason
     served, live = (c["utility"]["difference"]["dr"] for c in (vs_served, vs_live))
     assert served["value"] != live["value"]
     assert (f"DR's {served['value']:+.4f} (95 % interval {served['lo']:+.4f} .. {served['hi']:+.4f}) against {SERVED} and "

@@ -160,7 +160,13 @@ def test_a_log_that_never_shows_the_candidates_choices_is_refused_for_that(world
     assert support["unsupported_known"] > 0.5 and support["weight_mean"]["hi"] < 0.5
     reason = report["verdict"]["reason"]
     assert reason.startswith("the log does not support the candidate's choices: mean importance weight")
-    assert "for certain: logged with propensity 1" in reason and "learning.bandit.enabled, then its explore_share" in reason
+    assert "for certain: logged with propensity 1" in reason
+    # What the log shows of its exploration: none at all, so the bandit first.
+    assert reason.endswith("; explore more: the gateway explored none of these requests (each is logged with propensity "
+                           "1); turn on learning.bandit.enabled, or, where it is on, what stops it is its explore_share, "
+                           "or its spend caps extra_cost_share and total_cost_share where exploring's spend reaches them "
+                           "first (GET /admin/router/bandit shows each against its cap; retrain --gateway reads them); "
+                           "or collect more traffic"), reason
     run = mlflow.MlflowClient(f"sqlite:///{world.root}/mlflow.db").get_run(report["mlflow_run_id"])
     assert run.data.tags["promoted"] == "false" and run.data.tags["support"] == "unsupported"
     assert run.data.metrics["ope_support_weight_mean_hi"] < 0.5

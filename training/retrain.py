@@ -32,6 +32,7 @@ import numpy as np
 
 from router.store_errors import redact_url
 from training.offpolicy import logged_routers
+from training.support_advice import GENERIC, unsupported
 from training.texts import TEXT_COLUMN_DEFAULT
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,10 @@ SERVED = "what the gateway served (exploration included)"
 LIVE_ROUTER = "the serving router's own choices (without exploration)"
 
 
-def judge(comparison: dict, estimator: str, min_requests: int, against: str = SERVED) -> Verdict:
+def judge(comparison: dict, estimator: str, min_requests: int, against: str = SERVED, advice: str = GENERIC) -> Verdict:
     """The verdict of one comparison (`against` names its baseline): supported by the log, and
-    the `estimator`'s utility difference above 0 beyond its 95 % interval."""
+    the `estimator`'s utility difference above 0 beyond its 95 % interval; `advice`: what would
+    let a log that does not support the candidate judge it (training/support_advice.py)."""
     n = comparison["n"]
     if n == 0 or "utility" not in comparison:
         return Verdict(False, "no logged request with a reward is held out for evaluation: nothing to judge the candidate on")
@@ -61,7 +63,7 @@ def judge(comparison: dict, estimator: str, min_requests: int, against: str = SE
     d = comparison["utility"]["difference"].get(estimator)
     if d is None:
         return Verdict(False, f"estimator {estimator!r} is unavailable on this log")
-    why = _unsupported(comparison.get("support"), estimator, {"": d})
+    why = unsupported(comparison.get("support"), estimator, {"": d}, advice)
     if why:
         return Verdict(False, why, refused=d)
     if not np.isfinite(d["value"]):
@@ -77,19 +79,20 @@ def judge(comparison: dict, estimator: str, min_requests: int, against: str = SE
     return Verdict(False, f"candidate is not better than {against} beyond the interval: utility difference {span}", span)
 
 
-def promotion(vs_served: dict, vs_live: dict, estimator: str, min_requests: int) -> tuple[Verdict, dict]:
+def promotion(vs_served: dict, vs_live: dict, estimator: str, min_requests: int,
+              advice: str = GENERIC) -> tuple[Verdict, dict]:
     """Promote only a candidate that beats both what the gateway served and the serving router's
     own greedy choices, each by `judge`'s rule, on the same held-out log. The first alone passed the
     serving router itself, judged as a candidate, on a log with exploration share 0.6 (+0.076,
     +0.039 .. +0.113): exploration lowers the logged policy, and the log may be an older router's.
     The second alone leans on a guess wherever the log does not show the serving router's choice
     (`compare_with_router`). Returns the verdict and each comparison's."""
-    served = judge(vs_served, estimator, min_requests, SERVED)
+    served = judge(vs_served, estimator, min_requests, SERVED, advice)
     if vs_live.get("agreement") == 1.0:
         live = Verdict(False, f"the candidate chooses as the serving router does on all {vs_live['n']} held-out requests: "
                               f"it cannot be better than {LIVE_ROUTER}")
     else:
-        live = judge(vs_live, estimator, min_requests, LIVE_ROUTER)
+        live = judge(vs_live, estimator, min_requests, LIVE_ROUTER, advice)
     each = {"vs_served": {"passed": served.promote, "reason": served.reason},
             "vs_live_router": {"passed": live.promote, "reason": live.reason}}
     if served.promote and live.promote:
@@ -97,25 +100,10 @@ def promotion(vs_served: dict, vs_live: dict, estimator: str, min_requests: int)
     if served.promote:  # what the old rule would have promoted on, said beside why it does not
         return Verdict(False, f"{live.reason}; only better than {SERVED}, by {served.span}"), each
     if served.refused is not None and live.refused is not None:  # one log and candidate, one support: said once
-        return Verdict(False, _unsupported(vs_served["support"], estimator, {SERVED: served.refused, LIVE_ROUTER: live.refused})), each
+        return Verdict(False, unsupported(vs_served["support"], estimator, {SERVED: served.refused, LIVE_ROUTER: live.refused},
+                                          advice)), each
     reasons = [served.reason] if live.promote or live.reason == served.reason else [served.reason, live.reason]
     return Verdict(False, "; and ".join(reasons)), each
-
-
-def _unsupported(support: dict | None, estimator: str, estimates: dict[str, dict]) -> str | None:
-    """Why the log cannot judge the candidate (`router.ope.support`), or None where it can; `estimates`: per baseline."""
-    if not support or support["ok"]:
-        return None
-    shown = [f"{d['value']:+.4f} (95 % interval {d['lo']:+.4f} .. {d['hi']:+.4f}){f' against {against}' if against else ''}"
-             for against, d in estimates.items() if np.isfinite(d["value"])]  # against "": the only one, unnamed
-    guess = {"ips": "count{} their rewards as 0", "snips": "score{} them as the choices it can see",
-             "dr": "take{} their rewards from the live router's predictions"}[estimator].format("s" if len(shown) == 1 else "")
-    said = f"; {estimator.upper()}'s {' and '.join(shown)} {guess}" if shown else ""
-    if support["verdict"] == "inconsistent":
-        return (f"the logged propensities do not add up: {support['summary']}{said}; check what logged them "
-                f"(learning.bandit) before trusting any estimate on this log")
-    return (f"the log does not support the candidate's choices: {support['summary']}{said}; explore more "
-            f"(learning.bandit.enabled, then its explore_share) or collect more traffic")
 
 
 def fit_router(table, X: np.ndarray, *, folds: int = 5, rounds: int | None = None, seed: int = 7,
@@ -248,10 +236,11 @@ def _error_code(r) -> str | None:
         return None
 
 
-def check_gateway(gateway: str) -> None:
+def check_gateway(gateway: str) -> dict | None:
     """Before minutes of training: the gateway answers and takes the master key, as the reload
     after promotion will need. GET /admin/router/bandit is the cheapest call behind the same guard
-    (service/api_admin_router.py): past it, 200, or 404 `bandit_disabled` with the bandit off."""
+    (service/api_admin_router.py): past it, 200, or 404 `bandit_disabled` with the bandit off.
+    Returns the bandit's state, what the advice of a refusal for support reads; None where it is off."""
     import httpx
 
     url = f"{gateway.rstrip('/')}/admin/router/bandit"
@@ -262,7 +251,7 @@ def check_gateway(gateway: str) -> None:
                          f"URL (the hot reload after a promotion needs it)") from None
     code = _error_code(r)
     if r.status_code == 200 or (r.status_code == 404 and code == "bandit_disabled"):
-        return
+        return r.json() if r.status_code == 200 else None
     if r.status_code == 403 and code == "admin_disabled":
         raise ValueError(f"--gateway {gateway} has its admin API off (it runs without OPENCLAW_MASTER_KEY), so it cannot "
                          f"hot-reload; restart it with a master key, or leave out --gateway")
@@ -317,20 +306,25 @@ def live_router_path(args) -> Path:
     return path
 
 
-def judge_candidate(live, candidate, logged_train, held_out, estimator: str, min_requests: int, seed: int):
+def judge_candidate(live, candidate, logged_train, held_out, estimator: str, min_requests: int, seed: int, advise=None):
     """(the comparison with what the gateway served, the one with the live router's own choices,
     the verdict and each comparison's) on the held-out log. The live router's predictions, mapped
-    through the rewards of the training half, are the DR reward model of both."""
-    from training.offpolicy import calibrated_reward_model, compare_routers, compare_with_router, router_p_good
+    through the rewards of the training half, are the DR reward model of both. `advise`: the
+    candidate's choice on each held-out request -> what would let the log judge them, asked only
+    where it does not."""
+    from training.offpolicy import calibrated_reward_model, compare_routers, compare_with_router, greedy_probs, router_p_good
 
     vs_served = vs_live = {"n": 0}  # none held out (--min-requests 0): trained, never promoted
+    advice = GENERIC
     if len(held_out):
         p_live = router_p_good(live, held_out)
         reward_model = calibrated_reward_model(router_p_good(live, logged_train), logged_train, p_live)
         p_candidate = router_p_good(candidate, held_out)
         vs_served = compare_routers(held_out, reward_model, p_candidate, seed=seed)
         vs_live = compare_with_router(held_out, reward_model, p_live, p_candidate, seed=seed)
-    verdict, each = promotion(vs_served, vs_live, estimator, min_requests)
+        if advise is not None and not vs_served["support"]["ok"]:
+            advice = advise(greedy_probs(p_candidate, held_out).argmax(axis=1))
+    verdict, each = promotion(vs_served, vs_live, estimator, min_requests, advice)
     return vs_served, vs_live, verdict, each
 
 
@@ -338,11 +332,11 @@ def retrain(args) -> dict:
     from router.engine import LearnedRouter
     from training.data import load_prices
     from training.offpolicy import finite, load_traffic
+    from training.support_advice import exploration_advice
 
     # Before minutes of training: the gateway must take the reload, and the live router must load
     # (`models/default` from any folder, as serve finds it).
-    if args.gateway:
-        check_gateway(args.gateway)
+    bandit = check_gateway(args.gateway) if args.gateway else None
     live_path = live_router_path(args)
     live = LearnedRouter.load(live_path)
     traffic = load_traffic(args.db)
@@ -369,8 +363,9 @@ def retrain(args) -> dict:
     out = Path(args.out or f"models/candidate-{time.strftime('%Y%m%d-%H%M%S')}")
     candidate.save(out)
     warned = _untrained_models(candidate, [*held_out.models, *logged_train.models], bool(args.base_data))
-    comparison, vs_live, verdict, each = judge_candidate(live, candidate, logged_train, held_out, args.estimator,
-                                                         args.min_requests, args.seed)
+    comparison, vs_live, verdict, each = judge_candidate(
+        live, candidate, logged_train, held_out, args.estimator, args.min_requests, args.seed,
+        lambda choices: exploration_advice(args.db, held_out, choices, bandit, args.gateway or ""))
     params = {"db": db, "base_data": ",".join(args.base_data or []), "live_router": str(live_path),
               "logged_train": len(train_rows), "logged_eval": n_eval, "rows": len(table), "folds": args.folds,
               "rounds": args.rounds, "seed": args.seed, "estimator": args.estimator}
