@@ -287,7 +287,7 @@ class ContextualBandit:
             n, known_mass, new_mass, greedy_spend, extra_spend, _ = self._recent
             known_ok = known_mass < s.explore_share * max(n, 1)  # strictly: with <=, a cap of 0 let the first decision explore
             new_ok = new_mass < s.new_model_explore_share * max(n, 1)
-            spend_ok = extra_spend <= s.extra_cost_share * greedy_spend
+            spend_ok = s.extra_cost_share > 0 and extra_spend <= s.extra_cost_share * greedy_spend
         probs = np.zeros(len(models))
         probs[g] = 1.0
         if spend_ok and (known_ok or new_ok):  # out of budget the corrected greedy choice is played, propensity 1

@@ -37,8 +37,9 @@ def metrics_model(ctx: RequestContext, catalog: Container[str]) -> str:
     never a name the client made up: each is a time series)."""
     if ctx.answered_by:
         return ctx.answered_by
-    if ctx.attempts:
-        return ctx.attempts[-1]["model"]
+    called = [a["model"] for a in ctx.attempts if a.get("status") != "skipped"]  # a skip never reached its model
+    if called:
+        return called[-1]
     if ctx.profile is None and ctx.requested_model in catalog:
         return ctx.requested_model
     return "none"

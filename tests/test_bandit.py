@@ -70,7 +70,8 @@ def test_a_cap_of_zero_never_explores_not_even_the_first_request():
     # The caps are checked before a decision adds to its account: at the first, an account of 0
     # was "within" a cap of 0 and that request was explored (p=0.48 here).
     for settings in (BanditSettings(explore_share=0.0, extra_cost_share=10.0, seed=5),
-                     BanditSettings(explore_share=1.0, new_model_explore_share=0.0, extra_cost_share=10.0, seed=5)):
+                     BanditSettings(explore_share=1.0, new_model_explore_share=0.0, extra_cost_share=10.0, seed=5),
+                     BanditSettings(explore_share=1.0, new_model_explore_share=1.0, extra_cost_share=0.0, seed=5)):
         bandit = ContextualBandit(settings)
         new = settings.new_model_explore_share == 0.0  # "b" unseen by the predictor: a new model
         arrays = dict(models=["a", "b"], p_good=np.array([0.90, 0.899]), p_good_std=np.array([0.05, 0.5 if new else 0.05]),

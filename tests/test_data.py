@@ -76,11 +76,18 @@ def test_a_file_with_only_a_later_default_text_column_needs_no_flag(tmp_path, na
     assert load_outcomes(tmp_path / "t.parquet").texts[2] == "question number 2?"
 
 
-@pytest.mark.parametrize("name, lines", [("array.jsonl", False), ("lines.json", True), ("array.jsonl.gz", False)])
-def test_json_is_read_by_what_it_holds_not_its_name(tmp_path, name, lines):
-    # A JSON array saved as .jsonl had crashed on its integer column names (a traceback).
+@pytest.mark.parametrize("name, orient, lines", [
+    ("array.jsonl", "records", False), ("lines.json", "records", True), ("array.jsonl.gz", "records", False),
+    ("columns.json", "columns", False), ("pretty.json.gz", "pretty", False)])
+def test_json_is_read_by_what_it_holds_not_its_name(tmp_path, name, orient, lines):
+    # A JSON array saved as .jsonl had crashed on its integer column names (a traceback); pandas'
+    # own orients, written by a plain `to_json`, are one document however they begin.
     path = tmp_path / name
-    wide_frame().to_json(path, orient="records", lines=lines)
+    frame = wide_frame()
+    if orient == "pretty":
+        frame.to_json(path, indent=2)  # pandas' default orient, columns, as a person would print it
+    else:
+        frame.to_json(path, orient=orient, lines=lines)
     t = load_outcomes(path)
     assert t.models == ["small", "big"] and t.texts[1] == "question number 1?"
 

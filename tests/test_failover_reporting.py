@@ -56,3 +56,17 @@ def test_a_failed_request_is_counted_under_the_model_it_named_or_tried(start_gat
     assert counted[("m1", "none", "error")] == 1.0
     assert counted[("m2", "none", "error")] == 1.0
     assert ("none", "none", "rejected") in counted and not any("made-up" in m for m, _, _ in counted)
+
+
+def test_a_failed_request_is_never_counted_under_a_model_it_only_skipped():
+    # A chain skips a model whose window or circuit closed after the decision (a race a running
+    # gateway hardly shows on demand): the request had been counted under that model, never called.
+    from router.types import RoutingRequest
+    from service.pipeline import RequestContext
+    from service.request_summary import metrics_model
+
+    ctx = RequestContext(request_id="r", body={}, routing=RoutingRequest(text="hi"), headers={}, stream=False, profile="auto",
+                         attempts=[{"model": "m1", "status": "error"}, {"model": "m2", "status": "skipped"}])
+    assert metrics_model(ctx, {"m1", "m2"}) == "m1"
+    ctx.attempts = [{"model": "m2", "status": "skipped"}]
+    assert metrics_model(ctx, {"m1", "m2"}) == "none"

@@ -81,6 +81,8 @@ def test_agreement_is_with_the_live_routers_own_choice_and_with_what_was_served_
     # By the live router's own choice (m3 on every request), what the bandit served beside it.
     assert list(report["by_live_model"]) == ["m3"]
     assert report["by_live_model"]["m3"]["served"] == {"m3": len(rows) - len(refined), "m1": len(refined)}
+    # the predictors' gap is measured on the model served, so that table is grouped by it
+    assert {m: b["requests"] for m, b in report["by_served_model"].items()} == {"m3": len(rows) - len(refined), "m1": len(refined)}
     assert report["traffic_share"]["live"] == {"m3": 1.0}
     assert report["traffic_share"]["served"]["m1"] == pytest.approx(len(refined) / len(rows))
     assert f"agreement with the live router<b>{with_router:.1%}</b>" in page

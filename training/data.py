@@ -109,7 +109,7 @@ class OutcomeTable:
 
 
 _READERS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv", ".tsv": "tsv",
-            ".tsv.gz": "tsv", ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+            ".tsv.gz": "tsv", ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".ndjson": "jsonl", ".json": "json", ".json.gz": "json"}
 
 
 def _first_char(path: Path) -> str:
@@ -121,6 +121,19 @@ def _first_char(path: Path) -> str:
             if chunk.strip():
                 return chunk.strip()[0]
     return ""
+
+
+def _read_json(pd, path: Path, kind: str):
+    """What the file holds, more than its name, says how to read it: an array is one document even
+    named .jsonl; a .json file that is not one document (trailing data) is records one per line."""
+    if _first_char(path) == "[":
+        return pd.read_json(path, dtype=False)
+    if kind == "jsonl":
+        return pd.read_json(path, lines=True, dtype=False)
+    try:
+        return pd.read_json(path, dtype=False)  # one object: pandas' own orients (columns, index, ...)
+    except ValueError:
+        return pd.read_json(path, lines=True, dtype=False)
 
 
 def read_frame(path: str | Path, text_only: bool = False):
@@ -147,13 +160,14 @@ def read_frame(path: str | Path, text_only: bool = False):
             df = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str if text_only else None,
                              keep_default_na=False, na_values=[""])
         else:
-            # What the file holds, not its name, says which: a JSON array saved as .jsonl (or
-            # records one per line saved as .json) is still read.
-            df = pd.read_json(path, lines=_first_char(path) != "[", dtype=False)
+            df = _read_json(pd, path, kind)
     except Exception as exc:  # pyarrow / pandas parser errors: say which file, not a traceback
         raise ValueError(f"{path}: cannot read file: {exc}") from None
     if len(df) == 0:
         raise ValueError(f"{path}: the file is empty (no rows)")
+    # A JSON layout other than records (pandas' index or values orient) numbers its columns: as
+    # names they meet the column checks' clear errors, not a traceback.
+    df.columns = [str(c) for c in df.columns]
     return df
 
 

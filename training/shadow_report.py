@@ -155,6 +155,8 @@ def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, 
     report["by_live_model"] = {m: {**block(rows), "served": dict(Counter(r["live_model"] for r in rows)),
                                    "shadow_choices": dict(Counter(r["shadow_model"] for r in rows))}
                                for m, rows in _grouped(shadows, router_choice).items()}
+    # The two predictors' gap is on the model served: grouped by it, not by the router's own choice.
+    report["by_served_model"] = {m: block(rows) for m, rows in _grouped(shadows, lambda r: r["live_model"]).items()}
     report["traffic_share"] = {name: {m: c / len(shadows) for m, c in Counter(map(pick, shadows)).items()} if shadows else {}
                                for name, pick in (("live", router_choice), ("served", lambda r: r["live_model"]),
                                                   ("shadow", lambda r: r["shadow_model"]))}

@@ -356,7 +356,7 @@ def render_html(report: dict, images: dict[str, str]) -> str:
 <h2>By live model</h2>{_by_live_model_note(o)}{_table(report["by_live_model"], [*cols, "served", "shadow_choices"])}
 <h3>The two predictors on the model served</h3>
 <p>Gap: the shadow router's prediction for the model the gateway served minus the live router's own; a difference of
-predictors, not of choices.</p>{_table({"all requests": o, **report["by_live_model"]}, ["requests", *gaps])}
+predictors, not of choices. Rows by the model served.</p>{_table({"all requests": o, **report["by_served_model"]}, ["requests", *gaps])}
 <h2>Shadow calls (observed)</h2>{_skipped_note(calls)}{_table({"all shadow models": calls, **calls.get("by_model", {})}, CALL_COLUMNS)}
 {_calls_note(calls)}
 </body></html>"""
