@@ -4,10 +4,12 @@ the choices the bandit made for certain because it had refined them. Real gatewa
 on, over a fake upstream; the log they wrote, read back as retrain reads it."""
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import httpx
 import numpy as np
+import pytest
 
 from tests.fake_upstream import FakeUpstream, ok
 from tests.gateway_harness import QualityRouter, Running, fake_config
@@ -81,9 +83,12 @@ def test_the_advice_names_the_spend_cap_the_bandit_is_at_not_its_share(tmp_path,
     assert verdict.reason.endswith(advice) and advice.endswith("; or collect more traffic")
 
 
-def test_the_advice_names_the_refinements_the_log_made_for_certain(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failed_over", [False, True], ids=["answered", "failed-over"])
+def test_the_advice_names_the_refinements_the_log_made_for_certain(tmp_path, monkeypatch, failed_over):
     # m1's answers cost ~100x what was predicted: the bandit refines to m2, for certain (it may not
-    # explore: explore_share 0). A candidate back on m1 is unsupported there, and told why.
+    # explore: explore_share 0). A candidate back on m1 is unsupported there, and told why. A refined
+    # request that then failed over logs the refinement after its fallback (`request_summary.reason`):
+    # such rows had not been counted.
     monkeypatch.setenv("OPENCLAW_MASTER_KEY", KEY)
     db = f"sqlite:///{tmp_path}/o.sqlite"
     extra = ("learning: {bandit: {enabled: true, explore_share: 0.0, new_model_explore_share: 0.0, "
@@ -96,6 +101,10 @@ def test_the_advice_names_the_refinements_the_log_made_for_certain(tmp_path, mon
             state = check_gateway(gw.url)
         finally:
             gw.stop()
+    if failed_over:
+        with sqlite3.connect(f"{tmp_path}/o.sqlite") as conn:
+            conn.execute("UPDATE outcomes SET reason = 'm3: fallback after m2 (server); routed: ' || reason "
+                         "WHERE reason LIKE 'bandit refinement:%'")
     traffic = load_traffic(db)
     refined = sum(traffic.models[a] == "m2" for a in traffic.action)
     assert np.all(traffic.propensity == 1.0) and 0 < refined < len(traffic)
@@ -106,3 +115,4 @@ def test_the_advice_names_the_refinements_the_log_made_for_certain(tmp_path, mon
     assert (f"; {refined} of the {refined} choices the candidate changes where the log chose for certain are the bandit's "
             f"refinements (feedback or realised prices moved its choice off the router's own; outside exploration it plays "
             f"them with propensity 1), {refined} of them back to the router's own choice; or collect more traffic") in advice
+

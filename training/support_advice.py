@@ -17,7 +17,8 @@ from router.bandit import SPEND_CAP_WHY
 CAPS = "explore_share, or its spend caps extra_cost_share and total_cost_share where exploring's spend reaches them first"
 SHOWN = "GET /admin/router/bandit shows each against its cap"
 GENERIC = f"explore more (learning.bandit.enabled, then its {CAPS}: {SHOWN}) or collect more traffic"
-# A refinement's logged reason (router/bandit.py `choose_for`): the bandit's choice, then the router's own.
+# A refinement's logged reason (router/bandit.py `choose_for`): the bandit's choice, then the router's own;
+# searched, not matched: a request that then failed over logs it after "...: fallback after ...; routed: ".
 _REFINED = re.compile(r"bandit refinement: .+? instead of (.+?) \(")
 _AT_CAP = 0.95  # the caps are checked before each decision adds to its account: bound, it hovers at the cap
 
@@ -67,7 +68,7 @@ def exploration_advice(db: str, held_out, choices: np.ndarray, bandit: dict | No
         said.append(f"turn on learning.bandit.enabled, or, where it is on, what stops it is its {CAPS} ({SHOWN}; retrain "
                     f"--gateway reads them)")
     certain = np.flatnonzero((held_out.propensity >= 1.0 - 1e-9) & (choices != held_out.action))
-    refined = [(i, m.group(1)) for i in certain if (m := _REFINED.match(logged[i]))]
+    refined = [(i, m.group(1)) for i in certain if (m := _REFINED.search(logged[i]))]
     if refined:
         back = sum(held_out.models[choices[i]] == own for i, own in refined)
         said.append(f"{len(refined)} of the {len(certain)} choices the candidate changes where the log chose for certain "
