@@ -29,6 +29,9 @@ from service.breaker import CircuitBreaker, Claim, RateWindow, probe_lapse_s
 
 ALPHA = 0.2  # weight of the newest observation: ~5 requests of memory, quick to notice a slowdown
 KEY_MISSING = "key_missing"  # how the exclusion of a model whose key variable is unset begins
+# How the exclusion of a model whose circuit its upstream's 404 model_not_found opened begins: the
+# upstream does not know the model's name, which no wait mends (the circuit's probe still re-tries it).
+UPSTREAM_UNKNOWN = "unknown upstream"
 
 
 @dataclass
@@ -235,13 +238,18 @@ class LiveState:
 
     def snapshot(self, request_tokens: int = 0) -> dict[str, LiveStats]:
         """Every model's live view for one decision (`request_tokens` checks the TPM headroom): its
-        `stats`, or, while its key variable is unset, not healthy with that reason (read now: set, it
-        counts at once)."""
+        `stats`, or, while its key variable is unset (read now: set, it counts at once) or while the
+        circuit its upstream's model_not_found opened is open, not healthy with that reason."""
         unset = {env for env in set(self._key_env.values()) if env and not (os.environ.get(env) or "").strip()}
         view: dict[str, LiveStats] = {}
         for name in list(self._models):
             s, env = self.stats(name, request_tokens), self._key_env.get(name)
-            view[name] = replace(s, healthy=False, excluded=f"{KEY_MISSING}: {env} not set") if env in unset else s
+            if env in unset:
+                s = replace(s, healthy=False, excluded=f"{KEY_MISSING}: {env} not set")
+            elif self.breaker.state(name) == "open" and self.last_failure(name) == "not_found":
+                # Not "unhealthy": a request left with only this model is not told to retry in a second.
+                s = replace(s, healthy=False, excluded=f"{UPSTREAM_UNKNOWN}: its upstream answered 404 model_not_found")
+            view[name] = s
         return view
 
     def describe(self) -> dict[str, dict]:

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fake_upstream import error, rate_limit, server_error
+from tests.fake_upstream import error, not_found, rate_limit, server_error
 from tests.gateway_harness import MSG, ask
 
 
@@ -211,3 +211,25 @@ def test_limits_that_rule_out_every_model_are_a_400_even_beside_an_open_circuit(
     status, chat, headers = refused(1e-4)
     assert status == 503 and chat["code"] == "no_model_available" and headers["retry-after"] == "1"
     assert "m1: unhealthy" in chat["message"] and "m2: predicted cost" in chat["message"]
+
+
+def test_a_model_its_upstream_does_not_know_is_no_reason_to_retry(start_gateway, upstream):
+    # OpenClaw reads a 503 as "overloaded" and probes again at once: a cap that only m1 fits, with
+    # m1's circuit opened by its upstream's 404 model_not_found, had been a 503 with retry-after: 1
+    # for as long as the name stayed wrong (and, under a budget, hid its 402).
+    gw = start_gateway(models=[{"name": "m1", "in": 0.1, "out": 0.1, "context_window": 100000},
+                               {"name": "m2", "in": 100.0, "out": 100.0, "context_window": 100000},
+                               {"name": "m3", "in": 100.0, "out": 100.0, "context_window": 100000}],
+                       cooldown_s=60)
+    upstream.default("m1", not_found())
+    for _ in range(3):  # the breaker's 3 failures
+        with pytest.raises(openai.NotFoundError):
+            ask(gw, model="m1")
+    assert httpx.get(f"{gw.url}/healthz").json()["models"]["m1"]["circuit"] == "open"
+    with pytest.raises(openai.BadRequestError) as exc:
+        ask(gw, extra_body={"router": {"max_cost_usd": 1e-4}})
+    assert exc.value.body["code"] == "no_eligible_model" and "retry-after" not in exc.value.response.headers
+    assert "m1: unknown upstream: its upstream answered 404 model_not_found" in exc.value.body["message"]
+    answer, _ = ask(gw)  # auto without the cap: answered by another model, no call spent on m1
+    assert answer.model in ("m2", "m3") and len(upstream.requests_for("m1")) == 3
+
