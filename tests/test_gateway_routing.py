@@ -183,13 +183,18 @@ def test_route_with_every_models_key_refused_is_chats_502(start_gateway, upstrea
     assert routed.headers["x-should-retry"] == "false"
 
 
+def _cheap_m1_gateway(start_gateway):
+    """m1 cheap, m2 and m3 dear, circuits that stay open a minute once opened."""
+    return start_gateway(models=[{"name": "m1", "in": 0.1, "out": 0.1, "context_window": 100000},
+                                 {"name": "m2", "in": 100.0, "out": 100.0, "context_window": 100000},
+                                 {"name": "m3", "in": 100.0, "out": 100.0, "context_window": 100000}],
+                         cooldown_s=60)
+
+
 def test_limits_that_rule_out_every_model_are_a_400_even_beside_an_open_circuit(start_gateway, upstream):
     # A 503 with retry-after: 1 had clients retry a request no retry can serve. m1 (cheap) has its
     # circuit opened; m2 and m3 are dear.
-    gw = start_gateway(models=[{"name": "m1", "in": 0.1, "out": 0.1, "context_window": 100000},
-                               {"name": "m2", "in": 100.0, "out": 100.0, "context_window": 100000},
-                               {"name": "m3", "in": 100.0, "out": 100.0, "context_window": 100000}],
-                       cooldown_s=60)
+    gw = _cheap_m1_gateway(start_gateway)
     upstream.default("m1", server_error())
     for _ in range(2):  # a retry each: the breaker's 3 failures
         with pytest.raises(openai.APIStatusError):
@@ -217,10 +222,7 @@ def test_a_model_its_upstream_does_not_know_is_no_reason_to_retry(start_gateway,
     # OpenClaw reads a 503 as "overloaded" and probes again at once: a cap that only m1 fits, with
     # m1's circuit opened by its upstream's 404 model_not_found, had been a 503 with retry-after: 1
     # for as long as the name stayed wrong (and, under a budget, hid its 402).
-    gw = start_gateway(models=[{"name": "m1", "in": 0.1, "out": 0.1, "context_window": 100000},
-                               {"name": "m2", "in": 100.0, "out": 100.0, "context_window": 100000},
-                               {"name": "m3", "in": 100.0, "out": 100.0, "context_window": 100000}],
-                       cooldown_s=60)
+    gw = _cheap_m1_gateway(start_gateway)
     upstream.default("m1", not_found())
     for _ in range(3):  # the breaker's 3 failures
         with pytest.raises(openai.NotFoundError):
