@@ -8,7 +8,7 @@ import pytest
 
 from service.governance.runtime import Governance, GovernanceSettings
 from tests.gateway_harness import DEFAULT_QUALITY, QualityRouter, Running, fake_config
-from tests.fake_upstream import server_error
+from tests.fake_upstream import not_found, server_error
 from tests.governance_harness import MASTER, MODELS, chat, client, new_key, settled, wait_for
 
 
@@ -194,3 +194,30 @@ def test_a_named_models_fallback_predicted_above_the_budgets_room_is_not_called(
     finally:
         gw.stop()
         upstream.reset()
+
+
+def test_a_budget_that_only_a_model_unknown_upstream_fits_is_a_402_not_a_503(upstream, tmp_path):
+    # m3 alone fits what is left, and its upstream answers 404 model_not_found: its circuit open,
+    # the request had got a 503 with retry-after: 1 (OpenClaw's "overloaded") for as long as the
+    # name stayed wrong, instead of the budget's 402.
+    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/o.sqlite", models=MODELS)
+    gov = Governance(config, GovernanceSettings(db_url=f"sqlite:///{tmp_path}/g.sqlite", master_key=MASTER))
+    gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)
+    upstream.reset()
+    upstream.default("m3", not_found())
+    try:
+        ask = {"messages": [{"role": "user", "content": "hi"}]}
+        with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {MASTER}"}, timeout=10) as admin:
+            key, secret = new_key(admin, name="small")
+            for _ in range(3):  # the breaker's 3 failures, before the budget (naming m3 is dearer than routing)
+                with pytest.raises(openai.NotFoundError):
+                    client(gw, secret).chat.completions.create(model="m3", extra_body={"fallbacks": []}, **ask)
+            # predicted: m1 ~$0.0005, m2 ~$0.00025, m3 ~$0.00005: m3 alone fits
+            admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 0.0001})
+        with pytest.raises(openai.APIStatusError) as refused:
+            client(gw, secret).chat.completions.create(model="auto", **ask)
+        assert refused.value.status_code == 402 and refused.value.body["code"] == "budget_exceeded", refused.value.body
+    finally:
+        gw.stop()
+        upstream.reset()
+
