@@ -2,6 +2,9 @@
 request and session ceilings, what a reservation covers — real HTTP, the real openai SDK."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import httpx
 import openai
 import pytest
@@ -169,16 +172,26 @@ def test_under_a_budget_a_request_without_an_output_limit_is_sent_the_one_it_was
     assert "max_tokens" not in up.requests[-1].body
 
 
-def test_a_named_models_fallback_predicted_above_the_budgets_room_is_not_called(upstream, tmp_path):
-    # Naming m1 is refused under this budget; naming m3, whose fallback is m1, reached m1 all the
-    # same when m3 failed: a key could be billed what naming the dearer model is refused for.
-    models = [{**m, "fallbacks": ["m1"]} if m["name"] == "m3" else m for m in MODELS]
+@contextmanager
+def _governed(upstream, tmp_path, models: list[dict], m3) -> Iterator[Running]:
+    """A gateway with governance over `upstream`, whose m3 answers `m3` to every call."""
     config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/o.sqlite", models=models)
     gov = Governance(config, GovernanceSettings(db_url=f"sqlite:///{tmp_path}/g.sqlite", master_key=MASTER))
     gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)
     upstream.reset()
-    upstream.default("m3", server_error())
+    upstream.default("m3", m3)
     try:
+        yield gw
+    finally:
+        gw.stop()
+        upstream.reset()
+
+
+def test_a_named_models_fallback_predicted_above_the_budgets_room_is_not_called(upstream, tmp_path):
+    # Naming m1 is refused under this budget; naming m3, whose fallback is m1, reached m1 all the
+    # same when m3 failed: a key could be billed what naming the dearer model is refused for.
+    models = [{**m, "fallbacks": ["m1"]} if m["name"] == "m3" else m for m in MODELS]
+    with _governed(upstream, tmp_path, models, m3=server_error()) as gw:
         with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {MASTER}"}, timeout=10) as admin:
             key, secret = new_key(admin, name="small")
             # 400 output tokens: m3 at $1/M is predicted ~$0.0004, m1 at $10/M ~$0.004
@@ -191,21 +204,13 @@ def test_a_named_models_fallback_predicted_above_the_budgets_room_is_not_called(
             client(gw, secret).chat.completions.create(model="m3", **ask)
         assert failed.value.status_code == 502
         assert upstream.requests_for("m3") and not upstream.requests_for("m1")
-    finally:
-        gw.stop()
-        upstream.reset()
 
 
 def test_a_budget_that_only_a_model_unknown_upstream_fits_is_a_402_not_a_503(upstream, tmp_path):
     # m3 alone fits what is left, and its upstream answers 404 model_not_found: its circuit open,
     # the request had got a 503 with retry-after: 1 (OpenClaw's "overloaded") for as long as the
     # name stayed wrong, instead of the budget's 402.
-    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/o.sqlite", models=MODELS)
-    gov = Governance(config, GovernanceSettings(db_url=f"sqlite:///{tmp_path}/g.sqlite", master_key=MASTER))
-    gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)
-    upstream.reset()
-    upstream.default("m3", not_found())
-    try:
+    with _governed(upstream, tmp_path, MODELS, m3=not_found()) as gw:
         ask = {"messages": [{"role": "user", "content": "hi"}]}
         with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {MASTER}"}, timeout=10) as admin:
             key, secret = new_key(admin, name="small")
@@ -217,7 +222,4 @@ def test_a_budget_that_only_a_model_unknown_upstream_fits_is_a_402_not_a_503(ups
         with pytest.raises(openai.APIStatusError) as refused:
             client(gw, secret).chat.completions.create(model="auto", **ask)
         assert refused.value.status_code == 402 and refused.value.body["code"] == "budget_exceeded", refused.value.body
-    finally:
-        gw.stop()
-        upstream.reset()
 
