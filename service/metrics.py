@@ -16,7 +16,7 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "openclaw_requests",
-            "Chat requests by model (the answering one; for a failed request the last one tried, or the one named), "
+            "Chat requests by model (the answering one; for a failed request the last one called, or the one named), "
             "routing profile and status",
             ["model", "profile", "status"], registry=r,
         )

@@ -33,8 +33,8 @@ def failures(failed: list[dict]) -> str:
 
 def metrics_model(ctx: RequestContext, catalog: Container[str]) -> str:
     """The model a request is counted under: the one that answered; for one that failed, the last
-    one tried, or the catalog model it named; "none" for one that reached no model (a label is
-    never a name the client made up: each is a time series)."""
+    one called (not one only skipped), or the catalog model it named; "none" for one that reached
+    no model (a label is never a name the client made up: each is a time series)."""
     if ctx.answered_by:
         return ctx.answered_by
     called = [a["model"] for a in ctx.attempts if a.get("status") != "skipped"]  # a skip never reached its model
