@@ -1,7 +1,8 @@
 """Shared fixtures: real PostgreSQL and Redis on 127.0.0.1 when they run.
 
 In CI (`CI=true`) a missing service is a failure, never a skip. Each test gets its own
-PostgreSQL schema and Redis key prefix, so concurrent runs never see each other's rows.
+PostgreSQL schema and Redis key prefix, so concurrent runs (and pytest-xdist's workers, which
+`python -m pytest` starts) never see each other's rows.
 """
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import os
 import secrets
 
 import pytest
+
+def pytest_xdist_auto_num_workers(config):
+    """The suite mostly waits (on sockets, subprocesses and timers), not on the CPU: two workers
+    halve it on CI's two cores. More than 8 would each load the models for little gain."""
+    return max(2, min(len(os.sched_getaffinity(0)), 8))
+
 
 PG_BASE = os.environ.get("OPENCLAW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_BASE = os.environ.get("OPENCLAW_TEST_REDIS", "redis://127.0.0.1:6379/0")

@@ -84,6 +84,7 @@ def retrain_stubbed(tmp_path, monkeypatch):
     verdict = {"promote": False}
     monkeypatch.setattr("training.outputs.check_outcome_log", lambda db: None)
     monkeypatch.setattr("training.train.check_job_options", lambda args: None)
+    monkeypatch.setattr("training.train.check_tracking_store", lambda args: None)
     monkeypatch.setattr("training.retrain.summary", lambda ope, estimator: "")
     monkeypatch.setattr("training.retrain.retrain", lambda args: {
         "candidate": str(tmp_path / "c"), "verdict": {**verdict, "reason": "stub"}, "ope": {"n": 0}, "registered_version": "1"})

@@ -198,9 +198,12 @@ def test_a_model_added_at_request_0_is_trained_on_like_one_there_from_the_start(
     assert _simulate(table, tmp_path / "s.json", *drifts, router=None) == 0, capsys.readouterr().err
 
 
-def test_a_refused_training_file_gets_its_error_on_a_line_of_its_own(tmp_path, capsys):
+def test_a_refused_training_file_gets_its_error_on_a_line_of_its_own(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default tracking store is ./.openclaw/mlflow.db
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     bad = tmp_path / "nan.csv"
     bad.write_text("prompt,quality__a,cost_usd__a,quality__b,cost_usd__b\nhi,1,0.1,,0.2\n")
     assert main(["train", "--data", str(bad), "--out", str(tmp_path / "out")]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert any(line.startswith("openclaw-router train: error: ") and "NaN" in line for line in lines), lines
+    assert not (tmp_path / ".openclaw").exists()  # a refused table leaves no tracking store behind

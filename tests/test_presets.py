@@ -292,7 +292,7 @@ def test_presets_of_models_that_do_not_reason_never_send_reasoning_effort():
     ({"DEEPSEEK_API_KEY": "sk-d", "DEEPSEEK_BASE_URL": "{url}"}, "deepseek-chat", True),
     ({"TOGETHER_API_KEY": "sk-t", "TOGETHER_BASE_URL": "{url}"}, "together/Qwen/Qwen2.5-72B-Instruct-Turbo", True),
 ], ids=["ollama", "deepseek", "together"])
-def test_providers_that_read_max_tokens_only_are_sent_it(env, model, sends_effort, monkeypatch):
+def test_providers_that_read_max_tokens_only_are_sent_it(env, model, sends_effort, monkeypatch, tmp_path):
     # OpenClaw's turn as it comes: these ignored max_completion_tokens (no limit at all). Ollama also
     # answers reasoning_effort on a model without thinking with a 400.
     from tests.gateway_harness import QualityRouter, Running
@@ -302,7 +302,8 @@ def test_providers_that_read_max_tokens_only_are_sent_it(env, model, sends_effor
         for name, value in env.items():
             monkeypatch.setenv(name, value)  # a key is read from the environment at each call
         config = build_preset_config(env)
-        gw = Running(config, router=QualityRouter({}))
+        server = config.server.model_copy(update={"db": f"sqlite:///{tmp_path}/outcomes.sqlite"})
+        gw = Running(config.model_copy(update={"server": server}), router=QualityRouter({}))
         try:
             gw.client().chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
                                                 max_completion_tokens=256, reasoning_effort="low")

@@ -467,10 +467,11 @@ def run(args) -> int:
         # candidate written over it would be what that gateway loads on its next start.
         raise ValueError(f"--out {args.out} already holds an artifact; give a new folder (default: models/candidate-<time>)")
     from training.outputs import check_outcome_log
-    from training.train import check_job_options
+    from training.train import check_job_options, check_tracking_store
 
     check_outcome_log(args.db)
     check_job_options(args)
+    check_tracking_store(args)
     if args.gateway and not args.gateway.startswith(("http://", "https://")):
         raise ValueError(f"--gateway {args.gateway}: give the gateway's URL, e.g. http://127.0.0.1:8080")
     report = retrain(args)

@@ -131,7 +131,7 @@ def tracking_uri(explicit: str | None) -> str:
 
 def check_job_options(args) -> None:
     """What would fail only after minutes of training: the fold count, the names MLflow refuses,
-    a tracking store it cannot open (e.g. a file store, refused by default since MLflow 3)."""
+    a data file that is not there."""
     if args.folds < 2:
         raise ValueError(f"--folds must be at least 2 (cross-validation and bagging), got {args.folds}")
     if getattr(args, "rounds", None) is not None and args.rounds < 1:
@@ -142,12 +142,16 @@ def check_job_options(args) -> None:
         raise ValueError("--experiment must not be empty")
     if not args.registered_name.strip() or any(c in args.registered_name for c in "/:"):
         raise ValueError(f"--registered-name {args.registered_name!r}: MLflow model names cannot be empty or contain '/' or ':'")
-    # Before the tracking store is opened, which creates its SQLite file: a typo in a path must
-    # leave nothing behind.
     for flag, paths in (("--data", getattr(args, "data", None)), ("--base-data", getattr(args, "base_data", None))):
         missing = [p for p in paths or () if not Path(p).exists()]
         if missing:
             raise FileNotFoundError(f"{flag} {missing[0]}: no such file")
+
+
+def check_tracking_store(args) -> None:
+    """A tracking store MLflow cannot open (e.g. a file store, refused by default since MLflow 3)
+    fails here, before minutes of training. Opening it creates its SQLite file, so this runs once
+    the inputs are known good: a typo in a path or a refused table leaves nothing behind."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -318,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(args.data, desc="load", unit="file") as files:
         tables = [load_outcomes(p, text_column=args.text_column, prices=prices, flat_price=True) for p in files]
     table = concat_outcomes(tables)
+    check_tracking_store(args)
     check_output_dir(args.out, "--out")  # after the tables are read, before minutes of embedding and fitting
     log.info("%d prompts x %d models from %s", len(table), len(table.models), ", ".join(args.data))
 
