@@ -59,12 +59,13 @@ class Reply:
     every_s: float = 0.0
     usage: bool = True  # False: a server that never reports usage (some llama.cpp and proxy builds)
     usage_fields: tuple[tuple[str, Any], ...] = ()  # more usage fields, as some providers add their own
+    gate: Any = None  # a tests/stream_gate.Gate the answer waits at (after delay_s), to hold it as long as the test needs
 
 
 def ok(text: str | None = None, tool_calls: list[dict[str, Any]] | None = None, delay_s: float = 0.0, chunk_delay_s: float = 0.0,
-       usage: bool = True, usage_fields: dict[str, Any] | None = None) -> Reply:
+       usage: bool = True, usage_fields: dict[str, Any] | None = None, gate: Any = None) -> Reply:
     return Reply("ok", text=text, tool_calls=tuple(tool_calls or ()), delay_s=delay_s, chunk_delay_s=chunk_delay_s, usage=usage,
-                 usage_fields=tuple((usage_fields or {}).items()))
+                 usage_fields=tuple((usage_fields or {}).items()), gate=gate)
 
 
 def error(status: int, message: str, code: str | None = None, type: str = "api_error", headers: dict[str, str] | None = None) -> Reply:
@@ -249,6 +250,8 @@ class FakeUpstream:
             await _send_json(send, reply.status, reply.body or {}, reply.headers)
             return
         await self._sleep(reply.delay_s)
+        if reply.gate is not None:
+            await reply.gate.wait()
         if body.get("stream"):
             await self._stream(send, body, reply)
         elif reply.kind == "invalid_json":

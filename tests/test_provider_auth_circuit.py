@@ -15,6 +15,7 @@ import pytest
 from router.config import parse_config
 from tests.fake_upstream import FakeUpstream, error, ok
 from tests.gateway_harness import MSG, QualityRouter, Running, ask
+from tests.stream_gate import Gate
 from tests.test_gateway_failover import attempts
 
 ALPHA = ("a1", "a2", "a3")
@@ -117,8 +118,9 @@ def test_one_answered_probe_brings_back_every_model_of_the_provider(providers):
     gw = start(failures=1, cooldown_s=0.3)
     refuse_key(alpha)
     assert ask(gw)[0].model == "b1"
+    answer = Gate(timeout_s=10)  # the probe's answer waits until a sibling has been asked for
     for m in ALPHA:  # the operator fixes the key
-        alpha.default(m, ok(delay_s=0.6))
+        alpha.default(m, ok(gate=answer))
     time.sleep(0.35)
     probe: list = []
     worker = threading.Thread(target=lambda: probe.append(gw.client().chat.completions.create(model="a3", messages=MSG)))
@@ -129,7 +131,9 @@ def test_one_answered_probe_brings_back_every_model_of_the_provider(providers):
     # One probe for the provider: a sibling is not called while it runs.
     refused(gw, "a1")
     assert [r.model for r in alpha.requests] == ["a1", "a3"]
+    answer.open()
     worker.join(5)
+    assert answer.timed_out is False
     assert probe and probe[0].model == "a3"
     # a1's own circuit, which its refusal opened, closed with the key's.
     assert circuits(gw) == {"a1": "closed", "a2": "closed", "a3": "closed", "b1": "closed"}
