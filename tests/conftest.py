@@ -11,6 +11,7 @@ import secrets
 
 import pytest
 
+
 def pytest_xdist_auto_num_workers(config):
     """The suite mostly waits (on sockets, subprocesses and timers), not on the CPU: two workers
     halve it on CI's two cores. More than 8 would each load the models for little gain."""

@@ -471,9 +471,9 @@ def run(args) -> int:
 
     check_outcome_log(args.db)
     check_job_options(args)
-    check_tracking_store(args)
     if args.gateway and not args.gateway.startswith(("http://", "https://")):
         raise ValueError(f"--gateway {args.gateway}: give the gateway's URL, e.g. http://127.0.0.1:8080")
+    check_tracking_store(args)
     report = retrain(args)
     if report["candidate"] is None:  # refused before training
         print(f"NOT PROMOTED: {report['verdict']['reason']}")
