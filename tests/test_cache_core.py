@@ -320,13 +320,19 @@ def test_bucket_switches_to_hnsw_and_keeps_finding_entries():
     vecs = rng.normal(size=(300, 384)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     index = SemanticIndex(384, hnsw_from=100)
-    for i, v in enumerate(vecs):
-        index.add("ctx", i, v)
-    assert index.wait_for_rebuilds(60)  # the switch to HNSW is built in the background
+    # Under the index's lock, as the cache calls it: the switch to HNSW (and the rebuild that the
+    # 75th removal starts) runs in the background and must not interleave with these changes.
+    with index._lock:
+        for i, v in enumerate(vecs):
+            index.add("ctx", i, v)
+    assert index.wait_for_rebuilds(60)
     bucket = index.buckets["ctx"]
     assert bucket.hnsw
-    for i in range(0, 300, 2):
-        bucket.remove(i)
+    with index._lock:
+        for i in range(0, 300, 2):
+            index.remove("ctx", i)
+    assert index.wait_for_rebuilds(60)
+    assert index.buckets["ctx"] is bucket and bucket.hnsw
     assert len(bucket) == 150
     for i in range(1, 300, 38):
         found = bucket.search(vecs[i], 1)
