@@ -246,7 +246,7 @@ class LiveState:
             s, env = self.stats(name, request_tokens), self._key_env.get(name)
             if env in unset:
                 s = replace(s, healthy=False, excluded=f"{KEY_MISSING}: {env} not set")
-            elif self.breaker.state(name) == "open" and self.last_failure(name) == "not_found":
+            elif not s.healthy and self.last_failure(name) == "not_found" and self.breaker.state(name) == "open":
                 # Not "unhealthy": a request left with only this model is not told to retry in a second.
                 s = replace(s, healthy=False, excluded=f"{UPSTREAM_UNKNOWN}: its upstream answered 404 model_not_found")
             view[name] = s

@@ -234,4 +234,3 @@ def test_a_model_its_upstream_does_not_know_is_no_reason_to_retry(start_gateway,
     assert "m1: unknown upstream: its upstream answered 404 model_not_found" in exc.value.body["message"]
     answer, _ = ask(gw)  # auto without the cap: answered by another model, no call spent on m1
     assert answer.model in ("m2", "m3") and len(upstream.requests_for("m1")) == 3
-

@@ -222,4 +222,3 @@ def test_a_budget_that_only_a_model_unknown_upstream_fits_is_a_402_not_a_503(ups
         with pytest.raises(openai.APIStatusError) as refused:
             client(gw, secret).chat.completions.create(model="auto", **ask)
         assert refused.value.status_code == 402 and refused.value.body["code"] == "budget_exceeded", refused.value.body
-
