@@ -88,3 +88,47 @@ def test_an_earlier_releases_whole_list_memo_is_read_at_once(tmp_path, monkeypat
     pos = {t: i for i, t in enumerate(texts)}
     assert np.array_equal(emb_a, saved[[pos[t] for t in df["text_a"]]])
     assert np.array_equal(emb_b, saved[[pos[t] for t in df["text_b"]]])
+
+
+def test_the_rules_are_asked_only_of_pairs_that_could_pass_and_a_miss_is_reported_as_before(monkeypatch):
+    """A lookup asks the hard rules only of candidates whose probability reaches the threshold
+    (the others cannot pass), and of the candidate it reports on a miss; what it decides and
+    reports is what asking every candidate first gives."""
+    import dataclasses
+
+    from router.cache import verifier as verifier_module
+
+    asked: list[tuple[str, str]] = []
+    rules = verifier_module.hard_mismatch
+
+    def counted(a: str, b: str) -> bool:
+        asked.append((a, b))
+        return rules(a, b)
+
+    shipped = Verifier.load()
+    contexts = [
+        ("How many calories are in 2 eggs?", ["How many calories are in 3 eggs?", "How many calories are in two eggs?",
+                                             "How many calories does an egg white have?", "How many calories are in 2 eggs and toast?"]),
+        ("How do I reverse a string in Python?", ["How do I reverse a list in Python?", "What is the way to reverse a Python string?",
+                                                  "How do I not reverse a string in Python?"]),
+        ("Is coffee good for you?", ["Is coffee bad for you?", "Is tea good for you?", "Is coffee good for your health?"]),
+    ]
+    for verifier in (shipped, dataclasses.replace(shipped, cross_encoder=None), dataclasses.replace(shipped, threshold=0.05)):
+        for new, cached in contexts:
+            ea, eb = encode_cached(cached), np.repeat(encode_cached([new]), len(cached), axis=0)
+            first = verifier.first_stage(cached, [new] * len(cached), ea, eb)
+            before = verifier.judge(cached, [new] * len(cached), ea, eb, rules_first=True)
+            monkeypatch.setattr(verifier_module, "hard_mismatch", counted)
+            asked.clear()
+            judged = verifier.judge(cached, [new] * len(cached), ea, eb)
+            monkeypatch.setattr(verifier_module, "hard_mismatch", rules)
+            assert judged.best == before.best
+            assert judged.refused[judged.best] == before.refused[before.best]
+            assert np.isnan(judged.score[judged.best]) == np.isnan(before.score[before.best])
+            assert np.isnan(before.score[before.best]) or judged.score[judged.best] == before.score[before.best]
+            assert (judged.accept >= verifier.threshold).tolist() == (before.accept >= verifier.threshold).tolist()
+            p = verifier.probability(cached, [new] * len(cached), ea, eb)
+            could_pass = {cached[i] for i in range(len(cached)) if p[i] >= verifier.threshold}
+            assert {a for a, _ in asked} <= could_pass | {cached[judged.best]} | {cached[i] for i in range(len(cached)) if first[i] == 0}
+            if verifier.threshold > 0.5:
+                assert len(asked) < len(cached)  # most of these pairs score under the shipped threshold

@@ -103,6 +103,52 @@ def test_tombstones_never_reach_a_search_and_the_nearest_live_entries_are_found(
     assert all(i != reused or s < 0.99 for i, s in index.search("ctx", old_vector, 4))
 
 
+@pytest.mark.parametrize("hnsw", [False, True])
+def test_a_few_tombstones_among_the_nearest_are_skipped_and_the_next_live_ones_found(hnsw):
+    rng = np.random.default_rng(3)
+    vecs = unit(rng, 600, 64)
+    bucket = semantic.Bucket(64, hnsw_from=300 if hnsw else 10_000)
+    bucket.add_many(list(range(600)), vecs)
+    bucket.compact()
+    assert bucket.hnsw == hnsw
+    queries = unit(rng, 6, 64)
+    # The 2 nearest of 3 queries die: 6 tombstones, more than a search asks for beyond its 4.
+    for q in queries[:3]:
+        for i in np.argsort(-(vecs @ q))[:2]:
+            bucket.remove(int(i))
+    assert bucket.dead == 6
+    alive = np.array(sorted(bucket.live))
+    for q in queries:
+        found = bucket.search(q, 4)
+        truth = alive[np.argsort(-(vecs[alive] @ q))[:4]].tolist()
+        assert [i for i, _ in found] == truth
+        assert [s for _, s in found] == pytest.approx(sorted((float(vecs[i] @ q) for i in truth), reverse=True), abs=1e-5)
+
+
+def test_a_tombstone_does_not_double_what_a_graph_search_reads():
+    """A cache holds some tombstones nearly always (a replaced or expired answer): one must not
+    cost every later search of its context twice the distance computations."""
+    import faiss
+
+    rng = np.random.default_rng(4)
+    vecs = unit(rng, 3000, 64)
+    bucket = semantic.Bucket(64, hnsw_from=1000)
+    bucket.add_many(list(range(3000)), vecs)
+    bucket.compact()
+    queries = vecs[:50] + 0.1 * unit(rng, 50, 64)
+
+    def distances_computed() -> int:
+        faiss.cvar.hnsw_stats.reset()
+        for q in queries:
+            bucket.search(q, 4)
+        return faiss.cvar.hnsw_stats.ndis
+
+    clean = distances_computed()
+    bucket.remove(2999)
+    assert bucket.dead == 1
+    assert distances_computed() <= clean * 1.1  # filtering every search (efSearch doubled): ~1.55x
+
+
 def test_a_lookup_completes_while_a_rebuild_is_held(verifier, embed, held):
     clock = Clock()
     cache = new_cache(verifier, hnsw_from=16, clock=clock)

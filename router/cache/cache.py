@@ -248,7 +248,7 @@ class ResponseCache:
         judged = self.verifier.judge(
             [e.text for e, _ in live], [keys.text] * len(live), cached, np.repeat(vector[None, :], len(live), axis=0)
         )
-        best = int(np.argmax(judged.accept))
+        best = judged.best
         if judged.accept[best] < self.verifier.threshold:
             score = float(judged.score[best])
             return Lookup(None, judged.refused[best] or BELOW_THRESHOLD, None if np.isnan(score) else score)

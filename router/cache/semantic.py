@@ -268,8 +268,24 @@ class Bucket:
         if not self.live:
             return []
         query = vector.reshape(1, -1).astype(np.float32)
-        sims, positions = self._inner.search(query, min(k, len(self.live)), params=self._params)
-        return [(int(self._index.id_map.at(int(p))), float(s)) for s, p in zip(sims[0], positions[0]) if p >= 0]
+        want = min(k, len(self.live))
+        if self.dead:
+            # A few more neighbours without the tombstone filter first: the filter doubles efSearch,
+            # and with it the search's cost (255 against 135 µs at 100,000 entries), though a cache
+            # keeps some tombstones nearly always (a replaced answer, an expired one). Only where
+            # tombstones crowd out the live neighbours does the filtered search run after it.
+            sims, positions = self._inner.search(query, min(want + min(self.dead, k), self._index.ntotal))
+            bits, size = self._dead_bits, len(self._dead_bits)
+            found = [(s, p) for s, p in zip(sims[0].tolist(), positions[0].tolist())
+                     if p >= 0 and not (p >> 3 < size and bits[p >> 3] >> (p & 7) & 1)]
+            if len(found) >= want:
+                return self._ids(found[:want])
+        sims, positions = self._inner.search(query, want, params=self._params)
+        return self._ids(zip(sims[0].tolist(), positions[0].tolist()))
+
+    def _ids(self, found) -> list[tuple[int, float]]:
+        """(entry id, cosine) of (cosine, position) pairs; FAISS's -1 (no neighbour) dropped."""
+        return [(self._index.id_map.at(p), s) for s, p in found if p >= 0]
 
 
 class SemanticIndex:
