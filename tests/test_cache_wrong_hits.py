@@ -37,17 +37,40 @@ def test_another_question_written_almost_alike_is_refused(verifier, embed, cache
         assert get(cache, embed, body(second)) is None
 
 
-@pytest.mark.parametrize("cached, asked, probability_one", [
-    ("What is the capital of France", "What is the capital of France?", True),
-    ('What does "carpe diem" mean', 'What does "carpe diem" mean?', True),  # the mark follows the quote
-    ("How do I learn Python?", "how do I learn python?", False),  # case alone: the same question
+@pytest.mark.parametrize("cached, asked", [
+    ("What is the capital of France", "What is the capital of France?"),
+    ('What does "carpe diem" mean', 'What does "carpe diem" mean?'),  # the mark follows the quote
+    ("How do I learn Python?", "how do I learn python?"),  # case alone: the same question
+    # The verifier doubted these (0.19, 0.33, 0.29 against a threshold of 0.87): a review saw them
+    # miss in a running gateway.
+    ("What is 17 * 23?", "what is 17 * 23?"),
+    ("What is the capital of France?", "what is the capital of france"),
+    ("What is 17 * 23?", "What's 17 * 23?"),
+    ("What is 2 + 2?", "what’s 2 + 2?"),  # a typographic apostrophe
+    ("Why don't cats like water?", "Why do not cats like water?"),
+    ("I can't log in, what should I do?", "I cannot log in, what should I do?"),
+    ("Where're you from?", "Where are you from?"),
 ])
-def test_the_same_question_with_another_final_mark_or_case_still_hits(verifier, embed, cached, asked, probability_one):  # noqa: F811
+def test_the_same_question_with_another_final_mark_case_or_contraction_hits(verifier, embed, cached, asked):  # noqa: F811
     assert not hard_mismatch(cached, asked) and not hard_mismatch(asked, cached)
+    for first, second in ((cached, asked), (asked, cached)):
+        cache = new_cache(verifier)
+        put(cache, embed, body(first), "cached answer")
+        hit = get(cache, embed, body(second))
+        assert hit is not None and hit.kind == "semantic-hit" and hit.probability == 1.0
+
+
+@pytest.mark.parametrize("cached, asked", [
+    ("Is IT a good career?", "is it a good career?"),  # an acronym against a word: left to the verifier
+    ("What is 17 * 23?", "What is 17 * 23"),  # a mark after a number may be the question: kept
+    ("What is John's job?", "What is John is job?"),  # a possessive "'s" is not "is"
+    ("How do I fix Rust?", "How do I fix rust?"),  # a name's case: a hard rule refuses it
+])
+def test_a_pair_that_only_looks_alike_is_not_served_with_certainty(verifier, embed, cached, asked):  # noqa: F811
     cache = new_cache(verifier)
     put(cache, embed, body(cached), "cached answer")
     hit = get(cache, embed, body(asked))
-    assert hit is not None and (hit.probability == 1.0) == probability_one
+    assert hit is None or hit.probability < 1.0
 
 
 @pytest.mark.parametrize("text", [

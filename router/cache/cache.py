@@ -23,6 +23,7 @@ import numpy as np
 from router.cache.entry import Entry
 from router.cache.features import hard_mismatch
 from router.cache.keys import RequestKeys
+from router.cache.same_question import plain_form
 from router.cache.semantic import SemanticIndex
 from router.cache.store import MemoryStore, Store
 from router.cache.verifier import LOW_SIMILARITY, Verifier
@@ -38,22 +39,6 @@ CANDIDATES = 4  # neighbours the verifier looks at; the best verified one wins
 # bench/bench_cache_memory.py's agent traffic).
 ENTRY_BYTES = 640
 VECTOR_OVERHEAD = 160  # a vector's array header and its place in a Single or a FAISS index
-
-
-def _without_end_mark(text: str) -> str:
-    """The text without its final "?" / "." marks when they end a word, directly after it: "How
-    do I reset my password?" and "... my password" ask the same. After anything else a final
-    mark can be the question itself, and stays: "What is 5!" (a factorial) is not "What is 5?",
-    nor "Escape this character: ." "... : ?", nor "What does git add ." "What does git add?" (a
-    mark after a space is a word of its own); after a bracket only "?" goes (Prolog's
-    "foo(X) :- bar(X)." is not the same program without its full stop); "!" is never dropped."""
-    text = text.rstrip()
-    stripped = text.rstrip(".?")
-    if not stripped or len(stripped) == len(text):
-        return text
-    if stripped[-1].isalpha() or stripped[-1] in "\"'\u201d\u2019" or (stripped[-1] == ")" and "." not in text[len(stripped):]):
-        return stripped
-    return text
 
 
 @dataclass(frozen=True)
@@ -236,13 +221,13 @@ class ResponseCache:
         live = [(e, s) for e, s in ((self._alive(i, now), s) for i, s in close) if e is not None]
         if not live:
             return Lookup(None, LOW_SIMILARITY if found and not close else NO_CANDIDATE)
-        asked = _without_end_mark(keys.text)
+        asked = plain_form(keys.text)
         for e, sim in live:
-            if _without_end_mark(e.text) == asked and not hard_mismatch(e.text, keys.text):
-                # The same words, one with a final "?" or "." and one without: the verifier, trained
-                # on pairs that never differ by so little, can doubt them ("How do I reset my password").
-                # Not when the mark ends a text handed over to be worked on ("Reverse this text: hello
-                # world" / "... world."): a hard rule refuses those, which the models score near 1.
+            if plain_form(e.text) == asked and not hard_mismatch(e.text, keys.text):
+                # The same question but for a final mark, case or a contraction (router/cache/same_question.py):
+                # the verifier, trained on pairs that never differ by so little, can doubt them. Not when
+                # the difference is in a text handed over to be worked on ("Reverse this text: hello
+                # world" / "... world.") or a name's case ("Rust" / "rust"): hard rules refuse those.
                 return self._served(e, sim, 1.0)
         cached = np.vstack([self._index.vector(keys.fingerprint, e.id) for e, _ in live])
         judged = self.verifier.judge(
