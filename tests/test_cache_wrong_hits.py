@@ -110,7 +110,7 @@ def test_a_streamed_tool_call_replay_opens_with_null_content():
 
 
 @pytest.mark.parametrize("cached, asked", [
-    # Near the threshold before (0.60-0.84 against 0.87): one reworded sentence from a wrong hit.
+    # The verifier scored most of these 0.52-0.84 before, against 0.87: one reworded sentence from a wrong hit.
     ("What is the cheapest way to travel to Japan?", "What is the most expensive way to travel to Japan?"),
     ("Who was the first man on the moon?", "Who was the second man on the moon?"),
     ("What is the third largest city in France?", "What is the second largest city in France?"),

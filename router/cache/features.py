@@ -97,7 +97,7 @@ _ANTONYM_PAIRS = (
     "attack defend", "allow forbid", "benefits risks", "strengths weaknesses", "friend enemy", "teacher student",
     "employer employee", "buyer seller", "parent child", "asleep awake", "wet dry", "full empty", "alive dead",
     # Comparatives and superlatives, which a question asks in far more often than the plain word
-    # ("the largest planet" / "the smallest planet": cosine 0.82, and the verifier leans on it).
+    # ("the fastest animal" / "the slowest animal": cosine 0.89, the verifier's score 0.73 against 0.87).
     "bigger smaller", "biggest smallest", "larger smaller", "largest smallest", "taller shorter", "tallest shortest",
     "longer shorter", "longest shortest", "older younger", "oldest youngest", "older newer", "oldest newest", "new old",
     "hotter colder", "hottest coldest", "warm cold", "warmer colder", "warmest coldest", "deep shallow", "deeper shallower",
