@@ -8,6 +8,7 @@ import pytest
 
 from router.cache.features import hard_mismatch
 from router.cache.policy import asks_about_now, request_cacheable
+from router.cache.same_question import plain_form
 from service.sse import completion_to_chunks
 from tests.test_cache_core import body, embed, get, new_cache, put, verifier  # noqa: F401 (fixtures)
 
@@ -127,3 +128,16 @@ def test_opposite_degrees_ordinals_and_undoing_are_refused(verifier, embed, cach
     cache = new_cache(verifier)
     put(cache, embed, body(cached), "cached answer")
     assert get(cache, embed, body(asked)) is None
+
+
+@pytest.mark.parametrize("text, plain", [
+    ("What is the capital of France?", "what is the capital of france"),
+    ("Is IT a good career?", "is IT a good career"),  # an acronym keeps its case
+    ("Émile cannot come.", "Émile can not come"),  # ASCII letters only are lowered, as the words are read
+    ("Why can’t I log in?", "why can not i log in"),
+    ("ABC's price?", "abc's price"),  # a possessive stays, lowered with its word
+    ("What is 17 * 23?", "what is 17 * 23?"),
+    ("Cannot5 times", "can not5 times"),
+])
+def test_plain_form(text, plain):
+    assert plain_form(text) == plain

@@ -23,6 +23,9 @@ _NOT = frozenset("do does did is are was were has have had would could should mu
 _WHOLE = {"can't": "can not", "cannot": "can not", "won't": "will not", "shan't": "shall not", "let's": "let us", "i'm": "i am"}
 _SUFFIX = (("'s", _IS, " is"), ("'re", _ARE, " are"), ("'ve", _HAVE, " have"), ("'ll", _WILL, " will"))
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+_ACRONYM = re.compile(r"(?<![A-Za-z])[A-Z]{2,}(?![A-Za-z])")
+_CANNOT = re.compile(r"(?<![A-Za-z])cannot(?![A-Za-z])")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def without_end_mark(text: str) -> str:
@@ -62,4 +65,11 @@ def plain_form(text: str) -> str:
     """`text` without its final mark (`without_end_mark`), in lower case but for acronyms, with
     its unambiguous contractions written out ("What's" = "what is", "don't" = "do not"). Every
     other character (digits, symbols, spacing, line breaks) stays as it is."""
-    return _WORD.sub(_plain_word, without_end_mark(text).replace("\u2019", "'"))
+    text = without_end_mark(text).replace("\u2019", "'")
+    if "'" in text or _ACRONYM.search(text):
+        return _WORD.sub(_plain_word, text)
+    # Without an apostrophe or an acronym, what `_plain_word` does to each word is its ASCII lower
+    # case, but for "cannot": the same text at a tenth of the cost (~16 µs a question word by word),
+    # which counts at 100,000 cached questions, where each candidate of a lookup is a memo miss.
+    text = text.translate(_ASCII_LOWER)
+    return _CANNOT.sub("can not", text) if "cannot" in text else text
