@@ -51,6 +51,7 @@ def test_another_question_written_almost_alike_is_refused(verifier, embed, cache
     ("Why don't cats like water?", "Why do not cats like water?"),
     ("I can't log in, what should I do?", "I cannot log in, what should I do?"),
     ("Where're you from?", "Where are you from?"),
+    ("Is it safe to swim after eating?", "is it safe to swim after eating?"),  # a short word starting the question
 ])
 def test_the_same_question_with_another_final_mark_case_or_contraction_hits(verifier, embed, cached, asked):  # noqa: F811
     assert not hard_mismatch(cached, asked) and not hard_mismatch(asked, cached)
@@ -66,6 +67,17 @@ def test_the_same_question_with_another_final_mark_case_or_contraction_hits(veri
     ("What is 17 * 23?", "What is 17 * 23"),  # a mark after a number may be the question: kept
     ("What is John's job?", "What is John is job?"),  # a possessive "'s" is not "is"
     ("How do I fix Rust?", "How do I fix rust?"),  # a name's case: a hard rule refuses it
+    # A review found these served with probability 1 by the first version of the plain form: a
+    # contraction on one side kept the rules that compare the same words from reading them, and
+    # the case of a letter, a unit or a password, or a word talked about, was written away.
+    ("What's ssh -L for?", "What is ssh -l for?"),
+    ("What's the reverse of this text: Hello World", "What is the reverse of this text: hello world"),
+    ("What's Mercury made of?", "What is mercury made of?"),
+    ("How many letters are in cannot?", "How many letters are in can't?"),
+    ("Count the letters in: don't", "Count the letters in: do not"),
+    ("What is the ASCII code of A?", "What is the ASCII code of a?"),
+    ("Convert 5 Mb to MB", "Convert 5 mb to MB"),
+    ("Is Hunter2 a strong password?", "Is hunter2 a strong password?"),
 ])
 def test_a_pair_that_only_looks_alike_is_not_served_with_certainty(verifier, embed, cached, asked):  # noqa: F811
     cache = new_cache(verifier)
@@ -135,9 +147,13 @@ def test_opposite_degrees_ordinals_and_undoing_are_refused(verifier, embed, cach
     ("Is IT a good career?", "is IT a good career"),  # an acronym keeps its case
     ("Émile cannot come.", "Émile can not come"),  # ASCII letters only are lowered, as the words are read
     ("Why can’t I log in?", "why can not i log in"),
-    ("ABC's price?", "abc's price"),  # a possessive stays, lowered with its word
+    ("ABC's price?", "ABC's price"),  # a possessive stays, and so does an acronym's case
     ("What is 17 * 23?", "what is 17 * 23?"),
-    ("Cannot5 times", "can not5 times"),
+    ("Cannot5 times", "Cannot5 times"),  # a token with digits keeps its case, and is no contraction
+    ("How many letters are in can't?", "how many letters are in can't"),  # the last word is talked about
+    ("Count the letters in: don't", "count the letters in: don't"),  # a text handed over
+    ("What is the ASCII code of A?", "what is the ASCII code of A"),
+    ("A dog bit me. Is it bad?", "a dog bit me. is it bad"),  # a sentence's first word is no letter talked about
 ])
 def test_plain_form(text, plain):
     assert plain_form(text) == plain

@@ -110,7 +110,7 @@ _ANTONYM_PAIRS = (
     # Verbs and their undoing: "install Python" / "uninstall Python".
     "start end", "start finish", "raise lower", "increase lower", "install uninstall", "connect disconnect",
     "lock unlock", "mount unmount", "subscribe unsubscribe", "follow unfollow", "block unblock", "load unload",
-    "pack unpack", "zip unzip", "freeze unfreeze", "hide unhide", "delete restore", "arrive depart", "arrival departure",
+    "pack unpack", "hide unhide", "arrive depart", "arrival departure",  # not zip, freeze, delete: nouns, or undone otherwise
     # Ordinals: "the first man on the moon" / "the second man on the moon" (0.77 against 0.87).
     *(f"{x} {y}" for i, x in enumerate(("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth",
                                         "ninth", "tenth")) for y in ("second", "third", "fourth", "fifth", "sixth",
@@ -257,6 +257,11 @@ def _name_as_noun(a: str, b: str, wa: tuple[str, ...], wb: tuple[str, ...]) -> b
 # France" / "...?") or after a closing quote is no difference.
 _DATA_TAIL = re.compile(r"(?::\s|\n)(.*)\Z", re.S)
 _DATA_QUOTED = re.compile(r"`[^`]*`|\"[^\"]*\"|“[^”]*”|(?<![A-Za-z0-9])'[^']*'(?![A-Za-z0-9])|‘[^’]*’")
+
+
+def hands_over(text: str) -> bool:
+    """Whether `text` hands over a text to work on: after ": " or a line break, or quoted."""
+    return bool(_DATA_TAIL.search(text) or _DATA_QUOTED.search(text))
 
 
 def _data_differs(a: str, b: str) -> bool:

@@ -5,12 +5,15 @@ such pairs: "What is 17 * 23?" / "what is 17 * 23?" scored 0.19 (the cross-encod
 arithmetic as a likely non-duplicate) and "What is the capital of France?" / "what is the capital
 of france" 0.33 (a capitalised name on one side only), against a threshold of 0.87. Two questions
 with the same `plain_form` are one question, unless a hard rule (router/cache/features.py) says
-the difference matters ("Rust" / "rust", "1 MB" / "1 Mb", a text handed over to be punctuated).
+the difference matters ("Mercury" / "mercury", a text handed over to be punctuated): the cache
+asks the rules of both texts with their contractions written out (`written_out`), so that the
+rules which compare the same words (their case, their symbols) read them.
 """
 from __future__ import annotations
 
 import re
 
+from router.cache.features import hands_over
 from router.cache.tokens import memo_short
 
 # Contractions with one reading. "'s" only after the words where it is "is" ("John's car" owns),
@@ -21,10 +24,10 @@ _HAVE = frozenset("i we you they who what would could should might must".split()
 _WILL = frozenset("i we you they he she it that there who what".split())
 _NOT = frozenset("do does did is are was were has have had would could should must need".split())
 _WHOLE = {"can't": "can not", "cannot": "can not", "won't": "will not", "shan't": "shall not", "let's": "let us", "i'm": "i am"}
-_SUFFIX = (("'s", _IS, " is"), ("'re", _ARE, " are"), ("'ve", _HAVE, " have"), ("'ll", _WILL, " will"))
-_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
-_ACRONYM = re.compile(r"(?<![A-Za-z])[A-Z]{2,}(?![A-Za-z])")
-_CANNOT = re.compile(r"(?<![A-Za-z])cannot(?![A-Za-z])")
+_SUFFIX = {"s": (_IS, " is"), "re": (_ARE, " are"), "ve": (_HAVE, " have"), "ll": (_WILL, " will")}
+_CONTRACTION = re.compile(r"(?<![A-Za-z0-9'])(?:[A-Za-z]+'[A-Za-z]+|[Cc]annot)(?![A-Za-z0-9'])")
+_TOKEN = re.compile(r"[A-Za-z0-9]+")
+_WITH_CAPITAL = re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9]*[A-Z][A-Za-z0-9]*")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -44,32 +47,71 @@ def without_end_mark(text: str) -> str:
     return text
 
 
-def _plain_word(match: re.Match) -> str:
-    word = match.group(0)
-    if len(word) > 1 and word.isupper() and "'" not in word:
-        return word  # an acronym keeps its case: "IT" / "it", "US" / "us" go to the verifier
+def _expansion(word: str) -> str | None:
+    """`word` written out, in its own case ("What's" = "What is"), or None for no contraction."""
     low = word.lower()
-    if low in _WHOLE:
-        return _WHOLE[low]
-    head, _, tail = low.partition("'")
-    if tail == "t" and head.endswith("n") and head[:-1] in _NOT:
-        return f"{head[:-1]} not"
-    for suffix, heads, full in _SUFFIX:
-        if f"'{tail}" == suffix and head in heads:
-            return head + full
-    return low
+    out = _WHOLE.get(low)
+    if out is None:
+        head, _, tail = low.partition("'")
+        if tail == "t" and head.endswith("n") and head[:-1] in _NOT:
+            out = f"{head[:-1]} not"
+        elif tail in _SUFFIX and head in _SUFFIX[tail][0]:
+            out = head + _SUFFIX[tail][1]
+        else:
+            return None
+    return out[0].upper() + out[1:] if word[0].isupper() else out
+
+
+def _case_matters(text: str, m: re.Match) -> bool:
+    """Whether a token's capitals can be its meaning: all but "I" and a capitalised word that
+    starts a sentence or has three letters or more ("Is", "France"). "IT" / "it", "Mb" / "mb",
+    "A" / "a" past a sentence's start (a letter talked about), "iPhone", "Hunter2" keep theirs."""
+    token = m.group(0)
+    if token == "I" or not token.isalpha() or not (len(token) == 1 or token[1:].islower()):
+        return token != "I"
+    if len(token) >= 3:
+        return False
+    i = m.start() - 1
+    while i >= 0 and text[i].isspace():
+        i -= 1
+    return i >= 0 and text[i] not in ".?!"
+
+
+def written_out(text: str) -> str:
+    """`text` with its unambiguous contractions written out, its case and marks kept. Not those
+    in a text handed over to be worked on ("Count the letters: don't"), nor the last word, which
+    is more likely talked about than used ("How many letters are in can't?"), nor one in capitals."""
+    text = text.replace("\u2019", "'")
+    if ("'" not in text and "annot" not in text) or hands_over(text):
+        return text
+    tokens = list(_TOKEN.finditer(text))
+    last = tokens[-1].end() if tokens else 0
+    out, pos = [], 0
+    for m in _CONTRACTION.finditer(text):
+        word = m.group(0)
+        full = None if m.end() >= last or (word.isupper() and len(word) > 2) else _expansion(word)
+        if full is not None:
+            out += [text[pos:m.start()], full]
+            pos = m.end()
+    return "".join(out) + text[pos:] if out else text
 
 
 @memo_short
 def plain_form(text: str) -> str:
-    """`text` without its final mark (`without_end_mark`), in lower case but for acronyms, with
-    its unambiguous contractions written out ("What's" = "what is", "don't" = "do not"). Every
-    other character (digits, symbols, spacing, line breaks) stays as it is."""
-    text = without_end_mark(text).replace("\u2019", "'")
-    if "'" in text or _ACRONYM.search(text):
-        return _WORD.sub(_plain_word, text)
-    # Without an apostrophe or an acronym, what `_plain_word` does to each word is its ASCII lower
-    # case, but for "cannot": the same text at a tenth of the cost (~16 µs a question word by word),
-    # which counts at 100,000 cached questions, where each candidate of a lookup is a memo miss.
-    text = text.translate(_ASCII_LOWER)
-    return _CANNOT.sub("can not", text) if "cannot" in text else text
+    """`written_out(without_end_mark(text))` in ASCII lower case but for the tokens whose case
+    matters (`_case_matters`). Every other character (digits, symbols, spacing) stays as it is."""
+    text = written_out(without_end_mark(text))
+    # On ASCII text str.lower() changes A-Z alone, keeping every position, and is faster than the table.
+    lowered = text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
+    if lowered == text:
+        return text
+    # Most questions capitalise their first letter alone: one token to look at, not a scan.
+    found = [_WITH_CAPITAL.match(text)] if lowered[1:] == text[1:] else _WITH_CAPITAL.finditer(text)
+    kept = [m for m in found if _case_matters(text, m)]
+    if not kept:
+        return lowered
+    parts, pos = [], 0
+    for m in kept:  # lower-casing keeps every position, so the kept tokens go back where they were
+        parts += [lowered[pos:m.start()], m.group(0)]
+        pos = m.end()
+    return "".join(parts) + lowered[pos:]
