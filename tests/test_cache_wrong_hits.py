@@ -29,6 +29,18 @@ from tests.test_cache_core import body, embed, get, new_cache, put, verifier  # 
     ("What is Swift?", "What is a swift?"),
     ("What is Ruby?", "What is a ruby?"),
     ("What is Spark?", "What is a spark?"),
+    # Opposite degrees, ordinals, an action and its undoing: the verifier scored most of these
+    # 0.52-0.84 before, against 0.87, one reworded sentence from a wrong hit.
+    ("What is the cheapest way to travel to Japan?", "What is the most expensive way to travel to Japan?"),
+    ("Who was the first man on the moon?", "Who was the second man on the moon?"),
+    ("What is the third largest city in France?", "What is the second largest city in France?"),
+    ("What is the fastest animal?", "What is the slowest animal?"),
+    ("What is the warmest month in London?", "What is the coldest month in London?"),
+    ("How do I increase my credit score?", "How do I lower my credit score?"),
+    ("What is the deepest lake in the world?", "What is the shallowest lake in the world?"),
+    ("What is the largest planet in the solar system?", "What is the smallest planet in the solar system?"),
+    ("When did World War 1 start?", "When did World War 1 end?"),
+    ("How do I install Python on Windows?", "How do I uninstall Python on Windows?"),
 ])
 def test_another_question_written_almost_alike_is_refused(verifier, embed, cached, asked):  # noqa: F811
     assert hard_mismatch(cached, asked) and hard_mismatch(asked, cached)
@@ -120,26 +132,6 @@ def test_a_streamed_tool_call_replay_opens_with_null_content():
     text_answer = {**tool_answer, "choices": [{"index": 0, "finish_reason": "stop",
                                                "message": {"role": "assistant", "content": "Sunny."}}]}
     assert completion_to_chunks(text_answer)[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-
-
-@pytest.mark.parametrize("cached, asked", [
-    # The verifier scored most of these 0.52-0.84 before, against 0.87: one reworded sentence from a wrong hit.
-    ("What is the cheapest way to travel to Japan?", "What is the most expensive way to travel to Japan?"),
-    ("Who was the first man on the moon?", "Who was the second man on the moon?"),
-    ("What is the third largest city in France?", "What is the second largest city in France?"),
-    ("What is the fastest animal?", "What is the slowest animal?"),
-    ("What is the warmest month in London?", "What is the coldest month in London?"),
-    ("How do I increase my credit score?", "How do I lower my credit score?"),
-    ("What is the deepest lake in the world?", "What is the shallowest lake in the world?"),
-    ("What is the largest planet in the solar system?", "What is the smallest planet in the solar system?"),
-    ("When did World War 1 start?", "When did World War 1 end?"),
-    ("How do I install Python on Windows?", "How do I uninstall Python on Windows?"),
-])
-def test_opposite_degrees_ordinals_and_undoing_are_refused(verifier, embed, cached, asked):  # noqa: F811
-    assert hard_mismatch(cached, asked) and hard_mismatch(asked, cached)
-    cache = new_cache(verifier)
-    put(cache, embed, body(cached), "cached answer")
-    assert get(cache, embed, body(asked)) is None
 
 
 @pytest.mark.parametrize("text, plain", [
