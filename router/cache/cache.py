@@ -23,7 +23,7 @@ import numpy as np
 from router.cache.entry import Entry
 from router.cache.features import hard_mismatch
 from router.cache.keys import RequestKeys
-from router.cache.same_question import plain_form, written_out
+from router.cache.same_question import plain_form, same_words_differ, written_out
 from router.cache.semantic import SemanticIndex
 from router.cache.store import MemoryStore, Store
 from router.cache.verifier import LOW_SIMILARITY, Verifier
@@ -224,7 +224,7 @@ class ResponseCache:
         asked = plain_form(keys.text)
         for e, sim in live:
             if plain_form(e.text) == asked and not hard_mismatch(e.text, keys.text) \
-                    and not hard_mismatch(written_out(e.text), written_out(keys.text)):
+                    and not same_words_differ(written_out(e.text), written_out(keys.text)):
                 # The same question but for a final mark, case or a contraction (router/cache/same_question.py):
                 # the verifier, trained on pairs that never differ by so little, can doubt them. Not when
                 # the difference is in a text handed over to be worked on ("Reverse this text: hello

@@ -70,3 +70,14 @@ def case_only_name(a: str, b: str) -> bool:
             return False
         named = True
     return named
+
+
+def careful_case_differs(a: str, b: str) -> bool:
+    """For two texts of the same words: a word past a sentence's start in other capitals on the two
+    sides, neither of which is careless about case ("Can a Boolean be null in Java?" / "... a
+    boolean ..."). Not a refusal: what the cache reads to decide that case alone cannot make the
+    two one question, and leaves them to the verifier."""
+    ca, cb = _cased_words(a), _cased_words(b)
+    if len(ca) != len(cb) or _careless(ca) or _careless(cb):
+        return False
+    return any(x[0] != y[0] and not (x[1] and y[1]) for x, y in zip(ca, cb))

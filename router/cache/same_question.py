@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 
-from router.cache.features import hands_over
+from router.cache.features import hands_over, hard_mismatch
+from router.cache.names import careful_case_differs
 from router.cache.tokens import memo_short
 
 # Contractions with one reading. "'s" only after the words where it is "is" ("John's car" owns),
@@ -25,7 +26,11 @@ _WILL = frozenset("i we you they he she it that there who what".split())
 _NOT = frozenset("do does did is are was were has have had would could should must need".split())
 _WHOLE = {"can't": "can not", "cannot": "can not", "won't": "will not", "shan't": "shall not", "let's": "let us", "i'm": "i am"}
 _SUFFIX = {"s": (_IS, " is"), "re": (_ARE, " are"), "ve": (_HAVE, " have"), "ll": (_WILL, " will")}
-_CONTRACTION = re.compile(r"(?<![A-Za-z0-9'])(?:[A-Za-z]+'[A-Za-z]+|[Cc]annot)(?![A-Za-z0-9'])")
+# A contraction is written out only where it is used, not talked about ("Can I use can't in an
+# essay?"): starting a sentence, or after a question word or a subject.
+_USED_AFTER = frozenset("what who where when why how which i you we they he she it this that there".split())
+_CONTRACTION = re.compile(r"(?<![A-Za-z0-9'\u2019])(?:[A-Za-z]+['\u2019][A-Za-z]+|[Cc]annot)(?![A-Za-z0-9'\u2019])")
+_WORD_BEFORE = re.compile(r"([A-Za-z]+)\s+\Z")
 _TOKEN = re.compile(r"[A-Za-z0-9]+")
 _WITH_CAPITAL = re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9]*[A-Z][A-Za-z0-9]*")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -49,7 +54,7 @@ def without_end_mark(text: str) -> str:
 
 def _expansion(word: str) -> str | None:
     """`word` written out, in its own case ("What's" = "What is"), or None for no contraction."""
-    low = word.lower()
+    low = word.lower().replace("\u2019", "'")
     out = _WHOLE.get(low)
     if out is None:
         head, _, tail = low.partition("'")
@@ -77,23 +82,41 @@ def _case_matters(text: str, m: re.Match) -> bool:
     return i >= 0 and text[i] not in ".?!"
 
 
+def _used(text: str, start: int) -> bool:
+    before = text[:start]
+    if not before.strip() or before.rstrip()[-1] in ".?!":
+        return True
+    word = _WORD_BEFORE.search(before)
+    return word is not None and word.group(1).lower() in _USED_AFTER
+
+
 def written_out(text: str) -> str:
-    """`text` with its unambiguous contractions written out, its case and marks kept. Not those
-    in a text handed over to be worked on ("Count the letters: don't"), nor the last word, which
-    is more likely talked about than used ("How many letters are in can't?"), nor one in capitals."""
-    text = text.replace("\u2019", "'")
-    if ("'" not in text and "annot" not in text) or hands_over(text):
+    """`text` with its unambiguous contractions written out where they are used, its case and
+    marks kept. Not one in a text handed over to be worked on ("Count the letters: don't"), nor
+    one talked about ("Can I use can't in an essay?", "How many letters are in can't?"), nor one
+    in capitals. A text with none to write out is returned as it is."""
+    if ("'" not in text and "\u2019" not in text and "annot" not in text) or hands_over(text):
         return text
     tokens = list(_TOKEN.finditer(text))
     last = tokens[-1].end() if tokens else 0
     out, pos = [], 0
     for m in _CONTRACTION.finditer(text):
         word = m.group(0)
-        full = None if m.end() >= last or (word.isupper() and len(word) > 2) else _expansion(word)
+        if m.end() >= last or (word.isupper() and len(word) > 2) or not _used(text, m.start()):
+            continue
+        full = _expansion(word)
         if full is not None:
             out += [text[pos:m.start()], full]
             pos = m.end()
     return "".join(out) + text[pos:] if out else text
+
+
+def same_words_differ(a: str, b: str) -> bool:
+    """For two texts of one plain form, with their contractions written out (`written_out`): a
+    hard rule refuses them, or a word past a sentence's start differs in case while both sides
+    are careful about case ("Can a Boolean be null in Java?" / "... a boolean ...": yes and no).
+    Either leaves the pair to the verifier."""
+    return hard_mismatch(a, b) or careful_case_differs(a, b)
 
 
 @memo_short
