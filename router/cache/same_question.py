@@ -5,9 +5,10 @@ such pairs: "What is 17 * 23?" / "what is 17 * 23?" scored 0.19 (the cross-encod
 arithmetic as a likely non-duplicate) and "What is the capital of France?" / "what is the capital
 of france" 0.33 (a capitalised name on one side only), against a threshold of 0.87. Two questions
 with the same `plain_form` are one question, unless a hard rule (router/cache/features.py) says
-the difference matters ("Mercury" / "mercury", a text handed over to be punctuated): the cache
-asks the rules of both texts with their contractions written out (`written_out`), so that the
-rules which compare the same words (their case, their symbols) read them.
+the difference matters ("Mercury" / "mercury", a text handed over to be punctuated) or two
+careful askers capitalised a word differently ("Boolean" / "boolean"): the cache asks that of
+both texts with their contractions written out (`written_out`, `same_words_differ`), so that
+the rules which compare the same words (their case, their symbols) read them.
 """
 from __future__ import annotations
 
