@@ -21,9 +21,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from router.cache.entry import Entry
-from router.cache.features import hard_mismatch
 from router.cache.keys import RequestKeys
-from router.cache.same_question import plain_form, same_words_differ, written_out
+from router.cache.same_question import plain_form, same_words_differ
 from router.cache.semantic import SemanticIndex
 from router.cache.store import MemoryStore, Store
 from router.cache.verifier import LOW_SIMILARITY, Verifier
@@ -223,13 +222,11 @@ class ResponseCache:
             return Lookup(None, LOW_SIMILARITY if found and not close else NO_CANDIDATE)
         asked = plain_form(keys.text)
         for e, sim in live:
-            if plain_form(e.text) == asked and not hard_mismatch(e.text, keys.text) \
-                    and not same_words_differ(written_out(e.text), written_out(keys.text)):
+            if plain_form(e.text) == asked and not same_words_differ(e.text, keys.text):
                 # The same question but for a final mark, case or a contraction (router/cache/same_question.py):
                 # the verifier, trained on pairs that never differ by so little, can doubt them. Not when
                 # the difference is in a text handed over to be worked on ("Reverse this text: hello
-                # world" / "... world.") or a name's case ("Rust" / "rust"): hard rules refuse those, and
-                # read the same words only once the contractions are written out on both sides.
+                # world" / "... world.") or a name's case ("Rust" / "rust"): hard rules refuse those.
                 return self._served(e, sim, 1.0)
         cached = np.vstack([self._index.vector(keys.fingerprint, e.id) for e, _ in live])
         judged = self.verifier.judge(

@@ -113,11 +113,17 @@ def written_out(text: str) -> str:
 
 
 def same_words_differ(a: str, b: str) -> bool:
-    """For two texts of one plain form, with their contractions written out (`written_out`): a
-    hard rule refuses them, or a word past a sentence's start differs in case while both sides
-    are careful about case ("Can a Boolean be null in Java?" / "... a boolean ...": yes and no).
-    Either leaves the pair to the verifier."""
-    return hard_mismatch(a, b) or careful_case_differs(a, b)
+    """For two texts of one plain form: a hard rule refuses them, as written or with their
+    contractions written out (`written_out`: only then do the rules that compare the same words
+    read them), or a word past a sentence's start differs in case while both sides are careful
+    about case ("Can a Boolean be null in Java?" / "... a boolean ...": yes and no). Either
+    leaves the pair to the verifier."""
+    if hard_mismatch(a, b):
+        return True
+    wa, wb = written_out(a), written_out(b)
+    if (wa, wb) != (a, b) and hard_mismatch(wa, wb):
+        return True
+    return careful_case_differs(wa, wb)
 
 
 @memo_short
