@@ -1,4 +1,5 @@
-"""The same question written differently: another final mark, another case, a contraction.
+"""The same question written differently: another final mark, another case, a contraction, two
+alternatives in the other order.
 
 The verifier was trained on Quora question pairs, which never differ by so little, and doubts
 such pairs: "What is 17 * 23?" / "what is 17 * 23?" scored 0.19 (the cross-encoder reads short
@@ -16,7 +17,7 @@ import re
 
 from router.cache.features import hands_over, hard_mismatch
 from router.cache.names import careful_case_differs
-from router.cache.tokens import memo_short
+from router.cache.tokens import NUMBER_WORDS, memo_short
 
 # Contractions with one reading. "'s" only after the words where it is "is" ("John's car" owns),
 # "'d" never (would or had), and "can't" / "cannot" / "can not" are one.
@@ -124,6 +125,62 @@ def same_words_differ(a: str, b: str) -> bool:
     if (wa, wb) != (a, b) and hard_mismatch(wa, wb):
         return True
     return careful_case_differs(wa, wb)
+
+
+# Alternatives that may trade places: any joined by "or"; joined by "and" only in a relation that
+# is symmetric ("the difference between PHP and Node.js"), since "peel and boil" is a sequence.
+_SYMMETRIC = re.compile(r"\b(?:between|differ\w*|similar\w*|compar\w*|relation\w*)\b")
+# Words that make an alternative ordered or counted: a direction, a sequence, a number.
+_ORDERED = frozenset("to into onto from than vs versus over per then respectively".split())
+_ALTERNATIVE = 6  # words one alternative may hold
+
+
+def _plain_alternative(tokens: list[str]) -> bool:
+    return not any(t in _ORDERED or t in NUMBER_WORDS or any(c.isdigit() for c in t) for t in tokens)
+
+
+def _put_back(ta: list[str], tb: list[str]) -> list[str] | None:
+    """`tb` with "Y or X" written back as `ta`'s "X or Y", where that is all that tells the two
+    word lists apart (compared in lower case); None otherwise."""
+    la, lb = [t.lower() for t in ta], [t.lower() for t in tb]
+    if len(la) != len(lb) or la == lb or sorted(la) != sorted(lb):
+        return None
+    differ = [k for k, (x, y) in enumerate(zip(la, lb)) if x != y]
+    first, last = differ[0], differ[-1]
+    for k in range(first, last + 1):
+        if la[k] != "or" and not (la[k] == "and" and _SYMMETRIC.search(" ".join(la[:k]))):
+            continue
+        for s in range(max(k - _ALTERNATIVE, 0), min(first, k - 1) + 1):  # common words may belong to one
+            for e in range(max(last + 1, k + 2), min(k + 1 + _ALTERNATIVE, len(la)) + 1):
+                x, y = la[s:k], la[k + 1:e]
+                if lb[s:e] == [*y, la[k], *x] and _plain_alternative(x + y):
+                    n = len(y)
+                    return tb[:s] + tb[s + n + 1:e] + [tb[s + n]] + tb[s:s + n] + tb[e:]
+    return None
+
+
+def alternatives_traded(a: str, b: str) -> bool:
+    """One question with two alternatives in the other order, and no other difference but those
+    `plain_form` drops: "Which is better, iPhone or Android?" / "which is better, Android or
+    iPhone", "What is the difference between PHP and Node.js?" / "... between Node.js and PHP?"
+    (the verifier scored such pairs 0.75-0.86 against its 0.87). Not alternatives holding a number
+    or a direction ("the difference of 7 and 3", "dollars to rupees or euros"), nor ones in a text
+    handed over to be worked on ("Sort: pears or apples"), nor "X and Y" outside a symmetric
+    relation ("Should I peel and boil potatoes?"); the hard rules are asked of both texts as
+    written, and the careful-case check of both with the alternatives in one order."""
+    # Cheap refusals first: a lookup asks this of every candidate whose plain form differs. Traded
+    # alternatives keep a text's length but for a final mark and a few written-out contractions.
+    if abs(len(a) - len(b)) > 12:
+        return False
+    low_a, low_b = a.lower(), b.lower()
+    if not ((" or " in low_a or " and " in low_a) and (" or " in low_b or " and " in low_b)) or hands_over(a) or hands_over(b):
+        return False
+    ta, tb = written_out(without_end_mark(a)).split(), written_out(without_end_mark(b)).split()
+    back = _put_back(ta, tb)
+    if back is None:
+        return False
+    a2, b2 = " ".join(ta), " ".join(back)
+    return plain_form(a2) == plain_form(b2) and not hard_mismatch(a, b) and not same_words_differ(a2, b2)
 
 
 @memo_short
