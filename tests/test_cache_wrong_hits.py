@@ -113,6 +113,23 @@ def test_the_same_question_with_another_final_mark_case_contraction_or_order_of_
     ("Why do men cheat and women forgive?", "Why do women cheat and men forgive?"),
     ("Sort these words: pears or apples", "Sort these words: apples or pears"),
     ("Can a Boolean or an int be null in Java?", "Can an int or a boolean be null in Java?"),
+    # A review of the first version found these served with probability 1: a verb travelling with
+    # one alternative, "and" after a symmetric word further back, an ordered relation after
+    # "between", number words, code literals and precedence, a text handed over without a colon,
+    # an order named elsewhere.
+    ("Did Brazil beat Germany or France?", "Did France or Brazil beat Germany?"),
+    ("Can I eat raw fish or eggs?", "Can I eat eggs or raw fish?"),
+    ("After comparing recipes, should I peel and boil potatoes?", "After comparing recipes, should I boil and peel potatoes?"),
+    ("What happens if I differentiate and integrate a function?", "What happens if I integrate and differentiate a function?"),
+    ("What is the ratio between the circumference and the diameter?", "What is the ratio between the diameter and the circumference?"),
+    ("Which months are between March and August?", "Which months are between August and March?"),
+    ("What is the set difference between evens and primes?", "What is the set difference between primes and evens?"),
+    ("What is the difference of fifty and twenty?", "What is the difference of twenty and fifty?"),
+    ("What does None or False return in Python?", "What does False or None return in Python?"),
+    ("What is True or False and False in Python?", "What is False or True and False in Python?"),
+    ("What does x or y return in Python if x is an empty list?", "What does y or x return in Python if x is an empty list?"),
+    ("Reverse the phrase cat or dog", "Reverse the phrase dog or cat"),
+    ("Are Paris or Rome the capitals of Italy and France respectively?", "Are Rome or Paris the capitals of Italy and France respectively?"),
 ])
 def test_a_pair_that_only_looks_alike_is_not_served_with_certainty(verifier, embed, cached, asked):  # noqa: F811
     cache = new_cache(verifier)
