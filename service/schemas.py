@@ -6,6 +6,7 @@ not know about (a new OpenAI field, a provider extension) still reaches the upst
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Sequence
 
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, StringConstraints,
@@ -46,6 +47,10 @@ class Message(_Open):
     tool_call_id: StrictStr | None = None
 
 
+# OpenAI's rule for a function's name; Anthropic's and Gemini's admit these names too.
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
 class FunctionDef(_Open):
     name: StrictStr = Field(min_length=1)
     description: StrictStr | None = None
@@ -81,11 +86,15 @@ TokenId = Annotated[str, StringConstraints(pattern=r"^[0-9]+$")]
 Bias = Annotated[Number, Field(ge=-100, le=100)]
 
 
+class StreamOptions(_Open):
+    include_usage: StrictBool | None = None  # a string "false" would read as true
+
+
 class ChatRequest(_Open):
     model: StrictStr | None = None  # left out: the config's router.default_profile
     messages: list[Message] = Field(min_length=1)
     stream: StrictBool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: Number | None = Field(default=None, ge=0, le=2)
@@ -97,7 +106,7 @@ class ChatRequest(_Open):
     logprobs: StrictBool | None = None
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
+    seed: StrictInt | None = Field(default=None, ge=-(2**63), lt=2**63)  # OpenAI's: a 64-bit integer
     tools: list[Tool] | None = None  # [] is no tools (agent SDKs send it; it is not forwarded)
     tool_choice: StrictStr | dict[str, Any] | None = None
     functions: list[FunctionDef] | None = Field(default=None, min_length=1)  # the legacy form of tools
@@ -105,6 +114,8 @@ class ChatRequest(_Open):
     # Any text: OpenAI-compatible upstreams take efforts of their own (Groq's "default"); the
     # Anthropic and Gemini adapters map the ones they know (service/providers/reasoning.py).
     reasoning_effort: StrictStr | None = None
+    user: StrictStr | None = None
+    metadata: dict[str, StrictStr] | None = None
     router: RouterOptions | None = None
 
     @field_validator("stream", mode="before")
@@ -161,7 +172,9 @@ def validate_chat(body: Any) -> ChatRequest:
     _check_options(request)
     fmt = request.response_format
     if fmt is not None and fmt.type == "json_schema":
-        name = (fmt.json_schema or {}).get("name")
+        if fmt.json_schema is None:
+            raise _missing("response_format.json_schema")
+        name = fmt.json_schema.get("name")
         if not name:
             raise _missing("response_format.json_schema.name")
         if not isinstance(name, str):
@@ -174,6 +187,10 @@ def validate_chat(body: Any) -> ChatRequest:
 def _check_message(message: Message, where: str) -> None:
     if message.role == "tool" and not message.tool_call_id:
         raise _missing(f"{where}.tool_call_id")
+    if message.content == [] and message.role in ("user", "system", "developer"):
+        # OpenAI refuses it for every role; an assistant's replayed tool-call turn is let through,
+        # as providers that take it (its content says nothing) are not refused a history.
+        raise _invalid(f"{where}.content", "an empty array; send at least one content part, or a string")
     if message.role == "user" and message.content is None:
         if "content" not in message.model_fields_set:
             raise _missing(f"{where}.content")
@@ -205,10 +222,12 @@ def _check_tools(request: ChatRequest) -> None:
             continue  # a provider's built-in tool or an OpenAI custom tool: the upstream judges it
         if tool.function is None:
             raise _missing(f"tools[{i}].function")
+        _check_function_name(tool.function.name, f"tools[{i}].function.name")
         names.add(tool.function.name)
         if tool.function.parameters is not None:
             _check_schema(tool.function.parameters, f"tools[{i}].function.parameters")
     for i, fn in enumerate(request.functions or ()):
+        _check_function_name(fn.name, f"functions[{i}].name")
         if fn.parameters is not None:
             _check_schema(fn.parameters, f"functions[{i}].parameters")
     choice = request.tool_choice
@@ -285,6 +304,12 @@ def _subschemas(key: str, value: Any) -> Sequence[tuple[str, Any]] | str:
     if key in ("items", "additionalProperties"):
         return [(f".{key}", value)]
     return ()  # a keyword that holds no schema (description, enum, ...): most of them
+
+
+def _check_function_name(name: str, where: str) -> None:
+    # Refused here rather than by an upstream: its 400 would depend on which model was routed to.
+    if not re.match(FUNCTION_NAME, name):
+        raise _invalid(where, f"{name!r} is no function name: use 1 to 64 letters, digits, underscores and dashes")
 
 
 def _check_options(request: ChatRequest) -> None:

@@ -87,6 +87,11 @@ def test_a_malformed_response_format_schema_is_refused_before_any_upstream_call(
     assert error["param"] == "response_format.json_schema.schema.properties.city"
 
 
+def test_a_json_schema_format_without_its_schema_names_what_is_missing(gw, upstream):
+    error = refused(gw, upstream, {"response_format": {"type": "json_schema"}})
+    assert (error["code"], error["param"]) == ("missing_required_parameter", "response_format.json_schema")
+
+
 def test_a_json_schema_name_is_a_string(gw, upstream):
     fmt = {"type": "json_schema", "json_schema": {"name": 5, "schema": {"type": "object"}}}
     assert refused(gw, upstream, {"response_format": fmt})["param"] == "response_format.json_schema.name"
@@ -149,6 +154,15 @@ def test_tool_choice_is_checked_as_openai_does(gw, upstream, body, code, param):
     ({"seed": "42"}, "seed"),
     ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
     ({"reasoning_effort": 3}, "reasoning_effort"),
+    # A string "false" read as true had sent the usage chunk; the other fields reached the upstream.
+    ({"stream": True, "stream_options": {"include_usage": "false"}}, "stream_options.include_usage"),
+    ({"seed": 2**70}, "seed"),
+    ({"user": 5}, "user"),
+    ({"metadata": [1, 2]}, "metadata"),
+    ({"metadata": {"tier": 3}}, "metadata.tier"),
+    ({"messages": [{"role": "user", "content": []}]}, "messages[0].content"),
+    ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name"),
+    ({"functions": [{"name": "a" * 65}]}, "functions[0].name"),
 ])
 def test_ranges_and_combinations_openai_refuses(gw, upstream, body, param):
     error = refused(gw, upstream, body)
