@@ -64,14 +64,8 @@ def test_another_question_written_almost_alike_is_refused(verifier, embed, cache
     ("I can't log in, what should I do?", "I cannot log in, what should I do?"),
     ("Where're you from?", "Where are you from?"),
     ("Is it safe to swim after eating?", "is it safe to swim after eating?"),  # a short word starting the question
-    # Two alternatives in the other order: the verifier scored such QQP duplicates 0.75-0.86.
-    ("Which is better, iPhone or Android?", "which is better, Android or iPhone"),
-    ("Who is better, Ronaldo or Messi?", "Who is better, Messi or Ronaldo?"),
-    ("Is it better to rent or buy a house?", "Is it better to buy or rent a house?"),
-    ("What's the difference between a list and a tuple?", "What is the difference between a tuple and a list?"),
-    ("What are the differences between Aikido and Judo?", "What are the differences between Judo and Aikido?"),
 ])
-def test_the_same_question_with_another_final_mark_case_contraction_or_order_of_alternatives_hits(verifier, embed, cached, asked):  # noqa: F811
+def test_the_same_question_with_another_final_mark_case_or_contraction_hits(verifier, embed, cached, asked):  # noqa: F811
     assert not hard_mismatch(cached, asked) and not hard_mismatch(asked, cached)
     for first, second in ((cached, asked), (asked, cached)):
         cache = new_cache(verifier)
@@ -104,8 +98,10 @@ def test_the_same_question_with_another_final_mark_case_contraction_or_order_of_
     ("Can a Boolean be null in Java?", "Can a boolean be null in Java?"),
     ("What is the MD5 hash of Hello?", "What is the MD5 hash of hello?"),
     ("How do I type ’ on a Mac?", "How do I type ' on a Mac?"),
-    # Words that trade places but are no alternatives: a sequence, numbers, a direction, roles,
-    # a text handed over, a careful capital.
+    # Words that trade places around "or" / "and" where the order is the question: a sequence,
+    # numbers, a direction, roles, a text handed over, a careful capital. Two reviews found a
+    # shortcut serving "the same alternatives in the other order" with probability 1 giving these
+    # (and many more) the other question's answer; it was not kept (docs/CACHE.md).
     ("Should I peel and boil potatoes?", "Should I boil and peel potatoes?"),
     ("What is the difference of 7 and 3?", "What is the difference of 3 and 7?"),
     ("Is 5 or 3 bigger?", "Is 3 or 5 bigger?"),
@@ -113,10 +109,6 @@ def test_the_same_question_with_another_final_mark_case_contraction_or_order_of_
     ("Why do men cheat and women forgive?", "Why do women cheat and men forgive?"),
     ("Sort these words: pears or apples", "Sort these words: apples or pears"),
     ("Can a Boolean or an int be null in Java?", "Can an int or a boolean be null in Java?"),
-    # A review of the first version found these served with probability 1: a verb travelling with
-    # one alternative, "and" after a symmetric word further back, an ordered relation after
-    # "between", number words, code literals and precedence, a text handed over without a colon,
-    # an order named elsewhere.
     ("Did Brazil beat Germany or France?", "Did France or Brazil beat Germany?"),
     ("Can I eat raw fish or eggs?", "Can I eat eggs or raw fish?"),
     ("After comparing recipes, should I peel and boil potatoes?", "After comparing recipes, should I boil and peel potatoes?"),
@@ -130,6 +122,10 @@ def test_the_same_question_with_another_final_mark_case_contraction_or_order_of_
     ("What does x or y return in Python if x is an empty list?", "What does y or x return in Python if x is an empty list?"),
     ("Reverse the phrase cat or dog", "Reverse the phrase dog or cat"),
     ("Are Paris or Rome the capitals of Italy and France respectively?", "Are Rome or Paris the capitals of Italy and France respectively?"),
+    ("What does [] or {} return in Python?", "What does {} or [] return in Python?"),
+    ("Which textbook covers differential geometry and topology?", "Which textbook covers differential topology and geometry?"),
+    ("What does strcmp return when I compare apple and banana?", "What does strcmp return when I compare banana and apple?"),
+    ("Write hello or goodbye in uppercase", "Write goodbye or hello in uppercase"),
 ])
 def test_a_pair_that_only_looks_alike_is_not_served_with_certainty(verifier, embed, cached, asked):  # noqa: F811
     cache = new_cache(verifier)

@@ -22,7 +22,7 @@ import numpy as np
 
 from router.cache.entry import Entry
 from router.cache.keys import RequestKeys
-from router.cache.same_question import alternatives_traded, plain_form, same_words_differ
+from router.cache.same_question import plain_form, same_words_differ
 from router.cache.semantic import SemanticIndex
 from router.cache.store import MemoryStore, Store
 from router.cache.verifier import LOW_SIMILARITY, Verifier
@@ -222,12 +222,11 @@ class ResponseCache:
             return Lookup(None, LOW_SIMILARITY if found and not close else NO_CANDIDATE)
         asked = plain_form(keys.text)
         for e, sim in live:
-            if (plain_form(e.text) == asked and not same_words_differ(e.text, keys.text)) or alternatives_traded(e.text, keys.text):
-                # The same question but for a final mark, case, a contraction or the order of two
-                # alternatives (router/cache/same_question.py): the verifier, trained on pairs that
-                # never differ by so little, can doubt them. Not when the difference is in a text
-                # handed over to be worked on ("Reverse this text: hello world" / "... world.") or a
-                # name's case ("Rust" / "rust"): hard rules refuse those.
+            if plain_form(e.text) == asked and not same_words_differ(e.text, keys.text):
+                # The same question but for a final mark, case or a contraction (router/cache/same_question.py):
+                # the verifier, trained on pairs that never differ by so little, can doubt them. Not when
+                # the difference is in a text handed over to be worked on ("Reverse this text: hello
+                # world" / "... world.") or a name's case ("Rust" / "rust"): hard rules refuse those.
                 return self._served(e, sim, 1.0)
         cached = np.vstack([self._index.vector(keys.fingerprint, e.id) for e, _ in live])
         judged = self.verifier.judge(

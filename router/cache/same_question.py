@@ -1,5 +1,4 @@
-"""The same question written differently: another final mark, another case, a contraction, two
-alternatives in the other order.
+"""The same question written differently: another final mark, another case, a contraction.
 
 The verifier was trained on Quora question pairs, which never differ by so little, and doubts
 such pairs: "What is 17 * 23?" / "what is 17 * 23?" scored 0.19 (the cross-encoder reads short
@@ -17,7 +16,7 @@ import re
 
 from router.cache.features import hands_over, hard_mismatch
 from router.cache.names import careful_case_differs
-from router.cache.tokens import NUMBER_WORDS, memo_short
+from router.cache.tokens import memo_short
 
 # Contractions with one reading. "'s" only after the words where it is "is" ("John's car" owns),
 # "'d" never (would or had), and "can't" / "cannot" / "can not" are one.
@@ -125,90 +124,6 @@ def same_words_differ(a: str, b: str) -> bool:
     if (wa, wb) != (a, b) and hard_mismatch(wa, wb):
         return True
     return careful_case_differs(wa, wb)
-
-
-# Alternatives that may trade places: two joined by "or", or by "and" right after a symmetric
-# relation ("the difference between PHP and Node.js", "compare Java and Python"): "peel and boil"
-# is a sequence, "the ratio between the circumference and the diameter" has an order.
-_SYMMETRIC = re.compile(r"(?:differ|similar|compar|relation)\w*")
-_GLUE = frozenset("between the a an".split())
-_ARTICLES = frozenset("the a an".split())
-# Words that make two alternatives ordered, counted or code: a direction, a sequence, a number, a literal.
-_NOT_PLAIN = frozenset(
-    "to into onto from than vs versus over per then true false none null nil undefined nan thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred "
-    "thousand million billion dozen half quarter third".split()) | NUMBER_WORDS.keys()
-# Words that give the whole text an order ("respectively", "in that order") or hand a text over
-# without a colon ("Reverse the phrase cat or dog", "How do you spell cat or dog backwards?").
-_ORDERED_TEXT = frozenset("respectively order phrase word words string sentence text letter letters spell reverse "
-                          "translate backwards".split())
-_ALTERNATIVE = 3  # words an alternative may hold, articles aside
-_PUNCTUATION = ",.?!;:()\"'"
-
-
-def _plain_alternatives(x: list[str], y: list[str]) -> bool:
-    """As many words on each side, articles aside, so that a verb cannot travel with one ("Did
-    Brazil beat Germany or France?" / "Did France or Brazil beat Germany?"), none of them a
-    single letter (a variable: "x or y"), a number or a word that orders or is code."""
-    cx = [w.strip(_PUNCTUATION) for w in x if w not in _ARTICLES]
-    cy = [w.strip(_PUNCTUATION) for w in y if w not in _ARTICLES]
-    return len(cx) == len(cy) <= _ALTERNATIVE and all(
-        len(w) > 1 and w not in _NOT_PLAIN and not any(c.isdigit() for c in w) for w in cx + cy)
-
-
-def _symmetric_before(la: list[str], s: int) -> bool:
-    """A symmetric relation names the alternatives starting at `s`: "differences between", "compare"."""
-    j = s - 1
-    while j >= 0 and la[j] in _GLUE:
-        j -= 1
-    return j >= 0 and _SYMMETRIC.fullmatch(la[j]) is not None and (j == 0 or la[j - 1] != "set")
-
-
-def _put_back(ta: list[str], tb: list[str]) -> list[str] | None:
-    """`tb` with "Y or X" written back as `ta`'s "X or Y", where that is all that tells the two
-    word lists apart (compared in lower case); None otherwise."""
-    la, lb = [t.lower() for t in ta], [t.lower() for t in tb]
-    if len(la) != len(lb) or la == lb or sorted(la) != sorted(lb) or not _ORDERED_TEXT.isdisjoint(w.strip(_PUNCTUATION) for w in la):
-        return None
-    differ = [k for k, (x, y) in enumerate(zip(la, lb)) if x != y]
-    first, last = differ[0], differ[-1]
-    for k in range(first, last + 1):
-        if la[k] not in ("or", "and"):
-            continue
-        for s in range(max(k - 2 * _ALTERNATIVE, 0), min(first, k - 1) + 1):  # common words may belong to one
-            if (la[k] == "and" and not _symmetric_before(la, s)) or (s > 0 and la[s - 1] in ("and", "or")):
-                continue
-            for e in range(max(last + 1, k + 2), min(k + 1 + 2 * _ALTERNATIVE, len(la)) + 1):
-                x, y = la[s:k], la[k + 1:e]
-                # Another "and" / "or" right after the pair binds to it ("True or False and False").
-                if lb[s:e] == [*y, la[k], *x] and (e == len(la) or la[e] not in ("and", "or")) and _plain_alternatives(x, y):
-                    n = len(y)
-                    return tb[:s] + tb[s + n + 1:e] + [tb[s + n]] + tb[s:s + n] + tb[e:]
-    return None
-
-
-def alternatives_traded(a: str, b: str) -> bool:
-    """One question with two alternatives in the other order, and no other difference but those
-    `plain_form` drops: "Which is better, iPhone or Android?" / "which is better, Android or
-    iPhone", "What is the difference between PHP and Node.js?" / "... between Node.js and PHP?"
-    (the verifier scored such pairs 0.75-0.86 against its 0.87). Only alternatives of as many
-    words (`_plain_alternatives`), joined by "or" or by "and" after a symmetric relation
-    (`_symmetric_before`), in a text with no word that orders it or hands a text over; none
-    handed over after a colon or in quotes either (`hands_over`). The hard rules are asked of
-    both texts as written, and the careful-case check of both with the alternatives in one order."""
-    # Cheap refusals first: a lookup asks this of every candidate whose plain form differs. Traded
-    # alternatives keep a text's length but for a final mark and a few written-out contractions.
-    if abs(len(a) - len(b)) > 12:
-        return False
-    low_a, low_b = a.lower(), b.lower()
-    if not ((" or " in low_a or " and " in low_a) and (" or " in low_b or " and " in low_b)) or hands_over(a) or hands_over(b):
-        return False
-    ta, tb = written_out(without_end_mark(a)).split(), written_out(without_end_mark(b)).split()
-    back = _put_back(ta, tb)
-    if back is None:
-        return False
-    a2, b2 = " ".join(ta), " ".join(back)
-    return plain_form(a2) == plain_form(b2) and not hard_mismatch(a, b) and not same_words_differ(a2, b2)
 
 
 @memo_short

@@ -18,7 +18,7 @@ STOPWORDS = frozenset(
     "his her its our their me what how why when where which who whom whose can could should would will shall "
     "may might must that this these those there with from by at as about into than then so if".split()
 )
-NUMBER_WORDS = {
+_NUMBER_WORDS = {
     w: str(i)
     for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())
 }
@@ -51,7 +51,7 @@ def words(text: str) -> tuple[str, ...]:
 def numbers(text: str) -> frozenset[str]:
     """Numbers as digits, with small number words mapped to digits ("two" == "2")."""
     found = {n.replace(",", "") for n in NUMBER.findall(text)}
-    found.update(NUMBER_WORDS[w] for w in words(text) if w in NUMBER_WORDS)
+    found.update(_NUMBER_WORDS[w] for w in words(text) if w in _NUMBER_WORDS)
     return frozenset(found)
 
 
