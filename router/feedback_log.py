@@ -169,12 +169,17 @@ class FeedbackLog:
 
 
 def latest_rewards(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """request_id -> reward: the latest explicit score, else the latest implicit one."""
+    """request_id -> reward: the latest explicit score, else the latest implicit one. A score that
+    is no number in [0, 1] (the endpoint stores none; a row edited or damaged by hand) is an
+    error naming its request, for every job that reads rewards alike."""
     best: dict[str, tuple[int, int, float]] = {}
     for i, r in enumerate(rows):
+        score = r["score"]
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0.0 <= score <= 1.0:
+            raise ValueError(f"feedback for request {r['request_id']}: its score {score!r} is no number in [0, 1]")
         rank = (1 if r["source"] == "explicit" else 0, i)
         if r["request_id"] not in best or rank > best[r["request_id"]][:2]:
-            best[r["request_id"]] = (*rank, float(r["score"]))
+            best[r["request_id"]] = (*rank, float(score))
     return {k: v[2] for k, v in best.items()}
 
 

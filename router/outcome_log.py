@@ -116,7 +116,10 @@ def from_row(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     for name in _JSON_FIELDS:
         if out.get(name) is not None:
-            out[name] = json.loads(out[name])
+            try:
+                out[name] = json.loads(out[name])
+            except ValueError as exc:  # a row edited or damaged by hand: say which, not only where in the text
+                raise ValueError(f"logged request {out.get('request_id', '?')}: its {name!r} column holds no JSON ({exc})") from None
     for name in _BOOL_FIELDS:
         if name in out and out[name] is not None:
             out[name] = bool(out[name])

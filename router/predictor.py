@@ -238,8 +238,10 @@ class OutcomePredictor:
         # LightGBM cannot fit one row (bagging leaves none): every fold needs two outcomes to learn
         # from, and one booster per model needs them per model.
         per_fold = [(observed & (fold != k)[:, None]).sum(axis=0) for k in range(self.folds)]
-        if any((c.min() if self.mode != "shared" else c.sum()) < 2 for c in per_fold):
-            distinct = len(np.unique(groups)) if groups is not None else n
+        distinct = len(np.unique(groups)) if groups is not None else n
+        # A fold holding no prompt would train on everything and sit in the bagged ensemble, whose
+        # spread is the uncertainty the bandit explores by.
+        if self.folds > distinct or any((c.min() if self.mode != "shared" else c.sum()) < 2 for c in per_fold):
             fewest = int(np.argmin(np.min(per_fold, axis=0)))
             which = f" (model {self.models[fewest]!r} has {int(observed[:, fewest].sum())})" if self.mode != "shared" else ""
             raise ValueError(f"{getattr(outcomes, 'path', 'the data')}: cross-fitting {self.folds} folds needs outcomes for "

@@ -16,6 +16,7 @@ writes nothing; like `serve`, on a machine's first run it builds the cache's cro
 from __future__ import annotations
 
 import argparse
+import socket
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +88,10 @@ def findings(config, host: str, port: int, from_file: bool) -> tuple[list[str], 
         except (OSError, ValueError, KeyError) as exc:
             errors.append(f"learning.shadow.artifact {config.learning.shadow.artifact!r}: {exc}")
     warnings += start_warnings(config, from_file)
+    try:  # an address serve could not bind: resolved, not bound (the port may be free now and taken then)
+        socket.getaddrinfo(host, port or None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        errors.append(f"server.host {host}: serve cannot listen there ({getattr(exc, 'strerror', None) or exc})")
     if port:
         try:
             refuse_calling_itself(config, host, port)

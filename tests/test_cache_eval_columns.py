@@ -47,6 +47,7 @@ def test_cache_eval_writes_similarity_score_and_reason(tmp_path, capsys):
     assert math.isclose(result.loc[3, "similarity"], float(emb[0] @ emb[1]), abs_tol=1e-6)
     assert result.loc[3, "similarity"] < Verifier.load().min_cosine
     assert result.loc[0, "similarity"] > 0.999
+    assert math.isnan(result.loc[5, "similarity"])  # an empty text: not looked up, no cosine to report
 
     captured = capsys.readouterr()
     assert "embed: 100%" in captured.err and "cache: 100%" in captured.err  # tqdm, as `train` shows

@@ -78,3 +78,9 @@ def test_a_schema_error_names_the_key_and_line(tmp_path, capsys):
     code, text = check(tmp_path, capsys, extra="learning: {bandit: {enabeld: true}}\n")
     assert code == 2 and "line 9, key learning.bandit.enabeld: unknown key: did you mean enabled?" in text
     assert "Traceback" not in text
+
+
+def test_an_address_serve_cannot_listen_on_is_an_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENCLAW_TEST_CHECK_KEY", "sk-test")
+    code, text = check(tmp_path, capsys, "--host", "999.1.1.1")
+    assert code == 2 and "error: server.host 999.1.1.1: serve cannot listen there" in text

@@ -207,3 +207,50 @@ def test_a_refused_training_file_gets_its_error_on_a_line_of_its_own(tmp_path, m
     lines = capsys.readouterr().err.splitlines()
     assert any(line.startswith("openclaw-router train: error: ") and "NaN" in line for line in lines), lines
     assert not (tmp_path / ".openclaw").exists()  # a refused table leaves no tracking store behind
+
+
+def test_an_infinite_cost_is_refused_naming_its_column_and_row(tmp_path, monkeypatch, capsys):
+    # It had been trained on: the artifact priced the model at infinity, and simulate's bandit left it for good.
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "inf.csv"
+    bad.write_text("prompt,quality__a,cost_usd__a,quality__b,cost_usd__b\nhi,1,0.1,0,0.2\nho,1,inf,0,0.2\n")
+    for argv in (["train", "--data", str(bad), "--out", str(tmp_path / "out")],
+                 ["simulate", "--data", str(bad), "--requests", "10", "--out", str(tmp_path / "s.json")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "column 'cost_usd__a' has an infinite value (first at row 1: inf)" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_more_folds_than_prompts_is_refused(table, tmp_path, capsys):
+    # The folds that held no prompt had trained on everything and joined the bagged ensemble.
+    assert main(["train", "--data", str(table), "--out", str(tmp_path / "out"), "--folds", "500",
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 2
+    assert "cross-fitting 500 folds needs outcomes for more distinct prompts" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "simulate", "retrain", "shadow-report"])
+def test_a_negative_seed_is_refused_naming_the_flag(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--seed", "-1"])
+    assert exited.value.code == 2
+    assert "argument --seed: -1 is negative: a seed is 0 or more" in capsys.readouterr().err
+
+
+def test_retrain_refuses_a_file_as_its_output_folder_and_a_negative_least_count(tmp_path, capsys):
+    log = tmp_path / "log.sqlite"
+    open_outcome_log(f"sqlite:///{log}").close()
+    a_file = tmp_path / "afile"
+    a_file.touch()
+    for extra, says in ((["--out", str(a_file)], f"--out {a_file}: {a_file} exists and is not a folder"),
+                        (["--min-requests", "-1"], "--min-requests must be 0 or more, got -1")):
+        assert main(["retrain", "--db", f"sqlite:///{log}", *extra]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
+
+
+def test_a_model_added_at_request_0_is_no_added_model_in_the_report(table, tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert _simulate(table, out, "--drift", "add:gpt-4-1106-preview@0", "--drift", "add:mistral-7b-chat@100") == 0
+    assert set(json.loads(out.read_text())["added"]) == {"mistral-7b-chat"}
+    assert "added gpt-4-1106-preview" not in capsys.readouterr().out

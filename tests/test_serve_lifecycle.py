@@ -134,7 +134,9 @@ def test_a_refused_start_removes_the_stores_files_and_no_other_file_named_alike(
 
 def test_shadow_report_without_shadow_decisions_makes_no_out_folder(bare_env, capsys):
     from router.feedback_log import open_feedback_log
+    from router.outcome_log import open_outcome_log
 
+    open_outcome_log(f"sqlite:///{bare_env}/outcomes.sqlite").close()  # a gateway's log, without shadow decisions
     open_feedback_log(f"sqlite:///{bare_env}/outcomes.sqlite").close()
     before = _files(bare_env)
     assert main(["shadow-report", "--db", f"sqlite:///{bare_env}/outcomes.sqlite", "--out", "reports/shadow"]) == 2

@@ -129,6 +129,8 @@ def test_shadow_report_without_any_feedback(shadow_artifact, tmp_path):
     report = json.loads((out / "shadow_report.json").read_text())
     assert report["overall"]["requests"] == 4
     assert "ope" not in report  # nothing to estimate from without rewards
+    # A reader of the JSON sees that there is no verdict yet, not a "promote: false" that reads as keep.
+    assert report["verdict"]["promote"] is False and report["verdict"]["headline"].startswith("No verdict yet")
     assert "No logged request with feedback" in (out / "shadow_report.html").read_text()
 
 

@@ -40,6 +40,7 @@ def test_the_report_gives_retrains_verdict_support_and_the_paired_difference(sha
     from training import shadow_report
     from training.offpolicy import load_traffic
     from training.retrain import promotion
+    from training.support_advice import GENERIC, exploration_advice
 
     db = f"sqlite:///{tmp_path}/shadow.sqlite"
     extra = f'learning: {{shadow: {{artifact: "{shadow_artifact}"}}}}'
@@ -61,14 +62,20 @@ def test_the_report_gives_retrains_verdict_support_and_the_paired_difference(sha
     capsys.readouterr()
     report = _run(db, tmp_path / "report")
     said = capsys.readouterr().out
-    # the same rule as retrain (its default estimator and least number of requests), on the same estimates
-    raw = shadow_report.summarize(rows, {}, {}, load_traffic(db), seed=0)
-    expected, each = promotion(raw["ope"], raw["ope_vs_live_router"], "dr", 200)
+    # the same rule as retrain (its default estimator and least number of requests, its advice read
+    # off the log), on the same estimates
+    advice: list[str] = []
+    raw = shadow_report.summarize(rows, {}, {}, load_traffic(db), seed=0,
+                                  advise=lambda t, choices: advice.append(exploration_advice(db, t, choices)) or advice[-1])
+    expected, each = promotion(raw["ope"], raw["ope_vs_live_router"], "dr", 200, advice[0])
     assert report["ope"]["n"] >= 200 and report["ope"]["support"]["verdict"] == "unsupported"
+    headline = f"Keep the live router: {expected.reason}."
     assert report["verdict"] == {"promote": False, "reason": expected.reason, "estimator": "dr", "min_requests": 200,
-                                 "each": each}
+                                 "each": each, "headline": headline}
     assert expected.reason.startswith("the log does not support the candidate's choices")
-    assert said.splitlines()[0] == f"Keep the live router: {expected.reason}."  # the CLI says it too
+    # What the log shows (no bandit: every choice logged with propensity 1), not the generic advice.
+    assert "the gateway explored none of these requests" in expected.reason and GENERIC not in expected.reason
+    assert said.splitlines()[0] == headline  # the CLI says it too
 
     page = (tmp_path / "report" / "shadow_report.html").read_text()
     body = page[page.index("<body>"):]

@@ -140,7 +140,9 @@ def _run(args: argparse.Namespace) -> int:
         results = [Lookup(None, CACHE_OFF)] * len(df)
     t2 = time.perf_counter()
     hits = [r.hit is not None for r in results]
-    unasked = sum(not both_asked(a, b) for a, b in zip(df["text_a"], df["text_b"]))
+    asked = np.array([both_asked(a, b) for a, b in zip(df["text_a"], df["text_b"])], dtype=bool)
+    similarity[~asked] = np.nan  # a cosine against an empty text's vector says nothing; the pair was not looked up
+    unasked = int((~asked).sum())
     if unasked:
         print(f"{unasked} pairs with an empty or missing text were not looked up (hit = false)")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,11 @@ def numeric(df, column: str, path: Path, words: bool = False) -> np.ndarray:
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(f"{path}: column {column!r} has non-numeric values (first at row {i}: {raw.iat[i]!r})")
+    # No cost, quality, latency or count is infinite: an `inf` cost had priced a model at infinity in a
+    # trained artifact (manifest.json then no strict JSON) and sent a replay's bandit elsewhere for good.
+    if np.isinf(values).any():
+        i = int(np.argmax(np.isinf(values)))
+        raise ValueError(f"{path}: column {column!r} has an infinite value (first at row {i}: {float(values[i])!r})")
     return values
 
 

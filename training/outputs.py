@@ -4,6 +4,7 @@ from a mistyped one."""
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -49,7 +50,35 @@ def removed_if_left_empty(*paths: str | Path) -> Iterator[None]:
 
 
 def check_outcome_log(db: str) -> None:
-    """An SQLite outcome log (the gateway's `server.db`) exists: opening a mistyped path would
-    create an empty one and report "nothing logged"."""
-    if db.startswith("sqlite:///") and not Path(db[len("sqlite:///"):]).exists():
+    """An SQLite outcome log (the gateway's `server.db`) exists and holds its table: opening a
+    mistyped path would create an empty one, and opening another database would add the log's
+    tables to it, and both would report "nothing logged". Read only: the check writes nothing."""
+    if not db.startswith("sqlite:///"):
+        return
+    path = Path(db[len("sqlite:///"):])
+    if not path.exists():
         raise FileNotFoundError(f"{db}: no outcome log there (the gateway's server.db)")
+    if path.is_dir():
+        return  # the store's own open names a folder
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)) as conn:
+            found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outcomes'").fetchone()
+    except sqlite3.Error as exc:  # not a database, no permission
+        raise ValueError(f"outcome log {db}: cannot open it as an SQLite database: {exc}") from None
+    if found is None:
+        raise FileNotFoundError(f"{db}: no outcome log there: the database holds no 'outcomes' table (the gateway's "
+                                "server.db holds one)")
+
+
+def seed_arg(text: str) -> int:
+    """An argparse type for `--seed`: numpy's generators take no negative seed, and said so only
+    once the job had started, without naming the flag."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: a seed is 0 or more")
+    return value

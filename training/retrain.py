@@ -32,6 +32,7 @@ import numpy as np
 
 from router.store_errors import redact_url
 from training.offpolicy import logged_routers
+from training.outputs import seed_arg
 from training.support_advice import GENERIC, unsupported
 from training.texts import TEXT_COLUMN_DEFAULT
 
@@ -333,6 +334,7 @@ def retrain(args) -> dict:
     from training.data import load_prices
     from training.offpolicy import finite, load_traffic
     from training.support_advice import exploration_advice
+    from training.train import check_tracking_store
 
     # Before minutes of training: the gateway must take the reload, and the live router must load
     # (`models/default` from any folder, as serve finds it).
@@ -355,6 +357,9 @@ def retrain(args) -> dict:
         return {"candidate": None, "verdict": {"promote": False, "reason": reason}, "ope": {"n": n_eval}}
     prices = load_prices(args.prices) if args.prices else None
     table, X = training_set(args.base_data or [], logged_train, args.text_column, prices)
+    # Opening the tracking store creates its file: only once the log and the base data are read and
+    # known good, still before minutes of training.
+    check_tracking_store(args)
     # What is kept (the manifest every replica gets, the report, MLflow's params) never holds
     # the outcome database's password.
     db = redact_url(args.db)
@@ -449,7 +454,7 @@ def configure(parser) -> None:
     parser.add_argument("--folds", type=int, default=5,
                         help="cross-validation folds = bagged boosters, as for train (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=None, help="boosting rounds (default: the predictor's)")
-    parser.add_argument("--seed", type=int, default=7,
+    parser.add_argument("--seed", type=seed_arg, default=7,
                         help="seed of the cross-validation folds and the boosters (default: %(default)s)")
     parser.add_argument("--experiment", default="openclaw-router", help="MLflow experiment name (default: %(default)s)")
     parser.add_argument("--registered-name", default="openclaw-router", help="MLflow registered model name (default: %(default)s)")
@@ -462,18 +467,21 @@ def configure(parser) -> None:
 def run(args) -> int:
     if not 0.0 < args.eval_share < 1.0:
         raise ValueError("--eval-share must lie strictly between 0 and 1")
+    if args.min_requests < 0:
+        raise ValueError(f"--min-requests must be 0 or more, got {args.min_requests}")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: {args.out} exists and is not a folder")
     if args.out and Path(args.out).exists() and any(Path(args.out).iterdir()):
         # It may be the router a gateway runs (an earlier promotion hot-reloaded it): a rejected
         # candidate written over it would be what that gateway loads on its next start.
         raise ValueError(f"--out {args.out} already holds an artifact; give a new folder (default: models/candidate-<time>)")
     from training.outputs import check_outcome_log
-    from training.train import check_job_options, check_tracking_store
+    from training.train import check_job_options
 
     check_outcome_log(args.db)
     check_job_options(args)
     if args.gateway and not args.gateway.startswith(("http://", "https://")):
         raise ValueError(f"--gateway {args.gateway}: give the gateway's URL, e.g. http://127.0.0.1:8080")
-    check_tracking_store(args)
     report = retrain(args)
     if report["candidate"] is None:  # refused before training
         print(f"NOT PROMOTED: {report['verdict']['reason']}")

@@ -41,7 +41,9 @@ import numpy as np
 
 from router.feedback_log import SKIPPED_BY_CAP
 from router.feedback_log import ROUTER_CHOICE
+from training.outputs import seed_arg
 from training.shadow_report_html import render_html
+from training.support_advice import GENERIC, exploration_advice
 
 PREDICTED = ("p_good", "cost_usd", "latency_s")
 # What the report reads of each outcome row: the attempts only for requests with a shadow call.
@@ -90,7 +92,7 @@ def live_outcomes(db: str, wanted: set[str], called: set[str]) -> dict[str, dict
             continue
         row = {"cost_usd": cost, "latency_s": latency}
         if rid in called:
-            row["upstream_latency_s"] = upstream_latency(status, answered, from_row({"attempts": attempts})["attempts"])
+            row["upstream_latency_s"] = upstream_latency(status, answered, from_row({"request_id": rid, "attempts": attempts})["attempts"])
         out[rid] = row
     return out
 
@@ -126,8 +128,11 @@ def _calls(shadows: list[dict], outcomes: dict[str, dict]) -> dict:
     }
 
 
-def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, str], traffic=None, seed: int = 0) -> dict:
-    """Every number of the report, from shadow rows, outcome rows by id and task labels."""
+def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, str], traffic=None, seed: int = 0,
+              advise=None) -> dict:
+    """Every number of the report, from shadow rows, outcome rows by id and task labels. `advise(held_out,
+    choices)` says what the log shows held exploration back (`training.support_advice.exploration_advice`),
+    where the log cannot judge the shadow router; without it the advice is the generic one."""
     from training.offpolicy import compare_policies, greedy_probs
     from router import ope
 
@@ -175,6 +180,8 @@ def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, 
             report["ope_vs_live_router"] = compare_policies(t, greedy_probs(t.p_logged, t), shadow, t.p_logged, seed=seed)
             # utility = quality - cost / WTP: the page names the WTP its estimates are in
             report["ope"]["wtp_usd"] = {"min": float(t.knob.min()), "max": float(t.knob.max()), "mean": float(t.knob.mean())}
+            if advise is not None:
+                return {"verdict": verdict(report, advise(t, actions)), **report}
     return {"verdict": verdict(report), **report}
 
 
@@ -190,7 +197,7 @@ def _retrain_defaults() -> tuple[str, int]:
     return parser.get_default("estimator"), parser.get_default("min_requests")
 
 
-def verdict(report: dict) -> dict:
+def verdict(report: dict, advice: str = GENERIC) -> dict:
     """Whether to switch to the shadow router, by retrain's rule (`training.retrain.promotion`: better
     than what the gateway served and than the live router's own choices, each by `judge`) on the
     estimates before `finite` (it reads NaN as no estimate); reason None without any estimate."""
@@ -199,7 +206,7 @@ def verdict(report: dict) -> dict:
     estimator, least = _retrain_defaults()
     out = {"promote": False, "reason": None, "estimator": estimator, "min_requests": least}
     if "ope" in report:
-        judged, each = promotion(report["ope"], report["ope_vs_live_router"], estimator, least)
+        judged, each = promotion(report["ope"], report["ope_vs_live_router"], estimator, least, advice)
         out.update(promote=judged.promote, reason=judged.reason, each=each)
     return out
 
@@ -376,7 +383,7 @@ def configure(parser) -> None:
     parser.add_argument("--db", required=True,
                         help="outcome log URL holding the shadow decisions: sqlite:///PATH or postgresql://USER@HOST/DB")
     parser.add_argument("--out", required=True, help="folder for shadow_report.html and shadow_report.json")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed_arg, default=0,
                         help="seed of the bootstrap resampling behind the report's intervals (default: %(default)s)")
 
 
@@ -397,7 +404,11 @@ def run(args) -> int:
         outcomes = live_outcomes(args.db, {r["request_id"] for r in shadows},
                                  {r["request_id"] for r in shadows if r["called"] and r["call_status"] == "ok"})
         labels = {r["request_id"]: r["label"] for r in read_feedback(args.db) if r.get("label")}
-        report = finite(summarize(shadows, outcomes, labels, load_traffic(args.db), seed=args.seed))
+        report = finite(summarize(shadows, outcomes, labels, load_traffic(args.db), seed=args.seed,
+                                  advise=lambda held_out, choices: exploration_advice(args.db, held_out, choices)))
+        # The sentence the command prints, for a reader of the JSON too: a verdict without a reason
+        # (no feedback yet) would read there as "keep".
+        report["verdict"]["headline"] = headline(report["verdict"])
         (out / "shadow_report.json").write_text(json.dumps(report, indent=1))
         (out / "shadow_report.html").write_text(render_html(report, plots(report, shadows)))
     o, calls = report["overall"], report["observed_shadow_calls"]

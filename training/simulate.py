@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.outputs import seed_arg
 from training.texts import TEXT_COLUMN_DEFAULT
 
 log = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ def report(models: list[str], stream: Stream, static: np.ndarray, bandit: np.nda
         # router was not trained on, a model added part-way).
         out["by_task_second_half"] = by_task(models, stream, static, bandit, n // 2)
     for d in drifts:
-        if d.kind == "add":
+        if d.kind == "add" and d.start > 0:  # one added at request 0 is there from the start, trained on like any other
             out.setdefault("added", {})[d.model] = _added_summary(models.index(d.model), stream, static, bandit, d.start)
     degrades = [d for d in drifts if d.kind == "degrade"]
     # One degradation: its model's entry, measured from `measured_from(its start)`. Several
@@ -426,7 +427,7 @@ def configure(parser) -> None:
     parser.add_argument("--drift", action="append", metavar="SPEC",
                         help="degrade:MODEL:FRACTION@K (FRACTION 0.4 or 40%%) or add:MODEL@K; repeatable")
     parser.add_argument("--out", required=True, help="JSON report path")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed_arg, default=0,
                         help="seeds the train/replay split and the router trained here, the request order, which answers a "
                              "degradation breaks and the bandit's draws (default: %(default)s)")
     parser.add_argument("--router", default=None,
