@@ -61,6 +61,8 @@ def completion_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
         "created": body.get("created", int(time.time())),
         "model": body.get("model", ""),
     }
+    if body.get("system_fingerprint"):  # every chunk carries it, as OpenAI streams it
+        base["system_fingerprint"] = body["system_fingerprint"]
     chunks: list[dict[str, Any]] = []
     for choice in body.get("choices") or ():
         idx = choice.get("index", 0)
@@ -157,6 +159,8 @@ class Assembler:
             "model": self.model or "",
             "choices": choices,
         }
+        if self.system_fingerprint:
+            body["system_fingerprint"] = self.system_fingerprint
         if self.usage is not None:
             body["usage"] = self.usage
         return body

@@ -232,7 +232,7 @@ def test_a_request_the_full_record_cannot_take_still_gets_its_row_with_spend(tmp
 
 def test_assembler_rebuilds_what_completion_to_chunks_split():
     completion = {
-        "id": "c1", "object": "chat.completion", "created": 5, "model": "m",
+        "id": "c1", "object": "chat.completion", "created": 5, "model": "m", "system_fingerprint": "fp_1",
         "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
             "role": "assistant", "content": "Let me check.",
             "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}}],
@@ -240,6 +240,7 @@ def test_assembler_rebuilds_what_completion_to_chunks_split():
     }
     chunks = completion_to_chunks(completion)
     assert not carries_output(chunks[0]) and carries_output(chunks[1])
+    assert all(c["system_fingerprint"] == "fp_1" for c in chunks)  # a cached answer streamed as the upstream's was
     asm = Assembler()
     for c in chunks:
         asm.add(c)
