@@ -91,6 +91,9 @@ def test_exact_hit_ignores_blank_ends_and_non_generation_fields(verifier, embed)
     ("Life - what is it all about?", "Life, what is it all about?"),
     ("What does  \"carpe diem\" mean?", "What does \"carpe diem\" mean?"),
     ("Who wrote Hamlet (the play)?", "Who wrote Hamlet (the play)"),
+    # an addition that joins on no new thing asks nothing more
+    ("What is inflation?", "What is inflation and why?"),
+    ("What should I eat?", "What should I eat, and when?"),
 ])
 def test_the_same_question_written_a_little_differently_is_no_hard_refusal(cached, asked):
     from router.cache.features import hard_mismatch

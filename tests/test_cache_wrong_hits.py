@@ -41,6 +41,11 @@ from tests.test_cache_core import body, embed, get, new_cache, put, verifier  # 
     ("What is the largest planet in the solar system?", "What is the smallest planet in the solar system?"),
     ("When did World War 1 start?", "When did World War 1 end?"),
     ("How do I install Python on Windows?", "How do I uninstall Python on Windows?"),
+    # One side asks for more: the other's answer answers part of it. The first was a test-split hit.
+    ("What was life like before the Industrial Revolution?", "What was life like before and after the Industrial Revolution?"),
+    ("What are the cons of nuclear power?", "What are the pros and cons of nuclear power?"),
+    ("How does a trebuchet work?", "How does a trebuchet work and how is it built?"),
+    ("Where can I sell used books in Bangalore?", "Where can I sell or buy used books in Bangalore?"),
 ])
 def test_another_question_written_almost_alike_is_refused(verifier, embed, cached, asked):  # noqa: F811
     assert hard_mismatch(cached, asked) and hard_mismatch(asked, cached)

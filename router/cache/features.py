@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from router.cache.names import case_only_name, title_case
-from router.cache.order_rules import directions_reversed, reversed_order, runs_reordered, swapped_roles
+from router.cache.order_rules import asks_more, directions_reversed, reversed_order, runs_reordered, swapped_roles
 from router.cache.tokens import STOPWORDS, memo_short, negated, numbers, words
 
 # Question openers whose difference usually means a different question ("why is x" vs "how is x").
@@ -162,7 +162,8 @@ def hard_mismatch(a: str, b: str) -> bool:
     on both sides ("2 eggs" vs "3 eggs") or joined in another order ("3/4" vs "4/3"), a time
     reference on each side that the other lacks ("yesterday" vs "today", "last week" vs "next week"), negation,
     opposites ("good" vs "bad"), a reversed direction ("a string to int" vs "an int to string"),
-    swapped roles ("Croats like Turks" vs "Turks like Croats"), the same words with other symbols
+    swapped roles ("Croats like Turks" vs "Turks like Croats"), one side asking for more ("before"
+    vs "before and after": `order_rules.asks_more`), the same words with other symbols
     or a unit's capitals ("1 MB" / "1 Mb", "\\W" / "\\w", "ls -r" / "ls -R", "C++ vs C#" swapped), a name one side
     adds to the other's words ("New York" vs "York", "MacBook Pro" vs "MacBook"), a name on one
     side that the other writes as a noun after "a" / "an" ("Python" vs "a python") or, in the same
@@ -187,7 +188,7 @@ def hard_mismatch(a: str, b: str) -> bool:
         return True
     sa, sb = set(wa), set(wb)
     return (_opposed(sa - sb, sb - sa) or reversed_order(wa, wb) or directions_reversed(a, b)
-            or swapped_roles(wa, wb) or _name_added(a, b, sa, sb))
+            or swapped_roles(wa, wb) or asks_more(wa, wb) or _name_added(a, b, sa, sb))
 
 
 # Words whose capital changes what they mean and that askers seldom write in lower case for the
