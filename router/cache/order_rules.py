@@ -57,8 +57,8 @@ def asks_more(wa: tuple[str, ...], wb: tuple[str, ...]) -> bool:
     the shorter question's answer answers part of the longer one. The addition holds "and" / "or"
     and a content word the shorter side lacks; "What is X and why?" adds none. Of the 40,394 QQP
     pairs it refuses 152, two thirds labelled duplicates (QQP counts a question asking a little
-    more as the same), and 12 that were hits: two of them labelled not duplicate, the validation
-    and test splits' only ones."""
+    more as the same), and 12 that were hits: ten training pairs labelled duplicates, and the
+    validation and the test pair among them, both labelled not duplicate."""
     if len(wa) == len(wb):
         return False
     short, longer = (wa, wb) if len(wa) < len(wb) else (wb, wa)
