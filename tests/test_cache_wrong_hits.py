@@ -41,6 +41,7 @@ from tests.test_cache_core import body, embed, get, new_cache, put, verifier  # 
     ("What is the largest planet in the solar system?", "What is the smallest planet in the solar system?"),
     ("When did World War 1 start?", "When did World War 1 end?"),
     ("How do I install Python on Windows?", "How do I uninstall Python on Windows?"),
+    ("Which programming language should I learn first?", "Which programming language should I learn next?"),  # a test-split hit
     # One side asks for more: the other's answer answers part of it. The first was a test-split hit.
     ("What was life like before the Industrial Revolution?", "What was life like before and after the Industrial Revolution?"),
     ("What are the cons of nuclear power?", "What are the pros and cons of nuclear power?"),

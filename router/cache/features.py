@@ -111,6 +111,8 @@ _ANTONYM_PAIRS = (
     "start end", "start finish", "raise lower", "increase lower", "install uninstall", "connect disconnect",
     "lock unlock", "mount unmount", "subscribe unsubscribe", "follow unfollow", "block unblock", "load unload",
     "pack unpack", "hide unhide", "arrive depart", "arrival departure",  # not zip, freeze, delete: nouns, or undone otherwise
+    # What comes first against what comes next: "Which language should I learn first?" / "... next?".
+    "first next", "last next", "previous next",
     # Ordinals: "the first man on the moon" / "the second man on the moon" (0.77 against 0.87).
     *(f"{x} {y}" for i, x in enumerate(("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth",
                                         "ninth", "tenth")) for y in ("second", "third", "fourth", "fifth", "sixth",
