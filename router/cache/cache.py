@@ -112,7 +112,12 @@ class ResponseCache:
                 vecs.append(e.vector)
                 e.vector = None  # the index holds it
         reused = self._index.restore(self._snapshot_dir(), {fp: (ids, np.vstack(vecs)) for fp, (ids, vecs) in by_bucket.items()})
+        stored = len(self._entries)
         self._evict_over_limit()
+        if len(self._entries) < stored:  # a limit lowered since they were stored: said, not done silently
+            log.warning("cache: dropped %d of the %d stored entries in %s, the least recently used, to fit cache.max_entries "
+                        "(%s) and cache.max_bytes (%s)", stored - len(self._entries), stored, self._store.path,
+                        self.max_entries, self.max_bytes)
         if self._entries:
             log.info("cache: loaded %d entries from %s (%d of %d indexes from the shutdown snapshot)",
                      len(self._entries), self._store.path, reused, len(by_bucket))

@@ -430,14 +430,16 @@ class SemanticIndex:
         old = folder.with_name(f"{folder.name}.{os.getpid()}.old")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            tmp.mkdir(parents=True)
+            tmp.mkdir(0o700, parents=True)  # the tenants' contexts and prompt vectors: the owner's only, as the rows are
             manifest = {}
             for fingerprint, bucket in self.buckets.items():
                 if bucket.hnsw:
                     name = hashlib.sha256(fingerprint.encode()).hexdigest()[:32] + ".faiss"
                     bucket.save(tmp / name)
+                    os.chmod(tmp / name, 0o600)
                     manifest[name] = fingerprint
             (tmp / "manifest.json").write_text(json.dumps(manifest))
+            os.chmod(tmp / "manifest.json", 0o600)
             if folder.exists():
                 os.replace(folder, old)
             os.replace(tmp, folder)
@@ -454,8 +456,11 @@ class SemanticIndex:
         if folder is not None and (folder / "manifest.json").exists():
             try:
                 manifest = json.loads((folder / "manifest.json").read_text())
-                snapshots = {fp: folder / name for name, fp in manifest.items()}
-            except (OSError, ValueError, AttributeError) as exc:
+                if not isinstance(manifest, dict) or not all(isinstance(v, str) for v in manifest.values()):
+                    raise ValueError("the manifest is no map of file names to context fingerprints")
+                # Only names of files in the folder: a damaged manifest must not point the loader elsewhere.
+                snapshots = {fp: folder / name for name, fp in manifest.items() if Path(name).name == name}
+            except (OSError, ValueError) as exc:
                 log.warning("cache index snapshot %s is unreadable (%s); rebuilding the indexes", folder, exc)
         reused = 0
         for fingerprint, (ids, vectors) in rows.items():
@@ -463,7 +468,8 @@ class SemanticIndex:
             if fingerprint in snapshots and len(ids) >= self.hnsw_from:
                 try:
                     bucket = Bucket.from_snapshot(snapshots[fingerprint], self.dim, self.hnsw_from, ids, vectors)
-                except (RuntimeError, OSError) as exc:  # faiss reports a damaged file as RuntimeError
+                except Exception as exc:  # noqa: BLE001 - a snapshot only saves time: whatever fails to load is rebuilt
+                    # (faiss reports a damaged file as RuntimeError), never a start that fails every time
                     log.warning("cache index snapshot %s is unreadable (%s); rebuilding it", snapshots[fingerprint], exc)
             if bucket is not None:
                 self.buckets[fingerprint] = bucket
