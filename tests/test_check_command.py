@@ -84,3 +84,17 @@ def test_an_address_serve_cannot_listen_on_is_an_error(tmp_path, capsys, monkeyp
     monkeypatch.setenv("OPENCLAW_TEST_CHECK_KEY", "sk-test")
     code, text = check(tmp_path, capsys, "--host", "999.1.1.1")
     assert code == 2 and "error: server.host 999.1.1.1: serve cannot listen there" in text
+
+
+def test_serve_names_the_key_check_names_when_it_refuses_to_start(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENCLAW_TEST_CHECK_KEY", "sk-test")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    for extra, key in ((f"learning: {{shadow: {{artifact: {tmp_path / 'no_candidate'}}}}}\n", "learning.shadow.artifact"),
+                       (f"cache: {{enabled: true, verifier: {tmp_path / 'no_verifier'}}}\n", "cache.verifier"),
+                       (f"cache: {{enabled: true, path: {a_file}}}\n", "cache.path")):
+        config = CONFIG.format(url="https://api.example.com/v1", artifact="models/default", server="{port: 0}", extra="")
+        (tmp_path / "c.yaml").write_text(config.replace("cache: {enabled: false}\n", "") + extra)
+        code = main(["serve", "--config", str(tmp_path / "c.yaml"), "--port", "0", "--db", f"sqlite:///{tmp_path / 'o.sqlite'}"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"error: {key}" in err and "Traceback" not in err, (key, err)

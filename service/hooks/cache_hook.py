@@ -46,18 +46,27 @@ def open_cache(config: Config) -> ResponseCache:
     """The cache a config describes; relative paths are relative to the config file."""
     section = config.cache
     verifier = None
+    # A refused start names the key to mend, as `check` does.
     if section.semantic:
-        verifier = Verifier.load(resolve_path(config, section.verifier), threshold=section.verifier_threshold)
+        try:
+            verifier = Verifier.load(resolve_path(config, section.verifier), threshold=section.verifier_threshold)
+        except ValueError as exc:
+            raise ValueError(f"cache.verifier: {exc}") from None
     path = resolve_path(config, section.path, created=True) if section.path else None
-    return ResponseCache(
-        path,
-        ttl_s=section.ttl_s,
-        route_ttl_s=section.route_ttl_s,
-        max_entries=section.max_entries,
-        max_bytes=section.max_bytes,
-        semantic=section.semantic,
-        verifier=verifier,
-    )
+    try:
+        return ResponseCache(
+            path,
+            ttl_s=section.ttl_s,
+            route_ttl_s=section.route_ttl_s,
+            max_entries=section.max_entries,
+            max_bytes=section.max_bytes,
+            semantic=section.semantic,
+            verifier=verifier,
+        )
+    except (OSError, ValueError) as exc:
+        if path is None:
+            raise
+        raise ValueError(f"cache.path {section.path!r}: {exc}") from None
 
 
 def render_hit(hit: Hit) -> dict[str, Any]:

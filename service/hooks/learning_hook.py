@@ -134,7 +134,10 @@ class LearningRuntime:
             if config.learning.shadow.artifact:
                 from router.engine import LearnedRouter, find_artifact
 
-                shadow = LearnedRouter.load(find_artifact(config.learning.shadow.artifact, config))
+                try:
+                    shadow = LearnedRouter.load(find_artifact(config.learning.shadow.artifact, config))
+                except (OSError, ValueError, KeyError) as exc:  # named by its key, as `check` names it
+                    raise ValueError(f"learning.shadow.artifact {config.learning.shadow.artifact!r}: {exc}") from None
         except BaseException:
             # A shadow artifact that does not load refuses the start: the feedback log opened
             # above must not keep its files open behind it.
