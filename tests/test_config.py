@@ -170,8 +170,8 @@ def test_paths_in_a_config_file_follow_the_file_and_expand_home(tmp_path, monkey
 
 
 def test_a_config_that_is_not_utf8_is_named(tmp_path):
-    (tmp_path / "latin1.yaml").write_bytes("models: []  # café\n".encode("latin-1"))
-    with pytest.raises(ConfigError, match="latin1.yaml: not UTF-8"):
+    (tmp_path / "latin1.yaml").write_bytes("providers: {}\nmodels: []  # café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 .*at byte 31, line 2\)"):
         load_config(tmp_path / "latin1.yaml")
 
 
