@@ -118,6 +118,15 @@ class CircuitBreaker:
             cooling = c.opened_at + self.cooldown_s - now if c.opened_at is not None and c.rate_limited else 0.0
             return max(0.0, c.blocked_until - now, cooling)
 
+    def reopens_in(self, model: str) -> float:
+        """Seconds until the model may be called again: its upstream's Retry-After, or the
+        cooldown of its open circuit, after which a probe goes through; 0 when it may be now."""
+        with self._lock:
+            c = self._get(model)
+            now = self._clock()
+            cooling = c.opened_at + self.cooldown_s - now if c.opened_at is not None else 0.0
+            return max(0.0, c.blocked_until - now, cooling)
+
     def acquire(self, model: str) -> Claim | None:
         """Claim the right to call the model (None: not now); in half-open state only one caller
         gets it, and its claim holds the probe."""

@@ -183,7 +183,7 @@ class Dispatcher:
 
     def _backoff(self, retry: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            return retry_after
+            return retry_after + 0.001  # just past the block: a wake-up on its last tick found the model blocked and gave up
         ceiling = min(self.rel.backoff_max_s, self.rel.backoff_base_s * (2**retry))
         return ceiling * random.uniform(0.5, 1.0)
 
@@ -316,8 +316,11 @@ class Dispatcher:
             refused = list(dict.fromkeys(a["model"] for a in ctx.attempts if a.get("reason") != "key_missing"))
             return key_refused(refused, self.config, missing) if refused else key_missing(missing, self.config)
         if not errors:
+            # Every model was skipped: told when the first may be called again, not "1" while its
+            # circuit stays open for its whole cooldown (a client honouring it burnt its retries).
+            wait = min((self.live.reopens_in(m) for m in chain), default=0.0)
             return ApiError(503, f"no eligible model is available right now (tried {', '.join(chain)}); retry shortly",
-                            code="no_model_available", headers={"retry-after": "1"})
+                            code="no_model_available", headers={"retry-after": str(max(1, math.ceil(wait)))})
         last = errors[-1]
         if not routed and last.kind == "timeout":
             return ApiError(504, f"model {who} timed out", code="upstream_timeout")

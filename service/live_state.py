@@ -132,6 +132,10 @@ class LiveState:
     def available(self, model: str) -> bool:
         return self.circuit(model) in ("closed", "half_open")
 
+    def reopens_in(self, model: str) -> float:
+        """Seconds until the model and its provider's key circuit may be called again (0: now)."""
+        return max(self.breaker.reopens_in(model), self.breaker.reopens_in(self._key_of[model]))
+
     def key_refused(self, model: str) -> bool:
         """The model's circuit is open because its provider refuses the key: the key circuit, or
         its own opened by its own refusals (a 403 among them)."""

@@ -11,6 +11,7 @@ the body wins when both are given.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
@@ -193,11 +194,12 @@ def refuse_outside_limits(spec: ModelSpec, limits: Constraints, request: Routing
 def decide(router: Router | None, request: RoutingRequest, *, config: Config, profile: str,
            constraints: Constraints, live: Mapping[str, LiveStats], embedding: np.ndarray | None,
            blocked_for: Callable[[str], float] | None = None, key_refused_by: Callable[[str], bool] | None = None,
-           output_field: str = "max_tokens") -> Decision:
+           reopens_in: Callable[[str], float] | None = None, output_field: str = "max_tokens") -> Decision:
     """Route one request; an impossible request is a 4xx, an unhealthy catalog a 503, or a 429
     when every model it could use is waiting out its upstream's Retry-After (`blocked_for`), or a
     502 when every one's circuit opened on its provider refusing the key (`key_refused_by`) or its
-    key variable is unset (`KEY_MISSING`)."""
+    key variable is unset (`KEY_MISSING`). The 503's Retry-After is when the first of them may be
+    called again (`reopens_in`: the cooldown of an open circuit)."""
     from router.policy import NoEligibleModel
 
     if router is None:
@@ -218,8 +220,9 @@ def decide(router: Router | None, request: RoutingRequest, *, config: Config, pr
                 raise rate_limited(f"every eligible model is rate limited upstream: {exc}", waits) from None
             if key_refused_by is not None and all(key_refused_by(m) for m in unhealthy):
                 raise key_refused(unhealthy, config, keyless) from None
+            wait = min(reopens_in(m) for m in unhealthy) if reopens_in is not None else 0.0
             raise ApiError(503, f"no eligible model is available right now: {exc}", code="no_model_available",
-                           headers={"retry-after": "1"}) from None
+                           headers={"retry-after": str(max(1, math.ceil(wait)))}) from None
         if keyless:  # the operator's to fix, as when the dispatcher skips a named model for it
             raise key_missing(keyless, config) from None
         reasons = [c.excluded or "" for c in exc.candidates]
@@ -250,7 +253,7 @@ def decide_for(gw: Gateway, router: Router | None, request: RoutingRequest, body
     body used. Chat and `/v1/route` both decide through this, so a refusal is the same on both."""
     return decide(router, request, config=gw.config, profile=profile, constraints=constraints, live=live,
                   embedding=embedding, blocked_for=gw.live.breaker.blocked_for, key_refused_by=gw.live.left_out_for_key,
-                  output_field=output_limit(body)[1])
+                  reopens_in=gw.live.reopens_in, output_field=output_limit(body)[1])
 
 
 # Exclusions by the request's own scope and needs: beside them, a window too small for every model

@@ -278,6 +278,10 @@ def test_retry_after_parses_seconds_milliseconds_and_http_dates():
     assert parse_retry_after({"retry-after": "Tue, 14 Nov 2023 22:13:00 GMT"}, now=now) == 0.0
     assert parse_retry_after({"retry-after": "soon"}) is None
     assert parse_retry_after({}) is None
+    # Not a finite wait: as if absent ("inf" had been a 500 on every later request naming the model).
+    for bad in ("inf", "1e400", "nan", "-inf"):
+        assert parse_retry_after({"retry-after": bad}) is None and parse_retry_after({"retry-after-ms": bad}) is None
+    assert parse_retry_after({"retry-after": "99999999999"}) == 86_400.0  # at most a day
 
 
 async def test_error_objects_inside_a_200_and_missing_usage():

@@ -454,6 +454,12 @@ class RedisCircuitBreaker:
         cooling = float(opened_at) + self.cooldown_s - now if opened_at is not None and rate_limited == "1" else 0.0
         return max(0.0, float(blocked_until or 0) - now, cooling)
 
+    def reopens_in(self, model: str) -> float:
+        blocked_until, opened_at, _, _, _, _ = self._fields(model)
+        now = self._clock()
+        cooling = float(opened_at) + self.cooldown_s - now if opened_at is not None else 0.0
+        return max(0.0, float(blocked_until or 0) - now, cooling)
+
     def acquire(self, model: str) -> Claim | None:
         if self._closed(self._fields(model)):
             return PASS

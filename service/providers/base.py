@@ -19,6 +19,7 @@ import asyncio
 import email.utils
 import functools
 import json
+import math
 import os
 import re
 import ssl
@@ -126,12 +127,22 @@ def scrub(text: str, secrets: tuple[str | None, ...]) -> str:
     return text
 
 
+# The longest wait an upstream's word holds a model out for: a day (a daily quota). "inf" had been a
+# 500 at every later request naming the model, which stayed blocked until a restart.
+MAX_RETRY_AFTER_S = 86_400.0
+
+
+def _wait(seconds: float) -> float | None:
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S) if math.isfinite(seconds) else None
+
+
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from `retry-after-ms`, `retry-after` (seconds or HTTP-date); None when absent."""
+    """Seconds to wait from `retry-after-ms`, `retry-after` (seconds or HTTP-date), at most a day;
+    None when absent or not a finite number ("inf", "nan")."""
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:
-            return max(0.0, float(ms) / 1000.0)
+            return _wait(float(ms) / 1000.0)
         except ValueError:
             pass
     value = headers.get("retry-after")
@@ -139,7 +150,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        return _wait(float(value))
     except ValueError:
         pass
     try:
@@ -148,7 +159,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         return None
     if when is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return _wait(when.timestamp() - (time.time() if now is None else now))
 
 
 def error_message(payload: Any, fallback: str) -> str:
