@@ -54,6 +54,13 @@ def test_admin_input_out_of_range_is_a_400_not_a_500(env):
         ("post", "/admin/keys", {"name": "a\x00b"}, "name"),
         ("patch", f"/admin/keys/{key['id']}", {"team": "t\x00"}, "team"),
         ("post", "/admin/budgets", {"scope": "team", "scope_id": "t\x00", "period": "day", "limit_usd": 1}, "scope_id"),
+        # A string had been taken for a number where a count refused it; an empty model list
+        # allowed nothing; an expiry past the year 3000 or before 1970 is a unit mistake.
+        ("post", "/admin/budgets", {"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": "5"}, "limit_usd"),
+        ("post", "/admin/keys", {"name": "str", "max_request_usd": "0.5"}, "max_request_usd"),
+        ("post", "/admin/keys", {"name": "none", "allowed_models": []}, "allowed_models"),
+        ("post", "/admin/keys", {"name": "far", "expires_at": 1e300}, "expires_at"),
+        ("post", "/admin/keys", {"name": "past", "expires_at": -1e300}, "expires_at"),
     ]:
         # json.dumps writes NaN and Infinity, as a JavaScript or Python client may send them.
         r = admin.request(method, path, content=json.dumps(body), headers={"content-type": "application/json"})
@@ -63,6 +70,8 @@ def test_admin_input_out_of_range_is_a_400_not_a_500(env):
     assert listed.status_code == 200 and [k["name"] for k in listed.json()["data"]] == ["k"]
     budget = admin.post("/admin/budgets", json={"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": 1}).json()
     assert admin.patch(f"/admin/budgets/{budget['id']}", json={"limit_usd": 4e-10}).status_code == 400
+    removed = admin.patch(f"/admin/budgets/{budget['id']}", json={"limit_usd": None})  # had been a 200 that did nothing
+    assert removed.status_code == 400 and removed.json()["error"]["param"] == "limit_usd"
     assert admin.get("/admin/budgets").status_code == 200
     for bad in ("nan", "inf", "soon"):
         r = admin.get("/admin/spend", params={"since": bad})

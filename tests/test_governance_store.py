@@ -77,6 +77,26 @@ def test_rotation_grace_and_expiry(db):
     assert store.authenticate(new, now=now + 101)[1] == "expired"
 
 
+@pytest.mark.parametrize("grace_s", [0.0, 30.0])
+def test_concurrent_rotations_leave_one_secret_and_each_its_own_prefix(db, grace_s):
+    # On PostgreSQL each rotation had deleted only the secrets it saw: several stayed valid, unseen.
+    store = KeyStore(db)
+    key, _ = store.create("rotated")
+    now = time.time()
+    with ThreadPoolExecutor(8) as pool:
+        rotated = list(pool.map(lambda _: store.rotate(key.id, grace_s=grace_s, now=now), range(8)))
+    assert all(k.prefix == secret[:len(k.prefix)] for k, secret in rotated)
+    later = now + grace_s + 1
+    assert sum(store.authenticate(secret, now=later)[1] == "active" for _, secret in rotated) == 1
+
+
+def test_concurrent_puts_of_a_team_limit_all_succeed(db):
+    store = KeyStore(db)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: store.set_team_parallel("infra", n), range(1, 9)))
+    assert store.team_parallel("infra") in range(1, 9)
+
+
 def test_pepper_shared_through_store(db):
     a, b = KeyStore(db), KeyStore(db)
     _, secret = a.create("x")

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 from service.errors import ApiError, invalid_body
 from service.governance.budgets import Budget, window
@@ -60,23 +60,26 @@ MAX_USD = 1e9  # $1e9 is 1e18 nano-USD, inside a signed 64-bit integer
 MIN_USD = 1e-9  # one nano-USD, the unit amounts are stored in: less would be stored as 0
 MAX_COUNT = 10**12
 MAX_PARALLEL = 10**6  # far above any connection pool; a count, not a rate
+MAX_TIME = 32_503_680_000.0  # the year 3000: an expiry past it is a unit mistake, not a date
+# Amounts, times and shares are numbers: "5" had been taken for 5 where a count refused "10".
+Number = StrictFloat
 
 
 class KeyFields(_Body):
     team: Text | None = None
     project: Text | None = None
     user: Text | None = None
-    allowed_models: list[str] | None = None
+    allowed_models: list[str] | None = Field(default=None, min_length=1)  # [] would allow nothing: null is every model
     allowed_profiles: list[str] | None = None
     # Upper bounds keep amounts inside the stores' 64-bit integers (nano-USD; tokens per minute).
     rpm: StrictInt | None = Field(default=None, gt=0, le=MAX_COUNT)  # strict: `true` is no count
     tpm: StrictInt | None = Field(default=None, gt=0, le=MAX_COUNT)
     max_parallel_requests: StrictInt | None = Field(default=None, gt=0, le=MAX_PARALLEL)
-    max_request_usd: float | None = Field(default=None, gt=0, le=MAX_USD)
-    max_session_usd: float | None = Field(default=None, gt=0, le=MAX_USD)
+    max_request_usd: Number | None = Field(default=None, gt=0, le=MAX_USD)
+    max_session_usd: Number | None = Field(default=None, gt=0, le=MAX_USD)
     metadata: dict[str, Any] | None = None
-    expires_at: float | None = Field(default=None, description="unix time after which the key stops working")
-    expires_in_s: float | None = Field(default=None, gt=0)
+    expires_at: Number | None = Field(default=None, gt=0, le=MAX_TIME, description="unix time after which the key stops working")
+    expires_in_s: Number | None = Field(default=None, gt=0, le=MAX_TIME)
 
 
 class KeyCreate(KeyFields):
@@ -92,20 +95,20 @@ class TeamLimits(_Body):
 
 
 class Rotate(_Body):
-    grace_s: float = Field(default=0.0, ge=0, le=30 * 86400)
+    grace_s: Number = Field(default=0.0, ge=0, le=30 * 86400)
 
 
 class BudgetCreate(_Body):
     scope: Literal["key", "team", "project"]
     scope_id: Text = Field(min_length=1)
     period: Literal["day", "month", "total"]
-    limit_usd: float = Field(ge=MIN_USD, le=MAX_USD)
-    soft_threshold: float = Field(default=0.8, gt=0, le=1)
+    limit_usd: Number = Field(ge=MIN_USD, le=MAX_USD)
+    soft_threshold: Number = Field(default=0.8, gt=0, le=1)
 
 
 class BudgetUpdate(_Body):
-    limit_usd: float | None = Field(default=None, ge=MIN_USD, le=MAX_USD)
-    soft_threshold: float | None = Field(default=None, gt=0, le=1)
+    limit_usd: Number | None = Field(default=None, ge=MIN_USD, le=MAX_USD)
+    soft_threshold: Number | None = Field(default=None, gt=0, le=1)
 
 
 MAX_BODY = 64 * 1024  # a key's create call with long scope lists and metadata fits many times over
@@ -312,6 +315,10 @@ async def list_budgets(gov: Governance = Depends(require_master)) -> JSONRespons
 @router.patch("/budgets/{budget_id}")
 async def update_budget(budget_id: str, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
     body = await _read_body(request, BudgetUpdate)
+    for field in ("limit_usd", "soft_threshold"):  # a null had been a 200 that changed nothing
+        if field in body.model_fields_set and getattr(body, field) is None:
+            raise ApiError(400, f"a budget's {field} cannot be removed; DELETE the budget to lift it", code="invalid_request",
+                           param=field)
     budget = await _run(gov.budgets.update, budget_id, body.limit_usd, body.soft_threshold)
     _invalidate(request)
     return JSONResponse(budget.to_dict())

@@ -221,11 +221,14 @@ class KeyStore:
         be redeployed without an outage.
         """
         now = time.time() if now is None else now
-        key = self.get(key_id)
-        if key.status(now) == "revoked":
-            raise ValueError(f"key {key_id} is revoked and cannot be rotated")
+        self.get(key_id)  # an unknown key: its 404
         secret = self._new_secret()
-        with self.db.tx() as tx:
+        with self.db.tx(immediate=True) as tx:
+            # The key's row locked first: rotations running at once on PostgreSQL had each deleted the
+            # secrets it saw, not the others' new ones, and left several valid with no end.
+            lock = " FOR UPDATE" if tx.dialect == "postgres" else ""
+            if _row_to_key(tx.one(f"SELECT * FROM gov_keys WHERE id = ?{lock}", (key_id,))).status(now) == "revoked":
+                raise ValueError(f"key {key_id} is revoked and cannot be rotated")
             if grace_s > 0:
                 tx.execute(
                     "UPDATE gov_key_secrets SET valid_until = ? WHERE key_id = ? AND (valid_until IS NULL OR valid_until > ?)",
@@ -241,7 +244,9 @@ class KeyStore:
                 "UPDATE gov_keys SET prefix = ?, updated_at = ? WHERE id = ?",
                 (secret[: len(SECRET_PREFIX) + 4], now, key_id),
             )
-        return self.get(key_id), secret
+            # Read in the same transaction: after it, another rotation may have named its own prefix.
+            rotated = _row_to_key(tx.one("SELECT * FROM gov_keys WHERE id = ?", (key_id,)))
+        return rotated, secret
 
     def team_limits(self) -> list[dict[str, Any]]:
         """The limits set on teams (the `team` keys carry): `max_parallel_requests` holds every
@@ -258,9 +263,12 @@ class KeyStore:
         """Set a team's `max_parallel_requests`; None removes it (no cap on the team as a whole)."""
         now = time.time() if now is None else now
         with self.db.tx() as tx:
-            tx.execute("DELETE FROM gov_teams WHERE team = ?", (team,))
-            if limit is not None:
-                tx.execute("INSERT INTO gov_teams (team, max_parallel_requests, updated_at) VALUES (?, ?, ?)", (team, limit, now))
+            if limit is None:
+                tx.execute("DELETE FROM gov_teams WHERE team = ?", (team,))
+            else:  # one statement: a delete then an insert made concurrent PUTs on PostgreSQL a 409
+                tx.execute("INSERT INTO gov_teams (team, max_parallel_requests, updated_at) VALUES (?, ?, ?) ON CONFLICT (team) "
+                           "DO UPDATE SET max_parallel_requests = excluded.max_parallel_requests, updated_at = excluded.updated_at",
+                           (team, limit, now))
         return {"team": team, "max_parallel_requests": limit, "updated_at": now}
 
     def authenticate(self, secret: str, now: float | None = None) -> tuple[VirtualKey | None, str]:
