@@ -409,6 +409,8 @@ def answer(model: str, body: dict[str, Any]) -> Answer:
             text = json.dumps({"simulated": True, "model": model, "answer": text})
     if truncated:
         text = text[: cap * 4]
+        while estimate_tokens(text) > cap:  # the estimate weighs some characters more than a quarter token
+            text = text[:-1]
     finish = "length" if truncated else "stop"
     stop = _stop_at(text, body.get("stop"))
     if stop is not None:

@@ -132,6 +132,10 @@ def test_json_mode_and_max_tokens(client):
     assert json.loads(as_json.choices[0].message.content)["simulated"] is True
     short = ask(client, "llama-2-70b-chat", "Tell me a long story", max_tokens=5)
     assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens <= 5
+    for cap in (20, 50, 51):  # a smoke test saw 21 tokens for 20 and 51 for 50: billed past the cap
+        for i in range(5):
+            capped = ask(client, "gpt-3.5-turbo-1106", f"Tell me a long story about case {i}", max_tokens=cap)
+            assert capped.usage.completion_tokens <= cap
 
 
 def test_errors_are_openai_shaped(client):
