@@ -14,7 +14,10 @@ def reason(ctx: RequestContext) -> str:
         base = f"{ctx.requested_model}: not routed" if ctx.profile else f"{ctx.requested_model}: requested by name"
     failed = [a for a in ctx.attempts if a["status"] != "ok"]
     if ctx.answered_by and failed:
-        return f"{ctx.answered_by}: fallback after {failures(failed)}; routed: {base}"
+        # The same model answering after its own failures was retried, not fallen back to; a model
+        # named by the client was requested, not routed.
+        how = "retried after" if all(a["model"] == ctx.answered_by for a in failed) else "fallback after"
+        return f"{ctx.answered_by}: {how} {failures(failed)}; {'routed' if ctx.decision else 'requested'}: {base}"
     return base
 
 

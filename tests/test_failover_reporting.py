@@ -31,6 +31,14 @@ def test_a_failover_reason_names_each_failed_model_once_with_its_failures_counte
     assert gw.outcome(headers["x-request-id"])["reason"] == reason
 
 
+def test_a_named_models_fallback_is_requested_not_routed(start_gateway, upstream):
+    gw = start_gateway(models=[{"name": "m1", "fallbacks": ["m2"]}, {"name": "m2"}, {"name": "m3"}])
+    upstream.script("m1", rate_limit(retry_after=30))
+    answer, headers = ask(gw, model="m1")
+    assert answer.model == "m2"
+    assert headers["x-router-reason"] == "m2: fallback after m1 (rate_limit); requested: m1: requested by name"
+
+
 def test_the_all_failed_error_names_each_model_once_with_its_failures_counted(start_gateway, upstream):
     gw = start_gateway()
     for m in ("m1", "m2", "m3"):

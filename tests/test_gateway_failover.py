@@ -30,6 +30,7 @@ def test_retry_after_within_limit_is_honoured_on_the_same_model(start_gateway, u
     row = gw.outcome(headers["x-request-id"])
     assert attempts(row) == [("m1", "rate_limit"), ("m1", "ok")]
     assert row["attempts"][0]["retry_after_s"] == 0.3
+    assert headers["x-router-reason"].startswith("m1: retried after m1 (rate_limit); routed: ")  # no fallback: m1 answered
 
 
 def test_long_retry_after_fails_over_and_steers_the_next_decision_away(start_gateway, upstream):

@@ -18,7 +18,7 @@ CAPS = "explore_share, or its spend caps extra_cost_share and total_cost_share w
 SHOWN = "GET /admin/router/bandit shows each against its cap"
 GENERIC = f"explore more (learning.bandit.enabled, then its {CAPS}: {SHOWN}) or collect more traffic"
 # A refinement's logged reason (router/bandit.py `choose_for`): the bandit's choice, then the router's own;
-# searched, not matched: a request that then failed over logs it after "...: fallback after ...; routed: ".
+# searched, not matched: a request that then failed over or was retried logs it after "...: fallback after ...; routed: ".
 _REFINED = re.compile(r"bandit refinement: .+? instead of (.+?) \(")
 _AT_CAP = 0.95  # the caps are checked before each decision adds to its account: bound, it hovers at the cap
 
