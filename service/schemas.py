@@ -48,7 +48,7 @@ class Message(_Open):
 
 
 # OpenAI's rule for a function's name; Anthropic's and Gemini's admit these names too.
-FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 
 class FunctionDef(_Open):
@@ -308,7 +308,7 @@ def _subschemas(key: str, value: Any) -> Sequence[tuple[str, Any]] | str:
 
 def _check_function_name(name: str, where: str) -> None:
     # Refused here rather than by an upstream: its 400 would depend on which model was routed to.
-    if not re.match(FUNCTION_NAME, name):
+    if not FUNCTION_NAME.fullmatch(name):  # `$` would let a final line break through
         raise _invalid(where, f"{name!r} is no function name: use 1 to 64 letters, digits, underscores and dashes")
 
 

@@ -60,7 +60,8 @@ def test_a_database_without_an_outcome_log_is_refused_and_left_as_it_was(tmp_pat
     ("UPDATE feedback SET score = 5", "its score 5.0 is no number in [0, 1]"),
     ("UPDATE feedback SET score = 'abc'", "its score 'abc' is no number in [0, 1]"),
     ("UPDATE outcomes SET extras = '[1,2'", "its 'extras' column holds no JSON"),
-    ("UPDATE outcomes SET propensity = 0", "its propensity 0.0 lies outside (0, 1]"),
+    ("UPDATE outcomes SET propensity = 0", "its propensity 0.0 is no number in (0, 1]"),
+    ("UPDATE outcomes SET propensity = 'abc'", "its propensity 'abc' is no number in (0, 1]"),
 ])
 def test_a_damaged_log_is_refused_before_training_naming_the_request(logged, tmp_path, capsys, damage, says):
     db = tmp_path / "damaged.sqlite"

@@ -169,6 +169,12 @@ async def test_stream_translation(server, provider):
     [
         (429, {"code": 429, "message": "Resource has been exhausted (e.g. check quota).", "status": "RESOURCE_EXHAUSTED",
                "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "17s"}]}, "rate_limit", 17.0),
+        # no finite wait: none ("infs" had been a 500 on every later request naming the model); a day at most
+        (429, {"code": 429, "message": "Resource has been exhausted.", "status": "RESOURCE_EXHAUSTED",
+               "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "infs"}]}, "rate_limit", None),
+        (429, {"code": 429, "message": "Resource has been exhausted.", "status": "RESOURCE_EXHAUSTED",
+               "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "99999999999s"}]}, "rate_limit",
+         86_400.0),
         (400, {"code": 400, "message": "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
                "status": "INVALID_ARGUMENT"}, "context_length", None),
         (400, {"code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT"}, "auth", None),

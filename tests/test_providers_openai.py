@@ -282,6 +282,7 @@ def test_retry_after_parses_seconds_milliseconds_and_http_dates():
     for bad in ("inf", "1e400", "nan", "-inf"):
         assert parse_retry_after({"retry-after": bad}) is None and parse_retry_after({"retry-after-ms": bad}) is None
     assert parse_retry_after({"retry-after": "99999999999"}) == 86_400.0  # at most a day
+    assert parse_retry_after({"retry-after-ms": "inf", "retry-after": "5"}) == 5.0  # the other header may say it
 
 
 async def test_error_objects_inside_a_200_and_missing_usage():

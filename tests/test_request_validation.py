@@ -163,6 +163,7 @@ def test_tool_choice_is_checked_as_openai_does(gw, upstream, body, code, param):
     ({"messages": [{"role": "user", "content": []}]}, "messages[0].content"),
     ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name"),
     ({"functions": [{"name": "a" * 65}]}, "functions[0].name"),
+    ({"tools": [{"type": "function", "function": {"name": "get_weather\n"}}]}, "tools[0].function.name"),
 ])
 def test_ranges_and_combinations_openai_refuses(gw, upstream, body, param):
     error = refused(gw, upstream, body)

@@ -141,8 +141,12 @@ class _Kept:
         if len(row.embedding) != DIM * 4:
             raise ValueError(f"logged request {row.request_id}: its embedding holds {len(row.embedding)} bytes, "
                              f"not {DIM} float32")
-        if not 0.0 < float(row.propensity) <= 1.0:  # found here, before a candidate is trained, not by the estimators
-            raise ValueError(f"logged request {row.request_id}: its propensity {row.propensity!r} lies outside (0, 1]")
+        try:
+            propensity = float(row.propensity)
+        except (TypeError, ValueError):
+            propensity = float("nan")
+        if not 0.0 < propensity <= 1.0:  # found here, before a candidate is trained, not by the estimators
+            raise ValueError(f"logged request {row.request_id}: its propensity {row.propensity!r} is no number in (0, 1]")
         i = len(self.request_ids)
         self.request_ids.append(row.request_id)
         self.texts.append(row.prompt if not _missing(row.prompt) else row.prompt_hash)

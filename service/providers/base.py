@@ -142,9 +142,11 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:
-            return _wait(float(ms) / 1000.0)
+            waited = _wait(float(ms) / 1000.0)
         except ValueError:
-            pass
+            waited = None
+        if waited is not None:  # else `retry-after` may say it
+            return waited
     value = headers.get("retry-after")
     if value is None:
         return None
@@ -284,7 +286,7 @@ def _gemini_retry_delay(payload: Any) -> float | None:
         delay = detail.get("retryDelay") if isinstance(detail, Mapping) else None
         if isinstance(delay, str) and delay.endswith("s"):
             try:
-                return float(delay[:-1])
+                return _wait(float(delay[:-1]))
             except ValueError:
                 return None
     return None
