@@ -251,6 +251,24 @@ def test_boolean_subschemas_are_sent_as_gemini_reads_them():
         "merged": {"type": "string"}}}
 
 
+def test_formats_gemini_refuses_are_told_and_an_array_gets_items():
+    from service.providers.gemini import clean_schema
+
+    # "format: only 'enum' and 'date-time' are supported for STRING type"; "items: missing field".
+    params = {"type": "object", "properties": {
+        "url": {"type": "string", "format": "uri", "description": "the page"},
+        "when": {"type": "string", "format": "date-time"},
+        "n": {"type": "integer", "format": "int64"},
+        "ratio": {"type": "number", "format": "percent"},
+        "headers": {"type": "array"}}}
+    assert clean_schema(params) == {"type": "object", "properties": {
+        "url": {"type": "string", "description": "the page (format: uri)"},
+        "when": {"type": "string", "format": "date-time"},
+        "n": {"type": "integer", "format": "int64"},
+        "ratio": {"type": "number", "description": "(format: percent)"},
+        "headers": {"type": "array", "items": {}}}}
+
+
 def test_json_schema_gemini_would_refuse_is_sent_in_its_dialect():
     from service.providers.gemini import clean_schema
 

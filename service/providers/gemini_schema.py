@@ -58,7 +58,24 @@ def clean_schema(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0
             out[k] = clean_schema(v, defs, depth + 1)
     _one_type(out)
     _string_enum(out, schema.get("const", _ABSENT))
+    _gemini_format(out)
+    if out.get("type") == "array" and "items" not in out:
+        out["items"] = {}  # Gemini refuses an array without items ("items: missing field"); {} takes any value
     return out
+
+
+# The formats Gemini's Schema takes, by type; any other ("uri", "email", "uuid") refuses the request:
+# "format: only 'enum' and 'date-time' are supported for STRING type".
+_FORMATS = {"string": {"enum", "date-time"}, "integer": {"int32", "int64"}, "number": {"float", "double"}}
+
+
+def _gemini_format(out: dict[str, Any]) -> None:
+    fmt = out.get("format")
+    if fmt is None or (isinstance(fmt, str) and fmt in _FORMATS.get(out.get("type"), ())):
+        return
+    del out["format"]
+    if isinstance(fmt, str) and fmt:  # still said, for the model to follow
+        out["description"] = f"{out.get('description', '')} (format: {fmt})".strip()
 
 
 _ABSENT = object()
