@@ -211,8 +211,11 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
         if router_path is not None:
             ctx.extras["router"] = router_path
         gw.metrics.routing_seconds.observe(time.perf_counter() - t0)
-        gw.metrics.choices.labels(ctx.decision.model, ctx.profile).inc()
     await gw.pipeline.run_routed(ctx)
+    if ctx.profile is not None and ctx.decision is not None:
+        # After the routed hooks: the bandit's draw or a tool loop's kept model is the choice that is
+        # called, not the router's own pick before them (which the outcome log keeps as router_choice).
+        gw.metrics.choices.labels(ctx.decision.model, ctx.profile).inc()
     if ctx.stream:
         return await _stream(gw, ctx)
     answer = await gw.dispatcher.complete(ctx, ctx.body)

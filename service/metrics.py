@@ -36,7 +36,7 @@ class Metrics:
         self.cost = Counter("openclaw_cost_usd", "Upstream spend in USD by model", ["model"], registry=r)
         self.saved_cost = Counter("openclaw_saved_cost_usd", "Spend avoided by cache hits, in USD", registry=r)
         self.choices = Counter(
-            "openclaw_routing_choices", "Models chosen by the router, by profile", ["model", "profile"], registry=r
+            "openclaw_routing_choices", "Models chosen for routed requests (after the bandit and a tool loop's kept model), by profile", ["model", "profile"], registry=r
         )
         self.attempts = Counter(
             "openclaw_upstream_attempts",

@@ -2,6 +2,7 @@
 and the propensity it logs through a running gateway."""
 from __future__ import annotations
 
+import re
 import threading
 from contextlib import contextmanager
 
@@ -313,6 +314,10 @@ def test_gateway_logs_the_bandit_propensity(tmp_path, monkeypatch):
             assert row["reason"].startswith("bandit exploration")
     # Each answer's realised cost reaches the bandit in a post-hook (awaited when the gateway stopped).
     assert set(learning.rt.bandit._cost_seen) == answered
+    # /metrics counts the choice that was called, the bandit's, not the router's pick before it.
+    counted = {m: float(n) for m, n in re.findall(r'^openclaw_routing_choices_total\{model="([^"]+)",profile="auto"\} (\S+)$',
+                                                   gw.gateway.metrics.render().decode(), re.M)}
+    assert counted == {m: float(sum(model == m for _, model in ids)) for m in answered}
 
 
 def test_exploration_is_sticky_within_an_agent_tool_loop(tmp_path):

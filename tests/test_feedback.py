@@ -373,6 +373,27 @@ def test_a_tool_loop_step_kept_on_its_turns_model_is_logged_with_the_turns_draw_
     assert ctx.decision.model == "m2" and ctx.decision.propensity == 0.29 and "p=0.81" not in ctx.decision.reason
 
 
+def test_two_sessions_sending_the_same_follow_up_are_two_turns():
+    # Keyed by the system prompt and the last user message alone, two sessions of one agent that
+    # both sent "continue" shared a turn: one's tool loop was moved to the other's model.
+    from router.request_view import view_chat_request
+    from service.hooks import learning_hook
+    from service.pipeline import RequestContext
+
+    def step(history: str, result: str) -> RequestContext:
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        body = {"model": "auto", "messages": [
+            {"role": "system", "content": "You are an agent."}, {"role": "user", "content": history},
+            {"role": "assistant", "content": "Done."}, {"role": "user", "content": "continue"},
+            {"role": "assistant", "content": None, "tool_calls": [call]}, {"role": "tool", "tool_call_id": "c1", "content": result}]}
+        return RequestContext(request_id="r", body=body, routing=view_chat_request(body), headers={}, stream=False, profile="auto")
+
+    a, b = step("Refactor the parser.", "ok"), step("Write the release notes.", "ok")
+    assert learning_hook._turn_digest(a) != learning_hook._turn_digest(b)
+    # Every step of one turn is one turn, whatever its tool results.
+    assert learning_hook._turn_digest(a) == learning_hook._turn_digest(step("Refactor the parser.", "x" * 3000))
+
+
 def test_every_step_of_a_tool_loop_logs_the_probability_its_turn_drew_the_model_with(tmp_path):
     # Wide exploration, and a long tool result that moves the ranking (m1 is dear per input token):
     # each step's own draw has other probabilities than the turn's first. The reviewer's gateway

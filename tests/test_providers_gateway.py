@@ -153,3 +153,18 @@ def test_a_claude_stream_ended_by_message_stop_without_stop_reason_is_a_whole_an
     claude.reply({**CLAUDE_OK, "content": [block | ({"input": {"path": "a"}} if calls else {"text": "All of it."})], "stop_reason": None})
     unstreamed = gw.client().chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], tools=[READ])
     assert unstreamed.choices[0].finish_reason == expected
+
+
+def test_an_answer_without_its_usage_is_billed_at_the_estimate_not_zero(gateway):
+    gw, claude, gemini = gateway
+    client = gw.client()
+    question = [{"role": "user", "content": "Write two sentences about the sea."}]
+    text = "The sea is wide and deep. Its waves never rest."
+    gemini.reply({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}]})
+    claude.reply({**CLAUDE_OK, "content": [{"type": "text", "text": text}], "usage": {}})
+    gemini.reply({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}],
+                  "usageMetadata": {"totalTokenCount": 40}})
+    for model in ("gemini-2.0", "claude", "gemini-2.0"):
+        usage = client.chat.completions.create(model=model, messages=question).usage
+        assert usage.prompt_tokens > 0 and usage.completion_tokens > 0 and usage.cost > 0, (model, usage)
+    assert usage.total_tokens == 40  # a total the upstream gave is kept; the estimate only splits it

@@ -313,12 +313,16 @@ def repeat_key(ctx: RequestContext) -> str | None:
 
 
 def _turn_digest(ctx: RequestContext) -> bytes:
-    """One user turn: tenant, system prompt and last user message, which every step of an
-    agent's tool loop repeats. Kept on the request: its draw, its model and its record each need
-    it, and an agent's system prompt is tens of kilobytes."""
+    """One user turn: the tenant and the conversation up to and including its last user message,
+    which every step of an agent's tool loop repeats. The whole history, not the last message
+    alone: two sessions of one agent that both sent "continue" had shared one turn, and one
+    session's tool loop was moved to the model of the other's. Kept on the request: its draw,
+    its model and its record each need it, and an agent's history is tens of kilobytes."""
     if "turn" not in ctx.extras:
-        routing = ctx.routing
-        ctx.extras["turn"] = hashlib.sha256(f"{ctx.tenant}\0{routing.system_text}\0{routing.text}".encode()).digest()
+        messages = ctx.body.get("messages") or []
+        last_user = max((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), default=-1)
+        history = json.dumps(messages[:last_user + 1], sort_keys=True, separators=(",", ":"), default=str)
+        ctx.extras["turn"] = hashlib.sha256(f"{ctx.tenant}\0{history}".encode()).digest()
     return ctx.extras["turn"]
 
 

@@ -40,3 +40,9 @@ def as_int(value: Any, what: str) -> int:
         return int(value or 0)
     except (TypeError, ValueError, OverflowError):
         raise UpstreamError("malformed", f"{what} is not a number") from None
+
+
+def as_count(value: Any, what: str) -> int | None:
+    """A token count from an upstream answer: None when absent, so that the gateway estimates it
+    (`service/usage_fill.py`) instead of billing 0; malformed when not a number."""
+    return None if value is None else as_int(value, what)

@@ -25,7 +25,7 @@ from router.request_view import content_text, IMAGE_PART_TYPES, wants_logprobs
 from service.providers import attachments
 from service.providers.anthropic_cache import mark_cache_breakpoints
 from service.providers.anthropic_input_tokens import input_tokens
-from service.providers.answer_fields import as_int, as_object, as_text
+from service.providers.answer_fields import as_count, as_int, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, tool_arguments
 from service.providers.conversation_shape import HISTORY_TOOL_DESCRIPTION, OPENING_USER_TEXT, history_tool_names
 from service.providers.envelope import chunk, completion, parse_json_event, prompt_usage, stream_head, usage_chunk
@@ -346,10 +346,12 @@ def _usage(usage: dict[str, Any]) -> dict[str, Any]:
     """The OpenAI usage for Anthropic's. Tokens read from the prompt cache and written to it are
     prompt tokens too (Anthropic's `input_tokens` counts only the rest); the reads are told as
     OpenAI tells its own (`cached_tokens`), the writes as OpenRouter does (`cache_write_tokens`)."""
-    fresh, read, written, output = (as_int(usage.get(k), k) for k in
-                                    ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens"))
-    prompt = fresh + read + written
-    result: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output}
+    read, written = (as_int(usage.get(k), k) for k in ("cache_read_input_tokens", "cache_creation_input_tokens"))
+    # A count left out stays None, for the gateway to estimate: an answer without usage had been billed at 0.
+    fresh, output = (as_count(usage.get(k), k) for k in ("input_tokens", "output_tokens"))
+    prompt = None if fresh is None else fresh + read + written
+    result: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": output,
+                              "total_tokens": None if prompt is None or output is None else prompt + output}
     details = {k: v for k, v in (("cached_tokens", read), ("cache_write_tokens", written)) if v}
     if details:
         result["prompt_tokens_details"] = details

@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator
 from router.config import ModelSpec
 from router.request_view import content_text, IMAGE_PART_TYPES, wants_logprobs
 from service.providers import attachments
-from service.providers.answer_fields import as_int, as_list, as_object, as_text
+from service.providers.answer_fields import as_count, as_list, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, tool_arguments
 from service.providers.conversation_shape import HISTORY_TOOL_DESCRIPTION, OPENING_USER_TEXT, history_tool_names
 from service.providers.envelope import chunk, completion, parse_json_event, prompt_usage, stream_head, usage_chunk
@@ -307,13 +307,17 @@ def _call_id(name: str, args: Any, n: int, given: str | None, response_id: str |
 
 
 def _usage(metadata: Any) -> dict[str, Any]:
+    """OpenAI's usage for Gemini's. A count Gemini leaves out stays None (the gateway estimates it):
+    an answer without usageMetadata, or with only a total, had been billed at 0."""
     meta = as_object(metadata, "usageMetadata")
-    count = {k: as_int(meta.get(k), k) for k in
+    count = {k: as_count(meta.get(k), k) for k in
              ("promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount", "totalTokenCount", "cachedContentTokenCount")}
     prompt = count["promptTokenCount"]
-    completion = count["candidatesTokenCount"] + count["thoughtsTokenCount"]
+    outputs = [c for c in (count["candidatesTokenCount"], count["thoughtsTokenCount"]) if c is not None]
+    completion = sum(outputs) if outputs else None
     usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                             "total_tokens": count["totalTokenCount"] or prompt + completion}
+                             "total_tokens": count["totalTokenCount"] or (prompt + completion if prompt is not None
+                                                                           and completion is not None else None)}
     if count["cachedContentTokenCount"]:
         usage["prompt_tokens_details"] = {"cached_tokens": count["cachedContentTokenCount"]}
     return usage
