@@ -168,3 +168,10 @@ def test_an_answer_without_its_usage_is_billed_at_the_estimate_not_zero(gateway)
         usage = client.chat.completions.create(model=model, messages=question).usage
         assert usage.prompt_tokens > 0 and usage.completion_tokens > 0 and usage.cost > 0, (model, usage)
     assert usage.total_tokens == 40  # a total the upstream gave is kept; the estimate only splits it
+
+
+def test_an_adapters_own_refusal_is_not_called_the_upstreams(gateway):
+    gw, claude, _ = gateway
+    with pytest.raises(openai.BadRequestError) as info:
+        gw.client().chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], reasoning_effort="bogus")
+    assert info.value.body["message"].startswith("claude cannot take the request: ") and claude.requests == []
