@@ -190,6 +190,19 @@ def test_a_conversation_the_assistant_opens_gets_a_user_turn_first(upstreams):
     assert [c["role"] for c in contents] == ["user", "model", "user"] and contents[0]["parts"] == [{"text": "."}]
 
 
+def test_a_blank_last_user_turn_is_sent_not_dropped(upstreams):
+    # Dropped, the conversation ended on the assistant's turn: a prefill Claude continues ("Autumn
+    # moon rises ...") instead of answering; alone, no message at all, which both refuse.
+    client, claude, gemini = upstreams
+    for ask in ([{"role": "user", "content": "Write a haiku"}, {"role": "assistant", "content": "Autumn moon rises"},
+                 {"role": "user", "content": " "}], [{"role": "user", "content": " "}]):
+        client.chat.completions.create(model="claude", messages=ask)
+        last = claude.bodies[-1]["messages"][-1]
+        assert last["role"] == "user" and [(b["type"], b["text"]) for b in last["content"]] == [("text", ".")]
+        client.chat.completions.create(model="gemini", messages=ask)
+        assert gemini.bodies[-1]["contents"][-1] == {"role": "user", "parts": [{"text": "."}]}
+
+
 def image_question(url: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]}]
 

@@ -251,6 +251,8 @@ def _conversation(body: dict[str, Any]) -> tuple[list[tuple[str, Any]], list[dic
             system.append((content_text(message.get("content")), _client_mark(message)))
             continue
         role, blocks = _message_blocks(message, f"messages[{i}]")
+        if not blocks and role == "user" and i == len(body["messages"]) - 1:
+            blocks = [{"type": "text", "text": OPENING_USER_TEXT}]  # dropped, the assistant's turn would be a prefill
         if not blocks:
             continue
         if messages and messages[-1]["role"] == role:

@@ -7,6 +7,9 @@ make for them alike:
 - a conversation whose first turn after the system prompt is the assistant's (a chat UI's
   greeting): a user turn of OPENING_USER_TEXT goes before it, as both want the user to speak
   first;
+- a last user turn that is blank (" "): it is sent as OPENING_USER_TEXT, not left out, which would
+  end the conversation on the assistant's turn: a prefill Anthropic continues instead of answering
+  (and with no other turn, a request both refuse);
 - tool calls and results in the history of a request that sends no tools (an agent's final
   "summarise" turn): Anthropic refuses tool_use and tool_result blocks unless tools are defined,
   and Gemini documents function calls in a history only beside their declarations, so the tools

@@ -159,6 +159,8 @@ def _contents(model: ModelSpec, body: dict[str, Any]) -> tuple[list[str], list[d
                 parts.append(part)
         else:
             g_role, parts = "user", _parts(message.get("content"), where)
+        if not parts and g_role == "user" and i == len(body["messages"]) - 1:
+            parts = [{"text": OPENING_USER_TEXT}]  # a blank last turn dropped would leave the model's turn last (`conversation_shape`)
         if not parts:
             continue
         if contents and contents[-1]["role"] == g_role:
