@@ -109,6 +109,20 @@ def test_cache_breakpoints_keep_the_clients_first_and_never_exceed_four():
     assert [b.get("cache_control") for m in payload["messages"] for b in m["content"]] == [hour, None, mark]
 
 
+def test_a_mark_on_one_part_of_a_system_turn_ends_a_block_there():
+    from service.providers.anthropic import to_anthropic
+
+    # Joined into one block with the mark at its end, the changing time was inside the cached
+    # prefix: every request wrote the cache, none read it.
+    mark = {"type": "ephemeral"}
+    body = {"messages": [{"role": "system", "content": [{"type": "text", "text": "STABLE PREFIX", "cache_control": mark},
+                                                        {"type": "text", "text": "Current time: 12:01:33"}]},
+                         {"role": "user", "content": "hi"}]}
+    system = to_anthropic(MODEL, body, stream=False)["system"]
+    assert system[0] == {"type": "text", "text": "STABLE PREFIX", "cache_control": mark}
+    assert system[1]["text"] == "Current time: 12:01:33"
+
+
 async def test_cache_reads_and_writes_are_prompt_tokens_and_told_apart(server, provider):
     usage = {"input_tokens": 20, "cache_creation_input_tokens": 9000, "cache_read_input_tokens": 30000, "output_tokens": 45}
     server.reply({**MESSAGE, "usage": usage})

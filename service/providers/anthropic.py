@@ -187,11 +187,26 @@ def _system_blocks(texts: list[tuple[str, Any]]) -> list[dict[str, Any]]:
     return blocks
 
 
-def _client_mark(message: dict[str, Any]) -> Any:
-    """The client's cache_control on a system turn or on one of its parts."""
-    parts = message.get("content") if isinstance(message.get("content"), list) else []
-    return next((m for m in (message.get("cache_control"), *(p.get("cache_control") for p in parts if isinstance(p, dict)))
-                 if isinstance(m, dict)), None)
+def _system_pieces(message: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A system turn as (text, the client's cache_control or None) pieces, split after each part
+    the client marked: the part after a marked one ("Current time: 12:01") must stay out of the
+    cached prefix, which it would change on every request. The turn's own mark ends its last piece."""
+    content = message.get("content")
+    pieces: list[tuple[str, Any]] = []
+    start = 0
+    parts = content if isinstance(content, list) else []
+    for j, part in enumerate(parts):
+        mark = part.get("cache_control") if isinstance(part, dict) else None
+        if isinstance(mark, dict):
+            pieces.append((content_text(parts[start:j + 1]), mark))
+            start = j + 1
+    rest = content_text(parts[start:]) if isinstance(content, list) else content_text(content)
+    own = message.get("cache_control") if isinstance(message.get("cache_control"), dict) else None
+    if rest or not pieces:
+        pieces.append((rest, own))
+    elif own is not None:
+        pieces[-1] = (pieces[-1][0], own)
+    return pieces
 
 
 def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
@@ -248,7 +263,7 @@ def _conversation(body: dict[str, Any]) -> tuple[list[tuple[str, Any]], list[dic
     messages: list[dict[str, Any]] = []
     for i, message in enumerate(body.get("messages") or []):
         if message.get("role") in ("system", "developer"):
-            system.append((content_text(message.get("content")), _client_mark(message)))
+            system.extend(_system_pieces(message))
             continue
         role, blocks = _message_blocks(message, f"messages[{i}]")
         if not blocks and role == "user" and i == len(body["messages"]) - 1:
