@@ -408,8 +408,8 @@ class Dispatcher:
                     # status written as a code ("400", a proxy's) says nothing the status does not.
                     fallback = "unsupported_parameter" if failure.kind == "unsupported" else "upstream_bad_request"
                     code = failure.code if failure.code and failure.code != str(failure.status) else fallback
-                    # An adapter's own refusal (no status: nothing was sent) is not the upstream's.
-                    said = "the upstream rejected the request" if failure.status is not None else f"{name} cannot take the request"
+                    # An adapter's own refusal (nothing was sent) is not the upstream's.
+                    said = "the upstream rejected the request" if failure.from_upstream else f"{name} cannot take the request"
                     raise ApiError(400, f"{said}: {failure.message}", code=code,
                                    param=failure.param)
                 if failure.kind == "context_length":

@@ -194,13 +194,20 @@ def test_a_blank_last_user_turn_is_sent_not_dropped(upstreams):
     # Dropped, the conversation ended on the assistant's turn: a prefill Claude continues ("Autumn
     # moon rises ...") instead of answering; alone, no message at all, which both refuse.
     client, claude, gemini = upstreams
-    for ask in ([{"role": "user", "content": "Write a haiku"}, {"role": "assistant", "content": "Autumn moon rises"},
-                 {"role": "user", "content": " "}], [{"role": "user", "content": " "}]):
+    haiku = [{"role": "user", "content": "Write a haiku"}, {"role": "assistant", "content": "Autumn moon rises"},
+             {"role": "user", "content": " "}]
+    for ask in (haiku, [{"role": "user", "content": " "}], [*haiku, {"role": "system", "content": "Be brief."}]):
         client.chat.completions.create(model="claude", messages=ask)
         last = claude.bodies[-1]["messages"][-1]
         assert last["role"] == "user" and [(b["type"], b["text"]) for b in last["content"]] == [("text", ".")]
         client.chat.completions.create(model="gemini", messages=ask)
         assert gemini.bodies[-1]["contents"][-1] == {"role": "user", "parts": [{"text": "."}]}
+    # After a user turn that was kept, a blank one adds nothing.
+    ask = [{"role": "user", "content": "Hi"}, {"role": "user", "content": " "}]
+    client.chat.completions.create(model="claude", messages=ask)
+    assert [b["text"] for b in claude.bodies[-1]["messages"][-1]["content"]] == ["Hi"]
+    client.chat.completions.create(model="gemini", messages=ask)
+    assert gemini.bodies[-1]["contents"][-1]["parts"] == [{"text": "Hi"}]
 
 
 def image_question(url: str) -> list[dict[str, Any]]:

@@ -226,7 +226,20 @@ def _evidence(gw) -> dict[str, float]:
     return {m: round(a["n_eff"], 6) for m, a in gw.app.state.learning.bandit.stats()["arms"].items() if a["n_eff"] > 0}
 
 
-def test_a_reward_for_an_answer_a_fallback_gave_is_no_reward_for_the_model_chosen(gw, upstream):
+@pytest.fixture
+def greedy_gw(upstream, tmp_path):
+    """The gateway of `gw` whose bandit learns but never explores: the router's choice is called."""
+    upstream.reset()
+    db = f"sqlite:///{tmp_path}/o.sqlite"
+    running = Running(fake_config(upstream.base_url, db, extra="learning: {bandit: {enabled: true, explore_share: 0.0}}"),
+                      router=QualityRouter(QUALITY))
+    running.db = db
+    yield running
+    running.stop()
+
+
+def test_a_reward_for_an_answer_a_fallback_gave_is_no_reward_for_the_model_chosen(greedy_gw, upstream):
+    gw = greedy_gw
     upstream.default("m1", server_error(503))  # chosen (best predicted), fails; m2 answers
     upstream.default("m2", ok(""))  # ...with an empty answer: an implicit zero, but not m1's
     raw = gw.client().chat.completions.with_raw_response.create(
@@ -242,7 +255,8 @@ def test_a_reward_for_an_answer_a_fallback_gave_is_no_reward_for_the_model_chose
 def test_feedback_the_moment_a_fallback_answered_is_no_reward_for_the_model_chosen(upstream, tmp_path):
     # The post-hooks may run late on a busy gateway; the client may rate the answer at once.
     upstream.reset()
-    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/o.sqlite", extra="learning: {bandit: {enabled: true}}")
+    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/o.sqlite",
+                         extra="learning: {bandit: {enabled: true, explore_share: 0.0}}")  # m1 chosen, not an exploration draw
     running = Running(config, router=QualityRouter(QUALITY), hooks=[SlowPostHook(0.5)])
     try:
         upstream.default("m1", server_error(503))
@@ -380,18 +394,21 @@ def test_two_sessions_sending_the_same_follow_up_are_two_turns():
     from service.hooks import learning_hook
     from service.pipeline import RequestContext
 
-    def step(history: str, result: str) -> RequestContext:
+    def step(history: str, result: str, marked: bool = False) -> RequestContext:
         call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        follow_up = [{"type": "text", "text": "continue", **({"cache_control": {"type": "ephemeral"}} if marked else {})}]
         body = {"model": "auto", "messages": [
             {"role": "system", "content": "You are an agent."}, {"role": "user", "content": history},
-            {"role": "assistant", "content": "Done."}, {"role": "user", "content": "continue"},
+            {"role": "assistant", "content": "Done."}, {"role": "user", "content": follow_up},
             {"role": "assistant", "content": None, "tool_calls": [call]}, {"role": "tool", "tool_call_id": "c1", "content": result}]}
         return RequestContext(request_id="r", body=body, routing=view_chat_request(body), headers={}, stream=False, profile="auto")
 
     a, b = step("Refactor the parser.", "ok"), step("Write the release notes.", "ok")
     assert learning_hook._turn_digest(a) != learning_hook._turn_digest(b)
-    # Every step of one turn is one turn, whatever its tool results.
+    # Every step of one turn is one turn, whatever its tool results, and wherever the client moved
+    # its cache_control mark (Anthropic's advice: on the newest message).
     assert learning_hook._turn_digest(a) == learning_hook._turn_digest(step("Refactor the parser.", "x" * 3000))
+    assert learning_hook._turn_digest(a) == learning_hook._turn_digest(step("Refactor the parser.", "ok", marked=True))
 
 
 def test_every_step_of_a_tool_loop_logs_the_probability_its_turn_drew_the_model_with(tmp_path):

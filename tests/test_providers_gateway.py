@@ -175,3 +175,8 @@ def test_an_adapters_own_refusal_is_not_called_the_upstreams(gateway):
     with pytest.raises(openai.BadRequestError) as info:
         gw.client().chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], reasoning_effort="bogus")
     assert info.value.body["message"].startswith("claude cannot take the request: ") and claude.requests == []
+    # An error the upstream answered in a 200 body is the upstream's, though it reports no status.
+    claude.reply({"type": "error", "error": {"type": "invalid_request_error", "message": "messages.0: bad thing"}})
+    with pytest.raises(openai.BadRequestError) as info:
+        gw.client().chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.body["message"] == "the upstream rejected the request: messages.0: bad thing"

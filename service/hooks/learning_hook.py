@@ -33,6 +33,7 @@ from router.cache.keys import request_keys
 from router.config import Config
 from router.feedback_log import ROUTER_CHOICE, SKIPPED_BY_CAP, Feedback, FeedbackStore, ShadowRecord, open_feedback_log
 from router.outcome_log import failed_by_its_models, judges_chosen_model
+from router.request_view import content_text
 from router.types import Constraints
 from service.bandit_sync import BanditSync
 from service.pipeline import RequestContext
@@ -319,10 +320,15 @@ def _turn_digest(ctx: RequestContext) -> bytes:
     session's tool loop was moved to the model of the other's. Kept on the request: its draw,
     its model and its record each need it, and an agent's history is tens of kilobytes."""
     if "turn" not in ctx.extras:
-        messages = ctx.body.get("messages") or []
-        last_user = max((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), default=-1)
-        history = json.dumps(messages[:last_user + 1], sort_keys=True, separators=(",", ":"), default=str)
-        ctx.extras["turn"] = hashlib.sha256(f"{ctx.tenant}\0{history}".encode()).digest()
+        messages = [m for m in ctx.body.get("messages") or [] if isinstance(m, dict)]
+        last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+        digest = hashlib.sha256(f"{ctx.tenant}\0".encode())
+        # Each message's role, text and tool calls: not its parts' other fields, as a client moves
+        # its cache_control mark to the newest message on every step; nor inline images' bytes.
+        for m in messages[:last_user + 1]:
+            calls = json.dumps(m.get("tool_calls"), sort_keys=True, default=str) if m.get("tool_calls") else ""
+            digest.update(f"{m.get('role')}\0{content_text(m.get('content'))}\0{calls}\0{m.get('tool_call_id') or ''}\1".encode())
+        ctx.extras["turn"] = digest.digest()
     return ctx.extras["turn"]
 
 

@@ -27,7 +27,7 @@ from service.providers.anthropic_cache import mark_cache_breakpoints
 from service.providers.anthropic_input_tokens import input_tokens
 from service.providers.answer_fields import as_count, as_int, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, tool_arguments
-from service.providers.conversation_shape import HISTORY_TOOL_DESCRIPTION, OPENING_USER_TEXT, history_tool_names
+from service.providers.conversation_shape import HISTORY_TOOL_DESCRIPTION, OPENING_USER_TEXT, history_tool_names, last_turn
 from service.providers.envelope import chunk, completion, parse_json_event, prompt_usage, stream_head, usage_chunk
 from service.providers.reasoning import THINKING_BUDGETS, reasoning_effort, refuse_logprobs, split_signature
 
@@ -261,12 +261,13 @@ def _conversation(body: dict[str, Any]) -> tuple[list[tuple[str, Any]], list[dic
     Messages API takes (`conversation_shape`)."""
     system: list[tuple[str, Any]] = []
     messages: list[dict[str, Any]] = []
+    last = last_turn(body)
     for i, message in enumerate(body.get("messages") or []):
         if message.get("role") in ("system", "developer"):
             system.extend(_system_pieces(message))
             continue
         role, blocks = _message_blocks(message, f"messages[{i}]")
-        if not blocks and role == "user" and i == len(body["messages"]) - 1:
+        if not blocks and role == "user" and i == last and not (messages and messages[-1]["role"] == "user"):
             blocks = [{"type": "text", "text": OPENING_USER_TEXT}]  # dropped, the assistant's turn would be a prefill
         if not blocks:
             continue

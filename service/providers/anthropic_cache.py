@@ -32,7 +32,9 @@ def mark_cache_breakpoints(payload: dict[str, Any]) -> None:
     history = bool(assistants) and assistants[0] < len(messages) - 1  # a later turn will read it back
     start = len(tools) + len(system)
     candidates = [len(blocks) - 1] if history else []
-    candidates += [start - 1] if system else []
+    # A client that marked its system prompt chose where its stable part ends: a mark of ours on the
+    # last system block (after the client's, often a changing time) would spend a breakpoint on it.
+    candidates += [start - 1] if system and not any("cache_control" in b for b in system) else []
     candidates += [len(tools) - 1] if tools else []
     if history and assistants[-1] > 0:
         candidates.append(start + sum(len(m["content"]) for m in messages[:assistants[-1]]) - 1)

@@ -103,6 +103,8 @@ class UpstreamError(Exception):
         super().__init__(f"{kind}: {message}" if status is None else f"{kind} (HTTP {status}): {message}")
         self.kind: ErrorKind = kind
         self.status = status
+        # An upstream's answer (a status, or an error in its body), not an adapter's refusal before sending.
+        self.from_upstream = status is not None
         self.message = message
         self.retry_after = retry_after
         # The upstream's own error fields: a client error is passed on with them, for clients that
@@ -266,7 +268,9 @@ def error_in_body(payload: Mapping[str, Any], secrets: tuple[str | None, ...] = 
     # Without a status the type is the only cue; none at all is a fault of the upstream's (fail over).
     status = given or _STATUS_BY_TYPE.get(str(err.get("type")), 500)
     fallback = "error object in the upstream's answer"
-    return _upstream_error(status, payload, fallback, fallback, secrets, reported=given, retry_after=None)
+    error = _upstream_error(status, payload, fallback, fallback, secrets, reported=given, retry_after=None)
+    error.from_upstream = True  # no status reported, but the upstream's own word
+    return error
 
 
 def _upstream_error(status: int, payload: Any, text: str, fallback: str, secrets: tuple[str | None, ...], *,

@@ -35,3 +35,10 @@ def history_tool_names(names: Iterable[Any], pattern: re.Pattern[str]) -> list[s
     provider's rule for a tool's name) takes; PLACEHOLDER_TOOL when none is left."""
     kept = [n for n in dict.fromkeys(str(n) for n in names) if pattern.fullmatch(n)]
     return kept or [PLACEHOLDER_TOOL]
+
+
+def last_turn(body: dict[str, Any]) -> int:
+    """The index of the conversation's last message that is not a system or developer turn (both
+    adapters lift those out of the conversation); -1 for none."""
+    messages = body.get("messages") or []
+    return max((i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")), default=-1)

@@ -23,7 +23,7 @@ from router.request_view import content_text, IMAGE_PART_TYPES, wants_logprobs
 from service.providers import attachments
 from service.providers.answer_fields import as_count, as_list, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, tool_arguments
-from service.providers.conversation_shape import HISTORY_TOOL_DESCRIPTION, OPENING_USER_TEXT, history_tool_names
+from service.providers.conversation_shape import HISTORY_TOOL_DESCRIPTION, OPENING_USER_TEXT, history_tool_names, last_turn
 from service.providers.envelope import chunk, completion, parse_json_event, prompt_usage, stream_head, usage_chunk
 from service.providers.gemini_schema import clean_schema
 from service.providers.reasoning import THINKING_BUDGETS, id_with_signature, reasoning_effort, split_signature
@@ -138,6 +138,7 @@ def _contents(model: ModelSpec, body: dict[str, Any]) -> tuple[list[str], list[d
     system_parts: list[str] = []
     contents: list[dict[str, Any]] = []
     call_names: dict[str, str] = {}
+    last = last_turn(body)
     for i, message in enumerate(body.get("messages") or []):
         role, where = message.get("role"), f"messages[{i}]"
         if role in ("system", "developer"):
@@ -159,7 +160,7 @@ def _contents(model: ModelSpec, body: dict[str, Any]) -> tuple[list[str], list[d
                 parts.append(part)
         else:
             g_role, parts = "user", _parts(message.get("content"), where)
-        if not parts and g_role == "user" and i == len(body["messages"]) - 1:
+        if not parts and g_role == "user" and i == last and not (contents and contents[-1]["role"] == "user"):
             parts = [{"text": OPENING_USER_TEXT}]  # a blank last turn dropped would leave the model's turn last (`conversation_shape`)
         if not parts:
             continue
