@@ -76,7 +76,9 @@ def test_the_advice_names_the_spend_cap_the_bandit_is_at_not_its_share(tmp_path,
     traffic, advice, verdict = _advice_for_m3(db, state, gw.url)
     assert len(traffic) == 30 and 0 < np.mean(traffic.propensity < 1) < 0.2
     recent = state["recent"]
-    assert (f"on {gw.url} now (its last {recent['decisions']:,.0f} decisions), learning.bandit's extra_cost_share "
+    # `recent.decisions` is a weight decayed over the budget horizon, not a count of the latest decisions.
+    assert (f"on {gw.url} now (its recent decisions, weighing about {recent['decisions']:,.0f}, {state['decisions']:,} since "
+            f"start), learning.bandit's extra_cost_share "
             f"{recent['extra_cost_share']:.4f} (cap 0.01) has reached the cap: raise it; explore_share "
             f"{recent['explore_share']:.4f} (cap 1), new_model_explore_share 0.0000 (cap 0.05) are not what stops it") in advice
     assert not verdict.promote and verdict.reason.startswith("the log does not support the candidate's choices")
@@ -110,7 +112,8 @@ def test_the_advice_names_the_refinements_the_log_made_for_certain(tmp_path, mon
     assert np.all(traffic.propensity == 1.0) and 0 < refined < len(traffic)
     advice = exploration_advice(db, traffic, np.full(len(traffic), traffic.models.index("m1")), state, gw.url)
     assert advice.startswith("explore more: the gateway explored none of these requests (each is logged with propensity 1); "
-                             f"on {gw.url} now (its last 12 decisions), learning.bandit's explore_share 0.0000 (cap 0) has "
+                             f"on {gw.url} now (its recent decisions, weighing about 12, 12 since start), learning.bandit's "
+                             "explore_share 0.0000 (cap 0) has "
                              "reached the cap: raise it;"), advice
     assert (f"; {refined} of the {refined} choices the candidate changes where the log chose for certain are the bandit's "
             f"refinements (feedback or realised prices moved its choice off the router's own; outside exploration it plays "

@@ -93,7 +93,11 @@ def _caps_now(state: dict, gateway: str) -> str:
     if total is not None:  # its shadow price on spend is on only while the spend is over that cap
         (binding if state.get("spend_price_per_usd", 0.0) > 0 else free).append(
             f"total_cost_share {state.get('total_cost_share', 0.0):+.4f} since start (cap {total:g})")
-    window = f"on {gateway} now (its last {float(recent.get('decisions', 0.0)):,.0f} decisions), "
+    # The shares are decayed over the bandit's budget horizon: `recent.decisions` is that weight, not
+    # a count of the latest decisions (523 read "its last 523 decisions" after 740 of them).
+    made = state.get("decisions")
+    since = f", {made:,} since start" if isinstance(made, int) else ""
+    window = f"on {gateway} now (its recent decisions, weighing about {float(recent.get('decisions', 0.0)):,.0f}{since}), "
     if not binding:
         return (f"{window}no cap of learning.bandit binds ({', '.join(free)}): it explores only models whose optimistic "
                 f"utility comes within learning.bandit.utility_margin of the best")
