@@ -410,6 +410,18 @@ def test_two_sessions_sending_the_same_follow_up_are_two_turns():
     assert learning_hook._turn_digest(a) == learning_hook._turn_digest(step("Refactor the parser.", "x" * 3000))
     assert learning_hook._turn_digest(a) == learning_hook._turn_digest(step("Refactor the parser.", "ok", marked=True))
 
+    def asked(system: list | str, user: list | str) -> bytes:
+        body = {"model": "auto", "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+        ctx = RequestContext(request_id="r", body=body, routing=view_chat_request(body), headers={}, stream=False, profile="auto")
+        return learning_hook._turn_digest(ctx)
+
+    # A system prompt whose client marked its stable part: what follows the mark (the time) is no other turn.
+    stable = {"type": "text", "text": "You are an agent.", "cache_control": {"type": "ephemeral"}}
+    assert asked([stable, {"type": "text", "text": "Time: 12:01:33"}], "go") == asked([stable, {"type": "text", "text": "Time: 12:01:41"}], "go")
+    # Another picture under the same words is another question.
+    photo = lambda url: [{"type": "text", "text": "What is wrong with this item?"}, {"type": "image_url", "image_url": {"url": url}}]  # noqa: E731
+    assert asked("Inspect items.", photo("https://e.com/a.png")) != asked("Inspect items.", photo("https://e.com/b.png"))
+
 
 def test_every_step_of_a_tool_loop_logs_the_probability_its_turn_drew_the_model_with(tmp_path):
     # Wide exploration, and a long tool result that moves the ranking (m1 is dear per input token):

@@ -33,7 +33,7 @@ from router.cache.keys import request_keys
 from router.config import Config
 from router.feedback_log import ROUTER_CHOICE, SKIPPED_BY_CAP, Feedback, FeedbackStore, ShadowRecord, open_feedback_log
 from router.outcome_log import failed_by_its_models, judges_chosen_model
-from router.request_view import content_text
+from router.request_view import TEXT_PART_TYPES, content_text
 from router.types import Constraints
 from service.bandit_sync import BanditSync
 from service.pipeline import RequestContext
@@ -323,13 +323,28 @@ def _turn_digest(ctx: RequestContext) -> bytes:
         messages = [m for m in ctx.body.get("messages") or [] if isinstance(m, dict)]
         last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
         digest = hashlib.sha256(f"{ctx.tenant}\0".encode())
-        # Each message's role, text and tool calls: not its parts' other fields, as a client moves
-        # its cache_control mark to the newest message on every step; nor inline images' bytes.
         for m in messages[:last_user + 1]:
-            calls = json.dumps(m.get("tool_calls"), sort_keys=True, default=str) if m.get("tool_calls") else ""
-            digest.update(f"{m.get('role')}\0{content_text(m.get('content'))}\0{calls}\0{m.get('tool_call_id') or ''}\1".encode())
+            digest.update(_turn_part(m).encode("utf-8", "replace"))
         ctx.extras["turn"] = digest.digest()
     return ctx.extras["turn"]
+
+
+def _turn_part(message: dict[str, Any]) -> str:
+    """What a message adds to its turn: its role, text, other parts' payloads (another picture is
+    another question), tool calls and tool-call id; not a part's `cache_control`, which a client
+    moves to the newest message on every step. Of a system turn whose client marked a part, only
+    up to the mark: what follows it (the time of day) changes on every step of one turn."""
+    content = message.get("content")
+    if isinstance(content, list):
+        if message.get("role") in ("system", "developer"):
+            marks = [j for j, p in enumerate(content) if isinstance(p, dict) and isinstance(p.get("cache_control"), dict)]
+            content = content[:marks[-1] + 1] if marks else content
+        others = [p.get(p.get("type")) for p in content if isinstance(p, dict) and p.get("type") not in TEXT_PART_TYPES]
+    else:
+        others = []
+    calls = message.get("tool_calls")
+    extra = json.dumps([others, calls], sort_keys=True, default=str) if others or calls else ""
+    return f"{message.get('role')}\0{content_text(content)}\0{extra}\0{message.get('tool_call_id') or ''}\1"
 
 
 def turn_rng(ctx: RequestContext) -> np.random.Generator:
