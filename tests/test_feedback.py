@@ -17,15 +17,18 @@ from tests.gateway_harness import QualityRouter, Running, fake_config
 QUALITY = {"m1": 0.80, "m2": 0.795, "m3": 0.2}
 
 
-@pytest.fixture
-def gw(upstream, tmp_path):
+def _gateway(upstream, tmp_path, learning: str):
     upstream.reset()
     db = f"sqlite:///{tmp_path}/o.sqlite"
-    running = Running(fake_config(upstream.base_url, db, extra="learning: {bandit: {enabled: true}, regenerate_window_s: 60}"),
-                      router=QualityRouter(QUALITY))
+    running = Running(fake_config(upstream.base_url, db, extra=f"learning: {learning}"), router=QualityRouter(QUALITY))
     running.db = db
     yield running
     running.stop()
+
+
+@pytest.fixture
+def gw(upstream, tmp_path):
+    yield from _gateway(upstream, tmp_path, "{bandit: {enabled: true}, regenerate_window_s: 60}")
 
 
 def _ask(gw, text):
@@ -228,14 +231,8 @@ def _evidence(gw) -> dict[str, float]:
 
 @pytest.fixture
 def greedy_gw(upstream, tmp_path):
-    """The gateway of `gw` whose bandit learns but never explores: the router's choice is called."""
-    upstream.reset()
-    db = f"sqlite:///{tmp_path}/o.sqlite"
-    running = Running(fake_config(upstream.base_url, db, extra="learning: {bandit: {enabled: true, explore_share: 0.0}}"),
-                      router=QualityRouter(QUALITY))
-    running.db = db
-    yield running
-    running.stop()
+    """A gateway whose bandit learns but never explores: the router's choice is called."""
+    yield from _gateway(upstream, tmp_path, "{bandit: {enabled: true, explore_share: 0.0}}")
 
 
 def test_a_reward_for_an_answer_a_fallback_gave_is_no_reward_for_the_model_chosen(greedy_gw, upstream):

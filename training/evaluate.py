@@ -24,7 +24,7 @@ import numpy as np
 
 from training import baselines as bl
 from training.metrics import aiq, apgr, cost_to_reach, cpt, quality_at_budget, same_cost
-from training.outputs import seed_arg
+from training.outputs import non_negative_int
 from training.texts import TEXT_COLUMN_DEFAULT
 
 log = logging.getLogger(__name__)
@@ -300,7 +300,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--knn-train", help="outcome table to fit the kNN baseline on (default: cross-fit on --data)")
     parser.add_argument("--knob-points", type=int, default=48, help="knob values swept, plus the two extremes (default: %(default)s)")
     parser.add_argument("--budgets", help="extra comma-separated USD budgets per prompt for quality-at-budget")
-    parser.add_argument("--seed", type=seed_arg, default=0, help="seed of kNN's cross-fitting folds (default: %(default)s)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of kNN's cross-fitting folds (default: %(default)s)")
 
 
 def _budgets(text: str | None) -> list[float]:

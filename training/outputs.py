@@ -70,9 +70,9 @@ def check_outcome_log(db: str) -> None:
                                 "server.db holds one)")
 
 
-def seed_arg(text: str) -> int:
-    """An argparse type for `--seed`: numpy's generators take no negative seed, and said so only
-    once the job had started, without naming the flag."""
+def non_negative_int(text: str) -> int:
+    """An argparse type for a count or a seed: numpy's generators take no negative seed, and said
+    so only once the job had started, without naming the flag."""
     import argparse
 
     try:
@@ -80,5 +80,5 @@ def seed_arg(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative: a seed is 0 or more")
+        raise argparse.ArgumentTypeError(f"{value} is negative: give 0 or more")
     return value

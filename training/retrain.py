@@ -32,7 +32,7 @@ import numpy as np
 
 from router.store_errors import redact_url
 from training.offpolicy import logged_routers
-from training.outputs import seed_arg
+from training.outputs import non_negative_int
 from training.support_advice import GENERIC, unsupported
 from training.texts import TEXT_COLUMN_DEFAULT
 
@@ -357,9 +357,7 @@ def retrain(args) -> dict:
         return {"candidate": None, "verdict": {"promote": False, "reason": reason}, "ope": {"n": n_eval}}
     prices = load_prices(args.prices) if args.prices else None
     table, X = training_set(args.base_data or [], logged_train, args.text_column, prices)
-    # Opening the tracking store creates its file: only once the log and the base data are read and
-    # known good, still before minutes of training.
-    check_tracking_store(args)
+    check_tracking_store(args)  # it creates its file: once the log and the base data are known good, before training
     # What is kept (the manifest every replica gets, the report, MLflow's params) never holds
     # the outcome database's password.
     db = redact_url(args.db)
@@ -445,7 +443,7 @@ def configure(parser) -> None:
     parser.add_argument("--gateway", default=None, help="running gateway URL to hot-reload on promotion")
     parser.add_argument("--eval-share", type=float, default=0.5,
                         help="most recent share of logged requests held out for OPE (default: %(default)s)")
-    parser.add_argument("--min-requests", type=int, default=200, help="fewest held-out requests to promote on (default: %(default)s)")
+    parser.add_argument("--min-requests", type=non_negative_int, default=200, help="fewest held-out requests to promote on (default: %(default)s)")
     parser.add_argument("--estimator", choices=("dr", "snips", "ips"), default="dr",
                         help="estimator that decides promotion (default: %(default)s)")
     parser.add_argument("--text-column", default=None, help=f"text column of the --base-data tables (default: {TEXT_COLUMN_DEFAULT})")
@@ -454,7 +452,7 @@ def configure(parser) -> None:
     parser.add_argument("--folds", type=int, default=5,
                         help="cross-validation folds = bagged boosters, as for train (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=None, help="boosting rounds (default: the predictor's)")
-    parser.add_argument("--seed", type=seed_arg, default=7,
+    parser.add_argument("--seed", type=non_negative_int, default=7,
                         help="seed of the cross-validation folds and the boosters (default: %(default)s)")
     parser.add_argument("--experiment", default="openclaw-router", help="MLflow experiment name (default: %(default)s)")
     parser.add_argument("--registered-name", default="openclaw-router", help="MLflow registered model name (default: %(default)s)")
@@ -467,11 +465,9 @@ def configure(parser) -> None:
 def run(args) -> int:
     if not 0.0 < args.eval_share < 1.0:
         raise ValueError("--eval-share must lie strictly between 0 and 1")
-    if args.min_requests < 0:
-        raise ValueError(f"--min-requests must be 0 or more, got {args.min_requests}")
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+    if args.out and Path(args.out).is_file():
         raise ValueError(f"--out {args.out}: {args.out} exists and is not a folder")
-    if args.out and Path(args.out).exists() and any(Path(args.out).iterdir()):
+    if args.out and Path(args.out).is_dir() and any(Path(args.out).iterdir()):
         # It may be the router a gateway runs (an earlier promotion hot-reloaded it): a rejected
         # candidate written over it would be what that gateway loads on its next start.
         raise ValueError(f"--out {args.out} already holds an artifact; give a new folder (default: models/candidate-<time>)")

@@ -41,7 +41,7 @@ import numpy as np
 
 from router.feedback_log import SKIPPED_BY_CAP
 from router.feedback_log import ROUTER_CHOICE
-from training.outputs import seed_arg
+from training.outputs import non_negative_int
 from training.shadow_report_html import render_html
 from training.support_advice import GENERIC, exploration_advice
 
@@ -383,7 +383,7 @@ def configure(parser) -> None:
     parser.add_argument("--db", required=True,
                         help="outcome log URL holding the shadow decisions: sqlite:///PATH or postgresql://USER@HOST/DB")
     parser.add_argument("--out", required=True, help="folder for shadow_report.html and shadow_report.json")
-    parser.add_argument("--seed", type=seed_arg, default=0,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed of the bootstrap resampling behind the report's intervals (default: %(default)s)")
 
 

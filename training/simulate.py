@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.outputs import seed_arg
+from training.outputs import non_negative_int
 from training.texts import TEXT_COLUMN_DEFAULT
 
 log = logging.getLogger(__name__)
@@ -427,7 +427,7 @@ def configure(parser) -> None:
     parser.add_argument("--drift", action="append", metavar="SPEC",
                         help="degrade:MODEL:FRACTION@K (FRACTION 0.4 or 40%%) or add:MODEL@K; repeatable")
     parser.add_argument("--out", required=True, help="JSON report path")
-    parser.add_argument("--seed", type=seed_arg, default=0,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seeds the train/replay split and the router trained here, the request order, which answers a "
                              "degradation breaks and the bandit's draws (default: %(default)s)")
     parser.add_argument("--router", default=None,

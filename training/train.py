@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.outputs import seed_arg
+from training.outputs import non_negative_int
 from training.texts import TEXT_COLUMN_DEFAULT
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="one booster with a model feature, or one booster per model (default: %(default)s)")
     parser.add_argument("--pca-dim", type=int, default=32, help="embedding dimensions kept, 0 = all 384 (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=100, help="boosting rounds per quality booster (default: %(default)s)")
-    parser.add_argument("--seed", type=seed_arg, default=7,
+    parser.add_argument("--seed", type=non_negative_int, default=7,
                         help="seed of the cross-validation folds and the boosters (default: %(default)s)")
     parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name (default: %(default)s)")
     parser.add_argument("--registered-name", default=REGISTERED_MODEL, help="MLflow registered model name (default: %(default)s)")

@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator
 from router.config import ModelSpec
 from router.request_view import content_text, IMAGE_PART_TYPES, wants_logprobs
 from service.providers import attachments
-from service.providers.anthropic_cache import mark_cache_breakpoints
+from service.providers.anthropic_cache import mark_cache_breakpoints, system_blocks, system_pieces
 from service.providers.anthropic_input_tokens import input_tokens
 from service.providers.answer_fields import as_count, as_int, as_object, as_text
 from service.providers.base import Provider, UpstreamError, error_in_body, output_limit, tool_arguments
@@ -170,45 +170,6 @@ def _message_blocks(message: dict[str, Any], where: str) -> tuple[str, list[dict
     return ("assistant" if role == "assistant" else "user"), blocks
 
 
-def _system_blocks(texts: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-    """The system prompt's text blocks, for (text, the client's cache_control or None) of each
-    system turn: turns joined by blank lines into one block, split only after a client's
-    breakpoint (which must end a block)."""
-    blocks: list[dict[str, Any]] = []
-    for text, mark in texts:
-        if not text:
-            continue
-        if blocks and "cache_control" not in blocks[-1]:
-            blocks[-1]["text"] += "\n\n" + text
-        else:
-            blocks.append({"type": "text", "text": text})
-        if isinstance(mark, dict):
-            blocks[-1]["cache_control"] = mark
-    return blocks
-
-
-def _system_pieces(message: dict[str, Any]) -> list[tuple[str, Any]]:
-    """A system turn as (text, the client's cache_control or None) pieces, split after each part
-    the client marked: the part after a marked one ("Current time: 12:01") must stay out of the
-    cached prefix, which it would change on every request. The turn's own mark ends its last piece."""
-    content = message.get("content")
-    pieces: list[tuple[str, Any]] = []
-    start = 0
-    parts = content if isinstance(content, list) else []
-    for j, part in enumerate(parts):
-        mark = part.get("cache_control") if isinstance(part, dict) else None
-        if isinstance(mark, dict):
-            pieces.append((content_text(parts[start:j + 1]), mark))
-            start = j + 1
-    rest = content_text(parts[start:]) if isinstance(content, list) else content_text(content)
-    own = message.get("cache_control") if isinstance(message.get("cache_control"), dict) else None
-    if rest or not pieces:
-        pieces.append((rest, own))
-    elif own is not None:
-        pieces[-1] = (pieces[-1][0], own)
-    return pieces
-
-
 def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     if choice is None:
         result: dict[str, Any] | None = {"type": "auto"} if parallel is False else None
@@ -264,7 +225,7 @@ def _conversation(body: dict[str, Any]) -> tuple[list[tuple[str, Any]], list[dic
     last = last_turn(body)
     for i, message in enumerate(body.get("messages") or []):
         if message.get("role") in ("system", "developer"):
-            system.extend(_system_pieces(message))
+            system.extend(system_pieces(message))
             continue
         role, blocks = _message_blocks(message, f"messages[{i}]")
         if not blocks and role == "user" and i == last and not (messages and messages[-1]["role"] == "user"):
@@ -275,7 +236,7 @@ def _conversation(body: dict[str, Any]) -> tuple[list[tuple[str, Any]], list[dic
             messages[-1]["content"].extend(blocks)
         else:
             messages.append({"role": role, "content": blocks})
-    if not messages and (opening := _system_blocks(system)):
+    if not messages and (opening := system_blocks(system)):
         return [], [{"role": "user", "content": opening}]
     if messages and messages[0]["role"] == "assistant":
         messages.insert(0, {"role": "user", "content": [{"type": "text", "text": OPENING_USER_TEXT}]})
@@ -318,8 +279,8 @@ def to_anthropic(model: ModelSpec, body: dict[str, Any], stream: bool) -> dict[s
         schema = (body["response_format"].get("json_schema") or {}).get("schema")
         system.append((f"{JSON_INSTRUCTION} It must match this JSON schema: {json.dumps(schema)}", None))
     payload: dict[str, Any] = {"model": model.upstream_name, "messages": messages}
-    if system_blocks := _system_blocks(system):
-        payload["system"] = system_blocks
+    if blocks := system_blocks(system):
+        payload["system"] = blocks
     # Anthropic takes temperature in [0, 1] (OpenAI: [0, 2]), and recent models refuse
     # temperature and top_p together: the temperature is kept, as the stronger request.
     if body.get("temperature") is not None:

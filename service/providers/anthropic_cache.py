@@ -1,7 +1,10 @@
-"""Prompt-cache breakpoints for a Messages API request (docs/PROVIDERS.md "Prompt caching")."""
+"""Prompt-cache breakpoints for a Messages API request (docs/PROVIDERS.md "Prompt caching"), and the
+system prompt's blocks, which end where a client put its own."""
 from __future__ import annotations
 
 from typing import Any
+
+from router.request_view import content_text
 
 # Anthropic refuses a request with more than 4 cache breakpoints.
 MAX_CACHE_BREAKPOINTS = 4
@@ -43,3 +46,42 @@ def mark_cache_breakpoints(payload: dict[str, Any]) -> None:
         if free and i > after and "cache_control" not in blocks[i]:
             blocks[i]["cache_control"] = {"type": "ephemeral"}
             free -= 1
+
+
+def system_blocks(texts: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """The system prompt's text blocks, for (text, the client's cache_control or None) of each
+    system turn: turns joined by blank lines into one block, split only after a client's
+    breakpoint (which must end a block)."""
+    blocks: list[dict[str, Any]] = []
+    for text, mark in texts:
+        if not text:
+            continue
+        if blocks and "cache_control" not in blocks[-1]:
+            blocks[-1]["text"] += "\n\n" + text
+        else:
+            blocks.append({"type": "text", "text": text})
+        if isinstance(mark, dict):
+            blocks[-1]["cache_control"] = mark
+    return blocks
+
+
+def system_pieces(message: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A system turn as (text, the client's cache_control or None) pieces, split after each part
+    the client marked: the part after a marked one ("Current time: 12:01") must stay out of the
+    cached prefix, which it would change on every request. The turn's own mark ends its last piece."""
+    content = message.get("content")
+    pieces: list[tuple[str, Any]] = []
+    start = 0
+    parts = content if isinstance(content, list) else []
+    for j, part in enumerate(parts):
+        mark = part.get("cache_control") if isinstance(part, dict) else None
+        if isinstance(mark, dict):
+            pieces.append((content_text(parts[start:j + 1]), mark))
+            start = j + 1
+    rest = content_text(parts[start:]) if isinstance(content, list) else content_text(content)
+    own = message.get("cache_control") if isinstance(message.get("cache_control"), dict) else None
+    if rest or not pieces:
+        pieces.append((rest, own))
+    elif own is not None:
+        pieces[-1] = (pieces[-1][0], own)
+    return pieces
