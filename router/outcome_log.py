@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Se
 from router.outcome_journal import OutcomeJournal
 from router.private_files import private_file, private_folder
 from router.retention import create_incremental, sqlite_prune, sqlite_reclaim
-from router.store_errors import store_unreachable
+from router.store_errors import store_refuses_writes, store_unreachable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -413,11 +413,13 @@ class OutcomeLog:
             try:
                 self.store.write_many(batch)
             except Exception as exc:
-                if not store_unreachable(exc):
+                if not (store_unreachable(exc) or store_refuses_writes(exc)):
                     break  # refused: see below
                 if not self._unreachable:
-                    log.error("outcome log: the store cannot be reached (%s); %d rows wait, journaled, and are "
-                              "tried again", exc, len(batch))
+                    # A store refusing every write (a revoked privilege, a read-only standby) had had each
+                    # row dropped, its journal line too: those wait like rows for a store away.
+                    log.error("outcome log: the store cannot be reached or refuses every write (%s); %d rows wait, "
+                              "journaled, and are tried again", exc, len(batch))
                 self._unreachable = True
                 time.sleep(pause)
                 pause = min(pause * 2, UNREACHABLE_PAUSE_S)

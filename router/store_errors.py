@@ -23,6 +23,17 @@ def store_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and any(w in str(exc) for w in ("locked", "unable to open", "disk I/O"))
 
 
+def store_refuses_writes(exc: BaseException) -> bool:
+    """A store that refuses every write for its own state, not for the row: a revoked privilege, a
+    read-only standby after a failover, a full disk. As with a store away, waiting (for an operator)
+    mends it, and the rows must wait for it, not be dropped."""
+    if (psycopg := sys.modules.get("psycopg")) is not None and isinstance(exc, psycopg.Error):
+        state = getattr(exc, "sqlstate", None) or ""
+        return state in ("42501", "25006") or state.startswith("53")  # insufficient privilege, read-only, resources
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        w in str(exc) for w in ("readonly database", "disk is full", "database or disk is full"))
+
+
 def redact_url(url: str) -> str:
     """The URL without its password, for logs and errors: in its user part and in a `password=`
     query parameter (libpq takes it there too)."""

@@ -223,27 +223,29 @@ def test_a_later_line_for_a_request_is_replayed_after_the_earlier_one_in_the_oth
 
 class AwayStore:
     """A real store that cannot be reached (SQLite's error for a file locked past its busy timeout,
-    as another process's long transaction gives) until the test brings it back."""
+    as another process's long transaction gives), or that refuses every write with `error`, until
+    the test brings it back."""
 
-    def __init__(self, store):
-        self.store, self.journal_base = store, store.journal_base
+    def __init__(self, store, error: str = "database is locked"):
+        self.store, self.journal_base, self.error = store, store.journal_base, error
         self.back = threading.Event()
         self.tries = 0
 
     def write_many(self, records):
         self.tries += 1
         if not self.back.is_set():
-            raise sqlite3.OperationalError("database is locked")
+            raise sqlite3.OperationalError(self.error)
         self.store.write_many(records)
 
     def __getattr__(self, name):
         return getattr(self.store, name)
 
 
-def rows_written_while_away(tmp_path, prefix: str, n: int, tries: int) -> tuple[str, AwayStore, OutcomeLog]:
+def rows_written_while_away(tmp_path, prefix: str, n: int, tries: int,
+                            error: str = "database is locked") -> tuple[str, AwayStore, OutcomeLog]:
     """A log over an away store, `n` rows written to it, once the writer has tried `tries` times."""
     url = f"sqlite:///{tmp_path}/log.sqlite"
-    store = AwayStore(open_store(url))
+    store = AwayStore(open_store(url), error)
     log = OutcomeLog(store, linger_s=0.01)
     for i in range(n):
         log.write(sample(prefix, i))
@@ -252,11 +254,14 @@ def rows_written_while_away(tmp_path, prefix: str, n: int, tries: int) -> tuple[
     return url, store, log
 
 
-def test_rows_wait_for_a_store_that_cannot_be_reached_and_are_written_when_it_is_back(tmp_path, monkeypatch):
+# A store that refuses every write for its own state (read-only, a full disk; on PostgreSQL also a
+# revoked privilege, a read-only standby) had had each row dropped, its journal line too.
+@pytest.mark.parametrize("error", ["database is locked", "attempt to write a readonly database", "database or disk is full"])
+def test_rows_wait_for_a_store_that_cannot_be_reached_and_are_written_when_it_is_back(tmp_path, monkeypatch, error):
     # They were dropped after three tries (and their journal lines with them): a database away for
     # a minute lost the rows of every request answered meanwhile.
     monkeypatch.setattr("router.outcome_log.UNREACHABLE_PAUSE_S", 0.05)
-    url, store, log = rows_written_while_away(tmp_path, "away", 5, tries=10)
+    url, store, log = rows_written_while_away(tmp_path, "away", 5, tries=10, error=error)
     assert sum(data.count(b"\n") for data in journal_files(url).values()) == 5  # still journaled meanwhile
     store.back.set()
     log.flush()
@@ -287,3 +292,16 @@ def test_a_store_that_refuses_for_good_drops_the_row_and_does_not_hold_the_write
     assert not done.is_alive(), "the writer is still retrying a refusal"
     assert "dropping record gone-0, which the store refuses" in caplog.text
     log.close()
+
+
+def test_a_store_refusing_every_write_is_told_from_one_refusing_a_row():
+    import psycopg
+
+    from router.store_errors import store_refuses_writes
+
+    # A revoked privilege and a read-only standby after a failover: the rows wait for them.
+    assert store_refuses_writes(psycopg.errors.InsufficientPrivilege("permission denied for table outcomes"))
+    assert store_refuses_writes(psycopg.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction"))
+    # A row the store refuses for itself is dropped, the others written.
+    assert not store_refuses_writes(psycopg.errors.UniqueViolation("duplicate key"))
+    assert not store_refuses_writes(sqlite3.OperationalError("no such table: outcomes"))
