@@ -37,7 +37,9 @@ class PostgresFeedbackLog:
 
         if not create:
             present = reader_tables(url, "feedback log", ["outcomes", *PRUNED])
-            if not present:
+            # The outcome log itself, not a table of another application's that shares a name with
+            # one of ours (a `feedback` in `public`, where a forgotten search_path points).
+            if "outcomes" not in present:
                 raise no_outcome_log(url)
             create = not set(PRUNED) <= set(present)
         self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=True)

@@ -14,6 +14,7 @@ from router.feedback_log import (
     read_feedback,
     read_shadows,
 )
+from router.outcome_log import open_store
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import QualityRouter, Running, fake_config
 from tests.test_shadow import LIVE
@@ -48,6 +49,7 @@ def test_feedback_is_stored_in_postgres_and_read_back(pg_url):
 
 
 def test_tables_are_created_idempotently_and_keep_rows(pg_url):
+    open_store(pg_url).close()  # the gateway's outcome log, beside which the readers below read feedback
     first = open_feedback_log(pg_url)
     first.add_feedback(Feedback("req_a", 0.1, source="implicit", signal="error"))
     first.add_feedback(Feedback("req_a", 0.9))

@@ -34,10 +34,19 @@ def test_readers_create_nothing_where_there_is_no_outcome_log_and_read_one_as_be
         assert "shadow decisions" not in str(missing.value), name
     assert _tables(pg_url) == []  # shadow-report left feedback and shadow_decisions, retrain outcomes
 
-    # Beside a log, a reader reads it, bringing it up to date as before: here an older gateway's,
-    # with fewer columns and no feedback tables yet.
+    # Another application's `feedback` table (where a forgotten search_path points) is no outcome log.
     import psycopg
 
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE feedback (request_id TEXT, ts DOUBLE PRECISION, body TEXT)")
+    with pytest.raises(FileNotFoundError, match="no outcome log there"):
+        shadow_report.run(Namespace(db=pg_url, out=str(tmp_path / "r"), seed=0))
+    assert _tables(pg_url) == ["feedback"]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE feedback")
+
+    # Beside a log, a reader reads it, bringing it up to date as before: here an older gateway's,
+    # with fewer columns and no feedback tables yet.
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE outcomes (request_id TEXT PRIMARY KEY, ts DOUBLE PRECISION)")
         conn.execute("INSERT INTO outcomes VALUES ('old', 1.0)")
