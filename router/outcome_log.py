@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Se
 from router.outcome_journal import OutcomeJournal
 from router.private_files import private_file, private_folder
 from router.retention import create_incremental, sqlite_prune, sqlite_reclaim
-from router.store_errors import store_refuses_writes, store_unreachable
+from router.store_errors import redact_url, store_refuses_writes, store_unreachable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -290,7 +290,7 @@ def open_by_scheme(url: str, stores: Mapping[str, Callable[..., Any]], what: str
     scheme = url.split(":", 1)[0].split("+", 1)[0] if ":" in url else ""
     factory = stores.get(scheme)
     if factory is None:
-        raise ValueError(f"unsupported {what} URL {url!r}: expected one of {sorted(s + '://...' for s in stores)}")
+        raise ValueError(f"unsupported {what} URL {redact_url(url)!r}: expected one of {sorted(s + '://...' for s in stores)}")
     return factory(url, **options)
 
 

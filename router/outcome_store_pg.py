@@ -81,7 +81,7 @@ def check_reachable(url: str, what: str) -> None:
     try:
         _connect(url).close()
     except psycopg.Error as exc:
-        raise ValueError(f"{what} {redact_url(url)}: cannot connect: {setup_hint(exc)}") from None
+        raise ValueError(f"{what} {redact_url(url)}: cannot connect: {setup_hint(exc, url)}") from None
 
 
 def reader_tables(url: str, what: str, tables: Sequence[str]) -> dict[str, set[str]]:
@@ -98,7 +98,7 @@ def reader_tables(url: str, what: str, tables: Sequence[str]) -> dict[str, set[s
                                 (list(tables),)).fetchall()
     except psycopg.Error as exc:
         step = "cannot connect" if isinstance(exc, psycopg.OperationalError) else "cannot read it"
-        raise ValueError(f"{what} {redact_url(url)}: {step}: {setup_hint(exc)}") from None
+        raise ValueError(f"{what} {redact_url(url)}: {step}: {setup_hint(exc, url)}") from None
     found: dict[str, set[str]] = {}
     for table, column in rows:
         found.setdefault(table, set()).add(column)

@@ -35,10 +35,11 @@ def store_refuses_writes(exc: BaseException) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for logs and errors: in its user part and in a `password=`
-    query parameter (libpq takes it there too)."""
+    """The URL without its password, for logs and errors: in its user part, in a `password=`
+    query parameter (libpq takes it there too), and in a libpq key=value string
+    ("host=db password=s3cret"), which the password had been printed from in full."""
     if "://" not in url:
-        return url
+        return re.sub(r"(\bpassword\s*=\s*)('[^']*'|\S+)", r"\1***", url)
     url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
     if "@" not in url:
         return url
@@ -48,11 +49,15 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
 
 
-def setup_hint(exc: Exception) -> str:
-    """A PostgreSQL set-up error in one line, with the missing step where it is a known one."""
+def setup_hint(exc: Exception, url: str = "") -> str:
+    """A PostgreSQL set-up error in one line, with the missing step where it is a known one, and
+    `url` redacted where libpq's message quotes it ('missing "=" after "postgresql+psycopg://u:pw@..."')."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if getattr(exc, "sqlstate", None) == "3F000":  # invalid_schema_name: search_path names no existing schema
-        text += " (the URL's search_path names a schema that does not exist: CREATE SCHEMA it first)"
+    if url:
+        text = text.replace(url, redact_url(url))
+    if getattr(exc, "sqlstate", None) == "3F000":  # invalid_schema_name: or the user lacks USAGE on it
+        text += (" (the URL's search_path names a schema that does not exist, or that this user may not use: CREATE "
+                 "SCHEMA it first, or GRANT USAGE ON SCHEMA to the user)")
     return text
 
 
@@ -66,4 +71,4 @@ def setting_up(what: str, url: str, close: Callable[[], None]) -> Iterator[None]
         yield
     except psycopg.Error as exc:
         close()
-        raise ValueError(f"{what} {redact_url(url)}: cannot set up its tables: {setup_hint(exc)}") from None
+        raise ValueError(f"{what} {redact_url(url)}: cannot set up its tables: {setup_hint(exc, url)}") from None

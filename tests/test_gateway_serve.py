@@ -218,6 +218,18 @@ def test_store_urls_in_errors_and_logs_keep_no_password():
     assert redact_url("postgresql://app@db/prod?sslmode=require&password=s3cret&x=1") == \
         "postgresql://app@db/prod?sslmode=require&password=***&x=1"
     assert redact_url("sqlite:///var/lib/outcomes.sqlite") == "sqlite:///var/lib/outcomes.sqlite"
+    # A libpq key=value string had been printed whole by `retrain --db` and `serve --db`.
+    assert redact_url("host=db password=s3cret dbname=prod") == "host=db password=*** dbname=prod"
+    assert redact_url("host=db password='s3 cret' dbname=prod") == "host=db password=*** dbname=prod"
+
+
+def test_a_database_url_the_readers_cannot_use_is_named_without_its_password(capsys):
+    from service.cli import main
+
+    for db in ("host=127.0.0.1 password=s3cret dbname=test", "postgresql+psycopg://postgres:s3cret@127.0.0.1:1/test"):
+        assert main(["retrain", "--db", db]) == 2
+        err = capsys.readouterr().err
+        assert "s3cret" not in err and "***" in err and "Traceback" not in err, err
 
 
 # Checks that pass go on to an unreachable Redis, so a serve that got past them stops at once.
