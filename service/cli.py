@@ -87,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         # asked for), not a traceback.
         print(f"openclaw-router {args.command}: error: out of memory{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        # A database's refusal (a user without SELECT on the log's tables) is the operator's to mend:
+        # one line, as for an unreachable one. Anything else is a bug and keeps its traceback.
+        if (psycopg := sys.modules.get("psycopg")) is None or not isinstance(exc, psycopg.Error):
+            raise
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"openclaw-router {args.command}: error: the database refused: {said}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -76,3 +76,28 @@ def test_an_unreachable_server_is_one_line_within_seconds(caplog):
         assert time.monotonic() - t0 < 5
         assert str(refused.value).startswith(f"{what} {url}: cannot connect: ") and "\n" not in str(refused.value)
         assert not [r for r in caplog.records if r.name.startswith("psycopg")]
+
+
+def test_a_user_who_may_not_read_the_log_is_one_line_not_a_traceback(pg_url, capsys, tmp_path):
+    import secrets
+
+    import psycopg
+
+    from service.cli import main
+
+    open_store(pg_url).close()
+    role = "r_" + secrets.token_hex(5)
+    schema = pg_url.rsplit("%3D", 1)[1]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")  # the tables, not their rows
+    try:
+        url = pg_url.replace("postgres@", f"{role}@", 1)
+        for command in (["retrain", "--db", url], ["shadow-report", "--db", url, "--out", str(tmp_path / "report")]):
+            assert main(command) == 2
+            err = capsys.readouterr().err
+            assert "permission denied" in err and "Traceback" not in err, err
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
