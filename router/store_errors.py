@@ -31,7 +31,7 @@ def store_refuses_writes(exc: BaseException) -> bool:
         state = getattr(exc, "sqlstate", None) or ""
         return state in ("42501", "25006") or state.startswith("53")  # insufficient privilege, read-only, resources
     return isinstance(exc, sqlite3.OperationalError) and any(
-        w in str(exc) for w in ("readonly database", "disk is full", "database or disk is full"))
+        w in str(exc) for w in ("readonly database", "disk is full"))
 
 
 def redact_url(url: str) -> str:
@@ -49,12 +49,11 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
 
 
-def setup_hint(exc: Exception, url: str = "") -> str:
+def setup_hint(exc: Exception, url: str) -> str:
     """A PostgreSQL set-up error in one line, with the missing step where it is a known one, and
     `url` redacted where libpq's message quotes it ('missing "=" after "postgresql+psycopg://u:pw@..."')."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if url:
-        text = text.replace(url, redact_url(url))
+    text = text.replace(url, redact_url(url))
     if getattr(exc, "sqlstate", None) == "3F000":  # invalid_schema_name: or the user lacks USAGE on it
         text += (" (the URL's search_path names a schema that does not exist, or that this user may not use: CREATE "
                  "SCHEMA it first, or GRANT USAGE ON SCHEMA to the user)")

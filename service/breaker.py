@@ -84,6 +84,13 @@ def probe_lapse_s(config: Config) -> float:
     return max(rel.breaker_cooldown_s, longest + 5.0)
 
 
+def waits(now: float, blocked_until: float, opened_at: float | None, cooldown_s: float) -> tuple[float, float]:
+    """(seconds the upstream's Retry-After still holds the model out, seconds until its open
+    circuit's cooldown lets a probe through): what `blocked_for` and `reopens_in` read, alike for
+    the process's breaker and the shared one."""
+    return max(0.0, blocked_until - now), max(0.0, opened_at + cooldown_s - now) if opened_at is not None else 0.0
+
+
 class CircuitBreaker:
     def __init__(self, failures: int, cooldown_s: float, clock: Clock = time.monotonic, probe_lapse_s: float | None = None):
         self.threshold = failures
@@ -114,18 +121,15 @@ class CircuitBreaker:
         cooldown lets a probe through; 0 when not rate limited."""
         with self._lock:
             c = self._get(model)
-            now = self._clock()
-            cooling = c.opened_at + self.cooldown_s - now if c.opened_at is not None and c.rate_limited else 0.0
-            return max(0.0, c.blocked_until - now, cooling)
+            held, cooling = waits(self._clock(), c.blocked_until, c.opened_at, self.cooldown_s)
+            return max(held, cooling if c.rate_limited else 0.0)
 
     def reopens_in(self, model: str) -> float:
         """Seconds until the model may be called again: its upstream's Retry-After, or the
         cooldown of its open circuit, after which a probe goes through; 0 when it may be now."""
         with self._lock:
             c = self._get(model)
-            now = self._clock()
-            cooling = c.opened_at + self.cooldown_s - now if c.opened_at is not None else 0.0
-            return max(0.0, c.blocked_until - now, cooling)
+            return max(waits(self._clock(), c.blocked_until, c.opened_at, self.cooldown_s))
 
     def acquire(self, model: str) -> Claim | None:
         """Claim the right to call the model (None: not now); in half-open state only one caller

@@ -136,6 +136,8 @@ def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, 
     from training.offpolicy import compare_policies, greedy_probs
     from router import ope
 
+    advice = GENERIC
+
     def task_of(r):
         return labels.get(r["request_id"]) or "unlabelled"
 
@@ -181,8 +183,8 @@ def summarize(shadows: list[dict], outcomes: dict[str, dict], labels: dict[str, 
             # utility = quality - cost / WTP: the page names the WTP its estimates are in
             report["ope"]["wtp_usd"] = {"min": float(t.knob.min()), "max": float(t.knob.max()), "mean": float(t.knob.mean())}
             if advise is not None:
-                return {"verdict": verdict(report, advise(t, actions)), **report}
-    return {"verdict": verdict(report), **report}
+                advice = advise(t, actions)
+    return {"verdict": verdict(report, advice), **report}
 
 
 def _retrain_defaults() -> tuple[str, int]:

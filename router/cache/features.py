@@ -101,7 +101,7 @@ _ANTONYM_PAIRS = (
     "bigger smaller", "biggest smallest", "larger smaller", "largest smallest", "taller shorter", "tallest shortest",
     "longer shorter", "longest shortest", "older younger", "oldest youngest", "older newer", "oldest newest", "new old",
     "hotter colder", "hottest coldest", "warm cold", "warmer colder", "warmest coldest", "deep shallow", "deeper shallower",
-    "deepest shallowest", "richer poorer", "richest poorest", "heavier lighter", "heaviest lightest", "faster slower",
+    "deepest shallowest", "richer poorer", "richest poorest", "heavier lighter", "heaviest lightest",
     "fastest slowest", "stronger weaker", "strongest weakest", "easier harder", "easiest hardest", "earlier later",
     "earliest latest", "wide narrow", "wider narrower", "widest narrowest", "thick thin", "thicker thinner",
     "thickest thinnest", "bright dark", "brighter darker", "brightest darkest", "loud quiet", "louder quieter",

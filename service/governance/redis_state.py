@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any, Mapping, Sequence
 
-from service.breaker import PASS, Claim, circuit_state, new_probe, state_available
+from service.breaker import PASS, Claim, circuit_state, new_probe, state_available, waits
 from service.governance.budgets import IDLE_SESSION_S, Line, Reservation, Usage, insert_spend, new_reservation_id, seeded_spent
 from service.governance.db import Database
 from service.governance.ratelimit import UNLIMITED, DroppedLeases, Held, RateCheck, Slot, Window, new_lease
@@ -448,17 +448,17 @@ class RedisCircuitBreaker:
     def available(self, model: str) -> bool:
         return state_available(self.state(model))
 
-    def blocked_for(self, model: str) -> float:
+    def _waits(self, model: str) -> tuple[tuple[float, float], bool]:
         blocked_until, opened_at, _, _, rate_limited, _ = self._fields(model)
-        now = self._clock()
-        cooling = float(opened_at) + self.cooldown_s - now if opened_at is not None and rate_limited == "1" else 0.0
-        return max(0.0, float(blocked_until or 0) - now, cooling)
+        held = waits(self._clock(), float(blocked_until or 0), None if opened_at is None else float(opened_at), self.cooldown_s)
+        return held, rate_limited == "1"
+
+    def blocked_for(self, model: str) -> float:
+        (held, cooling), rate_limited = self._waits(model)
+        return max(held, cooling if rate_limited else 0.0)
 
     def reopens_in(self, model: str) -> float:
-        blocked_until, opened_at, _, _, _, _ = self._fields(model)
-        now = self._clock()
-        cooling = float(opened_at) + self.cooldown_s - now if opened_at is not None else 0.0
-        return max(0.0, float(blocked_until or 0) - now, cooling)
+        return max(self._waits(model)[0])
 
     def acquire(self, model: str) -> Claim | None:
         if self._closed(self._fields(model)):

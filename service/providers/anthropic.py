@@ -30,6 +30,7 @@ from service.providers.base import Provider, UpstreamError, error_in_body, outpu
 from service.providers.conversation_shape import HISTORY_TOOL_DESCRIPTION, OPENING_USER_TEXT, history_tool_names, last_turn
 from service.providers.envelope import chunk, completion, parse_json_event, prompt_usage, stream_head, usage_chunk
 from service.providers.reasoning import THINKING_BUDGETS, reasoning_effort, refuse_logprobs, split_signature
+from service.schemas import FUNCTION_NAME  # Anthropic's rule for a tool's name is OpenAI's
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -46,8 +47,6 @@ FINISH_REASONS = {
 JSON_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
 
 IMAGE_MIME_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")  # what the Messages API takes
-# Anthropic's rule for a tool's name.
-TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 
 def _image_block(url: str, where: str) -> dict[str, Any]:
@@ -262,7 +261,7 @@ def _tools(body: dict[str, Any], messages: list[dict[str, Any]]) -> tuple[list[d
     blocks = [b for m in messages for b in m["content"]]
     if not any(b["type"] in ("tool_use", "tool_result") for b in blocks):
         return [], None
-    names = history_tool_names((b["name"] for b in blocks if b["type"] == "tool_use"), TOOL_NAME)
+    names = history_tool_names((b["name"] for b in blocks if b["type"] == "tool_use"), FUNCTION_NAME)
     declared = [{"name": n, "description": HISTORY_TOOL_DESCRIPTION, "input_schema": {"type": "object"}} for n in names]
     return declared, {"type": "none"}
 
