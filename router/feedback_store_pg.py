@@ -22,6 +22,7 @@ from router.feedback_log import (
     feedback_query,
 )
 from router.outcome_store_pg import no_outcome_log, pg_prune, pg_text, reader_tables
+from router.pg_pool import connection_pool
 from router.store_errors import setting_up
 
 _LOCK = 0x66656564626B  # advisory lock id shared by every replica, distinct from the outcome log's
@@ -33,8 +34,6 @@ class PostgresFeedbackLog:
     would (empty: the readers' joins then find no feedback)."""
 
     def __init__(self, url: str, max_size: int = 2, create: bool = True):
-        from psycopg_pool import ConnectionPool
-
         if not create:
             present = reader_tables(url, "feedback log", ["outcomes", *PRUNED])
             # The outcome log itself, not a table of another application's that shares a name with
@@ -42,7 +41,7 @@ class PostgresFeedbackLog:
             if "outcomes" not in present:
                 raise no_outcome_log(url)
             create = not set(PRUNED) <= set(present)
-        self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=True)
+        self._pool = connection_pool(url, min_size=1, max_size=max_size, open=True)
         if not create:
             return
         with setting_up("feedback log", url, self._pool.close), self._pool.connection() as conn, conn.transaction():

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from router.outcome_log import COLUMNS, OutcomeRecord, from_row, read_query, select_list, to_row
+from router.pg_pool import connection_pool
 from router.store_errors import redact_url, setting_up, setup_hint
 
 _PG_TYPES = {
@@ -43,16 +44,27 @@ def pg_prune(conn: Any, table: str, key: str, cutoff: float, limit: int) -> int:
                             (cutoff, limit)).rowcount
 
 
+# Connection parameters that change how the gateway talks to the database, not which table it
+# writes: a restart that adds a connect_timeout still finds the journal the killed process left.
+_TRANSPORT_PARAMS = frozenset({
+    "password", "passfile", "connect_timeout", "application_name", "fallback_application_name", "keepalives",
+    "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout", "sslmode", "sslcompression",
+    "sslcert", "sslkey", "sslrootcert", "sslcrl", "sslpassword", "gssencmode", "target_session_attrs",
+    "load_balance_hosts", "client_encoding",
+})
+
+
 def journal_base(url: str) -> Path:
     """Where an `OutcomeLog` on `url` journals: named by the connection parameters that pick the
-    table (host, port, database, user, options such as a search_path), not by the password, so
-    that a restart after a rotation finds its journal and a gateway on another database never
-    writes this one's rows into its own."""
+    table (host, port, database, user, options such as a search_path), not by the password or
+    the transport's settings, so that a restart after a rotation or a timeout change finds its
+    journal and a gateway on another database never writes this one's rows into its own. (A URL
+    with none of those settings is named as it was before they were left out.)"""
     from psycopg.conninfo import conninfo_to_dict
 
     from router.embedding import cache_dir
 
-    params = {k: str(v) for k, v in conninfo_to_dict(url).items() if k != "password"}
+    params = {k: str(v) for k, v in conninfo_to_dict(url).items() if k not in _TRANSPORT_PARAMS}
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "journal" / f"outcomes-pg-{digest}"
 
@@ -119,8 +131,6 @@ class PostgresStore:
     GATEWAY_SETTING, where it cannot connect."""
 
     def __init__(self, url: str, max_size: int = 4, create: bool = True):
-        from psycopg_pool import ConnectionPool
-
         self._url = url
         if not create:
             columns = reader_tables(url, "outcome log", ["outcomes"]).get("outcomes")
@@ -129,7 +139,7 @@ class PostgresStore:
             create = not columns >= set(COLUMNS)
         else:
             check_reachable(url, f"outcome log ({GATEWAY_SETTING})")
-        self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=True)
+        self._pool = connection_pool(url, min_size=1, max_size=max_size, open=True)
         if not create:
             return
         with setting_up("outcome log", url, self._pool.close), self._pool.connection() as conn, conn.transaction():

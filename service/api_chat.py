@@ -25,7 +25,7 @@ from router.request_view import view_chat_request
 from service import sse
 from service.api_info import resolve_visible
 from service.dispatch import ClientGone, OpenStream, client_gone, usage_tokens
-from service.errors import ApiError, bad_request, internal_error
+from service.errors import ApiError, bad_request, logged_internal_error
 from service.gateway import Gateway
 from service.governance.auth import client_caller
 from service.pipeline import RequestContext
@@ -77,8 +77,7 @@ async def chat_completions(request: Request) -> Response:
     except asyncio.CancelledError:  # the shutdown deadline passed while its body was still coming in
         return _refused(gw, request, request_id, received, started, raw, caller, _shutting_down(), "error")
     except Exception as exc:  # the key store away (a 503), or our bug (a 500): either way with its log row
-        log.exception("request %s failed before routing", request_id)
-        error = internal_error(exc)
+        error = logged_internal_error(exc, f"request {request_id} failed before routing")
         return _refused(gw, request, request_id, received, started, raw, caller, error, "error", f"internal: {type(exc).__name__}")
     # `tools: []` is no tools, and beside no tools `tool_choice` (validation lets only "none" by)
     # and `parallel_tool_calls` ask nothing: OpenAI refuses all three, agent SDKs send them.
@@ -111,8 +110,7 @@ async def chat_completions(request: Request) -> Response:
         finish(gw, ctx)
         return exc.response(response_headers(ctx))
     except Exception as exc:  # our bug (a 500) or a store away (a 503): the request still gets its log row
-        log.exception("request %s failed in the gateway", ctx.request_id)
-        error = internal_error(exc)
+        error = logged_internal_error(exc, f"request {ctx.request_id} failed in the gateway")
         ctx.status, ctx.error = "error", f"internal: {type(exc).__name__}"
         ctx.extras["http_status"] = error.status
         finish(gw, ctx)

@@ -272,6 +272,11 @@ class Dispatcher:
             if all(a.get("reason") in ("context_window", "over_tpm") for a in ctx.attempts):
                 return ApiError(413, f"the request's {ctx.routing.input_tokens} input tokens are more than the "
                                 "tokens-per-minute limit of every model it may use", code="request_too_large", param="messages")
+        elif all(e.status == 413 for e in errors):
+            # An HTTP 413 is the body's size in bytes (Anthropic's 32 MB), not the prompt's tokens: a
+            # smaller attachment helps where a model with a bigger window would not.
+            return ApiError(413, f"the request is larger than the upstream accepts: {errors[-1].message}",
+                            code="request_too_large", param="messages")
         elif all(e.kind == "context_length" for e in errors):
             return ApiError(400, f"the request does not fit the context window: {errors[-1].message}",
                             code="context_length_exceeded", param="messages")

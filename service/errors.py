@@ -153,6 +153,17 @@ def internal_error(exc: BaseException) -> ApiError:
     return ApiError(500, "internal error in the router", code="internal_error")
 
 
+def logged_internal_error(exc: BaseException, what: str) -> ApiError:
+    """`internal_error`, logged: a store away is one line (expected while a database restarts,
+    and every request meanwhile would write a traceback), our bug its traceback."""
+    if store_unreachable(exc):
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        log.warning("%s: a store cannot be reached: %s: %s", what, type(exc).__name__, first_line)
+    else:
+        log.error("%s", what, exc_info=exc)
+    return internal_error(exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -183,5 +194,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The traceback goes to our log only; the client learns that it was our fault.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return internal_error(exc).response()
+        return logged_internal_error(exc, f"unhandled error on {request.method} {request.url.path}").response()

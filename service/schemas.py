@@ -166,8 +166,14 @@ def validate_chat(body: Any) -> ChatRequest:
         given = "null" if request.model is None else "an empty string"
         raise _invalid("model", f"the model is empty ({given}); send a model name or a routing profile such as 'auto', "
                        "or leave 'model' out for the default profile")
+    answering = False  # whether a tool message here answers an assistant's tool calls
     for i, message in enumerate(request.messages):
         _check_message(message, f"messages[{i}]")
+        if message.role == "tool" and not answering:
+            # OpenAI refuses it; Anthropic and Gemini need the call a result answers, and an
+            # orphan result (a history trimmed between call and result) reached them as a 400.
+            raise _invalid(f"messages[{i}].role", "a 'tool' message must answer a preceding assistant message's 'tool_calls'")
+        answering = bool(message.tool_calls) if message.role != "tool" else answering
     _check_tools(request)
     _check_options(request)
     fmt = request.response_format
@@ -200,6 +206,10 @@ def _check_message(message: Message, where: str) -> None:
             continue
         at = f"{where}.content[{j}]"
         kind = part.get("type")
+        if kind is None:
+            raise _missing(f"{at}.type")
+        if not isinstance(kind, str):
+            raise _invalid(f"{at}.type", f"expected a string, got {_json_type(kind)}")
         if kind == "text" and not isinstance(part.get("text"), str):
             raise _invalid(f"{at}.text", f"expected a string, got {_json_type(part.get('text'))}")
         image = part.get("image_url")

@@ -67,21 +67,25 @@ def completion_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
     for choice in body.get("choices") or ():
         idx = choice.get("index", 0)
         msg = choice.get("message") or {}
+
+        def piece(delta: dict[str, Any], finish: str | None = None) -> None:
+            # OpenAI's chunks always carry the logprobs key; a request asking for logprobs is never
+            # served from the cache (router/cache/policy.py), so here it is always null.
+            chunks.append({**base, "choices": [{"index": idx, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+
         # A tool call's message has null content, and so has its first chunk (as OpenAI streams it).
-        opening = "" if msg.get("content") is not None else None
-        chunks.append({**base, "choices": [{"index": idx, "delta": {"role": msg.get("role", "assistant"), "content": opening}, "finish_reason": None}]})
+        piece({"role": msg.get("role", "assistant"), "content": "" if msg.get("content") is not None else None})
         for name in REASONING_FIELDS:  # the thinking before the answer, as the upstream streamed it
             if isinstance(msg.get(name), str) and msg[name]:
-                chunks.append({**base, "choices": [{"index": idx, "delta": {name: msg[name]}, "finish_reason": None}]})
+                piece({name: msg[name]})
         if msg.get("content"):
-            chunks.append({**base, "choices": [{"index": idx, "delta": {"content": msg["content"]}, "finish_reason": None}]})
+            piece({"content": msg["content"]})
         if msg.get("refusal"):  # a model's refusal is its answer: streamed as OpenAI streams it
-            chunks.append({**base, "choices": [{"index": idx, "delta": {"refusal": msg["refusal"]}, "finish_reason": None}]})
+            piece({"refusal": msg["refusal"]})
         calls = msg.get("tool_calls") or []
         if calls:
-            delta_calls = [{"index": i, **call} for i, call in enumerate(calls)]
-            chunks.append({**base, "choices": [{"index": idx, "delta": {"tool_calls": delta_calls}, "finish_reason": None}]})
-        chunks.append({**base, "choices": [{"index": idx, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}]})
+            piece({"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]})
+        piece({}, finish=choice.get("finish_reason") or "stop")
     if body.get("usage") is not None:
         chunks.append({**base, "choices": [], "usage": body["usage"]})
     return chunks

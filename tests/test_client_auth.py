@@ -257,3 +257,50 @@ def test_a_key_store_that_fails_is_a_clean_500_with_its_outcome_row(upstream, tm
         admin.close()
     finally:
         gw.stop()
+
+
+def test_a_store_away_leaves_open_mode_as_it_was_and_is_logged_in_one_line(upstream, tmp_path, caplog):
+    import sqlite3
+
+    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite")
+    gov = _governance(config, tmp_path, master=None)  # no key anywhere: open, on loopback
+    gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)
+    asked = []
+    try:
+        assert httpx.post(f"{gw.base_url}/chat/completions", json=CHAT).status_code == 200
+
+        def away():
+            asked.append(time.monotonic())
+            raise sqlite3.OperationalError("unable to open database file")
+
+        gov.open_mode = away
+        time.sleep(2.1)  # past the open-mode answer's lifetime: asked again, and the store is away
+        for _ in range(3):  # open as it was, rather than every request failing with the store
+            assert httpx.post(f"{gw.base_url}/chat/completions", json=CHAT).status_code == 200
+        assert len(asked) == 1  # and asked again only once its answer is old again
+
+        # Keyed: once keys are required they stay required, so open mode is never asked again;
+        # a key lookup with the store away is a 503 logged in one line, no traceback.
+        gw.stop()
+        gov = _governance(config, tmp_path)
+        gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)
+        admin = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {MASTER}"}, timeout=10)
+        secret = admin.post("/admin/keys", json={"name": "k"}).json()["secret"]
+        admin.close()
+        assert httpx.post(f"{gw.base_url}/chat/completions", json=CHAT, headers=bearer(secret)).status_code == 200
+        asked.clear()
+        gov.open_mode = away
+
+        def locked(*args, **kwargs):
+            raise sqlite3.OperationalError("database is locked")
+
+        gov.keys.authenticate = locked
+        time.sleep(2.1)  # past both the open-mode and the key cache's lifetimes
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            r = httpx.post(f"{gw.base_url}/chat/completions", json=CHAT, headers=bearer(secret))
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable" and asked == []
+        said = [rec for rec in caplog.records if "cannot be reached" in rec.getMessage()]
+        assert len(said) == 1 and said[0].exc_info is None and "database is locked" in said[0].getMessage()
+    finally:
+        gw.stop()

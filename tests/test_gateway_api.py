@@ -267,6 +267,13 @@ def test_bad_input_gets_an_openai_style_error(gw, body, status, code):
      "response_format.json_schema.name"),
     ({"router": {"max_cost_usd": "abc"}}, "invalid_value", "router.max_cost_usd"),
     ({"messages": [*MSG, {"role": "tool", "content": "42"}]}, "missing_required_parameter", "messages[1].tool_call_id"),
+    # a tool result answering no tool call: OpenAI's refusal (a history trimmed between call and result)
+    ({"messages": [*MSG, {"role": "tool", "tool_call_id": "c1", "content": "42"}]}, "invalid_value", "messages[1].role"),
+    ({"messages": [*MSG, {"role": "assistant", "content": "no calls"}, {"role": "tool", "tool_call_id": "c1", "content": "42"}]},
+     "invalid_value", "messages[2].role"),
+    # a content part must say what it is
+    ({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}, "missing_required_parameter", "messages[0].content[0].type"),
+    ({"messages": [{"role": "user", "content": [{"type": 3, "text": "hi"}]}]}, "invalid_value", "messages[0].content[0].type"),
     # Anthropic and Gemini adapters translate image parts: OpenAI's shape, or a 400 (was a crash, a 500)
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
                                                 {"type": "image_url", "image_url": "https://example.com/a.png"}]}]},

@@ -98,6 +98,18 @@ def test_context_length_error_skips_models_with_no_bigger_window(start_gateway, 
     assert not upstream.requests_for("m2")
 
 
+def test_an_upstreams_413_is_a_request_too_large_not_a_context_window(start_gateway, upstream):
+    # Anthropic's 413 counts the body's bytes (32 MB): telling the client its prompt does not fit
+    # the context window would send it to trim the conversation instead of the attachment.
+    gw = start_gateway()
+    for m in ("m1", "m2", "m3"):
+        upstream.default(m, error(413, "Request exceeds the maximum allowed number of bytes.", type="request_too_large"))
+    with pytest.raises(openai.APIStatusError) as exc:
+        gw.client().chat.completions.create(model="auto", messages=MSG)
+    assert exc.value.status_code == 413 and exc.value.body["code"] == "request_too_large"
+    assert "maximum allowed number of bytes" in exc.value.body["message"]
+
+
 def test_every_model_failing_is_a_503_and_logged(start_gateway, upstream):
     gw = start_gateway()
     for m in ("m1", "m2", "m3"):

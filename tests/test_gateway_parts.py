@@ -241,6 +241,9 @@ def test_assembler_rebuilds_what_completion_to_chunks_split():
     chunks = completion_to_chunks(completion)
     assert not carries_output(chunks[0]) and carries_output(chunks[1])
     assert all(c["system_fingerprint"] == "fp_1" for c in chunks)  # a cached answer streamed as the upstream's was
+    # every choice carries the logprobs key, null, as OpenAI's chunks do
+    assert all(choice["logprobs"] is None for c in chunks for choice in c["choices"])
+    assert all("logprobs" in choice for c in chunks for choice in c["choices"])
     asm = Assembler()
     for c in chunks:
         asm.add(c)

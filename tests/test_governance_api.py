@@ -54,6 +54,12 @@ def test_admin_input_out_of_range_is_a_400_not_a_500(env):
         ("post", "/admin/keys", {"name": "a\x00b"}, "name"),
         ("patch", f"/admin/keys/{key['id']}", {"team": "t\x00"}, "team"),
         ("post", "/admin/budgets", {"scope": "team", "scope_id": "t\x00", "period": "day", "limit_usd": 1}, "scope_id"),
+        # A blank name, team, project or user is no name: a team "" or " " was a group of its own.
+        ("post", "/admin/keys", {"name": "   "}, "name"),
+        ("post", "/admin/keys", {"name": "blank team", "team": ""}, "team"),
+        ("patch", f"/admin/keys/{key['id']}", {"project": " \t"}, "project"),
+        ("patch", f"/admin/keys/{key['id']}", {"user": ""}, "user"),
+        ("post", "/admin/budgets", {"scope": "team", "scope_id": "  ", "period": "day", "limit_usd": 1}, "scope_id"),
         # A string had been taken for a number where a count refused it; an empty model list
         # allowed nothing; an expiry past the year 3000 or before 1970 is a unit mistake.
         ("post", "/admin/budgets", {"scope": "key", "scope_id": key["id"], "period": "day", "limit_usd": "5"}, "limit_usd"),

@@ -95,6 +95,9 @@ def test_a_store_names_where_an_outcome_log_journals_its_rows(url, tmp_path, mon
         assert base.parent == tmp_path / "cache" / "journal"
         assert journal_base(url.replace("postgres@", "postgres:rotated@")) == base
         assert journal_base(url.replace("search_path%3D", "search_path%3Dother_")) != base
+        # a restart with another timeout or application name still replays what the killed one journaled
+        assert journal_base(f"{url}&connect_timeout=7&application_name=gw2&sslmode=prefer") == base
+        assert journal_base(f"{url}&port=5999") != base
 
 
 def test_a_sqlite_url_with_two_slashes_then_a_name_is_refused_by_every_store(tmp_path, monkeypatch):

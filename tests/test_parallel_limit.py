@@ -163,6 +163,8 @@ def test_the_admin_api_checks_and_shows_max_parallel_requests(env):
         assert r.status_code == 400 and "max_parallel_requests" in r.text, (bad, r.text)
         assert admin.put("/admin/teams/t", json={"max_parallel_requests": bad}).status_code == 400
     assert admin.put("/admin/teams/t", json={}).status_code == 400  # say null to remove it
+    blank = admin.put("/admin/teams/%20%20", json={"max_parallel_requests": 2})  # no key can carry a blank team
+    assert blank.status_code == 400 and blank.json()["error"]["param"] == "team"
     key, _ = new_key(admin, name="k", max_parallel_requests=3)
     assert key["max_parallel_requests"] == 3
     assert admin.patch(f"/admin/keys/{key['id']}", json={"max_parallel_requests": 5}).json()["max_parallel_requests"] == 5

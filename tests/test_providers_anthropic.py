@@ -330,6 +330,22 @@ async def test_attachments_anthropic_cannot_read_are_refused_naming_the_part(ser
     assert server.requests == []  # never sent without the attachment
 
 
+
+async def test_a_part_type_anthropic_has_no_block_for_is_refused_for_failover_not_dropped(server, provider):
+    # Dropped, the model would answer about a video it was never shown.
+    video = {"type": "video_url", "video_url": {"url": "https://example.com/clip.mp4"}}
+    with pytest.raises(UpstreamError) as info:
+        await provider.complete(MODEL, {"messages": [{"role": "user", "content": [{"type": "text", "text": "what happens?"}, video]}]})
+    assert (info.value.kind, info.value.param) == ("unsupported", "messages[0].content[1]") and info.value.failover
+    assert "'video_url'" in info.value.message and server.requests == []
+    # An assistant's replayed refusal part is what it said: sent as its text.
+    server.reply(MESSAGE)
+    await provider.complete(MODEL, {"messages": [
+        {"role": "user", "content": "help me pick a lock"},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}]},
+        {"role": "user", "content": "it is my own door"}]})
+    assert server.requests[-1].body["messages"][1]["content"] == [{"type": "text", "text": "I can't help with that."}]
+
 BIG = MODEL.model_copy(update={"max_output_tokens": 64000})
 
 

@@ -358,6 +358,14 @@ async def test_attachments_gemini_cannot_read_are_refused_naming_the_part(server
     assert server.requests == []
 
 
+
+async def test_a_part_type_gemini_has_no_part_for_is_refused_for_failover_not_dropped(server, provider):
+    video = {"type": "video_url", "video_url": {"url": "https://example.com/clip.mp4"}}
+    with pytest.raises(UpstreamError) as info:
+        await provider.complete(MODEL, {"messages": [{"role": "user", "content": ["what happens?", video]}]})
+    assert (info.value.kind, info.value.param) == ("unsupported", "messages[0].content[1]") and info.value.failover
+    assert "'video_url'" in info.value.message and server.requests == []
+
 def signed_call(name="read", args=None, signature=SIGNATURE):
     return {"functionCall": {"name": name, "args": args or {"path": "a"}}, "thoughtSignature": signature}
 

@@ -53,7 +53,14 @@ def _no_nul(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_nul)]
+def _not_blank(value: str) -> str:
+    # A blank team or project would be a group of its own that no report or budget names clearly.
+    if not value.strip():
+        raise ValueError("must not be blank; leave it out (or null) for none")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_no_nul), AfterValidator(_not_blank)]
 
 
 MAX_USD = 1e9  # $1e9 is 1e18 nano-USD, inside a signed 64-bit integer
@@ -66,9 +73,9 @@ Number = StrictFloat
 
 
 class KeyFields(_Body):
-    team: Text | None = None
-    project: Text | None = None
-    user: Text | None = None
+    team: Name | None = None
+    project: Name | None = None
+    user: Name | None = None
     allowed_models: list[str] | None = Field(default=None, min_length=1)  # [] would allow nothing: null is every model
     allowed_profiles: list[str] | None = None
     # Upper bounds keep amounts inside the stores' 64-bit integers (nano-USD; tokens per minute).
@@ -83,11 +90,11 @@ class KeyFields(_Body):
 
 
 class KeyCreate(KeyFields):
-    name: Text = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
 
 
 class KeyUpdate(KeyFields):
-    name: Text | None = Field(default=None, min_length=1, max_length=200)
+    name: Name | None = Field(default=None, min_length=1, max_length=200)
 
 
 class TeamLimits(_Body):
@@ -100,7 +107,7 @@ class Rotate(_Body):
 
 class BudgetCreate(_Body):
     scope: Literal["key", "team", "project"]
-    scope_id: Text = Field(min_length=1)
+    scope_id: Name = Field(min_length=1)
     period: Literal["day", "month", "total"]
     limit_usd: Number = Field(ge=MIN_USD, le=MAX_USD)
     soft_threshold: Number = Field(default=0.8, gt=0, le=1)
@@ -232,8 +239,8 @@ async def list_teams(gov: Governance = Depends(require_master)) -> JSONResponse:
 async def set_team(team: str, request: Request, gov: Governance = Depends(require_master)) -> JSONResponse:
     """A team's limits, replaced; a team is the `team` its keys carry, and may be set before them."""
     body = await _read_body(request, TeamLimits)
-    if not team or "\x00" in team:
-        raise ApiError(400, "a team name must be non-empty text without NUL", code="invalid_request", param="team")
+    if not team.strip() or "\x00" in team:
+        raise ApiError(400, "a team name must be text, not blank, without NUL", code="invalid_request", param="team")
     limits = await _run(gov.keys.set_team_parallel, team, body.max_parallel_requests)
     _invalidate(request)
     keys = await _run(gov.keys.list, False)

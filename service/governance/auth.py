@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from starlette.requests import Request
 
+from router.store_errors import store_unreachable
 from router.types import Constraints
 from service.errors import ApiError
 from service.governance.keys import VirtualKey
@@ -191,12 +192,12 @@ class Authenticator:
         if master is not None and len(master) < MIN_MASTER_KEY_CHARS:
             log.warning("OPENCLAW_MASTER_KEY is %d characters long: the admin API takes unlimited guesses, so use at "
                         "least %d random characters (`openssl rand -hex 32` makes 64)", len(master), MIN_MASTER_KEY_CHARS)
-        self._open: tuple[float, bool] = (0.0, False)
+        self._open: tuple[float, bool | None] = (0.0, None)  # (when asked, the answer); None: not asked yet
         self._keys: dict[str, tuple[float, VirtualKey, str]] = {}  # by secret hash: only known keys
 
     def invalidate(self) -> None:
         """Keys changed in this process: forget what is cached."""
-        self._open = (0.0, False)
+        self._open = (0.0, None)
         self._keys = {}
 
     def refuse(self, status: int, message: str, code: str, reason: str,
@@ -221,8 +222,16 @@ class Authenticator:
 
     async def _open_mode(self) -> bool:
         checked_at, value = self._open
-        if time.monotonic() - checked_at > OPEN_MODE_TTL_S:
-            value = await asyncio.to_thread(self.gov.open_mode)
+        if value is False:
+            return False  # keys once made stay required (Governance.open_mode): never asked again
+        if value is None or time.monotonic() - checked_at > OPEN_MODE_TTL_S:
+            try:
+                value = await asyncio.to_thread(self.gov.open_mode)
+            except Exception as exc:
+                if value is None or not store_unreachable(exc):
+                    raise
+                # The database away: open as it was, asked again after the TTL, rather than every
+                # request of a keyless gateway failing with it.
             self._open = (time.monotonic(), value)
         return value
 

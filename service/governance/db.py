@@ -246,13 +246,14 @@ class PostgresDatabase(Database):
     dialect = "postgres"
 
     def __init__(self, url: str, max_size: int = 10):
-        from psycopg_pool import ConnectionPool, PoolTimeout
+        from psycopg_pool import PoolTimeout
 
         from router.outcome_store_pg import check_reachable
+        from router.pg_pool import connection_pool
 
         what = f"governance database ({governance_setting(url)})"
         check_reachable(url, what)
-        self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": False},
+        self._pool = connection_pool(url, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": False},
                                     timeout=CONNECTION_WAIT_S)
         try:
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)

@@ -98,7 +98,7 @@ def _part_block(part: Any, where: str) -> dict[str, Any] | None:
     elif kind == "input_audio":
         raise attachments.refused(where, "Anthropic models take no audio; ask for a model that does, or send a transcript")
     else:
-        return None
+        raise attachments.unknown_part(where, kind, "Anthropic")
     if block is not None and isinstance(part.get("cache_control"), dict):
         block["cache_control"] = part["cache_control"]  # the client's own breakpoint
     return block

@@ -33,10 +33,20 @@ def refused(where: str, why: str, kind: ErrorKind = "bad_request") -> UpstreamEr
 
 
 def part_text(part: dict[str, Any]) -> str | None:
-    """The text of a text part, None for any other part."""
+    """The text of a text part (an assistant's replayed refusal part is what it said), None for
+    any other part."""
     if part.get("type") in TEXT_PART_TYPES:
         return str(part.get("text", ""))
+    if part.get("type") == "refusal":
+        return str(part.get("refusal", ""))
     return None
+
+
+def unknown_part(where: str, kind: Any, provider: str) -> UpstreamError:
+    """A part the adapter cannot translate (a `video_url` for a vLLM model): left out, the model
+    would answer a question it was never shown; `unsupported`, so a routed request fails over to
+    an OpenAI-compatible model that may read it."""
+    return refused(where, f"{provider} models take no content parts of type {kind!r}", kind="unsupported")
 
 
 # Names clients write for a type under another name: `image/jpg` is common (OpenAI takes it), and

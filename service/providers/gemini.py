@@ -70,7 +70,7 @@ def _part(part: Any, where: str) -> dict[str, Any] | None:
     elif kind == "input_audio":
         inline = attachments.audio_part(part, where)
     else:
-        return None
+        raise attachments.unknown_part(where, kind, "Gemini")
     return {"inlineData": {"mimeType": inline.mime_type, "data": inline.data}}
 
 
