@@ -411,11 +411,13 @@ class Dispatcher:
                 if not failure.failover or (failure.kind == "unsupported" and not routed):
                     # The client's own fault: it gets the upstream's code and param where it gave them. A
                     # status written as a code ("400", a proxy's) says nothing the status does not.
-                    fallback = "unsupported_parameter" if failure.kind == "unsupported" else "upstream_bad_request"
+                    too_large = failure.status == 413
+                    fallback = ("request_too_large" if too_large else
+                                "unsupported_parameter" if failure.kind == "unsupported" else "upstream_bad_request")
                     code = failure.code if failure.code and failure.code != str(failure.status) else fallback
                     # An adapter's own refusal (nothing was sent) is not the upstream's.
                     said = "the upstream rejected the request" if failure.from_upstream else f"{name} cannot take the request"
-                    raise ApiError(400, f"{said}: {failure.message}", code=code,
+                    raise ApiError(413 if too_large else 400, f"{said}: {failure.message}", code=code,
                                    param=failure.param)
                 if failure.kind == "context_length":
                     tries.smallest_failed_window = max(tries.smallest_failed_window or 0, spec.context_window)

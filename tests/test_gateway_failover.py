@@ -101,13 +101,23 @@ def test_context_length_error_skips_models_with_no_bigger_window(start_gateway, 
 def test_an_upstreams_413_is_a_request_too_large_not_a_context_window(start_gateway, upstream):
     # Anthropic's 413 counts the body's bytes (32 MB): telling the client its prompt does not fit
     # the context window would send it to trim the conversation instead of the attachment.
-    gw = start_gateway()
+    # Bytes, not tokens: no model is skipped for its window, as the next may take the body.
+    gw = start_gateway(models=[
+        {"name": "m1", "context_window": 200000}, {"name": "m2", "context_window": 8000}, {"name": "m3", "context_window": 8000},
+    ])
+    too_large = error(413, "Request exceeds the maximum allowed number of bytes.", type="request_too_large")
+    upstream.script("m1", too_large)
+    answer, headers = ask(gw)
+    assert answer.model in ("m2", "m3") and attempts(gw.outcome(headers["x-request-id"]))[0] == ("m1", "unsupported")
     for m in ("m1", "m2", "m3"):
-        upstream.default(m, error(413, "Request exceeds the maximum allowed number of bytes.", type="request_too_large"))
+        upstream.default(m, too_large)
     with pytest.raises(openai.APIStatusError) as exc:
         gw.client().chat.completions.create(model="auto", messages=MSG)
     assert exc.value.status_code == 413 and exc.value.body["code"] == "request_too_large"
     assert "maximum allowed number of bytes" in exc.value.body["message"]
+    with pytest.raises(openai.APIStatusError) as named:  # a named model's own limit: no fallback asked for
+        gw.client().chat.completions.create(model="m2", messages=MSG)
+    assert named.value.status_code == 413 and named.value.body["code"] == "request_too_large"
 
 
 def test_every_model_failing_is_a_503_and_logged(start_gateway, upstream):

@@ -218,6 +218,10 @@ def classify(status: int, payload: Any, text: str) -> ErrorKind:
         return "server"
     if status == 408:
         return "timeout"
+    if status == 413 and not _CONTEXT_WORDING.search(words):
+        # The body's bytes (Anthropic's 32 MB), not its tokens: a model with a bigger window may
+        # refuse it too and one with a smaller window may take it, so no model is skipped for it.
+        return "unsupported"
     if status == 413 or _CONTEXT_WORDING.search(words):
         return "context_length"
     if status in (401, 403) or _AUTH_WORDING.search(words):
