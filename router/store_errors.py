@@ -16,7 +16,9 @@ def store_unreachable(exc: BaseException) -> bool:
     misuse or a wrong password, which waiting does not mend. Looked up among the drivers imported,
     so none is imported for it."""
     if (psycopg := sys.modules.get("psycopg")) is not None and isinstance(exc, psycopg.OperationalError):
-        return True  # PoolTimeout is one; InterfaceError ("the cursor is closed") is our misuse
+        # PoolTimeout is one. A query past a program limit (class 54: 1,700 columns) is one too,
+        # and no wait mends it. InterfaceError ("the cursor is closed") is our misuse.
+        return not (getattr(exc, "sqlstate", None) or "").startswith("54")
     if (redis := sys.modules.get("redis.exceptions")) is not None and isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         return not isinstance(exc, (redis.AuthenticationError, redis.AuthorizationError))  # subclasses of ConnectionError
     # SQLite's OperationalError also says a table is missing or the file is read-only: those stay.

@@ -400,6 +400,8 @@ def _ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStream, u
              "created": assembler.created or int(time.time()), "model": assembler.model or opened.model.name,
              "choices": [], "usage": with_cost(usage_or_estimate(
                  assembler.usage, lambda: estimated_usage(ctx, assembler.completion(), opened.model))[0], opened.model)}
+    if assembler.system_fingerprint:  # as on every chunk before it
+        usage["system_fingerprint"] = assembler.system_fingerprint
     return [sse.encode(usage), sse.DONE]
 
 

@@ -33,12 +33,13 @@ router = APIRouter()
 _STARTED = int(time.time())
 
 
-@router.get("/v1/models")
+# HEAD wherever GET (RFC 9110): a load balancer's probe of the models list is no 405.
+@router.api_route("/v1/models", methods=["GET", "HEAD"])
 async def list_models(request: Request) -> JSONResponse:
     return JSONResponse({"object": "list", "data": await _visible_models(request)})
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.api_route("/v1/models/{model_id:path}", methods=["GET", "HEAD"])
 async def retrieve_model(request: Request, model_id: str) -> JSONResponse:
     """OpenAI's `models.retrieve`: one entry of the list, or a 404 in OpenAI's shape."""
     found = next((m for m in await _visible_models(request) if m["id"] == model_id), None)

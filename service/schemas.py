@@ -372,7 +372,12 @@ def judge_chat(data: bytes) -> tuple[Any, ChatRequest | ApiError]:
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refusing more than `max_bytes` before reading it all."""
+    """The request body, refusing more than `max_bytes` before reading it all, and one in an
+    encoding the gateway does not decode (read as JSON, a gzip body had been called invalid JSON)."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(415, f"the request body's Content-Encoding {encoding!r} is not supported; send it uncompressed",
+                       code="unsupported_content_encoding")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)

@@ -22,6 +22,10 @@ log = logging.getLogger("openclaw.serve")
 # Files the process holds besides client connections: stores, logs, the embedder, Redis.
 FIXED_FILES = 128
 REFUSED_LINGER_S = 1.0  # how long a connection past the cap may take to read its 503 and close
+# A request's head (request line and headers) past this is refused with a 431: uvicorn's httptools
+# parser takes headers of any size, so 200 MB of them had been read into memory, past
+# max_body_bytes, by one request. Node's default is 16 KiB, nginx's 32 KiB; OpenAI's SDKs send ~1 KiB.
+MAX_HEAD_BYTES = 64 * 1024
 
 
 def _raw_response(status: str, code: str, message: str, extra: str = "") -> bytes:
@@ -84,29 +88,50 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
                          "retry-after: 1\r\n")
     late = _raw_response("408 Request Timeout", "request_timeout", "the request's head did not arrive within "
                          f"{header_timeout_s:g} s (server.header_timeout_s)")
+    too_big = _raw_response("431 Request Header Fields Too Large", "request_header_fields_too_large",
+                            f"the request's head (its request line and headers) is over {MAX_HEAD_BYTES} bytes")
 
     class GuardedProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         _head_timer: asyncio.TimerHandle | None = None
         _refused = False
         _head_begun = False  # a byte of the awaited request has come
+        _head_bytes = 0  # bytes received while its head was incomplete
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             if len(self.connections) > max_connections:
-                # Answered, then its request read and dropped until the client closes (at most
-                # REFUSED_LINGER_S): closing on unread data would reset the connection, answer and all.
-                self._refused = True
-                transport.write(busy)
-                if transport.can_write_eof():
-                    transport.write_eof()
-                self._head_timer = self.loop.call_later(REFUSED_LINGER_S, transport.close)
+                self._refuse(busy)
                 return
             self._arm()
 
+        def _refuse(self, answer: bytes) -> None:
+            # Answered, then its request read and dropped until the client closes (at most
+            # REFUSED_LINGER_S): closing on unread data would reset the connection, answer and all.
+            self._disarm()
+            self._refused = True
+            self.transport.write(answer)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self._head_timer = self.loop.call_later(REFUSED_LINGER_S, self.transport.close)
+
+        def _awaiting_head(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
         def data_received(self, data: bytes) -> None:
-            if not self._refused:
-                self._head_begun = self._head_begun or bool(data)
-                super().data_received(data)
+            if self._refused:
+                return
+            self._head_begun = self._head_begun or bool(data)
+            counted = self._awaiting_head()
+            super().data_received(data)
+            if counted:  # a read may hold the head's end and the body's start: refused only if the head is still open
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES and self._awaiting_head() and not self.transport.is_closing():
+                    self._refuse(too_big)
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn's is plain text; every other refusal of the gateway is OpenAI's JSON error.
+            self.transport.write(_raw_response("400 Bad Request", "invalid_http", f"not a valid HTTP/1.1 request: {msg}"))
+            self.transport.close()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -119,6 +144,7 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
         def _arm(self) -> None:
             self._disarm()
             self._head_begun = False
+            self._head_bytes = 0
             if not self.transport.is_closing():
                 self._head_timer = self.loop.call_later(header_timeout_s, self._head_late)
 

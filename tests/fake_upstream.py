@@ -302,6 +302,9 @@ def _usage(body: dict[str, Any], text: str, calls: list[dict[str, Any]], reply: 
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, **dict(reply.usage_fields)}
 
 
+FINGERPRINT = "fp_fake"  # on every answer and chunk, as OpenAI sends it
+
+
 def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     text, calls = _answer(body, reply)
     message: dict[str, Any] = {"role": "assistant", "content": text or None}
@@ -309,7 +312,7 @@ def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         message["tool_calls"] = calls
     return {
         "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": body.get("model"),
-        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
+        "system_fingerprint": FINGERPRINT, "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
         **({"usage": _usage(body, text, calls, reply)} if reply.usage else {}),
     }
 
@@ -319,7 +322,7 @@ def _chunks(body: dict[str, Any], reply: Reply) -> list[bytes]:
 
     def event(delta: dict[str, Any] | None, finish: str | None = None, usage: dict[str, Any] | None = None) -> bytes:
         chunk: dict[str, Any] = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": body.get("model"),
-                                 "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                                 "system_fingerprint": FINGERPRINT, "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]}
         if usage is not None:
             chunk["usage"] = usage
         return f"data: {json.dumps(chunk)}\n\n".encode()

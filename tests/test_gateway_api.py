@@ -2,6 +2,7 @@
 not, tools), an OpenClaw-shaped agent request, per-request limits, info endpoints, bad input."""
 from __future__ import annotations
 
+import gzip
 import json
 
 import httpx
@@ -208,6 +209,12 @@ def test_models_route_health_and_metrics(gw):
     assert health["status"] == "ok" and health["router_loaded"] and health["models"]["m1"]["ewma_latency_s"] > 0
     assert httpx.head(f"{gw.url}/healthz").status_code == 200  # probes that read no body
     assert httpx.head(f"{gw.url}/metrics").status_code == 200
+    assert httpx.head(f"{gw.base_url}/models").status_code == 200 and httpx.head(f"{gw.base_url}/models/m1").status_code == 200
+    assert httpx.head(f"{gw.base_url}/models/nope").status_code == 404
+    # a compressed body is refused as such, not called invalid JSON
+    packed = httpx.post(f"{gw.base_url}/chat/completions", content=gzip.compress(json.dumps({"model": "auto", "messages": MSG}).encode()),
+                        headers={"content-type": "application/json", "content-encoding": "gzip"})
+    assert packed.status_code == 415 and packed.json()["error"]["code"] == "unsupported_content_encoding"
     metrics = httpx.get(f"{gw.url}/metrics").text
     for line in ('openclaw_requests_total{model="m1",profile="auto",status="ok"} 1.0',
                  'openclaw_routing_choices_total{model="m1",profile="auto"} 1.0',

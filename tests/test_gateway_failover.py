@@ -458,6 +458,7 @@ def test_a_streamed_answer_without_upstream_usage_gets_and_bills_an_estimate(sta
     usage = [c.usage for c in chunks if c.usage]
     assert len(usage) == 1 and chunks[-1].usage is not None and not chunks[-1].choices
     assert usage[0].completion_tokens >= 250  # the tool call's ~1,000 characters of arguments
+    assert {c.system_fingerprint for c in chunks} == {"fp_fake"}  # the usage chunk the gateway made too
     row = gw.outcomes(at_least=1)[-1]
     assert row["output_tokens"] == usage[0].completion_tokens and row["cost_usd"] > 0
     # Not streamed, the same answer gets the same estimate (the adapter's own counted one choice,

@@ -67,6 +67,7 @@ def test_admin_input_out_of_range_is_a_400_not_a_500(env):
         ("post", "/admin/keys", {"name": "none", "allowed_models": []}, "allowed_models"),
         ("post", "/admin/keys", {"name": "far", "expires_at": 1e300}, "expires_at"),
         ("post", "/admin/keys", {"name": "past", "expires_at": -1e300}, "expires_at"),
+        ("post", "/admin/keys", {"name": "far by duration", "expires_in_s": 32503680000}, "expires_in_s"),  # past year 3000 from now
     ]:
         # json.dumps writes NaN and Infinity, as a JavaScript or Python client may send them.
         r = admin.request(method, path, content=json.dumps(body), headers={"content-type": "application/json"})

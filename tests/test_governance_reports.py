@@ -232,3 +232,44 @@ def test_which_refusals_leave_a_spend_row(env):
     rows = admin.get("/admin/requests", params={"limit": 100}).json()["data"]
     assert sorted((r["status"], r["cost_usd"] > 0) for r in rows) == [("ok", True), ("refused", False), ("refused", False)]
     assert all(r["key_name"] == "scoped" for r in rows)
+
+
+def test_reports_name_a_key_as_it_is_called_now_and_keep_two_keys_of_one_name_apart(env):
+    gw, admin, *_ = env
+    renamed, renamed_secret = new_key(admin, name="zzz-old")
+    chat(client(gw, renamed_secret))
+    assert admin.patch(f"/admin/keys/{renamed['id']}", json={"name": "aaa-new"}).status_code == 200
+    chat(client(gw, renamed_secret))
+    twins = [new_key(admin, name="twin") for _ in range(2)]
+    for _, secret in twins:
+        chat(client(gw, secret))
+    settled(admin, 4)
+    spend = {r["key"]: r for r in admin.get("/admin/spend", params={"group_by": "key,key"}).json()["data"]}
+    assert spend[renamed["id"]]["key_name"] == "aaa-new" and spend[renamed["id"]]["requests"] == 2  # was MAX(): zzz-old
+    assert "aaa-new" in admin.get("/admin/spend.csv", params={"key": renamed["id"]}).text
+    series = admin.get("/admin/dashboard").json()["spend_by_key"]["series"]
+    twin_labels = [f"twin ({key['id'][:12]})" for key, _ in twins]
+    assert set(series) == {"aaa-new", *twin_labels}  # the two twins were one series, their spend summed
+    assert all(sum(series[label]) > 0 for label in twin_labels)
+    refused = admin.get("/admin/spend", params={"group_by": "key,colour"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "group_by"
+    for url in ("/admin/spend?team=a%00b", "/admin/keys/key_%00", "/admin/spend.csv?%00=1"):
+        nul = admin.get(url)  # PostgreSQL text refuses a NUL: these had been 500s there
+        assert nul.status_code == 400 and nul.json()["error"]["code"] == "invalid_request", url
+
+
+def test_a_budget_made_mid_window_is_projected_from_when_it_was_made(env):
+    from service.governance.api_admin import budget_report
+    from service.governance.budgets import window
+
+    gw, admin, gov, *_ = env
+    _, secret = new_key(admin, name="k", team="growth")
+    budget = admin.post("/admin/budgets", json={"scope": "team", "scope_id": "growth", "period": "month", "limit_usd": 5}).json()
+    chat(client(gw, secret))
+    settled(admin, 1)
+    now = budget["created_at"] + 1.0  # a second into its life: its spend so far is a second's
+    (report,) = budget_report(gov, now)
+    _, _, end = window("month", now)
+    assert report["spent_usd"] > 0
+    # The window's share gone by (most of a month, late in it) had implied that little more would be spent.
+    assert report["projected_window_end_usd"] == pytest.approx(report["spent_usd"] * (end - budget["created_at"]) / 1.0)

@@ -305,3 +305,16 @@ def test_a_store_refusing_every_write_is_told_from_one_refusing_a_row():
     # A row the store refuses for itself is dropped, the others written.
     assert not store_refuses_writes(psycopg.errors.UniqueViolation("duplicate key"))
     assert not store_refuses_writes(sqlite3.OperationalError("no such table: outcomes"))
+
+
+def test_a_store_away_is_told_from_a_query_past_a_limit():
+    import psycopg
+
+    from router.store_errors import store_unreachable
+
+    # a server restarting, a pool without a free connection, a deadlock: waiting mends them (a 503, rows kept)
+    for away in (psycopg.errors.AdminShutdown("terminating connection"), psycopg.OperationalError("server closed the connection"),
+                 psycopg.errors.DeadlockDetected("deadlock detected")):
+        assert store_unreachable(away), away
+    # 1,700 report columns had been answered "the database cannot be reached, retry in 5 s"
+    assert not store_unreachable(psycopg.errors.TooManyColumns("target lists can have at most 1664 entries"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import openai
 import pytest
 
 from router.config import ModelSpec, Price, ProviderSpec
@@ -343,3 +344,24 @@ async def test_https_proxy_and_no_proxy_are_honoured(up, monkeypatch):
     for p in (far, near):
         await p.aclose()
     server.close()
+
+
+async def test_azures_prompt_filter_chunk_is_not_passed_on_and_chunks_keep_openais_fields():
+    from tests.fake_upstream import WireServer
+
+    azure_first = {"choices": [], "created": 0, "id": "", "model": "", "object": "",
+                   "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]}
+    text = {"id": "c1", "object": "", "created": 0, "model": "gpt-4o",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]}
+    end = {**text, "created": 1700000000, "object": "chat.completion.chunk",
+           "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    usage = {**end, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+    with WireServer() as srv:
+        p = build_provider(ProviderSpec(kind="openai", base_url=srv.url))
+        srv.reply_sse([(None, azure_first), (None, text), (None, end), (None, usage), (None, "[DONE]")])
+        chunks = [c async for c in p.stream(MODEL, BODY)]
+    assert "prompt_filter_results" not in chunks[0] and len(chunks) == 3
+    for chunk in chunks:  # each one OpenAI's chunk type, as the SDK validates it
+        assert chunk["object"] == "chat.completion.chunk" and chunk["created"] > 0
+        openai.types.chat.ChatCompletionChunk.model_validate(chunk)
+    assert chunks[-1]["usage"]["total_tokens"] == 4

@@ -186,3 +186,29 @@ def test_a_connection_that_sends_nothing_is_closed_at_the_head_deadline_without_
         partial.sendall(HEAD)
         status, error = error_of(read_all(partial, timeout=6)[0])
     assert (status, error["code"]) == (408, "request_timeout")
+
+
+def test_an_oversized_head_is_a_431_and_a_large_body_in_the_heads_read_is_not(served):
+    """uvicorn's httptools parser takes headers of any size: 200 MB of them had been held in
+    memory for one request, past max_body_bytes."""
+    port = served
+    with socket.create_connection(("127.0.0.1", port)) as padded:
+        try:  # the server may close before all of it is sent: what it answered is what counts
+            padded.sendall(HEAD + (b"X-Pad: " + b"a" * 8192 + b"\r\n") * 200)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status, error = error_of(read_all(padded, timeout=8)[0])
+    assert (status, error["code"]) == (431, "request_header_fields_too_large") and "65536 bytes" in error["message"]
+    # A body far past the head limit sent in the same write as its head is a body, not a head.
+    key = f"Authorization: Bearer {MASTER}\r\nContent-Type: application/json\r\nConnection: close\r\n".encode()
+    body = json.dumps({"model": "m1", "messages": [{"role": "user", "content": "long " * 100_000}]}).encode()
+    with socket.create_connection(("127.0.0.1", port)) as large:
+        large.sendall(HEAD + key + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        data, _ = read_all(large, timeout=15)
+    assert data.startswith(b"HTTP/1.1 200"), data[:300]
+    # Bytes that are no HTTP get the gateway's JSON error, not uvicorn's plain text.
+    with socket.create_connection(("127.0.0.1", port)) as garbled:
+        garbled.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n")
+        status, error = error_of(read_all(garbled, timeout=6)[0])
+    assert (status, error["code"]) == (400, "invalid_http")
+    assert answered(port).startswith("Hello from m1")

@@ -20,13 +20,21 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 from service.errors import ApiError, invalid_body
+from service.governance.attribution import DIMENSIONS
 from service.governance.budgets import Budget, window
 from service.governance.auth import require_admin
 from service.governance.keys import UnknownKey, VirtualKey
 from service.governance.runtime import Governance
 from service.schemas import read_json_body
 
-router = APIRouter(prefix="/admin")
+def _no_nul_in_url(request: Request) -> None:
+    # PostgreSQL text refuses a NUL: a key id or a report filter holding one had been a 500 there
+    # (and nothing on SQLite). No name or id the admin API knows has one.
+    if "\x00" in request.scope["path"] or any("\x00" in k + v for k, v in request.query_params.multi_items()):
+        raise ApiError(400, "the URL holds a NUL character (%00), which no name or id has", code="invalid_request")
+
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(_no_nul_in_url)])
 
 
 def governance_of(request: Request) -> Governance:
@@ -148,6 +156,9 @@ def _key_fields(gov: Governance, body: KeyFields, partial: bool) -> dict[str, An
     expires_in = data.pop("expires_in_s", None)
     if expires_in is not None:
         data["expires_at"] = time.time() + expires_in
+        if data["expires_at"] > MAX_TIME:  # the bound expires_at itself is held to
+            raise ApiError(400, f"expires_in_s: the key would expire after the year 3000 (unix time {MAX_TIME:.0f})",
+                           code="invalid_request", param="expires_in_s")
     config = gov.config
     for m in data.get("allowed_models") or ():
         if m not in config.model_names:
@@ -262,7 +273,9 @@ def budget_report(gov: Governance, now: float | None = None) -> list[dict[str, A
         spent = (u.spent_nusd if u else 0) / 1e9
         reserved = (u.reserved_nusd if u else 0) / 1e9
         name, start, end = window(b.period, now)
-        elapsed = (now - start) / (end - start) if end != float("inf") else None
+        # Counted from the budget's creation where that falls inside the window (its spend is).
+        counted_from = max(start, b.created_at)
+        elapsed = (now - counted_from) / (end - counted_from) if end != float("inf") and now > counted_from else None
         out.append({
             **b.to_dict(), "label": _label(b, keys), "window": name, "spent_usd": spent, "reserved_usd": reserved,
             "share": spent / b.limit_usd,
@@ -340,7 +353,12 @@ async def delete_budget(budget_id: str, request: Request, gov: Governance = Depe
 
 def _report_args(request: Request) -> tuple[list[str], float | None, float | None, dict[str, str]]:
     q = request.query_params
-    group_by = [g.strip() for g in q.get("group_by", "key").split(",") if g.strip()]
+    # Each dimension once: repeated, it was a duplicate column, and thousands of them a 500.
+    group_by = list(dict.fromkeys(g.strip() for g in q.get("group_by", "key").split(",") if g.strip()))
+    unknown = [g for g in group_by if g not in DIMENSIONS]
+    if unknown:
+        raise ApiError(400, f"group_by must be among {', '.join(DIMENSIONS)}, got {', '.join(unknown[:5])}",
+                       code="invalid_request", param="group_by")
 
     def number(name: str) -> float | None:
         try:

@@ -14,6 +14,7 @@ import calendar
 import csv
 import io
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -77,7 +78,9 @@ class Attribution:
         cols = [DIMENSIONS[g] for g in group_by]
         where, params = _where(since, until, filters)
         select = ", ".join(f"{c} AS {g}" for g, c in zip(group_by, cols))
-        extra_name = ", MAX(key_name) AS key_name" if "key" in group_by else ""
+        # The key's name now (a renamed key's rows carry its old names), else the one its rows last carried.
+        extra_name = (", COALESCE((SELECT name FROM gov_keys WHERE gov_keys.id = gov_spend.key_id), MAX(key_name)) AS key_name"
+                      if "key" in group_by else "")
         group = f" GROUP BY {', '.join(cols)}" if cols else ""
         sql = (f"SELECT {select + ', ' if select else ''}COUNT(*) AS requests, COALESCE(SUM(cost_nusd), 0) AS cost_nusd, "
                f"COALESCE(SUM(input_tokens), 0) AS input_tokens, COALESCE(SUM(output_tokens), 0) AS output_tokens{extra_name} "
@@ -179,7 +182,9 @@ class Attribution:
 
         Without `bucket_s`, the smallest round bucket that keeps the chart within ~48 points.
         """
-        col = DIMENSIONS[dim] if dim != "key" else "key_name"
+        # A key's series is its id's (two keys may share a name); calls without a key (the master
+        # key, an open gateway) are told apart by the label their rows carry.
+        col = DIMENSIONS[dim] if dim != "key" else "COALESCE(key_id, key_name)"
         where, params = _where(since, None, None)
         with self.db.read() as tx:
             if bucket_s is None:
@@ -194,15 +199,26 @@ class Attribution:
             kept = _and(where, f"NOT ({col} IS NULL AND cost_nusd = 0)")
             rows = tx.all(f"SELECT {bucket} AS b, {col} AS series, COALESCE(SUM(cost_nusd), 0) AS cost_nusd "
                           f"FROM gov_spend{kept} GROUP BY 1, 2", [bucket_s, *params])
+            labels = _key_labels(tx, {r["series"] for r in rows if r["series"]}) if dim == "key" else {}
         buckets: dict[float, dict[str, int]] = {}
         for r in rows:
-            name = r["series"] or "anonymous"
+            name = labels.get(r["series"], r["series"]) or "anonymous"
             per = buckets.setdefault(float(int(r["b"]) * bucket_s), {})
             per[name] = per.get(name, 0) + int(r["cost_nusd"])
         names = sorted({n for v in buckets.values() for n in v})
         xs = sorted(buckets)
         return {"bucket_s": bucket_s, "t": xs,
                 "series": {n: [buckets[x].get(n, 0) / USD for x in xs] for n in names}}
+
+
+def _key_labels(tx: Any, series: set[str]) -> dict[str, str]:
+    """Each key id's name now, with its id's start where two keys share the name."""
+    if not series:
+        return {}
+    marks = ", ".join("?" for _ in series)
+    names = {r["id"]: r["name"] for r in tx.all(f"SELECT id, name FROM gov_keys WHERE id IN ({marks})", list(series))}
+    shared = Counter(names.values())
+    return {i: f"{n} ({i[:12]})" if shared[n] > 1 else n for i, n in names.items()}
 
 
 def _percentiles(tx: Any, col: str, count: int, where: str, params: list[Any]) -> dict[str, float | None]:

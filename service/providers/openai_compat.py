@@ -14,6 +14,7 @@ import hashlib
 import math
 import re
 import string
+import time
 from typing import Any, AsyncIterator, Callable
 
 from router.config import ESSENTIAL_FIELDS, ModelSpec, RequestShape
@@ -144,6 +145,7 @@ class OpenAICompatProvider(Provider):
         url = f"{self.base_url}/chat/completions"
         secrets = self._secrets()
         ending = _Ending()
+        opened_at = int(time.time())
         try:
             async for _, data in self._sse_events(url, self._payload(model, body, stream=True), self._headers()):
                 if data.strip() == "[DONE]":
@@ -158,13 +160,19 @@ class OpenAICompatProvider(Provider):
                 choices = chunk.get("choices") or []  # `null` on a usage-only chunk, as on OpenAI's `[]`
                 if not isinstance(choices, list) or not all(isinstance(c, dict) and isinstance(c.get("delta") or {}, dict) for c in choices):
                     raise UpstreamError("malformed", "stream chunk has no choices list of objects with a delta")
+                if not choices and chunk.get("usage") is None:
+                    # Azure's first chunk (its prompt filter's results, `object: ""`, `created: 0`):
+                    # nothing a client reads, and no valid chunk; OpenAI sends no choices only with usage.
+                    continue
                 chunk["choices"] = choices  # clients index it: never null
                 # Read by the gateway to bill the answer; counts it lacks are estimated there (`usage_or_estimate`).
                 _with_cached_tokens(as_object(chunk.get("usage"), "usage"))
                 _unless_ended_in_error(chunk)
                 _as_openai_writes_it(chunk)
                 chunk["model"] = model.name
-                chunk.setdefault("object", "chat.completion.chunk")
+                chunk["object"] = "chat.completion.chunk"
+                if not isinstance(chunk.get("created"), int) or chunk["created"] <= 0:
+                    chunk["created"] = opened_at
                 for out in ending.add(chunk):
                     yield out
         except UpstreamError:
