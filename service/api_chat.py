@@ -31,7 +31,7 @@ from service.governance.auth import client_caller
 from service.pipeline import RequestContext
 from service.providers.base import UpstreamError
 from service.request_summary import metrics_model, reason
-from service.routing import artifact_of, build_constraints, decide_for, refuse_outside_limits
+from service.routing import artifact_of, build_constraints, decide_for, proxies_of, refuse_outside_limits
 from service.response_headers import response_headers
 from service.schemas import OFF_LOOP_BYTES, judge_chat, read_body
 from service.usage_fill import counts_both, estimated_usage, usage_or_estimate
@@ -208,6 +208,7 @@ async def _handle(gw: Gateway, ctx: RequestContext) -> Response:
         router_path = artifact_of(router_now)
         if router_path is not None:
             ctx.extras["router"] = router_path
+            ctx.extras["predicted_as"] = proxies_of(router_now, gw.config.models) or None
         gw.metrics.routing_seconds.observe(time.perf_counter() - t0)
     await gw.pipeline.run_routed(ctx)
     if ctx.profile is not None and ctx.decision is not None:

@@ -41,6 +41,14 @@ class FeedbackBody(BaseModel):
     label: str | None = Field(default=None, max_length=200)
     comment: str | None = Field(default=None, max_length=4000)
 
+    @field_validator("label", "comment")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        # As the admin API's text fields: a NUL was stored and written raw into the shadow report's page.
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
+
     @field_validator("score", mode="before")
     @classmethod
     def _a_number(cls, value: object) -> object:

@@ -14,7 +14,7 @@ import functools
 import math
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -43,6 +43,17 @@ def artifact_of(router: Router | None) -> str | None:
     `retrain` knows which router made the logged decisions); None for another kind of router."""
     path = getattr(router, "path", None)
     return None if path is None else _absolute(str(path))
+
+
+def proxies_of(router: Router | None, catalog: Sequence[ModelSpec]) -> dict[str, str]:
+    """The catalog models a learned router predicts through another model's name (`router_model`,
+    until retraining learns their own), by public name: the outcome log records them, so that
+    retraining and shadow reports replay the same predictions (the live router's choices, had
+    they been judged with the unseen-model prior for these, were not its own)."""
+    artifact_name = getattr(router, "artifact_name", None)
+    if artifact_name is None:
+        return {}
+    return {spec.name: name for spec in catalog if (name := artifact_name(spec)) != spec.name}
 
 
 @functools.lru_cache(maxsize=16)

@@ -77,7 +77,7 @@ def fake_config(base_url: str, db_url: str, *, models: list[dict[str, Any]] | No
         lines.append("    provider: fake")
         price = {"input_per_1m": m.get("in", 1.0), "output_per_1m": m.get("out", 2.0), **m.get("price", {})}
         lines.append(f"    price: {json.dumps(price)}")
-        for key in ("context_window", "capabilities", "tags", "limits", "max_output_tokens", "fallbacks", "max_choices"):
+        for key in ("context_window", "capabilities", "tags", "limits", "max_output_tokens", "fallbacks", "max_choices", "router_model"):
             if key in m:
                 lines.append(f"    {key}: {m[key]!r}".replace("'", '"'))
     text = "\n".join(lines) + f"""

@@ -85,6 +85,8 @@ def test_a_request_refused_before_any_model_was_asked_takes_no_verdict(gw, upstr
     ({"request_id": "x", "score": 1, "colour": "red"}, "colour"),
     ({"request_id": "x", "score": True}, "score"),  # were stored as 1.0 and 0.5
     ({"request_id": "x", "score": "0.5"}, "score"),
+    ({"request_id": "x", "score": 1, "label": "a\x00b"}, "label"),  # was stored, and written raw into the shadow report
+    ({"request_id": "x", "score": 1, "comment": "fine\x00"}, "comment"),
 ])
 def test_malformed_feedback_is_a_400(gw, body, param):
     r = httpx.post(f"{gw.url}/v1/feedback", json=body)

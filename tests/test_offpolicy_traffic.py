@@ -198,3 +198,36 @@ def test_the_routers_that_made_the_logged_decisions_are_read_on_either_backend(l
                  OutcomeRecord(request_id="d", ts=4.0, extras={"router": "/models/second", "usage_estimated": True})])
     store.close()
     assert logged_routers(log_url) == ("/models/second", {"/models/first": 1, "/models/second": 2})
+
+
+def test_models_predicted_through_a_router_model_are_replayed_as_the_live_router_predicted_them(tmp_path):
+    """Every preset catalog names its models for the router through `router_model`: offline, they
+    had been given the unseen-model prior, so the "live router" retrain and shadow-report judged
+    chose otherwise than the one that served."""
+    from router.engine import LearnedRouter
+    from training.offpolicy import greedy_probs, router_p_good
+
+    db = f"sqlite:///{tmp_path}/log.sqlite"
+    router = LearnedRouter.load("models/default")
+    proxies = {"big": "gpt-4-1106-preview", "mid": "mixtral-8x7b-chat", "small": "mistral-7b-chat"}
+    with FakeUpstream() as up:
+        config = fake_config(up.base_url, db, models=[
+            {"name": name, "router_model": proxy, "context_window": 100000, "in": price, "out": 2 * price}
+            for (name, proxy), price in zip(proxies.items(), (10.0, 0.6, 0.2))])
+        gw = Running(config, router=router)
+        try:
+            questions = ["What is 17 * 23?", "Write a haiku about autumn.", "Prove that the square root of 2 is irrational.",
+                         "Translate 'good morning' into French.", "Explain how a hash map handles collisions."]
+            for q in questions:
+                r = httpx.post(f"{gw.base_url}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": q}]},
+                               timeout=30)
+                assert r.status_code == 200
+                assert httpx.post(f"{gw.url}/v1/feedback", json={"request_id": r.headers["x-request-id"], "score": 1.0}).status_code == 200
+            gw.outcomes(at_least=len(questions))
+        finally:
+            gw.stop()
+    traffic = load_traffic(db)
+    assert len(traffic) == len(questions) and traffic.predicted_as == proxies
+    p = router_p_good(router, traffic)
+    assert np.allclose(p, traffic.p_logged, atol=1e-3)  # the predictions it served with, not the prior
+    assert (np.argmax(greedy_probs(p, traffic), axis=1) == traffic.action).all()  # and so its own choices

@@ -394,3 +394,24 @@ def test_the_live_upstream_latency_is_the_answering_attempts():
     assert upstream_latency("client_closed", "m2", attempts) is None  # cut short by the client
     assert upstream_latency("error", None, attempts) is None
     assert upstream_latency("ok", "m2", [{"model": "m2", "status": "ok"}]) is None  # not timed: left out
+
+
+def test_a_shadow_row_names_the_model_that_answered_when_a_fallback_did(shadow_artifact, tmp_path):
+    from tests.fake_upstream import server_error
+
+    db = f"sqlite:///{tmp_path}/shadow.sqlite"
+    extra = f'learning: {{shadow: {{artifact: "{shadow_artifact}", call_share: 0.0}}}}'
+    with FakeUpstream() as up:
+        up.default("m1", server_error())  # the live router's choice fails every time: m2, its fallback, answers
+        gw = Running(fake_config(up.base_url, db, extra=extra), router=QualityRouter(LIVE))
+        try:
+            answers = [_ask(gw.client(), text, False) for text in PROMPTS[:4]]
+            rows = _shadows(db, 4)
+        finally:
+            gw.stop()
+    assert {model for _, model, _ in answers} == {"m2"}
+    assert len(rows) == 4 and all(r["live_model"] == "m2" for r in rows)  # had been m1, which answered nothing
+    assert all(r["agree"] == (r["shadow_model"] == "m2") for r in rows)
+    # the live router's prediction for the model served; its own choice m1 until m1's failures open its circuit
+    assert all(r["live_candidate"].get("model") == "m2" for r in rows)
+    assert sorted(rows, key=lambda r: r["ts"])[0]["live_candidate"]["router_choice"] == "m1"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from array import array
 from collections import namedtuple
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +45,8 @@ class Traffic:
     task: list[str | None]  # feedback label, e.g. the task, when given
     latency: np.ndarray  # (n,) seconds, NaN when unknown
     output_tokens: np.ndarray  # (n,) NaN when unknown
+    # The models the live router predicted through another's name (`router_model`), as logged.
+    predicted_as: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.request_ids)
@@ -56,7 +58,7 @@ class Traffic:
             self.features[idx],
             list(self.models), self.eligible[idx], self.p_logged[idx], self.penalty[idx], self.action[idx],
             self.propensity[idx], self.quality[idx], self.cost[idx], self.knob[idx], self.ts[idx], [self.task[i] for i in idx],
-            self.latency[idx], self.output_tokens[idx])
+            self.latency[idx], self.output_tokens[idx], dict(self.predicted_as))
 
     @property
     def utility(self) -> np.ndarray:
@@ -132,6 +134,7 @@ class _Kept:
         # One entry per (row, candidate model): row, model id, eligible, P(good), cost + latency terms.
         self.cand_row, self.cand_model, self.cand_ok = array("q"), array("q"), array("b")
         self.cand_p, self.cand_penalty = array("d"), array("d")
+        self.predicted_as: dict[str, str] = {}
 
     def add(self, row: _Logged, reward: float) -> None:
         from router.embedding import DIM
@@ -162,6 +165,9 @@ class _Kept:
         # Recomputed from the prompt for rows logged without a feature row.
         live = stored if stored is not None else request_features([RoutingRequest(text=row.prompt)])[0]
         self.features += np.asarray(live, dtype=np.float32).tobytes()
+        proxies = (row.extras or {}).get("predicted_as") if isinstance(row.extras, dict) else None
+        if isinstance(proxies, dict):  # rows are read oldest first: the latest mapping of each model stands
+            self.predicted_as.update({k: v for k, v in proxies.items() if isinstance(k, str) and isinstance(v, str)})
         last = {c["model"]: c for c in row.candidates}  # a model listed twice: its last entry, as always
         self.cand_row.extend([i] * len(last))
         self.cand_model.extend([self.model_ids.setdefault(m, len(self.model_ids)) for m in last])
@@ -191,7 +197,8 @@ class _Kept:
             models=models, eligible=eligible, p_logged=p_logged, penalty=penalty,
             action=np.array([col[m] for m in self.chosen], dtype=int),
             propensity=s["propensity"], quality=s["quality"], cost=s["cost"], knob=s["knob"], ts=s["ts"],
-            task=[self.labels.get(r) for r in self.request_ids], latency=s["latency"], output_tokens=s["output_tokens"])
+            task=[self.labels.get(r) for r in self.request_ids], latency=s["latency"], output_tokens=s["output_tokens"],
+            predicted_as=dict(self.predicted_as))
 
 
 def _feedback(db: str) -> tuple[dict[str, float], dict[str, str]]:
@@ -229,9 +236,13 @@ def logged_routers(db: str) -> tuple[str | None, dict[str, int]]:
 
 
 def router_p_good(router, traffic: Traffic) -> np.ndarray:
-    """A `LearnedRouter`'s P(good) for every (logged request, candidate model)."""
+    """A `LearnedRouter`'s P(good) for every (logged request, candidate model): a model it has
+    not learned through the name it was predicted as when logged, as `LearnedRouter.artifact_name`
+    picks it at serving time."""
     X = np.hstack([traffic.embeddings, traffic.features])
-    return router.predictor.predict(X, traffic.input_tokens, models=traffic.models).p_good
+    known = set(router.models)
+    names = [m if m in known else traffic.predicted_as.get(m, m) for m in traffic.models]
+    return router.predictor.predict(X, traffic.input_tokens, models=names, names=traffic.models).p_good
 
 
 def calibrated_reward_model(p_fit: np.ndarray, fit: Traffic, p_apply: np.ndarray, min_rows: int = 50) -> np.ndarray:

@@ -61,12 +61,12 @@ def _candidate(decision, model: str) -> dict[str, Any] | None:
     return {k: getattr(c, k) for k in ("model", "p_good", "p_good_std", "cost_usd", "latency_s", "utility", "excluded")}
 
 
-def served_candidate(live, router_choice: str) -> dict[str, Any]:
+def served_candidate(live, served: str, router_choice: str) -> dict[str, Any]:
     """The live decision's prediction for the model served, and the live router's own choice
-    under ROUTER_CHOICE: they differ where the bandit explored or refined, or a tool loop kept its
-    turn's model. In the JSON of `live_candidate`, which every store already keeps, so no
-    table changes; a row without it was logged before it was recorded."""
-    return {**(_candidate(live, live.model) or {}), ROUTER_CHOICE: router_choice}
+    under ROUTER_CHOICE: they differ where the bandit explored or refined, a tool loop kept its
+    turn's model, or a fallback answered. In the JSON of `live_candidate`, which every store
+    already keeps, so no table changes; a row without it was logged before it was recorded."""
+    return {**(_candidate(live, served) or {}), ROUTER_CHOICE: router_choice}
 
 
 def _answer_text(response: dict[str, Any] | None) -> tuple[str, bool]:
@@ -475,15 +475,18 @@ class LearningHook:
         if decision is None:
             return
         live = ctx.decision
+        # The model that answered: a fallback where the chosen one failed; the chosen one where
+        # every model failed (its implicit error is recorded against it).
+        served = ctx.answered_by or live.model
         rec = ShadowRecord(
-            request_id=ctx.request_id, profile=ctx.profile, live_model=live.model, shadow_model=decision.model,
-            live_candidate=served_candidate(live, ctx.extras.get("router_choice", live.model)),
+            request_id=ctx.request_id, profile=ctx.profile, live_model=served, shadow_model=decision.model,
+            live_candidate=served_candidate(live, served, ctx.extras.get("router_choice", live.model)),
             shadow_candidate=_candidate(decision, decision.model) or {},
-            shadow_on_live_choice=_candidate(decision, live.model), shadow_propensity=decision.propensity,
+            shadow_on_live_choice=_candidate(decision, served), shadow_propensity=decision.propensity,
         )
         share = rt.config.learning.shadow.call_share
         # Drawn where the candidate's model is not the one served (not where it differs from the
         # live router's own choice): only there does its answer observe what the log lacks.
-        if share > 0 and decision.model != live.model and rt.rng.random() < share:
+        if share > 0 and decision.model != served and rt.rng.random() < share:
             await rt.shadow_call(ctx, rec)
         await asyncio.to_thread(rt.feedback_log.add_shadow, rec)

@@ -122,7 +122,7 @@ class OutcomeHook:
     @staticmethod
     def _extras(ctx: RequestContext, with_features: bool) -> dict[str, Any]:
         kept = {k: v for k, v in ctx.extras.items()
-                if k in ("client_request_id", "usage_estimated", "http_status", "cache_entry", "router", "upstream_id")
+                if k in ("client_request_id", "usage_estimated", "http_status", "cache_entry", "router", "predicted_as", "upstream_id")
                 and v is not None}
         if with_features:
             # The cheap features the router saw (turns, tools, ... not just the text): retraining and
