@@ -272,7 +272,7 @@ class Dispatcher:
             if all(a.get("reason") in ("context_window", "over_tpm") for a in ctx.attempts):
                 return ApiError(413, f"the request's {ctx.routing.input_tokens} input tokens are more than the "
                                 "tokens-per-minute limit of every model it may use", code="request_too_large", param="messages")
-        elif all(e.status == 413 for e in errors):
+        elif all(e.status == 413 and e.kind != "context_length" for e in errors):
             # An HTTP 413 is the body's size in bytes (Anthropic's 32 MB), not the prompt's tokens: a
             # smaller attachment helps where a model with a bigger window would not.
             return ApiError(413, f"the request is larger than the upstream accepts: {errors[-1].message}",
@@ -411,7 +411,7 @@ class Dispatcher:
                 if not failure.failover or (failure.kind == "unsupported" and not routed):
                     # The client's own fault: it gets the upstream's code and param where it gave them. A
                     # status written as a code ("400", a proxy's) says nothing the status does not.
-                    too_large = failure.status == 413
+                    too_large = failure.status == 413 and failure.kind != "context_length"
                     fallback = ("request_too_large" if too_large else
                                 "unsupported_parameter" if failure.kind == "unsupported" else "upstream_bad_request")
                     code = failure.code if failure.code and failure.code != str(failure.status) else fallback

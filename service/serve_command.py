@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from router.store_errors import redact_url
     from service.governance.runtime import Governance
     from service.presets import build_preset_config
-    from service.server_limits import BodyDeadline, connection_cap, guarded_protocol, open_file_limit
+    from service.server_limits import MAX_HEAD_BYTES, BodyDeadline, connection_cap, guarded_protocol, open_file_limit
     from service.simulator import attach_simulator
 
     # No --config: real providers for the keys in the environment, else the simulated demo.
@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         # one deliberately (service/api_chat.py) before the app's shutdown closes the stores.
         http = http_server(uvicorn.Config(BodyDeadline(app, server.body_timeout_s), log_level="info", log_config=None,
                                           lifespan="on", access_log=args.access_log, timeout_graceful_shutdown=server.shutdown_grace_s,
-                                          http=guarded_protocol(cap, server.header_timeout_s)))
+                                          http=guarded_protocol(cap, server.header_timeout_s),
+                                          h11_max_incomplete_event_size=MAX_HEAD_BYTES))
         http.run(sockets=[sock])
     finally:
         sock.close()

@@ -26,6 +26,7 @@ REFUSED_LINGER_S = 1.0  # how long a connection past the cap may take to read it
 # parser takes headers of any size, so 200 MB of them had been read into memory, past
 # max_body_bytes, by one request. Node's default is 16 KiB, nginx's 32 KiB; OpenAI's SDKs send ~1 KiB.
 MAX_HEAD_BYTES = 64 * 1024
+MAX_READ_BYTES = 256 * 1024  # the most one read of asyncio's transports returns
 
 
 def _raw_response(status: str, code: str, message: str, extra: str = "") -> bytes:
@@ -95,7 +96,16 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
         _head_timer: asyncio.TimerHandle | None = None
         _refused = False
         _head_begun = False  # a byte of the awaited request has come
-        _head_bytes = 0  # bytes received while its head was incomplete
+        # A head is measured between the parser's start of a request and the end of its headers
+        # (pipelined requests too; not the rest of a body uvicorn discards after an early 401 or
+        # 413): exactly, by its request line and headers, when it ends; meanwhile by the reads that
+        # left it open, which httptools buffers whole (one header of 200 MB reaches no callback
+        # before its end). A read may begin with the body before the head, hence the slack.
+        _in_head = False
+        _head_size = 0
+        _head_reads = 0
+        _oversized = False
+        _after_answer: bytes | None = None  # a refusal of a pipelined request, sent after the answer in progress
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -114,28 +124,56 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
                 self.transport.write_eof()
             self._head_timer = self.loop.call_later(REFUSED_LINGER_S, self.transport.close)
 
-        def _awaiting_head(self) -> bool:
-            return self.cycle is None or self.cycle.response_complete
+        # httptools' callbacks; the h11 fallback has uvicorn's h11_max_incomplete_event_size instead.
+        def on_message_begin(self) -> None:
+            self._in_head, self._head_size, self._head_reads = True, 0, 0
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            self._head_size += len(url)
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._head_size += len(name) + len(value) + 4  # ": " and the line break
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            if self._head_size > MAX_HEAD_BYTES:
+                # Raised out of the parser, which stops: uvicorn answers it with send_400_response.
+                self._oversized = True
+                raise ValueError("request head too large")
+            super().on_headers_complete()
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
             self._head_begun = self._head_begun or bool(data)
-            counted = self._awaiting_head()
             super().data_received(data)
-            if counted:  # a read may hold the head's end and the body's start: refused only if the head is still open
-                self._head_bytes += len(data)
-                if self._head_bytes > MAX_HEAD_BYTES and self._awaiting_head() and not self.transport.is_closing():
-                    self._refuse(too_big)
+            if self._in_head:
+                self._head_reads += len(data)
+                if self._head_reads > MAX_HEAD_BYTES + MAX_READ_BYTES and not self.transport.is_closing():
+                    self._refuse_head(too_big)
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn's is plain text; every other refusal of the gateway is OpenAI's JSON error.
-            self.transport.write(_raw_response("400 Bad Request", "invalid_http", f"not a valid HTTP/1.1 request: {msg}"))
-            self.transport.close()
+            self._refuse_head(too_big if self._oversized else
+                              _raw_response("400 Bad Request", "invalid_http", f"not a valid HTTP/1.1 request: {msg}"))
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            if self._after_answer is not None:
+                self._refuse(self._after_answer)
+                return
             self._arm()
+
+        def _refuse_head(self, answer: bytes) -> None:
+            if self.cycle is not None and not self.cycle.response_complete:
+                # A pipelined head: its answer comes after the one in progress (HTTP/1.1 answers in
+                # order); what follows it is dropped meanwhile.
+                self._refused, self._after_answer = True, answer
+                return
+            self._refuse(answer)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -144,7 +182,6 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
         def _arm(self) -> None:
             self._disarm()
             self._head_begun = False
-            self._head_bytes = 0
             if not self.transport.is_closing():
                 self._head_timer = self.loop.call_later(header_timeout_s, self._head_late)
 

@@ -118,6 +118,13 @@ def test_an_upstreams_413_is_a_request_too_large_not_a_context_window(start_gate
     with pytest.raises(openai.APIStatusError) as named:  # a named model's own limit: no fallback asked for
         gw.client().chat.completions.create(model="m2", messages=MSG)
     assert named.value.status_code == 413 and named.value.body["code"] == "request_too_large"
+    # A 413 that says the prompt is longer than the window stays what it was: a context-length error.
+    for m in ("m1", "m2", "m3"):
+        upstream.default(m, error(413, "This model's maximum context length is 8192 tokens.", "context_length_exceeded"))
+    for model in ("auto", "m2"):
+        with pytest.raises(openai.BadRequestError) as window:
+            gw.client().chat.completions.create(model=model, messages=MSG)
+        assert window.value.body["code"] == "context_length_exceeded", model
 
 
 def test_every_model_failing_is_a_503_and_logged(start_gateway, upstream):

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -256,6 +257,19 @@ def test_reports_name_a_key_as_it_is_called_now_and_keep_two_keys_of_one_name_ap
     for url in ("/admin/spend?team=a%00b", "/admin/keys/key_%00", "/admin/spend.csv?%00=1"):
         nul = admin.get(url)  # PostgreSQL text refuses a NUL: these had been 500s there
         assert nul.status_code == 400 and nul.json()["error"]["code"] == "invalid_request", url
+        assert httpx.get(f"{gw.url}{url}").status_code == 401  # the key first, as everywhere
+
+
+def test_a_key_named_like_the_master_keys_series_is_a_series_of_its_own(env):
+    from tests.governance_harness import MASTER
+
+    gw, admin, *_ = env
+    key, secret = new_key(admin, name="master")
+    chat(client(gw, secret))
+    chat(client(gw, MASTER))
+    settled(admin, 2)
+    series = admin.get("/admin/dashboard").json()["spend_by_key"]["series"]
+    assert set(series) == {"master", f"master ({key['id'][:12]})"}  # the two spends had been summed
 
 
 def test_a_budget_made_mid_window_is_projected_from_when_it_was_made(env):

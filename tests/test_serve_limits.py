@@ -5,6 +5,7 @@ connections past `server.max_connections` are refused at once, and the open-file
 connections count against is raised to the hard limit at start."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import resource
@@ -206,6 +207,34 @@ def test_an_oversized_head_is_a_431_and_a_large_body_in_the_heads_read_is_not(se
         large.sendall(HEAD + key + b"Content-Length: %d\r\n\r\n" % len(body) + body)
         data, _ = read_all(large, timeout=15)
     assert data.startswith(b"HTTP/1.1 200"), data[:300]
+    # An oversized head is refused however it arrives: in one write, or pipelined behind a request
+    # still being answered (no byte of it had been counted while the first answer was in progress).
+    with socket.create_connection(("127.0.0.1", port)) as one_write:
+        one_write.sendall(HEAD + b"X-Pad: " + b"a" * 100_000 + b"\r\n\r\n")
+        status, error = error_of(read_all(one_write, timeout=8)[0])
+    assert (status, error["code"]) == (431, "request_header_fields_too_large")
+    with socket.create_connection(("127.0.0.1", port)) as pipelined:
+        small = json.dumps({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        alive = f"Authorization: Bearer {MASTER}\r\nContent-Type: application/json\r\n".encode()
+        pipelined.sendall(HEAD + alive + b"Content-Length: %d\r\n\r\n" % len(small) + small
+                          + b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for _ in range(8):
+                pipelined.sendall((b"X-Pad: " + b"a" * 8192 + b"\r\n") * 64)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        data, _ = read_all(pipelined, timeout=8)
+    assert data.startswith(b"HTTP/1.1 200") and b"request_header_fields_too_large" in data
+    # The rest of a body the gateway answered before reading it (a 401 first) is no next head: the
+    # connection serves the next request.
+    kept = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    kept.request("POST", "/v1/chat/completions", json.dumps({"model": "m1", "messages": [{"role": "user", "content": "x" * 600_000}]}),
+                 {"Authorization": "Bearer sk-wrong", "Content-Type": "application/json"})
+    first = kept.getresponse()
+    assert first.status == 401 and first.read()
+    kept.request("GET", "/v1/models", headers={"Authorization": f"Bearer {MASTER}"})
+    assert kept.getresponse().status == 200
+    kept.close()
     # Bytes that are no HTTP get the gateway's JSON error, not uvicorn's plain text.
     with socket.create_connection(("127.0.0.1", port)) as garbled:
         garbled.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n")

@@ -199,7 +199,7 @@ class Attribution:
             kept = _and(where, f"NOT ({col} IS NULL AND cost_nusd = 0)")
             rows = tx.all(f"SELECT {bucket} AS b, {col} AS series, COALESCE(SUM(cost_nusd), 0) AS cost_nusd "
                           f"FROM gov_spend{kept} GROUP BY 1, 2", [bucket_s, *params])
-            labels = _key_labels(tx, {r["series"] for r in rows if r["series"]}) if dim == "key" else {}
+            labels = _key_labels(tx, {r["series"] or "anonymous" for r in rows}) if dim == "key" else {}
         buckets: dict[float, dict[str, int]] = {}
         for r in rows:
             name = labels.get(r["series"], r["series"]) or "anonymous"
@@ -212,12 +212,13 @@ class Attribution:
 
 
 def _key_labels(tx: Any, series: set[str]) -> dict[str, str]:
-    """Each key id's name now, with its id's start where two keys share the name."""
+    """Each key id among `series` by its name now, with its id's start where the name is shared:
+    by another key, or by a series without a key ("master", "anonymous")."""
     if not series:
         return {}
     marks = ", ".join("?" for _ in series)
     names = {r["id"]: r["name"] for r in tx.all(f"SELECT id, name FROM gov_keys WHERE id IN ({marks})", list(series))}
-    shared = Counter(names.values())
+    shared = Counter([*names.values(), *(s for s in series if s not in names)])
     return {i: f"{n} ({i[:12]})" if shared[n] > 1 else n for i, n in names.items()}
 
 
