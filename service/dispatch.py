@@ -35,7 +35,7 @@ import anyio
 from router.config import Config, ModelSpec
 from router.types import Constraints
 from service.breaker import Claim
-from service.errors import ApiError, key_missing, key_refused, rate_limited
+from service.errors import ApiError, key_missing, key_refused, over_tpm_everywhere, rate_limited
 from service.live_state import KEY_MISSING, LiveState, refuses_key
 from service.metrics import Metrics
 from service.pipeline import RequestContext
@@ -270,8 +270,7 @@ class Dispatcher:
                 return ApiError(400, "the request is longer than the context window of every eligible model",
                                 code="context_length_exceeded", param="messages")
             if all(a.get("reason") in ("context_window", "over_tpm") for a in ctx.attempts):
-                return ApiError(413, f"the request's {ctx.routing.input_tokens} input tokens are more than the "
-                                "tokens-per-minute limit of every model it may use", code="request_too_large", param="messages")
+                return over_tpm_everywhere(ctx.routing.input_tokens)
         elif all(e.status == 413 and e.kind != "context_length" for e in errors):
             # An HTTP 413 is the body's size in bytes (Anthropic's 32 MB), not the prompt's tokens: a
             # smaller attachment helps where a model with a bigger window would not.

@@ -153,6 +153,12 @@ def internal_error(exc: BaseException) -> ApiError:
     return ApiError(500, "internal error in the router", code="internal_error")
 
 
+def over_tpm_everywhere(input_tokens: int) -> ApiError:
+    """No model the request may use takes its input within a minute's TPM: no retry helps."""
+    return ApiError(413, f"the request's {input_tokens} input tokens are more than the tokens-per-minute limit of every "
+                    "model it may use", code="request_too_large", param="messages")
+
+
 def logged_internal_error(exc: BaseException, what: str) -> ApiError:
     """`internal_error`, logged: a store away is one line (expected while a database restarts,
     and every request meanwhile would write a traceback), our bug its traceback."""

@@ -19,6 +19,7 @@ request after the variable is set.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass, replace
@@ -32,6 +33,9 @@ KEY_MISSING = "key_missing"  # how the exclusion of a model whose key variable i
 # How the exclusion of a model whose circuit its upstream's 404 model_not_found opened begins: the
 # upstream does not know the model's name, which no wait mends (the circuit's probe still re-tries it).
 UPSTREAM_UNKNOWN = "unknown upstream"
+# A request with more input tokens than a model's TPM limit: no minute's window takes it, so it is
+# no wait a retry outlasts (a routed request every model refuses so is a 413, as a named one is).
+OVER_TPM = "over its tpm limit"
 
 
 @dataclass
@@ -250,6 +254,9 @@ class LiveState:
             s, env = self.stats(name, request_tokens), self._key_env.get(name)
             if env in unset:
                 s = replace(s, healthy=False, excluded=f"{KEY_MISSING}: {env} not set")
+            elif not s.healthy and self.window_wait_s(name, request_tokens) == math.inf:
+                s = replace(s, healthy=False, excluded=f"{OVER_TPM}: {self.limits[name].tpm} tokens a minute, fewer than "
+                            f"the request's {request_tokens} input tokens")
             elif not s.healthy and self.last_failure(name) == "not_found" and self.breaker.state(name) == "open":
                 # Not "unhealthy": a request left with only this model is not told to retry in a second.
                 s = replace(s, healthy=False, excluded=f"{UPSTREAM_UNKNOWN}: its upstream answered 404 model_not_found")

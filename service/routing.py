@@ -21,8 +21,10 @@ import numpy as np
 from router.config import Config, ModelSpec, Profile
 from router.request_view import output_limit
 from router.types import Constraints, Decision, LiveStats, RoutingRequest
-from service.errors import ApiError, bad_request, did_you_mean, key_missing, key_refused, model_not_found, rate_limited
-from service.live_state import KEY_MISSING
+from service.errors import (
+    ApiError, bad_request, did_you_mean, key_missing, key_refused, model_not_found, over_tpm_everywhere, rate_limited,
+)
+from service.live_state import KEY_MISSING, OVER_TPM
 from service.schemas import RouterOptions
 
 if TYPE_CHECKING:
@@ -107,8 +109,8 @@ def _header_float(name: str, value: str) -> float:
         number = float(value)
     except ValueError:
         raise bad_request(f"header {name} must be a number, got {value!r}", param=name) from None
-    if not number > 0:
-        raise bad_request(f"header {name} must be positive, got {value!r}", param=name)
+    if not 0 < number < math.inf:  # as the body's field: "inf" is no limit to set
+        raise bad_request(f"header {name} must be a positive finite number, got {value!r}", param=name)
     return number
 
 
@@ -144,20 +146,34 @@ def _unknown_header(name: str) -> ApiError:
                        code="unknown_parameter", param=name)
 
 
+def _header_values(headers: Mapping[str, str], name: str) -> list[str]:
+    """Every value a header was sent with, the empty ones left out: a header sent twice is one
+    list (RFC 9110), and its first value alone had dropped a limit without a word."""
+    getlist = getattr(headers, "getlist", None)
+    values = getlist(name) if getlist is not None else [headers[name]]
+    return [v for v in values if v.strip()]
+
+
 def options_from_headers(headers: Mapping[str, str]) -> RouterOptions:
     given: dict[str, tuple[str, str]] = {}  # a RouterOptions field: (the header naming it, its value)
-    for raw_name in headers.keys():
+    for raw_name in dict.fromkeys(headers.keys()):
         name = raw_name.lower()
         if not name.startswith("x-router-"):
             continue
         field = HEADER_FIELDS.get(name)
         if field is None:
             raise _unknown_header(name)
-        if not headers[raw_name].strip():
+        values = _header_values(headers, raw_name)
+        if not values:
             continue  # empty, whatever its kind: no limit (a templated client's unset variable), nor a second spelling
         if field in given and given[field][0] != name:
             raise bad_request(f"headers {given[field][0]} and {name} set the same limit: send one", param=name)
-        given[field] = (name, headers[raw_name])
+        if _PARSE[field] is _header_list:
+            given[field] = (name, ",".join(values))
+        elif len({v.strip() for v in values}) > 1:
+            raise bad_request(f"header {name} was sent with {len(values)} different values: send one", param=name)
+        else:
+            given[field] = (name, values[0])
     return RouterOptions(**{field: _PARSE[field](name, value) for field, (name, value) in given.items()})
 
 
@@ -207,7 +223,8 @@ def decide(router: Router | None, request: RoutingRequest, *, config: Config, pr
            blocked_for: Callable[[str], float] | None = None, key_refused_by: Callable[[str], bool] | None = None,
            reopens_in: Callable[[str], float] | None = None, output_field: str = "max_tokens") -> Decision:
     """Route one request; an impossible request is a 4xx, an unhealthy catalog a 503, or a 429
-    when every model it could use is waiting out its upstream's Retry-After (`blocked_for`), or a
+    when every model it could use is waiting out its upstream's Retry-After or its own RPM/TPM
+    window (`blocked_for`), a 413 when its input is over the TPM limit of every one, or a
     502 when every one's circuit opened on its provider refusing the key (`key_refused_by`) or its
     key variable is unset (`KEY_MISSING`). The 503's Retry-After is when the first of them may be
     called again (`reopens_in`: the cooldown of an open circuit)."""
@@ -228,7 +245,8 @@ def decide(router: Router | None, request: RoutingRequest, *, config: Config, pr
         if unhealthy:
             waits = [blocked_for(m) for m in unhealthy] if blocked_for is not None else []
             if waits and all(waits):
-                raise rate_limited(f"every eligible model is rate limited upstream: {exc}", waits) from None
+                raise rate_limited(f"every eligible model is rate limited (by its upstream or by its configured rpm/tpm "
+                                   f"limit): {exc}", waits) from None
             if key_refused_by is not None and all(key_refused_by(m) for m in unhealthy):
                 raise key_refused(unhealthy, config, keyless) from None
             wait = min(reopens_in(m) for m in unhealthy) if reopens_in is not None else 0.0
@@ -237,6 +255,8 @@ def decide(router: Router | None, request: RoutingRequest, *, config: Config, pr
         if keyless:  # the operator's to fix, as when the dispatcher skips a named model for it
             raise key_missing(keyless, config) from None
         reasons = [c.excluded or "" for c in exc.candidates]
+        if any(why.startswith(OVER_TPM) for why in reasons) and all(why.startswith(_OUT_OF_SCOPE + (OVER_TPM,)) for why in reasons):
+            raise over_tpm_everywhere(request.input_tokens) from None  # as for a named model: no retry helps
         too_long = [c.model for c, why in zip(exc.candidates, reasons) if why.startswith("context window")]
         if too_long and all(why.startswith(_OUT_OF_SCOPE + ("context window",)) for why in reasons):
             # What agent clients look for to compact the conversation (OpenAI's code and wording),
@@ -262,8 +282,13 @@ def decide_for(gw: Gateway, router: Router | None, request: RoutingRequest, body
     """`decide` as the gateway decides a chat body, with what its live state knows (the models
     waiting out a Retry-After, the providers refusing their key) and the output-limit field the
     body used. Chat and `/v1/route` both decide through this, so a refusal is the same on both."""
+    def waits_for(model: str) -> float:
+        # An upstream's Retry-After, or the model's own RPM/TPM window: either way a 429 with the
+        # wait, not a 503 to retry every second for a minute.
+        return max(gw.live.breaker.blocked_for(model), gw.live.window_wait_s(model, request.input_tokens))
+
     return decide(router, request, config=gw.config, profile=profile, constraints=constraints, live=live,
-                  embedding=embedding, blocked_for=gw.live.breaker.blocked_for, key_refused_by=gw.live.left_out_for_key,
+                  embedding=embedding, blocked_for=waits_for, key_refused_by=gw.live.left_out_for_key,
                   reopens_in=gw.live.reopens_in, output_field=output_limit(body)[1])
 
 

@@ -154,6 +154,16 @@ def _refusal(err: Any) -> ApiError:
     return _invalid(where, str(err.get("msg")))
 
 
+def router_options(value: Any) -> RouterOptions:
+    """A request's `router` object on its own (a calibration's request template), refused in the
+    words the gateway uses for it inside a chat body."""
+    try:
+        return RouterOptions.model_validate(value)
+    except ValidationError as exc:
+        err = dict(exc.errors()[0])
+        raise _refusal({**err, "loc": ("router", *err.get("loc", ()))}) from None
+
+
 def validate_chat(body: Any) -> ChatRequest:
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")

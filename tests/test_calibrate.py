@@ -195,6 +195,11 @@ def test_a_templates_router_limits_and_profile_are_applied_as_the_gateway_applie
     assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "0.2", "--config", str(config),
                  "--request-template", str(template)]) == 2
     assert "names unknown models: gpt-5" in capsys.readouterr().err
+    template.write_text(json.dumps({"router": {"max_cost": 0.01}}))  # pydantic's own words had been printed
+    assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "0.2", "--config", str(config),
+                 "--request-template", str(template)]) == 2
+    said = capsys.readouterr().err
+    assert "'router.max_cost' is not a known field (did you mean max_cost_usd?)" in said and "pydantic" not in said
     template.write_text(json.dumps({"model": STRONG}))
     assert main(["calibrate", "--data", str(PROMPTS), "--model", STRONG, "--share", "0.2", "--config", str(config),
                  "--request-template", str(template)]) == 2

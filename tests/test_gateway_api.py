@@ -368,6 +368,20 @@ def test_empty_limit_headers_are_no_limit_and_a_refusal_says_no_model_was_eligib
     assert r.headers["x-router-reason"] == "auto: no eligible model"
 
 
+def test_a_limit_header_sent_twice_is_one_list_or_a_conflict_never_its_first_value_alone(gw):
+    route = f"{gw.url}/v1/route"
+    body = {"model": "auto", "messages": MSG}
+    both = httpx.post(route, json=body, headers=[("x-router-excluded-models", "m1"), ("x-router-excluded-models", "m2")])
+    assert both.status_code == 200 and both.json()["model"] == "m3"  # the second value had been dropped: m2
+    caps = [("x-router-max-cost-usd", "1"), ("x-router-max-cost-usd", "1e-12")]
+    conflict = httpx.post(route, json=body, headers=caps)
+    assert conflict.status_code == 400 and conflict.json()["error"]["param"] == "x-router-max-cost-usd"
+    same = httpx.post(route, json=body, headers=[("x-router-local-only", "true"), ("x-router-local-only", "true")])
+    assert same.status_code == 200 and same.json()["model"] == "m3"
+    endless = httpx.post(route, json=body, headers={"x-router-max-cost-usd": "inf"})  # as the body refuses Infinity
+    assert endless.status_code == 400 and endless.json()["error"]["param"] == "x-router-max-cost-usd"
+
+
 def test_route_endpoint_needs_a_profile(gw):
     r = httpx.post(f"{gw.url}/v1/route", json={"model": "m1", "messages": MSG})
     assert r.status_code == 400 and r.json()["error"]["code"] == "not_a_profile"

@@ -341,14 +341,25 @@ def test_rpm_limit_steers_away_before_any_429(start_gateway, upstream):
         ask(gw, model="m1")
     assert "configured rpm/tpm limit" in limited.value.message and len(upstream.requests_for("m1")) == 2
     assert 55 <= int(limited.value.response.headers["retry-after"]) <= 60
+    # Routed with m1 the only model it may use: the same 429 and wait, not a 503 to retry every second for a minute.
+    with pytest.raises(openai.RateLimitError) as routed:
+        gw.client().chat.completions.create(model="auto", messages=MSG, extra_body={"router": {"allowed_models": ["m1"]}})
+    assert 55 <= int(routed.value.response.headers["retry-after"]) <= 60 and len(upstream.requests_for("m1")) == 2
 
 
 def test_a_request_over_a_models_tpm_limit_is_too_large_not_rate_limited(start_gateway, upstream):
-    gw = start_gateway(models=[{"name": "m1", "limits": {"tpm": 5}}, {"name": "m2"}, {"name": "m3"}])
+    gw = start_gateway(models=[{"name": "m1", "limits": {"tpm": 5}}, {"name": "m2", "limits": {"tpm": 8}}, {"name": "m3"}])
     with pytest.raises(openai.APIStatusError) as refused:
         ask(gw, model="m1")  # ~12 input tokens: no minute's window ever takes it; a Retry-After would loop
     assert refused.value.status_code == 413 and refused.value.body["code"] == "request_too_large"
-    assert not upstream.requests_for("m1")
+    # Routed, the same: it had been a 503 calling the idle models unhealthy, to retry in a second, forever.
+    for allowed in (["m1"], ["m1", "m2"]):
+        with pytest.raises(openai.APIStatusError) as routed:
+            gw.client().chat.completions.create(model="auto", messages=MSG, extra_body={"router": {"allowed_models": allowed}})
+        assert routed.value.status_code == 413 and routed.value.body["code"] == "request_too_large", allowed
+    decision = httpx.post(f"{gw.url}/v1/route", json={"model": "auto", "messages": MSG}).json()
+    assert decision["model"] == "m3" and {c["model"]: c["excluded"] for c in decision["candidates"]}["m1"].startswith("over its tpm limit")
+    assert not upstream.requests_for("m1") and not upstream.requests_for("m2")
 
 
 async def test_concurrent_async_clients_never_see_upstream_errors(start_gateway, upstream):

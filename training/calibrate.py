@@ -119,10 +119,10 @@ def template_limits(template: dict | None, config, profile_name: str | None) -> 
         raise ValueError("--request-template sets `router` limits: give --config, whose catalog they name")
     from service.errors import ApiError
     from service.routing import build_constraints
-    from service.schemas import RouterOptions
+    from service.schemas import router_options
 
     try:
-        return profile_name, build_constraints(RouterOptions.model_validate(template["router"]), {}, config)
+        return profile_name, build_constraints(router_options(template["router"]), {}, config)
     except ApiError as exc:
         raise ValueError(f"--request-template: {exc.message}") from None
 
