@@ -386,8 +386,10 @@ async def _close_stream(gw: Gateway, ctx: RequestContext, opened: OpenStream, as
     ctx.response = assembler.completion()
     ctx.extras["upstream_id"] = assembler.id
     out_tokens = usage_tokens(assembler.usage)[1]
-    gw.dispatcher.close_stream(opened, failure, out_tokens or 0, completed=assembler.finished)
-    finish(gw, ctx)
+    try:
+        gw.dispatcher.close_stream(opened, failure, out_tokens or 0, completed=assembler.finished)
+    finally:  # the answer was given: whatever the model's health bookkeeping met, it is billed and logged
+        finish(gw, ctx)
 
 
 def _ending(ctx: RequestContext, assembler: sse.Assembler, opened: OpenStream, usage_owed: bool) -> list[bytes]:

@@ -201,3 +201,33 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The traceback goes to our log only; the client learns that it was our fault.
         return logged_internal_error(exc, f"unhandled error on {request.method} {request.url.path}").response()
+
+    app.add_middleware(StoresAway)
+
+
+class StoresAway:
+    """A store that cannot be reached (a database restarting) answers 503 here, inside Starlette's
+    outermost middleware: that one runs the handler for Exception and then raises the error again,
+    so uvicorn logged each 503 with a traceback and closed the connection, and a client's next
+    request on it failed. (Pure ASGI: it passes a stream's messages on as they come.)"""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if started or not store_unreachable(exc):
+                raise
+            await logged_internal_error(exc, f"{scope['method']} {scope['path']} failed").response()(scope, receive, send)

@@ -114,3 +114,23 @@ def test_redis_circuit_breaker_reads_a_local_copy_at_most_refresh_s_old(redis_ur
     b.success("m")
     a.failure("m")  # a change made here is never hidden by the local copy
     assert a.state("m") == "open"
+
+
+def test_with_redis_away_the_breaker_fails_open_and_keeps_what_it_last_saw(redis_url):
+    """Raised, a Redis error after an answer had turned it into a 503 and lost its outcome row."""
+    from service.governance.redis_state import RedisCircuitBreaker, connect
+
+    url, prefix = redis_url
+    breaker = RedisCircuitBreaker(connect(url), 2, 30.0, prefix=prefix, refresh_s=0.0)
+    for _ in range(2):
+        breaker.failure("m1")
+    assert breaker.state("m1") == "open" and breaker.state("m2") == "closed"
+    breaker.r = connect("redis://127.0.0.1:1/0")  # nothing listens there: every call fails to connect
+    assert breaker.state("m1") == "open"  # as last seen
+    assert breaker.state("m3") == "closed" and breaker.acquire("m3") is not None  # never seen: passes
+    assert breaker.failure("m2") is False  # unrecorded, not raised
+    breaker.success("m1")
+    breaker.release("m1", breaker.acquire("m2"))
+    breaker.r = connect(url)
+    time.sleep(breaker.retry_s)  # asked again once its pause is over
+    assert breaker.state("m1") == "open"

@@ -304,3 +304,43 @@ def test_a_store_away_leaves_open_mode_as_it_was_and_is_logged_in_one_line(upstr
         assert len(said) == 1 and said[0].exc_info is None and "database is locked" in said[0].getMessage()
     finally:
         gw.stop()
+
+
+def test_a_store_away_on_any_endpoint_is_a_503_that_leaves_the_connection_open(upstream, tmp_path, caplog):
+    """Starlette's handler for Exception raises the error again after answering: uvicorn had logged
+    each such 503 with a traceback and closed the connection under the client's next request."""
+    import socket
+    import sqlite3
+
+    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite", extra=LEARNING)
+    gw = Running(config, router=QualityRouter(DEFAULT_QUALITY))
+    try:
+        answered = gw.client().chat.completions.with_raw_response.create(**CHAT)
+        request_id = answered.headers["x-request-id"]
+
+        def locked(*args, **kwargs):
+            raise sqlite3.OperationalError("database is locked")
+
+        gw.gateway.outcome_log.get = locked
+        body = json.dumps({"request_id": request_id, "score": 1.0}).encode()
+        host, port = gw.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as conn, caplog.at_level(logging.WARNING):
+            replies = []
+            for path in ("/v1/feedback", "/healthz"):  # the second request on the same connection
+                payload = body if path == "/v1/feedback" else b""
+                method = "POST" if payload else "GET"
+                conn.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(65536)
+                head, _, rest = head.partition(b"\r\n\r\n")
+                length = int(next(h.split(b":")[1] for h in head.lower().split(b"\r\n") if h.startswith(b"content-length:")))
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                replies.append((int(head.split()[1]), json.loads(rest)))
+        assert replies[0][0] == 503 and replies[0][1]["error"]["code"] == "store_unavailable"
+        assert replies[1][0] == 200  # the connection was still open
+        assert not [r for r in caplog.records if r.exc_info]  # one line, no traceback
+    finally:
+        gw.stop()

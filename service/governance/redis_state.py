@@ -398,13 +398,22 @@ class RedisCircuitBreaker:
     round trip at most every `refresh_s`, so a replica sees another's circuit open within that
     delay. A closed circuit needs no Redis call to pass a request or to record a success; what
     changes a circuit (a failure, claiming the half-open probe, closing it) goes to Redis at once
-    and drops the local copy of that model."""
+    and drops the local copy of that model.
+
+    With Redis away it fails open: a circuit reads as its local copy last had it (closed where it
+    had none), failures and probes go unrecorded, and Redis is asked again after `retry_s`. A
+    breaker that raised had turned answers already given into 503s and dropped their outcome rows,
+    and every routed request into a 503 while Redis restarted."""
 
     FIELDS = ("blocked_until", "opened_at", "probing", "failures", "rate_limited", "probe_at")
+    CLOSED = (None,) * len(FIELDS)
 
     def __init__(self, client: Any, failures: int, cooldown_s: float, prefix: str = "openclaw", clock=time.time,
-                 refresh_s: float = 0.25, probe_lapse_s: float | None = None):
+                 refresh_s: float = 0.25, probe_lapse_s: float | None = None, retry_s: float = 1.0):
         self.r = client
+        self.retry_s = retry_s
+        self._away_until = float("-inf")  # monotonic: Redis is not asked before it
+        self._said_at = float("-inf")
         self.threshold = failures
         self.cooldown_s = cooldown_s
         self.probe_lapse_s = probe_lapse_s or cooldown_s
@@ -420,16 +429,42 @@ class RedisCircuitBreaker:
     def _k(self, model: str) -> str:
         return f"{self.prefix}:cb:{model}"
 
+    def _redis(self, call: Any, default: Any) -> Any:
+        """`call()`, or `default` while Redis cannot be reached (said once a minute)."""
+        from router.store_errors import store_unreachable
+
+        now = time.monotonic()
+        if now < self._away_until:
+            return default
+        try:
+            return call()
+        except Exception as exc:
+            if not store_unreachable(exc):
+                raise
+            self._away_until = now + self.retry_s
+            if now - self._said_at >= 60:
+                self._said_at = now
+                log.warning("circuit breaker: Redis cannot be reached (%s); circuits read as last seen, failures "
+                            "go unrecorded until it is back", exc)
+            return default
+
     def _fields(self, model: str) -> tuple[Any, ...]:
         # The view is replaced, never changed in place, and read once: worker threads (alerts,
         # decisions) read it while the event loop forgets a model it has just changed.
         view = self._view
         if model not in view or time.monotonic() - self._read_at > self.refresh_s:
             models = list({*view, model})
-            pipe = self.r.pipeline(transaction=False)
-            for m in models:
-                pipe.hmget(self._k(m), *self.FIELDS)
-            view = {m: tuple(v) for m, v in zip(models, pipe.execute())}
+
+            def read() -> dict[str, tuple[Any, ...]]:
+                pipe = self.r.pipeline(transaction=False)
+                for m in models:
+                    pipe.hmget(self._k(m), *self.FIELDS)
+                return {m: tuple(v) for m, v in zip(models, pipe.execute())}
+
+            fresh = self._redis(read, None)
+            if fresh is None:
+                return view.get(model, self.CLOSED)
+            view = fresh
             self._view = view
             self._read_at = time.monotonic()
         return view[model]
@@ -465,7 +500,8 @@ class RedisCircuitBreaker:
             return PASS
         self._forget(model)
         probe = new_probe()
-        got = int(self._acquire(keys=[self._k(model)], args=[self._clock(), self.cooldown_s, probe.probe, self.probe_lapse_s]))
+        got = int(self._redis(lambda: self._acquire(keys=[self._k(model)],
+                                                    args=[self._clock(), self.cooldown_s, probe.probe, self.probe_lapse_s]), 1))
         return None if got == 0 else PASS if got == 1 else probe
 
     def success(self, model: str) -> None:
@@ -473,22 +509,30 @@ class RedisCircuitBreaker:
         if v[1] is None and not int(v[3] or 0):
             return  # closed with no failures counted: nothing to reset
         self._forget(model)
-        pipe = self.r.pipeline()
-        pipe.hdel(self._k(model), "opened_at", "probing", "probe_at")
-        pipe.hset(self._k(model), "failures", 0)
-        pipe.execute()
+
+        def close() -> None:
+            pipe = self.r.pipeline()
+            pipe.hdel(self._k(model), "opened_at", "probing", "probe_at")
+            pipe.hset(self._k(model), "failures", 0)
+            pipe.execute()
+
+        self._redis(close, None)
 
     def failure(self, model: str, retry_after_s: float | None = None, rate_limited: bool = False) -> bool:
         self._forget(model)
         args = [self._clock(), self.threshold, retry_after_s or 0]
-        pipe = self.r.pipeline()
-        self._failure(keys=[self._k(model)], args=args, client=pipe)
-        pipe.hset(self._k(model), "rate_limited", int(rate_limited))
-        opened, _ = pipe.execute()
-        return bool(int(opened))
+
+        def count() -> bool:
+            pipe = self.r.pipeline()
+            self._failure(keys=[self._k(model)], args=args, client=pipe)
+            pipe.hset(self._k(model), "rate_limited", int(rate_limited))
+            opened, _ = pipe.execute()
+            return bool(int(opened))
+
+        return self._redis(count, False)
 
     def release(self, model: str, claim: Claim) -> None:
         if claim.probe is None:
             return  # it held no probe: nothing of the circuit's is its to give back
         self._forget(model)
-        self._release(keys=[self._k(model)], args=[claim.probe])
+        self._redis(lambda: self._release(keys=[self._k(model)], args=[claim.probe]), None)
