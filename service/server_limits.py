@@ -105,6 +105,11 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
         _head_size = 0
         _head_reads = 0
         _oversized = False
+        # After the head, until the message ends: the bytes that are not body (a chunk's size line,
+        # the trailer fields httptools buffers as it does headers), since the last chunk's start.
+        _in_body = False
+        _framing = 0
+        _body_seen = 0
         _after_answer: bytes | None = None  # a refusal of a pipelined request, sent after the answer in progress
 
         def connection_made(self, transport: Any) -> None:
@@ -144,16 +149,35 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
                 self._oversized = True
                 raise ValueError("request head too large")
             super().on_headers_complete()
+            self._in_body, self._framing = True, 0
+
+        def on_body(self, body: bytes) -> None:
+            self._body_seen += len(body)
+            super().on_body(body)
+
+        def on_chunk_header(self) -> None:
+            self._framing = 0
+
+        def on_message_complete(self) -> None:
+            self._in_body = False
+            super().on_message_complete()
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
             self._head_begun = self._head_begun or bool(data)
+            self._body_seen = 0
             super().data_received(data)
             if self._in_head:
                 self._head_reads += len(data)
-                if self._head_reads > MAX_HEAD_BYTES + MAX_READ_BYTES and not self.transport.is_closing():
-                    self._refuse_head(too_big)
+                over = self._head_reads > MAX_HEAD_BYTES + MAX_READ_BYTES
+            elif self._in_body:  # a trailer section of any size had been taken, slowly, on the event loop
+                self._framing += len(data) - self._body_seen
+                over = self._framing > MAX_HEAD_BYTES + MAX_READ_BYTES
+            else:
+                over = False
+            if over and not self.transport.is_closing():
+                self._refuse_head(too_big)
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn's is plain text; every other refusal of the gateway is OpenAI's JSON error.
@@ -161,18 +185,21 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
                               _raw_response("400 Bad Request", "invalid_http", f"not a valid HTTP/1.1 request: {msg}"))
 
         def on_response_complete(self) -> None:
-            super().on_response_complete()
+            super().on_response_complete()  # starts the next request queued behind it, if any
             if self._after_answer is not None:
-                self._refuse(self._after_answer)
+                if self.cycle is None or self.cycle.response_complete:  # every request before it answered
+                    self._refuse(self._after_answer)
                 return
             self._arm()
 
         def _refuse_head(self, answer: bytes) -> None:
-            if self.cycle is not None and not self.cycle.response_complete:
-                # A pipelined head: its answer comes after the one in progress (HTTP/1.1 answers in
-                # order); what follows it is dropped meanwhile.
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete and not cycle.more_body:
+                # A later, pipelined request (the one before it has its whole body): its answer comes
+                # after theirs, as HTTP/1.1 answers in order; what follows it is dropped meanwhile.
                 self._refused, self._after_answer = True, answer
                 return
+            # The request in progress itself (its body malformed or its trailers too long), or none.
             self._refuse(answer)
 
         def connection_lost(self, exc: Exception | None) -> None:

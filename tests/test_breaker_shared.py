@@ -120,8 +120,12 @@ def test_with_redis_away_the_breaker_fails_open_and_keeps_what_it_last_saw(redis
     """Raised, a Redis error after an answer had turned it into a 503 and lost its outcome row."""
     from service.governance.redis_state import RedisCircuitBreaker, connect
 
+    import socket
+
+    from service.governance.redis_state import BREAKER_TIMEOUT_S
+
     url, prefix = redis_url
-    breaker = RedisCircuitBreaker(connect(url), 2, 30.0, prefix=prefix, refresh_s=0.0)
+    breaker = RedisCircuitBreaker(connect(url), 2, 30.0, prefix=prefix, refresh_s=0.0, retry_s=1.0)
     for _ in range(2):
         breaker.failure("m1")
     assert breaker.state("m1") == "open" and breaker.state("m2") == "closed"
@@ -134,3 +138,14 @@ def test_with_redis_away_the_breaker_fails_open_and_keeps_what_it_last_saw(redis
     breaker.r = connect(url)
     time.sleep(breaker.retry_s)  # asked again once its pause is over
     assert breaker.state("m1") == "open"
+    # A Redis that takes the connection and never answers: one call waits out the short timeout,
+    # the calls in the pause after it (every routed request reads every circuit) wait for nothing.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        breaker.r = connect(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", timeout_s=BREAKER_TIMEOUT_S)
+        started = time.monotonic()
+        assert breaker.state("m1") == "open"
+        for model in ("m1", "m2", "m3", "m4"):
+            breaker.state(model)
+        assert time.monotonic() - started < 5 * BREAKER_TIMEOUT_S  # not one timeout per read

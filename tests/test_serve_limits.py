@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import resource
 import socket
 import sys
@@ -241,3 +242,37 @@ def test_an_oversized_head_is_a_431_and_a_large_body_in_the_heads_read_is_not(se
         status, error = error_of(read_all(garbled, timeout=6)[0])
     assert (status, error["code"]) == (400, "invalid_http")
     assert answered(port).startswith("Hello from m1")
+
+
+def test_refusals_come_in_order_and_a_request_in_progress_is_refused_at_once(served, upstream):
+    from tests.fake_upstream import ok
+
+    port = served
+    upstream.default("m1", ok("slow answer", delay_s=1.0))
+    auth = f"Authorization: Bearer {MASTER}\r\nContent-Type: application/json\r\n".encode()
+    small = json.dumps({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    slow = HEAD + auth + b"Content-Length: %d\r\n\r\n" % len(small) + small
+    listing = f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {MASTER}\r\n\r\n".encode()
+    oversized = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 100_000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port)) as pipelined:  # three requests in one write
+        pipelined.sendall(slow + listing + oversized)
+        data, _ = read_all(pipelined, timeout=10)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)  # each answer's head follows the body before it
+    assert statuses == [b"200", b"200", b"431"]  # the 431 had come before the listing, which was lost
+    assert b'"object":"list"' in data.replace(b" ", b"")
+    # A malformed chunk of the request being read is refused at once, not after body_timeout_s.
+    with socket.create_connection(("127.0.0.1", port)) as garbled:
+        garbled.sendall(HEAD + auth + b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"mod\r\nZZZ-not-hex\r\n")
+        data, waited = read_all(garbled, timeout=8)
+    assert error_of(data)[1]["code"] == "invalid_http" and waited < 1.9  # the 408 came at the 2 s body deadline
+    # Trailer fields are buffered as headers are: bounded as a head is.
+    with socket.create_connection(("127.0.0.1", port)) as trailing:
+        trailing.sendall(HEAD + auth + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(small) + small
+                         + b"\r\n0\r\nX-Trailer: ")
+        try:
+            for _ in range(4):
+                trailing.sendall(b"a" * (1 << 20))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status, error = error_of(read_all(trailing, timeout=8)[0])
+    assert (status, error["code"]) == (431, "request_header_fields_too_large")

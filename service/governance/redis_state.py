@@ -176,15 +176,18 @@ if redis.call('HGET', KEYS[1], 'probing') == ARGV[1] then redis.call('HSET', KEY
 """
 
 
-def connect(url: str, check: bool = False) -> Any:
+def connect(url: str, check: bool = False, timeout_s: float | None = None) -> Any:
     """A client for `server.redis_url`. `check`: reach it at once, for what cannot work without it
     (governance's budgets and limits: an unreachable Redis is then an error at start-up, not a
-    500 on every request afterwards); what only shares learning keeps serving without it."""
+    500 on every request afterwards); what only shares learning keeps serving without it.
+    `timeout_s` bounds connecting and each reply (default: 5 s to connect, replies unbounded)."""
     import redis
 
     from router.store_errors import redact_url
 
-    client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_connect_timeout=5)
+    timeouts = {"socket_connect_timeout": 5} if timeout_s is None else {"socket_connect_timeout": timeout_s,
+                                                                          "socket_timeout": timeout_s}
+    client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **timeouts)
     if not check:
         return client
     try:
@@ -389,6 +392,9 @@ class RedisRateLimiter(DroppedLeases):
                     return
 
 
+BREAKER_TIMEOUT_S = 0.25  # a local Redis answers in well under a millisecond
+
+
 class RedisCircuitBreaker:
     """`service.breaker.CircuitBreaker`'s interface with its state in Redis, so one replica's
     failures open the circuit for all of them, and only one replica sends the half-open probe.
@@ -403,13 +409,15 @@ class RedisCircuitBreaker:
     With Redis away it fails open: a circuit reads as its local copy last had it (closed where it
     had none), failures and probes go unrecorded, and Redis is asked again after `retry_s`. A
     breaker that raised had turned answers already given into 503s and dropped their outcome rows,
-    and every routed request into a 503 while Redis restarted."""
+    and every routed request into a 503 while Redis restarted. Its calls run on the event loop:
+    give it a client whose replies are bounded (`connect(..., timeout_s=BREAKER_TIMEOUT_S)`), or a
+    Redis that stops answering holds every request for the client's timeout on each call."""
 
     FIELDS = ("blocked_until", "opened_at", "probing", "failures", "rate_limited", "probe_at")
     CLOSED = (None,) * len(FIELDS)
 
     def __init__(self, client: Any, failures: int, cooldown_s: float, prefix: str = "openclaw", clock=time.time,
-                 refresh_s: float = 0.25, probe_lapse_s: float | None = None, retry_s: float = 1.0):
+                 refresh_s: float = 0.25, probe_lapse_s: float | None = None, retry_s: float = 5.0):
         self.r = client
         self.retry_s = retry_s
         self._away_until = float("-inf")  # monotonic: Redis is not asked before it
@@ -433,14 +441,14 @@ class RedisCircuitBreaker:
         """`call()`, or `default` while Redis cannot be reached (said once a minute)."""
         from router.store_errors import store_unreachable
 
-        now = time.monotonic()
-        if now < self._away_until:
+        if time.monotonic() < self._away_until:
             return default
         try:
             return call()
         except Exception as exc:
             if not store_unreachable(exc):
                 raise
+            now = time.monotonic()  # after the call, which may have taken its whole timeout
             self._away_until = now + self.retry_s
             if now - self._said_at >= 60:
                 self._said_at = now

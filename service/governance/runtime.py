@@ -146,11 +146,13 @@ class Governance:
         self.metrics = SpendMetrics(gateway.metrics.registry)
         if self.redis is not None:
             from service.breaker import probe_lapse_s
-            from service.governance.redis_state import RedisCircuitBreaker
+            from service.governance.redis_state import BREAKER_TIMEOUT_S, RedisCircuitBreaker, connect
 
             rel = self.config.reliability
+            # A client of its own with short timeouts: the breaker is asked on the event loop.
             gateway.live.breaker = RedisCircuitBreaker(
-                self.redis, rel.breaker_failures, rel.breaker_cooldown_s, prefix=self.settings.redis_prefix,
+                connect(self.settings.redis_url, timeout_s=BREAKER_TIMEOUT_S), rel.breaker_failures,
+                rel.breaker_cooldown_s, prefix=self.settings.redis_prefix,
                 probe_lapse_s=probe_lapse_s(self.config),
             )
         self.breaker = gateway.live.breaker
