@@ -149,12 +149,17 @@ class Governance:
             from service.governance.redis_state import BREAKER_TIMEOUT_S, RedisCircuitBreaker, connect
 
             rel = self.config.reliability
-            # A client of its own with short timeouts: the breaker is asked on the event loop.
+            # A client of its own with short timeouts: the breaker and the models' own rate windows
+            # are asked on the event loop.
+            quick = connect(self.settings.redis_url, timeout_s=BREAKER_TIMEOUT_S)
             gateway.live.breaker = RedisCircuitBreaker(
-                connect(self.settings.redis_url, timeout_s=BREAKER_TIMEOUT_S), rel.breaker_failures,
-                rel.breaker_cooldown_s, prefix=self.settings.redis_prefix,
+                quick, rel.breaker_failures, rel.breaker_cooldown_s, prefix=self.settings.redis_prefix,
                 probe_lapse_s=probe_lapse_s(self.config),
             )
+            if any(m.limits is not None and (m.limits.rpm or m.limits.tpm) for m in self.config.models):
+                from service.shared_rates import SharedRateWindow
+
+                gateway.live.rates = SharedRateWindow(quick, gateway.live.limits, prefix=self.settings.redis_prefix)
         self.breaker = gateway.live.breaker
 
     def maybe_sweep(self) -> None:
