@@ -13,18 +13,14 @@ each replica holds to the limit by itself meanwhile.
 """
 from __future__ import annotations
 
-import logging
 import math
 import time
 from typing import Any, Mapping
 
 from router.config import Limits
-from router.store_errors import store_unreachable
 from service.breaker import RateWindow
 from service.governance.ratelimit import Window
-from service.governance.redis_state import RedisRateLimiter
-
-log = logging.getLogger(__name__)
+from service.governance.redis_state import RedisRateLimiter, WhileAway
 
 _LIMITED = "model:"  # the limiter's key id of a model's window: key ids are `key_<hex>`
 
@@ -41,30 +37,12 @@ class SharedRateWindow:
         self.prefix = prefix
         self.limits = {m: lim for m, lim in limits.items() if _limited(lim)}
         self.local = RateWindow()
-        self.refresh_s, self.retry_s = refresh_s, retry_s
+        self.refresh_s = refresh_s
         self._clock = clock
         self._view: dict[str, tuple[int, int, int, int]] = {}  # model: this and the previous minute's requests, tokens
         self._view_minute = -1
         self._read_at = float("-inf")
-        self._away_until = float("-inf")
-        self._said_at = float("-inf")
-
-    def _redis(self, call: Any) -> Any:
-        """`call()`, or None while Redis cannot be reached (said once a minute)."""
-        if time.monotonic() < self._away_until:
-            return None
-        try:
-            return call()
-        except Exception as exc:
-            if not store_unreachable(exc):
-                raise
-            now = time.monotonic()
-            self._away_until = now + self.retry_s
-            if now - self._said_at >= 60:
-                self._said_at = now
-                log.warning("model rate limits: Redis cannot be reached (%s); each replica counts its own calls "
-                            "until it is back", exc)
-            return None
+        self._redis = WhileAway(retry_s, "each replica counts its own calls to models with limits")
 
     # RateWindow's interface -----------------------------------------------------------------
     def add(self, model: str, tokens: int, request: bool = True, limits: Limits | None = None) -> bool:
@@ -73,7 +51,7 @@ class SharedRateWindow:
             return self.local.add(model, tokens, request, limits)
         key = _LIMITED + model
         if request:
-            check = self._redis(lambda: self.limiter.admit(key, limits.rpm, limits.tpm, tokens, now=self._clock()))
+            check = self._redis(lambda: self.limiter.admit(key, limits.rpm, limits.tpm, tokens, now=self._clock()), None)
             if check is None:  # Redis away: this replica's own count
                 return self.local.add(model, tokens, request, limits)
             if check.refused is not None:
@@ -83,7 +61,7 @@ class SharedRateWindow:
                 self.limiter.add_tokens(key, tokens, now=self._clock())
                 return True
 
-            if self._redis(count_output) is None:
+            if self._redis(count_output, None) is None:
                 return self.local.add(model, tokens, request)
         self.local.add(model, tokens, request)  # what /healthz shows of this replica's own calls
         self._read_at = float("-inf")  # the next decision reads the count this call changed
@@ -119,7 +97,7 @@ class SharedRateWindow:
         now = self._clock()
         minute, frac = int(now // 60), (now % 60) / 60
         if minute != self._view_minute or time.monotonic() - self._read_at > self.refresh_s:
-            view = self._redis(lambda: self._read(minute))
+            view = self._redis(lambda: self._read(minute), None)
             if view is None:
                 return None
             self._view, self._view_minute, self._read_at = view, minute, time.monotonic()

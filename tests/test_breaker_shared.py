@@ -136,7 +136,7 @@ def test_with_redis_away_the_breaker_fails_open_and_keeps_what_it_last_saw(redis
     breaker.success("m1")
     breaker.release("m1", breaker.acquire("m2"))
     breaker.r = connect(url)
-    time.sleep(breaker.retry_s)  # asked again once its pause is over
+    time.sleep(breaker._redis.retry_s)  # asked again once its pause is over
     assert breaker.state("m1") == "open"
     # A Redis that takes the connection and never answers: one call waits out the short timeout,
     # the calls in the pause after it (every routed request reads every circuit) wait for nothing.

@@ -27,6 +27,7 @@ from service.governance.keys import UnknownKey, VirtualKey
 from service.governance.runtime import Governance
 from service.schemas import read_json_body
 
+
 def _no_nul_in_url(request: Request) -> None:
     # PostgreSQL text refuses a NUL: a key id or a report filter holding one had been a 500 there
     # (and nothing on SQLite). No name or id the admin API knows has one.

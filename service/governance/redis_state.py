@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any, Mapping, Sequence
 
+from router.store_errors import store_unreachable
 from service.breaker import PASS, Claim, circuit_state, new_probe, state_available, waits
 from service.governance.budgets import IDLE_SESSION_S, Line, Reservation, Usage, insert_spend, new_reservation_id, seeded_spent
 from service.governance.db import Database
@@ -395,6 +396,32 @@ class RedisRateLimiter(DroppedLeases):
 BREAKER_TIMEOUT_S = 0.25  # a local Redis answers in well under a millisecond
 
 
+class WhileAway:
+    """Calls to Redis that may go without it: while it cannot be reached, the caller's default,
+    Redis asked again `retry_s` after the last failed call, and the outage said once a minute."""
+
+    def __init__(self, retry_s: float, meanwhile: str):
+        self.retry_s = retry_s
+        self.meanwhile = meanwhile  # what the log says happens until Redis is back
+        self._away_until = float("-inf")  # monotonic: Redis is not asked before it
+        self._said_at = float("-inf")
+
+    def __call__(self, call: Any, default: Any) -> Any:
+        if time.monotonic() < self._away_until:
+            return default
+        try:
+            return call()
+        except Exception as exc:
+            if not store_unreachable(exc):
+                raise
+            now = time.monotonic()  # after the call, which may have taken its whole timeout
+            self._away_until = now + self.retry_s
+            if now - self._said_at >= 60:
+                self._said_at = now
+                log.warning("Redis cannot be reached (%s); %s until it is back", exc, self.meanwhile)
+            return default
+
+
 class RedisCircuitBreaker:
     """`service.breaker.CircuitBreaker`'s interface with its state in Redis, so one replica's
     failures open the circuit for all of them, and only one replica sends the half-open probe.
@@ -419,9 +446,7 @@ class RedisCircuitBreaker:
     def __init__(self, client: Any, failures: int, cooldown_s: float, prefix: str = "openclaw", clock=time.time,
                  refresh_s: float = 0.25, probe_lapse_s: float | None = None, retry_s: float = 5.0):
         self.r = client
-        self.retry_s = retry_s
-        self._away_until = float("-inf")  # monotonic: Redis is not asked before it
-        self._said_at = float("-inf")
+        self._redis = WhileAway(retry_s, "circuits read as last seen, failures go unrecorded")
         self.threshold = failures
         self.cooldown_s = cooldown_s
         self.probe_lapse_s = probe_lapse_s or cooldown_s
@@ -436,25 +461,6 @@ class RedisCircuitBreaker:
 
     def _k(self, model: str) -> str:
         return f"{self.prefix}:cb:{model}"
-
-    def _redis(self, call: Any, default: Any) -> Any:
-        """`call()`, or `default` while Redis cannot be reached (said once a minute)."""
-        from router.store_errors import store_unreachable
-
-        if time.monotonic() < self._away_until:
-            return default
-        try:
-            return call()
-        except Exception as exc:
-            if not store_unreachable(exc):
-                raise
-            now = time.monotonic()  # after the call, which may have taken its whole timeout
-            self._away_until = now + self.retry_s
-            if now - self._said_at >= 60:
-                self._said_at = now
-                log.warning("circuit breaker: Redis cannot be reached (%s); circuits read as last seen, failures "
-                            "go unrecorded until it is back", exc)
-            return default
 
     def _fields(self, model: str) -> tuple[Any, ...]:
         # The view is replaced, never changed in place, and read once: worker threads (alerts,
