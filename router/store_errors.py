@@ -32,6 +32,9 @@ def store_refuses_writes(exc: BaseException) -> bool:
     if (psycopg := sys.modules.get("psycopg")) is not None and isinstance(exc, psycopg.Error):
         state = getattr(exc, "sqlstate", None) or ""
         return state in ("42501", "25006") or state.startswith("53")  # insufficient privilege, read-only, resources
+    if (redis := sys.modules.get("redis.exceptions")) is not None and isinstance(exc, redis.ResponseError):
+        # A replica after a failover, too few replicas to write to, a failed save, memory full.
+        return str(exc).startswith(("READONLY", "NOREPLICAS", "MISCONF", "OOM"))
     return isinstance(exc, sqlite3.OperationalError) and any(
         w in str(exc) for w in ("readonly database", "disk is full"))
 

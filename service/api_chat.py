@@ -18,6 +18,7 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from router.config import ModelSpec
@@ -76,6 +77,10 @@ async def chat_completions(request: Request) -> Response:
         return _refused(gw, request, request_id, received, started, raw, caller, exc, "rejected")
     except asyncio.CancelledError:  # the shutdown deadline passed while its body was still coming in
         return _refused(gw, request, request_id, received, started, raw, caller, _shutting_down(), "error")
+    except ClientDisconnect:  # the client left before its body arrived: its doing, not a fault of ours to trace
+        log.info("request %s: the client closed the connection before its body arrived", request_id)
+        left = ApiError(499, "the client closed the connection before the request body arrived", code="client_closed")
+        return _refused(gw, request, request_id, received, started, raw, caller, left, "client_closed")
     except Exception as exc:  # the key store away (a 503), or our bug (a 500): either way with its log row
         error = logged_internal_error(exc, f"request {request_id} failed before routing")
         return _refused(gw, request, request_id, received, started, raw, caller, error, "error", f"internal: {type(exc).__name__}")

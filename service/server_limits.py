@@ -185,22 +185,31 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
                               _raw_response("400 Bad Request", "invalid_http", f"not a valid HTTP/1.1 request: {msg}"))
 
         def on_response_complete(self) -> None:
+            queued = bool(getattr(self, "pipeline", ()))
             super().on_response_complete()  # starts the next request queued behind it, if any
             if self._after_answer is not None:
-                if self.cycle is None or self.cycle.response_complete:  # every request before it answered
+                if not queued:  # every request before the refused one is answered
                     self._refuse(self._after_answer)
                 return
             self._arm()
 
         def _refuse_head(self, answer: bytes) -> None:
+            """Refuse the request being parsed: at once when nothing before it awaits its answer,
+            else after those answers, as HTTP/1.1 answers in order (what follows it is dropped
+            meanwhile). uvicorn's `cycle` is the request parsed last: a head refused has none of
+            its own, so a cycle with its whole body is one before it; one still reading its body
+            is the refused request, queued behind another (`pipeline`) or the one in progress."""
             cycle = self.cycle
-            if cycle is not None and not cycle.response_complete and not cycle.more_body:
-                # A later, pipelined request (the one before it has its whole body): its answer comes
-                # after theirs, as HTTP/1.1 answers in order; what follows it is dropped meanwhile.
-                self._refused, self._after_answer = True, answer
+            if cycle is None or cycle.response_complete:
+                self._refuse(answer)
                 return
-            # The request in progress itself (its body malformed or its trailers too long), or none.
-            self._refuse(answer)
+            if cycle.more_body:
+                queued = [entry for entry in getattr(self, "pipeline", ()) if entry[0] is cycle]
+                if not queued:
+                    self._refuse(answer)  # the request in progress: its body malformed or its trailers too long
+                    return
+                self.pipeline.remove(queued[0])  # it will not run
+            self._refused, self._after_answer = True, answer
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

@@ -55,6 +55,9 @@ class SharedRateWindow:
             if check is None:  # Redis away: this replica's own count
                 return self.local.add(model, tokens, request, limits)
             if check.refused is not None:
+                # Another replica filled the minute since this one's copy was read: the wait the
+                # caller asks next reads the count that refused it, not the copy that showed room.
+                self._read_at = float("-inf")
                 return False
         elif tokens > 0:
             def count_output() -> bool:

@@ -265,6 +265,14 @@ def test_refusals_come_in_order_and_a_request_in_progress_is_refused_at_once(ser
         garbled.sendall(HEAD + auth + b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"mod\r\nZZZ-not-hex\r\n")
         data, waited = read_all(garbled, timeout=8)
     assert error_of(data)[1]["code"] == "invalid_http" and waited < 1.9  # the 408 came at the 2 s body deadline
+    # Pipelined behind a request in progress, a malformed body or trailers past the bound are refused
+    # after its answer, not before it (its answer had been lost).
+    for bad, status in ((b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"mod\r\nZZZ-not-hex\r\n", b"400"),
+                        (b"Transfer-Encoding: chunked\r\n\r\n0\r\nX-T: " + b"a" * 400_000, b"431")):
+        with socket.create_connection(("127.0.0.1", port)) as behind:
+            behind.sendall(slow + HEAD + auth + bad)
+            data, _ = read_all(behind, timeout=10)
+        assert re.findall(rb"HTTP/1\.1 (\d{3}) ", data) == [b"200", status] and b"slow answer" in data
     # Trailer fields are buffered as headers are: bounded as a head is.
     with socket.create_connection(("127.0.0.1", port)) as trailing:
         trailing.sendall(HEAD + auth + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(small) + small
@@ -276,3 +284,19 @@ def test_refusals_come_in_order_and_a_request_in_progress_is_refused_at_once(ser
             pass
         status, error = error_of(read_all(trailing, timeout=8)[0])
     assert (status, error["code"]) == (431, "request_header_fields_too_large")
+
+
+def test_a_client_leaving_mid_body_is_logged_in_a_line_not_a_traceback(served, tmp_path):
+    port = served
+    auth = f"Authorization: Bearer {MASTER}\r\nContent-Type: application/json\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port)) as leaving:
+        leaving.sendall(HEAD + auth + b"Content-Length: 1000\r\n\r\n{\"model\": ")
+        time.sleep(0.3)  # its head is read, its body awaited (not a wait for the server)
+    deadline = time.monotonic() + 10
+    log = (tmp_path / "serve.log").read_text()
+    while "closed the connection before its body arrived" not in log and time.monotonic() < deadline:
+        time.sleep(0.1)
+        log = (tmp_path / "serve.log").read_text()
+    assert "closed the connection before its body arrived" in log
+    assert "Traceback" not in log and "ClientDisconnect" not in log
+    assert answered(port).startswith("Hello from m1")

@@ -84,3 +84,35 @@ def test_two_gateways_on_one_redis_send_a_model_no_more_than_its_limit(redis_url
         for gw in gws:
             gw.stop()
         up.stop()
+
+
+def test_a_call_refused_by_another_replicas_count_reads_the_wait_from_that_count(redis_url):
+    """The copy that had shown room answered the wait: 0, and the 429 went out without a Retry-After."""
+    now = [1800.0]
+    limits = {"m1": Limits(rpm=2)}
+    url, prefix = redis_url
+    one, two = (SharedRateWindow(connect(url), limits, prefix=prefix, clock=lambda: now[0]) for _ in range(2))
+    assert one.has_room("m1", limits["m1"], 10)  # its copy, read now, kept for refresh_s
+    assert two.add("m1", 10, limits=limits["m1"]) and two.add("m1", 10, limits=limits["m1"])
+    assert not one.add("m1", 10, limits=limits["m1"])
+    assert one.wait_s("m1", limits["m1"], 10) > 0 and not one.has_room("m1", limits["m1"], 10)
+
+
+def test_a_redis_refusing_writes_is_gone_without_as_one_away():
+    from redis.exceptions import ReadOnlyError, ResponseError
+
+    from router.store_errors import store_refuses_writes
+    from service.governance.redis_state import WhileAway
+
+    refusals = [ReadOnlyError("READONLY You can't write against a read only replica."),
+                ResponseError("NOREPLICAS Not enough good replicas to write."),
+                ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist"),
+                ResponseError("OOM command not allowed when used memory > 'maxmemory'.")]
+    for refusal in refusals:  # each had been a 500, an answer already given among them
+        assert store_refuses_writes(refusal)
+
+        def write():
+            raise refusal
+
+        assert WhileAway(5.0, "counted locally")(write, "fallback") == "fallback"
+    assert not store_refuses_writes(ResponseError("ERR wrong number of arguments for 'incrby' command"))

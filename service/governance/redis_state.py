@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any, Mapping, Sequence
 
-from router.store_errors import store_unreachable
+from router.store_errors import store_refuses_writes, store_unreachable
 from service.breaker import PASS, Claim, circuit_state, new_probe, state_available, waits
 from service.governance.budgets import IDLE_SESSION_S, Line, Reservation, Usage, insert_spend, new_reservation_id, seeded_spent
 from service.governance.db import Database
@@ -397,8 +397,9 @@ BREAKER_TIMEOUT_S = 0.25  # a local Redis answers in well under a millisecond
 
 
 class WhileAway:
-    """Calls to Redis that may go without it: while it cannot be reached, the caller's default,
-    Redis asked again `retry_s` after the last failed call, and the outage said once a minute."""
+    """Calls to Redis that may go without it: while it cannot be reached or refuses every write
+    (a replica after a failover, a full memory), the caller's default, Redis asked again `retry_s`
+    after the last failed call, and the outage said once a minute."""
 
     def __init__(self, retry_s: float, meanwhile: str):
         self.retry_s = retry_s
@@ -412,7 +413,7 @@ class WhileAway:
         try:
             return call()
         except Exception as exc:
-            if not store_unreachable(exc):
+            if not (store_unreachable(exc) or store_refuses_writes(exc)):
                 raise
             now = time.monotonic()  # after the call, which may have taken its whole timeout
             self._away_until = now + self.retry_s
