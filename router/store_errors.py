@@ -33,8 +33,11 @@ def store_refuses_writes(exc: BaseException) -> bool:
         state = getattr(exc, "sqlstate", None) or ""
         return state in ("42501", "25006") or state.startswith("53")  # insufficient privilege, read-only, resources
     if (redis := sys.modules.get("redis.exceptions")) is not None and isinstance(exc, redis.ResponseError):
-        # A replica after a failover, too few replicas to write to, a failed save, memory full.
-        return str(exc).startswith(("READONLY", "NOREPLICAS", "MISCONF", "OOM"))
+        # A replica after a failover, memory full (redis-py raises these as their own classes, the
+        # code cut from the message), too few replicas to write to, a failed save; inside a
+        # pipeline the message begins "Command # N (...) of pipeline caused error: ".
+        return isinstance(exc, (redis.ReadOnlyError, redis.OutOfMemoryError)) or re.search(
+            r"(^|caused error: )(READONLY|NOREPLICAS|MISCONF|OOM)\b", str(exc)) is not None
     return isinstance(exc, sqlite3.OperationalError) and any(
         w in str(exc) for w in ("readonly database", "disk is full"))
 

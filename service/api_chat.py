@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
 import uuid
@@ -35,6 +36,7 @@ from service.request_summary import metrics_model, reason
 from service.routing import artifact_of, build_constraints, decide_for, proxies_of, refuse_outside_limits
 from service.response_headers import response_headers
 from service.schemas import OFF_LOOP_BYTES, judge_chat, read_body
+from service.server_limits import REFUSED_BY_SERVER
 from service.usage_fill import counts_both, estimated_usage, usage_or_estimate
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,13 @@ async def chat_completions(request: Request) -> Response:
         return _refused(gw, request, request_id, received, started, raw, caller, exc, "rejected")
     except asyncio.CancelledError:  # the shutdown deadline passed while its body was still coming in
         return _refused(gw, request, request_id, received, started, raw, caller, _shutting_down(), "error")
-    except ClientDisconnect:  # the client left before its body arrived: its doing, not a fault of ours to trace
+    except ClientDisconnect:
+        answered = request.scope.get(REFUSED_BY_SERVER)
+        if answered is not None:  # the server refused its body itself (malformed): logged as that refusal
+            error = json.loads(answered.partition(b"\r\n\r\n")[2])["error"]
+            refusal = ApiError(int(answered.split(b" ", 2)[1]), error["message"], code=error["code"])
+            return _refused(gw, request, request_id, received, started, raw, caller, refusal, "rejected")
+        # The client left before its body arrived: its doing, not a fault of ours to trace.
         log.info("request %s: the client closed the connection before its body arrived", request_id)
         left = ApiError(499, "the client closed the connection before the request body arrived", code="client_closed")
         return _refused(gw, request, request_id, received, started, raw, caller, left, "client_closed")

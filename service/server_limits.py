@@ -27,6 +27,8 @@ REFUSED_LINGER_S = 1.0  # how long a connection past the cap may take to read it
 # max_body_bytes, by one request. Node's default is 16 KiB, nginx's 32 KiB; OpenAI's SDKs send ~1 KiB.
 MAX_HEAD_BYTES = 64 * 1024
 MAX_READ_BYTES = 256 * 1024  # the most one read of asyncio's transports returns
+# Where a request's ASGI scope holds the answer the server wrote for it itself (a malformed body).
+REFUSED_BY_SERVER = "openclaw.refused_by_server"
 
 
 def _raw_response(status: str, code: str, message: str, extra: str = "") -> bytes:
@@ -165,7 +167,9 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
-            self._head_begun = self._head_begun or bool(data)
+            # The rest of a body uvicorn discards after an early answer is no next request begun:
+            # its connection, idle after it, is closed at the deadline without an unasked 408.
+            self._head_begun = self._head_begun or (bool(data) and not self._in_body)
             self._body_seen = 0
             super().data_received(data)
             if self._in_head:
@@ -199,6 +203,8 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
             meanwhile). uvicorn's `cycle` is the request parsed last: a head refused has none of
             its own, so a cycle with its whole body is one before it; one still reading its body
             is the refused request, queued behind another (`pipeline`) or the one in progress."""
+            if self._refused:
+                return  # one read may fail the parser and pass a bound: the request is refused once
             cycle = self.cycle
             if cycle is None or cycle.response_complete:
                 self._refuse(answer)
@@ -206,7 +212,13 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
             if cycle.more_body:
                 queued = [entry for entry in getattr(self, "pipeline", ()) if entry[0] is cycle]
                 if not queued:
-                    self._refuse(answer)  # the request in progress: its body malformed or its trailers too long
+                    # The request in progress (its body malformed or its trailers too long): its
+                    # handler, waiting for the body, is told the connection is gone and what it was
+                    # answered, so it writes nothing after this answer and logs it as refused.
+                    cycle.scope[REFUSED_BY_SERVER] = answer
+                    cycle.disconnected = True
+                    cycle.message_event.set()
+                    self._refuse(answer)
                     return
                 self.pipeline.remove(queued[0])  # it will not run
             self._refused, self._after_answer = True, answer

@@ -300,3 +300,44 @@ def test_a_client_leaving_mid_body_is_logged_in_a_line_not_a_traceback(served, t
     assert "closed the connection before its body arrived" in log
     assert "Traceback" not in log and "ClientDisconnect" not in log
     assert answered(port).startswith("Hello from m1")
+
+
+def test_a_request_refused_while_its_body_came_in_is_logged_as_refused_and_nothing_follows_its_answer(served, tmp_path):
+    import sqlite3
+
+    port = served
+    auth = f"Authorization: Bearer {MASTER}\r\nContent-Type: application/json\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port)) as garbled:
+        garbled.sendall(HEAD + auth + b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"mod\r\n")
+        time.sleep(1.5)  # then the bad chunk, and the socket kept open past the 2 s body deadline
+        garbled.sendall(b"ZZZ-not-hex\r\n")
+        data, _ = read_all(garbled, timeout=8)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", data) == [b"400"]  # no 408 written after it
+    # Its handler had gone on waiting for the body: logged as the client leaving, or a traceback when
+    # the body deadline's 408 met the closed connection.
+    deadline = time.monotonic() + 10
+    rows: list = []
+    while not rows and time.monotonic() < deadline:
+        time.sleep(0.1)
+        with sqlite3.connect(tmp_path / "outcomes.sqlite") as db:
+            rows = db.execute("SELECT status, error FROM outcomes WHERE status <> 'ok'").fetchall()
+    assert rows == [("rejected", rows[0][1])] and "not a valid HTTP/1.1 request" in rows[0][1]
+    log = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log
+
+
+def test_a_request_refused_twice_in_one_read_is_refused_once_after_the_answer_before_it(served, upstream, tmp_path):
+    from tests.fake_upstream import ok
+
+    port = served
+    upstream.default("m1", ok("slow answer", delay_s=1.0))
+    auth = f"Authorization: Bearer {MASTER}\r\nContent-Type: application/json\r\n".encode()
+    small = json.dumps({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with socket.create_connection(("127.0.0.1", port)) as both:
+        both.sendall(HEAD + auth + b"Content-Length: %d\r\n\r\n" % len(small) + small
+                     + HEAD + auth + b"Transfer-Encoding: chunked\r\n\r\n0\r\nX-T: " + b"a" * 300_000)
+        both.sendall(b"a" * 30_000 + b"\x01\r\n\r\n")  # the trailers past the bound, and a byte no header takes
+        data, _ = read_all(both, timeout=10)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)  # whichever of the two refusals came first
+    assert statuses in ([b"200", b"400"], [b"200", b"431"]) and b"slow answer" in data  # the 431 had gone first, the 200 lost
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()

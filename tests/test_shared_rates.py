@@ -99,15 +99,19 @@ def test_a_call_refused_by_another_replicas_count_reads_the_wait_from_that_count
 
 
 def test_a_redis_refusing_writes_is_gone_without_as_one_away():
-    from redis.exceptions import ReadOnlyError, ResponseError
+    from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
     from router.store_errors import store_refuses_writes
     from service.governance.redis_state import WhileAway
 
-    refusals = [ReadOnlyError("READONLY You can't write against a read only replica."),
+    # As redis-py raises them: READONLY and OOM as their own classes with the code cut from the
+    # message, the others as ResponseError, inside a pipeline after "... of pipeline caused error: ".
+    refusals = [ReadOnlyError("You can't write against a read only replica."),
+                OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
                 ResponseError("NOREPLICAS Not enough good replicas to write."),
-                ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist"),
-                ResponseError("OOM command not allowed when used memory > 'maxmemory'.")]
+                ResponseError("Command # 2 (HSET openclaw:cb:m1 rate_limited 0) of pipeline caused error: NOREPLICAS "
+                              "Not enough good replicas to write."),
+                ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist")]
     for refusal in refusals:  # each had been a 500, an answer already given among them
         assert store_refuses_writes(refusal)
 
