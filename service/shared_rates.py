@@ -20,7 +20,8 @@ from typing import Any, Mapping
 from router.config import Limits
 from service.breaker import RateWindow
 from service.governance.ratelimit import Window
-from service.governance.redis_state import RedisRateLimiter, WhileAway
+from service.governance.redis_breaker import WhileAway
+from service.governance.redis_state import RedisRateLimiter
 
 _LIMITED = "model:"  # the limiter's key id of a model's window: key ids are `key_<hex>`
 

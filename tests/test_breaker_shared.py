@@ -9,7 +9,8 @@ def test_redis_breaker_state_read_from_threads_while_the_loop_changes_it(redis_u
     import sys
 
     from service.breaker import new_probe
-    from service.governance.redis_state import RedisCircuitBreaker, connect
+    from service.governance.redis_breaker import RedisCircuitBreaker
+    from service.governance.redis_state import connect
 
     url, prefix = redis_url
     breaker = RedisCircuitBreaker(connect(url), 3, 5.0, prefix=prefix)
@@ -42,7 +43,8 @@ def test_redis_breaker_state_read_from_threads_while_the_loop_changes_it(redis_u
 
 
 def test_redis_circuit_breaker_shared(redis_url):
-    from service.governance.redis_state import RedisCircuitBreaker, connect
+    from service.governance.redis_breaker import RedisCircuitBreaker
+    from service.governance.redis_state import connect
 
     url, prefix = redis_url
     clock = [1000.0]
@@ -70,7 +72,8 @@ def test_redis_circuit_breaker_shared(redis_url):
 
 def test_redis_probe_is_given_back_only_by_its_holder_and_lapses_with_a_killed_replica(redis_url):
     from service.breaker import PASS
-    from service.governance.redis_state import RedisCircuitBreaker, connect
+    from service.governance.redis_breaker import RedisCircuitBreaker
+    from service.governance.redis_state import connect
 
     url, prefix = redis_url
     clock = [1000.0]
@@ -101,7 +104,8 @@ def test_redis_circuit_breaker_reads_a_local_copy_at_most_refresh_s_old(redis_ur
     circuit another replica opened shows here within `refresh_s`."""
     import time
 
-    from service.governance.redis_state import RedisCircuitBreaker, connect
+    from service.governance.redis_breaker import RedisCircuitBreaker
+    from service.governance.redis_state import connect
 
     url, prefix = redis_url
     a = RedisCircuitBreaker(connect(url), failures=1, cooldown_s=60, prefix=prefix, refresh_s=2.0)
@@ -118,11 +122,12 @@ def test_redis_circuit_breaker_reads_a_local_copy_at_most_refresh_s_old(redis_ur
 
 def test_with_redis_away_the_breaker_fails_open_and_keeps_what_it_last_saw(redis_url):
     """Raised, a Redis error after an answer had turned it into a 503 and lost its outcome row."""
-    from service.governance.redis_state import RedisCircuitBreaker, connect
+    from service.governance.redis_breaker import RedisCircuitBreaker
+    from service.governance.redis_state import connect
 
     import socket
 
-    from service.governance.redis_state import BREAKER_TIMEOUT_S
+    from service.governance.redis_breaker import BREAKER_TIMEOUT_S
 
     url, prefix = redis_url
     breaker = RedisCircuitBreaker(connect(url), 2, 30.0, prefix=prefix, refresh_s=0.0, retry_s=1.0)

@@ -228,7 +228,8 @@ def test_a_refused_key_raises_one_circuit_alert_for_its_provider(providers, tmp_
 
 def test_replicas_share_the_key_circuit_in_redis(redis_url, tmp_path):
     from service.breaker import PASS
-    from service.governance.redis_state import RedisCircuitBreaker, connect
+    from service.governance.redis_breaker import RedisCircuitBreaker
+    from service.governance.redis_state import connect
     from service.live_state import LiveState
 
     url, prefix = redis_url

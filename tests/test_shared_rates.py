@@ -102,7 +102,7 @@ def test_a_redis_refusing_writes_is_gone_without_as_one_away():
     from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
     from router.store_errors import store_refuses_writes
-    from service.governance.redis_state import WhileAway
+    from service.governance.redis_breaker import WhileAway
 
     # As redis-py raises them: READONLY and OOM as their own classes with the code cut from the
     # message, the others as ResponseError, inside a pipeline after "... of pipeline caused error: ".

@@ -146,7 +146,8 @@ class Governance:
         self.metrics = SpendMetrics(gateway.metrics.registry)
         if self.redis is not None:
             from service.breaker import probe_lapse_s
-            from service.governance.redis_state import BREAKER_TIMEOUT_S, RedisCircuitBreaker, connect
+            from service.governance.redis_breaker import BREAKER_TIMEOUT_S, RedisCircuitBreaker
+            from service.governance.redis_state import connect
 
             rel = self.config.reliability
             # A client of its own with short timeouts: the breaker and the models' own rate windows
