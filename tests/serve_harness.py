@@ -73,3 +73,16 @@ cache: {{enabled: false}}
     env.pop("OPENCLAW_GOVERNANCE_DB", None)
     proc, url = launch(config, tmp_path, env, tmp_path / "serve.log", files)
     return proc, int(url.rsplit(":", 1)[1])
+
+
+def read_response(sock) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 answer read off a kept-alive socket: (its head, its body of Content-Length
+    bytes), leaving the connection open for the next request."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(next(h.split(b":")[1] for h in head.lower().split(b"\r\n") if h.startswith(b"content-length:")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head, body

@@ -312,6 +312,8 @@ def test_a_store_away_on_any_endpoint_is_a_503_that_leaves_the_connection_open(u
     import socket
     import sqlite3
 
+    from tests.serve_harness import read_response
+
     config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite", extra=LEARNING)
     gw = Running(config, router=QualityRouter(DEFAULT_QUALITY))
     try:
@@ -331,13 +333,7 @@ def test_a_store_away_on_any_endpoint_is_a_503_that_leaves_the_connection_open(u
                 method = "POST" if payload else "GET"
                 conn.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                              f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    head += conn.recv(65536)
-                head, _, rest = head.partition(b"\r\n\r\n")
-                length = int(next(h.split(b":")[1] for h in head.lower().split(b"\r\n") if h.startswith(b"content-length:")))
-                while len(rest) < length:
-                    rest += conn.recv(65536)
+                head, rest = read_response(conn)
                 replies.append((int(head.split()[1]), json.loads(rest)))
         assert replies[0][0] == 503 and replies[0][1]["error"]["code"] == "store_unavailable"
         assert replies[1][0] == 200  # the connection was still open

@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from tests.fake_upstream import FakeUpstream
-from tests.serve_harness import MASTER, start_serve, stop
+from tests.serve_harness import MASTER, read_response, start_serve, stop
 
 HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"  # the request line and one header, never finished
 
@@ -173,13 +173,7 @@ def test_a_connection_that_sends_nothing_is_closed_at_the_head_deadline_without_
     with socket.create_connection(("127.0.0.1", port)) as kept:
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         kept.settimeout(5)
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            answer += kept.recv(65536)
-        head, _, body = answer.partition(b"\r\n\r\n")
-        length = int(next(h.split(b":")[1] for h in head.lower().split(b"\r\n") if h.startswith(b"content-length:")))
-        while len(body) < length:
-            body += kept.recv(65536)
+        head, _ = read_response(kept)
         assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()  # kept alive
         data, waited = read_all(kept, timeout=6)  # idle after its answer: closed at header_timeout_s (1 s), not uvicorn's 5 s
     assert data == b"" and 0.8 < waited < 4.0
