@@ -49,6 +49,17 @@ def test_cache_eval_without_label_and_bad_input(tmp_path, capsys):
     assert main(["cache-eval", "--pairs", str(src), "--out", str(out)]) == 2
     assert "text_a" in capsys.readouterr().err
     assert main(["cache-eval", "--pairs", str(tmp_path / "missing.parquet"), "--out", str(out)]) == 2
+    capsys.readouterr()
+    # --out naming the pairs themselves had replaced them with the verdicts, exit 0
+    pd.DataFrame({"text_a": ["What is AI?"], "text_b": ["What is AI?"]}).to_parquet(src)
+    assert main(["cache-eval", "--pairs", str(src), "--out", str(src)]) == 2
+    assert "is the --pairs file" in capsys.readouterr().err and list(pd.read_parquet(src).columns) == ["text_a", "text_b"]
+    # a label that is a list (a JSON Lines cell) is refused naming its row, not a traceback
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text('{"text_a": "a?", "text_b": "a?", "label": 1}\n{"text_a": "b?", "text_b": "b?", "label": [1]}\n')
+    assert main(["cache-eval", "--pairs", str(jsonl), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'label' must be 0 or 1" in err and "at row 1" in err
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])

@@ -268,3 +268,48 @@ def test_a_named_models_cached_answer_is_served_under_a_cost_cap_but_not_under_l
         assert len(upstream.requests_for("m1")) == 1
     finally:
         gw.stop()
+
+
+def test_an_answer_of_a_model_taken_out_of_the_catalog_is_not_served(upstream, tmp_path):
+    upstream.reset()
+    first = start(upstream, tmp_path)
+    assert first.client().chat.completions.create(model="auto", messages=msgs(Q)).model == "m1"
+    stored(first, 1)
+    first.stop()
+    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite", models=[{"name": "m2"}, {"name": "m3"}])
+    config = config.model_copy(update={"cache": CacheSection(enabled=True, path=str(tmp_path / "cache"))})
+    second = Running(config, router=QualityRouter(DEFAULT_QUALITY))
+    try:  # m1's answer had been served, with x-router-model m1, by a gateway that 404s a request naming m1
+        raw = second.client().chat.completions.with_raw_response.create(model="auto", messages=msgs(Q))
+        assert raw.headers["x-cache"] == "miss" and raw.parse().model == "m2"
+    finally:
+        second.stop()
+
+
+def test_a_refresh_under_a_keys_ceiling_is_stored_where_the_next_request_finds_it(upstream, tmp_path):
+    """The key's ceiling caps max_tokens in the body after the cache looked: the refresh had been
+    stored under the capped body, which no request sends."""
+    from service.governance.runtime import Governance, GovernanceSettings
+
+    upstream.reset()
+    master = "mk-cache-" + "3" * 24
+    config = fake_config(upstream.base_url, f"sqlite:///{tmp_path}/outcomes.sqlite",
+                         models=[{"name": "m1", "max_output_tokens": 4096}, {"name": "m2"}])
+    config = config.model_copy(update={"cache": CacheSection(enabled=True, path=str(tmp_path / "cache"))})
+    gov = Governance(config, GovernanceSettings(db_url=f"sqlite:///{tmp_path}/gov.sqlite", master_key=master))
+    gw = Running(config, router=QualityRouter(DEFAULT_QUALITY), governance=gov)
+    try:
+        admin = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {master}"}, timeout=10)
+        secret = admin.post("/admin/keys", json={"name": "ceiling", "max_request_usd": 1.0}).json()["secret"]
+        admin.close()
+        client = openai.OpenAI(base_url=gw.base_url, api_key=secret, max_retries=0)
+        client.chat.completions.create(model="m1", messages=msgs(Q))
+        stored(gw, 1)
+        refreshed = client.chat.completions.with_raw_response.create(model="m1", messages=msgs(Q),
+                                                                     extra_headers={"Cache-Control": "no-cache"})
+        assert refreshed.headers["x-cache"] == "miss" and upstream.requests[-1].body["max_tokens"] == 4096
+        stored(gw, 1)  # the refresh replaced the first answer under the same key
+        again = client.chat.completions.with_raw_response.create(model="m1", messages=msgs(Q))
+        assert again.headers["x-cache"] == "hit" and len(upstream.requests) == 2
+    finally:
+        gw.stop()

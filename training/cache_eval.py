@@ -116,6 +116,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.pairs.exists():
         raise FileNotFoundError(f"--pairs {args.pairs} does not exist")
     check_output_file(args.out, "--out")
+    if args.out.resolve() == args.pairs.resolve():
+        raise ValueError(f"--out {args.out} is the --pairs file: writing it would replace the pairs with the verdicts")
     section = CacheSection()
     verifier_path = Path(section.verifier)
     if args.config:

@@ -36,6 +36,8 @@ def binary_labels(column, path) -> np.ndarray:
 
     out = np.full(len(column), np.nan)
     for i, v in enumerate(column):
+        if isinstance(v, (list, tuple, dict, set, np.ndarray)):  # a JSON Lines cell may hold one
+            raise ValueError(f"{path}: column 'label' must be 0 or 1 (or true/false), got {v!r} at row {i}")
         if is_blank(v):  # pd.NA too: a nullable Int64 / boolean column's empty cell
             continue
         word = label_word(v)

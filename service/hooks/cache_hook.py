@@ -82,11 +82,11 @@ class CacheHook:
     name = "cache"
 
     def __init__(self, cache: ResponseCache, section: CacheSection, embed: Callable[[str], np.ndarray] = _default_embed,
-                 model_tags: Mapping[str, frozenset[str]] | None = None):
+                 *, model_tags: Mapping[str, frozenset[str]]):
         self.cache = cache
         self.section = section
         self.embed = embed
-        self.model_tags = dict(model_tags or {})
+        self.model_tags = dict(model_tags)  # the catalog: an answer of a model not in it is not served
         # request id -> id of the entry that request stored or was served: feedback that rejects
         # an answer drops that entry (`rejected`). Also in the outcome row (`cache_entry`), for
         # feedback that comes after a restart: `logged_entry` reads it there.
@@ -128,9 +128,12 @@ class CacheHook:
         return cls(open_cache(config), config.cache, model_tags={m.name: m.tags for m in config.models})
 
     def _permitted(self, model: str, limits: Constraints | None) -> bool:
-        """Whether the request's own limits allow the model that produced a cached answer: a
-        request that excludes a model, or needs a local one, must not get that model's answer."""
-        return limits is None or limits.in_scope(model, self.model_tags.get(model, frozenset()))
+        """Whether the model that produced a cached answer is still in the catalog and within the
+        request's own limits: a request that excludes a model, or needs a local one, must not get
+        that model's answer, nor anyone a model the operator has taken out."""
+        if model not in self.model_tags:
+            return False
+        return limits is None or limits.in_scope(model, self.model_tags[model])
 
     @staticmethod
     def _route(ctx: RequestContext) -> str:
@@ -145,11 +148,17 @@ class CacheHook:
         # A key's scope is no such limit: the tenant in the key is the key itself.
         limited = ctx.extras.get("request_limits", Constraints()) != Constraints()
         ctx.extras["cache_write"] = control.write and refused is None and not limited
-        if not control.read or refused is not None:
+        if refused is not None:
             ctx.cache_status = "bypass"
             return None
+        # Keyed on the body as the client sent it, before later pre-hooks change it (a key's
+        # ceiling caps max_tokens): a `no-cache` refresh stored under the changed body had been
+        # found by no later request.
         keys = request_keys(ctx.body, self._route(ctx), ctx.tenant)
         ctx.extras["cache_keys"] = keys
+        if not control.read:
+            ctx.cache_status = "bypass"
+            return None
         pending = self._pending.get(keys.exact)
         if pending is not None:
             # The same request was just answered and its answer is being stored, off the latency
