@@ -72,7 +72,7 @@ class WhileAway:
             self._away_until = now + self.retry_s
             if now - self._said_at >= 60:
                 self._said_at = now
-                log.warning("Redis cannot be reached (%s); %s until it is back", exc, self.meanwhile)
+                log.warning("Redis cannot be reached or refuses writes (%s); %s until it is back", exc, self.meanwhile)
             return default
 
 
