@@ -202,6 +202,10 @@ def test_a_word_whose_capital_is_its_meaning_is_a_hard_mismatch_but_a_names_case
     assert hard_mismatch("How do I say thank you in Polish?", "How do I say thank you in polish?")
     assert hard_mismatch("Where can I buy polish for my shoes?", "Where can I buy Polish for my shoes?")
     assert hard_mismatch("Is it cheap to fly to Turkey?", "Is it cheap to fly a turkey?")
+    # acronyms and a month that spell a common word (served as one question, similarity 1.000)
+    for cased, lower in (("What is AIDS?", "What is aids?"), ("What is SAD?", "What is sad?"), ("What is May?", "What is may?")):
+        assert hard_mismatch(cased, lower) and hard_mismatch(lower, cased)
+    assert not hard_mismatch("Why is he so sad?", "why is he so sad")
     # askers write names in lower case all the time; and a title says nothing by its capitals
     assert not hard_mismatch("What is fulfillment by Amazon?", "What is fulfillment by amazon?")
     assert not hard_mismatch("How To Polish Shoes", "how to polish shoes")

@@ -197,7 +197,9 @@ def hard_mismatch(a: str, b: str) -> bool:
 # name: "Polish grammar" / "polish my shoes", "Turkey" / "turkey". Names people do write in lower
 # case are left out: in QQP "windows", "amazon", "china", "steve jobs", "gst bill" stand for the
 # name in all 50 pairs such words would refuse, 18 of them labelled duplicates.
-_CAPITONYMS = frozenset({"polish", "turkey", "march", "august", "jersey"})
+# Acronyms that spell a common word ("What is AIDS?" / "What is aids?", SAD, May) went through as
+# the same question with a similarity of 1.000: the embedder and cross-encoder ignore case.
+_CAPITONYMS = frozenset({"polish", "turkey", "march", "august", "jersey", "may", "aids", "sad"})
 _WORD_CASED = re.compile(r"[A-Za-z]+")
 
 
