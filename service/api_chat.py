@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 import uuid
@@ -80,10 +79,8 @@ async def chat_completions(request: Request) -> Response:
     except asyncio.CancelledError:  # the shutdown deadline passed while its body was still coming in
         return _refused(gw, request, request_id, received, started, raw, caller, _shutting_down(), "error")
     except ClientDisconnect:
-        answered = request.scope.get(REFUSED_BY_SERVER)
-        if answered is not None:  # the server refused its body itself (malformed): logged as that refusal
-            error = json.loads(answered.partition(b"\r\n\r\n")[2])["error"]
-            refusal = ApiError(int(answered.split(b" ", 2)[1]), error["message"], code=error["code"])
+        refusal = request.scope.get(REFUSED_BY_SERVER)
+        if refusal is not None:  # the server refused its body itself (malformed): logged as that refusal
             return _refused(gw, request, request_id, received, started, raw, caller, refusal, "rejected")
         # The client left before its body arrived: its doing, not a fault of ours to trace.
         log.info("request %s: the client closed the connection before its body arrived", request_id)

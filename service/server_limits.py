@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from service.errors import ApiError
@@ -27,15 +28,17 @@ REFUSED_LINGER_S = 1.0  # how long a connection past the cap may take to read it
 # max_body_bytes, by one request. Node's default is 16 KiB, nginx's 32 KiB; OpenAI's SDKs send ~1 KiB.
 MAX_HEAD_BYTES = 64 * 1024
 MAX_READ_BYTES = 256 * 1024  # the most one read of asyncio's transports returns
-# Where a request's ASGI scope holds the answer the server wrote for it itself (a malformed body).
+# Where a request's ASGI scope holds the refusal (an ApiError) the server wrote for it itself (a malformed body).
 REFUSED_BY_SERVER = "openclaw.refused_by_server"
 
 
-def _raw_response(status: str, code: str, message: str, extra: str = "") -> bytes:
-    body = json.dumps({"error": {"message": message, "type": "server_error" if status.startswith("5") else
-                                 "invalid_request_error", "code": code, "param": None}}).encode()
-    head = (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{extra}connection: close\r\n"
-            f"content-length: {len(body)}\r\n\r\n")
+def _raw_response(error: ApiError) -> bytes:
+    """`error` as the bytes of an HTTP/1.1 answer that closes its connection: written by the
+    protocol itself, where no ASGI app runs."""
+    body = json.dumps(error.body()).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in error.headers.items())
+    head = (f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\ncontent-type: application/json\r\n"
+            f"{extra}connection: close\r\ncontent-length: {len(body)}\r\n\r\n")
     return head.encode() + body
 
 
@@ -86,13 +89,13 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
     keep-alive timeout may close an idle one sooner."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    busy = _raw_response("503 Service Unavailable", "too_many_connections", "the gateway holds as many client "
-                         f"connections as it takes at once ({max_connections}, server.max_connections); retry shortly",
-                         "retry-after: 1\r\n")
-    late = _raw_response("408 Request Timeout", "request_timeout", "the request's head did not arrive within "
-                         f"{header_timeout_s:g} s (server.header_timeout_s)")
-    too_big = _raw_response("431 Request Header Fields Too Large", "request_header_fields_too_large",
-                            f"the request's head (its request line and headers) is over {MAX_HEAD_BYTES} bytes")
+    busy = ApiError(503, "the gateway holds as many client connections as it takes at once "
+                    f"({max_connections}, server.max_connections); retry shortly", code="too_many_connections",
+                    headers={"retry-after": "1"})
+    late = _raw_response(ApiError(408, f"the request's head did not arrive within {header_timeout_s:g} s "
+                                  "(server.header_timeout_s)", code="request_timeout"))
+    too_big = ApiError(431, f"the request's head (its request line and headers) is over {MAX_HEAD_BYTES} bytes",
+                       code="request_header_fields_too_large")
 
     class GuardedProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         _head_timer: asyncio.TimerHandle | None = None
@@ -112,7 +115,7 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
         _in_body = False
         _framing = 0
         _body_seen = 0
-        _after_answer: bytes | None = None  # a refusal of a pipelined request, sent after the answer in progress
+        _after_answer: ApiError | None = None  # a refusal of a pipelined request, sent after the answer in progress
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -121,12 +124,12 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
                 return
             self._arm()
 
-        def _refuse(self, answer: bytes) -> None:
+        def _refuse(self, answer: ApiError) -> None:
             # Answered, then its request read and dropped until the client closes (at most
             # REFUSED_LINGER_S): closing on unread data would reset the connection, answer and all.
             self._disarm()
             self._refused = True
-            self.transport.write(answer)
+            self.transport.write(_raw_response(answer))
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             self._head_timer = self.loop.call_later(REFUSED_LINGER_S, self.transport.close)
@@ -186,7 +189,7 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
         def send_400_response(self, msg: str) -> None:
             # uvicorn's is plain text; every other refusal of the gateway is OpenAI's JSON error.
             self._refuse_head(too_big if self._oversized else
-                              _raw_response("400 Bad Request", "invalid_http", f"not a valid HTTP/1.1 request: {msg}"))
+                              ApiError(400, f"not a valid HTTP/1.1 request: {msg}", code="invalid_http"))
 
         def on_response_complete(self) -> None:
             queued = bool(getattr(self, "pipeline", ()))
@@ -197,7 +200,7 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type:
                 return
             self._arm()
 
-        def _refuse_head(self, answer: bytes) -> None:
+        def _refuse_head(self, answer: ApiError) -> None:
             """Refuse the request being parsed: at once when nothing before it awaits its answer,
             else after those answers, as HTTP/1.1 answers in order (what follows it is dropped
             meanwhile). uvicorn's `cycle` is the request parsed last: a head refused has none of

@@ -55,20 +55,33 @@ class SharedRateWindow:
             check = self._redis(lambda: self.limiter.admit(key, limits.rpm, limits.tpm, tokens, now=self._clock()), None)
             if check is None:  # Redis away: this replica's own count
                 return self.local.add(model, tokens, request, limits)
+            # The counts the admission found go into the local copy: refused, the wait the caller
+            # asks next reads the count another replica filled (the copy had shown room and sent a
+            # 429 without Retry-After); admitted, the next decision sees this call, without a read.
+            counts = self._counts(model, check.minute)
+            if counts is not None:
+                admitted = check.refused is None
+                if check.requests is not None:
+                    counts[0:2] = [check.requests.current + admitted, check.requests.previous]
+                if check.tokens is not None:
+                    counts[2:4] = [check.tokens.current + (check.tokens.cost if admitted else 0), check.tokens.previous]
+                self._keep(model, counts)
             if check.refused is not None:
-                # Another replica filled the minute since this one's copy was read: the wait the
-                # caller asks next reads the count that refused it, not the copy that showed room.
-                self._read_at = float("-inf")
                 return False
         elif tokens > 0:
+            now = self._clock()
+
             def count_output() -> bool:
-                self.limiter.add_tokens(key, tokens, now=self._clock())
+                self.limiter.add_tokens(key, tokens, now=now)
                 return True
 
             if self._redis(count_output, None) is None:
                 return self.local.add(model, tokens, request)
+            counts = self._counts(model, int(now // 60))
+            if counts is not None:
+                counts[2] += tokens
+                self._keep(model, counts)
         self.local.add(model, tokens, request)  # what /healthz shows of this replica's own calls
-        self._read_at = float("-inf")  # the next decision reads the count this call changed
         return True
 
     def usage(self, model: str) -> tuple[int, int]:
@@ -113,10 +126,20 @@ class SharedRateWindow:
             found.append(Window(limits.tpm, t_cur, t_prev, tokens))
         return frac, found
 
+    def _counts(self, model: str, minute: int) -> list[int] | None:
+        """The local copy's counts of `model`, to update with what Redis answered at `minute`;
+        None where the copy is of another minute (the next decision reads Redis)."""
+        if minute != self._view_minute:
+            self._read_at = float("-inf")
+            return None
+        return list(self._view.get(model, (0, 0, 0, 0)))
+
+    def _keep(self, model: str, counts: list[int]) -> None:
+        self._view = {**self._view, model: tuple(counts)}  # replaced, not changed: read from other threads
+
     def _read(self, minute: int) -> dict[str, tuple[int, int, int, int]]:
         pipe = self.r.pipeline(transaction=False)
         models = list(self.limits)
         for model in models:
-            base = f"{self.prefix}:rl:{_LIMITED}{model}"
-            pipe.mget(f"{base}:r:{minute}", f"{base}:r:{minute - 1}", f"{base}:t:{minute}", f"{base}:t:{minute - 1}")
+            pipe.mget(*self.limiter.window_keys(_LIMITED + model, minute))
         return {m: tuple(int(v or 0) for v in values) for m, values in zip(models, pipe.execute())}

@@ -270,13 +270,18 @@ class RedisRateLimiter(DroppedLeases):
             return UNLIMITED
         now = time.time() if now is None else now
         minute, frac = int(now // 60), (now % 60) / 60
-        base = f"{self.prefix}:rl:{key_id}"
-        keys = [f"{base}:r:{minute}", f"{base}:r:{minute - 1}", f"{base}:t:{minute}", f"{base}:t:{minute - 1}"]
+        keys = self.window_keys(key_id, minute)
         args = [-1 if rpm is None else rpm, -1 if tpm is None else tpm, tokens, frac]
         verdict, r_cur, r_prev, t_cur, t_prev = (int(v) for v in self._script(keys=keys, args=args))
         return RateCheck({0: None, 1: "rpm", 2: "tpm"}[verdict], frac,
                          Window(rpm, r_cur, r_prev, 1) if rpm is not None else None,
                          Window(tpm, t_cur, t_prev, tokens) if tpm is not None else None, minute)
+
+    def window_keys(self, key_id: str, minute: int) -> list[str]:
+        """The counters of `key_id`'s sliding minute at `minute`: this and the previous fixed
+        minute's requests, then their tokens."""
+        base = f"{self.prefix}:rl:{key_id}"
+        return [f"{base}:r:{minute}", f"{base}:r:{minute - 1}", f"{base}:t:{minute}", f"{base}:t:{minute - 1}"]
 
     def add_tokens(self, key_id: str, tokens: int, now: float | None = None) -> None:
         """Tokens learnt after the call beyond what admission counted (a longer answer than its
@@ -284,7 +289,7 @@ class RedisRateLimiter(DroppedLeases):
         if tokens <= 0:
             return
         now = time.time() if now is None else now
-        key = f"{self.prefix}:rl:{key_id}:t:{int(now // 60)}"
+        key = self.window_keys(key_id, int(now // 60))[2]
         pipe = self.r.pipeline()
         pipe.incrby(key, tokens)
         pipe.expire(key, 130)
